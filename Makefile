@@ -1,0 +1,30 @@
+# batchrun: `make run` and `make test` work on a fresh machine with Python 3.11+ and make.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+JOB    ?= jobs/classify_tickets.toml
+ARGS   ?=
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install run test status clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "batchrun needs Python 3.11+; set PYTHON=python3.11")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install batchrun with its test tools
+
+run: install  ## run (or resume) JOB against its simulator: make run JOB=jobs/other.toml ARGS="--limit 50"
+	$(BIN)/batchrun run $(JOB) $(ARGS)
+
+status: install  ## counts of JOB's run directory: make status RUN_DIR=runs/classify_tickets
+	$(BIN)/batchrun status $(or $(RUN_DIR),runs/$(basename $(notdir $(JOB))))
+
+test: install  ## the whole suite (pytest's "no tests collected", exit 5, counts as a pass)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+clean:  ## remove the virtualenv, run directories and caches
+	rm -rf $(VENV) runs build *.egg-info .pytest_cache

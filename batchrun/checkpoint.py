@@ -1,0 +1,284 @@
+"""The run directory: manifest, results and errors files, resume scan, lock.
+
+Layout of a run directory:
+
+    manifest.json    what this run is (job name and fingerprint hash, input
+                     path/size/sha256, versions, endpoint), its state
+                     (running, done, interrupted, failed), counts and the last
+                     summary; rewritten atomically (temp file + os.replace)
+    results.jsonl    one line per ticket that succeeded: never the same id twice
+    errors.jsonl     one line per terminal failure, per run (an id failed in run 1
+                     and retried in run 2 may appear twice; its latest line wins
+                     unless results.jsonl has it)
+    run.lock         held with flock while a run is active; holds the pid
+
+Resume is a pure function over the checkpoint files: `scan_jsonl` reads a
+file, keeps every complete line's id and reports the byte offset where valid
+data ends. A torn last line (no newline, or not JSON: a crash mid-write) is
+cut off by `open_checkpoint`, and its ticket is simply run again.
+
+    scan_jsonl(path)                 -> JsonlScan(ids, valid_bytes, torn_bytes, lines)
+    load_done_ids(run_dir)           ids already in results.jsonl
+    load_failed_ids(run_dir)         ids whose latest outcome is a failure
+    open_checkpoint(run_dir)         lock + repair + scan, for a run about to start
+    CheckpointWriter                 the single writer of results/errors lines
+    write_manifest / read_manifest   atomic JSON manifest
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import anyio
+import orjson
+
+from batchrun.errors import CheckpointError, RunLockedError
+from batchrun.records import Outcome
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointWriter",
+    "JsonlScan",
+    "load_done_ids",
+    "load_failed_ids",
+    "open_checkpoint",
+    "read_manifest",
+    "scan_jsonl",
+    "write_manifest",
+]
+
+MANIFEST = "manifest.json"
+RESULTS = "results.jsonl"
+ERRORS = "errors.jsonl"
+LOCK = "run.lock"
+
+
+@dataclass(slots=True)
+class JsonlScan:
+    ids: set[str] = field(default_factory=set)  # ids of complete, parseable lines
+    valid_bytes: int = 0  # the file is good up to here
+    torn_bytes: int = 0  # bytes after valid_bytes (a torn write)
+    lines: int = 0  # complete lines
+    last_by_id: dict[str, dict[str, Any]] | None = None  # only when asked (errors file)
+
+
+def scan_jsonl(path: Path, *, keep_last: bool = False) -> JsonlScan:
+    """Scan a checkpoint file; a missing file is an empty scan.
+
+    Valid data ends at the first line that has no newline or does not parse
+    as a JSON object with an "id": anything after it is torn. (Lines are
+    appended whole by one writer, so damage can only be at the end.)
+    """
+    scan = JsonlScan(last_by_id={} if keep_last else None)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return scan
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint: {exc.strerror}") from None
+    pos = 0
+    size = len(data)
+    while pos < size:
+        end = data.find(b"\n", pos)
+        if end < 0:
+            break
+        try:
+            obj = orjson.loads(data[pos:end])
+            ticket_id = obj["id"]
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            break
+        scan.ids.add(ticket_id)
+        if scan.last_by_id is not None:
+            scan.last_by_id[ticket_id] = obj
+        scan.lines += 1
+        pos = end + 1
+    scan.valid_bytes = pos
+    scan.torn_bytes = size - pos
+    return scan
+
+
+def load_done_ids(run_dir: Path) -> set[str]:
+    return scan_jsonl(Path(run_dir) / RESULTS).ids
+
+
+def load_failed_ids(run_dir: Path, done: set[str] | None = None) -> set[str]:
+    run_dir = Path(run_dir)
+    done = load_done_ids(run_dir) if done is None else done
+    return scan_jsonl(run_dir / ERRORS).ids - done
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / MANIFEST
+    try:
+        return orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read manifest: {exc}") from None
+
+
+def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    """Write manifest.json atomically: temp file, fsync, os.replace, fsync dir."""
+    run_dir = Path(run_dir)
+    final = run_dir / MANIFEST
+    tmp = run_dir / f".{MANIFEST}.{os.getpid()}.tmp"
+    blob = orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(blob)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(run_dir)
+    except OSError as exc:
+        raise CheckpointError(f"{final}: cannot write manifest: {exc.strerror}") from None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """An opened, locked run directory, ready for a run."""
+
+    run_dir: Path
+    done_ids: set[str]  # in results.jsonl: never requested again
+    failed_ids: set[str]  # latest outcome a failure (not in results.jsonl)
+    repaired: list[str]  # human notes about torn lines that were cut off
+    _lock_handle: Any = None
+
+    def release(self) -> None:
+        if self._lock_handle is not None:
+            try:
+                fcntl.flock(self._lock_handle.fileno(), fcntl.LOCK_UN)
+            finally:
+                self._lock_handle.close()
+                self._lock_handle = None
+
+
+def _acquire_lock(run_dir: Path) -> Any:
+    path = run_dir / LOCK
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunLockedError(
+            f"{run_dir} is in use by another batchrun process (pid {holder}); "
+            "wait for it to finish, or use another --run-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def open_checkpoint(run_dir: Path) -> Checkpoint:
+    """Create or reopen a run directory: lock it, cut torn tails, load ids."""
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CheckpointError(f"{run_dir}: run directory is not writable: {exc.strerror}") from None
+    lock = _acquire_lock(run_dir)
+    try:
+        repaired: list[str] = []
+        scans = {}
+        for name in (RESULTS, ERRORS):
+            path = run_dir / name
+            scan = scan_jsonl(path, keep_last=False)
+            if scan.torn_bytes:
+                with open(path, "r+b") as handle:
+                    handle.truncate(scan.valid_bytes)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                repaired.append(
+                    f"{path}: cut {scan.torn_bytes} bytes of a torn last line after line {scan.lines}; "
+                    "that ticket will run again"
+                )
+            scans[name] = scan
+        done = scans[RESULTS].ids
+        failed = scans[ERRORS].ids - done
+        return Checkpoint(run_dir=run_dir, done_ids=done, failed_ids=failed, repaired=repaired, _lock_handle=lock)
+    except BaseException:
+        lock.close()
+        raise
+
+
+class CheckpointWriter:
+    """Appends outcome lines; the only code that writes results/errors files.
+
+    `write_batch` takes every outcome that is ready, appends each to its file
+    with one write call per file and flushes, so a line is in the OS before
+    its ticket is counted. `sync` fsyncs (called periodically and at the end).
+    A ticket already in results.jsonl is never written there again.
+    """
+
+    def __init__(self, run_dir: Path, done_ids: set[str]) -> None:
+        self.run_dir = Path(run_dir)
+        self._done = done_ids
+        self._results: Any = None
+        self._errors: Any = None
+
+    async def open(self) -> None:
+        try:
+            self._results = await aiofiles.open(self.run_dir / RESULTS, "ab")
+            self._errors = await aiofiles.open(self.run_dir / ERRORS, "ab")
+        except OSError as exc:
+            raise CheckpointError(f"{self.run_dir}: cannot open checkpoint files: {exc.strerror}") from None
+
+    async def write_batch(self, outcomes: list[Outcome]) -> list[Outcome]:
+        """Write the outcomes; return those actually written (duplicates dropped)."""
+        ok_lines: list[bytes] = []
+        err_lines: list[bytes] = []
+        written: list[Outcome] = []
+        for outcome in outcomes:
+            if outcome.ok:
+                if outcome.ticket_id in self._done:
+                    continue
+                self._done.add(outcome.ticket_id)
+                ok_lines.append(orjson.dumps(outcome.to_line()) + b"\n")
+            else:
+                err_lines.append(orjson.dumps(outcome.to_line()) + b"\n")
+            written.append(outcome)
+        try:
+            if ok_lines:
+                await self._results.write(b"".join(ok_lines))
+                await self._results.flush()
+            if err_lines:
+                await self._errors.write(b"".join(err_lines))
+                await self._errors.flush()
+        except OSError as exc:
+            raise CheckpointError(f"{self.run_dir}: cannot append to checkpoint: {exc.strerror}") from None
+        return written
+
+    async def sync(self) -> None:
+        for handle in (self._results, self._errors):
+            if handle is not None:
+                await handle.flush()
+                await anyio.to_thread.run_sync(os.fsync, handle.fileno())
+
+    async def close(self) -> None:
+        try:
+            await self.sync()
+        finally:
+            for handle in (self._results, self._errors):
+                if handle is not None:
+                    await handle.close()
+            self._results = self._errors = None

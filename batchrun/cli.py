@@ -1,0 +1,192 @@
+"""The `batchrun` command line (click); the only place that starts an event loop.
+
+    batchrun run JOB [flags]     run a job, or resume it where it stopped
+    batchrun status RUN_DIR      counts of a finished or running run
+    batchrun sim [flags]         serve the embedded OpenAI-compatible simulator
+
+Heavy imports (litellm, the engine, the simulator) happen inside the
+commands, so `batchrun --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+
+from batchrun import __version__
+from batchrun.sim.command import sim_command
+
+RUN_EXAMPLES = """
+\b
+Examples:
+  batchrun run jobs/classify_tickets.toml                  # simulator, resumes if re-run
+  batchrun run jobs/classify_tickets.toml --limit 50 --concurrency 8
+  batchrun run jobs/classify_tickets.toml --input tonight.jsonl --run-dir runs/2026-11-22
+  OPENAI_API_KEY=... batchrun run jobs/classify_tickets.toml --live --run-dir runs/live
+  batchrun run jobs/classify_tickets.toml --api-base http://localhost:4000/v1   # a LiteLLM proxy
+
+\b
+Exit codes: 0 all done; 2 bad job file, input or environment (nothing sent);
+3 finished but some tickets failed (see errors.jsonl; re-run to retry them);
+130/143 interrupted by SIGINT/SIGTERM (re-run to resume); 1 other errors.
+"""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="batchrun")
+def main() -> None:
+    """Run LLM batch jobs over JSONL tickets: resumable, bounded, honest about cost."""
+
+
+def redact_url(url: str) -> str:
+    """An api_base fit for a manifest or a log: no credentials, no query string."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _sim_model(model: str) -> str:
+    """The simulator speaks OpenAI's API: route any model name there."""
+    name = model.split("/", 1)[1] if "/" in model else model
+    return f"openai/{name}"
+
+
+@main.command(epilog=RUN_EXAMPLES)
+@click.argument("job_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Tickets file to use instead of the job's `input`.")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight at most.")
+@click.option("--limit", type=click.IntRange(min=0), help="Only the first N tickets of the input.")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory instead of the job's `run_dir`.")
+@click.option("--model", envvar="BATCHRUN_MODEL", help="litellm model string [env: BATCHRUN_MODEL].")
+@click.option("--api-base", envvar="BATCHRUN_API_BASE",
+              help="OpenAI-compatible server to talk to (no simulator) [env: BATCHRUN_API_BASE].")
+@click.option("--live", is_flag=True, help="Use the job's real model even if it has a [simulator] section.")
+@click.option("--skip-failed", is_flag=True, help="Do not retry tickets that failed in an earlier run.")
+@click.option("--force", is_flag=True, help="Resume even if the job, input or endpoint changed.")
+@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
+def run(job_file: Path, input_path: Path | None, concurrency: int | None, limit: int | None,
+        run_dir: Path | None, model: str | None, api_base: str | None, live: bool, skip_failed: bool,
+        force: bool, grace: float, progress: bool | None) -> None:
+    """Run JOB_FILE over its tickets, or resume it where it stopped.
+
+    Ids already in the run directory's results.jsonl are never requested again.
+    A job with a [simulator] section runs against the embedded simulator unless
+    --live or --api-base is given.
+    """
+    from batchrun.errors import BatchrunError, ConfigurationError, redact_secrets
+    from batchrun.spec import load_job
+
+    try:
+        job = load_job(job_file).with_overrides(
+            input=input_path, concurrency=concurrency, run_dir=run_dir, model=model, api_base=api_base)
+        use_sim = job.simulator is not None and not live and api_base is None
+        if use_sim:
+            endpoint, api_key = "simulator", "sim-key"
+        else:
+            endpoint = redact_url(job.api_base) if job.api_base else "provider default"
+            api_key = None
+            if job.api_key_env:
+                api_key = os.environ.get(job.api_key_env)
+                if not api_key:
+                    raise ConfigurationError(
+                        f"environment variable {job.api_key_env} is not set "
+                        f"(the job's api_key_env names it); nothing was sent")
+        code = _run(job, job_file, endpoint, api_key, use_sim, limit, skip_failed, force, grace,
+                    sys.stderr.isatty() if progress is None else progress)
+    except BatchrunError as exc:
+        click.echo(f"batchrun: error: {redact_secrets(str(exc))}", err=True)
+        sys.exit(int(exc.exit_code))
+    sys.exit(code)
+
+
+def _run(job, job_file, endpoint, api_key, use_sim, limit, skip_failed, force, grace, progress) -> int:
+    import contextlib
+
+    import anyio
+
+    from batchrun.engine import execute_run, prepare_run
+    from batchrun.report import format_status, run_status
+    from batchrun.stats import format_summary
+
+    prep = prepare_run(job, job_path=job_file, endpoint=endpoint, limit=limit,
+                       skip_failed=skip_failed, force=force)
+    try:
+        for note in prep.notes:
+            click.echo(f"batchrun: {note}", err=True)
+        if prep.to_do == 0:
+            click.echo(
+                f"Nothing to do: {prep.already_done:,} of {prep.tickets_total:,} tickets already done"
+                + (f", {prep.skipped_failed:,} failed before and skipped" if prep.skipped_failed else "")
+                + f" in {prep.run_dir}. No requests sent.\n")
+            click.echo(format_status(run_status(prep.run_dir)))
+            return 0
+        click.echo(
+            f"batchrun: {job.name}: {prep.to_do:,} to do, {prep.already_done:,} already done, "
+            f"model {job.model} via {endpoint}, concurrency {job.concurrency}, run {prep.run_number} "
+            f"in {prep.run_dir}", err=True)
+        with contextlib.ExitStack() as stack:
+            if use_sim:
+                from batchrun.provider import LiteLLMProvider
+                from batchrun.sim.config import SimConfig
+                from batchrun.sim.process import start_simulator
+
+                sim_spec = job.simulator
+                sim = stack.enter_context(start_simulator(SimConfig(
+                    latency_ms=sim_spec.latency_ms, per_token_ms=sim_spec.per_token_ms,
+                    jitter=sim_spec.jitter, seed=sim_spec.seed)))
+                provider = LiteLLMProvider(model=_sim_model(job.model), api_base=sim.base_url,
+                                           api_key=api_key, params=job.params, prices=job.prices)
+            else:
+                from batchrun.provider import LiteLLMProvider
+
+                provider = LiteLLMProvider(model=job.model, api_base=job.api_base, api_key=api_key,
+                                           params=job.params, prices=job.prices)
+            result = anyio.run(lambda: execute_run(prep, provider, grace_s=grace, progress=progress))
+        title = f"{job.name}: run {prep.run_number} {result.state}"
+        click.echo(format_summary(result.summary, title=title))
+        click.echo(f"run directory: {prep.run_dir}  (batchrun status {prep.run_dir})")
+        if result.state == "interrupted":
+            click.echo("Interrupted: re-run the same command to resume.", err=True)
+        elif result.summary["failed"]:
+            click.echo(f"{result.summary['failed']} ticket(s) failed: see {prep.run_dir / 'errors.jsonl'}; "
+                       "re-run to retry them (or --skip-failed).", err=True)
+        return result.exit_code
+    finally:
+        prep.release()
+
+
+@main.command(epilog="\b\nExample:\n  batchrun status runs/classify_tickets")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(run_dir: Path, as_json: bool) -> None:
+    """Print the counts of a run directory (finished or in progress)."""
+    import orjson
+
+    from batchrun.errors import BatchrunError
+    from batchrun.report import format_status, run_status
+
+    try:
+        info = run_status(run_dir)
+    except BatchrunError as exc:
+        click.echo(f"batchrun: error: {exc}", err=True)
+        sys.exit(int(exc.exit_code))
+    if as_json:
+        click.echo(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(format_status(info))
+
+
+main.add_command(sim_command, name="sim")
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

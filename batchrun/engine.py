@@ -1,0 +1,496 @@
+"""The engine: one run of a job over its tickets, resumable, bounded.
+
+Two phases:
+
+    prepare_run(job, ...)  -> PreparedRun       (synchronous, no network)
+        opens and locks the run directory, cuts torn checkpoint lines, checks
+        the whole input in one pass (every bad line is reported before any
+        request), refuses to resume a run directory made by a different job,
+        input or endpoint (unless force), and counts what is left to do.
+
+    await execute_run(prepared, provider, ...) -> RunResult
+        the async run. Inside one anyio task group:
+
+        producer ──tickets (buffer = concurrency)──> N workers ──outcomes──> writer
+          reads the input lazily,        each: render messages,        the only task that
+          skips ids already done         retry loop (retrying.py),     appends checkpoint
+          (and failed ones with          one attempt at a time under   lines; updates stats
+          skip_failed)                   the RequestGate (limits.py)   and the progress bar
+                                                                       after each write
+
+        Memory is bounded by the concurrency: the producer blocks when the
+        ticket buffer is full, and no coroutine exists per ticket.
+
+Shutdown: the first SIGINT/SIGTERM stops dispatch (the producer is cancelled,
+queued tickets are left for the next run), in-flight requests get `grace_s`
+to finish and be written, then the rest are cancelled; a second signal
+cancels at once. Files are flushed and fsynced and the manifest is written
+in a shielded scope; the state becomes "interrupted" and the exit code
+128 + signal number. A checkpoint write error stops the run with state
+"failed": no ticket is ever counted done without its line on disk.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+from anyio.abc import TaskStatus
+
+from batchrun import __version__
+from batchrun.checkpoint import Checkpoint, CheckpointWriter, open_checkpoint, read_manifest, write_manifest
+from batchrun.errors import (
+    BatchrunError,
+    CheckpointError,
+    ExitCode,
+    RateLimitedError,
+    RequestError,
+    RetryableError,
+    RunMismatchError,
+    TicketError,
+)
+from batchrun.provider import ChatRequest, Provider, litellm_version, translate_error
+from batchrun.records import Outcome, Ticket
+from batchrun.retrying import build_retrying
+from batchrun.spec import JobSpec
+from batchrun.stats import RunStats
+from batchrun.tickets import InputScan, read_tickets, scan_input
+from batchrun.limits import RequestGate
+
+__all__ = ["PreparedRun", "RunResult", "execute_run", "prepare_run", "render_messages"]
+
+MAX_HISTORY = 100  # runs remembered in manifest.json
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def render_messages(job: JobSpec, ticket: Ticket) -> list[dict[str, str]]:
+    """The chat messages for one ticket (ticket values inserted as data)."""
+    messages = []
+    system = job.system_template
+    if system is not None:
+        messages.append({"role": "system", "content": system.render(ticket.fields)})
+    messages.append({"role": "user", "content": job.user_template.render(ticket.fields)})
+    return messages
+
+
+@dataclass
+class PreparedRun:
+    job: JobSpec
+    job_path: Path | None
+    checkpoint: Checkpoint
+    scan: InputScan
+    endpoint: str  # "simulator", a redacted api_base, or "provider default"
+    limit: int | None
+    skip_failed: bool
+    run_number: int  # 1 for the first invocation on this run directory
+    manifest: dict[str, Any]
+    tickets_total: int  # tickets considered (after limit)
+    already_done: int
+    skipped_failed: int
+    to_do: int
+    notes: list[str] = field(default_factory=list)  # things the user should know
+
+    @property
+    def run_dir(self) -> Path:
+        return self.checkpoint.run_dir
+
+    def release(self) -> None:
+        self.checkpoint.release()
+
+
+@dataclass
+class RunResult:
+    state: str  # done, interrupted, failed
+    exit_code: int
+    summary: dict[str, Any]
+    error: str | None = None
+
+
+def _count_selected(job: JobSpec, limit: int | None, done: set[str], failed: set[str], skip_failed: bool) -> tuple[int, int, int]:
+    """(tickets considered, already done, skipped failed) over the first `limit` tickets."""
+    total = already = skipped = 0
+    for ticket in read_tickets(job.input, job.id_field):
+        if limit is not None and total >= limit:
+            break
+        total += 1
+        if ticket.id in done:
+            already += 1
+        elif skip_failed and ticket.id in failed:
+            skipped += 1
+    return total, already, skipped
+
+
+def _mismatches(old: dict[str, Any], job: JobSpec, scan: InputScan, endpoint: str) -> list[str]:
+    changes: list[str] = []
+    old_fp = (old.get("job") or {}).get("fingerprint") or {}
+    new_fp = job.fingerprint()
+    for key in sorted(set(old_fp) | set(new_fp)):
+        if old_fp.get(key) != new_fp.get(key):
+            changes.append(f"job {key} changed")
+    old_input = old.get("input") or {}
+    if old_input.get("sha256") and old_input.get("sha256") != scan.sha256:
+        changes.append(
+            f"input changed ({old_input.get('path')}, {old_input.get('size')} bytes -> "
+            f"{scan.path}, {scan.size} bytes)"
+        )
+    if old.get("endpoint") and old.get("endpoint") != endpoint:
+        changes.append(f"endpoint changed ({old.get('endpoint')} -> {endpoint})")
+    return changes
+
+
+def prepare_run(
+    job: JobSpec,
+    *,
+    job_path: Path | None = None,
+    endpoint: str = "provider default",
+    limit: int | None = None,
+    skip_failed: bool = False,
+    force: bool = False,
+) -> PreparedRun:
+    """Everything before the first request; raises BatchrunError subclasses."""
+    templates = [t for t in (job.system_template, job.user_template) if t is not None]
+    checkpoint = open_checkpoint(job.resolved_run_dir())
+    try:
+        scan = scan_input(job.input, job.id_field, templates)
+        if scan.problem_count:
+            raise TicketError(scan.describe_problems())
+        old = read_manifest(checkpoint.run_dir) or {}
+        if old and not force:
+            changes = _mismatches(old, job, scan, endpoint)
+            if changes:
+                raise RunMismatchError(
+                    f"{checkpoint.run_dir} holds a run of a different job or input:\n  "
+                    + "\n  ".join(changes)
+                    + "\nUse another --run-dir for the new run, or --force to resume anyway."
+                )
+        total, already, skipped = _count_selected(
+            job, limit, checkpoint.done_ids, checkpoint.failed_ids, skip_failed
+        )
+        return PreparedRun(
+            job=job,
+            job_path=job_path,
+            checkpoint=checkpoint,
+            scan=scan,
+            endpoint=endpoint,
+            limit=limit,
+            skip_failed=skip_failed,
+            run_number=int(old.get("run", 0)) + 1,
+            manifest=old,
+            tickets_total=total,
+            already_done=already,
+            skipped_failed=skipped,
+            to_do=total - already - skipped,
+            notes=list(checkpoint.repaired),
+        )
+    except BaseException:
+        checkpoint.release()
+        raise
+
+
+def _manifest(prep: PreparedRun, stats: RunStats, state: str, started_at: str, finished_at: str | None,
+              error: str | None) -> dict[str, Any]:
+    done_total = len(prep.checkpoint.done_ids)
+    summary = stats.summary()
+    history = list(prep.manifest.get("history") or [])
+    entry = {
+        "run": prep.run_number, "state": state, "started_at": started_at, "finished_at": finished_at,
+        "done": stats.done, "failed": stats.failed, "requests": stats.attempts,
+        "cost_usd": summary["cost_usd"],
+    }
+    history = [h for h in history if h.get("run") != prep.run_number][-(MAX_HISTORY - 1):] + [entry]
+    return {
+        "batchrun_version": __version__,
+        "litellm_version": litellm_version(),
+        "job": {
+            "name": prep.job.name,
+            "path": str(prep.job_path) if prep.job_path else None,
+            "fingerprint": prep.job.fingerprint(),
+            "fingerprint_sha256": prep.job.fingerprint_hash(),
+        },
+        "input": {"path": str(prep.scan.path), "size": prep.scan.size, "sha256": prep.scan.sha256,
+                  "tickets": prep.scan.tickets},
+        "endpoint": prep.endpoint,
+        "limit": prep.limit,
+        "run": prep.run_number,
+        "pid": os.getpid(),
+        "state": state,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "error": error,
+        "counts": {
+            "tickets": prep.scan.tickets,
+            "done": done_total,
+            "failed": stats.failed + len(prep.checkpoint.failed_ids - prep.checkpoint.done_ids),
+        },
+        "summary": summary,
+        "history": history,
+    }
+
+
+class _Run:
+    """State of one execute_run call (kept off the module level)."""
+
+    def __init__(self, prep: PreparedRun, provider: Provider, *, grace_s: float, progress: bool,
+                 out: TextIO) -> None:
+        self.prep = prep
+        self.job = prep.job
+        self.provider = provider
+        self.grace_s = grace_s
+        self.out = out
+        self.stats = RunStats(tickets_total=prep.tickets_total, already_done=prep.already_done,
+                              skipped_failed=prep.skipped_failed, to_do=prep.to_do)
+        self.gate = RequestGate(self.job.concurrency)
+        self.writer = CheckpointWriter(prep.run_dir, prep.checkpoint.done_ids)
+        self.stopping = False  # set by the first signal: no new tickets start
+        self.signal_number: int | None = None
+        self.fatal: BaseException | None = None
+        self.producer_scope = anyio.CancelScope()
+        self.work_scope: anyio.CancelScope | None = None
+        self.writer_done = anyio.Event()
+        self.bar = _progress_bar(prep.to_do) if progress else None
+        self._last_bar = 0.0
+
+    # -- tasks --------------------------------------------------------------------
+
+    async def producer(self, send: Any) -> None:
+        async with send:
+            with self.producer_scope:
+                done, failed = self.prep.checkpoint.done_ids, self.prep.checkpoint.failed_ids
+                seen = 0
+                for ticket in read_tickets(self.job.input, self.job.id_field):
+                    if self.prep.limit is not None and seen >= self.prep.limit:
+                        break
+                    seen += 1
+                    if ticket.id in done or (self.prep.skip_failed and ticket.id in failed):
+                        continue
+                    await send.send(ticket)
+
+    async def worker(self, tickets: Any, outcomes: Any) -> None:
+        async with tickets, outcomes:
+            async for ticket in tickets:
+                if self.stopping:
+                    break
+                self.stats.in_flight += 1
+                outcome = await self.process(ticket)
+                await outcomes.send(outcome)
+
+    async def process(self, ticket: Ticket) -> Outcome:
+        request = ChatRequest(ticket.id, render_messages(self.job, ticket), self.job.timeout_s)
+        started_at = utc_now()
+        t0 = time.monotonic()
+        attempts = 0
+        latency_ms = 0.0
+        hard_timeout = self.job.timeout_s * 1.5 + 5.0  # litellm's own timeout should fire first
+        try:
+            async for attempt in build_retrying(self.job.retry):
+                with attempt:
+                    attempts += 1
+                    self.stats.attempts += 1
+                    if attempts > 1:
+                        self.stats.retries += 1
+                    async with self.gate.slot():
+                        a0 = time.monotonic()
+                        try:
+                            with anyio.fail_after(hard_timeout):
+                                completion = await self.provider.complete(request)
+                        except TimeoutError:
+                            self._count_error("timeout")
+                            raise RetryableError(f"no answer within {hard_timeout:g} s", kind="timeout",
+                                                 error_type="Timeout") from None
+                        except Exception as exc:
+                            error = translate_error(exc)
+                            self._count_error(error.kind)
+                            if isinstance(error, RateLimitedError):
+                                self.stats.rate_limited += 1
+                                if error.retry_after:
+                                    self.gate.pause_all(min(error.retry_after, self.job.retry.max_backoff_s))
+                            raise error from None
+                        latency_ms = (time.monotonic() - a0) * 1000.0
+        except RequestError as error:
+            return Outcome(
+                ticket_id=ticket.id, attempts=attempts, started_at=started_at, finished_at=utc_now(),
+                elapsed_ms=(time.monotonic() - t0) * 1000.0, run=self.prep.run_number,
+                error_kind=error.kind, error_type=error.error_type, error_message=error.message,
+                status_code=error.status_code,
+            )
+        return Outcome(
+            ticket_id=ticket.id, attempts=attempts, started_at=started_at, finished_at=utc_now(),
+            elapsed_ms=(time.monotonic() - t0) * 1000.0, run=self.prep.run_number,
+            completion=completion, latency_ms=latency_ms,
+        )
+
+    def _count_error(self, kind: str) -> None:
+        self.stats.errors_by_kind[kind] = self.stats.errors_by_kind.get(kind, 0) + 1
+
+    async def write_outcomes(self, outcomes: Any) -> None:
+        last_sync = time.monotonic()
+        try:
+            async with outcomes:
+                async for first in outcomes:
+                    batch = [first]
+                    while True:
+                        try:
+                            batch.append(outcomes.receive_nowait())
+                        except (anyio.WouldBlock, anyio.EndOfStream):
+                            break
+                    written = await self.writer.write_batch(batch)
+                    self.stats.in_flight -= len(batch)
+                    for outcome in written:
+                        self._account(outcome)
+                    self._update_bar()
+                    if time.monotonic() - last_sync > 1.0:
+                        await self.writer.sync()
+                        last_sync = time.monotonic()
+        except CheckpointError as exc:
+            self.fatal = exc
+            self.stopping = True
+            if self.work_scope is not None:
+                self.work_scope.cancel()
+        finally:
+            self.writer_done.set()
+
+    def _account(self, outcome: Outcome) -> None:
+        stats = self.stats
+        if not outcome.ok:
+            stats.failed += 1
+            return
+        stats.done += 1
+        c = outcome.completion
+        assert c is not None
+        stats.latency.add(outcome.latency_ms or 0.0)
+        if c.usage is not None:
+            stats.prompt_tokens += c.usage.prompt_tokens
+            stats.completion_tokens += c.usage.completion_tokens
+            stats.total_tokens += c.usage.total_tokens
+        if c.cost_usd is None:
+            stats.unpriced += 1
+        else:
+            stats.cost_usd += c.cost_usd
+
+    def _update_bar(self, force: bool = False) -> None:
+        if self.bar is None:
+            return
+        now = time.monotonic()
+        self.bar.n = self.stats.done + self.stats.failed
+        if force or now - self._last_bar >= 0.25:
+            self._last_bar = now
+            self.bar.set_postfix_str(
+                f"failed={self.stats.failed} req/s={self.stats.attempts / self.stats.wall_s:.1f} "
+                f"${self.stats.cost_usd:.4f}", refresh=False)
+            self.bar.refresh()
+
+    async def watch_signals(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                if self.signal_number is None:
+                    self.signal_number = int(signum)
+                    self.stopping = True
+                    self.producer_scope.cancel()
+                    print(
+                        f"\nbatchrun: {signal.Signals(signum).name}: no new requests; waiting up to "
+                        f"{self.grace_s:g} s for {self.gate.in_flight} in flight (signal again to stop now)",
+                        file=sys.stderr, flush=True,
+                    )
+                    self._grace_scope = anyio.CancelScope()
+                    self._tg.start_soon(self._grace_timer)
+                elif self.work_scope is not None:
+                    self.work_scope.cancel()
+
+    async def _grace_timer(self) -> None:
+        await anyio.sleep(self.grace_s)
+        if self.work_scope is not None:
+            self.work_scope.cancel()
+
+    async def run(self) -> None:
+        await self.writer.open()
+        n_workers = min(self.job.concurrency, max(self.prep.to_do, 1))
+        tickets_send, tickets_recv = anyio.create_memory_object_stream[Ticket](self.job.concurrency)
+        # Each worker holds at most one outcome, so this buffer never blocks a worker:
+        # a finished request is never lost to a cancelled send.
+        outcomes_send, outcomes_recv = anyio.create_memory_object_stream[Outcome](n_workers)
+        async with anyio.create_task_group() as outer:
+            self._tg = outer
+            outer.start_soon(self.write_outcomes, outcomes_recv)
+            await outer.start(self.watch_signals)
+            async with anyio.create_task_group() as work:
+                self.work_scope = work.cancel_scope
+                work.start_soon(self.producer, tickets_send)
+                for _ in range(n_workers):
+                    work.start_soon(self.worker, tickets_recv.clone(), outcomes_send.clone())
+                tickets_recv.close()
+                outcomes_send.close()
+            with anyio.CancelScope(shield=True):
+                await self.writer_done.wait()
+            outer.cancel_scope.cancel()
+
+
+def _progress_bar(total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="ticket", dynamic_ncols=True, file=sys.stderr, mininterval=0.25)
+
+
+async def execute_run(
+    prep: PreparedRun,
+    provider: Provider,
+    *,
+    grace_s: float = 30.0,
+    progress: bool = False,
+    out: TextIO | None = None,
+) -> RunResult:
+    """Run the prepared job; always leaves a parseable run directory."""
+    run = _Run(prep, provider, grace_s=grace_s, progress=progress, out=out or sys.stdout)
+    started_at = utc_now()
+    write_manifest(prep.run_dir, _manifest(prep, run.stats, "running", started_at, None, None))
+    state, error = "failed", None
+    try:
+        await run.run()
+        if run.fatal is not None:
+            raise run.fatal
+        state = "interrupted" if run.signal_number is not None else "done"
+    except BatchrunError as exc:
+        error = str(exc)
+        raise
+    except anyio.get_cancelled_exc_class():
+        state = "interrupted"
+        raise
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            run.stats.finished = time.monotonic()
+            if run.bar is not None:
+                run._update_bar(force=True)
+                run.bar.close()
+            try:
+                await run.writer.close()
+            except (OSError, CheckpointError) as exc:  # the disk went away: say so, keep the first error
+                error = error or f"cannot flush checkpoint: {exc}"
+                state = "failed"
+            try:
+                write_manifest(prep.run_dir, _manifest(prep, run.stats, state, started_at, utc_now(), error))
+            except CheckpointError as exc:
+                error = error or str(exc)
+                state = "failed"
+            await provider.aclose()
+    summary = run.stats.summary()
+    if state == "interrupted":
+        code = 128 + (run.signal_number or signal.SIGINT)
+    elif run.stats.failed:
+        code = ExitCode.TICKETS_FAILED
+    else:
+        code = ExitCode.OK
+    return RunResult(state=state, exit_code=int(code), summary=summary, error=error)

@@ -1,0 +1,166 @@
+"""The exception tree and the process exit codes.
+
+Every error batchrun raises on purpose derives from `BatchrunError`, so the
+CLI can print one clear line for it instead of a traceback. Provider errors
+are translated once, in `provider.py`, into `RequestError` subclasses: the
+retry policy and the engine never look at litellm's own exception types.
+
+    BatchrunError
+    ├── JobSpecError            the job file is invalid (names file and field)
+    ├── TicketError             an input line is invalid (names file and line)
+    ├── ConfigurationError      the environment is missing something (an API key variable)
+    ├── CheckpointError         the run directory cannot be used
+    │   ├── RunLockedError      another process holds the run directory's lock
+    │   └── RunMismatchError    resuming with a different job or input
+    └── RequestError            one provider call failed (kind, status, retry_after)
+        ├── RetryableError      worth another attempt: rate limit, timeout, connection, 5xx
+        │   └── RateLimitedError    a 429, maybe with the server's Retry-After
+        └── TerminalError       never retried: 4xx (bad request, auth, not found, ...)
+
+Error kinds (the `kind` attribute, written to errors.jsonl) are short stable
+strings: rate_limited, timeout, connection, server_error, bad_request,
+context_window, content_policy, auth, permission, not_found, unknown.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+__all__ = [
+    "BatchrunError",
+    "CheckpointError",
+    "ConfigurationError",
+    "ExitCode",
+    "JobSpecError",
+    "RateLimitedError",
+    "RequestError",
+    "RetryableError",
+    "RunLockedError",
+    "RunMismatchError",
+    "TerminalError",
+    "TicketError",
+    "redact_secrets",
+]
+
+
+class ExitCode(IntEnum):
+    """What `batchrun run` exits with; documented in the README."""
+
+    OK = 0  # every ticket is done
+    ERROR = 1  # an unexpected error (a bug, or an unreadable file)
+    BAD_INPUT = 2  # bad job file, bad input lines, missing key: nothing was requested
+    TICKETS_FAILED = 3  # the run finished, but some tickets ended in errors.jsonl
+    INTERRUPTED = 130  # SIGINT (Ctrl-C); 143 for SIGTERM (128 + signal number)
+
+
+class BatchrunError(Exception):
+    """Base of every error batchrun raises on purpose."""
+
+    exit_code: ExitCode = ExitCode.ERROR
+
+
+class JobSpecError(BatchrunError):
+    """The job file is missing, unreadable or invalid."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class TicketError(BatchrunError):
+    """One or more input lines are invalid; the message names file:line."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class ConfigurationError(BatchrunError):
+    """Something the run needs from the environment is missing."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class CheckpointError(BatchrunError):
+    """The run directory cannot be used (unwritable, corrupt, ...)."""
+
+
+class RunLockedError(CheckpointError):
+    """Another live process is running on this run directory."""
+
+
+class RunMismatchError(CheckpointError):
+    """The run directory belongs to a different job or input."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class RequestError(BatchrunError):
+    """One provider call failed.
+
+    kind:        a stable short string (see the module docstring)
+    status_code: the HTTP status when there was one
+    retry_after: seconds the server asked us to wait, when it said so
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str = "unknown",
+        status_code: int | None = None,
+        retry_after: float | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.status_code = status_code
+        self.retry_after = retry_after
+        self.error_type = error_type or type(self).__name__
+
+    def __str__(self) -> str:
+        status = f" (HTTP {self.status_code})" if self.status_code else ""
+        return f"{self.kind}{status}: {self.message}"
+
+
+class RetryableError(RequestError):
+    """A failure worth another attempt."""
+
+    retryable = True
+
+
+class RateLimitedError(RetryableError):
+    """The provider answered 429."""
+
+
+class TerminalError(RequestError):
+    """A failure that another attempt would repeat (4xx)."""
+
+
+_SECRET_PATTERNS = None
+
+
+def redact_secrets(text: str, secrets: "tuple[str, ...] | list[str]" = ()) -> str:
+    """Remove API keys from text meant for a log, a checkpoint or the terminal.
+
+    Every exact secret given is replaced, then anything shaped like a key:
+    `sk-...` tokens, `Bearer ...` credentials and `key=`/`token=` query values.
+    """
+    global _SECRET_PATTERNS
+    import re
+
+    if _SECRET_PATTERNS is None:
+        _SECRET_PATTERNS = (
+            re.compile(r"sk-[A-Za-z0-9_\-*]{8,}"),
+            re.compile(r"(?i)(bearer\s+)[^\s\"',]+"),
+            re.compile(r"(?i)((?:api[_-]?key|key|token|access_token|sig|signature)=)[^&\s\"']+"),
+            re.compile(r"(?i)(x-api-key[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"),
+        )
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[REDACTED]")
+    plain, bearer, query, header = _SECRET_PATTERNS
+    text = plain.sub("[REDACTED]", text)
+    text = bearer.sub(r"\1[REDACTED]", text)
+    text = query.sub(r"\1[REDACTED]", text)
+    text = header.sub(r"\1[REDACTED]", text)
+    return text

@@ -1,0 +1,109 @@
+"""`batchrun status`: what a run directory holds, finished or in progress.
+
+    run_status(run_dir) -> dict     counts recomputed from the checkpoint files
+                                    (the truth), plus the manifest's state and
+                                    last summary
+    format_status(status) -> str    the table `batchrun status` prints
+
+Reading takes no lock, so it works while a run is writing: a torn last line
+is simply not counted yet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from batchrun.checkpoint import ERRORS, RESULTS, read_manifest
+from batchrun.errors import CheckpointError
+from batchrun.stats import format_summary
+
+__all__ = ["format_status", "run_status"]
+
+
+def _sum_results(path: Path) -> tuple[int, float, int, int]:
+    """(results, cost, unpriced, total tokens) from results.jsonl."""
+    done = unpriced = tokens = 0
+    cost = 0.0
+    seen: set[str] = set()
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return 0, 0.0, 0, 0
+    with handle:
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                line = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                break
+            if line["id"] in seen:
+                continue
+            seen.add(line["id"])
+            done += 1
+            if line.get("cost_usd") is None:
+                unpriced += 1
+            else:
+                cost += line["cost_usd"]
+            tokens += (line.get("usage") or {}).get("total_tokens") or 0
+    return done, cost, unpriced, tokens
+
+
+def run_status(run_dir: Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    if manifest is None:
+        raise CheckpointError(f"{run_dir}: no manifest.json here: not a batchrun run directory")
+    from batchrun.checkpoint import scan_jsonl
+
+    done, cost, unpriced, tokens = _sum_results(run_dir / RESULTS)
+    done_ids = scan_jsonl(run_dir / RESULTS).ids
+    failed_ids = scan_jsonl(run_dir / ERRORS).ids - done_ids
+    total = int((manifest.get("input") or {}).get("tickets") or 0)
+    return {
+        "run_dir": str(run_dir),
+        "job": (manifest.get("job") or {}).get("name"),
+        "state": manifest.get("state"),
+        "run": manifest.get("run"),
+        "endpoint": manifest.get("endpoint"),
+        "input": (manifest.get("input") or {}).get("path"),
+        "tickets": total,
+        "done": done,
+        "failed": len(failed_ids),
+        "pending": max(total - done - len(failed_ids), 0),
+        "cost_usd": round(cost, 6),
+        "unpriced_results": unpriced,
+        "total_tokens": tokens,
+        "started_at": manifest.get("started_at"),
+        "finished_at": manifest.get("finished_at"),
+        "error": manifest.get("error"),
+        "last_summary": manifest.get("summary"),
+    }
+
+
+def format_status(status: dict[str, Any]) -> str:
+    rows = [
+        ("run directory", status["run_dir"]),
+        ("job", status["job"]),
+        ("state", f"{status['state']} (run {status['run']}, started {status['started_at']}"
+                  + (f", finished {status['finished_at']})" if status["finished_at"] else ")")),
+        ("endpoint", status["endpoint"]),
+        ("input", status["input"]),
+        ("tickets", f"{status['tickets']:,}"),
+        ("done", f"{status['done']:,}"),
+        ("failed", f"{status['failed']:,}"),
+        ("pending", f"{status['pending']:,}"),
+        ("total tokens", f"{status['total_tokens']:,}"),
+        ("cost (all runs)", f"${status['cost_usd']:,.6f}"
+         + (f" ({status['unpriced_results']} unpriced)" if status["unpriced_results"] else "")),
+    ]
+    if status["error"]:
+        rows.append(("error", status["error"]))
+    width = max(len(label) for label, _ in rows)
+    text = "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+    if status["last_summary"]:
+        text += "\n\n" + format_summary(status["last_summary"], title=f"last run (run {status['run']})")
+    return text

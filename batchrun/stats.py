@@ -1,0 +1,155 @@
+"""Run counters, latency percentiles and the end-of-run summary.
+
+    LatencyHistogram   log-bucketed (1% wide) recorder: bounded memory at any
+                       ticket count, percentiles within about 1%
+    RunStats           every counter of one run, one field each, updated by
+                       the engine as checkpoint lines land on disk
+    RunStats.summary() a flat dict (stored in manifest.json)
+    format_summary()   the table printed at the end of `batchrun run`
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+__all__ = ["LatencyHistogram", "RunStats", "format_summary"]
+
+_LOG_STEP = math.log(1.01)
+
+
+@dataclass
+class LatencyHistogram:
+    counts: dict[int, int] = field(default_factory=dict)  # bucket index -> count
+    n: int = 0
+    total_ms: float = 0.0
+
+    def add(self, ms: float) -> None:
+        bucket = int(math.log(max(ms, 0.01)) / _LOG_STEP)
+        self.counts[bucket] = self.counts.get(bucket, 0) + 1
+        self.n += 1
+        self.total_ms += ms
+
+    def percentile(self, p: float) -> float | None:
+        """The p-th percentile (0-100) in ms, or None with no samples."""
+        if not self.n:
+            return None
+        rank = max(1, math.ceil(self.n * p / 100.0))
+        seen = 0
+        for bucket in sorted(self.counts):
+            seen += self.counts[bucket]
+            if seen >= rank:
+                return math.exp((bucket + 0.5) * _LOG_STEP)
+        return None  # pragma: no cover
+
+    @property
+    def mean(self) -> float | None:
+        return self.total_ms / self.n if self.n else None
+
+
+@dataclass
+class RunStats:
+    tickets_total: int = 0  # tickets in the input (after --limit)
+    already_done: int = 0  # done in an earlier run: skipped, never requested
+    skipped_failed: int = 0  # failed in an earlier run and skipped (--skip-failed)
+    to_do: int = 0  # tickets this run set out to process
+    done: int = 0  # succeeded in this run: line in results.jsonl
+    failed: int = 0  # ended in errors.jsonl in this run
+    in_flight: int = 0  # tickets between dispatch and their line on disk
+    attempts: int = 0  # requests sent (first tries and retries)
+    retries: int = 0  # attempts after a ticket's first
+    rate_limited: int = 0  # attempts answered 429
+    errors_by_kind: dict[str, int] = field(default_factory=dict)  # failed attempts by kind
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cost_usd: float = 0.0  # sum over priced results of this run
+    unpriced: int = 0  # results of this run with cost_usd = null
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # successful attempts
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+
+    @property
+    def wall_s(self) -> float:
+        end = self.finished if self.finished is not None else time.monotonic()
+        return max(end - self.started, 1e-9)
+
+    def summary(self) -> dict[str, Any]:
+        wall = self.wall_s
+        finished = self.done + self.failed
+        return {
+            "tickets_total": self.tickets_total,
+            "already_done": self.already_done,
+            "skipped_failed": self.skipped_failed,
+            "done": self.done,
+            "failed": self.failed,
+            "not_finished": max(self.to_do - finished, 0),
+            "wall_s": round(wall, 3),
+            "requests": self.attempts,
+            "retries": self.retries,
+            "rate_limited": self.rate_limited,
+            "errors_by_kind": dict(sorted(self.errors_by_kind.items())),
+            "requests_per_s": round(self.attempts / wall, 2),
+            "tickets_per_s": round(finished / wall, 2),
+            "output_tokens_per_s": round(self.completion_tokens / wall, 1),
+            "latency_ms": {
+                "p50": _round(self.latency.percentile(50)),
+                "p95": _round(self.latency.percentile(95)),
+                "p99": _round(self.latency.percentile(99)),
+                "mean": _round(self.latency.mean),
+            },
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "cost_usd": round(self.cost_usd, 6),
+            "unpriced_results": self.unpriced,
+            "cost_per_1000_tickets_usd": (
+                round(self.cost_usd / (self.done - self.unpriced) * 1000, 6)
+                if self.done > self.unpriced else None
+            ),
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} ms"
+
+
+def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary") -> str:
+    """The end-of-run table, from a `RunStats.summary()` dict."""
+    lat = summary["latency_ms"]
+    per_1000 = summary["cost_per_1000_tickets_usd"]
+    cost = f"${summary['cost_usd']:,.6f}"
+    if summary["unpriced_results"]:
+        cost += f"  ({summary['unpriced_results']} result(s) unpriced: cost_usd null)"
+    kinds = ", ".join(f"{k} {v}" for k, v in summary["errors_by_kind"].items()) or "none"
+    rows = [
+        ("tickets in input", f"{summary['tickets_total']:,}"),
+        ("done in this run", f"{summary['done']:,}"),
+        ("failed in this run", f"{summary['failed']:,}"),
+        ("already done before", f"{summary['already_done']:,}"),
+    ]
+    if summary["skipped_failed"]:
+        rows.append(("skipped (failed before)", f"{summary['skipped_failed']:,}"))
+    if summary["not_finished"]:
+        rows.append(("not finished (resume)", f"{summary['not_finished']:,}"))
+    rows += [
+        ("wall time", f"{summary['wall_s']:,.2f} s"),
+        ("requests", f"{summary['requests']:,} ({summary['retries']:,} retries, {summary['rate_limited']:,} answered 429)"),
+        ("failed attempts", kinds),
+        ("requests/s", f"{summary['requests_per_s']:,.1f}"),
+        ("output tokens/s", f"{summary['output_tokens_per_s']:,.1f}"),
+        ("latency p50/p95/p99", f"{_ms(lat['p50'])} / {_ms(lat['p95'])} / {_ms(lat['p99'])}"),
+        ("tokens (prompt+completion)", f"{summary['total_tokens']:,} ({summary['prompt_tokens']:,} + {summary['completion_tokens']:,})"),
+        ("cost", cost),
+        ("cost per 1,000 tickets", "-" if per_1000 is None else f"${per_1000:,.6f}"),
+    ]
+    width = max(len(label) for label, _ in rows)
+    lines = [title, "-" * len(title)]
+    lines += [f"{label:<{width}}  {value}" for label, value in rows]
+    return "\n".join(lines)

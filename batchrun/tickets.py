@@ -1,0 +1,153 @@
+"""Reading tickets: a streaming JSONL reader and a one-pass input check.
+
+Input is JSON Lines: one JSON object per line, each with a unique id in the
+job's `id_field` (a string or an integer). The file is read line by line in
+binary, so memory does not grow with its size.
+
+    read_tickets(path, id_field)      yields Ticket objects in file order;
+                                      raises TicketError naming file:line
+    scan_input(path, id_field, ...)   one pass over the whole file before any
+                                      request: size, sha256, ticket count, and
+                                      every bad line (up to a limit) with its
+                                      reason, including missing template fields
+                                      and duplicate ids
+    InputScan                         what scan_input found
+
+Checked per line: valid UTF-8 (a BOM on line 1 is accepted and dropped),
+not blank, valid JSON, a JSON object, an id that is a non-empty string or an
+integer, no id seen before, and every field the prompt templates use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import orjson
+
+from batchrun.errors import TicketError
+from batchrun.records import Ticket
+from batchrun.spec import MissingFieldError, PromptTemplate
+
+__all__ = ["InputScan", "LineProblem", "read_tickets", "scan_input"]
+
+_BOM = b"\xef\xbb\xbf"
+MAX_LINE_BYTES = 1_000_000  # a line longer than this is rejected as bad input
+
+
+@dataclass(frozen=True, slots=True)
+class LineProblem:
+    line: int
+    reason: str
+
+
+@dataclass(slots=True)
+class InputScan:
+    path: Path
+    size: int = 0  # bytes
+    sha256: str = ""  # of the whole file
+    tickets: int = 0  # valid tickets
+    problems: list[LineProblem] = field(default_factory=list)  # first `max_problems`
+    problem_count: int = 0  # all bad lines, even those not kept
+
+    def describe_problems(self) -> str:
+        lines = [f"{self.path}: {self.problem_count} bad line(s); nothing was requested:"]
+        lines += [f"  {self.path}:{p.line}: {p.reason}" for p in self.problems]
+        if self.problem_count > len(self.problems):
+            lines.append(f"  ... and {self.problem_count - len(self.problems)} more")
+        return "\n".join(lines)
+
+
+def _parse_line(raw: bytes, line_no: int, id_field: str) -> tuple[str, dict[str, Any]]:
+    """The id and object of one line, or ValueError with the reason."""
+    if line_no == 1 and raw.startswith(_BOM):
+        raw = raw[len(_BOM):]
+    if len(raw) > MAX_LINE_BYTES:
+        raise ValueError(f"line is {len(raw):,} bytes, over the {MAX_LINE_BYTES:,}-byte limit")
+    if not raw.strip():
+        raise ValueError("blank line")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"invalid UTF-8 at byte {exc.start}") from None
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    if id_field not in obj:
+        raise ValueError(f"missing id field {id_field!r}")
+    value = obj[id_field]
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise ValueError(f"id field {id_field!r} must be a non-empty string or an integer, got {value!r}")
+    return str(value), obj
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise TicketError(f"{path}: cannot read input: {exc.strerror}") from None
+    with handle:
+        for line_no, raw in enumerate(handle, start=1):
+            yield line_no, raw.rstrip(b"\r\n")
+
+
+def read_tickets(path: Path, id_field: str = "id") -> Iterator[Ticket]:
+    """Yield tickets in file order; the first bad line raises TicketError."""
+    for line_no, raw in _lines(path):
+        try:
+            ticket_id, obj = _parse_line(raw, line_no, id_field)
+        except ValueError as exc:
+            raise TicketError(f"{path}:{line_no}: {exc}") from None
+        yield Ticket(id=ticket_id, fields=obj, line=line_no)
+
+
+def scan_input(
+    path: Path,
+    id_field: str = "id",
+    templates: Sequence[PromptTemplate] = (),
+    *,
+    max_problems: int = 20,
+) -> InputScan:
+    """Check the whole input in one pass; see the module docstring."""
+    scan = InputScan(path=path)
+    digest = hashlib.sha256()
+    seen: dict[str, int] = {}
+
+    def problem(line_no: int, reason: str) -> None:
+        scan.problem_count += 1
+        if len(scan.problems) < max_problems:
+            scan.problems.append(LineProblem(line_no, reason))
+
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise TicketError(f"{path}: cannot read input: {exc.strerror}") from None
+    with handle:
+        for line_no, raw_line in enumerate(handle, start=1):
+            digest.update(raw_line)
+            scan.size += len(raw_line)
+            raw = raw_line.rstrip(b"\r\n")
+            try:
+                ticket_id, obj = _parse_line(raw, line_no, id_field)
+            except ValueError as exc:
+                problem(line_no, str(exc))
+                continue
+            if ticket_id in seen:
+                problem(line_no, f"duplicate id {ticket_id!r} (first on line {seen[ticket_id]})")
+                continue
+            seen[ticket_id] = line_no
+            for template in templates:
+                try:
+                    template.render(obj)
+                except MissingFieldError as exc:
+                    problem(line_no, f"ticket {ticket_id!r} has no field {exc.args[0]!r} used by the prompt")
+                    break
+            else:
+                scan.tickets += 1
+    scan.sha256 = digest.hexdigest()
+    return scan
