@@ -75,7 +75,6 @@ def import_litellm() -> Any:
 
         litellm.suppress_debug_info = True
         litellm.num_retries = 0
-        litellm.turn_off_message_logging = True
         litellm.telemetry = False
         _litellm = litellm
     return _litellm
