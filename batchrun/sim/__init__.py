@@ -1,0 +1,14 @@
+"""The embedded OpenAI-compatible simulator (see server.py).
+
+A stand-in LLM provider for tests, benchmarks and demos: it serves the OpenAI
+chat completions API (plain and streaming) with deterministic answers,
+reproducible latency and request counters. Modules:
+
+* ``config.py``: `SimConfig`, the knobs (latency, jitter, seed, model name).
+* ``server.py``: the aiohttp application (`build_app`) and `serve`.
+* ``answers.py``: `compose_answer`, the deterministic answer text.
+* ``tokens.py``: the cheap tokenizer used for usage, truncation and chunking.
+* ``command.py``: the ``batchrun sim`` click command (`sim_command`).
+* ``process.py``: `start_simulator`, a child-process simulator for tests.
+* ``__main__.py``: ``python -m batchrun.sim``.
+"""

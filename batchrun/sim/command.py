@@ -1,0 +1,169 @@
+"""The ``batchrun sim`` command: run the OpenAI-compatible simulator in the foreground.
+
+`sim_command` is a click command; the batchrun CLI registers it as ``sim``
+and ``python -m batchrun.sim`` runs it directly. Every `SimConfig` field has
+an option here with the field's default. Once the server is listening the
+command prints exactly one line to stdout::
+
+    batchrun-sim listening on http://127.0.0.1:PORT/v1
+
+and nothing else on stdout afterwards, so a parent process can read that line
+to learn the port (see `batchrun.sim.process`). The server stops on SIGINT or
+SIGTERM, and, with ``--exit-on-stdin-eof``, when its standard input reaches
+end of file: a parent keeps the write end of a pipe open, and when the parent
+dies (even by SIGKILL) the pipe closes and the simulator exits with it.
+
+This is the one place in batchrun that starts its own event loop
+(``asyncio.run``): the simulator is a separate program. Only click, the
+standard library and `batchrun.sim.config` are imported at module level; the
+server (and aiohttp) is imported when the command runs, so ``batchrun
+--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import threading
+
+import click
+
+from batchrun.sim.config import SimConfig
+
+#: Prefix of the single line printed once the server is listening.
+READY_LINE_PREFIX = "batchrun-sim listening on "
+
+
+@click.command(
+    name="sim",
+    epilog=(
+        "Example:\n\n"
+        "\b\n"
+        "  batchrun sim --port 8765 --latency-ms 300 --per-token-ms 5 --seed 7\n"
+        "  # then point litellm at it:\n"
+        "  #   litellm.acompletion(model='openai/gpt-4o-mini',\n"
+        "  #       api_base='http://127.0.0.1:8765/v1', api_key='sim-key', messages=...)"
+    ),
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port to listen on; 0 picks a free port.")
+@click.option(
+    "--latency-ms",
+    type=click.FloatRange(min=0),
+    default=SimConfig.latency_ms,
+    show_default=True,
+    help="Base latency of every request, in ms (time to first chunk when streaming).",
+)
+@click.option(
+    "--per-token-ms",
+    type=click.FloatRange(min=0),
+    default=SimConfig.per_token_ms,
+    show_default=True,
+    help="Extra latency per completion token, in ms.",
+)
+@click.option(
+    "--jitter",
+    type=click.FloatRange(0, 1),
+    default=SimConfig.jitter,
+    show_default=True,
+    help="Relative latency jitter: delays are scaled by a factor in [1-J, 1+J].",
+)
+@click.option("--seed", type=int, default=SimConfig.seed, show_default=True, help="Seed for answers, jitter and stream chunking.")
+@click.option("--model", default=None, help="Model name to report in responses (default: echo the request's model).")
+@click.option(
+    "--exit-on-stdin-eof",
+    is_flag=True,
+    default=False,
+    help="Exit when standard input reaches end of file (for parent processes that own a pipe to it).",
+)
+def sim_command(
+    host: str,
+    port: int,
+    latency_ms: float,
+    per_token_ms: float,
+    jitter: float,
+    seed: int,
+    model: str | None,
+    exit_on_stdin_eof: bool,
+) -> None:
+    """Run an OpenAI-compatible chat completions simulator.
+
+    Serves POST /v1/chat/completions (streaming and not), GET /v1/models,
+    GET /sim/stats and POST /sim/reset, with deterministic answers and
+    configurable latency. Runs until interrupted.
+    """
+    config = SimConfig(
+        latency_ms=latency_ms,
+        per_token_ms=per_token_ms,
+        jitter=jitter,
+        seed=seed,
+        model=model,
+    )
+    try:
+        asyncio.run(run_simulator(config, host, port, exit_on_stdin_eof=exit_on_stdin_eof))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
+
+
+def announce_ready(base_url: str) -> None:
+    """Print the one ready line to stdout and flush it."""
+    sys.stdout.write(f"{READY_LINE_PREFIX}{base_url}\n")
+    sys.stdout.flush()
+
+
+async def run_simulator(config: SimConfig, host: str, port: int, *, exit_on_stdin_eof: bool = False) -> None:
+    """Serve until SIGINT/SIGTERM (or stdin EOF when asked), then shut down cleanly."""
+    from batchrun.sim.server import serve
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError):  # not on this platform / not the main thread
+            pass
+    if exit_on_stdin_eof:
+        watch_stdin_until_eof(lambda: loop.call_soon_threadsafe(stop.set))
+
+    server_task = asyncio.create_task(serve(config, host, port, on_ready=announce_ready))
+    stop_task = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({server_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    if server_task in done:
+        stop_task.cancel()
+        server_task.result()  # raises the error that ended the server (e.g. port in use)
+        return
+    server_task.cancel()
+    try:
+        await server_task
+    except asyncio.CancelledError:
+        pass
+
+
+def watch_stdin_until_eof(on_eof) -> None:
+    """Call ``on_eof()`` from a daemon thread once standard input reaches end of file.
+
+    Whatever is read from stdin is discarded. A missing or unreadable stdin
+    counts as end of file.
+    """
+
+    def watch() -> None:
+        try:
+            fd = sys.stdin.fileno() if sys.stdin is not None else None
+        except (OSError, ValueError):
+            fd = None
+        if fd is not None:
+            try:
+                while os.read(fd, 65536):
+                    pass
+            except OSError:
+                pass
+        try:
+            on_eof()
+        except RuntimeError:  # the event loop is already closed
+            pass
+
+    threading.Thread(target=watch, name="batchrun-sim-stdin-watch", daemon=True).start()
