@@ -1,0 +1,102 @@
+"""Shared fixtures: a simulator process on 127.0.0.1, job files and tickets in tmp_path.
+
+Nothing here leaves the machine: every request goes to the embedded
+simulator, started as a child process on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import orjson
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "sample_data" / "tickets.jsonl"
+
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+
+
+def sample_lines(n: int) -> list[bytes]:
+    with SAMPLE.open("rb") as handle:
+        return [next(handle) for _ in range(n)]
+
+
+def write_tickets(path: Path, n: int) -> Path:
+    path.write_bytes(b"".join(sample_lines(n)))
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+JOB_TEMPLATE = """\
+name = "{name}"
+input = "tickets.jsonl"
+run_dir = "run"
+model = "{model}"
+api_key_env = "BATCHRUN_TEST_KEY"
+concurrency = {concurrency}
+timeout_s = 10
+
+[prompt]
+system = "Classify the ticket as exactly one of: bug, feature, billing, other."
+user = "Subject: {{subject}}\\n\\n{{body}}"
+
+[params]
+temperature = 0
+max_tokens = 5
+
+[retry]
+max_attempts = 3
+max_elapsed_s = 30
+initial_backoff_s = 0.01
+max_backoff_s = 0.05
+{extra}
+"""
+
+
+@pytest.fixture
+def make_job(tmp_path: Path) -> Callable[..., Path]:
+    """Write tickets.jsonl (the first n sample tickets) and job.toml into tmp_path."""
+
+    def make(n: int = 40, *, name: str = "test_job", model: str = "openai/gpt-4o-mini",
+             concurrency: int = 4, extra: str = "") -> Path:
+        write_tickets(tmp_path / "tickets.jsonl", n)
+        job = tmp_path / "job.toml"
+        job.write_text(JOB_TEMPLATE.format(name=name, model=model, concurrency=concurrency,
+                                           extra=textwrap.dedent(extra)))
+        return job
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def sim() -> Iterator[Any]:
+    """One simulator process for the session (fast: 5 ms latency)."""
+    from batchrun.sim.config import SimConfig
+    from batchrun.sim.process import start_simulator
+
+    with start_simulator(SimConfig(latency_ms=5.0, jitter=0.0)) as process:
+        yield process
+
+
+@pytest.fixture
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["BATCHRUN_TEST_KEY"] = "sim-key"
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("BATCHRUN_MODEL", None)
+    env.pop("BATCHRUN_API_BASE", None)
+    return env
+
+
+def batchrun_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "batchrun.cli", *args]
