@@ -4,47 +4,60 @@ The public API is small and pinned by tests/test_public_api.py:
 
     load_job(path) -> JobSpec             read and validate a job file
     read_tickets(path, id_field)          stream Ticket records from JSONL
-    load_done_ids(run_dir)                ids already in results.jsonl
+    scan_input(path, ...)                 check a whole input before any request
+    load_done_ids / load_failed_ids       what a run directory already holds
     prepare_run(...) / execute_run(...)   the engine's two phases
     Provider, LiteLLMProvider, ScriptedProvider, ChatRequest
-    RunStats, BatchrunError
+    Ticket, Usage, Completion, Outcome, RunStats, BatchrunError
 
-Importing batchrun does not import litellm: provider.py imports it on first use.
+Names are imported on first use (PEP 562), so `import batchrun` and
+`batchrun --help` stay fast; litellm itself is imported only when a
+LiteLLMProvider is created.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from batchrun.checkpoint import load_done_ids, load_failed_ids, scan_jsonl
-from batchrun.engine import PreparedRun, RunResult, execute_run, prepare_run, render_messages
-from batchrun.errors import BatchrunError
-from batchrun.provider import ChatRequest, LiteLLMProvider, Provider, ScriptedProvider
-from batchrun.records import Completion, Outcome, Ticket, Usage
-from batchrun.spec import JobSpec, load_job
-from batchrun.stats import RunStats
-from batchrun.tickets import read_tickets, scan_input
+_EXPORTS = {
+    "BatchrunError": "batchrun.errors",
+    "ChatRequest": "batchrun.provider",
+    "Completion": "batchrun.records",
+    "JobSpec": "batchrun.spec",
+    "LiteLLMProvider": "batchrun.provider",
+    "Outcome": "batchrun.records",
+    "PreparedRun": "batchrun.engine",
+    "Provider": "batchrun.provider",
+    "RunResult": "batchrun.engine",
+    "RunStats": "batchrun.stats",
+    "ScriptedProvider": "batchrun.provider",
+    "Ticket": "batchrun.records",
+    "Usage": "batchrun.records",
+    "execute_run": "batchrun.engine",
+    "load_done_ids": "batchrun.checkpoint",
+    "load_failed_ids": "batchrun.checkpoint",
+    "load_job": "batchrun.spec",
+    "prepare_run": "batchrun.engine",
+    "read_tickets": "batchrun.tickets",
+    "render_messages": "batchrun.engine",
+    "scan_input": "batchrun.tickets",
+    "scan_jsonl": "batchrun.checkpoint",
+}
 
-__all__ = [
-    "BatchrunError",
-    "ChatRequest",
-    "Completion",
-    "JobSpec",
-    "LiteLLMProvider",
-    "Outcome",
-    "PreparedRun",
-    "Provider",
-    "RunResult",
-    "RunStats",
-    "ScriptedProvider",
-    "Ticket",
-    "Usage",
-    "__version__",
-    "execute_run",
-    "load_done_ids",
-    "load_failed_ids",
-    "scan_jsonl",
-    "load_job",
-    "prepare_run",
-    "read_tickets",
-    "render_messages",
-    "scan_input",
-]
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'batchrun' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,186 @@
+"""The command line end to end, in subprocesses: real litellm, real HTTP to the
+simulator, real signals. Resume is checked against the simulator's own count
+of requests per ticket id."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+import pytest
+
+from batchrun.checkpoint import scan_jsonl
+from conftest import batchrun_cmd, read_jsonl
+
+N_TICKETS = 240
+
+
+@pytest.fixture(scope="module")
+def slow_sim() -> Iterator[Any]:
+    """A simulator slow enough (40 ms) that a run can be stopped part-way."""
+    from batchrun.sim.config import SimConfig
+    from batchrun.sim.process import start_simulator
+
+    with start_simulator(SimConfig(latency_ms=40.0, jitter=0.2)) as process:
+        yield process
+
+
+def wait_for_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before {n} lines: {proc.communicate()}")
+        time.sleep(0.01)
+    raise AssertionError(f"no {n} lines in {path} after {timeout} s")
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(batchrun_cmd(*args), env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_exactly_once(results: Path, expected_ids: set[str]) -> list[dict]:
+    raw = results.read_bytes()
+    assert raw.endswith(b"\n"), "torn last line left behind"
+    rows = [orjson.loads(line) for line in raw.splitlines()]
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)), "an id appears twice in results.jsonl"
+    assert set(ids) == expected_ids
+    return rows
+
+
+def input_ids(job: Path) -> set[str]:
+    return {r["id"] for r in read_jsonl(job.parent / "tickets.jsonl")}
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_cleanly_and_rerun_resumes_without_repeats(make_job, tmp_path, slow_sim, cli_env,
+                                                                 signum, code):
+    job = make_job(N_TICKETS, concurrency=6)
+    slow_sim.reset()
+    args = ["run", str(job), "--api-base", slow_sim.base_url, "--no-progress"]
+    proc = subprocess.Popen(batchrun_cmd(*args), env=cli_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    results = tmp_path / "run" / "results.jsonl"
+    wait_for_lines(results, 30, proc)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    manifest = orjson.loads((tmp_path / "run" / "manifest.json").read_bytes())
+    assert manifest["state"] == "interrupted"
+    assert "re-run the same command to resume" in err
+    first = scan_jsonl(results)
+    assert first.torn_bytes == 0 and 30 <= len(first.ids) < N_TICKETS
+
+    second = run_cli(args, cli_env)
+    assert second.returncode == 0, second.stderr
+    assert_exactly_once(results, input_ids(job))
+    counts = slow_sim.stats()["requests_by_ticket"]
+    # in-flight requests were given time to finish and be written: nothing was paid twice
+    assert set(counts.values()) == {1} and len(counts) == N_TICKETS
+
+    third = run_cli(args, cli_env)
+    assert third.returncode == 0 and "Nothing to do" in third.stdout
+    assert slow_sim.stats()["total_requests"] == N_TICKETS
+
+
+def test_sigkill_at_many_points_then_resume_is_exactly_once(make_job, tmp_path, slow_sim, cli_env):
+    concurrency = 6
+    job = make_job(N_TICKETS, concurrency=concurrency)
+    slow_sim.reset()
+    args = ["run", str(job), "--api-base", slow_sim.base_url, "--no-progress"]
+    results = tmp_path / "run" / "results.jsonl"
+    snapshots: list[tuple[set[str], dict[str, int]]] = []
+    for kill_at in (3, 40, 95, 160):
+        proc = subprocess.Popen(batchrun_cmd(*args), env=cli_env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        wait_for_lines(results, kill_at, proc)
+        proc.kill()
+        proc.wait(timeout=30)
+        on_disk = scan_jsonl(results).ids
+        snapshots.append((on_disk, dict(slow_sim.stats()["requests_by_ticket"])))
+
+    final = run_cli(args, cli_env)
+    assert final.returncode == 0, final.stderr
+    assert_exactly_once(results, input_ids(job))
+    counts = slow_sim.stats()["requests_by_ticket"]
+    for on_disk, counts_then in snapshots:
+        for ticket_id in on_disk:  # never requested again once its line was on disk
+            assert counts[ticket_id] == counts_then[ticket_id], ticket_id
+    resent = sum(counts.values()) - N_TICKETS
+    assert 0 <= resent <= len(snapshots) * concurrency
+
+
+def test_torn_last_line_is_cut_and_its_ticket_rerun(make_job, tmp_path, sim, cli_env):
+    job = make_job(12)
+    args = ["run", str(job), "--api-base", sim.base_url, "--no-progress"]
+    assert run_cli([*args, "--limit", "8"], cli_env).returncode == 0
+    results = tmp_path / "run" / "results.jsonl"
+    lines = results.read_bytes().splitlines(keepends=True)
+    torn_id = orjson.loads(lines[-1])["id"]
+    results.write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # crash mid-write
+
+    sim.reset()
+    rerun = run_cli(args, cli_env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "torn last line" in rerun.stderr
+    assert_exactly_once(results, input_ids(job))
+    assert torn_id in sim.stats()["requests_by_ticket"]
+    assert len(sim.stats()["requests_by_ticket"]) == 5  # 4 never done + the torn one
+
+
+def test_embedded_simulator_run_then_rerun_does_nothing(make_job, tmp_path, cli_env):
+    job = make_job(20, extra="""
+        [simulator]
+        latency_ms = 5
+        jitter = 0
+    """)
+    first = run_cli(["run", str(job), "--no-progress"], cli_env)
+    assert first.returncode == 0, first.stderr
+    assert "run 1 done" in first.stdout and "latency p50/p95/p99" in first.stdout
+    manifest = orjson.loads((tmp_path / "run" / "manifest.json").read_bytes())
+    assert manifest["endpoint"] == "simulator" and manifest["state"] == "done"
+    assert manifest["counts"]["done"] == 20 and manifest["summary"]["cost_usd"] > 0
+    assert_exactly_once(tmp_path / "run" / "results.jsonl", input_ids(job))
+
+    second = run_cli(["run", str(job), "--no-progress"], cli_env)
+    assert second.returncode == 0
+    assert "Nothing to do: 20 of 20 tickets already done" in second.stdout
+
+    status = run_cli(["status", str(tmp_path / "run")], cli_env)
+    assert status.returncode == 0 and "done" in status.stdout and "20" in status.stdout
+
+
+def test_bad_job_file_fails_before_any_request_naming_the_field(make_job, tmp_path, cli_env):
+    job = make_job(5)
+    job.write_text(job.read_text().replace("concurrency = 4", "concurrency = 0"))
+    result = run_cli(["run", str(job), "--no-progress"], cli_env)
+    assert result.returncode == 2
+    assert "concurrency" in result.stderr and str(job) in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_input_line_fails_before_any_request_naming_file_and_line(make_job, tmp_path, sim, cli_env):
+    job = make_job(5)
+    tickets = tmp_path / "tickets.jsonl"
+    lines = tickets.read_bytes().splitlines(keepends=True)
+    lines.insert(3, b'{"id": "broken", "subject": \n')
+    tickets.write_bytes(b"".join(lines))
+    sim.reset()
+    result = run_cli(["run", str(job), "--api-base", sim.base_url, "--no-progress"], cli_env)
+    assert result.returncode == 2
+    assert f"{tickets}:4: invalid JSON" in result.stderr
+    assert sim.stats()["total_requests"] == 0
+
+
+def test_missing_key_variable_is_named_and_nothing_is_sent(make_job, tmp_path, sim, cli_env):
+    job = make_job(5)
+    env = dict(cli_env)
+    env.pop("BATCHRUN_TEST_KEY")
+    result = run_cli(["run", str(job), "--api-base", sim.base_url, "--no-progress"], env)
+    assert result.returncode == 2 and "BATCHRUN_TEST_KEY is not set" in result.stderr
