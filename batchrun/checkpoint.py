@@ -14,10 +14,12 @@ Layout of a run directory:
 
 Resume is a pure function over the checkpoint files: `scan_jsonl` reads a
 file, keeps every complete line's id and reports the byte offset where valid
-data ends. A torn last line (no newline, or not JSON: a crash mid-write) is
-cut off by `open_checkpoint`, and its ticket is simply run again.
+data ends, reading line by line (memory holds the ids, not the file). A torn
+last line (no newline, or not JSON: a crash mid-write) is cut off by
+`open_checkpoint`, and its ticket is simply run again; a bad line with more
+lines after it is not a torn write, and `open_checkpoint` refuses to cut it.
 
-    scan_jsonl(path)                 -> JsonlScan(ids, valid_bytes, torn_bytes, lines)
+    scan_jsonl(path)                 -> JsonlScan(ids, valid_bytes, torn_bytes, lines, torn_lines)
     load_done_ids(run_dir)           ids already in results.jsonl
     load_failed_ids(run_dir)         ids whose latest outcome is a failure
     open_checkpoint(run_dir)         lock + repair + scan, for a run about to start
@@ -27,6 +29,7 @@ cut off by `open_checkpoint`, and its ticket is simply run again.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from dataclasses import dataclass, field
@@ -64,6 +67,7 @@ class JsonlScan:
     valid_bytes: int = 0  # the file is good up to here
     torn_bytes: int = 0  # bytes after valid_bytes (a torn write)
     lines: int = 0  # complete lines
+    torn_lines: int = 0  # lines from valid_bytes on: 1 for a torn last line
     last_by_id: dict[str, dict[str, Any]] | None = None  # only when asked (errors file)
 
 
@@ -71,35 +75,46 @@ def scan_jsonl(path: Path, *, keep_last: bool = False) -> JsonlScan:
     """Scan a checkpoint file; a missing file is an empty scan.
 
     Valid data ends at the first line that has no newline or does not parse
-    as a JSON object with an "id": anything after it is torn. (Lines are
-    appended whole by one writer, so damage can only be at the end.)
+    as a JSON object with a string (or integer) "id": anything after it is
+    torn. (Lines are appended whole by one writer, so damage can only be at
+    the end: `torn_lines` > 1 means something else went wrong.)
     """
     scan = JsonlScan(last_by_id={} if keep_last else None)
     try:
-        data = path.read_bytes()
+        handle = path.open("rb")
     except FileNotFoundError:
         return scan
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read checkpoint: {exc.strerror}") from None
-    pos = 0
-    size = len(data)
-    while pos < size:
-        end = data.find(b"\n", pos)
-        if end < 0:
-            break
-        try:
-            obj = orjson.loads(data[pos:end])
-            ticket_id = obj["id"]
-        except (orjson.JSONDecodeError, TypeError, KeyError):
-            break
-        scan.ids.add(ticket_id)
-        if scan.last_by_id is not None:
-            scan.last_by_id[ticket_id] = obj
-        scan.lines += 1
-        pos = end + 1
-    scan.valid_bytes = pos
-    scan.torn_bytes = size - pos
+    try:
+        with handle:
+            for raw in handle:
+                if not scan.torn_lines and raw.endswith(b"\n"):
+                    parsed = _parse_line(raw)
+                    if parsed is not None:
+                        ticket_id, obj = parsed
+                        scan.ids.add(ticket_id)
+                        if scan.last_by_id is not None:
+                            scan.last_by_id[ticket_id] = obj
+                        scan.lines += 1
+                        scan.valid_bytes += len(raw)
+                        continue
+                scan.torn_lines += 1
+                scan.torn_bytes += len(raw)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint: {exc.strerror}") from None
     return scan
+
+
+def _parse_line(raw: bytes) -> tuple[str, dict[str, Any]] | None:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    ticket_id = obj.get("id") if isinstance(obj, dict) else None
+    if isinstance(ticket_id, bool) or not isinstance(ticket_id, (str, int)):
+        return None
+    return str(ticket_id), obj
 
 
 def load_done_ids(run_dir: Path) -> set[str]:
@@ -136,6 +151,8 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
         os.replace(tmp, final)
         _fsync_dir(run_dir)
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise CheckpointError(f"{final}: cannot write manifest: {exc.strerror}") from None
 
 
@@ -203,6 +220,12 @@ def open_checkpoint(run_dir: Path) -> Checkpoint:
         for name in (RESULTS, ERRORS):
             path = run_dir / name
             scan = scan_jsonl(path, keep_last=False)
+            if scan.torn_lines > 1:
+                raise CheckpointError(
+                    f"{path}: line {scan.lines + 1} is damaged and {scan.torn_lines - 1} more line(s) "
+                    "follow it, so this is not a torn last write; nothing was cut. Fix or delete that "
+                    "line by hand (or cut the file there to run the tickets after it again)"
+                )
             if scan.torn_bytes:
                 with open(path, "r+b") as handle:
                     handle.truncate(scan.valid_bytes)

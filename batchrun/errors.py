@@ -150,9 +150,10 @@ def redact_secrets(text: str, secrets: "tuple[str, ...] | list[str]" = ()) -> st
 
     if _SECRET_PATTERNS is None:
         _SECRET_PATTERNS = (
-            re.compile(r"sk-[A-Za-z0-9_\-*]{8,}"),
+            # (?<!...): "task-classifier" or "monkey=" are words, not credentials
+            re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-*]{8,}"),
             re.compile(r"(?i)(bearer\s+)[^\s\"',]+"),
-            re.compile(r"(?i)((?:api[_-]?key|key|token|access_token|sig|signature)=)[^&\s\"']+"),
+            re.compile(r"(?i)((?<![A-Za-z0-9])(?:api[_-]?key|key|token|access_token|sig|signature)=)[^&\s\"']+"),
             re.compile(r"(?i)(x-api-key[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"),
         )
     for secret in secrets:

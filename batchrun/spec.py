@@ -116,7 +116,8 @@ def _as_text(value: Any) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: TOML's `inf` is never a sensible timeout, backoff or price
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PromptSpec(_Section):

@@ -27,7 +27,7 @@ class LatencyHistogram:
     total_ms: float = 0.0
 
     def add(self, ms: float) -> None:
-        bucket = int(math.log(max(ms, 0.01)) / _LOG_STEP)
+        bucket = math.floor(math.log(max(ms, 0.01)) / _LOG_STEP)  # floor: int() would merge buckets -1 and 0
         self.counts[bucket] = self.counts.get(bucket, 0) + 1
         self.n += 1
         self.total_ms += ms
@@ -103,7 +103,7 @@ class RunStats:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
-            "cost_usd": round(self.cost_usd, 6),
+            "cost_usd": round(self.cost_usd, 9),
             "unpriced_results": self.unpriced,
             "cost_per_1000_tickets_usd": (
                 round(self.cost_usd / (self.done - self.unpriced) * 1000, 6)

@@ -2,7 +2,8 @@
 
 Input is JSON Lines: one JSON object per line, each with a unique id in the
 job's `id_field` (a string or an integer). The file is read line by line in
-binary, so memory does not grow with its size.
+binary, so memory does not grow with its size; a line longer than
+MAX_LINE_BYTES is read past in bounded chunks, never held whole.
 
     read_tickets(path, id_field)      yields Ticket objects in file order;
                                       raises TicketError naming file:line
@@ -23,7 +24,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 import orjson
 
@@ -60,12 +61,20 @@ class InputScan:
         return "\n".join(lines)
 
 
-def _parse_line(raw: bytes, line_no: int, id_field: str) -> tuple[str, dict[str, Any]]:
-    """The id and object of one line, or ValueError with the reason."""
+def _too_long(size: int) -> ValueError:
+    return ValueError(f"line is {size:,} bytes, over the {MAX_LINE_BYTES:,}-byte limit")
+
+
+def _parse_line(raw: bytes | None, line_no: int, id_field: str, size: int = 0) -> tuple[str, dict[str, Any]]:
+    """The id and object of one line, or ValueError with the reason.
+
+    `raw` is None for a line `_read_lines` found too long (`size` bytes)."""
+    if raw is None:
+        raise _too_long(size)
     if line_no == 1 and raw.startswith(_BOM):
         raw = raw[len(_BOM):]
     if len(raw) > MAX_LINE_BYTES:
-        raise ValueError(f"line is {len(raw):,} bytes, over the {MAX_LINE_BYTES:,}-byte limit")
+        raise _too_long(len(raw))
     if not raw.strip():
         raise ValueError("blank line")
     try:
@@ -86,21 +95,48 @@ def _parse_line(raw: bytes, line_no: int, id_field: str) -> tuple[str, dict[str,
     return str(value), obj
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+def _read_lines(
+    handle: BinaryIO, seen: Callable[[bytes], object] | None = None
+) -> Iterator[tuple[int, bytes | None, int]]:
+    """(line number, line without its ending or None if too long, bytes read).
+
+    Reads at most about MAX_LINE_BYTES at a time: a longer line is consumed
+    in chunks (each passed to `seen`, like every complete line) and yielded
+    as None, so one huge line cannot fill the memory."""
+    limit = MAX_LINE_BYTES + len(_BOM) + 2  # room for a BOM and a CRLF
+    line_no = 0
+    while chunk := handle.readline(limit):
+        line_no += 1
+        if seen is not None:
+            seen(chunk)
+        if len(chunk) < limit or chunk.endswith(b"\n"):
+            yield line_no, chunk.rstrip(b"\r\n"), len(chunk)
+            continue
+        size = len(chunk)
+        while not chunk.endswith(b"\n"):
+            chunk = handle.readline(limit)
+            if not chunk:
+                break
+            if seen is not None:
+                seen(chunk)
+            size += len(chunk)
+        yield line_no, None, size - (len(chunk) - len(chunk.rstrip(b"\r\n")))
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes | None, int]]:
     try:
         handle = path.open("rb")
     except OSError as exc:
         raise TicketError(f"{path}: cannot read input: {exc.strerror}") from None
     with handle:
-        for line_no, raw in enumerate(handle, start=1):
-            yield line_no, raw.rstrip(b"\r\n")
+        yield from _read_lines(handle)
 
 
 def read_tickets(path: Path, id_field: str = "id") -> Iterator[Ticket]:
     """Yield tickets in file order; the first bad line raises TicketError."""
-    for line_no, raw in _lines(path):
+    for line_no, raw, size in _lines(path):
         try:
-            ticket_id, obj = _parse_line(raw, line_no, id_field)
+            ticket_id, obj = _parse_line(raw, line_no, id_field, size)
         except ValueError as exc:
             raise TicketError(f"{path}:{line_no}: {exc}") from None
         yield Ticket(id=ticket_id, fields=obj, line=line_no)
@@ -127,13 +163,15 @@ def scan_input(
         handle = path.open("rb")
     except OSError as exc:
         raise TicketError(f"{path}: cannot read input: {exc.strerror}") from None
+
+    def read(chunk: bytes) -> None:
+        digest.update(chunk)
+        scan.size += len(chunk)
+
     with handle:
-        for line_no, raw_line in enumerate(handle, start=1):
-            digest.update(raw_line)
-            scan.size += len(raw_line)
-            raw = raw_line.rstrip(b"\r\n")
+        for line_no, raw, size in _read_lines(handle, read):
             try:
-                ticket_id, obj = _parse_line(raw, line_no, id_field)
+                ticket_id, obj = _parse_line(raw, line_no, id_field, size)
             except ValueError as exc:
                 problem(line_no, str(exc))
                 continue
