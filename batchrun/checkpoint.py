@@ -10,6 +10,8 @@ Layout of a run directory:
     errors.jsonl     one line per terminal failure, per run (an id failed in run 1
                      and retried in run 2 may appear twice; its latest line wins
                      unless results.jsonl has it)
+    rejects.jsonl    with on_bad_input = "skip": one line per bad input line
+                     (line, reason), rewritten by each run's input check
     run.lock         held with flock while a run is active; holds the pid
 
 Resume is a pure function over the checkpoint files: `scan_jsonl` reads a
@@ -25,6 +27,7 @@ lines after it is not a torn write, and `open_checkpoint` refuses to cut it.
     open_checkpoint(run_dir)         lock + repair + scan, for a run about to start
     CheckpointWriter                 the single writer of results/errors lines
     write_manifest / read_manifest   atomic JSON manifest
+    write_rejects                    rejects.jsonl for on_bad_input = "skip"
 """
 
 from __future__ import annotations
@@ -53,11 +56,13 @@ __all__ = [
     "read_manifest",
     "scan_jsonl",
     "write_manifest",
+    "write_rejects",
 ]
 
 MANIFEST = "manifest.json"
 RESULTS = "results.jsonl"
 ERRORS = "errors.jsonl"
+REJECTS = "rejects.jsonl"
 LOCK = "run.lock"
 
 
@@ -68,6 +73,9 @@ class JsonlScan:
     torn_bytes: int = 0  # bytes after valid_bytes (a torn write)
     lines: int = 0  # complete lines
     torn_lines: int = 0  # lines from valid_bytes on: 1 for a torn last line
+    cost_usd: float = 0.0  # sum of the valid lines' cost_usd (results file)
+    unpriced: int = 0  # valid lines with "cost_usd": null
+    total_tokens: int = 0  # sum of the valid lines' usage.total_tokens
     last_by_id: dict[str, dict[str, Any]] | None = None  # only when asked (errors file)
 
 
@@ -93,9 +101,18 @@ def scan_jsonl(path: Path, *, keep_last: bool = False) -> JsonlScan:
                     parsed = _parse_line(raw)
                     if parsed is not None:
                         ticket_id, obj = parsed
-                        scan.ids.add(ticket_id)
                         if scan.last_by_id is not None:
                             scan.last_by_id[ticket_id] = obj
+                        if ticket_id not in scan.ids:  # totals count an id once
+                            scan.ids.add(ticket_id)
+                            cost = obj.get("cost_usd")
+                            if isinstance(cost, (int, float)):
+                                scan.cost_usd += cost
+                            elif "cost_usd" in obj:
+                                scan.unpriced += 1
+                            usage = obj.get("usage")
+                            if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
+                                scan.total_tokens += usage["total_tokens"]
                         scan.lines += 1
                         scan.valid_bytes += len(raw)
                         continue
@@ -172,6 +189,7 @@ class Checkpoint:
     done_ids: set[str]  # in results.jsonl: never requested again
     failed_ids: set[str]  # latest outcome a failure (not in results.jsonl)
     repaired: list[str]  # human notes about torn lines that were cut off
+    spent_usd: float = 0.0  # cost of the results already on disk
     _lock_handle: Any = None
 
     def release(self) -> None:
@@ -238,7 +256,8 @@ def open_checkpoint(run_dir: Path) -> Checkpoint:
             scans[name] = scan
         done = scans[RESULTS].ids
         failed = scans[ERRORS].ids - done
-        return Checkpoint(run_dir=run_dir, done_ids=done, failed_ids=failed, repaired=repaired, _lock_handle=lock)
+        return Checkpoint(run_dir=run_dir, done_ids=done, failed_ids=failed, repaired=repaired,
+                          spent_usd=scans[RESULTS].cost_usd, _lock_handle=lock)
     except BaseException:
         lock.close()
         raise
@@ -305,3 +324,20 @@ class CheckpointWriter:
                 if handle is not None:
                     await handle.close()
             self._results = self._errors = None
+
+
+def write_rejects(run_dir: Path, input_path: Path, problems: list[Any]) -> Path:
+    """Write rejects.jsonl (one line per bad input line) atomically."""
+    run_dir = Path(run_dir)
+    final = run_dir / REJECTS
+    tmp = run_dir / f".{REJECTS}.{os.getpid()}.tmp"
+    blob = b"".join(
+        orjson.dumps({"file": str(input_path), "line": p.line, "reason": p.reason}) + b"\n" for p in problems
+    )
+    try:
+        tmp.write_bytes(blob)
+        os.replace(tmp, final)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"{final}: cannot write rejects: {exc.strerror}") from None
+    return final

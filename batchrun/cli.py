@@ -10,6 +10,7 @@ commands, so `batchrun --help` answers at once.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -32,7 +33,9 @@ Examples:
 \b
 Exit codes: 0 all done; 2 bad job file, input or environment (nothing sent);
 3 finished but some tickets failed (see errors.jsonl; re-run to retry them);
-130/143 interrupted by SIGINT/SIGTERM (re-run to resume); 1 other errors.
+4 stopped by fail-fast (401/403/404 in a row); 5 max_cost_usd reached;
+130/143 interrupted by SIGINT/SIGTERM; 1 other errors. Every stopped run
+resumes with the same command.
 """
 
 
@@ -49,6 +52,61 @@ def redact_url(url: str) -> str:
     if parts.port:
         host += f":{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+class _RedactingFilter(logging.Filter):
+    """Scrubs API keys from every log record before any handler sees it."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from batchrun.errors import redact_secrets
+
+        record.msg = redact_secrets(record.getMessage(), self.secrets)
+        record.args = ()
+        if record.exc_info:
+            import traceback
+
+            record.msg += "\n" + redact_secrets("".join(traceback.format_exception(*record.exc_info)),
+                                                self.secrets)
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def setup_logging(verbose: int, log_file: Path | None, secrets: list[str]) -> None:
+    """-v: batchrun's retries and failures; -vv: debug, litellm's too. Keys scrubbed."""
+    if not verbose and log_file is None:
+        return
+    level = logging.DEBUG if verbose >= 2 else logging.INFO
+    handlers: list[logging.Handler] = []
+    if verbose:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    redact = _RedactingFilter(secrets)
+    for handler in handlers:
+        handler.addFilter(redact)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(level)
+    root = logging.getLogger()
+    root.setLevel(level)
+    for handler in handlers:
+        root.addHandler(handler)
+    logging.getLogger("batchrun").setLevel(level)
+
+
+def route_litellm_logs(verbose: int) -> None:
+    """With -vv, send litellm's own loggers through our (redacting) handlers only."""
+    if verbose < 2:
+        return
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.DEBUG)
 
 
 def _sim_model(model: str) -> str:
@@ -73,10 +131,16 @@ def _sim_model(model: str) -> str:
 @click.option("--force", is_flag=True, help="Resume even if the job, input or endpoint changed.")
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
+@click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True),
+              help="Stop dispatching before the run directory's total cost would pass this.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
+@click.option("-v", "--verbose", count=True, help="-v: log retries and failures; -vv: debug (litellm too).")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the log here (API keys scrubbed).")
 def run(job_file: Path, input_path: Path | None, concurrency: int | None, limit: int | None,
         run_dir: Path | None, model: str | None, api_base: str | None, live: bool, skip_failed: bool,
-        force: bool, grace: float, progress: bool | None) -> None:
+        force: bool, grace: float, max_cost_usd: float | None, progress: bool | None, verbose: int,
+        log_file: Path | None) -> None:
     """Run JOB_FILE over its tickets, or resume it where it stopped.
 
     Ids already in the run directory's results.jsonl are never requested again.
@@ -86,6 +150,7 @@ def run(job_file: Path, input_path: Path | None, concurrency: int | None, limit:
     from batchrun.errors import BatchrunError, ConfigurationError, redact_secrets
     from batchrun.spec import load_job
 
+    secrets: list[str] = []
     try:
         job = load_job(job_file).with_overrides(
             input=input_path, concurrency=concurrency, run_dir=run_dir, model=model, api_base=api_base)
@@ -101,15 +166,18 @@ def run(job_file: Path, input_path: Path | None, concurrency: int | None, limit:
                     raise ConfigurationError(
                         f"environment variable {job.api_key_env} is not set "
                         f"(the job's api_key_env names it); nothing was sent")
+                secrets.append(api_key)
+        setup_logging(verbose, log_file, secrets)
         code = _run(job, job_file, endpoint, api_key, use_sim, limit, skip_failed, force, grace,
-                    sys.stderr.isatty() if progress is None else progress)
+                    sys.stderr.isatty() if progress is None else progress, max_cost_usd, verbose)
     except BatchrunError as exc:
-        click.echo(f"batchrun: error: {redact_secrets(str(exc))}", err=True)
+        click.echo(f"batchrun: error: {redact_secrets(str(exc), secrets)}", err=True)
         sys.exit(int(exc.exit_code))
     sys.exit(code)
 
 
-def _run(job, job_file, endpoint, api_key, use_sim, limit, skip_failed, force, grace, progress) -> int:
+def _run(job, job_file, endpoint, api_key, use_sim, limit, skip_failed, force, grace, progress,
+         max_cost_usd, verbose) -> int:
     import contextlib
 
     import anyio
@@ -119,7 +187,7 @@ def _run(job, job_file, endpoint, api_key, use_sim, limit, skip_failed, force, g
     from batchrun.stats import format_summary
 
     prep = prepare_run(job, job_path=job_file, endpoint=endpoint, limit=limit,
-                       skip_failed=skip_failed, force=force)
+                       skip_failed=skip_failed, force=force, max_cost_usd=max_cost_usd)
     try:
         for note in prep.notes:
             click.echo(f"batchrun: {note}", err=True)
@@ -151,13 +219,16 @@ def _run(job, job_file, endpoint, api_key, use_sim, limit, skip_failed, force, g
 
                 provider = LiteLLMProvider(model=job.model, api_base=job.api_base, api_key=api_key,
                                            params=job.params, prices=job.prices)
+            route_litellm_logs(verbose)
             result = anyio.run(lambda: execute_run(prep, provider, grace_s=grace, progress=progress))
         title = f"{job.name}: run {prep.run_number} {result.state}"
         click.echo(format_summary(result.summary, title=title))
         click.echo(f"run directory: {prep.run_dir}  (batchrun status {prep.run_dir})")
         if result.state == "interrupted":
             click.echo("Interrupted: re-run the same command to resume.", err=True)
-        elif result.summary["failed"]:
+        elif result.error:
+            click.echo(f"batchrun: {result.state}: {result.error}", err=True)
+        if result.summary["failed"] and result.state != "interrupted":
             click.echo(f"{result.summary['failed']} ticket(s) failed: see {prep.run_dir / 'errors.jsonl'}; "
                        "re-run to retry them (or --skip-failed).", err=True)
         return result.exit_code

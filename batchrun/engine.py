@@ -21,18 +21,32 @@ Two phases:
         Memory is bounded by the concurrency: the producer blocks when the
         ticket buffer is full, and no coroutine exists per ticket.
 
-Shutdown: the first SIGINT/SIGTERM stops dispatch (the producer is cancelled,
-queued tickets are left for the next run), in-flight requests get `grace_s`
-to finish and be written, then the rest are cancelled; a second signal
-cancels at once. Files are flushed and fsynced and the manifest is written
-in a shielded scope; the state becomes "interrupted" and the exit code
-128 + signal number. A checkpoint write error stops the run with state
-"failed": no ticket is ever counted done without its line on disk.
+Stopping early. Four things stop dispatch (the producer is cancelled and
+queued tickets are left for the next run) while in-flight requests finish
+and are written:
+  * the first SIGINT/SIGTERM: in-flight requests get `grace_s`, then the rest
+    are cancelled (a second signal cancels at once); state "interrupted",
+    exit 128 + signal number;
+  * `fail_fast_after` tickets in a row ending in 401/403/404 (a bad key or
+    model name must not burn through a million tickets): state "failed",
+    exit 4;
+  * `max_cost_usd`: the next ticket's estimated cost would pass the budget
+    (spent on disk + reserved for in-flight + estimate): state
+    "budget_exhausted", exit 5;
+  * a checkpoint write error (full disk, ...): state "failed", exit 1. No
+    ticket is ever counted done without its line on disk.
+Files are flushed and fsynced and the manifest written in a shielded scope.
+Every stopped run resumes with the same command.
+
+Bad input: with on_bad_input = "fail" (default) prepare_run reports every
+bad line and nothing is sent; with "skip" the bad lines go to rejects.jsonl
+(file, line, reason), the producer passes over them, and the summary counts
+them.
 """
 
 from __future__ import annotations
 
-import math
+import logging
 import os
 import signal
 import sys
@@ -46,7 +60,14 @@ import anyio
 from anyio.abc import TaskStatus
 
 from batchrun import __version__
-from batchrun.checkpoint import Checkpoint, CheckpointWriter, open_checkpoint, read_manifest, write_manifest
+from batchrun.checkpoint import (
+    Checkpoint,
+    CheckpointWriter,
+    open_checkpoint,
+    read_manifest,
+    write_manifest,
+    write_rejects,
+)
 from batchrun.errors import (
     BatchrunError,
     CheckpointError,
@@ -63,11 +84,13 @@ from batchrun.retrying import build_retrying
 from batchrun.spec import JobSpec
 from batchrun.stats import RunStats
 from batchrun.tickets import InputScan, read_tickets, scan_input
-from batchrun.limits import RequestGate
+from batchrun.limits import CostBudget, RequestGate
 
 __all__ = ["PreparedRun", "RunResult", "execute_run", "prepare_run", "render_messages"]
 
 MAX_HISTORY = 100  # runs remembered in manifest.json
+FAIL_FAST_KINDS = frozenset({"auth", "permission", "not_found"})
+log = logging.getLogger("batchrun")
 
 
 def utc_now() -> str:
@@ -99,6 +122,7 @@ class PreparedRun:
     already_done: int
     skipped_failed: int
     to_do: int
+    max_cost_usd: float | None = None  # the budget across all runs on this directory
     notes: list[str] = field(default_factory=list)  # things the user should know
 
     @property
@@ -111,16 +135,17 @@ class PreparedRun:
 
 @dataclass
 class RunResult:
-    state: str  # done, interrupted, failed
+    state: str  # done, interrupted, failed, budget_exhausted
     exit_code: int
     summary: dict[str, Any]
     error: str | None = None
 
 
-def _count_selected(job: JobSpec, limit: int | None, done: set[str], failed: set[str], skip_failed: bool) -> tuple[int, int, int]:
+def _count_selected(job: JobSpec, limit: int | None, done: set[str], failed: set[str], skip_failed: bool,
+                    bad_lines: set[int]) -> tuple[int, int, int]:
     """(tickets considered, already done, skipped failed) over the first `limit` tickets."""
     total = already = skipped = 0
-    for ticket in read_tickets(job.input, job.id_field):
+    for ticket in read_tickets(job.input, job.id_field, skip_lines=bad_lines, max_line_bytes=job.max_line_bytes):
         if limit is not None and total >= limit:
             break
         total += 1
@@ -157,13 +182,17 @@ def prepare_run(
     limit: int | None = None,
     skip_failed: bool = False,
     force: bool = False,
+    max_cost_usd: float | None = None,
 ) -> PreparedRun:
     """Everything before the first request; raises BatchrunError subclasses."""
     templates = [t for t in (job.system_template, job.user_template) if t is not None]
     checkpoint = open_checkpoint(job.resolved_run_dir())
     try:
-        scan = scan_input(job.input, job.id_field, templates)
-        if scan.problem_count:
+        skip_bad = job.on_bad_input == "skip"
+        scan = scan_input(job.input, job.id_field, templates, max_problems=None if skip_bad else 20,
+                          max_line_bytes=job.max_line_bytes)
+        notes = list(checkpoint.repaired)
+        if scan.problem_count and not skip_bad:
             raise TicketError(scan.describe_problems())
         old = read_manifest(checkpoint.run_dir) or {}
         if old and not force:
@@ -174,8 +203,12 @@ def prepare_run(
                     + "\n  ".join(changes)
                     + "\nUse another --run-dir for the new run, or --force to resume anyway."
                 )
+        if skip_bad:
+            rejects = write_rejects(checkpoint.run_dir, job.input, scan.problems)
+            if scan.problem_count:
+                notes.append(f"{scan.problem_count} bad input line(s) skipped (on_bad_input = \"skip\"): see {rejects}")
         total, already, skipped = _count_selected(
-            job, limit, checkpoint.done_ids, checkpoint.failed_ids, skip_failed
+            job, limit, checkpoint.done_ids, checkpoint.failed_ids, skip_failed, scan.bad_lines
         )
         return PreparedRun(
             job=job,
@@ -191,15 +224,16 @@ def prepare_run(
             already_done=already,
             skipped_failed=skipped,
             to_do=total - already - skipped,
-            notes=list(checkpoint.repaired),
+            max_cost_usd=max_cost_usd if max_cost_usd is not None else job.max_cost_usd,
+            notes=notes,
         )
     except BaseException:
         checkpoint.release()
         raise
 
 
-def _manifest(prep: PreparedRun, stats: RunStats, state: str, started_at: str, finished_at: str | None,
-              error: str | None) -> dict[str, Any]:
+def _manifest(prep: PreparedRun, stats: RunStats, failed_ids: set[str], state: str, started_at: str,
+              finished_at: str | None, error: str | None) -> dict[str, Any]:
     done_total = len(prep.checkpoint.done_ids)
     summary = stats.summary()
     history = list(prep.manifest.get("history") or [])
@@ -231,8 +265,10 @@ def _manifest(prep: PreparedRun, stats: RunStats, state: str, started_at: str, f
         "counts": {
             "tickets": prep.scan.tickets,
             "done": done_total,
-            "failed": stats.failed + len(prep.checkpoint.failed_ids - prep.checkpoint.done_ids),
+            "failed": len(failed_ids),
+            "rejected_lines": prep.scan.problem_count,
         },
+        "max_cost_usd": prep.max_cost_usd,
         "summary": summary,
         "history": history,
     }
@@ -249,12 +285,19 @@ class _Run:
         self.grace_s = grace_s
         self.out = out
         self.stats = RunStats(tickets_total=prep.tickets_total, already_done=prep.already_done,
-                              skipped_failed=prep.skipped_failed, to_do=prep.to_do)
+                              skipped_failed=prep.skipped_failed, to_do=prep.to_do,
+                              rejected_lines=prep.scan.problem_count)
         self.gate = RequestGate(self.job.concurrency)
         self.writer = CheckpointWriter(prep.run_dir, prep.checkpoint.done_ids)
-        self.stopping = False  # set by the first signal: no new tickets start
+        self.failed_ids = set(prep.checkpoint.failed_ids)  # latest outcome a failure
+        self.budget = (CostBudget(prep.max_cost_usd, prep.checkpoint.spent_usd)
+                       if prep.max_cost_usd is not None else None)
+        self.stopping = False  # no new ticket starts once this is set
+        self.stop_reason: str | None = None  # "signal", "fail_fast", "budget" or "checkpoint"
         self.signal_number: int | None = None
-        self.fatal: BaseException | None = None
+        self.fatal: BaseException | None = None  # a checkpoint error: raised after cleanup
+        self.abort_message: str | None = None  # why fail-fast or the budget stopped the run
+        self.fail_fast_streak = 0  # tickets in a row ending in 401/403/404
         self.producer_scope = anyio.CancelScope()
         self.work_scope: anyio.CancelScope | None = None
         self.writer_done = anyio.Event()
@@ -268,7 +311,8 @@ class _Run:
             with self.producer_scope:
                 done, failed = self.prep.checkpoint.done_ids, self.prep.checkpoint.failed_ids
                 seen = 0
-                for ticket in read_tickets(self.job.input, self.job.id_field):
+                for ticket in read_tickets(self.job.input, self.job.id_field, skip_lines=self.prep.scan.bad_lines,
+                                           max_line_bytes=self.job.max_line_bytes):
                     if self.prep.limit is not None and seen >= self.prep.limit:
                         break
                     seen += 1
@@ -281,19 +325,71 @@ class _Run:
             async for ticket in tickets:
                 if self.stopping:
                     break
+                request = ChatRequest(ticket.id, render_messages(self.job, ticket), self.job.timeout_s)
+                reserved = 0.0
+                if self.budget is not None:
+                    estimate = self.provider.estimate_cost(request)
+                    admitted = self.budget.try_reserve(estimate)
+                    if admitted is None:
+                        self.stop("budget", (
+                            f"budget reached: ${self.budget.spent:.6f} spent (all runs) + "
+                            f"${self.budget.reserved:.6f} reserved for requests in flight + about "
+                            f"${estimate or self.budget.mean_cost or 0:.6f} for the next ticket would pass "
+                            f"max_cost_usd = ${self.budget.max_usd:g}; re-run with a larger budget to continue"))
+                        break
+                    reserved = admitted
                 self.stats.in_flight += 1
-                outcome = await self.process(ticket)
+                try:
+                    outcome = await self.process(ticket, request)
+                except BaseException:  # cancelled mid-request: the ticket stays pending
+                    self.stats.in_flight -= 1
+                    raise
+                if self.budget is not None:
+                    self.budget.settle(reserved, outcome.completion.cost_usd if outcome.completion else None)
+                self.check_fail_fast(outcome)
                 await outcomes.send(outcome)
 
-    async def process(self, ticket: Ticket) -> Outcome:
-        request = ChatRequest(ticket.id, render_messages(self.job, ticket), self.job.timeout_s)
+    def check_fail_fast(self, outcome: Outcome) -> None:
+        """Count tickets in a row ending in 401/403/404, as they finish."""
+        if outcome.ok or outcome.error_kind not in FAIL_FAST_KINDS:
+            self.fail_fast_streak = 0
+            return
+        self.fail_fast_streak += 1
+        if self.fail_fast_streak >= self.job.fail_fast_after:
+            key = f"the key in ${self.job.api_key_env}, " if self.job.api_key_env else "the API key, "
+            self.stop("fail_fast", (
+                f"stopping: {self.fail_fast_streak} tickets in a row failed with "
+                f"{outcome.error_kind} (HTTP {outcome.status_code}): {outcome.error_message} "
+                f"-- check {key}the model name and api_base; nothing more is sent. "
+                f"Re-run the same command to resume."))
+
+    def stop(self, reason: str, message: str | None = None) -> None:
+        """Stop dispatching: no new ticket starts; in-flight ones finish."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.stop_reason = reason
+        self.abort_message = message
+        self.producer_scope.cancel()
+        if message:
+            log.warning("%s", message)
+            print(f"\nbatchrun: {message}", file=sys.stderr, flush=True)
+
+    def _before_sleep(self, ticket_id: str):
+        def log_retry(state: Any) -> None:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            wait = state.next_action.sleep if state.next_action is not None else 0.0
+            log.info("%s: attempt %d failed: %s; retrying in %.2f s", ticket_id, state.attempt_number, exc, wait)
+        return log_retry
+
+    async def process(self, ticket: Ticket, request: ChatRequest) -> Outcome:
         started_at = utc_now()
         t0 = time.monotonic()
         attempts = 0
         latency_ms = 0.0
         hard_timeout = self.job.timeout_s * 1.5 + 5.0  # litellm's own timeout should fire first
         try:
-            async for attempt in build_retrying(self.job.retry):
+            async for attempt in build_retrying(self.job.retry, before_sleep=self._before_sleep(ticket.id)):
                 with attempt:
                     attempts += 1
                     self.stats.attempts += 1
@@ -301,13 +397,10 @@ class _Run:
                         self.stats.retries += 1
                     async with self.gate.slot():
                         a0 = time.monotonic()
+                        completion = None
                         try:
-                            with anyio.fail_after(hard_timeout):
+                            with anyio.move_on_after(hard_timeout):
                                 completion = await self.provider.complete(request)
-                        except TimeoutError:
-                            self._count_error("timeout")
-                            raise RetryableError(f"no answer within {hard_timeout:g} s", kind="timeout",
-                                                 error_type="Timeout") from None
                         except Exception as exc:
                             error = translate_error(exc)
                             self._count_error(error.kind)
@@ -316,12 +409,20 @@ class _Run:
                                 if error.retry_after:
                                     self.gate.pause_all(min(error.retry_after, self.job.retry.max_backoff_s))
                             raise error from None
+                        if completion is None:  # our own guard fired: litellm's timeout did not
+                            self._count_error("timeout")
+                            raise RetryableError(f"no answer within {hard_timeout:g} s", kind="timeout",
+                                                 error_type="Timeout")
                         latency_ms = (time.monotonic() - a0) * 1000.0
         except RequestError as error:
+            message = error.message
+            if isinstance(error, RateLimitedError) and (error.retry_after or 0) > self.job.retry.max_retry_after_s:
+                message = (f"server asked to retry after {error.retry_after:g} s, over max_retry_after_s "
+                           f"({self.job.retry.max_retry_after_s:g} s): {message}")
             return Outcome(
                 ticket_id=ticket.id, attempts=attempts, started_at=started_at, finished_at=utc_now(),
                 elapsed_ms=(time.monotonic() - t0) * 1000.0, run=self.prep.run_number,
-                error_kind=error.kind, error_type=error.error_type, error_message=error.message,
+                error_kind=error.kind, error_type=error.error_type, error_message=message,
                 status_code=error.status_code,
             )
         return Outcome(
@@ -354,7 +455,7 @@ class _Run:
                         last_sync = time.monotonic()
         except CheckpointError as exc:
             self.fatal = exc
-            self.stopping = True
+            self.stop("checkpoint")
             if self.work_scope is not None:
                 self.work_scope.cancel()
         finally:
@@ -364,7 +465,11 @@ class _Run:
         stats = self.stats
         if not outcome.ok:
             stats.failed += 1
+            self.failed_ids.add(outcome.ticket_id)
+            log.info("%s: failed after %d attempt(s): %s: %s", outcome.ticket_id, outcome.attempts,
+                     outcome.error_kind, outcome.error_message)
             return
+        self.failed_ids.discard(outcome.ticket_id)
         stats.done += 1
         c = outcome.completion
         assert c is not None
@@ -396,14 +501,13 @@ class _Run:
             async for signum in signals:
                 if self.signal_number is None:
                     self.signal_number = int(signum)
-                    self.stopping = True
-                    self.producer_scope.cancel()
+                    self.stopping = False  # a signal wins over an earlier stop reason
+                    self.stop("signal")
                     print(
                         f"\nbatchrun: {signal.Signals(signum).name}: no new requests; waiting up to "
                         f"{self.grace_s:g} s for {self.gate.in_flight} in flight (signal again to stop now)",
                         file=sys.stderr, flush=True,
                     )
-                    self._grace_scope = anyio.CancelScope()
                     self._tg.start_soon(self._grace_timer)
                 elif self.work_scope is not None:
                     self.work_scope.cancel()
@@ -453,13 +557,15 @@ async def execute_run(
     """Run the prepared job; always leaves a parseable run directory."""
     run = _Run(prep, provider, grace_s=grace_s, progress=progress, out=out or sys.stdout)
     started_at = utc_now()
-    write_manifest(prep.run_dir, _manifest(prep, run.stats, "running", started_at, None, None))
+    write_manifest(prep.run_dir, _manifest(prep, run.stats, run.failed_ids, "running", started_at, None, None))
     state, error = "failed", None
     try:
         await run.run()
         if run.fatal is not None:
             raise run.fatal
-        state = "interrupted" if run.signal_number is not None else "done"
+        state = {"signal": "interrupted", "fail_fast": "failed", "budget": "budget_exhausted"}.get(
+            run.stop_reason or "", "done")
+        error = run.abort_message
     except BatchrunError as exc:
         error = str(exc)
         raise
@@ -481,7 +587,8 @@ async def execute_run(
                 error = error or f"cannot flush checkpoint: {exc}"
                 state = "failed"
             try:
-                write_manifest(prep.run_dir, _manifest(prep, run.stats, state, started_at, utc_now(), error))
+                write_manifest(prep.run_dir, _manifest(prep, run.stats, run.failed_ids, state, started_at,
+                                                       utc_now(), error))
             except CheckpointError as exc:
                 error = error or str(exc)
                 state = "failed"
@@ -489,6 +596,10 @@ async def execute_run(
     summary = run.stats.summary()
     if state == "interrupted":
         code = 128 + (run.signal_number or signal.SIGINT)
+    elif run.stop_reason == "fail_fast":
+        code = ExitCode.ABORTED
+    elif state == "budget_exhausted":
+        code = ExitCode.BUDGET_EXHAUSTED
     elif run.stats.failed:
         code = ExitCode.TICKETS_FAILED
     else:

@@ -50,6 +50,8 @@ class ExitCode(IntEnum):
     ERROR = 1  # an unexpected error (a bug, or an unreadable file)
     BAD_INPUT = 2  # bad job file, bad input lines, missing key: nothing was requested
     TICKETS_FAILED = 3  # the run finished, but some tickets ended in errors.jsonl
+    ABORTED = 4  # fail-fast: tickets in a row failed with 401/403/404; resumable
+    BUDGET_EXHAUSTED = 5  # max_cost_usd reached; resumable with a larger budget
     INTERRUPTED = 130  # SIGINT (Ctrl-C); 143 for SIGTERM (128 + signal number)
 
 

@@ -9,6 +9,11 @@
                          hammering the server on its own schedule
         .in_flight       attempts holding a slot right now
 
+    CostBudget(max_usd, spent_before)
+        .try_reserve(estimate)   admit one more ticket only if spent + reserved
+                                 + its estimate stays within max_cost_usd
+        .settle(reserved, cost)  swap the reservation for the actual cost
+
 Rate limits (rpm/tpm token buckets) and adaptive concurrency belong here too
 when they come; the engine only ever asks the gate for a slot.
 """
@@ -20,7 +25,7 @@ from typing import AsyncIterator
 
 import anyio
 
-__all__ = ["RequestGate"]
+__all__ = ["CostBudget", "RequestGate"]
 
 
 class RequestGate:
@@ -45,3 +50,43 @@ class RequestGate:
             while (delay := self._resume_at - anyio.current_time()) > 0:
                 await anyio.sleep(delay)
             yield
+
+
+class CostBudget:
+    """`max_cost_usd`: dispatch a ticket only while the money allows it.
+
+    A ticket is admitted when spent + reserved + its estimated cost stays
+    within the budget; its reservation is held while it is in flight and
+    replaced by the actual cost when it finishes. `spent` starts with the
+    cost already on disk from earlier runs, so a resumed run with the same
+    budget sends nothing more, and a larger budget lets it continue.
+
+    The estimate comes from the provider (prompt tokens + max_tokens at the
+    model's price) or, when it has none, the mean actual cost so far.
+    """
+
+    def __init__(self, max_usd: float, spent_before: float = 0.0) -> None:
+        self.max_usd = max_usd
+        self.spent = spent_before  # USD already paid, this run and earlier ones
+        self.reserved = 0.0  # USD held for tickets in flight
+        self._costs = 0.0  # this run: sum and count of actual costs, for the mean
+        self._count = 0
+
+    @property
+    def mean_cost(self) -> float | None:
+        return self._costs / self._count if self._count else None
+
+    def try_reserve(self, estimate: float | None) -> float | None:
+        """The amount reserved, or None when the ticket would pass the budget."""
+        amount = estimate if estimate is not None else (self.mean_cost or 0.0)
+        if self.spent + self.reserved + amount > self.max_usd:
+            return None
+        self.reserved += amount
+        return amount
+
+    def settle(self, reserved: float, actual: float | None) -> None:
+        self.reserved = max(self.reserved - reserved, 0.0)
+        if actual is not None:
+            self.spent += actual
+            self._costs += actual
+            self._count += 1

@@ -63,6 +63,10 @@ class ChatRequest:
 class Provider(Protocol):
     async def complete(self, request: ChatRequest) -> Completion: ...
 
+    def estimate_cost(self, request: ChatRequest) -> float | None:
+        """USD the request may cost at most (prompt + max_tokens), None if unknown."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -114,9 +118,10 @@ def _parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
 
 
 def _headers_of(exc: BaseException) -> Mapping[str, str] | None:
-    headers = getattr(exc, "litellm_response_headers", None)
-    if headers:
-        return headers
+    for name in ("litellm_response_headers", "headers"):
+        headers = getattr(exc, name, None)
+        if headers:
+            return headers
     response = getattr(exc, "response", None)
     return getattr(response, "headers", None)
 
@@ -259,6 +264,23 @@ class LiteLLMProvider:
             raise RetryableError(f"malformed response: {exc}", kind="connection",
                                  error_type="MalformedResponse") from None
 
+    def estimate_cost(self, request: ChatRequest) -> float | None:
+        """Prompt tokens (litellm.token_counter) + max_tokens at the model's or the job's price."""
+        lm = self._litellm
+        try:
+            prompt = int(lm.token_counter(model=self.model, messages=request.messages))
+        except Exception:
+            prompt = sum(len(m.get("content") or "") for m in request.messages) // 3
+        completion = int(self.params.get("max_tokens") or self.params.get("max_completion_tokens") or 1024)
+        if self.prices is not None:
+            return (prompt * self.prices.input_per_million + completion * self.prices.output_per_million) / 1e6
+        try:
+            prompt_cost, completion_cost = lm.cost_per_token(
+                model=self.model, prompt_tokens=prompt, completion_tokens=completion)
+        except Exception:  # an unpriced model
+            return None
+        return float(prompt_cost + completion_cost)
+
     async def aclose(self) -> None:
         return None
 
@@ -270,6 +292,7 @@ class ScriptedProvider:
 
     script: Callable[[ChatRequest], Completion | BaseException]
     calls: list[ChatRequest] = field(default_factory=list)
+    cost_estimate: float | None = None  # what estimate_cost answers
 
     async def complete(self, request: ChatRequest) -> Completion:
         self.calls.append(request)
@@ -277,6 +300,9 @@ class ScriptedProvider:
         if isinstance(answer, BaseException):
             raise answer
         return answer
+
+    def estimate_cost(self, request: ChatRequest) -> float | None:
+        return self.cost_estimate
 
     async def aclose(self) -> None:
         return None

@@ -14,42 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from batchrun.checkpoint import ERRORS, RESULTS, read_manifest
+from batchrun.checkpoint import ERRORS, REJECTS, RESULTS, read_manifest, scan_jsonl
 from batchrun.errors import CheckpointError
 from batchrun.stats import format_summary
 
 __all__ = ["format_status", "run_status"]
-
-
-def _sum_results(path: Path) -> tuple[int, float, int, int]:
-    """(results, cost, unpriced, total tokens) from results.jsonl."""
-    done = unpriced = tokens = 0
-    cost = 0.0
-    seen: set[str] = set()
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        return 0, 0.0, 0, 0
-    with handle:
-        for raw in handle:
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                line = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                break
-            if line["id"] in seen:
-                continue
-            seen.add(line["id"])
-            done += 1
-            if line.get("cost_usd") is None:
-                unpriced += 1
-            else:
-                cost += line["cost_usd"]
-            tokens += (line.get("usage") or {}).get("total_tokens") or 0
-    return done, cost, unpriced, tokens
 
 
 def run_status(run_dir: Path) -> dict[str, Any]:
@@ -57,11 +26,11 @@ def run_status(run_dir: Path) -> dict[str, Any]:
     manifest = read_manifest(run_dir)
     if manifest is None:
         raise CheckpointError(f"{run_dir}: no manifest.json here: not a batchrun run directory")
-    from batchrun.checkpoint import scan_jsonl
-
-    done, cost, unpriced, tokens = _sum_results(run_dir / RESULTS)
-    done_ids = scan_jsonl(run_dir / RESULTS).ids
-    failed_ids = scan_jsonl(run_dir / ERRORS).ids - done_ids
+    results = scan_jsonl(run_dir / RESULTS)
+    done, cost, unpriced, tokens = len(results.ids), results.cost_usd, results.unpriced, results.total_tokens
+    failed_ids = scan_jsonl(run_dir / ERRORS).ids - results.ids
+    rejects = run_dir / REJECTS
+    rejected = rejects.read_bytes().count(b"\n") if rejects.exists() else 0
     total = int((manifest.get("input") or {}).get("tickets") or 0)
     return {
         "run_dir": str(run_dir),
@@ -74,6 +43,7 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "done": done,
         "failed": len(failed_ids),
         "pending": max(total - done - len(failed_ids), 0),
+        "rejected_lines": rejected,
         "cost_usd": round(cost, 6),
         "unpriced_results": unpriced,
         "total_tokens": tokens,
@@ -96,6 +66,7 @@ def format_status(status: dict[str, Any]) -> str:
         ("done", f"{status['done']:,}"),
         ("failed", f"{status['failed']:,}"),
         ("pending", f"{status['pending']:,}"),
+        *([("rejected input lines", f"{status['rejected_lines']:,} (rejects.jsonl)")] if status["rejected_lines"] else []),
         ("total tokens", f"{status['total_tokens']:,}"),
         ("cost (all runs)", f"${status['cost_usd']:,.6f}"
          + (f" ({status['unpriced_results']} unpriced)" if status["unpriced_results"] else "")),

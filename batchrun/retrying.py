@@ -7,8 +7,11 @@ the provider) sees exactly `attempts` requests per ticket.
 `build_retrying(spec)` composes the policy from tenacity strategies:
 
     stop   stop_after_attempt(max_attempts) | stop_before_delay(max_elapsed_s)
-    wait   the server's Retry-After when it gave one (capped at
-           max_backoff_s), else exponential backoff with full jitter
+           | stop_when_retry_after_over(max_retry_after_s): a server asking
+           for a longer wait than that ends the ticket (as rate_limited)
+           instead of sleeping for a day
+    wait   the server's Retry-After when it gave one, else exponential
+           backoff with full jitter
            (wait_random_exponential(initial_backoff_s, max_backoff_s))
     retry  only RETRYABLE: rate limit, timeout, connection, 5xx. A 4xx
            (TerminalError) and anything else, cancellation included, ends
@@ -29,12 +32,13 @@ from tenacity import (
     stop_before_delay,
     wait_random_exponential,
 )
+from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from batchrun.errors import RetryableError
 from batchrun.spec import RetrySpec
 
-__all__ = ["RETRYABLE", "build_retrying", "wait_retry_after_or"]
+__all__ = ["RETRYABLE", "build_retrying", "stop_when_retry_after_over", "wait_retry_after_or"]
 
 # The exception types worth another attempt; provider.py maps rate limits,
 # timeouts, connection errors and 500/502/503/504 onto RetryableError.
@@ -57,6 +61,19 @@ class wait_retry_after_or(wait_base):
         return self.fallback(retry_state)
 
 
+class stop_when_retry_after_over(stop_base):
+    """Stop when the server's Retry-After is longer than `cap_s`."""
+
+    def __init__(self, cap_s: float) -> None:
+        self.cap_s = cap_s
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        retry_after = getattr(exc, "retry_after", None)
+        return retry_after is not None and retry_after > self.cap_s
+
+
 def build_retrying(
     spec: RetrySpec,
     *,
@@ -68,10 +85,14 @@ def build_retrying(
     if sleep is not None:
         kwargs["sleep"] = sleep
     return AsyncRetrying(
-        stop=stop_after_attempt(spec.max_attempts) | stop_before_delay(spec.max_elapsed_s),
+        stop=(
+            stop_after_attempt(spec.max_attempts)
+            | stop_before_delay(spec.max_elapsed_s)
+            | stop_when_retry_after_over(spec.max_retry_after_s)
+        ),
         wait=wait_retry_after_or(
             wait_random_exponential(multiplier=spec.initial_backoff_s, max=spec.max_backoff_s),
-            cap_s=spec.max_backoff_s,
+            cap_s=spec.max_retry_after_s,
         ),
         retry=retry_if_exception_type(RETRYABLE),
         reraise=True,

@@ -27,7 +27,7 @@ import re
 import string
 import tomllib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -136,7 +136,8 @@ class RetrySpec(_Section):
     max_attempts: int = Field(5, ge=1, le=100)  # requests per ticket, first included
     max_elapsed_s: float = Field(300.0, gt=0)  # stop retrying a ticket after this long
     initial_backoff_s: float = Field(0.5, gt=0)  # scale of the jittered exponential wait
-    max_backoff_s: float = Field(30.0, gt=0)  # longest single wait
+    max_backoff_s: float = Field(30.0, gt=0)  # longest single exponential wait
+    max_retry_after_s: float = Field(60.0, ge=0)  # a longer Retry-After ends the ticket as rate_limited
 
     @model_validator(mode="after")
     def _backoff_order(self) -> "RetrySpec":
@@ -175,6 +176,10 @@ class JobSpec(_Section):
     timeout_s: float = Field(60.0, gt=0)  # per attempt
     retry: RetrySpec = Field(default_factory=RetrySpec)
     prices: PricesSpec | None = None
+    max_cost_usd: float | None = Field(None, gt=0)  # stop dispatching before spending more (all runs)
+    fail_fast_after: int = Field(5, ge=1)  # this many 401/403/404 tickets in a row abort the run
+    on_bad_input: Literal["fail", "skip"] = "fail"  # skip: bad lines go to rejects.jsonl, the rest runs
+    max_line_bytes: int = Field(1_000_000, ge=64)  # a longer input line is bad input
     simulator: SimulatorSpec | None = None
 
     @field_validator("input", "run_dir")

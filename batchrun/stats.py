@@ -54,6 +54,7 @@ class RunStats:
     tickets_total: int = 0  # tickets in the input (after --limit)
     already_done: int = 0  # done in an earlier run: skipped, never requested
     skipped_failed: int = 0  # failed in an earlier run and skipped (--skip-failed)
+    rejected_lines: int = 0  # bad input lines skipped (on_bad_input = "skip")
     to_do: int = 0  # tickets this run set out to process
     done: int = 0  # succeeded in this run: line in results.jsonl
     failed: int = 0  # ended in errors.jsonl in this run
@@ -83,6 +84,7 @@ class RunStats:
             "tickets_total": self.tickets_total,
             "already_done": self.already_done,
             "skipped_failed": self.skipped_failed,
+            "rejected_lines": self.rejected_lines,
             "done": self.done,
             "failed": self.failed,
             "not_finished": max(self.to_do - finished, 0),
@@ -134,6 +136,8 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
         ("failed in this run", f"{summary['failed']:,}"),
         ("already done before", f"{summary['already_done']:,}"),
     ]
+    if summary.get("rejected_lines"):
+        rows.append(("bad input lines skipped", f"{summary['rejected_lines']:,} (rejects.jsonl)"))
     if summary["skipped_failed"]:
         rows.append(("skipped (failed before)", f"{summary['skipped_failed']:,}"))
     if summary["not_finished"]:

@@ -2,11 +2,14 @@
 
 Input is JSON Lines: one JSON object per line, each with a unique id in the
 job's `id_field` (a string or an integer). The file is read line by line in
-binary, so memory does not grow with its size; a line longer than
-MAX_LINE_BYTES is read past in bounded chunks, never held whole.
+binary, so memory does not grow with its size; a line longer than the
+job's `max_line_bytes` (default MAX_LINE_BYTES) is read past in bounded
+chunks, never held whole.
 
     read_tickets(path, id_field)      yields Ticket objects in file order;
-                                      raises TicketError naming file:line
+                                      raises TicketError naming file:line,
+                                      or passes over `skip_lines` (the bad
+                                      lines of an on_bad_input="skip" run)
     scan_input(path, id_field, ...)   one pass over the whole file before any
                                       request: size, sha256, ticket count, and
                                       every bad line (up to a limit) with its
@@ -24,7 +27,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Sequence
+from typing import Any, BinaryIO, Callable, Container, Iterator, Sequence
 
 import orjson
 
@@ -52,6 +55,7 @@ class InputScan:
     tickets: int = 0  # valid tickets
     problems: list[LineProblem] = field(default_factory=list)  # first `max_problems`
     problem_count: int = 0  # all bad lines, even those not kept
+    bad_lines: set[int] = field(default_factory=set)  # line numbers of every bad line
 
     def describe_problems(self) -> str:
         lines = [f"{self.path}: {self.problem_count} bad line(s); nothing was requested:"]
@@ -61,20 +65,22 @@ class InputScan:
         return "\n".join(lines)
 
 
-def _too_long(size: int) -> ValueError:
-    return ValueError(f"line is {size:,} bytes, over the {MAX_LINE_BYTES:,}-byte limit")
+def _too_long(size: int, limit: int) -> ValueError:
+    return ValueError(f"line is {size:,} bytes, over the {limit:,}-byte limit (max_line_bytes)")
 
 
-def _parse_line(raw: bytes | None, line_no: int, id_field: str, size: int = 0) -> tuple[str, dict[str, Any]]:
+def _parse_line(raw: bytes | None, line_no: int, id_field: str, size: int = 0,
+                max_line_bytes: int | None = None) -> tuple[str, dict[str, Any]]:
     """The id and object of one line, or ValueError with the reason.
 
     `raw` is None for a line `_read_lines` found too long (`size` bytes)."""
+    limit = max_line_bytes or MAX_LINE_BYTES
     if raw is None:
-        raise _too_long(size)
+        raise _too_long(size, limit)
     if line_no == 1 and raw.startswith(_BOM):
         raw = raw[len(_BOM):]
-    if len(raw) > MAX_LINE_BYTES:
-        raise _too_long(len(raw))
+    if len(raw) > limit:
+        raise _too_long(len(raw), limit)
     if not raw.strip():
         raise ValueError("blank line")
     try:
@@ -96,14 +102,14 @@ def _parse_line(raw: bytes | None, line_no: int, id_field: str, size: int = 0) -
 
 
 def _read_lines(
-    handle: BinaryIO, seen: Callable[[bytes], object] | None = None
+    handle: BinaryIO, seen: Callable[[bytes], object] | None = None, max_line_bytes: int | None = None
 ) -> Iterator[tuple[int, bytes | None, int]]:
     """(line number, line without its ending or None if too long, bytes read).
 
     Reads at most about MAX_LINE_BYTES at a time: a longer line is consumed
     in chunks (each passed to `seen`, like every complete line) and yielded
     as None, so one huge line cannot fill the memory."""
-    limit = MAX_LINE_BYTES + len(_BOM) + 2  # room for a BOM and a CRLF
+    limit = (max_line_bytes or MAX_LINE_BYTES) + len(_BOM) + 2  # room for a BOM and a CRLF
     line_no = 0
     while chunk := handle.readline(limit):
         line_no += 1
@@ -123,20 +129,31 @@ def _read_lines(
         yield line_no, None, size - (len(chunk) - len(chunk.rstrip(b"\r\n")))
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes | None, int]]:
+def _lines(path: Path, max_line_bytes: int | None = None) -> Iterator[tuple[int, bytes | None, int]]:
     try:
         handle = path.open("rb")
     except OSError as exc:
         raise TicketError(f"{path}: cannot read input: {exc.strerror}") from None
     with handle:
-        yield from _read_lines(handle)
+        yield from _read_lines(handle, None, max_line_bytes)
 
 
-def read_tickets(path: Path, id_field: str = "id") -> Iterator[Ticket]:
-    """Yield tickets in file order; the first bad line raises TicketError."""
-    for line_no, raw, size in _lines(path):
+def read_tickets(
+    path: Path,
+    id_field: str = "id",
+    *,
+    skip_lines: Container[int] = frozenset(),
+    max_line_bytes: int | None = None,
+) -> Iterator[Ticket]:
+    """Yield tickets in file order; the first bad line raises TicketError.
+
+    Line numbers in `skip_lines` (bad lines a scan already rejected, with
+    on_bad_input = "skip") are passed over without being parsed."""
+    for line_no, raw, size in _lines(path, max_line_bytes):
+        if line_no in skip_lines:
+            continue
         try:
-            ticket_id, obj = _parse_line(raw, line_no, id_field, size)
+            ticket_id, obj = _parse_line(raw, line_no, id_field, size, max_line_bytes)
         except ValueError as exc:
             raise TicketError(f"{path}:{line_no}: {exc}") from None
         yield Ticket(id=ticket_id, fields=obj, line=line_no)
@@ -147,16 +164,21 @@ def scan_input(
     id_field: str = "id",
     templates: Sequence[PromptTemplate] = (),
     *,
-    max_problems: int = 20,
+    max_problems: int | None = 20,
+    max_line_bytes: int | None = None,
 ) -> InputScan:
-    """Check the whole input in one pass; see the module docstring."""
+    """Check the whole input in one pass; see the module docstring.
+
+    Every bad line number lands in `bad_lines`; the reasons are kept for
+    the first `max_problems` (all of them with None)."""
     scan = InputScan(path=path)
     digest = hashlib.sha256()
     seen: dict[str, int] = {}
 
     def problem(line_no: int, reason: str) -> None:
         scan.problem_count += 1
-        if len(scan.problems) < max_problems:
+        scan.bad_lines.add(line_no)
+        if max_problems is None or len(scan.problems) < max_problems:
             scan.problems.append(LineProblem(line_no, reason))
 
     try:
@@ -169,9 +191,9 @@ def scan_input(
         scan.size += len(chunk)
 
     with handle:
-        for line_no, raw, size in _read_lines(handle, read):
+        for line_no, raw, size in _read_lines(handle, read, max_line_bytes):
             try:
-                ticket_id, obj = _parse_line(raw, line_no, id_field, size)
+                ticket_id, obj = _parse_line(raw, line_no, id_field, size, max_line_bytes)
             except ValueError as exc:
                 problem(line_no, str(exc))
                 continue

@@ -45,6 +45,7 @@ model = "{model}"
 api_key_env = "BATCHRUN_TEST_KEY"
 concurrency = {concurrency}
 timeout_s = 10
+{top}
 
 [prompt]
 system = "Classify the ticket as exactly one of: bug, feature, billing, other."
@@ -65,14 +66,16 @@ max_backoff_s = 0.05
 
 @pytest.fixture
 def make_job(tmp_path: Path) -> Callable[..., Path]:
-    """Write tickets.jsonl (the first n sample tickets) and job.toml into tmp_path."""
+    """Write tickets.jsonl (the first n sample tickets) and job.toml into tmp_path.
+
+    `top` adds top-level keys, `extra` adds tables at the end."""
 
     def make(n: int = 40, *, name: str = "test_job", model: str = "openai/gpt-4o-mini",
-             concurrency: int = 4, extra: str = "") -> Path:
+             concurrency: int = 4, extra: str = "", top: str = "") -> Path:
         write_tickets(tmp_path / "tickets.jsonl", n)
         job = tmp_path / "job.toml"
         job.write_text(JOB_TEMPLATE.format(name=name, model=model, concurrency=concurrency,
-                                           extra=textwrap.dedent(extra)))
+                                           extra=textwrap.dedent(extra), top=textwrap.dedent(top)))
         return job
 
     return make

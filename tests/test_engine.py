@@ -149,8 +149,8 @@ def test_in_flight_and_read_ahead_are_bounded_by_concurrency(make_job, tmp_path,
     job = make_job(200, concurrency=3)
     real_read = engine_module.read_tickets
 
-    def counting_read(path, id_field="id"):
-        for ticket in real_read(path, id_field):
+    def counting_read(path, id_field="id", **kwargs):
+        for ticket in real_read(path, id_field, **kwargs):
             READ_COUNT[0] += 1
             yield ticket
 

@@ -139,11 +139,19 @@ async def test_retry_after_is_honoured():
     assert rec.delays == [7.0, 7.0, 7.0]
 
 
-async def test_retry_after_is_capped_at_max_backoff():
+async def test_retry_after_over_the_cap_ends_the_ticket_instead_of_sleeping():
     rec = Recorder()
     with pytest.raises(RateLimitedError):
         await drive(SPEC, always(lambda: RateLimitedError("429", retry_after=1000.0)), rec)
-    assert rec.delays == [30.0, 30.0, 30.0]
+    assert (rec.attempts, rec.delays) == (1, [])
+
+
+async def test_retry_after_up_to_the_cap_is_honoured_even_above_max_backoff():
+    spec = SPEC.model_copy(update={"max_retry_after_s": 45.0})
+    rec = Recorder()
+    with pytest.raises(RateLimitedError):
+        await drive(spec, always(lambda: RateLimitedError("429", retry_after=40.0)), rec)
+    assert rec.delays[0] == 40.0 > spec.max_backoff_s
 
 
 async def test_retry_after_zero_means_now():
