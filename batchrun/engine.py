@@ -52,7 +52,6 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -74,27 +73,22 @@ from batchrun.errors import (
     ExitCode,
     RateLimitedError,
     RequestError,
-    RetryableError,
     RunMismatchError,
     TicketError,
 )
-from batchrun.provider import ChatRequest, Provider, litellm_version, translate_error
+from batchrun.provider import ChatRequest, Provider, litellm_version
 from batchrun.records import Outcome, Ticket
-from batchrun.retrying import build_retrying
 from batchrun.spec import JobSpec
 from batchrun.stats import RunStats
 from batchrun.tickets import InputScan, read_tickets, scan_input
 from batchrun.limits import CostBudget, RequestGate
+from batchrun.ticket_runner import run_ticket, utc_now
 
 __all__ = ["PreparedRun", "RunResult", "execute_run", "prepare_run", "render_messages"]
 
 MAX_HISTORY = 100  # runs remembered in manifest.json
 FAIL_FAST_KINDS = frozenset({"auth", "permission", "not_found"})
 log = logging.getLogger("batchrun")
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def render_messages(job: JobSpec, ticket: Ticket) -> list[dict[str, str]]:
@@ -287,7 +281,7 @@ class _Run:
         self.stats = RunStats(tickets_total=prep.tickets_total, already_done=prep.already_done,
                               skipped_failed=prep.skipped_failed, to_do=prep.to_do,
                               rejected_lines=prep.scan.problem_count)
-        self.gate = RequestGate(self.job.concurrency)
+        self.gate = RequestGate()
         self.writer = CheckpointWriter(prep.run_dir, prep.checkpoint.done_ids)
         self.failed_ids = set(prep.checkpoint.failed_ids)  # latest outcome a failure
         self.budget = (CostBudget(prep.max_cost_usd, prep.checkpoint.spent_usd)
@@ -340,7 +334,7 @@ class _Run:
                     reserved = admitted
                 self.stats.in_flight += 1
                 try:
-                    outcome = await self.process(ticket, request)
+                    outcome = await run_ticket(request, self.provider, self.job, self, self.prep.run_number)
                 except BaseException:  # cancelled mid-request: the ticket stays pending
                     self.stats.in_flight -= 1
                     raise
@@ -375,61 +369,23 @@ class _Run:
             log.warning("%s", message)
             print(f"\nbatchrun: {message}", file=sys.stderr, flush=True)
 
-    def _before_sleep(self, ticket_id: str):
-        def log_retry(state: Any) -> None:
-            exc = state.outcome.exception() if state.outcome is not None else None
-            wait = state.next_action.sleep if state.next_action is not None else 0.0
-            log.info("%s: attempt %d failed: %s; retrying in %.2f s", ticket_id, state.attempt_number, exc, wait)
-        return log_retry
+    # -- AttemptHooks: how a ticket's attempts report to this run ---------------------
 
-    async def process(self, ticket: Ticket, request: ChatRequest) -> Outcome:
-        started_at = utc_now()
-        t0 = time.monotonic()
-        attempts = 0
-        latency_ms = 0.0
-        hard_timeout = self.job.timeout_s * 1.5 + 5.0  # litellm's own timeout should fire first
-        try:
-            async for attempt in build_retrying(self.job.retry, before_sleep=self._before_sleep(ticket.id)):
-                with attempt:
-                    attempts += 1
-                    self.stats.attempts += 1
-                    if attempts > 1:
-                        self.stats.retries += 1
-                    async with self.gate.slot():
-                        a0 = time.monotonic()
-                        completion = None
-                        try:
-                            with anyio.move_on_after(hard_timeout):
-                                completion = await self.provider.complete(request)
-                        except Exception as exc:
-                            error = translate_error(exc)
-                            self._count_error(error.kind)
-                            if isinstance(error, RateLimitedError):
-                                self.stats.rate_limited += 1
-                                if error.retry_after:
-                                    self.gate.pause_all(min(error.retry_after, self.job.retry.max_backoff_s))
-                            raise error from None
-                        if completion is None:  # our own guard fired: litellm's timeout did not
-                            self._count_error("timeout")
-                            raise RetryableError(f"no answer within {hard_timeout:g} s", kind="timeout",
-                                                 error_type="Timeout")
-                        latency_ms = (time.monotonic() - a0) * 1000.0
-        except RequestError as error:
-            message = error.message
-            if isinstance(error, RateLimitedError) and (error.retry_after or 0) > self.job.retry.max_retry_after_s:
-                message = (f"server asked to retry after {error.retry_after:g} s, over max_retry_after_s "
-                           f"({self.job.retry.max_retry_after_s:g} s): {message}")
-            return Outcome(
-                ticket_id=ticket.id, attempts=attempts, started_at=started_at, finished_at=utc_now(),
-                elapsed_ms=(time.monotonic() - t0) * 1000.0, run=self.prep.run_number,
-                error_kind=error.kind, error_type=error.error_type, error_message=message,
-                status_code=error.status_code,
-            )
-        return Outcome(
-            ticket_id=ticket.id, attempts=attempts, started_at=started_at, finished_at=utc_now(),
-            elapsed_ms=(time.monotonic() - t0) * 1000.0, run=self.prep.run_number,
-            completion=completion, latency_ms=latency_ms,
-        )
+    async def before_attempt(self, request: ChatRequest, attempt: int) -> None:
+        self.stats.attempts += 1
+        if attempt > 1:
+            self.stats.retries += 1
+        await self.gate.wait_for_permit()
+
+    def attempt_failed(self, request: ChatRequest, attempt: int, error: RequestError) -> None:
+        self._count_error(error.kind)
+        if isinstance(error, RateLimitedError):
+            self.stats.rate_limited += 1
+            if error.retry_after and error.retry_after <= self.job.retry.max_retry_after_s:
+                self.gate.pause_all(error.retry_after)
+
+    def attempt_succeeded(self, request: ChatRequest, attempt: int, completion: Any, latency_ms: float) -> None:
+        return None
 
     def _count_error(self, kind: str) -> None:
         self.stats.errors_by_kind[kind] = self.stats.errors_by_kind.get(kind, 0) + 1
@@ -505,7 +461,7 @@ class _Run:
                     self.stop("signal")
                     print(
                         f"\nbatchrun: {signal.Signals(signum).name}: no new requests; waiting up to "
-                        f"{self.grace_s:g} s for {self.gate.in_flight} in flight (signal again to stop now)",
+                        f"{self.grace_s:g} s for {self.stats.in_flight} in flight (signal again to stop now)",
                         file=sys.stderr, flush=True,
                     )
                     self._tg.start_soon(self._grace_timer)
