@@ -418,26 +418,13 @@ class _Run:
             self.writer_done.set()
 
     def _account(self, outcome: Outcome) -> None:
-        stats = self.stats
-        if not outcome.ok:
-            stats.failed += 1
+        self.stats.record(outcome)
+        if outcome.ok:
+            self.failed_ids.discard(outcome.ticket_id)
+        else:
             self.failed_ids.add(outcome.ticket_id)
             log.info("%s: failed after %d attempt(s): %s: %s", outcome.ticket_id, outcome.attempts,
                      outcome.error_kind, outcome.error_message)
-            return
-        self.failed_ids.discard(outcome.ticket_id)
-        stats.done += 1
-        c = outcome.completion
-        assert c is not None
-        stats.latency.add(outcome.latency_ms or 0.0)
-        if c.usage is not None:
-            stats.prompt_tokens += c.usage.prompt_tokens
-            stats.completion_tokens += c.usage.completion_tokens
-            stats.total_tokens += c.usage.total_tokens
-        if c.cost_usd is None:
-            stats.unpriced += 1
-        else:
-            stats.cost_usd += c.cost_usd
 
     def _update_bar(self, force: bool = False) -> None:
         if self.bar is None:

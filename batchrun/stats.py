@@ -4,6 +4,7 @@
                        ticket count, percentiles within about 1%
     RunStats           every counter of one run, one field each, updated by
                        the engine as checkpoint lines land on disk
+                       (`record(outcome)`) and as attempts are made
     RunStats.summary() a flat dict (stored in manifest.json)
     format_summary()   the table printed at the end of `batchrun run`
 """
@@ -14,6 +15,8 @@ import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+from batchrun.records import Outcome
 
 __all__ = ["LatencyHistogram", "RunStats", "format_summary"]
 
@@ -71,6 +74,24 @@ class RunStats:
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # successful attempts
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
+
+    def record(self, outcome: Outcome) -> None:
+        """Count one outcome whose line is on disk."""
+        if not outcome.ok:
+            self.failed += 1
+            return
+        self.done += 1
+        c = outcome.completion
+        assert c is not None
+        self.latency.add(outcome.latency_ms or 0.0)
+        if c.usage is not None:
+            self.prompt_tokens += c.usage.prompt_tokens
+            self.completion_tokens += c.usage.completion_tokens
+            self.total_tokens += c.usage.total_tokens
+        if c.cost_usd is None:
+            self.unpriced += 1
+        else:
+            self.cost_usd += c.cost_usd
 
     @property
     def wall_s(self) -> float:
