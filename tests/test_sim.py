@@ -307,12 +307,24 @@ async def test_stats_count_requests_per_ticket_and_status(client):
     stats = await (await client.get("/sim/stats")).json()
     assert stats["total_requests"] == 5
     assert stats["requests_by_ticket"] == {"ticket-a": 2, "ticket-b": 2}
+    assert stats["attempts_by_ticket"] == stats["requests_by_ticket"]
+    assert stats["faults_by_kind"] == {}
+    assert stats["rate_limited"] == 0
     assert stats["responses_by_status"] == {"200": 4, "400": 1}
     assert stats["in_flight"] == 0
     assert stats["peak_in_flight"] == 1
 
     reset = await (await client.post("/sim/reset")).json()
-    assert reset == {"total_requests": 0, "requests_by_ticket": {}, "in_flight": 0, "peak_in_flight": 0, "responses_by_status": {}}
+    assert reset == {
+        "total_requests": 0,
+        "requests_by_ticket": {},
+        "attempts_by_ticket": {},
+        "in_flight": 0,
+        "peak_in_flight": 0,
+        "responses_by_status": {},
+        "faults_by_kind": {},
+        "rate_limited": 0,
+    }
     assert await (await client.get("/sim/stats")).json() == reset
 
 

@@ -57,7 +57,17 @@ import re
 from collections import Counter
 from typing import Any, Iterable, Sequence
 
-__all__ = ["KNOWN_LABELS", "compose_answer", "classify_ticket_text", "detect_labels", "message_text"]
+__all__ = [
+    "KNOWN_LABELS",
+    "compose_answer",
+    "classify_ticket_text",
+    "classify_messages",
+    "current_turn_text",
+    "detect_labels",
+    "message_text",
+    "summary_sentence",
+    "top_keywords",
+]
 
 KNOWN_LABELS: tuple[str, ...] = ("bug", "feature", "billing", "other")
 
@@ -491,3 +501,41 @@ def compose_answer(messages: list[dict], seed: int) -> str:
     if not user_text.strip():
         user_text = "\n".join(message_text(m) for m in messages)
     return _prose(user_text, seed)
+
+
+# --------------------------------------------------------------------------
+# Helpers for structured answers (batchrun.sim.structured)
+# --------------------------------------------------------------------------
+
+
+def current_turn_text(messages: list[dict]) -> str:
+    """The user text of the current turn (all messages' text if there is none)."""
+    messages = list(messages or [])
+    text = _current_user_text(messages)
+    if not text.strip():
+        text = "\n".join(message_text(m) for m in messages)
+    return text
+
+
+def classify_messages(messages: list[dict], labels: Sequence[str], seed: int) -> str:
+    """The label among ``labels`` that a classification request over ``messages`` gets.
+
+    Same text selection as `compose_answer` (current user turn, label lists
+    removed), so a JSON ``enum`` of the prompt's labels gets the same label as
+    the plain-text answer.
+    """
+    return classify_ticket_text(_strip_label_lists(_current_user_text(list(messages or []))), labels, seed)
+
+
+def summary_sentence(messages: list[dict], seed: int) -> str:
+    """The first sentence of the prose answer to ``messages``, without the ``Summary:`` prefix."""
+    prose = _prose(current_turn_text(messages), seed)
+    first = prose.split(". ", 1)[0].rstrip(".") + "."
+    if first.startswith("Summary: "):
+        first = first[len("Summary: "):]
+    return first[:1].upper() + first[1:]
+
+
+def top_keywords(messages: list[dict], limit: int = 6) -> list[str]:
+    """The most frequent content words of the current user turn (possibly fewer than ``limit``)."""
+    return _keywords(current_turn_text(messages), limit)

@@ -15,9 +15,9 @@ dies (even by SIGKILL) the pipe closes and the simulator exits with it.
 
 This is the one place in batchrun that starts its own event loop
 (``asyncio.run``): the simulator is a separate program. Only click, the
-standard library and `batchrun.sim.config` are imported at module level; the
-server (and aiohttp) is imported when the command runs, so ``batchrun
---help`` stays fast.
+standard library, `batchrun.sim.config` and `batchrun.sim.faults` are
+imported at module level; the server (and aiohttp) is imported when the
+command runs, so ``batchrun --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import threading
 import click
 
 from batchrun.sim.config import SimConfig
+from batchrun.sim.faults import FAULT_KINDS, FaultRule
 
 #: Prefix of the single line printed once the server is listening.
 READY_LINE_PREFIX = "batchrun-sim listening on "
@@ -73,6 +74,33 @@ READY_LINE_PREFIX = "batchrun-sim listening on "
 @click.option("--seed", type=int, default=SimConfig.seed, show_default=True, help="Seed for answers, jitter and stream chunking.")
 @click.option("--model", default=None, help="Model name to report in responses (default: echo the request's model).")
 @click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    metavar="KIND[:key=value,...]",
+    callback=lambda ctx, param, value: _parse_faults(value),
+    help=(
+        "Inject a fault (repeatable; first matching rule wins). Keys: rate, tickets, attempts, "
+        "retry_after, stall_s, trickle_ms; lists joined by '+'. E.g. 429:rate=0.2,retry_after=0.05 "
+        "or 503:tickets=T000003+T000004,attempts=1+2. Kinds: " + ", ".join(FAULT_KINDS) + "."
+    ),
+)
+@click.option("--rpm", type=click.IntRange(min=1), default=None, help="Requests per minute before 429s (default: unlimited).")
+@click.option("--tpm", type=click.IntRange(min=1), default=None, help="Tokens per minute (prompt + max_tokens) before 429s (default: unlimited).")
+@click.option(
+    "--capacity",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Requests in flight the server handles at full speed; each one beyond adds --overload-ms of latency.",
+)
+@click.option(
+    "--overload-ms",
+    type=click.FloatRange(min=0),
+    default=SimConfig.overload_ms,
+    show_default=True,
+    help="Extra latency per request in flight above --capacity, in ms.",
+)
+@click.option(
     "--exit-on-stdin-eof",
     is_flag=True,
     default=False,
@@ -86,13 +114,19 @@ def sim_command(
     jitter: float,
     seed: int,
     model: str | None,
+    faults: tuple[FaultRule, ...],
+    rpm: int | None,
+    tpm: int | None,
+    capacity: int | None,
+    overload_ms: float,
     exit_on_stdin_eof: bool,
 ) -> None:
     """Run an OpenAI-compatible chat completions simulator.
 
-    Serves POST /v1/chat/completions (streaming and not), GET /v1/models,
-    GET /sim/stats and POST /sim/reset, with deterministic answers and
-    configurable latency. Runs until interrupted.
+    Serves POST /v1/chat/completions (streaming and not, with structured
+    outputs and tool calls), GET /v1/models, GET /sim/stats and POST
+    /sim/reset, with deterministic answers, configurable latency, optional
+    rate limits, a capacity model and injected faults. Runs until interrupted.
     """
     config = SimConfig(
         latency_ms=latency_ms,
@@ -100,6 +134,11 @@ def sim_command(
         jitter=jitter,
         seed=seed,
         model=model,
+        faults=faults,
+        rpm=rpm,
+        tpm=tpm,
+        capacity=capacity,
+        overload_ms=overload_ms,
     )
     try:
         asyncio.run(run_simulator(config, host, port, exit_on_stdin_eof=exit_on_stdin_eof))
@@ -107,6 +146,17 @@ def sim_command(
         pass
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
+
+
+def _parse_faults(values: tuple[str, ...]) -> tuple[FaultRule, ...]:
+    """The ``--fault`` option values as rules; a bad spec is a usage error."""
+    rules = []
+    for value in values:
+        try:
+            rules.append(FaultRule.parse(value))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--fault'") from None
+    return tuple(rules)
 
 
 def announce_ready(base_url: str) -> None:

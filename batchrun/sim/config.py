@@ -14,21 +14,36 @@ set of knobs lives in one file:
 Timing model (see `server.py`): a request's total delay is
 ``(latency_ms + per_token_ms * completion_tokens) * factor`` where ``factor``
 is drawn uniformly from ``[1 - jitter, 1 + jitter]`` with a random generator
-seeded from ``seed`` and the request, so a rerun is reproducible.
+seeded from ``seed`` and the request, so a rerun is reproducible; the
+capacity model below adds its overload penalty on top.
+
+Server-side limits (see `server.py` for the exact behaviour):
+
+* ``rpm`` / ``tpm``: requests and tokens per minute, enforced with two token
+  buckets refilled continuously (capacity = the limit, refill = limit / 60
+  per second). A request's token estimate is its prompt tokens plus its
+  ``max_tokens`` (or the answer's length when ``max_tokens`` is absent).
+* ``capacity`` / ``overload_ms``: with K = capacity, a request that finds N
+  requests in flight when it arrives (itself included) gets
+  ``overload_ms * max(0, N - K)`` extra milliseconds of latency.
+
+Fault injection: ``faults`` is a tuple of `batchrun.sim.faults.FaultRule`
+(mappings and ``--fault`` spec strings are accepted and converted).
 
 Adding a knob means: a field here (with a comment), a flag in
-`to_cli_args`, and a click option in `command.py`. Fault injection (error
-statuses, dropped connections, truncated streams) and server-side rate limits
-are expected to arrive as further fields of this dataclass, e.g. a
-``fault_plan`` describing which tickets or which fraction of requests fail,
-and ``rpm_limit`` / ``tpm_limit`` for 429 responses; none of that exists yet.
+`to_cli_args`, and a click option in `command.py` (which builds the config
+with `from_cli_params`).
 
-This module imports only the standard library so the CLI stays fast to load.
+This module and `batchrun.sim.faults`, which it imports, use only the
+standard library so the CLI stays fast to load.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from batchrun.sim.faults import FaultRule, coerce_rules
 
 #: Model name reported by ``GET /v1/models`` when no model is configured.
 DEFAULT_MODEL_NAME = "sim-model"
@@ -36,7 +51,7 @@ DEFAULT_MODEL_NAME = "sim-model"
 
 @dataclass(frozen=True)
 class SimConfig:
-    """How one simulator instance answers: timing, determinism, naming."""
+    """How one simulator instance answers: timing, determinism, naming, faults, limits."""
 
     # Base latency of every chat completion request, in milliseconds. For a
     # streaming request this is the time to the first chunk.
@@ -54,9 +69,19 @@ class SimConfig:
     # Model name reported in responses and in /v1/models. None echoes the
     # request's "model" field (and lists DEFAULT_MODEL_NAME in /v1/models).
     model: str | None = None
-    # Room for later: fault injection (a "fault plan") and server-side rate
-    # limits will be added as further fields here; the request handler in
-    # server.py already has the place where they would be checked.
+    # Fault injection rules, tried in order (see batchrun.sim.faults). A list,
+    # mappings or "--fault" spec strings are accepted and converted.
+    faults: tuple[FaultRule, ...] = ()
+    # Server-side rate limits: requests per minute and tokens per minute
+    # (None: unlimited). Over the limit the server answers 429 with
+    # retry-after / retry-after-ms; 200 responses carry x-ratelimit-* headers.
+    rpm: int | None = None
+    tpm: int | None = None
+    # Capacity model: above `capacity` requests in flight, each arriving
+    # request gets overload_ms * (in_flight - capacity) extra latency.
+    # None: no overload penalty.
+    capacity: int | None = None
+    overload_ms: float = 20.0
 
     def __post_init__(self) -> None:
         if self.latency_ms < 0:
@@ -65,6 +90,13 @@ class SimConfig:
             raise ValueError(f"per_token_ms must be >= 0, got {self.per_token_ms!r}")
         if not 0 <= self.jitter <= 1:
             raise ValueError(f"jitter must be between 0 and 1, got {self.jitter!r}")
+        object.__setattr__(self, "faults", coerce_rules(self.faults))
+        for name in ("rpm", "tpm", "capacity"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        if self.overload_ms < 0:
+            raise ValueError(f"overload_ms must be >= 0, got {self.overload_ms!r}")
 
     @property
     def listed_model(self) -> str:
@@ -89,4 +121,26 @@ class SimConfig:
         ]
         if self.model is not None:
             args += ["--model", self.model]
+        for rule in self.faults:
+            args += ["--fault", rule.to_spec()]
+        for flag, value in (("--rpm", self.rpm), ("--tpm", self.tpm), ("--capacity", self.capacity)):
+            if value is not None:
+                args += [flag, str(int(value))]
+        args += ["--overload-ms", repr(float(self.overload_ms))]
         return args
+
+    @classmethod
+    def from_cli_params(cls, params: dict[str, Any]) -> SimConfig:
+        """The config described by the parsed options of `batchrun sim` (extra keys ignored)."""
+        return cls(
+            latency_ms=params["latency_ms"],
+            per_token_ms=params["per_token_ms"],
+            jitter=params["jitter"],
+            seed=params["seed"],
+            model=params["model"],
+            faults=tuple(params.get("faults") or ()),
+            rpm=params.get("rpm"),
+            tpm=params.get("tpm"),
+            capacity=params.get("capacity"),
+            overload_ms=params.get("overload_ms", cls.overload_ms),
+        )

@@ -3,9 +3,10 @@
 The simulator stands in for an LLM provider during tests and benchmarks. It
 speaks enough of the OpenAI HTTP API for litellm's ``openai/...`` provider
 (and the ``openai`` SDK) to talk to it, answers deterministically, sleeps a
-configurable, reproducible amount of time per request, and counts what it
-received so tests can check how a batch run behaved (retries per ticket,
-concurrency reached).
+configurable, reproducible amount of time per request, can enforce rate
+limits, slow down under load and inject faults, and counts what it received
+so tests can check how a batch run behaved (retries per ticket, concurrency
+reached, faults served).
 
 Endpoints
 ---------
@@ -13,48 +14,177 @@ Endpoints
     A chat completion. The answer text comes from
     `batchrun.sim.answers.compose_answer(messages, seed)`; usage is counted
     with `batchrun.sim.tokens`. ``max_tokens`` / ``max_completion_tokens``
-    truncate the answer (``finish_reason == "length"``). With
-    ``"stream": true`` the answer is sent as Server-Sent Events of
-    ``chat.completion.chunk`` objects: a role chunk, content chunks of 1 to 3
-    tokens, a chunk carrying ``finish_reason``, a usage chunk when
+    truncate the answer (``finish_reason == "length"``; for JSON answers and
+    tool-call arguments the truncated text is then invalid JSON, as with a
+    real model). With ``"stream": true`` the answer is sent as Server-Sent
+    Events of ``chat.completion.chunk`` objects: a role chunk, content chunks
+    of 1 to 3 tokens, a chunk carrying ``finish_reason``, a usage chunk when
     ``stream_options.include_usage`` is true, then ``data: [DONE]``.
-    Fields such as ``temperature``, ``n``, ``tools`` or ``response_format``
-    are accepted and ignored: there is always exactly one text choice.
+    Fields such as ``temperature`` or ``n`` are accepted and ignored: there is
+    always exactly one choice. Structured outputs and tools are honoured:
+
+    * ``response_format`` ``{"type": "json_schema", "json_schema": {"name":
+      ..., "schema": {...}}}``: the content is compact JSON text that
+      validates against the schema; ``{"type": "json_object"}``: a small JSON
+      object (``{"label": ..., "summary": ...}`` for a classification
+      prompt). See `batchrun.sim.structured` for how values are chosen (an
+      ``enum`` of the ticket labels is filled by the simulated classifier).
+    * ``tools`` (function tools) with ``tool_choice`` absent, ``"auto"``,
+      ``"required"``, ``"none"`` or a named function: the answer is
+      ``message.tool_calls = [{"id": "call_...", "type": "function",
+      "function": {"name": ..., "arguments": "<JSON>"}}]`` with ``content:
+      null`` and ``finish_reason: "tool_calls"``. The first tool is called
+      (the named one for a named choice); with ``"auto"`` a conversation
+      whose last message is a tool result gets a text answer instead; with
+      ``"none"`` there is no call. The arguments are an instance of the
+      tool's ``parameters`` schema. Streamed, the first chunk carries the
+      role, ``content: null`` and the call's index, id, type, name and empty
+      ``arguments``; later chunks carry ``{"index": 0, "function":
+      {"arguments": "<fragment>"}}`` with 1 to 3 tokens of the arguments
+      each, as OpenAI streams them.
+    * Prompt tokens count the messages (see `batchrun.sim.tokens`) plus the
+      tokens of the ``tools`` JSON and of a ``json_schema`` schema, when
+      given. A tool call's completion tokens are its arguments' tokens.
 ``GET /v1/models`` (also ``/models``)
     The configured model, or ``sim-model``.
 ``GET /sim/stats``
     Counters of chat completion requests: ``total_requests``,
-    ``requests_by_ticket`` (keyed by the ``X-Batchrun-Ticket-Id`` request
-    header), ``in_flight``, ``peak_in_flight`` and ``responses_by_status``.
+    ``requests_by_ticket`` and its alias ``attempts_by_ticket`` (keyed by the
+    ``X-Batchrun-Ticket-Id`` request header), ``in_flight``,
+    ``peak_in_flight``, ``responses_by_status`` (the status line each
+    request got; 499 when the client went away first, even for a stall),
+    ``faults_by_kind`` (injected faults served, by kind) and
+    ``rate_limited`` (429s from the rpm/tpm limits, not from faults).
 ``POST /sim/reset``
     Zeroes those counters (requests still in flight stay counted as in
-    flight, and the peak restarts from their number).
+    flight, and the peak restarts from their number) and refills the rate
+    limit buckets. Attempt numbers restart too, so per-ticket fault
+    schedules apply afresh.
 
 Anything else gets a 404 in OpenAI's error shape; malformed chat requests
-get a 400 ``invalid_request_error``.
+(including malformed ``response_format``, ``tools`` or ``tool_choice``) get a
+400 ``invalid_request_error``.
+
+Configuration
+-------------
+`batchrun.sim.config.SimConfig` (CLI flags of ``batchrun sim`` in brackets):
+``latency_ms`` [--latency-ms], ``per_token_ms`` [--per-token-ms], ``jitter``
+[--jitter], ``seed`` [--seed], ``model`` [--model]; ``faults`` [--fault
+KIND[:key=value,...], repeatable]; ``rpm`` [--rpm], ``tpm`` [--tpm];
+``capacity`` [--capacity], ``overload_ms`` [--overload-ms, default 20].
+
+Order of events for a chat request
+----------------------------------
+1. The request is counted; its attempt number is the count of requests with
+   its ticket id so far (1-based).
+2. The body is parsed and checked (400 on error).
+3. The fault plan (``SimConfig.faults``, see Faults below) picks a rule for
+   (ticket id, attempt, body). An *error* fault is answered now, before the
+   rate limiter: it neither needs nor uses rate-limit budget.
+4. The answer is composed and, with ``rpm``/``tpm`` configured, the request
+   is admitted or refused by `batchrun.sim.limits.RateLimiter`: two token
+   buckets (capacity = the limit, refilled continuously at limit/60 per
+   second, starting full), the token estimate being prompt tokens plus
+   ``max_tokens`` (plus the answer length without ``max_tokens``), taken at
+   admission and never refunded. A refused request gets a 429 (``type``
+   ``requests`` or ``tokens``, ``code`` ``rate_limit_exceeded``, OpenAI's
+   "Rate limit reached for ..." message) with the ``x-ratelimit-*`` headers,
+   ``retry-after`` (whole seconds, rounded up) and ``retry-after-ms`` saying
+   when it would pass; a request whose estimate exceeds ``tpm`` itself gets a
+   429 "Request too large" without retry headers. Every admitted request's
+   response (200) carries ``x-ratelimit-limit-requests``,
+   ``x-ratelimit-remaining-requests``, ``x-ratelimit-reset-requests`` (time
+   until the bucket is full, e.g. ``"120ms"``, ``"1.5s"``, ``"1m0s"``) and
+   the same three for ``-tokens`` (only for the configured limits).
+5. A *delivery* fault is counted and changes how the answer is sent; a
+   delivery fault picked for a request the limiter refused is not applied
+   (nor counted).
+6. The request sleeps its latency (Timing, below) and the answer is sent.
+
+Faults
+------
+Rules (`batchrun.sim.faults.FaultRule`: ``kind``, ``rate``, ``tickets``,
+``attempts``, ``retry_after``, ``stall_s``, ``trickle_ms``) hit requests by
+ticket id and attempt number (a per-ticket schedule: ``tickets=("T3",),
+attempts=(1, 2)`` fails T3's first two attempts) or by a ``rate`` decided by
+a stable hash of (seed, ticket id or body, attempt, rule index); the first
+matching rule wins. Served faults are counted in ``faults_by_kind``.
+
+Error faults (OpenAI's error JSON unless said otherwise):
+
+* ``429`` (``retry-after: N`` seconds, ``retry_after`` default 1),
+  ``429_date`` (``retry-after`` as an HTTP date), ``429_ms``
+  (``retry-after-ms: N``), ``429_bare`` (no retry header); type and code
+  ``rate_limit_exceeded``.
+* ``500``, ``502``, ``503`` (type ``server_error``); ``html_error``: a 502
+  with an HTML page (``text/html``).
+* ``context_length``: 400, code ``context_length_exceeded``, "This model's
+  maximum context length is 128000 tokens. However, your messages resulted
+  in ... tokens."; ``content_policy``: 400, code
+  ``content_policy_violation``, "... rejected as a result of our safety
+  system ..."; ``401``: code ``invalid_api_key``, never echoing the key or
+  the Authorization header; ``404_model``: 404, code ``model_not_found``.
+
+Delivery faults:
+
+* ``stall``: no headers for ``stall_s`` seconds (default 3600), then the
+  normal answer; a client that gives up first is counted as 499.
+* ``trickle``: after the usual latency, 200 headers, then the body in pieces
+  of 8 bytes with ``trickle_ms`` (default 100) between them (for a stream
+  these pauses replace the per-token ones).
+* ``reset``: headers and about half of the body (non-streaming; announced
+  with the full Content-Length) or the role chunk and about half of the
+  content chunks (streaming), then the connection is aborted with a TCP
+  reset (``SO_LINGER`` 0, ``transport.abort()``).
+* ``stream_cut``: streaming: the role chunk and about half of the content
+  chunks, then a clean end of the body with no ``finish_reason`` chunk, no
+  usage chunk and no ``data: [DONE]``; non-streaming: like ``reset``.
+* ``malformed_json``: non-streaming: a 200 ``application/json`` body cut in
+  half (invalid JSON); streaming: the first content chunk's JSON is cut in
+  half, the rest of the stream is normal.
+* ``no_usage`` / ``drop_usage``: the non-streaming body has no ``usage``
+  field; a stream has no usage chunk even when ``include_usage`` asked.
+
+A 200 whose delivery was broken (trickle, reset, stream_cut,
+malformed_json) is still counted under ``"200"`` in ``responses_by_status``.
 
 Timing
 ------
 A non-streaming request sleeps ``(latency_ms + per_token_ms * tokens) *
-factor`` before answering, where ``tokens`` is the completion token count
-and ``factor`` is drawn uniformly from ``[1 - jitter, 1 + jitter]`` with a
-generator seeded from the config seed and the ticket id and attempt number
+factor + overload`` before answering, where ``tokens`` is the completion token
+count and ``factor`` is drawn uniformly from ``[1 - jitter, 1 + jitter]`` with
+a generator seeded from the config seed and the ticket id and attempt number
 (or, without a ticket header, the request body). A streaming request spends
-``latency_ms * factor`` before the first chunk and ``per_token_ms * factor``
-per token between chunks, so both modes take the same total time.
+``latency_ms * factor + overload`` before the first chunk and ``per_token_ms
+* factor`` per token between chunks, so both modes take the same total time.
+
+``overload`` is the capacity model (`batchrun.sim.limits.overload_delay_ms`):
+with ``capacity`` K configured, a request that arrives while N chat requests
+are in flight (itself included) gets ``overload_ms * max(0, N - K)``
+milliseconds more, so throughput stops growing near K in flight and latency
+climbs beyond it (throughput falls past K when ``overload_ms * K`` exceeds
+the base latency, and flattens towards one request per ``overload_ms``
+otherwise).
 
 Layout
 ------
-`SimStats` holds the counters. `ChatSimulator` holds the config and the
-counters and has one method per endpoint; its chat handler is split into
-parsing (`_parse_chat_request`), the spot where a fault plan or rate limit
-would intervene, and answering (`_answer_json`, `_answer_stream`).
+`SimStats` holds the counters. `ChatSimulator` holds the config, the
+counters, the fault plan and the rate limiter, and has one method per
+endpoint; its chat handler is split into parsing (`_parse_chat_request`),
+error faults (`fault_error_response`), composing (`_compose`), rate limiting
+(`rate_limit_response`) and sending (`_answer_json`, `_answer_stream`, with
+the delivery faults in `_send_trickle` and `_send_then_cut`). Every simulated
+delay is awaited through `ChatSimulator.sleep` (``asyncio.sleep``), which
+tests may replace to observe delays without timing anything.
 `build_app` wires a `ChatSimulator` into an `aiohttp.web.Application`;
-`serve` runs that application until cancelled.
+`serve` runs that application until cancelled, with handler cancellation on
+(a client that disconnects cancels its request, e.g. a stall, at once).
 
 Performance: per request the work is one JSON parse, one answer, a regex
 token split and one JSON dump (orjson); there is no per-request logging and
-aiohttp's access log is turned off. Sleeps of zero are skipped.
+aiohttp's access log is turned off. Sleeps of zero are skipped. Without faults,
+limits or capacity configured, each adds one ``is None`` check per request;
+structured outputs and tools cost only the requests that use them.
 """
 
 from __future__ import annotations
@@ -62,18 +192,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import os
 import random
+import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from batchrun.sim.config import SimConfig
-from batchrun.sim.tokens import count_prompt_tokens, split_tokens
+from batchrun.sim.faults import ERROR_KINDS, TRICKLE_PIECE_BYTES, FaultPlan, FaultRule, body_digest
+from batchrun.sim.limits import RateLimiter, Verdict, format_duration, overload_delay_ms
+from batchrun.sim.tokens import count_prompt_tokens, count_tokens, split_tokens
 
 #: Request header carrying the batch runner's ticket id, used for per-ticket stats.
 TICKET_HEADER = "X-Batchrun-Ticket-Id"
@@ -84,9 +220,21 @@ MAX_REQUEST_BYTES = 32 * 1024 * 1024
 #: Status recorded for a request whose handler was cancelled (client went away).
 CANCELLED_STATUS = 499
 
+#: Context window quoted by the ``context_length`` fault's message.
+FAULT_CONTEXT_WINDOW = 128000
+
 _logger = logging.getLogger(__name__)
 
 _SSE_DONE = b"data: [DONE]\n\n"
+
+_HTML_502 = b"""<html>
+<head><title>502 Bad Gateway</title></head>
+<body>
+<center><h1>502 Bad Gateway</h1></center>
+<hr><center>nginx</center>
+</body>
+</html>
+"""
 
 
 class SimStats:
@@ -98,6 +246,8 @@ class SimStats:
         "in_flight",
         "peak_in_flight",
         "responses_by_status",
+        "faults_by_kind",
+        "rate_limited",
     )
 
     def __init__(self) -> None:
@@ -106,6 +256,8 @@ class SimStats:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.responses_by_status: dict[str, int] = {}
+        self.faults_by_kind: dict[str, int] = {}
+        self.rate_limited = 0
 
     def request_started(self, ticket_id: str | None) -> int:
         """Count an arriving request; return its attempt number for the ticket (1-based, 0 without ticket)."""
@@ -125,21 +277,30 @@ class SimStats:
         key = str(status)
         self.responses_by_status[key] = self.responses_by_status.get(key, 0) + 1
 
+    def fault_served(self, kind: str) -> None:
+        """Count an injected fault."""
+        self.faults_by_kind[kind] = self.faults_by_kind.get(kind, 0) + 1
+
     def reset(self) -> None:
         """Zero the counters; requests still in flight remain in flight."""
         self.total_requests = 0
         self.requests_by_ticket = {}
         self.peak_in_flight = self.in_flight
         self.responses_by_status = {}
+        self.faults_by_kind = {}
+        self.rate_limited = 0
 
     def snapshot(self) -> dict[str, Any]:
         """The counters as a JSON-ready dict."""
         return {
             "total_requests": self.total_requests,
             "requests_by_ticket": dict(self.requests_by_ticket),
+            "attempts_by_ticket": dict(self.requests_by_ticket),
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
             "responses_by_status": dict(self.responses_by_status),
+            "faults_by_kind": dict(self.faults_by_kind),
+            "rate_limited": self.rate_limited,
         }
 
 
@@ -155,6 +316,26 @@ class ParsedChatRequest:
     ticket_id: str | None
     attempt: int
     body: bytes
+    # A `batchrun.sim.structured.ResponseFormat` for JSON answers, else None.
+    response_format: Any = None
+    # The offered tools (`batchrun.sim.structured.ToolSpec`) and the checked tool_choice.
+    tools: tuple = ()
+    tool_choice: Any = None
+    # Prompt tokens beyond the messages: the tools and JSON schema definitions.
+    extra_prompt_tokens: int = 0
+
+
+@dataclass(slots=True)
+class Answer:
+    """What the simulated model produced for a request."""
+
+    # Tokens of the content, or of the tool call's arguments.
+    tokens: list[str]
+    finish_reason: str
+    usage: dict
+    # For a tool call: the function name and the call id (else None).
+    tool_name: str | None = None
+    tool_call_id: str | None = None
 
 
 class InvalidRequest(Exception):
@@ -167,10 +348,93 @@ class InvalidRequest(Exception):
         self.code = code
 
 
-def error_response(status: int, message: str, error_type: str, param: str | None = None, code: str | None = None) -> web.Response:
+def error_response(
+    status: int,
+    message: str,
+    error_type: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     """A JSON response in OpenAI's error shape."""
     payload = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
-    return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json")
+    return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json", headers=headers)
+
+
+def _seconds_text(seconds: float) -> str:
+    """Seconds as short text: ``1`` for 1.0, ``0.05`` for 0.05."""
+    return str(int(seconds)) if float(seconds).is_integer() else repr(float(seconds))
+
+
+def fault_error_response(rule: FaultRule, chat: ParsedChatRequest, prompt_tokens: int) -> web.Response:
+    """The response of an error fault (a kind in `batchrun.sim.faults.ERROR_KINDS`)."""
+    kind = rule.kind
+    if kind.startswith("429"):
+        retry_after = rule.retry_after_s
+        headers: dict[str, str] = {}
+        if kind == "429":
+            headers["retry-after"] = _seconds_text(retry_after)
+        elif kind == "429_date":
+            headers["retry-after"] = formatdate(math.ceil(time.time() + retry_after), usegmt=True)
+        elif kind == "429_ms":
+            headers["retry-after-ms"] = _seconds_text(retry_after * 1000.0)
+        message = (
+            f"Rate limit reached for {chat.model} in organization org-sim on requests per min (RPM). "
+            "Please try again later. (simulated fault)"
+        )
+        return error_response(429, message, "rate_limit_exceeded", None, "rate_limit_exceeded", headers)
+    if kind == "500":
+        return error_response(500, "The server had an error while processing your request. Sorry about that!", "server_error")
+    if kind == "502":
+        return error_response(502, "Bad gateway.", "server_error", code="bad_gateway")
+    if kind == "503":
+        return error_response(503, "The engine is currently overloaded, please try again later.", "server_error", code="service_unavailable")
+    if kind == "html_error":
+        return web.Response(status=502, body=_HTML_502, content_type="text/html")
+    if kind == "context_length":
+        requested = FAULT_CONTEXT_WINDOW + prompt_tokens + (chat.max_tokens or 0)
+        message = (
+            f"This model's maximum context length is {FAULT_CONTEXT_WINDOW} tokens. However, your messages resulted in "
+            f"{requested} tokens. Please reduce the length of the messages."
+        )
+        return error_response(400, message, "invalid_request_error", "messages", "context_length_exceeded")
+    if kind == "content_policy":
+        message = (
+            "Your request was rejected as a result of our safety system. Your prompt may contain text "
+            "that is not allowed by our safety system."
+        )
+        return error_response(400, message, "invalid_request_error", "prompt", "content_policy_violation")
+    if kind == "401":
+        message = "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys."
+        return error_response(401, message, "invalid_request_error", None, "invalid_api_key")
+    if kind == "404_model":
+        message = f"The model `{chat.model}` does not exist or you do not have access to it."
+        return error_response(404, message, "invalid_request_error", None, "model_not_found")
+    raise ValueError(f"not an error fault kind: {kind!r}")
+
+
+def rate_limit_response(verdict: Verdict, model: str) -> web.Response:
+    """The 429 for a request the rate limiter refused."""
+    headers = dict(verdict.headers)
+    if verdict.limit == "tokens":
+        what = "tokens per min (TPM)"
+    else:
+        what = "requests per min (RPM)"
+    if verdict.too_large:
+        message = (
+            f"Request too large for {model} in organization org-sim on {what}: Limit {verdict.limit_value}, "
+            f"Requested {verdict.requested}. The input or output tokens must be reduced in order to run successfully. "
+            "Visit https://platform.openai.com/account/rate-limits to learn more."
+        )
+    else:
+        remaining = int(headers.get(f"x-ratelimit-remaining-{verdict.limit}", "0"))
+        message = (
+            f"Rate limit reached for {model} in organization org-sim on {what}: Limit {verdict.limit_value}, "
+            f"Used {verdict.limit_value - remaining}, Requested {verdict.requested}. Please try again in "
+            f"{format_duration(verdict.wait_s)}. Visit https://platform.openai.com/account/rate-limits to learn more."
+        )
+        headers.update(verdict.retry_headers())
+    return error_response(429, message, verdict.limit or "requests", None, "rate_limit_exceeded", headers)
 
 
 def _stable_seed(*parts: bytes) -> int:
@@ -193,12 +457,30 @@ def chunk_token_counts(total_tokens: int, rng: random.Random) -> list[int]:
     return sizes
 
 
+def _abort_connection(request: web.Request) -> None:
+    """Drop the client's connection at once, with a TCP reset where possible."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:  # SO_LINGER with a zero timeout turns the close into an RST
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    transport.abort()
+
+
 class ChatSimulator:
     """The request handlers of one simulator instance, sharing config and counters."""
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self.stats = SimStats()
+        self.fault_plan = FaultPlan(config.faults, config.seed) if config.faults else None
+        self.limiter = RateLimiter(config.rpm, config.tpm) if (config.rpm is not None or config.tpm is not None) else None
+        #: Every simulated delay goes through this coroutine function (tests may replace it).
+        self.sleep: Callable[[float], Any] = asyncio.sleep
         # Response ids are unique per instance: a random prefix and a counter.
         self._id_prefix = "chatcmpl-sim" + os.urandom(4).hex()
         self._next_id = 0
@@ -210,9 +492,10 @@ class ChatSimulator:
         ticket_id = request.headers.get(TICKET_HEADER)
         stats = self.stats
         attempt = stats.request_started(ticket_id)
+        in_flight = stats.in_flight
         status = 500
         try:
-            response = await self._chat_completion(request, ticket_id, attempt)
+            response = await self._chat_completion(request, ticket_id, attempt, in_flight)
             status = response.status
             return response
         except web.HTTPException as exc:  # e.g. 413 from aiohttp for an oversized body
@@ -240,8 +523,10 @@ class ChatSimulator:
         return web.Response(body=orjson.dumps(self.stats.snapshot()), content_type="application/json")
 
     async def reset_stats(self, request: web.Request) -> web.Response:
-        """``POST /sim/reset``: zero the counters and return them."""
+        """``POST /sim/reset``: zero the counters, refill the rate limits, return the counters."""
         self.stats.reset()
+        if self.limiter is not None:
+            self.limiter = RateLimiter(self.config.rpm, self.config.tpm)
         return web.Response(body=orjson.dumps(self.stats.snapshot()), content_type="application/json")
 
     async def not_found(self, request: web.Request) -> web.Response:
@@ -250,39 +535,51 @@ class ChatSimulator:
 
     # -- chat completions --------------------------------------------------
 
-    async def _chat_completion(self, request: web.Request, ticket_id: str | None, attempt: int) -> web.StreamResponse:
+    async def _chat_completion(
+        self, request: web.Request, ticket_id: str | None, attempt: int, in_flight: int = 1
+    ) -> web.StreamResponse:
         body = await request.read()
         try:
             chat = self._parse_chat_request(body, ticket_id, attempt)
         except InvalidRequest as exc:
             return error_response(400, exc.message, "invalid_request_error", exc.param, exc.code)
 
-        # Fault injection and server-side rate limits go here: a fault plan
-        # (keyed by ticket id, attempt number or request count) would decide
-        # now whether to answer normally, return an error status (429, 500,
-        # 503, ...), stall, or break the stream part way. Nothing is injected
-        # yet; every valid request is answered.
+        config = self.config
+        rule = None
+        plan = self.fault_plan
+        if plan is not None:
+            rule = plan.rule_for(ticket_id, attempt, body_digest(body) if ticket_id is None and plan.uses_body else b"")
+            if rule is not None and rule.kind in ERROR_KINDS:
+                self.stats.fault_served(rule.kind)
+                return fault_error_response(rule, chat, count_prompt_tokens(chat.messages) + chat.extra_prompt_tokens)
 
-        from batchrun.sim.answers import compose_answer
+        answer = self._compose(chat)
 
-        answer = compose_answer(chat.messages, self.config.seed)
-        if not isinstance(answer, str):
-            answer = str(answer)
-        tokens = split_tokens(answer)
-        finish_reason = "stop"
-        if chat.max_tokens is not None and len(tokens) > chat.max_tokens:
-            tokens = tokens[: chat.max_tokens]
-            finish_reason = "length"
-        prompt_tokens = count_prompt_tokens(chat.messages)
-        usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": len(tokens),
-            "total_tokens": prompt_tokens + len(tokens),
-        }
+        headers = None
+        limiter = self.limiter
+        if limiter is not None:
+            usage = answer.usage
+            estimate = usage["prompt_tokens"] + (chat.max_tokens if chat.max_tokens is not None else usage["completion_tokens"])
+            verdict = limiter.admit(estimate)
+            if not verdict.admitted:
+                self.stats.rate_limited += 1
+                return rate_limit_response(verdict, chat.model)
+            headers = verdict.headers
+
+        extra_ms = 0.0
+        if config.capacity is not None:
+            extra_ms = overload_delay_ms(in_flight, config.capacity, config.overload_ms)
+
+        if rule is not None:
+            self.stats.fault_served(rule.kind)
+            if rule.kind == "stall":
+                await self.sleep(rule.stall_seconds)
+                rule = None
+
         factor = self._latency_factor(chat)
         if chat.stream:
-            return await self._answer_stream(request, chat, tokens, finish_reason, usage, factor)
-        return await self._answer_json(chat, tokens, finish_reason, usage, factor)
+            return await self._answer_stream(request, chat, answer, factor, extra_ms, headers, rule)
+        return await self._answer_json(request, chat, answer, factor, extra_ms, headers, rule)
 
     def _parse_chat_request(self, body: bytes, ticket_id: str | None, attempt: int) -> ParsedChatRequest:
         """Validate the request body; raise `InvalidRequest` for what OpenAI would reject."""
@@ -321,7 +618,7 @@ class ChatSimulator:
         stream = payload.get("stream") is True
         stream_options = payload.get("stream_options")
         include_usage = stream and isinstance(stream_options, dict) and stream_options.get("include_usage") is True
-        return ParsedChatRequest(
+        chat = ParsedChatRequest(
             messages=messages,
             model=model,
             max_tokens=max_tokens,
@@ -331,6 +628,69 @@ class ChatSimulator:
             attempt=attempt,
             body=body,
         )
+        response_format = payload.get("response_format")
+        tools = payload.get("tools")
+        tool_choice = payload.get("tool_choice")
+        if response_format is not None or tools is not None or tool_choice is not None:
+            self._parse_structured(chat, response_format, tools, tool_choice)
+        return chat
+
+    @staticmethod
+    def _parse_structured(chat: ParsedChatRequest, response_format: Any, tools: Any, tool_choice: Any) -> None:
+        """Fill the structured-output and tool fields of ``chat`` (400 on malformed ones)."""
+        from batchrun.sim import structured
+
+        try:
+            chat.response_format = structured.parse_response_format(response_format)
+            chat.tools, chat.tool_choice = structured.parse_tools(tools, tool_choice)
+        except structured.StructuredRequestError as exc:
+            raise InvalidRequest(exc.message, param=exc.param) from None
+        extra = 0
+        if chat.tools:
+            extra += count_tokens(orjson.dumps(tools).decode())
+        if chat.response_format is not None and chat.response_format.schema is not None:
+            extra += count_tokens(orjson.dumps(chat.response_format.schema).decode())
+        chat.extra_prompt_tokens = extra
+
+    def _compose(self, chat: ParsedChatRequest) -> Answer:
+        """The simulated model's answer: a tool call, JSON text or plain text, truncated to max_tokens."""
+        seed = self.config.seed
+        tool = None
+        if chat.tools or chat.response_format is not None:
+            from batchrun.sim import structured
+
+            if chat.tools:
+                tool = structured.choose_tool(chat.tools, chat.tool_choice, chat.messages)
+            if tool is not None:
+                text = structured.tool_arguments(tool, chat.messages, seed)
+            elif chat.response_format is not None:
+                text = structured.json_answer(chat.messages, chat.response_format, seed)
+            else:
+                text = None
+        else:
+            text = None
+        if text is None:
+            from batchrun.sim.answers import compose_answer
+
+            text = compose_answer(chat.messages, seed)
+            if not isinstance(text, str):
+                text = str(text)
+        tokens = split_tokens(text)
+        finish_reason = "stop" if tool is None else "tool_calls"
+        if chat.max_tokens is not None and len(tokens) > chat.max_tokens:
+            tokens = tokens[: chat.max_tokens]
+            finish_reason = "length"
+        prompt_tokens = count_prompt_tokens(chat.messages) + chat.extra_prompt_tokens
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(tokens),
+            "total_tokens": prompt_tokens + len(tokens),
+        }
+        answer = Answer(tokens, finish_reason, usage)
+        if tool is not None:
+            answer.tool_name = tool.name
+            answer.tool_call_id = structured.tool_call_id(tool, text, chat.messages, seed)
+        return answer
 
     def _latency_factor(self, chat: ParsedChatRequest) -> float:
         """The jitter multiplier for this request: reproducible for the seed and request."""
@@ -350,53 +710,65 @@ class ChatSimulator:
         return f"{self._id_prefix}{self._next_id:08x}"
 
     async def _answer_json(
-        self, chat: ParsedChatRequest, tokens: list[str], finish_reason: str, usage: dict, factor: float
-    ) -> web.Response:
+        self,
+        request: web.Request,
+        chat: ParsedChatRequest,
+        answer: Answer,
+        factor: float,
+        extra_ms: float,
+        headers: dict[str, str] | None,
+        fault: FaultRule | None,
+    ) -> web.StreamResponse:
         config = self.config
-        delay_ms = (config.latency_ms + config.per_token_ms * len(tokens)) * factor
+        delay_ms = (config.latency_ms + config.per_token_ms * len(answer.tokens)) * factor + extra_ms
         if delay_ms > 0:
-            await asyncio.sleep(delay_ms / 1000.0)
+            await self.sleep(delay_ms / 1000.0)
+        text = "".join(answer.tokens)
+        if answer.tool_name is None:
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+        else:
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": answer.tool_call_id, "type": "function", "function": {"name": answer.tool_name, "arguments": text}}
+                ],
+            }
         payload = {
             "id": self._new_id(),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": chat.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "".join(tokens)},
-                    "logprobs": None,
-                    "finish_reason": finish_reason,
-                }
-            ],
-            "usage": usage,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": answer.finish_reason}],
+            "usage": answer.usage,
         }
-        return web.Response(body=orjson.dumps(payload), content_type="application/json")
+        if fault is None:
+            return web.Response(body=orjson.dumps(payload), content_type="application/json", headers=headers)
+        kind = fault.kind
+        if kind in ("no_usage", "drop_usage"):
+            del payload["usage"]
+            return web.Response(body=orjson.dumps(payload), content_type="application/json", headers=headers)
+        body = orjson.dumps(payload)
+        if kind == "malformed_json":
+            return web.Response(body=body[: len(body) // 2], content_type="application/json", headers=headers)
+        if kind == "trickle":
+            return await self._send_trickle(request, body, "application/json", headers, fault.trickle_seconds, sized=True)
+        # reset, and stream_cut of a non-streaming request
+        return await self._send_then_cut(request, [body[: len(body) // 2]], "application/json", headers, abort=True, total=len(body))
 
-    async def _answer_stream(
-        self,
-        request: web.Request,
-        chat: ParsedChatRequest,
-        tokens: list[str],
-        finish_reason: str,
-        usage: dict,
-        factor: float,
-    ) -> web.StreamResponse:
-        config = self.config
-        first_delay_ms = config.latency_ms * factor
-        per_token_s = config.per_token_ms * factor / 1000.0
-        if first_delay_ms > 0:
-            await asyncio.sleep(first_delay_ms / 1000.0)
+    def _stream_events(
+        self, chat: ParsedChatRequest, answer: Answer, per_token_s: float, include_usage: bool
+    ) -> tuple[list[tuple[float, bytes]], int]:
+        """The SSE events of a streamed answer as (seconds to wait before, bytes), and the number of content events.
 
-        response = web.StreamResponse(
-            status=200,
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
-        )
-        await response.prepare(request)
-
+        Event 0 is the role chunk; events 1..n carry content (or tool-call
+        argument) fragments; then the finish chunk, the usage chunk (when
+        asked for) and ``[DONE]``.
+        """
         completion_id = self._new_id()
         created = int(time.time())
         model = chat.model
+        tokens = answer.tokens
 
         def event(delta: dict, finish: str | None) -> bytes:
             chunk = {
@@ -408,37 +780,152 @@ class ChatSimulator:
             }
             return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
+        tool_name = answer.tool_name
+        if tool_name is None:
+            events = [(0.0, event({"role": "assistant", "content": ""}, None))]
+        else:
+            first_call = {"index": 0, "id": answer.tool_call_id, "type": "function", "function": {"name": tool_name, "arguments": ""}}
+            events = [(0.0, event({"role": "assistant", "content": None, "tool_calls": [first_call]}, None))]
         # Chunk sizes depend only on the seed and the answer, so the same
         # request is always cut the same way.
-        rng = random.Random(_stable_seed(str(config.seed).encode(), "".join(tokens).encode()))
-        pending = [event({"role": "assistant", "content": ""}, None)]
+        rng = random.Random(_stable_seed(str(self.config.seed).encode(), "".join(tokens).encode()))
+        position = 0
+        for size in chunk_token_counts(len(tokens), rng):
+            piece = "".join(tokens[position : position + size])
+            position += size
+            if tool_name is None:
+                delta = {"content": piece}
+            else:
+                delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+            events.append((per_token_s * size, event(delta, None)))
+        content_events = len(events) - 1
+        events.append((0.0, event({}, answer.finish_reason)))
+        if include_usage:
+            usage_chunk = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": answer.usage,
+            }
+            events.append((0.0, b"data: " + orjson.dumps(usage_chunk) + b"\n\n"))
+        events.append((0.0, _SSE_DONE))
+        return events, content_events
+
+    async def _answer_stream(
+        self,
+        request: web.Request,
+        chat: ParsedChatRequest,
+        answer: Answer,
+        factor: float,
+        extra_ms: float,
+        headers: dict[str, str] | None,
+        fault: FaultRule | None,
+    ) -> web.StreamResponse:
+        config = self.config
+        first_delay_ms = config.latency_ms * factor + extra_ms
+        per_token_s = config.per_token_ms * factor / 1000.0
+        if first_delay_ms > 0:
+            await self.sleep(first_delay_ms / 1000.0)
+
+        kind = fault.kind if fault is not None else None
+        include_usage = chat.include_usage and kind not in ("no_usage", "drop_usage")
+        events, content_events = self._stream_events(chat, answer, per_token_s, include_usage)
+        if kind == "trickle":
+            body = b"".join(data for _, data in events)
+            return await self._send_trickle(request, body, "text/event-stream", headers, fault.trickle_seconds, sized=False)
+        if kind in ("reset", "stream_cut"):
+            kept = events[: 1 + max(1, content_events // 2) if content_events else 1]
+            pieces = [data for _, data in kept]
+            return await self._send_then_cut(request, pieces, "text/event-stream", headers, abort=kind == "reset")
+        if kind == "malformed_json":
+            index = 1 if content_events else 0
+            delay, data = events[index]
+            json_part = data[len(b"data: ") : -2]
+            events[index] = (delay, b"data: " + json_part[: len(json_part) // 2] + b"\n\n")
+
+        response_headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        if headers:
+            response_headers.update(headers)
+        response = web.StreamResponse(status=200, headers=response_headers)
+        await response.prepare(request)
         try:
-            position = 0
-            for size in chunk_token_counts(len(tokens), rng):
-                piece = "".join(tokens[position : position + size])
-                position += size
-                if per_token_s > 0:
+            pending: list[bytes] = []
+            for delay, data in events:
+                if delay > 0:
                     # Send what is ready, then "generate" this chunk's tokens.
-                    await response.write(b"".join(pending))
-                    pending.clear()
-                    await asyncio.sleep(per_token_s * size)
-                pending.append(event({"content": piece}, None))
-            pending.append(event({}, finish_reason))
-            if chat.include_usage:
-                usage_chunk = {
-                    "id": completion_id,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                    "choices": [],
-                    "usage": usage,
-                }
-                pending.append(b"data: " + orjson.dumps(usage_chunk) + b"\n\n")
-            pending.append(_SSE_DONE)
+                    if pending:
+                        await response.write(b"".join(pending))
+                        pending.clear()
+                    await self.sleep(delay)
+                pending.append(data)
             await response.write(b"".join(pending))
             await response.write_eof()
         except ConnectionResetError:
             # The client went away mid-stream; nothing left to do.
+            pass
+        return response
+
+    # -- delivery faults ---------------------------------------------------
+
+    async def _send_trickle(
+        self,
+        request: web.Request,
+        body: bytes,
+        content_type: str,
+        headers: dict[str, str] | None,
+        pause_s: float,
+        *,
+        sized: bool,
+    ) -> web.StreamResponse:
+        """Send a 200 with ``body`` a few bytes at a time, ``pause_s`` apart (the ``trickle`` fault)."""
+        response_headers = {"Content-Type": content_type}
+        if sized:
+            response_headers["Content-Length"] = str(len(body))
+        if headers:
+            response_headers.update(headers)
+        response = web.StreamResponse(status=200, headers=response_headers)
+        await response.prepare(request)
+        try:
+            for start in range(0, len(body), TRICKLE_PIECE_BYTES):
+                if start and pause_s > 0:
+                    await self.sleep(pause_s)
+                await response.write(body[start : start + TRICKLE_PIECE_BYTES])
+            await response.write_eof()
+        except ConnectionResetError:
+            pass
+        return response
+
+    async def _send_then_cut(
+        self,
+        request: web.Request,
+        pieces: list[bytes],
+        content_type: str,
+        headers: dict[str, str] | None,
+        *,
+        abort: bool,
+        total: int | None = None,
+    ) -> web.StreamResponse:
+        """Send a 200 with ``pieces``, then abort the connection (``reset``) or end the body early (``stream_cut``).
+
+        ``total``, when given, is announced as the Content-Length (more than
+        is sent, so the client knows the body is short).
+        """
+        response_headers = {"Content-Type": content_type}
+        if total is not None:
+            response_headers["Content-Length"] = str(total)
+        if headers:
+            response_headers.update(headers)
+        response = web.StreamResponse(status=200, headers=response_headers)
+        await response.prepare(request)
+        try:
+            await response.write(b"".join(pieces))
+            if abort:
+                _abort_connection(request)
+            else:
+                await response.write_eof()
+        except ConnectionResetError:
             pass
         return response
 
@@ -485,10 +972,11 @@ async def serve(
     ``port=0`` picks a free port. Once listening, ``on_ready`` is called with
     the base URL (``http://HOST:PORT/v1``) carrying the real port. Use a
     numeric host: a name that resolves to several addresses would bind each
-    of them to a different free port when ``port`` is 0.
+    of them to a different free port when ``port`` is 0. A client that
+    disconnects cancels its request's handler (it is counted as 499).
     """
     app = build_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0, handler_cancellation=True)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, backlog=1024)

@@ -1,0 +1,401 @@
+"""Fault injection for the simulator: which requests fail, and how.
+
+A `FaultRule` names a fault ``kind`` and says which requests it hits; a
+`FaultPlan` holds the rules of one simulator instance and picks, for each
+request, the rule to apply (or none). Everything is deterministic for a seed:
+rerunning the same batch against a simulator with the same seed and rules
+fails the same tickets on the same attempts.
+
+Which requests a rule hits
+--------------------------
+* ``tickets``: the rule hits requests whose ``X-Batchrun-Ticket-Id`` header
+  is one of these ids, on the listed ``attempts`` (1-based, counted per
+  ticket id by the simulator; default ``(1,)`` when ``tickets`` is given).
+  ``tickets=("T000003",), attempts=(1, 2)`` is a per-ticket schedule: the
+  first two attempts at T000003 fail, the third succeeds. Requests without
+  the header never match a ``tickets`` rule.
+* ``rate``: the rule hits that fraction of requests (0 to 1). Whether a given
+  request is hit is decided by a BLAKE2b hash of (seed, ticket id, attempt,
+  rule index), or, for a request without a ticket header, of (seed, the
+  request body's digest, rule index), never by Python's randomised
+  ``hash()``. Each attempt is an independent draw, so a retried ticket
+  usually gets through. With ``attempts`` also given, only those attempt
+  numbers can be hit (for requests with a ticket id; without one the
+  attempt is unknown and ``attempts`` is not checked).
+* Both ``tickets`` and ``rate``: that fraction of those tickets' listed
+  attempts. A rule must give at least one of the two (``rate=1`` hits every
+  request).
+
+Rules are tried in order and the first that hits wins; a rule's index is part
+of its hash, so two rate rules draw independently.
+
+Kinds (`FAULT_KINDS`)
+---------------------
+Error responses, sent before any answer is computed (the request never
+reaches the rate limiter):
+
+``429`` / ``429_date`` / ``429_ms`` / ``429_bare``
+    429 in OpenAI's error shape (type and code ``rate_limit_exceeded``) with,
+    respectively, ``retry-after: N`` (seconds, ``retry_after``), ``retry-after``
+    as an HTTP date (rounded up to a whole second), ``retry-after-ms: N``, or
+    no retry header at all.
+``500`` / ``502`` / ``503``
+    OpenAI-shaped ``server_error`` JSON with that status.
+``html_error``
+    A 502 whose body is an HTML page (``text/html``), as a proxy would send.
+``context_length``
+    400, ``code: "context_length_exceeded"``, "This model's maximum context
+    length is ... tokens. However, your messages resulted in ... tokens."
+``content_policy``
+    400, ``code: "content_policy_violation"``, a message about the safety system.
+``401``
+    ``invalid_api_key``; the message never echoes the key or the
+    Authorization header.
+``404_model``
+    404, ``code: "model_not_found"``, naming the requested model.
+
+Delivery faults, applied to a request that was admitted and answered (it
+counts against the rate limits like any other):
+
+``stall``
+    Send nothing (not even headers) for ``stall_s`` seconds (default 3600),
+    then answer normally if the client is still there.
+``trickle``
+    Send the 200 headers, then the body a few bytes (`TRICKLE_PIECE_BYTES`)
+    at a time with ``trickle_ms`` (default 100) between pieces.
+``reset``
+    Send the headers and part of the body, then abort the TCP connection.
+``stream_cut``
+    Streaming: send the role chunk and about half of the content chunks,
+    then end the response cleanly but without the ``finish_reason`` chunk,
+    the usage chunk and ``data: [DONE]``. Non-streaming: like ``reset``.
+``malformed_json``
+    Non-streaming: a 200 ``application/json`` response whose body is the
+    first half of the real JSON (invalid JSON). Streaming: one content chunk
+    carries truncated JSON; the rest of the stream is normal.
+``no_usage`` / ``drop_usage``
+    The answer without usage: non-streaming responses lack the ``usage``
+    field; streams omit the usage chunk even when
+    ``stream_options.include_usage`` asked for it.
+
+Rule options
+------------
+``retry_after`` (seconds, default 1.0) only for ``429``, ``429_date`` and
+``429_ms``; ``stall_s`` only for ``stall``; ``trickle_ms`` only for
+``trickle``. Giving an option to a kind that does not use it is an error.
+
+Configuration formats
+---------------------
+* Python: ``FaultRule(kind="503", tickets=("T000003",), attempts=(1, 2))``.
+* A mapping (the job file's ``[[simulator.faults]]`` tables):
+  `FaultRule.from_mapping` accepts exactly the keys ``kind``, ``rate``,
+  ``tickets``, ``attempts``, ``retry_after``, ``stall_s``, ``trickle_ms``.
+* The command line: ``--fault KIND[:key=value[,key=value...]]`` with list
+  values joined by ``+``, e.g. ``--fault 429:rate=0.2,retry_after=0.05`` or
+  ``--fault 503:tickets=T000003+T000004,attempts=1+2``; `FaultRule.parse`
+  reads it and `FaultRule.to_spec` writes it (ticket ids containing ``,``,
+  ``+`` or ``=`` cannot be written this way).
+
+Standard library only (the CLI imports this through `batchrun.sim.config`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: Every fault kind, in documentation order.
+FAULT_KINDS: tuple[str, ...] = (
+    "429",
+    "429_date",
+    "429_ms",
+    "429_bare",
+    "500",
+    "502",
+    "503",
+    "html_error",
+    "context_length",
+    "content_policy",
+    "401",
+    "404_model",
+    "stall",
+    "trickle",
+    "reset",
+    "stream_cut",
+    "malformed_json",
+    "no_usage",
+    "drop_usage",
+)
+
+#: Kinds answered with an error status before the request is answered or rate limited.
+ERROR_KINDS: frozenset[str] = frozenset(
+    {"429", "429_date", "429_ms", "429_bare", "500", "502", "503", "html_error", "context_length", "content_policy", "401", "404_model"}
+)
+
+#: Kinds that change how an admitted, answered request is delivered.
+DELIVERY_KINDS: frozenset[str] = frozenset(FAULT_KINDS) - ERROR_KINDS
+
+#: Kinds that take a ``retry_after`` option.
+RETRY_AFTER_KINDS: frozenset[str] = frozenset({"429", "429_date", "429_ms"})
+
+#: Bytes per piece sent by a ``trickle`` fault.
+TRICKLE_PIECE_BYTES = 8
+
+DEFAULT_RETRY_AFTER_S = 1.0
+DEFAULT_STALL_S = 3600.0
+DEFAULT_TRICKLE_MS = 100.0
+
+#: The keys `FaultRule.from_mapping` and `FaultRule.parse` accept.
+RULE_KEYS: tuple[str, ...] = ("kind", "rate", "tickets", "attempts", "retry_after", "stall_s", "trickle_ms")
+
+_OPTION_KINDS: dict[str, frozenset[str]] = {
+    "retry_after": RETRY_AFTER_KINDS,
+    "stall_s": frozenset({"stall"}),
+    "trickle_ms": frozenset({"trickle"}),
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _format_number(value: float) -> str:
+    """A float as short text that parses back to the same float."""
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(float(value))
+
+
+@dataclass(frozen=True)
+class FaultRule:
+    """One fault: its ``kind`` and which requests it hits (see the module docstring)."""
+
+    kind: str
+    # Fraction of matching requests hit, 0..1; None: every matching request.
+    rate: float | None = None
+    # Ticket ids (X-Batchrun-Ticket-Id) hit; None: any request.
+    tickets: tuple[str, ...] | None = None
+    # 1-based attempt numbers hit; defaults to (1,) when tickets are given,
+    # else None (every attempt).
+    attempts: tuple[int, ...] | None = None
+    # Seconds announced by the 429 kinds' retry headers (default 1.0).
+    retry_after: float | None = None
+    # Seconds a "stall" keeps the request waiting (default 3600).
+    stall_s: float | None = None
+    # Milliseconds between the pieces of a "trickle" (default 100).
+    trickle_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        kind = self.kind
+        if not isinstance(kind, str) or kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; expected one of: {', '.join(FAULT_KINDS)}")
+        if self.rate is not None:
+            if not _is_number(self.rate) or not 0.0 <= self.rate <= 1.0:
+                raise ValueError(f"fault {kind}: rate must be a number between 0 and 1, got {self.rate!r}")
+            object.__setattr__(self, "rate", float(self.rate))
+        if self.tickets is not None:
+            tickets = self.tickets
+            if isinstance(tickets, str) or not isinstance(tickets, (list, tuple)):
+                raise ValueError(f"fault {kind}: tickets must be a list of ticket ids, got {tickets!r}")
+            if not tickets or not all(isinstance(t, str) and t for t in tickets):
+                raise ValueError(f"fault {kind}: tickets must be a non-empty list of non-empty strings, got {tickets!r}")
+            object.__setattr__(self, "tickets", tuple(tickets))
+        if self.rate is None and self.tickets is None:
+            raise ValueError(f"fault {kind}: give rate (a fraction of requests; 1 for all) or tickets (a list of ticket ids)")
+        attempts = self.attempts
+        if attempts is not None:
+            if isinstance(attempts, int) and not isinstance(attempts, bool):
+                attempts = (attempts,)
+            if not isinstance(attempts, (list, tuple)) or not attempts:
+                raise ValueError(f"fault {kind}: attempts must be a non-empty list of attempt numbers, got {self.attempts!r}")
+            for number in attempts:
+                if not isinstance(number, int) or isinstance(number, bool) or number < 1:
+                    raise ValueError(f"fault {kind}: attempts are 1-based integers, got {number!r}")
+            object.__setattr__(self, "attempts", tuple(attempts))
+        elif self.tickets is not None:
+            object.__setattr__(self, "attempts", (1,))
+        for option, kinds in _OPTION_KINDS.items():
+            value = getattr(self, option)
+            if value is None:
+                continue
+            if kind not in kinds:
+                raise ValueError(f"fault {kind}: option {option} only applies to kind(s) {', '.join(sorted(kinds))}")
+            if not _is_number(value) or value < 0 or value != value or value == float("inf"):
+                raise ValueError(f"fault {kind}: {option} must be a finite number >= 0, got {value!r}")
+            object.__setattr__(self, option, float(value))
+
+    # -- effective options ---------------------------------------------------
+
+    @property
+    def retry_after_s(self) -> float:
+        """Seconds announced by a 429 kind's retry header."""
+        return DEFAULT_RETRY_AFTER_S if self.retry_after is None else self.retry_after
+
+    @property
+    def stall_seconds(self) -> float:
+        """Seconds a ``stall`` waits before answering."""
+        return DEFAULT_STALL_S if self.stall_s is None else self.stall_s
+
+    @property
+    def trickle_seconds(self) -> float:
+        """Seconds between the pieces of a ``trickle``."""
+        return (DEFAULT_TRICKLE_MS if self.trickle_ms is None else self.trickle_ms) / 1000.0
+
+    # -- conversions ---------------------------------------------------------
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> FaultRule:
+        """A rule from a mapping with the keys of `RULE_KEYS` (e.g. a TOML table).
+
+        Raises ValueError naming unknown keys, a missing ``kind`` or a bad value.
+        """
+        if not isinstance(mapping, Mapping):
+            raise ValueError(f"a fault rule must be a table/mapping, got {type(mapping).__name__}")
+        unknown = sorted(str(key) for key in mapping if key not in RULE_KEYS)
+        if unknown:
+            raise ValueError(f"unknown fault rule key(s): {', '.join(unknown)}; allowed keys: {', '.join(RULE_KEYS)}")
+        if "kind" not in mapping:
+            raise ValueError(f"a fault rule needs a kind (one of: {', '.join(FAULT_KINDS)})")
+        kind = mapping["kind"]
+        if _is_number(kind) and not isinstance(kind, float):
+            kind = str(kind)  # kind = 429 written without quotes
+        values = {key: mapping[key] for key in RULE_KEYS if key in mapping}
+        values["kind"] = kind
+        return cls(**values)
+
+    @classmethod
+    def parse(cls, spec: str) -> FaultRule:
+        """A rule from the CLI form ``KIND[:key=value[,key=value...]]`` (lists joined by ``+``)."""
+        if not isinstance(spec, str) or not spec.strip():
+            raise ValueError("empty fault spec; expected KIND[:key=value,...]")
+        kind, _, rest = spec.strip().partition(":")
+        values: dict[str, Any] = {"kind": kind.strip()}
+        if rest.strip():
+            for item in rest.split(","):
+                key, sep, raw = item.partition("=")
+                key, raw = key.strip(), raw.strip()
+                if not sep or not key:
+                    raise ValueError(f"bad fault option {item!r} in {spec!r}; expected key=value")
+                if key == "kind" or key not in RULE_KEYS:
+                    raise ValueError(f"unknown fault option {key!r} in {spec!r}; allowed: {', '.join(RULE_KEYS[1:])}")
+                if key in values:
+                    raise ValueError(f"fault option {key!r} given twice in {spec!r}")
+                try:
+                    if key == "tickets":
+                        values[key] = tuple(part.strip() for part in raw.split("+"))
+                    elif key == "attempts":
+                        values[key] = tuple(int(part) for part in raw.split("+"))
+                    else:
+                        values[key] = float(raw)
+                except ValueError:
+                    raise ValueError(f"bad value for fault option {key!r} in {spec!r}: {raw!r}") from None
+        return cls.from_mapping(values)
+
+    def to_spec(self) -> str:
+        """The CLI form of this rule; `parse` reads it back to an equal rule.
+
+        Raises ValueError for ticket ids that this form cannot carry (with
+        ``,``, ``+`` or ``=``, or surrounding whitespace).
+        """
+        for ticket in self.tickets or ():
+            if any(char in ticket for char in ",+=") or ticket != ticket.strip():
+                raise ValueError(f"fault {self.kind}: ticket id {ticket!r} cannot be written as a --fault spec")
+        options = []
+        if self.rate is not None:
+            options.append(f"rate={_format_number(self.rate)}")
+        if self.tickets is not None:
+            options.append("tickets=" + "+".join(self.tickets))
+        if self.attempts is not None:
+            options.append("attempts=" + "+".join(str(n) for n in self.attempts))
+        for option in ("retry_after", "stall_s", "trickle_ms"):
+            value = getattr(self, option)
+            if value is not None:
+                options.append(f"{option}={_format_number(value)}")
+        return self.kind + (":" + ",".join(options) if options else "")
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The rule as a mapping `from_mapping` accepts (unset options left out)."""
+        out: dict[str, Any] = {"kind": self.kind}
+        for key in RULE_KEYS[1:]:
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+def coerce_rules(rules: Any) -> tuple[FaultRule, ...]:
+    """A tuple of `FaultRule` from rules, mappings or CLI spec strings."""
+    if rules is None:
+        return ()
+    if isinstance(rules, (FaultRule, Mapping, str)):
+        rules = (rules,)
+    out = []
+    for rule in rules:
+        if isinstance(rule, FaultRule):
+            out.append(rule)
+        elif isinstance(rule, Mapping):
+            out.append(FaultRule.from_mapping(rule))
+        elif isinstance(rule, str):
+            out.append(FaultRule.parse(rule))
+        else:
+            raise ValueError(f"a fault must be a FaultRule, a mapping or a spec string, got {rule!r}")
+    return tuple(out)
+
+
+def body_digest(body: bytes) -> bytes:
+    """The digest of a request body used to key rate rules for requests without a ticket id."""
+    return hashlib.blake2b(body, digest_size=16).digest()
+
+
+def draw(seed: int, key: bytes, attempt: int, rule_index: int) -> int:
+    """A stable 64-bit draw for one (seed, request key, attempt, rule) combination."""
+    h = hashlib.blake2b(digest_size=8, person=b"batchrun-fault")
+    h.update(b"%d\0%d\0%d\0" % (seed, attempt, rule_index))
+    h.update(key)
+    return int.from_bytes(h.digest(), "little")
+
+
+class FaultPlan:
+    """The fault rules of one simulator instance, with the seed that makes rates deterministic."""
+
+    __slots__ = ("rules", "seed", "uses_body", "_compiled")
+
+    def __init__(self, rules: tuple[FaultRule, ...] | list[FaultRule], seed: int = 0) -> None:
+        self.rules = coerce_rules(rules)
+        self.seed = int(seed)
+        compiled = []
+        for index, rule in enumerate(self.rules):
+            tickets = frozenset(rule.tickets) if rule.tickets is not None else None
+            attempts = frozenset(rule.attempts) if rule.attempts is not None else None
+            threshold = None if rule.rate is None else int(rule.rate * 2.0**64)
+            compiled.append((index, rule, tickets, attempts, threshold))
+        self._compiled = tuple(compiled)
+        #: True if some rule can hit requests without a ticket id (they are keyed by the body digest).
+        self.uses_body = any(rule.tickets is None for rule in self.rules)
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def rule_for(self, ticket_id: str | None, attempt: int, body_hash: bytes = b"") -> FaultRule | None:
+        """The rule to apply to a request, or None.
+
+        ``attempt`` is the 1-based attempt number of ``ticket_id`` (ignored
+        without a ticket id); ``body_hash`` (see `body_digest`) keys the rate
+        draw of requests without a ticket id.
+        """
+        if ticket_id is not None:
+            key = b"t:" + ticket_id.encode("utf-8", "surrogatepass")
+        else:
+            key = b"b:" + body_hash
+            attempt = 0
+        for index, rule, tickets, attempts, threshold in self._compiled:
+            if tickets is not None and (ticket_id is None or ticket_id not in tickets):
+                continue
+            if attempts is not None and ticket_id is not None and attempt not in attempts:
+                continue
+            if threshold is not None and draw(self.seed, key, attempt, index) >= threshold:
+                continue
+            return rule
+        return None
