@@ -6,7 +6,7 @@ JOB    ?= jobs/classify_tickets.toml
 ARGS   ?=
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test status clean
+.PHONY: install run test status clean bench
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "batchrun needs Python 3.11+; set PYTHON=python3.11")'
@@ -25,6 +25,12 @@ status: install  ## counts of JOB's run directory: make status RUN_DIR=runs/clas
 test: install  ## the whole suite (pytest's "no tests collected", exit 5, counts as a pass)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+BENCH_ARGS ?= --baseline
+bench: install  ## concurrency sweep of JOB against the simulator (200 ms), with the bare-litellm baseline: table, bench_out/bench.json, bench.png; make bench BENCH_ARGS="--concurrency 8,128 --tickets 2000 --baseline"
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[plots]' \
+		|| echo "bench: could not install matplotlib: no plot this time"
+	$(BIN)/python -m batchrun.bench $(JOB) $(BENCH_ARGS)
 
 clean:  ## remove the virtualenv, run directories and caches
 	rm -rf $(VENV) runs build *.egg-info .pytest_cache

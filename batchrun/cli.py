@@ -14,11 +14,13 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import click
 
 from batchrun import __version__
+from batchrun.bench import bench_command
 from batchrun.sim.command import sim_command
 
 RUN_EXAMPLES = """
@@ -109,6 +111,24 @@ def route_litellm_logs(verbose: int) -> None:
         logger.setLevel(logging.DEBUG)
 
 
+def sim_config(job: Any) -> Any:
+    """The simulator's settings from a job's [simulator] section (JobSpecError names a bad fault)."""
+    from batchrun.errors import JobSpecError
+    from batchrun.sim.config import SimConfig
+    from batchrun.sim.faults import FaultRule
+
+    spec = job.simulator
+    faults = []
+    for index, rule in enumerate(spec.faults):
+        try:
+            faults.append(FaultRule.from_mapping(rule))
+        except ValueError as exc:
+            raise JobSpecError(f"invalid job: field `simulator.faults[{index}]`: {exc}") from None
+    return SimConfig(latency_ms=spec.latency_ms, per_token_ms=spec.per_token_ms, jitter=spec.jitter,
+                     seed=spec.seed, rpm=spec.rpm, tpm=spec.tpm, capacity=spec.capacity,
+                     overload_ms=spec.overload_ms, faults=tuple(faults))
+
+
 def _sim_model(model: str) -> str:
     """The simulator speaks OpenAI's API: route any model name there."""
     name = model.split("/", 1)[1] if "/" in model else model
@@ -131,6 +151,8 @@ def _sim_model(model: str) -> str:
 @click.option("--force", is_flag=True, help="Resume even if the job, input or endpoint changed.")
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
+@click.option("--workers", type=click.IntRange(min=1, max=64),
+              help="Worker processes [default: the job's `workers`; auto = one per core for big runs].")
 @click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True),
               help="Stop dispatching before the run directory's total cost would pass this.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
@@ -139,8 +161,8 @@ def _sim_model(model: str) -> str:
               help="Also write the log here (API keys scrubbed).")
 def run(job_file: Path, input_path: Path | None, concurrency: int | None, limit: int | None,
         run_dir: Path | None, model: str | None, api_base: str | None, live: bool, skip_failed: bool,
-        force: bool, grace: float, max_cost_usd: float | None, progress: bool | None, verbose: int,
-        log_file: Path | None) -> None:
+        force: bool, grace: float, workers: int | None, max_cost_usd: float | None, progress: bool | None,
+        verbose: int, log_file: Path | None) -> None:
     """Run JOB_FILE over its tickets, or resume it where it stopped.
 
     Ids already in the run directory's results.jsonl are never requested again.
@@ -153,7 +175,8 @@ def run(job_file: Path, input_path: Path | None, concurrency: int | None, limit:
     secrets: list[str] = []
     try:
         job = load_job(job_file).with_overrides(
-            input=input_path, concurrency=concurrency, run_dir=run_dir, model=model, api_base=api_base)
+            input=input_path, concurrency=concurrency, run_dir=run_dir, model=model, api_base=api_base,
+            workers=workers)
         use_sim = job.simulator is not None and not live and api_base is None
         if use_sim:
             endpoint, api_key = "simulator", "sim-key"
@@ -167,6 +190,10 @@ def run(job_file: Path, input_path: Path | None, concurrency: int | None, limit:
                         f"environment variable {job.api_key_env} is not set "
                         f"(the job's api_key_env names it); nothing was sent")
                 secrets.append(api_key)
+            if job.api_base:  # a key passed in the URL's query string is a secret too
+                from urllib.parse import parse_qsl
+
+                secrets.extend(value for _, value in parse_qsl(urlsplit(job.api_base).query) if len(value) >= 4)
         setup_logging(verbose, log_file, secrets)
         code = _run(job, job_file, endpoint, api_key, use_sim, limit, skip_failed, force, grace,
                     sys.stderr.isatty() if progress is None else progress, max_cost_usd, verbose)
@@ -202,25 +229,26 @@ def _run(job, job_file, endpoint, api_key, use_sim, limit, skip_failed, force, g
             f"batchrun: {job.name}: {prep.to_do:,} to do, {prep.already_done:,} already done, "
             f"model {job.model} via {endpoint}, concurrency {job.concurrency}, run {prep.run_number} "
             f"in {prep.run_dir}", err=True)
+        workers = job.worker_count(prep.to_do)
         with contextlib.ExitStack() as stack:
+            api_base, model = job.api_base, job.model
             if use_sim:
-                from batchrun.provider import LiteLLMProvider
-                from batchrun.sim.config import SimConfig
                 from batchrun.sim.process import start_simulator
 
-                sim_spec = job.simulator
-                sim = stack.enter_context(start_simulator(SimConfig(
-                    latency_ms=sim_spec.latency_ms, per_token_ms=sim_spec.per_token_ms,
-                    jitter=sim_spec.jitter, seed=sim_spec.seed)))
-                provider = LiteLLMProvider(model=_sim_model(job.model), api_base=sim.base_url,
-                                           api_key=api_key, params=job.params, prices=job.prices)
-            else:
+                sim = stack.enter_context(start_simulator(sim_config(job)))
+                api_base, model = sim.base_url, _sim_model(job.model)
+            provider_kwargs = {"model": model, "api_base": api_base, "api_key": api_key, "params": job.params,
+                               "prices": job.prices.model_dump() if job.prices else None}
+            provider = None
+            if workers == 1 or prep.max_cost_usd is not None:  # the coordinator needs litellm
                 from batchrun.provider import LiteLLMProvider
 
-                provider = LiteLLMProvider(model=job.model, api_base=job.api_base, api_key=api_key,
-                                           params=job.params, prices=job.prices)
+                provider = LiteLLMProvider(**{**provider_kwargs, "prices": job.prices})
+            if workers > 1:
+                click.echo(f"batchrun: {workers} worker processes", err=True)
             route_litellm_logs(verbose)
-            result = anyio.run(lambda: execute_run(prep, provider, grace_s=grace, progress=progress))
+            result = anyio.run(lambda: execute_run(prep, provider, grace_s=grace, progress=progress,
+                                                   workers=workers, provider_kwargs=provider_kwargs))
         title = f"{job.name}: run {prep.run_number} {result.state}"
         click.echo(format_summary(result.summary, title=title))
         click.echo(f"run directory: {prep.run_dir}  (batchrun status {prep.run_dir})")
@@ -258,6 +286,7 @@ def status(run_dir: Path, as_json: bool) -> None:
 
 
 main.add_command(sim_command, name="sim")
+main.add_command(bench_command, name="bench")
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -77,12 +77,13 @@ from batchrun.errors import (
     TicketError,
 )
 from batchrun.provider import ChatRequest, Provider, litellm_version
-from batchrun.records import Outcome, Ticket
+from batchrun.records import Completion, Outcome, Ticket
 from batchrun.spec import JobSpec
 from batchrun.stats import RunStats
 from batchrun.tickets import InputScan, read_tickets, scan_input
-from batchrun.limits import CostBudget, RequestGate
-from batchrun.ticket_runner import run_ticket, utc_now
+from batchrun.limits import AdaptiveConcurrency, CostBudget, RateLimiter, RequestGate, parse_rate_limit_headers
+from batchrun.ticket_runner import utc_now
+from batchrun.workers import InlineExecutor, ProcessExecutor, WorkerCrashedError
 
 __all__ = ["PreparedRun", "RunResult", "execute_run", "prepare_run", "render_messages"]
 
@@ -135,21 +136,6 @@ class RunResult:
     error: str | None = None
 
 
-def _count_selected(job: JobSpec, limit: int | None, done: set[str], failed: set[str], skip_failed: bool,
-                    bad_lines: set[int]) -> tuple[int, int, int]:
-    """(tickets considered, already done, skipped failed) over the first `limit` tickets."""
-    total = already = skipped = 0
-    for ticket in read_tickets(job.input, job.id_field, skip_lines=bad_lines, max_line_bytes=job.max_line_bytes):
-        if limit is not None and total >= limit:
-            break
-        total += 1
-        if ticket.id in done:
-            already += 1
-        elif skip_failed and ticket.id in failed:
-            skipped += 1
-    return total, already, skipped
-
-
 def _mismatches(old: dict[str, Any], job: JobSpec, scan: InputScan, endpoint: str) -> list[str]:
     changes: list[str] = []
     old_fp = (old.get("job") or {}).get("fingerprint") or {}
@@ -184,7 +170,8 @@ def prepare_run(
     try:
         skip_bad = job.on_bad_input == "skip"
         scan = scan_input(job.input, job.id_field, templates, max_problems=None if skip_bad else 20,
-                          max_line_bytes=job.max_line_bytes)
+                          max_line_bytes=job.max_line_bytes, done_ids=checkpoint.done_ids,
+                          failed_ids=checkpoint.failed_ids if skip_failed else frozenset(), limit=limit)
         notes = list(checkpoint.repaired)
         if scan.problem_count and not skip_bad:
             raise TicketError(scan.describe_problems())
@@ -201,9 +188,6 @@ def prepare_run(
             rejects = write_rejects(checkpoint.run_dir, job.input, scan.problems)
             if scan.problem_count:
                 notes.append(f"{scan.problem_count} bad input line(s) skipped (on_bad_input = \"skip\"): see {rejects}")
-        total, already, skipped = _count_selected(
-            job, limit, checkpoint.done_ids, checkpoint.failed_ids, skip_failed, scan.bad_lines
-        )
         return PreparedRun(
             job=job,
             job_path=job_path,
@@ -214,10 +198,10 @@ def prepare_run(
             skip_failed=skip_failed,
             run_number=int(old.get("run", 0)) + 1,
             manifest=old,
-            tickets_total=total,
-            already_done=already,
-            skipped_failed=skipped,
-            to_do=total - already - skipped,
+            tickets_total=scan.selected,
+            already_done=scan.already_done,
+            skipped_failed=scan.skipped_failed,
+            to_do=scan.selected - scan.already_done - scan.skipped_failed,
             max_cost_usd=max_cost_usd if max_cost_usd is not None else job.max_cost_usd,
             notes=notes,
         )
@@ -271,11 +255,20 @@ def _manifest(prep: PreparedRun, stats: RunStats, failed_ids: set[str], state: s
 class _Run:
     """State of one execute_run call (kept off the module level)."""
 
-    def __init__(self, prep: PreparedRun, provider: Provider, *, grace_s: float, progress: bool,
-                 out: TextIO) -> None:
+    def __init__(self, prep: PreparedRun, provider: Provider | None, *, grace_s: float, progress: bool,
+                 out: TextIO, workers: int = 1, provider_kwargs: dict[str, Any] | None = None) -> None:
         self.prep = prep
         self.job = prep.job
         self.provider = provider
+        self.workers = workers
+        if workers > 1:
+            if provider_kwargs is None:
+                raise ValueError("workers > 1 needs provider_kwargs to build a provider in each process")
+            self.executor: Any = ProcessExecutor(workers, self.job, provider_kwargs, self, prep.run_number)
+        else:
+            if provider is None:
+                raise ValueError("workers = 1 needs a provider")
+            self.executor = InlineExecutor(provider, self.job, self, prep.run_number)
         self.grace_s = grace_s
         self.out = out
         self.stats = RunStats(tickets_total=prep.tickets_total, already_done=prep.already_done,
@@ -286,6 +279,12 @@ class _Run:
         self.failed_ids = set(prep.checkpoint.failed_ids)  # latest outcome a failure
         self.budget = (CostBudget(prep.max_cost_usd, prep.checkpoint.spent_usd)
                        if prep.max_cost_usd is not None else None)
+        self.rate_limiter: RateLimiter | None = None  # made in run(): it needs the event loop's clock
+        self.estimated_tokens: dict[str, int] = {}  # ticket id -> tokens reserved per attempt (tpm)
+        self.aimd = (AdaptiveConcurrency(self.job.min_concurrency, self.job.max_concurrency,
+                                         start=min(self.job.max_concurrency, max(self.job.min_concurrency, 4)))
+                     if self.job.adaptive else None)
+        self.slots = anyio.CapacityLimiter(self.aimd.limit) if self.aimd is not None else None
         self.stopping = False  # no new ticket starts once this is set
         self.stop_reason: str | None = None  # "signal", "fail_fast", "budget" or "checkpoint"
         self.signal_number: int | None = None
@@ -303,15 +302,10 @@ class _Run:
     async def producer(self, send: Any) -> None:
         async with send:
             with self.producer_scope:
-                done, failed = self.prep.checkpoint.done_ids, self.prep.checkpoint.failed_ids
-                seen = 0
-                for ticket in read_tickets(self.job.input, self.job.id_field, skip_lines=self.prep.scan.bad_lines,
+                # the scan already chose the lines to send (limit, done, skipped failures, bad lines):
+                # the rest are passed over unparsed
+                for ticket in read_tickets(self.job.input, self.job.id_field, only_lines=self.prep.scan.dispatch,
                                            max_line_bytes=self.job.max_line_bytes):
-                    if self.prep.limit is not None and seen >= self.prep.limit:
-                        break
-                    seen += 1
-                    if ticket.id in done or (self.prep.skip_failed and ticket.id in failed):
-                        continue
                     await send.send(ticket)
 
     async def worker(self, tickets: Any, outcomes: Any) -> None:
@@ -322,7 +316,7 @@ class _Run:
                 request = ChatRequest(ticket.id, render_messages(self.job, ticket), self.job.timeout_s)
                 reserved = 0.0
                 if self.budget is not None:
-                    estimate = self.provider.estimate_cost(request)
+                    estimate = self.provider.estimate_cost(request) if self.provider is not None else None
                     admitted = self.budget.try_reserve(estimate)
                     if admitted is None:
                         self.stop("budget", (
@@ -334,10 +328,23 @@ class _Run:
                     reserved = admitted
                 self.stats.in_flight += 1
                 try:
-                    outcome = await run_ticket(request, self.provider, self.job, self, self.prep.run_number)
+                    if self.slots is not None:
+                        async with self.slots:
+                            outcome = await self.executor.run(request)
+                    else:
+                        outcome = await self.executor.run(request)
+                except WorkerCrashedError as exc:  # the ticket stays pending; the run stops
+                    self.stats.in_flight -= 1
+                    if self.fatal is None:
+                        self.fatal = exc
+                        self.stop("crash")
+                        if self.work_scope is not None:
+                            self.work_scope.cancel()
+                    break
                 except BaseException:  # cancelled mid-request: the ticket stays pending
                     self.stats.in_flight -= 1
                     raise
+                self.estimated_tokens.pop(ticket.id, None)
                 if self.budget is not None:
                     self.budget.settle(reserved, outcome.completion.cost_usd if outcome.completion else None)
                 self.check_fail_fast(outcome)
@@ -371,21 +378,48 @@ class _Run:
 
     # -- AttemptHooks: how a ticket's attempts report to this run ---------------------
 
-    async def before_attempt(self, request: ChatRequest, attempt: int) -> None:
+    def note_attempt(self, request: ChatRequest, attempt: int) -> None:
         self.stats.attempts += 1
         if attempt > 1:
             self.stats.retries += 1
+
+    async def before_attempt(self, request: ChatRequest, attempt: int, tokens: int | None = None) -> None:
+        self.note_attempt(request, attempt)
         await self.gate.wait_for_permit()
+        if self.rate_limiter is not None:
+            if self.rate_limiter.tokens is not None:
+                if tokens is None:
+                    tokens = self.estimated_tokens.get(request.ticket_id)
+                if tokens is None and self.provider is not None and hasattr(self.provider, "estimate_tokens"):
+                    tokens = sum(self.provider.estimate_tokens(request))
+                self.estimated_tokens[request.ticket_id] = tokens or 0
+            await self.rate_limiter.acquire(tokens or 0)
 
     def attempt_failed(self, request: ChatRequest, attempt: int, error: RequestError) -> None:
         self._count_error(error.kind)
-        if isinstance(error, RateLimitedError):
+        rate_limited = isinstance(error, RateLimitedError)
+        if rate_limited:
             self.stats.rate_limited += 1
             if error.retry_after and error.retry_after <= self.job.retry.max_retry_after_s:
                 self.gate.pause_all(error.retry_after)
+        if self.aimd is not None and error.kind in ("rate_limited", "timeout", "server_error"):
+            self._set_limit(self.aimd.on_result(None, rate_limited=True))
 
-    def attempt_succeeded(self, request: ChatRequest, attempt: int, completion: Any, latency_ms: float) -> None:
-        return None
+    def attempt_succeeded(self, request: ChatRequest, attempt: int, completion: Completion,
+                          latency_ms: float) -> None:
+        if self.rate_limiter is not None:
+            if completion.usage is not None and request.ticket_id in self.estimated_tokens:
+                self.rate_limiter.correct(self.estimated_tokens[request.ticket_id], completion.usage.total_tokens)
+            if completion.rate_limit_headers:
+                self.rate_limiter.observe(parse_rate_limit_headers(completion.rate_limit_headers))
+        if self.aimd is not None:
+            self._set_limit(self.aimd.on_result(latency_ms, rate_limited=False))
+
+    def _set_limit(self, limit: int) -> None:
+        if self.slots is not None and self.slots.total_tokens != limit:
+            self.slots.total_tokens = limit
+        if self.aimd is not None:
+            self.stats.concurrency_settled = self.aimd.settled
 
     def _count_error(self, kind: str) -> None:
         self.stats.errors_by_kind[kind] = self.stats.errors_by_kind.get(kind, 0) + 1
@@ -462,8 +496,10 @@ class _Run:
 
     async def run(self) -> None:
         await self.writer.open()
-        n_workers = min(self.job.concurrency, max(self.prep.to_do, 1))
-        tickets_send, tickets_recv = anyio.create_memory_object_stream[Ticket](self.job.concurrency)
+        if self.job.rpm or self.job.tpm:
+            self.rate_limiter = RateLimiter(self.job.rpm, self.job.tpm)
+        n_workers = min(self.job.max_in_flight, max(self.prep.to_do, 1))
+        tickets_send, tickets_recv = anyio.create_memory_object_stream[Ticket](self.job.max_in_flight)
         # Each worker holds at most one outcome, so this buffer never blocks a worker:
         # a finished request is never lost to a cancelled send.
         outcomes_send, outcomes_recv = anyio.create_memory_object_stream[Outcome](n_workers)
@@ -471,6 +507,14 @@ class _Run:
             self._tg = outer
             outer.start_soon(self.write_outcomes, outcomes_recv)
             await outer.start(self.watch_signals)
+            try:
+                await self.executor.start(outer)
+            except BaseException:
+                outcomes_send.close()
+                tickets_send.close()
+                with anyio.CancelScope(shield=True):
+                    await self.executor.aclose()
+                raise
             async with anyio.create_task_group() as work:
                 self.work_scope = work.cancel_scope
                 work.start_soon(self.producer, tickets_send)
@@ -480,6 +524,7 @@ class _Run:
                 outcomes_send.close()
             with anyio.CancelScope(shield=True):
                 await self.writer_done.wait()
+                await self.executor.aclose()
             outer.cancel_scope.cancel()
 
 
@@ -491,14 +536,23 @@ def _progress_bar(total: int) -> Any:
 
 async def execute_run(
     prep: PreparedRun,
-    provider: Provider,
+    provider: Provider | None,
     *,
     grace_s: float = 30.0,
     progress: bool = False,
     out: TextIO | None = None,
+    workers: int = 1,
+    provider_kwargs: dict[str, Any] | None = None,
 ) -> RunResult:
-    """Run the prepared job; always leaves a parseable run directory."""
-    run = _Run(prep, provider, grace_s=grace_s, progress=progress, out=out or sys.stdout)
+    """Run the prepared job; always leaves a parseable run directory.
+
+    workers = 1 runs every ticket on `provider` in this event loop; workers > 1
+    starts that many worker processes, each building its own LiteLLMProvider
+    from `provider_kwargs` (see workers.py); `provider` is then only used for
+    cost estimates when a budget is set, and may be None.
+    """
+    run = _Run(prep, provider, grace_s=grace_s, progress=progress, out=out or sys.stdout, workers=workers,
+               provider_kwargs=provider_kwargs)
     started_at = utc_now()
     write_manifest(prep.run_dir, _manifest(prep, run.stats, run.failed_ids, "running", started_at, None, None))
     state, error = "failed", None
@@ -535,7 +589,8 @@ async def execute_run(
             except CheckpointError as exc:
                 error = error or str(exc)
                 state = "failed"
-            await provider.aclose()
+            if provider is not None:
+                await provider.aclose()
     summary = run.stats.summary()
     if state == "interrupted":
         code = 128 + (run.signal_number or signal.SIGINT)

@@ -19,7 +19,19 @@ retry policy and the engine never look at litellm's own exception types.
 
 Error kinds (the `kind` attribute, written to errors.jsonl) are short stable
 strings: rate_limited, timeout, connection, server_error, bad_request,
-context_window, content_policy, auth, permission, not_found, unknown.
+context_window, content_policy, auth, permission, not_found, unknown, and,
+for answers that arrived but cannot be used (ticket_runner.py, outputs.py):
+
+    stream_cut       a stream ended without a finish_reason (a cut connection,
+                     a truncated SSE body): retried, never a success
+    invalid_output   the answer is not one of the job's labels, not JSON valid
+                     against its schema, or a tool call with bad arguments:
+                     retried up to max_invalid_output_retries, then terminal
+    truncated        finish_reason "length" with on_truncated = "fail", or a
+                     truncated answer that does not pass the output check:
+                     terminal (the same request would be cut again)
+    content_filter   finish_reason "content_filter" with on_content_filter =
+                     "fail": terminal
 """
 
 from __future__ import annotations

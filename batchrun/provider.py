@@ -1,6 +1,9 @@
 """The seam in front of the network, and the only module that imports litellm.
 
-    ChatRequest        what the engine asks for: ticket id, messages, timeout
+    ChatRequest        what the engine asks for: ticket id, messages, timeout,
+                       and the job's RequestOptions (None for a plain job)
+    RequestOptions     stream or not, the JSON schema, tools and tool_choice:
+                       one per job (`RequestOptions.for_job`), shared by its requests
     Provider           the protocol the engine calls: `await complete(request)`
     LiteLLMProvider    the real one: litellm.acompletion with batchrun's rules
     ScriptedProvider   a fake for tests: answers from a function, records calls
@@ -19,6 +22,34 @@ Rules for every litellm call:
     job file, when set, win. No price gives `cost_usd=None` plus a
     `cost_status` saying why, never a silent 0;
   * the API key is passed per call and scrubbed from every error message.
+
+Structured requests: a JSON schema goes out as `response_format = {"type":
+"json_schema", "json_schema": {"name", "schema", "strict"}}` when
+`send_json_schema` is "always", or "auto" and `litellm.supports_response_schema`
+knows the model supports it (asked once per provider); the answer is checked
+against the schema in any case (ticket_runner.py, outputs.py). Tools go out as
+`tools` and `tool_choice`, with `_skip_mcp_handler=True`: for any request with
+tools litellm 1.106 otherwise imports its MCP gateway, which needs the optional
+`mcp` package; batchrun's tools are always plain function tools.
+
+Streaming (`stream = true`): `acompletion(..., stream=True,
+stream_options={"include_usage": True})`, consumed with `async for`, reading
+`delta.content or ""` (it is None on the role and finish chunks). The time to
+the first content or tool-call delta is `ttft_ms`. The final message
+(content, tool calls with their argument fragments joined, finish_reason,
+usage) is assembled by `litellm.stream_chunk_builder`, never by hand. Two
+things litellm smooths over are checked on its stream wrapper:
+  * a stream that ends without a finish_reason from the provider (a cut
+    connection, a truncated SSE body) gets a synthetic "stop" from litellm;
+    batchrun raises RetryableError(kind="stream_cut") instead: retried,
+    never a success;
+  * a stream without a usage chunk gets usage estimated by litellm; batchrun
+    counts it itself with `litellm.token_counter` (prompt with tools, answer
+    text and tool-call arguments) and marks it `usage_source = "estimated"`,
+    and its cost `cost_status = "estimated"` (job prices still win on the
+    amount). With the provider's usage, the cost is litellm's response_cost
+    of the assembled response, or, when it has none, litellm's
+    `cost_per_token` for the model, computed once: `cost_status = "litellm"`.
 """
 
 from __future__ import annotations
@@ -36,13 +67,14 @@ from batchrun.errors import (
     TerminalError,
     redact_secrets,
 )
-from batchrun.records import Completion, Usage
-from batchrun.spec import PricesSpec
+from batchrun.records import Completion, ToolCall, Usage
+from batchrun.spec import JobSpec, PricesSpec
 
 __all__ = [
     "ChatRequest",
     "LiteLLMProvider",
     "Provider",
+    "RequestOptions",
     "ScriptedProvider",
     "import_litellm",
     "litellm_version",
@@ -54,10 +86,33 @@ _litellm: Any = None
 
 
 @dataclass(frozen=True, slots=True)
+class RequestOptions:
+    """How a job's requests ask and receive, beyond the messages (see module docstring)."""
+
+    stream: bool = False
+    json_schema: Mapping[str, Any] | None = None  # the schema answers must satisfy
+    json_schema_name: str = "answer"
+    json_schema_strict: bool = True
+    send_json_schema: str = "auto"  # "auto", "always" or "never"
+    tools: list[dict[str, Any]] | None = None  # OpenAI function tools, as sent
+    tool_choice: str | dict[str, Any] | None = None
+
+    @classmethod
+    def for_job(cls, job: JobSpec) -> "RequestOptions | None":
+        """The options of a job, or None when it asks for a plain, non-streamed answer."""
+        if not job.stream and job.output_schema is None and not job.tools_payload:
+            return None
+        return cls(stream=job.stream, json_schema=job.output_schema, json_schema_name=job.schema_name,
+                   json_schema_strict=job.json_schema_strict, send_json_schema=job.send_json_schema,
+                   tools=job.tools_payload, tool_choice=job.tool_choice)
+
+
+@dataclass(frozen=True, slots=True)
 class ChatRequest:
     ticket_id: str
     messages: list[dict[str, str]]
     timeout_s: float
+    options: RequestOptions | None = None  # None: a plain, non-streamed request
 
 
 class Provider(Protocol):
@@ -179,25 +234,45 @@ def _is_transport_error(exc: BaseException) -> bool:
     return isinstance(exc, (httpx.TransportError, aiohttp.ClientError))
 
 
+def _usage_of(response: Any) -> Usage | None:
+    raw_usage = getattr(response, "usage", None)
+    if raw_usage is None or getattr(raw_usage, "total_tokens", None) is None:
+        return None
+    return Usage(
+        prompt_tokens=int(raw_usage.prompt_tokens or 0),
+        completion_tokens=int(raw_usage.completion_tokens or 0),
+        total_tokens=int(raw_usage.total_tokens or 0),
+    )
+
+
+def _tool_calls_of(message: Any) -> tuple[ToolCall, ...]:
+    raw = getattr(message, "tool_calls", None) if message is not None else None
+    if not raw:
+        return ()
+    calls = []
+    for call in raw:
+        function = getattr(call, "function", None)
+        calls.append(ToolCall(name=str(getattr(function, "name", None) or ""),
+                              arguments=getattr(function, "arguments", None) or "",
+                              id=getattr(call, "id", None)))
+    return tuple(calls)
+
+
+def _job_price(usage: Usage, prices: PricesSpec) -> float:
+    return (usage.prompt_tokens * prices.input_per_million
+            + usage.completion_tokens * prices.output_per_million) / 1e6
+
+
 def _completion_from(response: Any, prices: PricesSpec | None) -> Completion:
     choice = response.choices[0]
     message = getattr(choice, "message", None)
     text = (getattr(message, "content", None) or "") if message is not None else ""
-    raw_usage = getattr(response, "usage", None)
-    usage = None
-    if raw_usage is not None and getattr(raw_usage, "total_tokens", None) is not None:
-        usage = Usage(
-            prompt_tokens=int(raw_usage.prompt_tokens or 0),
-            completion_tokens=int(raw_usage.completion_tokens or 0),
-            total_tokens=int(raw_usage.total_tokens or 0),
-        )
+    usage = _usage_of(response)
     if prices is not None:
         if usage is None:
             cost, status = None, "no_usage"
         else:
-            cost = (usage.prompt_tokens * prices.input_per_million
-                    + usage.completion_tokens * prices.output_per_million) / 1e6
-            status = "job_prices"
+            cost, status = _job_price(usage, prices), "job_prices"
     else:
         hidden = getattr(response, "_hidden_params", None) or {}
         cost = hidden.get("response_cost")
@@ -214,7 +289,35 @@ def _completion_from(response: Any, prices: PricesSpec | None) -> Completion:
         usage=usage,
         cost_usd=cost,
         cost_status=status,
+        tool_calls=_tool_calls_of(message),
+        rate_limit_headers=_rate_limit_headers(response),
     )
+
+
+def _rate_limit_headers(response: Any) -> dict[str, str] | None:
+    """The provider's x-ratelimit-* / anthropic-ratelimit-* headers, as litellm
+    kept them in `_hidden_params["additional_headers"]` (None when absent)."""
+    hidden = getattr(response, "_hidden_params", None) or {}
+    headers = hidden.get("additional_headers") or {}
+    kept = {str(k): str(v) for k, v in headers.items() if "ratelimit" in str(k).lower()}
+    return kept or None
+
+
+_UNKNOWN = object()
+
+
+def _provider_finished(stream: Any, chunks: Sequence[Any]) -> bool:
+    """Did the provider itself send a finish_reason? (litellm adds a "stop" when it did not.)"""
+    received = getattr(stream, "received_finish_reason", _UNKNOWN)
+    if received is _UNKNOWN:  # not litellm's CustomStreamWrapper: trust the chunks
+        return any(c.choices and getattr(c.choices[0], "finish_reason", None) for c in chunks)
+    return received is not None or getattr(stream, "intermittent_finish_reason", None) is not None
+
+
+def _provider_sent_usage(stream: Any, chunks: Sequence[Any]) -> bool:
+    """Did a chunk from the provider carry usage? (litellm estimates it when none did.)"""
+    raw = getattr(stream, "chunks", None)  # the wrapper's own copies, before it adds its totals
+    return any(getattr(c, "usage", None) is not None for c in (raw if raw is not None else chunks))
 
 
 class LiteLLMProvider:
@@ -236,6 +339,7 @@ class LiteLLMProvider:
         self.prices = prices
         self._secrets = tuple(s for s in (api_key,) if s)
         self._litellm = import_litellm()
+        self._schema_support: bool | None = None  # supports_response_schema(model), asked once
 
     def __repr__(self) -> str:  # never show the key
         return f"LiteLLMProvider(model={self.model!r}, api_base={self.api_base!r})"
@@ -246,6 +350,11 @@ class LiteLLMProvider:
             kwargs["api_base"] = self.api_base
         if self._api_key:
             kwargs["api_key"] = self._api_key
+        options = request.options
+        if options is not None:
+            self._add_options(kwargs, options)
+            if options.stream:
+                return await self._complete_stream(request, kwargs)
         try:
             response = await self._litellm.acompletion(
                 model=self.model,
@@ -264,14 +373,160 @@ class LiteLLMProvider:
             raise RetryableError(f"malformed response: {exc}", kind="connection",
                                  error_type="MalformedResponse") from None
 
-    def estimate_cost(self, request: ChatRequest) -> float | None:
-        """Prompt tokens (litellm.token_counter) + max_tokens at the model's or the job's price."""
+    def _sends_schema(self, options: RequestOptions) -> bool:
+        if options.send_json_schema != "auto":
+            return options.send_json_schema == "always"
+        if self._schema_support is None:
+            try:
+                self._schema_support = bool(self._litellm.supports_response_schema(model=self.model))
+            except Exception:
+                self._schema_support = False
+        return self._schema_support
+
+    def _add_options(self, kwargs: dict[str, Any], options: RequestOptions) -> None:
+        if options.json_schema is not None and self._sends_schema(options):
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": options.json_schema_name, "schema": options.json_schema,
+                                "strict": options.json_schema_strict},
+            }
+        if options.tools:
+            kwargs["tools"] = options.tools
+            if options.tool_choice is not None:
+                kwargs["tool_choice"] = options.tool_choice
+            kwargs["_skip_mcp_handler"] = True  # see the module docstring
+
+    async def _complete_stream(self, request: ChatRequest, kwargs: dict[str, Any]) -> Completion:
         lm = self._litellm
+        t0 = time.monotonic()
         try:
-            prompt = int(lm.token_counter(model=self.model, messages=request.messages))
+            stream = await lm.acompletion(
+                model=self.model,
+                messages=request.messages,
+                timeout=request.timeout_s,
+                num_retries=0,
+                max_retries=0,
+                extra_headers={TICKET_HEADER: request.ticket_id},
+                stream=True,
+                stream_options={"include_usage": True},
+                **kwargs,
+            )
+        except Exception as exc:
+            raise translate_error(exc, self._secrets) from None
+        chunks: list[Any] = []
+        ttft_ms: float | None = None
+        finished = False
+        try:
+            async for chunk in stream:
+                chunks.append(chunk)
+                if ttft_ms is None and chunk.choices:
+                    delta = getattr(chunk.choices[0], "delta", None)
+                    if delta is not None and ((delta.content or "") or getattr(delta, "tool_calls", None)):
+                        ttft_ms = (time.monotonic() - t0) * 1000.0
+            finished = True
+        except Exception as exc:
+            raise translate_error(exc, self._secrets) from None
+        finally:
+            if not finished:  # an error or a cancellation mid-stream: free the connection
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    try:
+                        await aclose()  # litellm shields its own cleanup from cancellation
+                    except Exception:
+                        pass
+        if not _provider_finished(stream, chunks):
+            text = "".join((c.choices[0].delta.content or "") for c in chunks
+                           if c.choices and getattr(c.choices[0], "delta", None) is not None)
+            raise RetryableError(
+                f"the stream ended without a finish_reason after {len(chunks)} chunk(s) and "
+                f"{len(text)} character(s) of content: the connection was cut",
+                kind="stream_cut", error_type="StreamCut")
+        try:
+            return self._completion_from_stream(request, stream, chunks, ttft_ms)
+        except RequestError:
+            raise
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+            raise RetryableError(f"malformed stream: {exc}", kind="connection",
+                                 error_type="MalformedResponse") from None
+
+    def _completion_from_stream(self, request: ChatRequest, stream: Any, chunks: list[Any],
+                                ttft_ms: float | None) -> Completion:
+        lm = self._litellm
+        built = lm.stream_chunk_builder(chunks, messages=request.messages) if chunks else None
+        if built is None or not getattr(built, "choices", None):
+            raise RetryableError("the stream carried no answer", kind="stream_cut", error_type="StreamCut")
+        choice = built.choices[0]
+        message = getattr(choice, "message", None)
+        text = (getattr(message, "content", None) or "") if message is not None else ""
+        tool_calls = _tool_calls_of(message)
+        usage = _usage_of(built) if _provider_sent_usage(stream, chunks) else None
+        source = "provider"
+        if usage is None:
+            usage, source = self._estimate_usage(request, text, tool_calls), "estimated"
+        hidden = getattr(built, "_hidden_params", None) or {}
+        if self.prices is not None:
+            cost, status = _job_price(usage, self.prices), "job_prices"
+        elif source == "provider" and hidden.get("response_cost") is not None:
+            cost, status = float(hidden["response_cost"]), "litellm"
+        else:
+            cost = self._cost_per_token(usage)
+            status = "litellm" if cost is not None else "unpriced_model"
+        if source == "estimated" and cost is not None:
+            status = "estimated"
+        return Completion(
+            text=text,
+            finish_reason=getattr(choice, "finish_reason", None),
+            model=getattr(built, "model", None),
+            usage=usage,
+            cost_usd=cost,
+            cost_status=status,
+            tool_calls=tool_calls,
+            ttft_ms=ttft_ms,
+            usage_source=source,
+            rate_limit_headers=_rate_limit_headers(stream),  # the wrapper keeps the response headers
+        )
+
+    def _estimate_usage(self, request: ChatRequest, text: str, tool_calls: tuple[ToolCall, ...]) -> Usage:
+        """Token counts with litellm.token_counter, for a stream that sent no usage."""
+        lm = self._litellm
+        tools = request.options.tools if request.options is not None else None
+        try:
+            prompt = int(lm.token_counter(model=self.model, messages=request.messages, tools=tools))
+        except Exception:
+            prompt = sum(len(m.get("content") or "") for m in request.messages) // 4
+        answer = text + "".join(call.name + call.arguments for call in tool_calls)
+        try:
+            completion = (int(lm.token_counter(model=self.model, text=answer, count_response_tokens=True))
+                          if answer else 0)
+        except Exception:
+            completion = len(answer) // 4
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+    def _cost_per_token(self, usage: Usage) -> float | None:
+        """litellm's price for these tokens on this model, or None for an unpriced model."""
+        try:
+            prompt_cost, completion_cost = self._litellm.cost_per_token(
+                model=self.model, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+        except Exception:
+            return None
+        return float(prompt_cost + completion_cost)
+
+    def estimate_tokens(self, request: ChatRequest) -> tuple[int, int]:
+        """(prompt tokens by litellm.token_counter, max_tokens or 1024): what a
+        request may use at most; rate limits reserve it, budgets price it."""
+        lm = self._litellm
+        tools = request.options.tools if request.options is not None else None
+        try:
+            prompt = int(lm.token_counter(model=self.model, messages=request.messages, tools=tools))
         except Exception:
             prompt = sum(len(m.get("content") or "") for m in request.messages) // 3
         completion = int(self.params.get("max_tokens") or self.params.get("max_completion_tokens") or 1024)
+        return prompt, completion
+
+    def estimate_cost(self, request: ChatRequest) -> float | None:
+        """Prompt tokens (litellm.token_counter) + max_tokens at the model's or the job's price."""
+        lm = self._litellm
+        prompt, completion = self.estimate_tokens(request)
         if self.prices is not None:
             return (prompt * self.prices.input_per_million + completion * self.prices.output_per_million) / 1e6
         try:
@@ -288,7 +543,12 @@ class LiteLLMProvider:
 @dataclass
 class ScriptedProvider:
     """A fake Provider: `script(request)` returns a Completion or an exception
-    (raised), and every request is recorded in `calls`."""
+    (raised), and every request is recorded in `calls`.
+
+    `request.options` carries the job's RequestOptions (stream, schema, tools)
+    as the real provider gets them; a script may answer with any Completion
+    field (tool_calls, finish_reason "length" or "content_filter", ttft_ms,
+    usage_source) to drive the output checks without a server."""
 
     script: Callable[[ChatRequest], Completion | BaseException]
     calls: list[ChatRequest] = field(default_factory=list)

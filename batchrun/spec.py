@@ -9,9 +9,19 @@ cron, a Makefile or another working directory.
 Layout of this module:
     PromptTemplate   a parsed `{field}` template; renders ticket values as data
     PromptSpec, RetrySpec, PricesSpec, SimulatorSpec   the job's sections
+    ToolSpec         one `[[tools]]` entry (an OpenAI function tool)
     JobSpec          the whole job (pydantic, extra="forbid"), with cross-field
                      checks, `with_overrides` for CLI flags and `fingerprint`
     load_job(path)   read + validate, raising JobSpecError naming the field
+
+What the answer must be (see outputs.py): at most one of `labels`, a JSON
+schema (`json_schema` table or `json_schema_file`, exclusive) and `tools`
+(with `tool_choice`). Schemas, tool parameters included, are checked with
+jsonschema when the job is loaded, and `json_schema_file` is read then (the
+file's content, not its path, is part of the fingerprint).
+`stream`, `on_truncated`, `on_content_filter` and `max_invalid_output_retries`
+say how answers are received and judged; they are not part of the
+fingerprint, so a run may be resumed with streaming switched on or off.
 
 Templates: `{subject}` or a dotted path into nested objects (`{customer.tier}`);
 `{{` and `}}` are literal braces. Values are inserted verbatim: a ticket whose
@@ -22,6 +32,7 @@ rendering is plain concatenation, never `str.format` on ticket data.
 from __future__ import annotations
 
 import hashlib
+from functools import cached_property
 import os
 import re
 import string
@@ -30,7 +41,16 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from batchrun.errors import JobSpecError
 
@@ -42,6 +62,8 @@ __all__ = [
     "PromptTemplate",
     "RetrySpec",
     "SimulatorSpec",
+    "ToolFunctionSpec",
+    "ToolSpec",
     "load_job",
 ]
 
@@ -49,11 +71,21 @@ __all__ = [
 RESERVED_PARAMS = frozenset(
     {
         "model", "messages", "api_key", "api_base", "base_url", "timeout",
-        "num_retries", "max_retries", "stream", "extra_headers", "mock_response",
+        "num_retries", "max_retries", "stream", "stream_options", "extra_headers", "mock_response",
+        "tools", "tool_choice", "functions", "function_call",
     }
 )
+# Where the job file says it instead of `params` (for the error message).
+_PARAM_HINTS = {
+    "stream": "set `stream = true` at the top of the job",
+    "tools": "declare them as [[tools]] in the job",
+    "tool_choice": "set `tool_choice` at the top of the job",
+    "functions": "declare [[tools]] in the job",
+    "function_call": "set `tool_choice` at the top of the job",
+}
 _FIELD_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z_][A-Za-z0-9_\-]*)*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TOOL_CHOICE_WORDS = ("auto", "none", "required")
 
 
 class MissingFieldError(KeyError):
@@ -63,7 +95,7 @@ class MissingFieldError(KeyError):
 class PromptTemplate:
     """A `{field}` template parsed once into literal and field segments."""
 
-    __slots__ = ("source", "_segments", "fields")
+    __slots__ = ("source", "_segments", "fields", "paths")
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -88,6 +120,17 @@ class PromptTemplate:
             fields.append(field)
         self._segments = tuple(segments)
         self.fields = tuple(dict.fromkeys(fields))
+        self.paths = tuple(tuple(field.split(".")) for field in self.fields)
+
+    def missing_field(self, values: Mapping[str, Any]) -> str | None:
+        """The first placeholder `values` cannot fill, or None (cheaper than render)."""
+        for path in self.paths:
+            value: Any = values
+            for key in path:
+                if not (isinstance(value, dict) or isinstance(value, Mapping)) or key not in value:
+                    return ".".join(path)
+                value = value[key]
+        return None
 
     def render(self, values: Mapping[str, Any]) -> str:
         """Fill the placeholders from `values`; raises MissingFieldError."""
@@ -98,10 +141,10 @@ class PromptTemplate:
                 continue
             value: Any = values
             for key in path:
-                if not isinstance(value, Mapping) or key not in value:
+                if not (isinstance(value, dict) or isinstance(value, Mapping)) or key not in value:
                     raise MissingFieldError(".".join(path))
                 value = value[key]
-            out.append(_as_text(value))
+            out.append(value if isinstance(value, str) else _as_text(value))
         return "".join(out)
 
 
@@ -160,6 +203,60 @@ class SimulatorSpec(_Section):
     per_token_ms: float = Field(0.0, ge=0)  # added per output token
     jitter: float = Field(0.1, ge=0, le=1)  # relative uniform jitter on latency
     seed: int = 0  # answers and jitter are deterministic for a seed
+    rpm: int | None = Field(None, ge=1)  # server-side limits: 429s with rate-limit headers past them
+    tpm: int | None = Field(None, ge=1)
+    capacity: int | None = Field(None, ge=1)  # above this many in flight, latency grows ...
+    overload_ms: float = Field(20.0, ge=0)  # ... by this much per extra request
+    # [[simulator.faults]] tables (kind, rate, tickets, attempts, retry_after, ...): checked by
+    # the simulator's FaultRule when the run starts it (this module does not import the simulator)
+    faults: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ToolFunctionSpec(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")  # OpenAI's rule for function names
+    description: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None  # OpenAI strict function calling; sent only when set
+
+    @field_validator("parameters")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from batchrun.outputs import compile_schema
+
+        compile_schema(value)  # ValueError names the problem
+        return value
+
+
+class ToolSpec(_Section):
+    """One `[[tools]]` entry: `type = "function"` and a `[tools.function]` table."""
+
+    type: Literal["function"] = "function"
+    function: ToolFunctionSpec
+
+    def payload(self) -> dict[str, Any]:
+        """The OpenAI tool object sent with each request (unset options left out)."""
+        fn = self.function
+        body: dict[str, Any] = {"name": fn.name}
+        if fn.description is not None:
+            body["description"] = fn.description
+        body["parameters"] = fn.parameters
+        if fn.strict is not None:
+            body["strict"] = fn.strict
+        return {"type": "function", "function": body}
+
+
+def _load_schema_file(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        schema = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(schema, dict):
+        raise ValueError(f"{path} must hold a JSON object (a JSON schema), not {type(schema).__name__}")
+    return schema
 
 
 class JobSpec(_Section):
@@ -172,7 +269,12 @@ class JobSpec(_Section):
     id_field: str = Field("id", min_length=1)
     prompt: PromptSpec
     params: dict[str, Any] = Field(default_factory=dict)  # passed to acompletion as-is
-    concurrency: int = Field(16, ge=1, le=4096)  # requests in flight at most
+    concurrency: int | Literal["auto"] = 16  # requests in flight at most; "auto": AIMD within min/max
+    min_concurrency: int = Field(1, ge=1, le=4096)  # bounds for concurrency = "auto"
+    max_concurrency: int = Field(256, ge=1, le=4096)
+    rpm: int | None = Field(None, ge=1)  # requests per minute the provider allows (token bucket)
+    tpm: int | None = Field(None, ge=1)  # tokens per minute (prompt estimate + max_tokens, corrected)
+    workers: int | Literal["auto"] = "auto"  # worker processes; auto: one per core for big runs
     timeout_s: float = Field(60.0, gt=0)  # per attempt
     retry: RetrySpec = Field(default_factory=RetrySpec)
     prices: PricesSpec | None = None
@@ -180,15 +282,65 @@ class JobSpec(_Section):
     fail_fast_after: int = Field(5, ge=1)  # this many 401/403/404 tickets in a row abort the run
     on_bad_input: Literal["fail", "skip"] = "fail"  # skip: bad lines go to rejects.jsonl, the rest runs
     max_line_bytes: int = Field(1_000_000, ge=64)  # a longer input line is bad input
+    # -- how answers are received and judged (README: "Streaming, labels, schemas and tools")
+    stream: bool = False  # stream each answer (SSE); records ttft_ms
+    on_truncated: Literal["keep", "fail"] = "keep"  # finish_reason "length": keep (flagged) or fail the ticket
+    on_content_filter: Literal["keep", "fail"] = "fail"  # finish_reason "content_filter"
+    labels: list[str] | None = Field(None, min_length=1, max_length=1000)  # the answer must be one of these
+    json_schema: dict[str, Any] | None = None  # the answer must be JSON valid against this schema
+    json_schema_file: Path | None = None  # ... or against the schema in this JSON file
+    json_schema_strict: bool = True  # response_format's "strict" flag
+    # send the schema as response_format: "auto" = when litellm says the model supports it
+    send_json_schema: Literal["auto", "always", "never"] = "auto"
+    tools: list[ToolSpec] | None = Field(None, min_length=1, max_length=128)  # the answer is a tool call
+    # "auto", "none", "required" or {type = "function", function = {name = "..."}}
+    tool_choice: str | dict[str, Any] | None = None
+    # re-asks after an answer fails the output check; they count within retry.max_attempts
+    max_invalid_output_retries: int = Field(2, ge=0, le=20)
     simulator: SimulatorSpec | None = None
 
-    @field_validator("input", "run_dir")
+    _schema: dict[str, Any] | None = PrivateAttr(default=None)  # json_schema or the file's content
+    _tools_payload: list[dict[str, Any]] | None = PrivateAttr(default=None)
+
+    @field_validator("input", "run_dir", "json_schema_file")
     @classmethod
     def _resolve(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         base = (info.context or {}).get("base_dir")
         if value is not None and base is not None and not value.is_absolute():
             value = Path(os.path.normpath(Path(base) / value))
         return value
+
+    @field_validator("concurrency")
+    @classmethod
+    def _concurrency(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 4096:
+            raise ValueError("must be between 1 and 4096, or \"auto\"")
+        return value
+
+    @property
+    def adaptive(self) -> bool:
+        return self.concurrency == "auto"
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most requests this job ever has in flight."""
+        return self.max_concurrency if self.concurrency == "auto" else int(self.concurrency)
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 64:
+            raise ValueError("must be between 1 and 64, or \"auto\"")
+        return value
+
+    def worker_count(self, to_do: int, cpus: int | None = None) -> int:
+        """Processes to use: `workers`, or for "auto" one per core when the run
+        is big and concurrent enough to be CPU-bound in one process (>= 1,000
+        tickets to do and concurrency >= 32), else 1."""
+        if isinstance(self.workers, int):
+            return self.workers
+        cpus = cpus or os.cpu_count() or 1
+        return cpus if cpus > 1 and to_do >= 1000 and self.max_in_flight >= 32 else 1
 
     @field_validator("api_key_env")
     @classmethod
@@ -204,11 +356,70 @@ class JobSpec(_Section):
     def _no_reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
         taken = sorted(RESERVED_PARAMS.intersection(value))
         if taken:
-            raise ValueError(f"{', '.join(taken)} cannot be set here: batchrun sets them itself")
+            hints = "; ".join(f"{name}: {_PARAM_HINTS[name]}" for name in taken if name in _PARAM_HINTS)
+            raise ValueError(f"{', '.join(taken)} cannot be set here: batchrun sets them itself"
+                             + (f" ({hints})" if hints else ""))
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct_labels(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        from batchrun.outputs import normalize_label
+
+        seen: dict[str, str] = {}
+        for label in value:
+            norm = normalize_label(label)
+            if not norm:
+                raise ValueError(f"label {label!r} is empty once whitespace and punctuation are stripped")
+            if norm in seen:
+                raise ValueError(f"labels {seen[norm]!r} and {label!r} are the same once normalized "
+                                 f"({norm!r}): answers could not tell them apart")
+            seen[norm] = label
+        return value
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_json_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            from batchrun.outputs import compile_schema
+
+            compile_schema(value)
+        return value
+
+    @field_validator("json_schema_file", mode="after")
+    @classmethod
+    def _readable_schema_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from batchrun.outputs import compile_schema
+
+            compile_schema(_load_schema_file(value))
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice_shape(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if value is None:
+            return value
+        if isinstance(value, str):
+            if value not in _TOOL_CHOICE_WORDS:
+                raise ValueError(f"must be one of {', '.join(map(repr, _TOOL_CHOICE_WORDS))} or "
+                                 f"{{type = \"function\", function = {{name = \"...\"}}}}, got {value!r}")
+            return value
+        function = value.get("function")
+        if (set(value) != {"type", "function"} or value.get("type") != "function"
+                or not isinstance(function, dict) or set(function) != {"name"}
+                or not isinstance(function.get("name"), str)):
+            raise ValueError("a named tool_choice is {type = \"function\", function = {name = \"...\"}} "
+                             "and nothing else")
         return value
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "JobSpec":
+        if self.min_concurrency > self.max_concurrency:
+            raise ValueError(f"min_concurrency ({self.min_concurrency}) exceeds max_concurrency "
+                             f"({self.max_concurrency})")
         if self.timeout_s > self.retry.max_elapsed_s:
             raise ValueError(
                 f"timeout_s ({self.timeout_s:g}) is longer than retry.max_elapsed_s "
@@ -217,17 +428,58 @@ class JobSpec(_Section):
         fields = set(self.user_template.fields) | set(self.system_template.fields if self.system_template else ())
         if not fields:
             raise ValueError("prompt has no {field} placeholder: every ticket would send the same request")
+        if self.json_schema is not None and self.json_schema_file is not None:
+            raise ValueError("json_schema and json_schema_file are exclusive: give the schema once")
+        has_schema = self.json_schema is not None or self.json_schema_file is not None
+        modes = [name for name, on in (("labels", bool(self.labels)), ("a JSON schema", has_schema),
+                                       ("tools", bool(self.tools))) if on]
+        if len(modes) > 1:
+            raise ValueError(f"{' and '.join(modes)} are exclusive: an answer is checked one way "
+                             "(labels: plain text; a JSON schema: a JSON object; tools: tool calls)")
+        if self.tool_choice is not None and not self.tools:
+            raise ValueError("tool_choice needs [[tools]]")
+        if self.tools:
+            names = [tool.function.name for tool in self.tools]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"tools: function name(s) declared twice: {', '.join(dupes)}")
+            if isinstance(self.tool_choice, dict) and self.tool_choice["function"]["name"] not in names:
+                raise ValueError(f"tool_choice names {self.tool_choice['function']['name']!r}, "
+                                 f"which is not among the tools ({', '.join(names)})")
+            self._tools_payload = [tool.payload() for tool in self.tools]
+        if has_schema and "response_format" in self.params:
+            raise ValueError("params.response_format and a JSON schema both shape the answer: "
+                             "drop params.response_format (batchrun sends the schema itself)")
+        if self.json_schema_file is not None:
+            self._schema = _load_schema_file(self.json_schema_file)
+        else:
+            self._schema = self.json_schema
         return self
 
     # -- derived -----------------------------------------------------------------
 
-    @property
-    def user_template(self) -> PromptTemplate:
+    @cached_property
+    def user_template(self) -> PromptTemplate:  # parsed once per job, not per ticket
         return PromptTemplate(self.prompt.user)
 
-    @property
+    @cached_property
     def system_template(self) -> PromptTemplate | None:
         return PromptTemplate(self.prompt.system) if self.prompt.system is not None else None
+
+    @property
+    def output_schema(self) -> dict[str, Any] | None:
+        """The JSON schema answers must satisfy (from json_schema or json_schema_file), or None."""
+        return self._schema
+
+    @property
+    def tools_payload(self) -> list[dict[str, Any]] | None:
+        """The `tools` list as sent to the provider (built once, when the job is validated)."""
+        return self._tools_payload
+
+    @property
+    def schema_name(self) -> str:
+        """response_format's json_schema.name: the job name in OpenAI's alphabet."""
+        return re.sub(r"[^A-Za-z0-9_\-]", "_", self.name)[:64]
 
     def resolved_run_dir(self) -> Path:
         return self.run_dir if self.run_dir is not None else Path("runs") / self.name
@@ -243,12 +495,26 @@ class JobSpec(_Section):
 
     def fingerprint(self) -> dict[str, Any]:
         """What decides the answers: a resumed run must not mix two of these."""
-        return {
+        fingerprint: dict[str, Any] = {
             "model": self.model,
             "prompt": self.prompt.model_dump(),
             "params": self.params,
             "id_field": self.id_field,
         }
+        # Only when set, so a job without them keeps the fingerprint it always had.
+        output: dict[str, Any] = {}
+        if self.labels:
+            output["labels"] = self.labels
+        if self._schema is not None:
+            output["json_schema"] = self._schema
+            output["json_schema_strict"] = self.json_schema_strict
+            output["send_json_schema"] = self.send_json_schema
+        if self._tools_payload:
+            output["tools"] = self._tools_payload
+            output["tool_choice"] = self.tool_choice
+        if output:
+            fingerprint["output"] = output
+        return fingerprint
 
     def fingerprint_hash(self) -> str:
         blob = orjson.dumps(self.fingerprint(), option=orjson.OPT_SORT_KEYS)

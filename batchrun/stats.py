@@ -7,6 +7,14 @@
                        (`record(outcome)`) and as attempts are made
     RunStats.summary() a flat dict (stored in manifest.json)
     format_summary()   the table printed at the end of `batchrun run`
+
+Besides latency, `record` keeps the time to first token of streamed answers
+(a second histogram: TTFT p50/p95/p99 appear when anything was streamed),
+the results kept although truncated (finish_reason "length") or content
+filtered, answers rejected by the output check or the finish_reason policy
+(`rejected_outputs`; they were paid for, so their cost is in `cost_usd`), and
+failed tickets by kind. format_summary accepts summaries from before these
+keys existed (a manifest written by an older batchrun).
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ class RunStats:
     already_done: int = 0  # done in an earlier run: skipped, never requested
     skipped_failed: int = 0  # failed in an earlier run and skipped (--skip-failed)
     rejected_lines: int = 0  # bad input lines skipped (on_bad_input = "skip")
+    concurrency_settled: int | None = None  # concurrency = "auto": where AIMD settled
     to_do: int = 0  # tickets this run set out to process
     done: int = 0  # succeeded in this run: line in results.jsonl
     failed: int = 0  # ended in errors.jsonl in this run
@@ -72,18 +81,36 @@ class RunStats:
     cost_usd: float = 0.0  # sum over priced results of this run
     unpriced: int = 0  # results of this run with cost_usd = null
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # successful attempts
+    ttft: LatencyHistogram = field(default_factory=LatencyHistogram)  # streamed successful attempts
+    truncated: int = 0  # results kept with finish_reason "length" (on_truncated = "keep")
+    content_filtered: int = 0  # results kept with finish_reason "content_filter"
+    rejected_outputs: int = 0  # answers turned down (invalid_output, truncated, content_filter)
+    rejected_cost_usd: float = 0.0  # what they cost (also in cost_usd)
+    failed_by_kind: dict[str, int] = field(default_factory=dict)  # tickets in errors.jsonl by error_kind
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
 
     def record(self, outcome: Outcome) -> None:
         """Count one outcome whose line is on disk."""
+        if outcome.rejected_outputs:
+            self.rejected_outputs += outcome.rejected_outputs
+            self.rejected_cost_usd += outcome.rejected_cost_usd
+            self.cost_usd += outcome.rejected_cost_usd
         if not outcome.ok:
             self.failed += 1
+            kind = outcome.error_kind or "unknown"
+            self.failed_by_kind[kind] = self.failed_by_kind.get(kind, 0) + 1
             return
         self.done += 1
         c = outcome.completion
         assert c is not None
         self.latency.add(outcome.latency_ms or 0.0)
+        if c.ttft_ms is not None:
+            self.ttft.add(c.ttft_ms)
+        if c.finish_reason == "length":
+            self.truncated += 1
+        elif c.finish_reason == "content_filter":
+            self.content_filtered += 1
         if c.usage is not None:
             self.prompt_tokens += c.usage.prompt_tokens
             self.completion_tokens += c.usage.completion_tokens
@@ -106,6 +133,7 @@ class RunStats:
             "already_done": self.already_done,
             "skipped_failed": self.skipped_failed,
             "rejected_lines": self.rejected_lines,
+            "concurrency_settled": self.concurrency_settled,
             "done": self.done,
             "failed": self.failed,
             "not_finished": max(self.to_do - finished, 0),
@@ -117,12 +145,13 @@ class RunStats:
             "requests_per_s": round(self.attempts / wall, 2),
             "tickets_per_s": round(finished / wall, 2),
             "output_tokens_per_s": round(self.completion_tokens / wall, 1),
-            "latency_ms": {
-                "p50": _round(self.latency.percentile(50)),
-                "p95": _round(self.latency.percentile(95)),
-                "p99": _round(self.latency.percentile(99)),
-                "mean": _round(self.latency.mean),
-            },
+            "latency_ms": _percentiles(self.latency),
+            "ttft_ms": _percentiles(self.ttft) if self.ttft.n else None,
+            "truncated": self.truncated,
+            "content_filtered": self.content_filtered,
+            "rejected_outputs": self.rejected_outputs,
+            "rejected_cost_usd": round(self.rejected_cost_usd, 9),
+            "failed_by_kind": dict(sorted(self.failed_by_kind.items())),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
@@ -133,6 +162,15 @@ class RunStats:
                 if self.done > self.unpriced else None
             ),
         }
+
+
+def _percentiles(histogram: LatencyHistogram) -> dict[str, float | None]:
+    return {
+        "p50": _round(histogram.percentile(50)),
+        "p95": _round(histogram.percentile(95)),
+        "p99": _round(histogram.percentile(99)),
+        "mean": _round(histogram.mean),
+    }
 
 
 def _round(value: float | None) -> float | None:
@@ -157,6 +195,8 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
         ("failed in this run", f"{summary['failed']:,}"),
         ("already done before", f"{summary['already_done']:,}"),
     ]
+    if summary.get("concurrency_settled"):
+        rows.append(("concurrency (auto) settled at", f"{summary['concurrency_settled']}"))
     if summary.get("rejected_lines"):
         rows.append(("bad input lines skipped", f"{summary['rejected_lines']:,} (rejects.jsonl)"))
     if summary["skipped_failed"]:
@@ -170,6 +210,19 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
         ("requests/s", f"{summary['requests_per_s']:,.1f}"),
         ("output tokens/s", f"{summary['output_tokens_per_s']:,.1f}"),
         ("latency p50/p95/p99", f"{_ms(lat['p50'])} / {_ms(lat['p95'])} / {_ms(lat['p99'])}"),
+    ]
+    ttft = summary.get("ttft_ms")
+    if ttft:
+        rows.append(("TTFT p50/p95/p99", f"{_ms(ttft['p50'])} / {_ms(ttft['p95'])} / {_ms(ttft['p99'])}"))
+    if summary.get("truncated") or summary.get("content_filtered") or summary.get("rejected_outputs"):
+        rows.append(("answers flagged", (
+            f"{summary.get('truncated', 0):,} truncated and {summary.get('content_filtered', 0):,} "
+            f"content-filtered kept; {summary.get('rejected_outputs', 0):,} rejected "
+            f"(${summary.get('rejected_cost_usd', 0.0):,.6f})")))
+    failed_kinds = summary.get("failed_by_kind")
+    if failed_kinds:
+        rows.append(("failed tickets by kind", ", ".join(f"{k} {v}" for k, v in failed_kinds.items())))
+    rows += [
         ("tokens (prompt+completion)", f"{summary['total_tokens']:,} ({summary['prompt_tokens']:,} + {summary['completion_tokens']:,})"),
         ("cost", cost),
         ("cost per 1,000 tickets", "-" if per_1000 is None else f"${per_1000:,.6f}"),

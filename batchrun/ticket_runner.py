@@ -9,6 +9,29 @@ translated once (`provider.translate_error`); the ticket ends as a success or
 as a terminal failure, both returned as an `Outcome`, never raised.
 Cancellation passes straight through: it is never retried or recorded.
 
+Every answer is judged before it counts as a success (`_judge`; nothing to
+do for a plain job that ends with finish_reason "stop": no extra work per
+request):
+
+    finish_reason "content_filter", on_content_filter = "fail" (default)
+        -> TerminalError kind content_filter: not retried
+    finish_reason "length", on_truncated = "fail"
+        -> TerminalError kind truncated: not retried (the same request is cut
+           at the same max_tokens again; at temperature 0, identically)
+    labels / JSON schema / tools (outputs.OutputRules) reject the answer
+        -> RetryableError kind invalid_output, asked again at once (no
+           backoff: the server is fine), up to max_invalid_output_retries
+           re-asks, then TerminalError kind invalid_output. These attempts
+           count within retry.max_attempts like any other request: a provider
+           never sees more than max_attempts requests for a ticket. A rejected
+           answer that was also cut at max_tokens is kind truncated, terminal
+           at once, whatever on_truncated says.
+
+A rejected answer was paid for: the Outcome counts them (`rejected_outputs`)
+and their cost (`rejected_cost_usd`). The job's RequestOptions and
+OutputRules are built once per JobSpec (`plan_for`) and attached to the
+request here, so the engine need not know about them.
+
 `hooks` ties the ticket to the run it belongs to without this module knowing
 whether it runs in the coordinator's event loop or in a worker process:
 
@@ -24,18 +47,20 @@ whether it runs in the coordinator's event loop or in a worker process:
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 import anyio
 
-from batchrun.errors import RateLimitedError, RequestError, RetryableError
-from batchrun.provider import ChatRequest, Provider, translate_error
+from batchrun.errors import RateLimitedError, RequestError, RetryableError, TerminalError
+from batchrun.outputs import OutputError, OutputRules, describe_raw
+from batchrun.provider import ChatRequest, Provider, RequestOptions, translate_error
 from batchrun.records import Completion, Outcome
 from batchrun.retrying import build_retrying
 from batchrun.spec import JobSpec
 
-__all__ = ["AttemptHooks", "NoHooks", "run_ticket", "utc_now"]
+__all__ = ["AttemptHooks", "JobPlan", "NoHooks", "plan_for", "run_ticket", "utc_now"]
 
 
 def utc_now() -> str:
@@ -65,6 +90,62 @@ class NoHooks:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class JobPlan:
+    """What a job adds to each request and checks on each answer (built once per job)."""
+
+    options: RequestOptions | None  # stream / schema / tools; None: a plain request
+    rules: OutputRules | None  # labels / schema / tools; None: any text is an answer
+    on_truncated: str
+    on_content_filter: str
+    max_invalid_output_retries: int
+
+
+_PLANS: dict[int, tuple[JobSpec, JobPlan]] = {}  # id(job) -> (job, plan); the job is kept so ids stay unique
+_FLAGGED_FINISH = frozenset({"length", "content_filter"})
+
+
+def plan_for(job: JobSpec) -> JobPlan:
+    """The JobPlan of `job`, built on first use (schemas compiled once, not per ticket)."""
+    hit = _PLANS.get(id(job))
+    if hit is not None and hit[0] is job:
+        return hit[1]
+    plan = JobPlan(options=RequestOptions.for_job(job), rules=OutputRules.for_job(job),
+                   on_truncated=job.on_truncated, on_content_filter=job.on_content_filter,
+                   max_invalid_output_retries=job.max_invalid_output_retries)
+    if len(_PLANS) >= 64:
+        _PLANS.clear()
+    _PLANS[id(job)] = (job, plan)
+    return plan
+
+
+class _InvalidOutput(Exception):
+    """The output check rejected an answer that may be asked for again."""
+
+
+def _judge(completion: Completion, plan: JobPlan) -> Mapping[str, Any] | None:
+    """What the answer adds to the result line; raises TerminalError or _InvalidOutput."""
+    finish = completion.finish_reason
+    if finish == "content_filter" and plan.on_content_filter == "fail":
+        raise TerminalError(
+            "the provider's content filter stopped the answer (finish_reason content_filter; "
+            f"on_content_filter = \"fail\"); answer so far: {describe_raw(completion.text)}",
+            kind="content_filter", error_type="ContentFiltered")
+    if finish == "length" and plan.on_truncated == "fail":
+        raise TerminalError(
+            "the answer was cut at max_tokens (finish_reason length; on_truncated = \"fail\"): "
+            f"{describe_raw(completion.text)}", kind="truncated", error_type="Truncated")
+    if plan.rules is None:
+        return None
+    try:
+        return plan.rules.check(completion.text, completion.tool_calls)
+    except OutputError as exc:
+        if finish == "length":
+            raise TerminalError(f"the answer was cut at max_tokens (finish_reason length), so: {exc}",
+                                kind="truncated", error_type="Truncated") from None
+        raise _InvalidOutput(str(exc)) from None
+
+
 def _log_retry(ticket_id: str) -> Any:
     import logging
 
@@ -87,7 +168,15 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
     attempts = 0
     latency_ms = 0.0
     completion: Completion | None = None
+    structured: Mapping[str, Any] | None = None
+    rejected = 0  # answers the output check (or finish_reason policy) turned down
+    invalid = 0  # of those, invalid_output ones (the re-ask budget)
+    rejected_cost = 0.0
     hard_timeout = job.timeout_s * 1.5 + 5.0
+    plan = plan_for(job)
+    if plan.options is not None and request.options is None:
+        request = replace(request, options=plan.options)
+    judge = plan.rules is not None or plan.on_truncated == "fail" or plan.on_content_filter == "fail"
     try:
         async for attempt in build_retrying(job.retry, before_sleep=_log_retry(request.ticket_id)):
             with attempt:
@@ -106,6 +195,26 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                     hooks.attempt_failed(request, attempts, error)
                     raise error from None
                 latency_ms = (time.monotonic() - a0) * 1000.0
+                if judge and (plan.rules is not None or completion.finish_reason in _FLAGGED_FINISH):
+                    try:
+                        structured = _judge(completion, plan)
+                    except (TerminalError, _InvalidOutput) as exc:
+                        rejected += 1
+                        rejected_cost += completion.cost_usd or 0.0
+                        if isinstance(exc, TerminalError):
+                            error = exc
+                        else:
+                            invalid += 1
+                            if invalid > plan.max_invalid_output_retries:
+                                error = TerminalError(
+                                    f"{exc} ({invalid} invalid answer(s); max_invalid_output_retries = "
+                                    f"{plan.max_invalid_output_retries})",
+                                    kind="invalid_output", error_type="InvalidOutput")
+                            else:  # ask again at once: retry_after=0 skips the backoff
+                                error = RetryableError(str(exc), kind="invalid_output", retry_after=0.0,
+                                                       error_type="InvalidOutput")
+                        hooks.attempt_failed(request, attempts, error)
+                        raise error from None
                 hooks.attempt_succeeded(request, attempts, completion, latency_ms)
     except RequestError as error:
         message = error.message
@@ -117,10 +226,11 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
             ticket_id=request.ticket_id, attempts=attempts, started_at=started_at, finished_at=utc_now(),
             elapsed_ms=(time.monotonic() - t0) * 1000.0, run=run_number,
             error_kind=error.kind, error_type=error.error_type, error_message=message,
-            status_code=error.status_code,
+            status_code=error.status_code, rejected_outputs=rejected, rejected_cost_usd=rejected_cost,
         )
     return Outcome(
         ticket_id=request.ticket_id, attempts=attempts, started_at=started_at, finished_at=utc_now(),
         elapsed_ms=(time.monotonic() - t0) * 1000.0, run=run_number,
-        completion=completion, latency_ms=latency_ms,
+        completion=completion, latency_ms=latency_ms, structured=structured,
+        rejected_outputs=rejected, rejected_cost_usd=rejected_cost,
     )

@@ -33,7 +33,7 @@ import orjson
 
 from batchrun.errors import TicketError
 from batchrun.records import Ticket
-from batchrun.spec import MissingFieldError, PromptTemplate
+from batchrun.spec import PromptTemplate
 
 __all__ = ["InputScan", "LineProblem", "read_tickets", "scan_input"]
 
@@ -56,6 +56,10 @@ class InputScan:
     problems: list[LineProblem] = field(default_factory=list)  # first `max_problems`
     problem_count: int = 0  # all bad lines, even those not kept
     bad_lines: set[int] = field(default_factory=set)  # line numbers of every bad line
+    selected: int = 0  # good tickets within the limit
+    already_done: int = 0  # of those, in done_ids
+    skipped_failed: int = 0  # of those, in failed_ids
+    dispatch: bytearray = field(default_factory=bytearray)  # line number -> 1 if it is to be sent
 
     def describe_problems(self) -> str:
         lines = [f"{self.path}: {self.problem_count} bad line(s); nothing was requested:"]
@@ -81,17 +85,17 @@ def _parse_line(raw: bytes | None, line_no: int, id_field: str, size: int = 0,
         raw = raw[len(_BOM):]
     if len(raw) > limit:
         raise _too_long(len(raw), limit)
-    if not raw.strip():
-        raise ValueError("blank line")
     try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"invalid UTF-8 at byte {exc.start}") from None
-    try:
-        obj = orjson.loads(raw)
+        obj = orjson.loads(raw)  # validates UTF-8 too: the reasons below are worked out on failure only
     except orjson.JSONDecodeError as exc:
+        if not raw.strip():
+            raise ValueError("blank line") from None
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise ValueError(f"invalid UTF-8 at byte {bad.start}") from None
         raise ValueError(f"invalid JSON: {exc}") from None
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     if id_field not in obj:
         raise ValueError(f"missing id field {id_field!r}")
@@ -144,12 +148,21 @@ def read_tickets(
     *,
     skip_lines: Container[int] = frozenset(),
     max_line_bytes: int | None = None,
+    only_lines: bytearray | None = None,
 ) -> Iterator[Ticket]:
     """Yield tickets in file order; the first bad line raises TicketError.
 
     Line numbers in `skip_lines` (bad lines a scan already rejected, with
-    on_bad_input = "skip") are passed over without being parsed."""
+    on_bad_input = "skip") are passed over without being parsed; with
+    `only_lines` (a scan's `dispatch` map), so is every line whose byte is 0,
+    and reading stops after the last line marked 1."""
+    last = only_lines.rfind(1) if only_lines is not None else -1
     for line_no, raw, size in _lines(path, max_line_bytes):
+        if only_lines is not None:
+            if line_no > last:
+                return
+            if not only_lines[line_no]:
+                continue
         if line_no in skip_lines:
             continue
         try:
@@ -166,14 +179,23 @@ def scan_input(
     *,
     max_problems: int | None = 20,
     max_line_bytes: int | None = None,
+    done_ids: Container[str] = frozenset(),
+    failed_ids: Container[str] = frozenset(),
+    limit: int | None = None,
 ) -> InputScan:
     """Check the whole input in one pass; see the module docstring.
 
     Every bad line number lands in `bad_lines`; the reasons are kept for
-    the first `max_problems` (all of them with None)."""
+    the first `max_problems` (all of them with None). The same pass plans a
+    resume: among the first `limit` good tickets, those in `done_ids` are
+    counted as `already_done`, those in `failed_ids` (pass the failed ids
+    only when they are to be skipped) as `skipped_failed`, and the line of
+    every other one is marked 1 in `dispatch`, so the run's producer skips
+    the rest without parsing them."""
     scan = InputScan(path=path)
     digest = hashlib.sha256()
     seen: dict[str, int] = {}
+    dispatch = bytearray(1)  # index 0 unused: line numbers start at 1
 
     def problem(line_no: int, reason: str) -> None:
         scan.problem_count += 1
@@ -201,13 +223,26 @@ def scan_input(
                 problem(line_no, f"duplicate id {ticket_id!r} (first on line {seen[ticket_id]})")
                 continue
             seen[ticket_id] = line_no
+            missing = None
             for template in templates:
-                try:
-                    template.render(obj)
-                except MissingFieldError as exc:
-                    problem(line_no, f"ticket {ticket_id!r} has no field {exc.args[0]!r} used by the prompt")
+                missing = template.missing_field(obj)
+                if missing is not None:
                     break
+            if missing is not None:
+                problem(line_no, f"ticket {ticket_id!r} has no field {missing!r} used by the prompt")
+                continue
+            scan.tickets += 1
+            if limit is not None and scan.selected >= limit:
+                continue
+            scan.selected += 1
+            if ticket_id in done_ids:
+                scan.already_done += 1
+            elif ticket_id in failed_ids:
+                scan.skipped_failed += 1
             else:
-                scan.tickets += 1
+                if len(dispatch) <= line_no:
+                    dispatch.extend(bytes(line_no + 1 - len(dispatch)))
+                dispatch[line_no] = 1
+    scan.dispatch = dispatch
     scan.sha256 = digest.hexdigest()
     return scan

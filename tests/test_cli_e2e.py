@@ -184,3 +184,43 @@ def test_missing_key_variable_is_named_and_nothing_is_sent(make_job, tmp_path, s
     env.pop("BATCHRUN_TEST_KEY")
     result = run_cli(["run", str(job), "--api-base", sim.base_url, "--no-progress"], env)
     assert result.returncode == 2 and "BATCHRUN_TEST_KEY is not set" in result.stderr
+
+
+def _worker_children(pid: int) -> list[int]:
+    from test_workers import children_of
+
+    return children_of(pid)
+
+
+def test_worker_processes_stop_on_sigint_and_die_with_a_killed_coordinator(make_job, tmp_path, slow_sim, cli_env):
+    job = make_job(N_TICKETS, concurrency=8)
+    slow_sim.reset()
+    args = ["run", str(job), "--api-base", slow_sim.base_url, "--no-progress", "--workers", "2"]
+    results = tmp_path / "run" / "results.jsonl"
+
+    proc = subprocess.Popen(batchrun_cmd(*args), env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    wait_for_lines(results, 20, proc)
+    assert len(_worker_children(proc.pid)) == 2
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert set(slow_sim.stats()["requests_by_ticket"].values()) == {1}  # in flight finished, none repeated
+
+    proc = subprocess.Popen(batchrun_cmd(*args), env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_lines(results, len(scan_jsonl(results).ids) + 20, proc)
+    children = _worker_children(proc.pid)
+    assert len(children) == 2
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() and b"batchrun.workers" in Path(f"/proc/{pid}/cmdline").read_bytes()
+              for pid in children if Path(f"/proc/{pid}/cmdline").exists()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = [pid for pid in children
+             if Path(f"/proc/{pid}/cmdline").exists() and b"batchrun.workers" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert alive == [], "worker processes outlived a SIGKILLed coordinator"
+
+    final = run_cli(args, cli_env)
+    assert final.returncode == 0, final.stderr
+    assert_exactly_once(results, input_ids(job))

@@ -1,0 +1,1108 @@
+"""`batchrun bench`: sweep the concurrency of a job and recommend a setting.
+
+SYNOPSIS
+
+    batchrun bench JOB [--concurrency 1,4,16,64,256[,auto]] [--tickets N] [--stream]
+                       [--live] [--baseline] [--out DIR] [--workers N|auto]
+                       [--latency-ms MS] [--per-token-ms MS] [--jitter J] [--seed S]
+                       [--rpm N] [--tpm N] [--capacity K] [--overload-ms MS]
+                       [--max-429-rate R] [--max-p95-ms MS] [--tie-within F]
+                       [--warmup N]
+
+    (until `bench` is registered in cli.py: `python -m batchrun.bench JOB ...`)
+
+WHAT IT DOES
+
+For each concurrency setting C, bench runs a sample of JOB's tickets through
+the real engine (`engine.prepare_run` + `engine.execute_run` with a
+`provider.LiteLLMProvider`: the code path of `batchrun run`), each setting in
+a fresh temporary run directory. The job's own run directory is never
+touched. The sample is the first valid tickets of the job's input (bad
+lines, duplicate ids and tickets lacking a prompt field are passed over);
+an input shorter than the sample is cycled with suffixed ids (`T1~r2`).
+
+`auto` in the --concurrency list also runs the job with concurrency = "auto"
+(AIMD between the job's min_concurrency and max_concurrency) on a sample
+sized for max_concurrency, reports where it settled and its throughput as a
+share of the best fixed setting (issue 4 wants >= 80%), in its own table and
+as a horizontal line on the plot; it is not a candidate for the
+recommendation and gets no baseline.
+
+Worker processes: each run uses as many as `batchrun run` would (the job's
+`workers`, "auto" by default: one per core for runs of 1,000 tickets or more
+at concurrency 32 or more, else 1); `--workers N|auto` overrides the job.
+The wall time includes the workers' start-up (each imports litellm), so
+measure multi-process throughput on thousands of tickets (`--tickets 2000`).
+
+Tickets per setting: `--tickets N` runs the same N tickets at every setting.
+By default (`auto`) a setting runs 4 x C tickets, at least 32 and at most
+512 (32, 32, 64, 256, 512 for the default sweep): several "waves" of
+requests, enough to see the steady state, without C=1 spending minutes (200
+tickets one at a time at 200 ms is 40 s, twice that with --baseline) or a
+high setting finishing in a single wave. The default sweep with --baseline
+takes about a minute on a 2-core machine. For a figure to quote, give a
+fixed count: `--concurrency 128 --tickets 2000 --baseline`.
+
+Endpoint: by default an embedded simulator (`sim.process.start_simulator`)
+on 127.0.0.1, one for the whole sweep, its counters reset before each run;
+its behaviour comes from the flags, not from the job's [simulator] section:
+latency `--latency-ms` (200) + `--per-token-ms` (0) per output token, scaled
+by a uniform factor in [1 - jitter, 1 + jitter] (`--jitter` 0.1), optional
+server-side `--rpm` / `--tpm` limits (429 with Retry-After) and a capacity
+model (`--capacity K`: each request arriving with N > K in flight waits
+`--overload-ms` x (N - K) more). The job's model is routed to it as
+`openai/<name>`, so litellm prices the tokens as the named model. `--live`
+uses the job's real model, api_base and key (the variable named by
+`api_key_env`; bench fails at once if it is unset). A live sweep sends real,
+billed requests: about sum(tickets per setting), twice that with --baseline.
+
+`--stream` sets the job's `stream = true` when this batchrun's job spec has
+that field (otherwise it says so and runs without streaming); TTFT columns
+appear when the run summary carries `ttft_ms`.
+
+Before the first measured setting, `--warmup` (4) requests go through both
+batchrun's provider and bare litellm, so import and first-call costs are not
+measured; the simulator's counters are then reset.
+
+WHAT IT MEASURES (one row per setting)
+
+    req/s       requests sent / wall time (retries and 429s included)
+    tickets/s   tickets done / wall time: the throughput used to recommend
+    out tok/s   completion tokens / wall time
+    p50/p95/p99 latency of successful attempts (ms); TTFT likewise when streaming
+    429         attempts answered 429 / attempts
+    err         tickets failed / tickets
+    cost        USD for the setting's tickets (litellm's price of the model,
+                or the job's [prices])
+    ideal, eff  see below
+    peak        the simulator's peak in-flight count (server side)
+    procs       worker processes (shown when a run used more than one)
+    cpu/req     CPU seconds of this process per request, user + system
+                (getrusage RUSAGE_SELF, plus RUSAGE_CHILDREN so worker
+                processes that exit within the run are counted; the
+                simulator, also a child, exits only after the sweep)
+
+Ideal and efficiency. The ideal is what a perfect client could reach with C
+requests in flight: C / mean latency, where the latency is the simulator's
+nominal one (latency_ms + per_token_ms x mean output tokens: what the server
+spends, free of client-side CPU delays) or, with --live, the measured mean.
+It is then capped, and the cap named in the `ideal` column:
+  * tickets: N tickets at C in flight need ceil(N / min(C, N)) waves;
+  * capacity: above K in flight the simulator slows every request down, so
+    the ideal is the better of holding K or C in flight;
+  * rpm / tpm: the simulator's token buckets start full (a burst of one
+    minute's allowance) and then refill at limit / 60 per second; tokens per
+    request are estimated as the simulator does (prompt tokens + max_tokens).
+efficiency = tickets/s achieved / ideal.
+
+THE RECOMMENDATION
+
+The setting with the highest tickets/s among those whose 429 rate is at most
+`--max-429-rate` (0.01), whose p95 latency is at most `--max-p95-ms`
+(default: 3 x the lowest p95 of the sweep) and where no ticket failed.
+Throughputs within `--tie-within` (0.05, i.e. 5%) of the best are a tie,
+and a tie goes to the lowest concurrency: on a busy machine two settings 5%
+apart are the same, and fewer requests in flight cost less memory and fewer
+429s. One line says why, naming a faster setting that was ruled out and the
+threshold it broke. `recommend(rows)` is the pure function behind it.
+
+--baseline
+
+Also runs, at every setting, on the same tickets against the same endpoint in
+the same process, the bare pattern users write by hand::
+
+    sem = asyncio.Semaphore(C)
+    async def one(ticket):
+        async with sem:
+            return await litellm.acompletion(model, render_messages(job, ticket),
+                api_base=..., api_key=..., timeout=job.timeout_s,
+                num_retries=0, max_retries=0, **job.params)
+    await asyncio.gather(*(one(t) for t in tickets), return_exceptions=True)
+
+(no retries, no checkpoint), with its requests/s and CPU per request measured
+the same way, and prints batchrun's next to it with the ratios.
+
+OUTPUT
+
+A table on stdout (and the baseline table with --baseline), `DIR/bench.json`
+(every row, the settings, the versions, the recommendation) and `DIR/bench.png`
+(tickets/s, the ideal and the baseline against concurrency on a log2 axis,
+p95 latency on a second y axis) when matplotlib is importable
+(`pip install 'batchrun[plots]'`). DIR is `--out` (default `bench_out/`).
+Progress goes to stderr. Exit code 0; 2 for a bad job file, input or missing
+key; 130 if interrupted (the rows measured so far are still written).
+
+Timings are measurements of this machine at this moment: no unit test
+asserts on them (tests/test_bench.py checks the fields and the arithmetic).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import click
+
+__all__ = [
+    "AUTO_MAX_TICKETS",
+    "AUTO_MIN_TICKETS",
+    "AUTO_WAVES",
+    "Recommendation",
+    "bench_command",
+    "format_baseline_table",
+    "format_table",
+    "ideal_throughput",
+    "parse_concurrency",
+    "recommend",
+    "sim_model",
+    "tickets_for",
+]
+
+DEFAULT_CONCURRENCY = "1,4,16,64,256"
+AUTO_WAVES = 4  # --tickets auto: 4 x concurrency tickets per setting ...
+AUTO_MIN_TICKETS = 32  # ... at least this many ...
+AUTO_MAX_TICKETS = 512  # ... at most this many
+DEFAULT_MAX_429_RATE = 0.01
+DEFAULT_TIE_WITHIN = 0.05  # throughputs within 5% of the best are a tie: the lowest concurrency wins
+P95_FACTOR = 3.0  # default --max-p95-ms: this times the lowest p95 of the sweep
+SIM_API_KEY = "sim-key"
+PLOT_HINT = "pip install 'batchrun[plots]'"
+
+
+# --------------------------------------------------------------------------------------------
+# Pure pieces (tested without a network)
+# --------------------------------------------------------------------------------------------
+
+
+def sim_model(model: str) -> str:
+    """The simulator speaks OpenAI's API: route any model name there (the rule of cli._sim_model)."""
+    name = model.split("/", 1)[1] if "/" in model else model
+    return f"openai/{name}"
+
+
+def redact_url(url: str) -> str:
+    """An api_base fit for bench.json: no credentials, no query string (the rule of cli.redact_url)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def parse_concurrency(text: str) -> list[int | str]:
+    """'1,4,16,auto' -> [1, 4, 16, 'auto']: positive integers, sorted, duplicates dropped, then
+    'auto' (the job's adaptive concurrency) if given."""
+    values: set[int] = set()
+    auto = False
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        if part.lower() == "auto":
+            auto = True
+            continue
+        try:
+            value = int(part)
+        except ValueError:
+            raise ValueError(f"{part!r} is not an integer") from None
+        if not 1 <= value <= 4096:
+            raise ValueError(f"{value} is outside 1..4096")
+        values.add(value)
+    if not values and not auto:
+        raise ValueError("no concurrency given")
+    return [*sorted(values), *(["auto"] if auto else [])]
+
+
+def tickets_for(concurrency: int, tickets: int | None) -> int:
+    """Tickets run at one setting: `tickets` if given, else clamp(4 x C, 32, 512)."""
+    if tickets is not None:
+        return tickets
+    return max(AUTO_MIN_TICKETS, min(AUTO_WAVES * concurrency, AUTO_MAX_TICKETS))
+
+
+def ideal_throughput(
+    concurrency: int,
+    latency_s: float | None,
+    tickets: int,
+    *,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    tokens_per_request: float | None = None,
+    capacity: int | None = None,
+    overload_ms: float = 0.0,
+) -> tuple[float | None, str]:
+    """(requests/s a perfect client could reach, what limits it).
+
+    `latency_s` is the server's latency of one request without overload.
+    Limits: "concurrency" (C / latency, in whole waves of min(C, tickets)
+    requests: "tickets" when the last wave is partial), "capacity" (above K
+    in flight the server adds overload_ms per extra request: the better of
+    holding K or C in flight), "rpm" / "tpm" (token buckets that start full,
+    then refill at limit / 60 per second). None when the latency is unknown.
+    """
+    if not latency_s or latency_s <= 0 or tickets <= 0:
+        return None, "unknown"
+    in_flight = max(1, min(concurrency, tickets))
+    candidates = [in_flight]
+    if capacity is not None and in_flight > capacity:
+        candidates.append(capacity)
+
+    def duration(k: int) -> float:
+        latency = latency_s + overload_ms / 1000.0 * max(0, k - (capacity or k))
+        return math.ceil(tickets / k) * latency
+
+    best_k = min(candidates, key=lambda k: (duration(k), -k))
+    needed = duration(best_k)
+    if best_k != in_flight or (capacity is not None and in_flight > capacity and overload_ms > 0):
+        limited_by = "capacity"
+    elif tickets % in_flight:
+        limited_by = "tickets"  # a partial last wave
+    else:
+        limited_by = "concurrency"
+    for name, per_minute, cost in (("rpm", rpm, 1.0), ("tpm", tpm, tokens_per_request)):
+        if per_minute and cost and cost > 0:
+            burst = per_minute / cost  # requests a full bucket admits at once
+            rate = per_minute / cost / 60.0  # requests/s once it is empty
+            limit_time = max(0.0, tickets - burst) / rate
+            if limit_time > needed:
+                needed, limited_by = limit_time, name
+    return tickets / needed, limited_by
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    concurrency: int | None  # None: no setting met the thresholds
+    reason: str
+    max_429_rate: float
+    max_p95_ms: float | None
+    tie_within: float = DEFAULT_TIE_WITHIN
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"concurrency": self.concurrency, "reason": self.reason,
+                "max_429_rate": self.max_429_rate, "max_p95_ms": self.max_p95_ms,
+                "tie_within": self.tie_within}
+
+
+def _p95(row: Mapping[str, Any]) -> float | None:
+    return (row.get("latency_ms") or {}).get("p95")
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.1f}%"
+
+
+def recommend(rows: Sequence[Mapping[str, Any]], *, max_429_rate: float = DEFAULT_MAX_429_RATE,
+              max_p95_ms: float | None = None, tie_within: float = DEFAULT_TIE_WITHIN) -> Recommendation:
+    """The setting with the highest `tickets_per_s` whose `rate_429` <= max_429_rate, whose
+    `latency_ms.p95` <= max_p95_ms (default 3 x the lowest p95 among the rows) and whose
+    `error_rate` is 0 (and none was left unfinished by an interrupt). Throughputs within `tie_within` (a fraction) of the best count as a tie,
+    and a tie goes to the lowest `concurrency`: the same work with fewer requests in flight.
+    Pure: rows in, choice out."""
+    p95s = [p for p in (_p95(r) for r in rows) if p is not None]
+    if max_p95_ms is None and p95s:
+        max_p95_ms = round(P95_FACTOR * min(p95s), 1)
+    limit_text = f"{max_p95_ms:,.0f} ms" if max_p95_ms is not None else "-"
+
+    def tps(row: Mapping[str, Any]) -> float:
+        return float(row.get("tickets_per_s") or 0.0)
+
+    def broken(row: Mapping[str, Any]) -> str | None:
+        if row.get("not_finished", 0) > 0:
+            return f"interrupted ({row['not_finished']} tickets not finished)"
+        if row.get("error_rate", 0) > 0:
+            return f"{_pct(row['error_rate'])} of tickets failed"
+        if row.get("rate_429", 0) > max_429_rate:
+            return f"429 rate {_pct(row['rate_429'])} > {_pct(max_429_rate)}"
+        p95 = _p95(row)
+        if p95 is None:
+            return "no successful request"
+        if max_p95_ms is not None and p95 > max_p95_ms:
+            return f"p95 {p95:,.0f} ms > {limit_text}"
+        return None
+
+    ok = [r for r in rows if broken(r) is None]
+    if not ok:
+        why = "; ".join(f"C={r['concurrency']}: {broken(r)}" for r in sorted(rows, key=lambda r: r["concurrency"]))
+        return Recommendation(None, f"no setting met the thresholds ({why or 'no rows'})",
+                              max_429_rate, max_p95_ms, tie_within)
+    best = max(ok, key=lambda r: (tps(r), -r["concurrency"]))
+    chosen = min((r for r in ok if tps(r) >= tps(best) * (1.0 - tie_within)), key=lambda r: r["concurrency"])
+    if chosen is best:
+        reason = f"highest throughput ({tps(chosen):,.1f} tickets/s)"
+    else:
+        reason = (f"{tps(chosen):,.1f} tickets/s, within {tie_within * 100:g}% of the best "
+                  f"(C={best['concurrency']}: {tps(best):,.1f}/s) with fewer in flight")
+    reason += (f", 429 rate {_pct(chosen.get('rate_429', 0))} <= {_pct(max_429_rate)}, "
+               f"p95 {_p95(chosen):,.0f} ms <= {limit_text}")
+    faster = sorted((r for r in rows if broken(r) is not None and tps(r) > tps(best)), key=lambda r: -tps(r))
+    if faster:
+        reason += f"; C={faster[0]['concurrency']} was faster ({tps(faster[0]):,.1f}/s) but {broken(faster[0])}"
+    return Recommendation(chosen["concurrency"], reason, max_429_rate, max_p95_ms, tie_within)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def build_row(concurrency: int, tickets: int, state: str, summary: Mapping[str, Any], cpu_s: float, *,
+              latency_s: float | None, server: Mapping[str, Any] | None = None,
+              limits: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One JSON row from a run's summary (stats.RunStats.summary()) and its measurements."""
+    done, failed, requests = summary["done"], summary["failed"], summary["requests"]
+    wall = max(float(summary["wall_s"]), 1e-9)
+    tickets_per_s = round(done / wall, 2)
+    limits = dict(limits or {})
+    ideal, limited_by = ideal_throughput(concurrency, latency_s, tickets, **limits)
+    ttft = summary.get("ttft_ms") or summary.get("time_to_first_token_ms")
+    return {
+        "concurrency": concurrency,
+        "tickets": tickets,
+        "state": state,
+        "done": done,
+        "failed": failed,
+        "not_finished": summary.get("not_finished", 0),
+        "requests": requests,
+        "retries": summary.get("retries", 0),
+        "rate_limited": summary.get("rate_limited", 0),
+        "errors_by_kind": dict(summary.get("errors_by_kind") or {}),
+        "wall_s": summary["wall_s"],
+        "requests_per_s": summary["requests_per_s"],
+        "tickets_per_s": tickets_per_s,
+        "output_tokens_per_s": summary["output_tokens_per_s"],
+        "latency_ms": dict(summary["latency_ms"]),
+        "ttft_ms": dict(ttft) if ttft else None,
+        "rate_429": round(summary.get("rate_limited", 0) / requests, 4) if requests else 0.0,
+        "error_rate": round(failed / tickets, 4) if tickets else 0.0,
+        "prompt_tokens": summary.get("prompt_tokens", 0),
+        "completion_tokens": summary.get("completion_tokens", 0),
+        "cost_usd": summary.get("cost_usd"),
+        "cost_per_1000_tickets_usd": summary.get("cost_per_1000_tickets_usd"),
+        "ideal_latency_ms": round(latency_s * 1000, 1) if latency_s else None,
+        "ideal_rps": round(ideal, 2) if ideal is not None else None,
+        "ideal_limited_by": limited_by,
+        "efficiency": round(tickets_per_s / ideal, 3) if ideal else None,
+        "cpu_s": round(cpu_s, 3),
+        "cpu_ms_per_request": round(cpu_s * 1000 / requests, 3) if requests else None,
+        "server": dict(server) if server is not None else None,
+        "baseline": None,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+
+def _num(value: float | None, fmt: str = ",.1f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _render(header: list[str], lines: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
+    out = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines]
+    return "\n".join(out)
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The per-setting table (TTFT columns only when some row has them)."""
+    with_ttft = any(r.get("ttft_ms") for r in rows)
+    header = ["conc", "tickets", "req/s", "tickets/s", "out tok/s", "p50 ms", "p95 ms", "p99 ms"]
+    if with_ttft:
+        header += ["ttft p50", "ttft p95", "ttft p99"]
+    header += ["429", "err", "cost $", "ideal/s", "eff", "peak", "cpu ms/req"]
+    with_workers = any((r.get("workers") or 1) > 1 for r in rows)
+    if with_workers:
+        header.append("procs")
+    lines = []
+    for r in rows:
+        lat = r["latency_ms"]
+        tickets = str(r["tickets"]) + ("*" if r.get("not_finished") else "")
+        conc = str(r["concurrency"])
+        if r["concurrency"] == "auto" and r.get("concurrency_settled") is not None:
+            conc = f"auto:{r['concurrency_settled']}"
+        line = [conc, tickets, _num(r["requests_per_s"]), _num(r["tickets_per_s"]),
+                _num(r["output_tokens_per_s"]), _num(lat.get("p50"), ",.0f"), _num(lat.get("p95"), ",.0f"),
+                _num(lat.get("p99"), ",.0f")]
+        if with_ttft:
+            ttft = r.get("ttft_ms") or {}
+            line += [_num(ttft.get(k), ",.0f") for k in ("p50", "p95", "p99")]
+        ideal = "-" if r["ideal_rps"] is None else f"{r['ideal_rps']:,.1f}"
+        if r["ideal_limited_by"] not in ("concurrency", "unknown"):
+            ideal += f" ({r['ideal_limited_by']})"
+        peak = (r.get("server") or {}).get("peak_in_flight")
+        line += [_pct(r["rate_429"]), _pct(r["error_rate"]),
+                 "-" if r["cost_usd"] is None else f"{r['cost_usd']:.6f}", ideal,
+                 "-" if r["efficiency"] is None else f"{r['efficiency'] * 100:.0f}%",
+                 "-" if peak is None else str(peak), _num(r["cpu_ms_per_request"], ",.2f")]
+        if with_workers:
+            line.append(str(r.get("workers") or 1))
+        lines.append(line)
+    return _render(header, lines)
+
+
+def format_baseline_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """batchrun next to the bare acompletion-under-a-semaphore pattern, with the ratios."""
+    header = ["conc", "batchrun req/s", "bare req/s", "ratio", "batchrun cpu ms/req", "bare cpu ms/req",
+              "cpu ratio", "bare err", "bare peak"]
+    lines = []
+    for r in rows:
+        b = r.get("baseline")
+        if not b:
+            continue
+        peak = (b.get("server") or {}).get("peak_in_flight")
+        lines.append([str(r["concurrency"]), _num(r["requests_per_s"]), _num(b["requests_per_s"]),
+                      _num(b["speed_ratio"], ".2f") + "x" if b["speed_ratio"] is not None else "-",
+                      _num(r["cpu_ms_per_request"], ",.2f"), _num(b["cpu_ms_per_request"], ",.2f"),
+                      _num(b["cpu_ratio"], ".2f") + "x" if b["cpu_ratio"] is not None else "-",
+                      _pct(b["error_rate"]), "-" if peak is None else str(peak)])
+    return _render(header, lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------------
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process and of its reaped children (worker processes)."""
+    import resource
+
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+def write_sample(job: Any, count: int, path: Path) -> int:
+    """Write the first `count` valid tickets of the job's input to `path`; returns how many
+    distinct tickets the input gave (fewer than `count`: the sample is cycled, ids suffixed)."""
+    import orjson
+
+    from batchrun.engine import render_messages
+    from batchrun.errors import TicketError
+    from batchrun.spec import MissingFieldError
+    from batchrun.tickets import read_tickets, scan_input
+
+    def valid(skip: frozenset[int] | set[int]) -> Iterable[Any]:
+        seen: set[str] = set()
+        for ticket in read_tickets(job.input, job.id_field, skip_lines=skip, max_line_bytes=job.max_line_bytes):
+            if ticket.id in seen:
+                continue
+            try:
+                render_messages(job, ticket)
+            except MissingFieldError:
+                continue
+            seen.add(ticket.id)
+            yield ticket
+            if len(seen) >= count:
+                return
+
+    try:
+        originals = list(valid(frozenset()))
+    except TicketError:  # a bad line before `count` good ones: find every bad line, pass over them
+        templates = [t for t in (job.system_template, job.user_template) if t is not None]
+        scan = scan_input(job.input, job.id_field, templates, max_problems=0, max_line_bytes=job.max_line_bytes)
+        originals = list(valid(scan.bad_lines))
+    if not originals:
+        raise TicketError(f"{job.input}: no valid ticket to benchmark with")
+    with path.open("wb") as handle:
+        for i in range(count):
+            ticket = originals[i % len(originals)]
+            fields = dict(ticket.fields)
+            if i >= len(originals):
+                fields[job.id_field] = f"{ticket.id}~r{i // len(originals) + 1}"
+            handle.write(orjson.dumps(fields) + b"\n")
+    return len(originals)
+
+
+def _percentiles(samples: list[float]) -> dict[str, float | None]:
+    from batchrun.stats import LatencyHistogram
+
+    hist = LatencyHistogram()
+    for ms in samples:
+        hist.add(ms)
+    return {k: (None if v is None else round(v, 1)) for k, v in
+            (("p50", hist.percentile(50)), ("p95", hist.percentile(95)), ("p99", hist.percentile(99)),
+             ("mean", hist.mean))}
+
+
+async def run_baseline(litellm: Any, job: Any, tickets: Sequence[Any], concurrency: int, *, model: str,
+                       api_base: str | None, api_key: str | None, stream: bool) -> dict[str, Any]:
+    """The bare pattern: acompletion under asyncio.Semaphore(C), every ticket via asyncio.gather."""
+    import asyncio
+    import time
+
+    from batchrun.engine import render_messages
+
+    sem = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+    ttfts: list[float] = []
+    completion_tokens = 0
+    extra: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
+
+    async def one(ticket: Any) -> Any:
+        nonlocal completion_tokens
+        async with sem:
+            t0 = time.perf_counter()
+            response = await litellm.acompletion(
+                model=model, messages=render_messages(job, ticket), api_base=api_base, api_key=api_key,
+                timeout=job.timeout_s, num_retries=0, max_retries=0, **extra, **job.params)
+            if stream:
+                usage, first = None, True
+                async for chunk in response:
+                    if first:
+                        ttfts.append((time.perf_counter() - t0) * 1000)
+                        first = False
+                    usage = getattr(chunk, "usage", None) or usage
+            else:
+                usage = getattr(response, "usage", None)
+            latencies.append((time.perf_counter() - t0) * 1000)
+            completion_tokens += int(getattr(usage, "completion_tokens", 0) or 0)
+            return response
+
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(one(t) for t in tickets), return_exceptions=True)
+    wall = max(time.perf_counter() - t0, 1e-9)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    rate_limited = sum(1 for e in errors if isinstance(e, litellm.RateLimitError))
+    kinds: dict[str, int] = {}
+    for e in errors:
+        kinds[type(e).__name__] = kinds.get(type(e).__name__, 0) + 1
+    n = len(tickets)
+    return {
+        "requests": n,
+        "done": n - len(errors),
+        "failed": len(errors),
+        "rate_limited": rate_limited,
+        "errors_by_type": dict(sorted(kinds.items())),
+        "wall_s": round(wall, 3),
+        "requests_per_s": round(n / wall, 2),
+        "tickets_per_s": round((n - len(errors)) / wall, 2),
+        "output_tokens_per_s": round(completion_tokens / wall, 1),
+        "latency_ms": _percentiles(latencies),
+        "ttft_ms": _percentiles(ttfts) if stream else None,
+        "rate_429": round(rate_limited / n, 4) if n else 0.0,
+        "error_rate": round(len(errors) / n, 4) if n else 0.0,
+    }
+
+
+def _make_provider(job: Any, model: str, api_base: str | None, api_key: str | None) -> Any:
+    """A LiteLLMProvider as `batchrun run` builds it (streaming comes from the job, per request)."""
+    from batchrun.provider import LiteLLMProvider
+
+    return LiteLLMProvider(model=model, api_base=api_base, api_key=api_key, params=job.params, prices=job.prices)
+
+
+def _warmup_request(job: Any, ticket: Any) -> Any:
+    """A request like the engine's for this ticket (with the job's stream/schema options when
+    this batchrun has them)."""
+    from batchrun import provider as prov
+    from batchrun.engine import render_messages
+
+    messages = render_messages(job, ticket)
+    for_job = getattr(getattr(prov, "RequestOptions", None), "for_job", None)
+    options = for_job(job) if for_job is not None else None
+    if options is None:
+        return prov.ChatRequest(f"warmup-{ticket.id}", messages, job.timeout_s)
+    return prov.ChatRequest(f"warmup-{ticket.id}", messages, job.timeout_s, options=options)
+
+
+@dataclass
+class _Plan:
+    job: Any
+    job_path: Path
+    settings: list[int | str]
+    tickets: int | None
+    live: bool
+    baseline: bool
+    stream: bool
+    warmup: int
+    sim_config: Any  # SimConfig or None
+    model: str
+    api_base: str | None
+    api_key: str | None
+    endpoint: str
+    workdir: Path
+    auto_rows: list[dict[str, Any]] | None = None  # the "auto" setting's row, when swept
+
+
+def auto_ceiling(job: Any) -> int:
+    """The most requests in flight concurrency = "auto" may reach (the job's max_concurrency)."""
+    return int(getattr(job, "max_concurrency", 256))
+
+
+def setting_tickets(setting: int | str, tickets: int | None, job: Any) -> int:
+    return tickets_for(auto_ceiling(job) if setting == "auto" else int(setting), tickets)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _say(message: str) -> None:
+    click.echo(f"bench: {message}", err=True)
+
+
+async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
+    """Warm up, then every setting: batchrun (and the baseline); rows are appended as measured."""
+    import gc
+
+    import anyio
+
+    import inspect
+
+    from batchrun.engine import execute_run, prepare_run
+    from batchrun.provider import import_litellm
+    from batchrun.tickets import read_tickets
+
+    litellm = import_litellm()
+    sample = plan.workdir / "sample.jsonl"
+    all_tickets = list(read_tickets(sample, plan.job.id_field))
+
+    if plan.warmup:
+        warm = all_tickets[: plan.warmup]
+        provider = _make_provider(plan.job, plan.model, plan.api_base, plan.api_key)
+        try:
+            for ticket in warm:
+                await provider.complete(_warmup_request(plan.job, ticket))
+            if plan.baseline:
+                await run_baseline(litellm, plan.job, warm, len(warm), model=plan.model, api_base=plan.api_base,
+                                   api_key=plan.api_key, stream=plan.stream)
+        except Exception as exc:  # the sweep will say it better, per setting
+            _say(f"warm-up request failed: {type(exc).__name__}: {str(exc)[:200]}")
+        finally:
+            await provider.aclose()
+
+    limits: dict[str, Any] = {}
+    cfg = plan.sim_config
+    if cfg is not None:
+        limits = {"rpm": cfg.rpm, "tpm": cfg.tpm, "capacity": cfg.capacity, "overload_ms": cfg.overload_ms}
+    max_tokens = plan.job.params.get("max_tokens") or plan.job.params.get("max_completion_tokens")
+
+    def server_stats() -> dict[str, Any] | None:
+        if sim is None:
+            return None
+        s = sim.stats()
+        return {"peak_in_flight": s.get("peak_in_flight"), "rate_limited": s.get("rate_limited"),
+                "responses_by_status": s.get("responses_by_status"), "total_requests": s.get("total_requests")}
+
+    # Worker processes (when this batchrun's engine has them): the same choice as `batchrun run`.
+    engine_has_workers = "workers" in inspect.signature(execute_run).parameters
+    provider_kwargs = {"model": plan.model, "api_base": plan.api_base, "api_key": plan.api_key,
+                       "params": plan.job.params,
+                       "prices": plan.job.prices.model_dump() if plan.job.prices else None}
+
+    for c in plan.settings:
+        n = setting_tickets(c, plan.tickets, plan.job)
+        c_ceiling = auto_ceiling(plan.job) if c == "auto" else int(c)
+        label = "auto" if c == "auto" else f"c{int(c):04d}"
+        job_c = plan.job.with_overrides(input=sample, run_dir=plan.workdir / label, concurrency=c)
+        prep = prepare_run(job_c, job_path=plan.job_path, endpoint=plan.endpoint, limit=n)
+        workers = job_c.worker_count(prep.to_do) if engine_has_workers and hasattr(job_c, "worker_count") else 1
+        try:
+            provider = None
+            if workers == 1 or prep.max_cost_usd is not None:  # as cli.py: the coordinator needs litellm
+                provider = _make_provider(job_c, plan.model, plan.api_base, plan.api_key)
+            extra = {"workers": workers, "provider_kwargs": provider_kwargs} if engine_has_workers else {}
+            if sim is not None:
+                sim.reset()
+            gc.collect()
+            before = cpu_seconds()
+            result = await execute_run(prep, provider, grace_s=5.0, progress=False, out=sys.stderr, **extra)
+            cpu = cpu_seconds() - before
+        finally:
+            prep.release()
+        summary = result.summary
+        done = summary["done"]
+        if cfg is not None:
+            mean_out = summary["completion_tokens"] / done if done else 0.0
+            latency_s: float | None = (cfg.latency_ms + cfg.per_token_ms * mean_out) / 1000.0
+            if cfg.tpm and done:
+                per_request = summary["prompt_tokens"] / done + (max_tokens or mean_out)
+                limits["tokens_per_request"] = per_request
+        else:
+            mean = summary["latency_ms"].get("mean")
+            latency_s = mean / 1000.0 if mean else None
+        row = build_row(c_ceiling, n, result.state, summary, cpu, latency_s=latency_s, server=server_stats(),
+                        limits=limits)
+        row["workers"] = workers
+        if c == "auto":
+            row["concurrency"] = "auto"
+            row["concurrency_max"] = c_ceiling
+            row["concurrency_settled"] = summary.get("concurrency_settled")
+            (plan.auto_rows if plan.auto_rows is not None else []).append(row)
+        else:
+            rows.append(row)
+        _say(f"C={c}: {n} tickets in {row['wall_s']:.2f} s, {row['requests_per_s']:.1f} req/s, "
+             f"p95 {_num(row['latency_ms'].get('p95'), ',.0f')} ms, {row['failed']} failed"
+             + (f", {workers} worker processes" if workers > 1 else "")
+             + (f", settled at {row['concurrency_settled']}" if c == "auto" else "")
+             + (f" ({result.error})" if result.error else ""))
+        if result.state == "interrupted":
+            raise _Interrupted()
+
+        if plan.baseline and c != "auto":
+            if sim is not None:
+                sim.reset()
+            gc.collect()
+            before = cpu_seconds()
+            base = await run_baseline(litellm, plan.job, all_tickets[:n], c, model=plan.model,
+                                      api_base=plan.api_base, api_key=plan.api_key, stream=plan.stream)
+            base_cpu = cpu_seconds() - before
+            base["cpu_s"] = round(base_cpu, 3)
+            base["cpu_ms_per_request"] = round(base_cpu * 1000 / base["requests"], 3) if base["requests"] else None
+            base["server"] = server_stats()
+            base["speed_ratio"] = _ratio(row["requests_per_s"], base["requests_per_s"])
+            base["cpu_ratio"] = _ratio(row["cpu_ms_per_request"], base["cpu_ms_per_request"])
+            row["baseline"] = base
+            _say(f"C={c}: bare pattern {base['requests_per_s']:.1f} req/s, {base['failed']} failed")
+        await anyio.sleep(0)
+
+
+def draw_plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str, recommended: int | None = None,
+              auto: Mapping[str, Any] | None = None) -> bool:
+    """bench.png: tickets/s (batchrun, ideal, bare pattern) and p95 latency against concurrency,
+    the recommended setting marked. False when matplotlib is not installed.
+
+    The throughput axis is scaled to the measured curves; an ideal far above
+    them is clipped (its legend entry says so) rather than flattening them."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    xs = [r["concurrency"] for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    try:
+        measured = [r["tickets_per_s"] for r in rows]
+        ax.plot(xs, measured, "o-", color="tab:blue", label="batchrun tickets/s")
+        if any(r.get("baseline") for r in rows):
+            bx = [r["concurrency"] for r in rows if r.get("baseline")]
+            by = [r["baseline"]["tickets_per_s"] for r in rows if r.get("baseline")]
+            measured += by
+            ax.plot(bx, by, "s--", color="tab:green", label="bare acompletion + semaphore")
+        top = max(measured + [1.0]) * 1.5
+        ideal = [r.get("ideal_rps") for r in rows]
+        if any(ideal):
+            clipped = any(v is not None and v > top for v in ideal)
+            ax.plot(xs, ideal, ":", color="tab:gray", label="ideal" + (" (clipped: see bench.json)" if clipped else ""))
+        if auto is not None:
+            ax.axhline(auto["tickets_per_s"], color="tab:orange", linestyle="--",
+                       label=f"concurrency = auto (settled at {auto.get('concurrency_settled')})")
+        if recommended is not None:
+            ax.axvline(recommended, color="tab:purple", alpha=0.4, linewidth=6, label=f"recommended: {recommended}")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([str(x) for x in xs])
+        ax.set_xlabel("concurrency (requests in flight)")
+        ax.set_ylabel("throughput (tickets/s)")
+        ax.set_ylim(0, top)
+        ax2 = ax.twinx()
+        ax2.plot(xs, [_p95(r) for r in rows], "^-.", color="tab:red", label="batchrun p95 latency (right)")
+        ax2.set_ylabel("p95 latency (ms)")
+        ax2.set_ylim(bottom=0)
+        handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+        labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
+        ax.legend(handles, labels, loc="upper left", fontsize="small")
+        ax.set_title(title, fontsize="medium")
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------
+
+BENCH_EXAMPLES = """
+\b
+Examples:
+  batchrun bench jobs/classify_tickets.toml                      # simulator, 200 ms, 1..256
+  batchrun bench jobs/classify_tickets.toml --baseline           # + the bare acompletion pattern
+  batchrun bench jobs/classify_tickets.toml --concurrency 8,32,128 --tickets 2000
+  batchrun bench jobs/classify_tickets.toml --rpm 3000 --capacity 64 --concurrency 16,64,256
+  OPENAI_API_KEY=... batchrun bench jobs/classify_tickets.toml --live --concurrency 1,8,32 --tickets 100
+"""
+
+
+def _concurrency_option(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+    try:
+        return parse_concurrency(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _tickets_option(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
+    if value in (None, "auto"):
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: an integer or 'auto'") from None
+    if number < 1:
+        raise click.BadParameter("at least 1")
+    return number
+
+
+@click.command(name="bench", epilog=BENCH_EXAMPLES,
+               context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("job_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--concurrency", "settings", default=DEFAULT_CONCURRENCY, show_default=True,
+              callback=_concurrency_option, help="Comma-separated concurrency settings to sweep.")
+@click.option("--tickets", default="auto", show_default=True, callback=_tickets_option,
+              help=f"Tickets per setting; auto: {AUTO_WAVES} x concurrency, "
+                   f"at least {AUTO_MIN_TICKETS}, at most {AUTO_MAX_TICKETS}.")
+@click.option("--stream", is_flag=True, help="Stream responses (when the job spec supports `stream`); adds TTFT.")
+@click.option("--live", is_flag=True, help="Use the job's real model, api_base and key (billed requests).")
+@click.option("--baseline", is_flag=True,
+              help="Also run the bare acompletion-under-a-semaphore pattern and print the ratios.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench_out"),
+              show_default=True, help="Where bench.json and bench.png go.")
+@click.option("--latency-ms", type=click.FloatRange(min=0), default=200.0, show_default=True,
+              help="Simulator: base latency per request.")
+@click.option("--per-token-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Simulator: extra latency per output token.")
+@click.option("--jitter", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+              help="Simulator: latency scaled by a factor in [1-J, 1+J].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Simulator: seed for answers and jitter.")
+@click.option("--rpm", type=click.IntRange(min=1), help="Simulator: requests per minute before 429.")
+@click.option("--tpm", type=click.IntRange(min=1), help="Simulator: tokens per minute before 429.")
+@click.option("--capacity", type=click.IntRange(min=1),
+              help="Simulator: requests in flight before each extra one slows every arrival down.")
+@click.option("--overload-ms", type=click.FloatRange(min=0), default=20.0, show_default=True,
+              help="Simulator: extra latency per request in flight above --capacity.")
+@click.option("--max-429-rate", type=click.FloatRange(0, 1), default=DEFAULT_MAX_429_RATE, show_default=True,
+              help="Recommendation: highest 429 rate allowed.")
+@click.option("--max-p95-ms", type=click.FloatRange(min=0, min_open=True),
+              help=f"Recommendation: highest p95 latency allowed [default: {P95_FACTOR:g} x the lowest p95 seen].")
+@click.option("--tie-within", type=click.FloatRange(0, 1), default=DEFAULT_TIE_WITHIN, show_default=True,
+              help="Recommendation: throughputs this close (a fraction) to the best are a tie; "
+                   "the lowest concurrency wins.")
+@click.option("--workers", "workers_opt", default=None, metavar="N|auto",
+              help="Worker processes per run [default: the job's `workers`; auto: as `batchrun run` decides].")
+@click.option("--warmup", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Requests sent before the first measured setting (not measured).")
+def bench_command(job_file: Path, settings: list[int | str], tickets: int | None, stream: bool, live: bool,
+                  baseline: bool, out_dir: Path, latency_ms: float, per_token_ms: float, jitter: float,
+                  seed: int, rpm: int | None, tpm: int | None, capacity: int | None, overload_ms: float,
+                  max_429_rate: float, max_p95_ms: float | None, tie_within: float, workers_opt: str | None,
+                  warmup: int) -> None:
+    """Sweep JOB_FILE's concurrency on a sample of its tickets and recommend a setting.
+
+    Each setting runs through the real engine in a fresh temporary run directory
+    (the job's run directory is never touched), against the embedded simulator
+    unless --live. Prints a table, writes OUT/bench.json and OUT/bench.png.
+    """
+    import contextlib
+    import tempfile
+
+    from batchrun.errors import BatchrunError, ConfigurationError, redact_secrets
+    from batchrun.spec import load_job
+
+    secrets: list[str] = []
+    rows: list[dict[str, Any]] = []
+    auto_rows: list[dict[str, Any]] = []
+    interrupted = False
+    try:
+        job = load_job(job_file)
+        notes: list[str] = []
+        if workers_opt is not None:
+            if "workers" not in type(job).model_fields:
+                raise click.BadParameter("this batchrun has no worker processes", param_hint="--workers")
+            job = job.with_overrides(workers=workers_opt if workers_opt == "auto" else _positive(workers_opt))
+        if stream:
+            if "stream" in type(job).model_fields:
+                job = job.with_overrides(stream=True)
+            else:
+                notes.append("--stream: this batchrun's job spec has no `stream` field yet; running without streaming")
+                stream = False
+        if live:
+            api_key = None
+            if job.api_key_env:
+                api_key = os.environ.get(job.api_key_env)
+                if not api_key:
+                    raise ConfigurationError(
+                        f"--live: environment variable {job.api_key_env} is not set "
+                        f"(the job's api_key_env names it); nothing was sent")
+                secrets.append(api_key)
+            model, sim_config = job.model, None
+            endpoint = redact_url(job.api_base) if job.api_base else "provider default"
+        else:
+            from batchrun.sim.config import SimConfig
+
+            api_key, model, endpoint = SIM_API_KEY, sim_model(job.model), "simulator"
+            sim_config = SimConfig(latency_ms=latency_ms, per_token_ms=per_token_ms, jitter=jitter, seed=seed,
+                                   rpm=rpm, tpm=tpm, capacity=capacity, overload_ms=overload_ms)
+        for note in notes:
+            _say(note)
+        counts = {c: setting_tickets(c, tickets, job) for c in settings}
+        with contextlib.ExitStack() as stack:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="batchrun-bench-")))
+            needed = max(max(counts.values()), warmup)
+            distinct = write_sample(job, needed, workdir / "sample.jsonl")
+            if distinct < needed:
+                _say(f"{job.input} has {distinct} valid tickets; the sample of {needed} repeats them with suffixed ids")
+            # litellm's import (seconds) overlaps the simulator's start-up (its own imports).
+            import threading
+
+            from batchrun.provider import import_litellm
+
+            importer = threading.Thread(target=import_litellm, name="bench-import-litellm", daemon=True)
+            importer.start()
+            sim = None
+            if sim_config is not None:
+                from batchrun.sim.process import start_simulator
+
+                sim = stack.enter_context(start_simulator(sim_config))
+                api_base = sim.base_url
+            else:
+                api_base = job.api_base
+            importer.join()
+            _say(f"{job.name}: model {model} via {endpoint}"
+                 + (f" ({api_base}, latency {latency_ms:g} ms)" if sim is not None else "")
+                 + f"; settings {', '.join(f'{c} ({counts[c]} tickets)' for c in settings)}"
+                 + ("; with the bare-pattern baseline" if baseline else ""))
+            plan = _Plan(job=job, job_path=job_file, settings=settings, tickets=tickets, live=live,
+                         baseline=baseline, stream=stream, warmup=warmup, sim_config=sim_config, model=model,
+                         api_base=api_base, api_key=api_key, endpoint=endpoint, workdir=workdir,
+                         auto_rows=auto_rows)
+            import anyio
+
+            try:
+                anyio.run(_sweep, plan, sim, rows)
+            except (_Interrupted, KeyboardInterrupt):
+                interrupted = True
+                _say("interrupted: writing the rows measured so far")
+    except BatchrunError as exc:
+        click.echo(f"batchrun: error: {redact_secrets(str(exc), secrets)}", err=True)
+        sys.exit(int(exc.exit_code))
+
+    rec = recommend(rows, max_429_rate=max_429_rate, max_p95_ms=max_p95_ms, tie_within=tie_within)
+    auto = compare_auto(auto_rows[0], rows) if auto_rows else None
+    report = _report(job, job_file, plan, rows, rec, interrupted=interrupted)
+    report["auto"] = auto
+    _write_outputs(report, rows, rec, out_dir, job, plan)
+    if interrupted:
+        sys.exit(130)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: a number of processes or 'auto'", param_hint="--workers") from None
+    if value < 1:
+        raise click.BadParameter("at least 1", param_hint="--workers")
+    return value
+
+
+def compare_auto(auto_row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """concurrency = "auto" against the best fixed setting of the sweep (issue 4: >= 80% of it)."""
+    fixed = [r for r in rows if not r.get("not_finished") and not r.get("failed")]
+    best = max(fixed, key=lambda r: r["tickets_per_s"], default=None)
+    return {
+        "row": dict(auto_row),
+        "settled": auto_row.get("concurrency_settled"),
+        "tickets_per_s": auto_row["tickets_per_s"],
+        "best_fixed_concurrency": best["concurrency"] if best else None,
+        "best_fixed_tickets_per_s": best["tickets_per_s"] if best else None,
+        "share_of_best": _ratio(auto_row["tickets_per_s"], best["tickets_per_s"] if best else None),
+    }
+
+
+def _report(job: Any, job_file: Path, plan: _Plan, rows: list[dict[str, Any]], rec: Recommendation, *,
+            interrupted: bool) -> dict[str, Any]:
+    import dataclasses
+    import platform
+    from datetime import datetime, timezone
+
+    from batchrun import __version__
+    from batchrun.provider import litellm_version
+
+    sim = None
+    if plan.sim_config is not None:
+        sim = {k: v for k, v in dataclasses.asdict(plan.sim_config).items() if k != "faults"}
+    return {
+        "batchrun_version": __version__,
+        "litellm_version": litellm_version(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                    "cpu_count": os.cpu_count()},
+        "argv": list(sys.argv),
+        "job": {"name": job.name, "path": str(job_file), "model": job.model, "input": str(job.input)},
+        "mode": "live" if plan.live else "simulator",
+        "model": plan.model,
+        "endpoint": plan.endpoint,
+        "simulator": sim,
+        "stream": plan.stream,
+        "baseline": plan.baseline,
+        "settings": plan.settings,
+        "tickets": plan.tickets if plan.tickets is not None else "auto",
+        "interrupted": interrupted,
+        "rows": rows,
+        "recommendation": rec.as_dict(),
+    }
+
+
+def _write_outputs(report: dict[str, Any], rows: list[dict[str, Any]], rec: Recommendation, out_dir: Path,
+                   job: Any, plan: _Plan) -> None:
+    import orjson
+
+    click.echo(f"\n{job.name}: batchrun bench, {report['mode']}"
+               + (f" (latency {plan.sim_config.latency_ms:g} ms)" if plan.sim_config is not None else "")
+               + (", streaming" if plan.stream else ""))
+    click.echo(format_table(rows) if rows else "(no setting finished)")
+    notes = sorted({r["ideal_limited_by"] for r in rows} - {"concurrency", "unknown"})
+    explain = {
+        "tickets": "the last wave of requests is partial",
+        "capacity": "the simulator slows down above --capacity in flight",
+        "rpm": "the simulator's --rpm allows less", "tpm": "the simulator's --tpm allows less",
+    }
+    for name in notes:
+        click.echo(f"ideal ({name}): capped because {explain.get(name, name)}")
+    for r in rows:
+        if r.get("not_finished"):
+            click.echo(f"*C={r['concurrency']}: interrupted, {r['not_finished']} of {r['tickets']} tickets not finished")
+    if any(r.get("baseline") for r in rows):
+        click.echo("\nbatchrun vs the bare pattern (acompletion under asyncio.Semaphore, asyncio.gather, no retries):")
+        click.echo(format_baseline_table(rows))
+    auto = report.get("auto")
+    if auto:
+        click.echo(f"\nconcurrency = \"auto\" (up to {auto['row'].get('concurrency_max')}):")
+        click.echo(format_table([auto["row"]]))
+        share = auto["share_of_best"]
+        click.echo(f"auto settled at {auto['settled'] if auto['settled'] is not None else '?'}: "
+                   f"{auto['tickets_per_s']:,.1f} tickets/s"
+                   + (f" = {share * 100:.0f}% of the best fixed setting (C={auto['best_fixed_concurrency']}: "
+                      f"{auto['best_fixed_tickets_per_s']:,.1f}/s)" if share is not None else ""))
+    if rec.concurrency is not None:
+        click.echo(f"\nrecommendation: concurrency = {rec.concurrency}  ({rec.reason})")
+    else:
+        click.echo(f"\nrecommendation: none: {rec.reason}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "bench.json"
+    json_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    png_path = out_dir / "bench.png"
+    title = f"{job.name}: {plan.model} via {plan.endpoint}"
+    if rows and draw_plot(rows, png_path, title, rec.concurrency, auto=auto["row"] if auto else None):
+        click.echo(f"wrote {json_path} and {png_path}")
+    else:
+        click.echo(f"wrote {json_path}" + (f" (no plot: {PLOT_HINT} to get {png_path})" if rows else ""))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    bench_command()

@@ -1,0 +1,103 @@
+"""Rate-limit arithmetic, header parsing and the AIMD controller (pure, no clocks)."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchrun.limits import AdaptiveConcurrency, TokenBucket, parse_rate_limit_headers, parse_reset
+
+
+def test_token_bucket_refills_continuously_and_caps_at_capacity():
+    bucket = TokenBucket(600, now=0.0)  # 10 per second, capacity one second's worth
+    assert bucket.capacity == 10 and bucket.wait_s(1, 0.0) == 0
+    bucket.take(10, 0.0)
+    assert bucket.wait_s(1, 0.0) == pytest.approx(0.1)
+    assert bucket.wait_s(1, 0.05) == pytest.approx(0.05)
+    assert bucket.wait_s(1, 0.1) == 0
+    bucket._refill(100.0)
+    assert bucket.tokens == 10  # never above capacity after a quiet spell
+
+
+def test_token_bucket_debt_delays_later_takers_and_give_refunds():
+    bucket = TokenBucket(60, capacity=100, now=0.0)  # 1 token per second
+    bucket.take(150, 0.0)  # an under-estimate corrected after the fact: 50 in debt
+    assert bucket.wait_s(10, 0.0) == pytest.approx(60.0)
+    bucket.give(40, 0.0)
+    assert bucket.wait_s(10, 0.0) == pytest.approx(20.0)
+
+
+def test_a_request_larger_than_the_bucket_waits_for_a_full_bucket_not_forever():
+    bucket = TokenBucket(60, capacity=5, now=0.0)
+    bucket.take(5, 0.0)
+    assert bucket.wait_s(1000, 0.0) == pytest.approx(5.0)
+
+
+def test_drain_until_honours_the_servers_reset():
+    bucket = TokenBucket(600, now=0.0)
+    bucket.drain_until(2.0, 0.0)
+    assert bucket.wait_s(1, 0.0) == pytest.approx(2.1)
+
+
+@pytest.mark.parametrize("value, seconds", [
+    ("1s", 1.0), ("120ms", 0.12), ("6m0s", 360.0), ("1m30.5s", 90.5), ("0.5", 0.5), ("2h", 7200.0),
+])
+def test_parse_reset_durations(value, seconds):
+    assert parse_reset(value) == pytest.approx(seconds)
+
+
+def test_parse_reset_rejects_garbage_and_reads_iso_times():
+    assert parse_reset("soon") is None and parse_reset(None) is None
+    assert parse_reset("2000-01-01T00:00:00Z") == 0.0  # in the past: no wait
+
+
+def test_parse_openai_and_anthropic_rate_limit_headers():
+    openai = parse_rate_limit_headers({
+        "llm_provider-x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "850ms",
+        "X-RateLimit-Remaining-Tokens": "1200", "x-ratelimit-reset-tokens": "1s"})
+    assert openai.remaining_requests == 0 and openai.reset_requests_s == pytest.approx(0.85)
+    assert openai.remaining_tokens == 1200 and openai.reset_tokens_s == 1.0
+    anthropic = parse_rate_limit_headers({"anthropic-ratelimit-requests-remaining": "3",
+                                          "anthropic-ratelimit-tokens-remaining": "0"})
+    assert anthropic.remaining_requests == 3 and anthropic.remaining_tokens == 0
+    assert parse_rate_limit_headers(None).empty and parse_rate_limit_headers({"server": "x"}).empty
+
+
+def test_aimd_increases_by_one_per_healthy_window():
+    aimd = AdaptiveConcurrency(2, 10, start=4)
+    for _ in range(4):
+        aimd.on_result(100.0, rate_limited=False)
+    assert aimd.limit == 5
+    for _ in range(5):
+        aimd.on_result(100.0, rate_limited=False)
+    assert aimd.limit == 6 and aimd.history == [5, 6]
+
+
+def test_aimd_cuts_multiplicatively_on_429_and_respects_bounds():
+    aimd = AdaptiveConcurrency(3, 10, start=10)
+    for _ in range(9):
+        aimd.on_result(100.0, rate_limited=False)
+    aimd.on_result(None, rate_limited=True)
+    assert aimd.limit == 7
+    for _ in range(10):
+        for _ in range(aimd.limit):
+            aimd.on_result(None, rate_limited=True)
+    assert aimd.limit == 3  # never below minimum
+
+
+def test_aimd_cuts_when_latency_rises_above_the_best_seen():
+    aimd = AdaptiveConcurrency(1, 50, start=10)
+    for _ in range(10):
+        aimd.on_result(100.0, rate_limited=False)
+    assert aimd.limit == 11 and aimd.best_median == 100.0
+    for _ in range(11):
+        aimd.on_result(200.0, rate_limited=False)  # queueing: 2x the best median
+    assert aimd.limit == 7
+    for _ in range(7):
+        aimd.on_result(120.0, rate_limited=False)  # within tolerance
+    assert aimd.limit == 8
+
+
+def test_aimd_settled_is_the_median_of_recent_limits():
+    aimd = AdaptiveConcurrency(1, 100, start=1)
+    aimd.history = [10, 12, 11, 50, 11]
+    assert aimd.settled == 11

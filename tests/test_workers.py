@@ -1,0 +1,105 @@
+"""Worker processes: exactly-once results through several event loops, the
+wire format, and a crashed child failing the run cleanly (resumable)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import anyio
+from batchrun import execute_run, load_job, prepare_run
+from batchrun.errors import BatchrunError
+from batchrun.records import Completion, Outcome, ToolCall, Usage
+from batchrun.workers import outcome_from_wire, outcome_to_wire
+from conftest import read_jsonl
+
+
+def provider_kwargs(sim) -> dict:
+    return {"model": "openai/gpt-4o-mini", "api_base": sim.base_url, "api_key": "sim-key",
+            "params": {"max_tokens": 5, "temperature": 0}, "prices": None}
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and b"batchrun.workers" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_outcome_wire_round_trip_keeps_every_field():
+    outcome = Outcome(ticket_id="T1", attempts=2, started_at="a", finished_at="b", elapsed_ms=12.5, run=3,
+                      completion=Completion(text="x", finish_reason="tool_calls", model="m", usage=Usage(1, 2, 3),
+                                            cost_usd=0.5, cost_status="litellm",
+                                            tool_calls=(ToolCall(name="route", arguments={"team": "a"}),),
+                                            ttft_ms=4.0, usage_source="estimated"),
+                      latency_ms=9.0, structured={"label": "bug"})
+    assert outcome_from_wire(outcome_to_wire(outcome)) == outcome
+
+
+def test_two_worker_processes_give_exactly_once_results(make_job, tmp_path, sim):
+    sim.reset()
+    job = load_job(make_job(60, concurrency=8))
+    prep = prepare_run(job, endpoint="sim")
+    try:
+        result = anyio.run(lambda: execute_run(prep, None, workers=2, provider_kwargs=provider_kwargs(sim)))
+    finally:
+        prep.release()
+    rows = read_jsonl(tmp_path / "run" / "results.jsonl")
+    assert result.state == "done" and result.summary["done"] == 60 and result.summary["requests"] == 60
+    assert len(rows) == 60 == len({r["id"] for r in rows})
+    assert all(r["cost_status"] == "litellm" and r["usage"]["total_tokens"] > 0 for r in rows)
+    counts = sim.stats()["requests_by_ticket"]
+    assert len(counts) == 60 and set(counts.values()) == {1}
+    assert children_of(os.getpid()) == []  # every child was reaped
+
+
+def test_a_crashed_worker_fails_the_run_and_the_run_resumes(make_job, tmp_path, sim):
+    job = load_job(make_job(80, concurrency=4))
+    prep = prepare_run(job, endpoint="sim")
+    killed: list[int] = []
+
+    async def main():
+        async with anyio.create_task_group() as tg:
+            async def kill_a_child():
+                results = tmp_path / "run" / "results.jsonl"
+                while not (results.exists() and results.read_bytes().count(b"\n") >= 10):
+                    await anyio.sleep(0.01)
+                pid = children_of(os.getpid())[0]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+            tg.start_soon(kill_a_child)
+            try:
+                await execute_run(prep, None, workers=2, provider_kwargs=provider_kwargs(sim))
+            except BatchrunError as exc:
+                return exc
+            finally:
+                tg.cancel_scope.cancel()
+
+    try:
+        error = anyio.run(main)
+    finally:
+        prep.release()
+    assert killed and "exited unexpectedly" in str(error) and "re-run to resume" in str(error)
+    manifest = (tmp_path / "run" / "manifest.json").read_text()
+    assert '"state": "failed"' in manifest
+    done_before = {r["id"] for r in read_jsonl(tmp_path / "run" / "results.jsonl")}
+    assert 10 <= len(done_before) < 80
+
+    prep = prepare_run(job, endpoint="sim")
+    try:
+        result = anyio.run(lambda: execute_run(prep, None, workers=2, provider_kwargs=provider_kwargs(sim)))
+    finally:
+        prep.release()
+    rows = read_jsonl(tmp_path / "run" / "results.jsonl")
+    assert result.state == "done" and len(rows) == 80 == len({r["id"] for r in rows})
