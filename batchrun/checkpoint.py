@@ -12,6 +12,9 @@ Layout of a run directory:
                      unless results.jsonl has it)
     rejects.jsonl    with on_bad_input = "skip": one line per bad input line
                      (line, reason), rewritten by each run's input check
+    input-index.json each input line's id, keyed by the input's sha256: a resume
+                     of unchanged input plans from it without parsing
+                     the input again
     run.lock         held with flock while a run is active; holds the pid
 
 Resume is a pure function over the checkpoint files: `scan_jsonl` reads a
@@ -53,9 +56,11 @@ __all__ = [
     "load_done_ids",
     "load_failed_ids",
     "open_checkpoint",
+    "read_input_index",
     "read_manifest",
     "scan_jsonl",
     "write_manifest",
+    "write_input_index",
     "write_rejects",
 ]
 
@@ -63,6 +68,7 @@ MANIFEST = "manifest.json"
 RESULTS = "results.jsonl"
 ERRORS = "errors.jsonl"
 REJECTS = "rejects.jsonl"
+INPUT_INDEX = "input-index.json"
 LOCK = "run.lock"
 
 
@@ -73,13 +79,13 @@ class JsonlScan:
     torn_bytes: int = 0  # bytes after valid_bytes (a torn write)
     lines: int = 0  # complete lines
     torn_lines: int = 0  # lines from valid_bytes on: 1 for a torn last line
-    cost_usd: float = 0.0  # sum of the valid lines' cost_usd (results file)
+    cost_usd: float = 0.0  # with totals: the lines' cost_usd + rejected_cost_usd (money spent)
     unpriced: int = 0  # valid lines with "cost_usd": null
     total_tokens: int = 0  # sum of the valid lines' usage.total_tokens
     last_by_id: dict[str, dict[str, Any]] | None = None  # only when asked (errors file)
 
 
-def scan_jsonl(path: Path, *, keep_last: bool = False) -> JsonlScan:
+def scan_jsonl(path: Path, *, keep_last: bool = False, totals: bool = True) -> JsonlScan:
     """Scan a checkpoint file; a missing file is an empty scan.
 
     Valid data ends at the first line that has no newline or does not parse
@@ -88,6 +94,7 @@ def scan_jsonl(path: Path, *, keep_last: bool = False) -> JsonlScan:
     the end: `torn_lines` > 1 means something else went wrong.)
     """
     scan = JsonlScan(last_by_id={} if keep_last else None)
+    fast = not keep_last and not totals  # ids only: read them without parsing the line
     try:
         handle = path.open("rb")
     except FileNotFoundError:
@@ -97,19 +104,29 @@ def scan_jsonl(path: Path, *, keep_last: bool = False) -> JsonlScan:
     try:
         with handle:
             for raw in handle:
+                if fast and not scan.torn_lines and raw.startswith(b'{"id":"') and raw.endswith(b"}\n"):
+                    end = raw.find(b'"', 7)
+                    if end > 7 and raw.find(b"\\", 7, end) < 0:  # no escapes: the id is the raw bytes
+                        scan.ids.add(raw[7:end].decode())
+                        scan.lines += 1
+                        scan.valid_bytes += len(raw)
+                        continue
                 if not scan.torn_lines and raw.endswith(b"\n"):
                     parsed = _parse_line(raw)
                     if parsed is not None:
                         ticket_id, obj = parsed
                         if scan.last_by_id is not None:
                             scan.last_by_id[ticket_id] = obj
-                        if ticket_id not in scan.ids:  # totals count an id once
-                            scan.ids.add(ticket_id)
+                        scan.ids.add(ticket_id)
+                        if totals:  # every line is money spent (errors.jsonl: rejected answers)
                             cost = obj.get("cost_usd")
                             if isinstance(cost, (int, float)):
                                 scan.cost_usd += cost
                             elif "cost_usd" in obj:
                                 scan.unpriced += 1
+                            rejected = obj.get("rejected_cost_usd")
+                            if isinstance(rejected, (int, float)):
+                                scan.cost_usd += rejected
                             usage = obj.get("usage")
                             if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
                                 scan.total_tokens += usage["total_tokens"]
@@ -135,13 +152,33 @@ def _parse_line(raw: bytes) -> tuple[str, dict[str, Any]] | None:
 
 
 def load_done_ids(run_dir: Path) -> set[str]:
-    return scan_jsonl(Path(run_dir) / RESULTS).ids
+    return scan_jsonl(Path(run_dir) / RESULTS, totals=False).ids
 
 
 def load_failed_ids(run_dir: Path, done: set[str] | None = None) -> set[str]:
     run_dir = Path(run_dir)
     done = load_done_ids(run_dir) if done is None else done
-    return scan_jsonl(run_dir / ERRORS).ids - done
+    return scan_jsonl(run_dir / ERRORS, totals=False).ids - done
+
+
+def read_input_index(run_dir: Path) -> dict[str, Any] | None:
+    """The saved input index (tickets.InputScan.to_index), or None if absent or unreadable."""
+    try:
+        index = orjson.loads((Path(run_dir) / INPUT_INDEX).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return index if isinstance(index, dict) and index.get("version") == 1 else None
+
+
+def write_input_index(run_dir: Path, index: dict[str, Any]) -> None:
+    """Save the input index atomically; a failure only costs the next resume a full scan."""
+    run_dir = Path(run_dir)
+    tmp = run_dir / f".{INPUT_INDEX}.{os.getpid()}.tmp"
+    try:
+        tmp.write_bytes(orjson.dumps(index))
+        os.replace(tmp, run_dir / INPUT_INDEX)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any] | None:
@@ -221,7 +258,7 @@ def _acquire_lock(run_dir: Path) -> Any:
     return handle
 
 
-def open_checkpoint(run_dir: Path) -> Checkpoint:
+def open_checkpoint(run_dir: Path, *, totals: bool = True) -> Checkpoint:
     """Create or reopen a run directory: lock it, cut torn tails, load ids."""
     run_dir = Path(run_dir)
     try:
@@ -237,7 +274,7 @@ def open_checkpoint(run_dir: Path) -> Checkpoint:
         scans = {}
         for name in (RESULTS, ERRORS):
             path = run_dir / name
-            scan = scan_jsonl(path, keep_last=False)
+            scan = scan_jsonl(path, totals=totals)
             if scan.torn_lines > 1:
                 raise CheckpointError(
                     f"{path}: line {scan.lines + 1} is damaged and {scan.torn_lines - 1} more line(s) "
@@ -257,7 +294,7 @@ def open_checkpoint(run_dir: Path) -> Checkpoint:
         done = scans[RESULTS].ids
         failed = scans[ERRORS].ids - done
         return Checkpoint(run_dir=run_dir, done_ids=done, failed_ids=failed, repaired=repaired,
-                          spent_usd=scans[RESULTS].cost_usd, _lock_handle=lock)
+                          spent_usd=scans[RESULTS].cost_usd + scans[ERRORS].cost_usd, _lock_handle=lock)
     except BaseException:
         lock.close()
         raise

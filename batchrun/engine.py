@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
+import orjson
 from anyio.abc import TaskStatus
 
 from batchrun import __version__
@@ -63,7 +64,9 @@ from batchrun.checkpoint import (
     Checkpoint,
     CheckpointWriter,
     open_checkpoint,
+    read_input_index,
     read_manifest,
+    write_input_index,
     write_manifest,
     write_rejects,
 )
@@ -80,7 +83,7 @@ from batchrun.provider import ChatRequest, Provider, litellm_version
 from batchrun.records import Completion, Outcome, Ticket
 from batchrun.spec import JobSpec
 from batchrun.stats import RunStats
-from batchrun.tickets import InputScan, read_tickets, scan_input
+from batchrun.tickets import InputScan, file_digest, read_tickets, scan_from_index, scan_input
 from batchrun.limits import AdaptiveConcurrency, CostBudget, RateLimiter, RequestGate, parse_rate_limit_headers
 from batchrun.ticket_runner import utc_now
 from batchrun.workers import InlineExecutor, ProcessExecutor, WorkerCrashedError
@@ -166,12 +169,26 @@ def prepare_run(
 ) -> PreparedRun:
     """Everything before the first request; raises BatchrunError subclasses."""
     templates = [t for t in (job.system_template, job.user_template) if t is not None]
-    checkpoint = open_checkpoint(job.resolved_run_dir())
+    budget = max_cost_usd if max_cost_usd is not None else job.max_cost_usd
+    checkpoint = open_checkpoint(job.resolved_run_dir(), totals=budget is not None)
     try:
         skip_bad = job.on_bad_input == "skip"
-        scan = scan_input(job.input, job.id_field, templates, max_problems=None if skip_bad else 20,
-                          max_line_bytes=job.max_line_bytes, done_ids=checkpoint.done_ids,
-                          failed_ids=checkpoint.failed_ids if skip_failed else frozenset(), limit=limit)
+        plan = {"max_problems": None if skip_bad else 20, "done_ids": checkpoint.done_ids,
+                "failed_ids": checkpoint.failed_ids if skip_failed else frozenset(), "limit": limit}
+        # what makes a saved index valid besides the input's bytes
+        key = orjson.dumps([job.id_field, [t.fields for t in templates], job.max_line_bytes]).decode()
+        index = read_input_index(checkpoint.run_dir)
+        scan = None
+        if index is not None and index.get("key") == key:
+            sha256, size = file_digest(job.input)
+            if (sha256, size) == (index.get("sha256"), index.get("size")):
+                scan = scan_from_index(job.input, index, **plan)
+        if scan is None:
+            scan = scan_input(job.input, job.id_field, templates, max_line_bytes=job.max_line_bytes,
+                              keep_ids=True, **plan)
+            if not scan.problem_count or skip_bad:
+                write_input_index(checkpoint.run_dir, scan.to_index(key))
+            scan.ids = None  # the index is on disk; free the memory
         notes = list(checkpoint.repaired)
         if scan.problem_count and not skip_bad:
             raise TicketError(scan.describe_problems())
@@ -202,7 +219,7 @@ def prepare_run(
             already_done=scan.already_done,
             skipped_failed=scan.skipped_failed,
             to_do=scan.selected - scan.already_done - scan.skipped_failed,
-            max_cost_usd=max_cost_usd if max_cost_usd is not None else job.max_cost_usd,
+            max_cost_usd=budget,
             notes=notes,
         )
     except BaseException:
@@ -346,7 +363,7 @@ class _Run:
                     raise
                 self.estimated_tokens.pop(ticket.id, None)
                 if self.budget is not None:
-                    self.budget.settle(reserved, outcome.completion.cost_usd if outcome.completion else None)
+                    self.budget.settle(reserved, outcome.spent_usd)
                 self.check_fail_fast(outcome)
                 await outcomes.send(outcome)
 

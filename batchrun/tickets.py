@@ -15,7 +15,12 @@ chunks, never held whole.
                                       every bad line (up to a limit) with its
                                       reason, including missing template fields
                                       and duplicate ids
-    InputScan                         what scan_input found
+    InputScan                         what scan_input found, and the resume
+                                      plan: which lines to send (`dispatch`)
+    scan_from_index(path, index)      the same InputScan from a saved index of
+                                      unchanged bytes (`InputScan.to_index`),
+                                      so a resume of 1,000,000 tickets does not
+                                      parse them again
 
 Checked per line: valid UTF-8 (a BOM on line 1 is accepted and dropped),
 not blank, valid JSON, a JSON object, an id that is a non-empty string or an
@@ -35,7 +40,7 @@ from batchrun.errors import TicketError
 from batchrun.records import Ticket
 from batchrun.spec import PromptTemplate
 
-__all__ = ["InputScan", "LineProblem", "read_tickets", "scan_input"]
+__all__ = ["InputScan", "LineProblem", "file_digest", "read_tickets", "scan_from_index", "scan_input"]
 
 _BOM = b"\xef\xbb\xbf"
 MAX_LINE_BYTES = 1_000_000  # a line longer than this is rejected as bad input
@@ -60,6 +65,32 @@ class InputScan:
     already_done: int = 0  # of those, in done_ids
     skipped_failed: int = 0  # of those, in failed_ids
     dispatch: bytearray = field(default_factory=bytearray)  # line number -> 1 if it is to be sent
+    ids: list[str | None] | None = None  # with keep_ids: each line's id (None: a bad line)
+    from_index: bool = False  # planned from a saved index instead of a full parse
+
+    def select(self, line_no: int, ticket_id: str, done_ids: Container[str], failed_ids: Container[str],
+               limit: int | None) -> None:
+        """Count a good ticket for the resume plan and mark its line if it is to be sent."""
+        self.tickets += 1
+        if limit is not None and self.selected >= limit:
+            return
+        self.selected += 1
+        if ticket_id in done_ids:
+            self.already_done += 1
+        elif ticket_id in failed_ids:
+            self.skipped_failed += 1
+        else:
+            dispatch = self.dispatch
+            if len(dispatch) <= line_no:
+                dispatch.extend(bytes(line_no + 1 - len(dispatch)))
+            dispatch[line_no] = 1
+
+    def to_index(self, key: str) -> dict[str, Any]:
+        """What a later resume needs to plan without parsing the input again."""
+        assert self.ids is not None, "scan with keep_ids=True"
+        return {"version": 1, "key": key, "sha256": self.sha256, "size": self.size,
+                "problem_count": self.problem_count,
+                "problems": [[p.line, p.reason] for p in self.problems], "ids": self.ids}
 
     def describe_problems(self) -> str:
         lines = [f"{self.path}: {self.problem_count} bad line(s); nothing was requested:"]
@@ -106,7 +137,8 @@ def _parse_line(raw: bytes | None, line_no: int, id_field: str, size: int = 0,
 
 
 def _read_lines(
-    handle: BinaryIO, seen: Callable[[bytes], object] | None = None, max_line_bytes: int | None = None
+    handle: BinaryIO, seen: Callable[[bytes], object] | None = None, max_line_bytes: int | None = None,
+    skip: int = 0,
 ) -> Iterator[tuple[int, bytes | None, int]]:
     """(line number, line without its ending or None if too long, bytes read).
 
@@ -115,6 +147,9 @@ def _read_lines(
     as None, so one huge line cannot fill the memory."""
     limit = (max_line_bytes or MAX_LINE_BYTES) + len(_BOM) + 2  # room for a BOM and a CRLF
     line_no = 0
+    while line_no < skip and (chunk := handle.readline(limit)):  # pass over `skip` lines unseen
+        if chunk.endswith(b"\n"):
+            line_no += 1
     while chunk := handle.readline(limit):
         line_no += 1
         if seen is not None:
@@ -133,13 +168,13 @@ def _read_lines(
         yield line_no, None, size - (len(chunk) - len(chunk.rstrip(b"\r\n")))
 
 
-def _lines(path: Path, max_line_bytes: int | None = None) -> Iterator[tuple[int, bytes | None, int]]:
+def _lines(path: Path, max_line_bytes: int | None = None, skip: int = 0) -> Iterator[tuple[int, bytes | None, int]]:
     try:
         handle = path.open("rb")
     except OSError as exc:
         raise TicketError(f"{path}: cannot read input: {exc.strerror}") from None
     with handle:
-        yield from _read_lines(handle, None, max_line_bytes)
+        yield from _read_lines(handle, None, max_line_bytes, skip)
 
 
 def read_tickets(
@@ -157,7 +192,10 @@ def read_tickets(
     `only_lines` (a scan's `dispatch` map), so is every line whose byte is 0,
     and reading stops after the last line marked 1."""
     last = only_lines.rfind(1) if only_lines is not None else -1
-    for line_no, raw, size in _lines(path, max_line_bytes):
+    first = only_lines.find(1) if only_lines is not None else 1
+    if first < 0:
+        return
+    for line_no, raw, size in _lines(path, max_line_bytes, skip=first - 1):
         if only_lines is not None:
             if line_no > last:
                 return
@@ -182,6 +220,7 @@ def scan_input(
     done_ids: Container[str] = frozenset(),
     failed_ids: Container[str] = frozenset(),
     limit: int | None = None,
+    keep_ids: bool = False,
 ) -> InputScan:
     """Check the whole input in one pass; see the module docstring.
 
@@ -192,10 +231,10 @@ def scan_input(
     only when they are to be skipped) as `skipped_failed`, and the line of
     every other one is marked 1 in `dispatch`, so the run's producer skips
     the rest without parsing them."""
-    scan = InputScan(path=path)
+    scan = InputScan(path=path, dispatch=bytearray(1))  # dispatch[0] unused: lines start at 1
     digest = hashlib.sha256()
     seen: dict[str, int] = {}
-    dispatch = bytearray(1)  # index 0 unused: line numbers start at 1
+    ids: list[str | None] | None = [] if keep_ids else None
 
     def problem(line_no: int, reason: str) -> None:
         scan.problem_count += 1
@@ -214,6 +253,8 @@ def scan_input(
 
     with handle:
         for line_no, raw, size in _read_lines(handle, read, max_line_bytes):
+            if ids is not None:
+                ids.append(None)
             try:
                 ticket_id, obj = _parse_line(raw, line_no, id_field, size, max_line_bytes)
             except ValueError as exc:
@@ -231,18 +272,48 @@ def scan_input(
             if missing is not None:
                 problem(line_no, f"ticket {ticket_id!r} has no field {missing!r} used by the prompt")
                 continue
-            scan.tickets += 1
-            if limit is not None and scan.selected >= limit:
-                continue
-            scan.selected += 1
-            if ticket_id in done_ids:
-                scan.already_done += 1
-            elif ticket_id in failed_ids:
-                scan.skipped_failed += 1
-            else:
-                if len(dispatch) <= line_no:
-                    dispatch.extend(bytes(line_no + 1 - len(dispatch)))
-                dispatch[line_no] = 1
-    scan.dispatch = dispatch
+            if ids is not None:
+                ids[-1] = ticket_id
+            scan.select(line_no, ticket_id, done_ids, failed_ids, limit)
+    scan.ids = ids
     scan.sha256 = digest.hexdigest()
+    return scan
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    """(sha256, size) of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with path.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+                size += len(block)
+    except OSError as exc:
+        raise TicketError(f"{path}: cannot read input: {exc.strerror}") from None
+    return digest.hexdigest(), size
+
+
+def scan_from_index(
+    path: Path,
+    index: dict[str, Any],
+    *,
+    max_problems: int | None = 20,
+    done_ids: Container[str] = frozenset(),
+    failed_ids: Container[str] = frozenset(),
+    limit: int | None = None,
+) -> InputScan:
+    """The InputScan a full `scan_input` would give, from a saved index of
+    the same bytes (the caller checks sha256 and key): no line is parsed."""
+    scan = InputScan(path=path, size=index["size"], sha256=index["sha256"], dispatch=bytearray(1),
+                     problem_count=index["problem_count"], from_index=True)
+    problems = index["problems"]
+    scan.problems = [LineProblem(line, reason) for line, reason in
+                     (problems if max_problems is None else problems[:max_problems])]
+    select = scan.select
+    for line_no, ticket_id in enumerate(index["ids"], start=1):
+        if ticket_id is None:
+            scan.bad_lines.add(line_no)
+        else:
+            select(line_no, ticket_id, done_ids, failed_ids, limit)
     return scan

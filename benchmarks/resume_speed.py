@@ -4,7 +4,8 @@
 
 Writes DIR/tickets.jsonl (N tickets cycled from sample_data, with new ids)
 and a run directory whose results.jsonl already holds the first N - pending
-tickets (plausible result lines), as if a run had been killed near its end.
+tickets (plausible result lines) next to the input index the run saved when
+it started, as if it had been killed near its end.
 Then it times `batchrun.engine.prepare_run` (lock, torn-line check, input
 scan and hash, resume counts) plus the producer's skip to the first pending
 ticket, against a provider that records when the first request arrives and
@@ -79,6 +80,11 @@ def main() -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir()
         shutil.copyfile(directory / "results.base.jsonl", run_dir / "results.jsonl")
+        index_base = directory / "input-index.base.json"
+        if not index_base.exists():  # the killed run's first start scanned the input and saved its index
+            prepare_run(load_job(directory / "job.toml"), endpoint="bench", force=True).release()
+            shutil.copyfile(run_dir / "input-index.json", index_base)
+        shutil.copyfile(index_base, run_dir / "input-index.json")
         first_request: list[float] = []
 
         def answer(request):
