@@ -594,11 +594,14 @@ async def run_baseline(litellm: Any, job: Any, tickets: Sequence[Any], concurren
     }
 
 
-def _make_provider(job: Any, model: str, api_base: str | None, api_key: str | None) -> Any:
-    """A LiteLLMProvider as `batchrun run` builds it (streaming comes from the job, per request)."""
+def _make_provider(job: Any, model: str, api_base: str | None, api_key: str | None,
+                   max_connections: int | None = None) -> Any:
+    """A LiteLLMProvider as `batchrun run` builds it (streaming comes from the job, per request);
+    the first one sizes litellm's connection pool for the sweep's largest setting."""
     from batchrun.provider import LiteLLMProvider
 
-    return LiteLLMProvider(model=model, api_base=api_base, api_key=api_key, params=job.params, prices=job.prices)
+    return LiteLLMProvider(model=model, api_base=api_base, api_key=api_key, params=job.params, prices=job.prices,
+                           max_connections=max_connections)
 
 
 def _warmup_request(job: Any, ticket: Any) -> Any:
@@ -663,13 +666,14 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
     from batchrun.provider import import_litellm
     from batchrun.tickets import read_tickets
 
-    litellm = import_litellm()
+    largest = max([int(c) for c in plan.settings if c != "auto"] + [plan.job.max_concurrency])
+    litellm = import_litellm(max_connections=largest)  # the pool is sized when litellm is imported
     sample = plan.workdir / "sample.jsonl"
     all_tickets = list(read_tickets(sample, plan.job.id_field))
 
     if plan.warmup:
         warm = all_tickets[: plan.warmup]
-        provider = _make_provider(plan.job, plan.model, plan.api_base, plan.api_key)
+        provider = _make_provider(plan.job, plan.model, plan.api_base, plan.api_key, max_connections=largest)
         try:
             for ticket in warm:
                 await provider.complete(_warmup_request(plan.job, ticket))
@@ -698,7 +702,8 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
     engine_has_workers = "workers" in inspect.signature(execute_run).parameters
     provider_kwargs = {"model": plan.model, "api_base": plan.api_base, "api_key": plan.api_key,
                        "params": plan.job.params,
-                       "prices": plan.job.prices.model_dump() if plan.job.prices else None}
+                       "prices": plan.job.prices.model_dump() if plan.job.prices else None,
+                       "max_connections": largest}
 
     for c in plan.settings:
         n = setting_tickets(c, plan.tickets, plan.job)
@@ -961,7 +966,9 @@ def bench_command(job_file: Path, settings: list[int | str], tickets: int | None
 
             from batchrun.provider import import_litellm
 
-            importer = threading.Thread(target=import_litellm, name="bench-import-litellm", daemon=True)
+            largest = max([int(c) for c in settings if c != "auto"] + [job.max_concurrency])
+            importer = threading.Thread(target=import_litellm, kwargs={"max_connections": largest},
+                                        name="bench-import-litellm", daemon=True)
             importer.start()
             sim = None
             if sim_config is not None:

@@ -238,7 +238,8 @@ def _run(job, job_file, endpoint, api_key, use_sim, limit, skip_failed, force, g
                 sim = stack.enter_context(start_simulator(sim_config(job)))
                 api_base, model = sim.base_url, _sim_model(job.model)
             provider_kwargs = {"model": model, "api_base": api_base, "api_key": api_key, "params": job.params,
-                               "prices": job.prices.model_dump() if job.prices else None}
+                               "prices": job.prices.model_dump() if job.prices else None,
+                               "max_connections": job.max_in_flight}
             provider = None
             if workers == 1 or prep.max_cost_usd is not None:  # the coordinator needs litellm
                 from batchrun.provider import LiteLLMProvider

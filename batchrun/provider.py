@@ -125,11 +125,20 @@ class Provider(Protocol):
     async def aclose(self) -> None: ...
 
 
-def import_litellm() -> Any:
-    """Import and configure litellm once (slow: about 4 s here)."""
+def import_litellm(max_connections: int | None = None) -> Any:
+    """Import and configure litellm once (slow: about 4 s here).
+
+    `max_connections`: litellm's aiohttp pool allows 500 connections per host
+    (1,000 in all), read from the environment when litellm is imported; a run
+    with more requests in flight raises both so the pool never caps it.
+    """
     global _litellm
     if _litellm is None:
         os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+        if max_connections:
+            for name, default in (("AIOHTTP_CONNECTOR_LIMIT_PER_HOST", 500), ("AIOHTTP_CONNECTOR_LIMIT", 1000)):
+                current = int(os.environ.get(name) or default)
+                os.environ[name] = str(max(current, max_connections))
         import litellm
 
         litellm.suppress_debug_info = True
@@ -331,6 +340,7 @@ class LiteLLMProvider:
         api_key: str | None = None,
         params: Mapping[str, Any] | None = None,
         prices: PricesSpec | None = None,
+        max_connections: int | None = None,
     ) -> None:
         self.model = model
         self.api_base = api_base
@@ -338,7 +348,7 @@ class LiteLLMProvider:
         self.params = dict(params or {})
         self.prices = prices
         self._secrets = tuple(s for s in (api_key,) if s)
-        self._litellm = import_litellm()
+        self._litellm = import_litellm(max_connections)
         self._schema_support: bool | None = None  # supports_response_schema(model), asked once
 
     def __repr__(self) -> str:  # never show the key
