@@ -224,3 +224,27 @@ def test_worker_processes_stop_on_sigint_and_die_with_a_killed_coordinator(make_
     final = run_cli(args, cli_env)
     assert final.returncode == 0, final.stderr
     assert_exactly_once(results, input_ids(job))
+
+
+def test_a_second_signal_stops_at_once_leaving_parseable_files(make_job, tmp_path, cli_env):
+    from batchrun.sim.config import SimConfig
+    from batchrun.sim.process import start_simulator
+
+    job = make_job(60, concurrency=6)
+    # 5 s per request: the grace period would wait for them, the second signal does not
+    with start_simulator(SimConfig(latency_ms=5000, jitter=0)) as sim:
+        proc = subprocess.Popen(batchrun_cmd("run", str(job), "--api-base", sim.base_url, "--no-progress",
+                                             "--grace", "600"),
+                                env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while sim.stats()["in_flight"] < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)  # not 600 s of grace
+    assert proc.returncode == 130, err
+    manifest = orjson.loads((tmp_path / "run" / "manifest.json").read_bytes())
+    assert manifest["state"] == "interrupted"
+    results = tmp_path / "run" / "results.jsonl"
+    assert scan_jsonl(results).torn_bytes == 0 if results.exists() else True
