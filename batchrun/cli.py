@@ -10,6 +10,7 @@ commands, so `batchrun --help` answers at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -126,7 +127,9 @@ def sim_config(job: Any) -> Any:
             raise JobSpecError(f"invalid job: field `simulator.faults[{index}]`: {exc}") from None
     return SimConfig(latency_ms=spec.latency_ms, per_token_ms=spec.per_token_ms, jitter=spec.jitter,
                      seed=spec.seed, rpm=spec.rpm, tpm=spec.tpm, capacity=spec.capacity,
-                     overload_ms=spec.overload_ms, faults=tuple(faults))
+                     overload_ms=spec.overload_ms, faults=tuple(faults),
+                     model_profiles=tuple((name, p.noise, spec.latency_ms if p.latency_ms is None else p.latency_ms)
+                                          for name, p in spec.model_profiles.items()))
 
 
 def _sim_model(model: str) -> str:
@@ -169,7 +172,7 @@ def run(job_file: Path, input_path: Path | None, concurrency: int | None, limit:
     A job with a [simulator] section runs against the embedded simulator unless
     --live or --api-base is given.
     """
-    from batchrun.errors import BatchrunError, ConfigurationError, redact_secrets
+    from batchrun.errors import BatchrunError, redact_secrets
     from batchrun.spec import load_job
 
     secrets: list[str] = []
@@ -178,41 +181,86 @@ def run(job_file: Path, input_path: Path | None, concurrency: int | None, limit:
             input=input_path, concurrency=concurrency, run_dir=run_dir, model=model, api_base=api_base,
             workers=workers)
         use_sim = job.simulator is not None and not live and api_base is None
-        if use_sim:
-            endpoint, api_key = "simulator", "sim-key"
-        else:
-            endpoint = redact_url(job.api_base) if job.api_base else "provider default"
-            api_key = None
-            if job.api_key_env:
-                api_key = os.environ.get(job.api_key_env)
-                if not api_key:
-                    raise ConfigurationError(
-                        f"environment variable {job.api_key_env} is not set "
-                        f"(the job's api_key_env names it); nothing was sent")
-                secrets.append(api_key)
-            if job.api_base:  # a key passed in the URL's query string is a secret too
-                from urllib.parse import parse_qsl
-
-                secrets.extend(value for _, value in parse_qsl(urlsplit(job.api_base).query) if len(value) >= 4)
+        jobs = [job.for_model(entry) for entry in job.models] if job.compare_mode else [job]
+        targets = {each.name: _targets(each, use_sim, secrets) for each in jobs}  # keys checked up front
         setup_logging(verbose, log_file, secrets)
-        code = _run(job, job_file, endpoint, api_key, use_sim, limit, skip_failed, force, grace,
-                    sys.stderr.isatty() if progress is None else progress, max_cost_usd, verbose)
+        options = dict(limit=limit, skip_failed=skip_failed, force=force, grace=grace,
+                       progress=sys.stderr.isatty() if progress is None else progress,
+                       max_cost_usd=max_cost_usd, verbose=verbose)
+        with contextlib.ExitStack() as stack:
+            sim_url = None
+            if use_sim:
+                from batchrun.sim.process import start_simulator
+
+                sim_url = stack.enter_context(start_simulator(sim_config(job))).base_url
+            codes = [_run(each, job_file, targets[each.name], sim_url, **options) for each in jobs]
+        if job.compare_mode:
+            _print_comparison(job, jobs)
+        code = max(codes, key=lambda c: (c != 0, c))
     except BatchrunError as exc:
         click.echo(f"batchrun: error: {redact_secrets(str(exc), secrets)}", err=True)
         sys.exit(int(exc.exit_code))
     sys.exit(code)
 
 
-def _run(job, job_file, endpoint, api_key, use_sim, limit, skip_failed, force, grace, progress,
-         max_cost_usd, verbose) -> int:
-    import contextlib
+def _key(env_name: str | None, use_sim: bool, secrets: list[str]) -> str | None:
+    """The API key from the variable a job (or a [[models]] entry) names; never the key in a file."""
+    from batchrun.errors import ConfigurationError
 
+    if use_sim:
+        return "sim-key"
+    if not env_name:
+        return None
+    key = os.environ.get(env_name)
+    if not key:
+        raise ConfigurationError(f"environment variable {env_name} is not set (the job's api_key_env "
+                                 "names it); nothing was sent")
+    secrets.append(key)
+    return key
+
+
+def _targets(job: Any, use_sim: bool, secrets: list[str]) -> dict[str, dict[str, Any]]:
+    """Provider kwargs per model key ("" for a single-model job; [[models]] names for a routed one),
+    with the simulator's URL left as None to fill in; keys come from the environment now."""
+    entries = [(entry.name, entry) for entry in job.models] if job.routes else [("", None)]
+    targets: dict[str, dict[str, Any]] = {}
+    for key, entry in entries:
+        model = entry.model if entry else job.model
+        api_base = (entry.api_base if entry and entry.api_base else job.api_base)
+        if api_base and not use_sim:  # a key passed in the URL's query string is a secret too
+            from urllib.parse import parse_qsl
+
+            secrets.extend(value for _, value in parse_qsl(urlsplit(api_base).query) if len(value) >= 4)
+        prices = entry.prices if entry and entry.prices else job.prices
+        targets[key] = {
+            "model": _sim_model(model) if use_sim else model,
+            "api_base": None if use_sim else api_base,
+            "api_key": _key(entry.api_key_env if entry and entry.api_key_env else job.api_key_env, use_sim, secrets),
+            "params": {**job.params, **(entry.params if entry else {})},
+            "prices": prices.model_dump() if prices else None,
+            "max_connections": job.max_in_flight,
+        }
+    return targets
+
+
+def _endpoint(targets: dict[str, dict[str, Any]], use_sim: bool) -> str:
+    if use_sim:
+        return "simulator"
+    bases = sorted({redact_url(t["api_base"]) if t["api_base"] else "provider default" for t in targets.values()})
+    return ", ".join(bases)
+
+
+def _run(job, job_file, targets, sim_url, *, limit, skip_failed, force, grace, progress, max_cost_usd,
+         verbose) -> int:
     import anyio
 
     from batchrun.engine import execute_run, prepare_run
     from batchrun.report import format_status, run_status
+    from batchrun.spec import PricesSpec
     from batchrun.stats import format_summary
 
+    use_sim = sim_url is not None
+    endpoint = _endpoint(targets, use_sim)
     prep = prepare_run(job, job_path=job_file, endpoint=endpoint, limit=limit,
                        skip_failed=skip_failed, force=force, max_cost_usd=max_cost_usd)
     try:
@@ -225,31 +273,26 @@ def _run(job, job_file, endpoint, api_key, use_sim, limit, skip_failed, force, g
                 + f" in {prep.run_dir}. No requests sent.\n")
             click.echo(format_status(run_status(prep.run_dir)))
             return 0
+        models = ", ".join(t["model"] for t in targets.values())
         click.echo(
             f"batchrun: {job.name}: {prep.to_do:,} to do, {prep.already_done:,} already done, "
-            f"model {job.model} via {endpoint}, concurrency {job.concurrency}, run {prep.run_number} "
+            f"model {models} via {endpoint}, concurrency {job.concurrency}, run {prep.run_number} "
             f"in {prep.run_dir}", err=True)
         workers = job.worker_count(prep.to_do)
-        with contextlib.ExitStack() as stack:
-            api_base, model = job.api_base, job.model
-            if use_sim:
-                from batchrun.sim.process import start_simulator
+        provider_kwargs = {key: {**kwargs, "api_base": sim_url if use_sim else kwargs["api_base"]}
+                           for key, kwargs in targets.items()}
+        providers = None
+        if workers == 1 or prep.max_cost_usd is not None or job.tpm:  # the coordinator needs litellm
+            from batchrun.provider import LiteLLMProvider
 
-                sim = stack.enter_context(start_simulator(sim_config(job)))
-                api_base, model = sim.base_url, _sim_model(job.model)
-            provider_kwargs = {"model": model, "api_base": api_base, "api_key": api_key, "params": job.params,
-                               "prices": job.prices.model_dump() if job.prices else None,
-                               "max_connections": job.max_in_flight}
-            provider = None
-            if workers == 1 or prep.max_cost_usd is not None:  # the coordinator needs litellm
-                from batchrun.provider import LiteLLMProvider
-
-                provider = LiteLLMProvider(**{**provider_kwargs, "prices": job.prices})
-            if workers > 1:
-                click.echo(f"batchrun: {workers} worker processes", err=True)
-            route_litellm_logs(verbose)
-            result = anyio.run(lambda: execute_run(prep, provider, grace_s=grace, progress=progress,
-                                                   workers=workers, provider_kwargs=provider_kwargs))
+            providers = {key: LiteLLMProvider(**{**kwargs, "prices": PricesSpec.model_validate(kwargs["prices"])
+                                                 if kwargs["prices"] else None})
+                         for key, kwargs in provider_kwargs.items()}
+        if workers > 1:
+            click.echo(f"batchrun: {workers} worker processes", err=True)
+        route_litellm_logs(verbose)
+        result = anyio.run(lambda: execute_run(prep, providers, grace_s=grace, progress=progress,
+                                               workers=workers, provider_kwargs=provider_kwargs))
         title = f"{job.name}: run {prep.run_number} {result.state}"
         click.echo(format_summary(result.summary, title=title))
         click.echo(f"run directory: {prep.run_dir}  (batchrun status {prep.run_dir})")
@@ -263,6 +306,29 @@ def _run(job, job_file, endpoint, api_key, use_sim, limit, skip_failed, force, g
         return result.exit_code
     finally:
         prep.release()
+
+
+def _print_comparison(job: Any, jobs: list[Any]) -> None:
+    """One line per model of a compare run, from each sub-run's manifest and results."""
+    from batchrun.checkpoint import read_manifest
+    from batchrun.report import run_status
+
+    click.echo(f"\n{job.name}: {len(jobs)} models on the same tickets (batchrun report {job.resolved_run_dir()})")
+    header = f"{'model':<24} {'done':>6} {'failed':>6} {'p50 ms':>8} {'p95 ms':>8} {'tokens':>10} {'cost $':>10} {'$/1k':>9}"
+    click.echo(header)
+    click.echo("-" * len(header))
+    for each in jobs:
+        status = run_status(each.resolved_run_dir())
+        summary = (read_manifest(each.resolved_run_dir()) or {}).get("summary") or {}
+        latency = summary.get("latency_ms") or {}
+        per_1k = status["cost_usd"] / status["done"] * 1000 if status["done"] else None
+        click.echo(f"{each.name.split('.', 1)[-1]:<24} {status['done']:>6,} {status['failed']:>6,} "
+                   f"{_num(latency.get('p50')):>8} {_num(latency.get('p95')):>8} {status['total_tokens']:>10,} "
+                   f"{status['cost_usd']:>10.6f} {_num(per_1k, 6):>9}")
+
+
+def _num(value: Any, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
 
 
 @main.command(epilog="\b\nExample:\n  batchrun status runs/classify_tickets")

@@ -53,7 +53,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Mapping, TextIO
 
 import anyio
 import orjson
@@ -272,20 +272,25 @@ def _manifest(prep: PreparedRun, stats: RunStats, failed_ids: set[str], state: s
 class _Run:
     """State of one execute_run call (kept off the module level)."""
 
-    def __init__(self, prep: PreparedRun, provider: Provider | None, *, grace_s: float, progress: bool,
-                 out: TextIO, workers: int = 1, provider_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(self, prep: PreparedRun, provider: Provider | Mapping[str, Provider] | None, *, grace_s: float,
+                 progress: bool, out: TextIO, workers: int = 1, provider_kwargs: dict[str, Any] | None = None) -> None:
         self.prep = prep
         self.job = prep.job
-        self.provider = provider
+        # one provider per model key: "" for a single-model job, [[models]] names for a routed one
+        providers = dict(provider) if isinstance(provider, Mapping) else ({"": provider} if provider else {})
+        self.providers = providers
+        self.provider = next(iter(providers.values()), None)  # cost and token estimates
         self.workers = workers
         if workers > 1:
             if provider_kwargs is None:
                 raise ValueError("workers > 1 needs provider_kwargs to build a provider in each process")
+            if "model" in provider_kwargs:  # one model's kwargs
+                provider_kwargs = {"": provider_kwargs}
             self.executor: Any = ProcessExecutor(workers, self.job, provider_kwargs, self, prep.run_number)
         else:
-            if provider is None:
+            if not providers:
                 raise ValueError("workers = 1 needs a provider")
-            self.executor = InlineExecutor(provider, self.job, self, prep.run_number)
+            self.executor = InlineExecutor(providers, self.job, self, prep.run_number)
         self.grace_s = grace_s
         self.out = out
         self.stats = RunStats(tickets_total=prep.tickets_total, already_done=prep.already_done,
@@ -345,11 +350,15 @@ class _Run:
                     reserved = admitted
                 self.stats.in_flight += 1
                 try:
+                    chain, route = [""], None
+                    if self.job.routes:
+                        name, route = self.job.route(ticket.fields)
+                        chain = self.job.fallback_chain(name)
                     if self.slots is not None:
                         async with self.slots:
-                            outcome = await self.executor.run(request)
+                            outcome = await self.executor.run(request, chain, route)
                     else:
-                        outcome = await self.executor.run(request)
+                        outcome = await self.executor.run(request, chain, route)
                 except WorkerCrashedError as exc:  # the ticket stays pending; the run stops
                     self.stats.in_flight -= 1
                     if self.fatal is None:
@@ -553,7 +562,7 @@ def _progress_bar(total: int) -> Any:
 
 async def execute_run(
     prep: PreparedRun,
-    provider: Provider | None,
+    provider: Provider | Mapping[str, Provider] | None,
     *,
     grace_s: float = 30.0,
     progress: bool = False,
@@ -606,8 +615,8 @@ async def execute_run(
             except CheckpointError as exc:
                 error = error or str(exc)
                 state = "failed"
-            if provider is not None:
-                await provider.aclose()
+            for each in run.providers.values():
+                await each.aclose()
     summary = run.stats.summary()
     if state == "interrupted":
         code = 128 + (run.signal_number or signal.SIGINT)

@@ -113,6 +113,7 @@ class ChatRequest:
     messages: list[dict[str, str]]
     timeout_s: float
     options: RequestOptions | None = None  # None: a plain, non-streamed request
+    model_key: str | None = None  # multi-model jobs: which [[models]] entry serves it
 
 
 class Provider(Protocol):

@@ -84,6 +84,9 @@ class Outcome:
     structured: Mapping[str, Any] | None = None
     rejected_outputs: int = 0  # answers received but rejected by the output check
     rejected_cost_usd: float = 0.0  # what those rejected answers cost (priced ones)
+    model_key: str | None = None  # multi-model jobs: the [[models]] name that answered (or failed last)
+    route: str | None = None  # routed jobs: the rule that chose the model
+    attempts_by_model: Mapping[str, int] | None = None  # with fallbacks: requests sent to each model
 
     @property
     def ok(self) -> bool:
@@ -94,6 +97,14 @@ class Outcome:
         """USD this ticket cost in this run: the accepted answer plus rejected ones."""
         cost = self.completion.cost_usd if self.completion is not None else None
         return (cost or 0.0) + self.rejected_cost_usd
+
+    def _add_routing(self, line: dict[str, Any]) -> None:
+        if self.model_key is not None:
+            line["model_key"] = self.model_key
+        if self.route is not None:
+            line["route"] = self.route
+        if self.attempts_by_model is not None:
+            line["attempts_by_model"] = dict(self.attempts_by_model)
 
     def to_line(self) -> dict[str, Any]:
         """The JSON object written to results.jsonl (ok) or errors.jsonl."""
@@ -125,6 +136,7 @@ class Outcome:
             if self.rejected_outputs:
                 line["rejected_outputs"] = self.rejected_outputs
                 line["rejected_cost_usd"] = self.rejected_cost_usd
+            self._add_routing(line)
             line["started_at"] = self.started_at
             line["finished_at"] = self.finished_at
             line["run"] = self.run
@@ -140,6 +152,7 @@ class Outcome:
         if self.rejected_outputs:
             line["rejected_outputs"] = self.rejected_outputs
             line["rejected_cost_usd"] = self.rejected_cost_usd
+        self._add_routing(line)
         line["started_at"] = self.started_at
         line["time"] = self.finished_at
         line["run"] = self.run

@@ -56,6 +56,8 @@ from batchrun.errors import JobSpecError
 
 __all__ = [
     "JobSpec",
+    "ModelSpec",
+    "RouteSpec",
     "MissingFieldError",
     "PricesSpec",
     "PromptSpec",
@@ -196,6 +198,13 @@ class PricesSpec(_Section):
     output_per_million: float = Field(ge=0)
 
 
+class SimModelProfile(_Section):
+    """How the simulator answers one model name: quality and speed."""
+
+    noise: float = Field(0.05, ge=0, le=1)  # share of classification answers that are wrong on purpose
+    latency_ms: float | None = Field(None, ge=0)  # base latency; default: the section's latency_ms
+
+
 class SimulatorSpec(_Section):
     """Run against the embedded simulator unless --live or --api-base is given."""
 
@@ -210,6 +219,9 @@ class SimulatorSpec(_Section):
     # [[simulator.faults]] tables (kind, rate, tickets, attempts, retry_after, ...): checked by
     # the simulator's FaultRule when the run starts it (this module does not import the simulator)
     faults: list[dict[str, Any]] = Field(default_factory=list)
+    # [simulator.model_profiles] "sim-strong" = { noise = 0.02, latency_ms = 600 }: simulated models
+    # that differ in accuracy and speed (keyed by the model name as sent, without "openai/")
+    model_profiles: dict[str, SimModelProfile] = Field(default_factory=dict)
 
 
 class ToolFunctionSpec(_Section):
@@ -259,11 +271,72 @@ def _load_schema_file(path: Path) -> dict[str, Any]:
     return schema
 
 
+class ModelSpec(_Section):
+    """One entry of `[[models]]`: a model to compare, route to, or fall back on."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=64)  # the job's key for it
+    model: str = Field(min_length=1)  # a litellm model string
+    api_base: str | None = None  # e.g. a LiteLLM proxy or a self-hosted server
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # the variable's NAME
+    params: dict[str, Any] = Field(default_factory=dict)  # merged over the job's params
+    prices: PricesSpec | None = None
+    fallbacks: list[str] = Field(default_factory=list)  # names to try, in order, after a terminal failure
+
+
+class RouteSpec(_Section):
+    """One `[[routes]]` rule: data, never code. The first rule that matches picks the model."""
+
+    model: str  # a models[].name
+    field: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z_][A-Za-z0-9_\-]*)*$")
+    equals: str | int | float | bool | None = None  # field == value
+    one_of: list[str | int | float | bool] | None = None  # field in values
+    longer_than: int | None = Field(None, ge=0)  # len(str(field)) > n
+    default: bool = False  # matches every ticket (the last rule)
+
+    @model_validator(mode="after")
+    def _one_condition(self) -> "RouteSpec":
+        conditions = [self.equals is not None, self.one_of is not None, self.longer_than is not None]
+        if self.default:
+            if any(conditions) or self.field is not None:
+                raise ValueError("a default route has no field or condition")
+        elif self.field is None or sum(conditions) != 1:
+            raise ValueError("a route needs `field` and exactly one of equals, one_of, longer_than (or default = true)")
+        return self
+
+    @property
+    def label(self) -> str:
+        """How the result line names this rule (`route`)."""
+        if self.default:
+            return "default"
+        if self.equals is not None:
+            return f"{self.field} == {self.equals!r}"
+        if self.one_of is not None:
+            return f"{self.field} in {self.one_of!r}"
+        return f"len({self.field}) > {self.longer_than}"
+
+    def matches(self, fields: Mapping[str, Any]) -> bool:
+        if self.default:
+            return True
+        value: Any = fields
+        for key in (self.field or "").split("."):
+            if not isinstance(value, Mapping) or key not in value:
+                return False
+            value = value[key]
+        if self.equals is not None:
+            return value == self.equals
+        if self.one_of is not None:
+            return value in self.one_of
+        text = value if isinstance(value, str) else orjson.dumps(value).decode()
+        return len(text) > (self.longer_than or 0)
+
+
 class JobSpec(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=100)
     input: Path  # JSONL tickets
     run_dir: Path | None = None  # default: runs/<name> under the current directory
-    model: str = Field(min_length=1)  # a litellm model string, e.g. "openai/gpt-4o-mini"
+    model: str = Field(min_length=1)  # a litellm model string, e.g. "openai/gpt-4o-mini"; default: models[0]
+    models: list[ModelSpec] = Field(default_factory=list)  # [[models]]: compare (no routes) or route/fall back
+    routes: list[RouteSpec] = Field(default_factory=list)  # [[routes]]: pick one model per ticket
     api_base: str | None = None  # e.g. a LiteLLM proxy or a vLLM server
     api_key_env: str | None = None  # NAME of the environment variable holding the key
     id_field: str = Field("id", min_length=1)
@@ -415,6 +488,38 @@ class JobSpec(_Section):
                              "and nothing else")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _model_from_models(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("model") and data.get("models"):
+            first = data["models"][0]
+            if isinstance(first, Mapping) and first.get("model"):
+                data = {**data, "model": first["model"]}
+        return data
+
+    @model_validator(mode="after")
+    def _model_checks(self) -> "JobSpec":
+        names = [entry.name for entry in self.models]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"models: duplicate name(s) {', '.join(duplicates)}")
+        for entry in self.models:
+            for fallback in entry.fallbacks:
+                if fallback not in names or fallback == entry.name:
+                    raise ValueError(f"models[{entry.name}].fallbacks: {fallback!r} is not another model's name "
+                                     f"(names: {', '.join(names)})")
+        if self.routes:
+            if not self.models:
+                raise ValueError("routes need [[models]] to route to")
+            for index, route in enumerate(self.routes):
+                if route.model not in names:
+                    raise ValueError(f"routes[{index}].model: {route.model!r} is not a models[].name "
+                                     f"(names: {', '.join(names)})")
+            defaults = [i for i, route in enumerate(self.routes) if route.default]
+            if defaults != [len(self.routes) - 1]:
+                raise ValueError("routes: exactly one `default = true` rule, and it must come last")
+        return self
+
     @model_validator(mode="after")
     def _cross_checks(self) -> "JobSpec":
         if self.min_concurrency > self.max_concurrency:
@@ -514,7 +619,44 @@ class JobSpec(_Section):
             output["tool_choice"] = self.tool_choice
         if output:
             fingerprint["output"] = output
+        if self.models:  # only when set, like the output section
+            fingerprint["models"] = [entry.model_dump() for entry in self.models]
+            fingerprint["routes"] = [route.model_dump() for route in self.routes]
         return fingerprint
+
+    @property
+    def compare_mode(self) -> bool:
+        """[[models]] without [[routes]]: every ticket runs on every model."""
+        return bool(self.models) and not self.routes
+
+    def model_entry(self, name: str) -> ModelSpec:
+        return next(entry for entry in self.models if entry.name == name)
+
+    def route(self, fields: Mapping[str, Any]) -> tuple[str, str]:
+        """(model name, rule label) for a ticket, by the first matching [[routes]] rule."""
+        for route in self.routes:
+            if route.matches(fields):
+                return route.model, route.label
+        raise AssertionError("the last route is a default")  # pragma: no cover - validated
+
+    def fallback_chain(self, name: str) -> list[str]:
+        """The model `name`, then its fallbacks (each once)."""
+        chain = [name]
+        for fallback in self.model_entry(name).fallbacks:
+            if fallback not in chain:
+                chain.append(fallback)
+        return chain
+
+    def for_model(self, entry: ModelSpec) -> "JobSpec":
+        """The single-model job a compare run runs for `entry`, in run_dir/models/<name>."""
+        data = self.model_dump()
+        data.update(
+            name=f"{self.name}.{entry.name}", model=entry.model, api_base=entry.api_base or self.api_base,
+            api_key_env=entry.api_key_env or self.api_key_env, params={**self.params, **entry.params},
+            prices=entry.prices.model_dump() if entry.prices else data["prices"], models=[], routes=[],
+            run_dir=self.resolved_run_dir() / "models" / entry.name,
+        )
+        return JobSpec.model_validate(data)
 
     def fingerprint_hash(self) -> str:
         blob = orjson.dumps(self.fingerprint(), option=orjson.OPT_SORT_KEYS)

@@ -1,6 +1,8 @@
 """One ticket from its first attempt to its outcome: the retry loop.
 
     run_ticket(request, provider, job, hooks, run_number) -> Outcome
+    run_chain(request, providers, chain, ...) -> Outcome   the same on a model,
+        then on its fallbacks after a terminal failure (multi-model jobs)
 
 The loop is `retrying.build_retrying(job.retry)` around one provider call per
 attempt, each call guarded by a hard timeout (1.5 x timeout_s + 5 s; litellm's
@@ -60,7 +62,7 @@ from batchrun.records import Completion, Outcome
 from batchrun.retrying import build_retrying
 from batchrun.spec import JobSpec
 
-__all__ = ["AttemptHooks", "JobPlan", "NoHooks", "plan_for", "run_ticket", "utc_now"]
+__all__ = ["AttemptHooks", "JobPlan", "NoHooks", "plan_for", "run_chain", "run_ticket", "utc_now"]
 
 
 def utc_now() -> str:
@@ -233,4 +235,38 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
         elapsed_ms=(time.monotonic() - t0) * 1000.0, run=run_number,
         completion=completion, latency_ms=latency_ms, structured=structured,
         rejected_outputs=rejected, rejected_cost_usd=rejected_cost,
+    )
+
+
+async def run_chain(request: ChatRequest, providers: Mapping[str, Provider], chain: list[str], job: JobSpec,
+                    hooks: AttemptHooks, run_number: int, route: str | None = None) -> Outcome:
+    """A ticket on `chain[0]`, then on each fallback after a terminal failure.
+
+    Each model gets the whole retry policy. The outcome names the model that
+    answered (or failed last) as `model_key`, the rule that chose the first
+    one as `route`, the requests sent to each model (`attempts_by_model`,
+    with fallbacks) and, in `rejected_cost_usd`, what earlier models' rejected
+    answers cost, so the line's cost is every model's spend. A single-model
+    job calls this with chain [""] and gets exactly `run_ticket`'s outcome.
+    """
+    if chain == [""]:
+        return await run_ticket(request, providers[""], job, hooks, run_number)
+    started_at = utc_now()
+    t0 = time.monotonic()
+    attempts_by_model: dict[str, int] = {}
+    spent_before = 0.0
+    outcome: Outcome | None = None
+    for key in chain:
+        outcome = await run_ticket(replace(request, model_key=key), providers[key], job, hooks, run_number)
+        attempts_by_model[key] = outcome.attempts
+        if outcome.ok:
+            break
+        spent_before += outcome.spent_usd
+    assert outcome is not None
+    return replace(
+        outcome, model_key=chain[len(attempts_by_model) - 1], route=route,
+        attempts=sum(attempts_by_model.values()), started_at=started_at,
+        elapsed_ms=(time.monotonic() - t0) * 1000.0,
+        attempts_by_model=attempts_by_model if len(chain) > 1 else None,
+        rejected_cost_usd=outcome.rejected_cost_usd + spent_before,
     )

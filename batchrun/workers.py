@@ -17,8 +17,9 @@ private copy of its stdout (child -> coordinator; fd 1 itself is pointed at
 stderr so a stray print cannot corrupt the stream).
 
     coordinator -> child                    child -> coordinator
-    {"t": "init", job, provider, run}       {"t": "ready"}
-    {"t": "ticket", id, messages, timeout}  {"t": "want", id, attempt, tokens}    (rpm/tpm jobs)
+    {"t": "init", job, provider, run}       {"t": "ready"}     (provider: kwargs per model key)
+    {"t": "ticket", id, messages, timeout,  {"t": "want", id, attempt, tokens}    (rpm/tpm jobs)
+     chain, route}
     {"t": "permit", id}                     {"t": "attempt", id, attempt}         (other jobs)
     {"t": "pause", seconds}                 {"t": "failed", id, attempt, error}
                                             {"t": "succeeded", id, attempt, latency_ms, usage, headers}
@@ -56,7 +57,7 @@ from batchrun.provider import ChatRequest, Provider
 from batchrun.limits import RequestGate
 from batchrun.records import Completion, Outcome, ToolCall, Usage
 from batchrun.spec import JobSpec
-from batchrun.ticket_runner import AttemptHooks, run_ticket
+from batchrun.ticket_runner import AttemptHooks, run_chain
 
 __all__ = ["InlineExecutor", "ProcessExecutor", "WorkerCrashedError", "main"]
 
@@ -114,8 +115,8 @@ def error_from_wire(data: dict[str, Any]) -> RequestError:
 class InlineExecutor:
     """Run each ticket in the coordinator's own event loop."""
 
-    def __init__(self, provider: Provider, job: JobSpec, hooks: AttemptHooks, run_number: int) -> None:
-        self.provider = provider
+    def __init__(self, providers: dict[str, Provider], job: JobSpec, hooks: AttemptHooks, run_number: int) -> None:
+        self.providers = providers  # "" for a single-model job, else [[models]] names
         self.job = job
         self.hooks = hooks
         self.run_number = run_number
@@ -123,8 +124,8 @@ class InlineExecutor:
     async def start(self, task_group: Any) -> None:
         return None
 
-    async def run(self, request: ChatRequest) -> Outcome:
-        return await run_ticket(request, self.provider, self.job, self.hooks, self.run_number)
+    async def run(self, request: ChatRequest, chain: list[str], route: str | None = None) -> Outcome:
+        return await run_chain(request, self.providers, chain, self.job, self.hooks, self.run_number, route)
 
     async def aclose(self) -> None:
         return None  # the provider belongs to whoever passed it in
@@ -155,7 +156,7 @@ class _Child:
 class ProcessExecutor:
     """Hand tickets to `n` child processes; see the module docstring."""
 
-    def __init__(self, n: int, job: JobSpec, provider_kwargs: dict[str, Any], hooks: AttemptHooks,
+    def __init__(self, n: int, job: JobSpec, provider_kwargs: dict[str, dict[str, Any]], hooks: AttemptHooks,
                  run_number: int, startup_timeout: float = 120.0) -> None:
         self.n = n
         self.job = job
@@ -189,7 +190,7 @@ class ProcessExecutor:
                 if self.crashed is not None:
                     raise self.crashed
 
-    async def run(self, request: ChatRequest) -> Outcome:
+    async def run(self, request: ChatRequest, chain: list[str], route: str | None = None) -> Outcome:
         if self.crashed is not None:
             raise self.crashed
         child = min(self.children, key=lambda c: c.load)
@@ -198,7 +199,7 @@ class ProcessExecutor:
         child.load += 1
         try:
             await child.send({"t": "ticket", "id": request.ticket_id, "messages": request.messages,
-                              "timeout": request.timeout_s})
+                              "timeout": request.timeout_s, "chain": chain, "route": route})
             await pending.done.wait()
         finally:
             child.load -= 1
@@ -383,16 +384,18 @@ async def _child_main() -> None:
     from batchrun.spec import PricesSpec
 
     job = JobSpec.model_validate(init["job"])
-    provider_kwargs = dict(init["provider"])
-    if provider_kwargs.get("prices") is not None:
-        provider_kwargs["prices"] = PricesSpec.model_validate(provider_kwargs["prices"])
-    provider = LiteLLMProvider(**provider_kwargs)
+    providers = {}
+    for key, kwargs in init["provider"].items():
+        kwargs = dict(kwargs)
+        if kwargs.get("prices") is not None:
+            kwargs["prices"] = PricesSpec.model_validate(kwargs["prices"])
+        providers[key] = LiteLLMProvider(**kwargs)
     run_number = int(init["run"])
-    hooks = _RemoteHooks(send, job, provider)
+    hooks = _RemoteHooks(send, job, next(iter(providers.values())))
 
     async def one(message: dict[str, Any]) -> None:
         request = ChatRequest(message["id"], message["messages"], float(message["timeout"]))
-        outcome = await run_ticket(request, provider, job, hooks, run_number)
+        outcome = await run_chain(request, providers, message["chain"], job, hooks, run_number, message["route"])
         hooks.finished(request.ticket_id)
         await send({"t": "outcome", "outcome": outcome_to_wire(outcome)})
 

@@ -310,14 +310,14 @@ def _unit(seed: int, text: str, salt: bytes) -> float:
     return _digest(seed, text, salt) / 2.0**64
 
 
-def classify_ticket_text(text: str, labels: Sequence[str], seed: int) -> str:
+def classify_ticket_text(text: str, labels: Sequence[str], seed: int, noise: float | None = None) -> str:
     """The simulated classifier: one of `labels`.
 
     Keyword scoring picks the best label among ``labels`` (lower-cased);
     with no evidence it answers ``other`` when allowed, else the first label.
     For about ``NOISE_RATE`` of inputs (stable per seed + text) the
-    runner-up is answered instead.  Raises ``ValueError`` if ``labels`` is
-    empty.
+    runner-up is answered instead (``noise`` overrides the rate: a model
+    profile's quality).  Raises ``ValueError`` if ``labels`` is empty.
     """
     allowed = list(dict.fromkeys(str(label).strip().lower() for label in labels if str(label).strip()))
     if not allowed:
@@ -332,7 +332,7 @@ def classify_ticket_text(text: str, labels: Sequence[str], seed: int) -> str:
 
     ranked = sorted(allowed, key=key)
     best = ranked[0] if scores.get(ranked[0], 0.0) >= _MIN_EVIDENCE else fallback
-    if _unit(seed, text or "", b"noise") < NOISE_RATE:
+    if _unit(seed, text or "", b"noise") < (NOISE_RATE if noise is None else noise):
         others = [label for label in ranked if label != best]
         if scores.get(others[0], 0.0) > 0:
             return others[0]
@@ -491,13 +491,13 @@ def _prose(text: str, seed: int) -> str:
     return out
 
 
-def compose_answer(messages: list[dict], seed: int) -> str:
-    """Deterministic answer text for an OpenAI-style chat request."""
+def compose_answer(messages: list[dict], seed: int, noise: float | None = None) -> str:
+    """Deterministic answer text for an OpenAI-style chat request (`noise`: see classify_ticket_text)."""
     messages = list(messages or [])
     labels = detect_labels(messages)
     user_text = _current_user_text(messages)
     if labels is not None:
-        return classify_ticket_text(_strip_label_lists(user_text), labels, seed)
+        return classify_ticket_text(_strip_label_lists(user_text), labels, seed, noise)
     if not user_text.strip():
         user_text = "\n".join(message_text(m) for m in messages)
     return _prose(user_text, seed)

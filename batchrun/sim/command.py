@@ -37,6 +37,15 @@ from batchrun.sim.faults import FAULT_KINDS, FaultRule
 READY_LINE_PREFIX = "batchrun-sim listening on "
 
 
+def _profile(value: str) -> tuple[str, float, float]:
+    try:
+        name, rest = value.split("=", 1)
+        noise, latency = rest.split(":", 1)
+        return name, float(noise), float(latency)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected NAME=NOISE:LATENCY_MS, e.g. sim-strong=0.01:600") from None
+
+
 @click.command(
     name="sim",
     epilog=(
@@ -101,6 +110,13 @@ READY_LINE_PREFIX = "batchrun-sim listening on "
     help="Extra latency per request in flight above --capacity, in ms.",
 )
 @click.option(
+    "--model-profile",
+    "model_profiles",
+    multiple=True,
+    callback=lambda ctx, param, values: tuple(_profile(v) for v in values),
+    help="NAME=NOISE:LATENCY_MS: how a requested model answers (classifier noise rate, base latency); repeatable.",
+)
+@click.option(
     "--exit-on-stdin-eof",
     is_flag=True,
     default=False,
@@ -119,6 +135,7 @@ def sim_command(
     tpm: int | None,
     capacity: int | None,
     overload_ms: float,
+    model_profiles: tuple[tuple[str, float, float], ...],
     exit_on_stdin_eof: bool,
 ) -> None:
     """Run an OpenAI-compatible chat completions simulator.
@@ -139,6 +156,7 @@ def sim_command(
         tpm=tpm,
         capacity=capacity,
         overload_ms=overload_ms,
+        model_profiles=model_profiles,
     )
     try:
         asyncio.run(run_simulator(config, host, port, exit_on_stdin_eof=exit_on_stdin_eof))

@@ -82,6 +82,17 @@ class SimConfig:
     # None: no overload penalty.
     capacity: int | None = None
     overload_ms: float = 20.0
+    # Per-model behaviour, so that simulated models differ in quality and
+    # speed: (model name as requested, noise rate of the classifier, base
+    # latency in ms). A model not listed uses the defaults above.
+    model_profiles: tuple[tuple[str, float, float], ...] = ()
+
+    def profile(self, model: str | None) -> tuple[float | None, float]:
+        """(noise rate or None for the default, base latency ms) for a requested model name."""
+        for name, noise, latency in self.model_profiles:
+            if name == model:
+                return noise, latency
+        return None, self.latency_ms
 
     def __post_init__(self) -> None:
         if self.latency_ms < 0:
@@ -127,6 +138,8 @@ class SimConfig:
             if value is not None:
                 args += [flag, str(int(value))]
         args += ["--overload-ms", repr(float(self.overload_ms))]
+        for name, noise, latency in self.model_profiles:
+            args += ["--model-profile", f"{name}={float(noise)!r}:{float(latency)!r}"]
         return args
 
     @classmethod
@@ -143,4 +156,5 @@ class SimConfig:
             tpm=params.get("tpm"),
             capacity=params.get("capacity"),
             overload_ms=params.get("overload_ms", cls.overload_ms),
+            model_profiles=tuple(params.get("model_profiles") or ()),
         )

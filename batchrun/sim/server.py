@@ -672,7 +672,7 @@ class ChatSimulator:
         if text is None:
             from batchrun.sim.answers import compose_answer
 
-            text = compose_answer(chat.messages, seed)
+            text = compose_answer(chat.messages, seed, self.config.profile(chat.model)[0])
             if not isinstance(text, str):
                 text = str(text)
         tokens = split_tokens(text)
@@ -696,7 +696,7 @@ class ChatSimulator:
         """The jitter multiplier for this request: reproducible for the seed and request."""
         config = self.config
         jitter = config.jitter
-        if jitter <= 0 or (config.latency_ms <= 0 and config.per_token_ms <= 0):
+        if jitter <= 0 or (config.profile(chat.model)[1] <= 0 and config.per_token_ms <= 0):
             return 1.0
         seed_bytes = str(config.seed).encode()
         if chat.ticket_id is not None:
@@ -720,7 +720,7 @@ class ChatSimulator:
         fault: FaultRule | None,
     ) -> web.StreamResponse:
         config = self.config
-        delay_ms = (config.latency_ms + config.per_token_ms * len(answer.tokens)) * factor + extra_ms
+        delay_ms = (config.profile(chat.model)[1] + config.per_token_ms * len(answer.tokens)) * factor + extra_ms
         if delay_ms > 0:
             await self.sleep(delay_ms / 1000.0)
         text = "".join(answer.tokens)
@@ -824,7 +824,7 @@ class ChatSimulator:
         fault: FaultRule | None,
     ) -> web.StreamResponse:
         config = self.config
-        first_delay_ms = config.latency_ms * factor + extra_ms
+        first_delay_ms = config.profile(chat.model)[1] * factor + extra_ms
         per_token_s = config.per_token_ms * factor / 1000.0
         if first_delay_ms > 0:
             await self.sleep(first_delay_ms / 1000.0)

@@ -1,0 +1,999 @@
+"""`batchrun report`: grade a run against gold labels, with latency and cost.
+
+SYNOPSIS
+
+    batchrun report RUN_DIR [--out DIR] [--gold-field FIELD] [--input PATH] [--json]
+
+    (until `report` is registered in cli.py: `python -m batchrun.grading RUN_DIR ...`)
+
+WHAT IT READS
+
+RUN_DIR is either
+
+  * a run directory (`manifest.json`, `results.jsonl`, `errors.jsonl`), or
+  * a compare directory: `RUN_DIR/models/<model-key>/` subdirectories, each a
+    run directory of its own (its manifest's `job.fingerprint.model` names
+    the model). Every model gets its own section, and the report adds the
+    label distribution per model and the agreement rate between every pair
+    of models.
+
+Nothing is written to RUN_DIR and no lock is taken: a run in progress can be
+reported on (a torn last line is simply not counted yet).
+
+GRADING
+
+The gold answer of a ticket is its `--gold-field` (default: the job's
+`gold_field` when the job has one, else `label`; a dotted path reaches into
+nested objects: `meta.label`), read from the run's input file: the manifest's
+`input.path`, or `--input PATH`. A relative manifest path is tried from the
+current directory, then from each parent of RUN_DIR. When the file's sha256
+differs from the one the run recorded, the report says so.
+
+The prediction is the result's `label` (jobs with `labels`) or else its
+`output`; both sides are compared after `outputs.normalize_label` (NFKC,
+surrounding whitespace, quotes, brackets and punctuation stripped, case
+folded): `"Bug."` and `bug` are the same answer.
+
+    graded     results whose ticket has a gold label (failed and pending
+               tickets are not graded: they are counted separately)
+    accuracy   correct / graded
+    per label  precision = TP / predicted, recall = TP / gold, F1 their
+               harmonic mean; an undefined ratio (nothing predicted, or no
+               gold ticket) counts as 0, as scikit-learn's zero_division=0 does
+    macro avg  the unweighted mean over the labels (gold labels, plus the
+               job's own labels that were predicted)
+    confusion  rows: gold label, columns: predicted label; predictions
+               outside the label set share one column, "(other)", and the
+               most frequent of them are listed
+
+When no ticket carries the gold field, the report says so and shows the
+rest (counts, label distribution, latency, tokens, cost).
+
+A run directory whose results come from several models (routing, fallbacks:
+the result's `model` differs) or carry a `route` also gets a breakdown by
+answering model and by route.
+
+AND ALSO
+
+    counts     tickets in the input, done, failed (by error kind), not run yet
+    latency    p50 / p95 / p99 / mean of the successful attempt (nearest rank
+               over every result, exact), TTFT likewise when streamed
+    throughput results per second of each run (first start to last finish)
+    tokens     prompt + completion
+    cost       the results' cost_usd plus rejected answers (results and
+               errors lines): what was spent; cost per 1,000 tickets done
+
+OUTPUT
+
+A table on stdout (`--json`: the report as JSON instead). With `--out DIR`:
+`DIR/report.json` and, with matplotlib (`pip install 'batchrun[plots]'`,
+Agg backend), `DIR/confusion_matrix.png` (one heatmap per graded model),
+`DIR/latency_histogram.png` and `DIR/throughput.png` (results finished per
+second over time). Without matplotlib only report.json is written, with a
+note.
+
+Exit codes: 0; 2 when RUN_DIR is not a run or compare directory, or
+`--input` cannot be read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import click
+
+from batchrun.errors import BatchrunError, ExitCode
+
+__all__ = [
+    "DEFAULT_GOLD_FIELD",
+    "GoldLabels",
+    "ReportError",
+    "RunUnit",
+    "agreement",
+    "analyze",
+    "build_report",
+    "classification_metrics",
+    "find_units",
+    "format_report",
+    "iter_jsonl",
+    "load_gold",
+    "percentile",
+    "prediction",
+    "report_command",
+    "write_charts",
+]
+
+DEFAULT_GOLD_FIELD = "label"
+OTHER = "(other)"  # the confusion column of predictions outside the label set
+EMPTY = "(empty)"  # an empty answer
+MODELS_DIR = "models"  # a compare directory: models/<key>/ run directories
+TOP_UNEXPECTED = 10  # unexpected predictions listed by name
+
+
+class ReportError(BatchrunError):
+    """The path given is not something a report can be made of."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+# --------------------------------------------------------------------------------------------
+# Reading run directories
+# --------------------------------------------------------------------------------------------
+
+
+def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Every complete line of a checkpoint file that parses as an object with an id.
+
+    A missing file is empty; a torn last line (no newline) is skipped."""
+    import orjson
+
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot read: {exc.strerror}") from None
+    with handle:
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(obj, dict) and isinstance(obj.get("id"), (str, int)) and not isinstance(obj["id"], bool):
+                yield obj
+
+
+@dataclass
+class RunUnit:
+    """One model's run directory (a plain run, or one model of a compare directory)."""
+
+    key: str  # the model key (compare directory) or the job name
+    model: str  # the job's model string, from the manifest
+    run_dir: Path
+    manifest: dict[str, Any]
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return ((self.manifest.get("job") or {}).get("fingerprint")) or {}
+
+    @property
+    def id_field(self) -> str:
+        return str(self.fingerprint.get("id_field") or "id")
+
+    @property
+    def job_labels(self) -> list[str]:
+        labels = (self.fingerprint.get("output") or {}).get("labels") or []
+        return [str(label) for label in labels]
+
+
+def _manifest_model(manifest: Mapping[str, Any]) -> str:
+    fingerprint = (manifest.get("job") or {}).get("fingerprint") or {}
+    model = fingerprint.get("model")
+    if isinstance(model, str):
+        return model
+    models = fingerprint.get("models")
+    if isinstance(models, list):  # a routed / multi-model job in one directory
+        names = [m if isinstance(m, str) else str((m or {}).get("model") or (m or {}).get("name") or "?")
+                 for m in models]
+        return ", ".join(names)
+    return "?"
+
+
+def find_units(path: Path) -> tuple[str, list[RunUnit]]:
+    """("compare", one unit per models/<key>/) or ("run", [the run directory])."""
+    from batchrun.checkpoint import read_manifest
+    from batchrun.errors import CheckpointError
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ReportError(f"{path}: no such directory")
+    units: list[RunUnit] = []
+    models = path / MODELS_DIR
+    try:
+        if models.is_dir():
+            for sub in sorted(p for p in models.iterdir() if p.is_dir()):
+                manifest = read_manifest(sub)
+                if manifest is not None:
+                    units.append(RunUnit(sub.name, _manifest_model(manifest), sub, manifest))
+        if units:
+            return "compare", units
+        manifest = read_manifest(path)
+    except CheckpointError as exc:
+        raise ReportError(str(exc)) from None
+    if manifest is None:
+        raise ReportError(f"{path}: no manifest.json here nor in {MODELS_DIR}/*/: "
+                          "not a batchrun run or compare directory")
+    name = str((manifest.get("job") or {}).get("name") or path.name)
+    return "run", [RunUnit(name, _manifest_model(manifest), path, manifest)]
+
+
+# --------------------------------------------------------------------------------------------
+# Gold labels and predictions
+# --------------------------------------------------------------------------------------------
+
+
+def _norm(value: Any) -> str | None:
+    """The comparable form of a gold value or an answer; None for no value."""
+    from batchrun.outputs import normalize_label
+
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    text = normalize_label(str(value))
+    return text
+
+
+def prediction(line: Mapping[str, Any]) -> str:
+    """A result line's answer: its `label`, else its `output`, normalized ("(empty)" if blank)."""
+    value = line.get("label")
+    if not isinstance(value, str):
+        value = line.get("output")
+    text = _norm(value) if isinstance(value, str) else None
+    return text or EMPTY
+
+
+def _field(obj: Mapping[str, Any], path: str) -> Any:
+    if path in obj:
+        return obj[path]
+    value: Any = obj
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+@dataclass
+class GoldLabels:
+    path: Path
+    field: str
+    labels: dict[str, str]  # ticket id -> normalized gold label
+    tickets: int  # parseable tickets with an id
+    sha256: str
+
+
+def load_gold(path: Path, id_field: str = "id", gold_field: str = DEFAULT_GOLD_FIELD) -> GoldLabels:
+    """Gold labels from an input file, read as a stream (bad lines passed over)."""
+    import orjson
+
+    digest = hashlib.sha256()
+    labels: dict[str, str] = {}
+    tickets = 0
+    try:
+        handle = Path(path).open("rb")
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot read input: {exc.strerror}") from None
+    with handle:
+        for raw in handle:
+            digest.update(raw)
+            try:
+                obj = orjson.loads(raw.removeprefix(b"\xef\xbb\xbf") if tickets == 0 else raw)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(obj, dict):
+                continue
+            ticket_id = obj.get(id_field)
+            if isinstance(ticket_id, bool) or not isinstance(ticket_id, (str, int)) or ticket_id == "":
+                continue
+            tickets += 1
+            gold = _norm(_field(obj, gold_field))
+            if gold:
+                labels.setdefault(str(ticket_id), gold)
+    return GoldLabels(Path(path), gold_field, labels, tickets, digest.hexdigest())
+
+
+def resolve_gold_field(unit: RunUnit, override: str | None) -> str:
+    """--gold-field, else the job's `gold_field` (manifest, or the job file via getattr), else "label"."""
+    if override:
+        return override
+    job_info = unit.manifest.get("job") or {}
+    if isinstance(job_info.get("gold_field"), str) and job_info["gold_field"]:
+        return job_info["gold_field"]
+    job_path = job_info.get("path")
+    if isinstance(job_path, str) and Path(job_path).is_file():
+        try:
+            from batchrun.spec import load_job
+
+            value = getattr(load_job(job_path), "gold_field", None)
+        except Exception:  # an edited or moved job file: fall back to the default
+            value = None
+        if isinstance(value, str) and value:
+            return value
+    return DEFAULT_GOLD_FIELD
+
+
+def resolve_input(unit: RunUnit, override: Path | None) -> tuple[Path | None, str | None]:
+    """(the input file, None) or (None, why not)."""
+    if override is not None:
+        if not Path(override).is_file():
+            raise ReportError(f"{override}: no such input file (--input)")
+        return Path(override), None
+    recorded = (unit.manifest.get("input") or {}).get("path")
+    if not recorded:
+        return None, "the manifest names no input file (pass --input)"
+    candidate = Path(recorded)
+    if candidate.is_file():
+        return candidate, None
+    if not candidate.is_absolute():
+        for parent in unit.run_dir.resolve().parents:
+            if (parent / candidate).is_file():
+                return parent / candidate, None
+    return None, f"input {recorded} (from the manifest) not found: pass --input PATH to grade"
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics: pure functions
+# --------------------------------------------------------------------------------------------
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float | None:
+    """Nearest-rank p-th percentile (0-100) of an ascending sequence; None when empty."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(len(sorted_values) * p / 100.0))
+    return float(sorted_values[min(rank, len(sorted_values)) - 1])
+
+
+def latency_stats(values: Iterable[float]) -> dict[str, Any] | None:
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    return {"p50": _r1(percentile(ordered, 50)), "p95": _r1(percentile(ordered, 95)),
+            "p99": _r1(percentile(ordered, 99)), "mean": _r1(sum(ordered) / len(ordered)),
+            "max": _r1(ordered[-1]), "n": len(ordered)}
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else 0.0
+
+
+def classification_metrics(pairs: Iterable[tuple[str, str]], job_labels: Sequence[str] = ()) -> dict[str, Any]:
+    """Accuracy, per-label precision/recall/F1, macro averages and the confusion matrix.
+
+    `pairs` are (gold, predicted), both normalized. The label set is the gold
+    labels (sorted) plus, after them, the job's labels that were predicted but
+    never gold; other predictions go to the "(other)" column."""
+    pairs = list(pairs)
+    gold_labels = sorted({g for g, _ in pairs})
+    known = set(gold_labels)
+    job_norm = [n for n in (_norm(label) for label in job_labels) if n]
+    predicted = {p for _, p in pairs}
+    labels = gold_labels + [label for label in dict.fromkeys(job_norm)
+                            if label not in known and label in predicted]
+    label_set = set(labels)
+    index = {label: i for i, label in enumerate(labels)}
+    columns = list(labels)
+    unexpected: dict[str, int] = {}
+    for _, p in pairs:
+        if p not in label_set:
+            unexpected[p] = unexpected.get(p, 0) + 1
+    if unexpected:
+        columns.append(OTHER)
+    matrix = [[0] * len(columns) for _ in labels]
+    correct = 0
+    for g, p in pairs:
+        column = index.get(p, len(columns) - 1)
+        matrix[index[g]][column] += 1
+        correct += g == p
+    per_label: dict[str, dict[str, Any]] = {}
+    for label, i in index.items():
+        tp = matrix[i][i]
+        support = sum(matrix[i])
+        predicted_n = sum(row[i] for row in matrix)
+        precision = _ratio(tp, predicted_n)
+        recall = _ratio(tp, support)
+        f1 = _ratio(2 * precision * recall, precision + recall)
+        per_label[label] = {"precision": round(precision, 6), "recall": round(recall, 6), "f1": round(f1, 6),
+                            "support": support, "predicted": predicted_n, "true_positives": tp}
+    n = len(labels)
+    macro = {key: round(sum(v[key] for v in per_label.values()) / n, 6) if n else None
+             for key in ("precision", "recall", "f1")}
+    return {
+        "graded": len(pairs),
+        "correct": correct,
+        "accuracy": round(correct / len(pairs), 6) if pairs else None,
+        "labels": labels,
+        "per_label": per_label,
+        "macro": macro,
+        "confusion": {"rows": labels, "columns": columns, "matrix": matrix},
+        "unexpected_predictions": dict(sorted(unexpected.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_UNEXPECTED]),
+        "unexpected_total": sum(unexpected.values()),
+    }
+
+
+def agreement(a: Mapping[str, str], b: Mapping[str, str]) -> dict[str, Any]:
+    """How often two models gave the same answer on the tickets both answered (and Cohen's kappa)."""
+    both = [key for key in a if key in b]
+    agree = sum(1 for key in both if a[key] == b[key])
+    n = len(both)
+    kappa = None
+    if n:
+        observed = agree / n
+        counts_a: dict[str, int] = {}
+        counts_b: dict[str, int] = {}
+        for key in both:
+            counts_a[a[key]] = counts_a.get(a[key], 0) + 1
+            counts_b[b[key]] = counts_b.get(b[key], 0) + 1
+        expected = sum(counts_a[k] * counts_b.get(k, 0) for k in counts_a) / (n * n)
+        kappa = round((observed - expected) / (1 - expected), 6) if expected < 1 else None
+    return {"both_answered": n, "agree": agree, "rate": round(agree / n, 6) if n else None, "kappa": kappa}
+
+
+def _parse_time(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# One unit's numbers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Series:
+    """What charts and diffs need beyond the JSON summary (not written to report.json)."""
+
+    predictions: dict[str, str] = field(default_factory=dict)  # id -> normalized answer
+    latencies: list[float] = field(default_factory=list)
+    finished: list[float] = field(default_factory=list)  # epoch seconds
+    first_start: float | None = None  # the earliest started_at, epoch seconds
+    gold: GoldLabels | None = None
+
+
+class _Acc:
+    """Accumulates the numbers of a set of result lines."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.latencies: list[float] = []
+        self.ttfts: list[float] = []
+        self.prompt = self.completion = self.total = 0
+        self.cost = 0.0
+        self.rejected_cost = 0.0
+        self.priced = self.unpriced = 0
+        self.cost_status: dict[str, int] = {}
+        self.attempts = 0
+        self.truncated = 0
+        self.distribution: dict[str, int] = {}
+        self.pairs: list[tuple[str, str]] = []
+        self.runs: dict[Any, list[float]] = {}  # run -> [first start, last finish, results]
+
+    def add(self, line: Mapping[str, Any], pred: str, gold: str | None) -> None:
+        self.done += 1
+        latency = line.get("latency_ms")
+        if isinstance(latency, (int, float)):
+            self.latencies.append(float(latency))
+        ttft = line.get("ttft_ms")
+        if isinstance(ttft, (int, float)):
+            self.ttfts.append(float(ttft))
+        usage = line.get("usage")
+        if isinstance(usage, dict):
+            self.prompt += int(usage.get("prompt_tokens") or 0)
+            self.completion += int(usage.get("completion_tokens") or 0)
+            self.total += int(usage.get("total_tokens") or 0)
+        cost = line.get("cost_usd")
+        if isinstance(cost, (int, float)):
+            self.cost += cost
+            self.priced += 1
+        else:
+            self.unpriced += 1
+        rejected = line.get("rejected_cost_usd")
+        if isinstance(rejected, (int, float)):
+            self.rejected_cost += rejected
+        status = str(line.get("cost_status") or "unknown")
+        self.cost_status[status] = self.cost_status.get(status, 0) + 1
+        self.attempts += int(line.get("attempts") or 0)
+        self.truncated += bool(line.get("truncated"))
+        self.distribution[pred] = self.distribution.get(pred, 0) + 1
+        if gold is not None:
+            self.pairs.append((gold, pred))
+        start, end = _parse_time(line.get("started_at")), _parse_time(line.get("finished_at"))
+        if end is not None:
+            span = self.runs.setdefault(line.get("run"), [start if start is not None else end, end, 0])
+            span[0] = min(span[0], start if start is not None else end)
+            span[1] = max(span[1], end)
+            span[2] += 1
+
+    def summary(self, job_labels: Sequence[str], graded: bool, errors_cost: float = 0.0) -> dict[str, Any]:
+        spent = self.cost + self.rejected_cost + errors_cost
+        runs = {str(run): {"results": int(n), "wall_s": round(end - start, 3),
+                           "results_per_s": round(n / (end - start), 2) if end > start else None}
+                for run, (start, end, n) in sorted(self.runs.items(), key=lambda kv: str(kv[0]))}
+        out: dict[str, Any] = {
+            "done": self.done,
+            "latency_ms": latency_stats(self.latencies),
+            "ttft_ms": latency_stats(self.ttfts),
+            "throughput": runs,
+            "tokens": {"prompt": self.prompt, "completion": self.completion, "total": self.total},
+            "cost": {
+                "usd": round(spent, 9),
+                "results_usd": round(self.cost, 9),
+                "rejected_usd": round(self.rejected_cost + errors_cost, 9),
+                "unpriced_results": self.unpriced,
+                "by_status": dict(sorted(self.cost_status.items())),
+                "per_1000_tickets_usd": round(spent / self.priced * 1000, 6) if self.priced else None,
+            },
+            "attempts": self.attempts,
+            "truncated": self.truncated,
+            "label_distribution": dict(sorted(self.distribution.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "grading": classification_metrics(self.pairs, job_labels) if graded else None,
+        }
+        return out
+
+
+def _unit_report(unit: RunUnit, gold: GoldLabels | None, gold_note: str | None) -> tuple[dict[str, Any], Series]:
+    from batchrun.checkpoint import ERRORS, RESULTS
+
+    series = Series(gold=gold)
+    overall = _Acc()
+    by_model: dict[str, _Acc] = {}
+    by_route: dict[str, _Acc] = {}
+    seen: set[str] = set()
+    gold_map = gold.labels if gold is not None else {}
+    missing_gold = 0
+    for line in iter_jsonl(unit.run_dir / RESULTS):
+        ticket_id = str(line["id"])
+        if ticket_id in seen:  # never written twice, but a hand-edited file might
+            continue
+        seen.add(ticket_id)
+        pred = prediction(line)
+        g = gold_map.get(ticket_id)
+        if gold is not None and g is None:
+            missing_gold += 1
+        overall.add(line, pred, g)
+        answered_by = str(line.get("model") or "?")
+        by_model.setdefault(answered_by, _Acc()).add(line, pred, g)
+        if "route" in line:
+            by_route.setdefault(str(line.get("route")), _Acc()).add(line, pred, g)
+        series.predictions[ticket_id] = pred
+        t = _parse_time(line.get("finished_at"))
+        if t is not None:
+            series.finished.append(t)
+        t = _parse_time(line.get("started_at"))
+        if t is not None and (series.first_start is None or t < series.first_start):
+            series.first_start = t
+    series.latencies = list(overall.latencies)
+    failed: dict[str, dict[str, Any]] = {}
+    errors_cost = 0.0
+    for line in iter_jsonl(unit.run_dir / ERRORS):
+        for key in ("cost_usd", "rejected_cost_usd"):  # answers paid for, then rejected
+            if isinstance(line.get(key), (int, float)):
+                errors_cost += line[key]
+        if str(line["id"]) not in seen:
+            failed[str(line["id"])] = line
+    by_kind: dict[str, int] = {}
+    for line in failed.values():
+        kind = str(line.get("error_kind") or "unknown")
+        by_kind[kind] = by_kind.get(kind, 0) + 1
+    total = int((unit.manifest.get("input") or {}).get("tickets") or 0)
+    graded = gold is not None and bool(gold.labels)
+    report: dict[str, Any] = {
+        "key": unit.key,
+        "model": unit.model,
+        "run_dir": str(unit.run_dir),
+        "job": (unit.manifest.get("job") or {}).get("name"),
+        "state": unit.manifest.get("state"),
+        "run": unit.manifest.get("run"),
+        "endpoint": unit.manifest.get("endpoint"),
+        "counts": {"tickets": total, "done": overall.done, "failed": len(failed),
+                   "not_run": max(total - overall.done - len(failed), 0),
+                   "failed_by_kind": dict(sorted(by_kind.items()))},
+        "gold": {
+            "field": gold.field if gold is not None else None,
+            "input": str(gold.path) if gold is not None else None,
+            "tickets_with_gold": len(gold.labels) if gold is not None else 0,
+            "results_without_gold": missing_gold,
+            "input_changed": (gold is not None and bool((unit.manifest.get("input") or {}).get("sha256"))
+                              and gold.sha256 != unit.manifest["input"]["sha256"]),
+            "note": gold_note if gold is None else (
+                None if gold.labels else f"no ticket in {gold.path} has a {gold.field!r} field: nothing to grade"),
+        },
+        **overall.summary(unit.job_labels, graded, errors_cost),
+    }
+    if len(by_model) > 1 or by_route:
+        report["by_model"] = {name: _brief(acc.summary(unit.job_labels, graded)) for name, acc in sorted(by_model.items())}
+    if by_route:
+        report["by_route"] = {name: _brief(acc.summary(unit.job_labels, graded)) for name, acc in sorted(by_route.items())}
+    return report, series
+
+
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    grading = summary.get("grading") or {}
+    return {"done": summary["done"], "accuracy": grading.get("accuracy"), "graded": grading.get("graded"),
+            "macro_f1": (grading.get("macro") or {}).get("f1"), "latency_ms": summary["latency_ms"],
+            "cost_usd": summary["cost"]["usd"], "per_1000_tickets_usd": summary["cost"]["per_1000_tickets_usd"],
+            "label_distribution": summary["label_distribution"], "grading": summary.get("grading")}
+
+
+@dataclass
+class Analysis:
+    report: dict[str, Any]  # JSON-ready
+    series: dict[str, Series]  # unit key -> raw series
+
+
+def analyze(path: Path, *, gold_field: str | None = None, input_path: Path | None = None) -> Analysis:
+    """Read a run or compare directory and compute its report (see the module docstring)."""
+    kind, units = find_units(Path(path))
+    cache: dict[tuple[str, str, str], GoldLabels] = {}
+    reports: list[dict[str, Any]] = []
+    series: dict[str, Series] = {}
+    for unit in units:
+        field_name = resolve_gold_field(unit, gold_field)
+        source, note = resolve_input(unit, input_path)
+        gold = None
+        if source is not None:
+            key = (str(source.resolve()), unit.id_field, field_name)
+            if key not in cache:
+                cache[key] = load_gold(source, unit.id_field, field_name)
+            gold = cache[key]
+        report, data = _unit_report(unit, gold, note)
+        reports.append(report)
+        series[unit.key] = data
+    pairs = []
+    for i, a in enumerate(units):
+        for b in units[i + 1:]:
+            pairs.append({"a": a.key, "b": b.key,
+                          **agreement(series[a.key].predictions, series[b.key].predictions)})
+    return Analysis({"path": str(path), "kind": kind, "models": reports,
+                     "agreement": pairs if kind == "compare" else []}, series)
+
+
+def build_report(path: Path, *, gold_field: str | None = None, input_path: Path | None = None) -> dict[str, Any]:
+    """The report as a JSON-ready dict."""
+    return analyze(path, gold_field=gold_field, input_path=input_path).report
+
+
+# --------------------------------------------------------------------------------------------
+# The terminal table
+# --------------------------------------------------------------------------------------------
+
+
+def _r1(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _usd(value: float | None) -> str:
+    return "-" if value is None else f"${value:,.6f}"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, left: int = 1) -> list[str]:
+    """Aligned text columns: the first `left` columns left-aligned, the rest right-aligned."""
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        parts = [cell.ljust(widths[i]) if i < left else cell.rjust(widths[i]) for i, cell in enumerate(row)]
+        lines.append("  ".join(parts).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
+def _kv(rows: Sequence[tuple[str, str]], indent: str = "") -> list[str]:
+    width = max(len(k) for k, _ in rows)
+    return [f"{indent}{k:<{width}}  {v}" for k, v in rows]
+
+
+def _latency_line(stats: Mapping[str, Any] | None) -> str:
+    if not stats:
+        return "-"
+    return f"{_ms(stats['p50'])} / {_ms(stats['p95'])} / {_ms(stats['p99'])} ms (mean {_ms(stats['mean'])}, n={stats['n']:,})"
+
+
+def _format_unit(m: Mapping[str, Any]) -> list[str]:
+    title = f"model {m['model']}" + (f" [{m['key']}]" if m["key"] != m["job"] else "")
+    title += f": {m['run_dir']} (job {m['job']}, {m['state']}, run {m['run']}, endpoint {m['endpoint']})"
+    lines = [title, "=" * min(len(title), 100)]
+    c = m["counts"]
+    counts = f"{c['tickets']:,} in input: {c['done']:,} done, {c['failed']:,} failed, {c['not_run']:,} not run yet"
+    if c["failed_by_kind"]:
+        counts += " (failed: " + ", ".join(f"{k} {v}" for k, v in c["failed_by_kind"].items()) + ")"
+    rows = [("tickets", counts)]
+    g, grading = m["gold"], m["grading"]
+    if grading:
+        rows.append(("gold labels", f"field {g['field']!r} of {g['input']}: {grading['graded']:,} of "
+                     f"{m['done']:,} results graded" + (f", {g['results_without_gold']:,} without gold"
+                                                       if g["results_without_gold"] else "")))
+        if g["input_changed"]:
+            rows.append(("warning", "the input file changed since the run (sha256 differs): gold labels may not match"))
+        rows.append(("accuracy", f"{_pct(grading['accuracy'])} ({grading['correct']:,} of {grading['graded']:,})"))
+        macro = grading["macro"]
+        rows.append(("macro P / R / F1", f"{_num(macro['precision'])} / {_num(macro['recall'])} / {_num(macro['f1'])}"))
+    else:
+        rows.append(("gold labels", f"none: {g['note']}"))
+    rows.append(("latency p50/p95/p99", _latency_line(m["latency_ms"])))
+    if m["ttft_ms"]:
+        rows.append(("TTFT p50/p95/p99", _latency_line(m["ttft_ms"])))
+    if m["throughput"]:
+        rows.append(("throughput", "; ".join(
+            f"run {run}: {t['results']:,} results in {t['wall_s']:,.2f} s"
+            + (f" ({t['results_per_s']:,.1f}/s)" if t["results_per_s"] else "")
+            for run, t in m["throughput"].items())))
+    tok = m["tokens"]
+    rows.append(("tokens", f"{tok['total']:,} ({tok['prompt']:,} prompt + {tok['completion']:,} completion)"))
+    cost = m["cost"]
+    cost_text = f"{_usd(cost['usd'])}; {_usd(cost['per_1000_tickets_usd'])} per 1,000 tickets done"
+    if cost["by_status"]:
+        cost_text += " (cost_status: " + ", ".join(f"{k} {v:,}" for k, v in cost["by_status"].items()) + ")"
+    if cost["rejected_usd"]:
+        cost_text += f"; includes {_usd(cost['rejected_usd'])} for rejected answers"
+    if cost["unpriced_results"]:
+        cost_text += f"; {cost['unpriced_results']:,} result(s) unpriced"
+    rows.append(("cost", cost_text))
+    lines += _kv(rows)
+    if grading and grading["labels"]:
+        lines += ["", "per label"]
+        body = [[label, _num(v["precision"]), _num(v["recall"]), _num(v["f1"]), f"{v['support']:,}",
+                 f"{v['predicted']:,}"] for label, v in grading["per_label"].items()]
+        macro = grading["macro"]
+        body.append(["macro avg", _num(macro["precision"]), _num(macro["recall"]), _num(macro["f1"]),
+                     f"{grading['graded']:,}", ""])
+        lines += ["  " + line for line in table(["label", "precision", "recall", "f1", "gold", "predicted"], body)]
+        conf = grading["confusion"]
+        lines += ["", "confusion matrix (rows: gold, columns: predicted)"]
+        body = [[label, *(f"{n:,}" for n in row)] for label, row in zip(conf["rows"], conf["matrix"])]
+        lines += ["  " + line for line in table(["gold \\ predicted", *conf["columns"]], body)]
+        if grading["unexpected_total"]:
+            shown = ", ".join(f"{_quote(k)} {v:,}" for k, v in grading["unexpected_predictions"].items())
+            lines.append(f"  {OTHER}: {grading['unexpected_total']:,} answer(s) outside the label set: {shown}")
+    for name, title_ in (("by_model", "by answering model"), ("by_route", "by route")):
+        if m.get(name):
+            lines += ["", title_]
+            body = [[k, f"{v['done']:,}", _pct(v["accuracy"]), _num(v["macro_f1"]),
+                     _ms((v["latency_ms"] or {}).get("p50")), _ms((v["latency_ms"] or {}).get("p95")),
+                     _usd(v["cost_usd"]), _usd(v["per_1000_tickets_usd"])] for k, v in m[name].items()]
+            lines += ["  " + line for line in table(
+                [name.split("_")[1], "done", "accuracy", "macro F1", "p50 ms", "p95 ms", "cost", "per 1k"], body)]
+    return lines
+
+
+def _quote(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _distribution_table(models: Sequence[Mapping[str, Any]], top: int = 20) -> list[str]:
+    totals: dict[str, int] = {}
+    for m in models:
+        for label, n in m["label_distribution"].items():
+            totals[label] = totals.get(label, 0) + n
+    labels = [k for k, _ in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))]
+    shown, rest = labels[:top], labels[top:]
+    body = []
+    for label in shown:
+        row = [label if len(label) <= 30 else label[:30] + "..."]
+        for m in models:
+            n = m["label_distribution"].get(label, 0)
+            row.append(f"{n:,} ({_pct(n / m['done'] if m['done'] else None)})")
+        body.append(row)
+    if rest:
+        body.append([f"({len(rest):,} more)"] + [f"{sum(m['label_distribution'].get(k, 0) for k in rest):,}"
+                                                  for m in models])
+    return table(["answer", *(m["key"] for m in models)], body)
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    models = report["models"]
+    head = f"batchrun report: {report['path']}"
+    if report["kind"] == "compare":
+        head += f" (compare directory: {len(models)} models)"
+    lines = [head, ""]
+    if report["kind"] == "compare":
+        streamed = any(m["ttft_ms"] for m in models)
+        headers = ["key", "model", "done", "failed", "accuracy", "macro F1", "p50 ms", "p95 ms",
+                   *(["TTFT p50"] if streamed else []), "cost", "per 1k tickets"]
+        body = [[m["key"], m["model"], f"{m['counts']['done']:,}", f"{m['counts']['failed']:,}",
+                 _pct((m["grading"] or {}).get("accuracy")), _num(((m["grading"] or {}).get("macro") or {}).get("f1")),
+                 _ms((m["latency_ms"] or {}).get("p50")), _ms((m["latency_ms"] or {}).get("p95")),
+                 *([_ms((m["ttft_ms"] or {}).get("p50"))] if streamed else []),
+                 _usd(m["cost"]["usd"]), _usd(m["cost"]["per_1000_tickets_usd"])] for m in models]
+        lines += table(headers, body, left=2) + [""]
+    for m in models:
+        lines += _format_unit(m) + [""]
+    if report["kind"] == "compare":
+        lines += ["label distribution per model"] + ["  " + x for x in _distribution_table(models)] + [""]
+        if report["agreement"]:
+            lines.append("agreement between models (tickets both answered)")
+            body = [[f"{p['a']} vs {p['b']}", f"{p['both_answered']:,}", f"{p['agree']:,}", _pct(p["rate"]),
+                     _num(p["kappa"])] for p in report["agreement"]]
+            lines += ["  " + x for x in table(["pair", "both answered", "agree", "rate", "kappa"], body)] + [""]
+    elif models and not models[0]["grading"]:
+        lines += ["answers"] + ["  " + x for x in _distribution_table(models)] + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Charts
+# --------------------------------------------------------------------------------------------
+
+
+def write_charts(analysis: Analysis, out: Path) -> list[Path] | None:
+    """The PNG charts in `out`; None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    models = analysis.report["models"]
+
+    graded = [m for m in models if m["grading"] and m["grading"]["labels"]]
+    if graded:
+        fig, axes = plt.subplots(1, len(graded), figsize=(5.5 * len(graded), 5), squeeze=False)
+        try:
+            for ax, m in zip(axes[0], graded):
+                conf = m["grading"]["confusion"]
+                matrix = conf["matrix"]
+                image = ax.imshow(matrix, cmap="Blues")
+                ax.set_xticks(range(len(conf["columns"])), conf["columns"], rotation=45, ha="right")
+                ax.set_yticks(range(len(conf["rows"])), conf["rows"])
+                ax.set_xlabel("predicted")
+                ax.set_ylabel("gold")
+                ax.set_title(f"{m['key']}: accuracy {_pct(m['grading']['accuracy'])}", fontsize="medium")
+                peak = max((max(row) for row in matrix), default=0)
+                for i, row in enumerate(matrix):
+                    for j, n in enumerate(row):
+                        ax.text(j, i, f"{n}", ha="center", va="center", fontsize="small",
+                                color="white" if peak and n > peak / 2 else "black")
+                fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+            fig.tight_layout()
+            path = out / "confusion_matrix.png"
+            fig.savefig(path, dpi=110)
+            written.append(path)
+        finally:
+            plt.close(fig)
+
+    with_latency = [(m["key"], analysis.series[m["key"]].latencies) for m in models
+                    if analysis.series[m["key"]].latencies]
+    if with_latency:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        try:
+            top = max(max(values) for _, values in with_latency)
+            bins = [top * i / 50 for i in range(51)] if top > 0 else 10
+            for key, values in with_latency:
+                ax.hist(values, bins=bins, histtype="step", linewidth=1.5, label=f"{key} (n={len(values):,})")
+            ax.set_xlabel("latency of the successful attempt (ms)")
+            ax.set_ylabel("results")
+            ax.set_title("latency", fontsize="medium")
+            ax.legend(fontsize="small")
+            ax.grid(True, alpha=0.3)
+            fig.tight_layout()
+            path = out / "latency_histogram.png"
+            fig.savefig(path, dpi=110)
+            written.append(path)
+        finally:
+            plt.close(fig)
+
+    with_times = [(m["key"], sorted(analysis.series[m["key"]].finished), analysis.series[m["key"]].first_start)
+                  for m in models if analysis.series[m["key"]].finished]
+    if with_times:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        try:
+            origin = min(min(times[0], start if start is not None else times[0]) for _, times, start in with_times)
+            span = max(times[-1] for _, times, _ in with_times) - origin
+            width = _nice_width(span / 50)  # about 50 bins
+            for key, times, _ in with_times:
+                nbins = int((times[-1] - origin) // width) + 1
+                counts = [0] * nbins
+                for t in times:
+                    counts[int((t - origin) // width)] += 1
+                xs = [(i + 0.5) * width for i in range(nbins)]
+                ax.plot(xs, [n / width for n in counts], marker=".", linewidth=1.2,
+                        label=f"{key} ({len(times):,} results)")
+            ax.set_xlabel("seconds since the first request started (all runs of the directory)")
+            ax.set_ylabel(f"results finished per second ({width:g} s bins)")
+            ax.set_ylim(bottom=0)
+            ax.set_xlim(left=0)
+            ax.set_title("throughput over time", fontsize="medium")
+            ax.legend(fontsize="small")
+            ax.grid(True, alpha=0.3)
+            fig.tight_layout()
+            path = out / "throughput.png"
+            fig.savefig(path, dpi=110)
+            written.append(path)
+        finally:
+            plt.close(fig)
+    return written
+
+
+def _nice_width(raw: float) -> float:
+    """A bin width of 1, 2 or 5 times a power of ten, at least 0.1 s."""
+    raw = max(raw, 0.1)
+    power = 10 ** math.floor(math.log10(raw))
+    for step in (1, 2, 5, 10):
+        if raw <= step * power:
+            return step * power
+    return 10 * power  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------
+
+REPORT_EXAMPLES = """
+\b
+Examples:
+  batchrun report runs/classify_tickets
+  batchrun report runs/classify_tickets --out report_out        # + report.json and PNG charts
+  batchrun report runs/compare_models                           # a compare directory: per model
+  batchrun report runs/2026-11-22 --input tonight.jsonl --gold-field review.label
+
+\b
+Exit codes: 0; 2 RUN_DIR is not a run or compare directory, or --input cannot be read.
+"""
+
+
+@click.command(epilog=REPORT_EXAMPLES)
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write report.json and PNG charts (matplotlib) here.")
+@click.option("--gold-field", help="Ticket field holding the gold label (dotted path ok) "
+                                   "[default: the job's gold_field, else label].")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Tickets file to read gold labels from [default: the manifest's input].")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
+def report_command(run_dir: Path, out_dir: Path | None, gold_field: str | None, input_path: Path | None,
+                   as_json: bool) -> None:
+    """Grade RUN_DIR against gold labels; latency, tokens and cost per model.
+
+    RUN_DIR is a run directory or a compare directory (models/<key>/ run
+    directories), for which agreement between the models is added.
+    """
+    import orjson
+
+    try:
+        analysis = analyze(run_dir, gold_field=gold_field, input_path=input_path)
+    except BatchrunError as exc:
+        click.echo(f"batchrun: error: {exc}", err=True)
+        sys.exit(int(exc.exit_code))
+    report = analysis.report
+    notes: list[str] = []
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        charts = write_charts(analysis, out_dir)
+        if charts is None:
+            notes.append("matplotlib is not installed: wrote report.json only "
+                         "(pip install 'batchrun[plots]' for the charts)")
+            report["charts"] = []
+        else:
+            report["charts"] = [p.name for p in charts]
+        (out_dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+        written = ", ".join(["report.json", *report["charts"]])
+        notes.append(f"wrote {written} to {out_dir}")
+    if as_json:
+        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(format_report(report), nl=False)
+    for note in notes:
+        click.echo(f"batchrun report: {note}", err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    report_command()

@@ -1,0 +1,560 @@
+"""`batchrun plan`: what a run of a job would do and cost, before any request.
+
+SYNOPSIS
+
+    batchrun plan JOB [--input PATH] [--limit N] [--run-dir DIR] [--model NAME]
+                      [--concurrency N] [--skip-failed] [--max-cost-usd X]
+                      [--sample N] [--assume-latency-ms MS] [--json]
+
+    (until `plan` is registered in cli.py: `python -m batchrun.plan JOB ...`)
+
+Nothing is sent and nothing is written: the job file and the input are read,
+and the run directory's checkpoint files when it exists (without its lock,
+so a plan can be made while a run is going on).
+
+WHAT IT COUNTS (per model)
+
+tickets to do
+    The input is checked as `batchrun run` checks it (a bad line with
+    `on_bad_input = "fail"` fails the plan too, exit 2). Of the first
+    `--limit` good tickets, those already in the run directory's
+    results.jsonl are done; tickets that failed before count as to do
+    (a run retries them) unless `--skip-failed`. The same flags as `run`
+    (`--input`, `--limit`, `--run-dir`, `--model`, `--concurrency`) give the
+    same counts.
+
+input tokens
+    `litellm.token_counter` on each ticket's rendered messages
+    (`engine.render_messages`, with the job's tools when it has some), for
+    the model's tokenizer. Exact when there are at most `--sample` tickets
+    to do (default 1,000); beyond that, counted exactly on a seeded uniform
+    sample of that many of them and extrapolated by the sample's mean, and
+    the plan says so, with one standard error of the estimate.
+
+output tokens
+    The average completion tokens of the run directory's finished results
+    when there are some (the model's real habit on this prompt); else
+    `params.max_tokens` (or `max_completion_tokens`) per ticket, an upper
+    bound; else 1,024 per ticket, the same assumption as the run's budget
+    check. The plan says which. With max_tokens set, it also prints the
+    ceiling: the cost if every answer used all of max_tokens.
+
+price
+    The job's `[prices]` ("job file") when set, as in a run; else litellm's
+    `cost_per_token` for the model ("litellm price list (local copy)": the
+    cost map installed with litellm, never fetched); else "unpriced": the
+    plan shows tokens and time but no cost. A job with a `[simulator]`
+    section is priced as its named model, as a live run (`--live`) would be
+    billed, and the same amount a simulated run records.
+
+duration
+    The larger of
+      * the concurrency bound: tickets x latency / concurrency (at least one
+        latency), where the latency is the median `latency_ms` of the run
+        directory's finished results when there are some (the plan names
+        the endpoint they came from: the simulator's latency is not a real
+        provider's), else `--assume-latency-ms` (default 1,000 ms, stated);
+        `concurrency = "auto"` counts as its max_concurrency;
+      * the job's `rpm`: tickets / rpm minutes;
+      * the job's `tpm`: (input + output tokens) / tpm minutes.
+    The plan names the bound that decides. Retries, 429s and worker start-up
+    come on top.
+
+budget
+    `max_cost_usd` (the job's, or `--max-cost-usd`) covers every run on the
+    directory, as the run's budget check does: the plan compares the cost
+    already on disk (results and rejected answers) plus the expected cost
+    with it. Over budget: a line starting "OVER BUDGET" and exit code 5, the
+    code of a run stopped by its budget, so a script can refuse to start.
+    An unpriced model makes the budget uncheckable; the plan says so.
+
+MODELS
+
+The plan is a list of per-model rows (`model_entries`): one for today's
+single `model`; a job with several models adds one row each, with its own
+run directory (`RUN_DIR/models/<key>/`), params, prices and limits, and a
+total.
+
+Exit codes: 0 plan printed; 2 bad job file or input (as `run`); 5 the plan
+is over max_cost_usd.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import click
+
+__all__ = [
+    "DEFAULT_ASSUMED_LATENCY_MS",
+    "DEFAULT_OUTPUT_TOKENS",
+    "DEFAULT_SAMPLE",
+    "ModelEntry",
+    "format_plan",
+    "make_plan",
+    "model_entries",
+    "plan_command",
+]
+
+DEFAULT_SAMPLE = 1000  # tickets whose tokens are counted exactly
+DEFAULT_ASSUMED_LATENCY_MS = 1000.0  # without finished results to measure
+DEFAULT_OUTPUT_TOKENS = 1024  # without max_tokens: what provider.estimate_tokens assumes too
+SAMPLE_SEED = 0
+OVER_BUDGET_EXIT = 5  # errors.ExitCode.BUDGET_EXHAUSTED
+PRICE_SOURCES = {"job": "job file", "litellm": "litellm price list (local copy)", None: "unpriced"}
+
+
+@dataclass
+class ModelEntry:
+    """One model a run of the job would call, with what decides its cost and time."""
+
+    key: str  # "models/<key>" in a multi-model run directory; the job name for a single model
+    model: str  # the litellm model string
+    params: Mapping[str, Any]
+    prices: Any  # spec.PricesSpec or None
+    max_in_flight: int  # concurrency ("auto": max_concurrency)
+    concurrency: int | str  # as the job says it
+    rpm: int | None
+    tpm: int | None
+    run_dir: Path  # where its checkpoint files are
+
+
+def model_entries(job: Any, run_dir: Path) -> list[ModelEntry]:
+    """The models of a job, one entry each (today: the job's single `model`).
+
+    A multi-model job adds one entry per model here, each with its own
+    `run_dir / "models" / key`; the rest of the plan is per entry."""
+    return [ModelEntry(key=job.name, model=job.model, params=dict(job.params), prices=job.prices,
+                       max_in_flight=job.max_in_flight, concurrency=job.concurrency,
+                       rpm=getattr(job, "rpm", None), tpm=getattr(job, "tpm", None), run_dir=Path(run_dir))]
+
+
+def _max_tokens(params: Mapping[str, Any]) -> int | None:
+    value = params.get("max_tokens") or params.get("max_completion_tokens")
+    return int(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def _finished(run_dir: Path) -> dict[str, Any]:
+    """Average completion tokens and median latency of the finished results, if any."""
+    from batchrun.checkpoint import ERRORS, RESULTS, read_manifest, scan_jsonl
+    from batchrun.grading import iter_jsonl
+
+    completions: list[int] = []
+    prompts: list[int] = []
+    latencies: list[float] = []
+    for line in iter_jsonl(run_dir / RESULTS):
+        usage = line.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            completions.append(usage["completion_tokens"])
+            if isinstance(usage.get("prompt_tokens"), int):
+                prompts.append(usage["prompt_tokens"])
+        if isinstance(line.get("latency_ms"), (int, float)):
+            latencies.append(float(line["latency_ms"]))
+    spent = scan_jsonl(run_dir / RESULTS).cost_usd + scan_jsonl(run_dir / ERRORS).cost_usd
+    manifest = None
+    try:
+        manifest = read_manifest(run_dir)
+    except Exception:  # an unreadable manifest only loses the endpoint name and the mismatch check
+        pass
+    return {
+        "results": len(latencies),
+        "avg_completion_tokens": statistics.fmean(completions) if completions else None,
+        "with_usage": len(completions),
+        "avg_prompt_tokens": statistics.fmean(prompts) if prompts else None,
+        "median_latency_ms": statistics.median(latencies) if latencies else None,
+        "spent_usd": spent,
+        "manifest": manifest or {},
+    }
+
+
+def _prices(entry: ModelEntry, mean_in: float, mean_out: float) -> tuple[float | None, float | None, str | None]:
+    """(USD per input token, USD per output token, source) for the entry's model."""
+    if entry.prices is not None:
+        return entry.prices.input_per_million / 1e6, entry.prices.output_per_million / 1e6, "job"
+    from batchrun.provider import import_litellm
+
+    lm = import_litellm()
+    # priced on a typical request, so a model with per-request tiers (long prompts) is priced right
+    p_in, p_out = max(1, round(mean_in)), max(1, round(mean_out))
+    try:
+        in_cost, _ = lm.cost_per_token(model=entry.model, prompt_tokens=p_in, completion_tokens=0)
+        _, out_cost = lm.cost_per_token(model=entry.model, prompt_tokens=0, completion_tokens=p_out)
+    except Exception:  # litellm does not know the model: unpriced
+        return None, None, None
+    return float(in_cost) / p_in, float(out_cost) / p_out, "litellm"
+
+
+def _count_tokens(entry: ModelEntry, job: Any, tickets: list[Any]) -> list[int]:
+    from batchrun.engine import render_messages
+    from batchrun.provider import import_litellm
+
+    lm = import_litellm()
+    tools = getattr(job, "tools_payload", None)
+    counts = []
+    for ticket in tickets:
+        messages = render_messages(job, ticket)
+        try:
+            counts.append(int(lm.token_counter(model=entry.model, messages=messages, tools=tools)))
+        except Exception:  # a tokenizer litellm cannot load: about 4 characters a token
+            counts.append(sum(len(m.get("content") or "") for m in messages) // 4)
+    return counts
+
+
+def _plan_entry(job: Any, entry: ModelEntry, *, limit: int | None, skip_failed: bool, sample: int,
+                assume_latency_ms: float) -> dict[str, Any]:
+    from batchrun.checkpoint import load_done_ids, load_failed_ids
+    from batchrun.errors import TicketError
+    from batchrun.tickets import read_tickets, scan_input
+
+    run_dir = entry.run_dir
+    done = load_done_ids(run_dir)
+    failed = load_failed_ids(run_dir, done)
+    templates = [t for t in (job.system_template, job.user_template) if t is not None]
+    skip_bad = job.on_bad_input == "skip"
+    scan = scan_input(job.input, job.id_field, templates, max_problems=None if skip_bad else 20,
+                      max_line_bytes=job.max_line_bytes, done_ids=done,
+                      failed_ids=failed if skip_failed else frozenset(), limit=limit)
+    if scan.problem_count and not skip_bad:
+        raise TicketError(scan.describe_problems().replace("nothing was requested", "a run would refuse it"))
+    to_do = scan.selected - scan.already_done - scan.skipped_failed
+
+    # One pass over the tickets to do: a seeded reservoir sample, and the retries of failed ones.
+    rng = random.Random(SAMPLE_SEED)
+    reservoir: list[Any] = []
+    seen = retried = 0
+    for ticket in read_tickets(job.input, job.id_field, skip_lines=scan.bad_lines,
+                               max_line_bytes=job.max_line_bytes, only_lines=scan.dispatch):
+        seen += 1
+        retried += ticket.id in failed
+        if len(reservoir) < sample:
+            reservoir.append(ticket)
+        else:
+            slot = rng.randrange(seen)
+            if slot < sample:
+                reservoir[slot] = ticket
+    counts = _count_tokens(entry, job, reservoir)
+    exact = len(counts) >= to_do
+    mean_in = statistics.fmean(counts) if counts else 0.0
+    if exact:
+        input_tokens, stderr = float(sum(counts)), 0.0
+    else:
+        n, big_n = len(counts), to_do
+        sd = statistics.stdev(counts) if n > 1 else 0.0
+        input_tokens = mean_in * big_n
+        stderr = big_n * sd / math.sqrt(n) * math.sqrt((big_n - n) / (big_n - 1)) if n else 0.0
+
+    finished = _finished(run_dir)
+    max_tokens = _max_tokens(entry.params)
+    if finished["avg_completion_tokens"] is not None:
+        per_ticket_out, out_source = finished["avg_completion_tokens"], "finished"
+    elif max_tokens is not None:
+        per_ticket_out, out_source = float(max_tokens), "max_tokens"
+    else:
+        per_ticket_out, out_source = float(DEFAULT_OUTPUT_TOKENS), "assumed"
+    output_tokens = per_ticket_out * to_do
+
+    in_rate, out_rate, price_source = _prices(entry, mean_in, per_ticket_out)
+    cost = ceiling = None
+    if price_source is not None:
+        cost = input_tokens * in_rate + output_tokens * out_rate
+        if max_tokens is not None:
+            ceiling = input_tokens * in_rate + max_tokens * to_do * out_rate
+
+    if finished["median_latency_ms"] is not None:
+        latency_ms, latency_source = finished["median_latency_ms"], "finished"
+    else:
+        latency_ms, latency_source = assume_latency_ms, "assumed"
+    bounds = {"concurrency": (max(latency_ms / 1000.0, to_do * latency_ms / 1000.0 / entry.max_in_flight)
+                              if to_do else 0.0)}
+    if entry.rpm:
+        bounds["rpm"] = to_do / entry.rpm * 60.0
+    if entry.tpm:
+        bounds["tpm"] = (input_tokens + output_tokens) / entry.tpm * 60.0
+    bound = max(bounds, key=lambda k: bounds[k])
+
+    manifest = finished["manifest"]
+    notes = []
+    if manifest:
+        old_job = manifest.get("job") or {}
+        if old_job.get("fingerprint_sha256") and old_job["fingerprint_sha256"] != job.fingerprint_hash():
+            notes.append(f"{run_dir} holds a run of a different job (model, prompt, params or id field "
+                         "changed): `batchrun run` would refuse to resume it without --force; "
+                         "use another --run-dir for a fresh run")
+        old_sha = (manifest.get("input") or {}).get("sha256")
+        if old_sha and old_sha != scan.sha256:
+            notes.append(f"{run_dir} was run on different input bytes: `batchrun run` would refuse to "
+                         "resume it without --force")
+    if scan.problem_count:
+        notes.append(f"{scan.problem_count:,} bad input line(s) would be skipped (on_bad_input = \"skip\")")
+    return {
+        "key": entry.key,
+        "model": entry.model,
+        "run_dir": str(run_dir),
+        "tickets": {"input": scan.tickets, "limit": limit, "selected": scan.selected, "already_done": scan.already_done,
+                    "failed_before_retried": retried, "failed_before_skipped": scan.skipped_failed,
+                    "to_do": to_do, "bad_lines": scan.problem_count},
+        "input_tokens": {"total": round(input_tokens), "exact": exact, "sampled": len(counts),
+                         "mean_per_ticket": round(mean_in, 2), "standard_error": round(stderr),
+                         "finished_mean_reported": (None if finished["avg_prompt_tokens"] is None
+                                                    else round(finished["avg_prompt_tokens"], 2))},
+        "output_tokens": {"total": round(output_tokens), "per_ticket": round(per_ticket_out, 3),
+                          "source": out_source, "finished_results": finished["with_usage"],
+                          "max_tokens": max_tokens},
+        "price": {"source": price_source, "label": PRICE_SOURCES[price_source],
+                  "input_per_million_usd": None if in_rate is None else round(in_rate * 1e6, 6),
+                  "output_per_million_usd": None if out_rate is None else round(out_rate * 1e6, 6)},
+        "cost_usd": None if cost is None else round(cost, 6),
+        "ceiling_usd": None if ceiling is None else round(ceiling, 6),
+        "spent_usd": round(finished["spent_usd"], 6),
+        "duration": {"seconds": round(bounds[bound], 3), "bound": bound,
+                     "bounds_s": {k: round(v, 3) for k, v in bounds.items()},
+                     "latency_ms": round(latency_ms, 1), "latency_source": latency_source,
+                     "latency_results": finished["results"],
+                     "latency_endpoint": manifest.get("endpoint") if latency_source == "finished" else None,
+                     "concurrency": entry.concurrency, "max_in_flight": entry.max_in_flight,
+                     "rpm": entry.rpm, "tpm": entry.tpm},
+        "notes": notes,
+    }
+
+
+def make_plan(job: Any, *, job_path: Path | None = None, limit: int | None = None, skip_failed: bool = False,
+              max_cost_usd: float | None = None, sample: int | None = None,
+              assume_latency_ms: float = DEFAULT_ASSUMED_LATENCY_MS) -> dict[str, Any]:
+    """The plan as a JSON-ready dict (see the module docstring); raises BatchrunError subclasses."""
+    sample = DEFAULT_SAMPLE if sample is None else sample
+    run_dir = job.resolved_run_dir()
+    rows = [_plan_entry(job, entry, limit=limit, skip_failed=skip_failed, sample=sample,
+                        assume_latency_ms=assume_latency_ms) for entry in model_entries(job, run_dir)]
+    budget = max_cost_usd if max_cost_usd is not None else job.max_cost_usd
+    unpriced = [r["model"] for r in rows if r["cost_usd"] is None and r["tickets"]["to_do"]]
+    expected = sum(r["cost_usd"] or 0.0 for r in rows)
+    spent = sum(r["spent_usd"] for r in rows)
+    ceiling = sum((r["ceiling_usd"] if r["ceiling_usd"] is not None else r["cost_usd"] or 0.0) for r in rows)
+    over = budget is not None and not unpriced and spent + expected > budget
+    return {
+        "job": job.name,
+        "job_path": str(job_path) if job_path is not None else None,
+        "input": str(job.input),
+        "run_dir": str(run_dir),
+        "limit": limit,
+        "skip_failed": skip_failed,
+        "simulator": job.simulator is not None,
+        "models": rows,
+        "total": {"to_do": sum(r["tickets"]["to_do"] for r in rows),
+                  "input_tokens": sum(r["input_tokens"]["total"] for r in rows),
+                  "output_tokens": sum(r["output_tokens"]["total"] for r in rows),
+                  "cost_usd": None if unpriced else round(expected, 6),
+                  "ceiling_usd": None if unpriced else round(ceiling, 6),
+                  "spent_usd": round(spent, 6),
+                  "seconds": max((r["duration"]["seconds"] for r in rows), default=0.0)},
+        "budget": {"max_cost_usd": budget, "over": over, "unpriced_models": unpriced,
+                   "ceiling_over": bool(budget is not None and not unpriced and not over
+                                        and spent + ceiling > budget)},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Text
+# --------------------------------------------------------------------------------------------
+
+
+def _usd(value: float | None) -> str:
+    return "-" if value is None else f"${value:,.6f}"
+
+
+def _per_million(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"${value:,.2f}" if value >= 0.01 and round(value, 2) == round(value, 6) else f"${value:,.4g}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:,.1f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:,.1f} min"
+    return f"{seconds / 3600:,.1f} h"
+
+
+def _format_row(r: Mapping[str, Any]) -> list[str]:
+    t = r["tickets"]
+    counts = (f"{t['selected']:,} (the first {t['limit']:,} of {t['input']:,}: --limit)" if t["limit"] is not None
+              else f"{t['input']:,} in input") + f": {t['already_done']:,} already done"
+    if t["failed_before_retried"]:
+        counts += f", {t['failed_before_retried']:,} failed before (retried)"
+    if t["failed_before_skipped"]:
+        counts += f", {t['failed_before_skipped']:,} failed before (skipped: --skip-failed)"
+    counts += f"; {t['to_do']:,} to do"
+    it = r["input_tokens"]
+    if t["to_do"] == 0:
+        in_text = "0"
+    elif it["exact"]:
+        in_text = (f"{it['total']:,} (exact: litellm.token_counter on the rendered messages of all "
+                   f"{t['to_do']:,} tickets to do; {it['mean_per_ticket']:,.1f} per ticket)")
+    else:
+        in_text = (f"~{it['total']:,} ± {it['standard_error']:,} (ESTIMATE: counted exactly on a random "
+                   f"sample of {it['sampled']:,} of {t['to_do']:,} tickets to do, {it['mean_per_ticket']:,.1f} "
+                   f"per ticket, extrapolated by the mean; ± one standard error)")
+    if t["to_do"] and it["finished_mean_reported"] is not None:
+        in_text += (f"; the finished results averaged {it['finished_mean_reported']:,.1f} prompt tokens "
+                    "as their endpoint reported")
+    ot = r["output_tokens"]
+    if ot["source"] == "finished":
+        out_text = (f"{ot['total']:,} (average {ot['per_ticket']:,.2f} per ticket over {ot['finished_results']:,} "
+                    "finished results in the run directory"
+                    + (f"; max_tokens {ot['max_tokens']:,} allows at most {ot['max_tokens'] * t['to_do']:,})"
+                       if ot["max_tokens"] else ")"))
+    elif ot["source"] == "max_tokens":
+        out_text = f"{ot['total']:,} (UPPER BOUND: max_tokens {ot['max_tokens']:,} per ticket; no finished results yet)"
+    else:
+        out_text = (f"{ot['total']:,} (ASSUMED: {DEFAULT_OUTPUT_TOKENS:,} per ticket: the job sets no max_tokens "
+                    "and the run directory has no finished results)")
+    p = r["price"]
+    if p["source"] is None:
+        price = f"unpriced: litellm has no price for {r['model']} and the job has no [prices]"
+    else:
+        price = (f"{_per_million(p['input_per_million_usd'])} in / {_per_million(p['output_per_million_usd'])} "
+                 f"out per million tokens; source: {p['label']}")
+    if r["cost_usd"] is None:
+        cost = "unknown (unpriced model)"
+    else:
+        cost = _usd(r["cost_usd"])
+        if r["ceiling_usd"] is not None and r["ceiling_usd"] > r["cost_usd"] + 1e-12:
+            cost += f" (at most {_usd(r['ceiling_usd'])} if every answer used all of max_tokens)"
+    d = r["duration"]
+    conc = (f"concurrency {d['concurrency']}" if d["concurrency"] != "auto"
+            else f"concurrency auto (up to {d['max_in_flight']})")
+    if d["latency_source"] == "finished":
+        lat = (f"median latency {d['latency_ms']:,.0f} ms of {d['latency_results']:,} finished results"
+               + (f" (endpoint: {d['latency_endpoint']})" if d["latency_endpoint"] else ""))
+    else:
+        lat = f"ASSUMED latency {d['latency_ms']:,.0f} ms (--assume-latency-ms; no finished results to measure)"
+    if t["to_do"] == 0:
+        duration = "0 s: nothing to do"
+    else:
+        limits = ", ".join(f"{k} {d[k]:,}" for k in ("rpm", "tpm") if d[k]) or "no rpm/tpm limits set"
+        others = "; ".join(f"{k} bound {_duration(v)}" for k, v in d["bounds_s"].items() if k != d["bound"])
+        duration = (f"~{_duration(d['seconds'])}, set by the {d['bound']} bound: {conc}, {lat}; {limits}"
+                    + (f" ({others})" if others else ""))
+    rows = [("tickets", counts), ("input tokens", in_text), ("output tokens", out_text), ("price", price),
+            ("expected cost", cost), ("already spent", f"{_usd(r['spent_usd'])} in this run directory"),
+            ("duration", duration)]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"model {r['model']}  (run directory {r['run_dir']})"]
+    lines += [f"  {k:<{width}}  {v}" for k, v in rows]
+    lines += [f"  note: {n}" for n in r["notes"]]
+    return lines
+
+
+def format_plan(plan: Mapping[str, Any]) -> str:
+    head = f"batchrun plan: {plan['job']}" + (f" ({plan['job_path']})" if plan["job_path"] else "")
+    head += ": no request sent"
+    lines = [head, "-" * len(head)]
+    first = plan["models"][0]["tickets"] if plan["models"] else None
+    if first is not None:
+        lines.append(f"input: {plan['input']}: {first['input']:,} tickets"
+                     + (f" (--limit {plan['limit']:,})" if plan["limit"] is not None else ""))
+    if plan["simulator"]:
+        lines.append("the job has a [simulator] section: `batchrun run` would answer from the simulator; "
+                     "the plan prices the named model as a live run (--live) would be billed "
+                     "(a simulated run records the same cost)")
+    lines.append("")
+    for row in plan["models"]:
+        lines += _format_row(row) + [""]
+    total = plan["total"]
+    if len(plan["models"]) > 1:
+        lines.append(f"total: {total['to_do']:,} requests, {total['input_tokens']:,} input + "
+                     f"{total['output_tokens']:,} output tokens, {_usd(total['cost_usd'])}, "
+                     f"~{_duration(total['seconds'])} (models run side by side)")
+    b = plan["budget"]
+    all_in = None if total["cost_usd"] is None else total["spent_usd"] + total["cost_usd"]
+    if b["max_cost_usd"] is None:
+        lines.append("budget: max_cost_usd not set"
+                     + (f"; spent + expected = {_usd(all_in)}" if all_in is not None else ""))
+    elif b["unpriced_models"]:
+        lines.append(f"budget: max_cost_usd {_usd(b['max_cost_usd'])} cannot be checked: unpriced model(s) "
+                     + ", ".join(b["unpriced_models"]) + " (set [prices] in the job)")
+    elif b["over"]:
+        lines.append(f"OVER BUDGET: already spent {_usd(total['spent_usd'])} + expected {_usd(total['cost_usd'])} "
+                     f"= {_usd(all_in)} > max_cost_usd {_usd(b['max_cost_usd'])}: the run would stop at the "
+                     "budget (exit 5) before finishing; raise max_cost_usd or --limit the run")
+    else:
+        lines.append(f"budget: spent {_usd(total['spent_usd'])} + expected {_usd(total['cost_usd'])} = "
+                     f"{_usd(all_in)} of max_cost_usd {_usd(b['max_cost_usd'])}: within budget")
+        if b["ceiling_over"]:
+            lines.append("  but if every answer used all of max_tokens it would not be: the run reserves "
+                         "max_tokens per request in flight, so it may stop short of the last tickets")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------
+
+PLAN_EXAMPLES = """
+\b
+Examples:
+  batchrun plan jobs/classify_tickets.toml
+  batchrun plan jobs/classify_tickets.toml --input tonight.jsonl --run-dir runs/2026-11-22 --max-cost-usd 5
+  batchrun plan jobs/classify_tickets.toml --model anthropic/claude-3-5-haiku-latest --json
+
+\b
+Exit codes: 0 plan printed; 2 bad job file or input (nothing would be sent);
+5 over max_cost_usd (the code of a run stopped by its budget).
+"""
+
+
+@click.command(epilog=PLAN_EXAMPLES)
+@click.argument("job_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Tickets file to use instead of the job's `input`.")
+@click.option("--limit", type=click.IntRange(min=0), help="Only the first N tickets of the input.")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory instead of the job's `run_dir` (what is already done there is not counted).")
+@click.option("--model", envvar="BATCHRUN_MODEL", help="litellm model string [env: BATCHRUN_MODEL].")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight at most.")
+@click.option("--skip-failed", is_flag=True, help="Do not count tickets that failed in an earlier run.")
+@click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True),
+              help="Budget for the run directory (all runs) [default: the job's max_cost_usd].")
+@click.option("--sample", type=click.IntRange(min=1),
+              help=f"Count input tokens exactly on at most N tickets, extrapolate beyond [default: {DEFAULT_SAMPLE:,}].")
+@click.option("--assume-latency-ms", type=click.FloatRange(min=0, min_open=True),
+              default=DEFAULT_ASSUMED_LATENCY_MS, show_default=True,
+              help="Latency per request when the run directory has no finished results to measure.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan_command(job_file: Path, input_path: Path | None, limit: int | None, run_dir: Path | None,
+                 model: str | None, concurrency: int | None, skip_failed: bool, max_cost_usd: float | None,
+                 sample: int | None, assume_latency_ms: float, as_json: bool) -> None:
+    """Forecast tickets, tokens, cost and duration of running JOB_FILE, sending nothing.
+
+    Respects resume: what the run directory already holds is not counted.
+    """
+    import orjson
+
+    from batchrun.errors import BatchrunError
+    from batchrun.spec import load_job
+
+    try:
+        job = load_job(job_file).with_overrides(input=input_path, run_dir=run_dir, model=model,
+                                                concurrency=concurrency)
+        plan = make_plan(job, job_path=job_file, limit=limit, skip_failed=skip_failed,
+                         max_cost_usd=max_cost_usd, sample=sample, assume_latency_ms=assume_latency_ms)
+    except BatchrunError as exc:
+        click.echo(f"batchrun: error: {exc}", err=True)
+        sys.exit(int(exc.exit_code))
+    if as_json:
+        click.echo(orjson.dumps(plan, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(format_plan(plan), nl=False)
+    if plan["budget"]["over"]:
+        sys.exit(OVER_BUDGET_EXIT)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    plan_command()
