@@ -6,7 +6,7 @@ JOB    ?= jobs/classify_tickets.toml
 ARGS   ?=
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test status clean bench
+.PHONY: install run test status clean compare bench
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "batchrun needs Python 3.11+; set PYTHON=python3.11")'
@@ -31,6 +31,9 @@ bench: install  ## concurrency sweep of JOB against the simulator (200 ms), with
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[plots]' \
 		|| echo "bench: could not install matplotlib: no plot this time"
 	$(BIN)/python -m batchrun.bench $(JOB) $(BENCH_ARGS)
+
+compare: install  ## three simulated models on the sample tickets: make compare ARGS="--limit 200"
+	$(BIN)/batchrun run jobs/compare_models.toml $(ARGS)
 
 clean:  ## remove the virtualenv, run directories and caches
 	rm -rf $(VENV) runs build *.egg-info .pytest_cache
