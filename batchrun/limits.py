@@ -273,22 +273,25 @@ class AdaptiveConcurrency:
     Results are judged in windows of `limit` results (one round trip of every
     slot). After a window:
       * any 429 in it: multiply the limit by `decrease` (0.7);
-      * its median latency above `tolerance` (1.5) x the best window median
+      * its median latency above `tolerance` (1.3) x the best window median
         seen so far (the server is queueing): multiply by `decrease`;
-      * otherwise: add 1 (additive increase).
+      * otherwise: add 1 (additive increase), or, until the first decrease,
+        double it (slow start, as TCP does), so a run finds the server's
+        capacity in a few windows instead of hundreds.
     Always within [minimum, maximum]. `history` keeps the limit after each
     window; `settled` is the median of the last 20 of them: what the summary
     reports as the concurrency the run settled on.
     """
 
     def __init__(self, minimum: int, maximum: int, *, start: int | None = None, decrease: float = 0.7,
-                 tolerance: float = 1.5) -> None:
+                 tolerance: float = 1.3, slow_start: bool = True) -> None:
         self.minimum = minimum
         self.maximum = maximum
         self.limit = max(minimum, min(maximum, start if start is not None else minimum))
         self.decrease = decrease
         self.tolerance = tolerance
         self.best_median: float | None = None
+        self.slow_start = slow_start
         self.history: list[int] = []
         self._latencies: list[float] = []
         self._results = 0  # results in the current window
@@ -314,6 +317,9 @@ class AdaptiveConcurrency:
             median > self.tolerance * self.best_median
         if self._throttled or overloaded:
             self.limit = max(self.minimum, int(self.limit * self.decrease))
+            self.slow_start = False
+        elif self.slow_start:
+            self.limit = min(self.maximum, self.limit * 2)
         else:
             self.limit = min(self.maximum, self.limit + 1)
         self.history.append(self.limit)

@@ -63,7 +63,7 @@ def test_parse_openai_and_anthropic_rate_limit_headers():
 
 
 def test_aimd_increases_by_one_per_healthy_window():
-    aimd = AdaptiveConcurrency(2, 10, start=4)
+    aimd = AdaptiveConcurrency(2, 10, start=4, slow_start=False)
     for _ in range(4):
         aimd.on_result(100.0, rate_limited=False)
     assert aimd.limit == 5
@@ -73,7 +73,7 @@ def test_aimd_increases_by_one_per_healthy_window():
 
 
 def test_aimd_cuts_multiplicatively_on_429_and_respects_bounds():
-    aimd = AdaptiveConcurrency(3, 10, start=10)
+    aimd = AdaptiveConcurrency(3, 10, start=10, slow_start=False)
     for _ in range(9):
         aimd.on_result(100.0, rate_limited=False)
     aimd.on_result(None, rate_limited=True)
@@ -85,12 +85,12 @@ def test_aimd_cuts_multiplicatively_on_429_and_respects_bounds():
 
 
 def test_aimd_cuts_when_latency_rises_above_the_best_seen():
-    aimd = AdaptiveConcurrency(1, 50, start=10)
+    aimd = AdaptiveConcurrency(1, 50, start=10, slow_start=False)
     for _ in range(10):
         aimd.on_result(100.0, rate_limited=False)
     assert aimd.limit == 11 and aimd.best_median == 100.0
     for _ in range(11):
-        aimd.on_result(200.0, rate_limited=False)  # queueing: 2x the best median
+        aimd.on_result(200.0, rate_limited=False)  # queueing: 2x the best median (tolerance 1.3)
     assert aimd.limit == 7
     for _ in range(7):
         aimd.on_result(120.0, rate_limited=False)  # within tolerance
@@ -101,3 +101,17 @@ def test_aimd_settled_is_the_median_of_recent_limits():
     aimd = AdaptiveConcurrency(1, 100, start=1)
     aimd.history = [10, 12, 11, 50, 11]
     assert aimd.settled == 11
+
+
+def test_aimd_slow_start_doubles_until_the_first_decrease():
+    aimd = AdaptiveConcurrency(1, 100, start=4)
+    for expected in (8, 16, 32):
+        for _ in range(aimd.limit):
+            aimd.on_result(100.0, rate_limited=False)
+        assert aimd.limit == expected
+    for _ in range(aimd.limit):
+        aimd.on_result(300.0, rate_limited=False)  # the server starts queueing
+    assert aimd.limit == 22 and not aimd.slow_start
+    for _ in range(aimd.limit):
+        aimd.on_result(100.0, rate_limited=False)
+    assert aimd.limit == 23  # additive from now on
