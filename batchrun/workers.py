@@ -20,15 +20,16 @@ stderr so a stray print cannot corrupt the stream).
     {"t": "init", job, provider, run}       {"t": "ready"}     (provider: kwargs per model key)
     {"t": "ticket", id, messages, timeout,  {"t": "want", id, attempt, tokens}    (rpm/tpm jobs)
      chain, route}
-    {"t": "permit", id}                     {"t": "attempt", id, attempt}         (other jobs)
+    {"t": "permit", id}                     (other jobs: attempts counted from the outcome)
     {"t": "pause", seconds}                 {"t": "failed", id, attempt, error}
                                             {"t": "succeeded", id, attempt, latency_ms, usage, headers}
                                                                           (rate-limited or "auto" jobs)
                                             {"t": "outcome", outcome}
 
 A job with rpm/tpm asks for a permit before every attempt, so the token
-buckets stay shared and exact. Other jobs only report attempts (no round
-trip); a 429 with Retry-After is broadcast as a pause to every child.
+buckets stay shared and exact. Other jobs send three frames per ticket
+(ticket, outcome, and a failure frame per failed attempt); a 429 with
+Retry-After is broadcast as a pause to every child.
 
 A child ignores SIGINT/SIGTERM (the coordinator decides about shutdown) and
 exits when its stdin closes, so a coordinator killed with SIGKILL takes its
@@ -169,6 +170,7 @@ class ProcessExecutor:
         self._tg: Any = None
         self._closing = False
         self.crashed: WorkerCrashedError | None = None
+        self.counts_each_attempt = bool(job.rpm or job.tpm)  # permits are asked per attempt
 
     async def start(self, task_group: Any) -> None:
         """Spawn the children in `task_group` and wait until each has loaded litellm."""
@@ -217,11 +219,7 @@ class ProcessExecutor:
                 (length,) = _LEN.unpack(await stream.receive_exactly(4))
                 message = orjson.loads(await stream.receive_exactly(length))
                 kind = message["t"]
-                if kind == "attempt":
-                    pending = self.pending.get(message["id"])
-                    if pending is not None:
-                        self.hooks.note_attempt(pending.request, message["attempt"])
-                elif kind == "want":
+                if kind == "want":
                     self._tg.start_soon(self._grant, child, message)
                 elif kind == "failed":
                     pending = self.pending.get(message["id"])
@@ -244,6 +242,9 @@ class ProcessExecutor:
                     outcome = outcome_from_wire(message["outcome"])
                     pending = self.pending.get(outcome.ticket_id)
                     if pending is not None:
+                        if not self.counts_each_attempt:  # the child sent no frame per attempt
+                            for attempt in range(1, outcome.attempts + 1):
+                                self.hooks.note_attempt(pending.request, attempt)
                         pending.outcome = outcome
                         pending.done.set()
                 elif kind == "ready":
@@ -319,8 +320,7 @@ class _RemoteHooks:
         self.tokens: dict[str, int] = {}
 
     async def before_attempt(self, request: ChatRequest, attempt: int) -> None:
-        if not self.asks_permits:
-            self._later({"t": "attempt", "id": request.ticket_id, "attempt": attempt})
+        if not self.asks_permits:  # attempts are counted from the outcome: no frame per attempt
             await self.gate.wait_for_permit()
             return
         tokens = None
