@@ -302,6 +302,7 @@ class _Run:
         self.budget = (CostBudget(prep.max_cost_usd, prep.checkpoint.spent_usd)
                        if prep.max_cost_usd is not None else None)
         self.rate_limiter: RateLimiter | None = None  # made in run(): it needs the event loop's clock
+        self.model_limiters: dict[str, RateLimiter] = {}  # routed jobs: [[models]] entries with rpm/tpm
         self.estimated_tokens: dict[str, int] = {}  # ticket id -> tokens reserved per attempt (tpm)
         self.aimd = (AdaptiveConcurrency(self.job.min_concurrency, self.job.max_concurrency,
                                          start=min(self.job.max_concurrency, max(self.job.min_concurrency, 4)))
@@ -412,14 +413,22 @@ class _Run:
     async def before_attempt(self, request: ChatRequest, attempt: int, tokens: int | None = None) -> None:
         self.note_attempt(request, attempt)
         await self.gate.wait_for_permit()
-        if self.rate_limiter is not None:
-            if self.rate_limiter.tokens is not None:
+        limiter = self._limiter(request)
+        if limiter is not None:
+            if limiter.tokens is not None:
                 if tokens is None:
                     tokens = self.estimated_tokens.get(request.ticket_id)
-                if tokens is None and self.provider is not None and hasattr(self.provider, "estimate_tokens"):
-                    tokens = sum(self.provider.estimate_tokens(request))
+                provider = self.providers.get(request.model_key or "", self.provider)
+                if tokens is None and provider is not None and hasattr(provider, "estimate_tokens"):
+                    tokens = sum(provider.estimate_tokens(request))
                 self.estimated_tokens[request.ticket_id] = tokens or 0
-            await self.rate_limiter.acquire(tokens or 0)
+            await limiter.acquire(tokens or 0)
+
+    def _limiter(self, request: ChatRequest) -> RateLimiter | None:
+        """The rate limiter of the request's model ([[models]] rpm/tpm), else the job's."""
+        if request.model_key and request.model_key in self.model_limiters:
+            return self.model_limiters[request.model_key]
+        return self.rate_limiter
 
     def attempt_failed(self, request: ChatRequest, attempt: int, error: RequestError) -> None:
         self._count_error(error.kind)
@@ -433,11 +442,12 @@ class _Run:
 
     def attempt_succeeded(self, request: ChatRequest, attempt: int, completion: Completion,
                           latency_ms: float) -> None:
-        if self.rate_limiter is not None:
+        limiter = self._limiter(request)
+        if limiter is not None:
             if completion.usage is not None and request.ticket_id in self.estimated_tokens:
-                self.rate_limiter.correct(self.estimated_tokens[request.ticket_id], completion.usage.total_tokens)
+                limiter.correct(self.estimated_tokens[request.ticket_id], completion.usage.total_tokens)
             if completion.rate_limit_headers:
-                self.rate_limiter.observe(parse_rate_limit_headers(completion.rate_limit_headers))
+                limiter.observe(parse_rate_limit_headers(completion.rate_limit_headers))
         if self.aimd is not None:
             self._set_limit(self.aimd.on_result(latency_ms, rate_limited=False))
 
@@ -524,6 +534,8 @@ class _Run:
         await self.writer.open()
         if self.job.rpm or self.job.tpm:
             self.rate_limiter = RateLimiter(self.job.rpm, self.job.tpm)
+        self.model_limiters = {entry.name: RateLimiter(entry.rpm or self.job.rpm, entry.tpm or self.job.tpm)
+                               for entry in self.job.models if entry.rpm or entry.tpm}
         n_workers = min(self.job.max_in_flight, max(self.prep.to_do, 1))
         tickets_send, tickets_recv = anyio.create_memory_object_stream[Ticket](self.job.max_in_flight)
         # Each worker holds at most one outcome, so this buffer never blocks a worker:

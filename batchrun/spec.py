@@ -280,6 +280,8 @@ class ModelSpec(_Section):
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # the variable's NAME
     params: dict[str, Any] = Field(default_factory=dict)  # merged over the job's params
     prices: PricesSpec | None = None
+    rpm: int | None = Field(None, ge=1)  # this model's own limits (default: the job's)
+    tpm: int | None = Field(None, ge=1)
     fallbacks: list[str] = Field(default_factory=list)  # names to try, in order, after a terminal failure
 
 
@@ -654,6 +656,7 @@ class JobSpec(_Section):
             name=f"{self.name}.{entry.name}", model=entry.model, api_base=entry.api_base or self.api_base,
             api_key_env=entry.api_key_env or self.api_key_env, params={**self.params, **entry.params},
             prices=entry.prices.model_dump() if entry.prices else data["prices"], models=[], routes=[],
+            rpm=entry.rpm or self.rpm, tpm=entry.tpm or self.tpm,
             run_dir=self.resolved_run_dir() / "models" / entry.name,
         )
         return JobSpec.model_validate(data)

@@ -170,7 +170,7 @@ class ProcessExecutor:
         self._tg: Any = None
         self._closing = False
         self.crashed: WorkerCrashedError | None = None
-        self.counts_each_attempt = bool(job.rpm or job.tpm)  # permits are asked per attempt
+        self.counts_each_attempt = bool(job.rpm or job.tpm or any(m.rpm or m.tpm for m in job.models))
 
     async def start(self, task_group: Any) -> None:
         """Spawn the children in `task_group` and wait until each has loaded litellm."""
@@ -236,8 +236,8 @@ class ProcessExecutor:
                         slim = Completion(text="", finish_reason=None, model=None,
                                           usage=Usage(**usage) if usage else None, cost_usd=None,
                                           cost_status="", rate_limit_headers=message.get("headers"))
-                        self.hooks.attempt_succeeded(pending.request, message["attempt"], slim,
-                                                     message["latency_ms"])
+                        request = dataclasses.replace(pending.request, model_key=message.get("model"))
+                        self.hooks.attempt_succeeded(request, message["attempt"], slim, message["latency_ms"])
                 elif kind == "outcome":
                     outcome = outcome_from_wire(message["outcome"])
                     pending = self.pending.get(outcome.ticket_id)
@@ -275,7 +275,8 @@ class ProcessExecutor:
         pending = self.pending.get(message["id"])
         if pending is None:
             return
-        await self.hooks.before_attempt(pending.request, message["attempt"], tokens=message.get("tokens"))
+        request = dataclasses.replace(pending.request, model_key=message.get("model"))
+        await self.hooks.before_attempt(request, message["attempt"], tokens=message.get("tokens"))
         try:
             await child.send({"t": "permit", "id": message["id"]})
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -312,8 +313,8 @@ class _RemoteHooks:
     def __init__(self, send: Any, job: JobSpec, provider: Any) -> None:
         self.send = send
         self.provider = provider
-        self.asks_permits = bool(job.rpm or job.tpm)
-        self.counts_tokens = bool(job.tpm)
+        self.asks_permits = bool(job.rpm or job.tpm or any(m.rpm or m.tpm for m in job.models))
+        self.counts_tokens = bool(job.tpm or any(m.tpm for m in job.models))
         self.reports_results = self.asks_permits or job.adaptive
         self.gate = RequestGate()  # the coordinator's pauses, mirrored
         self.permits: dict[str, anyio.Event] = {}
@@ -329,7 +330,8 @@ class _RemoteHooks:
                 self.tokens[request.ticket_id] = sum(self.provider.estimate_tokens(request))
             tokens = self.tokens[request.ticket_id]
         event = self.permits[request.ticket_id] = anyio.Event()
-        await self.send({"t": "want", "id": request.ticket_id, "attempt": attempt, "tokens": tokens})
+        await self.send({"t": "want", "id": request.ticket_id, "attempt": attempt, "tokens": tokens,
+                         "model": request.model_key})
         await event.wait()
 
     def attempt_failed(self, request: ChatRequest, attempt: int, error: RequestError) -> None:
@@ -339,7 +341,8 @@ class _RemoteHooks:
                           latency_ms: float) -> None:
         if self.reports_results:
             usage = completion.usage
-            self._later({"t": "succeeded", "id": request.ticket_id, "attempt": attempt, "latency_ms": latency_ms,
+            self._later({"t": "succeeded", "id": request.ticket_id, "model": request.model_key,
+                         "attempt": attempt, "latency_ms": latency_ms,
                          "usage": dataclasses.asdict(usage) if usage else None,
                          "headers": dict(completion.rate_limit_headers or {}) or None})
 

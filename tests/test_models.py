@@ -164,3 +164,17 @@ def test_any_openai_compatible_endpoint_started_separately(make_job, tmp_path, c
     assert len(rows) == 6 and set(counts.values()) == {1}
     assert {r["model"] for r in rows} == {"my-deployed-model"}
     assert all(r["cost_usd"] is None and r["cost_status"] == "unpriced_model" for r in rows)
+
+
+def test_a_model_gets_its_own_rate_limit_or_the_jobs(make_job):
+    job = load_job(make_job(4, top="rpm = 600\n", extra="""
+        [[models]]
+        name = "cheap"
+        model = "openai/sim-cheap"
+        rpm = 60
+        [[models]]
+        name = "strong"
+        model = "openai/sim-strong"
+    """))
+    assert job.for_model(job.model_entry("cheap")).rpm == 60
+    assert job.for_model(job.model_entry("strong")).rpm == 600
