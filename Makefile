@@ -6,7 +6,7 @@ JOB    ?= jobs/classify_tickets.toml
 ARGS   ?=
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test status clean compare bench
+.PHONY: install run test status clean compare bench plan report
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "batchrun needs Python 3.11+; set PYTHON=python3.11")'
@@ -21,6 +21,12 @@ run: install  ## run (or resume) JOB against its simulator: make run JOB=jobs/ot
 
 status: install  ## counts of JOB's run directory: make status RUN_DIR=runs/classify_tickets
 	$(BIN)/batchrun status $(or $(RUN_DIR),runs/$(basename $(notdir $(JOB))))
+
+plan: install  ## forecast JOB without sending anything: tickets to do, tokens, cost, duration; exit 5 over max_cost_usd: make plan JOB=jobs/compare_models.toml PLAN_ARGS="--max-cost-usd 1"
+	$(BIN)/python -m batchrun.plan $(JOB) $(PLAN_ARGS)
+
+report: install  ## grade JOB's run directory (or RUN_DIR) against gold labels: make report REPORT_ARGS="--out report_out" (PNG charts need .[plots])
+	$(BIN)/python -m batchrun.grading $(or $(RUN_DIR),runs/$(basename $(notdir $(JOB)))) $(REPORT_ARGS)
 
 test: install  ## the whole suite (pytest's "no tests collected", exit 5, counts as a pass)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \

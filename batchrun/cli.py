@@ -22,6 +22,9 @@ import click
 
 from batchrun import __version__
 from batchrun.bench import bench_command
+from batchrun.diffing import diff_command
+from batchrun.grading import report_command
+from batchrun.plan import plan_command
 from batchrun.sim.command import sim_command
 
 RUN_EXAMPLES = """
@@ -36,7 +39,8 @@ Examples:
 \b
 Exit codes: 0 all done; 2 bad job file, input or environment (nothing sent);
 3 finished but some tickets failed (see errors.jsonl; re-run to retry them);
-4 stopped by fail-fast (401/403/404 in a row); 5 max_cost_usd reached;
+4 stopped by fail-fast (401/403/404 in a row); 5 max_cost_usd reached
+(also `batchrun plan` over budget); 6 `batchrun diff --fail-on-accuracy-drop`;
 130/143 interrupted by SIGINT/SIGTERM; 1 other errors. Every stopped run
 resumes with the same command.
 """
@@ -354,6 +358,9 @@ def status(run_dir: Path, as_json: bool) -> None:
 
 main.add_command(sim_command, name="sim")
 main.add_command(bench_command, name="bench")
+main.add_command(plan_command, name="plan")
+main.add_command(report_command, name="report")
+main.add_command(diff_command, name="diff")
 
 if __name__ == "__main__":  # pragma: no cover
     main()

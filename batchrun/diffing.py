@@ -32,13 +32,17 @@ PER PAIR
                  percentage points
     accuracy     A's and B's accuracy (each over its own graded results, as
                  `report` shows it) and the delta in points (B - A); also on
-                 the tickets graded in both, when the sets differ
+                 the tickets graded in both, when the two sets differ
     cost         total spent and per 1,000 tickets done, with the change
     latency      p50 and p95 of the successful attempt, with the change
 
 --fail-on-accuracy-drop POINTS
     Exit 6 when B's accuracy is more than POINTS percentage points below A's
     (for any pair of models), after printing everything: `make` stops on it.
+    When the graded tickets of A and B differ but overlap (a partial run, a
+    different --limit), the check compares them on the tickets graded in
+    both; otherwise (the same tickets, or two nights' different inputs) on
+    each run's accuracy.
     `--fail-on-accuracy-drop 0` fails on any drop. Without gold labels on
     either side the check cannot be made: exit 2, never a silent pass.
 
@@ -51,7 +55,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import click
 
@@ -188,19 +192,24 @@ def accuracy_check(diff: Mapping[str, Any], max_drop: float) -> tuple[int, list[
     code, lines = 0, []
     for pair in diff["pairs"]:
         name = pair["b"]["key"] if pair["a"]["key"] == pair["b"]["key"] else f"{pair['a']['key']} -> {pair['b']['key']}"
-        delta = pair["accuracy"]["delta_points"]
+        common = pair["accuracy"]["on_common"]
+        # apples to apples: the tickets graded in both when the sets differ (a partial run, a
+        # different --limit), else each run's accuracy (the same tickets, or disjoint inputs)
+        delta = common["delta_points"] if common else pair["accuracy"]["delta_points"]
+        basis = f"on the {common['tickets']:,} tickets graded in both" if common else "over each run's graded results"
         if delta is None:
             lines.append(f"accuracy check [{name}]: CANNOT CHECK: no graded results in "
                          + ("A" if pair["accuracy"]["a"] is None else "B") + " (gold labels missing?)")
             if code != ACCURACY_DROPPED:
                 code = 2
         elif -delta > max_drop:
+            a, b = (common["a"], common["b"]) if common else (pair["accuracy"]["a"], pair["accuracy"]["b"])
             lines.append(f"accuracy check [{name}]: FAILED: accuracy fell by {-delta:.2f} points "
-                         f"({_pct(pair['accuracy']['a'])} -> {_pct(pair['accuracy']['b'])}), "
-                         f"more than the {max_drop:g} allowed (exit {ACCURACY_DROPPED})")
+                         f"({_pct(a)} -> {_pct(b)} {basis}), more than the {max_drop:g} allowed "
+                         f"(exit {ACCURACY_DROPPED})")
             code = ACCURACY_DROPPED
         else:
-            lines.append(f"accuracy check [{name}]: ok: {delta:+.2f} points "
+            lines.append(f"accuracy check [{name}]: ok: {delta:+.2f} points {basis} "
                          f"(a drop of more than {max_drop:g} fails)")
     return code, lines
 

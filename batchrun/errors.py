@@ -64,6 +64,7 @@ class ExitCode(IntEnum):
     TICKETS_FAILED = 3  # the run finished, but some tickets ended in errors.jsonl
     ABORTED = 4  # fail-fast: tickets in a row failed with 401/403/404; resumable
     BUDGET_EXHAUSTED = 5  # max_cost_usd reached; resumable with a larger budget
+    ACCURACY_DROPPED = 6  # batchrun diff --fail-on-accuracy-drop: the nightly check failed
     INTERRUPTED = 130  # SIGINT (Ctrl-C); 143 for SIGTERM (128 + signal number)
 
 

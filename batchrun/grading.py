@@ -49,9 +49,10 @@ folded): `"Bug."` and `bug` are the same answer.
 When no ticket carries the gold field, the report says so and shows the
 rest (counts, label distribution, latency, tokens, cost).
 
-A run directory whose results come from several models (routing, fallbacks:
-the result's `model` differs) or carry a `route` also gets a breakdown by
-answering model and by route.
+A run directory whose results come from several models (a routed job, or
+fallbacks: the result's `model_key`, else its `model`, differs) or carry a
+`route` also gets a breakdown by answering model and by route, and the count
+of results answered by a fallback (`attempts_by_model` names several models).
 
 AND ALSO
 
@@ -187,6 +188,21 @@ def _manifest_model(manifest: Mapping[str, Any]) -> str:
     return "?"
 
 
+def _job_order(units: list[RunUnit]) -> list[RunUnit]:
+    """A compare directory's models in the order the job file lists them (when it can be read),
+    else by directory name."""
+    job_path = (units[0].manifest.get("job") or {}).get("path")
+    names: list[str] = []
+    if isinstance(job_path, str) and Path(job_path).is_file():
+        try:
+            from batchrun.spec import load_job
+
+            names = [str(getattr(entry, "name", "")) for entry in getattr(load_job(job_path), "models", None) or []]
+        except Exception:  # an edited or moved job file: directory order
+            names = []
+    return sorted(units, key=lambda u: (names.index(u.key) if u.key in names else len(names), u.key))
+
+
 def find_units(path: Path) -> tuple[str, list[RunUnit]]:
     """("compare", one unit per models/<key>/) or ("run", [the run directory])."""
     from batchrun.checkpoint import read_manifest
@@ -204,7 +220,7 @@ def find_units(path: Path) -> tuple[str, list[RunUnit]]:
                 if manifest is not None:
                     units.append(RunUnit(sub.name, _manifest_model(manifest), sub, manifest))
         if units:
-            return "compare", units
+            return "compare", _job_order(units)
         manifest = read_manifest(path)
     except CheckpointError as exc:
         raise ReportError(str(exc)) from None
@@ -467,6 +483,7 @@ class _Acc:
         self.cost_status: dict[str, int] = {}
         self.attempts = 0
         self.truncated = 0
+        self.fallbacks = 0  # results answered by a fallback model (attempts_by_model names several)
         self.distribution: dict[str, int] = {}
         self.pairs: list[tuple[str, str]] = []
         self.runs: dict[Any, list[float]] = {}  # run -> [first start, last finish, results]
@@ -497,6 +514,8 @@ class _Acc:
         self.cost_status[status] = self.cost_status.get(status, 0) + 1
         self.attempts += int(line.get("attempts") or 0)
         self.truncated += bool(line.get("truncated"))
+        by_model = line.get("attempts_by_model")
+        self.fallbacks += isinstance(by_model, dict) and len(by_model) > 1
         self.distribution[pred] = self.distribution.get(pred, 0) + 1
         if gold is not None:
             self.pairs.append((gold, pred))
@@ -528,6 +547,7 @@ class _Acc:
             },
             "attempts": self.attempts,
             "truncated": self.truncated,
+            "answered_after_fallback": self.fallbacks,
             "label_distribution": dict(sorted(self.distribution.items(), key=lambda kv: (-kv[1], kv[0]))),
             "grading": classification_metrics(self.pairs, job_labels) if graded else None,
         }
@@ -554,7 +574,7 @@ def _unit_report(unit: RunUnit, gold: GoldLabels | None, gold_note: str | None) 
         if gold is not None and g is None:
             missing_gold += 1
         overall.add(line, pred, g)
-        answered_by = str(line.get("model") or "?")
+        answered_by = str(line.get("model_key") or line.get("model") or "?")  # [[models]] name when there is one
         by_model.setdefault(answered_by, _Acc()).add(line, pred, g)
         if "route" in line:
             by_route.setdefault(str(line.get("route")), _Acc()).add(line, pred, g)
@@ -734,6 +754,8 @@ def _format_unit(m: Mapping[str, Any]) -> list[str]:
             f"run {run}: {t['results']:,} results in {t['wall_s']:,.2f} s"
             + (f" ({t['results_per_s']:,.1f}/s)" if t["results_per_s"] else "")
             for run, t in m["throughput"].items())))
+    if m.get("answered_after_fallback"):
+        rows.append(("fallbacks", f"{m['answered_after_fallback']:,} result(s) answered by a fallback model"))
     tok = m["tokens"]
     rows.append(("tokens", f"{tok['total']:,} ({tok['prompt']:,} prompt + {tok['completion']:,} completion)"))
     cost = m["cost"]

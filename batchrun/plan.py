@@ -70,10 +70,21 @@ budget
 
 MODELS
 
-The plan is a list of per-model rows (`model_entries`): one for today's
-single `model`; a job with several models adds one row each, with its own
-run directory (`RUN_DIR/models/<key>/`), params, prices and limits, and a
-total.
+The plan is a list of per-model rows (`model_entries`):
+
+  * a single-model job: one row;
+  * a compare job (`[[models]]` without `[[routes]]`): one row per model,
+    each a run of its own (`JobSpec.for_model`: its run directory
+    `RUN_DIR/models/<name>/`, its merged params, its prices), so each has its
+    own resume counts, finished results, spend and budget check (a compare
+    run checks `max_cost_usd` per model directory); the models run one
+    after another, so the total duration is their sum;
+  * a routed job (`[[routes]]`): one row per model with the tickets to do
+    that the rules send to it (`JobSpec.route`, the same rules the run
+    applies); finished results are attributed by their `model_key`; the
+    models share the job's run directory, budget, concurrency and rate
+    limits, so the total duration is the shared bound. Fallbacks happen only
+    after failures and are not planned for.
 
 Exit codes: 0 plan printed; 2 bad job file or input (as `run`); 5 the plan
 is over max_cost_usd.
@@ -114,8 +125,9 @@ PRICE_SOURCES = {"job": "job file", "litellm": "litellm price list (local copy)"
 class ModelEntry:
     """One model a run of the job would call, with what decides its cost and time."""
 
-    key: str  # "models/<key>" in a multi-model run directory; the job name for a single model
+    key: str  # the [[models]] name; the job name for a single-model job
     model: str  # the litellm model string
+    job: Any  # the JobSpec that renders its prompts (a compare job's per-model job)
     params: Mapping[str, Any]
     prices: Any  # spec.PricesSpec or None
     max_in_flight: int  # concurrency ("auto": max_concurrency)
@@ -123,16 +135,34 @@ class ModelEntry:
     rpm: int | None
     tpm: int | None
     run_dir: Path  # where its checkpoint files are
+    route: str | None = None  # routed jobs: only the tickets the rules send to this [[models]] name
 
 
-def model_entries(job: Any, run_dir: Path) -> list[ModelEntry]:
-    """The models of a job, one entry each (today: the job's single `model`).
+def plan_mode(job: Any) -> str:
+    """"single", "compare" ([[models]] without [[routes]]) or "route"."""
+    if not getattr(job, "models", None):
+        return "single"
+    return "route" if getattr(job, "routes", None) else "compare"
 
-    A multi-model job adds one entry per model here, each with its own
-    `run_dir / "models" / key`; the rest of the plan is per entry."""
-    return [ModelEntry(key=job.name, model=job.model, params=dict(job.params), prices=job.prices,
-                       max_in_flight=job.max_in_flight, concurrency=job.concurrency,
-                       rpm=getattr(job, "rpm", None), tpm=getattr(job, "tpm", None), run_dir=Path(run_dir))]
+
+def _entry(key: str, job: Any, **changes: Any) -> ModelEntry:
+    fields: dict[str, Any] = dict(
+        key=key, model=job.model, job=job, params=dict(job.params), prices=job.prices,
+        max_in_flight=job.max_in_flight, concurrency=job.concurrency, rpm=getattr(job, "rpm", None),
+        tpm=getattr(job, "tpm", None), run_dir=Path(job.resolved_run_dir()))
+    fields.update(changes)
+    return ModelEntry(**fields)
+
+
+def model_entries(job: Any) -> list[ModelEntry]:
+    """The models of a job, one entry each (see MODELS in the module docstring)."""
+    mode = plan_mode(job)
+    if mode == "compare":
+        return [_entry(spec.name, job.for_model(spec)) for spec in job.models]
+    if mode == "route":
+        return [_entry(spec.name, job, model=spec.model, params={**job.params, **spec.params},
+                       prices=spec.prices or job.prices, route=spec.name) for spec in job.models]
+    return [_entry(job.name, job)]
 
 
 def _max_tokens(params: Mapping[str, Any]) -> int | None:
@@ -140,8 +170,9 @@ def _max_tokens(params: Mapping[str, Any]) -> int | None:
     return int(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
-def _finished(run_dir: Path) -> dict[str, Any]:
-    """Average completion tokens and median latency of the finished results, if any."""
+def _finished(run_dir: Path, model_key: str | None = None) -> dict[str, Any]:
+    """Average completion tokens and median latency of the finished results, if any
+    (with `model_key`: only the lines that model answered)."""
     from batchrun.checkpoint import ERRORS, RESULTS, read_manifest, scan_jsonl
     from batchrun.grading import iter_jsonl
 
@@ -149,6 +180,8 @@ def _finished(run_dir: Path) -> dict[str, Any]:
     prompts: list[int] = []
     latencies: list[float] = []
     for line in iter_jsonl(run_dir / RESULTS):
+        if model_key is not None and line.get("model_key") != model_key:
+            continue
         usage = line.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
             completions.append(usage["completion_tokens"])
@@ -206,12 +239,13 @@ def _count_tokens(entry: ModelEntry, job: Any, tickets: list[Any]) -> list[int]:
     return counts
 
 
-def _plan_entry(job: Any, entry: ModelEntry, *, limit: int | None, skip_failed: bool, sample: int,
+def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, sample: int,
                 assume_latency_ms: float) -> dict[str, Any]:
     from batchrun.checkpoint import load_done_ids, load_failed_ids
     from batchrun.errors import TicketError
     from batchrun.tickets import read_tickets, scan_input
 
+    job = entry.job
     run_dir = entry.run_dir
     done = load_done_ids(run_dir)
     failed = load_failed_ids(run_dir, done)
@@ -222,14 +256,17 @@ def _plan_entry(job: Any, entry: ModelEntry, *, limit: int | None, skip_failed: 
                       failed_ids=failed if skip_failed else frozenset(), limit=limit)
     if scan.problem_count and not skip_bad:
         raise TicketError(scan.describe_problems().replace("nothing was requested", "a run would refuse it"))
-    to_do = scan.selected - scan.already_done - scan.skipped_failed
+    job_to_do = scan.selected - scan.already_done - scan.skipped_failed
 
-    # One pass over the tickets to do: a seeded reservoir sample, and the retries of failed ones.
+    # One pass over the tickets to do: a seeded reservoir sample, the retries of failed ones,
+    # and for a routed job the tickets its rules send to this model.
     rng = random.Random(SAMPLE_SEED)
     reservoir: list[Any] = []
     seen = retried = 0
     for ticket in read_tickets(job.input, job.id_field, skip_lines=scan.bad_lines,
                                max_line_bytes=job.max_line_bytes, only_lines=scan.dispatch):
+        if entry.route is not None and job.route(ticket.fields)[0] != entry.route:
+            continue
         seen += 1
         retried += ticket.id in failed
         if len(reservoir) < sample:
@@ -238,6 +275,7 @@ def _plan_entry(job: Any, entry: ModelEntry, *, limit: int | None, skip_failed: 
             slot = rng.randrange(seen)
             if slot < sample:
                 reservoir[slot] = ticket
+    to_do = seen if entry.route is not None else job_to_do
     counts = _count_tokens(entry, job, reservoir)
     exact = len(counts) >= to_do
     mean_in = statistics.fmean(counts) if counts else 0.0
@@ -249,7 +287,7 @@ def _plan_entry(job: Any, entry: ModelEntry, *, limit: int | None, skip_failed: 
         input_tokens = mean_in * big_n
         stderr = big_n * sd / math.sqrt(n) * math.sqrt((big_n - n) / (big_n - 1)) if n else 0.0
 
-    finished = _finished(run_dir)
+    finished = _finished(run_dir, entry.key if entry.route is not None else None)
     max_tokens = _max_tokens(entry.params)
     if finished["avg_completion_tokens"] is not None:
         per_ticket_out, out_source = finished["avg_completion_tokens"], "finished"
@@ -296,9 +334,10 @@ def _plan_entry(job: Any, entry: ModelEntry, *, limit: int | None, skip_failed: 
         "key": entry.key,
         "model": entry.model,
         "run_dir": str(run_dir),
+        "route": entry.route,
         "tickets": {"input": scan.tickets, "limit": limit, "selected": scan.selected, "already_done": scan.already_done,
                     "failed_before_retried": retried, "failed_before_skipped": scan.skipped_failed,
-                    "to_do": to_do, "bad_lines": scan.problem_count},
+                    "to_do": to_do, "job_to_do": job_to_do, "bad_lines": scan.problem_count},
         "input_tokens": {"total": round(input_tokens), "exact": exact, "sampled": len(counts),
                          "mean_per_ticket": round(mean_in, 2), "standard_error": round(stderr),
                          "finished_mean_reported": (None if finished["avg_prompt_tokens"] is None
@@ -328,20 +367,46 @@ def make_plan(job: Any, *, job_path: Path | None = None, limit: int | None = Non
               assume_latency_ms: float = DEFAULT_ASSUMED_LATENCY_MS) -> dict[str, Any]:
     """The plan as a JSON-ready dict (see the module docstring); raises BatchrunError subclasses."""
     sample = DEFAULT_SAMPLE if sample is None else sample
-    run_dir = job.resolved_run_dir()
-    rows = [_plan_entry(job, entry, limit=limit, skip_failed=skip_failed, sample=sample,
-                        assume_latency_ms=assume_latency_ms) for entry in model_entries(job, run_dir)]
+    mode = plan_mode(job)
+    rows = [_plan_entry(entry, limit=limit, skip_failed=skip_failed, sample=sample,
+                        assume_latency_ms=assume_latency_ms) for entry in model_entries(job)]
     budget = max_cost_usd if max_cost_usd is not None else job.max_cost_usd
-    unpriced = [r["model"] for r in rows if r["cost_usd"] is None and r["tickets"]["to_do"]]
-    expected = sum(r["cost_usd"] or 0.0 for r in rows)
-    spent = sum(r["spent_usd"] for r in rows)
-    ceiling = sum((r["ceiling_usd"] if r["ceiling_usd"] is not None else r["cost_usd"] or 0.0) for r in rows)
-    over = budget is not None and not unpriced and spent + expected > budget
+
+    # Budget scopes: what one run directory spends. A compare job has one per model.
+    groups = [[row] for row in rows] if mode == "compare" else [rows]
+    scopes = []
+    for group in groups:
+        unpriced = [r["model"] for r in group if r["cost_usd"] is None and r["tickets"]["to_do"]]
+        expected = sum(r["cost_usd"] or 0.0 for r in group)
+        ceiling = sum((r["ceiling_usd"] if r["ceiling_usd"] is not None else r["cost_usd"] or 0.0) for r in group)
+        spent = group[0]["spent_usd"]  # the group's run directory (shared by a routed job's rows)
+        over = budget is not None and not unpriced and spent + expected > budget
+        scopes.append({
+            "name": group[0]["key"] if mode == "compare" else job.name, "run_dir": group[0]["run_dir"],
+            "spent_usd": round(spent, 6), "expected_usd": None if unpriced else round(expected, 6),
+            "ceiling_usd": None if unpriced else round(ceiling, 6), "unpriced_models": unpriced, "over": over,
+            "ceiling_over": bool(budget is not None and not unpriced and not over and spent + ceiling > budget)})
+
+    if mode == "compare":  # the models run one after another
+        seconds = sum(r["duration"]["seconds"] for r in rows)
+    elif mode == "route":  # one run: the models share the concurrency slots and the rate limits
+        first = rows[0]["duration"]
+        bounds = {"concurrency": sum(r["duration"]["bounds_s"]["concurrency"] for r in rows)}
+        to_do = sum(r["tickets"]["to_do"] for r in rows)
+        if first["rpm"]:
+            bounds["rpm"] = to_do / first["rpm"] * 60.0
+        if first["tpm"]:
+            bounds["tpm"] = sum(r["input_tokens"]["total"] + r["output_tokens"]["total"] for r in rows) / first["tpm"] * 60.0
+        seconds = max(bounds.values())
+    else:
+        seconds = rows[0]["duration"]["seconds"]
+    unpriced_all = [m for scope in scopes for m in scope["unpriced_models"]]
     return {
         "job": job.name,
         "job_path": str(job_path) if job_path is not None else None,
+        "mode": mode,
         "input": str(job.input),
-        "run_dir": str(run_dir),
+        "run_dir": str(job.resolved_run_dir()),
         "limit": limit,
         "skip_failed": skip_failed,
         "simulator": job.simulator is not None,
@@ -349,13 +414,11 @@ def make_plan(job: Any, *, job_path: Path | None = None, limit: int | None = Non
         "total": {"to_do": sum(r["tickets"]["to_do"] for r in rows),
                   "input_tokens": sum(r["input_tokens"]["total"] for r in rows),
                   "output_tokens": sum(r["output_tokens"]["total"] for r in rows),
-                  "cost_usd": None if unpriced else round(expected, 6),
-                  "ceiling_usd": None if unpriced else round(ceiling, 6),
-                  "spent_usd": round(spent, 6),
-                  "seconds": max((r["duration"]["seconds"] for r in rows), default=0.0)},
-        "budget": {"max_cost_usd": budget, "over": over, "unpriced_models": unpriced,
-                   "ceiling_over": bool(budget is not None and not unpriced and not over
-                                        and spent + ceiling > budget)},
+                  "cost_usd": None if unpriced_all else round(sum(r["cost_usd"] or 0.0 for r in rows), 6),
+                  "spent_usd": round(sum(scope["spent_usd"] for scope in scopes), 6),
+                  "seconds": round(seconds, 3)},
+        "budget": {"max_cost_usd": budget, "over": any(scope["over"] for scope in scopes),
+                   "unpriced_models": unpriced_all, "scopes": scopes},
     }
 
 
@@ -382,7 +445,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:,.1f} h"
 
 
-def _format_row(r: Mapping[str, Any]) -> list[str]:
+def _format_row(r: Mapping[str, Any], single: bool = True) -> list[str]:
     t = r["tickets"]
     counts = (f"{t['selected']:,} (the first {t['limit']:,} of {t['input']:,}: --limit)" if t["limit"] is not None
               else f"{t['input']:,} in input") + f": {t['already_done']:,} already done"
@@ -390,7 +453,9 @@ def _format_row(r: Mapping[str, Any]) -> list[str]:
         counts += f", {t['failed_before_retried']:,} failed before (retried)"
     if t["failed_before_skipped"]:
         counts += f", {t['failed_before_skipped']:,} failed before (skipped: --skip-failed)"
-    counts += f"; {t['to_do']:,} to do"
+    counts += f"; {t['job_to_do']:,} to do"
+    if r["route"] is not None:
+        counts += f", {t['to_do']:,} of them routed to this model by the job's [[routes]]"
     it = r["input_tokens"]
     if t["to_do"] == 0:
         in_text = "0"
@@ -443,10 +508,14 @@ def _format_row(r: Mapping[str, Any]) -> list[str]:
         duration = (f"~{_duration(d['seconds'])}, set by the {d['bound']} bound: {conc}, {lat}; {limits}"
                     + (f" ({others})" if others else ""))
     rows = [("tickets", counts), ("input tokens", in_text), ("output tokens", out_text), ("price", price),
-            ("expected cost", cost), ("already spent", f"{_usd(r['spent_usd'])} in this run directory"),
-            ("duration", duration)]
+            ("expected cost", cost)]
+    if r["route"] is None:  # a routed job's models share one run directory: its spend is in the budget line
+        rows.append(("already spent", f"{_usd(r['spent_usd'])} in this run directory"))
+    rows.append(("duration", duration + (" (if it had the job's slots to itself)" if r["route"] is not None
+                                         and t["to_do"] else "")))
     width = max(len(k) for k, _ in rows)
-    lines = [f"model {r['model']}  (run directory {r['run_dir']})"]
+    name = f"model {r['model']}" if single else f"model {r['key']}: {r['model']}"
+    lines = [f"{name}  (run directory {r['run_dir']})"]
     lines += [f"  {k:<{width}}  {v}" for k, v in rows]
     lines += [f"  note: {n}" for n in r["notes"]]
     return lines
@@ -466,30 +535,36 @@ def format_plan(plan: Mapping[str, Any]) -> str:
                      "(a simulated run records the same cost)")
     lines.append("")
     for row in plan["models"]:
-        lines += _format_row(row) + [""]
+        lines += _format_row(row, plan["mode"] == "single") + [""]
     total = plan["total"]
     if len(plan["models"]) > 1:
+        how = {"compare": "every ticket on every model, one model after another",
+               "route": "each ticket on the model its route picks, in one run"}[plan["mode"]]
         lines.append(f"total: {total['to_do']:,} requests, {total['input_tokens']:,} input + "
                      f"{total['output_tokens']:,} output tokens, {_usd(total['cost_usd'])}, "
-                     f"~{_duration(total['seconds'])} (models run side by side)")
+                     f"~{_duration(total['seconds'])} ({how})")
     b = plan["budget"]
-    all_in = None if total["cost_usd"] is None else total["spent_usd"] + total["cost_usd"]
     if b["max_cost_usd"] is None:
+        all_in = None if total["cost_usd"] is None else total["spent_usd"] + total["cost_usd"]
         lines.append("budget: max_cost_usd not set"
                      + (f"; spent + expected = {_usd(all_in)}" if all_in is not None else ""))
-    elif b["unpriced_models"]:
-        lines.append(f"budget: max_cost_usd {_usd(b['max_cost_usd'])} cannot be checked: unpriced model(s) "
-                     + ", ".join(b["unpriced_models"]) + " (set [prices] in the job)")
-    elif b["over"]:
-        lines.append(f"OVER BUDGET: already spent {_usd(total['spent_usd'])} + expected {_usd(total['cost_usd'])} "
-                     f"= {_usd(all_in)} > max_cost_usd {_usd(b['max_cost_usd'])}: the run would stop at the "
-                     "budget (exit 5) before finishing; raise max_cost_usd or --limit the run")
-    else:
-        lines.append(f"budget: spent {_usd(total['spent_usd'])} + expected {_usd(total['cost_usd'])} = "
-                     f"{_usd(all_in)} of max_cost_usd {_usd(b['max_cost_usd'])}: within budget")
-        if b["ceiling_over"]:
-            lines.append("  but if every answer used all of max_tokens it would not be: the run reserves "
-                         "max_tokens per request in flight, so it may stop short of the last tickets")
+    for scope in b["scopes"] if b["max_cost_usd"] is not None else []:
+        where = f"budget [{scope['name']}]" if len(b["scopes"]) > 1 else "budget"
+        all_in = None if scope["expected_usd"] is None else scope["spent_usd"] + scope["expected_usd"]
+        if scope["unpriced_models"]:
+            lines.append(f"{where}: max_cost_usd {_usd(b['max_cost_usd'])} cannot be checked: unpriced model(s) "
+                         + ", ".join(scope["unpriced_models"]) + " (set [prices] in the job)")
+        elif scope["over"]:
+            lines.append(f"OVER BUDGET{where[6:]}: already spent {_usd(scope['spent_usd'])} + expected "
+                         f"{_usd(scope['expected_usd'])} = {_usd(all_in)} > max_cost_usd {_usd(b['max_cost_usd'])}: "
+                         "the run would stop at the budget (exit 5) before finishing; raise max_cost_usd or "
+                         "--limit the run")
+        else:
+            lines.append(f"{where}: spent {_usd(scope['spent_usd'])} + expected {_usd(scope['expected_usd'])} = "
+                         f"{_usd(all_in)} of max_cost_usd {_usd(b['max_cost_usd'])}: within budget")
+            if scope["ceiling_over"]:
+                lines.append("  but if every answer used all of max_tokens it would not be: the run reserves "
+                             "max_tokens per request in flight, so it may stop short of the last tickets")
     return "\n".join(lines) + "\n"
 
 
