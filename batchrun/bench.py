@@ -147,6 +147,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import click
 
+from batchrun.errors import redact_url
+from batchrun.sim.config import simulated_model as sim_model
+
 __all__ = [
     "AUTO_MAX_TICKETS",
     "AUTO_MIN_TICKETS",
@@ -176,23 +179,6 @@ PLOT_HINT = "pip install 'batchrun[plots]'"
 # --------------------------------------------------------------------------------------------
 # Pure pieces (tested without a network)
 # --------------------------------------------------------------------------------------------
-
-
-def sim_model(model: str) -> str:
-    """The simulator speaks OpenAI's API: route any model name there (the rule of cli._sim_model)."""
-    name = model.split("/", 1)[1] if "/" in model else model
-    return f"openai/{name}"
-
-
-def redact_url(url: str) -> str:
-    """An api_base fit for bench.json: no credentials, no query string (the rule of cli.redact_url)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def parse_concurrency(text: str) -> list[int | str]:

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import click
 
@@ -25,7 +25,9 @@ from batchrun.bench import bench_command
 from batchrun.diffing import diff_command
 from batchrun.grading import report_command
 from batchrun.plan import plan_command
+from batchrun.errors import redact_url
 from batchrun.sim.command import sim_command
+from batchrun.sim.config import simulated_model
 
 RUN_EXAMPLES = """
 \b
@@ -50,15 +52,6 @@ resumes with the same command.
 @click.version_option(__version__, prog_name="batchrun")
 def main() -> None:
     """Run LLM batch jobs over JSONL tickets: resumable, bounded, honest about cost."""
-
-
-def redact_url(url: str) -> str:
-    """An api_base fit for a manifest or a log: no credentials, no query string."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 class _RedactingFilter(logging.Filter):
@@ -134,12 +127,6 @@ def sim_config(job: Any) -> Any:
                      overload_ms=spec.overload_ms, faults=tuple(faults),
                      model_profiles=tuple((name, p.noise, spec.latency_ms if p.latency_ms is None else p.latency_ms)
                                           for name, p in spec.model_profiles.items()))
-
-
-def _sim_model(model: str) -> str:
-    """The simulator speaks OpenAI's API: route any model name there."""
-    name = model.split("/", 1)[1] if "/" in model else model
-    return f"openai/{name}"
 
 
 @main.command(epilog=RUN_EXAMPLES)
@@ -237,7 +224,7 @@ def _targets(job: Any, use_sim: bool, secrets: list[str]) -> dict[str, dict[str,
             secrets.extend(value for _, value in parse_qsl(urlsplit(api_base).query) if len(value) >= 4)
         prices = entry.prices if entry and entry.prices else job.prices
         targets[key] = {
-            "model": _sim_model(model) if use_sim else model,
+            "model": simulated_model(model) if use_sim else model,
             "api_base": None if use_sim else api_base,
             "api_key": _key(entry.api_key_env if entry and entry.api_key_env else job.api_key_env, use_sim, secrets),
             "params": {**job.params, **(entry.params if entry else {})},

@@ -52,6 +52,7 @@ __all__ = [
     "TerminalError",
     "TicketError",
     "redact_secrets",
+    "redact_url",
 ]
 
 
@@ -180,3 +181,14 @@ def redact_secrets(text: str, secrets: "tuple[str, ...] | list[str]" = ()) -> st
     text = query.sub(r"\1[REDACTED]", text)
     text = header.sub(r"\1[REDACTED]", text)
     return text
+
+
+def redact_url(url: str) -> str:
+    """An api_base fit for a manifest, a report or a log: no credentials, no query string."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))

@@ -158,3 +158,11 @@ class SimConfig:
             overload_ms=params.get("overload_ms", cls.overload_ms),
             model_profiles=tuple(params.get("model_profiles") or ()),
         )
+
+
+def simulated_model(model: str) -> str:
+    """The litellm model string that sends `model` to the simulator, which speaks
+    OpenAI's API: the provider prefix becomes "openai/" (gpt-4o -> openai/gpt-4o,
+    anthropic/claude-x -> openai/claude-x), so cost lookups keep the model's name."""
+    name = model.split("/", 1)[1] if "/" in model else model
+    return f"openai/{name}"
