@@ -300,22 +300,32 @@ def _run(job, job_file, targets, sim_url, *, limit, skip_failed, force, grace, p
 
 
 def _print_comparison(job: Any, jobs: list[Any]) -> None:
-    """One line per model of a compare run, from each sub-run's manifest and results."""
-    from batchrun.checkpoint import read_manifest
-    from batchrun.report import run_status
+    """The end of a compare run: one line per model, the label distribution
+    and agreement between models (from batchrun report's grading)."""
+    from batchrun.grading import build_report
 
-    click.echo(f"\n{job.name}: {len(jobs)} models on the same tickets (batchrun report {job.resolved_run_dir()})")
-    header = f"{'model':<24} {'done':>6} {'failed':>6} {'p50 ms':>8} {'p95 ms':>8} {'tokens':>10} {'cost $':>10} {'$/1k':>9}"
+    run_dir = job.resolved_run_dir()
+    report = build_report(run_dir)
+    click.echo(f"\n{job.name}: {len(jobs)} models on the same tickets (full report: batchrun report {run_dir})")
+    header = (f"{'model':<12} {'done':>6} {'failed':>6} {'accuracy':>8} {'p50 ms':>8} {'p95 ms':>8} "
+              f"{'ttft p50':>8} {'tokens':>9} {'cost $':>10} {'$/1k':>9}  labels")
     click.echo(header)
     click.echo("-" * len(header))
-    for each in jobs:
-        status = run_status(each.resolved_run_dir())
-        summary = (read_manifest(each.resolved_run_dir()) or {}).get("summary") or {}
-        latency = summary.get("latency_ms") or {}
-        per_1k = status["cost_usd"] / status["done"] * 1000 if status["done"] else None
-        click.echo(f"{each.name.split('.', 1)[-1]:<24} {status['done']:>6,} {status['failed']:>6,} "
-                   f"{_num(latency.get('p50')):>8} {_num(latency.get('p95')):>8} {status['total_tokens']:>10,} "
-                   f"{status['cost_usd']:>10.6f} {_num(per_1k, 6):>9}")
+    for model in report["models"]:
+        grading = model.get("grading") or {}
+        accuracy = grading.get("accuracy")
+        latency, ttft = model.get("latency_ms") or {}, model.get("ttft_ms") or {}
+        counts = model.get("counts") or {}
+        done, failed = counts.get("done"), counts.get("failed")
+        cost = model.get("cost") or {}
+        tokens = model.get("tokens") or {}
+        labels = " ".join(f"{k} {v}" for k, v in sorted((model.get("label_distribution") or {}).items()))
+        click.echo(f"{model['key']:<12} {_num(done):>6} {_num(failed):>6} "
+                   f"{'-' if accuracy is None else f'{accuracy:.1%}':>8} {_num(latency.get('p50')):>8} "
+                   f"{_num(latency.get('p95')):>8} {_num(ttft.get('p50')):>8} {_num(tokens.get('total')):>9} "
+                   f"{_num(cost.get('usd'), 6):>10} {_num(cost.get('per_1000_tickets_usd'), 6):>9}  {labels}")
+    for pair in report.get("agreement") or []:
+        click.echo(f"agreement {pair['a']} vs {pair['b']}: {pair['rate']:.1%} of {pair['both_answered']:,} tickets")
 
 
 def _num(value: Any, digits: int = 0) -> str:
