@@ -29,7 +29,7 @@ as a horizontal line on the plot; it is not a candidate for the
 recommendation and gets no baseline.
 
 Worker processes: each run uses as many as `batchrun run` would (the job's
-`workers`, "auto" by default: one per core for runs of 1,000 tickets or more
+`workers`, "auto" by default: one per core for runs of 5,000 tickets or more
 at concurrency 32 or more, else 1); `--workers N|auto` overrides the job.
 The wall time includes the workers' start-up (each imports litellm), so
 measure multi-process throughput on thousands of tickets (`--tickets 2000`).

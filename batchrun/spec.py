@@ -410,12 +410,13 @@ class JobSpec(_Section):
 
     def worker_count(self, to_do: int, cpus: int | None = None) -> int:
         """Processes to use: `workers`, or for "auto" one per core when the run
-        is big and concurrent enough to be CPU-bound in one process (>= 1,000
-        tickets to do and concurrency >= 32), else 1."""
+        is big and concurrent enough to be CPU-bound in one process (>= 5,000
+        tickets to do, so that each process's litellm import of several
+        seconds pays off, and concurrency >= 32), else 1."""
         if isinstance(self.workers, int):
             return self.workers
         cpus = cpus or os.cpu_count() or 1
-        return cpus if cpus > 1 and to_do >= 1000 and self.max_in_flight >= 32 else 1
+        return cpus if cpus > 1 and to_do >= 5000 and self.max_in_flight >= 32 else 1
 
     @field_validator("api_key_env")
     @classmethod

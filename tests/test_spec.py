@@ -363,3 +363,17 @@ def test_classify_job_uses_the_sample_data():
     assert job.input == ROOT / "sample_data" / "tickets.jsonl"
     assert set(job.user_template.fields) == {"subject", "customer.tier", "body"}
     assert job.simulator is not None
+
+
+def test_worker_count_auto_uses_every_core_only_for_big_concurrent_runs():
+    from batchrun.spec import JobSpec
+
+    base = {"name": "w", "input": "t.jsonl", "model": "m", "prompt": {"user": "{b}"}, "concurrency": 64}
+    job = JobSpec.model_validate(base)
+    assert job.worker_count(10_000, cpus=4) == 4
+    assert job.worker_count(4_999, cpus=4) == 1  # start-up would not pay off
+    assert job.worker_count(10_000, cpus=1) == 1
+    assert JobSpec.model_validate({**base, "concurrency": 8}).worker_count(10_000, cpus=4) == 1
+    assert JobSpec.model_validate({**base, "workers": 3}).worker_count(10, cpus=1) == 3
+    with pytest.raises(Exception, match="between 1 and 64"):
+        JobSpec.model_validate({**base, "workers": 0})
