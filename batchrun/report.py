@@ -54,8 +54,10 @@ def run_status(run_dir: Path) -> dict[str, Any]:
     if manifest is None:
         raise CheckpointError(f"{run_dir}: no manifest.json here: not a batchrun run directory")
     results = scan_jsonl(run_dir / RESULTS)
-    done, cost, unpriced, tokens = len(results.ids), results.cost_usd, results.unpriced, results.total_tokens
-    failed_ids = scan_jsonl(run_dir / ERRORS).ids - results.ids
+    errors = scan_jsonl(run_dir / ERRORS)  # its cost_usd: answers rejected by the output check
+    done, unpriced, tokens = len(results.ids), results.unpriced, results.total_tokens
+    cost = results.cost_usd + errors.cost_usd
+    failed_ids = errors.ids - results.ids
     rejects = run_dir / REJECTS
     rejected = rejects.read_bytes().count(b"\n") if rejects.exists() else 0
     total = int((manifest.get("input") or {}).get("tickets") or 0)
