@@ -707,7 +707,7 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
                 sim.reset()
             gc.collect()
             before = cpu_seconds()
-            result = await execute_run(prep, provider, grace_s=5.0, progress=False, out=sys.stderr, **extra)
+            result = await execute_run(prep, provider, grace_s=5.0, progress=False, **extra)
             cpu = cpu_seconds() - before
         finally:
             prep.release()

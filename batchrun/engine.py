@@ -53,7 +53,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, TextIO
+from typing import Any, Mapping
 
 import anyio
 import orjson
@@ -273,14 +273,13 @@ class _Run:
     """State of one execute_run call (kept off the module level)."""
 
     def __init__(self, prep: PreparedRun, provider: Provider | Mapping[str, Provider] | None, *, grace_s: float,
-                 progress: bool, out: TextIO, workers: int = 1, provider_kwargs: dict[str, Any] | None = None) -> None:
+                 progress: bool, workers: int = 1, provider_kwargs: dict[str, Any] | None = None) -> None:
         self.prep = prep
         self.job = prep.job
         # one provider per model key: "" for a single-model job, [[models]] names for a routed one
         providers = dict(provider) if isinstance(provider, Mapping) else ({"": provider} if provider else {})
         self.providers = providers
         self.provider = next(iter(providers.values()), None)  # cost and token estimates
-        self.workers = workers
         if workers > 1:
             if provider_kwargs is None:
                 raise ValueError("workers > 1 needs provider_kwargs to build a provider in each process")
@@ -292,7 +291,6 @@ class _Run:
                 raise ValueError("workers = 1 needs a provider")
             self.executor = InlineExecutor(providers, self.job, self, prep.run_number)
         self.grace_s = grace_s
-        self.out = out
         self.stats = RunStats(tickets_total=prep.tickets_total, already_done=prep.already_done,
                               skipped_failed=prep.skipped_failed, to_do=prep.to_do,
                               rejected_lines=prep.scan.problem_count)
@@ -578,7 +576,6 @@ async def execute_run(
     *,
     grace_s: float = 30.0,
     progress: bool = False,
-    out: TextIO | None = None,
     workers: int = 1,
     provider_kwargs: dict[str, Any] | None = None,
 ) -> RunResult:
@@ -589,7 +586,7 @@ async def execute_run(
     from `provider_kwargs` (see workers.py); `provider` is then only used for
     cost estimates when a budget is set, and may be None.
     """
-    run = _Run(prep, provider, grace_s=grace_s, progress=progress, out=out or sys.stdout, workers=workers,
+    run = _Run(prep, provider, grace_s=grace_s, progress=progress, workers=workers,
                provider_kwargs=provider_kwargs)
     started_at = utc_now()
     write_manifest(prep.run_dir, _manifest(prep, run.stats, run.failed_ids, "running", started_at, None, None))

@@ -8,11 +8,8 @@
 Reading takes no lock, so it works while a run is writing: a torn last line
 is simply not counted yet.
 
-Grading and comparing runs live in their own modules, re-exported here on
-first use (so importing this module for `status` stays light):
-
-    report_command, build_report, format_report    grading.py  (`batchrun report`)
-    diff_command, diff_runs, format_diff           diffing.py  (`batchrun diff`)
+Grading and comparing runs live in grading.py (`batchrun report`) and
+diffing.py (`batchrun diff`).
 """
 
 from __future__ import annotations
@@ -24,28 +21,7 @@ from batchrun.checkpoint import ERRORS, REJECTS, RESULTS, read_manifest, scan_js
 from batchrun.errors import CheckpointError
 from batchrun.stats import format_summary
 
-__all__ = ["build_report", "diff_command", "diff_runs", "format_diff", "format_report", "format_status",
-           "report_command", "run_status"]
-
-_LAZY = {
-    "build_report": "batchrun.grading",
-    "format_report": "batchrun.grading",
-    "report_command": "batchrun.grading",
-    "diff_command": "batchrun.diffing",
-    "diff_runs": "batchrun.diffing",
-    "format_diff": "batchrun.diffing",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'batchrun.report' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__all__ = ["format_status", "run_status"]
 
 
 def run_status(run_dir: Path) -> dict[str, Any]:

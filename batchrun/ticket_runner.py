@@ -48,6 +48,7 @@ whether it runs in the coordinator's event loop or in a worker process:
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -62,7 +63,9 @@ from batchrun.records import Completion, Outcome
 from batchrun.retrying import build_retrying
 from batchrun.spec import JobSpec
 
-__all__ = ["AttemptHooks", "JobPlan", "NoHooks", "plan_for", "run_chain", "run_ticket", "utc_now"]
+log = logging.getLogger("batchrun")
+
+__all__ = ["AttemptHooks", "JobPlan", "plan_for", "run_chain", "run_ticket", "utc_now"]
 
 
 def utc_now() -> str:
@@ -76,20 +79,6 @@ class AttemptHooks(Protocol):
 
     def attempt_succeeded(self, request: ChatRequest, attempt: int, completion: Completion,
                           latency_ms: float) -> None: ...
-
-
-class NoHooks:
-    """Hooks that do nothing (a ticket run on its own)."""
-
-    async def before_attempt(self, request: ChatRequest, attempt: int) -> None:
-        return None
-
-    def attempt_failed(self, request: ChatRequest, attempt: int, error: RequestError) -> None:
-        return None
-
-    def attempt_succeeded(self, request: ChatRequest, attempt: int, completion: Completion,
-                          latency_ms: float) -> None:
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,10 +138,6 @@ def _judge(completion: Completion, plan: JobPlan) -> Mapping[str, Any] | None:
 
 
 def _log_retry(ticket_id: str) -> Any:
-    import logging
-
-    log = logging.getLogger("batchrun")
-
     def before_sleep(state: Any) -> None:
         if log.isEnabledFor(logging.INFO):
             exc = state.outcome.exception() if state.outcome is not None else None

@@ -66,7 +66,6 @@ class InputScan:
     skipped_failed: int = 0  # of those, in failed_ids
     dispatch: bytearray = field(default_factory=bytearray)  # line number -> 1 if it is to be sent
     ids: list[str | None] | None = None  # with keep_ids: each line's id (None: a bad line)
-    from_index: bool = False  # planned from a saved index instead of a full parse
 
     def select(self, line_no: int, ticket_id: str, done_ids: Container[str], failed_ids: Container[str],
                limit: int | None) -> None:
@@ -306,7 +305,7 @@ def scan_from_index(
     """The InputScan a full `scan_input` would give, from a saved index of
     the same bytes (the caller checks sha256 and key): no line is parsed."""
     scan = InputScan(path=path, size=index["size"], sha256=index["sha256"], dispatch=bytearray(1),
-                     problem_count=index["problem_count"], from_index=True)
+                     problem_count=index["problem_count"])
     problems = index["problems"]
     scan.problems = [LineProblem(line, reason) for line, reason in
                      (problems if max_problems is None else problems[:max_problems])]
