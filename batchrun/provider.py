@@ -14,8 +14,37 @@ Rules for every litellm call:
   * `LITELLM_LOCAL_MODEL_COST_MAP=True` is set before litellm is imported
     (otherwise its import fetches a price list over the network), and the
     import happens on first use, so `batchrun --help` never pays for it;
-  * litellm's `num_retries=0` and the OpenAI SDK's `max_retries=0`: tenacity
-    (retrying.py) is the one retry layer;
+  * litellm's `acompletion` hands its synchronous request preparation
+    (`litellm.main.completion`: parameter mapping, the logging object,
+    building the HTTP request; no network I/O for the providers in
+    `INLINE_PREP_PROVIDERS`) to the event loop's default thread pool. That
+    work holds the GIL, so the thread buys no parallelism, only contention:
+    each hop costs wake-ups, and socket calls on the loop thread then wait
+    for the GIL. For those providers batchrun runs the preparation inline on
+    the loop thread: `LiteLLMProvider` installs an `InlinePrepExecutor` as
+    the running loop's default executor on first use, which runs a submitted
+    call at once only when it is litellm's preparation *and* the call was
+    made by a `LiteLLMProvider` whose provider is on the list (a context
+    variable says so); everything else (aiofiles' file writes, DNS lookups,
+    other providers, whose preparation may fetch credentials) still goes to
+    its threads;
+  * plain (non-streamed) OpenAI-compatible calls (`openai/...` models:
+    OpenAI, a LiteLLM proxy, vLLM, the simulator) go through litellm's own
+    HTTP handler rather than the OpenAI SDK: during the inline preparation of
+    such a call the executor sets litellm's switch
+    `EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER=true` (it is read there, on
+    every call) and removes it afterwards. Same request body and headers,
+    same exception types and `response_cost`, and the SDK's request
+    transformation, response parsing and cookie handling are skipped. The
+    one difference batchrun sees: an unparsable 200 body is an `APIError`
+    with status 200 instead of a 500, retried the same way
+    (`translate_error`). Streamed calls keep the SDK path (the switch is set
+    to `false`): litellm's handler silently drops an SSE chunk it cannot
+    parse and reports the stream as complete, where the SDK raises
+    (tests/test_sim_faults.py). A value the user sets in the environment
+    wins for every call; `openai_transport(stream)` says which path is used.
+    Measured together with the inline preparation, CPU per plain request
+    fell from 7.4 to 4-5 ms here (benchmarks/README.md);
   * an explicit `timeout` on every attempt;
   * the cost is read from `response._hidden_params["response_cost"]`, which
     litellm already computed; it is not computed a second time. Prices in the
@@ -54,9 +83,15 @@ things litellm smooths over are checked on its stream wrapper:
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextvars
 import email.utils
+import functools
 import os
+import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -72,17 +107,83 @@ from batchrun.spec import JobSpec, PricesSpec
 
 __all__ = [
     "ChatRequest",
+    "InlinePrepExecutor",
     "LiteLLMProvider",
     "Provider",
     "RequestOptions",
     "ScriptedProvider",
     "import_litellm",
     "litellm_version",
+    "openai_transport",
     "translate_error",
 ]
 
 TICKET_HEADER = "X-Batchrun-Ticket-Id"
+#: litellm's switch that sends OpenAI chat calls through its own HTTP handler (module docstring).
+OPENAI_HTTP_HANDLER_ENV = "EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER"
 _litellm: Any = None
+
+#: Providers whose litellm request preparation does no I/O, so it may run on the loop thread.
+INLINE_PREP_PROVIDERS = frozenset({
+    "openai", "hosted_vllm", "litellm_proxy", "openai_like", "anthropic", "openrouter", "groq", "together_ai",
+    "mistral", "deepseek", "fireworks_ai", "xai", "deepinfra", "cerebras",
+})
+#: Set by LiteLLMProvider around its calls: the openai/ transport its preparation should use, or None.
+_INLINE_PREP: contextvars.ContextVar[str | None] = contextvars.ContextVar("batchrun_inline_prep", default=None)
+_USER_TRANSPORT: str | None = None  # OPENAI_HTTP_HANDLER_ENV as the user set it before litellm's import
+_LOOPS_WITH_INLINE_PREP: "weakref.WeakSet[asyncio.AbstractEventLoop]" = weakref.WeakSet()
+
+
+def _is_litellm_prep(fn: Any) -> bool:
+    """Is `fn` what litellm's acompletion submits: partial(Context.run, partial(litellm.main.completion, ...))?"""
+    if not isinstance(fn, functools.partial) or not fn.args:
+        return False
+    inner = fn.args[0]
+    main = sys.modules.get("litellm.main")
+    return isinstance(inner, functools.partial) and main is not None and inner.func is getattr(main, "completion", None)
+
+
+class InlinePrepExecutor(concurrent.futures.ThreadPoolExecutor):
+    """A default executor that runs litellm's request preparation inline (module docstring).
+
+    Everything else submitted to it runs on its threads, as with any
+    ThreadPoolExecutor. asyncio accepts only ThreadPoolExecutor subclasses as
+    a loop's default executor, hence the base class.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.inline_calls = 0  # litellm preparations run inline so far
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        transport = _INLINE_PREP.get()
+        if transport is None or not _is_litellm_prep(fn):
+            return super().submit(fn, *args, **kwargs)
+        self.inline_calls += 1
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        # litellm reads its transport switch while preparing; on the loop thread nothing else runs meanwhile
+        switch = _USER_TRANSPORT is None
+        if switch:
+            os.environ[OPENAI_HTTP_HANDLER_ENV] = "true" if transport == "litellm-http" else "false"
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # raised where litellm awaits the future, as from a thread
+            future.set_exception(exc)
+        finally:
+            if switch:
+                os.environ.pop(OPENAI_HTTP_HANDLER_ENV, None)
+        return future
+
+
+def _install_inline_prep(loop: asyncio.AbstractEventLoop) -> None:
+    """Make an InlinePrepExecutor the default executor of `loop` (once per loop)."""
+    if loop in _LOOPS_WITH_INLINE_PREP:
+        return
+    previous = getattr(loop, "_default_executor", None)  # CPython's attribute; may hold idle threads
+    loop.set_default_executor(InlinePrepExecutor(thread_name_prefix="batchrun-io"))
+    if isinstance(previous, concurrent.futures.Executor) and not isinstance(previous, InlinePrepExecutor):
+        previous.shutdown(wait=False)  # work already submitted to it still finishes
+    _LOOPS_WITH_INLINE_PREP.add(loop)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +237,8 @@ def import_litellm(max_connections: int | None = None) -> Any:
     global _litellm
     if _litellm is None:
         os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+        global _USER_TRANSPORT
+        _USER_TRANSPORT = os.environ.get(OPENAI_HTTP_HANDLER_ENV)  # a user's own setting wins (docstring)
         if max_connections:
             for name, default in (("AIOHTTP_CONNECTOR_LIMIT_PER_HOST", 500), ("AIOHTTP_CONNECTOR_LIMIT", 1000)):
                 current = int(os.environ.get(name) or default)
@@ -147,6 +250,19 @@ def import_litellm(max_connections: int | None = None) -> Any:
         litellm.telemetry = False
         _litellm = litellm
     return _litellm
+
+
+def openai_transport(stream: bool = False) -> str:
+    """The path a LiteLLMProvider's `openai/...` chat call takes: "litellm-http" or "openai-sdk".
+
+    batchrun's choice (module docstring): litellm's HTTP handler for plain
+    calls, the OpenAI SDK for streamed ones, unless the environment set
+    litellm's switch before litellm was imported (then as litellm reads it).
+    """
+    user = _USER_TRANSPORT if _litellm is not None else os.environ.get(OPENAI_HTTP_HANDLER_ENV)
+    if user is not None:
+        return "litellm-http" if user.strip().lower() == "true" else "openai-sdk"  # litellm's str_to_bool
+    return "openai-sdk" if stream else "litellm-http"
 
 
 def litellm_version() -> str:
@@ -224,6 +340,9 @@ def translate_error(exc: BaseException, secrets: Sequence[str] = ()) -> RequestE
             return RetryableError(message, kind="server_error", status_code=status, error_type=name)
         if isinstance(exc, lm.APIConnectionError):
             return RetryableError(message, kind="connection", status_code=None, error_type=name)
+        if isinstance(exc, lm.APIError) and status is not None and status < 400:
+            # litellm's HTTP handler: a 2xx body it could not parse (the SDK path calls it a 500)
+            return RetryableError(message, kind="server_error", status_code=status, error_type=name)
     if status is not None:
         if status in (408, 409) or status >= 500:
             kind = "timeout" if status == 408 else "server_error"
@@ -351,6 +470,25 @@ class LiteLLMProvider:
         self._secrets = tuple(s for s in (api_key,) if s)
         self._litellm = import_litellm(max_connections)
         self._schema_support: bool | None = None  # supports_response_schema(model), asked once
+        #: litellm's request preparation runs on the loop thread (module docstring)
+        self.inline_prep = self._provider_name() in INLINE_PREP_PROVIDERS
+
+    def _provider_name(self) -> str | None:
+        try:
+            return self._litellm.get_llm_provider(model=self.model, api_base=self.api_base)[1]
+        except Exception:  # litellm cannot tell: keep its default (a thread)
+            return None
+
+    async def _acompletion(self, **kwargs: Any) -> Any:
+        """litellm.acompletion, with the preparation inline when `inline_prep` (module docstring)."""
+        if not self.inline_prep:
+            return await self._litellm.acompletion(**kwargs)
+        _install_inline_prep(asyncio.get_running_loop())
+        token = _INLINE_PREP.set(openai_transport(bool(kwargs.get("stream"))))
+        try:
+            return await self._litellm.acompletion(**kwargs)
+        finally:
+            _INLINE_PREP.reset(token)
 
     def __repr__(self) -> str:  # never show the key
         return f"LiteLLMProvider(model={self.model!r}, api_base={self.api_base!r})"
@@ -367,7 +505,7 @@ class LiteLLMProvider:
             if options.stream:
                 return await self._complete_stream(request, kwargs)
         try:
-            response = await self._litellm.acompletion(
+            response = await self._acompletion(
                 model=self.model,
                 messages=request.messages,
                 timeout=request.timeout_s,
@@ -411,7 +549,7 @@ class LiteLLMProvider:
         lm = self._litellm
         t0 = time.monotonic()
         try:
-            stream = await lm.acompletion(
+            stream = await self._acompletion(
                 model=self.model,
                 messages=request.messages,
                 timeout=request.timeout_s,

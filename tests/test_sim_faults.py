@@ -704,10 +704,24 @@ async def _litellm_outcome(base_url: str, kind: str, stream: bool):
         return exc, None
 
 
-async def test_litellm_exception_for_every_fault_kind():
+# litellm's own HTTP handler (batchrun's path for plain openai/ calls, provider.py) differs from the
+# OpenAI SDK path: a 200 whose body is not JSON is an APIError carrying status 200, and a stream
+# chunk that is not JSON is dropped without a word (so batchrun streams through the SDK).
+LITELLM_PLAIN_HTTP_HANDLER = {**LITELLM_PLAIN, "malformed_json": ("APIError", 200)}
+LITELLM_STREAM_HTTP_HANDLER = {**LITELLM_STREAM, "malformed_json": None}
+
+
+@pytest.mark.parametrize("transport", ["openai-sdk", "litellm-http"])
+async def test_litellm_exception_for_every_fault_kind(transport, monkeypatch):
     import litellm
     from litellm.exceptions import MidStreamFallbackError
 
+    from batchrun.provider import OPENAI_HTTP_HANDLER_ENV, import_litellm, translate_error
+
+    import_litellm()
+    monkeypatch.setenv(OPENAI_HTTP_HANDLER_ENV, "true" if transport == "litellm-http" else "false")
+    plain_table = LITELLM_PLAIN_HTTP_HANDLER if transport == "litellm-http" else LITELLM_PLAIN
+    stream_table = LITELLM_STREAM_HTTP_HANDLER if transport == "litellm-http" else LITELLM_STREAM
     assert set(LITELLM_PLAIN) == set(FAULT_KINDS)
     async with sim_url(no_latency(faults=_fault_rules_for_litellm())) as (base_url, simulator):
         kinds = list(FAULT_KINDS)
@@ -716,7 +730,7 @@ async def test_litellm_exception_for_every_fault_kind():
         stats = simulator.stats.snapshot()
 
     observed = {}
-    for mode, table, outcomes in (("plain", LITELLM_PLAIN, plain), ("stream", LITELLM_STREAM, streamed)):
+    for mode, table, outcomes in (("plain", plain_table, plain), ("stream", stream_table, streamed)):
         for kind, (exc, result) in zip(kinds, outcomes):
             got = None if exc is None else (type(exc).__name__, getattr(exc, "status_code", None))
             observed[(mode, kind)] = got
@@ -734,6 +748,9 @@ async def test_litellm_exception_for_every_fault_kind():
     assert isinstance(plain[kinds.index("stall")][0], litellm.Timeout)
     assert isinstance(streamed[kinds.index("reset")][0], (MidStreamFallbackError, litellm.ServiceUnavailableError))
     assert "sim-key" not in str(plain[kinds.index("401")][0])
+    # Either way batchrun retries the broken body (a server fault), never keeps it.
+    malformed = translate_error(plain[kinds.index("malformed_json")][0])
+    assert malformed.retryable and malformed.kind == "server_error", malformed
 
     # Silent ones: what the caller sees instead of an error.
     no_usage = plain[kinds.index("no_usage")][1]

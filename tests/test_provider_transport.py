@@ -1,0 +1,133 @@
+"""How LiteLLMProvider drives litellm: preparation on the loop thread, the HTTP path per call.
+
+Over real HTTP to the simulator on 127.0.0.1 (provider.py's docstring has the why):
+  * litellm's request preparation runs inline on the event loop (no thread
+    hop) for listed providers, and only that: other work submitted to the
+    loop's default executor still runs on a thread;
+  * plain openai/ calls go through litellm's own HTTP handler, streamed ones
+    through the OpenAI SDK, unless the user's environment said otherwise;
+    the switch is never left behind in the environment;
+  * a stream chunk that is not JSON never becomes a success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from batchrun import provider as provider_module
+from batchrun.errors import RetryableError
+from batchrun.provider import (
+    OPENAI_HTTP_HANDLER_ENV,
+    ChatRequest,
+    InlinePrepExecutor,
+    LiteLLMProvider,
+    RequestOptions,
+    openai_transport,
+)
+from batchrun.sim.config import SimConfig
+from batchrun.sim.faults import FaultRule
+from batchrun.sim.server import SIMULATOR_KEY, build_app
+
+MESSAGES = [{"role": "user", "content": "Subject: refund\n\nI was charged twice."}]
+
+
+@contextlib.asynccontextmanager
+async def simulator(**kwargs):
+    server = TestServer(build_app(SimConfig(latency_ms=0, jitter=0, **kwargs)))
+    await server.start_server()
+    try:
+        yield str(server.make_url("/v1")), server.app[SIMULATOR_KEY]
+    finally:
+        await server.close()
+
+
+def make_provider(base_url: str, model: str = "openai/gpt-4o-mini") -> LiteLLMProvider:
+    return LiteLLMProvider(model=model, api_base=base_url, api_key="sim-key", params={"max_tokens": 5})
+
+
+def request(ticket_id: str, stream: bool = False) -> ChatRequest:
+    return ChatRequest(ticket_id, MESSAGES, 10.0, RequestOptions(stream=True) if stream else None)
+
+
+async def test_preparation_runs_inline_and_nothing_else_does():
+    async with simulator() as (base_url, sim):
+        provider = make_provider(base_url)
+        assert provider.inline_prep
+        for i in range(3):
+            completion = await provider.complete(request(f"T{i}"))
+            assert completion.text and completion.usage is not None
+        executor = asyncio.get_running_loop()._default_executor
+        assert isinstance(executor, InlinePrepExecutor)
+        assert executor.inline_calls == 3
+        assert sim.stats.snapshot()["total_requests"] == 3
+        # Anything else handed to the default executor still runs on one of its threads.
+        loop_thread = threading.get_ident()
+        assert await asyncio.get_running_loop().run_in_executor(None, threading.get_ident) != loop_thread
+        assert executor.inline_calls == 3
+
+
+async def test_the_executor_is_installed_once_per_loop():
+    async with simulator() as (base_url, _):
+        provider = make_provider(base_url)
+        await provider.complete(request("A"))
+        first = asyncio.get_running_loop()._default_executor
+        await make_provider(base_url).complete(request("B"))
+        assert asyncio.get_running_loop()._default_executor is first
+        assert first.inline_calls == 2
+
+
+def test_unlisted_providers_keep_litellm_threads():
+    assert "vertex_ai" not in provider_module.INLINE_PREP_PROVIDERS
+    assert not LiteLLMProvider(model="vertex_ai/gemini-1.5-flash").inline_prep
+    assert not LiteLLMProvider(model="azure/my-deployment", api_base="https://example.invalid").inline_prep
+    assert LiteLLMProvider(model="gpt-4o-mini").inline_prep  # no prefix: litellm says openai
+    assert LiteLLMProvider(model="hosted_vllm/llama", api_base="http://127.0.0.1:1/v1").inline_prep
+
+
+def test_transport_choice_by_default(monkeypatch):
+    monkeypatch.setattr(provider_module, "_USER_TRANSPORT", None)
+    assert openai_transport(stream=False) == "litellm-http"
+    assert openai_transport(stream=True) == "openai-sdk"
+
+
+async def test_plain_calls_use_litellms_handler_and_the_switch_is_not_left_behind(monkeypatch):
+    # A broken 200 body tells the paths apart: litellm's handler says APIError/200, the SDK 500.
+    monkeypatch.setattr(provider_module, "_USER_TRANSPORT", None)
+    monkeypatch.delenv(OPENAI_HTTP_HANDLER_ENV, raising=False)
+    async with simulator(faults=(FaultRule("malformed_json", tickets=("bad",)),)) as (base_url, _):
+        provider = make_provider(base_url)
+        with pytest.raises(RetryableError) as caught:
+            await provider.complete(request("bad"))
+        assert (caught.value.error_type, caught.value.status_code) == ("APIError", 200)
+        assert caught.value.kind == "server_error"
+        assert OPENAI_HTTP_HANDLER_ENV not in os.environ
+
+
+async def test_the_users_setting_wins(monkeypatch):
+    monkeypatch.setattr(provider_module, "_USER_TRANSPORT", "false")
+    monkeypatch.setenv(OPENAI_HTTP_HANDLER_ENV, "false")
+    assert openai_transport() == "openai-sdk"
+    async with simulator(faults=(FaultRule("malformed_json", tickets=("bad",)),)) as (base_url, _):
+        with pytest.raises(RetryableError) as caught:
+            await make_provider(base_url).complete(request("bad"))
+        assert (caught.value.error_type, caught.value.status_code) == ("InternalServerError", 500)
+        assert os.environ[OPENAI_HTTP_HANDLER_ENV] == "false"  # left as the user set it
+
+
+async def test_a_malformed_stream_chunk_is_never_a_success(monkeypatch):
+    # litellm's own handler would drop the chunk and report a complete answer; batchrun streams
+    # through the SDK, which raises, and the attempt is retried.
+    monkeypatch.setattr(provider_module, "_USER_TRANSPORT", None)
+    async with simulator(faults=(FaultRule("malformed_json", tickets=("bad",)),)) as (base_url, sim):
+        provider = make_provider(base_url)
+        with pytest.raises(RetryableError):
+            await provider.complete(request("bad", stream=True))
+        good = await provider.complete(request("good", stream=True))
+        assert good.text and good.finish_reason in ("stop", "length")
+        assert sim.stats.snapshot()["requests_by_ticket"] == {"bad": 1, "good": 1}
