@@ -122,6 +122,14 @@ the same process, the bare pattern users write by hand::
 (no retries, no checkpoint), with its requests/s and CPU per request measured
 the same way, and prints batchrun's next to it with the ratios.
 
+The bare pattern runs with litellm's defaults, as users write it: OpenAI-style
+calls through the OpenAI SDK and litellm's request preparation in a thread
+(`--baseline-transport openai-sdk`). batchrun sends plain calls through
+litellm's own HTTP handler and prepares them on the loop thread (provider.py),
+which is where its CPU advantage comes from; `--baseline-transport
+litellm-http` gives the bare pattern the same HTTP path, to see what the rest
+costs. Both transports are recorded in bench.json.
+
 OUTPUT
 
 A table on stdout (and the baseline table with --baseline), `DIR/bench.json`
@@ -138,12 +146,13 @@ asserts on them (tests/test_bench.py checks the fields and the arithmetic).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import click
 
@@ -374,6 +383,13 @@ def build_row(concurrency: int, tickets: int, state: str, summary: Mapping[str, 
         "efficiency": round(tickets_per_s / ideal, 3) if ideal else None,
         "cpu_s": round(cpu_s, 3),
         "cpu_ms_per_request": round(cpu_s * 1000 / requests, 3) if requests else None,
+        # start-up apart: the seconds before the first ticket was handed out, and the CPU worker
+        # processes spent importing litellm (the bare pattern's process has litellm loaded already)
+        "startup_s": summary.get("startup_s"),
+        "requests_per_s_after_startup": summary.get("requests_per_s_after_startup"),
+        "cpu_ms_per_request_after_startup": (
+            round((cpu_s - float(summary.get("worker_startup_cpu_s") or 0.0)) * 1000 / requests, 3)
+            if requests else None),
         "server": dict(server) if server is not None else None,
         "baseline": None,
     }
@@ -433,21 +449,38 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return _render(header, lines)
 
 
-def format_baseline_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """batchrun next to the bare acompletion-under-a-semaphore pattern, with the ratios."""
+def format_baseline_table(rows: Sequence[Mapping[str, Any]], after_startup: bool = False) -> str:
+    """batchrun next to the bare acompletion-under-a-semaphore pattern, with the ratios.
+
+    `after_startup`: batchrun's figures without its start-up (worker processes
+    importing litellm: the bare pattern's process has it loaded already).
+    """
     header = ["conc", "batchrun req/s", "bare req/s", "ratio", "batchrun cpu ms/req", "bare cpu ms/req",
               "cpu ratio", "bare err", "bare peak"]
+    if after_startup:
+        header = ["conc", "batchrun req/s", "bare req/s", "ratio", "batchrun cpu ms/req", "bare cpu ms/req",
+                  "cpu ratio", "start-up s", "procs"]
+
+    def x(value: float | None) -> str:
+        return "-" if value is None else _num(value, ".2f") + "x"
+
     lines = []
     for r in rows:
         b = r.get("baseline")
         if not b:
             continue
+        if after_startup:
+            lines.append([str(r["concurrency"]), _num(r.get("requests_per_s_after_startup")),
+                          _num(b["requests_per_s"]), x(b.get("speed_ratio_after_startup")),
+                          _num(r.get("cpu_ms_per_request_after_startup"), ",.2f"),
+                          _num(b["cpu_ms_per_request"], ",.2f"), x(b.get("cpu_ratio_after_startup")),
+                          _num(r.get("startup_s"), ",.2f"), str(r.get("workers") or 1)])
+            continue
         peak = (b.get("server") or {}).get("peak_in_flight")
         lines.append([str(r["concurrency"]), _num(r["requests_per_s"]), _num(b["requests_per_s"]),
-                      _num(b["speed_ratio"], ".2f") + "x" if b["speed_ratio"] is not None else "-",
-                      _num(r["cpu_ms_per_request"], ",.2f"), _num(b["cpu_ms_per_request"], ",.2f"),
-                      _num(b["cpu_ratio"], ".2f") + "x" if b["cpu_ratio"] is not None else "-",
-                      _pct(b["error_rate"]), "-" if peak is None else str(peak)])
+                      x(b["speed_ratio"]), _num(r["cpu_ms_per_request"], ",.2f"),
+                      _num(b["cpu_ms_per_request"], ",.2f"), x(b["cpu_ratio"]), _pct(b["error_rate"]),
+                      "-" if peak is None else str(peak)])
     return _render(header, lines)
 
 
@@ -456,12 +489,12 @@ def format_baseline_table(rows: Sequence[Mapping[str, Any]]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def cpu_seconds() -> float:
-    """User + system CPU of this process and of its reaped children (worker processes)."""
+def cpu_seconds(children: bool = True) -> float:
+    """User + system CPU of this process and (`children`) of its reaped children (worker processes)."""
     import resource
 
     total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) if children else (resource.RUSAGE_SELF,):
         usage = resource.getrusage(who)
         total += usage.ru_utime + usage.ru_stime
     return total
@@ -621,6 +654,23 @@ class _Plan:
     endpoint: str
     workdir: Path
     auto_rows: list[dict[str, Any]] | None = None  # the "auto" setting's row, when swept
+    baseline_transport: str = "openai-sdk"  # the bare pattern's path for openai/ calls (module docstring)
+
+
+@contextlib.contextmanager
+def _openai_transport(name: str) -> Iterator[None]:
+    """Within the block, litellm sends openai/ chat calls through `name` ("openai-sdk" or "litellm-http")."""
+    from batchrun.provider import OPENAI_HTTP_HANDLER_ENV
+
+    before = os.environ.get(OPENAI_HTTP_HANDLER_ENV)
+    os.environ[OPENAI_HTTP_HANDLER_ENV] = "true" if name == "litellm-http" else "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(OPENAI_HTTP_HANDLER_ENV, None)
+        else:
+            os.environ[OPENAI_HTTP_HANDLER_ENV] = before
 
 
 def auto_ceiling(job: Any) -> int:
@@ -664,8 +714,9 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
             for ticket in warm:
                 await provider.complete(_warmup_request(plan.job, ticket))
             if plan.baseline:
-                await run_baseline(litellm, plan.job, warm, len(warm), model=plan.model, api_base=plan.api_base,
-                                   api_key=plan.api_key, stream=plan.stream)
+                with _openai_transport(plan.baseline_transport):
+                    await run_baseline(litellm, plan.job, warm, len(warm), model=plan.model,
+                                       api_base=plan.api_base, api_key=plan.api_key, stream=plan.stream)
         except Exception as exc:  # the sweep will say it better, per setting
             _say(f"warm-up request failed: {type(exc).__name__}: {str(exc)[:200]}")
         finally:
@@ -706,9 +757,9 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
             if sim is not None:
                 sim.reset()
             gc.collect()
-            before = cpu_seconds()
+            before, before_self = cpu_seconds(), cpu_seconds(children=False)
             result = await execute_run(prep, provider, grace_s=5.0, progress=False, **extra)
-            cpu = cpu_seconds() - before
+            cpu, cpu_self = cpu_seconds() - before, cpu_seconds(children=False) - before_self
         finally:
             prep.release()
         summary = result.summary
@@ -725,6 +776,9 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
         row = build_row(c_ceiling, n, result.state, summary, cpu, latency_s=latency_s, server=server_stats(),
                         limits=limits)
         row["workers"] = workers
+        if workers > 1:  # where the CPU went: this process (the coordinator) and the worker processes
+            row["cpu_s_coordinator"] = round(cpu_self, 3)
+            row["cpu_s_workers"] = round(cpu - cpu_self, 3)
         if c == "auto":
             row["concurrency"] = "auto"
             row["concurrency_max"] = c_ceiling
@@ -745,14 +799,20 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
                 sim.reset()
             gc.collect()
             before = cpu_seconds()
-            base = await run_baseline(litellm, plan.job, all_tickets[:n], c, model=plan.model,
-                                      api_base=plan.api_base, api_key=plan.api_key, stream=plan.stream)
+            with _openai_transport(plan.baseline_transport):
+                base = await run_baseline(litellm, plan.job, all_tickets[:n], c, model=plan.model,
+                                          api_base=plan.api_base, api_key=plan.api_key, stream=plan.stream)
             base_cpu = cpu_seconds() - before
+            base["transport"] = plan.baseline_transport
             base["cpu_s"] = round(base_cpu, 3)
             base["cpu_ms_per_request"] = round(base_cpu * 1000 / base["requests"], 3) if base["requests"] else None
             base["server"] = server_stats()
             base["speed_ratio"] = _ratio(row["requests_per_s"], base["requests_per_s"])
             base["cpu_ratio"] = _ratio(row["cpu_ms_per_request"], base["cpu_ms_per_request"])
+            base["speed_ratio_after_startup"] = _ratio(row["requests_per_s_after_startup"],
+                                                       base["requests_per_s"])
+            base["cpu_ratio_after_startup"] = _ratio(row["cpu_ms_per_request_after_startup"],
+                                                     base["cpu_ms_per_request"])
             row["baseline"] = base
             _say(f"C={c}: bare pattern {base['requests_per_s']:.1f} req/s, {base['failed']} failed")
         await anyio.sleep(0)
@@ -861,6 +921,10 @@ def _tickets_option(ctx: click.Context, param: click.Parameter, value: str) -> i
 @click.option("--live", is_flag=True, help="Use the job's real model, api_base and key (billed requests).")
 @click.option("--baseline", is_flag=True,
               help="Also run the bare acompletion-under-a-semaphore pattern and print the ratios.")
+@click.option("--baseline-transport", type=click.Choice(["openai-sdk", "litellm-http"]), default="openai-sdk",
+              show_default=True,
+              help="The bare pattern's path for openai/ calls: litellm's default (the OpenAI SDK) "
+                   "or litellm's own HTTP handler, which batchrun uses.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench_out"),
               show_default=True, help="Where bench.json and bench.png go.")
 @click.option("--latency-ms", type=click.FloatRange(min=0), default=200.0, show_default=True,
@@ -888,8 +952,8 @@ def _tickets_option(ctx: click.Context, param: click.Parameter, value: str) -> i
 @click.option("--warmup", type=click.IntRange(min=0), default=4, show_default=True,
               help="Requests sent before the first measured setting (not measured).")
 def bench_command(job_file: Path, settings: list[int | str], tickets: int | None, stream: bool, live: bool,
-                  baseline: bool, out_dir: Path, latency_ms: float, per_token_ms: float, jitter: float,
-                  seed: int, rpm: int | None, tpm: int | None, capacity: int | None, overload_ms: float,
+                  baseline: bool, baseline_transport: str, out_dir: Path, latency_ms: float, per_token_ms: float,
+                  jitter: float, seed: int, rpm: int | None, tpm: int | None, capacity: int | None, overload_ms: float,
                   max_429_rate: float, max_p95_ms: float | None, tie_within: float, workers_opt: str | None,
                   warmup: int) -> None:
     """Sweep JOB_FILE's concurrency on a sample of its tickets and recommend a setting.
@@ -898,7 +962,6 @@ def bench_command(job_file: Path, settings: list[int | str], tickets: int | None
     (the job's run directory is never touched), against the embedded simulator
     unless --live. Prints a table, writes OUT/bench.json and OUT/bench.png.
     """
-    import contextlib
     import tempfile
 
     from batchrun.errors import BatchrunError, ConfigurationError, redact_secrets
@@ -972,7 +1035,7 @@ def bench_command(job_file: Path, settings: list[int | str], tickets: int | None
             plan = _Plan(job=job, job_path=job_file, settings=settings, tickets=tickets, live=live,
                          baseline=baseline, stream=stream, warmup=warmup, sim_config=sim_config, model=model,
                          api_base=api_base, api_key=api_key, endpoint=endpoint, workdir=workdir,
-                         auto_rows=auto_rows)
+                         auto_rows=auto_rows, baseline_transport=baseline_transport)
             import anyio
 
             try:
@@ -1024,7 +1087,7 @@ def _report(job: Any, job_file: Path, plan: _Plan, rows: list[dict[str, Any]], r
     from datetime import datetime, timezone
 
     from batchrun import __version__
-    from batchrun.provider import litellm_version
+    from batchrun.provider import litellm_version, openai_transport
 
     sim = None
     if plan.sim_config is not None:
@@ -1043,6 +1106,8 @@ def _report(job: Any, job_file: Path, plan: _Plan, rows: list[dict[str, Any]], r
         "simulator": sim,
         "stream": plan.stream,
         "baseline": plan.baseline,
+        "transport": {"batchrun": openai_transport(plan.stream),
+                      "baseline": plan.baseline_transport if plan.baseline else None},
         "settings": plan.settings,
         "tickets": plan.tickets if plan.tickets is not None else "auto",
         "interrupted": interrupted,
@@ -1071,8 +1136,14 @@ def _write_outputs(report: dict[str, Any], rows: list[dict[str, Any]], rec: Reco
         if r.get("not_finished"):
             click.echo(f"*C={r['concurrency']}: interrupted, {r['not_finished']} of {r['tickets']} tickets not finished")
     if any(r.get("baseline") for r in rows):
-        click.echo("\nbatchrun vs the bare pattern (acompletion under asyncio.Semaphore, asyncio.gather, no retries):")
+        t = report.get("transport") or {}
+        click.echo("\nbatchrun vs the bare pattern (acompletion under asyncio.Semaphore, asyncio.gather, no retries); "
+                   f"openai/ calls through: batchrun {t.get('batchrun')}, bare {t.get('baseline')}:")
         click.echo(format_baseline_table(rows))
+        if any((r.get("workers") or 1) > 1 for r in rows if r.get("baseline")):
+            click.echo("\nthe same after start-up (worker processes importing litellm: the bare pattern's process "
+                       "had it loaded already):")
+            click.echo(format_baseline_table(rows, after_startup=True))
     auto = report.get("auto")
     if auto:
         click.echo(f"\nconcurrency = \"auto\" (up to {auto['row'].get('concurrency_max')}):")

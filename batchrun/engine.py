@@ -348,6 +348,8 @@ class _Run:
                         break
                     reserved = admitted
                 self.stats.in_flight += 1
+                if self.stats.first_dispatch is None:
+                    self.stats.first_dispatch = time.monotonic()
                 try:
                     chain, route = [""], None
                     if self.job.routes:
@@ -551,6 +553,7 @@ class _Run:
                 with anyio.CancelScope(shield=True):
                     await self.executor.aclose()
                 raise
+            self.stats.worker_startup_cpu_s = getattr(self.executor, "startup_cpu_s", 0.0)
             async with anyio.create_task_group() as work:
                 self.work_scope = work.cancel_scope
                 work.start_soon(self.producer, tickets_send)

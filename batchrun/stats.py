@@ -88,6 +88,8 @@ class RunStats:
     rejected_cost_usd: float = 0.0  # what they cost (also in cost_usd)
     failed_by_kind: dict[str, int] = field(default_factory=dict)  # tickets in errors.jsonl by error_kind
     started: float = field(default_factory=time.monotonic)
+    first_dispatch: float | None = None  # first ticket handed to a worker: start-up (scan, processes) is over
+    worker_startup_cpu_s: float = 0.0  # CPU worker processes spent starting (litellm's import), as they said
     finished: float | None = None
 
     def record(self, outcome: Outcome) -> None:
@@ -125,9 +127,16 @@ class RunStats:
         end = self.finished if self.finished is not None else time.monotonic()
         return max(end - self.started, 1e-9)
 
+    @property
+    def startup_s(self) -> float | None:
+        """Seconds from the start of the run to the first ticket handed to a worker."""
+        return None if self.first_dispatch is None else max(self.first_dispatch - self.started, 0.0)
+
     def summary(self) -> dict[str, Any]:
         wall = self.wall_s
         finished = self.done + self.failed
+        startup = self.startup_s
+        sending = max(wall - startup, 1e-9) if startup is not None else None
         return {
             "tickets_total": self.tickets_total,
             "already_done": self.already_done,
@@ -143,6 +152,10 @@ class RunStats:
             "rate_limited": self.rate_limited,
             "errors_by_kind": dict(sorted(self.errors_by_kind.items())),
             "requests_per_s": round(self.attempts / wall, 2),
+            "startup_s": None if startup is None else round(startup, 3),
+            # the same after start-up (the input scan, worker processes importing litellm)
+            "requests_per_s_after_startup": None if sending is None else round(self.attempts / sending, 2),
+            "worker_startup_cpu_s": round(self.worker_startup_cpu_s, 3),
             "tickets_per_s": round(finished / wall, 2),
             "output_tokens_per_s": round(self.completion_tokens / wall, 1),
             "latency_ms": _percentiles(self.latency),

@@ -17,7 +17,8 @@ private copy of its stdout (child -> coordinator; fd 1 itself is pointed at
 stderr so a stray print cannot corrupt the stream).
 
     coordinator -> child                    child -> coordinator
-    {"t": "init", job, provider, run}       {"t": "ready"}     (provider: kwargs per model key)
+    {"t": "init", job, provider, run}       {"t": "ready", cpu_s}   (provider: kwargs per model key;
+                                                                 cpu_s: the child's start-up CPU)
     {"t": "ticket", id, messages, timeout,  {"t": "want", id, attempt, tokens}    (rpm/tpm jobs)
      chain, route}
     {"t": "permit", id}                     (other jobs: attempts counted from the outcome)
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import resource
 import signal
 import struct
 import sys
@@ -148,6 +150,7 @@ class _Child:
         self.load = 0  # tickets this child holds
         self.send_lock = anyio.Lock()
         self.ready = anyio.Event()
+        self.startup_cpu_s = 0.0  # CPU the child spent before "ready" (mostly litellm's import)
 
     async def send(self, message: dict[str, Any]) -> None:
         async with self.send_lock:
@@ -171,6 +174,11 @@ class ProcessExecutor:
         self._closing = False
         self.crashed: WorkerCrashedError | None = None
         self.counts_each_attempt = bool(job.rpm or job.tpm or any(m.rpm or m.tpm for m in job.models))
+
+    @property
+    def startup_cpu_s(self) -> float:
+        """CPU seconds the children spent starting (importing litellm), as they reported it."""
+        return sum(child.startup_cpu_s for child in self.children)
 
     async def start(self, task_group: Any) -> None:
         """Spawn the children in `task_group` and wait until each has loaded litellm."""
@@ -248,6 +256,7 @@ class ProcessExecutor:
                         pending.outcome = outcome
                         pending.done.set()
                 elif kind == "ready":
+                    child.startup_cpu_s = float(message.get("cpu_s") or 0.0)
                     child.ready.set()
         except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
@@ -404,7 +413,8 @@ async def _child_main() -> None:
 
     async with anyio.create_task_group() as tg:
         hooks.task_group = tg
-        await send({"t": "ready"})
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        await send({"t": "ready", "cpu_s": usage.ru_utime + usage.ru_stime})
         while (message := await receive()) is not None:
             if message["t"] == "ticket":
                 tg.start_soon(one, message)

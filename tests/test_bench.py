@@ -150,6 +150,24 @@ def test_build_row_arithmetic() -> None:
     assert "ttft p95" in format_table([build_row(16, 64, "done", summary, cpu_s=0.8, latency_s=0.2)])
 
 
+def test_build_row_and_table_keep_start_up_apart() -> None:
+    # 2 worker processes: 3 s of a 5 s run went to start-up, 6 CPU-s of 8 to their litellm imports.
+    summary = {"done": 100, "failed": 0, "not_finished": 0, "requests": 100, "wall_s": 5.0, "requests_per_s": 20.0,
+               "output_tokens_per_s": 1.0, "latency_ms": {"p50": 200.0, "p95": 250.0, "p99": 300.0, "mean": 210.0},
+               "startup_s": 3.0, "requests_per_s_after_startup": 50.0, "worker_startup_cpu_s": 6.0}
+    r = build_row(16, 100, "done", summary, cpu_s=8.0, latency_s=0.2)
+    assert r["startup_s"] == 3.0 and r["requests_per_s_after_startup"] == 50.0
+    assert r["cpu_ms_per_request"] == 80.0 and r["cpu_ms_per_request_after_startup"] == 20.0
+    r["workers"] = 2
+    r["baseline"] = {"requests_per_s": 25.0, "cpu_ms_per_request": 10.0, "speed_ratio": 0.8, "cpu_ratio": 8.0,
+                     "speed_ratio_after_startup": 2.0, "cpu_ratio_after_startup": 2.0, "error_rate": 0.0,
+                     "server": {"peak_in_flight": 16}}
+    lines = format_baseline_table([r], after_startup=True).splitlines()
+    assert lines[0].split()[:3] == ["conc", "batchrun", "req/s"] and "start-up" in lines[0]
+    assert lines[2].split() == ["16", "50.0", "25.0", "2.00x", "20.00", "10.00", "2.00x", "3.00", "2"]
+    assert format_baseline_table([r]).splitlines()[2].split()[:4] == ["16", "20.0", "25.0", "0.80x"]
+
+
 def test_small_helpers() -> None:
     assert parse_concurrency("64, 1,4,4") == [1, 4, 64]
     assert parse_concurrency("auto,16,AUTO,4") == [4, 16, "auto"]
@@ -250,6 +268,8 @@ def test_sweep_with_baseline(tmp_path: Path, make_job: Any) -> None:
         assert b["latency_ms"]["p95"] > 0
     assert "bare req/s" in result.stdout and "ratio" in result.stdout
     assert "bare req/s" in format_baseline_table(report["rows"])
+    assert report["transport"] == {"batchrun": "litellm-http", "baseline": "openai-sdk"}
+    assert all(r["baseline"]["transport"] == "openai-sdk" for r in report["rows"])
 
 
 def test_auto_concurrency_is_compared_with_the_fixed_settings(tmp_path: Path, make_job: Any) -> None:

@@ -151,6 +151,17 @@ def test_summary_fields():
     assert lat["mean"] == pytest.approx((100 * 50 + 200 * 45 + 900 * 4 + 2000) / 100, rel=1e-3)
 
 
+def test_summary_separates_start_up_from_sending():
+    # 10 s in all, the first ticket handed out after 2 s: 1000 requests in the 8 s after start-up.
+    summary = make_stats(first_dispatch=102.0, worker_startup_cpu_s=7.25).summary()
+    assert summary["startup_s"] == 2.0
+    assert summary["requests_per_s"] == 100.0
+    assert summary["requests_per_s_after_startup"] == 125.0
+    assert summary["worker_startup_cpu_s"] == 7.25
+    untouched = make_stats().summary()  # no ticket was handed out
+    assert untouched["startup_s"] is None and untouched["requests_per_s_after_startup"] is None
+
+
 def test_summary_cost_per_1000_counts_priced_results_only():
     summary = make_stats(done=100, unpriced=20, cost_usd=0.4).summary()
     assert summary["cost_per_1000_tickets_usd"] == pytest.approx(5.0)  # 0.4 over 80 priced results

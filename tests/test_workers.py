@@ -56,6 +56,9 @@ def test_two_worker_processes_give_exactly_once_results(make_job, tmp_path, sim)
         prep.release()
     rows = read_jsonl(tmp_path / "run" / "results.jsonl")
     assert result.state == "done" and result.summary["done"] == 60 and result.summary["requests"] == 60
+    # each child reports the CPU its start-up took (litellm's import: well over 0.1 s)
+    assert result.summary["worker_startup_cpu_s"] > 0.1
+    assert 0 < result.summary["startup_s"] < result.summary["wall_s"]
     assert len(rows) == 60 == len({r["id"] for r in rows})
     assert all(r["cost_status"] == "litellm" and r["usage"]["total_tokens"] > 0 for r in rows)
     counts = sim.stats()["requests_by_ticket"]
