@@ -7,13 +7,19 @@
     Provider           the protocol the engine calls: `await complete(request)`
     LiteLLMProvider    the real one: litellm.acompletion with batchrun's rules
     ScriptedProvider   a fake for tests: answers from a function, records calls
+    InlinePrepExecutor the event loop's default executor that LiteLLMProvider
+                       installs: litellm's request preparation inline (below)
     import_litellm()   the lazy, configured import (see below)
+    openai_transport() which HTTP path an openai/ call takes (below)
     translate_error()  litellm/SDK/transport exceptions -> errors.RequestError
 
 Rules for every litellm call:
   * `LITELLM_LOCAL_MODEL_COST_MAP=True` is set before litellm is imported
     (otherwise its import fetches a price list over the network), and the
     import happens on first use, so `batchrun --help` never pays for it;
+  * litellm's `num_retries=0` and the OpenAI SDK's `max_retries=0`: tenacity
+    (retrying.py) is the one retry layer (litellm's own HTTP handler, below,
+    does not retry at all);
   * litellm's `acompletion` hands its synchronous request preparation
     (`litellm.main.completion`: parameter mapping, the logging object,
     building the HTTP request; no network I/O for the providers in
