@@ -456,10 +456,7 @@ def format_baseline_table(rows: Sequence[Mapping[str, Any]], after_startup: bool
     importing litellm: the bare pattern's process has it loaded already).
     """
     header = ["conc", "batchrun req/s", "bare req/s", "ratio", "batchrun cpu ms/req", "bare cpu ms/req",
-              "cpu ratio", "bare err", "bare peak"]
-    if after_startup:
-        header = ["conc", "batchrun req/s", "bare req/s", "ratio", "batchrun cpu ms/req", "bare cpu ms/req",
-                  "cpu ratio", "start-up s", "procs"]
+              "cpu ratio"] + (["start-up s", "procs"] if after_startup else ["bare err", "bare peak"])
 
     def x(value: float | None) -> str:
         return "-" if value is None else _num(value, ".2f") + "x"

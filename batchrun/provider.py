@@ -485,14 +485,17 @@ class LiteLLMProvider:
         except Exception:  # litellm cannot tell: keep its default (a thread)
             return None
 
-    async def _acompletion(self, **kwargs: Any) -> Any:
-        """litellm.acompletion, with the preparation inline when `inline_prep` (module docstring)."""
+    async def _acompletion(self, request: ChatRequest, kwargs: dict[str, Any]) -> Any:
+        """litellm.acompletion under batchrun's rules (module docstring): no retries, the
+        request's timeout and ticket header, the preparation inline when `inline_prep`."""
+        call = dict(model=self.model, messages=request.messages, timeout=request.timeout_s, num_retries=0,
+                    max_retries=0, extra_headers={TICKET_HEADER: request.ticket_id}, **kwargs)
         if not self.inline_prep:
-            return await self._litellm.acompletion(**kwargs)
+            return await self._litellm.acompletion(**call)
         _install_inline_prep(asyncio.get_running_loop())
         token = _INLINE_PREP.set(openai_transport(bool(kwargs.get("stream"))))
         try:
-            return await self._litellm.acompletion(**kwargs)
+            return await self._litellm.acompletion(**call)
         finally:
             _INLINE_PREP.reset(token)
 
@@ -511,15 +514,7 @@ class LiteLLMProvider:
             if options.stream:
                 return await self._complete_stream(request, kwargs)
         try:
-            response = await self._acompletion(
-                model=self.model,
-                messages=request.messages,
-                timeout=request.timeout_s,
-                num_retries=0,
-                max_retries=0,
-                extra_headers={TICKET_HEADER: request.ticket_id},
-                **kwargs,
-            )
+            response = await self._acompletion(request, kwargs)
         except Exception as exc:  # cancellation is a BaseException and passes through
             raise translate_error(exc, self._secrets) from None
         try:
@@ -552,20 +547,10 @@ class LiteLLMProvider:
             kwargs["_skip_mcp_handler"] = True  # see the module docstring
 
     async def _complete_stream(self, request: ChatRequest, kwargs: dict[str, Any]) -> Completion:
-        lm = self._litellm
         t0 = time.monotonic()
         try:
             stream = await self._acompletion(
-                model=self.model,
-                messages=request.messages,
-                timeout=request.timeout_s,
-                num_retries=0,
-                max_retries=0,
-                extra_headers={TICKET_HEADER: request.ticket_id},
-                stream=True,
-                stream_options={"include_usage": True},
-                **kwargs,
-            )
+                request, {**kwargs, "stream": True, "stream_options": {"include_usage": True}})
         except Exception as exc:
             raise translate_error(exc, self._secrets) from None
         chunks: list[Any] = []
