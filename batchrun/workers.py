@@ -50,7 +50,7 @@ import resource
 import signal
 import struct
 import sys
-from typing import Any
+from typing import Any, Mapping
 
 import anyio
 import orjson
@@ -71,9 +71,32 @@ class WorkerCrashedError(BatchrunError):
     """A worker process exited while the run needed it."""
 
 
+def _wire_default(value: Any) -> Any:
+    """orjson's fallback: any other Mapping (response headers) goes out as a plain object."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"cannot send {type(value).__name__} to a worker process")
+
+
 def encode(message: dict[str, Any]) -> bytes:
-    body = orjson.dumps(message)
+    """One frame. Records (Outcome, Completion, ...) may be passed as they are: orjson writes a
+    dataclass as the object `dataclasses.asdict` would give, without asdict's deep copies."""
+    body = orjson.dumps(message, default=_wire_default)
     return _LEN.pack(len(body)) + body
+
+
+def decode_frames(buffer: bytearray) -> list[dict[str, Any]]:
+    """Take every complete frame off the front of `buffer`; a partial one stays for the next read."""
+    messages = []
+    pos, end = 0, len(buffer)
+    while end - pos >= 4:
+        (length,) = _LEN.unpack_from(buffer, pos)
+        if end - pos - 4 < length:
+            break
+        messages.append(orjson.loads(bytes(buffer[pos + 4:pos + 4 + length])))
+        pos += 4 + length
+    del buffer[:pos]
+    return messages
 
 
 def completion_to_wire(completion: Completion) -> dict[str, Any]:
@@ -144,17 +167,43 @@ class _Pending:
 
 
 class _Child:
+    """One worker process, seen from the coordinator.
+
+    Frames to the child are queued with `post` (never blocks) and written by
+    the child's flusher task: every frame posted in one turn of the event loop
+    leaves in one write, so the child wakes once for a wave of tickets.
+    """
+
     def __init__(self, index: int, process: Any) -> None:
         self.index = index
         self.process = process
         self.load = 0  # tickets this child holds
-        self.send_lock = anyio.Lock()
         self.ready = anyio.Event()
         self.startup_cpu_s = 0.0  # CPU the child spent before "ready" (mostly litellm's import)
+        self.outbox: list[bytes] = []  # encoded frames not yet written
+        self.wake = anyio.Event()  # set when the outbox has something (or on close)
+        self.closing = False  # the flusher writes what is left, then ends
+        self.flushed = anyio.Event()  # the flusher has ended
 
-    async def send(self, message: dict[str, Any]) -> None:
-        async with self.send_lock:
-            await self.process.stdin.send(encode(message))
+    def post(self, message: dict[str, Any]) -> None:
+        self.outbox.append(encode(message))
+        self.wake.set()
+
+    async def flush_forever(self) -> None:
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake = anyio.Event()
+                if self.outbox:
+                    data = b"".join(self.outbox)
+                    self.outbox.clear()
+                    await self.process.stdin.send(data)
+                if self.closing:
+                    return
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass  # the child is gone: its reader reports it
+        finally:
+            self.flushed.set()
 
 
 class ProcessExecutor:
@@ -193,7 +242,8 @@ class ProcessExecutor:
             child = _Child(index, process)
             self.children.append(child)
             task_group.start_soon(self._read, child)
-            await child.send(init)
+            task_group.start_soon(child.flush_forever)
+            child.post(init)
         with anyio.fail_after(self.startup_timeout):
             for child in self.children:
                 await child.ready.wait()
@@ -208,8 +258,8 @@ class ProcessExecutor:
         self.pending[request.ticket_id] = pending
         child.load += 1
         try:
-            await child.send({"t": "ticket", "id": request.ticket_id, "messages": request.messages,
-                              "timeout": request.timeout_s, "chain": chain, "route": route})
+            child.post({"t": "ticket", "id": request.ticket_id, "messages": request.messages,
+                        "timeout": request.timeout_s, "chain": chain, "route": route})
             await pending.done.wait()
         finally:
             child.load -= 1
@@ -219,52 +269,53 @@ class ProcessExecutor:
         return pending.outcome
 
     async def _read(self, child: _Child) -> None:
-        from anyio.streams.buffered import BufferedByteReceiveStream
-
-        stream = BufferedByteReceiveStream(child.process.stdout)
+        buffer = bytearray()
         try:
             while True:
-                (length,) = _LEN.unpack(await stream.receive_exactly(4))
-                message = orjson.loads(await stream.receive_exactly(length))
-                kind = message["t"]
-                if kind == "want":
-                    self._tg.start_soon(self._grant, child, message)
-                elif kind == "failed":
-                    pending = self.pending.get(message["id"])
-                    if pending is not None:
-                        error = error_from_wire(message["error"])
-                        self.hooks.attempt_failed(pending.request, message["attempt"], error)
-                        if isinstance(error, RateLimitedError) and error.retry_after and \
-                                error.retry_after <= self.job.retry.max_retry_after_s:
-                            self._tg.start_soon(self._broadcast, {"t": "pause", "seconds": error.retry_after})
-                elif kind == "succeeded":
-                    pending = self.pending.get(message["id"])
-                    if pending is not None:
-                        usage = message.get("usage")
-                        slim = Completion(text="", finish_reason=None, model=None,
-                                          usage=Usage(**usage) if usage else None, cost_usd=None,
-                                          cost_status="", rate_limit_headers=message.get("headers"))
-                        request = dataclasses.replace(pending.request, model_key=message.get("model"))
-                        self.hooks.attempt_succeeded(request, message["attempt"], slim, message["latency_ms"])
-                elif kind == "outcome":
-                    outcome = outcome_from_wire(message["outcome"])
-                    pending = self.pending.get(outcome.ticket_id)
-                    if pending is not None:
-                        if not self.counts_each_attempt:  # the child sent no frame per attempt
-                            for attempt in range(1, outcome.attempts + 1):
-                                self.hooks.note_attempt(pending.request, attempt)
-                        pending.outcome = outcome
-                        pending.done.set()
-                elif kind == "ready":
-                    child.startup_cpu_s = float(message.get("cpu_s") or 0.0)
-                    child.ready.set()
-        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                buffer += await child.process.stdout.receive(1 << 20)
+                for message in decode_frames(buffer):
+                    self._handle(child, message)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
         if not self._closing:
             code = await child.process.wait()
             self._fail_all(WorkerCrashedError(
                 f"worker process {child.index} (pid {child.process.pid}) exited unexpectedly (code {code}); "
                 "the tickets it held stay pending: re-run to resume"))
+
+    def _handle(self, child: _Child, message: dict[str, Any]) -> None:
+        kind = message["t"]
+        if kind == "outcome":
+            outcome = outcome_from_wire(message["outcome"])
+            pending = self.pending.get(outcome.ticket_id)
+            if pending is not None:
+                if not self.counts_each_attempt:  # the child sent no frame per attempt
+                    for attempt in range(1, outcome.attempts + 1):
+                        self.hooks.note_attempt(pending.request, attempt)
+                pending.outcome = outcome
+                pending.done.set()
+        elif kind == "want":
+            self._tg.start_soon(self._grant, child, message)
+        elif kind == "failed":
+            pending = self.pending.get(message["id"])
+            if pending is not None:
+                error = error_from_wire(message["error"])
+                self.hooks.attempt_failed(pending.request, message["attempt"], error)
+                if isinstance(error, RateLimitedError) and error.retry_after and \
+                        error.retry_after <= self.job.retry.max_retry_after_s:
+                    self._broadcast({"t": "pause", "seconds": error.retry_after})
+        elif kind == "succeeded":
+            pending = self.pending.get(message["id"])
+            if pending is not None:
+                usage = message.get("usage")
+                slim = Completion(text="", finish_reason=None, model=None,
+                                  usage=Usage(**usage) if usage else None, cost_usd=None,
+                                  cost_status="", rate_limit_headers=message.get("headers"))
+                request = dataclasses.replace(pending.request, model_key=message.get("model"))
+                self.hooks.attempt_succeeded(request, message["attempt"], slim, message["latency_ms"])
+        elif kind == "ready":
+            child.startup_cpu_s = float(message.get("cpu_s") or 0.0)
+            child.ready.set()
 
     def _fail_all(self, error: WorkerCrashedError) -> None:
         self.crashed = error
@@ -273,12 +324,9 @@ class ProcessExecutor:
         for pending in list(self.pending.values()):
             pending.done.set()
 
-    async def _broadcast(self, message: dict[str, Any]) -> None:
+    def _broadcast(self, message: dict[str, Any]) -> None:
         for child in self.children:
-            try:
-                await child.send(message)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass
+            child.post(message)
 
     async def _grant(self, child: _Child, message: dict[str, Any]) -> None:
         pending = self.pending.get(message["id"])
@@ -286,16 +334,18 @@ class ProcessExecutor:
             return
         request = dataclasses.replace(pending.request, model_key=message.get("model"))
         await self.hooks.before_attempt(request, message["attempt"], tokens=message.get("tokens"))
-        try:
-            await child.send({"t": "permit", "id": message["id"]})
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
+        child.post({"t": "permit", "id": message["id"]})
 
     async def aclose(self) -> None:
         """Close every child's stdin (they exit), then wait; kill the slow ones."""
         self._closing = True
         with anyio.CancelScope(shield=True):
             for child in self.children:
+                child.closing = True
+                child.wake.set()
+            for child in self.children:
+                with anyio.move_on_after(5):
+                    await child.flushed.wait()
                 try:
                     await child.process.stdin.aclose()
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
@@ -339,20 +389,20 @@ class _RemoteHooks:
                 self.tokens[request.ticket_id] = sum(self.provider.estimate_tokens(request))
             tokens = self.tokens[request.ticket_id]
         event = self.permits[request.ticket_id] = anyio.Event()
-        await self.send({"t": "want", "id": request.ticket_id, "attempt": attempt, "tokens": tokens,
+        self.send({"t": "want", "id": request.ticket_id, "attempt": attempt, "tokens": tokens,
                          "model": request.model_key})
         await event.wait()
 
     def attempt_failed(self, request: ChatRequest, attempt: int, error: RequestError) -> None:
-        self._later({"t": "failed", "id": request.ticket_id, "attempt": attempt, "error": error_to_wire(error)})
+        self.send({"t": "failed", "id": request.ticket_id, "attempt": attempt, "error": error_to_wire(error)})
 
     def attempt_succeeded(self, request: ChatRequest, attempt: int, completion: Completion,
                           latency_ms: float) -> None:
         if self.reports_results:
             usage = completion.usage
-            self._later({"t": "succeeded", "id": request.ticket_id, "model": request.model_key,
+            self.send({"t": "succeeded", "id": request.ticket_id, "model": request.model_key,
                          "attempt": attempt, "latency_ms": latency_ms,
-                         "usage": dataclasses.asdict(usage) if usage else None,
+                         "usage": usage,
                          "headers": dict(completion.rate_limit_headers or {}) or None})
 
     def finished(self, ticket_id: str) -> None:
@@ -363,8 +413,6 @@ class _RemoteHooks:
         if event is not None:
             event.set()
 
-    def _later(self, message: dict[str, Any]) -> None:
-        self.task_group.start_soon(self.send, message)
 
 
 async def _child_main() -> None:
@@ -375,12 +423,22 @@ async def _child_main() -> None:
     os.dup2(2, 1)  # anything printed by a library goes to stderr, never into the frame stream
     reader = asyncio.StreamReader(limit=2**26)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
-    write_transport, write_protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, frames_out)
-    writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
+    write_transport, _ = await loop.connect_write_pipe(asyncio.Protocol, frames_out)
 
-    async def send(message: dict[str, Any]) -> None:
-        writer.write(encode(message))
-        await writer.drain()
+    outbox: list[bytes] = []
+
+    def flush() -> None:
+        data = b"".join(outbox)
+        outbox.clear()
+        if not write_transport.is_closing():
+            write_transport.write(data)  # buffered by the transport if the pipe is full
+
+    def send(message: dict[str, Any]) -> None:
+        """Queue a frame; every frame queued in one turn of the loop leaves in one write.
+        Never blocks: a child holds at most its tickets' frames (the coordinator bounds them)."""
+        outbox.append(encode(message))
+        if len(outbox) == 1:
+            loop.call_soon(flush)
 
     async def receive() -> dict[str, Any] | None:
         try:
@@ -409,12 +467,11 @@ async def _child_main() -> None:
         request = ChatRequest(message["id"], message["messages"], float(message["timeout"]))
         outcome = await run_chain(request, providers, message["chain"], job, hooks, run_number, message["route"])
         hooks.finished(request.ticket_id)
-        await send({"t": "outcome", "outcome": outcome_to_wire(outcome)})
+        send({"t": "outcome", "outcome": outcome})
 
     async with anyio.create_task_group() as tg:
-        hooks.task_group = tg
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        await send({"t": "ready", "cpu_s": usage.ru_utime + usage.ru_stime})
+        send({"t": "ready", "cpu_s": usage.ru_utime + usage.ru_stime})
         while (message := await receive()) is not None:
             if message["t"] == "ticket":
                 tg.start_soon(one, message)

@@ -3,6 +3,7 @@ wire format, and a crashed child failing the run cleanly (resumable)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from pathlib import Path
@@ -11,7 +12,11 @@ import anyio
 from batchrun import execute_run, load_job, prepare_run
 from batchrun.errors import BatchrunError
 from batchrun.records import Completion, Outcome, ToolCall, Usage
-from batchrun.workers import outcome_from_wire, outcome_to_wire
+import orjson
+import pytest
+from types import MappingProxyType
+
+from batchrun.workers import decode_frames, encode, outcome_from_wire, outcome_to_wire
 from conftest import read_jsonl
 
 
@@ -44,6 +49,39 @@ def test_outcome_wire_round_trip_keeps_every_field():
                                             ttft_ms=4.0, usage_source="estimated"),
                       latency_ms=9.0, structured={"label": "bug"})
     assert outcome_from_wire(outcome_to_wire(outcome)) == outcome
+
+
+def test_a_record_sent_as_it_is_reads_back_equal_and_matches_asdict():
+    # the children put the Outcome itself in the frame (orjson writes dataclasses): the wire must be
+    # what outcome_to_wire (dataclasses.asdict) gives, headers of any Mapping type included
+    outcome = Outcome(ticket_id="T1", attempts=1, started_at="a", finished_at="b", elapsed_ms=1.0, run=1,
+                      completion=Completion(text="ok", finish_reason="stop", model="m", usage=Usage(1, 2, 3),
+                                            cost_usd=None, cost_status="unpriced_model",
+                                            tool_calls=(ToolCall(name="f", arguments="{}", id="c1"),),
+                                            rate_limit_headers=MappingProxyType({"x-ratelimit-remaining-requests": "9"})),
+                      structured={"parsed": {"a": [1, 2]}}, attempts_by_model={"cheap": 1})
+    frame = encode({"t": "outcome", "outcome": outcome})
+    (message,) = decode_frames(bytearray(frame))
+    plain = dataclasses.replace(outcome, completion=dataclasses.replace(
+        outcome.completion, rate_limit_headers={"x-ratelimit-remaining-requests": "9"}))
+    assert message["outcome"] == orjson.loads(orjson.dumps(outcome_to_wire(plain)))
+    back = outcome_from_wire(message["outcome"])
+    assert back.completion.rate_limit_headers == {"x-ratelimit-remaining-requests": "9"}
+    assert back == outcome
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        encode({"t": "x", "value": object()})
+
+
+def test_frames_split_anywhere_come_out_whole_and_in_order():
+    frames = [encode({"t": "want", "id": f"T{i}", "text": "é" * i}) for i in range(5)]
+    stream = b"".join(frames)
+    for cut in range(len(stream) + 1):
+        buffer = bytearray()
+        buffer += stream[:cut]
+        got = decode_frames(buffer)
+        buffer += stream[cut:]
+        got += decode_frames(buffer)
+        assert [m["id"] for m in got] == [f"T{i}" for i in range(5)] and buffer == b""
 
 
 def test_two_worker_processes_give_exactly_once_results(make_job, tmp_path, sim):
@@ -106,3 +144,30 @@ def test_a_crashed_worker_fails_the_run_and_the_run_resumes(make_job, tmp_path, 
         prep.release()
     rows = read_jsonl(tmp_path / "run" / "results.jsonl")
     assert result.state == "done" and len(rows) == 80 == len({r["id"] for r in rows})
+
+
+def test_two_worker_processes_with_a_rate_limit_and_429s_count_every_attempt(make_job, tmp_path):
+    # rpm jobs ask the coordinator for a permit before every attempt (want/permit frames); a 429
+    # with Retry-After comes back as a failed frame and is broadcast as a pause to both children
+    from batchrun.sim.config import SimConfig
+    from batchrun.sim.faults import FaultRule
+    from batchrun.sim.process import start_simulator
+
+    rules = (FaultRule.from_mapping({"kind": "429", "tickets": ["T000003", "T000007"], "attempts": [1],
+                                     "retry_after": 0.05}),
+             FaultRule.from_mapping({"kind": "503", "tickets": ["T000011"], "attempts": [1, 2]}))
+    job = load_job(make_job(30, concurrency=6, top="rpm = 6000\n"))
+    with start_simulator(SimConfig(latency_ms=2, jitter=0, faults=rules)) as sim:
+        prep = prepare_run(job, endpoint="sim")
+        try:
+            result = anyio.run(lambda: execute_run(prep, None, workers=2, provider_kwargs=provider_kwargs(sim)))
+        finally:
+            prep.release()
+        counts = sim.stats()["requests_by_ticket"]
+    rows = {r["id"]: r for r in read_jsonl(tmp_path / "run" / "results.jsonl")}
+    assert result.state == "done" and len(rows) == 30
+    assert counts["T000003"] == counts["T000007"] == 2 and counts["T000011"] == 3
+    assert rows["T000003"]["attempts"] == 2 and rows["T000011"]["attempts"] == 3
+    summary = result.summary
+    assert summary["requests"] == sum(counts.values()) == 34
+    assert summary["rate_limited"] == 2
