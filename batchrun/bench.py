@@ -31,8 +31,13 @@ recommendation and gets no baseline.
 Worker processes: each run uses as many as `batchrun run` would (the job's
 `workers`, "auto" by default: one per core for runs of 5,000 tickets or more
 at concurrency 32 or more, else 1); `--workers N|auto` overrides the job.
-The wall time includes the workers' start-up (each imports litellm), so
-measure multi-process throughput on thousands of tickets (`--tickets 2000`).
+The sweep starts its worker processes once, during the warm-up, and every
+setting reuses them (workers.open_worker_pool): each imports litellm once
+(seconds), as the bare pattern's process has it loaded before it is
+measured. A `batchrun run` starts its workers per run: its summary's
+`startup_s` and `worker_startup_cpu_s` show what that costs. A reused
+process is not in the OS's count of ended children, so the workers' CPU is
+the figure each reports for the run (`worker_cpu_s`).
 
 Tickets per setting: `--tickets N` runs the same N tickets at every setting.
 By default (`auto`) a setting runs 4 x C tickets, at least 32 and at most
@@ -386,6 +391,7 @@ def build_row(concurrency: int, tickets: int, state: str, summary: Mapping[str, 
         # start-up apart: the seconds before the first ticket was handed out, and the CPU worker
         # processes spent importing litellm (the bare pattern's process has litellm loaded already)
         "startup_s": summary.get("startup_s"),
+        "worker_startup_cpu_s": summary.get("worker_startup_cpu_s"),
         "requests_per_s_after_startup": summary.get("requests_per_s_after_startup"),
         "cpu_ms_per_request_after_startup": (
             round((cpu_s - float(summary.get("worker_startup_cpu_s") or 0.0)) * 1000 / requests, 3)
@@ -452,8 +458,9 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
 def format_baseline_table(rows: Sequence[Mapping[str, Any]], after_startup: bool = False) -> str:
     """batchrun next to the bare acompletion-under-a-semaphore pattern, with the ratios.
 
-    `after_startup`: batchrun's figures without its start-up (worker processes
-    importing litellm: the bare pattern's process has it loaded already).
+    `after_startup`: batchrun's figures without its start-up (the seconds
+    before the first ticket, and any CPU worker processes spent importing
+    litellm for the run: the bare pattern's process has it loaded already).
     """
     header = ["conc", "batchrun req/s", "bare req/s", "ratio", "batchrun cpu ms/req", "bare cpu ms/req",
               "cpu ratio"] + (["start-up s", "procs"] if after_startup else ["bare err", "bare peak"])
@@ -739,80 +746,94 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
                        "prices": plan.job.prices.model_dump() if plan.job.prices else None,
                        "max_connections": largest}
 
-    for c in plan.settings:
-        n = setting_tickets(c, plan.tickets, plan.job)
-        c_ceiling = auto_ceiling(plan.job) if c == "auto" else int(c)
-        label = "auto" if c == "auto" else f"c{int(c):04d}"
-        job_c = plan.job.with_overrides(input=sample, run_dir=plan.workdir / label, concurrency=c)
-        prep = prepare_run(job_c, job_path=plan.job_path, endpoint=plan.endpoint, limit=n)
-        workers = job_c.worker_count(prep.to_do) if engine_has_workers and hasattr(job_c, "worker_count") else 1
-        try:
-            provider = None
-            if workers == 1 or prep.max_cost_usd is not None:  # as cli.py: the coordinator needs litellm
-                provider = _make_provider(job_c, plan.model, plan.api_base, plan.api_key)
-            extra = {"workers": workers, "provider_kwargs": provider_kwargs} if engine_has_workers else {}
-            if sim is not None:
-                sim.reset()
-            gc.collect()
-            before, before_self = cpu_seconds(), cpu_seconds(children=False)
-            result = await execute_run(prep, provider, grace_s=5.0, progress=False, **extra)
-            cpu, cpu_self = cpu_seconds() - before, cpu_seconds(children=False) - before_self
-        finally:
-            prep.release()
-        summary = result.summary
-        done = summary["done"]
-        if cfg is not None:
-            mean_out = summary["completion_tokens"] / done if done else 0.0
-            latency_s: float | None = (cfg.latency_ms + cfg.per_token_ms * mean_out) / 1000.0
-            if cfg.tpm and done:
-                per_request = summary["prompt_tokens"] / done + (max_tokens or mean_out)
-                limits["tokens_per_request"] = per_request
-        else:
-            mean = summary["latency_ms"].get("mean")
-            latency_s = mean / 1000.0 if mean else None
-        row = build_row(c_ceiling, n, result.state, summary, cpu, latency_s=latency_s, server=server_stats(),
-                        limits=limits)
-        row["workers"] = workers
-        if workers > 1:  # where the CPU went: this process (the coordinator) and the worker processes
-            row["cpu_s_coordinator"] = round(cpu_self, 3)
-            row["cpu_s_workers"] = round(cpu - cpu_self, 3)
-        if c == "auto":
-            row["concurrency"] = "auto"
-            row["concurrency_max"] = c_ceiling
-            row["concurrency_settled"] = summary.get("concurrency_settled")
-            (plan.auto_rows if plan.auto_rows is not None else []).append(row)
-        else:
-            rows.append(row)
-        _say(f"C={c}: {n} tickets in {row['wall_s']:.2f} s, {row['requests_per_s']:.1f} req/s, "
-             f"p95 {_num(row['latency_ms'].get('p95'), ',.0f')} ms, {row['failed']} failed"
-             + (f", {workers} worker processes" if workers > 1 else "")
-             + (f", settled at {row['concurrency_settled']}" if c == "auto" else "")
-             + (f" ({result.error})" if result.error else ""))
-        if result.state == "interrupted":
-            raise _Interrupted()
+    # One pool of worker processes for the whole sweep: they import litellm once, now, and every
+    # multi-process setting reuses them (the bare pattern reuses this process's litellm the same way).
+    from batchrun.workers import open_worker_pool
 
-        if plan.baseline and c != "auto":
-            if sim is not None:
-                sim.reset()
-            gc.collect()
-            before = cpu_seconds()
-            with _openai_transport(plan.baseline_transport):
-                base = await run_baseline(litellm, plan.job, all_tickets[:n], c, model=plan.model,
-                                          api_base=plan.api_base, api_key=plan.api_key, stream=plan.stream)
-            base_cpu = cpu_seconds() - before
-            base["transport"] = plan.baseline_transport
-            base["cpu_s"] = round(base_cpu, 3)
-            base["cpu_ms_per_request"] = round(base_cpu * 1000 / base["requests"], 3) if base["requests"] else None
-            base["server"] = server_stats()
-            base["speed_ratio"] = _ratio(row["requests_per_s"], base["requests_per_s"])
-            base["cpu_ratio"] = _ratio(row["cpu_ms_per_request"], base["cpu_ms_per_request"])
-            base["speed_ratio_after_startup"] = _ratio(row["requests_per_s_after_startup"],
-                                                       base["requests_per_s"])
-            base["cpu_ratio_after_startup"] = _ratio(row["cpu_ms_per_request_after_startup"],
-                                                     base["cpu_ms_per_request"])
-            row["baseline"] = base
-            _say(f"C={c}: bare pattern {base['requests_per_s']:.1f} req/s, {base['failed']} failed")
-        await anyio.sleep(0)
+    most_workers = 1
+    if engine_has_workers:
+        most_workers = max(plan.job.with_overrides(concurrency=c).worker_count(
+            setting_tickets(c, plan.tickets, plan.job)) for c in plan.settings)
+    async with open_worker_pool(largest) as pool:
+        if most_workers > 1:
+            await pool.warm(most_workers)
+        for c in plan.settings:
+            n = setting_tickets(c, plan.tickets, plan.job)
+            c_ceiling = auto_ceiling(plan.job) if c == "auto" else int(c)
+            label = "auto" if c == "auto" else f"c{int(c):04d}"
+            job_c = plan.job.with_overrides(input=sample, run_dir=plan.workdir / label, concurrency=c)
+            prep = prepare_run(job_c, job_path=plan.job_path, endpoint=plan.endpoint, limit=n)
+            workers = job_c.worker_count(prep.to_do) if engine_has_workers and hasattr(job_c, "worker_count") else 1
+            try:
+                provider = None
+                if workers == 1 or prep.max_cost_usd is not None:  # as cli.py: the coordinator needs litellm
+                    provider = _make_provider(job_c, plan.model, plan.api_base, plan.api_key)
+                extra = ({"workers": workers, "provider_kwargs": provider_kwargs, "worker_pool": pool}
+                         if engine_has_workers else {})
+                if sim is not None:
+                    sim.reset()
+                gc.collect()
+                before, before_self = cpu_seconds(), cpu_seconds(children=False)
+                result = await execute_run(prep, provider, grace_s=5.0, progress=False, **extra)
+                cpu, cpu_self = cpu_seconds() - before, cpu_seconds(children=False) - before_self
+            finally:
+                prep.release()
+            summary = result.summary
+            if workers > 1:  # reused processes are not in the OS's count of ended children: as they said
+                cpu = cpu_self + float(summary.get("worker_cpu_s") or 0.0)
+            done = summary["done"]
+            if cfg is not None:
+                mean_out = summary["completion_tokens"] / done if done else 0.0
+                latency_s: float | None = (cfg.latency_ms + cfg.per_token_ms * mean_out) / 1000.0
+                if cfg.tpm and done:
+                    per_request = summary["prompt_tokens"] / done + (max_tokens or mean_out)
+                    limits["tokens_per_request"] = per_request
+            else:
+                mean = summary["latency_ms"].get("mean")
+                latency_s = mean / 1000.0 if mean else None
+            row = build_row(c_ceiling, n, result.state, summary, cpu, latency_s=latency_s, server=server_stats(),
+                            limits=limits)
+            row["workers"] = workers
+            if workers > 1:  # where the CPU went: this process (the coordinator) and the worker processes
+                row["cpu_s_coordinator"] = round(cpu_self, 3)
+                row["cpu_s_workers"] = round(cpu - cpu_self, 3)
+            if c == "auto":
+                row["concurrency"] = "auto"
+                row["concurrency_max"] = c_ceiling
+                row["concurrency_settled"] = summary.get("concurrency_settled")
+                (plan.auto_rows if plan.auto_rows is not None else []).append(row)
+            else:
+                rows.append(row)
+            _say(f"C={c}: {n} tickets in {row['wall_s']:.2f} s, {row['requests_per_s']:.1f} req/s, "
+                 f"p95 {_num(row['latency_ms'].get('p95'), ',.0f')} ms, {row['failed']} failed"
+                 + (f", {workers} worker processes" if workers > 1 else "")
+                 + (f", settled at {row['concurrency_settled']}" if c == "auto" else "")
+                 + (f" ({result.error})" if result.error else ""))
+            if result.state == "interrupted":
+                raise _Interrupted()
+
+            if plan.baseline and c != "auto":
+                if sim is not None:
+                    sim.reset()
+                gc.collect()
+                before = cpu_seconds()
+                with _openai_transport(plan.baseline_transport):
+                    base = await run_baseline(litellm, plan.job, all_tickets[:n], c, model=plan.model,
+                                              api_base=plan.api_base, api_key=plan.api_key, stream=plan.stream)
+                base_cpu = cpu_seconds() - before
+                base["transport"] = plan.baseline_transport
+                base["cpu_s"] = round(base_cpu, 3)
+                base["cpu_ms_per_request"] = round(base_cpu * 1000 / base["requests"], 3) if base["requests"] else None
+                base["server"] = server_stats()
+                base["speed_ratio"] = _ratio(row["requests_per_s"], base["requests_per_s"])
+                base["cpu_ratio"] = _ratio(row["cpu_ms_per_request"], base["cpu_ms_per_request"])
+                base["speed_ratio_after_startup"] = _ratio(row["requests_per_s_after_startup"],
+                                                           base["requests_per_s"])
+                base["cpu_ratio_after_startup"] = _ratio(row["cpu_ms_per_request_after_startup"],
+                                                         base["cpu_ms_per_request"])
+                row["baseline"] = base
+                _say(f"C={c}: bare pattern {base['requests_per_s']:.1f} req/s, {base['failed']} failed")
+            await anyio.sleep(0)
 
 
 def draw_plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str, recommended: int | None = None,
@@ -1138,8 +1159,8 @@ def _write_outputs(report: dict[str, Any], rows: list[dict[str, Any]], rec: Reco
                    f"openai/ calls through: batchrun {t.get('batchrun')}, bare {t.get('baseline')}:")
         click.echo(format_baseline_table(rows))
         if any((r.get("workers") or 1) > 1 for r in rows if r.get("baseline")):
-            click.echo("\nthe same after start-up (worker processes importing litellm: the bare pattern's process "
-                       "had it loaded already):")
+            click.echo("\nthe same after start-up (the seconds before the first ticket; the sweep's worker processes "
+                       "imported litellm once, during the warm-up):")
             click.echo(format_baseline_table(rows, after_startup=True))
     auto = report.get("auto")
     if auto:

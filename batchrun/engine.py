@@ -86,7 +86,7 @@ from batchrun.stats import RunStats
 from batchrun.tickets import InputScan, file_digest, read_tickets, scan_from_index, scan_input
 from batchrun.limits import AdaptiveConcurrency, CostBudget, RateLimiter, RequestGate, parse_rate_limit_headers
 from batchrun.ticket_runner import utc_now
-from batchrun.workers import InlineExecutor, ProcessExecutor, WorkerCrashedError
+from batchrun.workers import InlineExecutor, ProcessExecutor, WorkerCrashedError, WorkerPool
 
 __all__ = ["PreparedRun", "RunResult", "execute_run", "prepare_run", "render_messages"]
 
@@ -273,7 +273,8 @@ class _Run:
     """State of one execute_run call (kept off the module level)."""
 
     def __init__(self, prep: PreparedRun, provider: Provider | Mapping[str, Provider] | None, *, grace_s: float,
-                 progress: bool, workers: int = 1, provider_kwargs: dict[str, Any] | None = None) -> None:
+                 progress: bool, workers: int = 1, provider_kwargs: dict[str, Any] | None = None,
+                 worker_pool: WorkerPool | None = None) -> None:
         self.prep = prep
         self.job = prep.job
         # one provider per model key: "" for a single-model job, [[models]] names for a routed one
@@ -285,7 +286,8 @@ class _Run:
                 raise ValueError("workers > 1 needs provider_kwargs to build a provider in each process")
             if "model" in provider_kwargs:  # one model's kwargs
                 provider_kwargs = {"": provider_kwargs}
-            self.executor: Any = ProcessExecutor(workers, self.job, provider_kwargs, self, prep.run_number)
+            self.executor: Any = ProcessExecutor(workers, self.job, provider_kwargs, self, prep.run_number,
+                                                 pool=worker_pool)
         else:
             if not providers:
                 raise ValueError("workers = 1 needs a provider")
@@ -564,6 +566,7 @@ class _Run:
             with anyio.CancelScope(shield=True):
                 await self.writer_done.wait()
                 await self.executor.aclose()
+                self.stats.worker_cpu_s = getattr(self.executor, "cpu_s", 0.0)
             outer.cancel_scope.cancel()
 
 
@@ -581,16 +584,19 @@ async def execute_run(
     progress: bool = False,
     workers: int = 1,
     provider_kwargs: dict[str, Any] | None = None,
+    worker_pool: WorkerPool | None = None,
 ) -> RunResult:
     """Run the prepared job; always leaves a parseable run directory.
 
     workers = 1 runs every ticket on `provider` in this event loop; workers > 1
     starts that many worker processes, each building its own LiteLLMProvider
     from `provider_kwargs` (see workers.py); `provider` is then only used for
-    cost estimates when a budget is set, and may be None.
+    cost estimates when a budget is set, and may be None. With `worker_pool`
+    (workers.open_worker_pool) the processes are taken from it and handed
+    back at the end instead of being started and stopped for this run.
     """
     run = _Run(prep, provider, grace_s=grace_s, progress=progress, workers=workers,
-               provider_kwargs=provider_kwargs)
+               provider_kwargs=provider_kwargs, worker_pool=worker_pool)
     started_at = utc_now()
     write_manifest(prep.run_dir, _manifest(prep, run.stats, run.failed_ids, "running", started_at, None, None))
     state, error = "failed", None

@@ -90,6 +90,7 @@ class RunStats:
     started: float = field(default_factory=time.monotonic)
     first_dispatch: float | None = None  # first ticket handed to a worker: start-up (scan, processes) is over
     worker_startup_cpu_s: float = 0.0  # CPU worker processes spent starting (litellm's import), as they said
+    worker_cpu_s: float = 0.0  # CPU worker processes spent on this run, start-up included, as they said
     finished: float | None = None
 
     def record(self, outcome: Outcome) -> None:
@@ -156,6 +157,7 @@ class RunStats:
             # the same after start-up (the input scan, worker processes importing litellm)
             "requests_per_s_after_startup": None if sending is None else round(self.attempts / sending, 2),
             "worker_startup_cpu_s": round(self.worker_startup_cpu_s, 3),
+            "worker_cpu_s": round(self.worker_cpu_s, 3),
             "tickets_per_s": round(finished / wall, 2),
             "output_tokens_per_s": round(self.completion_tokens / wall, 1),
             "latency_ms": _percentiles(self.latency),

@@ -14,11 +14,13 @@ Protocol (the only coupling between the two sides, so the same split can
 later run over TCP on other machines): frames of a 4-byte big-endian length
 and an orjson object, over the child's stdin (coordinator -> child) and a
 private copy of its stdout (child -> coordinator; fd 1 itself is pointed at
-stderr so a stray print cannot corrupt the stream).
+stderr so a stray print cannot corrupt the stream). Frames written in one
+turn of either side's event loop leave in one write; records (Outcome,
+Usage) go on the wire as orjson writes dataclasses.
 
     coordinator -> child                    child -> coordinator
-    {"t": "init", job, provider, run}       {"t": "ready", cpu_s}   (provider: kwargs per model key;
-                                                                 cpu_s: the child's start-up CPU)
+                                            {"t": "loaded", cpu_s}   (litellm imported, at start)
+    {"t": "init", job, provider, run}       {"t": "ready", cpu_s}    (provider: kwargs per model key)
     {"t": "ticket", id, messages, timeout,  {"t": "want", id, attempt, tokens}    (rpm/tpm jobs)
      chain, route}
     {"t": "permit", id}                     (other jobs: attempts counted from the outcome)
@@ -26,11 +28,17 @@ stderr so a stray print cannot corrupt the stream).
                                             {"t": "succeeded", id, attempt, latency_ms, usage, headers}
                                                                           (rate-limited or "auto" jobs)
                                             {"t": "outcome", outcome}
+    {"t": "end"}                            {"t": "ended", cpu_s}    (the run is over; the child
+                                                                      waits for the next init)
+
+`cpu_s` is the child's CPU so far: the coordinator turns it into the
+start-up CPU of a run (before "ready", not counted by an earlier run or
+the pool's warm-up) and the run's CPU ("ready" to "ended").
 
 A job with rpm/tpm asks for a permit before every attempt, so the token
-buckets stay shared and exact. Other jobs send three frames per ticket
-(ticket, outcome, and a failure frame per failed attempt); a 429 with
-Retry-After is broadcast as a pause to every child.
+buckets stay shared and exact. Other jobs send two frames per ticket
+(ticket and outcome) and one per failed attempt; a 429 with Retry-After is
+broadcast as a pause to every child.
 
 A child ignores SIGINT/SIGTERM (the coordinator decides about shutdown) and
 exits when its stdin closes, so a coordinator killed with SIGKILL takes its
@@ -38,19 +46,23 @@ children with it. A child that dies unexpectedly fails the run with a clear
 message; the run resumes like any other.
 
     ProcessExecutor   coordinator side: start(), run(request) -> Outcome, aclose()
+    WorkerPool        children kept from run to run in one event loop
+                      (`open_worker_pool`; batchrun bench): litellm is
+                      imported once, a dead child is replaced
     InlineExecutor    the same interface without processes (workers = 1)
     main()            child side: `python -m batchrun.workers`
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import resource
 import signal
 import struct
 import sys
-from typing import Any, Mapping
+from typing import Any, AsyncIterator, Mapping
 
 import anyio
 import orjson
@@ -62,7 +74,7 @@ from batchrun.records import Completion, Outcome, ToolCall, Usage
 from batchrun.spec import JobSpec
 from batchrun.ticket_runner import AttemptHooks, run_chain
 
-__all__ = ["InlineExecutor", "ProcessExecutor", "WorkerCrashedError", "main"]
+__all__ = ["InlineExecutor", "ProcessExecutor", "WorkerCrashedError", "WorkerPool", "main", "open_worker_pool"]
 
 _LEN = struct.Struct(">I")
 
@@ -169,17 +181,26 @@ class _Pending:
 class _Child:
     """One worker process, seen from the coordinator.
 
-    Frames to the child are queued with `post` (never blocks) and written by
-    the child's flusher task: every frame posted in one turn of the event loop
-    leaves in one write, so the child wakes once for a wave of tickets.
+    Its reader task routes frames to the executor that currently owns it
+    (`owner`; a pooled child has none between runs). Frames to the child are
+    queued with `post` (never blocks) and written by its flusher task: every
+    frame posted in one turn of the event loop leaves in one write, so the
+    child wakes once for a wave of tickets.
     """
 
     def __init__(self, index: int, process: Any) -> None:
         self.index = index
         self.process = process
+        self.owner: ProcessExecutor | None = None
         self.load = 0  # tickets this child holds
-        self.ready = anyio.Event()
-        self.startup_cpu_s = 0.0  # CPU the child spent before "ready" (mostly litellm's import)
+        self.loaded = anyio.Event()  # litellm imported ("loaded" frame)
+        self.ready = anyio.Event()  # this run's init done ("ready" frame)
+        self.ended = anyio.Event()  # this run's "ended" frame (or the child is gone)
+        self.gone = False  # the process closed its side: exited or crashed
+        self.cpu_s = 0.0  # the child's CPU so far, as its last frame said
+        self.accounted_cpu_s = 0.0  # the part already counted (a previous run, or the pool's warm-up)
+        self.startup_cpu_s = 0.0  # CPU before this run's "ready" not counted before (litellm's import, if fresh)
+        self.run_cpu_s = 0.0  # CPU from "ready" to "ended"
         self.outbox: list[bytes] = []  # encoded frames not yet written
         self.wake = anyio.Event()  # set when the outbox has something (or on close)
         self.closing = False  # the flusher writes what is left, then ends
@@ -188,6 +209,13 @@ class _Child:
     def post(self, message: dict[str, Any]) -> None:
         self.outbox.append(encode(message))
         self.wake.set()
+
+    def begin_run(self, owner: ProcessExecutor) -> None:
+        self.owner = owner
+        self.load = 0
+        self.ready = anyio.Event()
+        self.ended = anyio.Event()
+        self.startup_cpu_s = self.run_cpu_s = 0.0
 
     async def flush_forever(self) -> None:
         try:
@@ -205,18 +233,155 @@ class _Child:
         finally:
             self.flushed.set()
 
+    async def read_forever(self) -> None:
+        buffer = bytearray()
+        try:
+            while True:
+                buffer += await self.process.stdout.receive(1 << 20)
+                for message in decode_frames(buffer):
+                    kind = message["t"]
+                    if kind == "loaded":
+                        self.cpu_s = float(message["cpu_s"])
+                        self.loaded.set()
+                    elif kind == "ready":
+                        self.cpu_s = float(message["cpu_s"])
+                        self.startup_cpu_s = self.cpu_s - self.accounted_cpu_s
+                        self.ready.set()
+                    elif kind == "ended":
+                        self.run_cpu_s = float(message["cpu_s"]) - self.cpu_s
+                        self.cpu_s = self.accounted_cpu_s = float(message["cpu_s"])
+                        self.ended.set()
+                    elif self.owner is not None:
+                        self.owner._handle(self, message)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+        self.gone = True
+        for event in (self.loaded, self.ready, self.ended):
+            event.set()
+        owner = self.owner
+        if owner is not None and not owner._closing:
+            code = await self.process.wait()
+            owner._fail_all(WorkerCrashedError(
+                f"worker process {self.index} (pid {self.process.pid}) exited unexpectedly (code {code}); "
+                "the tickets it held stay pending: re-run to resume"))
+
+    async def stop(self) -> None:
+        """Write what is queued, close stdin (the child exits), wait; kill it if slow."""
+        self.closing = True
+        self.wake.set()
+        with anyio.move_on_after(5):
+            await self.flushed.wait()
+        try:
+            await self.process.stdin.aclose()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        with anyio.move_on_after(10):
+            await self.process.wait()
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+async def _spawn(index: int, task_group: Any, max_connections: int | None) -> _Child:
+    """Start `python -m batchrun.workers`; its reader and flusher run in `task_group`.
+
+    litellm sizes its aiohttp pool from the environment when it is imported,
+    and a child imports it at once, so the limits go in the child's environment."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_root(), env.get("PYTHONPATH")]))
+    if max_connections:
+        for name, default in (("AIOHTTP_CONNECTOR_LIMIT_PER_HOST", 500), ("AIOHTTP_CONNECTOR_LIMIT", 1000)):
+            env[name] = str(max(int(env.get(name) or default), max_connections))
+    process = await anyio.open_process([sys.executable, "-m", "batchrun.workers"], stdin=-1, stdout=-1,
+                                       stderr=None, env=env)
+    child = _Child(index, process)
+    task_group.start_soon(child.read_forever)
+    task_group.start_soon(child.flush_forever)
+    return child
+
+
+class WorkerPool:
+    """Worker processes kept from one run to the next in one event loop.
+
+    `batchrun run` starts its workers per run (one run per process). `batchrun
+    bench` runs a setting after another: with a pool its workers import
+    litellm once, during the warm-up, and every setting reuses them, as the
+    bare pattern reuses its process's litellm. A child that died is replaced.
+    Open it with `open_worker_pool(max_connections)`.
+    """
+
+    def __init__(self, task_group: Any, max_connections: int | None) -> None:
+        self._tg = task_group
+        self.max_connections = max_connections  # the children's aiohttp pool size (see _spawn)
+        self.idle: list[_Child] = []
+        self._spawned = 0
+
+    def fits(self, max_connections: int | None) -> bool:
+        """Whether the children's connection pool is large enough for a run needing `max_connections`."""
+        return (max_connections or 0) <= max(self.max_connections or 0, 500)
+
+    async def warm(self, n: int, timeout: float = 120.0) -> None:
+        """Have `n` idle children with litellm loaded."""
+        self.idle = [child for child in self.idle if not child.gone]
+        while len(self.idle) < n:
+            self.idle.append(await _spawn(self._spawned, self._tg, self.max_connections))
+            self._spawned += 1
+        with anyio.fail_after(timeout):
+            for child in self.idle:
+                await child.loaded.wait()
+                if not child.accounted_cpu_s:  # never ran: its import is the warm-up's, not a run's
+                    child.accounted_cpu_s = child.cpu_s
+
+    async def take(self, n: int) -> list[_Child]:
+        self.idle = [child for child in self.idle if not child.gone]
+        while len(self.idle) < n:
+            self.idle.append(await _spawn(self._spawned, self._tg, self.max_connections))
+            self._spawned += 1
+        taken, self.idle = self.idle[:n], self.idle[n:]
+        return taken
+
+    def give_back(self, children: list[_Child]) -> None:
+        for child in children:
+            child.owner = None
+            if child.gone or not child.ended.is_set():
+                self._tg.start_soon(child.stop)  # crashed, or did not finish its run: not reused
+            else:
+                self.idle.append(child)
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            children, self.idle = self.idle, []
+            async with anyio.create_task_group() as tg:
+                for child in children:
+                    tg.start_soon(child.stop)
+
+
+@contextlib.asynccontextmanager
+async def open_worker_pool(max_connections: int | None = None) -> AsyncIterator[WorkerPool]:
+    """A WorkerPool for the duration of the block; its children are stopped at the end."""
+    async with anyio.create_task_group() as tg:
+        pool = WorkerPool(tg, max_connections)
+        try:
+            yield pool
+        finally:
+            await pool.aclose()
+            tg.cancel_scope.cancel()
+
 
 class ProcessExecutor:
     """Hand tickets to `n` child processes; see the module docstring."""
 
     def __init__(self, n: int, job: JobSpec, provider_kwargs: dict[str, dict[str, Any]], hooks: AttemptHooks,
-                 run_number: int, startup_timeout: float = 120.0) -> None:
+                 run_number: int, startup_timeout: float = 120.0, pool: WorkerPool | None = None) -> None:
         self.n = n
         self.job = job
         self.provider_kwargs = provider_kwargs
         self.hooks = hooks
         self.run_number = run_number
         self.startup_timeout = startup_timeout
+        self.max_connections = max((kw.get("max_connections") or 0 for kw in provider_kwargs.values()),
+                                   default=0) or None
+        self.pool = pool if pool is not None and pool.fits(self.max_connections) else None
         self.children: list[_Child] = []
         self.pending: dict[str, _Pending] = {}
         self._tg: Any = None
@@ -226,23 +391,28 @@ class ProcessExecutor:
 
     @property
     def startup_cpu_s(self) -> float:
-        """CPU seconds the children spent starting (importing litellm), as they reported it."""
+        """CPU seconds the children spent before this run's first ticket (litellm's import when they
+        were started for it), as they reported it."""
         return sum(child.startup_cpu_s for child in self.children)
 
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds the children spent on this run, start-up included, as they reported it
+        (reused children are not in the OS's count of finished children, so this is the figure)."""
+        return sum(child.startup_cpu_s + child.run_cpu_s for child in self.children)
+
     async def start(self, task_group: Any) -> None:
-        """Spawn the children in `task_group` and wait until each has loaded litellm."""
+        """Spawn the children (or take them from the pool) and wait until each is ready."""
         self._tg = task_group
         init = {"t": "init", "job": self.job.model_dump(mode="json"), "provider": self.provider_kwargs,
                 "run": self.run_number}
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_root(), env.get("PYTHONPATH")]))
-        for index in range(self.n):
-            process = await anyio.open_process(
-                [sys.executable, "-m", "batchrun.workers"], stdin=-1, stdout=-1, stderr=None, env=env)
-            child = _Child(index, process)
-            self.children.append(child)
-            task_group.start_soon(self._read, child)
-            task_group.start_soon(child.flush_forever)
+        if self.pool is not None:
+            self.children = await self.pool.take(self.n)
+        else:
+            for index in range(self.n):
+                self.children.append(await _spawn(index, task_group, self.max_connections))
+        for child in self.children:
+            child.begin_run(self)
             child.post(init)
         with anyio.fail_after(self.startup_timeout):
             for child in self.children:
@@ -267,21 +437,6 @@ class ProcessExecutor:
         if pending.outcome is None:
             raise self.crashed or WorkerCrashedError("a worker process ended without an outcome")
         return pending.outcome
-
-    async def _read(self, child: _Child) -> None:
-        buffer = bytearray()
-        try:
-            while True:
-                buffer += await child.process.stdout.receive(1 << 20)
-                for message in decode_frames(buffer):
-                    self._handle(child, message)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
-        if not self._closing:
-            code = await child.process.wait()
-            self._fail_all(WorkerCrashedError(
-                f"worker process {child.index} (pid {child.process.pid}) exited unexpectedly (code {code}); "
-                "the tickets it held stay pending: re-run to resume"))
 
     def _handle(self, child: _Child, message: dict[str, Any]) -> None:
         kind = message["t"]
@@ -313,9 +468,6 @@ class ProcessExecutor:
                                   cost_status="", rate_limit_headers=message.get("headers"))
                 request = dataclasses.replace(pending.request, model_key=message.get("model"))
                 self.hooks.attempt_succeeded(request, message["attempt"], slim, message["latency_ms"])
-        elif kind == "ready":
-            child.startup_cpu_s = float(message.get("cpu_s") or 0.0)
-            child.ready.set()
 
     def _fail_all(self, error: WorkerCrashedError) -> None:
         self.crashed = error
@@ -337,26 +489,22 @@ class ProcessExecutor:
         child.post({"t": "permit", "id": message["id"]})
 
     async def aclose(self) -> None:
-        """Close every child's stdin (they exit), then wait; kill the slow ones."""
+        """End the run in every child ("end": it cancels what it still holds and reports its CPU),
+        then hand the children back to the pool, or stop them (stdin closed, killed if slow)."""
         self._closing = True
         with anyio.CancelScope(shield=True):
             for child in self.children:
-                child.closing = True
-                child.wake.set()
-            for child in self.children:
-                with anyio.move_on_after(5):
-                    await child.flushed.wait()
-                try:
-                    await child.process.stdin.aclose()
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    pass
+                child.post({"t": "end"})
             for child in self.children:
                 with anyio.move_on_after(10):
-                    await child.process.wait()
-                if child.process.returncode is None:
-                    child.process.kill()
-                    await child.process.wait()
-            self.children.clear()
+                    await child.ended.wait()
+            if self.pool is not None:
+                self.pool.give_back(self.children)
+            else:
+                async with anyio.create_task_group() as tg:
+                    for child in self.children:
+                        tg.start_soon(child.stop)
+            # self.children stays: startup_cpu_s and cpu_s are read after the run
 
 
 def _package_root() -> str:
@@ -447,20 +595,38 @@ async def _child_main() -> None:
         except asyncio.IncompleteReadError:
             return None
 
-    init = await receive()
-    if init is None or init.get("t") != "init":
-        return
-    from batchrun.provider import LiteLLMProvider
+    def cpu_now() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    from batchrun.provider import LiteLLMProvider, import_litellm
     from batchrun.spec import PricesSpec
 
-    job = JobSpec.model_validate(init["job"])
-    providers = {}
-    for key, kwargs in init["provider"].items():
-        kwargs = dict(kwargs)
-        if kwargs.get("prices") is not None:
-            kwargs["prices"] = PricesSpec.model_validate(kwargs["prices"])
-        providers[key] = LiteLLMProvider(**kwargs)
-    run_number = int(init["run"])
+    import_litellm()  # seconds: done once, before the first run (the pool sizes come from the environment)
+    send({"t": "loaded", "cpu_s": cpu_now()})  # cpu_s in loaded/ready/ended: the process's CPU so far
+    while (init := await receive()) is not None:
+        if init.get("t") != "init":
+            continue  # a late frame of the run that ended
+        job = JobSpec.model_validate(init["job"])
+        providers = {}
+        for key, kwargs in init["provider"].items():
+            kwargs = dict(kwargs)
+            if kwargs.get("prices") is not None:
+                kwargs["prices"] = PricesSpec.model_validate(kwargs["prices"])
+            providers[key] = LiteLLMProvider(**kwargs)
+        send({"t": "ready", "cpu_s": cpu_now()})
+        stdin_open = await _serve_run(job, providers, int(init["run"]), send, receive)
+        for provider in providers.values():
+            with anyio.CancelScope(shield=True):
+                await provider.aclose()
+        send({"t": "ended", "cpu_s": cpu_now()})
+        if not stdin_open:
+            break
+    flush()
+
+
+async def _serve_run(job: JobSpec, providers: dict[str, Any], run_number: int, send: Any, receive: Any) -> bool:
+    """One run's tickets until "end" (True) or stdin closes (False: the coordinator is gone)."""
     hooks = _RemoteHooks(send, job, next(iter(providers.values())))
 
     async def one(message: dict[str, Any]) -> None:
@@ -470,16 +636,20 @@ async def _child_main() -> None:
         send({"t": "outcome", "outcome": outcome})
 
     async with anyio.create_task_group() as tg:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        send({"t": "ready", "cpu_s": usage.ru_utime + usage.ru_stime})
-        while (message := await receive()) is not None:
-            if message["t"] == "ticket":
-                tg.start_soon(one, message)
-            elif message["t"] == "permit":
-                hooks.permit(message["id"])
-            elif message["t"] == "pause":
-                hooks.gate.pause_all(float(message["seconds"]))
-        tg.cancel_scope.cancel()  # stdin closed: the coordinator is gone or done
+        try:
+            while (message := await receive()) is not None:
+                kind = message["t"]
+                if kind == "ticket":
+                    tg.start_soon(one, message)
+                elif kind == "permit":
+                    hooks.permit(message["id"])
+                elif kind == "pause":
+                    hooks.gate.pause_all(float(message["seconds"]))
+                elif kind == "end":
+                    return True
+            return False
+        finally:
+            tg.cancel_scope.cancel()  # what is still in flight was given up by the coordinator
 
 
 def main() -> None:

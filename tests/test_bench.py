@@ -325,3 +325,17 @@ def test_live_without_key_fails_before_sending(tmp_path: Path, make_job: Any,
     assert result.exit_code == 2
     assert "BATCHRUN_TEST_KEY is not set" in result.output
     assert not (tmp_path / "b").exists()
+
+
+def test_a_multi_process_sweep_reuses_its_worker_processes(tmp_path: Path, make_job: Any) -> None:
+    # the workers import litellm once, during the warm-up: no setting pays for it, and their CPU
+    # (not in the OS's count of ended children while they live) is what they report per run
+    result, report = _invoke(tmp_path, make_job, "--workers", "2")
+    rows = report["rows"]
+    for r in rows:
+        _sane(r, 8)
+        assert r["workers"] == 2 and r["requests"] == 8
+        assert r["cpu_s_workers"] > 0 and r["cpu_s"] >= r["cpu_s_workers"]
+        assert r["worker_startup_cpu_s"] < 0.5  # an import costs seconds of CPU
+        assert r["startup_s"] < 2.0
+    assert "procs" in result.stdout  # the table shows the processes each run used

@@ -171,3 +171,43 @@ def test_two_worker_processes_with_a_rate_limit_and_429s_count_every_attempt(mak
     summary = result.summary
     assert summary["requests"] == sum(counts.values()) == 34
     assert summary["rate_limited"] == 2
+
+
+def test_a_worker_pool_serves_run_after_run_with_the_same_processes(make_job, tmp_path, sim):
+    # batchrun bench: the children import litellm once and every setting reuses them
+    from batchrun.workers import open_worker_pool
+
+    job = load_job(make_job(40, concurrency=6))
+    seen: list[set[int]] = []
+
+    async def main():
+        results = []
+        async with open_worker_pool(max_connections=64) as pool:
+            await pool.warm(2)
+            for index in range(3):
+                if index == 2:  # a child that died between runs is replaced, not reused
+                    os.kill(sorted(seen[-1])[0], signal.SIGKILL)
+                    await anyio.sleep(0.5)
+                prep = prepare_run(job.with_overrides(run_dir=tmp_path / f"run{index}"), endpoint="sim")
+                try:
+                    results.append(await execute_run(prep, None, workers=2, provider_kwargs=provider_kwargs(sim),
+                                                     worker_pool=pool))
+                finally:
+                    prep.release()
+                seen.append(set(children_of(os.getpid())))
+        return results
+
+    sim.reset()
+    first, second, third = anyio.run(main)
+    for index, result in enumerate((first, second, third)):
+        rows = read_jsonl(tmp_path / f"run{index}" / "results.jsonl")
+        assert result.state == "done" and len(rows) == 40 == len({r["id"] for r in rows})
+        # the children report the CPU they spent on the run (the OS counts only children that ended)
+        assert result.summary["worker_cpu_s"] > result.summary["worker_startup_cpu_s"] >= 0
+    assert set(sim.stats()["requests_by_ticket"].values()) == {3}  # each ticket once per run
+    assert len(seen[0]) == 2 and seen[1] == seen[0]  # the second run reused both processes
+    assert len(seen[2] - seen[1]) == 1 and len(seen[2]) == 2  # the killed one was replaced
+    # litellm was imported before the first run: no run paid for it
+    assert first.summary["worker_startup_cpu_s"] < 0.5 and second.summary["worker_startup_cpu_s"] < 0.5
+    assert third.summary["worker_startup_cpu_s"] > 0.5  # the replacement imported it
+    assert children_of(os.getpid()) == []  # the pool stopped its children
