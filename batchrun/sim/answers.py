@@ -51,6 +51,7 @@ gold labels roughly 85-92% of the time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import re
@@ -368,7 +369,14 @@ def message_text(message: Any) -> str:
 
 
 def _labels_in(text: str) -> list[str]:
+    if len(text) <= 4096:  # every request of a job repeats its system prompt: scan each one once
+        return list(_labels_in_cached(text))
     return list(dict.fromkeys(m.group(1).lower() for m in _LABEL_RE.finditer(text)))
+
+
+@functools.lru_cache(maxsize=256)
+def _labels_in_cached(text: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(m.group(1).lower() for m in _LABEL_RE.finditer(text)))
 
 
 def detect_labels(messages: Iterable[dict]) -> list[str] | None:

@@ -26,6 +26,7 @@ Public functions:
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -47,7 +48,17 @@ def split_tokens(text: str) -> list[str]:
 
 
 def count_tokens(text: str) -> int:
-    """Number of tokens in ``text`` (0 for the empty string)."""
+    """Number of tokens in ``text`` (0 for the empty string).
+
+    Texts up to 4 KB are counted once (every request of a job repeats its
+    system prompt); the cache holds at most 1,024 of them."""
+    if len(text) <= 4096:
+        return _count_tokens_cached(text)
+    return len(_TOKEN_PATTERN.findall(text))
+
+
+@functools.lru_cache(maxsize=1024)
+def _count_tokens_cached(text: str) -> int:
     return len(_TOKEN_PATTERN.findall(text))
 
 
