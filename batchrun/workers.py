@@ -55,6 +55,7 @@ message; the run resumes like any other.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
@@ -588,12 +589,18 @@ async def _child_main() -> None:
         if len(outbox) == 1:
             loop.call_soon(flush)
 
+    inbox: collections.deque[dict[str, Any]] = collections.deque()  # frames read, not yet handled
+    buffer = bytearray()
+
     async def receive() -> dict[str, Any] | None:
-        try:
-            (length,) = _LEN.unpack(await reader.readexactly(4))
-            return orjson.loads(await reader.readexactly(length))
-        except asyncio.IncompleteReadError:
-            return None
+        """The next frame; None when stdin closed. One read takes every frame that has arrived."""
+        while not inbox:
+            chunk = await reader.read(1 << 20)
+            if not chunk:
+                return None
+            buffer.extend(chunk)
+            inbox.extend(decode_frames(buffer))
+        return inbox.popleft()
 
     def cpu_now() -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)
