@@ -610,6 +610,7 @@ async def _child_main() -> None:
     from batchrun.spec import PricesSpec
 
     import_litellm()  # seconds: done once, before the first run (the pool sizes come from the environment)
+    _relax_gc()
     send({"t": "loaded", "cpu_s": cpu_now()})  # cpu_s in loaded/ready/ended: the process's CPU so far
     while (init := await receive()) is not None:
         if init.get("t") != "init":
@@ -630,6 +631,31 @@ async def _child_main() -> None:
         if not stdin_open:
             break
     flush()
+
+
+#: The collector's first-generation threshold in a worker process (Python's default: 700).
+GC_GEN0_THRESHOLD = 50_000
+
+
+def _relax_gc() -> None:
+    """Keep the cyclic garbage collector out of the request path of a worker process.
+
+    litellm's import leaves hundreds of thousands of long-lived objects, and
+    each request allocates thousands more, so with Python's defaults the
+    collector runs every 700 allocations and its older generations keep
+    walking the import's objects. `gc.freeze()` moves everything alive after
+    the import out of its reach (those objects live as long as the process
+    anyway), and a first-generation threshold of 50,000 lets it run about 70
+    times less often; cyclic garbage still goes, a little later. Measured
+    (benchmarks/README.md): two workers, 128 in flight, 3,000 tickets, four
+    alternating pairs: 226.6 -> 242.3 requests/s on average, every pair
+    faster. Only worker processes do this: they run nothing but requests.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 
 
 async def _serve_run(job: JobSpec, providers: dict[str, Any], run_number: int, send: Any, receive: Any) -> bool:

@@ -211,3 +211,17 @@ def test_a_worker_pool_serves_run_after_run_with_the_same_processes(make_job, tm
     assert first.summary["worker_startup_cpu_s"] < 0.5 and second.summary["worker_startup_cpu_s"] < 0.5
     assert third.summary["worker_startup_cpu_s"] > 0.5  # the replacement imported it
     assert children_of(os.getpid()) == []  # the pool stopped its children
+
+
+def test_a_worker_process_keeps_the_garbage_collector_out_of_the_request_path():
+    # _relax_gc changes the whole process's collector: check it in a process of its own
+    import subprocess
+    import sys
+
+    code = ("import gc; from batchrun.workers import _relax_gc, GC_GEN0_THRESHOLD; before = gc.get_threshold(); "
+            "_relax_gc(); after = gc.get_threshold(); "
+            "assert after == (GC_GEN0_THRESHOLD,) + before[1:] and GC_GEN0_THRESHOLD > before[0], (before, after); "
+            "assert gc.get_freeze_count() > 1000, gc.get_freeze_count(); print('ok')")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
