@@ -10,6 +10,8 @@
     InlinePrepExecutor the event loop's default executor that LiteLLMProvider
                        installs: litellm's request preparation inline (below)
     import_litellm()   the lazy, configured import (see below)
+    size_connection_pool()  litellm's aiohttp limits raised in an environment
+                       (this process's before the import, or a worker's)
     openai_transport() which HTTP path an openai/ call takes (below)
     translate_error()  litellm/SDK/transport exceptions -> errors.RequestError
 
@@ -99,7 +101,7 @@ import sys
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, MutableMapping, Protocol, Sequence
 
 from batchrun.errors import (
     RateLimitedError,
@@ -121,6 +123,7 @@ __all__ = [
     "import_litellm",
     "litellm_version",
     "openai_transport",
+    "size_connection_pool",
     "translate_error",
 ]
 
@@ -233,6 +236,14 @@ class Provider(Protocol):
     async def aclose(self) -> None: ...
 
 
+def size_connection_pool(env: MutableMapping[str, str], max_connections: int | None) -> None:
+    """Raise litellm's aiohttp limits in `env` (500 per host, 1,000 in all by default) to at least
+    `max_connections`; litellm reads them when it is imported."""
+    if max_connections:
+        for name, default in (("AIOHTTP_CONNECTOR_LIMIT_PER_HOST", 500), ("AIOHTTP_CONNECTOR_LIMIT", 1000)):
+            env[name] = str(max(int(env.get(name) or default), max_connections))
+
+
 def import_litellm(max_connections: int | None = None) -> Any:
     """Import and configure litellm once (slow: about 4 s here).
 
@@ -245,10 +256,7 @@ def import_litellm(max_connections: int | None = None) -> Any:
         os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
         global _USER_TRANSPORT
         _USER_TRANSPORT = os.environ.get(OPENAI_HTTP_HANDLER_ENV)  # a user's own setting wins (docstring)
-        if max_connections:
-            for name, default in (("AIOHTTP_CONNECTOR_LIMIT_PER_HOST", 500), ("AIOHTTP_CONNECTOR_LIMIT", 1000)):
-                current = int(os.environ.get(name) or default)
-                os.environ[name] = str(max(current, max_connections))
+        size_connection_pool(os.environ, max_connections)
         import litellm
 
         litellm.suppress_debug_info = True

@@ -69,7 +69,7 @@ import anyio
 import orjson
 
 from batchrun.errors import BatchrunError, RateLimitedError, RequestError, RetryableError, TerminalError
-from batchrun.provider import ChatRequest, Provider
+from batchrun.provider import ChatRequest, Provider, size_connection_pool
 from batchrun.limits import RequestGate
 from batchrun.records import Completion, Outcome, ToolCall, Usage
 from batchrun.spec import JobSpec
@@ -290,9 +290,7 @@ async def _spawn(index: int, task_group: Any, max_connections: int | None) -> _C
     and a child imports it at once, so the limits go in the child's environment."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_root(), env.get("PYTHONPATH")]))
-    if max_connections:
-        for name, default in (("AIOHTTP_CONNECTOR_LIMIT_PER_HOST", 500), ("AIOHTTP_CONNECTOR_LIMIT", 1000)):
-            env[name] = str(max(int(env.get(name) or default), max_connections))
+    size_connection_pool(env, max_connections)
     process = await anyio.open_process([sys.executable, "-m", "batchrun.workers"], stdin=-1, stdout=-1,
                                        stderr=None, env=env)
     child = _Child(index, process)
@@ -321,12 +319,16 @@ class WorkerPool:
         """Whether the children's connection pool is large enough for a run needing `max_connections`."""
         return (max_connections or 0) <= max(self.max_connections or 0, 500)
 
-    async def warm(self, n: int, timeout: float = 120.0) -> None:
-        """Have `n` idle children with litellm loaded."""
+    async def _fill(self, n: int) -> None:
+        """At least `n` idle children that have not died (new ones are still importing litellm)."""
         self.idle = [child for child in self.idle if not child.gone]
         while len(self.idle) < n:
             self.idle.append(await _spawn(self._spawned, self._tg, self.max_connections))
             self._spawned += 1
+
+    async def warm(self, n: int, timeout: float = 120.0) -> None:
+        """Have `n` idle children with litellm loaded."""
+        await self._fill(n)
         with anyio.fail_after(timeout):
             for child in self.idle:
                 await child.loaded.wait()
@@ -334,10 +336,7 @@ class WorkerPool:
                     child.accounted_cpu_s = child.cpu_s
 
     async def take(self, n: int) -> list[_Child]:
-        self.idle = [child for child in self.idle if not child.gone]
-        while len(self.idle) < n:
-            self.idle.append(await _spawn(self._spawned, self._tg, self.max_connections))
-            self._spawned += 1
+        await self._fill(n)
         taken, self.idle = self.idle[:n], self.idle[n:]
         return taken
 
