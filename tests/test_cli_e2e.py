@@ -113,7 +113,11 @@ def test_sigkill_at_many_points_then_resume_is_exactly_once(make_job, tmp_path, 
         for ticket_id in on_disk:  # never requested again once its line was on disk
             assert counts[ticket_id] == counts_then[ticket_id], ticket_id
     resent = sum(counts.values()) - N_TICKETS
-    assert 0 <= resent <= len(snapshots) * concurrency
+    # What a SIGKILL can lose: tickets answered but not yet on disk. That is the requests in
+    # flight (concurrency), the outcomes waiting for the writer (engine.py: a buffer of one per
+    # worker, concurrency) and the batch the writer is appending (at most that buffer's worth):
+    # 3 x concurrency per kill, never a ticket whose line was on disk (checked above).
+    assert 0 <= resent <= len(snapshots) * 3 * concurrency
 
 
 def test_torn_last_line_is_cut_and_its_ticket_rerun(make_job, tmp_path, sim, cli_env):
