@@ -82,10 +82,10 @@ WHAT IT MEASURES (one row per setting)
     ideal, eff  see below
     peak        the simulator's peak in-flight count (server side)
     procs       worker processes (shown when a run used more than one)
-    cpu/req     CPU seconds of this process per request, user + system
-                (getrusage RUSAGE_SELF, plus RUSAGE_CHILDREN so worker
-                processes that exit within the run are counted; the
-                simulator, also a child, exits only after the sweep)
+    cpu/req     CPU seconds per request, user + system: this process
+                (getrusage RUSAGE_SELF) plus, with worker processes, the
+                CPU they report for the run (`worker_cpu_s`: the sweep's
+                workers live on, so RUSAGE_CHILDREN never counts them)
 
 Ideal and efficiency. The ideal is what a perfect client could reach with C
 requests in flight: C / mean latency, where the latency is the simulator's
@@ -493,15 +493,12 @@ def format_baseline_table(rows: Sequence[Mapping[str, Any]], after_startup: bool
 # --------------------------------------------------------------------------------------------
 
 
-def cpu_seconds(children: bool = True) -> float:
-    """User + system CPU of this process and (`children`) of its reaped children (worker processes)."""
+def cpu_seconds() -> float:
+    """User + system CPU of this process (worker processes report their own: `worker_cpu_s`)."""
     import resource
 
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) if children else (resource.RUSAGE_SELF,):
-        usage = resource.getrusage(who)
-        total += usage.ru_utime + usage.ru_stime
-    return total
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def write_sample(job: Any, count: int, path: Path) -> int:
@@ -773,14 +770,13 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
                 if sim is not None:
                     sim.reset()
                 gc.collect()
-                before, before_self = cpu_seconds(), cpu_seconds(children=False)
+                before = cpu_seconds()
                 result = await execute_run(prep, provider, grace_s=5.0, progress=False, **extra)
-                cpu, cpu_self = cpu_seconds() - before, cpu_seconds(children=False) - before_self
+                cpu_self = cpu_seconds() - before
             finally:
                 prep.release()
             summary = result.summary
-            if workers > 1:  # reused processes are not in the OS's count of ended children: as they said
-                cpu = cpu_self + float(summary.get("worker_cpu_s") or 0.0)
+            cpu = cpu_self + float(summary.get("worker_cpu_s") or 0.0)  # what the workers said (0 without)
             done = summary["done"]
             if cfg is not None:
                 mean_out = summary["completion_tokens"] / done if done else 0.0

@@ -106,14 +106,10 @@ def decode_frames(buffer: bytearray) -> list[dict[str, Any]]:
         (length,) = _LEN.unpack_from(buffer, pos)
         if end - pos - 4 < length:
             break
-        messages.append(orjson.loads(bytes(buffer[pos + 4:pos + 4 + length])))
+        messages.append(orjson.loads(buffer[pos + 4:pos + 4 + length]))
         pos += 4 + length
     del buffer[:pos]
     return messages
-
-
-def completion_to_wire(completion: Completion) -> dict[str, Any]:
-    return dataclasses.asdict(completion)
 
 
 def completion_from_wire(data: dict[str, Any]) -> Completion:
@@ -124,10 +120,8 @@ def completion_from_wire(data: dict[str, Any]) -> Completion:
 
 
 def outcome_to_wire(outcome: Outcome) -> dict[str, Any]:
-    data = dataclasses.asdict(outcome)
-    if outcome.completion is not None:
-        data["completion"] = completion_to_wire(outcome.completion)
-    return data
+    """The wire form of an Outcome as a dict (`encode` writes the same for the record itself)."""
+    return dataclasses.asdict(outcome)
 
 
 def outcome_from_wire(data: dict[str, Any]) -> Outcome:
@@ -538,7 +532,7 @@ class _RemoteHooks:
             tokens = self.tokens[request.ticket_id]
         event = self.permits[request.ticket_id] = anyio.Event()
         self.send({"t": "want", "id": request.ticket_id, "attempt": attempt, "tokens": tokens,
-                         "model": request.model_key})
+                   "model": request.model_key})
         await event.wait()
 
     def attempt_failed(self, request: ChatRequest, attempt: int, error: RequestError) -> None:
@@ -547,11 +541,9 @@ class _RemoteHooks:
     def attempt_succeeded(self, request: ChatRequest, attempt: int, completion: Completion,
                           latency_ms: float) -> None:
         if self.reports_results:
-            usage = completion.usage
             self.send({"t": "succeeded", "id": request.ticket_id, "model": request.model_key,
-                         "attempt": attempt, "latency_ms": latency_ms,
-                         "usage": usage,
-                         "headers": dict(completion.rate_limit_headers or {}) or None})
+                       "attempt": attempt, "latency_ms": latency_ms, "usage": completion.usage,
+                       "headers": dict(completion.rate_limit_headers or {}) or None})
 
     def finished(self, ticket_id: str) -> None:
         self.tokens.pop(ticket_id, None)
