@@ -7,7 +7,10 @@ Over real HTTP to the simulator on 127.0.0.1 (provider.py's docstring has the wh
   * plain openai/ calls go through litellm's own HTTP handler, streamed ones
     through the OpenAI SDK, unless the user's environment said otherwise;
     the switch is never left behind in the environment;
-  * a stream chunk that is not JSON never becomes a success.
+  * a stream chunk that is not JSON never becomes a success;
+  * litellm's success logging is skipped for batchrun's plain calls only
+    while nothing would receive it: a registered callback still gets every
+    event, and litellm called directly keeps its logging.
 """
 
 from __future__ import annotations
@@ -131,3 +134,94 @@ async def test_a_malformed_stream_chunk_is_never_a_success(monkeypatch):
         good = await provider.complete(request("good", stream=True))
         assert good.text and good.finish_reason in ("stop", "length")
         assert sim.stats.snapshot()["requests_by_ticket"] == {"bad": 1, "good": 1}
+
+
+@contextlib.contextmanager
+def counting_success_logs(monkeypatch):
+    """The litellm call ids whose asynchronous success logging was queued (counted as queued)."""
+    import litellm
+    from litellm.litellm_core_utils.litellm_logging import Logging
+
+    for name in ("callbacks", "success_callback", "_async_success_callback"):
+        monkeypatch.setattr(litellm, name, [])  # fresh lists: whatever a test registers goes with it
+    queued: list[str] = []
+    original = Logging.async_success_handler
+
+    def counting(self, *args, **kwargs):
+        queued.append(self.litellm_call_id)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Logging, "async_success_handler", counting)
+    yield queued
+
+
+async def flush_litellm_logging() -> None:
+    """Let litellm's logging tasks start (they are created after the call returns), then drain its queue."""
+    from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+
+    for _ in range(5):
+        await asyncio.sleep(0)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(GLOBAL_LOGGING_WORKER.flush(), 5)
+
+
+def test_the_quiet_success_logging_is_installed_on_the_pinned_litellm():
+    import litellm
+
+    provider_module.import_litellm()
+    assert getattr(litellm.utils._schedule_async_success_logging, "batchrun_quiet", False)
+    assert provider_module._install_quiet_success_logging(litellm)  # idempotent: still the one wrapper
+    assert not getattr(litellm.utils._schedule_async_success_logging.__wrapped__, "batchrun_quiet", False)
+
+
+async def test_plain_calls_skip_success_logging_that_nothing_receives(monkeypatch):
+    import litellm
+
+    with counting_success_logs(monkeypatch) as queued:
+        async with simulator() as (base_url, sim):
+            completion = await make_provider(base_url).complete(request("quiet"))
+            assert completion.cost_usd is not None and completion.cost_status == "litellm"
+            await flush_litellm_logging()
+            assert queued == []
+            # litellm called directly (the bench's bare pattern) keeps its logging
+            await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, api_base=base_url,
+                                      api_key="sim-key", max_tokens=5, timeout=10)
+            await flush_litellm_logging()
+            assert len(queued) == 1
+            # so does a streamed call of batchrun's (its logging runs when the stream ends)
+            streamed = await make_provider(base_url).complete(request("streamed", stream=True))
+            assert streamed.text
+            assert sim.stats.snapshot()["total_requests"] == 3
+
+
+async def test_a_registered_callback_still_gets_every_success(monkeypatch):
+    import litellm
+    from litellm.integrations.custom_logger import CustomLogger
+
+    class Recorder(CustomLogger):
+        def __init__(self) -> None:
+            super().__init__()
+            self.costs: list[float] = []
+
+        async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
+            self.costs.append(kwargs.get("response_cost"))
+
+    with counting_success_logs(monkeypatch) as queued:
+        recorder = Recorder()
+        monkeypatch.setattr(litellm, "callbacks", [recorder])
+        async with simulator() as (base_url, _):
+            completion = await make_provider(base_url).complete(request("heard"))
+            await flush_litellm_logging()
+        assert len(queued) == 1
+        assert recorder.costs == [pytest.approx(completion.cost_usd)]
+
+
+async def test_litellms_own_budget_keeps_its_success_logging(monkeypatch):
+    import litellm
+
+    with counting_success_logs(monkeypatch) as queued:
+        monkeypatch.setattr(litellm, "max_budget", 1000.0)
+        async with simulator() as (base_url, _):
+            await make_provider(base_url).complete(request("budgeted"))
+            await flush_litellm_logging()
+        assert len(queued) == 1
