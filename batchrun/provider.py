@@ -73,6 +73,13 @@ Rules for every litellm call:
     before that point and are the same. Measured: two workers, 128 in
     flight, four alternating pairs: 281.8 -> 308.6 requests/s on average
     (benchmarks/README.md);
+  * litellm looks the model up in its model list twice per chat call (the
+    Responses-API bridge check in `litellm.main`, about 67 us each here),
+    only to read its "mode". During batchrun's calls that lookup
+    (`litellm.main.get_model_info_helper`, whose only caller is that check)
+    is answered from a small cache per (model, provider, size of
+    `litellm.model_cost`), as a copy; failures are not kept, and other
+    callers in the process are not affected;
   * the cost is read from `response._hidden_params["response_cost"]`, which
     litellm already computed; it is not computed a second time. Prices in the
     job file, when set, win. No price gives `cost_usd=None` plus a
@@ -160,8 +167,8 @@ INLINE_PREP_PROVIDERS = frozenset({
 _INLINE_PREP: contextvars.ContextVar[str | None] = contextvars.ContextVar("batchrun_inline_prep", default=None)
 _USER_TRANSPORT: str | None = None  # OPENAI_HTTP_HANDLER_ENV as the user set it before litellm's import
 _LOOPS_WITH_INLINE_PREP: "weakref.WeakSet[asyncio.AbstractEventLoop]" = weakref.WeakSet()
-#: Set by LiteLLMProvider around its plain (non-streamed) calls: litellm's success logging may be skipped.
-_QUIET_SUCCESS: contextvars.ContextVar[bool] = contextvars.ContextVar("batchrun_quiet_success", default=False)
+#: Set by LiteLLMProvider around its calls: "plain" or "stream" (None: not batchrun's call).
+_CALL_KIND: contextvars.ContextVar[str | None] = contextvars.ContextVar("batchrun_call_kind", default=None)
 
 
 def _success_logging_needed(litellm: Any, logging_obj: Any) -> bool:
@@ -187,12 +194,44 @@ def _install_quiet_success_logging(litellm: Any) -> bool:
 
     @functools.wraps(schedule)
     def schedule_unless_quiet(logging_obj: Any, *args: Any, **kwargs: Any) -> None:
-        if _QUIET_SUCCESS.get() and not _success_logging_needed(litellm, logging_obj):
+        if _CALL_KIND.get() == "plain" and not _success_logging_needed(litellm, logging_obj):
             return None
         return schedule(logging_obj, *args, **kwargs)
 
     schedule_unless_quiet.batchrun_quiet = True  # type: ignore[attr-defined]
     utils._schedule_async_success_logging = schedule_unless_quiet  # type: ignore[union-attr]
+    return True
+
+
+#: At most this many (model, provider) entries in the model-mode cache below.
+MODEL_MODE_CACHE_SIZE = 64
+
+
+def _install_model_mode_cache(litellm: Any) -> bool:
+    """Look a model up in litellm's model list once per (model, provider) during batchrun's
+    calls, not twice per call (module docstring). True when installed."""
+    main = sys.modules.get("litellm.main")
+    lookup = getattr(main, "get_model_info_helper", None)
+    if lookup is None or getattr(lookup, "batchrun_cached", False):
+        return lookup is not None
+    found: dict[tuple[str, str | None, int], dict[str, Any]] = {}
+
+    @functools.wraps(lookup)
+    def cached_lookup(model: str, custom_llm_provider: str | None = None, **kwargs: Any) -> Any:
+        if _CALL_KIND.get() is None or kwargs:
+            return lookup(model=model, custom_llm_provider=custom_llm_provider, **kwargs)
+        key = (model, custom_llm_provider, len(litellm.model_cost))  # a registered model starts afresh
+        info = found.get(key)
+        if info is None:
+            info = dict(lookup(model=model, custom_llm_provider=custom_llm_provider))  # a failure is not kept
+            if len(found) >= MODEL_MODE_CACHE_SIZE:
+                found.clear()
+            found[key] = info
+        return dict(info)  # the caller may set "mode" on its copy
+
+    cached_lookup.batchrun_cached = True  # type: ignore[attr-defined]
+    cached_lookup.cache = found  # type: ignore[attr-defined]
+    main.get_model_info_helper = cached_lookup  # type: ignore[union-attr]
     return True
 
 
@@ -316,6 +355,7 @@ def import_litellm(max_connections: int | None = None) -> Any:
         litellm.num_retries = 0
         litellm.telemetry = False
         _install_quiet_success_logging(litellm)
+        _install_model_mode_cache(litellm)
         _litellm = litellm
     return _litellm
 
@@ -553,7 +593,7 @@ class LiteLLMProvider:
         call = dict(model=self.model, messages=request.messages, timeout=request.timeout_s, num_retries=0,
                     max_retries=0, extra_headers={TICKET_HEADER: request.ticket_id}, **kwargs)
         stream = bool(kwargs.get("stream"))
-        quiet = _QUIET_SUCCESS.set(not stream)
+        kind = _CALL_KIND.set("stream" if stream else "plain")
         try:
             if not self.inline_prep:
                 return await self._litellm.acompletion(**call)
@@ -564,7 +604,7 @@ class LiteLLMProvider:
             finally:
                 _INLINE_PREP.reset(token)
         finally:
-            _QUIET_SUCCESS.reset(quiet)
+            _CALL_KIND.reset(kind)
 
     def __repr__(self) -> str:  # never show the key
         return f"LiteLLMProvider(model={self.model!r}, api_base={self.api_base!r})"

@@ -10,7 +10,9 @@ Over real HTTP to the simulator on 127.0.0.1 (provider.py's docstring has the wh
   * a stream chunk that is not JSON never becomes a success;
   * litellm's success logging is skipped for batchrun's plain calls only
     while nothing would receive it: a registered callback still gets every
-    event, and litellm called directly keeps its logging.
+    event, and litellm called directly keeps its logging;
+  * litellm's model lookup in its Responses-API bridge check is made once
+    per model during batchrun's calls, and every caller gets its own copy.
 """
 
 from __future__ import annotations
@@ -225,3 +227,48 @@ async def test_litellms_own_budget_keeps_its_success_logging(monkeypatch):
             await make_provider(base_url).complete(request("budgeted"))
             await flush_litellm_logging()
         assert len(queued) == 1
+
+
+async def test_the_model_lookup_is_made_once_per_model_during_batchrun_calls(monkeypatch):
+    import litellm
+    import litellm.main
+
+    provider_module.import_litellm()
+    assert getattr(litellm.main.get_model_info_helper, "batchrun_cached", False)  # installed on the pinned litellm
+    original = litellm.main.get_model_info_helper.__wrapped__
+    looked_up: list[str] = []
+
+    def counting(model, custom_llm_provider=None, **kwargs):
+        looked_up.append(model)
+        return original(model=model, custom_llm_provider=custom_llm_provider, **kwargs)
+
+    monkeypatch.setattr(litellm.main, "get_model_info_helper", counting)
+    assert provider_module._install_model_mode_cache(litellm)
+    cached = litellm.main.get_model_info_helper
+    async with simulator() as (base_url, sim):
+        provider = make_provider(base_url)
+        for i in range(3):
+            assert (await provider.complete(request(f"T{i}"))).text
+        assert looked_up == ["gpt-4o-mini"]
+        # litellm called directly looks up as usual (twice per chat call)
+        await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, api_base=base_url,
+                                  api_key="sim-key", max_tokens=5, timeout=10)
+        assert looked_up == ["gpt-4o-mini"] * 3
+        assert sim.stats.snapshot()["total_requests"] == 4
+    # every caller gets a copy: what the bridge check sets on it stays out of the cache
+    token = provider_module._CALL_KIND.set("plain")
+    try:
+        first = cached(model="gpt-4o-mini", custom_llm_provider="openai")
+        first["mode"] = "responses"
+        assert cached(model="gpt-4o-mini", custom_llm_provider="openai")["mode"] == "chat"
+        # a model registered since is looked up afresh
+        monkeypatch.setitem(litellm.model_cost, "batchrun-test-model", {"mode": "chat"})
+        cached(model="gpt-4o-mini", custom_llm_provider="openai")
+        assert looked_up == ["gpt-4o-mini"] * 4
+        # a failed lookup is not kept
+        for _ in range(2):
+            with pytest.raises(Exception):
+                cached(model="no-such-model-anywhere", custom_llm_provider="openai")
+        assert looked_up[-2:] == ["no-such-model-anywhere"] * 2
+    finally:
+        provider_module._CALL_KIND.reset(token)
