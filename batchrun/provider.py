@@ -60,8 +60,9 @@ Rules for every litellm call:
     cost breakdown, message copies) for its callbacks; batchrun registers
     none, so with none registered (litellm's `callbacks`,
     `success_callback` and `_async_success_callback` lists, and the call's
-    own) and no `litellm.max_budget` that work reaches nobody. It was 8% of a worker process's CPU
-    profile, and under load the queue holds thousands of these payloads.
+    own) and no `litellm.max_budget`, that work reaches nobody. It was 8%
+    of a worker process's CPU profile, and under load the queue holds
+    thousands of these payloads.
     `import_litellm` wraps litellm's scheduling function
     (`litellm.utils._schedule_async_success_logging`, pinned litellm
     1.106.0; a litellm without it keeps its behaviour) so that it returns
@@ -174,7 +175,7 @@ _CALL_KIND: contextvars.ContextVar[str | None] = contextvars.ContextVar("batchru
 def _success_logging_needed(litellm: Any, logging_obj: Any) -> bool:
     """Would litellm's success logging of this call reach anything: a callback registered
     globally (any of litellm's lists) or on the call's logging object, or litellm's own
-    budget (`litellm.max_budget`, which that logging adds the cost to)?"""
+    budget (`litellm.max_budget`, whose accounting lives in that logging)?"""
     if getattr(litellm, "max_budget", None):
         return True
     for name in ("callbacks", "success_callback", "_async_success_callback"):
@@ -217,9 +218,9 @@ def _install_model_mode_cache(litellm: Any) -> bool:
     found: dict[tuple[str, str | None, int], dict[str, Any]] = {}
 
     @functools.wraps(lookup)
-    def cached_lookup(model: str, custom_llm_provider: str | None = None, **kwargs: Any) -> Any:
-        if _CALL_KIND.get() is None or kwargs:
-            return lookup(model=model, custom_llm_provider=custom_llm_provider, **kwargs)
+    def cached_lookup(model: str, custom_llm_provider: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        if _CALL_KIND.get() is None or args or kwargs:  # not batchrun's call, or asked with more
+            return lookup(model, custom_llm_provider, *args, **kwargs)
         key = (model, custom_llm_provider, len(litellm.model_cost))  # a registered model starts afresh
         info = found.get(key)
         if info is None:
