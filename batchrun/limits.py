@@ -27,8 +27,9 @@ request) at a time, so no semaphore is needed for it. What this module adds:
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import anyio
 
@@ -272,19 +273,26 @@ class AdaptiveConcurrency:
 
     Results are judged in windows of `limit` results (one round trip of every
     slot). After a window:
-      * any 429 in it: multiply the limit by `decrease` (0.7);
+      * any 429 (or timeout, 5xx) in it: multiply the limit by `decrease` (0.7);
       * its median latency above `tolerance` (1.3) x the best window median
-        seen so far (the server is queueing): multiply by `decrease`;
+        seen so far (the server is queueing): multiply the limit by best /
+        median (the share of the latency that is service, not queueing),
+        but by no less than 0.5 and no more than `decrease`;
       * otherwise: add 1 (additive increase), or, until the first decrease,
         double it (slow start, as TCP does), so a run finds the server's
         capacity in a few windows instead of hundreds.
+    After a doubling or a decrease, results of requests that started before
+    the change (their end, from `clock`, minus their latency) are not judged:
+    they measure the old limit, and judging them made slow start double past
+    the server's capacity and then cut several times for one overload.
     Always within [minimum, maximum]. `history` keeps the limit after each
     window; `settled` is the median of the last 20 of them: what the summary
     reports as the concurrency the run settled on.
     """
 
     def __init__(self, minimum: int, maximum: int, *, start: int | None = None, decrease: float = 0.7,
-                 tolerance: float = 1.3, slow_start: bool = True) -> None:
+                 tolerance: float = 1.3, slow_start: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.minimum = minimum
         self.maximum = maximum
         self.limit = max(minimum, min(maximum, start if start is not None else minimum))
@@ -292,18 +300,22 @@ class AdaptiveConcurrency:
         self.tolerance = tolerance
         self.best_median: float | None = None
         self.slow_start = slow_start
+        self.clock = clock
         self.history: list[int] = []
         self._latencies: list[float] = []
         self._results = 0  # results in the current window
         self._throttled = False
+        self._judge_from = float("-inf")  # results of requests started before this are not judged
 
     def on_result(self, latency_ms: float | None, rate_limited: bool) -> int:
         """Count one finished attempt; returns the (possibly new) limit."""
-        self._results += 1
         if rate_limited:
             self._throttled = True
         elif latency_ms is not None:
+            if self.clock() - latency_ms / 1000.0 < self._judge_from:
+                return self.limit  # sent under the limit before the last big change
             self._latencies.append(latency_ms)
+        self._results += 1
         if self._results >= self.limit:
             self._adjust()
         return self.limit
@@ -315,13 +327,20 @@ class AdaptiveConcurrency:
             self.best_median = median
         overloaded = median is not None and self.best_median is not None and \
             median > self.tolerance * self.best_median
-        if self._throttled or overloaded:
+        before = self.limit
+        if self._throttled:
             self.limit = max(self.minimum, int(self.limit * self.decrease))
+            self.slow_start = False
+        elif overloaded:
+            factor = max(0.5, min(self.decrease, self.best_median / median))
+            self.limit = max(self.minimum, int(self.limit * factor))
             self.slow_start = False
         elif self.slow_start:
             self.limit = min(self.maximum, self.limit * 2)
         else:
             self.limit = min(self.maximum, self.limit + 1)
+        if abs(self.limit - before) > 1:
+            self._judge_from = self.clock()
         self.history.append(self.limit)
         self._latencies = []
         self._results = 0

@@ -84,17 +84,72 @@ def test_aimd_cuts_multiplicatively_on_429_and_respects_bounds():
     assert aimd.limit == 3  # never below minimum
 
 
-def test_aimd_cuts_when_latency_rises_above_the_best_seen():
-    aimd = AdaptiveConcurrency(1, 50, start=10, slow_start=False)
-    for _ in range(10):
-        aimd.on_result(100.0, rate_limited=False)
-    assert aimd.limit == 11 and aimd.best_median == 100.0
-    for _ in range(11):
-        aimd.on_result(200.0, rate_limited=False)  # queueing: 2x the best median (tolerance 1.3)
-    assert aimd.limit == 7
-    for _ in range(7):
-        aimd.on_result(120.0, rate_limited=False)  # within tolerance
-    assert aimd.limit == 8
+class FakeClock:
+    """Seconds that pass only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def finish(aimd: AdaptiveConcurrency, clock: FakeClock, count: int, latency_ms: float) -> None:
+    """`count` requests, each sent after the previous one ended, end `latency_ms` after they started."""
+    for _ in range(count):
+        clock.now += latency_ms / 1000.0
+        aimd.on_result(latency_ms, rate_limited=False)
+
+
+def test_aimd_cuts_by_the_share_of_latency_that_is_queueing():
+    clock = FakeClock()
+    aimd = AdaptiveConcurrency(1, 50, start=20, slow_start=False, clock=clock)
+    finish(aimd, clock, 20, 100.0)
+    assert aimd.limit == 21 and aimd.best_median == 100.0
+    finish(aimd, clock, 21, 125.0)  # within the tolerance (1.3x the best median)
+    assert aimd.limit == 22
+    finish(aimd, clock, 22, 160.0)  # queueing: cut to best / median = 0.625 of the limit
+    assert aimd.limit == 13  # int(22 * 0.625)
+    finish(aimd, clock, 13, 100.0)
+    assert aimd.limit == 14
+
+
+def test_aimd_latency_cuts_are_between_half_and_decrease():
+    clock = FakeClock()
+    aimd = AdaptiveConcurrency(1, 50, start=10, slow_start=False, clock=clock)
+    finish(aimd, clock, 10, 100.0)
+    assert aimd.limit == 11
+    finish(aimd, clock, 11, 1000.0)  # 10x the best: cut by half, no more
+    assert aimd.limit == 5
+    finish(aimd, clock, 5, 100.0)
+    assert aimd.limit == 6
+    finish(aimd, clock, 6, 135.0)  # just over the tolerance: cut by `decrease` (0.7) at least
+    assert aimd.limit == 4
+
+
+def test_aimd_does_not_judge_requests_sent_before_a_big_change():
+    clock = FakeClock()
+    aimd = AdaptiveConcurrency(1, 100, start=8, clock=clock)
+    finish(aimd, clock, 8, 100.0)
+    assert aimd.limit == 16  # slow start
+    # requests sent before the doubling end now, slow: they measure the old limit and are not judged
+    clock.now += 0.05
+    for _ in range(40):
+        aimd.on_result(900.0, rate_limited=False)
+    assert aimd.limit == 16 and aimd.history == [16]
+    finish(aimd, clock, 16, 100.0)  # a window of requests sent at 16
+    assert aimd.limit == 32
+    # 429s count whenever they come (their start is not known)
+    aimd.on_result(None, rate_limited=True)
+    finish(aimd, clock, 31, 100.0)
+    assert aimd.limit == 22 and not aimd.slow_start
+    # after an additive step (+1) nothing is set aside: the next window is judged as it ends
+    finish(aimd, clock, 22, 100.0)
+    assert aimd.limit == 23
+    clock.now += 0.01
+    for _ in range(23):
+        aimd.on_result(100.0, rate_limited=False)  # started just before the +1: still judged
+    assert aimd.limit == 24
 
 
 def test_aimd_settled_is_the_median_of_recent_limits():
@@ -104,14 +159,12 @@ def test_aimd_settled_is_the_median_of_recent_limits():
 
 
 def test_aimd_slow_start_doubles_until_the_first_decrease():
-    aimd = AdaptiveConcurrency(1, 100, start=4)
+    clock = FakeClock()
+    aimd = AdaptiveConcurrency(1, 100, start=4, clock=clock)
     for expected in (8, 16, 32):
-        for _ in range(aimd.limit):
-            aimd.on_result(100.0, rate_limited=False)
+        finish(aimd, clock, aimd.limit, 100.0)
         assert aimd.limit == expected
-    for _ in range(aimd.limit):
-        aimd.on_result(300.0, rate_limited=False)  # the server starts queueing
-    assert aimd.limit == 22 and not aimd.slow_start
-    for _ in range(aimd.limit):
-        aimd.on_result(100.0, rate_limited=False)
-    assert aimd.limit == 23  # additive from now on
+    finish(aimd, clock, aimd.limit, 300.0)  # the server starts queueing: 1/3 is service, cut by half
+    assert aimd.limit == 16 and not aimd.slow_start
+    finish(aimd, clock, aimd.limit, 100.0)
+    assert aimd.limit == 17  # additive from now on
