@@ -231,7 +231,6 @@ def _install_model_mode_cache(litellm: Any) -> bool:
         return dict(info)  # the caller may set "mode" on its copy
 
     cached_lookup.batchrun_cached = True  # type: ignore[attr-defined]
-    cached_lookup.cache = found  # type: ignore[attr-defined]
     main.get_model_info_helper = cached_lookup  # type: ignore[union-attr]
     return True
 
