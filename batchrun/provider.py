@@ -185,23 +185,33 @@ def _success_logging_needed(litellm: Any, logging_obj: Any) -> bool:
                for name in ("dynamic_success_callbacks", "dynamic_async_success_callbacks"))
 
 
+def _wrap_litellm_function(module: str, name: str, marker: str, wrap: Callable[[Any], Any]) -> bool:
+    """Replace `module.name` (a litellm internal, pinned litellm 1.106.0) by `wrap(original)`,
+    marked with `marker` so it is wrapped once. False when litellm has no such function:
+    then litellm keeps its own behaviour."""
+    owner = sys.modules.get(module)
+    original = getattr(owner, name, None)
+    if original is None:
+        return False
+    if not getattr(original, marker, False):
+        wrapper = functools.wraps(original)(wrap(original))
+        setattr(wrapper, marker, True)
+        setattr(owner, name, wrapper)
+    return True
+
+
 def _install_quiet_success_logging(litellm: Any) -> bool:
     """Skip litellm's asynchronous success logging of batchrun's plain calls when no
     callback would receive it (module docstring). True when installed."""
-    utils = sys.modules.get("litellm.utils")
-    schedule = getattr(utils, "_schedule_async_success_logging", None)
-    if schedule is None or getattr(schedule, "batchrun_quiet", False):
-        return schedule is not None
 
-    @functools.wraps(schedule)
-    def schedule_unless_quiet(logging_obj: Any, *args: Any, **kwargs: Any) -> None:
-        if _CALL_KIND.get() == "plain" and not _success_logging_needed(litellm, logging_obj):
-            return None
-        return schedule(logging_obj, *args, **kwargs)
+    def wrap(schedule: Any) -> Any:
+        def schedule_unless_quiet(logging_obj: Any, *args: Any, **kwargs: Any) -> None:
+            if _CALL_KIND.get() == "plain" and not _success_logging_needed(litellm, logging_obj):
+                return None
+            return schedule(logging_obj, *args, **kwargs)
+        return schedule_unless_quiet
 
-    schedule_unless_quiet.batchrun_quiet = True  # type: ignore[attr-defined]
-    utils._schedule_async_success_logging = schedule_unless_quiet  # type: ignore[union-attr]
-    return True
+    return _wrap_litellm_function("litellm.utils", "_schedule_async_success_logging", "batchrun_quiet", wrap)
 
 
 #: At most this many (model, provider) entries in the model-mode cache below.
@@ -211,28 +221,24 @@ MODEL_MODE_CACHE_SIZE = 64
 def _install_model_mode_cache(litellm: Any) -> bool:
     """Look a model up in litellm's model list once per (model, provider) during batchrun's
     calls, not twice per call (module docstring). True when installed."""
-    main = sys.modules.get("litellm.main")
-    lookup = getattr(main, "get_model_info_helper", None)
-    if lookup is None or getattr(lookup, "batchrun_cached", False):
-        return lookup is not None
-    found: dict[tuple[str, str | None, int], dict[str, Any]] = {}
 
-    @functools.wraps(lookup)
-    def cached_lookup(model: str, custom_llm_provider: str | None = None, *args: Any, **kwargs: Any) -> Any:
-        if _CALL_KIND.get() is None or args or kwargs:  # not batchrun's call, or asked with more
-            return lookup(model, custom_llm_provider, *args, **kwargs)
-        key = (model, custom_llm_provider, len(litellm.model_cost))  # a registered model starts afresh
-        info = found.get(key)
-        if info is None:
-            info = dict(lookup(model=model, custom_llm_provider=custom_llm_provider))  # a failure is not kept
-            if len(found) >= MODEL_MODE_CACHE_SIZE:
-                found.clear()
-            found[key] = info
-        return dict(info)  # the caller may set "mode" on its copy
+    def wrap(lookup: Any) -> Any:
+        found: dict[tuple[str, str | None, int], dict[str, Any]] = {}
 
-    cached_lookup.batchrun_cached = True  # type: ignore[attr-defined]
-    main.get_model_info_helper = cached_lookup  # type: ignore[union-attr]
-    return True
+        def cached_lookup(model: str, custom_llm_provider: str | None = None, *args: Any, **kwargs: Any) -> Any:
+            if _CALL_KIND.get() is None or args or kwargs:  # not batchrun's call, or asked with more
+                return lookup(model, custom_llm_provider, *args, **kwargs)
+            key = (model, custom_llm_provider, len(litellm.model_cost))  # a registered model starts afresh
+            info = found.get(key)
+            if info is None:
+                info = dict(lookup(model=model, custom_llm_provider=custom_llm_provider))  # a failure is not kept
+                if len(found) >= MODEL_MODE_CACHE_SIZE:
+                    found.clear()
+                found[key] = info
+            return dict(info)  # the caller may set "mode" on its copy
+        return cached_lookup
+
+    return _wrap_litellm_function("litellm.main", "get_model_info_helper", "batchrun_cached", wrap)
 
 
 def _is_litellm_prep(fn: Any) -> bool:
