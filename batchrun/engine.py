@@ -83,6 +83,7 @@ from batchrun.provider import ChatRequest, Provider, litellm_version
 from batchrun.records import Completion, Outcome, Ticket
 from batchrun.spec import JobSpec
 from batchrun.stats import RunStats
+from batchrun.input_formats import input_format_of
 from batchrun.tickets import InputScan, file_digest, read_tickets, scan_from_index, scan_input
 from batchrun.limits import AdaptiveConcurrency, CostBudget, RateLimiter, RequestGate, parse_rate_limit_headers
 from batchrun.ticket_runner import utc_now
@@ -176,7 +177,8 @@ def prepare_run(
         plan = {"max_problems": None if skip_bad else 20, "done_ids": checkpoint.done_ids,
                 "failed_ids": checkpoint.failed_ids if skip_failed else frozenset(), "limit": limit}
         # what makes a saved index valid besides the input's bytes
-        key = orjson.dumps([job.id_field, [t.fields for t in templates], job.max_line_bytes]).decode()
+        key = orjson.dumps([job.id_field, [t.fields for t in templates], job.max_line_bytes]
+                           + ([job.input_format] if job.input_format else [])).decode()
         index = read_input_index(checkpoint.run_dir)
         scan = None
         if index is not None and index.get("key") == key:
@@ -185,7 +187,7 @@ def prepare_run(
                 scan = scan_from_index(job.input, index, **plan)
         if scan is None:
             scan = scan_input(job.input, job.id_field, templates, max_line_bytes=job.max_line_bytes,
-                              keep_ids=True, **plan)
+                              keep_ids=True, input_format=job.input_format, **plan)
             if not scan.problem_count or skip_bad:
                 write_input_index(checkpoint.run_dir, scan.to_index(key))
             scan.ids = None  # the index is on disk; free the memory
@@ -248,7 +250,7 @@ def _manifest(prep: PreparedRun, stats: RunStats, failed_ids: set[str], state: s
             "fingerprint_sha256": prep.job.fingerprint_hash(),
         },
         "input": {"path": str(prep.scan.path), "size": prep.scan.size, "sha256": prep.scan.sha256,
-                  "tickets": prep.scan.tickets},
+                  "tickets": prep.scan.tickets, "format": input_format_of(prep.scan.path, prep.job.input_format)},
         "endpoint": prep.endpoint,
         "limit": prep.limit,
         "run": prep.run_number,
@@ -328,7 +330,7 @@ class _Run:
                 # the scan already chose the lines to send (limit, done, skipped failures, bad lines):
                 # the rest are passed over unparsed
                 for ticket in read_tickets(self.job.input, self.job.id_field, only_lines=self.prep.scan.dispatch,
-                                           max_line_bytes=self.job.max_line_bytes):
+                                           max_line_bytes=self.job.max_line_bytes, input_format=self.job.input_format):
                     await send.send(ticket)
 
     async def worker(self, tickets: Any, outcomes: Any) -> None:
