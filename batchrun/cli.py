@@ -22,6 +22,7 @@ import click
 
 from batchrun import __version__
 from batchrun.bench import bench_command
+from batchrun.cache_command import cache_command
 from batchrun.diffing import diff_command
 from batchrun.grading import report_command
 from batchrun.plan import plan_command
@@ -149,14 +150,16 @@ def sim_config(job: Any) -> Any:
               help="Worker processes [default: the job's `workers`; auto = one per core for big runs].")
 @click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True),
               help="Stop dispatching before the run directory's total cost would pass this.")
+@click.option("--cache/--no-cache", "cache", default=None,
+              help="Reuse answers already obtained for the same request [default: the job's `cache`].")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
 @click.option("-v", "--verbose", count=True, help="-v: log retries and failures; -vv: debug (litellm too).")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the log here (API keys scrubbed).")
 def run(job_file: Path, input_path: Path | None, concurrency: int | None, limit: int | None,
         run_dir: Path | None, model: str | None, api_base: str | None, live: bool, skip_failed: bool,
-        force: bool, grace: float, workers: int | None, max_cost_usd: float | None, progress: bool | None,
-        verbose: int, log_file: Path | None) -> None:
+        force: bool, grace: float, workers: int | None, max_cost_usd: float | None, cache: bool | None,
+        progress: bool | None, verbose: int, log_file: Path | None) -> None:
     """Run JOB_FILE over its tickets, or resume it where it stopped.
 
     Ids already in the run directory's results.jsonl are never requested again.
@@ -170,7 +173,7 @@ def run(job_file: Path, input_path: Path | None, concurrency: int | None, limit:
     try:
         job = load_job(job_file).with_overrides(
             input=input_path, concurrency=concurrency, run_dir=run_dir, model=model, api_base=api_base,
-            workers=workers)
+            workers=workers, cache=cache)
         use_sim = job.simulator is not None and not live and api_base is None
         jobs = [job.for_model(entry) for entry in job.models] if job.compare_mode else [job]
         targets = {each.name: _targets(each, use_sim, secrets) for each in jobs}  # keys checked up front
@@ -230,6 +233,9 @@ def _targets(job: Any, use_sim: bool, secrets: list[str]) -> dict[str, dict[str,
             "params": {**job.params, **(entry.params if entry else {})},
             "prices": prices.model_dump() if prices else None,
             "max_connections": job.max_in_flight,
+            # the embedded simulator listens on a new port each run: its answers are keyed by its name
+            "cache": ({**job.cache_settings(), "endpoint": "simulator"} if use_sim and job.cache
+                      else job.cache_settings()),
         }
     return targets
 
@@ -358,6 +364,7 @@ main.add_command(bench_command, name="bench")
 main.add_command(plan_command, name="plan")
 main.add_command(report_command, name="report")
 main.add_command(diff_command, name="diff")
+main.add_command(cache_command, name="cache")
 
 if __name__ == "__main__":  # pragma: no cover
     main()

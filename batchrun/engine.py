@@ -38,6 +38,15 @@ and are written:
 Files are flushed and fsynced and the manifest written in a shielded scope.
 Every stopped run resumes with the same command.
 
+The response cache (`cache = true`): a worker whose request (same model
+chain, same messages) is already in flight in this run waits for that
+request's outcome instead of sending it again (single flight, keyed by a
+hash of the request, in the coordinator, so it holds with worker processes
+too); a success is recorded for it as a reused answer (`cache_hit`, 0
+attempts, cost 0, `cost_saved_usd`); after a failure it asks for itself.
+Answers stored by earlier runs are looked up by the provider
+(ticket_runner.py), before the ticket's first attempt.
+
 Bad input: with on_bad_input = "fail" (default) prepare_run reports every
 bad line and nothing is sent; with "skip" the bad lines go to rejects.jsonl
 (file, line, reason), the producer passes over them, and the summary counts
@@ -46,12 +55,13 @@ them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -271,6 +281,39 @@ def _manifest(prep: PreparedRun, stats: RunStats, failed_ids: set[str], state: s
     }
 
 
+class _Flight:
+    """A request in flight with `cache = true`: identical ones wait for its outcome."""
+
+    __slots__ = ("key", "done", "outcome")
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.done = anyio.Event()
+        self.outcome: Outcome | None = None
+
+
+def _flight_key(chain: list[str], request: ChatRequest) -> bytes:
+    """Identical requests of one run: the same model chain and messages (the job's params, schema
+    and tools are the same for all its requests)."""
+    return hashlib.sha256(orjson.dumps([chain, request.messages])).digest()
+
+
+def _shared_answer(leader: Outcome, ticket_id: str, run_number: int, route: str | None,
+                   waited_ms: float) -> Outcome:
+    """The outcome of a ticket that waited for an identical request in flight: its answer,
+    reused (a cache hit, 0 attempts, cost 0, cost_saved_usd what the answer cost)."""
+    c = leader.completion
+    assert c is not None
+    saved = c.cost_saved_usd if c.cache_hit else c.cost_usd
+    now = utc_now()
+    return Outcome(
+        ticket_id=ticket_id, attempts=0, started_at=now, finished_at=now, elapsed_ms=waited_ms, run=run_number,
+        completion=replace(c, cost_usd=0.0, cost_status="cache_hit", cache_hit=True, cost_saved_usd=saved,
+                           ttft_ms=None, rate_limit_headers=None),
+        latency_ms=0.0, structured=leader.structured, model_key=leader.model_key, route=route,
+    )
+
+
 class _Run:
     """State of one execute_run call (kept off the module level)."""
 
@@ -310,6 +353,7 @@ class _Run:
                                          start=min(self.job.max_concurrency, max(self.job.min_concurrency, 4)))
                      if self.job.adaptive else None)
         self.slots = anyio.CapacityLimiter(self.aimd.limit) if self.aimd is not None else None
+        self.flights: dict[bytes, _Flight] = {}  # cache = true: requests in flight by _flight_key
         self.stopping = False  # no new ticket starts once this is set
         self.stop_reason: str | None = None  # "signal", "fail_fast", "budget" or "checkpoint"
         self.signal_number: int | None = None
@@ -339,47 +383,79 @@ class _Run:
                 if self.stopping:
                     break
                 request = ChatRequest(ticket.id, render_messages(self.job, ticket), self.job.timeout_s)
-                reserved = 0.0
-                if self.budget is not None:
-                    estimate = self.provider.estimate_cost(request) if self.provider is not None else None
-                    admitted = self.budget.try_reserve(estimate)
-                    if admitted is None:
-                        self.stop("budget", (
-                            f"budget reached: ${self.budget.spent:.6f} spent (all runs) + "
-                            f"${self.budget.reserved:.6f} reserved for requests in flight + about "
-                            f"${estimate or self.budget.mean_cost or 0:.6f} for the next ticket would pass "
-                            f"max_cost_usd = ${self.budget.max_usd:g}; re-run with a larger budget to continue"))
-                        break
-                    reserved = admitted
-                self.stats.in_flight += 1
-                if self.stats.first_dispatch is None:
-                    self.stats.first_dispatch = time.monotonic()
-                try:
-                    chain, route = [""], None
-                    if self.job.routes:
-                        name, route = self.job.route(ticket.fields)
-                        chain = self.job.fallback_chain(name)
-                    if self.slots is not None:
-                        async with self.slots:
-                            outcome = await self.executor.run(request, chain, route)
+                chain, route = [""], None
+                if self.job.routes:
+                    name, route = self.job.route(ticket.fields)
+                    chain = self.job.fallback_chain(name)
+                flight: _Flight | None = None
+                if self.job.cache:  # single flight: an identical request in flight is not sent again
+                    key = _flight_key(chain, request)
+                    leader = self.flights.get(key)
+                    if leader is not None:
+                        t0 = time.monotonic()
+                        await leader.done.wait()
+                        if leader.outcome is not None and leader.outcome.ok:
+                            self.stats.in_flight += 1
+                            await outcomes.send(_shared_answer(leader.outcome, ticket.id, self.prep.run_number,
+                                                               route, (time.monotonic() - t0) * 1000.0))
+                            continue
+                        if self.stopping:
+                            break
+                        # the other ticket failed (errors are never shared): this one asks for itself
                     else:
-                        outcome = await self.executor.run(request, chain, route)
-                except WorkerCrashedError as exc:  # the ticket stays pending; the run stops
-                    self.stats.in_flight -= 1
-                    if self.fatal is None:
-                        self.fatal = exc
-                        self.stop("crash")
-                        if self.work_scope is not None:
-                            self.work_scope.cancel()
+                        flight = self.flights[key] = _Flight(key)
+                try:
+                    carry_on = await self._dispatch(ticket, request, chain, route, outcomes, flight)
+                finally:
+                    if flight is not None:  # also when cancelled: waiters then ask for themselves
+                        self.flights.pop(flight.key, None)
+                        flight.done.set()
+                if not carry_on:
                     break
-                except BaseException:  # cancelled mid-request: the ticket stays pending
-                    self.stats.in_flight -= 1
-                    raise
-                self.estimated_tokens.pop(ticket.id, None)
-                if self.budget is not None:
-                    self.budget.settle(reserved, outcome.spent_usd)
-                self.check_fail_fast(outcome)
-                await outcomes.send(outcome)
+
+    async def _dispatch(self, ticket: Ticket, request: ChatRequest, chain: list[str], route: str | None,
+                        outcomes: Any, flight: "_Flight | None") -> bool:
+        """One ticket: the budget, the executor, the outcome to the writer. False: this worker stops."""
+        reserved = 0.0
+        if self.budget is not None:
+            estimate = self.provider.estimate_cost(request) if self.provider is not None else None
+            admitted = self.budget.try_reserve(estimate)
+            if admitted is None:
+                self.stop("budget", (
+                    f"budget reached: ${self.budget.spent:.6f} spent (all runs) + "
+                    f"${self.budget.reserved:.6f} reserved for requests in flight + about "
+                    f"${estimate or self.budget.mean_cost or 0:.6f} for the next ticket would pass "
+                    f"max_cost_usd = ${self.budget.max_usd:g}; re-run with a larger budget to continue"))
+                return False
+            reserved = admitted
+        self.stats.in_flight += 1
+        if self.stats.first_dispatch is None:
+            self.stats.first_dispatch = time.monotonic()
+        try:
+            if self.slots is not None:
+                async with self.slots:
+                    outcome = await self.executor.run(request, chain, route)
+            else:
+                outcome = await self.executor.run(request, chain, route)
+        except WorkerCrashedError as exc:  # the ticket stays pending; the run stops
+            self.stats.in_flight -= 1
+            if self.fatal is None:
+                self.fatal = exc
+                self.stop("crash")
+                if self.work_scope is not None:
+                    self.work_scope.cancel()
+            return False
+        except BaseException:  # cancelled mid-request: the ticket stays pending
+            self.stats.in_flight -= 1
+            raise
+        self.estimated_tokens.pop(ticket.id, None)
+        if self.budget is not None:
+            self.budget.settle(reserved, outcome.spent_usd)
+        self.check_fail_fast(outcome)
+        if flight is not None:
+            flight.outcome = outcome
+        await outcomes.send(outcome)
+        return True
 
     def check_fail_fast(self, outcome: Outcome) -> None:
         """Count tickets in a row ending in 401/403/404, as they finish."""

@@ -51,6 +51,8 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "rejected_lines": rejected,
         "cost_usd": round(cost, 6),
         "unpriced_results": unpriced,
+        "cache_hits": results.cache_hits,
+        "cost_saved_usd": round(results.cost_saved_usd, 6),
         "total_tokens": tokens,
         "started_at": manifest.get("started_at"),
         "finished_at": manifest.get("finished_at"),
@@ -75,6 +77,8 @@ def format_status(status: dict[str, Any]) -> str:
         ("total tokens", f"{status['total_tokens']:,}"),
         ("cost (all runs)", f"${status['cost_usd']:,.6f}"
          + (f" ({status['unpriced_results']} unpriced)" if status["unpriced_results"] else "")),
+        *([("reused answers (all runs)", f"{status['cache_hits']:,}, ${status['cost_saved_usd']:,.6f} saved")]
+          if status.get("cache_hits") else []),
     ]
     if status["error"]:
         rows.append(("error", status["error"]))

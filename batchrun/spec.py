@@ -66,6 +66,8 @@ __all__ = [
     "SimulatorSpec",
     "ToolFunctionSpec",
     "ToolSpec",
+    "cache_location",
+    "default_cache_dir",
     "load_job",
 ]
 
@@ -667,9 +669,30 @@ class JobSpec(_Section):
         )
         return JobSpec.model_validate(data)
 
+    def cache_settings(self) -> dict[str, str] | None:
+        """Where the response cache lives ({"url": ...} or {"dir": ...}), or None when `cache` is off.
+        Not part of the fingerprint: the cache only decides whether an answer is paid for again."""
+        return cache_location(self.cache_url, self.cache_dir) if self.cache else None
+
     def fingerprint_hash(self) -> str:
         blob = orjson.dumps(self.fingerprint(), option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(blob).hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """The disk cache's folder when a job names none: $BATCHRUN_CACHE_DIR, else
+    $XDG_CACHE_HOME/batchrun/responses, else ~/.cache/batchrun/responses."""
+    if os.environ.get("BATCHRUN_CACHE_DIR"):
+        return Path(os.environ["BATCHRUN_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "batchrun" / "responses"
+
+
+def cache_location(cache_url: str | None = None, cache_dir: Path | None = None) -> dict[str, str]:
+    """{"url": a Redis URL} or {"dir": the disk cache's folder} (the default folder when neither is given)."""
+    if cache_url:
+        return {"url": cache_url}
+    return {"dir": str(cache_dir or default_cache_dir())}
 
 
 def _describe(exc: ValidationError, where: str) -> str:

@@ -86,6 +86,8 @@ class RunStats:
     content_filtered: int = 0  # results kept with finish_reason "content_filter"
     rejected_outputs: int = 0  # answers turned down (invalid_output, truncated, content_filter)
     rejected_cost_usd: float = 0.0  # what they cost (also in cost_usd)
+    cache_hits: int = 0  # results reused (response cache or an identical request in flight): no request sent
+    cost_saved_usd: float = 0.0  # what those answers cost when they were obtained (priced ones)
     failed_by_kind: dict[str, int] = field(default_factory=dict)  # tickets in errors.jsonl by error_kind
     started: float = field(default_factory=time.monotonic)
     first_dispatch: float | None = None  # first ticket handed to a worker: start-up (scan, processes) is over
@@ -107,6 +109,10 @@ class RunStats:
         self.done += 1
         c = outcome.completion
         assert c is not None
+        if c.cache_hit:  # no request, no tokens used, no latency: only what it saved
+            self.cache_hits += 1
+            self.cost_saved_usd += c.cost_saved_usd or 0.0
+            return
         self.latency.add(outcome.latency_ms or 0.0)
         if c.ttft_ms is not None:
             self.ttft.add(c.ttft_ms)
@@ -171,6 +177,8 @@ class RunStats:
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
             "cost_usd": round(self.cost_usd, 9),
+            "cache_hits": self.cache_hits,
+            "cost_saved_usd": round(self.cost_saved_usd, 9),
             "unpriced_results": self.unpriced,
             "cost_per_1000_tickets_usd": (
                 round(self.cost_usd / (self.done - self.unpriced) * 1000, 6)
@@ -240,6 +248,8 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
     rows += [
         ("tokens (prompt+completion)", f"{summary['total_tokens']:,} ({summary['prompt_tokens']:,} + {summary['completion_tokens']:,})"),
         ("cost", cost),
+        *([("reused answers (cache)", f"{summary['cache_hits']:,}, ${summary.get('cost_saved_usd') or 0:,.6f} saved")]
+          if summary.get("cache_hits") else []),
         ("cost per 1,000 tickets", "-" if per_1000 is None else f"${per_1000:,.6f}"),
     ]
     width = max(len(label) for label, _ in rows)
