@@ -3,6 +3,8 @@
     batchrun run JOB [flags]     run a job, or resume it where it stopped
     batchrun status RUN_DIR      counts of a finished or running run
     batchrun sim [flags]         serve the embedded OpenAI-compatible simulator
+    batchrun export RUN_DIR      one row per ticket, in input order (export.py)
+    batchrun cache clear         empty the response cache (cache_command.py)
 
 Heavy imports (litellm, the engine, the simulator) happen inside the
 commands, so `batchrun --help` answers at once.
@@ -23,6 +25,7 @@ import click
 from batchrun import __version__
 from batchrun.bench import bench_command
 from batchrun.cache_command import cache_command
+from batchrun.export_command import export_command
 from batchrun.diffing import diff_command
 from batchrun.grading import report_command
 from batchrun.plan import plan_command
@@ -365,6 +368,7 @@ main.add_command(plan_command, name="plan")
 main.add_command(report_command, name="report")
 main.add_command(diff_command, name="diff")
 main.add_command(cache_command, name="cache")
+main.add_command(export_command, name="export")
 
 if __name__ == "__main__":  # pragma: no cover
     main()
