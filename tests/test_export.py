@@ -7,7 +7,6 @@ where a case is hard to reach (a failure later retried to success)."""
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import orjson
 import pytest
 
 from batchrun.export import ExportError, export_run
-from conftest import ROOT, batchrun_cmd, read_jsonl, write_tickets
+from conftest import batchrun_cmd, invoke_cli, read_jsonl, write_tickets
 
 JOB = """\
 name = "export_job"
@@ -56,9 +55,7 @@ def run_dir(tmp_path_factory) -> Path:
     write_tickets(base / "tickets.jsonl", 30)
     rows = read_jsonl(base / "tickets.jsonl")
     (base / "job.toml").write_text(JOB.format(failing=rows[4]["id"]))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(batchrun_cmd("run", str(base / "job.toml"), "--no-progress", "--limit", "24"), env=env,
-                          capture_output=True, text=True, timeout=240)
+    done = invoke_cli("run", str(base / "job.toml"), "--no-progress", "--limit", "24")
     assert done.returncode == 3, done.stderr  # one ticket failed
     return base / "run"
 
@@ -187,8 +184,7 @@ max_tokens = 5
 [simulator]
 latency_ms = 1
 """)
-    done = subprocess.run(batchrun_cmd("run", str(tmp_path / "job.toml"), "--no-progress"), env=cli_env,
-                          capture_output=True, text=True, timeout=240)
+    done = invoke_cli("run", str(tmp_path / "job.toml"), "--no-progress")
     assert done.returncode == 0, done.stderr
     result = export_run(tmp_path / "run", fmt="csv")
     assert result.models == ("cheap", "strong") and result.rows == 12

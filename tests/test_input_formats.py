@@ -6,7 +6,6 @@ and count its requests per ticket id: a resume sends each ticket once."""
 from __future__ import annotations
 
 import csv
-import subprocess
 from pathlib import Path
 
 import orjson
@@ -15,7 +14,7 @@ import pytest
 from batchrun.errors import TicketError
 from batchrun.spec import PromptTemplate
 from batchrun.tickets import read_tickets, scan_input
-from conftest import batchrun_cmd, read_jsonl, sample_lines
+from conftest import InvokeResult, invoke_cli, read_jsonl, sample_lines
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -163,9 +162,9 @@ max_backoff_s = 0.05
     return job
 
 
-def _run(job: Path, sim, env, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(batchrun_cmd("run", str(job), "--api-base", sim.base_url, "--no-progress", *extra),
-                          env=env, capture_output=True, text=True, timeout=180)
+def _run(job: Path, sim, env, *extra: str) -> InvokeResult:
+    return invoke_cli("run", str(job), "--api-base", sim.base_url, "--no-progress", *extra,
+                      key=env["BATCHRUN_TEST_KEY"])
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])

@@ -19,7 +19,7 @@ import pytest
 
 from batchrun.provider import ResponseCache
 from batchrun.records import Completion, Usage
-from conftest import batchrun_cmd, read_jsonl, write_tickets
+from conftest import InvokeResult, invoke_cli, read_jsonl, write_tickets
 
 pytest.importorskip("diskcache")
 
@@ -53,9 +53,12 @@ max_attempts = 1
     return job
 
 
-def _run(job: Path, env, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(batchrun_cmd("run", str(job), "--no-progress", *args), env=env,
-                          capture_output=True, text=True, timeout=240)
+def _run(job: Path, env, *args: str) -> InvokeResult:
+    return invoke_cli("run", str(job), "--no-progress", *args, key=env["BATCHRUN_TEST_KEY"])
+
+
+def _cli(*args: str) -> InvokeResult:
+    return invoke_cli(*args)
 
 
 def _manifest(run_dir: Path) -> dict:
@@ -86,8 +89,7 @@ def test_the_same_job_twice_into_two_run_dirs_sends_nothing_the_second_time(tmp_
     assert summary["requests"] == 0 and summary["cache_hits"] == 25 and summary["cost_usd"] == 0
     assert summary["cost_saved_usd"] == pytest.approx(paid)
     assert f"25, ${paid:,.6f} saved" in second.stdout  # the end-of-run summary
-    status = subprocess.run(batchrun_cmd("status", str(tmp_path / "run2")), env=cli_env, capture_output=True,
-                            text=True, timeout=60)
+    status = _cli("status", str(tmp_path / "run2"))
     assert "reused answers (all runs)" in status.stdout and f"${paid:,.6f} saved" in status.stdout
     # --no-cache sends them all again
     sim.reset()
@@ -95,8 +97,7 @@ def test_the_same_job_twice_into_two_run_dirs_sends_nothing_the_second_time(tmp_
     assert third.returncode == 0 and sim.stats()["total_requests"] == 25
     assert not any("cache_hit" in r for r in read_jsonl(tmp_path / "run3" / "results.jsonl"))
     # and `batchrun cache clear` empties it: the next cached run pays again
-    cleared = subprocess.run(batchrun_cmd("cache", "clear", str(_job(tmp_path, "run4"))), env=cli_env,
-                             capture_output=True, text=True, timeout=60)
+    cleared = _cli("cache", "clear", str(_job(tmp_path, "run4")))
     assert cleared.returncode == 0 and "removed 25 stored answer(s)" in cleared.stdout
     sim.reset()
     assert _run(_job(tmp_path, "run4"), cli_env, "--api-base", sim.base_url).returncode == 0
@@ -127,26 +128,33 @@ def test_duplicates_within_one_input_are_sent_once(tmp_path, sim, cli_env):
     assert summary["requests"] == 6 and summary["cache_hits"] == 24 and summary["done"] == 30
 
 
-def test_errors_are_never_stored(tmp_path, cli_env):
+@pytest.fixture(scope="module")
+def faulty_sim():
+    """A simulator on which one ticket always gets a 500."""
+    from batchrun.sim.config import SimConfig
+    from batchrun.sim.faults import FaultRule
+    from batchrun.sim.process import start_simulator
+
+    rule = FaultRule.from_mapping({"kind": "500", "tickets": [FAILING], "attempts": [1, 2, 3, 4, 5, 6]})
+    with start_simulator(SimConfig(latency_ms=1.0, jitter=0.0, faults=(rule,))) as process:
+        yield process
+
+
+FAILING = "T000003"
+
+
+def test_errors_are_never_stored(tmp_path, faulty_sim, cli_env):
     """A ticket that failed is asked again by the next run; the others are reused."""
     write_tickets(tmp_path / "tickets.jsonl", 8)
-    failing = read_jsonl(tmp_path / "tickets.jsonl")[2]["id"]
-    extra = f"""
-[simulator]
-latency_ms = 1
-jitter = 0
-
-[[simulator.faults]]
-kind = "500"
-tickets = ["{failing}"]
-attempts = [1, 2, 3, 4, 5, 6]
-"""
-    first = _run(_job(tmp_path, "run1", extra=extra), cli_env)
+    assert read_jsonl(tmp_path / "tickets.jsonl")[2]["id"] == FAILING
+    first = _run(_job(tmp_path, "run1"), cli_env, "--api-base", faulty_sim.base_url)
     assert first.returncode == 3, first.stderr
-    second = _run(_job(tmp_path, "run2", extra=extra), cli_env)
+    faulty_sim.reset()
+    second = _run(_job(tmp_path, "run2"), cli_env, "--api-base", faulty_sim.base_url)
     assert second.returncode == 3
+    assert faulty_sim.stats()["requests_by_ticket"] == {FAILING: 1}  # sent again, and only it
     errors = read_jsonl(tmp_path / "run2" / "errors.jsonl")
-    assert [e["id"] for e in errors] == [failing] and errors[0]["attempts"] == 1  # sent again
+    assert [e["id"] for e in errors] == [FAILING] and errors[0]["attempts"] == 1
     results = read_jsonl(tmp_path / "run2" / "results.jsonl")
     assert len(results) == 7 and all(r["cache_hit"] for r in results)
 
@@ -183,9 +191,11 @@ def test_opening_the_cache_does_not_switch_on_litellms_callbacks(tmp_path):
 
 # -- worker processes: one cache shared by several processes ---------------------------------------
 
+@pytest.mark.slow
 def test_a_disk_cache_is_shared_by_worker_processes(tmp_path, sim, cli_env):
+    """Answers stored by this process are read by two worker processes (diskcache: SQLite)."""
     write_tickets(tmp_path / "tickets.jsonl", 40)
-    first = _run(_job(tmp_path, "run1"), cli_env, "--api-base", sim.base_url, "--workers", "2")
+    first = _run(_job(tmp_path, "run1"), cli_env, "--api-base", sim.base_url)
     assert first.returncode == 0, first.stderr
     sim.reset()
     second = _run(_job(tmp_path, "run2"), cli_env, "--api-base", sim.base_url, "--workers", "2")
@@ -241,6 +251,7 @@ def test_redis_shares_the_cache_between_worker_processes(tmp_path, sim, cli_env,
     first = _run(_job(tmp_path, "run1", top=top), cli_env, "--api-base", sim.base_url, "--workers", "2")
     assert first.returncode == 0, first.stderr
     assert "2 worker processes" in first.stderr and sim.stats()["total_requests"] == 40
+    # the second run is read by two other processes, and stores nothing new
     sim.reset()
     second = _run(_job(tmp_path, "run2", top=top), cli_env, "--api-base", sim.base_url, "--workers", "2")
     assert second.returncode == 0, second.stderr
@@ -248,8 +259,7 @@ def test_redis_shares_the_cache_between_worker_processes(tmp_path, sim, cli_env,
     results = read_jsonl(tmp_path / "run2" / "results.jsonl")
     assert len(results) == 40 and all(r["cache_hit"] for r in results)
     assert not (tmp_path / "answers").exists()  # Redis, not the disk
-    cleared = subprocess.run(batchrun_cmd("cache", "clear", "--cache-url", redis_url), env=cli_env,
-                             capture_output=True, text=True, timeout=60)
+    cleared = _cli("cache", "clear", "--cache-url", redis_url)
     assert "removed 40 stored answer(s)" in cleared.stdout
 
 
