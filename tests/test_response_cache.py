@@ -91,6 +91,9 @@ def test_the_same_job_twice_into_two_run_dirs_sends_nothing_the_second_time(tmp_
     assert f"25, ${paid:,.6f} saved" in second.stdout  # the end-of-run summary
     status = _cli("status", str(tmp_path / "run2"))
     assert "reused answers (all runs)" in status.stdout and f"${paid:,.6f} saved" in status.stdout
+    report = _cli("report", str(tmp_path / "run2"))
+    assert report.returncode == 0, report.stderr
+    assert f"25 (cache), ${paid:,.6f} saved" in report.stdout
     # --no-cache sends them all again
     sim.reset()
     third = _run(_job(tmp_path, "run3"), cli_env, "--api-base", sim.base_url, "--no-cache")
