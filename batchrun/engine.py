@@ -570,6 +570,26 @@ class _Run:
             outer.cancel_scope.cancel()
 
 
+def coordinator_needs_provider(job: JobSpec, workers: int, max_cost_usd: float | None) -> bool:
+    """Whether the coordinating process needs providers (and so litellm) of its own.
+
+    With one process the coordinator sends the requests itself; with worker
+    processes it still prices the budget's estimates (`max_cost_usd`) and
+    counts prompt tokens for the token limit (`tpm`). `batchrun run` and
+    `batchrun bench` both ask here."""
+    return workers == 1 or max_cost_usd is not None or bool(job.tpm)
+
+
+def build_providers(provider_kwargs: Mapping[str, Mapping[str, Any]]) -> dict[str, Provider]:
+    """One LiteLLMProvider per model key from `provider_kwargs` (prices as a dict or None)."""
+    from batchrun.provider import LiteLLMProvider
+    from batchrun.spec import PricesSpec
+
+    return {key: LiteLLMProvider(**{**kwargs, "prices": PricesSpec.model_validate(kwargs["prices"])
+                                    if kwargs.get("prices") else None})
+            for key, kwargs in provider_kwargs.items()}
+
+
 def _progress_bar(total: int) -> Any:
     from tqdm import tqdm
 

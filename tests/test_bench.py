@@ -16,7 +16,6 @@ from click.testing import CliRunner
 
 from batchrun.bench import (
     Recommendation,
-    bench_command,
     build_row,
     compare_auto,
     format_baseline_table,
@@ -29,6 +28,7 @@ from batchrun.bench import (
     tickets_for,
     write_sample,
 )
+from batchrun.commands.bench import bench_command
 from batchrun.spec import JobSpec, load_job
 
 from conftest import write_tickets  # type: ignore[import-not-found]
