@@ -1,5 +1,9 @@
 """`batchrun bench`: sweep the concurrency of a job and recommend a setting.
 
+This module measures and returns data (`run_bench`, the rows, the recommendation,
+the text tables); the command (options, printing, bench.json) is commands/bench.py,
+the plot charts.py.
+
 SYNOPSIS
 
     batchrun bench JOB [--concurrency 1,4,16,64,256[,auto]] [--tickets N] [--stream]
@@ -8,8 +12,6 @@ SYNOPSIS
                        [--rpm N] [--tpm N] [--capacity K] [--overload-ms MS]
                        [--max-429-rate R] [--max-p95-ms MS] [--tie-within F]
                        [--warmup N]
-
-    (until `bench` is registered in cli.py: `python -m batchrun.bench JOB ...`)
 
 WHAT IT DOES
 
@@ -417,8 +419,8 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
         conc = str(r["concurrency"])
         if r["concurrency"] == "auto" and r.get("concurrency_settled") is not None:
             conc = f"auto:{r['concurrency_settled']}"
-        line = [conc, tickets, num(r["requests_per_s"]), num(r["tickets_per_s"]),
-                num(r["output_tokens_per_s"]), num(lat.get("p50"), ",.0f"), num(lat.get("p95"), ",.0f"),
+        line = [conc, tickets, num(r["requests_per_s"], ",.1f"), num(r["tickets_per_s"], ",.1f"),
+                num(r["output_tokens_per_s"], ",.1f"), num(lat.get("p50"), ",.0f"), num(lat.get("p95"), ",.0f"),
                 num(lat.get("p99"), ",.0f")]
         if with_ttft:
             ttft = r.get("ttft_ms") or {}
@@ -456,14 +458,14 @@ def format_baseline_table(rows: Sequence[Mapping[str, Any]], after_startup: bool
         if not b:
             continue
         if after_startup:
-            lines.append([str(r["concurrency"]), num(r.get("requests_per_s_after_startup")),
-                          num(b["requests_per_s"]), x(b.get("speed_ratio_after_startup")),
+            lines.append([str(r["concurrency"]), num(r.get("requests_per_s_after_startup"), ",.1f"),
+                          num(b["requests_per_s"], ",.1f"), x(b.get("speed_ratio_after_startup")),
                           num(r.get("cpu_ms_per_request_after_startup"), ",.2f"),
                           num(b["cpu_ms_per_request"], ",.2f"), x(b.get("cpu_ratio_after_startup")),
                           num(r.get("startup_s"), ",.2f"), str(r.get("workers") or 1)])
             continue
         peak = (b.get("server") or {}).get("peak_in_flight")
-        lines.append([str(r["concurrency"]), num(r["requests_per_s"]), num(b["requests_per_s"]),
+        lines.append([str(r["concurrency"]), num(r["requests_per_s"], ",.1f"), num(b["requests_per_s"], ",.1f"),
                       x(b["speed_ratio"]), num(r["cpu_ms_per_request"], ",.2f"),
                       num(b["cpu_ms_per_request"], ",.2f"), x(b["cpu_ratio"]), pct(b["error_rate"]),
                       "-" if peak is None else str(peak)])
@@ -525,13 +527,14 @@ def write_sample(job: Any, count: int, path: Path) -> int:
     return len(originals)
 
 
-async def run_baseline(litellm: Any, job: Any, tickets: Sequence[Any], concurrency: int, *, model: str,
+async def run_baseline(job: Any, tickets: Sequence[Any], concurrency: int, *, model: str,
                        api_base: str | None, api_key: str | None, stream: bool) -> dict[str, Any]:
     """The bare pattern: acompletion under asyncio.Semaphore(C), every ticket via asyncio.gather."""
     import asyncio
     import time
 
     from batchrun.engine import render_messages
+    from batchrun.provider import bare_acompletion, is_rate_limit_error
 
     sem = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
@@ -543,7 +546,7 @@ async def run_baseline(litellm: Any, job: Any, tickets: Sequence[Any], concurren
         nonlocal completion_tokens
         async with sem:
             t0 = time.perf_counter()
-            response = await litellm.acompletion(
+            response = await bare_acompletion(
                 model=model, messages=render_messages(job, ticket), api_base=api_base, api_key=api_key,
                 timeout=job.timeout_s, num_retries=0, max_retries=0, **extra, **job.params)
             if stream:
@@ -563,7 +566,7 @@ async def run_baseline(litellm: Any, job: Any, tickets: Sequence[Any], concurren
     results = await asyncio.gather(*(one(t) for t in tickets), return_exceptions=True)
     wall = max(time.perf_counter() - t0, 1e-9)
     errors = [r for r in results if isinstance(r, BaseException)]
-    rate_limited = sum(1 for e in errors if isinstance(e, litellm.RateLimitError))
+    rate_limited = sum(1 for e in errors if is_rate_limit_error(e))
     kinds: dict[str, int] = {}
     for e in errors:
         kinds[type(e).__name__] = kinds.get(type(e).__name__, 0) + 1
@@ -661,11 +664,11 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
     import anyio
 
     from batchrun.engine import coordinator_needs_provider, execute_run, prepare_run
-    from batchrun.provider import import_litellm
+    from batchrun.provider import preload
     from batchrun.tickets import read_tickets
 
     largest = max([int(c) for c in plan.settings if c != "auto"] + [plan.job.max_concurrency])
-    litellm = import_litellm(max_connections=largest)  # the pool is sized when litellm is imported
+    preload(max_connections=largest)  # the pool is sized when litellm is imported
     sample = plan.workdir / "sample.jsonl"
     all_tickets = list(read_tickets(sample, plan.job.id_field))
 
@@ -677,7 +680,7 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
                 await provider.complete(_warmup_request(plan.job, ticket))
             if plan.baseline:
                 with _openai_transport(plan.baseline_transport):
-                    await run_baseline(litellm, plan.job, warm, len(warm), model=plan.model,
+                    await run_baseline(plan.job, warm, len(warm), model=plan.model,
                                        api_base=plan.api_base, api_key=plan.api_key, stream=plan.stream)
         except Exception as exc:  # the sweep will say it better, per setting
             plan.say(f"warm-up request failed: {type(exc).__name__}: {str(exc)[:200]}")
@@ -771,7 +774,7 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
                 gc.collect()
                 before = cpu_seconds()
                 with _openai_transport(plan.baseline_transport):
-                    base = await run_baseline(litellm, plan.job, all_tickets[:n], c, model=plan.model,
+                    base = await run_baseline(plan.job, all_tickets[:n], c, model=plan.model,
                                               api_base=plan.api_base, api_key=plan.api_key, stream=plan.stream)
                 base_cpu = cpu_seconds() - before
                 base["transport"] = plan.baseline_transport
@@ -906,10 +909,10 @@ def run_bench(job_file: Path, *, settings: list[int | str], tickets: int | None 
         if distinct < needed:
             say(f"{job.input} has {distinct} valid tickets; the sample of {needed} repeats them with suffixed ids")
         # litellm's import (seconds) overlaps the simulator's start-up (its own imports).
-        from batchrun.provider import import_litellm
+        from batchrun.provider import preload
 
         largest = max([int(c) for c in settings if c != "auto"] + [job.max_concurrency])
-        importer = threading.Thread(target=import_litellm, kwargs={"max_connections": largest},
+        importer = threading.Thread(target=preload, kwargs={"max_connections": largest},
                                     name="bench-import-litellm", daemon=True)
         importer.start()
         sim = None

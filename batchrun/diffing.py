@@ -1,11 +1,13 @@
 """`batchrun diff`: the nightly regression check between two runs.
 
+This module computes and returns the diff (`diff_runs`, `accuracy_check`) and its
+text (`format_diff`); run directories are read through grading/rundir.py, the
+command is commands/diff.py.
+
 SYNOPSIS
 
     batchrun diff RUN_A RUN_B [--fail-on-accuracy-drop POINTS] [--gold-field FIELD]
                               [--show N] [--json]
-
-    (until `diff` is registered in cli.py: `python -m batchrun.diffing RUN_A RUN_B ...`)
 
 RUN_A is the reference (last night, the current model), RUN_B the candidate.
 Each is a run directory or a compare directory (`models/<key>/` run

@@ -13,7 +13,7 @@ Two phases:
 
         producer ──tickets (buffer = concurrency)──> N workers ──outcomes──> writer
           reads the input lazily,        each: render messages,        the only task that
-          skips ids already done         retry loop (retrying.py),     appends checkpoint
+          skips ids already done         retry loop (ticket_runner),   appends checkpoint
           (and failed ones with          one attempt at a time under   lines; updates stats
           skip_failed)                   the RequestGate (limits.py)   and the progress bar
                                                                        after each write
@@ -37,6 +37,11 @@ and are written:
     ticket is ever counted done without its line on disk.
 Files are flushed and fsynced and the manifest written in a shielded scope.
 Every stopped run resumes with the same command.
+
+The retry loop around each ticket's attempts is ticket_runner.py (with the
+tenacity policy from retrying.py); `coordinator_needs_provider` decides
+whether this process needs providers of its own when worker processes send
+the requests (`batchrun run` and `batchrun bench` both ask it).
 
 Bad input: with on_bad_input = "fail" (default) prepare_run reports every
 bad line and nothing is sent; with "skip" the bad lines go to rejects.jsonl

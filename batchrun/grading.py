@@ -1,10 +1,12 @@
 """`batchrun report`: grade a run against gold labels, with latency and cost.
 
+This module computes and returns the report (`analyze`, `build_report`) and its
+text (`format_report`); run directories are read through rundir.py, the charts
+are drawn by charts.py, the command is commands/report.py.
+
 SYNOPSIS
 
     batchrun report RUN_DIR [--out DIR] [--gold-field FIELD] [--input PATH] [--json]
-
-    (until `report` is registered in cli.py: `python -m batchrun.grading RUN_DIR ...`)
 
 WHAT IT READS
 

@@ -1,12 +1,13 @@
 """`batchrun plan`: what a run of a job would do and cost, before any request.
 
+This module computes and returns the plan (`make_plan`) and its text
+(`format_plan`); the command is commands/plan.py.
+
 SYNOPSIS
 
     batchrun plan JOB [--input PATH] [--limit N] [--run-dir DIR] [--model NAME]
                       [--concurrency N] [--skip-failed] [--max-cost-usd X]
                       [--sample N] [--assume-latency-ms MS] [--json]
-
-    (until `plan` is registered in cli.py: `python -m batchrun.plan JOB ...`)
 
 Nothing is sent and nothing is written: the job file and the input are read,
 and the run directory's checkpoint files when it exists (without its lock,
@@ -208,32 +209,25 @@ def _prices(entry: ModelEntry, mean_in: float, mean_out: float) -> tuple[float |
     """(USD per input token, USD per output token, source) for the entry's model."""
     if entry.prices is not None:
         return entry.prices.input_per_million / 1e6, entry.prices.output_per_million / 1e6, "job"
-    from batchrun.provider import import_litellm
+    from batchrun.provider import price_for
 
-    lm = import_litellm()
     # priced on a typical request, so a model with per-request tiers (long prompts) is priced right
     p_in, p_out = max(1, round(mean_in)), max(1, round(mean_out))
-    try:
-        in_cost, _ = lm.cost_per_token(model=entry.model, prompt_tokens=p_in, completion_tokens=0)
-        _, out_cost = lm.cost_per_token(model=entry.model, prompt_tokens=0, completion_tokens=p_out)
-    except Exception:  # litellm does not know the model: unpriced
+    prompt_price, completion_price = price_for(entry.model, p_in, 0), price_for(entry.model, 0, p_out)
+    if prompt_price is None or completion_price is None:  # litellm does not know the model: unpriced
         return None, None, None
+    in_cost, out_cost = prompt_price[0], completion_price[1]
     return float(in_cost) / p_in, float(out_cost) / p_out, "litellm"
 
 
 def _count_tokens(entry: ModelEntry, job: Any, tickets: list[Any]) -> list[int]:
     from batchrun.engine import render_messages
-    from batchrun.provider import import_litellm
+    from batchrun.provider import estimate_tokens
 
-    lm = import_litellm()
     tools = getattr(job, "tools_payload", None)
     counts = []
     for ticket in tickets:
-        messages = render_messages(job, ticket)
-        try:
-            counts.append(int(lm.token_counter(model=entry.model, messages=messages, tools=tools)))
-        except Exception:  # a tokenizer litellm cannot load: about 4 characters a token
-            counts.append(sum(len(m.get("content") or "") for m in messages) // 4)
+        counts.append(estimate_tokens(entry.model, render_messages(job, ticket), tools))
     return counts
 
 
