@@ -646,7 +646,7 @@ def _openai_transport(name: str) -> Iterator[None]:
 
 def auto_ceiling(job: Any) -> int:
     """The most requests in flight concurrency = "auto" may reach (the job's max_concurrency)."""
-    return int(getattr(job, "max_concurrency", 256))
+    return int(job.max_concurrency)
 
 
 def setting_tickets(setting: int | str, tickets: int | None, job: Any) -> int:

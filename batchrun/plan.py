@@ -224,7 +224,7 @@ def _count_tokens(entry: ModelEntry, job: Any, tickets: list[Any]) -> list[int]:
     from batchrun.engine import render_messages
     from batchrun.provider import estimate_tokens
 
-    tools = getattr(job, "tools_payload", None)
+    tools = job.tools_payload
     counts = []
     for ticket in tickets:
         counts.append(estimate_tokens(entry.model, render_messages(job, ticket), tools))
