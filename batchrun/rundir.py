@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from batchrun.checkpoint import ERRORS, REJECTS, RESULTS, read_manifest, scan_jsonl
 from batchrun.errors import BatchrunError, CheckpointError, ExitCode
+
+# checkpoint.py (and through it aiofiles and asyncio) is imported inside the functions,
+# so that `batchrun --help`, which imports the command modules, stays fast.
 
 __all__ = ["MODELS_DIR", "ReportError", "RunUnit", "find_units", "iter_jsonl", "read_manifest", "run_status"]
 
@@ -116,6 +118,13 @@ def _job_order(units: list[RunUnit]) -> list[RunUnit]:
     return sorted(units, key=lambda u: (names.index(u.key) if u.key in names else len(names), u.key))
 
 
+def read_manifest(run_dir: Path) -> dict[str, Any] | None:
+    """The run directory's manifest.json (checkpoint.py's reader), or None when there is none."""
+    from batchrun.checkpoint import read_manifest as read
+
+    return read(run_dir)
+
+
 def find_units(path: Path) -> tuple[str, list[RunUnit]]:
     """("compare", one unit per models/<key>/) or ("run", [the run directory])."""
     path = Path(path)
@@ -142,6 +151,9 @@ def find_units(path: Path) -> tuple[str, list[RunUnit]]:
 
 
 def run_status(run_dir: Path) -> dict[str, Any]:
+    """Counts recomputed from the checkpoint files, plus the manifest's state and last summary."""
+    from batchrun.checkpoint import ERRORS, REJECTS, RESULTS, scan_jsonl
+
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     if manifest is None:
