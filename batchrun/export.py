@@ -10,7 +10,7 @@ the `model` that answered, and for a failed ticket `error_kind` and
 `error_message`. With `with_input` the input row's fields come along
 (JSON Lines: an "input" object; CSV and Parquet: one `input.<field>` column
 per top-level field, non-strings as JSON text). A compare directory
-(models/<key>/) gives one column group per model: JSON Lines nests them
+(models/<key>/, found by rundir.find_units) gives one column group per model: JSON Lines nests them
 under "models": {key: {...}}; CSV and Parquet prefix the columns with
 "<key>.". Bad input rows skipped by the run (rejects.jsonl) are not tickets
 and are left out.
@@ -45,7 +45,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from batchrun.checkpoint import ERRORS, REJECTS, RESULTS, read_manifest
+from batchrun.checkpoint import ERRORS, REJECTS, RESULTS
 from batchrun.errors import BatchrunError, ExitCode
 from batchrun.input_formats import csv_header, input_format_of, parquet_columns, require_pyarrow
 from batchrun.tickets import file_digest, read_tickets
@@ -55,7 +55,6 @@ __all__ = ["EXPORT_FORMATS", "ExportError", "ExportResult", "export_run"]
 EXPORT_FORMATS = ("jsonl", "csv", "parquet")
 PAGE_CACHE_KB = 32 * 1024  # SQLite page cache of the outcome index
 BATCH_ROWS = 8192  # Parquet rows written at a time; SQLite rows inserted per statement batch
-MODELS_DIR = "models"
 
 #: The columns of one model's group, in order (those after "output" only when the job has them).
 _BASE = ("status", "output")
@@ -92,41 +91,20 @@ class _Unit:
 
 
 def _units(run_dir: Path) -> list[_Unit]:
-    run_dir = Path(run_dir)
-    found: list[tuple[str, Path, dict[str, Any]]] = []
-    models = run_dir / MODELS_DIR
-    if models.is_dir():
-        for sub in sorted(p for p in models.iterdir() if p.is_dir()):
-            manifest = read_manifest(sub)
-            if manifest is not None:
-                found.append((sub.name, sub, manifest))
-        found = _job_order(found)
-    if not found:
-        manifest = read_manifest(run_dir)
-        if manifest is None:
-            raise ExportError(f"{run_dir}: no manifest.json here nor in {MODELS_DIR}/*/: not a batchrun run directory")
-        found = [("", run_dir, manifest)]
+    """The run directory's units (rundir.find_units): one, or one per model of a compare directory."""
+    from batchrun.rundir import ReportError, find_units
+
+    try:
+        kind, found = find_units(Path(run_dir))
+    except ReportError as exc:
+        raise ExportError(str(exc)) from None
     units = []
-    for key, path, manifest in found:
-        output = ((manifest.get("job") or {}).get("fingerprint") or {}).get("output") or {}
+    for unit in found:
+        output = ((unit.manifest.get("job") or {}).get("fingerprint") or {}).get("output") or {}
         fields = tuple(name for name, on in (("label", "labels" in output), ("parsed", "json_schema" in output),
                                              ("tool_calls", "tools" in output)) if on)
-        units.append(_Unit(key, path, manifest, fields))
+        units.append(_Unit(unit.key if kind == "compare" else "", unit.run_dir, unit.manifest, fields))
     return units
-
-
-def _job_order(found: list[tuple[str, Path, dict[str, Any]]]) -> list[tuple[str, Path, dict[str, Any]]]:
-    """A compare directory's models in the job file's order when it can be read, else by name."""
-    job_path = (found[0][2].get("job") or {}).get("path")
-    names: list[str] = []
-    if isinstance(job_path, str) and Path(job_path).is_file():
-        try:
-            from batchrun.spec import load_job
-
-            names = [entry.name for entry in load_job(job_path).models]
-        except BatchrunError:
-            names = []
-    return sorted(found, key=lambda f: (names.index(f[0]) if f[0] in names else len(names), f[0]))
 
 
 # -- the outcome index -------------------------------------------------------------------------------

@@ -152,7 +152,7 @@ def test_a_changed_input_is_refused(tmp_path):
         handle.write(b'{"id": "new", "subject": "x"}\n')
     with pytest.raises(ExportError, match="changed since the run"):
         export_run(run)
-    with pytest.raises(ExportError, match="not a batchrun run directory"):
+    with pytest.raises(ExportError, match="not a batchrun run"):
         export_run(tmp_path)
 
 

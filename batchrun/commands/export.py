@@ -1,4 +1,4 @@
-"""`batchrun export RUN_DIR`: the click command; the work is export.export_run."""
+"""`batchrun export RUN_DIR`: one row per ticket, in input order (the work is export.export_run)."""
 
 from __future__ import annotations
 
