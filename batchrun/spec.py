@@ -343,7 +343,9 @@ class JobSpec(_Section):
     api_key_env: str | None = None  # NAME of the environment variable holding the key
     id_field: str = Field("id", min_length=1)
     prompt: PromptSpec
-    params: dict[str, Any] = Field(default_factory=dict)  # passed to acompletion as-is
+    params: dict[str, Any] = Field(default_factory=dict)  # passed to acompletion, keys checked at run time
+    # [params] keys sent on purpose although litellm does not list them for the model (not checked)
+    unchecked_params: list[str] = Field(default_factory=list)
     concurrency: int | Literal["auto"] = 16  # requests in flight at most; "auto": AIMD within min/max
     min_concurrency: int = Field(1, ge=1, le=4096)  # bounds for concurrency = "auto"
     max_concurrency: int = Field(256, ge=1, le=4096)
@@ -599,7 +601,7 @@ class JobSpec(_Section):
         try:
             return JobSpec.model_validate(data)
         except ValidationError as exc:
-            raise JobSpecError(_describe(exc, "command-line options")) from None
+            raise JobSpecError(describe_validation_error(exc, "command-line options")) from None
 
     def fingerprint(self) -> dict[str, Any]:
         """What decides the answers: a resumed run must not mix two of these."""
@@ -667,13 +669,53 @@ class JobSpec(_Section):
         return hashlib.sha256(blob).hexdigest()
 
 
-def _describe(exc: ValidationError, where: str) -> str:
+def closest_name(name: str, known: Any) -> str | None:
+    """The known name nearest to a misspelt one (difflib), or None."""
+    import difflib
+
+    matches = difflib.get_close_matches(str(name), sorted(known), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that holds the last key of `loc` (JobSpec, RetrySpec, ModelSpec...)."""
+    import types
+    import typing
+
+    model: type[BaseModel] | None = JobSpec
+    skip_key = False  # the previous field was a dict of sections: this part is its key
+    for part in loc[:-1]:
+        if isinstance(part, int) or skip_key:
+            skip_key = False
+            continue
+        if model is None or part not in model.model_fields:
+            return None
+        pending = [model.model_fields[part].annotation]
+        model, skip_key = None, False
+        while pending:
+            kind = pending.pop()
+            origin = typing.get_origin(kind)
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                model = kind
+            elif origin is dict:
+                pending.append(typing.get_args(kind)[1])
+                skip_key = True
+            elif origin in (list, typing.Union, types.UnionType):
+                pending.extend(typing.get_args(kind))
+    return model
+
+
+def describe_validation_error(exc: ValidationError, where: str) -> str:
+    """JobSpecError text: one line per problem, naming the field; unknown keys get "did you mean"."""
     lines = [f"{where}: invalid job:"]
     for err in exc.errors():
         loc = ".".join(str(part) for part in err["loc"]) or "(job)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see README, 'Job file')"
+            section = _section_at(tuple(err["loc"]))
+            guess = closest_name(err["loc"][-1], section.model_fields) if section is not None else None
+            msg = "unknown field" + (f": did you mean `{guess}`?" if guess else
+                                     " (check the spelling; see docs/job-file.md)")
         lines.append(f"  field `{loc}`: {msg}")
     return "\n".join(lines)
 
@@ -694,4 +736,4 @@ def load_job(path: str | os.PathLike[str]) -> JobSpec:
     try:
         return JobSpec.model_validate(data, context={"base_dir": path.parent})
     except ValidationError as exc:
-        raise JobSpecError(_describe(exc, str(path))) from None
+        raise JobSpecError(describe_validation_error(exc, str(path))) from None
