@@ -713,9 +713,16 @@ def describe_validation_error(exc: ValidationError, where: str) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             section = _section_at(tuple(err["loc"]))
-            guess = closest_name(err["loc"][-1], section.model_fields) if section is not None else None
-            msg = "unknown field" + (f": did you mean `{guess}`?" if guess else
-                                     " (check the spelling; see docs/job-file.md)")
+            key = err["loc"][-1]
+            guess = closest_name(key, section.model_fields) if section is not None else None
+            if len(err["loc"]) > 1 and (key in JobSpec.model_fields or guess is None and closest_name(
+                    key, JobSpec.model_fields)):  # TOML: a top-level key written after a [section]
+                top = key if key in JobSpec.model_fields else closest_name(key, JobSpec.model_fields)
+                msg = (f"unknown field: `{top}` is a top-level setting; move it above the first "
+                       "[section] of the job file")
+            else:
+                msg = "unknown field" + (f": did you mean `{guess}`?" if guess else
+                                         " (check the spelling; see docs/job-file.md)")
         lines.append(f"  field `{loc}`: {msg}")
     return "\n".join(lines)
 

@@ -37,10 +37,20 @@ OTHER_MESSAGES = "(other messages)"
 
 
 def short_message(message: str | None) -> str:
-    """A failure message fit for a summary: API keys redacted, one line, at most MAX_MESSAGE_CHARS."""
+    """A failure message fit for a summary: API keys redacted, one line, the provider's own
+    message without litellm's class prefixes, numbers as N (so messages that differ only in
+    counts group together), at most MAX_MESSAGE_CHARS."""
     from batchrun.errors import redact_secrets
 
+    import re
+
     text = " ".join(redact_secrets(message or "(no message)").split())
+    inner = re.search(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)"', text)  # an OpenAI-shaped error body
+    if inner:
+        text = inner.group(1).replace('\\"', '"')
+    else:  # "litellm.BadRequestError: OpenAIException - ..." -> "..."
+        text = re.sub(r"^(?:(?:litellm\.)?[A-Za-z]+(?:Error|Exception)\s*[-:]\s*)+", "", text) or text
+    text = re.sub(r"\d+(?:[.,]\d+)*", "N", text)  # "5 tokens" and "7 tokens" are one message
     return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS - 1] + "…"
 
 
@@ -262,9 +272,9 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
             f"content-filtered kept; {summary.get('rejected_outputs', 0):,} rejected "
             f"(${summary.get('rejected_cost_usd', 0.0):,.6f})")))
     failed_kinds = summary.get("failed_by_kind")
-    if failed_kinds:
-        rows.append(("failed tickets by kind", ", ".join(f"{k} {v}" for k, v in failed_kinds.items())))
     failures = summary.get("failures") or {}
+    if failed_kinds and not failures:  # a summary from before "failures" existed
+        rows.append(("failed tickets by kind", ", ".join(f"{k} {v}" for k, v in failed_kinds.items())))
     rows += [
         ("tokens (prompt+completion)", f"{summary['total_tokens']:,} ({summary['prompt_tokens']:,} + {summary['completion_tokens']:,})"),
         ("cost", cost),
