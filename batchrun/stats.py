@@ -273,7 +273,7 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
             f"(${summary.get('rejected_cost_usd', 0.0):,.6f})")))
     failed_kinds = summary.get("failed_by_kind")
     failures = summary.get("failures") or {}
-    if failed_kinds and not failures:  # a summary from before "failures" existed
+    if failed_kinds:
         rows.append(("failed tickets by kind", ", ".join(f"{k} {v}" for k, v in failed_kinds.items())))
     rows += [
         ("tokens (prompt+completion)", f"{summary['total_tokens']:,} ({summary['prompt_tokens']:,} + {summary['completion_tokens']:,})"),
