@@ -43,11 +43,11 @@ status: install-run  ## counts of JOB's run directory (or RUN_DIR=runs/...)
 
 # make plan JOB=jobs/compare_models.toml PLAN_ARGS="--max-cost-usd 1"   (exit 5 over the budget)
 plan: install-run  ## forecast JOB, nothing sent: tickets to do, tokens, cost, duration
-	$(BIN)/python -m batchrun.plan $(JOB) $(PLAN_ARGS)
+	$(BIN)/batchrun plan $(JOB) $(PLAN_ARGS)
 
 # make report REPORT_ARGS="--out report_out"   (PNG charts need matplotlib: pip install -e '.[plots]')
 report: install-run  ## grade JOB's run directory (or RUN_DIR) against gold labels
-	$(BIN)/python -m batchrun.grading $(or $(RUN_DIR),runs/$(basename $(notdir $(JOB)))) $(REPORT_ARGS)
+	$(BIN)/batchrun report $(or $(RUN_DIR),runs/$(basename $(notdir $(JOB)))) $(REPORT_ARGS)
 
 # pytest's "no tests collected" (exit 5) counts as a pass
 test: $(TEST_STAMP)  ## install the test tools too, then run the whole suite
@@ -59,7 +59,7 @@ BENCH_ARGS ?= --baseline
 bench: install-run  ## concurrency sweep of JOB on the simulator: table, bench_out/bench.json and bench.png
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[plots]' \
 		|| echo "bench: could not install matplotlib: no plot this time"
-	$(BIN)/python -m batchrun.bench $(JOB) $(BENCH_ARGS)
+	$(BIN)/batchrun bench $(JOB) $(BENCH_ARGS)
 
 compare: install-run  ## three simulated models on the sample tickets (ARGS="--limit 200")
 	$(BIN)/batchrun run jobs/compare_models.toml $(ARGS)

@@ -160,8 +160,7 @@ async def run_job(job: Any, job_path: Path | None, targets: dict[str, dict[str, 
     """Prepare and execute one single-model (or routed) job; `say` gets the lines a person
     should see on stderr (notes, the header). Returns an engine.RunResult with run_dir,
     run_number and totals set; a run with nothing to do returns state "done" at once."""
-    from batchrun.engine import RunResult, execute_run, prepare_run
-    from batchrun.spec import PricesSpec
+    from batchrun.engine import RunResult, build_providers, coordinator_needs_provider, execute_run, prepare_run
     from batchrun.stats import RunStats
 
     use_sim = sim_url is not None
@@ -185,15 +184,10 @@ async def run_job(job: Any, job_path: Path | None, targets: dict[str, dict[str, 
             provider_kwargs = {key: {**kwargs, "api_base": sim_url if use_sim else kwargs["api_base"]}
                                for key, kwargs in targets.items()}
             providers = None
-            if workers == 1 or prep.max_cost_usd is not None or job.tpm:  # the coordinator needs litellm
-                from batchrun.provider import LiteLLMProvider
-
+            if coordinator_needs_provider(job, workers, prep.max_cost_usd):
                 if "litellm" not in sys.modules:
                     say("loading litellm...")
-
-                providers = {key: LiteLLMProvider(**{**kwargs, "prices": PricesSpec.model_validate(kwargs["prices"])
-                                                     if kwargs["prices"] else None})
-                             for key, kwargs in provider_kwargs.items()}
+                providers = build_providers(provider_kwargs)
             if workers > 1:
                 say(f"starting {workers} worker processes (each loads litellm)...")
             if before_execute is not None:

@@ -1,0 +1,290 @@
+"""`batchrun run JOB`: run a job, or resume it where it stopped.
+
+Options, API keys from the environment and the [params] check (both before
+anything is sent), the simulator when the job has one, then for each model
+`api.run_job` (prepare + execute, the path the Python API takes too), and the
+rendering: header lines, progress and logs on stderr; the summary on stdout
+(`--json`: one JSON object). Without a terminal, one plain progress line every
+`--progress-every` seconds instead of a bar. A compare job ends with one line
+per model (from `grading.build_report`). Logging (-v, -vv, --log-file) scrubs
+API keys from every record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+
+from batchrun.textfmt import num
+
+__all__ = ["run_command", "setup_logging"]
+
+RUN_EXAMPLES = """
+\b
+Examples:
+  batchrun run jobs/classify_tickets.toml                  # simulator, resumes if re-run
+  batchrun run jobs/classify_tickets.toml --limit 50 --concurrency 8
+  batchrun run jobs/classify_tickets.toml --input tonight.jsonl --run-dir runs/2026-11-22
+  OPENAI_API_KEY=... batchrun run jobs/classify_tickets.toml --live --run-dir runs/live
+  batchrun run jobs/classify_tickets.toml --api-base http://localhost:4000/v1   # a LiteLLM proxy
+
+\b
+Exit codes: 0 all done; 2 bad job file, input or environment (nothing sent);
+3 finished but some tickets failed (see errors.jsonl; re-run to retry them);
+4 stopped by fail-fast (401/403/404 in a row); 5 max_cost_usd reached
+(also `batchrun plan` over budget); 6 `batchrun diff --fail-on-accuracy-drop`;
+130/143 interrupted by SIGINT/SIGTERM; 1 other errors. Every stopped run
+resumes with the same command.
+"""
+
+
+class _RedactingFilter(logging.Filter):
+    """Scrubs API keys from every log record before any handler sees it."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from batchrun.errors import redact_secrets
+
+        record.msg = redact_secrets(record.getMessage(), self.secrets)
+        record.args = ()
+        if record.exc_info:
+            import traceback
+
+            record.msg += "\n" + redact_secrets("".join(traceback.format_exception(*record.exc_info)),
+                                                self.secrets)
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def setup_logging(verbose: int, log_file: Path | None, secrets: list[str]) -> None:
+    """-v: batchrun's retries and failures; -vv: debug, litellm's too. Keys scrubbed."""
+    if not verbose and log_file is None:
+        return
+    level = logging.DEBUG if verbose >= 2 else logging.INFO
+    handlers: list[logging.Handler] = []
+    if verbose:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    redact = _RedactingFilter(secrets)
+    for handler in handlers:
+        handler.addFilter(redact)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(level)
+    root = logging.getLogger()
+    root.setLevel(level)
+    for handler in handlers:
+        root.addHandler(handler)
+    logging.getLogger("batchrun").setLevel(level)
+
+
+def route_litellm_logs(verbose: int) -> None:
+    """With -vv, send litellm's own loggers through our (redacting) handlers only."""
+    if verbose < 2:
+        return
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.DEBUG)
+
+
+class _WorkersType(click.ParamType):
+    """--workers N|auto, as the job file's `workers` (and `batchrun bench`) accept."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r}: a number of processes (1-64) or 'auto'", param, ctx)
+        if not 1 <= number <= 64:
+            self.fail(f"{number}: between 1 and 64, or 'auto'", param, ctx)
+        return number
+
+
+@click.command(name="run", epilog=RUN_EXAMPLES)
+@click.argument("job_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Tickets file to use instead of the job's `input`.")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight at most.")
+@click.option("--limit", type=click.IntRange(min=0), help="Only the first N tickets of the input.")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory instead of the job's `run_dir`.")
+@click.option("--model", envvar="BATCHRUN_MODEL", help="litellm model string [env: BATCHRUN_MODEL].")
+@click.option("--api-base", envvar="BATCHRUN_API_BASE",
+              help="OpenAI-compatible server to talk to (no simulator) [env: BATCHRUN_API_BASE].")
+@click.option("--live", is_flag=True, help="Use the job's real model even if it has a [simulator] section.")
+@click.option("--skip-failed", is_flag=True, help="Do not retry tickets that failed in an earlier run.")
+@click.option("--force", is_flag=True, help="Resume even if the job, input or endpoint changed.")
+@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
+@click.option("--workers", type=_WorkersType(),
+              help="Worker processes, N or auto [default: the job's `workers`; auto = one per core for big runs].")
+@click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True),
+              help="Stop dispatching before the run directory's total cost would pass this.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
+@click.option("--progress-every", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              metavar="SECONDS", help="Without a progress bar (cron, a log file): one plain progress line "
+                                      "on stderr this often.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the summary as one JSON object on stdout (for scripts); logs stay on stderr.")
+@click.option("-v", "--verbose", count=True, help="-v: log retries and failures; -vv: debug (litellm too).")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the log here (API keys scrubbed).")
+def run_command(job_file: Path, input_path: Path | None, concurrency: int | None, limit: int | None,
+        run_dir: Path | None, model: str | None, api_base: str | None, live: bool, skip_failed: bool,
+        force: bool, grace: float, workers: int | str | None, max_cost_usd: float | None, progress: bool | None,
+        progress_every: float, as_json: bool, verbose: int, log_file: Path | None) -> None:
+    """Run JOB_FILE over its tickets, or resume it where it stopped.
+
+    Ids already in the run directory's results.jsonl are never requested again.
+    A job with a [simulator] section runs against the embedded simulator unless
+    --live or --api-base is given. Progress and logs go to stderr, the summary
+    to stdout.
+    """
+    from batchrun.api import check_params, provider_targets, sim_config
+    from batchrun.errors import BatchrunError, redact_secrets
+    from batchrun.spec import load_job
+
+    secrets: list[str] = []
+    try:
+        job = load_job(job_file).with_overrides(
+            input=input_path, concurrency=concurrency, run_dir=run_dir, model=model, api_base=api_base,
+            workers=workers)
+        use_sim = job.simulator is not None and not live and api_base is None
+        jobs = [job.for_model(entry) for entry in job.models] if job.compare_mode else [job]
+        targets = {each.name: provider_targets(each, use_sim, secrets) for each in jobs}  # keys checked up front
+        setup_logging(verbose, log_file, secrets)
+        click.echo("batchrun: loading litellm...", err=True)
+        check_params(job)
+        bar = sys.stderr.isatty() if progress is None else progress
+        options = dict(limit=limit, skip_failed=skip_failed, force=force, grace=grace, progress=bar,
+                       progress_every=None if bar else progress_every, max_cost_usd=max_cost_usd,
+                       verbose=verbose, as_json=as_json)
+        with contextlib.ExitStack() as stack:
+            sim_url = None
+            if use_sim:
+                from batchrun.sim.process import start_simulator
+
+                sim_url = stack.enter_context(start_simulator(sim_config(job))).base_url
+                click.echo(f"batchrun: simulator listening on {urlsplit(sim_url).netloc}", err=True)
+            results = {each.name: _run(each, job_file, targets[each.name], sim_url, **options) for each in jobs}
+        if job.compare_mode:
+            if as_json:
+                from batchrun.engine import RunResult
+
+                combined = RunResult.combined(dict(zip((m.name for m in job.models), results.values())),
+                                              job.resolved_run_dir())
+                _echo_json(job.name, combined)
+            else:
+                _print_comparison(job, jobs)
+        elif as_json:
+            _echo_json(job.name, next(iter(results.values())))
+        code = max((r.exit_code for r in results.values()), key=lambda c: (c != 0, c))
+    except BatchrunError as exc:
+        click.echo(f"batchrun: error: {redact_secrets(str(exc), secrets)}", err=True)
+        sys.exit(int(exc.exit_code))
+    sys.exit(code)
+
+
+def _result_json(result: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "state": result.state, "exit_code": result.exit_code, "run": result.run_number,
+        "run_dir": str(result.run_dir) if result.run_dir else None, "error": result.error,
+        "totals": result.totals, "summary": result.summary,
+    }
+    if result.models:
+        body["models"] = {name: _result_json(each) for name, each in result.models.items()}
+    return body
+
+
+def _echo_json(name: str, result: Any) -> None:
+    import orjson
+
+    click.echo(orjson.dumps({"job": name, **_result_json(result)}).decode())
+
+
+def _run(job, job_file, targets, sim_url, *, limit, skip_failed, force, grace, progress, progress_every,
+         max_cost_usd, verbose, as_json) -> Any:
+    import anyio
+
+    from batchrun.api import run_job
+    from batchrun.commands.status import format_status
+    from batchrun.rundir import run_status
+    from batchrun.stats import format_summary
+
+    def say(message: str) -> None:
+        click.echo(f"batchrun: {message}", err=True)
+
+    result = anyio.run(lambda: run_job(
+        job, job_file, targets, sim_url, limit=limit, skip_failed=skip_failed, force=force, grace=grace,
+        progress=progress, progress_every=progress_every, max_cost_usd=max_cost_usd, say=say,
+        before_execute=lambda: route_litellm_logs(verbose)))
+    if as_json:
+        return result
+    totals = result.totals or {}
+    if result.nothing_to_do:
+        summary = result.summary
+        click.echo(
+            f"Nothing to do: {summary['already_done']:,} of {summary['tickets_total']:,} tickets already done"
+            + (f", {summary['skipped_failed']:,} failed before and skipped" if summary["skipped_failed"] else "")
+            + f" in {result.run_dir}. No requests sent.\n")
+        click.echo(format_status(run_status(result.run_dir)))
+        return result
+    title = f"{job.name}: run {result.run_number} {result.state}"
+    click.echo(format_summary(result.summary, title=title))
+    click.echo(f"run directory: {result.run_dir}  (batchrun status {result.run_dir})")
+    if result.state == "interrupted":
+        click.echo("Interrupted: re-run the same command to resume.", err=True)
+    elif result.error:
+        click.echo(f"batchrun: {result.state}: {result.error}", err=True)
+    if result.summary["failed"] and result.state != "interrupted":
+        click.echo(f"{result.summary['failed']} ticket(s) failed: details in {result.run_dir / 'errors.jsonl'}; "
+                   "re-run to retry them (or --skip-failed).", err=True)
+    if totals.get("remaining") and result.state == "done":
+        click.echo(f"{totals['remaining']:,} ticket(s) of the input not asked for yet (--limit): "
+                   "re-run with a larger --limit, or without it, to continue.", err=True)
+    return result
+
+
+def _print_comparison(job: Any, jobs: list[Any]) -> None:
+    """The end of a compare run: one line per model, the label distribution
+    and agreement between models (from batchrun report's grading)."""
+    from batchrun.grading import build_report
+
+    run_dir = job.resolved_run_dir()
+    report = build_report(run_dir)
+    click.echo(f"\n{job.name}: {len(jobs)} models on the same tickets (full report: batchrun report {run_dir})")
+    header = (f"{'model':<12} {'done':>6} {'failed':>6} {'accuracy':>8} {'p50 ms':>8} {'p95 ms':>8} "
+              f"{'ttft p50':>8} {'tokens':>9} {'cost $':>10} {'$/1k':>9}  labels")
+    click.echo(header)
+    click.echo("-" * len(header))
+    for model in report["models"]:
+        grading = model.get("grading") or {}
+        accuracy = grading.get("accuracy")
+        latency, ttft = model.get("latency_ms") or {}, model.get("ttft_ms") or {}
+        counts = model.get("counts") or {}
+        done, failed = counts.get("done"), counts.get("failed")
+        cost = model.get("cost") or {}
+        tokens = model.get("tokens") or {}
+        labels = " ".join(f"{k} {v}" for k, v in sorted((model.get("label_distribution") or {}).items()))
+        click.echo(f"{model['key']:<12} {num(done):>6} {num(failed):>6} "
+                   f"{'-' if accuracy is None else f'{accuracy:.1%}':>8} {num(latency.get('p50')):>8} "
+                   f"{num(latency.get('p95')):>8} {num(ttft.get('p50')):>8} {num(tokens.get('total')):>9} "
+                   f"{num(cost.get('usd'), ',.6f'):>10} {num(cost.get('per_1000_tickets_usd'), ',.6f'):>9}  {labels}")
+    for pair in report.get("agreement") or []:
+        click.echo(f"agreement {pair['a']} vs {pair['b']}: {pair['rate']:.1%} of {pair['both_answered']:,} tickets")
