@@ -359,7 +359,7 @@ class JobSpec(_Section):
     fail_fast_after: int = Field(5, ge=1)  # this many 401/403/404 tickets in a row abort the run
     on_bad_input: Literal["fail", "skip"] = "fail"  # skip: bad lines go to rejects.jsonl, the rest runs
     max_line_bytes: int = Field(1_000_000, ge=64)  # a longer input line is bad input
-    # -- how answers are received and judged (README: "Streaming, labels, schemas and tools")
+    # -- how answers are received and judged (docs/job-file.md: "Streaming, labels, schemas and tools")
     stream: bool = False  # stream each answer (SSE); records ttft_ms
     on_truncated: Literal["keep", "fail"] = "keep"  # finish_reason "length": keep (flagged) or fail the ticket
     on_content_filter: Literal["keep", "fail"] = "fail"  # finish_reason "content_filter"
