@@ -114,7 +114,7 @@ apart are the same, and fewer requests in flight cost less memory and fewer
 threshold it broke. `recommend(rows)` is the pure function behind it.
 
 Never a setting the sweep did not reach: a setting counts only when the
-simulator saw at least 90% of it in flight (its peak in-flight count). A
+simulator saw at least 90% of it (rounded down) in flight (its peak in-flight count). A
 setting that was not reached is named with why: a sample smaller than 8
 tickets per slot ("it would need about N tickets: --tickets N"), or a client
 that could not send faster (its tickets/s x latency).
@@ -305,9 +305,9 @@ TICKETS_PER_SLOT = 8  # tickets a sweep needs per request in flight to reach a s
 
 def reached(row: Mapping[str, Any]) -> bool:
     """Whether the sweep really had the row's concurrency in flight: the server's peak
-    in-flight count is at least REACHED_SHARE of it (unknown peak, e.g. --live: True)."""
+    in-flight count is at least REACHED_SHARE of it, rounded down (unknown peak, e.g. --live: True)."""
     peak = (row.get("server") or {}).get("peak_in_flight")
-    return peak is None or peak >= REACHED_SHARE * row["concurrency"]
+    return peak is None or peak >= max(1, math.floor(REACHED_SHARE * row["concurrency"]))
 
 
 def unreached_text(row: Mapping[str, Any]) -> str:
