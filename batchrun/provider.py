@@ -20,8 +20,20 @@ Rules for every litellm call:
     (otherwise its import fetches a price list over the network), and the
     import happens on first use, so `batchrun --help` never pays for it;
   * litellm's `num_retries=0` and the OpenAI SDK's `max_retries=0`: tenacity
-    (retrying.py) is the one retry layer (litellm's own HTTP handler, below,
-    does not retry at all);
+    (retrying.py) is the one retry layer. litellm's own HTTP handler (below)
+    sends a request a second time, on a fresh connection, when the first
+    failed with httpx's RemoteProtocolError or ConnectError (which its
+    aiohttp transport raises for a connection reset before the response
+    headers): a request the server may have processed, never counted.
+    `import_litellm` wraps the function that sends it
+    (`AsyncHTTPHandler.single_connection_post_request`, pinned litellm
+    1.106.0) so that during batchrun's calls it re-raises the first failure
+    instead: one request, one attempt, and tenacity decides. aiohttp itself
+    resends only idempotent methods (never a POST), and the SDK's
+    `max_retries=0` holds on the streamed path; tests/test_wire_attempts.py
+    compares the simulator's per-ticket request counts with the recorded
+    attempts on all four paths (plain and streamed, litellm's handler and
+    the SDK);
   * litellm's `acompletion` hands its synchronous request preparation
     (`litellm.main.completion`: parameter mapping, the logging object,
     building the HTTP request; no network I/O for the providers in
@@ -241,6 +253,40 @@ def _install_model_mode_cache(litellm: Any) -> bool:
     return _wrap_litellm_function("litellm.main", "get_model_info_helper", "batchrun_cached", wrap)
 
 
+def _install_no_hidden_resend(litellm: Any) -> bool:
+    """Stop litellm's HTTP handler from sending batchrun's request a second time (module docstring).
+
+    `AsyncHTTPHandler.post` (litellm.llms.custom_httpx.http_handler, pinned
+    litellm 1.106.0) catches httpx's RemoteProtocolError and ConnectError and
+    sends the request again, once, on a fresh client through
+    `single_connection_post_request`; its only caller is that except clause.
+    During batchrun's calls the wrapper re-raises the exception being handled
+    there instead, so the failure reaches tenacity as one counted attempt.
+    Other callers keep litellm's behaviour. True when installed."""
+    import httpx  # litellm's dependency
+
+    resent_on = (httpx.RemoteProtocolError, httpx.ConnectError)  # post()'s except clause
+    module = sys.modules.get("litellm.llms.custom_httpx.http_handler")
+    handler = getattr(module, "AsyncHTTPHandler", None)
+    original = getattr(handler, "single_connection_post_request", None)
+    if original is None:
+        return False
+    if getattr(original, "batchrun_no_resend", False):
+        return True
+
+    @functools.wraps(original)
+    async def single_connection_post_request(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if _CALL_KIND.get() is not None:
+            handled = sys.exception()  # what post()'s except clause caught (3.11+)
+            if isinstance(handled, resent_on):
+                raise handled
+        return await original(self, *args, **kwargs)
+
+    single_connection_post_request.batchrun_no_resend = True  # type: ignore[attr-defined]
+    handler.single_connection_post_request = single_connection_post_request
+    return True
+
+
 def _is_litellm_prep(fn: Any) -> bool:
     """Is `fn` what litellm's acompletion submits: partial(Context.run, partial(litellm.main.completion, ...))?"""
     if not isinstance(fn, functools.partial) or not fn.args:
@@ -362,6 +408,7 @@ def import_litellm(max_connections: int | None = None) -> Any:
         litellm.telemetry = False
         _install_quiet_success_logging(litellm)
         _install_model_mode_cache(litellm)
+        _install_no_hidden_resend(litellm)
         _litellm = litellm
     return _litellm
 
@@ -432,6 +479,13 @@ def translate_error(exc: BaseException, secrets: Sequence[str] = ()) -> RequestE
     lm = _litellm
     if isinstance(exc, TimeoutError) or (lm is not None and isinstance(exc, lm.Timeout)):
         return RetryableError(message, kind="timeout", status_code=status, error_type=name)
+    cause = _transport_cause(exc)
+    if cause is not None:  # litellm's "500" for a connection that failed: no status was received
+        kind = "timeout" if _is_timeout(cause) else "connection"
+        detail = redact_secrets(f"{type(cause).__name__}: {cause}", secrets)
+        if detail not in message:
+            message = f"{message} ({detail})"
+        return RetryableError(message[:1000], kind=kind, status_code=None, error_type=name)
     if lm is not None:
         if isinstance(exc, lm.RateLimitError):
             return RateLimitedError(
@@ -466,6 +520,46 @@ def translate_error(exc: BaseException, secrets: Sequence[str] = ()) -> RequestE
     if isinstance(exc, (ConnectionError, OSError)) or _is_transport_error(exc):
         return RetryableError(message, kind="connection", error_type=name)
     return TerminalError(message, kind="unknown", status_code=status, error_type=name)
+
+
+def _transport_cause(exc: BaseException) -> BaseException | None:
+    """The transport failure under a litellm exception (a refused or reset connection, a body
+    cut short), or None when the server answered. litellm calls these a 500
+    (`InternalServerError`, `MidStreamFallbackError`); the cause chain (`__cause__`,
+    `__context__`, litellm's `original_exception`) still holds the httpx, aiohttp, OpenAI SDK
+    or socket error. The innermost such error is returned."""
+    found = None
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if current is not exc and (_is_transport_error(current) or _is_sdk_connection_error(current)
+                                   or isinstance(current, ConnectionError)):
+            found = current
+        todo += [current.__cause__, current.__context__, getattr(current, "original_exception", None)]
+    return found
+
+
+def _is_sdk_connection_error(exc: BaseException) -> bool:
+    try:
+        import openai
+    except ImportError:  # pragma: no cover - comes with litellm
+        return False
+    return isinstance(exc, openai.APIConnectionError)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    import httpx
+
+    try:
+        import openai
+        sdk_timeout: tuple[type[BaseException], ...] = (openai.APITimeoutError,)
+    except ImportError:  # pragma: no cover
+        sdk_timeout = ()
+    return isinstance(exc, (TimeoutError, httpx.TimeoutException, *sdk_timeout))
 
 
 def _is_transport_error(exc: BaseException) -> bool:
