@@ -14,6 +14,7 @@ import pytest
 
 from batchrun.errors import RateLimitedError, RequestError, RetryableError, TerminalError, redact_secrets
 from batchrun.provider import _completion_from, import_litellm, translate_error
+from batchrun.records import Usage
 from batchrun.spec import PricesSpec
 
 lm = import_litellm()
@@ -288,3 +289,20 @@ def test_response_without_content_gives_empty_text():
     assert completion.finish_reason == "length"
     assert (completion.cost_usd, completion.cost_status) == (0.0, "litellm")
 
+
+
+async def test_usage_of_zeros_is_no_usage_never_a_free_answer():
+    # litellm fills a body without usage (or "usage": null) with zeros and prices them at 0.0
+    result = await mock()
+    result.usage.prompt_tokens = result.usage.completion_tokens = result.usage.total_tokens = 0
+    result._hidden_params["response_cost"] = 0.0
+    completion = _completion_from(result, None)
+    assert (completion.usage, completion.cost_usd, completion.cost_status) == (None, None, "no_usage")
+    estimated = _completion_from(result, None, lambda text, calls: Usage(20, 1, 21), lambda usage: 0.5)
+    assert (estimated.usage, estimated.usage_source) == (Usage(20, 1, 21), "estimated")
+    assert (estimated.cost_usd, estimated.cost_status) == (0.5, "estimated")
+    unpriced = _completion_from(result, None, lambda text, calls: Usage(20, 1, 21), lambda usage: None)
+    assert (unpriced.cost_usd, unpriced.cost_status, unpriced.usage_source) == (None, "unpriced_model", "estimated")
+    priced = _completion_from(result, PricesSpec(input_per_million=1e6, output_per_million=0),
+                              lambda text, calls: Usage(20, 1, 21))
+    assert (priced.cost_usd, priced.cost_status) == (20.0, "estimated")
