@@ -97,3 +97,30 @@ def test_server_requests_equal_recorded_attempts_under_resets(make_job, tmp_path
     assert result.summary["requests"] == sum(received.values())
     # every reset is a failed attempt of kind connection (point 6c), retried
     assert result.summary["errors_by_kind"] == {"connection": sum(faults.values())}, (result.summary, faults)
+
+
+def test_a_jobs_simulator_scripts_reach_the_wire_through_the_cli(make_job, tmp_path, cli_env):
+    """`batchrun run` with a [simulator] section: the scripts reach the embedded simulator, and the
+    recorded attempts and usage follow them (worker processes, litellm, real HTTP)."""
+    import subprocess
+
+    from conftest import batchrun_cmd
+
+    job = make_job(12, concurrency=4, extra="""
+        [simulator]
+        latency_ms = 1
+        [[simulator.scripts]]
+        tickets = ["T000003"]
+        steps = ["reset_before_headers", "reset", "reset_before_headers", "ok"]
+        [[simulator.scripts]]
+        tickets = ["T000004", "T000005"]
+        steps = ["usage_null"]
+    """)
+    job.write_text(job.read_text().replace("max_attempts = 3", "max_attempts = 5"))
+    proc = subprocess.run(batchrun_cmd("run", str(job)), env=cli_env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {row["id"]: row for row in read_jsonl(tmp_path / "run" / "results.jsonl")}
+    assert rows["T000003"]["attempts"] == 4  # three resets, each one counted attempt, then the answer
+    assert all(row["attempts"] == 1 for ticket, row in rows.items() if ticket != "T000003")
+    assert {t for t, row in rows.items() if row["usage_source"] == "estimated"} == {"T000004", "T000005"}
+    assert "2 result(s) without usage from the provider" in proc.stdout + proc.stderr
