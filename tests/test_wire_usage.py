@@ -72,6 +72,8 @@ def test_the_budget_counts_answers_without_usage(make_job, tmp_path):
         result = run_job(job, sim, max_cost_usd=0.00005)
         received = sum(sim.stats()["requests_by_ticket"].values())
     rows = read_jsonl(tmp_path / "run" / "results.jsonl")
+    print(f"\nbudget $0.00005, every answer without usage: {result.state}, {len(rows)} of 40 tickets sent, "
+          f"${sum(row['cost_usd'] or 0 for row in rows):.7f} recorded")
     assert result.state == "budget_exhausted" and result.exit_code == ExitCode.BUDGET_EXHAUSTED
     assert 0 < len(rows) == received < 40
     spent = sum(row["cost_usd"] for row in rows)
