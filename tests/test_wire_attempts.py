@@ -17,6 +17,7 @@ import anyio
 import pytest
 
 from batchrun import execute_run, load_job, prepare_run
+from batchrun import litellm_tuning
 from batchrun import provider as provider_module
 from batchrun.provider import OPENAI_HTTP_HANDLER_ENV, LiteLLMProvider, openai_transport
 from conftest import read_jsonl
@@ -55,7 +56,7 @@ def test_the_no_resend_patch_is_installed_on_the_pinned_litellm():
     assert "except (httpx.RemoteProtocolError, httpx.ConnectError):" in source
     assert "self.single_connection_post_request(" in source
     assert getattr(AsyncHTTPHandler.single_connection_post_request, "batchrun_no_resend", False)
-    assert provider_module._install_no_hidden_resend(litellm)  # idempotent: still the one wrapper
+    assert litellm_tuning._install_no_hidden_resend(litellm)  # idempotent: still the one wrapper
     assert not getattr(AsyncHTTPHandler.single_connection_post_request.__wrapped__, "batchrun_no_resend", False)
 
 
@@ -71,7 +72,7 @@ PATHS = {
 @pytest.mark.parametrize("path", list(PATHS))
 def test_server_requests_equal_recorded_attempts_under_resets(make_job, tmp_path, resetting_sim, monkeypatch, path):
     stream, user_switch = PATHS[path]
-    monkeypatch.setattr(provider_module, "_USER_TRANSPORT", user_switch)
+    monkeypatch.setattr(litellm_tuning, "_USER_TRANSPORT", user_switch)
     if user_switch is None:
         monkeypatch.delenv(OPENAI_HTTP_HANDLER_ENV, raising=False)
     else:
