@@ -364,11 +364,19 @@ def _transport_cause(exc: BaseException) -> BaseException | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if current is not exc and (_is_transport_error(current) or _is_sdk_connection_error(current)
-                                   or isinstance(current, ConnectionError)):
+        if current is not exc and not _carries_status(current) and (
+                _is_transport_error(current) or _is_sdk_connection_error(current)
+                or isinstance(current, ConnectionError)):
             found = current
         todo += [current.__cause__, current.__context__, getattr(current, "original_exception", None)]
     return found
+
+
+def _carries_status(exc: BaseException) -> bool:
+    """An error that came with an HTTP status (aiohttp's ClientResponseError): the server answered."""
+    import aiohttp
+
+    return isinstance(exc, aiohttp.ClientResponseError)
 
 
 def _is_sdk_connection_error(exc: BaseException) -> bool:

@@ -306,3 +306,27 @@ async def test_usage_of_zeros_is_no_usage_never_a_free_answer():
     priced = _completion_from(result, PricesSpec(input_per_million=1e6, output_per_million=0),
                               lambda text, calls: Usage(20, 1, 21))
     assert (priced.cost_usd, priced.cost_status) == (20.0, "estimated")
+
+
+def test_a_transport_error_under_litellms_500_is_a_connection_error_and_a_status_is_not():
+    import aiohttp
+
+    def wrapped(cause: BaseException) -> BaseException:
+        try:
+            try:
+                raise cause
+            except BaseException as inner:
+                raise lm.InternalServerError("Connection error.", llm_provider=P, model=M) from inner
+        except BaseException as outer:
+            return outer
+
+    refused = wrapped(httpx.ConnectError("Cannot connect to host", request=REQUEST))
+    error = translate_error(refused)
+    assert (error.kind, error.status_code, error.retryable) == ("connection", None, True)
+    assert "ConnectError: Cannot connect to host" in error.message
+    timed_out = translate_error(wrapped(httpx.ReadTimeout("read", request=REQUEST)))
+    assert (timed_out.kind, timed_out.status_code) == ("timeout", None)
+    answered = wrapped(aiohttp.ClientResponseError(None, (), status=500, message="Internal Server Error"))
+    assert (translate_error(answered).kind, translate_error(answered).status_code) == ("server_error", 500)
+    plain_500 = lm.InternalServerError("oops", llm_provider=P, model=M)
+    assert (translate_error(plain_500).kind, translate_error(plain_500).status_code) == ("server_error", 500)
