@@ -124,6 +124,9 @@ def provider_targets(job: Any, use_sim: bool, secrets: list[str]) -> dict[str, d
             "params": {**job.params, **(entry.params if entry else {})},
             "prices": prices.model_dump() if prices else None,
             "max_connections": job.max_in_flight,
+            # the embedded simulator listens on a new port each run: its answers are keyed by its name
+            "cache": ({**job.cache_settings(), "endpoint": "simulator"} if use_sim and job.cache
+                      else job.cache_settings()),
         }
     return targets
 

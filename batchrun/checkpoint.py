@@ -82,6 +82,8 @@ class JsonlScan:
     cost_usd: float = 0.0  # with totals: the lines' cost_usd + rejected_cost_usd (money spent)
     unpriced: int = 0  # valid lines with "cost_usd": null
     total_tokens: int = 0  # sum of the valid lines' usage.total_tokens
+    cache_hits: int = 0  # lines with "cache_hit": true (reused answers)
+    cost_saved_usd: float = 0.0  # their cost_saved_usd
     last_by_id: dict[str, dict[str, Any]] | None = None  # only when asked (errors file)
 
 
@@ -127,8 +129,14 @@ def scan_jsonl(path: Path, *, keep_last: bool = False, totals: bool = True) -> J
                             rejected = obj.get("rejected_cost_usd")
                             if isinstance(rejected, (int, float)):
                                 scan.cost_usd += rejected
+                            hit = obj.get("cache_hit") is True  # a reused answer used no tokens
+                            if hit:
+                                scan.cache_hits += 1
+                                saved = obj.get("cost_saved_usd")
+                                if isinstance(saved, (int, float)):
+                                    scan.cost_saved_usd += saved
                             usage = obj.get("usage")
-                            if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
+                            if not hit and isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
                                 scan.total_tokens += usage["total_tokens"]
                         scan.lines += 1
                         scan.valid_bytes += len(raw)

@@ -7,6 +7,8 @@
     batchrun plan JOB               commands/plan.py    forecast tickets, tokens, cost, duration
     batchrun bench JOB              commands/bench.py   sweep concurrency, recommend a setting
     batchrun sim [flags]            commands/sim.py     serve the embedded simulator
+    batchrun export RUN_DIR         commands/export.py  one row per ticket, in input order
+    batchrun cache clear            commands/cache.py   empty the response cache
     batchrun init NAME              commands/init.py    write a job file that runs at once
 
 A command module holds the click options, one call into its domain module
@@ -21,6 +23,8 @@ import click
 
 from batchrun import __version__
 from batchrun.commands.bench import bench_command
+from batchrun.commands.cache import cache_command
+from batchrun.commands.export import export_command
 from batchrun.commands.diff import diff_command
 from batchrun.commands.init import init_command
 from batchrun.commands.plan import plan_command
@@ -43,6 +47,8 @@ main.add_command(diff_command, name="diff")
 main.add_command(plan_command, name="plan")
 main.add_command(bench_command, name="bench")
 main.add_command(sim_command, name="sim")
+main.add_command(export_command, name="export")
+main.add_command(cache_command, name="cache")
 main.add_command(init_command, name="init")
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,6 +38,15 @@ and are written:
 Files are flushed and fsynced and the manifest written in a shielded scope.
 Every stopped run resumes with the same command.
 
+The response cache (`cache = true`): a worker whose request (same model
+chain, same messages) is already in flight in this run waits for that
+request's outcome instead of sending it again (single flight, keyed by a
+hash of the request, in the coordinator, so it holds with worker processes
+too); a success is recorded for it as a reused answer (`cache_hit`, 0
+attempts, cost 0, `cost_saved_usd`); after a failure it asks for itself.
+Answers stored by earlier runs are looked up by the provider
+(ticket_runner.py), before the ticket's first attempt.
+
 The retry loop around each ticket's attempts is ticket_runner.py (with the
 tenacity policy from retrying.py); `coordinator_needs_provider` decides
 whether this process needs providers of its own when worker processes send
@@ -51,12 +60,13 @@ them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -88,6 +98,7 @@ from batchrun.provider import ChatRequest, Provider, litellm_version
 from batchrun.records import Completion, Outcome, Ticket
 from batchrun.spec import JobSpec
 from batchrun.stats import RunStats, format_progress_line
+from batchrun.input_formats import input_format_of
 from batchrun.tickets import InputScan, file_digest, read_tickets, scan_from_index, scan_input
 from batchrun.limits import AdaptiveConcurrency, CostBudget, RateLimiter, RequestGate, parse_rate_limit_headers
 from batchrun.ticket_runner import utc_now
@@ -260,7 +271,8 @@ def prepare_run(
         plan = {"max_problems": None if skip_bad else 20, "done_ids": checkpoint.done_ids,
                 "failed_ids": checkpoint.failed_ids if skip_failed else frozenset(), "limit": limit}
         # what makes a saved index valid besides the input's bytes
-        key = orjson.dumps([job.id_field, [t.fields for t in templates], job.max_line_bytes]).decode()
+        key = orjson.dumps([job.id_field, [t.fields for t in templates], job.max_line_bytes]
+                           + ([job.input_format] if job.input_format else [])).decode()
         index = read_input_index(checkpoint.run_dir)
         scan = None
         if index is not None and index.get("key") == key:
@@ -269,7 +281,7 @@ def prepare_run(
                 scan = scan_from_index(job.input, index, **plan)
         if scan is None:
             scan = scan_input(job.input, job.id_field, templates, max_line_bytes=job.max_line_bytes,
-                              keep_ids=True, **plan)
+                              keep_ids=True, input_format=job.input_format, **plan)
             if not scan.problem_count or skip_bad:
                 write_input_index(checkpoint.run_dir, scan.to_index(key))
             scan.ids = None  # the index is on disk; free the memory
@@ -332,7 +344,7 @@ def _manifest(prep: PreparedRun, stats: RunStats, failed_ids: set[str], state: s
             "fingerprint_sha256": prep.job.fingerprint_hash(),
         },
         "input": {"path": str(prep.scan.path), "size": prep.scan.size, "sha256": prep.scan.sha256,
-                  "tickets": prep.scan.tickets},
+                  "tickets": prep.scan.tickets, "format": input_format_of(prep.scan.path, prep.job.input_format)},
         "endpoint": prep.endpoint,
         "limit": prep.limit,
         "run": prep.run_number,
@@ -351,6 +363,39 @@ def _manifest(prep: PreparedRun, stats: RunStats, failed_ids: set[str], state: s
         "summary": summary,
         "history": history,
     }
+
+
+class _Flight:
+    """A request in flight with `cache = true`: identical ones wait for its outcome."""
+
+    __slots__ = ("key", "done", "outcome")
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.done = anyio.Event()
+        self.outcome: Outcome | None = None
+
+
+def _flight_key(chain: list[str], request: ChatRequest) -> bytes:
+    """Identical requests of one run: the same model chain and messages (the job's params, schema
+    and tools are the same for all its requests)."""
+    return hashlib.sha256(orjson.dumps([chain, request.messages])).digest()
+
+
+def _shared_answer(leader: Outcome, ticket_id: str, run_number: int, route: str | None,
+                   waited_ms: float) -> Outcome:
+    """The outcome of a ticket that waited for an identical request in flight: its answer,
+    reused (a cache hit, 0 attempts, cost 0, cost_saved_usd what the answer cost)."""
+    c = leader.completion
+    assert c is not None
+    saved = c.cost_saved_usd if c.cache_hit else c.cost_usd
+    now = utc_now()
+    return Outcome(
+        ticket_id=ticket_id, attempts=0, started_at=now, finished_at=now, elapsed_ms=waited_ms, run=run_number,
+        completion=replace(c, cost_usd=0.0, cost_status="cache_hit", cache_hit=True, cost_saved_usd=saved,
+                           ttft_ms=None, rate_limit_headers=None),
+        latency_ms=0.0, structured=leader.structured, model_key=leader.model_key, route=route,
+    )
 
 
 class _Run:
@@ -392,6 +437,7 @@ class _Run:
                                          start=min(self.job.max_concurrency, max(self.job.min_concurrency, 4)))
                      if self.job.adaptive else None)
         self.slots = anyio.CapacityLimiter(self.aimd.limit) if self.aimd is not None else None
+        self.flights: dict[bytes, _Flight] = {}  # cache = true: requests in flight by _flight_key
         self.stopping = False  # no new ticket starts once this is set
         self.stop_reason: str | None = None  # "signal", "fail_fast", "budget" or "checkpoint"
         self.signal_number: int | None = None
@@ -413,7 +459,7 @@ class _Run:
                 # the scan already chose the lines to send (limit, done, skipped failures, bad lines):
                 # the rest are passed over unparsed
                 for ticket in read_tickets(self.job.input, self.job.id_field, only_lines=self.prep.scan.dispatch,
-                                           max_line_bytes=self.job.max_line_bytes):
+                                           max_line_bytes=self.job.max_line_bytes, input_format=self.job.input_format):
                     await send.send(ticket)
 
     async def worker(self, tickets: Any, outcomes: Any) -> None:
@@ -422,47 +468,79 @@ class _Run:
                 if self.stopping:
                     break
                 request = ChatRequest(ticket.id, render_messages(self.job, ticket), self.job.timeout_s)
-                reserved = 0.0
-                if self.budget is not None:
-                    estimate = self.provider.estimate_cost(request) if self.provider is not None else None
-                    admitted = self.budget.try_reserve(estimate)
-                    if admitted is None:
-                        self.stop("budget", (
-                            f"budget reached: ${self.budget.spent:.6f} spent (all runs) + "
-                            f"${self.budget.reserved:.6f} reserved for requests in flight + about "
-                            f"${estimate or self.budget.mean_cost or 0:.6f} for the next ticket would pass "
-                            f"max_cost_usd = ${self.budget.max_usd:g}; re-run with a larger budget to continue"))
-                        break
-                    reserved = admitted
-                self.stats.in_flight += 1
-                if self.stats.first_dispatch is None:
-                    self.stats.first_dispatch = time.monotonic()
-                try:
-                    chain, route = [""], None
-                    if self.job.routes:
-                        name, route = self.job.route(ticket.fields)
-                        chain = self.job.fallback_chain(name)
-                    if self.slots is not None:
-                        async with self.slots:
-                            outcome = await self.executor.run(request, chain, route)
+                chain, route = [""], None
+                if self.job.routes:
+                    name, route = self.job.route(ticket.fields)
+                    chain = self.job.fallback_chain(name)
+                flight: _Flight | None = None
+                if self.job.cache:  # single flight: an identical request in flight is not sent again
+                    key = _flight_key(chain, request)
+                    leader = self.flights.get(key)
+                    if leader is not None:
+                        t0 = time.monotonic()
+                        await leader.done.wait()
+                        if leader.outcome is not None and leader.outcome.ok:
+                            self.stats.in_flight += 1
+                            await outcomes.send(_shared_answer(leader.outcome, ticket.id, self.prep.run_number,
+                                                               route, (time.monotonic() - t0) * 1000.0))
+                            continue
+                        if self.stopping:
+                            break
+                        # the other ticket failed (errors are never shared): this one asks for itself
                     else:
-                        outcome = await self.executor.run(request, chain, route)
-                except WorkerCrashedError as exc:  # the ticket stays pending; the run stops
-                    self.stats.in_flight -= 1
-                    if self.fatal is None:
-                        self.fatal = exc
-                        self.stop("crash")
-                        if self.work_scope is not None:
-                            self.work_scope.cancel()
+                        flight = self.flights[key] = _Flight(key)
+                try:
+                    carry_on = await self._dispatch(ticket, request, chain, route, outcomes, flight)
+                finally:
+                    if flight is not None:  # also when cancelled: waiters then ask for themselves
+                        self.flights.pop(flight.key, None)
+                        flight.done.set()
+                if not carry_on:
                     break
-                except BaseException:  # cancelled mid-request: the ticket stays pending
-                    self.stats.in_flight -= 1
-                    raise
-                self.estimated_tokens.pop(ticket.id, None)
-                if self.budget is not None:
-                    self.budget.settle(reserved, outcome.spent_usd)
-                self.check_fail_fast(outcome)
-                await outcomes.send(outcome)
+
+    async def _dispatch(self, ticket: Ticket, request: ChatRequest, chain: list[str], route: str | None,
+                        outcomes: Any, flight: "_Flight | None") -> bool:
+        """One ticket: the budget, the executor, the outcome to the writer. False: this worker stops."""
+        reserved = 0.0
+        if self.budget is not None:
+            estimate = self.provider.estimate_cost(request) if self.provider is not None else None
+            admitted = self.budget.try_reserve(estimate)
+            if admitted is None:
+                self.stop("budget", (
+                    f"budget reached: ${self.budget.spent:.6f} spent (all runs) + "
+                    f"${self.budget.reserved:.6f} reserved for requests in flight + about "
+                    f"${estimate or self.budget.mean_cost or 0:.6f} for the next ticket would pass "
+                    f"max_cost_usd = ${self.budget.max_usd:g}; re-run with a larger budget to continue"))
+                return False
+            reserved = admitted
+        self.stats.in_flight += 1
+        if self.stats.first_dispatch is None:
+            self.stats.first_dispatch = time.monotonic()
+        try:
+            if self.slots is not None:
+                async with self.slots:
+                    outcome = await self.executor.run(request, chain, route)
+            else:
+                outcome = await self.executor.run(request, chain, route)
+        except WorkerCrashedError as exc:  # the ticket stays pending; the run stops
+            self.stats.in_flight -= 1
+            if self.fatal is None:
+                self.fatal = exc
+                self.stop("crash")
+                if self.work_scope is not None:
+                    self.work_scope.cancel()
+            return False
+        except BaseException:  # cancelled mid-request: the ticket stays pending
+            self.stats.in_flight -= 1
+            raise
+        self.estimated_tokens.pop(ticket.id, None)
+        if self.budget is not None:
+            self.budget.settle(reserved, outcome.spent_usd)
+        self.check_fail_fast(outcome)
+        if flight is not None:
+            flight.outcome = outcome
+        await outcomes.send(outcome)
+        return True
 
     def check_fail_fast(self, outcome: Outcome) -> None:
         """Count tickets in a row ending in 401/403/404, as they finish."""

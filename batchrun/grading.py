@@ -358,20 +358,28 @@ class _Acc:
         self.attempts = 0
         self.truncated = 0
         self.fallbacks = 0  # results answered by a fallback model (attempts_by_model names several)
+        self.cache_hits = 0  # reused answers (cache_hit): no request, no latency, no tokens used
+        self.cost_saved = 0.0  # their cost_saved_usd
         self.distribution: dict[str, int] = {}
         self.pairs: list[tuple[str, str]] = []
         self.runs: dict[Any, list[float]] = {}  # run -> [first start, last finish, results]
 
     def add(self, line: Mapping[str, Any], pred: str, gold: str | None) -> None:
         self.done += 1
+        hit = line.get("cache_hit") is True
+        if hit:
+            self.cache_hits += 1
+            saved = line.get("cost_saved_usd")
+            if isinstance(saved, (int, float)):
+                self.cost_saved += saved
         latency = line.get("latency_ms")
-        if isinstance(latency, (int, float)):
+        if isinstance(latency, (int, float)) and not hit:
             self.latencies.append(float(latency))
         ttft = line.get("ttft_ms")
         if isinstance(ttft, (int, float)):
             self.ttfts.append(float(ttft))
         usage = line.get("usage")
-        if isinstance(usage, dict):
+        if isinstance(usage, dict) and not hit:
             self.prompt += int(usage.get("prompt_tokens") or 0)
             self.completion += int(usage.get("completion_tokens") or 0)
             self.total += int(usage.get("total_tokens") or 0)
@@ -419,6 +427,7 @@ class _Acc:
                 "by_status": dict(sorted(self.cost_status.items())),
                 "per_1000_tickets_usd": round(spent / self.priced * 1000, 6) if self.priced else None,
             },
+            "cache": {"hits": self.cache_hits, "saved_usd": round(self.cost_saved, 9)},
             "attempts": self.attempts,
             "truncated": self.truncated,
             "answered_after_fallback": self.fallbacks,
@@ -603,6 +612,9 @@ def _format_unit(m: Mapping[str, Any]) -> list[str]:
     if cost["unpriced_results"]:
         cost_text += f"; {cost['unpriced_results']:,} result(s) unpriced"
     rows.append(("cost", cost_text))
+    cache = m.get("cache") or {}
+    if cache.get("hits"):
+        rows.append(("reused answers", f"{cache['hits']:,} (cache), {usd(cache['saved_usd'])} saved"))
     lines += kv(rows)
     if grading and grading["labels"]:
         lines += ["", "per label"]

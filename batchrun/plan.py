@@ -289,7 +289,8 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
     skip_bad = job.on_bad_input == "skip"
     scan = scan_input(job.input, job.id_field, templates, max_problems=None if skip_bad else 20,
                       max_line_bytes=job.max_line_bytes, done_ids=done,
-                      failed_ids=failed if skip_failed else frozenset(), limit=limit)
+                      failed_ids=failed if skip_failed else frozenset(), limit=limit,
+                      input_format=job.input_format)
     if scan.problem_count and not skip_bad:
         raise TicketError(scan.describe_problems().replace("nothing was requested", "a run would refuse it"))
     job_to_do = scan.selected - scan.already_done - scan.skipped_failed
@@ -300,7 +301,8 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
     reservoir: list[Any] = []
     seen = retried = 0
     for ticket in read_tickets(job.input, job.id_field, skip_lines=scan.bad_lines,
-                               max_line_bytes=job.max_line_bytes, only_lines=scan.dispatch):
+                               max_line_bytes=job.max_line_bytes, only_lines=scan.dispatch,
+                               input_format=job.input_format):
         if entry.route is not None and job.route(ticket.fields)[0] != entry.route:
             continue
         seen += 1

@@ -4,7 +4,8 @@
     Usage       token counts reported by the provider (or estimated, see
                 Completion.usage_source)
     ToolCall    one tool call of an answer: name and raw arguments text
-    Completion  what one successful provider call returned
+    Completion  what one successful provider call returned (or a reused
+                answer, `cache_hit`)
     Outcome     the final fate of one ticket in this run (a success or a
                 terminal failure), with timing and attempts, and for jobs with
                 labels, a JSON schema or tools what the output check
@@ -62,6 +63,11 @@ class Completion:
     ttft_ms: float | None = None  # streamed: request start to the first content or tool-call delta
     usage_source: str = "provider"  # "provider", or "estimated" (litellm.token_counter: the provider sent none)
     rate_limit_headers: Mapping[str, str] | None = None  # x-ratelimit-* as the provider sent them (not written)
+    # A reused answer (the response cache, or an identical request of this run in flight): no request
+    # left the machine for it, so cost_usd is 0 and cost_saved_usd what it cost when it was obtained
+    # (None: that cost was unknown).
+    cache_hit: bool = False
+    cost_saved_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +132,11 @@ class Outcome:
                 "usage_source": c.usage_source if c.usage else None,
                 "cost_usd": c.cost_usd,
                 "cost_status": c.cost_status,
+            })
+            if c.cache_hit:
+                line["cache_hit"] = True
+                line["cost_saved_usd"] = c.cost_saved_usd
+            line.update({
                 "latency_ms": round(latency, 3),
                 "ttft_ms": None if c.ttft_ms is None else round(c.ttft_ms, 3),
                 "output_tokens_per_s": (round(c.usage.completion_tokens * 1000.0 / latency, 1)

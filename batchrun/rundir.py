@@ -202,6 +202,8 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "rejected_lines": rejected,
         "cost_usd": round(cost, 6),
         "unpriced_results": unpriced,
+        "cache_hits": results.cache_hits,
+        "cost_saved_usd": round(results.cost_saved_usd, 6),
         "total_tokens": tokens,
         "started_at": manifest.get("started_at"),
         "finished_at": manifest.get("finished_at"),

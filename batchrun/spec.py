@@ -66,6 +66,8 @@ __all__ = [
     "SimulatorSpec",
     "ToolFunctionSpec",
     "ToolSpec",
+    "cache_location",
+    "default_cache_dir",
     "load_job",
 ]
 
@@ -337,7 +339,8 @@ class RouteSpec(_Section):
 
 class JobSpec(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=100)
-    input: Path  # JSONL tickets
+    input: Path  # tickets: JSON Lines, CSV, TSV or Parquet (by extension, or input_format)
+    input_format: Literal["jsonl", "csv", "tsv", "parquet"] | None = None  # default: from the extension
     run_dir: Path | None = None  # default: runs/<name> under the current directory
     model: str = Field(min_length=1)  # a litellm model string, e.g. "openai/gpt-4o-mini"; default: models[0]
     models: list[ModelSpec] = Field(default_factory=list)  # [[models]]: compare (no routes) or route/fall back
@@ -378,11 +381,15 @@ class JobSpec(_Section):
     # re-asks after an answer fails the output check; they count within retry.max_attempts
     max_invalid_output_retries: int = Field(2, ge=0, le=20)
     simulator: SimulatorSpec | None = None
+    # -- the response cache (docs/data.md): reuse an answer already obtained for the same request
+    cache: bool = False  # look answers up before sending; store accepted answers
+    cache_url: str | None = Field(None, pattern=r"^rediss?://")  # Redis, shared by machines; default: on disk
+    cache_dir: Path | None = None  # the disk cache; default: $BATCHRUN_CACHE_DIR or ~/.cache/batchrun/responses
 
     _schema: dict[str, Any] | None = PrivateAttr(default=None)  # json_schema or the file's content
     _tools_payload: list[dict[str, Any]] | None = PrivateAttr(default=None)
 
-    @field_validator("input", "run_dir", "json_schema_file")
+    @field_validator("input", "run_dir", "json_schema_file", "cache_dir")
     @classmethod
     def _resolve(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         base = (info.context or {}).get("base_dir")
@@ -667,9 +674,30 @@ class JobSpec(_Section):
         )
         return JobSpec.model_validate(data)
 
+    def cache_settings(self) -> dict[str, str] | None:
+        """Where the response cache lives ({"url": ...} or {"dir": ...}), or None when `cache` is off.
+        Not part of the fingerprint: the cache only decides whether an answer is paid for again."""
+        return cache_location(self.cache_url, self.cache_dir) if self.cache else None
+
     def fingerprint_hash(self) -> str:
         blob = orjson.dumps(self.fingerprint(), option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(blob).hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """The disk cache's folder when a job names none: $BATCHRUN_CACHE_DIR, else
+    $XDG_CACHE_HOME/batchrun/responses, else ~/.cache/batchrun/responses."""
+    if os.environ.get("BATCHRUN_CACHE_DIR"):
+        return Path(os.environ["BATCHRUN_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "batchrun" / "responses"
+
+
+def cache_location(cache_url: str | None = None, cache_dir: Path | None = None) -> dict[str, str]:
+    """{"url": a Redis URL} or {"dir": the disk cache's folder} (the default folder when neither is given)."""
+    if cache_url:
+        return {"url": cache_url}
+    return {"dir": str(cache_dir or default_cache_dir())}
 
 
 def closest_name(name: str, known: Any) -> str | None:

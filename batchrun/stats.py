@@ -126,6 +126,8 @@ class RunStats:
     content_filtered: int = 0  # results kept with finish_reason "content_filter"
     rejected_outputs: int = 0  # answers turned down (invalid_output, truncated, content_filter)
     rejected_cost_usd: float = 0.0  # what they cost (also in cost_usd)
+    cache_hits: int = 0  # results reused (response cache or an identical request in flight): no request sent
+    cost_saved_usd: float = 0.0  # what those answers cost when they were obtained (priced ones)
     failed_by_kind: dict[str, int] = field(default_factory=dict)  # tickets in errors.jsonl by error_kind
     # kind -> shortened, redacted message -> tickets; at most MAX_MESSAGES_PER_KIND distinct messages a kind
     failure_messages: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -154,6 +156,10 @@ class RunStats:
         self.done += 1
         c = outcome.completion
         assert c is not None
+        if c.cache_hit:  # no request, no tokens used, no latency: only what it saved
+            self.cache_hits += 1
+            self.cost_saved_usd += c.cost_saved_usd or 0.0
+            return
         self.latency.add(outcome.latency_ms or 0.0)
         if c.ttft_ms is not None:
             self.ttft.add(c.ttft_ms)
@@ -223,6 +229,8 @@ class RunStats:
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
             "cost_usd": round(self.cost_usd, 9),
+            "cache_hits": self.cache_hits,
+            "cost_saved_usd": round(self.cost_saved_usd, 9),
             "unpriced_results": self.unpriced,
             "usage_estimated": self.usage_estimated,
             "cost_per_1000_tickets_usd": (
@@ -305,6 +313,8 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
     rows += [
         ("tokens (prompt+completion)", f"{summary['total_tokens']:,} ({summary['prompt_tokens']:,} + {summary['completion_tokens']:,})"),
         ("cost", cost),
+        *([("reused answers (cache)", f"{summary['cache_hits']:,}, {usd(summary.get('cost_saved_usd') or 0)} saved")]
+          if summary.get("cache_hits") else []),
         ("cost per 1,000 tickets", usd(per_1000)),
     ]
     if summary.get("usage_estimated"):

@@ -34,6 +34,13 @@ request):
            answer that was also cut at max_tokens is kind truncated, terminal
            at once, whatever on_truncated says.
 
+The response cache (`cache = true`, a provider with `cached`/`remember`):
+before the first attempt the provider's cache is asked; a stored answer is
+judged like a fresh one and, if accepted, is the outcome at once with 0
+attempts (nothing left the machine; `cache_hit`, cost 0, `cost_saved_usd`).
+After the retry loop, an accepted answer is stored; errors and rejected
+answers never are.
+
 A rejected answer was paid for: the Outcome counts them (`rejected_outputs`)
 and their cost (`rejected_cost_usd`). The job's RequestOptions and
 OutputRules are built once per JobSpec (`plan_for`) and attached to the
@@ -176,6 +183,18 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
     if plan.options is not None and request.options is None:
         request = replace(request, options=plan.options)
     judge = plan.rules is not None or plan.on_truncated == "fail" or plan.on_content_filter == "fail"
+    cache = job.cache and hasattr(provider, "cached")
+    if cache:
+        hit = await provider.cached(request)  # type: ignore[attr-defined]
+        if hit is not None:
+            try:  # judged like any answer: the job's labels may have changed since it was stored
+                structured = _judge(hit, plan) if judge else None
+            except (TerminalError, _InvalidOutput):
+                hit = None  # not good enough for this job: ask
+            if hit is not None:
+                return Outcome(ticket_id=request.ticket_id, attempts=0, started_at=started_at,
+                               finished_at=utc_now(), elapsed_ms=(time.monotonic() - t0) * 1000.0, run=run_number,
+                               completion=hit, latency_ms=0.0, structured=structured)
     try:
         async for attempt in build_retrying(job.retry, before_sleep=_log_retry(request.ticket_id)):
             with attempt:
@@ -221,6 +240,8 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                         hooks.attempt_failed(request, attempts, error)
                         raise error from None
                 hooks.attempt_succeeded(request, attempts, completion, latency_ms)
+        if cache and completion is not None:  # accepted: the only answers ever stored
+            await provider.remember(request, completion)  # type: ignore[attr-defined]
     except RequestError as error:
         message = error.message
         cap = job.retry.max_retry_after_s

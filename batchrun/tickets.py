@@ -22,6 +22,11 @@ chunks, never held whole.
                                       so a resume of 1,000,000 tickets does not
                                       parse them again
 
+CSV, TSV and Parquet inputs (by extension, or the job's `input_format`) are
+read by input_formats.py; `read_tickets` and `scan_input` dispatch to it and
+apply the same checks to each row (id, duplicates, template fields), with the
+row number where JSON Lines has the line number (`InputScan.unit` says which).
+
 Checked per line: valid UTF-8 (a BOM on line 1 is accepted and dropped),
 not blank, valid JSON, a JSON object, an id that is a non-empty string or an
 integer, no id seen before, and every field the prompt templates use.
@@ -37,6 +42,7 @@ from typing import Any, BinaryIO, Callable, Container, Iterator, Sequence
 import orjson
 
 from batchrun.errors import TicketError
+from batchrun.input_formats import describe_row, input_format_of, iter_rows
 from batchrun.records import Ticket
 from batchrun.spec import PromptTemplate
 
@@ -66,6 +72,7 @@ class InputScan:
     skipped_failed: int = 0  # of those, in failed_ids
     dispatch: bytearray = field(default_factory=bytearray)  # line number -> 1 if it is to be sent
     ids: list[str | None] | None = None  # with keep_ids: each line's id (None: a bad line)
+    unit: str = "line"  # "row" for CSV, TSV and Parquet inputs (row 1: the first data row)
 
     def select(self, line_no: int, ticket_id: str, done_ids: Container[str], failed_ids: Container[str],
                limit: int | None) -> None:
@@ -89,11 +96,15 @@ class InputScan:
         assert self.ids is not None, "scan with keep_ids=True"
         return {"version": 1, "key": key, "sha256": self.sha256, "size": self.size,
                 "problem_count": self.problem_count,
-                "problems": [[p.line, p.reason] for p in self.problems], "ids": self.ids}
+                "problems": [[p.line, p.reason] for p in self.problems], "ids": self.ids, "unit": self.unit}
 
     def describe_problems(self) -> str:
-        lines = [f"{self.path}: {self.problem_count} bad line(s); nothing was requested:"]
-        lines += [f"  {self.path}:{p.line}: {p.reason}" for p in self.problems]
+        if self.unit == "row":
+            lines = [f"{self.path}: {self.problem_count} bad row(s); nothing was requested:"]
+            lines += [f"  {self.path}: row {p.line}: {p.reason}" for p in self.problems]
+        else:
+            lines = [f"{self.path}: {self.problem_count} bad line(s); nothing was requested:"]
+            lines += [f"  {self.path}:{p.line}: {p.reason}" for p in self.problems]
         if self.problem_count > len(self.problems):
             lines.append(f"  ... and {self.problem_count - len(self.problems)} more")
         return "\n".join(lines)
@@ -183,13 +194,19 @@ def read_tickets(
     skip_lines: Container[int] = frozenset(),
     max_line_bytes: int | None = None,
     only_lines: bytearray | None = None,
+    input_format: str | None = None,
 ) -> Iterator[Ticket]:
     """Yield tickets in file order; the first bad line raises TicketError.
 
     Line numbers in `skip_lines` (bad lines a scan already rejected, with
     on_bad_input = "skip") are passed over without being parsed; with
     `only_lines` (a scan's `dispatch` map), so is every line whose byte is 0,
-    and reading stops after the last line marked 1."""
+    and reading stops after the last line marked 1. CSV, TSV and Parquet
+    (by extension or `input_format`) are read by rows (input_formats.py)."""
+    fmt = input_format_of(path, input_format)
+    if fmt != "jsonl":
+        yield from _read_rows(path, fmt, id_field, skip_lines, max_line_bytes, only_lines)
+        return
     last = only_lines.rfind(1) if only_lines is not None else -1
     first = only_lines.find(1) if only_lines is not None else 1
     if first < 0:
@@ -220,6 +237,7 @@ def scan_input(
     failed_ids: Container[str] = frozenset(),
     limit: int | None = None,
     keep_ids: bool = False,
+    input_format: str | None = None,
 ) -> InputScan:
     """Check the whole input in one pass; see the module docstring.
 
@@ -229,7 +247,12 @@ def scan_input(
     counted as `already_done`, those in `failed_ids` (pass the failed ids
     only when they are to be skipped) as `skipped_failed`, and the line of
     every other one is marked 1 in `dispatch`, so the run's producer skips
-    the rest without parsing them."""
+    the rest without parsing them. CSV, TSV and Parquet inputs are
+    checked row by row the same way (`_scan_rows`)."""
+    fmt = input_format_of(path, input_format)
+    if fmt != "jsonl":
+        return _scan_rows(path, fmt, id_field, templates, max_problems=max_problems, max_line_bytes=max_line_bytes,
+                          done_ids=done_ids, failed_ids=failed_ids, limit=limit, keep_ids=keep_ids)
     scan = InputScan(path=path, dispatch=bytearray(1))  # dispatch[0] unused: lines start at 1
     digest = hashlib.sha256()
     seen: dict[str, int] = {}
@@ -279,6 +302,97 @@ def scan_input(
     return scan
 
 
+def _row_id(row: dict[str, Any], id_field: str) -> str:
+    """The id of a CSV/TSV/Parquet row, or ValueError with the reason."""
+    if id_field not in row:
+        raise ValueError(f"missing id field {id_field!r}")
+    value = row[id_field]
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise ValueError(f"id field {id_field!r} must be a non-empty string or an integer, got {value!r}")
+    return str(value)
+
+
+def _check_columns(path: Path, fmt: str, id_field: str) -> None:
+    """A file with no id column is one error, not one per row."""
+    from batchrun.input_formats import csv_header, parquet_columns
+
+    columns = parquet_columns(path) if fmt == "parquet" else csv_header(path, fmt)
+    if columns and id_field not in columns:
+        shown = ", ".join(map(repr, columns[:20])) + (" ..." if len(columns) > 20 else "")
+        where = "column" if fmt == "parquet" else "header field"
+        raise TicketError(f"{path}: no {where} {id_field!r} (the job's id_field); the file has: {shown}")
+
+
+def _read_rows(path: Path, fmt: str, id_field: str, skip_rows: Container[int], max_line_bytes: int | None,
+               only_rows: bytearray | None) -> Iterator[Ticket]:
+    """read_tickets for CSV, TSV and Parquet: the first bad row raises TicketError naming it."""
+    last = only_rows.rfind(1) if only_rows is not None else -1
+    if only_rows is not None and last < 0:
+        return
+    for row_no, line, row in iter_rows(path, fmt, max_field_bytes=max_line_bytes or MAX_LINE_BYTES,
+                                       only=only_rows):
+        if only_rows is not None:
+            if row_no > last:
+                return
+            if not only_rows[row_no]:
+                continue
+        if row_no in skip_rows:
+            continue
+        try:
+            if isinstance(row, ValueError):
+                raise row
+            ticket_id = _row_id(row, id_field)
+        except ValueError as exc:
+            raise TicketError(f"{path}: {describe_row(row_no, line)}: {exc}") from None
+        yield Ticket(id=ticket_id, fields=row, line=row_no)
+
+
+def _scan_rows(path: Path, fmt: str, id_field: str, templates: Sequence[PromptTemplate], *,
+               max_problems: int | None, max_line_bytes: int | None, done_ids: Container[str],
+               failed_ids: Container[str], limit: int | None, keep_ids: bool) -> InputScan:
+    """scan_input for CSV, TSV and Parquet (see scan_input): rows instead of lines."""
+    sha256, size = file_digest(path)
+    _check_columns(path, fmt, id_field)
+    scan = InputScan(path=path, dispatch=bytearray(1), unit="row", sha256=sha256, size=size)
+    seen: dict[str, int] = {}
+    ids: list[str | None] | None = [] if keep_ids else None
+
+    def problem(row_no: int, line: int | None, reason: str) -> None:
+        scan.problem_count += 1
+        scan.bad_lines.add(row_no)
+        if max_problems is None or len(scan.problems) < max_problems:
+            scan.problems.append(LineProblem(row_no, reason if line is None else f"(line {line}) {reason}"))
+
+    for row_no, line, row in iter_rows(path, fmt, max_field_bytes=max_line_bytes or MAX_LINE_BYTES):
+        if ids is not None:
+            ids.append(None)
+        if isinstance(row, ValueError):
+            problem(row_no, line, str(row))
+            continue
+        try:
+            ticket_id = _row_id(row, id_field)
+        except ValueError as exc:
+            problem(row_no, line, str(exc))
+            continue
+        if ticket_id in seen:
+            problem(row_no, line, f"duplicate id {ticket_id!r} (first on row {seen[ticket_id]})")
+            continue
+        seen[ticket_id] = row_no
+        missing = None
+        for template in templates:
+            missing = template.missing_field(row)
+            if missing is not None:
+                break
+        if missing is not None:
+            problem(row_no, line, f"ticket {ticket_id!r} has no field {missing!r} used by the prompt")
+            continue
+        if ids is not None:
+            ids[-1] = ticket_id
+        scan.select(row_no, ticket_id, done_ids, failed_ids, limit)
+    scan.ids = ids
+    return scan
+
+
 def file_digest(path: Path) -> tuple[str, int]:
     """(sha256, size) of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
@@ -305,7 +419,7 @@ def scan_from_index(
     """The InputScan a full `scan_input` would give, from a saved index of
     the same bytes (the caller checks sha256 and key): no line is parsed."""
     scan = InputScan(path=path, size=index["size"], sha256=index["sha256"], dispatch=bytearray(1),
-                     problem_count=index["problem_count"])
+                     problem_count=index["problem_count"], unit=index.get("unit", "line"))
     problems = index["problems"]
     scan.problems = [LineProblem(line, reason) for line, reason in
                      (problems if max_problems is None else problems[:max_problems])]

@@ -103,3 +103,28 @@ def cli_env() -> dict[str, str]:
 
 def batchrun_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "batchrun.cli", *args]
+
+
+class InvokeResult:
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def invoke_cli(*args: str, key: str = "sim-key") -> InvokeResult:
+    """`batchrun ARGS` in this process (click's runner), so litellm is imported once per test
+    session rather than once per command; worker processes (--workers 2) are real all the same.
+    The job's BATCHRUN_TEST_KEY is set for the call only."""
+    from click.testing import CliRunner
+
+    from batchrun.cli import main
+
+    saved = os.environ.get("BATCHRUN_TEST_KEY")
+    os.environ["BATCHRUN_TEST_KEY"] = key
+    try:
+        result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    finally:
+        if saved is None:
+            os.environ.pop("BATCHRUN_TEST_KEY", None)
+        else:
+            os.environ["BATCHRUN_TEST_KEY"] = saved
+    return InvokeResult(result.exit_code, result.stdout, result.stderr)

@@ -136,6 +136,8 @@ class _WorkersType(click.ParamType):
               help="Worker processes, N or auto [default: the job's `workers`; auto = one per core for big runs].")
 @click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True),
               help="Stop dispatching before the run directory's total cost would pass this.")
+@click.option("--cache/--no-cache", "cache", default=None,
+              help="Reuse answers already obtained for the same request [default: the job's `cache`].")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
 @click.option("--progress-every", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
               metavar="SECONDS", help="Without a progress bar (cron, a log file): one plain progress line "
@@ -147,8 +149,8 @@ class _WorkersType(click.ParamType):
               help="Also write the log here (API keys scrubbed).")
 def run_command(job_file: Path, input_path: Path | None, concurrency: int | None, limit: int | None,
         run_dir: Path | None, model: str | None, api_base: str | None, live: bool, skip_failed: bool,
-        force: bool, grace: float, workers: int | str | None, max_cost_usd: float | None, progress: bool | None,
-        progress_every: float, as_json: bool, verbose: int, log_file: Path | None) -> None:
+        force: bool, grace: float, workers: int | str | None, max_cost_usd: float | None, cache: bool | None,
+        progress: bool | None, progress_every: float, as_json: bool, verbose: int, log_file: Path | None) -> None:
     """Run JOB_FILE over its tickets, or resume it where it stopped.
 
     Ids already in the run directory's results.jsonl are never requested again.
@@ -164,7 +166,7 @@ def run_command(job_file: Path, input_path: Path | None, concurrency: int | None
     try:
         job = load_job(job_file).with_overrides(
             input=input_path, concurrency=concurrency, run_dir=run_dir, model=model, api_base=api_base,
-            workers=workers)
+            workers=workers, cache=cache)
         use_sim = job.simulator is not None and not live and api_base is None
         jobs = [job.for_model(entry) for entry in job.models] if job.compare_mode else [job]
         targets = {each.name: provider_targets(each, use_sim, secrets) for each in jobs}  # keys checked up front

@@ -79,6 +79,8 @@ def format_status(status: dict[str, Any]) -> str:
         ("total tokens", f"{status['total_tokens']:,}"),
         ("cost (all runs)", usd(status['cost_usd'])
          + (f" ({status['unpriced_results']} unpriced)" if status["unpriced_results"] else "")),
+        *([("reused answers (all runs)", f"{status['cache_hits']:,}, {usd(status['cost_saved_usd'])} saved")]
+          if status.get("cache_hits") else []),
     ]
     if status["error"]:
         rows.append(("error", status["error"]))

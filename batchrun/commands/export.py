@@ -1,0 +1,38 @@
+"""`batchrun export RUN_DIR`: one row per ticket, in input order (the work is export.export_run)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+EXPORT_EXAMPLES = """
+\b
+Examples:
+  batchrun export runs/classify_tickets                      # runs/classify_tickets/export.jsonl
+  batchrun export runs/classify_tickets --format csv --with-input --out answers.csv
+  batchrun export runs/compare_models --format parquet       # one column group per model
+"""
+
+
+@click.command(name="export", epilog=EXPORT_EXAMPLES)
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet"]), default="jsonl", show_default=True,
+              help="Output format (parquet needs batchrun[parquet]).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file [default: RUN_DIR/export.<format>].")
+@click.option("--with-input", is_flag=True, help="Add the input row's fields to each row.")
+def export_command(run_dir: Path, fmt: str, out: Path | None, with_input: bool) -> None:
+    """Write one row per ticket of RUN_DIR, in input order: answer, usage, cost, attempts, errors."""
+    from batchrun.errors import BatchrunError
+    from batchrun.export import export_run
+
+    try:
+        result = export_run(run_dir, out, fmt, with_input=with_input)
+    except BatchrunError as exc:
+        click.echo(f"batchrun: error: {exc}", err=True)
+        sys.exit(int(exc.exit_code))
+    groups = f" ({len(result.models)} models)" if result.models != ("",) else ""
+    click.echo(f"batchrun: wrote {result.rows:,} ticket(s){groups} to {result.path}: {result.done:,} done, "
+               f"{result.failed:,} failed, {result.pending:,} pending")
