@@ -196,6 +196,15 @@ class PricesSpec(_Section):
 
     input_per_million: float = Field(ge=0)
     output_per_million: float = Field(ge=0)
+    # batch mode (mode = "batch"): the Batch API's price; when unset, half the prices above
+    batch_input_per_million: float | None = Field(None, ge=0)
+    batch_output_per_million: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _batch_pair(self) -> "PricesSpec":
+        if (self.batch_input_per_million is None) != (self.batch_output_per_million is None):
+            raise ValueError("batch_input_per_million and batch_output_per_million go together")
+        return self
 
 
 class SimModelProfile(_Section):
