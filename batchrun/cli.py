@@ -126,7 +126,22 @@ def sim_config(job: Any) -> Any:
                      seed=spec.seed, rpm=spec.rpm, tpm=spec.tpm, capacity=spec.capacity,
                      overload_ms=spec.overload_ms, faults=tuple(faults),
                      model_profiles=tuple((name, p.noise, spec.latency_ms if p.latency_ms is None else p.latency_ms)
-                                          for name, p in spec.model_profiles.items()))
+                                          for name, p in spec.model_profiles.items()),
+                     batch_time_scale=spec.batch_time_scale, batch_duration_s=spec.batch_duration_s,
+                     batch_faults=tuple(_batch_faults(spec.batch_faults)))
+
+
+def _batch_faults(rules: list[dict[str, Any]]) -> list[Any]:
+    from batchrun.errors import JobSpecError
+    from batchrun.sim.batch_faults import BatchFault
+
+    out = []
+    for index, rule in enumerate(rules):
+        try:
+            out.append(BatchFault.from_mapping(rule))
+        except (TypeError, ValueError) as exc:
+            raise JobSpecError(f"invalid job: field `simulator.batch_faults[{index}]`: {exc}") from None
+    return out
 
 
 @main.command(epilog=RUN_EXAMPLES)
@@ -150,27 +165,36 @@ def sim_config(job: Any) -> Any:
 @click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True),
               help="Stop dispatching before the run directory's total cost would pass this.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
+@click.option("--mode", type=click.Choice(["online", "batch"]),
+              help="online: one call per ticket; batch: the provider's Batch API, about half price, "
+                   "answers within 24 h [default: the job's `mode`].")
+@click.option("--no-wait", is_flag=True, help="Batch mode: submit and exit (state `submitted`); the same "
+                                              "command later collects without resubmitting.")
+@click.option("--finish-online", is_flag=True, help="Batch mode: cancel parts still running (keeping what they "
+                                                    "answered) and send the tickets left online now.")
 @click.option("-v", "--verbose", count=True, help="-v: log retries and failures; -vv: debug (litellm too).")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the log here (API keys scrubbed).")
 def run(job_file: Path, input_path: Path | None, concurrency: int | None, limit: int | None,
         run_dir: Path | None, model: str | None, api_base: str | None, live: bool, skip_failed: bool,
         force: bool, grace: float, workers: int | None, max_cost_usd: float | None, progress: bool | None,
-        verbose: int, log_file: Path | None) -> None:
+        mode: str | None, no_wait: bool, finish_online: bool, verbose: int, log_file: Path | None) -> None:
     """Run JOB_FILE over its tickets, or resume it where it stopped.
 
     Ids already in the run directory's results.jsonl are never requested again.
     A job with a [simulator] section runs against the embedded simulator unless
     --live or --api-base is given.
     """
-    from batchrun.errors import BatchrunError, redact_secrets
+    from batchrun.errors import BatchrunError, JobSpecError, redact_secrets
     from batchrun.spec import load_job
 
     secrets: list[str] = []
     try:
         job = load_job(job_file).with_overrides(
             input=input_path, concurrency=concurrency, run_dir=run_dir, model=model, api_base=api_base,
-            workers=workers)
+            workers=workers, mode=mode)
+        if (no_wait or finish_online) and job.mode != "batch":
+            raise JobSpecError("--no-wait and --finish-online are for batch mode (mode = \"batch\" or --mode batch)")
         use_sim = job.simulator is not None and not live and api_base is None
         jobs = [job.for_model(entry) for entry in job.models] if job.compare_mode else [job]
         targets = {each.name: _targets(each, use_sim, secrets) for each in jobs}  # keys checked up front
@@ -184,7 +208,14 @@ def run(job_file: Path, input_path: Path | None, concurrency: int | None, limit:
                 from batchrun.sim.process import start_simulator
 
                 sim_url = stack.enter_context(start_simulator(sim_config(job))).base_url
-            codes = [_run(each, job_file, targets[each.name], sim_url, **options) for each in jobs]
+            if job.mode == "batch":
+                from batchrun.commands.batch_run import run_batch
+
+                scale = job.simulator.batch_time_scale if use_sim else 1.0
+                codes = [run_batch(each, job_file, targets[each.name], sim_url, scale, no_wait=no_wait,
+                                   finish_online=finish_online, online=_run, **options) for each in jobs]
+            else:
+                codes = [_run(each, job_file, targets[each.name], sim_url, **options) for each in jobs]
         if job.compare_mode:
             _print_comparison(job, jobs)
         code = max(codes, key=lambda c: (c != 0, c))

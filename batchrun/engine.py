@@ -88,7 +88,7 @@ from batchrun.limits import AdaptiveConcurrency, CostBudget, RateLimiter, Reques
 from batchrun.ticket_runner import utc_now
 from batchrun.workers import InlineExecutor, ProcessExecutor, WorkerCrashedError, WorkerPool
 
-__all__ = ["PreparedRun", "RunResult", "execute_run", "prepare_run", "render_messages"]
+__all__ = ["PreparedRun", "RunResult", "build_manifest", "execute_run", "prepare_run", "render_messages"]
 
 MAX_HISTORY = 100  # runs remembered in manifest.json
 FAIL_FAST_KINDS = frozenset({"auth", "permission", "not_found"})
@@ -267,6 +267,9 @@ def _manifest(prep: PreparedRun, stats: RunStats, failed_ids: set[str], state: s
         "summary": summary,
         "history": history,
     }
+
+
+build_manifest = _manifest  # the manifest of a run (batch mode writes the same one)
 
 
 class _Run:
