@@ -114,6 +114,7 @@ OVERDUE_FACTOR = 1.1  # a batch still running after this many windows is cancell
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 LIVE = frozenset({"built", "uploaded", "submitted", "collecting", "failures_ready"})
 WRITE_EVERY = 256  # result lines per write
+LIST_PAGE = 100  # batches per alist_batches page (OpenAI's maximum)
 
 
 class _Stop(Exception):
@@ -495,7 +496,7 @@ class _BatchRun:
         want = self._metadata(part)
         after = None
         while True:
-            page = await self._retrying("list batches", lambda: api.list_batches(after=after, limit=100))
+            page = await self._retrying("list batches", lambda: api.list_batches(after=after, limit=LIST_PAGE))
             for batch in page.get("data") or []:
                 metadata = batch.get("metadata") or {}
                 if all(metadata.get(k) == v for k, v in want.items()) and batch.get("status") != "cancelled":
@@ -551,8 +552,7 @@ class _BatchRun:
                             part["note"] = "still running past its window: cancelled, answers so far kept"
                         part["cancel_requested"] = True
                         self.ledger.save()
-                        await self._retrying(f"part {part['number']}: cancel",
-                                             lambda: api.cancel_batch(part["batch_id"]))
+                        await self._cancel(api, part)
             self._update_bar()
             if progressed and not self.stop_submitting:
                 await self.build_parts()  # retries of what was just collected
@@ -560,6 +560,17 @@ class _BatchRun:
                 continue
             await anyio.sleep(delay)
             delay = min(delay * 1.5, self.job.batch_poll_max_s)
+
+    async def _cancel(self, api: LiteLLMBatchAPI, part: Mapping[str, Any]) -> None:
+        """Ask for a cancel; a batch that finished meanwhile (409) is simply collected next poll."""
+        async def cancel() -> Any:
+            try:
+                return await api.cancel_batch(part["batch_id"])
+            except RequestError as exc:
+                if exc.status_code == 409:
+                    return None
+                raise
+        await self._retrying(f"part {part['number']}: cancel", cancel)
 
     def _overdue(self, part: Mapping[str, Any]) -> bool:
         submitted = part.get("submitted_at")

@@ -900,7 +900,17 @@ class LiteLLMBatchAPI:
         try:
             return await getattr(self._litellm, name)(*args, **{**self._kwargs(), **kwargs})
         except Exception as exc:  # cancellation passes through
-            raise translate_error(exc, self._secrets) from None
+            error = translate_error(exc, self._secrets)
+            # litellm's file and batch functions wrap some HTTP errors in BadRequestError: go by the status
+            if isinstance(error, TerminalError) and error.status_code == 429:
+                error = RateLimitedError(error.message, kind="rate_limited", status_code=429,
+                                         retry_after=_parse_retry_after(_headers_of(exc)),
+                                         error_type=error.error_type)
+            elif isinstance(error, TerminalError) and error.status_code is not None and (
+                    error.status_code >= 500 or error.status_code == 408):
+                error = RetryableError(error.message, kind="server_error", status_code=error.status_code,
+                                       error_type=error.error_type)
+            raise error from None
 
     @staticmethod
     def _plain(obj: Any) -> dict[str, Any]:
