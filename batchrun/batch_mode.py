@@ -621,7 +621,6 @@ class _BatchRun:
                     if len(ready) >= WRITE_EVERY:
                         await self._write(ready)
                         ready = []
-                        _crash_point("writing")
                 else:
                     failures.append(orjson.dumps(failure) + b"\n")
         await self._write(ready)
@@ -684,6 +683,7 @@ class _BatchRun:
         if not outcomes:
             return
         written = await self.writer.write_batch(outcomes)
+        _crash_point("writing")
         for outcome in written:
             self.stats.record(outcome)
             if outcome.ok:
