@@ -207,7 +207,13 @@ def run(job_file: Path, input_path: Path | None, concurrency: int | None, limit:
             if use_sim:
                 from batchrun.sim.process import start_simulator
 
-                sim_url = stack.enter_context(start_simulator(sim_config(job))).base_url
+                config = sim_config(job)
+                if job.mode == "batch":  # batches outlive this simulator: --no-wait, then collect
+                    import dataclasses
+
+                    config = dataclasses.replace(config, batch_state_dir=str(
+                        (job.resolved_run_dir() / "simulator-batches").resolve()))
+                sim_url = stack.enter_context(start_simulator(config)).base_url
             if job.mode == "batch":
                 from batchrun.commands.batch_run import run_batch
 

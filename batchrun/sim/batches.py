@@ -68,6 +68,8 @@ from batchrun.sim.batch_faults import BatchFault
 from batchrun.sim.config import SimConfig
 
 WINDOWS = {"24h": 86400.0}
+FINISHED = frozenset({"completed", "failed", "expired", "cancelled"})
+STATE_FILE = "state.json"
 BLOCK_LINES = 64  # lines answered between clock checks; each block's output order is reversed
 MAX_LIST_LIMIT = 100
 
@@ -172,12 +174,65 @@ class BatchSimulator:
         self.order: list[str] = []  # batch ids, oldest first
         self.calls: dict[str, int] = {}
         self.lines_by_ticket: dict[str, int] = {}
-        self._t0 = time.monotonic()
-        self._epoch0 = time.time()
+        self._real0 = time.time()
+        self._epoch0 = self._real0
         self._next = 0
         self._prefix = os.urandom(3).hex()
+        self.state_dir = Path(config.batch_state_dir) if config.batch_state_dir else None
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self.directory = self.state_dir
+            self._load()
 
     # -- wiring --------------------------------------------------------------------
+
+    # -- persistence (batch_state_dir) --------------------------------------------------
+
+    def _load(self) -> None:
+        """Pick up the files and batches a previous simulator left in batch_state_dir;
+        batches it left unfinished are processed again from their first line."""
+        assert self.state_dir is not None
+        try:
+            state = orjson.loads((self.state_dir / STATE_FILE).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return
+        self._epoch0, self._real0 = state["epoch0"], state["real0"]
+        self._next = state["next"]
+        self._prefix = state["prefix"]
+        self.calls = state.get("calls", {})
+        self.lines_by_ticket = state.get("lines_by_ticket", {})
+        for item in state["files"]:
+            self.files[item["id"]] = SimFile(**{**item, "path": self.state_dir / item["id"]})
+        for item in state["batches"]:
+            batch = SimBatch(**item)
+            self.batches[batch.id] = batch
+            self.order.append(batch.id)
+        self._resume = [b for b in self.batches.values() if b.status not in FINISHED]
+
+    def save(self) -> None:
+        """Write the state (files, batches, counters) to batch_state_dir, atomically."""
+        if self.state_dir is None:
+            return
+        state = {
+            "epoch0": self._epoch0, "real0": self._real0, "next": self._next, "prefix": self._prefix,
+            "calls": self.calls, "lines_by_ticket": self.lines_by_ticket,
+            "files": [{k: v for k, v in vars(f).items() if k != "path"} for f in self.files.values()],
+            "batches": [{k: v for k, v in vars(self.batches[i]).items() if k != "task"} for i in self.order],
+        }
+        tmp = self.state_dir / (STATE_FILE + ".tmp")
+        tmp.write_bytes(orjson.dumps(state))
+        os.replace(tmp, self.state_dir / STATE_FILE)
+
+    async def _on_startup(self, app: web.Application) -> None:
+        for batch in getattr(self, "_resume", []):
+            batch.completed = batch.failed = 0
+            batch.output_file_id = batch.error_file_id = None
+            batch.status = "cancelled" if batch.cancel_requested else "validating"
+            if batch.status == "cancelled":
+                batch.times["cancelled_at"] = int(self.now())
+                continue
+            batch.task = asyncio.get_running_loop().create_task(self._process(batch))
+        self.save()
 
     def install(self, app: web.Application) -> None:
         router = app.router
@@ -189,6 +244,7 @@ class BatchSimulator:
         router.add_get("/v1/batches/{batch_id}", self.retrieve)
         router.add_post("/v1/batches/{batch_id}/cancel", self.cancel)
         router.add_get("/sim/batch_stats", self.stats)
+        app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._cleanup)
 
     async def _cleanup(self, app: web.Application) -> None:
@@ -201,14 +257,15 @@ class BatchSimulator:
                     await batch.task
                 except (asyncio.CancelledError, Exception):
                     pass
-        if self.directory is not None:
+        self.save()
+        if self.directory is not None and self.state_dir is None:
             shutil.rmtree(self.directory, ignore_errors=True)
 
     # -- helpers -------------------------------------------------------------------
 
     def now(self) -> float:
         """The batch clock: epoch seconds running batch_time_scale times faster than real time."""
-        return self._epoch0 + (time.monotonic() - self._t0) * self.config.batch_time_scale
+        return self._epoch0 + (time.time() - self._real0) * self.config.batch_time_scale
 
     def real_seconds(self, simulated: float) -> float:
         return max(0.0, simulated / self.config.batch_time_scale)
@@ -285,6 +342,7 @@ class BatchSimulator:
         if purpose is None:
             return _error(400, "Missing required parameter: 'purpose'.")
         sim_file.purpose = purpose
+        self.save()
         return web.json_response(sim_file.to_dict(), dumps=lambda o: orjson.dumps(o).decode())
 
     async def retrieve_file(self, request: web.Request) -> web.Response:
@@ -337,6 +395,7 @@ class BatchSimulator:
         self.batches[batch.id] = batch
         self.order.append(batch.id)
         batch.task = asyncio.get_running_loop().create_task(self._process(batch))
+        self.save()
         if isinstance(fault, BatchFault):  # create_lost: made, but the client never hears of it
             return _error(500, "The server had an error while processing your request (simulated fault)",
                           "server_error")
@@ -362,6 +421,7 @@ class BatchSimulator:
             batch.cancel_requested = True
             batch.status = "cancelling"
             batch.times["cancelling_at"] = int(self.now())
+            self.save()
         elif batch.status not in ("cancelling", "cancelled"):
             return _error(409, f"Cannot cancel a batch with status '{batch.status}'.")
         return web.json_response(batch.to_dict(), dumps=lambda o: orjson.dumps(o).decode())
@@ -446,6 +506,7 @@ class BatchSimulator:
     async def _process(self, batch: SimBatch) -> None:
         try:
             await self._run(batch)
+            self.save()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug: fail the batch as a provider would, visibly
@@ -453,6 +514,7 @@ class BatchSimulator:
             batch.errors = {"object": "list", "data": [{"code": "simulator_error", "message": repr(exc),
                                                         "param": None, "line": None}]}
             batch.times["failed_at"] = int(self.now())
+            self.save()
 
     async def _run(self, batch: SimBatch) -> None:
         fault = self._batch_fault(batch)
@@ -472,6 +534,7 @@ class BatchSimulator:
         batch.total = count
         batch.status = "in_progress"
         batch.times["in_progress_at"] = int(self.now())
+        self.save()
         kind = fault.kind if fault is not None else None
         stop_after = None  # lines answered before an expire/slow fault stops the batch
         if kind == "expire":

@@ -128,6 +128,8 @@ def _profile(value: str) -> tuple[str, float, float]:
     help="Batch API fault KIND[:key=value,...] (invalid, expire, fail_lines, all_failed, slow, 429, 500, 503, "
          "create_lost); repeatable. Example: expire:batches=1,rate=0.3",
 )
+@click.option("--batch-state-dir", type=click.Path(file_okay=False), default=None,
+              help="Batch API: keep files and batches in this directory across restarts (default: a temporary one).")
 @click.option(
     "--exit-on-stdin-eof",
     is_flag=True,
@@ -151,6 +153,7 @@ def sim_command(
     batch_time_scale: float,
     batch_duration_s: float,
     batch_faults: tuple,
+    batch_state_dir: str | None,
     exit_on_stdin_eof: bool,
 ) -> None:
     """Run an OpenAI-compatible chat completions simulator.
@@ -175,6 +178,7 @@ def sim_command(
         batch_time_scale=batch_time_scale,
         batch_duration_s=batch_duration_s,
         batch_faults=batch_faults,
+        batch_state_dir=batch_state_dir,
     )
     try:
         asyncio.run(run_simulator(config, host, port, exit_on_stdin_eof=exit_on_stdin_eof))

@@ -94,6 +94,10 @@ class SimConfig:
     batch_duration_s: float = 1800.0
     # Batch API fault rules (batchrun.sim.batch_faults): mappings or spec strings accepted.
     batch_faults: tuple[BatchFault, ...] = ()
+    # Batch API: a directory that keeps files and batches across simulator restarts (None: a
+    # temporary one, removed at exit). `batchrun run` of a batch-mode job against the embedded
+    # simulator uses <run_dir>/simulator-batches, so `--no-wait` and a later collect work.
+    batch_state_dir: str | None = None
 
     def profile(self, model: str | None) -> tuple[float | None, float]:
         """(noise rate or None for the default, base latency ms) for a requested model name."""
@@ -157,6 +161,8 @@ class SimConfig:
                  "--batch-duration-s", repr(float(self.batch_duration_s))]
         for rule in self.batch_faults:
             args += ["--batch-fault", rule.to_spec()]
+        if self.batch_state_dir is not None:
+            args += ["--batch-state-dir", str(self.batch_state_dir)]
         return args
 
     @classmethod
@@ -177,6 +183,7 @@ class SimConfig:
             batch_time_scale=params.get("batch_time_scale", cls.batch_time_scale),
             batch_duration_s=params.get("batch_duration_s", cls.batch_duration_s),
             batch_faults=tuple(params.get("batch_faults") or ()),
+            batch_state_dir=params.get("batch_state_dir"),
         )
 
 
