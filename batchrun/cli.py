@@ -22,6 +22,7 @@ import click
 
 from batchrun import __version__
 from batchrun.bench import bench_command
+from batchrun.commands.cancel import cancel_command
 from batchrun.diffing import diff_command
 from batchrun.grading import report_command
 from batchrun.plan import plan_command
@@ -395,6 +396,7 @@ main.add_command(bench_command, name="bench")
 main.add_command(plan_command, name="plan")
 main.add_command(report_command, name="report")
 main.add_command(diff_command, name="diff")
+main.add_command(cancel_command, name="cancel")
 
 if __name__ == "__main__":  # pragma: no cover
     main()

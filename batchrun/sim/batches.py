@@ -496,12 +496,12 @@ class BatchSimulator:
                                                    "param": None, "line": None}]}
         return count, None
 
-    async def _sleep_until(self, when: float) -> None:
-        while True:
+    async def _sleep_until(self, when: float, batch: SimBatch) -> None:
+        while not batch.cancel_requested:
             left = when - self.now()
             if left <= 0:
                 return
-            await asyncio.sleep(min(self.real_seconds(left), 0.5))
+            await asyncio.sleep(min(self.real_seconds(left), 0.05))
 
     async def _process(self, batch: SimBatch) -> None:
         try:
@@ -562,7 +562,7 @@ class BatchSimulator:
                     index += 1
                     if len(block) >= BLOCK_LINES:
                         self._flush(batch, block, out, err)
-                        await self._sleep_until(started + per_line * index)
+                        await self._sleep_until(started + per_line * index, batch)
                         if batch.cancel_requested:
                             cancelled = True
                             break
@@ -586,7 +586,7 @@ class BatchSimulator:
                                     "error": {"code": "batch_expired", "message": "This request could not be "
                                               "executed before the completion window expired."}}) + b"\n")
                 if not cancelled and not batch.cancel_requested:
-                    await self._sleep_until(started + self.config.batch_duration_s)
+                    await self._sleep_until(started + self.config.batch_duration_s, batch)
                 cancelled = cancelled or batch.cancel_requested
         finally:
             batch.output_file_id = out.close()
