@@ -304,6 +304,23 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
         if max_tokens is not None:
             ceiling = input_tokens * in_rate + max_tokens * to_do * out_rate
 
+    batch = None
+    if job.mode == "batch":  # the Batch API's price next to the online one (docs/batch.md)
+        from batchrun.provider import LiteLLMBatchAPI
+
+        prices = LiteLLMBatchAPI(model=entry.model, prices=entry.prices).batch_prices()
+        batch = {"window": "24h", "price_source": None if prices is None else prices.status,
+                 "online_cost_usd": None if cost is None else round(cost, 6),
+                 "input_per_million_usd": None if prices is None else round(prices.input_per_token * 1e6, 6),
+                 "output_per_million_usd": None if prices is None else round(prices.output_per_token * 1e6, 6),
+                 "parts": math.ceil(to_do / job.batch_max_requests) if to_do else 0}
+        if prices is None:
+            cost = ceiling = None
+        else:
+            cost = input_tokens * prices.input_per_token + output_tokens * prices.output_per_token
+            if max_tokens is not None:
+                ceiling = input_tokens * prices.input_per_token + max_tokens * to_do * prices.output_per_token
+
     if finished["median_latency_ms"] is not None:
         latency_ms, latency_source = finished["median_latency_ms"], "finished"
     else:
@@ -350,6 +367,7 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
                   "output_per_million_usd": None if out_rate is None else round(out_rate * 1e6, 6)},
         "cost_usd": None if cost is None else round(cost, 6),
         "ceiling_usd": None if ceiling is None else round(ceiling, 6),
+        "batch": batch,  # batch mode: cost_usd above is at the batch price; the online price is here
         "spent_usd": round(finished["spent_usd"], 6),
         "duration": {"seconds": round(bounds[bound], 3), "bound": bound,
                      "bounds_s": {k: round(v, 3) for k, v in bounds.items()},
@@ -509,6 +527,14 @@ def _format_row(r: Mapping[str, Any], single: bool = True) -> list[str]:
                     + (f" ({others})" if others else ""))
     rows = [("tickets", counts), ("input tokens", in_text), ("output tokens", out_text), ("price", price),
             ("expected cost", cost)]
+    if r.get("batch"):
+        b = r["batch"]
+        rows[3] = ("price", price + " (online)")
+        rows.append(("batch mode", f"{_per_million(b['input_per_million_usd'])} in / "
+                     f"{_per_million(b['output_per_million_usd'])} out per million tokens "
+                     f"({b['price_source'] or 'unpriced'}); expected cost above is at this price, "
+                     f"{_usd(b['online_cost_usd']) if b['online_cost_usd'] is not None else 'unknown'} online; "
+                     f"{b['parts']} part(s), answers within the {b['window']} window"))
     if r["route"] is None:  # a routed job's models share one run directory: its spend is in the budget line
         rows.append(("already spent", f"{_usd(r['spent_usd'])} in this run directory"))
     rows.append(("duration", duration + (" (if it had the job's slots to itself)" if r["route"] is not None
@@ -602,10 +628,12 @@ Exit codes: 0 plan printed; 2 bad job file or input (nothing would be sent);
 @click.option("--assume-latency-ms", type=click.FloatRange(min=0, min_open=True),
               default=DEFAULT_ASSUMED_LATENCY_MS, show_default=True,
               help="Latency per request when the run directory has no finished results to measure.")
+@click.option("--mode", type=click.Choice(["online", "batch"]),
+              help="Forecast online calls or the Batch API (batch price next to online) [default: the job's].")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan_command(job_file: Path, input_path: Path | None, limit: int | None, run_dir: Path | None,
                  model: str | None, concurrency: int | None, skip_failed: bool, max_cost_usd: float | None,
-                 sample: int | None, assume_latency_ms: float, as_json: bool) -> None:
+                 sample: int | None, assume_latency_ms: float, mode: str | None, as_json: bool) -> None:
     """Forecast tickets, tokens, cost and duration of running JOB_FILE, sending nothing.
 
     Respects resume: what the run directory already holds is not counted.
@@ -617,7 +645,7 @@ def plan_command(job_file: Path, input_path: Path | None, limit: int | None, run
 
     try:
         job = load_job(job_file).with_overrides(input=input_path, run_dir=run_dir, model=model,
-                                                concurrency=concurrency)
+                                                concurrency=concurrency, mode=mode)
         plan = make_plan(job, job_path=job_file, limit=limit, skip_failed=skip_failed,
                          max_cost_usd=max_cost_usd, sample=sample, assume_latency_ms=assume_latency_ms)
     except BatchrunError as exc:

@@ -56,7 +56,15 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "finished_at": manifest.get("finished_at"),
         "error": manifest.get("error"),
         "last_summary": manifest.get("summary"),
+        "batch": _batch_parts(run_dir),
     }
+
+
+def _batch_parts(run_dir: Path) -> dict[str, Any] | None:
+    """A batch-mode run's parts (batches.json), or None."""
+    from batchrun.batch_mode import ledger_summary
+
+    return ledger_summary(run_dir)
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -78,6 +86,15 @@ def format_status(status: dict[str, Any]) -> str:
     ]
     if status["error"]:
         rows.append(("error", status["error"]))
+    batch = status.get("batch")
+    if batch:
+        for part in batch["parts"]:
+            counts = part.get("counts") or {}
+            rows.append((f"batch part {part['number']}", f"{part['state']} (provider: {part.get('status') or '-'}), "
+                         f"{part['tickets']:,} tickets, {counts.get('completed', 0):,} completed, "
+                         f"{counts.get('failed', 0):,} failed"
+                         + (f", {part['retry']:,} to resubmit" if part.get("retry") else "")
+                         + (f"; {part['note']}" if part.get("note") else "")))
     width = max(len(label) for label, _ in rows)
     text = "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
     if status["last_summary"]:
