@@ -265,6 +265,9 @@ class _BatchRun:
         self.no_wait = no_wait
         self.stop_submitting = stop_submitting  # --finish-online: cancel live parts, build none
         self.time_scale = time_scale
+        # a provider clock that runs faster (the simulator) is polled as often in its own time
+        self.poll_s = max(0.05, prep.job.batch_poll_s / time_scale)
+        self.poll_max_s = max(self.poll_s, prep.job.batch_poll_max_s / time_scale)
         self.progress = progress
         self.ledger = Ledger.load(prep.run_dir, prep.job.fingerprint_hash())
         self.writer = CheckpointWriter(prep.run_dir, prep.checkpoint.done_ids)
@@ -522,7 +525,7 @@ class _BatchRun:
                 await self._submit(part)
 
     async def wait_and_collect(self) -> None:
-        delay = self.job.batch_poll_s
+        delay = self.poll_s
         while True:
             open_parts = [p for p in self._live() if p["state"] == "submitted"]
             if not open_parts:
@@ -556,10 +559,10 @@ class _BatchRun:
             self._update_bar()
             if progressed and not self.stop_submitting:
                 await self.build_parts()  # retries of what was just collected
-                delay = self.job.batch_poll_s
+                delay = self.poll_s
                 continue
             await anyio.sleep(delay)
-            delay = min(delay * 1.5, self.job.batch_poll_max_s)
+            delay = min(delay * 1.5, self.poll_max_s)
 
     async def _cancel(self, api: LiteLLMBatchAPI, part: Mapping[str, Any]) -> None:
         """Ask for a cancel; a batch that finished meanwhile (409) is simply collected next poll."""
