@@ -97,6 +97,7 @@ from batchrun.errors import BatchrunError, CheckpointError, ExitCode, RequestErr
 from batchrun.provider import ChatRequest, LiteLLMBatchAPI
 from batchrun.records import Completion, Outcome
 from batchrun.retrying import build_retrying
+from batchrun.rundir import LIVE_PART_STATES as LIVE  # the part states still to finish (read side owns them)
 from batchrun.stats import RunStats
 from batchrun.ticket_runner import judge_answer, plan_for, utc_now
 from batchrun.tickets import read_tickets
@@ -112,7 +113,6 @@ WINDOW = "24h"
 WINDOW_S = 86400.0
 OVERDUE_FACTOR = 1.1  # a batch still running after this many windows is cancelled
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-LIVE = frozenset({"built", "uploaded", "submitted", "collecting", "failures_ready"})
 WRITE_EVERY = 256  # result lines per write
 LIST_PAGE = 100  # batches per alist_batches page (OpenAI's maximum)
 
@@ -201,15 +201,10 @@ class Ledger:
 
 
 def ledger_summary(run_dir: Path) -> dict[str, Any] | None:
-    """The parts of a run directory for `batchrun status` (None: not a batch run)."""
-    path = Path(run_dir) / LEDGER
-    if not path.exists():
-        return None
-    ledger = Ledger.load(run_dir)
-    parts = [{k: p.get(k) for k in ("number", "model_key", "state", "status", "tickets", "counts", "batch_id",
-                                     "retry", "note")} for p in ledger.parts if p["state"] != "discarded"]
-    return {"run_key": ledger.run_key, "parts": parts,
-            "live": sum(1 for p in parts if p["state"] in LIVE)}
+    """The parts of a run directory (None: not a batch run); read through rundir.py."""
+    from batchrun.rundir import batch_parts
+
+    return batch_parts(run_dir)
 
 
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
