@@ -55,7 +55,7 @@ def cancel_command(run_dir: Path, api_base: str | None) -> None:
         use_sim = manifest.get("endpoint") == "simulator" and api_base is None
         if api_base:
             job = job.with_overrides(api_base=api_base)
-        from batchrun.commands.run import _targets, sim_config  # the run command's own provider settings
+        from batchrun.api import provider_targets as _targets, sim_config  # the run command's own settings
 
         total = 0
         with contextlib.ExitStack() as stack:
