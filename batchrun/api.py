@@ -86,7 +86,22 @@ def sim_config(job: Any) -> Any:
                      seed=spec.seed, rpm=spec.rpm, tpm=spec.tpm, capacity=spec.capacity,
                      overload_ms=spec.overload_ms, faults=tuple(faults), scripts=tuple(scripts),
                      model_profiles=tuple((name, p.noise, spec.latency_ms if p.latency_ms is None else p.latency_ms)
-                                          for name, p in spec.model_profiles.items()))
+                                          for name, p in spec.model_profiles.items()),
+                     batch_time_scale=spec.batch_time_scale, batch_duration_s=spec.batch_duration_s,
+                     batch_faults=tuple(_batch_faults(spec.batch_faults)))
+
+
+def _batch_faults(rules: list[dict[str, Any]]) -> list[Any]:
+    """[[simulator.batch_faults]] as the simulator's rules (JobSpecError names a bad one)."""
+    from batchrun.sim.batch_faults import BatchFault
+
+    out = []
+    for index, rule in enumerate(rules):
+        try:
+            out.append(BatchFault.from_mapping(rule))
+        except (TypeError, ValueError) as exc:
+            raise JobSpecError(f"invalid job: field `simulator.batch_faults[{index}]`: {exc}") from None
+    return out
 
 
 def _key(env_name: str | None, use_sim: bool, secrets: list[str]) -> str | None:

@@ -25,6 +25,7 @@ from batchrun import __version__
 from batchrun.commands.bench import bench_command
 from batchrun.commands.cache import cache_command
 from batchrun.commands.export import export_command
+from batchrun.commands.cancel import cancel_command
 from batchrun.commands.diff import diff_command
 from batchrun.commands.init import init_command
 from batchrun.commands.plan import plan_command
@@ -44,6 +45,7 @@ main.add_command(run_command, name="run")
 main.add_command(status_command, name="status")
 main.add_command(report_command, name="report")
 main.add_command(diff_command, name="diff")
+main.add_command(cancel_command, name="cancel")
 main.add_command(plan_command, name="plan")
 main.add_command(bench_command, name="bench")
 main.add_command(sim_command, name="sim")

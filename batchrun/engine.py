@@ -104,7 +104,7 @@ from batchrun.limits import AdaptiveConcurrency, CostBudget, RateLimiter, Reques
 from batchrun.ticket_runner import utc_now
 from batchrun.workers import InlineExecutor, ProcessExecutor, WorkerCrashedError, WorkerPool
 
-__all__ = ["PreparedRun", "RunResult", "execute_run", "prepare_run", "render_messages"]
+__all__ = ["PreparedRun", "RunResult", "build_manifest", "execute_run", "prepare_run", "render_messages"]
 
 MAX_HISTORY = 100  # runs remembered in manifest.json
 FAIL_FAST_KINDS = frozenset({"auth", "permission", "not_found"})
@@ -396,6 +396,9 @@ def _shared_answer(leader: Outcome, ticket_id: str, run_number: int, route: str 
                            ttft_ms=None, rate_limit_headers=None),
         latency_ms=0.0, structured=leader.structured, model_key=leader.model_key, route=route,
     )
+
+
+build_manifest = _manifest  # the manifest of a run (batch mode writes the same one)
 
 
 class _Run:

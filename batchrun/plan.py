@@ -350,6 +350,23 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
         price_source = "finished"
         cost = finished["avg_result_cost_usd"] * to_do
 
+    batch = None
+    if job.mode == "batch":  # the Batch API's price next to the online one (docs/batch.md)
+        from batchrun.provider import LiteLLMBatchAPI
+
+        prices = LiteLLMBatchAPI(model=entry.model, prices=entry.prices).batch_prices()
+        batch = {"window": "24h", "price_source": None if prices is None else prices.status,
+                 "online_cost_usd": None if cost is None else round(cost, 6),
+                 "input_per_million_usd": None if prices is None else round(prices.input_per_token * 1e6, 6),
+                 "output_per_million_usd": None if prices is None else round(prices.output_per_token * 1e6, 6),
+                 "parts": math.ceil(to_do / job.batch_max_requests) if to_do else 0}
+        if prices is None:
+            cost = ceiling = None
+        else:
+            cost = input_tokens * prices.input_per_token + output_tokens * prices.output_per_token
+            if max_tokens is not None:
+                ceiling = input_tokens * prices.input_per_token + max_tokens * to_do * prices.output_per_token
+
     if finished["median_latency_ms"] is not None:
         latency_ms, latency_source = finished["median_latency_ms"], "finished"
     else:
@@ -400,6 +417,7 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
                   "output_per_million_usd": None if out_rate is None else round(out_rate * 1e6, 6)},
         "cost_usd": None if cost is None else round(cost, 6),
         "ceiling_usd": None if ceiling is None else round(ceiling, 6),
+        "batch": batch,  # batch mode: cost_usd above is at the batch price; the online price is here
         "spent_usd": round(finished["spent_usd"], 6),
         "duration": {"seconds": round(bounds[bound], 3), "bound": bound,
                      "bounds_s": {k: round(v, 3) for k, v in bounds.items()},
@@ -572,6 +590,14 @@ def _format_row(r: Mapping[str, Any], single: bool = True) -> list[str]:
                     + (f" ({others})" if others else ""))
     rows = [("tickets", counts), ("input tokens", in_text), ("output tokens", out_text), ("price", price),
             ("expected cost", cost)]
+    if r.get("batch"):
+        b = r["batch"]
+        rows[3] = ("price", price + " (online)")
+        rows.append(("batch mode", f"{_per_million(b['input_per_million_usd'])} in / "
+                     f"{_per_million(b['output_per_million_usd'])} out per million tokens "
+                     f"({b['price_source'] or 'unpriced'}); expected cost above is at this price, "
+                     f"{usd(b['online_cost_usd']) if b['online_cost_usd'] is not None else 'unknown'} online; "
+                     f"{b['parts']} part(s), answers within the {b['window']} window"))
     if r["route"] is None:  # a routed job's models share one run directory: its spend is in the budget line
         rows.append(("already spent", f"{usd(r['spent_usd'])} in this run directory"))
     rows.append(("duration", duration + (" (if it had the job's slots to itself)" if r["route"] is not None

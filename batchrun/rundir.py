@@ -12,6 +12,7 @@
                                 what the last run was asked to do (asked,
                                 pending_asked) apart from the input not asked yet
     compare_status(path)        one run_status per model of a compare directory
+    batch_parts(run_dir)        a batch-mode run's parts (batches.json), or None
 
 Reading takes no lock, so it works while a run is writing: a torn last line is
 simply not counted yet. checkpoint.py is the write side (and owns the file
@@ -30,8 +31,11 @@ from batchrun.errors import BatchrunError, CheckpointError, ExitCode
 # checkpoint.py (and through it aiofiles and asyncio) is imported inside the functions,
 # so that `batchrun --help`, which imports the command modules, stays fast.
 
-__all__ = ["MODELS_DIR", "ReportError", "RunUnit", "compare_status", "find_units", "iter_jsonl", "read_manifest",
-           "run_status"]
+__all__ = ["MODELS_DIR", "ReportError", "RunUnit", "batch_parts", "compare_status", "find_units", "iter_jsonl",
+           "read_manifest", "run_status"]
+
+BATCH_LEDGER = "batches.json"  # batch_mode.py's ledger (written there, atomically)
+LIVE_PART_STATES = frozenset({"built", "uploaded", "submitted", "collecting", "failures_ready"})
 
 MODELS_DIR = "models"  # a compare directory: models/<key>/ run directories
 
@@ -209,4 +213,23 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "finished_at": manifest.get("finished_at"),
         "error": manifest.get("error"),
         "last_summary": manifest.get("summary"),
+        "batch": batch_parts(run_dir),
     }
+
+
+def batch_parts(run_dir: Path) -> dict[str, Any] | None:
+    """The parts of a batch-mode run directory (state, provider status, counts), or None."""
+    import orjson
+
+    path = Path(run_dir) / BATCH_LEDGER
+    try:
+        data = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read the batch ledger: {exc}") from None
+    parts = [{k: p.get(k) for k in ("number", "model_key", "state", "status", "tickets", "counts", "batch_id",
+                                     "retry", "note")}
+             for p in data.get("parts") or [] if p.get("state") != "discarded"]
+    return {"run_key": data.get("run_key"), "parts": parts,
+            "live": sum(1 for p in parts if p["state"] in LIVE_PART_STATES)}

@@ -87,6 +87,9 @@ _PARAM_HINTS = {
     "functions": "declare [[tools]] in the job",
     "function_call": "set `tool_choice` at the top of the job",
 }
+# Providers litellm 1.106 cannot create batches for: a batch-mode job naming one is refused at load.
+NO_BATCH_PROVIDERS = frozenset({"anthropic", "groq", "cohere", "gemini", "ollama", "together_ai", "deepseek",
+                                "fireworks_ai", "openrouter", "cerebras", "deepinfra"})
 _FIELD_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z_][A-Za-z0-9_\-]*)*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TOOL_CHOICE_WORDS = ("auto", "none", "required")
@@ -198,6 +201,15 @@ class PricesSpec(_Section):
 
     input_per_million: float = Field(ge=0)
     output_per_million: float = Field(ge=0)
+    # batch mode (mode = "batch"): the Batch API's price; when unset, half the prices above
+    batch_input_per_million: float | None = Field(None, ge=0)
+    batch_output_per_million: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _batch_pair(self) -> "PricesSpec":
+        if (self.batch_input_per_million is None) != (self.batch_output_per_million is None):
+            raise ValueError("batch_input_per_million and batch_output_per_million go together")
+        return self
 
 
 class SimModelProfile(_Section):
@@ -227,6 +239,12 @@ class SimulatorSpec(_Section):
     # [simulator.model_profiles] "sim-strong" = { noise = 0.02, latency_ms = 600 }: simulated models
     # that differ in accuracy and speed (keyed by the model name as sent, without "openai/")
     model_profiles: dict[str, SimModelProfile] = Field(default_factory=dict)
+    # Batch API (mode = "batch"): simulated seconds per real second (86400: a 24 h window in 1 s),
+    # the simulated seconds a batch takes, and [[simulator.batch_faults]] (kind, batches, rate,
+    # endpoint, calls: see batchrun/sim/batch_faults.py; checked when the run starts the simulator)
+    batch_time_scale: float = Field(3600.0, gt=0)
+    batch_duration_s: float = Field(1800.0, ge=0)
+    batch_faults: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class ToolFunctionSpec(_Section):
@@ -380,6 +398,12 @@ class JobSpec(_Section):
     tool_choice: str | dict[str, Any] | None = None
     # re-asks after an answer fails the output check; they count within retry.max_attempts
     max_invalid_output_retries: int = Field(2, ge=0, le=20)
+    # -- batch mode (docs/batch.md): the provider's Batch API, about half price, answers within 24 h
+    mode: Literal["online", "batch"] = "online"
+    batch_max_requests: int = Field(50_000, ge=1, le=1_000_000)  # requests per part (OpenAI: 50,000)
+    batch_max_bytes: int = Field(200_000_000, ge=1024)  # bytes per part's input file (OpenAI: 200 MB)
+    batch_poll_s: float = Field(30.0, gt=0)  # first wait between polls; grows by half up to ...
+    batch_poll_max_s: float = Field(600.0, gt=0)  # ... this
     simulator: SimulatorSpec | None = None
     # -- the response cache (docs/data.md): reuse an answer already obtained for the same request
     cache: bool = False  # look answers up before sending; store accepted answers
@@ -533,6 +557,21 @@ class JobSpec(_Section):
             defaults = [i for i, route in enumerate(self.routes) if route.default]
             if defaults != [len(self.routes) - 1]:
                 raise ValueError("routes: exactly one `default = true` rule, and it must come last")
+        return self
+
+    @model_validator(mode="after")
+    def _batch_checks(self) -> "JobSpec":
+        if self.mode != "batch":
+            return self
+        if self.batch_poll_s > self.batch_poll_max_s:
+            raise ValueError("batch_poll_s must not exceed batch_poll_max_s")
+        for model in [self.model] + [entry.model for entry in self.models]:
+            provider = model.split("/", 1)[0] if "/" in model else ("anthropic" if model.startswith("claude") else "")
+            if provider in NO_BATCH_PROVIDERS:
+                raise ValueError(
+                    f"mode = \"batch\": {model} cannot run in batch mode: litellm (the pinned version) has no "
+                    f"batch creation for {provider}; use mode = \"online\" for it, or a provider with a Batch "
+                    "API (openai, azure, vertex_ai, bedrock, mistral, xai, hosted_vllm, litellm_proxy)")
         return self
 
     @model_validator(mode="after")

@@ -77,7 +77,7 @@ from batchrun.spec import JobSpec
 
 log = logging.getLogger("batchrun")
 
-__all__ = ["AttemptHooks", "JobPlan", "plan_for", "run_chain", "run_ticket", "utc_now"]
+__all__ = ["AttemptHooks", "JobPlan", "judge_answer", "plan_for", "run_chain", "run_ticket", "utc_now"]
 
 
 #: The shortest timeout an attempt gets when the retry deadline is (nearly) reached.
@@ -153,6 +153,19 @@ def _judge(completion: Completion, plan: JobPlan) -> Mapping[str, Any] | None:
             raise TerminalError(f"the answer was cut at max_tokens (finish_reason length), so: {exc}",
                                 kind="truncated", error_type="Truncated") from None
         raise _InvalidOutput(str(exc)) from None
+
+
+def judge_answer(completion: Completion, job: JobSpec) -> Mapping[str, Any] | None:
+    """The online check of one answer, for answers that arrive another way (batch mode):
+    what it adds to the result line; raises TerminalError (content filter, truncation,
+    an invalid answer cut at max_tokens) or RetryableError kind invalid_output."""
+    plan = plan_for(job)
+    if plan.rules is None and completion.finish_reason not in _FLAGGED_FINISH:
+        return None
+    try:
+        return _judge(completion, plan)
+    except _InvalidOutput as exc:
+        raise RetryableError(str(exc), kind="invalid_output", error_type="InvalidOutput") from None
 
 
 def _log_retry(ticket_id: str) -> Any:

@@ -8,6 +8,13 @@ rendering: header lines, progress and logs on stderr; the summary on stdout
 `--progress-every` seconds instead of a bar. A compare job ends with one line
 per model (from `grading.build_report`). Logging (-v, -vv, --log-file) scrubs
 API keys from every record.
+
+A batch-mode job (`mode = "batch"` or `--mode batch`; docs/batch.md) goes to
+`_run_batch` instead: `batch_mode.execute_batch_run` with one
+`provider.LiteLLMBatchAPI` per model key, `--no-wait` (submit and exit, state
+`submitted`) and `--finish-online` (cancel and collect what is running, then
+the online path for the rest). Against the embedded simulator its batches
+are kept in <run_dir>/simulator-batches so a later command finds them.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import contextlib
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import click
@@ -139,6 +146,13 @@ class _WorkersType(click.ParamType):
 @click.option("--cache/--no-cache", "cache", default=None,
               help="Reuse answers already obtained for the same request [default: the job's `cache`].")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
+@click.option("--mode", type=click.Choice(["online", "batch"]),
+              help="online: one call per ticket; batch: the provider's Batch API, about half price, "
+                   "answers within 24 h [default: the job's `mode`].")
+@click.option("--no-wait", is_flag=True, help="Batch mode: submit and exit (state `submitted`); the same "
+                                              "command later collects without resubmitting.")
+@click.option("--finish-online", is_flag=True, help="Batch mode: cancel parts still running (keeping what they "
+                                                    "answered) and send the tickets left online now.")
 @click.option("--progress-every", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
               metavar="SECONDS", help="Without a progress bar (cron, a log file): one plain progress line "
                                       "on stderr this often.")
@@ -150,7 +164,8 @@ class _WorkersType(click.ParamType):
 def run_command(job_file: Path, input_path: Path | None, concurrency: int | None, limit: int | None,
         run_dir: Path | None, model: str | None, api_base: str | None, live: bool, skip_failed: bool,
         force: bool, grace: float, workers: int | str | None, max_cost_usd: float | None, cache: bool | None,
-        progress: bool | None, progress_every: float, as_json: bool, verbose: int, log_file: Path | None) -> None:
+        progress: bool | None, mode: str | None, no_wait: bool, finish_online: bool, progress_every: float,
+        as_json: bool, verbose: int, log_file: Path | None) -> None:
     """Run JOB_FILE over its tickets, or resume it where it stopped.
 
     Ids already in the run directory's results.jsonl are never requested again.
@@ -159,14 +174,16 @@ def run_command(job_file: Path, input_path: Path | None, concurrency: int | None
     to stdout.
     """
     from batchrun.api import check_params, provider_targets, sim_config
-    from batchrun.errors import BatchrunError, redact_secrets
+    from batchrun.errors import BatchrunError, JobSpecError, redact_secrets
     from batchrun.spec import load_job
 
     secrets: list[str] = []
     try:
         job = load_job(job_file).with_overrides(
             input=input_path, concurrency=concurrency, run_dir=run_dir, model=model, api_base=api_base,
-            workers=workers, cache=cache)
+            workers=workers, cache=cache, mode=mode)
+        if (no_wait or finish_online) and job.mode != "batch":
+            raise JobSpecError("--no-wait and --finish-online are for batch mode (mode = \"batch\" or --mode batch)")
         use_sim = job.simulator is not None and not live and api_base is None
         jobs = [job.for_model(entry) for entry in job.models] if job.compare_mode else [job]
         targets = {each.name: provider_targets(each, use_sim, secrets) for each in jobs}  # keys checked up front
@@ -182,9 +199,21 @@ def run_command(job_file: Path, input_path: Path | None, concurrency: int | None
             if use_sim:
                 from batchrun.sim.process import start_simulator
 
-                sim_url = stack.enter_context(start_simulator(sim_config(job))).base_url
+                config = sim_config(job)
+                if job.mode == "batch":  # batches outlive this simulator: --no-wait, then collect
+                    import dataclasses
+
+                    config = dataclasses.replace(config, batch_state_dir=str(
+                        (job.resolved_run_dir() / "simulator-batches").resolve()))
+                sim_url = stack.enter_context(start_simulator(config)).base_url
                 click.echo(f"batchrun: simulator listening on {urlsplit(sim_url).netloc}", err=True)
-            results = {each.name: _run(each, job_file, targets[each.name], sim_url, **options) for each in jobs}
+            if job.mode == "batch":
+                scale = job.simulator.batch_time_scale if use_sim else 1.0
+                results = {each.name: _run_batch(each, job_file, targets[each.name], sim_url, scale, no_wait=no_wait,
+                                                 finish_online=finish_online, online=_run, **options)
+                           for each in jobs}
+            else:
+                results = {each.name: _run(each, job_file, targets[each.name], sim_url, **options) for each in jobs}
         if job.compare_mode:
             if as_json:
                 from batchrun.engine import RunResult
@@ -290,3 +319,80 @@ def _print_comparison(job: Any, jobs: list[Any]) -> None:
                    f"{num(cost.get('usd'), ',.6f'):>10} {num(cost.get('per_1000_tickets_usd'), ',.6f'):>9}  {labels}")
     for pair in report.get("agreement") or []:
         click.echo(f"agreement {pair['a']} vs {pair['b']}: {pair['rate']:.1%} of {pair['both_answered']:,} tickets")
+
+
+def _run_batch(job: Any, job_file: Path, targets: dict[str, dict[str, Any]], sim_url: str | None, time_scale: float,
+              *, limit: int | None, skip_failed: bool, force: bool, grace: float, progress: bool,
+              progress_every: float | None, max_cost_usd: float | None, verbose: int, as_json: bool,
+              no_wait: bool, finish_online: bool, online: Callable[..., Any]) -> Any:
+    """A batch-mode job's model (docs/batch.md): prepare the run, one LiteLLMBatchAPI per model key,
+    `batch_mode.execute_batch_run`, the summary and the parts. With --finish-online, parts still
+    running are cancelled and collected first, then `online` (this module's `_run`) sends the rest."""
+    import anyio
+
+    from batchrun.batch_mode import execute_batch_run, ledger_summary
+    from batchrun.engine import prepare_run
+    from batchrun.errors import ConfigurationError, redact_url
+    from batchrun.provider import BATCH_PROVIDERS, LiteLLMBatchAPI
+    from batchrun.spec import PricesSpec
+    from batchrun.stats import format_summary
+
+    use_sim = sim_url is not None
+    endpoint = "simulator" if use_sim else ", ".join(sorted(
+        {redact_url(t["api_base"]) if t["api_base"] else "provider default" for t in targets.values()}))
+    apis = {}
+    for key, kwargs in targets.items():
+        prices = PricesSpec.model_validate(kwargs["prices"]) if kwargs["prices"] else None
+        api = LiteLLMBatchAPI(model=kwargs["model"], api_base=sim_url if use_sim else kwargs["api_base"],
+                              api_key=kwargs["api_key"], timeout_s=max(job.timeout_s, 300.0), prices=prices)
+        if api.provider not in BATCH_PROVIDERS:
+            raise ConfigurationError(
+                f"{kwargs['model']}: litellm has no batch creation for provider {api.provider!r}; "
+                f"batch mode needs one of {', '.join(sorted(BATCH_PROVIDERS))} (use --mode online)")
+        apis[key] = api
+    params = {key: kwargs["params"] for key, kwargs in targets.items()}
+    prep = prepare_run(job, job_path=job_file, endpoint=endpoint, limit=limit, skip_failed=skip_failed,
+                       force=force, max_cost_usd=max_cost_usd)
+    try:
+        for note in prep.notes:
+            click.echo(f"batchrun: {note}", err=True)
+        ledger = ledger_summary(prep.run_dir)
+        live = ledger["live"] if ledger else 0
+        if prep.to_do == 0 and not live:
+            from batchrun.engine import RunResult
+
+            click.echo(f"Nothing to do: {prep.already_done:,} of {prep.tickets_total:,} tickets already done in "
+                       f"{prep.run_dir}. No batch submitted.", err=as_json)
+            return RunResult(state="done", exit_code=0, summary={"done": 0, "failed": 0,
+                             "already_done": prep.already_done, "tickets_total": prep.tickets_total},
+                             run_dir=prep.run_dir, run_number=prep.run_number, nothing_to_do=True)
+        models = ", ".join(t["model"] for t in targets.values())
+        click.echo(f"batchrun: {job.name}: batch mode, {prep.to_do:,} to do ({live} part(s) already submitted), "
+                   f"model {models} via {endpoint}, run {prep.run_number} in {prep.run_dir}", err=True)
+        result = anyio.run(lambda: execute_batch_run(prep, apis, params, no_wait=no_wait,
+                                                     stop_submitting=finish_online, time_scale=time_scale,
+                                                     progress=progress))
+        result.run_dir, result.run_number = prep.run_dir, prep.run_number
+        if as_json:
+            return result
+        click.echo(format_summary(result.summary, title=f"{job.name}: run {prep.run_number} (batch) {result.state}"))
+        summary = ledger_summary(prep.run_dir) or {"parts": []}
+        for part in summary["parts"]:
+            counts = part.get("counts") or {}
+            click.echo(f"  part {part['number']}: {part['state']} ({part.get('status') or '-'}), "
+                       f"{part['tickets']:,} tickets, {counts.get('completed', 0):,} completed, "
+                       f"{counts.get('failed', 0):,} failed" + (f"; {part['note']}" if part.get("note") else ""))
+        click.echo(f"run directory: {prep.run_dir}  (batchrun status {prep.run_dir})")
+        if result.state == "submitted":
+            click.echo("Submitted: run the same command later to collect the answers (nothing is sent again).",
+                       err=True)
+        elif result.error:
+            click.echo(f"batchrun: {result.state}: {result.error}", err=True)
+    finally:
+        prep.release()
+    if finish_online and result.state == "done":
+        click.echo("batchrun: --finish-online: sending the tickets left online", err=True)
+        result = online(job, job_file, targets, sim_url, limit=limit, skip_failed=skip_failed, force=force,
+                        grace=grace, progress=progress, progress_every=progress_every, max_cost_usd=max_cost_usd,
+                        verbose=verbose, as_json=as_json)
+    return result

@@ -84,6 +84,13 @@ def format_status(status: dict[str, Any]) -> str:
     ]
     if status["error"]:
         rows.append(("error", status["error"]))
+    for part in (status.get("batch") or {}).get("parts") or []:
+        counts = part.get("counts") or {}
+        rows.append((f"batch part {part['number']}", f"{part['state']} (provider: {part.get('status') or '-'}), "
+                     f"{part['tickets']:,} tickets, {counts.get('completed', 0):,} completed, "
+                     f"{counts.get('failed', 0):,} failed"
+                     + (f", {part['retry']:,} to resubmit" if part.get("retry") else "")
+                     + (f"; {part['note']}" if part.get("note") else "")))
     text = "\n".join(kv(rows))
     if status["last_summary"]:
         text += "\n\n" + format_summary(status["last_summary"], title=f"last run (run {status['run']})")

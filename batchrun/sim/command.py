@@ -131,6 +131,20 @@ def _profile(value: str) -> tuple[str, float, float]:
     callback=lambda ctx, param, values: tuple(_profile(v) for v in values),
     help="NAME=NOISE:LATENCY_MS: how a requested model answers (classifier noise rate, base latency); repeatable.",
 )
+@click.option("--batch-time-scale", type=click.FloatRange(min=0, min_open=True), default=SimConfig.batch_time_scale,
+              show_default=True, help="Batch API: simulated seconds per real second (86400: a 24 h window in 1 s).")
+@click.option("--batch-duration-s", type=click.FloatRange(min=0), default=SimConfig.batch_duration_s,
+              show_default=True, help="Batch API: simulated seconds a batch takes to answer all its lines.")
+@click.option(
+    "--batch-fault",
+    "batch_faults",
+    multiple=True,
+    callback=lambda ctx, param, values: _parse_batch_faults(values),
+    help="Batch API fault KIND[:key=value,...] (invalid, expire, fail_lines, all_failed, slow, 429, 500, 503, "
+         "create_lost); repeatable. Example: expire:batches=1,rate=0.3",
+)
+@click.option("--batch-state-dir", type=click.Path(file_okay=False), default=None,
+              help="Batch API: keep files and batches in this directory across restarts (default: a temporary one).")
 @click.option(
     "--exit-on-stdin-eof",
     is_flag=True,
@@ -152,6 +166,10 @@ def sim_command(
     capacity: int | None,
     overload_ms: float,
     model_profiles: tuple[tuple[str, float, float], ...],
+    batch_time_scale: float,
+    batch_duration_s: float,
+    batch_faults: tuple,
+    batch_state_dir: str | None,
     exit_on_stdin_eof: bool,
 ) -> None:
     """Run an OpenAI-compatible chat completions simulator.
@@ -174,6 +192,10 @@ def sim_command(
         capacity=capacity,
         overload_ms=overload_ms,
         model_profiles=model_profiles,
+        batch_time_scale=batch_time_scale,
+        batch_duration_s=batch_duration_s,
+        batch_faults=batch_faults,
+        batch_state_dir=batch_state_dir,
     )
     try:
         asyncio.run(run_simulator(config, host, port, exit_on_stdin_eof=exit_on_stdin_eof))
@@ -181,6 +203,19 @@ def sim_command(
         pass
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
+
+
+def _parse_batch_faults(values: tuple[str, ...]) -> tuple:
+    """The ``--batch-fault`` option values as rules; a bad spec is a usage error."""
+    from batchrun.sim.batch_faults import BatchFault
+
+    rules = []
+    for value in values:
+        try:
+            rules.append(BatchFault.parse(value))
+        except ValueError as exc:
+            raise click.BadParameter(f"{value!r}: {exc}", param_hint="--batch-fault") from None
+    return tuple(rules)
 
 
 def _parse_faults(values: tuple[str, ...]) -> tuple[FaultRule, ...]:

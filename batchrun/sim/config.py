@@ -46,6 +46,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from batchrun.sim.batch_faults import BatchFault, coerce_batch_faults
 from batchrun.sim.faults import FaultRule, TicketScript, coerce_rules, coerce_scripts
 
 #: Model name reported by ``GET /v1/models`` when no model is configured.
@@ -93,6 +94,17 @@ class SimConfig:
     # speed: (model name as requested, noise rate of the classifier, base
     # latency in ms). A model not listed uses the defaults above.
     model_profiles: tuple[tuple[str, float, float], ...] = ()
+    # Batch API (batchrun.sim.batches): simulated seconds per real second, so
+    # a 24-hour window passes in 86400 / batch_time_scale real seconds ...
+    batch_time_scale: float = 3600.0
+    # ... and the simulated seconds a batch takes to answer all its lines.
+    batch_duration_s: float = 1800.0
+    # Batch API fault rules (batchrun.sim.batch_faults): mappings or spec strings accepted.
+    batch_faults: tuple[BatchFault, ...] = ()
+    # Batch API: a directory that keeps files and batches across simulator restarts (None: a
+    # temporary one, removed at exit). `batchrun run` of a batch-mode job against the embedded
+    # simulator uses <run_dir>/simulator-batches, so `--no-wait` and a later collect work.
+    batch_state_dir: str | None = None
 
     def profile(self, model: str | None) -> tuple[float | None, float]:
         """(noise rate or None for the default, base latency ms) for a requested model name."""
@@ -110,6 +122,11 @@ class SimConfig:
             raise ValueError(f"jitter must be between 0 and 1, got {self.jitter!r}")
         object.__setattr__(self, "faults", coerce_rules(self.faults))
         object.__setattr__(self, "scripts", coerce_scripts(self.scripts))
+        object.__setattr__(self, "batch_faults", coerce_batch_faults(self.batch_faults))
+        if not self.batch_time_scale > 0:
+            raise ValueError(f"batch_time_scale must be > 0, got {self.batch_time_scale!r}")
+        if self.batch_duration_s < 0:
+            raise ValueError(f"batch_duration_s must be >= 0, got {self.batch_duration_s!r}")
         for name in ("rpm", "tpm", "capacity"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -150,6 +167,12 @@ class SimConfig:
         args += ["--overload-ms", repr(float(self.overload_ms))]
         for name, noise, latency in self.model_profiles:
             args += ["--model-profile", f"{name}={float(noise)!r}:{float(latency)!r}"]
+        args += ["--batch-time-scale", repr(float(self.batch_time_scale)),
+                 "--batch-duration-s", repr(float(self.batch_duration_s))]
+        for rule in self.batch_faults:
+            args += ["--batch-fault", rule.to_spec()]
+        if self.batch_state_dir is not None:
+            args += ["--batch-state-dir", str(self.batch_state_dir)]
         return args
 
     @classmethod
@@ -168,6 +191,10 @@ class SimConfig:
             capacity=params.get("capacity"),
             overload_ms=params.get("overload_ms", cls.overload_ms),
             model_profiles=tuple(params.get("model_profiles") or ()),
+            batch_time_scale=params.get("batch_time_scale", cls.batch_time_scale),
+            batch_duration_s=params.get("batch_duration_s", cls.batch_duration_s),
+            batch_faults=tuple(params.get("batch_faults") or ()),
+            batch_state_dir=params.get("batch_state_dir"),
         )
 
 

@@ -755,25 +755,7 @@ class ChatSimulator:
         delay_ms = (config.profile(chat.model)[1] + config.per_token_ms * len(answer.tokens)) * factor + extra_ms
         if delay_ms > 0:
             await self.sleep(delay_ms / 1000.0)
-        text = "".join(answer.tokens)
-        if answer.tool_name is None:
-            message: dict[str, Any] = {"role": "assistant", "content": text}
-        else:
-            message = {
-                "role": "assistant",
-                "content": None,
-                "tool_calls": [
-                    {"id": answer.tool_call_id, "type": "function", "function": {"name": answer.tool_name, "arguments": text}}
-                ],
-            }
-        payload = {
-            "id": self._new_id(),
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": chat.model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": answer.finish_reason}],
-            "usage": answer.usage,
-        }
+        payload = self.completion_payload(chat, answer)
         if fault is None:
             return web.Response(body=orjson.dumps(payload), content_type="application/json", headers=headers)
         kind = fault.kind
@@ -790,6 +772,37 @@ class ChatSimulator:
             return await self._send_trickle(request, body, "application/json", headers, fault.trickle_seconds, sized=True)
         # reset, and stream_cut of a non-streaming request
         return await self._send_then_cut(request, [body[: len(body) // 2]], "application/json", headers, abort=True, total=len(body))
+
+    def completion_payload(self, chat: ParsedChatRequest, answer: Answer) -> dict[str, Any]:
+        """The ``chat.completion`` object of an answer (also the body of a batch output line)."""
+        text = "".join(answer.tokens)
+        if answer.tool_name is None:
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+        else:
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": answer.tool_call_id, "type": "function", "function": {"name": answer.tool_name, "arguments": text}}
+                ],
+            }
+        return {
+            "id": self._new_id(),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": chat.model,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": answer.finish_reason}],
+            "usage": answer.usage,
+        }
+
+    def answer_batch_line(self, body: bytes, custom_id: str) -> tuple[int, dict[str, Any]]:
+        """(status, body) for one line of a batch: the answer its chat request gets, without delay or faults."""
+        try:
+            chat = self._parse_chat_request(body, custom_id, 1)
+        except InvalidRequest as exc:
+            return 400, {"error": {"message": exc.message, "type": "invalid_request_error", "param": exc.param,
+                                   "code": exc.code}}
+        return 200, self.completion_payload(chat, self._compose(chat))
 
     def _stream_events(
         self, chat: ParsedChatRequest, answer: Answer, per_token_s: float, include_usage: bool
@@ -978,6 +991,9 @@ def build_app(config: SimConfig) -> web.Application:
     for prefix in ("/v1", ""):
         router.add_post(prefix + "/chat/completions", simulator.chat_completions)
         router.add_get(prefix + "/models", simulator.list_models)
+    from batchrun.sim.batches import BatchSimulator
+
+    BatchSimulator(simulator, config).install(app)
     router.add_get("/sim/stats", simulator.get_stats)
     router.add_post("/sim/reset", simulator.reset_stats)
     router.add_route("*", "/{tail:.*}", simulator.not_found)
