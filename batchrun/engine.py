@@ -28,8 +28,10 @@ and are written:
     are cancelled (a second signal cancels at once); state "interrupted",
     exit 128 + signal number;
   * `fail_fast_after` tickets in a row ending in 401/403/404 (a bad key or
-    model name must not burn through a million tickets): state "failed",
-    exit 4;
+    model name must not burn through a million tickets), or
+    `fail_fast_same_error_after` tickets in a row ending in the same
+    non-retryable error, class and message (a LiteLLM proxy answers a bad key
+    or model with a 400 such as "Invalid model name"): state "failed", exit 4;
   * `max_cost_usd`: the next ticket's estimated cost would pass the budget
     (spent on disk + reserved for in-flight + estimate): state
     "budget_exhausted", exit 5;
@@ -92,6 +94,10 @@ __all__ = ["PreparedRun", "RunResult", "execute_run", "prepare_run", "render_mes
 
 MAX_HISTORY = 100  # runs remembered in manifest.json
 FAIL_FAST_KINDS = frozenset({"auth", "permission", "not_found"})
+# Kinds that never count toward the same-error streak: retried ones (an outage passes) and the
+# verdicts on an answer (they are about one ticket's answer, not about the endpoint).
+_NOT_ENDPOINT_KINDS = frozenset({"rate_limited", "timeout", "connection", "server_error", "stream_cut",
+                                 "invalid_output", "truncated", "content_filter"})
 log = logging.getLogger("batchrun")
 
 
@@ -170,7 +176,7 @@ def prepare_run(
     """Everything before the first request; raises BatchrunError subclasses."""
     templates = [t for t in (job.system_template, job.user_template) if t is not None]
     budget = max_cost_usd if max_cost_usd is not None else job.max_cost_usd
-    checkpoint = open_checkpoint(job.resolved_run_dir(), totals=budget is not None)
+    checkpoint = open_checkpoint(job.resolved_run_dir(), totals=budget is not None, force=force)
     try:
         skip_bad = job.on_bad_input == "skip"
         plan = {"max_problems": None if skip_bad else 20, "done_ids": checkpoint.done_ids,
@@ -314,6 +320,8 @@ class _Run:
         self.fatal: BaseException | None = None  # a checkpoint error: raised after cleanup
         self.abort_message: str | None = None  # why fail-fast or the budget stopped the run
         self.fail_fast_streak = 0  # tickets in a row ending in 401/403/404
+        self.same_error: tuple[str | None, str | None] | None = None  # (type, message) of the last failure
+        self.same_error_streak = 0  # tickets in a row ending in that same non-retryable error
         self.producer_scope = anyio.CancelScope()
         self.work_scope: anyio.CancelScope | None = None
         self.writer_done = anyio.Event()
@@ -380,18 +388,33 @@ class _Run:
                 await outcomes.send(outcome)
 
     def check_fail_fast(self, outcome: Outcome) -> None:
-        """Count tickets in a row ending in 401/403/404, as they finish."""
-        if outcome.ok or outcome.error_kind not in FAIL_FAST_KINDS:
-            self.fail_fast_streak = 0
+        """Count, as tickets finish, those in a row ending in 401/403/404 (`fail_fast_after`) and
+        those in a row ending in the same non-retryable error, class and message
+        (`fail_fast_same_error_after`: a proxy answers a bad key or model with a 400)."""
+        if outcome.ok:
+            self.fail_fast_streak = self.same_error_streak = 0
+            self.same_error = None
             return
-        self.fail_fast_streak += 1
+        self.fail_fast_streak = self.fail_fast_streak + 1 if outcome.error_kind in FAIL_FAST_KINDS else 0
+        key = (outcome.error_type, outcome.error_message)
+        if outcome.error_kind in _NOT_ENDPOINT_KINDS:
+            self.same_error, self.same_error_streak = None, 0
+        elif key == self.same_error:
+            self.same_error_streak += 1
+        else:
+            self.same_error, self.same_error_streak = key, 1
+        hint = (f"-- check {f'the key in ${self.job.api_key_env}, ' if self.job.api_key_env else 'the API key, '}"
+                "the model name and api_base; nothing more is sent. Re-run the same command to resume.")
+        status = f" (HTTP {outcome.status_code})" if outcome.status_code else ""
         if self.fail_fast_streak >= self.job.fail_fast_after:
-            key = f"the key in ${self.job.api_key_env}, " if self.job.api_key_env else "the API key, "
             self.stop("fail_fast", (
                 f"stopping: {self.fail_fast_streak} tickets in a row failed with "
-                f"{outcome.error_kind} (HTTP {outcome.status_code}): {outcome.error_message} "
-                f"-- check {key}the model name and api_base; nothing more is sent. "
-                f"Re-run the same command to resume."))
+                f"{outcome.error_kind}{status}: {outcome.error_message} {hint}"))
+        elif self.same_error_streak >= self.job.fail_fast_same_error_after:
+            self.stop("fail_fast", (
+                f"stopping: {self.same_error_streak} tickets in a row failed with the same error, "
+                f"{outcome.error_kind}{status} {outcome.error_type}: {outcome.error_message} "
+                f"(fail_fast_same_error_after = {self.job.fail_fast_same_error_after}) {hint}"))
 
     def stop(self, reason: str, message: str | None = None) -> None:
         """Stop dispatching: no new ticket starts; in-flight ones finish."""
