@@ -36,8 +36,10 @@ lines after it is not a torn write, and `open_checkpoint` refuses to cut it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,7 @@ import aiofiles
 import anyio
 import orjson
 
-from batchrun.errors import CheckpointError, RunLockedError
+from batchrun.errors import CheckpointError, RunLockedError, RunMismatchError
 from batchrun.records import Outcome
 
 __all__ = [
@@ -79,6 +81,7 @@ class JsonlScan:
     torn_bytes: int = 0  # bytes after valid_bytes (a torn write)
     lines: int = 0  # complete lines
     torn_lines: int = 0  # lines from valid_bytes on: 1 for a torn last line
+    damaged_line: int | None = None  # the first complete (newline-ended) line that is not a record
     cost_usd: float = 0.0  # with totals: the lines' cost_usd + rejected_cost_usd (money spent)
     unpriced: int = 0  # valid lines with "cost_usd": null
     total_tokens: int = 0  # sum of the valid lines' usage.total_tokens
@@ -90,17 +93,17 @@ def scan_jsonl(path: Path, *, keep_last: bool = False, totals: bool = True) -> J
 
     Valid data ends at the first line that has no newline or does not parse
     as a JSON object with a string (or integer) "id": anything after it is
-    torn. (Lines are appended whole by one writer, so damage can only be at
-    the end: `torn_lines` > 1 means something else went wrong.)
+    torn. Only a last line without a newline is a torn write (lines are
+    appended whole by one writer); `damaged_line` names the first complete
+    line that is not a record, which no crash can leave behind. A symbolic
+    link is refused (CheckpointError), never followed.
     """
     scan = JsonlScan(last_by_id={} if keep_last else None)
     fast = not keep_last and not totals  # ids only: read them without parsing the line
     try:
-        handle = path.open("rb")
+        handle = open(open_no_follow(path, os.O_RDONLY), "rb")
     except FileNotFoundError:
         return scan
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read checkpoint: {exc.strerror}") from None
     try:
         with handle:
             for raw in handle:
@@ -133,11 +136,43 @@ def scan_jsonl(path: Path, *, keep_last: bool = False, totals: bool = True) -> J
                         scan.lines += 1
                         scan.valid_bytes += len(raw)
                         continue
+                if scan.damaged_line is None and raw.endswith(b"\n"):
+                    scan.damaged_line = scan.lines + scan.torn_lines + 1
                 scan.torn_lines += 1
                 scan.torn_bytes += len(raw)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read checkpoint: {exc.strerror}") from None
     return scan
+
+
+def open_no_follow(path: Path, flags: int, mode: int = 0o644) -> int:
+    """os.open without following a symbolic link at `path` (O_NOFOLLOW); the
+    file must be a regular file with one name. A link, a hard-linked file or a
+    device is refused with a CheckpointError naming it: batchrun never writes
+    (or cuts, or reads as its own) a file outside the run directory.
+    FileNotFoundError passes through."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CheckpointError(
+                f"{path} is a symbolic link: batchrun never reads or writes checkpoint files through a link "
+                "(it could damage the file it points to). Replace it with a regular file, or use another "
+                "--run-dir") from None
+        raise CheckpointError(f"{path}: cannot open checkpoint file: {exc.strerror}") from None
+    info = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = "is not a regular file"
+    elif info.st_nlink > 1 and flags & (os.O_WRONLY | os.O_RDWR):
+        problem = f"has {info.st_nlink} hard links: writing it would change another file too"
+    if problem:
+        os.close(fd)
+        raise CheckpointError(f"{path} {problem}; batchrun refuses to use it as a checkpoint file. "
+                              "Replace it with a regular file, or use another --run-dir")
+    return fd
 
 
 def _parse_line(raw: bytes) -> tuple[str, dict[str, Any]] | None:
@@ -164,8 +199,9 @@ def load_failed_ids(run_dir: Path, done: set[str] | None = None) -> set[str]:
 def read_input_index(run_dir: Path) -> dict[str, Any] | None:
     """The saved input index (tickets.InputScan.to_index), or None if absent or unreadable."""
     try:
-        index = orjson.loads((Path(run_dir) / INPUT_INDEX).read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+        with open(open_no_follow(Path(run_dir) / INPUT_INDEX, os.O_RDONLY), "rb") as handle:
+            index = orjson.loads(handle.read())
+    except (OSError, CheckpointError, orjson.JSONDecodeError):
         return None
     return index if isinstance(index, dict) and index.get("version") == 1 else None
 
@@ -175,7 +211,7 @@ def write_input_index(run_dir: Path, index: dict[str, Any]) -> None:
     run_dir = Path(run_dir)
     tmp = run_dir / f".{INPUT_INDEX}.{os.getpid()}.tmp"
     try:
-        tmp.write_bytes(orjson.dumps(index))
+        _write_new(tmp, orjson.dumps(index))
         os.replace(tmp, run_dir / INPUT_INDEX)
     except OSError:
         tmp.unlink(missing_ok=True)
@@ -184,7 +220,8 @@ def write_input_index(run_dir: Path, index: dict[str, Any]) -> None:
 def read_manifest(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / MANIFEST
     try:
-        return orjson.loads(path.read_bytes())
+        with open(open_no_follow(path, os.O_RDONLY), "rb") as handle:
+            return orjson.loads(handle.read())
     except FileNotFoundError:
         return None
     except (OSError, orjson.JSONDecodeError) as exc:
@@ -198,16 +235,26 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     tmp = run_dir / f".{MANIFEST}.{os.getpid()}.tmp"
     blob = orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(blob)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
+        _write_new(tmp, blob, sync=True)
+        os.replace(tmp, final)  # replaces a link at `final` itself, not the file it points to
         _fsync_dir(run_dir)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise CheckpointError(f"{final}: cannot write manifest: {exc.strerror}") from None
+
+
+def _write_new(tmp: Path, blob: bytes, *, sync: bool = False) -> None:
+    """Write a temporary file created afresh: a leftover (or a link planted at
+    its name) is removed first, and O_EXCL | O_NOFOLLOW never writes through one."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644),
+              "wb") as handle:
+        handle.write(blob)
+        if sync:
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def _fsync_dir(path: Path) -> None:
@@ -240,7 +287,7 @@ class Checkpoint:
 
 def _acquire_lock(run_dir: Path) -> Any:
     path = run_dir / LOCK
-    handle = open(path, "a+")
+    handle = open(open_no_follow(path, os.O_RDWR | os.O_CREAT | os.O_APPEND), "a+")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -258,8 +305,13 @@ def _acquire_lock(run_dir: Path) -> Any:
     return handle
 
 
-def open_checkpoint(run_dir: Path, *, totals: bool = True) -> Checkpoint:
-    """Create or reopen a run directory: lock it, cut torn tails, load ids."""
+def open_checkpoint(run_dir: Path, *, totals: bool = True, force: bool = False) -> Checkpoint:
+    """Create or reopen a run directory: lock it, cut torn tails, load ids.
+
+    Refused (CheckpointError, nothing changed): a checkpoint file that is a
+    link; a complete line that is not a record (file and line named); a
+    directory holding results or errors but no manifest.json, unless `force`
+    (it may be another tool's files, or a run whose manifest was lost)."""
     run_dir = Path(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -272,9 +324,22 @@ def open_checkpoint(run_dir: Path, *, totals: bool = True) -> Checkpoint:
     try:
         repaired: list[str] = []
         scans = {}
+        if not force and not (run_dir / MANIFEST).exists() and not (run_dir / MANIFEST).is_symlink():
+            held = [name for name in (RESULTS, ERRORS) if _has_data(run_dir / name)]
+            if held:
+                raise RunMismatchError(
+                    f"{run_dir} holds {' and '.join(held)} but no {MANIFEST}: it is not a run directory "
+                    "batchrun can vouch for (another tool's files, or a lost manifest). Use another "
+                    "--run-dir, or --force to resume from those files")
         for name in (RESULTS, ERRORS):
             path = run_dir / name
             scan = scan_jsonl(path, totals=totals)
+            if scan.damaged_line is not None:
+                raise CheckpointError(
+                    f"{path}: line {scan.damaged_line} is complete (it ends with a newline) but is not a "
+                    "JSON record with an id, so it is not a torn write; nothing was cut. Fix or delete that "
+                    "line by hand, then re-run"
+                )
             if scan.torn_lines > 1:
                 raise CheckpointError(
                     f"{path}: line {scan.lines + 1} is damaged and {scan.torn_lines - 1} more line(s) "
@@ -282,7 +347,7 @@ def open_checkpoint(run_dir: Path, *, totals: bool = True) -> Checkpoint:
                     "line by hand (or cut the file there to run the tickets after it again)"
                 )
             if scan.torn_bytes:
-                with open(path, "r+b") as handle:
+                with open(open_no_follow(path, os.O_RDWR), "r+b") as handle:
                     handle.truncate(scan.valid_bytes)
                     handle.flush()
                     os.fsync(handle.fileno())
@@ -300,12 +365,24 @@ def open_checkpoint(run_dir: Path, *, totals: bool = True) -> Checkpoint:
         raise
 
 
+def _has_data(path: Path) -> bool:
+    try:
+        return path.is_symlink() or path.stat().st_size > 0
+    except OSError:
+        return False
+
+
 async def _write_all(handle: Any, blob: bytes) -> None:
     """An unbuffered write may be partial: write until every byte is out."""
     view = memoryview(blob)
     while view:
         written = await handle.write(view)
         view = view[written:]
+
+
+def _append_opener(path: str, flags: int) -> int:
+    """open()'s opener for the checkpoint files: never through a link (see open_no_follow)."""
+    return open_no_follow(Path(path), flags)
 
 
 class CheckpointWriter:
@@ -326,8 +403,8 @@ class CheckpointWriter:
     async def open(self) -> None:
         try:
             # unbuffered: each write goes straight to the OS, one thread hop, no flush needed
-            self._results = await aiofiles.open(self.run_dir / RESULTS, "ab", buffering=0)
-            self._errors = await aiofiles.open(self.run_dir / ERRORS, "ab", buffering=0)
+            self._results = await aiofiles.open(self.run_dir / RESULTS, "ab", buffering=0, opener=_append_opener)
+            self._errors = await aiofiles.open(self.run_dir / ERRORS, "ab", buffering=0, opener=_append_opener)
         except OSError as exc:
             raise CheckpointError(f"{self.run_dir}: cannot open checkpoint files: {exc.strerror}") from None
 
@@ -378,7 +455,7 @@ def write_rejects(run_dir: Path, input_path: Path, problems: list[Any]) -> Path:
         orjson.dumps({"file": str(input_path), "line": p.line, "reason": p.reason}) + b"\n" for p in problems
     )
     try:
-        tmp.write_bytes(blob)
+        _write_new(tmp, blob)
         os.replace(tmp, final)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
