@@ -24,9 +24,13 @@ Two phases:
 Stopping early. Four things stop dispatch (the producer is cancelled and
 queued tickets are left for the next run) while in-flight requests finish
 and are written:
-  * the first SIGINT/SIGTERM: in-flight requests get `grace_s`, then the rest
-    are cancelled (a second signal cancels at once); state "interrupted",
-    exit 128 + signal number;
+  * the first SIGINT/SIGTERM also halts requests (`halt_requests`): no
+    request starts any more, not even a retry; tickets sleeping in backoff
+    or waiting for the shared 429 pause or a rate limit end at once without
+    an outcome (ticket_runner.TicketAbandoned: nothing recorded, they run on
+    resume), so the run ends as soon as the requests really in flight are
+    answered; those get `grace_s`, then are cancelled (a second signal
+    cancels at once); state "interrupted", exit 128 + signal number;
   * `fail_fast_after` tickets in a row ending in 401/403/404 (a bad key or
     model name must not burn through a million tickets), or
     `fail_fast_same_error_after` tickets in a row ending in the same
@@ -87,7 +91,7 @@ from batchrun.spec import JobSpec
 from batchrun.stats import RunStats
 from batchrun.tickets import InputScan, file_digest, read_tickets, scan_from_index, scan_input
 from batchrun.limits import AdaptiveConcurrency, CostBudget, RateLimiter, RequestGate, parse_rate_limit_headers
-from batchrun.ticket_runner import utc_now
+from batchrun.ticket_runner import TicketAbandoned, utc_now
 from batchrun.workers import InlineExecutor, ProcessExecutor, WorkerCrashedError, WorkerPool
 
 __all__ = ["PreparedRun", "RunResult", "execute_run", "prepare_run", "render_messages"]
@@ -315,6 +319,8 @@ class _Run:
                      if self.job.adaptive else None)
         self.slots = anyio.CapacityLimiter(self.aimd.limit) if self.aimd is not None else None
         self.stopping = False  # no new ticket starts once this is set
+        self.halt = anyio.Event()  # a signal: no request starts at all; tickets waiting to retry end
+        self._waiting: set[anyio.CancelScope] = set()  # attempts waiting for a permit (cancelled by a halt)
         self.stop_reason: str | None = None  # "signal", "fail_fast", "budget" or "checkpoint"
         self.signal_number: int | None = None
         self.fatal: BaseException | None = None  # a checkpoint error: raised after cleanup
@@ -370,6 +376,12 @@ class _Run:
                             outcome = await self.executor.run(request, chain, route)
                     else:
                         outcome = await self.executor.run(request, chain, route)
+                except TicketAbandoned:  # halted before its next request: the ticket stays pending
+                    self.stats.in_flight -= 1
+                    self.estimated_tokens.pop(ticket.id, None)
+                    if self.budget is not None:
+                        self.budget.settle(reserved, 0.0)
+                    break
                 except WorkerCrashedError as exc:  # the ticket stays pending; the run stops
                     self.stats.in_flight -= 1
                     if self.fatal is None:
@@ -436,18 +448,36 @@ class _Run:
             self.stats.retries += 1
 
     async def before_attempt(self, request: ChatRequest, attempt: int, tokens: int | None = None) -> None:
+        """Wait for the shared pause and the rate limits, then count the attempt. After a halt
+        (a signal) no attempt starts: TicketAbandoned, also for one waiting here."""
+        if self.halt.is_set():
+            raise TicketAbandoned()
+        with anyio.CancelScope() as waiting:
+            self._waiting.add(waiting)
+            try:
+                await self.gate.wait_for_permit()
+                limiter = self._limiter(request)
+                if limiter is not None:
+                    if limiter.tokens is not None:
+                        if tokens is None:
+                            tokens = self.estimated_tokens.get(request.ticket_id)
+                        provider = self.providers.get(request.model_key or "", self.provider)
+                        if tokens is None and provider is not None and hasattr(provider, "estimate_tokens"):
+                            tokens = sum(provider.estimate_tokens(request))
+                        self.estimated_tokens[request.ticket_id] = tokens or 0
+                    await limiter.acquire(tokens or 0)
+            finally:
+                self._waiting.discard(waiting)
+        if waiting.cancelled_caught or self.halt.is_set():
+            raise TicketAbandoned()
         self.note_attempt(request, attempt)
-        await self.gate.wait_for_permit()
-        limiter = self._limiter(request)
-        if limiter is not None:
-            if limiter.tokens is not None:
-                if tokens is None:
-                    tokens = self.estimated_tokens.get(request.ticket_id)
-                provider = self.providers.get(request.model_key or "", self.provider)
-                if tokens is None and provider is not None and hasattr(provider, "estimate_tokens"):
-                    tokens = sum(provider.estimate_tokens(request))
-                self.estimated_tokens[request.ticket_id] = tokens or 0
-            await limiter.acquire(tokens or 0)
+
+    def halt_requests(self) -> None:
+        """The first signal: no request starts from now on (see before_attempt and the backoff sleep)."""
+        self.halt.set()
+        for waiting in list(self._waiting):
+            waiting.cancel()
+        self.executor.halt()
 
     def _limiter(self, request: ChatRequest) -> RateLimiter | None:
         """The rate limiter of the request's model ([[models]] rpm/tpm), else the job's."""
@@ -541,6 +571,7 @@ class _Run:
                     self.signal_number = int(signum)
                     self.stopping = False  # a signal wins over an earlier stop reason
                     self.stop("signal")
+                    self.halt_requests()
                     print(
                         f"\nbatchrun: {signal.Signals(signum).name}: no new requests; waiting up to "
                         f"{self.grace_s:g} s for {self.stats.in_flight} in flight (signal again to stop now)",
