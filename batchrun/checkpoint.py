@@ -16,6 +16,15 @@ Layout of a run directory:
                      of unchanged input plans from it without parsing
                      the input again
     run.lock         held with flock while a run is active; holds the pid
+    inflight.jsonl   the in-flight journal: {"id", "attempt", "run"} appended
+                     before a request is sent (InflightJournal); an entry is
+                     cleared by its ticket's outcome line of that run or a
+                     later one. Entries still open when a run starts are
+                     tickets that may already have been paid for (the last
+                     run died, or was halted, with their request in flight):
+                     reported, marked `maybe_billed_before` on their next
+                     outcome line, and kept (the journal is rewritten with
+                     only them) until such a line clears them
 
 Resume is a pure function over the checkpoint files: `scan_jsonl` reads a
 file, keeps every complete line's id and reports the byte offset where valid
@@ -28,6 +37,10 @@ lines after it is not a torn write, and `open_checkpoint` refuses to cut it.
     load_done_ids(run_dir)           ids already in results.jsonl
     load_failed_ids(run_dir)         ids whose latest outcome is a failure
     open_checkpoint(run_dir)         lock + repair + scan, for a run about to start
+    open_inflight(run_dir, done)     journal entries with no outcome line (read only)
+    InflightJournal                  appends the journal's entries
+    lock_state(run_dir)              "held", "free" or "absent": is a run alive?
+    last_good_line(path)             (line number, id) of a file's last complete record
     CheckpointWriter                 the single writer of results/errors lines
     write_manifest / read_manifest   atomic JSON manifest
     write_rejects                    rejects.jsonl for on_bad_input = "skip"
@@ -54,10 +67,15 @@ from batchrun.records import Outcome
 __all__ = [
     "Checkpoint",
     "CheckpointWriter",
+    "InflightJournal",
     "JsonlScan",
+    "last_good_line",
     "load_done_ids",
     "load_failed_ids",
+    "lock_state",
     "open_checkpoint",
+    "open_inflight",
+    "open_no_follow",
     "read_input_index",
     "read_manifest",
     "scan_jsonl",
@@ -72,6 +90,7 @@ ERRORS = "errors.jsonl"
 REJECTS = "rejects.jsonl"
 INPUT_INDEX = "input-index.json"
 LOCK = "run.lock"
+INFLIGHT = "inflight.jsonl"
 
 
 @dataclass(slots=True)
@@ -274,6 +293,8 @@ class Checkpoint:
     failed_ids: set[str]  # latest outcome a failure (not in results.jsonl)
     repaired: list[str]  # human notes about torn lines that were cut off
     spent_usd: float = 0.0  # cost of the results already on disk
+    # journal entries left open by earlier runs: id -> {"attempt", "run"} (may be billed twice)
+    maybe_billed: dict[str, dict[str, Any]] = field(default_factory=dict)
     _lock_handle: Any = None
 
     def release(self) -> None:
@@ -358,11 +379,127 @@ def open_checkpoint(run_dir: Path, *, totals: bool = True, force: bool = False) 
             scans[name] = scan
         done = scans[RESULTS].ids
         failed = scans[ERRORS].ids - done
+        maybe_billed = open_inflight(run_dir, done)
+        _compact_inflight(run_dir, maybe_billed)
         return Checkpoint(run_dir=run_dir, done_ids=done, failed_ids=failed, repaired=repaired,
-                          spent_usd=scans[RESULTS].cost_usd + scans[ERRORS].cost_usd, _lock_handle=lock)
+                          spent_usd=scans[RESULTS].cost_usd + scans[ERRORS].cost_usd,
+                          maybe_billed=maybe_billed, _lock_handle=lock)
     except BaseException:
         lock.close()
         raise
+
+
+def open_inflight(run_dir: Path, done_ids: set[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Journal entries no outcome line has cleared: id -> {"attempt", "run"} (read only).
+
+    An entry of run r is cleared by a results line (a done ticket is never
+    sent again) or an errors line of run r or later. Memory: the ids the
+    journal names (since the last compaction: one run's requests), then only
+    the open ones."""
+    run_dir = Path(run_dir)
+    latest: dict[str, dict[str, Any]] = {}
+    try:
+        with open(open_no_follow(run_dir / INFLIGHT, os.O_RDONLY), "rb") as handle:
+            for raw in handle:
+                if not raw.endswith(b"\n"):
+                    break  # torn by a crash mid-write: that request was never sent
+                try:
+                    entry = orjson.loads(raw)
+                    latest[str(entry["id"])] = {"attempt": int(entry.get("attempt") or 1), "run": int(entry["run"])}
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                    continue  # the journal only ever over-reports; a bad line names no ticket
+    except FileNotFoundError:
+        return {}
+    if not latest:
+        return {}
+    done = load_done_ids(run_dir) if done_ids is None else done_ids
+    for ticket_id in [t for t in latest if t in done]:
+        del latest[ticket_id]
+    if latest:
+        try:
+            with open(open_no_follow(run_dir / ERRORS, os.O_RDONLY), "rb") as handle:
+                for raw in handle:
+                    parsed = _parse_line(raw) if raw.endswith(b"\n") else None
+                    if parsed is not None and parsed[0] in latest:
+                        run = parsed[1].get("run")
+                        if isinstance(run, int) and run >= latest[parsed[0]]["run"]:
+                            del latest[parsed[0]]
+        except FileNotFoundError:
+            pass
+    return latest
+
+
+def _compact_inflight(run_dir: Path, entries: dict[str, dict[str, Any]]) -> None:
+    """Rewrite the journal with only its open entries (atomically), or remove it."""
+    path = run_dir / INFLIGHT
+    if not entries:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    tmp = run_dir / f".{INFLIGHT}.{os.getpid()}.tmp"
+    blob = b"".join(orjson.dumps({"id": ticket_id, **entry}) + b"\n" for ticket_id, entry in entries.items())
+    try:
+        _write_new(tmp, blob, sync=True)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"{path}: cannot rewrite the in-flight journal: {exc.strerror}") from None
+
+
+class InflightJournal:
+    """Appends an entry before each request is sent (one unbuffered write, no
+    thread hop: a few microseconds, in the OS before the request leaves, so it
+    survives kill -9; not fsynced, so a power cut may lose the last ones)."""
+
+    def __init__(self, run_dir: Path, run_number: int) -> None:
+        self.path = Path(run_dir) / INFLIGHT
+        self.run_number = run_number
+        self._fd: int | None = None
+
+    def open(self) -> None:
+        self._fd = open_no_follow(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+
+    def note(self, ticket_id: str, attempt: int) -> None:
+        """Record that a request for `ticket_id` is about to be sent; OSError if it cannot be."""
+        assert self._fd is not None, "open() first"
+        os.write(self._fd, orjson.dumps({"id": ticket_id, "attempt": attempt, "run": self.run_number}) + b"\n")
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def lock_state(run_dir: Path) -> str:
+    """"held" (a run is alive), "free" (no process holds it) or "absent" (no run.lock)."""
+    try:
+        fd = open_no_follow(Path(run_dir) / LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return "absent"
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return "held"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return "free"
+    finally:
+        os.close(fd)
+
+
+def last_good_line(path: Path) -> tuple[int, str | None]:
+    """(number, id) of the last complete record of a checkpoint file; (0, None) if none."""
+    number, last = 0, None
+    try:
+        with open(open_no_follow(path, os.O_RDONLY), "rb") as handle:
+            for raw in handle:
+                parsed = _parse_line(raw) if raw.endswith(b"\n") else None
+                if parsed is None:
+                    break
+                number, last = number + 1, parsed[0]
+    except (OSError, CheckpointError):
+        pass
+    return number, last
 
 
 def _has_data(path: Path) -> bool:
@@ -394,9 +531,10 @@ class CheckpointWriter:
     A ticket already in results.jsonl is never written there again.
     """
 
-    def __init__(self, run_dir: Path, done_ids: set[str]) -> None:
+    def __init__(self, run_dir: Path, done_ids: set[str], maybe_billed: Any = ()) -> None:
         self.run_dir = Path(run_dir)
         self._done = done_ids
+        self._maybe_billed = maybe_billed  # ids whose line says maybe_billed_before: true
         self._results: Any = None
         self._errors: Any = None
 
@@ -414,21 +552,29 @@ class CheckpointWriter:
         err_lines: list[bytes] = []
         written: list[Outcome] = []
         for outcome in outcomes:
+            line = outcome.to_line()
+            if self._maybe_billed and outcome.ticket_id in self._maybe_billed:
+                line["maybe_billed_before"] = True
             if outcome.ok:
                 if outcome.ticket_id in self._done:
                     continue
                 self._done.add(outcome.ticket_id)
-                ok_lines.append(orjson.dumps(outcome.to_line()) + b"\n")
+                ok_lines.append(orjson.dumps(line) + b"\n")
             else:
-                err_lines.append(orjson.dumps(outcome.to_line()) + b"\n")
+                err_lines.append(orjson.dumps(line) + b"\n")
             written.append(outcome)
-        try:
-            if ok_lines:
-                await _write_all(self._results, b"".join(ok_lines))
-            if err_lines:
-                await _write_all(self._errors, b"".join(err_lines))
-        except OSError as exc:
-            raise CheckpointError(f"{self.run_dir}: cannot append to checkpoint: {exc.strerror}") from None
+        for name, handle, lines in ((RESULTS, self._results, ok_lines), (ERRORS, self._errors, err_lines)):
+            if not lines:
+                continue
+            try:
+                await _write_all(handle, b"".join(lines))
+            except OSError as exc:
+                number, ticket_id = last_good_line(self.run_dir / name)
+                good = (f"its last good line is line {number:,} (ticket {ticket_id})" if number
+                        else "it holds no complete line")
+                raise CheckpointError(
+                    f"{self.run_dir / name}: cannot append: {exc.strerror}; {good}. The tickets not written "
+                    "run again on resume (see inflight.jsonl: they may be billed twice)") from None
         return written
 
     async def sync(self) -> None:

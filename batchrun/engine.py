@@ -39,8 +39,18 @@ and are written:
   * `max_cost_usd`: the next ticket's estimated cost would pass the budget
     (spent on disk + reserved for in-flight + estimate): state
     "budget_exhausted", exit 5;
-  * a checkpoint write error (full disk, ...): state "failed", exit 1. No
-    ticket is ever counted done without its line on disk.
+  * a checkpoint write error (full disk, ...): state "failed", exit 1, the
+    summary and the file's last good line named. No ticket is ever counted
+    done without its line on disk.
+
+In-flight journal (checkpoint.InflightJournal): before each request is sent,
+`before_attempt` appends (id, attempt, run) to inflight.jsonl; with worker
+processes that do not ask for a permit per attempt, the coordinator writes
+the entry when it hands the ticket over, before the child can send it (its
+retries are covered by that entry). Outcome lines clear entries; a run
+that starts with open entries (the last one died with requests in flight)
+says how many tickets may be billed twice, and their lines carry
+`maybe_billed_before: true`.
 Files are flushed and fsynced and the manifest written in a shielded scope.
 Every stopped run resumes with the same command.
 
@@ -69,6 +79,7 @@ from batchrun import __version__
 from batchrun.checkpoint import (
     Checkpoint,
     CheckpointWriter,
+    InflightJournal,
     open_checkpoint,
     read_input_index,
     read_manifest,
@@ -103,6 +114,17 @@ FAIL_FAST_KINDS = frozenset({"auth", "permission", "not_found"})
 _NOT_ENDPOINT_KINDS = frozenset({"rate_limited", "timeout", "connection", "server_error", "stream_cut",
                                  "invalid_output", "truncated", "content_filter"})
 log = logging.getLogger("batchrun")
+
+
+MAYBE_BILLED_IDS_SHOWN = 20
+
+
+def describe_maybe_billed(ids: list[str]) -> str:
+    """The warning for tickets the in-flight journal says may have been paid for already."""
+    shown = ", ".join(ids[:MAYBE_BILLED_IDS_SHOWN]) + (f", ... ({len(ids) - MAYBE_BILLED_IDS_SHOWN} more)"
+                                                      if len(ids) > MAYBE_BILLED_IDS_SHOWN else "")
+    return (f"{len(ids)} ticket(s) were in flight when the last run died (or was interrupted): they may be "
+            f"billed twice; their new lines say maybe_billed_before: {shown}")
 
 
 def render_messages(job: JobSpec, ticket: Ticket) -> list[dict[str, str]]:
@@ -200,6 +222,8 @@ def prepare_run(
                 write_input_index(checkpoint.run_dir, scan.to_index(key))
             scan.ids = None  # the index is on disk; free the memory
         notes = list(checkpoint.repaired)
+        if checkpoint.maybe_billed:
+            notes.append(describe_maybe_billed(list(checkpoint.maybe_billed)))
         if scan.problem_count and not skip_bad:
             raise TicketError(scan.describe_problems())
         old = read_manifest(checkpoint.run_dir) or {}
@@ -306,8 +330,10 @@ class _Run:
         self.stats = RunStats(tickets_total=prep.tickets_total, already_done=prep.already_done,
                               skipped_failed=prep.skipped_failed, to_do=prep.to_do,
                               rejected_lines=prep.scan.problem_count)
+        self.stats.maybe_billed_ids = sorted(prep.checkpoint.maybe_billed)
         self.gate = RequestGate()
-        self.writer = CheckpointWriter(prep.run_dir, prep.checkpoint.done_ids)
+        self.writer = CheckpointWriter(prep.run_dir, prep.checkpoint.done_ids, prep.checkpoint.maybe_billed)
+        self.journal = InflightJournal(prep.run_dir, prep.run_number)
         self.failed_ids = set(prep.checkpoint.failed_ids)  # latest outcome a failure
         self.budget = (CostBudget(prep.max_cost_usd, prep.checkpoint.spent_usd)
                        if prep.max_cost_usd is not None else None)
@@ -470,7 +496,22 @@ class _Run:
                 self._waiting.discard(waiting)
         if waiting.cancelled_caught or self.halt.is_set():
             raise TicketAbandoned()
+        self.journal_request(request.ticket_id, attempt)
         self.note_attempt(request, attempt)
+
+    def journal_request(self, ticket_id: str, attempt: int) -> None:
+        """Write the journal entry before the request is sent; if it cannot be written, nothing is
+        sent and the run stops (TicketAbandoned for this ticket)."""
+        try:
+            self.journal.note(ticket_id, attempt)
+        except OSError as exc:
+            if self.fatal is None:
+                self.fatal = CheckpointError(f"{self.journal.path}: cannot write the in-flight journal: "
+                                             f"{exc.strerror}; nothing more is sent")
+                self.stop("checkpoint")
+                if self.work_scope is not None:
+                    self.work_scope.cancel()
+            raise TicketAbandoned() from None
 
     def halt_requests(self) -> None:
         """The first signal: no request starts from now on (see before_attempt and the backoff sleep)."""
@@ -588,6 +629,10 @@ class _Run:
 
     async def run(self) -> None:
         await self.writer.open()
+        try:
+            self.journal.open()
+        except (OSError, CheckpointError) as exc:
+            raise CheckpointError(f"{self.journal.path}: cannot open the in-flight journal: {exc}") from None
         if self.job.rpm or self.job.tpm:
             self.rate_limiter = RateLimiter(self.job.rpm, self.job.tpm)
         self.model_limiters = {entry.name: RateLimiter(entry.rpm or self.job.rpm, entry.tpm or self.job.tpm)
@@ -656,11 +701,14 @@ async def execute_run(
     state, error = "failed", None
     try:
         await run.run()
-        if run.fatal is not None:
+        if isinstance(run.fatal, CheckpointError):  # a full disk: the run ends as failed, summary shown
+            state, error = "failed", str(run.fatal)
+        elif run.fatal is not None:
             raise run.fatal
-        state = {"signal": "interrupted", "fail_fast": "failed", "budget": "budget_exhausted"}.get(
-            run.stop_reason or "", "done")
-        error = run.abort_message
+        else:
+            state = {"signal": "interrupted", "fail_fast": "failed", "budget": "budget_exhausted"}.get(
+                run.stop_reason or "", "done")
+            error = run.abort_message
     except BatchrunError as exc:
         error = str(exc)
         raise
@@ -676,6 +724,7 @@ async def execute_run(
             if run.bar is not None:
                 run._update_bar(force=True)
                 run.bar.close()
+            run.journal.close()
             try:
                 await run.writer.close()
             except (OSError, CheckpointError) as exc:  # the disk went away: say so, keep the first error
@@ -694,6 +743,8 @@ async def execute_run(
         code = 128 + (run.signal_number or signal.SIGINT)
     elif run.stop_reason == "fail_fast":
         code = ExitCode.ABORTED
+    elif state == "failed":
+        code = ExitCode.ERROR
     elif state == "budget_exhausted":
         code = ExitCode.BUDGET_EXHAUSTED
     elif run.stats.failed:

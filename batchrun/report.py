@@ -6,7 +6,11 @@
     format_status(status) -> str    the table `batchrun status` prints
 
 Reading takes no lock, so it works while a run is writing: a torn last line
-is simply not counted yet.
+is simply not counted yet. Whether a run is alive is read from its lock
+(run.lock held with flock: `checkpoint.lock_state`), not from the manifest,
+which a killed run leaves at "running": such a run is shown as "stopped
+unexpectedly: pid N is gone", with the tickets its in-flight journal left
+open (they may be billed twice).
 
 Grading and comparing runs live in grading.py (`batchrun report`) and
 diffing.py (`batchrun diff`).
@@ -14,10 +18,11 @@ diffing.py (`batchrun diff`).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from batchrun.checkpoint import ERRORS, REJECTS, RESULTS, read_manifest, scan_jsonl
+from batchrun.checkpoint import ERRORS, REJECTS, RESULTS, lock_state, open_inflight, read_manifest, scan_jsonl
 from batchrun.errors import CheckpointError
 from batchrun.stats import format_summary
 
@@ -37,10 +42,21 @@ def run_status(run_dir: Path) -> dict[str, Any]:
     rejects = run_dir / REJECTS
     rejected = rejects.read_bytes().count(b"\n") if rejects.exists() else 0
     total = int((manifest.get("input") or {}).get("tickets") or 0)
+    state, note = manifest.get("state"), None
+    live = lock_state(run_dir) == "held"  # the lock is the truth: a killed run leaves "running" behind
+    if state == "running" and not live:
+        pid = manifest.get("pid")
+        state = "stopped unexpectedly"
+        note = (f"pid {pid} is gone" if not _pid_alive(pid) else f"pid {pid} no longer holds run.lock") + (
+            " (killed, or the machine stopped): re-run the same command to resume")
+    # tickets whose request was in flight when a run died: only meaningful when no run is writing
+    maybe_billed = sorted(open_inflight(run_dir, results.ids)) if not live else []
     return {
         "run_dir": str(run_dir),
         "job": (manifest.get("job") or {}).get("name"),
-        "state": manifest.get("state"),
+        "state": state,
+        "state_note": note,
+        "live": live,
         "run": manifest.get("run"),
         "endpoint": manifest.get("endpoint"),
         "input": (manifest.get("input") or {}).get("path"),
@@ -56,7 +72,21 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "finished_at": manifest.get("finished_at"),
         "error": manifest.get("error"),
         "last_summary": manifest.get("summary"),
+        "maybe_billed_before": len(maybe_billed),
+        "maybe_billed_before_ids": maybe_billed[:100],
     }
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -64,7 +94,8 @@ def format_status(status: dict[str, Any]) -> str:
         ("run directory", status["run_dir"]),
         ("job", status["job"]),
         ("state", f"{status['state']} (run {status['run']}, started {status['started_at']}"
-                  + (f", finished {status['finished_at']})" if status["finished_at"] else ")")),
+                  + (f", finished {status['finished_at']})" if status["finished_at"] else ")")
+                  + (f": {status['state_note']}" if status.get("state_note") else "")),
         ("endpoint", status["endpoint"]),
         ("input", status["input"]),
         ("tickets", f"{status['tickets']:,}"),
@@ -78,6 +109,13 @@ def format_status(status: dict[str, Any]) -> str:
     ]
     if status["error"]:
         rows.append(("error", status["error"]))
+    if status.get("maybe_billed_before"):
+        ids = status["maybe_billed_before_ids"]
+        more = status["maybe_billed_before"] - len(ids[:10])
+        rows.append(("may be billed twice", (
+            f"{status['maybe_billed_before']:,} ticket(s) were in flight when the last run died: "
+            + ", ".join(ids[:10]) + (f" and {more:,} more" if more > 0 else "")
+            + " (the next run marks their lines maybe_billed_before)")))
     width = max(len(label) for label, _ in rows)
     text = "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
     if status["last_summary"]:

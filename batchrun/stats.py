@@ -92,6 +92,7 @@ class RunStats:
     worker_startup_cpu_s: float = 0.0  # CPU worker processes spent starting (litellm's import), as they said
     worker_cpu_s: float = 0.0  # CPU worker processes spent on this run, start-up included, as they said
     finished: float | None = None
+    maybe_billed_ids: list[str] = field(default_factory=list)  # left in flight by the run before (journal)
 
     def record(self, outcome: Outcome) -> None:
         """Count one outcome whose line is on disk."""
@@ -176,6 +177,9 @@ class RunStats:
                 round(self.cost_usd / (self.done - self.unpriced) * 1000, 6)
                 if self.done > self.unpriced else None
             ),
+            # tickets the in-flight journal says the last run left in flight (may be billed twice)
+            "maybe_billed_before": len(self.maybe_billed_ids),
+            "maybe_billed_before_ids": self.maybe_billed_ids[:100],
         }
 
 
@@ -242,6 +246,12 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
         ("cost", cost),
         ("cost per 1,000 tickets", "-" if per_1000 is None else f"${per_1000:,.6f}"),
     ]
+    if summary.get("maybe_billed_before"):
+        ids = summary.get("maybe_billed_before_ids") or []
+        more = summary["maybe_billed_before"] - len(ids[:10])
+        rows.append(("may be billed twice", (
+            f"{summary['maybe_billed_before']:,} ticket(s) were in flight when the last run died: "
+            + ", ".join(ids[:10]) + (f" and {more:,} more (lines marked maybe_billed_before)" if more > 0 else ""))))
     width = max(len(label) for label, _ in rows)
     lines = [title, "-" * len(title)]
     lines += [f"{label:<{width}}  {value}" for label, value in rows]

@@ -427,6 +427,8 @@ class ProcessExecutor:
         child = min(self.children, key=lambda c: c.load)
         pending = _Pending(request)
         self.pending[request.ticket_id] = pending
+        if not self.counts_each_attempt:  # the child asks no permit: journal the ticket before it can be sent
+            self.hooks.journal_request(request.ticket_id, 1)
         child.load += 1
         try:
             child.post({"t": "ticket", "id": request.ticket_id, "messages": request.messages,
