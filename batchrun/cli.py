@@ -172,6 +172,10 @@ def run(job_file: Path, input_path: Path | None, concurrency: int | None, limit:
             input=input_path, concurrency=concurrency, run_dir=run_dir, model=model, api_base=api_base,
             workers=workers)
         use_sim = job.simulator is not None and not live and api_base is None
+        if not use_sim:  # the simulator answers any name; a provider needs one litellm can route
+            from batchrun.provider import check_models
+
+            check_models(job)
         jobs = [job.for_model(entry) for entry in job.models] if job.compare_mode else [job]
         targets = {each.name: _targets(each, use_sim, secrets) for each in jobs}  # keys checked up front
         setup_logging(verbose, log_file, secrets)

@@ -366,6 +366,9 @@ def make_plan(job: Any, *, job_path: Path | None = None, limit: int | None = Non
               max_cost_usd: float | None = None, sample: int | None = None,
               assume_latency_ms: float = DEFAULT_ASSUMED_LATENCY_MS) -> dict[str, Any]:
     """The plan as a JSON-ready dict (see the module docstring); raises BatchrunError subclasses."""
+    from batchrun.provider import check_models
+
+    check_models(job)  # a model litellm cannot route is a load error, as in `batchrun run`
     sample = DEFAULT_SAMPLE if sample is None else sample
     mode = plan_mode(job)
     rows = [_plan_entry(entry, limit=limit, skip_failed=skip_failed, sample=sample,

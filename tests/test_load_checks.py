@@ -5,6 +5,7 @@ litellm cannot route."""
 from __future__ import annotations
 
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -78,3 +79,62 @@ def test_api_base_override_with_a_query_string_is_refused(tmp_path):
     with pytest.raises(JobSpecError) as info:
         job.with_overrides(api_base="http://127.0.0.1:4000/v1?api-key=abcdef123")
     assert "query string" in str(info.value) and "abcdef123" not in str(info.value)
+
+
+# -- 6a: a model string litellm cannot route -----------------------------------------
+
+
+@pytest.mark.parametrize(("model", "suggestion"), [("gpt4o-mini", "openai/gpt-4o-mini"),
+                                                   ("opnai/gpt-4o-mini", "openai/gpt-4o-mini")])
+def test_run_refuses_a_model_litellm_cannot_route_before_sending(make_job, tmp_path, cli_env, model, suggestion):
+    from batchrun.sim.config import SimConfig
+    from batchrun.sim.process import start_simulator
+
+    job = make_job(30)
+    with start_simulator(SimConfig(latency_ms=1, jitter=0)) as sim:
+        result = subprocess.run(batchrun_cmd("run", str(job), "--model", model, "--api-base", sim.base_url,
+                                             "--no-progress"), env=cli_env, capture_output=True, text=True,
+                                timeout=180)
+        sent = sim.stats()["total_requests"]
+    assert result.returncode == 2, result.stderr
+    assert f"model = {model!r}" in result.stderr and f"Did you mean {suggestion}?" in result.stderr
+    assert sent == 0 and not (tmp_path / "run" / "errors.jsonl").exists()
+    assert result.stderr.count("\n") <= 3  # one clear error, not a line per ticket
+
+
+def test_every_model_of_a_routed_job_is_checked_at_load(make_job, tmp_path):
+    from batchrun.errors import JobSpecError
+    from batchrun.provider import check_models
+
+    job = load_job(make_job(5, extra='''
+        [[models]]
+        name = "cheap"
+        model = "openai/gpt-4o-mini"
+        fallbacks = ["strong"]
+
+        [[models]]
+        name = "strong"
+        model = "antropic/claude-3-5-sonnet-20240620"
+
+        [[routes]]
+        model = "cheap"
+        default = true
+        '''))
+    with pytest.raises(JobSpecError) as info:
+        check_models(job)
+    assert "models[1].model (strong)" in str(info.value) and "Did you mean anthropic/" in str(info.value)
+
+
+def test_plan_refuses_a_model_litellm_cannot_route(make_job, tmp_path, cli_env):
+    job = make_job(5)
+    result = subprocess.run(batchrun_cmd("plan", str(job), "--model", "gpt4o-mini"), env=cli_env,
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 2
+    assert "model = 'gpt4o-mini'" in result.stderr + result.stdout
+
+
+def test_help_does_not_import_litellm(cli_env):
+    code = "import sys; from batchrun.cli import main; sys.argv = ['batchrun', '--help']\n" \
+           "try:\n    main()\nexcept SystemExit:\n    pass\nassert 'litellm' not in sys.modules, 'litellm imported'"
+    result = subprocess.run([sys.executable, "-c", code], env=cli_env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
