@@ -119,7 +119,7 @@ def wait_until(condition, timeout: float, what: str) -> None:
 
 
 def status_json(run_dir: Path, env) -> dict:
-    from batchrun.report import run_status  # what `batchrun status --json` prints
+    from batchrun.rundir import run_status  # what `batchrun status --json` prints
 
     return run_status(run_dir)
 
