@@ -67,7 +67,9 @@ class _RedactingFilter(logging.Filter):
 
 
 def setup_logging(verbose: int, log_file: Path | None, secrets: list[str]) -> None:
-    """-v: batchrun's retries and failures; -vv: debug, litellm's too. Keys scrubbed."""
+    """-v: batchrun's retries and failures; -vv: debug, litellm's too. Keys scrubbed. Every log
+    line goes to stderr (or the log file): stdout holds the summary only."""
+    route_litellm_logs(verbose)
     if not verbose and log_file is None:
         return
     level = logging.DEBUG if verbose >= 2 else logging.INFO
@@ -88,15 +90,26 @@ def setup_logging(verbose: int, log_file: Path | None, secrets: list[str]) -> No
     logging.getLogger("batchrun").setLevel(level)
 
 
+LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
+
+
 def route_litellm_logs(verbose: int) -> None:
-    """With -vv, send litellm's own loggers through our (redacting) handlers only."""
-    if verbose < 2:
+    """litellm's own log lines: never on stdout (it holds the summary), INFO and DEBUG only at -vv.
+
+    litellm's handler writes records below WARNING to stdout, at the level
+    LITELLM_LOG gives it when litellm is imported (DEBUG by default): it starts
+    at ERROR unless the user set LITELLM_LOG. With -v or -vv its handler is
+    removed and litellm's records go through batchrun's (redacting) stderr
+    handler: WARNING and up at -v, everything at -vv. Called before litellm is
+    imported and again after (its handler is added by the import)."""
+    os.environ.setdefault("LITELLM_LOG", "ERROR")
+    if not verbose:
         return
-    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+    for name in LITELLM_LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
-        logger.setLevel(logging.DEBUG)
+        logger.setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
 
 
 def sim_config(job: Any) -> Any:
