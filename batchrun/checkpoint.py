@@ -393,28 +393,29 @@ def open_inflight(run_dir: Path, done_ids: set[str] | None = None) -> dict[str, 
     """Journal entries no outcome line has cleared: id -> {"attempt", "run"} (read only).
 
     An entry of run r is cleared by a results line (a done ticket is never
-    sent again) or an errors line of run r or later. Memory: the ids the
-    journal names (since the last compaction: one run's requests), then only
-    the open ones."""
+    sent again) or an errors line of run r or later. Memory: beyond the done
+    ids the caller holds anyway, the journal's ids that are not done (failed
+    or open), then only the open ones."""
     run_dir = Path(run_dir)
+    path = run_dir / INFLIGHT
+    if not path.exists() and not path.is_symlink():
+        return {}
+    done = load_done_ids(run_dir) if done_ids is None else done_ids
     latest: dict[str, dict[str, Any]] = {}
     try:
-        with open(open_no_follow(run_dir / INFLIGHT, os.O_RDONLY), "rb") as handle:
+        with open(open_no_follow(path, os.O_RDONLY), "rb") as handle:
             for raw in handle:
                 if not raw.endswith(b"\n"):
                     break  # torn by a crash mid-write: that request was never sent
                 try:
                     entry = orjson.loads(raw)
-                    latest[str(entry["id"])] = {"attempt": int(entry.get("attempt") or 1), "run": int(entry["run"])}
+                    ticket_id = str(entry["id"])
+                    if ticket_id not in done:  # a done ticket is never sent again: cleared
+                        latest[ticket_id] = {"attempt": int(entry.get("attempt") or 1), "run": int(entry["run"])}
                 except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                     continue  # the journal only ever over-reports; a bad line names no ticket
     except FileNotFoundError:
         return {}
-    if not latest:
-        return {}
-    done = load_done_ids(run_dir) if done_ids is None else done_ids
-    for ticket_id in [t for t in latest if t in done]:
-        del latest[ticket_id]
     if latest:
         try:
             with open(open_no_follow(run_dir / ERRORS, os.O_RDONLY), "rb") as handle:
