@@ -24,17 +24,33 @@ Two phases:
 Stopping early. Four things stop dispatch (the producer is cancelled and
 queued tickets are left for the next run) while in-flight requests finish
 and are written:
-  * the first SIGINT/SIGTERM: in-flight requests get `grace_s`, then the rest
-    are cancelled (a second signal cancels at once); state "interrupted",
-    exit 128 + signal number;
+  * the first SIGINT/SIGTERM also halts requests (`halt_requests`): no
+    request starts any more, not even a retry; tickets sleeping in backoff
+    or waiting for the shared 429 pause or a rate limit end at once without
+    an outcome (ticket_runner.TicketAbandoned: nothing recorded, they run on
+    resume), so the run ends as soon as the requests really in flight are
+    answered; those get `grace_s`, then are cancelled (a second signal
+    cancels at once); state "interrupted", exit 128 + signal number;
   * `fail_fast_after` tickets in a row ending in 401/403/404 (a bad key or
-    model name must not burn through a million tickets): state "failed",
-    exit 4;
+    model name must not burn through a million tickets), or
+    `fail_fast_same_error_after` tickets in a row ending in the same
+    non-retryable error, class and message (a LiteLLM proxy answers a bad key
+    or model with a 400 such as "Invalid model name"): state "failed", exit 4;
   * `max_cost_usd`: the next ticket's estimated cost would pass the budget
     (spent on disk + reserved for in-flight + estimate): state
     "budget_exhausted", exit 5;
-  * a checkpoint write error (full disk, ...): state "failed", exit 1. No
-    ticket is ever counted done without its line on disk.
+  * a checkpoint write error (full disk, ...): state "failed", exit 1, the
+    summary and the file's last good line named. No ticket is ever counted
+    done without its line on disk.
+
+In-flight journal (checkpoint.InflightJournal): before each request is sent,
+`before_attempt` appends (id, attempt, run) to inflight.jsonl; with worker
+processes that do not ask for a permit per attempt, the coordinator writes
+the entry when it hands the ticket over, before the child can send it (its
+retries are covered by that entry). Outcome lines clear entries; a run
+that starts with open entries (the last one died with requests in flight)
+says how many tickets may be billed twice, and their lines carry
+`maybe_billed_before: true`.
 Files are flushed and fsynced and the manifest written in a shielded scope.
 Every stopped run resumes with the same command.
 
@@ -78,6 +94,7 @@ from batchrun import __version__
 from batchrun.checkpoint import (
     Checkpoint,
     CheckpointWriter,
+    InflightJournal,
     open_checkpoint,
     read_input_index,
     read_manifest,
@@ -101,14 +118,29 @@ from batchrun.stats import RunStats, format_progress_line
 from batchrun.input_formats import input_format_of
 from batchrun.tickets import InputScan, file_digest, read_tickets, scan_from_index, scan_input
 from batchrun.limits import AdaptiveConcurrency, CostBudget, RateLimiter, RequestGate, parse_rate_limit_headers
-from batchrun.ticket_runner import utc_now
+from batchrun.ticket_runner import TicketAbandoned, utc_now
 from batchrun.workers import InlineExecutor, ProcessExecutor, WorkerCrashedError, WorkerPool
 
 __all__ = ["PreparedRun", "RunResult", "build_manifest", "execute_run", "prepare_run", "render_messages"]
 
 MAX_HISTORY = 100  # runs remembered in manifest.json
 FAIL_FAST_KINDS = frozenset({"auth", "permission", "not_found"})
+# Kinds that never count toward the same-error streak: retried ones (an outage passes) and the
+# verdicts on an answer (they are about one ticket's answer, not about the endpoint).
+_NOT_ENDPOINT_KINDS = frozenset({"rate_limited", "timeout", "connection", "server_error", "stream_cut",
+                                 "invalid_output", "truncated", "content_filter"})
 log = logging.getLogger("batchrun")
+
+
+MAYBE_BILLED_IDS_SHOWN = 20
+
+
+def describe_maybe_billed(ids: list[str]) -> str:
+    """The warning for tickets the in-flight journal says may have been paid for already."""
+    shown = ", ".join(ids[:MAYBE_BILLED_IDS_SHOWN]) + (f", ... ({len(ids) - MAYBE_BILLED_IDS_SHOWN} more)"
+                                                      if len(ids) > MAYBE_BILLED_IDS_SHOWN else "")
+    return (f"{len(ids)} ticket(s) were in flight when the last run died (or was interrupted): they may be "
+            f"billed twice; their new lines say maybe_billed_before: {shown}")
 
 
 def render_messages(job: JobSpec, ticket: Ticket) -> list[dict[str, str]]:
@@ -265,7 +297,7 @@ def prepare_run(
     """Everything before the first request; raises BatchrunError subclasses."""
     templates = [t for t in (job.system_template, job.user_template) if t is not None]
     budget = max_cost_usd if max_cost_usd is not None else job.max_cost_usd
-    checkpoint = open_checkpoint(job.resolved_run_dir(), totals=budget is not None)
+    checkpoint = open_checkpoint(job.resolved_run_dir(), totals=budget is not None, force=force)
     try:
         skip_bad = job.on_bad_input == "skip"
         plan = {"max_problems": None if skip_bad else 20, "done_ids": checkpoint.done_ids,
@@ -286,6 +318,8 @@ def prepare_run(
                 write_input_index(checkpoint.run_dir, scan.to_index(key))
             scan.ids = None  # the index is on disk; free the memory
         notes = list(checkpoint.repaired)
+        if checkpoint.maybe_billed:
+            notes.append(describe_maybe_billed(list(checkpoint.maybe_billed)))
         if scan.problem_count and not skip_bad:
             raise TicketError(scan.describe_problems())
         old = read_manifest(checkpoint.run_dir) or {}
@@ -428,8 +462,10 @@ class _Run:
         self.stats = RunStats(tickets_total=prep.tickets_total, already_done=prep.already_done,
                               skipped_failed=prep.skipped_failed, to_do=prep.to_do,
                               rejected_lines=prep.scan.problem_count)
+        self.stats.maybe_billed_ids = sorted(prep.checkpoint.maybe_billed)
         self.gate = RequestGate()
-        self.writer = CheckpointWriter(prep.run_dir, prep.checkpoint.done_ids)
+        self.writer = CheckpointWriter(prep.run_dir, prep.checkpoint.done_ids, prep.checkpoint.maybe_billed)
+        self.journal = InflightJournal(prep.run_dir, prep.run_number)
         self.failed_ids = set(prep.checkpoint.failed_ids)  # latest outcome a failure
         self.budget = (CostBudget(prep.max_cost_usd, prep.checkpoint.spent_usd)
                        if prep.max_cost_usd is not None else None)
@@ -442,11 +478,15 @@ class _Run:
         self.slots = anyio.CapacityLimiter(self.aimd.limit) if self.aimd is not None else None
         self.flights: dict[bytes, _Flight] = {}  # cache = true: requests in flight by _flight_key
         self.stopping = False  # no new ticket starts once this is set
+        self.halt = anyio.Event()  # a signal: no request starts at all; tickets waiting to retry end
+        self._waiting: set[anyio.CancelScope] = set()  # attempts waiting for a permit (cancelled by a halt)
         self.stop_reason: str | None = None  # "signal", "fail_fast", "budget" or "checkpoint"
         self.signal_number: int | None = None
         self.fatal: BaseException | None = None  # a checkpoint error: raised after cleanup
         self.abort_message: str | None = None  # why fail-fast or the budget stopped the run
         self.fail_fast_streak = 0  # tickets in a row ending in 401/403/404
+        self.same_error: tuple[str | None, str | None] | None = None  # (type, message) of the last failure
+        self.same_error_streak = 0  # tickets in a row ending in that same non-retryable error
         self.producer_scope = anyio.CancelScope()
         self.work_scope: anyio.CancelScope | None = None
         self.writer_done = anyio.Event()
@@ -525,6 +565,12 @@ class _Run:
                     outcome = await self.executor.run(request, chain, route)
             else:
                 outcome = await self.executor.run(request, chain, route)
+        except TicketAbandoned:  # halted before its next request: the ticket stays pending
+            self.stats.in_flight -= 1
+            self.estimated_tokens.pop(ticket.id, None)
+            if self.budget is not None:
+                self.budget.settle(reserved, 0.0)
+            return False
         except WorkerCrashedError as exc:  # the ticket stays pending; the run stops
             self.stats.in_flight -= 1
             if self.fatal is None:
@@ -546,18 +592,33 @@ class _Run:
         return True
 
     def check_fail_fast(self, outcome: Outcome) -> None:
-        """Count tickets in a row ending in 401/403/404, as they finish."""
-        if outcome.ok or outcome.error_kind not in FAIL_FAST_KINDS:
-            self.fail_fast_streak = 0
+        """Count, as tickets finish, those in a row ending in 401/403/404 (`fail_fast_after`) and
+        those in a row ending in the same non-retryable error, class and message
+        (`fail_fast_same_error_after`: a proxy answers a bad key or model with a 400)."""
+        if outcome.ok:
+            self.fail_fast_streak = self.same_error_streak = 0
+            self.same_error = None
             return
-        self.fail_fast_streak += 1
+        self.fail_fast_streak = self.fail_fast_streak + 1 if outcome.error_kind in FAIL_FAST_KINDS else 0
+        key = (outcome.error_type, outcome.error_message)
+        if outcome.error_kind in _NOT_ENDPOINT_KINDS:
+            self.same_error, self.same_error_streak = None, 0
+        elif key == self.same_error:
+            self.same_error_streak += 1
+        else:
+            self.same_error, self.same_error_streak = key, 1
+        hint = (f"-- check {f'the key in ${self.job.api_key_env}, ' if self.job.api_key_env else 'the API key, '}"
+                "the model name and api_base; nothing more is sent. Re-run the same command to resume.")
+        status = f" (HTTP {outcome.status_code})" if outcome.status_code else ""
         if self.fail_fast_streak >= self.job.fail_fast_after:
-            key = f"the key in ${self.job.api_key_env}, " if self.job.api_key_env else "the API key, "
             self.stop("fail_fast", (
                 f"stopping: {self.fail_fast_streak} tickets in a row failed with "
-                f"{outcome.error_kind} (HTTP {outcome.status_code}): {outcome.error_message} "
-                f"-- check {key}the model name and api_base; nothing more is sent. "
-                f"Re-run the same command to resume."))
+                f"{outcome.error_kind}{status}: {outcome.error_message} {hint}"))
+        elif self.same_error_streak >= self.job.fail_fast_same_error_after:
+            self.stop("fail_fast", (
+                f"stopping: {self.same_error_streak} tickets in a row failed with the same error, "
+                f"{outcome.error_kind}{status} {outcome.error_type}: {outcome.error_message} "
+                f"(fail_fast_same_error_after = {self.job.fail_fast_same_error_after}) {hint}"))
 
     def stop(self, reason: str, message: str | None = None) -> None:
         """Stop dispatching: no new ticket starts; in-flight ones finish."""
@@ -579,18 +640,51 @@ class _Run:
             self.stats.retries += 1
 
     async def before_attempt(self, request: ChatRequest, attempt: int, tokens: int | None = None) -> None:
+        """Wait for the shared pause and the rate limits, then count the attempt. After a halt
+        (a signal) no attempt starts: TicketAbandoned, also for one waiting here."""
+        if self.halt.is_set():
+            raise TicketAbandoned()
+        with anyio.CancelScope() as waiting:
+            self._waiting.add(waiting)
+            try:
+                await self.gate.wait_for_permit()
+                limiter = self._limiter(request)
+                if limiter is not None:
+                    if limiter.tokens is not None:
+                        if tokens is None:
+                            tokens = self.estimated_tokens.get(request.ticket_id)
+                        provider = self.providers.get(request.model_key or "", self.provider)
+                        if tokens is None and provider is not None and hasattr(provider, "estimate_tokens"):
+                            tokens = sum(provider.estimate_tokens(request))
+                        self.estimated_tokens[request.ticket_id] = tokens or 0
+                    await limiter.acquire(tokens or 0)
+            finally:
+                self._waiting.discard(waiting)
+        if waiting.cancelled_caught or self.halt.is_set():
+            raise TicketAbandoned()
+        self.journal_request(request.ticket_id, attempt)
         self.note_attempt(request, attempt)
-        await self.gate.wait_for_permit()
-        limiter = self._limiter(request)
-        if limiter is not None:
-            if limiter.tokens is not None:
-                if tokens is None:
-                    tokens = self.estimated_tokens.get(request.ticket_id)
-                provider = self.providers.get(request.model_key or "", self.provider)
-                if tokens is None and provider is not None and hasattr(provider, "estimate_tokens"):
-                    tokens = sum(provider.estimate_tokens(request))
-                self.estimated_tokens[request.ticket_id] = tokens or 0
-            await limiter.acquire(tokens or 0)
+
+    def journal_request(self, ticket_id: str, attempt: int) -> None:
+        """Write the journal entry before the request is sent; if it cannot be written, nothing is
+        sent and the run stops (TicketAbandoned for this ticket)."""
+        try:
+            self.journal.note(ticket_id, attempt)
+        except OSError as exc:
+            if self.fatal is None:
+                self.fatal = CheckpointError(f"{self.journal.path}: cannot write the in-flight journal: "
+                                             f"{exc.strerror}; nothing more is sent")
+                self.stop("checkpoint")
+                if self.work_scope is not None:
+                    self.work_scope.cancel()
+            raise TicketAbandoned() from None
+
+    def halt_requests(self) -> None:
+        """The first signal: no request starts from now on (see before_attempt and the backoff sleep)."""
+        self.halt.set()
+        for waiting in list(self._waiting):
+            waiting.cancel()
+        self.executor.halt()
 
     def _limiter(self, request: ChatRequest) -> RateLimiter | None:
         """The rate limiter of the request's model ([[models]] rpm/tpm), else the job's."""
@@ -690,6 +784,7 @@ class _Run:
                     self.signal_number = int(signum)
                     self.stopping = False  # a signal wins over an earlier stop reason
                     self.stop("signal")
+                    self.halt_requests()
                     print(
                         f"\nbatchrun: {signal.Signals(signum).name}: no new requests; waiting up to "
                         f"{self.grace_s:g} s for {self.stats.in_flight} in flight (signal again to stop now)",
@@ -706,6 +801,10 @@ class _Run:
 
     async def run(self) -> None:
         await self.writer.open()
+        try:
+            self.journal.open()
+        except (OSError, CheckpointError) as exc:
+            raise CheckpointError(f"{self.journal.path}: cannot open the in-flight journal: {exc}") from None
         if self.job.rpm or self.job.tpm:
             self.rate_limiter = RateLimiter(self.job.rpm, self.job.tpm)
         self.model_limiters = {entry.name: RateLimiter(entry.rpm or self.job.rpm, entry.tpm or self.job.tpm)
@@ -799,11 +898,14 @@ async def execute_run(
     state, error = "failed", None
     try:
         await run.run()
-        if run.fatal is not None:
+        if isinstance(run.fatal, CheckpointError):  # a full disk: the run ends as failed, summary shown
+            state, error = "failed", str(run.fatal)
+        elif run.fatal is not None:
             raise run.fatal
-        state = {"signal": "interrupted", "fail_fast": "failed", "budget": "budget_exhausted"}.get(
-            run.stop_reason or "", "done")
-        error = run.abort_message
+        else:
+            state = {"signal": "interrupted", "fail_fast": "failed", "budget": "budget_exhausted"}.get(
+                run.stop_reason or "", "done")
+            error = run.abort_message
     except BatchrunError as exc:
         error = str(exc)
         raise
@@ -819,6 +921,7 @@ async def execute_run(
             if run.bar is not None:
                 run._update_bar(force=True)
                 run.bar.close()
+            run.journal.close()
             try:
                 await run.writer.close()
             except (OSError, CheckpointError) as exc:  # the disk went away: say so, keep the first error
@@ -837,6 +940,8 @@ async def execute_run(
         code = 128 + (run.signal_number or signal.SIGINT)
     elif run.stop_reason == "fail_fast":
         code = ExitCode.ABORTED
+    elif state == "failed":
+        code = ExitCode.ERROR
     elif state == "budget_exhausted":
         code = ExitCode.BUDGET_EXHAUSTED
     elif run.stats.failed:

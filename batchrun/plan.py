@@ -436,6 +436,10 @@ def make_plan(job: Any, *, job_path: Path | None = None, limit: int | None = Non
     """The plan as a JSON-ready dict (see the module docstring); raises BatchrunError subclasses.
     A job with a [simulator] section is planned as the simulated run `batchrun run` would make,
     unless `live` (then as the live run `batchrun run --live` would make)."""
+    if job.simulator is None or live:  # as in `batchrun run`: a live model must be one litellm can route
+        from batchrun.provider import check_models
+
+        check_models(job)
     sample = DEFAULT_SAMPLE if sample is None else sample
     mode = plan_mode(job)
     simulated = job.simulator is not None and not live

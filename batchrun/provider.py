@@ -122,6 +122,7 @@ from typing import Any, Callable, Mapping, MutableMapping, Protocol, Sequence
 from batchrun import litellm_tuning
 from batchrun.errors import (
     ConfigurationError,
+    JobSpecError,
     RateLimitedError,
     RequestError,
     RetryableError,
@@ -146,6 +147,8 @@ __all__ = [
     "ScriptedProvider",
     "OPENAI_HTTP_HANDLER_ENV",
     "bare_acompletion",
+    "check_model",
+    "check_models",
     "estimate_tokens",
     "import_litellm",
     "is_rate_limit_error",
@@ -230,6 +233,46 @@ def import_litellm(max_connections: int | None = None) -> Any:
         litellm_tuning.install(litellm)
         _litellm = litellm
     return _litellm
+
+
+def check_model(model: str, api_base: str | None = None, where: str = "model") -> None:
+    """Refuse a model string litellm cannot route (JobSpecError, exit 2), before anything is sent.
+
+    The same `litellm.get_llm_provider` call every request makes, asked once
+    at load (no network): `gpt4o-mini` or `opnai/gpt-4o-mini` is one clear
+    error naming the field, with a close match when there is one, instead of
+    an error line per ticket."""
+    lm = import_litellm()
+    try:
+        lm.get_llm_provider(model=model, api_base=api_base)
+        return
+    except Exception as exc:  # litellm.BadRequestError("LLM Provider NOT provided ...") and the like
+        reason = str(exc).split("\n", 1)[0].removeprefix("litellm.BadRequestError: ").strip()
+    import difflib
+
+    providers = [getattr(p, "value", p) for p in lm.provider_list]
+    hint = ""
+    prefix, _, name = model.partition("/")
+    if name:
+        close = difflib.get_close_matches(prefix, providers, n=1, cutoff=0.6)
+        if close:
+            hint = f" Did you mean {close[0]}/{name}?"
+    else:
+        close = difflib.get_close_matches(model, [m for m in lm.model_cost if "/" not in m], n=1, cutoff=0.8)
+        if close:
+            provider = lm.model_cost[close[0]].get("litellm_provider")
+            hint = f" Did you mean {(provider + '/') if provider else ''}{close[0]}?"
+    raise JobSpecError(
+        f"{where} = {model!r}: litellm cannot tell which provider serves it ({reason}).{hint} Write it as "
+        "provider/model, e.g. openai/gpt-4o-mini (a LiteLLM proxy or other OpenAI-compatible server: "
+        "openai/<its model name> with api_base); nothing was sent")
+
+
+def check_models(job: Any) -> None:
+    """`check_model` for the job's model and every [[models]] entry (compare, route, fallbacks)."""
+    check_model(job.model, job.api_base)
+    for index, entry in enumerate(job.models):
+        check_model(entry.model, entry.api_base or job.api_base, where=f"models[{index}].model ({entry.name})")
 
 
 def openai_transport(stream: bool = False) -> str:

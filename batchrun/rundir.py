@@ -15,13 +15,18 @@
     batch_parts(run_dir)        a batch-mode run's parts (batches.json), or None
 
 Reading takes no lock, so it works while a run is writing: a torn last line is
-simply not counted yet. checkpoint.py is the write side (and owns the file
+simply not counted yet. Whether a run is alive is read from its lock (run.lock
+held with flock: `checkpoint.lock_state`), not from the manifest, which a
+killed run leaves at "running": such a run shows as "stopped unexpectedly: pid
+N is gone", with the tickets its in-flight journal left open (they may be
+billed twice). checkpoint.py is the write side (and owns the file
 names and the manifest format); grading.py, diffing.py and plan.py read
 through here.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -171,7 +176,7 @@ def compare_status(path: Path) -> list[dict[str, Any]] | None:
 
 def run_status(run_dir: Path) -> dict[str, Any]:
     """Counts recomputed from the checkpoint files, plus the manifest's state and last summary."""
-    from batchrun.checkpoint import ERRORS, REJECTS, RESULTS, scan_jsonl
+    from batchrun.checkpoint import ERRORS, REJECTS, RESULTS, lock_state, open_inflight, scan_jsonl
 
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
@@ -185,13 +190,24 @@ def run_status(run_dir: Path) -> dict[str, Any]:
     rejects = run_dir / REJECTS
     rejected = rejects.read_bytes().count(b"\n") if rejects.exists() else 0
     total = int((manifest.get("input") or {}).get("tickets") or 0)
+    state, note = manifest.get("state"), None
+    live = lock_state(run_dir) == "held"  # the lock is the truth: a killed run leaves "running" behind
+    if state == "running" and not live:
+        pid = manifest.get("pid")
+        state = "stopped unexpectedly"
+        note = (f"pid {pid} is gone" if not _pid_alive(pid) else f"pid {pid} no longer holds run.lock") + (
+            " (killed, or the machine stopped): re-run the same command to resume")
+    # tickets whose request was in flight when a run died: only meaningful when no run is writing
+    maybe_billed = sorted(open_inflight(run_dir, results.ids)) if not live else []
     limit = manifest.get("limit")
     asked = min(int(limit), total) if isinstance(limit, int) else total  # what the last run was asked to do
     finished = done + len(failed_ids)
     return {
         "run_dir": str(run_dir),
         "job": (manifest.get("job") or {}).get("name"),
-        "state": manifest.get("state"),
+        "state": state,
+        "state_note": note,
+        "live": live,
         "run": manifest.get("run"),
         "endpoint": manifest.get("endpoint"),
         "input": (manifest.get("input") or {}).get("path"),
@@ -214,6 +230,8 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "error": manifest.get("error"),
         "last_summary": manifest.get("summary"),
         "batch": batch_parts(run_dir),
+        "maybe_billed_before": len(maybe_billed),
+        "maybe_billed_before_ids": maybe_billed[:100],
     }
 
 
@@ -233,3 +251,15 @@ def batch_parts(run_dir: Path) -> dict[str, Any] | None:
              for p in data.get("parts") or [] if p.get("state") != "discarded"]
     return {"run_key": data.get("run_key"), "parts": parts,
             "live": sum(1 for p in parts if p["state"] in LIVE_PART_STATES)}
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -294,6 +294,25 @@ def _load_schema_file(path: Path) -> dict[str, Any]:
     return schema
 
 
+def _check_api_base(value: str | None) -> str | None:
+    """An api_base must not carry a query string: litellm appends its path
+    (/chat/completions) after it, so every request would go to a wrong URL.
+    The message never repeats the URL's query (it usually holds a key)."""
+    if value is None:
+        return value
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.query or parts.fragment:
+        shown = f"{parts.scheme}://{parts.hostname or ''}{parts.path}" if parts.scheme else "the URL"
+        raise ValueError(
+            f"{shown}?... has a query string (not repeated here: it may hold a key); litellm adds "
+            "/chat/completions after it, so every request would fail. Give api_base without it, and pass "
+            "a key through api_key_env (the NAME of an environment variable holding it; litellm sends it "
+            "as a header), e.g. api_key_env = \"PROXY_API_KEY\"")
+    return value
+
+
 class ModelSpec(_Section):
     """One entry of `[[models]]`: a model to compare, route to, or fall back on."""
 
@@ -306,6 +325,11 @@ class ModelSpec(_Section):
     rpm: int | None = Field(None, ge=1)  # this model's own limits (default: the job's)
     tpm: int | None = Field(None, ge=1)
     fallbacks: list[str] = Field(default_factory=list)  # names to try, in order, after a terminal failure
+
+    @field_validator("api_base")
+    @classmethod
+    def _api_base(cls, value: str | None) -> str | None:
+        return _check_api_base(value)
 
 
 class RouteSpec(_Section):
@@ -381,6 +405,8 @@ class JobSpec(_Section):
     prices: PricesSpec | None = None
     max_cost_usd: float | None = Field(None, gt=0)  # stop dispatching before spending more (all runs)
     fail_fast_after: int = Field(5, ge=1)  # this many 401/403/404 tickets in a row abort the run
+    # this many tickets in a row ending in the same non-retryable error (class and message) abort the run
+    fail_fast_same_error_after: int = Field(20, ge=1)
     on_bad_input: Literal["fail", "skip"] = "fail"  # skip: bad lines go to rejects.jsonl, the rest runs
     max_line_bytes: int = Field(1_000_000, ge=64)  # a longer input line is bad input
     # -- how answers are received and judged (docs/job-file.md: "Streaming, labels, schemas and tools")
@@ -453,6 +479,11 @@ class JobSpec(_Section):
             return self.workers
         cpus = cpus or os.cpu_count() or 1
         return cpus if cpus > 1 and to_do >= 5000 and self.max_in_flight >= 32 else 1
+
+    @field_validator("api_base")
+    @classmethod
+    def _api_base(cls, value: str | None) -> str | None:
+        return _check_api_base(value)
 
     @field_validator("api_key_env")
     @classmethod

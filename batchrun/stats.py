@@ -136,6 +136,7 @@ class RunStats:
     worker_startup_cpu_s: float = 0.0  # CPU worker processes spent starting (litellm's import), as they said
     worker_cpu_s: float = 0.0  # CPU worker processes spent on this run, start-up included, as they said
     finished: float | None = None
+    maybe_billed_ids: list[str] = field(default_factory=list)  # left in flight by the run before (journal)
 
     def record(self, outcome: Outcome) -> None:
         """Count one outcome whose line is on disk."""
@@ -237,6 +238,9 @@ class RunStats:
                 round(self.cost_usd / (self.done - self.unpriced) * 1000, 6)
                 if self.done > self.unpriced else None
             ),
+            # tickets the in-flight journal says the last run left in flight (may be billed twice)
+            "maybe_billed_before": len(self.maybe_billed_ids),
+            "maybe_billed_before_ids": self.maybe_billed_ids[:100],
         }
 
 
@@ -321,6 +325,12 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
         rows.insert(len(rows) - 2, ("usage estimated", (
             f"{summary['usage_estimated']:,} result(s) without usage from the provider: tokens counted "
             "with litellm.token_counter, cost_status \"estimated\"")))
+    if summary.get("maybe_billed_before"):
+        ids = summary.get("maybe_billed_before_ids") or []
+        more = summary["maybe_billed_before"] - len(ids[:10])
+        rows.append(("may be billed twice", (
+            f"{summary['maybe_billed_before']:,} ticket(s) were in flight when the last run died: "
+            + ", ".join(ids[:10]) + (f" and {more:,} more (lines marked maybe_billed_before)" if more > 0 else ""))))
     lines = [title, "-" * len(title)] + kv(rows)
     if failures:
         lines += ["", "failed tickets, most frequent messages (all lines in errors.jsonl):"]

@@ -15,6 +15,9 @@ a ticket never runs a whole `timeout_s` past its deadline. Every exception from 
 translated once (`provider.translate_error`); the ticket ends as a success or
 as a terminal failure, both returned as an `Outcome`, never raised.
 Cancellation passes straight through: it is never retried or recorded.
+Once the run is halted (`hooks.halt` set by the first SIGINT/SIGTERM), no
+request starts: `before_attempt` and the backoff sleep raise
+`TicketAbandoned`, and the ticket ends unrecorded (it runs on resume).
 
 Every answer is judged before it counts as a success (`_judge`; nothing to
 do for a plain job that ends with finish_reason "stop": no extra work per
@@ -77,7 +80,8 @@ from batchrun.spec import JobSpec
 
 log = logging.getLogger("batchrun")
 
-__all__ = ["AttemptHooks", "JobPlan", "judge_answer", "plan_for", "run_chain", "run_ticket", "utc_now"]
+__all__ = ["AttemptHooks", "JobPlan", "TicketAbandoned", "judge_answer", "plan_for", "run_chain", "run_ticket",
+           "utc_now"]
 
 
 #: The shortest timeout an attempt gets when the retry deadline is (nearly) reached.
@@ -90,7 +94,22 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class TicketAbandoned(Exception):
+    """The run was halted (SIGINT/SIGTERM) before this ticket's next request.
+
+    Raised by `hooks.before_attempt` or by the backoff sleep once `hooks.halt`
+    is set; the ticket ends without an outcome, so nothing is recorded and it
+    runs on resume. `attempts`: requests already sent for it (counted by the
+    caller when they were not counted one by one)."""
+
+    def __init__(self, attempts: int = 0) -> None:
+        super().__init__(f"halted after {attempts} request(s)")
+        self.attempts = attempts
+
+
 class AttemptHooks(Protocol):
+    halt: anyio.Event | None  # set: no request may start; sleeping tickets end (TicketAbandoned)
+
     async def before_attempt(self, request: ChatRequest, attempt: int) -> None: ...
 
     def attempt_failed(self, request: ChatRequest, attempt: int, error: RequestError) -> None: ...
@@ -168,6 +187,19 @@ def judge_answer(completion: Completion, job: JobSpec) -> Mapping[str, Any] | No
         raise RetryableError(str(exc), kind="invalid_output", error_type="InvalidOutput") from None
 
 
+def _sleep_unless_halted(halt: anyio.Event) -> Any:
+    """tenacity's sleep: the backoff ends at once, with TicketAbandoned, when the run is halted."""
+
+    async def sleep(seconds: float) -> None:
+        if not halt.is_set():
+            with anyio.move_on_after(seconds):
+                await halt.wait()
+        if halt.is_set():
+            raise TicketAbandoned()
+
+    return sleep
+
+
 def _log_retry(ticket_id: str) -> Any:
     def before_sleep(state: Any) -> None:
         if log.isEnabledFor(logging.INFO):
@@ -196,6 +228,8 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
     if plan.options is not None and request.options is None:
         request = replace(request, options=plan.options)
     judge = plan.rules is not None or plan.on_truncated == "fail" or plan.on_content_filter == "fail"
+    halt = getattr(hooks, "halt", None)
+    sleep = _sleep_unless_halted(halt) if halt is not None else None
     cache = job.cache and hasattr(provider, "cached")
     if cache:
         hit = await provider.cached(request)  # type: ignore[attr-defined]
@@ -209,10 +243,14 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                                finished_at=utc_now(), elapsed_ms=(time.monotonic() - t0) * 1000.0, run=run_number,
                                completion=hit, latency_ms=0.0, structured=structured)
     try:
-        async for attempt in build_retrying(job.retry, before_sleep=_log_retry(request.ticket_id)):
+        async for attempt in build_retrying(job.retry, before_sleep=_log_retry(request.ticket_id), sleep=sleep):
             with attempt:
                 attempts += 1
-                await hooks.before_attempt(request, attempts)
+                try:
+                    await hooks.before_attempt(request, attempts)
+                except TicketAbandoned:
+                    attempts -= 1  # not sent
+                    raise
                 a0 = time.monotonic()
                 completion = None
                 sent, guard = request, hard_timeout
@@ -255,6 +293,9 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                 hooks.attempt_succeeded(request, attempts, completion, latency_ms)
         if cache and completion is not None:  # accepted: the only answers ever stored
             await provider.remember(request, completion)  # type: ignore[attr-defined]
+    except TicketAbandoned as halted:
+        halted.attempts = attempts
+        raise
     except RequestError as error:
         message = error.message
         cap = job.retry.max_retry_after_s
@@ -294,7 +335,11 @@ async def run_chain(request: ChatRequest, providers: Mapping[str, Provider], cha
     spent_before = 0.0
     outcome: Outcome | None = None
     for key in chain:
-        outcome = await run_ticket(replace(request, model_key=key), providers[key], job, hooks, run_number)
+        try:
+            outcome = await run_ticket(replace(request, model_key=key), providers[key], job, hooks, run_number)
+        except TicketAbandoned as halted:
+            halted.attempts += sum(attempts_by_model.values())
+            raise
         attempts_by_model[key] = outcome.attempts
         if outcome.ok:
             break

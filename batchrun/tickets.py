@@ -29,7 +29,8 @@ row number where JSON Lines has the line number (`InputScan.unit` says which).
 
 Checked per line: valid UTF-8 (a BOM on line 1 is accepted and dropped),
 not blank, valid JSON, a JSON object, an id that is a non-empty string or an
-integer, no id seen before, and every field the prompt templates use.
+integer (not only whitespace, at most MAX_ID_CHARS = 512 characters), no id
+seen before, and every field the prompt templates use.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ __all__ = ["InputScan", "LineProblem", "file_digest", "read_tickets", "scan_from
 
 _BOM = b"\xef\xbb\xbf"
 MAX_LINE_BYTES = 1_000_000  # a line longer than this is rejected as bad input
+MAX_ID_CHARS = 512  # a longer id is bad input (it names files, logs and checkpoint lines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +145,13 @@ def _parse_line(raw: bytes | None, line_no: int, id_field: str, size: int = 0,
     value = obj[id_field]
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
         raise ValueError(f"id field {id_field!r} must be a non-empty string or an integer, got {value!r}")
-    return str(value), obj
+    ticket_id = str(value)
+    if len(ticket_id) > MAX_ID_CHARS:
+        raise ValueError(f"id field {id_field!r} is {len(ticket_id):,} characters long, over the "
+                         f"{MAX_ID_CHARS}-character limit for an id")
+    if ticket_id.isspace():
+        raise ValueError(f"id field {id_field!r} is only whitespace ({value!r}): an id must be visible")
+    return ticket_id, obj
 
 
 def _read_lines(

@@ -25,6 +25,9 @@ Usage) go on the wire as orjson writes dataclasses.
      chain, route}
     {"t": "permit", id}                     (other jobs: attempts counted from the outcome)
     {"t": "pause", seconds}                 {"t": "failed", id, attempt, error}
+    {"t": "halt"}                           {"t": "abandoned", id, attempts}   (a ticket halted
+     (a signal: no request starts; tickets   before its next request: no outcome)
+     waiting to retry end)
                                             {"t": "succeeded", id, attempt, latency_ms, usage, headers}
                                                                           (rate-limited or "auto" jobs)
                                             {"t": "outcome", outcome}
@@ -73,7 +76,7 @@ from batchrun.provider import ChatRequest, Provider, size_connection_pool
 from batchrun.limits import RequestGate
 from batchrun.records import Completion, Outcome, ToolCall, Usage
 from batchrun.spec import JobSpec
-from batchrun.ticket_runner import AttemptHooks, run_chain
+from batchrun.ticket_runner import AttemptHooks, TicketAbandoned, run_chain
 
 __all__ = ["InlineExecutor", "ProcessExecutor", "WorkerCrashedError", "WorkerPool", "main", "open_worker_pool"]
 
@@ -160,17 +163,21 @@ class InlineExecutor:
     async def run(self, request: ChatRequest, chain: list[str], route: str | None = None) -> Outcome:
         return await run_chain(request, self.providers, chain, self.job, self.hooks, self.run_number, route)
 
+    def halt(self) -> None:
+        return None  # the tickets run in this loop and see the coordinator's own hooks.halt
+
     async def aclose(self) -> None:
         return None  # the provider belongs to whoever passed it in
 
 
 class _Pending:
-    __slots__ = ("request", "done", "outcome")
+    __slots__ = ("request", "done", "outcome", "abandoned")
 
     def __init__(self, request: ChatRequest) -> None:
         self.request = request
         self.done = anyio.Event()
         self.outcome: Outcome | None = None
+        self.abandoned: TicketAbandoned | None = None  # halted in the child before its next request
 
 
 class _Child:
@@ -420,6 +427,8 @@ class ProcessExecutor:
         child = min(self.children, key=lambda c: c.load)
         pending = _Pending(request)
         self.pending[request.ticket_id] = pending
+        if not self.counts_each_attempt:  # the child asks no permit: journal the ticket before it can be sent
+            self.hooks.journal_request(request.ticket_id, 1)
         child.load += 1
         try:
             child.post({"t": "ticket", "id": request.ticket_id, "messages": request.messages,
@@ -428,6 +437,8 @@ class ProcessExecutor:
         finally:
             child.load -= 1
             self.pending.pop(request.ticket_id, None)
+        if pending.abandoned is not None:
+            raise pending.abandoned
         if pending.outcome is None:
             raise self.crashed or WorkerCrashedError("a worker process ended without an outcome")
         return pending.outcome
@@ -442,6 +453,15 @@ class ProcessExecutor:
                     for attempt in range(1, outcome.attempts + 1):
                         self.hooks.note_attempt(pending.request, attempt)
                 pending.outcome = outcome
+                pending.done.set()
+        elif kind == "abandoned":
+            pending = self.pending.get(message["id"])
+            if pending is not None:
+                attempts = int(message.get("attempts") or 0)
+                if not self.counts_each_attempt:
+                    for attempt in range(1, attempts + 1):
+                        self.hooks.note_attempt(pending.request, attempt)
+                pending.abandoned = TicketAbandoned(attempts)
                 pending.done.set()
         elif kind == "want":
             self._tg.start_soon(self._grant, child, message)
@@ -479,8 +499,15 @@ class ProcessExecutor:
         if pending is None:
             return
         request = dataclasses.replace(pending.request, model_key=message.get("model"))
-        await self.hooks.before_attempt(request, message["attempt"], tokens=message.get("tokens"))
+        try:
+            await self.hooks.before_attempt(request, message["attempt"], tokens=message.get("tokens"))
+        except TicketAbandoned:
+            return  # halted: the child got "halt" and ends the ticket itself
         child.post({"t": "permit", "id": message["id"]})
+
+    def halt(self) -> None:
+        """A signal: every child stops starting requests (see _RemoteHooks.halt_now)."""
+        self._broadcast({"t": "halt"})
 
     async def aclose(self) -> None:
         """End the run in every child ("end": it cancels what it still holds and reports its CPU),
@@ -520,8 +547,28 @@ class _RemoteHooks:
         self.gate = RequestGate()  # the coordinator's pauses, mirrored
         self.permits: dict[str, anyio.Event] = {}
         self.tokens: dict[str, int] = {}
+        self.halt = anyio.Event()  # the coordinator's "halt": no request starts any more
+        self._waiting: set[anyio.CancelScope] = set()
+
+    def halt_now(self) -> None:
+        self.halt.set()
+        for waiting in list(self._waiting):
+            waiting.cancel()
 
     async def before_attempt(self, request: ChatRequest, attempt: int) -> None:
+        if self.halt.is_set():
+            raise TicketAbandoned()
+        with anyio.CancelScope() as waiting:
+            self._waiting.add(waiting)
+            try:
+                await self._wait_for_permit(request, attempt)
+            finally:
+                self._waiting.discard(waiting)
+                self.permits.pop(request.ticket_id, None)
+        if waiting.cancelled_caught or self.halt.is_set():
+            raise TicketAbandoned()
+
+    async def _wait_for_permit(self, request: ChatRequest, attempt: int) -> None:
         if not self.asks_permits:  # attempts are counted from the outcome: no frame per attempt
             await self.gate.wait_for_permit()
             return
@@ -655,7 +702,13 @@ async def _serve_run(job: JobSpec, providers: dict[str, Any], run_number: int, s
 
     async def one(message: dict[str, Any]) -> None:
         request = ChatRequest(message["id"], message["messages"], float(message["timeout"]))
-        outcome = await run_chain(request, providers, message["chain"], job, hooks, run_number, message["route"])
+        try:
+            outcome = await run_chain(request, providers, message["chain"], job, hooks, run_number,
+                                      message["route"])
+        except TicketAbandoned as halted:
+            hooks.finished(request.ticket_id)
+            send({"t": "abandoned", "id": request.ticket_id, "attempts": halted.attempts})
+            return
         hooks.finished(request.ticket_id)
         send({"t": "outcome", "outcome": outcome})
 
@@ -669,6 +722,8 @@ async def _serve_run(job: JobSpec, providers: dict[str, Any], run_number: int, s
                     hooks.permit(message["id"])
                 elif kind == "pause":
                     hooks.gate.pause_all(float(message["seconds"]))
+                elif kind == "halt":
+                    hooks.halt_now()
                 elif kind == "end":
                     return True
             return False

@@ -145,10 +145,10 @@ def test_a_checkpoint_write_error_fails_the_run_and_counts_only_lines_on_disk(ma
     monkeypatch.setattr(CheckpointWriter, "write_batch", flaky_write)
     prep = prepare_run(job, endpoint="fake")
     try:
-        with pytest.raises(CheckpointError, match="No space left"):
-            anyio.run(lambda: execute_run(prep, ScriptedProvider(ok)))
+        result = anyio.run(lambda: execute_run(prep, ScriptedProvider(ok)))
     finally:
         prep.release()
+    assert result.state == "failed" and result.exit_code == ExitCode.ERROR and "No space left" in result.error
     manifest = read_manifest(tmp_path / "run")
     rows = read_jsonl(tmp_path / "run" / "results.jsonl")
     assert manifest["state"] == "failed" and "No space left" in manifest["error"]

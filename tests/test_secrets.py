@@ -50,16 +50,17 @@ def test_the_key_appears_nowhere(make_job, tmp_path, faulty_sim, cli_env):
     assert '"error_kind":"auth"' in errors and '"error_kind":"context_window"' in errors
     assert log_file.stat().st_size > 0 and "attempt" in log_file.read_text()  # the log did record retries
 
-    # a key in api_base's query string (some gateways take one): redacted from the manifest and messages
+    # a key in api_base's query string (some gateways take one): refused at load, never echoed
     api_base = f"{faulty_sim.base_url}?api_key={QUERY_SECRET}"
     query_run = subprocess.run(batchrun_cmd("run", str(job), "--api-base", api_base, "--no-progress", "-vv",
                                             "--run-dir", str(tmp_path / "run_query"), "--limit", "5"),
                                env=env, capture_output=True, text=True, timeout=180)
-    assert (tmp_path / "run_query" / "manifest.json").exists()
+    assert query_run.returncode == ExitCode.BAD_INPUT and "query string" in query_run.stderr
+    assert not (tmp_path / "run_query").exists()
 
     places = {"stdout": result.stdout + query_run.stdout, "stderr": result.stderr + query_run.stderr,
               "log": log_file.read_bytes()}
-    for run_dir in (tmp_path / "run", tmp_path / "run_query"):
+    for run_dir in (tmp_path / "run",):
         for path in run_dir.iterdir():
             places[f"{run_dir.name}/{path.name}"] = path.read_bytes()
     assert {name: hits(text) for name, text in places.items() if hits(text)} == {}

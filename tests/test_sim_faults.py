@@ -656,6 +656,7 @@ LITELLM_PLAIN = {
     "content_policy": ("ContentPolicyViolationError", 400),
     "401": ("AuthenticationError", 401),
     "404_model": ("NotFoundError", 404),
+    "400_invalid_model": ("BadRequestError", 400),
     "stall": ("Timeout", 408),
     "trickle": None,  # each read arrives within the timeout: the call succeeds
     "reset": ("InternalServerError", 500),  # "Connection error."

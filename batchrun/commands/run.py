@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -74,7 +75,9 @@ class _RedactingFilter(logging.Filter):
 
 
 def setup_logging(verbose: int, log_file: Path | None, secrets: list[str]) -> None:
-    """-v: batchrun's retries and failures; -vv: debug, litellm's too. Keys scrubbed."""
+    """-v: batchrun's retries and failures; -vv: debug, litellm's too. Keys scrubbed. Every log
+    line goes to stderr (or the log file): stdout holds the summary only."""
+    route_litellm_logs(verbose)
     if not verbose and log_file is None:
         return
     level = logging.DEBUG if verbose >= 2 else logging.INFO
@@ -95,15 +98,26 @@ def setup_logging(verbose: int, log_file: Path | None, secrets: list[str]) -> No
     logging.getLogger("batchrun").setLevel(level)
 
 
+LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
+
+
 def route_litellm_logs(verbose: int) -> None:
-    """With -vv, send litellm's own loggers through our (redacting) handlers only."""
-    if verbose < 2:
+    """litellm's own log lines: never on stdout (it holds the summary), INFO and DEBUG only at -vv.
+
+    litellm's handler writes records below WARNING to stdout, at the level
+    LITELLM_LOG gives it when litellm is imported (DEBUG by default): it starts
+    at ERROR unless the user set LITELLM_LOG. With -v or -vv its handler is
+    removed and litellm's records go through batchrun's (redacting) stderr
+    handler: WARNING and up at -v, everything at -vv. Called before litellm is
+    imported and again after (its handler is added by the import)."""
+    os.environ.setdefault("LITELLM_LOG", "ERROR")
+    if not verbose:
         return
-    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+    for name in LITELLM_LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
-        logger.setLevel(logging.DEBUG)
+        logger.setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
 
 
 class _WorkersType(click.ParamType):
@@ -185,6 +199,10 @@ def run_command(job_file: Path, input_path: Path | None, concurrency: int | None
         if (no_wait or finish_online) and job.mode != "batch":
             raise JobSpecError("--no-wait and --finish-online are for batch mode (mode = \"batch\" or --mode batch)")
         use_sim = job.simulator is not None and not live and api_base is None
+        if not use_sim:  # the simulator answers any name; a provider needs one litellm can route
+            from batchrun.provider import check_models
+
+            check_models(job)
         jobs = [job.for_model(entry) for entry in job.models] if job.compare_mode else [job]
         targets = {each.name: provider_targets(each, use_sim, secrets) for each in jobs}  # keys checked up front
         setup_logging(verbose, log_file, secrets)

@@ -64,7 +64,8 @@ def format_status(status: dict[str, Any]) -> str:
         ("run directory", status["run_dir"]),
         ("job", status["job"]),
         ("state", f"{status['state']} (run {status['run']}, started {status['started_at']}"
-                  + (f", finished {status['finished_at']})" if status["finished_at"] else ")")),
+                  + (f", finished {status['finished_at']})" if status["finished_at"] else ")")
+                  + (f": {status['state_note']}" if status.get("state_note") else "")),
         ("endpoint", status["endpoint"]),
         ("input", status["input"]),
         ("tickets", f"{status['tickets']:,} in the input"),
@@ -91,6 +92,13 @@ def format_status(status: dict[str, Any]) -> str:
                      f"{counts.get('failed', 0):,} failed"
                      + (f", {part['retry']:,} to resubmit" if part.get("retry") else "")
                      + (f"; {part['note']}" if part.get("note") else "")))
+    if status.get("maybe_billed_before"):
+        ids = status["maybe_billed_before_ids"]
+        more = status["maybe_billed_before"] - len(ids[:10])
+        rows.append(("may be billed twice", (
+            f"{status['maybe_billed_before']:,} ticket(s) were in flight when the last run died: "
+            + ", ".join(ids[:10]) + (f" and {more:,} more" if more > 0 else "")
+            + " (the next run marks their lines maybe_billed_before)")))
     text = "\n".join(kv(rows))
     if status["last_summary"]:
         text += "\n\n" + format_summary(status["last_summary"], title=f"last run (run {status['run']})")

@@ -53,6 +53,9 @@ reaches the rate limiter):
     Authorization header.
 ``404_model``
     404, ``code: "model_not_found"``, naming the requested model.
+``400_invalid_model``
+    400, "Invalid model name passed in model=...", as a LiteLLM proxy answers
+    a model it does not serve (the same message for every request).
 
 ``reset_before_headers``
     Read the request, then abort the TCP connection (``SO_LINGER`` 0,
@@ -162,6 +165,7 @@ FAULT_KINDS: tuple[str, ...] = (
     "content_policy",
     "401",
     "404_model",
+    "400_invalid_model",
     "stall",
     "trickle",
     "reset",
@@ -176,7 +180,7 @@ FAULT_KINDS: tuple[str, ...] = (
 
 #: Kinds answered with an error status before the request is answered or rate limited.
 ERROR_KINDS: frozenset[str] = frozenset(
-    {"429", "429_date", "429_ms", "429_bare", "500", "502", "503", "html_error", "context_length", "content_policy", "401", "404_model"}
+    {"429", "429_date", "429_ms", "429_bare", "500", "502", "503", "html_error", "context_length", "content_policy", "401", "404_model", "400_invalid_model"}
 )
 
 #: Kinds that drop the connection before anything is answered (no status line).

@@ -4,7 +4,10 @@
 
     python -m batchrun.sim --host HOST --port 0 --exit-on-stdin-eof <config flags>
 
-with pipes for stdin and stdout (stderr goes to a temporary file), waits for
+in its own process group (so a Ctrl-C at the terminal reaches the run, which
+stops dispatching and lets the requests in flight finish, but not the
+simulator answering them), with pipes for stdin and stdout (stderr goes to a
+temporary file), waits for
 the child's single ready line (``batchrun-sim listening on URL``) and yields a
 `SimulatorProcess` with the base URL, the pid and two helpers, `stats()` and
 `reset()`, that call ``/sim/stats`` and ``/sim/reset`` with urllib (standard
@@ -120,6 +123,7 @@ def start_simulator(
             stdout=subprocess.PIPE,
             stderr=stderr_file,
             env=_child_environment(),
+            process_group=0,  # its own group: the terminal's Ctrl-C goes to the run, not to its simulator
         )
         try:
             base_url = _wait_for_ready_line(process, stderr_file, startup_timeout)

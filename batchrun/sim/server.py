@@ -430,6 +430,10 @@ def fault_error_response(rule: FaultRule, chat: ParsedChatRequest, prompt_tokens
     if kind == "404_model":
         message = f"The model `{chat.model}` does not exist or you do not have access to it."
         return error_response(404, message, "invalid_request_error", None, "model_not_found")
+    if kind == "400_invalid_model":
+        message = (f"Invalid model name passed in model={chat.model}. Call `/v1/models` to view available "
+                   "models for your key.")
+        return error_response(400, message, "invalid_request_error", "model", "400")
     raise ValueError(f"not an error fault kind: {kind!r}")
 
 

@@ -1,0 +1,179 @@
+"""A dead run must not look alive, and re-billing must be reported (issue 12, point 5).
+
+* a full disk (ENOSPC) ends the run as "failed", with its summary and the
+  file's last good line named;
+* `batchrun status` tells a live run (run.lock held) from a dead one
+  ("stopped unexpectedly: pid N is gone");
+* the in-flight journal (inflight.jsonl) names the tickets a dead run left
+  in flight: the next run reports them and marks their lines
+  `maybe_billed_before`; in a kill -9 loop against the simulator, every
+  ticket the server answered more than once is among them.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import anyio
+import orjson
+import pytest
+
+import batchrun.checkpoint as checkpoint_mod
+from batchrun import Completion, ScriptedProvider, Usage, execute_run, load_job, prepare_run
+from batchrun.checkpoint import INFLIGHT, lock_state, open_inflight, read_manifest
+from batchrun.errors import ExitCode
+from conftest import batchrun_cmd, read_jsonl
+
+
+def ok(request) -> Completion:
+    return Completion(text="bug", finish_reason="stop", model="fake", usage=Usage(10, 1, 11),
+                      cost_usd=0.001, cost_status="litellm")
+
+
+def run(job, provider, **prepare):
+    prep = prepare_run(job, endpoint="fake", **prepare)
+    try:
+        return prep, anyio.run(lambda: execute_run(prep, provider))
+    finally:
+        prep.release()
+
+
+def test_a_full_disk_fails_the_run_with_its_summary_and_the_last_good_line(make_job, tmp_path, monkeypatch):
+    job = load_job(make_job(60, concurrency=1))
+    real = checkpoint_mod._write_all
+    calls = [0]
+
+    async def filling_disk(handle, blob):
+        calls[0] += 1
+        if calls[0] > 4:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        await real(handle, blob)
+
+    monkeypatch.setattr(checkpoint_mod, "_write_all", filling_disk)
+    _, result = run(job, ScriptedProvider(ok))
+    rows = read_jsonl(tmp_path / "run" / "results.jsonl")
+    assert result.state == "failed" and result.exit_code == ExitCode.ERROR
+    assert result.summary["done"] == len(rows) > 0  # the summary is there, and true
+    assert "No space left on device" in result.error
+    assert f"last good line is line {len(rows)} (ticket {rows[-1]['id']})" in result.error
+    manifest = read_manifest(tmp_path / "run")
+    assert manifest["state"] == "failed" and "last good line" in manifest["error"]
+    # the ticket whose line could not be written was sent: the next run says it may be billed twice
+    monkeypatch.setattr(checkpoint_mod, "_write_all", real)
+    prep, result = run(job, ScriptedProvider(ok))
+    assert result.exit_code == ExitCode.OK
+    assert result.summary["maybe_billed_before"] >= 1
+    assert any("may be billed twice" in note for note in prep.notes)
+
+
+def test_the_journal_is_written_before_the_request_and_cleared_by_its_line(make_job, tmp_path):
+    job = load_job(make_job(10, concurrency=2))
+    journal = tmp_path / "run" / INFLIGHT
+    seen_before_send = []
+
+    def check_journal(request):
+        entries = [orjson.loads(raw) for raw in journal.read_bytes().splitlines()]
+        seen_before_send.append({"id": request.ticket_id, "attempt": 1, "run": 1} in entries)
+        return ok(request)
+
+    _, result = run(job, ScriptedProvider(check_journal))
+    assert result.exit_code == ExitCode.OK and seen_before_send == [True] * 10
+    assert open_inflight(tmp_path / "run") == {}  # every entry cleared by a result line
+    prep, _ = run(job, ScriptedProvider(ok))
+    assert journal.read_bytes() == b""  # compacted at the next start: nothing open, nothing new sent
+    assert prep.notes == []
+
+
+def test_entries_left_open_are_reported_and_marked_on_the_next_lines(make_job, tmp_path):
+    job = load_job(make_job(10, concurrency=2))
+    run(job, ScriptedProvider(ok), limit=4)
+    run_dir = tmp_path / "run"
+    # a run 2 that died with T000005 and T000006 in flight (T000001 finished in run 1: cleared)
+    (run_dir / INFLIGHT).write_bytes(b"".join(orjson.dumps({"id": t, "attempt": 1, "run": 2}) + b"\n"
+                                              for t in ("T000001", "T000005", "T000006")) + b'{"id": "T0000')
+    assert set(open_inflight(run_dir)) == {"T000005", "T000006"}
+    prep, result = run(job, ScriptedProvider(ok))
+    assert "2 ticket(s) were in flight when the last run died" in prep.notes[0]
+    assert "T000005, T000006" in prep.notes[0]
+    assert result.summary["maybe_billed_before"] == 2
+    marked = {row["id"] for row in read_jsonl(run_dir / "results.jsonl") if row.get("maybe_billed_before")}
+    assert marked == {"T000005", "T000006"}
+    assert open_inflight(run_dir) == {}
+
+
+# -- live or dead: status ---------------------------------------------------------------
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no {what} after {timeout} s")
+
+
+def status_json(run_dir: Path, env) -> dict:
+    from batchrun.rundir import run_status  # what `batchrun status --json` prints
+
+    return run_status(run_dir)
+
+
+BATCHRUN_IN_FLIGHT = 3  # tickets between dispatch and line on disk, per unit of concurrency (see engine.py)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kill_9_loop_reports_every_ticket_answered_twice(make_job, tmp_path, cli_env, workers):
+    from batchrun.sim.config import SimConfig
+    from batchrun.sim.process import start_simulator
+
+    concurrency, kills = 8, 3
+    job = make_job(120, concurrency=concurrency)
+    run_dir = tmp_path / "run"
+    results = run_dir / "results.jsonl"
+    args = ["run", str(job), "--no-progress", "--workers", str(workers)]
+    reported: set[str] = set()
+    with start_simulator(SimConfig(latency_ms=150, jitter=0.3)) as sim:
+        args += ["--api-base", sim.base_url]
+        for kill in range(kills):
+            proc = subprocess.Popen(batchrun_cmd(*args), env=cli_env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True)
+            lines_before = results.read_bytes().count(b"\n") if results.exists() else 0
+            wait_until(lambda: results.exists() and results.read_bytes().count(b"\n") >= lines_before + 10
+                       and sim.stats()["in_flight"] > 0, 120, "progress with requests in flight")
+            if kill == 0:  # a live run: status says so
+                live = status_json(run_dir, cli_env)
+                assert live["state"] == "running" and live["live"] is True
+                assert lock_state(run_dir) == "held"
+            proc.kill()
+            proc.wait(timeout=30)
+            proc.stderr.close()
+            dead = status_json(run_dir, cli_env)
+            assert dead["live"] is False and dead["state"] == "stopped unexpectedly"
+            assert f"pid {proc.pid} is gone" in dead["state_note"]
+            # open entries: tickets dispatched whose line is not on disk -- requests in flight, plus
+            # answers received but not yet written (the outcome buffer and the batch being written,
+            # each at most one per worker task): they too are paid and will be sent again
+            assert 0 < dead["maybe_billed_before"] <= BATCHRUN_IN_FLIGHT * concurrency
+            # (an entry may name a request the kill stopped on its way out: written before it is sent)
+            reported |= set(dead["maybe_billed_before_ids"])
+            if kill == 0:
+                text = subprocess.run(batchrun_cmd("status", str(run_dir)), env=cli_env, capture_output=True,
+                                      text=True, timeout=120).stdout
+                assert f"stopped unexpectedly (run 1" in text and f"pid {proc.pid} is gone" in text
+                assert "may be billed twice" in text
+        final = subprocess.run(batchrun_cmd(*args), env=cli_env, capture_output=True, text=True, timeout=300)
+        assert final.returncode == 0, final.stderr
+        answered_twice = {t for t, n in sim.stats()["requests_by_ticket"].items() if n > 1}
+    rows = read_jsonl(results)
+    assert len({row["id"] for row in rows}) == len(rows) == 120
+    assert answered_twice <= reported  # every ticket paid twice was reported ...
+    assert len(reported) <= BATCHRUN_IN_FLIGHT * concurrency * kills  # ... and no more than were in flight
+    marked = {row["id"] for row in rows if row.get("maybe_billed_before")}
+    assert answered_twice <= marked <= reported
+    assert status_json(run_dir, cli_env)["maybe_billed_before"] == 0
