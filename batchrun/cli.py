@@ -26,6 +26,7 @@ from batchrun.diffing import diff_command
 from batchrun.grading import report_command
 from batchrun.plan import plan_command
 from batchrun.errors import redact_url
+from batchrun.serve.command import serve_command
 from batchrun.sim.command import sim_command
 from batchrun.sim.config import simulated_model
 
@@ -358,6 +359,7 @@ main.add_command(bench_command, name="bench")
 main.add_command(plan_command, name="plan")
 main.add_command(report_command, name="report")
 main.add_command(diff_command, name="diff")
+main.add_command(serve_command, name="serve")
 
 if __name__ == "__main__":  # pragma: no cover
     main()
