@@ -70,7 +70,8 @@ class Page:
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise TimeoutError(f"still false after {timeout} s: {expression}")
+                shown = await self.evaluate("document.body ? document.body.innerText.slice(0, 800) : ''")
+                raise TimeoutError(f"still false after {timeout} s: {expression}\npage text: {shown!r}")
             await asyncio.sleep(0.1)
 
     async def screenshot(self, path: Path) -> Path:

@@ -139,12 +139,14 @@ class TimeSeries:
     """Per-bucket sums over time for one run: at most SERIES_POINTS buckets."""
 
     origin: float | None = None  # epoch seconds of bucket 0
+    last: float | None = None  # the latest time added: the last bucket is only filled up to it
     width: float = 1.0  # seconds per bucket
     buckets: dict[int, list[float]] = field(default_factory=dict)  # index -> [results, failed, requests, out_tokens, busy_ms]
 
-    def add(self, t: float, results: int, failed: int, requests: int, out_tokens: int, busy_ms: float) -> None:
-        if self.origin is None:
-            self.origin = float(int(t))
+    def add(self, t: float, results: int, failed: int, requests: int, out_tokens: int, busy_ms: float,
+            started: float | None = None) -> None:
+        if self.origin is None:  # the first line's start: its busy time lies after the origin
+            self.origin = float(int(min(t, started if started is not None else t)))
         if t < self.origin:  # a line finished before the first one seen: stretch backwards
             shift = int((self.origin - t) // self.width) + 1
             self.buckets = {i + shift: v for i, v in self.buckets.items()}
@@ -153,6 +155,8 @@ class TimeSeries:
         while index >= SERIES_POINTS:
             self._coarsen()
             index = int((t - self.origin) // self.width)
+        if self.last is None or t > self.last:
+            self.last = t
         bucket = self.buckets.setdefault(index, [0, 0, 0, 0, 0.0])
         bucket[0] += results
         bucket[1] += failed
@@ -169,23 +173,30 @@ class TimeSeries:
         self.buckets = merged
         self.width *= 2
 
-    def points(self, now: float | None = None) -> dict[str, Any]:
-        """Rates per second for each bucket from the first to the last (empty buckets are zeros)."""
+    def points(self) -> dict[str, Any]:
+        """Rates per second for each bucket from the first to the last (empty buckets are zeros;
+        the last one's rate is over the time it covers so far, at least a quarter bucket)."""
         if self.origin is None or not self.buckets:
             return {"origin": None, "width_s": self.width, "t": [], "requests_per_s": [],
-                    "output_tokens_per_s": [], "results_per_s": [], "failed_per_s": [], "concurrency": []}
+                    "output_tokens_per_s": [], "results_per_s": [], "failed_per_s": [], "concurrency": [],
+                    "results": []}
         last = max(self.buckets)
-        t, req, tok, res, fail, conc = [], [], [], [], [], []
+        t, req, tok, res, fail, conc, counts = [], [], [], [], [], [], []
         for index in range(0, last + 1):
             values = self.buckets.get(index, [0, 0, 0, 0, 0.0])
+            width = self.width
+            if index == last and self.last is not None:  # the last bucket spans up to the latest line only
+                width = min(self.width, max(self.last - (self.origin + index * self.width), self.width / 4))
             t.append(round(index * self.width, 3))
-            res.append(round(values[0] / self.width, 3))
-            fail.append(round(values[1] / self.width, 3))
-            req.append(round(values[2] / self.width, 3))
-            tok.append(round(values[3] / self.width, 3))
-            conc.append(round(values[4] / (self.width * 1000.0), 2))  # Little's law: busy time / wall time
+            counts.append(int(values[0]))
+            res.append(round(values[0] / width, 3))
+            fail.append(round(values[1] / width, 3))
+            req.append(round(values[2] / width, 3))
+            tok.append(round(values[3] / width, 3))
+            conc.append(round(values[4] / (width * 1000.0), 2))  # Little's law: busy time / wall time
         return {"origin": self.origin, "width_s": self.width, "t": t, "requests_per_s": req,
-                "output_tokens_per_s": tok, "results_per_s": res, "failed_per_s": fail, "concurrency": conc}
+                "output_tokens_per_s": tok, "results_per_s": res, "failed_per_s": fail, "concurrency": conc,
+                "results": counts}
 
 
 class UnitNumbers:
@@ -249,7 +260,8 @@ class UnitNumbers:
         t = _epoch(line.get("finished_at"))
         if t is not None and (run is None or run == self.latest_run):
             elapsed = line.get("elapsed_ms")
-            self.series.add(t, 1, 0, attempts, out_tokens, float(elapsed) if isinstance(elapsed, (int, float)) else 0.0)
+            self.series.add(t, 1, 0, attempts, out_tokens, float(elapsed) if isinstance(elapsed, (int, float)) else 0.0,
+                            _epoch(line.get("started_at")))
         if isinstance(line.get("finished_at"), str):
             self.last_finished_at = max(self.last_finished_at or "", line["finished_at"])
         output = line.get("label") if isinstance(line.get("label"), str) else line.get("output")
@@ -270,7 +282,7 @@ class UnitNumbers:
         run = self._run_of(line)
         t = _epoch(line.get("time"))
         if t is not None and (run is None or run == self.latest_run):
-            self.series.add(t, 0, 1, attempts, 0, 0.0)
+            self.series.add(t, 0, 1, attempts, 0, 0.0, _epoch(line.get("started_at")))
         message = line.get("message")
         self.messages.setdefault(kind, deque(maxlen=MESSAGES_PER_KIND)).append({
             "id": ticket_id, "message": str(message)[:500] if message is not None else None,

@@ -159,7 +159,7 @@ function renderRun(run) {
     metric("output tokens/s", fmt.num(toks), running ? "last seconds" : "over the last run"),
   ];
   if (single) {
-    cards.push(metric("latency p50 / p95", `${fmt.ms(single.latency_ms.p50)} / ${fmt.ms(single.latency_ms.p95)}`,
+    cards.push(metric("latency p50 / p95", `${fmt.int(single.latency_ms.p50)} / ${fmt.ms(single.latency_ms.p95)}`,
                       single.ttft_ms ? `TTFT p50 ${fmt.ms(single.ttft_ms.p50)}` : `${fmt.int(single.latency_ms.n)} results`));
     const conc = single.concurrency_settled ? String(single.concurrency_settled)
       : fmt.num(recentRate(single.series, "concurrency", running), 1);
@@ -223,6 +223,9 @@ function lineChart(lines) {
       root.append(svg("path", {class: "area", d: area, fill: l.color}));
     }
     root.append(svg("polyline", {class: "line", points: pts.join(" "), stroke: l.color}));
+    if (pts.length <= 3) {  // a line needs two points: show the few there are
+      for (const p of pts) { const [cx, cy] = p.split(","); root.append(svg("circle", {cx, cy, r: 3, fill: l.color})); }
+    }
     if (lines.length > 1) {
       root.append(svg("text", {x: L + 6 + i * 90, y: T + 10, fill: l.color}, document.createTextNode(l.name)));
     }
@@ -292,11 +295,13 @@ function renderGrading(run) {
   if (g.diff && g.diff.length) {
     const rows = g.diff.map((p) => {
       const a = p.accuracy, c = p.changed;
-      const delta = a.on_common ? a.on_common.delta_points : a.delta_points;
+      const delta = a.delta_points;
+      const common = a.on_common ? el("div", {class: "muted",
+        text: `${fmt.pts(a.on_common.delta_points)} on the ${fmt.int(a.on_common.tickets)} tickets graded in both`}) : null;
       return el("tr", {},
         el("td", {text: p.b.key}),
         el("td", {class: "num", text: `${fmt.pct(a.a)} → ${fmt.pct(a.b)}`}),
-        el("td", {class: "num delta " + (delta > 0 ? "up" : delta < 0 ? "down" : ""), text: fmt.pts(delta)}),
+        el("td", {class: "num delta " + (delta > 0 ? "up" : delta < 0 ? "down" : "")}, fmt.pts(delta), common),
         el("td", {class: "num", text: `${fmt.int(c.count)} (${fmt.int(c.fixed)} fixed, ${fmt.int(c.broken)} broken)`}),
         el("td", {class: "num", text: `${fmt.usd(p.cost_usd.a)} → ${fmt.usd(p.cost_usd.b)}`}),
         el("td", {class: "num", text: `${fmt.ms(p.latency_p50_ms.a)} → ${fmt.ms(p.latency_p50_ms.b)}`}));
