@@ -21,7 +21,9 @@ thread), builds the snapshot once, and offers the encoded bytes to every stream'
 one-slot queue (a slow page skips to the latest, it never queues up history). When
 the last stream of a run closes (the tab closed: aiohttp cancels its handler, or
 its transport is found closing), the follower task stops. Grading a stopped run
-(grading.analyze, diffing.diff_analyses) runs in a thread, one at a time.
+(grading.analyze, diffing.diff_analyses) runs in a child process, one at a time,
+once its files have been quiet for a moment: reading every answer of a run never
+stays in the server's memory.
 
 Security: `build_app(..., token=...)` puts every route behind the token (header
 `Authorization: Bearer T`, header `X-Batchrun-Token: T`, or `?token=T`, compared
@@ -37,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +48,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from batchrun.errors import redact_secrets
 from batchrun.serve.runs import RunsRoot, RunWatch, UnsafeName, run_kind
 
 __all__ = ["Hub", "build_app"]
@@ -173,11 +177,30 @@ class Hub:
         self.grading_tasks[watch.name] = asyncio.get_running_loop().create_task(self._grade(watch))
 
     async def _grade(self, watch: RunWatch) -> None:
+        """Grade a stopped run in a child process (runs.grade_run), one at a time."""
         async with self._grading_slot:
-            def work() -> None:
-                watch.grade(self.previous_run(watch))
-
-            await asyncio.to_thread(work)
+            signature = watch.begin_grading()
+            result, previous = None, None
+            try:
+                previous = await asyncio.to_thread(self.previous_run, watch)
+                args = [str(watch.path), *([str(previous)] if previous else [])]
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "batchrun.serve.grade", *args,
+                    stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE)
+                try:
+                    out, err = await process.communicate()
+                finally:
+                    if process.returncode is None:  # cancelled (shutdown): do not wait for it
+                        process.kill()
+                        await process.wait()
+                if process.returncode == 0:
+                    result = orjson.loads(out)
+                else:
+                    tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+                    result = {"models": [], "diff": None, "note": f"grading failed: {redact_secrets(tail[0])}"}
+            finally:
+                watch.end_grading(signature, result, previous.name if previous else None)
         self._listing = None
         wake = self.wakeups.get(watch.name)
         if wake is not None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -48,6 +49,7 @@ BATCH_FILES = ("batches.json", "batch.json", "parts.json")  # batch mode's part 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
 # error kinds whose message quotes the model's answer: shown only with --show-text
 TEXT_KINDS = frozenset({"invalid_output", "truncated", "content_filter"})
+QUIET_S = 2.0  # a stopped run is graded once its files have not changed for this long
 
 STATE_LABELS = {
     "done": "finished",
@@ -437,6 +439,7 @@ class RunWatch:
         self.lock = threading.Lock()
         self.graded: Graded | None = None
         self.grading_in_progress = False
+        self.quiet_since = time.monotonic()  # when its files last changed (as far as refresh saw)
         self._discover()
 
     def _discover(self) -> None:
@@ -459,6 +462,8 @@ class RunWatch:
             changed = False
             for unit in self.units.values():
                 changed |= unit.refresh(held)
+            if changed:
+                self.quiet_since = time.monotonic()
             return changed
 
     @property
@@ -537,50 +542,62 @@ class RunWatch:
         return out
 
     def needs_grading(self) -> bool:
+        """Stopped, caught up, its files quiet for QUIET_S, and not graded as they are now."""
         with self.lock:
             if self.grading_in_progress or not self.caught_up:
+                return False
+            if time.monotonic() - self.quiet_since < QUIET_S:
                 return False
             if any(unit.state in ("running", "submitted") for unit in self.units.values()):
                 return False
             return self.graded is None or self.graded.signature != self.signature()
 
-    def grade(self, previous: Path | None) -> None:
-        """Grade this run and diff it against `previous` (blocking: call in a thread)."""
-        from batchrun.diffing import diff_analyses
-        from batchrun.errors import BatchrunError
-        from batchrun.grading import analyze
-
+    def begin_grading(self) -> tuple[Any, ...]:
         with self.lock:
-            signature = self.signature()
             self.grading_in_progress = True
-        try:
-            note = None
-            models: list[dict[str, Any]] = []
-            diff = None
+            return self.signature()
+
+    def end_grading(self, signature: tuple[Any, ...] | None, result: Mapping[str, Any] | None,
+                    previous: str | None) -> None:
+        with self.lock:
+            self.grading_in_progress = False
+            if signature is not None and result is not None:
+                self.graded = Graded(signature, list(result.get("models") or []), previous, result.get("diff"),
+                                     result.get("note"))
+
+
+def grade_run(path: Path, previous: Path | None) -> dict[str, Any]:
+    """Accuracy and confusion matrix per model (grading.analyze) and the diff against
+    `previous` (diffing.diff_analyses), as the page shows them. Reads every result of
+    both runs: `batchrun serve` calls it in a child process (python -m batchrun.serve.grade),
+    so its memory goes back to the system when it is done."""
+    from batchrun.diffing import diff_analyses
+    from batchrun.errors import BatchrunError
+    from batchrun.grading import analyze
+
+    note = None
+    models: list[dict[str, Any]] = []
+    diff = None
+    try:
+        analysis = analyze(path)
+        for m in analysis.report["models"]:
+            g = m.get("grading") or {}
+            models.append({
+                "key": m["key"], "model": m["model"], "accuracy": g.get("accuracy"),
+                "graded": g.get("graded", 0), "correct": g.get("correct", 0),
+                "macro_f1": (g.get("macro") or {}).get("f1"),
+                "confusion": g.get("confusion"),
+                "gold_note": (m.get("gold") or {}).get("note"),
+            })
+        if previous is not None:
             try:
-                analysis = analyze(self.path)
-                for m in analysis.report["models"]:
-                    g = m.get("grading") or {}
-                    models.append({
-                        "key": m["key"], "model": m["model"], "accuracy": g.get("accuracy"),
-                        "graded": g.get("graded", 0), "correct": g.get("correct", 0),
-                        "macro_f1": (g.get("macro") or {}).get("f1"),
-                        "confusion": g.get("confusion"),
-                        "gold_note": (m.get("gold") or {}).get("note"),
-                    })
-                if previous is not None:
-                    try:
-                        result = diff_analyses(analyze(previous), analysis, show=10)
-                        diff = [_diff_pair(pair) for pair in result["pairs"]]
-                    except BatchrunError as exc:
-                        note = f"no comparison with {previous.name}: {exc}"
+                result = diff_analyses(analyze(previous), analysis, show=10)
+                diff = [_diff_pair(pair) for pair in result["pairs"]]
             except BatchrunError as exc:
-                note = str(exc)
-            with self.lock:
-                self.graded = Graded(signature, models, previous.name if previous else None, diff, note)
-        finally:
-            with self.lock:
-                self.grading_in_progress = False
+                note = f"no comparison with {Path(previous).name}: {exc}"
+    except BatchrunError as exc:
+        note = str(exc)
+    return {"models": models, "diff": diff, "note": note}
 
 
 def _diff_pair(pair: Mapping[str, Any]) -> dict[str, Any]:
