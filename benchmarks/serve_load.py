@@ -68,6 +68,29 @@ def proc_stats(pid: int) -> tuple[float, float]:
     return cpu, rss / 1024
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its descendants (worker processes), the simulator excluded."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            if b"batchrun.sim" in Path(f"/proc/{current}/cmdline").read_bytes():
+                continue
+            total += proc_stats(current)[0]
+        except (OSError, StopIteration):
+            continue
+        todo.extend(parents.get(current, []))
+    return total
+
+
 class LineCounter:
     """Counts the lines a growing file gains, reading each byte once."""
 
@@ -132,12 +155,12 @@ async def throughput(args: argparse.Namespace, base: str, serve: subprocess.Pope
                     await asyncio.sleep(1.0)  # the pages open and get their first snapshot
                 lines0, t0 = counter.count(), time.monotonic()
                 cpu0, _ = proc_stats(serve.pid)
-                run0, _ = proc_stats(run.pid)
+                run0 = tree_cpu(run.pid)
                 own0 = time.process_time()
                 await asyncio.sleep(args.window)
                 lines1, t1 = counter.count(), time.monotonic()
                 cpu1, rss = proc_stats(serve.pid)
-                run1, _ = proc_stats(run.pid)
+                run1 = tree_cpu(run.pid)
                 own = time.process_time() - own0
                 for task in tasks:
                     task.cancel()
@@ -148,7 +171,7 @@ async def throughput(args: argparse.Namespace, base: str, serve: subprocess.Pope
                 rates[kind].append(rate)
                 span = t1 - t0
                 cpu[kind].append(((cpu1 - cpu0) / span, own / span, (run1 - run0) / span))
-                print(f"  {kind:>9}: {rate:8.1f} results/s   run CPU {100 * (run1 - run0) / span:5.1f}%   "
+                print(f"  {kind:>9}: {rate:8.1f} results/s   run CPU (workers too) {100 * (run1 - run0) / span:5.1f}%   "
                       f"serve CPU {100 * (cpu1 - cpu0) / span:5.1f}%   pages' CPU {100 * own / span:5.1f}%   "
                       f"serve RSS {rss:6.1f} MB   results.jsonl {results.stat().st_size / 1e6:6.1f} MB", flush=True)
                 if run.poll() is not None:
