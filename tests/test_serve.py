@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from batchrun.serve import follow
 from batchrun.serve.app import HUB_KEY, build_app
-from batchrun.serve.command import serve_token
+from batchrun.serve.server import serve_token
 from batchrun.serve.follow import SERIES_POINTS, JsonlFollower, UnitNumbers
 from batchrun.serve.runs import RunsRoot, UnsafeName, live_state, lock_held
 from conftest import ROOT, batchrun_cmd
@@ -231,7 +231,7 @@ def test_a_run_is_running_only_while_its_lock_is_held(tmp_path):
 
 
 async def test_api_lists_runs_and_gives_the_numbers_of_batchrun_status(make_job, tmp_path, fault_sim, cli_env):
-    from batchrun.report import run_status
+    from batchrun.rundir import run_status
 
     job = make_job(40)
     runs = tmp_path / "runs"
@@ -450,3 +450,39 @@ def test_serve_help_has_an_example():
     out = subprocess.run([sys.executable, "-m", "batchrun.cli", "serve", "--help"], capture_output=True, text=True,
                          cwd=ROOT, timeout=60).stdout
     assert "batchrun serve runs --port 9000" in out and "--host" in out and "--token" in out
+
+
+def test_run_with_serve_shows_the_page_of_its_run_while_it_runs(make_job, tmp_path, slow_serve_sim, cli_env):
+    import urllib.error
+    import urllib.request
+
+    job = make_job(120, concurrency=2)
+    run_dir = tmp_path / "runs" / "tonight"
+    args = ["run", str(job), "--api-base", slow_serve_sim.base_url, "--run-dir", str(run_dir), "--no-progress",
+            "--serve", "0"]
+    proc = subprocess.Popen(batchrun_cmd(*args), env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        page = None
+        deadline = time.monotonic() + 60
+        while page is None and time.monotonic() < deadline:
+            match = re.search(r"(http://127\.0\.0\.1:\d+)/runs/tonight\b", proc.stderr.readline())
+            if match:
+                page = match.group(1)
+        assert page, "no page URL printed"
+        status = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{page}/api/runs/tonight", timeout=10) as answer:
+                    status = orjson.loads(answer.read())
+                if status["state"] == "running":
+                    break
+            except urllib.error.HTTPError:  # 404 until the run has written its manifest
+                pass
+            time.sleep(0.1)
+        assert status is not None and status["state"] == "running" and status["tickets"] == 120
+    finally:
+        proc.stderr.read()
+        assert proc.wait(timeout=180) == 0
+    with pytest.raises(OSError):  # the server ended with the run
+        urllib.request.urlopen(f"{page}/api/runs", timeout=5)

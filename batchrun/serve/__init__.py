@@ -5,7 +5,11 @@
     runs.py      the runs under RUNS_DIR: safe names, liveness (run.lock), states,
                  one RunWatch per run, the status numbers, grading once stopped
     app.py       the aiohttp app: pages, /api/runs, /api/runs/{name}, its events
-    command.py   the click command, and `serve_in_background` for `run --serve`
+    server.py    binding and serving (the token rule, signals), and
+                 `serve_in_background` for `batchrun run --serve`
+    grade.py     the child process that grades a stopped run
+
+The command itself is batchrun/commands/serve.py; the manual docs/serve.md.
     static/      index.html, run.html, app.js (EventSource, inline SVG), style.css
 
 aiohttp is already a core dependency: no extra is needed to serve.

@@ -13,9 +13,11 @@
                                UnitWatch per run directory, each with a
                                JsonlFollower on results.jsonl and errors.jsonl
                                and a UnitNumbers; `refresh()` reads what was
-                               appended, `snapshot()` is the JSON of the run page
-    status_numbers(...)        the numbers of `batchrun status --json`, from
-                               totals (so the API and the command agree)
+                               appended, `snapshot()` is the JSON of the run page,
+                               whose `status` is rundir.status_from_counts: the
+                               numbers of `batchrun status --json`
+    grade_run(path, previous)  accuracy, confusion matrix and the diff against the
+                               previous run (run in a child process: serve/grade.py)
     live_state(...)            running, finished, failed, interrupted,
                                budget exhausted, submitted, stopped unexpectedly
 
@@ -40,11 +42,11 @@ import orjson
 
 from batchrun.checkpoint import ERRORS, LOCK, MANIFEST, REJECTS, RESULTS
 from batchrun.errors import redact_secrets
+from batchrun.rundir import MODELS_DIR, status_from_counts
 from batchrun.serve.follow import JsonlFollower, UnitNumbers, open_nofollow
 
-__all__ = ["RunsRoot", "RunWatch", "UnsafeName", "live_state", "lock_held", "status_numbers"]
+__all__ = ["RunsRoot", "RunWatch", "UnsafeName", "grade_run", "live_state", "lock_held"]
 
-MODELS_DIR = "models"
 BATCH_FILES = ("batches.json", "batch.json", "parts.json")  # batch mode's part records, when present
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
 # error kinds whose message quotes the model's answer: shown only with --show-text
@@ -127,37 +129,6 @@ def combined_state(states: list[str]) -> str:
     if not states:
         return "unknown"
     return min(states, key=lambda s: _STATE_ORDER.index(s) if s in _STATE_ORDER else len(_STATE_ORDER))
-
-
-# --------------------------------------------------------------------------------------------
-# Status numbers (what `batchrun status --json` prints)
-# --------------------------------------------------------------------------------------------
-
-
-def status_numbers(run_dir: Path, manifest: Mapping[str, Any], *, done: int, failed: int, cost_usd: float,
-                   unpriced: int, total_tokens: int, rejected_lines: int) -> dict[str, Any]:
-    """The status JSON of a run directory from its counts (report.run_status's keys and rounding)."""
-    total = int((manifest.get("input") or {}).get("tickets") or 0)
-    return {
-        "run_dir": str(run_dir),
-        "job": (manifest.get("job") or {}).get("name"),
-        "state": manifest.get("state"),
-        "run": manifest.get("run"),
-        "endpoint": manifest.get("endpoint"),
-        "input": (manifest.get("input") or {}).get("path"),
-        "tickets": total,
-        "done": done,
-        "failed": failed,
-        "pending": max(total - done - failed, 0),
-        "rejected_lines": rejected_lines,
-        "cost_usd": round(cost_usd, 6),
-        "unpriced_results": unpriced,
-        "total_tokens": total_tokens,
-        "started_at": manifest.get("started_at"),
-        "finished_at": manifest.get("finished_at"),
-        "error": manifest.get("error"),
-        "last_summary": manifest.get("summary"),
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,8 +286,9 @@ class UnitWatch:
 
     def status(self) -> dict[str, Any]:
         n = self.numbers
-        return status_numbers(self.run_dir, self.manifest, done=n.done, failed=len(n.failed), cost_usd=n.cost_usd,
-                              unpriced=n.unpriced, total_tokens=n.total_tokens, rejected_lines=self.rejected_lines)
+        return status_from_counts(self.run_dir, self.manifest, done=n.done, failed=len(n.failed), cost_usd=n.cost_usd,
+                                  unpriced=n.unpriced, total_tokens=n.total_tokens,
+                                  rejected_lines=self.rejected_lines)
 
     def signature(self) -> tuple[Any, ...]:
         """Changes whenever the run's files do: the key of the grading cache."""
@@ -347,10 +319,8 @@ class UnitWatch:
             "requests": n.requests,
             "latest_run": n.latest_run,
             "tokens": {"prompt": n.prompt_tokens, "completion": n.completion_tokens, "total": n.total_tokens},
-            "latency_ms": {"p50": _r1(n.latency.percentile(50)), "p95": _r1(n.latency.percentile(95)),
-                           "n": n.latency.n},
-            "ttft_ms": ({"p50": _r1(n.ttft.percentile(50)), "p95": _r1(n.ttft.percentile(95)), "n": n.ttft.n}
-                        if n.ttft.n else None),
+            "latency_ms": _percentiles(n.latency),
+            "ttft_ms": _percentiles(n.ttft) if n.ttft.n else None,
             "series": n.series.points(),
             "failures": failures,
             "max_cost_usd": self.manifest.get("max_cost_usd"),
@@ -370,8 +340,11 @@ def _raise_restart() -> None:
     raise _Restart
 
 
-def _r1(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
+def _percentiles(histogram: Any) -> dict[str, Any]:
+    """p50 and p95 of a stats.LatencyHistogram (within about 1%), one decimal."""
+    p50, p95 = histogram.percentile(50), histogram.percentile(95)
+    return {"p50": None if p50 is None else round(p50, 1), "p95": None if p95 is None else round(p95, 1),
+            "n": histogram.n}
 
 
 def _count_lines(path: Path) -> int:
