@@ -171,7 +171,8 @@ async def throughput(args: argparse.Namespace, base: str, serve: subprocess.Pope
                 rates[kind].append(rate)
                 span = t1 - t0
                 cpu[kind].append(((cpu1 - cpu0) / span, own / span, (run1 - run0) / span))
-                print(f"  {kind:>9}: {rate:8.1f} results/s   run CPU (workers too) {100 * (run1 - run0) / span:5.1f}%   "
+                print(f"  {kind:>9}: {rate:8.1f} results/s   "
+                      f"run CPU (workers too) {100 * (run1 - run0) / span:5.1f}%   "
                       f"serve CPU {100 * (cpu1 - cpu0) / span:5.1f}%   pages' CPU {100 * own / span:5.1f}%   "
                       f"serve RSS {rss:6.1f} MB   results.jsonl {results.stat().st_size / 1e6:6.1f} MB", flush=True)
                 if run.poll() is not None:

@@ -67,9 +67,8 @@ async def test_run_page_follows_a_run_then_shows_its_accuracy(make_job, tmp_path
             await page.screenshot(shots / "serve_run.png")
 
             await page.goto(str(server.make_url("/")))
-            await page.wait_for("document.querySelectorAll('tr[data-run]').length === 2 && [...document"
-                                ".querySelectorAll('tr[data-run] td.accuracy')].every(c => c.textContent.includes('%'))",
-                                60)
+            cells = "[...document.querySelectorAll('tr[data-run] td.accuracy')]"
+            await page.wait_for(f"{cells}.length === 2 && {cells}.every(c => c.textContent.includes('%'))", 60)
             names = await page.evaluate("[...document.querySelectorAll('tr[data-run]')].map(r => r.dataset.run)")
             assert names == ["2026-12-02", "2026-12-01"]  # newest first, under one job heading
             assert await page.evaluate("document.querySelectorAll('.job h2').length") == 1

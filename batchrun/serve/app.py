@@ -374,7 +374,8 @@ async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
     return response
 
 
-def build_app(root: Path, *, token: str | None = None, show_text: bool = False, interval: float = 1.0) -> web.Application:
+def build_app(root: Path, *, token: str | None = None, show_text: bool = False,
+              interval: float = 1.0) -> web.Application:
     """The aiohttp application serving RUNS_DIR `root` (no socket yet: see command.py or aiohttp's runners)."""
     app = web.Application(middlewares=[_guard])
     app[TOKEN_KEY] = token

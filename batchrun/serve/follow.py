@@ -141,7 +141,8 @@ class TimeSeries:
     origin: float | None = None  # epoch seconds of bucket 0
     last: float | None = None  # the latest time added: the last bucket is only filled up to it
     width: float = 1.0  # seconds per bucket
-    buckets: dict[int, list[float]] = field(default_factory=dict)  # index -> [results, failed, requests, out_tokens, busy_ms]
+    # index -> [results, failed, requests, output tokens, busy ms]
+    buckets: dict[int, list[float]] = field(default_factory=dict)
 
     def add(self, t: float, results: int, failed: int, requests: int, out_tokens: int, busy_ms: float,
             started: float | None = None) -> None:

@@ -374,12 +374,13 @@ def _batch_parts(data: Any) -> list[dict[str, Any]] | None:
         if not isinstance(part, dict):
             continue
         counts = part.get("request_counts") or part.get("counts") or {}
+        counts = counts if isinstance(counts, dict) else {}
         out.append({
             "part": part.get("part", part.get("index", index + 1)),
             "state": str(part.get("state") or part.get("status") or "unknown"),
-            "requests": part.get("requests") or part.get("tickets") or (counts.get("total") if isinstance(counts, dict) else None),
-            "completed": counts.get("completed") if isinstance(counts, dict) else None,
-            "failed": counts.get("failed") if isinstance(counts, dict) else None,
+            "requests": part.get("requests") or part.get("tickets") or counts.get("total"),
+            "completed": counts.get("completed"),
+            "failed": counts.get("failed"),
             "model": part.get("model_key") or part.get("model"),
         })
     return out
