@@ -449,10 +449,14 @@ class RunWatch:
         return combined_state([unit.state for unit in self.units.values()])
 
     def job(self) -> str | None:
+        """The job's name (a compare directory's models are named "<job>.<key>")."""
         for unit in self.units.values():
             name = (unit.manifest.get("job") or {}).get("name")
             if name:
-                return str(name)
+                name = str(name)
+                if self.kind == "compare" and name.endswith(f".{unit.key}"):
+                    name = name[: -len(unit.key) - 1]
+                return name
         return None
 
     def signature(self) -> tuple[Any, ...]:

@@ -191,9 +191,11 @@ function renderRun(run) {
 }
 
 function chartCard(title, units, key) {
-  const lines = units.filter((u) => u.series.t.length).map((u, i) => ({
-    name: u.key || u.model || "run", color: COLORS[i % COLORS.length], xs: u.series.t, ys: u.series[key],
-    width: u.series.width_s}));
+  const drawn = units.filter((u) => u.series.t.length);
+  const start = Math.min(...drawn.map((u) => u.series.origin));  // one time axis for every model
+  const lines = drawn.map((u, i) => ({
+    name: u.key || u.model || "run", color: COLORS[units.indexOf(u) % COLORS.length],
+    xs: u.series.t.map((t) => t + u.series.origin - start), ys: u.series[key], width: u.series.width_s}));
   const note = units[0] && units[0].series.width_s > 1 ? ` (${units[0].series.width_s} s buckets)` : "";
   return el("div", {class: "card"}, el("h3", {text: title + " over time" + note}), lineChart(lines));
 }
@@ -227,7 +229,9 @@ function lineChart(lines) {
       for (const p of pts) { const [cx, cy] = p.split(","); root.append(svg("circle", {cx, cy, r: 3, fill: l.color})); }
     }
     if (lines.length > 1) {
-      root.append(svg("text", {x: L + 6 + i * 90, y: T + 10, fill: l.color}, document.createTextNode(l.name)));
+      const label = svg("text", {x: L + 6 + i * 90, y: T + 10}, document.createTextNode(l.name));
+      label.style.fill = l.color;
+      root.append(label);
     }
   });
   return root;
