@@ -131,6 +131,17 @@ function recentRate(series, key, running) {
 
 function sumUnits(units, pick) { return units.reduce((total, u) => total + (pick(u) || 0), 0); }
 
+// A stopped run's rate: everything its models did over the time from the first start to the last finish
+// (a compare run's models may have run one after another: their averages do not add up).
+function overallRate(units, key) {
+  const drawn = units.filter((u) => u.series.t.length);
+  if (!drawn.length) return null;
+  const start = Math.min(...drawn.map((u) => u.series.origin));
+  const end = Math.max(...drawn.map((u) => u.series.origin + u.series.t[u.series.t.length - 1] + u.series.width_s));
+  const total = drawn.reduce((sum, u) => sum + u.series[key].reduce((a, b) => a + b, 0) * u.series.width_s, 0);
+  return end > start ? total / (end - start) : null;
+}
+
 function renderRun(run) {
   document.title = `${run.name} · ${run.state} · batchrun`;
   const badge = document.getElementById("state");
@@ -151,8 +162,10 @@ function renderRun(run) {
     el("span", {class: "fail"}, el("b", {id: "failed-count", text: fmt.int(run.failed)}), " failed"),
     el("span", {}, el("b", {id: "todo-count", text: fmt.int(run.pending)}), " to do"),
     el("span", {class: "muted"}, el("b", {text: run.progress === null ? "–" : fmt.pct(run.progress)}), ` of ${fmt.int(run.tickets)} tickets`));
-  const reqs = sumUnits(units, (u) => recentRate(u.series, "requests_per_s", running));
-  const toks = sumUnits(units, (u) => recentRate(u.series, "output_tokens_per_s", running));
+  const reqs = running ? sumUnits(units, (u) => recentRate(u.series, "requests_per_s", true))
+    : overallRate(units, "requests_per_s");
+  const toks = running ? sumUnits(units, (u) => recentRate(u.series, "output_tokens_per_s", true))
+    : overallRate(units, "output_tokens_per_s");
   const budget = single ? single.max_cost_usd : null;
   const cards = [
     metric("requests/s", fmt.num(reqs), running ? "last seconds" : "over the last run"),
@@ -287,12 +300,14 @@ function renderGrading(run) {
   }
   const blocks = [el("h2", {text: "grading"})];
   if (g.note) blocks.push(el("p", {class: "muted", text: g.note}));
+  const cards = el("div", {class: "grading"});
+  blocks.push(cards);
   for (const m of g.models) {
     if (m.accuracy === null || !m.confusion) {
       blocks.push(el("p", {class: "muted", text: `${m.key}: no gold labels` + (m.gold_note ? ` (${m.gold_note})` : "")}));
       continue;
     }
-    blocks.push(el("div", {class: "card"},
+    cards.append(el("div", {class: "card"},
       el("h3", {text: `${g.models.length > 1 ? m.key + ": " : ""}accuracy ${fmt.pct(m.accuracy)} (${fmt.int(m.correct)} of ${fmt.int(m.graded)}), macro F1 ${fmt.num(m.macro_f1, 3)}`}),
       confusionTable(m.confusion)));
   }
