@@ -125,7 +125,8 @@ function startRun() {
 function recentRate(series, key, running) {
   const values = series[key] || [];
   if (!values.length) return null;
-  const window = running && values.length > 1 ? values.slice(-4, -1) : values;  // the last bucket is still filling
+  // the last few buckets (the last one is rated over the part of it that has passed)
+  const window = running ? values.slice(-3) : values;
   return window.reduce((a, b) => a + b, 0) / window.length;
 }
 
