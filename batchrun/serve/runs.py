@@ -44,6 +44,7 @@ from batchrun.checkpoint import ERRORS, LOCK, MANIFEST, REJECTS, RESULTS
 from batchrun.errors import redact_secrets
 from batchrun.rundir import MODELS_DIR, status_from_counts
 from batchrun.serve.follow import JsonlFollower, UnitNumbers, open_nofollow
+from batchrun.stats import percentiles
 
 __all__ = ["RunsRoot", "RunWatch", "UnsafeName", "grade_run", "live_state", "lock_held"]
 
@@ -319,8 +320,8 @@ class UnitWatch:
             "requests": n.requests,
             "latest_run": n.latest_run,
             "tokens": {"prompt": n.prompt_tokens, "completion": n.completion_tokens, "total": n.total_tokens},
-            "latency_ms": _percentiles(n.latency),
-            "ttft_ms": _percentiles(n.ttft) if n.ttft.n else None,
+            "latency_ms": {**percentiles(n.latency), "n": n.latency.n},  # within about 1% (log buckets)
+            "ttft_ms": {**percentiles(n.ttft), "n": n.ttft.n} if n.ttft.n else None,
             "series": n.series.points(),
             "failures": failures,
             "max_cost_usd": self.manifest.get("max_cost_usd"),
@@ -338,13 +339,6 @@ class _Restart(Exception):
 
 def _raise_restart() -> None:
     raise _Restart
-
-
-def _percentiles(histogram: Any) -> dict[str, Any]:
-    """p50 and p95 of a stats.LatencyHistogram (within about 1%), one decimal."""
-    p50, p95 = histogram.percentile(50), histogram.percentile(95)
-    return {"p50": None if p50 is None else round(p50, 1), "p95": None if p95 is None else round(p95, 1),
-            "n": histogram.n}
 
 
 def _count_lines(path: Path) -> int:
