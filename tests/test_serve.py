@@ -362,7 +362,7 @@ async def test_events_arrive_while_a_run_writes(make_job, tmp_path, slow_serve_s
         proc.wait(timeout=120)
     running = [done for state, done in seen if state == "running"]
     assert len(set(running)) >= 3, seen  # the count rose while the run was writing
-    assert running == sorted(running) and running[-1] < 160
+    assert running == sorted(running) and running[0] < 160  # (the last may be 160: written before the lock is let go)
     assert seen[-1] == ("finished", 160)
 
 
