@@ -8,7 +8,10 @@
                                 what `batchrun report` and `batchrun diff` read
     run_status(run_dir) -> dict counts recomputed from the checkpoint files (the
                                 truth), the manifest's state and last summary:
-                                what `batchrun status` prints
+                                what `batchrun status` prints; with a --limit,
+                                what the last run was asked to do (asked,
+                                pending_asked) apart from the input not asked yet
+    compare_status(path)        one run_status per model of a compare directory
     status_from_counts(...)     that JSON from counts: `batchrun serve` builds it from
                                 the numbers it keeps while following a run
 
@@ -29,8 +32,8 @@ from batchrun.errors import BatchrunError, CheckpointError, ExitCode
 # checkpoint.py (and through it aiofiles and asyncio) is imported inside the functions,
 # so that `batchrun --help`, which imports the command modules, stays fast.
 
-__all__ = ["MODELS_DIR", "ReportError", "RunUnit", "find_units", "iter_jsonl", "read_manifest", "run_status",
-           "status_from_counts"]
+__all__ = ["MODELS_DIR", "ReportError", "RunUnit", "compare_status", "find_units", "iter_jsonl", "read_manifest",
+           "run_status", "status_from_counts"]
 
 MODELS_DIR = "models"  # a compare directory: models/<key>/ run directories
 
@@ -153,6 +156,17 @@ def find_units(path: Path) -> tuple[str, list[RunUnit]]:
     return "run", [RunUnit(name, _manifest_model(manifest), path, manifest)]
 
 
+def compare_status(path: Path) -> list[dict[str, Any]] | None:
+    """One run_status per model of a compare directory (models/<key>/), in the job's order,
+    each with its "model" key; None when `path` is not a compare directory."""
+    if not (Path(path) / MODELS_DIR).is_dir():
+        return None
+    mode, units = find_units(path)
+    if mode != "compare":
+        return None
+    return [{**run_status(unit.run_dir), "model": unit.key, "model_name": unit.model} for unit in units]
+
+
 def run_status(run_dir: Path) -> dict[str, Any]:
     """Counts recomputed from the checkpoint files, plus the manifest's state and last summary."""
     from batchrun.checkpoint import ERRORS, REJECTS, RESULTS, scan_jsonl
@@ -177,6 +191,9 @@ def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int,
     """The status JSON (`batchrun status --json`, and `batchrun serve`'s /api/runs/NAME) from a
     run directory's counts: the one definition of its keys and rounding."""
     total = int((manifest.get("input") or {}).get("tickets") or 0)
+    limit = manifest.get("limit")
+    asked = min(int(limit), total) if isinstance(limit, int) else total  # what the last run was asked to do
+    finished = done + failed
     return {
         "run_dir": str(run_dir),
         "job": (manifest.get("job") or {}).get("name"),
@@ -187,7 +204,11 @@ def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int,
         "tickets": total,
         "done": done,
         "failed": failed,
-        "pending": max(total - done - failed, 0),
+        "pending": max(total - done - failed, 0),  # of the whole input
+        "limit": limit if isinstance(limit, int) else None,  # the last run's --limit
+        "asked": asked,
+        "pending_asked": max(asked - finished, 0),  # of what the last run was asked to do
+        "not_asked": max(total - max(asked, finished), 0),  # beyond the limit: no run was asked yet
         "rejected_lines": rejected_lines,
         "cost_usd": round(cost_usd, 6),
         "unpriced_results": unpriced,
