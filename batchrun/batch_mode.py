@@ -93,9 +93,9 @@ import orjson
 
 from batchrun.checkpoint import ERRORS, CheckpointWriter, write_manifest
 from batchrun.engine import PreparedRun, RunResult, build_manifest, render_messages
-from batchrun.errors import BatchrunError, CheckpointError, ExitCode, RequestError, RetryableError, TerminalError
+from batchrun.errors import BatchrunError, CheckpointError, ExitCode, RequestError, RetryableError
 from batchrun.provider import ChatRequest, LiteLLMBatchAPI
-from batchrun.records import Completion, Outcome
+from batchrun.records import Outcome
 from batchrun.retrying import build_retrying
 from batchrun.rundir import LIVE_PART_STATES as LIVE  # the part states still to finish (read side owns them)
 from batchrun.stats import RunStats

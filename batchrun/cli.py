@@ -10,6 +10,7 @@
     batchrun export RUN_DIR         commands/export.py  one row per ticket, in input order
     batchrun cache clear            commands/cache.py   empty the response cache
     batchrun init NAME              commands/init.py    write a job file that runs at once
+    batchrun serve [RUNS_DIR]       commands/serve.py   a live page of the runs (Server-Sent Events)
 
 A command module holds the click options, one call into its domain module
 and the rendering; this module only registers them (one line each). Heavy
@@ -31,6 +32,7 @@ from batchrun.commands.init import init_command
 from batchrun.commands.plan import plan_command
 from batchrun.commands.report import report_command
 from batchrun.commands.run import run_command
+from batchrun.commands.serve import serve_command
 from batchrun.commands.sim import sim_command
 from batchrun.commands.status import status_command
 
@@ -52,6 +54,7 @@ main.add_command(sim_command, name="sim")
 main.add_command(export_command, name="export")
 main.add_command(cache_command, name="cache")
 main.add_command(init_command, name="init")
+main.add_command(serve_command, name="serve")
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -13,6 +13,8 @@
                                 pending_asked) apart from the input not asked yet
     compare_status(path)        one run_status per model of a compare directory
     batch_parts(run_dir)        a batch-mode run's parts (batches.json), or None
+    status_from_counts(...)     that JSON from counts: `batchrun serve` builds it from
+                                the numbers it keeps while following a run
 
 Reading takes no lock, so it works while a run is writing: a torn last line is
 simply not counted yet. Whether a run is alive is read from its lock (run.lock
@@ -29,7 +31,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import AbstractSet, Any, Iterator, Mapping
 
 from batchrun.errors import BatchrunError, CheckpointError, ExitCode
 
@@ -37,7 +39,7 @@ from batchrun.errors import BatchrunError, CheckpointError, ExitCode
 # so that `batchrun --help`, which imports the command modules, stays fast.
 
 __all__ = ["MODELS_DIR", "ReportError", "RunUnit", "batch_parts", "compare_status", "find_units", "iter_jsonl",
-           "read_manifest", "run_status"]
+           "read_manifest", "run_status", "status_from_counts"]
 
 BATCH_LEDGER = "batches.json"  # batch_mode.py's ledger (written there, atomically)
 LIVE_PART_STATES = frozenset({"built", "uploaded", "submitted", "collecting", "failures_ready"})
@@ -176,7 +178,7 @@ def compare_status(path: Path) -> list[dict[str, Any]] | None:
 
 def run_status(run_dir: Path) -> dict[str, Any]:
     """Counts recomputed from the checkpoint files, plus the manifest's state and last summary."""
-    from batchrun.checkpoint import ERRORS, REJECTS, RESULTS, lock_state, open_inflight, scan_jsonl
+    from batchrun.checkpoint import ERRORS, REJECTS, RESULTS, scan_jsonl
 
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
@@ -189,19 +191,39 @@ def run_status(run_dir: Path) -> dict[str, Any]:
     failed_ids = errors.ids - results.ids
     rejects = run_dir / REJECTS
     rejected = rejects.read_bytes().count(b"\n") if rejects.exists() else 0
+    return status_from_counts(run_dir, manifest, done=done, failed=len(failed_ids), cost_usd=cost,
+                              unpriced=unpriced, total_tokens=tokens, rejected_lines=rejected,
+                              cache_hits=results.cache_hits, cost_saved_usd=results.cost_saved_usd,
+                              done_ids=results.ids)
+
+
+def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int, failed: int, cost_usd: float,
+                       unpriced: int, total_tokens: int, rejected_lines: int, cache_hits: int = 0,
+                       cost_saved_usd: float = 0.0, live: bool | None = None,
+                       done_ids: AbstractSet[str] | None = None) -> dict[str, Any]:
+    """The status JSON (`batchrun status --json`, and `batchrun serve`'s /api/runs/NAME) from a
+    run directory's counts: the one definition of its keys and rounding. `live`: whether a run
+    holds the lock (None: probe it here); `done_ids`: the ids with a result (None: read them,
+    only for a dead run, to name its tickets left in flight)."""
+    from batchrun.checkpoint import RESULTS, lock_state, open_inflight, scan_jsonl
+
     total = int((manifest.get("input") or {}).get("tickets") or 0)
     state, note = manifest.get("state"), None
-    live = lock_state(run_dir) == "held"  # the lock is the truth: a killed run leaves "running" behind
+    if live is None:
+        live = lock_state(run_dir) == "held"  # the lock is the truth: a killed run leaves "running" behind
     if state == "running" and not live:
         pid = manifest.get("pid")
         state = "stopped unexpectedly"
         note = (f"pid {pid} is gone" if not _pid_alive(pid) else f"pid {pid} no longer holds run.lock") + (
             " (killed, or the machine stopped): re-run the same command to resume")
     # tickets whose request was in flight when a run died: only meaningful when no run is writing
-    maybe_billed = sorted(open_inflight(run_dir, results.ids)) if not live else []
+    maybe_billed: list[str] = []
+    if not live:
+        ids = done_ids if done_ids is not None else scan_jsonl(Path(run_dir) / RESULTS).ids
+        maybe_billed = sorted(open_inflight(run_dir, ids))
     limit = manifest.get("limit")
     asked = min(int(limit), total) if isinstance(limit, int) else total  # what the last run was asked to do
-    finished = done + len(failed_ids)
+    finished = done + failed
     return {
         "run_dir": str(run_dir),
         "job": (manifest.get("job") or {}).get("name"),
@@ -213,18 +235,18 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "input": (manifest.get("input") or {}).get("path"),
         "tickets": total,
         "done": done,
-        "failed": len(failed_ids),
-        "pending": max(total - done - len(failed_ids), 0),  # of the whole input
+        "failed": failed,
+        "pending": max(total - done - failed, 0),  # of the whole input
         "limit": limit if isinstance(limit, int) else None,  # the last run's --limit
         "asked": asked,
         "pending_asked": max(asked - finished, 0),  # of what the last run was asked to do
         "not_asked": max(total - max(asked, finished), 0),  # beyond the limit: no run was asked yet
-        "rejected_lines": rejected,
-        "cost_usd": round(cost, 6),
+        "rejected_lines": rejected_lines,
+        "cost_usd": round(cost_usd, 6),
         "unpriced_results": unpriced,
-        "cache_hits": results.cache_hits,
-        "cost_saved_usd": round(results.cost_saved_usd, 6),
-        "total_tokens": tokens,
+        "cache_hits": cache_hits,
+        "cost_saved_usd": round(cost_saved_usd, 6),
+        "total_tokens": total_tokens,
         "started_at": manifest.get("started_at"),
         "finished_at": manifest.get("finished_at"),
         "error": manifest.get("error"),

@@ -41,6 +41,7 @@ Examples:
   batchrun run jobs/classify_tickets.toml --input tonight.jsonl --run-dir runs/2026-11-22
   OPENAI_API_KEY=... batchrun run jobs/classify_tickets.toml --live --run-dir runs/live
   batchrun run jobs/classify_tickets.toml --api-base http://localhost:4000/v1   # a LiteLLM proxy
+  batchrun run jobs/classify_tickets.toml --serve          # and its live page on http://127.0.0.1:8765
 
 \b
 Exit codes: 0 all done; 2 bad job file, input or environment (nothing sent);
@@ -175,11 +176,15 @@ class _WorkersType(click.ParamType):
 @click.option("-v", "--verbose", count=True, help="-v: log retries and failures; -vv: debug (litellm too).")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the log here (API keys scrubbed).")
+@click.option("--serve", "serve_port", type=click.IntRange(0, 65535), is_flag=False, flag_value=8765,
+              default=None, metavar="[PORT]",
+              help="Also serve this run's live page on 127.0.0.1:PORT (default 8765) while it runs "
+                   "(a `batchrun serve` process on the run directory's parent).")
 def run_command(job_file: Path, input_path: Path | None, concurrency: int | None, limit: int | None,
         run_dir: Path | None, model: str | None, api_base: str | None, live: bool, skip_failed: bool,
         force: bool, grace: float, workers: int | str | None, max_cost_usd: float | None, cache: bool | None,
         progress: bool | None, mode: str | None, no_wait: bool, finish_online: bool, progress_every: float,
-        as_json: bool, verbose: int, log_file: Path | None) -> None:
+        as_json: bool, verbose: int, log_file: Path | None, serve_port: int | None) -> None:
     """Run JOB_FILE over its tickets, or resume it where it stopped.
 
     Ids already in the run directory's results.jsonl are never requested again.
@@ -213,6 +218,12 @@ def run_command(job_file: Path, input_path: Path | None, concurrency: int | None
                        progress_every=None if bar else progress_every, max_cost_usd=max_cost_usd,
                        verbose=verbose, as_json=as_json)
         with contextlib.ExitStack() as stack:
+            if serve_port is not None:
+                from batchrun.serve.server import serve_in_background
+
+                run_dir_path = job.resolved_run_dir()
+                run_dir_path.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(serve_in_background(run_dir_path, serve_port))
             sim_url = None
             if use_sim:
                 from batchrun.sim.process import start_simulator

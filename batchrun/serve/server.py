@@ -1,0 +1,106 @@
+"""Running the server of `batchrun serve` (the command is commands/serve.py).
+
+    serve_token(host, token)        the token rule: none needed on loopback unless one
+                                    is given; any other host gets the given token or a
+                                    new random one (printed once)
+    serve_forever(root, host, port, ...)
+                                    binds, calls on_ready(port), serves until SIGINT or
+                                    SIGTERM; OSError when the address cannot be bound
+    serve_in_background(run_dir, port)
+                                    what `batchrun run --serve` uses: a `batchrun serve`
+                                    child process on the run directory's parent, showing
+                                    that run's page, stopped when the run ends
+
+The pages read the run directories only: serving never slows a run down and works
+the same for a run in another process, one started by cron, or one finished last
+night.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+__all__ = ["LOOPBACK", "TOKEN_ENV", "serve", "serve_forever", "serve_in_background", "serve_token", "url"]
+
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+TOKEN_ENV = "BATCHRUN_SERVE_TOKEN"
+
+async def serve(root: Path, host: str, port: int, *, token: str | None, show_text: bool, interval: float,
+                on_ready: Callable[[int], None]) -> None:
+    """Serve until cancelled; `on_ready(port)` once listening (the port really bound)."""
+    from aiohttp import web
+
+    from batchrun.serve.app import build_app
+
+    app = build_app(root, token=token, show_text=show_text, interval=interval)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, shutdown_timeout=1.0)
+        await site.start()
+        bound = runner.addresses[0][1] if runner.addresses else port
+        on_ready(bound)
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def serve_token(host: str, token: str | None) -> tuple[str | None, bool]:
+    """(the token requests must carry, whether it was generated): loopback needs none unless
+    one is given; any other host gets the given one or a new random one."""
+    if token:
+        return token, False
+    if host in LOOPBACK:
+        return None, False
+    return secrets.token_urlsafe(24), True
+
+
+def url(host: str, port: int, path: str = "/", token: str | None = None) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
+    return f"http://{shown}:{port}{path}" + (f"?token={token}" if token else "")
+
+
+def serve_forever(root: Path, host: str, port: int, *, token: str | None, show_text: bool, interval: float,
+                  on_ready: Callable[[int], None]) -> None:
+    """Serve until SIGINT or SIGTERM (then return); OSError if host:port cannot be bound."""
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, task.cancel)  # type: ignore[union-attr]
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve(root, host, port, token=token, show_text=show_text, interval=interval, on_ready=on_ready)
+
+    asyncio.run(main())
+
+
+@contextlib.contextmanager
+def serve_in_background(run_dir: Path, port: int, *, host: str = "127.0.0.1") -> Iterator[Any]:
+    """A `batchrun serve` process on run_dir's parent, printing the run's page URL; stopped on exit.
+
+    A separate process reads the run directory like any other page would: the run's
+    event loop never serves a page."""
+    run_dir = Path(run_dir).resolve()
+    command = [sys.executable, "-m", "batchrun.cli", "serve", str(run_dir.parent), "--host", host,
+               "--port", str(port), "--open-run", run_dir.name]
+    process = subprocess.Popen(command, env=dict(os.environ), stdin=subprocess.DEVNULL)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -1,0 +1,82 @@
+"""The pages of `batchrun serve` in a real headless Chromium (Debian's `chromium`).
+
+A run in progress against the simulator: its page shows the done count rising
+(pushed over Server-Sent Events into the same open page), then the run's
+accuracy once it has finished, and the list shows both nights of the job.
+Screenshots of each page go to tmp_path, or to $BATCHRUN_SCREENSHOTS (the
+docs' images: BATCHRUN_SCREENSHOTS=docs/img).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from batchrun.serve.app import build_app
+from chromium import Chromium, chromium_path
+from test_serve import run_job, slow_serve_sim, start_job, until  # noqa: F401 (slow_serve_sim: a fixture)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (.ci/run installs it)"),
+]
+
+DONE = "(document.getElementById('done-count') || {}).textContent"
+STATE = "(document.getElementById('state') || {}).textContent"
+
+
+def _count(text: str | None) -> int:
+    return int(re.sub(r"[^0-9]", "", text or "") or -1)
+
+
+async def test_run_page_follows_a_run_then_shows_its_accuracy(make_job, tmp_path, sim, slow_serve_sim, cli_env):
+    shots = Path(os.environ.get("BATCHRUN_SCREENSHOTS") or tmp_path / "shots")
+    job = make_job(400, concurrency=2)
+    runs = tmp_path / "runs"
+    first = run_job(job, sim, runs / "2026-12-01", cli_env, "--limit", "150")
+    assert first.returncode == 0, first.stderr
+    proc = start_job(job, slow_serve_sim, runs / "2026-12-02", cli_env)
+    await until(lambda: (runs / "2026-12-02" / "results.jsonl").exists(), 120, "the run to start")
+    server = TestServer(build_app(runs, interval=0.2), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with Chromium.launch() as browser:
+            page = await browser.new_page(1280, 1100)
+            await page.goto(str(server.make_url("/runs/2026-12-02")))
+            await page.wait_for(f"{STATE} === 'running' && Number(({DONE} || '').replace(/,/g, '')) > 0", 60)
+            first_seen = _count(await page.evaluate(DONE))
+            # the same page, not reloaded: the count rises as the run writes
+            await page.wait_for(f"Number(({DONE} || '').replace(/,/g, '')) > {first_seen} && {STATE} === 'running'", 60)
+            assert await page.evaluate("document.querySelectorAll('svg.chart polyline').length") >= 2
+            await page.screenshot(shots / "serve_run_live.png")
+
+            await until(lambda: proc.poll() is not None, 180, "the run to finish")
+            assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+            await page.wait_for(f"{STATE} === 'finished' && {DONE} === '400'", 60)
+            accuracy = await page.wait_for("(document.getElementById('accuracy') || {}).textContent", 60)
+            assert re.fullmatch(r"\d{1,3}\.\d%", accuracy), accuracy
+            assert float(accuracy[:-1]) > 50
+            await page.wait_for("document.querySelector('table.confusion') !== null"
+                                " && document.getElementById('diff') !== null", 60)
+            diff_text = await page.evaluate("document.getElementById('diff').textContent")
+            assert "pts" in diff_text
+            await page.screenshot(shots / "serve_run.png")
+
+            await page.goto(str(server.make_url("/")))
+            cells = "[...document.querySelectorAll('tr[data-run] td.accuracy')]"
+            await page.wait_for(f"{cells}.length === 2 && {cells}.every(c => c.textContent.includes('%'))", 60)
+            names = await page.evaluate("[...document.querySelectorAll('tr[data-run]')].map(r => r.dataset.run)")
+            assert names == ["2026-12-02", "2026-12-01"]  # newest first, under one job heading
+            assert await page.evaluate("document.querySelectorAll('.job h2').length") == 1
+            await page.screenshot(shots / "serve_index.png")
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(timeout=30)
+        await server.close()
+    for name in ("serve_run_live.png", "serve_run.png", "serve_index.png"):
+        assert (shots / name).stat().st_size > 10_000
