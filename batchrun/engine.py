@@ -274,14 +274,24 @@ class _Run:
 
     def __init__(self, prep: PreparedRun, provider: Provider | Mapping[str, Provider] | None, *, grace_s: float,
                  progress: bool, workers: int = 1, provider_kwargs: dict[str, Any] | None = None,
-                 worker_pool: WorkerPool | None = None) -> None:
+                 worker_pool: WorkerPool | None = None, engine: str = "local",
+                 ray_address: str | None = None) -> None:
         self.prep = prep
         self.job = prep.job
         # one provider per model key: "" for a single-model job, [[models]] names for a routed one
         providers = dict(provider) if isinstance(provider, Mapping) else ({"": provider} if provider else {})
         self.providers = providers
         self.provider = next(iter(providers.values()), None)  # cost and token estimates
-        if workers > 1:
+        if engine == "ray":  # actors on a Ray cluster (ray_engine.py); workers None: one per cluster CPU
+            from batchrun.ray_engine import RayExecutor
+
+            if provider_kwargs is None:
+                raise ValueError("engine \"ray\" needs provider_kwargs to build a provider in each actor")
+            if "model" in provider_kwargs:
+                provider_kwargs = {"": provider_kwargs}
+            self.executor = RayExecutor(workers or None, self.job, provider_kwargs, self, prep.run_number,
+                                        address=ray_address)
+        elif workers > 1:
             if provider_kwargs is None:
                 raise ValueError("workers > 1 needs provider_kwargs to build a provider in each process")
             if "model" in provider_kwargs:  # one model's kwargs
@@ -585,6 +595,8 @@ async def execute_run(
     workers: int = 1,
     provider_kwargs: dict[str, Any] | None = None,
     worker_pool: WorkerPool | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> RunResult:
     """Run the prepared job; always leaves a parseable run directory.
 
@@ -594,9 +606,14 @@ async def execute_run(
     cost estimates when a budget is set, and may be None. With `worker_pool`
     (workers.open_worker_pool) the processes are taken from it and handed
     back at the end instead of being started and stopped for this run.
+    With engine "ray" the tickets go to `workers` Ray actors (0: one per
+    CPU of the cluster) joined at `ray_address` (None: a local Ray started
+    for the run, unless this process already initialised Ray); see
+    ray_engine.py.
     """
     run = _Run(prep, provider, grace_s=grace_s, progress=progress, workers=workers,
-               provider_kwargs=provider_kwargs, worker_pool=worker_pool)
+               provider_kwargs=provider_kwargs, worker_pool=worker_pool, engine=engine,
+               ray_address=ray_address)
     started_at = utc_now()
     write_manifest(prep.run_dir, _manifest(prep, run.stats, run.failed_ids, "running", started_at, None, None))
     state, error = "failed", None
