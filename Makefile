@@ -11,10 +11,10 @@ STAMP  := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "batchrun needs Python 3.11+; set PYTHON=python3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install batchrun with its test tools
+install: $(STAMP)  ## create .venv and install batchrun with its test tools and Ray (the ray tests run in CI)
 
 run: install  ## run (or resume) JOB against its simulator: make run JOB=jobs/other.toml ARGS="--limit 50"
 	$(BIN)/batchrun run $(JOB) $(ARGS)

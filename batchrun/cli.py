@@ -37,6 +37,7 @@ Examples:
   batchrun run jobs/classify_tickets.toml --input tonight.jsonl --run-dir runs/2026-11-22
   OPENAI_API_KEY=... batchrun run jobs/classify_tickets.toml --live --run-dir runs/live
   batchrun run jobs/classify_tickets.toml --api-base http://localhost:4000/v1   # a LiteLLM proxy
+  batchrun run jobs/classify_tickets.toml --engine ray --ray-address auto      # on a Ray cluster
 
 \b
 Exit codes: 0 all done; 2 bad job file, input or environment (nothing sent);
@@ -147,6 +148,10 @@ def sim_config(job: Any) -> Any:
               help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
 @click.option("--workers", type=click.IntRange(min=1, max=64),
               help="Worker processes [default: the job's `workers`; auto = one per core for big runs].")
+@click.option("--engine", type=click.Choice(["local", "ray"]),
+              help="Where tickets run: this machine (default) or Ray actors [default: the job's `engine`].")
+@click.option("--ray-address", help="Ray cluster to join with --engine ray: auto, ray://HOST:10001 "
+              "[default: the job's `ray_address`, else a local Ray started for the run].")
 @click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True),
               help="Stop dispatching before the run directory's total cost would pass this.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
@@ -155,8 +160,8 @@ def sim_config(job: Any) -> Any:
               help="Also write the log here (API keys scrubbed).")
 def run(job_file: Path, input_path: Path | None, concurrency: int | None, limit: int | None,
         run_dir: Path | None, model: str | None, api_base: str | None, live: bool, skip_failed: bool,
-        force: bool, grace: float, workers: int | None, max_cost_usd: float | None, progress: bool | None,
-        verbose: int, log_file: Path | None) -> None:
+        force: bool, grace: float, workers: int | None, engine: str | None, ray_address: str | None,
+        max_cost_usd: float | None, progress: bool | None, verbose: int, log_file: Path | None) -> None:
     """Run JOB_FILE over its tickets, or resume it where it stopped.
 
     Ids already in the run directory's results.jsonl are never requested again.
@@ -168,9 +173,12 @@ def run(job_file: Path, input_path: Path | None, concurrency: int | None, limit:
 
     secrets: list[str] = []
     try:
-        job = load_job(job_file).with_overrides(
+        job = load_job(job_file)
+        if engine == "local" and job.ray_address is not None:  # --engine local wins over the job's cluster
+            job = job.model_copy(update={"ray_address": None})
+        job = job.with_overrides(
             input=input_path, concurrency=concurrency, run_dir=run_dir, model=model, api_base=api_base,
-            workers=workers)
+            workers=workers, engine="ray" if ray_address and engine is None else engine, ray_address=ray_address)
         use_sim = job.simulator is not None and not live and api_base is None
         jobs = [job.for_model(entry) for entry in job.models] if job.compare_mode else [job]
         targets = {each.name: _targets(each, use_sim, secrets) for each in jobs}  # keys checked up front
@@ -269,21 +277,27 @@ def _run(job, job_file, targets, sim_url, *, limit, skip_failed, force, grace, p
             f"batchrun: {job.name}: {prep.to_do:,} to do, {prep.already_done:,} already done, "
             f"model {models} via {endpoint}, concurrency {job.concurrency}, run {prep.run_number} "
             f"in {prep.run_dir}", err=True)
-        workers = job.worker_count(prep.to_do)
+        ray = job.engine == "ray"
+        # Ray: `workers` actors, 0 = one per CPU the cluster offers (known once it is joined)
+        workers = (job.workers if isinstance(job.workers, int) else 0) if ray else job.worker_count(prep.to_do)
         provider_kwargs = {key: {**kwargs, "api_base": sim_url if use_sim else kwargs["api_base"]}
                            for key, kwargs in targets.items()}
         providers = None
-        if workers == 1 or prep.max_cost_usd is not None or job.tpm:  # the coordinator needs litellm
+        if (workers == 1 and not ray) or prep.max_cost_usd is not None or job.tpm:  # the coordinator needs litellm
             from batchrun.provider import LiteLLMProvider
 
             providers = {key: LiteLLMProvider(**{**kwargs, "prices": PricesSpec.model_validate(kwargs["prices"])
                                                  if kwargs["prices"] else None})
                          for key, kwargs in provider_kwargs.items()}
-        if workers > 1:
+        if ray:
+            click.echo(f"batchrun: Ray at {job.ray_address or 'a local instance started for the run'}, "
+                       f"{workers or 'one per cluster CPU'} actor(s)", err=True)
+        elif workers > 1:
             click.echo(f"batchrun: {workers} worker processes", err=True)
         route_litellm_logs(verbose)
         result = anyio.run(lambda: execute_run(prep, providers, grace_s=grace, progress=progress,
-                                               workers=workers, provider_kwargs=provider_kwargs))
+                                               workers=workers, provider_kwargs=provider_kwargs,
+                                               engine=job.engine, ray_address=job.ray_address))
         title = f"{job.name}: run {prep.run_number} {result.state}"
         click.echo(format_summary(result.summary, title=title))
         click.echo(f"run directory: {prep.run_dir}  (batchrun status {prep.run_dir})")

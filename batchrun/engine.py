@@ -577,6 +577,7 @@ class _Run:
                 await self.writer_done.wait()
                 await self.executor.aclose()
                 self.stats.worker_cpu_s = getattr(self.executor, "cpu_s", 0.0)
+                self.stats.cluster = getattr(self.executor, "cluster_summary", None)
             outer.cancel_scope.cancel()
 
 

@@ -412,6 +412,13 @@ class RayExecutor(ProcessExecutor):
     def peak_tickets_per_actor(self) -> int:
         return max((c.peak_load for c in self.children), default=0)
 
+    @property
+    def cluster_summary(self) -> dict[str, Any]:
+        """What the run summary says of the cluster (RunStats.cluster)."""
+        return {"actors": len(self.children), "actors_lost": self.actors_lost,
+                "tickets_requeued": self.tickets_requeued, "peak_tickets_per_actor": self.peak_tickets_per_actor,
+                "limiter": self.limiter_counters or None}
+
     async def aclose(self) -> None:
         """End the run in every live actor, then kill the actors and the limiter (and Ray, if started here)."""
         self._closing = True

@@ -74,11 +74,23 @@ def limiter_name(run_id: str) -> str:
 
 
 class _Budget:
-    """The two buckets of one model key (either may be None)."""
+    """The two buckets of one model key (either may be None).
 
-    def __init__(self, rpm: float | None, tpm: float | None, headroom: float, now: float) -> None:
-        self.requests = TokenBucket(rpm * headroom, now=now) if rpm else None
-        self.tokens = TokenBucket(tpm * headroom, capacity=max(1.0, tpm * headroom / 60.0), now=now) if tpm else None
+    Unlike the one-process RateLimiter, a bucket here starts empty and holds
+    at most a tenth of a second's worth: permits reach the server somewhat
+    after their grant (an actor's first call sets up its connections), and
+    the 2% headroom (1.2 s of a minute) must cover that delay plus any burst,
+    so that no minute sees more than the limit."""
+
+    def __init__(self, rpm: float | None, tpm: float | None, headroom: float, now: float,
+                 burst_s: float = 0.1) -> None:
+        self.requests = self.tokens = None
+        if rpm:
+            self.requests = TokenBucket(rpm * headroom, capacity=max(1.0, rpm * headroom / 60.0 * burst_s), now=now)
+            self.requests.tokens = 1.0
+        if tpm:
+            self.tokens = TokenBucket(tpm * headroom, capacity=max(1.0, tpm * headroom / 60.0 * burst_s), now=now)
+            self.tokens.tokens = min(self.tokens.capacity, tpm * headroom / 60.0 * burst_s)
 
     def wait_s(self, tokens: float, now: float) -> float:
         wait = 0.0

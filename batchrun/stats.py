@@ -92,6 +92,7 @@ class RunStats:
     worker_startup_cpu_s: float = 0.0  # CPU worker processes spent starting (litellm's import), as they said
     worker_cpu_s: float = 0.0  # CPU worker processes spent on this run, start-up included, as they said
     finished: float | None = None
+    cluster: dict[str, Any] | None = None  # engine "ray": actors, actors lost, tickets re-sent, limiter counters
 
     def record(self, outcome: Outcome) -> None:
         """Count one outcome whose line is on disk."""
@@ -158,6 +159,7 @@ class RunStats:
             "requests_per_s_after_startup": None if sending is None else round(self.attempts / sending, 2),
             "worker_startup_cpu_s": round(self.worker_startup_cpu_s, 3),
             "worker_cpu_s": round(self.worker_cpu_s, 3),
+            "cluster": self.cluster,
             "tickets_per_s": round(finished / wall, 2),
             "output_tokens_per_s": round(self.completion_tokens / wall, 1),
             "latency_ms": _percentiles(self.latency),
