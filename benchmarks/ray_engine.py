@@ -1,7 +1,7 @@
 """engine = "ray" against worker processes, ray.data.llm, and the limits of the design.
 
     python benchmarks/ray_engine.py [--tickets 2000] [--concurrency 128] [--latency-ms 200]
-                                    [--rounds 2] [--ray-data] [--limiter] [--json OUT]
+                                    [--rounds 2] [--ray-data] [--limiter] [--scaling] [--json OUT]
 
 One local Ray (2 CPUs) and one simulator (200 ms, no jitter) serve every
 measurement, so the figures compare on the same machine in the same run:
@@ -18,6 +18,7 @@ measurement, so the figures compare on the same machine in the same run:
               (HttpRequestProcessorConfig, 2 actors, its defaults otherwise)
               against the same simulator; needs `pip install 'ray[data]==2.60.0'`
               (not a batchrun dependency: only this benchmark uses it)
+  --scaling   --engine ray with 1, 2 and 4 actors (4 share the 2 CPUs)
   --limiter   the ClusterLimiter's grant rate: 2 client actors x 32 loops
               leasing blocks of 1 and of 16 permits from a limiter whose
               rpm never binds
@@ -75,7 +76,7 @@ def cpu_self() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def one_run(folder: Path, sim: Any, concurrency: int, name: str, engine: str) -> dict[str, Any]:
+def one_run(folder: Path, sim: Any, concurrency: int, name: str, engine: str, workers: int = 2) -> dict[str, Any]:
     job_path = folder / f"{name}.toml"
     job_path.write_text(JOB.format(run_dir=f"runs/{name}", concurrency=concurrency))
     job = load_job(job_path)
@@ -84,13 +85,14 @@ def one_run(folder: Path, sim: Any, concurrency: int, name: str, engine: str) ->
               "params": {"max_tokens": 5, "temperature": 0}, "prices": None, "max_connections": concurrency}
     cpu0 = cpu_self()
     try:
-        result = anyio.run(lambda: execute_run(prep, None, workers=2, provider_kwargs=kwargs, engine=engine))
+        result = anyio.run(lambda: execute_run(prep, None, workers=workers, provider_kwargs=kwargs,
+                                                          engine=engine))
     finally:
         prep.release()
     driver_cpu = cpu_self() - cpu0
     s = result.summary
     assert result.state == "done" and s["done"] == prep.to_do, (result.state, result.error)
-    return {"engine": engine, "state": result.state, "tickets": s["done"],
+    return {"engine": engine, "workers": workers, "state": result.state, "tickets": s["done"],
             "requests_per_s_after_startup": s["requests_per_s_after_startup"], "wall_s": s["wall_s"],
             "startup_s": s["startup_s"], "driver_cpu_ms_per_ticket": round(driver_cpu / s["done"] * 1000, 3),
             "worker_cpu_ms_per_ticket": round(s["worker_cpu_s"] / s["done"] * 1000, 3),
@@ -171,6 +173,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--ray-data", action="store_true", help="also ray.data.llm's HTTP processor")
     parser.add_argument("--limiter", action="store_true", help="also the limiter's grant rate")
+    parser.add_argument("--scaling", action="store_true", help="also --engine ray with 1, 2 and 4 actors")
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args()
 
@@ -198,6 +201,13 @@ def main() -> None:
             ratios = [b / a for a, b in zip(local, on_ray)]
             report["ray_over_workers"] = [round(r, 3) for r in ratios]
             print(f"ray / workers, per round: {', '.join(f'{r:.2f}' for r in ratios)}")
+            if args.scaling:
+                report["scaling"] = []
+                for actors in (1, 2, 4):
+                    row = one_run(folder, sim, args.concurrency, f"scale{actors}", "ray", actors)
+                    report["scaling"].append(row)
+                    print(f"--engine ray, {actors} actor(s): {row['requests_per_s_after_startup']} req/s after "
+                          f"start-up, driver {row['driver_cpu_ms_per_ticket']} ms/ticket", flush=True)
             if args.ray_data:
                 try:
                     row = ray_data_run(rows, sim)

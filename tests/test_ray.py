@@ -119,7 +119,14 @@ def test_exactly_once_through_five_actor_kills(ray_cluster, make_job, tmp_path):
     assert cluster["actors"] == actors and cluster["actors_lost"] == 5
     assert cluster["tickets_requeued"] >= 1 and served >= n  # what the dead held was sent again
     assert cluster["peak_tickets_per_actor"] <= 24  # the last actor standing holds them all, no more
-    assert live_actors() == []  # the run's actors (and the limiter) are gone after it
+    wait_for_no_actors()  # the run's actors are gone after it
+
+
+def wait_for_no_actors(timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while live_actors():
+        assert time.monotonic() < deadline, live_actors()
+        time.sleep(0.1)
 
 
 def test_driver_killed_then_resumed_on_ray_and_then_locally(ray_cluster, make_job, tmp_path, cli_env):
@@ -142,10 +149,7 @@ def test_driver_killed_then_resumed_on_ray_and_then_locally(ray_cluster, make_jo
             driver.kill()
     first = lines(run_dir / "results.jsonl")
     assert first < n
-    deadline = time.monotonic() + 60
-    while live_actors():  # Ray ends the actors of a driver that died
-        assert time.monotonic() < deadline, live_actors()
-        time.sleep(0.2)
+    wait_for_no_actors()  # Ray ends the actors of a driver that died
 
     second = subprocess.run(batchrun_cmd("run", str(job_path), *ray_args, "--limit", "300"), env=cli_env,
                             capture_output=True, timeout=300)
