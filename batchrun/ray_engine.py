@@ -58,7 +58,7 @@ from typing import Any
 
 import anyio
 
-from batchrun.errors import RateLimitedError, RequestError
+from batchrun.errors import ConfigurationError, RateLimitedError, RequestError
 from batchrun.provider import ChatRequest
 from batchrun.ray_limiter import NAMESPACE, ClusterLimiter, PermitClient, limiter_name, require_ray
 from batchrun.records import Completion, Outcome
@@ -320,8 +320,12 @@ class RayExecutor(ProcessExecutor):
         self._tg = task_group
         if not ray.is_initialized():
             # blocks this event loop for the few seconds Ray needs: nothing has been sent yet
-            ray.init(address=self.address, namespace=NAMESPACE, include_dashboard=False,
-                     log_to_driver=True, configure_logging=False)
+            try:
+                ray.init(address=self.address, namespace=NAMESPACE, include_dashboard=False,
+                         log_to_driver=True, configure_logging=False)
+            except Exception as exc:  # no cluster there, a version mismatch, ...
+                where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
+                raise ConfigurationError(f"cannot start or join {where}: {type(exc).__name__}: {exc}") from None
             self.started_ray = True
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         self.n = self.actor_count(cpus)

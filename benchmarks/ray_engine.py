@@ -101,7 +101,7 @@ def one_run(folder: Path, sim: Any, concurrency: int, name: str, engine: str, wo
 
 def ray_data_run(rows: list[dict[str, Any]], sim: Any) -> dict[str, Any]:
     import ray
-    from ray.data.llm import HttpRequestProcessorConfig, build_llm_processor
+    from ray.data.llm import HttpRequestProcessorConfig, build_processor
 
     config = HttpRequestProcessorConfig(url=f"{sim.base_url}/chat/completions",
                                         headers={"Authorization": "Bearer sim-key"}, concurrency=2)
@@ -114,7 +114,7 @@ def ray_data_run(rows: list[dict[str, Any]], sim: Any) -> dict[str, Any]:
     def postprocess(row: dict[str, Any]) -> dict[str, Any]:
         return {"answer": row["http_response"]["choices"][0]["message"]["content"]}
 
-    processor = build_llm_processor(config, preprocess=preprocess, postprocess=postprocess)
+    processor = build_processor(config, preprocess=preprocess, postprocess=postprocess)
     dataset = ray.data.from_items([{"subject": r["subject"], "body": r["body"]} for r in rows])
     before = sim.stats()["total_requests"]
     t0 = time.monotonic()

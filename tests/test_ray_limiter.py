@@ -129,3 +129,4 @@ def test_require_ray_names_the_extra(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(Exception, match=r"pip install 'batchrun\[ray\]'"):
         require_ray()
+
