@@ -23,10 +23,10 @@ status: install  ## counts of JOB's run directory: make status RUN_DIR=runs/clas
 	$(BIN)/batchrun status $(or $(RUN_DIR),runs/$(basename $(notdir $(JOB))))
 
 plan: install  ## forecast JOB without sending anything: tickets to do, tokens, cost, duration; exit 5 over max_cost_usd: make plan JOB=jobs/compare_models.toml PLAN_ARGS="--max-cost-usd 1"
-	$(BIN)/python -m batchrun.plan $(JOB) $(PLAN_ARGS)
+	$(BIN)/batchrun plan $(JOB) $(PLAN_ARGS)
 
 report: install  ## grade JOB's run directory (or RUN_DIR) against gold labels: make report REPORT_ARGS="--out report_out" (PNG charts need .[plots])
-	$(BIN)/python -m batchrun.grading $(or $(RUN_DIR),runs/$(basename $(notdir $(JOB)))) $(REPORT_ARGS)
+	$(BIN)/batchrun report $(or $(RUN_DIR),runs/$(basename $(notdir $(JOB)))) $(REPORT_ARGS)
 
 test: install  ## the whole suite (pytest's "no tests collected", exit 5, counts as a pass)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
@@ -36,7 +36,7 @@ BENCH_ARGS ?= --baseline
 bench: install  ## concurrency sweep of JOB against the simulator (200 ms), with the bare-litellm baseline: table, bench_out/bench.json, bench.png; make bench BENCH_ARGS="--concurrency 8,128 --tickets 2000 --baseline"
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[plots]' \
 		|| echo "bench: could not install matplotlib: no plot this time"
-	$(BIN)/python -m batchrun.bench $(JOB) $(BENCH_ARGS)
+	$(BIN)/batchrun bench $(JOB) $(BENCH_ARGS)
 
 compare: install  ## three simulated models on the sample tickets: make compare ARGS="--limit 200"
 	$(BIN)/batchrun run jobs/compare_models.toml $(ARGS)

@@ -1,5 +1,9 @@
 """`batchrun bench`: sweep the concurrency of a job and recommend a setting.
 
+This module measures and returns data (`run_bench`, the rows, the recommendation,
+the text tables); the command (options, printing, bench.json) is commands/bench.py,
+the plot charts.py.
+
 SYNOPSIS
 
     batchrun bench JOB [--concurrency 1,4,16,64,256[,auto]] [--tickets N] [--stream]
@@ -8,8 +12,6 @@ SYNOPSIS
                        [--rpm N] [--tpm N] [--capacity K] [--overload-ms MS]
                        [--max-429-rate R] [--max-p95-ms MS] [--tie-within F]
                        [--warmup N]
-
-    (until `bench` is registered in cli.py: `python -m batchrun.bench JOB ...`)
 
 WHAT IT DOES
 
@@ -157,19 +159,18 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
-
-import click
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from batchrun.errors import redact_url
 from batchrun.sim.config import simulated_model as sim_model
+from batchrun.stats import percentiles
+from batchrun.textfmt import num, pct, table
 
 __all__ = [
     "AUTO_MAX_TICKETS",
     "AUTO_MIN_TICKETS",
     "AUTO_WAVES",
     "Recommendation",
-    "bench_command",
     "format_baseline_table",
     "format_table",
     "ideal_throughput",
@@ -187,7 +188,6 @@ DEFAULT_MAX_429_RATE = 0.01
 DEFAULT_TIE_WITHIN = 0.05  # throughputs within 5% of the best are a tie: the lowest concurrency wins
 P95_FACTOR = 3.0  # default --max-p95-ms: this times the lowest p95 of the sweep
 SIM_API_KEY = "sim-key"
-PLOT_HINT = "pip install 'batchrun[plots]'"
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,10 +292,6 @@ def _p95(row: Mapping[str, Any]) -> float | None:
     return (row.get("latency_ms") or {}).get("p95")
 
 
-def _pct(value: float) -> str:
-    return f"{value * 100:.1f}%"
-
-
 def recommend(rows: Sequence[Mapping[str, Any]], *, max_429_rate: float = DEFAULT_MAX_429_RATE,
               max_p95_ms: float | None = None, tie_within: float = DEFAULT_TIE_WITHIN) -> Recommendation:
     """The setting with the highest `tickets_per_s` whose `rate_429` <= max_429_rate, whose
@@ -315,9 +311,9 @@ def recommend(rows: Sequence[Mapping[str, Any]], *, max_429_rate: float = DEFAUL
         if row.get("not_finished", 0) > 0:
             return f"interrupted ({row['not_finished']} tickets not finished)"
         if row.get("error_rate", 0) > 0:
-            return f"{_pct(row['error_rate'])} of tickets failed"
+            return f"{pct(row['error_rate'])} of tickets failed"
         if row.get("rate_429", 0) > max_429_rate:
-            return f"429 rate {_pct(row['rate_429'])} > {_pct(max_429_rate)}"
+            return f"429 rate {pct(row['rate_429'])} > {pct(max_429_rate)}"
         p95 = _p95(row)
         if p95 is None:
             return "no successful request"
@@ -337,7 +333,7 @@ def recommend(rows: Sequence[Mapping[str, Any]], *, max_429_rate: float = DEFAUL
     else:
         reason = (f"{tps(chosen):,.1f} tickets/s, within {tie_within * 100:g}% of the best "
                   f"(C={best['concurrency']}: {tps(best):,.1f}/s) with fewer in flight")
-    reason += (f", 429 rate {_pct(chosen.get('rate_429', 0))} <= {_pct(max_429_rate)}, "
+    reason += (f", 429 rate {pct(chosen.get('rate_429', 0))} <= {pct(max_429_rate)}, "
                f"p95 {_p95(chosen):,.0f} ms <= {limit_text}")
     faster = sorted((r for r in rows if broken(r) is not None and tps(r) > tps(best)), key=lambda r: -tps(r))
     if faster:
@@ -406,18 +402,6 @@ def build_row(concurrency: int, tickets: int, state: str, summary: Mapping[str, 
 # --------------------------------------------------------------------------------------------
 
 
-def _num(value: float | None, fmt: str = ",.1f") -> str:
-    return "-" if value is None else format(value, fmt)
-
-
-def _render(header: list[str], lines: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
-    out = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
-    out.append("  ".join("-" * w for w in widths))
-    out += ["  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines]
-    return "\n".join(out)
-
-
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The per-setting table (TTFT columns only when some row has them)."""
     with_ttft = any(r.get("ttft_ms") for r in rows)
@@ -435,24 +419,24 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
         conc = str(r["concurrency"])
         if r["concurrency"] == "auto" and r.get("concurrency_settled") is not None:
             conc = f"auto:{r['concurrency_settled']}"
-        line = [conc, tickets, _num(r["requests_per_s"]), _num(r["tickets_per_s"]),
-                _num(r["output_tokens_per_s"]), _num(lat.get("p50"), ",.0f"), _num(lat.get("p95"), ",.0f"),
-                _num(lat.get("p99"), ",.0f")]
+        line = [conc, tickets, num(r["requests_per_s"], ",.1f"), num(r["tickets_per_s"], ",.1f"),
+                num(r["output_tokens_per_s"], ",.1f"), num(lat.get("p50"), ",.0f"), num(lat.get("p95"), ",.0f"),
+                num(lat.get("p99"), ",.0f")]
         if with_ttft:
             ttft = r.get("ttft_ms") or {}
-            line += [_num(ttft.get(k), ",.0f") for k in ("p50", "p95", "p99")]
+            line += [num(ttft.get(k), ",.0f") for k in ("p50", "p95", "p99")]
         ideal = "-" if r["ideal_rps"] is None else f"{r['ideal_rps']:,.1f}"
         if r["ideal_limited_by"] not in ("concurrency", "unknown"):
             ideal += f" ({r['ideal_limited_by']})"
         peak = (r.get("server") or {}).get("peak_in_flight")
-        line += [_pct(r["rate_429"]), _pct(r["error_rate"]),
+        line += [pct(r["rate_429"]), pct(r["error_rate"]),
                  "-" if r["cost_usd"] is None else f"{r['cost_usd']:.6f}", ideal,
                  "-" if r["efficiency"] is None else f"{r['efficiency'] * 100:.0f}%",
-                 "-" if peak is None else str(peak), _num(r["cpu_ms_per_request"], ",.2f")]
+                 "-" if peak is None else str(peak), num(r["cpu_ms_per_request"], ",.2f")]
         if with_workers:
             line.append(str(r.get("workers") or 1))
         lines.append(line)
-    return _render(header, lines)
+    return "\n".join(table(header, lines, left=0))
 
 
 def format_baseline_table(rows: Sequence[Mapping[str, Any]], after_startup: bool = False) -> str:
@@ -466,7 +450,7 @@ def format_baseline_table(rows: Sequence[Mapping[str, Any]], after_startup: bool
               "cpu ratio"] + (["start-up s", "procs"] if after_startup else ["bare err", "bare peak"])
 
     def x(value: float | None) -> str:
-        return "-" if value is None else _num(value, ".2f") + "x"
+        return "-" if value is None else num(value, ".2f") + "x"
 
     lines = []
     for r in rows:
@@ -474,18 +458,18 @@ def format_baseline_table(rows: Sequence[Mapping[str, Any]], after_startup: bool
         if not b:
             continue
         if after_startup:
-            lines.append([str(r["concurrency"]), _num(r.get("requests_per_s_after_startup")),
-                          _num(b["requests_per_s"]), x(b.get("speed_ratio_after_startup")),
-                          _num(r.get("cpu_ms_per_request_after_startup"), ",.2f"),
-                          _num(b["cpu_ms_per_request"], ",.2f"), x(b.get("cpu_ratio_after_startup")),
-                          _num(r.get("startup_s"), ",.2f"), str(r.get("workers") or 1)])
+            lines.append([str(r["concurrency"]), num(r.get("requests_per_s_after_startup"), ",.1f"),
+                          num(b["requests_per_s"], ",.1f"), x(b.get("speed_ratio_after_startup")),
+                          num(r.get("cpu_ms_per_request_after_startup"), ",.2f"),
+                          num(b["cpu_ms_per_request"], ",.2f"), x(b.get("cpu_ratio_after_startup")),
+                          num(r.get("startup_s"), ",.2f"), str(r.get("workers") or 1)])
             continue
         peak = (b.get("server") or {}).get("peak_in_flight")
-        lines.append([str(r["concurrency"]), _num(r["requests_per_s"]), _num(b["requests_per_s"]),
-                      x(b["speed_ratio"]), _num(r["cpu_ms_per_request"], ",.2f"),
-                      _num(b["cpu_ms_per_request"], ",.2f"), x(b["cpu_ratio"]), _pct(b["error_rate"]),
+        lines.append([str(r["concurrency"]), num(r["requests_per_s"], ",.1f"), num(b["requests_per_s"], ",.1f"),
+                      x(b["speed_ratio"]), num(r["cpu_ms_per_request"], ",.2f"),
+                      num(b["cpu_ms_per_request"], ",.2f"), x(b["cpu_ratio"]), pct(b["error_rate"]),
                       "-" if peak is None else str(peak)])
-    return _render(header, lines)
+    return "\n".join(table(header, lines, left=0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -543,24 +527,14 @@ def write_sample(job: Any, count: int, path: Path) -> int:
     return len(originals)
 
 
-def _percentiles(samples: list[float]) -> dict[str, float | None]:
-    from batchrun.stats import LatencyHistogram
-
-    hist = LatencyHistogram()
-    for ms in samples:
-        hist.add(ms)
-    return {k: (None if v is None else round(v, 1)) for k, v in
-            (("p50", hist.percentile(50)), ("p95", hist.percentile(95)), ("p99", hist.percentile(99)),
-             ("mean", hist.mean))}
-
-
-async def run_baseline(litellm: Any, job: Any, tickets: Sequence[Any], concurrency: int, *, model: str,
+async def run_baseline(job: Any, tickets: Sequence[Any], concurrency: int, *, model: str,
                        api_base: str | None, api_key: str | None, stream: bool) -> dict[str, Any]:
     """The bare pattern: acompletion under asyncio.Semaphore(C), every ticket via asyncio.gather."""
     import asyncio
     import time
 
     from batchrun.engine import render_messages
+    from batchrun.provider import bare_acompletion, is_rate_limit_error
 
     sem = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
@@ -572,7 +546,7 @@ async def run_baseline(litellm: Any, job: Any, tickets: Sequence[Any], concurren
         nonlocal completion_tokens
         async with sem:
             t0 = time.perf_counter()
-            response = await litellm.acompletion(
+            response = await bare_acompletion(
                 model=model, messages=render_messages(job, ticket), api_base=api_base, api_key=api_key,
                 timeout=job.timeout_s, num_retries=0, max_retries=0, **extra, **job.params)
             if stream:
@@ -592,7 +566,7 @@ async def run_baseline(litellm: Any, job: Any, tickets: Sequence[Any], concurren
     results = await asyncio.gather(*(one(t) for t in tickets), return_exceptions=True)
     wall = max(time.perf_counter() - t0, 1e-9)
     errors = [r for r in results if isinstance(r, BaseException)]
-    rate_limited = sum(1 for e in errors if isinstance(e, litellm.RateLimitError))
+    rate_limited = sum(1 for e in errors if is_rate_limit_error(e))
     kinds: dict[str, int] = {}
     for e in errors:
         kinds[type(e).__name__] = kinds.get(type(e).__name__, 0) + 1
@@ -607,8 +581,8 @@ async def run_baseline(litellm: Any, job: Any, tickets: Sequence[Any], concurren
         "requests_per_s": round(n / wall, 2),
         "tickets_per_s": round((n - len(errors)) / wall, 2),
         "output_tokens_per_s": round(completion_tokens / wall, 1),
-        "latency_ms": _percentiles(latencies),
-        "ttft_ms": _percentiles(ttfts) if stream else None,
+        "latency_ms": percentiles(latencies),
+        "ttft_ms": percentiles(ttfts) if stream else None,
         "rate_429": round(rate_limited / n, 4) if n else 0.0,
         "error_rate": round(len(errors) / n, 4) if n else 0.0,
     }
@@ -625,17 +599,12 @@ def _make_provider(job: Any, model: str, api_base: str | None, api_key: str | No
 
 
 def _warmup_request(job: Any, ticket: Any) -> Any:
-    """A request like the engine's for this ticket (with the job's stream/schema options when
-    this batchrun has them)."""
-    from batchrun import provider as prov
+    """A request like the engine's for this ticket (with the job's stream/schema options)."""
     from batchrun.engine import render_messages
+    from batchrun.provider import ChatRequest, RequestOptions
 
-    messages = render_messages(job, ticket)
-    for_job = getattr(getattr(prov, "RequestOptions", None), "for_job", None)
-    options = for_job(job) if for_job is not None else None
-    if options is None:
-        return prov.ChatRequest(f"warmup-{ticket.id}", messages, job.timeout_s)
-    return prov.ChatRequest(f"warmup-{ticket.id}", messages, job.timeout_s, options=options)
+    return ChatRequest(f"warmup-{ticket.id}", render_messages(job, ticket), job.timeout_s,
+                       options=RequestOptions.for_job(job))
 
 
 @dataclass
@@ -656,6 +625,7 @@ class _Plan:
     workdir: Path
     auto_rows: list[dict[str, Any]] | None = None  # the "auto" setting's row, when swept
     baseline_transport: str = "openai-sdk"  # the bare pattern's path for openai/ calls (module docstring)
+    say: Callable[[str], None] = lambda _message: None  # progress lines (the command prints them)
 
 
 @contextlib.contextmanager
@@ -676,7 +646,7 @@ def _openai_transport(name: str) -> Iterator[None]:
 
 def auto_ceiling(job: Any) -> int:
     """The most requests in flight concurrency = "auto" may reach (the job's max_concurrency)."""
-    return int(getattr(job, "max_concurrency", 256))
+    return int(job.max_concurrency)
 
 
 def setting_tickets(setting: int | str, tickets: int | None, job: Any) -> int:
@@ -687,24 +657,18 @@ class _Interrupted(Exception):
     pass
 
 
-def _say(message: str) -> None:
-    click.echo(f"bench: {message}", err=True)
-
-
 async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
     """Warm up, then every setting: batchrun (and the baseline); rows are appended as measured."""
     import gc
 
     import anyio
 
-    import inspect
-
-    from batchrun.engine import execute_run, prepare_run
-    from batchrun.provider import import_litellm
+    from batchrun.engine import coordinator_needs_provider, execute_run, prepare_run
+    from batchrun.provider import preload
     from batchrun.tickets import read_tickets
 
     largest = max([int(c) for c in plan.settings if c != "auto"] + [plan.job.max_concurrency])
-    litellm = import_litellm(max_connections=largest)  # the pool is sized when litellm is imported
+    preload(max_connections=largest)  # the pool is sized when litellm is imported
     sample = plan.workdir / "sample.jsonl"
     all_tickets = list(read_tickets(sample, plan.job.id_field))
 
@@ -716,10 +680,10 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
                 await provider.complete(_warmup_request(plan.job, ticket))
             if plan.baseline:
                 with _openai_transport(plan.baseline_transport):
-                    await run_baseline(litellm, plan.job, warm, len(warm), model=plan.model,
+                    await run_baseline(plan.job, warm, len(warm), model=plan.model,
                                        api_base=plan.api_base, api_key=plan.api_key, stream=plan.stream)
         except Exception as exc:  # the sweep will say it better, per setting
-            _say(f"warm-up request failed: {type(exc).__name__}: {str(exc)[:200]}")
+            plan.say(f"warm-up request failed: {type(exc).__name__}: {str(exc)[:200]}")
         finally:
             await provider.aclose()
 
@@ -736,8 +700,7 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
         return {"peak_in_flight": s.get("peak_in_flight"), "rate_limited": s.get("rate_limited"),
                 "responses_by_status": s.get("responses_by_status"), "total_requests": s.get("total_requests")}
 
-    # Worker processes (when this batchrun's engine has them): the same choice as `batchrun run`.
-    engine_has_workers = "workers" in inspect.signature(execute_run).parameters
+    # Worker processes: the same choice as `batchrun run`.
     provider_kwargs = {"model": plan.model, "api_base": plan.api_base, "api_key": plan.api_key,
                        "params": plan.job.params,
                        "prices": plan.job.prices.model_dump() if plan.job.prices else None,
@@ -747,10 +710,8 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
     # multi-process setting reuses them (the bare pattern reuses this process's litellm the same way).
     from batchrun.workers import open_worker_pool
 
-    most_workers = 1
-    if engine_has_workers:
-        most_workers = max(plan.job.with_overrides(concurrency=c).worker_count(
-            setting_tickets(c, plan.tickets, plan.job)) for c in plan.settings)
+    most_workers = max(plan.job.with_overrides(concurrency=c).worker_count(
+        setting_tickets(c, plan.tickets, plan.job)) for c in plan.settings)
     async with open_worker_pool(largest) as pool:
         if most_workers > 1:
             await pool.warm(most_workers)
@@ -760,18 +721,17 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
             label = "auto" if c == "auto" else f"c{int(c):04d}"
             job_c = plan.job.with_overrides(input=sample, run_dir=plan.workdir / label, concurrency=c)
             prep = prepare_run(job_c, job_path=plan.job_path, endpoint=plan.endpoint, limit=n)
-            workers = job_c.worker_count(prep.to_do) if engine_has_workers and hasattr(job_c, "worker_count") else 1
+            workers = job_c.worker_count(prep.to_do)
             try:
                 provider = None
-                if workers == 1 or prep.max_cost_usd is not None:  # as cli.py: the coordinator needs litellm
+                if coordinator_needs_provider(job_c, workers, prep.max_cost_usd):  # as `batchrun run`
                     provider = _make_provider(job_c, plan.model, plan.api_base, plan.api_key)
-                extra = ({"workers": workers, "provider_kwargs": provider_kwargs, "worker_pool": pool}
-                         if engine_has_workers else {})
                 if sim is not None:
                     sim.reset()
                 gc.collect()
                 before = cpu_seconds()
-                result = await execute_run(prep, provider, grace_s=5.0, progress=False, **extra)
+                result = await execute_run(prep, provider, grace_s=5.0, progress=False, workers=workers,
+                                           provider_kwargs=provider_kwargs, worker_pool=pool)
                 cpu_self = cpu_seconds() - before
             finally:
                 prep.release()
@@ -800,8 +760,8 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
                 (plan.auto_rows if plan.auto_rows is not None else []).append(row)
             else:
                 rows.append(row)
-            _say(f"C={c}: {n} tickets in {row['wall_s']:.2f} s, {row['requests_per_s']:.1f} req/s, "
-                 f"p95 {_num(row['latency_ms'].get('p95'), ',.0f')} ms, {row['failed']} failed"
+            plan.say(f"C={c}: {n} tickets in {row['wall_s']:.2f} s, {row['requests_per_s']:.1f} req/s, "
+                 f"p95 {num(row['latency_ms'].get('p95'), ',.0f')} ms, {row['failed']} failed"
                  + (f", {workers} worker processes" if workers > 1 else "")
                  + (f", settled at {row['concurrency_settled']}" if c == "auto" else "")
                  + (f" ({result.error})" if result.error else ""))
@@ -814,7 +774,7 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
                 gc.collect()
                 before = cpu_seconds()
                 with _openai_transport(plan.baseline_transport):
-                    base = await run_baseline(litellm, plan.job, all_tickets[:n], c, model=plan.model,
+                    base = await run_baseline(plan.job, all_tickets[:n], c, model=plan.model,
                                               api_base=plan.api_base, api_key=plan.api_key, stream=plan.stream)
                 base_cpu = cpu_seconds() - before
                 base["transport"] = plan.baseline_transport
@@ -828,256 +788,8 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
                 base["cpu_ratio_after_startup"] = _ratio(row["cpu_ms_per_request_after_startup"],
                                                          base["cpu_ms_per_request"])
                 row["baseline"] = base
-                _say(f"C={c}: bare pattern {base['requests_per_s']:.1f} req/s, {base['failed']} failed")
+                plan.say(f"C={c}: bare pattern {base['requests_per_s']:.1f} req/s, {base['failed']} failed")
             await anyio.sleep(0)
-
-
-def draw_plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str, recommended: int | None = None,
-              auto: Mapping[str, Any] | None = None) -> bool:
-    """bench.png: tickets/s (batchrun, ideal, bare pattern) and p95 latency against concurrency,
-    the recommended setting marked. False when matplotlib is not installed.
-
-    The throughput axis is scaled to the measured curves; an ideal far above
-    them is clipped (its legend entry says so) rather than flattening them."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    xs = [r["concurrency"] for r in rows]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    try:
-        measured = [r["tickets_per_s"] for r in rows]
-        ax.plot(xs, measured, "o-", color="tab:blue", label="batchrun tickets/s")
-        if any(r.get("baseline") for r in rows):
-            bx = [r["concurrency"] for r in rows if r.get("baseline")]
-            by = [r["baseline"]["tickets_per_s"] for r in rows if r.get("baseline")]
-            measured += by
-            ax.plot(bx, by, "s--", color="tab:green", label="bare acompletion + semaphore")
-        top = max(measured + [1.0]) * 1.5
-        ideal = [r.get("ideal_rps") for r in rows]
-        if any(ideal):
-            clipped = any(v is not None and v > top for v in ideal)
-            ax.plot(xs, ideal, ":", color="tab:gray", label="ideal" + (" (clipped: see bench.json)" if clipped else ""))
-        if auto is not None:
-            ax.axhline(auto["tickets_per_s"], color="tab:orange", linestyle="--",
-                       label=f"concurrency = auto (settled at {auto.get('concurrency_settled')})")
-        if recommended is not None:
-            ax.axvline(recommended, color="tab:purple", alpha=0.4, linewidth=6, label=f"recommended: {recommended}")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(xs)
-        ax.set_xticklabels([str(x) for x in xs])
-        ax.set_xlabel("concurrency (requests in flight)")
-        ax.set_ylabel("throughput (tickets/s)")
-        ax.set_ylim(0, top)
-        ax2 = ax.twinx()
-        ax2.plot(xs, [_p95(r) for r in rows], "^-.", color="tab:red", label="batchrun p95 latency (right)")
-        ax2.set_ylabel("p95 latency (ms)")
-        ax2.set_ylim(bottom=0)
-        handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-        labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
-        ax.legend(handles, labels, loc="upper left", fontsize="small")
-        ax.set_title(title, fontsize="medium")
-        ax.grid(True, alpha=0.3)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    finally:
-        plt.close(fig)
-    return True
-
-
-# --------------------------------------------------------------------------------------------
-# The command
-# --------------------------------------------------------------------------------------------
-
-BENCH_EXAMPLES = """
-\b
-Examples:
-  batchrun bench jobs/classify_tickets.toml                      # simulator, 200 ms, 1..256
-  batchrun bench jobs/classify_tickets.toml --baseline           # + the bare acompletion pattern
-  batchrun bench jobs/classify_tickets.toml --concurrency 8,32,128 --tickets 2000
-  batchrun bench jobs/classify_tickets.toml --rpm 3000 --capacity 64 --concurrency 16,64,256
-  OPENAI_API_KEY=... batchrun bench jobs/classify_tickets.toml --live --concurrency 1,8,32 --tickets 100
-"""
-
-
-def _concurrency_option(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
-    try:
-        return parse_concurrency(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-def _tickets_option(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
-    if value in (None, "auto"):
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: an integer or 'auto'") from None
-    if number < 1:
-        raise click.BadParameter("at least 1")
-    return number
-
-
-@click.command(name="bench", epilog=BENCH_EXAMPLES,
-               context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.argument("job_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--concurrency", "settings", default=DEFAULT_CONCURRENCY, show_default=True,
-              callback=_concurrency_option, help="Comma-separated concurrency settings to sweep.")
-@click.option("--tickets", default="auto", show_default=True, callback=_tickets_option,
-              help=f"Tickets per setting; auto: {AUTO_WAVES} x concurrency, "
-                   f"at least {AUTO_MIN_TICKETS}, at most {AUTO_MAX_TICKETS}.")
-@click.option("--stream", is_flag=True, help="Stream responses (when the job spec supports `stream`); adds TTFT.")
-@click.option("--live", is_flag=True, help="Use the job's real model, api_base and key (billed requests).")
-@click.option("--baseline", is_flag=True,
-              help="Also run the bare acompletion-under-a-semaphore pattern and print the ratios.")
-@click.option("--baseline-transport", type=click.Choice(["openai-sdk", "litellm-http"]), default="openai-sdk",
-              show_default=True,
-              help="The bare pattern's path for openai/ calls: litellm's default (the OpenAI SDK) "
-                   "or litellm's own HTTP handler, which batchrun uses.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench_out"),
-              show_default=True, help="Where bench.json and bench.png go.")
-@click.option("--latency-ms", type=click.FloatRange(min=0), default=200.0, show_default=True,
-              help="Simulator: base latency per request.")
-@click.option("--per-token-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Simulator: extra latency per output token.")
-@click.option("--jitter", type=click.FloatRange(0, 1), default=0.1, show_default=True,
-              help="Simulator: latency scaled by a factor in [1-J, 1+J].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Simulator: seed for answers and jitter.")
-@click.option("--rpm", type=click.IntRange(min=1), help="Simulator: requests per minute before 429.")
-@click.option("--tpm", type=click.IntRange(min=1), help="Simulator: tokens per minute before 429.")
-@click.option("--capacity", type=click.IntRange(min=1),
-              help="Simulator: requests in flight before each extra one slows every arrival down.")
-@click.option("--overload-ms", type=click.FloatRange(min=0), default=20.0, show_default=True,
-              help="Simulator: extra latency per request in flight above --capacity.")
-@click.option("--max-429-rate", type=click.FloatRange(0, 1), default=DEFAULT_MAX_429_RATE, show_default=True,
-              help="Recommendation: highest 429 rate allowed.")
-@click.option("--max-p95-ms", type=click.FloatRange(min=0, min_open=True),
-              help=f"Recommendation: highest p95 latency allowed [default: {P95_FACTOR:g} x the lowest p95 seen].")
-@click.option("--tie-within", type=click.FloatRange(0, 1), default=DEFAULT_TIE_WITHIN, show_default=True,
-              help="Recommendation: throughputs this close (a fraction) to the best are a tie; "
-                   "the lowest concurrency wins.")
-@click.option("--workers", "workers_opt", default=None, metavar="N|auto",
-              help="Worker processes per run [default: the job's `workers`; auto: as `batchrun run` decides].")
-@click.option("--warmup", type=click.IntRange(min=0), default=4, show_default=True,
-              help="Requests sent before the first measured setting (not measured).")
-def bench_command(job_file: Path, settings: list[int | str], tickets: int | None, stream: bool, live: bool,
-                  baseline: bool, baseline_transport: str, out_dir: Path, latency_ms: float, per_token_ms: float,
-                  jitter: float, seed: int, rpm: int | None, tpm: int | None, capacity: int | None, overload_ms: float,
-                  max_429_rate: float, max_p95_ms: float | None, tie_within: float, workers_opt: str | None,
-                  warmup: int) -> None:
-    """Sweep JOB_FILE's concurrency on a sample of its tickets and recommend a setting.
-
-    Each setting runs through the real engine in a fresh temporary run directory
-    (the job's run directory is never touched), against the embedded simulator
-    unless --live. Prints a table, writes OUT/bench.json and OUT/bench.png.
-    """
-    import tempfile
-
-    from batchrun.errors import BatchrunError, ConfigurationError, redact_secrets
-    from batchrun.spec import load_job
-
-    secrets: list[str] = []
-    rows: list[dict[str, Any]] = []
-    auto_rows: list[dict[str, Any]] = []
-    interrupted = False
-    try:
-        job = load_job(job_file)
-        notes: list[str] = []
-        if workers_opt is not None:
-            if "workers" not in type(job).model_fields:
-                raise click.BadParameter("this batchrun has no worker processes", param_hint="--workers")
-            job = job.with_overrides(workers=workers_opt if workers_opt == "auto" else _positive(workers_opt))
-        if stream:
-            if "stream" in type(job).model_fields:
-                job = job.with_overrides(stream=True)
-            else:
-                notes.append("--stream: this batchrun's job spec has no `stream` field yet; running without streaming")
-                stream = False
-        if live:
-            api_key = None
-            if job.api_key_env:
-                api_key = os.environ.get(job.api_key_env)
-                if not api_key:
-                    raise ConfigurationError(
-                        f"--live: environment variable {job.api_key_env} is not set "
-                        f"(the job's api_key_env names it); nothing was sent")
-                secrets.append(api_key)
-            model, sim_config = job.model, None
-            endpoint = redact_url(job.api_base) if job.api_base else "provider default"
-        else:
-            from batchrun.sim.config import SimConfig
-
-            api_key, model, endpoint = SIM_API_KEY, sim_model(job.model), "simulator"
-            sim_config = SimConfig(latency_ms=latency_ms, per_token_ms=per_token_ms, jitter=jitter, seed=seed,
-                                   rpm=rpm, tpm=tpm, capacity=capacity, overload_ms=overload_ms)
-        for note in notes:
-            _say(note)
-        counts = {c: setting_tickets(c, tickets, job) for c in settings}
-        with contextlib.ExitStack() as stack:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="batchrun-bench-")))
-            needed = max(max(counts.values()), warmup)
-            distinct = write_sample(job, needed, workdir / "sample.jsonl")
-            if distinct < needed:
-                _say(f"{job.input} has {distinct} valid tickets; the sample of {needed} repeats them with suffixed ids")
-            # litellm's import (seconds) overlaps the simulator's start-up (its own imports).
-            import threading
-
-            from batchrun.provider import import_litellm
-
-            largest = max([int(c) for c in settings if c != "auto"] + [job.max_concurrency])
-            importer = threading.Thread(target=import_litellm, kwargs={"max_connections": largest},
-                                        name="bench-import-litellm", daemon=True)
-            importer.start()
-            sim = None
-            if sim_config is not None:
-                from batchrun.sim.process import start_simulator
-
-                sim = stack.enter_context(start_simulator(sim_config))
-                api_base = sim.base_url
-            else:
-                api_base = job.api_base
-            importer.join()
-            _say(f"{job.name}: model {model} via {endpoint}"
-                 + (f" ({api_base}, latency {latency_ms:g} ms)" if sim is not None else "")
-                 + f"; settings {', '.join(f'{c} ({counts[c]} tickets)' for c in settings)}"
-                 + ("; with the bare-pattern baseline" if baseline else ""))
-            plan = _Plan(job=job, job_path=job_file, settings=settings, tickets=tickets, live=live,
-                         baseline=baseline, stream=stream, warmup=warmup, sim_config=sim_config, model=model,
-                         api_base=api_base, api_key=api_key, endpoint=endpoint, workdir=workdir,
-                         auto_rows=auto_rows, baseline_transport=baseline_transport)
-            import anyio
-
-            try:
-                anyio.run(_sweep, plan, sim, rows)
-            except (_Interrupted, KeyboardInterrupt):
-                interrupted = True
-                _say("interrupted: writing the rows measured so far")
-    except BatchrunError as exc:
-        click.echo(f"batchrun: error: {redact_secrets(str(exc), secrets)}", err=True)
-        sys.exit(int(exc.exit_code))
-
-    rec = recommend(rows, max_429_rate=max_429_rate, max_p95_ms=max_p95_ms, tie_within=tie_within)
-    auto = compare_auto(auto_rows[0], rows) if auto_rows else None
-    report = _report(job, job_file, plan, rows, rec, interrupted=interrupted)
-    report["auto"] = auto
-    _write_outputs(report, rows, rec, out_dir, job, plan)
-    if interrupted:
-        sys.exit(130)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: a number of processes or 'auto'", param_hint="--workers") from None
-    if value < 1:
-        raise click.BadParameter("at least 1", param_hint="--workers")
-    return value
 
 
 def compare_auto(auto_row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -1130,57 +842,103 @@ def _report(job: Any, job_file: Path, plan: _Plan, rows: list[dict[str, Any]], r
     }
 
 
-def _write_outputs(report: dict[str, Any], rows: list[dict[str, Any]], rec: Recommendation, out_dir: Path,
-                   job: Any, plan: _Plan) -> None:
-    import orjson
+@dataclass
+class BenchOutcome:
+    """What `run_bench` measured: the rows, the recommendation and the report (bench.json)."""
 
-    click.echo(f"\n{job.name}: batchrun bench, {report['mode']}"
-               + (f" (latency {plan.sim_config.latency_ms:g} ms)" if plan.sim_config is not None else "")
-               + (", streaming" if plan.stream else ""))
-    click.echo(format_table(rows) if rows else "(no setting finished)")
-    notes = sorted({r["ideal_limited_by"] for r in rows} - {"concurrency", "unknown"})
-    explain = {
-        "tickets": "the last wave of requests is partial",
-        "capacity": "the simulator slows down above --capacity in flight",
-        "rpm": "the simulator's --rpm allows less", "tpm": "the simulator's --tpm allows less",
-    }
-    for name in notes:
-        click.echo(f"ideal ({name}): capped because {explain.get(name, name)}")
-    for r in rows:
-        if r.get("not_finished"):
-            click.echo(f"*C={r['concurrency']}: interrupted, {r['not_finished']} of {r['tickets']} tickets not finished")
-    if any(r.get("baseline") for r in rows):
-        t = report.get("transport") or {}
-        click.echo("\nbatchrun vs the bare pattern (acompletion under asyncio.Semaphore, asyncio.gather, no retries); "
-                   f"openai/ calls through: batchrun {t.get('batchrun')}, bare {t.get('baseline')}:")
-        click.echo(format_baseline_table(rows))
-        if any((r.get("workers") or 1) > 1 for r in rows if r.get("baseline")):
-            click.echo("\nthe same after start-up (the seconds before the first ticket; the sweep's worker processes "
-                       "imported litellm once, during the warm-up):")
-            click.echo(format_baseline_table(rows, after_startup=True))
-    auto = report.get("auto")
-    if auto:
-        click.echo(f"\nconcurrency = \"auto\" (up to {auto['row'].get('concurrency_max')}):")
-        click.echo(format_table([auto["row"]]))
-        share = auto["share_of_best"]
-        click.echo(f"auto settled at {auto['settled'] if auto['settled'] is not None else '?'}: "
-                   f"{auto['tickets_per_s']:,.1f} tickets/s"
-                   + (f" = {share * 100:.0f}% of the best fixed setting (C={auto['best_fixed_concurrency']}: "
-                      f"{auto['best_fixed_tickets_per_s']:,.1f}/s)" if share is not None else ""))
-    if rec.concurrency is not None:
-        click.echo(f"\nrecommendation: concurrency = {rec.concurrency}  ({rec.reason})")
+    job: Any
+    plan: _Plan
+    rows: list[dict[str, Any]]
+    recommendation: Recommendation
+    report: dict[str, Any]
+    interrupted: bool
+
+
+def run_bench(job_file: Path, *, settings: list[int | str], tickets: int | None = None, stream: bool = False,
+              live: bool = False, baseline: bool = False, baseline_transport: str = "openai-sdk",
+              workers: int | str | None = None, warmup: int = 4, sim_options: Mapping[str, Any] | None = None,
+              max_429_rate: float = DEFAULT_MAX_429_RATE, max_p95_ms: float | None = None,
+              tie_within: float = DEFAULT_TIE_WITHIN, say: Callable[[str], None] = lambda _m: None,
+              secrets: list[str] | None = None) -> BenchOutcome:
+    """Sweep `settings` of JOB_FILE (each in a fresh temporary run directory, against the
+    embedded simulator built from `sim_options` unless `live`) and recommend one.
+
+    `say` receives progress lines; API keys read for --live are appended to `secrets`
+    (for the caller's error redaction). Interrupted (SIGINT) sweeps return what they
+    measured, with `interrupted` set. Runs its own event loop (anyio.run)."""
+    import contextlib
+    import tempfile
+    import threading
+
+    import anyio
+
+    from batchrun.errors import ConfigurationError
+    from batchrun.spec import load_job
+
+    secrets = secrets if secrets is not None else []
+    rows: list[dict[str, Any]] = []
+    auto_rows: list[dict[str, Any]] = []
+    interrupted = False
+    sim_options = dict(sim_options or {})
+    job = load_job(job_file)
+    if workers is not None:
+        job = job.with_overrides(workers=workers)
+    if stream:
+        job = job.with_overrides(stream=True)
+    if live:
+        api_key = None
+        if job.api_key_env:
+            api_key = os.environ.get(job.api_key_env)
+            if not api_key:
+                raise ConfigurationError(
+                    f"--live: environment variable {job.api_key_env} is not set "
+                    f"(the job's api_key_env names it); nothing was sent")
+            secrets.append(api_key)
+        model, sim_config = job.model, None
+        endpoint = redact_url(job.api_base) if job.api_base else "provider default"
     else:
-        click.echo(f"\nrecommendation: none: {rec.reason}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / "bench.json"
-    json_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
-    png_path = out_dir / "bench.png"
-    title = f"{job.name}: {plan.model} via {plan.endpoint}"
-    if rows and draw_plot(rows, png_path, title, rec.concurrency, auto=auto["row"] if auto else None):
-        click.echo(f"wrote {json_path} and {png_path}")
-    else:
-        click.echo(f"wrote {json_path}" + (f" (no plot: {PLOT_HINT} to get {png_path})" if rows else ""))
+        from batchrun.sim.config import SimConfig
 
+        api_key, model, endpoint = SIM_API_KEY, sim_model(job.model), "simulator"
+        sim_config = SimConfig(**{"latency_ms": 200.0, "overload_ms": 20.0, "jitter": 0.1, **sim_options})
+    counts = {c: setting_tickets(c, tickets, job) for c in settings}
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="batchrun-bench-")))
+        needed = max(max(counts.values()), warmup)
+        distinct = write_sample(job, needed, workdir / "sample.jsonl")
+        if distinct < needed:
+            say(f"{job.input} has {distinct} valid tickets; the sample of {needed} repeats them with suffixed ids")
+        # litellm's import (seconds) overlaps the simulator's start-up (its own imports).
+        from batchrun.provider import preload
 
-if __name__ == "__main__":  # pragma: no cover
-    bench_command()
+        largest = max([int(c) for c in settings if c != "auto"] + [job.max_concurrency])
+        importer = threading.Thread(target=preload, kwargs={"max_connections": largest},
+                                    name="bench-import-litellm", daemon=True)
+        importer.start()
+        sim = None
+        if sim_config is not None:
+            from batchrun.sim.process import start_simulator
+
+            sim = stack.enter_context(start_simulator(sim_config))
+            api_base = sim.base_url
+        else:
+            api_base = job.api_base
+        importer.join()
+        say(f"{job.name}: model {model} via {endpoint}"
+            + (f" ({api_base}, latency {sim_config.latency_ms:g} ms)" if sim is not None else "")
+            + f"; settings {', '.join(f'{c} ({counts[c]} tickets)' for c in settings)}"
+            + ("; with the bare-pattern baseline" if baseline else ""))
+        plan = _Plan(job=job, job_path=job_file, settings=settings, tickets=tickets, live=live,
+                     baseline=baseline, stream=stream, warmup=warmup, sim_config=sim_config, model=model,
+                     api_base=api_base, api_key=api_key, endpoint=endpoint, workdir=workdir,
+                     auto_rows=auto_rows, baseline_transport=baseline_transport, say=say)
+        try:
+            anyio.run(_sweep, plan, sim, rows)
+        except (_Interrupted, KeyboardInterrupt):
+            interrupted = True
+            say("interrupted: writing the rows measured so far")
+    rec = recommend(rows, max_429_rate=max_429_rate, max_p95_ms=max_p95_ms, tie_within=tie_within)
+    auto = compare_auto(auto_rows[0], rows) if auto_rows else None
+    report = _report(job, job_file, plan, rows, rec, interrupted=interrupted)
+    report["auto"] = auto
+    return BenchOutcome(job=job, plan=plan, rows=rows, recommendation=rec, report=report, interrupted=interrupted)

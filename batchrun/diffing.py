@@ -1,11 +1,13 @@
 """`batchrun diff`: the nightly regression check between two runs.
 
+This module computes and returns the diff (`diff_runs`, `accuracy_check`) and its
+text (`format_diff`); run directories are read through grading/rundir.py, the
+command is commands/diff.py.
+
 SYNOPSIS
 
     batchrun diff RUN_A RUN_B [--fail-on-accuracy-drop POINTS] [--gold-field FIELD]
                               [--show N] [--json]
-
-    (until `diff` is registered in cli.py: `python -m batchrun.diffing RUN_A RUN_B ...`)
 
 RUN_A is the reference (last night, the current model), RUN_B the candidate.
 Each is a run directory or a compare directory (`models/<key>/` run
@@ -53,25 +55,14 @@ allowed.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-import click
+from batchrun.grading import Analysis, Series, analyze
+from batchrun.rundir import ReportError
+from batchrun.textfmt import kv, ms, num, pct, table, usd
 
-from batchrun.errors import BatchrunError
-from batchrun.grading import (
-    Analysis,
-    ReportError,
-    Series,
-    _ms,
-    _pct,
-    _usd,
-    analyze,
-    table,
-)
-
-__all__ = ["ACCURACY_DROPPED", "diff_analyses", "diff_command", "diff_runs", "diff_pair", "format_diff"]
+__all__ = ["ACCURACY_DROPPED", "diff_analyses", "diff_runs", "diff_pair", "format_diff"]
 
 ACCURACY_DROPPED = 6  # exit code of --fail-on-accuracy-drop
 DEFAULT_SHOW = 20
@@ -205,7 +196,7 @@ def accuracy_check(diff: Mapping[str, Any], max_drop: float) -> tuple[int, list[
         elif -delta > max_drop:
             a, b = (common["a"], common["b"]) if common else (pair["accuracy"]["a"], pair["accuracy"]["b"])
             lines.append(f"accuracy check [{name}]: FAILED: accuracy fell by {-delta:.2f} points "
-                         f"({_pct(a)} -> {_pct(b)} {basis}), more than the {max_drop:g} allowed "
+                         f"({pct(a)} -> {pct(b)} {basis}), more than the {max_drop:g} allowed "
                          f"(exit {ACCURACY_DROPPED})")
             code = ACCURACY_DROPPED
         else:
@@ -253,27 +244,26 @@ def _format_pair(p: Mapping[str, Any]) -> list[str]:
     if acc["a"] is None and acc["b"] is None:
         rows.append(("accuracy", "- (no gold labels)"))
     else:
-        rows.append(("accuracy", f"A {_pct(acc['a'])} ({acc['correct_a'] or 0:,}/{acc['graded_a'] or 0:,}) -> "
-                                 f"B {_pct(acc['b'])} ({acc['correct_b'] or 0:,}/{acc['graded_b'] or 0:,}): "
+        rows.append(("accuracy", f"A {pct(acc['a'])} ({acc['correct_a'] or 0:,}/{acc['graded_a'] or 0:,}) -> "
+                                 f"B {pct(acc['b'])} ({acc['correct_b'] or 0:,}/{acc['graded_b'] or 0:,}): "
                                  + (f"{acc['delta_points']:+.1f} points" if acc["delta_points"] is not None else "-")))
         if acc["on_common"]:
             oc = acc["on_common"]
-            rows.append(("  on common tickets", f"{oc['tickets']:,} graded in both: A {_pct(oc['a'])} -> "
-                                                f"B {_pct(oc['b'])}: {oc['delta_points']:+.1f} points"))
+            rows.append(("  on common tickets", f"{oc['tickets']:,} graded in both: A {pct(oc['a'])} -> "
+                                                f"B {pct(oc['b'])}: {oc['delta_points']:+.1f} points"))
     f1 = p["macro_f1"]
     if f1["a"] is not None or f1["b"] is not None:
-        rows.append(("macro F1", f"{_f(f1['a'])} -> {_f(f1['b'])}"
+        rows.append(("macro F1", f"{num(f1['a'], '.3f')} -> {num(f1['b'], '.3f')}"
                                  + (f" ({f1['delta']:+.3f})" if f1["delta"] is not None else "")))
     c, k = p["cost_usd"], p["cost_per_1000_usd"]
-    rows.append(("cost", f"{_usd(c['a'])} -> {_usd(c['b'])}" + (f" ({c['delta']:+,.6f}{_rel(c)})" if c["delta"] is not None else "")))
-    rows.append(("cost per 1,000 tickets", f"{_usd(k['a'])} -> {_usd(k['b'])}"
+    rows.append(("cost", f"{usd(c['a'])} -> {usd(c['b'])}" + (f" ({c['delta']:+,.6f}{_rel(c)})" if c["delta"] is not None else "")))
+    rows.append(("cost per 1,000 tickets", f"{usd(k['a'])} -> {usd(k['b'])}"
                  + (f" ({k['relative'] * 100:+.1f}%)" if k["relative"] is not None else "")))
     for name, label in (("latency_p50_ms", "latency p50"), ("latency_p95_ms", "latency p95")):
         lat = p[name]
-        rows.append((label, f"{_ms(lat['a'])} -> {_ms(lat['b'])} ms"
+        rows.append((label, f"{ms(lat['a'])} -> {ms(lat['b'])} ms"
                             + (f" ({lat['delta']:+,.0f} ms{_rel(lat)})" if lat["delta"] is not None else "")))
-    width = max(len(k) for k, _ in rows)
-    lines += [f"{k:<{width}}  {v}" for k, v in rows]
+    lines += kv(rows)
     if ch["examples"]:
         shown = len(ch["examples"])
         lines += ["", f"changed answers (first {shown:,} of {ch['count']:,}, by id)" if shown < ch["count"]
@@ -295,10 +285,6 @@ def _format_pair(p: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _f(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
 def _short(text: str | None, limit: int = 30) -> str:
     if text is None:
         return "-"
@@ -311,59 +297,3 @@ def format_diff(diff: Mapping[str, Any]) -> str:
         lines += _format_pair(pair) + [""]
     lines += [f"note: {n}" for n in diff["notes"]]
     return "\n".join(lines).rstrip() + "\n"
-
-
-# --------------------------------------------------------------------------------------------
-# The command
-# --------------------------------------------------------------------------------------------
-
-DIFF_EXAMPLES = f"""
-\b
-Examples:
-  batchrun diff runs/2026-11-21 runs/2026-11-22
-  batchrun diff runs/2026-11-21 runs/2026-11-22 --fail-on-accuracy-drop 2   # nightly: exit 6 on a regression
-  batchrun diff runs/compare_old runs/compare_new --json
-
-\b
-Exit codes: 0; 2 not a run or compare directory, nothing pairs up, or no gold
-labels for --fail-on-accuracy-drop; {ACCURACY_DROPPED} accuracy fell by more than allowed.
-"""
-
-
-@click.command(epilog=DIFF_EXAMPLES)
-@click.argument("run_a", type=click.Path(file_okay=False, path_type=Path))
-@click.argument("run_b", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--fail-on-accuracy-drop", "max_drop", type=click.FloatRange(min=0), metavar="POINTS",
-              help=f"Exit {ACCURACY_DROPPED} if B's accuracy is more than POINTS percentage points below A's.")
-@click.option("--gold-field", help="Ticket field holding the gold label [default: the job's gold_field, else label].")
-@click.option("--show", type=click.IntRange(min=0), default=DEFAULT_SHOW, show_default=True,
-              help="Changed tickets listed by id.")
-@click.option("--json", "as_json", is_flag=True, help="Print the diff as JSON.")
-def diff_command(run_a: Path, run_b: Path, max_drop: float | None, gold_field: str | None, show: int,
-                 as_json: bool) -> None:
-    """Compare run RUN_B with RUN_A: changed answers, label shift, accuracy, cost and latency.
-
-    RUN_A is the reference, RUN_B the candidate; each a run directory or a
-    compare directory (models/<key>/).
-    """
-    import orjson
-
-    try:
-        diff = diff_runs(run_a, run_b, gold_field=gold_field, show=show)
-    except BatchrunError as exc:
-        click.echo(f"batchrun: error: {exc}", err=True)
-        sys.exit(int(exc.exit_code))
-    code, check = (0, []) if max_drop is None else accuracy_check(diff, max_drop)
-    if as_json:
-        diff["accuracy_check"] = None if max_drop is None else {"max_drop_points": max_drop, "exit_code": code,
-                                                                 "lines": check}
-        click.echo(orjson.dumps(diff, option=orjson.OPT_INDENT_2).decode())
-    else:
-        click.echo(format_diff(diff), nl=False)
-        for line in check:
-            click.echo(line)
-    sys.exit(code)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    diff_command()

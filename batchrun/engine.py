@@ -13,7 +13,7 @@ Two phases:
 
         producer ──tickets (buffer = concurrency)──> N workers ──outcomes──> writer
           reads the input lazily,        each: render messages,        the only task that
-          skips ids already done         retry loop (retrying.py),     appends checkpoint
+          skips ids already done         retry loop (ticket_runner),   appends checkpoint
           (and failed ones with          one attempt at a time under   lines; updates stats
           skip_failed)                   the RequestGate (limits.py)   and the progress bar
                                                                        after each write
@@ -37,6 +37,11 @@ and are written:
     ticket is ever counted done without its line on disk.
 Files are flushed and fsynced and the manifest written in a shielded scope.
 Every stopped run resumes with the same command.
+
+The retry loop around each ticket's attempts is ticket_runner.py (with the
+tenacity policy from retrying.py); `coordinator_needs_provider` decides
+whether this process needs providers of its own when worker processes send
+the requests (`batchrun run` and `batchrun bench` both ask it).
 
 Bad input: with on_bad_input = "fail" (default) prepare_run reports every
 bad line and nothing is sent; with "skip" the bad lines go to rejects.jsonl
@@ -579,6 +584,28 @@ class _Run:
                 self.stats.worker_cpu_s = getattr(self.executor, "cpu_s", 0.0)
                 self.stats.cluster = getattr(self.executor, "cluster_summary", None)
             outer.cancel_scope.cancel()
+
+
+def coordinator_needs_provider(job: JobSpec, workers: int, max_cost_usd: float | None) -> bool:
+    """Whether the coordinating process needs providers (and so litellm) of its own.
+
+    With one process the coordinator sends the requests itself; with worker
+    processes it still prices the budget's estimates (`max_cost_usd`) and
+    counts prompt tokens for the token limit (`tpm`). `batchrun run` and
+    `batchrun bench` both ask here."""
+    if job.engine == "ray":  # actors send and count tokens themselves (ray_engine.py)
+        return max_cost_usd is not None
+    return workers == 1 or max_cost_usd is not None or bool(job.tpm)
+
+
+def build_providers(provider_kwargs: Mapping[str, Mapping[str, Any]]) -> dict[str, Provider]:
+    """One LiteLLMProvider per model key from `provider_kwargs` (prices as a dict or None)."""
+    from batchrun.provider import LiteLLMProvider
+    from batchrun.spec import PricesSpec
+
+    return {key: LiteLLMProvider(**{**kwargs, "prices": PricesSpec.model_validate(kwargs["prices"])
+                                    if kwargs.get("prices") else None})
+            for key, kwargs in provider_kwargs.items()}
 
 
 def _progress_bar(total: int) -> Any:

@@ -1,10 +1,12 @@
 """`batchrun report`: grade a run against gold labels, with latency and cost.
 
+This module computes and returns the report (`analyze`, `build_report`) and its
+text (`format_report`); run directories are read through rundir.py, the charts
+are drawn by charts.py, the command is commands/report.py.
+
 SYNOPSIS
 
     batchrun report RUN_DIR [--out DIR] [--gold-field FIELD] [--input PATH] [--json]
-
-    (until `report` is registered in cli.py: `python -m batchrun.grading RUN_DIR ...`)
 
 WHAT IT READS
 
@@ -80,16 +82,14 @@ Exit codes: 0; 2 when RUN_DIR is not a run or compare directory, or
 from __future__ import annotations
 
 import hashlib
-import math
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-import click
-
-from batchrun.errors import BatchrunError, ExitCode
+from batchrun.stats import percentile, round1
+from batchrun.textfmt import kv, ms, num, pct, table, usd
+from batchrun.rundir import ReportError, RunUnit, find_units, iter_jsonl
 
 __all__ = [
     "DEFAULT_GOLD_FIELD",
@@ -104,131 +104,13 @@ __all__ = [
     "format_report",
     "iter_jsonl",
     "load_gold",
-    "percentile",
     "prediction",
-    "report_command",
-    "write_charts",
 ]
 
 DEFAULT_GOLD_FIELD = "label"
 OTHER = "(other)"  # the confusion column of predictions outside the label set
 EMPTY = "(empty)"  # an empty answer
-MODELS_DIR = "models"  # a compare directory: models/<key>/ run directories
 TOP_UNEXPECTED = 10  # unexpected predictions listed by name
-
-
-class ReportError(BatchrunError):
-    """The path given is not something a report can be made of."""
-
-    exit_code = ExitCode.BAD_INPUT
-
-
-# --------------------------------------------------------------------------------------------
-# Reading run directories
-# --------------------------------------------------------------------------------------------
-
-
-def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Every complete line of a checkpoint file that parses as an object with an id.
-
-    A missing file is empty; a torn last line (no newline) is skipped."""
-    import orjson
-
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise ReportError(f"{path}: cannot read: {exc.strerror}") from None
-    with handle:
-        for raw in handle:
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(obj, dict) and isinstance(obj.get("id"), (str, int)) and not isinstance(obj["id"], bool):
-                yield obj
-
-
-@dataclass
-class RunUnit:
-    """One model's run directory (a plain run, or one model of a compare directory)."""
-
-    key: str  # the model key (compare directory) or the job name
-    model: str  # the job's model string, from the manifest
-    run_dir: Path
-    manifest: dict[str, Any]
-
-    @property
-    def fingerprint(self) -> dict[str, Any]:
-        return ((self.manifest.get("job") or {}).get("fingerprint")) or {}
-
-    @property
-    def id_field(self) -> str:
-        return str(self.fingerprint.get("id_field") or "id")
-
-    @property
-    def job_labels(self) -> list[str]:
-        labels = (self.fingerprint.get("output") or {}).get("labels") or []
-        return [str(label) for label in labels]
-
-
-def _manifest_model(manifest: Mapping[str, Any]) -> str:
-    fingerprint = (manifest.get("job") or {}).get("fingerprint") or {}
-    model = fingerprint.get("model")
-    if isinstance(model, str):
-        return model
-    models = fingerprint.get("models")
-    if isinstance(models, list):  # a routed / multi-model job in one directory
-        names = [m if isinstance(m, str) else str((m or {}).get("model") or (m or {}).get("name") or "?")
-                 for m in models]
-        return ", ".join(names)
-    return "?"
-
-
-def _job_order(units: list[RunUnit]) -> list[RunUnit]:
-    """A compare directory's models in the order the job file lists them (when it can be read),
-    else by directory name."""
-    job_path = (units[0].manifest.get("job") or {}).get("path")
-    names: list[str] = []
-    if isinstance(job_path, str) and Path(job_path).is_file():
-        try:
-            from batchrun.spec import load_job
-
-            names = [str(getattr(entry, "name", "")) for entry in getattr(load_job(job_path), "models", None) or []]
-        except Exception:  # an edited or moved job file: directory order
-            names = []
-    return sorted(units, key=lambda u: (names.index(u.key) if u.key in names else len(names), u.key))
-
-
-def find_units(path: Path) -> tuple[str, list[RunUnit]]:
-    """("compare", one unit per models/<key>/) or ("run", [the run directory])."""
-    from batchrun.checkpoint import read_manifest
-    from batchrun.errors import CheckpointError
-
-    path = Path(path)
-    if not path.is_dir():
-        raise ReportError(f"{path}: no such directory")
-    units: list[RunUnit] = []
-    models = path / MODELS_DIR
-    try:
-        if models.is_dir():
-            for sub in sorted(p for p in models.iterdir() if p.is_dir()):
-                manifest = read_manifest(sub)
-                if manifest is not None:
-                    units.append(RunUnit(sub.name, _manifest_model(manifest), sub, manifest))
-        if units:
-            return "compare", _job_order(units)
-        manifest = read_manifest(path)
-    except CheckpointError as exc:
-        raise ReportError(str(exc)) from None
-    if manifest is None:
-        raise ReportError(f"{path}: no manifest.json here nor in {MODELS_DIR}/*/: "
-                          "not a batchrun run or compare directory")
-    name = str((manifest.get("job") or {}).get("name") or path.name)
-    return "run", [RunUnit(name, _manifest_model(manifest), path, manifest)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,21 +233,13 @@ def resolve_input(unit: RunUnit, override: Path | None) -> tuple[Path | None, st
 # --------------------------------------------------------------------------------------------
 
 
-def percentile(sorted_values: Sequence[float], p: float) -> float | None:
-    """Nearest-rank p-th percentile (0-100) of an ascending sequence; None when empty."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(len(sorted_values) * p / 100.0))
-    return float(sorted_values[min(rank, len(sorted_values)) - 1])
-
-
 def latency_stats(values: Iterable[float]) -> dict[str, Any] | None:
     ordered = sorted(values)
     if not ordered:
         return None
-    return {"p50": _r1(percentile(ordered, 50)), "p95": _r1(percentile(ordered, 95)),
-            "p99": _r1(percentile(ordered, 99)), "mean": _r1(sum(ordered) / len(ordered)),
-            "max": _r1(ordered[-1]), "n": len(ordered)}
+    return {"p50": round1(percentile(ordered, 50)), "p95": round1(percentile(ordered, 95)),
+            "p99": round1(percentile(ordered, 99)), "mean": round1(sum(ordered) / len(ordered)),
+            "max": round1(ordered[-1]), "n": len(ordered)}
 
 
 def _ratio(num: float, den: float) -> float:
@@ -681,48 +555,10 @@ def build_report(path: Path, *, gold_field: str | None = None, input_path: Path 
 # --------------------------------------------------------------------------------------------
 
 
-def _r1(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.1f}%"
-
-
-def _num(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
-
-
-def _usd(value: float | None) -> str:
-    return "-" if value is None else f"${value:,.6f}"
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, left: int = 1) -> list[str]:
-    """Aligned text columns: the first `left` columns left-aligned, the rest right-aligned."""
-    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = []
-    for n, row in enumerate(cells):
-        parts = [cell.ljust(widths[i]) if i < left else cell.rjust(widths[i]) for i, cell in enumerate(row)]
-        lines.append("  ".join(parts).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return lines
-
-
-def _kv(rows: Sequence[tuple[str, str]], indent: str = "") -> list[str]:
-    width = max(len(k) for k, _ in rows)
-    return [f"{indent}{k:<{width}}  {v}" for k, v in rows]
-
-
 def _latency_line(stats: Mapping[str, Any] | None) -> str:
     if not stats:
         return "-"
-    return f"{_ms(stats['p50'])} / {_ms(stats['p95'])} / {_ms(stats['p99'])} ms (mean {_ms(stats['mean'])}, n={stats['n']:,})"
+    return f"{ms(stats['p50'])} / {ms(stats['p95'])} / {ms(stats['p99'])} ms (mean {ms(stats['mean'])}, n={stats['n']:,})"
 
 
 def _format_unit(m: Mapping[str, Any]) -> list[str]:
@@ -741,9 +577,9 @@ def _format_unit(m: Mapping[str, Any]) -> list[str]:
                                                        if g["results_without_gold"] else "")))
         if g["input_changed"]:
             rows.append(("warning", "the input file changed since the run (sha256 differs): gold labels may not match"))
-        rows.append(("accuracy", f"{_pct(grading['accuracy'])} ({grading['correct']:,} of {grading['graded']:,})"))
+        rows.append(("accuracy", f"{pct(grading['accuracy'])} ({grading['correct']:,} of {grading['graded']:,})"))
         macro = grading["macro"]
-        rows.append(("macro P / R / F1", f"{_num(macro['precision'])} / {_num(macro['recall'])} / {_num(macro['f1'])}"))
+        rows.append(("macro P / R / F1", f"{num(macro['precision'], '.3f')} / {num(macro['recall'], '.3f')} / {num(macro['f1'], '.3f')}"))
     else:
         rows.append(("gold labels", f"none: {g['note']}"))
     rows.append(("latency p50/p95/p99", _latency_line(m["latency_ms"])))
@@ -759,21 +595,21 @@ def _format_unit(m: Mapping[str, Any]) -> list[str]:
     tok = m["tokens"]
     rows.append(("tokens", f"{tok['total']:,} ({tok['prompt']:,} prompt + {tok['completion']:,} completion)"))
     cost = m["cost"]
-    cost_text = f"{_usd(cost['usd'])}; {_usd(cost['per_1000_tickets_usd'])} per 1,000 tickets done"
+    cost_text = f"{usd(cost['usd'])}; {usd(cost['per_1000_tickets_usd'])} per 1,000 tickets done"
     if cost["by_status"]:
         cost_text += " (cost_status: " + ", ".join(f"{k} {v:,}" for k, v in cost["by_status"].items()) + ")"
     if cost["rejected_usd"]:
-        cost_text += f"; includes {_usd(cost['rejected_usd'])} for rejected answers"
+        cost_text += f"; includes {usd(cost['rejected_usd'])} for rejected answers"
     if cost["unpriced_results"]:
         cost_text += f"; {cost['unpriced_results']:,} result(s) unpriced"
     rows.append(("cost", cost_text))
-    lines += _kv(rows)
+    lines += kv(rows)
     if grading and grading["labels"]:
         lines += ["", "per label"]
-        body = [[label, _num(v["precision"]), _num(v["recall"]), _num(v["f1"]), f"{v['support']:,}",
+        body = [[label, num(v["precision"], '.3f'), num(v["recall"], '.3f'), num(v["f1"], '.3f'), f"{v['support']:,}",
                  f"{v['predicted']:,}"] for label, v in grading["per_label"].items()]
         macro = grading["macro"]
-        body.append(["macro avg", _num(macro["precision"]), _num(macro["recall"]), _num(macro["f1"]),
+        body.append(["macro avg", num(macro["precision"], '.3f'), num(macro["recall"], '.3f'), num(macro["f1"], '.3f'),
                      f"{grading['graded']:,}", ""])
         lines += ["  " + line for line in table(["label", "precision", "recall", "f1", "gold", "predicted"], body)]
         conf = grading["confusion"]
@@ -786,9 +622,9 @@ def _format_unit(m: Mapping[str, Any]) -> list[str]:
     for name, title_ in (("by_model", "by answering model"), ("by_route", "by route")):
         if m.get(name):
             lines += ["", title_]
-            body = [[k, f"{v['done']:,}", _pct(v["accuracy"]), _num(v["macro_f1"]),
-                     _ms((v["latency_ms"] or {}).get("p50")), _ms((v["latency_ms"] or {}).get("p95")),
-                     _usd(v["cost_usd"]), _usd(v["per_1000_tickets_usd"])] for k, v in m[name].items()]
+            body = [[k, f"{v['done']:,}", pct(v["accuracy"]), num(v["macro_f1"], '.3f'),
+                     ms((v["latency_ms"] or {}).get("p50")), ms((v["latency_ms"] or {}).get("p95")),
+                     usd(v["cost_usd"]), usd(v["per_1000_tickets_usd"])] for k, v in m[name].items()]
             lines += ["  " + line for line in table(
                 [name.split("_")[1], "done", "accuracy", "macro F1", "p50 ms", "p95 ms", "cost", "per 1k"], body)]
     return lines
@@ -810,7 +646,7 @@ def _distribution_table(models: Sequence[Mapping[str, Any]], top: int = 20) -> l
         row = [label if len(label) <= 30 else label[:30] + "..."]
         for m in models:
             n = m["label_distribution"].get(label, 0)
-            row.append(f"{n:,} ({_pct(n / m['done'] if m['done'] else None)})")
+            row.append(f"{n:,} ({pct(n / m['done'] if m['done'] else None)})")
         body.append(row)
     if rest:
         body.append([f"({len(rest):,} more)"] + [f"{sum(m['label_distribution'].get(k, 0) for k in rest):,}"
@@ -829,10 +665,10 @@ def format_report(report: Mapping[str, Any]) -> str:
         headers = ["key", "model", "done", "failed", "accuracy", "macro F1", "p50 ms", "p95 ms",
                    *(["TTFT p50"] if streamed else []), "cost", "per 1k tickets"]
         body = [[m["key"], m["model"], f"{m['counts']['done']:,}", f"{m['counts']['failed']:,}",
-                 _pct((m["grading"] or {}).get("accuracy")), _num(((m["grading"] or {}).get("macro") or {}).get("f1")),
-                 _ms((m["latency_ms"] or {}).get("p50")), _ms((m["latency_ms"] or {}).get("p95")),
-                 *([_ms((m["ttft_ms"] or {}).get("p50"))] if streamed else []),
-                 _usd(m["cost"]["usd"]), _usd(m["cost"]["per_1000_tickets_usd"])] for m in models]
+                 pct((m["grading"] or {}).get("accuracy")), num(((m["grading"] or {}).get("macro") or {}).get("f1"), '.3f'),
+                 ms((m["latency_ms"] or {}).get("p50")), ms((m["latency_ms"] or {}).get("p95")),
+                 *([ms((m["ttft_ms"] or {}).get("p50"))] if streamed else []),
+                 usd(m["cost"]["usd"]), usd(m["cost"]["per_1000_tickets_usd"])] for m in models]
         lines += table(headers, body, left=2) + [""]
     for m in models:
         lines += _format_unit(m) + [""]
@@ -840,182 +676,9 @@ def format_report(report: Mapping[str, Any]) -> str:
         lines += ["label distribution per model"] + ["  " + x for x in _distribution_table(models)] + [""]
         if report["agreement"]:
             lines.append("agreement between models (tickets both answered)")
-            body = [[f"{p['a']} vs {p['b']}", f"{p['both_answered']:,}", f"{p['agree']:,}", _pct(p["rate"]),
-                     _num(p["kappa"])] for p in report["agreement"]]
+            body = [[f"{p['a']} vs {p['b']}", f"{p['both_answered']:,}", f"{p['agree']:,}", pct(p["rate"]),
+                     num(p["kappa"], '.3f')] for p in report["agreement"]]
             lines += ["  " + x for x in table(["pair", "both answered", "agree", "rate", "kappa"], body)] + [""]
     elif models and not models[0]["grading"]:
         lines += ["answers"] + ["  " + x for x in _distribution_table(models)] + [""]
     return "\n".join(lines).rstrip() + "\n"
-
-
-# --------------------------------------------------------------------------------------------
-# Charts
-# --------------------------------------------------------------------------------------------
-
-
-def write_charts(analysis: Analysis, out: Path) -> list[Path] | None:
-    """The PNG charts in `out`; None when matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    models = analysis.report["models"]
-
-    graded = [m for m in models if m["grading"] and m["grading"]["labels"]]
-    if graded:
-        fig, axes = plt.subplots(1, len(graded), figsize=(5.5 * len(graded), 5), squeeze=False)
-        try:
-            for ax, m in zip(axes[0], graded):
-                conf = m["grading"]["confusion"]
-                matrix = conf["matrix"]
-                image = ax.imshow(matrix, cmap="Blues")
-                ax.set_xticks(range(len(conf["columns"])), conf["columns"], rotation=45, ha="right")
-                ax.set_yticks(range(len(conf["rows"])), conf["rows"])
-                ax.set_xlabel("predicted")
-                ax.set_ylabel("gold")
-                ax.set_title(f"{m['key']}: accuracy {_pct(m['grading']['accuracy'])}", fontsize="medium")
-                peak = max((max(row) for row in matrix), default=0)
-                for i, row in enumerate(matrix):
-                    for j, n in enumerate(row):
-                        ax.text(j, i, f"{n}", ha="center", va="center", fontsize="small",
-                                color="white" if peak and n > peak / 2 else "black")
-                fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-            fig.tight_layout()
-            path = out / "confusion_matrix.png"
-            fig.savefig(path, dpi=110)
-            written.append(path)
-        finally:
-            plt.close(fig)
-
-    with_latency = [(m["key"], analysis.series[m["key"]].latencies) for m in models
-                    if analysis.series[m["key"]].latencies]
-    if with_latency:
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        try:
-            top = max(max(values) for _, values in with_latency)
-            bins = [top * i / 50 for i in range(51)] if top > 0 else 10
-            for key, values in with_latency:
-                ax.hist(values, bins=bins, histtype="step", linewidth=1.5, label=f"{key} (n={len(values):,})")
-            ax.set_xlabel("latency of the successful attempt (ms)")
-            ax.set_ylabel("results")
-            ax.set_title("latency", fontsize="medium")
-            ax.legend(fontsize="small")
-            ax.grid(True, alpha=0.3)
-            fig.tight_layout()
-            path = out / "latency_histogram.png"
-            fig.savefig(path, dpi=110)
-            written.append(path)
-        finally:
-            plt.close(fig)
-
-    with_times = [(m["key"], sorted(analysis.series[m["key"]].finished), analysis.series[m["key"]].first_start)
-                  for m in models if analysis.series[m["key"]].finished]
-    if with_times:
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        try:
-            origin = min(min(times[0], start if start is not None else times[0]) for _, times, start in with_times)
-            span = max(times[-1] for _, times, _ in with_times) - origin
-            width = _nice_width(span / 50)  # about 50 bins
-            for key, times, _ in with_times:
-                nbins = int((times[-1] - origin) // width) + 1
-                counts = [0] * nbins
-                for t in times:
-                    counts[int((t - origin) // width)] += 1
-                xs = [(i + 0.5) * width for i in range(nbins)]
-                ax.plot(xs, [n / width for n in counts], marker=".", linewidth=1.2,
-                        label=f"{key} ({len(times):,} results)")
-            ax.set_xlabel("seconds since the first request started (all runs of the directory)")
-            ax.set_ylabel(f"results finished per second ({width:g} s bins)")
-            ax.set_ylim(bottom=0)
-            ax.set_xlim(left=0)
-            ax.set_title("throughput over time", fontsize="medium")
-            ax.legend(fontsize="small")
-            ax.grid(True, alpha=0.3)
-            fig.tight_layout()
-            path = out / "throughput.png"
-            fig.savefig(path, dpi=110)
-            written.append(path)
-        finally:
-            plt.close(fig)
-    return written
-
-
-def _nice_width(raw: float) -> float:
-    """A bin width of 1, 2 or 5 times a power of ten, at least 0.1 s."""
-    raw = max(raw, 0.1)
-    power = 10 ** math.floor(math.log10(raw))
-    for step in (1, 2, 5, 10):
-        if raw <= step * power:
-            return step * power
-    return 10 * power  # pragma: no cover
-
-
-# --------------------------------------------------------------------------------------------
-# The command
-# --------------------------------------------------------------------------------------------
-
-REPORT_EXAMPLES = """
-\b
-Examples:
-  batchrun report runs/classify_tickets
-  batchrun report runs/classify_tickets --out report_out        # + report.json and PNG charts
-  batchrun report runs/compare_models                           # a compare directory: per model
-  batchrun report runs/2026-11-22 --input tonight.jsonl --gold-field review.label
-
-\b
-Exit codes: 0; 2 RUN_DIR is not a run or compare directory, or --input cannot be read.
-"""
-
-
-@click.command(epilog=REPORT_EXAMPLES)
-@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Also write report.json and PNG charts (matplotlib) here.")
-@click.option("--gold-field", help="Ticket field holding the gold label (dotted path ok) "
-                                   "[default: the job's gold_field, else label].")
-@click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Tickets file to read gold labels from [default: the manifest's input].")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
-def report_command(run_dir: Path, out_dir: Path | None, gold_field: str | None, input_path: Path | None,
-                   as_json: bool) -> None:
-    """Grade RUN_DIR against gold labels; latency, tokens and cost per model.
-
-    RUN_DIR is a run directory or a compare directory (models/<key>/ run
-    directories), for which agreement between the models is added.
-    """
-    import orjson
-
-    try:
-        analysis = analyze(run_dir, gold_field=gold_field, input_path=input_path)
-    except BatchrunError as exc:
-        click.echo(f"batchrun: error: {exc}", err=True)
-        sys.exit(int(exc.exit_code))
-    report = analysis.report
-    notes: list[str] = []
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        charts = write_charts(analysis, out_dir)
-        if charts is None:
-            notes.append("matplotlib is not installed: wrote report.json only "
-                         "(pip install 'batchrun[plots]' for the charts)")
-            report["charts"] = []
-        else:
-            report["charts"] = [p.name for p in charts]
-        (out_dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
-        written = ", ".join(["report.json", *report["charts"]])
-        notes.append(f"wrote {written} to {out_dir}")
-    if as_json:
-        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
-    else:
-        click.echo(format_report(report), nl=False)
-    for note in notes:
-        click.echo(f"batchrun report: {note}", err=True)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    report_command()

@@ -1,12 +1,13 @@
 """`batchrun plan`: what a run of a job would do and cost, before any request.
 
+This module computes and returns the plan (`make_plan`) and its text
+(`format_plan`); the command is commands/plan.py.
+
 SYNOPSIS
 
     batchrun plan JOB [--input PATH] [--limit N] [--run-dir DIR] [--model NAME]
                       [--concurrency N] [--skip-failed] [--max-cost-usd X]
                       [--sample N] [--assume-latency-ms MS] [--json]
-
-    (until `plan` is registered in cli.py: `python -m batchrun.plan JOB ...`)
 
 Nothing is sent and nothing is written: the job file and the input are read,
 and the run directory's checkpoint files when it exists (without its lock,
@@ -95,12 +96,11 @@ from __future__ import annotations
 import math
 import random
 import statistics
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import click
+from batchrun.textfmt import kv, usd
 
 __all__ = [
     "DEFAULT_ASSUMED_LATENCY_MS",
@@ -110,7 +110,6 @@ __all__ = [
     "format_plan",
     "make_plan",
     "model_entries",
-    "plan_command",
 ]
 
 DEFAULT_SAMPLE = 1000  # tickets whose tokens are counted exactly
@@ -173,8 +172,8 @@ def _max_tokens(params: Mapping[str, Any]) -> int | None:
 def _finished(run_dir: Path, model_key: str | None = None) -> dict[str, Any]:
     """Average completion tokens and median latency of the finished results, if any
     (with `model_key`: only the lines that model answered)."""
-    from batchrun.checkpoint import ERRORS, RESULTS, read_manifest, scan_jsonl
-    from batchrun.grading import iter_jsonl
+    from batchrun.checkpoint import ERRORS, RESULTS, scan_jsonl
+    from batchrun.rundir import iter_jsonl, read_manifest
 
     completions: list[int] = []
     prompts: list[int] = []
@@ -210,32 +209,25 @@ def _prices(entry: ModelEntry, mean_in: float, mean_out: float) -> tuple[float |
     """(USD per input token, USD per output token, source) for the entry's model."""
     if entry.prices is not None:
         return entry.prices.input_per_million / 1e6, entry.prices.output_per_million / 1e6, "job"
-    from batchrun.provider import import_litellm
+    from batchrun.provider import price_for
 
-    lm = import_litellm()
     # priced on a typical request, so a model with per-request tiers (long prompts) is priced right
     p_in, p_out = max(1, round(mean_in)), max(1, round(mean_out))
-    try:
-        in_cost, _ = lm.cost_per_token(model=entry.model, prompt_tokens=p_in, completion_tokens=0)
-        _, out_cost = lm.cost_per_token(model=entry.model, prompt_tokens=0, completion_tokens=p_out)
-    except Exception:  # litellm does not know the model: unpriced
+    prompt_price, completion_price = price_for(entry.model, p_in, 0), price_for(entry.model, 0, p_out)
+    if prompt_price is None or completion_price is None:  # litellm does not know the model: unpriced
         return None, None, None
+    in_cost, out_cost = prompt_price[0], completion_price[1]
     return float(in_cost) / p_in, float(out_cost) / p_out, "litellm"
 
 
 def _count_tokens(entry: ModelEntry, job: Any, tickets: list[Any]) -> list[int]:
     from batchrun.engine import render_messages
-    from batchrun.provider import import_litellm
+    from batchrun.provider import estimate_tokens
 
-    lm = import_litellm()
-    tools = getattr(job, "tools_payload", None)
+    tools = job.tools_payload
     counts = []
     for ticket in tickets:
-        messages = render_messages(job, ticket)
-        try:
-            counts.append(int(lm.token_counter(model=entry.model, messages=messages, tools=tools)))
-        except Exception:  # a tokenizer litellm cannot load: about 4 characters a token
-            counts.append(sum(len(m.get("content") or "") for m in messages) // 4)
+        counts.append(estimate_tokens(entry.model, render_messages(job, ticket), tools))
     return counts
 
 
@@ -427,10 +419,6 @@ def make_plan(job: Any, *, job_path: Path | None = None, limit: int | None = Non
 # --------------------------------------------------------------------------------------------
 
 
-def _usd(value: float | None) -> str:
-    return "-" if value is None else f"${value:,.6f}"
-
-
 def _per_million(value: float | None) -> str:
     if value is None:
         return "-"
@@ -489,9 +477,9 @@ def _format_row(r: Mapping[str, Any], single: bool = True) -> list[str]:
     if r["cost_usd"] is None:
         cost = "unknown (unpriced model)"
     else:
-        cost = _usd(r["cost_usd"])
+        cost = usd(r["cost_usd"])
         if r["ceiling_usd"] is not None and r["ceiling_usd"] > r["cost_usd"] + 1e-12:
-            cost += f" (at most {_usd(r['ceiling_usd'])} if every answer used all of max_tokens)"
+            cost += f" (at most {usd(r['ceiling_usd'])} if every answer used all of max_tokens)"
     d = r["duration"]
     conc = (f"concurrency {d['concurrency']}" if d["concurrency"] != "auto"
             else f"concurrency auto (up to {d['max_in_flight']})")
@@ -510,13 +498,12 @@ def _format_row(r: Mapping[str, Any], single: bool = True) -> list[str]:
     rows = [("tickets", counts), ("input tokens", in_text), ("output tokens", out_text), ("price", price),
             ("expected cost", cost)]
     if r["route"] is None:  # a routed job's models share one run directory: its spend is in the budget line
-        rows.append(("already spent", f"{_usd(r['spent_usd'])} in this run directory"))
+        rows.append(("already spent", f"{usd(r['spent_usd'])} in this run directory"))
     rows.append(("duration", duration + (" (if it had the job's slots to itself)" if r["route"] is not None
                                          and t["to_do"] else "")))
-    width = max(len(k) for k, _ in rows)
     name = f"model {r['model']}" if single else f"model {r['key']}: {r['model']}"
     lines = [f"{name}  (run directory {r['run_dir']})"]
-    lines += [f"  {k:<{width}}  {v}" for k, v in rows]
+    lines += kv(rows, indent="  ")
     lines += [f"  note: {n}" for n in r["notes"]]
     return lines
 
@@ -541,95 +528,28 @@ def format_plan(plan: Mapping[str, Any]) -> str:
         how = {"compare": "every ticket on every model, one model after another",
                "route": "each ticket on the model its route picks, in one run"}[plan["mode"]]
         lines.append(f"total: {total['to_do']:,} requests, {total['input_tokens']:,} input + "
-                     f"{total['output_tokens']:,} output tokens, {_usd(total['cost_usd'])}, "
+                     f"{total['output_tokens']:,} output tokens, {usd(total['cost_usd'])}, "
                      f"~{_duration(total['seconds'])} ({how})")
     b = plan["budget"]
     if b["max_cost_usd"] is None:
         all_in = None if total["cost_usd"] is None else total["spent_usd"] + total["cost_usd"]
         lines.append("budget: max_cost_usd not set"
-                     + (f"; spent + expected = {_usd(all_in)}" if all_in is not None else ""))
+                     + (f"; spent + expected = {usd(all_in)}" if all_in is not None else ""))
     for scope in b["scopes"] if b["max_cost_usd"] is not None else []:
         where = f"budget [{scope['name']}]" if len(b["scopes"]) > 1 else "budget"
         all_in = None if scope["expected_usd"] is None else scope["spent_usd"] + scope["expected_usd"]
         if scope["unpriced_models"]:
-            lines.append(f"{where}: max_cost_usd {_usd(b['max_cost_usd'])} cannot be checked: unpriced model(s) "
+            lines.append(f"{where}: max_cost_usd {usd(b['max_cost_usd'])} cannot be checked: unpriced model(s) "
                          + ", ".join(scope["unpriced_models"]) + " (set [prices] in the job)")
         elif scope["over"]:
-            lines.append(f"OVER BUDGET{where[6:]}: already spent {_usd(scope['spent_usd'])} + expected "
-                         f"{_usd(scope['expected_usd'])} = {_usd(all_in)} > max_cost_usd {_usd(b['max_cost_usd'])}: "
+            lines.append(f"OVER BUDGET{where[6:]}: already spent {usd(scope['spent_usd'])} + expected "
+                         f"{usd(scope['expected_usd'])} = {usd(all_in)} > max_cost_usd {usd(b['max_cost_usd'])}: "
                          "the run would stop at the budget (exit 5) before finishing; raise max_cost_usd or "
                          "--limit the run")
         else:
-            lines.append(f"{where}: spent {_usd(scope['spent_usd'])} + expected {_usd(scope['expected_usd'])} = "
-                         f"{_usd(all_in)} of max_cost_usd {_usd(b['max_cost_usd'])}: within budget")
+            lines.append(f"{where}: spent {usd(scope['spent_usd'])} + expected {usd(scope['expected_usd'])} = "
+                         f"{usd(all_in)} of max_cost_usd {usd(b['max_cost_usd'])}: within budget")
             if scope["ceiling_over"]:
                 lines.append("  but if every answer used all of max_tokens it would not be: the run reserves "
                              "max_tokens per request in flight, so it may stop short of the last tickets")
     return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------------------------
-# The command
-# --------------------------------------------------------------------------------------------
-
-PLAN_EXAMPLES = """
-\b
-Examples:
-  batchrun plan jobs/classify_tickets.toml
-  batchrun plan jobs/classify_tickets.toml --input tonight.jsonl --run-dir runs/2026-11-22 --max-cost-usd 5
-  batchrun plan jobs/classify_tickets.toml --model anthropic/claude-3-5-haiku-latest --json
-
-\b
-Exit codes: 0 plan printed; 2 bad job file or input (nothing would be sent);
-5 over max_cost_usd (the code of a run stopped by its budget).
-"""
-
-
-@click.command(epilog=PLAN_EXAMPLES)
-@click.argument("job_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Tickets file to use instead of the job's `input`.")
-@click.option("--limit", type=click.IntRange(min=0), help="Only the first N tickets of the input.")
-@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory instead of the job's `run_dir` (what is already done there is not counted).")
-@click.option("--model", envvar="BATCHRUN_MODEL", help="litellm model string [env: BATCHRUN_MODEL].")
-@click.option("--concurrency", type=click.IntRange(min=1), help="Requests in flight at most.")
-@click.option("--skip-failed", is_flag=True, help="Do not count tickets that failed in an earlier run.")
-@click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True),
-              help="Budget for the run directory (all runs) [default: the job's max_cost_usd].")
-@click.option("--sample", type=click.IntRange(min=1),
-              help=f"Count input tokens exactly on at most N tickets, extrapolate beyond [default: {DEFAULT_SAMPLE:,}].")
-@click.option("--assume-latency-ms", type=click.FloatRange(min=0, min_open=True),
-              default=DEFAULT_ASSUMED_LATENCY_MS, show_default=True,
-              help="Latency per request when the run directory has no finished results to measure.")
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan_command(job_file: Path, input_path: Path | None, limit: int | None, run_dir: Path | None,
-                 model: str | None, concurrency: int | None, skip_failed: bool, max_cost_usd: float | None,
-                 sample: int | None, assume_latency_ms: float, as_json: bool) -> None:
-    """Forecast tickets, tokens, cost and duration of running JOB_FILE, sending nothing.
-
-    Respects resume: what the run directory already holds is not counted.
-    """
-    import orjson
-
-    from batchrun.errors import BatchrunError
-    from batchrun.spec import load_job
-
-    try:
-        job = load_job(job_file).with_overrides(input=input_path, run_dir=run_dir, model=model,
-                                                concurrency=concurrency)
-        plan = make_plan(job, job_path=job_file, limit=limit, skip_failed=skip_failed,
-                         max_cost_usd=max_cost_usd, sample=sample, assume_latency_ms=assume_latency_ms)
-    except BatchrunError as exc:
-        click.echo(f"batchrun: error: {exc}", err=True)
-        sys.exit(int(exc.exit_code))
-    if as_json:
-        click.echo(orjson.dumps(plan, option=orjson.OPT_INDENT_2).decode())
-    else:
-        click.echo(format_plan(plan), nl=False)
-    if plan["budget"]["over"]:
-        sys.exit(OVER_BUDGET_EXIT)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    plan_command()

@@ -1,4 +1,4 @@
-"""The seam in front of the network, and the only module that imports litellm.
+"""The seam in front of the network: with litellm_tuning.py, the only code that touches litellm.
 
     ChatRequest        what the engine asks for: ticket id, messages, timeout,
                        and the job's RequestOptions (None for a plain job)
@@ -7,9 +7,15 @@
     Provider           the protocol the engine calls: `await complete(request)`
     LiteLLMProvider    the real one: litellm.acompletion with batchrun's rules
     ScriptedProvider   a fake for tests: answers from a function, records calls
-    InlinePrepExecutor the event loop's default executor that LiteLLMProvider
-                       installs: litellm's request preparation inline (below)
-    import_litellm()   the lazy, configured import (see below)
+    import_litellm()   the lazy, configured import (see below); callers
+                       outside this module use the functions below instead
+    preload()          import and configure litellm now (a slow step a
+                       command may overlap with other start-up work)
+    estimate_tokens()  prompt tokens of messages for a model (litellm's counter)
+    price_for()        USD for (prompt, completion) tokens of a model, or None
+    bare_acompletion() litellm.acompletion as a user calls it, none of
+                       batchrun's rules: the bench's bare-pattern baseline
+    is_rate_limit_error()  whether an exception from it is litellm's 429
     size_connection_pool()  litellm's aiohttp limits raised in an environment
                        (this process's before the import, or a worker's)
     openai_transport() which HTTP path an openai/ call takes (below)
@@ -22,65 +28,15 @@ Rules for every litellm call:
   * litellm's `num_retries=0` and the OpenAI SDK's `max_retries=0`: tenacity
     (retrying.py) is the one retry layer (litellm's own HTTP handler, below,
     does not retry at all);
-  * litellm's `acompletion` hands its synchronous request preparation
-    (`litellm.main.completion`: parameter mapping, the logging object,
-    building the HTTP request; no network I/O for the providers in
-    `INLINE_PREP_PROVIDERS`) to the event loop's default thread pool. That
-    work holds the GIL, so the thread buys no parallelism, only contention:
-    each hop costs wake-ups, and socket calls on the loop thread then wait
-    for the GIL. For those providers batchrun runs the preparation inline on
-    the loop thread: `LiteLLMProvider` installs an `InlinePrepExecutor` as
-    the running loop's default executor on first use, which runs a submitted
-    call at once only when it is litellm's preparation *and* the call was
-    made by a `LiteLLMProvider` whose provider is on the list (a context
-    variable says so); everything else (aiofiles' file writes, DNS lookups,
-    other providers, whose preparation may fetch credentials) still goes to
-    its threads;
-  * plain (non-streamed) OpenAI-compatible calls (`openai/...` models:
-    OpenAI, a LiteLLM proxy, vLLM, the simulator) go through litellm's own
-    HTTP handler rather than the OpenAI SDK: during the inline preparation of
-    such a call the executor sets litellm's switch
-    `EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER=true` (it is read there, on
-    every call) and removes it afterwards. Same request body and headers,
-    same exception types and `response_cost`, and the SDK's request
-    transformation, response parsing and cookie handling are skipped. The
-    one difference batchrun sees: an unparsable 200 body is an `APIError`
-    with status 200 instead of a 500, retried the same way
-    (`translate_error`). Streamed calls keep the SDK path (the switch is set
-    to `false`): litellm's handler silently drops an SSE chunk it cannot
-    parse and reports the stream as complete, where the SDK raises
-    (tests/test_sim_faults.py). A value the user sets in the environment
-    wins for every call; `openai_transport(stream)` says which path is used.
-    Measured together with the inline preparation, CPU per plain request
-    fell from 7.4 to 4-5 ms here (benchmarks/README.md);
+  * litellm's request preparation runs inline on the loop thread for the
+    providers in `INLINE_PREP_PROVIDERS`, plain OpenAI-compatible calls go
+    through litellm's own HTTP handler (streamed ones keep the OpenAI SDK;
+    `openai_transport(stream)` says which), success logging that no callback
+    would receive is skipped, and the model-mode lookup is cached: these
+    patches of litellm internals live in litellm_tuning.py (what each does,
+    why, and how it is kept safe), installed by `import_litellm`; the
+    measurements behind them are in docs/internals.md;
   * an explicit `timeout` on every attempt;
-  * litellm's asynchronous success logging is skipped for batchrun's plain
-    calls when no callback would receive it. After every call litellm
-    queues a task that builds its standard logging payload (model info,
-    cost breakdown, message copies) for its callbacks; batchrun registers
-    none, so with none registered (litellm's `callbacks`,
-    `success_callback` and `_async_success_callback` lists, and the call's
-    own) and no `litellm.max_budget`, that work reaches nobody. It was 8%
-    of a worker process's CPU profile, and under load the queue holds
-    thousands of these payloads.
-    `import_litellm` wraps litellm's scheduling function
-    (`litellm.utils._schedule_async_success_logging`, pinned litellm
-    1.106.0; a litellm without it keeps its behaviour) so that it returns
-    at once inside a `LiteLLMProvider` plain call (a context variable says
-    so) when nothing is registered; any registered callback gets every
-    event as before, streamed calls are untouched, and other code in the
-    process calling litellm (the bench's bare pattern) keeps litellm's
-    behaviour. The response, its `response_cost` and usage are built
-    before that point and are the same. Measured: two workers, 128 in
-    flight, four alternating pairs: 281.8 -> 308.6 requests/s on average
-    (benchmarks/README.md);
-  * litellm looks the model up in its model list twice per chat call (the
-    Responses-API bridge check in `litellm.main`, about 67 us each here),
-    only to read its "mode". During batchrun's calls that lookup
-    (`litellm.main.get_model_info_helper`, whose only caller is that check)
-    is answered from a small cache per (model, provider, size of
-    `litellm.model_cost`), as a copy; failures are not kept, and other
-    callers in the process are not affected;
   * the cost is read from `response._hidden_params["response_cost"]`, which
     litellm already computed; it is not computed a second time. Prices in the
     job file, when set, win. No price gives `cost_usd=None` plus a
@@ -119,17 +75,13 @@ things litellm smooths over are checked on its stream wrapper:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextvars
 import email.utils
-import functools
 import os
-import sys
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, MutableMapping, Protocol, Sequence
 
+from batchrun import litellm_tuning
 from batchrun.errors import (
     RateLimitedError,
     RequestError,
@@ -138,6 +90,7 @@ from batchrun.errors import (
     redact_secrets,
 )
 from batchrun.records import Completion, ToolCall, Usage
+from batchrun.litellm_tuning import INLINE_PREP_PROVIDERS, OPENAI_HTTP_HANDLER_ENV, InlinePrepExecutor
 from batchrun.spec import JobSpec, PricesSpec
 
 __all__ = [
@@ -147,7 +100,13 @@ __all__ = [
     "Provider",
     "RequestOptions",
     "ScriptedProvider",
+    "OPENAI_HTTP_HANDLER_ENV",
+    "bare_acompletion",
+    "estimate_tokens",
     "import_litellm",
+    "is_rate_limit_error",
+    "preload",
+    "price_for",
     "litellm_version",
     "openai_transport",
     "size_connection_pool",
@@ -155,143 +114,7 @@ __all__ = [
 ]
 
 TICKET_HEADER = "X-Batchrun-Ticket-Id"
-#: litellm's switch that sends OpenAI chat calls through its own HTTP handler (module docstring).
-OPENAI_HTTP_HANDLER_ENV = "EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER"
 _litellm: Any = None
-
-#: Providers whose litellm request preparation does no I/O, so it may run on the loop thread.
-INLINE_PREP_PROVIDERS = frozenset({
-    "openai", "hosted_vllm", "litellm_proxy", "openai_like", "anthropic", "openrouter", "groq", "together_ai",
-    "mistral", "deepseek", "fireworks_ai", "xai", "deepinfra", "cerebras",
-})
-#: Set by LiteLLMProvider around its calls: the openai/ transport its preparation should use, or None.
-_INLINE_PREP: contextvars.ContextVar[str | None] = contextvars.ContextVar("batchrun_inline_prep", default=None)
-_USER_TRANSPORT: str | None = None  # OPENAI_HTTP_HANDLER_ENV as the user set it before litellm's import
-_LOOPS_WITH_INLINE_PREP: "weakref.WeakSet[asyncio.AbstractEventLoop]" = weakref.WeakSet()
-#: Set by LiteLLMProvider around its calls: "plain" or "stream" (None: not batchrun's call).
-_CALL_KIND: contextvars.ContextVar[str | None] = contextvars.ContextVar("batchrun_call_kind", default=None)
-
-
-def _success_logging_needed(litellm: Any, logging_obj: Any) -> bool:
-    """Would litellm's success logging of this call reach anything: a callback registered
-    globally (any of litellm's lists) or on the call's logging object, or litellm's own
-    budget (`litellm.max_budget`, whose accounting lives in that logging)?"""
-    if getattr(litellm, "max_budget", None):
-        return True
-    for name in ("callbacks", "success_callback", "_async_success_callback"):
-        if getattr(litellm, name, None):
-            return True
-    return any(getattr(logging_obj, name, None)
-               for name in ("dynamic_success_callbacks", "dynamic_async_success_callbacks"))
-
-
-def _wrap_litellm_function(module: str, name: str, marker: str, wrap: Callable[[Any], Any]) -> bool:
-    """Replace `module.name` (a litellm internal, pinned litellm 1.106.0) by `wrap(original)`,
-    marked with `marker` so it is wrapped once. False when litellm has no such function:
-    then litellm keeps its own behaviour."""
-    owner = sys.modules.get(module)
-    original = getattr(owner, name, None)
-    if original is None:
-        return False
-    if not getattr(original, marker, False):
-        wrapper = functools.wraps(original)(wrap(original))
-        setattr(wrapper, marker, True)
-        setattr(owner, name, wrapper)
-    return True
-
-
-def _install_quiet_success_logging(litellm: Any) -> bool:
-    """Skip litellm's asynchronous success logging of batchrun's plain calls when no
-    callback would receive it (module docstring). True when installed."""
-
-    def wrap(schedule: Any) -> Any:
-        def schedule_unless_quiet(logging_obj: Any, *args: Any, **kwargs: Any) -> None:
-            if _CALL_KIND.get() == "plain" and not _success_logging_needed(litellm, logging_obj):
-                return None
-            return schedule(logging_obj, *args, **kwargs)
-        return schedule_unless_quiet
-
-    return _wrap_litellm_function("litellm.utils", "_schedule_async_success_logging", "batchrun_quiet", wrap)
-
-
-#: At most this many (model, provider) entries in the model-mode cache below.
-MODEL_MODE_CACHE_SIZE = 64
-
-
-def _install_model_mode_cache(litellm: Any) -> bool:
-    """Look a model up in litellm's model list once per (model, provider) during batchrun's
-    calls, not twice per call (module docstring). True when installed."""
-
-    def wrap(lookup: Any) -> Any:
-        found: dict[tuple[str, str | None, int], dict[str, Any]] = {}
-
-        def cached_lookup(model: str, custom_llm_provider: str | None = None, *args: Any, **kwargs: Any) -> Any:
-            if _CALL_KIND.get() is None or args or kwargs:  # not batchrun's call, or asked with more
-                return lookup(model, custom_llm_provider, *args, **kwargs)
-            key = (model, custom_llm_provider, len(litellm.model_cost))  # a registered model starts afresh
-            info = found.get(key)
-            if info is None:
-                info = dict(lookup(model=model, custom_llm_provider=custom_llm_provider))  # a failure is not kept
-                if len(found) >= MODEL_MODE_CACHE_SIZE:
-                    found.clear()
-                found[key] = info
-            return dict(info)  # the caller may set "mode" on its copy
-        return cached_lookup
-
-    return _wrap_litellm_function("litellm.main", "get_model_info_helper", "batchrun_cached", wrap)
-
-
-def _is_litellm_prep(fn: Any) -> bool:
-    """Is `fn` what litellm's acompletion submits: partial(Context.run, partial(litellm.main.completion, ...))?"""
-    if not isinstance(fn, functools.partial) or not fn.args:
-        return False
-    inner = fn.args[0]
-    main = sys.modules.get("litellm.main")
-    return isinstance(inner, functools.partial) and main is not None and inner.func is getattr(main, "completion", None)
-
-
-class InlinePrepExecutor(concurrent.futures.ThreadPoolExecutor):
-    """A default executor that runs litellm's request preparation inline (module docstring).
-
-    Everything else submitted to it runs on its threads, as with any
-    ThreadPoolExecutor. asyncio accepts only ThreadPoolExecutor subclasses as
-    a loop's default executor, hence the base class.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.inline_calls = 0  # litellm preparations run inline so far
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
-        transport = _INLINE_PREP.get()
-        if transport is None or not _is_litellm_prep(fn):
-            return super().submit(fn, *args, **kwargs)
-        self.inline_calls += 1
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        # litellm reads its transport switch while preparing; on the loop thread nothing else runs meanwhile
-        switch = _USER_TRANSPORT is None
-        if switch:
-            os.environ[OPENAI_HTTP_HANDLER_ENV] = "true" if transport == "litellm-http" else "false"
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except Exception as exc:  # raised where litellm awaits the future, as from a thread
-            future.set_exception(exc)
-        finally:
-            if switch:
-                os.environ.pop(OPENAI_HTTP_HANDLER_ENV, None)
-        return future
-
-
-def _install_inline_prep(loop: asyncio.AbstractEventLoop) -> None:
-    """Make an InlinePrepExecutor the default executor of `loop` (once per loop)."""
-    if loop in _LOOPS_WITH_INLINE_PREP:
-        return
-    previous = getattr(loop, "_default_executor", None)  # CPython's attribute; may hold idle threads
-    loop.set_default_executor(InlinePrepExecutor(thread_name_prefix="batchrun-io"))
-    if isinstance(previous, concurrent.futures.Executor) and not isinstance(previous, InlinePrepExecutor):
-        previous.shutdown(wait=False)  # work already submitted to it still finishes
-    _LOOPS_WITH_INLINE_PREP.add(loop)
-
 
 @dataclass(frozen=True, slots=True)
 class RequestOptions:
@@ -343,7 +166,7 @@ def size_connection_pool(env: MutableMapping[str, str], max_connections: int | N
 
 
 def import_litellm(max_connections: int | None = None) -> Any:
-    """Import and configure litellm once (slow: about 4 s here).
+    """Import and configure litellm once (slow: seconds; docs/internals.md).
 
     `max_connections`: litellm's aiohttp pool allows 500 connections per host
     (1,000 in all), read from the environment when litellm is imported; a run
@@ -352,16 +175,14 @@ def import_litellm(max_connections: int | None = None) -> Any:
     global _litellm
     if _litellm is None:
         os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
-        global _USER_TRANSPORT
-        _USER_TRANSPORT = os.environ.get(OPENAI_HTTP_HANDLER_ENV)  # a user's own setting wins (docstring)
+        litellm_tuning.remember_user_transport()  # a user's own setting wins (litellm_tuning.py)
         size_connection_pool(os.environ, max_connections)
         import litellm
 
         litellm.suppress_debug_info = True
         litellm.num_retries = 0
         litellm.telemetry = False
-        _install_quiet_success_logging(litellm)
-        _install_model_mode_cache(litellm)
+        litellm_tuning.install(litellm)
         _litellm = litellm
     return _litellm
 
@@ -373,7 +194,7 @@ def openai_transport(stream: bool = False) -> str:
     calls, the OpenAI SDK for streamed ones, unless the environment set
     litellm's switch before litellm was imported (then as litellm reads it).
     """
-    user = _USER_TRANSPORT if _litellm is not None else os.environ.get(OPENAI_HTTP_HANDLER_ENV)
+    user = litellm_tuning.user_transport() if _litellm is not None else os.environ.get(OPENAI_HTTP_HANDLER_ENV)
     if user is not None:
         return "litellm-http" if user.strip().lower() == "true" else "openai-sdk"  # litellm's str_to_bool
     return "openai-sdk" if stream else "litellm-http"
@@ -386,6 +207,44 @@ def litellm_version() -> str:
         return version("litellm")
     except PackageNotFoundError:
         return "unknown"
+
+
+def preload(max_connections: int | None = None) -> None:
+    """Import and configure litellm now (see import_litellm), returning nothing: for a command
+    that overlaps the slow import with other start-up work (bench: the simulator's)."""
+    import_litellm(max_connections)
+
+
+def estimate_tokens(model: str, messages: Sequence[Mapping[str, Any]], tools: Any = None) -> int:
+    """Prompt tokens of `messages` (and `tools`) for `model` by litellm's token counter; about
+    four characters a token when litellm cannot load the model's tokenizer."""
+    try:
+        return int(import_litellm().token_counter(model=model, messages=list(messages), tools=tools))
+    except Exception:
+        return sum(len(m.get("content") or "") for m in messages) // 4
+
+
+def price_for(model: str, prompt_tokens: int, completion_tokens: int) -> tuple[float, float] | None:
+    """(USD for the prompt tokens, USD for the completion tokens) of `model` from litellm's
+    local price list, or None when litellm does not price the model."""
+    try:
+        prompt_cost, completion_cost = import_litellm().cost_per_token(
+            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    except Exception:
+        return None
+    return float(prompt_cost), float(completion_cost)
+
+
+async def bare_acompletion(**kwargs: Any) -> Any:
+    """litellm.acompletion(**kwargs) exactly as a user calls it, under none of batchrun's rules
+    (no ticket header, litellm's own transport and thread for the preparation): the bare
+    pattern `batchrun bench --baseline` measures batchrun against."""
+    return await import_litellm().acompletion(**kwargs)
+
+
+def is_rate_limit_error(exc: BaseException) -> bool:
+    """Is `exc` litellm's RateLimitError (a 429), as raised by bare_acompletion?"""
+    return isinstance(exc, import_litellm().RateLimitError)
 
 
 def _parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
@@ -599,18 +458,18 @@ class LiteLLMProvider:
         call = dict(model=self.model, messages=request.messages, timeout=request.timeout_s, num_retries=0,
                     max_retries=0, extra_headers={TICKET_HEADER: request.ticket_id}, **kwargs)
         stream = bool(kwargs.get("stream"))
-        kind = _CALL_KIND.set("stream" if stream else "plain")
+        kind = litellm_tuning.CALL_KIND.set("stream" if stream else "plain")
         try:
             if not self.inline_prep:
                 return await self._litellm.acompletion(**call)
-            _install_inline_prep(asyncio.get_running_loop())
-            token = _INLINE_PREP.set(openai_transport(stream))
+            litellm_tuning.install_inline_prep(asyncio.get_running_loop())
+            token = litellm_tuning.INLINE_PREP.set(openai_transport(stream))
             try:
                 return await self._litellm.acompletion(**call)
             finally:
-                _INLINE_PREP.reset(token)
+                litellm_tuning.INLINE_PREP.reset(token)
         finally:
-            _CALL_KIND.reset(kind)
+            litellm_tuning.CALL_KIND.reset(kind)
 
     def __repr__(self) -> str:  # never show the key
         return f"LiteLLMProvider(model={self.model!r}, api_base={self.api_base!r})"

@@ -8,6 +8,14 @@
     RunStats.summary() a flat dict (stored in manifest.json)
     format_summary()   the table printed at the end of `batchrun run`
 
+The percentile functions of the package live here, once:
+    percentile(sorted_values, p)   exact nearest-rank (grading: every latency
+                                   of a finished run, read back from disk)
+    percentiles(samples_or_histogram) -> {p50, p95, p99, mean}, rounded to 0.1
+                                   (through a LatencyHistogram: the run summary,
+                                   bench's bare-pattern baseline)
+    round1(value)                  round to 0.1, None stays None
+
 Besides latency, `record` keeps the time to first token of streamed answers
 (a second histogram: TTFT p50/p95/p99 appear when anything was streamed),
 the results kept although truncated (finish_reason "length") or content
@@ -22,11 +30,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from batchrun.records import Outcome
+from batchrun.textfmt import kv, ms, usd
 
-__all__ = ["LatencyHistogram", "RunStats", "format_summary"]
+__all__ = ["LatencyHistogram", "RunStats", "format_summary", "percentile", "percentiles", "round1"]
 
 _LOG_STEP = math.log(1.01)
 
@@ -162,8 +171,8 @@ class RunStats:
             "cluster": self.cluster,
             "tickets_per_s": round(finished / wall, 2),
             "output_tokens_per_s": round(self.completion_tokens / wall, 1),
-            "latency_ms": _percentiles(self.latency),
-            "ttft_ms": _percentiles(self.ttft) if self.ttft.n else None,
+            "latency_ms": percentiles(self.latency),
+            "ttft_ms": percentiles(self.ttft) if self.ttft.n else None,
             "truncated": self.truncated,
             "content_filtered": self.content_filtered,
             "rejected_outputs": self.rejected_outputs,
@@ -181,28 +190,39 @@ class RunStats:
         }
 
 
-def _percentiles(histogram: LatencyHistogram) -> dict[str, float | None]:
+def percentiles(samples: LatencyHistogram | Iterable[float]) -> dict[str, float | None]:
+    """p50/p95/p99/mean of a histogram (or of samples, put through one), rounded to 0.1."""
+    if isinstance(samples, LatencyHistogram):
+        histogram = samples
+    else:
+        histogram = LatencyHistogram()
+        for value in samples:
+            histogram.add(value)
     return {
-        "p50": _round(histogram.percentile(50)),
-        "p95": _round(histogram.percentile(95)),
-        "p99": _round(histogram.percentile(99)),
-        "mean": _round(histogram.mean),
+        "p50": round1(histogram.percentile(50)),
+        "p95": round1(histogram.percentile(95)),
+        "p99": round1(histogram.percentile(99)),
+        "mean": round1(histogram.mean),
     }
 
 
-def _round(value: float | None) -> float | None:
+def percentile(sorted_values: Sequence[float], p: float) -> float | None:
+    """Nearest-rank p-th percentile (0-100) of an ascending sequence; None when empty."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(len(sorted_values) * p / 100.0))
+    return float(sorted_values[min(rank, len(sorted_values)) - 1])
+
+
+def round1(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f} ms"
 
 
 def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary") -> str:
     """The end-of-run table, from a `RunStats.summary()` dict."""
     lat = summary["latency_ms"]
     per_1000 = summary["cost_per_1000_tickets_usd"]
-    cost = f"${summary['cost_usd']:,.6f}"
+    cost = usd(summary['cost_usd'])
     if summary["unpriced_results"]:
         cost += f"  ({summary['unpriced_results']} result(s) unpriced: cost_usd null)"
     kinds = ", ".join(f"{k} {v}" for k, v in summary["errors_by_kind"].items()) or "none"
@@ -226,11 +246,11 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
         ("failed attempts", kinds),
         ("requests/s", f"{summary['requests_per_s']:,.1f}"),
         ("output tokens/s", f"{summary['output_tokens_per_s']:,.1f}"),
-        ("latency p50/p95/p99", f"{_ms(lat['p50'])} / {_ms(lat['p95'])} / {_ms(lat['p99'])}"),
+        ("latency p50/p95/p99", f"{ms(lat['p50'], ' ms')} / {ms(lat['p95'], ' ms')} / {ms(lat['p99'], ' ms')}"),
     ]
     ttft = summary.get("ttft_ms")
     if ttft:
-        rows.append(("TTFT p50/p95/p99", f"{_ms(ttft['p50'])} / {_ms(ttft['p95'])} / {_ms(ttft['p99'])}"))
+        rows.append(("TTFT p50/p95/p99", f"{ms(ttft['p50'], ' ms')} / {ms(ttft['p95'], ' ms')} / {ms(ttft['p99'], ' ms')}"))
     if summary.get("truncated") or summary.get("content_filtered") or summary.get("rejected_outputs"):
         rows.append(("answers flagged", (
             f"{summary.get('truncated', 0):,} truncated and {summary.get('content_filtered', 0):,} "
@@ -242,9 +262,7 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
     rows += [
         ("tokens (prompt+completion)", f"{summary['total_tokens']:,} ({summary['prompt_tokens']:,} + {summary['completion_tokens']:,})"),
         ("cost", cost),
-        ("cost per 1,000 tickets", "-" if per_1000 is None else f"${per_1000:,.6f}"),
+        ("cost per 1,000 tickets", usd(per_1000)),
     ]
-    width = max(len(label) for label, _ in rows)
-    lines = [title, "-" * len(title)]
-    lines += [f"{label:<{width}}  {value}" for label, value in rows]
+    lines = [title, "-" * len(title)] + kv(rows)
     return "\n".join(lines)

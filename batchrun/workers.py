@@ -597,10 +597,10 @@ async def _child_main() -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
 
-    from batchrun.provider import LiteLLMProvider, import_litellm
+    from batchrun.provider import LiteLLMProvider, preload
     from batchrun.spec import PricesSpec
 
-    import_litellm()  # seconds: done once, before the first run (the pool sizes come from the environment)
+    preload()  # seconds: done once, before the first run (the pool sizes come from the environment)
     _relax_gc()
     send({"t": "loaded", "cpu_s": cpu_now()})  # cpu_s in loaded/ready/ended: the process's CPU so far
     while (init := await receive()) is not None:

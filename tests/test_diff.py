@@ -9,7 +9,8 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from batchrun.diffing import ACCURACY_DROPPED, diff_command, diff_runs
+from batchrun.commands.diff import diff_command
+from batchrun.diffing import ACCURACY_DROPPED, diff_runs
 
 from test_report import GOLD, PRED, make_run, result_line  # type: ignore[import-not-found]
 

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 import batchrun.plan as plan_module
 from batchrun.engine import render_messages
-from batchrun.plan import format_plan, make_plan, plan_command
+from batchrun.commands.plan import plan_command
+from batchrun.plan import format_plan, make_plan
 from batchrun.provider import import_litellm
 from batchrun.spec import load_job
 from batchrun.tickets import read_tickets

@@ -25,6 +25,7 @@ import threading
 import pytest
 from aiohttp.test_utils import TestServer
 
+from batchrun import litellm_tuning
 from batchrun import provider as provider_module
 from batchrun.errors import RetryableError
 from batchrun.provider import (
@@ -88,7 +89,7 @@ async def test_the_executor_is_installed_once_per_loop():
 
 
 def test_unlisted_providers_keep_litellm_threads():
-    assert "vertex_ai" not in provider_module.INLINE_PREP_PROVIDERS
+    assert "vertex_ai" not in litellm_tuning.INLINE_PREP_PROVIDERS
     assert not LiteLLMProvider(model="vertex_ai/gemini-1.5-flash").inline_prep
     assert not LiteLLMProvider(model="azure/my-deployment", api_base="https://example.invalid").inline_prep
     assert LiteLLMProvider(model="gpt-4o-mini").inline_prep  # no prefix: litellm says openai
@@ -96,14 +97,14 @@ def test_unlisted_providers_keep_litellm_threads():
 
 
 def test_transport_choice_by_default(monkeypatch):
-    monkeypatch.setattr(provider_module, "_USER_TRANSPORT", None)
+    monkeypatch.setattr(litellm_tuning, "_USER_TRANSPORT", None)
     assert openai_transport(stream=False) == "litellm-http"
     assert openai_transport(stream=True) == "openai-sdk"
 
 
 async def test_plain_calls_use_litellms_handler_and_the_switch_is_not_left_behind(monkeypatch):
     # A broken 200 body tells the paths apart: litellm's handler says APIError/200, the SDK 500.
-    monkeypatch.setattr(provider_module, "_USER_TRANSPORT", None)
+    monkeypatch.setattr(litellm_tuning, "_USER_TRANSPORT", None)
     monkeypatch.delenv(OPENAI_HTTP_HANDLER_ENV, raising=False)
     async with simulator(faults=(FaultRule("malformed_json", tickets=("bad",)),)) as (base_url, _):
         provider = make_provider(base_url)
@@ -115,7 +116,7 @@ async def test_plain_calls_use_litellms_handler_and_the_switch_is_not_left_behin
 
 
 async def test_the_users_setting_wins(monkeypatch):
-    monkeypatch.setattr(provider_module, "_USER_TRANSPORT", "false")
+    monkeypatch.setattr(litellm_tuning, "_USER_TRANSPORT", "false")
     monkeypatch.setenv(OPENAI_HTTP_HANDLER_ENV, "false")
     assert openai_transport() == "openai-sdk"
     async with simulator(faults=(FaultRule("malformed_json", tickets=("bad",)),)) as (base_url, _):
@@ -128,7 +129,7 @@ async def test_the_users_setting_wins(monkeypatch):
 async def test_a_malformed_stream_chunk_is_never_a_success(monkeypatch):
     # litellm's own handler would drop the chunk and report a complete answer; batchrun streams
     # through the SDK, which raises, and the attempt is retried.
-    monkeypatch.setattr(provider_module, "_USER_TRANSPORT", None)
+    monkeypatch.setattr(litellm_tuning, "_USER_TRANSPORT", None)
     async with simulator(faults=(FaultRule("malformed_json", tickets=("bad",)),)) as (base_url, sim):
         provider = make_provider(base_url)
         with pytest.raises(RetryableError):
@@ -172,7 +173,7 @@ def test_the_quiet_success_logging_is_installed_on_the_pinned_litellm():
 
     provider_module.import_litellm()
     assert getattr(litellm.utils._schedule_async_success_logging, "batchrun_quiet", False)
-    assert provider_module._install_quiet_success_logging(litellm)  # idempotent: still the one wrapper
+    assert litellm_tuning._install_quiet_success_logging(litellm)  # idempotent: still the one wrapper
     assert not getattr(litellm.utils._schedule_async_success_logging.__wrapped__, "batchrun_quiet", False)
 
 
@@ -243,7 +244,7 @@ async def test_the_model_lookup_is_made_once_per_model_during_batchrun_calls(mon
         return original(model=model, custom_llm_provider=custom_llm_provider, **kwargs)
 
     monkeypatch.setattr(litellm.main, "get_model_info_helper", counting)
-    assert provider_module._install_model_mode_cache(litellm)
+    assert litellm_tuning._install_model_mode_cache(litellm)
     cached = litellm.main.get_model_info_helper
     async with simulator() as (base_url, sim):
         provider = make_provider(base_url)
@@ -256,7 +257,7 @@ async def test_the_model_lookup_is_made_once_per_model_during_batchrun_calls(mon
         assert looked_up == ["gpt-4o-mini"] * 3
         assert sim.stats.snapshot()["total_requests"] == 4
     # every caller gets a copy: what the bridge check sets on it stays out of the cache
-    token = provider_module._CALL_KIND.set("plain")
+    token = litellm_tuning.CALL_KIND.set("plain")
     try:
         first = cached(model="gpt-4o-mini", custom_llm_provider="openai")
         first["mode"] = "responses"
@@ -271,4 +272,4 @@ async def test_the_model_lookup_is_made_once_per_model_during_batchrun_calls(mon
                 cached(model="no-such-model-anywhere", custom_llm_provider="openai")
         assert looked_up[-2:] == ["no-such-model-anywhere"] * 2
     finally:
-        provider_module._CALL_KIND.reset(token)
+        litellm_tuning.CALL_KIND.reset(token)

@@ -90,7 +90,7 @@ def test_touching_every_export_does_not_import_litellm():
         import sys, batchrun
         for name in batchrun.__all__:
             getattr(batchrun, name)
-        import batchrun.engine, batchrun.report, batchrun.cli, batchrun.provider
+        import batchrun.engine, batchrun.rundir, batchrun.cli, batchrun.provider
         assert 'litellm' not in sys.modules, 'litellm imported'
         print('ok')
     """)

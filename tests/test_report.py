@@ -21,12 +21,13 @@ from batchrun.grading import (
     build_report,
     classification_metrics,
     format_report,
-    percentile,
     prediction,
-    report_command,
-    write_charts,
 )
-from batchrun.report import format_status, run_status
+from batchrun.charts import write_charts
+from batchrun.commands.report import report_command
+from batchrun.commands.status import format_status
+from batchrun.rundir import run_status
+from batchrun.stats import percentile
 
 from conftest import batchrun_cmd  # type: ignore[import-not-found]
 
@@ -295,7 +296,7 @@ def test_real_compare_directory_from_two_simulated_runs(make_job: Any, tmp_path:
                                            "--model", model, "--no-progress"),
                               capture_output=True, text=True, env=cli_env, timeout=180, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "batchrun.grading", str(tmp_path / "cmp")],
+    proc = subprocess.run([sys.executable, "-m", "batchrun.cli", "report", str(tmp_path / "cmp")],
                           capture_output=True, text=True, env=cli_env, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "compare directory: 2 models" in proc.stdout

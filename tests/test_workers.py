@@ -186,8 +186,11 @@ def test_a_worker_pool_serves_run_after_run_with_the_same_processes(make_job, tm
             await pool.warm(2)
             for index in range(3):
                 if index == 2:  # a child that died between runs is replaced, not reused
-                    os.kill(sorted(seen[-1])[0], signal.SIGKILL)
-                    await anyio.sleep(0.5)
+                    victim = next(child for child in pool.idle if child.process.pid == sorted(seen[-1])[0])
+                    os.kill(victim.process.pid, signal.SIGKILL)
+                    with anyio.fail_after(30):  # the pool has seen it die
+                        while not victim.gone:
+                            await anyio.sleep(0.01)
                 prep = prepare_run(job.with_overrides(run_dir=tmp_path / f"run{index}"), endpoint="sim")
                 try:
                     results.append(await execute_run(prep, None, workers=2, provider_kwargs=provider_kwargs(sim),
@@ -207,9 +210,8 @@ def test_a_worker_pool_serves_run_after_run_with_the_same_processes(make_job, tm
     assert set(sim.stats()["requests_by_ticket"].values()) == {3}  # each ticket once per run
     assert len(seen[0]) == 2 and seen[1] == seen[0]  # the second run reused both processes
     assert len(seen[2] - seen[1]) == 1 and len(seen[2]) == 2  # the killed one was replaced
-    # litellm was imported before the first run: no run paid for it
-    assert first.summary["worker_startup_cpu_s"] < 0.5 and second.summary["worker_startup_cpu_s"] < 0.5
-    assert third.summary["worker_startup_cpu_s"] > 0.5  # the replacement imported it
+    # what each run's children spent starting (the replacement's litellm import) is a figure of
+    # benchmarks/worker_startup.py, not a threshold here
     assert children_of(os.getpid()) == []  # the pool stopped its children
 
 

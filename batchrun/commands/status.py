@@ -1,0 +1,66 @@
+"""`batchrun status RUN_DIR`: the counts of a run directory, finished or in progress.
+
+The counts are `rundir.run_status`; `format_status` is the table (also printed by
+`batchrun run` when there is nothing left to do).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from batchrun.stats import format_summary
+from batchrun.textfmt import kv, usd
+
+__all__ = ["format_status", "status_command"]
+
+@click.command(name="status", epilog="\b\nExample:\n  batchrun status runs/classify_tickets")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status_command(run_dir: Path, as_json: bool) -> None:
+    """Print the counts of a run directory (finished or in progress)."""
+    import orjson
+
+    from batchrun.errors import BatchrunError
+    from batchrun.rundir import run_status
+
+    try:
+        info = run_status(run_dir)
+    except BatchrunError as exc:
+        click.echo(f"batchrun: error: {exc}", err=True)
+        sys.exit(int(exc.exit_code))
+    if as_json:
+        click.echo(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(format_status(info))
+
+
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """The table `batchrun status` prints, from `rundir.run_status`."""
+    rows = [
+        ("run directory", status["run_dir"]),
+        ("job", status["job"]),
+        ("state", f"{status['state']} (run {status['run']}, started {status['started_at']}"
+                  + (f", finished {status['finished_at']})" if status["finished_at"] else ")")),
+        ("endpoint", status["endpoint"]),
+        ("input", status["input"]),
+        ("tickets", f"{status['tickets']:,}"),
+        ("done", f"{status['done']:,}"),
+        ("failed", f"{status['failed']:,}"),
+        ("pending", f"{status['pending']:,}"),
+        *([("rejected input lines", f"{status['rejected_lines']:,} (rejects.jsonl)")] if status["rejected_lines"] else []),
+        ("total tokens", f"{status['total_tokens']:,}"),
+        ("cost (all runs)", usd(status['cost_usd'])
+         + (f" ({status['unpriced_results']} unpriced)" if status["unpriced_results"] else "")),
+    ]
+    if status["error"]:
+        rows.append(("error", status["error"]))
+    text = "\n".join(kv(rows))
+    if status["last_summary"]:
+        text += "\n\n" + format_summary(status["last_summary"], title=f"last run (run {status['run']})")
+    return text
