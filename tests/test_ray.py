@@ -151,9 +151,12 @@ def test_driver_killed_then_resumed_on_ray_and_then_locally(ray_cluster, make_jo
     assert first < n
     wait_for_no_actors()  # Ray ends the actors of a driver that died
 
-    second = subprocess.run(batchrun_cmd("run", str(job_path), *ray_args, "--limit", "300"), env=cli_env,
+    # --ray-address alone implies --engine ray
+    second = subprocess.run(batchrun_cmd("run", str(job_path), "--ray-address", ray_cluster, "--workers", "2",
+                                         "--no-progress", "--limit", "300"), env=cli_env,
                             capture_output=True, timeout=300)
     assert second.returncode == 0, second.stderr.decode()[-3000:]
+    assert f"batchrun: Ray at {ray_cluster}, 2 actor(s)".encode() in second.stderr
     rows = read_jsonl(run_dir / "results.jsonl")
     assert len({r["id"] for r in rows}) == len(rows) == 300
     assert {r["run"] for r in rows} == {1, 2}
