@@ -240,6 +240,10 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
         rows.append(("skipped (failed before)", f"{summary['skipped_failed']:,}"))
     if summary["not_finished"]:
         rows.append(("not finished (resume)", f"{summary['not_finished']:,}"))
+    cluster = summary.get("cluster")
+    if cluster:
+        rows.append(("Ray actors", f"{cluster['actors']} ({cluster['actors_lost']} lost, "
+                                   f"{cluster['tickets_requeued']:,} tickets sent again)"))
     rows += [
         ("wall time", f"{summary['wall_s']:,.2f} s"),
         ("requests", f"{summary['requests']:,} ({summary['retries']:,} retries, {summary['rate_limited']:,} answered 429)"),

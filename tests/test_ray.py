@@ -119,6 +119,10 @@ def test_exactly_once_through_five_actor_kills(ray_cluster, make_job, tmp_path):
     assert cluster["actors"] == actors and cluster["actors_lost"] == 5
     assert cluster["tickets_requeued"] >= 1 and served >= n  # what the dead held was sent again
     assert cluster["peak_tickets_per_actor"] <= 24  # the last actor standing holds them all, no more
+    from batchrun.stats import format_summary
+
+    assert "Ray actors" in format_summary(result.summary, title="t")
+    assert "6 (5 lost, " in format_summary(result.summary, title="t")
     wait_for_no_actors()  # the run's actors are gone after it
 
 
