@@ -159,9 +159,9 @@ class TicketActor:
     """
 
     def __init__(self, index: int, max_connections: int | None) -> None:
-        from batchrun.provider import import_litellm
+        from batchrun.provider import preload
 
-        import_litellm(max_connections)
+        preload(max_connections)  # litellm, now: before the run's first ticket
         self.index = index
         self.inbox: collections.deque[dict[str, Any]] = collections.deque()
         self.inbox_ready = asyncio.Event()
