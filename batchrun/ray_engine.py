@@ -76,6 +76,11 @@ from batchrun.workers import (
 __all__ = ["RayExecutor", "TicketActor", "actor_name", "limits_for"]
 
 PULL_WAIT_S = 1.0  # an idle actor's pull returns empty after this long (the driver then asks again)
+# A pull (push) waits this long after its first frame so that one Ray call carries the frames of
+# the next few milliseconds too: a call costs far more CPU than a frame, and 200 ms requests do not
+# notice a few milliseconds.
+PULL_GATHER_S = 0.005
+PUSH_GATHER_S = 0.002
 
 
 def actor_name(run_id: str, index: int) -> str:
@@ -195,7 +200,7 @@ class TicketActor:
                 await asyncio.wait_for(self.outbox_ready.wait(), wait_s)
             except asyncio.TimeoutError:
                 return b""
-        await asyncio.sleep(0)  # outcomes finishing in this turn of the loop join the batch
+        await asyncio.sleep(PULL_GATHER_S)  # outcomes finishing meanwhile join the batch
         data = b"".join(self.outbox)
         self.outbox.clear()
         return data
@@ -268,6 +273,8 @@ class _ActorChild:
         try:
             while not self.gone:
                 await self.wake.wait()
+                if not self.closing:
+                    await anyio.sleep(PUSH_GATHER_S)  # tickets posted meanwhile leave in the same call
                 self.wake = anyio.Event()
                 if self.outbox:
                     data = b"".join(self.outbox)
