@@ -19,8 +19,12 @@ retry policy and the engine never look at litellm's own exception types.
 
 Error kinds (the `kind` attribute, written to errors.jsonl) are short stable
 strings: rate_limited, timeout, connection, server_error, bad_request,
-context_window, content_policy, auth, permission, not_found, unknown, and,
-for answers that arrived but cannot be used (ticket_runner.py, outputs.py):
+context_window, content_policy, auth, permission, not_found, unknown.
+`connection` means no answer arrived: the connection was refused, or reset
+before the response headers or in the body (litellm calls these a 500;
+`provider.translate_error` finds the transport error under it); it is
+retried and has no status_code. For answers that arrived but cannot be used
+(ticket_runner.py, outputs.py):
 
     stream_cut       a stream ended without a finish_reason (a cut connection,
                      a truncated SSE body): retried, never a success

@@ -6,7 +6,7 @@ A litellm without the patched function keeps its own behaviour: a wrapper is
 installed only when its target exists, and once (a marker attribute). The
 measurements that justify them are in docs/internals.md.
 
-    install(litellm)           the two function wrappers below, at import time
+    install(litellm)           the three function wrappers below, at import time
                                (provider.import_litellm calls it)
     remember_user_transport()  read OPENAI_HTTP_HANDLER_ENV before litellm's import
     user_transport()           ... what the user set (None: batchrun chooses)
@@ -53,7 +53,17 @@ The patches:
     During batchrun's calls `litellm.main.get_model_info_helper` (whose only
     caller is that check) is answered from a small cache per (model,
     provider, size of `litellm.model_cost`), as a copy; failures are not
-    kept, other callers are not affected.
+    kept, other callers are not affected;
+  * no hidden resend. `AsyncHTTPHandler.post` (litellm's HTTP handler)
+    catches httpx's RemoteProtocolError and ConnectError, which its aiohttp
+    transport raises for a connection reset before the response headers,
+    and sends the request again, once, on a fresh client through
+    `AsyncHTTPHandler.single_connection_post_request` (its only caller is
+    that except clause). The server may have processed the first request,
+    and batchrun never counted the second. During batchrun's calls the
+    wrapper re-raises the exception being handled there instead, so the
+    failure reaches tenacity as one counted attempt; other callers keep
+    litellm's behaviour (tests/test_wire_attempts.py).
 """
 
 from __future__ import annotations
@@ -163,6 +173,33 @@ def _install_model_mode_cache(litellm: Any) -> bool:
     return _wrap_litellm_function("litellm.main", "get_model_info_helper", "batchrun_cached", wrap)
 
 
+def _install_no_hidden_resend(litellm: Any) -> bool:
+    """Stop litellm's HTTP handler from sending batchrun's request a second time after a
+    failed connection (module docstring). True when installed."""
+    import httpx  # litellm's dependency
+
+    resent_on = (httpx.RemoteProtocolError, httpx.ConnectError)  # post()'s except clause
+    module = sys.modules.get("litellm.llms.custom_httpx.http_handler")
+    handler = getattr(module, "AsyncHTTPHandler", None)
+    original = getattr(handler, "single_connection_post_request", None)
+    if original is None:
+        return False
+    if getattr(original, "batchrun_no_resend", False):
+        return True
+
+    @functools.wraps(original)
+    async def single_connection_post_request(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if CALL_KIND.get() is not None:
+            handled = sys.exception()  # what post()'s except clause caught (3.11+)
+            if isinstance(handled, resent_on):
+                raise handled
+        return await original(self, *args, **kwargs)
+
+    single_connection_post_request.batchrun_no_resend = True  # type: ignore[attr-defined]
+    handler.single_connection_post_request = single_connection_post_request
+    return True
+
+
 def _is_litellm_prep(fn: Any) -> bool:
     """Is `fn` what litellm's acompletion submits: partial(Context.run, partial(litellm.main.completion, ...))?"""
     if not isinstance(fn, functools.partial) or not fn.args:
@@ -230,3 +267,4 @@ def install(litellm: Any) -> None:
     """Install the wrappers of litellm's internals (each once; a missing target is skipped)."""
     _install_quiet_success_logging(litellm)
     _install_model_mode_cache(litellm)
+    _install_no_hidden_resend(litellm)

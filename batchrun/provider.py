@@ -26,8 +26,13 @@ Rules for every litellm call:
     (otherwise its import fetches a price list over the network), and the
     import happens on first use, so `batchrun --help` never pays for it;
   * litellm's `num_retries=0` and the OpenAI SDK's `max_retries=0`: tenacity
-    (retrying.py) is the one retry layer (litellm's own HTTP handler, below,
-    does not retry at all);
+    (retrying.py) is the one retry layer. litellm's own HTTP handler would
+    send a request a second time when its connection failed (a reset before
+    the response headers): litellm_tuning.py switches that off for
+    batchrun's calls. aiohttp resends only idempotent methods (never a
+    POST); tests/test_wire_attempts.py compares the simulator's per-ticket
+    request counts with the recorded attempts on all four paths (plain and
+    streamed, litellm's handler and the SDK);
   * litellm's request preparation runs inline on the loop thread for the
     providers in `INLINE_PREP_PROVIDERS`, plain OpenAI-compatible calls go
     through litellm's own HTTP handler (streamed ones keep the OpenAI SDK;
@@ -41,6 +46,17 @@ Rules for every litellm call:
     litellm already computed; it is not computed a second time. Prices in the
     job file, when set, win. No price gives `cost_usd=None` plus a
     `cost_status` saying why, never a silent 0;
+  * a non-streamed 200 without `usage` (or with `"usage": null`) comes out
+    of litellm with usage 0/0 and a `response_cost` of 0.0. batchrun counts
+    the tokens itself with `litellm.token_counter`, as for a stream without
+    a usage chunk (below): `usage_source = "estimated"`, the cost from the
+    job's prices or litellm's `cost_per_token` with `cost_status =
+    "estimated"`, so the budget and the summary (`usage_estimated`) see it.
+    Zero prompt and zero completion tokens are taken as "no usage": a chat
+    request always has prompt tokens;
+  * a refused or reset connection is kind `connection` with no status:
+    litellm calls it a 500, `translate_error` finds the transport error
+    under it;
   * the API key is passed per call and scrubbed from every error message.
 
 Structured requests: a JSON schema goes out as `response_format = {"type":
@@ -291,6 +307,13 @@ def translate_error(exc: BaseException, secrets: Sequence[str] = ()) -> RequestE
     lm = _litellm
     if isinstance(exc, TimeoutError) or (lm is not None and isinstance(exc, lm.Timeout)):
         return RetryableError(message, kind="timeout", status_code=status, error_type=name)
+    cause = _transport_cause(exc)
+    if cause is not None:  # litellm's "500" for a connection that failed: no status was received
+        kind = "timeout" if _is_timeout(cause) else "connection"
+        detail = redact_secrets(f"{type(cause).__name__}: {cause}", secrets)
+        if detail not in message:
+            message = f"{message} ({detail})"
+        return RetryableError(message[:1000], kind=kind, status_code=None, error_type=name)
     if lm is not None:
         if isinstance(exc, lm.RateLimitError):
             return RateLimitedError(
@@ -325,6 +348,54 @@ def translate_error(exc: BaseException, secrets: Sequence[str] = ()) -> RequestE
     if isinstance(exc, (ConnectionError, OSError)) or _is_transport_error(exc):
         return RetryableError(message, kind="connection", error_type=name)
     return TerminalError(message, kind="unknown", status_code=status, error_type=name)
+
+
+def _transport_cause(exc: BaseException) -> BaseException | None:
+    """The transport failure under a litellm exception (a refused or reset connection, a body
+    cut short), or None when the server answered. litellm calls these a 500
+    (`InternalServerError`, `MidStreamFallbackError`); the cause chain (`__cause__`,
+    `__context__`, litellm's `original_exception`) still holds the httpx, aiohttp, OpenAI SDK
+    or socket error. The innermost such error is returned."""
+    found = None
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if current is not exc and not _carries_status(current) and (
+                _is_transport_error(current) or _is_sdk_connection_error(current)
+                or isinstance(current, ConnectionError)):
+            found = current
+        todo += [current.__cause__, current.__context__, getattr(current, "original_exception", None)]
+    return found
+
+
+def _carries_status(exc: BaseException) -> bool:
+    """An error that came with an HTTP status (aiohttp's ClientResponseError): the server answered."""
+    import aiohttp
+
+    return isinstance(exc, aiohttp.ClientResponseError)
+
+
+def _is_sdk_connection_error(exc: BaseException) -> bool:
+    try:
+        import openai
+    except ImportError:  # pragma: no cover - comes with litellm
+        return False
+    return isinstance(exc, openai.APIConnectionError)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    import httpx
+
+    try:
+        import openai
+        sdk_timeout: tuple[type[BaseException], ...] = (openai.APITimeoutError,)
+    except ImportError:  # pragma: no cover
+        sdk_timeout = ()
+    return isinstance(exc, (TimeoutError, httpx.TimeoutException, *sdk_timeout))
 
 
 def _is_transport_error(exc: BaseException) -> bool:
@@ -365,25 +436,49 @@ def _job_price(usage: Usage, prices: PricesSpec) -> float:
             + usage.completion_tokens * prices.output_per_million) / 1e6
 
 
-def _completion_from(response: Any, prices: PricesSpec | None) -> Completion:
+def _provider_usage(response: Any) -> Usage | None:
+    """The usage the provider sent with a non-streamed answer, or None when it sent none.
+
+    litellm fills a response without ``usage`` (or with ``"usage": null``) with
+    zeros; a chat request always has prompt tokens, so zero prompt and zero
+    completion tokens mean: the provider sent no usage."""
+    usage = _usage_of(response)
+    if usage is None or (usage.prompt_tokens == 0 and usage.completion_tokens == 0):
+        return None
+    return usage
+
+
+def _completion_from(response: Any, prices: PricesSpec | None,
+                     estimate: Callable[[str, tuple[ToolCall, ...]], Usage] | None = None,
+                     cost_per_token: Callable[[Usage], float | None] | None = None) -> Completion:
+    """A non-streamed answer as a Completion. Without usage from the provider, `estimate`
+    (text, tool calls) -> Usage counts it (usage_source "estimated", cost_status "estimated",
+    priced by the job's prices or `cost_per_token`); without `estimate` the usage and cost are
+    None with cost_status "no_usage". Never a silent 0."""
     choice = response.choices[0]
     message = getattr(choice, "message", None)
     text = (getattr(message, "content", None) or "") if message is not None else ""
-    usage = _usage_of(response)
-    if prices is not None:
-        if usage is None:
-            cost, status = None, "no_usage"
-        else:
-            cost, status = _job_price(usage, prices), "job_prices"
-    else:
+    tool_calls = _tool_calls_of(message)
+    usage = _provider_usage(response)
+    source = "provider"
+    if usage is None and estimate is not None:
+        usage, source = estimate(text, tool_calls), "estimated"
+    if usage is None:
+        cost, status = None, "no_usage"
+    elif prices is not None:
+        cost, status = _job_price(usage, prices), "job_prices"
+    elif source == "provider":
         hidden = getattr(response, "_hidden_params", None) or {}
         cost = hidden.get("response_cost")
         if cost is not None:
             cost, status = float(cost), "litellm"
-        elif usage is None:
-            status = "no_usage"
         else:
             status = "unpriced_model"
+    else:  # litellm's response_cost priced the zeros: price the estimate instead
+        cost = cost_per_token(usage) if cost_per_token is not None else None
+        status = "unpriced_model"
+    if source == "estimated" and cost is not None:
+        status = "estimated"
     return Completion(
         text=text,
         finish_reason=getattr(choice, "finish_reason", None),
@@ -391,7 +486,8 @@ def _completion_from(response: Any, prices: PricesSpec | None) -> Completion:
         usage=usage,
         cost_usd=cost,
         cost_status=status,
-        tool_calls=_tool_calls_of(message),
+        tool_calls=tool_calls,
+        usage_source=source,
         rate_limit_headers=_rate_limit_headers(response),
     )
 
@@ -490,7 +586,9 @@ class LiteLLMProvider:
         except Exception as exc:  # cancellation is a BaseException and passes through
             raise translate_error(exc, self._secrets) from None
         try:
-            return _completion_from(response, self.prices)
+            return _completion_from(response, self.prices,
+                                    lambda text, calls: self._estimate_usage(request, text, calls),
+                                    self._cost_per_token)
         except (AttributeError, IndexError, TypeError, ValueError) as exc:
             raise RetryableError(f"malformed response: {exc}", kind="connection",
                                  error_type="MalformedResponse") from None
@@ -599,7 +697,7 @@ class LiteLLMProvider:
         )
 
     def _estimate_usage(self, request: ChatRequest, text: str, tool_calls: tuple[ToolCall, ...]) -> Usage:
-        """Token counts with litellm.token_counter, for a stream that sent no usage."""
+        """Token counts with litellm.token_counter, for an answer that came without usage."""
         lm = self._litellm
         tools = request.options.tools if request.options is not None else None
         try:

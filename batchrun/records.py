@@ -60,7 +60,7 @@ class Completion:
     cost_status: str  # "litellm", "job_prices", "estimated", "unpriced_model" or "no_usage"
     tool_calls: tuple[ToolCall, ...] = ()  # the message's tool calls, in order
     ttft_ms: float | None = None  # streamed: request start to the first content or tool-call delta
-    usage_source: str = "provider"  # "provider", or "estimated" (litellm.token_counter: a stream sent none)
+    usage_source: str = "provider"  # "provider", or "estimated" (litellm.token_counter: the provider sent none)
     rate_limit_headers: Mapping[str, str] | None = None  # x-ratelimit-* as the provider sent them (not written)
 
 

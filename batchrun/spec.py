@@ -219,6 +219,9 @@ class SimulatorSpec(_Section):
     # [[simulator.faults]] tables (kind, rate, tickets, attempts, retry_after, ...): checked by
     # the simulator's FaultRule when the run starts it (this module does not import the simulator)
     faults: list[dict[str, Any]] = Field(default_factory=list)
+    # [[simulator.scripts]] tables (tickets or rate, steps = ["reset_before_headers", "429:retry_after=6",
+    # "ok"]): a per-ticket sequence of answers, one step per attempt, checked like faults
+    scripts: list[dict[str, Any]] = Field(default_factory=list)
     # [simulator.model_profiles] "sim-strong" = { noise = 0.02, latency_ms = 600 }: simulated models
     # that differ in accuracy and speed (keyed by the model name as sent, without "openai/")
     model_profiles: dict[str, SimModelProfile] = Field(default_factory=dict)

@@ -20,8 +20,10 @@ Besides latency, `record` keeps the time to first token of streamed answers
 (a second histogram: TTFT p50/p95/p99 appear when anything was streamed),
 the results kept although truncated (finish_reason "length") or content
 filtered, answers rejected by the output check or the finish_reason policy
-(`rejected_outputs`; they were paid for, so their cost is in `cost_usd`), and
-failed tickets by kind. format_summary accepts summaries from before these
+(`rejected_outputs`; they were paid for, so their cost is in `cost_usd`),
+results whose usage the provider did not send (`usage_estimated`: their
+tokens were counted with litellm.token_counter and their cost, in
+`cost_usd`, is an estimate), and failed tickets by kind. format_summary accepts summaries from before these
 keys existed (a manifest written by an older batchrun).
 """
 
@@ -89,6 +91,7 @@ class RunStats:
     total_tokens: int = 0
     cost_usd: float = 0.0  # sum over priced results of this run
     unpriced: int = 0  # results of this run with cost_usd = null
+    usage_estimated: int = 0  # results whose usage the provider did not send (usage_source "estimated")
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # successful attempts
     ttft: LatencyHistogram = field(default_factory=LatencyHistogram)  # streamed successful attempts
     truncated: int = 0  # results kept with finish_reason "length" (on_truncated = "keep")
@@ -125,6 +128,8 @@ class RunStats:
         elif c.finish_reason == "content_filter":
             self.content_filtered += 1
         if c.usage is not None:
+            if c.usage_source == "estimated":
+                self.usage_estimated += 1
             self.prompt_tokens += c.usage.prompt_tokens
             self.completion_tokens += c.usage.completion_tokens
             self.total_tokens += c.usage.total_tokens
@@ -183,6 +188,7 @@ class RunStats:
             "total_tokens": self.total_tokens,
             "cost_usd": round(self.cost_usd, 9),
             "unpriced_results": self.unpriced,
+            "usage_estimated": self.usage_estimated,
             "cost_per_1000_tickets_usd": (
                 round(self.cost_usd / (self.done - self.unpriced) * 1000, 6)
                 if self.done > self.unpriced else None
@@ -268,5 +274,9 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
         ("cost", cost),
         ("cost per 1,000 tickets", usd(per_1000)),
     ]
+    if summary.get("usage_estimated"):
+        rows.insert(len(rows) - 2, ("usage estimated", (
+            f"{summary['usage_estimated']:,} result(s) without usage from the provider: tokens counted "
+            "with litellm.token_counter, cost_status \"estimated\"")))
     lines = [title, "-" * len(title)] + kv(rows)
     return "\n".join(lines)

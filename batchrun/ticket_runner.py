@@ -6,7 +6,12 @@
 
 The loop is `retrying.build_retrying(job.retry)` around one provider call per
 attempt, each call guarded by a hard timeout (1.5 x timeout_s + 5 s; litellm's
-own `timeout` normally fires first). Every exception from the provider is
+own `timeout` normally fires first). The retry deadline (`retry.max_elapsed_s`,
+counted from the ticket's start) caps each attempt: its timeout is the
+smaller of `timeout_s` and the time left (at least `MIN_ATTEMPT_TIMEOUT_S`,
+for an attempt that waited past the deadline for a rate-limit permit), and
+the hard guard fires at most `DEADLINE_GUARD_SLACK_S` after the time left, so
+a ticket never runs a whole `timeout_s` past its deadline. Every exception from the provider is
 translated once (`provider.translate_error`); the ticket ends as a success or
 as a terminal failure, both returned as an `Outcome`, never raised.
 Cancellation passes straight through: it is never retried or recorded.
@@ -66,6 +71,12 @@ from batchrun.spec import JobSpec
 log = logging.getLogger("batchrun")
 
 __all__ = ["AttemptHooks", "JobPlan", "plan_for", "run_chain", "run_ticket", "utc_now"]
+
+
+#: The shortest timeout an attempt gets when the retry deadline is (nearly) reached.
+MIN_ATTEMPT_TIMEOUT_S = 1.0
+#: How long after the time left the hard guard fires when the deadline caps an attempt.
+DEADLINE_GUARD_SLACK_S = 1.0
 
 
 def utc_now() -> str:
@@ -160,6 +171,7 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
     invalid = 0  # of those, invalid_output ones (the re-ask budget)
     rejected_cost = 0.0
     hard_timeout = job.timeout_s * 1.5 + 5.0
+    deadline = t0 + job.retry.max_elapsed_s
     plan = plan_for(job)
     if plan.options is not None and request.options is None:
         request = replace(request, options=plan.options)
@@ -171,11 +183,17 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                 await hooks.before_attempt(request, attempts)
                 a0 = time.monotonic()
                 completion = None
+                sent, guard = request, hard_timeout
+                left = deadline - a0
+                if left < job.timeout_s:  # the retry deadline caps this attempt (module docstring)
+                    left = max(left, min(MIN_ATTEMPT_TIMEOUT_S, job.timeout_s))
+                    sent = replace(request, timeout_s=left)
+                    guard = min(hard_timeout, left + DEADLINE_GUARD_SLACK_S)
                 try:
-                    with anyio.move_on_after(hard_timeout):
-                        completion = await provider.complete(request)
+                    with anyio.move_on_after(guard):
+                        completion = await provider.complete(sent)
                     if completion is None:  # our own guard fired: litellm's timeout did not
-                        raise RetryableError(f"no answer within {hard_timeout:g} s", kind="timeout",
+                        raise RetryableError(f"no answer within {guard:g} s", kind="timeout",
                                              error_type="Timeout")
                 except Exception as exc:
                     error = translate_error(exc)

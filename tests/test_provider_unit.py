@@ -14,6 +14,7 @@ import pytest
 
 from batchrun.errors import RateLimitedError, RequestError, RetryableError, TerminalError, redact_secrets
 from batchrun.provider import _completion_from, import_litellm, translate_error
+from batchrun.records import Usage
 from batchrun.spec import PricesSpec
 
 lm = import_litellm()
@@ -288,3 +289,44 @@ def test_response_without_content_gives_empty_text():
     assert completion.finish_reason == "length"
     assert (completion.cost_usd, completion.cost_status) == (0.0, "litellm")
 
+
+
+async def test_usage_of_zeros_is_no_usage_never_a_free_answer():
+    # litellm fills a body without usage (or "usage": null) with zeros and prices them at 0.0
+    result = await mock()
+    result.usage.prompt_tokens = result.usage.completion_tokens = result.usage.total_tokens = 0
+    result._hidden_params["response_cost"] = 0.0
+    completion = _completion_from(result, None)
+    assert (completion.usage, completion.cost_usd, completion.cost_status) == (None, None, "no_usage")
+    estimated = _completion_from(result, None, lambda text, calls: Usage(20, 1, 21), lambda usage: 0.5)
+    assert (estimated.usage, estimated.usage_source) == (Usage(20, 1, 21), "estimated")
+    assert (estimated.cost_usd, estimated.cost_status) == (0.5, "estimated")
+    unpriced = _completion_from(result, None, lambda text, calls: Usage(20, 1, 21), lambda usage: None)
+    assert (unpriced.cost_usd, unpriced.cost_status, unpriced.usage_source) == (None, "unpriced_model", "estimated")
+    priced = _completion_from(result, PricesSpec(input_per_million=1e6, output_per_million=0),
+                              lambda text, calls: Usage(20, 1, 21))
+    assert (priced.cost_usd, priced.cost_status) == (20.0, "estimated")
+
+
+def test_a_transport_error_under_litellms_500_is_a_connection_error_and_a_status_is_not():
+    import aiohttp
+
+    def wrapped(cause: BaseException) -> BaseException:
+        try:
+            try:
+                raise cause
+            except BaseException as inner:
+                raise lm.InternalServerError("Connection error.", llm_provider=P, model=M) from inner
+        except BaseException as outer:
+            return outer
+
+    refused = wrapped(httpx.ConnectError("Cannot connect to host", request=REQUEST))
+    error = translate_error(refused)
+    assert (error.kind, error.status_code, error.retryable) == ("connection", None, True)
+    assert "ConnectError: Cannot connect to host" in error.message
+    timed_out = translate_error(wrapped(httpx.ReadTimeout("read", request=REQUEST)))
+    assert (timed_out.kind, timed_out.status_code) == ("timeout", None)
+    answered = wrapped(aiohttp.ClientResponseError(None, (), status=500, message="Internal Server Error"))
+    assert (translate_error(answered).kind, translate_error(answered).status_code) == ("server_error", 500)
+    plain_500 = lm.InternalServerError("oops", llm_provider=P, model=M)
+    assert (translate_error(plain_500).kind, translate_error(plain_500).status_code) == ("server_error", 500)

@@ -104,7 +104,7 @@ def sim_config(job: Any) -> Any:
     """The simulator's settings from a job's [simulator] section (JobSpecError names a bad fault)."""
     from batchrun.errors import JobSpecError
     from batchrun.sim.config import SimConfig
-    from batchrun.sim.faults import FaultRule
+    from batchrun.sim.faults import FaultRule, TicketScript
 
     spec = job.simulator
     faults = []
@@ -113,9 +113,15 @@ def sim_config(job: Any) -> Any:
             faults.append(FaultRule.from_mapping(rule))
         except ValueError as exc:
             raise JobSpecError(f"invalid job: field `simulator.faults[{index}]`: {exc}") from None
+    scripts = []
+    for index, script in enumerate(spec.scripts):
+        try:
+            scripts.append(TicketScript.from_mapping(script))
+        except ValueError as exc:
+            raise JobSpecError(f"invalid job: field `simulator.scripts[{index}]`: {exc}") from None
     return SimConfig(latency_ms=spec.latency_ms, per_token_ms=spec.per_token_ms, jitter=spec.jitter,
                      seed=spec.seed, rpm=spec.rpm, tpm=spec.tpm, capacity=spec.capacity,
-                     overload_ms=spec.overload_ms, faults=tuple(faults),
+                     overload_ms=spec.overload_ms, faults=tuple(faults), scripts=tuple(scripts),
                      model_profiles=tuple((name, p.noise, spec.latency_ms if p.latency_ms is None else p.latency_ms)
                                           for name, p in spec.model_profiles.items()))
 

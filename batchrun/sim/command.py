@@ -31,7 +31,7 @@ import threading
 import click
 
 from batchrun.sim.config import SimConfig
-from batchrun.sim.faults import FAULT_KINDS, FaultRule
+from batchrun.sim.faults import FAULT_KINDS, FaultRule, TicketScript
 
 #: Prefix of the single line printed once the server is listening.
 READY_LINE_PREFIX = "batchrun-sim listening on "
@@ -54,7 +54,9 @@ def _profile(value: str) -> tuple[str, float, float]:
         "  batchrun sim --port 8765 --latency-ms 300 --per-token-ms 5 --seed 7\n"
         "  # then point litellm at it:\n"
         "  #   litellm.acompletion(model='openai/gpt-4o-mini',\n"
-        "  #       api_base='http://127.0.0.1:8765/v1', api_key='sim-key', messages=...)"
+        "  #       api_base='http://127.0.0.1:8765/v1', api_key='sim-key', messages=...)\n"
+        "  # scripted faults: T000003 is reset before the headers, then gets a 429, then an answer:\n"
+        "  batchrun sim --script 'T000003=reset_before_headers;429:retry_after=6;ok' --fault 'reset:rate=0.05'"
     ),
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -94,6 +96,19 @@ def _profile(value: str) -> tuple[str, float, float]:
         "or 503:tickets=T000003+T000004,attempts=1+2. Kinds: " + ", ".join(FAULT_KINDS) + "."
     ),
 )
+@click.option(
+    "--script",
+    "scripts",
+    multiple=True,
+    metavar="WHO=STEP;STEP;...",
+    callback=lambda ctx, param, value: _parse_scripts(value),
+    help=(
+        "A per-ticket sequence of answers, one step per attempt, tried before --fault rules (repeatable). "
+        "WHO: ticket ids joined by '+', or rate:FRACTION of all tickets (drawn once per ticket). "
+        "STEP: a kind, with options as in --fault (retry_after, stall_s, trickle_ms); 'ok' answers normally. "
+        "E.g. 'T000003=reset_before_headers;429:retry_after=6;no_usage;ok' or 'rate:0.1=reset_before_headers'."
+    ),
+)
 @click.option("--rpm", type=click.IntRange(min=1), default=None, help="Requests per minute before 429s (default: unlimited).")
 @click.option("--tpm", type=click.IntRange(min=1), default=None, help="Tokens per minute (prompt + max_tokens) before 429s (default: unlimited).")
 @click.option(
@@ -131,6 +146,7 @@ def sim_command(
     seed: int,
     model: str | None,
     faults: tuple[FaultRule, ...],
+    scripts: tuple[TicketScript, ...],
     rpm: int | None,
     tpm: int | None,
     capacity: int | None,
@@ -152,6 +168,7 @@ def sim_command(
         seed=seed,
         model=model,
         faults=faults,
+        scripts=scripts,
         rpm=rpm,
         tpm=tpm,
         capacity=capacity,
@@ -175,6 +192,17 @@ def _parse_faults(values: tuple[str, ...]) -> tuple[FaultRule, ...]:
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="'--fault'") from None
     return tuple(rules)
+
+
+def _parse_scripts(values: tuple[str, ...]) -> tuple[TicketScript, ...]:
+    """The ``--script`` option values as scripts; a bad spec is a usage error."""
+    scripts = []
+    for value in values:
+        try:
+            scripts.append(TicketScript.parse(value))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--script'") from None
+    return tuple(scripts)
 
 
 def announce_ready(base_url: str) -> None:

@@ -28,7 +28,10 @@ Server-side limits (see `server.py` for the exact behaviour):
   ``overload_ms * max(0, N - K)`` extra milliseconds of latency.
 
 Fault injection: ``faults`` is a tuple of `batchrun.sim.faults.FaultRule`
-(mappings and ``--fault`` spec strings are accepted and converted).
+(mappings and ``--fault`` spec strings are accepted and converted);
+``scripts`` is a tuple of `batchrun.sim.faults.TicketScript`, per-ticket
+sequences of answers that win over the rules (mappings and ``--script``
+spec strings accepted).
 
 Adding a knob means: a field here (with a comment), a flag in
 `to_cli_args`, and a click option in `command.py` (which builds the config
@@ -43,7 +46,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from batchrun.sim.faults import FaultRule, coerce_rules
+from batchrun.sim.faults import FaultRule, TicketScript, coerce_rules, coerce_scripts
 
 #: Model name reported by ``GET /v1/models`` when no model is configured.
 DEFAULT_MODEL_NAME = "sim-model"
@@ -72,6 +75,10 @@ class SimConfig:
     # Fault injection rules, tried in order (see batchrun.sim.faults). A list,
     # mappings or "--fault" spec strings are accepted and converted.
     faults: tuple[FaultRule, ...] = ()
+    # Per-ticket sequences of answers, one step per attempt, tried before the
+    # fault rules (see batchrun.sim.faults.TicketScript). A list, mappings or
+    # "--script" spec strings are accepted and converted.
+    scripts: tuple[TicketScript, ...] = ()
     # Server-side rate limits: requests per minute and tokens per minute
     # (None: unlimited). Over the limit the server answers 429 with
     # retry-after / retry-after-ms; 200 responses carry x-ratelimit-* headers.
@@ -102,6 +109,7 @@ class SimConfig:
         if not 0 <= self.jitter <= 1:
             raise ValueError(f"jitter must be between 0 and 1, got {self.jitter!r}")
         object.__setattr__(self, "faults", coerce_rules(self.faults))
+        object.__setattr__(self, "scripts", coerce_scripts(self.scripts))
         for name in ("rpm", "tpm", "capacity"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -134,6 +142,8 @@ class SimConfig:
             args += ["--model", self.model]
         for rule in self.faults:
             args += ["--fault", rule.to_spec()]
+        for script in self.scripts:
+            args += ["--script", script.to_spec()]
         for flag, value in (("--rpm", self.rpm), ("--tpm", self.tpm), ("--capacity", self.capacity)):
             if value is not None:
                 args += [flag, str(int(value))]
@@ -152,6 +162,7 @@ class SimConfig:
             seed=params["seed"],
             model=params["model"],
             faults=tuple(params.get("faults") or ()),
+            scripts=tuple(params.get("scripts") or ()),
             rpm=params.get("rpm"),
             tpm=params.get("tpm"),
             capacity=params.get("capacity"),

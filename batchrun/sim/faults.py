@@ -54,6 +54,12 @@ reaches the rate limiter):
 ``404_model``
     404, ``code: "model_not_found"``, naming the requested model.
 
+``reset_before_headers``
+    Read the request, then abort the TCP connection (``SO_LINGER`` 0,
+    ``transport.abort()``) without sending a status line: the client cannot
+    tell whether the server processed it. Applied here, before the answer
+    and the rate limiter.
+
 Delivery faults, applied to a request that was admitted and answered (it
 counts against the rate limits like any other):
 
@@ -77,6 +83,42 @@ counts against the rate limits like any other):
     The answer without usage: non-streaming responses lack the ``usage``
     field; streams omit the usage chunk even when
     ``stream_options.include_usage`` asked for it.
+``usage_null``
+    Non-streaming: the answer with ``"usage": null``; streaming: like
+    ``no_usage``.
+
+And one kind that is no fault at all:
+
+``ok``
+    Answer normally. A rule (or a script step) of this kind shields the
+    requests it hits from the rules after it.
+
+Scripts: a per-ticket sequence of answers
+-----------------------------------------
+A `TicketScript` gives the tickets it applies to a sequence of steps, one
+per attempt: ``steps=("reset_before_headers", "429:retry_after=6",
+"no_usage", "ok")`` answers the first request of such a ticket with a reset
+before the headers, the second with a 429 asking for 6 s, the third with an
+answer without usage, the fourth normally. A step is ``KIND`` or
+``KIND:option=value[,option=value]`` with the options of that kind
+(``retry_after``, ``stall_s``, ``trickle_ms``). Attempts past the last step
+are treated like any other request (the fault rules apply); end a script
+with ``ok`` to shield them.
+
+A script applies to its ``tickets`` (a list of ids) or to a ``rate`` of all
+tickets: a fraction drawn once per ticket (a BLAKE2b hash of seed, ticket id
+and script index), so ``rate=0.1, steps=("reset_before_headers",)`` resets
+the first request of about 10% of the tickets, and only their first.
+Scripts are tried in order before the fault rules; the first script that
+covers a ticket is its script. Requests without a ticket id never follow a
+script.
+
+Forms: ``TicketScript(steps=(...), tickets=("T000003",))``; a mapping (the
+job file's ``[[simulator.scripts]]`` tables: ``tickets`` or ``rate``, and
+``steps``); the command line ``--script WHO=STEP;STEP;...`` where WHO is
+ticket ids joined by ``+`` (optionally written ``tickets:T1+T2``) or
+``rate:0.1``, e.g. ``--script 'T000003=reset_before_headers;429:retry_after=6;ok'``
+or ``--script 'rate:0.05=reset'`` (`TicketScript.parse` / `TicketScript.to_spec`).
 
 Rule options
 ------------
@@ -127,6 +169,9 @@ FAULT_KINDS: tuple[str, ...] = (
     "malformed_json",
     "no_usage",
     "drop_usage",
+    "usage_null",
+    "reset_before_headers",
+    "ok",
 )
 
 #: Kinds answered with an error status before the request is answered or rate limited.
@@ -134,8 +179,14 @@ ERROR_KINDS: frozenset[str] = frozenset(
     {"429", "429_date", "429_ms", "429_bare", "500", "502", "503", "html_error", "context_length", "content_policy", "401", "404_model"}
 )
 
+#: Kinds that drop the connection before anything is answered (no status line).
+CONNECTION_KINDS: frozenset[str] = frozenset({"reset_before_headers"})
+
 #: Kinds that change how an admitted, answered request is delivered.
-DELIVERY_KINDS: frozenset[str] = frozenset(FAULT_KINDS) - ERROR_KINDS
+DELIVERY_KINDS: frozenset[str] = frozenset(FAULT_KINDS) - ERROR_KINDS - CONNECTION_KINDS - {"ok"}
+
+#: Kinds that answer without usage (non-streaming: no ``usage`` field, or ``"usage": null``).
+NO_USAGE_KINDS: frozenset[str] = frozenset({"no_usage", "drop_usage", "usage_null"})
 
 #: Kinds that take a ``retry_after`` option.
 RETRY_AFTER_KINDS: frozenset[str] = frozenset({"429", "429_date", "429_ms"})
@@ -325,6 +376,144 @@ class FaultRule:
         return out
 
 
+#: The options a script step may carry (which requests it hits is the script's business).
+STEP_OPTION_KEYS: tuple[str, ...] = ("retry_after", "stall_s", "trickle_ms")
+
+
+def parse_step(step: Any) -> FaultRule:
+    """One script step, ``KIND`` or ``KIND:option=value[,...]`` (or a FaultRule), as a FaultRule hitting every request it is asked about."""
+    if isinstance(step, FaultRule):
+        return step if step.rate == 1.0 and step.tickets is None and step.attempts is None else FaultRule(
+            kind=step.kind, rate=1.0, retry_after=step.retry_after, stall_s=step.stall_s, trickle_ms=step.trickle_ms)
+    if not isinstance(step, str) or not step.strip():
+        raise ValueError(f"a script step must be text like \"429:retry_after=6\", got {step!r}")
+    kind, _, rest = step.strip().partition(":")
+    values: dict[str, Any] = {"kind": kind.strip(), "rate": 1.0}
+    if rest.strip():
+        for item in rest.split(","):
+            key, sep, raw = item.partition("=")
+            key, raw = key.strip(), raw.strip()
+            if not sep or key not in STEP_OPTION_KEYS:
+                raise ValueError(f"bad option {item.strip()!r} in script step {step!r}; a step takes: {', '.join(STEP_OPTION_KEYS)}")
+            if key in values:
+                raise ValueError(f"option {key!r} given twice in script step {step!r}")
+            try:
+                values[key] = float(raw)
+            except ValueError:
+                raise ValueError(f"bad value for option {key!r} in script step {step!r}: {raw!r}") from None
+    return FaultRule.from_mapping(values)
+
+
+def step_spec(rule: FaultRule) -> str:
+    """The text of a script step (`parse_step` reads it back)."""
+    options = [f"{key}={_format_number(getattr(rule, key))}" for key in STEP_OPTION_KEYS if getattr(rule, key) is not None]
+    return rule.kind + (":" + ",".join(options) if options else "")
+
+
+#: The keys `TicketScript.from_mapping` accepts.
+SCRIPT_KEYS: tuple[str, ...] = ("tickets", "rate", "steps")
+
+
+@dataclass(frozen=True)
+class TicketScript:
+    """A sequence of answers, one per attempt, for some tickets (see the module docstring)."""
+
+    # One step per attempt: "KIND" or "KIND:option=value,..." (kept as FaultRules).
+    steps: tuple[FaultRule, ...]
+    # The ticket ids that follow the script ...
+    tickets: tuple[str, ...] | None = None
+    # ... or the fraction of all tickets that do (drawn once per ticket).
+    rate: float | None = None
+
+    def __post_init__(self) -> None:
+        steps = self.steps
+        if isinstance(steps, str) or not isinstance(steps, (list, tuple)) or not steps:
+            raise ValueError(f"a script needs a non-empty list of steps, got {steps!r}")
+        object.__setattr__(self, "steps", tuple(parse_step(step) for step in steps))
+        if (self.tickets is None) == (self.rate is None):
+            raise ValueError("a script applies to tickets (a list of ids) or to a rate (a fraction of tickets): give exactly one")
+        if self.tickets is not None:
+            tickets = self.tickets
+            if isinstance(tickets, str) or not isinstance(tickets, (list, tuple)) or not tickets or not all(
+                isinstance(t, str) and t for t in tickets
+            ):
+                raise ValueError(f"script tickets must be a non-empty list of non-empty ids, got {tickets!r}")
+            object.__setattr__(self, "tickets", tuple(tickets))
+        if self.rate is not None:
+            if not _is_number(self.rate) or not 0.0 <= self.rate <= 1.0:
+                raise ValueError(f"script rate must be a number between 0 and 1, got {self.rate!r}")
+            object.__setattr__(self, "rate", float(self.rate))
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> TicketScript:
+        """A script from a mapping with ``steps`` and ``tickets`` or ``rate`` (a TOML table)."""
+        if not isinstance(mapping, Mapping):
+            raise ValueError(f"a script must be a table/mapping, got {type(mapping).__name__}")
+        unknown = sorted(str(key) for key in mapping if key not in SCRIPT_KEYS)
+        if unknown:
+            raise ValueError(f"unknown script key(s): {', '.join(unknown)}; allowed keys: {', '.join(SCRIPT_KEYS)}")
+        if "steps" not in mapping:
+            raise ValueError('a script needs steps, e.g. steps = ["reset_before_headers", "429:retry_after=6", "ok"]')
+        return cls(**{key: mapping[key] for key in SCRIPT_KEYS if key in mapping})
+
+    @classmethod
+    def parse(cls, spec: str) -> TicketScript:
+        """A script from the CLI form ``WHO=STEP;STEP;...`` (WHO: ``T1+T2``, ``tickets:T1+T2`` or ``rate:0.1``)."""
+        if not isinstance(spec, str) or "=" not in spec:
+            raise ValueError(f"bad script {spec!r}; expected WHO=STEP;STEP;... e.g. T000003=reset_before_headers;429:retry_after=6;ok")
+        who, _, steps = spec.partition("=")
+        who = who.strip()
+        step_list = tuple(step.strip() for step in steps.split(";") if step.strip())
+        if who.startswith("rate:"):
+            try:
+                rate = float(who[len("rate:"):])
+            except ValueError:
+                raise ValueError(f"bad rate in script {spec!r}: {who!r}") from None
+            return cls(steps=step_list, rate=rate)
+        if who.startswith("tickets:"):
+            who = who[len("tickets:"):]
+        return cls(steps=step_list, tickets=tuple(t.strip() for t in who.split("+")))
+
+    def to_spec(self) -> str:
+        """The CLI form of this script; `parse` reads it back to an equal script."""
+        if self.rate is not None:
+            who = f"rate:{_format_number(self.rate)}"
+        else:
+            for ticket in self.tickets or ():
+                if any(char in ticket for char in "+=;") or ticket != ticket.strip():
+                    raise ValueError(f"script ticket id {ticket!r} cannot be written as a --script spec")
+            who = "tickets:" + "+".join(self.tickets or ())
+        return who + "=" + ";".join(step_spec(step) for step in self.steps)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The script as a mapping `from_mapping` accepts."""
+        out: dict[str, Any] = {"steps": [step_spec(step) for step in self.steps]}
+        if self.tickets is not None:
+            out["tickets"] = list(self.tickets)
+        else:
+            out["rate"] = self.rate
+        return out
+
+
+def coerce_scripts(scripts: Any) -> tuple[TicketScript, ...]:
+    """A tuple of `TicketScript` from scripts, mappings or CLI spec strings."""
+    if scripts is None:
+        return ()
+    if isinstance(scripts, (TicketScript, Mapping, str)):
+        scripts = (scripts,)
+    out = []
+    for script in scripts:
+        if isinstance(script, TicketScript):
+            out.append(script)
+        elif isinstance(script, Mapping):
+            out.append(TicketScript.from_mapping(script))
+        elif isinstance(script, str):
+            out.append(TicketScript.parse(script))
+        else:
+            raise ValueError(f"a script must be a TicketScript, a mapping or a spec string, got {script!r}")
+    return tuple(out)
+
+
 def coerce_rules(rules: Any) -> tuple[FaultRule, ...]:
     """A tuple of `FaultRule` from rules, mappings or CLI spec strings."""
     if rules is None:
@@ -358,12 +547,18 @@ def draw(seed: int, key: bytes, attempt: int, rule_index: int) -> int:
 
 
 class FaultPlan:
-    """The fault rules of one simulator instance, with the seed that makes rates deterministic."""
+    """The scripts and fault rules of one simulator instance, with the seed that makes rates deterministic."""
 
-    __slots__ = ("rules", "seed", "uses_body", "_compiled")
+    __slots__ = ("rules", "scripts", "seed", "uses_body", "_compiled", "_scripts")
 
-    def __init__(self, rules: tuple[FaultRule, ...] | list[FaultRule], seed: int = 0) -> None:
+    def __init__(
+        self,
+        rules: tuple[FaultRule, ...] | list[FaultRule],
+        seed: int = 0,
+        scripts: tuple[TicketScript, ...] | list[TicketScript] = (),
+    ) -> None:
         self.rules = coerce_rules(rules)
+        self.scripts = coerce_scripts(scripts)
         self.seed = int(seed)
         compiled = []
         for index, rule in enumerate(self.rules):
@@ -372,20 +567,41 @@ class FaultPlan:
             threshold = None if rule.rate is None else int(rule.rate * 2.0**64)
             compiled.append((index, rule, tickets, attempts, threshold))
         self._compiled = tuple(compiled)
+        self._scripts = tuple(
+            (index, script, frozenset(script.tickets) if script.tickets is not None else None,
+             None if script.rate is None else int(script.rate * 2.0**64))
+            for index, script in enumerate(self.scripts)
+        )
         #: True if some rule can hit requests without a ticket id (they are keyed by the body digest).
         self.uses_body = any(rule.tickets is None for rule in self.rules)
 
     def __bool__(self) -> bool:
-        return bool(self.rules)
+        return bool(self.rules or self.scripts)
+
+    def script_for(self, ticket_id: str) -> TicketScript | None:
+        """The script a ticket follows, or None."""
+        key = b"s:" + ticket_id.encode("utf-8", "surrogatepass")
+        for index, script, tickets, threshold in self._scripts:
+            if tickets is not None:
+                if ticket_id in tickets:
+                    return script
+            elif draw(self.seed, key, 0, index) < threshold:
+                return script
+        return None
 
     def rule_for(self, ticket_id: str | None, attempt: int, body_hash: bytes = b"") -> FaultRule | None:
         """The rule to apply to a request, or None.
 
         ``attempt`` is the 1-based attempt number of ``ticket_id`` (ignored
         without a ticket id); ``body_hash`` (see `body_digest`) keys the rate
-        draw of requests without a ticket id.
+        draw of requests without a ticket id. A ticket's script step wins
+        over the rules; an ``ok`` rule or step means: answer normally.
         """
         if ticket_id is not None:
+            if self._scripts:
+                script = self.script_for(ticket_id)
+                if script is not None and 1 <= attempt <= len(script.steps):
+                    return script.steps[attempt - 1]
             key = b"t:" + ticket_id.encode("utf-8", "surrogatepass")
         else:
             key = b"b:" + body_hash

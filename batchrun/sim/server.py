@@ -52,7 +52,8 @@ Endpoints
     ``requests_by_ticket`` and its alias ``attempts_by_ticket`` (keyed by the
     ``X-Batchrun-Ticket-Id`` request header), ``in_flight``,
     ``peak_in_flight``, ``responses_by_status`` (the status line each
-    request got; 499 when the client went away first, even for a stall),
+    request got; 499 when the client went away first, even for a stall;
+    ``"reset"`` when the connection was dropped before any status line),
     ``faults_by_kind`` (injected faults served, by kind) and
     ``rate_limited`` (429s from the rpm/tpm limits, not from faults).
 ``POST /sim/reset``
@@ -70,7 +71,8 @@ Configuration
 `batchrun.sim.config.SimConfig` (CLI flags of ``batchrun sim`` in brackets):
 ``latency_ms`` [--latency-ms], ``per_token_ms`` [--per-token-ms], ``jitter``
 [--jitter], ``seed`` [--seed], ``model`` [--model]; ``faults`` [--fault
-KIND[:key=value,...], repeatable]; ``rpm`` [--rpm], ``tpm`` [--tpm];
+KIND[:key=value,...], repeatable]; ``scripts`` [--script WHO=STEP;...,
+repeatable]; ``rpm`` [--rpm], ``tpm`` [--tpm];
 ``capacity`` [--capacity], ``overload_ms`` [--overload-ms, default 20].
 
 Order of events for a chat request
@@ -78,9 +80,11 @@ Order of events for a chat request
 1. The request is counted; its attempt number is the count of requests with
    its ticket id so far (1-based).
 2. The body is parsed and checked (400 on error).
-3. The fault plan (``SimConfig.faults``, see Faults below) picks a rule for
-   (ticket id, attempt, body). An *error* fault is answered now, before the
-   rate limiter: it neither needs nor uses rate-limit budget.
+3. The fault plan (``SimConfig.scripts``, then ``SimConfig.faults``, see
+   Faults below) picks a rule for (ticket id, attempt, body). An *error*
+   fault is answered now, and a ``reset_before_headers`` drops the
+   connection now, before the rate limiter: neither needs nor uses
+   rate-limit budget.
 4. The answer is composed and, with ``rpm``/``tpm`` configured, the request
    is admitted or refused by `batchrun.sim.limits.RateLimiter`: two token
    buckets (capacity = the limit, refilled continuously at limit/60 per
@@ -144,6 +148,19 @@ Delivery faults:
   half, the rest of the stream is normal.
 * ``no_usage`` / ``drop_usage``: the non-streaming body has no ``usage``
   field; a stream has no usage chunk even when ``include_usage`` asked.
+  ``usage_null``: the non-streaming body has ``"usage": null``; streams as
+  ``no_usage``.
+
+Connection fault, applied with the error faults (before the rate limiter):
+``reset_before_headers`` reads the request, then aborts the connection
+with a TCP reset without a status line (counted under ``"reset"`` in
+``responses_by_status``).
+
+Scripts (`batchrun.sim.faults.TicketScript`, ``SimConfig.scripts``
+[--script WHO=STEP;STEP;...]): per-ticket sequences of answers, step n for
+attempt n, tried before the rules; a step of kind ``ok`` (also usable as a
+rule) answers normally. ``requests_by_ticket`` counts every request a ticket
+sent, so a test compares it with the attempts batchrun recorded.
 
 A 200 whose delivery was broken (trickle, reset, stream_cut,
 malformed_json) is still counted under ``"200"`` in ``responses_by_status``.
@@ -207,7 +224,7 @@ import orjson
 from aiohttp import web
 
 from batchrun.sim.config import SimConfig
-from batchrun.sim.faults import ERROR_KINDS, TRICKLE_PIECE_BYTES, FaultPlan, FaultRule, body_digest
+from batchrun.sim.faults import CONNECTION_KINDS, ERROR_KINDS, NO_USAGE_KINDS, TRICKLE_PIECE_BYTES, FaultPlan, FaultRule, body_digest
 from batchrun.sim.limits import RateLimiter, Verdict, format_duration, overload_delay_ms
 from batchrun.sim.tokens import count_prompt_tokens, count_tokens, split_tokens
 
@@ -219,6 +236,9 @@ MAX_REQUEST_BYTES = 32 * 1024 * 1024
 
 #: Status recorded for a request whose handler was cancelled (client went away).
 CANCELLED_STATUS = 499
+
+#: Key in ``responses_by_status`` of a request whose connection was dropped before any status line.
+NO_RESPONSE_STATUS = "reset"
 
 #: Context window quoted by the ``context_length`` fault's message.
 FAULT_CONTEXT_WINDOW = 128000
@@ -271,7 +291,7 @@ class SimStats:
         self.requests_by_ticket[ticket_id] = attempt
         return attempt
 
-    def request_finished(self, status: int) -> None:
+    def request_finished(self, status: int | str) -> None:
         """Count a finished request and the HTTP status it got."""
         self.in_flight -= 1
         key = str(status)
@@ -471,13 +491,18 @@ def _abort_connection(request: web.Request) -> None:
     transport.abort()
 
 
+class _DroppedResponse(web.Response):
+    """What a handler returns after aborting the connection: aiohttp's attempt
+    to send it fails quietly (the transport is gone); counted as `NO_RESPONSE_STATUS`."""
+
+
 class ChatSimulator:
     """The request handlers of one simulator instance, sharing config and counters."""
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self.stats = SimStats()
-        self.fault_plan = FaultPlan(config.faults, config.seed) if config.faults else None
+        self.fault_plan = FaultPlan(config.faults, config.seed, config.scripts) if (config.faults or config.scripts) else None
         self.limiter = RateLimiter(config.rpm, config.tpm) if (config.rpm is not None or config.tpm is not None) else None
         #: Every simulated delay goes through this coroutine function (tests may replace it).
         self.sleep: Callable[[float], Any] = asyncio.sleep
@@ -493,10 +518,10 @@ class ChatSimulator:
         stats = self.stats
         attempt = stats.request_started(ticket_id)
         in_flight = stats.in_flight
-        status = 500
+        status: int | str = 500
         try:
             response = await self._chat_completion(request, ticket_id, attempt, in_flight)
-            status = response.status
+            status = NO_RESPONSE_STATUS if isinstance(response, _DroppedResponse) else response.status
             return response
         except web.HTTPException as exc:  # e.g. 413 from aiohttp for an oversized body
             status = exc.status
@@ -549,9 +574,16 @@ class ChatSimulator:
         plan = self.fault_plan
         if plan is not None:
             rule = plan.rule_for(ticket_id, attempt, body_digest(body) if ticket_id is None and plan.uses_body else b"")
-            if rule is not None and rule.kind in ERROR_KINDS:
-                self.stats.fault_served(rule.kind)
-                return fault_error_response(rule, chat, count_prompt_tokens(chat.messages) + chat.extra_prompt_tokens)
+            if rule is not None:
+                if rule.kind == "ok":
+                    rule = None
+                elif rule.kind in ERROR_KINDS:
+                    self.stats.fault_served(rule.kind)
+                    return fault_error_response(rule, chat, count_prompt_tokens(chat.messages) + chat.extra_prompt_tokens)
+                elif rule.kind in CONNECTION_KINDS:  # reset_before_headers
+                    self.stats.fault_served(rule.kind)
+                    _abort_connection(request)
+                    return _DroppedResponse()
 
         answer = self._compose(chat)
 
@@ -745,8 +777,11 @@ class ChatSimulator:
         if fault is None:
             return web.Response(body=orjson.dumps(payload), content_type="application/json", headers=headers)
         kind = fault.kind
-        if kind in ("no_usage", "drop_usage"):
-            del payload["usage"]
+        if kind in NO_USAGE_KINDS:
+            if kind == "usage_null":
+                payload["usage"] = None
+            else:
+                del payload["usage"]
             return web.Response(body=orjson.dumps(payload), content_type="application/json", headers=headers)
         body = orjson.dumps(payload)
         if kind == "malformed_json":
@@ -830,7 +865,7 @@ class ChatSimulator:
             await self.sleep(first_delay_ms / 1000.0)
 
         kind = fault.kind if fault is not None else None
-        include_usage = chat.include_usage and kind not in ("no_usage", "drop_usage")
+        include_usage = chat.include_usage and kind not in NO_USAGE_KINDS
         events, content_events = self._stream_events(chat, answer, per_token_s, include_usage)
         if kind == "trickle":
             body = b"".join(data for _, data in events)
