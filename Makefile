@@ -1,44 +1,67 @@
 # batchrun: `make run` and `make test` work on a fresh machine with Python 3.11+ and make.
+# `make` alone lists the targets.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 JOB    ?= jobs/classify_tickets.toml
 ARGS   ?=
 STAMP  := $(VENV)/.installed-stamp
+TEST_STAMP := $(VENV)/.test-tools-stamp
 
-.PHONY: install run test status clean compare bench plan report
+.DEFAULT_GOAL := help
+.PHONY: help install install-run run test status clean compare bench plan report
+
+help:  ## this list (make with no target)
+	@echo "batchrun: make TARGET [JOB=jobs/....toml] [ARGS=...]"
+	@echo ""
+	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):[^#]*## /\1\t/' \
+		| awk -F '\t' '{ printf "  %-12s %s\n", $$1, $$2 }'
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "batchrun needs Python 3.11+; set PYTHON=python3.11")'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
-	touch $(STAMP)
+	@echo "installing batchrun and litellm into $(VENV) (about a minute, once)..."
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	@touch $(STAMP)
+	@echo "installed: $(BIN)/batchrun"
 
-install: $(STAMP)  ## create .venv and install batchrun with its test tools and Ray (the ray tests run in CI)
+$(TEST_STAMP): $(STAMP)
+	@echo "installing the test tools (pytest, matplotlib) and Ray (the ray tests run in CI) into $(VENV)..."
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
+	@touch $(TEST_STAMP)
 
-run: install  ## run (or resume) JOB against its simulator: make run JOB=jobs/other.toml ARGS="--limit 50"
+install-run: $(STAMP)  ## create .venv with what running needs: batchrun, litellm and their dependencies
+
+install: $(TEST_STAMP)  ## create .venv for development: batchrun and its test tools
+
+# make run JOB=jobs/other.toml ARGS="--limit 50"
+run: install-run  ## install what running needs, then run (or resume) JOB against its simulator
 	$(BIN)/batchrun run $(JOB) $(ARGS)
 
-status: install  ## counts of JOB's run directory: make status RUN_DIR=runs/classify_tickets
+status: install-run  ## counts of JOB's run directory (or RUN_DIR=runs/...)
 	$(BIN)/batchrun status $(or $(RUN_DIR),runs/$(basename $(notdir $(JOB))))
 
-plan: install  ## forecast JOB without sending anything: tickets to do, tokens, cost, duration; exit 5 over max_cost_usd: make plan JOB=jobs/compare_models.toml PLAN_ARGS="--max-cost-usd 1"
+# make plan JOB=jobs/compare_models.toml PLAN_ARGS="--max-cost-usd 1"   (exit 5 over the budget)
+plan: install-run  ## forecast JOB, nothing sent: tickets to do, tokens, cost, duration
 	$(BIN)/batchrun plan $(JOB) $(PLAN_ARGS)
 
-report: install  ## grade JOB's run directory (or RUN_DIR) against gold labels: make report REPORT_ARGS="--out report_out" (PNG charts need .[plots])
+# make report REPORT_ARGS="--out report_out"   (PNG charts need matplotlib: pip install -e '.[plots]')
+report: install-run  ## grade JOB's run directory (or RUN_DIR) against gold labels
 	$(BIN)/batchrun report $(or $(RUN_DIR),runs/$(basename $(notdir $(JOB)))) $(REPORT_ARGS)
 
-test: install  ## the whole suite (pytest's "no tests collected", exit 5, counts as a pass)
+# pytest's "no tests collected" (exit 5) counts as a pass
+test: $(TEST_STAMP)  ## install the test tools too, then run the whole suite
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
 BENCH_ARGS ?= --baseline
-bench: install  ## concurrency sweep of JOB against the simulator (200 ms), with the bare-litellm baseline: table, bench_out/bench.json, bench.png; make bench BENCH_ARGS="--concurrency 8,128 --tickets 2000 --baseline"
+# make bench BENCH_ARGS="--concurrency 8,128 --tickets 2000 --baseline"
+bench: install-run  ## concurrency sweep of JOB on the simulator: table, bench_out/bench.json and bench.png
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[plots]' \
 		|| echo "bench: could not install matplotlib: no plot this time"
 	$(BIN)/batchrun bench $(JOB) $(BENCH_ARGS)
 
-compare: install  ## three simulated models on the sample tickets: make compare ARGS="--limit 200"
+compare: install-run  ## three simulated models on the sample tickets (ARGS="--limit 200")
 	$(BIN)/batchrun run jobs/compare_models.toml $(ARGS)
 
 clean:  ## remove the virtualenv, run directories and caches

@@ -2,6 +2,8 @@
 
 The public API is small and pinned by tests/test_public_api.py:
 
+    run(job, **overrides) -> RunResult    run or resume a job (a path, JobSpec or dict) to the end
+    await arun(job, **overrides)          the same inside a running event loop (Jupyter)
     load_job(path) -> JobSpec             read and validate a job file
     read_tickets(path, id_field)          stream Ticket records from JSONL
     scan_input(path, ...)                 check a whole input before any request
@@ -36,6 +38,7 @@ _EXPORTS = {
     "ScriptedProvider": "batchrun.provider",
     "Ticket": "batchrun.records",
     "Usage": "batchrun.records",
+    "arun": "batchrun.api",
     "execute_run": "batchrun.engine",
     "load_done_ids": "batchrun.checkpoint",
     "load_failed_ids": "batchrun.checkpoint",
@@ -43,6 +46,7 @@ _EXPORTS = {
     "prepare_run": "batchrun.engine",
     "read_tickets": "batchrun.tickets",
     "render_messages": "batchrun.engine",
+    "run": "batchrun.api",
     "scan_input": "batchrun.tickets",
     "scan_jsonl": "batchrun.checkpoint",
 }

@@ -113,6 +113,12 @@ apart are the same, and fewer requests in flight cost less memory and fewer
 429s. One line says why, naming a faster setting that was ruled out and the
 threshold it broke. `recommend(rows)` is the pure function behind it.
 
+Never a setting the sweep did not reach: a setting counts only when the
+simulator saw at least 90% of it (rounded down) in flight (its peak in-flight count). A
+setting that was not reached is named with why: a sample smaller than 8
+tickets per slot ("it would need about N tickets: --tickets N"), or a client
+that could not send faster (its tickets/s x latency).
+
 --baseline
 
 Also runs, at every setting, on the same tickets against the same endpoint in
@@ -175,6 +181,7 @@ __all__ = [
     "format_table",
     "ideal_throughput",
     "parse_concurrency",
+    "reached",
     "recommend",
     "sim_model",
     "tickets_for",
@@ -292,11 +299,44 @@ def _p95(row: Mapping[str, Any]) -> float | None:
     return (row.get("latency_ms") or {}).get("p95")
 
 
+REACHED_SHARE = 0.9  # a setting counts as tested when the server saw this share of it in flight
+TICKETS_PER_SLOT = 8  # tickets a sweep needs per request in flight to reach a setting (a rule of thumb)
+
+
+def reached(row: Mapping[str, Any]) -> bool:
+    """Whether the sweep really had the row's concurrency in flight: the server's peak
+    in-flight count is at least REACHED_SHARE of it, rounded down (unknown peak, e.g. --live: True)."""
+    peak = (row.get("server") or {}).get("peak_in_flight")
+    return peak is None or peak >= max(1, math.floor(REACHED_SHARE * row["concurrency"]))
+
+
+def unreached_text(row: Mapping[str, Any]) -> str:
+    """Why a setting was not reached, and what would test it: the average in flight the client
+    kept (tickets/s x p50 latency) and, for a sample under TICKETS_PER_SLOT tickets a slot, the
+    sample size that would."""
+    concurrency, tickets = row["concurrency"], int(row.get("tickets") or 0)
+    peak = (row.get("server") or {}).get("peak_in_flight")
+    p50 = (row.get("latency_ms") or {}).get("p50")
+    rate = float(row.get("tickets_per_s") or 0.0)
+    parts = [f"at most {peak} in flight"]
+    if p50:
+        parts.append(f"{rate:,.1f} tickets/s x p50 {p50:,.0f} ms = {rate * p50 / 1000:,.0f} on average")
+    needed = TICKETS_PER_SLOT * concurrency
+    if tickets < needed:
+        parts.append(f"the sample of {tickets:,} tickets was too small to test it: it would need about "
+                     f"{needed:,} (--tickets {needed})")
+    else:
+        parts.append(f"{tickets:,} tickets: this client could not send faster")
+    return ", ".join(parts)
+
+
 def recommend(rows: Sequence[Mapping[str, Any]], *, max_429_rate: float = DEFAULT_MAX_429_RATE,
               max_p95_ms: float | None = None, tie_within: float = DEFAULT_TIE_WITHIN) -> Recommendation:
     """The setting with the highest `tickets_per_s` whose `rate_429` <= max_429_rate, whose
     `latency_ms.p95` <= max_p95_ms (default 3 x the lowest p95 among the rows) and whose
-    `error_rate` is 0 (and none was left unfinished by an interrupt). Throughputs within `tie_within` (a fraction) of the best count as a tie,
+    `error_rate` is 0 (and none was left unfinished by an interrupt), among the settings the
+    sweep reached (`reached`: never one it did not have in flight; the reason says why and
+    how many tickets would test it). Throughputs within `tie_within` (a fraction) of the best count as a tie,
     and a tie goes to the lowest `concurrency`: the same work with fewer requests in flight.
     Pure: rows in, choice out."""
     p95s = [p for p in (_p95(r) for r in rows) if p is not None]
@@ -308,6 +348,8 @@ def recommend(rows: Sequence[Mapping[str, Any]], *, max_429_rate: float = DEFAUL
         return float(row.get("tickets_per_s") or 0.0)
 
     def broken(row: Mapping[str, Any]) -> str | None:
+        if not reached(row):
+            return unreached_text(row)
         if row.get("not_finished", 0) > 0:
             return f"interrupted ({row['not_finished']} tickets not finished)"
         if row.get("error_rate", 0) > 0:
@@ -335,9 +377,14 @@ def recommend(rows: Sequence[Mapping[str, Any]], *, max_429_rate: float = DEFAUL
                   f"(C={best['concurrency']}: {tps(best):,.1f}/s) with fewer in flight")
     reason += (f", 429 rate {pct(chosen.get('rate_429', 0))} <= {pct(max_429_rate)}, "
                f"p95 {_p95(chosen):,.0f} ms <= {limit_text}")
-    faster = sorted((r for r in rows if broken(r) is not None and tps(r) > tps(best)), key=lambda r: -tps(r))
+    faster = sorted((r for r in rows if broken(r) is not None and reached(r) and tps(r) > tps(best)),
+                    key=lambda r: -tps(r))
     if faster:
         reason += f"; C={faster[0]['concurrency']} was faster ({tps(faster[0]):,.1f}/s) but {broken(faster[0])}"
+    unreached = sorted((r for r in rows if not reached(r)), key=lambda r: r["concurrency"])
+    if unreached:
+        reason += "; not recommended, never reached: " + "; ".join(
+            f"C={r['concurrency']} ({unreached_text(r)})" for r in unreached)
     return Recommendation(chosen["concurrency"], reason, max_429_rate, max_p95_ms, tie_within)
 
 

@@ -7,6 +7,7 @@
     batchrun plan JOB               commands/plan.py    forecast tickets, tokens, cost, duration
     batchrun bench JOB              commands/bench.py   sweep concurrency, recommend a setting
     batchrun sim [flags]            commands/sim.py     serve the embedded simulator
+    batchrun init NAME              commands/init.py    write a job file that runs at once
 
 A command module holds the click options, one call into its domain module
 and the rendering; this module only registers them (one line each). Heavy
@@ -21,6 +22,7 @@ import click
 from batchrun import __version__
 from batchrun.commands.bench import bench_command
 from batchrun.commands.diff import diff_command
+from batchrun.commands.init import init_command
 from batchrun.commands.plan import plan_command
 from batchrun.commands.report import report_command
 from batchrun.commands.run import run_command
@@ -41,6 +43,7 @@ main.add_command(diff_command, name="diff")
 main.add_command(plan_command, name="plan")
 main.add_command(bench_command, name="bench")
 main.add_command(sim_command, name="sim")
+main.add_command(init_command, name="init")
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -58,7 +58,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import anyio
 import orjson
@@ -87,7 +87,7 @@ from batchrun.errors import (
 from batchrun.provider import ChatRequest, Provider, litellm_version
 from batchrun.records import Completion, Outcome, Ticket
 from batchrun.spec import JobSpec
-from batchrun.stats import RunStats
+from batchrun.stats import RunStats, format_progress_line
 from batchrun.tickets import InputScan, file_digest, read_tickets, scan_from_index, scan_input
 from batchrun.limits import AdaptiveConcurrency, CostBudget, RateLimiter, RequestGate, parse_rate_limit_headers
 from batchrun.ticket_runner import utc_now
@@ -138,10 +138,89 @@ class PreparedRun:
 
 @dataclass
 class RunResult:
+    """What a run did. `summary` is this run's (RunStats.summary()); `totals` counts the
+    whole run directory (input_tickets, asked, done, failed, remaining) when the caller
+    (batchrun.run, `batchrun run`) filled it; a compare run has one RunResult per model
+    in `models` and sums of their counts here."""
+
     state: str  # done, interrupted, failed, budget_exhausted
     exit_code: int
     summary: dict[str, Any]
     error: str | None = None
+    run_dir: Path | None = None
+    run_number: int | None = None
+    totals: dict[str, int] | None = None
+    models: dict[str, "RunResult"] = field(default_factory=dict)  # compare runs: one per [[models]] name
+    nothing_to_do: bool = False  # every ticket was done (or skipped) before this run
+
+    @property
+    def done(self) -> int:
+        """Tickets that succeeded in this run."""
+        return int(self.summary.get("done", 0))
+
+    @property
+    def failed(self) -> int:
+        """Tickets that ended in errors.jsonl in this run."""
+        return int(self.summary.get("failed", 0))
+
+    @property
+    def cost_usd(self) -> float:
+        """What this run spent on results it saw priced (see summary's unpriced_results)."""
+        return float(self.summary.get("cost_usd") or 0.0)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        """The run directory's files: manifest, results, errors."""
+        base = self.run_dir or Path(".")
+        return {"run_dir": base, "manifest": base / "manifest.json", "results": base / "results.jsonl",
+                "errors": base / "errors.jsonl"}
+
+    def iter_results(self) -> Iterator[dict[str, Any]]:
+        """Every result line of the run directory (all runs), streamed; a compare run's models in order."""
+        if self.models:
+            for each in self.models.values():
+                yield from each.iter_results()
+            return
+        yield from _iter_lines(self.paths["results"])
+
+    def iter_errors(self) -> Iterator[dict[str, Any]]:
+        """The latest error line of each ticket that has no result (what a re-run would retry)."""
+        if self.models:
+            for each in self.models.values():
+                yield from each.iter_errors()
+            return
+        from batchrun.checkpoint import load_failed_ids
+
+        failed = load_failed_ids(self.paths["run_dir"])
+        latest: dict[str, dict[str, Any]] = {}
+        for line in _iter_lines(self.paths["errors"]):
+            if str(line.get("id")) in failed:
+                latest[str(line["id"])] = line
+        yield from latest.values()
+
+    @classmethod
+    def combined(cls, models: dict[str, "RunResult"], run_dir: Path) -> "RunResult":
+        """One result for a compare run: the worst state and exit code, counts summed."""
+        worst = max(models.values(), key=lambda r: (r.exit_code != 0, r.exit_code))
+        keys = ("done", "failed", "requests", "retries", "total_tokens", "cost_usd", "unpriced_results")
+        summary = {key: sum(r.summary.get(key) or 0 for r in models.values()) for key in keys}
+        return cls(state=worst.state, exit_code=worst.exit_code, summary=summary, error=worst.error,
+                   run_dir=run_dir, models=models)
+
+
+def _iter_lines(path: Path) -> Iterator[dict[str, Any]]:
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        for raw in handle:
+            if raw.endswith(b"\n"):  # a torn last line is not a result yet
+                yield orjson.loads(raw)
 
 
 def _mismatches(old: dict[str, Any], job: JobSpec, scan: InputScan, endpoint: str) -> list[str]:
@@ -279,8 +358,8 @@ class _Run:
 
     def __init__(self, prep: PreparedRun, provider: Provider | Mapping[str, Provider] | None, *, grace_s: float,
                  progress: bool, workers: int = 1, provider_kwargs: dict[str, Any] | None = None,
-                 worker_pool: WorkerPool | None = None, engine: str = "local",
-                 ray_address: str | None = None) -> None:
+                 worker_pool: WorkerPool | None = None, progress_every: float | None = None,
+                 engine: str = "local", ray_address: str | None = None) -> None:
         self.prep = prep
         self.job = prep.job
         # one provider per model key: "" for a single-model job, [[models]] names for a routed one
@@ -333,6 +412,7 @@ class _Run:
         self.work_scope: anyio.CancelScope | None = None
         self.writer_done = anyio.Event()
         self.bar = _progress_bar(prep.to_do) if progress else None
+        self.progress_every = progress_every if progress_every and not progress else None
         self._last_bar = 0.0
 
     # -- tasks --------------------------------------------------------------------
@@ -525,6 +605,12 @@ class _Run:
                 f"${self.stats.cost_usd:.4f}", refresh=False)
             self.bar.refresh()
 
+    async def print_progress_lines(self, every_s: float) -> None:
+        """Without a terminal (cron, a log file): one plain line on stderr every `every_s`."""
+        while True:
+            await anyio.sleep(every_s)
+            print(format_progress_line(self.stats), file=sys.stderr, flush=True)
+
     async def watch_signals(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             task_status.started()
@@ -561,6 +647,8 @@ class _Run:
         async with anyio.create_task_group() as outer:
             self._tg = outer
             outer.start_soon(self.write_outcomes, outcomes_recv)
+            if self.progress_every:
+                outer.start_soon(self.print_progress_lines, self.progress_every)
             await outer.start(self.watch_signals)
             try:
                 await self.executor.start(outer)
@@ -623,6 +711,7 @@ async def execute_run(
     workers: int = 1,
     provider_kwargs: dict[str, Any] | None = None,
     worker_pool: WorkerPool | None = None,
+    progress_every: float | None = None,
     engine: str = "local",
     ray_address: str | None = None,
 ) -> RunResult:
@@ -634,14 +723,16 @@ async def execute_run(
     cost estimates when a budget is set, and may be None. With `worker_pool`
     (workers.open_worker_pool) the processes are taken from it and handed
     back at the end instead of being started and stopped for this run.
+    With `progress_every` (seconds) and no progress bar, a plain progress line
+    (stats.format_progress_line) goes to stderr at that interval.
     With engine "ray" the tickets go to `workers` Ray actors (0: one per
     CPU of the cluster) joined at `ray_address` (None: a local Ray started
     for the run, unless this process already initialised Ray); see
     ray_engine.py.
     """
     run = _Run(prep, provider, grace_s=grace_s, progress=progress, workers=workers,
-               provider_kwargs=provider_kwargs, worker_pool=worker_pool, engine=engine,
-               ray_address=ray_address)
+               provider_kwargs=provider_kwargs, worker_pool=worker_pool, progress_every=progress_every,
+               engine=engine, ray_address=ray_address)
     started_at = utc_now()
     write_manifest(prep.run_dir, _manifest(prep, run.stats, run.failed_ids, "running", started_at, None, None))
     state, error = "failed", None

@@ -27,26 +27,36 @@ tickets to do
 input tokens
     `litellm.token_counter` on each ticket's rendered messages
     (`engine.render_messages`, with the job's tools when it has some), for
-    the model's tokenizer. Exact when there are at most `--sample` tickets
+    the model's tokenizer (the simulator's count for a simulated run). Exact when there are at most `--sample` tickets
     to do (default 1,000); beyond that, counted exactly on a seeded uniform
     sample of that many of them and extrapolated by the sample's mean, and
     the plan says so, with one standard error of the estimate.
 
 output tokens
     The average completion tokens of the run directory's finished results
-    when there are some (the model's real habit on this prompt); else
+    when there are some (the model's real habit on this prompt); else, for a
+    simulated run of a plain-text job, the simulator's own answers to the
+    sampled tickets (a pure function of the messages and the seed); else
     `params.max_tokens` (or `max_completion_tokens`) per ticket, an upper
     bound; else 1,024 per ticket, the same assumption as the run's budget
     check. The plan says which. With max_tokens set, it also prints the
     ceiling: the cost if every answer used all of max_tokens.
 
 price
-    The job's `[prices]` ("job file") when set, as in a run; else litellm's
-    `cost_per_token` for the model ("litellm price list (local copy)": the
-    cost map installed with litellm, never fetched); else "unpriced": the
-    plan shows tokens and time but no cost. A job with a `[simulator]`
-    section is priced as its named model, as a live run (`--live`) would be
-    billed, and the same amount a simulated run records.
+    The job's `[prices]` ("job file [prices]") when set, as in a run; else
+    litellm's `cost_per_token` for the model ("litellm price list (local
+    copy)": the cost map installed with litellm, never fetched); else, when
+    the run directory has results the endpoint priced (an alias a LiteLLM
+    proxy serves and prices itself), their average cost per ticket ("the run
+    directory's finished results"); else "unpriced", with how to set
+    `[prices]`: the plan shows tokens and time but no cost.
+
+simulated or live
+    A job with a `[simulator]` section is planned as the run `batchrun run`
+    would make: the simulated one, its prompt tokens counted as the simulator
+    counts them (that run records those, priced as the named model), unless
+    `--live`: then litellm's token counter for the model, as the provider
+    will bill.
 
 duration
     The larger of
@@ -117,7 +127,8 @@ DEFAULT_ASSUMED_LATENCY_MS = 1000.0  # without finished results to measure
 DEFAULT_OUTPUT_TOKENS = 1024  # without max_tokens: what provider.estimate_tokens assumes too
 SAMPLE_SEED = 0
 OVER_BUDGET_EXIT = 5  # errors.ExitCode.BUDGET_EXHAUSTED
-PRICE_SOURCES = {"job": "job file", "litellm": "litellm price list (local copy)", None: "unpriced"}
+PRICE_SOURCES = {"job": "job file [prices]", "litellm": "litellm price list (local copy)",
+                 "finished": "the run directory's finished results (as the endpoint priced them)", None: "unpriced"}
 
 
 @dataclass
@@ -188,7 +199,9 @@ def _finished(run_dir: Path, model_key: str | None = None) -> dict[str, Any]:
                 prompts.append(usage["prompt_tokens"])
         if isinstance(line.get("latency_ms"), (int, float)):
             latencies.append(float(line["latency_ms"]))
-    spent = scan_jsonl(run_dir / RESULTS).cost_usd + scan_jsonl(run_dir / ERRORS).cost_usd
+    results = scan_jsonl(run_dir / RESULTS)
+    spent = results.cost_usd + scan_jsonl(run_dir / ERRORS).cost_usd
+    priced = results.lines - results.unpriced
     manifest = None
     try:
         manifest = read_manifest(run_dir)
@@ -201,6 +214,8 @@ def _finished(run_dir: Path, model_key: str | None = None) -> dict[str, Any]:
         "avg_prompt_tokens": statistics.fmean(prompts) if prompts else None,
         "median_latency_ms": statistics.median(latencies) if latencies else None,
         "spent_usd": spent,
+        "priced_results": priced,  # results with a cost_usd (the whole file, every model)
+        "avg_result_cost_usd": results.cost_usd / priced if priced > 0 else None,
         "manifest": manifest or {},
     }
 
@@ -220,19 +235,48 @@ def _prices(entry: ModelEntry, mean_in: float, mean_out: float) -> tuple[float |
     return float(in_cost) / p_in, float(out_cost) / p_out, "litellm"
 
 
-def _count_tokens(entry: ModelEntry, job: Any, tickets: list[Any]) -> list[int]:
+def _count_tokens(entry: ModelEntry, job: Any, tickets: list[Any], simulated: bool = False) -> list[int]:
+    """Prompt tokens per ticket: as the model's tokenizer counts them (litellm.token_counter), or,
+    for a simulated run, as the simulator counts them (what that run records and is priced on)."""
     from batchrun.engine import render_messages
-    from batchrun.provider import estimate_tokens
 
     tools = job.tools_payload
+    if simulated:
+        import orjson
+
+        from batchrun.sim.tokens import count_prompt_tokens, count_tokens
+
+        extra = count_tokens(orjson.dumps(tools).decode()) if tools else 0
+        if job.output_schema is not None and job.send_json_schema != "never":
+            extra += count_tokens(orjson.dumps(job.output_schema).decode())
+        return [count_prompt_tokens(render_messages(job, ticket)) + extra for ticket in tickets]
+    from batchrun.provider import estimate_tokens
+
+    return [estimate_tokens(entry.model, render_messages(job, ticket), tools) for ticket in tickets]
+
+
+def _simulated_output_tokens(job: Any, model: str, tickets: list[Any], max_tokens: int | None) -> float | None:
+    """Mean completion tokens of the simulator's answers to `tickets` (its answers are a pure
+    function of the messages, the seed and the model's noise), cut at max_tokens; None for a job
+    whose answers are JSON or tool calls (the plan keeps max_tokens as the bound then)."""
+    if not tickets or job.output_schema is not None or job.tools_payload or job.simulator is None:
+        return None
+    from batchrun.engine import render_messages
+    from batchrun.sim.answers import compose_answer
+    from batchrun.sim.tokens import count_tokens
+
+    name = model.split("/", 1)[-1]
+    profile = job.simulator.model_profiles.get(name)
+    noise = profile.noise if profile is not None else None
     counts = []
     for ticket in tickets:
-        counts.append(estimate_tokens(entry.model, render_messages(job, ticket), tools))
-    return counts
+        n = count_tokens(compose_answer(render_messages(job, ticket), job.simulator.seed, noise))
+        counts.append(min(n, max_tokens) if max_tokens else n)
+    return statistics.fmean(counts)
 
 
 def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, sample: int,
-                assume_latency_ms: float) -> dict[str, Any]:
+                assume_latency_ms: float, simulated: bool = False) -> dict[str, Any]:
     from batchrun.checkpoint import load_done_ids, load_failed_ids
     from batchrun.errors import TicketError
     from batchrun.tickets import read_tickets, scan_input
@@ -268,7 +312,7 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
             if slot < sample:
                 reservoir[slot] = ticket
     to_do = seen if entry.route is not None else job_to_do
-    counts = _count_tokens(entry, job, reservoir)
+    counts = _count_tokens(entry, job, reservoir, simulated)
     exact = len(counts) >= to_do
     mean_in = statistics.fmean(counts) if counts else 0.0
     if exact:
@@ -281,8 +325,12 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
 
     finished = _finished(run_dir, entry.key if entry.route is not None else None)
     max_tokens = _max_tokens(entry.params)
+    simulated_out = (_simulated_output_tokens(job, entry.model, reservoir, max_tokens)
+                     if simulated and finished["avg_completion_tokens"] is None else None)
     if finished["avg_completion_tokens"] is not None:
         per_ticket_out, out_source = finished["avg_completion_tokens"], "finished"
+    elif simulated_out is not None:
+        per_ticket_out, out_source = simulated_out, "simulator"
     elif max_tokens is not None:
         per_ticket_out, out_source = float(max_tokens), "max_tokens"
     else:
@@ -295,6 +343,10 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
         cost = input_tokens * in_rate + output_tokens * out_rate
         if max_tokens is not None:
             ceiling = input_tokens * in_rate + max_tokens * to_do * out_rate
+    elif finished["avg_result_cost_usd"] is not None and entry.route is None:
+        # litellm has no price (an alias a proxy serves, say) but the endpoint priced what it answered
+        price_source = "finished"
+        cost = finished["avg_result_cost_usd"] * to_do
 
     if finished["median_latency_ms"] is not None:
         latency_ms, latency_source = finished["median_latency_ms"], "finished"
@@ -331,6 +383,7 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
                     "failed_before_retried": retried, "failed_before_skipped": scan.skipped_failed,
                     "to_do": to_do, "job_to_do": job_to_do, "bad_lines": scan.problem_count},
         "input_tokens": {"total": round(input_tokens), "exact": exact, "sampled": len(counts),
+                         "counted_as": "simulator" if simulated else "tokenizer",
                          "mean_per_ticket": round(mean_in, 2), "standard_error": round(stderr),
                          "finished_mean_reported": (None if finished["avg_prompt_tokens"] is None
                                                     else round(finished["avg_prompt_tokens"], 2))},
@@ -338,6 +391,9 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
                           "source": out_source, "finished_results": finished["with_usage"],
                           "max_tokens": max_tokens},
         "price": {"source": price_source, "label": PRICE_SOURCES[price_source],
+                  "per_ticket_usd": (round(finished["avg_result_cost_usd"], 9) if price_source == "finished"
+                                     else None),
+                  "priced_results": finished["priced_results"] if price_source == "finished" else None,
                   "input_per_million_usd": None if in_rate is None else round(in_rate * 1e6, 6),
                   "output_per_million_usd": None if out_rate is None else round(out_rate * 1e6, 6)},
         "cost_usd": None if cost is None else round(cost, 6),
@@ -356,12 +412,15 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
 
 def make_plan(job: Any, *, job_path: Path | None = None, limit: int | None = None, skip_failed: bool = False,
               max_cost_usd: float | None = None, sample: int | None = None,
-              assume_latency_ms: float = DEFAULT_ASSUMED_LATENCY_MS) -> dict[str, Any]:
-    """The plan as a JSON-ready dict (see the module docstring); raises BatchrunError subclasses."""
+              assume_latency_ms: float = DEFAULT_ASSUMED_LATENCY_MS, live: bool = False) -> dict[str, Any]:
+    """The plan as a JSON-ready dict (see the module docstring); raises BatchrunError subclasses.
+    A job with a [simulator] section is planned as the simulated run `batchrun run` would make,
+    unless `live` (then as the live run `batchrun run --live` would make)."""
     sample = DEFAULT_SAMPLE if sample is None else sample
     mode = plan_mode(job)
+    simulated = job.simulator is not None and not live
     rows = [_plan_entry(entry, limit=limit, skip_failed=skip_failed, sample=sample,
-                        assume_latency_ms=assume_latency_ms) for entry in model_entries(job)]
+                        assume_latency_ms=assume_latency_ms, simulated=simulated) for entry in model_entries(job)]
     budget = max_cost_usd if max_cost_usd is not None else job.max_cost_usd
 
     # Budget scopes: what one run directory spends. A compare job has one per model.
@@ -402,6 +461,7 @@ def make_plan(job: Any, *, job_path: Path | None = None, limit: int | None = Non
         "limit": limit,
         "skip_failed": skip_failed,
         "simulator": job.simulator is not None,
+        "simulated": simulated,
         "models": rows,
         "total": {"to_do": sum(r["tickets"]["to_do"] for r in rows),
                   "input_tokens": sum(r["input_tokens"]["total"] for r in rows),
@@ -445,10 +505,12 @@ def _format_row(r: Mapping[str, Any], single: bool = True) -> list[str]:
     if r["route"] is not None:
         counts += f", {t['to_do']:,} of them routed to this model by the job's [[routes]]"
     it = r["input_tokens"]
+    counter = ("the simulator's token count" if it.get("counted_as") == "simulator"
+               else "litellm.token_counter")
     if t["to_do"] == 0:
         in_text = "0"
     elif it["exact"]:
-        in_text = (f"{it['total']:,} (exact: litellm.token_counter on the rendered messages of all "
+        in_text = (f"{it['total']:,} (exact: {counter} on the rendered messages of all "
                    f"{t['to_do']:,} tickets to do; {it['mean_per_ticket']:,.1f} per ticket)")
     else:
         in_text = (f"~{it['total']:,} ± {it['standard_error']:,} (ESTIMATE: counted exactly on a random "
@@ -462,7 +524,11 @@ def _format_row(r: Mapping[str, Any], single: bool = True) -> list[str]:
         out_text = (f"{ot['total']:,} (average {ot['per_ticket']:,.2f} per ticket over {ot['finished_results']:,} "
                     "finished results in the run directory"
                     + (f"; max_tokens {ot['max_tokens']:,} allows at most {ot['max_tokens'] * t['to_do']:,})"
-                       if ot["max_tokens"] else ")"))
+                       if ot["max_tokens"] and t["to_do"] else ")"))
+    elif ot["source"] == "simulator":
+        out_text = (f"{ot['total']:,} (average {ot['per_ticket']:,.2f} per ticket: the simulator's answers to the "
+                    f"same {it['sampled']:,} tickets" + (f"; max_tokens {ot['max_tokens']:,} allows at most "
+                                                         f"{ot['max_tokens'] * t['to_do']:,})" if ot["max_tokens"] else ")"))
     elif ot["source"] == "max_tokens":
         out_text = f"{ot['total']:,} (UPPER BOUND: max_tokens {ot['max_tokens']:,} per ticket; no finished results yet)"
     else:
@@ -470,7 +536,14 @@ def _format_row(r: Mapping[str, Any], single: bool = True) -> list[str]:
                     "and the run directory has no finished results)")
     p = r["price"]
     if p["source"] is None:
-        price = f"unpriced: litellm has no price for {r['model']} and the job has no [prices]"
+        price = (f"unpriced: litellm's price list has no {r['model']} (an alias a LiteLLM proxy or your own "
+                 "server serves?) and the job has no [prices]; set [prices] input_per_million and "
+                 "output_per_million in the job file to plan its cost (or run a few tickets first: the plan "
+                 "then uses what the endpoint charged)")
+    elif p["source"] == "finished":
+        price = (f"{usd(p['per_ticket_usd'])} per ticket, the average of {p['priced_results']:,} finished results "
+                 f"as the endpoint priced them (litellm has no price for {r['model']}; [prices] in the job "
+                 "file would say per token)")
     else:
         price = (f"{_per_million(p['input_per_million_usd'])} in / {_per_million(p['output_per_million_usd'])} "
                  f"out per million tokens; source: {p['label']}")
@@ -516,10 +589,12 @@ def format_plan(plan: Mapping[str, Any]) -> str:
     if first is not None:
         lines.append(f"input: {plan['input']}: {first['input']:,} tickets"
                      + (f" (--limit {plan['limit']:,})" if plan["limit"] is not None else ""))
-    if plan["simulator"]:
-        lines.append("the job has a [simulator] section: `batchrun run` would answer from the simulator; "
-                     "the plan prices the named model as a live run (--live) would be billed "
-                     "(a simulated run records the same cost)")
+    if plan.get("simulated"):
+        lines.append("the job has a [simulator] section: this is the plan of the simulated run `batchrun run` "
+                     "makes (tokens as the simulator counts them, priced as the named model); "
+                     "`batchrun plan --live` plans the live run")
+    elif plan["simulator"]:
+        lines.append("planned as the live run `batchrun run --live` makes (the model's tokenizer and price)")
     lines.append("")
     for row in plan["models"]:
         lines += _format_row(row, plan["mode"] == "single") + [""]

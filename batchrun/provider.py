@@ -20,6 +20,8 @@
                        (this process's before the import, or a worker's)
     openai_transport() which HTTP path an openai/ call takes (below)
     translate_error()  litellm/SDK/transport exceptions -> errors.RequestError
+    unknown_params()   a job's [params] keys neither litellm's list for the model
+                       nor PROVIDER_PARAMS knows, each with the nearest known key
 
 Rules for every litellm call:
   * `LITELLM_LOCAL_MODEL_COST_MAP=True` is set before litellm is imported
@@ -127,6 +129,7 @@ __all__ = [
     "openai_transport",
     "size_connection_pool",
     "translate_error",
+    "unknown_params",
 ]
 
 TICKET_HEADER = "X-Batchrun-Ticket-Id"
@@ -214,6 +217,50 @@ def openai_transport(stream: bool = False) -> str:
     if user is not None:
         return "litellm-http" if user.strip().lower() == "true" else "openai-sdk"  # litellm's str_to_bool
     return "openai-sdk" if stream else "litellm-http"
+
+
+# [params] keys litellm takes besides the model's OpenAI parameters (get_supported_openai_params):
+# its own options, and provider-specific keys it forwards as they are.
+LITELLM_OPTIONS = frozenset({"drop_params", "additional_drop_params", "extra_body", "metadata", "user",
+                             "reasoning_effort", "thinking"})
+PROVIDER_PARAMS: dict[str, frozenset[str]] = {
+    "anthropic": frozenset({"top_k", "thinking", "metadata", "cache_control"}),
+    "gemini": frozenset({"top_k", "safety_settings", "thinking", "candidate_count"}),
+    "vertex_ai": frozenset({"top_k", "safety_settings", "thinking", "candidate_count"}),
+    "bedrock": frozenset({"top_k", "thinking", "guardrailConfig", "performanceConfig"}),
+    "ollama": frozenset({"top_k", "num_ctx", "num_predict", "repeat_penalty", "mirostat", "keep_alive"}),
+    "ollama_chat": frozenset({"top_k", "num_ctx", "num_predict", "repeat_penalty", "mirostat", "keep_alive"}),
+    "hosted_vllm": frozenset({"top_k", "min_p", "repetition_penalty", "best_of", "use_beam_search",
+                              "guided_json", "guided_choice", "chat_template_kwargs"}),
+    "openai": frozenset({"top_k", "min_p", "repetition_penalty"}),  # often vLLM or a proxy behind openai/
+    "together_ai": frozenset({"top_k", "repetition_penalty", "min_p"}),
+    "groq": frozenset({"top_k"}),
+    "mistral": frozenset({"safe_prompt", "random_seed"}),
+}
+
+
+def unknown_params(model: str, params: Mapping[str, Any]) -> dict[str, str | None] | None:
+    """The keys of `params` litellm does not list for `model` (get_supported_openai_params)
+    and that are neither litellm options nor PROVIDER_PARAMS of the model's provider, each
+    mapped to the nearest known key (or None). None when litellm does not know the model's
+    provider (nothing to check against). Imports litellm."""
+    import difflib
+
+    litellm = import_litellm()
+    try:
+        name, provider, _, _ = litellm.get_llm_provider(model=model)
+        supported = litellm.get_supported_openai_params(model=name, custom_llm_provider=provider)
+    except Exception:  # an unknown provider: litellm cannot say what it takes
+        return None
+    if not supported:
+        return None
+    known = set(supported) | LITELLM_OPTIONS | PROVIDER_PARAMS.get(provider, frozenset())
+    unknown: dict[str, str | None] = {}
+    for key in params:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+            unknown[key] = close[0] if close else None
+    return unknown
 
 
 def litellm_version() -> str:

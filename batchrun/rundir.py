@@ -8,7 +8,10 @@
                                 what `batchrun report` and `batchrun diff` read
     run_status(run_dir) -> dict counts recomputed from the checkpoint files (the
                                 truth), the manifest's state and last summary:
-                                what `batchrun status` prints
+                                what `batchrun status` prints; with a --limit,
+                                what the last run was asked to do (asked,
+                                pending_asked) apart from the input not asked yet
+    compare_status(path)        one run_status per model of a compare directory
 
 Reading takes no lock, so it works while a run is writing: a torn last line is
 simply not counted yet. checkpoint.py is the write side (and owns the file
@@ -27,7 +30,8 @@ from batchrun.errors import BatchrunError, CheckpointError, ExitCode
 # checkpoint.py (and through it aiofiles and asyncio) is imported inside the functions,
 # so that `batchrun --help`, which imports the command modules, stays fast.
 
-__all__ = ["MODELS_DIR", "ReportError", "RunUnit", "find_units", "iter_jsonl", "read_manifest", "run_status"]
+__all__ = ["MODELS_DIR", "ReportError", "RunUnit", "compare_status", "find_units", "iter_jsonl", "read_manifest",
+           "run_status"]
 
 MODELS_DIR = "models"  # a compare directory: models/<key>/ run directories
 
@@ -150,6 +154,17 @@ def find_units(path: Path) -> tuple[str, list[RunUnit]]:
     return "run", [RunUnit(name, _manifest_model(manifest), path, manifest)]
 
 
+def compare_status(path: Path) -> list[dict[str, Any]] | None:
+    """One run_status per model of a compare directory (models/<key>/), in the job's order,
+    each with its "model" key; None when `path` is not a compare directory."""
+    if not (Path(path) / MODELS_DIR).is_dir():
+        return None
+    mode, units = find_units(path)
+    if mode != "compare":
+        return None
+    return [{**run_status(unit.run_dir), "model": unit.key, "model_name": unit.model} for unit in units]
+
+
 def run_status(run_dir: Path) -> dict[str, Any]:
     """Counts recomputed from the checkpoint files, plus the manifest's state and last summary."""
     from batchrun.checkpoint import ERRORS, REJECTS, RESULTS, scan_jsonl
@@ -166,6 +181,9 @@ def run_status(run_dir: Path) -> dict[str, Any]:
     rejects = run_dir / REJECTS
     rejected = rejects.read_bytes().count(b"\n") if rejects.exists() else 0
     total = int((manifest.get("input") or {}).get("tickets") or 0)
+    limit = manifest.get("limit")
+    asked = min(int(limit), total) if isinstance(limit, int) else total  # what the last run was asked to do
+    finished = done + len(failed_ids)
     return {
         "run_dir": str(run_dir),
         "job": (manifest.get("job") or {}).get("name"),
@@ -176,7 +194,11 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "tickets": total,
         "done": done,
         "failed": len(failed_ids),
-        "pending": max(total - done - len(failed_ids), 0),
+        "pending": max(total - done - len(failed_ids), 0),  # of the whole input
+        "limit": limit if isinstance(limit, int) else None,  # the last run's --limit
+        "asked": asked,
+        "pending_asked": max(asked - finished, 0),  # of what the last run was asked to do
+        "not_asked": max(total - max(asked, finished), 0),  # beyond the limit: no run was asked yet
         "rejected_lines": rejected,
         "cost_usd": round(cost, 6),
         "unpriced_results": unpriced,

@@ -346,7 +346,9 @@ class JobSpec(_Section):
     api_key_env: str | None = None  # NAME of the environment variable holding the key
     id_field: str = Field("id", min_length=1)
     prompt: PromptSpec
-    params: dict[str, Any] = Field(default_factory=dict)  # passed to acompletion as-is
+    params: dict[str, Any] = Field(default_factory=dict)  # passed to acompletion, keys checked at run time
+    # [params] keys sent on purpose although litellm does not list them for the model (not checked)
+    unchecked_params: list[str] = Field(default_factory=list)
     concurrency: int | Literal["auto"] = 16  # requests in flight at most; "auto": AIMD within min/max
     min_concurrency: int = Field(1, ge=1, le=4096)  # bounds for concurrency = "auto"
     max_concurrency: int = Field(256, ge=1, le=4096)
@@ -362,7 +364,7 @@ class JobSpec(_Section):
     fail_fast_after: int = Field(5, ge=1)  # this many 401/403/404 tickets in a row abort the run
     on_bad_input: Literal["fail", "skip"] = "fail"  # skip: bad lines go to rejects.jsonl, the rest runs
     max_line_bytes: int = Field(1_000_000, ge=64)  # a longer input line is bad input
-    # -- how answers are received and judged (README: "Streaming, labels, schemas and tools")
+    # -- how answers are received and judged (docs/job-file.md: "Streaming, labels, schemas and tools")
     stream: bool = False  # stream each answer (SSE); records ttft_ms
     on_truncated: Literal["keep", "fail"] = "keep"  # finish_reason "length": keep (flagged) or fail the ticket
     on_content_filter: Literal["keep", "fail"] = "fail"  # finish_reason "content_filter"
@@ -607,7 +609,7 @@ class JobSpec(_Section):
         try:
             return JobSpec.model_validate(data)
         except ValidationError as exc:
-            raise JobSpecError(_describe(exc, "command-line options")) from None
+            raise JobSpecError(describe_validation_error(exc, "command-line options")) from None
 
     def fingerprint(self) -> dict[str, Any]:
         """What decides the answers: a resumed run must not mix two of these."""
@@ -675,13 +677,60 @@ class JobSpec(_Section):
         return hashlib.sha256(blob).hexdigest()
 
 
-def _describe(exc: ValidationError, where: str) -> str:
+def closest_name(name: str, known: Any) -> str | None:
+    """The known name nearest to a misspelt one (difflib), or None."""
+    import difflib
+
+    matches = difflib.get_close_matches(str(name), sorted(known), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that holds the last key of `loc` (JobSpec, RetrySpec, ModelSpec...)."""
+    import types
+    import typing
+
+    model: type[BaseModel] | None = JobSpec
+    skip_key = False  # the previous field was a dict of sections: this part is its key
+    for part in loc[:-1]:
+        if isinstance(part, int) or skip_key:
+            skip_key = False
+            continue
+        if model is None or part not in model.model_fields:
+            return None
+        pending = [model.model_fields[part].annotation]
+        model, skip_key = None, False
+        while pending:
+            kind = pending.pop()
+            origin = typing.get_origin(kind)
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                model = kind
+            elif origin is dict:
+                pending.append(typing.get_args(kind)[1])
+                skip_key = True
+            elif origin in (list, typing.Union, types.UnionType):
+                pending.extend(typing.get_args(kind))
+    return model
+
+
+def describe_validation_error(exc: ValidationError, where: str) -> str:
+    """JobSpecError text: one line per problem, naming the field; unknown keys get "did you mean"."""
     lines = [f"{where}: invalid job:"]
     for err in exc.errors():
         loc = ".".join(str(part) for part in err["loc"]) or "(job)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see README, 'Job file')"
+            section = _section_at(tuple(err["loc"]))
+            key = err["loc"][-1]
+            guess = closest_name(key, section.model_fields) if section is not None else None
+            if len(err["loc"]) > 1 and (key in JobSpec.model_fields or guess is None and closest_name(
+                    key, JobSpec.model_fields)):  # TOML: a top-level key written after a [section]
+                top = key if key in JobSpec.model_fields else closest_name(key, JobSpec.model_fields)
+                msg = (f"unknown field: `{top}` is a top-level setting; move it above the first "
+                       "[section] of the job file")
+            else:
+                msg = "unknown field" + (f": did you mean `{guess}`?" if guess else
+                                         " (check the spelling; see docs/job-file.md)")
         lines.append(f"  field `{loc}`: {msg}")
     return "\n".join(lines)
 
@@ -702,4 +751,4 @@ def load_job(path: str | os.PathLike[str]) -> JobSpec:
     try:
         return JobSpec.model_validate(data, context={"base_dir": path.parent})
     except ValidationError as exc:
-        raise JobSpecError(_describe(exc, str(path))) from None
+        raise JobSpecError(describe_validation_error(exc, str(path))) from None

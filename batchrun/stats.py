@@ -7,6 +7,8 @@
                        (`record(outcome)`) and as attempts are made
     RunStats.summary() a flat dict (stored in manifest.json)
     format_summary()   the table printed at the end of `batchrun run`
+    format_progress_line()  one plain line for logs without a terminal
+                       (`batchrun run --progress-every`)
 
 The percentile functions of the package live here, once:
     percentile(sorted_values, p)   exact nearest-rank (grading: every latency
@@ -35,11 +37,37 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from batchrun.records import Outcome
-from batchrun.textfmt import kv, ms, usd
+from batchrun.textfmt import duration, kv, ms, usd
 
-__all__ = ["LatencyHistogram", "RunStats", "format_summary", "percentile", "percentiles", "round1"]
+__all__ = ["LatencyHistogram", "RunStats", "format_progress_line", "format_summary", "percentile",
+           "percentiles", "round1"]
 
 _LOG_STEP = math.log(1.01)
+MAX_MESSAGE_CHARS = 120  # a failure message in the summary is cut to this
+MAX_MESSAGES_PER_KIND = 50  # distinct messages counted per kind; the rest are "(other messages)"
+OTHER_MESSAGES = "(other messages)"
+
+
+def short_message(message: str | None) -> str:
+    """A failure message fit for a summary: API keys redacted, one line, the provider's own
+    message without litellm's class prefixes, numbers as N (so messages that differ only in
+    counts group together), at most MAX_MESSAGE_CHARS."""
+    from batchrun.errors import redact_secrets
+
+    import re
+
+    text = " ".join(redact_secrets(message or "(no message)").split())
+    inner = re.search(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)"', text)  # an OpenAI-shaped error body
+    if inner:
+        text = inner.group(1).replace('\\"', '"')
+    else:  # "litellm.BadRequestError: OpenAIException - ..." -> "..."
+        text = re.sub(r"^(?:(?:litellm\.)?[A-Za-z]+(?:Error|Exception)\s*[-:]\s*)+", "", text) or text
+    text = re.sub(r"\d+(?:[.,]\d+)*", "N", text)  # "5 tokens" and "7 tokens" are one message
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS - 1] + "…"
+
+
+def _top_messages(messages: Mapping[str, int], n: int = 3) -> list[list[Any]]:
+    return [[text, count] for text, count in sorted(messages.items(), key=lambda item: (-item[1], item[0]))[:n]]
 
 
 @dataclass
@@ -99,6 +127,8 @@ class RunStats:
     rejected_outputs: int = 0  # answers turned down (invalid_output, truncated, content_filter)
     rejected_cost_usd: float = 0.0  # what they cost (also in cost_usd)
     failed_by_kind: dict[str, int] = field(default_factory=dict)  # tickets in errors.jsonl by error_kind
+    # kind -> shortened, redacted message -> tickets; at most MAX_MESSAGES_PER_KIND distinct messages a kind
+    failure_messages: dict[str, dict[str, int]] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     first_dispatch: float | None = None  # first ticket handed to a worker: start-up (scan, processes) is over
     worker_startup_cpu_s: float = 0.0  # CPU worker processes spent starting (litellm's import), as they said
@@ -116,6 +146,11 @@ class RunStats:
             self.failed += 1
             kind = outcome.error_kind or "unknown"
             self.failed_by_kind[kind] = self.failed_by_kind.get(kind, 0) + 1
+            messages = self.failure_messages.setdefault(kind, {})
+            text = short_message(outcome.error_message)
+            if text not in messages and len(messages) >= MAX_MESSAGES_PER_KIND:
+                text = OTHER_MESSAGES
+            messages[text] = messages.get(text, 0) + 1
             return
         self.done += 1
         c = outcome.completion
@@ -183,6 +218,9 @@ class RunStats:
             "rejected_outputs": self.rejected_outputs,
             "rejected_cost_usd": round(self.rejected_cost_usd, 9),
             "failed_by_kind": dict(sorted(self.failed_by_kind.items())),
+            # per kind, most tickets first: count and the three most frequent messages
+            "failures": {kind: {"count": count, "top_messages": _top_messages(self.failure_messages.get(kind, {}))}
+                         for kind, count in sorted(self.failed_by_kind.items(), key=lambda kv: (-kv[1], kv[0]))},
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
@@ -267,6 +305,7 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
             f"content-filtered kept; {summary.get('rejected_outputs', 0):,} rejected "
             f"(${summary.get('rejected_cost_usd', 0.0):,.6f})")))
     failed_kinds = summary.get("failed_by_kind")
+    failures = summary.get("failures") or {}
     if failed_kinds:
         rows.append(("failed tickets by kind", ", ".join(f"{k} {v}" for k, v in failed_kinds.items())))
     rows += [
@@ -279,4 +318,29 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
             f"{summary['usage_estimated']:,} result(s) without usage from the provider: tokens counted "
             "with litellm.token_counter, cost_status \"estimated\"")))
     lines = [title, "-" * len(title)] + kv(rows)
+    if failures:
+        lines += ["", "failed tickets, most frequent messages (all lines in errors.jsonl):"]
+        kind_width = max(len(kind) for kind in failures)
+        for kind, group in failures.items():
+            lines.append(f"  {kind:<{kind_width}}  {group['count']:>6,}")
+            for text, count in group.get("top_messages") or []:
+                lines.append(f"  {'':<{kind_width}}  {count:>6,} x {text}")
     return "\n".join(lines)
+
+
+def format_progress_line(stats: RunStats, now: float | None = None) -> str:
+    """One plain progress line: done/failed/to do, req/s, $ spent, elapsed, ETA.
+
+    The rate behind the ETA counts from the first dispatch, so start-up (input
+    scan, worker processes) does not make it look slow."""
+    now = time.monotonic() if now is None else now
+    elapsed = max(now - stats.started, 0.0)
+    finished = stats.done + stats.failed
+    remaining = max(stats.to_do - finished, 0)
+    since = max(now - (stats.first_dispatch or stats.started), 1e-9)
+    eta = remaining / (finished / since) if finished else None
+    stamp = time.strftime("%H:%M:%S")
+    cost = f"${stats.cost_usd:,.4f}" + (f" (+{stats.unpriced} unpriced)" if stats.unpriced else "")
+    return (f"batchrun: {stamp} progress: done {stats.done:,}, failed {stats.failed:,}, to do {remaining:,} "
+            f"of {stats.to_do:,} | {stats.attempts / max(elapsed, 1e-9):,.1f} req/s | {cost} | "
+            f"elapsed {duration(elapsed)} | ETA {duration(eta) if remaining else '0 s'}")

@@ -5,6 +5,7 @@
     usd(value)                 dollars to six places: usd(0.5) -> "$0.500000"
     ms(value, unit="")         milliseconds, no decimals: ms(1234.4) -> "1,234";
                                ms(12, unit=" ms") -> "12 ms"
+    duration(seconds)          "42 s", "3 min 05 s", "2 h 07 min"
     table(headers, rows, left=1) -> list[str]
                                aligned columns (the first `left` left-aligned, the
                                rest right-aligned), a dashed rule under the header
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-__all__ = ["kv", "ms", "num", "pct", "table", "usd"]
+__all__ = ["duration", "kv", "ms", "num", "pct", "table", "usd"]
 
 
 def num(value: float | None, spec: str = ",.0f") -> str:
@@ -40,6 +41,18 @@ def usd(value: float | None) -> str:
 def ms(value: float | None, unit: str = "") -> str:
     """Milliseconds without decimals, thousands separated, then `unit`; "-" for None."""
     return "-" if value is None else f"{value:,.0f}{unit}"
+
+
+def duration(seconds: float | None) -> str:
+    """A duration for a person: "42 s", "3 min 05 s", "2 h 07 min"; "-" for None (or not finite)."""
+    if seconds is None or seconds != seconds or seconds in (float("inf"), float("-inf")):
+        return "-"
+    seconds = max(int(round(seconds)), 0)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, left: int = 1) -> list[str]:

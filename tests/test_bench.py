@@ -93,6 +93,26 @@ def test_recommend_skips_failed_tickets_missing_latency_and_interrupted_runs() -
     assert "C=256 was faster (99.0/s) but interrupted" in rec.reason
 
 
+def test_recommend_never_a_setting_the_sweep_did_not_reach() -> None:
+    rows = [row(16, 70), row(64, 110), row(256, 130)]
+    rows[1].update(tickets=256, server={"peak_in_flight": 64})
+    rows[2].update(tickets=512, server={"peak_in_flight": 90})  # the sweep: 256 asked, 90 reached
+    rec = recommend(rows)
+    assert rec.concurrency == 64
+    assert "C=256 (at most 90 in flight" in rec.reason
+    assert "the sample of 512 tickets was too small to test it: it would need about 2,048 (--tickets 2048)" in rec.reason
+
+
+def test_an_unreached_setting_with_a_big_sample_blames_the_client() -> None:
+    rows = [row(16, 33, p95=370), row(64, 34, p95=370)]
+    rows[0].update(tickets=1024, server={"peak_in_flight": 16})
+    rows[1].update(tickets=1024, server={"peak_in_flight": 13})
+    rec = recommend(rows)
+    assert rec.concurrency == 16
+    assert "C=64 (at most 13 in flight, 34.0 tickets/s x p50 370 ms = 13 on average, " in rec.reason
+    assert "1,024 tickets: this client could not send faster" in rec.reason
+
+
 def test_recommend_with_nothing_acceptable() -> None:
     rec = recommend([row(64, 100, rate_429=0.5), row(256, 90, rate_429=0.6)])
     assert rec.concurrency is None

@@ -143,7 +143,8 @@ def test_unpriced_model(make_job: Any, tmp_path: Path) -> None:
     job_path = make_job(10, model="openai/no-such-model-in-litellm")
     result = CliRunner().invoke(plan_command, [str(job_path), "--max-cost-usd", "0.0000001"])
     assert result.exit_code == 0, result.output  # cannot be over a budget it cannot price
-    assert "unpriced: litellm has no price for openai/no-such-model-in-litellm" in result.output
+    assert "unpriced: litellm's price list has no openai/no-such-model-in-litellm" in result.output
+    assert "set [prices] input_per_million and output_per_million" in result.output
     assert "cannot be checked" in result.output
     row = make_plan(load_job(job_path))["models"][0]
     assert row["price"]["source"] is None and row["cost_usd"] is None
@@ -153,7 +154,7 @@ def test_unpriced_model(make_job: Any, tmp_path: Path) -> None:
 def test_job_prices_win(make_job: Any, tmp_path: Path) -> None:
     job_path = make_job(10, extra="[prices]\ninput_per_million = 2.0\noutput_per_million = 10.0\n")
     row = make_plan(load_job(job_path))["models"][0]
-    assert row["price"]["label"] == "job file"
+    assert row["price"]["label"] == "job file [prices]"
     assert row["cost_usd"] == pytest.approx((row["input_tokens"]["total"] * 2.0 + 50 * 10.0) / 1e6, abs=1e-6)
 
 
@@ -174,8 +175,42 @@ def test_simulator_job_is_priced_as_the_named_model(make_job: Any, tmp_path: Pat
     job_path = make_job(5, extra="[simulator]\nlatency_ms = 5\n")
     result = CliRunner().invoke(plan_command, [str(job_path)])
     assert result.exit_code == 0, result.output
-    assert "[simulator] section" in result.output and "prices the named model" in result.output
+    assert "[simulator] section" in result.output and "priced as the named model" in result.output
     assert make_plan(load_job(job_path))["models"][0]["price"]["source"] == "litellm"
+
+
+def test_a_simulated_plan_agrees_with_the_run_within_5_percent(tmp_path: Path) -> None:
+    import batchrun
+    from conftest import ROOT
+
+    job = load_job(ROOT / "jobs" / "classify_tickets.toml").with_overrides(run_dir=tmp_path / "run")
+    plan = make_plan(job, limit=150)
+    row = plan["models"][0]
+    assert row["output_tokens"]["source"] == "simulator" and row["input_tokens"]["counted_as"] == "simulator"
+    result = batchrun.run(job, limit=150)
+    assert result.done == 150
+    assert row["cost_usd"] == pytest.approx(result.cost_usd, rel=0.05)
+    assert row["input_tokens"]["total"] == pytest.approx(result.summary["prompt_tokens"], rel=0.02)
+    live = make_plan(job, limit=150, live=True)["models"][0]  # the live plan counts with the tokenizer
+    assert live["input_tokens"]["counted_as"] == "tokenizer" and live["output_tokens"]["source"] == "finished"
+    finished = format_plan(make_plan(job, limit=150))
+    assert "allows at most 0" not in finished and "0 to do" in finished
+
+
+def test_an_alias_litellm_cannot_price_is_planned_from_what_the_endpoint_charged(make_job: Any,
+                                                                                 tmp_path: Path) -> None:
+    job_path = make_job(8, model="openai/team-alias", extra="[simulator]\nlatency_ms = 1\n")
+    job = load_job(job_path)
+    import batchrun
+    from batchrun.spec import PricesSpec
+
+    priced = job.model_copy(update={"prices": PricesSpec(input_per_million=1.0, output_per_million=2.0)})
+    batchrun.run(priced, limit=4)  # as a proxy that prices the alias would: cost_usd on every result
+    row = make_plan(job)["models"][0]
+    assert row["price"]["source"] == "finished" and row["price"]["priced_results"] == 4
+    assert row["cost_usd"] == pytest.approx(row["price"]["per_ticket_usd"] * 4, rel=1e-6)
+    text = format_plan(make_plan(job))
+    assert "per ticket, the average of 4 finished results as the endpoint priced them" in text
 
 
 def test_nothing_to_do(make_job: Any, tmp_path: Path) -> None:
@@ -217,7 +252,7 @@ def test_compare_job_plans_each_model_in_its_own_run_directory(make_job: Any, tm
     assert (mini["key"], custom["key"]) == ("mini", "custom")
     assert mini["run_dir"].endswith("models/mini") and custom["run_dir"].endswith("models/custom")
     assert (mini["tickets"]["to_do"], custom["tickets"]["to_do"]) == (6, 10)
-    assert mini["price"]["label"] == "litellm price list (local copy)" and custom["price"]["label"] == "job file"
+    assert mini["price"]["label"] == "litellm price list (local copy)" and custom["price"]["label"] == "job file [prices]"
     assert custom["output_tokens"]["max_tokens"] == 9 and custom["output_tokens"]["total"] == 90  # merged params
     assert mini["output_tokens"]["source"] == "finished"
     # the models run one after another

@@ -30,6 +30,7 @@ EXPECTED_ALL = [
     "Ticket",
     "Usage",
     "__version__",
+    "arun",
     "execute_run",
     "load_done_ids",
     "load_failed_ids",
@@ -37,6 +38,7 @@ EXPECTED_ALL = [
     "prepare_run",
     "read_tickets",
     "render_messages",
+    "run",
     "scan_input",
     "scan_jsonl",
 ]

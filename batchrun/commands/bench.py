@@ -26,6 +26,7 @@ from batchrun.bench import (
     format_baseline_table,
     format_table,
     parse_concurrency,
+    reached,
     run_bench,
 )
 from batchrun.charts import PLOT_HINT, draw_plot
@@ -195,7 +196,9 @@ def _write_outputs(report: dict[str, Any], rows: list[dict[str, Any]], rec: Reco
     json_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     png_path = out_dir / "bench.png"
     title = f"{job.name}: {plan.model} via {plan.endpoint}"
-    if rows and draw_plot(rows, png_path, title, rec.concurrency, auto=auto["row"] if auto else None):
+    unreached = [r["concurrency"] for r in rows if not reached(r)]
+    if rows and draw_plot(rows, png_path, title, rec.concurrency, auto=auto["row"] if auto else None,
+                          unreached=unreached):
         click.echo(f"wrote {json_path} and {png_path}")
     else:
         click.echo(f"wrote {json_path}" + (f" (no plot: {PLOT_HINT} to get {png_path})" if rows else ""))

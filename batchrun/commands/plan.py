@@ -44,10 +44,12 @@ Exit codes: 0 plan printed; 2 bad job file or input (nothing would be sent);
 @click.option("--assume-latency-ms", type=click.FloatRange(min=0, min_open=True),
               default=DEFAULT_ASSUMED_LATENCY_MS, show_default=True,
               help="Latency per request when the run directory has no finished results to measure.")
+@click.option("--live", is_flag=True,
+              help="Plan the live run (--live) of a job that has a [simulator] section [default: the simulated run].")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan_command(job_file: Path, input_path: Path | None, limit: int | None, run_dir: Path | None,
                  model: str | None, concurrency: int | None, skip_failed: bool, max_cost_usd: float | None,
-                 sample: int | None, assume_latency_ms: float, as_json: bool) -> None:
+                 sample: int | None, assume_latency_ms: float, live: bool, as_json: bool) -> None:
     """Forecast tickets, tokens, cost and duration of running JOB_FILE, sending nothing.
 
     Respects resume: what the run directory already holds is not counted.
@@ -61,7 +63,8 @@ def plan_command(job_file: Path, input_path: Path | None, limit: int | None, run
         job = load_job(job_file).with_overrides(input=input_path, run_dir=run_dir, model=model,
                                                 concurrency=concurrency)
         plan = make_plan(job, job_path=job_file, limit=limit, skip_failed=skip_failed,
-                         max_cost_usd=max_cost_usd, sample=sample, assume_latency_ms=assume_latency_ms)
+                         max_cost_usd=max_cost_usd, sample=sample, assume_latency_ms=assume_latency_ms,
+                         live=live)
     except BatchrunError as exc:
         click.echo(f"batchrun: error: {exc}", err=True)
         sys.exit(int(exc.exit_code))

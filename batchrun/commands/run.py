@@ -1,17 +1,19 @@
 """`batchrun run JOB`: run a job, or resume it where it stopped.
 
-Options, API keys from the environment (checked before anything is sent),
-the simulator when the job has one, then for each model `engine.prepare_run`
-and `engine.execute_run` (the one event loop of a run), and the summary
-table. A compare job ends with one line per model (from `grading.build_report`).
-Logging (-v, -vv, --log-file) scrubs API keys from every record.
+Options, API keys from the environment and the [params] check (both before
+anything is sent), the simulator when the job has one, then for each model
+`api.run_job` (prepare + execute, the path the Python API takes too), and the
+rendering: header lines, progress and logs on stderr; the summary on stdout
+(`--json`: one JSON object). Without a terminal, one plain progress line every
+`--progress-every` seconds instead of a bar. A compare job ends with one line
+per model (from `grading.build_report`). Logging (-v, -vv, --log-file) scrubs
+API keys from every record.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,9 @@ from urllib.parse import urlsplit
 
 import click
 
-from batchrun.errors import redact_url
-from batchrun.sim.config import simulated_model
 from batchrun.textfmt import num
 
-__all__ = ["run_command", "setup_logging", "sim_config"]
+__all__ = ["run_command", "setup_logging"]
 
 RUN_EXAMPLES = """
 \b
@@ -100,30 +100,21 @@ def route_litellm_logs(verbose: int) -> None:
         logger.setLevel(logging.DEBUG)
 
 
-def sim_config(job: Any) -> Any:
-    """The simulator's settings from a job's [simulator] section (JobSpecError names a bad fault)."""
-    from batchrun.errors import JobSpecError
-    from batchrun.sim.config import SimConfig
-    from batchrun.sim.faults import FaultRule, TicketScript
+class _WorkersType(click.ParamType):
+    """--workers N|auto, as the job file's `workers` (and `batchrun bench`) accept."""
 
-    spec = job.simulator
-    faults = []
-    for index, rule in enumerate(spec.faults):
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        if isinstance(value, int) or value == "auto":
+            return value
         try:
-            faults.append(FaultRule.from_mapping(rule))
-        except ValueError as exc:
-            raise JobSpecError(f"invalid job: field `simulator.faults[{index}]`: {exc}") from None
-    scripts = []
-    for index, script in enumerate(spec.scripts):
-        try:
-            scripts.append(TicketScript.from_mapping(script))
-        except ValueError as exc:
-            raise JobSpecError(f"invalid job: field `simulator.scripts[{index}]`: {exc}") from None
-    return SimConfig(latency_ms=spec.latency_ms, per_token_ms=spec.per_token_ms, jitter=spec.jitter,
-                     seed=spec.seed, rpm=spec.rpm, tpm=spec.tpm, capacity=spec.capacity,
-                     overload_ms=spec.overload_ms, faults=tuple(faults), scripts=tuple(scripts),
-                     model_profiles=tuple((name, p.noise, spec.latency_ms if p.latency_ms is None else p.latency_ms)
-                                          for name, p in spec.model_profiles.items()))
+            number = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r}: a number of processes (1-64) or 'auto'", param, ctx)
+        if not 1 <= number <= 64:
+            self.fail(f"{number}: between 1 and 64, or 'auto'", param, ctx)
+        return number
 
 
 @click.command(name="run", epilog=RUN_EXAMPLES)
@@ -142,8 +133,9 @@ def sim_config(job: Any) -> Any:
 @click.option("--force", is_flag=True, help="Resume even if the job, input or endpoint changed.")
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
-@click.option("--workers", type=click.IntRange(min=1, max=64),
-              help="Worker processes [default: the job's `workers`; auto = one per core for big runs].")
+@click.option("--workers", type=_WorkersType(),
+              help="Worker processes (Ray actors with --engine ray), N or auto [default: the job's `workers`; "
+                   "auto = one per core for big runs].")
 @click.option("--engine", type=click.Choice(["local", "ray"]),
               help="Where tickets run: this machine, or Ray actors (docs/cluster.md) [default: the job's `engine`].")
 @click.option("--ray-address", help="Ray cluster to join (implies --engine ray): auto, ray://HOST:10001 "
@@ -151,19 +143,27 @@ def sim_config(job: Any) -> Any:
 @click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True),
               help="Stop dispatching before the run directory's total cost would pass this.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
+@click.option("--progress-every", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              metavar="SECONDS", help="Without a progress bar (cron, a log file): one plain progress line "
+                                      "on stderr this often.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the summary as one JSON object on stdout (for scripts); logs stay on stderr.")
 @click.option("-v", "--verbose", count=True, help="-v: log retries and failures; -vv: debug (litellm too).")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the log here (API keys scrubbed).")
 def run_command(job_file: Path, input_path: Path | None, concurrency: int | None, limit: int | None,
         run_dir: Path | None, model: str | None, api_base: str | None, live: bool, skip_failed: bool,
-        force: bool, grace: float, workers: int | None, engine: str | None, ray_address: str | None,
-        max_cost_usd: float | None, progress: bool | None, verbose: int, log_file: Path | None) -> None:
+        force: bool, grace: float, workers: int | str | None, engine: str | None, ray_address: str | None,
+        max_cost_usd: float | None, progress: bool | None, progress_every: float, as_json: bool, verbose: int,
+        log_file: Path | None) -> None:
     """Run JOB_FILE over its tickets, or resume it where it stopped.
 
     Ids already in the run directory's results.jsonl are never requested again.
     A job with a [simulator] section runs against the embedded simulator unless
-    --live or --api-base is given.
+    --live or --api-base is given. Progress and logs go to stderr, the summary
+    to stdout.
     """
+    from batchrun.api import check_params, provider_targets, sim_config
     from batchrun.errors import BatchrunError, redact_secrets
     from batchrun.spec import load_job
 
@@ -177,132 +177,98 @@ def run_command(job_file: Path, input_path: Path | None, concurrency: int | None
             workers=workers, engine="ray" if ray_address and engine is None else engine, ray_address=ray_address)
         use_sim = job.simulator is not None and not live and api_base is None
         jobs = [job.for_model(entry) for entry in job.models] if job.compare_mode else [job]
-        targets = {each.name: _targets(each, use_sim, secrets) for each in jobs}  # keys checked up front
+        targets = {each.name: provider_targets(each, use_sim, secrets) for each in jobs}  # keys checked up front
         setup_logging(verbose, log_file, secrets)
-        options = dict(limit=limit, skip_failed=skip_failed, force=force, grace=grace,
-                       progress=sys.stderr.isatty() if progress is None else progress,
-                       max_cost_usd=max_cost_usd, verbose=verbose)
+        click.echo("batchrun: loading litellm...", err=True)
+        check_params(job)
+        bar = sys.stderr.isatty() if progress is None else progress
+        options = dict(limit=limit, skip_failed=skip_failed, force=force, grace=grace, progress=bar,
+                       progress_every=None if bar else progress_every, max_cost_usd=max_cost_usd,
+                       verbose=verbose, as_json=as_json)
         with contextlib.ExitStack() as stack:
             sim_url = None
             if use_sim:
                 from batchrun.sim.process import start_simulator
 
                 sim_url = stack.enter_context(start_simulator(sim_config(job))).base_url
-            codes = [_run(each, job_file, targets[each.name], sim_url, **options) for each in jobs]
+                click.echo(f"batchrun: simulator listening on {urlsplit(sim_url).netloc}", err=True)
+            results = {each.name: _run(each, job_file, targets[each.name], sim_url, **options) for each in jobs}
         if job.compare_mode:
-            _print_comparison(job, jobs)
-        code = max(codes, key=lambda c: (c != 0, c))
+            if as_json:
+                from batchrun.engine import RunResult
+
+                combined = RunResult.combined(dict(zip((m.name for m in job.models), results.values())),
+                                              job.resolved_run_dir())
+                _echo_json(job.name, combined)
+            else:
+                _print_comparison(job, jobs)
+        elif as_json:
+            _echo_json(job.name, next(iter(results.values())))
+        code = max((r.exit_code for r in results.values()), key=lambda c: (c != 0, c))
     except BatchrunError as exc:
         click.echo(f"batchrun: error: {redact_secrets(str(exc), secrets)}", err=True)
         sys.exit(int(exc.exit_code))
     sys.exit(code)
 
 
-def _key(env_name: str | None, use_sim: bool, secrets: list[str]) -> str | None:
-    """The API key from the variable a job (or a [[models]] entry) names; never the key in a file."""
-    from batchrun.errors import ConfigurationError
-
-    if use_sim:
-        return "sim-key"
-    if not env_name:
-        return None
-    key = os.environ.get(env_name)
-    if not key:
-        raise ConfigurationError(f"environment variable {env_name} is not set (the job's api_key_env "
-                                 "names it); nothing was sent")
-    secrets.append(key)
-    return key
+def _result_json(result: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "state": result.state, "exit_code": result.exit_code, "run": result.run_number,
+        "run_dir": str(result.run_dir) if result.run_dir else None, "error": result.error,
+        "totals": result.totals, "summary": result.summary,
+    }
+    if result.models:
+        body["models"] = {name: _result_json(each) for name, each in result.models.items()}
+    return body
 
 
-def _targets(job: Any, use_sim: bool, secrets: list[str]) -> dict[str, dict[str, Any]]:
-    """Provider kwargs per model key ("" for a single-model job; [[models]] names for a routed one),
-    with the simulator's URL left as None to fill in; keys come from the environment now."""
-    entries = [(entry.name, entry) for entry in job.models] if job.routes else [("", None)]
-    targets: dict[str, dict[str, Any]] = {}
-    for key, entry in entries:
-        model = entry.model if entry else job.model
-        api_base = (entry.api_base if entry and entry.api_base else job.api_base)
-        if api_base and not use_sim:  # a key passed in the URL's query string is a secret too
-            from urllib.parse import parse_qsl
+def _echo_json(name: str, result: Any) -> None:
+    import orjson
 
-            secrets.extend(value for _, value in parse_qsl(urlsplit(api_base).query) if len(value) >= 4)
-        prices = entry.prices if entry and entry.prices else job.prices
-        targets[key] = {
-            "model": simulated_model(model) if use_sim else model,
-            "api_base": None if use_sim else api_base,
-            "api_key": _key(entry.api_key_env if entry and entry.api_key_env else job.api_key_env, use_sim, secrets),
-            "params": {**job.params, **(entry.params if entry else {})},
-            "prices": prices.model_dump() if prices else None,
-            "max_connections": job.max_in_flight,
-        }
-    return targets
+    click.echo(orjson.dumps({"job": name, **_result_json(result)}).decode())
 
 
-def _endpoint(targets: dict[str, dict[str, Any]], use_sim: bool) -> str:
-    if use_sim:
-        return "simulator"
-    bases = sorted({redact_url(t["api_base"]) if t["api_base"] else "provider default" for t in targets.values()})
-    return ", ".join(bases)
-
-
-def _run(job, job_file, targets, sim_url, *, limit, skip_failed, force, grace, progress, max_cost_usd,
-         verbose) -> int:
+def _run(job, job_file, targets, sim_url, *, limit, skip_failed, force, grace, progress, progress_every,
+         max_cost_usd, verbose, as_json) -> Any:
     import anyio
 
+    from batchrun.api import run_job
     from batchrun.commands.status import format_status
-    from batchrun.engine import build_providers, coordinator_needs_provider, execute_run, prepare_run
     from batchrun.rundir import run_status
     from batchrun.stats import format_summary
 
-    use_sim = sim_url is not None
-    endpoint = _endpoint(targets, use_sim)
-    prep = prepare_run(job, job_path=job_file, endpoint=endpoint, limit=limit,
-                       skip_failed=skip_failed, force=force, max_cost_usd=max_cost_usd)
-    try:
-        for note in prep.notes:
-            click.echo(f"batchrun: {note}", err=True)
-        if prep.to_do == 0:
-            click.echo(
-                f"Nothing to do: {prep.already_done:,} of {prep.tickets_total:,} tickets already done"
-                + (f", {prep.skipped_failed:,} failed before and skipped" if prep.skipped_failed else "")
-                + f" in {prep.run_dir}. No requests sent.\n")
-            click.echo(format_status(run_status(prep.run_dir)))
-            return 0
-        models = ", ".join(t["model"] for t in targets.values())
+    def say(message: str) -> None:
+        click.echo(f"batchrun: {message}", err=True)
+
+    result = anyio.run(lambda: run_job(
+        job, job_file, targets, sim_url, limit=limit, skip_failed=skip_failed, force=force, grace=grace,
+        progress=progress, progress_every=progress_every, max_cost_usd=max_cost_usd, say=say,
+        before_execute=lambda: route_litellm_logs(verbose)))
+    if as_json:
+        return result
+    totals = result.totals or {}
+    if result.nothing_to_do:
+        summary = result.summary
         click.echo(
-            f"batchrun: {job.name}: {prep.to_do:,} to do, {prep.already_done:,} already done, "
-            f"model {models} via {endpoint}, concurrency {job.concurrency}, run {prep.run_number} "
-            f"in {prep.run_dir}", err=True)
-        on_ray = job.engine == "ray"
-        # Ray: `workers` actors, 0 = one per CPU the cluster offers (known once it is joined)
-        workers = (job.workers if isinstance(job.workers, int) else 0) if on_ray else job.worker_count(prep.to_do)
-        provider_kwargs = {key: {**kwargs, "api_base": sim_url if use_sim else kwargs["api_base"]}
-                           for key, kwargs in targets.items()}
-        providers = None
-        if coordinator_needs_provider(job, workers, prep.max_cost_usd):
-            providers = build_providers(provider_kwargs)
-        if on_ray:
-            click.echo(f"batchrun: Ray at {job.ray_address or 'a local instance started for the run'}, "
-                       f"{workers or 'one per cluster CPU'} actor(s)", err=True)
-        elif workers > 1:
-            click.echo(f"batchrun: {workers} worker processes", err=True)
-        route_litellm_logs(verbose)
-        result = anyio.run(lambda: execute_run(prep, providers, grace_s=grace, progress=progress,
-                                               workers=workers, provider_kwargs=provider_kwargs,
-                                               engine=job.engine, ray_address=job.ray_address))
-        title = f"{job.name}: run {prep.run_number} {result.state}"
-        click.echo(format_summary(result.summary, title=title))
-        click.echo(f"run directory: {prep.run_dir}  (batchrun status {prep.run_dir})")
-        if result.state == "interrupted":
-            click.echo("Interrupted: re-run the same command to resume.", err=True)
-        elif result.error:
-            click.echo(f"batchrun: {result.state}: {result.error}", err=True)
-        if result.summary["failed"] and result.state != "interrupted":
-            click.echo(f"{result.summary['failed']} ticket(s) failed: see {prep.run_dir / 'errors.jsonl'}; "
-                       "re-run to retry them (or --skip-failed).", err=True)
-        return result.exit_code
-    finally:
-        prep.release()
+            f"Nothing to do: {summary['already_done']:,} of {summary['tickets_total']:,} tickets already done"
+            + (f", {summary['skipped_failed']:,} failed before and skipped" if summary["skipped_failed"] else "")
+            + f" in {result.run_dir}. No requests sent.\n")
+        click.echo(format_status(run_status(result.run_dir)))
+        return result
+    title = f"{job.name}: run {result.run_number} {result.state}"
+    click.echo(format_summary(result.summary, title=title))
+    click.echo(f"run directory: {result.run_dir}  (batchrun status {result.run_dir})")
+    if result.state == "interrupted":
+        click.echo("Interrupted: re-run the same command to resume.", err=True)
+    elif result.error:
+        click.echo(f"batchrun: {result.state}: {result.error}", err=True)
+    if result.summary["failed"] and result.state != "interrupted":
+        click.echo(f"{result.summary['failed']} ticket(s) failed: details in {result.run_dir / 'errors.jsonl'}; "
+                   "re-run to retry them (or --skip-failed).", err=True)
+    if totals.get("remaining") and result.state == "done":
+        click.echo(f"{totals['remaining']:,} ticket(s) of the input not asked for yet (--limit): "
+                   "re-run with a larger --limit, or without it, to continue.", err=True)
+    return result
 
 
 def _print_comparison(job: Any, jobs: list[Any]) -> None:

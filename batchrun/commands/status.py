@@ -1,7 +1,9 @@
 """`batchrun status RUN_DIR`: the counts of a run directory, finished or in progress.
 
 The counts are `rundir.run_status`; `format_status` is the table (also printed by
-`batchrun run` when there is nothing left to do).
+`batchrun run` when there is nothing left to do). A compare directory (one run
+directory per model under models/) gets one line per model
+(`rundir.compare_status`, `format_compare_status`).
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from typing import Any
 import click
 
 from batchrun.stats import format_summary
-from batchrun.textfmt import kv, usd
+from batchrun.textfmt import kv, table, usd
 
 __all__ = ["format_status", "status_command"]
 
-@click.command(name="status", epilog="\b\nExample:\n  batchrun status runs/classify_tickets")
+
+
+@click.command(name="status", epilog="\b\nExamples:\n  batchrun status runs/classify_tickets\n"
+                                     "  batchrun status runs/compare_models       # one line per model")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def status_command(run_dir: Path, as_json: bool) -> None:
@@ -25,17 +30,30 @@ def status_command(run_dir: Path, as_json: bool) -> None:
     import orjson
 
     from batchrun.errors import BatchrunError
-    from batchrun.rundir import run_status
+    from batchrun.rundir import compare_status, run_status
 
     try:
-        info = run_status(run_dir)
+        models = compare_status(run_dir)
+        info: Any = models if models is not None else run_status(run_dir)
     except BatchrunError as exc:
         click.echo(f"batchrun: error: {exc}", err=True)
         sys.exit(int(exc.exit_code))
     if as_json:
         click.echo(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
+    elif models is not None:
+        click.echo(format_compare_status(run_dir, models))
     else:
         click.echo(format_status(info))
+
+
+def format_compare_status(run_dir: Path, models: list[dict[str, Any]]) -> str:
+    """One line per model of a compare directory, and the total cost."""
+    rows = [[m["model"], m["model_name"], m["state"], f"{m['done']:,}", f"{m['failed']:,}",
+             f"{m['pending_asked']:,}", f"{m['not_asked']:,}", usd(m["cost_usd"])] for m in models]
+    lines = [f"compare directory {run_dir}: {len(models)} models (batchrun status {run_dir}/models/NAME for one)", ""]
+    lines += table(["model", "litellm model", "state", "done", "failed", "pending", "not asked", "cost"], rows, left=3)
+    lines.append(f"\ntotal cost (all models, all runs): {usd(sum(m['cost_usd'] for m in models))}")
+    return "\n".join(lines)
 
 
 
@@ -49,10 +67,14 @@ def format_status(status: dict[str, Any]) -> str:
                   + (f", finished {status['finished_at']})" if status["finished_at"] else ")")),
         ("endpoint", status["endpoint"]),
         ("input", status["input"]),
-        ("tickets", f"{status['tickets']:,}"),
+        ("tickets", f"{status['tickets']:,} in the input"),
+        *([("asked", f"{status['asked']:,} (--limit {status['limit']:,} in run {status['run']})")]
+          if status.get("limit") is not None else []),
         ("done", f"{status['done']:,}"),
         ("failed", f"{status['failed']:,}"),
-        ("pending", f"{status['pending']:,}"),
+        *([("pending", f"{status['pending_asked']:,} of those asked"),
+           ("not asked yet", f"{status['not_asked']:,} of the input (run without --limit, or a larger one)")]
+          if status.get("limit") is not None else [("pending", f"{status['pending']:,}")]),
         *([("rejected input lines", f"{status['rejected_lines']:,} (rejects.jsonl)")] if status["rejected_lines"] else []),
         ("total tokens", f"{status['total_tokens']:,}"),
         ("cost (all runs)", usd(status['cost_usd'])

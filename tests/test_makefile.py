@@ -1,0 +1,37 @@
+"""The Makefile's first minute: `make` alone lists the targets and installs
+nothing; `make run` installs only what running needs and says so; the test
+tools come with `make test`. Checked with `make -n` (nothing is run)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def make(*args: str, venv: str) -> str:
+    result = subprocess.run(["make", "--no-print-directory", f"VENV={venv}", *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_make_alone_lists_the_targets_and_installs_nothing(tmp_path):
+    out = make(venv=str(tmp_path / "venv"))
+    for target in ("run", "test", "status", "plan", "report", "bench", "compare", "clean"):
+        assert f"\n  {target} " in out, out
+    assert not (tmp_path / "venv").exists()
+
+
+def test_make_run_installs_run_dependencies_only_and_says_so(tmp_path):
+    plan = make("-n", "run", venv=str(tmp_path / "venv"))
+    assert "installing batchrun and litellm into" in plan and "about a minute, once" in plan
+    assert "install --quiet --disable-pip-version-check -e ." in plan
+    assert "[test]" not in plan
+    test_plan = make("-n", "test", venv=str(tmp_path / "venv"))
+    assert "-e '.[test]'" in test_plan and "pytest" in test_plan
