@@ -205,7 +205,9 @@ async def run_job(job: Any, job_path: Path | None, targets: dict[str, dict[str, 
             say(f"{job.name}: {prep.to_do:,} to do, {prep.already_done:,} already done, "
                 f"model {models} via {endpoint}, concurrency {job.concurrency}, run {prep.run_number} "
                 f"in {prep.run_dir}")
-            workers = job.worker_count(prep.to_do)
+            on_ray = job.engine == "ray"
+            # Ray: `workers` actors, 0 = one per CPU the cluster offers (known once it is joined)
+            workers = (job.workers if isinstance(job.workers, int) else 0) if on_ray else job.worker_count(prep.to_do)
             provider_kwargs = {key: {**kwargs, "api_base": sim_url if use_sim else kwargs["api_base"]}
                                for key, kwargs in targets.items()}
             providers = None
@@ -213,12 +215,16 @@ async def run_job(job: Any, job_path: Path | None, targets: dict[str, dict[str, 
                 if "litellm" not in sys.modules:
                     say("loading litellm...")
                 providers = build_providers(provider_kwargs)
-            if workers > 1:
+            if on_ray:
+                say(f"Ray at {job.ray_address or 'a local instance started for the run'}, "
+                    f"{workers or 'one per cluster CPU'} actor(s)")
+            elif workers > 1:
                 say(f"starting {workers} worker processes (each loads litellm)...")
             if before_execute is not None:
                 before_execute()
             result = await execute_run(prep, providers, grace_s=grace, progress=progress, workers=workers,
-                                       provider_kwargs=provider_kwargs, progress_every=progress_every)
+                                       provider_kwargs=provider_kwargs, progress_every=progress_every,
+                                       engine=job.engine, ray_address=job.ray_address)
         result.run_dir = prep.run_dir
         result.run_number = prep.run_number
         result.totals = _totals(prep.run_dir, prep.tickets_total, prep.scan.tickets)

@@ -440,14 +440,24 @@ class _Run:
 
     def __init__(self, prep: PreparedRun, provider: Provider | Mapping[str, Provider] | None, *, grace_s: float,
                  progress: bool, workers: int = 1, provider_kwargs: dict[str, Any] | None = None,
-                 worker_pool: WorkerPool | None = None, progress_every: float | None = None) -> None:
+                 worker_pool: WorkerPool | None = None, progress_every: float | None = None,
+                 engine: str = "local", ray_address: str | None = None) -> None:
         self.prep = prep
         self.job = prep.job
         # one provider per model key: "" for a single-model job, [[models]] names for a routed one
         providers = dict(provider) if isinstance(provider, Mapping) else ({"": provider} if provider else {})
         self.providers = providers
         self.provider = next(iter(providers.values()), None)  # cost and token estimates
-        if workers > 1:
+        if engine == "ray":  # actors on a Ray cluster (ray_engine.py); workers None: one per cluster CPU
+            from batchrun.ray_engine import RayExecutor
+
+            if provider_kwargs is None:
+                raise ValueError("engine \"ray\" needs provider_kwargs to build a provider in each actor")
+            if "model" in provider_kwargs:
+                provider_kwargs = {"": provider_kwargs}
+            self.executor = RayExecutor(workers or None, self.job, provider_kwargs, self, prep.run_number,
+                                        address=ray_address)
+        elif workers > 1:
             if provider_kwargs is None:
                 raise ValueError("workers > 1 needs provider_kwargs to build a provider in each process")
             if "model" in provider_kwargs:  # one model's kwargs
@@ -840,6 +850,7 @@ class _Run:
                 await self.writer_done.wait()
                 await self.executor.aclose()
                 self.stats.worker_cpu_s = getattr(self.executor, "cpu_s", 0.0)
+                self.stats.cluster = getattr(self.executor, "cluster_summary", None)
             outer.cancel_scope.cancel()
 
 
@@ -850,6 +861,8 @@ def coordinator_needs_provider(job: JobSpec, workers: int, max_cost_usd: float |
     processes it still prices the budget's estimates (`max_cost_usd`) and
     counts prompt tokens for the token limit (`tpm`). `batchrun run` and
     `batchrun bench` both ask here."""
+    if job.engine == "ray":  # actors send and count tokens themselves (ray_engine.py)
+        return max_cost_usd is not None
     return workers == 1 or max_cost_usd is not None or bool(job.tpm)
 
 
@@ -879,6 +892,8 @@ async def execute_run(
     provider_kwargs: dict[str, Any] | None = None,
     worker_pool: WorkerPool | None = None,
     progress_every: float | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> RunResult:
     """Run the prepared job; always leaves a parseable run directory.
 
@@ -890,9 +905,14 @@ async def execute_run(
     back at the end instead of being started and stopped for this run.
     With `progress_every` (seconds) and no progress bar, a plain progress line
     (stats.format_progress_line) goes to stderr at that interval.
+    With engine "ray" the tickets go to `workers` Ray actors (0: one per
+    CPU of the cluster) joined at `ray_address` (None: a local Ray started
+    for the run, unless this process already initialised Ray); see
+    ray_engine.py.
     """
     run = _Run(prep, provider, grace_s=grace_s, progress=progress, workers=workers,
-               provider_kwargs=provider_kwargs, worker_pool=worker_pool, progress_every=progress_every)
+               provider_kwargs=provider_kwargs, worker_pool=worker_pool, progress_every=progress_every,
+               engine=engine, ray_address=ray_address)
     started_at = utc_now()
     write_manifest(prep.run_dir, _manifest(prep, run.stats, run.failed_ids, "running", started_at, None, None))
     state, error = "failed", None

@@ -399,7 +399,9 @@ class JobSpec(_Section):
     max_concurrency: int = Field(256, ge=1, le=4096)
     rpm: int | None = Field(None, ge=1)  # requests per minute the provider allows (token bucket)
     tpm: int | None = Field(None, ge=1)  # tokens per minute (prompt estimate + max_tokens, corrected)
-    workers: int | Literal["auto"] = "auto"  # worker processes; auto: one per core for big runs
+    workers: int | Literal["auto"] = "auto"  # worker processes (Ray actors with engine "ray"); auto: see worker_count
+    engine: Literal["local", "ray"] = "local"  # "ray": the tickets run on Ray actors (docs/cluster.md)
+    ray_address: str | None = Field(None, min_length=1)  # None: a local Ray for the run; "auto", "ray://HOST:10001"
     timeout_s: float = Field(60.0, gt=0)  # per attempt
     retry: RetrySpec = Field(default_factory=RetrySpec)
     prices: PricesSpec | None = None
@@ -607,6 +609,9 @@ class JobSpec(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "JobSpec":
+        if self.ray_address is not None and self.engine != "ray":
+            raise ValueError(f"ray_address ({self.ray_address!r}) is only used with engine = \"ray\": "
+                             "add engine = \"ray\" (or --engine ray), or drop ray_address")
         if self.min_concurrency > self.max_concurrency:
             raise ValueError(f"min_concurrency ({self.min_concurrency}) exceeds max_concurrency "
                              f"({self.max_concurrency})")

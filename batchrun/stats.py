@@ -137,6 +137,7 @@ class RunStats:
     worker_cpu_s: float = 0.0  # CPU worker processes spent on this run, start-up included, as they said
     finished: float | None = None
     maybe_billed_ids: list[str] = field(default_factory=list)  # left in flight by the run before (journal)
+    cluster: dict[str, Any] | None = None  # engine "ray": actors, actors lost, tickets re-sent, limiter counters
 
     def record(self, outcome: Outcome) -> None:
         """Count one outcome whose line is on disk."""
@@ -214,6 +215,7 @@ class RunStats:
             "requests_per_s_after_startup": None if sending is None else round(self.attempts / sending, 2),
             "worker_startup_cpu_s": round(self.worker_startup_cpu_s, 3),
             "worker_cpu_s": round(self.worker_cpu_s, 3),
+            "cluster": self.cluster,
             "tickets_per_s": round(finished / wall, 2),
             "output_tokens_per_s": round(self.completion_tokens / wall, 1),
             "latency_ms": percentiles(self.latency),
@@ -294,6 +296,10 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
         rows.append(("skipped (failed before)", f"{summary['skipped_failed']:,}"))
     if summary["not_finished"]:
         rows.append(("not finished (resume)", f"{summary['not_finished']:,}"))
+    cluster = summary.get("cluster")
+    if cluster:
+        rows.append(("Ray actors", f"{cluster['actors']} ({cluster['actors_lost']} lost, "
+                                   f"{cluster['tickets_requeued']:,} tickets sent again)"))
     rows += [
         ("wall time", f"{summary['wall_s']:,.2f} s"),
         ("requests", f"{summary['requests']:,} ({summary['retries']:,} retries, {summary['rate_limited']:,} answered 429)"),

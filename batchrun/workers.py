@@ -696,9 +696,12 @@ def _relax_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 
 
-async def _serve_run(job: JobSpec, providers: dict[str, Any], run_number: int, send: Any, receive: Any) -> bool:
-    """One run's tickets until "end" (True) or stdin closes (False: the coordinator is gone)."""
-    hooks = _RemoteHooks(send, job, next(iter(providers.values())))
+async def _serve_run(job: JobSpec, providers: dict[str, Any], run_number: int, send: Any, receive: Any,
+                     hooks: _RemoteHooks | None = None) -> bool:
+    """One run's tickets until "end" (True) or stdin closes (False: the coordinator is gone).
+    `hooks`: another way to ask for permits (ray_engine's actors lease them from the cluster's limiter)."""
+    if hooks is None:
+        hooks = _RemoteHooks(send, job, next(iter(providers.values())))
 
     async def one(message: dict[str, Any]) -> None:
         request = ChatRequest(message["id"], message["messages"], float(message["timeout"]))

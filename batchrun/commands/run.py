@@ -42,6 +42,7 @@ Examples:
   OPENAI_API_KEY=... batchrun run jobs/classify_tickets.toml --live --run-dir runs/live
   batchrun run jobs/classify_tickets.toml --api-base http://localhost:4000/v1   # a LiteLLM proxy
   batchrun run jobs/classify_tickets.toml --serve          # and its live page on http://127.0.0.1:8765
+  batchrun run jobs/classify_tickets.toml --engine ray --ray-address auto      # on a Ray cluster
 
 \b
 Exit codes: 0 all done; 2 bad job file, input or environment (nothing sent);
@@ -155,7 +156,12 @@ class _WorkersType(click.ParamType):
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
 @click.option("--workers", type=_WorkersType(),
-              help="Worker processes, N or auto [default: the job's `workers`; auto = one per core for big runs].")
+              help="Worker processes (Ray actors with --engine ray), N or auto [default: the job's `workers`; "
+                   "auto = one per core for big runs].")
+@click.option("--engine", type=click.Choice(["local", "ray"]),
+              help="Where tickets run: this machine, or Ray actors (docs/cluster.md) [default: the job's `engine`].")
+@click.option("--ray-address", help="Ray cluster to join (implies --engine ray): auto, ray://HOST:10001 "
+              "[default: the job's `ray_address`, else a local Ray started for the run].")
 @click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True),
               help="Stop dispatching before the run directory's total cost would pass this.")
 @click.option("--cache/--no-cache", "cache", default=None,
@@ -182,9 +188,10 @@ class _WorkersType(click.ParamType):
                    "(a `batchrun serve` process on the run directory's parent).")
 def run_command(job_file: Path, input_path: Path | None, concurrency: int | None, limit: int | None,
         run_dir: Path | None, model: str | None, api_base: str | None, live: bool, skip_failed: bool,
-        force: bool, grace: float, workers: int | str | None, max_cost_usd: float | None, cache: bool | None,
-        progress: bool | None, mode: str | None, no_wait: bool, finish_online: bool, progress_every: float,
-        as_json: bool, verbose: int, log_file: Path | None, serve_port: int | None) -> None:
+        force: bool, grace: float, workers: int | str | None, engine: str | None, ray_address: str | None,
+        max_cost_usd: float | None, cache: bool | None, progress: bool | None, mode: str | None,
+        no_wait: bool, finish_online: bool, progress_every: float, as_json: bool, verbose: int,
+        log_file: Path | None, serve_port: int | None) -> None:
     """Run JOB_FILE over its tickets, or resume it where it stopped.
 
     Ids already in the run directory's results.jsonl are never requested again.
@@ -198,9 +205,13 @@ def run_command(job_file: Path, input_path: Path | None, concurrency: int | None
 
     secrets: list[str] = []
     try:
-        job = load_job(job_file).with_overrides(
+        job = load_job(job_file)
+        if engine == "local" and job.ray_address is not None:  # --engine local wins over the job's cluster
+            job = job.model_copy(update={"ray_address": None})
+        job = job.with_overrides(
             input=input_path, concurrency=concurrency, run_dir=run_dir, model=model, api_base=api_base,
-            workers=workers, cache=cache, mode=mode)
+            workers=workers, cache=cache, mode=mode,
+            engine="ray" if ray_address and engine is None else engine, ray_address=ray_address)
         if (no_wait or finish_online) and job.mode != "batch":
             raise JobSpecError("--no-wait and --finish-online are for batch mode (mode = \"batch\" or --mode batch)")
         use_sim = job.simulator is not None and not live and api_base is None
