@@ -49,9 +49,12 @@ plan: install-run  ## forecast JOB, nothing sent: tickets to do, tokens, cost, d
 report: install-run  ## grade JOB's run directory (or RUN_DIR) against gold labels
 	$(BIN)/batchrun report $(or $(RUN_DIR),runs/$(basename $(notdir $(JOB)))) $(REPORT_ARGS)
 
-# pytest's "no tests collected" (exit 5) counts as a pass
+# pytest's "no tests collected" (exit 5) counts as a pass. Most tests wait on subprocesses and
+# simulators rather than compute, so three pytest-xdist workers keep 2 cores busy: make test PYTEST_WORKERS=0
+# runs them in one process.
+PYTEST_WORKERS ?= 3
 test: $(TEST_STAMP)  ## install the test tools too, then run the whole suite
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
 BENCH_ARGS ?= --baseline
