@@ -36,6 +36,7 @@ Layout of this module (the CLI uses the same pieces):
     check_params(job)             [params] keys against what litellm lists for the model
     endpoint_label(targets, ...)  what the manifest records as the endpoint
     run_job(job, ...)             prepare + execute one (single-model) job
+    run_batch_job(job, ...)       the same for batch mode (the provider's Batch API)
     run / arun                    the public functions
 """
 
@@ -232,6 +233,56 @@ async def run_job(job: Any, job_path: Path | None, targets: dict[str, dict[str, 
     finally:
         prep.release()
 
+
+
+async def run_batch_job(job: Any, job_path: Path | None, targets: dict[str, dict[str, Any]], sim_url: str | None,
+                        time_scale: float, *, limit: int | None = None, skip_failed: bool = False,
+                        force: bool = False, max_cost_usd: float | None = None, no_wait: bool = False,
+                        finish_online: bool = False, progress: bool = False,
+                        say: Callable[[str], None] = _quiet) -> Any:
+    """Prepare + execute a batch-mode job (docs/batch.md): one LiteLLMBatchAPI per model key
+    (refused where litellm has no batch creation), then `batch_mode.execute_batch_run`.
+    With `finish_online`, parts still running are cancelled and collected, nothing new is
+    submitted; the caller sends the rest online."""
+    from batchrun.batch_mode import execute_batch_run, ledger_summary
+    from batchrun.engine import RunResult, prepare_run
+    from batchrun.errors import ConfigurationError
+    from batchrun.provider import BATCH_PROVIDERS, LiteLLMBatchAPI
+    from batchrun.spec import PricesSpec
+
+    use_sim = sim_url is not None
+    endpoint = endpoint_label(targets, use_sim)
+    apis = {}
+    for key, kwargs in targets.items():
+        prices = PricesSpec.model_validate(kwargs["prices"]) if kwargs["prices"] else None
+        api = LiteLLMBatchAPI(model=kwargs["model"], api_base=sim_url if use_sim else kwargs["api_base"],
+                              api_key=kwargs["api_key"], timeout_s=max(job.timeout_s, 300.0), prices=prices)
+        if api.provider not in BATCH_PROVIDERS:
+            raise ConfigurationError(
+                f"{kwargs['model']}: litellm has no batch creation for provider {api.provider!r}; "
+                f"batch mode needs one of {', '.join(sorted(BATCH_PROVIDERS))} (use --mode online)")
+        apis[key] = api
+    params = {key: kwargs["params"] for key, kwargs in targets.items()}
+    prep = prepare_run(job, job_path=job_path, endpoint=endpoint, limit=limit, skip_failed=skip_failed,
+                       force=force, max_cost_usd=max_cost_usd)
+    try:
+        for note in prep.notes:
+            say(note)
+        ledger = ledger_summary(prep.run_dir)
+        live = ledger["live"] if ledger else 0
+        if prep.to_do == 0 and not live:
+            return RunResult(state="done", exit_code=0, summary={"done": 0, "failed": 0,
+                             "already_done": prep.already_done, "tickets_total": prep.tickets_total},
+                             run_dir=prep.run_dir, run_number=prep.run_number, nothing_to_do=True)
+        models = ", ".join(t["model"] for t in targets.values())
+        say(f"{job.name}: batch mode, {prep.to_do:,} to do ({live} part(s) already submitted), "
+            f"model {models} via {endpoint}, run {prep.run_number} in {prep.run_dir}")
+        result = await execute_batch_run(prep, apis, params, no_wait=no_wait, stop_submitting=finish_online,
+                                         time_scale=time_scale, progress=progress)
+        result.run_dir, result.run_number = prep.run_dir, prep.run_number
+        return result
+    finally:
+        prep.release()
 
 def _totals(run_dir: Path, asked: int, input_tickets: int) -> dict[str, int]:
     """Counts of the whole run directory: what the input holds, what this run was asked to

@@ -20,8 +20,6 @@ are kept in <run_dir>/simulator-batches so a later command finds them.
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +27,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from batchrun.run_logging import route_litellm_logs, setup_logging
 from batchrun.textfmt import num
 
 __all__ = ["run_command", "setup_logging"]
@@ -52,74 +51,6 @@ Exit codes: 0 all done; 2 bad job file, input or environment (nothing sent);
 130/143 interrupted by SIGINT/SIGTERM; 1 other errors. Every stopped run
 resumes with the same command.
 """
-
-
-class _RedactingFilter(logging.Filter):
-    """Scrubs API keys from every log record before any handler sees it."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        super().__init__()
-        self.secrets = secrets
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from batchrun.errors import redact_secrets
-
-        record.msg = redact_secrets(record.getMessage(), self.secrets)
-        record.args = ()
-        if record.exc_info:
-            import traceback
-
-            record.msg += "\n" + redact_secrets("".join(traceback.format_exception(*record.exc_info)),
-                                                self.secrets)
-            record.exc_info = None
-            record.exc_text = None
-        return True
-
-
-def setup_logging(verbose: int, log_file: Path | None, secrets: list[str]) -> None:
-    """-v: batchrun's retries and failures; -vv: debug, litellm's too. Keys scrubbed. Every log
-    line goes to stderr (or the log file): stdout holds the summary only."""
-    route_litellm_logs(verbose)
-    if not verbose and log_file is None:
-        return
-    level = logging.DEBUG if verbose >= 2 else logging.INFO
-    handlers: list[logging.Handler] = []
-    if verbose:
-        handlers.append(logging.StreamHandler(sys.stderr))
-    if log_file is not None:
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
-    redact = _RedactingFilter(secrets)
-    for handler in handlers:
-        handler.addFilter(redact)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler.setLevel(level)
-    root = logging.getLogger()
-    root.setLevel(level)
-    for handler in handlers:
-        root.addHandler(handler)
-    logging.getLogger("batchrun").setLevel(level)
-
-
-LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
-
-
-def route_litellm_logs(verbose: int) -> None:
-    """litellm's own log lines: never on stdout (it holds the summary), INFO and DEBUG only at -vv.
-
-    litellm's handler writes records below WARNING to stdout, at the level
-    LITELLM_LOG gives it when litellm is imported (DEBUG by default): it starts
-    at ERROR unless the user set LITELLM_LOG. With -v or -vv its handler is
-    removed and litellm's records go through batchrun's (redacting) stderr
-    handler: WARNING and up at -v, everything at -vv. Called before litellm is
-    imported and again after (its handler is added by the import)."""
-    os.environ.setdefault("LITELLM_LOG", "ERROR")
-    if not verbose:
-        return
-    for name in LITELLM_LOGGERS:
-        logger = logging.getLogger(name)
-        logger.handlers.clear()
-        logger.propagate = True
-        logger.setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
 
 
 class _WorkersType(click.ParamType):
@@ -365,71 +296,39 @@ def _run_batch(job: Any, job_file: Path, targets: dict[str, dict[str, Any]], sim
               *, limit: int | None, skip_failed: bool, force: bool, grace: float, progress: bool,
               progress_every: float | None, max_cost_usd: float | None, verbose: int, as_json: bool,
               no_wait: bool, finish_online: bool, online: Callable[..., Any]) -> Any:
-    """A batch-mode job's model (docs/batch.md): prepare the run, one LiteLLMBatchAPI per model key,
-    `batch_mode.execute_batch_run`, the summary and the parts. With --finish-online, parts still
-    running are cancelled and collected first, then `online` (this module's `_run`) sends the rest."""
+    """A batch-mode job (docs/batch.md) through `api.run_batch_job`, then its summary and parts.
+    With --finish-online, parts still running are cancelled and collected first, then `online`
+    (this module's `_run`) sends the rest."""
     import anyio
 
-    from batchrun.batch_mode import execute_batch_run, ledger_summary
-    from batchrun.engine import prepare_run
-    from batchrun.errors import ConfigurationError, redact_url
-    from batchrun.provider import BATCH_PROVIDERS, LiteLLMBatchAPI
-    from batchrun.spec import PricesSpec
+    from batchrun.api import run_batch_job
+    from batchrun.batch_mode import ledger_summary
     from batchrun.stats import format_summary
 
-    use_sim = sim_url is not None
-    endpoint = "simulator" if use_sim else ", ".join(sorted(
-        {redact_url(t["api_base"]) if t["api_base"] else "provider default" for t in targets.values()}))
-    apis = {}
-    for key, kwargs in targets.items():
-        prices = PricesSpec.model_validate(kwargs["prices"]) if kwargs["prices"] else None
-        api = LiteLLMBatchAPI(model=kwargs["model"], api_base=sim_url if use_sim else kwargs["api_base"],
-                              api_key=kwargs["api_key"], timeout_s=max(job.timeout_s, 300.0), prices=prices)
-        if api.provider not in BATCH_PROVIDERS:
-            raise ConfigurationError(
-                f"{kwargs['model']}: litellm has no batch creation for provider {api.provider!r}; "
-                f"batch mode needs one of {', '.join(sorted(BATCH_PROVIDERS))} (use --mode online)")
-        apis[key] = api
-    params = {key: kwargs["params"] for key, kwargs in targets.items()}
-    prep = prepare_run(job, job_path=job_file, endpoint=endpoint, limit=limit, skip_failed=skip_failed,
-                       force=force, max_cost_usd=max_cost_usd)
-    try:
-        for note in prep.notes:
-            click.echo(f"batchrun: {note}", err=True)
-        ledger = ledger_summary(prep.run_dir)
-        live = ledger["live"] if ledger else 0
-        if prep.to_do == 0 and not live:
-            from batchrun.engine import RunResult
+    def say(message: str) -> None:
+        click.echo(f"batchrun: {message}", err=True)
 
-            click.echo(f"Nothing to do: {prep.already_done:,} of {prep.tickets_total:,} tickets already done in "
-                       f"{prep.run_dir}. No batch submitted.", err=as_json)
-            return RunResult(state="done", exit_code=0, summary={"done": 0, "failed": 0,
-                             "already_done": prep.already_done, "tickets_total": prep.tickets_total},
-                             run_dir=prep.run_dir, run_number=prep.run_number, nothing_to_do=True)
-        models = ", ".join(t["model"] for t in targets.values())
-        click.echo(f"batchrun: {job.name}: batch mode, {prep.to_do:,} to do ({live} part(s) already submitted), "
-                   f"model {models} via {endpoint}, run {prep.run_number} in {prep.run_dir}", err=True)
-        result = anyio.run(lambda: execute_batch_run(prep, apis, params, no_wait=no_wait,
-                                                     stop_submitting=finish_online, time_scale=time_scale,
-                                                     progress=progress))
-        result.run_dir, result.run_number = prep.run_dir, prep.run_number
-        if as_json:
-            return result
-        click.echo(format_summary(result.summary, title=f"{job.name}: run {prep.run_number} (batch) {result.state}"))
-        summary = ledger_summary(prep.run_dir) or {"parts": []}
+    result = anyio.run(lambda: run_batch_job(
+        job, job_file, targets, sim_url, time_scale, limit=limit, skip_failed=skip_failed, force=force,
+        max_cost_usd=max_cost_usd, no_wait=no_wait, finish_online=finish_online, progress=progress, say=say))
+    if result.nothing_to_do:
+        click.echo(f"Nothing to do: {result.summary['already_done']:,} of {result.summary['tickets_total']:,} "
+                   f"tickets already done in {result.run_dir}. No batch submitted.", err=as_json)
+        return result
+    if not as_json:
+        click.echo(format_summary(result.summary, title=f"{job.name}: run {result.run_number} (batch) {result.state}"))
+        summary = ledger_summary(result.run_dir) or {"parts": []}
         for part in summary["parts"]:
             counts = part.get("counts") or {}
             click.echo(f"  part {part['number']}: {part['state']} ({part.get('status') or '-'}), "
                        f"{part['tickets']:,} tickets, {counts.get('completed', 0):,} completed, "
                        f"{counts.get('failed', 0):,} failed" + (f"; {part['note']}" if part.get("note") else ""))
-        click.echo(f"run directory: {prep.run_dir}  (batchrun status {prep.run_dir})")
+        click.echo(f"run directory: {result.run_dir}  (batchrun status {result.run_dir})")
         if result.state == "submitted":
             click.echo("Submitted: run the same command later to collect the answers (nothing is sent again).",
                        err=True)
         elif result.error:
             click.echo(f"batchrun: {result.state}: {result.error}", err=True)
-    finally:
-        prep.release()
     if finish_online and result.state == "done":
         click.echo("batchrun: --finish-online: sending the tickets left online", err=True)
         result = online(job, job_file, targets, sim_url, limit=limit, skip_failed=skip_failed, force=force,
