@@ -112,6 +112,15 @@ class InputScan:
         return "\n".join(lines)
 
 
+
+def _missing_field(templates: Any, fields: Any) -> str | None:
+    """The first field a prompt template uses that the ticket lacks, or None."""
+    for template in templates:
+        missing = template.missing_field(fields)
+        if missing is not None:
+            return missing
+    return None
+
 def _too_long(size: int, limit: int) -> ValueError:
     return ValueError(f"line is {size:,} bytes, over the {limit:,}-byte limit (max_line_bytes)")
 
@@ -294,11 +303,7 @@ def scan_input(
                 problem(line_no, f"duplicate id {ticket_id!r} (first on line {seen[ticket_id]})")
                 continue
             seen[ticket_id] = line_no
-            missing = None
-            for template in templates:
-                missing = template.missing_field(obj)
-                if missing is not None:
-                    break
+            missing = _missing_field(templates, obj)
             if missing is not None:
                 problem(line_no, f"ticket {ticket_id!r} has no field {missing!r} used by the prompt")
                 continue
@@ -386,11 +391,7 @@ def _scan_rows(path: Path, fmt: str, id_field: str, templates: Sequence[PromptTe
             problem(row_no, line, f"duplicate id {ticket_id!r} (first on row {seen[ticket_id]})")
             continue
         seen[ticket_id] = row_no
-        missing = None
-        for template in templates:
-            missing = template.missing_field(row)
-            if missing is not None:
-                break
+        missing = _missing_field(templates, row)
         if missing is not None:
             problem(row_no, line, f"ticket {ticket_id!r} has no field {missing!r} used by the prompt")
             continue
