@@ -543,9 +543,13 @@ class CheckpointWriter:
     def __init__(self, run_dir: Path, done_ids: set[str], maybe_billed: Any = ()) -> None:
         self.run_dir = Path(run_dir)
         self._done = done_ids
-        self._maybe_billed = maybe_billed  # ids whose line says maybe_billed_before: true
+        self._maybe_billed = set(maybe_billed)  # ids whose line says maybe_billed_before: true
         self._results: Any = None
         self._errors: Any = None
+
+    def mark_maybe_billed(self, ticket_id: str) -> None:
+        """The ticket's next line says maybe_billed_before: true (a request for it may have been paid for)."""
+        self._maybe_billed.add(ticket_id)
 
     async def open(self) -> None:
         try:

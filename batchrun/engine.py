@@ -448,6 +448,7 @@ class _Run:
         providers = dict(provider) if isinstance(provider, Mapping) else ({"": provider} if provider else {})
         self.providers = providers
         self.provider = next(iter(providers.values()), None)  # cost and token estimates
+        self.on_ray = engine == "ray"
         if engine == "ray":  # actors on a Ray cluster (ray_engine.py); workers None: one per cluster CPU
             from batchrun.ray_engine import RayExecutor
 
@@ -652,6 +653,11 @@ class _Run:
     async def before_attempt(self, request: ChatRequest, attempt: int, tokens: int | None = None) -> None:
         """Wait for the shared pause and the rate limits, then count the attempt. After a halt
         (a signal) no attempt starts: TicketAbandoned, also for one waiting here."""
+        await self.wait_for_attempt(request, attempt, tokens)
+        self.count_attempt(request, attempt)
+
+    async def wait_for_attempt(self, request: ChatRequest, attempt: int, tokens: int | None = None) -> None:
+        """before_attempt's waiting half (the pause, the rate limits, a halt): nothing counted yet."""
         if self.halt.is_set():
             raise TicketAbandoned()
         with anyio.CancelScope() as waiting:
@@ -672,8 +678,16 @@ class _Run:
                 self._waiting.discard(waiting)
         if waiting.cancelled_caught or self.halt.is_set():
             raise TicketAbandoned()
+
+    def count_attempt(self, request: ChatRequest, attempt: int) -> None:
+        """before_attempt's counting half: the journal entry (before the request can leave), the count."""
         self.journal_request(request.ticket_id, attempt)
         self.note_attempt(request, attempt)
+
+    def mark_maybe_billed(self, ticket_id: str) -> None:
+        """A request for this ticket was in flight where its answer was lost (a Ray actor died): the
+        ticket is sent again, and its line says maybe_billed_before."""
+        self.writer.mark_maybe_billed(ticket_id)
 
     def journal_request(self, ticket_id: str, attempt: int) -> None:
         """Write the journal entry before the request is sent; if it cannot be written, nothing is
@@ -815,10 +829,11 @@ class _Run:
             self.journal.open()
         except (OSError, CheckpointError) as exc:
             raise CheckpointError(f"{self.journal.path}: cannot open the in-flight journal: {exc}") from None
-        if self.job.rpm or self.job.tpm:
+        # (on Ray the limiter actor holds the rate limits for the whole cluster: ray_limiter.py)
+        if (self.job.rpm or self.job.tpm) and not self.on_ray:
             self.rate_limiter = RateLimiter(self.job.rpm, self.job.tpm)
         self.model_limiters = {entry.name: RateLimiter(entry.rpm or self.job.rpm, entry.tpm or self.job.tpm)
-                               for entry in self.job.models if entry.rpm or entry.tpm}
+                               for entry in self.job.models if (entry.rpm or entry.tpm) and not self.on_ray}
         n_workers = min(self.job.max_in_flight, max(self.prep.to_do, 1))
         tickets_send, tickets_recv = anyio.create_memory_object_stream[Ticket](self.job.max_in_flight)
         # Each worker holds at most one outcome, so this buffer never blocks a worker:

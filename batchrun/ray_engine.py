@@ -13,12 +13,19 @@ Ray actor calls instead of a pipe.
       producer -> slots -> RayExecutor.run()         and one litellm each)
         the least-loaded live actor takes the   push(frames)  -> _serve_run ->
         ticket; one push call in flight per     <- pull(wait)     run_chain
-        actor carries every frame posted since       outcomes, failed attempts,
-        the last one (chunks, back-pressure)         "ended" (in batches)
+        actor carries every frame posted since       "want" before each attempt,
+        the last one (chunks, back-pressure)         outcomes, failed attempts,
+      "want" -> count + journal -> "permit"          "ended" (in batches)
       writer <- outcomes                              |
                                                       v  lease / pause
                                                ClusterLimiter (ray_limiter.py):
                                                rpm/tpm buckets, the 429 pause
+
+Every attempt is counted before it can leave: an actor asks the driver
+("want", after its rate permit from the limiter), and the driver journals
+and counts the attempt, then answers "permit". The round trip rides on the
+same batched push/pull calls (a few milliseconds on a request's latency,
+no Ray call of its own).
 
 Tickets per actor are bounded: the driver never has more than `concurrency`
 tickets out, and each goes to the least-loaded actor, so an actor holds at
@@ -27,12 +34,18 @@ dies (ray.kill, OOM, its node lost) is noticed by its pending pull or push;
 the tickets it held go to the other actors, and since only the driver writes
 and a ticket's outcome is accepted once, each ticket is recorded once. A run
 whose actors are all gone fails with WorkerCrashedError and resumes like any
-other. Attempts made by an actor that died are not in the run's request
-count (their outcomes never came back); `actors_lost` and
-`tickets_requeued` in the executor say how many.
+other. The attempts a dead actor made are in the run's request count (each
+was counted when permitted); those whose fate is unknown (permitted, no
+report back: the request may have reached the provider and be billed) are
+named in the log and the summary (`in_flight_on_lost_actors`), and the
+ticket's line says `maybe_billed_before`. The count can exceed what reached
+the provider only by such tickets, one attempt each; it is never lower.
+`actors_lost` and `tickets_requeued` say how many actors died and tickets
+were sent again.
 
 Ray itself: with `address` None and no Ray initialised in this process, a
-local instance is started for the run and shut down after it; "auto" joins
+new local instance is started for the run (also when `ray start` left one
+running on this machine) and shut down after it; "auto" joins
 the cluster of `ray start --head` on this machine, "ray://HOST:10001" a
 remote one through Ray Client. `workers` is the number of actors; by
 default one per CPU the cluster offers, at most the job's concurrency. Each
@@ -51,6 +64,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import resource
 import time
 import uuid
@@ -63,6 +77,7 @@ from batchrun.provider import ChatRequest
 from batchrun.ray_limiter import NAMESPACE, ClusterLimiter, PermitClient, limiter_name, require_ray
 from batchrun.records import Completion, Outcome
 from batchrun.spec import JobSpec
+from batchrun.ticket_runner import TicketAbandoned
 from batchrun.workers import (
     ProcessExecutor,
     WorkerCrashedError,
@@ -74,6 +89,8 @@ from batchrun.workers import (
 )
 
 __all__ = ["RayExecutor", "TicketActor", "actor_name", "limits_for"]
+
+log = logging.getLogger("batchrun")
 
 PULL_WAIT_S = 1.0  # an idle actor's pull returns empty after this long (the driver then asks again)
 # A pull (push) waits this long after its first frame so that one Ray call carries the frames of
@@ -114,7 +131,9 @@ class _RayHooks(_RemoteHooks):
     def __init__(self, send: Any, job: JobSpec, provider: Any, client: PermitClient, limiter: Any,
                  index: int) -> None:
         super().__init__(send, job, provider)
-        self.asks_permits = False  # no "want" frames: permits come from the limiter actor
+        # every attempt asks the driver ("want"), which counts and journals it before it may leave;
+        # rate permits come from the limiter actor, before that
+        self.asks_permits = True
         self.reports_results = job.adaptive  # the driver's AIMD needs latencies
         self.client = client
         self.limiter = limiter
@@ -125,18 +144,21 @@ class _RayHooks(_RemoteHooks):
         key = request.model_key or ""
         return key if self.client.limited(key) else ""
 
-    async def before_attempt(self, request: ChatRequest, attempt: int) -> None:
+    async def _wait_for_permit(self, request: ChatRequest, attempt: int) -> None:
+        """The 429 pause, a rate permit from the limiter actor (rpm/tpm jobs), then the driver's
+        permit: the driver has counted and journaled the attempt before it may leave, so an actor
+        killed with requests in flight leaves no request uncounted."""
         await self.gate.wait_for_permit()
         key = self._key(request)
-        if not self.client.limited(key):
-            return
-        tokens = 0
-        if self.counts_tokens:
-            if request.ticket_id not in self.tokens:
-                self.tokens[request.ticket_id] = sum(self.provider.estimate_tokens(request))
-            tokens = self.tokens[request.ticket_id]
-        await self.client.acquire(key, tokens)
-        await self.gate.wait_for_permit()  # a pause that came while the lease was under way
+        if self.client.limited(key):
+            tokens = 0
+            if self.counts_tokens:
+                if request.ticket_id not in self.tokens:
+                    self.tokens[request.ticket_id] = sum(self.provider.estimate_tokens(request))
+                tokens = self.tokens[request.ticket_id]
+            await self.client.acquire(key, tokens)
+            await self.gate.wait_for_permit()  # a pause that came while the lease was under way
+        await self._ask_coordinator(request, attempt)
 
     def attempt_failed(self, request: ChatRequest, attempt: int, error: RequestError) -> None:
         super().attempt_failed(request, attempt, error)
@@ -254,6 +276,7 @@ class _ActorChild:
         self.load = 0  # tickets this actor holds
         self.peak_load = 0
         self.held: set[str] = set()
+        self.in_flight: set[str] = set()  # held tickets with an attempt permitted and no report of it yet
         self.ready = anyio.Event()
         self.ended = anyio.Event()
         self.gone = False
@@ -308,12 +331,13 @@ class RayExecutor(ProcessExecutor):
         super().__init__(n or 1, job, provider_kwargs, hooks, run_number, startup_timeout)
         self.requested = n
         self.address = address
-        self.counts_each_attempt = False  # attempts are counted from each outcome
+        self.counts_each_attempt = True  # each attempt is counted when the driver permits it
         self.started_ray = False
         self.limiter: Any = None
         self.limiter_counters: dict[str, Any] = {}
         self.actors_lost = 0
         self.tickets_requeued = 0
+        self.lost_in_flight: list[str] = []  # tickets with a request in flight on an actor that died
         self.children: list[_ActorChild] = []  # type: ignore[assignment]
         self._ray: Any = None
 
@@ -328,7 +352,8 @@ class RayExecutor(ProcessExecutor):
         if not ray.is_initialized():
             # blocks this event loop for the few seconds Ray needs: nothing has been sent yet
             try:
-                ray.init(address=self.address, namespace=NAMESPACE, include_dashboard=False,
+                # no address: a new local Ray ("local"), even when `ray start` left one on this machine
+                ray.init(address=self.address or "local", namespace=NAMESPACE, include_dashboard=False,
                          log_to_driver=True, configure_logging=False)
             except Exception as exc:  # no cluster there, a version mismatch, ...
                 where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
@@ -395,6 +420,30 @@ class RayExecutor(ProcessExecutor):
         finally:
             self.pending.pop(ticket_id, None)
 
+    async def _grant(self, child: Any, message: dict[str, Any]) -> None:
+        """Count and journal the attempt (the engine's before_attempt), then permit it; the actor
+        sends nothing before. A ticket its actor no longer holds (the actor died) gets no permit."""
+        ticket_id = message["id"]
+        pending = self.pending.get(ticket_id)
+        if pending is None or child.gone or ticket_id not in child.held:
+            return
+        try:
+            await self.hooks.wait_for_attempt(pending.request, message["attempt"])  # a 429 pause, a halt
+        except TicketAbandoned:
+            return  # halted: the actor got "halt" and ends the ticket itself
+        if child.gone or ticket_id not in child.held:
+            return  # the actor died meanwhile: nothing was counted, nothing can be sent
+        self.hooks.count_attempt(pending.request, message["attempt"])
+        # counted: from here until the actor reports on it, a death of the actor leaves the attempt's
+        # fate unknown (it may have reached the provider, and be billed)
+        child.in_flight.add(ticket_id)
+        child.post({"t": "permit", "id": ticket_id})
+
+    def _handle(self, child: Any, message: dict[str, Any]) -> None:
+        if message["t"] in ("failed", "outcome", "abandoned"):
+            child.in_flight.discard(message.get("id") or message.get("outcome", {}).get("ticket_id"))
+        super()._handle(child, message)
+
     def _actor_died(self, child: _ActorChild, exc: BaseException) -> None:
         if child.gone:
             return
@@ -403,10 +452,19 @@ class RayExecutor(ProcessExecutor):
         if self._closing:
             return
         self.actors_lost += 1
+        lost_in_flight = sorted(child.in_flight & child.held)
+        for ticket_id in lost_in_flight:
+            self.hooks.mark_maybe_billed(ticket_id)  # its line will say maybe_billed_before
+        self.lost_in_flight += lost_in_flight
         for ticket_id in list(child.held):
             pending = self.pending.get(ticket_id)
             if pending is not None and pending.outcome is None:
                 pending.done.set()
+        log.warning("a Ray actor died (%s: %s); its %d ticket(s) go to the other actors%s",
+                    type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "", len(child.held),
+                    f"; {len(lost_in_flight)} had a request in flight and may be billed twice: "
+                    f"{', '.join(lost_in_flight[:20])}{' ...' if len(lost_in_flight) > 20 else ''}"
+                    if lost_in_flight else "")
         if all(c.gone for c in self.children):
             self._fail_all(WorkerCrashedError(
                 f"every Ray actor of the run is gone (the last: {type(exc).__name__}: {exc}); "
@@ -428,6 +486,10 @@ class RayExecutor(ProcessExecutor):
         """What the run summary says of the cluster (RunStats.cluster)."""
         return {"actors": len(self.children), "actors_lost": self.actors_lost,
                 "tickets_requeued": self.tickets_requeued, "peak_tickets_per_actor": self.peak_tickets_per_actor,
+                # tickets whose request was in flight on an actor that died: counted, possibly billed,
+                # sent again (their lines say maybe_billed_before)
+                "in_flight_on_lost_actors": len(self.lost_in_flight),
+                "in_flight_on_lost_actors_ids": self.lost_in_flight[:100],
                 "limiter": self.limiter_counters or None}
 
     async def aclose(self) -> None:

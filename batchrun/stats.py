@@ -300,6 +300,14 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
     if cluster:
         rows.append(("Ray actors", f"{cluster['actors']} ({cluster['actors_lost']} lost, "
                                    f"{cluster['tickets_requeued']:,} tickets sent again)"))
+        lost = cluster.get("in_flight_on_lost_actors") or 0
+        if lost:
+            ids = cluster.get("in_flight_on_lost_actors_ids") or []
+            more = lost - len(ids[:10])
+            rows.append(("may be billed twice", (
+                f"{lost:,} ticket(s) had a request in flight on an actor that died (counted, sent again): "
+                + ", ".join(ids[:10]) + (f" and {more:,} more" if more > 0 else "")
+                + " (lines marked maybe_billed_before)")))
     rows += [
         ("wall time", f"{summary['wall_s']:,.2f} s"),
         ("requests", f"{summary['requests']:,} ({summary['retries']:,} retries, {summary['rate_limited']:,} answered 429)"),

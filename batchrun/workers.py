@@ -21,8 +21,8 @@ Usage) go on the wire as orjson writes dataclasses.
     coordinator -> child                    child -> coordinator
                                             {"t": "loaded", cpu_s}   (litellm imported, at start)
     {"t": "init", job, provider, run}       {"t": "ready", cpu_s}    (provider: kwargs per model key)
-    {"t": "ticket", id, messages, timeout,  {"t": "want", id, attempt, tokens}    (rpm/tpm jobs)
-     chain, route}
+    {"t": "ticket", id, messages, timeout,  {"t": "want", id, attempt, tokens}    (rpm/tpm jobs;
+     chain, route}                                                      every job on Ray actors)
     {"t": "permit", id}                     (other jobs: attempts counted from the outcome)
     {"t": "pause", seconds}                 {"t": "failed", id, attempt, error}
     {"t": "halt"}                           {"t": "abandoned", id, attempts}   (a ticket halted
@@ -572,6 +572,11 @@ class _RemoteHooks:
         if not self.asks_permits:  # attempts are counted from the outcome: no frame per attempt
             await self.gate.wait_for_permit()
             return
+        await self._ask_coordinator(request, attempt)
+
+    async def _ask_coordinator(self, request: ChatRequest, attempt: int) -> None:
+        """Send "want" and wait for the coordinator's "permit": it has counted and journaled the
+        attempt (and held it to the limits) before this side may send it."""
         tokens = None
         if self.counts_tokens:
             if request.ticket_id not in self.tokens:

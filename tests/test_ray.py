@@ -35,7 +35,9 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[str]:
     """One local Ray for the session; yields its address (GCS) for drivers in other processes."""
-    ray.init(num_cpus=2, include_dashboard=False, namespace="batchrun", configure_logging=False,
+    # address "local": a new instance even when `ray start` left one on this machine (no address
+    # would join that one)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="batchrun", configure_logging=False,
              log_to_driver=False)
     try:
         yield ray.get_runtime_context().gcs_address
@@ -116,6 +118,19 @@ def test_exactly_once_through_five_actor_kills(ray_cluster, make_job, tmp_path):
     assert result.state == "done" and result.exit_code == 0, result.error
     assert_each_once(tmp_path / "run", n)
     cluster = result.summary["cluster"]
+    # Every request the simulator saw is counted, also those of actors killed with a request in
+    # flight: the driver counts (and journals) an attempt before the actor may send it. The count
+    # is higher only by attempts granted to an actor that died before sending them, and each of
+    # those tickets is named (and its line marked) as possibly billed twice.
+    requests = result.summary["requests"]
+    assert served <= requests, (served, requests)
+    lost = cluster["in_flight_on_lost_actors"]
+    assert requests <= served + lost, (served, requests, lost)
+    assert lost >= 1
+    run_dir = tmp_path / "run"
+    marked = {row["id"] for row in read_jsonl(run_dir / "results.jsonl") + read_jsonl(run_dir / "errors.jsonl")
+              if row.get("maybe_billed_before")}
+    assert marked == set(cluster["in_flight_on_lost_actors_ids"]) and len(marked) == lost
     assert cluster["actors"] == actors and cluster["actors_lost"] == 5
     assert cluster["tickets_requeued"] >= 1 and served >= n  # what the dead held was sent again
     assert cluster["peak_tickets_per_actor"] <= 24  # the last actor standing holds them all, no more
@@ -160,6 +175,8 @@ def test_driver_killed_then_resumed_on_ray_and_then_locally(ray_cluster, make_jo
                                          "--no-progress", "--limit", "300"), env=cli_env,
                             capture_output=True, timeout=300)
     assert second.returncode == 0, second.stderr.decode()[-3000:]
+    # the tickets in flight at the kill are named: the journal was written before each request left
+    assert b"may be billed twice" in second.stdout, second.stdout.decode()[-3000:]
     assert f"batchrun: Ray at {ray_cluster}, 2 actor(s)".encode() in second.stderr
     rows = read_jsonl(run_dir / "results.jsonl")
     assert len({r["id"] for r in rows}) == len(rows) == 300
