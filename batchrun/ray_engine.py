@@ -413,6 +413,8 @@ class RayExecutor(ProcessExecutor):
                     child.held.discard(ticket_id)
                 if pending.outcome is not None:
                     return pending.outcome
+                if pending.abandoned is not None:  # halted (a signal): no outcome, not sent again
+                    raise pending.abandoned
                 if self.crashed is not None:
                     raise self.crashed
                 pending.done = anyio.Event()  # its actor died: the next live one takes it

@@ -256,3 +256,41 @@ def test_a_429_pause_reaches_every_actor(ray_cluster, make_job, tmp_path):
     quiet = [total for t, total, _ in sampler.samples if seen + 0.3 <= t <= seen + pause_s - 0.3]
     assert quiet and quiet[-1] == quiet[0], quiet  # no actor sent anything during the pause
     assert sampler.samples[-1][1] == n + 1
+
+
+def test_sigint_on_ray_sends_nothing_more_and_resumes(ray_cluster, make_job, tmp_path, cli_env):
+    """The first Ctrl-C reaches the actors: no request starts after it, tickets waiting out a 429's
+    Retry-After end at once (not as failures), the request in flight completes, and the run resumes."""
+    retry_after = 20  # longer than the wait below: a sleeping ticket must not wait it out
+    job = make_job(20, concurrency=4, extra=f"max_retry_after_s = {retry_after + 10}\n")
+    faults = (FaultRule("429", tickets=("T000001", "T000002", "T000003"), attempts=(1,), retry_after=retry_after),
+              FaultRule("stall", tickets=("T000004",), attempts=(1,), stall_s=3))
+    run_dir = tmp_path / "run"
+    args = ["run", str(job), "--no-progress", "--engine", "ray", "--ray-address", ray_cluster, "--workers", "2"]
+    with start_simulator(SimConfig(latency_ms=1, jitter=0, faults=faults)) as sim:
+        proc = subprocess.Popen(batchrun_cmd(*args, "--api-base", sim.base_url), env=cli_env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 180
+            while not (len(sim.stats()["requests_by_ticket"]) >= 4 and sim.stats()["in_flight"] == 1):
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "no four requests with one in flight"
+                time.sleep(0.02)
+            sent_at_signal = sim.stats()["total_requests"]
+            proc.send_signal(signal.SIGINT)
+            signalled = time.monotonic()
+            while proc.poll() is None and time.monotonic() - signalled < 15:  # the Retry-After is 20 s
+                time.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            out, err = proc.communicate()
+        stats = sim.stats()
+        assert proc.returncode == 130, err[-3000:]
+        assert stats["total_requests"] == sent_at_signal, "a request started after the signal"
+        assert "T000004" in {row["id"] for row in read_jsonl(run_dir / "results.jsonl")}
+        assert read_jsonl(run_dir / "errors.jsonl") == []  # the sleeping tickets are not failures
+        resumed = subprocess.run(batchrun_cmd(*args, "--api-base", sim.base_url), env=cli_env,
+                                 capture_output=True, text=True, timeout=180)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_each_once(run_dir, 20)
