@@ -514,7 +514,12 @@ class _Run:
                 # the rest are passed over unparsed
                 for ticket in read_tickets(self.job.input, self.job.id_field, only_lines=self.prep.scan.dispatch,
                                            max_line_bytes=self.job.max_line_bytes, input_format=self.job.input_format):
-                    await send.send(ticket)
+                    try:
+                        await send.send(ticket)
+                    except anyio.BrokenResourceError:
+                        # every worker stopped before this send could see the cancellation (a crash,
+                        # a halt): the run is stopping, and the reason is theirs to report
+                        return
 
     async def worker(self, tickets: Any, outcomes: Any) -> None:
         async with tickets, outcomes:
@@ -847,12 +852,18 @@ class _Run:
             await outer.start(self.watch_signals)
             try:
                 await self.executor.start(outer)
-            except BaseException:
+            except BaseException as exc:
                 outcomes_send.close()
                 tickets_send.close()
                 with anyio.CancelScope(shield=True):
                     await self.executor.aclose()
-                raise
+                if not isinstance(exc, BatchrunError):
+                    raise
+                # (no Ray there, a worker that cannot start): execute_run raises it as it is, not
+                # wrapped in this task group's ExceptionGroup
+                self.fatal = exc
+                outer.cancel_scope.cancel()
+                return
             self.stats.worker_startup_cpu_s = getattr(self.executor, "startup_cpu_s", 0.0)
             async with anyio.create_task_group() as work:
                 self.work_scope = work.cancel_scope

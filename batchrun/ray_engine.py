@@ -65,6 +65,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import resource
 import time
 import uuid
@@ -74,7 +75,14 @@ import anyio
 
 from batchrun.errors import ConfigurationError, RateLimitedError, RequestError
 from batchrun.provider import ChatRequest
-from batchrun.ray_limiter import NAMESPACE, ClusterLimiter, PermitClient, limiter_name, require_ray
+from batchrun.ray_limiter import (
+    NAMESPACE,
+    ClusterLimiter,
+    LimiterGoneError,
+    PermitClient,
+    limiter_name,
+    require_ray,
+)
 from batchrun.records import Completion, Outcome
 from batchrun.spec import JobSpec
 from batchrun.ticket_runner import TicketAbandoned
@@ -114,6 +122,33 @@ def limits_for(job: JobSpec) -> dict[str, list[float | None]]:
         if entry.rpm or entry.tpm:
             limits[entry.name] = [entry.rpm or job.rpm, entry.tpm or job.tpm]
     return limits
+
+
+REACH_TIMEOUT_S = 10.0
+
+
+async def check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """A TCP connection to an explicit address (HOST:PORT or ray://HOST:PORT) before ray.init, which
+    retries an unreachable cluster for many minutes; ConfigurationError at once if it is not there.
+    "auto" and other forms are left to Ray."""
+    target = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        with anyio.fail_after(timeout_s):
+            stream = await anyio.connect_tcp(host.strip("[]"), int(port))
+        await stream.aclose()
+    except (OSError, TimeoutError) as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc  # anyio: "All connection attempts failed"
+        why = (f"no answer within {timeout_s:g} s" if isinstance(exc, TimeoutError)
+               else os.strerror(cause.errno) if cause.errno else str(cause))
+        hint = ("ray://HOST:PORT is the head's Ray Client port (10001 unless `ray start --head "
+                "--ray-client-server-port` said otherwise; the head needs grpcio: pip install 'ray[client]')"
+                if address.startswith("ray://") else
+                "HOST:PORT is the head's GCS port (6379 unless `ray start --head --port` said otherwise)")
+        raise ConfigurationError(f"cannot reach the Ray cluster at {address}: {why}. Is `ray start --head` "
+                                 f"running there? {hint}; on the head node itself, use --ray-address auto") from None
 
 
 def _cpu_now() -> float:
@@ -156,7 +191,12 @@ class _RayHooks(_RemoteHooks):
                 if request.ticket_id not in self.tokens:
                     self.tokens[request.ticket_id] = sum(self.provider.estimate_tokens(request))
                 tokens = self.tokens[request.ticket_id]
-            await self.client.acquire(key, tokens)
+            try:
+                await self.client.acquire(key, tokens)
+            except LimiterGoneError as gone:
+                # the cluster's rate limit cannot be held any more: the driver stops the run
+                self.send({"t": "limiter_gone", "error": str(gone)})
+                raise TicketAbandoned() from None
             await self.gate.wait_for_permit()  # a pause that came while the lease was under way
         await self._ask_coordinator(request, attempt)
 
@@ -183,6 +223,7 @@ class TicketActor:
         start_run(init, limiter, limited_keys) -> CPU seconds so far
         pause(until)      the limiter's broadcast of a 429 pause
         loaded() -> CPU seconds after litellm's import
+        node() -> the Ray node id it runs on
     """
 
     def __init__(self, index: int, max_connections: int | None) -> None:
@@ -200,6 +241,12 @@ class TicketActor:
 
     def loaded(self) -> float:
         return self.loaded_cpu_s
+
+    def node(self) -> str:
+        """The id of the Ray node this actor runs on."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def _send(self, message: dict[str, Any]) -> None:
         self.outbox.append(encode(message))
@@ -350,6 +397,8 @@ class RayExecutor(ProcessExecutor):
         ray = self._ray = require_ray()
         self._tg = task_group
         if not ray.is_initialized():
+            if self.address:
+                await check_reachable(self.address)
             # blocks this event loop for the few seconds Ray needs: nothing has been sent yet
             try:
                 # no address: a new local Ray ("local"), even when `ray start` left one on this machine
@@ -363,8 +412,14 @@ class RayExecutor(ProcessExecutor):
         self.n = self.actor_count(cpus)
         limits = limits_for(self.job)
         self.run_id = uuid.uuid4().hex[:12]
+        # on the driver's node: a node lost with its actors must not take the cluster's rate limit with
+        # it (the driver's node is the one the run cannot lose anyway). Hard affinity: a soft one lets
+        # Ray place it elsewhere about half the time even though it needs no CPU.
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
         self.limiter = ray.remote(ClusterLimiter).options(
-            name=limiter_name(self.run_id), namespace=NAMESPACE, num_cpus=0,
+            name=limiter_name(self.run_id), namespace=NAMESPACE, num_cpus=0, scheduling_strategy=here,
             max_concurrency=10_000).remote(limits, self.n)
         actor_class = ray.remote(TicketActor)
         cpus_each = min(1.0, cpus / self.n)
@@ -400,7 +455,7 @@ class RayExecutor(ProcessExecutor):
         try:
             while True:
                 if self.crashed is not None:
-                    raise self.crashed
+                    raise self.crashed.with_traceback(None)  # one task's frames, not every raiser's
                 child = min((c for c in self.children if not c.gone), key=lambda c: c.load)
                 child.load += 1
                 child.peak_load = max(child.peak_load, child.load)
@@ -416,7 +471,7 @@ class RayExecutor(ProcessExecutor):
                 if pending.abandoned is not None:  # halted (a signal): no outcome, not sent again
                     raise pending.abandoned
                 if self.crashed is not None:
-                    raise self.crashed
+                    raise self.crashed.with_traceback(None)  # one task's frames, not every raiser's
                 pending.done = anyio.Event()  # its actor died: the next live one takes it
                 self.tickets_requeued += 1
         finally:
@@ -442,6 +497,12 @@ class RayExecutor(ProcessExecutor):
         child.post({"t": "permit", "id": ticket_id})
 
     def _handle(self, child: Any, message: dict[str, Any]) -> None:
+        if message["t"] == "limiter_gone":
+            if self.crashed is None:
+                self._fail_all(WorkerCrashedError(
+                    f"the run's rate limiter (a Ray actor) is gone ({message['error']}): the cluster-wide "
+                    "rpm/tpm limit cannot be held, so nothing more is sent; re-run to resume"))
+            return
         if message["t"] in ("failed", "outcome", "abandoned"):
             child.in_flight.discard(message.get("id") or message.get("outcome", {}).get("ticket_id"))
         super()._handle(child, message)

@@ -53,7 +53,7 @@ from typing import Any
 from batchrun.errors import ConfigurationError
 from batchrun.limits import TokenBucket
 
-__all__ = ["ClusterLimiter", "PermitClient", "limiter_name", "require_ray"]
+__all__ = ["ClusterLimiter", "LimiterGoneError", "PermitClient", "limiter_name", "require_ray"]
 
 NAMESPACE = "batchrun"
 
@@ -194,14 +194,25 @@ class ClusterLimiter:
             if index != source:
                 handle.pause.remote(until)
 
+    def node(self) -> str:
+        """The id of the Ray node this limiter runs on (the driver's, when it could be placed there)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def counters(self) -> dict[str, Any]:
         return {"lease_calls": self.lease_calls, "granted": self.granted, "given_back": self.given_back,
                 "pauses": self.pauses, "resume_at": self.resume_at,
                 "uptime_s": time.monotonic() - self.started}
 
 
+class LimiterGoneError(RuntimeError):
+    """The limiter actor died (its node lost, killed): no permit can be had any more."""
+
+
 class PermitClient:
-    """A worker actor's side of the limiter: leases in blocks, keeps a few spares."""
+    """A worker actor's side of the limiter: leases in blocks, keeps a few spares. If the limiter
+    dies, every waiting and later `acquire` raises LimiterGoneError (nothing waits forever)."""
 
     def __init__(self, limiter: Any, keys: set[str], *, max_block: int = 32, spare_ttl_s: float = 0.5) -> None:
         self.limiter = limiter
@@ -213,6 +224,7 @@ class PermitClient:
         self.waiting: dict[str, deque[tuple[float, asyncio.Future[None]]]] = {}
         self.leasing: dict[str, asyncio.Task[None]] = {}
         self.resume_at = 0.0  # the limiter's pause deadline, as its last answer said
+        self.gone: LimiterGoneError | None = None  # set when a lease call failed: the limiter is dead
 
     def limited(self, key: str) -> bool:
         return key in self.keys
@@ -225,6 +237,8 @@ class PermitClient:
         """One permit for one attempt of model `key` with `tokens` estimated tokens."""
         if key not in self.keys:
             return
+        if self.gone is not None:
+            raise self.gone
         spares = self.spare.get(key)
         now = time.monotonic()
         while spares and spares[0] < now:  # expired: back to the limiter
@@ -255,8 +269,17 @@ class PermitClient:
                 if not queue:
                     break
                 block = list(queue)[:self.max_block]
-                granted, extra, self.resume_at = await self.limiter.lease.remote(
-                    key, [t for t, _ in block], self.spare_hint.get(key, 0))
+                try:
+                    granted, extra, self.resume_at = await self.limiter.lease.remote(
+                        key, [t for t, _ in block], self.spare_hint.get(key, 0))
+                except Exception as exc:  # RayActorError and kin: the limiter died
+                    first = (str(exc).splitlines() or [""])[0][:200]
+                    self.gone = LimiterGoneError(f"{type(exc).__name__}: {first}")
+                    for _, future in queue:
+                        if not future.done():
+                            future.set_exception(self.gone)
+                    queue.clear()
+                    return
                 for _ in range(granted):
                     tokens, future = queue.popleft()
                     if future.done():  # cancelled while the lease was under way

@@ -419,11 +419,11 @@ class ProcessExecutor:
             for child in self.children:
                 await child.ready.wait()
                 if self.crashed is not None:
-                    raise self.crashed
+                    raise self.crashed.with_traceback(None)  # one task's frames, not every raiser's
 
     async def run(self, request: ChatRequest, chain: list[str], route: str | None = None) -> Outcome:
         if self.crashed is not None:
-            raise self.crashed
+            raise self.crashed.with_traceback(None)  # one task's frames, not every raiser's
         child = min(self.children, key=lambda c: c.load)
         pending = _Pending(request)
         self.pending[request.ticket_id] = pending
@@ -440,7 +440,8 @@ class ProcessExecutor:
         if pending.abandoned is not None:
             raise pending.abandoned
         if pending.outcome is None:
-            raise self.crashed or WorkerCrashedError("a worker process ended without an outcome")
+            crashed = self.crashed or WorkerCrashedError("a worker process ended without an outcome")
+            raise crashed.with_traceback(None)
         return pending.outcome
 
     def _handle(self, child: _Child, message: dict[str, Any]) -> None:

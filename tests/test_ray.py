@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 from batchrun import execute_run, load_job, prepare_run
 from batchrun.errors import JobSpecError
 from batchrun.sim.config import SimConfig
+from batchrun.workers import WorkerCrashedError
 from batchrun.sim.faults import FaultRule
 from batchrun.sim.process import start_simulator
 from conftest import batchrun_cmd, read_jsonl
@@ -141,6 +143,32 @@ def test_exactly_once_through_five_actor_kills(ray_cluster, make_job, tmp_path):
     wait_for_no_actors()  # the run's actors are gone after it
 
 
+@pytest.mark.slow
+def test_a_node_lost_mid_run(make_job, tmp_path, cli_env):
+    """A real node loss: two worker nodes (separate raylets on this machine), one killed mid-run.
+    Its actor's tickets go to the other node's actor, each recorded once; the limiter lives on the
+    driver's node, so the rate limit still holds after the loss."""
+    import orjson
+
+    n = 400
+    job_path = make_job(n, concurrency=16, top="rpm = 12000")  # the limiter is in use throughout
+    with start_simulator(SimConfig(latency_ms=50.0, jitter=0.0)) as sim:
+        proc = subprocess.run([sys.executable, str(Path(__file__).with_name("two_node_ray_run.py")),
+                               str(job_path), sim.base_url], env=cli_env, capture_output=True, timeout=300)
+        served = sim.stats()["total_requests"]
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    report = orjson.loads(proc.stdout.splitlines()[-1])
+    # the limiter lives on the driver's node, not on a node that can be lost with its actors
+    assert report["limiter_node"] == report["driver_node"]
+    assert len(set(report["actor_nodes"])) == 2 and report["lost_node"] in report["actor_nodes"]
+    assert report["state"] == "done", report["error"]
+    assert_each_once(tmp_path / "run", n)
+    summary = report["summary"]
+    cluster = summary["cluster"]
+    assert cluster["actors_lost"] == 1 and cluster["tickets_requeued"] >= 1
+    assert served <= summary["requests"] <= served + cluster["in_flight_on_lost_actors"]
+
+
 def wait_for_no_actors(timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while live_actors():
@@ -241,6 +269,34 @@ def test_rpm_limit_holds_across_four_actors(ray_cluster, make_job, tmp_path):
     assert rate >= 0.95 * per_s, rate
 
 
+def test_a_lost_limiter_stops_the_run_clearly_and_it_resumes(ray_cluster, make_job, tmp_path):
+    """The limiter actor killed mid-run: no actor waits forever for a permit; the run fails with a
+    message naming the limiter, nothing done is lost, and the same job resumes to the end."""
+    n = 300
+    job_path = make_job(n, concurrency=16, top="rpm = 6000")
+
+    async def kill_limiter(run_dir: Path) -> None:
+        with anyio.fail_after(120):
+            while lines(run_dir / "results.jsonl") < 60:
+                await anyio.sleep(0.02)
+        name = next(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                    if a["name"].startswith("batchrun-limiter-"))
+        ray.kill(ray.get_actor(name, namespace="batchrun"))
+
+    with start_simulator(SimConfig(latency_ms=20.0, jitter=0.0)) as sim:
+        with pytest.raises(BaseException) as caught:
+            run_on_ray(job_path, sim, 2, during=kill_limiter)
+        error = caught.value
+        while isinstance(error, BaseExceptionGroup):  # run_on_ray's own task group wraps it
+            error = error.exceptions[0]
+        assert isinstance(error, WorkerCrashedError) and "rate limiter (a Ray actor) is gone" in str(error), error
+        done = lines(tmp_path / "run" / "results.jsonl")
+        assert 60 <= done < n
+        second = run_on_ray(job_path, sim, 2)
+    assert second.state == "done", second.error
+    assert_each_once(tmp_path / "run", n)
+
+
 def test_a_429_pause_reaches_every_actor(ray_cluster, make_job, tmp_path):
     pause_s, n = 2.0, 300
     job_path = make_job(n, concurrency=16)
@@ -294,3 +350,20 @@ def test_sigint_on_ray_sends_nothing_more_and_resumes(ray_cluster, make_job, tmp
                                  capture_output=True, text=True, timeout=180)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_each_once(run_dir, 20)
+
+
+def test_an_unreachable_cluster_is_a_clear_error_at_once(make_job, tmp_path, cli_env):
+    """ray.init retries an address with nothing there for many minutes; the run says so at once."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again below: nothing listens there
+    job_path = make_job(5, concurrency=2, top="[simulator]\nlatency_ms = 1")
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        proc = subprocess.run(batchrun_cmd("run", str(job_path), "--ray-address", address, "--no-progress"),
+                              env=cli_env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert f"batchrun: error: cannot reach the Ray cluster at {address}: Connection refused" in proc.stderr
+        assert "Traceback" not in proc.stderr and "ExceptionGroup" not in proc.stderr
+    assert not (tmp_path / "run" / "results.jsonl").exists() or lines(tmp_path / "run" / "results.jsonl") == 0

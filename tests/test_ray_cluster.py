@@ -226,13 +226,9 @@ def test_ray_job_submit(head, make_job, tmp_path, cli_env):
 
 
 class JoinedTheHead(Exception):
-    """A run without an address went to the head of `ray start` (the one failure the xfail below expects)."""
+    """A run without an address went to the head of `ray start`."""
 
 
-@pytest.mark.xfail(strict=True, raises=JoinedTheHead, reason=(
-    "ray_engine.py calls ray.init(address=None), and ray.init() without an address joins the cluster "
-    "of the last `ray start` on the machine (($RAY_TMPDIR or /tmp)/ray/ray_current_cluster) instead of "
-    "starting one; address='local' would start one. Remove this mark when the engine does."))
 def test_no_address_starts_its_own_ray_while_a_head_is_up(head, make_job, tmp_path, cli_env):
     n = 20
     job_path = make_job(n, concurrency=8, top=SIM)
