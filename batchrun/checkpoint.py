@@ -418,8 +418,14 @@ def open_inflight(run_dir: Path, done_ids: set[str] | None = None) -> dict[str, 
                 try:
                     entry = orjson.loads(raw)
                     ticket_id = str(entry["id"])
-                    if ticket_id not in done:  # a done ticket is never sent again: cleared
-                        latest[ticket_id] = {"attempt": int(entry.get("attempt") or 1), "run": int(entry["run"])}
+                    if ticket_id in done:  # a done ticket is never sent again: cleared
+                        continue
+                    noted = {"attempt": int(entry.get("attempt") or 1), "run": int(entry["run"])}
+                    if entry.get("unsent"):  # that very request was never sent: cleared
+                        if latest.get(ticket_id) == noted:
+                            del latest[ticket_id]
+                    else:
+                        latest[ticket_id] = noted
                 except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                     continue  # the journal only ever over-reports; a bad line names no ticket
     except FileNotFoundError:
@@ -472,6 +478,13 @@ class InflightJournal:
         """Record that a request for `ticket_id` is about to be sent; OSError if it cannot be."""
         assert self._fd is not None, "open() first"
         os.write(self._fd, orjson.dumps({"id": ticket_id, "attempt": attempt, "run": self.run_number}) + b"\n")
+
+    def note_unsent(self, ticket_id: str, attempt: int) -> None:
+        """Record that the request noted for (`ticket_id`, `attempt`) was never sent after all (an
+        attempt counted ahead of its sender: a Ray actor's first); it clears that entry."""
+        assert self._fd is not None, "open() first"
+        os.write(self._fd, orjson.dumps({"id": ticket_id, "attempt": attempt, "run": self.run_number,
+                                         "unsent": True}) + b"\n")
 
     def close(self) -> None:
         if self._fd is not None:

@@ -689,6 +689,17 @@ class _Run:
         self.journal_request(request.ticket_id, attempt)
         self.note_attempt(request, attempt)
 
+    def uncount_attempt(self, request: ChatRequest, attempt: int) -> None:
+        """An attempt counted ahead (a Ray actor's first, at hand-over) that was never sent: out of the
+        count, and out of the journal (so the next run does not name the ticket as possibly billed)."""
+        self.stats.attempts -= 1
+        if attempt > 1:
+            self.stats.retries -= 1
+        try:
+            self.journal.note_unsent(request.ticket_id, attempt)
+        except OSError:
+            pass  # the entry stays: the journal only ever over-reports
+
     def mark_maybe_billed(self, ticket_id: str) -> None:
         """A request for this ticket was in flight where its answer was lost (a Ray actor died): the
         ticket is sent again, and its line says maybe_billed_before."""

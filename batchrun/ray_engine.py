@@ -101,11 +101,12 @@ __all__ = ["RayExecutor", "TicketActor", "actor_name", "limits_for"]
 log = logging.getLogger("batchrun")
 
 PULL_WAIT_S = 1.0  # an idle actor's pull returns empty after this long (the driver then asks again)
-# A pull (push) waits this long after its first frame so that one Ray call carries the frames of
-# the next few milliseconds too: a call costs far more CPU than a frame, and 200 ms requests do not
-# notice a few milliseconds.
-PULL_GATHER_S = 0.005
-PUSH_GATHER_S = 0.002
+# At most one pull (push) per actor per this interval: a Ray call costs far more CPU than a frame,
+# so under load each call carries every frame of the last interval; a frame after a quiet interval
+# leaves at once (no added latency when little is going on).
+PULL_INTERVAL_S = 0.010
+PUSH_INTERVAL_S = 0.010
+PUSH_BURST_S = 0.001
 
 
 def actor_name(run_id: str, index: int) -> str:
@@ -170,6 +171,9 @@ class _RayHooks(_RemoteHooks):
         # rate permits come from the limiter actor, before that
         self.asks_permits = True
         self.reports_results = job.adaptive  # the driver's AIMD needs latencies
+        # tickets whose first attempt the driver counted and journaled when it handed them over
+        # (jobs without rpm/tpm): that attempt needs no "want"
+        self.prepermitted: set[str] = set()
         self.client = client
         self.limiter = limiter
         self.index = index
@@ -198,7 +202,16 @@ class _RayHooks(_RemoteHooks):
                 self.send({"t": "limiter_gone", "error": str(gone)})
                 raise TicketAbandoned() from None
             await self.gate.wait_for_permit()  # a pause that came while the lease was under way
+        if attempt == 1 and request.ticket_id in self.prepermitted:
+            self.prepermitted.discard(request.ticket_id)  # counted at hand-over: it may leave now
+            return
         await self._ask_coordinator(request, attempt)
+
+    def finished(self, ticket_id: str) -> None:
+        super().finished(ticket_id)
+        if ticket_id in self.prepermitted:  # counted at hand-over, never sent (a cache hit, a halt)
+            self.prepermitted.discard(ticket_id)
+            self.send({"t": "unsent", "id": ticket_id})
 
     def attempt_failed(self, request: ChatRequest, attempt: int, error: RequestError) -> None:
         super().attempt_failed(request, attempt, error)
@@ -235,6 +248,7 @@ class TicketActor:
         self.inbox_ready = asyncio.Event()
         self.outbox: list[bytes] = []
         self.outbox_ready = asyncio.Event()
+        self.last_pull = 0.0
         self.hooks: _RayHooks | None = None
         self.task: asyncio.Task[None] | None = None
         self.loaded_cpu_s = _cpu_now()
@@ -259,7 +273,12 @@ class TicketActor:
         return self.inbox.popleft()
 
     async def push(self, data: bytes) -> None:
-        self.inbox.extend(decode_frames(bytearray(data)))
+        frames = decode_frames(bytearray(data))
+        if self.hooks is not None:
+            for frame in frames:
+                if frame.get("counted"):  # its first attempt is counted: no "want" for it
+                    self.hooks.prepermitted.add(frame["id"])
+        self.inbox.extend(frames)
         self.inbox_ready.set()
 
     async def pull(self, wait_s: float) -> bytes:
@@ -269,7 +288,10 @@ class TicketActor:
                 await asyncio.wait_for(self.outbox_ready.wait(), wait_s)
             except asyncio.TimeoutError:
                 return b""
-        await asyncio.sleep(PULL_GATHER_S)  # outcomes finishing meanwhile join the batch
+        delay = self.last_pull + PULL_INTERVAL_S - time.monotonic()
+        if delay > 0:  # the last pull was recent: what finishes meanwhile joins this one
+            await asyncio.sleep(delay)
+        self.last_pull = time.monotonic()
         data = b"".join(self.outbox)
         self.outbox.clear()
         return data
@@ -341,14 +363,19 @@ class _ActorChild:
     async def push_forever(self, owner: "RayExecutor") -> None:
         """One push call in flight at a time: what was posted meanwhile leaves in the next one."""
         try:
+            last_push = 0.0
             while not self.gone:
                 await self.wake.wait()
+                # recent: what is posted meanwhile joins this one; after a quiet spell, a millisecond
+                # for the rest of a burst (the tickets handed out together at the start)
+                delay = max(last_push + PUSH_INTERVAL_S - time.monotonic(), PUSH_BURST_S)
                 if not self.closing:
-                    await anyio.sleep(PUSH_GATHER_S)  # tickets posted meanwhile leave in the same call
+                    await anyio.sleep(delay)
                 self.wake = anyio.Event()
                 if self.outbox:
                     data = b"".join(self.outbox)
                     self.outbox.clear()
+                    last_push = time.monotonic()
                     await self.actor.push.remote(data)
                 if self.closing and not self.outbox:
                     return
@@ -378,7 +405,10 @@ class RayExecutor(ProcessExecutor):
         super().__init__(n or 1, job, provider_kwargs, hooks, run_number, startup_timeout)
         self.requested = n
         self.address = address
-        self.counts_each_attempt = True  # each attempt is counted when the driver permits it
+        self.counts_each_attempt = True  # each attempt is counted before an actor may send it
+        # jobs without rpm/tpm: a ticket's first attempt is counted and journaled when it is handed
+        # over (one frame each way fewer); rate-limited jobs ask for it after their lease
+        self.counts_at_handover = not (job.rpm or job.tpm or any(m.rpm or m.tpm for m in job.models))
         self.started_ray = False
         self.limiter: Any = None
         self.limiter_counters: dict[str, Any] = {}
@@ -420,12 +450,14 @@ class RayExecutor(ProcessExecutor):
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
         self.limiter = ray.remote(ClusterLimiter).options(
             name=limiter_name(self.run_id), namespace=NAMESPACE, num_cpus=0, scheduling_strategy=here,
-            max_concurrency=10_000).remote(limits, self.n)
+            max_concurrency=10_000, enable_task_events=False).remote(limits, self.n)
         actor_class = ray.remote(TicketActor)
         cpus_each = min(1.0, cpus / self.n)
         self.children = [
             _ActorChild(index, actor_class.options(name=actor_name(self.run_id, index), namespace=NAMESPACE,
-                                                   num_cpus=cpus_each, max_concurrency=100_000)
+                                                   num_cpus=cpus_each, max_concurrency=100_000,
+                                                   # no task event (sent to Ray's GCS) per push and pull
+                                                   enable_task_events=False)
                         .remote(index, self.max_connections))
             for index in range(self.n)]
         init = {"job": self.job.model_dump(mode="json"), "provider": self.provider_kwargs, "run": self.run_number}
@@ -451,7 +483,8 @@ class RayExecutor(ProcessExecutor):
         ticket_id = request.ticket_id
         self.pending[ticket_id] = pending
         message = {"t": "ticket", "id": ticket_id, "messages": request.messages,
-                   "timeout": request.timeout_s, "chain": chain, "route": route}
+                   "timeout": request.timeout_s, "chain": chain, "route": route,
+                   "counted": self.counts_at_handover}
         try:
             while True:
                 if self.crashed is not None:
@@ -460,6 +493,9 @@ class RayExecutor(ProcessExecutor):
                 child.load += 1
                 child.peak_load = max(child.peak_load, child.load)
                 child.held.add(ticket_id)
+                if self.counts_at_handover:  # before the actor can send it: journal, count
+                    self.hooks.count_attempt(request, 1)
+                    child.in_flight.add(ticket_id)
                 try:
                     child.post(message)
                     await pending.done.wait()
@@ -502,6 +538,12 @@ class RayExecutor(ProcessExecutor):
                 self._fail_all(WorkerCrashedError(
                     f"the run's rate limiter (a Ray actor) is gone ({message['error']}): the cluster-wide "
                     "rpm/tpm limit cannot be held, so nothing more is sent; re-run to resume"))
+            return
+        if message["t"] == "unsent":  # counted at hand-over, never sent (a cache hit, a halt)
+            pending = self.pending.get(message["id"])
+            if pending is not None:
+                self.hooks.uncount_attempt(pending.request, 1)
+            child.in_flight.discard(message["id"])
             return
         if message["t"] in ("failed", "outcome", "abandoned"):
             child.in_flight.discard(message.get("id") or message.get("outcome", {}).get("ticket_id"))

@@ -177,3 +177,22 @@ def test_kill_9_loop_reports_every_ticket_answered_twice(make_job, tmp_path, cli
     marked = {row["id"] for row in rows if row.get("maybe_billed_before")}
     assert answered_twice <= marked <= reported
     assert status_json(run_dir, cli_env)["maybe_billed_before"] == 0
+
+
+def test_an_unsent_mark_clears_only_the_entry_it_names(tmp_path):
+    """A Ray actor's first attempt is journaled at hand-over; if it never left (a halt, a cache hit)
+    an "unsent" mark clears it, and only it: a later attempt of the same ticket stays open."""
+    from batchrun.checkpoint import InflightJournal, open_inflight
+
+    journal = InflightJournal(tmp_path, 1)
+    journal.open()
+    try:
+        journal.note("A", 1)
+        journal.note("B", 1)
+        journal.note_unsent("B", 1)  # B's first attempt never left
+        journal.note("C", 1)
+        journal.note("C", 2)
+        journal.note_unsent("C", 1)  # names an older entry: C's second attempt stays open
+    finally:
+        journal.close()
+    assert open_inflight(tmp_path, set()) == {"A": {"attempt": 1, "run": 1}, "C": {"attempt": 2, "run": 1}}

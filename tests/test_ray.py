@@ -319,11 +319,13 @@ def test_sigint_on_ray_sends_nothing_more_and_resumes(ray_cluster, make_job, tmp
     Retry-After end at once (not as failures), the request in flight completes, and the run resumes."""
     retry_after = 20  # longer than the wait below: a sleeping ticket must not wait it out
     job = make_job(20, concurrency=4, extra=f"max_retry_after_s = {retry_after + 10}\n")
+    # the first four tickets (the concurrency) are all sent before any answer (200 ms) can pause an
+    # actor: three are told to come back in 20 s, one stalls for 3 s
     faults = (FaultRule("429", tickets=("T000001", "T000002", "T000003"), attempts=(1,), retry_after=retry_after),
               FaultRule("stall", tickets=("T000004",), attempts=(1,), stall_s=3))
     run_dir = tmp_path / "run"
     args = ["run", str(job), "--no-progress", "--engine", "ray", "--ray-address", ray_cluster, "--workers", "2"]
-    with start_simulator(SimConfig(latency_ms=1, jitter=0, faults=faults)) as sim:
+    with start_simulator(SimConfig(latency_ms=200, jitter=0, faults=faults)) as sim:
         proc = subprocess.Popen(batchrun_cmd(*args, "--api-base", sim.base_url), env=cli_env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
@@ -332,7 +334,8 @@ def test_sigint_on_ray_sends_nothing_more_and_resumes(ray_cluster, make_job, tmp
                 assert proc.poll() is None, proc.communicate()
                 assert time.monotonic() < deadline, "no four requests with one in flight"
                 time.sleep(0.02)
-            sent_at_signal = sim.stats()["total_requests"]
+            at_signal = sim.stats()
+            sent_at_signal, by_ticket_at_signal = at_signal["total_requests"], at_signal["requests_by_ticket"]
             proc.send_signal(signal.SIGINT)
             signalled = time.monotonic()
             while proc.poll() is None and time.monotonic() - signalled < 15:  # the Retry-After is 20 s
@@ -343,7 +346,8 @@ def test_sigint_on_ray_sends_nothing_more_and_resumes(ray_cluster, make_job, tmp
             out, err = proc.communicate()
         stats = sim.stats()
         assert proc.returncode == 130, err[-3000:]
-        assert stats["total_requests"] == sent_at_signal, "a request started after the signal"
+        assert stats["total_requests"] == sent_at_signal, ("a request started after the signal",
+                                                           by_ticket_at_signal, stats["requests_by_ticket"], err[-2000:])
         assert "T000004" in {row["id"] for row in read_jsonl(run_dir / "results.jsonl")}
         assert read_jsonl(run_dir / "errors.jsonl") == []  # the sleeping tickets are not failures
         resumed = subprocess.run(batchrun_cmd(*args, "--api-base", sim.base_url), env=cli_env,
@@ -367,3 +371,31 @@ def test_an_unreachable_cluster_is_a_clear_error_at_once(make_job, tmp_path, cli
         assert f"batchrun: error: cannot reach the Ray cluster at {address}: Connection refused" in proc.stderr
         assert "Traceback" not in proc.stderr and "ExceptionGroup" not in proc.stderr
     assert not (tmp_path / "run" / "results.jsonl").exists() or lines(tmp_path / "run" / "results.jsonl") == 0
+
+
+def test_cache_hits_on_ray_are_neither_sent_nor_counted(ray_cluster, make_job, tmp_path):
+    """A ticket's first attempt is counted when it is handed to an actor; an answer from the response
+    cache sends nothing, and the count (and the journal) take that attempt back."""
+    from batchrun.checkpoint import open_inflight
+
+    n = 30
+    job_path = make_job(n, concurrency=8, top=f'cache = true\ncache_dir = "{tmp_path / "cache"}"')
+    with start_simulator(SimConfig(latency_ms=5.0, jitter=0.0)) as sim:
+        kwargs = {**kwargs_for(sim, 8), "cache": {"dir": str(tmp_path / "cache"), "endpoint": "simulator"}}
+
+        def run_once() -> Any:
+            job = load_job(job_path)
+            prep = prepare_run(job, endpoint="simulator")
+            try:
+                return anyio.run(lambda: execute_run(prep, None, workers=2, engine="ray", provider_kwargs=kwargs))
+            finally:
+                prep.release()
+
+        first = run_once()
+        assert first.state == "done" and first.summary["requests"] == sim.stats()["total_requests"] == n
+        (tmp_path / "run").rename(tmp_path / "run1")  # a new run directory, the same cache
+        second = run_once()
+        assert sim.stats()["total_requests"] == n  # nothing sent
+    assert second.state == "done" and second.summary["cache_hits"] == n
+    assert second.summary["requests"] == 0, second.summary["requests"]
+    assert open_inflight(tmp_path / "run", set()) == {}  # no ticket named as possibly billed
