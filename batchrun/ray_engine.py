@@ -91,6 +91,7 @@ from batchrun.workers import (
     WorkerCrashedError,
     _Pending,
     _RemoteHooks,
+    _relax_gc,
     _serve_run,
     decode_frames,
     encode,
@@ -243,6 +244,7 @@ class TicketActor:
         from batchrun.provider import preload
 
         preload(max_connections)  # litellm, now: before the run's first ticket
+        _relax_gc()  # as in a worker process: the collector kept out of the request path
         self.index = index
         self.inbox: collections.deque[dict[str, Any]] = collections.deque()
         self.inbox_ready = asyncio.Event()

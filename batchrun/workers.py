@@ -693,7 +693,8 @@ def _relax_gc() -> None:
     times less often; cyclic garbage still goes, a little later. Measured
     (benchmarks/README.md): two workers, 128 in flight, 3,000 tickets, four
     alternating pairs: 226.6 -> 242.3 requests/s on average, every pair
-    faster. Only worker processes do this: they run nothing but requests.
+    faster. Only worker processes and Ray actors (ray_engine.py) do this: they
+    run nothing but requests.
     """
     import gc
 
