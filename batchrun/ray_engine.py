@@ -13,19 +13,24 @@ Ray actor calls instead of a pipe.
       producer -> slots -> RayExecutor.run()         and one litellm each)
         the least-loaded live actor takes the   push(frames)  -> _serve_run ->
         ticket; one push call in flight per     <- pull(wait)     run_chain
-        actor carries every frame posted since       "want" before each attempt,
-        the last one (chunks, back-pressure)         outcomes, failed attempts,
-      "want" -> count + journal -> "permit"          "ended" (in batches)
+        actor carries every frame posted since       "want" before an attempt not
+        the last one (chunks, back-pressure)         counted at hand-over, outcomes,
+      "want" -> count + journal -> "permit"          failed attempts, "unsent", "ended"
       writer <- outcomes                              |
                                                       v  lease / pause
                                                ClusterLimiter (ray_limiter.py):
                                                rpm/tpm buckets, the 429 pause
 
-Every attempt is counted before it can leave: an actor asks the driver
-("want", after its rate permit from the limiter), and the driver journals
-and counts the attempt, then answers "permit". The round trip rides on the
-same batched push/pull calls (a few milliseconds on a request's latency,
-no Ray call of its own).
+Every attempt is counted before it can leave. In a job without rpm/tpm the
+driver journals and counts a ticket's first attempt when it hands the
+ticket over (the frame says "counted"); an attempt counted so and never
+sent (a cache hit, a halt) comes back as "unsent" and is taken out of the
+count and the journal. Every other attempt (retries; every attempt of a
+rate-limited job, after its permit from the limiter) asks the driver
+("want"), which journals and counts it, then answers "permit". Frames ride
+on batched Ray calls: at most one pull and one push per actor per
+PULL_INTERVAL_S / PUSH_INTERVAL_S, so under load a call carries many
+frames and after a quiet spell a frame leaves at once.
 
 Tickets per actor are bounded: the driver never has more than `concurrency`
 tickets out, and each goes to the least-loaded actor, so an actor holds at
