@@ -176,6 +176,7 @@ class BatchSimulator:
         self.lines_by_ticket: dict[str, int] = {}
         self._real0 = time.time()
         self._epoch0 = self._real0
+        self._resumed: set[str] = set()  # batches a previous simulator left in progress
         self._next = 0
         self._prefix = os.urandom(3).hex()
         self.state_dir = Path(config.batch_state_dir) if config.batch_state_dir else None
@@ -190,7 +191,8 @@ class BatchSimulator:
 
     def _load(self) -> None:
         """Pick up the files and batches a previous simulator left in batch_state_dir;
-        batches it left unfinished are processed again from their first line."""
+        batches it left unfinished are processed again from their first line, on the saved clock:
+        the lines due by now (or by a cancel asked meanwhile) are answered at once (see _run)."""
         assert self.state_dir is not None
         try:
             state = orjson.loads((self.state_dir / STATE_FILE).read_bytes())
@@ -225,12 +227,10 @@ class BatchSimulator:
 
     async def _on_startup(self, app: web.Application) -> None:
         for batch in getattr(self, "_resume", []):
+            self._resumed.add(batch.id)  # made by an earlier simulator: see _run
             batch.completed = batch.failed = 0
             batch.output_file_id = batch.error_file_id = None
-            batch.status = "cancelled" if batch.cancel_requested else "validating"
-            if batch.status == "cancelled":
-                batch.times["cancelled_at"] = int(self.now())
-                continue
+            batch.status = "validating"
             batch.task = asyncio.get_running_loop().create_task(self._process(batch))
         self.save()
 
@@ -527,13 +527,18 @@ class BatchSimulator:
             batch.status, batch.errors = "failed", errors
             batch.times["failed_at"] = int(self.now())
             return
-        if batch.cancel_requested:
+        # A batch an earlier simulator left unfinished has been running on the (saved) clock
+        # since it was made: the lines due by now (by its cancel, if one came) are answered at
+        # once (a provider keeps what it answered before a cancel), so what a later command finds
+        # does not depend on how long the earlier simulators lived.
+        resumed = batch.id in self._resumed
+        if batch.cancel_requested and not resumed:
             batch.status = "cancelled"
             batch.times["cancelled_at"] = int(self.now())
             return
         batch.total = count
         batch.status = "in_progress"
-        batch.times["in_progress_at"] = int(self.now())
+        batch.times.setdefault("in_progress_at", batch.created_at if resumed else int(self.now()))
         self.save()
         kind = fault.kind if fault is not None else None
         stop_after = None  # lines answered before an expire/slow fault stops the batch
@@ -542,7 +547,7 @@ class BatchSimulator:
         elif kind == "slow":
             stop_after = int(count * (fault.rate or 0.0))
         per_line = self.config.batch_duration_s / count
-        started = self.now()
+        started = float(batch.times["in_progress_at"]) if resumed else self.now()
         out = _Writer(self, "batch_output", f"{batch.id}_output.jsonl")
         err = _Writer(self, "batch_output", f"{batch.id}_error.jsonl")
         cancelled = False
@@ -551,9 +556,13 @@ class BatchSimulator:
                 block: list[tuple[bool, bytes]] = []
                 index = 0
                 leftover: bytes | None = None  # the first line an expire/slow fault leaves unanswered
+                cutoff = batch.times.get("cancelling_at") if resumed and batch.cancel_requested else None
                 for raw in handle:
                     if stop_after is not None and index >= stop_after:
                         leftover = raw
+                        break
+                    if cutoff is not None and started + per_line * index > cutoff:
+                        cancelled = True  # this line was not due before the cancel
                         break
                     line = orjson.loads(raw)
                     cid = line["custom_id"]
