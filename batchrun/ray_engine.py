@@ -196,11 +196,7 @@ class _RayHooks(_RemoteHooks):
         await self.gate.wait_for_permit()
         key = self._key(request)
         if self.client.limited(key):
-            tokens = 0
-            if self.counts_tokens:
-                if request.ticket_id not in self.tokens:
-                    self.tokens[request.ticket_id] = sum(self.provider.estimate_tokens(request))
-                tokens = self.tokens[request.ticket_id]
+            tokens = self.estimated_tokens(request) if self.counts_tokens else 0
             try:
                 await self.client.acquire(key, tokens)
             except LimiterGoneError as gone:
@@ -415,7 +411,7 @@ class RayExecutor(ProcessExecutor):
         self.counts_each_attempt = True  # each attempt is counted before an actor may send it
         # jobs without rpm/tpm: a ticket's first attempt is counted and journaled when it is handed
         # over (one frame each way fewer); rate-limited jobs ask for it after their lease
-        self.counts_at_handover = not (job.rpm or job.tpm or any(m.rpm or m.tpm for m in job.models))
+        self.counts_at_handover = not limits_for(job)
         self.started_ray = False
         self.limiter: Any = None
         self.limiter_counters: dict[str, Any] = {}

@@ -112,7 +112,6 @@ class InputScan:
         return "\n".join(lines)
 
 
-
 def _missing_field(templates: Any, fields: Any) -> str | None:
     """The first field a prompt template uses that the ticket lacks, or None."""
     for template in templates:
@@ -120,6 +119,7 @@ def _missing_field(templates: Any, fields: Any) -> str | None:
         if missing is not None:
             return missing
     return None
+
 
 def _too_long(size: int, limit: int) -> ValueError:
     return ValueError(f"line is {size:,} bytes, over the {limit:,}-byte limit (max_line_bytes)")

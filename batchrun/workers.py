@@ -578,15 +578,17 @@ class _RemoteHooks:
     async def _ask_coordinator(self, request: ChatRequest, attempt: int) -> None:
         """Send "want" and wait for the coordinator's "permit": it has counted and journaled the
         attempt (and held it to the limits) before this side may send it."""
-        tokens = None
-        if self.counts_tokens:
-            if request.ticket_id not in self.tokens:
-                self.tokens[request.ticket_id] = sum(self.provider.estimate_tokens(request))
-            tokens = self.tokens[request.ticket_id]
         event = self.permits[request.ticket_id] = anyio.Event()
-        self.send({"t": "want", "id": request.ticket_id, "attempt": attempt, "tokens": tokens,
+        self.send({"t": "want", "id": request.ticket_id, "attempt": attempt,
+                   "tokens": self.estimated_tokens(request) if self.counts_tokens else None,
                    "model": request.model_key})
         await event.wait()
+
+    def estimated_tokens(self, request: ChatRequest) -> int:
+        """The ticket's prompt tokens as the provider estimates them, once per ticket (tpm jobs)."""
+        if request.ticket_id not in self.tokens:
+            self.tokens[request.ticket_id] = sum(self.provider.estimate_tokens(request))
+        return self.tokens[request.ticket_id]
 
     def attempt_failed(self, request: ChatRequest, attempt: int, error: RequestError) -> None:
         self.send({"t": "failed", "id": request.ticket_id, "attempt": attempt, "error": error_to_wire(error)})

@@ -176,7 +176,7 @@ class BatchSimulator:
         self.lines_by_ticket: dict[str, int] = {}
         self._real0 = time.time()
         self._epoch0 = self._real0
-        self._resumed: set[str] = set()  # batches a previous simulator left in progress
+        self._resumed: set[str] = set()  # batches an earlier simulator left unfinished (see _run)
         self._next = 0
         self._prefix = os.urandom(3).hex()
         self.state_dir = Path(config.batch_state_dir) if config.batch_state_dir else None
@@ -209,7 +209,7 @@ class BatchSimulator:
             batch = SimBatch(**item)
             self.batches[batch.id] = batch
             self.order.append(batch.id)
-        self._resume = [b for b in self.batches.values() if b.status not in FINISHED]
+        self._resumed = {b.id for b in self.batches.values() if b.status not in FINISHED}
 
     def save(self) -> None:
         """Write the state (files, batches, counters) to batch_state_dir, atomically."""
@@ -226,8 +226,7 @@ class BatchSimulator:
         os.replace(tmp, self.state_dir / STATE_FILE)
 
     async def _on_startup(self, app: web.Application) -> None:
-        for batch in getattr(self, "_resume", []):
-            self._resumed.add(batch.id)  # made by an earlier simulator: see _run
+        for batch in (self.batches[batch_id] for batch_id in self.order if batch_id in self._resumed):
             batch.completed = batch.failed = 0
             batch.output_file_id = batch.error_file_id = None
             batch.status = "validating"
