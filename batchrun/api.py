@@ -151,7 +151,7 @@ def check_params(job: Any) -> None:
     """Raise JobSpecError for a [params] key (the job's, or a [[models]] entry's) that litellm does
     not list for the model and that is not in `unchecked_params`: "did you mean temperature?".
     Imports litellm (through provider.py)."""
-    from batchrun.provider import unknown_params
+    from batchrun.providers.litellm_setup import unknown_params
 
     entries = [(f"models[{e.name}].params", e.model, {**job.params, **e.params}) for e in job.models] \
         or [("params", job.model, job.params)]
@@ -186,8 +186,11 @@ async def run_job(job: Any, job_path: Path | None, targets: dict[str, dict[str, 
     """Prepare and execute one single-model (or routed) job; `say` gets the lines a person
     should see on stderr (notes, the header). Returns an engine.RunResult with run_dir,
     run_number and totals set; a run with nothing to do returns state "done" at once."""
-    from batchrun.engine import RunResult, build_providers, coordinator_needs_provider, execute_run, prepare_run
-    from batchrun.stats import RunStats
+    from batchrun.execution.result import RunResult
+    from batchrun.providers.online import build_providers
+    from batchrun.execution.engine import coordinator_needs_provider, execute_run
+    from batchrun.execution.preparation import prepare_run
+    from batchrun.analysis.stats import RunStats
 
     use_sim = sim_url is not None
     endpoint = endpoint_label(targets, use_sim)
@@ -244,11 +247,13 @@ async def run_batch_job(job: Any, job_path: Path | None, targets: dict[str, dict
     (refused where litellm has no batch creation), then `batch_mode.execute_batch_run`.
     With `finish_online`, parts still running are cancelled and collected, nothing new is
     submitted; the caller sends the rest online."""
-    from batchrun.batch_mode import execute_batch_run, ledger_summary
-    from batchrun.engine import RunResult, prepare_run
+    from batchrun.batch.run import execute_batch_run
+    from batchrun.batch.ledger import ledger_summary
+    from batchrun.execution.result import RunResult
+    from batchrun.execution.preparation import prepare_run
     from batchrun.errors import ConfigurationError
-    from batchrun.provider import BATCH_PROVIDERS, LiteLLMBatchAPI
-    from batchrun.spec import PricesSpec
+    from batchrun.providers.batch_api import BATCH_PROVIDERS, LiteLLMBatchAPI
+    from batchrun.job.sections import PricesSpec
 
     use_sim = sim_url is not None
     endpoint = endpoint_label(targets, use_sim)
@@ -287,7 +292,8 @@ async def run_batch_job(job: Any, job_path: Path | None, targets: dict[str, dict
 def _totals(run_dir: Path, asked: int, input_tickets: int) -> dict[str, int]:
     """Counts of the whole run directory: what the input holds, what this run was asked to
     consider (after limit), and done / failed / remaining of the input."""
-    from batchrun.checkpoint import ERRORS, RESULTS, scan_jsonl
+    from batchrun.rundir.layout import ERRORS, RESULTS
+    from batchrun.rundir.lines import scan_jsonl
 
     done_ids = scan_jsonl(run_dir / RESULTS, totals=False).ids
     failed = len(scan_jsonl(run_dir / ERRORS, totals=False).ids - done_ids)
@@ -297,7 +303,7 @@ def _totals(run_dir: Path, asked: int, input_tickets: int) -> dict[str, int]:
 
 
 def _load(job: Any) -> tuple[Any, Path | None]:
-    from batchrun.spec import JobSpec, load_job
+    from batchrun.job.spec import JobSpec, load_job
 
     if isinstance(job, JobSpec):
         return job, None
@@ -311,7 +317,7 @@ def _load(job: Any) -> tuple[Any, Path | None]:
 def _validate_dict(data: dict[str, Any]) -> Any:
     from pydantic import ValidationError
 
-    from batchrun.spec import JobSpec, describe_validation_error
+    from batchrun.job.spec import JobSpec, describe_validation_error
 
     try:
         return JobSpec.model_validate(data, context={"base_dir": Path.cwd()})
@@ -376,7 +382,7 @@ async def arun(job: Any, *, tickets: Iterable[Mapping[str, Any]] | None = None, 
     """Run (or resume) `job` in the running event loop; see the module docstring."""
     import anyio
 
-    from batchrun.engine import RunResult
+    from batchrun.execution.result import RunResult
     from batchrun.sim.process import start_simulator
 
     overrides = {"input": Path(input) if input is not None else None,

@@ -111,6 +111,12 @@ class RunMismatchError(CheckpointError):
     exit_code = ExitCode.BAD_INPUT
 
 
+class ReportError(BatchrunError):
+    """The path given is not something a report can be made of."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
 class RequestError(BatchrunError):
     """One provider call failed.
 

@@ -60,7 +60,7 @@ def ticket(i: int) -> dict:
 
 
 def make_run(directory: Path, n: int) -> Path:
-    from batchrun.tickets import file_digest
+    from batchrun.job.tickets import file_digest
 
     rng = random.Random(7)
     tickets = directory / "tickets.jsonl"
@@ -118,9 +118,9 @@ def bench_export(n: int, formats: list[str], with_input: bool) -> None:
 PREPARE = """
 import sys, time
 t0 = time.monotonic()
-from batchrun.engine import prepare_run
-from batchrun.spec import load_job
-from batchrun.tickets import read_tickets
+from batchrun.execution.preparation import prepare_run
+from batchrun.job.spec import load_job
+from batchrun.job.tickets import read_tickets
 job = load_job(sys.argv[1])
 prep = prepare_run(job)
 t1 = time.monotonic()

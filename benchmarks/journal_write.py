@@ -19,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from batchrun.checkpoint import INFLIGHT, InflightJournal  # noqa: E402
+from batchrun.rundir.layout import INFLIGHT
+from batchrun.rundir.journal import InflightJournal  # noqa: E402
 
 
 def main() -> None:

@@ -146,7 +146,7 @@ class LeaseClient:
 def limiter_rate(seconds: float = 5.0) -> list[dict[str, Any]]:
     import ray
 
-    from batchrun.ray_limiter import ClusterLimiter
+    from batchrun.execution.executors.ray_limiter import ClusterLimiter
 
     rows = []
     for block in (1, 16):

@@ -6,7 +6,7 @@ Writes DIR/tickets.jsonl (N tickets cycled from sample_data, with new ids)
 and a run directory whose results.jsonl already holds the first N - pending
 tickets (plausible result lines) next to the input index the run saved when
 it started, as if it had been killed near its end.
-Then it times `batchrun.engine.prepare_run` (lock, torn-line check, input
+Then it times `batchrun.execution.preparation.prepare_run` (lock, torn-line check, input
 scan and hash, resume counts) plus the producer's skip to the first pending
 ticket, against a provider that records when the first request arrives and
 answers instantly. Prints the seconds to the first request.

@@ -33,12 +33,13 @@ import anyio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from batchrun.bench import run_bench  # noqa: E402
-from batchrun.engine import execute_run, prepare_run  # noqa: E402
+from batchrun.bench.sweep import run_bench  # noqa: E402
+from batchrun.execution.engine import execute_run
+from batchrun.execution.preparation import prepare_run  # noqa: E402
 from batchrun.sim.config import SimConfig  # noqa: E402
 from batchrun.sim.process import start_simulator  # noqa: E402
-from batchrun.spec import load_job  # noqa: E402
-from batchrun.workers import open_worker_pool  # noqa: E402
+from batchrun.job.spec import load_job  # noqa: E402
+from batchrun.execution.executors.process import open_worker_pool  # noqa: E402
 
 JOB = ROOT / "jobs" / "classify_tickets.toml"
 

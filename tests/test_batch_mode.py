@@ -47,10 +47,10 @@ def batch_job(make_job: Any, n: int, *, top: str = "", extra: str = "") -> Path:
 
 def run_inprocess(job_path: Path, sim: Any, *, no_wait: bool = False, stop_submitting: bool = False,
                   time_scale: float = 86400.0, **overrides: Any) -> Any:
-    from batchrun.batch_mode import execute_batch_run
-    from batchrun.engine import prepare_run
-    from batchrun.provider import LiteLLMBatchAPI
-    from batchrun.spec import load_job
+    from batchrun.batch.run import execute_batch_run
+    from batchrun.execution.preparation import prepare_run
+    from batchrun.providers.batch_api import LiteLLMBatchAPI
+    from batchrun.job.spec import load_job
 
     job = load_job(job_path)
     if overrides:
@@ -94,9 +94,10 @@ def assert_one_batch_per_part(sim: Any, run_dir: Path) -> None:
 
 
 def test_batch_run_writes_online_shaped_results_at_half_the_online_price(make_job, tmp_path):
-    from batchrun.engine import execute_run, prepare_run
-    from batchrun.provider import LiteLLMProvider
-    from batchrun.spec import load_job
+    from batchrun.execution.engine import execute_run
+    from batchrun.execution.preparation import prepare_run
+    from batchrun.providers.online import LiteLLMProvider
+    from batchrun.job.spec import load_job
 
     job_path = batch_job(make_job, 60)
     with start() as sim:
@@ -238,7 +239,7 @@ def test_429_and_5xx_from_files_and_batches_endpoints_are_retried_without_duplic
 
 
 def test_a_create_whose_answer_was_lost_is_adopted_by_listing_not_created_again(make_job, tmp_path, monkeypatch):
-    from batchrun import batch_mode
+    from batchrun.batch import run as batch_mode
 
     monkeypatch.setattr(batch_mode, "LIST_PAGE", 1)  # adoption must page through the list
     job_path = batch_job(make_job, 20, top="batch_max_requests = 10\n")
@@ -253,7 +254,7 @@ def test_a_create_whose_answer_was_lost_is_adopted_by_listing_not_created_again(
 
 
 def test_adoption_pages_through_every_batch_and_filters_on_metadata(make_job, tmp_path, monkeypatch):
-    from batchrun import batch_mode
+    from batchrun.batch import run as batch_mode
 
     job_path = batch_job(make_job, 30, top="batch_max_requests = 10\n")
     with start(batch_time_scale=3600.0) as sim:
@@ -271,8 +272,8 @@ def test_adoption_pages_through_every_batch_and_filters_on_metadata(make_job, tm
 
 
 def test_cancel_keeps_what_completed_and_the_next_run_collects_the_rest(make_job, tmp_path):
-    from batchrun.batch_mode import cancel_batches
-    from batchrun.provider import LiteLLMBatchAPI
+    from batchrun.batch.cancel import cancel_batches
+    from batchrun.providers.batch_api import LiteLLMBatchAPI
 
     job_path = batch_job(make_job, 40)
     with start(batch_faults=("slow:batches=1,rate=0.5",), batch_time_scale=3600.0) as sim:
@@ -300,7 +301,7 @@ def test_finish_online_cancels_the_running_part_and_leaves_the_rest_pending(make
 
 def test_anthropic_in_batch_mode_is_refused_when_the_job_loads(make_job):
     from batchrun.errors import JobSpecError
-    from batchrun.spec import load_job
+    from batchrun.job.spec import load_job
 
     job_path = make_job(3, model="anthropic/claude-3-5-haiku-latest", top='mode = "batch"\n')
     with pytest.raises(JobSpecError, match="anthropic.*batch"):

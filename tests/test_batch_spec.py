@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from batchrun.errors import JobSpecError
-from batchrun.spec import load_job
+from batchrun.job.spec import load_job
 
 
 def test_batch_fields_default_to_openai_limits(make_job):
@@ -29,7 +29,7 @@ def test_batch_prices_go_in_pairs_and_win_over_half_the_online_ones(make_job):
     with pytest.raises(JobSpecError, match="go together"):
         load_job(make_job(3, extra="[prices]\ninput_per_million = 1\noutput_per_million = 2\n"
                                    "batch_input_per_million = 0.4\n"))
-    from batchrun.provider import LiteLLMBatchAPI
+    from batchrun.providers.batch_api import LiteLLMBatchAPI
 
     job = load_job(make_job(3, extra="[prices]\ninput_per_million = 1\noutput_per_million = 2\n"))
     half = LiteLLMBatchAPI(model=job.model, prices=job.prices).batch_prices()

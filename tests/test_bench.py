@@ -14,7 +14,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from batchrun.bench import (
+from batchrun.bench.recommend import (
     Recommendation,
     build_row,
     compare_auto,
@@ -23,13 +23,12 @@ from batchrun.bench import (
     ideal_throughput,
     parse_concurrency,
     recommend,
-    redact_url,
-    sim_model,
     tickets_for,
-    write_sample,
 )
+from batchrun.bench.sweep import redact_url, sim_model
+from batchrun.bench.baseline import write_sample
 from batchrun.commands.bench import bench_command
-from batchrun.spec import JobSpec, load_job
+from batchrun.job.spec import JobSpec, load_job
 
 from conftest import write_tickets  # type: ignore[import-not-found]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from batchrun.charts import _clip_to, draw_plot
+from batchrun.analysis.charts import _clip_to, draw_plot
 
 
 def test_the_ideal_is_cut_where_it_leaves_the_axes():

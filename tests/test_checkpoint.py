@@ -13,19 +13,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchrun.checkpoint import (
-    ERRORS,
-    LOCK,
-    MANIFEST,
-    RESULTS,
-    CheckpointWriter,
-    load_done_ids,
-    load_failed_ids,
-    open_checkpoint,
-    read_manifest,
-    scan_jsonl,
-    write_manifest,
-)
+from batchrun.rundir.layout import ERRORS, LOCK, MANIFEST, RESULTS
+from batchrun.rundir.checkpoint import CheckpointWriter, open_checkpoint
+from batchrun.rundir.lines import load_done_ids, load_failed_ids
+from batchrun.rundir.manifest import read_manifest, write_manifest
+from batchrun.rundir.lines import scan_jsonl
 from batchrun.errors import CheckpointError, RunLockedError
 from batchrun.records import Completion, Outcome, Usage
 
@@ -271,7 +263,7 @@ def test_second_open_in_the_same_process_is_refused(tmp_path, checkpoint):
 
 HOLDER = """
 import sys
-from batchrun.checkpoint import open_checkpoint
+from batchrun.rundir.checkpoint import open_checkpoint
 cp = open_checkpoint(sys.argv[1])
 print("locked", flush=True)
 sys.stdin.readline()

@@ -13,7 +13,9 @@ import orjson
 import pytest
 
 from batchrun import Completion, ScriptedProvider, Usage, execute_run, load_job, prepare_run
-from batchrun.checkpoint import ERRORS, LOCK, MANIFEST, RESULTS, CheckpointWriter, open_checkpoint, write_manifest
+from batchrun.rundir.layout import ERRORS, LOCK, MANIFEST, RESULTS
+from batchrun.rundir.checkpoint import CheckpointWriter, open_checkpoint
+from batchrun.rundir.manifest import write_manifest
 from batchrun.errors import CheckpointError, ExitCode
 from conftest import batchrun_cmd, read_jsonl
 

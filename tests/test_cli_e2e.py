@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import orjson
 import pytest
 
-from batchrun.checkpoint import scan_jsonl
+from batchrun.rundir.lines import scan_jsonl
 from conftest import batchrun_cmd, read_jsonl
 
 N_TICKETS = 240
@@ -218,11 +218,11 @@ def test_worker_processes_stop_on_sigint_and_die_with_a_killed_coordinator(make_
     proc.kill()
     proc.wait(timeout=30)
     deadline = time.monotonic() + 30
-    while any(Path(f"/proc/{pid}").exists() and b"batchrun.workers" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    while any(Path(f"/proc/{pid}").exists() and b"batchrun.execution.executors.worker_child" in Path(f"/proc/{pid}/cmdline").read_bytes()
               for pid in children if Path(f"/proc/{pid}/cmdline").exists()) and time.monotonic() < deadline:
         time.sleep(0.05)
     alive = [pid for pid in children
-             if Path(f"/proc/{pid}/cmdline").exists() and b"batchrun.workers" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+             if Path(f"/proc/{pid}/cmdline").exists() and b"batchrun.execution.executors.worker_child" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert alive == [], "worker processes outlived a SIGKILLed coordinator"
 
     final = run_cli(args, cli_env)

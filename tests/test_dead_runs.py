@@ -23,9 +23,12 @@ import anyio
 import orjson
 import pytest
 
-import batchrun.checkpoint as checkpoint_mod
+import batchrun.rundir.checkpoint as checkpoint_mod
 from batchrun import Completion, ScriptedProvider, Usage, execute_run, load_job, prepare_run
-from batchrun.checkpoint import INFLIGHT, lock_state, open_inflight, read_manifest
+from batchrun.rundir.layout import INFLIGHT
+from batchrun.rundir.checkpoint import lock_state
+from batchrun.rundir.journal import open_inflight
+from batchrun.rundir.manifest import read_manifest
 from batchrun.errors import ExitCode
 from conftest import batchrun_cmd, read_jsonl
 
@@ -119,7 +122,7 @@ def wait_until(condition, timeout: float, what: str) -> None:
 
 
 def status_json(run_dir: Path, env) -> dict:
-    from batchrun.rundir import run_status  # what `batchrun status --json` prints
+    from batchrun.rundir.status import run_status  # what `batchrun status --json` prints
 
     return run_status(run_dir)
 
@@ -182,7 +185,7 @@ def test_kill_9_loop_reports_every_ticket_answered_twice(make_job, tmp_path, cli
 def test_an_unsent_mark_clears_only_the_entry_it_names(tmp_path):
     """A Ray actor's first attempt is journaled at hand-over; if it never left (a halt, a cache hit)
     an "unsent" mark clears it, and only it: a later attempt of the same ticket stays open."""
-    from batchrun.checkpoint import InflightJournal, open_inflight
+    from batchrun.rundir.journal import InflightJournal, open_inflight
 
     journal = InflightJournal(tmp_path, 1)
     journal.open()

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from batchrun.commands.diff import diff_command
-from batchrun.diffing import ACCURACY_DROPPED, diff_runs
+from batchrun.analysis.diffing import ACCURACY_DROPPED, diff_runs
 
 from test_report import GOLD, PRED, make_run, result_line  # type: ignore[import-not-found]
 

@@ -9,9 +9,9 @@ import anyio
 import orjson
 import pytest
 
-import batchrun.engine as engine_module
+import batchrun.execution.engine as engine_module
 from batchrun import Completion, ScriptedProvider, Usage, execute_run, load_job, prepare_run
-from batchrun.checkpoint import read_manifest
+from batchrun.rundir.manifest import read_manifest
 from batchrun.errors import ExitCode, RateLimitedError, RetryableError, TerminalError
 from conftest import read_jsonl
 
@@ -183,7 +183,7 @@ def test_ticket_text_is_sent_literally(make_job, tmp_path):
 
 
 def run_live(job_path: Path, sim, model: str | None = None, prices=None) -> tuple:
-    from batchrun.provider import LiteLLMProvider
+    from batchrun.providers.online import LiteLLMProvider
 
     job = load_job(job_path)
     prep = prepare_run(job, endpoint="sim")

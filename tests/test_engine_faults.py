@@ -9,9 +9,10 @@ import orjson
 import pytest
 
 from batchrun import Completion, ScriptedProvider, Usage, execute_run, load_job, prepare_run
-from batchrun.checkpoint import CheckpointWriter, read_manifest
+from batchrun.rundir.checkpoint import CheckpointWriter
+from batchrun.rundir.manifest import read_manifest
 from batchrun.errors import CheckpointError, ExitCode, RateLimitedError, RunMismatchError, TerminalError, TicketError
-from batchrun.limits import CostBudget, RequestGate
+from batchrun.execution.limits import CostBudget, RequestGate
 from conftest import read_jsonl
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchrun.export import ExportError, export_run
+from batchrun.analysis.export import ExportError, export_run
 from conftest import batchrun_cmd, invoke_cli, read_jsonl, write_tickets
 
 JOB = """\
@@ -119,7 +119,7 @@ def test_the_export_command(run_dir, tmp_path, cli_env):
 
 def _handmade_run(tmp_path: Path, results: list[dict], errors: list[dict], n: int = 4) -> Path:
     write_tickets(tmp_path / "tickets.jsonl", n)
-    from batchrun.tickets import file_digest
+    from batchrun.job.tickets import file_digest
 
     sha256, size = file_digest(tmp_path / "tickets.jsonl")
     run = tmp_path / "run"

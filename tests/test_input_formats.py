@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from batchrun.errors import TicketError
-from batchrun.spec import PromptTemplate
-from batchrun.tickets import read_tickets, scan_input
+from batchrun.job.templates import PromptTemplate
+from batchrun.job.tickets import read_tickets, scan_input
 from conftest import InvokeResult, invoke_cli, read_jsonl, sample_lines
 
 pa = pytest.importorskip("pyarrow")

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from batchrun.limits import AdaptiveConcurrency, TokenBucket, parse_rate_limit_headers, parse_reset
+from batchrun.execution.limits import (
+    AdaptiveConcurrency,
+    TokenBucket,
+    parse_rate_limit_headers,
+    parse_reset,
+)
 
 
 def test_token_bucket_refills_continuously_and_caps_at_capacity():

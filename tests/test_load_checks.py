@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from batchrun.errors import JobSpecError, TicketError
-from batchrun.spec import load_job
-from batchrun.tickets import read_tickets, scan_input
+from batchrun.job.spec import load_job
+from batchrun.job.tickets import read_tickets, scan_input
 from conftest import batchrun_cmd
 
 MINIMAL = """\
@@ -104,7 +104,7 @@ def test_run_refuses_a_model_litellm_cannot_route_before_sending(make_job, tmp_p
 
 def test_every_model_of_a_routed_job_is_checked_at_load(make_job, tmp_path):
     from batchrun.errors import JobSpecError
-    from batchrun.provider import check_models
+    from batchrun.providers.litellm_setup import check_models
 
     job = load_job(make_job(5, extra='''
         [[models]]

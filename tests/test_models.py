@@ -10,7 +10,7 @@ import pytest
 
 from batchrun import Completion, ScriptedProvider, Usage, execute_run, load_job, prepare_run
 from batchrun.errors import JobSpecError, TerminalError
-from batchrun.spec import JobSpec
+from batchrun.job.spec import JobSpec
 from conftest import batchrun_cmd, read_jsonl
 
 BASE = {"name": "m", "input": "t.jsonl", "prompt": {"user": "{body}"}}

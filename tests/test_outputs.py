@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchrun.outputs import (
+from batchrun.job.answer_checks import (
     OutputError,
     OutputRules,
     compile_schema,

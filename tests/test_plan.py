@@ -12,13 +12,13 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-import batchrun.plan as plan_module
-from batchrun.engine import render_messages
+import batchrun.analysis.plan as plan_module
+from batchrun.job.templates import render_messages
 from batchrun.commands.plan import plan_command
-from batchrun.plan import format_plan, make_plan
-from batchrun.provider import import_litellm
-from batchrun.spec import load_job
-from batchrun.tickets import read_tickets
+from batchrun.analysis.plan import format_plan, make_plan
+from batchrun.providers.litellm_setup import import_litellm
+from batchrun.job.spec import load_job
+from batchrun.job.tickets import read_tickets
 
 from conftest import read_jsonl  # type: ignore[import-not-found]
 
@@ -202,7 +202,7 @@ def test_an_alias_litellm_cannot_price_is_planned_from_what_the_endpoint_charged
     job_path = make_job(8, model="openai/team-alias", extra="[simulator]\nlatency_ms = 1\n")
     job = load_job(job_path)
     import batchrun
-    from batchrun.spec import PricesSpec
+    from batchrun.job.sections import PricesSpec
 
     priced = job.model_copy(update={"prices": PricesSpec(input_per_million=1.0, output_per_million=2.0)})
     batchrun.run(priced, limit=4)  # as a proxy that prices the alias would: cost_usd on every result

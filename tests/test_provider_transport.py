@@ -25,17 +25,13 @@ import threading
 import pytest
 from aiohttp.test_utils import TestServer
 
-from batchrun import litellm_tuning
-from batchrun import provider as provider_module
+from batchrun.providers import tuning as litellm_tuning
+from batchrun.providers import litellm_setup as provider_module
 from batchrun.errors import RetryableError
-from batchrun.provider import (
-    OPENAI_HTTP_HANDLER_ENV,
-    ChatRequest,
-    InlinePrepExecutor,
-    LiteLLMProvider,
-    RequestOptions,
-    openai_transport,
-)
+from batchrun.providers.tuning import OPENAI_HTTP_HANDLER_ENV, InlinePrepExecutor
+from batchrun.providers.online import LiteLLMProvider
+from batchrun.providers.seam import ChatRequest, RequestOptions
+from batchrun.providers.litellm_setup import openai_transport
 from batchrun.sim.config import SimConfig
 from batchrun.sim.faults import FaultRule
 from batchrun.sim.server import SIMULATOR_KEY, build_app

@@ -13,9 +13,11 @@ import httpx
 import pytest
 
 from batchrun.errors import RateLimitedError, RequestError, RetryableError, TerminalError, redact_secrets
-from batchrun.provider import _completion_from, import_litellm, translate_error
+from batchrun.providers.online import _completion_from
+from batchrun.providers.litellm_setup import import_litellm
+from batchrun.providers.error_mapping import translate_error
 from batchrun.records import Usage
-from batchrun.spec import PricesSpec
+from batchrun.job.sections import PricesSpec
 
 lm = import_litellm()
 

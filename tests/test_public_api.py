@@ -63,11 +63,11 @@ def test_every_exported_name_resolves():
 
 
 def test_exports_are_the_real_objects():
-    from batchrun.checkpoint import scan_jsonl
-    from batchrun.engine import execute_run
+    from batchrun.rundir.lines import scan_jsonl
+    from batchrun.execution.engine import execute_run
     from batchrun.errors import BatchrunError
-    from batchrun.provider import LiteLLMProvider
-    from batchrun.spec import load_job
+    from batchrun.providers.online import LiteLLMProvider
+    from batchrun.job.spec import load_job
 
     assert batchrun.load_job is load_job
     assert batchrun.BatchrunError is BatchrunError
@@ -92,7 +92,7 @@ def test_touching_every_export_does_not_import_litellm():
         import sys, batchrun
         for name in batchrun.__all__:
             getattr(batchrun, name)
-        import batchrun.engine, batchrun.rundir, batchrun.cli, batchrun.provider
+        import batchrun.execution.engine, batchrun.rundir.status, batchrun.cli, batchrun.providers.online
         assert 'litellm' not in sys.modules, 'litellm imported'
         print('ok')
     """)

@@ -25,7 +25,7 @@ import pytest
 from batchrun import execute_run, load_job, prepare_run
 from batchrun.errors import JobSpecError
 from batchrun.sim.config import SimConfig
-from batchrun.workers import WorkerCrashedError
+from batchrun.execution.executors.process import WorkerCrashedError
 from batchrun.sim.faults import FaultRule
 from batchrun.sim.process import start_simulator
 from conftest import batchrun_cmd, read_jsonl
@@ -136,7 +136,7 @@ def test_exactly_once_through_five_actor_kills(ray_cluster, make_job, tmp_path):
     assert cluster["actors"] == actors and cluster["actors_lost"] == 5
     assert cluster["tickets_requeued"] >= 1 and served >= n  # what the dead held was sent again
     assert cluster["peak_tickets_per_actor"] <= 24  # the last actor standing holds them all, no more
-    from batchrun.stats import format_summary
+    from batchrun.analysis.stats import format_summary
 
     assert "Ray actors" in format_summary(result.summary, title="t")
     assert "6 (5 lost, " in format_summary(result.summary, title="t")
@@ -376,7 +376,7 @@ def test_an_unreachable_cluster_is_a_clear_error_at_once(make_job, tmp_path, cli
 def test_cache_hits_on_ray_are_neither_sent_nor_counted(ray_cluster, make_job, tmp_path):
     """A ticket's first attempt is counted when it is handed to an actor; an answer from the response
     cache sends nothing, and the count (and the journal) take that attempt back."""
-    from batchrun.checkpoint import open_inflight
+    from batchrun.rundir.journal import open_inflight
 
     n = 30
     job_path = make_job(n, concurrency=8, top=f'cache = true\ncache_dir = "{tmp_path / "cache"}"')

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from batchrun import load_job
-from batchrun.ray_engine import limits_for
-from batchrun.ray_limiter import ClusterLimiter, PermitClient, require_ray
+from batchrun.execution.executors.ray_actors import limits_for
+from batchrun.execution.executors.ray_limiter import ClusterLimiter, PermitClient, require_ray
 
 
 class _Remote:

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from batchrun.grading import (
+from batchrun.analysis.grading import (
     OTHER,
     agreement,
     analyze,
@@ -23,11 +23,11 @@ from batchrun.grading import (
     format_report,
     prediction,
 )
-from batchrun.charts import write_charts
+from batchrun.analysis.charts import write_charts
 from batchrun.commands.report import report_command
 from batchrun.commands.status import format_status
-from batchrun.rundir import run_status
-from batchrun.stats import percentile
+from batchrun.rundir.status import run_status
+from batchrun.analysis.stats import percentile
 
 from conftest import batchrun_cmd  # type: ignore[import-not-found]
 

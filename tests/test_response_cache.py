@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchrun.provider import ResponseCache
+from batchrun.providers.cache import ResponseCache
 from batchrun.records import Completion, Usage
 from conftest import InvokeResult, invoke_cli, read_jsonl, write_tickets
 

@@ -7,7 +7,7 @@ import anyio
 import pytest
 
 from batchrun import execute_run, load_job, prepare_run
-from batchrun.provider import LiteLLMProvider
+from batchrun.providers.online import LiteLLMProvider
 from conftest import read_jsonl
 
 SCHEDULE = {

@@ -11,8 +11,8 @@ from typing import Callable
 import pytest
 
 from batchrun.errors import RateLimitedError, RequestError, RetryableError, TerminalError
-from batchrun.retrying import RETRYABLE, build_retrying
-from batchrun.spec import RetrySpec
+from batchrun.execution.retrying import RETRYABLE, build_retrying
+from batchrun.job.sections import RetrySpec
 
 
 class Recorder:

@@ -15,8 +15,8 @@ import pytest
 
 from batchrun.errors import JobSpecError
 from batchrun.records import Outcome
-from batchrun.spec import load_job
-from batchrun.stats import RunStats, format_progress_line, format_summary
+from batchrun.job.spec import load_job
+from batchrun.analysis.stats import RunStats, format_progress_line, format_summary
 from conftest import batchrun_cmd
 
 FAST_SIM = """
@@ -152,7 +152,7 @@ def test_unchecked_params_let_a_deliberate_key_through(make_job, cli_env):
 
 
 def test_provider_specific_keys_pass(make_job):
-    from batchrun.provider import unknown_params
+    from batchrun.providers.litellm_setup import unknown_params
 
     assert unknown_params("anthropic/claude-3-5-sonnet-20241022", {"top_k": 5, "temperature": 0}) == {}
     assert unknown_params("openai/gpt-4o-mini", {"max_tokns": 5}) == {"max_tokns": "max_tokens"}

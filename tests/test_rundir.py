@@ -7,7 +7,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchrun.rundir import MODELS_DIR, ReportError, find_units, iter_jsonl, read_manifest, run_status
+from batchrun.rundir.status import MODELS_DIR, find_units, read_manifest, run_status
+from batchrun.errors import ReportError
+from batchrun.rundir.lines import iter_jsonl
 
 from test_report import known_run, make_run, result_line  # type: ignore[import-not-found]
 

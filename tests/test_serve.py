@@ -231,7 +231,7 @@ def test_a_run_is_running_only_while_its_lock_is_held(tmp_path):
 
 
 async def test_api_lists_runs_and_gives_the_numbers_of_batchrun_status(make_job, tmp_path, fault_sim, cli_env):
-    from batchrun.rundir import run_status
+    from batchrun.rundir.status import run_status
 
     job = make_job(40)
     runs = tmp_path / "runs"

@@ -36,7 +36,8 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 from batchrun.sim.command import sim_command  # noqa: E402
 from batchrun.sim.config import SimConfig  # noqa: E402
 from batchrun.sim.process import start_simulator  # noqa: E402
-from batchrun.sim.server import SIMULATOR_KEY, TICKET_HEADER, ParsedChatRequest, build_app  # noqa: E402
+from batchrun.sim.server import SIMULATOR_KEY, TICKET_HEADER, build_app
+from batchrun.sim.replies import ParsedChatRequest  # noqa: E402
 from batchrun.sim.tokens import count_prompt_tokens, count_tokens, split_tokens  # noqa: E402
 
 HAVE_REAL_ANSWERS = importlib.util.find_spec("batchrun.sim.answers") is not None

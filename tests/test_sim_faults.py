@@ -723,7 +723,9 @@ async def test_litellm_exception_for_every_fault_kind(transport, monkeypatch):
     import litellm
     from litellm.exceptions import MidStreamFallbackError
 
-    from batchrun.provider import OPENAI_HTTP_HANDLER_ENV, import_litellm, translate_error
+    from batchrun.providers.tuning import OPENAI_HTTP_HANDLER_ENV
+    from batchrun.providers.litellm_setup import import_litellm
+    from batchrun.providers.error_mapping import translate_error
 
     import_litellm()
     monkeypatch.setenv(OPENAI_HTTP_HANDLER_ENV, "true" if transport == "litellm-http" else "false")

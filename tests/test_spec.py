@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from batchrun.errors import JobSpecError
-from batchrun.spec import JobSpec, MissingFieldError, PromptTemplate, load_job
+from batchrun.job.spec import JobSpec, load_job
+from batchrun.job.templates import MissingFieldError, PromptTemplate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -366,7 +367,7 @@ def test_classify_job_uses_the_sample_data():
 
 
 def test_worker_count_auto_uses_every_core_only_for_big_concurrent_runs():
-    from batchrun.spec import JobSpec
+    from batchrun.job.spec import JobSpec
 
     base = {"name": "w", "input": "t.jsonl", "model": "m", "prompt": {"user": "{b}"}, "concurrency": 64}
     job = JobSpec.model_validate(base)

@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from batchrun.errors import ConfigurationError
-from batchrun.spec import load_job
-from batchrun.starter import write_starter
+from batchrun.job.spec import load_job
+from batchrun.job.starter import write_starter
 from conftest import batchrun_cmd, read_jsonl, sample_lines
 
 

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from batchrun.stats import LatencyHistogram, RunStats, format_summary
+from batchrun.analysis.stats import LatencyHistogram, RunStats, format_summary
 
 
 def exact_percentile(values: list[float], p: float) -> float:

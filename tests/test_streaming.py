@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from batchrun import execute_run, load_job, prepare_run
-from batchrun.outputs import compile_schema, schema_problem
+from batchrun.job.answer_checks import compile_schema, schema_problem
 from conftest import JOB_TEMPLATE, ROOT, read_jsonl, write_tickets
 
 TIMING = {"latency_ms", "elapsed_ms", "started_at", "finished_at", "ttft_ms", "output_tokens_per_s"}
@@ -82,7 +82,7 @@ def write_job(folder: Path, n: int, *, top: str = "", extra: str = "", model: st
 
 def run_live(job_path: Path, sim: Any, **overrides: Any) -> tuple[Any, list[dict], list[dict]]:
     """Run a job through LiteLLMProvider against `sim`, as `batchrun run` does."""
-    from batchrun.provider import LiteLLMProvider
+    from batchrun.providers.online import LiteLLMProvider
 
     job = load_job(job_path).with_overrides(**overrides)
     prep = prepare_run(job, endpoint="sim")
@@ -147,7 +147,7 @@ def test_streamed_and_plain_runs_give_the_same_lines(tmp_path, sim, mode):
 
 
 def test_tool_call_arguments_are_assembled_from_streamed_fragments(tmp_path, sim, monkeypatch):
-    from batchrun.provider import import_litellm
+    from batchrun.providers.litellm_setup import import_litellm
 
     litellm = import_litellm()
     original = litellm.stream_chunk_builder
@@ -254,7 +254,8 @@ def test_schema_is_validated_even_when_not_sent(tmp_path, sim):
 
 
 def test_response_format_is_sent_where_the_model_supports_it():
-    from batchrun.provider import LiteLLMProvider, RequestOptions
+    from batchrun.providers.online import LiteLLMProvider
+    from batchrun.providers.seam import RequestOptions
 
     schema = {"type": "object", "properties": {}}
     opts = RequestOptions(json_schema=schema, json_schema_name="extract_fields")
@@ -273,7 +274,7 @@ def test_response_format_is_sent_where_the_model_supports_it():
 
 @pytest.mark.parametrize("name, key", [("extract_fields", "parsed"), ("route_with_tools", "tool_calls")])
 def test_sample_jobs_run_against_the_simulator(tmp_path, sim, name, key):
-    from batchrun.provider import LiteLLMProvider
+    from batchrun.providers.online import LiteLLMProvider
 
     job = load_job(ROOT / "jobs" / f"{name}.toml").with_overrides(run_dir=tmp_path / "run")
     assert job.simulator is not None  # runs with no key
@@ -299,7 +300,8 @@ def test_sample_jobs_run_against_the_simulator(tmp_path, sim, name, key):
 
 def test_streamed_answers_keep_the_rate_limit_headers():
     """The engine's adaptive limits read x-ratelimit-* headers: streaming must not lose them."""
-    from batchrun.provider import ChatRequest, LiteLLMProvider, RequestOptions
+    from batchrun.providers.seam import ChatRequest, RequestOptions
+    from batchrun.providers.online import LiteLLMProvider
     from batchrun.sim.config import SimConfig
     from batchrun.sim.process import start_simulator
 

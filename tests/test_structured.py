@@ -16,8 +16,8 @@ import pytest
 from batchrun import Completion, ScriptedProvider, Usage, execute_run, load_job, prepare_run
 from batchrun.errors import ExitCode, JobSpecError
 from batchrun.records import ToolCall
-from batchrun.stats import format_summary
-from batchrun.ticket_runner import plan_for
+from batchrun.analysis.stats import format_summary
+from batchrun.execution.ticket_runner import plan_for
 from conftest import read_jsonl
 
 LABELS_TOP = 'labels = ["bug", "feature", "billing", "other"]'
@@ -460,7 +460,7 @@ def test_plain_result_line_shape(make_job, tmp_path):
 
 def test_summary_reports_ttft_and_flags_and_reads_old_summaries():
     from batchrun.records import Outcome
-    from batchrun.stats import RunStats
+    from batchrun.analysis.stats import RunStats
 
     stats = RunStats(tickets_total=3, to_do=3)
     for ms, finish in ((100.0, "stop"), (200.0, "length"), (300.0, "stop")):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from batchrun.stats import LatencyHistogram, percentile, percentiles, round1
-from batchrun.textfmt import kv, ms, num, pct, table, usd
+from batchrun.analysis.stats import LatencyHistogram, percentile, percentiles, round1
+from batchrun.analysis.textfmt import kv, ms, num, pct, table, usd
 
 
 def test_unknown_is_a_dash_never_zero():

@@ -11,10 +11,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-import batchrun.tickets as tickets_mod
+import batchrun.job.tickets as tickets_mod
 from batchrun.errors import TicketError
-from batchrun.spec import PromptTemplate
-from batchrun.tickets import read_tickets, scan_input
+from batchrun.job.templates import PromptTemplate
+from batchrun.job.tickets import read_tickets, scan_input
 
 
 def write_lines(path: Path, lines: list[bytes | str | dict], *, newline: bytes = b"\n", final: bool = True) -> Path:

@@ -17,9 +17,11 @@ import anyio
 import pytest
 
 from batchrun import execute_run, load_job, prepare_run
-from batchrun import litellm_tuning
-from batchrun import provider as provider_module
-from batchrun.provider import OPENAI_HTTP_HANDLER_ENV, LiteLLMProvider, openai_transport
+from batchrun.providers import tuning as litellm_tuning
+from batchrun.providers import litellm_setup as provider_module
+from batchrun.providers.tuning import OPENAI_HTTP_HANDLER_ENV
+from batchrun.providers.online import LiteLLMProvider
+from batchrun.providers.litellm_setup import openai_transport
 from conftest import read_jsonl
 
 pytestmark = pytest.mark.slow

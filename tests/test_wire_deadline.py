@@ -19,7 +19,7 @@ import pytest
 
 from batchrun import ScriptedProvider, execute_run, load_job, prepare_run
 from batchrun.errors import RetryableError
-from batchrun.provider import LiteLLMProvider
+from batchrun.providers.online import LiteLLMProvider
 from conftest import read_jsonl
 
 
@@ -60,7 +60,7 @@ def test_each_attempt_gets_at_most_the_time_left(make_job):
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
 def test_a_stalling_server_ends_the_ticket_at_its_deadline_not_a_timeout_later(make_job, tmp_path, stream):
-    from batchrun.provider import ChatRequest, RequestOptions
+    from batchrun.providers.seam import ChatRequest, RequestOptions
     from batchrun.sim.config import SimConfig
     from batchrun.sim.process import start_simulator
 

@@ -14,7 +14,8 @@ import anyio
 import pytest
 
 from batchrun import execute_run, load_job, prepare_run
-from batchrun.provider import ChatRequest, LiteLLMProvider, RequestOptions
+from batchrun.providers.seam import ChatRequest, RequestOptions
+from batchrun.providers.online import LiteLLMProvider
 from conftest import read_jsonl
 
 MESSAGES = [{"role": "user", "content": "Subject: refund\n\nI was charged twice."}]

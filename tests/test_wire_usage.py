@@ -14,8 +14,8 @@ import pytest
 
 from batchrun import execute_run, load_job, prepare_run
 from batchrun.errors import ExitCode
-from batchrun.provider import LiteLLMProvider
-from batchrun.stats import format_summary
+from batchrun.providers.online import LiteLLMProvider
+from batchrun.analysis.stats import format_summary
 from conftest import read_jsonl
 
 

@@ -16,7 +16,12 @@ import orjson
 import pytest
 from types import MappingProxyType
 
-from batchrun.workers import decode_frames, encode, outcome_from_wire, outcome_to_wire
+from batchrun.execution.executors.frames import (
+    decode_frames,
+    encode,
+    outcome_from_wire,
+    outcome_to_wire,
+)
 from conftest import read_jsonl
 
 
@@ -36,7 +41,7 @@ def children_of(pid: int) -> list[int]:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid and b"batchrun.workers" in cmdline:
+        if ppid == pid and b"batchrun.execution.executors.worker_child" in cmdline:
             found.append(int(entry.name))
     return found
 
@@ -175,7 +180,7 @@ def test_two_worker_processes_with_a_rate_limit_and_429s_count_every_attempt(mak
 
 def test_a_worker_pool_serves_run_after_run_with_the_same_processes(make_job, tmp_path, sim):
     # batchrun bench: the children import litellm once and every setting reuses them
-    from batchrun.workers import open_worker_pool
+    from batchrun.execution.executors.process import open_worker_pool
 
     job = load_job(make_job(40, concurrency=6))
     seen: list[set[int]] = []
@@ -216,12 +221,12 @@ def test_a_worker_pool_serves_run_after_run_with_the_same_processes(make_job, tm
 
 
 def test_a_worker_process_keeps_the_garbage_collector_out_of_the_request_path():
-    # _relax_gc changes the whole process's collector: check it in a process of its own
+    # relax_gc changes the whole process's collector: check it in a process of its own
     import subprocess
     import sys
 
-    code = ("import gc; from batchrun.workers import _relax_gc, GC_GEN0_THRESHOLD; before = gc.get_threshold(); "
-            "_relax_gc(); after = gc.get_threshold(); "
+    code = ("import gc; from batchrun.execution.executors.worker_child import relax_gc, GC_GEN0_THRESHOLD; before = gc.get_threshold(); "
+            "relax_gc(); after = gc.get_threshold(); "
             "assert after == (GC_GEN0_THRESHOLD,) + before[1:] and GC_GEN0_THRESHOLD > before[0], (before, after); "
             "assert gc.get_freeze_count() > 1000, gc.get_freeze_count(); print('ok')")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))

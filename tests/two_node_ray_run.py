@@ -24,8 +24,8 @@ import ray
 from ray.cluster_utils import Cluster
 
 from batchrun import execute_run, load_job, prepare_run
-from batchrun.ray_engine import actor_name
-from batchrun.ray_limiter import NAMESPACE
+from batchrun.execution.executors.ray_actors import actor_name
+from batchrun.execution.executors.ray_limiter import NAMESPACE
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from batchrun.bench import (
+from batchrun.bench.recommend import (
     AUTO_MAX_TICKETS,
     AUTO_MIN_TICKETS,
     AUTO_WAVES,
@@ -27,9 +27,9 @@ from batchrun.bench import (
     format_table,
     parse_concurrency,
     reached,
-    run_bench,
 )
-from batchrun.charts import PLOT_HINT, draw_plot
+from batchrun.bench.sweep import run_bench
+from batchrun.analysis.charts import PLOT_HINT, draw_plot
 
 __all__ = ["bench_command"]
 

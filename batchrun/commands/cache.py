@@ -35,7 +35,7 @@ def cache_command() -> None:
 def clear_command(job_file: Path | None, cache_dir: Path | None, cache_url: str | None) -> None:
     """Remove every stored answer from the response cache."""
     from batchrun.errors import BatchrunError, redact_url
-    from batchrun.spec import cache_location, load_job
+    from batchrun.job.spec import cache_location, load_job
 
     try:
         if job_file is not None:
@@ -43,7 +43,7 @@ def clear_command(job_file: Path | None, cache_dir: Path | None, cache_url: str 
             location = cache_location(cache_url or job.cache_url, cache_dir or job.cache_dir)
         else:
             location = cache_location(cache_url, cache_dir)
-        from batchrun.provider import ResponseCache
+        from batchrun.providers.cache import ResponseCache
 
         if "dir" in location and not Path(location["dir"]).exists():
             click.echo(f"batchrun: no response cache in {location['dir']}: nothing to clear")

@@ -36,11 +36,13 @@ def cancel_command(run_dir: Path, api_base: str | None) -> None:
     """Cancel the batch parts of RUN_DIR that are still running; keep what they answered."""
     import anyio
 
-    from batchrun.batch_mode import LEDGER, cancel_batches
-    from batchrun.checkpoint import read_manifest
+    from batchrun.batch.ledger import LEDGER
+    from batchrun.batch.cancel import cancel_batches
+    from batchrun.rundir.manifest import read_manifest
     from batchrun.errors import BatchrunError, ConfigurationError, redact_secrets
-    from batchrun.provider import LiteLLMBatchAPI
-    from batchrun.spec import PricesSpec, load_job
+    from batchrun.providers.batch_api import LiteLLMBatchAPI
+    from batchrun.job.sections import PricesSpec
+    from batchrun.job.spec import load_job
 
     secrets: list[str] = []
     try:

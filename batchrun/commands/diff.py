@@ -11,7 +11,13 @@ from pathlib import Path
 
 import click
 
-from batchrun.diffing import ACCURACY_DROPPED, DEFAULT_SHOW, accuracy_check, diff_runs, format_diff
+from batchrun.analysis.diffing import (
+    ACCURACY_DROPPED,
+    DEFAULT_SHOW,
+    accuracy_check,
+    diff_runs,
+    format_diff,
+)
 from batchrun.errors import BatchrunError
 
 __all__ = ["diff_command"]

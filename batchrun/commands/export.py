@@ -26,7 +26,7 @@ Examples:
 def export_command(run_dir: Path, fmt: str, out: Path | None, with_input: bool) -> None:
     """Write one row per ticket of RUN_DIR, in input order: answer, usage, cost, attempts, errors."""
     from batchrun.errors import BatchrunError
-    from batchrun.export import export_run
+    from batchrun.analysis.export import export_run
 
     try:
         result = export_run(run_dir, out, fmt, with_input=with_input)

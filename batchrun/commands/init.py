@@ -31,7 +31,7 @@ Examples:
 def init_command(name: str, model: str, input_path: Path | None, directory: Path) -> None:
     """Write NAME.toml, a commented job file that runs at once against the simulator."""
     from batchrun.errors import BatchrunError
-    from batchrun.starter import describe, write_starter
+    from batchrun.job.starter import describe, write_starter
 
     try:
         files = write_starter(name, directory, model=model, input_path=input_path)

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import click
 
-from batchrun.plan import DEFAULT_ASSUMED_LATENCY_MS, DEFAULT_SAMPLE, OVER_BUDGET_EXIT, format_plan, make_plan
+from batchrun.analysis.plan import (
+    DEFAULT_ASSUMED_LATENCY_MS,
+    DEFAULT_SAMPLE,
+    OVER_BUDGET_EXIT,
+    format_plan,
+    make_plan,
+)
 
 __all__ = ["plan_command"]
 
@@ -60,7 +66,7 @@ def plan_command(job_file: Path, input_path: Path | None, limit: int | None, run
     import orjson
 
     from batchrun.errors import BatchrunError
-    from batchrun.spec import load_job
+    from batchrun.job.spec import load_job
 
     try:
         job = load_job(job_file).with_overrides(input=input_path, run_dir=run_dir, model=model,

@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 
 from batchrun.errors import BatchrunError
-from batchrun.charts import write_charts
-from batchrun.grading import analyze, format_report
+from batchrun.analysis.charts import write_charts
+from batchrun.analysis.grading import analyze, format_report
 
 __all__ = ["report_command"]
 

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import click
 
 from batchrun.run_logging import route_litellm_logs, setup_logging
-from batchrun.textfmt import num
+from batchrun.analysis.textfmt import num
 
 __all__ = ["run_command", "setup_logging"]
 
@@ -132,7 +132,7 @@ def run_command(job_file: Path, input_path: Path | None, concurrency: int | None
     """
     from batchrun.api import check_params, provider_targets, sim_config
     from batchrun.errors import BatchrunError, JobSpecError, redact_secrets
-    from batchrun.spec import load_job
+    from batchrun.job.spec import load_job
 
     secrets: list[str] = []
     try:
@@ -147,7 +147,7 @@ def run_command(job_file: Path, input_path: Path | None, concurrency: int | None
             raise JobSpecError("--no-wait and --finish-online are for batch mode (mode = \"batch\" or --mode batch)")
         use_sim = job.simulator is not None and not live and api_base is None
         if not use_sim:  # the simulator answers any name; a provider needs one litellm can route
-            from batchrun.provider import check_models
+            from batchrun.providers.litellm_setup import check_models
 
             check_models(job)
         jobs = [job.for_model(entry) for entry in job.models] if job.compare_mode else [job]
@@ -187,7 +187,7 @@ def run_command(job_file: Path, input_path: Path | None, concurrency: int | None
                 results = {each.name: _run(each, job_file, targets[each.name], sim_url, **options) for each in jobs}
         if job.compare_mode:
             if as_json:
-                from batchrun.engine import RunResult
+                from batchrun.execution.result import RunResult
 
                 combined = RunResult.combined(dict(zip((m.name for m in job.models), results.values())),
                                               job.resolved_run_dir())
@@ -226,8 +226,8 @@ def _run(job, job_file, targets, sim_url, *, limit, skip_failed, force, grace, p
 
     from batchrun.api import run_job
     from batchrun.commands.status import format_status
-    from batchrun.rundir import run_status
-    from batchrun.stats import format_summary
+    from batchrun.rundir.status import run_status
+    from batchrun.analysis.stats import format_summary
 
     def say(message: str) -> None:
         click.echo(f"batchrun: {message}", err=True)
@@ -266,7 +266,7 @@ def _run(job, job_file, targets, sim_url, *, limit, skip_failed, force, grace, p
 def _print_comparison(job: Any, jobs: list[Any]) -> None:
     """The end of a compare run: one line per model, the label distribution
     and agreement between models (from batchrun report's grading)."""
-    from batchrun.grading import build_report
+    from batchrun.analysis.grading import build_report
 
     run_dir = job.resolved_run_dir()
     report = build_report(run_dir)
@@ -302,8 +302,8 @@ def _run_batch(job: Any, job_file: Path, targets: dict[str, dict[str, Any]], sim
     import anyio
 
     from batchrun.api import run_batch_job
-    from batchrun.batch_mode import ledger_summary
-    from batchrun.stats import format_summary
+    from batchrun.batch.ledger import ledger_summary
+    from batchrun.analysis.stats import format_summary
 
     def say(message: str) -> None:
         click.echo(f"batchrun: {message}", err=True)

@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
-from batchrun.stats import format_summary
-from batchrun.textfmt import kv, table, usd
+from batchrun.analysis.stats import format_summary
+from batchrun.analysis.textfmt import kv, table, usd
 
 __all__ = ["format_status", "status_command"]
 
@@ -30,7 +30,7 @@ def status_command(run_dir: Path, as_json: bool) -> None:
     import orjson
 
     from batchrun.errors import BatchrunError
-    from batchrun.rundir import compare_status, run_status
+    from batchrun.rundir.status import compare_status, run_status
 
     try:
         models = compare_status(run_dir)

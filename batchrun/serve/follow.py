@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 import orjson
 
-from batchrun.stats import LatencyHistogram
+from batchrun.analysis.stats import LatencyHistogram
 
 __all__ = ["JsonlFollower", "SERIES_POINTS", "UnitNumbers", "open_nofollow"]
 

@@ -40,11 +40,11 @@ from typing import Any, Mapping
 
 import orjson
 
-from batchrun.checkpoint import ERRORS, LOCK, MANIFEST, REJECTS, RESULTS
+from batchrun.rundir.layout import ERRORS, LOCK, MANIFEST, REJECTS, RESULTS
 from batchrun.errors import redact_secrets
-from batchrun.rundir import MODELS_DIR, status_from_counts
+from batchrun.rundir.status import MODELS_DIR, status_from_counts
 from batchrun.serve.follow import JsonlFollower, UnitNumbers, open_nofollow
-from batchrun.stats import percentiles
+from batchrun.analysis.stats import percentiles
 
 __all__ = ["RunsRoot", "RunWatch", "UnsafeName", "grade_run", "live_state", "lock_held"]
 
@@ -544,9 +544,9 @@ def grade_run(path: Path, previous: Path | None) -> dict[str, Any]:
     `previous` (diffing.diff_analyses), as the page shows them. Reads every result of
     both runs: `batchrun serve` calls it in a child process (python -m batchrun.serve.grade),
     so its memory goes back to the system when it is done."""
-    from batchrun.diffing import diff_analyses
+    from batchrun.analysis.diffing import diff_analyses
     from batchrun.errors import BatchrunError
-    from batchrun.grading import analyze
+    from batchrun.analysis.grading import analyze
 
     note = None
     models: list[dict[str, Any]] = []

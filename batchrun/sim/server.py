@@ -207,297 +207,51 @@ structured outputs and tools cost only the requests that use them.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import math
 import os
 import random
-import socket
-import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from email.utils import formatdate
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from batchrun.sim.config import SimConfig
-from batchrun.sim.faults import CONNECTION_KINDS, ERROR_KINDS, NO_USAGE_KINDS, TRICKLE_PIECE_BYTES, FaultPlan, FaultRule, body_digest
-from batchrun.sim.limits import RateLimiter, Verdict, format_duration, overload_delay_ms
+from batchrun.sim.faults import (
+    CONNECTION_KINDS,
+    ERROR_KINDS,
+    NO_USAGE_KINDS,
+    TRICKLE_PIECE_BYTES,
+    FaultPlan,
+    FaultRule,
+    body_digest,
+)
+from batchrun.sim.limits import RateLimiter, overload_delay_ms
+from batchrun.sim.replies import (
+    CANCELLED_STATUS,
+    MAX_REQUEST_BYTES,
+    NO_RESPONSE_STATUS,
+    Answer,
+    DroppedResponse,
+    InvalidRequest,
+    ParsedChatRequest,
+    SimStats,
+    abort_connection,
+    chunk_token_counts,
+    error_response,
+    fault_error_response,
+    rate_limit_response,
+    stable_seed,
+)
 from batchrun.sim.tokens import count_prompt_tokens, count_tokens, split_tokens
 
 #: Request header carrying the batch runner's ticket id, used for per-ticket stats.
 TICKET_HEADER = "X-Batchrun-Ticket-Id"
 
-#: Largest accepted request body, in bytes.
-MAX_REQUEST_BYTES = 32 * 1024 * 1024
-
-#: Status recorded for a request whose handler was cancelled (client went away).
-CANCELLED_STATUS = 499
-
-#: Key in ``responses_by_status`` of a request whose connection was dropped before any status line.
-NO_RESPONSE_STATUS = "reset"
-
-#: Context window quoted by the ``context_length`` fault's message.
-FAULT_CONTEXT_WINDOW = 128000
-
 _logger = logging.getLogger(__name__)
 
 _SSE_DONE = b"data: [DONE]\n\n"
-
-_HTML_502 = b"""<html>
-<head><title>502 Bad Gateway</title></head>
-<body>
-<center><h1>502 Bad Gateway</h1></center>
-<hr><center>nginx</center>
-</body>
-</html>
-"""
-
-
-class SimStats:
-    """Counters of chat completion requests, as reported by ``GET /sim/stats``."""
-
-    __slots__ = (
-        "total_requests",
-        "requests_by_ticket",
-        "in_flight",
-        "peak_in_flight",
-        "responses_by_status",
-        "faults_by_kind",
-        "rate_limited",
-    )
-
-    def __init__(self) -> None:
-        self.total_requests = 0
-        self.requests_by_ticket: dict[str, int] = {}
-        self.in_flight = 0
-        self.peak_in_flight = 0
-        self.responses_by_status: dict[str, int] = {}
-        self.faults_by_kind: dict[str, int] = {}
-        self.rate_limited = 0
-
-    def request_started(self, ticket_id: str | None) -> int:
-        """Count an arriving request; return its attempt number for the ticket (1-based, 0 without ticket)."""
-        self.total_requests += 1
-        self.in_flight += 1
-        if self.in_flight > self.peak_in_flight:
-            self.peak_in_flight = self.in_flight
-        if ticket_id is None:
-            return 0
-        attempt = self.requests_by_ticket.get(ticket_id, 0) + 1
-        self.requests_by_ticket[ticket_id] = attempt
-        return attempt
-
-    def request_finished(self, status: int | str) -> None:
-        """Count a finished request and the HTTP status it got."""
-        self.in_flight -= 1
-        key = str(status)
-        self.responses_by_status[key] = self.responses_by_status.get(key, 0) + 1
-
-    def fault_served(self, kind: str) -> None:
-        """Count an injected fault."""
-        self.faults_by_kind[kind] = self.faults_by_kind.get(kind, 0) + 1
-
-    def reset(self) -> None:
-        """Zero the counters; requests still in flight remain in flight."""
-        self.total_requests = 0
-        self.requests_by_ticket = {}
-        self.peak_in_flight = self.in_flight
-        self.responses_by_status = {}
-        self.faults_by_kind = {}
-        self.rate_limited = 0
-
-    def snapshot(self) -> dict[str, Any]:
-        """The counters as a JSON-ready dict."""
-        return {
-            "total_requests": self.total_requests,
-            "requests_by_ticket": dict(self.requests_by_ticket),
-            "attempts_by_ticket": dict(self.requests_by_ticket),
-            "in_flight": self.in_flight,
-            "peak_in_flight": self.peak_in_flight,
-            "responses_by_status": dict(self.responses_by_status),
-            "faults_by_kind": dict(self.faults_by_kind),
-            "rate_limited": self.rate_limited,
-        }
-
-
-@dataclass(slots=True)
-class ParsedChatRequest:
-    """The parts of a chat completion request the simulator uses."""
-
-    messages: list[dict]
-    model: str
-    max_tokens: int | None
-    stream: bool
-    include_usage: bool
-    ticket_id: str | None
-    attempt: int
-    body: bytes
-    # A `batchrun.sim.structured.ResponseFormat` for JSON answers, else None.
-    response_format: Any = None
-    # The offered tools (`batchrun.sim.structured.ToolSpec`) and the checked tool_choice.
-    tools: tuple = ()
-    tool_choice: Any = None
-    # Prompt tokens beyond the messages: the tools and JSON schema definitions.
-    extra_prompt_tokens: int = 0
-
-
-@dataclass(slots=True)
-class Answer:
-    """What the simulated model produced for a request."""
-
-    # Tokens of the content, or of the tool call's arguments.
-    tokens: list[str]
-    finish_reason: str
-    usage: dict
-    # For a tool call: the function name and the call id (else None).
-    tool_name: str | None = None
-    tool_call_id: str | None = None
-
-
-class InvalidRequest(Exception):
-    """A chat request the simulator rejects with a 400, like OpenAI would."""
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.code = code
-
-
-def error_response(
-    status: int,
-    message: str,
-    error_type: str,
-    param: str | None = None,
-    code: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> web.Response:
-    """A JSON response in OpenAI's error shape."""
-    payload = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
-    return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json", headers=headers)
-
-
-def _seconds_text(seconds: float) -> str:
-    """Seconds as short text: ``1`` for 1.0, ``0.05`` for 0.05."""
-    return str(int(seconds)) if float(seconds).is_integer() else repr(float(seconds))
-
-
-def fault_error_response(rule: FaultRule, chat: ParsedChatRequest, prompt_tokens: int) -> web.Response:
-    """The response of an error fault (a kind in `batchrun.sim.faults.ERROR_KINDS`)."""
-    kind = rule.kind
-    if kind.startswith("429"):
-        retry_after = rule.retry_after_s
-        headers: dict[str, str] = {}
-        if kind == "429":
-            headers["retry-after"] = _seconds_text(retry_after)
-        elif kind == "429_date":
-            headers["retry-after"] = formatdate(math.ceil(time.time() + retry_after), usegmt=True)
-        elif kind == "429_ms":
-            headers["retry-after-ms"] = _seconds_text(retry_after * 1000.0)
-        message = (
-            f"Rate limit reached for {chat.model} in organization org-sim on requests per min (RPM). "
-            "Please try again later. (simulated fault)"
-        )
-        return error_response(429, message, "rate_limit_exceeded", None, "rate_limit_exceeded", headers)
-    if kind == "500":
-        return error_response(500, "The server had an error while processing your request. Sorry about that!", "server_error")
-    if kind == "502":
-        return error_response(502, "Bad gateway.", "server_error", code="bad_gateway")
-    if kind == "503":
-        return error_response(503, "The engine is currently overloaded, please try again later.", "server_error", code="service_unavailable")
-    if kind == "html_error":
-        return web.Response(status=502, body=_HTML_502, content_type="text/html")
-    if kind == "context_length":
-        requested = FAULT_CONTEXT_WINDOW + prompt_tokens + (chat.max_tokens or 0)
-        message = (
-            f"This model's maximum context length is {FAULT_CONTEXT_WINDOW} tokens. However, your messages resulted in "
-            f"{requested} tokens. Please reduce the length of the messages."
-        )
-        return error_response(400, message, "invalid_request_error", "messages", "context_length_exceeded")
-    if kind == "content_policy":
-        message = (
-            "Your request was rejected as a result of our safety system. Your prompt may contain text "
-            "that is not allowed by our safety system."
-        )
-        return error_response(400, message, "invalid_request_error", "prompt", "content_policy_violation")
-    if kind == "401":
-        message = "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys."
-        return error_response(401, message, "invalid_request_error", None, "invalid_api_key")
-    if kind == "404_model":
-        message = f"The model `{chat.model}` does not exist or you do not have access to it."
-        return error_response(404, message, "invalid_request_error", None, "model_not_found")
-    if kind == "400_invalid_model":
-        message = (f"Invalid model name passed in model={chat.model}. Call `/v1/models` to view available "
-                   "models for your key.")
-        return error_response(400, message, "invalid_request_error", "model", "400")
-    raise ValueError(f"not an error fault kind: {kind!r}")
-
-
-def rate_limit_response(verdict: Verdict, model: str) -> web.Response:
-    """The 429 for a request the rate limiter refused."""
-    headers = dict(verdict.headers)
-    if verdict.limit == "tokens":
-        what = "tokens per min (TPM)"
-    else:
-        what = "requests per min (RPM)"
-    if verdict.too_large:
-        message = (
-            f"Request too large for {model} in organization org-sim on {what}: Limit {verdict.limit_value}, "
-            f"Requested {verdict.requested}. The input or output tokens must be reduced in order to run successfully. "
-            "Visit https://platform.openai.com/account/rate-limits to learn more."
-        )
-    else:
-        remaining = int(headers.get(f"x-ratelimit-remaining-{verdict.limit}", "0"))
-        message = (
-            f"Rate limit reached for {model} in organization org-sim on {what}: Limit {verdict.limit_value}, "
-            f"Used {verdict.limit_value - remaining}, Requested {verdict.requested}. Please try again in "
-            f"{format_duration(verdict.wait_s)}. Visit https://platform.openai.com/account/rate-limits to learn more."
-        )
-        headers.update(verdict.retry_headers())
-    return error_response(429, message, verdict.limit or "requests", None, "rate_limit_exceeded", headers)
-
-
-def _stable_seed(*parts: bytes) -> int:
-    """A 64-bit integer derived from ``parts``, the same in every process."""
-    digest = hashlib.blake2b(digest_size=8)
-    for part in parts:
-        digest.update(len(part).to_bytes(8, "little"))
-        digest.update(part)
-    return int.from_bytes(digest.digest(), "little")
-
-
-def chunk_token_counts(total_tokens: int, rng: random.Random) -> list[int]:
-    """Sizes (1 to 3 tokens each) of the content chunks of a streamed answer."""
-    sizes = []
-    remaining = total_tokens
-    while remaining > 0:
-        size = min(remaining, 1 + int(rng.random() * 3))
-        sizes.append(size)
-        remaining -= size
-    return sizes
-
-
-def _abort_connection(request: web.Request) -> None:
-    """Drop the client's connection at once, with a TCP reset where possible."""
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:  # SO_LINGER with a zero timeout turns the close into an RST
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-    transport.abort()
-
-
-class _DroppedResponse(web.Response):
-    """What a handler returns after aborting the connection: aiohttp's attempt
-    to send it fails quietly (the transport is gone); counted as `NO_RESPONSE_STATUS`."""
 
 
 class ChatSimulator:
@@ -525,7 +279,7 @@ class ChatSimulator:
         status: int | str = 500
         try:
             response = await self._chat_completion(request, ticket_id, attempt, in_flight)
-            status = NO_RESPONSE_STATUS if isinstance(response, _DroppedResponse) else response.status
+            status = NO_RESPONSE_STATUS if isinstance(response, DroppedResponse) else response.status
             return response
         except web.HTTPException as exc:  # e.g. 413 from aiohttp for an oversized body
             status = exc.status
@@ -586,8 +340,8 @@ class ChatSimulator:
                     return fault_error_response(rule, chat, count_prompt_tokens(chat.messages) + chat.extra_prompt_tokens)
                 elif rule.kind in CONNECTION_KINDS:  # reset_before_headers
                     self.stats.fault_served(rule.kind)
-                    _abort_connection(request)
-                    return _DroppedResponse()
+                    abort_connection(request)
+                    return DroppedResponse()
 
         answer = self._compose(chat)
 
@@ -736,9 +490,9 @@ class ChatSimulator:
             return 1.0
         seed_bytes = str(config.seed).encode()
         if chat.ticket_id is not None:
-            seed = _stable_seed(seed_bytes, chat.ticket_id.encode(), str(chat.attempt).encode())
+            seed = stable_seed(seed_bytes, chat.ticket_id.encode(), str(chat.attempt).encode())
         else:
-            seed = _stable_seed(seed_bytes, chat.body)
+            seed = stable_seed(seed_bytes, chat.body)
         return max(0.0, 1.0 + jitter * (2.0 * random.Random(seed).random() - 1.0))
 
     def _new_id(self) -> str:
@@ -840,7 +594,7 @@ class ChatSimulator:
             events = [(0.0, event({"role": "assistant", "content": None, "tool_calls": [first_call]}, None))]
         # Chunk sizes depend only on the seed and the answer, so the same
         # request is always cut the same way.
-        rng = random.Random(_stable_seed(str(self.config.seed).encode(), "".join(tokens).encode()))
+        rng = random.Random(stable_seed(str(self.config.seed).encode(), "".join(tokens).encode()))
         position = 0
         for size in chunk_token_counts(len(tokens), rng):
             piece = "".join(tokens[position : position + size])
@@ -974,7 +728,7 @@ class ChatSimulator:
         try:
             await response.write(b"".join(pieces))
             if abort:
-                _abort_connection(request)
+                abort_connection(request)
             else:
                 await response.write_eof()
         except ConnectionResetError:

@@ -1,0 +1,397 @@
+"""`batchrun export`: one row per ticket, in input order, as JSON Lines, CSV or Parquet.
+
+    export_run(run_dir, out=None, fmt="jsonl", with_input=False) -> ExportResult
+
+A row holds the ticket's id and `status` ("done", "failed" or "pending": not
+finished yet), the answer (`output`, and `label`, `parsed` or `tool_calls`
+when the job asks for them), `finish_reason`, token counts, `cost_usd`,
+`cost_status`, `cache_hit` and `cost_saved_usd` (reused answers), `attempts`,
+the `model` that answered, and for a failed ticket `error_kind` and
+`error_message`. With `with_input` the input row's fields come along
+(JSON Lines: an "input" object; CSV and Parquet: one `input.<field>` column
+per top-level field, non-strings as JSON text). A compare directory
+(models/<key>/, found by rundir.find_units) gives one column group per model: JSON Lines nests them
+under "models": {key: {...}}; CSV and Parquet prefix the columns with
+"<key>.". Bad input rows skipped by the run (rejects.jsonl) are not tickets
+and are left out.
+
+How it stays streamed (a run of 1,000,000 tickets in bounded memory):
+input order comes from reading the input again (tickets.read_tickets, one
+row at a time), and each ticket's outcome is found through a SQLite index
+in a temporary file: one row per id with the byte offset of its line in
+results.jsonl or errors.jsonl. The index is built in one pass over the two
+files (errors first, so that a later success replaces an earlier failure,
+and a later failure an earlier one: the same rule as `batchrun status`);
+each ticket is then one primary-key lookup and one read of its line.
+Memory holds SQLite's page cache (capped at PAGE_CACHE_KB) and one output
+batch, never the results. (An external sort was the other way: it needs
+the input sorted by id and the output sorted back into input order, two
+sorts where the index needs none; and SQLite is in the standard library.)
+The run's input must be unchanged (its sha256 is checked against the
+manifest), or the rows would not be the run's tickets.
+
+The output is written to a temporary file next to it and renamed into
+place: an interrupted export leaves no half file.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from batchrun.errors import BatchrunError, ExitCode
+from batchrun.job.input_formats import (
+    csv_header,
+    input_format_of,
+    parquet_columns,
+    require_pyarrow,
+)
+from batchrun.job.tickets import file_digest, read_tickets
+from batchrun.rundir.layout import ERRORS, REJECTS, RESULTS
+
+EXPORT_FORMATS = ("jsonl", "csv", "parquet")
+PAGE_CACHE_KB = 32 * 1024  # SQLite page cache of the outcome index
+BATCH_ROWS = 8192  # Parquet rows written at a time; SQLite rows inserted per statement batch
+
+#: The columns of one model's group, in order (those after "output" only when the job has them).
+_BASE = ("status", "output")
+_AFTER = ("finish_reason", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "cost_status",
+          "cache_hit", "cost_saved_usd", "attempts", "model", "error_kind", "error_message")
+_INT = {"prompt_tokens", "completion_tokens", "total_tokens", "attempts"}
+_FLOAT = {"cost_usd", "cost_saved_usd"}
+_BOOL = {"cache_hit"}
+
+
+class ExportError(BatchrunError):
+    """The run directory cannot be exported (not a run, input gone or changed)."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    format: str
+    rows: int  # tickets written
+    done: int  # outcomes by status (a compare directory: per ticket and model)
+    failed: int
+    pending: int
+    models: tuple[str, ...]  # column groups ("" for a single run)
+
+
+@dataclass
+class _Unit:
+    key: str  # "" for a single run, else the [[models]] name
+    run_dir: Path
+    manifest: dict[str, Any]
+    answer_fields: tuple[str, ...]  # label / parsed / tool_calls
+
+
+def _units(run_dir: Path) -> list[_Unit]:
+    """The run directory's units (rundir.find_units): one, or one per model of a compare directory."""
+    from batchrun.errors import ReportError
+    from batchrun.rundir.status import find_units
+
+    try:
+        kind, found = find_units(Path(run_dir))
+    except ReportError as exc:
+        raise ExportError(str(exc)) from None
+    units = []
+    for unit in found:
+        output = ((unit.manifest.get("job") or {}).get("fingerprint") or {}).get("output") or {}
+        fields = tuple(name for name, on in (("label", "labels" in output), ("parsed", "json_schema" in output),
+                                             ("tool_calls", "tools" in output)) if on)
+        units.append(_Unit(unit.key if kind == "compare" else "", unit.run_dir, unit.manifest, fields))
+    return units
+
+
+# -- the outcome index -------------------------------------------------------------------------------
+
+def _line_id(raw: bytes) -> str | None:
+    if raw.startswith(b'{"id":"'):  # the writer's own lines: the id is the first key
+        end = raw.find(b'"', 7)
+        if end > 7 and raw.find(b"\\", 7, end) < 0:
+            return raw[7:end].decode()
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    value = obj.get("id") if isinstance(obj, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    return str(value)
+
+
+def _build_index(db: sqlite3.Connection, table: str, run_dir: Path) -> None:
+    db.execute(f"CREATE TABLE {table} (id TEXT PRIMARY KEY, ok INTEGER, offset INTEGER) WITHOUT ROWID")
+    for ok, name in ((0, ERRORS), (1, RESULTS)):  # a success replaces a failure; a later failure an earlier
+        path = run_dir / name
+        if not path.exists():
+            continue
+        batch: list[tuple[str, int, int]] = []
+        offset = 0
+        with path.open("rb") as handle:
+            for raw in handle:
+                if raw.endswith(b"\n"):
+                    ticket_id = _line_id(raw)
+                    if ticket_id is not None:
+                        batch.append((ticket_id, ok, offset))
+                        if len(batch) >= BATCH_ROWS:
+                            db.executemany(f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?)", batch)
+                            batch.clear()
+                offset += len(raw)
+        db.executemany(f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?)", batch)
+    db.commit()
+
+
+class _Lookup:
+    """One model's outcomes: id -> its line, through the index."""
+
+    def __init__(self, db: sqlite3.Connection, table: str, unit: _Unit) -> None:
+        self.unit = unit
+        self.query = f"SELECT ok, offset FROM {table} WHERE id = ?"
+        self.db = db
+        self.files: dict[int, BinaryIO | None] = {}
+        for ok, name in ((0, ERRORS), (1, RESULTS)):
+            path = unit.run_dir / name
+            self.files[ok] = path.open("rb") if path.exists() else None
+
+    def get(self, ticket_id: str) -> tuple[bool, dict[str, Any]] | None:
+        found = self.db.execute(self.query, (ticket_id,)).fetchone()
+        if found is None:
+            return None
+        ok, offset = found
+        handle = self.files[ok]
+        assert handle is not None
+        handle.seek(offset)
+        return bool(ok), orjson.loads(handle.readline())
+
+    def close(self) -> None:
+        for handle in self.files.values():
+            if handle is not None:
+                handle.close()
+
+
+def _group(unit: _Unit, found: tuple[bool, dict[str, Any]] | None) -> dict[str, Any]:
+    """One model's columns for one ticket."""
+    row: dict[str, Any] = dict.fromkeys(_BASE + unit.answer_fields + _AFTER)
+    if found is None:
+        row["status"] = "pending"
+        return row
+    ok, line = found
+    row["status"] = "done" if ok else "failed"
+    row["attempts"] = line.get("attempts")
+    if ok:
+        row["output"] = line.get("output")
+        for name in unit.answer_fields:
+            row[name] = line.get(name)
+        usage = line.get("usage") or {}
+        for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            row[name] = usage.get(name)
+        for name in ("finish_reason", "cost_usd", "cost_status", "model", "cost_saved_usd"):
+            row[name] = line.get(name)
+        row["cache_hit"] = bool(line.get("cache_hit"))
+    else:
+        row["error_kind"] = line.get("error_kind")
+        row["error_message"] = line.get("message")
+        row["cost_usd"] = line.get("rejected_cost_usd")  # answers paid for and turned down
+        row["model"] = line.get("model_key")
+    return row
+
+
+# -- writers ------------------------------------------------------------------------------------------
+
+def _as_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value, default=str).decode()
+
+
+class _JsonlWriter:
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.handle = path.open("wb")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.handle.write(orjson.dumps(row, default=str) + b"\n")
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class _CsvWriter:
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        import csv
+
+        self.handle = path.open("w", encoding="utf-8", newline="")
+        self.writer = csv.writer(self.handle)
+        self.writer.writerow(columns)
+        self.columns = columns
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.writer.writerow(["" if (v := row.get(c)) is None else ("true" if v is True else "false" if v is False
+                              else v if isinstance(v, (str, int, float)) else _as_text(v)) for c in self.columns])
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class _ParquetWriter:
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        require_pyarrow()
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.pa = pa
+        self.columns = columns
+        self.kinds = [c.rsplit(".", 1)[-1] if not c.startswith("input.") else "input" for c in columns]
+        types = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "text": pa.string()}
+        self.schema = pa.schema([(c, types[self._kind(k)]) for c, k in zip(columns, self.kinds)])
+        self.writer = pq.ParquetWriter(path, self.schema)
+        self.batch: list[dict[str, Any]] = []
+
+    @staticmethod
+    def _kind(name: str) -> str:
+        return "int" if name in _INT else "float" if name in _FLOAT else "bool" if name in _BOOL else "text"
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.batch.append(row)
+        if len(self.batch) >= BATCH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        data = {}
+        for column, kind in zip(self.columns, self.kinds):
+            values = [row.get(column) for row in self.batch]
+            if self._kind(kind) == "text":
+                values = [_as_text(v) for v in values]
+            data[column] = values
+        self.writer.write_table(self.pa.Table.from_pydict(data, schema=self.schema))
+        self.batch.clear()
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+
+_WRITERS = {"jsonl": _JsonlWriter, "csv": _CsvWriter, "parquet": _ParquetWriter}
+
+
+# -- the export ----------------------------------------------------------------------------------------
+
+def _input_fields(path: Path, fmt: str, id_field: str, skip: set[int], input_format: str | None) -> list[str]:
+    """The input's top-level field names, for CSV/Parquet columns (JSON Lines: one pass, first seen first)."""
+    if fmt == "parquet":
+        return parquet_columns(path)
+    if fmt in ("csv", "tsv"):
+        return csv_header(path, fmt)
+    seen: dict[str, None] = {}
+    for ticket in read_tickets(path, id_field, skip_lines=skip, input_format=input_format):
+        for name in ticket.fields:
+            seen.setdefault(name, None)
+    return list(seen)
+
+
+def _rejected_rows(run_dir: Path) -> set[int]:
+    path = run_dir / REJECTS
+    if not path.exists():
+        return set()
+    rows = set()
+    with path.open("rb") as handle:
+        for raw in handle:
+            try:
+                rows.add(int(orjson.loads(raw)["line"]))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+    return rows
+
+
+def export_run(run_dir: Path, out: Path | None = None, fmt: str = "jsonl", *,
+               with_input: bool = False) -> ExportResult:
+    """Write the export of `run_dir` (see the module docstring); raises ExportError."""
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"unknown export format {fmt!r} (one of: {', '.join(EXPORT_FORMATS)})")
+    run_dir = Path(run_dir)
+    units = _units(run_dir)
+    first = units[0].manifest
+    source = first.get("input") or {}
+    input_path = Path(str(source.get("path") or ""))
+    declared = source.get("format")
+    id_field = str(((first.get("job") or {}).get("fingerprint") or {}).get("id_field") or "id")
+    if not input_path.is_file():
+        raise ExportError(f"{run_dir}: the run's input {input_path} is not there: export re-reads it for the "
+                          "ticket order (and --with-input fields)")
+    sha256, _size = file_digest(input_path)
+    if source.get("sha256") and sha256 != source["sha256"]:
+        raise ExportError(f"{input_path} changed since the run in {run_dir} (sha256 differs): its rows are "
+                          "not that run's tickets")
+    in_fmt = input_format_of(input_path, declared)
+    skip = _rejected_rows(units[0].run_dir)
+    keys = tuple(unit.key for unit in units)
+    compare = keys != ("",)
+    in_fields = _input_fields(input_path, in_fmt, id_field, skip, declared) if with_input and fmt != "jsonl" else []
+    columns = ["id"]
+    for unit in units:
+        prefix = f"{unit.key}." if compare else ""
+        columns += [prefix + c for c in _BASE + unit.answer_fields + _AFTER]
+    columns += [f"input.{name}" for name in in_fields]
+    out = Path(out) if out is not None else run_dir / f"export.{fmt}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    counts = {"done": 0, "failed": 0, "pending": 0}
+    rows = 0
+    with tempfile.TemporaryDirectory(prefix="batchrun-export-") as scratch:
+        db = sqlite3.connect(os.path.join(scratch, "index.sqlite"))
+        try:
+            db.execute("PRAGMA journal_mode = OFF")
+            db.execute("PRAGMA synchronous = OFF")
+            db.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KB}")
+            db.execute("PRAGMA temp_store = FILE")
+            lookups = []
+            for number, unit in enumerate(units):
+                _build_index(db, f"o{number}", unit.run_dir)
+                lookups.append(_Lookup(db, f"o{number}", unit))
+            writer = _WRITERS[fmt](tmp, columns)
+            try:
+                for ticket in read_tickets(input_path, id_field, skip_lines=skip, input_format=declared):
+                    row: dict[str, Any] = {"id": ticket.id}
+                    groups: dict[str, Any] = {}
+                    for lookup in lookups:
+                        group = _group(lookup.unit, lookup.get(ticket.id))
+                        counts[group["status"]] += 1
+                        if not compare:
+                            row.update(group)
+                        elif fmt == "jsonl":
+                            groups[lookup.unit.key] = group
+                        else:
+                            row.update({f"{lookup.unit.key}.{k}": v for k, v in group.items()})
+                    if groups:
+                        row["models"] = groups
+                    if with_input:
+                        if fmt == "jsonl":
+                            row["input"] = ticket.fields
+                        else:
+                            row.update({f"input.{name}": ticket.fields.get(name) for name in in_fields})
+                    writer.write(row)
+                    rows += 1
+            finally:
+                writer.close()
+                for lookup in lookups:
+                    lookup.close()
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            db.close()
+    os.replace(tmp, out)
+    return ExportResult(path=out, format=fmt, rows=rows, done=counts["done"], failed=counts["failed"],
+                        pending=counts["pending"], models=keys)

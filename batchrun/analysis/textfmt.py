@@ -1,0 +1,72 @@
+"""Text formatting for every table and line batchrun prints: each helper spelled once.
+
+    num(value, spec=",.0f")    a number, "-" for None: num(1234.5) -> "1,234"
+    pct(value, digits=1)       a fraction as percent: pct(0.123) -> "12.3%"
+    usd(value)                 dollars to six places: usd(0.5) -> "$0.500000"
+    ms(value, unit="")         milliseconds, no decimals: ms(1234.4) -> "1,234";
+                               ms(12, unit=" ms") -> "12 ms"
+    duration(seconds)          "42 s", "3 min 05 s", "2 h 07 min"
+    table(headers, rows, left=1) -> list[str]
+                               aligned columns (the first `left` left-aligned, the
+                               rest right-aligned), a dashed rule under the header
+    kv(rows, indent="") -> list[str]
+                               "label  value" lines with the labels padded
+
+Every helper answers "-" for None (an unknown value is shown as unknown, never
+as 0). Charts are in charts.py; percentiles (data, not text) in stats.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+
+def num(value: float | None, spec: str = ",.0f") -> str:
+    """`value` through format(value, spec), "-" for None."""
+    return "-" if value is None else format(value, spec)
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    """A fraction (0.123) as a percentage ("12.3%"), "-" for None."""
+    return "-" if value is None else f"{value * 100:.{digits}f}%"
+
+
+def usd(value: float | None) -> str:
+    """Dollars with six decimals ("$0.001234"), "-" for None."""
+    return "-" if value is None else f"${value:,.6f}"
+
+
+def ms(value: float | None, unit: str = "") -> str:
+    """Milliseconds without decimals, thousands separated, then `unit`; "-" for None."""
+    return "-" if value is None else f"{value:,.0f}{unit}"
+
+
+def duration(seconds: float | None) -> str:
+    """A duration for a person: "42 s", "3 min 05 s", "2 h 07 min"; "-" for None (or not finite)."""
+    if seconds is None or seconds != seconds or seconds in (float("inf"), float("-inf")):
+        return "-"
+    seconds = max(int(round(seconds)), 0)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, left: int = 1) -> list[str]:
+    """Aligned text columns: the first `left` columns left-aligned, the rest right-aligned."""
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        parts = [cell.ljust(widths[i]) if i < left else cell.rjust(widths[i]) for i, cell in enumerate(row)]
+        lines.append("  ".join(parts).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
+def kv(rows: Sequence[tuple[str, Any]], indent: str = "") -> list[str]:
+    """"label  value" lines, labels padded to the longest."""
+    width = max(len(k) for k, _ in rows)
+    return [f"{indent}{k:<{width}}  {v}" for k, v in rows]

@@ -1,0 +1,774 @@
+"""Batch mode: a job's tickets through the provider's Batch API, on the online run's contract.
+
+`mode = "batch"` (or `batchrun run JOB --mode batch`) sends each ticket still
+to do as one line of a batch input file instead of one online call: about
+half the price, answers within the provider's 24-hour window. Everything
+else means what it means online: the same `prepare_run` (lock, input check,
+resume refusal on a changed job), the same result and error lines
+(`records.Outcome`, one `CheckpointWriter`), the same manifest, the same
+output checks (labels, JSON schema, tools: `ticket_runner.judge_answer`).
+All provider calls go through `provider.LiteLLMBatchAPI` (litellm's
+`acreate_file`, `acreate_batch`, `aretrieve_batch`, `afile_content`,
+`acancel_batch`, `alist_batches`).
+
+Run directory additions:
+
+    batches.json              the ledger: a random run key, and one entry per part
+                              (number, model key, state, ticket count, file id, batch id,
+                              provider status and request counts, ...); rewritten
+                              atomically (temp file, fsync, rename, fsync of the directory)
+                              at every state change, so it always says what exists
+    batch/part-0001.jsonl     the part's input file, as uploaded (custom_id = ticket id)
+    batch/part-0001.tickets.jsonl  per ticket of the part: attempts so far, invalid answers,
+                              rejected answers and their cost
+    batch/part-0001.output.jsonl / .errors.jsonl   the provider's output and error files,
+                              downloaded in chunks (never held in memory)
+    batch/part-0001.failed.jsonl   tickets of the part without a result: why, and whether
+                              they go into a new part (retry) or to errors.jsonl
+
+Life of a part (its `state` in the ledger):
+
+    building    its files are being written. A crash here: the next run deletes them
+                and marks the part `discarded` (nothing left the machine).
+    built       files complete; next: upload. (A crash after the upload and before the
+                file id is recorded costs an orphan file, never a batch.)
+    uploaded    file id recorded; next: create the batch with metadata
+                {batchrun_run: <run key>, batchrun_job: <fingerprint>, batchrun_part: <n>}.
+                Before any create (and after a create that failed or timed out), the
+                provider's batches are listed (alist_batches, every page, filtered here
+                on the metadata: litellm does not filter) and a matching batch is
+                adopted instead of creating another. A provider that cannot list is
+                named in a warning with the part.
+    submitted   batch id recorded; polled (backoff from batch_poll_s to batch_poll_max_s)
+                until the batch is completed, failed, expired or cancelled. A batch still
+                running well past its window is cancelled (what it answered is kept).
+    collecting  output and error files downloaded and turned into result lines
+                (results.jsonl ignores an id it already has, so a crash here only
+                repeats work); tickets without a result go to part-N.failed.jsonl.
+    failures_ready  errors.jsonl's size is recorded, then its error lines are appended
+                (a crash here: the file is cut back to that size and they are written
+                again, so no error line is doubled).
+    collected   done; tickets whose failure is worth another try (a 429/5xx line, an
+                expired or cancelled part, a part that failed validation, an answer the
+                output check rejected) and that have attempts left (retry.max_attempts;
+                max_invalid_output_retries for rejected answers) go into a new part.
+
+Exactly once: a ticket is never in two live parts. New parts take tickets
+in this order: retries of collected parts (unless already in a later part),
+then tickets of the input not done, not in a part that was live when this
+run started or made by this run. Each ticket thus ends once, in
+results.jsonl or errors.jsonl; and a batch is created once per part (the
+create is never retried blindly: `max_retries=0` in the seam, and a failed
+create is followed by a listing before any other create).
+
+`--no-wait` stops after submitting (state `submitted`, exit 0): the same
+command later collects without resubmitting. `--finish-online` (handled by
+the command) cancels what is still running, collects it, and leaves the
+rest to the online engine.
+
+Prices: the batch price of `LiteLLMBatchAPI.batch_prices` (job `[prices]`
+batch prices, else half the job's prices; litellm's batch prices; else half
+litellm's online price), with `cost_status` saying which.
+
+Test hook: `BATCHRUN_CRASH_AT=<point>[:<n>]` SIGKILLs this process at the
+n-th (default first) pass through a named point (building, uploaded,
+created, polled, downloaded, writing, errors), so tests can kill at each
+step without timing anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+import anyio
+import orjson
+
+from batchrun.analysis.stats import RunStats
+from batchrun.batch.ledger import PART_DIR, Ledger, fsync_write, ids_of, read_jsonl
+from batchrun.errors import (
+    BatchrunError,
+    CheckpointError,
+    ExitCode,
+    RequestError,
+    RetryableError,
+)
+from batchrun.execution.engine import build_manifest
+from batchrun.execution.preparation import PreparedRun
+from batchrun.execution.result import RunResult
+from batchrun.execution.retrying import build_retrying
+from batchrun.execution.ticket_runner import judge_answer, plan_for, utc_now
+from batchrun.job.templates import render_messages
+from batchrun.job.tickets import read_tickets
+from batchrun.providers.batch_api import LiteLLMBatchAPI
+from batchrun.providers.seam import ChatRequest
+from batchrun.records import Outcome
+from batchrun.rundir.checkpoint import CheckpointWriter
+from batchrun.rundir.layout import ERRORS
+from batchrun.rundir.manifest import write_manifest
+from batchrun.rundir.status import (
+    LIVE_PART_STATES as LIVE,  # the part states still to finish (read side owns them)
+)
+
+log = logging.getLogger("batchrun")
+ENDPOINT = "/v1/chat/completions"
+WINDOW = "24h"
+WINDOW_S = 86400.0
+OVERDUE_FACTOR = 1.1  # a batch still running after this many windows is cancelled
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+WRITE_EVERY = 256  # result lines per write
+LIST_PAGE = 100  # batches per alist_batches page (OpenAI's maximum)
+
+
+class _Stop(Exception):
+    """Raised inside the run to stop it early (budget)."""
+
+
+def _crash_point(name: str) -> None:
+    """Test hook (module docstring): SIGKILL at the n-th pass through `name`."""
+    spec = os.environ.get("BATCHRUN_CRASH_AT")
+    if not spec:
+        return
+    point, _, count = spec.partition(":")
+    if point != name:
+        return
+    _crash_counts[name] = _crash_counts.get(name, 0) + 1
+    if _crash_counts[name] >= int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_crash_counts: dict[str, int] = {}
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Builder:
+    """A part being written: its input file and its tickets file."""
+
+    part: dict[str, Any]
+    requests: Any
+    tickets: Any
+    count: int = 0
+    size: int = 0
+    sources: set[int] = field(default_factory=set)
+
+
+class _BatchRun:
+    def __init__(self, prep: PreparedRun, apis: Mapping[str, LiteLLMBatchAPI], params: Mapping[str, Mapping[str, Any]],
+                 *, no_wait: bool, stop_submitting: bool, time_scale: float, progress: bool) -> None:
+        self.prep = prep
+        self.job = prep.job
+        self.apis = dict(apis)
+        self.params = {key: dict(value) for key, value in params.items()}
+        self.no_wait = no_wait
+        self.stop_submitting = stop_submitting  # --finish-online: cancel live parts, build none
+        self.time_scale = time_scale
+        # a provider clock that runs faster (the simulator) is polled as often in its own time
+        self.poll_s = max(0.05, prep.job.batch_poll_s / time_scale)
+        self.poll_max_s = max(self.poll_s, prep.job.batch_poll_max_s / time_scale)
+        self.progress = progress
+        self.ledger = Ledger.load(prep.run_dir, prep.job.fingerprint_hash())
+        self.writer = CheckpointWriter(prep.run_dir, prep.checkpoint.done_ids)
+        self.failed_ids = set(prep.checkpoint.failed_ids)
+        self.stats = RunStats(tickets_total=prep.tickets_total, already_done=prep.already_done,
+                              skipped_failed=prep.skipped_failed, to_do=prep.to_do,
+                              rejected_lines=prep.scan.problem_count)
+        self.prices = {key: api.batch_prices() for key, api in self.apis.items()}
+        self.plan = plan_for(self.job)
+        self.bar: Any = None
+        self.signal_number: int | None = None
+        self.budget_note: str | None = None
+        self.live_at_start = {p["number"] for p in self.ledger.parts if p["state"] in LIVE}
+        (prep.run_dir / PART_DIR).mkdir(exist_ok=True)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _api(self, part: Mapping[str, Any]) -> LiteLLMBatchAPI:
+        key = part["model_key"]
+        if key not in self.apis:
+            raise BatchrunError(f"part {part['number']} was made for model {key!r}, which this job no longer has")
+        return self.apis[key]
+
+    async def _retrying(self, what: str, call: Any) -> Any:
+        """`call()` under the job's tenacity policy (for calls a retry cannot duplicate)."""
+        async for attempt in build_retrying(self.job.retry):
+            with attempt:
+                try:
+                    return await call()
+                except RequestError as exc:
+                    log.info("%s: %s", what, exc)
+                    raise
+
+    def _metadata(self, part: Mapping[str, Any]) -> dict[str, str]:
+        return {"batchrun_run": self.ledger.run_key, "batchrun_job": self.job.fingerprint_hash()[:16],
+                "batchrun_part": str(part["number"])}
+
+    # -- start: repair what a crash left ----------------------------------------------------
+
+    def reconcile(self) -> None:
+        changed = False
+        for part in self.ledger.parts:
+            if part["state"] == "building":
+                for suffix in (".jsonl", ".tickets.jsonl"):
+                    self.ledger.path(part, suffix).unlink(missing_ok=True)
+                part["state"] = "discarded"
+                part["note"] = "discarded: a run stopped while building it (nothing was sent)"
+                changed = True
+        for part in self.ledger.parts:
+            if part["state"] == "failures_ready" and part.get("errors_offset") is not None:
+                errors = self.prep.run_dir / ERRORS
+                if errors.exists() and errors.stat().st_size > part["errors_offset"]:
+                    with open(errors, "r+b") as handle:
+                        handle.truncate(part["errors_offset"])
+                        os.fsync(handle.fileno())
+        if changed:
+            self.ledger.save()
+
+    # -- building and submitting -----------------------------------------------------------
+
+    def _pending(self) -> Iterator[tuple[str, str, bytes, dict[str, Any], int | None]]:
+        """(model key, ticket id, request line, ticket meta, source part) for every ticket
+        that goes into a new part: retries first, then tickets of the input (module docstring)."""
+        parts = [p for p in self.ledger.parts if p["state"] != "discarded"]
+        sources = [p for p in parts if p["state"] == "collected" and p.get("retry") and not p.get("carried")]
+        excluded: set[str] = set()
+        for part in parts:
+            if part["number"] in self.live_at_start or part["run"] == self.prep.run_number:
+                excluded |= ids_of(self.ledger, part)
+        for source in sources:
+            later: set[str] = set()
+            for part in parts:
+                if part["number"] > source["number"]:
+                    later |= ids_of(self.ledger, part)
+            retry = {str(f["id"]): f for f in read_jsonl(self.ledger.path(source, ".failed.jsonl"))
+                     if f.get("retry") and str(f["id"]) not in later}
+            excluded |= set(retry)
+            if not retry:
+                continue
+            with open(self.ledger.path(source, ".jsonl"), "rb") as handle:
+                for raw in handle:
+                    line = orjson.loads(raw)
+                    failure = retry.get(line["custom_id"])
+                    if failure is None or failure["id"] in self.prep.checkpoint.done_ids:
+                        continue  # not a retry, or done since (--finish-online)
+                    meta = {"id": failure["id"], "a": failure["a"] + 1, "i": failure.get("i", 0),
+                            "r": failure.get("r", 0), "c": failure.get("c", 0.0)}
+                    yield source["model_key"], failure["id"], raw, meta, source["number"]
+        for ticket in read_tickets(self.job.input, self.job.id_field, only_lines=self.prep.scan.dispatch,
+                                   max_line_bytes=self.job.max_line_bytes):
+            if ticket.id in excluded:
+                continue
+            key = ""
+            if self.job.routes:
+                key, _ = self.job.route(ticket.fields)
+            api = self.apis[key]
+            request = ChatRequest(ticket_id=ticket.id, messages=render_messages(self.job, ticket),
+                                  timeout_s=self.job.timeout_s, options=self.plan.options)
+            body = api.request_body(request, self.params.get(key, {}))
+            raw = orjson.dumps({"custom_id": ticket.id, "method": "POST", "url": ENDPOINT, "body": body}) + b"\n"
+            yield key, ticket.id, raw, {"id": ticket.id, "a": 1, "i": 0, "r": 0, "c": 0.0}, None
+
+    def _open_builder(self, key: str) -> _Builder:
+        part = self.ledger.new_part(key, self.prep.run_number)
+        self.ledger.save()  # a trace before any file: a crash now is repaired as "discarded"
+        return _Builder(part=part, requests=open(self.ledger.path(part, ".jsonl"), "wb"),
+                        tickets=open(self.ledger.path(part, ".tickets.jsonl"), "wb"))
+
+    async def _close_builder(self, builder: _Builder) -> dict[str, Any]:
+        for handle in (builder.requests, builder.tickets):
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+        part = builder.part
+        part.update(state="built", tickets=builder.count, bytes=builder.size)
+        self.ledger.save()
+        await self._submit(part)
+        return part
+
+    async def build_parts(self) -> None:
+        """Put every pending ticket into parts within the limits, submitting each when full."""
+        if self.stop_submitting:
+            return
+        builders: dict[str, _Builder] = {}
+        sources: set[int] = set()
+        budget = self._budget()
+        try:
+            for key, ticket_id, raw, meta, source in self._pending():
+                if budget is not None:
+                    estimate = self._estimate(key, raw)
+                    if budget[0] + budget[1] + estimate > budget[2]:
+                        self.budget_note = (
+                            f"budget reached: ${budget[0]:.6f} spent + ${budget[1]:.6f} submitted in parts + "
+                            f"about ${estimate:.6f} for the next ticket would pass max_cost_usd = "
+                            f"${budget[2]:g}; re-run with a larger budget to continue")
+                        break
+                    budget[1] += estimate
+                builder = builders.get(key)
+                if builder is not None and (builder.count >= self.job.batch_max_requests
+                                            or builder.size + len(raw) > self.job.batch_max_bytes):
+                    await self._close_builder(builder)
+                    builder = None
+                if builder is None:
+                    builder = builders[key] = self._open_builder(key)
+                builder.requests.write(raw)
+                builder.tickets.write(orjson.dumps(meta) + b"\n")
+                builder.count += 1
+                builder.size += len(raw)
+                if source is not None:
+                    sources.add(source)
+                _crash_point("building")
+            for key in list(builders):
+                await self._close_builder(builders.pop(key))
+        finally:
+            for builder in builders.values():  # interrupted: the next run discards it
+                builder.requests.close()
+                builder.tickets.close()
+        if self.budget_note is None:
+            changed = False
+            for part in self.ledger.parts:
+                if part["number"] in sources or (part["state"] == "collected" and part.get("retry")
+                                                 and not part.get("carried")):
+                    part["carried"] = True
+                    changed = True
+            if changed:
+                self.ledger.save()
+
+    def _budget(self) -> list[float] | None:
+        """[spent on disk, reserved by live parts, max] when the job has a budget."""
+        if self.prep.max_cost_usd is None:
+            return None
+        reserved = sum(p.get("estimate_usd") or 0.0 for p in self.ledger.parts if p["state"] in LIVE)
+        return [self.prep.checkpoint.spent_usd + self.stats.cost_usd, reserved, self.prep.max_cost_usd]
+
+    def _estimate(self, key: str, raw: bytes) -> float:
+        body = orjson.loads(raw)["body"]
+        prompt = sum(len(str(m.get("content") or "")) for m in body.get("messages", [])) // 3
+        completion = int(body.get("max_tokens") or body.get("max_completion_tokens") or 1024)
+        prices = self.prices.get(key)
+        if prices is None:
+            return 0.0
+        return prompt * prices.input_per_token + completion * prices.output_per_token
+
+    async def _submit(self, part: dict[str, Any]) -> None:
+        """built -> uploaded -> submitted, adopting a batch a lost create made."""
+        api = self._api(part)
+        if part["state"] == "built":
+            uploaded = await self._retrying(f"part {part['number']}: upload",
+                                            lambda: api.create_file(self.ledger.path(part, ".jsonl")))
+            _crash_point("uploaded")
+            part.update(state="uploaded", file_id=uploaded["id"])
+            self.ledger.save()
+        if part["state"] != "uploaded":
+            return
+        found = await self._find_batch(part)
+        attempts = 0
+        while found is None:
+            attempts += 1
+            part["create_attempts"] = part.get("create_attempts", 0) + 1
+            self.ledger.save()
+            try:
+                found = await api.create_batch(part["file_id"], self._metadata(part), ENDPOINT, WINDOW)
+                _crash_point("created")
+            except RetryableError as exc:
+                if attempts >= self.job.retry.max_attempts:
+                    raise
+                wait = exc.retry_after if exc.retry_after is not None else min(
+                    self.job.retry.initial_backoff_s * 2 ** (attempts - 1), self.job.retry.max_backoff_s)
+                log.info("part %d: create failed (%s); looking for it before another create", part["number"], exc)
+                await anyio.sleep(wait)
+                found = await self._find_batch(part)
+        self.stats.attempts += part["tickets"]
+        part.update(state="submitted", batch_id=found["id"], status=found.get("status"),
+                    submitted_at=time.time(), counts=found.get("request_counts"))
+        self.ledger.save()
+
+    async def _find_batch(self, part: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A batch of the provider whose metadata names this part (every page, filtered here)."""
+        api = self._api(part)
+        if not part.get("create_attempts"):
+            return None  # never created: nothing to find
+        if not api.can_list:
+            note = (f"part {part['number']}: {api.provider} cannot list batches, so a create that may have "
+                    f"reached it cannot be found; check the provider's console for a batch with metadata "
+                    f"batchrun_part={part['number']}, batchrun_run={self.ledger.run_key} before paying twice")
+            log.warning("%s", note)
+            print(f"batchrun: warning: {note}", file=sys.stderr, flush=True)
+            return None
+        want = self._metadata(part)
+        after = None
+        while True:
+            page = await self._retrying("list batches", lambda: api.list_batches(after=after, limit=LIST_PAGE))
+            for batch in page.get("data") or []:
+                metadata = batch.get("metadata") or {}
+                if all(metadata.get(k) == v for k, v in want.items()) and batch.get("status") != "cancelled":
+                    log.info("part %d: adopted batch %s", part["number"], batch["id"])
+                    return batch
+            data = page.get("data") or []
+            if not page.get("has_more") or not data:
+                return None
+            after = data[-1]["id"]
+
+    # -- waiting and collecting ------------------------------------------------------------
+
+    def _live(self) -> list[dict[str, Any]]:
+        return [p for p in self.ledger.parts if p["state"] in LIVE]
+
+    async def resume_parts(self) -> None:
+        """Finish what an earlier run left: collections, then uploads and creates."""
+        for part in self._live():
+            if part["state"] in ("collecting", "failures_ready"):
+                await self._collect(part)
+        for part in self._live():
+            if part["state"] in ("built", "uploaded"):
+                await self._submit(part)
+
+    async def wait_and_collect(self) -> None:
+        delay = self.poll_s
+        while True:
+            open_parts = [p for p in self._live() if p["state"] == "submitted"]
+            if not open_parts:
+                return
+            progressed = False
+            for part in open_parts:
+                api = self._api(part)
+                batch = await self._retrying(f"part {part['number']}: retrieve",
+                                             lambda: api.retrieve_batch(part["batch_id"]))
+                _crash_point("polled")
+                status = batch.get("status")
+                counts = batch.get("request_counts")
+                if status != part["status"] or counts != part["counts"]:
+                    progressed = True
+                    part.update(status=status, counts=counts)
+                    if status != part["status"]:
+                        self.ledger.save()
+                if status in TERMINAL:
+                    part.update(output_file_id=batch.get("output_file_id"), error_file_id=batch.get("error_file_id"),
+                                errors_detail=batch.get("errors"), state="collecting")
+                    self.ledger.save()
+                    await self._collect(part)
+                    progressed = True
+                elif self.stop_submitting or self._overdue(part):
+                    if not part.get("cancel_requested"):
+                        if not self.stop_submitting:
+                            part["note"] = "still running past its window: cancelled, answers so far kept"
+                        part["cancel_requested"] = True
+                        self.ledger.save()
+                        await self._cancel(api, part)
+            self._update_bar()
+            if progressed and not self.stop_submitting:
+                await self.build_parts()  # retries of what was just collected
+                delay = self.poll_s
+                continue
+            await anyio.sleep(delay)
+            delay = min(delay * 1.5, self.poll_max_s)
+
+    async def _cancel(self, api: LiteLLMBatchAPI, part: Mapping[str, Any]) -> None:
+        """Ask for a cancel; a batch that finished meanwhile (409) is simply collected next poll."""
+        async def cancel() -> Any:
+            try:
+                return await api.cancel_batch(part["batch_id"])
+            except RequestError as exc:
+                if exc.status_code == 409:
+                    return None
+                raise
+        await self._retrying(f"part {part['number']}: cancel", cancel)
+
+    def _overdue(self, part: Mapping[str, Any]) -> bool:
+        submitted = part.get("submitted_at")
+        return submitted is not None and time.time() - submitted > WINDOW_S * OVERDUE_FACTOR / self.time_scale
+
+    async def _collect(self, part: dict[str, Any]) -> None:
+        api = self._api(part)
+        if part["state"] == "collecting":
+            for key, suffix in (("output_file_id", ".output.jsonl"), ("error_file_id", ".errors.jsonl")):
+                dest = self.ledger.path(part, suffix)
+                if part.get(key) and not dest.exists():
+                    await self._retrying(f"part {part['number']}: download",
+                                         lambda: api.download(part[key], dest))
+                    _crash_point("downloaded")
+            await self._read_outputs(part)
+            await self.writer.sync()
+            part["errors_offset"] = (self.prep.run_dir / ERRORS).stat().st_size
+            part["state"] = "failures_ready"
+            self.ledger.save()
+        await self._write_failures(part)
+
+    def _ticket_meta(self, part: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        return {str(m["id"]): m for m in read_jsonl(self.ledger.path(part, ".tickets.jsonl"))}
+
+    def _started_at(self, part: Mapping[str, Any]) -> str:
+        when = part.get("submitted_at") or time.time()
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when * 1000) % 1000:03d}Z"
+
+    async def _read_outputs(self, part: dict[str, Any]) -> None:
+        """Output and error files -> result lines now, failures to part-N.failed.jsonl."""
+        meta = self._ticket_meta(part)
+        seen: set[str] = set()
+        ready: list[Outcome] = []
+        failures: list[bytes] = []
+        prices = self.prices.get(part["model_key"])
+        started_at = self._started_at(part)
+        elapsed_ms = max(0.0, (time.time() - (part.get("submitted_at") or time.time())) * 1000.0)
+        api = self._api(part)
+        for suffix in (".output.jsonl", ".errors.jsonl"):
+            for line in read_jsonl(self.ledger.path(part, suffix)):
+                cid = line.get("custom_id")
+                if not isinstance(cid, str) or cid not in meta or cid in seen:
+                    continue  # not ours, or a repeated line: each ticket is judged once
+                seen.add(cid)
+                outcome, failure = self._judge_line(part, api, line, meta[cid], prices, started_at, elapsed_ms)
+                if outcome is not None:
+                    ready.append(outcome)
+                    if len(ready) >= WRITE_EVERY:
+                        await self._write(ready)
+                        ready = []
+                else:
+                    failures.append(orjson.dumps(failure) + b"\n")
+        await self._write(ready)
+        status = part.get("status")
+        kind, message = {
+            "failed": ("batch_failed", f"the batch failed validation: {_describe_errors(part.get('errors_detail'))}"),
+            "expired": ("expired", "the batch's 24 h window ended before this request ran"),
+            "cancelled": ("cancelled", "the batch was cancelled before this request ran"),
+        }.get(status or "", ("missing", "the batch completed without an output or error line for this request"))
+        for cid, m in meta.items():
+            if cid not in seen:
+                failures.append(orjson.dumps({**m, "kind": kind, "type": "Batch" + status.title() if status else
+                                              "BatchMissing", "message": message, "status": None,
+                                              "retry": True}) + b"\n")
+        fsync_write(self.ledger.path(part, ".failed.jsonl"), failures)
+
+    def _judge_line(self, part: Mapping[str, Any], api: LiteLLMBatchAPI, line: Mapping[str, Any],
+                    meta: Mapping[str, Any], prices: Any, started_at: str,
+                    elapsed_ms: float) -> tuple[Outcome | None, dict[str, Any] | None]:
+        response = line.get("response")
+        error = line.get("error")
+        base = {"id": meta["id"], "a": meta["a"], "i": meta.get("i", 0), "r": meta.get("r", 0),
+                "c": meta.get("c", 0.0)}
+        if not isinstance(response, Mapping):
+            code = (error or {}).get("code") if isinstance(error, Mapping) else None
+            message = (error or {}).get("message") if isinstance(error, Mapping) else None
+            kind = "expired" if code == "batch_expired" else "batch_error"
+            return None, {**base, "kind": kind, "type": str(code or "BatchError"), "message": str(message or code),
+                          "status": None, "retry": True}
+        status = response.get("status_code")
+        body = response.get("body") or {}
+        if status != 200:
+            return None, _http_failure(base, status, body)
+        try:
+            completion = api.completion_of(body, prices)
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            return None, {**base, "kind": "connection", "type": "MalformedResponse",
+                          "message": f"malformed batch output line: {exc}", "status": 200, "retry": True}
+        try:
+            structured = judge_answer(completion, self.job)
+        except RequestError as exc:
+            rejected_cost = base["c"] + (completion.cost_usd or 0.0)
+            failure = {**base, "r": base["r"] + 1, "c": rejected_cost, "kind": exc.kind, "type": exc.error_type,
+                       "message": exc.message, "status": None, "retry": False}
+            if isinstance(exc, RetryableError):  # invalid_output: asked again within the re-ask budget
+                failure["i"] = base["i"] + 1
+                failure["retry"] = failure["i"] <= self.job.max_invalid_output_retries
+                if not failure["retry"]:
+                    failure["message"] = (f"{exc.message} ({failure['i']} invalid answer(s); "
+                                          f"max_invalid_output_retries = {self.job.max_invalid_output_retries})")
+            return None, failure
+        return Outcome(
+            ticket_id=meta["id"], attempts=meta["a"], started_at=started_at, finished_at=utc_now(),
+            elapsed_ms=elapsed_ms, run=self.prep.run_number, completion=completion, latency_ms=elapsed_ms,
+            structured=structured, rejected_outputs=base["r"], rejected_cost_usd=base["c"],
+            model_key=part["model_key"] or None,
+        ), None
+
+    async def _write(self, outcomes: list[Outcome]) -> None:
+        if not outcomes:
+            return
+        written = await self.writer.write_batch(outcomes)
+        _crash_point("writing")
+        for outcome in written:
+            self.stats.record(outcome)
+            if outcome.ok:
+                self.failed_ids.discard(outcome.ticket_id)
+            else:
+                self.failed_ids.add(outcome.ticket_id)
+        self._update_bar()
+
+    async def _write_failures(self, part: dict[str, Any]) -> None:
+        """failures_ready -> collected: terminal failures to errors.jsonl, the rest counted for retry."""
+        retry = 0
+        ready: list[Outcome] = []
+        started_at = self._started_at(part)
+        for failure in read_jsonl(self.ledger.path(part, ".failed.jsonl")):
+            if failure.get("retry") and failure["a"] < self.job.retry.max_attempts:
+                retry += 1
+                continue
+            message = failure.get("message") or ""
+            if failure.get("retry"):
+                message = f"{message} (after {failure['a']} batch request(s); retry.max_attempts = " \
+                          f"{self.job.retry.max_attempts})"
+            ready.append(Outcome(
+                ticket_id=failure["id"], attempts=failure["a"], started_at=started_at, finished_at=utc_now(),
+                elapsed_ms=0.0, run=self.prep.run_number, error_kind=failure.get("kind"),
+                error_type=failure.get("type"), error_message=message, status_code=failure.get("status"),
+                rejected_outputs=failure.get("r", 0), rejected_cost_usd=failure.get("c", 0.0),
+                model_key=part["model_key"] or None))
+            if len(ready) >= WRITE_EVERY:
+                await self._write(ready)
+                ready = []
+        await self._write(ready)
+        await self.writer.sync()
+        _crash_point("errors")
+        part.update(state="collected", retry=retry, carried=retry == 0)
+        self.ledger.save()
+
+    # -- progress -----------------------------------------------------------------------------
+
+    def _update_bar(self) -> None:
+        if not self.progress:
+            return
+        live = [p for p in self.ledger.parts if p["state"] == "submitted"]
+        total = sum(p["tickets"] for p in live)
+        done = sum(((p.get("counts") or {}).get("completed") or 0) + ((p.get("counts") or {}).get("failed") or 0)
+                   for p in live)
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="request", dynamic_ncols=True, file=sys.stderr, mininterval=0.25)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.set_postfix_str(f"parts={len(live)} results={self.stats.done} failed={self.stats.failed}",
+                                 refresh=False)
+        self.bar.refresh()
+
+    async def watch_signals(self, scope: anyio.CancelScope, *,
+                            task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                self.signal_number = int(signum)
+                print(f"\nbatchrun: {signal.Signals(signum).name}: stopping; submitted parts stay recorded, "
+                      "re-run the same command to collect them", file=sys.stderr, flush=True)
+                scope.cancel()
+                return
+
+    async def run(self) -> str:
+        self.reconcile()
+        await self.writer.open()
+        async with anyio.create_task_group() as tg:
+            work = anyio.CancelScope()
+            await tg.start(self.watch_signals, work)
+            with work:
+                await self.resume_parts()
+                await self.build_parts()
+                if not self.no_wait:
+                    await self.wait_and_collect()
+            tg.cancel_scope.cancel()
+        if self.signal_number is not None:
+            return "interrupted"
+        if self.budget_note is not None and not self._live():
+            return "budget_exhausted"
+        if self._live():
+            return "submitted"
+        return "done"
+
+
+def _describe_errors(errors: Any) -> str:
+    if isinstance(errors, Mapping):
+        data = errors.get("data") or []
+        return "; ".join(f"{e.get('code')}: {e.get('message')}" for e in data if isinstance(e, Mapping))[:500] \
+            or "no detail"
+    return "no detail"
+
+
+_TERMINAL_CODES = {
+    "context_length_exceeded": "context_window",
+    "content_policy_violation": "content_policy",
+    "invalid_api_key": "auth",
+    "model_not_found": "not_found",
+}
+
+
+def _http_failure(base: dict[str, Any], status: Any, body: Any) -> dict[str, Any]:
+    """A batch line answered with an HTTP error: retried like online (429, 408, 409, 5xx) or terminal."""
+    error = body.get("error") if isinstance(body, Mapping) else None
+    error = error if isinstance(error, Mapping) else {}
+    message = str(error.get("message") or f"HTTP {status}")[:1000]
+    code = error.get("code")
+    status = status if isinstance(status, int) else None
+    if status is None or status in (408, 409, 429) or status >= 500:
+        kind = {429: "rate_limited", 408: "timeout"}.get(status or 0, "server_error")
+        return {**base, "kind": kind, "type": "BatchLineError", "message": message, "status": status, "retry": True}
+    kind = _TERMINAL_CODES.get(str(code), {401: "auth", 403: "permission", 404: "not_found"}.get(status, "bad_request"))
+    return {**base, "kind": kind, "type": "BatchLineError", "message": message, "status": status, "retry": False}
+
+
+async def execute_batch_run(prep: PreparedRun, apis: Mapping[str, LiteLLMBatchAPI],
+                            params: Mapping[str, Mapping[str, Any]] | None = None, *, no_wait: bool = False,
+                            stop_submitting: bool = False, time_scale: float = 1.0,
+                            progress: bool = False) -> RunResult:
+    """Run the prepared job in batch mode (module docstring); always leaves a consistent run directory.
+
+    `apis`: one LiteLLMBatchAPI per model key ("" for a single-model job); `params`: the request
+    params per model key; `time_scale`: how much faster than real time the provider's clock runs
+    (the simulator's batch_time_scale; 1 for a real provider), for the overdue check.
+    """
+    run = _BatchRun(prep, apis, params or {key: prep.job.params for key in apis}, no_wait=no_wait,
+                    stop_submitting=stop_submitting, time_scale=time_scale, progress=progress)
+    started_at = utc_now()
+    write_manifest(prep.run_dir, _batch_manifest(run, "running", started_at, None, None))
+    state, error = "failed", None
+    try:
+        state = await run.run()
+        error = run.budget_note
+    except BatchrunError as exc:
+        error = str(exc)
+        raise
+    except anyio.get_cancelled_exc_class():
+        state = "interrupted"
+        raise
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            run.stats.finished = time.monotonic()
+            if run.bar is not None:
+                run.bar.close()
+            try:
+                await run.writer.close()
+            except (OSError, CheckpointError) as exc:
+                error = error or f"cannot flush checkpoint: {exc}"
+                state = "failed"
+            try:
+                write_manifest(prep.run_dir, _batch_manifest(run, state, started_at, utc_now(), error))
+            except CheckpointError as exc:
+                error = error or str(exc)
+                state = "failed"
+    summary = run.stats.summary()
+    if state == "interrupted":
+        code = 128 + (run.signal_number or signal.SIGINT)
+    elif state == "budget_exhausted":
+        code = ExitCode.BUDGET_EXHAUSTED
+    elif state == "done" and run.stats.failed:
+        code = ExitCode.TICKETS_FAILED
+    else:
+        code = ExitCode.OK
+    return RunResult(state=state, exit_code=int(code), summary=summary, error=error)
+
+
+def _batch_manifest(run: _BatchRun, state: str, started_at: str, finished_at: str | None,
+                    error: str | None) -> dict[str, Any]:
+    manifest = build_manifest(run.prep, run.stats, run.failed_ids, state, started_at, finished_at, error)
+    parts = [p for p in run.ledger.parts if p["state"] != "discarded"]
+    manifest["mode"] = "batch"
+    manifest["batch"] = {"run_key": run.ledger.run_key, "parts": len(parts),
+                         "live": sum(1 for p in parts if p["state"] in LIVE),
+                         "price_status": sorted({p.status for p in run.prices.values() if p is not None})}
+    return manifest

@@ -1,0 +1,341 @@
+"""Limits on how hard a run pushes: requests in flight, a shared pause, money.
+
+Concurrency is a count of tickets in flight: the engine runs exactly
+`concurrency` workers, each holding at most one ticket (and so at most one
+request) at a time, so no semaphore is needed for it. What this module adds:
+
+    RequestGate()
+        .wait_for_permit()   awaited before every attempt: returns at once
+                             unless the shared pause is on
+        .pause_all(s)        after a 429 with Retry-After: no attempt starts
+                             for `s` seconds, in any worker, instead of each
+                             one hammering the server on its own schedule
+
+    CostBudget(max_usd, spent_before)
+        .try_reserve(estimate)   admit one more ticket only if spent + reserved
+                                 + its estimate stays within max_cost_usd
+        .settle(reserved, cost)  swap the reservation for the actual cost
+
+    RateLimiter(rpm, tpm)        requests and tokens per minute as token
+                                 buckets (TokenBucket), corrected by actual
+                                 usage and by the provider's rate-limit
+                                 headers (parse_rate_limit_headers)
+
+    AdaptiveConcurrency(min, max)  AIMD for concurrency = "auto"
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import anyio
+
+
+class RequestGate:
+    def __init__(self) -> None:
+        self._resume_at = 0.0  # anyio clock time before which no attempt starts
+
+    def pause_all(self, seconds: float) -> None:
+        self._resume_at = max(self._resume_at, anyio.current_time() + seconds)
+
+    async def wait_for_permit(self) -> None:
+        while (delay := self._resume_at - anyio.current_time()) > 0:
+            await anyio.sleep(delay)
+
+
+class CostBudget:
+    """`max_cost_usd`: dispatch a ticket only while the money allows it.
+
+    A ticket is admitted when spent + reserved + its estimated cost stays
+    within the budget; its reservation is held while it is in flight and
+    replaced by the actual cost when it finishes. `spent` starts with the
+    cost already on disk from earlier runs, so a resumed run with the same
+    budget sends nothing more, and a larger budget lets it continue.
+
+    The estimate comes from the provider (prompt tokens + max_tokens at the
+    model's price) or, when it has none, the mean actual cost so far.
+    """
+
+    def __init__(self, max_usd: float, spent_before: float = 0.0) -> None:
+        self.max_usd = max_usd
+        self.spent = spent_before  # USD already paid, this run and earlier ones
+        self.reserved = 0.0  # USD held for tickets in flight
+        self._costs = 0.0  # this run: sum and count of actual costs, for the mean
+        self._count = 0
+
+    @property
+    def mean_cost(self) -> float | None:
+        return self._costs / self._count if self._count else None
+
+    def try_reserve(self, estimate: float | None) -> float | None:
+        """The amount reserved, or None when the ticket would pass the budget."""
+        amount = estimate if estimate is not None else (self.mean_cost or 0.0)
+        if self.spent + self.reserved + amount > self.max_usd:
+            return None
+        self.reserved += amount
+        return amount
+
+    def settle(self, reserved: float, actual: float | None) -> None:
+        self.reserved = max(self.reserved - reserved, 0.0)
+        if actual is not None:
+            self.spent += actual
+            self._costs += actual
+            self._count += 1
+
+
+class TokenBucket:
+    """A bucket refilled continuously at `per_minute / 60` per second.
+
+    `capacity` is the burst allowed after a quiet spell (default: one second's
+    worth, at least 1, so a run starts smoothly instead of firing a whole
+    minute's allowance at once). `take(n)` removes n (going negative is
+    allowed: the debt delays later takers) and `wait_s(n)` says how long until
+    n would be available. `give(n)` returns an over-estimate.
+    """
+
+    def __init__(self, per_minute: float, *, capacity: float | None = None, now: float = 0.0) -> None:
+        self.rate = per_minute / 60.0  # per second
+        self.capacity = capacity if capacity is not None else max(1.0, self.rate)
+        self.tokens = self.capacity
+        self.updated = now
+
+    def _refill(self, now: float) -> None:
+        if now > self.updated:
+            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+
+    def wait_s(self, n: float, now: float) -> float:
+        self._refill(now)
+        need = min(n, self.capacity) - self.tokens  # a request bigger than the bucket waits for a full one
+        return max(0.0, need / self.rate) if self.rate > 0 else float("inf")
+
+    def take(self, n: float, now: float) -> None:
+        self._refill(now)
+        self.tokens -= n
+
+    def give(self, n: float, now: float) -> None:
+        self._refill(now)
+        self.tokens = min(self.capacity, self.tokens + n)
+
+    def drain_until(self, seconds: float, now: float) -> None:
+        """The server says nothing is left for `seconds`: empty the bucket so."""
+        self._refill(now)
+        self.tokens = min(self.tokens, -seconds * self.rate)
+
+
+class RateLimiter:
+    """Requests and tokens per minute, as two token buckets, plus what the
+    provider's rate-limit headers say.
+
+        await acquire(tokens)        before each attempt: one request and its
+                                     estimated tokens (prompt + max_tokens)
+        correct(estimated, actual)   after it: give back or take the difference
+        observe(headers)             x-ratelimit-remaining/reset-* (OpenAI) or
+                                     anthropic-ratelimit-*: when the provider
+                                     says the allowance is spent, wait for its
+                                     reset instead of collecting a 429
+
+    `headroom` (0.98) paces slightly under the limit so that clock skew
+    between us and the server does not turn into 429s.
+    """
+
+    def __init__(self, rpm: float | None, tpm: float | None, *, headroom: float = 0.98) -> None:
+        now = anyio.current_time()
+        self.requests = TokenBucket(rpm * headroom, now=now) if rpm else None
+        self.tokens = TokenBucket(tpm * headroom, capacity=max(1.0, tpm * headroom / 60.0), now=now) if tpm else None
+        self.lock = anyio.Lock()
+
+    async def acquire(self, tokens: float = 0.0) -> None:
+        async with self.lock:  # first come, first served
+            while True:
+                now = anyio.current_time()
+                wait = 0.0
+                if self.requests is not None:
+                    wait = max(wait, self.requests.wait_s(1, now))
+                if self.tokens is not None and tokens:
+                    wait = max(wait, self.tokens.wait_s(tokens, now))
+                if wait <= 0:
+                    break
+                await anyio.sleep(wait)
+            if self.requests is not None:
+                self.requests.take(1, now)
+            if self.tokens is not None and tokens:
+                self.tokens.take(tokens, now)
+
+    def correct(self, estimated: float, actual: float) -> None:
+        if self.tokens is None:
+            return
+        now = anyio.current_time()
+        if actual < estimated:
+            self.tokens.give(estimated - actual, now)
+        elif actual > estimated:
+            self.tokens.take(actual - estimated, now)
+
+    def observe(self, headers: "RateLimitHeaders") -> None:
+        now = anyio.current_time()
+        if self.requests is not None and headers.remaining_requests is not None \
+                and headers.remaining_requests < 1 and headers.reset_requests_s:
+            self.requests.drain_until(headers.reset_requests_s, now)
+        if self.tokens is not None and headers.remaining_tokens is not None \
+                and headers.remaining_tokens < 1 and headers.reset_tokens_s:
+            self.tokens.drain_until(headers.reset_tokens_s, now)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitHeaders:
+    remaining_requests: float | None = None
+    remaining_tokens: float | None = None
+    reset_requests_s: float | None = None
+    reset_tokens_s: float | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.remaining_requests is None and self.remaining_tokens is None
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_reset(value: str | None) -> float | None:
+    """OpenAI's reset durations ("1s", "6m0s", "120ms", "0.5s"), plain seconds,
+    or an ISO-8601 time (Anthropic's *-reset headers)."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    parts = _DURATION.findall(value)
+    if parts and "".join(n + u for n, u in parts) == value:
+        scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+        return sum(float(n) * scale[u] for n, u in parts)
+    try:
+        from datetime import datetime, timezone
+
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return max(0.0, when.timestamp() - datetime.now(timezone.utc).timestamp())
+    except ValueError:
+        return None
+
+
+def parse_rate_limit_headers(headers: "Mapping[str, str] | None") -> RateLimitHeaders:
+    """Read OpenAI-style and Anthropic-style rate-limit headers (any case,
+    with or without litellm's "llm_provider-" prefix)."""
+    if not headers:
+        return RateLimitHeaders()
+    lower: dict[str, str] = {}
+    for key, value in headers.items():
+        key = str(key).lower().removeprefix("llm_provider-")
+        lower[key] = str(value)
+
+    def number(*names: str) -> float | None:
+        for name in names:
+            if name in lower:
+                try:
+                    return float(lower[name])
+                except ValueError:
+                    return None
+        return None
+
+    def reset(*names: str) -> float | None:
+        for name in names:
+            if name in lower:
+                return parse_reset(lower[name])
+        return None
+
+    return RateLimitHeaders(
+        remaining_requests=number("x-ratelimit-remaining-requests", "anthropic-ratelimit-requests-remaining"),
+        remaining_tokens=number("x-ratelimit-remaining-tokens", "anthropic-ratelimit-tokens-remaining",
+                                "anthropic-ratelimit-input-tokens-remaining"),
+        reset_requests_s=reset("x-ratelimit-reset-requests", "anthropic-ratelimit-requests-reset"),
+        reset_tokens_s=reset("x-ratelimit-reset-tokens", "anthropic-ratelimit-tokens-reset",
+                             "anthropic-ratelimit-input-tokens-reset"),
+    )
+
+
+class AdaptiveConcurrency:
+    """AIMD for `concurrency = "auto"`: find the concurrency a server sustains.
+
+    Results are judged in windows of `limit` results (one round trip of every
+    slot). After a window:
+      * any 429 (or timeout, 5xx) in it: multiply the limit by `decrease` (0.7);
+      * its median latency above `tolerance` (1.3) x the best window median
+        seen so far (the server is queueing): multiply the limit by best /
+        median (the share of the latency that is service, not queueing),
+        but by no less than 0.5 and no more than `decrease`;
+      * otherwise: add 1 (additive increase), or, until the first decrease,
+        double it (slow start, as TCP does), so a run finds the server's
+        capacity in a few windows instead of hundreds.
+    After a doubling or a decrease, results of requests that started before
+    the change (their end, from `clock`, minus their latency) are not judged:
+    they measure the old limit, and judging them made slow start double past
+    the server's capacity and then cut several times for one overload.
+    Always within [minimum, maximum]. `history` keeps the limit after each
+    window; `settled` is the median of the last 20 of them: what the summary
+    reports as the concurrency the run settled on.
+    """
+
+    def __init__(self, minimum: int, maximum: int, *, start: int | None = None, decrease: float = 0.7,
+                 tolerance: float = 1.3, slow_start: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+        self.limit = max(minimum, min(maximum, start if start is not None else minimum))
+        self.decrease = decrease
+        self.tolerance = tolerance
+        self.best_median: float | None = None
+        self.slow_start = slow_start
+        self.clock = clock
+        self.history: list[int] = []
+        self._latencies: list[float] = []
+        self._results = 0  # results in the current window
+        self._throttled = False
+        self._judge_from = float("-inf")  # results of requests started before this are not judged
+
+    def on_result(self, latency_ms: float | None, rate_limited: bool) -> int:
+        """Count one finished attempt; returns the (possibly new) limit."""
+        if rate_limited:
+            self._throttled = True
+        elif latency_ms is not None:
+            if self.clock() - latency_ms / 1000.0 < self._judge_from:
+                return self.limit  # sent under the limit before the last big change
+            self._latencies.append(latency_ms)
+        self._results += 1
+        if self._results >= self.limit:
+            self._adjust()
+        return self.limit
+
+    def _adjust(self) -> None:
+        latencies = sorted(self._latencies)
+        median = latencies[len(latencies) // 2] if latencies else None
+        if median is not None and (self.best_median is None or median < self.best_median):
+            self.best_median = median
+        overloaded = median is not None and self.best_median is not None and \
+            median > self.tolerance * self.best_median
+        before = self.limit
+        if self._throttled:
+            self.limit = max(self.minimum, int(self.limit * self.decrease))
+            self.slow_start = False
+        elif overloaded:
+            factor = max(0.5, min(self.decrease, self.best_median / median))
+            self.limit = max(self.minimum, int(self.limit * factor))
+            self.slow_start = False
+        elif self.slow_start:
+            self.limit = min(self.maximum, self.limit * 2)
+        else:
+            self.limit = min(self.maximum, self.limit + 1)
+        if abs(self.limit - before) > 1:
+            self._judge_from = self.clock()
+        self.history.append(self.limit)
+        self._latencies = []
+        self._results = 0
+        self._throttled = False
+
+    @property
+    def settled(self) -> int:
+        recent = sorted(self.history[-20:]) or [self.limit]
+        return recent[len(recent) // 2]

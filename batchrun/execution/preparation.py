@@ -1,0 +1,151 @@
+"""TODO: from batchrun.engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from batchrun.errors import (
+    RunMismatchError,
+    TicketError,
+)
+from batchrun.job.spec import JobSpec
+from batchrun.job.tickets import InputScan, file_digest, scan_from_index, scan_input
+from batchrun.rundir.checkpoint import (
+    Checkpoint,
+    open_checkpoint,
+    read_input_index,
+    write_input_index,
+    write_rejects,
+)
+from batchrun.rundir.manifest import read_manifest
+
+MAYBE_BILLED_IDS_SHOWN = 20
+
+
+def describe_maybe_billed(ids: list[str]) -> str:
+    """The warning for tickets the in-flight journal says may have been paid for already."""
+    shown = ", ".join(ids[:MAYBE_BILLED_IDS_SHOWN]) + (f", ... ({len(ids) - MAYBE_BILLED_IDS_SHOWN} more)"
+                                                      if len(ids) > MAYBE_BILLED_IDS_SHOWN else "")
+    return (f"{len(ids)} ticket(s) were in flight when the last run died (or was interrupted): they may be "
+            f"billed twice; their new lines say maybe_billed_before: {shown}")
+
+
+@dataclass
+class PreparedRun:
+    job: JobSpec
+    job_path: Path | None
+    checkpoint: Checkpoint
+    scan: InputScan
+    endpoint: str  # "simulator", a redacted api_base, or "provider default"
+    limit: int | None
+    skip_failed: bool
+    run_number: int  # 1 for the first invocation on this run directory
+    manifest: dict[str, Any]
+    tickets_total: int  # tickets considered (after limit)
+    already_done: int
+    skipped_failed: int
+    to_do: int
+    max_cost_usd: float | None = None  # the budget across all runs on this directory
+    notes: list[str] = field(default_factory=list)  # things the user should know
+
+    @property
+    def run_dir(self) -> Path:
+        return self.checkpoint.run_dir
+
+    def release(self) -> None:
+        self.checkpoint.release()
+
+
+def mismatches(old: dict[str, Any], job: JobSpec, scan: InputScan, endpoint: str) -> list[str]:
+    changes: list[str] = []
+    old_fp = (old.get("job") or {}).get("fingerprint") or {}
+    new_fp = job.fingerprint()
+    for key in sorted(set(old_fp) | set(new_fp)):
+        if old_fp.get(key) != new_fp.get(key):
+            changes.append(f"job {key} changed")
+    old_input = old.get("input") or {}
+    if old_input.get("sha256") and old_input.get("sha256") != scan.sha256:
+        changes.append(
+            f"input changed ({old_input.get('path')}, {old_input.get('size')} bytes -> "
+            f"{scan.path}, {scan.size} bytes)"
+        )
+    if old.get("endpoint") and old.get("endpoint") != endpoint:
+        changes.append(f"endpoint changed ({old.get('endpoint')} -> {endpoint})")
+    return changes
+
+
+def prepare_run(
+    job: JobSpec,
+    *,
+    job_path: Path | None = None,
+    endpoint: str = "provider default",
+    limit: int | None = None,
+    skip_failed: bool = False,
+    force: bool = False,
+    max_cost_usd: float | None = None,
+) -> PreparedRun:
+    """Everything before the first request; raises BatchrunError subclasses."""
+    templates = [t for t in (job.system_template, job.user_template) if t is not None]
+    budget = max_cost_usd if max_cost_usd is not None else job.max_cost_usd
+    checkpoint = open_checkpoint(job.resolved_run_dir(), totals=budget is not None, force=force)
+    try:
+        skip_bad = job.on_bad_input == "skip"
+        plan = {"max_problems": None if skip_bad else 20, "done_ids": checkpoint.done_ids,
+                "failed_ids": checkpoint.failed_ids if skip_failed else frozenset(), "limit": limit}
+        # what makes a saved index valid besides the input's bytes
+        key = orjson.dumps([job.id_field, [t.fields for t in templates], job.max_line_bytes]
+                           + ([job.input_format] if job.input_format else [])).decode()
+        index = read_input_index(checkpoint.run_dir)
+        scan = None
+        if index is not None and index.get("key") == key:
+            sha256, size = file_digest(job.input)
+            if (sha256, size) == (index.get("sha256"), index.get("size")):
+                scan = scan_from_index(job.input, index, **plan)
+        if scan is None:
+            scan = scan_input(job.input, job.id_field, templates, max_line_bytes=job.max_line_bytes,
+                              keep_ids=True, input_format=job.input_format, **plan)
+            if not scan.problem_count or skip_bad:
+                write_input_index(checkpoint.run_dir, scan.to_index(key))
+            scan.ids = None  # the index is on disk; free the memory
+        notes = list(checkpoint.repaired)
+        if checkpoint.maybe_billed:
+            notes.append(describe_maybe_billed(list(checkpoint.maybe_billed)))
+        if scan.problem_count and not skip_bad:
+            raise TicketError(scan.describe_problems())
+        old = read_manifest(checkpoint.run_dir) or {}
+        if old and not force:
+            changes = mismatches(old, job, scan, endpoint)
+            if changes:
+                raise RunMismatchError(
+                    f"{checkpoint.run_dir} holds a run of a different job or input:\n  "
+                    + "\n  ".join(changes)
+                    + "\nUse another --run-dir for the new run, or --force to resume anyway."
+                )
+        if skip_bad:
+            rejects = write_rejects(checkpoint.run_dir, job.input, scan.problems)
+            if scan.problem_count:
+                notes.append(f"{scan.problem_count} bad input line(s) skipped (on_bad_input = \"skip\"): see {rejects}")
+        return PreparedRun(
+            job=job,
+            job_path=job_path,
+            checkpoint=checkpoint,
+            scan=scan,
+            endpoint=endpoint,
+            limit=limit,
+            skip_failed=skip_failed,
+            run_number=int(old.get("run", 0)) + 1,
+            manifest=old,
+            tickets_total=scan.selected,
+            already_done=scan.already_done,
+            skipped_failed=scan.skipped_failed,
+            to_do=scan.selected - scan.already_done - scan.skipped_failed,
+            max_cost_usd=budget,
+            notes=notes,
+        )
+    except BaseException:
+        checkpoint.release()
+        raise

@@ -1,0 +1,95 @@
+"""TODO: from batchrun.spec, batchrun.engine."""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import TYPE_CHECKING, Any, Mapping
+
+import orjson
+
+from batchrun.records import Ticket
+
+if TYPE_CHECKING:
+    from batchrun.job.spec import JobSpec
+
+_FIELD_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z_][A-Za-z0-9_\-]*)*")
+
+class MissingFieldError(KeyError):
+    """A template placeholder names a field the ticket does not have."""
+
+
+class PromptTemplate:
+    """A `{field}` template parsed once into literal and field segments."""
+
+    __slots__ = ("source", "_segments", "fields", "paths")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        segments: list[tuple[str, tuple[str, ...] | None]] = []
+        fields: list[str] = []
+        try:
+            parsed = list(string.Formatter().parse(source))
+        except ValueError as exc:  # unbalanced braces
+            raise ValueError(f"{exc} (write {{{{ and }}}} for literal braces)") from None
+        for literal, field, spec, conversion in parsed:
+            if literal:
+                segments.append((literal, None))
+            if field is None:
+                continue
+            if spec or conversion or not _FIELD_PATH.fullmatch(field):
+                raise ValueError(
+                    f"placeholder {{{field}{'!' + conversion if conversion else ''}"
+                    f"{':' + spec if spec else ''}}} is not a plain field name; "
+                    "use {name} or {parent.child} (no format specs, indexes or conversions)"
+                )
+            segments.append(("", tuple(field.split("."))))
+            fields.append(field)
+        self._segments = tuple(segments)
+        self.fields = tuple(dict.fromkeys(fields))
+        self.paths = tuple(tuple(field.split(".")) for field in self.fields)
+
+    def missing_field(self, values: Mapping[str, Any]) -> str | None:
+        """The first placeholder `values` cannot fill, or None (cheaper than render)."""
+        for path in self.paths:
+            value: Any = values
+            for key in path:
+                if not (isinstance(value, dict) or isinstance(value, Mapping)) or key not in value:
+                    return ".".join(path)
+                value = value[key]
+        return None
+
+    def render(self, values: Mapping[str, Any]) -> str:
+        """Fill the placeholders from `values`; raises MissingFieldError."""
+        out: list[str] = []
+        for literal, path in self._segments:
+            if path is None:
+                out.append(literal)
+                continue
+            value: Any = values
+            for key in path:
+                if not (isinstance(value, dict) or isinstance(value, Mapping)) or key not in value:
+                    raise MissingFieldError(".".join(path))
+                value = value[key]
+            out.append(value if isinstance(value, str) else as_text(value))
+        return "".join(out)
+
+
+def as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def render_messages(job: JobSpec, ticket: Ticket) -> list[dict[str, str]]:
+    """The chat messages for one ticket (ticket values inserted as data)."""
+    messages = []
+    system = job.system_template
+    if system is not None:
+        messages.append({"role": "system", "content": system.render(ticket.fields)})
+    messages.append({"role": "user", "content": job.user_template.render(ticket.fields)})
+    return messages

@@ -1,0 +1,439 @@
+"""Reading tickets: a streaming JSONL reader and a one-pass input check.
+
+Input is JSON Lines: one JSON object per line, each with a unique id in the
+job's `id_field` (a string or an integer). The file is read line by line in
+binary, so memory does not grow with its size; a line longer than the
+job's `max_line_bytes` (default MAX_LINE_BYTES) is read past in bounded
+chunks, never held whole.
+
+    read_tickets(path, id_field)      yields Ticket objects in file order;
+                                      raises TicketError naming file:line,
+                                      or passes over `skip_lines` (the bad
+                                      lines of an on_bad_input="skip" run)
+    scan_input(path, id_field, ...)   one pass over the whole file before any
+                                      request: size, sha256, ticket count, and
+                                      every bad line (up to a limit) with its
+                                      reason, including missing template fields
+                                      and duplicate ids
+    InputScan                         what scan_input found, and the resume
+                                      plan: which lines to send (`dispatch`)
+    scan_from_index(path, index)      the same InputScan from a saved index of
+                                      unchanged bytes (`InputScan.to_index`),
+                                      so a resume of 1,000,000 tickets does not
+                                      parse them again
+
+CSV, TSV and Parquet inputs (by extension, or the job's `input_format`) are
+read by input_formats.py; `read_tickets` and `scan_input` dispatch to it and
+apply the same checks to each row (id, duplicates, template fields), with the
+row number where JSON Lines has the line number (`InputScan.unit` says which).
+
+Checked per line: valid UTF-8 (a BOM on line 1 is accepted and dropped),
+not blank, valid JSON, a JSON object, an id that is a non-empty string or an
+integer (not only whitespace, at most MAX_ID_CHARS = 512 characters), no id
+seen before, and every field the prompt templates use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Container, Iterator, Sequence
+
+import orjson
+
+from batchrun.errors import TicketError
+from batchrun.job.input_formats import describe_row, input_format_of, iter_rows
+from batchrun.job.templates import PromptTemplate
+from batchrun.records import Ticket
+
+_BOM = b"\xef\xbb\xbf"
+MAX_LINE_BYTES = 1_000_000  # a line longer than this is rejected as bad input
+MAX_ID_CHARS = 512  # a longer id is bad input (it names files, logs and checkpoint lines)
+
+
+@dataclass(frozen=True, slots=True)
+class LineProblem:
+    line: int
+    reason: str
+
+
+@dataclass(slots=True)
+class InputScan:
+    path: Path
+    size: int = 0  # bytes
+    sha256: str = ""  # of the whole file
+    tickets: int = 0  # valid tickets
+    problems: list[LineProblem] = field(default_factory=list)  # first `max_problems`
+    problem_count: int = 0  # all bad lines, even those not kept
+    bad_lines: set[int] = field(default_factory=set)  # line numbers of every bad line
+    selected: int = 0  # good tickets within the limit
+    already_done: int = 0  # of those, in done_ids
+    skipped_failed: int = 0  # of those, in failed_ids
+    dispatch: bytearray = field(default_factory=bytearray)  # line number -> 1 if it is to be sent
+    ids: list[str | None] | None = None  # with keep_ids: each line's id (None: a bad line)
+    unit: str = "line"  # "row" for CSV, TSV and Parquet inputs (row 1: the first data row)
+
+    def select(self, line_no: int, ticket_id: str, done_ids: Container[str], failed_ids: Container[str],
+               limit: int | None) -> None:
+        """Count a good ticket for the resume plan and mark its line if it is to be sent."""
+        self.tickets += 1
+        if limit is not None and self.selected >= limit:
+            return
+        self.selected += 1
+        if ticket_id in done_ids:
+            self.already_done += 1
+        elif ticket_id in failed_ids:
+            self.skipped_failed += 1
+        else:
+            dispatch = self.dispatch
+            if len(dispatch) <= line_no:
+                dispatch.extend(bytes(line_no + 1 - len(dispatch)))
+            dispatch[line_no] = 1
+
+    def to_index(self, key: str) -> dict[str, Any]:
+        """What a later resume needs to plan without parsing the input again."""
+        assert self.ids is not None, "scan with keep_ids=True"
+        return {"version": 1, "key": key, "sha256": self.sha256, "size": self.size,
+                "problem_count": self.problem_count,
+                "problems": [[p.line, p.reason] for p in self.problems], "ids": self.ids, "unit": self.unit}
+
+    def describe_problems(self) -> str:
+        if self.unit == "row":
+            lines = [f"{self.path}: {self.problem_count} bad row(s); nothing was requested:"]
+            lines += [f"  {self.path}: row {p.line}: {p.reason}" for p in self.problems]
+        else:
+            lines = [f"{self.path}: {self.problem_count} bad line(s); nothing was requested:"]
+            lines += [f"  {self.path}:{p.line}: {p.reason}" for p in self.problems]
+        if self.problem_count > len(self.problems):
+            lines.append(f"  ... and {self.problem_count - len(self.problems)} more")
+        return "\n".join(lines)
+
+
+def _missing_field(templates: Any, fields: Any) -> str | None:
+    """The first field a prompt template uses that the ticket lacks, or None."""
+    for template in templates:
+        missing = template.missing_field(fields)
+        if missing is not None:
+            return missing
+    return None
+
+
+def _too_long(size: int, limit: int) -> ValueError:
+    return ValueError(f"line is {size:,} bytes, over the {limit:,}-byte limit (max_line_bytes)")
+
+
+def _parse_line(raw: bytes | None, line_no: int, id_field: str, size: int = 0,
+                max_line_bytes: int | None = None) -> tuple[str, dict[str, Any]]:
+    """The id and object of one line, or ValueError with the reason.
+
+    `raw` is None for a line `_read_lines` found too long (`size` bytes)."""
+    limit = max_line_bytes or MAX_LINE_BYTES
+    if raw is None:
+        raise _too_long(size, limit)
+    if line_no == 1 and raw.startswith(_BOM):
+        raw = raw[len(_BOM):]
+    if len(raw) > limit:
+        raise _too_long(len(raw), limit)
+    try:
+        obj = orjson.loads(raw)  # validates UTF-8 too: the reasons below are worked out on failure only
+    except orjson.JSONDecodeError as exc:
+        if not raw.strip():
+            raise ValueError("blank line") from None
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise ValueError(f"invalid UTF-8 at byte {bad.start}") from None
+        raise ValueError(f"invalid JSON: {exc}") from None
+    if type(obj) is not dict:
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    if id_field not in obj:
+        raise ValueError(f"missing id field {id_field!r}")
+    value = obj[id_field]
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise ValueError(f"id field {id_field!r} must be a non-empty string or an integer, got {value!r}")
+    ticket_id = str(value)
+    if len(ticket_id) > MAX_ID_CHARS:
+        raise ValueError(f"id field {id_field!r} is {len(ticket_id):,} characters long, over the "
+                         f"{MAX_ID_CHARS}-character limit for an id")
+    if ticket_id.isspace():
+        raise ValueError(f"id field {id_field!r} is only whitespace ({value!r}): an id must be visible")
+    return ticket_id, obj
+
+
+def _read_lines(
+    handle: BinaryIO, seen: Callable[[bytes], object] | None = None, max_line_bytes: int | None = None,
+    skip: int = 0,
+) -> Iterator[tuple[int, bytes | None, int]]:
+    """(line number, line without its ending or None if too long, bytes read).
+
+    Reads at most about MAX_LINE_BYTES at a time: a longer line is consumed
+    in chunks (each passed to `seen`, like every complete line) and yielded
+    as None, so one huge line cannot fill the memory."""
+    limit = (max_line_bytes or MAX_LINE_BYTES) + len(_BOM) + 2  # room for a BOM and a CRLF
+    line_no = 0
+    while line_no < skip and (chunk := handle.readline(limit)):  # pass over `skip` lines unseen
+        if chunk.endswith(b"\n"):
+            line_no += 1
+    while chunk := handle.readline(limit):
+        line_no += 1
+        if seen is not None:
+            seen(chunk)
+        if len(chunk) < limit or chunk.endswith(b"\n"):
+            yield line_no, chunk.rstrip(b"\r\n"), len(chunk)
+            continue
+        size = len(chunk)
+        while not chunk.endswith(b"\n"):
+            chunk = handle.readline(limit)
+            if not chunk:
+                break
+            if seen is not None:
+                seen(chunk)
+            size += len(chunk)
+        yield line_no, None, size - (len(chunk) - len(chunk.rstrip(b"\r\n")))
+
+
+def _lines(path: Path, max_line_bytes: int | None = None, skip: int = 0) -> Iterator[tuple[int, bytes | None, int]]:
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise TicketError(f"{path}: cannot read input: {exc.strerror}") from None
+    with handle:
+        yield from _read_lines(handle, None, max_line_bytes, skip)
+
+
+def read_tickets(
+    path: Path,
+    id_field: str = "id",
+    *,
+    skip_lines: Container[int] = frozenset(),
+    max_line_bytes: int | None = None,
+    only_lines: bytearray | None = None,
+    input_format: str | None = None,
+) -> Iterator[Ticket]:
+    """Yield tickets in file order; the first bad line raises TicketError.
+
+    Line numbers in `skip_lines` (bad lines a scan already rejected, with
+    on_bad_input = "skip") are passed over without being parsed; with
+    `only_lines` (a scan's `dispatch` map), so is every line whose byte is 0,
+    and reading stops after the last line marked 1. CSV, TSV and Parquet
+    (by extension or `input_format`) are read by rows (input_formats.py)."""
+    fmt = input_format_of(path, input_format)
+    if fmt != "jsonl":
+        yield from _read_rows(path, fmt, id_field, skip_lines, max_line_bytes, only_lines)
+        return
+    last = only_lines.rfind(1) if only_lines is not None else -1
+    first = only_lines.find(1) if only_lines is not None else 1
+    if first < 0:
+        return
+    for line_no, raw, size in _lines(path, max_line_bytes, skip=first - 1):
+        if only_lines is not None:
+            if line_no > last:
+                return
+            if not only_lines[line_no]:
+                continue
+        if line_no in skip_lines:
+            continue
+        try:
+            ticket_id, obj = _parse_line(raw, line_no, id_field, size, max_line_bytes)
+        except ValueError as exc:
+            raise TicketError(f"{path}:{line_no}: {exc}") from None
+        yield Ticket(id=ticket_id, fields=obj, line=line_no)
+
+
+def scan_input(
+    path: Path,
+    id_field: str = "id",
+    templates: Sequence[PromptTemplate] = (),
+    *,
+    max_problems: int | None = 20,
+    max_line_bytes: int | None = None,
+    done_ids: Container[str] = frozenset(),
+    failed_ids: Container[str] = frozenset(),
+    limit: int | None = None,
+    keep_ids: bool = False,
+    input_format: str | None = None,
+) -> InputScan:
+    """Check the whole input in one pass; see the module docstring.
+
+    Every bad line number lands in `bad_lines`; the reasons are kept for
+    the first `max_problems` (all of them with None). The same pass plans a
+    resume: among the first `limit` good tickets, those in `done_ids` are
+    counted as `already_done`, those in `failed_ids` (pass the failed ids
+    only when they are to be skipped) as `skipped_failed`, and the line of
+    every other one is marked 1 in `dispatch`, so the run's producer skips
+    the rest without parsing them. CSV, TSV and Parquet inputs are
+    checked row by row the same way (`_scan_rows`)."""
+    fmt = input_format_of(path, input_format)
+    if fmt != "jsonl":
+        return _scan_rows(path, fmt, id_field, templates, max_problems=max_problems, max_line_bytes=max_line_bytes,
+                          done_ids=done_ids, failed_ids=failed_ids, limit=limit, keep_ids=keep_ids)
+    scan = InputScan(path=path, dispatch=bytearray(1))  # dispatch[0] unused: lines start at 1
+    digest = hashlib.sha256()
+    seen: dict[str, int] = {}
+    ids: list[str | None] | None = [] if keep_ids else None
+
+    def problem(line_no: int, reason: str) -> None:
+        scan.problem_count += 1
+        scan.bad_lines.add(line_no)
+        if max_problems is None or len(scan.problems) < max_problems:
+            scan.problems.append(LineProblem(line_no, reason))
+
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise TicketError(f"{path}: cannot read input: {exc.strerror}") from None
+
+    def read(chunk: bytes) -> None:
+        digest.update(chunk)
+        scan.size += len(chunk)
+
+    with handle:
+        for line_no, raw, size in _read_lines(handle, read, max_line_bytes):
+            if ids is not None:
+                ids.append(None)
+            try:
+                ticket_id, obj = _parse_line(raw, line_no, id_field, size, max_line_bytes)
+            except ValueError as exc:
+                problem(line_no, str(exc))
+                continue
+            if ticket_id in seen:
+                problem(line_no, f"duplicate id {ticket_id!r} (first on line {seen[ticket_id]})")
+                continue
+            seen[ticket_id] = line_no
+            missing = _missing_field(templates, obj)
+            if missing is not None:
+                problem(line_no, f"ticket {ticket_id!r} has no field {missing!r} used by the prompt")
+                continue
+            if ids is not None:
+                ids[-1] = ticket_id
+            scan.select(line_no, ticket_id, done_ids, failed_ids, limit)
+    scan.ids = ids
+    scan.sha256 = digest.hexdigest()
+    return scan
+
+
+def _row_id(row: dict[str, Any], id_field: str) -> str:
+    """The id of a CSV/TSV/Parquet row, or ValueError with the reason."""
+    if id_field not in row:
+        raise ValueError(f"missing id field {id_field!r}")
+    value = row[id_field]
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise ValueError(f"id field {id_field!r} must be a non-empty string or an integer, got {value!r}")
+    return str(value)
+
+
+def _check_columns(path: Path, fmt: str, id_field: str) -> None:
+    """A file with no id column is one error, not one per row."""
+    from batchrun.job.input_formats import csv_header, parquet_columns
+
+    columns = parquet_columns(path) if fmt == "parquet" else csv_header(path, fmt)
+    if columns and id_field not in columns:
+        shown = ", ".join(map(repr, columns[:20])) + (" ..." if len(columns) > 20 else "")
+        where = "column" if fmt == "parquet" else "header field"
+        raise TicketError(f"{path}: no {where} {id_field!r} (the job's id_field); the file has: {shown}")
+
+
+def _read_rows(path: Path, fmt: str, id_field: str, skip_rows: Container[int], max_line_bytes: int | None,
+               only_rows: bytearray | None) -> Iterator[Ticket]:
+    """read_tickets for CSV, TSV and Parquet: the first bad row raises TicketError naming it."""
+    last = only_rows.rfind(1) if only_rows is not None else -1
+    if only_rows is not None and last < 0:
+        return
+    for row_no, line, row in iter_rows(path, fmt, max_field_bytes=max_line_bytes or MAX_LINE_BYTES,
+                                       only=only_rows):
+        if only_rows is not None:
+            if row_no > last:
+                return
+            if not only_rows[row_no]:
+                continue
+        if row_no in skip_rows:
+            continue
+        try:
+            if isinstance(row, ValueError):
+                raise row
+            ticket_id = _row_id(row, id_field)
+        except ValueError as exc:
+            raise TicketError(f"{path}: {describe_row(row_no, line)}: {exc}") from None
+        yield Ticket(id=ticket_id, fields=row, line=row_no)
+
+
+def _scan_rows(path: Path, fmt: str, id_field: str, templates: Sequence[PromptTemplate], *,
+               max_problems: int | None, max_line_bytes: int | None, done_ids: Container[str],
+               failed_ids: Container[str], limit: int | None, keep_ids: bool) -> InputScan:
+    """scan_input for CSV, TSV and Parquet (see scan_input): rows instead of lines."""
+    sha256, size = file_digest(path)
+    _check_columns(path, fmt, id_field)
+    scan = InputScan(path=path, dispatch=bytearray(1), unit="row", sha256=sha256, size=size)
+    seen: dict[str, int] = {}
+    ids: list[str | None] | None = [] if keep_ids else None
+
+    def problem(row_no: int, line: int | None, reason: str) -> None:
+        scan.problem_count += 1
+        scan.bad_lines.add(row_no)
+        if max_problems is None or len(scan.problems) < max_problems:
+            scan.problems.append(LineProblem(row_no, reason if line is None else f"(line {line}) {reason}"))
+
+    for row_no, line, row in iter_rows(path, fmt, max_field_bytes=max_line_bytes or MAX_LINE_BYTES):
+        if ids is not None:
+            ids.append(None)
+        if isinstance(row, ValueError):
+            problem(row_no, line, str(row))
+            continue
+        try:
+            ticket_id = _row_id(row, id_field)
+        except ValueError as exc:
+            problem(row_no, line, str(exc))
+            continue
+        if ticket_id in seen:
+            problem(row_no, line, f"duplicate id {ticket_id!r} (first on row {seen[ticket_id]})")
+            continue
+        seen[ticket_id] = row_no
+        missing = _missing_field(templates, row)
+        if missing is not None:
+            problem(row_no, line, f"ticket {ticket_id!r} has no field {missing!r} used by the prompt")
+            continue
+        if ids is not None:
+            ids[-1] = ticket_id
+        scan.select(row_no, ticket_id, done_ids, failed_ids, limit)
+    scan.ids = ids
+    return scan
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    """(sha256, size) of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with path.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+                size += len(block)
+    except OSError as exc:
+        raise TicketError(f"{path}: cannot read input: {exc.strerror}") from None
+    return digest.hexdigest(), size
+
+
+def scan_from_index(
+    path: Path,
+    index: dict[str, Any],
+    *,
+    max_problems: int | None = 20,
+    done_ids: Container[str] = frozenset(),
+    failed_ids: Container[str] = frozenset(),
+    limit: int | None = None,
+) -> InputScan:
+    """The InputScan a full `scan_input` would give, from a saved index of
+    the same bytes (the caller checks sha256 and key): no line is parsed."""
+    scan = InputScan(path=path, size=index["size"], sha256=index["sha256"], dispatch=bytearray(1),
+                     problem_count=index["problem_count"], unit=index.get("unit", "line"))
+    problems = index["problems"]
+    scan.problems = [LineProblem(line, reason) for line, reason in
+                     (problems if max_problems is None else problems[:max_problems])]
+    select = scan.select
+    for line_no, ticket_id in enumerate(index["ids"], start=1):
+        if ticket_id is None:
+            scan.bad_lines.add(line_no)
+        else:
+            select(line_no, ticket_id, done_ids, failed_ids, limit)
+    return scan

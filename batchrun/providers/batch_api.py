@@ -1,0 +1,241 @@
+"""TODO: from batchrun.provider."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from batchrun.errors import (
+    RateLimitedError,
+    RetryableError,
+    TerminalError,
+)
+from batchrun.job.sections import PricesSpec
+from batchrun.providers.error_mapping import (
+    headers_of,
+    parse_retry_after,
+    translate_error,
+)
+from batchrun.providers.litellm_setup import import_litellm
+from batchrun.providers.seam import ChatRequest
+from batchrun.records import Completion, ToolCall, Usage
+
+# -- the Batch API seam (batch_mode.py) ---------------------------------------------
+
+#: litellm 1.106's providers with a batch *create* (litellm.acreate_batch's custom_llm_provider).
+BATCH_PROVIDERS = frozenset({"openai", "azure", "vertex_ai", "bedrock", "hosted_vllm", "litellm_proxy", "mistral",
+                             "xai"})
+#: ... and those whose batches can be listed (alist_batches), so a lost create can be adopted.
+BATCH_LIST_PROVIDERS = frozenset({"openai", "azure", "hosted_vllm", "litellm_proxy", "xai"})
+
+
+def batch_provider_of(model: str, api_base: str | None = None) -> str | None:
+    """litellm's provider name for `model`, as its batch functions want it (None: litellm cannot tell)."""
+    lm = import_litellm()
+    try:
+        return str(lm.get_llm_provider(model=model, api_base=api_base)[1])
+    except Exception:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPrices:
+    """USD per token for batch requests, and the cost_status the lines carry."""
+
+    input_per_token: float
+    output_per_token: float
+    status: str  # "litellm_batch", "half_online", "job_prices", "job_prices_half" (module docstring)
+
+    def cost(self, usage: Usage) -> float:
+        return usage.prompt_tokens * self.input_per_token + usage.completion_tokens * self.output_per_token
+
+
+class LiteLLMBatchAPI:
+    """litellm's file and batch functions under batchrun's rules.
+
+    Every call passes `max_retries=0` (the OpenAI SDK would otherwise send a
+    lost create two more times and make duplicate, paid batches; tenacity in
+    batch_mode.py retries only where a retry cannot duplicate) and
+    `litellm_metadata={"batch_ignore_default_logging": True}` (else
+    litellm's logging downloads a finished batch's output and error files
+    to price them, on every retrieve). Results are plain dicts; exceptions
+    are translated by `translate_error` with the key scrubbed. File content
+    is streamed to disk in chunks (`download`), never held in memory.
+    """
+
+    def __init__(self, *, model: str, api_base: str | None = None, api_key: str | None = None,
+                 timeout_s: float = 600.0, prices: PricesSpec | None = None) -> None:
+        self.model = model
+        self.api_base = api_base
+        self._api_key = api_key
+        self.timeout_s = timeout_s
+        self.prices = prices
+        self._secrets = tuple(s for s in (api_key,) if s)
+        self._litellm = import_litellm()
+        self.provider = batch_provider_of(model, api_base) or "openai"
+
+    def __repr__(self) -> str:  # never show the key
+        return f"LiteLLMBatchAPI(model={self.model!r}, api_base={self.api_base!r})"
+
+    @property
+    def can_list(self) -> bool:
+        return self.provider in BATCH_LIST_PROVIDERS
+
+    def _kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = dict(custom_llm_provider=self.provider, max_retries=0, timeout=self.timeout_s,
+                                      litellm_metadata={"batch_ignore_default_logging": True})
+        if self.api_base:
+            kwargs["api_base"] = self.api_base
+        if self._api_key:
+            kwargs["api_key"] = self._api_key
+        return kwargs
+
+    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await getattr(self._litellm, name)(*args, **{**self._kwargs(), **kwargs})
+        except Exception as exc:  # cancellation passes through
+            error = translate_error(exc, self._secrets)
+            # litellm's file and batch functions wrap some HTTP errors in BadRequestError: go by the status
+            if isinstance(error, TerminalError) and error.status_code == 429:
+                error = RateLimitedError(error.message, kind="rate_limited", status_code=429,
+                                         retry_after=parse_retry_after(headers_of(exc)),
+                                         error_type=error.error_type)
+            elif isinstance(error, TerminalError) and error.status_code is not None and (
+                    error.status_code >= 500 or error.status_code == 408):
+                error = RetryableError(error.message, kind="server_error", status_code=error.status_code,
+                                       error_type=error.error_type)
+            raise error from None
+
+    @staticmethod
+    def _plain(obj: Any) -> dict[str, Any]:
+        if isinstance(obj, dict):
+            return obj
+        dump = getattr(obj, "model_dump", None)
+        return dump() if dump is not None else dict(obj)
+
+    async def create_file(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Upload a batch input file (the SDK streams it from the open handle)."""
+        with open(path, "rb") as handle:
+            return self._plain(await self._call("acreate_file", file=(os.path.basename(path), handle),
+                                                purpose="batch"))
+
+    async def create_batch(self, input_file_id: str, metadata: Mapping[str, str],
+                           endpoint: str = "/v1/chat/completions", window: str = "24h") -> dict[str, Any]:
+        return self._plain(await self._call("acreate_batch", completion_window=window, endpoint=endpoint,
+                                            input_file_id=input_file_id, metadata=dict(metadata)))
+
+    async def retrieve_batch(self, batch_id: str) -> dict[str, Any]:
+        return self._plain(await self._call("aretrieve_batch", batch_id=batch_id))
+
+    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        return self._plain(await self._call("acancel_batch", batch_id=batch_id))
+
+    async def list_batches(self, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+        """One page: {"data": [batch dicts], "has_more": bool, "last_id": ...}; metadata is NOT filtered
+        by the provider (litellm accepts it and drops it): filter on the client."""
+        page = await self._call("alist_batches", after=after, limit=limit)
+        plain = self._plain(page)
+        plain["data"] = [self._plain(item) for item in plain.get("data") or []]
+        return plain
+
+    async def download(self, file_id: str, dest: str | os.PathLike[str], chunk_size: int = 1 << 20) -> int:
+        """Stream a file's content into `dest` (replaced atomically); returns its size."""
+        import anyio
+
+        tmp = f"{os.fspath(dest)}.part"
+        size = 0
+        result = await self._call("afile_content", file_id=file_id, stream=True, chunk_size=chunk_size)
+        iterator = getattr(result, "stream_iterator", None)
+        try:
+            async with await anyio.open_file(tmp, "wb") as handle:
+                if iterator is None:  # a provider without streaming: litellm holds the body
+                    blob = getattr(result, "content", None) or b""
+                    await handle.write(blob)
+                    size = len(blob)
+                else:
+                    async for chunk in iterator:
+                        await handle.write(chunk)
+                        size += len(chunk)
+                await handle.flush()
+                await anyio.to_thread.run_sync(os.fsync, handle.wrapped.fileno())
+        except Exception as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise translate_error(exc, self._secrets) from None
+        os.replace(tmp, dest)
+        return size
+
+    def batch_prices(self) -> BatchPrices | None:
+        """The batch price of this model: job prices (batch ones, else half), litellm's batch
+        prices, else half litellm's online prices; None for an unpriced model."""
+        prices = self.prices
+        if prices is not None:
+            if prices.batch_input_per_million is not None and prices.batch_output_per_million is not None:
+                return BatchPrices(prices.batch_input_per_million / 1e6, prices.batch_output_per_million / 1e6,
+                                   "job_prices")
+            return BatchPrices(prices.input_per_million / 2e6, prices.output_per_million / 2e6, "job_prices_half")
+        try:
+            info = self._litellm.get_model_info(model=self.model)
+        except Exception:
+            return None
+        batch_in, batch_out = info.get("input_cost_per_token_batches"), info.get("output_cost_per_token_batches")
+        if batch_in is not None and batch_out is not None:
+            return BatchPrices(float(batch_in), float(batch_out), "litellm_batch")
+        online_in, online_out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
+        if online_in is None or online_out is None:
+            return None
+        return BatchPrices(float(online_in) / 2, float(online_out) / 2, "half_online")
+
+    def completion_of(self, body: Mapping[str, Any], prices: BatchPrices | None) -> Completion:
+        """A Completion from a batch output line's response body (a chat.completion object),
+        priced at the batch price."""
+        choice = (body.get("choices") or [None])[0]
+        if not isinstance(choice, Mapping):
+            raise ValueError("the response body has no choices")
+        message = choice.get("message") or {}
+        raw_usage = body.get("usage")
+        usage = None
+        if isinstance(raw_usage, Mapping) and raw_usage.get("total_tokens") is not None:
+            usage = Usage(prompt_tokens=int(raw_usage.get("prompt_tokens") or 0),
+                          completion_tokens=int(raw_usage.get("completion_tokens") or 0),
+                          total_tokens=int(raw_usage.get("total_tokens") or 0))
+        if usage is None:
+            cost, status = None, "no_usage"
+        elif prices is None:
+            cost, status = None, "unpriced_model"
+        else:
+            cost, status = prices.cost(usage), prices.status
+        calls = tuple(ToolCall(name=str((c.get("function") or {}).get("name") or ""),
+                               arguments=(c.get("function") or {}).get("arguments") or "", id=c.get("id"))
+                      for c in (message.get("tool_calls") or []) if isinstance(c, Mapping))
+        return Completion(text=message.get("content") or "", finish_reason=choice.get("finish_reason"),
+                          model=body.get("model"), usage=usage, cost_usd=cost, cost_status=status,
+                          tool_calls=calls)
+
+    def request_body(self, request: ChatRequest, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The body of one batch input line: what an online call of this request would send."""
+        body: dict[str, Any] = {"model": self.model.split("/", 1)[1] if "/" in self.model else self.model,
+                                "messages": request.messages, **params}
+        options = request.options
+        if options is not None:
+            if options.json_schema is not None and options.send_json_schema != "never":
+                supported = options.send_json_schema == "always"
+                if not supported:
+                    try:
+                        supported = bool(self._litellm.supports_response_schema(model=self.model))
+                    except Exception:
+                        supported = False
+                if supported:
+                    body["response_format"] = {"type": "json_schema", "json_schema": {
+                        "name": options.json_schema_name, "schema": options.json_schema,
+                        "strict": options.json_schema_strict}}
+            if options.tools:
+                body["tools"] = options.tools
+                if options.tool_choice is not None:
+                    body["tool_choice"] = options.tool_choice
+        return body
+
+    async def aclose(self) -> None:
+        return None

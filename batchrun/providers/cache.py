@@ -1,0 +1,155 @@
+"""TODO: from batchrun.provider."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Mapping
+
+from batchrun.errors import (
+    ConfigurationError,
+    redact_secrets,
+)
+from batchrun.providers.litellm_setup import import_litellm
+from batchrun.records import Completion, ToolCall, Usage
+
+#: litellm's callback lists that `litellm.caching.Cache()` adds "cache" to (see ResponseCache).
+_CACHE_CALLBACK_LISTS = ("input_callback", "success_callback", "_async_success_callback")
+CACHE_NAMESPACE = "batchrun"  # Redis keys are "batchrun:<hash>"
+
+
+class ResponseCache:
+    """Accepted answers in litellm's cache layer (module docstring, "The response cache").
+
+    `location` is {"dir": folder} (litellm's DiskCache) or {"url": "redis://..."}
+    (litellm's RedisCache), with an optional "endpoint" that names the server
+    in keys instead of the api_base. Reading or writing never raises: a backend error
+    is logged and counts as a miss (the request is then sent and paid for)."""
+
+    VERSION = 1  # of the stored payload
+
+    def __init__(self, location: Mapping[str, str]) -> None:
+        litellm = import_litellm()
+        from litellm.caching.caching import Cache
+
+        self.location = dict(location)
+        before = {name: list(getattr(litellm, name, None) or []) for name in _CACHE_CALLBACK_LISTS}
+        try:
+            if location.get("url"):
+                self._cache = Cache(type="redis", url=location["url"], namespace=CACHE_NAMESPACE)
+                self._ping()
+            else:
+                os.makedirs(location["dir"], exist_ok=True)
+                self._cache = Cache(type="disk", disk_cache_dir=location["dir"])
+        except ModuleNotFoundError as exc:
+            extra = "redis" if location.get("url") else "cache"
+            raise ConfigurationError(f"the response cache needs {exc.name or 'a module'}: "
+                                     f"pip install 'batchrun[{extra}]'") from None
+        except OSError as exc:
+            raise ConfigurationError(f"cannot open the response cache in {location.get('dir')}: "
+                                     f"{exc.strerror}") from None
+        finally:  # batchrun reads and writes the cache itself: litellm's per-call "cache" callbacks stay off
+            for name, kept in before.items():
+                current = getattr(litellm, name, None)
+                if isinstance(current, list):
+                    current[:] = kept
+        self.backend = self._cache.cache
+
+    def _ping(self) -> None:
+        from batchrun.errors import redact_url
+
+        try:
+            self._cache.cache.redis_client.ping()
+        except Exception as exc:
+            raise ConfigurationError(f"the response cache at {redact_url(self.location['url'])} does not "
+                                     f"answer: {type(exc).__name__}: {redact_secrets(str(exc), ())}") from None
+
+    def key(self, call: Mapping[str, Any], api_base: str | None) -> str:
+        """litellm's cache key of the request as sent, hashed with the endpoint (the location's
+        "endpoint" when set: "simulator" for the embedded simulator, whose port changes)."""
+        import hashlib
+
+        api_base = self.location.get("endpoint") or api_base
+        base = self._cache.get_cache_key(**dict(call))
+        base = base.split(":", 1)[1] if base.startswith(CACHE_NAMESPACE + ":") else base
+        return hashlib.sha256(f"{base}\0{api_base or ''}".encode()).hexdigest()
+
+    async def get(self, key: str) -> Completion | None:
+        try:
+            raw = await self.backend.async_get_cache(key)
+        except Exception as exc:  # a miss: the request is sent
+            log_cache_failure("read", exc)
+            return None
+        value = raw.get("response") if isinstance(raw, dict) and "response" in raw else raw
+        try:
+            if isinstance(value, (str, bytes)):
+                import orjson
+
+                value = orjson.loads(value)
+            return completion_from_cache(value)
+        except Exception:  # not batchrun's payload (another version, damaged): a miss
+            return None
+
+    async def put(self, key: str, completion: Completion) -> None:
+        import orjson
+
+        payload = {
+            "v": self.VERSION, "text": completion.text, "finish_reason": completion.finish_reason,
+            "model": completion.model, "usage": completion.usage.as_dict() if completion.usage else None,
+            "usage_source": completion.usage_source, "cost_usd": completion.cost_usd,
+            "cost_status": completion.cost_status,
+            "tool_calls": [[call.name, call.arguments, call.id] for call in completion.tool_calls],
+        }
+        try:
+            await self.backend.async_set_cache(key, {"timestamp": time.time(),
+                                                     "response": orjson.dumps(payload).decode()})
+        except Exception as exc:
+            log_cache_failure("write", exc)
+
+    def clear(self) -> int:
+        """Remove every answer batchrun stored here; returns how many (Redis: only "batchrun:" keys)."""
+        if isinstance(self.location.get("url"), str):
+            client = self.backend.redis_client
+            removed = 0
+            for found in client.scan_iter(match=f"{CACHE_NAMESPACE}:*", count=1000):
+                removed += int(client.delete(found))
+            return removed
+        disk = self.backend.disk_cache
+        count = len(disk)
+        disk.clear()
+        return count
+
+    def __len__(self) -> int:
+        if isinstance(self.location.get("url"), str):
+            return sum(1 for _ in self.backend.redis_client.scan_iter(match=f"{CACHE_NAMESPACE}:*", count=1000))
+        return len(self.backend.disk_cache)
+
+    async def aclose(self) -> None:
+        try:
+            if isinstance(self.location.get("url"), str):
+                await self.backend.disconnect()
+            else:
+                self.backend.disk_cache.close()
+        except Exception:  # closing is best effort
+            pass
+
+
+def log_cache_failure(what: str, exc: Exception) -> None:
+    import logging
+
+    logging.getLogger("batchrun").warning("response cache %s failed (treated as a miss): %s: %s", what,
+                                          type(exc).__name__, redact_secrets(str(exc), ()))
+
+
+def completion_from_cache(value: Mapping[str, Any]) -> Completion:
+    """A stored payload as a cache hit: cost 0 now, what it cost then in cost_saved_usd."""
+    if value.get("v") != ResponseCache.VERSION:
+        raise ValueError("not a batchrun cache payload")
+    usage = value.get("usage")
+    return Completion(
+        text=str(value["text"]), finish_reason=value.get("finish_reason"), model=value.get("model"),
+        usage=Usage(**usage) if usage else None, cost_usd=0.0, cost_status="cache_hit",
+        tool_calls=tuple(ToolCall(name, arguments, call_id) for name, arguments, call_id in value.get("tool_calls") or ()),
+        usage_source=value.get("usage_source") or "provider", cache_hit=True,
+        cost_saved_usd=value.get("cost_usd"),
+    )

@@ -1,0 +1,37 @@
+"""TODO: from batchrun.provider."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from batchrun.providers.seam import ChatRequest
+from batchrun.records import Completion
+
+
+@dataclass
+class ScriptedProvider:
+    """A fake Provider: `script(request)` returns a Completion or an exception
+    (raised), and every request is recorded in `calls`.
+
+    `request.options` carries the job's RequestOptions (stream, schema, tools)
+    as the real provider gets them; a script may answer with any Completion
+    field (tool_calls, finish_reason "length" or "content_filter", ttft_ms,
+    usage_source) to drive the output checks without a server."""
+
+    script: Callable[[ChatRequest], Completion | BaseException]
+    calls: list[ChatRequest] = field(default_factory=list)
+    cost_estimate: float | None = None  # what estimate_cost answers
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        self.calls.append(request)
+        answer = self.script(request)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def estimate_cost(self, request: ChatRequest) -> float | None:
+        return self.cost_estimate
+
+    async def aclose(self) -> None:
+        return None

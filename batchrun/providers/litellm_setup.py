@@ -1,0 +1,195 @@
+"""TODO: from batchrun.provider."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, MutableMapping, Sequence
+
+from batchrun.errors import (
+    JobSpecError,
+)
+from batchrun.providers import tuning
+from batchrun.providers.tuning import (
+    OPENAI_HTTP_HANDLER_ENV,
+)
+
+_litellm: Any = None
+
+
+def size_connection_pool(env: MutableMapping[str, str], max_connections: int | None) -> None:
+    """Raise litellm's aiohttp limits in `env` (500 per host, 1,000 in all by default) to at least
+    `max_connections`; litellm reads them when it is imported."""
+    if max_connections:
+        for name, default in (("AIOHTTP_CONNECTOR_LIMIT_PER_HOST", 500), ("AIOHTTP_CONNECTOR_LIMIT", 1000)):
+            env[name] = str(max(int(env.get(name) or default), max_connections))
+
+
+def import_litellm(max_connections: int | None = None) -> Any:
+    """Import and configure litellm once (slow: seconds; docs/internals.md).
+
+    `max_connections`: litellm's aiohttp pool allows 500 connections per host
+    (1,000 in all), read from the environment when litellm is imported; a run
+    with more requests in flight raises both so the pool never caps it.
+    """
+    global _litellm
+    if _litellm is None:
+        os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+        tuning.remember_user_transport()  # a user's own setting wins (tuning.py)
+        size_connection_pool(os.environ, max_connections)
+        import litellm
+
+        litellm.suppress_debug_info = True
+        litellm.num_retries = 0
+        litellm.telemetry = False
+        tuning.install(litellm)
+        _litellm = litellm
+    return _litellm
+
+
+def loaded_litellm() -> Any:
+    """litellm if `import_litellm` has run in this process, else None (without importing it)."""
+    return _litellm
+
+
+def check_model(model: str, api_base: str | None = None, where: str = "model") -> None:
+    """Refuse a model string litellm cannot route (JobSpecError, exit 2), before anything is sent.
+
+    The same `litellm.get_llm_provider` call every request makes, asked once
+    at load (no network): `gpt4o-mini` or `opnai/gpt-4o-mini` is one clear
+    error naming the field, with a close match when there is one, instead of
+    an error line per ticket."""
+    lm = import_litellm()
+    try:
+        lm.get_llm_provider(model=model, api_base=api_base)
+        return
+    except Exception as exc:  # litellm.BadRequestError("LLM Provider NOT provided ...") and the like
+        reason = str(exc).split("\n", 1)[0].removeprefix("litellm.BadRequestError: ").strip()
+    import difflib
+
+    providers = [getattr(p, "value", p) for p in lm.provider_list]
+    hint = ""
+    prefix, _, name = model.partition("/")
+    if name:
+        close = difflib.get_close_matches(prefix, providers, n=1, cutoff=0.6)
+        if close:
+            hint = f" Did you mean {close[0]}/{name}?"
+    else:
+        close = difflib.get_close_matches(model, [m for m in lm.model_cost if "/" not in m], n=1, cutoff=0.8)
+        if close:
+            provider = lm.model_cost[close[0]].get("litellm_provider")
+            hint = f" Did you mean {(provider + '/') if provider else ''}{close[0]}?"
+    raise JobSpecError(
+        f"{where} = {model!r}: litellm cannot tell which provider serves it ({reason}).{hint} Write it as "
+        "provider/model, e.g. openai/gpt-4o-mini (a LiteLLM proxy or other OpenAI-compatible server: "
+        "openai/<its model name> with api_base); nothing was sent")
+
+
+def check_models(job: Any) -> None:
+    """`check_model` for the job's model and every [[models]] entry (compare, route, fallbacks)."""
+    check_model(job.model, job.api_base)
+    for index, entry in enumerate(job.models):
+        check_model(entry.model, entry.api_base or job.api_base, where=f"models[{index}].model ({entry.name})")
+
+
+def openai_transport(stream: bool = False) -> str:
+    """The path a LiteLLMProvider's `openai/...` chat call takes: "litellm-http" or "openai-sdk".
+
+    batchrun's choice (module docstring): litellm's HTTP handler for plain
+    calls, the OpenAI SDK for streamed ones, unless the environment set
+    litellm's switch before litellm was imported (then as litellm reads it).
+    """
+    user = tuning.user_transport() if _litellm is not None else os.environ.get(OPENAI_HTTP_HANDLER_ENV)
+    if user is not None:
+        return "litellm-http" if user.strip().lower() == "true" else "openai-sdk"  # litellm's str_to_bool
+    return "openai-sdk" if stream else "litellm-http"
+
+
+# [params] keys litellm takes besides the model's OpenAI parameters (get_supported_openai_params):
+# its own options, and provider-specific keys it forwards as they are.
+LITELLM_OPTIONS = frozenset({"drop_params", "additional_drop_params", "extra_body", "metadata", "user",
+                             "reasoning_effort", "thinking"})
+PROVIDER_PARAMS: dict[str, frozenset[str]] = {
+    "anthropic": frozenset({"top_k", "thinking", "metadata", "cache_control"}),
+    "gemini": frozenset({"top_k", "safety_settings", "thinking", "candidate_count"}),
+    "vertex_ai": frozenset({"top_k", "safety_settings", "thinking", "candidate_count"}),
+    "bedrock": frozenset({"top_k", "thinking", "guardrailConfig", "performanceConfig"}),
+    "ollama": frozenset({"top_k", "num_ctx", "num_predict", "repeat_penalty", "mirostat", "keep_alive"}),
+    "ollama_chat": frozenset({"top_k", "num_ctx", "num_predict", "repeat_penalty", "mirostat", "keep_alive"}),
+    "hosted_vllm": frozenset({"top_k", "min_p", "repetition_penalty", "best_of", "use_beam_search",
+                              "guided_json", "guided_choice", "chat_template_kwargs"}),
+    "openai": frozenset({"top_k", "min_p", "repetition_penalty"}),  # often vLLM or a proxy behind openai/
+    "together_ai": frozenset({"top_k", "repetition_penalty", "min_p"}),
+    "groq": frozenset({"top_k"}),
+    "mistral": frozenset({"safe_prompt", "random_seed"}),
+}
+
+
+def unknown_params(model: str, params: Mapping[str, Any]) -> dict[str, str | None] | None:
+    """The keys of `params` litellm does not list for `model` (get_supported_openai_params)
+    and that are neither litellm options nor PROVIDER_PARAMS of the model's provider, each
+    mapped to the nearest known key (or None). None when litellm does not know the model's
+    provider (nothing to check against). Imports litellm."""
+    import difflib
+
+    litellm = import_litellm()
+    try:
+        name, provider, _, _ = litellm.get_llm_provider(model=model)
+        supported = litellm.get_supported_openai_params(model=name, custom_llm_provider=provider)
+    except Exception:  # an unknown provider: litellm cannot say what it takes
+        return None
+    if not supported:
+        return None
+    known = set(supported) | LITELLM_OPTIONS | PROVIDER_PARAMS.get(provider, frozenset())
+    unknown: dict[str, str | None] = {}
+    for key in params:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+            unknown[key] = close[0] if close else None
+    return unknown
+
+
+def litellm_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("litellm")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def preload(max_connections: int | None = None) -> None:
+    """Import and configure litellm now (see import_litellm), returning nothing: for a command
+    that overlaps the slow import with other start-up work (bench: the simulator's)."""
+    import_litellm(max_connections)
+
+
+def estimate_tokens(model: str, messages: Sequence[Mapping[str, Any]], tools: Any = None) -> int:
+    """Prompt tokens of `messages` (and `tools`) for `model` by litellm's token counter; about
+    four characters a token when litellm cannot load the model's tokenizer."""
+    try:
+        return int(import_litellm().token_counter(model=model, messages=list(messages), tools=tools))
+    except Exception:
+        return sum(len(m.get("content") or "") for m in messages) // 4
+
+
+def price_for(model: str, prompt_tokens: int, completion_tokens: int) -> tuple[float, float] | None:
+    """(USD for the prompt tokens, USD for the completion tokens) of `model` from litellm's
+    local price list, or None when litellm does not price the model."""
+    try:
+        prompt_cost, completion_cost = import_litellm().cost_per_token(
+            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    except Exception:
+        return None
+    return float(prompt_cost), float(completion_cost)
+
+
+async def bare_acompletion(**kwargs: Any) -> Any:
+    """litellm.acompletion(**kwargs) exactly as a user calls it, under none of batchrun's rules
+    (no ticket header, litellm's own transport and thread for the preparation): the bare
+    pattern `batchrun bench --baseline` measures batchrun against."""
+    return await import_litellm().acompletion(**kwargs)
+
+
+def is_rate_limit_error(exc: BaseException) -> bool:
+    """Is `exc` litellm's RateLimitError (a 429), as raised by bare_acompletion?"""
+    return isinstance(exc, import_litellm().RateLimitError)

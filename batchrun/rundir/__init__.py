@@ -1,0 +1,1 @@
+"""rundir: TODO describe."""

@@ -1,0 +1,110 @@
+"""TODO: from batchrun.checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from batchrun.errors import CheckpointError
+from batchrun.rundir.lines import load_done_ids
+from batchrun.rundir.layout import ERRORS, INFLIGHT, open_no_follow, write_new
+from batchrun.rundir.lines import parse_line
+
+
+def open_inflight(run_dir: Path, done_ids: set[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Journal entries no outcome line has cleared: id -> {"attempt", "run"} (read only).
+
+    An entry of run r is cleared by a results line (a done ticket is never
+    sent again) or an errors line of run r or later. Memory: beyond the done
+    ids the caller holds anyway, the journal's ids that are not done (failed
+    or open), then only the open ones."""
+    run_dir = Path(run_dir)
+    path = run_dir / INFLIGHT
+    if not path.exists() and not path.is_symlink():
+        return {}
+    done = load_done_ids(run_dir) if done_ids is None else done_ids
+    latest: dict[str, dict[str, Any]] = {}
+    try:
+        with open(open_no_follow(path, os.O_RDONLY), "rb") as handle:
+            for raw in handle:
+                if not raw.endswith(b"\n"):
+                    break  # torn by a crash mid-write: that request was never sent
+                try:
+                    entry = orjson.loads(raw)
+                    ticket_id = str(entry["id"])
+                    if ticket_id in done:  # a done ticket is never sent again: cleared
+                        continue
+                    noted = {"attempt": int(entry.get("attempt") or 1), "run": int(entry["run"])}
+                    if entry.get("unsent"):  # that very request was never sent: cleared
+                        if latest.get(ticket_id) == noted:
+                            del latest[ticket_id]
+                    else:
+                        latest[ticket_id] = noted
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                    continue  # the journal only ever over-reports; a bad line names no ticket
+    except FileNotFoundError:
+        return {}
+    if latest:
+        try:
+            with open(open_no_follow(run_dir / ERRORS, os.O_RDONLY), "rb") as handle:
+                for raw in handle:
+                    parsed = parse_line(raw) if raw.endswith(b"\n") else None
+                    if parsed is not None and parsed[0] in latest:
+                        run = parsed[1].get("run")
+                        if isinstance(run, int) and run >= latest[parsed[0]]["run"]:
+                            del latest[parsed[0]]
+        except FileNotFoundError:
+            pass
+    return latest
+
+
+def compact_inflight(run_dir: Path, entries: dict[str, dict[str, Any]]) -> None:
+    """Rewrite the journal with only its open entries (atomically), or remove it."""
+    path = run_dir / INFLIGHT
+    if not entries:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    tmp = run_dir / f".{INFLIGHT}.{os.getpid()}.tmp"
+    blob = b"".join(orjson.dumps({"id": ticket_id, **entry}) + b"\n" for ticket_id, entry in entries.items())
+    try:
+        write_new(tmp, blob, sync=True)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"{path}: cannot rewrite the in-flight journal: {exc.strerror}") from None
+
+
+class InflightJournal:
+    """Appends an entry before each request is sent (one unbuffered write, no
+    thread hop: a few microseconds, in the OS before the request leaves, so it
+    survives kill -9; not fsynced, so a power cut may lose the last ones)."""
+
+    def __init__(self, run_dir: Path, run_number: int) -> None:
+        self.path = Path(run_dir) / INFLIGHT
+        self.run_number = run_number
+        self._fd: int | None = None
+
+    def open(self) -> None:
+        self._fd = open_no_follow(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+
+    def note(self, ticket_id: str, attempt: int) -> None:
+        """Record that a request for `ticket_id` is about to be sent; OSError if it cannot be."""
+        assert self._fd is not None, "open() first"
+        os.write(self._fd, orjson.dumps({"id": ticket_id, "attempt": attempt, "run": self.run_number}) + b"\n")
+
+    def note_unsent(self, ticket_id: str, attempt: int) -> None:
+        """Record that the request noted for (`ticket_id`, `attempt`) was never sent after all (an
+        attempt counted ahead of its sender: a Ray actor's first); it clears that entry."""
+        assert self._fd is not None, "open() first"
+        os.write(self._fd, orjson.dumps({"id": ticket_id, "attempt": attempt, "run": self.run_number,
+                                         "unsent": True}) + b"\n")
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

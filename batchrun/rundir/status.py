@@ -1,0 +1,253 @@
+"""The read side of a run directory: everything that looks at one without writing.
+
+    iter_jsonl(path)            every complete object line with an id of a checkpoint
+                                file (results.jsonl, errors.jsonl); a torn last line
+                                is skipped, a missing file is empty
+    read_manifest(run_dir)      the manifest (checkpoint.py's reader), or None
+    find_units(path)            ("run", [unit]) or ("compare", one unit per models/<key>/):
+                                what `batchrun report` and `batchrun diff` read
+    run_status(run_dir) -> dict counts recomputed from the checkpoint files (the
+                                truth), the manifest's state and last summary:
+                                what `batchrun status` prints; with a --limit,
+                                what the last run was asked to do (asked,
+                                pending_asked) apart from the input not asked yet
+    compare_status(path)        one run_status per model of a compare directory
+    batch_parts(run_dir)        a batch-mode run's parts (batches.json), or None
+    status_from_counts(...)     that JSON from counts: `batchrun serve` builds it from
+                                the numbers it keeps while following a run
+
+Reading takes no lock, so it works while a run is writing: a torn last line is
+simply not counted yet. Whether a run is alive is read from its lock (run.lock
+held with flock: `checkpoint.lock_state`), not from the manifest, which a
+killed run leaves at "running": such a run shows as "stopped unexpectedly: pid
+N is gone", with the tickets its in-flight journal left open (they may be
+billed twice). checkpoint.py is the write side (and owns the file
+names and the manifest format); grading.py, diffing.py and plan.py read
+through here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AbstractSet, Any, Mapping
+
+from batchrun.errors import CheckpointError
+from batchrun.rundir.layout import BATCH_LEDGER
+from batchrun.errors import ReportError
+
+LIVE_PART_STATES = frozenset({"built", "uploaded", "submitted", "collecting", "failures_ready"})
+
+MODELS_DIR = "models"  # a compare directory: models/<key>/ run directories
+
+
+
+
+@dataclass
+class RunUnit:
+    """One model's run directory (a plain run, or one model of a compare directory)."""
+
+    key: str  # the model key (compare directory) or the job name
+    model: str  # the job's model string, from the manifest
+    run_dir: Path
+    manifest: dict[str, Any]
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return ((self.manifest.get("job") or {}).get("fingerprint")) or {}
+
+    @property
+    def id_field(self) -> str:
+        return str(self.fingerprint.get("id_field") or "id")
+
+    @property
+    def job_labels(self) -> list[str]:
+        labels = (self.fingerprint.get("output") or {}).get("labels") or []
+        return [str(label) for label in labels]
+
+
+def _manifest_model(manifest: Mapping[str, Any]) -> str:
+    fingerprint = (manifest.get("job") or {}).get("fingerprint") or {}
+    model = fingerprint.get("model")
+    if isinstance(model, str):
+        return model
+    models = fingerprint.get("models")
+    if isinstance(models, list):  # a routed / multi-model job in one directory
+        names = [m if isinstance(m, str) else str((m or {}).get("model") or (m or {}).get("name") or "?")
+                 for m in models]
+        return ", ".join(names)
+    return "?"
+
+
+def _job_order(units: list[RunUnit]) -> list[RunUnit]:
+    """A compare directory's models in the order the job file lists them (when it can be read),
+    else by directory name."""
+    job_path = (units[0].manifest.get("job") or {}).get("path")
+    names: list[str] = []
+    if isinstance(job_path, str) and Path(job_path).is_file():
+        try:
+            from batchrun.job.spec import load_job
+
+            names = [str(getattr(entry, "name", "")) for entry in getattr(load_job(job_path), "models", None) or []]
+        except Exception:  # an edited or moved job file: directory order
+            names = []
+    return sorted(units, key=lambda u: (names.index(u.key) if u.key in names else len(names), u.key))
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any] | None:
+    """The run directory's manifest.json (checkpoint.py's reader), or None when there is none."""
+    from batchrun.rundir.manifest import read_manifest as read
+
+    return read(run_dir)
+
+
+def find_units(path: Path) -> tuple[str, list[RunUnit]]:
+    """("compare", one unit per models/<key>/) or ("run", [the run directory])."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ReportError(f"{path}: no such directory")
+    units: list[RunUnit] = []
+    models = path / MODELS_DIR
+    try:
+        if models.is_dir():
+            for sub in sorted(p for p in models.iterdir() if p.is_dir()):
+                manifest = read_manifest(sub)
+                if manifest is not None:
+                    units.append(RunUnit(sub.name, _manifest_model(manifest), sub, manifest))
+        if units:
+            return "compare", _job_order(units)
+        manifest = read_manifest(path)
+    except CheckpointError as exc:
+        raise ReportError(str(exc)) from None
+    if manifest is None:
+        raise ReportError(f"{path}: no manifest.json here nor in {MODELS_DIR}/*/: "
+                          "not a batchrun run or compare directory")
+    name = str((manifest.get("job") or {}).get("name") or path.name)
+    return "run", [RunUnit(name, _manifest_model(manifest), path, manifest)]
+
+
+def compare_status(path: Path) -> list[dict[str, Any]] | None:
+    """One run_status per model of a compare directory (models/<key>/), in the job's order,
+    each with its "model" key; None when `path` is not a compare directory."""
+    if not (Path(path) / MODELS_DIR).is_dir():
+        return None
+    mode, units = find_units(path)
+    if mode != "compare":
+        return None
+    return [{**run_status(unit.run_dir), "model": unit.key, "model_name": unit.model} for unit in units]
+
+
+def run_status(run_dir: Path) -> dict[str, Any]:
+    """Counts recomputed from the checkpoint files, plus the manifest's state and last summary."""
+    from batchrun.rundir.layout import ERRORS, REJECTS, RESULTS
+    from batchrun.rundir.lines import scan_jsonl
+
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    if manifest is None:
+        raise CheckpointError(f"{run_dir}: no manifest.json here: not a batchrun run directory")
+    results = scan_jsonl(run_dir / RESULTS)
+    errors = scan_jsonl(run_dir / ERRORS)  # its cost_usd: answers rejected by the output check
+    done, unpriced, tokens = len(results.ids), results.unpriced, results.total_tokens
+    cost = results.cost_usd + errors.cost_usd
+    failed_ids = errors.ids - results.ids
+    rejects = run_dir / REJECTS
+    rejected = rejects.read_bytes().count(b"\n") if rejects.exists() else 0
+    return status_from_counts(run_dir, manifest, done=done, failed=len(failed_ids), cost_usd=cost,
+                              unpriced=unpriced, total_tokens=tokens, rejected_lines=rejected,
+                              cache_hits=results.cache_hits, cost_saved_usd=results.cost_saved_usd,
+                              done_ids=results.ids)
+
+
+def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int, failed: int, cost_usd: float,
+                       unpriced: int, total_tokens: int, rejected_lines: int, cache_hits: int = 0,
+                       cost_saved_usd: float = 0.0, live: bool | None = None,
+                       done_ids: AbstractSet[str] | None = None) -> dict[str, Any]:
+    """The status JSON (`batchrun status --json`, and `batchrun serve`'s /api/runs/NAME) from a
+    run directory's counts: the one definition of its keys and rounding. `live`: whether a run
+    holds the lock (None: probe it here); `done_ids`: the ids with a result (None: read them,
+    only for a dead run, to name its tickets left in flight)."""
+    from batchrun.rundir.checkpoint import lock_state
+    from batchrun.rundir.journal import open_inflight
+    from batchrun.rundir.layout import RESULTS
+    from batchrun.rundir.lines import scan_jsonl
+
+    total = int((manifest.get("input") or {}).get("tickets") or 0)
+    state, note = manifest.get("state"), None
+    if live is None:
+        live = lock_state(run_dir) == "held"  # the lock is the truth: a killed run leaves "running" behind
+    if state == "running" and not live:
+        pid = manifest.get("pid")
+        state = "stopped unexpectedly"
+        note = (f"pid {pid} is gone" if not _pid_alive(pid) else f"pid {pid} no longer holds run.lock") + (
+            " (killed, or the machine stopped): re-run the same command to resume")
+    # tickets whose request was in flight when a run died: only meaningful when no run is writing
+    maybe_billed: list[str] = []
+    if not live:
+        ids = done_ids if done_ids is not None else scan_jsonl(Path(run_dir) / RESULTS).ids
+        maybe_billed = sorted(open_inflight(run_dir, ids))
+    limit = manifest.get("limit")
+    asked = min(int(limit), total) if isinstance(limit, int) else total  # what the last run was asked to do
+    finished = done + failed
+    return {
+        "run_dir": str(run_dir),
+        "job": (manifest.get("job") or {}).get("name"),
+        "state": state,
+        "state_note": note,
+        "live": live,
+        "run": manifest.get("run"),
+        "endpoint": manifest.get("endpoint"),
+        "input": (manifest.get("input") or {}).get("path"),
+        "tickets": total,
+        "done": done,
+        "failed": failed,
+        "pending": max(total - done - failed, 0),  # of the whole input
+        "limit": limit if isinstance(limit, int) else None,  # the last run's --limit
+        "asked": asked,
+        "pending_asked": max(asked - finished, 0),  # of what the last run was asked to do
+        "not_asked": max(total - max(asked, finished), 0),  # beyond the limit: no run was asked yet
+        "rejected_lines": rejected_lines,
+        "cost_usd": round(cost_usd, 6),
+        "unpriced_results": unpriced,
+        "cache_hits": cache_hits,
+        "cost_saved_usd": round(cost_saved_usd, 6),
+        "total_tokens": total_tokens,
+        "started_at": manifest.get("started_at"),
+        "finished_at": manifest.get("finished_at"),
+        "error": manifest.get("error"),
+        "last_summary": manifest.get("summary"),
+        "batch": batch_parts(run_dir),
+        "maybe_billed_before": len(maybe_billed),
+        "maybe_billed_before_ids": maybe_billed[:100],
+    }
+
+
+def batch_parts(run_dir: Path) -> dict[str, Any] | None:
+    """The parts of a batch-mode run directory (state, provider status, counts), or None."""
+    import orjson
+
+    path = Path(run_dir) / BATCH_LEDGER
+    try:
+        data = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read the batch ledger: {exc}") from None
+    parts = [{k: p.get(k) for k in ("number", "model_key", "state", "status", "tickets", "counts", "batch_id",
+                                     "retry", "note")}
+             for p in data.get("parts") or [] if p.get("state") != "discarded"]
+    return {"run_key": data.get("run_key"), "parts": parts,
+            "live": sum(1 for p in parts if p["state"] in LIVE_PART_STATES)}
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
