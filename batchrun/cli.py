@@ -25,9 +25,9 @@ import click
 from batchrun import __version__
 from batchrun.commands.bench import bench_command
 from batchrun.commands.cache import cache_command
-from batchrun.commands.export import export_command
 from batchrun.commands.cancel import cancel_command
 from batchrun.commands.diff import diff_command
+from batchrun.commands.export import export_command
 from batchrun.commands.init import init_command
 from batchrun.commands.plan import plan_command
 from batchrun.commands.report import report_command

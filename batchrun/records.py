@@ -11,16 +11,22 @@
                 labels, a JSON schema or tools what the output check
                 extracted; it knows how to turn itself into one checkpoint line
 
+    LineMoney   what one checkpoint line says was spent and used (`line_money`):
+                the one reader of cost_usd, rejected_cost_usd, unpriced, cache_hit,
+                cost_saved_usd and tokens, for resume, grading, status, serve and export
+
 The JSON shape of a checkpoint line is defined here and nowhere else
-(`Outcome.to_line`), so results.jsonl and errors.jsonl stay consistent.
+(`Outcome.to_line` writes it, `line_money` reads its money), so results.jsonl
+and errors.jsonl stay consistent.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Mapping
 
-__all__ = ["Completion", "Outcome", "Ticket", "ToolCall", "Usage"]
+__all__ = ["Completion", "LineMoney", "Outcome", "Ticket", "ToolCall", "Usage", "line_money", "line_time"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,3 +174,60 @@ class Outcome:
         line["time"] = self.finished_at
         line["run"] = self.run
         return line
+
+
+def line_time(value: Any) -> float | None:
+    """A line's timestamp (started_at, finished_at, time: ISO-8601) as seconds since the epoch, or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+def _amount(value: Any) -> float | None:
+    """A line's number of dollars or tokens: a real int or float (never a bool, NaN or infinity)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if number == number and number not in (float("inf"), float("-inf")) else None
+
+
+@dataclass(frozen=True, slots=True)
+class LineMoney:
+    """What one checkpoint line (results.jsonl or errors.jsonl) says was spent and used.
+
+    `spent_usd` is what the line's answers cost: the accepted answer's cost_usd
+    (a result; errors lines carry none) plus rejected_cost_usd (answers paid for
+    and turned down). A cost the line does not show as a number is not spent
+    money seen: `unpriced` says a result's cost is unknown. A reused answer
+    (`cache_hit`) used no tokens; what it saved is `cost_saved_usd`."""
+
+    cost_usd: float | None = None  # the accepted answer's cost, when the line shows one
+    unpriced: bool = False  # a result whose cost_usd is null (or not a number): not seen
+    rejected_cost_usd: float = 0.0
+    cache_hit: bool = False
+    cost_saved_usd: float = 0.0
+    prompt_tokens: int = 0  # tokens the provider counted for the accepted answer (0 for a cache hit)
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    @property
+    def spent_usd(self) -> float:
+        return (self.cost_usd or 0.0) + self.rejected_cost_usd
+
+
+def line_money(line: Mapping[str, Any]) -> LineMoney:
+    """The money and tokens of a checkpoint line (LineMoney); anything not a number counts as absent."""
+    cost = _amount(line.get("cost_usd"))
+    hit = line.get("cache_hit") is True
+    usage = line.get("usage")
+    tokens = [0, 0, 0]
+    if isinstance(usage, Mapping) and not hit:
+        tokens = [int(_amount(usage.get(key)) or 0)
+                  for key in ("prompt_tokens", "completion_tokens", "total_tokens")]
+    return LineMoney(cost_usd=cost, unpriced=cost is None and "cost_usd" in line,
+                     rejected_cost_usd=_amount(line.get("rejected_cost_usd")) or 0.0, cache_hit=hit,
+                     cost_saved_usd=(_amount(line.get("cost_saved_usd")) or 0.0) if hit else 0.0,
+                     prompt_tokens=tokens[0], completion_tokens=tokens[1], total_tokens=tokens[2])

@@ -1,4 +1,4 @@
-"""Peak memory of a batch-mode run as the ticket count grows (issue 14: within 1.2x from 2,000 to 100,000).
+"""Peak memory of a batch-mode run as the ticket count grows (it should stay within 1.2x from 2,000 to 100,000 tickets).
 
     python benchmarks/batch_memory.py [--tickets 2000,100000] [--max-requests 50000]
 

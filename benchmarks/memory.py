@@ -1,4 +1,4 @@
-"""Peak memory of a run as the ticket count grows (issue: flat, not per ticket).
+"""Peak memory of a run as the ticket count grows (it should stay flat, not grow per ticket).
 
     python benchmarks/memory.py [--tickets 2000,100000] [--concurrency 64] [--workers 1]
 

@@ -105,6 +105,11 @@ def batchrun_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "batchrun.cli", *args]
 
 
+def crashing_batchrun_cmd(point: str, *args: str) -> list[str]:
+    """`batchrun ARGS` that SIGKILLs itself at a batch run's step POINT[:N] (tests/crashing_batchrun.py)."""
+    return [sys.executable, str(Path(__file__).with_name("crashing_batchrun.py")), point, *args]
+
+
 class InvokeResult:
     def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr

@@ -20,7 +20,7 @@ import anyio
 import orjson
 import pytest
 
-from conftest import batchrun_cmd, read_jsonl
+from conftest import batchrun_cmd, crashing_batchrun_cmd, read_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -323,8 +323,9 @@ def test_anthropic_in_batch_mode_is_refused_when_the_job_loads(make_job):
 def test_kill_9_at_any_step_then_run_again_ends_each_ticket_exactly_once(make_job, tmp_path, cli_env, point, fault):
     job_path = batch_job(make_job, 300, top="batch_max_requests = 200\n")
     with start(batch_faults=(fault,) if fault else (), batch_time_scale=WINDOW_FAST) as sim:
-        cmd = batchrun_cmd("run", str(job_path), "--api-base", sim.base_url, "--no-progress")
-        killed = subprocess.run(cmd, env={**cli_env, "BATCHRUN_CRASH_AT": point}, capture_output=True, timeout=300)
+        args = ("run", str(job_path), "--api-base", sim.base_url, "--no-progress")
+        cmd = batchrun_cmd(*args)
+        killed = subprocess.run(crashing_batchrun_cmd(point, *args), env=cli_env, capture_output=True, timeout=300)
         assert killed.returncode == -9, killed.stderr.decode()[-2000:]
         again = subprocess.run(cmd, env=cli_env, capture_output=True, timeout=300)
         assert again.returncode == 0, again.stderr.decode()[-2000:]

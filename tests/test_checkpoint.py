@@ -1,4 +1,4 @@
-"""Tests of the run directory (`batchrun.checkpoint`): the pure resume scan,
+"""Tests of the run directory (`batchrun.rundir`): the pure resume scan,
 torn-tail repair, done/failed ids, the run lock (in one process and across
 processes), unwritable directories, the atomic manifest and the writer."""
 

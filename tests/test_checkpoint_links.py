@@ -1,4 +1,4 @@
-"""Never write through a link, never cut a complete line (issue 12, point 4).
+"""Never write through a link, never cut a complete line.
 
 A results.jsonl that is a symbolic link to a file outside the run directory
 was followed: its last line cut as "torn" and new lines appended into it."""

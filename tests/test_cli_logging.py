@@ -1,4 +1,4 @@
-"""Where logs go (issue 12, point 7d): with -v batchrun's own log lines go to
+"""Where logs go: with -v batchrun's own log lines go to
 stderr and stdout holds only the summary; litellm's INFO lines appear only at
 -vv, and then on stderr too."""
 

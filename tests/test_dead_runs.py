@@ -1,4 +1,4 @@
-"""A dead run must not look alive, and re-billing must be reported (issue 12, point 5).
+"""A dead run must not look alive, and re-billing must be reported.
 
 * a full disk (ENOSPC) ends the run as "failed", with its summary and the
   file's last good line named;

@@ -9,7 +9,7 @@ import anyio
 import orjson
 import pytest
 
-import batchrun.execution.engine as engine_module
+import batchrun.execution.dispatcher as engine_module
 from batchrun import Completion, ScriptedProvider, Usage, execute_run, load_job, prepare_run
 from batchrun.rundir.manifest import read_manifest
 from batchrun.errors import ExitCode, RateLimitedError, RetryableError, TerminalError

@@ -1,4 +1,4 @@
-"""Fail-fast on the same non-retryable error (issue 12, point 6b): behind a
+"""Fail-fast on the same non-retryable error: behind a
 LiteLLM proxy a bad model answers 400 "Invalid model name", never 401/403/404;
 N tickets in a row ending with the same error class and message stop the run."""
 

@@ -1,4 +1,4 @@
-"""Checks made when a job or its input loads, before anything is sent (issue 12):
+"""Checks made when a job or its input loads, before anything is sent:
 ids that are blank or too long, an api_base with a query string, a model string
 litellm cannot route."""
 

@@ -7,18 +7,19 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchrun.rundir.status import MODELS_DIR, find_units, read_manifest, run_status
+from batchrun.rundir.status import MODELS_DIR, find_units, run_status
+from batchrun.rundir.manifest import read_manifest
 from batchrun.errors import ReportError
-from batchrun.rundir.lines import iter_jsonl
+from batchrun.rundir.lines import iter_lines
 
 from test_report import known_run, make_run, result_line  # type: ignore[import-not-found]
 
 
-def test_iter_jsonl_skips_a_torn_last_line_and_lines_without_an_id(tmp_path: Path) -> None:
+def test_iter_lines_skips_a_torn_last_line_and_lines_without_an_id(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
     path.write_bytes(b'{"id": "a"}\n{"no_id": 1}\nnot json\n{"id": true}\n{"id": 7}\n{"id": "torn"')
-    assert [line["id"] for line in iter_jsonl(path)] == ["a", 7]
-    assert list(iter_jsonl(tmp_path / "missing.jsonl")) == []
+    assert [line["id"] for line in iter_lines(path)] == ["a", 7]
+    assert list(iter_lines(tmp_path / "missing.jsonl")) == []
 
 
 def test_a_run_directory_is_one_unit(tmp_path: Path) -> None:

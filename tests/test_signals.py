@@ -1,4 +1,4 @@
-"""SIGINT/SIGTERM against real processes (issue 12, points 3 and 7e).
+"""SIGINT/SIGTERM against real processes.
 
 3.  After the first signal no request starts: tickets sleeping in backoff
     (a 429 with Retry-After) or waiting for the shared pause end at once,

@@ -194,7 +194,7 @@ def test_a_child_process_follows_a_script_given_by_flags():
 
 def test_a_jobs_simulator_section_takes_scripts(make_job):
     from batchrun import load_job
-    from batchrun.api import sim_config
+    from batchrun.launcher import sim_config
     from batchrun.errors import JobSpecError
 
     job = load_job(make_job(3, extra="""

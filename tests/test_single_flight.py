@@ -41,6 +41,15 @@ class GatedProvider:
     def estimate_cost(self, request) -> float | None:
         return None
 
+    def estimate_tokens(self, request) -> tuple[int, int]:
+        return 0, 0
+
+    async def cached(self, request) -> Completion | None:
+        return None  # no stored answers: single flight is what this test looks at
+
+    async def remember(self, request, completion) -> None:
+        return None
+
     async def aclose(self) -> None:
         return None
 

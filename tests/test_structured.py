@@ -17,7 +17,7 @@ from batchrun import Completion, ScriptedProvider, Usage, execute_run, load_job,
 from batchrun.errors import ExitCode, JobSpecError
 from batchrun.records import ToolCall
 from batchrun.analysis.stats import format_summary
-from batchrun.execution.ticket_runner import plan_for
+from batchrun.execution.ticket_runner import rules_for
 from conftest import read_jsonl
 
 LABELS_TOP = 'labels = ["bug", "feature", "billing", "other"]'
@@ -99,8 +99,8 @@ def test_defaults_ask_for_nothing_new(make_job):
     assert (job.stream, job.on_truncated, job.on_content_filter, job.max_invalid_output_retries) == (
         False, "keep", "fail", 2)
     assert job.labels is None and job.output_schema is None and job.tools_payload is None
-    plan = plan_for(job)
-    assert plan.options is None and plan.rules is None  # a plain job: no extra work per request
+    rules = rules_for(job)
+    assert rules.options is None and rules.checks is None  # a plain job: no extra work per request
     assert "output" not in job.fingerprint()
 
 
@@ -109,7 +109,7 @@ def test_new_fields_load(make_job, tmp_path):
                                   'on_content_filter = "keep"\nmax_invalid_output_retries = 0'))
     assert job.labels == ["bug", "feature", "billing", "other"] and job.stream
     assert (job.on_truncated, job.on_content_filter, job.max_invalid_output_retries) == ("fail", "keep", 0)
-    assert plan_for(job).options.stream and plan_for(job).rules.mode == "labels"
+    assert rules_for(job).options.stream and rules_for(job).checks.mode == "labels"
 
 
 def test_json_schema_table_and_file(make_job, tmp_path):

@@ -20,7 +20,6 @@ from batchrun.execution.executors.frames import (
     decode_frames,
     encode,
     outcome_from_wire,
-    outcome_to_wire,
 )
 from conftest import read_jsonl
 
@@ -53,12 +52,12 @@ def test_outcome_wire_round_trip_keeps_every_field():
                                             tool_calls=(ToolCall(name="route", arguments={"team": "a"}),),
                                             ttft_ms=4.0, usage_source="estimated"),
                       latency_ms=9.0, structured={"label": "bug"})
-    assert outcome_from_wire(outcome_to_wire(outcome)) == outcome
+    assert outcome_from_wire(dataclasses.asdict(outcome)) == outcome
 
 
 def test_a_record_sent_as_it_is_reads_back_equal_and_matches_asdict():
     # the children put the Outcome itself in the frame (orjson writes dataclasses): the wire must be
-    # what outcome_to_wire (dataclasses.asdict) gives, headers of any Mapping type included
+    # what dataclasses.asdict gives, headers of any Mapping type included
     outcome = Outcome(ticket_id="T1", attempts=1, started_at="a", finished_at="b", elapsed_ms=1.0, run=1,
                       completion=Completion(text="ok", finish_reason="stop", model="m", usage=Usage(1, 2, 3),
                                             cost_usd=None, cost_status="unpriced_model",
@@ -69,7 +68,7 @@ def test_a_record_sent_as_it_is_reads_back_equal_and_matches_asdict():
     (message,) = decode_frames(bytearray(frame))
     plain = dataclasses.replace(outcome, completion=dataclasses.replace(
         outcome.completion, rate_limit_headers={"x-ratelimit-remaining-requests": "9"}))
-    assert message["outcome"] == orjson.loads(orjson.dumps(outcome_to_wire(plain)))
+    assert message["outcome"] == orjson.loads(orjson.dumps(dataclasses.asdict(plain)))
     back = outcome_from_wire(message["outcome"])
     assert back.completion.rate_limit_headers == {"x-ratelimit-remaining-requests": "9"}
     assert back == outcome

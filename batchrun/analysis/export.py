@@ -53,6 +53,7 @@ from batchrun.job.input_formats import (
     require_pyarrow,
 )
 from batchrun.job.tickets import file_digest, read_tickets
+from batchrun.records import line_money
 from batchrun.rundir.layout import ERRORS, REJECTS, RESULTS
 
 EXPORT_FORMATS = ("jsonl", "csv", "parquet")
@@ -194,13 +195,17 @@ def _group(unit: _Unit, found: tuple[bool, dict[str, Any]] | None) -> dict[str, 
         usage = line.get("usage") or {}
         for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
             row[name] = usage.get(name)
-        for name in ("finish_reason", "cost_usd", "cost_status", "model", "cost_saved_usd"):
+        for name in ("finish_reason", "cost_status", "model"):
             row[name] = line.get(name)
-        row["cache_hit"] = bool(line.get("cache_hit"))
+        money = line_money(line)
+        row["cost_usd"] = money.cost_usd
+        row["cache_hit"] = money.cache_hit
+        row["cost_saved_usd"] = money.cost_saved_usd if money.cache_hit and line.get("cost_saved_usd") is not None \
+            else None  # a reused answer whose first cost was unknown saved an unknown amount
     else:
         row["error_kind"] = line.get("error_kind")
         row["error_message"] = line.get("message")
-        row["cost_usd"] = line.get("rejected_cost_usd")  # answers paid for and turned down
+        row["cost_usd"] = line_money(line).spent_usd or None  # answers paid for and turned down
         row["model"] = line.get("model_key")
     return row
 

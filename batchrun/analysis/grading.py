@@ -83,14 +83,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from batchrun.analysis.stats import percentile, round1
 from batchrun.analysis.textfmt import kv, ms, num, pct, table, usd
-from batchrun.rundir.lines import iter_jsonl
 from batchrun.errors import ReportError
+from batchrun.records import line_money, line_time
+from batchrun.rundir.lines import iter_lines
 from batchrun.rundir.status import RunUnit, find_units
 
 DEFAULT_GOLD_FIELD = "label"
@@ -304,15 +304,6 @@ def agreement(a: Mapping[str, str], b: Mapping[str, str]) -> dict[str, Any]:
     return {"both_answered": n, "agree": agree, "rate": round(agree / n, 6) if n else None, "kappa": kappa}
 
 
-def _parse_time(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return None
-
-
 # --------------------------------------------------------------------------------------------
 # One unit's numbers
 # --------------------------------------------------------------------------------------------
@@ -352,32 +343,26 @@ class _Acc:
 
     def add(self, line: Mapping[str, Any], pred: str, gold: str | None) -> None:
         self.done += 1
-        hit = line.get("cache_hit") is True
+        money = line_money(line)
+        hit = money.cache_hit
         if hit:
             self.cache_hits += 1
-            saved = line.get("cost_saved_usd")
-            if isinstance(saved, (int, float)):
-                self.cost_saved += saved
+            self.cost_saved += money.cost_saved_usd
         latency = line.get("latency_ms")
         if isinstance(latency, (int, float)) and not hit:
             self.latencies.append(float(latency))
         ttft = line.get("ttft_ms")
         if isinstance(ttft, (int, float)):
             self.ttfts.append(float(ttft))
-        usage = line.get("usage")
-        if isinstance(usage, dict) and not hit:
-            self.prompt += int(usage.get("prompt_tokens") or 0)
-            self.completion += int(usage.get("completion_tokens") or 0)
-            self.total += int(usage.get("total_tokens") or 0)
-        cost = line.get("cost_usd")
-        if isinstance(cost, (int, float)):
-            self.cost += cost
+        self.prompt += money.prompt_tokens
+        self.completion += money.completion_tokens
+        self.total += money.total_tokens
+        if money.cost_usd is not None:
+            self.cost += money.cost_usd
             self.priced += 1
         else:
             self.unpriced += 1
-        rejected = line.get("rejected_cost_usd")
-        if isinstance(rejected, (int, float)):
-            self.rejected_cost += rejected
+        self.rejected_cost += money.rejected_cost_usd
         status = str(line.get("cost_status") or "unknown")
         self.cost_status[status] = self.cost_status.get(status, 0) + 1
         self.attempts += int(line.get("attempts") or 0)
@@ -387,7 +372,7 @@ class _Acc:
         self.distribution[pred] = self.distribution.get(pred, 0) + 1
         if gold is not None:
             self.pairs.append((gold, pred))
-        start, end = _parse_time(line.get("started_at")), _parse_time(line.get("finished_at"))
+        start, end = line_time(line.get("started_at")), line_time(line.get("finished_at"))
         if end is not None:
             span = self.runs.setdefault(line.get("run"), [start if start is not None else end, end, 0])
             span[0] = min(span[0], start if start is not None else end)
@@ -433,7 +418,7 @@ def _unit_report(unit: RunUnit, gold: GoldLabels | None, gold_note: str | None) 
     seen: set[str] = set()
     gold_map = gold.labels if gold is not None else {}
     missing_gold = 0
-    for line in iter_jsonl(unit.run_dir / RESULTS):
+    for line in iter_lines(unit.run_dir / RESULTS):
         ticket_id = str(line["id"])
         if ticket_id in seen:  # never written twice, but a hand-edited file might
             continue
@@ -448,19 +433,17 @@ def _unit_report(unit: RunUnit, gold: GoldLabels | None, gold_note: str | None) 
         if "route" in line:
             by_route.setdefault(str(line.get("route")), _Acc()).add(line, pred, g)
         series.predictions[ticket_id] = pred
-        t = _parse_time(line.get("finished_at"))
+        t = line_time(line.get("finished_at"))
         if t is not None:
             series.finished.append(t)
-        t = _parse_time(line.get("started_at"))
+        t = line_time(line.get("started_at"))
         if t is not None and (series.first_start is None or t < series.first_start):
             series.first_start = t
     series.latencies = list(overall.latencies)
     failed: dict[str, dict[str, Any]] = {}
     errors_cost = 0.0
-    for line in iter_jsonl(unit.run_dir / ERRORS):
-        for key in ("cost_usd", "rejected_cost_usd"):  # answers paid for, then rejected
-            if isinstance(line.get(key), (int, float)):
-                errors_cost += line[key]
+    for line in iter_lines(unit.run_dir / ERRORS):
+        errors_cost += line_money(line).spent_usd  # answers paid for, then rejected
         if str(line["id"]) not in seen:
             failed[str(line["id"])] = line
     by_kind: dict[str, int] = {}

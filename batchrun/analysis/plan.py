@@ -174,13 +174,13 @@ def _finished(run_dir: Path, model_key: str | None = None) -> dict[str, Any]:
     """Average completion tokens and median latency of the finished results, if any
     (with `model_key`: only the lines that model answered)."""
     from batchrun.rundir.layout import ERRORS, RESULTS
-    from batchrun.rundir.lines import iter_jsonl, scan_jsonl
-    from batchrun.rundir.status import read_manifest
+    from batchrun.rundir.lines import iter_lines, scan_jsonl
+    from batchrun.rundir.manifest import read_manifest
 
     completions: list[int] = []
     prompts: list[int] = []
     latencies: list[float] = []
-    for line in iter_jsonl(run_dir / RESULTS):
+    for line in iter_lines(run_dir / RESULTS):
         if model_key is not None and line.get("model_key") != model_key:
             continue
         usage = line.get("usage")

@@ -1,1 +1,8 @@
-"""batch: TODO describe."""
+"""Batch mode: a job's tickets through a provider's Batch API, on the online run's contract
+(the same preparation, result lines, checks, manifest and finish).
+
+    run.py     execute_batch_run: parts built, submitted, polled, collected, retried
+    ledger.py  batches.json: what parts exist and where each stands
+    steps.py   the named steps of a batch run (the kill tests watch them)
+    cancel.py  `batchrun cancel`: cancel the parts still running
+"""

@@ -1,4 +1,10 @@
-"""TODO: from batchrun.batch_mode."""
+"""`batchrun cancel`: ask the provider to cancel a batch run's parts still running.
+
+What completed is kept, and the next `batchrun run` collects it (and resubmits
+the rest). While a run holds the directory only the provider is asked (that
+run sees the cancel at its next poll and collects); otherwise the ledger notes
+it too, under the run directory's lock.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +14,16 @@ from typing import Any, Mapping
 from batchrun.batch.ledger import Ledger
 from batchrun.batch.run import TERMINAL
 from batchrun.errors import RequestError
-from batchrun.providers.batch_api import LiteLLMBatchAPI
+from batchrun.providers.seam import BatchAPI
+from batchrun.rundir.checkpoint import lock_if_free
+
+__all__ = ["cancel_batches"]
 
 
-async def cancel_batches(run_dir: Path, apis: Mapping[str, LiteLLMBatchAPI]) -> list[dict[str, Any]]:
-    """Ask the provider to cancel every submitted part of `run_dir` that is still running; what
-    completed is kept, and the next `batchrun run` collects it (and resubmits the rest). Returns
-    the parts asked. While a run holds the directory, only the provider is asked (that run sees
-    the cancel at its next poll and collects); otherwise the ledger notes it too."""
-    import fcntl
-
+async def cancel_batches(run_dir: Path, apis: Mapping[str, BatchAPI]) -> list[dict[str, Any]]:
+    """Cancel every submitted part of `run_dir` still running (module docstring); the parts asked."""
     run_dir = Path(run_dir)
-    lock = open(run_dir / "run.lock", "a+")
-    try:
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            owned = True
-        except BlockingIOError:
-            owned = False
+    with lock_if_free(run_dir) as owned:
         ledger = Ledger.load(run_dir)
         asked = []
         for part in ledger.parts:
@@ -49,5 +47,3 @@ async def cancel_batches(run_dir: Path, apis: Mapping[str, LiteLLMBatchAPI]) -> 
                 ledger.save()
             asked.append(part)
         return asked
-    finally:
-        lock.close()

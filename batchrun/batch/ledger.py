@@ -1,8 +1,19 @@
-"""TODO: from batchrun.batch_mode."""
+"""batches.json, the ledger of a batch-mode run: what parts exist and where each stands.
+
+    Ledger.load(run_dir)        the ledger (a new one, with a random run key, if none)
+    ledger.save()               rewritten whole (rundir/layout.write_atomic) at every
+                                state change, so it always says what exists
+    ledger.new_part(key, run)   a part in state "building"
+    ledger.path(part, suffix)   batch/part-0001<suffix>: the part's files
+    read_part_lines(path)       a part file's lines (rundir/lines.iter_lines)
+    ids_of(ledger, part)        the ticket ids of a part
+    ledger_summary(run_dir)     the parts as `status` shows them (rundir/status.py)
+
+A part's life (its `state`): docs/batch.md and batch/run.py.
+"""
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -10,12 +21,10 @@ from typing import Any, Iterator, Mapping
 import orjson
 
 from batchrun.errors import CheckpointError
+from batchrun.rundir.layout import LEDGER, PART_DIR, write_atomic
+from batchrun.rundir.lines import iter_lines
 
-LEDGER = "batches.json"
-PART_DIR = "batch"
-
-
-# -- the ledger ---------------------------------------------------------------------------
+__all__ = ["LEDGER", "PART_DIR", "Ledger", "ids_of", "ledger_summary", "read_part_lines", "write_part_file"]
 
 
 class Ledger:
@@ -26,7 +35,7 @@ class Ledger:
         self.data = data
 
     @classmethod
-    def load(cls, run_dir: Path, fingerprint: str | None = None) -> "Ledger":
+    def load(cls, run_dir: Path, fingerprint: str | None = None) -> Ledger:
         path = Path(run_dir) / LEDGER
         try:
             data = orjson.loads(path.read_bytes())
@@ -40,30 +49,16 @@ class Ledger:
 
     @property
     def parts(self) -> list[dict[str, Any]]:
-        return self.data["parts"]
+        parts: list[dict[str, Any]] = self.data["parts"]
+        return parts
 
     @property
     def run_key(self) -> str:
-        return self.data["run_key"]
+        return str(self.data["run_key"])
 
     def save(self) -> None:
-        final = self.run_dir / LEDGER
-        tmp = self.run_dir / f".{LEDGER}.{os.getpid()}.tmp"
-        blob = orjson.dumps(self.data, option=orjson.OPT_INDENT_2) + b"\n"
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(blob)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, final)
-            fd = os.open(self.run_dir, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise CheckpointError(f"{final}: cannot write the batch ledger: {exc.strerror}") from None
+        write_atomic(self.run_dir / LEDGER, orjson.dumps(self.data, option=orjson.OPT_INDENT_2) + b"\n",
+                     what="the batch ledger")
 
     def new_part(self, model_key: str, run: int) -> dict[str, Any]:
         number = max((p["number"] for p in self.parts), default=0) + 1
@@ -79,35 +74,21 @@ class Ledger:
 
 
 def ledger_summary(run_dir: Path) -> dict[str, Any] | None:
-    """The parts of a run directory (None: not a batch run); read through rundir.py."""
+    """The parts of a run directory (None: not a batch run); read through rundir/status.py."""
     from batchrun.rundir.status import batch_parts
 
     return batch_parts(run_dir)
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    try:
-        handle = open(path, "rb")
-    except FileNotFoundError:
-        return
-    with handle:
-        for raw in handle:
-            if raw.strip():
-                try:
-                    yield orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    continue  # a torn line of a file being rebuilt
+def read_part_lines(path: Path) -> Iterator[dict[str, Any]]:
+    """Every line of a part file written whole (by batchrun, or downloaded from the provider)."""
+    return iter_lines(path, with_id=False, whole_file=True)
 
 
 def ids_of(ledger: Ledger, part: Mapping[str, Any]) -> set[str]:
-    return {str(m["id"]) for m in read_jsonl(ledger.path(part, ".tickets.jsonl"))}
+    return {str(m["id"]) for m in read_part_lines(ledger.path(part, ".tickets.jsonl"))}
 
 
-def fsync_write(path: Path, lines: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        for blob in lines:
-            handle.write(blob)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def write_part_file(path: Path, lines: Any) -> None:
+    """A part file (its failures) written whole."""
+    write_atomic(path, lines, what="a batch part file")

@@ -7,7 +7,7 @@ else means what it means online: the same `prepare_run` (lock, input check,
 resume refusal on a changed job), the same result and error lines
 (`records.Outcome`, one `CheckpointWriter`), the same manifest, the same
 output checks (labels, JSON schema, tools: `ticket_runner.judge_answer`).
-All provider calls go through `provider.LiteLLMBatchAPI` (litellm's
+All provider calls go through `provider.BatchAPI` (litellm's
 `acreate_file`, `acreate_batch`, `aretrieve_batch`, `afile_content`,
 `acancel_batch`, `alist_batches`).
 
@@ -66,7 +66,7 @@ command later collects without resubmitting. `--finish-online` (handled by
 the command) cancels what is still running, collects it, and leaves the
 rest to the online engine.
 
-Prices: the batch price of `LiteLLMBatchAPI.batch_prices` (job `[prices]`
+Prices: the batch price of `BatchAPI.batch_prices` (job `[prices]`
 batch prices, else half the job's prices; litellm's batch prices; else half
 litellm's online price), with `cost_status` saying which.
 
@@ -90,30 +90,32 @@ import anyio
 import orjson
 
 from batchrun.analysis.stats import RunStats
-from batchrun.batch.ledger import PART_DIR, Ledger, fsync_write, ids_of, read_jsonl
+from batchrun.batch import steps
+from batchrun.batch.ledger import (
+    PART_DIR,
+    Ledger,
+    ids_of,
+    read_part_lines,
+    write_part_file,
+)
 from batchrun.errors import (
     BatchrunError,
-    CheckpointError,
-    ExitCode,
     RequestError,
     RetryableError,
 )
-from batchrun.execution.engine import build_manifest
+from batchrun.execution.finish import RunFinish
 from batchrun.execution.preparation import PreparedRun
 from batchrun.execution.result import RunResult
 from batchrun.execution.retrying import build_retrying
-from batchrun.execution.ticket_runner import judge_answer, plan_for, utc_now
+from batchrun.execution.ticket_runner import judge_answer, rules_for, utc_now
 from batchrun.job.templates import render_messages
 from batchrun.job.tickets import read_tickets
-from batchrun.providers.batch_api import LiteLLMBatchAPI
-from batchrun.providers.seam import ChatRequest
+from batchrun.providers.error_mapping import error_for_status
+from batchrun.providers.seam import BatchAPI, ChatRequest
 from batchrun.records import Outcome
 from batchrun.rundir.checkpoint import CheckpointWriter
 from batchrun.rundir.layout import ERRORS
-from batchrun.rundir.manifest import write_manifest
-from batchrun.rundir.status import (
-    LIVE_PART_STATES as LIVE,  # the part states still to finish (read side owns them)
-)
+from batchrun.rundir.layout import LIVE_PART_STATES as LIVE
 
 log = logging.getLogger("batchrun")
 ENDPOINT = "/v1/chat/completions"
@@ -125,24 +127,6 @@ WRITE_EVERY = 256  # result lines per write
 LIST_PAGE = 100  # batches per alist_batches page (OpenAI's maximum)
 
 
-class _Stop(Exception):
-    """Raised inside the run to stop it early (budget)."""
-
-
-def _crash_point(name: str) -> None:
-    """Test hook (module docstring): SIGKILL at the n-th pass through `name`."""
-    spec = os.environ.get("BATCHRUN_CRASH_AT")
-    if not spec:
-        return
-    point, _, count = spec.partition(":")
-    if point != name:
-        return
-    _crash_counts[name] = _crash_counts.get(name, 0) + 1
-    if _crash_counts[name] >= int(count or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-_crash_counts: dict[str, int] = {}
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -161,7 +145,7 @@ class _Builder:
 
 
 class _BatchRun:
-    def __init__(self, prep: PreparedRun, apis: Mapping[str, LiteLLMBatchAPI], params: Mapping[str, Mapping[str, Any]],
+    def __init__(self, prep: PreparedRun, apis: Mapping[str, BatchAPI], params: Mapping[str, Mapping[str, Any]],
                  *, no_wait: bool, stop_submitting: bool, time_scale: float, progress: bool) -> None:
         self.prep = prep
         self.job = prep.job
@@ -181,7 +165,7 @@ class _BatchRun:
                               skipped_failed=prep.skipped_failed, to_do=prep.to_do,
                               rejected_lines=prep.scan.problem_count)
         self.prices = {key: api.batch_prices() for key, api in self.apis.items()}
-        self.plan = plan_for(self.job)
+        self.rules = rules_for(self.job)
         self.bar: Any = None
         self.signal_number: int | None = None
         self.budget_note: str | None = None
@@ -190,7 +174,7 @@ class _BatchRun:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _api(self, part: Mapping[str, Any]) -> LiteLLMBatchAPI:
+    def _api(self, part: Mapping[str, Any]) -> BatchAPI:
         key = part["model_key"]
         if key not in self.apis:
             raise BatchrunError(f"part {part['number']} was made for model {key!r}, which this job no longer has")
@@ -247,7 +231,7 @@ class _BatchRun:
             for part in parts:
                 if part["number"] > source["number"]:
                     later |= ids_of(self.ledger, part)
-            retry = {str(f["id"]): f for f in read_jsonl(self.ledger.path(source, ".failed.jsonl"))
+            retry = {str(f["id"]): f for f in read_part_lines(self.ledger.path(source, ".failed.jsonl"))
                      if f.get("retry") and str(f["id"]) not in later}
             excluded |= set(retry)
             if not retry:
@@ -270,9 +254,8 @@ class _BatchRun:
                 key, _ = self.job.route(ticket.fields)
             api = self.apis[key]
             request = ChatRequest(ticket_id=ticket.id, messages=render_messages(self.job, ticket),
-                                  timeout_s=self.job.timeout_s, options=self.plan.options)
-            body = api.request_body(request, self.params.get(key, {}))
-            raw = orjson.dumps({"custom_id": ticket.id, "method": "POST", "url": ENDPOINT, "body": body}) + b"\n"
+                                  timeout_s=self.job.timeout_s, options=self.rules.options)
+            raw = orjson.dumps(api.request_line(ticket.id, request, self.params.get(key, {}))) + b"\n"
             yield key, ticket.id, raw, {"id": ticket.id, "a": 1, "i": 0, "r": 0, "c": 0.0}, None
 
     def _open_builder(self, key: str) -> _Builder:
@@ -323,7 +306,7 @@ class _BatchRun:
                 builder.size += len(raw)
                 if source is not None:
                     sources.add(source)
-                _crash_point("building")
+                steps.reached("building")
             for key in list(builders):
                 await self._close_builder(builders.pop(key))
         finally:
@@ -348,7 +331,8 @@ class _BatchRun:
         return [self.prep.checkpoint.spent_usd + self.stats.cost_usd, reserved, self.prep.max_cost_usd]
 
     def _estimate(self, key: str, raw: bytes) -> float:
-        body = orjson.loads(raw)["body"]
+        line = orjson.loads(raw)
+        body = line.get("body") or line.get("params") or {}
         prompt = sum(len(str(m.get("content") or "")) for m in body.get("messages", [])) // 3
         completion = int(body.get("max_tokens") or body.get("max_completion_tokens") or 1024)
         prices = self.prices.get(key)
@@ -362,28 +346,22 @@ class _BatchRun:
         if part["state"] == "built":
             uploaded = await self._retrying(f"part {part['number']}: upload",
                                             lambda: api.create_file(self.ledger.path(part, ".jsonl")))
-            _crash_point("uploaded")
+            steps.reached("uploaded")
             part.update(state="uploaded", file_id=uploaded["id"])
             self.ledger.save()
         if part["state"] != "uploaded":
             return
-        found = await self._find_batch(part)
-        attempts = 0
-        while found is None:
-            attempts += 1
-            part["create_attempts"] = part.get("create_attempts", 0) + 1
-            self.ledger.save()
-            try:
-                found = await api.create_batch(part["file_id"], self._metadata(part), ENDPOINT, WINDOW)
-                _crash_point("created")
-            except RetryableError as exc:
-                if attempts >= self.job.retry.max_attempts:
-                    raise
-                wait = exc.retry_after if exc.retry_after is not None else min(
-                    self.job.retry.initial_backoff_s * 2 ** (attempts - 1), self.job.retry.max_backoff_s)
-                log.info("part %d: create failed (%s); looking for it before another create", part["number"], exc)
-                await anyio.sleep(wait)
+        found = None
+        # the retry layer: a create that failed (or whose answer was lost) is looked for before another
+        async for attempt in build_retrying(self.job.retry, before_sleep=_log_create_retry(part["number"])):
+            with attempt:
                 found = await self._find_batch(part)
+                if found is None:
+                    part["create_attempts"] = part.get("create_attempts", 0) + 1
+                    self.ledger.save()
+                    found = await api.create_batch(part["file_id"], self._metadata(part), ENDPOINT, WINDOW)
+                    steps.reached("created")
+        assert found is not None
         self.stats.attempts += part["tickets"]
         part.update(state="submitted", batch_id=found["id"], status=found.get("status"),
                     submitted_at=time.time(), counts=found.get("request_counts"))
@@ -406,8 +384,7 @@ class _BatchRun:
         while True:
             page = await self._retrying("list batches", lambda: api.list_batches(after=after, limit=LIST_PAGE))
             for batch in page.get("data") or []:
-                metadata = batch.get("metadata") or {}
-                if all(metadata.get(k) == v for k, v in want.items()) and batch.get("status") != "cancelled":
+                if api.is_ours(batch, want):
                     log.info("part %d: adopted batch %s", part["number"], batch["id"])
                     return batch
             data = page.get("data") or []
@@ -440,7 +417,7 @@ class _BatchRun:
                 api = self._api(part)
                 batch = await self._retrying(f"part {part['number']}: retrieve",
                                              lambda: api.retrieve_batch(part["batch_id"]))
-                _crash_point("polled")
+                steps.reached("polled")
                 status = batch.get("status")
                 counts = batch.get("request_counts")
                 if status != part["status"] or counts != part["counts"]:
@@ -469,7 +446,7 @@ class _BatchRun:
             await anyio.sleep(delay)
             delay = min(delay * 1.5, self.poll_max_s)
 
-    async def _cancel(self, api: LiteLLMBatchAPI, part: Mapping[str, Any]) -> None:
+    async def _cancel(self, api: BatchAPI, part: Mapping[str, Any]) -> None:
         """Ask for a cancel; a batch that finished meanwhile (409) is simply collected next poll."""
         async def cancel() -> Any:
             try:
@@ -492,7 +469,7 @@ class _BatchRun:
                 if part.get(key) and not dest.exists():
                     await self._retrying(f"part {part['number']}: download",
                                          lambda: api.download(part[key], dest))
-                    _crash_point("downloaded")
+                    steps.reached("downloaded")
             await self._read_outputs(part)
             await self.writer.sync()
             part["errors_offset"] = (self.prep.run_dir / ERRORS).stat().st_size
@@ -501,7 +478,7 @@ class _BatchRun:
         await self._write_failures(part)
 
     def _ticket_meta(self, part: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-        return {str(m["id"]): m for m in read_jsonl(self.ledger.path(part, ".tickets.jsonl"))}
+        return {str(m["id"]): m for m in read_part_lines(self.ledger.path(part, ".tickets.jsonl"))}
 
     def _started_at(self, part: Mapping[str, Any]) -> str:
         when = part.get("submitted_at") or time.time()
@@ -518,7 +495,7 @@ class _BatchRun:
         elapsed_ms = max(0.0, (time.time() - (part.get("submitted_at") or time.time())) * 1000.0)
         api = self._api(part)
         for suffix in (".output.jsonl", ".errors.jsonl"):
-            for line in read_jsonl(self.ledger.path(part, suffix)):
+            for line in read_part_lines(self.ledger.path(part, suffix)):
                 cid = line.get("custom_id")
                 if not isinstance(cid, str) or cid not in meta or cid in seen:
                     continue  # not ours, or a repeated line: each ticket is judged once
@@ -543,9 +520,9 @@ class _BatchRun:
                 failures.append(orjson.dumps({**m, "kind": kind, "type": "Batch" + status.title() if status else
                                               "BatchMissing", "message": message, "status": None,
                                               "retry": True}) + b"\n")
-        fsync_write(self.ledger.path(part, ".failed.jsonl"), failures)
+        write_part_file(self.ledger.path(part, ".failed.jsonl"), failures)
 
-    def _judge_line(self, part: Mapping[str, Any], api: LiteLLMBatchAPI, line: Mapping[str, Any],
+    def _judge_line(self, part: Mapping[str, Any], api: BatchAPI, line: Mapping[str, Any],
                     meta: Mapping[str, Any], prices: Any, started_at: str,
                     elapsed_ms: float) -> tuple[Outcome | None, dict[str, Any] | None]:
         response = line.get("response")
@@ -591,7 +568,7 @@ class _BatchRun:
         if not outcomes:
             return
         written = await self.writer.write_batch(outcomes)
-        _crash_point("writing")
+        steps.reached("writing")
         for outcome in written:
             self.stats.record(outcome)
             if outcome.ok:
@@ -605,7 +582,7 @@ class _BatchRun:
         retry = 0
         ready: list[Outcome] = []
         started_at = self._started_at(part)
-        for failure in read_jsonl(self.ledger.path(part, ".failed.jsonl")):
+        for failure in read_part_lines(self.ledger.path(part, ".failed.jsonl")):
             if failure.get("retry") and failure["a"] < self.job.retry.max_attempts:
                 retry += 1
                 continue
@@ -624,7 +601,7 @@ class _BatchRun:
                 ready = []
         await self._write(ready)
         await self.writer.sync()
-        _crash_point("errors")
+        steps.reached("errors")
         part.update(state="collected", retry=retry, carried=retry == 0)
         self.ledger.save()
 
@@ -658,6 +635,18 @@ class _BatchRun:
                 scope.cancel()
                 return
 
+    def manifest_extra(self) -> dict[str, Any]:
+        """What a batch run's manifest adds: its mode and its parts."""
+        parts = [p for p in self.ledger.parts if p["state"] != "discarded"]
+        return {"mode": "batch",
+                "batch": {"run_key": self.ledger.run_key, "parts": len(parts),
+                          "live": sum(1 for p in parts if p["state"] in LIVE),
+                          "price_status": sorted({p.status for p in self.prices.values() if p is not None})}}
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
     async def run(self) -> str:
         self.reconcile()
         await self.writer.open()
@@ -687,88 +676,41 @@ def _describe_errors(errors: Any) -> str:
     return "no detail"
 
 
-_TERMINAL_CODES = {
-    "context_length_exceeded": "context_window",
-    "content_policy_violation": "content_policy",
-    "invalid_api_key": "auth",
-    "model_not_found": "not_found",
-}
-
-
 def _http_failure(base: dict[str, Any], status: Any, body: Any) -> dict[str, Any]:
-    """A batch line answered with an HTTP error: retried like online (429, 408, 409, 5xx) or terminal."""
+    """A batch line answered with an HTTP error, classified as an online answer would be
+    (providers/error_mapping.error_for_status): retried (429, 408, 409, 5xx) or terminal."""
     error = body.get("error") if isinstance(body, Mapping) else None
     error = error if isinstance(error, Mapping) else {}
     message = str(error.get("message") or f"HTTP {status}")[:1000]
-    code = error.get("code")
-    status = status if isinstance(status, int) else None
-    if status is None or status in (408, 409, 429) or status >= 500:
-        kind = {429: "rate_limited", 408: "timeout"}.get(status or 0, "server_error")
-        return {**base, "kind": kind, "type": "BatchLineError", "message": message, "status": status, "retry": True}
-    kind = _TERMINAL_CODES.get(str(code), {401: "auth", 403: "permission", 404: "not_found"}.get(status, "bad_request"))
-    return {**base, "kind": kind, "type": "BatchLineError", "message": message, "status": status, "retry": False}
+    status = status if isinstance(status, int) and not isinstance(status, bool) else None
+    verdict = error_for_status(status, message, code=error.get("code"), error_type="BatchLineError")
+    return {**base, "kind": verdict.kind, "type": verdict.error_type, "message": message, "status": status,
+            "retry": verdict.retryable}
 
 
-async def execute_batch_run(prep: PreparedRun, apis: Mapping[str, LiteLLMBatchAPI],
+def _log_create_retry(number: int) -> Any:
+    def before_sleep(state: Any) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        log.info("part %d: create failed (%s); looking for it before another create", number, exc)
+
+    return before_sleep
+
+
+async def execute_batch_run(prep: PreparedRun, apis: Mapping[str, BatchAPI],
                             params: Mapping[str, Mapping[str, Any]] | None = None, *, no_wait: bool = False,
                             stop_submitting: bool = False, time_scale: float = 1.0,
                             progress: bool = False) -> RunResult:
     """Run the prepared job in batch mode (module docstring); always leaves a consistent run directory.
 
-    `apis`: one LiteLLMBatchAPI per model key ("" for a single-model job); `params`: the request
+    `apis`: one BatchAPI per model key ("" for a single-model job); `params`: the request
     params per model key; `time_scale`: how much faster than real time the provider's clock runs
     (the simulator's batch_time_scale; 1 for a real provider), for the overdue check.
     """
     run = _BatchRun(prep, apis, params or {key: prep.job.params for key in apis}, no_wait=no_wait,
                     stop_submitting=stop_submitting, time_scale=time_scale, progress=progress)
-    started_at = utc_now()
-    write_manifest(prep.run_dir, _batch_manifest(run, "running", started_at, None, None))
-    state, error = "failed", None
-    try:
+    finish = RunFinish(prep, run.stats, run.failed_ids, run.writer, extra=run.manifest_extra,
+                       cleanup=(run.close_bar,))
+    async with finish:
         state = await run.run()
-        error = run.budget_note
-    except BatchrunError as exc:
-        error = str(exc)
-        raise
-    except anyio.get_cancelled_exc_class():
-        state = "interrupted"
-        raise
-    except BaseException as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        with anyio.CancelScope(shield=True):
-            run.stats.finished = time.monotonic()
-            if run.bar is not None:
-                run.bar.close()
-            try:
-                await run.writer.close()
-            except (OSError, CheckpointError) as exc:
-                error = error or f"cannot flush checkpoint: {exc}"
-                state = "failed"
-            try:
-                write_manifest(prep.run_dir, _batch_manifest(run, state, started_at, utc_now(), error))
-            except CheckpointError as exc:
-                error = error or str(exc)
-                state = "failed"
-    summary = run.stats.summary()
-    if state == "interrupted":
-        code = 128 + (run.signal_number or signal.SIGINT)
-    elif state == "budget_exhausted":
-        code = ExitCode.BUDGET_EXHAUSTED
-    elif state == "done" and run.stats.failed:
-        code = ExitCode.TICKETS_FAILED
-    else:
-        code = ExitCode.OK
-    return RunResult(state=state, exit_code=int(code), summary=summary, error=error)
-
-
-def _batch_manifest(run: _BatchRun, state: str, started_at: str, finished_at: str | None,
-                    error: str | None) -> dict[str, Any]:
-    manifest = build_manifest(run.prep, run.stats, run.failed_ids, state, started_at, finished_at, error)
-    parts = [p for p in run.ledger.parts if p["state"] != "discarded"]
-    manifest["mode"] = "batch"
-    manifest["batch"] = {"run_key": run.ledger.run_key, "parts": len(parts),
-                         "live": sum(1 for p in parts if p["state"] in LIVE),
-                         "price_status": sorted({p.status for p in run.prices.values() if p is not None})}
-    return manifest
+        finish.end(state, error=run.budget_note, signal_number=run.signal_number)
+    return finish.result()

@@ -1,4 +1,5 @@
-"""TODO: from batchrun.bench."""
+"""The bare pattern bench measures batchrun against: litellm.acompletion under a semaphore,
+as a user would write it, on the same tickets; and the sample the sweep runs on."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO: from batchrun.bench."""
+"""The numbers of a concurrency sweep: one row per setting, the ideal throughput under the
+simulator's limits, the table, and the recommended setting (the lowest concurrency within
+DEFAULT_TIE_WITHIN of the best throughput, under the 429 rate). Pure functions."""
 
 from __future__ import annotations
 
@@ -340,7 +342,7 @@ def format_baseline_table(rows: Sequence[Mapping[str, Any]], after_startup: bool
 
 
 def compare_auto(auto_row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """concurrency = "auto" against the best fixed setting of the sweep (issue 4: >= 80% of it)."""
+    """concurrency = "auto" against the best fixed setting of the sweep (it should reach 80% of it)."""
     fixed = [r for r in rows if not r.get("not_finished") and not r.get("failed")]
     best = max(fixed, key=lambda r: r["tickets_per_s"], default=None)
     return {

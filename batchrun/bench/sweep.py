@@ -26,7 +26,7 @@ an input shorter than the sample is cycled with suffixed ids (`T1~r2`).
 `auto` in the --concurrency list also runs the job with concurrency = "auto"
 (AIMD between the job's min_concurrency and max_concurrency) on a sample
 sized for max_concurrency, reports where it settled and its throughput as a
-share of the best fixed setting (issue 4 wants >= 80%), in its own table and
+share of the best fixed setting (it should reach 80%), in its own table and
 as a horizontal line on the plot; it is not a candidate for the
 recommendation and gets no baseline.
 
@@ -190,7 +190,7 @@ from batchrun.sim.config import simulated_model as sim_model
 
 
 @dataclass
-class _Plan:
+class _Sweep:
     job: Any
     job_path: Path
     settings: list[int | str]
@@ -223,42 +223,41 @@ class _Interrupted(Exception):
     pass
 
 
-async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
+async def _measure_settings(sweep: _Sweep, sim: Any, rows: list[dict[str, Any]]) -> None:
     """Warm up, then every setting: batchrun (and the baseline); rows are appended as measured."""
     import gc
 
     import anyio
 
-    from batchrun.execution.engine import coordinator_needs_provider, execute_run
-    from batchrun.execution.preparation import prepare_run
     from batchrun.job.tickets import read_tickets
+    from batchrun.launcher import LaunchOptions, run_online
     from batchrun.providers.litellm_setup import preload
 
-    largest = max([int(c) for c in plan.settings if c != "auto"] + [plan.job.max_concurrency])
+    largest = max([int(c) for c in sweep.settings if c != "auto"] + [sweep.job.max_concurrency])
     preload(max_connections=largest)  # the pool is sized when litellm is imported
-    sample = plan.workdir / "sample.jsonl"
-    all_tickets = list(read_tickets(sample, plan.job.id_field))
+    sample = sweep.workdir / "sample.jsonl"
+    all_tickets = list(read_tickets(sample, sweep.job.id_field))
 
-    if plan.warmup:
-        warm = all_tickets[: plan.warmup]
-        provider = make_provider(plan.job, plan.model, plan.api_base, plan.api_key, max_connections=largest)
+    if sweep.warmup:
+        warm = all_tickets[: sweep.warmup]
+        provider = make_provider(sweep.job, sweep.model, sweep.api_base, sweep.api_key, max_connections=largest)
         try:
             for ticket in warm:
-                await provider.complete(warmup_request(plan.job, ticket))
-            if plan.baseline:
-                with openai_transport_set(plan.baseline_transport):
-                    await run_baseline(plan.job, warm, len(warm), model=plan.model,
-                                       api_base=plan.api_base, api_key=plan.api_key, stream=plan.stream)
+                await provider.complete(warmup_request(sweep.job, ticket))
+            if sweep.baseline:
+                with openai_transport_set(sweep.baseline_transport):
+                    await run_baseline(sweep.job, warm, len(warm), model=sweep.model,
+                                       api_base=sweep.api_base, api_key=sweep.api_key, stream=sweep.stream)
         except Exception as exc:  # the sweep will say it better, per setting
-            plan.say(f"warm-up request failed: {type(exc).__name__}: {str(exc)[:200]}")
+            sweep.say(f"warm-up request failed: {type(exc).__name__}: {str(exc)[:200]}")
         finally:
             await provider.aclose()
 
     limits: dict[str, Any] = {}
-    cfg = plan.sim_config
+    cfg = sweep.sim_config
     if cfg is not None:
         limits = {"rpm": cfg.rpm, "tpm": cfg.tpm, "capacity": cfg.capacity, "overload_ms": cfg.overload_ms}
-    max_tokens = plan.job.params.get("max_tokens") or plan.job.params.get("max_completion_tokens")
+    max_tokens = sweep.job.params.get("max_tokens") or sweep.job.params.get("max_completion_tokens")
 
     def server_stats() -> dict[str, Any] | None:
         if sim is None:
@@ -267,41 +266,40 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
         return {"peak_in_flight": s.get("peak_in_flight"), "rate_limited": s.get("rate_limited"),
                 "responses_by_status": s.get("responses_by_status"), "total_requests": s.get("total_requests")}
 
-    # Worker processes: the same choice as `batchrun run`.
-    provider_kwargs = {"model": plan.model, "api_base": plan.api_base, "api_key": plan.api_key,
-                       "params": plan.job.params,
-                       "prices": plan.job.prices.model_dump() if plan.job.prices else None,
-                       "max_connections": largest}
+    # The run's provider, as `batchrun run` builds it (the launcher's run_online); worker processes
+    # and the coordinator's own provider are the same choice as there.
+    target = {"model": sweep.model, "api_base": sweep.api_base, "api_key": sweep.api_key, "params": sweep.job.params,
+              "prices": sweep.job.prices.model_dump() if sweep.job.prices else None, "max_connections": largest,
+              "cache": sweep.job.cache_settings()}
 
     # One pool of worker processes for the whole sweep: they import litellm once, now, and every
     # multi-process setting reuses them (the bare pattern reuses this process's litellm the same way).
     from batchrun.execution.executors.process import open_worker_pool
 
-    most_workers = max(plan.job.with_overrides(concurrency=c).worker_count(
-        setting_tickets(c, plan.tickets, plan.job)) for c in plan.settings)
+    most_workers = max(sweep.job.with_overrides(concurrency=c).worker_count(
+        setting_tickets(c, sweep.tickets, sweep.job)) for c in sweep.settings)
     async with open_worker_pool(largest) as pool:
         if most_workers > 1:
             await pool.warm(most_workers)
-        for c in plan.settings:
-            n = setting_tickets(c, plan.tickets, plan.job)
-            c_ceiling = auto_ceiling(plan.job) if c == "auto" else int(c)
+        for c in sweep.settings:
+            n = setting_tickets(c, sweep.tickets, sweep.job)
+            c_ceiling = auto_ceiling(sweep.job) if c == "auto" else int(c)
             label = "auto" if c == "auto" else f"c{int(c):04d}"
-            job_c = plan.job.with_overrides(input=sample, run_dir=plan.workdir / label, concurrency=c)
-            prep = prepare_run(job_c, job_path=plan.job_path, endpoint=plan.endpoint, limit=n)
-            workers = job_c.worker_count(prep.to_do)
-            try:
-                provider = None
-                if coordinator_needs_provider(job_c, workers, prep.max_cost_usd):  # as `batchrun run`
-                    provider = make_provider(job_c, plan.model, plan.api_base, plan.api_key)
+            job_c = sweep.job.with_overrides(input=sample, run_dir=sweep.workdir / label, concurrency=c)
+            workers = job_c.worker_count(n)
+            started: list[float] = []
+
+            def start_measuring() -> None:
                 if sim is not None:
                     sim.reset()
                 gc.collect()
-                before = cpu_seconds()
-                result = await execute_run(prep, provider, grace_s=5.0, progress=False, workers=workers,
-                                           provider_kwargs=provider_kwargs, worker_pool=pool)
-                cpu_self = cpu_seconds() - before
-            finally:
-                prep.release()
+                started.append(cpu_seconds())
+
+            sim_url = sweep.api_base if sim is not None else None  # the simulator: recorded as "simulator"
+            result = await run_online(job_c, sweep.job_path, {"": {**target, "api_base": None} if sim_url else target},
+                                      sim_url, LaunchOptions(limit=n, grace=5.0), before_execute=start_measuring,
+                                      worker_pool=pool)
+            cpu_self = cpu_seconds() - started[0]
             summary = result.summary
             cpu = cpu_self + float(summary.get("worker_cpu_s") or 0.0)  # what the workers said (0 without)
             done = summary["done"]
@@ -324,10 +322,10 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
                 row["concurrency"] = "auto"
                 row["concurrency_max"] = c_ceiling
                 row["concurrency_settled"] = summary.get("concurrency_settled")
-                (plan.auto_rows if plan.auto_rows is not None else []).append(row)
+                (sweep.auto_rows if sweep.auto_rows is not None else []).append(row)
             else:
                 rows.append(row)
-            plan.say(f"C={c}: {n} tickets in {row['wall_s']:.2f} s, {row['requests_per_s']:.1f} req/s, "
+            sweep.say(f"C={c}: {n} tickets in {row['wall_s']:.2f} s, {row['requests_per_s']:.1f} req/s, "
                  f"p95 {num(row['latency_ms'].get('p95'), ',.0f')} ms, {row['failed']} failed"
                  + (f", {workers} worker processes" if workers > 1 else "")
                  + (f", settled at {row['concurrency_settled']}" if c == "auto" else "")
@@ -335,16 +333,16 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
             if result.state == "interrupted":
                 raise _Interrupted()
 
-            if plan.baseline and c != "auto":
+            if sweep.baseline and c != "auto":
                 if sim is not None:
                     sim.reset()
                 gc.collect()
                 before = cpu_seconds()
-                with openai_transport_set(plan.baseline_transport):
-                    base = await run_baseline(plan.job, all_tickets[:n], c, model=plan.model,
-                                              api_base=plan.api_base, api_key=plan.api_key, stream=plan.stream)
+                with openai_transport_set(sweep.baseline_transport):
+                    base = await run_baseline(sweep.job, all_tickets[:n], c, model=sweep.model,
+                                              api_base=sweep.api_base, api_key=sweep.api_key, stream=sweep.stream)
                 base_cpu = cpu_seconds() - before
-                base["transport"] = plan.baseline_transport
+                base["transport"] = sweep.baseline_transport
                 base["cpu_s"] = round(base_cpu, 3)
                 base["cpu_ms_per_request"] = round(base_cpu * 1000 / base["requests"], 3) if base["requests"] else None
                 base["server"] = server_stats()
@@ -355,11 +353,11 @@ async def _sweep(plan: _Plan, sim: Any, rows: list[dict[str, Any]]) -> None:
                 base["cpu_ratio_after_startup"] = ratio(row["cpu_ms_per_request_after_startup"],
                                                          base["cpu_ms_per_request"])
                 row["baseline"] = base
-                plan.say(f"C={c}: bare pattern {base['requests_per_s']:.1f} req/s, {base['failed']} failed")
+                sweep.say(f"C={c}: bare pattern {base['requests_per_s']:.1f} req/s, {base['failed']} failed")
             await anyio.sleep(0)
 
 
-def _report(job: Any, job_file: Path, plan: _Plan, rows: list[dict[str, Any]], rec: Recommendation, *,
+def _report(job: Any, job_file: Path, sweep: _Sweep, rows: list[dict[str, Any]], rec: Recommendation, *,
             interrupted: bool) -> dict[str, Any]:
     import dataclasses
     import platform
@@ -369,8 +367,8 @@ def _report(job: Any, job_file: Path, plan: _Plan, rows: list[dict[str, Any]], r
     from batchrun.providers.litellm_setup import litellm_version, openai_transport
 
     sim = None
-    if plan.sim_config is not None:
-        sim = {k: v for k, v in dataclasses.asdict(plan.sim_config).items() if k != "faults"}
+    if sweep.sim_config is not None:
+        sim = {k: v for k, v in dataclasses.asdict(sweep.sim_config).items() if k != "faults"}
     return {
         "batchrun_version": __version__,
         "litellm_version": litellm_version(),
@@ -379,16 +377,16 @@ def _report(job: Any, job_file: Path, plan: _Plan, rows: list[dict[str, Any]], r
                     "cpu_count": os.cpu_count()},
         "argv": list(sys.argv),
         "job": {"name": job.name, "path": str(job_file), "model": job.model, "input": str(job.input)},
-        "mode": "live" if plan.live else "simulator",
-        "model": plan.model,
-        "endpoint": plan.endpoint,
+        "mode": "live" if sweep.live else "simulator",
+        "model": sweep.model,
+        "endpoint": sweep.endpoint,
         "simulator": sim,
-        "stream": plan.stream,
-        "baseline": plan.baseline,
-        "transport": {"batchrun": openai_transport(plan.stream),
-                      "baseline": plan.baseline_transport if plan.baseline else None},
-        "settings": plan.settings,
-        "tickets": plan.tickets if plan.tickets is not None else "auto",
+        "stream": sweep.stream,
+        "baseline": sweep.baseline,
+        "transport": {"batchrun": openai_transport(sweep.stream),
+                      "baseline": sweep.baseline_transport if sweep.baseline else None},
+        "settings": sweep.settings,
+        "tickets": sweep.tickets if sweep.tickets is not None else "auto",
         "interrupted": interrupted,
         "rows": rows,
         "recommendation": rec.as_dict(),
@@ -400,7 +398,7 @@ class BenchOutcome:
     """What `run_bench` measured: the rows, the recommendation and the report (bench.json)."""
 
     job: Any
-    plan: _Plan
+    sweep: _Sweep
     rows: list[dict[str, Any]]
     recommendation: Recommendation
     report: dict[str, Any]
@@ -481,17 +479,17 @@ def run_bench(job_file: Path, *, settings: list[int | str], tickets: int | None 
             + (f" ({api_base}, latency {sim_config.latency_ms:g} ms)" if sim is not None else "")
             + f"; settings {', '.join(f'{c} ({counts[c]} tickets)' for c in settings)}"
             + ("; with the bare-pattern baseline" if baseline else ""))
-        plan = _Plan(job=job, job_path=job_file, settings=settings, tickets=tickets, live=live,
+        sweep = _Sweep(job=job, job_path=job_file, settings=settings, tickets=tickets, live=live,
                      baseline=baseline, stream=stream, warmup=warmup, sim_config=sim_config, model=model,
                      api_base=api_base, api_key=api_key, endpoint=endpoint, workdir=workdir,
                      auto_rows=auto_rows, baseline_transport=baseline_transport, say=say)
         try:
-            anyio.run(_sweep, plan, sim, rows)
+            anyio.run(_measure_settings, sweep, sim, rows)
         except (_Interrupted, KeyboardInterrupt):
             interrupted = True
             say("interrupted: writing the rows measured so far")
     rec = recommend(rows, max_429_rate=max_429_rate, max_p95_ms=max_p95_ms, tie_within=tie_within)
     auto = compare_auto(auto_rows[0], rows) if auto_rows else None
-    report = _report(job, job_file, plan, rows, rec, interrupted=interrupted)
+    report = _report(job, job_file, sweep, rows, rec, interrupted=interrupted)
     report["auto"] = auto
-    return BenchOutcome(job=job, plan=plan, rows=rows, recommendation=rec, report=report, interrupted=interrupted)
+    return BenchOutcome(job=job, sweep=sweep, rows=rows, recommendation=rec, report=report, interrupted=interrupted)

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from batchrun.analysis.charts import PLOT_HINT, draw_plot
 from batchrun.bench.recommend import (
     AUTO_MAX_TICKETS,
     AUTO_MIN_TICKETS,
@@ -29,7 +30,6 @@ from batchrun.bench.recommend import (
     reached,
 )
 from batchrun.bench.sweep import run_bench
-from batchrun.analysis.charts import PLOT_HINT, draw_plot
 
 __all__ = ["bench_command"]
 
@@ -131,7 +131,7 @@ def bench_command(job_file: Path, settings: list[int | str], tickets: int | None
     except BatchrunError as exc:
         click.echo(f"batchrun: error: {redact_secrets(str(exc), secrets)}", err=True)
         sys.exit(int(exc.exit_code))
-    _write_outputs(outcome.report, outcome.rows, outcome.recommendation, out_dir, outcome.job, outcome.plan)
+    _write_outputs(outcome.report, outcome.rows, outcome.recommendation, out_dir, outcome.job, outcome.sweep)
     if outcome.interrupted:
         sys.exit(130)
 
@@ -151,12 +151,12 @@ def _positive(text: str) -> int:
 
 
 def _write_outputs(report: dict[str, Any], rows: list[dict[str, Any]], rec: Recommendation, out_dir: Path,
-                   job: Any, plan: Any) -> None:
+                   job: Any, sweep: Any) -> None:
     import orjson
 
     click.echo(f"\n{job.name}: batchrun bench, {report['mode']}"
-               + (f" (latency {plan.sim_config.latency_ms:g} ms)" if plan.sim_config is not None else "")
-               + (", streaming" if plan.stream else ""))
+               + (f" (latency {sweep.sim_config.latency_ms:g} ms)" if sweep.sim_config is not None else "")
+               + (", streaming" if sweep.stream else ""))
     click.echo(format_table(rows) if rows else "(no setting finished)")
     notes = sorted({r["ideal_limited_by"] for r in rows} - {"concurrency", "unknown"})
     explain = {
@@ -195,7 +195,7 @@ def _write_outputs(report: dict[str, Any], rows: list[dict[str, Any]], rec: Reco
     json_path = out_dir / "bench.json"
     json_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     png_path = out_dir / "bench.png"
-    title = f"{job.name}: {plan.model} via {plan.endpoint}"
+    title = f"{job.name}: {sweep.model} via {sweep.endpoint}"
     unreached = [r["concurrency"] for r in rows if not reached(r)]
     if rows and draw_plot(rows, png_path, title, rec.concurrency, auto=auto["row"] if auto else None,
                           unreached=unreached):

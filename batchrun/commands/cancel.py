@@ -36,13 +36,13 @@ def cancel_command(run_dir: Path, api_base: str | None) -> None:
     """Cancel the batch parts of RUN_DIR that are still running; keep what they answered."""
     import anyio
 
-    from batchrun.batch.ledger import LEDGER
     from batchrun.batch.cancel import cancel_batches
-    from batchrun.rundir.manifest import read_manifest
+    from batchrun.batch.ledger import LEDGER
     from batchrun.errors import BatchrunError, ConfigurationError, redact_secrets
-    from batchrun.providers.batch_api import LiteLLMBatchAPI
     from batchrun.job.sections import PricesSpec
     from batchrun.job.spec import load_job
+    from batchrun.providers.batch_api import LiteLLMBatchAPI
+    from batchrun.rundir.manifest import read_manifest
 
     secrets: list[str] = []
     try:
@@ -57,7 +57,8 @@ def cancel_command(run_dir: Path, api_base: str | None) -> None:
         use_sim = manifest.get("endpoint") == "simulator" and api_base is None
         if api_base:
             job = job.with_overrides(api_base=api_base)
-        from batchrun.api import provider_targets as _targets, sim_config  # the run command's own settings
+        from batchrun.launcher import provider_targets as _targets
+        from batchrun.launcher import sim_config
 
         total = 0
         with contextlib.ExitStack() as stack:

@@ -25,8 +25,8 @@ Examples:
 @click.option("--with-input", is_flag=True, help="Add the input row's fields to each row.")
 def export_command(run_dir: Path, fmt: str, out: Path | None, with_input: bool) -> None:
     """Write one row per ticket of RUN_DIR, in input order: answer, usage, cost, attempts, errors."""
-    from batchrun.errors import BatchrunError
     from batchrun.analysis.export import export_run
+    from batchrun.errors import BatchrunError
 
     try:
         result = export_run(run_dir, out, fmt, with_input=with_input)

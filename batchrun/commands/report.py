@@ -11,9 +11,9 @@ from pathlib import Path
 
 import click
 
-from batchrun.errors import BatchrunError
 from batchrun.analysis.charts import write_charts
 from batchrun.analysis.grading import analyze, format_report
+from batchrun.errors import BatchrunError
 
 __all__ = ["report_command"]
 

@@ -1,20 +1,12 @@
 """`batchrun run JOB`: run a job, or resume it where it stopped.
 
-Options, API keys from the environment and the [params] check (both before
-anything is sent), the simulator when the job has one, then for each model
-`api.run_job` (prepare + execute, the path the Python API takes too), and the
-rendering: header lines, progress and logs on stderr; the summary on stdout
-(`--json`: one JSON object). Without a terminal, one plain progress line every
-`--progress-every` seconds instead of a bar. A compare job ends with one line
-per model (from `grading.build_report`). Logging (-v, -vv, --log-file) scrubs
-API keys from every record.
-
-A batch-mode job (`mode = "batch"` or `--mode batch`; docs/batch.md) goes to
-`_run_batch` instead: `batch_mode.execute_batch_run` with one
-`provider.LiteLLMBatchAPI` per model key, `--no-wait` (submit and exit, state
-`submitted`) and `--finish-online` (cancel and collect what is running, then
-the online path for the rest). Against the embedded simulator its batches
-are kept in <run_dir>/simulator-batches so a later command finds them.
+The click options, one call into the launcher (launcher.launch: keys, models and
+[params] checked before anything is sent, the simulator, online or batch mode,
+one run per model of a compare job), and the rendering: header lines, progress
+and logs on stderr; after each run its summary on stdout (`--json`: one JSON
+object at the end). A compare job ends with one line per model (from
+`analysis.grading.build_report`). Logging (-v, -vv, --log-file) scrubs API keys
+from every record.
 """
 
 from __future__ import annotations
@@ -22,13 +14,17 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import Any, Callable
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from batchrun.run_logging import route_litellm_logs, setup_logging
 from batchrun.analysis.textfmt import num
+from batchrun.run_logging import route_litellm_logs, setup_logging
+
+if TYPE_CHECKING:
+    from batchrun.execution.result import RunResult
+    from batchrun.job.spec import JobSpec
+    from batchrun.launcher import LaunchOptions
 
 __all__ = ["run_command", "setup_logging"]
 
@@ -130,35 +126,19 @@ def run_command(job_file: Path, input_path: Path | None, concurrency: int | None
     --live or --api-base is given. Progress and logs go to stderr, the summary
     to stdout.
     """
-    from batchrun.api import check_params, provider_targets, sim_config
-    from batchrun.errors import BatchrunError, JobSpecError, redact_secrets
-    from batchrun.job.spec import load_job
+    from batchrun.errors import BatchrunError, redact_secrets
+    from batchrun.launcher import LaunchOptions, resolve_job
 
+    bar = sys.stderr.isatty() if progress is None else progress
+    options = LaunchOptions(input=input_path, run_dir=run_dir, limit=limit, concurrency=concurrency, model=model,
+                            api_base=api_base, live=live, workers=workers, engine=engine, ray_address=ray_address,
+                            mode=mode, cache=cache, max_cost_usd=max_cost_usd, skip_failed=skip_failed, force=force,
+                            grace=grace, no_wait=no_wait, finish_online=finish_online, progress=bar,
+                            progress_every=None if bar else progress_every)
     secrets: list[str] = []
     try:
-        job = load_job(job_file)
-        if engine == "local" and job.ray_address is not None:  # --engine local wins over the job's cluster
-            job = job.model_copy(update={"ray_address": None})
-        job = job.with_overrides(
-            input=input_path, concurrency=concurrency, run_dir=run_dir, model=model, api_base=api_base,
-            workers=workers, cache=cache, mode=mode,
-            engine="ray" if ray_address and engine is None else engine, ray_address=ray_address)
-        if (no_wait or finish_online) and job.mode != "batch":
-            raise JobSpecError("--no-wait and --finish-online are for batch mode (mode = \"batch\" or --mode batch)")
-        use_sim = job.simulator is not None and not live and api_base is None
-        if not use_sim:  # the simulator answers any name; a provider needs one litellm can route
-            from batchrun.providers.litellm_setup import check_models
-
-            check_models(job)
-        jobs = [job.for_model(entry) for entry in job.models] if job.compare_mode else [job]
-        targets = {each.name: provider_targets(each, use_sim, secrets) for each in jobs}  # keys checked up front
-        setup_logging(verbose, log_file, secrets)
-        click.echo("batchrun: loading litellm...", err=True)
-        check_params(job)
-        bar = sys.stderr.isatty() if progress is None else progress
-        options = dict(limit=limit, skip_failed=skip_failed, force=force, grace=grace, progress=bar,
-                       progress_every=None if bar else progress_every, max_cost_usd=max_cost_usd,
-                       verbose=verbose, as_json=as_json)
+        job, _ = resolve_job(job_file, options)
+        setup_logging(verbose, log_file, secrets)  # the filter redacts the keys as they are read
         with contextlib.ExitStack() as stack:
             if serve_port is not None:
                 from batchrun.serve.server import serve_in_background
@@ -166,44 +146,41 @@ def run_command(job_file: Path, input_path: Path | None, concurrency: int | None
                 run_dir_path = job.resolved_run_dir()
                 run_dir_path.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(serve_in_background(run_dir_path, serve_port))
-            sim_url = None
-            if use_sim:
-                from batchrun.sim.process import start_simulator
-
-                config = sim_config(job)
-                if job.mode == "batch":  # batches outlive this simulator: --no-wait, then collect
-                    import dataclasses
-
-                    config = dataclasses.replace(config, batch_state_dir=str(
-                        (job.resolved_run_dir() / "simulator-batches").resolve()))
-                sim_url = stack.enter_context(start_simulator(config)).base_url
-                click.echo(f"batchrun: simulator listening on {urlsplit(sim_url).netloc}", err=True)
-            if job.mode == "batch":
-                scale = job.simulator.batch_time_scale if use_sim else 1.0
-                results = {each.name: _run_batch(each, job_file, targets[each.name], sim_url, scale, no_wait=no_wait,
-                                                 finish_online=finish_online, online=_run, **options)
-                           for each in jobs}
-            else:
-                results = {each.name: _run(each, job_file, targets[each.name], sim_url, **options) for each in jobs}
-        if job.compare_mode:
-            if as_json:
-                from batchrun.execution.result import RunResult
-
-                combined = RunResult.combined(dict(zip((m.name for m in job.models), results.values())),
-                                              job.resolved_run_dir())
-                _echo_json(job.name, combined)
-            else:
-                _print_comparison(job, jobs)
-        elif as_json:
-            _echo_json(job.name, next(iter(results.values())))
-        code = max((r.exit_code for r in results.values()), key=lambda c: (c != 0, c))
+            result = _launch(job, job_file, options, secrets, verbose=verbose, as_json=as_json)
+        if as_json:
+            _echo_json(job.name, result)
+        elif job.compare_mode:
+            _print_comparison(job)
+        code = result.exit_code
     except BatchrunError as exc:
         click.echo(f"batchrun: error: {redact_secrets(str(exc), secrets)}", err=True)
         sys.exit(int(exc.exit_code))
     sys.exit(code)
 
 
-def _result_json(result: Any) -> dict[str, Any]:
+def _say(message: str) -> None:
+    click.echo(f"batchrun: {message}", err=True)
+
+
+def _launch(job: JobSpec, job_file: Path, options: LaunchOptions, secrets: list[str], *, verbose: int,
+            as_json: bool) -> RunResult:
+    """The launch, with this command's rendering after each run."""
+    import anyio
+
+    from batchrun.launcher import launch
+
+    def after_run(each: JobSpec, result: RunResult, mode: str) -> None:
+        if not as_json:
+            (_print_batch if mode == "batch" else _print_online)(each, result)
+        elif result.nothing_to_do and mode == "batch":
+            click.echo(f"Nothing to do: {result.summary['already_done']:,} of {result.summary['tickets_total']:,} "
+                       f"tickets already done in {result.run_dir}. No batch submitted.", err=True)
+
+    return anyio.run(lambda: launch(job, job_file, options, say=_say, secrets=secrets,
+                                    before_execute=lambda: route_litellm_logs(verbose), after_run=after_run))
+
+
+def _result_json(result: RunResult) -> dict[str, Any]:
     body: dict[str, Any] = {
         "state": result.state, "exit_code": result.exit_code, "run": result.run_number,
         "run_dir": str(result.run_dir) if result.run_dir else None, "error": result.error,
@@ -214,31 +191,20 @@ def _result_json(result: Any) -> dict[str, Any]:
     return body
 
 
-def _echo_json(name: str, result: Any) -> None:
+def _echo_json(name: str, result: RunResult) -> None:
     import orjson
 
     click.echo(orjson.dumps({"job": name, **_result_json(result)}).decode())
 
 
-def _run(job, job_file, targets, sim_url, *, limit, skip_failed, force, grace, progress, progress_every,
-         max_cost_usd, verbose, as_json) -> Any:
-    import anyio
-
-    from batchrun.api import run_job
+def _print_online(job: JobSpec, result: RunResult) -> None:
+    """The end of an online run: its summary on stdout, what to do next on stderr."""
+    from batchrun.analysis.stats import format_summary
     from batchrun.commands.status import format_status
     from batchrun.rundir.status import run_status
-    from batchrun.analysis.stats import format_summary
 
-    def say(message: str) -> None:
-        click.echo(f"batchrun: {message}", err=True)
-
-    result = anyio.run(lambda: run_job(
-        job, job_file, targets, sim_url, limit=limit, skip_failed=skip_failed, force=force, grace=grace,
-        progress=progress, progress_every=progress_every, max_cost_usd=max_cost_usd, say=say,
-        before_execute=lambda: route_litellm_logs(verbose)))
-    if as_json:
-        return result
     totals = result.totals or {}
+    assert result.run_dir is not None
     if result.nothing_to_do:
         summary = result.summary
         click.echo(
@@ -246,9 +212,8 @@ def _run(job, job_file, targets, sim_url, *, limit, skip_failed, force, grace, p
             + (f", {summary['skipped_failed']:,} failed before and skipped" if summary["skipped_failed"] else "")
             + f" in {result.run_dir}. No requests sent.\n")
         click.echo(format_status(run_status(result.run_dir)))
-        return result
-    title = f"{job.name}: run {result.run_number} {result.state}"
-    click.echo(format_summary(result.summary, title=title))
+        return
+    click.echo(format_summary(result.summary, title=f"{job.name}: run {result.run_number} {result.state}"))
     click.echo(f"run directory: {result.run_dir}  (batchrun status {result.run_dir})")
     if result.state == "interrupted":
         click.echo("Interrupted: re-run the same command to resume.", err=True)
@@ -260,17 +225,39 @@ def _run(job, job_file, targets, sim_url, *, limit, skip_failed, force, grace, p
     if totals.get("remaining") and result.state == "done":
         click.echo(f"{totals['remaining']:,} ticket(s) of the input not asked for yet (--limit): "
                    "re-run with a larger --limit, or without it, to continue.", err=True)
-    return result
 
 
-def _print_comparison(job: Any, jobs: list[Any]) -> None:
+def _print_batch(job: JobSpec, result: RunResult) -> None:
+    """The end of a batch-mode run: its summary and its parts."""
+    from batchrun.analysis.stats import format_summary
+    from batchrun.batch.ledger import ledger_summary
+
+    assert result.run_dir is not None
+    if result.nothing_to_do:
+        click.echo(f"Nothing to do: {result.summary['already_done']:,} of {result.summary['tickets_total']:,} "
+                   f"tickets already done in {result.run_dir}. No batch submitted.")
+        return
+    click.echo(format_summary(result.summary, title=f"{job.name}: run {result.run_number} (batch) {result.state}"))
+    for part in (ledger_summary(result.run_dir) or {"parts": []})["parts"]:
+        counts = part.get("counts") or {}
+        click.echo(f"  part {part['number']}: {part['state']} ({part.get('status') or '-'}), "
+                   f"{part['tickets']:,} tickets, {counts.get('completed', 0):,} completed, "
+                   f"{counts.get('failed', 0):,} failed" + (f"; {part['note']}" if part.get("note") else ""))
+    click.echo(f"run directory: {result.run_dir}  (batchrun status {result.run_dir})")
+    if result.state == "submitted":
+        click.echo("Submitted: run the same command later to collect the answers (nothing is sent again).", err=True)
+    elif result.error:
+        click.echo(f"batchrun: {result.state}: {result.error}", err=True)
+
+
+def _print_comparison(job: JobSpec) -> None:
     """The end of a compare run: one line per model, the label distribution
     and agreement between models (from batchrun report's grading)."""
     from batchrun.analysis.grading import build_report
 
     run_dir = job.resolved_run_dir()
     report = build_report(run_dir)
-    click.echo(f"\n{job.name}: {len(jobs)} models on the same tickets (full report: batchrun report {run_dir})")
+    click.echo(f"\n{job.name}: {len(job.models)} models on the same tickets (full report: batchrun report {run_dir})")
     header = (f"{'model':<12} {'done':>6} {'failed':>6} {'accuracy':>8} {'p50 ms':>8} {'p95 ms':>8} "
               f"{'ttft p50':>8} {'tokens':>9} {'cost $':>10} {'$/1k':>9}  labels")
     click.echo(header)
@@ -290,48 +277,3 @@ def _print_comparison(job: Any, jobs: list[Any]) -> None:
                    f"{num(cost.get('usd'), ',.6f'):>10} {num(cost.get('per_1000_tickets_usd'), ',.6f'):>9}  {labels}")
     for pair in report.get("agreement") or []:
         click.echo(f"agreement {pair['a']} vs {pair['b']}: {pair['rate']:.1%} of {pair['both_answered']:,} tickets")
-
-
-def _run_batch(job: Any, job_file: Path, targets: dict[str, dict[str, Any]], sim_url: str | None, time_scale: float,
-              *, limit: int | None, skip_failed: bool, force: bool, grace: float, progress: bool,
-              progress_every: float | None, max_cost_usd: float | None, verbose: int, as_json: bool,
-              no_wait: bool, finish_online: bool, online: Callable[..., Any]) -> Any:
-    """A batch-mode job (docs/batch.md) through `api.run_batch_job`, then its summary and parts.
-    With --finish-online, parts still running are cancelled and collected first, then `online`
-    (this module's `_run`) sends the rest."""
-    import anyio
-
-    from batchrun.api import run_batch_job
-    from batchrun.batch.ledger import ledger_summary
-    from batchrun.analysis.stats import format_summary
-
-    def say(message: str) -> None:
-        click.echo(f"batchrun: {message}", err=True)
-
-    result = anyio.run(lambda: run_batch_job(
-        job, job_file, targets, sim_url, time_scale, limit=limit, skip_failed=skip_failed, force=force,
-        max_cost_usd=max_cost_usd, no_wait=no_wait, finish_online=finish_online, progress=progress, say=say))
-    if result.nothing_to_do:
-        click.echo(f"Nothing to do: {result.summary['already_done']:,} of {result.summary['tickets_total']:,} "
-                   f"tickets already done in {result.run_dir}. No batch submitted.", err=as_json)
-        return result
-    if not as_json:
-        click.echo(format_summary(result.summary, title=f"{job.name}: run {result.run_number} (batch) {result.state}"))
-        summary = ledger_summary(result.run_dir) or {"parts": []}
-        for part in summary["parts"]:
-            counts = part.get("counts") or {}
-            click.echo(f"  part {part['number']}: {part['state']} ({part.get('status') or '-'}), "
-                       f"{part['tickets']:,} tickets, {counts.get('completed', 0):,} completed, "
-                       f"{counts.get('failed', 0):,} failed" + (f"; {part['note']}" if part.get("note") else ""))
-        click.echo(f"run directory: {result.run_dir}  (batchrun status {result.run_dir})")
-        if result.state == "submitted":
-            click.echo("Submitted: run the same command later to collect the answers (nothing is sent again).",
-                       err=True)
-        elif result.error:
-            click.echo(f"batchrun: {result.state}: {result.error}", err=True)
-    if finish_online and result.state == "done":
-        click.echo("batchrun: --finish-online: sending the tickets left online", err=True)
-        result = online(job, job_file, targets, sim_url, limit=limit, skip_failed=skip_failed, force=force,
-                        grace=grace, progress=progress, progress_every=progress_every, max_cost_usd=max_cost_usd,
-                        verbose=verbose, as_json=as_json)
-    return result

@@ -1,4 +1,12 @@
-"""TODO: from batchrun.engine."""
+"""prepare_run: everything before the first request of a run, synchronous, no network.
+
+Opens and locks the run directory, cuts torn checkpoint lines, checks the
+whole input in one pass (every bad line is reported before any request; with
+on_bad_input = "skip" they go to rejects.jsonl), refuses to resume a run
+directory made by a different job, input or endpoint (unless force), names the
+tickets the last run left in flight (they may be billed twice), and counts what
+is left to do: a PreparedRun.
+"""
 
 from __future__ import annotations
 

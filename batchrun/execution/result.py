@@ -1,4 +1,4 @@
-"""TODO: from batchrun.engine."""
+"""RunResult: what a run did, as `batchrun run`, `batchrun.run` and `bench` get it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import orjson
+from batchrun.rundir.lines import iter_lines, load_failed_ids
 
 
 @dataclass
@@ -66,8 +66,6 @@ class RunResult:
             for each in self.models.values():
                 yield from each.iter_errors()
             return
-        from batchrun.rundir.lines import load_failed_ids
-
         failed = load_failed_ids(self.paths["run_dir"])
         latest: dict[str, dict[str, Any]] = {}
         for line in iter_lines(self.paths["errors"]):
@@ -84,13 +82,3 @@ class RunResult:
         return cls(state=worst.state, exit_code=worst.exit_code, summary=summary, error=worst.error,
                    run_dir=run_dir, models=models)
 
-
-def iter_lines(path: Path) -> Iterator[dict[str, Any]]:
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        return
-    with handle:
-        for raw in handle:
-            if raw.endswith(b"\n"):  # a torn last line is not a result yet
-                yield orjson.loads(raw)

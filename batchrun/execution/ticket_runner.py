@@ -37,7 +37,7 @@ request):
            answer that was also cut at max_tokens is kind truncated, terminal
            at once, whatever on_truncated says.
 
-The response cache (`cache = true`, a provider with `cached`/`remember`):
+The response cache (`cache = true`: the provider's `cached`/`remember`):
 before the first attempt the provider's cache is asked; a stored answer is
 judged like a fresh one and, if accepted, is the outcome at once with 0
 attempts (nothing left the machine; `cache_hit`, cost 0, `cost_saved_usd`).
@@ -46,7 +46,7 @@ answers never are.
 
 A rejected answer was paid for: the Outcome counts them (`rejected_outputs`)
 and their cost (`rejected_cost_usd`). The job's RequestOptions and
-OutputRules are built once per JobSpec (`plan_for`) and attached to the
+OutputRules are built once per JobSpec (`rules_for`) and attached to the
 request here, so the engine need not know about them.
 
 `hooks` ties the ticket to the run it belongs to without this module knowing
@@ -111,7 +111,9 @@ class TicketAbandoned(Exception):
 
 
 class AttemptHooks(Protocol):
-    halt: anyio.Event | None  # set: no request may start; sleeping tickets end (TicketAbandoned)
+    """How a ticket's attempts report to the run they belong to (module docstring)."""
+
+    halt: anyio.Event  # set: no request may start; sleeping tickets end (TicketAbandoned)
 
     async def before_attempt(self, request: ChatRequest, attempt: int) -> None: ...
 
@@ -122,54 +124,54 @@ class AttemptHooks(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class JobPlan:
+class TicketRules:
     """What a job adds to each request and checks on each answer (built once per job)."""
 
     options: RequestOptions | None  # stream / schema / tools; None: a plain request
-    rules: OutputRules | None  # labels / schema / tools; None: any text is an answer
+    checks: OutputRules | None  # labels / schema / tools; None: any text is an answer
     on_truncated: str
     on_content_filter: str
     max_invalid_output_retries: int
 
 
-_PLANS: dict[int, tuple[JobSpec, JobPlan]] = {}  # id(job) -> (job, plan); the job is kept so ids stay unique
+_RULES: dict[int, tuple[JobSpec, TicketRules]] = {}  # id(job) -> (job, rules); the job is kept so ids stay unique
 _FLAGGED_FINISH = frozenset({"length", "content_filter"})
 
 
-def plan_for(job: JobSpec) -> JobPlan:
-    """The JobPlan of `job`, built on first use (schemas compiled once, not per ticket)."""
-    hit = _PLANS.get(id(job))
+def rules_for(job: JobSpec) -> TicketRules:
+    """The TicketRules of `job`, built on first use (schemas compiled once, not per ticket)."""
+    hit = _RULES.get(id(job))
     if hit is not None and hit[0] is job:
         return hit[1]
-    plan = JobPlan(options=RequestOptions.for_job(job), rules=OutputRules.for_job(job),
+    built = TicketRules(options=RequestOptions.for_job(job), checks=OutputRules.for_job(job),
                    on_truncated=job.on_truncated, on_content_filter=job.on_content_filter,
                    max_invalid_output_retries=job.max_invalid_output_retries)
-    if len(_PLANS) >= 64:
-        _PLANS.clear()
-    _PLANS[id(job)] = (job, plan)
-    return plan
+    if len(_RULES) >= 64:
+        _RULES.clear()
+    _RULES[id(job)] = (job, built)
+    return built
 
 
 class _InvalidOutput(Exception):
     """The output check rejected an answer that may be asked for again."""
 
 
-def _judge(completion: Completion, plan: JobPlan) -> Mapping[str, Any] | None:
+def _judge(completion: Completion, rules: TicketRules) -> Mapping[str, Any] | None:
     """What the answer adds to the result line; raises TerminalError or _InvalidOutput."""
     finish = completion.finish_reason
-    if finish == "content_filter" and plan.on_content_filter == "fail":
+    if finish == "content_filter" and rules.on_content_filter == "fail":
         raise TerminalError(
             "the provider's content filter stopped the answer (finish_reason content_filter; "
             f"on_content_filter = \"fail\"); answer so far: {describe_raw(completion.text)}",
             kind="content_filter", error_type="ContentFiltered")
-    if finish == "length" and plan.on_truncated == "fail":
+    if finish == "length" and rules.on_truncated == "fail":
         raise TerminalError(
             "the answer was cut at max_tokens (finish_reason length; on_truncated = \"fail\"): "
             f"{describe_raw(completion.text)}", kind="truncated", error_type="Truncated")
-    if plan.rules is None:
+    if rules.checks is None:
         return None
     try:
-        return plan.rules.check(completion.text, completion.tool_calls)
+        return rules.checks.check(completion.text, completion.tool_calls)
     except OutputError as exc:
         if finish == "length":
             raise TerminalError(f"the answer was cut at max_tokens (finish_reason length), so: {exc}",
@@ -181,11 +183,11 @@ def judge_answer(completion: Completion, job: JobSpec) -> Mapping[str, Any] | No
     """The online check of one answer, for answers that arrive another way (batch mode):
     what it adds to the result line; raises TerminalError (content filter, truncation,
     an invalid answer cut at max_tokens) or RetryableError kind invalid_output."""
-    plan = plan_for(job)
-    if plan.rules is None and completion.finish_reason not in _FLAGGED_FINISH:
+    rules = rules_for(job)
+    if rules.checks is None and completion.finish_reason not in _FLAGGED_FINISH:
         return None
     try:
-        return _judge(completion, plan)
+        return _judge(completion, rules)
     except _InvalidOutput as exc:
         raise RetryableError(str(exc), kind="invalid_output", error_type="InvalidOutput") from None
 
@@ -227,18 +229,17 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
     rejected_cost = 0.0
     hard_timeout = job.timeout_s * 1.5 + 5.0
     deadline = t0 + job.retry.max_elapsed_s
-    plan = plan_for(job)
-    if plan.options is not None and request.options is None:
-        request = replace(request, options=plan.options)
-    judge = plan.rules is not None or plan.on_truncated == "fail" or plan.on_content_filter == "fail"
-    halt = getattr(hooks, "halt", None)
-    sleep = _sleep_unless_halted(halt) if halt is not None else None
-    cache = job.cache and hasattr(provider, "cached")
+    rules = rules_for(job)
+    if rules.options is not None and request.options is None:
+        request = replace(request, options=rules.options)
+    judge = rules.checks is not None or rules.on_truncated == "fail" or rules.on_content_filter == "fail"
+    sleep = _sleep_unless_halted(hooks.halt)
+    cache = job.cache
     if cache:
-        hit = await provider.cached(request)  # type: ignore[attr-defined]
+        hit = await provider.cached(request)
         if hit is not None:
             try:  # judged like any answer: the job's labels may have changed since it was stored
-                structured = _judge(hit, plan) if judge else None
+                structured = _judge(hit, rules) if judge else None
             except (TerminalError, _InvalidOutput):
                 hit = None  # not good enough for this job: ask
             if hit is not None:
@@ -273,9 +274,9 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                     hooks.attempt_failed(request, attempts, error)
                     raise error from None
                 latency_ms = (time.monotonic() - a0) * 1000.0
-                if judge and (plan.rules is not None or completion.finish_reason in _FLAGGED_FINISH):
+                if judge and (rules.checks is not None or completion.finish_reason in _FLAGGED_FINISH):
                     try:
-                        structured = _judge(completion, plan)
+                        structured = _judge(completion, rules)
                     except (TerminalError, _InvalidOutput) as exc:
                         rejected += 1
                         rejected_cost += completion.cost_usd or 0.0
@@ -283,10 +284,10 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                             error = exc
                         else:
                             invalid += 1
-                            if invalid > plan.max_invalid_output_retries:
+                            if invalid > rules.max_invalid_output_retries:
                                 error = TerminalError(
                                     f"{exc} ({invalid} invalid answer(s); max_invalid_output_retries = "
-                                    f"{plan.max_invalid_output_retries})",
+                                    f"{rules.max_invalid_output_retries})",
                                     kind="invalid_output", error_type="InvalidOutput")
                             else:  # ask again at once: retry_after=0 skips the backoff
                                 error = RetryableError(str(exc), kind="invalid_output", retry_after=0.0,
@@ -295,7 +296,7 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                         raise error from None
                 hooks.attempt_succeeded(request, attempts, completion, latency_ms)
         if cache and completion is not None:  # accepted: the only answers ever stored
-            await provider.remember(request, completion)  # type: ignore[attr-defined]
+            await provider.remember(request, completion)
     except TicketAbandoned as halted:
         halted.attempts = attempts
         raise

@@ -1,4 +1,5 @@
-"""TODO: from batchrun.spec."""
+"""The tables of a job file, each a pydantic model with extra="forbid": [prompt], [retry],
+[prices], [simulator], [[tools]], [[models]], [[routes]]; JobSpec (spec.py) holds them."""
 
 from __future__ import annotations
 

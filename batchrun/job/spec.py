@@ -173,6 +173,16 @@ class JobSpec(Section):
         return self.concurrency == "auto"
 
     @property
+    def has_rate_limits(self) -> bool:
+        """rpm or tpm on the job or on any [[models]] entry."""
+        return bool(self.rpm or self.tpm or any(m.rpm or m.tpm for m in self.models))
+
+    @property
+    def counts_tokens(self) -> bool:
+        """tpm on the job or on any [[models]] entry: prompt tokens are estimated per ticket."""
+        return bool(self.tpm or any(m.tpm for m in self.models))
+
+    @property
     def max_in_flight(self) -> int:
         """The most requests this job ever has in flight."""
         return self.max_concurrency if self.concurrency == "auto" else int(self.concurrency)

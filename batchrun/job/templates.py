@@ -1,4 +1,8 @@
-"""TODO: from batchrun.spec, batchrun.engine."""
+"""Prompt templates: `{field}` and `{a.b}` placeholders filled with a ticket's values, as data.
+
+    PromptTemplate          a template parsed once into literal and field segments
+    render_messages(job, t) the chat messages of one ticket (system, then user)
+"""
 
 from __future__ import annotations
 

@@ -1,28 +1,27 @@
-"""TODO: from batchrun.provider."""
+"""LiteLLMBatchAPI: the BatchAPI seam (seam.py) on litellm's file and batch functions.
+
+    BATCH_PROVIDERS        litellm's providers with a batch create
+    BATCH_LIST_PROVIDERS   ... whose batches can be listed (a lost create can be adopted)
+    LiteLLMBatchAPI        files, batches, output downloads, batch prices, request lines
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
 from typing import Any, Mapping
 
-from batchrun.errors import (
-    RateLimitedError,
-    RetryableError,
-    TerminalError,
-)
+from batchrun.errors import TerminalError
 from batchrun.job.sections import PricesSpec
 from batchrun.providers.error_mapping import (
+    error_for_status,
     headers_of,
     parse_retry_after,
     translate_error,
 )
 from batchrun.providers.litellm_setup import import_litellm
-from batchrun.providers.seam import ChatRequest
+from batchrun.providers.seam import BatchPrices, ChatRequest
 from batchrun.records import Completion, ToolCall, Usage
-
-# -- the Batch API seam (batch_mode.py) ---------------------------------------------
 
 #: litellm 1.106's providers with a batch *create* (litellm.acreate_batch's custom_llm_provider).
 BATCH_PROVIDERS = frozenset({"openai", "azure", "vertex_ai", "bedrock", "hosted_vllm", "litellm_proxy", "mistral",
@@ -40,16 +39,8 @@ def batch_provider_of(model: str, api_base: str | None = None) -> str | None:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class BatchPrices:
-    """USD per token for batch requests, and the cost_status the lines carry."""
-
-    input_per_token: float
-    output_per_token: float
-    status: str  # "litellm_batch", "half_online", "job_prices", "job_prices_half" (module docstring)
-
-    def cost(self, usage: Usage) -> float:
-        return usage.prompt_tokens * self.input_per_token + usage.completion_tokens * self.output_per_token
+#: the endpoint batch lines and batches name
+CHAT_ENDPOINT = "/v1/chat/completions"
 
 
 class LiteLLMBatchAPI:
@@ -98,14 +89,10 @@ class LiteLLMBatchAPI:
         except Exception as exc:  # cancellation passes through
             error = translate_error(exc, self._secrets)
             # litellm's file and batch functions wrap some HTTP errors in BadRequestError: go by the status
-            if isinstance(error, TerminalError) and error.status_code == 429:
-                error = RateLimitedError(error.message, kind="rate_limited", status_code=429,
-                                         retry_after=parse_retry_after(headers_of(exc)),
-                                         error_type=error.error_type)
-            elif isinstance(error, TerminalError) and error.status_code is not None and (
-                    error.status_code >= 500 or error.status_code == 408):
-                error = RetryableError(error.message, kind="server_error", status_code=error.status_code,
-                                       error_type=error.error_type)
+            status = error.status_code
+            if isinstance(error, TerminalError) and status is not None and (status in (408, 429) or status >= 500):
+                error = error_for_status(status, error.message, error_type=error.error_type or "HTTPError",
+                                         retry_after=parse_retry_after(headers_of(exc)))
             raise error from None
 
     @staticmethod
@@ -213,6 +200,16 @@ class LiteLLMBatchAPI:
         return Completion(text=message.get("content") or "", finish_reason=choice.get("finish_reason"),
                           model=body.get("model"), usage=usage, cost_usd=cost, cost_status=status,
                           tool_calls=calls)
+
+    def is_ours(self, batch: Mapping[str, Any], metadata: Mapping[str, str]) -> bool:
+        """A listed batch is a part's when its metadata names the part (providers that list do not
+        filter on metadata: litellm accepts the filter and drops it). A cancelled one is not adopted."""
+        found = batch.get("metadata") or {}
+        return all(found.get(k) == v for k, v in metadata.items()) and batch.get("status") != "cancelled"
+
+    def request_line(self, custom_id: str, request: ChatRequest, params: Mapping[str, Any]) -> dict[str, Any]:
+        """One batch input line (custom_id, method, url, body) for `request`."""
+        return {"custom_id": custom_id, "method": "POST", "url": CHAT_ENDPOINT, "body": self.request_body(request, params)}
 
     def request_body(self, request: ChatRequest, params: Mapping[str, Any]) -> dict[str, Any]:
         """The body of one batch input line: what an online call of this request would send."""

@@ -1,4 +1,10 @@
-"""TODO: from batchrun.provider."""
+"""ResponseCache: accepted answers kept in litellm's caching layer (`cache = true`; docs/data.md).
+
+A DiskCache in a folder, or Redis for `cache_url = "redis://..."` (keys under
+"batchrun:"). The key is litellm's cache key of the request as sent, with the
+api_base; batchrun reads and writes it around its own calls, so an error or a
+rejected answer is never stored, and litellm's automatic caching stays off.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,15 @@
-"""TODO: from batchrun.provider."""
+"""Every error a provider call can raise, mapped once onto batchrun's RequestError tree.
+
+    translate_error(exc)          litellm / OpenAI SDK / transport exceptions -> RequestError
+    error_for_status(status, ...)  an HTTP status (and the provider's error code) -> RequestError:
+                                  for answers that arrive as data (a batch output line), and the
+                                  fallback of translate_error for exceptions that carry a status
+    parse_retry_after(headers)    seconds from retry-after-ms, retry-after seconds or an HTTP date
+
+Kinds and which are retried: errors.py. A refused or reset connection is kind
+`connection` with no status even where litellm calls it a 500; the API key is
+scrubbed from every message.
+"""
 
 from __future__ import annotations
 
@@ -49,6 +60,31 @@ def headers_of(exc: BaseException) -> Mapping[str, str] | None:
     return getattr(response, "headers", None)
 
 
+#: provider error codes that name a kind better than their HTTP status does
+CODE_KINDS = {
+    "context_length_exceeded": "context_window",
+    "content_policy_violation": "content_policy",
+    "invalid_api_key": "auth",
+    "model_not_found": "not_found",
+}
+STATUS_KINDS = {401: "auth", 403: "permission", 404: "not_found", 408: "timeout", 429: "rate_limited"}
+
+
+def error_for_status(status: int | None, message: str, *, code: object = None, error_type: str = "HTTPError",
+                     retry_after: float | None = None) -> RequestError:
+    """The RequestError of an HTTP error status: 429 rate_limited, 408 timeout, 409 and 5xx server_error
+    (all retried); 401/403/404 and other 4xx terminal, a provider `code` naming the kind when it can.
+    No status (an error with none): a retried server_error."""
+    if status == 429:
+        return RateLimitedError(message, kind="rate_limited", status_code=429, retry_after=retry_after,
+                                error_type=error_type)
+    if status is None or status in (408, 409) or status >= 500:
+        return RetryableError(message, kind="timeout" if status == 408 else "server_error", status_code=status,
+                              retry_after=retry_after, error_type=error_type)
+    kind = CODE_KINDS.get(str(code)) or STATUS_KINDS.get(status, "bad_request")
+    return TerminalError(message, kind=kind, status_code=status, error_type=error_type)
+
+
 def translate_error(exc: BaseException, secrets: Sequence[str] = ()) -> RequestError:
     """Map any exception from a provider call onto batchrun's RequestError tree."""
     if isinstance(exc, RequestError):
@@ -92,12 +128,8 @@ def translate_error(exc: BaseException, secrets: Sequence[str] = ()) -> RequestE
         if isinstance(exc, lm.APIError) and status is not None and status < 400:
             # litellm's HTTP handler: a 2xx body it could not parse (the SDK path calls it a 500)
             return RetryableError(message, kind="server_error", status_code=status, error_type=name)
-    if status is not None:
-        if status in (408, 409) or status >= 500:
-            kind = "timeout" if status == 408 else "server_error"
-            return RetryableError(message, kind=kind, status_code=status, error_type=name)
-        if 400 <= status < 500:
-            return TerminalError(message, kind="bad_request", status_code=status, error_type=name)
+    if status is not None and status >= 400:
+        return error_for_status(status, message, error_type=name, retry_after=parse_retry_after(headers_of(exc)))
     if isinstance(exc, (ConnectionError, OSError)) or _is_transport_error(exc):
         return RetryableError(message, kind="connection", error_type=name)
     return TerminalError(message, kind="unknown", status_code=status, error_type=name)

@@ -1,4 +1,4 @@
-"""TODO: from batchrun.provider."""
+"""ScriptedProvider: a fake Provider for tests, answering from a function and recording its calls."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ class ScriptedProvider:
     script: Callable[[ChatRequest], Completion | BaseException]
     calls: list[ChatRequest] = field(default_factory=list)
     cost_estimate: float | None = None  # what estimate_cost answers
+    token_estimate: tuple[int, int] = (0, 0)  # what estimate_tokens answers
 
     async def complete(self, request: ChatRequest) -> Completion:
         self.calls.append(request)
@@ -32,6 +33,15 @@ class ScriptedProvider:
 
     def estimate_cost(self, request: ChatRequest) -> float | None:
         return self.cost_estimate
+
+    def estimate_tokens(self, request: ChatRequest) -> tuple[int, int]:
+        return self.token_estimate
+
+    async def cached(self, request: ChatRequest) -> Completion | None:
+        return None  # no response cache
+
+    async def remember(self, request: ChatRequest, completion: Completion) -> None:
+        return None
 
     async def aclose(self) -> None:
         return None

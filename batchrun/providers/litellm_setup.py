@@ -1,4 +1,17 @@
-"""TODO: from batchrun.provider."""
+"""litellm, imported once and configured: the lazy import and what needs litellm before a run.
+
+    import_litellm()   LITELLM_LOCAL_MODEL_COST_MAP=True, retries off, the aiohttp pool
+                       sized, tuning.py's patches installed; seconds, done on first use so
+                       `batchrun --help` never pays for it
+    preload()          the same, now (a command overlapping it with other start-up work)
+    loaded_litellm()   litellm if already imported, else None
+    check_model(s)     a model string litellm cannot route, refused before anything is sent
+    unknown_params()   [params] keys litellm does not list for the model ("did you mean")
+    estimate_tokens(), price_for()   token counts and prices for plan and bench
+    bare_acompletion() litellm.acompletion as a user calls it: bench's baseline
+    openai_transport() which HTTP path an openai/ call takes
+    size_connection_pool()  litellm's aiohttp limits in an environment (a worker's)
+"""
 
 from __future__ import annotations
 

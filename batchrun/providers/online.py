@@ -1,4 +1,17 @@
-"""TODO: from batchrun.provider, batchrun.engine."""
+"""LiteLLMProvider: one attempt of a request through litellm.acompletion, under batchrun's rules.
+
+No retry inside litellm or the SDK (tenacity is the one retry layer), an
+explicit timeout on every attempt, the API key per call and never in a message,
+the cost litellm computed (job [prices] win) or null with a status saying why,
+usage the provider did not send counted and marked "estimated", a stream that
+ends without a finish_reason retried as `stream_cut`, JSON schemas and tools
+sent where the model takes them, the response cache read before the first
+attempt and written after an accepted answer. The rules and why: docs/internals.md
+("litellm: the rules").
+
+    LiteLLMProvider    the Provider (seam.py) on litellm
+    build_providers    one LiteLLMProvider per model key, from plain arguments
+"""
 
 from __future__ import annotations
 

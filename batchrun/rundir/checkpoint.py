@@ -48,11 +48,12 @@ lines after it is not a torn write, and `open_checkpoint` refuses to cut it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import aiofiles
 import anyio
@@ -69,13 +70,9 @@ from batchrun.rundir.layout import (
     REJECTS,
     RESULTS,
     open_no_follow,
-    write_new,
+    write_atomic,
 )
 from batchrun.rundir.lines import parse_line, scan_jsonl
-
-
-
-
 
 
 def read_input_index(run_dir: Path) -> dict[str, Any] | None:
@@ -90,13 +87,8 @@ def read_input_index(run_dir: Path) -> dict[str, Any] | None:
 
 def write_input_index(run_dir: Path, index: dict[str, Any]) -> None:
     """Save the input index atomically; a failure only costs the next resume a full scan."""
-    run_dir = Path(run_dir)
-    tmp = run_dir / f".{INPUT_INDEX}.{os.getpid()}.tmp"
-    try:
-        write_new(tmp, orjson.dumps(index))
-        os.replace(tmp, run_dir / INPUT_INDEX)
-    except OSError:
-        tmp.unlink(missing_ok=True)
+    with contextlib.suppress(CheckpointError):
+        write_atomic(Path(run_dir) / INPUT_INDEX, orjson.dumps(index), what="the input index")
 
 
 @dataclass(slots=True)
@@ -139,6 +131,21 @@ def _acquire_lock(run_dir: Path) -> Any:
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+@contextlib.contextmanager
+def lock_if_free(run_dir: Path) -> Iterator[bool]:
+    """The run directory's lock for the block if no live run holds it (True), else False: a
+    command that may change the run directory only when no run is writing it (batchrun cancel)."""
+    try:
+        handle = _acquire_lock(Path(run_dir))
+    except RunLockedError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        handle.close()
 
 
 def open_checkpoint(run_dir: Path, *, totals: bool = True, force: bool = False) -> Checkpoint:
@@ -332,16 +339,7 @@ class CheckpointWriter:
 
 def write_rejects(run_dir: Path, input_path: Path, problems: list[Any]) -> Path:
     """Write rejects.jsonl (one line per bad input line) atomically."""
-    run_dir = Path(run_dir)
-    final = run_dir / REJECTS
-    tmp = run_dir / f".{REJECTS}.{os.getpid()}.tmp"
-    blob = b"".join(
-        orjson.dumps({"file": str(input_path), "line": p.line, "reason": p.reason}) + b"\n" for p in problems
-    )
-    try:
-        write_new(tmp, blob)
-        os.replace(tmp, final)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"{final}: cannot write rejects: {exc.strerror}") from None
+    final = Path(run_dir) / REJECTS
+    write_atomic(final, (orjson.dumps({"file": str(input_path), "line": p.line, "reason": p.reason}) + b"\n"
+                         for p in problems), what="rejects")
     return final

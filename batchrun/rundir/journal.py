@@ -1,4 +1,13 @@
-"""TODO: from batchrun.checkpoint."""
+"""The in-flight journal (inflight.jsonl): every request is noted before it can leave.
+
+    InflightJournal     appends {"id", "attempt", "run"} before each request (one unbuffered
+                        write: it survives kill -9), and "unsent" marks for attempts counted
+                        but never sent
+    open_inflight(...)  entries still open when a run starts: tickets the last run left in
+                        flight, which may be billed twice (reported, and their next lines
+                        say maybe_billed_before)
+    compact_inflight    the journal rewritten with only its open entries
+"""
 
 from __future__ import annotations
 
@@ -9,10 +18,8 @@ from typing import Any
 
 import orjson
 
-from batchrun.errors import CheckpointError
-from batchrun.rundir.lines import load_done_ids
-from batchrun.rundir.layout import ERRORS, INFLIGHT, open_no_follow, write_new
-from batchrun.rundir.lines import parse_line
+from batchrun.rundir.layout import ERRORS, INFLIGHT, open_no_follow, write_atomic
+from batchrun.rundir.lines import load_done_ids, parse_line
 
 
 def open_inflight(run_dir: Path, done_ids: set[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -69,14 +76,8 @@ def compact_inflight(run_dir: Path, entries: dict[str, dict[str, Any]]) -> None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         return
-    tmp = run_dir / f".{INFLIGHT}.{os.getpid()}.tmp"
-    blob = b"".join(orjson.dumps({"id": ticket_id, **entry}) + b"\n" for ticket_id, entry in entries.items())
-    try:
-        write_new(tmp, blob, sync=True)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"{path}: cannot rewrite the in-flight journal: {exc.strerror}") from None
+    write_atomic(path, (orjson.dumps({"id": ticket_id, **entry}) + b"\n" for ticket_id, entry in entries.items()),
+                 what="the in-flight journal")
 
 
 class InflightJournal:

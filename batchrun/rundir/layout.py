@@ -1,4 +1,13 @@
-"""TODO: from batchrun.checkpoint, batchrun.rundir."""
+"""A run directory's file names, and the two ways batchrun writes into it safely.
+
+    MANIFEST, RESULTS, ERRORS, ...   every file name a run directory holds (one place)
+    open_no_follow(path, flags)      os.open that never follows a link, nor writes a
+                                     file with other names (a hard link) or a device
+    write_atomic(path, data)         a file written whole: temp file (O_EXCL |
+                                     O_NOFOLLOW), fsync, rename, fsync of the folder;
+                                     the manifest, the input index, the batch ledger and
+                                     the batch part files are written this way
+"""
 
 from __future__ import annotations
 
@@ -7,6 +16,7 @@ import errno
 import os
 import stat
 from pathlib import Path
+from typing import Iterable
 
 from batchrun.errors import CheckpointError
 
@@ -17,6 +27,10 @@ REJECTS = "rejects.jsonl"
 INPUT_INDEX = "input-index.json"
 LOCK = "run.lock"
 INFLIGHT = "inflight.jsonl"
+LEDGER = "batches.json"  # batch mode's ledger of parts (batch/ledger.py)
+PART_DIR = "batch"  # batch mode's part files
+#: the states of a batch part still to finish (the ledger's format; batch/ledger.py)
+LIVE_PART_STATES = frozenset({"built", "uploaded", "submitted", "collecting", "failures_ready"})
 
 
 def open_no_follow(path: Path, flags: int, mode: int = 0o644) -> int:
@@ -49,19 +63,6 @@ def open_no_follow(path: Path, flags: int, mode: int = 0o644) -> int:
     return fd
 
 
-def write_new(tmp: Path, blob: bytes, *, sync: bool = False) -> None:
-    """Write a temporary file created afresh: a leftover (or a link planted at
-    its name) is removed first, and O_EXCL | O_NOFOLLOW never writes through one."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644),
-              "wb") as handle:
-        handle.write(blob)
-        if sync:
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -69,4 +70,24 @@ def fsync_dir(path: Path) -> None:
     finally:
         os.close(fd)
 
-BATCH_LEDGER = "batches.json"  # batch_mode.py's ledger (written there, atomically)
+
+def write_atomic(path: Path, data: bytes | Iterable[bytes], *, what: str = "it") -> None:
+    """Write `path` whole or not at all (module docstring): readers see the old file or the new one.
+    A link at `path` is replaced, never written through. CheckpointError names the file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644),
+                  "wb") as handle:
+            for blob in ([data] if isinstance(data, (bytes, bytearray)) else data):
+                handle.write(blob)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)  # replaces a link at `path` itself, not the file it points to
+        fsync_dir(path.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"{path}: cannot write {what}: {exc.strerror or exc}") from None

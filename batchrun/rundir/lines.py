@@ -1,4 +1,17 @@
-"""TODO: from batchrun.checkpoint, batchrun.rundir."""
+"""Reading checkpoint lines: the one JSONL reader of a run directory's files.
+
+    iter_lines(path)        every complete line (ending in a newline) that is a JSON
+                            object, by default only those with an id: results,
+                            errors, a batch part's files; a torn last line is skipped,
+                            a missing file is empty, a link is refused
+    scan_jsonl(path)        the resume scan: ids, where valid data ends, a torn tail,
+                            the first damaged line, and with totals the lines' money
+                            (records.line_money)
+    load_done_ids / load_failed_ids   what a run directory already holds
+
+Reading takes no lock, so it works while a run is writing: a torn last line is
+simply not counted yet.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +23,8 @@ from typing import Any, Iterator
 import orjson
 
 from batchrun.errors import CheckpointError
-from batchrun.rundir.layout import open_no_follow
-from batchrun.errors import ReportError
-from batchrun.rundir.layout import ERRORS
-from batchrun.rundir.layout import RESULTS
+from batchrun.records import line_money
+from batchrun.rundir.layout import ERRORS, RESULTS, open_no_follow
 
 
 @dataclass(slots=True)
@@ -66,23 +77,12 @@ def scan_jsonl(path: Path, *, keep_last: bool = False, totals: bool = True) -> J
                             scan.last_by_id[ticket_id] = obj
                         scan.ids.add(ticket_id)
                         if totals:  # every line is money spent (errors.jsonl: rejected answers)
-                            cost = obj.get("cost_usd")
-                            if isinstance(cost, (int, float)):
-                                scan.cost_usd += cost
-                            elif "cost_usd" in obj:
-                                scan.unpriced += 1
-                            rejected = obj.get("rejected_cost_usd")
-                            if isinstance(rejected, (int, float)):
-                                scan.cost_usd += rejected
-                            hit = obj.get("cache_hit") is True  # a reused answer used no tokens
-                            if hit:
-                                scan.cache_hits += 1
-                                saved = obj.get("cost_saved_usd")
-                                if isinstance(saved, (int, float)):
-                                    scan.cost_saved_usd += saved
-                            usage = obj.get("usage")
-                            if not hit and isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
-                                scan.total_tokens += usage["total_tokens"]
+                            money = line_money(obj)
+                            scan.cost_usd += money.spent_usd
+                            scan.unpriced += money.unpriced
+                            scan.cache_hits += money.cache_hit
+                            scan.cost_saved_usd += money.cost_saved_usd
+                            scan.total_tokens += money.total_tokens
                         scan.lines += 1
                         scan.valid_bytes += len(raw)
                         continue
@@ -106,33 +106,33 @@ def parse_line(raw: bytes) -> tuple[str, dict[str, Any]] | None:
     return str(ticket_id), obj
 
 
-# --------------------------------------------------------------------------------------------
-# Reading run directories
-# --------------------------------------------------------------------------------------------
-
-
-def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Every complete line of a checkpoint file that parses as an object with an id.
-
-    A missing file is empty; a torn last line (no newline) is skipped."""
-    import orjson
-
+def iter_lines(path: Path, *, with_id: bool = True, whole_file: bool = False) -> Iterator[dict[str, Any]]:
+    """Every complete line of `path` that parses as a JSON object (module docstring); with `with_id`
+    only objects whose "id" is a string or an integer. A line that does not parse is passed over.
+    `whole_file`: the file was written whole (a provider's download), so its last line counts even
+    without a newline; otherwise a last line without one is a write still under way."""
     try:
-        handle = path.open("rb")
+        handle = open(open_no_follow(path, os.O_RDONLY), "rb")
     except FileNotFoundError:
         return
-    except OSError as exc:
-        raise ReportError(f"{path}: cannot read: {exc.strerror}") from None
     with handle:
-        for raw in handle:
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(obj, dict) and isinstance(obj.get("id"), (str, int)) and not isinstance(obj["id"], bool):
-                yield obj
+        try:
+            for raw in handle:
+                if not raw.endswith(b"\n") and not whole_file:
+                    break  # a torn last line: not a line yet
+                if with_id:
+                    parsed = parse_line(raw)
+                    if parsed is not None:
+                        yield parsed[1]
+                    continue
+                try:
+                    obj = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(obj, dict):
+                    yield obj
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot read: {exc.strerror}") from None
 
 
 def load_done_ids(run_dir: Path) -> set[str]:

@@ -1,8 +1,11 @@
-"""TODO: from batchrun.checkpoint."""
+"""manifest.json: what a run directory holds and how its last run ended.
+
+    read_manifest(run_dir)            the manifest, or None (no link followed)
+    write_manifest(run_dir, content)  written atomically; execution/finish.py builds the content
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -10,7 +13,7 @@ from typing import Any
 import orjson
 
 from batchrun.errors import CheckpointError
-from batchrun.rundir.layout import MANIFEST, fsync_dir, open_no_follow, write_new
+from batchrun.rundir.layout import MANIFEST, open_no_follow, write_atomic
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any] | None:
@@ -25,16 +28,6 @@ def read_manifest(run_dir: Path) -> dict[str, Any] | None:
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
-    """Write manifest.json atomically: temp file, fsync, os.replace, fsync dir."""
-    run_dir = Path(run_dir)
-    final = run_dir / MANIFEST
-    tmp = run_dir / f".{MANIFEST}.{os.getpid()}.tmp"
+    """Write manifest.json atomically (layout.write_atomic)."""
     blob = orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
-    try:
-        write_new(tmp, blob, sync=True)
-        os.replace(tmp, final)  # replaces a link at `final` itself, not the file it points to
-        fsync_dir(run_dir)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"{final}: cannot write manifest: {exc.strerror}") from None
+    write_atomic(Path(run_dir) / MANIFEST, blob, what="manifest")

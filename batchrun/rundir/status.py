@@ -33,11 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AbstractSet, Any, Mapping
 
-from batchrun.errors import CheckpointError
-from batchrun.rundir.layout import BATCH_LEDGER
-from batchrun.errors import ReportError
-
-LIVE_PART_STATES = frozenset({"built", "uploaded", "submitted", "collecting", "failures_ready"})
+from batchrun.errors import CheckpointError, ReportError
+from batchrun.rundir.layout import LEDGER, LIVE_PART_STATES
+from batchrun.rundir.manifest import read_manifest
 
 MODELS_DIR = "models"  # a compare directory: models/<key>/ run directories
 
@@ -93,13 +91,6 @@ def _job_order(units: list[RunUnit]) -> list[RunUnit]:
         except Exception:  # an edited or moved job file: directory order
             names = []
     return sorted(units, key=lambda u: (names.index(u.key) if u.key in names else len(names), u.key))
-
-
-def read_manifest(run_dir: Path) -> dict[str, Any] | None:
-    """The run directory's manifest.json (checkpoint.py's reader), or None when there is none."""
-    from batchrun.rundir.manifest import read_manifest as read
-
-    return read(run_dir)
 
 
 def find_units(path: Path) -> tuple[str, list[RunUnit]]:
@@ -227,7 +218,7 @@ def batch_parts(run_dir: Path) -> dict[str, Any] | None:
     """The parts of a batch-mode run directory (state, provider status, counts), or None."""
     import orjson
 
-    path = Path(run_dir) / BATCH_LEDGER
+    path = Path(run_dir) / LEDGER
     try:
         data = orjson.loads(path.read_bytes())
     except FileNotFoundError:

@@ -30,13 +30,13 @@ from __future__ import annotations
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
 import orjson
 
 from batchrun.analysis.stats import LatencyHistogram
+from batchrun.records import line_money, line_time
 
 __all__ = ["JsonlFollower", "SERIES_POINTS", "UnitNumbers", "open_nofollow"]
 
@@ -123,15 +123,6 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
     if isinstance(ticket_id, bool) or not isinstance(ticket_id, (str, int)):
         return None
     return obj
-
-
-def _epoch(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return None
 
 
 @dataclass
@@ -236,26 +227,16 @@ class UnitNumbers:
         ticket_id = str(line["id"])
         self.done += 1
         self.failed.pop(ticket_id, None)
-        cost = line.get("cost_usd")
-        if isinstance(cost, (int, float)) and not isinstance(cost, bool):
-            self.results_cost += cost
-        elif "cost_usd" in line:
-            self.unpriced += 1
-        rejected = line.get("rejected_cost_usd")
-        if isinstance(rejected, (int, float)):
-            self.rejected_cost += rejected
-        if line.get("cache_hit") is True:
-            self.cache_hits += 1
-            saved = line.get("cost_saved_usd")
-            if isinstance(saved, (int, float)) and not isinstance(saved, bool):
-                self.cost_saved_usd += saved
-        usage = line.get("usage")
-        out_tokens = 0
-        if isinstance(usage, dict):
-            out_tokens = _int(usage.get("completion_tokens"))
-            self.prompt_tokens += _int(usage.get("prompt_tokens"))
-            self.completion_tokens += out_tokens
-            self.total_tokens += _int(usage.get("total_tokens"))
+        money = line_money(line)
+        self.results_cost += money.cost_usd or 0.0
+        self.unpriced += money.unpriced
+        self.rejected_cost += money.rejected_cost_usd
+        self.cache_hits += money.cache_hit
+        self.cost_saved_usd += money.cost_saved_usd
+        out_tokens = money.completion_tokens
+        self.prompt_tokens += money.prompt_tokens
+        self.completion_tokens += out_tokens
+        self.total_tokens += money.total_tokens
         latency = line.get("latency_ms")
         if isinstance(latency, (int, float)):
             self.latency.add(float(latency))
@@ -265,11 +246,11 @@ class UnitNumbers:
         attempts = _int(line.get("attempts"))
         self.requests += attempts
         run = self._run_of(line)
-        t = _epoch(line.get("finished_at"))
+        t = line_time(line.get("finished_at"))
         if t is not None and (run is None or run == self.latest_run):
             elapsed = line.get("elapsed_ms")
             self.series.add(t, 1, 0, attempts, out_tokens, float(elapsed) if isinstance(elapsed, (int, float)) else 0.0,
-                            _epoch(line.get("started_at")))
+                            line_time(line.get("started_at")))
         if isinstance(line.get("finished_at"), str):
             self.last_finished_at = max(self.last_finished_at or "", line["finished_at"])
         output = line.get("label") if isinstance(line.get("label"), str) else line.get("output")
@@ -281,16 +262,13 @@ class UnitNumbers:
         kind = str(line.get("error_kind") or "unknown")
         self.failed[ticket_id] = kind
         self.failure_lines_by_kind[kind] = self.failure_lines_by_kind.get(kind, 0) + 1
-        for key in ("cost_usd", "rejected_cost_usd"):  # answers paid for, then rejected
-            value = line.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.errors_cost += value
+        self.errors_cost += line_money(line).spent_usd  # answers paid for, then rejected
         attempts = _int(line.get("attempts"))
         self.requests += attempts
         run = self._run_of(line)
-        t = _epoch(line.get("time"))
+        t = line_time(line.get("time"))
         if t is not None and (run is None or run == self.latest_run):
-            self.series.add(t, 0, 1, attempts, 0, 0.0, _epoch(line.get("started_at")))
+            self.series.add(t, 0, 1, attempts, 0, 0.0, line_time(line.get("started_at")))
         message = line.get("message")
         self.messages.setdefault(kind, deque(maxlen=MESSAGES_PER_KIND)).append({
             "id": ticket_id, "message": str(message)[:500] if message is not None else None,

@@ -40,11 +40,11 @@ from typing import Any, Mapping
 
 import orjson
 
-from batchrun.rundir.layout import ERRORS, LOCK, MANIFEST, REJECTS, RESULTS
+from batchrun.analysis.stats import percentiles
 from batchrun.errors import redact_secrets
+from batchrun.rundir.layout import ERRORS, LOCK, MANIFEST, REJECTS, RESULTS
 from batchrun.rundir.status import MODELS_DIR, status_from_counts
 from batchrun.serve.follow import JsonlFollower, UnitNumbers, open_nofollow
-from batchrun.analysis.stats import percentiles
 
 __all__ = ["RunsRoot", "RunWatch", "UnsafeName", "grade_run", "live_state", "lock_held"]
 
@@ -545,8 +545,8 @@ def grade_run(path: Path, previous: Path | None) -> dict[str, Any]:
     both runs: `batchrun serve` calls it in a child process (python -m batchrun.serve.grade),
     so its memory goes back to the system when it is done."""
     from batchrun.analysis.diffing import diff_analyses
-    from batchrun.errors import BatchrunError
     from batchrun.analysis.grading import analyze
+    from batchrun.errors import BatchrunError
 
     note = None
     models: list[dict[str, Any]] = []

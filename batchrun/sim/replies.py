@@ -1,4 +1,10 @@
-"""TODO: from batchrun.sim.server."""
+"""What the simulator answers besides a completion: counters, parsed requests, error bodies.
+
+    SimStats             the counters /sim/stats serves
+    ParsedChatRequest    a chat request as the simulator reads it
+    error_response, fault_error_response, rate_limit_response   error bodies in OpenAI's shape
+    chunk_token_counts   how a streamed answer is cut into chunks
+"""
 
 from __future__ import annotations
 

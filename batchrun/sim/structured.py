@@ -75,7 +75,14 @@ from typing import Any
 
 import orjson
 
-from batchrun.sim.answers import KNOWN_LABELS, classify_messages, current_turn_text, detect_labels, summary_sentence, top_keywords
+from batchrun.sim.answers import (
+    KNOWN_LABELS,
+    classify_messages,
+    current_turn_text,
+    detect_labels,
+    summary_sentence,
+    top_keywords,
+)
 
 #: Nesting depth after which recursive schemas are cut short (null options, no optional properties, minItems).
 MAX_DEPTH = 8

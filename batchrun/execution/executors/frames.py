@@ -1,8 +1,34 @@
-"""TODO: from batchrun.workers."""
+"""The frames between the coordinator and its worker processes or Ray actors.
+
+A frame is a 4-byte big-endian length and an orjson object. Worker processes
+carry them over the child's stdin (coordinator -> child) and a private copy of
+its stdout (child -> coordinator; fd 1 itself is pointed at stderr so a stray
+print cannot corrupt the stream); Ray actors inside batched push/pull calls.
+Frames written in one turn of either side's event loop leave in one write;
+records (Outcome, Usage) go on the wire as orjson writes dataclasses.
+
+    coordinator -> child                    child -> coordinator
+                                            {"t": "loaded", cpu_s}   (worker process: litellm imported)
+    {"t": "init", job, provider, run,       {"t": "ready", cpu_s}    (provider: kwargs per model key)
+     counting, reports_results}
+    {"t": "ticket", id, messages, timeout,  {"t": "want", id, attempt, tokens, model}
+     chain, route, counted}                  (Counting EACH_PERMIT, and retries under FIRST_AT_HANDOVER)
+    {"t": "permit", id}                     {"t": "failed", id, attempt, error}
+    {"t": "pause", seconds}                 {"t": "succeeded", id, attempt, latency_ms, usage, headers, model}
+    {"t": "halt"}                            (when reports_results: the coordinator holds limits or AIMD)
+     (a signal: no request starts; tickets  {"t": "unsent", id}      (counted at hand-over, never sent)
+     waiting to retry end)                  {"t": "abandoned", id, attempts}  (halted: no outcome)
+                                            {"t": "limiter_gone", error}      (Ray)
+                                            {"t": "outcome", outcome}
+    {"t": "end"}                            {"t": "ended", cpu_s}    (the run is over)
+
+`cpu_s` is the child's CPU so far: the coordinator turns it into the start-up
+CPU of a run and the run's CPU. What each frame does: remote.py (coordinator)
+and worker_child.py (the other side).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 from typing import Any, Mapping
 
@@ -17,6 +43,9 @@ from batchrun.errors import (
 from batchrun.records import Completion, Outcome, ToolCall, Usage
 
 FRAME_LENGTH = struct.Struct(">I")
+
+#: A frame's content: a JSON object (frames.py encodes records in it as orjson writes dataclasses).
+Frame = dict[str, Any]
 
 
 def wire_default(value: Any) -> Any:
@@ -52,11 +81,6 @@ def completion_from_wire(data: dict[str, Any]) -> Completion:
     usage = data.pop("usage", None)
     tool_calls = tuple(ToolCall(**call) for call in data.pop("tool_calls", None) or ())
     return Completion(**data, usage=Usage(**usage) if usage else None, tool_calls=tool_calls)
-
-
-def outcome_to_wire(outcome: Outcome) -> dict[str, Any]:
-    """The wire form of an Outcome as a dict (`encode` writes the same for the record itself)."""
-    return dataclasses.asdict(outcome)
 
 
 def outcome_from_wire(data: dict[str, Any]) -> Outcome:

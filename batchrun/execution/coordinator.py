@@ -1,0 +1,273 @@
+"""The coordinator: one online run's shared state, and the hooks every attempt reports to.
+
+Whatever executor sends the requests (this event loop, worker processes, Ray
+actors), the limits, the counts and the decisions to stop live here, once:
+
+    hooks (CoordinatorHooks)   before_attempt = wait_for_attempt (the shared 429
+                               pause, rpm/tpm, a halt) + accounting.count;
+                               attempt_failed / attempt_succeeded (429 pauses,
+                               token corrections, AIMD)
+    stop(reason, message)      no new ticket starts: "signal", "fail_fast",
+                               "budget", "checkpoint" or "crash"; requests in
+                               flight finish
+    halt_requests()            a signal: not even a retry starts; tickets waiting
+                               for a permit or a backoff end unrecorded
+    fail(error)                a fatal error (a checkpoint write, a crashed worker):
+                               stop and cancel the work; raised after cleanup
+    check_fail_fast(outcome)   401/403/404 in a row, the same non-retryable error
+                               in a row (fail_fast_after, fail_fast_same_error_after)
+    admit(request)             the budget's reservation for a ticket, or None: stop
+    account(outcome)           the counts of an outcome whose line is on disk
+
+The tasks that move tickets (producer, workers, writer) are dispatcher.py's.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Mapping
+
+import anyio
+
+from batchrun.analysis.stats import RunStats
+from batchrun.errors import (
+    BatchrunError,
+    CheckpointError,
+    RateLimitedError,
+    RequestError,
+)
+from batchrun.execution.accounting import AttemptAccounting
+from batchrun.execution.limits import (
+    AdaptiveConcurrency,
+    CostBudget,
+    RateLimiter,
+    RequestGate,
+    parse_rate_limit_headers,
+)
+from batchrun.execution.preparation import PreparedRun
+from batchrun.execution.ticket_runner import TicketAbandoned
+from batchrun.providers.seam import ChatRequest, Provider
+from batchrun.records import Completion, Outcome
+from batchrun.rundir.checkpoint import CheckpointWriter
+from batchrun.rundir.journal import InflightJournal
+
+__all__ = ["Coordinator", "FAIL_FAST_KINDS"]
+
+FAIL_FAST_KINDS = frozenset({"auth", "permission", "not_found"})
+# Kinds that never count toward the same-error streak: retried ones (an outage passes) and the
+# verdicts on an answer (they are about one ticket's answer, not about the endpoint).
+_NOT_ENDPOINT_KINDS = frozenset({"rate_limited", "timeout", "connection", "server_error", "stream_cut",
+                                 "invalid_output", "truncated", "content_filter"})
+log = logging.getLogger("batchrun")
+
+
+class Coordinator:
+    """One online run's state and its CoordinatorHooks (module docstring)."""
+
+    def __init__(self, prep: PreparedRun, providers: Mapping[str, Provider], *, rate_limits_here: bool = True) -> None:
+        self.prep = prep
+        self.job = prep.job
+        self.providers = dict(providers)  # "" for a single-model job, [[models]] names for a routed one
+        self.provider = next(iter(self.providers.values()), None)  # cost and token estimates
+        self.rate_limits_here = rate_limits_here  # False on Ray: the cluster's limiter actor holds them
+        self.stats = RunStats(tickets_total=prep.tickets_total, already_done=prep.already_done,
+                              skipped_failed=prep.skipped_failed, to_do=prep.to_do,
+                              rejected_lines=prep.scan.problem_count)
+        self.stats.maybe_billed_ids = sorted(prep.checkpoint.maybe_billed)
+        self.gate = RequestGate()
+        self.writer = CheckpointWriter(prep.run_dir, prep.checkpoint.done_ids, prep.checkpoint.maybe_billed)
+        self.journal = InflightJournal(prep.run_dir, prep.run_number)
+        self._accounting = AttemptAccounting(self.stats, self.journal, self.writer, self.fail)
+        self.failed_ids = set(prep.checkpoint.failed_ids)  # latest outcome a failure
+        self.budget = (CostBudget(prep.max_cost_usd, prep.checkpoint.spent_usd)
+                       if prep.max_cost_usd is not None else None)
+        self.rate_limiter: RateLimiter | None = None  # made in open_limiters(): it needs the event loop's clock
+        self.model_limiters: dict[str, RateLimiter] = {}  # routed jobs: [[models]] entries with rpm/tpm
+        self.estimated_tokens: dict[str, int] = {}  # ticket id -> tokens reserved per attempt (tpm)
+        self.aimd = (AdaptiveConcurrency(self.job.min_concurrency, self.job.max_concurrency,
+                                         start=min(self.job.max_concurrency, max(self.job.min_concurrency, 4)))
+                     if self.job.adaptive else None)
+        self.slots = anyio.CapacityLimiter(self.aimd.limit) if self.aimd is not None else None
+        self.stopping = False  # no new ticket starts once this is set
+        self.halt = anyio.Event()  # a signal: no request starts at all; tickets waiting to retry end
+        self._waiting: set[anyio.CancelScope] = set()  # attempts waiting for a permit (cancelled by a halt)
+        self.stop_reason: str | None = None  # "signal", "fail_fast", "budget", "checkpoint" or "crash"
+        self.signal_number: int | None = None
+        self.fatal: BatchrunError | None = None  # a checkpoint error or a crash: raised after cleanup
+        self.abort_message: str | None = None  # why fail-fast or the budget stopped the run
+        self.fail_fast_streak = 0  # tickets in a row ending in 401/403/404
+        self.same_error: tuple[str | None, str | None] | None = None  # (type, message) of the last failure
+        self.same_error_streak = 0  # tickets in a row ending in that same non-retryable error
+        self.producer_scope = anyio.CancelScope()
+        self.work_scope: anyio.CancelScope | None = None
+
+    @property
+    def accounting(self) -> AttemptAccounting:
+        return self._accounting
+
+    def open_limiters(self) -> None:
+        """The rpm/tpm token buckets, in the running event loop (on Ray the limiter actor holds them)."""
+        if not self.rate_limits_here:
+            return
+        if self.job.rpm or self.job.tpm:
+            self.rate_limiter = RateLimiter(self.job.rpm, self.job.tpm)
+        self.model_limiters = {entry.name: RateLimiter(entry.rpm or self.job.rpm, entry.tpm or self.job.tpm)
+                               for entry in self.job.models if entry.rpm or entry.tpm}
+
+    # -- stopping ---------------------------------------------------------------------
+
+    def stop(self, reason: str, message: str | None = None) -> None:
+        """Stop dispatching: no new ticket starts; in-flight ones finish."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.stop_reason = reason
+        self.abort_message = message
+        self.producer_scope.cancel()
+        if message:
+            log.warning("%s", message)
+            print(f"\nbatchrun: {message}", file=sys.stderr, flush=True)
+
+    def fail(self, error: BatchrunError) -> None:
+        """A fatal error (the journal or a checkpoint file cannot be written, a worker crashed): the
+        run stops at once and the error is raised (CheckpointError: reported) after cleanup."""
+        if self.fatal is None:
+            self.fatal = error
+            self.stop("checkpoint" if isinstance(error, CheckpointError) else "crash")
+            if self.work_scope is not None:
+                self.work_scope.cancel()
+
+    def halt_requests(self) -> None:
+        """The first signal: no request starts from now on (see wait_for_attempt and the backoff sleep)."""
+        self.halt.set()
+        for waiting in list(self._waiting):
+            waiting.cancel()
+
+    def check_fail_fast(self, outcome: Outcome) -> None:
+        """Count, as tickets finish, those in a row ending in 401/403/404 (`fail_fast_after`) and
+        those in a row ending in the same non-retryable error, class and message
+        (`fail_fast_same_error_after`: a proxy answers a bad key or model with a 400)."""
+        if outcome.ok:
+            self.fail_fast_streak = self.same_error_streak = 0
+            self.same_error = None
+            return
+        self.fail_fast_streak = self.fail_fast_streak + 1 if outcome.error_kind in FAIL_FAST_KINDS else 0
+        key = (outcome.error_type, outcome.error_message)
+        if outcome.error_kind in _NOT_ENDPOINT_KINDS:
+            self.same_error, self.same_error_streak = None, 0
+        elif key == self.same_error:
+            self.same_error_streak += 1
+        else:
+            self.same_error, self.same_error_streak = key, 1
+        hint = (f"-- check {f'the key in ${self.job.api_key_env}, ' if self.job.api_key_env else 'the API key, '}"
+                "the model name and api_base; nothing more is sent. Re-run the same command to resume.")
+        status = f" (HTTP {outcome.status_code})" if outcome.status_code else ""
+        if self.fail_fast_streak >= self.job.fail_fast_after:
+            self.stop("fail_fast", (
+                f"stopping: {self.fail_fast_streak} tickets in a row failed with "
+                f"{outcome.error_kind}{status}: {outcome.error_message} {hint}"))
+        elif self.same_error_streak >= self.job.fail_fast_same_error_after:
+            self.stop("fail_fast", (
+                f"stopping: {self.same_error_streak} tickets in a row failed with the same error, "
+                f"{outcome.error_kind}{status} {outcome.error_type}: {outcome.error_message} "
+                f"(fail_fast_same_error_after = {self.job.fail_fast_same_error_after}) {hint}"))
+
+    # -- the budget -----------------------------------------------------------------------
+
+    def admit(self, request: ChatRequest) -> float | None:
+        """What the budget reserves for this ticket (0 without a budget), or None: it would pass
+        max_cost_usd, and the run stops."""
+        if self.budget is None:
+            return 0.0
+        estimate = self.provider.estimate_cost(request) if self.provider is not None else None
+        admitted = self.budget.try_reserve(estimate)
+        if admitted is None:
+            self.stop("budget", (
+                f"budget reached: ${self.budget.spent:.6f} spent (all runs) + "
+                f"${self.budget.reserved:.6f} reserved for requests in flight + about "
+                f"${estimate or self.budget.mean_cost or 0:.6f} for the next ticket would pass "
+                f"max_cost_usd = ${self.budget.max_usd:g}; re-run with a larger budget to continue"))
+        return admitted
+
+    def settle(self, ticket_id: str, reserved: float, outcome: Outcome | None) -> None:
+        """A ticket left the executor: its reservation becomes what it spent (nothing if it ended unrecorded)."""
+        self.estimated_tokens.pop(ticket_id, None)
+        if self.budget is not None:
+            self.budget.settle(reserved, outcome.spent_usd if outcome is not None else 0.0)
+
+    # -- CoordinatorHooks: how a ticket's attempts report to this run ---------------------
+
+    async def before_attempt(self, request: ChatRequest, attempt: int) -> None:
+        """Wait for the shared pause and the rate limits, then journal and count the attempt.
+        After a halt (a signal) no attempt starts: TicketAbandoned, also for one waiting here."""
+        await self.wait_for_attempt(request, attempt)
+        self._accounting.count(request.ticket_id, attempt)
+
+    async def wait_for_attempt(self, request: ChatRequest, attempt: int, tokens: int | None = None) -> None:
+        """before_attempt's waiting half (the pause, the rate limits, a halt): nothing counted yet."""
+        if self.halt.is_set():
+            raise TicketAbandoned()
+        with anyio.CancelScope() as waiting:
+            self._waiting.add(waiting)
+            try:
+                await self.gate.wait_for_permit()
+                limiter = self._limiter(request)
+                if limiter is not None:
+                    if limiter.tokens is not None:
+                        if tokens is None:
+                            tokens = self.estimated_tokens.get(request.ticket_id)
+                        provider = self.providers.get(request.model_key or "", self.provider)
+                        if tokens is None and provider is not None:
+                            tokens = sum(provider.estimate_tokens(request))
+                        self.estimated_tokens[request.ticket_id] = tokens or 0
+                    await limiter.acquire(tokens or 0)
+            finally:
+                self._waiting.discard(waiting)
+        if waiting.cancelled_caught or self.halt.is_set():
+            raise TicketAbandoned()
+
+    def _limiter(self, request: ChatRequest) -> RateLimiter | None:
+        """The rate limiter of the request's model ([[models]] rpm/tpm), else the job's."""
+        if request.model_key and request.model_key in self.model_limiters:
+            return self.model_limiters[request.model_key]
+        return self.rate_limiter
+
+    def attempt_failed(self, request: ChatRequest, attempt: int, error: RequestError) -> None:
+        self.stats.errors_by_kind[error.kind] = self.stats.errors_by_kind.get(error.kind, 0) + 1
+        rate_limited = isinstance(error, RateLimitedError)
+        if rate_limited:
+            self.stats.rate_limited += 1
+            if error.retry_after and error.retry_after <= self.job.retry.max_retry_after_s:
+                self.gate.pause_all(error.retry_after)
+        if self.aimd is not None and error.kind in ("rate_limited", "timeout", "server_error"):
+            self._set_limit(self.aimd.on_result(None, rate_limited=True))
+
+    def attempt_succeeded(self, request: ChatRequest, attempt: int, completion: Completion,
+                          latency_ms: float) -> None:
+        limiter = self._limiter(request)
+        if limiter is not None:
+            if completion.usage is not None and request.ticket_id in self.estimated_tokens:
+                limiter.correct(self.estimated_tokens[request.ticket_id], completion.usage.total_tokens)
+            if completion.rate_limit_headers:
+                limiter.observe(parse_rate_limit_headers(completion.rate_limit_headers))
+        if self.aimd is not None:
+            self._set_limit(self.aimd.on_result(latency_ms, rate_limited=False))
+
+    def _set_limit(self, limit: int) -> None:
+        if self.slots is not None and self.slots.total_tokens != limit:
+            self.slots.total_tokens = limit
+        if self.aimd is not None:
+            self.stats.concurrency_settled = self.aimd.settled
+
+    # -- outcomes -----------------------------------------------------------------------
+
+    def account(self, outcome: Outcome) -> None:
+        """Count an outcome whose line is on disk."""
+        self.stats.record(outcome)
+        if outcome.ok:
+            self.failed_ids.discard(outcome.ticket_id)
+        else:
+            self.failed_ids.add(outcome.ticket_id)
+            log.info("%s: failed after %d attempt(s): %s: %s", outcome.ticket_id, outcome.attempts,
+                     outcome.error_kind, outcome.error_message)

@@ -1,0 +1,470 @@
+"""The one launcher: a job and the caller's choices to finished runs. `batchrun run`, `batchrun.run`
+/ `arun` and `batchrun bench` all start runs here; every run ends through execution/finish.py.
+
+    LaunchOptions                what the caller chose: the command line's flags, the API's keywords
+    resolve_job(job, options)    a JobSpec (from a path, a JobSpec or a dict) with the overrides
+                                 applied; tickets= written into the run directory as its input
+    launch(job, path, options)   decides the simulator or the live endpoint, one run per model of a
+                                 compare job, online or batch mode (and --finish-online), the engine;
+                                 checks keys, model names and [params] before anything is sent;
+                                 starts the simulator; returns the RunResult (a compare job's combined)
+    run_online(...)              one online run: prepare_run -> execute_run (bench calls it per setting)
+    run_batch(...)               one batch-mode run: prepare_run -> execute_batch_run
+
+    sim_config(job)              the simulator's settings from [simulator]
+    provider_targets(job, ...)   provider arguments per model key, keys read from the environment
+    check_params(job)            [params] keys against what litellm lists for the model
+    endpoint_label(targets, ...) what the manifest records as the endpoint
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+
+from batchrun.errors import ConfigurationError, JobSpecError, RunMismatchError, redact_url
+from batchrun.execution.executors.process import WorkerPool
+from batchrun.execution.result import RunResult
+from batchrun.job.spec import JobSpec
+
+__all__ = ["LaunchOptions", "check_params", "endpoint_label", "launch", "provider_targets", "resolve_job",
+           "run_batch", "run_online", "sim_config"]
+
+log = logging.getLogger("batchrun")
+
+TICKETS_FILE = "tickets.jsonl"  # where tickets= are written inside the run directory
+SIM_BATCHES_DIR = "simulator-batches"  # batch mode on the simulator: its batches outlive one process
+
+Say = Callable[[str], None]
+Target = dict[str, Any]  # LiteLLMProvider arguments of one model key
+
+
+def _quiet(message: str) -> None:
+    log.info("%s", message)
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """The choices of one launch. None keeps what the job file says."""
+
+    input: Path | None = None
+    run_dir: Path | None = None
+    limit: int | None = None
+    concurrency: int | str | None = None
+    model: str | None = None
+    api_base: str | None = None
+    live: bool = False  # the job's real model even when it has a [simulator] section
+    workers: int | str | None = None
+    engine: str | None = None  # "local" or "ray"
+    ray_address: str | None = None  # implies engine "ray"
+    mode: str | None = None  # "online" or "batch"
+    cache: bool | None = None
+    max_cost_usd: float | None = None
+    skip_failed: bool = False
+    force: bool = False
+    grace: float = 30.0
+    no_wait: bool = False  # batch mode: submit and return (state "submitted")
+    finish_online: bool = False  # batch mode: cancel and collect what runs, send the rest online
+    progress: bool = False  # a progress bar on stderr
+    progress_every: float | None = None  # without a bar: seconds between plain progress lines
+
+    def job_overrides(self) -> dict[str, Any]:
+        """The options that change the job itself (JobSpec.with_overrides)."""
+        engine = self.engine
+        if self.ray_address and engine is None:
+            engine = "ray"
+        return {"input": self.input, "run_dir": self.run_dir, "concurrency": self.concurrency, "model": self.model,
+                "api_base": self.api_base, "workers": self.workers, "cache": self.cache, "mode": self.mode,
+                "engine": engine, "ray_address": self.ray_address}
+
+
+# -- the job ------------------------------------------------------------------------------------
+
+
+def _load(job: Any) -> tuple[JobSpec | dict[str, Any], Path | None]:
+    from batchrun.job.spec import load_job
+
+    if isinstance(job, JobSpec):
+        return job, None
+    if isinstance(job, Mapping):
+        return dict(job), None
+    if isinstance(job, (str, os.PathLike)):
+        return load_job(job), Path(job)
+    raise TypeError(f"job must be a path to a job file, a JobSpec or a dict, not {type(job).__name__}")
+
+
+def _validate_dict(data: dict[str, Any]) -> JobSpec:
+    from pydantic import ValidationError
+
+    from batchrun.job.spec import describe_validation_error
+
+    try:
+        return JobSpec.model_validate(data, context={"base_dir": Path.cwd()})
+    except ValidationError as exc:
+        raise JobSpecError(describe_validation_error(exc, "job dict")) from None
+
+
+def _write_tickets(tickets: Iterable[Mapping[str, Any]], run_dir: Path, force: bool) -> Path:
+    """Stream `tickets` into run_dir/tickets.jsonl (one line each, bounded memory). The same
+    tickets again keep the file (and so resume); different ones are refused unless force."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = run_dir / TICKETS_FILE
+    partial = run_dir / (TICKETS_FILE + ".new")
+    digest = hashlib.sha256()
+    with partial.open("wb") as handle:
+        for index, ticket in enumerate(tickets):
+            if not isinstance(ticket, Mapping):
+                partial.unlink()
+                raise JobSpecError(f"tickets[{index}]: each ticket must be a dict, not {type(ticket).__name__}")
+            line = orjson.dumps(dict(ticket), option=orjson.OPT_NON_STR_KEYS) + b"\n"
+            digest.update(line)
+            handle.write(line)
+    if target.exists():
+        old = hashlib.sha256()
+        with target.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                old.update(block)
+        if old.digest() == digest.digest():
+            partial.unlink()
+            return target
+        if not force:
+            partial.unlink()
+            raise RunMismatchError(f"{run_dir} was started with other tickets ({target}); pass the same "
+                                   "tickets to resume, another run_dir for a new run, or force=True")
+    os.replace(partial, target)
+    return target
+
+
+def resolve_job(job: Any, options: LaunchOptions,
+                tickets: Iterable[Mapping[str, Any]] | None = None) -> tuple[JobSpec, Path | None]:
+    """The JobSpec to run and the job file's path (None for a JobSpec or a dict): `job` as loaded,
+    with `options`' overrides; `tickets` (an iterable of dicts) become the run's input."""
+    loaded, job_path = _load(job)
+    changes = options.job_overrides()
+    if tickets is not None and changes["input"] is not None:
+        raise TypeError("give tickets= or input=, not both")
+    if isinstance(loaded, dict):
+        data = {**loaded, **{k: v for k, v in changes.items() if v is not None}}
+        if tickets is not None:
+            data.setdefault("input", TICKETS_FILE)  # replaced below, once run_dir is known
+        spec = _validate_dict(data)
+    else:
+        if options.engine == "local" and loaded.ray_address is not None:  # local wins over the job's cluster
+            loaded = loaded.model_copy(update={"ray_address": None})
+        spec = loaded.with_overrides(**changes)
+    if tickets is not None:
+        spec = spec.with_overrides(input=_write_tickets(tickets, spec.resolved_run_dir(), options.force))
+    return spec, job_path
+
+
+# -- what a run talks to ------------------------------------------------------------------------
+
+
+def sim_config(job: JobSpec) -> Any:
+    """The simulator's settings from a job's [simulator] section, its faults and ticket scripts
+    (JobSpecError names a bad one)."""
+    from batchrun.sim.batch_faults import BatchFault
+    from batchrun.sim.config import SimConfig
+    from batchrun.sim.faults import FaultRule, TicketScript
+
+    spec = job.simulator
+    assert spec is not None, "a job without [simulator]"
+
+    def parsed(name: str, rules: list[dict[str, Any]], parse: Callable[[dict[str, Any]], Any]) -> list[Any]:
+        out = []
+        for index, rule in enumerate(rules):
+            try:
+                out.append(parse(rule))
+            except (TypeError, ValueError) as exc:
+                raise JobSpecError(f"invalid job: field `simulator.{name}[{index}]`: {exc}") from None
+        return out
+
+    return SimConfig(latency_ms=spec.latency_ms, per_token_ms=spec.per_token_ms, jitter=spec.jitter,
+                     seed=spec.seed, rpm=spec.rpm, tpm=spec.tpm, capacity=spec.capacity,
+                     overload_ms=spec.overload_ms, faults=tuple(parsed("faults", spec.faults, FaultRule.from_mapping)),
+                     scripts=tuple(parsed("scripts", spec.scripts, TicketScript.from_mapping)),
+                     model_profiles=tuple((name, p.noise, spec.latency_ms if p.latency_ms is None else p.latency_ms)
+                                          for name, p in spec.model_profiles.items()),
+                     batch_time_scale=spec.batch_time_scale, batch_duration_s=spec.batch_duration_s,
+                     batch_faults=tuple(parsed("batch_faults", spec.batch_faults, BatchFault.from_mapping)))
+
+
+def _key(env_name: str | None, use_sim: bool, secrets: list[str]) -> str | None:
+    """The API key from the variable a job (or a [[models]] entry) names; never the key in a file."""
+    if use_sim:
+        return "sim-key"
+    if not env_name:
+        return None
+    key = os.environ.get(env_name)
+    if not key:
+        raise ConfigurationError(f"environment variable {env_name} is not set (the job's api_key_env "
+                                 "names it); nothing was sent")
+    secrets.append(key)
+    return key
+
+
+def provider_targets(job: JobSpec, use_sim: bool, secrets: list[str]) -> dict[str, Target]:
+    """Provider kwargs per model key ("" for a single-model job; [[models]] names for a routed one),
+    with the simulator's URL left as None to fill in; keys come from the environment now
+    (and are appended to `secrets`, for redaction)."""
+    from batchrun.sim.config import simulated_model
+
+    entries = [(entry.name, entry) for entry in job.models] if job.routes else [("", None)]
+    targets: dict[str, Target] = {}
+    for key, entry in entries:
+        model = entry.model if entry else job.model
+        api_base = (entry.api_base if entry and entry.api_base else job.api_base)
+        if api_base and not use_sim:  # a key passed in the URL's query string is a secret too
+            secrets.extend(value for _, value in parse_qsl(urlsplit(api_base).query) if len(value) >= 4)
+        prices = entry.prices if entry and entry.prices else job.prices
+        targets[key] = {
+            "model": simulated_model(model) if use_sim else model,
+            "api_base": None if use_sim else api_base,
+            "api_key": _key(entry.api_key_env if entry and entry.api_key_env else job.api_key_env, use_sim, secrets),
+            "params": {**job.params, **(entry.params if entry else {})},
+            "prices": prices.model_dump() if prices else None,
+            "max_connections": job.max_in_flight,
+            # the embedded simulator listens on a new port each run: its answers are keyed by its name
+            "cache": ({**job.cache_settings(), "endpoint": "simulator"} if use_sim and job.cache
+                      else job.cache_settings()),
+        }
+    return targets
+
+
+def check_params(job: JobSpec) -> None:
+    """Raise JobSpecError for a [params] key (the job's, or a [[models]] entry's) that litellm does
+    not list for the model and that is not in `unchecked_params`: "did you mean temperature?".
+    Imports litellm (through providers/)."""
+    from batchrun.providers.litellm_setup import unknown_params
+
+    entries = [(f"models[{e.name}].params", e.model, {**job.params, **e.params}) for e in job.models] \
+        or [("params", job.model, job.params)]
+    problems = []
+    for where, model, params in entries:
+        unknown = unknown_params(model, {k: v for k, v in params.items() if k not in job.unchecked_params})
+        for key, guess in (unknown or {}).items():
+            problems.append(f"  field `{where}.{key}`: litellm knows no such parameter for {model}"
+                            + (f": did you mean `{guess}`?" if guess else ""))
+    if problems:
+        names = ", ".join(f'"{n}"' for n in sorted({line.split("`")[1].rsplit(".", 1)[1] for line in problems}))
+        raise JobSpecError("invalid job:\n" + "\n".join(problems) + "\n  (keys you send on purpose: add "
+                           f"`unchecked_params = [{names}]` at the top of the job file); nothing was sent")
+
+
+def endpoint_label(targets: Mapping[str, Target], use_sim: bool) -> str:
+    """"simulator", or the redacted api_base(s), or "provider default"."""
+    if use_sim:
+        return "simulator"
+    bases = sorted({redact_url(t["api_base"]) if t["api_base"] else "provider default" for t in targets.values()})
+    return ", ".join(bases)
+
+
+def _totals(run_dir: Path, asked: int, input_tickets: int) -> dict[str, int]:
+    """Counts of the whole run directory: what the input holds, what this run was asked to
+    consider (after limit), and done / failed / remaining of the input."""
+    from batchrun.rundir.layout import ERRORS, RESULTS
+    from batchrun.rundir.lines import scan_jsonl
+
+    done_ids = scan_jsonl(run_dir / RESULTS, totals=False).ids
+    failed = len(scan_jsonl(run_dir / ERRORS, totals=False).ids - done_ids)
+    done = len(done_ids)
+    return {"input_tickets": input_tickets, "asked": asked, "done": done, "failed": failed,
+            "remaining": max(input_tickets - done - failed, 0)}
+
+
+def _nothing_to_do(prep: Any) -> RunResult:
+    from batchrun.analysis.stats import RunStats
+
+    stats = RunStats(tickets_total=prep.tickets_total, already_done=prep.already_done,
+                     skipped_failed=prep.skipped_failed)
+    stats.finished = stats.started
+    return RunResult(state="done", exit_code=0, summary=stats.summary(), nothing_to_do=True)
+
+
+# -- one run ----------------------------------------------------------------------------------
+
+
+async def run_online(job: JobSpec, job_path: Path | None, targets: dict[str, Target], sim_url: str | None,
+                     options: LaunchOptions, *, say: Say = _quiet, before_execute: Callable[[], None] | None = None,
+                     worker_pool: WorkerPool | None = None) -> RunResult:
+    """Prepare and execute one online run of a single-model (or routed) job; `say` gets the lines a
+    person should see on stderr (notes, the header). The RunResult has run_dir, run_number and
+    totals set; a run with nothing to do returns state "done" at once."""
+    from batchrun.execution.engine import coordinator_needs_provider, execute_run
+    from batchrun.execution.preparation import prepare_run
+    from batchrun.providers.online import build_providers
+
+    use_sim = sim_url is not None
+    endpoint = endpoint_label(targets, use_sim)
+    prep = prepare_run(job, job_path=job_path, endpoint=endpoint, limit=options.limit,
+                       skip_failed=options.skip_failed, force=options.force, max_cost_usd=options.max_cost_usd)
+    try:
+        for note in prep.notes:
+            say(note)
+        if prep.to_do == 0:
+            result = _nothing_to_do(prep)
+        else:
+            models = ", ".join(t["model"] for t in targets.values())
+            say(f"{job.name}: {prep.to_do:,} to do, {prep.already_done:,} already done, "
+                f"model {models} via {endpoint}, concurrency {job.concurrency}, run {prep.run_number} "
+                f"in {prep.run_dir}")
+            on_ray = job.engine == "ray"
+            # Ray: `workers` actors, 0 = one per CPU the cluster offers (known once it is joined)
+            workers = (job.workers if isinstance(job.workers, int) else 0) if on_ray else job.worker_count(prep.to_do)
+            provider_kwargs = {key: {**kwargs, "api_base": sim_url if use_sim else kwargs["api_base"]}
+                               for key, kwargs in targets.items()}
+            providers = None
+            if coordinator_needs_provider(job, workers, prep.max_cost_usd):
+                if "litellm" not in sys.modules:
+                    say("loading litellm...")
+                providers = build_providers(provider_kwargs)
+            if on_ray:
+                say(f"Ray at {job.ray_address or 'a local instance started for the run'}, "
+                    f"{workers or 'one per cluster CPU'} actor(s)")
+            elif workers > 1 and worker_pool is None:
+                say(f"starting {workers} worker processes (each loads litellm)...")
+            if before_execute is not None:
+                before_execute()
+            result = await execute_run(prep, providers, grace_s=options.grace, progress=options.progress,
+                                       workers=workers, provider_kwargs=provider_kwargs, worker_pool=worker_pool,
+                                       progress_every=options.progress_every, engine=job.engine,
+                                       ray_address=job.ray_address)
+        result.run_dir = prep.run_dir
+        result.run_number = prep.run_number
+        result.totals = _totals(prep.run_dir, prep.tickets_total, prep.scan.tickets)
+        return result
+    finally:
+        prep.release()
+
+
+async def run_batch(job: JobSpec, job_path: Path | None, targets: dict[str, Target], sim_url: str | None,
+                    time_scale: float, options: LaunchOptions, *, say: Say = _quiet) -> RunResult:
+    """Prepare and execute one batch-mode run (docs/batch.md): one LiteLLMBatchAPI per model key
+    (refused where litellm has no batch creation), then batch/run.execute_batch_run. With
+    `finish_online`, parts still running are cancelled and collected, nothing new is submitted."""
+    from batchrun.batch.ledger import ledger_summary
+    from batchrun.batch.run import execute_batch_run
+    from batchrun.execution.preparation import prepare_run
+    from batchrun.job.sections import PricesSpec
+    from batchrun.providers.batch_api import BATCH_PROVIDERS, LiteLLMBatchAPI
+    from batchrun.providers.seam import BatchAPI
+
+    use_sim = sim_url is not None
+    endpoint = endpoint_label(targets, use_sim)
+    apis: dict[str, BatchAPI] = {}
+    for key, kwargs in targets.items():
+        prices = PricesSpec.model_validate(kwargs["prices"]) if kwargs["prices"] else None
+        api = LiteLLMBatchAPI(model=kwargs["model"], api_base=sim_url if use_sim else kwargs["api_base"],
+                              api_key=kwargs["api_key"], timeout_s=max(job.timeout_s, 300.0), prices=prices)
+        if api.provider not in BATCH_PROVIDERS:
+            raise ConfigurationError(
+                f"{kwargs['model']}: litellm has no batch creation for provider {api.provider!r}; "
+                f"batch mode needs one of {', '.join(sorted(BATCH_PROVIDERS))} (use --mode online)")
+        apis[key] = api
+    params = {key: kwargs["params"] for key, kwargs in targets.items()}
+    prep = prepare_run(job, job_path=job_path, endpoint=endpoint, limit=options.limit,
+                       skip_failed=options.skip_failed, force=options.force, max_cost_usd=options.max_cost_usd)
+    try:
+        for note in prep.notes:
+            say(note)
+        ledger = ledger_summary(prep.run_dir)
+        live = ledger["live"] if ledger else 0
+        if prep.to_do == 0 and not live:
+            result = RunResult(state="done", exit_code=0, summary={"done": 0, "failed": 0,
+                               "already_done": prep.already_done, "tickets_total": prep.tickets_total},
+                               nothing_to_do=True)
+        else:
+            models = ", ".join(t["model"] for t in targets.values())
+            say(f"{job.name}: batch mode, {prep.to_do:,} to do ({live} part(s) already submitted), "
+                f"model {models} via {endpoint}, run {prep.run_number} in {prep.run_dir}")
+            result = await execute_batch_run(prep, apis, params, no_wait=options.no_wait,
+                                             stop_submitting=options.finish_online, time_scale=time_scale,
+                                             progress=options.progress)
+        result.run_dir, result.run_number = prep.run_dir, prep.run_number
+        result.totals = _totals(prep.run_dir, prep.tickets_total, prep.scan.tickets)
+        return result
+    finally:
+        prep.release()
+
+
+# -- a launch ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _simulator(job: JobSpec, use_sim: bool, say: Say) -> Iterator[str | None]:
+    """The embedded simulator for the launch (its URL), or None for a live endpoint."""
+    if not use_sim:
+        yield None
+        return
+    from batchrun.sim.process import start_simulator
+
+    config = sim_config(job)
+    if job.mode == "batch":  # batches outlive this simulator: --no-wait, then collect
+        config = dataclasses.replace(config, batch_state_dir=str((job.resolved_run_dir() / SIM_BATCHES_DIR).resolve()))
+    with start_simulator(config) as sim:
+        say(f"simulator listening on {urlsplit(sim.base_url).netloc}")
+        yield sim.base_url
+
+
+def runs_of(job: JobSpec) -> list[JobSpec]:
+    """The runs of a job: one per [[models]] entry of a compare job, else the job itself."""
+    return [job.for_model(entry) for entry in job.models] if job.compare_mode else [job]
+
+
+async def launch(job: JobSpec, job_path: Path | None, options: LaunchOptions, *, say: Say = _quiet,
+                 secrets: list[str] | None = None, before_execute: Callable[[], None] | None = None,
+                 after_run: Callable[[JobSpec, RunResult, str], None] | None = None) -> RunResult:
+    """Every run of `job` (module docstring): the RunResult, a compare job's combined over its models.
+
+    Everything checkable is checked before anything is sent (keys, model names when live, [params]).
+    `secrets` collects the keys read, for the caller's redaction; `before_execute` runs just before
+    the first request of each online run (routing litellm's logs); `after_run(job, result, mode)`
+    after each run, mode "online" or "batch" (the command line prints its summary there)."""
+    if (options.no_wait or options.finish_online) and job.mode != "batch":
+        raise JobSpecError("--no-wait and --finish-online are for batch mode (mode = \"batch\" or --mode batch)")
+    secrets = secrets if secrets is not None else []
+    use_sim = job.simulator is not None and not options.live and options.api_base is None
+    if not use_sim:  # the simulator answers any name; a provider needs one litellm can route
+        from batchrun.providers.litellm_setup import check_models
+
+        check_models(job)
+    jobs = runs_of(job)
+    targets = {each.name: provider_targets(each, use_sim, secrets) for each in jobs}  # keys checked up front
+    if "litellm" not in sys.modules:
+        say("loading litellm...")
+    check_params(job)
+    results: dict[str, RunResult] = {}
+    with _simulator(job, use_sim, say) as sim_url:
+        for each in jobs:
+            if job.mode == "batch":
+                scale = job.simulator.batch_time_scale if use_sim and job.simulator is not None else 1.0
+                result = await run_batch(each, job_path, targets[each.name], sim_url, scale, options, say=say)
+                if after_run is not None:
+                    after_run(each, result, "batch")
+                if options.finish_online and result.state == "done" and not result.nothing_to_do:
+                    say("--finish-online: sending the tickets left online")
+                    result = await run_online(each, job_path, targets[each.name], sim_url,
+                                              dataclasses.replace(options, finish_online=False), say=say,
+                                              before_execute=before_execute)
+                    if after_run is not None:
+                        after_run(each, result, "online")
+            else:
+                result = await run_online(each, job_path, targets[each.name], sim_url, options, say=say,
+                                          before_execute=before_execute)
+                if after_run is not None:
+                    after_run(each, result, "online")
+            results[each.name] = result
+    if not job.compare_mode:
+        return results[job.name]
+    return RunResult.combined({entry.name: results[each.name] for entry, each in zip(job.models, jobs)},
+                              job.resolved_run_dir())
