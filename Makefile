@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.test-tools-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-run run test status clean compare bench plan report
+.PHONY: help install install-run run test typecheck status clean compare bench plan report
 
 help:  ## this list (make with no target)
 	@echo "batchrun: make TARGET [JOB=jobs/....toml] [ARGS=...]"
@@ -60,6 +60,9 @@ test: $(TEST_STAMP)  ## install the test tools too, then run the whole suite
 	$(BIN)/python -m pytest -q -m ray $(PYTEST_ARGS); rc2=$$?; \
 	if [ $$rc2 -eq 5 ]; then echo "pytest: no ray tests collected"; rc2=0; fi; \
 	[ $$rc -eq 0 ] && [ $$rc2 -eq 0 ]
+
+typecheck: $(TEST_STAMP)  ## mypy over batchrun/ (the seams are Protocols; settings in pyproject.toml)
+	$(BIN)/python -m mypy
 
 BENCH_ARGS ?= --baseline
 # make bench BENCH_ARGS="--concurrency 8,128 --tickets 2000 --baseline"
