@@ -33,7 +33,7 @@ __all__ = ["arun", "run"]
 async def arun(job: Any, *, tickets: Iterable[Mapping[str, Any]] | None = None, input: str | Path | None = None,
                run_dir: str | Path | None = None, limit: int | None = None, concurrency: int | str | None = None,
                model: str | None = None, api_base: str | None = None, live: bool = False,
-               skip_failed: bool = False, force: bool = False, workers: int | str | None = None,
+               skip_failed: bool = False, retry_permanent: bool = False, force: bool = False, workers: int | str | None = None,
                engine: str | None = None, ray_address: str | None = None, mode: str | None = None,
                cache: bool | None = None, max_cost_usd: float | None = None, no_wait: bool = False,
                finish_online: bool = False, grace: float = 30.0, progress: bool = False,
@@ -50,7 +50,7 @@ async def arun(job: Any, *, tickets: Iterable[Mapping[str, Any]] | None = None, 
         input=Path(input) if input is not None else None, run_dir=Path(run_dir) if run_dir is not None else None,
         limit=limit, concurrency=concurrency, model=model, api_base=api_base, live=live, workers=workers,
         engine=engine, ray_address=ray_address, mode=mode, cache=cache, max_cost_usd=max_cost_usd,
-        skip_failed=skip_failed, force=force, grace=grace, no_wait=no_wait, finish_online=finish_online,
+        skip_failed=skip_failed, retry_permanent=retry_permanent, force=force, grace=grace, no_wait=no_wait, finish_online=finish_online,
         progress=progress, progress_every=progress_every)
     spec, job_path = resolve_job(job, options, tickets)
     return await launch(spec, job_path, options)

@@ -12,6 +12,8 @@ retry policy and the engine never look at litellm's own exception types.
     ├── CheckpointError         the run directory cannot be used
     │   ├── RunLockedError      another process holds the run directory's lock
     │   └── RunMismatchError    resuming with a different job or input
+    ├── NotARunDirError         a path given as a run directory holds no run (exit 2, every command)
+    ├── PreflightError          several of the above, found before anything was sent, each once
     └── RequestError            one provider call failed (kind, status, retry_after)
         ├── RetryableError      worth another attempt: rate limit, timeout, connection, 5xx
         │   └── RateLimitedError    a 429, maybe with the server's Retry-After
@@ -20,7 +22,11 @@ retry policy and the engine never look at litellm's own exception types.
 Error kinds (the `kind` attribute, written to errors.jsonl) are short stable
 strings: rate_limited, timeout, connection, server_error, bad_request,
 context_window, content_policy, auth, permission, not_found, unknown.
-`connection` means no answer arrived: the connection was refused, or reset
+Each kind is permanent or transient (PERMANENT_KINDS, `is_permanent`): the same
+request would fail the same way again (context window, content policy, invalid
+request, auth, not found), or it may pass later. A re-run retries a ticket whose
+latest failure is transient and keeps one whose failure is permanent (unless
+--retry-permanent). `connection` means no answer arrived: the connection was refused, or reset
 before the response headers or in the body (litellm calls these a 500;
 `provider.translate_error` finds the transport error under it); it is
 retried and has no status_code. For answers that arrived but cannot be used
@@ -48,6 +54,9 @@ __all__ = [
     "ConfigurationError",
     "ExitCode",
     "JobSpecError",
+    "NotARunDirError",
+    "PERMANENT_KINDS",
+    "PreflightError",
     "RateLimitedError",
     "RequestError",
     "RetryableError",
@@ -55,6 +64,7 @@ __all__ = [
     "RunMismatchError",
     "TerminalError",
     "TicketError",
+    "is_permanent",
     "redact_secrets",
     "redact_url",
 ]
@@ -111,6 +121,26 @@ class RunMismatchError(CheckpointError):
     exit_code = ExitCode.BAD_INPUT
 
 
+class NotARunDirError(BatchrunError):
+    """A path given as a run directory (status, show, export, report, cancel) holds no run: one
+    exit code, 2, for every command."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class PreflightError(BatchrunError):
+    """Every problem found before anything was sent (job fields, input fields, key variables, a
+    run directory's lock), each once. Exit 2 when any of them is bad input, else the first's code."""
+
+    def __init__(self, problems: "list[BatchrunError]") -> None:
+        self.problems = list(problems)
+        codes = [problem.exit_code for problem in self.problems]
+        self.exit_code = ExitCode.BAD_INPUT if ExitCode.BAD_INPUT in codes else codes[0]
+        body = "\n".join("  - " + str(problem).removesuffix("; nothing was sent").removesuffix(
+            "; nothing was requested").replace("\n", "\n    ") for problem in self.problems)
+        super().__init__(f"{len(self.problems)} problems; nothing was sent:\n{body}")
+
+
 class ReportError(BatchrunError):
     """The path given is not something a report can be made of."""
 
@@ -160,6 +190,17 @@ class RateLimitedError(RetryableError):
 
 class TerminalError(RequestError):
     """A failure that another attempt would repeat (4xx)."""
+
+
+#: Failure kinds another attempt would repeat (the ticket's request itself is refused): a re-run
+#: keeps these tickets as they are unless --retry-permanent. Every other kind is transient.
+PERMANENT_KINDS = frozenset({"context_window", "content_policy", "bad_request", "auth", "permission",
+                             "not_found"})
+
+
+def is_permanent(kind: str | None) -> bool:
+    """Is a failure of this kind permanent (PERMANENT_KINDS)?"""
+    return kind in PERMANENT_KINDS
 
 
 _SECRET_PATTERNS = None

@@ -6,13 +6,18 @@
                                  applied; tickets= written into the run directory as its input
     launch(job, path, options)   decides the simulator or the live endpoint, one run per model of a
                                  compare job, online or batch mode (and --finish-online), the engine;
-                                 checks keys, model names and [params] before anything is sent;
-                                 starts the simulator; returns the RunResult (a compare job's combined)
+                                 preflight first, then (litellm loaded) the model names, prices and
+                                 [params] per model; starts the simulator; returns the RunResult (a
+                                 compare job's combined)
+    preflight(...)               everything checkable without litellm, in one pass, each problem
+                                 once (PreflightError): [params] typos, key variables, each run
+                                 directory's lock, each input's fields; the prepared runs, locked
     run_online(...)              one online run: prepare_run -> execute_run (bench calls it per setting)
     run_batch(...)               one batch-mode run: prepare_run -> execute_batch_run
 
     sim_config(job)              the simulator's settings from [simulator]
     provider_targets(job, ...)   provider arguments per model key, keys read from the environment
+    check_param_names(job)       [params] typos against every parameter name litellm knows (no litellm)
     check_params(job)            [params] keys against what litellm lists for the model
     endpoint_label(targets, ...) what the manifest records as the endpoint
 """
@@ -27,18 +32,28 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from batchrun.errors import ConfigurationError, JobSpecError, RunMismatchError, redact_url
-from batchrun.execution.executors.process import WorkerPool
+from batchrun.errors import (
+    BatchrunError,
+    ConfigurationError,
+    JobSpecError,
+    PreflightError,
+    RunMismatchError,
+    redact_url,
+)
 from batchrun.execution.result import RunResult
 from batchrun.job.spec import JobSpec
 
-__all__ = ["LaunchOptions", "check_params", "endpoint_label", "launch", "provider_targets", "resolve_job",
-           "run_batch", "run_online", "sim_config"]
+if TYPE_CHECKING:
+    from batchrun.execution.executors.process import WorkerPool
+    from batchrun.execution.preparation import PreparedRun
+
+__all__ = ["LaunchOptions", "check_param_names", "check_params", "endpoint_label", "launch", "preflight",
+           "provider_targets", "resolve_job", "run_batch", "run_online", "sim_config"]
 
 log = logging.getLogger("batchrun")
 
@@ -71,6 +86,7 @@ class LaunchOptions:
     cache: bool | None = None
     max_cost_usd: float | None = None
     skip_failed: bool = False
+    retry_permanent: bool = False  # send again tickets whose failure was permanent (context window, ...)
     force: bool = False
     grace: float = 30.0
     no_wait: bool = False  # batch mode: submit and return (state "submitted")
@@ -199,16 +215,18 @@ def sim_config(job: JobSpec) -> Any:
                      batch_faults=tuple(parsed("batch_faults", spec.batch_faults, BatchFault.from_mapping)))
 
 
-def _key(env_name: str | None, use_sim: bool, secrets: list[str]) -> str | None:
-    """The API key from the variable a job (or a [[models]] entry) names; never the key in a file."""
+def _key(env_name: str | None, use_sim: bool, secrets: list[str], missing: list[str]) -> str | None:
+    """The API key from the variable a job (or a [[models]] entry) names; never the key in a file.
+    A variable that is not set is appended to `missing`."""
     if use_sim:
         return "sim-key"
     if not env_name:
         return None
     key = os.environ.get(env_name)
     if not key:
-        raise ConfigurationError(f"environment variable {env_name} is not set (the job's api_key_env "
-                                 "names it); nothing was sent")
+        if env_name not in missing:
+            missing.append(env_name)
+        return None
     secrets.append(key)
     return key
 
@@ -221,6 +239,7 @@ def provider_targets(job: JobSpec, use_sim: bool, secrets: list[str]) -> dict[st
 
     entries = [(entry.name, entry) for entry in job.models] if job.routes else [("", None)]
     targets: dict[str, Target] = {}
+    missing: list[str] = []
     for key, entry in entries:
         model = entry.model if entry else job.model
         api_base = (entry.api_base if entry and entry.api_base else job.api_base)
@@ -230,7 +249,8 @@ def provider_targets(job: JobSpec, use_sim: bool, secrets: list[str]) -> dict[st
         targets[key] = {
             "model": simulated_model(model) if use_sim else model,
             "api_base": None if use_sim else api_base,
-            "api_key": _key(entry.api_key_env if entry and entry.api_key_env else job.api_key_env, use_sim, secrets),
+            "api_key": _key(entry.api_key_env if entry and entry.api_key_env else job.api_key_env, use_sim, secrets,
+                            missing),
             "params": {**job.params, **(entry.params if entry else {})},
             "prices": prices.model_dump() if prices else None,
             "max_connections": job.max_in_flight,
@@ -238,7 +258,29 @@ def provider_targets(job: JobSpec, use_sim: bool, secrets: list[str]) -> dict[st
             "cache": ({**job.cache_settings(), "endpoint": "simulator"} if use_sim and job.cache
                       else job.cache_settings()),
         }
+    if missing:
+        names = " and ".join(missing)
+        raise ConfigurationError(f"environment variable {names} {'is' if len(missing) == 1 else 'are'} not set "
+                                 f"(the job's api_key_env names {'it' if len(missing) == 1 else 'them'}); "
+                                 "nothing was sent")
     return targets
+
+
+def check_param_names(job: JobSpec, job_path: Path | None = None) -> None:
+    """Raise JobSpecError for a [params] key (the job's, or a [[models]] entry's) that is no parameter
+    name litellm takes for any provider but close to one ("did you mean temperature?"): a typo is
+    found with the job's other problems, before litellm loads (providers.misspelled_params)."""
+    from batchrun.providers.litellm_setup import misspelled_params
+
+    entries = [("params", job.params)] + [(f"models[{e.name}].params", e.params) for e in job.models]
+    problems = []
+    for where, params in entries:
+        typos = misspelled_params({k: v for k, v in params.items() if k not in job.unchecked_params})
+        problems += [f"  field `{where}.{key}`: no such parameter: did you mean `{guess}`?"
+                     for key, guess in typos.items()]
+    if problems:
+        raise JobSpecError(f"{job_path or 'job'}: invalid job:\n" + "\n".join(problems) + "\n  (a key you send on purpose: list it in "
+                           "`unchecked_params` at the top of the job file); nothing was sent")
 
 
 def check_params(job: JobSpec) -> None:
@@ -269,6 +311,15 @@ def endpoint_label(targets: Mapping[str, Target], use_sim: bool) -> str:
     return ", ".join(bases)
 
 
+def _endpoint_of(job: JobSpec, use_sim: bool) -> str:
+    """endpoint_label of the job's targets, from the job alone (no key needed)."""
+    if use_sim:
+        return "simulator"
+    entries = job.models if job.routes else []
+    bases = [(entry.api_base or job.api_base) for entry in entries] or [job.api_base]
+    return ", ".join(sorted({redact_url(base) if base else "provider default" for base in bases}))
+
+
 def _totals(run_dir: Path, asked: int, input_tickets: int) -> dict[str, int]:
     """Counts of the whole run directory: what the input holds, what this run was asked to
     consider (after limit), and done / failed / remaining of the input."""
@@ -286,7 +337,7 @@ def _nothing_to_do(prep: Any) -> RunResult:
     from batchrun.analysis.stats import RunStats
 
     stats = RunStats(tickets_total=prep.tickets_total, already_done=prep.already_done,
-                     skipped_failed=prep.skipped_failed)
+                     skipped_failed=prep.skipped_failed, skipped_permanent=prep.skipped_permanent)
     stats.finished = stats.started
     return RunResult(state="done", exit_code=0, summary=stats.summary(), nothing_to_do=True)
 
@@ -294,27 +345,34 @@ def _nothing_to_do(prep: Any) -> RunResult:
 # -- one run ----------------------------------------------------------------------------------
 
 
+def _prepare(job: JobSpec, job_path: Path | None, endpoint: str, options: LaunchOptions) -> PreparedRun:
+    from batchrun.execution.preparation import prepare_run
+
+    return prepare_run(job, job_path=job_path, endpoint=endpoint, limit=options.limit,
+                       skip_failed=options.skip_failed, force=options.force, max_cost_usd=options.max_cost_usd,
+                       retry_permanent=options.retry_permanent)
+
+
 async def run_online(job: JobSpec, job_path: Path | None, targets: dict[str, Target], sim_url: str | None,
                      options: LaunchOptions, *, say: Say = _quiet, before_execute: Callable[[], None] | None = None,
-                     worker_pool: WorkerPool | None = None) -> RunResult:
-    """Prepare and execute one online run of a single-model (or routed) job; `say` gets the lines a
-    person should see on stderr (notes, the header). The RunResult has run_dir, run_number and
-    totals set; a run with nothing to do returns state "done" at once."""
+                     worker_pool: WorkerPool | None = None, prep: PreparedRun | None = None) -> RunResult:
+    """Prepare (unless `prep`, already prepared by `preflight`, is given) and execute one online run
+    of a single-model (or routed) job; `say` gets the lines a person should see on stderr (notes, the
+    header). The RunResult has run_dir, run_number and totals set; a run with nothing to do returns
+    state "done" at once. The prepared run is released at the end either way."""
     from batchrun.execution.engine import coordinator_needs_provider, execute_run
-    from batchrun.execution.preparation import prepare_run
     from batchrun.providers.online import build_providers
 
     use_sim = sim_url is not None
     endpoint = endpoint_label(targets, use_sim)
-    prep = prepare_run(job, job_path=job_path, endpoint=endpoint, limit=options.limit,
-                       skip_failed=options.skip_failed, force=options.force, max_cost_usd=options.max_cost_usd)
+    prep = prep if prep is not None else _prepare(job, job_path, endpoint, options)
     try:
         for note in prep.notes:
             say(note)
         if prep.to_do == 0:
             result = _nothing_to_do(prep)
         else:
-            models = ", ".join(t["model"] for t in targets.values())
+            models = _models_as_given(job)
             say(f"{job.name}: {prep.to_do:,} to do, {prep.already_done:,} already done, "
                 f"model {models} via {endpoint}, concurrency {job.concurrency}, run {prep.run_number} "
                 f"in {prep.run_dir}")
@@ -348,13 +406,13 @@ async def run_online(job: JobSpec, job_path: Path | None, targets: dict[str, Tar
 
 
 async def run_batch(job: JobSpec, job_path: Path | None, targets: dict[str, Target], sim_url: str | None,
-                    time_scale: float, options: LaunchOptions, *, say: Say = _quiet) -> RunResult:
+                    time_scale: float, options: LaunchOptions, *, say: Say = _quiet,
+                    prep: PreparedRun | None = None) -> RunResult:
     """Prepare and execute one batch-mode run (docs/batch.md): one LiteLLMBatchAPI per model key
     (refused where litellm has no batch creation), then batch/run.execute_batch_run. With
     `finish_online`, parts still running are cancelled and collected, nothing new is submitted."""
     from batchrun.batch.ledger import ledger_summary
     from batchrun.batch.run import execute_batch_run
-    from batchrun.execution.preparation import prepare_run
     from batchrun.job.sections import PricesSpec
     from batchrun.providers.batch_api import BATCH_PROVIDERS, LiteLLMBatchAPI
     from batchrun.providers.seam import BatchAPI
@@ -362,18 +420,22 @@ async def run_batch(job: JobSpec, job_path: Path | None, targets: dict[str, Targ
     use_sim = sim_url is not None
     endpoint = endpoint_label(targets, use_sim)
     apis: dict[str, BatchAPI] = {}
-    for key, kwargs in targets.items():
-        prices = PricesSpec.model_validate(kwargs["prices"]) if kwargs["prices"] else None
-        api = LiteLLMBatchAPI(model=kwargs["model"], api_base=sim_url if use_sim else kwargs["api_base"],
-                              api_key=kwargs["api_key"], timeout_s=max(job.timeout_s, 300.0), prices=prices)
-        if api.provider not in BATCH_PROVIDERS:
-            raise ConfigurationError(
-                f"{kwargs['model']}: litellm has no batch creation for provider {api.provider!r}; "
-                f"batch mode needs one of {', '.join(sorted(BATCH_PROVIDERS))} (use --mode online)")
-        apis[key] = api
+    try:
+        for key, kwargs in targets.items():
+            prices = PricesSpec.model_validate(kwargs["prices"]) if kwargs["prices"] else None
+            api = LiteLLMBatchAPI(model=kwargs["model"], api_base=sim_url if use_sim else kwargs["api_base"],
+                                  api_key=kwargs["api_key"], timeout_s=max(job.timeout_s, 300.0), prices=prices)
+            if api.provider not in BATCH_PROVIDERS:
+                raise ConfigurationError(
+                    f"{kwargs['model']}: litellm has no batch creation for provider {api.provider!r}; "
+                    f"batch mode needs one of {', '.join(sorted(BATCH_PROVIDERS))} (use --mode online)")
+            apis[key] = api
+    except BaseException:
+        if prep is not None:
+            prep.release()
+        raise
     params = {key: kwargs["params"] for key, kwargs in targets.items()}
-    prep = prepare_run(job, job_path=job_path, endpoint=endpoint, limit=options.limit,
-                       skip_failed=options.skip_failed, force=options.force, max_cost_usd=options.max_cost_usd)
+    prep = prep if prep is not None else _prepare(job, job_path, endpoint, options)
     try:
         for note in prep.notes:
             say(note)
@@ -384,7 +446,7 @@ async def run_batch(job: JobSpec, job_path: Path | None, targets: dict[str, Targ
                                "already_done": prep.already_done, "tickets_total": prep.tickets_total},
                                nothing_to_do=True)
         else:
-            models = ", ".join(t["model"] for t in targets.values())
+            models = _models_as_given(job)
             say(f"{job.name}: batch mode, {prep.to_do:,} to do ({live} part(s) already submitted), "
                 f"model {models} via {endpoint}, run {prep.run_number} in {prep.run_dir}")
             result = await execute_batch_run(prep, apis, params, no_wait=options.no_wait,
@@ -421,49 +483,98 @@ def runs_of(job: JobSpec) -> list[JobSpec]:
     return [job.for_model(entry) for entry in job.models] if job.compare_mode else [job]
 
 
+def _models_as_given(job: JobSpec) -> str:
+    """The model string(s) of a run exactly as the job (or --model) gave them, for the header."""
+    return ", ".join(entry.model for entry in job.models) if job.routes else job.model
+
+
+def preflight(job: JobSpec, jobs: list[JobSpec], job_path: Path | None, options: LaunchOptions, use_sim: bool,
+              secrets: list[str]) -> tuple[dict[str, dict[str, Target]], dict[str, PreparedRun]]:
+    """Everything checkable before litellm loads, in one pass (docs/reliability.md, "Checked before
+    anything is sent"): [params] typos, the key variables, and for each run its directory (lock,
+    resume match) and its input (every bad line; a field the prompt uses that the file lacks, once).
+    Every problem is reported once, together (PreflightError, or the one problem's own error).
+    Returns the provider targets and the prepared runs, their run directories locked."""
+    problems: list[BatchrunError] = []
+
+    def add(problem: BatchrunError) -> None:
+        if all(str(problem) != str(seen) for seen in problems):
+            problems.append(problem)
+
+    try:
+        check_param_names(job, job_path)
+    except JobSpecError as exc:
+        add(exc)
+    targets: dict[str, dict[str, Target]] = {}
+    for each in jobs:
+        try:
+            targets[each.name] = provider_targets(each, use_sim, secrets)
+        except ConfigurationError as exc:
+            add(exc)
+    preps: dict[str, PreparedRun] = {}
+    for each in jobs:
+        try:
+            preps[each.name] = _prepare(each, job_path, _endpoint_of(each, use_sim), options)
+        except BatchrunError as exc:
+            add(exc)
+    if problems:
+        for prep in preps.values():
+            prep.release()
+        raise problems[0] if len(problems) == 1 else PreflightError(problems)
+    return targets, preps
+
+
 async def launch(job: JobSpec, job_path: Path | None, options: LaunchOptions, *, say: Say = _quiet,
                  secrets: list[str] | None = None, before_execute: Callable[[], None] | None = None,
                  after_run: Callable[[JobSpec, RunResult, str], None] | None = None) -> RunResult:
     """Every run of `job` (module docstring): the RunResult, a compare job's combined over its models.
 
-    Everything checkable is checked before anything is sent (keys, model names when live, [params]).
-    `secrets` collects the keys read, for the caller's redaction; `before_execute` runs just before
-    the first request of each online run (routing litellm's logs); `after_run(job, result, mode)`
-    after each run, mode "online" or "batch" (the command line prints its summary there)."""
+    Everything checkable is checked before anything is sent: first what needs no litellm
+    (`preflight`: answered in about a second), then, litellm loaded, the model strings (routable,
+    priced) and [params] per model, before the simulator starts. `secrets` collects the keys read,
+    for the caller's redaction; `before_execute` runs just before the first request of each online
+    run (routing litellm's logs); `after_run(job, result, mode)` after each run, mode "online" or
+    "batch" (the command line prints its summary there)."""
     if (options.no_wait or options.finish_online) and job.mode != "batch":
         raise JobSpecError("--no-wait and --finish-online are for batch mode (mode = \"batch\" or --mode batch)")
     secrets = secrets if secrets is not None else []
     use_sim = job.simulator is not None and not options.live and options.api_base is None
-    if not use_sim:  # the simulator answers any name; a provider needs one litellm can route
+    jobs = runs_of(job)
+    targets, preps = preflight(job, jobs, job_path, options, use_sim, secrets)
+    try:
+        if "litellm" not in sys.modules:
+            say("loading litellm...")
         from batchrun.providers.litellm_setup import check_models
 
-        check_models(job)
-    jobs = runs_of(job)
-    targets = {each.name: provider_targets(each, use_sim, secrets) for each in jobs}  # keys checked up front
-    if "litellm" not in sys.modules:
-        say("loading litellm...")
-    check_params(job)
-    results: dict[str, RunResult] = {}
-    with _simulator(job, use_sim, say) as sim_url:
-        for each in jobs:
-            if job.mode == "batch":
-                scale = job.simulator.batch_time_scale if use_sim and job.simulator is not None else 1.0
-                result = await run_batch(each, job_path, targets[each.name], sim_url, scale, options, say=say)
-                if after_run is not None:
-                    after_run(each, result, "batch")
-                if options.finish_online and result.state == "done" and not result.nothing_to_do:
-                    say("--finish-online: sending the tickets left online")
-                    result = await run_online(each, job_path, targets[each.name], sim_url,
-                                              dataclasses.replace(options, finish_online=False), say=say,
-                                              before_execute=before_execute)
+        for note in check_models(job, options.api_base):  # every run, simulated or live
+            say(note)
+        check_params(job)
+        results: dict[str, RunResult] = {}
+        with _simulator(job, use_sim, say) as sim_url:
+            for each in jobs:
+                prep = preps.pop(each.name)
+                if job.mode == "batch":
+                    scale = job.simulator.batch_time_scale if use_sim and job.simulator is not None else 1.0
+                    result = await run_batch(each, job_path, targets[each.name], sim_url, scale, options, say=say,
+                                             prep=prep)
+                    if after_run is not None:
+                        after_run(each, result, "batch")
+                    if options.finish_online and result.state == "done" and not result.nothing_to_do:
+                        say("--finish-online: sending the tickets left online")
+                        result = await run_online(each, job_path, targets[each.name], sim_url,
+                                                  dataclasses.replace(options, finish_online=False), say=say,
+                                                  before_execute=before_execute)
+                        if after_run is not None:
+                            after_run(each, result, "online")
+                else:
+                    result = await run_online(each, job_path, targets[each.name], sim_url, options, say=say,
+                                              before_execute=before_execute, prep=prep)
                     if after_run is not None:
                         after_run(each, result, "online")
-            else:
-                result = await run_online(each, job_path, targets[each.name], sim_url, options, say=say,
-                                          before_execute=before_execute)
-                if after_run is not None:
-                    after_run(each, result, "online")
-            results[each.name] = result
+                results[each.name] = result
+    finally:
+        for prep in preps.values():
+            prep.release()
     if not job.compare_mode:
         return results[job.name]
     return RunResult.combined({entry.name: results[each.name] for entry, each in zip(job.models, jobs)},

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from batchrun.analysis.textfmt import duration, kv, ms, usd
+from batchrun.errors import is_permanent
 from batchrun.records import Outcome
 
 _LOG_STEP = math.log(1.01)
@@ -101,11 +102,13 @@ class RunStats:
     tickets_total: int = 0  # tickets in the input (after --limit)
     already_done: int = 0  # done in an earlier run: skipped, never requested
     skipped_failed: int = 0  # failed in an earlier run and skipped (--skip-failed)
+    skipped_permanent: int = 0  # failed for good (a permanent kind) in an earlier run: not retried
     rejected_lines: int = 0  # bad input lines skipped (on_bad_input = "skip")
     concurrency_settled: int | None = None  # concurrency = "auto": where AIMD settled
     to_do: int = 0  # tickets this run set out to process
     done: int = 0  # succeeded in this run: line in results.jsonl
     failed: int = 0  # ended in errors.jsonl in this run
+    failed_permanent: int = 0  # of those, with a permanent kind (errors.PERMANENT_KINDS): not retried by a re-run
     in_flight: int = 0  # tickets between dispatch and their line on disk
     attempts: int = 0  # requests sent (first tries and retries)
     retries: int = 0  # attempts after a ticket's first
@@ -145,6 +148,8 @@ class RunStats:
         if not outcome.ok:
             self.failed += 1
             kind = outcome.error_kind or "unknown"
+            if is_permanent(kind):
+                self.failed_permanent += 1
             self.failed_by_kind[kind] = self.failed_by_kind.get(kind, 0) + 1
             messages = self.failure_messages.setdefault(kind, {})
             text = short_message(outcome.error_message)
@@ -196,10 +201,13 @@ class RunStats:
             "tickets_total": self.tickets_total,
             "already_done": self.already_done,
             "skipped_failed": self.skipped_failed,
+            "skipped_permanent": self.skipped_permanent,
             "rejected_lines": self.rejected_lines,
             "concurrency_settled": self.concurrency_settled,
             "done": self.done,
             "failed": self.failed,
+            "failed_permanent": self.failed_permanent,
+            "failed_transient": self.failed - self.failed_permanent,
             "not_finished": max(self.to_do - finished, 0),
             "wall_s": round(wall, 3),
             "requests": self.attempts,
@@ -282,7 +290,9 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
     rows = [
         ("tickets in input", f"{summary['tickets_total']:,}"),
         ("done in this run", f"{summary['done']:,}"),
-        ("failed in this run", f"{summary['failed']:,}"),
+        ("failed in this run", f"{summary['failed']:,}" + (
+            f" ({summary.get('failed_permanent', 0):,} permanent, {summary.get('failed_transient', 0):,} transient: "
+            "a re-run retries the transient ones)" if summary["failed"] else "")),
         ("already done before", f"{summary['already_done']:,}"),
     ]
     if summary.get("concurrency_settled"):
@@ -291,6 +301,9 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
         rows.append(("bad input lines skipped", f"{summary['rejected_lines']:,} (rejects.jsonl)"))
     if summary["skipped_failed"]:
         rows.append(("skipped (failed before)", f"{summary['skipped_failed']:,}"))
+    if summary.get("skipped_permanent"):
+        rows.append(("kept (permanent failures)", f"{summary['skipped_permanent']:,} from earlier runs, not retried "
+                                                  "(--retry-permanent sends them)"))
     if summary["not_finished"]:
         rows.append(("not finished (resume)", f"{summary['not_finished']:,}"))
     cluster = summary.get("cluster")

@@ -79,6 +79,9 @@ class _WorkersType(click.ParamType):
               help="OpenAI-compatible server to talk to (no simulator) [env: BATCHRUN_API_BASE].")
 @click.option("--live", is_flag=True, help="Use the job's real model even if it has a [simulator] section.")
 @click.option("--skip-failed", is_flag=True, help="Do not retry tickets that failed in an earlier run.")
+@click.option("--retry-permanent", is_flag=True,
+              help="Also send again tickets whose earlier failure was permanent (context window, content "
+                   "policy, invalid request, auth, not found); a re-run otherwise retries transient ones only.")
 @click.option("--force", is_flag=True, help="Resume even if the job, input or endpoint changed.")
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
@@ -115,7 +118,7 @@ class _WorkersType(click.ParamType):
                    "(a `batchrun serve` process on the run directory's parent).")
 def run_command(job_file: Path, input_path: Path | None, concurrency: int | None, limit: int | None,
         run_dir: Path | None, model: str | None, api_base: str | None, live: bool, skip_failed: bool,
-        force: bool, grace: float, workers: int | str | None, engine: str | None, ray_address: str | None,
+        retry_permanent: bool, force: bool, grace: float, workers: int | str | None, engine: str | None, ray_address: str | None,
         max_cost_usd: float | None, cache: bool | None, progress: bool | None, mode: str | None,
         no_wait: bool, finish_online: bool, progress_every: float, as_json: bool, verbose: int,
         log_file: Path | None, serve_port: int | None) -> None:
@@ -132,7 +135,8 @@ def run_command(job_file: Path, input_path: Path | None, concurrency: int | None
     bar = sys.stderr.isatty() if progress is None else progress
     options = LaunchOptions(input=input_path, run_dir=run_dir, limit=limit, concurrency=concurrency, model=model,
                             api_base=api_base, live=live, workers=workers, engine=engine, ray_address=ray_address,
-                            mode=mode, cache=cache, max_cost_usd=max_cost_usd, skip_failed=skip_failed, force=force,
+                            mode=mode, cache=cache, max_cost_usd=max_cost_usd, skip_failed=skip_failed,
+                            retry_permanent=retry_permanent, force=force,
                             grace=grace, no_wait=no_wait, finish_online=finish_online, progress=bar,
                             progress_every=None if bar else progress_every)
     secrets: list[str] = []

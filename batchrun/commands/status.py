@@ -72,7 +72,9 @@ def format_status(status: dict[str, Any]) -> str:
         *([("asked", f"{status['asked']:,} (--limit {status['limit']:,} in run {status['run']})")]
           if status.get("limit") is not None else []),
         ("done", f"{status['done']:,}"),
-        ("failed", f"{status['failed']:,}"),
+        ("failed", f"{status['failed']:,}" + (
+            f" ({status.get('failed_permanent', 0):,} permanent: kept by a re-run, --retry-permanent sends them; "
+            f"{status.get('failed_transient', 0):,} transient: a re-run retries them)" if status["failed"] else "")),
         *([("pending", f"{status['pending_asked']:,} of those asked"),
            ("not asked yet", f"{status['not_asked']:,} of the input (run without --limit, or a larger one)")]
           if status.get("limit") is not None else [("pending", f"{status['pending']:,}")]),

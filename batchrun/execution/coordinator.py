@@ -72,7 +72,8 @@ class Coordinator:
         self.provider = next(iter(self.providers.values()), None)  # cost and token estimates
         self.rate_limits_here = rate_limits_here  # False on Ray: the cluster's limiter actor holds them
         self.stats = RunStats(tickets_total=prep.tickets_total, already_done=prep.already_done,
-                              skipped_failed=prep.skipped_failed, to_do=prep.to_do,
+                              skipped_failed=prep.skipped_failed, skipped_permanent=prep.skipped_permanent,
+                              to_do=prep.to_do,
                               rejected_lines=prep.scan.problem_count)
         self.stats.maybe_billed_ids = sorted(prep.checkpoint.maybe_billed)
         self.gate = RequestGate()

@@ -5,7 +5,11 @@ whole input in one pass (every bad line is reported before any request; with
 on_bad_input = "skip" they go to rejects.jsonl), refuses to resume a run
 directory made by a different job, input or endpoint (unless force), names the
 tickets the last run left in flight (they may be billed twice), and counts what
-is left to do: a PreparedRun.
+is left to do: a PreparedRun. Tickets whose latest failure is permanent
+(errors.PERMANENT_KINDS: context window, content policy, invalid request, auth,
+not found) are kept as they are, counted and named in a note, unless
+`retry_permanent`; transient failures are retried (all failures are kept with
+`skip_failed`).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class PreparedRun:
     already_done: int
     skipped_failed: int
     to_do: int
+    skipped_permanent: int = 0  # failed for good in an earlier run, not retried (--retry-permanent sends them)
     max_cost_usd: float | None = None  # the budget across all runs on this directory
     notes: list[str] = field(default_factory=list)  # things the user should know
 
@@ -95,6 +100,7 @@ def prepare_run(
     skip_failed: bool = False,
     force: bool = False,
     max_cost_usd: float | None = None,
+    retry_permanent: bool = False,
 ) -> PreparedRun:
     """Everything before the first request; raises BatchrunError subclasses."""
     templates = [t for t in (job.system_template, job.user_template) if t is not None]
@@ -103,7 +109,8 @@ def prepare_run(
     try:
         skip_bad = job.on_bad_input == "skip"
         plan = {"max_problems": None if skip_bad else 20, "done_ids": checkpoint.done_ids,
-                "failed_ids": checkpoint.failed_ids if skip_failed else frozenset(), "limit": limit}
+                "failed_ids": checkpoint.failed_ids if skip_failed else frozenset(), "limit": limit,
+                "permanent_ids": frozenset() if retry_permanent else checkpoint.permanent_ids}
         # what makes a saved index valid besides the input's bytes
         key = orjson.dumps([job.id_field, [t.fields for t in templates], job.max_line_bytes]
                            + ([job.input_format] if job.input_format else [])).decode()
@@ -116,14 +123,22 @@ def prepare_run(
         if scan is None:
             scan = scan_input(job.input, job.id_field, templates, max_line_bytes=job.max_line_bytes,
                               keep_ids=True, input_format=job.input_format, **plan)
-            if not scan.problem_count or skip_bad:
+            if not scan.file_problems and (not scan.problem_count or skip_bad):
                 write_input_index(checkpoint.run_dir, scan.to_index(key))
             scan.ids = None  # the index is on disk; free the memory
         notes = list(checkpoint.repaired)
         if checkpoint.maybe_billed:
             notes.append(describe_maybe_billed(list(checkpoint.maybe_billed)))
-        if scan.problem_count and not skip_bad:
+        if scan.file_problems or (scan.problem_count and not skip_bad):
             raise TicketError(scan.describe_problems())
+        if scan.skipped_permanent:
+            kinds: dict[str, int] = {}
+            for kind in (checkpoint.failed_kinds.get(i, "unknown") for i in checkpoint.permanent_ids):
+                kinds[kind] = kinds.get(kind, 0) + 1
+            by_kind = (" (" + ", ".join(f"{kind} {count:,}" for kind, count in sorted(kinds.items())) + ")"
+                       if sum(kinds.values()) == scan.skipped_permanent else "")
+            notes.append(f"{scan.skipped_permanent:,} permanent failure(s) from earlier runs, not retried{by_kind}: "
+                         "--retry-permanent to send them again")
         old = read_manifest(checkpoint.run_dir) or {}
         if old and not force:
             changes = mismatches(old, job, scan, endpoint)
@@ -150,7 +165,8 @@ def prepare_run(
             tickets_total=scan.selected,
             already_done=scan.already_done,
             skipped_failed=scan.skipped_failed,
-            to_do=scan.selected - scan.already_done - scan.skipped_failed,
+            skipped_permanent=scan.skipped_permanent,
+            to_do=scan.selected - scan.already_done - scan.skipped_failed - scan.skipped_permanent,
             max_cost_usd=budget,
             notes=notes,
         )

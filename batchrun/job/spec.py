@@ -117,6 +117,8 @@ class JobSpec(Section):
     timeout_s: float = Field(60.0, gt=0)  # per attempt
     retry: RetrySpec = Field(default_factory=RetrySpec)
     prices: PricesSpec | None = None
+    # run a model litellm's price list does not know, without [prices]: its cost_usd stays null
+    allow_unpriced: bool = False
     max_cost_usd: float | None = Field(None, gt=0)  # stop dispatching before spending more (all runs)
     fail_fast_after: int = Field(5, ge=1)  # this many 401/403/404 tickets in a row abort the run
     # this many tickets in a row ending in the same non-retryable error (class and message) abort the run

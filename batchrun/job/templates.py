@@ -63,6 +63,15 @@ class PromptTemplate:
                 value = value[key]
         return None
 
+    def missing_field_of(self, field: str, values: Mapping[str, Any]) -> bool:
+        """Does `values` lack the placeholder `field` (one of `fields`)?"""
+        value: Any = values
+        for key in field.split("."):
+            if not isinstance(value, Mapping) or key not in value:
+                return True
+            value = value[key]
+        return False
+
     def render(self, values: Mapping[str, Any]) -> str:
         """Fill the placeholders from `values`; raises MissingFieldError."""
         out: list[str] = []

@@ -8,6 +8,7 @@
                             the first damaged line, and with totals the lines' money
                             (records.line_money)
     load_done_ids / load_failed_ids   what a run directory already holds
+    load_failed_kinds(run_dir)  each failed id's latest error kind (permanent or transient)
 
 Reading takes no lock, so it works while a run is writing: a torn last line is
 simply not counted yet.
@@ -41,9 +42,10 @@ class JsonlScan:
     cache_hits: int = 0  # lines with "cache_hit": true (reused answers)
     cost_saved_usd: float = 0.0  # their cost_saved_usd
     last_by_id: dict[str, dict[str, Any]] | None = None  # only when asked (errors file)
+    kind_by_id: dict[str, str] | None = None  # with kinds: each id's latest error_kind (errors file)
 
 
-def scan_jsonl(path: Path, *, keep_last: bool = False, totals: bool = True) -> JsonlScan:
+def scan_jsonl(path: Path, *, keep_last: bool = False, totals: bool = True, kinds: bool = False) -> JsonlScan:
     """Scan a checkpoint file; a missing file is an empty scan.
 
     Valid data ends at the first line that has no newline or does not parse
@@ -51,10 +53,11 @@ def scan_jsonl(path: Path, *, keep_last: bool = False, totals: bool = True) -> J
     torn. Only a last line without a newline is a torn write (lines are
     appended whole by one writer); `damaged_line` names the first complete
     line that is not a record, which no crash can leave behind. A symbolic
-    link is refused (CheckpointError), never followed.
+    link is refused (CheckpointError), never followed. `kinds`: each id's
+    latest `error_kind` too (errors.jsonl: which failures are permanent).
     """
-    scan = JsonlScan(last_by_id={} if keep_last else None)
-    fast = not keep_last and not totals  # ids only: read them without parsing the line
+    scan = JsonlScan(last_by_id={} if keep_last else None, kind_by_id={} if kinds else None)
+    fast = not keep_last and not totals and not kinds  # ids only: read them without parsing the line
     try:
         handle = open(open_no_follow(path, os.O_RDONLY), "rb")
     except FileNotFoundError:
@@ -75,6 +78,8 @@ def scan_jsonl(path: Path, *, keep_last: bool = False, totals: bool = True) -> J
                         ticket_id, obj = parsed
                         if scan.last_by_id is not None:
                             scan.last_by_id[ticket_id] = obj
+                        if scan.kind_by_id is not None:
+                            scan.kind_by_id[ticket_id] = str(obj.get("error_kind") or "unknown")
                         scan.ids.add(ticket_id)
                         if totals:  # every line is money spent (errors.jsonl: rejected answers)
                             money = line_money(obj)
@@ -143,3 +148,11 @@ def load_failed_ids(run_dir: Path, done: set[str] | None = None) -> set[str]:
     run_dir = Path(run_dir)
     done = load_done_ids(run_dir) if done is None else done
     return scan_jsonl(run_dir / ERRORS, totals=False).ids - done
+
+
+def load_failed_kinds(run_dir: Path, done: set[str] | None = None) -> dict[str, str]:
+    """Each id whose latest outcome is a failure, with that failure's error_kind."""
+    run_dir = Path(run_dir)
+    done = load_done_ids(run_dir) if done is None else done
+    kinds = scan_jsonl(run_dir / ERRORS, totals=False, kinds=True).kind_by_id or {}
+    return {ticket_id: kind for ticket_id, kind in kinds.items() if ticket_id not in done}

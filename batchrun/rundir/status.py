@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AbstractSet, Any, Mapping
 
-from batchrun.errors import CheckpointError, ReportError
+from batchrun.errors import CheckpointError, ReportError, is_permanent
 from batchrun.rundir.layout import LEDGER, LIVE_PART_STATES
 from batchrun.rundir.manifest import read_manifest
 
@@ -139,13 +139,16 @@ def run_status(run_dir: Path) -> dict[str, Any]:
     if manifest is None:
         raise CheckpointError(f"{run_dir}: no manifest.json here: not a batchrun run directory")
     results = scan_jsonl(run_dir / RESULTS)
-    errors = scan_jsonl(run_dir / ERRORS)  # its cost_usd: answers rejected by the output check
+    errors = scan_jsonl(run_dir / ERRORS, kinds=True)  # its cost_usd: answers rejected by the output check
     done, unpriced, tokens = len(results.ids), results.unpriced, results.total_tokens
     cost = results.cost_usd + errors.cost_usd
     failed_ids = errors.ids - results.ids
+    kinds = errors.kind_by_id or {}
+    permanent = sum(1 for ticket_id in failed_ids if is_permanent(kinds.get(ticket_id)))
     rejects = run_dir / REJECTS
     rejected = rejects.read_bytes().count(b"\n") if rejects.exists() else 0
-    return status_from_counts(run_dir, manifest, done=done, failed=len(failed_ids), cost_usd=cost,
+    return status_from_counts(run_dir, manifest, done=done, failed=len(failed_ids), failed_permanent=permanent,
+                              cost_usd=cost,
                               unpriced=unpriced, total_tokens=tokens, rejected_lines=rejected,
                               cache_hits=results.cache_hits, cost_saved_usd=results.cost_saved_usd,
                               done_ids=results.ids)
@@ -154,11 +157,12 @@ def run_status(run_dir: Path) -> dict[str, Any]:
 def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int, failed: int, cost_usd: float,
                        unpriced: int, total_tokens: int, rejected_lines: int, cache_hits: int = 0,
                        cost_saved_usd: float = 0.0, live: bool | None = None,
-                       done_ids: AbstractSet[str] | None = None) -> dict[str, Any]:
+                       done_ids: AbstractSet[str] | None = None, failed_permanent: int = 0) -> dict[str, Any]:
     """The status JSON (`batchrun status --json`, and `batchrun serve`'s /api/runs/NAME) from a
     run directory's counts: the one definition of its keys and rounding. `live`: whether a run
     holds the lock (None: probe it here); `done_ids`: the ids with a result (None: read them,
-    only for a dead run, to name its tickets left in flight)."""
+    only for a dead run, to name its tickets left in flight); `failed_permanent`: of the failed,
+    those whose latest failure is permanent (a re-run keeps them; the rest it retries)."""
     from batchrun.rundir.checkpoint import lock_state
     from batchrun.rundir.journal import open_inflight
     from batchrun.rundir.layout import RESULTS
@@ -193,6 +197,8 @@ def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int,
         "tickets": total,
         "done": done,
         "failed": failed,
+        "failed_permanent": failed_permanent,  # kept by a re-run (--retry-permanent sends them)
+        "failed_transient": failed - failed_permanent,  # retried by a re-run
         "pending": max(total - done - failed, 0),  # of the whole input
         "limit": limit if isinstance(limit, int) else None,  # the last run's --limit
         "asked": asked,

@@ -36,6 +36,7 @@ from typing import Any, Callable
 import orjson
 
 from batchrun.analysis.stats import LatencyHistogram
+from batchrun.errors import is_permanent
 from batchrun.records import line_money, line_time
 
 __all__ = ["JsonlFollower", "SERIES_POINTS", "UnitNumbers", "open_nofollow"]
@@ -279,6 +280,10 @@ class UnitNumbers:
         """What was spent, as `batchrun status` counts it: results' cost_usd and rejected
         answers on both files."""
         return self.results_cost + self.rejected_cost + self.errors_cost
+
+    def failed_permanent(self) -> int:
+        """Failed tickets whose latest failure is permanent (errors.PERMANENT_KINDS)."""
+        return sum(1 for kind in self.failed.values() if is_permanent(kind))
 
     def failed_by_kind(self) -> dict[str, int]:
         counts: dict[str, int] = {}

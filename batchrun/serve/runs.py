@@ -41,7 +41,7 @@ from typing import Any, Mapping
 import orjson
 
 from batchrun.analysis.stats import percentiles
-from batchrun.errors import redact_secrets
+from batchrun.errors import is_permanent, redact_secrets
 from batchrun.rundir.layout import ERRORS, LOCK, MANIFEST, REJECTS, RESULTS
 from batchrun.rundir.status import MODELS_DIR, status_from_counts
 from batchrun.serve.follow import JsonlFollower, UnitNumbers, open_nofollow
@@ -287,7 +287,8 @@ class UnitWatch:
 
     def status(self) -> dict[str, Any]:
         n = self.numbers
-        return status_from_counts(self.run_dir, self.manifest, done=n.done, failed=len(n.failed), cost_usd=n.cost_usd,
+        return status_from_counts(self.run_dir, self.manifest, done=n.done, failed=len(n.failed),
+                                  failed_permanent=n.failed_permanent(), cost_usd=n.cost_usd,
                                   unpriced=n.unpriced, total_tokens=n.total_tokens,
                                   rejected_lines=self.rejected_lines, cache_hits=n.cache_hits,
                                   cost_saved_usd=n.cost_saved_usd, live=self.held)
@@ -310,7 +311,7 @@ class UnitWatch:
                 messages = [{**m, "message": redact_secrets(m["message"]) if m["message"] else m["message"]}
                             for m in messages]
             failures.append({"kind": kind, "tickets": count, "lines": n.failure_lines_by_kind.get(kind, 0),
-                             "latest": messages})
+                             "permanent": is_permanent(kind), "latest": messages})
         model = ((self.manifest.get("job") or {}).get("fingerprint") or {}).get("model")
         return {
             "key": self.key,
