@@ -12,7 +12,8 @@ retry policy and the engine never look at litellm's own exception types.
     ├── CheckpointError         the run directory cannot be used
     │   ├── RunLockedError      another process holds the run directory's lock
     │   └── RunMismatchError    resuming with a different job or input
-    ├── NotARunDirError         a path given as a run directory holds no run (exit 2, every command)
+    ├── ReportError             a path a report, an export or `show` cannot read (exit 2)
+    │   └── NotARunDirError     a path given as a run directory holds no run (exit 2, every command)
     ├── PreflightError          several of the above, found before anything was sent, each once
     └── RequestError            one provider call failed (kind, status, retry_after)
         ├── RetryableError      worth another attempt: rate limit, timeout, connection, 5xx
@@ -121,13 +122,6 @@ class RunMismatchError(CheckpointError):
     exit_code = ExitCode.BAD_INPUT
 
 
-class NotARunDirError(BatchrunError):
-    """A path given as a run directory (status, show, export, report, cancel) holds no run: one
-    exit code, 2, for every command."""
-
-    exit_code = ExitCode.BAD_INPUT
-
-
 class PreflightError(BatchrunError):
     """Every problem found before anything was sent (job fields, input fields, key variables, a
     run directory's lock), each once. Exit 2 when any of them is bad input, else the first's code."""
@@ -145,6 +139,11 @@ class ReportError(BatchrunError):
     """The path given is not something a report can be made of."""
 
     exit_code = ExitCode.BAD_INPUT
+
+
+class NotARunDirError(ReportError):
+    """A path given as a run directory (status, show, export, report, diff) holds no run: one
+    exit code, 2, for every command."""
 
 
 class RequestError(BatchrunError):

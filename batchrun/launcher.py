@@ -12,6 +12,8 @@
     preflight(...)               everything checkable without litellm, in one pass, each problem
                                  once (PreflightError): [params] typos, key variables, each run
                                  directory's lock, each input's fields; the prepared runs, locked
+    dry_run(job, path, options, n)  `batchrun run --dry-run N`: the same checks (no lock taken, nothing
+                                 written), N tickets' rendered messages and the plan's forecast
     run_online(...)              one online run: prepare_run -> execute_run (bench calls it per setting)
     run_batch(...)               one batch-mode run: prepare_run -> execute_batch_run
 
@@ -43,6 +45,8 @@ from batchrun.errors import (
     JobSpecError,
     PreflightError,
     RunMismatchError,
+    TicketError,
+    is_permanent,
     redact_url,
 )
 from batchrun.execution.result import RunResult
@@ -52,7 +56,7 @@ if TYPE_CHECKING:
     from batchrun.execution.executors.process import WorkerPool
     from batchrun.execution.preparation import PreparedRun
 
-__all__ = ["LaunchOptions", "check_param_names", "check_params", "endpoint_label", "launch", "preflight",
+__all__ = ["LaunchOptions", "check_param_names", "check_params", "dry_run", "endpoint_label", "launch", "preflight",
            "provider_targets", "resolve_job", "run_batch", "run_online", "sim_config"]
 
 log = logging.getLogger("batchrun")
@@ -481,6 +485,50 @@ def _simulator(job: JobSpec, use_sim: bool, say: Say) -> Iterator[str | None]:
 def runs_of(job: JobSpec) -> list[JobSpec]:
     """The runs of a job: one per [[models]] entry of a compare job, else the job itself."""
     return [job.for_model(entry) for entry in job.models] if job.compare_mode else [job]
+
+
+def dry_run(job: JobSpec, job_path: Path | None, options: LaunchOptions, count: int) -> dict[str, Any]:
+    """What `batchrun run JOB --dry-run N` shows, sending nothing and writing nothing: the checks a
+    run makes before its first request (a missing key variable is a note here, not an error), the
+    first `count` tickets it would send with their rendered messages, and the plan's forecast
+    (analysis/plan.make_plan: tickets, tokens, cost, duration)."""
+    from batchrun.analysis.plan import make_plan
+    from batchrun.job.templates import render_messages
+    from batchrun.job.tickets import read_tickets, scan_input
+    from batchrun.providers.litellm_setup import check_models
+    from batchrun.rundir.lines import load_failed_kinds, scan_jsonl
+
+    use_sim = job.simulator is not None and not options.live and options.api_base is None
+    notes: list[str] = []
+    check_param_names(job, job_path)
+    try:
+        for each in runs_of(job):
+            provider_targets(each, use_sim, [])
+    except ConfigurationError as exc:
+        notes.append(f"{str(exc).removesuffix('; nothing was sent')}: a run would stop here")
+    first = runs_of(job)[0]
+    run_dir = first.resolved_run_dir()
+    done = scan_jsonl(run_dir / "results.jsonl", totals=False).ids
+    kinds = load_failed_kinds(run_dir, done)
+    templates = [t for t in (first.system_template, first.user_template) if t is not None]
+    scan = scan_input(first.input, first.id_field, templates, max_line_bytes=first.max_line_bytes,
+                      done_ids=done, failed_ids=set(kinds) if options.skip_failed else frozenset(),
+                      permanent_ids=frozenset() if options.retry_permanent else
+                      {i for i, kind in kinds.items() if is_permanent(kind)},
+                      limit=options.limit, input_format=first.input_format)
+    if scan.file_problems or (scan.problem_count and first.on_bad_input == "fail"):
+        raise TicketError(scan.describe_problems())
+    shown = []
+    if count:
+        for ticket in read_tickets(first.input, first.id_field, only_lines=scan.dispatch,
+                                   max_line_bytes=first.max_line_bytes, input_format=first.input_format):
+            shown.append({"id": ticket.id, "line": ticket.line, "messages": render_messages(first, ticket)})
+            if len(shown) >= count:
+                break
+    notes += check_models(job, options.api_base)
+    plan = make_plan(job, job_path=job_path, limit=options.limit, skip_failed=options.skip_failed,
+                     max_cost_usd=options.max_cost_usd, live=not use_sim, retry_permanent=options.retry_permanent)
+    return {"job": job.name, "simulated": use_sim, "tickets": shown, "notes": notes, "plan": plan}
 
 
 def _models_as_given(job: JobSpec) -> str:

@@ -99,6 +99,10 @@ class Outcome:
     model_key: str | None = None  # multi-model jobs: the [[models]] name that answered (or failed last)
     route: str | None = None  # routed jobs: the rule that chose the model
     attempts_by_model: Mapping[str, int] | None = None  # with fallbacks: requests sent to each model
+    # every attempt of this run that did not give the answer kept, in order: {"attempt", "at",
+    # "kind", "status_code", "latency_ms", "message", "model_key", "cost_usd"}; written as the line's
+    # "failed_attempts" when there was one (`batchrun show` lists them)
+    failed_attempts: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -117,6 +121,8 @@ class Outcome:
             line["route"] = self.route
         if self.attempts_by_model is not None:
             line["attempts_by_model"] = dict(self.attempts_by_model)
+        if self.failed_attempts:
+            line["failed_attempts"] = [dict(attempt) for attempt in self.failed_attempts]
 
     def to_line(self) -> dict[str, Any]:
         """The JSON object written to results.jsonl (ok) or errors.jsonl."""

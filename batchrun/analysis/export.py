@@ -96,11 +96,13 @@ class _Unit:
 
 def _units(run_dir: Path) -> list[_Unit]:
     """The run directory's units (rundir.find_units): one, or one per model of a compare directory."""
-    from batchrun.errors import ReportError
+    from batchrun.errors import NotARunDirError, ReportError
     from batchrun.rundir.status import find_units
 
     try:
         kind, found = find_units(Path(run_dir))
+    except NotARunDirError:
+        raise
     except ReportError as exc:
         raise ExportError(str(exc)) from None
     units = []
@@ -320,21 +322,25 @@ def _rejected_rows(run_dir: Path) -> set[int]:
     return rows
 
 
-def export_run(run_dir: Path, out: Path | None = None, fmt: str = "jsonl", *,
-               with_input: bool = False) -> ExportResult:
-    """Write the export of `run_dir` (see the module docstring); raises ExportError."""
+def export_run(run_dir: Path | str, out: Path | str | None = None, fmt: str = "jsonl", *,
+               with_input: bool = False, input: Path | str | None = None) -> ExportResult:
+    """Write the export of `run_dir` (see the module docstring); raises ExportError (NotARunDirError for
+    a path that holds no run). The input is found from the manifest, from any working directory
+    (rundir.manifest.find_input); `input` overrides it."""
+    from batchrun.rundir.manifest import find_input
+
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format {fmt!r} (one of: {', '.join(EXPORT_FORMATS)})")
     run_dir = Path(run_dir)
     units = _units(run_dir)
     first = units[0].manifest
     source = first.get("input") or {}
-    input_path = Path(str(source.get("path") or ""))
+    found, why = find_input(units[0].run_dir, first, Path(input) if input is not None else None)
     declared = source.get("format")
     id_field = str(((first.get("job") or {}).get("fingerprint") or {}).get("id_field") or "id")
-    if not input_path.is_file():
-        raise ExportError(f"{run_dir}: the run's input {input_path} is not there: export re-reads it for the "
-                          "ticket order (and --with-input fields)")
+    if found is None:
+        raise ExportError(f"{run_dir}: {why}: export re-reads it for the ticket order (and --with-input fields)")
+    input_path = found
     sha256, _size = file_digest(input_path)
     if source.get("sha256") and sha256 != source["sha256"]:
         raise ExportError(f"{input_path} changed since the run in {run_dir} (sha256 differs): its rows are "

@@ -7,8 +7,8 @@
                        (`record(outcome)`) and as attempts are made
     RunStats.summary() a flat dict (stored in manifest.json)
     format_summary()   the table printed at the end of `batchrun run`
-    format_progress_line()  one plain line for logs without a terminal
-                       (`batchrun run --progress-every`)
+    format_progress_line()  one plain progress line for logs (`batchrun run
+                       --progress-every`; run_logging.py dates it)
 
 The percentile functions of the package live here, once:
     percentile(sorted_values, p)   exact nearest-rank (grading: every latency
@@ -53,13 +53,9 @@ def short_message(message: str | None) -> str:
     import re
 
     from batchrun.errors import redact_secrets
+    from batchrun.providers.error_mapping import provider_message
 
-    text = " ".join(redact_secrets(message or "(no message)").split())
-    inner = re.search(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)"', text)  # an OpenAI-shaped error body
-    if inner:
-        text = inner.group(1).replace('\\"', '"')
-    else:  # "litellm.BadRequestError: OpenAIException - ..." -> "..."
-        text = re.sub(r"^(?:(?:litellm\.)?[A-Za-z]+(?:Error|Exception)\s*[-:]\s*)+", "", text) or text
+    text = provider_message(" ".join(redact_secrets(message or "(no message)").split()))
     text = re.sub(r"\d+(?:[.,]\d+)*", "N", text)  # "5 tokens" and "7 tokens" are one message
     return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS - 1] + "…"
 
@@ -377,8 +373,7 @@ def format_progress_line(stats: RunStats, now: float | None = None) -> str:
     remaining = max(stats.to_do - finished, 0)
     since = max(now - (stats.first_dispatch or stats.started), 1e-9)
     eta = remaining / (finished / since) if finished else None
-    stamp = time.strftime("%H:%M:%S")
     cost = f"${stats.cost_usd:,.4f}" + (f" (+{stats.unpriced} unpriced)" if stats.unpriced else "")
-    return (f"batchrun: {stamp} progress: done {stats.done:,}, failed {stats.failed:,}, to do {remaining:,} "
+    return (f"progress: done {stats.done:,}, failed {stats.failed:,}, to do {remaining:,} "
             f"of {stats.to_do:,} | {stats.attempts / max(elapsed, 1e-9):,.1f} req/s | {cost} | "
             f"elapsed {duration(elapsed)} | ETA {duration(eta) if remaining else '0 s'}")

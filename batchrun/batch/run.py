@@ -118,6 +118,7 @@ from batchrun.rundir.layout import ERRORS
 from batchrun.rundir.layout import LIVE_PART_STATES as LIVE
 
 log = logging.getLogger("batchrun")
+console = logging.getLogger("batchrun.console")  # what a person sees on stderr (run_logging.py)
 ENDPOINT = "/v1/chat/completions"
 WINDOW = "24h"
 WINDOW_S = 86400.0
@@ -376,8 +377,7 @@ class _BatchRun:
             note = (f"part {part['number']}: {api.provider} cannot list batches, so a create that may have "
                     f"reached it cannot be found; check the provider's console for a batch with metadata "
                     f"batchrun_part={part['number']}, batchrun_run={self.ledger.run_key} before paying twice")
-            log.warning("%s", note)
-            print(f"batchrun: warning: {note}", file=sys.stderr, flush=True)
+            console.warning("%s", note)
             return None
         want = self._metadata(part)
         after = None
@@ -630,8 +630,8 @@ class _BatchRun:
             task_status.started()
             async for signum in signals:
                 self.signal_number = int(signum)
-                print(f"\nbatchrun: {signal.Signals(signum).name}: stopping; submitted parts stay recorded, "
-                      "re-run the same command to collect them", file=sys.stderr, flush=True)
+                console.warning("%s: stopping; submitted parts stay recorded, re-run the same command to "
+                                "collect them", signal.Signals(signum).name)
                 scope.cancel()
                 return
 

@@ -23,13 +23,18 @@ Examples:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Output file [default: RUN_DIR/export.<format>].")
 @click.option("--with-input", is_flag=True, help="Add the input row's fields to each row.")
-def export_command(run_dir: Path, fmt: str, out: Path | None, with_input: bool) -> None:
-    """Write one row per ticket of RUN_DIR, in input order: answer, usage, cost, attempts, errors."""
+@click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The run's input file [default: the one the manifest names, found from any directory].")
+def export_command(run_dir: Path, fmt: str, out: Path | None, with_input: bool, input_path: Path | None) -> None:
+    """Write one row per ticket of RUN_DIR, in input order: answer, usage, cost, attempts, errors.
+
+    Exit codes: 0 written; 2 RUN_DIR is not a run directory, or its input cannot be found or changed
+    since the run (pass --input PATH)."""
     from batchrun.analysis.export import export_run
     from batchrun.errors import BatchrunError
 
     try:
-        result = export_run(run_dir, out, fmt, with_input=with_input)
+        result = export_run(run_dir, out, fmt, with_input=with_input, input=input_path)
     except BatchrunError as exc:
         click.echo(f"batchrun: error: {exc}", err=True)
         sys.exit(int(exc.exit_code))

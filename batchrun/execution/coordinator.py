@@ -25,7 +25,6 @@ The tasks that move tickets (producer, workers, writer) are dispatcher.py's.
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Mapping
 
 import anyio
@@ -60,6 +59,7 @@ FAIL_FAST_KINDS = frozenset({"auth", "permission", "not_found"})
 _NOT_ENDPOINT_KINDS = frozenset({"rate_limited", "timeout", "connection", "server_error", "stream_cut",
                                  "invalid_output", "truncated", "content_filter"})
 log = logging.getLogger("batchrun")
+console = logging.getLogger("batchrun.console")  # what a person sees on stderr (run_logging.py)
 
 
 class Coordinator:
@@ -127,8 +127,7 @@ class Coordinator:
         self.abort_message = message
         self.producer_scope.cancel()
         if message:
-            log.warning("%s", message)
-            print(f"\nbatchrun: {message}", file=sys.stderr, flush=True)
+            console.warning("%s", message)  # once: the end of the run does not repeat it
 
     def fail(self, error: BatchrunError) -> None:
         """A fatal error (the journal or a checkpoint file cannot be written, a worker crashed): the

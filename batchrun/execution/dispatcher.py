@@ -22,6 +22,7 @@ attempts, cost 0, `cost_saved_usd`), after a failure it asks for itself.
 from __future__ import annotations
 
 import hashlib
+import logging
 import signal
 import sys
 import time
@@ -46,6 +47,8 @@ from batchrun.job.templates import render_messages
 from batchrun.job.tickets import read_tickets
 from batchrun.providers.seam import ChatRequest
 from batchrun.records import Outcome, Ticket
+
+console = logging.getLogger("batchrun.console")  # what a person sees on stderr (run_logging.py)
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -105,7 +108,7 @@ class Dispatcher:
 
             self.bar = tqdm(total=coordinator.prep.to_do, unit="ticket", dynamic_ncols=True, file=sys.stderr,
                             mininterval=0.25)
-        self.progress_every = progress_every if progress_every and not progress else None
+        self.progress_every = progress_every or None  # with a bar too: the log file gets the lines
         self._last_bar = 0.0
         self.figures = ExecutorFigures()
 
@@ -242,7 +245,7 @@ class Dispatcher:
         """Without a terminal (cron, a log file): one plain line on stderr every `every_s`."""
         while True:
             await anyio.sleep(every_s)
-            print(format_progress_line(self.co.stats), file=sys.stderr, flush=True)
+            console.info("%s", format_progress_line(self.co.stats), extra={"progress": True})
 
     async def watch_signals(self, tg: anyio.abc.TaskGroup, *,
                             task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -256,11 +259,8 @@ class Dispatcher:
                     co.stop("signal")
                     co.halt_requests()
                     self.executor.halt()
-                    print(
-                        f"\nbatchrun: {signal.Signals(signum).name}: no new requests; waiting up to "
-                        f"{self.grace_s:g} s for {co.stats.in_flight} in flight (signal again to stop now)",
-                        file=sys.stderr, flush=True,
-                    )
+                    console.warning("%s: no new requests; waiting up to %g s for %d in flight (signal again "
+                                    "to stop now)", signal.Signals(signum).name, self.grace_s, co.stats.in_flight)
                     tg.start_soon(self._grace_timer)
                 elif co.work_scope is not None:
                     co.work_scope.cancel()

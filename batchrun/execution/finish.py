@@ -37,7 +37,7 @@ from batchrun.execution.ticket_runner import utc_now
 from batchrun.job.input_formats import input_format_of
 from batchrun.providers.litellm_setup import litellm_version
 from batchrun.rundir.checkpoint import CheckpointWriter
-from batchrun.rundir.manifest import write_manifest
+from batchrun.rundir.manifest import input_record, write_manifest
 
 __all__ = ["MAX_HISTORY", "RunFinish", "build_manifest", "exit_code"]
 
@@ -84,7 +84,7 @@ def build_manifest(prep: PreparedRun, stats: RunStats, failed_ids: set[str], sta
             "fingerprint": prep.job.fingerprint(),
             "fingerprint_sha256": prep.job.fingerprint_hash(),
         },
-        "input": {"path": str(prep.scan.path), "size": prep.scan.size, "sha256": prep.scan.sha256,
+        "input": {**input_record(prep.scan.path, prep.run_dir), "size": prep.scan.size, "sha256": prep.scan.sha256,
                   "tickets": prep.scan.tickets, "format": input_format_of(prep.scan.path, prep.job.input_format)},
         "endpoint": prep.endpoint,
         "limit": prep.limit,

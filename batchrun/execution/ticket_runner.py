@@ -91,6 +91,8 @@ log = logging.getLogger("batchrun")
 MIN_ATTEMPT_TIMEOUT_S = 1.0
 #: How long after the time left the hard guard fires when the deadline caps an attempt.
 DEADLINE_GUARD_SLACK_S = 1.0
+#: A failed attempt's message as kept on its outcome line (`failed_attempts`), at most.
+MAX_ATTEMPT_MESSAGE = 300
 
 
 def utc_now() -> str:
@@ -227,6 +229,14 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
     rejected = 0  # answers the output check (or finish_reason policy) turned down
     invalid = 0  # of those, invalid_output ones (the re-ask budget)
     rejected_cost = 0.0
+    failed_attempts: list[dict[str, Any]] = []  # what `batchrun show` lists: every attempt that did not answer
+
+    def note_failure(error: RequestError, at: str, started: float, cost: float | None = None) -> None:
+        failed_attempts.append({
+            "attempt": attempts, "at": at, "kind": error.kind, "status_code": error.status_code,
+            "latency_ms": round((time.monotonic() - started) * 1000.0, 3),
+            "message": error.message[:MAX_ATTEMPT_MESSAGE], "model_key": request.model_key, "cost_usd": cost})
+
     hard_timeout = job.timeout_s * 1.5 + 5.0
     deadline = t0 + job.retry.max_elapsed_s
     rules = rules_for(job)
@@ -256,6 +266,7 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                     attempts -= 1  # not sent
                     raise
                 a0 = time.monotonic()
+                at = utc_now()
                 completion = None
                 sent, guard = request, hard_timeout
                 left = deadline - a0
@@ -271,6 +282,7 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                                              error_type="Timeout")
                 except Exception as exc:
                     error = translate_error(exc)
+                    note_failure(error, at, a0)
                     hooks.attempt_failed(request, attempts, error)
                     raise error from None
                 latency_ms = (time.monotonic() - a0) * 1000.0
@@ -292,6 +304,7 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                             else:  # ask again at once: retry_after=0 skips the backoff
                                 error = RetryableError(str(exc), kind="invalid_output", retry_after=0.0,
                                                        error_type="InvalidOutput")
+                        note_failure(error, at, a0, completion.cost_usd)
                         hooks.attempt_failed(request, attempts, error)
                         raise error from None
                 hooks.attempt_succeeded(request, attempts, completion, latency_ms)
@@ -311,12 +324,13 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
             elapsed_ms=(time.monotonic() - t0) * 1000.0, run=run_number,
             error_kind=error.kind, error_type=error.error_type, error_message=message,
             status_code=error.status_code, rejected_outputs=rejected, rejected_cost_usd=rejected_cost,
+            failed_attempts=tuple(failed_attempts),
         )
     return Outcome(
         ticket_id=request.ticket_id, attempts=attempts, started_at=started_at, finished_at=utc_now(),
         elapsed_ms=(time.monotonic() - t0) * 1000.0, run=run_number,
         completion=completion, latency_ms=latency_ms, structured=structured,
-        rejected_outputs=rejected, rejected_cost_usd=rejected_cost,
+        rejected_outputs=rejected, rejected_cost_usd=rejected_cost, failed_attempts=tuple(failed_attempts),
     )
 
 
@@ -337,6 +351,7 @@ async def run_chain(request: ChatRequest, providers: Mapping[str, Provider], cha
     t0 = time.monotonic()
     attempts_by_model: dict[str, int] = {}
     spent_before = 0.0
+    failed_before: list[Mapping[str, Any]] = []  # earlier models' failed attempts
     outcome: Outcome | None = None
     for key in chain:
         try:
@@ -348,6 +363,7 @@ async def run_chain(request: ChatRequest, providers: Mapping[str, Provider], cha
         if outcome.ok:
             break
         spent_before += outcome.spent_usd
+        failed_before += outcome.failed_attempts
     assert outcome is not None
     return replace(
         outcome, model_key=chain[len(attempts_by_model) - 1], route=route,
@@ -355,4 +371,5 @@ async def run_chain(request: ChatRequest, providers: Mapping[str, Provider], cha
         elapsed_ms=(time.monotonic() - t0) * 1000.0,
         attempts_by_model=attempts_by_model if len(chain) > 1 else None,
         rejected_cost_usd=outcome.rejected_cost_usd + spent_before,
+        failed_attempts=tuple(failed_before) + (outcome.failed_attempts if outcome.ok else ()),
     )

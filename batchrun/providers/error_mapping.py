@@ -5,6 +5,7 @@
                                   for answers that arrive as data (a batch output line), and the
                                   fallback of translate_error for exceptions that carry a status
     parse_retry_after(headers)    seconds from retry-after-ms, retry-after seconds or an HTTP date
+    provider_message(text)        the provider's own message out of litellm's exception text
 
 Kinds and which are retried: errors.py. A refused or reset connection is kind
 `connection` with no status even where litellm calls it a 500; the API key is
@@ -14,6 +15,7 @@ scrubbed from every message.
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from typing import Mapping, Sequence
 
@@ -85,11 +87,32 @@ def error_for_status(status: int | None, message: str, *, code: object = None, e
     return TerminalError(message, kind=kind, status_code=status, error_type=error_type)
 
 
+_OPENAI_MESSAGE = re.compile(r"""["']message["']\s*:\s*(?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)')""")
+_CLASS_PREFIX = re.compile(r"^(?:(?:litellm\.)?[A-Za-z]+(?:Error|Exception)\s*(?:-|:)\s*)+")
+
+
+def provider_message(text: str) -> str:
+    """What the provider said, without litellm's exception chain: the "message" of an
+    OpenAI-shaped error body when there is one (`litellm.BadRequestError: OpenAIException -
+    {"error": {"message": "This model's maximum context length is ..."}}` -> `This model's
+    maximum context length is ...`), else the text without its class prefixes."""
+    found = _OPENAI_MESSAGE.search(text)
+    if found:
+        inner = found.group(1) if found.group(1) is not None else found.group(2)
+        inner = inner.replace('\\"', '"').replace("\\'", "'").strip()
+        if inner:
+            return inner
+    stripped = _CLASS_PREFIX.sub("", text.strip())
+    stripped = re.sub(r"^Error code: \d{3}\s*-\s*", "", stripped)
+    return stripped or text
+
+
 def translate_error(exc: BaseException, secrets: Sequence[str] = ()) -> RequestError:
-    """Map any exception from a provider call onto batchrun's RequestError tree."""
+    """Map any exception from a provider call onto batchrun's RequestError tree; the message is the
+    provider's (`provider_message`), keys scrubbed."""
     if isinstance(exc, RequestError):
         return exc
-    message = redact_secrets(str(exc) or type(exc).__name__, secrets)[:1000]
+    message = redact_secrets(provider_message(str(exc)) if str(exc) else type(exc).__name__, secrets)[:1000]
     status = getattr(exc, "status_code", None)
     status = status if isinstance(status, int) else None
     name = type(exc).__name__

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AbstractSet, Any, Mapping
 
-from batchrun.errors import CheckpointError, ReportError, is_permanent
+from batchrun.errors import CheckpointError, NotARunDirError, ReportError, is_permanent
 from batchrun.rundir.layout import LEDGER, LIVE_PART_STATES
 from batchrun.rundir.manifest import read_manifest
 
@@ -97,7 +97,7 @@ def find_units(path: Path) -> tuple[str, list[RunUnit]]:
     """("compare", one unit per models/<key>/) or ("run", [the run directory])."""
     path = Path(path)
     if not path.is_dir():
-        raise ReportError(f"{path}: no such directory")
+        raise NotARunDirError(f"{path}: no such directory")
     units: list[RunUnit] = []
     models = path / MODELS_DIR
     try:
@@ -112,8 +112,8 @@ def find_units(path: Path) -> tuple[str, list[RunUnit]]:
     except CheckpointError as exc:
         raise ReportError(str(exc)) from None
     if manifest is None:
-        raise ReportError(f"{path}: no manifest.json here nor in {MODELS_DIR}/*/: "
-                          "not a batchrun run or compare directory")
+        raise NotARunDirError(f"{path}: no manifest.json here nor in {MODELS_DIR}/*/: "
+                              "not a batchrun run or compare directory")
     name = str((manifest.get("job") or {}).get("name") or path.name)
     return "run", [RunUnit(name, _manifest_model(manifest), path, manifest)]
 
@@ -137,7 +137,7 @@ def run_status(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     if manifest is None:
-        raise CheckpointError(f"{run_dir}: no manifest.json here: not a batchrun run directory")
+        raise NotARunDirError(f"{run_dir}: no manifest.json here: not a batchrun run directory")
     results = scan_jsonl(run_dir / RESULTS)
     errors = scan_jsonl(run_dir / ERRORS, kinds=True)  # its cost_usd: answers rejected by the output check
     done, unpriced, tokens = len(results.ids), results.unpriced, results.total_tokens
@@ -193,7 +193,7 @@ def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int,
         "live": live,
         "run": manifest.get("run"),
         "endpoint": manifest.get("endpoint"),
-        "input": (manifest.get("input") or {}).get("path"),
+        "input": _input_shown(run_dir, manifest),
         "tickets": total,
         "done": done,
         "failed": failed,
@@ -218,6 +218,14 @@ def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int,
         "maybe_billed_before": len(maybe_billed),
         "maybe_billed_before_ids": maybe_billed[:100],
     }
+
+
+def _input_shown(run_dir: Path, manifest: Mapping[str, Any]) -> str | None:
+    """The run's input as found from here (manifest.find_input), else as the manifest names it."""
+    from batchrun.rundir.manifest import find_input
+
+    found, _ = find_input(run_dir, manifest)
+    return str(found) if found is not None else (manifest.get("input") or {}).get("path")
 
 
 def batch_parts(run_dir: Path) -> dict[str, Any] | None:

@@ -46,6 +46,7 @@ POLL_BYTES = 8 << 20  # and at most this much per poll (the rest on the next one
 SERIES_POINTS = 120  # time buckets kept per run
 MESSAGES_PER_KIND = 3  # latest failure messages kept per error kind
 RECENT_ANSWERS = 10  # latest answers kept (shown only with --show-text)
+FAILED_TICKETS_SHOWN = 200  # failed tickets listed on a run's page, the latest failures
 
 
 def open_nofollow(path: Path) -> int:
@@ -209,6 +210,8 @@ class UnitNumbers:
         self.failed: dict[str, str] = {}  # id -> error_kind, for ids whose latest outcome is a failure
         self.failure_lines_by_kind: dict[str, int] = {}  # errors.jsonl lines by kind (every run)
         self.messages: dict[str, deque[dict[str, Any]]] = {}  # kind -> latest few {id, message, time, status_code}
+        # the latest FAILED_TICKETS_SHOWN failed tickets (latest failure last): id -> {kind, message, ...}
+        self.failed_tickets: dict[str, dict[str, Any]] = {}
         self.requests = 0  # attempts of every line
         self.latest_run: int | None = None  # the highest "run" seen: the series follows it
         self.series = TimeSeries()
@@ -228,6 +231,7 @@ class UnitNumbers:
         ticket_id = str(line["id"])
         self.done += 1
         self.failed.pop(ticket_id, None)
+        self.failed_tickets.pop(ticket_id, None)
         money = line_money(line)
         self.results_cost += money.cost_usd or 0.0
         self.unpriced += money.unpriced
@@ -271,9 +275,13 @@ class UnitNumbers:
         if t is not None and (run is None or run == self.latest_run):
             self.series.add(t, 0, 1, attempts, 0, 0.0, line_time(line.get("started_at")))
         message = line.get("message")
-        self.messages.setdefault(kind, deque(maxlen=MESSAGES_PER_KIND)).append({
-            "id": ticket_id, "message": str(message)[:500] if message is not None else None,
-            "status_code": line.get("status_code"), "time": line.get("time"), "run": line.get("run")})
+        entry = {"id": ticket_id, "message": str(message)[:500] if message is not None else None,
+                 "status_code": line.get("status_code"), "time": line.get("time"), "run": line.get("run")}
+        self.messages.setdefault(kind, deque(maxlen=MESSAGES_PER_KIND)).append(entry)
+        self.failed_tickets.pop(ticket_id, None)
+        self.failed_tickets[ticket_id] = {**entry, "kind": kind, "attempts": attempts}
+        if len(self.failed_tickets) > FAILED_TICKETS_SHOWN:
+            del self.failed_tickets[next(iter(self.failed_tickets))]
 
     @property
     def cost_usd(self) -> float:

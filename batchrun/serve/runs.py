@@ -41,6 +41,7 @@ from typing import Any, Mapping
 import orjson
 
 from batchrun.analysis.stats import percentiles
+from batchrun.analysis.ticket_detail import ANSWER_QUOTING_KINDS
 from batchrun.errors import is_permanent, redact_secrets
 from batchrun.rundir.layout import ERRORS, LOCK, MANIFEST, REJECTS, RESULTS
 from batchrun.rundir.status import MODELS_DIR, status_from_counts
@@ -51,7 +52,7 @@ __all__ = ["RunsRoot", "RunWatch", "UnsafeName", "grade_run", "live_state", "loc
 BATCH_FILES = ("batches.json", "batch.json", "parts.json")  # batch mode's part records, when present
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
 # error kinds whose message quotes the model's answer: shown only with --show-text
-TEXT_KINDS = frozenset({"invalid_output", "truncated", "content_filter"})
+TEXT_KINDS = ANSWER_QUOTING_KINDS  # failure messages that quote the answer: only with --show-text
 QUIET_S = 2.0  # a stopped run is graded once its files have not changed for this long
 
 STATE_LABELS = {
@@ -312,6 +313,14 @@ class UnitWatch:
                             for m in messages]
             failures.append({"kind": kind, "tickets": count, "lines": n.failure_lines_by_kind.get(kind, 0),
                              "permanent": is_permanent(kind), "latest": messages})
+        failed_tickets = []
+        for entry in reversed(list(n.failed_tickets.values())):  # the latest failure first
+            text = entry["message"]
+            if entry["kind"] in TEXT_KINDS and not show_text:
+                text = "(quotes the answer: shown with --show-text)"
+            elif text:
+                text = redact_secrets(text)
+            failed_tickets.append({**entry, "message": text, "permanent": is_permanent(entry["kind"])})
         model = ((self.manifest.get("job") or {}).get("fingerprint") or {}).get("model")
         return {
             "key": self.key,
@@ -326,6 +335,7 @@ class UnitWatch:
             "ttft_ms": {**percentiles(n.ttft), "n": n.ttft.n} if n.ttft.n else None,
             "series": n.series.points(),
             "failures": failures,
+            "failed_tickets": failed_tickets,  # the latest failed tickets (FAILED_TICKETS_SHOWN): a click shows one
             "max_cost_usd": self.manifest.get("max_cost_usd"),
             "concurrency_settled": summary.get("concurrency_settled") if self.state != "running" else None,
             "batches": _batch_parts(self.batches),

@@ -86,6 +86,7 @@ def completion_from_wire(data: dict[str, Any]) -> Completion:
 def outcome_from_wire(data: dict[str, Any]) -> Outcome:
     data = dict(data)
     completion = data.pop("completion", None)
+    data["failed_attempts"] = tuple(data.get("failed_attempts") or ())
     return Outcome(**data, completion=completion_from_wire(completion) if completion else None)
 
 
