@@ -419,7 +419,7 @@ async function showTicket(name, id) {
   for (const [key, part] of Object.entries(detail.models)) {
     const card = el("div", {class: "card", id: "ticket-detail"});
     if (key) card.append(el("h3", {text: `model ${key}`}));
-    card.append(el("p", {}, el("b", {text: part.status}), " · ", el("span", {class: "verdict", text: part.verdict})));
+    card.append(el("p", {}, el("b", {class: "verdict", text: part.verdict})));
     const attempts = [];
     for (const run of part.runs) {
       for (const a of run.attempts) {
