@@ -615,7 +615,7 @@ class _BatchRun:
         done = sum(((p.get("counts") or {}).get("completed") or 0) + ((p.get("counts") or {}).get("failed") or 0)
                    for p in live)
         if self.bar is None:
-            from tqdm import tqdm
+            from tqdm.auto import tqdm  # a notebook's widget, else the terminal's bar
 
             self.bar = tqdm(total=total, unit="request", dynamic_ncols=True, file=sys.stderr, mininterval=0.25)
         self.bar.total = total

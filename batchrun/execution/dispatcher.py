@@ -104,7 +104,7 @@ class Dispatcher:
         self.writer_done = anyio.Event()
         self.bar: tqdm | None = None
         if progress:
-            from tqdm import tqdm
+            from tqdm.auto import tqdm  # a notebook's widget, else the terminal's bar
 
             self.bar = tqdm(total=coordinator.prep.to_do, unit="ticket", dynamic_ncols=True, file=sys.stderr,
                             mininterval=0.25)

@@ -94,7 +94,7 @@ def mismatches(old: dict[str, Any], job: JobSpec, scan: InputScan, endpoint: str
 def prepare_run(
     job: JobSpec,
     *,
-    job_path: Path | None = None,
+    job_path: Path | str | None = None,
     endpoint: str = "provider default",
     limit: int | None = None,
     skip_failed: bool = False,
@@ -103,6 +103,7 @@ def prepare_run(
     retry_permanent: bool = False,
 ) -> PreparedRun:
     """Everything before the first request; raises BatchrunError subclasses."""
+    job_path = Path(job_path) if job_path is not None else None
     templates = [t for t in (job.system_template, job.user_template) if t is not None]
     budget = max_cost_usd if max_cost_usd is not None else job.max_cost_usd
     checkpoint = open_checkpoint(job.resolved_run_dir(), totals=budget is not None, force=force)

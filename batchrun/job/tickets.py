@@ -274,7 +274,7 @@ def _lines(path: Path, max_line_bytes: int | None = None, skip: int = 0) -> Iter
 
 
 def read_tickets(
-    path: Path,
+    path: Path | str,
     id_field: str = "id",
     *,
     skip_lines: Container[int] = frozenset(),
@@ -288,7 +288,9 @@ def read_tickets(
     on_bad_input = "skip") are passed over without being parsed; with
     `only_lines` (a scan's `dispatch` map), so is every line whose byte is 0,
     and reading stops after the last line marked 1. CSV, TSV and Parquet
-    (by extension or `input_format`) are read by rows (input_formats.py)."""
+    (by extension or `input_format`) are read by rows (input_formats.py).
+    `path` may be a str."""
+    path = Path(path)
     fmt = input_format_of(path, input_format)
     if fmt != "jsonl":
         yield from _read_rows(path, fmt, id_field, skip_lines, max_line_bytes, only_lines)
@@ -313,7 +315,7 @@ def read_tickets(
 
 
 def scan_input(
-    path: Path,
+    path: Path | str,
     id_field: str = "id",
     templates: Sequence[PromptTemplate] = (),
     *,

@@ -33,7 +33,7 @@ PART_DIR = "batch"  # batch mode's part files
 LIVE_PART_STATES = frozenset({"built", "uploaded", "submitted", "collecting", "failures_ready"})
 
 
-def open_no_follow(path: Path, flags: int, mode: int = 0o644) -> int:
+def open_no_follow(path: Path | str, flags: int, mode: int = 0o644) -> int:
     """os.open without following a symbolic link at `path` (O_NOFOLLOW); the
     file must be a regular file with one name. A link, a hard-linked file or a
     device is refused with a CheckpointError naming it: batchrun never writes

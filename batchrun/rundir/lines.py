@@ -45,7 +45,7 @@ class JsonlScan:
     kind_by_id: dict[str, str] | None = None  # with kinds: each id's latest error_kind (errors file)
 
 
-def scan_jsonl(path: Path, *, keep_last: bool = False, totals: bool = True, kinds: bool = False) -> JsonlScan:
+def scan_jsonl(path: Path | str, *, keep_last: bool = False, totals: bool = True, kinds: bool = False) -> JsonlScan:
     """Scan a checkpoint file; a missing file is an empty scan.
 
     Valid data ends at the first line that has no newline or does not parse
@@ -111,7 +111,7 @@ def parse_line(raw: bytes) -> tuple[str, dict[str, Any]] | None:
     return str(ticket_id), obj
 
 
-def iter_lines(path: Path, *, with_id: bool = True, whole_file: bool = False) -> Iterator[dict[str, Any]]:
+def iter_lines(path: Path | str, *, with_id: bool = True, whole_file: bool = False) -> Iterator[dict[str, Any]]:
     """Every complete line of `path` that parses as a JSON object (module docstring); with `with_id`
     only objects whose "id" is a string or an integer. A line that does not parse is passed over.
     `whole_file`: the file was written whole (a provider's download), so its last line counts even
@@ -140,11 +140,11 @@ def iter_lines(path: Path, *, with_id: bool = True, whole_file: bool = False) ->
             raise CheckpointError(f"{path}: cannot read: {exc.strerror}") from None
 
 
-def load_done_ids(run_dir: Path) -> set[str]:
+def load_done_ids(run_dir: Path | str) -> set[str]:
     return scan_jsonl(Path(run_dir) / RESULTS, totals=False).ids
 
 
-def load_failed_ids(run_dir: Path, done: set[str] | None = None) -> set[str]:
+def load_failed_ids(run_dir: Path | str, done: set[str] | None = None) -> set[str]:
     run_dir = Path(run_dir)
     done = load_done_ids(run_dir) if done is None else done
     return scan_jsonl(run_dir / ERRORS, totals=False).ids - done
