@@ -33,6 +33,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 __all__ = ["CONSOLE", "LITELLM_LOGGERS", "console", "route_litellm_logs", "setup_logging", "stamp"]
 
@@ -91,14 +92,14 @@ class _Stamped(logging.Formatter):
         return "\n".join(prefix + line for line in text.split("\n"))
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler[Any]):
     """A stream handler on whatever sys.stderr is when a line is written (click's test runner
     swaps it)."""
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> object:
         return sys.stderr
 

@@ -130,7 +130,7 @@ def _unit_detail(run_dir: Path, manifest: Mapping[str, Any], ticket_id: str, tic
     results = _lines_of(run_dir / RESULTS, ticket_id)
     errors = _lines_of(run_dir / ERRORS, ticket_id)
     result = results[-1] if results else None
-    runs = [{"run": line.get("run"), "outcome": "failed", "kind": line.get("error_kind"),
+    runs: list[dict[str, Any]] = [{"run": line.get("run"), "outcome": "failed", "kind": line.get("error_kind"),
              "message": line.get("message"), "started_at": line.get("started_at"), "finished_at": line.get("time"),
              "attempts": _attempts(line, ok=False)} for line in errors]
     if result is not None:
@@ -144,7 +144,16 @@ def _unit_detail(run_dir: Path, manifest: Mapping[str, Any], ticket_id: str, tic
     if result is not None:
         answer = {key: result.get(key) for key in ("output", "label", "parsed", "tool_calls", "finish_reason",
                                                     "model", "usage", "cost_usd", "cost_status") if key in result}
-    detail = {
+    verdict = _verdict(result, last_error, fingerprint)
+    if not show_text:
+        if verdict.startswith("accepted: label"):
+            verdict = "accepted: one of the job's labels"  # the label is the answer
+        for run in runs:
+            items: list[dict[str, Any]] = [run, *run["attempts"]]
+            for item in items:
+                if item.get("message") and item.get("kind") in ANSWER_QUOTING_KINDS:
+                    item["message"] = HIDDEN
+    return {
         "model": fingerprint.get("model"),
         "status": status,
         "permanent": is_permanent(str(last_error.get("error_kind"))) if status == "failed" and last_error else None,
@@ -153,16 +162,8 @@ def _unit_detail(run_dir: Path, manifest: Mapping[str, Any], ticket_id: str, tic
         "messages_note": messages_note if messages is None else ("" if show_text else "hidden (--show-text)"),
         "runs": runs,
         "answer": answer if show_text else None,
-        "verdict": _verdict(result, last_error, fingerprint),
+        "verdict": verdict,
     }
-    if not show_text:
-        if detail["verdict"].startswith("accepted: label"):
-            detail["verdict"] = "accepted: one of the job's labels"  # the label is the answer
-        for run in runs:
-            for item in [run, *run["attempts"]]:
-                if item.get("message") and (item.get("kind") in ANSWER_QUOTING_KINDS):
-                    item["message"] = HIDDEN
-    return detail
 
 
 def ticket_detail(run_dir: Path | str, ticket_id: str, input: Path | str | None = None, *,
