@@ -64,8 +64,8 @@ test: $(TEST_STAMP)  ## install the test tools too, then run the whole suite
 typecheck: $(TEST_STAMP)  ## mypy over batchrun/ (the seams are Protocols; settings in pyproject.toml)
 	$(BIN)/python -m mypy
 
-BENCH_ARGS ?= --baseline
-# make bench BENCH_ARGS="--concurrency 8,128 --tickets 2000 --baseline"
+BENCH_ARGS ?=
+# make bench BENCH_ARGS="--concurrency 8,128 --tickets 2000 --baseline"   (--baseline: bare litellm next to it)
 bench: install-run  ## concurrency sweep of JOB on the simulator: table, bench_out/bench.json and bench.png
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[plots]' \
 		|| echo "bench: could not install matplotlib: no plot this time"

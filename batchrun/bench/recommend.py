@@ -1,6 +1,13 @@
 """The numbers of a concurrency sweep: one row per setting, the ideal throughput under the
 simulator's limits, the table, and the recommended setting (the lowest concurrency within
-DEFAULT_TIE_WITHIN of the best throughput, under the 429 rate). Pure functions."""
+DEFAULT_TIE_WITHIN of the best throughput, under the 429 rate). Pure functions.
+
+A long night runs at the rate limit's sustained rate, not at its burst: a rate limit's buckets
+start full (a minute's allowance at once) and then refill at limit / 60 per second. A sample that
+never drains the burst measures the burst. So every row carries `sustained_tickets_per_s`, its
+throughput capped at the sustained rate (`sustained_rate`), `burst_drained` says whether the
+sample got past the burst, and the recommendation compares the sustained figures.
+"""
 
 from __future__ import annotations
 
@@ -103,6 +110,37 @@ def ideal_throughput(
     return tickets / needed, limited_by
 
 
+def sustained_rate(limits: Mapping[str, Any]) -> float | None:
+    """Requests/s a rate limit allows once its buckets are empty (rpm / 60, tpm / 60 / tokens per
+    request, the smaller), or None without a limit."""
+    rates = []
+    if limits.get("rpm"):
+        rates.append(float(limits["rpm"]) / 60.0)
+    per_request = limits.get("tokens_per_request")
+    if limits.get("tpm") and per_request:
+        rates.append(float(limits["tpm"]) / 60.0 / float(per_request))
+    return min(rates) if rates else None
+
+
+def burst_size(limits: Mapping[str, Any]) -> float | None:
+    """Requests the full buckets admit at once (a minute's allowance), or None without a limit."""
+    sizes = []
+    if limits.get("rpm"):
+        sizes.append(float(limits["rpm"]))
+    per_request = limits.get("tokens_per_request")
+    if limits.get("tpm") and per_request:
+        sizes.append(float(limits["tpm"]) / float(per_request))
+    return min(sizes) if sizes else None
+
+
+def drain_tickets(limits: Mapping[str, Any], seconds: float = 30.0) -> int | None:
+    """Tickets a setting needs to get past the burst and then run `seconds` at the sustained rate."""
+    rate, burst = sustained_rate(limits), burst_size(limits)
+    if rate is None or burst is None:
+        return None
+    return int(math.ceil(burst + rate * seconds))
+
+
 @dataclass(frozen=True)
 class Recommendation:
     concurrency: int | None  # None: no setting met the thresholds
@@ -166,8 +204,9 @@ def recommend(rows: Sequence[Mapping[str, Any]], *, max_429_rate: float = DEFAUL
         max_p95_ms = round(P95_FACTOR * min(p95s), 1)
     limit_text = f"{max_p95_ms:,.0f} ms" if max_p95_ms is not None else "-"
 
-    def tps(row: Mapping[str, Any]) -> float:
-        return float(row.get("tickets_per_s") or 0.0)
+    def tps(row: Mapping[str, Any]) -> float:  # what a long night sustains (sustained_rate)
+        sustained = row.get("sustained_tickets_per_s")
+        return float(row.get("tickets_per_s") or 0.0) if sustained is None else float(sustained)
 
     def broken(row: Mapping[str, Any]) -> str | None:
         if not reached(row):
@@ -192,11 +231,12 @@ def recommend(rows: Sequence[Mapping[str, Any]], *, max_429_rate: float = DEFAUL
                               max_429_rate, max_p95_ms, tie_within)
     best = max(ok, key=lambda r: (tps(r), -r["concurrency"]))
     chosen = min((r for r in ok if tps(r) >= tps(best) * (1.0 - tie_within)), key=lambda r: r["concurrency"])
+    sustained = any(r.get("sustained_tickets_per_s") is not None for r in ok)
     if chosen is best:
-        reason = f"highest throughput ({tps(chosen):,.1f} tickets/s)"
+        reason = f"highest throughput ({tps(chosen):,.1f} tickets/s" + (" sustained)" if sustained else ")")
     else:
-        reason = (f"{tps(chosen):,.1f} tickets/s, within {tie_within * 100:g}% of the best "
-                  f"(C={best['concurrency']}: {tps(best):,.1f}/s) with fewer in flight")
+        reason = (f"{tps(chosen):,.1f} tickets/s{' sustained' if sustained else ''}, within {tie_within * 100:g}% "
+                  f"of the best (C={best['concurrency']}: {tps(best):,.1f}/s) with fewer in flight")
     reason += (f", 429 rate {pct(chosen.get('rate_429', 0))} <= {pct(max_429_rate)}, "
                f"p95 {p95_of(chosen):,.0f} ms <= {limit_text}")
     faster = sorted((r for r in rows if broken(r) is not None and reached(r) and tps(r) > tps(best)),
@@ -223,6 +263,9 @@ def build_row(concurrency: int, tickets: int, state: str, summary: Mapping[str, 
     tickets_per_s = round(done / wall, 2)
     limits = dict(limits or {})
     ideal, limited_by = ideal_throughput(concurrency, latency_s, tickets, **limits)
+    rate, burst = sustained_rate(limits), burst_size(limits)
+    # at the sustained rate, a share of the requests (done / requests) give a ticket done
+    sustained = None if rate is None else round(min(tickets_per_s, rate * done / requests if requests else 0.0), 2)
     ttft = summary.get("ttft_ms") or summary.get("time_to_first_token_ms")
     return {
         "concurrency": concurrency,
@@ -238,6 +281,12 @@ def build_row(concurrency: int, tickets: int, state: str, summary: Mapping[str, 
         "wall_s": summary["wall_s"],
         "requests_per_s": summary["requests_per_s"],
         "tickets_per_s": tickets_per_s,
+        # capped at what the rate limit sustains once its burst is spent (None: no rate limit)
+        "sustained_tickets_per_s": sustained,
+        "sustained_limit_rps": None if rate is None else round(rate, 3),
+        # did the sample get past the rate limit's burst (None: no rate limit)?
+        "burst_drained": None if burst is None else requests > burst,
+        "drain_tickets": drain_tickets(limits),  # a sample that gets past the burst and runs 30 s sustained
         "output_tokens_per_s": summary["output_tokens_per_s"],
         "latency_ms": dict(summary["latency_ms"]),
         "ttft_ms": dict(ttft) if ttft else None,
@@ -271,8 +320,16 @@ def build_row(concurrency: int, tickets: int, state: str, summary: Mapping[str, 
 # --------------------------------------------------------------------------------------------
 
 
-def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The per-setting table (TTFT columns only when some row has them)."""
+#: The default table's columns (at most 8; --wide shows every column: format_table(wide=True)).
+NARROW = ("conc", "tickets/s", "sustained/s", "out tok/s", "p50 ms", "p95 ms", "429", "err", "cost $")
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], *, wide: bool = False) -> str:
+    """The per-setting table: at most 8 columns (conc, tickets/s, sustained/s when a rate limit
+    applies or else out tok/s, p50, p95, 429, err, cost); `wide`: every column (TTFT columns only
+    when some row has them)."""
+    if not wide:
+        return _narrow_table(rows)
     with_ttft = any(r.get("ttft_ms") for r in rows)
     header = ["conc", "tickets", "req/s", "tickets/s", "out tok/s", "p50 ms", "p95 ms", "p99 ms"]
     if with_ttft:
@@ -304,6 +361,30 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
                  "-" if peak is None else str(peak), num(r["cpu_ms_per_request"], ",.2f")]
         if with_workers:
             line.append(str(r.get("workers") or 1))
+        lines.append(line)
+    return "\n".join(table(header, lines, left=0))
+
+
+def _conc(r: Mapping[str, Any]) -> str:
+    if r["concurrency"] == "auto" and r.get("concurrency_settled") is not None:
+        return f"auto:{r['concurrency_settled']}"
+    return str(r["concurrency"])
+
+
+def _narrow_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    limited = any(r.get("sustained_tickets_per_s") is not None for r in rows)
+    header = [h for h in NARROW if h != ("out tok/s" if limited else "sustained/s")]
+    lines = []
+    for r in rows:
+        lat = r["latency_ms"]
+        line = [_conc(r), num(r["tickets_per_s"], ",.1f") + ("*" if r.get("not_finished") else "")]
+        if limited:
+            capped = r.get("sustained_tickets_per_s") is not None and r["sustained_tickets_per_s"] < r["tickets_per_s"]
+            line.append(num(r.get("sustained_tickets_per_s"), ",.1f") + (" (capped)" if capped else ""))
+        else:
+            line.append(num(r["output_tokens_per_s"], ",.1f"))
+        line += [num(lat.get("p50"), ",.0f"), num(lat.get("p95"), ",.0f"), pct(r["rate_429"]), pct(r["error_rate"]),
+                 "-" if r["cost_usd"] is None else f"{r['cost_usd']:.6f}"]
         lines.append(line)
     return "\n".join(table(header, lines, left=0))
 
