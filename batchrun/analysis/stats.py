@@ -7,6 +7,9 @@
                        (`record(outcome)`) and as attempts are made
     RunStats.summary() a flat dict (stored in manifest.json)
     format_summary()   the table printed at the end of `batchrun run`
+    format_batch_summary(), format_batch_parts()   batch mode's own: its parts, the
+                       provider's batch ids, states, request counts, the completion
+                       window (`batchrun run` in batch mode, `batchrun status`)
     format_progress_line()  one plain progress line for logs (`batchrun run
                        --progress-every`; run_logging.py dates it)
 
@@ -359,6 +362,75 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
             lines.append(f"  {kind:<{kind_width}}  {group['count']:>6,}")
             for text, count in group.get("top_messages") or []:
                 lines.append(f"  {'':<{kind_width}}  {count:>6,} x {text}")
+    return "\n".join(lines)
+
+
+def _count(value: Any) -> str:
+    """A request count the provider sent: shown only when it is a plain non-negative integer."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else "-"
+
+
+def _when(epoch: Any) -> str:
+    if not isinstance(epoch, (int, float)) or isinstance(epoch, bool):
+        return "-"
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(float(epoch), timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def format_batch_parts(batch: Mapping[str, Any] | None) -> list[str]:
+    """The parts of a batch-mode run (rundir.status.batch_parts) as a table: each part's model, state,
+    the provider's status and batch id, its request counts (completed / failed / total), the
+    completion window and when it ends."""
+    from batchrun.analysis.textfmt import printable, table
+
+    parts = (batch or {}).get("parts") or []
+    if not parts:
+        return []
+    rows = []
+    for part in parts:
+        counts = part.get("counts") if isinstance(part.get("counts"), Mapping) else {}
+        rows.append([str(part["number"]), printable(str(part.get("model_key") or "")) or "-", str(part["state"]),
+                     printable(str(part.get("status") or "-")), printable(str(part.get("batch_id") or "-")),
+                     f"{part.get('tickets') or 0:,}",
+                     f"{_count(counts.get('completed'))} / {_count(counts.get('failed'))} / {_count(counts.get('total'))}",
+                     str(part.get("completion_window") or "-"), _when(part.get("submitted_at")),
+                     _when(part.get("expires_at"))])
+    lines = table(["part", "model", "state", "provider status", "batch id", "tickets", "done / failed / total",
+                   "window", "submitted", "ends by"], rows, left=5)
+    for part in parts:
+        if part.get("note") or part.get("retry"):
+            lines.append(f"  part {part['number']}: " + "; ".join(
+                x for x in ((f"{part['retry']:,} to resubmit" if part.get("retry") else ""),
+                            printable(str(part.get("note") or ""))) if x))
+    return lines
+
+
+def format_batch_summary(summary: Mapping[str, Any], batch: Mapping[str, Any] | None, *,
+                         title: str = "batchrun batch summary", with_parts: bool = True) -> str:
+    """The end of a batch-mode run: tickets, results collected, cost, and (`with_parts`) the table
+    of its parts (no request rates or latencies: a batch has none worth showing)."""
+    parts = (batch or {}).get("parts") or []
+    live = sum(1 for part in parts if part.get("state") == "submitted")
+    rows = [
+        ("tickets in input", f"{summary.get('tickets_total', 0):,}"),
+        ("already done before", f"{summary.get('already_done', 0):,}"),
+        ("parts", f"{len(parts):,} ({live:,} at the provider)"),
+        ("results collected", f"{summary.get('done', 0):,} done, {summary.get('failed', 0):,} failed in this run"),
+    ]
+    if summary.get("failed_by_kind"):
+        rows.append(("failed tickets by kind", ", ".join(f"{k} {v}" for k, v in summary["failed_by_kind"].items())))
+    if "total_tokens" in summary:
+        rows.append(("tokens (prompt+completion)", f"{summary.get('total_tokens', 0):,} "
+                                                   f"({summary.get('prompt_tokens', 0):,} + {summary.get('completion_tokens', 0):,})"))
+    cost = usd(summary.get("cost_usd") or 0.0)
+    if summary.get("unpriced_results"):
+        cost += f"  ({summary['unpriced_results']} result(s) unpriced: cost_usd null)"
+    rows.append(("cost (batch price)", cost))
+    lines = [title, "-" * len(title)] + kv(rows)
+    table_lines = format_batch_parts(batch) if with_parts else []
+    if table_lines:
+        lines += [""] + table_lines
     return "\n".join(lines)
 
 

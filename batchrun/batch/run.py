@@ -364,8 +364,14 @@ class _BatchRun:
                     steps.reached("created")
         assert found is not None
         self.stats.attempts += part["tickets"]
+        submitted_at = time.time()
+        window = found.get("completion_window")
+        expires = found.get("expires_at")  # the provider's word, checked before it is believed
         part.update(state="submitted", batch_id=found["id"], status=found.get("status"),
-                    submitted_at=time.time(), counts=found.get("request_counts"))
+                    submitted_at=submitted_at, counts=found.get("request_counts"),
+                    completion_window=window if isinstance(window, str) and len(window) < 16 else WINDOW,
+                    expires_at=float(expires) if isinstance(expires, (int, float)) and not isinstance(expires, bool)
+                    and expires > submitted_at - 60 else submitted_at + WINDOW_S)
         self.ledger.save()
 
     async def _find_batch(self, part: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -324,21 +324,17 @@ def _print_online(job: JobSpec, result: RunResult) -> None:
 
 
 def _print_batch(job: JobSpec, result: RunResult) -> None:
-    """The end of a batch-mode run: its summary and its parts."""
-    from batchrun.analysis.stats import format_summary
-    from batchrun.batch.ledger import ledger_summary
+    """The end of a batch-mode run: batch mode's own summary, its parts with the provider's batch ids."""
+    from batchrun.analysis.stats import format_batch_summary
+    from batchrun.rundir.status import batch_parts
 
     assert result.run_dir is not None
     if result.nothing_to_do:
         click.echo(f"Nothing to do: {result.summary['already_done']:,} of {result.summary['tickets_total']:,} "
                    f"tickets already done in {result.run_dir}. No batch submitted.")
         return
-    click.echo(format_summary(result.summary, title=f"{job.name}: run {result.run_number} (batch) {result.state}"))
-    for part in (ledger_summary(result.run_dir) or {"parts": []})["parts"]:
-        counts = part.get("counts") or {}
-        click.echo(f"  part {part['number']}: {part['state']} ({part.get('status') or '-'}), "
-                   f"{part['tickets']:,} tickets, {counts.get('completed', 0):,} completed, "
-                   f"{counts.get('failed', 0):,} failed" + (f"; {part['note']}" if part.get("note") else ""))
+    click.echo(format_batch_summary(result.summary, batch_parts(result.run_dir),
+                                    title=f"{job.name}: run {result.run_number} (batch) {headline(result)}"))
     click.echo(f"run directory: {result.run_dir}  (batchrun status {result.run_dir})")
     if result.state == "submitted":
         _say("submitted: run the same command later to collect the answers (nothing is sent again)")

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from batchrun.analysis.stats import format_summary
+from batchrun.analysis.stats import format_batch_parts, format_batch_summary, format_summary
 from batchrun.analysis.textfmt import kv, table, usd
 
 __all__ = ["format_status", "status_command"]
@@ -87,13 +87,6 @@ def format_status(status: dict[str, Any]) -> str:
     ]
     if status["error"]:
         rows.append(("error", status["error"]))
-    for part in (status.get("batch") or {}).get("parts") or []:
-        counts = part.get("counts") or {}
-        rows.append((f"batch part {part['number']}", f"{part['state']} (provider: {part.get('status') or '-'}), "
-                     f"{part['tickets']:,} tickets, {counts.get('completed', 0):,} completed, "
-                     f"{counts.get('failed', 0):,} failed"
-                     + (f", {part['retry']:,} to resubmit" if part.get("retry") else "")
-                     + (f"; {part['note']}" if part.get("note") else "")))
     if status.get("maybe_billed_before"):
         ids = status["maybe_billed_before_ids"]
         more = status["maybe_billed_before"] - len(ids[:10])
@@ -102,6 +95,11 @@ def format_status(status: dict[str, Any]) -> str:
             + ", ".join(ids[:10]) + (f" and {more:,} more" if more > 0 else "")
             + " (the next run marks their lines maybe_billed_before)")))
     text = "\n".join(kv(rows))
+    parts = format_batch_parts(status.get("batch"))
+    if parts:
+        text += "\n\nbatch parts:\n" + "\n".join(parts)
     if status["last_summary"]:
-        text += "\n\n" + format_summary(status["last_summary"], title=f"last run (run {status['run']})")
+        title = f"last run (run {status['run']})"
+        text += "\n\n" + (format_batch_summary(status["last_summary"], status["batch"], title=title, with_parts=False)
+                           if status.get("batch") else format_summary(status["last_summary"], title=title))
     return text

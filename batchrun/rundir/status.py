@@ -240,7 +240,7 @@ def batch_parts(run_dir: Path) -> dict[str, Any] | None:
     except (OSError, orjson.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: cannot read the batch ledger: {exc}") from None
     parts = [{k: p.get(k) for k in ("number", "model_key", "state", "status", "tickets", "counts", "batch_id",
-                                     "retry", "note")}
+                                     "retry", "note", "completion_window", "submitted_at", "expires_at")}
              for p in data.get("parts") or [] if p.get("state") != "discarded"]
     return {"run_key": data.get("run_key"), "parts": parts,
             "live": sum(1 for p in parts if p["state"] in LIVE_PART_STATES)}
