@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.test-tools-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-run run test typecheck status clean compare bench plan report
+.PHONY: help install install-run run test test-litellm-min typecheck status clean compare bench plan report
 
 help:  ## this list (make with no target)
 	@echo "batchrun: make TARGET [JOB=jobs/....toml] [ARGS=...]"
@@ -61,6 +61,16 @@ test: $(TEST_STAMP)  ## install the test tools too, then run the whole suite
 	if [ $$rc2 -eq 5 ]; then echo "pytest: no ray tests collected"; rc2=0; fi; \
 	[ $$rc -eq 0 ] && [ $$rc2 -eq 0 ]
 
+# litellm is a tested range (pyproject.toml): a fresh .venv (CI) gets the newest release in it, and
+# this target runs the suite on the oldest, 1.106.0, in its own virtualenv.
+LITELLM_MIN ?= 1.106.0
+MIN_VENV ?= .venv-litellm-min
+test-litellm-min:  ## the suite (without ray) on the oldest litellm in range, in .venv-litellm-min
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "batchrun needs Python 3.11+")'
+	@test -x $(MIN_VENV)/bin/python || $(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]' 'litellm==$(LITELLM_MIN)'
+	$(MIN_VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) -m "not ray" $(PYTEST_ARGS)
+
 typecheck: $(TEST_STAMP)  ## mypy over batchrun/ (the seams are Protocols; settings in pyproject.toml)
 	$(BIN)/python -m mypy
 
@@ -75,4 +85,4 @@ compare: install-run  ## three simulated models on the sample tickets (ARGS="--l
 	$(BIN)/batchrun run jobs/compare_models.toml $(ARGS)
 
 clean:  ## remove the virtualenv, run directories and caches
-	rm -rf $(VENV) runs build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(MIN_VENV) runs build *.egg-info .pytest_cache

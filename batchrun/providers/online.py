@@ -148,6 +148,10 @@ def _provider_sent_usage(stream: Any, chunks: Sequence[Any]) -> bool:
     return any(getattr(c, "usage", None) is not None for c in (raw if raw is not None else chunks))
 
 
+#: What litellm 1.110 raises when a stream ends without a finish_reason (1.106 ends the stream instead).
+STREAM_ENDED_EARLY = "Stream ended before a finish_reason was received"
+
+
 class LiteLLMProvider:
     """Calls litellm.acompletion under batchrun's rules (module docstring)."""
 
@@ -288,6 +292,9 @@ class LiteLLMProvider:
                         ttft_ms = (time.monotonic() - t0) * 1000.0
             finished = True
         except Exception as exc:
+            if STREAM_ENDED_EARLY in str(exc):  # litellm 1.110 raises where 1.106 ended the stream: the same cut
+                raise RetryableError(f"the stream ended without a finish_reason after {len(chunks)} chunk(s): the "
+                                     "connection was cut", kind="stream_cut", error_type="StreamCut") from None
             raise translate_error(exc, self._secrets) from None
         finally:
             if not finished:  # an error or a cancellation mid-stream: free the connection
