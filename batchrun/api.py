@@ -27,7 +27,7 @@ when interactive (a notebook, through tqdm.auto, or a terminal). Errors raise
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from batchrun.execution.result import RunResult
 
@@ -56,14 +56,17 @@ async def arun(job: Any, *, tickets: Iterable[Mapping[str, Any]] | None = None, 
                engine: str | None = None, ray_address: str | None = None, mode: str | None = None,
                cache: bool | None = None, max_cost_usd: float | None = None, no_wait: bool = False,
                finish_online: bool = False, grace: float = 30.0, progress: bool | None = None,
-               progress_every: float | None = None) -> RunResult:
+               progress_every: float | None = None,
+               prompt: Callable[[dict[str, Any]], list[dict[str, str]]] | None = None) -> RunResult:
     """Run (or resume) `job` in the running event loop; see the module docstring.
 
     `tickets`: dicts streamed into `<run_dir>/tickets.jsonl`, the run's input (the same tickets
     again resume; others are refused unless `force=True`). `mode`: "online" or "batch" (a job
     with mode = "batch" runs its provider's Batch API, as `batchrun run` does); `engine`:
     "local" or "ray"; `cache`: reuse answers already paid for; `progress`: a progress bar (None:
-    when `interactive()`). The rest as the command line."""
+    when `interactive()`); `prompt`: a callable (a ticket's fields -> its messages, a list of
+    {"role", "content"} dicts) in place of the job's templates (its name and source are part of
+    the fingerprint: resuming with another is refused). The rest as the command line."""
     from batchrun.launcher import LaunchOptions, launch, resolve_job
 
     options = LaunchOptions(
@@ -71,7 +74,7 @@ async def arun(job: Any, *, tickets: Iterable[Mapping[str, Any]] | None = None, 
         limit=limit, concurrency=concurrency, model=model, api_base=api_base, live=live, workers=workers,
         engine=engine, ray_address=ray_address, mode=mode, cache=cache, max_cost_usd=max_cost_usd,
         skip_failed=skip_failed, retry_permanent=retry_permanent, force=force, grace=grace, no_wait=no_wait, finish_online=finish_online,
-        progress=interactive() if progress is None else progress, progress_every=progress_every)
+        progress=interactive() if progress is None else progress, progress_every=progress_every, prompt=prompt)
     spec, job_path = resolve_job(job, options, tickets)
     return await launch(spec, job_path, options)
 

@@ -97,6 +97,7 @@ class LaunchOptions:
     finish_online: bool = False  # batch mode: cancel and collect what runs, send the rest online
     progress: bool = False  # a progress bar on stderr
     progress_every: float | None = None  # without a bar: seconds between plain progress lines
+    prompt: Callable[[dict[str, Any]], Any] | None = None  # the API's prompt=: ticket fields -> messages
 
     def job_overrides(self) -> dict[str, Any]:
         """The options that change the job itself (JobSpec.with_overrides)."""
@@ -168,7 +169,8 @@ def _write_tickets(tickets: Iterable[Mapping[str, Any]], run_dir: Path, force: b
 def resolve_job(job: Any, options: LaunchOptions,
                 tickets: Iterable[Mapping[str, Any]] | None = None) -> tuple[JobSpec, Path | None]:
     """The JobSpec to run and the job file's path (None for a JobSpec or a dict): `job` as loaded,
-    with `options`' overrides; `tickets` (an iterable of dicts) become the run's input."""
+    with `options`' overrides; `tickets` (an iterable of dicts) become the run's input; `options.prompt`
+    (a callable) renders the messages in place of the templates (a dict job may then leave [prompt] out)."""
     loaded, job_path = _load(job)
     changes = options.job_overrides()
     if tickets is not None and changes["input"] is not None:
@@ -177,6 +179,8 @@ def resolve_job(job: Any, options: LaunchOptions,
         data = {**loaded, **{k: v for k, v in changes.items() if v is not None}}
         if tickets is not None:
             data.setdefault("input", TICKETS_FILE)  # replaced below, once run_dir is known
+        if options.prompt is not None:  # the callable renders the messages: no [prompt] needed
+            data.setdefault("prompt", {"user": "{" + str(data.get("id_field") or "id") + "}"})
         spec = _validate_dict(data)
     else:
         if options.engine == "local" and loaded.ray_address is not None:  # local wins over the job's cluster
@@ -184,6 +188,8 @@ def resolve_job(job: Any, options: LaunchOptions,
         spec = loaded.with_overrides(**changes)
     if tickets is not None:
         spec = spec.with_overrides(input=_write_tickets(tickets, spec.resolved_run_dir(), options.force))
+    if options.prompt is not None:
+        spec = spec.with_prompt_function(options.prompt)
     return spec, job_path
 
 
@@ -510,7 +516,7 @@ def dry_run(job: JobSpec, job_path: Path | None, options: LaunchOptions, count: 
     run_dir = first.resolved_run_dir()
     done = scan_jsonl(run_dir / "results.jsonl", totals=False).ids
     kinds = load_failed_kinds(run_dir, done)
-    templates = [t for t in (first.system_template, first.user_template) if t is not None]
+    templates = first.prompt_templates
     scan = scan_input(first.input, first.id_field, templates, max_line_bytes=first.max_line_bytes,
                       done_ids=done, failed_ids=set(kinds) if options.skip_failed else frozenset(),
                       permanent_ids=frozenset() if options.retry_permanent else
@@ -565,11 +571,29 @@ def preflight(job: JobSpec, jobs: list[JobSpec], job_path: Path | None, options:
             preps[each.name] = _prepare(each, job_path, _endpoint_of(each, use_sim), options)
         except BatchrunError as exc:
             add(exc)
+    for name, prep in preps.items():  # a prompt callable: its answer for the first ticket to send
+        if prep.job.prompt_function is not None and prep.to_do:
+            try:
+                _first_messages(prep)
+            except Exception as exc:
+                add(exc if isinstance(exc, BatchrunError) else JobSpecError(
+                    f"the prompt callable raised {type(exc).__name__} on the first ticket: {exc}"))
     if problems:
         for prep in preps.values():
             prep.release()
         raise problems[0] if len(problems) == 1 else PreflightError(problems)
     return targets, preps
+
+
+def _first_messages(prep: PreparedRun) -> list[dict[str, str]]:
+    from batchrun.job.templates import render_messages
+    from batchrun.job.tickets import read_tickets
+
+    job = prep.job
+    for ticket in read_tickets(job.input, job.id_field, only_lines=prep.scan.dispatch,
+                               max_line_bytes=job.max_line_bytes, input_format=job.input_format):
+        return render_messages(job, ticket)
+    return []
 
 
 async def launch(job: JobSpec, job_path: Path | None, options: LaunchOptions, *, say: Say = _quiet,

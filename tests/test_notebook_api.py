@@ -115,3 +115,26 @@ def test_a_progress_bar_by_default_when_interactive_and_none_otherwise(job, tmp_
     piped = subprocess.run([sys.executable, "-c", code.replace("'tty'", "'pipe'").replace("/tty", "/pipe")],
                            capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert "%|" not in piped.stderr
+
+
+def classify_prompt(ticket: dict) -> list[dict]:
+    return [{"role": "system", "content": "Answer bug, feature, billing or other."},
+            {"role": "user", "content": f"[{ticket['channel']}] {ticket['subject']}"}]
+
+
+def test_a_python_callable_can_render_the_prompt(tmp_path):
+    from batchrun.launcher import LaunchOptions, dry_run, resolve_job
+
+    write_tickets(tmp_path / "tickets.jsonl", 6)
+    job = {"name": "callable", "input": str(tmp_path / "tickets.jsonl"), "model": "openai/gpt-4o-mini",
+           "run_dir": str(tmp_path / "run"), "params": {"max_tokens": 5}, "simulator": {"latency_ms": 1}}
+    options = LaunchOptions(prompt=classify_prompt)
+    spec, path = resolve_job(job, options)  # no [prompt]: the callable renders the messages
+    shown = dry_run(spec, path, options, 2)
+    assert shown["tickets"][0]["messages"][1]["content"].startswith("[") and len(shown["tickets"]) == 2
+    result = batchrun.run(job, prompt=classify_prompt, progress=False)
+    assert result.state == "done" and result.done == 6
+    with pytest.raises(batchrun.BatchrunError, match="job prompt changed"):  # another callable: refused
+        batchrun.run(job, prompt=lambda t: [{"role": "user", "content": t["subject"]}], progress=False)
+    with pytest.raises(batchrun.BatchrunError, match="must return a non-empty list"):
+        batchrun.run({**job, "run_dir": str(tmp_path / "run2")}, prompt=lambda t: "just text", progress=False)

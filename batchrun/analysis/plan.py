@@ -279,7 +279,7 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
     kinds = load_failed_kinds(run_dir, done)
     failed = set(kinds)
     permanent = frozenset() if retry_permanent else {i for i, kind in kinds.items() if is_permanent(kind)}
-    templates = [t for t in (job.system_template, job.user_template) if t is not None]
+    templates = job.prompt_templates
     skip_bad = job.on_bad_input == "skip"
     scan = scan_input(job.input, job.id_field, templates, max_problems=None if skip_bad else 20,
                       max_line_bytes=job.max_line_bytes, done_ids=done,

@@ -35,7 +35,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from batchrun.analysis.stats import format_progress_line
-from batchrun.errors import BatchrunError, CheckpointError
+from batchrun.errors import BatchrunError, CheckpointError, JobSpecError
 from batchrun.execution.coordinator import Coordinator
 from batchrun.execution.executors.seam import (
     Executor,
@@ -132,7 +132,13 @@ class Dispatcher:
             async for ticket in tickets:
                 if self.co.stopping:
                     break
-                request = ChatRequest(ticket.id, render_messages(self.job, ticket), self.job.timeout_s)
+                try:
+                    messages = render_messages(self.job, ticket)
+                except Exception as exc:  # the API's prompt callable raised, or answered something else
+                    self.co.fail(exc if isinstance(exc, BatchrunError) else JobSpecError(
+                        f"the prompt callable raised {type(exc).__name__} for ticket {ticket.id!r}: {exc}"))
+                    break
+                request = ChatRequest(ticket.id, messages, self.job.timeout_s)
                 chain, route = [""], None
                 if self.job.routes:
                     name, route = self.job.route(ticket.fields)

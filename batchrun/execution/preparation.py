@@ -104,7 +104,7 @@ def prepare_run(
 ) -> PreparedRun:
     """Everything before the first request; raises BatchrunError subclasses."""
     job_path = Path(job_path) if job_path is not None else None
-    templates = [t for t in (job.system_template, job.user_template) if t is not None]
+    templates = job.prompt_templates
     budget = max_cost_usd if max_cost_usd is not None else job.max_cost_usd
     checkpoint = open_checkpoint(job.resolved_run_dir(), totals=budget is not None, force=force)
     try:

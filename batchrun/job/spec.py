@@ -37,7 +37,7 @@ import re
 import tomllib
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import orjson
 from pydantic import (
@@ -154,6 +154,8 @@ class JobSpec(Section):
 
     _schema: dict[str, Any] | None = PrivateAttr(default=None)  # json_schema or the file's content
     _tools_payload: list[dict[str, Any]] | None = PrivateAttr(default=None)
+    # the Python API's prompt= (ticket fields -> messages), in place of the templates: with_prompt_function
+    _prompt_function: Callable[[dict[str, Any]], Any] | None = PrivateAttr(default=None)
 
     @field_validator("input", "run_dir", "json_schema_file", "cache_dir")
     @classmethod
@@ -377,6 +379,27 @@ class JobSpec(Section):
 
     # -- derived -----------------------------------------------------------------
 
+    @property
+    def prompt_function(self) -> Callable[[dict[str, Any]], Any] | None:
+        """The Python callable that renders a ticket's messages in place of the templates, or None."""
+        return self._prompt_function
+
+    def with_prompt_function(self, function: Callable[[dict[str, Any]], Any] | None) -> "JobSpec":
+        """A copy whose messages come from `function(ticket fields) -> [{"role", "content"}, ...]`
+        (the Python API's prompt=); the templates are then neither used nor required of the tickets."""
+        if function is not None and not callable(function):
+            raise JobSpecError(f"prompt must be a callable (ticket fields -> messages), not {type(function).__name__}")
+        copy = self.model_copy()
+        copy._prompt_function = function
+        return copy
+
+    @property
+    def prompt_templates(self) -> list[PromptTemplate]:
+        """The templates whose fields every ticket must have: none when a callable renders the prompt."""
+        if self._prompt_function is not None:
+            return []
+        return [t for t in (self.system_template, self.user_template) if t is not None]
+
     @cached_property
     def user_template(self) -> PromptTemplate:  # parsed once per job, not per ticket
         return PromptTemplate(self.prompt.user)
@@ -408,7 +431,7 @@ class JobSpec(Section):
         data = self.model_dump()
         data.update({k: v for k, v in changes.items() if v is not None})
         try:
-            return JobSpec.model_validate(data)
+            return JobSpec.model_validate(data).with_prompt_function(self._prompt_function)
         except ValidationError as exc:
             raise JobSpecError(describe_validation_error(exc, "command-line options")) from None
 
@@ -416,7 +439,8 @@ class JobSpec(Section):
         """What decides the answers: a resumed run must not mix two of these."""
         fingerprint: dict[str, Any] = {
             "model": self.model,
-            "prompt": self.prompt.model_dump(),
+            "prompt": self.prompt.model_dump() if self._prompt_function is None else _callable_identity(
+                self._prompt_function),
             "params": self.params,
             "id_field": self.id_field,
         }
@@ -471,7 +495,7 @@ class JobSpec(Section):
             rpm=entry.rpm or self.rpm, tpm=entry.tpm or self.tpm,
             run_dir=self.resolved_run_dir() / "models" / entry.name,
         )
-        return JobSpec.model_validate(data)
+        return JobSpec.model_validate(data).with_prompt_function(self._prompt_function)
 
     def cache_settings(self) -> dict[str, str] | None:
         """Where the response cache lives ({"url": ...} or {"dir": ...}), or None when `cache` is off.
@@ -481,6 +505,19 @@ class JobSpec(Section):
     def fingerprint_hash(self) -> str:
         blob = orjson.dumps(self.fingerprint(), option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(blob).hexdigest()
+
+
+def _callable_identity(function: Callable[..., Any]) -> dict[str, Any]:
+    """What the fingerprint keeps of a prompt callable: its name and the sha256 of its source (a
+    resume with another function, or an edited one, is refused like an edited template)."""
+    import inspect
+
+    name = f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', type(function).__name__)}"
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        source = None
+    return {"callable": name, "source_sha256": hashlib.sha256(source.encode()).hexdigest() if source else None}
 
 
 def default_cache_dir() -> Path:
