@@ -44,11 +44,25 @@ MODELS_DIR = "models"  # a compare directory: models/<key>/ run directories
 RunStatus = dict[str, Any]
 
 
+class PartStatus(TypedDict):
+    """One part of batches.json (batch/ledger.Part) as `status` shows it."""
+
+    number: int
+    model_key: str
+    state: str
+    status: str | None  # the provider's batch status
+    tickets: int
+    counts: dict[str, int] | None  # the provider's request_counts
+    batch_id: str | None
+    retry: int
+    note: str | None
+
+
 class BatchParts(TypedDict):
     """The parts of a batch-mode run directory as `status` shows them (batch_parts)."""
 
     run_key: str | None
-    parts: list[dict[str, object]]  # number, model_key, state, status, tickets, counts, batch_id, retry, note
+    parts: list[PartStatus]  # the parts not discarded
     live: int  # parts still at the provider (or on their way to it)
 
 
@@ -237,9 +251,11 @@ def batch_parts(run_dir: Path) -> BatchParts | None:
         return None
     except (OSError, orjson.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: cannot read the batch ledger: {exc}") from None
-    parts = [{k: p.get(k) for k in ("number", "model_key", "state", "status", "tickets", "counts", "batch_id",
-                                     "retry", "note")}
-             for p in data.get("parts") or [] if p.get("state") != "discarded"]
+    parts: list[PartStatus] = [
+        {"number": p.get("number"), "model_key": p.get("model_key"), "state": p.get("state"), "status": p.get("status"),
+         "tickets": p.get("tickets"), "counts": p.get("counts"), "batch_id": p.get("batch_id"), "retry": p.get("retry"),
+         "note": p.get("note")}
+        for p in data.get("parts") or [] if p.get("state") != "discarded"]
     return {"run_key": data.get("run_key"), "parts": parts,
             "live": sum(1 for p in parts if p["state"] in LIVE_PART_STATES)}
 
