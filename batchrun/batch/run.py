@@ -180,7 +180,7 @@ class _BatchRun:
                               rejected_lines=prep.scan.problem_count)
         self.prices = {key: api.batch_prices() for key, api in self.apis.items()}
         self.rules = rules_for(self.job)
-        self.bar: tqdm[None] | None = None
+        self.bar: tqdm | None = None
         self.signal_number: int | None = None
         self.budget_note: str | None = None
         self.live_at_start = {p["number"] for p in self.ledger.parts if p["state"] in LIVE}
@@ -259,7 +259,7 @@ class _BatchRun:
                     if failure is None or failure["id"] in self.prep.checkpoint.done_ids:
                         continue  # not a retry, or done since (--finish-online)
                     meta: TicketMeta = {"id": failure["id"], "a": failure["a"] + 1, "i": failure.get("i", 0),
-                            "r": failure.get("r", 0), "c": failure.get("c", 0.0)}
+                                        "r": failure.get("r", 0), "c": failure.get("c", 0.0)}
                     yield source["model_key"], failure["id"], raw, meta, source["number"]
         for ticket in read_tickets(self.job.input, self.job.id_field, only_lines=self.prep.scan.dispatch,
                                    max_line_bytes=self.job.max_line_bytes):

@@ -58,10 +58,11 @@ class ExecutorChoice:
         """The choice for `engine` ("local" or "ray") with `workers` processes or actors;
         `provider_kwargs` per model key, or one model's (those have a "model" key)."""
         kwargs: dict[str, ProviderArgs]
+        # casts: mypy cannot tell the two shapes apart by a key, and "model" is a key of ProviderArgs
         if provider_kwargs and "model" in provider_kwargs:  # one model's kwargs
-            kwargs = {"": cast("ProviderArgs", dict(provider_kwargs))}  # the "model" key says which of the two
+            kwargs = {"": cast("ProviderArgs", dict(provider_kwargs))}
         else:
-            kwargs = dict(cast("Mapping[str, ProviderArgs]", provider_kwargs or {}))  # ... and here: per key
+            kwargs = dict(cast("Mapping[str, ProviderArgs]", provider_kwargs or {}))
         if engine == "ray":
             if not kwargs:
                 raise ValueError("engine \"ray\" needs provider_kwargs to build a provider in each actor")
