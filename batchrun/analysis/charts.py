@@ -253,7 +253,7 @@ def draw_plot(rows: Sequence[PlotRow], path: Path, title: str, recommended: int 
         ax.set_ylabel("throughput (tickets/s)")
         ax.set_ylim(0, top)
         ax2 = ax.twinx()
-        p95s = [r["latency_ms"]["p95"] for r in rows]
+        p95s = [latency.get("p95") if (latency := r.get("latency_ms")) else None for r in rows]
         ax2.plot(xs, [math.nan if p95 is None else p95 for p95 in p95s], "^-.", color="tab:red",  # None: a gap
                  label="batchrun p95 latency (right axis)")
         ax2.set_ylabel("p95 latency (ms)")

@@ -66,7 +66,7 @@ from batchrun.analysis.documents import (
     Shift,
     UnitReport,
 )
-from batchrun.analysis.grading import Analysis, Series, analyze
+from batchrun.analysis.grading import Analysis, Series, macro_f1, analyze
 from batchrun.analysis.textfmt import kv, ms, num, pct, table, usd
 from batchrun.errors import ReportError
 
@@ -99,9 +99,9 @@ def diff_pair(a: UnitReport, sa: Series, b: UnitReport, sb: Series, *, show: int
                 still_wrong += 1
         if len(examples) < show:
             examples.append({"id": key, "a": pa[key], "b": pb[key], "gold": g})
-    ga, gb = a["grading"], b["grading"]
-    acc_a, acc_b = ga["accuracy"] if ga else None, gb["accuracy"] if gb else None
-    graded_a, graded_b = ga["graded"] if ga else None, gb["graded"] if gb else None
+    ga, gb = a.get("grading"), b.get("grading")
+    acc_a, acc_b = ga.get("accuracy") if ga else None, gb.get("accuracy") if gb else None
+    graded_a, graded_b = ga.get("graded") if ga else None, gb.get("graded") if gb else None
     delta = None if acc_a is None or acc_b is None else round((acc_b - acc_a) * 100, 4)
     both_graded = [key for key in common if key in gold]
     on_common: OnCommon | None = None
@@ -119,7 +119,7 @@ def diff_pair(a: UnitReport, sa: Series, b: UnitReport, sb: Series, *, show: int
         shb = nb / b["done"] if b["done"] else 0.0
         distribution[label] = {"a": na, "b": nb, "share_a": round(sha, 6), "share_b": round(shb, 6),
                                "shift_points": round((shb - sha) * 100, 4)}
-    lat_a, lat_b = a["latency_ms"], b["latency_ms"]
+    lat_a, lat_b = a.get("latency_ms"), b.get("latency_ms")
     return {
         "a": {"key": a["key"], "model": a["model"], "run_dir": a["run_dir"]},
         "b": {"key": b["key"], "model": b["model"], "run_dir": b["run_dir"]},
@@ -130,13 +130,13 @@ def diff_pair(a: UnitReport, sa: Series, b: UnitReport, sb: Series, *, show: int
                     "fixed": fixed, "broken": broken, "wrong_both": still_wrong, "examples": examples},
         "distribution": distribution,
         "accuracy": {"a": acc_a, "b": acc_b, "graded_a": graded_a, "graded_b": graded_b,
-                     "correct_a": ga["correct"] if ga else None, "correct_b": gb["correct"] if gb else None,
+                     "correct_a": ga.get("correct") if ga else None, "correct_b": gb.get("correct") if gb else None,
                      "delta_points": delta, "on_common": on_common},
-        "macro_f1": _change(ga["macro"]["f1"] if ga else None, gb["macro"]["f1"] if gb else None),
+        "macro_f1": _change(macro_f1(ga), macro_f1(gb)),
         "cost_usd": _change(a["cost"]["usd"], b["cost"]["usd"]),
         "cost_per_1000_usd": _change(a["cost"]["per_1000_tickets_usd"], b["cost"]["per_1000_tickets_usd"]),
-        "latency_p50_ms": _change(lat_a["p50"] if lat_a else None, lat_b["p50"] if lat_b else None),
-        "latency_p95_ms": _change(lat_a["p95"] if lat_a else None, lat_b["p95"] if lat_b else None),
+        "latency_p50_ms": _change(lat_a.get("p50") if lat_a else None, lat_b.get("p50") if lat_b else None),
+        "latency_p95_ms": _change(lat_a.get("p95") if lat_a else None, lat_b.get("p95") if lat_b else None),
     }
 
 
@@ -220,7 +220,7 @@ def _points(value: float | None) -> str:
 
 
 def _rel(change: Change) -> str:
-    relative = change["relative"]
+    relative = change.get("relative")
     return "" if relative is None else f", {relative * 100:+.1f}%"
 
 

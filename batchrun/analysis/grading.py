@@ -500,10 +500,10 @@ def _unit_report(unit: RunUnit, gold: GoldLabels | None, gold_note: str | None) 
 
 
 def _brief(summary: ResultNumbers) -> Brief:
-    grading = summary["grading"]
-    return {"done": summary["done"], "accuracy": grading["accuracy"] if grading else None,
-            "graded": grading["graded"] if grading else None,
-            "macro_f1": grading["macro"]["f1"] if grading else None, "latency_ms": summary["latency_ms"],
+    grading = summary.get("grading")
+    return {"done": summary["done"], "accuracy": grading.get("accuracy") if grading else None,
+            "graded": grading.get("graded") if grading else None, "macro_f1": macro_f1(grading),
+            "latency_ms": summary["latency_ms"],
             "cost_usd": summary["cost"]["usd"], "per_1000_tickets_usd": summary["cost"]["per_1000_tickets_usd"],
             "label_distribution": summary["label_distribution"], "grading": summary.get("grading")}
 
@@ -631,7 +631,13 @@ def _format_unit(m: UnitReport) -> list[str]:
 
 
 def _latency(stats: LatencyStats | None, key: Literal["p50", "p95"]) -> float | None:
-    return stats[key] if stats else None
+    return stats.get(key) if stats else None
+
+
+def macro_f1(grading: Grading | None) -> float | None:
+    """A grading's macro-averaged F1 (None without one)."""
+    macro = grading.get("macro") if grading else None
+    return macro.get("f1") if macro else None
 
 
 def _quote(text: str, limit: int = 40) -> str:
@@ -669,8 +675,7 @@ def format_report(report: Report) -> str:
         headers = ["key", "model", "done", "failed", "accuracy", "macro F1", "p50 ms", "p95 ms",
                    *(["TTFT p50"] if streamed else []), "cost", "per 1k tickets"]
         body = [[m["key"], m["model"], f"{m['counts']['done']:,}", f"{m['counts']['failed']:,}",
-                 pct(m["grading"]["accuracy"] if m["grading"] else None),
-                 num(m["grading"]["macro"]["f1"] if m["grading"] else None, '.3f'),
+                 pct(m["grading"].get("accuracy") if m["grading"] else None), num(macro_f1(m["grading"]), '.3f'),
                  ms(_latency(m["latency_ms"], "p50")), ms(_latency(m["latency_ms"], "p95")),
                  *([ms(_latency(m["ttft_ms"], "p50"))] if streamed else []),
                  usd(m["cost"]["usd"]), usd(m["cost"]["per_1000_tickets_usd"])] for m in models]

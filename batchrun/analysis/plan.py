@@ -605,7 +605,7 @@ def _format_row(r: PlanRow, single: bool = True) -> list[str]:
                     + (f" ({others})" if others else ""))
     rows = [("tickets", counts), ("input tokens", in_text), ("output tokens", out_text), ("price", price),
             ("expected cost", cost)]
-    b = r["batch"]
+    b = r.get("batch")
     if b:
         rows[3] = ("price", price + " (online)")
         rows.append(("batch mode", f"{_per_million(b['input_per_million_usd'])} in / "

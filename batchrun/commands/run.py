@@ -263,14 +263,17 @@ def _print_comparison(job: JobSpec) -> None:
     click.echo(header)
     click.echo("-" * len(header))
     for model in report["models"]:
-        grading, latency, ttft = model["grading"], model["latency_ms"], model["ttft_ms"]
-        accuracy = grading["accuracy"] if grading else None
-        counts, cost, tokens = model["counts"], model["cost"], model["tokens"]
-        labels = " ".join(f"{k} {v}" for k, v in sorted(model["label_distribution"].items()))
-        click.echo(f"{model['key']:<12} {num(counts['done']):>6} {num(counts['failed']):>6} "
-                   f"{'-' if accuracy is None else f'{accuracy:.1%}':>8} {num(latency['p50'] if latency else None):>8} "
-                   f"{num(latency['p95'] if latency else None):>8} {num(ttft['p50'] if ttft else None):>8} "
-                   f"{num(tokens['total']):>9} "
-                   f"{num(cost['usd'], ',.6f'):>10} {num(cost['per_1000_tickets_usd'], ',.6f'):>9}  {labels}")
-    for pair in report["agreement"]:
+        grading, latency, ttft = model.get("grading"), model.get("latency_ms"), model.get("ttft_ms")
+        accuracy = grading.get("accuracy") if grading else None
+        counts, cost, tokens = model.get("counts"), model.get("cost"), model.get("tokens")
+        done, failed = (counts.get("done"), counts.get("failed")) if counts else (None, None)
+        labels = " ".join(f"{k} {v}" for k, v in sorted((model.get("label_distribution") or {}).items()))
+        click.echo(f"{model['key']:<12} {num(done):>6} {num(failed):>6} "
+                   f"{'-' if accuracy is None else f'{accuracy:.1%}':>8} "
+                   f"{num(latency.get('p50') if latency else None):>8} "
+                   f"{num(latency.get('p95') if latency else None):>8} {num(ttft.get('p50') if ttft else None):>8} "
+                   f"{num(tokens.get('total') if tokens else None):>9} "
+                   f"{num(cost.get('usd') if cost else None, ',.6f'):>10} "
+                   f"{num(cost.get('per_1000_tickets_usd') if cost else None, ',.6f'):>9}  {labels}")
+    for pair in report.get("agreement") or []:
         click.echo(f"agreement {pair['a']} vs {pair['b']}: {pair['rate']:.1%} of {pair['both_answered']:,} tickets")
