@@ -14,10 +14,11 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import click
 
+from batchrun.analysis.documents import StoredJSON
 from batchrun.analysis.textfmt import num
 from batchrun.run_logging import route_litellm_logs, setup_logging
 
@@ -54,7 +55,7 @@ class _WorkersType(click.ParamType):
 
     name = "N|auto"
 
-    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
         if isinstance(value, int) or value == "auto":
             return value
         try:
@@ -180,8 +181,21 @@ def _launch(job: JobSpec, job_file: Path, options: LaunchOptions, secrets: list[
                                     before_execute=lambda: route_litellm_logs(verbose), after_run=after_run))
 
 
-def _result_json(result: RunResult) -> dict[str, Any]:
-    body: dict[str, Any] = {
+class RunJSON(TypedDict):
+    """`batchrun run --json`: a RunResult (with "job" in front at the top level)."""
+
+    state: str
+    exit_code: int
+    run: int | None
+    run_dir: str | None
+    error: str | None
+    totals: dict[str, int] | None
+    summary: StoredJSON  # RunStats.summary()
+    models: NotRequired[dict[str, RunJSON]]  # a compare run: one per model
+
+
+def _result_json(result: RunResult) -> RunJSON:
+    body: RunJSON = {
         "state": result.state, "exit_code": result.exit_code, "run": result.run_number,
         "run_dir": str(result.run_dir) if result.run_dir else None, "error": result.error,
         "totals": result.totals, "summary": result.summary,
