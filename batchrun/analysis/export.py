@@ -42,10 +42,11 @@ import sqlite3
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator, Protocol
 
 import orjson
 
+from batchrun.analysis.documents import StoredJSON
 from batchrun.errors import BatchrunError, ExitCode
 from batchrun.job.input_formats import (
     csv_header,
@@ -60,6 +61,9 @@ from batchrun.rundir.layout import ERRORS, REJECTS, RESULTS
 EXPORT_FORMATS = ("jsonl", "csv", "parquet")
 PAGE_CACHE_KB = 32 * 1024  # SQLite page cache of the outcome index
 BATCH_ROWS = 8192  # Parquet rows written at a time; SQLite rows inserted per statement batch
+
+#: One row of the export (or one model's group of columns in it): values as the lines have them.
+Row = dict[str, object]
 
 #: The columns of one model's group, in order (those after "output" only when the job has them).
 _BASE = ("status", "output")
@@ -91,7 +95,7 @@ class ExportResult:
 class _Unit:
     key: str  # "" for a single run, else the [[models]] name
     run_dir: Path
-    manifest: dict[str, Any]
+    manifest: StoredJSON
     answer_fields: tuple[str, ...]  # label / parsed / tool_calls
 
 
@@ -166,7 +170,7 @@ class _Lookup:
             path = unit.run_dir / name
             self.files[ok] = path.open("rb") if path.exists() else None
 
-    def get(self, ticket_id: str) -> tuple[bool, dict[str, Any]] | None:
+    def get(self, ticket_id: str) -> tuple[bool, StoredJSON] | None:
         found = self.db.execute(self.query, (ticket_id,)).fetchone()
         if found is None:
             return None
@@ -182,14 +186,14 @@ class _Lookup:
                 handle.close()
 
 
-def _group(unit: _Unit, found: tuple[bool, dict[str, Any]] | None) -> dict[str, Any]:
-    """One model's columns for one ticket."""
-    row: dict[str, Any] = dict.fromkeys(_BASE + unit.answer_fields + _AFTER)
+def _group(unit: _Unit, found: tuple[bool, StoredJSON] | None) -> tuple[str, Row]:
+    """One model's status and columns for one ticket."""
+    row: Row = dict.fromkeys(_BASE + unit.answer_fields + _AFTER)
     if found is None:
         row["status"] = "pending"
-        return row
+        return "pending", row
     ok, line = found
-    row["status"] = "done" if ok else "failed"
+    status = row["status"] = "done" if ok else "failed"
     row["attempts"] = line.get("attempts")
     if ok:
         row["output"] = line.get("output")
@@ -210,12 +214,12 @@ def _group(unit: _Unit, found: tuple[bool, dict[str, Any]] | None) -> dict[str, 
         row["error_message"] = line.get("message")
         row["cost_usd"] = line_money(line).spent_usd or None  # answers paid for and turned down
         row["model"] = line.get("model_key")
-    return row
+    return status, row
 
 
 # -- writers ------------------------------------------------------------------------------------------
 
-def _as_text(value: Any) -> str | None:
+def _as_text(value: object) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
@@ -227,7 +231,7 @@ class _JsonlWriter:
     def __init__(self, path: Path, columns: list[str]) -> None:
         self.handle = path.open("wb")
 
-    def write(self, row: dict[str, Any]) -> None:
+    def write(self, row: Row) -> None:
         self.handle.write(orjson.dumps(row, default=str) + b"\n")
 
     def close(self) -> None:
@@ -243,7 +247,7 @@ class _CsvWriter:
         self.writer.writerow(columns)
         self.columns = columns
 
-    def write(self, row: dict[str, Any]) -> None:
+    def write(self, row: Row) -> None:
         self.writer.writerow(["" if (v := row.get(c)) is None else ("true" if v is True else "false" if v is False
                               else v if isinstance(v, (str, int, float)) else _as_text(v)) for c in self.columns])
 
@@ -263,13 +267,13 @@ class _ParquetWriter:
         types = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "text": pa.string()}
         self.schema = pa.schema([(c, types[self._kind(k)]) for c, k in zip(columns, self.kinds)])
         self.writer = pq.ParquetWriter(path, self.schema)
-        self.batch: list[dict[str, Any]] = []
+        self.batch: list[Row] = []
 
     @staticmethod
     def _kind(name: str) -> str:
         return "int" if name in _INT else "float" if name in _FLOAT else "bool" if name in _BOOL else "text"
 
-    def write(self, row: dict[str, Any]) -> None:
+    def write(self, row: Row) -> None:
         self.batch.append(row)
         if len(self.batch) >= BATCH_ROWS:
             self.flush()
@@ -291,7 +295,14 @@ class _ParquetWriter:
         self.writer.close()
 
 
-_WRITERS = {"jsonl": _JsonlWriter, "csv": _CsvWriter, "parquet": _ParquetWriter}
+class _Writer(Protocol):
+    def write(self, row: Row) -> None: ...
+
+    def close(self) -> None: ...
+
+
+_WRITERS: dict[str, Callable[[Path, list[str]], _Writer]] = {
+    "jsonl": _JsonlWriter, "csv": _CsvWriter, "parquet": _ParquetWriter}
 
 
 # -- the export ----------------------------------------------------------------------------------------
@@ -355,7 +366,7 @@ def _source(run_dir: Path, input: Path | str | None) -> _Source:
     return _Source(units, found, source.get("format"), id_field, _rejected_rows(units[0].run_dir))
 
 
-def _rows(src: _Source, *, nested: bool, with_input: bool, in_fields: list[str]) -> Iterator[dict[str, Any]]:
+def _rows(src: _Source, *, nested: bool, with_input: bool, in_fields: list[str]) -> Iterator[Row]:
     """One row per ticket of the input, in its order (module docstring). `nested`: a compare
     directory's groups under "models" and the input as an "input" object (JSON Lines, the Python
     API); else flat "<key>.<column>" and "input.<field>" columns (CSV, Parquet). The index lives
@@ -372,10 +383,10 @@ def _rows(src: _Source, *, nested: bool, with_input: bool, in_fields: list[str])
                 _build_index(db, f"o{number}", unit.run_dir)
                 lookups.append(_Lookup(db, f"o{number}", unit))
             for ticket in read_tickets(src.input_path, src.id_field, skip_lines=src.skip, input_format=src.declared):
-                row: dict[str, Any] = {"id": ticket.id}
-                groups: dict[str, Any] = {}
+                row: Row = {"id": ticket.id}
+                groups: dict[str, Row] = {}
                 for lookup in lookups:
-                    group = _group(lookup.unit, lookup.get(ticket.id))
+                    _status, group = _group(lookup.unit, lookup.get(ticket.id))
                     if not src.compare:
                         row.update(group)
                     elif nested:
@@ -396,7 +407,17 @@ def _rows(src: _Source, *, nested: bool, with_input: bool, in_fields: list[str])
             db.close()
 
 
-def iter_rows(run_dir: Path | str, *, with_input: bool = False, input: Path | str | None = None) -> Iterator[dict[str, Any]]:
+def _statuses(row: Row, keys: tuple[str, ...], compare: bool) -> list[str]:
+    """The status of each model's group in a row (one for a single run), nested or flat."""
+    if not compare:
+        return [str(row["status"])]
+    groups = row.get("models")
+    if isinstance(groups, dict):
+        return [str(group["status"]) for group in groups.values()]
+    return [str(row[f"{key}.status"]) for key in keys]
+
+
+def iter_rows(run_dir: Path | str, *, with_input: bool = False, input: Path | str | None = None) -> Iterator[Row]:
     """The export's JSON Lines rows of `run_dir` as dicts, one per ticket in input order, streamed
     (RunResult.results() and to_pandas() read them); raises as export_run does."""
     return _rows(_source(Path(run_dir), input), nested=True, with_input=with_input, in_fields=[])
@@ -429,9 +450,8 @@ def export_run(run_dir: Path | str, out: Path | str | None = None, fmt: str = "j
         writer = _WRITERS[fmt](tmp, columns)
         try:
             for row in _rows(src, nested=fmt == "jsonl", with_input=with_input, in_fields=in_fields):
-                for group in (row["models"].values() if "models" in row else [row]) if fmt == "jsonl" else \
-                        ([row] if not src.compare else [{"status": row[f"{k}.status"]} for k in keys]):
-                    counts[group["status"]] += 1
+                for status in _statuses(row, keys, src.compare):
+                    counts[status] += 1
                 writer.write(row)
                 rows += 1
         finally:

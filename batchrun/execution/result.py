@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from batchrun.records import Line
 from batchrun.rundir.lines import iter_lines, load_failed_ids
 
 
@@ -24,7 +25,7 @@ class RunResult:
 
     state: str  # done, interrupted, failed, budget_exhausted
     exit_code: int
-    summary: dict[str, Any]
+    summary: dict[str, Any]  # RunStats.summary(): numbers, and None where unknown
     error: str | None = None
     run_dir: Path | None = None
     run_number: int | None = None
@@ -58,7 +59,7 @@ class RunResult:
         return {"run_dir": base, "manifest": base / "manifest.json", "results": base / "results.jsonl",
                 "errors": base / "errors.jsonl"}
 
-    def results(self, *, with_input: bool = False) -> Iterator[dict[str, Any]]:
+    def results(self, *, with_input: bool = False) -> Iterator[dict[str, object]]:
         """One dict per ticket of the run's input, in input order, streamed: the rows `batchrun export`
         writes (`id`, `status` done/failed/pending, `output` and `label`/`parsed`/`tool_calls`, tokens,
         `cost_usd`, `attempts`, `model`, `error_kind`...; a compare run's under "models"); with
@@ -78,7 +79,7 @@ class RunResult:
                               "RunResult.results() gives the same rows as dicts") from None
         return pandas.json_normalize(list(self.results(with_input=with_input)))
 
-    def iter_results(self) -> Iterator[dict[str, Any]]:
+    def iter_results(self) -> Iterator[Line]:
         """Every result line of the run directory (all runs), streamed, in the order they finished (not
         input order: `results()`); a compare run's models in order."""
         if self.models:
@@ -87,14 +88,14 @@ class RunResult:
             return
         yield from iter_lines(self.paths["results"])
 
-    def iter_errors(self) -> Iterator[dict[str, Any]]:
+    def iter_errors(self) -> Iterator[Line]:
         """The latest error line of each ticket that has no result (what a re-run would retry)."""
         if self.models:
             for each in self.models.values():
                 yield from each.iter_errors()
             return
         failed = load_failed_ids(self.paths["run_dir"])
-        latest: dict[str, dict[str, Any]] = {}
+        latest: dict[str, Line] = {}
         for line in iter_lines(self.paths["errors"]):
             if str(line.get("id")) in failed:
                 latest[str(line["id"])] = line

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import re
 import string
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import orjson
 
-from batchrun.records import Ticket
+from batchrun.records import Fields, Ticket
 
 if TYPE_CHECKING:
     from batchrun.job.spec import JobSpec
@@ -53,33 +53,33 @@ class PromptTemplate:
         self.fields = tuple(dict.fromkeys(fields))
         self.paths = tuple(tuple(field.split(".")) for field in self.fields)
 
-    def missing_field(self, values: Mapping[str, Any]) -> str | None:
+    def missing_field(self, values: Fields) -> str | None:
         """The first placeholder `values` cannot fill, or None (cheaper than render)."""
         for path in self.paths:
-            value: Any = values
+            value: object = values
             for key in path:
                 if not (isinstance(value, dict) or isinstance(value, Mapping)) or key not in value:
                     return ".".join(path)
                 value = value[key]
         return None
 
-    def missing_field_of(self, field: str, values: Mapping[str, Any]) -> bool:
+    def missing_field_of(self, field: str, values: Fields) -> bool:
         """Does `values` lack the placeholder `field` (one of `fields`)?"""
-        value: Any = values
+        value: object = values
         for key in field.split("."):
             if not isinstance(value, Mapping) or key not in value:
                 return True
             value = value[key]
         return False
 
-    def render(self, values: Mapping[str, Any]) -> str:
+    def render(self, values: Fields) -> str:
         """Fill the placeholders from `values`; raises MissingFieldError."""
         out: list[str] = []
         for literal, path in self._segments:
             if path is None:
                 out.append(literal)
                 continue
-            value: Any = values
+            value: object = values
             for key in path:
                 if not (isinstance(value, dict) or isinstance(value, Mapping)) or key not in value:
                     raise MissingFieldError(".".join(path))
@@ -88,7 +88,7 @@ class PromptTemplate:
         return "".join(out)
 
 
-def as_text(value: Any) -> str:
+def as_text(value: object) -> str:
     if isinstance(value, str):
         return value
     if value is None:
@@ -111,7 +111,7 @@ def render_messages(job: JobSpec, ticket: Ticket) -> list[dict[str, str]]:
     return messages
 
 
-def _checked_messages(messages: Any, ticket_id: str) -> list[dict[str, str]]:
+def _checked_messages(messages: object, ticket_id: str) -> list[dict[str, str]]:
     """A prompt callable's answer: a non-empty list of {"role": str, "content": str} dicts."""
     from batchrun.errors import JobSpecError
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import email.utils
 import re
 import time
-from typing import Mapping, Sequence
+from typing import Mapping
 
 from batchrun.errors import (
     RateLimitedError,
@@ -107,7 +107,7 @@ def provider_message(text: str) -> str:
     return stripped or text
 
 
-def translate_error(exc: BaseException, secrets: Sequence[str] = ()) -> RequestError:
+def translate_error(exc: BaseException, secrets: tuple[str, ...] | list[str] = ()) -> RequestError:
     """Map any exception from a provider call onto batchrun's RequestError tree; the message is the
     provider's (`provider_message`), keys scrubbed."""
     if isinstance(exc, RequestError):

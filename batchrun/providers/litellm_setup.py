@@ -18,7 +18,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, MutableMapping, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Mapping, MutableMapping, Sequence
 
 from batchrun.errors import JobSpecError, redact_url
 from batchrun.providers import tuning
@@ -26,7 +27,11 @@ from batchrun.providers.tuning import (
     OPENAI_HTTP_HANDLER_ENV,
 )
 
-_litellm: Any = None
+if TYPE_CHECKING:
+    from batchrun.job.sections import ToolPayload
+    from batchrun.job.spec import JobSpec
+
+_litellm: ModuleType | None = None
 
 
 def size_connection_pool(env: MutableMapping[str, str], max_connections: int | None) -> None:
@@ -37,7 +42,7 @@ def size_connection_pool(env: MutableMapping[str, str], max_connections: int | N
             env[name] = str(max(int(env.get(name) or default), max_connections))
 
 
-def import_litellm(max_connections: int | None = None) -> Any:
+def import_litellm(max_connections: int | None = None) -> ModuleType:
     """Import and configure litellm once (slow: seconds; docs/internals.md).
 
     `max_connections`: litellm's aiohttp pool allows 500 connections per host
@@ -59,7 +64,7 @@ def import_litellm(max_connections: int | None = None) -> Any:
     return _litellm
 
 
-def loaded_litellm() -> Any:
+def loaded_litellm() -> ModuleType | None:
     """litellm if `import_litellm` has run in this process, else None (without importing it)."""
     return _litellm
 
@@ -98,7 +103,7 @@ def check_model(model: str, api_base: str | None = None, where: str = "model", *
         "job; nothing was sent")
 
 
-def _routing_hint(lm: Any, model: str) -> str:
+def _routing_hint(lm: ModuleType, model: str) -> str:
     import difflib
 
     providers = [getattr(p, "value", p) for p in lm.provider_list]
@@ -113,7 +118,7 @@ def _routing_hint(lm: Any, model: str) -> str:
     return f" Did you mean {(provider + '/') if provider else ''}{close[0]}?"
 
 
-def _pricing_hint(lm: Any, model: str, provider: str) -> str:
+def _pricing_hint(lm: ModuleType, model: str, provider: str) -> str:
     """" Did you mean openai/gpt-4o-mini?": the closest priced model of the same provider."""
     import difflib
 
@@ -124,7 +129,7 @@ def _pricing_hint(lm: Any, model: str, provider: str) -> str:
     return f" Did you mean {prefix + '/' if prefix else ''}{close[0]}?" if close else ""
 
 
-def check_models(job: Any, api_base: str | None = None) -> list[str]:
+def check_models(job: JobSpec, api_base: str | None = None) -> list[str]:
     """`check_model` for the job's model and every [[models]] entry (compare, route, fallbacks): every
     problem in one JobSpecError; returns the notes. `api_base`: the caller's --api-base, if any."""
     entries: list[tuple[str, str, str | None, bool]] = []
@@ -195,7 +200,7 @@ CHAT_PARAM_NAMES = frozenset({
 })
 
 
-def misspelled_params(params: Mapping[str, Any]) -> dict[str, str]:
+def misspelled_params(params: Mapping[str, object]) -> dict[str, str]:
     """The keys of `params` that are no parameter name litellm takes for any provider (CHAT_PARAM_NAMES,
     LITELLM_OPTIONS, PROVIDER_PARAMS) but close to one: {typo: the name meant}. Needs no litellm, so
     a typo is reported with the job's other problems at once; a key close to nothing is left to
@@ -212,7 +217,7 @@ def misspelled_params(params: Mapping[str, Any]) -> dict[str, str]:
     return found
 
 
-def unknown_params(model: str, params: Mapping[str, Any]) -> dict[str, str | None] | None:
+def unknown_params(model: str, params: Mapping[str, object]) -> dict[str, str | None] | None:
     """The keys of `params` litellm does not list for `model` (get_supported_openai_params)
     and that are neither litellm options nor PROVIDER_PARAMS of the model's provider, each
     mapped to the nearest known key (or None). None when litellm does not know the model's
@@ -251,7 +256,7 @@ def preload(max_connections: int | None = None) -> None:
     import_litellm(max_connections)
 
 
-def estimate_tokens(model: str, messages: Sequence[Mapping[str, Any]], tools: Any = None) -> int:
+def estimate_tokens(model: str, messages: Sequence[Mapping[str, str]], tools: Sequence[ToolPayload] | None = None) -> int:
     """Prompt tokens of `messages` (and `tools`) for `model` by litellm's token counter; about
     four characters a token when litellm cannot load the model's tokenizer."""
     try:

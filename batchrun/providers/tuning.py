@@ -85,7 +85,14 @@ import logging
 import os
 import sys
 import weakref
-from typing import Any, Callable
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Mapping, ParamSpec, TypeVar
+
+if TYPE_CHECKING:
+    import httpx
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 #: litellm's switch that sends OpenAI chat calls through its own HTTP handler.
 OPENAI_HTTP_HANDLER_ENV = "EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER"
@@ -127,7 +134,7 @@ def _parameters(fn: Any) -> list[str]:
         return []
 
 
-def _success_logging_needed(litellm: Any, logging_obj: Any) -> bool:
+def _success_logging_needed(litellm: ModuleType, logging_obj: object) -> bool:
     """Would litellm's success logging of this call reach anything: a callback registered
     globally (any of litellm's lists) or on the call's logging object, or litellm's own
     budget (`litellm.max_budget`, whose accounting lives in that logging)?"""
@@ -140,7 +147,8 @@ def _success_logging_needed(litellm: Any, logging_obj: Any) -> bool:
                for name in ("dynamic_success_callbacks", "dynamic_async_success_callbacks"))
 
 
-def _wrap_litellm_function(module: str, name: str, marker: str, wrap: Callable[[Any], Any]) -> bool:
+def _wrap_litellm_function(module: str, name: str, marker: str,
+                           wrap: Callable[[Any], Callable[..., object]]) -> bool:  # wrap(litellm's function)
     """Replace `module.name` (a litellm internal, checked by the caller) by `wrap(original)`,
     marked with `marker` so it is wrapped once. False when litellm has no such function:
     then litellm keeps its own behaviour."""
@@ -155,7 +163,7 @@ def _wrap_litellm_function(module: str, name: str, marker: str, wrap: Callable[[
     return True
 
 
-def _install_quiet_success_logging(litellm: Any) -> str:
+def _install_quiet_success_logging(litellm: ModuleType) -> str:
     """Skip litellm's asynchronous success logging of batchrun's plain calls when no
     callback would receive it (module docstring). INSTALLED, or why not."""
     target = getattr(sys.modules.get("litellm.utils"), "_schedule_async_success_logging", None)
@@ -164,8 +172,8 @@ def _install_quiet_success_logging(litellm: Any) -> str:
     if _parameters(getattr(target, "__wrapped__", target))[:1] != ["logging_obj"]:
         return "litellm.utils._schedule_async_success_logging no longer takes logging_obj first"
 
-    def wrap(schedule: Any) -> Any:
-        def schedule_unless_quiet(logging_obj: Any, *args: Any, **kwargs: Any) -> None:
+    def wrap(schedule: Callable[..., object]) -> Callable[..., object]:
+        def schedule_unless_quiet(logging_obj: object, *args: object, **kwargs: object) -> object:
             if CALL_KIND.get() == "plain" and not _success_logging_needed(litellm, logging_obj):
                 return None
             return schedule(logging_obj, *args, **kwargs)
@@ -179,7 +187,7 @@ def _install_quiet_success_logging(litellm: Any) -> str:
 MODEL_MODE_CACHE_SIZE = 64
 
 
-def _install_model_mode_cache(litellm: Any) -> str:
+def _install_model_mode_cache(litellm: ModuleType) -> str:
     """Look a model up in litellm's model list once per (model, provider) during batchrun's
     calls, not twice per call (module docstring). INSTALLED, or why not."""
     main = sys.modules.get("litellm.main")
@@ -189,10 +197,11 @@ def _install_model_mode_cache(litellm: Any) -> str:
     if not {"model", "custom_llm_provider"} <= set(_parameters(getattr(target, "__wrapped__", target))):
         return "litellm.main.get_model_info_helper no longer takes model and custom_llm_provider"
 
-    def wrap(lookup: Any) -> Any:
-        found: dict[tuple[str, str | None, int], dict[str, Any]] = {}
+    def wrap(lookup: Callable[..., Mapping[str, object]]) -> Callable[..., Mapping[str, object]]:
+        found: dict[tuple[str, str | None, int], dict[str, object]] = {}
 
-        def cached_lookup(model: str, custom_llm_provider: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        def cached_lookup(model: str, custom_llm_provider: str | None = None, *args: object,
+                          **kwargs: object) -> Mapping[str, object]:
             if CALL_KIND.get() is None or args or kwargs:  # not batchrun's call, or asked with more
                 return lookup(model, custom_llm_provider, *args, **kwargs)
             key = (model, custom_llm_provider, len(litellm.model_cost))  # a registered model starts afresh
@@ -216,7 +225,7 @@ RESEND_TARGETS = (
 )
 
 
-def _install_no_hidden_resend(litellm: Any) -> str:
+def _install_no_hidden_resend(litellm: ModuleType) -> str:
     """Stop litellm's HTTP handler from sending batchrun's request a second time after a
     failed connection (module docstring). INSTALLED, or why not."""
     import httpx  # litellm's dependency
@@ -236,19 +245,19 @@ def _install_no_hidden_resend(litellm: Any) -> str:
         return INSTALLED
 
     @functools.wraps(original)
-    async def no_resend(self: Any, *args: Any, **kwargs: Any) -> Any:
+    async def no_resend(self: object, *args: object, **kwargs: object) -> httpx.Response:
         if CALL_KIND.get() is not None:
             handled = sys.exception()  # what post()'s except clause caught (3.11+)
             if isinstance(handled, resent_on):
                 raise handled
         return await original(self, *args, **kwargs)
 
-    no_resend.batchrun_no_resend = True  # type: ignore[attr-defined]
+    setattr(no_resend, "batchrun_no_resend", True)  # the marker, as _wrap_litellm_function sets it
     setattr(handler, name, no_resend)
     return INSTALLED
 
 
-def _check_inline_prep(litellm: Any) -> str:
+def _check_inline_prep(litellm: ModuleType) -> str:
     """The inline preparation relies on acompletion handing `partial(Context.run, partial(completion,
     ...))` to loop.run_in_executor: INSTALLED when it still does (the executor is set per loop)."""
     main = sys.modules.get("litellm.main")
@@ -259,7 +268,7 @@ def _check_inline_prep(litellm: Any) -> str:
     return INSTALLED
 
 
-def _check_http_handler_switch(litellm: Any) -> str:
+def _check_http_handler_switch(litellm: ModuleType) -> str:
     """litellm's own HTTP handler for openai/ calls is chosen by OPENAI_HTTP_HANDLER_ENV, read on
     every call: INSTALLED when litellm still reads it."""
     if OPENAI_HTTP_HANDLER_ENV not in _source(sys.modules.get("litellm.main")):
@@ -267,7 +276,7 @@ def _check_http_handler_switch(litellm: Any) -> str:
     return INSTALLED
 
 
-def _is_litellm_prep(fn: Any) -> bool:
+def _is_litellm_prep(fn: object) -> bool:
     """Is `fn` what litellm's acompletion submits: partial(Context.run, partial(litellm.main.completion, ...))?"""
     if not isinstance(fn, functools.partial) or not fn.args:
         return False
@@ -288,12 +297,12 @@ class InlinePrepExecutor(concurrent.futures.ThreadPoolExecutor):
         super().__init__(*args, **kwargs)
         self.inline_calls = 0  # litellm preparations run inline so far
 
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> concurrent.futures.Future[_T]:
         transport = INLINE_PREP.get()
         if transport is None or not _is_litellm_prep(fn):
             return super().submit(fn, *args, **kwargs)
         self.inline_calls += 1
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
         # litellm reads its transport switch while preparing; on the loop thread nothing else runs meanwhile
         switch = _USER_TRANSPORT is None
         if switch:
@@ -330,7 +339,7 @@ def user_transport() -> str | None:
     return _USER_TRANSPORT
 
 
-def install(litellm: Any) -> dict[str, str]:
+def install(litellm: ModuleType) -> dict[str, str]:
     """Install the wrappers of litellm's internals (each once), each after checking its target
     (module docstring); a patch that does not apply is named at -v. Returns STATUS."""
     STATUS.update({
