@@ -54,6 +54,7 @@ __all__ = [
     "CheckpointError",
     "ConfigurationError",
     "ExitCode",
+    "FAIL_FAST_KINDS",
     "JobSpecError",
     "NotARunDirError",
     "PERMANENT_KINDS",
@@ -191,15 +192,20 @@ class TerminalError(RequestError):
     """A failure that another attempt would repeat (4xx)."""
 
 
-#: Failure kinds another attempt would repeat (the ticket's request itself is refused): a re-run
-#: keeps these tickets as they are unless --retry-permanent. Every other kind is transient.
+#: Failure kinds another attempt would repeat (the same request is refused again): a re-run keeps
+#: these tickets as they are unless --retry-permanent. Every other kind is transient.
 PERMANENT_KINDS = frozenset({"context_window", "content_policy", "bad_request", "auth", "permission",
                              "not_found"})
+#: Kinds about the key or the model rather than the ticket: a run of them in a row stops the run
+#: (fail-fast), and then they are the endpoint's failures, not the tickets'.
+FAIL_FAST_KINDS = frozenset({"auth", "permission", "not_found"})
 
 
-def is_permanent(kind: str | None) -> bool:
-    """Is a failure of this kind permanent (PERMANENT_KINDS)?"""
-    return kind in PERMANENT_KINDS
+def is_permanent(kind: str | None, *, fail_fast: bool = False) -> bool:
+    """Is a failure of this kind permanent (PERMANENT_KINDS)? `fail_fast`: it belongs to a run that
+    fail-fast stopped, where an auth, permission or not-found failure says the key or the model was
+    wrong for every ticket: transient then, so the re-run after the fix sends those tickets again."""
+    return kind in PERMANENT_KINDS and not (fail_fast and kind in FAIL_FAST_KINDS)
 
 
 _SECRET_PATTERNS = None

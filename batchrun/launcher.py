@@ -46,7 +46,6 @@ from batchrun.errors import (
     PreflightError,
     RunMismatchError,
     TicketError,
-    is_permanent,
     redact_url,
 )
 from batchrun.execution.result import RunResult
@@ -512,7 +511,8 @@ def dry_run(job: JobSpec, job_path: Path | None, options: LaunchOptions, count: 
     from batchrun.job.templates import render_messages
     from batchrun.job.tickets import read_tickets, scan_input
     from batchrun.providers.litellm_setup import check_models
-    from batchrun.rundir.lines import load_failed_kinds, scan_jsonl
+    from batchrun.rundir.lines import load_failed_kinds, permanent_failures, scan_jsonl
+    from batchrun.rundir.manifest import fail_fast_runs, read_manifest
 
     use_sim = job.simulator is not None and not options.live and options.api_base is None
     notes: list[str] = []
@@ -530,7 +530,7 @@ def dry_run(job: JobSpec, job_path: Path | None, options: LaunchOptions, count: 
     scan = scan_input(first.input, first.id_field, templates, max_line_bytes=first.max_line_bytes,
                       done_ids=done, failed_ids=set(kinds) if options.skip_failed else frozenset(),
                       permanent_ids=frozenset() if options.retry_permanent else
-                      {i for i, kind in kinds.items() if is_permanent(kind)},
+                      permanent_failures(kinds, fail_fast_runs(read_manifest(run_dir))),
                       limit=options.limit, input_format=first.input_format)
     if scan.file_problems or (scan.problem_count and first.on_bad_input == "fail"):
         raise TicketError(scan.describe_problems())

@@ -73,3 +73,42 @@ def test_skip_failed_still_keeps_every_failure(make_job, tmp_path, cli_env, flag
     assert run(job, cli_env).returncode == 3
     again = run(job, cli_env, flag)
     assert again.returncode == 0 and "Nothing to do" in again.stdout
+
+
+AUTH_STREAK = """
+    [simulator]
+    latency_ms = 1
+    jitter = 0
+    [[simulator.faults]]
+    kind = "401"
+    rate = 1.0
+    """
+
+
+def test_auth_failures_of_a_run_fail_fast_stopped_are_retried_once_the_key_is_fixed(make_job, tmp_path, cli_env):
+    """A fail-fast streak of 401s is the key's fault, not the tickets': the next run sends them again."""
+    job = make_job(10, concurrency=1, top="fail_fast_after = 3", extra=AUTH_STREAK)
+    first = run(job, cli_env, "--json")
+    assert first.returncode == 4, first.stderr
+    summary = orjson.loads(first.stdout)["summary"]
+    assert summary["failed"] == 3 and summary["failed_permanent"] == 0 and summary["stop_reason"] == "fail_fast"
+    job.write_text(job.read_text().replace('kind = "401"', 'kind = "ok"'))  # the key is fixed
+    second = run(job, cli_env)
+    assert second.returncode == 0, second.stderr
+    assert "permanent failure" not in second.stderr
+    assert len(read_jsonl(tmp_path / "run" / "results.jsonl")) == 10
+
+
+def test_a_not_found_below_the_fail_fast_threshold_is_kept(make_job, tmp_path, cli_env):
+    job = make_job(10, extra="""
+        [simulator]
+        latency_ms = 1
+        jitter = 0
+        [[simulator.faults]]
+        kind = "404_model"
+        tickets = ["T000004"]
+        attempts = [1, 2, 3]
+        """)
+    assert run(job, cli_env).returncode == 3
+    again = run(job, cli_env)
+    assert again.returncode == 0 and "1 permanent failure(s) from earlier runs, not retried (not_found 1)" in again.stderr

@@ -216,7 +216,12 @@ def resolve_input(unit: RunUnit, override: Path | None) -> tuple[Path | None, st
     if override is not None and not Path(override).is_file():
         raise ReportError(f"{override}: no such input file (--input)")
     found, why = find_input(unit.run_dir, unit.manifest, override)
-    return (found, None) if found is not None else (None, f"{why} to grade")
+    if found is not None:
+        return found, None
+    recorded = (unit.manifest.get("input") or {}).get("path")
+    if not recorded:
+        return None, why
+    return None, f"input {recorded} (from the manifest) not found: pass --input PATH to grade"
 
 
 # --------------------------------------------------------------------------------------------

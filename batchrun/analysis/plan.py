@@ -289,15 +289,15 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
                 assume_latency_ms: float, simulated: bool = False, retry_permanent: bool = False) -> PlanRow:
     from batchrun.errors import TicketError
     from batchrun.job.tickets import read_tickets, scan_input
-    from batchrun.errors import is_permanent
-    from batchrun.rundir.lines import load_done_ids, load_failed_kinds
+    from batchrun.rundir.lines import load_done_ids, load_failed_kinds, permanent_failures
+    from batchrun.rundir.manifest import fail_fast_runs, read_manifest
 
     job = entry.job
     run_dir = entry.run_dir
     done = load_done_ids(run_dir)
     kinds = load_failed_kinds(run_dir, done)
     failed = set(kinds)
-    permanent = frozenset() if retry_permanent else {i for i, kind in kinds.items() if is_permanent(kind)}
+    permanent = frozenset() if retry_permanent else permanent_failures(kinds, fail_fast_runs(read_manifest(run_dir)))
     templates = job.prompt_templates
     skip_bad = job.on_bad_input == "skip"
     scan = scan_input(job.input, job.id_field, templates, max_problems=None if skip_bad else 20,
@@ -455,7 +455,7 @@ def make_plan(job: JobSpec, *, job_path: Path | None = None, limit: int | None =
     if job.simulator is None or live:  # as in `batchrun run`: a live model must be one litellm can route
         from batchrun.providers.litellm_setup import check_models
 
-        check_models(job)
+        check_models(job, prices=False)  # an unpriced model is planned as unpriced
     sample = DEFAULT_SAMPLE if sample is None else sample
     mode = plan_mode(job)
     simulated = job.simulator is not None and not live

@@ -109,7 +109,7 @@ class RunStats:
     to_do: int = 0  # tickets this run set out to process
     done: int = 0  # succeeded in this run: line in results.jsonl
     failed: int = 0  # ended in errors.jsonl in this run
-    failed_permanent: int = 0  # of those, with a permanent kind (errors.PERMANENT_KINDS): not retried by a re-run
+    stop_reason: str | None = None  # why dispatch stopped early ("fail_fast", "budget", "signal", ...), if it did
     in_flight: int = 0  # tickets between dispatch and their line on disk
     attempts: int = 0  # requests sent (first tries and retries)
     retries: int = 0  # attempts after a ticket's first
@@ -149,8 +149,6 @@ class RunStats:
         if not outcome.ok:
             self.failed += 1
             kind = outcome.error_kind or "unknown"
-            if is_permanent(kind):
-                self.failed_permanent += 1
             self.failed_by_kind[kind] = self.failed_by_kind.get(kind, 0) + 1
             messages = self.failure_messages.setdefault(kind, {})
             text = short_message(outcome.error_message)
@@ -184,6 +182,13 @@ class RunStats:
             self.cost_usd += c.cost_usd
 
     @property
+    def failed_permanent(self) -> int:
+        """This run's failed tickets a re-run keeps (errors.is_permanent; auth, permission and not-found
+        failures are transient when fail-fast stopped the run: the key or model was wrong)."""
+        fail_fast = self.stop_reason == "fail_fast"
+        return sum(count for kind, count in self.failed_by_kind.items() if is_permanent(kind, fail_fast=fail_fast))
+
+    @property
     def wall_s(self) -> float:
         end = self.finished if self.finished is not None else time.monotonic()
         return max(end - self.started, 1e-9)
@@ -210,6 +215,7 @@ class RunStats:
             "failed": self.failed,
             "failed_permanent": self.failed_permanent,
             "failed_transient": self.failed - self.failed_permanent,
+            "stop_reason": self.stop_reason,
             "not_finished": max(self.to_do - finished, 0),
             "wall_s": round(wall, 3),
             "requests": self.attempts,

@@ -95,7 +95,7 @@ def _attempts(line: Mapping[str, Any], ok: bool) -> list[dict[str, Any]]:
 
 
 def _verdict(result: Mapping[str, Any] | None, last_error: Mapping[str, Any] | None,
-             fingerprint: Mapping[str, Any]) -> str:
+             fingerprint: Mapping[str, Any], fail_fast: bool = False) -> str:
     if result is not None:
         output = fingerprint.get("output") or {}
         if "label" in result:
@@ -116,7 +116,7 @@ def _verdict(result: Mapping[str, Any] | None, last_error: Mapping[str, Any] | N
     if last_error is not None:
         kind = str(last_error.get("error_kind") or "unknown")
         status = f" (HTTP {last_error['status_code']})" if last_error.get("status_code") else ""
-        how = "permanent: a re-run keeps it, --retry-permanent sends it" if is_permanent(kind) else \
+        how = "permanent: a re-run keeps it, --retry-permanent sends it" if is_permanent(kind, fail_fast=fail_fast) else \
             "transient: a re-run retries it"
         return f"failed: {kind}{status}, {how}"
     return "pending: no run has finished this ticket yet"
@@ -125,6 +125,7 @@ def _verdict(result: Mapping[str, Any] | None, last_error: Mapping[str, Any] | N
 def _unit_detail(run_dir: Path, manifest: Mapping[str, Any], ticket_id: str, ticket: Any, input_note: str,
                  show_text: bool) -> dict[str, Any]:
     from batchrun.rundir.layout import ERRORS, RESULTS
+    from batchrun.rundir.manifest import fail_fast_runs
 
     fingerprint = (manifest.get("job") or {}).get("fingerprint") or {}
     results = _lines_of(run_dir / RESULTS, ticket_id)
@@ -144,7 +145,8 @@ def _unit_detail(run_dir: Path, manifest: Mapping[str, Any], ticket_id: str, tic
     if result is not None:
         answer = {key: result.get(key) for key in ("output", "label", "parsed", "tool_calls", "finish_reason",
                                                     "model", "usage", "cost_usd", "cost_status") if key in result}
-    verdict = _verdict(result, last_error, fingerprint)
+    fail_fast = last_error is not None and last_error.get("run") in fail_fast_runs(manifest)
+    verdict = _verdict(result, last_error, fingerprint, fail_fast)
     if not show_text:
         if verdict.startswith("accepted: label"):
             verdict = "accepted: one of the job's labels"  # the label is the answer
@@ -156,7 +158,8 @@ def _unit_detail(run_dir: Path, manifest: Mapping[str, Any], ticket_id: str, tic
     return {
         "model": fingerprint.get("model"),
         "status": status,
-        "permanent": is_permanent(str(last_error.get("error_kind"))) if status == "failed" and last_error else None,
+        "permanent": (is_permanent(str(last_error.get("error_kind")), fail_fast=fail_fast)
+                      if status == "failed" and last_error else None),
         "line": ticket.line if ticket is not None else None,
         "messages": messages if show_text else None,
         "messages_note": messages_note if messages is None else ("" if show_text else "hidden (--show-text)"),

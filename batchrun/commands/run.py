@@ -267,10 +267,12 @@ def _log_failures(result: RunResult) -> None:
     retries it, its most frequent message."""
     from batchrun.errors import is_permanent
 
+    fail_fast = result.summary.get("stop_reason") == "fail_fast"
     for kind, group in (result.summary.get("failures") or {}).items():
         top = (group.get("top_messages") or [["", 0]])[0][0]
         console.info("failed: %s %d (%s)%s", kind, group["count"],
-                     "permanent: kept by a re-run" if is_permanent(kind) else "transient: a re-run retries them",
+                     "permanent: kept by a re-run" if is_permanent(kind, fail_fast=fail_fast)
+                     else "transient: a re-run retries them",
                      f": {top}" if top else "")
 
 

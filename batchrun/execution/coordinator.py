@@ -31,6 +31,7 @@ import anyio
 
 from batchrun.analysis.stats import RunStats
 from batchrun.errors import (
+    FAIL_FAST_KINDS,
     BatchrunError,
     CheckpointError,
     RateLimitedError,
@@ -53,7 +54,6 @@ from batchrun.rundir.journal import InflightJournal
 
 __all__ = ["Coordinator", "FAIL_FAST_KINDS"]
 
-FAIL_FAST_KINDS = frozenset({"auth", "permission", "not_found"})
 # Kinds that never count toward the same-error streak: retried ones (an outage passes) and the
 # verdicts on an answer (they are about one ticket's answer, not about the endpoint).
 _NOT_ENDPOINT_KINDS = frozenset({"rate_limited", "timeout", "connection", "server_error", "stream_cut",
@@ -124,6 +124,7 @@ class Coordinator:
             return
         self.stopping = True
         self.stop_reason = reason
+        self.stats.stop_reason = reason
         self.abort_message = message
         self.producer_scope.cancel()
         if message:

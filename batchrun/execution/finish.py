@@ -72,7 +72,7 @@ def build_manifest(prep: PreparedRun, stats: RunStats, failed_ids: set[str], sta
     entry = {
         "run": prep.run_number, "state": state, "started_at": started_at, "finished_at": finished_at,
         "done": stats.done, "failed": stats.failed, "requests": stats.attempts,
-        "cost_usd": summary["cost_usd"],
+        "cost_usd": summary["cost_usd"], "stop_reason": stats.stop_reason,
     }
     history = [h for h in history if h.get("run") != prep.run_number][-(MAX_HISTORY - 1):] + [entry]
     return {

@@ -33,7 +33,8 @@ from batchrun.rundir.checkpoint import (
     write_input_index,
     write_rejects,
 )
-from batchrun.rundir.manifest import Manifest, read_manifest
+from batchrun.rundir.lines import permanent_failures
+from batchrun.rundir.manifest import Manifest, fail_fast_runs, read_manifest
 
 MAYBE_BILLED_IDS_SHOWN = 20
 
@@ -112,7 +113,9 @@ def prepare_run(
         # the resume plan, the same for a saved index and a full scan
         max_problems = None if skip_bad else 20
         failed_ids: AbstractSet[str] = checkpoint.failed_ids if skip_failed else frozenset()
-        permanent_ids: AbstractSet[str] = frozenset() if retry_permanent else checkpoint.permanent_ids
+        old: Manifest = read_manifest(checkpoint.run_dir) or {}
+        kept = permanent_failures(checkpoint.failed_kinds, fail_fast_runs(old))
+        permanent_ids: AbstractSet[str] = frozenset() if retry_permanent else kept
         # what makes a saved index valid besides the input's bytes
         key = orjson.dumps([job.id_field, [t.fields for t in templates], job.max_line_bytes]
                            + ([job.input_format] if job.input_format else [])).decode()
@@ -138,13 +141,12 @@ def prepare_run(
             raise TicketError(scan.describe_problems())
         if scan.skipped_permanent:
             kinds: dict[str, int] = {}
-            for kind in (checkpoint.failed_kinds.get(i, "unknown") for i in checkpoint.permanent_ids):
+            for kind, _run in (checkpoint.failed_kinds[i] for i in kept):
                 kinds[kind] = kinds.get(kind, 0) + 1
             by_kind = (" (" + ", ".join(f"{kind} {count:,}" for kind, count in sorted(kinds.items())) + ")"
                        if sum(kinds.values()) == scan.skipped_permanent else "")
             notes.append(f"{scan.skipped_permanent:,} permanent failure(s) from earlier runs, not retried{by_kind}: "
                          "--retry-permanent to send them again")
-        old = read_manifest(checkpoint.run_dir) or {}
         if old and not force:
             changes = mismatches(old, job, scan, endpoint)
             if changes:

@@ -129,9 +129,10 @@ def _pricing_hint(lm: ModuleType, model: str, provider: str) -> str:
     return f" Did you mean {prefix + '/' if prefix else ''}{close[0]}?" if close else ""
 
 
-def check_models(job: JobSpec, api_base: str | None = None) -> list[str]:
+def check_models(job: JobSpec, api_base: str | None = None, *, prices: bool = True) -> list[str]:
     """`check_model` for the job's model and every [[models]] entry (compare, route, fallbacks): every
-    problem in one JobSpecError; returns the notes. `api_base`: the caller's --api-base, if any."""
+    problem in one JobSpecError; returns the notes. `api_base`: the caller's --api-base, if any;
+    `prices=False` (batchrun plan, which shows an unpriced model as such): routing only."""
     entries: list[tuple[str, str, str | None, bool]] = []
     if not job.models:
         entries.append(("model", job.model, api_base or job.api_base, job.prices is not None))
@@ -142,7 +143,8 @@ def check_models(job: JobSpec, api_base: str | None = None) -> list[str]:
     problems: list[str] = []
     for where, model, base, priced in entries:
         try:
-            note = check_model(model, base, where, priced_by_job=priced, allow_unpriced=job.allow_unpriced)
+            note = check_model(model, base, where, priced_by_job=priced or not prices,
+                               allow_unpriced=job.allow_unpriced)
         except JobSpecError as exc:
             problems.append(str(exc).removesuffix("; nothing was sent"))
             continue

@@ -59,7 +59,7 @@ import aiofiles
 import anyio
 import orjson
 
-from batchrun.errors import CheckpointError, RunLockedError, RunMismatchError, is_permanent
+from batchrun.errors import CheckpointError, RunLockedError, RunMismatchError
 from batchrun.records import Outcome
 from batchrun.rundir.journal import OpenEntry, compact_inflight, open_inflight
 from batchrun.rundir.layout import (
@@ -115,9 +115,8 @@ class Checkpoint:
     done_ids: set[str]  # in results.jsonl: never requested again
     failed_ids: set[str]  # latest outcome a failure (not in results.jsonl)
     repaired: list[str]  # human notes about torn lines that were cut off
-    # of failed_ids, those whose latest failure is permanent (errors.PERMANENT_KINDS): kept on a re-run
-    permanent_ids: set[str] = field(default_factory=set)
-    failed_kinds: dict[str, str] = field(default_factory=dict)  # failed id -> its latest error_kind
+    # failed id -> its latest failure's (error_kind, run): which a re-run keeps (lines.permanent_failures)
+    failed_kinds: dict[str, tuple[str, int | None]] = field(default_factory=dict)
     spent_usd: float = 0.0  # cost of the results already on disk
     # journal entries left open by earlier runs: id -> {"attempt", "run"} (may be billed twice)
     maybe_billed: dict[str, OpenEntry] = field(default_factory=dict)
@@ -221,10 +220,9 @@ def open_checkpoint(run_dir: Path, *, totals: bool = True, force: bool = False) 
         done = scans[RESULTS].ids
         failed = scans[ERRORS].ids - done
         kinds = scans[ERRORS].kind_by_id or {}
-        permanent = {ticket_id for ticket_id in failed if is_permanent(kinds.get(ticket_id))}
         maybe_billed = open_inflight(run_dir, done)
         compact_inflight(run_dir, maybe_billed)
-        return Checkpoint(run_dir=run_dir, done_ids=done, failed_ids=failed, permanent_ids=permanent,
+        return Checkpoint(run_dir=run_dir, done_ids=done, failed_ids=failed,
                           failed_kinds={i: kinds[i] for i in failed if i in kinds}, repaired=repaired,
                           spent_usd=scans[RESULTS].cost_usd + scans[ERRORS].cost_usd,
                           maybe_billed=maybe_billed, _lock_handle=lock)

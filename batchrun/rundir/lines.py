@@ -8,7 +8,8 @@
                             the first damaged line, and with totals the lines' money
                             (records.line_money)
     load_done_ids / load_failed_ids   what a run directory already holds
-    load_failed_kinds(run_dir)  each failed id's latest error kind (permanent or transient)
+    load_failed_kinds(run_dir)  each failed id's latest (error kind, run)
+    permanent_failures(...)     of those, the failures a re-run keeps (errors.is_permanent)
 
 Reading takes no lock, so it works while a run is writing: a torn last line is
 simply not counted yet.
@@ -19,11 +20,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import AbstractSet, Iterator, Mapping
 
 import orjson
 
-from batchrun.errors import CheckpointError
+from batchrun.errors import CheckpointError, is_permanent
 from batchrun.records import Line, line_money
 from batchrun.rundir.layout import ERRORS, RESULTS, open_no_follow
 
@@ -42,7 +43,8 @@ class JsonlScan:
     cache_hits: int = 0  # lines with "cache_hit": true (reused answers)
     cost_saved_usd: float = 0.0  # their cost_saved_usd
     last_by_id: dict[str, Line] | None = None  # only when asked (errors file)
-    kind_by_id: dict[str, str] | None = None  # with kinds: each id's latest error_kind (errors file)
+    # with kinds: each id's latest (error_kind, run) (errors file)
+    kind_by_id: dict[str, tuple[str, int | None]] | None = None
 
 
 def scan_jsonl(path: Path | str, *, keep_last: bool = False, totals: bool = True, kinds: bool = False) -> JsonlScan:
@@ -79,7 +81,9 @@ def scan_jsonl(path: Path | str, *, keep_last: bool = False, totals: bool = True
                         if scan.last_by_id is not None:
                             scan.last_by_id[ticket_id] = obj
                         if scan.kind_by_id is not None:
-                            scan.kind_by_id[ticket_id] = str(obj.get("error_kind") or "unknown")
+                            run = obj.get("run")
+                            scan.kind_by_id[ticket_id] = (str(obj.get("error_kind") or "unknown"),
+                                                          run if isinstance(run, int) else None)
                         scan.ids.add(ticket_id)
                         if totals:  # every line is money spent (errors.jsonl: rejected answers)
                             money = line_money(obj)
@@ -150,9 +154,16 @@ def load_failed_ids(run_dir: Path | str, done: set[str] | None = None) -> set[st
     return scan_jsonl(run_dir / ERRORS, totals=False).ids - done
 
 
-def load_failed_kinds(run_dir: Path, done: set[str] | None = None) -> dict[str, str]:
-    """Each id whose latest outcome is a failure, with that failure's error_kind."""
+def load_failed_kinds(run_dir: Path, done: set[str] | None = None) -> dict[str, tuple[str, int | None]]:
+    """Each id whose latest outcome is a failure, with that failure's (error_kind, run)."""
     run_dir = Path(run_dir)
     done = load_done_ids(run_dir) if done is None else done
     kinds = scan_jsonl(run_dir / ERRORS, totals=False, kinds=True).kind_by_id or {}
     return {ticket_id: kind for ticket_id, kind in kinds.items() if ticket_id not in done}
+
+
+def permanent_failures(failures: Mapping[str, tuple[str, int | None]], fail_fast_runs: AbstractSet[int]) -> set[str]:
+    """The ids among `failures` (load_failed_kinds) whose failure is permanent (errors.is_permanent), an
+    auth / permission / not-found failure of a run fail-fast stopped (`fail_fast_runs`) being transient."""
+    return {ticket_id for ticket_id, (kind, run) in failures.items()
+            if is_permanent(kind, fail_fast=run is not None and run in fail_fast_runs)}

@@ -4,6 +4,7 @@
     write_manifest(run_dir, content)  written atomically; execution/finish.py builds the content
     input_record(path, run_dir)       the manifest's `input.path` (absolute) and `input.path_from_run_dir`
     find_input(run_dir, manifest)     the run's input file from any working directory, or why not
+    fail_fast_runs(manifest)          the runs fail-fast stopped (their key or model was wrong)
 
 A run directory is portable: the manifest names its input absolutely and relative to the run
 directory, so `export`, `report`, `show` and `status` find it from any working directory, and
@@ -70,3 +71,11 @@ def find_input(run_dir: Path, manifest: Mapping[str, Any], override: Path | None
         if candidate.is_file():
             return Path(os.path.normpath(candidate)), ""
     return None, f"the run's input {recorded} is not there (pass --input PATH)"
+
+
+def fail_fast_runs(manifest: Mapping[str, Any] | None) -> frozenset[int]:
+    """The run numbers the manifest's history says fail-fast stopped (`stop_reason`)."""
+    history = (manifest or {}).get("history") or []
+    return frozenset(entry["run"] for entry in history
+                     if isinstance(entry, Mapping) and entry.get("stop_reason") == "fail_fast"
+                     and isinstance(entry.get("run"), int))

@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AbstractSet, Any, Mapping, TypedDict
 
-from batchrun.errors import CheckpointError, NotARunDirError, ReportError, is_permanent
+from batchrun.errors import CheckpointError, NotARunDirError, ReportError
 from batchrun.rundir.layout import LEDGER, LIVE_PART_STATES
-from batchrun.rundir.manifest import Manifest, read_manifest
+from batchrun.rundir.lines import permanent_failures
+from batchrun.rundir.manifest import Manifest, fail_fast_runs, read_manifest
 
 MODELS_DIR = "models"  # a compare directory: models/<key>/ run directories
 
@@ -173,7 +174,7 @@ def run_status(run_dir: Path) -> RunStatus:
     cost = results.cost_usd + errors.cost_usd
     failed_ids = errors.ids - results.ids
     kinds = errors.kind_by_id or {}
-    permanent = sum(1 for ticket_id in failed_ids if is_permanent(kinds.get(ticket_id)))
+    permanent = len(permanent_failures({i: kinds[i] for i in failed_ids if i in kinds}, fail_fast_runs(manifest)))
     rejects = run_dir / REJECTS
     rejected = rejects.read_bytes().count(b"\n") if rejects.exists() else 0
     return status_from_counts(run_dir, manifest, done=done, failed=len(failed_ids), failed_permanent=permanent,

@@ -31,7 +31,7 @@ import os
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import AbstractSet, Callable
 
 import orjson
 
@@ -220,6 +220,7 @@ class UnitNumbers:
         self.messages: dict[str, deque[FailureMessage]] = {}  # kind -> the latest few
         # the latest FAILED_TICKETS_SHOWN failed tickets (latest failure last): id -> its failure, kind and attempts
         self.failed_tickets: dict[str, FailedTicket] = {}
+        self.failed_runs: dict[str, int | None] = {}  # id -> the run of its latest failure (fail-fast runs)
         self.requests = 0  # attempts of every line
         self.latest_run: int | None = None  # the highest "run" seen: the series follows it
         self.series = TimeSeries()
@@ -239,6 +240,7 @@ class UnitNumbers:
         ticket_id = str(line["id"])
         self.done += 1
         self.failed.pop(ticket_id, None)
+        self.failed_runs.pop(ticket_id, None)
         self.failed_tickets.pop(ticket_id, None)
         money = line_money(line)
         self.results_cost += money.cost_usd or 0.0
@@ -274,6 +276,8 @@ class UnitNumbers:
         ticket_id = str(line["id"])
         kind = str(line.get("error_kind") or "unknown")
         self.failed[ticket_id] = kind
+        run_of = line.get("run")
+        self.failed_runs[ticket_id] = run_of if isinstance(run_of, int) and not isinstance(run_of, bool) else None
         self.failure_lines_by_kind[kind] = self.failure_lines_by_kind.get(kind, 0) + 1
         self.errors_cost += line_money(line).spent_usd  # answers paid for, then rejected
         attempts = _int(line.get("attempts"))
@@ -298,9 +302,11 @@ class UnitNumbers:
         answers on both files."""
         return self.results_cost + self.rejected_cost + self.errors_cost
 
-    def failed_permanent(self) -> int:
-        """Failed tickets whose latest failure is permanent (errors.PERMANENT_KINDS)."""
-        return sum(1 for kind in self.failed.values() if is_permanent(kind))
+    def failed_permanent(self, fail_fast_runs: AbstractSet[int] = frozenset()) -> int:
+        """Failed tickets whose latest failure is permanent (errors.is_permanent; `fail_fast_runs`: the
+        runs fail-fast stopped, whose auth / permission / not-found failures are transient)."""
+        return sum(1 for ticket_id, kind in self.failed.items()
+                   if is_permanent(kind, fail_fast=self.failed_runs.get(ticket_id) in fail_fast_runs))
 
     def failed_by_kind(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -45,6 +45,7 @@ from batchrun.analysis.stats import percentiles
 from batchrun.analysis.ticket_detail import ANSWER_QUOTING_KINDS
 from batchrun.errors import is_permanent, redact_secrets
 from batchrun.rundir.layout import ERRORS, LOCK, MANIFEST, REJECTS, RESULTS
+from batchrun.rundir.manifest import fail_fast_runs
 from batchrun.rundir.status import MODELS_DIR, status_from_counts
 from batchrun.serve.follow import JsonlFollower, UnitNumbers, open_nofollow
 from batchrun.serve.payloads import (
@@ -306,7 +307,8 @@ class UnitWatch:
     def status(self) -> StoredJSON:
         n = self.numbers
         return status_from_counts(self.run_dir, self.manifest, done=n.done, failed=len(n.failed),
-                                  failed_permanent=n.failed_permanent(), cost_usd=n.cost_usd,
+                                  failed_permanent=n.failed_permanent(fail_fast_runs(self.manifest)),
+                                  cost_usd=n.cost_usd,
                                   unpriced=n.unpriced, total_tokens=n.total_tokens,
                                   rejected_lines=self.rejected_lines, cache_hits=n.cache_hits,
                                   cost_saved_usd=n.cost_saved_usd, live=self.held)
@@ -317,6 +319,7 @@ class UnitWatch:
 
     def detail(self, show_text: bool) -> UnitDetail:
         n = self.numbers
+        fail_fast = fail_fast_runs(self.manifest)  # runs whose auth / not-found failures were the endpoint's
         status = self.status()
         summary = self.manifest.get("summary") or {}
         total = status["tickets"]
@@ -329,7 +332,8 @@ class UnitWatch:
                 messages = [{**m, "message": redact_secrets(text) if (text := m["message"]) else text}
                             for m in messages]
             failures.append({"kind": kind, "tickets": count, "lines": n.failure_lines_by_kind.get(kind, 0),
-                             "permanent": is_permanent(kind), "latest": messages})
+                             "permanent": any(is_permanent(kind, fail_fast=n.failed_runs.get(i) in fail_fast)
+                                              for i, k in n.failed.items() if k == kind), "latest": messages})
         failed_tickets: list[FailedTicketShown] = []
         for entry in reversed(list(n.failed_tickets.values())):  # the latest failure first
             text = entry["message"]
@@ -337,7 +341,8 @@ class UnitWatch:
                 text = "(quotes the answer: shown with --show-text)"
             elif text:
                 text = redact_secrets(text)
-            failed_tickets.append({**entry, "message": text, "permanent": is_permanent(entry["kind"])})
+            failed_tickets.append({**entry, "message": text,
+                                   "permanent": is_permanent(entry["kind"], fail_fast=entry["run"] in fail_fast)})
         model = ((self.manifest.get("job") or {}).get("fingerprint") or {}).get("model")
         return {
             "key": self.key,
