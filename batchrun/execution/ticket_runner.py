@@ -72,7 +72,6 @@ from typing import Any, Mapping, Protocol
 import anyio
 
 from batchrun.errors import (
-    RateLimitedError,
     RequestError,
     RetryableError,
     TerminalError,
@@ -303,7 +302,7 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
     except RequestError as error:
         message = error.message
         cap = job.retry.max_retry_after_s
-        if isinstance(error, RateLimitedError) and (error.retry_after or 0) > cap:
+        if isinstance(error, RetryableError) and (error.retry_after or 0) > cap:  # a 429's, a 503's, ...
             message = (f"server asked to retry after {error.retry_after:g} s, over max_retry_after_s "
                        f"({cap:g} s): {message}")
         return Outcome(
