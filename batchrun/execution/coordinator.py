@@ -10,8 +10,13 @@ actors), the limits, the counts and the decisions to stop live here, once:
     stop(reason, message)      no new ticket starts: "signal", "fail_fast",
                                "budget", "checkpoint" or "crash"; requests in
                                flight finish
-    halt_requests()            a signal: not even a retry starts; tickets waiting
-                               for a permit or a backoff end unrecorded
+    halt_requests()            a signal, or the endpoint's budget spent: not even a
+                               retry starts (here or in the executor's workers);
+                               tickets waiting for a permit or a backoff end
+                               unrecorded (they run on resume)
+    attempt_failed(...)        an answer of kind budget_exceeded (the endpoint's
+                               budget or quota is spent): stop("budget") and halt,
+                               so at most the requests already in flight are sent
     fail(error)                a fatal error (a checkpoint write, a crashed worker):
                                stop and cancel the work; raised after cleanup
     check_fail_fast(outcome)   401/403/404 in a row, the same non-retryable error
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Mapping
+from typing import Callable, Mapping
 
 import anyio
 
@@ -92,6 +97,7 @@ class Coordinator:
         self.stopping = False  # no new ticket starts once this is set
         self.halt = anyio.Event()  # a signal: no request starts at all; tickets waiting to retry end
         self._waiting: set[anyio.CancelScope] = set()  # attempts waiting for a permit (cancelled by a halt)
+        self.on_halt: list[Callable[[], None]] = []  # the executor's halt (dispatcher.py): its workers stop too
         self.stop_reason: str | None = None  # "signal", "fail_fast", "budget", "checkpoint" or "crash"
         self.signal_number: int | None = None
         self.fatal: BatchrunError | None = None  # a checkpoint error or a crash: raised after cleanup
@@ -143,6 +149,20 @@ class Coordinator:
         self.halt.set()
         for waiting in list(self._waiting):
             waiting.cancel()
+        for halt in self.on_halt:
+            halt()
+
+    def endpoint_budget_spent(self, error: RequestError) -> None:
+        """The endpoint answered that a budget or quota is spent (kind budget_exceeded): no request
+        starts from now on, not even a retry; the run ends budget_exhausted with its message."""
+        if self.halt.is_set():
+            return
+        status = f" (HTTP {error.status_code})" if error.status_code else ""
+        self.stop("budget", (
+            f"the endpoint's budget or quota is spent{status}: {error.message} -- nothing more is sent "
+            f"({self.stats.in_flight} request(s) in flight finish). Raise the budget or quota there (or wait "
+            "for it to reset), then re-run the same command to resume."))
+        self.halt_requests()
 
     def check_fail_fast(self, outcome: Outcome) -> None:
         """Count, as tickets finish, those in a row ending in 401/403/404 (`fail_fast_after`) and
@@ -235,6 +255,8 @@ class Coordinator:
 
     def attempt_failed(self, request: ChatRequest, attempt: int, error: RequestError) -> None:
         self.stats.errors_by_kind[error.kind] = self.stats.errors_by_kind.get(error.kind, 0) + 1
+        if error.kind == "budget_exceeded":
+            self.endpoint_budget_spent(error)
         rate_limited = isinstance(error, RateLimitedError)
         if rate_limited:
             self.stats.rate_limited += 1
