@@ -83,7 +83,7 @@ def _shared_answer(leader: Outcome, ticket_id: str, run_number: int, route: str 
     return Outcome(
         ticket_id=ticket_id, attempts=0, started_at=now, finished_at=now, elapsed_ms=waited_ms, run=run_number,
         completion=replace(c, cost_usd=0.0, cost_status="cache_hit", cache_hit=True, cost_saved_usd=saved,
-                           ttft_ms=None, rate_limit_headers=None),
+                           ttft_ms=None, rate_limit_headers=None, cost_source="cache", upstream_attempts=None),
         latency_ms=0.0, structured=leader.structured, model_key=leader.model_key, route=route,
     )
 

@@ -188,18 +188,20 @@ class LiteLLMBatchAPI:
             usage = Usage(prompt_tokens=int(raw_usage.get("prompt_tokens") or 0),
                           completion_tokens=int(raw_usage.get("completion_tokens") or 0),
                           total_tokens=int(raw_usage.get("total_tokens") or 0))
+        source = None
         if usage is None:
             cost, status = None, "no_usage"
         elif prices is None:
             cost, status = None, "unpriced_model"
         else:
             cost, status = prices.cost(usage), prices.status
+            source = "job_prices" if prices.status.startswith("job_prices") else "price_map"
         calls = tuple(ToolCall(name=str((c.get("function") or {}).get("name") or ""),
                                arguments=(c.get("function") or {}).get("arguments") or "", id=c.get("id"))
                       for c in (message.get("tool_calls") or []) if isinstance(c, Mapping))
         return Completion(text=message.get("content") or "", finish_reason=choice.get("finish_reason"),
                           model=body.get("model"), usage=usage, cost_usd=cost, cost_status=status,
-                          tool_calls=calls)
+                          tool_calls=calls, cost_source=source)
 
     def is_ours(self, batch: Mapping[str, Any], metadata: Mapping[str, str]) -> bool:
         """A listed batch is a part's when its metadata names the part (providers that list do not
