@@ -250,3 +250,38 @@ async def test_cost_source_says_where_the_cost_came_from():
     line = Outcome(ticket_id="T1", attempts=1, started_at="", finished_at="", elapsed_ms=1.0, run=1,
                    completion=endpoint, latency_ms=1.0).to_line()
     assert line["cost_source"] == "endpoint" and line["cost_status"] == "litellm"
+
+
+def test_summary_status_and_serve_show_both_counts_and_the_proxy_is_named_once(make_job, tmp_path, capsys):
+    """Requests batchrun sent next to those the proxy made upstream, in the summary, `batchrun status`
+    and serve's numbers; one warning, at the first answer the proxy retried, naming num_retries: 0."""
+    from batchrun import ScriptedProvider
+    from batchrun.analysis.stats import format_summary
+    from batchrun.commands.status import format_status
+    from batchrun.rundir.status import run_status
+    from batchrun.serve.follow import UnitNumbers
+
+    job = load_job(make_job(10, concurrency=1))
+
+    def answer(request):  # the proxy retried every third ticket once
+        retried = int(request.ticket_id[1:]) % 3 == 0
+        return Completion(text="bug", finish_reason="stop", model="m", usage=Usage(10, 1, 11), cost_usd=0.001,
+                          cost_status="litellm", cost_source="endpoint", upstream_attempts=2 if retried else 1)
+
+    prep = prepare_run(job, endpoint="fake")
+    try:
+        result = anyio.run(lambda: execute_run(prep, ScriptedProvider(answer)))
+    finally:
+        prep.release()
+    assert result.summary["requests"] == 10 and result.summary["upstream_requests"] == 13
+    assert "upstream requests" in format_summary(result.summary) and "13 made upstream" in format_summary(result.summary)
+    err = capsys.readouterr().err
+    assert err.count("retries on its own") == 1 and "num_retries: 0" in err
+    status = run_status(tmp_path / "run")
+    assert (status["requests"], status["upstream_requests"], status["upstream_unreported"]) == (10, 13, 0)
+    assert "13 made upstream by the endpoint" in format_status(status)
+    numbers = UnitNumbers()
+    for line in read_jsonl(tmp_path / "run" / "results.jsonl"):
+        numbers.add_result(line)
+    assert numbers.requests == 10 and numbers.upstream_requests == 13
+    assert {line["cost_source"] for line in read_jsonl(tmp_path / "run" / "results.jsonl")} == {"endpoint"}

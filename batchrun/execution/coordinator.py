@@ -22,7 +22,9 @@ actors), the limits, the counts and the decisions to stop live here, once:
     check_fail_fast(outcome)   401/403/404 in a row, the same non-retryable error
                                in a row (fail_fast_after, fail_fast_same_error_after)
     admit(request)             the budget's reservation for a ticket, or None: stop
-    account(outcome)           the counts of an outcome whose line is on disk
+    account(outcome)           the counts of an outcome whose line is on disk; the
+                               first one showing the endpoint (a LiteLLM proxy)
+                               retried on its own: one warning naming `num_retries: 0`
 
 The tasks that move tickets (producer, workers, writer) are dispatcher.py's.
 """
@@ -105,6 +107,7 @@ class Coordinator:
         self.fail_fast_streak = 0  # tickets in a row ending in 401/403/404
         self.same_error: tuple[str | None, str | None] | None = None  # (type, message) of the last failure
         self.same_error_streak = 0  # tickets in a row ending in that same non-retryable error
+        self.warned_upstream_retries = False  # the proxy-retries warning, said once
         self.producer_scope = anyio.CancelScope()
         self.work_scope: anyio.CancelScope | None = None
 
@@ -282,11 +285,28 @@ class Coordinator:
         if self.aimd is not None:
             self.stats.concurrency_settled = self.aimd.settled
 
+    def warn_upstream_retries(self, upstream: int, attempts: int) -> None:
+        """Once per run: the endpoint (a LiteLLM proxy) sent more requests upstream than batchrun sent it."""
+        if self.warned_upstream_retries:
+            return
+        self.warned_upstream_retries = True
+        message = (
+            f"warning: the endpoint (a LiteLLM proxy) retries on its own: it sent {upstream} request(s) upstream "
+            f"for {attempts} of batchrun's (x-litellm-attempted-retries). They are counted (upstream_attempts in "
+            "each line, \"upstream requests\" in the summary), but batchrun's retry policy, Retry-After handling "
+            "and budget see only its own requests: set `num_retries: 0` in the proxy's config (litellm_settings "
+            "or router_settings) so that batchrun is the one retry layer.")
+        log.warning("%s", message)
+        print(f"batchrun: {message}", file=sys.stderr, flush=True)
+
     # -- outcomes -----------------------------------------------------------------------
 
     def account(self, outcome: Outcome) -> None:
         """Count an outcome whose line is on disk."""
         self.stats.record(outcome)
+        reported = outcome.attempts - outcome.upstream_unreported  # attempts whose answer said
+        if outcome.upstream_attempts is not None and outcome.upstream_attempts > reported:
+            self.warn_upstream_retries(outcome.upstream_attempts, reported)
         if outcome.ok:
             self.failed_ids.discard(outcome.ticket_id)
         else:
