@@ -26,8 +26,8 @@ $(STAMP): pyproject.toml
 	@echo "installed: $(BIN)/batchrun"
 
 $(TEST_STAMP): $(STAMP)
-	@echo "installing the test tools (pytest, matplotlib) and Ray (the ray tests run in CI) into $(VENV)..."
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
+	@echo "installing the test tools (pytest, matplotlib), Ray and the LiteLLM Proxy (their tests run in CI) into $(VENV)..."
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray,proxy]'
 	@touch $(TEST_STAMP)
 
 install-run: $(STAMP)  ## create .venv with what running needs: batchrun, litellm and their dependencies

@@ -579,7 +579,7 @@ class _BatchRun:
                 "(cost_usd null, cost_status unpriced_model): litellm has no price for that name. Through a "
                 "LiteLLM proxy, a model alias is not translated inside batch files: name the upstream model "
                 "(docs/batch.md, \"Through a LiteLLM Proxy\"), or set [prices] in the job")
-        log.warning("%s", note)
+        log.info("%s", note)  # for --log-file (log.warning would be printed twice without -v)
         print(f"batchrun: warning: {note}", file=sys.stderr, flush=True)
 
     async def _write(self, outcomes: list[Outcome]) -> None:
@@ -708,6 +708,9 @@ def endpoint_refusal(error: RequestError) -> BatchEndpointError:
     the endpoint, the status, the provider's message; exit 4 for auth, 5 for a spent budget, 1 when
     it stayed unreachable or kept failing, 2 otherwise (the endpoint, model or configuration)."""
     message = " ".join(error.message.split())
+    inner = re.search(r"""['"]message['"]\s*:\s*['"]((?:[^'"\\]|\\.)*)['"]""", message)  # an OpenAI error body
+    if inner:
+        message = inner.group(1)
     message = re.sub(r"^(?:(?:litellm\.)?[A-Za-z]+(?:Error|Exception)\s*[-:]\s*)+", "", message) or message
     if len(message) > 400:
         message = message[:399] + "…"

@@ -296,7 +296,7 @@ class Coordinator:
             "each line, \"upstream requests\" in the summary), but batchrun's retry policy, Retry-After handling "
             "and budget see only its own requests: set `num_retries: 0` in the proxy's config (litellm_settings "
             "or router_settings) so that batchrun is the one retry layer.")
-        log.warning("%s", message)
+        log.info("%s", message)  # for --log-file; not log.warning: without -v, logging's last resort prints it again
         print(f"batchrun: {message}", file=sys.stderr, flush=True)
 
     # -- outcomes -----------------------------------------------------------------------
