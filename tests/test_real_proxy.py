@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.proxy, pytest.mark.slow,
                                                                "pip install -e '.[proxy]' (make test installs it)")]
 
 RETRY_AFTER_S = 2
+ALIAS = "team-classifier"  # a proxy alias with its own prices
 RETRY_TICKET = "RETRY-1"
 BATCH_FAST = 'batch_poll_s = 0.05\nbatch_poll_max_s = 0.2\n'
 
@@ -54,7 +55,9 @@ def retrying_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[A
                        scripts=(f"{RETRY_TICKET}={retry_steps}",))
     with start_simulator(config) as sim:
         proxy_config = {
-            "model_list": [deployment(sim.base_url)],
+            "model_list": [deployment(sim.base_url),  # an alias litellm cannot price; the proxy can
+                           deployment(sim.base_url, name=ALIAS, model="openai/batchrun-private-model",
+                                      input_cost_per_token=2e-6, output_cost_per_token=8e-6)],
             "general_settings": {"forward_client_headers_to_llm_api": True},
             "files_settings": [{"custom_llm_provider": "openai", "api_base": sim.base_url, "api_key": "sim-key"}],
         }
@@ -217,3 +220,22 @@ def test_batch_mode_without_files_settings_ends_in_one_line_and_exit_2(make_job,
     ledger = orjson.loads((tmp_path / "run" / "batches.json").read_bytes())
     assert [p["state"] for p in ledger["parts"]] == ["built"]  # kept: a later run uploads it
     print(f"\n[figures] batch mode without files_settings: exit {proc.returncode}, one line:\n  {error}")
+
+
+def test_plan_prices_a_proxy_alias_from_the_endpoint_and_runs_record_its_cost(make_job, tmp_path, retrying_proxy,
+                                                                               proxy_env):
+    sim, proxy = retrying_proxy
+    job = make_job(6, concurrency=2)
+    plan = subprocess.run(batchrun_cmd("plan", str(job), "--api-base", proxy.base_url, "--model", f"openai/{ALIAS}",
+                                       "--json"), env=proxy_env, capture_output=True, text=True, timeout=300)
+    assert plan.returncode == 0, plan.stderr
+    price = orjson.loads(plan.stdout)["models"][0]["price"]
+    assert (price["source"], price["input_per_million_usd"], price["output_per_million_usd"]) == ("endpoint", 2.0, 8.0)
+    proc = run(job, proxy, proxy_env, "--model", f"openai/{ALIAS}")
+    assert proc.returncode == 0, proc.stderr
+    rows = read_jsonl(tmp_path / "run" / "results.jsonl")
+    assert all(r["cost_source"] == "endpoint" and r["cost_usd"] for r in rows)  # litellm alone has no price
+    expected = sum(r["usage"]["prompt_tokens"] * 2e-6 + r["usage"]["completion_tokens"] * 8e-6 for r in rows)
+    assert sum(r["cost_usd"] for r in rows) == pytest.approx(expected)
+    print(f"\n[figures] plan --api-base: {ALIAS} priced by the proxy at $2 / $8 per million; "
+          f"{len(rows)} answers cost ${sum(r['cost_usd'] for r in rows):.6f} (cost_source endpoint)")
