@@ -77,8 +77,10 @@ def endpoint_prices(api_base: str, model: str, api_key: str | None, timeout_s: f
     for entry in data:
         if not isinstance(entry, dict) or entry.get("model_name") != alias:
             continue
-        info = entry.get("model_info") if isinstance(entry.get("model_info"), dict) else {}
-        params = entry.get("litellm_params") if isinstance(entry.get("litellm_params"), dict) else {}
+        info = entry.get("model_info")
+        info = info if isinstance(info, dict) else {}
+        params = entry.get("litellm_params")
+        params = params if isinstance(params, dict) else {}
         p_in = _price(info.get("input_cost_per_token"))
         p_out = _price(info.get("output_cost_per_token"))
         if p_in is None or p_out is None:  # a price set on the deployment itself
