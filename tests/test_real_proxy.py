@@ -29,7 +29,8 @@ import pytest
 from conftest import batchrun_cmd, read_jsonl
 from real_proxy import deployment, proxy_available, start_proxy
 
-pytestmark = [pytest.mark.proxy, pytest.mark.slow,
+# one xdist worker runs the whole module (make test: --dist loadgroup), so its two proxies start once
+pytestmark = [pytest.mark.proxy, pytest.mark.slow, pytest.mark.xdist_group("real_proxy"),
               pytest.mark.skipif(not proxy_available(), reason="the proxy extra is not installed: "
                                                                "pip install -e '.[proxy]' (make test installs it)")]
 
