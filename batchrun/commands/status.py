@@ -82,7 +82,7 @@ def format_status(status: dict[str, Any]) -> str:
          + (f" ({status['unpriced_results']} unpriced)" if status["unpriced_results"] else "")),
         *([("reused answers (all runs)", f"{status['cache_hits']:,}, {usd(status['cost_saved_usd'])} saved")]
           if status.get("cache_hits") else []),
-        *([("requests (all runs)", f"{status['requests']:,} sent by batchrun (recorded in the lines)")]
+        *([("requests", f"{status['requests']:,} sent by batchrun, all runs (recorded in the lines)")]
           if status.get("requests") is not None else []),
         *([("upstream requests", upstream_text(status["upstream_requests"], status.get("upstream_unreported")))]
           if status.get("upstream_requests") is not None else []),
