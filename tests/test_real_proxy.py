@@ -87,6 +87,18 @@ def proxy_env(cli_env: dict[str, str]) -> dict[str, str]:
     return {**cli_env, "BATCHRUN_TEST_KEY": MASTER_KEY}
 
 
+def proxy_job(make_job: Any, n: int, **kwargs: Any) -> Path:
+    """make_job's job with generous timeouts: on busy cores a request through the proxy (its own
+    retries and their waits included) may take longer than the 10 s the other tests allow, and an
+    attempt batchrun gave up on would still reach the upstream, unaccounted for."""
+    job = make_job(n, **kwargs)
+    text = job.read_text().replace("timeout_s = 10\n", "timeout_s = 300\n").replace("max_elapsed_s = 30\n",
+                                                                                   "max_elapsed_s = 1200\n")
+    assert "timeout_s = 300" in text and "max_elapsed_s = 1200" in text
+    job.write_text(text)
+    return job
+
+
 def run(job: Path, proxy: Any, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(batchrun_cmd("run", str(job), "--api-base", proxy.base_url, "--no-progress", *extra),
                           env=env, capture_output=True, text=True, timeout=900)
@@ -105,7 +117,7 @@ def upstream_by_ticket(run_dir: Path) -> dict[str, int]:
 
 def test_upstream_requests_equal_the_recorded_upstream_attempts(make_job, tmp_path, retrying_proxy, proxy_env):
     sim, proxy = retrying_proxy
-    job = make_job(80, concurrency=6)
+    job = proxy_job(make_job, 80, concurrency=6)
     sim.reset()
     proc = run(job, proxy, proxy_env, "--json")
     assert proc.returncode == 0, proc.stderr + proxy.log()
@@ -125,7 +137,7 @@ def test_upstream_requests_equal_the_recorded_upstream_attempts(make_job, tmp_pa
 
 def test_a_retry_after_is_waited_through_the_proxy(make_job, tmp_path, retrying_proxy, proxy_env):
     sim, proxy = retrying_proxy
-    job = make_job(1, concurrency=1)
+    job = proxy_job(make_job, 1, concurrency=1)
     ticket = {"id": RETRY_TICKET, "subject": "Refund", "body": "I was charged twice.", "customer": {"tier": "pro"}}
     (tmp_path / "tickets.jsonl").write_bytes(orjson.dumps(ticket) + b"\n")
     sim.reset()
@@ -145,7 +157,7 @@ def test_a_retry_after_is_waited_through_the_proxy(make_job, tmp_path, retrying_
 def test_kill_9_through_the_proxy_leaves_every_ticket_once(make_job, tmp_path, retrying_proxy, proxy_env):
     sim, proxy = retrying_proxy
     n = 150
-    job = make_job(n, concurrency=8)
+    job = proxy_job(make_job, n, concurrency=8)
     results = tmp_path / "run" / "results.jsonl"
     sim.reset()
     proc = subprocess.Popen(batchrun_cmd("run", str(job), "--api-base", proxy.base_url, "--no-progress"),
@@ -178,7 +190,7 @@ def test_kill_9_through_the_proxy_leaves_every_ticket_once(make_job, tmp_path, r
 
 def test_batch_mode_through_the_proxy_with_files_settings(make_job, tmp_path, retrying_proxy, proxy_env):
     sim, proxy = retrying_proxy
-    job = make_job(30, concurrency=4, top='mode = "batch"\n' + BATCH_FAST)
+    job = proxy_job(make_job, 30, concurrency=4, top='mode = "batch"\n' + BATCH_FAST)
     proc = run(job, proxy, proxy_env)
     assert proc.returncode == 0, proc.stderr + proxy.log()
     rows = read_jsonl(tmp_path / "run" / "results.jsonl")
@@ -193,7 +205,7 @@ def test_a_spent_proxy_budget_stops_the_run_after_the_requests_in_flight(make_jo
                                                                           proxy_env):
     sim, proxy = budget_proxy
     concurrency = 4
-    job = make_job(200, concurrency=concurrency)
+    job = proxy_job(make_job, 200, concurrency=concurrency)
     proc = run(job, proxy, proxy_env, "--json")
     assert proc.returncode == 5, proc.stderr + proxy.log()
     out = orjson.loads(proc.stdout)
@@ -212,7 +224,7 @@ def test_a_spent_proxy_budget_stops_the_run_after_the_requests_in_flight(make_jo
 def test_batch_mode_without_files_settings_ends_in_one_line_and_exit_2(make_job, tmp_path, budget_proxy,
                                                                         proxy_env):
     sim, proxy = budget_proxy
-    job = make_job(10, concurrency=2, top='mode = "batch"\n' + BATCH_FAST)
+    job = proxy_job(make_job, 10, concurrency=2, top='mode = "batch"\n' + BATCH_FAST)
     proc = run(job, proxy, proxy_env)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "ExceptionGroup" not in proc.stderr
@@ -226,7 +238,7 @@ def test_batch_mode_without_files_settings_ends_in_one_line_and_exit_2(make_job,
 def test_plan_prices_a_proxy_alias_from_the_endpoint_and_runs_record_its_cost(make_job, tmp_path, retrying_proxy,
                                                                                proxy_env):
     sim, proxy = retrying_proxy
-    job = make_job(6, concurrency=2)
+    job = proxy_job(make_job, 6, concurrency=2)
     plan = subprocess.run(batchrun_cmd("plan", str(job), "--api-base", proxy.base_url, "--model", f"openai/{ALIAS}",
                                        "--json"), env=proxy_env, capture_output=True, text=True, timeout=300)
     assert plan.returncode == 0, plan.stderr
