@@ -15,6 +15,7 @@ retry policy and the engine never look at litellm's own exception types.
     ├── ReportError             a path a report, an export or `show` cannot read (exit 2)
     │   └── NotARunDirError     a path given as a run directory holds no run (exit 2, every command)
     ├── PreflightError          several of the above, found before anything was sent, each once
+    ├── BatchEndpointError      batch mode: a files or batches endpoint refused (one line, its exit code)
     └── RequestError            one provider call failed (kind, status, retry_after)
         ├── RetryableError      worth another attempt: rate limit, timeout, connection, 5xx
         │   └── RateLimitedError    a 429, maybe with the server's Retry-After
@@ -22,10 +23,16 @@ retry policy and the engine never look at litellm's own exception types.
 
 Error kinds (the `kind` attribute, written to errors.jsonl) are short stable
 strings: rate_limited, timeout, connection, server_error, bad_request,
-context_window, content_policy, auth, permission, not_found, unknown.
+context_window, content_policy, auth, permission, not_found, unknown, and
+budget_exceeded: the endpoint says a budget or quota is spent (LiteLLM's
+"crossed budget", budget_exceeded; OpenAI's insufficient_quota), never retried,
+and the run stops at the first (exit 5). `configuration` (batch mode's files and
+batches endpoints only): a server error that names missing configuration, such
+as a LiteLLM proxy's "files_settings is not set".
 Each kind is permanent or transient (PERMANENT_KINDS, `is_permanent`): the same
 request would fail the same way again (context window, content policy, invalid
-request, auth, not found), or it may pass later. A re-run retries a ticket whose
+request, auth, not found), or it may pass later (every other kind, budget_exceeded
+too: the tickets are fine once the budget is raised). A re-run retries a ticket whose
 latest failure is transient and keeps one whose failure is permanent (unless
 --retry-permanent). `connection` means no answer arrived: the connection was refused, or reset
 before the response headers or in the body (litellm calls these a 500;
@@ -50,6 +57,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 __all__ = [
+    "BatchEndpointError",
     "BatchrunError",
     "CheckpointError",
     "ConfigurationError",
@@ -134,6 +142,14 @@ class PreflightError(BatchrunError):
         body = "\n".join("  - " + str(problem).removesuffix("; nothing was sent").removesuffix(
             "; nothing was requested").replace("\n", "\n    ") for problem in self.problems)
         super().__init__(f"{len(self.problems)} problems; nothing was sent:\n{body}")
+class BatchEndpointError(BatchrunError):
+    """Batch mode: a provider's files or batches endpoint refused, after the retries a retry could
+    make; the message is one line naming the endpoint, the status and the provider's message, the
+    exit code the online path would give (auth 4, configuration 2, a budget 5, transient 1)."""
+
+    def __init__(self, message: str, exit_code: ExitCode) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class ReportError(BatchrunError):
@@ -156,6 +172,7 @@ class RequestError(BatchrunError):
     """
 
     retryable: bool = False
+    endpoint: str | None = None  # batch mode: "POST http://host/v1/files", set by the BatchAPI
 
     def __init__(
         self,

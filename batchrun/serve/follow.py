@@ -222,6 +222,8 @@ class UnitNumbers:
         self.failed_tickets: dict[str, FailedTicket] = {}
         self.failed_runs: dict[str, int | None] = {}  # id -> the run of its latest failure (fail-fast runs)
         self.requests = 0  # attempts of every line
+        self.upstream_requests: int | None = None  # what the endpoint (a LiteLLM proxy) reported sending upstream
+        self.upstream_unreported = 0  # attempts of reporting lines whose answer did not say
         self.latest_run: int | None = None  # the highest "run" seen: the series follows it
         self.series = TimeSeries()
         self.recent: deque[RecentAnswer] = deque(maxlen=RECENT_ANSWERS)  # latest answers
@@ -260,6 +262,7 @@ class UnitNumbers:
             self.ttft.add(float(ttft))
         attempts = _int(line.get("attempts"))
         self.requests += attempts
+        self._add_upstream(money.upstream_requests, money.upstream_unreported)
         run = self._run_of(line)
         t = line_time(line.get("finished_at"))
         if t is not None and (run is None or run == self.latest_run):
@@ -279,9 +282,11 @@ class UnitNumbers:
         run_of = line.get("run")
         self.failed_runs[ticket_id] = run_of if isinstance(run_of, int) and not isinstance(run_of, bool) else None
         self.failure_lines_by_kind[kind] = self.failure_lines_by_kind.get(kind, 0) + 1
-        self.errors_cost += line_money(line).spent_usd  # answers paid for, then rejected
+        money = line_money(line)
+        self.errors_cost += money.spent_usd  # answers paid for, then rejected
         attempts = _int(line.get("attempts"))
         self.requests += attempts
+        self._add_upstream(money.upstream_requests, money.upstream_unreported)
         run = self._run_of(line)
         t = line_time(line.get("time"))
         if t is not None and (run is None or run == self.latest_run):
@@ -295,6 +300,11 @@ class UnitNumbers:
         self.failed_tickets[ticket_id] = {**entry, "kind": kind, "attempts": attempts}
         if len(self.failed_tickets) > FAILED_TICKETS_SHOWN:
             del self.failed_tickets[next(iter(self.failed_tickets))]
+
+    def _add_upstream(self, upstream: int | None, unreported: int) -> None:
+        if upstream is not None:
+            self.upstream_requests = (self.upstream_requests or 0) + upstream
+            self.upstream_unreported += unreported
 
     @property
     def cost_usd(self) -> float:
