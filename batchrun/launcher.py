@@ -34,7 +34,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Iterator, Mapping, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
@@ -128,7 +128,13 @@ def _load(job: JobSource) -> tuple[JobSpec | dict[str, Any], Path | None]:
     if isinstance(job, Mapping):
         return dict(job), None
     if isinstance(job, (str, os.PathLike)):
-        return load_job(job), Path(job)
+        try:
+            return load_job(job), Path(job)
+        except JobSpecError as exc:
+            typos = _raw_param_typos(Path(job))
+            if not typos:
+                raise
+            raise JobSpecError(str(exc) + "\n" + "\n".join(typos) + PARAMS_ON_PURPOSE) from None
     raise TypeError(f"job must be a path to a job file, a JobSpec or a dict, not {type(job).__name__}")
 
 
@@ -284,21 +290,52 @@ def provider_targets(job: JobSpec, use_sim: bool, secrets: list[str]) -> dict[st
     return targets
 
 
+PARAMS_ON_PURPOSE = "\n  (a key you send on purpose: list it in `unchecked_params` at the top of the job file)"
+
+
+def _param_typo_lines(entries: list[tuple[str, Mapping[str, object]]], unchecked: Collection[str]) -> list[str]:
+    """`  field `params.temprature`: no such parameter: did you mean `temperature`?` for each key of
+    each (where, params) entry that is close to a parameter name litellm takes (misspelled_params)."""
+    from batchrun.providers.litellm_setup import misspelled_params
+
+    lines = []
+    for where, params in entries:
+        typos = misspelled_params({k: v for k, v in params.items() if k not in unchecked})
+        lines += [f"  field `{where}.{key}`: no such parameter: did you mean `{guess}`?" for key, guess in typos.items()]
+    return lines
+
+
+def _raw_param_typos(path: Path) -> list[str]:
+    """The [params] typos of a job file the schema refused for another reason, read from its TOML as
+    it is (the job's [params] and each [[models]] entry's), so that one answer names them all."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []
+    unchecked = data.get("unchecked_params")
+    unchecked = [str(k) for k in unchecked] if isinstance(unchecked, list) else []
+    entries: list[tuple[str, Mapping[str, object]]] = []
+    if isinstance(data.get("params"), dict):
+        entries.append(("params", data["params"]))
+    models = data.get("models")
+    for entry in models if isinstance(models, list) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("params"), dict):
+            entries.append((f"models[{entry.get('name', '?')}].params", entry["params"]))
+    return _param_typo_lines(entries, unchecked)
+
+
 def check_param_names(job: JobSpec, job_path: Path | None = None) -> None:
     """Raise JobSpecError for a [params] key (the job's, or a [[models]] entry's) that is no parameter
     name litellm takes for any provider but close to one ("did you mean temperature?"): a typo is
-    found with the job's other problems, before litellm loads (providers.misspelled_params)."""
-    from batchrun.providers.litellm_setup import misspelled_params
-
+    found with the job's other problems, before litellm loads (providers.misspelled_params); a job
+    the schema refuses gets its typos in the same answer (`_load`)."""
     entries = [("params", job.params)] + [(f"models[{e.name}].params", e.params) for e in job.models]
-    problems = []
-    for where, params in entries:
-        typos = misspelled_params({k: v for k, v in params.items() if k not in job.unchecked_params})
-        problems += [f"  field `{where}.{key}`: no such parameter: did you mean `{guess}`?"
-                     for key, guess in typos.items()]
+    problems = _param_typo_lines(entries, job.unchecked_params)
     if problems:
-        raise JobSpecError(f"{job_path or 'job'}: invalid job:\n" + "\n".join(problems) + "\n  (a key you send on purpose: list it in "
-                           "`unchecked_params` at the top of the job file); nothing was sent")
+        raise JobSpecError(f"{job_path or 'job'}: invalid job:\n" + "\n".join(problems) + PARAMS_ON_PURPOSE
+                           + "; nothing was sent")
 
 
 def check_params(job: JobSpec) -> None:

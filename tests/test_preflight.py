@@ -77,6 +77,21 @@ def test_a_bad_job_is_answered_with_every_problem_once_before_litellm_loads(tmp_
     assert not litellm_imported(result) and "loading litellm" not in err
 
 
+def test_an_unknown_job_field_is_reported_with_the_params_typos_in_the_same_answer(tmp_path, cli_env):
+    """A job the schema refuses (an unknown top-level key) still gets its [params] typos (the job's and
+    a [[models]] entry's) in the same answer: one run finds every job-field problem."""
+    write_tickets(tmp_path / "tickets.jsonl", 3)
+    job = job_file(tmp_path, param="temprature", top="concurency = 4")
+    job.write_text(job.read_text() + '\n[[models]]\nname = "b"\nmodel = "openai/gpt-4o"\n[models.params]\nmax_token = 3\n')
+    result = probe(["run", str(job)], cli_env)
+    assert result.returncode == 2, result.stderr
+    err = result.stderr
+    assert "field `concurency`: unknown field: did you mean `concurrency`?" in err
+    assert err.count("field `params.temprature`: no such parameter: did you mean `temperature`?") == 1
+    assert err.count("field `models[b].params.max_token`: no such parameter: did you mean `max_tokens`?") == 1
+    assert not litellm_imported(result)
+
+
 def test_a_prompt_field_no_jsonl_ticket_has_is_one_problem_with_a_guess(tmp_path, cli_env):
     write_tickets(tmp_path / "tickets.jsonl", 10)
     job = job_file(tmp_path, field="customer.tir")
