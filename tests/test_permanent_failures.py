@@ -37,6 +37,8 @@ def test_kinds_are_classed():
     assert PERMANENT_KINDS == {"context_window", "content_policy", "bad_request", "auth", "permission", "not_found"}
     assert not any(is_permanent(k) for k in ("rate_limited", "timeout", "connection", "server_error",
                                              "stream_cut", "invalid_output", "unknown", None))
+    # an endpoint's spent budget (issue 28) says nothing about the tickets: the run after a top-up sends them
+    assert not is_permanent("budget_exceeded") and not is_permanent("configuration")
 
 
 def test_a_rerun_retries_transient_failures_and_keeps_permanent_ones(make_job, tmp_path, cli_env):
