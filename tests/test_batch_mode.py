@@ -11,7 +11,6 @@ being new parts).
 from __future__ import annotations
 
 import json
-import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import anyio
 import orjson
 import pytest
 
-from conftest import batchrun_cmd, crashing_batchrun_cmd, read_jsonl
+from conftest import batchrun_cmd, cli_run, crashing_batchrun_cmd, read_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -325,9 +324,9 @@ def test_kill_9_at_any_step_then_run_again_ends_each_ticket_exactly_once(make_jo
     with start(batch_faults=(fault,) if fault else (), batch_time_scale=WINDOW_FAST) as sim:
         args = ("run", str(job_path), "--api-base", sim.base_url, "--no-progress")
         cmd = batchrun_cmd(*args)
-        killed = subprocess.run(crashing_batchrun_cmd(point, *args), env=cli_env, capture_output=True, timeout=300)
+        killed = cli_run(crashing_batchrun_cmd(point, *args), env=cli_env, capture_output=True, timeout=300)
         assert killed.returncode == -9, killed.stderr.decode()[-2000:]
-        again = subprocess.run(cmd, env=cli_env, capture_output=True, timeout=300)
+        again = cli_run(cmd, env=cli_env, capture_output=True, timeout=300)
         assert again.returncode == 0, again.stderr.decode()[-2000:]
         _, errors = assert_exactly_once(tmp_path / "run", ticket_ids(job_path))
         assert not errors

@@ -107,7 +107,7 @@ def test_a_jobs_simulator_scripts_reach_the_wire_through_the_cli(make_job, tmp_p
     recorded attempts and usage follow them (worker processes, litellm, real HTTP)."""
     import subprocess
 
-    from conftest import batchrun_cmd
+    from conftest import batchrun_cmd, cli_run
 
     job = make_job(12, concurrency=4, extra="""
         [simulator]
@@ -120,7 +120,7 @@ def test_a_jobs_simulator_scripts_reach_the_wire_through_the_cli(make_job, tmp_p
         steps = ["usage_null"]
     """)
     job.write_text(job.read_text().replace("max_attempts = 3", "max_attempts = 5"))
-    proc = subprocess.run(batchrun_cmd("run", str(job)), env=cli_env, capture_output=True, text=True, timeout=180)
+    proc = cli_run(batchrun_cmd("run", str(job)), env=cli_env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = {row["id"]: row for row in read_jsonl(tmp_path / "run" / "results.jsonl")}
     assert rows["T000003"]["attempts"] == 4  # three resets, each one counted attempt, then the answer
