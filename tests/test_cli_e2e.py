@@ -60,6 +60,7 @@ def input_ids(job: Path) -> set[str]:
     return {r["id"] for r in read_jsonl(job.parent / "tickets.jsonl")}
 
 
+@pytest.mark.slow  # 240 tickets, a signal, then resumed twice
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_stops_cleanly_and_rerun_resumes_without_repeats(make_job, tmp_path, slow_sim, cli_env,
                                                                  signum, code):
@@ -91,6 +92,7 @@ def test_signal_stops_cleanly_and_rerun_resumes_without_repeats(make_job, tmp_pa
     assert slow_sim.stats()["total_requests"] == N_TICKETS
 
 
+@pytest.mark.slow  # a SIGKILL loop over 240 tickets
 def test_sigkill_at_many_points_then_resume_is_exactly_once(make_job, tmp_path, slow_sim, cli_env):
     concurrency = 6
     job = make_job(N_TICKETS, concurrency=concurrency)
@@ -196,6 +198,7 @@ def _worker_children(pid: int) -> list[int]:
     return children_of(pid)
 
 
+@pytest.mark.slow  # worker processes, SIGINT, SIGKILL
 def test_worker_processes_stop_on_sigint_and_die_with_a_killed_coordinator(make_job, tmp_path, slow_sim, cli_env):
     job = make_job(N_TICKETS, concurrency=8)
     slow_sim.reset()
@@ -230,6 +233,7 @@ def test_worker_processes_stop_on_sigint_and_die_with_a_killed_coordinator(make_
     assert_exactly_once(results, input_ids(job))
 
 
+@pytest.mark.slow  # signals against 5 s requests
 def test_a_second_signal_stops_at_once_leaving_parseable_files(make_job, tmp_path, cli_env):
     from batchrun.sim.config import SimConfig
     from batchrun.sim.process import start_simulator

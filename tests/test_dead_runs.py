@@ -130,6 +130,7 @@ def status_json(run_dir: Path, env) -> dict:
 BATCHRUN_IN_FLIGHT = 3  # tickets between dispatch and line on disk, per unit of concurrency (see engine.py)
 
 
+@pytest.mark.slow  # a SIGKILL loop, worker processes
 @pytest.mark.parametrize("workers", [1, 2])
 def test_kill_9_loop_reports_every_ticket_answered_twice(make_job, tmp_path, cli_env, workers):
     from batchrun.sim.config import SimConfig

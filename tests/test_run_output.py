@@ -36,6 +36,7 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 180) -> subpr
     return cli_run(batchrun_cmd(*args), env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # a fresh interpreter; a timed run with progress lines
 def test_without_a_tty_plain_progress_lines_go_to_stderr_and_the_summary_to_stdout(make_job, cli_env):
     job = make_job(60, concurrency=2, extra=SLOW_SIM)
     # a fresh interpreter, not the warm one: "loading litellm..." is said only where it is imported

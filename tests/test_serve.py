@@ -341,6 +341,7 @@ async def test_compare_directories_and_batch_parts(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # watches a 160-ticket run at 40 ms
 async def test_events_arrive_while_a_run_writes(make_job, tmp_path, slow_serve_sim, cli_env):
     job = make_job(160, concurrency=2)
     runs = tmp_path / "runs"
@@ -450,6 +451,7 @@ def test_serve_help_has_an_example():
     assert "batchrun serve runs --port 9000" in out and "--host" in out and "--token" in out
 
 
+@pytest.mark.slow  # watches a 120-ticket run at 40 ms
 def test_run_with_serve_shows_the_page_of_its_run_while_it_runs(make_job, tmp_path, slow_serve_sim, cli_env):
     import urllib.error
     import urllib.request

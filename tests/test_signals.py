@@ -24,6 +24,8 @@ import pytest
 
 from conftest import batchrun_cmd, cli_popen, cli_run, read_jsonl
 
+pytestmark = pytest.mark.slow  # signals against running processes, Retry-After and stall timers
+
 RETRY_AFTER_S = 20  # longer than the deadline below: a sleeping ticket must not wait it out
 
 
