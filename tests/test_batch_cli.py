@@ -14,8 +14,6 @@ import pytest
 
 from conftest import batchrun_cmd, cli_run, invoke_cli, read_jsonl
 
-pytestmark = pytest.mark.slow
-
 SIM = """
 [simulator]
 latency_ms = 0
@@ -30,6 +28,7 @@ def job_file(make_job, n: int, scale: float = 86400.0) -> object:
                     extra=SIM.format(scale=scale))
 
 
+@pytest.mark.slow  # batch mode through several simulator round trips
 def test_no_wait_at_night_then_the_same_command_collects(make_job, tmp_path, cli_env):
     job = job_file(make_job, 30)
     first = cli_run(batchrun_cmd("run", str(job), "--no-wait", "--no-progress"), env=cli_env,
@@ -51,6 +50,7 @@ def test_no_wait_at_night_then_the_same_command_collects(make_job, tmp_path, cli
     assert len(state["batches"]) == 1  # the second run created nothing
 
 
+@pytest.mark.slow  # batch mode through several simulator round trips
 def test_cancel_then_run_keeps_what_was_answered(make_job, tmp_path, cli_env):
     job = make_job(40, top='mode = "batch"\nbatch_poll_s = 0.05\nbatch_poll_max_s = 0.2\n',
                    extra=SIM.format(scale=3600.0) + '[[simulator.batch_faults]]\nkind = "slow"\nbatches = [1]\n'

@@ -24,8 +24,6 @@ from batchrun.providers.online import LiteLLMProvider
 from batchrun.providers.litellm_setup import openai_transport
 from conftest import read_jsonl
 
-pytestmark = pytest.mark.slow
-
 TICKETS = 200
 
 
@@ -71,6 +69,7 @@ PATHS = {
 }
 
 
+@pytest.mark.slow  # 200 tickets through resets on each HTTP path
 @pytest.mark.parametrize("path", list(PATHS))
 def test_server_requests_equal_recorded_attempts_under_resets(make_job, tmp_path, resetting_sim, monkeypatch, path):
     stream, user_switch = PATHS[path]
@@ -102,11 +101,10 @@ def test_server_requests_equal_recorded_attempts_under_resets(make_job, tmp_path
     assert result.summary["errors_by_kind"] == {"connection": sum(faults.values())}, (result.summary, faults)
 
 
+@pytest.mark.slow  # resets and retries through the command line and worker processes
 def test_a_jobs_simulator_scripts_reach_the_wire_through_the_cli(make_job, tmp_path, cli_env):
     """`batchrun run` with a [simulator] section: the scripts reach the embedded simulator, and the
     recorded attempts and usage follow them (worker processes, litellm, real HTTP)."""
-    import subprocess
-
     from conftest import batchrun_cmd, cli_run
 
     job = make_job(12, concurrency=4, extra="""
