@@ -37,7 +37,7 @@ a command line runs in the warm process only where that cannot show:
 
   * `run` (it sets LITELLM_LOG=ERROR before it imports litellm: the state the
     server imported it in) and the commands that never import litellm
-    (status, export, report, diff, init, serve); `plan`, `cancel`, `bench`,
+    (status, export, report, diff, init, serve, --help, --version); `plan`, `cancel`, `bench`,
     `cache` and `sim` import it with their own logging state: real subprocess;
   * an environment that differs from the server's only where importing
     litellm cannot see it (`import_view`: BATCHRUN_*, PYTEST_*, RAY_*, and
@@ -76,8 +76,9 @@ CRASHING = str(Path(__file__).with_name("crashing_batchrun.py"))
 READY = "batchrun-forkserver ready"
 UNAVAILABLE = "batchrun-forkserver unavailable"
 MAX_MESSAGE = 1 << 20
-#: subcommands run in the warm process (module docstring)
-WARM_COMMANDS = frozenset({"run", "status", "export", "report", "diff", "init", "serve"})
+#: subcommands (and the group's own options) run in the warm process (module docstring)
+WARM_COMMANDS = frozenset({"run", "status", "export", "report", "diff", "init", "serve", "--help", "-h", "--version",
+                           ""})
 
 STATS: collections.Counter[str] = collections.Counter()
 
