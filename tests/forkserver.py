@@ -36,18 +36,21 @@ What differs from a fresh interpreter is that litellm is already imported, so
 a command line runs in the warm process only where that cannot show:
 
   * `run` (it sets LITELLM_LOG=ERROR before it imports litellm: the state the
-    server imported it in) and the commands that never import litellm
-    (status, export, report, diff, init, serve, --help, --version); `plan`, `cancel`, `bench`,
+    server imported it in) and what never imports litellm (status, export,
+    report, diff, init, serve, --help, --version); `plan`, `cancel`, `bench`,
     `cache` and `sim` import it with their own logging state: real subprocess;
   * an environment that differs from the server's only where importing
     litellm cannot see it (`import_view`: BATCHRUN_*, PYTEST_*, RAY_*, and
     what `batchrun run` sets before the import anyway); any other difference
     (LITELLM_LOG=DEBUG, PYTHONPATH, ...): real subprocess;
   * what only a first import shows ("loading litellm..." on stderr) needs a
-    real subprocess: the test that checks it starts one itself.
+    real subprocess: the test that checks it starts one itself;
   * litellm's aiohttp pool keeps its default size (500 per host), which a run
     with more than 500 in flight would raise before the import; no test runs
-    the command line with that many.
+    the command line with that many;
+  * the child's /proc/PID/cmdline is the server's (`python tests/forkserver.py
+    SOCKET`): tests read the command lines of a run's children (worker
+    processes, the embedded simulator), never the run's own.
 
 `STATS` counts the command lines run warm and those sent to a subprocess (and
 why). The server exits when its stdin (a pipe from the pytest process)
