@@ -26,8 +26,8 @@ $(STAMP): pyproject.toml
 	@echo "installed: $(BIN)/batchrun"
 
 $(TEST_STAMP): $(STAMP)
-	@echo "installing the test tools (pytest, matplotlib) and Ray (the ray tests run in CI) into $(VENV)..."
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
+	@echo "installing the test tools (pytest, matplotlib), Ray and the LiteLLM Proxy (their tests run in CI) into $(VENV)..."
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray,proxy]'
 	@touch $(TEST_STAMP)
 
 install-run: $(STAMP)  ## create .venv with what running needs: batchrun, litellm and their dependencies
@@ -52,11 +52,12 @@ report: install-run  ## grade JOB's run directory (or RUN_DIR) against gold labe
 # pytest's "no tests collected" (exit 5) counts as a pass. Most tests wait on subprocesses and
 # simulators rather than compute, so three pytest-xdist workers keep 2 cores busy (PYTEST_WORKERS=0:
 # one process). The `ray` tests then run alone, in one process: each xdist worker would start its own
-# Ray, and three Rays on 2 cores starve the actors those tests measure. Every test runs, the slow
-# ones included (docs/internals.md, "Development").
+# Ray, and three Rays on 2 cores starve the actors those tests measure. --dist loadgroup keeps a module
+# marked xdist_group on one worker (tests/test_real_proxy.py: its LiteLLM proxies start once). Every
+# test runs, the slow ones included (docs/internals.md, "Development").
 PYTEST_WORKERS ?= 3
 test: $(TEST_STAMP)  ## install the test tools too, then run the whole suite
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not ray" $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not ray" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; \
 	$(BIN)/python -m pytest -q -m ray $(PYTEST_ARGS); rc2=$$?; \
 	if [ $$rc2 -eq 5 ]; then echo "pytest: no ray tests collected"; rc2=0; fi; \
@@ -65,8 +66,8 @@ test: $(TEST_STAMP)  ## install the test tools too, then run the whole suite
 # The inner loop: the unit and in-process integration tests, selected by markers (pyproject.toml):
 # not `slow` (a service through hundreds of tickets, kills, signals, timers, worker processes),
 # not `ray`, `browser` or `service`. Under 2 minutes on 2 cores; `make test` runs these and the rest.
-FAST_MARKERS := not slow and not ray and not browser and not service
-test-fast: $(TEST_STAMP)  ## the inner loop: every test not marked slow, ray, browser or service
+FAST_MARKERS := not slow and not ray and not browser and not service and not proxy
+test-fast: $(TEST_STAMP)  ## the inner loop: every test not marked slow, ray, browser, service or proxy
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "$(FAST_MARKERS)" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; \
 	[ $$rc -eq 0 ]

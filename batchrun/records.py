@@ -13,7 +13,16 @@
 
     LineMoney   what one checkpoint line says was spent and used (`line_money`):
                 the one reader of cost_usd, rejected_cost_usd, unpriced, cache_hit,
-                cost_saved_usd and tokens, for resume, grading, status, serve and export
+                cost_saved_usd, tokens and requests (attempts, and the upstream requests
+                a LiteLLM proxy reported), for resume, grading, status, serve and export
+
+Where a line's cost came from is `cost_source` (COST_SOURCES): "price_map" (litellm's
+local price map), "endpoint" (the endpoint reported it: a LiteLLM proxy's
+x-litellm-response-cost, which litellm turns into response_cost), "job_prices",
+"estimated" (the provider sent no usage: tokens counted by batchrun) or "cache" (a
+reused answer: cost 0); null when the line has no cost. `cost_status` says whether
+and why (litellm, job_prices, estimated, unpriced_model, no_usage, cache_hit, batch
+prices) as before.
 
 The JSON shape of a checkpoint line is defined here and nowhere else
 (`Outcome.to_line` writes it, `line_money` reads its money), so results.jsonl
@@ -26,13 +35,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping
 
-__all__ = ["Completion", "LineMoney", "Outcome", "Ticket", "ToolCall", "Usage", "line_money", "line_time"]
+__all__ = ["COST_SOURCES", "Completion", "Fields", "Line", "LineMoney", "Outcome", "Ticket", "ToolCall", "Usage",
+           "line_money", "line_time"]
+
+#: where a line's cost came from (module docstring)
+COST_SOURCES = ("price_map", "endpoint", "job_prices", "estimated", "cache")
+
+#: One input line's JSON object (a CSV, TSV or Parquet row as a dict): what prompt templates and
+#: routes read. Its values are whatever the input holds (any JSON value).
+Fields = Mapping[str, Any]
+#: One line of a run directory's JSONL files as a JSON object: a checkpoint line (Outcome.to_line
+#: writes it, line_money reads its money), a batch part's request, output or failure line. Lines are
+#: read back from disk, where anything may have been written: readers check each value they use.
+Line = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Ticket:
     id: str  # the value of the job's id field, as a string
-    fields: Mapping[str, Any]  # the whole parsed JSON object
+    fields: Fields  # the whole parsed JSON object
     line: int  # 1-based line number in the input file
 
 
@@ -74,6 +95,10 @@ class Completion:
     # (None: that cost was unknown).
     cache_hit: bool = False
     cost_saved_usd: float | None = None
+    cost_source: str | None = None  # one of COST_SOURCES, None when cost_usd is None
+    # The requests the endpoint says it sent upstream for this answer (a LiteLLM proxy: 1 +
+    # x-litellm-attempted-retries + x-litellm-attempted-fallbacks); None: it did not say.
+    upstream_attempts: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +118,16 @@ class Outcome:
     # Output check (jobs with labels, json_schema or tools): on success, what
     # it extracted -- {"label": ...}, {"parsed": ...} or {"tool_calls": [...]}
     # -- merged into the result line after "output"; None for plain jobs.
-    structured: Mapping[str, Any] | None = None
+    structured: Mapping[str, object] | None = None
     rejected_outputs: int = 0  # answers received but rejected by the output check
     rejected_cost_usd: float = 0.0  # what those rejected answers cost (priced ones)
     model_key: str | None = None  # multi-model jobs: the [[models]] name that answered (or failed last)
     route: str | None = None  # routed jobs: the rule that chose the model
     attempts_by_model: Mapping[str, int] | None = None  # with fallbacks: requests sent to each model
+    # Upstream requests the endpoint reported for this ticket's attempts, summed (None: no answer said);
+    # upstream_unreported: attempts whose answer did not say (an error answer of a LiteLLM proxy).
+    upstream_attempts: int | None = None
+    upstream_unreported: int = 0
 
     @property
     def ok(self) -> bool:
@@ -110,7 +139,13 @@ class Outcome:
         cost = self.completion.cost_usd if self.completion is not None else None
         return (cost or 0.0) + self.rejected_cost_usd
 
-    def _add_routing(self, line: dict[str, Any]) -> None:
+    def _add_upstream(self, line: Line) -> None:
+        if self.upstream_attempts is not None:
+            line["upstream_attempts"] = self.upstream_attempts
+            if self.upstream_unreported:
+                line["upstream_unreported"] = self.upstream_unreported
+
+    def _add_routing(self, line: Line) -> None:
         if self.model_key is not None:
             line["model_key"] = self.model_key
         if self.route is not None:
@@ -118,12 +153,12 @@ class Outcome:
         if self.attempts_by_model is not None:
             line["attempts_by_model"] = dict(self.attempts_by_model)
 
-    def to_line(self) -> dict[str, Any]:
+    def to_line(self) -> Line:
         """The JSON object written to results.jsonl (ok) or errors.jsonl."""
         if self.completion is not None:
             c = self.completion
             latency = self.latency_ms or 0.0
-            line: dict[str, Any] = {
+            line: Line = {
                 "id": self.ticket_id,
                 "output": c.text,
             }
@@ -138,6 +173,7 @@ class Outcome:
                 "usage_source": c.usage_source if c.usage else None,
                 "cost_usd": c.cost_usd,
                 "cost_status": c.cost_status,
+                "cost_source": c.cost_source if c.cost_usd is not None else None,
             })
             if c.cache_hit:
                 line["cache_hit"] = True
@@ -150,6 +186,7 @@ class Outcome:
                 "elapsed_ms": round(self.elapsed_ms, 3),
                 "attempts": self.attempts,
             })
+            self._add_upstream(line)
             if self.rejected_outputs:
                 line["rejected_outputs"] = self.rejected_outputs
                 line["rejected_cost_usd"] = self.rejected_cost_usd
@@ -166,6 +203,7 @@ class Outcome:
             "status_code": self.status_code,
             "attempts": self.attempts,
         }
+        self._add_upstream(line)
         if self.rejected_outputs:
             line["rejected_outputs"] = self.rejected_outputs
             line["rejected_cost_usd"] = self.rejected_cost_usd
@@ -176,7 +214,7 @@ class Outcome:
         return line
 
 
-def line_time(value: Any) -> float | None:
+def line_time(value: object) -> float | None:
     """A line's timestamp (started_at, finished_at, time: ISO-8601) as seconds since the epoch, or None."""
     if not isinstance(value, str):
         return None
@@ -186,7 +224,7 @@ def line_time(value: Any) -> float | None:
         return None
 
 
-def _amount(value: Any) -> float | None:
+def _amount(value: object) -> float | None:
     """A line's number of dollars or tokens: a real int or float (never a bool, NaN or infinity)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -212,13 +250,16 @@ class LineMoney:
     prompt_tokens: int = 0  # tokens the provider counted for the accepted answer (0 for a cache hit)
     completion_tokens: int = 0
     total_tokens: int = 0
+    requests: int = 0  # requests batchrun sent for the line (its attempts)
+    upstream_requests: int | None = None  # what the endpoint reported it sent upstream for them (None: nothing)
+    upstream_unreported: int = 0  # of the line's attempts, those whose answer did not say
 
     @property
     def spent_usd(self) -> float:
         return (self.cost_usd or 0.0) + self.rejected_cost_usd
 
 
-def line_money(line: Mapping[str, Any]) -> LineMoney:
+def line_money(line: Mapping[str, object]) -> LineMoney:
     """The money and tokens of a checkpoint line (LineMoney); anything not a number counts as absent."""
     cost = _amount(line.get("cost_usd"))
     hit = line.get("cache_hit") is True
@@ -227,7 +268,11 @@ def line_money(line: Mapping[str, Any]) -> LineMoney:
     if isinstance(usage, Mapping) and not hit:
         tokens = [int(_amount(usage.get(key)) or 0)
                   for key in ("prompt_tokens", "completion_tokens", "total_tokens")]
+    upstream = _amount(line.get("upstream_attempts"))
     return LineMoney(cost_usd=cost, unpriced=cost is None and "cost_usd" in line,
                      rejected_cost_usd=_amount(line.get("rejected_cost_usd")) or 0.0, cache_hit=hit,
                      cost_saved_usd=(_amount(line.get("cost_saved_usd")) or 0.0) if hit else 0.0,
-                     prompt_tokens=tokens[0], completion_tokens=tokens[1], total_tokens=tokens[2])
+                     prompt_tokens=tokens[0], completion_tokens=tokens[1], total_tokens=tokens[2],
+                     requests=max(int(_amount(line.get("attempts")) or 0), 0),
+                     upstream_requests=None if upstream is None else max(int(upstream), 0),
+                     upstream_unreported=max(int(_amount(line.get("upstream_unreported")) or 0), 0))

@@ -34,8 +34,9 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence, TypedDict
 
+from batchrun.analysis.documents import StoredJSON
 from batchrun.analysis.textfmt import duration, kv, ms, usd
 from batchrun.records import Outcome
 
@@ -63,7 +64,8 @@ def short_message(message: str | None) -> str:
     return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS - 1] + "…"
 
 
-def _top_messages(messages: Mapping[str, int], n: int = 3) -> list[list[Any]]:
+def _top_messages(messages: Mapping[str, int], n: int = 3) -> list[list[str | int]]:
+    """[[message, tickets], ...]: the `n` most frequent, as JSON pairs."""
     return [[text, count] for text, count in sorted(messages.items(), key=lambda item: (-item[1], item[0]))[:n]]
 
 
@@ -134,10 +136,22 @@ class RunStats:
     worker_cpu_s: float = 0.0  # CPU worker processes spent on this run, start-up included, as they said
     finished: float | None = None
     maybe_billed_ids: list[str] = field(default_factory=list)  # left in flight by the run before (journal)
-    cluster: dict[str, Any] | None = None  # engine "ray": actors, actors lost, tickets re-sent, limiter counters
+    cluster: Mapping[str, object] | None = None  # engine "ray": actors, actors lost, tickets re-sent, limiter counters
+    # what the endpoint reported it sent upstream for this run's recorded attempts (a LiteLLM proxy's
+    # x-litellm-attempted-retries/-fallbacks; records.Outcome.upstream_attempts), and the attempts
+    # whose answer did not say (an error answer of the proxy, or an endpoint that never says)
+    upstream_requests: int = 0
+    upstream_reported: int = 0  # lines that reported upstream requests
+    upstream_unreported: int = 0
 
     def record(self, outcome: Outcome) -> None:
         """Count one outcome whose line is on disk."""
+        if outcome.upstream_attempts is not None:
+            self.upstream_requests += outcome.upstream_attempts
+            self.upstream_reported += 1
+            self.upstream_unreported += outcome.upstream_unreported
+        else:
+            self.upstream_unreported += outcome.attempts
         if outcome.rejected_outputs:
             self.rejected_outputs += outcome.rejected_outputs
             self.rejected_cost_usd += outcome.rejected_cost_usd
@@ -187,7 +201,8 @@ class RunStats:
         """Seconds from the start of the run to the first ticket handed to a worker."""
         return None if self.first_dispatch is None else max(self.first_dispatch - self.started, 0.0)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, object]:
+        """The run's numbers as JSON (manifest.json's "summary"; `format_summary` prints it)."""
         wall = self.wall_s
         finished = self.done + self.failed
         startup = self.startup_s
@@ -203,6 +218,10 @@ class RunStats:
             "not_finished": max(self.to_do - finished, 0),
             "wall_s": round(wall, 3),
             "requests": self.attempts,
+            # requests the endpoint (a LiteLLM proxy) reported it made upstream for this run's recorded
+            # attempts; None when it never said. upstream_unreported: recorded attempts it said nothing on
+            "upstream_requests": self.upstream_requests if self.upstream_reported else None,
+            "upstream_unreported": self.upstream_unreported if self.upstream_reported else 0,
             "retries": self.retries,
             "rate_limited": self.rate_limited,
             "errors_by_kind": dict(sorted(self.errors_by_kind.items())),
@@ -243,7 +262,14 @@ class RunStats:
         }
 
 
-def percentiles(samples: LatencyHistogram | Iterable[float]) -> dict[str, float | None]:
+class Percentiles(TypedDict):
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    mean: float | None
+
+
+def percentiles(samples: LatencyHistogram | Iterable[float]) -> Percentiles:
     """p50/p95/p99/mean of a histogram (or of samples, put through one), rounded to 0.1."""
     if isinstance(samples, LatencyHistogram):
         histogram = samples
@@ -271,8 +297,8 @@ def round1(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary") -> str:
-    """The end-of-run table, from a `RunStats.summary()` dict."""
+def format_summary(summary: StoredJSON, *, title: str = "batchrun summary") -> str:
+    """The end-of-run table, from a `RunStats.summary()` dict (or one read back from a manifest)."""
     lat = summary["latency_ms"]
     per_1000 = summary["cost_per_1000_tickets_usd"]
     cost = usd(summary['cost_usd'])
@@ -308,6 +334,8 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
     rows += [
         ("wall time", f"{summary['wall_s']:,.2f} s"),
         ("requests", f"{summary['requests']:,} ({summary['retries']:,} retries, {summary['rate_limited']:,} answered 429)"),
+        *([("upstream requests", upstream_text(summary.get("upstream_requests"), summary.get("upstream_unreported")))]
+          if summary.get("upstream_requests") is not None else []),
         ("failed attempts", kinds),
         ("requests/s", f"{summary['requests_per_s']:,.1f}"),
         ("output tokens/s", f"{summary['output_tokens_per_s']:,.1f}"),
@@ -351,6 +379,15 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
             for text, count in group.get("top_messages") or []:
                 lines.append(f"  {'':<{kind_width}}  {count:>6,} x {text}")
     return "\n".join(lines)
+
+
+def upstream_text(upstream: int | None, unreported: int | None) -> str:
+    """What the endpoint (a LiteLLM proxy) said it sent upstream, for the summary and status."""
+    text = f"{upstream or 0:,} made upstream by the endpoint (LiteLLM proxy: x-litellm-attempted-retries)"
+    if unreported:
+        text += (f", plus {unreported:,} attempt(s) answered with an error that does not say "
+                 "(at least 1 upstream request each, unless the proxy refused it itself)")
+    return text
 
 
 def format_progress_line(stats: RunStats, now: float | None = None) -> str:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Sequence
 
 import click
 
-from batchrun.analysis.stats import format_summary
+from batchrun.analysis.documents import StoredJSON
+from batchrun.analysis.stats import format_summary, upstream_text
 from batchrun.analysis.textfmt import kv, table, usd
 
 __all__ = ["format_status", "status_command"]
@@ -34,19 +35,19 @@ def status_command(run_dir: Path, as_json: bool) -> None:
 
     try:
         models = compare_status(run_dir)
-        info: Any = models if models is not None else run_status(run_dir)
+        status = run_status(run_dir) if models is None else None
     except BatchrunError as exc:
         click.echo(f"batchrun: error: {exc}", err=True)
         sys.exit(int(exc.exit_code))
     if as_json:
-        click.echo(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
+        click.echo(orjson.dumps(models if models is not None else status, option=orjson.OPT_INDENT_2).decode())
     elif models is not None:
         click.echo(format_compare_status(run_dir, models))
-    else:
-        click.echo(format_status(info))
+    elif status is not None:
+        click.echo(format_status(status))
 
 
-def format_compare_status(run_dir: Path, models: list[dict[str, Any]]) -> str:
+def format_compare_status(run_dir: Path, models: Sequence[StoredJSON]) -> str:
     """One line per model of a compare directory, and the total cost."""
     rows = [[m["model"], m["model_name"], m["state"], f"{m['done']:,}", f"{m['failed']:,}",
              f"{m['pending_asked']:,}", f"{m['not_asked']:,}", usd(m["cost_usd"])] for m in models]
@@ -58,7 +59,7 @@ def format_compare_status(run_dir: Path, models: list[dict[str, Any]]) -> str:
 
 
 
-def format_status(status: dict[str, Any]) -> str:
+def format_status(status: StoredJSON) -> str:
     """The table `batchrun status` prints, from `rundir.run_status`."""
     rows = [
         ("run directory", status["run_dir"]),
@@ -82,7 +83,20 @@ def format_status(status: dict[str, Any]) -> str:
          + (f" ({status['unpriced_results']} unpriced)" if status["unpriced_results"] else "")),
         *([("reused answers (all runs)", f"{status['cache_hits']:,}, {usd(status['cost_saved_usd'])} saved")]
           if status.get("cache_hits") else []),
+        *([("requests", f"{status['requests']:,} sent by batchrun, all runs (recorded in the lines)")]
+          if status.get("requests") is not None else []),
+        *([("upstream requests", upstream_text(status["upstream_requests"], status.get("upstream_unreported")))]
+          if status.get("upstream_requests") is not None else []),
     ]
+    current = status.get("current_run")
+    if current:
+        dead = status["state"] != "running"
+        rows.append((f"run {current['run']} ({'when it died' if dead else 'so far'})", (
+            f"{current['done']:,} done, {current['failed']:,} failed, {usd(current['cost_usd'])} spent, "
+            f"{current['requests']:,} requests"
+            + (f" ({current['upstream_requests']:,} upstream)" if current.get("upstream_requests") is not None else "")
+            + (f", {status['maybe_billed_before']:,} in flight when it died" if dead else "")
+            + " (from the files)")))
     if status["error"]:
         rows.append(("error", status["error"]))
     for part in (status.get("batch") or {}).get("parts") or []:

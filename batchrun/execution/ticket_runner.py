@@ -67,12 +67,12 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, Mapping, Protocol
+from typing import Awaitable, Callable, Mapping, Protocol
 
 import anyio
+from tenacity import RetryCallState
 
 from batchrun.errors import (
-    RateLimitedError,
     RequestError,
     RetryableError,
     TerminalError,
@@ -156,7 +156,7 @@ class _InvalidOutput(Exception):
     """The output check rejected an answer that may be asked for again."""
 
 
-def _judge(completion: Completion, rules: TicketRules) -> Mapping[str, Any] | None:
+def _judge(completion: Completion, rules: TicketRules) -> Mapping[str, object] | None:
     """What the answer adds to the result line; raises TerminalError or _InvalidOutput."""
     finish = completion.finish_reason
     if finish == "content_filter" and rules.on_content_filter == "fail":
@@ -179,7 +179,7 @@ def _judge(completion: Completion, rules: TicketRules) -> Mapping[str, Any] | No
         raise _InvalidOutput(str(exc)) from None
 
 
-def judge_answer(completion: Completion, job: JobSpec) -> Mapping[str, Any] | None:
+def judge_answer(completion: Completion, job: JobSpec) -> Mapping[str, object] | None:
     """The online check of one answer, for answers that arrive another way (batch mode):
     what it adds to the result line; raises TerminalError (content filter, truncation,
     an invalid answer cut at max_tokens) or RetryableError kind invalid_output."""
@@ -192,7 +192,7 @@ def judge_answer(completion: Completion, job: JobSpec) -> Mapping[str, Any] | No
         raise RetryableError(str(exc), kind="invalid_output", error_type="InvalidOutput") from None
 
 
-def _sleep_unless_halted(halt: anyio.Event) -> Any:
+def _sleep_unless_halted(halt: anyio.Event) -> Callable[[float], Awaitable[None]]:
     """tenacity's sleep: the backoff ends at once, with TicketAbandoned, when the run is halted."""
 
     async def sleep(seconds: float) -> None:
@@ -205,8 +205,8 @@ def _sleep_unless_halted(halt: anyio.Event) -> Any:
     return sleep
 
 
-def _log_retry(ticket_id: str) -> Any:
-    def before_sleep(state: Any) -> None:
+def _log_retry(ticket_id: str) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
         if log.isEnabledFor(logging.INFO):
             exc = state.outcome.exception() if state.outcome is not None else None
             wait = state.next_action.sleep if state.next_action is not None else 0.0
@@ -223,10 +223,12 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
     attempts = 0
     latency_ms = 0.0
     completion: Completion | None = None
-    structured: Mapping[str, Any] | None = None
+    structured: Mapping[str, object] | None = None
     rejected = 0  # answers the output check (or finish_reason policy) turned down
     invalid = 0  # of those, invalid_output ones (the re-ask budget)
     rejected_cost = 0.0
+    upstream: int | None = None  # upstream requests the endpoint reported (a LiteLLM proxy), summed
+    unreported = 0  # attempts whose answer did not say
     hard_timeout = job.timeout_s * 1.5 + 5.0
     deadline = t0 + job.retry.max_elapsed_s
     rules = rules_for(job)
@@ -270,10 +272,15 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                         raise RetryableError(f"no answer within {guard:g} s", kind="timeout",
                                              error_type="Timeout")
                 except Exception as exc:
+                    unreported += 1  # sent; an error answer does not say what the endpoint did upstream
                     error = translate_error(exc)
                     hooks.attempt_failed(request, attempts, error)
                     raise error from None
                 latency_ms = (time.monotonic() - a0) * 1000.0
+                if completion.upstream_attempts is None:
+                    unreported += 1
+                else:
+                    upstream = (upstream or 0) + completion.upstream_attempts
                 if judge and (rules.checks is not None or completion.finish_reason in _FLAGGED_FINISH):
                     try:
                         structured = _judge(completion, rules)
@@ -303,7 +310,7 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
     except RequestError as error:
         message = error.message
         cap = job.retry.max_retry_after_s
-        if isinstance(error, RateLimitedError) and (error.retry_after or 0) > cap:
+        if isinstance(error, RetryableError) and (error.retry_after or 0) > cap:  # a 429's, a 503's, ...
             message = (f"server asked to retry after {error.retry_after:g} s, over max_retry_after_s "
                        f"({cap:g} s): {message}")
         return Outcome(
@@ -311,12 +318,14 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
             elapsed_ms=(time.monotonic() - t0) * 1000.0, run=run_number,
             error_kind=error.kind, error_type=error.error_type, error_message=message,
             status_code=error.status_code, rejected_outputs=rejected, rejected_cost_usd=rejected_cost,
+            upstream_attempts=upstream, upstream_unreported=unreported,
         )
     return Outcome(
         ticket_id=request.ticket_id, attempts=attempts, started_at=started_at, finished_at=utc_now(),
         elapsed_ms=(time.monotonic() - t0) * 1000.0, run=run_number,
         completion=completion, latency_ms=latency_ms, structured=structured,
         rejected_outputs=rejected, rejected_cost_usd=rejected_cost,
+        upstream_attempts=upstream, upstream_unreported=unreported,
     )
 
 
@@ -337,6 +346,8 @@ async def run_chain(request: ChatRequest, providers: Mapping[str, Provider], cha
     t0 = time.monotonic()
     attempts_by_model: dict[str, int] = {}
     spent_before = 0.0
+    upstream: int | None = None  # summed over the models, as the attempts are
+    unreported = 0
     outcome: Outcome | None = None
     for key in chain:
         try:
@@ -345,6 +356,9 @@ async def run_chain(request: ChatRequest, providers: Mapping[str, Provider], cha
             halted.attempts += sum(attempts_by_model.values())
             raise
         attempts_by_model[key] = outcome.attempts
+        if outcome.upstream_attempts is not None:
+            upstream = (upstream or 0) + outcome.upstream_attempts
+        unreported += outcome.upstream_unreported
         if outcome.ok:
             break
         spent_before += outcome.spent_usd
@@ -355,4 +369,5 @@ async def run_chain(request: ChatRequest, providers: Mapping[str, Provider], cha
         elapsed_ms=(time.monotonic() - t0) * 1000.0,
         attempts_by_model=attempts_by_model if len(chain) > 1 else None,
         rejected_cost_usd=outcome.rejected_cost_usd + spent_before,
+        upstream_attempts=upstream, upstream_unreported=unreported,
     )

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from typing import Any, Mapping
 
-from batchrun.errors import TerminalError
-from batchrun.job.sections import PricesSpec
+from batchrun.errors import TerminalError, redact_url
+from batchrun.job.sections import Params, PricesSpec
 from batchrun.providers.error_mapping import (
     error_for_status,
     headers_of,
@@ -20,8 +21,8 @@ from batchrun.providers.error_mapping import (
     translate_error,
 )
 from batchrun.providers.litellm_setup import import_litellm
-from batchrun.providers.seam import BatchPrices, ChatRequest
-from batchrun.records import Completion, ToolCall, Usage
+from batchrun.providers.seam import BatchPrices, ChatRequest, Reply
+from batchrun.records import Completion, Line, ToolCall, Usage
 
 #: litellm 1.106's providers with a batch *create* (litellm.acreate_batch's custom_llm_provider).
 BATCH_PROVIDERS = frozenset({"openai", "azure", "vertex_ai", "bedrock", "hosted_vllm", "litellm_proxy", "mistral",
@@ -41,6 +42,13 @@ def batch_provider_of(model: str, api_base: str | None = None) -> str | None:
 
 #: the endpoint batch lines and batches name
 CHAT_ENDPOINT = "/v1/chat/completions"
+
+#: the files and batches endpoint each litellm function calls, for error messages
+ENDPOINTS = {"acreate_file": "POST /files", "acreate_batch": "POST /batches", "aretrieve_batch": "GET /batches/ID",
+             "acancel_batch": "POST /batches/ID/cancel", "alist_batches": "GET /batches",
+             "afile_content": "GET /files/ID/content"}
+#: a server error that names missing configuration (a LiteLLM proxy without files_settings): not retried
+_CONFIG_TEXT = re.compile(r"files_settings|is not set|not configured", re.IGNORECASE)
 
 
 class LiteLLMBatchAPI:
@@ -74,8 +82,8 @@ class LiteLLMBatchAPI:
     def can_list(self) -> bool:
         return self.provider in BATCH_LIST_PROVIDERS
 
-    def _kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = dict(custom_llm_provider=self.provider, max_retries=0, timeout=self.timeout_s,
+    def _kwargs(self) -> Params:
+        kwargs: Params = dict(custom_llm_provider=self.provider, max_retries=0, timeout=self.timeout_s,
                                       litellm_metadata={"batch_ignore_default_logging": True})
         if self.api_base:
             kwargs["api_base"] = self.api_base
@@ -83,7 +91,7 @@ class LiteLLMBatchAPI:
             kwargs["api_key"] = self._api_key
         return kwargs
 
-    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, name: str, *args: object, **kwargs: object) -> Any:  # litellm's answer
         try:
             return await getattr(self._litellm, name)(*args, **{**self._kwargs(), **kwargs})
         except Exception as exc:  # cancellation passes through
@@ -93,33 +101,43 @@ class LiteLLMBatchAPI:
             if isinstance(error, TerminalError) and status is not None and (status in (408, 429) or status >= 500):
                 error = error_for_status(status, error.message, error_type=error.error_type or "HTTPError",
                                          retry_after=parse_retry_after(headers_of(exc)))
+            if error.retryable and status is not None and status >= 500 and _CONFIG_TEXT.search(error.message):
+                error = TerminalError(error.message, kind="configuration", status_code=status,
+                                      error_type=error.error_type)
+            error.endpoint = self._endpoint(name)
             raise error from None
 
+    def _endpoint(self, name: str) -> str:
+        method, _, path = ENDPOINTS.get(name, f"{name} ").partition(" ")
+        if not self.api_base:
+            return f"{method} {path} ({self.provider})"
+        return f"{method} {redact_url(self.api_base).rstrip('/')}{path}"
+
     @staticmethod
-    def _plain(obj: Any) -> dict[str, Any]:
+    def _plain(obj: Any) -> Reply:  # obj: litellm's answer (a pydantic model, or already a dict)
         if isinstance(obj, dict):
             return obj
         dump = getattr(obj, "model_dump", None)
         return dump() if dump is not None else dict(obj)
 
-    async def create_file(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+    async def create_file(self, path: str | os.PathLike[str]) -> Reply:
         """Upload a batch input file (the SDK streams it from the open handle)."""
         with open(path, "rb") as handle:
             return self._plain(await self._call("acreate_file", file=(os.path.basename(path), handle),
                                                 purpose="batch"))
 
     async def create_batch(self, input_file_id: str, metadata: Mapping[str, str],
-                           endpoint: str = "/v1/chat/completions", window: str = "24h") -> dict[str, Any]:
+                           endpoint: str = "/v1/chat/completions", window: str = "24h") -> Reply:
         return self._plain(await self._call("acreate_batch", completion_window=window, endpoint=endpoint,
                                             input_file_id=input_file_id, metadata=dict(metadata)))
 
-    async def retrieve_batch(self, batch_id: str) -> dict[str, Any]:
+    async def retrieve_batch(self, batch_id: str) -> Reply:
         return self._plain(await self._call("aretrieve_batch", batch_id=batch_id))
 
-    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+    async def cancel_batch(self, batch_id: str) -> Reply:
         return self._plain(await self._call("acancel_batch", batch_id=batch_id))
 
-    async def list_batches(self, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+    async def list_batches(self, after: str | None = None, limit: int = 100) -> Reply:
         """One page: {"data": [batch dicts], "has_more": bool, "last_id": ...}; metadata is NOT filtered
         by the provider (litellm accepts it and drops it): filter on the client."""
         page = await self._call("alist_batches", after=after, limit=limit)
@@ -150,7 +168,9 @@ class LiteLLMBatchAPI:
         except Exception as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            raise translate_error(exc, self._secrets) from None
+            error = translate_error(exc, self._secrets)
+            error.endpoint = error.endpoint or self._endpoint("afile_content")
+            raise error from None
         os.replace(tmp, dest)
         return size
 
@@ -175,7 +195,7 @@ class LiteLLMBatchAPI:
             return None
         return BatchPrices(float(online_in) / 2, float(online_out) / 2, "half_online")
 
-    def completion_of(self, body: Mapping[str, Any], prices: BatchPrices | None) -> Completion:
+    def completion_of(self, body: Reply, prices: BatchPrices | None) -> Completion:
         """A Completion from a batch output line's response body (a chat.completion object),
         priced at the batch price."""
         choice = (body.get("choices") or [None])[0]
@@ -188,32 +208,34 @@ class LiteLLMBatchAPI:
             usage = Usage(prompt_tokens=int(raw_usage.get("prompt_tokens") or 0),
                           completion_tokens=int(raw_usage.get("completion_tokens") or 0),
                           total_tokens=int(raw_usage.get("total_tokens") or 0))
+        source = None
         if usage is None:
             cost, status = None, "no_usage"
         elif prices is None:
             cost, status = None, "unpriced_model"
         else:
             cost, status = prices.cost(usage), prices.status
+            source = "job_prices" if prices.status.startswith("job_prices") else "price_map"
         calls = tuple(ToolCall(name=str((c.get("function") or {}).get("name") or ""),
                                arguments=(c.get("function") or {}).get("arguments") or "", id=c.get("id"))
                       for c in (message.get("tool_calls") or []) if isinstance(c, Mapping))
         return Completion(text=message.get("content") or "", finish_reason=choice.get("finish_reason"),
                           model=body.get("model"), usage=usage, cost_usd=cost, cost_status=status,
-                          tool_calls=calls)
+                          tool_calls=calls, cost_source=source)
 
-    def is_ours(self, batch: Mapping[str, Any], metadata: Mapping[str, str]) -> bool:
+    def is_ours(self, batch: Reply, metadata: Mapping[str, str]) -> bool:
         """A listed batch is a part's when its metadata names the part (providers that list do not
         filter on metadata: litellm accepts the filter and drops it). A cancelled one is not adopted."""
         found = batch.get("metadata") or {}
         return all(found.get(k) == v for k, v in metadata.items()) and batch.get("status") != "cancelled"
 
-    def request_line(self, custom_id: str, request: ChatRequest, params: Mapping[str, Any]) -> dict[str, Any]:
+    def request_line(self, custom_id: str, request: ChatRequest, params: Mapping[str, object]) -> Line:
         """One batch input line (custom_id, method, url, body) for `request`."""
         return {"custom_id": custom_id, "method": "POST", "url": CHAT_ENDPOINT, "body": self.request_body(request, params)}
 
-    def request_body(self, request: ChatRequest, params: Mapping[str, Any]) -> dict[str, Any]:
+    def request_body(self, request: ChatRequest, params: Mapping[str, object]) -> dict[str, object]:
         """The body of one batch input line: what an online call of this request would send."""
-        body: dict[str, Any] = {"model": self.model.split("/", 1)[1] if "/" in self.model else self.model,
+        body: dict[str, object] = {"model": self.model.split("/", 1)[1] if "/" in self.model else self.model,
                                 "messages": request.messages, **params}
         options = request.options
         if options is not None:

@@ -10,23 +10,27 @@ attempt and written after an accepted answer. The rules and why: docs/internals.
 ("litellm: the rules").
 
     LiteLLMProvider    the Provider (seam.py) on litellm
-    build_providers    one LiteLLMProvider per model key, from plain arguments
+    ProviderArgs       its arguments as plain data (they cross to worker processes and Ray actors)
+    build_providers    one LiteLLMProvider per model key, from ProviderArgs
+
+litellm's responses, stream wrappers and chunks are left untyped: they are litellm's objects, read
+with getattr and checked where used.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Required, Sequence, TypedDict
 
 from batchrun.errors import (
     RequestError,
     RetryableError,
 )
-from batchrun.job.sections import PricesSpec
+from batchrun.job.sections import Params, PricesSpec
 from batchrun.providers import tuning
 from batchrun.providers.cache import ResponseCache
-from batchrun.providers.error_mapping import translate_error
+from batchrun.providers.error_mapping import provider_headers, translate_error, upstream_attempts
 from batchrun.providers.litellm_setup import import_litellm, openai_transport
 from batchrun.providers.seam import ChatRequest, Provider, RequestOptions
 from batchrun.providers.tuning import (
@@ -35,6 +39,19 @@ from batchrun.providers.tuning import (
 from batchrun.records import Completion, ToolCall, Usage
 
 TICKET_HEADER = "X-Batchrun-Ticket-Id"
+
+
+class ProviderArgs(TypedDict, total=False):
+    """LiteLLMProvider's arguments for one model key as plain data (launcher.provider_targets
+    builds them; a missing one is the provider's default)."""
+
+    model: Required[str]
+    api_base: str | None
+    api_key: str | None
+    params: Params
+    prices: dict[str, float | None] | None  # PricesSpec.model_dump()
+    max_connections: int | None
+    cache: dict[str, str] | None  # the response cache's location (JobSpec.cache_settings)
 
 
 def _usage_of(response: Any) -> Usage | None:
@@ -93,22 +110,25 @@ def _completion_from(response: Any, prices: PricesSpec | None,
     source = "provider"
     if usage is None and estimate is not None:
         usage, source = estimate(text, tool_calls), "estimated"
+    hidden = getattr(response, "_hidden_params", None) or {}
+    headers = hidden.get("additional_headers") or {}
+    cost_source: str | None = None
     if usage is None:
         cost, status = None, "no_usage"
     elif prices is not None:
-        cost, status = _job_price(usage, prices), "job_prices"
+        cost, status, cost_source = _job_price(usage, prices), "job_prices", "job_prices"
     elif source == "provider":
-        hidden = getattr(response, "_hidden_params", None) or {}
         cost = hidden.get("response_cost")
         if cost is not None:
             cost, status = float(cost), "litellm"
+            cost_source = "endpoint" if _endpoint_priced(headers, cost) else "price_map"
         else:
             status = "unpriced_model"
     else:  # litellm's response_cost priced the zeros: price the estimate instead
         cost = cost_per_token(usage) if cost_per_token is not None else None
         status = "unpriced_model"
     if source == "estimated" and cost is not None:
-        status = "estimated"
+        status = cost_source = "estimated"
     return Completion(
         text=text,
         finish_reason=getattr(choice, "finish_reason", None),
@@ -119,7 +139,19 @@ def _completion_from(response: Any, prices: PricesSpec | None,
         tool_calls=tool_calls,
         usage_source=source,
         rate_limit_headers=_rate_limit_headers(response),
+        cost_source=cost_source,
+        upstream_attempts=upstream_attempts(headers),
     )
+
+
+def _endpoint_priced(headers: Mapping[str, Any], cost: float) -> bool:
+    """Whether litellm's response_cost is the endpoint's own figure: a LiteLLM proxy sends
+    x-litellm-response-cost, and litellm takes it over its price map when it is there."""
+    reported = provider_headers(headers).get("x-litellm-response-cost")
+    try:
+        return reported is not None and abs(float(reported) - cost) <= 1e-12 + 1e-9 * abs(cost)
+    except ValueError:
+        return False
 
 
 def _rate_limit_headers(response: Any) -> dict[str, str] | None:
@@ -157,7 +189,7 @@ class LiteLLMProvider:
         model: str,
         api_base: str | None = None,
         api_key: str | None = None,
-        params: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,  # the job's [params]: as litellm takes them
         prices: PricesSpec | None = None,
         max_connections: int | None = None,
         cache: Mapping[str, str] | None = None,
@@ -181,7 +213,7 @@ class LiteLLMProvider:
         except Exception:  # litellm cannot tell: keep its default (a thread)
             return None
 
-    async def _acompletion(self, request: ChatRequest, kwargs: dict[str, Any]) -> Any:
+    async def _acompletion(self, request: ChatRequest, kwargs: Params) -> Any:  # litellm's response or stream
         """litellm.acompletion under batchrun's rules (module docstring): no retries, the
         request's timeout and ticket header, the preparation inline when `inline_prep`."""
         call = dict(model=self.model, messages=request.messages, timeout=request.timeout_s, num_retries=0,
@@ -216,7 +248,7 @@ class LiteLLMProvider:
             await self.response_cache.put(self._cache_key(request), completion)
 
     def _cache_key(self, request: ChatRequest) -> str:
-        call: dict[str, Any] = {"model": self.model, "messages": request.messages, **self.params}
+        call: Params = {"model": self.model, "messages": request.messages, **self.params}
         if request.options is not None:
             self._add_options(call, request.options)
             call.pop("_skip_mcp_handler", None)
@@ -224,7 +256,7 @@ class LiteLLMProvider:
         return self.response_cache.key(call, self.api_base)
 
     async def complete(self, request: ChatRequest) -> Completion:
-        kwargs: dict[str, Any] = dict(self.params)
+        kwargs: Params = dict(self.params)
         if self.api_base:
             kwargs["api_base"] = self.api_base
         if self._api_key:
@@ -256,7 +288,7 @@ class LiteLLMProvider:
                 self._schema_support = False
         return self._schema_support
 
-    def _add_options(self, kwargs: dict[str, Any], options: RequestOptions) -> None:
+    def _add_options(self, kwargs: Params, options: RequestOptions) -> None:
         if options.json_schema is not None and self._sends_schema(options):
             kwargs["response_format"] = {
                 "type": "json_schema",
@@ -269,7 +301,7 @@ class LiteLLMProvider:
                 kwargs["tool_choice"] = options.tool_choice
             kwargs["_skip_mcp_handler"] = True  # see the module docstring
 
-    async def _complete_stream(self, request: ChatRequest, kwargs: dict[str, Any]) -> Completion:
+    async def _complete_stream(self, request: ChatRequest, kwargs: Params) -> Completion:
         t0 = time.monotonic()
         try:
             stream = await self._acompletion(
@@ -327,15 +359,21 @@ class LiteLLMProvider:
         if usage is None:
             usage, source = self._estimate_usage(request, text, tool_calls), "estimated"
         hidden = getattr(built, "_hidden_params", None) or {}
+        # a stream's cost is litellm's (its price map): a proxy cannot send a stream's cost in the
+        # headers it sends before the stream, and litellm writes its own figure under that header name
+        cost_source: str | None = None
+        cost: float | None
         if self.prices is not None:
-            cost, status = _job_price(usage, self.prices), "job_prices"
+            cost, status, cost_source = _job_price(usage, self.prices), "job_prices", "job_prices"
         elif source == "provider" and hidden.get("response_cost") is not None:
-            cost, status = float(hidden["response_cost"]), "litellm"
+            cost, status, cost_source = float(hidden["response_cost"]), "litellm", "price_map"
         else:
             cost = self._cost_per_token(usage)
             status = "litellm" if cost is not None else "unpriced_model"
+            cost_source = "price_map" if cost is not None else None
         if source == "estimated" and cost is not None:
-            status = "estimated"
+            status = cost_source = "estimated"
+        stream_headers = (getattr(stream, "_hidden_params", None) or {}).get("additional_headers") or {}
         return Completion(
             text=text,
             finish_reason=getattr(choice, "finish_reason", None),
@@ -347,6 +385,8 @@ class LiteLLMProvider:
             ttft_ms=ttft_ms,
             usage_source=source,
             rate_limit_headers=_rate_limit_headers(stream),  # the wrapper keeps the response headers
+            cost_source=cost_source,
+            upstream_attempts=upstream_attempts(stream_headers),
         )
 
     def _estimate_usage(self, request: ChatRequest, text: str, tool_calls: tuple[ToolCall, ...]) -> Usage:
@@ -404,11 +444,14 @@ class LiteLLMProvider:
             await self.response_cache.aclose()
 
 
-def build_providers(provider_kwargs: Mapping[str, Mapping[str, Any]]) -> dict[str, Provider]:
-    """One LiteLLMProvider per model key from `provider_kwargs` (prices as a dict or None)."""
-    from batchrun.job.sections import PricesSpec
-    from batchrun.providers.online import LiteLLMProvider
+def build_provider(args: ProviderArgs) -> LiteLLMProvider:
+    """A LiteLLMProvider from its arguments as plain data (prices as a dict or None)."""
+    prices = args.get("prices")
+    return LiteLLMProvider(model=args["model"], api_base=args.get("api_base"), api_key=args.get("api_key"),
+                           params=args.get("params"), prices=PricesSpec.model_validate(prices) if prices else None,
+                           max_connections=args.get("max_connections"), cache=args.get("cache"))
 
-    return {key: LiteLLMProvider(**{**kwargs, "prices": PricesSpec.model_validate(kwargs["prices"])
-                                    if kwargs.get("prices") else None})
-            for key, kwargs in provider_kwargs.items()}
+
+def build_providers(provider_kwargs: Mapping[str, ProviderArgs]) -> dict[str, Provider]:
+    """One LiteLLMProvider per model key from `provider_kwargs` (prices as a dict or None)."""
+    return {key: build_provider(kwargs) for key, kwargs in provider_kwargs.items()}

@@ -18,12 +18,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import orjson
 
 from batchrun.errors import CheckpointError
-from batchrun.records import line_money
+from batchrun.records import Line, line_money
 from batchrun.rundir.layout import ERRORS, RESULTS, open_no_follow
 
 
@@ -40,7 +40,11 @@ class JsonlScan:
     total_tokens: int = 0  # sum of the valid lines' usage.total_tokens
     cache_hits: int = 0  # lines with "cache_hit": true (reused answers)
     cost_saved_usd: float = 0.0  # their cost_saved_usd
-    last_by_id: dict[str, dict[str, Any]] | None = None  # only when asked (errors file)
+    requests: int = 0  # the lines' attempts: requests batchrun sent
+    upstream_requests: int = 0  # what the endpoint (a LiteLLM proxy) reported it sent upstream for them
+    upstream_lines: int = 0  # lines that report it
+    upstream_unreported: int = 0  # attempts of those lines whose answer did not say
+    last_by_id: dict[str, Line] | None = None  # only when asked (errors file)
 
 
 def scan_jsonl(path: Path, *, keep_last: bool = False, totals: bool = True) -> JsonlScan:
@@ -83,6 +87,11 @@ def scan_jsonl(path: Path, *, keep_last: bool = False, totals: bool = True) -> J
                             scan.cache_hits += money.cache_hit
                             scan.cost_saved_usd += money.cost_saved_usd
                             scan.total_tokens += money.total_tokens
+                            scan.requests += money.requests
+                            if money.upstream_requests is not None:
+                                scan.upstream_requests += money.upstream_requests
+                                scan.upstream_lines += 1
+                                scan.upstream_unreported += money.upstream_unreported
                         scan.lines += 1
                         scan.valid_bytes += len(raw)
                         continue
@@ -95,7 +104,7 @@ def scan_jsonl(path: Path, *, keep_last: bool = False, totals: bool = True) -> J
     return scan
 
 
-def parse_line(raw: bytes) -> tuple[str, dict[str, Any]] | None:
+def parse_line(raw: bytes) -> tuple[str, Line] | None:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -106,7 +115,7 @@ def parse_line(raw: bytes) -> tuple[str, dict[str, Any]] | None:
     return str(ticket_id), obj
 
 
-def iter_lines(path: Path, *, with_id: bool = True, whole_file: bool = False) -> Iterator[dict[str, Any]]:
+def iter_lines(path: Path, *, with_id: bool = True, whole_file: bool = False) -> Iterator[Line]:
     """Every complete line of `path` that parses as a JSON object (module docstring); with `with_id`
     only objects whose "id" is a string or an integer. A line that does not parse is passed over.
     `whole_file`: the file was written whole (a provider's download), so its last line counts even

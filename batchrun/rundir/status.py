@@ -10,7 +10,10 @@
                                 truth), the manifest's state and last summary:
                                 what `batchrun status` prints; with a --limit,
                                 what the last run was asked to do (asked,
-                                pending_asked) apart from the input not asked yet
+                                pending_asked) apart from the input not asked yet;
+                                for a run still "running" (alive or killed -9), whose
+                                manifest summary is the one it started with, that
+                                run's counts from the files (`current_run`, run_counts)
     compare_status(path)        one run_status per model of a compare directory
     batch_parts(run_dir)        a batch-mode run's parts (batches.json), or None
     status_from_counts(...)     that JSON from counts: `batchrun serve` builds it from
@@ -31,13 +34,39 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AbstractSet, Any, Mapping
+from typing import AbstractSet, Any, Mapping, TypedDict
 
 from batchrun.errors import CheckpointError, ReportError
 from batchrun.rundir.layout import LEDGER, LIVE_PART_STATES
-from batchrun.rundir.manifest import read_manifest
+from batchrun.rundir.manifest import Manifest, read_manifest
 
 MODELS_DIR = "models"  # a compare directory: models/<key>/ run directories
+
+#: The status JSON of one run directory (`status_from_counts` defines its keys; `batchrun status
+#: --json`, serve's /api/runs/NAME): counts, the manifest's state and values as it recorded them.
+RunStatus = dict[str, Any]
+
+
+class PartStatus(TypedDict):
+    """One part of batches.json (batch/ledger.Part) as `status` shows it."""
+
+    number: int
+    model_key: str
+    state: str
+    status: str | None  # the provider's batch status
+    tickets: int
+    counts: dict[str, int] | None  # the provider's request_counts
+    batch_id: str | None
+    retry: int
+    note: str | None
+
+
+class BatchParts(TypedDict):
+    """The parts of a batch-mode run directory as `status` shows them (batch_parts)."""
+
+    run_key: str | None
+    parts: list[PartStatus]  # the parts not discarded
+    live: int  # parts still at the provider (or on their way to it)
 
 
 
@@ -49,10 +78,10 @@ class RunUnit:
     key: str  # the model key (compare directory) or the job name
     model: str  # the job's model string, from the manifest
     run_dir: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
-    def fingerprint(self) -> dict[str, Any]:
+    def fingerprint(self) -> dict[str, Any]:  # the job's, as its manifest recorded it
         return ((self.manifest.get("job") or {}).get("fingerprint")) or {}
 
     @property
@@ -65,7 +94,7 @@ class RunUnit:
         return [str(label) for label in labels]
 
 
-def _manifest_model(manifest: Mapping[str, Any]) -> str:
+def _manifest_model(manifest: Manifest) -> str:
     fingerprint = (manifest.get("job") or {}).get("fingerprint") or {}
     model = fingerprint.get("model")
     if isinstance(model, str):
@@ -118,7 +147,7 @@ def find_units(path: Path) -> tuple[str, list[RunUnit]]:
     return "run", [RunUnit(name, _manifest_model(manifest), path, manifest)]
 
 
-def compare_status(path: Path) -> list[dict[str, Any]] | None:
+def compare_status(path: Path) -> list[RunStatus] | None:
     """One run_status per model of a compare directory (models/<key>/), in the job's order,
     each with its "model" key; None when `path` is not a compare directory."""
     if not (Path(path) / MODELS_DIR).is_dir():
@@ -129,7 +158,7 @@ def compare_status(path: Path) -> list[dict[str, Any]] | None:
     return [{**run_status(unit.run_dir), "model": unit.key, "model_name": unit.model} for unit in units]
 
 
-def run_status(run_dir: Path) -> dict[str, Any]:
+def run_status(run_dir: Path) -> RunStatus:
     """Counts recomputed from the checkpoint files, plus the manifest's state and last summary."""
     from batchrun.rundir.layout import ERRORS, REJECTS, RESULTS
     from batchrun.rundir.lines import scan_jsonl
@@ -145,20 +174,58 @@ def run_status(run_dir: Path) -> dict[str, Any]:
     failed_ids = errors.ids - results.ids
     rejects = run_dir / REJECTS
     rejected = rejects.read_bytes().count(b"\n") if rejects.exists() else 0
-    return status_from_counts(run_dir, manifest, done=done, failed=len(failed_ids), cost_usd=cost,
-                              unpriced=unpriced, total_tokens=tokens, rejected_lines=rejected,
-                              cache_hits=results.cache_hits, cost_saved_usd=results.cost_saved_usd,
-                              done_ids=results.ids)
+    status = status_from_counts(run_dir, manifest, done=done, failed=len(failed_ids), cost_usd=cost,
+                                unpriced=unpriced, total_tokens=tokens, rejected_lines=rejected,
+                                cache_hits=results.cache_hits, cost_saved_usd=results.cost_saved_usd,
+                                done_ids=results.ids, requests=results.requests + errors.requests,
+                                upstream_requests=(results.upstream_requests + errors.upstream_requests
+                                                   if results.upstream_lines + errors.upstream_lines else None),
+                                upstream_unreported=results.upstream_unreported + errors.upstream_unreported)
+    if manifest.get("state") == "running" and isinstance(manifest.get("run"), int):
+        # the manifest's summary was written when the run started (all zeros): what that run did so far,
+        # running or killed, is in the files
+        status["current_run"] = run_counts(run_dir, manifest["run"])
+    return status
+
+
+def run_counts(run_dir: Path, run: int) -> dict[str, Any]:
+    """What run `run` of a directory has on disk: tickets done and failed, money spent, requests
+    sent and the upstream requests the endpoint reported (for a run still going, or one that died
+    before writing its summary)."""
+    from batchrun.records import line_money
+    from batchrun.rundir.layout import ERRORS, RESULTS
+    from batchrun.rundir.lines import iter_lines
+
+    counts: dict[str, Any] = {"run": run, "done": 0, "failed": 0, "cost_usd": 0.0, "requests": 0,
+                              "upstream_requests": None}
+    done: set[str] = set()
+    failed: set[str] = set()
+    for name, ids in ((RESULTS, done), (ERRORS, failed)):
+        for line in iter_lines(Path(run_dir) / name):
+            if line.get("run") != run:
+                continue
+            ids.add(str(line["id"]))
+            money = line_money(line)
+            counts["cost_usd"] += money.spent_usd
+            counts["requests"] += money.requests
+            if money.upstream_requests is not None:
+                counts["upstream_requests"] = (counts["upstream_requests"] or 0) + money.upstream_requests
+    counts["done"], counts["failed"] = len(done), len(failed - done)
+    counts["cost_usd"] = round(counts["cost_usd"], 6)
+    return counts
 
 
 def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int, failed: int, cost_usd: float,
                        unpriced: int, total_tokens: int, rejected_lines: int, cache_hits: int = 0,
                        cost_saved_usd: float = 0.0, live: bool | None = None,
-                       done_ids: AbstractSet[str] | None = None) -> dict[str, Any]:
+                       done_ids: AbstractSet[str] | None = None, requests: int | None = None,
+                       upstream_requests: int | None = None, upstream_unreported: int = 0) -> RunStatus:
     """The status JSON (`batchrun status --json`, and `batchrun serve`'s /api/runs/NAME) from a
     run directory's counts: the one definition of its keys and rounding. `live`: whether a run
     holds the lock (None: probe it here); `done_ids`: the ids with a result (None: read them,
-    only for a dead run, to name its tickets left in flight)."""
+    only for a dead run, to name its tickets left in flight); `requests`: the requests the lines
+    record (all runs), `upstream_requests` what the endpoint reported it sent upstream for them
+    (None: it never said), `upstream_unreported` the attempts whose answer did not say."""
     from batchrun.rundir.checkpoint import lock_state
     from batchrun.rundir.journal import open_inflight
     from batchrun.rundir.layout import RESULTS
@@ -204,17 +271,22 @@ def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int,
         "cache_hits": cache_hits,
         "cost_saved_usd": round(cost_saved_usd, 6),
         "total_tokens": total_tokens,
+        "requests": requests,  # all runs, as the lines record them
+        "upstream_requests": upstream_requests,
+        "upstream_unreported": upstream_unreported if upstream_requests is not None else 0,
         "started_at": manifest.get("started_at"),
         "finished_at": manifest.get("finished_at"),
         "error": manifest.get("error"),
-        "last_summary": manifest.get("summary"),
+        # a run still "running" (alive, or killed) has the summary it was started with: all zeros
+        "last_summary": manifest.get("summary") if manifest.get("state") != "running" else None,
+        "current_run": None,  # run_status: that run's counts from the files
         "batch": batch_parts(run_dir),
         "maybe_billed_before": len(maybe_billed),
         "maybe_billed_before_ids": maybe_billed[:100],
     }
 
 
-def batch_parts(run_dir: Path) -> dict[str, Any] | None:
+def batch_parts(run_dir: Path) -> BatchParts | None:
     """The parts of a batch-mode run directory (state, provider status, counts), or None."""
     import orjson
 
@@ -225,14 +297,16 @@ def batch_parts(run_dir: Path) -> dict[str, Any] | None:
         return None
     except (OSError, orjson.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: cannot read the batch ledger: {exc}") from None
-    parts = [{k: p.get(k) for k in ("number", "model_key", "state", "status", "tickets", "counts", "batch_id",
-                                     "retry", "note")}
-             for p in data.get("parts") or [] if p.get("state") != "discarded"]
+    parts: list[PartStatus] = [
+        {"number": p.get("number"), "model_key": p.get("model_key"), "state": p.get("state"), "status": p.get("status"),
+         "tickets": p.get("tickets"), "counts": p.get("counts"), "batch_id": p.get("batch_id"), "retry": p.get("retry"),
+         "note": p.get("note")}
+        for p in data.get("parts") or [] if p.get("state") != "discarded"]
     return {"run_key": data.get("run_key"), "parts": parts,
             "live": sum(1 for p in parts if p["state"] in LIVE_PART_STATES)}
 
 
-def _pid_alive(pid: Any) -> bool:
+def _pid_alive(pid: object) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:

@@ -31,9 +31,10 @@ Kinds that act on HTTP calls (``endpoint``: ``files`` (upload), ``file``
 ``calls``: 1-based numbers of calls to that endpoint it hits; empty: every
 call):
 
-``429`` / ``500`` / ``503``
+``401`` / ``429`` / ``500`` / ``503``
     that status in OpenAI's error shape, before the call does anything
-    (``retry_after`` seconds in ``retry-after`` for a 429, default 1).
+    (``retry_after`` seconds in ``retry-after`` for a 429, default 1; a 401
+    is ``invalid_api_key``).
 ``create_lost``
     (``endpoint`` create) the batch IS created, then the answer is a 500:
     the case of a create whose response was lost, which a client that
@@ -46,11 +47,14 @@ lists joined by ``+``: ``expire:batches=1,rate=0.3``,
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TypeAlias
+
+from batchrun.sim.jsontypes import RuleOptions
 
 BATCH_KINDS = frozenset({"invalid", "expire", "fail_lines", "all_failed", "slow"})
-CALL_KINDS = frozenset({"429", "500", "503", "create_lost"})
+CALL_KINDS = frozenset({"401", "429", "500", "503", "create_lost"})
 ENDPOINTS = frozenset({"files", "file", "content", "create", "retrieve", "list", "cancel"})
 _KEYS = ("kind", "batches", "rate", "endpoint", "calls", "retry_after")
 
@@ -86,7 +90,7 @@ class BatchFault:
             raise ValueError("retry_after must be >= 0")
 
     @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Any]) -> "BatchFault":
+    def from_mapping(cls, mapping: RuleOptions) -> "BatchFault":
         unknown = sorted(set(mapping) - set(_KEYS))
         if unknown:
             raise ValueError(f"unknown batch fault key(s) {', '.join(unknown)} (known: {', '.join(_KEYS)})")
@@ -103,7 +107,7 @@ class BatchFault:
     @classmethod
     def parse(cls, spec: str) -> "BatchFault":
         kind, _, rest = spec.partition(":")
-        data: dict[str, Any] = {"kind": kind.strip()}
+        data: dict[str, object] = {"kind": kind.strip()}
         for item in filter(None, (p.strip() for p in rest.split(","))):
             key, sep, value = item.partition("=")
             if not sep:
@@ -137,7 +141,11 @@ class BatchFault:
         return self.kind in CALL_KINDS and self.endpoint == endpoint and (not self.calls or number in self.calls)
 
 
-def coerce_batch_faults(rules: Any) -> tuple[BatchFault, ...]:
+#: What `coerce_batch_faults` turns into a BatchFault.
+BatchFaultLike: TypeAlias = "BatchFault | str | RuleOptions"
+
+
+def coerce_batch_faults(rules: Iterable[BatchFaultLike] | None) -> tuple[BatchFault, ...]:
     out = []
     for rule in rules or ():
         if isinstance(rule, BatchFault):
