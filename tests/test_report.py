@@ -286,6 +286,7 @@ def test_status_is_unchanged(tmp_path: Path) -> None:
     assert "done" in format_status(status) and "cost (all runs)" in format_status(status)
 
 
+@pytest.mark.slow  # two simulated runs in real processes, one per model
 def test_real_compare_directory_from_two_simulated_runs(make_job: Any, tmp_path: Path,
                                                         cli_env: dict[str, str]) -> None:
     """Two real runs (through litellm, against the simulator) faked into a compare directory."""
