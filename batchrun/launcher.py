@@ -34,7 +34,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Iterator, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Iterator, Mapping, Sequence, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
@@ -293,7 +293,7 @@ def provider_targets(job: JobSpec, use_sim: bool, secrets: list[str]) -> dict[st
 PARAMS_ON_PURPOSE = "\n  (a key you send on purpose: list it in `unchecked_params` at the top of the job file)"
 
 
-def _param_typo_lines(entries: list[tuple[str, Mapping[str, object]]], unchecked: Collection[str]) -> list[str]:
+def _param_typo_lines(entries: Sequence[tuple[str, Mapping[str, object]]], unchecked: Collection[str]) -> list[str]:
     """`  field `params.temprature`: no such parameter: did you mean `temperature`?` for each key of
     each (where, params) entry that is close to a parameter name litellm takes (misspelled_params)."""
     from batchrun.providers.litellm_setup import misspelled_params
