@@ -26,9 +26,23 @@ $(STAMP): pyproject.toml
 	@echo "installed: $(BIN)/batchrun"
 
 $(TEST_STAMP): $(STAMP)
-	@echo "installing the test tools (pytest, matplotlib), Ray and the LiteLLM Proxy (their tests run in CI) into $(VENV)..."
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray,proxy]'
+	@echo "installing the test tools (pytest, matplotlib) and Ray (the ray tests run in CI) into $(VENV)..."
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
 	@touch $(TEST_STAMP)
+
+# The LiteLLM Proxy that tests/test_real_proxy.py puts in front of the simulator runs in its own
+# virtualenv (tests/real_proxy.py finds it): installed into .venv, litellm[proxy] would hold batchrun's
+# litellm back from the newest release in range (1.110's proxy extra needs a litellm-proxy package the
+# index does not serve, so pip settles on an older litellm). The proxy is a separate program that
+# batchrun reaches over HTTP, at the version its tests were measured on.
+PROXY_VENV ?= .venv-proxy
+LITELLM_PROXY ?= 1.106.0
+PROXY_STAMP := $(PROXY_VENV)/.installed-stamp
+$(PROXY_STAMP):
+	@echo "installing the LiteLLM Proxy (litellm[proxy]==$(LITELLM_PROXY), for the proxy tests) into $(PROXY_VENV)..."
+	@test -x $(PROXY_VENV)/bin/python || $(PYTHON) -m venv $(PROXY_VENV)
+	$(PROXY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'litellm[proxy]==$(LITELLM_PROXY)'
+	@touch $(PROXY_STAMP)
 
 install-run: $(STAMP)  ## create .venv with what running needs: batchrun, litellm and their dependencies
 
@@ -56,7 +70,7 @@ report: install-run  ## grade JOB's run directory (or RUN_DIR) against gold labe
 # marked xdist_group on one worker (tests/test_real_proxy.py: its LiteLLM proxies start once). Every
 # test runs, the slow ones included (docs/internals.md, "Development").
 PYTEST_WORKERS ?= 3
-test: $(TEST_STAMP)  ## install the test tools too, then run the whole suite
+test: $(TEST_STAMP) $(PROXY_STAMP)  ## install the test tools too, then run the whole suite
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not ray" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; \
 	$(BIN)/python -m pytest -q -m ray $(PYTEST_ARGS); rc2=$$?; \
@@ -96,4 +110,4 @@ compare: install-run  ## three simulated models on the sample tickets (ARGS="--l
 	$(BIN)/batchrun run jobs/compare_models.toml $(ARGS)
 
 clean:  ## remove the virtualenv, run directories and caches
-	rm -rf $(VENV) $(MIN_VENV) runs build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(MIN_VENV) $(PROXY_VENV) runs build *.egg-info .pytest_cache

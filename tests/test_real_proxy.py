@@ -32,8 +32,8 @@ from real_proxy import deployment, proxy_available, start_proxy
 
 # one xdist worker runs the whole module (make test: --dist loadgroup), so its two proxies start once
 pytestmark = [pytest.mark.proxy, pytest.mark.slow, pytest.mark.xdist_group("real_proxy"),
-              pytest.mark.skipif(not proxy_available(), reason="the proxy extra is not installed: "
-                                                               "pip install -e '.[proxy]' (make test installs it)")]
+              pytest.mark.skipif(not proxy_available(), reason="no LiteLLM Proxy: make test installs it into "
+                                                               ".venv-proxy (tests/real_proxy.py)")]
 
 RETRY_AFTER_S = 2
 ALIAS = "team-classifier"  # a proxy alias with its own prices
