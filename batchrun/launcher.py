@@ -196,7 +196,8 @@ def sim_config(job: JobSpec) -> Any:
                      model_profiles=tuple((name, p.noise, spec.latency_ms if p.latency_ms is None else p.latency_ms)
                                           for name, p in spec.model_profiles.items()),
                      batch_time_scale=spec.batch_time_scale, batch_duration_s=spec.batch_duration_s,
-                     batch_faults=tuple(parsed("batch_faults", spec.batch_faults, BatchFault.from_mapping)))
+                     batch_faults=tuple(parsed("batch_faults", spec.batch_faults, BatchFault.from_mapping)),
+                     prompt_token_scale=spec.prompt_token_scale, flex_unavailable_rate=spec.flex_unavailable_rate)
 
 
 def _key(env_name: str | None, use_sim: bool, secrets: list[str]) -> str | None:

@@ -98,6 +98,10 @@ class SimulatorSpec(Section):
     batch_time_scale: float = Field(3600.0, gt=0)
     batch_duration_s: float = Field(1800.0, ge=0)
     batch_faults: list[dict[str, Any]] = Field(default_factory=list)
+    # prompt tokens the simulator counts (and bills) per token of its own count: 1.3 = 30% more
+    prompt_token_scale: float = Field(1.0, gt=0, le=10)
+    # share of service_tier = "flex" requests answered 429 resource_unavailable
+    flex_unavailable_rate: float = Field(0.0, ge=0, le=1)
 
 
 class ToolFunctionSpec(Section):
