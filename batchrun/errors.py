@@ -18,8 +18,11 @@ retry policy and the engine never look at litellm's own exception types.
         └── TerminalError       never retried: 4xx (bad request, auth, not found, ...)
 
 Error kinds (the `kind` attribute, written to errors.jsonl) are short stable
-strings: rate_limited, timeout, connection, server_error, bad_request,
-context_window, content_policy, auth, permission, not_found, unknown.
+strings: rate_limited, resource_unavailable (OpenAI's flex 429: no capacity at
+the flex tier; a RateLimitedError, retried, and after flex_fallback_after of
+them sent at the standard tier), timeout, connection, server_error,
+bad_request, context_window, content_policy, auth, permission, not_found,
+unknown.
 `connection` means no answer arrived: the connection was refused, or reset
 before the response headers or in the body (litellm calls these a 500;
 `provider.translate_error` finds the transport error under it); it is

@@ -62,10 +62,12 @@ BATCH_ROWS = 8192  # Parquet rows written at a time; SQLite rows inserted per st
 
 #: The columns of one model's group, in order (those after "output" only when the job has them).
 _BASE = ("status", "output")
-_AFTER = ("finish_reason", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "cost_status",
-          "cache_hit", "cost_saved_usd", "attempts", "model", "error_kind", "error_message")
-_INT = {"prompt_tokens", "completion_tokens", "total_tokens", "attempts"}
-_FLOAT = {"cost_usd", "cost_saved_usd"}
+_AFTER = ("finish_reason", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens",
+          "cache_write_tokens", "reasoning_tokens", "cost_usd", "cost_status", "service_tier",
+          "prompt_cache_saved_usd", "cache_hit", "cost_saved_usd", "attempts", "model", "error_kind", "error_message")
+_INT = {"prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "cache_write_tokens",
+        "reasoning_tokens", "attempts"}
+_FLOAT = {"cost_usd", "cost_saved_usd", "prompt_cache_saved_usd"}
 _BOOL = {"cache_hit"}
 
 
@@ -84,6 +86,10 @@ class ExportResult:
     failed: int
     pending: int
     models: tuple[str, ...]  # column groups ("" for a single run)
+    cached_tokens: int = 0  # of the results written: prompt tokens read from the provider's cache ...
+    cache_reported_prompt_tokens: int = 0  # ... of the prompt tokens of results whose provider said (the share)
+    cache_write_tokens: int = 0
+    prompt_cache_saved_usd: float = 0.0  # what prompt caching saved on them
 
 
 @dataclass
@@ -193,9 +199,10 @@ def _group(unit: _Unit, found: tuple[bool, dict[str, Any]] | None) -> dict[str, 
         for name in unit.answer_fields:
             row[name] = line.get(name)
         usage = line.get("usage") or {}
-        for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        for name in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "cache_write_tokens",
+                     "reasoning_tokens"):
             row[name] = usage.get(name)
-        for name in ("finish_reason", "cost_status", "model"):
+        for name in ("finish_reason", "cost_status", "model", "service_tier", "prompt_cache_saved_usd"):
             row[name] = line.get(name)
         money = line_money(line)
         row["cost_usd"] = money.cost_usd
@@ -353,6 +360,7 @@ def export_run(run_dir: Path, out: Path | None = None, fmt: str = "jsonl", *,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     counts = {"done": 0, "failed": 0, "pending": 0}
+    kinds = {"cached": 0, "reported": 0, "write": 0, "saved": 0.0}
     rows = 0
     with tempfile.TemporaryDirectory(prefix="batchrun-export-") as scratch:
         db = sqlite3.connect(os.path.join(scratch, "index.sqlite"))
@@ -373,6 +381,12 @@ def export_run(run_dir: Path, out: Path | None = None, fmt: str = "jsonl", *,
                     for lookup in lookups:
                         group = _group(lookup.unit, lookup.get(ticket.id))
                         counts[group["status"]] += 1
+                        if group["status"] == "done" and not group["cache_hit"]:
+                            kinds["cached"] += group["cached_tokens"] or 0
+                            kinds["write"] += group["cache_write_tokens"] or 0
+                            kinds["saved"] += group["prompt_cache_saved_usd"] or 0.0
+                            if group["cached_tokens"] is not None:
+                                kinds["reported"] += group["prompt_tokens"] or 0
                         if not compare:
                             row.update(group)
                         elif fmt == "jsonl":
@@ -399,4 +413,6 @@ def export_run(run_dir: Path, out: Path | None = None, fmt: str = "jsonl", *,
             db.close()
     os.replace(tmp, out)
     return ExportResult(path=out, format=fmt, rows=rows, done=counts["done"], failed=counts["failed"],
-                        pending=counts["pending"], models=keys)
+                        pending=counts["pending"], models=keys, cached_tokens=int(kinds["cached"]),
+                        cache_reported_prompt_tokens=int(kinds["reported"]), cache_write_tokens=int(kinds["write"]),
+                        prompt_cache_saved_usd=float(kinds["saved"]))

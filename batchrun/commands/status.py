@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from batchrun.analysis.stats import format_summary
+from batchrun.analysis.stats import format_prompt_cache, format_summary
 from batchrun.analysis.textfmt import kv, table, usd
 
 __all__ = ["format_status", "status_command"]
@@ -60,6 +60,9 @@ def format_compare_status(run_dir: Path, models: list[dict[str, Any]]) -> str:
 
 def format_status(status: dict[str, Any]) -> str:
     """The table `batchrun status` prints, from `rundir.run_status`."""
+    cache_line = format_prompt_cache(status.get("cached_tokens") or 0, status.get("cached_share"),
+                                     status.get("cache_write_tokens") or 0, status.get("prompt_cache_saved_usd") or 0)
+    tiers = status.get("service_tiers") or {}
     rows = [
         ("run directory", status["run_dir"]),
         ("job", status["job"]),
@@ -82,6 +85,9 @@ def format_status(status: dict[str, Any]) -> str:
          + (f" ({status['unpriced_results']} unpriced)" if status["unpriced_results"] else "")),
         *([("reused answers (all runs)", f"{status['cache_hits']:,}, {usd(status['cost_saved_usd'])} saved")]
           if status.get("cache_hits") else []),
+        *([("prompt cache (all runs)", cache_line)] if cache_line else []),
+        *([("service tiers", ", ".join(f"{k} {v:,}" for k, v in tiers.items()))]
+          if set(tiers) - {"default"} else []),
     ]
     if status["error"]:
         rows.append(("error", status["error"]))

@@ -26,6 +26,9 @@ class Section(BaseModel):
 class PromptSpec(Section):
     system: str | None = None  # system message template (optional)
     user: str  # user message template
+    # static text every user message starts with (instructions, examples): sent as written, before
+    # the rendered `user`; with prompt_cache = true a Claude model gets it marked for caching
+    shared_prefix: str | None = Field(None, min_length=1)
 
     @field_validator("system", "user")
     @classmethod
@@ -50,10 +53,15 @@ class RetrySpec(Section):
 
 
 class PricesSpec(Section):
-    """USD per million tokens; when set, these win over litellm's price list."""
+    """USD per million tokens; when set, these win over litellm's price list (at every service tier).
+    Reasoning tokens are output tokens (they are within completion_tokens)."""
 
     input_per_million: float = Field(ge=0)
     output_per_million: float = Field(ge=0)
+    # prompt tokens read from the provider's prompt cache; unset: the input price (cost_status says so)
+    cached_input_per_million: float | None = Field(None, ge=0)
+    # prompt tokens written to it (Anthropic: 1.25x or 2x the input price); unset: the input price
+    cache_write_per_million: float | None = Field(None, ge=0)
     # batch mode (mode = "batch"): the Batch API's price; when unset, half the prices above
     batch_input_per_million: float | None = Field(None, ge=0)
     batch_output_per_million: float | None = Field(None, ge=0)

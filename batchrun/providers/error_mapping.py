@@ -70,14 +70,23 @@ CODE_KINDS = {
 STATUS_KINDS = {401: "auth", 403: "permission", 404: "not_found", 408: "timeout", 429: "rate_limited"}
 
 
+def rate_limit_kind(message: str, code: object = None) -> str:
+    """"resource_unavailable" for OpenAI's flex 429 (no capacity at the flex tier right now: not a
+    rate limit, never billed; ticket_runner.py may send the request at the standard tier), else
+    "rate_limited"."""
+    text = f"{code or ''} {message}".lower()
+    return "resource_unavailable" if "resource_unavailable" in text or "resource unavailable" in text \
+        else "rate_limited"
+
+
 def error_for_status(status: int | None, message: str, *, code: object = None, error_type: str = "HTTPError",
                      retry_after: float | None = None) -> RequestError:
     """The RequestError of an HTTP error status: 429 rate_limited, 408 timeout, 409 and 5xx server_error
     (all retried); 401/403/404 and other 4xx terminal, a provider `code` naming the kind when it can.
     No status (an error with none): a retried server_error."""
     if status == 429:
-        return RateLimitedError(message, kind="rate_limited", status_code=429, retry_after=retry_after,
-                                error_type=error_type)
+        return RateLimitedError(message, kind=rate_limit_kind(message, code), status_code=429,
+                                retry_after=retry_after, error_type=error_type)
     if status is None or status in (408, 409) or status >= 500:
         return RetryableError(message, kind="timeout" if status == 408 else "server_error", status_code=status,
                               retry_after=retry_after, error_type=error_type)
@@ -106,7 +115,7 @@ def translate_error(exc: BaseException, secrets: Sequence[str] = ()) -> RequestE
     if lm is not None:
         if isinstance(exc, lm.RateLimitError):
             return RateLimitedError(
-                message, kind="rate_limited", status_code=429,
+                message, kind=rate_limit_kind(message), status_code=429,
                 retry_after=parse_retry_after(headers_of(exc)), error_type=name,
             )
         terminal_kinds = (

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import orjson
 
 from batchrun.errors import CheckpointError
-from batchrun.records import line_money
+from batchrun.records import KindTotals, line_money
 from batchrun.rundir.layout import ERRORS, RESULTS, open_no_follow
 
 
@@ -40,6 +40,7 @@ class JsonlScan:
     total_tokens: int = 0  # sum of the valid lines' usage.total_tokens
     cache_hits: int = 0  # lines with "cache_hit": true (reused answers)
     cost_saved_usd: float = 0.0  # their cost_saved_usd
+    kinds: KindTotals = field(default_factory=KindTotals)  # with totals: token kinds, prompt cache, tiers
     last_by_id: dict[str, dict[str, Any]] | None = None  # only when asked (errors file)
 
 
@@ -83,6 +84,7 @@ def scan_jsonl(path: Path, *, keep_last: bool = False, totals: bool = True) -> J
                             scan.cache_hits += money.cache_hit
                             scan.cost_saved_usd += money.cost_saved_usd
                             scan.total_tokens += money.total_tokens
+                            scan.kinds.add(money)
                         scan.lines += 1
                         scan.valid_bytes += len(raw)
                         continue

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import AbstractSet, Any, Mapping
 
 from batchrun.errors import CheckpointError, ReportError
+from batchrun.records import KindTotals
 from batchrun.rundir.layout import LEDGER, LIVE_PART_STATES
 from batchrun.rundir.manifest import read_manifest
 
@@ -148,13 +149,13 @@ def run_status(run_dir: Path) -> dict[str, Any]:
     return status_from_counts(run_dir, manifest, done=done, failed=len(failed_ids), cost_usd=cost,
                               unpriced=unpriced, total_tokens=tokens, rejected_lines=rejected,
                               cache_hits=results.cache_hits, cost_saved_usd=results.cost_saved_usd,
-                              done_ids=results.ids)
+                              done_ids=results.ids, kinds=results.kinds)
 
 
 def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int, failed: int, cost_usd: float,
                        unpriced: int, total_tokens: int, rejected_lines: int, cache_hits: int = 0,
                        cost_saved_usd: float = 0.0, live: bool | None = None,
-                       done_ids: AbstractSet[str] | None = None) -> dict[str, Any]:
+                       done_ids: AbstractSet[str] | None = None, kinds: KindTotals | None = None) -> dict[str, Any]:
     """The status JSON (`batchrun status --json`, and `batchrun serve`'s /api/runs/NAME) from a
     run directory's counts: the one definition of its keys and rounding. `live`: whether a run
     holds the lock (None: probe it here); `done_ids`: the ids with a result (None: read them,
@@ -204,6 +205,8 @@ def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int,
         "cache_hits": cache_hits,
         "cost_saved_usd": round(cost_saved_usd, 6),
         "total_tokens": total_tokens,
+        # token kinds of the results: cached share of input tokens, what prompt caching saved, tiers
+        **(kinds or KindTotals()).as_dict(),
         "started_at": manifest.get("started_at"),
         "finished_at": manifest.get("finished_at"),
         "error": manifest.get("error"),

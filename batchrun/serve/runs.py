@@ -290,7 +290,7 @@ class UnitWatch:
         return status_from_counts(self.run_dir, self.manifest, done=n.done, failed=len(n.failed), cost_usd=n.cost_usd,
                                   unpriced=n.unpriced, total_tokens=n.total_tokens,
                                   rejected_lines=self.rejected_lines, cache_hits=n.cache_hits,
-                                  cost_saved_usd=n.cost_saved_usd, live=self.held)
+                                  cost_saved_usd=n.cost_saved_usd, live=self.held, kinds=n.kinds)
 
     def signature(self) -> tuple[Any, ...]:
         """Changes whenever the run's files do: the key of the grading cache."""
