@@ -125,3 +125,12 @@ def test_an_unset_max_tokens_is_said_at_load_with_the_models_maximum(tmp_path):
     again = invoke_cli("run", str(path), "--limit", "3", "--max-cost-usd", "1", "--no-progress",
                        "--run-dir", str(tmp_path / "run2"))
     assert again.returncode == 0 and "max_tokens is not set" not in again.stderr
+
+
+def test_the_command_line_says_once_what_was_spent_reserved_and_left(tmp_path):
+    path = sample_job(tmp_path)
+    result = invoke_cli("run", str(path), "--max-cost-usd", "0.001", "--concurrency", "16", "--no-progress")
+    assert result.returncode == 5
+    assert result.stderr.count("budget reached") == 1
+    said = next(line for line in result.stderr.splitlines() if "budget reached" in line)
+    assert "spent (all runs)" in said and "reserved for requests in flight" in said and "left of max_cost_usd" in said

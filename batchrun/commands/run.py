@@ -222,6 +222,9 @@ def _print_online(job: JobSpec, result: RunResult) -> None:
     click.echo(f"run directory: {result.run_dir}  (batchrun status {result.run_dir})")
     if result.state == "interrupted":
         click.echo("Interrupted: re-run the same command to resume.", err=True)
+    elif result.state == "budget_exhausted":  # the run said when it stopped what was spent, reserved and left
+        click.echo("batchrun: budget_exhausted: stopped at max_cost_usd (see above); re-run with a larger "
+                   "budget to continue", err=True)
     elif result.error:
         click.echo(f"batchrun: {result.state}: {result.error}", err=True)
     if result.summary["failed"] and result.state != "interrupted":

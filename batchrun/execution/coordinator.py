@@ -134,8 +134,8 @@ class Coordinator:
         self.producer_scope.cancel()
         if self.run_budget is not None:  # tickets waiting for money: no new one starts now
             self.run_budget.wake()
-        if message:
-            log.warning("%s", message)
+        if message:  # said once, on stderr now; logged for -v and --log-file
+            log.info("%s", message)
             print(f"\nbatchrun: {message}", file=sys.stderr, flush=True)
 
     def fail(self, error: BatchrunError) -> None:
