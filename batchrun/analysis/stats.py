@@ -279,7 +279,7 @@ def cached_share(cached: int, reported_prompt_tokens: int) -> float | None:
 def format_prompt_cache(cached: int, share: float | None, writes: int, saved: float) -> str | None:
     """One line on prompt caching: the cached share of input tokens and what it saved; None when the
     provider said nothing about its cache."""
-    if share is None and not writes:
+    if not cached and not writes:  # nothing read or written (the JSON keeps the share, 0.0 included)
         return None
     text = (f"{share * 100:.1f}% of input tokens read from the provider's cache ({cached:,})" if share is not None
             else f"{cached:,} input tokens read from the provider's cache")

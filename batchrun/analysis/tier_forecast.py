@@ -113,8 +113,7 @@ def tier_table(entry: Any, *, to_do: int, mean_in: float, out: float, cache: Map
     """The tickets to do at each tier: {"standard", "flex", "batch"}, each {"cost_usd", "seconds",
     "time", "price_source"} or with "unavailable" saying why (module docstring)."""
     from batchrun.providers.batch_api import LiteLLMBatchAPI
-    from batchrun.providers.litellm_setup import import_litellm
-    from batchrun.providers.pricing import Pricing
+    from batchrun.providers.pricing import Pricing, has_flex_price
 
     usage, scale = ticket_usage(mean_in, out, cache)
     per = to_do / scale
@@ -123,13 +122,7 @@ def tier_table(entry: Any, *, to_do: int, mean_in: float, out: float, cache: Map
     cost, status = pricing.cost(usage, None)
     table["standard"] = {"cost_usd": None if cost is None else round(cost * per, 6), "price_source": status,
                          "seconds": round(standard_seconds, 3), "time": "as the duration above"}
-    flex_price = None
-    if entry.prices is None:
-        try:
-            flex_price = import_litellm().get_model_info(model=entry.model).get("input_cost_per_token_flex")
-        except Exception:
-            flex_price = None
-    if flex_price is None:
+    if entry.prices is not None or not has_flex_price(entry.model):
         table["flex"] = {"unavailable": ("[prices] are the job's at every tier" if entry.prices is not None
                                          else f"litellm has no flex price for {entry.model}")}
     else:

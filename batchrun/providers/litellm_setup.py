@@ -113,6 +113,8 @@ def check_service_tier(job: Any) -> None:
     tier = getattr(job, "service_tier", None)
     if tier is None:
         return
+    from batchrun.providers.pricing import flex_models, has_flex_price
+
     lm = import_litellm()
     for model in [job.model] + [entry.model for entry in job.models]:
         try:
@@ -126,13 +128,7 @@ def check_service_tier(job: Any) -> None:
                                "nothing was sent")
         if tier != "flex":
             continue
-        try:
-            info = lm.get_model_info(model=model)
-        except Exception:
-            info = {}
-        if info.get("input_cost_per_token_flex") is None:
-            from batchrun.providers.pricing import flex_models
-
+        if not has_flex_price(model):
             having = flex_models(provider)
             raise JobSpecError(
                 f"service_tier = \"flex\": litellm has no flex price for {model}, so its cost could not be known "

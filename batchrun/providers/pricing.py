@@ -11,6 +11,7 @@ saved, and the most a request may cost (the budget's bound).
       .max_output_tokens()                the model's largest answer (litellm's max_output_tokens)
     billable_tier(tier)                   the tier litellm prices: None for "default" and "auto"
     flex_models(provider)                 models litellm has a flex price for (load-time check)
+    has_flex_price(model)                 whether litellm has a flex price for `model`
 
 litellm's own response_cost (read by online.py) is the cost wherever litellm priced the
 response; it includes the cached tokens and the tier the response says it was served at
@@ -32,7 +33,7 @@ from batchrun.job.sections import PricesSpec
 from batchrun.providers.litellm_setup import import_litellm
 from batchrun.records import Usage
 
-__all__ = ["CACHED_PRICE_ASSUMED", "Pricing", "billable_tier", "flex_models"]
+__all__ = ["CACHED_PRICE_ASSUMED", "Pricing", "billable_tier", "flex_models", "has_flex_price"]
 
 #: cost_status of a [prices] cost whose cached or written tokens were priced at the input price
 CACHED_PRICE_ASSUMED = "job_prices_cached_price_assumed"
@@ -50,6 +51,15 @@ def flex_models(provider: str) -> list[str]:
     return sorted(name for name, info in lm.model_cost.items()
                   if isinstance(info, dict) and info.get("input_cost_per_token_flex") is not None
                   and info.get("litellm_provider") == provider and "/" not in name)
+
+
+def has_flex_price(model: str) -> bool:
+    """Whether litellm's price map has a flex price for `model`."""
+    try:
+        info = import_litellm().get_model_info(model=model)
+    except Exception:
+        return False
+    return info.get("input_cost_per_token_flex") is not None
 
 
 class Pricing:
