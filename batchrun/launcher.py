@@ -27,7 +27,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
@@ -35,7 +35,14 @@ import orjson
 from batchrun.errors import ConfigurationError, JobSpecError, RunMismatchError, redact_url
 from batchrun.execution.executors.process import WorkerPool
 from batchrun.execution.result import RunResult
+from batchrun.job.sections import SimRule
 from batchrun.job.spec import JobSpec
+from batchrun.records import Fields
+
+if TYPE_CHECKING:
+    from batchrun.execution.preparation import PreparedRun
+    from batchrun.providers.online import ProviderArgs
+    from batchrun.sim.config import SimConfig
 
 __all__ = ["LaunchOptions", "check_params", "endpoint_label", "launch", "provider_targets", "resolve_job",
            "run_batch", "run_online", "sim_config"]
@@ -46,7 +53,9 @@ TICKETS_FILE = "tickets.jsonl"  # where tickets= are written inside the run dire
 SIM_BATCHES_DIR = "simulator-batches"  # batch mode on the simulator: its batches outlive one process
 
 Say = Callable[[str], None]
-Target = dict[str, Any]  # LiteLLMProvider arguments of one model key
+#: What a launch takes as its job: a path to a job file, a JobSpec, or a job file's content as a dict.
+JobSource = JobSpec | Mapping[str, Any] | str | os.PathLike[str]
+_Rule = TypeVar("_Rule")  # a simulator rule (FaultRule, TicketScript, BatchFault)
 
 
 def _quiet(message: str) -> None:
@@ -79,7 +88,7 @@ class LaunchOptions:
     progress: bool = False  # a progress bar on stderr
     progress_every: float | None = None  # without a bar: seconds between plain progress lines
 
-    def job_overrides(self) -> dict[str, Any]:
+    def job_overrides(self) -> dict[str, object]:
         """The options that change the job itself (JobSpec.with_overrides)."""
         engine = self.engine
         if self.ray_address and engine is None:
@@ -92,7 +101,7 @@ class LaunchOptions:
 # -- the job ------------------------------------------------------------------------------------
 
 
-def _load(job: Any) -> tuple[JobSpec | dict[str, Any], Path | None]:
+def _load(job: JobSource) -> tuple[JobSpec | dict[str, Any], Path | None]:
     from batchrun.job.spec import load_job
 
     if isinstance(job, JobSpec):
@@ -104,7 +113,7 @@ def _load(job: Any) -> tuple[JobSpec | dict[str, Any], Path | None]:
     raise TypeError(f"job must be a path to a job file, a JobSpec or a dict, not {type(job).__name__}")
 
 
-def _validate_dict(data: dict[str, Any]) -> JobSpec:
+def _validate_dict(data: Mapping[str, object]) -> JobSpec:
     from pydantic import ValidationError
 
     from batchrun.job.spec import describe_validation_error
@@ -115,7 +124,7 @@ def _validate_dict(data: dict[str, Any]) -> JobSpec:
         raise JobSpecError(describe_validation_error(exc, "job dict")) from None
 
 
-def _write_tickets(tickets: Iterable[Mapping[str, Any]], run_dir: Path, force: bool) -> Path:
+def _write_tickets(tickets: Iterable[Fields], run_dir: Path, force: bool) -> Path:
     """Stream `tickets` into run_dir/tickets.jsonl (one line each, bounded memory). The same
     tickets again keep the file (and so resume); different ones are refused unless force."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -146,8 +155,8 @@ def _write_tickets(tickets: Iterable[Mapping[str, Any]], run_dir: Path, force: b
     return target
 
 
-def resolve_job(job: Any, options: LaunchOptions,
-                tickets: Iterable[Mapping[str, Any]] | None = None) -> tuple[JobSpec, Path | None]:
+def resolve_job(job: JobSource, options: LaunchOptions,
+                tickets: Iterable[Fields] | None = None) -> tuple[JobSpec, Path | None]:
     """The JobSpec to run and the job file's path (None for a JobSpec or a dict): `job` as loaded,
     with `options`' overrides; `tickets` (an iterable of dicts) become the run's input."""
     loaded, job_path = _load(job)
@@ -171,7 +180,7 @@ def resolve_job(job: Any, options: LaunchOptions,
 # -- what a run talks to ------------------------------------------------------------------------
 
 
-def sim_config(job: JobSpec) -> Any:
+def sim_config(job: JobSpec) -> SimConfig:
     """The simulator's settings from a job's [simulator] section, its faults and ticket scripts
     (JobSpecError names a bad one)."""
     from batchrun.sim.batch_faults import BatchFault
@@ -181,7 +190,7 @@ def sim_config(job: JobSpec) -> Any:
     spec = job.simulator
     assert spec is not None, "a job without [simulator]"
 
-    def parsed(name: str, rules: list[dict[str, Any]], parse: Callable[[dict[str, Any]], Any]) -> list[Any]:
+    def parsed(name: str, rules: list[SimRule], parse: Callable[[SimRule], _Rule]) -> list[_Rule]:
         out = []
         for index, rule in enumerate(rules):
             try:
@@ -215,20 +224,21 @@ def _key(env_name: str | None, use_sim: bool, secrets: list[str]) -> str | None:
     return key
 
 
-def provider_targets(job: JobSpec, use_sim: bool, secrets: list[str]) -> dict[str, Target]:
+def provider_targets(job: JobSpec, use_sim: bool, secrets: list[str]) -> dict[str, ProviderArgs]:
     """Provider kwargs per model key ("" for a single-model job; [[models]] names for a routed one),
     with the simulator's URL left as None to fill in; keys come from the environment now
     (and are appended to `secrets`, for redaction)."""
     from batchrun.sim.config import simulated_model
 
     entries = [(entry.name, entry) for entry in job.models] if job.routes else [("", None)]
-    targets: dict[str, Target] = {}
+    targets: dict[str, ProviderArgs] = {}
     for key, entry in entries:
         model = entry.model if entry else job.model
         api_base = (entry.api_base if entry and entry.api_base else job.api_base)
         if api_base and not use_sim:  # a key passed in the URL's query string is a secret too
             secrets.extend(value for _, value in parse_qsl(urlsplit(api_base).query) if len(value) >= 4)
         prices = entry.prices if entry and entry.prices else job.prices
+        cache = job.cache_settings()  # None when the job has no cache
         targets[key] = {
             "model": simulated_model(model) if use_sim else model,
             "api_base": None if use_sim else api_base,
@@ -237,8 +247,7 @@ def provider_targets(job: JobSpec, use_sim: bool, secrets: list[str]) -> dict[st
             "prices": prices.model_dump() if prices else None,
             "max_connections": job.max_in_flight,
             # the embedded simulator listens on a new port each run: its answers are keyed by its name
-            "cache": ({**job.cache_settings(), "endpoint": "simulator"} if use_sim and job.cache
-                      else job.cache_settings()),
+            "cache": {**cache, "endpoint": "simulator"} if use_sim and cache is not None else cache,
             # what a request costs (docs/job-file.md, "Service tiers and prompt caching")
             "service_tier": job.service_tier,
             "fallback_tier": "default" if job.service_tier == "flex" and job.flex_fallback_after else None,
@@ -271,7 +280,7 @@ def check_params(job: JobSpec) -> None:
                            f"`unchecked_params = [{names}]` at the top of the job file); nothing was sent")
 
 
-def budget_notes(providers: Mapping[str, Any]) -> list[str]:
+def budget_notes(providers: Mapping[str, object]) -> list[str]:
     """What a person should know about a budget's reservations: a model without max_tokens is
     reserved its largest answer per request in flight (docs/reliability.md, "Budget")."""
     notes = []
@@ -281,7 +290,7 @@ def budget_notes(providers: Mapping[str, Any]) -> list[str]:
             continue
         tokens, source = limit()
         if source != "max_tokens":
-            where = (f"{provider.model}'s largest answer in litellm's map" if source == "model"
+            where = (f"{getattr(provider, 'model', 'the model')}'s largest answer in litellm's map" if source == "model"
                      else "an assumed largest answer (litellm does not know the model's)")
             notes.append(f"max_cost_usd: [params] max_tokens is not set, so each request in flight reserves "
                          f"{where}, {tokens:,} output tokens: set max_tokens (the most an answer needs) to let "
@@ -289,7 +298,7 @@ def budget_notes(providers: Mapping[str, Any]) -> list[str]:
     return notes
 
 
-def endpoint_label(targets: Mapping[str, Target], use_sim: bool) -> str:
+def endpoint_label(targets: Mapping[str, ProviderArgs], use_sim: bool) -> str:
     """"simulator", or the redacted api_base(s), or "provider default"."""
     if use_sim:
         return "simulator"
@@ -310,7 +319,7 @@ def _totals(run_dir: Path, asked: int, input_tickets: int) -> dict[str, int]:
             "remaining": max(input_tickets - done - failed, 0)}
 
 
-def _nothing_to_do(prep: Any) -> RunResult:
+def _nothing_to_do(prep: PreparedRun) -> RunResult:
     from batchrun.analysis.stats import RunStats
 
     stats = RunStats(tickets_total=prep.tickets_total, already_done=prep.already_done,
@@ -322,7 +331,7 @@ def _nothing_to_do(prep: Any) -> RunResult:
 # -- one run ----------------------------------------------------------------------------------
 
 
-async def run_online(job: JobSpec, job_path: Path | None, targets: dict[str, Target], sim_url: str | None,
+async def run_online(job: JobSpec, job_path: Path | None, targets: dict[str, ProviderArgs], sim_url: str | None,
                      options: LaunchOptions, *, say: Say = _quiet, before_execute: Callable[[], None] | None = None,
                      worker_pool: WorkerPool | None = None) -> RunResult:
     """Prepare and execute one online run of a single-model (or routed) job; `say` gets the lines a
@@ -349,7 +358,8 @@ async def run_online(job: JobSpec, job_path: Path | None, targets: dict[str, Tar
             on_ray = job.engine == "ray"
             # Ray: `workers` actors, 0 = one per CPU the cluster offers (known once it is joined)
             workers = (job.workers if isinstance(job.workers, int) else 0) if on_ray else job.worker_count(prep.to_do)
-            provider_kwargs = {key: {**kwargs, "api_base": sim_url if use_sim else kwargs["api_base"]}
+            provider_kwargs: dict[str, ProviderArgs] = {
+                key: {**kwargs, "api_base": sim_url if use_sim else kwargs["api_base"]}
                                for key, kwargs in targets.items()}
             providers = None
             if coordinator_needs_provider(job, workers, prep.max_cost_usd):
@@ -378,7 +388,7 @@ async def run_online(job: JobSpec, job_path: Path | None, targets: dict[str, Tar
         prep.release()
 
 
-async def run_batch(job: JobSpec, job_path: Path | None, targets: dict[str, Target], sim_url: str | None,
+async def run_batch(job: JobSpec, job_path: Path | None, targets: dict[str, ProviderArgs], sim_url: str | None,
                     time_scale: float, options: LaunchOptions, *, say: Say = _quiet) -> RunResult:
     """Prepare and execute one batch-mode run (docs/batch.md): one LiteLLMBatchAPI per model key
     (refused where litellm has no batch creation), then batch/run.execute_batch_run. With

@@ -103,14 +103,21 @@ is over max_cost_usd.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Mapping, TypedDict
 
+from batchrun.analysis.documents import BatchPrice, BudgetScope, Plan, PlanRow, StoredJSON
 from batchrun.analysis.textfmt import kv, usd
+
+if TYPE_CHECKING:
+    from batchrun.job.sections import PricesSpec
+    from batchrun.job.spec import JobSpec
+    from batchrun.records import KindTotals, Ticket
 
 DEFAULT_SAMPLE = 1000  # tickets whose tokens are counted exactly
 DEFAULT_ASSUMED_LATENCY_MS = 1000.0  # without finished results to measure
@@ -127,9 +134,9 @@ class ModelEntry:
 
     key: str  # the [[models]] name; the job name for a single-model job
     model: str  # the litellm model string
-    job: Any  # the JobSpec that renders its prompts (a compare job's per-model job)
-    params: Mapping[str, Any]
-    prices: Any  # spec.PricesSpec or None
+    job: JobSpec  # renders its prompts (a compare job's per-model job)
+    params: Mapping[str, object]  # the litellm params of its requests
+    prices: PricesSpec | None
     max_in_flight: int  # concurrency ("auto": max_concurrency)
     concurrency: int | str  # as the job says it
     rpm: int | None
@@ -138,46 +145,59 @@ class ModelEntry:
     route: str | None = None  # routed jobs: only the tickets the rules send to this [[models]] name
 
 
-def plan_mode(job: Any) -> str:
+def plan_mode(job: JobSpec) -> str:
     """"single", "compare" ([[models]] without [[routes]]) or "route"."""
     if not getattr(job, "models", None):
         return "single"
     return "route" if getattr(job, "routes", None) else "compare"
 
 
-def _entry(key: str, job: Any, **changes: Any) -> ModelEntry:
-    fields: dict[str, Any] = dict(
+def _entry(key: str, job: JobSpec) -> ModelEntry:
+    return ModelEntry(
         key=key, model=job.model, job=job, params=dict(job.params), prices=job.prices,
         max_in_flight=job.max_in_flight, concurrency=job.concurrency, rpm=getattr(job, "rpm", None),
         tpm=getattr(job, "tpm", None), run_dir=Path(job.resolved_run_dir()))
-    fields.update(changes)
-    return ModelEntry(**fields)
 
 
-def model_entries(job: Any) -> list[ModelEntry]:
+def model_entries(job: JobSpec) -> list[ModelEntry]:
     """The models of a job, one entry each (see MODELS in the module docstring)."""
     mode = plan_mode(job)
     if mode == "compare":
         return [_entry(spec.name, job.for_model(spec)) for spec in job.models]
     if mode == "route":
-        return [_entry(spec.name, job, model=spec.model, params={**job.params, **spec.params},
-                       prices=spec.prices or job.prices, route=spec.name) for spec in job.models]
+        return [dataclasses.replace(_entry(spec.name, job), model=spec.model, params={**job.params, **spec.params},
+                                    prices=spec.prices or job.prices, route=spec.name) for spec in job.models]
     return [_entry(job.name, job)]
 
 
-def _max_tokens(params: Mapping[str, Any]) -> int | None:
+def _max_tokens(params: Mapping[str, object]) -> int | None:
     value = params.get("max_tokens") or params.get("max_completion_tokens")
     return int(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
-def _finished(run_dir: Path, model_key: str | None = None) -> dict[str, Any]:
+class _Finished(TypedDict):
+    """What the run directory's finished results say (`_finished`)."""
+
+    results: int
+    avg_completion_tokens: float | None
+    with_usage: int
+    avg_prompt_tokens: float | None
+    median_latency_ms: float | None
+    median_flex_latency_ms: float | None  # of the results served at the flex tier
+    cache: KindTotals  # the pilot: what the finished results say the provider's cache served
+    spent_usd: float
+    priced_results: int
+    avg_result_cost_usd: float | None
+    manifest: StoredJSON
+
+
+def _finished(run_dir: Path, model_key: str | None = None) -> _Finished:
     """Average completion tokens and median latency of the finished results, if any
     (with `model_key`: only the lines that model answered)."""
     from batchrun.rundir.layout import ERRORS, RESULTS
     from batchrun.rundir.lines import iter_lines, scan_jsonl
-    from batchrun.rundir.manifest import read_manifest
-
     from batchrun.records import KindTotals, line_money
+    from batchrun.rundir.manifest import read_manifest
 
     completions: list[int] = []
     prompts: list[int] = []
@@ -235,7 +255,7 @@ def _prices(entry: ModelEntry, mean_in: float, mean_out: float) -> tuple[float |
     return float(in_cost) / p_in, float(out_cost) / p_out, "litellm"
 
 
-def _count_tokens(entry: ModelEntry, job: Any, tickets: list[Any], simulated: bool = False) -> list[int]:
+def _count_tokens(entry: ModelEntry, job: JobSpec, tickets: list[Ticket], simulated: bool = False) -> list[int]:
     """Prompt tokens per ticket: as the model's tokenizer counts them (litellm.token_counter), or,
     for a simulated run, as the simulator counts them (what that run records and is priced on)."""
     from batchrun.job.templates import render_messages
@@ -255,7 +275,7 @@ def _count_tokens(entry: ModelEntry, job: Any, tickets: list[Any], simulated: bo
     return [estimate_tokens(entry.model, render_messages(job, ticket), tools) for ticket in tickets]
 
 
-def _simulated_output_tokens(job: Any, model: str, tickets: list[Any], max_tokens: int | None) -> float | None:
+def _simulated_output_tokens(job: JobSpec, model: str, tickets: list[Ticket], max_tokens: int | None) -> float | None:
     """Mean completion tokens of the simulator's answers to `tickets` (its answers are a pure
     function of the messages, the seed and the model's noise), cut at max_tokens; None for a job
     whose answers are JSON or tool calls (the plan keeps max_tokens as the bound then)."""
@@ -276,7 +296,7 @@ def _simulated_output_tokens(job: Any, model: str, tickets: list[Any], max_token
 
 
 def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, sample: int,
-                assume_latency_ms: float, simulated: bool = False) -> dict[str, Any]:
+                assume_latency_ms: float, simulated: bool = False) -> PlanRow:
     from batchrun.errors import TicketError
     from batchrun.job.tickets import read_tickets, scan_input
     from batchrun.rundir.lines import load_done_ids, load_failed_ids
@@ -298,7 +318,7 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
     # One pass over the tickets to do: a seeded reservoir sample, the retries of failed ones,
     # and for a routed job the tickets its rules send to this model.
     rng = random.Random(SAMPLE_SEED)
-    reservoir: list[Any] = []
+    reservoir: list[Ticket] = []
     seen = retried = 0
     for ticket in read_tickets(job.input, job.id_field, skip_lines=scan.bad_lines,
                                max_line_bytes=job.max_line_bytes, only_lines=scan.dispatch,
@@ -340,17 +360,18 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
     output_tokens = per_ticket_out * to_do
 
     in_rate, out_rate, price_source = _prices(entry, mean_in, per_ticket_out)
+    per_result_usd = finished["avg_result_cost_usd"]
     cost = ceiling = None
-    if price_source is not None:
+    if in_rate is not None and out_rate is not None:  # priced: _prices named a source
         cost = input_tokens * in_rate + output_tokens * out_rate
         if max_tokens is not None:
             ceiling = input_tokens * in_rate + max_tokens * to_do * out_rate
-    elif finished["avg_result_cost_usd"] is not None and entry.route is None:
+    elif per_result_usd is not None and entry.route is None:
         # litellm has no price (an alias a proxy serves, say) but the endpoint priced what it answered
         price_source = "finished"
-        cost = finished["avg_result_cost_usd"] * to_do
+        cost = per_result_usd * to_do
 
-    batch = None
+    batch: BatchPrice | None = None
     if job.mode == "batch":  # the Batch API's price next to the online one (docs/batch.md)
         from batchrun.providers.batch_api import LiteLLMBatchAPI
 
@@ -382,7 +403,7 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
     from batchrun.analysis.tier_forecast import forecast_cache, tier_table
 
     cache = forecast_cache(job, entry.model, to_do=to_do, concurrency=entry.max_in_flight, mean_in=mean_in,
-                           finished=finished, simulated=simulated)
+                           pilot=finished["cache"], simulated=simulated)
     tier = getattr(job, "service_tier", None)
     if price_source in ("job", "litellm") and job.mode != "batch" and to_do and (
             cache["cached_per_ticket"] or cache["writes_per_ticket"] or tier in ("flex", "priority")):
@@ -436,7 +457,7 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
                           "source": out_source, "finished_results": finished["with_usage"],
                           "max_tokens": max_tokens},
         "price": {"source": price_source, "label": PRICE_SOURCES[price_source],
-                  "per_ticket_usd": (round(finished["avg_result_cost_usd"], 9) if price_source == "finished"
+                  "per_ticket_usd": (round(per_result_usd, 9) if price_source == "finished" and per_result_usd is not None
                                      else None),
                   "priced_results": finished["priced_results"] if price_source == "finished" else None,
                   "input_per_million_usd": None if in_rate is None else round(in_rate * 1e6, 6),
@@ -462,9 +483,9 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
     }
 
 
-def make_plan(job: Any, *, job_path: Path | None = None, limit: int | None = None, skip_failed: bool = False,
+def make_plan(job: JobSpec, *, job_path: Path | None = None, limit: int | None = None, skip_failed: bool = False,
               max_cost_usd: float | None = None, sample: int | None = None,
-              assume_latency_ms: float = DEFAULT_ASSUMED_LATENCY_MS, live: bool = False) -> dict[str, Any]:
+              assume_latency_ms: float = DEFAULT_ASSUMED_LATENCY_MS, live: bool = False) -> Plan:
     """The plan as a JSON-ready dict (see the module docstring); raises BatchrunError subclasses.
     A job with a [simulator] section is planned as the simulated run `batchrun run` would make,
     unless `live` (then as the live run `batchrun run --live` would make)."""
@@ -481,7 +502,7 @@ def make_plan(job: Any, *, job_path: Path | None = None, limit: int | None = Non
 
     # Budget scopes: what one run directory spends. A compare job has one per model.
     groups = [[row] for row in rows] if mode == "compare" else [rows]
-    scopes = []
+    scopes: list[BudgetScope] = []
     for group in groups:
         unpriced = [r["model"] for r in group if r["cost_usd"] is None and r["tickets"]["to_do"]]
         expected = sum(r["cost_usd"] or 0.0 for r in group)
@@ -549,7 +570,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:,.1f} h"
 
 
-def _format_row(r: Mapping[str, Any], single: bool = True) -> list[str]:
+def _format_row(r: PlanRow, single: bool = True) -> list[str]:
     t = r["tickets"]
     counts = (f"{t['selected']:,} (the first {t['limit']:,} of {t['input']:,}: --limit)" if t["limit"] is not None
               else f"{t['input']:,} in input") + f": {t['already_done']:,} already done"
@@ -602,7 +623,7 @@ def _format_row(r: Mapping[str, Any], single: bool = True) -> list[str]:
                  "file would say per token)")
     else:
         price = (f"{_per_million(p['input_per_million_usd'])} in / {_per_million(p['output_per_million_usd'])} "
-                 f"out per million tokens" + (" at the standard tier" if r.get("service_tier") else "")
+                 f"out per million tokens" + (" at the standard tier" if r["service_tier"] else "")
                  + f"; source: {p['label']}")
     if r["cost_usd"] is None:
         cost = "unknown (unpriced model)"
@@ -625,26 +646,28 @@ def _format_row(r: Mapping[str, Any], single: bool = True) -> list[str]:
         others = "; ".join(f"{k} bound {_duration(v)}" for k, v in d["bounds_s"].items() if k != d["bound"])
         duration = (f"~{_duration(d['seconds'])}, set by the {d['bound']} bound: {conc}, {lat}; {limits}"
                     + (f" ({others})" if others else ""))
-    ct = r.get("cached_tokens") or {}
-    if t["to_do"] and (ct.get("total") or ct.get("writes") or ct.get("source") == "finished"):
-        cached_text = f"~{ct['total']:,} ({(ct.get('share') or 0) * 100:.1f}% of input"
-        cached_text += (f"; {ct['writes']:,} written to the cache" if ct.get("writes") else "") + f": {ct['note']})"
+    ct = r["cached_tokens"]
+    if t["to_do"] and (ct["total"] or ct["writes"] or ct["source"] == "finished"):
+        cached_text = f"~{ct['total']:,} ({(ct['share'] or 0) * 100:.1f}% of input"
+        cached_text += (f"; {ct['writes']:,} written to the cache" if ct["writes"] else "") + f": {ct['note']})"
     else:
-        cached_text = ct.get("note") or "none"
+        cached_text = ct["note"] or "none"
     rows = [("tickets", counts), ("input tokens", in_text), ("cached input tokens", cached_text),
             ("output tokens", out_text), ("price", price),
-            ("expected cost", cost + (f" (service_tier {r['service_tier']})" if r.get("service_tier") else ""))]
-    if r.get("tiers"):
+            ("expected cost", cost + (f" (service_tier {r['service_tier']})" if r["service_tier"] else ""))]
+    tiers = r["tiers"]
+    if tiers:
         rows.append(("by tier", "the same tickets, cached tokens at each tier's cached price:"))
         for name in ("standard", "flex", "batch"):
-            each = r["tiers"][name]
+            each = tiers[name]
             if "unavailable" in each:
                 rows.append((f"  {name}", f"- ({each['unavailable']})"))
             else:
-                rows.append((f"  {name}", f"{usd(each['cost_usd']) if each['cost_usd'] is not None else 'unpriced':>12}"
-                             f"   ~{_duration(each['seconds'])} ({each['time']})"))
-    if r.get("batch"):
-        b = r["batch"]
+                amount = each.get("cost_usd")
+                rows.append((f"  {name}", f"{usd(amount) if amount is not None else 'unpriced':>12}"
+                             f"   ~{_duration(each.get('seconds', 0.0))} ({each.get('time', '')})"))
+    b = r.get("batch")
+    if b:
         rows[3] = ("price", price + " (online)")
         rows.append(("batch mode", f"{_per_million(b['input_per_million_usd'])} in / "
                      f"{_per_million(b['output_per_million_usd'])} out per million tokens "
@@ -656,7 +679,7 @@ def _format_row(r: Mapping[str, Any], single: bool = True) -> list[str]:
     rows.append(("duration", duration + (" (if it had the job's slots to itself)" if r["route"] is not None
                                          and t["to_do"] else "")
                  + (f" (at the standard tier's latency; {r['service_tier']}: see by tier)"
-                    if r.get("service_tier") == "flex" and r.get("tiers") else "")))
+                    if r["service_tier"] == "flex" and r["tiers"] else "")))
     name = f"model {r['model']}" if single else f"model {r['key']}: {r['model']}"
     lines = [f"{name}  (run directory {r['run_dir']})"]
     lines += kv(rows, indent="  ")
@@ -664,7 +687,7 @@ def _format_row(r: Mapping[str, Any], single: bool = True) -> list[str]:
     return lines
 
 
-def format_plan(plan: Mapping[str, Any]) -> str:
+def format_plan(plan: Plan) -> str:
     head = f"batchrun plan: {plan['job']}" + (f" ({plan['job_path']})" if plan["job_path"] else "")
     head += ": no request sent"
     lines = [head, "-" * len(head)]

@@ -22,9 +22,23 @@ token are not rounded away.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, TypedDict
 
+from batchrun.analysis.documents import TierForecast
 from batchrun.records import Usage
+
+if TYPE_CHECKING:
+    from batchrun.records import KindTotals
+
+
+class CacheForecast(TypedDict):
+    """forecast_cache's answer: tokens per ticket read from and written to the provider's cache."""
+
+    cached_per_ticket: float
+    writes_per_ticket: float
+    source: str  # "finished" (a pilot) or "prefix" (the job's static prefix)
+    prefix_tokens: int | None
+    note: str
 
 __all__ = ["FLEX_SLOWDOWN", "forecast_cache", "tier_table"]
 
@@ -59,9 +73,9 @@ def static_prefix_tokens(job: Any, model: str, simulated: bool) -> int:
 
 
 def forecast_cache(job: Any, model: str, *, to_do: int, concurrency: int, mean_in: float,
-                   finished: Mapping[str, Any], simulated: bool) -> dict[str, Any]:
-    """{"cached_per_ticket", "writes_per_ticket", "source", "prefix_tokens", "note"} (module docstring)."""
-    pilot = finished.get("cache")
+                   pilot: KindTotals | None, simulated: bool) -> CacheForecast:
+    """Tokens per ticket the provider's cache will serve and take (module docstring); `pilot`: what
+    the run directory's finished results say the cache served."""
     if pilot is not None and pilot.cached_share is not None and (pilot.cached_tokens or pilot.cache_write_tokens):
         reported = max(pilot.cache_reported_prompt_tokens, 1)
         return {"cached_per_ticket": mean_in * pilot.cached_tokens / reported,
@@ -95,7 +109,7 @@ def forecast_cache(job: Any, model: str, *, to_do: int, concurrency: int, mean_i
 SCALE = 100  # requests' worth of tokens priced at once (module docstring)
 
 
-def ticket_usage(mean_in: float, out: float, cache: Mapping[str, Any]) -> tuple[Usage, int]:
+def ticket_usage(mean_in: float, out: float, cache: CacheForecast) -> tuple[Usage, int]:
     """(the usage of `scale` mean requests, scale): price it, then divide by scale."""
     scale = SCALE if mean_in * SCALE <= 100_000 else 1
     prompt = max(1, round(mean_in * scale))
@@ -107,9 +121,9 @@ def ticket_usage(mean_in: float, out: float, cache: Mapping[str, Any]) -> tuple[
     return usage, scale
 
 
-def tier_table(entry: Any, *, to_do: int, mean_in: float, out: float, cache: Mapping[str, Any],
+def tier_table(entry: Any, *, to_do: int, mean_in: float, out: float, cache: CacheForecast,
                standard_seconds: float, latency_ms: float, latency_source: str, flex_latency_ms: float | None,
-               batch_window_s: float | None) -> dict[str, Any]:
+               batch_window_s: float | None) -> dict[str, TierForecast]:
     """The tickets to do at each tier: {"standard", "flex", "batch"}, each {"cost_usd", "seconds",
     "time", "price_source"} or with "unavailable" saying why (module docstring)."""
     from batchrun.providers.batch_api import LiteLLMBatchAPI
@@ -118,7 +132,7 @@ def tier_table(entry: Any, *, to_do: int, mean_in: float, out: float, cache: Map
     usage, scale = ticket_usage(mean_in, out, cache)
     per = to_do / scale
     pricing = Pricing(entry.model, entry.prices)
-    table: dict[str, Any] = {}
+    table: dict[str, TierForecast] = {}
     cost, status = pricing.cost(usage, None)
     table["standard"] = {"cost_usd": None if cost is None else round(cost * per, 6), "price_source": status,
                          "seconds": round(standard_seconds, 3), "time": "as the duration above"}

@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from typing import Any
 
+from batchrun.sim.jsontypes import Messages
 from batchrun.sim.tokens import TOKENS_PER_MESSAGE, TOKENS_PER_REQUEST, count_tokens, message_content_text, split_tokens
 
 #: The tiers a response names ("auto", unset or unknown: "default").
@@ -92,7 +94,7 @@ def is_reasoning_model(model: str) -> bool:
     return bool(_REASONING_NAME.search(_bare(model)))
 
 
-def reasoning_tokens(model: str, messages: list[dict], seed: int) -> int:
+def reasoning_tokens(model: str, messages: Messages, seed: int) -> int:
     """Reasoning tokens the simulated model spends on these messages (0 for other models)."""
     if not is_reasoning_model(model):
         return 0
@@ -100,7 +102,7 @@ def reasoning_tokens(model: str, messages: list[dict], seed: int) -> int:
     return REASONING_MIN + int(draw(b"reasoning", str(seed).encode(), text.encode()) * REASONING_SPREAD)
 
 
-def _prompt_pieces(messages: list[dict], extra_text: str) -> list[str]:
+def _prompt_pieces(messages: Messages, extra_text: str) -> list[str]:
     """The prompt as token pieces, in order: the tools and schema, then each message (its overhead,
     its content, its name), then the request's own overhead. Exactly count_prompt_tokens + extra."""
     pieces = split_tokens(extra_text) if extra_text else []
@@ -114,7 +116,7 @@ def _prompt_pieces(messages: list[dict], extra_text: str) -> list[str]:
     return pieces + ["<|assistant|>", "<|sep|>", "<|sep|>"][:TOKENS_PER_REQUEST]
 
 
-def _marked_prefix(messages: list[dict], extra_text: str) -> tuple[int, bytes] | None:
+def _marked_prefix(messages: Messages, extra_text: str) -> tuple[int, bytes] | None:
     """(tokens, key) of the prompt up to the last content block marked with cache_control, or None."""
     last = None
     for i, message in enumerate(messages):
@@ -127,7 +129,9 @@ def _marked_prefix(messages: list[dict], extra_text: str) -> tuple[int, bytes] |
         return None
     i, j = last
     kept = [dict(m) for m in messages[:i + 1]]
-    kept[i]["content"] = messages[i]["content"][:j + 1]
+    content = messages[i]["content"]
+    assert isinstance(content, list)
+    kept[i]["content"] = content[:j + 1]
     tokens = count_tokens(extra_text) if extra_text else 0
     for message in kept:
         tokens += TOKENS_PER_MESSAGE + count_tokens(message_content_text(message.get("content")))
@@ -143,7 +147,7 @@ class PromptCache:
         self._openai: set[bytes] = set()  # hashes of cached prefixes (model, key, tokens)
         self._anthropic: set[bytes] = set()
 
-    def lookup(self, model: str, messages: list[dict], extra_text: str, prompt_tokens: int,
+    def lookup(self, model: str, messages: Messages, extra_text: str, prompt_tokens: int,
                cache_key: str | None) -> tuple[int, int]:
         """(cached tokens read, tokens written) for a prompt of `prompt_tokens` tokens; the prompt is
         cached from now on. An Anthropic model caches only what was marked."""
@@ -182,10 +186,9 @@ class Invoice:
         self.models: dict[str, dict[str, dict[str, int]]] = {}  # model -> tier -> kind -> tokens
         self.tickets: dict[str, dict[str, dict[str, int]]] = {}  # ticket -> tier -> kind -> tokens
 
-    def bill(self, model: str, tier: str | None, ticket_id: str | None, usage: dict[str, Any]) -> None:
+    def bill(self, model: str, tier: str | None, ticket_id: str | None, usage: Mapping[str, Any]) -> None:
         """Bill one delivered answer with its usage (OpenAI's shape, the simulator's extra keys)."""
-        details = usage.get("prompt_tokens_details") or {}
-        cached = int(details.get("cached_tokens") or 0)
+        cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
         written = int(usage.get("cache_creation_input_tokens") or 0)
         reasoning = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
         amounts = {"requests": 1, "input_tokens": int(usage["prompt_tokens"]) - cached - written,

@@ -14,17 +14,21 @@ import random
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Any
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 import orjson
 from aiohttp import web
 
 from batchrun.sim.billing import Invoice
 from batchrun.sim.faults import TRICKLE_PIECE_BYTES, FaultRule
+from batchrun.sim.jsontypes import Message
 from batchrun.sim.limits import Verdict, format_duration
+
+if TYPE_CHECKING:
+    from batchrun.sim.structured import ResponseFormat, ToolChoice, ToolSpec
 
 #: Largest accepted request body, in bytes.
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
@@ -46,6 +50,33 @@ HTML_502 = b"""<html>
 </body>
 </html>
 """
+
+
+class StatsSnapshot(TypedDict):
+    """The body of ``GET /sim/stats`` (and of ``POST /sim/reset``)."""
+
+    total_requests: int
+    requests_by_ticket: dict[str, int]
+    attempts_by_ticket: dict[str, int]
+    in_flight: int
+    peak_in_flight: int
+    responses_by_status: dict[str, int]
+    faults_by_kind: dict[str, int]
+    rate_limited: int
+    flex_unavailable: int
+    invoice: dict[str, dict[str, dict[str, dict[str, int]]]]  # billing.Invoice.snapshot()
+
+
+class Usage(TypedDict):
+    """The ``usage`` object of a completion (billing.py: the prompt cache's and reasoning's counts)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: NotRequired[dict[str, int]]
+    completion_tokens_details: NotRequired[dict[str, int]]
+    cache_read_input_tokens: NotRequired[int]
+    cache_creation_input_tokens: NotRequired[int]
 
 
 class SimStats:
@@ -107,7 +138,7 @@ class SimStats:
         self.flex_unavailable = 0
         self.invoice = Invoice()
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> StatsSnapshot:
         """The counters as a JSON-ready dict."""
         return {
             "total_requests": self.total_requests,
@@ -127,7 +158,7 @@ class SimStats:
 class ParsedChatRequest:
     """The parts of a chat completion request the simulator uses."""
 
-    messages: list[dict]
+    messages: list[Message]
     model: str
     max_tokens: int | None
     stream: bool
@@ -135,17 +166,17 @@ class ParsedChatRequest:
     ticket_id: str | None
     attempt: int
     body: bytes
-    # A `batchrun.sim.structured.ResponseFormat` for JSON answers, else None.
-    response_format: Any = None
-    # The offered tools (`batchrun.sim.structured.ToolSpec`) and the checked tool_choice.
-    tools: tuple = ()
-    tool_choice: Any = None
+    # The JSON response format asked for, else None (text).
+    response_format: ResponseFormat | None = None
+    # The offered tools and the checked tool_choice.
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice = None
     # Prompt tokens beyond the messages: the tools and JSON schema definitions ...
     extra_prompt_tokens: int = 0
     # ... and their text (what a prompt cache sees first).
     extra_prompt_text: str = ""
     # The request's "service_tier" and "prompt_cache_key", as sent (None when absent).
-    service_tier: Any = None
+    service_tier: object = None
     prompt_cache_key: str | None = None
 
 
@@ -156,7 +187,7 @@ class Answer:
     # Tokens of the content, or of the tool call's arguments.
     tokens: list[str]
     finish_reason: str
-    usage: dict
+    usage: Usage
     # For a tool call: the function name and the call id (else None).
     tool_name: str | None = None
     tool_call_id: str | None = None
@@ -314,7 +345,7 @@ class DroppedResponse(web.Response):
 
 
 async def send_trickle(
-    sleep: Callable[[float], Any],
+    sleep: Callable[[float], Awaitable[object]],
     request: web.Request,
     body: bytes,
     content_type: str,

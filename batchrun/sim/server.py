@@ -218,8 +218,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -240,6 +239,7 @@ from batchrun.sim.faults import (
     FaultRule,
     body_digest,
 )
+from batchrun.sim.jsontypes import JSONObject
 from batchrun.sim.limits import RateLimiter, overload_delay_ms
 from batchrun.sim.replies import (
     CANCELLED_STATUS,
@@ -250,6 +250,7 @@ from batchrun.sim.replies import (
     InvalidRequest,
     ParsedChatRequest,
     SimStats,
+    Usage,
     abort_connection,
     chunk_token_counts,
     error_response,
@@ -282,7 +283,7 @@ class ChatSimulator:
         self.limiter = RateLimiter(config.rpm, config.tpm) if (config.rpm is not None or config.tpm is not None) else None
         self.prompt_cache = PromptCache()  # what repeated prompts find cached (billing.py)
         #: Every simulated delay goes through this coroutine function (tests may replace it).
-        self.sleep: Callable[[float], Any] = asyncio.sleep
+        self.sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
         # Response ids are unique per instance: a random prefix and a counter.
         self._id_prefix = "chatcmpl-sim" + os.urandom(4).hex()
         self._next_id = 0
@@ -453,7 +454,7 @@ class ChatSimulator:
         return chat
 
     @staticmethod
-    def _parse_structured(chat: ParsedChatRequest, response_format: Any, tools: Any, tool_choice: Any) -> None:
+    def _parse_structured(chat: ParsedChatRequest, response_format: object, tools: object, tool_choice: object) -> None:
         """Fill the structured-output and tool fields of ``chat`` (400 on malformed ones)."""
         from batchrun.sim import structured
 
@@ -508,15 +509,14 @@ class ChatSimulator:
             answer.tool_call_id = structured.tool_call_id(tool, text, chat.messages, seed)
         return answer
 
-    def _usage(self, chat: ParsedChatRequest, completion: int, reasoning: int, cache: bool) -> dict[str, Any]:
+    def _usage(self, chat: ParsedChatRequest, completion: int, reasoning: int, cache: bool) -> Usage:
         """OpenAI's usage object: prompt tokens (scaled by prompt_token_scale) with what the prompt
         cache read (prompt_tokens_details.cached_tokens; an Anthropic model also says
         cache_read_input_tokens and cache_creation_input_tokens), reasoning tokens when any."""
         raw = count_prompt_tokens(chat.messages) + chat.extra_prompt_tokens
         scale = self.config.prompt_token_scale
         prompt = raw if scale == 1.0 else math.ceil(raw * scale)
-        usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
-                                 "total_tokens": prompt + completion}
+        usage: Usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         read = written = 0
         if cache:
             read, written = self.prompt_cache.lookup(chat.model, chat.messages, chat.extra_prompt_text, raw,
@@ -588,11 +588,11 @@ class ChatSimulator:
         """Put a delivered answer on the invoice (billing.py)."""
         self.stats.invoice.bill(chat.model, answer.service_tier, chat.ticket_id, answer.usage)
 
-    def completion_payload(self, chat: ParsedChatRequest, answer: Answer) -> dict[str, Any]:
+    def completion_payload(self, chat: ParsedChatRequest, answer: Answer) -> JSONObject:
         """The ``chat.completion`` object of an answer (also the body of a batch output line)."""
         text = "".join(answer.tokens)
         if answer.tool_name is None:
-            message: dict[str, Any] = {"role": "assistant", "content": text}
+            message: JSONObject = {"role": "assistant", "content": text}
         else:
             message = {
                 "role": "assistant",
@@ -611,7 +611,7 @@ class ChatSimulator:
             **({"service_tier": answer.service_tier} if answer.service_tier is not None else {}),
         }
 
-    def answer_batch_line(self, body: bytes, custom_id: str) -> tuple[int, dict[str, Any]]:
+    def answer_batch_line(self, body: bytes, custom_id: str) -> tuple[int, JSONObject]:
         """(status, body) for one line of a batch: the answer its chat request gets, without delay or faults."""
         try:
             chat = self._parse_chat_request(body, custom_id, 1)
@@ -635,7 +635,7 @@ class ChatSimulator:
         tokens = answer.tokens
         tier = {"service_tier": answer.service_tier} if answer.service_tier is not None else {}
 
-        def event(delta: dict, finish: str | None) -> bytes:
+        def event(delta: JSONObject, finish: str | None) -> bytes:
             chunk = {
                 "id": completion_id,
                 "object": "chat.completion.chunk",
@@ -659,6 +659,7 @@ class ChatSimulator:
         for size in chunk_token_counts(len(tokens), rng):
             piece = "".join(tokens[position : position + size])
             position += size
+            delta: JSONObject
             if tool_name is None:
                 delta = {"content": piece}
             else:
@@ -699,7 +700,7 @@ class ChatSimulator:
         kind = fault.kind if fault is not None else None
         include_usage = chat.include_usage and kind not in NO_USAGE_KINDS
         events, content_events = self._stream_events(chat, answer, per_token_s, include_usage)
-        if kind == "trickle":
+        if kind == "trickle" and fault is not None:
             self.bill(chat, answer)
             body = b"".join(data for _, data in events)
             return await send_trickle(self.sleep, request, body, "text/event-stream", headers, fault.trickle_seconds, sized=False)
