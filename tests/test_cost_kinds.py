@@ -181,16 +181,22 @@ def test_claude_prompt_cache_marks_the_system_prompt_and_the_shared_prefix(tmp_p
     assert saved == pytest.approx(expected, rel=1e-6) and saved > 0
 
 
-def test_openai_prompt_cache_key_is_sent_and_derived_from_the_job(tmp_path, monkeypatch):
-    from batchrun.providers.online import LiteLLMProvider
+def test_the_providers_a_run_builds_get_the_tier_the_cache_settings_and_the_price_model(tmp_path):
+    from batchrun.providers.online import build_providers
 
-    path = job_file(tmp_path, 3, model="openai/gpt-4o-mini", top="prompt_cache = true\n")
+    path = job_file(tmp_path, 3, model="openai/gpt-5-mini", top='prompt_cache = true\nservice_tier = "flex"\n')
     job = load_job(path)
     targets = launcher.provider_targets(job, True, [])
     assert targets[""]["prompt_cache_key"] == job.prompt_cache_key()
     assert job.prompt_cache_key() != job.with_overrides(prompt={"user": "{subject}"}).prompt_cache_key()
-    provider = LiteLLMProvider(**{**targets[""], "prices": None})
+    provider = build_providers(targets)[""]  # as the run (in this process) builds it
     assert provider.prompt_cache_key == job.prompt_cache_key() and not provider.marks_cache
+    assert (provider.service_tier, provider.fallback_tier) == ("flex", "default")
+    assert provider.pricing.price_model == "openai/gpt-5-mini"
+    claude = load_job(job_file(tmp_path / "claude", 3, model="anthropic/claude-haiku-4-5", top="prompt_cache = true\n"))
+    provider = build_providers(launcher.provider_targets(claude, True, []))[""]
+    assert provider.marks_cache and provider.prompt_cache_key is None
+    assert provider.model == "openai/claude-haiku-4-5" and provider.pricing.price_model == "anthropic/claude-haiku-4-5"
 
 
 def test_flex_is_sent_recorded_and_falls_back_to_the_standard_tier(tmp_path, monkeypatch):

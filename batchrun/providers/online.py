@@ -503,7 +503,10 @@ def build_provider(args: ProviderArgs) -> LiteLLMProvider:
     prices = args.get("prices")
     return LiteLLMProvider(model=args["model"], api_base=args.get("api_base"), api_key=args.get("api_key"),
                            params=args.get("params"), prices=PricesSpec.model_validate(prices) if prices else None,
-                           max_connections=args.get("max_connections"), cache=args.get("cache"))
+                           max_connections=args.get("max_connections"), cache=args.get("cache"),
+                           service_tier=args.get("service_tier"), fallback_tier=args.get("fallback_tier"),
+                           prompt_cache=bool(args.get("prompt_cache")), cache_prefix=args.get("cache_prefix"),
+                           prompt_cache_key=args.get("prompt_cache_key"), price_model=args.get("price_model"))
 
 
 def build_providers(provider_kwargs: Mapping[str, ProviderArgs]) -> dict[str, Provider]:
