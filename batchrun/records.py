@@ -19,7 +19,16 @@
     LineMoney   what one checkpoint line says was spent and used (`line_money`):
                 the one reader of cost_usd, rejected_cost_usd, unpriced, cache_hit,
                 cost_saved_usd, tokens by kind, the service tier and what prompt
-                caching saved, for resume, grading, status, serve and export
+                caching saved, and requests (attempts, and the upstream requests a
+                LiteLLM proxy reported), for resume, grading, status, serve and export
+
+Where a line's cost came from is `cost_source` (COST_SOURCES): "price_map" (litellm's
+local price map), "endpoint" (the endpoint reported it: a LiteLLM proxy's
+x-litellm-response-cost, which litellm turns into response_cost), "job_prices",
+"estimated" (the provider sent no usage: tokens counted by batchrun) or "cache" (a
+reused answer: cost 0); null when the line has no cost. `cost_status` says whether
+and why (litellm, job_prices, job_prices_cached_price_assumed, estimated,
+unpriced_model, no_usage, cache_hit, batch prices) as before.
 
 The JSON shape of a checkpoint line is defined here and nowhere else
 (`Outcome.to_line` writes it, `line_money` reads its money), so results.jsonl
@@ -32,8 +41,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping
 
-__all__ = ["Completion", "Fields", "KindTotals", "Line", "LineMoney", "Outcome", "Ticket", "ToolCall", "Usage",
-           "line_money", "line_time", "usage_from_provider"]
+__all__ = ["COST_SOURCES", "Completion", "Fields", "KindTotals", "Line", "LineMoney", "Outcome", "Ticket", "ToolCall",
+           "Usage", "line_money", "line_time", "usage_from_provider"]
+
+#: where a line's cost came from (module docstring)
+COST_SOURCES = ("price_map", "endpoint", "job_prices", "estimated", "cache")
 
 #: One input line's JSON object (a CSV, TSV or Parquet row as a dict): what prompt templates and
 #: routes read. Its values are whatever the input holds (any JSON value).
@@ -179,6 +191,10 @@ class Completion:
     # what prompt caching saved on this answer: its cached and written tokens at the plain input
     # price minus what they cost (litellm's prices, or [prices]); None: unknown or nothing cached
     prompt_cache_saved_usd: float | None = None
+    cost_source: str | None = None  # one of COST_SOURCES, None when cost_usd is None
+    # The requests the endpoint says it sent upstream for this answer (a LiteLLM proxy: 1 +
+    # x-litellm-attempted-retries + x-litellm-attempted-fallbacks); None: it did not say.
+    upstream_attempts: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +221,10 @@ class Outcome:
     route: str | None = None  # routed jobs: the rule that chose the model
     attempts_by_model: Mapping[str, int] | None = None  # with fallbacks: requests sent to each model
     flex_fallback: bool = False  # answered at the standard tier after flex 429s (flex_fallback_after)
+    # Upstream requests the endpoint reported for this ticket's attempts, summed (None: no answer said);
+    # upstream_unreported: attempts whose answer did not say (an error answer of a LiteLLM proxy).
+    upstream_attempts: int | None = None
+    upstream_unreported: int = 0
 
     @property
     def ok(self) -> bool:
@@ -215,6 +235,12 @@ class Outcome:
         """USD this ticket cost in this run: the accepted answer plus rejected ones."""
         cost = self.completion.cost_usd if self.completion is not None else None
         return (cost or 0.0) + self.rejected_cost_usd
+
+    def _add_upstream(self, line: Line) -> None:
+        if self.upstream_attempts is not None:
+            line["upstream_attempts"] = self.upstream_attempts
+            if self.upstream_unreported:
+                line["upstream_unreported"] = self.upstream_unreported
 
     def _add_routing(self, line: Line) -> None:
         if self.model_key is not None:
@@ -245,6 +271,7 @@ class Outcome:
                 "cost_usd": c.cost_usd,
                 "cost_status": c.cost_status,
                 "service_tier": None if c.cache_hit else c.service_tier,  # a reused answer was served by nobody now
+                "cost_source": c.cost_source if c.cost_usd is not None else None,
             })
             if c.usage is not None and not c.cache_hit and (c.usage.cached_tokens or c.usage.cache_write_tokens):
                 line["prompt_cache_saved_usd"] = c.prompt_cache_saved_usd
@@ -261,6 +288,7 @@ class Outcome:
                 "elapsed_ms": round(self.elapsed_ms, 3),
                 "attempts": self.attempts,
             })
+            self._add_upstream(line)
             if self.rejected_outputs:
                 line["rejected_outputs"] = self.rejected_outputs
                 line["rejected_cost_usd"] = self.rejected_cost_usd
@@ -277,6 +305,7 @@ class Outcome:
             "status_code": self.status_code,
             "attempts": self.attempts,
         }
+        self._add_upstream(line)
         if self.rejected_outputs:
             line["rejected_outputs"] = self.rejected_outputs
             line["rejected_cost_usd"] = self.rejected_cost_usd
@@ -329,6 +358,9 @@ class LineMoney:
     cache_reported: bool = False  # the provider said how many prompt tokens it read from its cache (0 included)
     prompt_cache_saved_usd: float = 0.0  # what prompt caching saved on the accepted answer
     service_tier: str | None = None  # the tier the provider says it served
+    requests: int = 0  # requests batchrun sent for the line (its attempts)
+    upstream_requests: int | None = None  # what the endpoint reported it sent upstream for them (None: nothing)
+    upstream_unreported: int = 0  # of the line's attempts, those whose answer did not say
 
     @property
     def spent_usd(self) -> float:
@@ -347,6 +379,7 @@ def line_money(line: Mapping[str, object]) -> LineMoney:
                   for key in ("prompt_tokens", "completion_tokens", "total_tokens", *USAGE_KINDS)]
         reported = _amount(usage.get("cached_tokens")) is not None
     tier = line.get("service_tier")
+    upstream = _amount(line.get("upstream_attempts"))
     return LineMoney(cost_usd=cost, unpriced=cost is None and "cost_usd" in line,
                      rejected_cost_usd=_amount(line.get("rejected_cost_usd")) or 0.0, cache_hit=hit,
                      cost_saved_usd=(_amount(line.get("cost_saved_usd")) or 0.0) if hit else 0.0,
@@ -354,7 +387,10 @@ def line_money(line: Mapping[str, object]) -> LineMoney:
                      cached_tokens=tokens[3], cache_write_tokens=tokens[4], reasoning_tokens=tokens[5],
                      cache_reported=reported,
                      prompt_cache_saved_usd=(_amount(line.get("prompt_cache_saved_usd")) or 0.0) if not hit else 0.0,
-                     service_tier=tier if isinstance(tier, str) and not hit else None)
+                     service_tier=tier if isinstance(tier, str) and not hit else None,
+                     requests=max(int(_amount(line.get("attempts")) or 0), 0),
+                     upstream_requests=None if upstream is None else max(int(upstream), 0),
+                     upstream_unreported=max(int(_amount(line.get("upstream_unreported")) or 0), 0))
 
 
 @dataclass(slots=True)

@@ -81,6 +81,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -105,7 +106,9 @@ from batchrun.batch.ledger import (
     write_part_file,
 )
 from batchrun.errors import (
+    BatchEndpointError,
     BatchrunError,
+    ExitCode,
     RequestError,
     RetryableError,
 )
@@ -183,6 +186,7 @@ class _BatchRun:
         self.bar: tqdm | None = None
         self.signal_number: int | None = None
         self.budget_note: str | None = None
+        self.warned_unpriced = False  # batch answers with no price: said once
         self.live_at_start = {p["number"] for p in self.ledger.parts if p["state"] in LIVE}
         (prep.run_dir / PART_DIR).mkdir(exist_ok=True)
 
@@ -525,6 +529,8 @@ class _BatchRun:
                     continue  # not ours, or a repeated line: each ticket is judged once
                 seen.add(cid)
                 outcome, failure = self._judge_line(part, api, line, meta[cid], prices, started_at, elapsed_ms)
+                if outcome is not None and outcome.completion is not None and outcome.completion.cost_usd is None:
+                    self._warn_unpriced(api, outcome.completion.model)
                 if outcome is not None:
                     ready.append(outcome)
                     if len(ready) >= WRITE_EVERY:
@@ -586,6 +592,18 @@ class _BatchRun:
             structured=structured, rejected_outputs=base["r"], rejected_cost_usd=base["c"],
             model_key=part["model_key"] or None,
         ), None
+
+    def _warn_unpriced(self, api: BatchAPI, answered_by: str | None) -> None:
+        """Once per run: batch answers with no price (cost_usd null), and the likely reason."""
+        if self.warned_unpriced:
+            return
+        self.warned_unpriced = True
+        note = (f"batch answers for {api.model} (answered by {answered_by or '?'}) come back with no price "
+                "(cost_usd null, cost_status unpriced_model): litellm has no price for that name. Through a "
+                "LiteLLM proxy, a model alias is not translated inside batch files: name the upstream model "
+                "(docs/batch.md, \"Through a LiteLLM Proxy\"), or set [prices] in the job")
+        log.info("%s", note)  # for --log-file (log.warning would be printed twice without -v)
+        print(f"batchrun: warning: {note}", file=sys.stderr, flush=True)
 
     async def _write(self, outcomes: list[Outcome]) -> None:
         if not outcomes:
@@ -673,15 +691,21 @@ class _BatchRun:
     async def run(self) -> str:
         self.reconcile()
         await self.writer.open()
+        refused: BatchEndpointError | None = None
         async with anyio.create_task_group() as tg:
             work = anyio.CancelScope()
             await tg.start(self.watch_signals, work)
             with work:
-                await self.resume_parts()
-                await self.build_parts()
-                if not self.no_wait:
-                    await self.wait_and_collect()
+                try:
+                    await self.resume_parts()
+                    await self.build_parts()
+                    if not self.no_wait:
+                        await self.wait_and_collect()
+                except RequestError as exc:  # raised here, after the task group: never an ExceptionGroup
+                    refused = endpoint_refusal(exc)
             tg.cancel_scope.cancel()
+        if refused is not None:
+            raise refused  # the ledger says what exists: the same command resumes
         if self.signal_number is not None:
             return "interrupted"
         if self.budget_note is not None and not self._live():
@@ -689,6 +713,37 @@ class _BatchRun:
         if self._live():
             return "submitted"
         return "done"
+
+
+#: what a files or batches endpoint's refusal ends a batch run with: the online path's exit codes
+REFUSAL_EXIT = {"auth": ExitCode.ABORTED, "permission": ExitCode.ABORTED, "budget_exceeded": ExitCode.BUDGET_EXHAUSTED}
+REFUSAL_HINTS = {
+    "auth": "check the key",
+    "permission": "check the key",
+    "not_found": "this endpoint has no files/batches API (a LiteLLM proxy needs files_settings: docs/batch.md)",
+    "configuration": "a LiteLLM proxy needs files_settings for batch mode (docs/batch.md, \"Through a LiteLLM Proxy\")",
+    "budget_exceeded": "raise the budget or quota there",
+}
+
+
+def endpoint_refusal(error: RequestError) -> BatchEndpointError:
+    """One line for a files or batches endpoint that refused (after the retries a retry could make):
+    the endpoint, the status, the provider's message; exit 4 for auth, 5 for a spent budget, 1 when
+    it stayed unreachable or kept failing, 2 otherwise (the endpoint, model or configuration)."""
+    message = " ".join(error.message.split())
+    inner = re.search(r"""['"]message['"]\s*:\s*['"]((?:[^'"\\]|\\.)*)['"]""", message)  # an OpenAI error body
+    if inner:
+        message = inner.group(1)
+    message = re.sub(r"^(?:(?:litellm\.)?[A-Za-z]+(?:Error|Exception)\s*[-:]\s*)+", "", message) or message
+    if len(message) > 400:
+        message = message[:399] + "…"
+    status = f"answered HTTP {error.status_code}" if error.status_code else f"failed ({error.kind})"
+    where = error.endpoint or "the provider's files/batches API"
+    code = REFUSAL_EXIT.get(error.kind, ExitCode.ERROR if error.retryable else ExitCode.BAD_INPUT)
+    hint = REFUSAL_HINTS.get(error.kind, "it kept failing after the retries" if error.retryable else "")
+    return BatchEndpointError(
+        f"batch mode: {where} {status}: {message}" + (f" ({hint})" if hint else "")
+        + "; nothing is lost: batches.json keeps every part, re-run the same command to resume", code)
 
 
 def _describe_errors(errors: object) -> str:

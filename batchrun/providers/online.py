@@ -38,7 +38,7 @@ from batchrun.errors import (
 from batchrun.job.sections import Params, PricesSpec
 from batchrun.providers import tuning
 from batchrun.providers.cache import ResponseCache
-from batchrun.providers.error_mapping import translate_error
+from batchrun.providers.error_mapping import provider_headers, translate_error, upstream_attempts
 from batchrun.providers.litellm_setup import import_litellm, openai_transport
 from batchrun.providers.pricing import Pricing
 from batchrun.providers.seam import ChatRequest, CostBound, Provider, RequestOptions
@@ -114,23 +114,28 @@ def _provider_usage(response: Any) -> Usage | None:
 
 
 def _priced(usage: Usage | None, source: str, tier: str | None, response_cost: Any,
-            pricing: Pricing | None) -> tuple[float | None, str, float | None]:
-    """(cost_usd, cost_status, prompt_cache_saved_usd) of an answer's usage served at `tier`:
-    the job's [prices] when set; else litellm's response_cost (it includes the cached tokens and
-    the served tier); else `pricing` (litellm's map for the named model, at the tier). Estimated
-    usage: "estimated". No usage: (None, "no_usage", None). Never a silent 0."""
+            pricing: Pricing | None, headers: Mapping[str, Any] | None = None,
+            ) -> tuple[float | None, str, float | None, str | None]:
+    """(cost_usd, cost_status, prompt_cache_saved_usd, cost_source) of an answer's usage served at
+    `tier`: the job's [prices] when set; else litellm's response_cost (it includes the cached tokens
+    and the served tier; cost_source "endpoint" when it is a LiteLLM proxy's x-litellm-response-cost
+    in `headers`, else "price_map"); else `pricing` (litellm's map for the named model, at the tier).
+    Estimated usage: "estimated". No usage: (None, "no_usage", None, None). Never a silent 0."""
     if usage is None:
-        return None, "no_usage", None
+        return None, "no_usage", None, None
     cost: float | None
+    cost_source: str | None
     if (pricing is None or pricing.prices is None) and source == "provider" and response_cost is not None:
         cost, status = float(response_cost), "litellm"
+        cost_source = "endpoint" if headers and _endpoint_priced(headers, cost) else "price_map"
     elif pricing is None:
-        return None, "unpriced_model", None
+        return None, "unpriced_model", None, None
     else:  # litellm did not price it (or priced the zeros of a missing usage): price what is known
         cost, status = pricing.cost(usage, tier)
+        cost_source = None if cost is None else "job_prices" if status.startswith("job_prices") else "price_map"
     if source == "estimated" and cost is not None:
-        status = "estimated"
-    return cost, status, pricing.cache_saving(usage, tier) if pricing is not None else None
+        status = cost_source = "estimated"
+    return cost, status, pricing.cache_saving(usage, tier) if pricing is not None else None, cost_source
 
 
 def _completion_from(response: Any, pricing: Pricing | None,
@@ -150,7 +155,9 @@ def _completion_from(response: Any, pricing: Pricing | None,
         usage, source = estimate(text, tool_calls), "estimated"
     served = served_tier_of(response)
     hidden = getattr(response, "_hidden_params", None) or {}
-    cost, status, saved = _priced(usage, source, served or tier, hidden.get("response_cost"), pricing)
+    headers = hidden.get("additional_headers") or {}
+    cost, status, saved, cost_source = _priced(usage, source, served or tier, hidden.get("response_cost"), pricing,
+                                               headers)
     return Completion(
         text=text,
         finish_reason=getattr(choice, "finish_reason", None),
@@ -163,7 +170,19 @@ def _completion_from(response: Any, pricing: Pricing | None,
         rate_limit_headers=_rate_limit_headers(response),
         service_tier=served,
         prompt_cache_saved_usd=saved,
+        cost_source=cost_source,
+        upstream_attempts=upstream_attempts(headers),
     )
+
+
+def _endpoint_priced(headers: Mapping[str, Any], cost: float) -> bool:
+    """Whether litellm's response_cost is the endpoint's own figure: a LiteLLM proxy sends
+    x-litellm-response-cost, and litellm takes it over its price map when it is there."""
+    reported = provider_headers(headers).get("x-litellm-response-cost")
+    try:
+        return reported is not None and abs(float(reported) - cost) <= 1e-12 + 1e-9 * abs(cost)
+    except ValueError:
+        return False
 
 
 def _rate_limit_headers(response: Any) -> dict[str, str] | None:
@@ -424,8 +443,11 @@ class LiteLLMProvider:
         hidden = getattr(built, "_hidden_params", None) or {}
         served = served_tier_of(built) or next((served_tier_of(c) for c in reversed(chunks) if served_tier_of(c)),
                                                None)
-        cost, status, saved = _priced(usage, source, served or self.tier_of(request), hidden.get("response_cost"),
-                                      self.pricing)
+        # a stream's cost is litellm's (its price map): a proxy cannot send a stream's cost in the
+        # headers it sends before the stream, and litellm writes its own figure under that header name
+        cost, status, saved, cost_source = _priced(usage, source, served or self.tier_of(request),
+                                                   hidden.get("response_cost"), self.pricing)
+        stream_headers = (getattr(stream, "_hidden_params", None) or {}).get("additional_headers") or {}
         return Completion(
             text=text,
             finish_reason=getattr(choice, "finish_reason", None),
@@ -439,6 +461,8 @@ class LiteLLMProvider:
             rate_limit_headers=_rate_limit_headers(stream),  # the wrapper keeps the response headers
             service_tier=served,
             prompt_cache_saved_usd=saved,
+            cost_source=cost_source,
+            upstream_attempts=upstream_attempts(stream_headers),
         )
 
     def _estimate_usage(self, request: ChatRequest, text: str, tool_calls: tuple[ToolCall, ...]) -> Usage:
