@@ -333,3 +333,110 @@ def test_status_report_serve_and_export_show_the_cached_share_and_the_dollars_sa
     body = asyncio.run(served())
     assert body["status"]["cached_share"] == share and body["status"]["cached_tokens"] == cached
     assert body["status"]["prompt_cache_saved_usd"] == pytest.approx(saved, abs=1e-6)
+
+
+# -- every path keeps every kind: batch mode, reused answers, kinds litellm normalizes -----------
+
+
+def test_batch_mode_lines_keep_the_token_kinds_the_provider_billed(tmp_path, monkeypatch):
+    path = job_file(tmp_path, 12, model="openai/o4-mini", system="Classify the ticket: bug, feature, billing, other.",
+                    top='prompt_cache = true\nmode = "batch"\nbatch_poll_s = 0.1\nbatch_poll_max_s = 0.2\n',
+                    simulator="batch_time_scale = 7200\nbatch_duration_s = 60\n")
+    with simulated(path, monkeypatch):
+        result = batchrun.run(path)
+    assert result.state == "done"
+    rows = rows_of(tmp_path)
+    assert len(rows) == 12
+    # the batch output's usage details, as on an online line: reasoning within completion_tokens,
+    # the cached tokens the provider said (the simulator's Batch API caches nothing: 0, not null)
+    assert all(0 < row["usage"]["reasoning_tokens"] <= row["usage"]["completion_tokens"] for row in rows)
+    assert all(row["usage"]["cached_tokens"] == 0 and row["usage"]["cache_write_tokens"] is None for row in rows)
+    assert result.summary["reasoning_tokens"] == sum(row["usage"]["reasoning_tokens"] for row in rows)
+
+
+def test_reused_answers_keep_the_token_kinds_of_the_answer_they_reuse(tmp_path, monkeypatch):
+    cache = f'cache = true\ncache_dir = "{tmp_path / "answers"}"\nprompt_cache = true\n'
+    first = job_file(tmp_path / "first", 12, model="openai/o4-mini", top=cache)
+    with simulated(first, monkeypatch):
+        batchrun.run(first)
+    second = job_file(tmp_path / "second", 12, model="openai/o4-mini", top=cache)
+    with simulated(second, monkeypatch):
+        batchrun.run(second)
+    paid = {row["id"]: row["usage"] for row in rows_of(tmp_path / "first")}
+    reused = rows_of(tmp_path / "second")
+    assert reused and all(row.get("cache_hit") for row in reused)
+    assert any(usage["reasoning_tokens"] for usage in paid.values())
+    assert {row["id"]: row["usage"] for row in reused} == paid
+
+
+def test_audio_and_image_tokens_are_kept_when_the_provider_says_them():
+    from batchrun.records import Completion, Outcome, usage_from_provider
+
+    lm = import_litellm()
+    raw = lm.Usage(prompt_tokens=120, completion_tokens=30, total_tokens=150,
+                   prompt_tokens_details={"cached_tokens": 0, "audio_tokens": 40, "image_tokens": 50},
+                   completion_tokens_details={"reasoning_tokens": 10, "audio_tokens": 5})
+    usage = usage_from_provider(raw)
+    assert usage is not None
+    line = Outcome(ticket_id="T1", attempts=1, started_at="", finished_at="", elapsed_ms=1.0, run=1,
+                   completion=Completion(text="x", finish_reason="stop", model="m", usage=usage, cost_usd=None,
+                                         cost_status="unpriced_model"),
+                   latency_ms=1.0).to_line()
+    kept = line["usage"]
+    assert (kept["prompt_audio_tokens"], kept["prompt_image_tokens"], kept["completion_audio_tokens"]) == (40, 50, 5)
+    assert kept["reasoning_tokens"] == 10 and kept["cached_tokens"] == 0
+    assert "completion_image_tokens" not in kept  # not said: absent (the three main kinds are always there)
+    plain = usage_from_provider({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})
+    assert plain is not None and "prompt_audio_tokens" not in plain.as_dict()
+
+
+@pytest.mark.parametrize("write_price", [1.25, None], ids=["write_price", "no_write_price"])
+def test_job_prices_price_cache_writes_and_reasoning_as_output(tmp_path, monkeypatch, write_price):
+    prefix = "Examples of labelled tickets follow. " + " ".join(f"Example {n}: 'it crashes' is a bug."
+                                                                  for n in range(120)) + "\n\n"
+    prices = "[prices]\ninput_per_million = 1.0\noutput_per_million = 5.0\ncached_input_per_million = 0.1\n"
+    if write_price is not None:
+        prices += f"cache_write_per_million = {write_price}\n"
+    path = job_file(tmp_path, 12, model="anthropic/claude-haiku-4-5", top="prompt_cache = true\n",
+                    system="Answer with one label: bug, feature, billing or other.", extra=prices)
+    path.write_text(path.read_text().replace('user = "Subject:', f'shared_prefix = """{prefix}"""\nuser = "Subject:'))
+    with simulated(path, monkeypatch) as sim:
+        batchrun.run(path)
+        kinds = sim.stats()["invoice"]["models"]["claude-haiku-4-5"]["default"]
+    rows = rows_of(tmp_path)
+    assert kinds["cache_write_tokens"] > 0
+    rate = write_price if write_price is not None else 1.0
+    billed = (kinds["input_tokens"] * 1.0 + kinds["cached_tokens"] * 0.1 + kinds["cache_write_tokens"] * rate
+              + kinds["output_tokens"] * 5.0) / 1e6
+    assert sum(row["cost_usd"] for row in rows) == pytest.approx(billed, rel=1e-9)
+    writers = [row for row in rows if row["usage"]["cache_write_tokens"]]
+    expected = "job_prices" if write_price is not None else "job_prices_cached_price_assumed"
+    assert writers and {row["cost_status"] for row in writers} == {expected}
+    # reasoning tokens are within completion_tokens: billed at the output price
+    reasoning = job_file(tmp_path / "reasoning", 6, model="openai/o4-mini",
+                         system="Classify the ticket: bug, feature, billing, other.",
+                         extra="[prices]\ninput_per_million = 1.0\noutput_per_million = 5.0\n")
+    with simulated(reasoning, monkeypatch) as sim:
+        batchrun.run(reasoning)
+        kinds = sim.stats()["invoice"]["models"]["o4-mini"]["default"]
+    rows = rows_of(tmp_path / "reasoning")
+    assert kinds["reasoning_tokens"] > 0 and sum(row["usage"]["reasoning_tokens"] for row in rows) == kinds["reasoning_tokens"]
+    assert sum(row["cost_usd"] for row in rows) == pytest.approx(
+        (kinds["input_tokens"] + 5.0 * kinds["output_tokens"]) / 1e6, rel=1e-9)
+
+
+def test_the_service_tier_option_of_batchrun_run(tmp_path, cli_env):
+    import subprocess
+
+    from conftest import batchrun_cmd
+
+    path = job_file(tmp_path, 4, model="openai/gpt-5-mini", system="Classify the ticket: bug, feature, billing, other.")
+    done = subprocess.run(batchrun_cmd("run", str(path), "--service-tier", "flex"), env=cli_env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert {row["service_tier"] for row in rows_of(tmp_path)} == {"flex"}
+    other = job_file(tmp_path / "no_flex", 2, model="openai/gpt-4o-mini")
+    refused = subprocess.run(batchrun_cmd("run", str(other), "--service-tier", "flex"), env=cli_env,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "no flex price" in refused.stderr and "o4-mini" in refused.stderr
+    assert not (tmp_path / "no_flex" / "run" / "results.jsonl").exists()
