@@ -338,6 +338,7 @@ def test_status_report_serve_and_export_show_the_cached_share_and_the_dollars_sa
 # -- every path keeps every kind: batch mode, reused answers, kinds litellm normalizes -----------
 
 
+@pytest.mark.slow  # batch mode through several simulator round trips
 def test_batch_mode_lines_keep_the_token_kinds_the_provider_billed(tmp_path, monkeypatch):
     path = job_file(tmp_path, 12, model="openai/o4-mini", system="Classify the ticket: bug, feature, billing, other.",
                     top='prompt_cache = true\nmode = "batch"\nbatch_poll_s = 0.1\nbatch_poll_max_s = 0.2\n',
@@ -426,17 +427,14 @@ def test_job_prices_price_cache_writes_and_reasoning_as_output(tmp_path, monkeyp
 
 
 def test_the_service_tier_option_of_batchrun_run(tmp_path, cli_env):
-    import subprocess
-
-    from conftest import batchrun_cmd
+    from conftest import batchrun_cmd, cli_run, invoke_cli
 
     path = job_file(tmp_path, 4, model="openai/gpt-5-mini", system="Classify the ticket: bug, feature, billing, other.")
-    done = subprocess.run(batchrun_cmd("run", str(path), "--service-tier", "flex"), env=cli_env, capture_output=True,
-                          text=True, timeout=300)
+    done = cli_run(batchrun_cmd("run", str(path), "--service-tier", "flex"), env=cli_env, capture_output=True,
+                   text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert {row["service_tier"] for row in rows_of(tmp_path)} == {"flex"}
     other = job_file(tmp_path / "no_flex", 2, model="openai/gpt-4o-mini")
-    refused = subprocess.run(batchrun_cmd("run", str(other), "--service-tier", "flex"), env=cli_env,
-                             capture_output=True, text=True, timeout=300)
+    refused = invoke_cli("run", str(other), "--service-tier", "flex")
     assert refused.returncode == 2 and "no flex price" in refused.stderr and "o4-mini" in refused.stderr
     assert not (tmp_path / "no_flex" / "run" / "results.jsonl").exists()

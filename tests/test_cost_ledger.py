@@ -18,7 +18,7 @@ import pytest
 
 from batchrun.sim.config import SimConfig
 from batchrun.sim.process import start_simulator
-from conftest import batchrun_cmd, read_jsonl
+from conftest import batchrun_cmd, cli_popen, cli_run, read_jsonl
 from test_cost_kinds import job_file, litellm_price
 
 
@@ -31,6 +31,7 @@ def wait_until(condition, timeout: float, what: str) -> None:
     raise AssertionError(f"no {what} after {timeout} s")
 
 
+@pytest.mark.slow  # kills runs, and starts worker processes
 @pytest.mark.parametrize("workers", [1, 2])
 def test_recorded_costs_equal_the_invoice_per_tier_under_kill_9(tmp_path, cli_env, workers):
     path = job_file(tmp_path, 120, model="openai/gpt-5-mini",
@@ -42,14 +43,13 @@ def test_recorded_costs_equal_the_invoice_per_tier_under_kill_9(tmp_path, cli_en
     with start_simulator(config) as sim:
         args = ["run", str(path), "--no-progress", "--workers", str(workers), "--api-base", sim.base_url]
         for _ in range(3):
-            proc = subprocess.Popen(batchrun_cmd(*args), env=cli_env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
+            proc = cli_popen(batchrun_cmd(*args), env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             before = results.read_bytes().count(b"\n") if results.exists() else 0
             wait_until(lambda: results.exists() and results.read_bytes().count(b"\n") >= before + 10
                        and sim.stats()["in_flight"] > 0, 180, "progress with requests in flight")
             proc.kill()
             proc.wait(timeout=30)
-        final = subprocess.run(batchrun_cmd(*args), env=cli_env, capture_output=True, text=True, timeout=600)
+        final = cli_run(batchrun_cmd(*args), env=cli_env, capture_output=True, text=True, timeout=600)
         assert final.returncode == 0, final.stderr
         stats = sim.stats()
     rows = read_jsonl(results)

@@ -36,7 +36,8 @@ def sample_job(tmp_path: Path, *, top: str = "", scale: float = 1.3) -> Path:
     return path
 
 
-@pytest.mark.parametrize("concurrency,workers", [(16, 1), (64, 1), (128, 1), (64, 2)])
+@pytest.mark.parametrize("concurrency,workers", [(16, 1), (64, 1), (128, 1),
+                                                 pytest.param(64, 2, marks=pytest.mark.slow)])  # worker processes
 def test_the_cap_holds_at_any_concurrency_against_a_tokenizer_counting_30_percent_more(
         tmp_path, monkeypatch, concurrency, workers):
     path = sample_job(tmp_path)
