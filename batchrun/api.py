@@ -58,8 +58,8 @@ async def arun(job: JobSource, *, tickets: Iterable[Fields] | None = None, input
                model: str | None = None, api_base: str | None = None, live: bool = False,
                skip_failed: bool = False, retry_permanent: bool = False, force: bool = False, workers: int | str | None = None,
                engine: str | None = None, ray_address: str | None = None, mode: str | None = None,
-               cache: bool | None = None, max_cost_usd: float | None = None, no_wait: bool = False,
-               finish_online: bool = False, grace: float = 30.0, progress: bool | None = None,
+               cache: bool | None = None, max_cost_usd: float | None = None, service_tier: str | None = None,
+               no_wait: bool = False, finish_online: bool = False, grace: float = 30.0, progress: bool | None = None,
                progress_every: float | None = None,
                prompt: Callable[[dict[str, Any]], list[dict[str, str]]] | None = None) -> RunResult:
     """Run (or resume) `job` in the running event loop; see the module docstring.
@@ -67,7 +67,8 @@ async def arun(job: JobSource, *, tickets: Iterable[Fields] | None = None, input
     `tickets`: dicts streamed into `<run_dir>/tickets.jsonl`, the run's input (the same tickets
     again resume; others are refused unless `force=True`). `mode`: "online" or "batch" (a job
     with mode = "batch" runs its provider's Batch API, as `batchrun run` does); `engine`:
-    "local" or "ray"; `cache`: reuse answers already paid for; `progress`: a progress bar (None:
+    "local" or "ray"; `cache`: reuse answers already paid for; `service_tier`: "flex", "priority"
+    or "default"; `progress`: a progress bar (None:
     when `interactive()`); `prompt`: a callable (a ticket's fields -> its messages, a list of
     {"role", "content"} dicts) in place of the job's templates (its name and source are part of
     the fingerprint: resuming with another is refused). The rest as the command line."""
@@ -77,6 +78,7 @@ async def arun(job: JobSource, *, tickets: Iterable[Fields] | None = None, input
         input=Path(input) if input is not None else None, run_dir=Path(run_dir) if run_dir is not None else None,
         limit=limit, concurrency=concurrency, model=model, api_base=api_base, live=live, workers=workers,
         engine=engine, ray_address=ray_address, mode=mode, cache=cache, max_cost_usd=max_cost_usd,
+        service_tier=service_tier,
         skip_failed=skip_failed, retry_permanent=retry_permanent, force=force, grace=grace, no_wait=no_wait, finish_online=finish_online,
         progress=interactive() if progress is None else progress, progress_every=progress_every, prompt=prompt)
     spec, job_path = resolve_job(job, options, tickets)

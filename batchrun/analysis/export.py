@@ -42,7 +42,7 @@ import sqlite3
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Protocol
+from typing import BinaryIO, Callable, Iterator, Mapping, Protocol
 
 import orjson
 
@@ -67,10 +67,12 @@ Row = dict[str, object]
 
 #: The columns of one model's group, in order (those after "output" only when the job has them).
 _BASE = ("status", "output")
-_AFTER = ("finish_reason", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "cost_status",
-          "cache_hit", "cost_saved_usd", "attempts", "model", "error_kind", "error_message")
-_INT = {"prompt_tokens", "completion_tokens", "total_tokens", "attempts"}
-_FLOAT = {"cost_usd", "cost_saved_usd"}
+_AFTER = ("finish_reason", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens",
+          "cache_write_tokens", "reasoning_tokens", "cost_usd", "cost_status", "service_tier",
+          "prompt_cache_saved_usd", "cache_hit", "cost_saved_usd", "attempts", "model", "error_kind", "error_message")
+_INT = {"prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "cache_write_tokens",
+        "reasoning_tokens", "attempts"}
+_FLOAT = {"cost_usd", "cost_saved_usd", "prompt_cache_saved_usd"}
 _BOOL = {"cache_hit"}
 
 
@@ -89,6 +91,10 @@ class ExportResult:
     failed: int
     pending: int
     models: tuple[str, ...]  # column groups ("" for a single run)
+    cached_tokens: int = 0  # of the results written: prompt tokens read from the provider's cache ...
+    cache_reported_prompt_tokens: int = 0  # ... of the prompt tokens of results whose provider said (the share)
+    cache_write_tokens: int = 0
+    prompt_cache_saved_usd: float = 0.0  # what prompt caching saved on them
 
 
 @dataclass
@@ -200,9 +206,10 @@ def _group(unit: _Unit, found: tuple[bool, StoredJSON] | None) -> tuple[str, Row
         for name in unit.answer_fields:
             row[name] = line.get(name)
         usage = line.get("usage") or {}
-        for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        for name in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "cache_write_tokens",
+                     "reasoning_tokens"):
             row[name] = usage.get(name)
-        for name in ("finish_reason", "cost_status", "model"):
+        for name in ("finish_reason", "cost_status", "model", "service_tier", "prompt_cache_saved_usd"):
             row[name] = line.get(name)
         money = line_money(line)
         row["cost_usd"] = money.cost_usd
@@ -215,6 +222,11 @@ def _group(unit: _Unit, found: tuple[bool, StoredJSON] | None) -> tuple[str, Row
         row["cost_usd"] = line_money(line).spent_usd or None  # answers paid for and turned down
         row["model"] = line.get("model_key")
     return status, row
+
+
+def _number(value: object) -> float:
+    """A row's count or amount (int or float), 0 when absent."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 # -- writers ------------------------------------------------------------------------------------------
@@ -407,14 +419,18 @@ def _rows(src: _Source, *, nested: bool, with_input: bool, in_fields: list[str])
             db.close()
 
 
-def _statuses(row: Row, keys: tuple[str, ...], compare: bool) -> list[str]:
-    """The status of each model's group in a row (one for a single run), nested or flat."""
+_COUNTED = ("status", "cache_hit", "prompt_tokens", "cached_tokens", "cache_write_tokens", "prompt_cache_saved_usd")
+
+
+def _groups_of(row: Row, keys: tuple[str, ...], compare: bool) -> list[Mapping[str, object]]:
+    """Each model's group of a row (the row itself for a single run), nested or flat: what the
+    export's counts read (status, and the prompt-cache token kinds of a done answer)."""
     if not compare:
-        return [str(row["status"])]
+        return [row]
     groups = row.get("models")
     if isinstance(groups, dict):
-        return [str(group["status"]) for group in groups.values()]
-    return [str(row[f"{key}.status"]) for key in keys]
+        return [group for group in groups.values() if isinstance(group, Mapping)]
+    return [{name: row.get(f"{key}.{name}") for name in _COUNTED} for key in keys]
 
 
 def iter_rows(run_dir: Path | str, *, with_input: bool = False, input: Path | str | None = None) -> Iterator[Row]:
@@ -445,13 +461,21 @@ def export_run(run_dir: Path | str, out: Path | str | None = None, fmt: str = "j
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     counts = {"done": 0, "failed": 0, "pending": 0}
+    kinds = {"cached": 0, "reported": 0, "write": 0, "saved": 0.0}
     rows = 0
     try:
         writer = _WRITERS[fmt](tmp, columns)
         try:
             for row in _rows(src, nested=fmt == "jsonl", with_input=with_input, in_fields=in_fields):
-                for status in _statuses(row, keys, src.compare):
+                for group in _groups_of(row, keys, src.compare):
+                    status = str(group["status"])
                     counts[status] += 1
+                    if status == "done" and not group.get("cache_hit"):
+                        kinds["cached"] += _number(group.get("cached_tokens"))
+                        kinds["write"] += _number(group.get("cache_write_tokens"))
+                        kinds["saved"] += _number(group.get("prompt_cache_saved_usd"))
+                        if group.get("cached_tokens") is not None:
+                            kinds["reported"] += _number(group.get("prompt_tokens"))
                 writer.write(row)
                 rows += 1
         finally:
@@ -461,4 +485,6 @@ def export_run(run_dir: Path | str, out: Path | str | None = None, fmt: str = "j
         raise
     os.replace(tmp, out)
     return ExportResult(path=out, format=fmt, rows=rows, done=counts["done"], failed=counts["failed"],
-                        pending=counts["pending"], models=keys)
+                        pending=counts["pending"], models=keys, cached_tokens=int(kinds["cached"]),
+                        cache_reported_prompt_tokens=int(kinds["reported"]), cache_write_tokens=int(kinds["write"]),
+                        prompt_cache_saved_usd=float(kinds["saved"]))

@@ -101,6 +101,9 @@ class _WorkersType(click.ParamType):
               "[default: the job's `ray_address`, else a local Ray started for the run].")
 @click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True),
               help="Stop dispatching before the run directory's total cost would pass this.")
+@click.option("--service-tier", type=click.Choice(["flex", "priority", "default"]),
+              help="OpenAI's service tier for every request: flex (about half price, slower, may answer 429 "
+                   "resource_unavailable), priority, default [default: the job's `service_tier`].")
 @click.option("--cache/--no-cache", "cache", default=None,
               help="Reuse answers already obtained for the same request [default: the job's `cache`].")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
@@ -132,7 +135,7 @@ class _WorkersType(click.ParamType):
 def run_command(job_file: Path, input_path: Path | None, concurrency: int | None, limit: int | None,
         run_dir: Path | None, model: str | None, api_base: str | None, live: bool, skip_failed: bool,
         retry_permanent: bool, force: bool, grace: float, workers: int | str | None, engine: str | None, ray_address: str | None,
-        max_cost_usd: float | None, cache: bool | None, progress: bool | None, mode: str | None,
+        max_cost_usd: float | None, service_tier: str | None, cache: bool | None, progress: bool | None, mode: str | None,
         no_wait: bool, finish_online: bool, progress_every: float, as_json: bool, verbose: int,
         log_file: Path | None, dry_run: int | None, serve_linger: float | None, serve_port: int | None) -> None:
     """Run JOB_FILE over its tickets, or resume it where it stopped.
@@ -148,8 +151,8 @@ def run_command(job_file: Path, input_path: Path | None, concurrency: int | None
     bar = sys.stderr.isatty() if progress is None else progress
     options = LaunchOptions(input=input_path, run_dir=run_dir, limit=limit, concurrency=concurrency, model=model,
                             api_base=api_base, live=live, workers=workers, engine=engine, ray_address=ray_address,
-                            mode=mode, cache=cache, max_cost_usd=max_cost_usd, skip_failed=skip_failed,
-                            retry_permanent=retry_permanent, force=force,
+                            mode=mode, cache=cache, max_cost_usd=max_cost_usd, service_tier=service_tier,
+                            skip_failed=skip_failed, retry_permanent=retry_permanent, force=force,
                             grace=grace, no_wait=no_wait, finish_online=finish_online, progress=bar,
                             # a bar on the terminal: the plain lines still go to the log file
                             progress_every=progress_every if not bar or log_file is not None else None)
