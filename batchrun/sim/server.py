@@ -69,11 +69,9 @@ Anything else gets a 404 in OpenAI's error shape; malformed chat requests
 Configuration
 -------------
 `batchrun.sim.config.SimConfig` (CLI flags of ``batchrun sim`` in brackets):
-``latency_ms`` [--latency-ms], ``per_token_ms`` [--per-token-ms], ``jitter``
-[--jitter], ``seed`` [--seed], ``model`` [--model]; ``faults`` [--fault
-KIND[:key=value,...], repeatable]; ``scripts`` [--script WHO=STEP;...,
-repeatable]; ``rpm`` [--rpm], ``tpm`` [--tpm];
-``capacity`` [--capacity], ``overload_ms`` [--overload-ms, default 20].
+``latency_ms``, ``per_token_ms``, ``jitter``, ``seed``, ``model``, ``rpm``, ``tpm``, ``capacity``,
+``overload_ms`` [--latency-ms, ... --overload-ms, default 20]; ``faults`` [--fault
+KIND[:key=value,...], repeatable]; ``scripts`` [--script WHO=STEP;..., repeatable].
 
 Order of events for a chat request
 ----------------------------------
@@ -146,10 +144,9 @@ Delivery faults:
 * ``malformed_json``: non-streaming: a 200 ``application/json`` body cut in
   half (invalid JSON); streaming: the first content chunk's JSON is cut in
   half, the rest of the stream is normal.
-* ``no_usage`` / ``drop_usage``: the non-streaming body has no ``usage``
-  field; a stream has no usage chunk even when ``include_usage`` asked.
-  ``usage_null``: the non-streaming body has ``"usage": null``; streams as
-  ``no_usage``.
+* ``no_usage`` / ``drop_usage``: no ``usage`` field, no usage chunk;
+  ``usage_null``: ``"usage": null`` (streams as ``no_usage``).
+* hostile answers (``no_choices``, ``bad_usage``, ``huge_usage``, ...): hostile.py.
 
 Connection fault, applied with the error faults (before the rate limiter):
 ``reset_before_headers`` reads the request, then aborts the connection
@@ -227,6 +224,7 @@ from batchrun.sim.faults import (
     FaultRule,
     body_digest,
 )
+from batchrun.sim.hostile import ANSWER_KINDS, BODY_KINDS, reshape_answer, reshape_payload
 from batchrun.sim.limits import RateLimiter, overload_delay_ms
 from batchrun.sim.replies import (
     CANCELLED_STATUS,
@@ -365,6 +363,8 @@ class ChatSimulator:
             if rule.kind == "stall":
                 await self.sleep(rule.stall_seconds)
                 rule = None
+            elif rule.kind in ANSWER_KINDS:
+                answer = reshape_answer(rule.kind, answer, rule.size_bytes)
 
         factor = self._latency_factor(chat)
         if chat.stream:
@@ -523,7 +523,9 @@ class ChatSimulator:
             else:
                 del payload["usage"]
             return web.Response(body=orjson.dumps(payload), content_type="application/json", headers=headers)
-        body = orjson.dumps(payload)
+        body = orjson.dumps(reshape_payload(kind, payload) if kind in BODY_KINDS else payload)
+        if kind in BODY_KINDS or kind in ANSWER_KINDS:
+            return web.Response(body=body, content_type="application/json", headers=headers)
         if kind == "malformed_json":
             return web.Response(body=body[: len(body) // 2], content_type="application/json", headers=headers)
         if kind == "trickle":
