@@ -74,6 +74,10 @@ class Completion:
     # (None: that cost was unknown).
     cache_hit: bool = False
     cost_saved_usd: float | None = None
+    # Usage the provider reported but that cannot be believed (providers/usage_checks.py): its
+    # counts as they came, and what is wrong with them; `usage` is then an estimate (or None).
+    usage_reported: Mapping[str, Any] | None = None
+    usage_problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +143,9 @@ class Outcome:
                 "cost_usd": c.cost_usd,
                 "cost_status": c.cost_status,
             })
+            if c.usage_problem is not None:
+                line["usage_reported"] = dict(c.usage_reported or {})
+                line["usage_problem"] = c.usage_problem
             if c.cache_hit:
                 line["cache_hit"] = True
                 line["cost_saved_usd"] = c.cost_saved_usd
@@ -187,11 +194,12 @@ def line_time(value: Any) -> float | None:
 
 
 def _amount(value: Any) -> float | None:
-    """A line's number of dollars or tokens: a real int or float (never a bool, NaN or infinity)."""
+    """A line's number of dollars or tokens: a real int or float, not negative (never a bool, NaN,
+    infinity or a negative number: budgets and totals never go down)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     number = float(value)
-    return number if number == number and number not in (float("inf"), float("-inf")) else None
+    return number if 0 <= number < float("inf") else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +208,10 @@ class LineMoney:
 
     `spent_usd` is what the line's answers cost: the accepted answer's cost_usd
     (a result; errors lines carry none) plus rejected_cost_usd (answers paid for
-    and turned down). A cost the line does not show as a number is not spent
-    money seen: `unpriced` says a result's cost is unknown. A reused answer
+    and turned down). A cost the line does not show as a number (or shows as a
+    negative one: an older batchrun believed negative usage) is not spent money
+    seen: `unpriced` says a result's cost is unknown. Negative token counts count
+    as none. A reused answer
     (`cache_hit`) used no tokens; what it saved is `cost_saved_usd`."""
 
     cost_usd: float | None = None  # the accepted answer's cost, when the line shows one

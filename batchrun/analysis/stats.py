@@ -25,7 +25,9 @@ filtered, answers rejected by the output check or the finish_reason policy
 (`rejected_outputs`; they were paid for, so their cost is in `cost_usd`),
 results whose usage the provider did not send (`usage_estimated`: their
 tokens were counted with litellm.token_counter and their cost, in
-`cost_usd`, is an estimate), and failed tickets by kind. format_summary accepts summaries from before these
+`cost_usd`, is an estimate), results whose usage was sent but not believed
+(`usage_invalid`: negative, fractional or absurd counts, estimated the same
+way), and failed tickets by kind. format_summary accepts summaries from before these
 keys existed (a manifest written by an older batchrun).
 """
 
@@ -117,6 +119,7 @@ class RunStats:
     cost_usd: float = 0.0  # sum over priced results of this run
     unpriced: int = 0  # results of this run with cost_usd = null
     usage_estimated: int = 0  # results whose usage the provider did not send (usage_source "estimated")
+    usage_invalid: int = 0  # results whose usage the provider sent was not believed (usage_reported)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # successful attempts
     ttft: LatencyHistogram = field(default_factory=LatencyHistogram)  # streamed successful attempts
     truncated: int = 0  # results kept with finish_reason "length" (on_truncated = "keep")
@@ -166,8 +169,10 @@ class RunStats:
             self.truncated += 1
         elif c.finish_reason == "content_filter":
             self.content_filtered += 1
+        if c.usage_problem is not None:
+            self.usage_invalid += 1
         if c.usage is not None:
-            if c.usage_source == "estimated":
+            if c.usage_source == "estimated" and c.usage_problem is None:
                 self.usage_estimated += 1
             self.prompt_tokens += c.usage.prompt_tokens
             self.completion_tokens += c.usage.completion_tokens
@@ -233,6 +238,7 @@ class RunStats:
             "cost_saved_usd": round(self.cost_saved_usd, 9),
             "unpriced_results": self.unpriced,
             "usage_estimated": self.usage_estimated,
+            "usage_invalid": self.usage_invalid,
             "cost_per_1000_tickets_usd": (
                 round(self.cost_usd / (self.done - self.unpriced) * 1000, 6)
                 if self.done > self.unpriced else None
@@ -336,6 +342,11 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
         rows.insert(len(rows) - 2, ("usage estimated", (
             f"{summary['usage_estimated']:,} result(s) without usage from the provider: tokens counted "
             "with litellm.token_counter, cost_status \"estimated\"")))
+    if summary.get("usage_invalid"):
+        rows.insert(len(rows) - 2, ("usage not believed", (
+            f"{summary['usage_invalid']:,} result(s) with token counts the provider cannot have meant "
+            "(negative, fractional or over the model's limit): estimated instead, cost_status names the "
+            "problem, usage_reported keeps them")))
     if summary.get("maybe_billed_before"):
         ids = summary.get("maybe_billed_before_ids") or []
         more = summary["maybe_billed_before"] - len(ids[:10])

@@ -21,6 +21,7 @@ from batchrun.providers.error_mapping import (
 )
 from batchrun.providers.litellm_setup import import_litellm
 from batchrun.providers.seam import BatchPrices, ChatRequest
+from batchrun.providers.usage_checks import reported_counts, token_limit, usage_problem
 from batchrun.records import Completion, ToolCall, Usage
 
 #: litellm 1.106's providers with a batch *create* (litellm.acreate_batch's custom_llm_provider).
@@ -184,11 +185,16 @@ class LiteLLMBatchAPI:
         message = choice.get("message") or {}
         raw_usage = body.get("usage")
         usage = None
+        problem = None
         if isinstance(raw_usage, Mapping) and raw_usage.get("total_tokens") is not None:
-            usage = Usage(prompt_tokens=int(raw_usage.get("prompt_tokens") or 0),
-                          completion_tokens=int(raw_usage.get("completion_tokens") or 0),
-                          total_tokens=int(raw_usage.get("total_tokens") or 0))
-        if usage is None:
+            problem = usage_problem(raw_usage, token_limit(self._litellm, self.model))
+            if problem is None:
+                usage = Usage(prompt_tokens=int(raw_usage.get("prompt_tokens") or 0),
+                              completion_tokens=int(raw_usage.get("completion_tokens") or 0),
+                              total_tokens=int(raw_usage.get("total_tokens") or 0))
+        if problem is not None:  # not believed: no usage, no cost (usage_checks.py)
+            cost, status = None, problem[0]
+        elif usage is None:
             cost, status = None, "no_usage"
         elif prices is None:
             cost, status = None, "unpriced_model"
@@ -199,7 +205,8 @@ class LiteLLMBatchAPI:
                       for c in (message.get("tool_calls") or []) if isinstance(c, Mapping))
         return Completion(text=message.get("content") or "", finish_reason=choice.get("finish_reason"),
                           model=body.get("model"), usage=usage, cost_usd=cost, cost_status=status,
-                          tool_calls=calls)
+                          tool_calls=calls, usage_reported=reported_counts(raw_usage) if problem else None,
+                          usage_problem=problem[1] if problem else None)
 
     def is_ours(self, batch: Mapping[str, Any], metadata: Mapping[str, str]) -> bool:
         """A listed batch is a part's when its metadata names the part (providers that list do not

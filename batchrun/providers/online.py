@@ -3,7 +3,9 @@
 No retry inside litellm or the SDK (tenacity is the one retry layer), an
 explicit timeout on every attempt, the API key per call and never in a message,
 the cost litellm computed (job [prices] win) or null with a status saying why,
-usage the provider did not send counted and marked "estimated", a stream that
+usage the provider did not send counted and marked "estimated", usage it sent
+checked before it is believed (usage_checks.py: negative, fractional or absurd
+counts are estimated instead, the line keeps them), a stream that
 ends without a finish_reason retried as `stream_cut`, JSON schemas and tools
 sent where the model takes them, the response cache read before the first
 attempt and written after an accepted answer. The rules and why: docs/internals.md
@@ -32,6 +34,7 @@ from batchrun.providers.seam import ChatRequest, Provider, RequestOptions
 from batchrun.providers.tuning import (
     INLINE_PREP_PROVIDERS,
 )
+from batchrun.providers.usage_checks import reported_counts, token_limit, usage_problem
 from batchrun.records import Completion, ToolCall, Usage
 
 TICKET_HEADER = "X-Batchrun-Ticket-Id"
@@ -78,18 +81,34 @@ def _provider_usage(response: Any) -> Usage | None:
     return usage
 
 
+def _believed_cost(cost: Any) -> float | None:
+    """litellm's response_cost when it is a real, non-negative number, else None."""
+    if cost is None or isinstance(cost, bool):
+        return None
+    try:
+        value = float(cost)
+    except (TypeError, ValueError):
+        return None
+    return value if 0 <= value < float("inf") else None
+
+
 def _completion_from(response: Any, prices: PricesSpec | None,
                      estimate: Callable[[str, tuple[ToolCall, ...]], Usage] | None = None,
-                     cost_per_token: Callable[[Usage], float | None] | None = None) -> Completion:
+                     cost_per_token: Callable[[Usage], float | None] | None = None,
+                     limit: int | None = None) -> Completion:
     """A non-streamed answer as a Completion. Without usage from the provider, `estimate`
     (text, tool calls) -> Usage counts it (usage_source "estimated", cost_status "estimated",
     priced by the job's prices or `cost_per_token`); without `estimate` the usage and cost are
-    None with cost_status "no_usage". Never a silent 0."""
+    None with cost_status "no_usage". Never a silent 0. Usage the provider sent that cannot be
+    believed (usage_checks.usage_problem, `limit` tokens at most) is estimated the same way and
+    kept in `usage_reported`; cost_status names the problem."""
     choice = response.choices[0]
     message = getattr(choice, "message", None)
     text = (getattr(message, "content", None) or "") if message is not None else ""
     tool_calls = _tool_calls_of(message)
-    usage = _provider_usage(response)
+    raw_usage = getattr(response, "usage", None)
+    problem = usage_problem(raw_usage, limit) if raw_usage is not None else None
+    usage = None if problem else _provider_usage(response)
     source = "provider"
     if usage is None and estimate is not None:
         usage, source = estimate(text, tool_calls), "estimated"
@@ -99,16 +118,15 @@ def _completion_from(response: Any, prices: PricesSpec | None,
         cost, status = _job_price(usage, prices), "job_prices"
     elif source == "provider":
         hidden = getattr(response, "_hidden_params", None) or {}
-        cost = hidden.get("response_cost")
-        if cost is not None:
-            cost, status = float(cost), "litellm"
-        else:
-            status = "unpriced_model"
-    else:  # litellm's response_cost priced the zeros: price the estimate instead
+        cost = _believed_cost(hidden.get("response_cost"))
+        status = "litellm" if cost is not None else "unpriced_model"
+    else:  # litellm's response_cost priced the zeros (or the nonsense): price the estimate instead
         cost = cost_per_token(usage) if cost_per_token is not None else None
         status = "unpriced_model"
     if source == "estimated" and cost is not None:
         status = "estimated"
+    if problem is not None:
+        status = problem[0]
     return Completion(
         text=text,
         finish_reason=getattr(choice, "finish_reason", None),
@@ -119,6 +137,8 @@ def _completion_from(response: Any, prices: PricesSpec | None,
         tool_calls=tool_calls,
         usage_source=source,
         rate_limit_headers=_rate_limit_headers(response),
+        usage_reported=reported_counts(raw_usage) if problem is not None else None,
+        usage_problem=problem[1] if problem is not None else None,
     )
 
 
@@ -241,7 +261,7 @@ class LiteLLMProvider:
         try:
             return _completion_from(response, self.prices,
                                     lambda text, calls: self._estimate_usage(request, text, calls),
-                                    self._cost_per_token)
+                                    self._cost_per_token, token_limit(self._litellm, self.model))
         except (AttributeError, IndexError, TypeError, ValueError) as exc:
             raise RetryableError(f"malformed response: {exc}", kind="connection",
                                  error_type="MalformedResponse") from None
@@ -323,19 +343,24 @@ class LiteLLMProvider:
         text = (getattr(message, "content", None) or "") if message is not None else ""
         tool_calls = _tool_calls_of(message)
         usage = _usage_of(built) if _provider_sent_usage(stream, chunks) else None
+        raw_usage = getattr(built, "usage", None) if usage is not None else None
+        problem = usage_problem(raw_usage, token_limit(lm, self.model)) if raw_usage is not None else None
         source = "provider"
-        if usage is None:
+        if usage is None or problem is not None:
             usage, source = self._estimate_usage(request, text, tool_calls), "estimated"
         hidden = getattr(built, "_hidden_params", None) or {}
+        litellm_cost = _believed_cost(hidden.get("response_cost"))
         if self.prices is not None:
             cost, status = _job_price(usage, self.prices), "job_prices"
-        elif source == "provider" and hidden.get("response_cost") is not None:
-            cost, status = float(hidden["response_cost"]), "litellm"
+        elif source == "provider" and litellm_cost is not None:
+            cost, status = litellm_cost, "litellm"
         else:
             cost = self._cost_per_token(usage)
             status = "litellm" if cost is not None else "unpriced_model"
         if source == "estimated" and cost is not None:
             status = "estimated"
+        if problem is not None:
+            status = problem[0]
         return Completion(
             text=text,
             finish_reason=getattr(choice, "finish_reason", None),
@@ -347,6 +372,8 @@ class LiteLLMProvider:
             ttft_ms=ttft_ms,
             usage_source=source,
             rate_limit_headers=_rate_limit_headers(stream),  # the wrapper keeps the response headers
+            usage_reported=reported_counts(raw_usage) if problem is not None else None,
+            usage_problem=problem[1] if problem is not None else None,
         )
 
     def _estimate_usage(self, request: ChatRequest, text: str, tool_calls: tuple[ToolCall, ...]) -> Usage:
