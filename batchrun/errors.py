@@ -14,7 +14,8 @@ retry policy and the engine never look at litellm's own exception types.
     │   └── RunMismatchError    resuming with a different job or input
     └── RequestError            one provider call failed (kind, status, retry_after)
         ├── RetryableError      worth another attempt: rate limit, timeout, connection, 5xx
-        │   └── RateLimitedError    a 429, maybe with the server's Retry-After
+        │   ├── RateLimitedError    a 429, maybe with the server's Retry-After
+        │   └── InvalidResponseError  a 200 that cannot be used (kind invalid_response)
         └── TerminalError       never retried: 4xx (bad request, auth, not found, ...)
 
 Error kinds (the `kind` attribute, written to errors.jsonl) are short stable
@@ -36,6 +37,14 @@ retried and has no status_code. For answers that arrived but cannot be used
                      terminal (the same request would be cut again)
     content_filter   finish_reason "content_filter" with on_content_filter =
                      "fail": terminal
+    invalid_response a 200 whose body is not a usable chat completion (no
+                     choice, usage that is not an object, a JSON array ...):
+                     retried like invalid_output (at once, up to
+                     max_invalid_output_retries), its usage priced as
+                     rejected spend
+    local_resource   this machine ran out of something a request needs (file
+                     descriptors: EMFILE, ENFILE): not retried; the run stops
+                     admitting new requests
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ __all__ = [
     "CheckpointError",
     "ConfigurationError",
     "ExitCode",
+    "InvalidResponseError",
     "JobSpecError",
     "RateLimitedError",
     "RequestError",
@@ -160,6 +170,19 @@ class RateLimitedError(RetryableError):
 
 class TerminalError(RequestError):
     """A failure that another attempt would repeat (4xx)."""
+
+
+class InvalidResponseError(RetryableError):
+    """A 200 answer that cannot be used (kind invalid_response). It may have been billed:
+    `reported_usage` is the usage its body carried (as sent, None without one) and
+    `spent_usd` what that usage cost, once the provider priced it (None: unknown)."""
+
+    def __init__(self, message: str, *, reported_usage: object = None, status_code: int | None = None,
+                 retry_after: float | None = None, error_type: str | None = "InvalidResponse") -> None:
+        super().__init__(message, kind="invalid_response", status_code=status_code, retry_after=retry_after,
+                         error_type=error_type)
+        self.reported_usage = reported_usage
+        self.spent_usd: float | None = None
 
 
 _SECRET_PATTERNS = None

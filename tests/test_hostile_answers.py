@@ -101,3 +101,37 @@ def test_a_batch_line_with_nonsense_usage_is_not_priced():
     good = api.completion_of({**body, "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}},
                              prices)
     assert good.cost_status == "litellm_batch" and good.cost_usd == pytest.approx(1.05e-6)
+
+
+# -- 3. every billed answer counted ---------------------------------------------------------------
+
+def test_a_billed_answer_without_a_usable_choice_is_counted_and_asked_again(make_job, tmp_path):
+    job = load_job(make_job(6, concurrency=2))
+    scripts = ("T000002=no_choices;ok", "T000003=no_choices;no_choices;no_choices",
+               "T000004=string_usage;ok", "T000005=array_body;fraction_usage;string_usage")
+    with start(scripts=scripts) as sim:
+        result = run_job(job, sim)
+        sent = sim.stats()["requests_by_ticket"]
+    rows = {row["id"]: row for row in read_jsonl(tmp_path / "run" / "results.jsonl")}
+    errors = {row["id"]: row for row in read_jsonl(tmp_path / "run" / "errors.jsonl")}
+    assert set(rows) == {"T000001", "T000002", "T000004", "T000006"} and set(errors) == {"T000003", "T000005"}
+    # asked again at once (the invalid-answer rule): 1 + max_invalid_output_retries (2) at most
+    assert rows["T000002"]["attempts"] == 2 and sent["T000002"] == 2
+    assert errors["T000003"]["attempts"] == 3 == sent["T000003"]
+    # each answer without a choice was billed: its usage priced as rejected spend
+    assert rows["T000002"]["rejected_outputs"] == 1 and rows["T000002"]["rejected_cost_usd"] > 0
+    assert errors["T000003"]["rejected_outputs"] == 3 and errors["T000003"]["rejected_cost_usd"] > 0
+    for line in errors.values():
+        assert line["error_kind"] == "invalid_response", line
+        message = line["message"]
+        assert "Traceback" not in message and "site-packages" not in message and ".py" not in message, message
+        assert len(message) < 600, message
+    assert "no usable choice" in errors["T000003"]["message"]
+    assert '"choices":[]' in errors["T000003"]["message"]  # the body's first bytes
+    assert "usage" in errors["T000005"]["message"]
+    summary = result.summary
+    assert summary["errors_by_kind"].get("connection") is None
+    assert summary["errors_by_kind"]["invalid_response"] == 1 + 3 + 1 + 3
+    assert summary["rejected_outputs"] == 1 + 3 + 1 + 3
+    assert summary["cost_usd"] == pytest.approx(sum(r["cost_usd"] + r.get("rejected_cost_usd", 0) for r in rows.values())
+                                                + sum(e.get("rejected_cost_usd", 0) for e in errors.values()))

@@ -44,8 +44,12 @@ attempts (nothing left the machine; `cache_hit`, cost 0, `cost_saved_usd`).
 After the retry loop, an accepted answer is stored; errors and rejected
 answers never are.
 
+A 200 that cannot be used (kind invalid_response: no choice, a body litellm
+cannot read) follows the same re-ask rule as an invalid answer.
+
 A rejected answer was paid for: the Outcome counts them (`rejected_outputs`)
-and their cost (`rejected_cost_usd`). The job's RequestOptions and
+and their cost (`rejected_cost_usd`, an unusable answer's from the usage its
+body carried). The job's RequestOptions and
 OutputRules are built once per JobSpec (`rules_for`) and attached to the
 request here, so the engine need not know about them.
 
@@ -72,6 +76,7 @@ from typing import Any, Mapping, Protocol
 import anyio
 
 from batchrun.errors import (
+    InvalidResponseError,
     RateLimitedError,
     RequestError,
     RetryableError,
@@ -192,6 +197,17 @@ def judge_answer(completion: Completion, job: JobSpec) -> Mapping[str, Any] | No
         raise RetryableError(str(exc), kind="invalid_output", error_type="InvalidOutput") from None
 
 
+def _reask_or_give_up(error: RequestError, invalid: int, rules: TicketRules) -> RequestError:
+    """The invalid-answer rule (invalid_output, invalid_response): asked again at once
+    (retry_after=0 skips the backoff) up to max_invalid_output_retries times, then terminal."""
+    if invalid > rules.max_invalid_output_retries:
+        return TerminalError(f"{error.message} ({invalid} invalid answer(s); max_invalid_output_retries = "
+                             f"{rules.max_invalid_output_retries})", kind=error.kind,
+                             status_code=error.status_code, error_type=error.error_type)
+    return RetryableError(error.message, kind=error.kind, retry_after=0.0, status_code=error.status_code,
+                          error_type=error.error_type)
+
+
 def _sleep_unless_halted(halt: anyio.Event) -> Any:
     """tenacity's sleep: the backoff ends at once, with TicketAbandoned, when the run is halted."""
 
@@ -271,6 +287,11 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                                              error_type="Timeout")
                 except Exception as exc:
                     error = translate_error(exc)
+                    if isinstance(error, InvalidResponseError):  # billed, unusable: the invalid-answer rule
+                        rejected += 1
+                        rejected_cost += error.spent_usd or 0.0
+                        invalid += 1
+                        error = _reask_or_give_up(error, invalid, rules)
                     hooks.attempt_failed(request, attempts, error)
                     raise error from None
                 latency_ms = (time.monotonic() - a0) * 1000.0
@@ -284,14 +305,9 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                             error = exc
                         else:
                             invalid += 1
-                            if invalid > rules.max_invalid_output_retries:
-                                error = TerminalError(
-                                    f"{exc} ({invalid} invalid answer(s); max_invalid_output_retries = "
-                                    f"{rules.max_invalid_output_retries})",
-                                    kind="invalid_output", error_type="InvalidOutput")
-                            else:  # ask again at once: retry_after=0 skips the backoff
-                                error = RetryableError(str(exc), kind="invalid_output", retry_after=0.0,
-                                                       error_type="InvalidOutput")
+                            error = _reask_or_give_up(
+                                RetryableError(str(exc), kind="invalid_output", error_type="InvalidOutput"),
+                                invalid, rules)
                         hooks.attempt_failed(request, attempts, error)
                         raise error from None
                 hooks.attempt_succeeded(request, attempts, completion, latency_ms)

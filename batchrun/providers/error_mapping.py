@@ -5,19 +5,26 @@
                                   for answers that arrive as data (a batch output line), and the
                                   fallback of translate_error for exceptions that carry a status
     parse_retry_after(headers)    seconds from retry-after-ms, retry-after seconds or an HTTP date
+    unusable_answer(reason, body) a 200 that cannot be used -> InvalidResponseError (kind
+                                  invalid_response): the reason and the body's first
+                                  BODY_EXCERPT_BYTES bytes (redacted), the usage it carried
 
 Kinds and which are retried: errors.py. A refused or reset connection is kind
 `connection` with no status even where litellm calls it a 500; the API key is
-scrubbed from every message.
+scrubbed from every message. A 200 whose body litellm cannot turn into a chat
+completion (litellm's "Invalid response object" with a traceback, or "choices
+that is not a list") is `invalid_response` with a short message: what is wrong
+with the body and how it begins, never litellm's traceback or local paths.
 """
 
 from __future__ import annotations
 
 import email.utils
 import time
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from batchrun.errors import (
+    InvalidResponseError,
     RateLimitedError,
     RequestError,
     RetryableError,
@@ -85,10 +92,94 @@ def error_for_status(status: int | None, message: str, *, code: object = None, e
     return TerminalError(message, kind=kind, status_code=status, error_type=error_type)
 
 
+BODY_EXCERPT_BYTES = 200  # of an unusable answer's body, in its error message
+_LITELLM_INVALID = "Invalid response object"  # litellm's conversion failed (a traceback follows)
+_LITELLM_NO_LIST = "provider returned 'choices' that is not a list"
+_BODY_START, _BODY_END = "received_args={'response_object': ", ", 'model_response_object': "
+
+
+def describe_body(body: Any) -> str:
+    """What is wrong with a 200 body that is not a usable chat completion (for the message)."""
+    from batchrun.providers.usage_checks import usage_problem
+
+    if not isinstance(body, Mapping):
+        return f"the body is a JSON {_json_type(body)}, not a chat completion object"
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return f"no usable choice (choices: {_json_type(choices) if not isinstance(choices, list) else 'empty'})"
+    if not all(isinstance(c, Mapping) and isinstance(c.get("message"), Mapping) for c in choices):
+        return "no usable choice (a choice without a message)"
+    usage = body.get("usage")
+    if usage is not None and not isinstance(usage, Mapping):
+        return f"usage is a JSON {_json_type(usage)}, not an object"
+    problem = usage_problem(usage, None) if usage is not None else None
+    if problem is not None:
+        return f"usage: {problem[1]}"
+    return "litellm cannot read it as a chat completion"
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def unusable_answer(reason: str, body: Any, secrets: Sequence[str] = (), *,
+                    status_code: int | None = 200) -> InvalidResponseError:
+    """The InvalidResponseError of a 200 that cannot be used: `reason`, then the first
+    BODY_EXCERPT_BYTES bytes of `body` (JSON text, redacted); the usage it carried (when it is
+    an object) as `reported_usage`, for the provider to price as rejected spend."""
+    import orjson
+
+    text = body if isinstance(body, str) else orjson.dumps(body, default=str).decode()
+    raw = text.encode()
+    excerpt = raw[:BODY_EXCERPT_BYTES].decode(errors="ignore") + ("..." if len(raw) > BODY_EXCERPT_BYTES else "")
+    usage = body.get("usage") if isinstance(body, Mapping) else None
+    return InvalidResponseError(
+        redact_secrets(f"the provider answered {status_code or 200} but the answer cannot be used: {reason}; "
+                       f"the body begins: {excerpt}", secrets),
+        reported_usage=usage if isinstance(usage, Mapping) else None, status_code=status_code)
+
+
+def _litellm_body(text: str) -> Any:
+    """The response body litellm put in its "Invalid response object" message (a Python repr),
+    read back as data (ast.literal_eval: literals only, nothing evaluated), or None."""
+    import ast
+
+    start = text.find(_BODY_START)
+    if start < 0:
+        return None
+    start += len(_BODY_START)
+    end = text.find(_BODY_END, start)
+    if end < 0 or end - start > 1_000_000:
+        return None
+    try:
+        return ast.literal_eval(text[start:end])
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+
+
+def _unusable_from_litellm(exc: BaseException, secrets: Sequence[str]) -> InvalidResponseError | None:
+    """litellm's failure to read a 200 body, as an unusable answer (module docstring), or None."""
+    text = str(exc)
+    if _LITELLM_INVALID in text:
+        body = _litellm_body(text)
+        if body is None:
+            return unusable_answer("litellm cannot read it as a chat completion", "(not shown)", secrets)
+        return unusable_answer(describe_body(body), body, secrets)
+    if _LITELLM_NO_LIST in text:
+        shown = text[text.find(_LITELLM_NO_LIST) + len("provider returned "):]
+        return unusable_answer(f"no usable choice ({shown.split('. Raw keys')[0]})",
+                               "(keys " + shown.split("Raw keys: ", 1)[-1][:150] + ")", secrets)
+    return None
+
+
 def translate_error(exc: BaseException, secrets: Sequence[str] = ()) -> RequestError:
     """Map any exception from a provider call onto batchrun's RequestError tree."""
     if isinstance(exc, RequestError):
         return exc
+    unusable = _unusable_from_litellm(exc, secrets)
+    if unusable is not None:
+        return unusable
     message = redact_secrets(str(exc) or type(exc).__name__, secrets)[:1000]
     status = getattr(exc, "status_code", None)
     status = status if isinstance(status, int) else None

@@ -22,13 +22,15 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from batchrun.errors import (
+    InvalidResponseError,
     RequestError,
     RetryableError,
+    redact_secrets,
 )
 from batchrun.job.sections import PricesSpec
 from batchrun.providers import tuning
 from batchrun.providers.cache import ResponseCache
-from batchrun.providers.error_mapping import translate_error
+from batchrun.providers.error_mapping import describe_body, translate_error, unusable_answer
 from batchrun.providers.litellm_setup import import_litellm, openai_transport
 from batchrun.providers.seam import ChatRequest, Provider, RequestOptions
 from batchrun.providers.tuning import (
@@ -140,6 +142,24 @@ def _completion_from(response: Any, prices: PricesSpec | None,
         usage_reported=reported_counts(raw_usage) if problem is not None else None,
         usage_problem=problem[1] if problem is not None else None,
     )
+
+
+def _has_usable_choice(response: Any) -> bool:
+    """A non-streamed answer with a first choice that holds a message."""
+    choices = getattr(response, "choices", None)
+    return bool(choices) and getattr(choices[0], "message", None) is not None
+
+
+def _plain_body(response: Any) -> Any:
+    """A litellm response as plain JSON data, for an error message."""
+    dump = getattr(response, "model_dump", None)
+    try:
+        body = dump() if dump is not None else response
+    except Exception:
+        return repr(response)
+    if isinstance(body, dict):
+        body.pop("system_fingerprint", None)
+    return body
 
 
 def _rate_limit_headers(response: Any) -> dict[str, str] | None:
@@ -257,14 +277,31 @@ class LiteLLMProvider:
         try:
             response = await self._acompletion(request, kwargs)
         except Exception as exc:  # cancellation is a BaseException and passes through
-            raise translate_error(exc, self._secrets) from None
+            raise self._priced(translate_error(exc, self._secrets)) from None
+        if not _has_usable_choice(response):  # billed (usage and all), nothing to use
+            body = _plain_body(response)
+            raise self._priced(unusable_answer(describe_body(body), body, self._secrets)) from None
         try:
             return _completion_from(response, self.prices,
                                     lambda text, calls: self._estimate_usage(request, text, calls),
                                     self._cost_per_token, token_limit(self._litellm, self.model))
         except (AttributeError, IndexError, TypeError, ValueError) as exc:
-            raise RetryableError(f"malformed response: {exc}", kind="connection",
-                                 error_type="MalformedResponse") from None
+            raise self._priced(unusable_answer(f"{type(exc).__name__}: {exc}", _plain_body(response),
+                                               self._secrets)) from None
+
+    def _priced(self, error: RequestError) -> RequestError:
+        """An unusable answer's reported usage priced (job prices, else litellm's): its `spent_usd`,
+        rejected spend the ticket's line counts. Usage that cannot be believed is not priced."""
+        if isinstance(error, InvalidResponseError) and isinstance(error.reported_usage, Mapping):
+            raw = error.reported_usage
+            if usage_problem(raw, token_limit(self._litellm, self.model)) is None:
+                usage = Usage(prompt_tokens=int(raw.get("prompt_tokens") or 0),
+                              completion_tokens=int(raw.get("completion_tokens") or 0),
+                              total_tokens=int(raw.get("total_tokens") or 0))
+                if usage.total_tokens or usage.prompt_tokens or usage.completion_tokens:
+                    error.spent_usd = (_job_price(usage, self.prices) if self.prices is not None
+                                       else self._cost_per_token(usage))
+        return error
 
     def _sends_schema(self, options: RequestOptions) -> bool:
         if options.send_json_schema != "auto":
@@ -329,8 +366,9 @@ class LiteLLMProvider:
         except RequestError:
             raise
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
-            raise RetryableError(f"malformed stream: {exc}", kind="connection",
-                                 error_type="MalformedResponse") from None
+            raise InvalidResponseError(f"the provider's stream cannot be assembled into an answer: "
+                                       f"{type(exc).__name__}: {redact_secrets(str(exc), self._secrets)[:200]}"
+                                       ) from None
 
     def _completion_from_stream(self, request: ChatRequest, stream: Any, chunks: list[Any],
                                 ttft_ms: float | None) -> Completion:
