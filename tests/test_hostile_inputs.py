@@ -105,3 +105,100 @@ def test_raw_cells_opt_out_writes_the_text_as_it_is(hostile_run, tmp_path):
     answers = {row["id"]: row["output"] for row in read_jsonl(hostile_run / "results.jsonl")}
     assert rows["F1"]["output"] == answers["F1"] and rows["F1"]["output"].startswith("=HYPERLINK(")
     assert rows["F2"]["input.subject"] == "-2+3" and "=F4" in rows
+
+
+# -- 4. secrets in any part of a URL ------------------------------------------------------------------
+
+PATH_KEY = "sk-SENTINELpath0123456789abcdef"  # a gateway that takes the key in the path
+HEX_KEY = "deadbeef" * 4  # a key-shaped path segment without a known prefix
+PASSWORD = "SENTINELpassword"  # userinfo
+QUERY_KEY = "SENTINELquery0123456789"
+
+
+def _grep_tree(root: Path, needles: tuple[str, ...]) -> list[str]:
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            found += [f"{path}: {n}" for n in needles if n.encode() in data]
+    return found
+
+
+async def _serve_texts(root: Path, name: str) -> list[str]:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from batchrun.serve.app import build_app
+
+    texts = []
+    async with TestClient(TestServer(build_app(root, show_text=True))) as client:
+        for path in ("/", f"/runs/{name}", "/api/runs", f"/api/runs/{name}"):
+            response = await client.get(path)
+            assert response.status == 200, path
+            texts.append(await response.text())
+    return texts
+
+
+def test_a_key_in_any_part_of_the_endpoint_url_is_shown_nowhere(tmp_path, cli_env):
+    import subprocess
+
+    import anyio
+
+    from batchrun.sim.config import SimConfig
+    from batchrun.sim.process import start_simulator
+    from conftest import batchrun_cmd, write_tickets
+
+    write_tickets(tmp_path / "tickets.jsonl", 6)
+    job = tmp_path / "job.toml"
+    job.write_text(HOSTILE_JOB.format(extra=""))
+    needles = (PATH_KEY, HEX_KEY, PASSWORD, QUERY_KEY)
+    with start_simulator(SimConfig(latency_ms=1, jitter=0, scripts=("T000002=500;500",))) as sim:
+        host = sim.base_url.split("://", 1)[1].split("/", 1)[0]
+        # a key in the query string or the userinfo is refused at load (it cannot work), and not repeated
+        refused = {}
+        for where, bad in (("query", f"http://{host}/{PATH_KEY}/v1?key={QUERY_KEY}"),
+                           ("userinfo", f"http://user:{PASSWORD}@{host}/{PATH_KEY}/v1")):
+            refused[where] = subprocess.run(batchrun_cmd("run", str(job), "--api-base", bad, "--no-progress"),
+                                            env=cli_env, capture_output=True, text=True, timeout=120)
+            assert refused[where].returncode == 2, refused[where].stderr
+        assert "query string" in refused["query"].stderr and "credentials" in refused["userinfo"].stderr
+        # a key in the path: the run works and shows it nowhere
+        api_base = f"http://{host}/{PATH_KEY}/{HEX_KEY}/v1"
+        log = tmp_path / "run.log"
+        run = subprocess.run(batchrun_cmd("run", str(job), "--api-base", api_base, "--no-progress", "-vv",
+                                          "--log-file", str(log)), env=cli_env, capture_output=True, text=True,
+                             timeout=180)
+        assert run.returncode == 3, run.stderr  # T000002 failed (two 500s): its message is shown too
+        assert sim.stats()["requests_by_ticket"]["T000001"] == 1  # the gateway path was used
+    outputs = {"query": refused["query"].stderr, "userinfo": refused["userinfo"].stderr, "stdout": run.stdout,
+               "stderr": run.stderr, "log": log.read_text()}
+    run_dir = tmp_path / "run"
+    manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
+    assert manifest["endpoint"].startswith(f"http://{host}/***/***/v1"), manifest["endpoint"]
+    assert f"via http://{host}/***/***/v1" in run.stderr  # the header
+    status = invoke_cli("status", str(run_dir))
+    status_json = invoke_cli("status", str(run_dir), "--json")
+    outputs.update({"status": status.stdout + status.stderr, "status --json": status_json.stdout})
+    for number, text in enumerate(anyio.run(_serve_texts, tmp_path, "run")):
+        outputs[f"serve {number}"] = text
+    leaks = [f"{where}: {n}" for where, text in outputs.items() for n in needles if n in text]
+    leaks += _grep_tree(tmp_path / "run", needles)
+    assert not leaks, leaks
+    assert "***" in outputs["status"] and "***" in outputs["status --json"]
+
+
+def test_redaction_of_urls_in_text_and_in_an_old_manifest(tmp_path):
+    from batchrun.errors import redact_secrets, redact_url
+    from batchrun.rundir.status import status_from_counts
+
+    url = f"https://user:{PASSWORD}@gw.example:8443/{PATH_KEY}/{HEX_KEY}/v1?key={QUERY_KEY}&api-version=2024-06"
+    assert redact_url(url) == "https://gw.example:8443/***/***/v1"
+    for model_path in ("/openai/deployments/gpt-4o-mini-2024-07-18/v1", "/v1beta", "/meta-llama-3.1-8b-instruct"):
+        assert redact_url("http://h" + model_path) == "http://h" + model_path  # names are not keys
+    text = redact_secrets(f"POST {url} failed; curl -X POST {url}")
+    assert not [n for n in (PATH_KEY, HEX_KEY, PASSWORD, QUERY_KEY) if n in text], text
+    assert "gw.example:8443" in text
+    # a manifest written before (the endpoint as it was stored then) is shown redacted
+    shown = status_from_counts(tmp_path, {"endpoint": f"http://gw.example/{PATH_KEY}/v1", "input": {}}, done=0,
+                               failed=0, cost_usd=0.0, unpriced=0, total_tokens=0, rejected_lines=0, live=False,
+                               done_ids=set())
+    assert shown["endpoint"] == "http://gw.example/***/v1"

@@ -19,6 +19,7 @@ import orjson
 from batchrun.errors import (
     RunMismatchError,
     TicketError,
+    redact_endpoint,
 )
 from batchrun.job.spec import JobSpec
 from batchrun.job.tickets import InputScan, file_digest, scan_from_index, scan_input
@@ -81,8 +82,9 @@ def mismatches(old: dict[str, Any], job: JobSpec, scan: InputScan, endpoint: str
             f"input changed ({old_input.get('path')}, {old_input.get('size')} bytes -> "
             f"{scan.path}, {scan.size} bytes)"
         )
-    if old.get("endpoint") and old.get("endpoint") != endpoint:
-        changes.append(f"endpoint changed ({old.get('endpoint')} -> {endpoint})")
+    before = redact_endpoint(old.get("endpoint"))  # as shown now: a manifest written before kept keys in paths
+    if before and before != endpoint:
+        changes.append(f"endpoint changed ({before} -> {endpoint})")
     return changes
 
 

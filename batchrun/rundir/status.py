@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AbstractSet, Any, Mapping
 
-from batchrun.errors import CheckpointError, ReportError
+from batchrun.errors import CheckpointError, ReportError, redact_endpoint
 from batchrun.rundir.layout import LEDGER, LIVE_PART_STATES
 from batchrun.rundir.manifest import read_manifest
 
@@ -188,7 +188,7 @@ def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int,
         "state_note": note,
         "live": live,
         "run": manifest.get("run"),
-        "endpoint": manifest.get("endpoint"),
+        "endpoint": redact_endpoint(manifest.get("endpoint")),  # an older manifest may hold a key
         "input": (manifest.get("input") or {}).get("path"),
         "tickets": total,
         "done": done,

@@ -10,7 +10,7 @@ reached, faults served).
 
 Endpoints
 ---------
-``POST /v1/chat/completions`` (also ``/chat/completions``)
+``POST /v1/chat/completions`` (also ``/chat/completions``, ``/<any path>/v1/chat/completions``)
     A chat completion. The answer text comes from
     `batchrun.sim.answers.compose_answer(messages, seed)`; usage is counted
     with `batchrun.sim.tokens`. ``max_tokens`` / ``max_completion_tokens``
@@ -748,7 +748,7 @@ def build_app(config: SimConfig) -> web.Application:
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     app[SIMULATOR_KEY] = simulator
     router = app.router
-    for prefix in ("/v1", ""):
+    for prefix in ("/v1", "", "/{gateway:.+}/v1"):  # the last: a gateway that takes the key in the path
         router.add_post(prefix + "/chat/completions", simulator.chat_completions)
         router.add_get(prefix + "/models", simulator.list_models)
     from batchrun.sim.batches import BatchSimulator
