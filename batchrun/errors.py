@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import re
 from enum import IntEnum
+from typing import Sequence
 
 __all__ = [
     "BatchrunError",
@@ -227,7 +228,7 @@ def _masked_path(path: str) -> str:
     return "/".join(MASK if key_shaped(part) else part for part in path.split("/"))
 
 
-def redact_secrets(text: str, secrets: "tuple[str, ...] | list[str]" = ()) -> str:
+def redact_secrets(text: str, secrets: "Sequence[str]" = ()) -> str:
     """Remove API keys from text meant for a log, a checkpoint or the terminal.
 
     Every exact secret given is replaced, then anything shaped like a key:

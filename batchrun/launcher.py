@@ -282,6 +282,22 @@ def _totals(run_dir: Path, asked: int, input_tickets: int) -> dict[str, int]:
             "remaining": max(input_tickets - done - failed, 0)}
 
 
+def _fit_file_limit(prep: Any, workers: int, say: Say) -> Any:
+    """The prepared run with its concurrency lowered to what the file-descriptor limit allows
+    (execution/file_limits.py), saying so in one line; unchanged when it fits (the soft limit
+    raised where needed)."""
+    from batchrun.execution.file_limits import fit_concurrency
+
+    job = prep.job
+    asked = job.max_in_flight
+    processes = max(workers, 1)
+    fit = fit_concurrency(-(-asked // processes))
+    if not fit.lowered:
+        return prep
+    say(f"warning: {fit.describe(asked, processes)}")
+    return dataclasses.replace(prep, job=job.with_overrides(concurrency=fit.in_flight * processes))
+
+
 def _nothing_to_do(prep: Any) -> RunResult:
     from batchrun.analysis.stats import RunStats
 
@@ -315,12 +331,15 @@ async def run_online(job: JobSpec, job_path: Path | None, targets: dict[str, Tar
             result = _nothing_to_do(prep)
         else:
             models = ", ".join(t["model"] for t in targets.values())
-            say(f"{job.name}: {prep.to_do:,} to do, {prep.already_done:,} already done, "
-                f"model {models} via {endpoint}, concurrency {job.concurrency}, run {prep.run_number} "
-                f"in {prep.run_dir}")
             on_ray = job.engine == "ray"
             # Ray: `workers` actors, 0 = one per CPU the cluster offers (known once it is joined)
             workers = (job.workers if isinstance(job.workers, int) else 0) if on_ray else job.worker_count(prep.to_do)
+            if not on_ray:  # file descriptors for the requests in flight here (worker processes inherit it)
+                prep = _fit_file_limit(prep, workers, say)
+                job = prep.job
+            say(f"{job.name}: {prep.to_do:,} to do, {prep.already_done:,} already done, "
+                f"model {models} via {endpoint}, concurrency {job.concurrency}, run {prep.run_number} "
+                f"in {prep.run_dir}")
             provider_kwargs = {key: {**kwargs, "api_base": sim_url if use_sim else kwargs["api_base"]}
                                for key, kwargs in targets.items()}
             providers = None

@@ -8,7 +8,8 @@ actors), the limits, the counts and the decisions to stop live here, once:
                                attempt_failed / attempt_succeeded (429 pauses,
                                token corrections, AIMD)
     stop(reason, message)      no new ticket starts: "signal", "fail_fast",
-                               "budget", "checkpoint" or "crash"; requests in
+                               "budget", "checkpoint", "crash" or "local_resource"
+                               (EMFILE: out of file descriptors); requests in
                                flight finish
     halt_requests()            a signal: not even a retry starts; tickets waiting
                                for a permit or a backoff end unrecorded
@@ -58,7 +59,8 @@ FAIL_FAST_KINDS = frozenset({"auth", "permission", "not_found"})
 # Kinds that never count toward the same-error streak: retried ones (an outage passes) and the
 # verdicts on an answer (they are about one ticket's answer, not about the endpoint).
 _NOT_ENDPOINT_KINDS = frozenset({"rate_limited", "timeout", "connection", "server_error", "stream_cut",
-                                 "invalid_output", "truncated", "content_filter"})
+                                 "invalid_output", "invalid_response", "truncated", "content_filter",
+                                 "local_resource"})
 log = logging.getLogger("batchrun")
 
 
@@ -235,6 +237,9 @@ class Coordinator:
 
     def attempt_failed(self, request: ChatRequest, attempt: int, error: RequestError) -> None:
         self.stats.errors_by_kind[error.kind] = self.stats.errors_by_kind.get(error.kind, 0) + 1
+        if error.kind == "local_resource":  # the machine, not the server: no new request would fare better
+            self.stop("local_resource", f"stopping: {error.message} ({self.stats.in_flight} in flight finish; "
+                                        "no new request is sent)")
         rate_limited = isinstance(error, RateLimitedError)
         if rate_limited:
             self.stats.rate_limited += 1

@@ -10,7 +10,8 @@
                                   BODY_EXCERPT_BYTES bytes (redacted), the usage it carried
 
 Kinds and which are retried: errors.py. A refused or reset connection is kind
-`connection` with no status even where litellm calls it a 500; the API key is
+`connection` with no status even where litellm calls it a 500; EMFILE or ENFILE
+under an error (no descriptor left for the socket) is `local_resource`; the API key is
 scrubbed from every message. A 200 whose body litellm cannot turn into a chat
 completion (litellm's "Invalid response object" with a traceback, or "choices
 that is not a list") is `invalid_response` with a short message: what is wrong
@@ -180,6 +181,9 @@ def translate_error(exc: BaseException, secrets: Sequence[str] = ()) -> RequestE
     unusable = _unusable_from_litellm(exc, secrets)
     if unusable is not None:
         return unusable
+    local = _out_of_descriptors(exc)
+    if local is not None:
+        return local
     message = redact_secrets(str(exc) or type(exc).__name__, secrets)[:1000]
     status = getattr(exc, "status_code", None)
     status = status if isinstance(status, int) else None
@@ -224,6 +228,39 @@ def translate_error(exc: BaseException, secrets: Sequence[str] = ()) -> RequestE
     if isinstance(exc, (ConnectionError, OSError)) or _is_transport_error(exc):
         return RetryableError(message, kind="connection", error_type=name)
     return TerminalError(message, kind="unknown", status_code=status, error_type=name)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and every exception under it: __cause__, __context__, litellm's original_exception."""
+    found: list[BaseException] = []
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        found.append(current)
+        todo += [current.__cause__, current.__context__, getattr(current, "original_exception", None),
+                 getattr(current, "os_error", None)]
+    return found
+
+
+def _out_of_descriptors(exc: BaseException) -> TerminalError | None:
+    """EMFILE / ENFILE anywhere under `exc`: this machine, not the server, ran out (kind
+    local_resource, not retried: the next attempt would find none either; the run stops admitting)."""
+    import errno
+    import resource
+
+    for cause in _causes(exc):
+        if isinstance(cause, OSError) and cause.errno in (errno.EMFILE, errno.ENFILE):
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            which = ("this process's limit, ulimit -n " + (f"{soft:,}" if soft != resource.RLIM_INFINITY else "unlimited")
+                     if cause.errno == errno.EMFILE else "the whole system's table, ENFILE; see also ulimit -n")
+            return TerminalError(f"this machine ran out of file descriptors ({which}) before the request could be "
+                                 "sent: raise the limit or lower the concurrency, then re-run to send it",
+                                 kind="local_resource", error_type="OutOfFileDescriptors")
+    return None
 
 
 def _transport_cause(exc: BaseException) -> BaseException | None:

@@ -146,7 +146,7 @@ def _completion_from(response: Any, prices: PricesSpec | None,
 
 def _has_usable_choice(response: Any) -> bool:
     """A non-streamed answer with a first choice that holds a message."""
-    choices = getattr(response, "choices", None)
+    choices: Any = getattr(response, "choices", None)
     return bool(choices) and getattr(choices[0], "message", None) is not None
 
 
@@ -388,6 +388,7 @@ class LiteLLMProvider:
             usage, source = self._estimate_usage(request, text, tool_calls), "estimated"
         hidden = getattr(built, "_hidden_params", None) or {}
         litellm_cost = _believed_cost(hidden.get("response_cost"))
+        cost: float | None
         if self.prices is not None:
             cost, status = _job_price(usage, self.prices), "job_prices"
         elif source == "provider" and litellm_cost is not None:

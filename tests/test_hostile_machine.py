@@ -1,0 +1,158 @@
+"""What the machine can do to a run (issue 24): too few file descriptors, a connection pool smaller
+than the concurrency, a corrupt response cache, a full disk. Real OS conditions: resource limits
+set in a child process (resource.setrlimit), a small tmpfs where one can be mounted (skipped, with
+the reason, elsewhere)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from conftest import ROOT, batchrun_cmd, read_jsonl, write_tickets
+
+JOB = """\
+name = "machine"
+input = "tickets.jsonl"
+run_dir = "run"
+model = "openai/gpt-4o-mini"
+api_key_env = "BATCHRUN_TEST_KEY"
+concurrency = {concurrency}
+timeout_s = {timeout_s}
+workers = 1
+
+[prompt]
+system = "Classify the ticket as exactly one of: bug, feature, billing, other."
+user = "Subject: {{subject}}\\n\\n{{body}}"
+
+[params]
+max_tokens = 5
+
+[retry]
+max_attempts = 3
+initial_backoff_s = 0.01
+max_backoff_s = 0.05
+{extra}
+"""
+
+
+def write_job(base: Path, tickets: int, *, concurrency: int, timeout_s: float = 30, extra: str = "") -> Path:
+    write_tickets(base / "tickets.jsonl", tickets)
+    job = base / "job.toml"
+    job.write_text(JOB.format(concurrency=concurrency, timeout_s=timeout_s, extra=textwrap.dedent(extra)))
+    return job
+
+
+def nofile(soft: int, hard: int | None = None):
+    """preexec_fn: the child's file-descriptor limit (soft, hard)."""
+    def set_limit() -> None:
+        current_hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, current_hard if hard is None else hard))
+    return set_limit
+
+
+def start_sim(**config):
+    from batchrun.sim.config import SimConfig
+    from batchrun.sim.process import start_simulator
+
+    return start_simulator(SimConfig(**{"latency_ms": 1, "jitter": 0, **config}))
+
+
+# -- 5. concurrency as asked -----------------------------------------------------------------------
+
+def test_one_process_holds_1000_requests_in_flight(tmp_path, cli_env):
+    """concurrency = 1000, one process (no workers), a soft file limit of 256 (the hard one higher):
+    the server sees 1,000 requests in flight at once (every request is held: a `stall`)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 1400:
+        pytest.skip(f"the hard file-descriptor limit ({hard}) is below what 1,000 connections need")
+    job = write_job(tmp_path, 1000, concurrency=1000, timeout_s=300)
+    with start_sim(scripts=("rate:1=stall:stall_s=600",)) as sim:
+        proc = subprocess.Popen(batchrun_cmd("run", str(job), "--api-base", sim.base_url, "--no-progress",
+                                             "--grace", "0"), env=cli_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, preexec_fn=nofile(256))
+        try:
+            deadline = time.monotonic() + 120  # bounds only a failure: 500 would stay 500
+            stats = sim.stats()
+            while stats["in_flight"] < 1000 and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.5)
+                stats = sim.stats()
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=120)
+    print(f"\npeak in flight at the server: {stats['peak_in_flight']} (concurrency 1000, one process)")
+    assert stats["peak_in_flight"] == 1000, (stats["peak_in_flight"], err[-2000:])
+    assert proc.returncode == 130, err[-2000:]
+
+
+def test_a_file_limit_too_low_for_the_concurrency_lowers_it_and_says_so(tmp_path, cli_env):
+    job = write_job(tmp_path, 300, concurrency=1000)
+    with start_sim(latency_ms=30) as sim:
+        run = subprocess.run(batchrun_cmd("run", str(job), "--api-base", sim.base_url, "--no-progress"),
+                             env=cli_env, capture_output=True, text=True, timeout=300, preexec_fn=nofile(256, 256))
+        peak = sim.stats()["peak_in_flight"]
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stderr.splitlines() if "file descriptors" in line]
+    assert len(lines) == 1, run.stderr
+    assert "ulimit -n" in lines[0] and "256" in lines[0] and "concurrency 1000" in lines[0], lines[0]
+    lowered = int(lines[0].split("lowered to ")[1].split()[0].rstrip(":;,"))
+    assert 16 <= lowered < 256 and peak <= lowered, (lowered, peak)
+    assert len(read_jsonl(tmp_path / "run" / "results.jsonl")) == 300
+
+
+EMFILE_SCRIPT = """
+import os, resource, sys
+import anyio
+sys.path.insert(0, {root!r})
+from batchrun import execute_run, load_job, prepare_run
+from batchrun.providers.online import LiteLLMProvider
+
+from batchrun.providers.seam import ChatRequest
+
+job = load_job({job!r})
+provider = LiteLLMProvider(model=job.model, api_base={base!r}, api_key="sim-key", params=job.params)
+# one request first, so that every module a run needs is imported while files can still be opened
+anyio.run(lambda: provider.complete(ChatRequest("warm-up", [dict(role="user", content="hi")], 10)))
+prep = prepare_run(job, endpoint="sim")
+resource.setrlimit(resource.RLIMIT_NOFILE, (400, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+held = []
+try:
+    while True:  # every descriptor but {free}: the run opens its files, then its connections find none
+        held.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+for fd in held[-{free}:]:
+    os.close(fd)
+result = anyio.run(lambda: execute_run(prep, provider))
+prep.release()
+print(result.state, result.exit_code, result.error)
+"""
+
+
+def test_running_out_of_file_descriptors_mid_run_stops_admitting_and_says_why(tmp_path):
+    job = write_job(tmp_path, 100, concurrency=40)
+    with start_sim(latency_ms=50) as sim:
+        script = EMFILE_SCRIPT.format(root=str(ROOT), job=str(job), base=sim.base_url, free=12)
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+        sent = sum(sim.stats()["requests_by_ticket"].values())
+    assert run.returncode == 0, run.stderr[-3000:]
+    state, code, error = run.stdout.strip().splitlines()[-1].split(" ", 2)
+    errors = read_jsonl(tmp_path / "run" / "errors.jsonl")
+    kinds = {line["error_kind"] for line in errors}
+    print(f"\nEMFILE: {len(errors)} ticket(s) failed, kinds {kinds}; {sent} request(s) reached the server")
+    assert errors and kinds == {"local_resource"}, kinds
+    assert all(line["attempts"] == 1 for line in errors)  # not retried as a connection error
+    assert len(errors) <= 40  # no new ticket was admitted once the machine said EMFILE
+    assert state == "failed" and code == "1", run.stdout
+    assert "file descriptors" in error and "ulimit -n" in error
+    manifest = orjson.loads((tmp_path / "run" / "manifest.json").read_bytes())
+    assert manifest["state"] == "failed" and "file descriptors" in manifest["error"]
