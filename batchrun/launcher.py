@@ -282,6 +282,20 @@ def _totals(run_dir: Path, asked: int, input_tickets: int) -> dict[str, int]:
             "remaining": max(input_tickets - done - failed, 0)}
 
 
+def _without_unreadable_cache(job: JobSpec, say: Say) -> JobSpec:
+    """The job, or the job with `cache` off when its disk cache cannot be read (a damaged store):
+    one line says so; the run goes on without reusing or storing answers (providers/cache.py)."""
+    if not job.cache:
+        return job
+    from batchrun.providers.cache import unreadable_cache
+
+    problem = unreadable_cache(job.cache_settings())
+    if problem is None:
+        return job
+    say(f"warning: {problem}; this run goes on without it (answers are neither reused nor stored)")
+    return job.with_overrides(cache=False)
+
+
 def _fit_file_limit(prep: Any, workers: int, say: Say) -> Any:
     """The prepared run with its concurrency lowered to what the file-descriptor limit allows
     (execution/file_limits.py), saying so in one line; unchanged when it fits (the soft limit
@@ -457,6 +471,7 @@ async def launch(job: JobSpec, job_path: Path | None, options: LaunchOptions, *,
         from batchrun.providers.litellm_setup import check_models
 
         check_models(job)
+    job = _without_unreadable_cache(job, say)
     jobs = runs_of(job)
     targets = {each.name: provider_targets(each, use_sim, secrets) for each in jobs}  # keys checked up front
     if "litellm" not in sys.modules:

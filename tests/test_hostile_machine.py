@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import ROOT, batchrun_cmd, read_jsonl, write_tickets
+from conftest import ROOT, InvokeResult, batchrun_cmd, invoke_cli, read_jsonl, write_tickets
 
 JOB = """\
 name = "machine"
@@ -156,3 +156,71 @@ def test_running_out_of_file_descriptors_mid_run_stops_admitting_and_says_why(tm
     assert "file descriptors" in error and "ulimit -n" in error
     manifest = orjson.loads((tmp_path / "run" / "manifest.json").read_bytes())
     assert manifest["state"] == "failed" and "file descriptors" in manifest["error"]
+
+
+# -- 6. cache corruption -----------------------------------------------------------------------------
+
+CACHE_JOB_EXTRA = """
+[simulator]
+latency_ms = 1
+jitter = 0
+"""
+
+
+def _cache_run(base: Path, cache_dir: Path, run_dir: str, cli_env) -> InvokeResult:
+    text = (base / "job.toml").read_text()
+    if "cache_dir" not in text:
+        (base / "job.toml").write_text(f'cache_dir = "{cache_dir}"\n' + text)
+    return invoke_cli("run", str(base / "job.toml"), "--no-progress", "--cache", "--run-dir", str(base / run_dir))
+
+
+@pytest.mark.parametrize("damage", ["not_a_database", "malformed_pages"])
+def test_an_unreadable_cache_is_one_line_and_the_run_goes_on_without_it(tmp_path, cli_env, damage):
+    pytest.importorskip("diskcache")
+    write_job(tmp_path, 12, concurrency=4, extra=CACHE_JOB_EXTRA)
+    cache_dir = tmp_path / "cache"
+    first = _cache_run(tmp_path, cache_dir, "run1", cli_env)
+    assert first.returncode == 0, first.stderr
+    store = cache_dir / "cache.db"
+    data = bytearray(store.read_bytes())
+    if damage == "not_a_database":
+        data[:] = os.urandom(len(data))
+    else:  # the header stays, the pages behind it are garbage: opening works, reading does not
+        data[100:] = b"\xa5" * (len(data) - 100)
+    store.write_bytes(bytes(data))
+    damaged = bytes(data)
+    second = _cache_run(tmp_path, cache_dir, "run2", cli_env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Traceback" not in second.stderr and "DatabaseError" not in second.stdout
+    lines = [line for line in second.stderr.splitlines() if "response cache" in line]
+    assert len(lines) == 1, second.stderr
+    assert str(cache_dir) in lines[0] and "without" in lines[0], lines[0]
+    manifest = orjson.loads((tmp_path / "run2" / "manifest.json").read_bytes())
+    assert manifest["state"] == "done" and manifest["counts"]["done"] == 12
+    rows = read_jsonl(tmp_path / "run2" / "results.jsonl")
+    assert len(rows) == 12 and not any(row.get("cache_hit") for row in rows)  # asked, paid, not reused
+    assert store.read_bytes() == damaged  # the user's file is left as it was
+
+
+async def test_a_cache_that_turns_unreadable_mid_run_says_so_once(tmp_path, caplog):
+    pytest.importorskip("diskcache")
+    from batchrun.providers.cache import ResponseCache
+    from batchrun.records import Completion
+
+    cache = ResponseCache({"dir": str(tmp_path / "cache")})
+    answer = Completion(text="bug", finish_reason="stop", model="m", usage=None, cost_usd=0.001,
+                        cost_status="litellm")
+    for n in range(50):
+        await cache.put(f"key{n}", answer)
+    assert (await cache.get("key1")).text == "bug"
+    for store in (tmp_path / "cache").glob("cache.db*"):  # the database, its write-ahead log and index
+        data = bytearray(store.read_bytes())
+        data[16:] = b"\xa5" * (len(data) - 16)
+        store.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="batchrun"):
+        results = [await cache.get(f"key{n}") for n in range(5)]
+        await cache.put("key99", answer)
+    assert results == [None] * 5 and cache.broken
+    lines = [r.getMessage() for r in caplog.records if "response cache" in r.getMessage()]
+    assert len(lines) == 1 and "goes on without it" in lines[0], lines
+    await cache.aclose()
