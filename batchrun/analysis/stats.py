@@ -137,6 +137,10 @@ class RunStats:
     worker_cpu_s: float = 0.0  # CPU worker processes spent on this run, start-up included, as they said
     finished: float | None = None
     maybe_billed_ids: list[str] = field(default_factory=list)  # left in flight by the run before (journal)
+    # batch mode: provider output lines not believed, by kind (batch/outputs.py), and what the billed ones
+    # that no ticket's line carries (unknown or null custom_ids) cost (also in cost_usd)
+    batch_anomalies: dict[str, int] = field(default_factory=dict)
+    batch_anomalies_cost_usd: float = 0.0
     cluster: dict[str, Any] | None = None  # engine "ray": actors, actors lost, tickets re-sent, limiter counters
 
     def record(self, outcome: Outcome) -> None:
@@ -181,6 +185,16 @@ class RunStats:
             self.unpriced += 1
         else:
             self.cost_usd += c.cost_usd
+
+    def record_batch_anomalies(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Count batch output lines not believed (batch_anomalies.jsonl records)."""
+        for record in records:
+            kind = str(record.get("kind"))
+            self.batch_anomalies[kind] = self.batch_anomalies.get(kind, 0) + 1
+            billed = record.get("billed_usd")
+            if record.get("counted") == "anomaly" and isinstance(billed, (int, float)) and billed > 0:
+                self.batch_anomalies_cost_usd += billed
+                self.cost_usd += billed
 
     @property
     def wall_s(self) -> float:
@@ -243,6 +257,8 @@ class RunStats:
                 round(self.cost_usd / (self.done - self.unpriced) * 1000, 6)
                 if self.done > self.unpriced else None
             ),
+            "batch_anomalies": dict(sorted(self.batch_anomalies.items())),
+            "batch_anomalies_cost_usd": round(self.batch_anomalies_cost_usd, 9),
             # tickets the in-flight journal says the last run left in flight (may be billed twice)
             "maybe_billed_before": len(self.maybe_billed_ids),
             "maybe_billed_before_ids": self.maybe_billed_ids[:100],
@@ -347,6 +363,9 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
             f"{summary['usage_invalid']:,} result(s) with token counts the provider cannot have meant "
             "(negative, fractional or over the model's limit): estimated instead, cost_status names the "
             "problem, usage_reported keeps them")))
+    if summary.get("batch_anomalies"):
+        rows.append(("batch output not believed", describe_anomalies(summary["batch_anomalies"],
+                                                                      summary.get("batch_anomalies_cost_usd"))))
     if summary.get("maybe_billed_before"):
         ids = summary.get("maybe_billed_before_ids") or []
         more = summary["maybe_billed_before"] - len(ids[:10])
@@ -362,6 +381,18 @@ def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary
             for text, count in group.get("top_messages") or []:
                 lines.append(f"  {'':<{kind_width}}  {count:>6,} x {text}")
     return "\n".join(lines)
+
+
+ANOMALY_NAMES = {"duplicate": "duplicate line(s)", "unknown_id": "unknown custom_id(s)",
+                 "null_id": "null custom_id(s)", "non_json": "line(s) not JSON"}
+
+
+def describe_anomalies(counts: Mapping[str, int], cost_usd: float | None = None) -> str:
+    """"2 duplicate line(s), 1 unknown custom_id(s) ...; $X billed outside any ticket (batch_anomalies.jsonl)"."""
+    text = ", ".join(f"{n:,} {ANOMALY_NAMES.get(kind, kind)}" for kind, n in counts.items())
+    if cost_usd:
+        text += f"; {usd(cost_usd)} billed for lines no ticket carries"
+    return text + " (batch_anomalies.jsonl)"
 
 
 def format_progress_line(stats: RunStats, now: float | None = None) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from batchrun.analysis.stats import format_summary
+from batchrun.analysis.stats import describe_anomalies, format_summary
 from batchrun.analysis.textfmt import kv, table, usd
 
 __all__ = ["format_status", "status_command"]
@@ -83,6 +83,9 @@ def format_status(status: dict[str, Any]) -> str:
         *([("reused answers (all runs)", f"{status['cache_hits']:,}, {usd(status['cost_saved_usd'])} saved")]
           if status.get("cache_hits") else []),
     ]
+    if status.get("batch_anomalies"):
+        rows.append(("batch output not believed", describe_anomalies(status["batch_anomalies"],
+                                                                      status.get("batch_anomalies_cost_usd"))))
     if status["error"]:
         rows.append(("error", status["error"]))
     for part in (status.get("batch") or {}).get("parts") or []:

@@ -3,6 +3,7 @@
     MANIFEST, RESULTS, ERRORS, ...   every file name a run directory holds (one place)
     open_no_follow(path, flags)      os.open that never follows a link, nor writes a
                                      file with other names (a hard link) or a device
+    append_lines(path, lines)        whole lines appended, fsynced (batch_anomalies.jsonl)
     write_atomic(path, data)         a file written whole: temp file (O_EXCL |
                                      O_NOFOLLOW), fsync, rename, fsync of the folder;
                                      the manifest, the input index, the batch ledger and
@@ -28,6 +29,7 @@ INPUT_INDEX = "input-index.json"
 LOCK = "run.lock"
 INFLIGHT = "inflight.jsonl"
 LEDGER = "batches.json"  # batch mode's ledger of parts (batch/ledger.py)
+BATCH_ANOMALIES = "batch_anomalies.jsonl"  # batch mode: provider output lines not believed (batch/outputs.py)
 PART_DIR = "batch"  # batch mode's part files
 #: the states of a batch part still to finish (the ledger's format; batch/ledger.py)
 LIVE_PART_STATES = frozenset({"built", "uploaded", "submitted", "collecting", "failures_ready"})
@@ -69,6 +71,18 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def append_lines(path: Path, lines: Iterable[bytes], *, what: str = "it") -> None:
+    """Append whole lines to `path` (created if missing, never through a link), then fsync.
+    CheckpointError names the file."""
+    try:
+        with open(open_no_follow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab") as handle:
+            handle.write(b"".join(lines))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot append {what}: {exc.strerror or exc}") from None
 
 
 def write_atomic(path: Path, data: bytes | Iterable[bytes], *, what: str = "it") -> None:
