@@ -10,6 +10,7 @@ retry policy and the engine never look at litellm's own exception types.
     ├── TicketError             an input line is invalid (names file and line)
     ├── ConfigurationError      the environment is missing something (an API key variable)
     ├── CheckpointError         the run directory cannot be used
+    │   ├── DiskFullError       its disk is full (no space left on device, a quota)
     │   ├── RunLockedError      another process holds the run directory's lock
     │   └── RunMismatchError    resuming with a different job or input
     └── RequestError            one provider call failed (kind, status, retry_after)
@@ -57,6 +58,7 @@ __all__ = [
     "BatchrunError",
     "CheckpointError",
     "ConfigurationError",
+    "DiskFullError",
     "ExitCode",
     "InvalidResponseError",
     "JobSpecError",
@@ -116,6 +118,13 @@ class CheckpointError(BatchrunError):
 
 class RunLockedError(CheckpointError):
     """Another live process is running on this run directory."""
+
+
+class DiskFullError(CheckpointError):
+    """The run directory's disk is full. Before a run: nothing was sent (exit 2); during one, the run
+    ends "failed" with its summary, like any checkpoint error."""
+
+    exit_code = ExitCode.BAD_INPUT
 
 
 class RunMismatchError(CheckpointError):

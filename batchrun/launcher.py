@@ -466,6 +466,9 @@ async def launch(job: JobSpec, job_path: Path | None, options: LaunchOptions, *,
     if (options.no_wait or options.finish_online) and job.mode != "batch":
         raise JobSpecError("--no-wait and --finish-online are for batch mode (mode = \"batch\" or --mode batch)")
     secrets = secrets if secrets is not None else []
+    from batchrun.rundir.layout import require_free_space
+
+    require_free_space(job.resolved_run_dir())  # a full disk: one line, before litellm loads
     use_sim = job.simulator is not None and not options.live and options.api_base is None
     if not use_sim:  # the simulator answers any name; a provider needs one litellm can route
         from batchrun.providers.litellm_setup import check_models

@@ -202,3 +202,46 @@ def test_redaction_of_urls_in_text_and_in_an_old_manifest(tmp_path):
                                failed=0, cost_usd=0.0, unpriced=0, total_tokens=0, rejected_lines=0, live=False,
                                done_ids=set())
     assert shown["endpoint"] == "http://gw.example/***/v1"
+
+
+# -- 9. ids that cannot be seen ---------------------------------------------------------------------
+
+BAD_IDS = {
+    2: "\u200b",            # a zero-width space: nothing to see
+    3: " A1",               # leading whitespace
+    4: "A2 ",               # trailing whitespace
+    5: "A\x00B",            # NUL
+    6: "A\nB",              # a newline
+    7: "A\tB",              # a tab
+    8: "\u202eABC",         # a right-to-left override
+    9: "\u3000",            # an ideographic space only
+    10: "A\u0085B",         # a C1 control (next line)
+    11: "\u200b\u2060",     # only format characters
+    12: "ABC\u200d",        # trailing invisible
+}
+
+
+def test_ids_that_cannot_be_seen_are_refused_at_load_naming_the_line(tmp_path):
+    lines = [{"id": "OK1", "subject": "s", "body": "b"}]
+    lines += [{"id": bad, "subject": "s", "body": "b"} for _, bad in sorted(BAD_IDS.items())]
+    lines += [{"id": 7, "subject": "s", "body": "b"}, {"id": "Ünïcödé-ok", "subject": "s", "body": "b"}]
+    job = write_job(tmp_path, lines)
+    result = invoke_cli("run", str(job), "--no-progress")
+    assert result.returncode == 2, result.stdout + result.stderr
+    text = result.stderr
+    assert f"{len(BAD_IDS)} bad line(s); nothing was requested" in text, text
+    for number in BAD_IDS:
+        assert f"tickets.jsonl:{number}: " in text, (number, text)
+    assert "tickets.jsonl:1:" not in text and "tickets.jsonl:13:" not in text and "tickets.jsonl:14:" not in text
+    for raw in ("\u200b", "\x00", "\u202e", "\u3000", "\u0085", "\u2060", "\u200d"):
+        assert raw not in text  # each shown escaped
+    assert "'\\u200b'" in text and "leading or trailing" in text and "control character" in text
+    assert not (tmp_path / "run" / "results.jsonl").exists()
+
+
+def test_a_csv_id_with_surrounding_spaces_is_refused_too(tmp_path):
+    (tmp_path / "tickets.csv").write_text("id,subject,body\nA1,s,b\n A2,s,b\n")
+    job = write_job(tmp_path, [{"id": "x", "subject": "s", "body": "b"}])
+    result = invoke_cli("run", str(job), "--no-progress", "--input", str(tmp_path / "tickets.csv"))
+    assert result.returncode == 2 and "row 2" in result.stderr and "leading or trailing" in result.stderr, \
+        result.stderr

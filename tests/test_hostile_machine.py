@@ -17,6 +17,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from batchrun.rundir.lines import scan_jsonl
+
 from conftest import ROOT, InvokeResult, batchrun_cmd, invoke_cli, read_jsonl, write_tickets
 
 JOB = """\
@@ -224,3 +226,75 @@ async def test_a_cache_that_turns_unreadable_mid_run_says_so_once(tmp_path, capl
     lines = [r.getMessage() for r in caplog.records if "response cache" in r.getMessage()]
     assert len(lines) == 1 and "goes on without it" in lines[0], lines
     await cache.aclose()
+
+
+# -- 8. disk full ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A tmpfs of the size asked (mount needs root or CAP_SYS_ADMIN: skipped, with the reason, without)."""
+    mounted: list[Path] = []
+
+    def mount(size_kb: int) -> Path:
+        where = tmp_path / f"tmpfs{len(mounted)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip() or done.returncode}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def _fill(path: Path) -> None:
+    """Fill the filesystem of `path` to the last byte."""
+    fd = os.open(path / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        for size in (65536, 4096, 512, 1):
+            try:
+                while os.write(fd, b"\0" * size):
+                    pass
+            except OSError:
+                continue
+    finally:
+        os.close(fd)
+
+
+def test_a_full_disk_at_start_is_one_line_and_exit_2(tmp_path, small_tmpfs):
+    disk = small_tmpfs(256)
+    _fill(disk)
+    job = write_job(tmp_path, 5, concurrency=2, extra=CACHE_JOB_EXTRA)
+    result = invoke_cli("run", str(job), "--no-progress", "--run-dir", str(disk / "run"))
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("batchrun: error:"), result.stderr
+    assert str(disk / "run") in lines[0] and "free" in lines[0] and "full" in lines[0], lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    # the same from the Python API's side: the lock, then the space held for the last manifest
+    from batchrun.errors import DiskFullError
+    from batchrun.rundir.checkpoint import open_checkpoint
+
+    with pytest.raises(DiskFullError, match="0 bytes free"):
+        open_checkpoint(disk / "run")
+    assert DiskFullError.exit_code == 2
+
+
+def test_a_disk_that_fills_mid_run_ends_failed_with_the_summary(tmp_path, small_tmpfs):
+    disk = small_tmpfs(1536)
+    extra = CACHE_JOB_EXTRA + '\n[[simulator.scripts]]\nrate = 1\nsteps = ["huge_answer:size_bytes=120000"]\n'
+    job = write_job(tmp_path, 40, concurrency=2, extra=extra)
+    result = invoke_cli("run", str(job), "--no-progress", "--run-dir", str(disk / "run"))
+    assert result.returncode == 1, result.stderr[-3000:]
+    manifest = orjson.loads((disk / "run" / "manifest.json").read_bytes())
+    done = len(scan_jsonl(disk / "run" / "results.jsonl").ids)  # complete lines (the last one may be torn)
+    print(f"\ndisk full after {done} of 40 tickets: manifest {manifest['state']!r}, error {manifest['error']!r}")
+    assert 0 < done < 40
+    assert manifest["state"] == "failed" and "No space left on device" in manifest["error"], manifest["error"]
+    assert manifest["summary"]["done"] == done == manifest["counts"]["done"]
+    assert "failed" in result.stdout and "done in this run" in result.stdout  # the summary, printed
+    assert "last good line" in result.stderr and "Traceback" not in result.stderr
+    assert not (disk / "run" / ".disk-reserve").exists()

@@ -115,7 +115,7 @@ from batchrun.job.templates import render_messages
 from batchrun.job.tickets import read_tickets
 from batchrun.providers.seam import BatchAPI, ChatRequest
 from batchrun.records import Outcome
-from batchrun.rundir.checkpoint import CheckpointWriter
+from batchrun.rundir.checkpoint import CheckpointWriter, CheckpointWriteError
 from batchrun.rundir.layout import BATCH_ANOMALIES, ERRORS, append_lines
 from batchrun.rundir.layout import LIVE_PART_STATES as LIVE
 
@@ -545,7 +545,12 @@ class _BatchRun:
     async def _write(self, outcomes: list[Outcome]) -> None:
         if not outcomes:
             return
-        written = await self.writer.write_batch(outcomes)
+        try:
+            written = await self.writer.write_batch(outcomes)
+        except CheckpointWriteError as exc:  # the disk filled: count what made it whole, then fail
+            for outcome in exc.written:
+                self.stats.record(outcome)
+            raise
         steps.reached("writing")
         for outcome in written:
             self.stats.record(outcome)

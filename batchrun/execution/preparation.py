@@ -108,7 +108,8 @@ def prepare_run(
                 "failed_ids": checkpoint.failed_ids if skip_failed else frozenset(), "limit": limit}
         # what makes a saved index valid besides the input's bytes
         key = orjson.dumps([job.id_field, [t.fields for t in templates], job.max_line_bytes]
-                           + ([job.input_format] if job.input_format else [])).decode()
+                           + ([job.input_format] if job.input_format else [])
+                           + ["ids-v2"]).decode()  # v2: ids checked by tickets.check_id (an older index was not)
         index = read_input_index(checkpoint.run_dir)
         scan = None
         if index is not None and index.get("key") == key:
