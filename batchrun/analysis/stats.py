@@ -36,8 +36,9 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence, TypedDict
 
+from batchrun.analysis.documents import StoredJSON
 from batchrun.analysis.textfmt import duration, kv, ms, usd
 from batchrun.records import Outcome
 
@@ -65,7 +66,8 @@ def short_message(message: str | None) -> str:
     return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS - 1] + "…"
 
 
-def _top_messages(messages: Mapping[str, int], n: int = 3) -> list[list[Any]]:
+def _top_messages(messages: Mapping[str, int], n: int = 3) -> list[list[str | int]]:
+    """[[message, tickets], ...]: the `n` most frequent, as JSON pairs."""
     return [[text, count] for text, count in sorted(messages.items(), key=lambda item: (-item[1], item[0]))[:n]]
 
 
@@ -141,7 +143,7 @@ class RunStats:
     # that no ticket's line carries (unknown or null custom_ids) cost (also in cost_usd)
     batch_anomalies: dict[str, int] = field(default_factory=dict)
     batch_anomalies_cost_usd: float = 0.0
-    cluster: dict[str, Any] | None = None  # engine "ray": actors, actors lost, tickets re-sent, limiter counters
+    cluster: Mapping[str, object] | None = None  # engine "ray": actors, actors lost, tickets re-sent, limiter counters
 
     def record(self, outcome: Outcome) -> None:
         """Count one outcome whose line is on disk."""
@@ -186,7 +188,7 @@ class RunStats:
         else:
             self.cost_usd += c.cost_usd
 
-    def record_batch_anomalies(self, records: Iterable[Mapping[str, Any]]) -> None:
+    def record_batch_anomalies(self, records: Iterable[Mapping[str, object]]) -> None:
         """Count batch output lines not believed (batch_anomalies.jsonl records)."""
         for record in records:
             kind = str(record.get("kind"))
@@ -206,7 +208,8 @@ class RunStats:
         """Seconds from the start of the run to the first ticket handed to a worker."""
         return None if self.first_dispatch is None else max(self.first_dispatch - self.started, 0.0)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, object]:
+        """The run's numbers as JSON (manifest.json's "summary"; `format_summary` prints it)."""
         wall = self.wall_s
         finished = self.done + self.failed
         startup = self.startup_s
@@ -265,7 +268,14 @@ class RunStats:
         }
 
 
-def percentiles(samples: LatencyHistogram | Iterable[float]) -> dict[str, float | None]:
+class Percentiles(TypedDict):
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    mean: float | None
+
+
+def percentiles(samples: LatencyHistogram | Iterable[float]) -> Percentiles:
     """p50/p95/p99/mean of a histogram (or of samples, put through one), rounded to 0.1."""
     if isinstance(samples, LatencyHistogram):
         histogram = samples
@@ -293,8 +303,8 @@ def round1(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary") -> str:
-    """The end-of-run table, from a `RunStats.summary()` dict."""
+def format_summary(summary: StoredJSON, *, title: str = "batchrun summary") -> str:
+    """The end-of-run table, from a `RunStats.summary()` dict (or one read back from a manifest)."""
     lat = summary["latency_ms"]
     per_1000 = summary["cost_per_1000_tickets_usd"]
     cost = usd(summary['cost_usd'])

@@ -37,23 +37,40 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, NotRequired, Sequence, TypedDict
 
+from batchrun.batch.ledger import Failure, Part, TicketMeta
 from batchrun.errors import RequestError, RetryableError, redact_secrets
 from batchrun.execution.ticket_runner import judge_answer, utc_now
 from batchrun.job.spec import JobSpec
 from batchrun.providers.error_mapping import describe_body, error_for_status, unusable_answer
 from batchrun.providers.seam import BatchAPI, BatchPrices
 from batchrun.providers.usage_checks import usage_problem
-from batchrun.records import Outcome, Usage
+from batchrun.records import Line, Outcome, Usage
 from batchrun.rundir.lines import iter_numbered
 
-__all__ = ["ANOMALY_KINDS", "PART_FILES", "PartOutputs"]
+__all__ = ["ANOMALY_KINDS", "PART_FILES", "Anomaly", "PartOutputs"]
 
 #: a part's files from the provider, in the order their lines are considered: (suffix, name)
 PART_FILES = ((".output.jsonl", "output"), (".errors.jsonl", "errors"))
 ANOMALY_KINDS = ("duplicate", "unknown_id", "null_id", "non_json")
 EXCERPT_BYTES = 200
+
+
+class Anomaly(TypedDict):
+    """One line of batch_anomalies.jsonl: a provider output line that was not believed."""
+
+    part: int
+    file: str  # "output" or "errors"
+    line: int  # from 1
+    kind: str  # ANOMALY_KINDS
+    custom_id: NotRequired[object]  # as the line gave it (a repr when it is not JSON-simple)
+    status: NotRequired[object]  # its response's status_code
+    billed: NotRequired[bool]  # an answer (a 200 with a body): the provider charged for it
+    billed_usd: NotRequired[float | None]  # its usage at the batch price (None: no usage, or not believed)
+    counted: NotRequired[str]  # "ticket" (in its ticket's rejected spend) or "anomaly" (here only)
+    kept: NotRequired[str]  # a duplicate: the line kept for its ticket
+    excerpt: NotRequired[str]  # a line that is not JSON: its first 200 bytes, keys redacted
 
 
 @dataclass(slots=True)
@@ -67,9 +84,8 @@ class _Candidate:
 class PartOutputs:
     """One collected part's provider files (module docstring)."""
 
-    def __init__(self, job: JobSpec, run_number: int, part: Mapping[str, Any], api: BatchAPI,
-                 prices: BatchPrices | None, meta: Mapping[str, Mapping[str, Any]], started_at: str,
-                 elapsed_ms: float) -> None:
+    def __init__(self, job: JobSpec, run_number: int, part: Part, api: BatchAPI, prices: BatchPrices | None,
+                 meta: Mapping[str, Line], started_at: str, elapsed_ms: float) -> None:
         self.job = job
         self.run_number = run_number
         self.part = part
@@ -78,12 +94,12 @@ class PartOutputs:
         self.meta = meta
         self.started_at = started_at
         self.elapsed_ms = elapsed_ms
-        self.anomalies: list[dict[str, Any]] = []
+        self.anomalies: list[Anomaly] = []
         self.seen: set[str] = set()
 
     # -- one line -----------------------------------------------------------------------------
 
-    def _billed(self, response: Any) -> tuple[bool, float | None]:
+    def _billed(self, response: object) -> tuple[bool, float | None]:
         """(whether the line is a billed answer, its cost at the batch price when its usage says)."""
         if not isinstance(response, Mapping) or response.get("status_code") != 200:
             return False, None
@@ -98,14 +114,14 @@ class PartOutputs:
                        total_tokens=int(usage.get("total_tokens") or 0))
         return True, self.prices.cost(counts)
 
-    def judge(self, line: Mapping[str, Any], meta: Mapping[str, Any], rejected: int = 0,
-              rejected_usd: float = 0.0) -> tuple[Outcome | None, dict[str, Any] | None]:
+    def judge(self, line: Line, meta: Line, rejected: int = 0,
+              rejected_usd: float = 0.0) -> tuple[Outcome | None, Failure | None]:
         """The kept line of a ticket: its Outcome, or its failure; `rejected` answers (duplicates)
         costing `rejected_usd` added to what the ticket's line says was turned down."""
         response = line.get("response")
         error = line.get("error")
-        base = {"id": meta["id"], "a": meta["a"], "i": meta.get("i", 0), "r": meta.get("r", 0) + rejected,
-                "c": meta.get("c", 0.0) + rejected_usd}
+        base: TicketMeta = {"id": meta["id"], "a": meta["a"], "i": meta.get("i", 0),
+                            "r": meta.get("r", 0) + rejected, "c": meta.get("c", 0.0) + rejected_usd}
         if not isinstance(response, Mapping):
             code = error.get("code") if isinstance(error, Mapping) else None
             message = error.get("message") if isinstance(error, Mapping) else None
@@ -132,11 +148,11 @@ class PartOutputs:
             model_key=self.part["model_key"] or None,
         ), None
 
-    def _invalid(self, base: dict[str, Any], exc: RequestError, cost: float | None) -> dict[str, Any]:
+    def _invalid(self, base: TicketMeta, exc: RequestError, cost: float | None) -> Failure:
         """A rejected answer (invalid_output, invalid_response, truncated, ...): paid for, counted,
         asked again within the re-ask budget when the rule allows (as online)."""
-        failure = {**base, "r": base["r"] + 1, "c": base["c"] + (cost or 0.0), "kind": exc.kind,
-                   "type": exc.error_type, "message": exc.message, "status": None, "retry": False}
+        failure: Failure = {**base, "r": base["r"] + 1, "c": base["c"] + (cost or 0.0), "kind": exc.kind,
+                            "type": exc.error_type, "message": exc.message, "status": None, "retry": False}
         if isinstance(exc, RetryableError):
             failure["i"] = base["i"] + 1
             failure["retry"] = failure["i"] <= self.job.max_invalid_output_retries
@@ -145,15 +161,16 @@ class PartOutputs:
                                       f"max_invalid_output_retries = {self.job.max_invalid_output_retries})")
         return failure
 
-    def _good(self, line: Mapping[str, Any]) -> bool:
+    def _good(self, line: Line) -> bool:
         outcome, _ = self.judge(line, self.meta[str(line["custom_id"])])
         return outcome is not None
 
     # -- the files ----------------------------------------------------------------------------
 
-    def _anomaly(self, kind: str, where: tuple[int, int], line: Any, raw: bytes, **extra: Any) -> None:
-        record: dict[str, Any] = {"part": self.part["number"], "file": PART_FILES[where[0]][1], "line": where[1],
-                                  "kind": kind}
+    def _anomaly(self, kind: str, where: tuple[int, int], line: Line | None, raw: bytes, *,
+                 counted: str | None = None, kept: str | None = None) -> None:
+        record: Anomaly = {"part": self.part["number"], "file": PART_FILES[where[0]][1], "line": where[1],
+                           "kind": kind}
         if isinstance(line, Mapping):
             cid = line.get("custom_id")
             response = line.get("response")
@@ -165,17 +182,20 @@ class PartOutputs:
         else:
             excerpt = raw[:EXCERPT_BYTES].decode("utf-8", errors="replace").rstrip("\r\n")
             record["excerpt"] = redact_secrets(excerpt)
-        record.update(extra)
+        if counted is not None:
+            record["counted"] = counted
+        if kept is not None:
+            record["kept"] = kept
         self.anomalies.append(record)
 
-    def collect(self, paths: Sequence[Path]) -> Iterator[Outcome | dict[str, Any]]:
+    def collect(self, paths: Sequence[Path]) -> Iterator[Outcome | Failure]:
         """Each ticket of the part that has a line: its Outcome or its failure (module docstring);
         the lines not believed land in `anomalies`. `paths`: the part's files as in PART_FILES."""
         candidates: dict[str, list[_Candidate]] = {}
         for index, path in enumerate(paths):
             for number, line, raw in iter_numbered(path):
                 where = (index, number)
-                if not isinstance(line, Mapping):
+                if not isinstance(line, dict):
                     self._anomaly("non_json", where, None, raw)
                     continue
                 cid = line.get("custom_id")
@@ -197,7 +217,9 @@ class PartOutputs:
         self.seen = set(kept)
         for index, path in enumerate(paths):
             for number, line, raw in iter_numbered(path):
-                cid = line.get("custom_id") if isinstance(line, Mapping) else None
+                if not isinstance(line, dict):
+                    continue
+                cid = line.get("custom_id")
                 if not isinstance(cid, str) or cid not in kept:
                     continue
                 if kept[cid] != (index, number):
@@ -207,16 +229,19 @@ class PartOutputs:
                     continue
                 rejected, rejected_usd = duplicates.get(cid, (0, 0.0))
                 outcome, failure = self.judge(line, self.meta[cid], rejected, rejected_usd)
-                yield outcome if outcome is not None else failure  # type: ignore[misc]
+                if outcome is not None:
+                    yield outcome
+                elif failure is not None:
+                    yield failure
 
 
-def _http_failure(base: dict[str, Any], status: Any, body: Any) -> dict[str, Any]:
+def _http_failure(base: TicketMeta, status: object, body: object) -> Failure:
     """A batch line answered with an HTTP error, classified as an online answer would be
     (providers/error_mapping.error_for_status): retried (429, 408, 409, 5xx) or terminal."""
     error = body.get("error") if isinstance(body, Mapping) else None
     error = error if isinstance(error, Mapping) else {}
     message = str(error.get("message") or f"HTTP {status}")[:1000]
-    status = status if isinstance(status, int) and not isinstance(status, bool) else None
-    verdict = error_for_status(status, message, code=error.get("code"), error_type="BatchLineError")
-    return {**base, "kind": verdict.kind, "type": verdict.error_type, "message": message, "status": status,
+    http_status = status if isinstance(status, int) and not isinstance(status, bool) else None
+    verdict = error_for_status(http_status, message, code=error.get("code"), error_type="BatchLineError")
+    return {**base, "kind": verdict.kind, "type": verdict.error_type, "message": message, "status": http_status,
             "retry": verdict.retryable}

@@ -81,27 +81,33 @@ step without timing anything.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Awaitable, BinaryIO, Callable, Iterator, Literal, Mapping, TypeVar
 
 import anyio
+import anyio.abc
 import orjson
+from tenacity import RetryCallState
 
 from batchrun.analysis.stats import RunStats
 from batchrun.batch import steps
 from batchrun.batch.ledger import (
     PART_DIR,
+    Failure,
     Ledger,
+    Part,
+    TicketMeta,
     ids_of,
     read_part_lines,
     write_part_file,
 )
-from batchrun.batch.outputs import PART_FILES, PartOutputs
+from batchrun.batch.outputs import PART_FILES, Anomaly, PartOutputs
 from batchrun.errors import (
     BatchrunError,
     RequestError,
@@ -113,8 +119,8 @@ from batchrun.execution.retrying import build_retrying
 from batchrun.execution.ticket_runner import rules_for, utc_now
 from batchrun.job.templates import render_messages
 from batchrun.job.tickets import read_tickets
-from batchrun.providers.seam import BatchAPI, ChatRequest
-from batchrun.records import Outcome
+from batchrun.providers.seam import BatchAPI, ChatRequest, Reply
+from batchrun.records import Line, Outcome
 from batchrun.rundir.checkpoint import CheckpointWriter, CheckpointWriteError
 from batchrun.rundir.layout import BATCH_ANOMALIES, ERRORS, append_lines
 from batchrun.rundir.layout import LIVE_PART_STATES as LIVE
@@ -127,6 +133,14 @@ OVERDUE_FACTOR = 1.1  # a batch still running after this many windows is cancell
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 WRITE_EVERY = 256  # result lines per write
 LIST_PAGE = 100  # batches per alist_batches page (OpenAI's maximum)
+#: a part's result files: the ledger key of the provider's file id, the part file's suffix
+DOWNLOADS: tuple[tuple[Literal["output_file_id", "error_file_id"], str], ...] = (
+    ("output_file_id", ".output.jsonl"), ("error_file_id", ".errors.jsonl"))
+
+_T = TypeVar("_T")
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 
@@ -138,16 +152,16 @@ LIST_PAGE = 100  # batches per alist_batches page (OpenAI's maximum)
 class _Builder:
     """A part being written: its input file and its tickets file."""
 
-    part: dict[str, Any]
-    requests: Any
-    tickets: Any
+    part: Part
+    requests: BinaryIO  # part-N.jsonl
+    tickets: BinaryIO  # part-N.tickets.jsonl
     count: int = 0
     size: int = 0
     sources: set[int] = field(default_factory=set)
 
 
 class _BatchRun:
-    def __init__(self, prep: PreparedRun, apis: Mapping[str, BatchAPI], params: Mapping[str, Mapping[str, Any]],
+    def __init__(self, prep: PreparedRun, apis: Mapping[str, BatchAPI], params: Mapping[str, Mapping[str, object]],
                  *, no_wait: bool, stop_submitting: bool, time_scale: float, progress: bool) -> None:
         self.prep = prep
         self.job = prep.job
@@ -168,7 +182,7 @@ class _BatchRun:
                               rejected_lines=prep.scan.problem_count)
         self.prices = {key: api.batch_prices() for key, api in self.apis.items()}
         self.rules = rules_for(self.job)
-        self.bar: Any = None
+        self.bar: tqdm | None = None
         self.signal_number: int | None = None
         self.budget_note: str | None = None
         self.live_at_start = {p["number"] for p in self.ledger.parts if p["state"] in LIVE}
@@ -176,13 +190,13 @@ class _BatchRun:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _api(self, part: Mapping[str, Any]) -> BatchAPI:
+    def _api(self, part: Part) -> BatchAPI:
         key = part["model_key"]
         if key not in self.apis:
             raise BatchrunError(f"part {part['number']} was made for model {key!r}, which this job no longer has")
         return self.apis[key]
 
-    async def _retrying(self, what: str, call: Any) -> Any:
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[_T]]) -> _T:
         """`call()` under the job's tenacity policy (for calls a retry cannot duplicate)."""
         async for attempt in build_retrying(self.job.retry):
             with attempt:
@@ -191,8 +205,9 @@ class _BatchRun:
                 except RequestError as exc:
                     log.info("%s: %s", what, exc)
                     raise
+        raise AssertionError("the retry layer reraises the last error")  # pragma: no cover
 
-    def _metadata(self, part: Mapping[str, Any]) -> dict[str, str]:
+    def _metadata(self, part: Part) -> dict[str, str]:
         return {"batchrun_run": self.ledger.run_key, "batchrun_job": self.job.fingerprint_hash()[:16],
                 "batchrun_part": str(part["number"])}
 
@@ -208,18 +223,19 @@ class _BatchRun:
                 part["note"] = "discarded: a run stopped while building it (nothing was sent)"
                 changed = True
         for part in self.ledger.parts:
-            if part["state"] == "failures_ready" and part.get("errors_offset") is not None:
+            offset = part.get("errors_offset")
+            if part["state"] == "failures_ready" and offset is not None:
                 errors = self.prep.run_dir / ERRORS
-                if errors.exists() and errors.stat().st_size > part["errors_offset"]:
+                if errors.exists() and errors.stat().st_size > offset:
                     with open(errors, "r+b") as handle:
-                        handle.truncate(part["errors_offset"])
+                        handle.truncate(offset)
                         os.fsync(handle.fileno())
         if changed:
             self.ledger.save()
 
     # -- building and submitting -----------------------------------------------------------
 
-    def _pending(self) -> Iterator[tuple[str, str, bytes, dict[str, Any], int | None]]:
+    def _pending(self) -> Iterator[tuple[str, str, bytes, TicketMeta, int | None]]:
         """(model key, ticket id, request line, ticket meta, source part) for every ticket
         that goes into a new part: retries first, then tickets of the input (module docstring)."""
         parts = [p for p in self.ledger.parts if p["state"] != "discarded"]
@@ -244,8 +260,8 @@ class _BatchRun:
                     failure = retry.get(line["custom_id"])
                     if failure is None or failure["id"] in self.prep.checkpoint.done_ids:
                         continue  # not a retry, or done since (--finish-online)
-                    meta = {"id": failure["id"], "a": failure["a"] + 1, "i": failure.get("i", 0),
-                            "r": failure.get("r", 0), "c": failure.get("c", 0.0)}
+                    meta: TicketMeta = {"id": failure["id"], "a": failure["a"] + 1, "i": failure.get("i", 0),
+                                        "r": failure.get("r", 0), "c": failure.get("c", 0.0)}
                     yield source["model_key"], failure["id"], raw, meta, source["number"]
         for ticket in read_tickets(self.job.input, self.job.id_field, only_lines=self.prep.scan.dispatch,
                                    max_line_bytes=self.job.max_line_bytes):
@@ -266,13 +282,13 @@ class _BatchRun:
         return _Builder(part=part, requests=open(self.ledger.path(part, ".jsonl"), "wb"),
                         tickets=open(self.ledger.path(part, ".tickets.jsonl"), "wb"))
 
-    async def _close_builder(self, builder: _Builder) -> dict[str, Any]:
+    async def _close_builder(self, builder: _Builder) -> Part:
         for handle in (builder.requests, builder.tickets):
             handle.flush()
             os.fsync(handle.fileno())
             handle.close()
         part = builder.part
-        part.update(state="built", tickets=builder.count, bytes=builder.size)
+        part.update({"state": "built", "tickets": builder.count, "bytes": builder.size})
         self.ledger.save()
         await self._submit(part)
         return part
@@ -342,14 +358,14 @@ class _BatchRun:
             return 0.0
         return prompt * prices.input_per_token + completion * prices.output_per_token
 
-    async def _submit(self, part: dict[str, Any]) -> None:
+    async def _submit(self, part: Part) -> None:
         """built -> uploaded -> submitted, adopting a batch a lost create made."""
         api = self._api(part)
         if part["state"] == "built":
             uploaded = await self._retrying(f"part {part['number']}: upload",
                                             lambda: api.create_file(self.ledger.path(part, ".jsonl")))
             steps.reached("uploaded")
-            part.update(state="uploaded", file_id=uploaded["id"])
+            part.update({"state": "uploaded", "file_id": uploaded["id"]})
             self.ledger.save()
         if part["state"] != "uploaded":
             return
@@ -361,15 +377,16 @@ class _BatchRun:
                 if found is None:
                     part["create_attempts"] = part.get("create_attempts", 0) + 1
                     self.ledger.save()
+                    assert part["file_id"] is not None  # uploaded
                     found = await api.create_batch(part["file_id"], self._metadata(part), ENDPOINT, WINDOW)
                     steps.reached("created")
         assert found is not None
         self.stats.attempts += part["tickets"]
-        part.update(state="submitted", batch_id=found["id"], status=found.get("status"),
-                    submitted_at=time.time(), counts=found.get("request_counts"))
+        part.update({"state": "submitted", "batch_id": found["id"], "status": found.get("status"),
+                     "submitted_at": time.time(), "counts": found.get("request_counts")})
         self.ledger.save()
 
-    async def _find_batch(self, part: Mapping[str, Any]) -> dict[str, Any] | None:
+    async def _find_batch(self, part: Part) -> Reply | None:
         """A batch of the provider whose metadata names this part (every page, filtered here)."""
         api = self._api(part)
         if not part.get("create_attempts"):
@@ -396,7 +413,7 @@ class _BatchRun:
 
     # -- waiting and collecting ------------------------------------------------------------
 
-    def _live(self) -> list[dict[str, Any]]:
+    def _live(self) -> list[Part]:
         return [p for p in self.ledger.parts if p["state"] in LIVE]
 
     async def resume_parts(self) -> None:
@@ -417,19 +434,22 @@ class _BatchRun:
             progressed = False
             for part in open_parts:
                 api = self._api(part)
+                batch_id = part["batch_id"]
+                assert batch_id is not None  # submitted
                 batch = await self._retrying(f"part {part['number']}: retrieve",
-                                             lambda: api.retrieve_batch(part["batch_id"]))
+                                             functools.partial(api.retrieve_batch, batch_id))
                 steps.reached("polled")
                 status = batch.get("status")
                 counts = batch.get("request_counts")
                 if status != part["status"] or counts != part["counts"]:
                     progressed = True
-                    part.update(status=status, counts=counts)
+                    part.update({"status": status, "counts": counts})
                     if status != part["status"]:
                         self.ledger.save()
                 if status in TERMINAL:
-                    part.update(output_file_id=batch.get("output_file_id"), error_file_id=batch.get("error_file_id"),
-                                errors_detail=batch.get("errors"), state="collecting")
+                    part.update({"output_file_id": batch.get("output_file_id"),
+                                 "error_file_id": batch.get("error_file_id"), "errors_detail": batch.get("errors"),
+                                 "state": "collecting"})
                     self.ledger.save()
                     await self._collect(part)
                     progressed = True
@@ -448,29 +468,33 @@ class _BatchRun:
             await anyio.sleep(delay)
             delay = min(delay * 1.5, self.poll_max_s)
 
-    async def _cancel(self, api: BatchAPI, part: Mapping[str, Any]) -> None:
+    async def _cancel(self, api: BatchAPI, part: Part) -> None:
         """Ask for a cancel; a batch that finished meanwhile (409) is simply collected next poll."""
-        async def cancel() -> Any:
+        batch_id = part["batch_id"]
+        assert batch_id is not None  # submitted
+
+        async def cancel() -> Reply | None:
             try:
-                return await api.cancel_batch(part["batch_id"])
+                return await api.cancel_batch(batch_id)
             except RequestError as exc:
                 if exc.status_code == 409:
                     return None
                 raise
         await self._retrying(f"part {part['number']}: cancel", cancel)
 
-    def _overdue(self, part: Mapping[str, Any]) -> bool:
+    def _overdue(self, part: Part) -> bool:
         submitted = part.get("submitted_at")
         return submitted is not None and time.time() - submitted > WINDOW_S * OVERDUE_FACTOR / self.time_scale
 
-    async def _collect(self, part: dict[str, Any]) -> None:
+    async def _collect(self, part: Part) -> None:
         api = self._api(part)
         if part["state"] == "collecting":
-            for key, suffix in (("output_file_id", ".output.jsonl"), ("error_file_id", ".errors.jsonl")):
+            for key, suffix in DOWNLOADS:
                 dest = self.ledger.path(part, suffix)
-                if part.get(key) and not dest.exists():
+                file_id = part.get(key)
+                if file_id and not dest.exists():
                     await self._retrying(f"part {part['number']}: download",
-                                         lambda: api.download(part[key], dest))
+                                         functools.partial(api.download, file_id, dest))
                     steps.reached("downloaded")
             await self._read_outputs(part)
             await self.writer.sync()
@@ -479,14 +503,14 @@ class _BatchRun:
             self.ledger.save()
         await self._write_failures(part)
 
-    def _ticket_meta(self, part: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    def _ticket_meta(self, part: Part) -> dict[str, Line]:
         return {str(m["id"]): m for m in read_part_lines(self.ledger.path(part, ".tickets.jsonl"))}
 
-    def _started_at(self, part: Mapping[str, Any]) -> str:
+    def _started_at(self, part: Part) -> str:
         when = part.get("submitted_at") or time.time()
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when * 1000) % 1000:03d}Z"
 
-    async def _read_outputs(self, part: dict[str, Any]) -> None:
+    async def _read_outputs(self, part: Part) -> None:
         """Output and error files, each line checked (batch/outputs.py) -> result lines now, failures to
         part-N.failed.jsonl, the lines not believed to batch_anomalies.jsonl (cut back to where this
         part's began when a crash made the collection start again)."""
@@ -519,7 +543,7 @@ class _BatchRun:
                                               "retry": True}) + b"\n")
         write_part_file(self.ledger.path(part, ".failed.jsonl"), failures)
 
-    def _record_anomalies(self, part: dict[str, Any], anomalies: list[dict[str, Any]]) -> None:
+    def _record_anomalies(self, part: Part, anomalies: list[Anomaly]) -> None:
         """The part's lines not believed: appended to batch_anomalies.jsonl (from the offset the
         ledger noted before this part's first collection), counted in the ledger and the summary."""
         path = self.prep.run_dir / BATCH_ANOMALIES
@@ -560,7 +584,7 @@ class _BatchRun:
                 self.failed_ids.add(outcome.ticket_id)
         self._update_bar()
 
-    async def _write_failures(self, part: dict[str, Any]) -> None:
+    async def _write_failures(self, part: Part) -> None:
         """failures_ready -> collected: terminal failures to errors.jsonl, the rest counted for retry."""
         retry = 0
         ready: list[Outcome] = []
@@ -585,7 +609,7 @@ class _BatchRun:
         await self._write(ready)
         await self.writer.sync()
         steps.reached("errors")
-        part.update(state="collected", retry=retry, carried=retry == 0)
+        part.update({"state": "collected", "retry": retry, "carried": retry == 0})
         self.ledger.save()
 
     # -- progress -----------------------------------------------------------------------------
@@ -608,7 +632,7 @@ class _BatchRun:
         self.bar.refresh()
 
     async def watch_signals(self, scope: anyio.CancelScope, *,
-                            task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+                            task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             task_status.started()
             async for signum in signals:
@@ -618,7 +642,7 @@ class _BatchRun:
                 scope.cancel()
                 return
 
-    def manifest_extra(self) -> dict[str, Any]:
+    def manifest_extra(self) -> dict[str, object]:
         """What a batch run's manifest adds: its mode and its parts."""
         parts = [p for p in self.ledger.parts if p["state"] != "discarded"]
         return {"mode": "batch",
@@ -651,7 +675,7 @@ class _BatchRun:
         return "done"
 
 
-def _describe_errors(errors: Any) -> str:
+def _describe_errors(errors: object) -> str:
     if isinstance(errors, Mapping):
         data = errors.get("data") or []
         return "; ".join(f"{e.get('code')}: {e.get('message')}" for e in data if isinstance(e, Mapping))[:500] \
@@ -659,8 +683,8 @@ def _describe_errors(errors: Any) -> str:
     return "no detail"
 
 
-def _log_create_retry(number: int) -> Any:
-    def before_sleep(state: Any) -> None:
+def _log_create_retry(number: int) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
         log.info("part %d: create failed (%s); looking for it before another create", number, exc)
 
@@ -668,7 +692,7 @@ def _log_create_retry(number: int) -> Any:
 
 
 async def execute_batch_run(prep: PreparedRun, apis: Mapping[str, BatchAPI],
-                            params: Mapping[str, Mapping[str, Any]] | None = None, *, no_wait: bool = False,
+                            params: Mapping[str, Mapping[str, object]] | None = None, *, no_wait: bool = False,
                             stop_submitting: bool = False, time_scale: float = 1.0,
                             progress: bool = False) -> RunResult:
     """Run the prepared job in batch mode (module docstring); always leaves a consistent run directory.

@@ -12,7 +12,7 @@ import os
 from typing import Any, Mapping
 
 from batchrun.errors import TerminalError
-from batchrun.job.sections import PricesSpec
+from batchrun.job.sections import Params, PricesSpec
 from batchrun.providers.error_mapping import (
     error_for_status,
     headers_of,
@@ -20,9 +20,9 @@ from batchrun.providers.error_mapping import (
     translate_error,
 )
 from batchrun.providers.litellm_setup import import_litellm
-from batchrun.providers.seam import BatchPrices, ChatRequest
+from batchrun.providers.seam import BatchPrices, ChatRequest, Reply
 from batchrun.providers.usage_checks import reported_counts, token_limit, usage_problem
-from batchrun.records import Completion, ToolCall, Usage
+from batchrun.records import Completion, Line, ToolCall, Usage
 
 #: litellm 1.106's providers with a batch *create* (litellm.acreate_batch's custom_llm_provider).
 BATCH_PROVIDERS = frozenset({"openai", "azure", "vertex_ai", "bedrock", "hosted_vllm", "litellm_proxy", "mistral",
@@ -75,8 +75,8 @@ class LiteLLMBatchAPI:
     def can_list(self) -> bool:
         return self.provider in BATCH_LIST_PROVIDERS
 
-    def _kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = dict(custom_llm_provider=self.provider, max_retries=0, timeout=self.timeout_s,
+    def _kwargs(self) -> Params:
+        kwargs: Params = dict(custom_llm_provider=self.provider, max_retries=0, timeout=self.timeout_s,
                                       litellm_metadata={"batch_ignore_default_logging": True})
         if self.api_base:
             kwargs["api_base"] = self.api_base
@@ -84,7 +84,7 @@ class LiteLLMBatchAPI:
             kwargs["api_key"] = self._api_key
         return kwargs
 
-    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, name: str, *args: object, **kwargs: object) -> Any:  # litellm's answer
         try:
             return await getattr(self._litellm, name)(*args, **{**self._kwargs(), **kwargs})
         except Exception as exc:  # cancellation passes through
@@ -97,30 +97,30 @@ class LiteLLMBatchAPI:
             raise error from None
 
     @staticmethod
-    def _plain(obj: Any) -> dict[str, Any]:
+    def _plain(obj: Any) -> Reply:  # obj: litellm's answer (a pydantic model, or already a dict)
         if isinstance(obj, dict):
             return obj
         dump = getattr(obj, "model_dump", None)
         return dump() if dump is not None else dict(obj)
 
-    async def create_file(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+    async def create_file(self, path: str | os.PathLike[str]) -> Reply:
         """Upload a batch input file (the SDK streams it from the open handle)."""
         with open(path, "rb") as handle:
             return self._plain(await self._call("acreate_file", file=(os.path.basename(path), handle),
                                                 purpose="batch"))
 
     async def create_batch(self, input_file_id: str, metadata: Mapping[str, str],
-                           endpoint: str = "/v1/chat/completions", window: str = "24h") -> dict[str, Any]:
+                           endpoint: str = "/v1/chat/completions", window: str = "24h") -> Reply:
         return self._plain(await self._call("acreate_batch", completion_window=window, endpoint=endpoint,
                                             input_file_id=input_file_id, metadata=dict(metadata)))
 
-    async def retrieve_batch(self, batch_id: str) -> dict[str, Any]:
+    async def retrieve_batch(self, batch_id: str) -> Reply:
         return self._plain(await self._call("aretrieve_batch", batch_id=batch_id))
 
-    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+    async def cancel_batch(self, batch_id: str) -> Reply:
         return self._plain(await self._call("acancel_batch", batch_id=batch_id))
 
-    async def list_batches(self, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+    async def list_batches(self, after: str | None = None, limit: int = 100) -> Reply:
         """One page: {"data": [batch dicts], "has_more": bool, "last_id": ...}; metadata is NOT filtered
         by the provider (litellm accepts it and drops it): filter on the client."""
         page = await self._call("alist_batches", after=after, limit=limit)
@@ -176,7 +176,7 @@ class LiteLLMBatchAPI:
             return None
         return BatchPrices(float(online_in) / 2, float(online_out) / 2, "half_online")
 
-    def completion_of(self, body: Mapping[str, Any], prices: BatchPrices | None) -> Completion:
+    def completion_of(self, body: Reply, prices: BatchPrices | None) -> Completion:
         """A Completion from a batch output line's response body (a chat.completion object),
         priced at the batch price."""
         choice = (body.get("choices") or [None])[0]
@@ -208,19 +208,19 @@ class LiteLLMBatchAPI:
                           tool_calls=calls, usage_reported=reported_counts(raw_usage) if problem else None,
                           usage_problem=problem[1] if problem else None)
 
-    def is_ours(self, batch: Mapping[str, Any], metadata: Mapping[str, str]) -> bool:
+    def is_ours(self, batch: Reply, metadata: Mapping[str, str]) -> bool:
         """A listed batch is a part's when its metadata names the part (providers that list do not
         filter on metadata: litellm accepts the filter and drops it). A cancelled one is not adopted."""
         found = batch.get("metadata") or {}
         return all(found.get(k) == v for k, v in metadata.items()) and batch.get("status") != "cancelled"
 
-    def request_line(self, custom_id: str, request: ChatRequest, params: Mapping[str, Any]) -> dict[str, Any]:
+    def request_line(self, custom_id: str, request: ChatRequest, params: Mapping[str, object]) -> Line:
         """One batch input line (custom_id, method, url, body) for `request`."""
         return {"custom_id": custom_id, "method": "POST", "url": CHAT_ENDPOINT, "body": self.request_body(request, params)}
 
-    def request_body(self, request: ChatRequest, params: Mapping[str, Any]) -> dict[str, Any]:
+    def request_body(self, request: ChatRequest, params: Mapping[str, object]) -> dict[str, object]:
         """The body of one batch input line: what an online call of this request would send."""
-        body: dict[str, Any] = {"model": self.model.split("/", 1)[1] if "/" in self.model else self.model,
+        body: dict[str, object] = {"model": self.model.split("/", 1)[1] if "/" in self.model else self.model,
                                 "messages": request.messages, **params}
         options = request.options
         if options is not None:

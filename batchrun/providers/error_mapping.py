@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from batchrun.errors import (
     InvalidResponseError,
@@ -99,7 +99,7 @@ _LITELLM_NO_LIST = "provider returned 'choices' that is not a list"
 _BODY_START, _BODY_END = "received_args={'response_object': ", ", 'model_response_object': "
 
 
-def describe_body(body: Any) -> str:
+def describe_body(body: object) -> str:
     """What is wrong with a 200 body that is not a usable chat completion (for the message)."""
     from batchrun.providers.usage_checks import usage_problem
 
@@ -119,12 +119,12 @@ def describe_body(body: Any) -> str:
     return "litellm cannot read it as a chat completion"
 
 
-def _json_type(value: Any) -> str:
+def _json_type(value: object) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
             type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def unusable_answer(reason: str, body: Any, secrets: Sequence[str] = (), *,
+def unusable_answer(reason: str, body: object, secrets: Sequence[str] = (), *,
                     status_code: int | None = 200) -> InvalidResponseError:
     """The InvalidResponseError of a 200 that cannot be used: `reason`, then the first
     BODY_EXCERPT_BYTES bytes of `body` (JSON text, redacted); the usage it carried (when it is
@@ -141,7 +141,7 @@ def unusable_answer(reason: str, body: Any, secrets: Sequence[str] = (), *,
         reported_usage=usage if isinstance(usage, Mapping) else None, status_code=status_code)
 
 
-def _litellm_body(text: str) -> Any:
+def _litellm_body(text: str) -> object:
     """The response body litellm put in its "Invalid response object" message (a Python repr),
     read back as data (ast.literal_eval: literals only, nothing evaluated), or None."""
     import ast
@@ -255,8 +255,9 @@ def _out_of_descriptors(exc: BaseException) -> TerminalError | None:
     for cause in _causes(exc):
         if isinstance(cause, OSError) and cause.errno in (errno.EMFILE, errno.ENFILE):
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-            which = ("this process's limit, ulimit -n " + (f"{soft:,}" if soft != resource.RLIM_INFINITY else "unlimited")
-                     if cause.errno == errno.EMFILE else "the whole system's table, ENFILE; see also ulimit -n")
+            limit = f"{soft:,}" if soft != resource.RLIM_INFINITY else "unlimited"
+            which = (f"this process's limit, ulimit -n {limit}" if cause.errno == errno.EMFILE
+                     else "the whole system's table, ENFILE; see also ulimit -n")
             return TerminalError(f"this machine ran out of file descriptors ({which}) before the request could be "
                                  "sent: raise the limit or lower the concurrency, then re-run to send it",
                                  kind="local_resource", error_type="OutOfFileDescriptors")

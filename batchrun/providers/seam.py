@@ -8,6 +8,7 @@
     BatchAPI         a provider's Batch API: files, batches, their output, batch prices;
                      LiteLLMBatchAPI (batch_api.py) implements it
     BatchPrices      USD per token for batch requests, and the cost_status lines carry
+    Reply            a Batch API's answer as a plain dict in OpenAI's shape
 """
 
 from __future__ import annotations
@@ -16,8 +17,15 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
+from batchrun.job.sections import Schema, ToolChoice, ToolPayload
 from batchrun.job.spec import JobSpec
-from batchrun.records import Completion, Usage
+from batchrun.records import Completion, Line, Usage
+
+#: What a provider's Batch API answers, as a plain dict in OpenAI's shape: a file object, a batch
+#: (id, status, request_counts, output_file_id, error_file_id, metadata, errors), a page of batches
+#: (data, has_more, last_id), or the response body of an output line (a chat.completion). JSON from
+#: the provider: readers check the values they use.
+Reply = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,12 +33,12 @@ class RequestOptions:
     """How a job's requests ask and receive, beyond the messages (see module docstring)."""
 
     stream: bool = False
-    json_schema: Mapping[str, Any] | None = None  # the schema answers must satisfy
+    json_schema: Schema | None = None  # the schema answers must satisfy
     json_schema_name: str = "answer"
     json_schema_strict: bool = True
     send_json_schema: str = "auto"  # "auto", "always" or "never"
-    tools: list[dict[str, Any]] | None = None  # OpenAI function tools, as sent
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ToolPayload] | None = None  # OpenAI function tools, as sent
+    tool_choice: str | ToolChoice | None = None
 
     @classmethod
     def for_job(cls, job: JobSpec) -> "RequestOptions | None":
@@ -102,24 +110,24 @@ class BatchAPI(Protocol):
         """Whether its batches can be listed, so that a create whose answer was lost can be found."""
         ...
 
-    def request_line(self, custom_id: str, request: ChatRequest, params: Mapping[str, Any]) -> dict[str, Any]:
+    def request_line(self, custom_id: str, request: ChatRequest, params: Mapping[str, object]) -> Line:
         """One line of a part's input file: what an online call of this request would send."""
         ...
 
-    async def create_file(self, path: str | os.PathLike[str]) -> dict[str, Any]: ...
+    async def create_file(self, path: str | os.PathLike[str]) -> Reply: ...
 
     async def create_batch(self, input_file_id: str, metadata: Mapping[str, str], endpoint: str,
-                           window: str) -> dict[str, Any]:
+                           window: str) -> Reply:
         """Create one batch; never retried blindly (a lost answer is looked for with list_batches)."""
         ...
 
-    async def retrieve_batch(self, batch_id: str) -> dict[str, Any]: ...
+    async def retrieve_batch(self, batch_id: str) -> Reply: ...
 
-    async def cancel_batch(self, batch_id: str) -> dict[str, Any]: ...
+    async def cancel_batch(self, batch_id: str) -> Reply: ...
 
-    async def list_batches(self, after: str | None = None, limit: int = 100) -> dict[str, Any]: ...
+    async def list_batches(self, after: str | None = None, limit: int = 100) -> Reply: ...
 
-    def is_ours(self, batch: Mapping[str, Any], metadata: Mapping[str, str]) -> bool:
+    def is_ours(self, batch: Reply, metadata: Mapping[str, str]) -> bool:
         """Whether a listed batch is the one a part with `metadata` created."""
         ...
 
@@ -129,7 +137,7 @@ class BatchAPI(Protocol):
 
     def batch_prices(self) -> BatchPrices | None: ...
 
-    def completion_of(self, body: Mapping[str, Any], prices: BatchPrices | None) -> Completion:
+    def completion_of(self, body: Reply, prices: BatchPrices | None) -> Completion:
         """A Completion from an output line's response body, priced at the batch price."""
         ...
 

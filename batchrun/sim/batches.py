@@ -58,15 +58,20 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, TypedDict
 
 import orjson
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from batchrun.sim.batch_faults import BatchFault
 from batchrun.sim.config import SimConfig
+from batchrun.sim.jsontypes import JSONObject
+
+if TYPE_CHECKING:
+    from batchrun.sim.server import ChatSimulator
 
 WINDOWS = {"24h": 86400.0}
 FINISHED = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -90,7 +95,7 @@ class SimFile:
     filename: str
     purpose: str
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {"id": self.id, "object": "file", "bytes": self.bytes, "created_at": self.created_at,
                 "filename": self.filename, "purpose": self.purpose, "status": "processed",
                 "expires_at": None, "status_details": None}
@@ -107,7 +112,7 @@ class SimBatch:
     created_at: int
     expires_at: int
     status: str = "validating"
-    errors: dict[str, Any] | None = None
+    errors: JSONObject | None = None
     output_file_id: str | None = None
     error_file_id: str | None = None
     times: dict[str, int] = field(default_factory=dict)  # in_progress_at, completed_at, ...
@@ -115,10 +120,10 @@ class SimBatch:
     completed: int = 0
     failed: int = 0
     cancel_requested: bool = False
-    task: asyncio.Task | None = None
+    task: asyncio.Task[None] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        out = {
+    def to_dict(self) -> JSONObject:
+        out: JSONObject = {
             "id": self.id, "object": "batch", "endpoint": self.endpoint, "errors": self.errors,
             "input_file_id": self.input_file_id, "completion_window": self.completion_window,
             "status": self.status, "output_file_id": self.output_file_id, "error_file_id": self.error_file_id,
@@ -132,7 +137,16 @@ class SimBatch:
         return out
 
 
-def _chain(first: bytes, rest: Any) -> Any:
+class BatchLine(TypedDict):
+    """A line of a batch's input file, as `BatchSimulator._validate` checked it."""
+
+    custom_id: str
+    method: str
+    url: str
+    body: JSONObject
+
+
+def _chain(first: bytes, rest: Iterable[bytes]) -> Iterator[bytes]:
     yield first
     yield from rest
 
@@ -142,7 +156,7 @@ class _Writer:
 
     def __init__(self, owner: "BatchSimulator", purpose: str, name: str) -> None:
         self.owner, self.purpose, self.name = owner, purpose, name
-        self.handle: Any = None
+        self.handle: IO[bytes] | None = None
         self.file: SimFile | None = None
         self.lines = 0
 
@@ -165,7 +179,7 @@ class _Writer:
 class BatchSimulator:
     """Files and batches of one simulator instance (module docstring)."""
 
-    def __init__(self, chat: Any, config: SimConfig) -> None:
+    def __init__(self, chat: ChatSimulator, config: SimConfig) -> None:
         self.chat = chat  # the ChatSimulator that answers each line
         self.config = config
         self.faults: tuple[BatchFault, ...] = config.batch_faults
@@ -240,7 +254,7 @@ class BatchSimulator:
         router.add_get("/v1/files/{file_id}", self.retrieve_file)
         router.add_get("/v1/files/{file_id}/content", self.file_content)
         router.add_post("/v1/batches", self.create)
-        router.add_get("/v1/batches", self.list)
+        router.add_get("/v1/batches", self.list_batches)
         router.add_get("/v1/batches/{batch_id}", self.retrieve)
         router.add_post("/v1/batches/{batch_id}/cancel", self.cancel)
         router.add_get("/sim/batch_stats", self.stats)
@@ -324,6 +338,8 @@ class BatchSimulator:
             part = await reader.next()
             if part is None:
                 break
+            # A nested multipart/* part is no form field (it failed here before it was typed: a 500).
+            assert isinstance(part, BodyPartReader)
             if part.name == "purpose":
                 purpose = (await part.text()).strip()
             elif part.name == "file":
@@ -426,7 +442,7 @@ class BatchSimulator:
             return _error(409, f"Cannot cancel a batch with status '{batch.status}'.")
         return web.json_response(batch.to_dict(), dumps=lambda o: orjson.dumps(o).decode())
 
-    async def list(self, request: web.Request) -> web.Response:
+    async def list_batches(self, request: web.Request) -> web.Response:
         fault = self._call_fault("list")
         if isinstance(fault, web.Response):
             return fault
@@ -458,7 +474,7 @@ class BatchSimulator:
 
     # -- processing ----------------------------------------------------------------
 
-    def _validate(self, batch: SimBatch) -> tuple[int, dict[str, Any] | None]:
+    def _validate(self, batch: SimBatch) -> tuple[int, JSONObject | None]:
         """(line count, None) or (0, the errors object) for the batch's input file."""
         path = self.files[batch.input_file_id].path
         seen: set[str] = set()
@@ -542,7 +558,9 @@ class BatchSimulator:
         self.save()
         kind = fault.kind if fault is not None else None
         stop_after = None  # lines answered before an expire/slow fault stops the batch
-        if kind == "expire":
+        if fault is None:
+            pass
+        elif kind == "expire":
             stop_after = int(count * (0.5 if fault.rate is None else fault.rate))
         elif kind == "slow":
             stop_after = int(count * (fault.rate or 0.0))
@@ -621,29 +639,35 @@ class BatchSimulator:
     def _anomaly_lines(self, batch: SimBatch) -> tuple[bytes, list[bytes]]:
         """The `anomalies` fault's lines (batch_faults.py): the first, and those after the answers."""
         with open(self.files[batch.input_file_id].path, "rb") as handle:
-            lines = [orjson.loads(raw) for raw, _ in zip(handle, range(2))]
+            lines: list[BatchLine] = [orjson.loads(raw) for raw, _ in zip(handle, range(2))]
 
-        def record(cid: Any, line: dict[str, Any], content: str | None = None) -> bytes:
+        def message(body: JSONObject) -> JSONObject:
+            choices = body.get("choices")
+            first = choices[0] if isinstance(choices, list) and choices else None
+            found = first.get("message") if isinstance(first, dict) else None
+            return found if isinstance(found, dict) else {}
+
+        def record(cid: object, line: BatchLine, content: str | None = None) -> bytes:
             status, body = self.chat.answer_batch_line(orjson.dumps(line["body"]), str(cid))
             if content is not None and status == 200:
-                body["choices"][0]["message"]["content"] = content
+                message(body)["content"] = content
             return orjson.dumps({"id": self._new_id("batch_req_"), "custom_id": cid, "response": {
                 "status_code": status, "request_id": self._new_id("req_"), "body": body}, "error": None}) + b"\n"
 
         first, second = lines[0], lines[-1]
-        answer = self.chat.answer_batch_line(orjson.dumps(second["body"]), second["custom_id"])[1]
-        said = ((answer.get("choices") or [{}])[0].get("message") or {}).get("content")
+        said = message(self.chat.answer_batch_line(orjson.dumps(second["body"]), second["custom_id"])[1]).get("content")
         other = next(label for label in ("bug", "feature", "billing", "other") if label != said)
         tail = [record(second["custom_id"], second, other), record(f"ghost-{batch.number}", first),
                 record(None, first), b"<html><body>502 Bad Gateway</body></html>\n"]
         return record(first["custom_id"], first, "banana"), tail
 
-    def _answer(self, batch: SimBatch, fault: BatchFault | None, line: dict[str, Any]) -> tuple[bool, bytes]:
+    def _answer(self, batch: SimBatch, fault: BatchFault | None, line: BatchLine) -> tuple[bool, bytes]:
         cid = line["custom_id"]
         failed = fault is not None and (
             fault.kind == "all_failed"
             or (fault.kind == "fail_lines" and self._draw(cid, batch.number) < (0.5 if fault.rate is None
                                                                                     else fault.rate)))
+        body: JSONObject
         if failed:
             status, body = 500, {"error": {"message": "The server had an error while processing your request "
                                            "(simulated fault)", "type": "server_error", "param": None,

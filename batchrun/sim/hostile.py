@@ -31,7 +31,8 @@ Standard library only, like the rest of the simulator.
 
 from __future__ import annotations
 
-from typing import Any
+from batchrun.sim.jsontypes import JSONObject
+from batchrun.sim.replies import Answer
 
 #: Kinds that change the answer itself (its text or its usage), streamed or not.
 ANSWER_KINDS: frozenset[str] = frozenset({"bad_usage", "huge_usage", "hostile_text", "huge_answer"})
@@ -48,8 +49,8 @@ HUGE_TOKENS = 10**12
 _PIECE = "lorem ipsum dolor sit amet, " * 37 + "\n"  # about 1 KB per token piece
 
 
-def reshape_answer(kind: str, answer: Any, size_bytes: float | None = None) -> Any:
-    """The Answer (replies.Answer) as an ANSWER_KINDS fault makes it (changed in place)."""
+def reshape_answer(kind: str, answer: Answer, size_bytes: float | None = None) -> Answer:
+    """The Answer as an ANSWER_KINDS fault makes it (changed in place)."""
     if kind == "bad_usage":
         answer.usage = {"prompt_tokens": -1_000_000, "completion_tokens": -5, "total_tokens": -1_000_005}
     elif kind == "huge_usage":
@@ -69,12 +70,19 @@ def reshape_answer(kind: str, answer: Any, size_bytes: float | None = None) -> A
     return answer
 
 
-def reshape_payload(kind: str, payload: dict[str, Any]) -> Any:
-    """The JSON value a BODY_KINDS fault sends instead of a non-streamed `payload`."""
+def reshape_payload(kind: str, payload: JSONObject) -> object:
+    """The JSON value a non-streamed `payload` becomes under a BODY_KINDS fault, or a no-usage one
+    (faults.NO_USAGE_KINDS: usage_null sends "usage": null, no_usage and drop_usage none at all);
+    `payload` itself for any other kind."""
+    if kind == "usage_null":
+        return {**payload, "usage": None}
+    if kind in ("no_usage", "drop_usage"):
+        return {key: value for key, value in payload.items() if key != "usage"}
     if kind == "no_choices":
         return {**payload, "choices": []}
     if kind == "fraction_usage":
         usage = payload["usage"]
+        assert isinstance(usage, dict)
         return {**payload, "usage": {"prompt_tokens": usage["prompt_tokens"] + 0.5,
                                      "completion_tokens": usage["completion_tokens"],
                                      "total_tokens": usage["total_tokens"] + 0.5}}

@@ -208,8 +208,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -225,6 +224,7 @@ from batchrun.sim.faults import (
     body_digest,
 )
 from batchrun.sim.hostile import ANSWER_KINDS, BODY_KINDS, reshape_answer, reshape_payload
+from batchrun.sim.jsontypes import JSONObject
 from batchrun.sim.limits import RateLimiter, overload_delay_ms
 from batchrun.sim.replies import (
     CANCELLED_STATUS,
@@ -235,6 +235,7 @@ from batchrun.sim.replies import (
     InvalidRequest,
     ParsedChatRequest,
     SimStats,
+    Usage,
     abort_connection,
     chunk_token_counts,
     error_response,
@@ -261,7 +262,7 @@ class ChatSimulator:
         self.fault_plan = FaultPlan(config.faults, config.seed, config.scripts) if (config.faults or config.scripts) else None
         self.limiter = RateLimiter(config.rpm, config.tpm) if (config.rpm is not None or config.tpm is not None) else None
         #: Every simulated delay goes through this coroutine function (tests may replace it).
-        self.sleep: Callable[[float], Any] = asyncio.sleep
+        self.sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
         # Response ids are unique per instance: a random prefix and a counter.
         self._id_prefix = "chatcmpl-sim" + os.urandom(4).hex()
         self._next_id = 0
@@ -426,7 +427,7 @@ class ChatSimulator:
         return chat
 
     @staticmethod
-    def _parse_structured(chat: ParsedChatRequest, response_format: Any, tools: Any, tool_choice: Any) -> None:
+    def _parse_structured(chat: ParsedChatRequest, response_format: object, tools: object, tool_choice: object) -> None:
         """Fill the structured-output and tool fields of ``chat`` (400 on malformed ones)."""
         from batchrun.sim import structured
 
@@ -471,7 +472,7 @@ class ChatSimulator:
             tokens = tokens[: chat.max_tokens]
             finish_reason = "length"
         prompt_tokens = count_prompt_tokens(chat.messages) + chat.extra_prompt_tokens
-        usage = {
+        usage: Usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": len(tokens),
             "total_tokens": prompt_tokens + len(tokens),
@@ -517,14 +518,8 @@ class ChatSimulator:
         if fault is None:
             return web.Response(body=orjson.dumps(payload), content_type="application/json", headers=headers)
         kind = fault.kind
-        if kind in NO_USAGE_KINDS:
-            if kind == "usage_null":
-                payload["usage"] = None
-            else:
-                del payload["usage"]
-            return web.Response(body=orjson.dumps(payload), content_type="application/json", headers=headers)
-        body = orjson.dumps(reshape_payload(kind, payload) if kind in BODY_KINDS else payload)
-        if kind in BODY_KINDS or kind in ANSWER_KINDS:
+        body = orjson.dumps(reshape_payload(kind, payload))  # the usage and shape faults (hostile.py)
+        if kind in BODY_KINDS or kind in ANSWER_KINDS or kind in NO_USAGE_KINDS:
             return web.Response(body=body, content_type="application/json", headers=headers)
         if kind == "malformed_json":
             return web.Response(body=body[: len(body) // 2], content_type="application/json", headers=headers)
@@ -533,11 +528,11 @@ class ChatSimulator:
         # reset, and stream_cut of a non-streaming request
         return await self._send_then_cut(request, [body[: len(body) // 2]], "application/json", headers, abort=True, total=len(body))
 
-    def completion_payload(self, chat: ParsedChatRequest, answer: Answer) -> dict[str, Any]:
+    def completion_payload(self, chat: ParsedChatRequest, answer: Answer) -> JSONObject:
         """The ``chat.completion`` object of an answer (also the body of a batch output line)."""
         text = "".join(answer.tokens)
         if answer.tool_name is None:
-            message: dict[str, Any] = {"role": "assistant", "content": text}
+            message: JSONObject = {"role": "assistant", "content": text}
         else:
             message = {
                 "role": "assistant",
@@ -555,7 +550,7 @@ class ChatSimulator:
             "usage": answer.usage,
         }
 
-    def answer_batch_line(self, body: bytes, custom_id: str) -> tuple[int, dict[str, Any]]:
+    def answer_batch_line(self, body: bytes, custom_id: str) -> tuple[int, JSONObject]:
         """(status, body) for one line of a batch: the answer its chat request gets, without delay or faults."""
         try:
             chat = self._parse_chat_request(body, custom_id, 1)
@@ -578,7 +573,7 @@ class ChatSimulator:
         model = chat.model
         tokens = answer.tokens
 
-        def event(delta: dict, finish: str | None) -> bytes:
+        def event(delta: JSONObject, finish: str | None) -> bytes:
             chunk = {
                 "id": completion_id,
                 "object": "chat.completion.chunk",
@@ -601,6 +596,7 @@ class ChatSimulator:
         for size in chunk_token_counts(len(tokens), rng):
             piece = "".join(tokens[position : position + size])
             position += size
+            delta: JSONObject
             if tool_name is None:
                 delta = {"content": piece}
             else:
@@ -640,7 +636,7 @@ class ChatSimulator:
         kind = fault.kind if fault is not None else None
         include_usage = chat.include_usage and kind not in NO_USAGE_KINDS
         events, content_events = self._stream_events(chat, answer, per_token_s, include_usage)
-        if kind == "trickle":
+        if kind == "trickle" and fault is not None:
             body = b"".join(data for _, data in events)
             return await self._send_trickle(request, body, "text/event-stream", headers, fault.trickle_seconds, sized=False)
         if kind in ("reset", "stream_cut"):
