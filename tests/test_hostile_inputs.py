@@ -245,3 +245,68 @@ def test_a_csv_id_with_surrounding_spaces_is_refused_too(tmp_path):
     result = invoke_cli("run", str(job), "--no-progress", "--input", str(tmp_path / "tickets.csv"))
     assert result.returncode == 2 and "row 2" in result.stderr and "leading or trailing" in result.stderr, \
         result.stderr
+
+
+# -- 10. terminal output ------------------------------------------------------------------------------
+
+TERMINAL_ACTIVE = ("\x1b", "\x07", "\x9b", "\u202e", "\r")  # ESC (OSC, CSI), BEL, C1 CSI, RLO, CR
+
+
+def _job_with(base: Path, scripts: str, top: str = "") -> Path:
+    write_tickets_from_sample(base, 8)
+    job = base / "job.toml"
+    text = HOSTILE_JOB.format(extra="").replace('rate = 1\nsteps = ["hostile_text"]', scripts)
+    job.write_text(top + text)
+    return job
+
+
+def write_tickets_from_sample(base: Path, n: int) -> None:
+    from conftest import write_tickets
+
+    write_tickets(base / "tickets.jsonl", n)
+
+
+def test_no_command_prints_what_a_terminal_would_act_on(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "c").mkdir()
+    job_a = _job_with(tmp_path / "a", 'tickets = ["T000001", "T000002", "T000003"]\nsteps = ["hostile_text"]')
+    job_b = _job_with(tmp_path / "b", 'tickets = ["T000004"]\nsteps = ["hostile_text"]')
+    job_c = _job_with(tmp_path / "c", 'tickets = ["T000002"]\nsteps = ["hostile_text", "hostile_text", "hostile_text"]',
+                      top='labels = ["bug", "feature", "billing", "other"]\n')
+    outputs: dict[str, str] = {}
+    for name, job, code in (("a", job_a, 0), ("b", job_b, 0), ("c", job_c, 3)):
+        done = invoke_cli("run", str(job), "--no-progress", "-v")
+        assert done.returncode == code, done.stderr
+        outputs[f"run {name}"] = done.stdout + done.stderr
+    answers = [row["output"] for row in read_jsonl(tmp_path / "a" / "run" / "results.jsonl")]
+    assert any("\x1b]0;pwned" in answer for answer in answers)  # stored as it came: data, kept whole
+    run_a, run_b, run_c = (tmp_path / name / "run" for name in "abc")
+    for args in (("report", str(run_a)), ("report", str(run_c)), ("diff", str(run_a), str(run_b)),
+                 ("status", str(run_a)), ("status", str(run_c)), ("export", str(run_a), "--format", "csv")):
+        result = invoke_cli(*args)
+        assert result.returncode in (0, 3), (args, result.stderr)
+        outputs[" ".join(args[:1])] = outputs.get(" ".join(args[:1]), "") + result.stdout + result.stderr
+    found = {where: sorted({repr(c) for c in TERMINAL_ACTIVE if c in text}) for where, text in outputs.items()}
+    assert not {where: chars for where, chars in found.items() if chars}, found
+    # the answer is still shown (in the failure's message), with what a terminal acts on escaped
+    assert "pwned" in outputs["run c"] and "\\u202eevil\\u202c" in outputs["run c"] and "\\x9b31m" in outputs["run c"]
+
+
+def test_every_formatter_escapes_what_a_terminal_acts_on():
+    from batchrun.analysis.stats import RunStats, format_summary
+    from batchrun.analysis.textfmt import error_line, kv, table, terminal_safe
+    from batchrun.errors import BatchrunError
+    from batchrun.records import Outcome
+
+    hostile = "ok\x1b]0;pwned\x07\x1b[2J\x9b31m\u202eevil\u202c\r\ttail"
+    assert terminal_safe(hostile) == "ok\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m\\u202eevil\\u202c\\x0d\\x09tail"
+    assert terminal_safe("line one\nline two") == "line one\nline two"
+    stats = RunStats(to_do=1)
+    stats.record(Outcome(ticket_id="T1", attempts=1, started_at="", finished_at="", elapsed_ms=1.0, run=1,
+                         error_kind="server_error", error_message=hostile))
+    texts = ["\n".join(table(["answer"], [[hostile]])), "\n".join(kv([("answer", hostile)])),
+             format_summary(stats.summary()), error_line(BatchrunError(hostile))]
+    for text in texts:
+        assert not [c for c in TERMINAL_ACTIVE + ("\t",) if c in text], repr(text)
+        assert "pwned" in text

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence, TypedDict
 
 from batchrun.analysis.documents import StoredJSON
-from batchrun.analysis.textfmt import duration, kv, ms, usd
+from batchrun.analysis.textfmt import duration, kv, ms, terminal_safe, usd
 from batchrun.records import Outcome
 
 _LOG_STEP = math.log(1.01)
@@ -390,7 +390,7 @@ def format_summary(summary: StoredJSON, *, title: str = "batchrun summary") -> s
             lines.append(f"  {kind:<{kind_width}}  {group['count']:>6,}")
             for text, count in group.get("top_messages") or []:
                 lines.append(f"  {'':<{kind_width}}  {count:>6,} x {text}")
-    return "\n".join(lines)
+    return terminal_safe("\n".join(lines))  # failure messages are the provider's text
 
 
 ANOMALY_NAMES = {"duplicate": "duplicate line(s)", "unknown_id": "unknown custom_id(s)",

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from batchrun.analysis.textfmt import error_line
+
 EXPORT_EXAMPLES = """
 \b
 Examples:
@@ -41,7 +43,7 @@ def export_command(run_dir: Path, fmt: str, out: Path | None, with_input: bool, 
     try:
         result = export_run(run_dir, out, fmt, with_input=with_input, raw_cells=raw_cells)
     except BatchrunError as exc:
-        click.echo(f"batchrun: error: {exc}", err=True)
+        click.echo(error_line(exc), err=True)
         sys.exit(int(exc.exit_code))
     groups = f" ({len(result.models)} models)" if result.models != ("",) else ""
     click.echo(f"batchrun: wrote {result.rows:,} ticket(s){groups} to {result.path}: {result.done:,} done, "

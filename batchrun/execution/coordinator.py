@@ -32,6 +32,7 @@ from typing import Mapping
 import anyio
 
 from batchrun.analysis.stats import RunStats
+from batchrun.analysis.textfmt import terminal_safe
 from batchrun.errors import (
     BatchrunError,
     CheckpointError,
@@ -129,7 +130,7 @@ class Coordinator:
         self.producer_scope.cancel()
         if message:
             log.warning("%s", message)
-            print(f"\nbatchrun: {message}", file=sys.stderr, flush=True)
+            print(f"\nbatchrun: {terminal_safe(message)}", file=sys.stderr, flush=True)
 
     def fail(self, error: BatchrunError) -> None:
         """A fatal error (the journal or a checkpoint file cannot be written, a worker crashed): the
