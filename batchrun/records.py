@@ -131,8 +131,10 @@ class Outcome:
         if self.attempts_by_model is not None:
             line["attempts_by_model"] = dict(self.attempts_by_model)
 
-    def to_line(self) -> Line:
-        """The JSON object written to results.jsonl (ok) or errors.jsonl."""
+    def to_line(self, max_output_bytes: int | None = None) -> Line:
+        """The JSON object written to results.jsonl (ok) or errors.jsonl. An answer longer than
+        `max_output_bytes` (UTF-8) is stored cut there, on a character, and the line says so:
+        "output_cut": {"bytes": its size, "kept_bytes": what the line keeps}."""
         if self.completion is not None:
             c = self.completion
             latency = self.latency_ms or 0.0
@@ -140,6 +142,13 @@ class Outcome:
                 "id": self.ticket_id,
                 "output": c.text,
             }
+            cut = None
+            if max_output_bytes is not None and len(c.text) * 4 > max_output_bytes:
+                raw = c.text.encode("utf-8", "surrogatepass")
+                if len(raw) > max_output_bytes:
+                    kept = raw[:max_output_bytes].decode("utf-8", "ignore")
+                    line["output"] = kept
+                    cut = {"bytes": len(raw), "kept_bytes": len(kept.encode("utf-8", "surrogatepass"))}
             if self.structured:
                 line.update(self.structured)
             line.update({
@@ -152,6 +161,8 @@ class Outcome:
                 "cost_usd": c.cost_usd,
                 "cost_status": c.cost_status,
             })
+            if cut is not None:
+                line["output_cut"] = cut
             if c.usage_problem is not None:
                 line["usage_reported"] = dict(c.usage_reported or {})
                 line["usage_problem"] = c.usage_problem

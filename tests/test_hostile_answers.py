@@ -135,3 +135,76 @@ def test_a_billed_answer_without_a_usable_choice_is_counted_and_asked_again(make
     assert summary["rejected_outputs"] == 1 + 3 + 1 + 3
     assert summary["cost_usd"] == pytest.approx(sum(r["cost_usd"] + r.get("rejected_cost_usd", 0) for r in rows.values())
                                                 + sum(e.get("rejected_cost_usd", 0) for e in errors.values()))
+
+
+# -- 11. the smaller ones ---------------------------------------------------------------------------
+
+def test_a_401_that_litellm_calls_a_bad_request_counts_toward_fail_fast(make_job, tmp_path):
+    job = load_job(make_job(30, concurrency=1))  # fail_fast_after = 5 (the default)
+    with start(faults=("401_no_key:rate=1",)) as sim:
+        result = run_job(job, sim)
+        sent = sum(sim.stats()["requests_by_ticket"].values())
+    errors = read_jsonl(tmp_path / "run" / "errors.jsonl")
+    assert result.exit_code == ExitCode.ABORTED and result.state == "failed"
+    assert sent == len(errors) == 5, (sent, len(errors))  # five in a row, not fail_fast_same_error_after's 20
+    assert {e["error_kind"] for e in errors} == {"auth"} and {e["status_code"] for e in errors} == {401}
+
+
+@pytest.mark.parametrize("model", ["openai/", "openai/  ", "/gpt-4o-mini", " openai/gpt-4o-mini"])
+def test_a_model_string_without_a_name_is_refused_when_the_job_loads(make_job, model):
+    from batchrun.errors import JobSpecError
+    from conftest import invoke_cli
+
+    job = make_job(3)
+    text = job.read_text()
+    (job.parent / "bad.toml").write_text(text.replace('model = "openai/gpt-4o-mini"', f'model = "{model}"'))
+    with pytest.raises(JobSpecError, match="field `model`"):
+        load_job(job.parent / "bad.toml")
+    (job.parent / "bad2.toml").write_text(text.replace('model = "openai/gpt-4o-mini"\n', "")
+                                          + f'\n[[models]]\nname = "a"\nmodel = "{model}"\n')
+    with pytest.raises(JobSpecError, match=r"field `models\.0\.model`"):
+        load_job(job.parent / "bad2.toml")
+    cli = invoke_cli("run", str(job), "--model", model, "--no-progress")
+    assert cli.returncode == 2 and "model" in cli.stderr and "nothing" not in cli.stdout, cli.stderr
+    assert not (job.parent / "run" / "results.jsonl").exists()
+
+
+def test_the_failure_summary_masks_counts_but_not_digits_inside_names():
+    from batchrun.analysis.stats import short_message
+
+    assert short_message("The model `gpt-4o-mini` does not exist or you do not have access to it.") == \
+        "The model `gpt-4o-mini` does not exist or you do not have access to it."
+    assert short_message("This model's maximum context length is 128000 tokens. However, your messages resulted "
+                         "in 130,542 tokens") == ("This model's maximum context length is N tokens. However, your "
+                                                  "messages resulted in N tokens")
+    assert short_message("Rate limit reached for gpt-4-turbo in organization org-ab12 on tokens per min (TPM): "
+                         "Limit 200000, Used 199876, Requested 310.") == (
+        "Rate limit reached for gpt-4-turbo in organization org-ab12 on tokens per min (TPM): Limit N, Used N, "
+        "Requested N.")
+    assert short_message("claude-3-5-haiku-20241022 returned 529 after 2.5 s") == \
+        "claude-3-5-haiku-20241022 returned N after N s"
+
+
+def test_a_huge_answer_is_stored_cut_at_max_output_bytes_and_flagged(make_job, tmp_path):
+    job = load_job(make_job(4, concurrency=2, top="max_output_bytes = 1000000\n"))
+    with start(scripts=("T000002=huge_answer:size_bytes=3000000",)) as sim:
+        result = run_job(job, sim)
+    assert result.state == "done"
+    rows = {row["id"]: row for row in read_jsonl(tmp_path / "run" / "results.jsonl")}
+    huge = rows["T000002"]
+    assert len(huge["output"].encode()) <= 1_000_000 and huge["output"].startswith("lorem ipsum")
+    assert huge["output_cut"] == {"bytes": 3_000_000, "kept_bytes": len(huge["output"].encode())}
+    assert all("output_cut" not in row for key, row in rows.items() if key != "T000002")
+    assert (tmp_path / "run" / "results.jsonl").stat().st_size < 1_100_000
+
+
+def test_max_output_bytes_is_checked_and_cuts_on_a_character():
+    from batchrun.records import Completion, Outcome
+
+    text = "é" * 10  # 20 bytes
+    outcome = Outcome(ticket_id="a", attempts=1, started_at="", finished_at="", elapsed_ms=1.0, run=1,
+                      completion=Completion(text=text, finish_reason="stop", model="m", usage=None, cost_usd=None,
+                                            cost_status="no_usage"))
+    line = outcome.to_line(max_output_bytes=7)
+    assert line["output"] == "ééé" and line["output_cut"] == {"bytes": 20, "kept_bytes": 6}
+    assert "output_cut" not in outcome.to_line(max_output_bytes=20)

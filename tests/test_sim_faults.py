@@ -656,6 +656,7 @@ LITELLM_PLAIN = {
     "context_length": ("ContextWindowExceededError", 400),
     "content_policy": ("ContentPolicyViolationError", 400),
     "401": ("AuthenticationError", 401),
+    "401_no_key": ("BadRequestError", 401),  # its body says invalid_request_error (batchrun: auth)
     "404_model": ("NotFoundError", 404),
     "400_invalid_model": ("BadRequestError", 400),
     "stall": ("Timeout", 408),

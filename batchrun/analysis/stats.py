@@ -50,8 +50,9 @@ OTHER_MESSAGES = "(other messages)"
 
 def short_message(message: str | None) -> str:
     """A failure message fit for a summary: API keys redacted, one line, the provider's own
-    message without litellm's class prefixes, numbers as N (so messages that differ only in
-    counts group together), at most MAX_MESSAGE_CHARS."""
+    message without litellm's class prefixes, numbers standing on their own as N (so messages
+    that differ only in counts group together; digits inside a name such as gpt-4o-mini stay),
+    at most MAX_MESSAGE_CHARS."""
     import re
 
     from batchrun.errors import redact_secrets
@@ -62,7 +63,8 @@ def short_message(message: str | None) -> str:
         text = inner.group(1).replace('\\"', '"')
     else:  # "litellm.BadRequestError: OpenAIException - ..." -> "..."
         text = re.sub(r"^(?:(?:litellm\.)?[A-Za-z]+(?:Error|Exception)\s*[-:]\s*)+", "", text) or text
-    text = re.sub(r"\d+(?:[.,]\d+)*", "N", text)  # "5 tokens" and "7 tokens" are one message
+    # "5 tokens" and "7 tokens" are one message; digits inside a name (gpt-4o-mini, org-ab12) stay
+    text = re.sub(r"(?<![\w\-./])\d+(?:[.,]\d+)*(?![\w\-/])", "N", text)
     return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS - 1] + "…"
 
 

@@ -175,7 +175,8 @@ class _BatchRun:
         self.poll_max_s = max(self.poll_s, prep.job.batch_poll_max_s / time_scale)
         self.progress = progress
         self.ledger = Ledger.load(prep.run_dir, prep.job.fingerprint_hash())
-        self.writer = CheckpointWriter(prep.run_dir, prep.checkpoint.done_ids)
+        self.writer = CheckpointWriter(prep.run_dir, prep.checkpoint.done_ids,
+                                       max_output_bytes=prep.job.max_output_bytes)
         self.failed_ids = set(prep.checkpoint.failed_ids)
         self.stats = RunStats(tickets_total=prep.tickets_total, already_done=prep.already_done,
                               skipped_failed=prep.skipped_failed, to_do=prep.to_do,

@@ -79,7 +79,8 @@ class Coordinator:
                               rejected_lines=prep.scan.problem_count)
         self.stats.maybe_billed_ids = sorted(prep.checkpoint.maybe_billed)
         self.gate = RequestGate()
-        self.writer = CheckpointWriter(prep.run_dir, prep.checkpoint.done_ids, prep.checkpoint.maybe_billed)
+        self.writer = CheckpointWriter(prep.run_dir, prep.checkpoint.done_ids, prep.checkpoint.maybe_billed,
+                                       max_output_bytes=self.job.max_output_bytes)
         self.journal = InflightJournal(prep.run_dir, prep.run_number)
         self._accounting = AttemptAccounting(self.stats, self.journal, self.writer, self.fail)
         self.failed_ids = set(prep.checkpoint.failed_ids)  # latest outcome a failure

@@ -162,6 +162,20 @@ def load_schema_file(path: Path) -> Schema:
     return schema
 
 
+def check_model_name(value: str) -> str:
+    """A litellm model string that names a model: "openai/" (a provider and no name) would be sent
+    with an empty model name; "/gpt-4o-mini" names no provider; surrounding spaces are a typo."""
+    provider, slash, name = value.partition("/")
+    if value != value.strip() or not value:
+        raise ValueError(f"{value!r} has spaces around it: write the model string without them")
+    if slash and not name.strip():
+        raise ValueError(f"{value!r} names a provider but no model (e.g. {provider}/gpt-4o-mini): "
+                         "an empty model name would be sent")
+    if slash and not provider.strip():
+        raise ValueError(f"{value!r} names no provider before the '/' (e.g. openai{value})")
+    return value
+
+
 def check_api_base(value: str | None) -> str | None:
     """An api_base must not carry a query string: litellm appends its path
     (/chat/completions) after it, so every request would go to a wrong URL;
@@ -209,6 +223,11 @@ class ModelSpec(Section):
     @classmethod
     def _api_base(cls, value: str | None) -> str | None:
         return check_api_base(value)
+
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        return check_model_name(value)
 
 
 class RouteSpec(Section):

@@ -12,7 +12,9 @@
 Kinds and which are retried: errors.py. A refused or reset connection is kind
 `connection` with no status even where litellm calls it a 500; EMFILE or ENFILE
 under an error (no descriptor left for the socket) is `local_resource`; the API key is
-scrubbed from every message. A 200 whose body litellm cannot turn into a chat
+scrubbed from every message. A 401, 403 or 404 is auth, permission or not_found in
+whatever class litellm wraps it (a 401 whose body says invalid_request_error
+comes as a BadRequestError). A 200 whose body litellm cannot turn into a chat
 completion (litellm's "Invalid response object" with a traceback, or "choices
 that is not a list") is `invalid_response` with a short message: what is wrong
 with the body and how it begins, never litellm's traceback or local paths.
@@ -215,6 +217,8 @@ def translate_error(exc: BaseException, secrets: Sequence[str] = ()) -> RequestE
         )
         for cls, kind in terminal_kinds:
             if isinstance(exc, cls):
+                if kind == "bad_request" and status in (401, 403, 404):  # litellm's "bad request" for a 401
+                    kind = STATUS_KINDS[status]  # whose body says invalid_request_error: the status wins
                 return TerminalError(message, kind=kind, status_code=status, error_type=name)
         if isinstance(exc, (lm.ServiceUnavailableError, lm.BadGatewayError, lm.InternalServerError)):
             return RetryableError(message, kind="server_error", status_code=status, error_type=name)

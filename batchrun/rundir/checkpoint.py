@@ -317,8 +317,10 @@ class CheckpointWriter:
     A ticket already in results.jsonl is never written there again.
     """
 
-    def __init__(self, run_dir: Path, done_ids: set[str], maybe_billed: Iterable[str] = ()) -> None:
+    def __init__(self, run_dir: Path, done_ids: set[str], maybe_billed: Iterable[str] = (), *,
+                 max_output_bytes: int | None = None) -> None:
         self.run_dir = Path(run_dir)
+        self.max_output_bytes = max_output_bytes  # the job's cap on a stored answer (Outcome.to_line)
         self._done = done_ids
         self._maybe_billed = set(maybe_billed)  # ids whose line says maybe_billed_before: true
         self._results: _AppendFile | None = None
@@ -342,7 +344,7 @@ class CheckpointWriter:
         err_lines: list[tuple[Outcome, bytes]] = []
         order: list[Outcome] = []
         for outcome in outcomes:
-            line = outcome.to_line()
+            line = outcome.to_line(self.max_output_bytes)
             if self._maybe_billed and outcome.ticket_id in self._maybe_billed:
                 line["maybe_billed_before"] = True
             if outcome.ok:

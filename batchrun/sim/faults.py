@@ -51,6 +51,10 @@ reaches the rate limiter):
 ``401``
     ``invalid_api_key``; the message never echoes the key or the
     Authorization header.
+``401_no_key``
+    401 with type ``invalid_request_error`` and no code: OpenAI's answer to a
+    missing or malformed key ("You didn't provide an API key ..."), which
+    litellm raises as a BadRequestError.
 ``404_model``
     404, ``code: "model_not_found"``, naming the requested model.
 ``400_invalid_model``
@@ -173,6 +177,7 @@ FAULT_KINDS: tuple[str, ...] = (
     "context_length",
     "content_policy",
     "401",
+    "401_no_key",
     "404_model",
     "400_invalid_model",
     "stall",
@@ -197,7 +202,7 @@ FAULT_KINDS: tuple[str, ...] = (
 
 #: Kinds answered with an error status before the request is answered or rate limited.
 ERROR_KINDS: frozenset[str] = frozenset(
-    {"429", "429_date", "429_ms", "429_bare", "500", "502", "503", "html_error", "context_length", "content_policy", "401", "404_model", "400_invalid_model"}
+    {"429", "429_date", "429_ms", "429_bare", "500", "502", "503", "html_error", "context_length", "content_policy", "401", "401_no_key", "404_model", "400_invalid_model"}
 )
 
 #: Kinds that drop the connection before anything is answered (no status line).
