@@ -242,8 +242,8 @@ def redact_secrets(text: str, secrets: "Sequence[str]" = ()) -> str:
 
     Every exact secret given is replaced, then anything shaped like a key:
     `sk-...` tokens, `Bearer ...` credentials, `key=`/`token=` query values, and
-    in every URL its userinfo (`user:password@`), its key-shaped path segments
-    (`key_shaped`) and its query values.
+    in every URL its userinfo (`user:password@`) and its key-shaped path segments
+    and query values (`key_shaped`).
     """
     global _SECRET_PATTERNS, _URL_PATTERN
     import re
@@ -277,8 +277,8 @@ def _redacted_url_match(match: "re.Match[str]") -> str:
 
     scheme, userinfo, host, path, query = match.groups()
     shown = scheme + (MASK + "@" if userinfo else "") + host + _masked_path(path)
-    if query:
-        shown += re.sub(r"=[^&]*", "=" + MASK, query)
+    if query:  # key-shaped values (and, below, any key=, token=, sig= ...); page=2 stays
+        shown += re.sub(r"=([^&]*)", lambda m: "=" + (MASK if key_shaped(m.group(1)) else m.group(1)), query)
     return shown
 
 
