@@ -84,6 +84,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -109,7 +110,9 @@ from batchrun.batch.ledger import (
 )
 from batchrun.batch.outputs import PART_FILES, Anomaly, PartOutputs
 from batchrun.errors import (
+    BatchEndpointError,
     BatchrunError,
+    ExitCode,
     RequestError,
 )
 from batchrun.execution.finish import RunFinish
@@ -186,6 +189,7 @@ class _BatchRun:
         self.bar: tqdm | None = None
         self.signal_number: int | None = None
         self.budget_note: str | None = None
+        self.warned_unpriced = False  # batch answers with no price: said once
         self.live_at_start = {p["number"] for p in self.ledger.parts if p["state"] in LIVE}
         (prep.run_dir / PART_DIR).mkdir(exist_ok=True)
 
@@ -519,10 +523,13 @@ class _BatchRun:
         ready: list[Outcome] = []
         failures: list[bytes] = []
         elapsed_ms = max(0.0, (time.time() - (part.get("submitted_at") or time.time())) * 1000.0)
-        outputs = PartOutputs(self.job, self.prep.run_number, part, self._api(part),
+        api = self._api(part)
+        outputs = PartOutputs(self.job, self.prep.run_number, part, api,
                               self.prices.get(part["model_key"]), meta, self._started_at(part), elapsed_ms)
         for item in outputs.collect([self.ledger.path(part, suffix) for suffix, _ in PART_FILES]):
             if isinstance(item, Outcome):
+                if item.completion is not None and item.completion.cost_usd is None:
+                    self._warn_unpriced(api, item.completion.model)
                 ready.append(item)
                 if len(ready) >= WRITE_EVERY:
                     await self._write(ready)
@@ -566,6 +573,18 @@ class _BatchRun:
         self.stats.record_batch_anomalies(anomalies)
         log.warning("part %d: %d output line(s) not believed (%s): see %s", part["number"], len(anomalies),
                     ", ".join(f"{n} {k}" for k, n in sorted(counts.items())), path)
+
+    def _warn_unpriced(self, api: BatchAPI, answered_by: str | None) -> None:
+        """Once per run: batch answers with no price (cost_usd null), and the likely reason."""
+        if self.warned_unpriced:
+            return
+        self.warned_unpriced = True
+        note = (f"batch answers for {api.model} (answered by {answered_by or '?'}) come back with no price "
+                "(cost_usd null, cost_status unpriced_model): litellm has no price for that name. Through a "
+                "LiteLLM proxy, a model alias is not translated inside batch files: name the upstream model "
+                "(docs/batch.md, \"Through a LiteLLM Proxy\"), or set [prices] in the job")
+        log.info("%s", note)  # for --log-file (log.warning would be printed twice without -v)
+        print(f"batchrun: warning: {note}", file=sys.stderr, flush=True)
 
     async def _write(self, outcomes: list[Outcome]) -> None:
         if not outcomes:
@@ -658,15 +677,21 @@ class _BatchRun:
     async def run(self) -> str:
         self.reconcile()
         await self.writer.open()
+        refused: BatchEndpointError | None = None
         async with anyio.create_task_group() as tg:
             work = anyio.CancelScope()
             await tg.start(self.watch_signals, work)
             with work:
-                await self.resume_parts()
-                await self.build_parts()
-                if not self.no_wait:
-                    await self.wait_and_collect()
+                try:
+                    await self.resume_parts()
+                    await self.build_parts()
+                    if not self.no_wait:
+                        await self.wait_and_collect()
+                except RequestError as exc:  # raised here, after the task group: never an ExceptionGroup
+                    refused = endpoint_refusal(exc)
             tg.cancel_scope.cancel()
+        if refused is not None:
+            raise refused  # the ledger says what exists: the same command resumes
         if self.signal_number is not None:
             return "interrupted"
         if self.budget_note is not None and not self._live():
@@ -674,6 +699,37 @@ class _BatchRun:
         if self._live():
             return "submitted"
         return "done"
+
+
+#: what a files or batches endpoint's refusal ends a batch run with: the online path's exit codes
+REFUSAL_EXIT = {"auth": ExitCode.ABORTED, "permission": ExitCode.ABORTED, "budget_exceeded": ExitCode.BUDGET_EXHAUSTED}
+REFUSAL_HINTS = {
+    "auth": "check the key",
+    "permission": "check the key",
+    "not_found": "this endpoint has no files/batches API (a LiteLLM proxy needs files_settings: docs/batch.md)",
+    "configuration": "a LiteLLM proxy needs files_settings for batch mode (docs/batch.md, \"Through a LiteLLM Proxy\")",
+    "budget_exceeded": "raise the budget or quota there",
+}
+
+
+def endpoint_refusal(error: RequestError) -> BatchEndpointError:
+    """One line for a files or batches endpoint that refused (after the retries a retry could make):
+    the endpoint, the status, the provider's message; exit 4 for auth, 5 for a spent budget, 1 when
+    it stayed unreachable or kept failing, 2 otherwise (the endpoint, model or configuration)."""
+    message = " ".join(error.message.split())
+    inner = re.search(r"""['"]message['"]\s*:\s*['"]((?:[^'"\\]|\\.)*)['"]""", message)  # an OpenAI error body
+    if inner:
+        message = inner.group(1)
+    message = re.sub(r"^(?:(?:litellm\.)?[A-Za-z]+(?:Error|Exception)\s*[-:]\s*)+", "", message) or message
+    if len(message) > 400:
+        message = message[:399] + "…"
+    status = f"answered HTTP {error.status_code}" if error.status_code else f"failed ({error.kind})"
+    where = error.endpoint or "the provider's files/batches API"
+    code = REFUSAL_EXIT.get(error.kind, ExitCode.ERROR if error.retryable else ExitCode.BAD_INPUT)
+    hint = REFUSAL_HINTS.get(error.kind, "it kept failing after the retries" if error.retryable else "")
+    return BatchEndpointError(
+        f"batch mode: {where} {status}: {message}" + (f" ({hint})" if hint else "")
+        + "; nothing is lost: batches.json keeps every part, re-run the same command to resume", code)
 
 
 def _describe_errors(errors: object) -> str:
