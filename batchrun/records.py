@@ -125,6 +125,7 @@ class Outcome:
     structured: Mapping[str, object] | None = None
     rejected_outputs: int = 0  # answers received but rejected by the output check
     rejected_cost_usd: float = 0.0  # what those rejected answers cost (priced ones)
+    rejected_unpriced: int = 0  # of the rejected answers, those whose cost is unknown (not in rejected_cost_usd)
     model_key: str | None = None  # multi-model jobs: the [[models]] name that answered (or failed last)
     route: str | None = None  # routed jobs: the rule that chose the model
     attempts_by_model: Mapping[str, int] | None = None  # with fallbacks: requests sent to each model
@@ -148,6 +149,13 @@ class Outcome:
             line["upstream_attempts"] = self.upstream_attempts
             if self.upstream_unreported:
                 line["upstream_unreported"] = self.upstream_unreported
+
+    def _add_rejected(self, line: Line) -> None:
+        if self.rejected_outputs:
+            line["rejected_outputs"] = self.rejected_outputs
+            line["rejected_cost_usd"] = self.rejected_cost_usd
+            if self.rejected_unpriced:
+                line["rejected_unpriced"] = self.rejected_unpriced
 
     def _add_routing(self, line: Line) -> None:
         if self.model_key is not None:
@@ -205,9 +213,7 @@ class Outcome:
                 "attempts": self.attempts,
             })
             self._add_upstream(line)
-            if self.rejected_outputs:
-                line["rejected_outputs"] = self.rejected_outputs
-                line["rejected_cost_usd"] = self.rejected_cost_usd
+            self._add_rejected(line)
             self._add_routing(line)
             line["started_at"] = self.started_at
             line["finished_at"] = self.finished_at
@@ -222,9 +228,7 @@ class Outcome:
             "attempts": self.attempts,
         }
         self._add_upstream(line)
-        if self.rejected_outputs:
-            line["rejected_outputs"] = self.rejected_outputs
-            line["rejected_cost_usd"] = self.rejected_cost_usd
+        self._add_rejected(line)
         self._add_routing(line)
         line["started_at"] = self.started_at
         line["time"] = self.finished_at
@@ -266,6 +270,7 @@ class LineMoney:
     cost_usd: float | None = None  # the accepted answer's cost, when the line shows one
     unpriced: bool = False  # a result whose cost_usd is null (or not a number): not seen
     rejected_cost_usd: float = 0.0
+    rejected_unpriced: int = 0  # rejected answers whose cost is unknown: not in rejected_cost_usd
     cache_hit: bool = False
     cost_saved_usd: float = 0.0
     prompt_tokens: int = 0  # tokens the provider counted for the accepted answer (0 for a cache hit)
@@ -291,7 +296,8 @@ def line_money(line: Mapping[str, object]) -> LineMoney:
                   for key in ("prompt_tokens", "completion_tokens", "total_tokens")]
     upstream = _amount(line.get("upstream_attempts"))
     return LineMoney(cost_usd=cost, unpriced=cost is None and "cost_usd" in line,
-                     rejected_cost_usd=_amount(line.get("rejected_cost_usd")) or 0.0, cache_hit=hit,
+                     rejected_cost_usd=_amount(line.get("rejected_cost_usd")) or 0.0,
+                     rejected_unpriced=int(_amount(line.get("rejected_unpriced")) or 0), cache_hit=hit,
                      cost_saved_usd=(_amount(line.get("cost_saved_usd")) or 0.0) if hit else 0.0,
                      prompt_tokens=tokens[0], completion_tokens=tokens[1], total_tokens=tokens[2],
                      requests=max(int(_amount(line.get("attempts")) or 0), 0),

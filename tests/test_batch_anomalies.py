@@ -124,3 +124,40 @@ def test_a_kill_after_the_anomalies_are_written_does_not_write_them_twice(make_j
     assert_exactly_once(tmp_path / "run", ticket_ids(job_path))
     assert sorted(a["kind"] for a in _anomalies(tmp_path / "run")) == [
         "duplicate", "duplicate", "non_json", "null_id", "unknown_id"]
+
+
+def test_billed_batch_answers_whose_cost_is_unknown_are_counted_unpriced(tmp_path):
+    """A duplicate or an unusable answer whose usage cannot be read was billed at a price nobody saw:
+    the ticket's line counts it in rejected_unpriced, never as $0 alone."""
+    import orjson
+
+    from batchrun.batch.outputs import PartOutputs
+    from batchrun.job.spec import JobSpec
+    from batchrun.providers.batch_api import LiteLLMBatchAPI
+    from batchrun.providers.seam import BatchPrices
+
+    api = LiteLLMBatchAPI(model="openai/gpt-4o-mini", api_key="sk-test")
+    (tmp_path / "t.jsonl").write_text('{"id": "a", "text": "t"}\n{"id": "b", "text": "t"}\n')
+    job = JobSpec.model_validate({"name": "j", "input": str(tmp_path / "t.jsonl"), "model": "openai/gpt-4o-mini",
+                                  "labels": ["bug", "other"], "prompt": {"user": "{text}"}},
+                                 context={"base_dir": tmp_path})
+
+    def line(cid: str, content: str | None, usage: object) -> bytes:
+        body: dict[str, object] = {"model": "m", "usage": usage,
+                                   "choices": [{"message": {"content": content}, "finish_reason": "stop"}]
+                                   if content is not None else []}
+        return orjson.dumps({"custom_id": cid, "response": {"status_code": 200, "body": body}}) + b"\n"
+
+    good = {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}
+    (tmp_path / "out.jsonl").write_bytes(
+        line("a", "banana", "lots") + line("a", "bug", good)  # a: a duplicate whose usage is a string
+        + line("b", None, {"prompt_tokens": 1.5, "completion_tokens": 1, "total_tokens": 2.5}))  # b: no choice
+    outputs = PartOutputs(job, 1, {"number": 1, "model_key": ""}, api, BatchPrices(1e-6, 1e-6, "job_prices"),
+                          {"a": {"id": "a", "a": 1}, "b": {"id": "b", "a": 1}}, "2026-01-01T00:00:00.000Z", 1.0)
+    items = {(i.ticket_id if hasattr(i, "ticket_id") else i["id"]): i
+             for i in outputs.collect([tmp_path / "out.jsonl", tmp_path / "none.jsonl"])}
+    kept = items["a"]
+    assert kept.completion.text == "bug" and kept.rejected_outputs == 1 and kept.rejected_unpriced == 1
+    assert kept.to_line()["rejected_unpriced"] == 1
+    failure = items["b"]
+    assert failure["kind"] == "invalid_response" and failure["r"] == 1 and failure.get("u") == 1

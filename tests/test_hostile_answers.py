@@ -137,6 +137,25 @@ def test_a_billed_answer_without_a_usable_choice_is_counted_and_asked_again(make
                                                 + sum(e.get("rejected_cost_usd", 0) for e in errors.values()))
 
 
+def test_a_billed_answer_whose_usage_cannot_be_read_is_counted_unpriced_not_as_zero(make_job, tmp_path):
+    """Never a silent 0: an unusable answer whose usage cannot be read (a string, fractions, a body that is
+    a JSON array) was billed at a price nobody saw; the line and the summary say how many such answers."""
+    job = load_job(make_job(4, concurrency=2))
+    scripts = ("T000001=string_usage;ok", "T000002=array_body;fraction_usage;string_usage", "T000003=no_choices;ok")
+    with start(scripts=scripts) as sim:
+        result = run_job(job, sim)
+    rows = {row["id"]: row for row in read_jsonl(tmp_path / "run" / "results.jsonl")}
+    errors = {row["id"]: row for row in read_jsonl(tmp_path / "run" / "errors.jsonl")}
+    assert rows["T000001"]["rejected_outputs"] == 1 and rows["T000001"]["rejected_unpriced"] == 1
+    assert errors["T000002"]["rejected_outputs"] == 3 and errors["T000002"]["rejected_unpriced"] == 3
+    assert rows["T000003"]["rejected_cost_usd"] > 0 and "rejected_unpriced" not in rows["T000003"]  # priced
+    assert "rejected_unpriced" not in rows["T000004"]
+    assert line_money(errors["T000002"]).rejected_unpriced == 3
+    summary = result.summary
+    assert summary["rejected_outputs"] == 5 and summary["rejected_unpriced"] == 4
+    assert "4 of them unpriced" in format_summary(summary)
+
+
 # -- 11. the smaller ones ---------------------------------------------------------------------------
 
 def test_a_401_that_litellm_calls_a_bad_request_counts_toward_fail_fast(make_job, tmp_path):

@@ -130,6 +130,7 @@ class RunStats:
     content_filtered: int = 0  # results kept with finish_reason "content_filter"
     rejected_outputs: int = 0  # answers turned down (invalid_output, truncated, content_filter)
     rejected_cost_usd: float = 0.0  # what they cost (also in cost_usd)
+    rejected_unpriced: int = 0  # of those, answers whose cost is unknown (billed, not in cost_usd)
     cache_hits: int = 0  # results reused (response cache or an identical request in flight): no request sent
     cost_saved_usd: float = 0.0  # what those answers cost when they were obtained (priced ones)
     failed_by_kind: dict[str, int] = field(default_factory=dict)  # tickets in errors.jsonl by error_kind
@@ -164,6 +165,7 @@ class RunStats:
         if outcome.rejected_outputs:
             self.rejected_outputs += outcome.rejected_outputs
             self.rejected_cost_usd += outcome.rejected_cost_usd
+            self.rejected_unpriced += outcome.rejected_unpriced
             self.cost_usd += outcome.rejected_cost_usd
         if not outcome.ok:
             self.failed += 1
@@ -261,6 +263,7 @@ class RunStats:
             "content_filtered": self.content_filtered,
             "rejected_outputs": self.rejected_outputs,
             "rejected_cost_usd": round(self.rejected_cost_usd, 9),
+            "rejected_unpriced": self.rejected_unpriced,
             "failed_by_kind": dict(sorted(self.failed_by_kind.items())),
             # per kind, most tickets first: count and the three most frequent messages
             "failures": {kind: {"count": count, "top_messages": _top_messages(self.failure_messages.get(kind, {}))}
@@ -372,7 +375,9 @@ def format_summary(summary: StoredJSON, *, title: str = "batchrun summary") -> s
         rows.append(("answers flagged", (
             f"{summary.get('truncated', 0):,} truncated and {summary.get('content_filtered', 0):,} "
             f"content-filtered kept; {summary.get('rejected_outputs', 0):,} rejected "
-            f"(${summary.get('rejected_cost_usd', 0.0):,.6f})")))
+            f"(${summary.get('rejected_cost_usd', 0.0):,.6f}"
+            + (f"; {summary['rejected_unpriced']:,} of them unpriced: billed, cost unknown"
+               if summary.get("rejected_unpriced") else "") + ")")))
     failed_kinds = summary.get("failed_by_kind")
     failures = summary.get("failures") or {}
     if failed_kinds:

@@ -75,6 +75,7 @@ class TicketMeta(TypedDict):
     i: int  # invalid answers so far (the re-ask budget)
     r: int  # rejected answers so far
     c: float  # what those cost
+    u: NotRequired[int]  # of those, answers whose cost is unknown (billed; not in c)
 
 
 class Failure(TicketMeta):

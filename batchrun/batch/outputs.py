@@ -114,14 +114,17 @@ class PartOutputs:
                        total_tokens=int(usage.get("total_tokens") or 0))
         return True, self.prices.cost(counts)
 
-    def judge(self, line: Line, meta: Line, rejected: int = 0,
-              rejected_usd: float = 0.0) -> tuple[Outcome | None, Failure | None]:
+    def judge(self, line: Line, meta: Line, rejected: int = 0, rejected_usd: float = 0.0,
+              rejected_unpriced: int = 0) -> tuple[Outcome | None, Failure | None]:
         """The kept line of a ticket: its Outcome, or its failure; `rejected` answers (duplicates)
-        costing `rejected_usd` added to what the ticket's line says was turned down."""
+        costing `rejected_usd` (`rejected_unpriced` of them at a cost unknown) added to what the
+        ticket's line says was turned down."""
         response = line.get("response")
         error = line.get("error")
         base: TicketMeta = {"id": meta["id"], "a": meta["a"], "i": meta.get("i", 0),
                             "r": meta.get("r", 0) + rejected, "c": meta.get("c", 0.0) + rejected_usd}
+        if meta.get("u", 0) + rejected_unpriced:
+            base["u"] = meta.get("u", 0) + rejected_unpriced
         if not isinstance(response, Mapping):
             code = error.get("code") if isinstance(error, Mapping) else None
             message = error.get("message") if isinstance(error, Mapping) else None
@@ -145,7 +148,7 @@ class PartOutputs:
             ticket_id=meta["id"], attempts=meta["a"], started_at=self.started_at, finished_at=utc_now(),
             elapsed_ms=self.elapsed_ms, run=self.run_number, completion=completion, latency_ms=self.elapsed_ms,
             structured=structured, rejected_outputs=base["r"], rejected_cost_usd=base["c"],
-            model_key=self.part["model_key"] or None,
+            rejected_unpriced=base.get("u", 0), model_key=self.part["model_key"] or None,
         ), None
 
     def _invalid(self, base: TicketMeta, exc: RequestError, cost: float | None) -> Failure:
@@ -153,6 +156,8 @@ class PartOutputs:
         asked again within the re-ask budget when the rule allows (as online)."""
         failure: Failure = {**base, "r": base["r"] + 1, "c": base["c"] + (cost or 0.0), "kind": exc.kind,
                             "type": exc.error_type, "message": exc.message, "status": None, "retry": False}
+        if cost is None:  # billed at a price nobody saw: counted, never as $0 alone
+            failure["u"] = base.get("u", 0) + 1
         if isinstance(exc, RetryableError):
             failure["i"] = base["i"] + 1
             failure["retry"] = failure["i"] <= self.job.max_invalid_output_retries
@@ -207,13 +212,14 @@ class PartOutputs:
                     answer, billed = self._billed(line.get("response"))
                     candidates.setdefault(cid, []).append(_Candidate(where, self._good(line), answer, billed))
         kept: dict[str, tuple[int, int]] = {}
-        duplicates: dict[str, tuple[int, float]] = {}  # cid -> (billed answers not kept, their cost)
+        duplicates: dict[str, tuple[int, float, int]] = {}  # cid -> (billed answers not kept, their cost, unpriced)
         for cid, found in candidates.items():
             choice = next((c for c in found if c.good), found[0])
             kept[cid] = choice.where
             others = [c for c in found if c is not choice and c.answer]
             if others:
-                duplicates[cid] = (len(others), sum(c.billed or 0.0 for c in others))
+                duplicates[cid] = (len(others), sum(c.billed or 0.0 for c in others),
+                                   sum(c.billed is None for c in others))
         self.seen = set(kept)
         for index, path in enumerate(paths):
             for number, line, raw in iter_numbered(path):
@@ -227,8 +233,8 @@ class PartOutputs:
                     self._anomaly("duplicate", (index, number), line, raw, counted="ticket",
                                   kept=f"{PART_FILES[kept_file][1]} line {kept_line}")
                     continue
-                rejected, rejected_usd = duplicates.get(cid, (0, 0.0))
-                outcome, failure = self.judge(line, self.meta[cid], rejected, rejected_usd)
+                rejected, rejected_usd, unpriced = duplicates.get(cid, (0, 0.0, 0))
+                outcome, failure = self.judge(line, self.meta[cid], rejected, rejected_usd, unpriced)
                 if outcome is not None:
                     yield outcome
                 elif failure is not None:

@@ -267,6 +267,8 @@ class _BatchRun:
                         continue  # not a retry, or done since (--finish-online)
                     meta: TicketMeta = {"id": failure["id"], "a": failure["a"] + 1, "i": failure.get("i", 0),
                                         "r": failure.get("r", 0), "c": failure.get("c", 0.0)}
+                    if failure.get("u"):
+                        meta["u"] = failure.get("u", 0)
                     yield source["model_key"], failure["id"], raw, meta, source["number"]
         for ticket in read_tickets(self.job.input, self.job.id_field, only_lines=self.prep.scan.dispatch,
                                    max_line_bytes=self.job.max_line_bytes):
@@ -622,6 +624,7 @@ class _BatchRun:
                 elapsed_ms=0.0, run=self.prep.run_number, error_kind=failure.get("kind"),
                 error_type=failure.get("type"), error_message=message, status_code=failure.get("status"),
                 rejected_outputs=failure.get("r", 0), rejected_cost_usd=failure.get("c", 0.0),
+                rejected_unpriced=failure.get("u", 0),
                 model_key=part["model_key"] or None))
             if len(ready) >= WRITE_EVERY:
                 await self._write(ready)

@@ -243,6 +243,7 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
     rejected = 0  # answers the output check (or finish_reason policy) turned down
     invalid = 0  # of those, invalid_output ones (the re-ask budget)
     rejected_cost = 0.0
+    unpriced = 0  # of the rejected answers, those whose cost is unknown (not counted as $0)
     upstream: int | None = None  # upstream requests the endpoint reported (a LiteLLM proxy), summed
     unreported = 0  # attempts whose answer did not say
     hard_timeout = job.timeout_s * 1.5 + 5.0
@@ -293,6 +294,7 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                     if isinstance(error, InvalidResponseError):  # billed, unusable: the invalid-answer rule
                         rejected += 1
                         rejected_cost += error.spent_usd or 0.0
+                        unpriced += error.spent_usd is None  # billed at a price nobody saw: counted, not 0
                         invalid += 1
                         error = _reask_or_give_up(error, invalid, rules)
                     hooks.attempt_failed(request, attempts, error)
@@ -308,6 +310,7 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                     except (TerminalError, _InvalidOutput) as exc:
                         rejected += 1
                         rejected_cost += completion.cost_usd or 0.0
+                        unpriced += completion.cost_usd is None
                         if isinstance(exc, TerminalError):
                             error = exc
                         else:
@@ -334,13 +337,14 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
             elapsed_ms=(time.monotonic() - t0) * 1000.0, run=run_number,
             error_kind=error.kind, error_type=error.error_type, error_message=message,
             status_code=error.status_code, rejected_outputs=rejected, rejected_cost_usd=rejected_cost,
+            rejected_unpriced=unpriced,
             upstream_attempts=upstream, upstream_unreported=unreported,
         )
     return Outcome(
         ticket_id=request.ticket_id, attempts=attempts, started_at=started_at, finished_at=utc_now(),
         elapsed_ms=(time.monotonic() - t0) * 1000.0, run=run_number,
         completion=completion, latency_ms=latency_ms, structured=structured,
-        rejected_outputs=rejected, rejected_cost_usd=rejected_cost,
+        rejected_outputs=rejected, rejected_cost_usd=rejected_cost, rejected_unpriced=unpriced,
         upstream_attempts=upstream, upstream_unreported=unreported,
     )
 
@@ -362,6 +366,7 @@ async def run_chain(request: ChatRequest, providers: Mapping[str, Provider], cha
     t0 = time.monotonic()
     attempts_by_model: dict[str, int] = {}
     spent_before = 0.0
+    unpriced_before = 0
     upstream: int | None = None  # summed over the models, as the attempts are
     unreported = 0
     outcome: Outcome | None = None
@@ -378,6 +383,7 @@ async def run_chain(request: ChatRequest, providers: Mapping[str, Provider], cha
         if outcome.ok:
             break
         spent_before += outcome.spent_usd
+        unpriced_before += outcome.rejected_unpriced
     assert outcome is not None
     return replace(
         outcome, model_key=chain[len(attempts_by_model) - 1], route=route,
@@ -385,5 +391,6 @@ async def run_chain(request: ChatRequest, providers: Mapping[str, Provider], cha
         elapsed_ms=(time.monotonic() - t0) * 1000.0,
         attempts_by_model=attempts_by_model if len(chain) > 1 else None,
         rejected_cost_usd=outcome.rejected_cost_usd + spent_before,
+        rejected_unpriced=outcome.rejected_unpriced + unpriced_before,
         upstream_attempts=upstream, upstream_unreported=unreported,
     )
