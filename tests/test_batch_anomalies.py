@@ -16,8 +16,6 @@ import pytest
 from conftest import invoke_cli, read_jsonl
 from test_batch_mode import assert_exactly_once, batch_job, run_inprocess, start, ticket_ids
 
-pytestmark = pytest.mark.slow
-
 LABELS = 'labels = ["bug", "feature", "billing", "other"]\n'
 
 
@@ -25,6 +23,7 @@ def _anomalies(run_dir: Path) -> list[dict[str, Any]]:
     return read_jsonl(run_dir / "batch_anomalies.jsonl")
 
 
+@pytest.mark.slow  # batch mode through the simulator
 def test_unknown_duplicate_null_and_broken_lines_are_counted_reported_and_charged(make_job, tmp_path):
     from batchrun.analysis.stats import format_summary
     from batchrun.sim.batch_faults import BatchFault
@@ -106,6 +105,7 @@ def test_a_kept_answer_does_not_depend_on_line_order(tmp_path):
     assert kept[0] == kept[1] == ("bug", 1, 1.1e-05)
 
 
+@pytest.mark.slow  # kills a run
 def test_a_kill_after_the_anomalies_are_written_does_not_write_them_twice(make_job, tmp_path, cli_env):
     import subprocess
 

@@ -138,6 +138,7 @@ async def _serve_texts(root: Path, name: str) -> list[str]:
     return texts
 
 
+@pytest.mark.slow  # three fresh interpreters (litellm's -vv debug log: not the warm process)
 def test_a_key_in_any_part_of_the_endpoint_url_is_shown_nowhere(tmp_path, cli_env):
     import subprocess
 

@@ -70,6 +70,7 @@ def start_sim(**config):
 
 # -- 5. concurrency as asked -----------------------------------------------------------------------
 
+@pytest.mark.slow  # a fresh interpreter, 1,000 held requests, SIGINT
 def test_one_process_holds_1000_requests_in_flight(tmp_path, cli_env):
     """concurrency = 1000, one process (no workers), a soft file limit of 256 (the hard one higher):
     the server sees 1,000 requests in flight at once (every request is held: a `stall`)."""
@@ -95,6 +96,7 @@ def test_one_process_holds_1000_requests_in_flight(tmp_path, cli_env):
     assert proc.returncode == 130, err[-2000:]
 
 
+@pytest.mark.slow  # a fresh interpreter under a resource limit
 def test_a_file_limit_too_low_for_the_concurrency_lowers_it_and_says_so(tmp_path, cli_env):
     job = write_job(tmp_path, 300, concurrency=1000)
     with start_sim(latency_ms=30) as sim:
@@ -139,6 +141,7 @@ print(result.state, result.exit_code, result.error)
 """
 
 
+@pytest.mark.slow  # a fresh interpreter that imports litellm
 def test_running_out_of_file_descriptors_mid_run_stops_admitting_and_says_why(tmp_path):
     job = write_job(tmp_path, 100, concurrency=40)
     with start_sim(latency_ms=50) as sim:
