@@ -101,7 +101,7 @@ class Completion:
     upstream_attempts: int | None = None
     # Usage the provider reported but that cannot be believed (providers/usage_checks.py): its
     # counts as they came, and what is wrong with them; `usage` is then an estimate (or None).
-    usage_reported: Mapping[str, Any] | None = None
+    usage_reported: Mapping[str, object] | None = None
     usage_problem: str | None = None
 
 

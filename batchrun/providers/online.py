@@ -175,17 +175,17 @@ def _completion_from(response: Any, prices: PricesSpec | None,
     )
 
 
-def _has_usable_choice(response: Any) -> bool:
+def _has_usable_choice(response: object) -> bool:
     """A non-streamed answer with a first choice that holds a message."""
-    choices: Any = getattr(response, "choices", None)
-    return bool(choices) and getattr(choices[0], "message", None) is not None
+    choices = getattr(response, "choices", None)
+    return isinstance(choices, Sequence) and bool(choices) and getattr(choices[0], "message", None) is not None
 
 
-def _plain_body(response: Any) -> Any:
+def _plain_body(response: object) -> object:
     """A litellm response as plain JSON data, for an error message."""
     dump = getattr(response, "model_dump", None)
     try:
-        body = dump() if dump is not None else response
+        body: object = dump() if callable(dump) else response
     except Exception:
         return repr(response)
     if isinstance(body, dict):

@@ -23,7 +23,8 @@ negative count priced as given would lower the run's total and its budget
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from types import ModuleType
+from typing import Mapping
 
 __all__ = ["FALLBACK_TOKEN_LIMIT", "USAGE_FIELDS", "reported_counts", "token_limit", "usage_problem"]
 
@@ -33,42 +34,44 @@ FALLBACK_TOKEN_LIMIT = 100_000_000  # a model litellm does not know: above any c
 _LIMITS: dict[str, int] = {}
 
 
-def _count(counts: Any, name: str) -> Any:
+def _count(counts: object, name: str) -> object:
     return counts.get(name) if isinstance(counts, Mapping) else getattr(counts, name, None)
 
 
-def reported_counts(counts: Any) -> dict[str, Any]:
+def reported_counts(counts: object) -> dict[str, object]:
     """The provider's three token counts as they came (JSON values), for `usage_reported`."""
-    out = {}
+    out: dict[str, object] = {}
     for name in USAGE_FIELDS:
         value = _count(counts, name)
         out[name] = value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
     return out
 
 
-def usage_problem(counts: Any, limit: int | None) -> tuple[str, str] | None:
+def usage_problem(counts: object, limit: int | None) -> tuple[str, str] | None:
     """(cost_status, description) when the counts cannot be believed, else None (module docstring).
     A missing count is not a problem here (the caller decides what no usage means)."""
-    values = [(name, _count(counts, name)) for name in USAGE_FIELDS]
-    present = [(name, value) for name, value in values if value is not None]
-    for name, value in present:
+    numbers: dict[str, float] = {}
+    for name in USAGE_FIELDS:
+        value = _count(counts, name)
+        if value is None:
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (
                 isinstance(value, float) and not value.is_integer()):
             return "usage_not_integer", f"{name} = {value!r} is not a whole number of tokens"
-    for name, value in present:
-        if value < 0:
-            return "usage_negative", f"{name} = {value:,.0f} is negative"
-    prompt = _count(counts, "prompt_tokens") or 0
-    completion = _count(counts, "completion_tokens") or 0
+        numbers[name] = value
+    for name, number in numbers.items():
+        if number < 0:
+            return "usage_negative", f"{name} = {number:,.0f} is negative"
+    both = numbers.get("prompt_tokens", 0) + numbers.get("completion_tokens", 0)
     if limit is not None:
-        for name, value in [*present, ("prompt_tokens + completion_tokens", prompt + completion)]:
-            if value > limit:
-                return "usage_absurd", (f"{name} = {value:,.0f} is more than the model can count in one "
+        for name, number in [*numbers.items(), ("prompt_tokens + completion_tokens", both)]:
+            if number > limit:
+                return "usage_absurd", (f"{name} = {number:,.0f} is more than the model can count in one "
                                         f"request ({limit:,} tokens: its context window plus its output)")
     return None
 
 
-def token_limit(litellm: Any, model: str) -> int:
+def token_limit(litellm: ModuleType, model: str) -> int:
     """The most tokens one request of `model` can count (module docstring); asked once per model."""
     limit = _LIMITS.get(model)
     if limit is None:
