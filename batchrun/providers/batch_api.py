@@ -23,7 +23,7 @@ from batchrun.providers.error_mapping import (
 from batchrun.providers.litellm_setup import import_litellm
 from batchrun.providers.seam import BatchPrices, ChatRequest, Reply
 from batchrun.providers.usage_checks import reported_counts, token_limit, usage_problem
-from batchrun.records import Completion, Line, ToolCall, Usage
+from batchrun.records import Completion, Line, ToolCall, usage_from_provider
 
 #: litellm 1.106's providers with a batch *create* (litellm.acreate_batch's custom_llm_provider).
 BATCH_PROVIDERS = frozenset({"openai", "azure", "vertex_ai", "bedrock", "hosted_vllm", "litellm_proxy", "mistral",
@@ -180,21 +180,33 @@ class LiteLLMBatchAPI:
         prices, else half litellm's online prices; None for an unpriced model."""
         prices = self.prices
         if prices is not None:
+            cached = None if prices.cached_input_per_million is None else prices.cached_input_per_million / 1e6
+            write = None if prices.cache_write_per_million is None else prices.cache_write_per_million / 1e6
             if prices.batch_input_per_million is not None and prices.batch_output_per_million is not None:
                 return BatchPrices(prices.batch_input_per_million / 1e6, prices.batch_output_per_million / 1e6,
-                                   "job_prices")
-            return BatchPrices(prices.input_per_million / 2e6, prices.output_per_million / 2e6, "job_prices_half")
+                                   "job_prices", cached, write)
+            return BatchPrices(prices.input_per_million / 2e6, prices.output_per_million / 2e6, "job_prices_half",
+                               None if cached is None else cached / 2, None if write is None else write / 2)
         try:
             info = self._litellm.get_model_info(model=self.model)
         except Exception:
             return None
+
+        def per_token(key: str, half: bool = False) -> float | None:
+            value = info.get(key)
+            return None if value is None else float(value) / (2 if half else 1)
+
         batch_in, batch_out = info.get("input_cost_per_token_batches"), info.get("output_cost_per_token_batches")
         if batch_in is not None and batch_out is not None:
-            return BatchPrices(float(batch_in), float(batch_out), "litellm_batch")
+            return BatchPrices(float(batch_in), float(batch_out), "litellm_batch",
+                               per_token("cache_read_input_token_cost_batches"),
+                               per_token("cache_creation_input_token_cost_batches"))
         online_in, online_out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
         if online_in is None or online_out is None:
             return None
-        return BatchPrices(float(online_in) / 2, float(online_out) / 2, "half_online")
+        return BatchPrices(float(online_in) / 2, float(online_out) / 2, "half_online",
+                           per_token("cache_read_input_token_cost", half=True),
+                           per_token("cache_creation_input_token_cost", half=True))
 
     def completion_of(self, body: Reply, prices: BatchPrices | None) -> Completion:
         """A Completion from a batch output line's response body (a chat.completion object),
@@ -209,9 +221,7 @@ class LiteLLMBatchAPI:
         if isinstance(raw_usage, Mapping) and raw_usage.get("total_tokens") is not None:
             problem = usage_problem(raw_usage, token_limit(self._litellm, self.model))
             if problem is None:
-                usage = Usage(prompt_tokens=int(raw_usage.get("prompt_tokens") or 0),
-                              completion_tokens=int(raw_usage.get("completion_tokens") or 0),
-                              total_tokens=int(raw_usage.get("total_tokens") or 0))
+                usage = usage_from_provider(raw_usage)
         source = None
         if problem is not None:  # not believed: no usage, no cost (usage_checks.py)
             cost, status = None, problem[0]
@@ -220,14 +230,16 @@ class LiteLLMBatchAPI:
         elif prices is None:
             cost, status = None, "unpriced_model"
         else:
-            cost, status = prices.cost(usage), prices.status
-            source = "job_prices" if prices.status.startswith("job_prices") else "price_map"
+            cost, status = prices.cost(usage), prices.status_for(usage)
+            source = "job_prices" if status.startswith("job_prices") else "price_map"
         calls = tuple(ToolCall(name=str((c.get("function") or {}).get("name") or ""),
                                arguments=(c.get("function") or {}).get("arguments") or "", id=c.get("id"))
                       for c in (message.get("tool_calls") or []) if isinstance(c, Mapping))
+        tier = body.get("service_tier")
         return Completion(text=message.get("content") or "", finish_reason=choice.get("finish_reason"),
                           model=body.get("model"), usage=usage, cost_usd=cost, cost_status=status,
-                          tool_calls=calls, cost_source=source,
+                          tool_calls=calls, service_tier=tier if isinstance(tier, str) and len(tier) <= 32 else None,
+                          cost_source=source,
                           usage_reported=reported_counts(raw_usage) if problem else None,
                           usage_problem=problem[1] if problem else None)
 
