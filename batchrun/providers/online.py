@@ -124,9 +124,9 @@ def _provider_usage(response: Any) -> Usage | None:
     return usage
 
 
-def _believed_cost(cost: Any) -> float | None:
+def _believed_cost(cost: object) -> float | None:
     """litellm's response_cost when it is a real, non-negative number, else None."""
-    if cost is None or isinstance(cost, bool):
+    if isinstance(cost, bool) or not isinstance(cost, (int, float, str)):
         return None
     try:
         value = float(cost)
@@ -254,12 +254,12 @@ def _provider_finished(stream: Any, chunks: Sequence[Any]) -> bool:
     return received is not None or getattr(stream, "intermittent_finish_reason", None) is not None
 
 
-def _streamed_raw_usage(stream: Any, chunks: Sequence[Any], built: Any) -> object:
+def _streamed_raw_usage(stream: object, chunks: Sequence[object], built: object) -> object:
     """The usage block a chunk from the provider carried (the last one) as it came, or None."""
     raw = getattr(stream, "chunks", None)
     for chunk in reversed(raw if raw is not None else chunks):
         if getattr(chunk, "usage", None) is not None:
-            return chunk.usage if raw is not None else getattr(built, "usage", None)
+            return getattr(chunk, "usage", None) if raw is not None else getattr(built, "usage", None)
     return None
 
 
