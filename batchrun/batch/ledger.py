@@ -54,6 +54,8 @@ class Part(TypedDict):
     create_attempts: NotRequired[int]  # creates tried (a lost answer is looked for before another)
     errors_detail: NotRequired[object]  # the batch's "errors" when it failed validation
     estimate_usd: NotRequired[float]
+    anomalies_offset: NotRequired[int]  # batch_anomalies.jsonl's size before this part's lines were added
+    anomalies: NotRequired[dict[str, int] | None]  # its output lines not believed, by kind (batch/outputs.py)
 
 
 class LedgerData(TypedDict):
@@ -73,6 +75,7 @@ class TicketMeta(TypedDict):
     i: int  # invalid answers so far (the re-ask budget)
     r: int  # rejected answers so far
     c: float  # what those cost
+    u: NotRequired[int]  # of those, answers whose cost is unknown (billed; not in c)
 
 
 class Failure(TicketMeta):
