@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 import click
 
 from batchrun.analysis.documents import StoredJSON
-from batchrun.analysis.textfmt import num
+from batchrun.analysis.textfmt import num, terminal_safe
 from batchrun.run_logging import console, route_litellm_logs, setup_logging
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ def run_command(job_file: Path, input_path: Path | None, concurrency: int | None
     --live or --api-base is given. Progress and logs go to stderr, the summary
     to stdout.
     """
-    from batchrun.errors import BatchrunError, redact_secrets
+    from batchrun.errors import BatchrunError
     from batchrun.launcher import LaunchOptions, resolve_job
 
     bar = sys.stderr.isatty() if progress is None else progress
@@ -181,8 +181,10 @@ def run_command(job_file: Path, input_path: Path | None, concurrency: int | None
         _final_line(result.state, result.summary, result.exit_code)
         code = result.exit_code
     except BatchrunError as exc:
+        from batchrun.errors import redact_secrets
+
         message = redact_secrets(str(exc), secrets)
-        console.error("%s", message)
+        console.error("%s", terminal_safe(message))
         if as_json:  # a script reads stdout: say why there is no summary
             import orjson
 
@@ -237,7 +239,7 @@ def _dry_run(job: JobSpec, job_file: Path, options: LaunchOptions, count: int, a
 
 
 def _say(message: str) -> None:
-    console.info("%s", message)
+    console.info("%s", terminal_safe(message))
 
 
 def _final_line(state: str, summary: dict[str, Any], code: int) -> None:
@@ -330,7 +332,7 @@ def _print_online(job: JobSpec, result: RunResult) -> None:
     if result.state == "interrupted":
         _say("interrupted: re-run the same command to resume")
     elif result.error and result.state == "failed":  # a stop (budget, fail-fast) was said when it happened
-        console.error("%s: %s", result.state, result.error)
+        console.error("%s: %s", result.state, terminal_safe(result.error))
     failed, permanent = result.summary["failed"], result.summary.get("failed_permanent", 0)
     if failed and result.state != "interrupted":
         _say(f"{failed} ticket(s) failed: details in {result.run_dir / 'errors.jsonl'} (batchrun show "
@@ -358,7 +360,7 @@ def _print_batch(job: JobSpec, result: RunResult) -> None:
     if result.state == "submitted":
         _say("submitted: run the same command later to collect the answers (nothing is sent again)")
     elif result.error:
-        console.error("%s: %s", result.state, result.error)
+        console.error("%s: %s", result.state, terminal_safe(result.error))
 
 
 def _print_comparison(job: JobSpec) -> None:
@@ -378,7 +380,8 @@ def _print_comparison(job: JobSpec) -> None:
         accuracy = grading.get("accuracy") if grading else None
         counts, cost, tokens = model.get("counts"), model.get("cost"), model.get("tokens")
         done, failed = (counts.get("done"), counts.get("failed")) if counts else (None, None)
-        labels = " ".join(f"{k} {v}" for k, v in sorted((model.get("label_distribution") or {}).items()))
+        distribution = sorted((model.get("label_distribution") or {}).items())
+        labels = terminal_safe(" ".join(f"{k} {v}" for k, v in distribution))  # the models' answers
         click.echo(f"{model['key']:<12} {num(done):>6} {num(failed):>6} "
                    f"{'-' if accuracy is None else f'{accuracy:.1%}':>8} "
                    f"{num(latency.get('p50') if latency else None):>8} "
