@@ -486,9 +486,6 @@ async def run_online(job: JobSpec, job_path: Path | None, targets: dict[str, Pro
             result = _nothing_to_do(prep)
         else:
             models = _models_as_given(job)
-            say(f"{job.name}: {prep.to_do:,} to do, {prep.already_done:,} already done, "
-                f"model {models} via {endpoint}, concurrency {job.concurrency}, run {prep.run_number} "
-                f"in {prep.run_dir}")
             on_ray = job.engine == "ray"
             # Ray: `workers` actors, 0 = one per CPU the cluster offers (known once it is joined)
             workers = (job.workers if isinstance(job.workers, int) else 0) if on_ray else job.worker_count(prep.to_do)

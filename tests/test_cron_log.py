@@ -46,6 +46,7 @@ def test_the_cron_log_is_dated_and_tells_the_story(make_job, tmp_path, cli_env, 
     text = "\n".join(written)
     assert "LiteLLM" not in text and "LiteLLM" not in result.stderr  # not its INFO lines (that needs -vv)
     assert "test_job: 40 to do, 0 already done, model openai/gpt-4o-mini via simulator" in text  # the header
+    assert text.count(" to do, 0 already done") == 1  # once
     assert " batchrun: progress: done " in text
     assert text.count("failed: context_window 2 (permanent") == 1  # each kind once, with its count
     assert re.search(r" batchrun: state=done done=38 failed=2 cost=\$\d+\.\d{6} exit=3$", written[-1])
