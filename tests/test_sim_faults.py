@@ -734,6 +734,7 @@ LITELLM_STREAM_HTTP_HANDLER = {**LITELLM_STREAM, "malformed_json": None, "reset_
 # and its handler no longer sends a request again after a reset before the headers (only after a
 # refused connection), so that reset is an InternalServerError like on the SDK path.
 LITELLM_110 = {"stream": {"stream_cut": ("MidStreamFallbackError", 500)},
+               "both": {"401_no_key": ("AuthenticationError", 401)},
                "plain-litellm-http": {"reset_before_headers": ("InternalServerError", 500)},
                "stream-litellm-http": {"reset_before_headers": ("InternalServerError", 500)}}
 
@@ -762,6 +763,10 @@ async def test_litellm_exception_for_every_fault_kind(transport, monkeypatch):
     newer = _litellm_110()
     if newer:
         stream_table = {**stream_table, **LITELLM_110["stream"]}
+        # 1.110 calls a 401 whose body says invalid_request_error an AuthenticationError (1.106: BadRequestError);
+        # batchrun's kind is auth either way
+        plain_table = {**plain_table, **LITELLM_110["both"]}
+        stream_table = {**stream_table, **LITELLM_110["both"]}
         if transport == "litellm-http":
             plain_table = {**plain_table, **LITELLM_110["plain-litellm-http"]}
             stream_table = {**stream_table, **LITELLM_110["stream-litellm-http"]}
