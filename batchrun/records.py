@@ -38,16 +38,25 @@ class Ticket:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    prompt_tokens: int
+    prompt_tokens: int  # every input token, prompt-cache reads and writes included (litellm's count)
     completion_tokens: int
     total_tokens: int
+    # prompt-cache reads and writes as the provider reported them (None: it did not say). Filled by
+    # batch mode's Anthropic results (providers/anthropic_batch.py); written only when known.
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
 
     def as_dict(self) -> dict[str, int]:
-        return {
+        out = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
         }
+        if self.cache_read_input_tokens is not None:
+            out["cache_read_input_tokens"] = self.cache_read_input_tokens
+        if self.cache_creation_input_tokens is not None:
+            out["cache_creation_input_tokens"] = self.cache_creation_input_tokens
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,3 +69,42 @@ def test_anthropic_sdk_errors_map_onto_the_error_tree():
     assert "sk-ant-secret123456" not in bad.message
     denied = translate_error(_anthropic_status_error(401, "authentication_error"))
     assert isinstance(denied, TerminalError) and denied.kind == "auth"
+
+
+# -- batch prices, cache tokens included ----------------------------------------------------------
+
+
+def test_batch_prices_from_litellms_map_price_cache_reads_and_writes():
+    from batchrun.providers.batch_api import batch_prices_of
+    from batchrun.providers.litellm_setup import import_litellm
+    from batchrun.records import Usage
+
+    info = import_litellm().get_model_info(model="claude-haiku-4-5", custom_llm_provider="anthropic")
+    prices = batch_prices_of("anthropic/claude-haiku-4-5", None)
+    assert prices is not None and prices.status == "litellm_batch"
+    assert prices.input_per_token == info["input_cost_per_token_batches"]
+    assert prices.output_per_token == info["output_cost_per_token_batches"]
+    assert prices.cache_read_per_token == info["cache_read_input_token_cost_batches"]
+    assert prices.cache_write_per_token == info["cache_creation_input_token_cost_batches"]
+    # prompt_tokens counts the cache reads and writes (litellm's usage, as online)
+    usage = Usage(prompt_tokens=130, completion_tokens=10, total_tokens=140, cache_read_input_tokens=20,
+                  cache_creation_input_tokens=10)
+    expected = (100 * info["input_cost_per_token_batches"] + 20 * info["cache_read_input_token_cost_batches"]
+                + 10 * info["cache_creation_input_token_cost_batches"] + 10 * info["output_cost_per_token_batches"])
+    assert abs(prices.cost(usage) - expected) < 1e-15
+    assert usage.as_dict() == {"prompt_tokens": 130, "completion_tokens": 10, "total_tokens": 140,
+                               "cache_read_input_tokens": 20, "cache_creation_input_tokens": 10}
+    assert "cache_read_input_tokens" not in Usage(1, 2, 3).as_dict()  # other lines keep their shape
+
+
+def test_a_model_without_batch_prices_gets_half_its_online_prices_cache_ones_too():
+    from batchrun.providers.batch_api import batch_prices_of
+    from batchrun.providers.litellm_setup import import_litellm
+
+    info = import_litellm().get_model_info(model="claude-mythos-preview", custom_llm_provider="anthropic")
+    assert info.get("input_cost_per_token_batches") is None  # the premise: no batch price in the map
+    prices = batch_prices_of("anthropic/claude-mythos-preview", None)
+    assert prices is not None and prices.status == "half_online"
+    assert prices.input_per_token == info["input_cost_per_token"] / 2
+    assert prices.cache_read_per_token == info["cache_read_input_token_cost"] / 2
+    assert batch_prices_of("anthropic/claude-no-such-model", None) is None

@@ -43,6 +43,41 @@ def batch_provider_of(model: str, api_base: str | None = None) -> str | None:
 CHAT_ENDPOINT = "/v1/chat/completions"
 
 
+def _per_token(info: Mapping[str, Any], key: str, factor: float = 1.0) -> float | None:
+    value = info.get(key)
+    return None if value is None else float(value) * factor
+
+
+def batch_prices_of(model: str, prices: PricesSpec | None) -> BatchPrices | None:
+    """The batch price of `model` (any provider): the job's [prices] (batch ones, else half the
+    online ones), else litellm's batch prices (input_cost_per_token_batches,
+    output_cost_per_token_batches, and the cache read/write *_batches prices, else half the online
+    cache prices), else half litellm's online prices (cache ones too); None for a model litellm does not
+    price. The status says which (docs/batch.md, "Cost")."""
+    if prices is not None:
+        if prices.batch_input_per_million is not None and prices.batch_output_per_million is not None:
+            return BatchPrices(prices.batch_input_per_million / 1e6, prices.batch_output_per_million / 1e6,
+                               "job_prices")
+        return BatchPrices(prices.input_per_million / 2e6, prices.output_per_million / 2e6, "job_prices_half")
+    try:
+        info = import_litellm().get_model_info(model=model)
+    except Exception:
+        return None
+    batch_in, batch_out = info.get("input_cost_per_token_batches"), info.get("output_cost_per_token_batches")
+    if batch_in is not None and batch_out is not None:
+        return BatchPrices(float(batch_in), float(batch_out), "litellm_batch",
+                           _per_token(info, "cache_read_input_token_cost_batches")
+                           or _per_token(info, "cache_read_input_token_cost", 0.5),
+                           _per_token(info, "cache_creation_input_token_cost_batches")
+                           or _per_token(info, "cache_creation_input_token_cost", 0.5))
+    online_in, online_out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
+    if online_in is None or online_out is None:
+        return None
+    return BatchPrices(float(online_in) / 2, float(online_out) / 2, "half_online",
+                       _per_token(info, "cache_read_input_token_cost", 0.5),
+                       _per_token(info, "cache_creation_input_token_cost", 0.5))
+
+
 class LiteLLMBatchAPI:
     """litellm's file and batch functions under batchrun's rules.
 
@@ -155,25 +190,8 @@ class LiteLLMBatchAPI:
         return size
 
     def batch_prices(self) -> BatchPrices | None:
-        """The batch price of this model: job prices (batch ones, else half), litellm's batch
-        prices, else half litellm's online prices; None for an unpriced model."""
-        prices = self.prices
-        if prices is not None:
-            if prices.batch_input_per_million is not None and prices.batch_output_per_million is not None:
-                return BatchPrices(prices.batch_input_per_million / 1e6, prices.batch_output_per_million / 1e6,
-                                   "job_prices")
-            return BatchPrices(prices.input_per_million / 2e6, prices.output_per_million / 2e6, "job_prices_half")
-        try:
-            info = self._litellm.get_model_info(model=self.model)
-        except Exception:
-            return None
-        batch_in, batch_out = info.get("input_cost_per_token_batches"), info.get("output_cost_per_token_batches")
-        if batch_in is not None and batch_out is not None:
-            return BatchPrices(float(batch_in), float(batch_out), "litellm_batch")
-        online_in, online_out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
-        if online_in is None or online_out is None:
-            return None
-        return BatchPrices(float(online_in) / 2, float(online_out) / 2, "half_online")
+        """The batch price of this model (`batch_prices_of`)."""
+        return batch_prices_of(self.model, self.prices)
 
     def completion_of(self, body: Mapping[str, Any], prices: BatchPrices | None) -> Completion:
         """A Completion from a batch output line's response body (a chat.completion object),

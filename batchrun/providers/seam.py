@@ -84,9 +84,18 @@ class BatchPrices:
     input_per_token: float
     output_per_token: float
     status: str  # "litellm_batch", "half_online", "job_prices", "job_prices_half" (batch_api.py)
+    cache_read_per_token: float | None = None  # prompt-cache reads (None: priced as input)
+    cache_write_per_token: float | None = None  # prompt-cache writes (None: priced as input)
 
     def cost(self, usage: Usage) -> float:
-        return usage.prompt_tokens * self.input_per_token + usage.completion_tokens * self.output_per_token
+        """USD for `usage`: its cache reads and writes (part of prompt_tokens) at their own prices."""
+        read = usage.cache_read_input_tokens or 0
+        write = usage.cache_creation_input_tokens or 0
+        plain = max(usage.prompt_tokens - read - write, 0)
+        read_price = self.input_per_token if self.cache_read_per_token is None else self.cache_read_per_token
+        write_price = self.input_per_token if self.cache_write_per_token is None else self.cache_write_per_token
+        return (plain * self.input_per_token + read * read_price + write * write_price
+                + usage.completion_tokens * self.output_per_token)
 
 
 class BatchAPI(Protocol):
