@@ -7,9 +7,15 @@ else means what it means online: the same `prepare_run` (lock, input check,
 resume refusal on a changed job), the same result and error lines
 (`records.Outcome`, one `CheckpointWriter`), the same manifest, the same
 output checks (labels, JSON schema, tools: `ticket_runner.judge_answer`).
-All provider calls go through `provider.BatchAPI` (litellm's
-`acreate_file`, `acreate_batch`, `aretrieve_batch`, `afile_content`,
-`acancel_batch`, `alist_batches`).
+All provider calls go through the `providers.seam.BatchAPI` of the model:
+`LiteLLMBatchAPI` (litellm's `acreate_file`, `acreate_batch`,
+`aretrieve_batch`, `afile_content`, `acancel_batch`, `alist_batches`) or
+`AnthropicBatchAPI` (Anthropic's Message Batches: requests inline in the
+create, results as one JSONL stream, no metadata). What differs between
+providers stays behind that seam: whether a file is uploaded
+(`inline_requests`), the limits per part, the custom_id of a ticket, how a
+listed batch is recognised (`match_batch`), how an output line reads
+(`parse_line`) and prices.
 
 Run directory additions:
 
@@ -18,7 +24,8 @@ Run directory additions:
                               provider status and request counts, ...); rewritten
                               atomically (temp file, fsync, rename, fsync of the directory)
                               at every state change, so it always says what exists
-    batch/part-0001.jsonl     the part's input file, as uploaded (custom_id = ticket id)
+    batch/part-0001.jsonl     the part's requests, as uploaded or sent inline (custom_id = ticket id,
+                              or a digest of it "k" where the provider refuses the id: Anthropic)
     batch/part-0001.tickets.jsonl  per ticket of the part: attempts so far, invalid answers,
                               rejected answers and their cost
     batch/part-0001.output.jsonl / .errors.jsonl   the provider's output and error files,
@@ -31,14 +38,18 @@ Life of a part (its `state` in the ledger):
     building    its files are being written. A crash here: the next run deletes them
                 and marks the part `discarded` (nothing left the machine).
     built       files complete; next: upload. (A crash after the upload and before the
-                file id is recorded costs an orphan file, never a batch.)
+                file id is recorded costs an orphan file, never a batch.) A provider that
+                takes requests inline (Anthropic) uploads nothing: straight to uploaded.
     uploaded    file id recorded; next: create the batch with metadata
                 {batchrun_run: <run key>, batchrun_job: <fingerprint>, batchrun_part: <n>}.
-                Before any create (and after a create that failed or timed out), the
-                provider's batches are listed (alist_batches, every page, filtered here
-                on the metadata: litellm does not filter) and a matching batch is
-                adopted instead of creating another. A provider that cannot list is
-                named in a warning with the part.
+                The time of the first create is recorded before it is sent. After a
+                create that failed, timed out or whose answer a crash lost, the
+                provider's batches are listed (every page, filtered here: litellm does not
+                filter on metadata) and the part's batch is adopted instead of creating
+                another: the one whose metadata names the part, or, for a provider whose
+                batches carry none (Anthropic), one created since that first create with
+                the part's request count (BatchAPI.match_batch). A provider that cannot
+                list is named in a warning with the part.
     submitted   batch id recorded; polled (backoff from batch_poll_s to batch_poll_max_s)
                 until the batch is completed, failed, expired or cancelled. A batch still
                 running well past its window is cancelled (what it answered is kept).
@@ -70,10 +81,9 @@ Prices: the batch price of `BatchAPI.batch_prices` (job `[prices]`
 batch prices, else half the job's prices; litellm's batch prices; else half
 litellm's online price), with `cost_status` saying which.
 
-Test hook: `BATCHRUN_CRASH_AT=<point>[:<n>]` SIGKILLs this process at the
-n-th (default first) pass through a named point (building, uploaded,
-created, polled, downloaded, writing, errors), so tests can kill at each
-step without timing anything.
+Each step where a crash leaves a different state behind calls
+`steps.reached(point)`; the kill tests replace it in a process of their own
+(tests/crashing_batchrun.py) to SIGKILL it there.
 """
 
 from __future__ import annotations
@@ -111,15 +121,13 @@ from batchrun.execution.ticket_runner import judge_answer, rules_for, utc_now
 from batchrun.job.templates import render_messages
 from batchrun.job.tickets import read_tickets
 from batchrun.providers.error_mapping import error_for_status
-from batchrun.providers.seam import BatchAPI, ChatRequest
+from batchrun.providers.seam import BatchAPI, BatchClaim, BatchLine, ChatRequest
 from batchrun.records import Outcome
 from batchrun.rundir.checkpoint import CheckpointWriter
 from batchrun.rundir.layout import ERRORS
 from batchrun.rundir.layout import LIVE_PART_STATES as LIVE
 
 log = logging.getLogger("batchrun")
-ENDPOINT = "/v1/chat/completions"
-WINDOW = "24h"
 WINDOW_S = 86400.0
 OVERDUE_FACTOR = 1.1  # a batch still running after this many windows is cancelled
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -231,9 +239,9 @@ class _BatchRun:
             for part in parts:
                 if part["number"] > source["number"]:
                     later |= ids_of(self.ledger, part)
-            retry = {str(f["id"]): f for f in read_part_lines(self.ledger.path(source, ".failed.jsonl"))
+            retry = {_key_of(f): f for f in read_part_lines(self.ledger.path(source, ".failed.jsonl"))
                      if f.get("retry") and str(f["id"]) not in later}
-            excluded |= set(retry)
+            excluded |= {str(f["id"]) for f in retry.values()}
             if not retry:
                 continue
             with open(self.ledger.path(source, ".jsonl"), "rb") as handle:
@@ -242,9 +250,11 @@ class _BatchRun:
                     failure = retry.get(line["custom_id"])
                     if failure is None or failure["id"] in self.prep.checkpoint.done_ids:
                         continue  # not a retry, or done since (--finish-online)
-                    meta = {"id": failure["id"], "a": failure["a"] + 1, "i": failure.get("i", 0),
-                            "r": failure.get("r", 0), "c": failure.get("c", 0.0)}
-                    yield source["model_key"], failure["id"], raw, meta, source["number"]
+                    again = {"id": failure["id"], "a": failure["a"] + 1, "i": failure.get("i", 0),
+                             "r": failure.get("r", 0), "c": failure.get("c", 0.0)}
+                    if "k" in failure:
+                        again["k"] = failure["k"]
+                    yield source["model_key"], failure["id"], raw, again, source["number"]
         for ticket in read_tickets(self.job.input, self.job.id_field, only_lines=self.prep.scan.dispatch,
                                    max_line_bytes=self.job.max_line_bytes):
             if ticket.id in excluded:
@@ -255,8 +265,12 @@ class _BatchRun:
             api = self.apis[key]
             request = ChatRequest(ticket_id=ticket.id, messages=render_messages(self.job, ticket),
                                   timeout_s=self.job.timeout_s, options=self.rules.options)
-            raw = orjson.dumps(api.request_line(ticket.id, request, self.params.get(key, {}))) + b"\n"
-            yield key, ticket.id, raw, {"id": ticket.id, "a": 1, "i": 0, "r": 0, "c": 0.0}, None
+            custom_id = api.custom_id(ticket.id)
+            raw = orjson.dumps(api.request_line(custom_id, request, self.params.get(key, {}))) + b"\n"
+            meta: dict[str, Any] = {"id": ticket.id, "a": 1, "i": 0, "r": 0, "c": 0.0}
+            if custom_id != ticket.id:
+                meta["k"] = custom_id  # the provider's custom_id, where the ticket id is not one it takes
+            yield key, ticket.id, raw, meta, None
 
     def _open_builder(self, key: str) -> _Builder:
         part = self.ledger.new_part(key, self.prep.run_number)
@@ -294,8 +308,8 @@ class _BatchRun:
                         break
                     budget[1] += estimate
                 builder = builders.get(key)
-                if builder is not None and (builder.count >= self.job.batch_max_requests
-                                            or builder.size + len(raw) > self.job.batch_max_bytes):
+                max_requests, max_bytes = self._part_limits(key)
+                if builder is not None and (builder.count >= max_requests or builder.size + len(raw) > max_bytes):
                     await self._close_builder(builder)
                     builder = None
                 if builder is None:
@@ -323,6 +337,12 @@ class _BatchRun:
             if changed:
                 self.ledger.save()
 
+    def _part_limits(self, key: str) -> tuple[int, int]:
+        """Requests and bytes per part: the job's, within the provider's own limits."""
+        api = self.apis[key]
+        return (min(self.job.batch_max_requests, api.max_requests or self.job.batch_max_requests),
+                min(self.job.batch_max_bytes, api.max_bytes or self.job.batch_max_bytes))
+
     def _budget(self) -> list[float] | None:
         """[spent on disk, reserved by live parts, max] when the job has a budget."""
         if self.prep.max_cost_usd is None:
@@ -332,8 +352,9 @@ class _BatchRun:
 
     def _estimate(self, key: str, raw: bytes) -> float:
         line = orjson.loads(raw)
-        body = line.get("body") or line.get("params") or {}
-        prompt = sum(len(str(m.get("content") or "")) for m in body.get("messages", [])) // 3
+        body = line.get("body") or line.get("params") or {}  # OpenAI's line, Anthropic's request
+        prompt = (sum(len(str(m.get("content") or "")) for m in body.get("messages", []))
+                  + len(str(body.get("system") or ""))) // 3
         completion = int(body.get("max_tokens") or body.get("max_completion_tokens") or 1024)
         prices = self.prices.get(key)
         if prices is None:
@@ -344,10 +365,13 @@ class _BatchRun:
         """built -> uploaded -> submitted, adopting a batch a lost create made."""
         api = self._api(part)
         if part["state"] == "built":
-            uploaded = await self._retrying(f"part {part['number']}: upload",
-                                            lambda: api.create_file(self.ledger.path(part, ".jsonl")))
+            file_id = None  # inline requests (Anthropic): nothing to upload, the create carries them
+            if not api.inline_requests:
+                uploaded = await self._retrying(f"part {part['number']}: upload",
+                                                lambda: api.create_file(self.ledger.path(part, ".jsonl")))
+                file_id = uploaded["id"]
             steps.reached("uploaded")
-            part.update(state="uploaded", file_id=uploaded["id"])
+            part.update(state="uploaded", file_id=file_id)
             self.ledger.save()
         if part["state"] != "uploaded":
             return
@@ -358,8 +382,10 @@ class _BatchRun:
                 found = await self._find_batch(part)
                 if found is None:
                     part["create_attempts"] = part.get("create_attempts", 0) + 1
+                    part.setdefault("create_sent_at", time.time())  # what a listing is matched against
                     self.ledger.save()
-                    found = await api.create_batch(part["file_id"], self._metadata(part), ENDPOINT, WINDOW)
+                    found = await api.create_batch(self.ledger.path(part, ".jsonl"), part["file_id"],
+                                                   self._metadata(part))
                     steps.reached("created")
         assert found is not None
         self.stats.attempts += part["tickets"]
@@ -368,7 +394,10 @@ class _BatchRun:
         self.ledger.save()
 
     async def _find_batch(self, part: Mapping[str, Any]) -> dict[str, Any] | None:
-        """A batch of the provider whose metadata names this part (every page, filtered here)."""
+        """The batch a lost create of this part made, from the provider's listing (every page,
+        filtered here): the one whose metadata names the part, or (a provider whose batches carry
+        no metadata: Anthropic) the oldest candidate (BatchAPI.match_batch) not recorded for
+        another part, with a warning naming the others when there are several."""
         api = self._api(part)
         if not part.get("create_attempts"):
             return None  # never created: nothing to find
@@ -379,18 +408,39 @@ class _BatchRun:
             log.warning("%s", note)
             print(f"batchrun: warning: {note}", file=sys.stderr, flush=True)
             return None
-        want = self._metadata(part)
+        claim = BatchClaim(metadata=self._metadata(part), requests=part["tickets"],
+                           created_after=part.get("create_sent_at") or 0.0)
+        recorded = {p["batch_id"] for p in self.ledger.parts if p.get("batch_id")}
+        candidates: list[dict[str, Any]] = []
         after = None
         while True:
             page = await self._retrying("list batches", lambda: api.list_batches(after=after, limit=LIST_PAGE))
-            for batch in page.get("data") or []:
-                if api.is_ours(batch, want):
+            data = page.get("data") or []
+            older = False
+            for batch in data:
+                match = api.match_batch(batch, claim) if batch.get("id") not in recorded else "other"
+                if match == "ours":
                     log.info("part %d: adopted batch %s", part["number"], batch["id"])
                     return batch
-            data = page.get("data") or []
-            if not page.get("has_more") or not data:
-                return None
+                if match == "candidate":
+                    candidates.append(batch)
+                older = older or match == "older"
+            if older or not page.get("has_more") or not data:
+                break
             after = data[-1]["id"]
+        if not candidates:
+            return None
+        chosen = min(candidates, key=lambda b: b.get("created_at") or 0)
+        if len(candidates) > 1:
+            note = (f"part {part['number']}: {len(candidates)} batches of {part['tickets']} requests were created "
+                    f"since its first create; adopting the oldest, {chosen['id']}; the others ("
+                    f"{', '.join(b['id'] for b in candidates if b is not chosen)}) may be another program's, or "
+                    "a duplicate of this part that is paid for: check them in the provider's console")
+            log.warning("%s", note)
+            print(f"batchrun: warning: {note}", file=sys.stderr, flush=True)
+        log.info("part %d: adopted batch %s (created after its first create, %d requests)", part["number"],
+                 chosen["id"], part["tickets"])
+        return chosen
 
     # -- waiting and collecting ------------------------------------------------------------
 
@@ -478,7 +528,8 @@ class _BatchRun:
         await self._write_failures(part)
 
     def _ticket_meta(self, part: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-        return {str(m["id"]): m for m in read_part_lines(self.ledger.path(part, ".tickets.jsonl"))}
+        """The part's tickets by the custom_id their requests carry."""
+        return {_key_of(m): m for m in read_part_lines(self.ledger.path(part, ".tickets.jsonl"))}
 
     def _started_at(self, part: Mapping[str, Any]) -> str:
         when = part.get("submitted_at") or time.time()
@@ -496,11 +547,12 @@ class _BatchRun:
         api = self._api(part)
         for suffix in (".output.jsonl", ".errors.jsonl"):
             for line in read_part_lines(self.ledger.path(part, suffix)):
-                cid = line.get("custom_id")
-                if not isinstance(cid, str) or cid not in meta or cid in seen:
+                parsed = api.parse_line(line)
+                cid = parsed.custom_id
+                if cid is None or cid not in meta or cid in seen:
                     continue  # not ours, or a repeated line: each ticket is judged once
                 seen.add(cid)
-                outcome, failure = self._judge_line(part, api, line, meta[cid], prices, started_at, elapsed_ms)
+                outcome, failure = self._judge_line(part, api, parsed, meta[cid], prices, started_at, elapsed_ms)
                 if outcome is not None:
                     ready.append(outcome)
                     if len(ready) >= WRITE_EVERY:
@@ -522,25 +574,20 @@ class _BatchRun:
                                               "retry": True}) + b"\n")
         write_part_file(self.ledger.path(part, ".failed.jsonl"), failures)
 
-    def _judge_line(self, part: Mapping[str, Any], api: BatchAPI, line: Mapping[str, Any],
+    def _judge_line(self, part: Mapping[str, Any], api: BatchAPI, line: BatchLine,
                     meta: Mapping[str, Any], prices: Any, started_at: str,
                     elapsed_ms: float) -> tuple[Outcome | None, dict[str, Any] | None]:
-        response = line.get("response")
-        error = line.get("error")
         base = {"id": meta["id"], "a": meta["a"], "i": meta.get("i", 0), "r": meta.get("r", 0),
                 "c": meta.get("c", 0.0)}
-        if not isinstance(response, Mapping):
-            code = (error or {}).get("code") if isinstance(error, Mapping) else None
-            message = (error or {}).get("message") if isinstance(error, Mapping) else None
-            kind = "expired" if code == "batch_expired" else "batch_error"
-            return None, {**base, "kind": kind, "type": str(code or "BatchError"), "message": str(message or code),
-                          "status": None, "retry": True}
-        status = response.get("status_code")
-        body = response.get("body") or {}
-        if status != 200:
-            return None, _http_failure(base, status, body)
+        if "k" in meta:
+            base["k"] = meta["k"]
+        if line.body is None and line.kind is not None:  # no answer: expired, cancelled, ...
+            return None, {**base, "kind": line.kind, "type": line.code or "BatchError",
+                          "message": line.message or line.kind, "status": None, "retry": True}
+        if line.body is None:
+            return None, _http_failure(base, line)
         try:
-            completion = api.completion_of(body, prices)
+            completion = api.completion_of(line.body, prices)
         except (AttributeError, TypeError, ValueError, KeyError) as exc:
             return None, {**base, "kind": "connection", "type": "MalformedResponse",
                           "message": f"malformed batch output line: {exc}", "status": 200, "retry": True}
@@ -676,16 +723,18 @@ def _describe_errors(errors: Any) -> str:
     return "no detail"
 
 
-def _http_failure(base: dict[str, Any], status: Any, body: Any) -> dict[str, Any]:
+def _http_failure(base: dict[str, Any], line: BatchLine) -> dict[str, Any]:
     """A batch line answered with an HTTP error, classified as an online answer would be
     (providers/error_mapping.error_for_status): retried (429, 408, 409, 5xx) or terminal."""
-    error = body.get("error") if isinstance(body, Mapping) else None
-    error = error if isinstance(error, Mapping) else {}
-    message = str(error.get("message") or f"HTTP {status}")[:1000]
-    status = status if isinstance(status, int) and not isinstance(status, bool) else None
-    verdict = error_for_status(status, message, code=error.get("code"), error_type="BatchLineError")
-    return {**base, "kind": verdict.kind, "type": verdict.error_type, "message": message, "status": status,
+    message = str(line.message or f"HTTP {line.status}")[:1000]
+    verdict = error_for_status(line.status, message, code=line.code, error_type="BatchLineError")
+    return {**base, "kind": verdict.kind, "type": verdict.error_type, "message": message, "status": line.status,
             "retry": verdict.retryable}
+
+
+def _key_of(meta: Mapping[str, Any]) -> str:
+    """The custom_id of a part's ticket (its id, unless the provider needed another: "k")."""
+    return str(meta.get("k", meta["id"]))
 
 
 def _log_create_retry(number: int) -> Any:

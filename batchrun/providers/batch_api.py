@@ -20,7 +20,7 @@ from batchrun.providers.error_mapping import (
     translate_error,
 )
 from batchrun.providers.litellm_setup import import_litellm
-from batchrun.providers.seam import BatchPrices, ChatRequest
+from batchrun.providers.seam import BatchClaim, BatchLine, BatchMatch, BatchPrices, ChatRequest
 from batchrun.records import Completion, ToolCall, Usage
 
 #: litellm 1.106's providers with a batch *create* (litellm.acreate_batch's custom_llm_provider).
@@ -39,8 +39,9 @@ def batch_provider_of(model: str, api_base: str | None = None) -> str | None:
         return None
 
 
-#: the endpoint batch lines and batches name
+#: the endpoint batch lines and batches name, and the window batches ask for
 CHAT_ENDPOINT = "/v1/chat/completions"
+WINDOW = "24h"
 
 
 def _per_token(info: Mapping[str, Any], key: str, factor: float = 1.0) -> float | None:
@@ -90,6 +91,10 @@ class LiteLLMBatchAPI:
     are translated by `translate_error` with the key scrubbed. File content
     is streamed to disk in chunks (`download`), never held in memory.
     """
+
+    inline_requests = False
+    max_requests: int | None = None  # OpenAI's 50,000 requests / 200 MB are the job's defaults
+    max_bytes: int | None = None
 
     def __init__(self, *, model: str, api_base: str | None = None, api_key: str | None = None,
                  timeout_s: float = 600.0, prices: PricesSpec | None = None) -> None:
@@ -143,9 +148,11 @@ class LiteLLMBatchAPI:
             return self._plain(await self._call("acreate_file", file=(os.path.basename(path), handle),
                                                 purpose="batch"))
 
-    async def create_batch(self, input_file_id: str, metadata: Mapping[str, str],
-                           endpoint: str = "/v1/chat/completions", window: str = "24h") -> dict[str, Any]:
-        return self._plain(await self._call("acreate_batch", completion_window=window, endpoint=endpoint,
+    async def create_batch(self, part_file: str | os.PathLike[str], input_file_id: str | None,
+                           metadata: Mapping[str, str]) -> dict[str, Any]:
+        """Create the batch of an uploaded input file, with batchrun's metadata (the part file itself
+        was uploaded by create_file)."""
+        return self._plain(await self._call("acreate_batch", completion_window=WINDOW, endpoint=CHAT_ENDPOINT,
                                             input_file_id=input_file_id, metadata=dict(metadata)))
 
     async def retrieve_batch(self, batch_id: str) -> dict[str, Any]:
@@ -219,11 +226,39 @@ class LiteLLMBatchAPI:
                           model=body.get("model"), usage=usage, cost_usd=cost, cost_status=status,
                           tool_calls=calls)
 
-    def is_ours(self, batch: Mapping[str, Any], metadata: Mapping[str, str]) -> bool:
+    def match_batch(self, batch: Mapping[str, Any], claim: BatchClaim) -> BatchMatch:
         """A listed batch is a part's when its metadata names the part (providers that list do not
         filter on metadata: litellm accepts the filter and drops it). A cancelled one is not adopted."""
         found = batch.get("metadata") or {}
-        return all(found.get(k) == v for k, v in metadata.items()) and batch.get("status") != "cancelled"
+        mine = all(found.get(k) == v for k, v in claim.metadata.items()) and batch.get("status") != "cancelled"
+        return "ours" if mine else "other"
+
+    def custom_id(self, ticket_id: str) -> str:
+        """The ticket id itself (OpenAI's custom_id takes any string)."""
+        return ticket_id
+
+    def parse_line(self, line: Mapping[str, Any]) -> BatchLine:
+        """An OpenAI batch output or error line: {"custom_id", "response": {"status_code", "body"},
+        "error"}; a line without a response (an expired request) has only "error"."""
+        cid = line.get("custom_id")
+        cid = cid if isinstance(cid, str) else None
+        response = line.get("response")
+        if not isinstance(response, Mapping):
+            error = line.get("error")
+            code = error.get("code") if isinstance(error, Mapping) else None
+            message = error.get("message") if isinstance(error, Mapping) else None
+            return BatchLine(cid, code=str(code or "BatchError"), message=str(message or code),
+                             kind="expired" if code == "batch_expired" else "batch_error")
+        status = response.get("status_code")
+        body = response.get("body")
+        if status == 200:
+            return BatchLine(cid, body=body if isinstance(body, Mapping) else {})
+        error = body.get("error") if isinstance(body, Mapping) else None
+        error = error if isinstance(error, Mapping) else {}
+        status = status if isinstance(status, int) and not isinstance(status, bool) else None
+        code = error.get("code")
+        return BatchLine(cid, status=status, code=None if code is None else str(code),
+                         message=str(error.get("message") or f"HTTP {status}"))
 
     def request_line(self, custom_id: str, request: ChatRequest, params: Mapping[str, Any]) -> dict[str, Any]:
         """One batch input line (custom_id, method, url, body) for `request`."""
