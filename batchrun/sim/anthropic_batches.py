@@ -122,7 +122,7 @@ def chat_body(params: dict[str, Any]) -> dict[str, Any]:
         body["tools"] = tools
     choice = params.get("tool_choice")
     if isinstance(choice, dict):
-        kind = choice.get("type")
+        kind = str(choice.get("type"))
         body["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}.get(
             kind, {"type": "function", "function": {"name": choice.get("name")}})
     output = params.get("output_format") or (params.get("output_config") or {}).get("format")
