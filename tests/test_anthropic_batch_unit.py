@@ -4,6 +4,7 @@ an online call, results lines onto Completions, batch prices with cache tokens."
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -108,3 +109,150 @@ def test_a_model_without_batch_prices_gets_half_its_online_prices_cache_ones_too
     assert prices.input_per_token == info["input_cost_per_token"] / 2
     assert prices.cache_read_per_token == info["cache_read_input_token_cost"] / 2
     assert batch_prices_of("anthropic/claude-no-such-model", None) is None
+
+
+# -- AnthropicBatchAPI: requests, results, custom ids, listing --------------------------------------
+
+import pytest  # noqa: E402
+
+MESSAGES = [{"role": "system", "content": "Answer with one label: bug or billing."},
+            {"role": "user", "content": "Subject: refund\n\nI was charged twice."}]
+SCHEMA = {"type": "object", "properties": {"label": {"type": "string", "enum": ["bug", "billing"]}},
+          "required": ["label"], "additionalProperties": False}
+TOOLS = [{"type": "function", "function": {"name": "classify", "description": "file the ticket",
+                                           "parameters": SCHEMA}}]
+
+
+def _api(model: str = "anthropic/claude-haiku-4-5", **kwargs):
+    from batchrun.providers.anthropic_batch import AnthropicBatchAPI
+
+    return AnthropicBatchAPI(model=model, api_key="sk-ant-test-key-0000", **kwargs)
+
+
+def _online_request(model: str, params: dict, **extra) -> dict:
+    """What litellm's acompletion would POST to Anthropic for this call (its own raw-request capture)."""
+    from litellm.types.utils import CallTypes
+    from litellm.utils import return_raw_request
+
+    from batchrun.providers.litellm_setup import import_litellm
+
+    import_litellm()
+    raw = return_raw_request(CallTypes.completion, {"model": model, "messages": MESSAGES, **params, **extra})
+    assert raw.get("raw_request_body"), raw
+    return raw["raw_request_body"]
+
+
+@pytest.mark.parametrize("options", ["plain", "json_schema", "tools", "tools_required"])
+def test_request_params_are_what_litellm_sends_online(options):
+    from batchrun.providers.seam import ChatRequest, RequestOptions
+
+    params = {"temperature": 0, "max_tokens": 20}
+    extra: dict = {}
+    request_options = None
+    if options == "json_schema":
+        request_options = RequestOptions(json_schema=SCHEMA, json_schema_name="answer")
+        extra = {"response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": SCHEMA,
+                                                                            "strict": True}}}
+    elif options.startswith("tools"):
+        choice = "required" if options == "tools_required" else {"type": "function", "function": {"name": "classify"}}
+        request_options = RequestOptions(tools=TOOLS, tool_choice=choice)
+        extra = {"tools": TOOLS, "tool_choice": choice, "_skip_mcp_handler": True}
+    api = _api()
+    line = api.request_line("T1", ChatRequest(ticket_id="T1", messages=MESSAGES, timeout_s=10,
+                                              options=request_options), params)
+    assert set(line) == {"custom_id", "params"} and line["custom_id"] == "T1"
+    assert line["params"] == _online_request("anthropic/claude-haiku-4-5", params, **extra)
+    assert line["params"]["system"] and all(m["role"] != "system" for m in line["params"]["messages"])
+
+
+def _message(content, stop_reason="end_turn", **usage):
+    return {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+            "content": content, "stop_reason": stop_reason, "stop_sequence": None,
+            "usage": {"input_tokens": 100, "output_tokens": 4, **usage}}
+
+
+def test_a_succeeded_result_becomes_a_completion_at_the_batch_price_with_cache_tokens():
+    from batchrun.providers.batch_api import batch_prices_of
+
+    api = _api()
+    prices = batch_prices_of(api.model, None)
+    completion = api.completion_of(_message([{"type": "text", "text": "billing"}], cache_read_input_tokens=20,
+                                            cache_creation_input_tokens=10), prices)
+    assert (completion.text, completion.finish_reason, completion.model) == ("billing", "stop", "claude-haiku-4-5")
+    usage = completion.usage
+    assert usage is not None and usage.as_dict() == {
+        "prompt_tokens": 130, "completion_tokens": 4, "total_tokens": 134,
+        "cache_read_input_tokens": 20, "cache_creation_input_tokens": 10}
+    assert completion.cost_status == "litellm_batch" and completion.cost_usd == prices.cost(usage)
+    called = api.completion_of(_message([{"type": "tool_use", "id": "toolu_1", "name": "classify",
+                                          "input": {"label": "bug"}}], "tool_use"), prices)
+    assert called.finish_reason == "tool_calls" and called.tool_calls[0].name == "classify"
+    assert json.loads(called.tool_calls[0].arguments) == {"label": "bug"}
+    unpriced = api.completion_of(_message([{"type": "text", "text": "x"}]), None)
+    assert (unpriced.cost_usd, unpriced.cost_status) == (None, "unpriced_model")
+    bad_usage = _message([{"type": "text", "text": "x"}])
+    bad_usage["usage"] = {"input_tokens": -5, "output_tokens": "many"}
+    unknown = api.completion_of(bad_usage, prices)  # what a provider says is checked before it is believed
+    assert (unknown.usage, unknown.cost_usd, unknown.cost_status) == (None, None, "no_usage")
+
+
+def test_results_lines_are_read_as_answers_http_errors_or_requests_without_an_answer():
+    from batchrun.errors import RetryableError
+    from batchrun.providers.error_mapping import error_for_status
+
+    api = _api()
+    ok = api.parse_line({"custom_id": "T1", "result": {"type": "succeeded", "message": _message([])}})
+    assert ok.custom_id == "T1" and ok.body is not None and ok.body["id"] == "msg_1"
+
+    def errored(kind):
+        return api.parse_line({"custom_id": "T2", "result": {"type": "errored", "error": {
+            "type": "error", "error": {"type": kind, "message": f"{kind} happened"}}}})
+
+    assert (errored("invalid_request_error").status, errored("invalid_request_error").code) == \
+        (400, "invalid_request_error")
+    assert errored("overloaded_error").status == 529 and errored("rate_limit_error").status == 429
+    assert isinstance(error_for_status(errored("api_error").status, "x"), RetryableError)
+    assert api.parse_line({"custom_id": "T3", "result": {"type": "canceled"}}).kind == "cancelled"
+    assert api.parse_line({"custom_id": "T4", "result": {"type": "expired"}}).kind == "expired"
+    assert api.parse_line({"custom_id": "T5", "result": "?"}).kind == "batch_error"
+    assert api.parse_line({"result": {"type": "canceled"}}).custom_id is None
+
+
+def test_a_ticket_id_anthropic_refuses_as_custom_id_gets_a_stable_key_of_its_own():
+    api = _api()
+    assert api.custom_id("T-17_b") == "T-17_b"
+    for awkward in ("ticket 17", "t.17", "é", "x" * 65):
+        key = api.custom_id(awkward)
+        assert key != awkward and key == api.custom_id(awkward)
+        assert len(key) <= 64 and all(c.isalnum() or c in "_-" for c in key)
+    assert api.custom_id("ticket 17") != api.custom_id("ticket 18")
+
+
+def test_a_listed_batch_is_a_candidate_when_made_around_the_parts_create_with_its_request_count():
+    from batchrun.providers.seam import BatchClaim
+
+    api = _api()
+    claim = BatchClaim(metadata={}, requests=10, created_after=1_000_000.0, created_before=1_000_010.0)
+
+    def batch(created_at, total=10, cancelled=False):
+        return {"id": "b", "created_at": created_at, "request_counts": {"total": total},
+                "cancel_initiated": cancelled}
+
+    assert api.match_batch(batch(1_000_001.0), claim) == "candidate"
+    assert api.match_batch(batch(1_000_001.0, total=11), claim) == "other"
+    assert api.match_batch(batch(1_000_001.0, cancelled=True), claim) == "other"
+    assert api.match_batch(batch(1_000_010.0 + 10_000), claim) == "other"  # long after the last create
+    assert api.match_batch(batch(1_000_000.0 - 10_000), claim) == "older"  # before: stop paging
+
+
+def test_without_the_sdk_a_clear_message_names_the_install_command(monkeypatch):
+    from batchrun.errors import ConfigurationError
+
+    monkeypatch.setitem(sys.modules, "anthropic", None)  # import anthropic raises ImportError
+    with pytest.raises(ConfigurationError, match=r"pip install 'batchrun\[anthropic\]'"):
+        _api()
+
+
+def test_the_key_never_shows():
+    api = _api()
+    assert "sk-ant-test-key-0000" not in repr(api)

@@ -383,6 +383,7 @@ class _BatchRun:
                 if found is None:
                     part["create_attempts"] = part.get("create_attempts", 0) + 1
                     part.setdefault("create_sent_at", time.time())  # what a listing is matched against
+                    part["create_last_sent_at"] = time.time()
                     self.ledger.save()
                     found = await api.create_batch(self.ledger.path(part, ".jsonl"), part["file_id"],
                                                    self._metadata(part))
@@ -409,7 +410,8 @@ class _BatchRun:
             print(f"batchrun: warning: {note}", file=sys.stderr, flush=True)
             return None
         claim = BatchClaim(metadata=self._metadata(part), requests=part["tickets"],
-                           created_after=part.get("create_sent_at") or 0.0)
+                           created_after=part.get("create_sent_at") or 0.0,
+                           created_before=part.get("create_last_sent_at") or time.time())
         recorded = {p["batch_id"] for p in self.ledger.parts if p.get("batch_id")}
         candidates: list[dict[str, Any]] = []
         after = None

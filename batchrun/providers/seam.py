@@ -107,7 +107,8 @@ class BatchClaim:
 
     metadata: Mapping[str, str]  # batchrun_run, batchrun_job, batchrun_part (where batches keep metadata)
     requests: int  # the part's request count
-    created_after: float  # epoch seconds: when the part's first create was sent (local clock)
+    created_after: float  # epoch seconds (local clock): when the part's first create was sent ...
+    created_before: float  # ... and its last one (a batch made by it appears up to its timeout later)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,366 @@
+"""AnthropicBatchAPI: the BatchAPI seam (seam.py) on Anthropic's Message Batches, through its SDK.
+
+litellm (1.106 and still 1.110.2) cannot create Anthropic batches, so batch mode talks to
+Anthropic's Message Batches API with the official `anthropic` SDK (the optional extra
+`batchrun[anthropic]`, imported when an Anthropic batch job runs, with the install command
+named when it is missing). Everything else stays litellm's, so that a batch request is the
+online request and a batch answer reads as the online answer:
+
+    request_line    {"custom_id", "params"}: the body litellm's acompletion would POST to
+                    /v1/messages for the same call: litellm's `get_optional_params` (once per
+                    job: temperature, max_tokens, tools and tool_choice, the JSON schema as
+                    litellm maps it) and `AnthropicConfig.transform_request` (per ticket: the
+                    system prompt apart, messages as content blocks); no network call
+    completion_of   a succeeded result's message through `AnthropicConfig.transform_parsed_response`
+                    (text, tool calls, a JSON-mode tool turned back into text, finish_reason,
+                    usage), priced at the batch price (batch_api.batch_prices_of, cache reads
+                    and writes at their own prices)
+    parse_line      a results line: succeeded / errored (its error type onto an HTTP status:
+                    retried or terminal as online) / canceled / expired
+
+The SDK: `max_retries=0` (tenacity in batch/ is the one retry layer; the SDK would otherwise send
+a lost create again and make a duplicate, paid batch), a timeout on every call, the key passed to
+the client and scrubbed from every error (error_mapping.translate_error). The create posts the
+part file's lines as the body (`{"requests": [...]}`, bytes, never parsed: one copy of a part in
+memory); results are streamed to disk in chunks.
+
+Anthropic batches carry no metadata: a create whose answer was lost is found by listing (newest
+first) a batch created between the part's first create (less CLOCK_SLACK_S) and its last (plus
+the timeout and CLOCK_SLACK_S), with the part's request count, not cancelled (`match_batch`).
+Fields filled in a line's usage: prompt_tokens (input + cache reads + cache writes, as litellm
+counts them), completion_tokens, total_tokens, cache_read_input_tokens,
+cache_creation_input_tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping
+
+from batchrun.errors import ConfigurationError, RequestError
+from batchrun.job.sections import PricesSpec
+from batchrun.providers.batch_api import batch_prices_of
+from batchrun.providers.error_mapping import error_for_status, translate_error
+from batchrun.providers.litellm_setup import import_litellm
+from batchrun.providers.online import _tool_calls_of
+from batchrun.providers.seam import BatchClaim, BatchLine, BatchMatch, BatchPrices, ChatRequest, RequestOptions
+from batchrun.records import Completion, Usage
+
+__all__ = ["AnthropicBatchAPI", "INSTALL"]
+
+INSTALL = "pip install 'batchrun[anthropic]'"
+MAX_REQUESTS = 100_000  # Anthropic's limits per Message Batch
+MAX_BYTES = 256 * 1000 * 1000
+CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+CLOCK_SLACK_S = 300.0  # this machine's clock against Anthropic's, for matching a lost create
+#: an errored result's error type -> the HTTP status the same error has online
+ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
+                "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
+                "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
+ENDED = {"in_progress": "in_progress", "canceling": "cancelling"}
+
+
+def import_sdk() -> Any:
+    """The `anthropic` SDK, or a ConfigurationError naming the install command."""
+    try:
+        import anthropic
+    except ImportError:
+        raise ConfigurationError(
+            f"batch mode for Anthropic models uses Anthropic's SDK, which is not installed: {INSTALL} "
+            "(make install includes it); nothing was sent") from None
+    return anthropic
+
+
+def _epoch(value: Any) -> float | None:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+def _count(value: Any) -> int | None:
+    """A token count as the provider gave it: a non-negative int, else None (not believed)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+class AnthropicBatchAPI:
+    """Anthropic's Message Batches under batchrun's rules (module docstring)."""
+
+    provider = "anthropic"
+    inline_requests = True
+    max_requests: int | None = MAX_REQUESTS
+    max_bytes: int | None = MAX_BYTES
+
+    def __init__(self, *, model: str, api_base: str | None = None, api_key: str | None = None,
+                 timeout_s: float = 600.0, prices: PricesSpec | None = None) -> None:
+        sdk = import_sdk()
+        self.model = model
+        self.api_base = api_base
+        self.timeout_s = timeout_s
+        self.prices = prices
+        self._secrets = tuple(s for s in (api_key,) if s)
+        self._litellm = import_litellm()
+        self.name, provider, _, _ = self._litellm.get_llm_provider(model=model)
+        if provider != "anthropic":
+            raise ConfigurationError(f"{model}: not an Anthropic model (litellm routes it to {provider})")
+        from litellm.llms.anthropic.chat.transformation import AnthropicConfig
+
+        self._config = AnthropicConfig()
+        self._optional: dict[str, tuple[dict[str, Any], bool]] = {}
+        self._json_mode = False
+        self._tool_names: dict[str, str] | None = None  # litellm's reverse map of tool names it had to rewrite
+        self._sdk = sdk
+        self._client = sdk.AsyncAnthropic(api_key=api_key, base_url=_sdk_base_url(api_base), max_retries=0,
+                                          timeout=timeout_s)
+
+    def __repr__(self) -> str:  # never show the key
+        return f"AnthropicBatchAPI(model={self.model!r}, api_base={self.api_base!r})"
+
+    @property
+    def can_list(self) -> bool:
+        return True
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def custom_id(self, ticket_id: str) -> str:
+        """The ticket id where Anthropic takes it (1-64 of [A-Za-z0-9_-]), else "h-" and a digest of it."""
+        if CUSTOM_ID.match(ticket_id):
+            return ticket_id
+        return "h-" + hashlib.blake2b(ticket_id.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
+
+    def _sends_schema(self, options: RequestOptions) -> bool:
+        """As LiteLLMProvider decides it online (send_json_schema, else what litellm knows of the model)."""
+        if options.send_json_schema != "auto":
+            return options.send_json_schema == "always"
+        try:
+            return bool(self._litellm.supports_response_schema(model=self.model))
+        except Exception:
+            return False
+
+    def _optional_params(self, options: RequestOptions | None, params: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """litellm's optional params for this job's calls (and whether litellm answers in JSON mode), once."""
+        kwargs: dict[str, Any] = dict(params)
+        if options is not None:
+            if options.json_schema is not None and self._sends_schema(options):
+                kwargs["response_format"] = {"type": "json_schema", "json_schema": {
+                    "name": options.json_schema_name, "schema": options.json_schema,
+                    "strict": options.json_schema_strict}}
+            if options.tools:
+                kwargs["tools"] = options.tools
+                if options.tool_choice is not None:
+                    kwargs["tool_choice"] = options.tool_choice
+        import orjson
+
+        key = orjson.dumps(kwargs, option=orjson.OPT_SORT_KEYS).decode()
+        if key not in self._optional:
+            from litellm.utils import get_optional_params
+
+            optional = get_optional_params(model=self.name, custom_llm_provider="anthropic", **kwargs)
+            json_mode = bool(optional.pop("json_mode", False))
+            for internal in ("stream", "is_vertex_request"):  # what litellm's handler pops before sending
+                optional.pop(internal, None)
+            self._optional[key] = (optional, json_mode)
+        return self._optional[key]
+
+    def request_line(self, custom_id: str, request: ChatRequest, params: Mapping[str, Any]) -> dict[str, Any]:
+        """One request of a Message Batch: the body litellm would POST online for this call."""
+        optional, self._json_mode = self._optional_params(request.options, params)
+        litellm_params: dict[str, Any] = {}
+        messages: Any = copy.deepcopy(request.messages)  # litellm changes what it is given
+        body = self._config.transform_request(model=self.name, messages=messages,
+                                              optional_params=copy.deepcopy(optional),
+                                              litellm_params=litellm_params, headers={})
+        names = next((v for k, v in litellm_params.items() if "tool_name" in k and isinstance(v, dict)), None)
+        if names:
+            self._tool_names = names
+        return {"custom_id": custom_id, "params": body}
+
+    # -- answers --------------------------------------------------------------------------------
+
+    def parse_line(self, line: Mapping[str, Any]) -> BatchLine:
+        """A results line: {"custom_id", "result": {"type": succeeded|errored|canceled|expired, ...}}."""
+        cid = line.get("custom_id")
+        cid = cid if isinstance(cid, str) else None
+        result = line.get("result")
+        kind = result.get("type") if isinstance(result, Mapping) else None
+        if kind == "succeeded" and isinstance(result, Mapping) and isinstance(result.get("message"), Mapping):
+            return BatchLine(cid, body=result["message"])
+        if kind == "errored" and isinstance(result, Mapping):
+            outer = result.get("error")
+            inner = outer.get("error") if isinstance(outer, Mapping) else None
+            inner = inner if isinstance(inner, Mapping) else (outer if isinstance(outer, Mapping) else {})
+            error_type = str(inner.get("type") or "api_error")
+            return BatchLine(cid, status=ERROR_STATUS.get(error_type), code=error_type,
+                             message=str(inner.get("message") or error_type))
+        if kind == "canceled":
+            return BatchLine(cid, code="canceled", kind="cancelled",
+                             message="the batch was cancelled before this request ran")
+        if kind == "expired":
+            return BatchLine(cid, code="expired", kind="expired",
+                             message="the batch's 24 h window ended before this request ran")
+        return BatchLine(cid, code="MalformedResult", kind="batch_error",
+                         message=f"a results line whose result is not one Anthropic sends ({str(kind)[:50]})")
+
+    def completion_of(self, body: Mapping[str, Any], prices: BatchPrices | None) -> Completion:
+        """A succeeded result's message as litellm reads it online, priced at the batch price."""
+        import httpx
+
+        message = dict(copy.deepcopy(body))
+        given = message.get("usage")
+        raw_usage: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
+        tokens = {k: _count(raw_usage.get(k)) for k in ("input_tokens", "output_tokens")}
+        caches = {k: _count(raw_usage.get(k, 0) or 0)
+                  for k in ("cache_read_input_tokens", "cache_creation_input_tokens")}
+        believed = None not in tokens.values() and None not in caches.values()
+        message["usage"] = raw_usage if believed else {"input_tokens": 0, "output_tokens": 0}
+        response = self._config.transform_parsed_response(
+            completion_response=message, raw_response=httpx.Response(200), model_response=self._litellm.ModelResponse(),
+            json_mode=self._json_mode, tool_name_reverse_map=self._tool_names)
+        choice = response.choices[0]
+        reply = getattr(choice, "message", None)
+        usage = None
+        if believed:
+            got = response.usage
+            usage = Usage(prompt_tokens=int(got.prompt_tokens), completion_tokens=int(got.completion_tokens),
+                          total_tokens=int(got.total_tokens),
+                          cache_read_input_tokens=caches["cache_read_input_tokens"],
+                          cache_creation_input_tokens=caches["cache_creation_input_tokens"])
+        if usage is None:
+            cost, status = None, "no_usage"
+        elif prices is None:
+            cost, status = None, "unpriced_model"
+        else:
+            cost, status = prices.cost(usage), prices.status
+        return Completion(text=(getattr(reply, "content", None) or "") if reply is not None else "",
+                          finish_reason=getattr(choice, "finish_reason", None), model=getattr(response, "model", None),
+                          usage=usage, cost_usd=cost, cost_status=status, tool_calls=_tool_calls_of(reply))
+
+    def batch_prices(self) -> BatchPrices | None:
+        return batch_prices_of(self.model, self.prices)
+
+    # -- batches --------------------------------------------------------------------------------
+
+    def _batch(self, batch: Any) -> dict[str, Any]:
+        """An Anthropic MessageBatch in the shape batch/ reads (OpenAI's: status, request_counts with
+        total/completed/failed, output_file_id = the batch id once its results can be read)."""
+        data = batch.model_dump(mode="json") if hasattr(batch, "model_dump") else dict(batch)
+        counts = {k: int((data.get("request_counts") or {}).get(k) or 0)
+                  for k in ("processing", "succeeded", "errored", "canceled", "expired")}
+        cancelled = data.get("cancel_initiated_at") is not None
+        status = ENDED.get(str(data.get("processing_status")), "in_progress")
+        if data.get("processing_status") == "ended":
+            status = "cancelled" if cancelled else "expired" if counts["expired"] else "completed"
+        return {"id": data.get("id"), "status": status, "processing_status": data.get("processing_status"),
+                "request_counts": {"total": sum(counts.values()), "completed": counts["succeeded"],
+                                   "failed": counts["errored"] + counts["canceled"] + counts["expired"], **counts},
+                "output_file_id": data.get("id") if data.get("results_url") else None, "error_file_id": None,
+                "errors": None, "created_at": _epoch(data.get("created_at")), "cancel_initiated": cancelled}
+
+    async def _call(self, call: Any) -> Any:
+        try:
+            return await call
+        except Exception as exc:  # cancellation passes through
+            raise translate_error(exc, self._secrets) from None
+
+    async def create_file(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        raise NotImplementedError("Anthropic takes a batch's requests inline (inline_requests): nothing is uploaded")
+
+    async def create_batch(self, part_file: str | os.PathLike[str], input_file_id: str | None,
+                           metadata: Mapping[str, str]) -> dict[str, Any]:
+        """Create a Message Batch of the part's requests (its file's lines, sent as they are)."""
+        lines = Path(part_file).read_bytes().strip(b"\n")
+        body = b'{"requests":[' + lines.replace(b"\n", b",") + b"]}"
+        del lines
+        batch = await self._call(self._client.post(
+            "/v1/messages/batches", cast_to=self._sdk.types.messages.MessageBatch, content=body,
+            options={"headers": {"Content-Type": "application/json"}, "timeout": self.timeout_s}))
+        return self._batch(batch)
+
+    async def retrieve_batch(self, batch_id: str) -> dict[str, Any]:
+        return self._batch(await self._call(self._client.messages.batches.retrieve(batch_id)))
+
+    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        """Ask for a cancel; a batch that has ended already is a 409 (as OpenAI answers), whatever
+        Anthropic answered."""
+        try:
+            return self._batch(await self._call(self._client.messages.batches.cancel(batch_id)))
+        except RequestError as exc:
+            if exc.status_code is None or not 400 <= exc.status_code < 500:
+                raise
+            batch = await self.retrieve_batch(batch_id)
+            if batch["processing_status"] != "ended":
+                raise
+            raise error_for_status(409, f"batch {batch_id} has ended: nothing to cancel",
+                                   error_type="BatchEnded") from None
+
+    async def list_batches(self, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+        """One page of Message Batches, newest first."""
+        kwargs: dict[str, Any] = {"limit": limit}
+        if after:
+            kwargs["after_id"] = after
+        page = await self._call(self._client.messages.batches.list(**kwargs))
+        return {"data": [self._batch(b) for b in page.data], "has_more": bool(page.has_more),
+                "last_id": getattr(page, "last_id", None)}
+
+    def match_batch(self, batch: Mapping[str, Any], claim: BatchClaim) -> BatchMatch:
+        """A candidate: created between the part's first create (less the clock slack) and its last
+        (plus the timeout and the slack), with the part's request count, not cancelled."""
+        created = batch.get("created_at")
+        if not isinstance(created, (int, float)):
+            return "other"
+        if created < claim.created_after - CLOCK_SLACK_S:
+            return "older"
+        if created > claim.created_before + self.timeout_s + CLOCK_SLACK_S:
+            return "other"
+        counts = batch.get("request_counts") or {}
+        if counts.get("total") != claim.requests or batch.get("cancel_initiated"):
+            return "other"
+        return "candidate"
+
+    async def download(self, file_id: str, dest: str | os.PathLike[str]) -> int:
+        """Stream a batch's results (file_id: the batch id) into `dest`, replaced atomically; its size."""
+        import anyio
+
+        tmp = f"{os.fspath(dest)}.part"
+        size = 0
+        try:
+            async with self._client.messages.batches.with_streaming_response.results(file_id) as response:
+                async with await anyio.open_file(tmp, "wb") as handle:
+                    async for chunk in response.iter_bytes():
+                        await handle.write(chunk)
+                        size += len(chunk)
+                    await handle.flush()
+                    await anyio.to_thread.run_sync(os.fsync, handle.wrapped.fileno())
+        except Exception as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise translate_error(exc, self._secrets) from None
+        os.replace(tmp, dest)
+        return size
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def _sdk_base_url(api_base: str | None) -> str | None:
+    """The SDK's base URL (it adds /v1/...): an api_base given as litellm takes it, without /v1 or
+    /v1/messages; None: the SDK's own (ANTHROPIC_BASE_URL, else api.anthropic.com)."""
+    if not api_base:
+        return None
+    base = api_base.rstrip("/")
+    for suffix in ("/v1/messages", "/v1"):
+        if base.endswith(suffix):
+            return base[: -len(suffix)]
+    return base
