@@ -87,7 +87,7 @@ def test_mode_batch_flag_and_refusals(make_job, cli_env):
     refused = subprocess.run(batchrun_cmd("run", str(job), "--no-wait"), env=cli_env, capture_output=True,
                              text=True, timeout=120)
     assert refused.returncode == 2 and "batch mode" in refused.stderr
-    anthropic = make_job(3, model="anthropic/claude-3-5-haiku-latest")
-    refused = subprocess.run(batchrun_cmd("run", str(anthropic), "--mode", "batch"), env=cli_env,
+    groq = make_job(3, model="groq/llama-3.1-8b-instant")
+    refused = subprocess.run(batchrun_cmd("run", str(groq), "--mode", "batch"), env=cli_env,
                              capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "no batch creation for anthropic" in refused.stderr
+    assert refused.returncode == 2 and "no batch creation for groq" in refused.stderr

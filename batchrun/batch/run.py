@@ -699,15 +699,20 @@ class _BatchRun:
     async def run(self) -> str:
         self.reconcile()
         await self.writer.open()
-        async with anyio.create_task_group() as tg:
-            work = anyio.CancelScope()
-            await tg.start(self.watch_signals, work)
-            with work:
-                await self.resume_parts()
-                await self.build_parts()
-                if not self.no_wait:
-                    await self.wait_and_collect()
-            tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                work = anyio.CancelScope()
+                await tg.start(self.watch_signals, work)
+                with work:
+                    await self.resume_parts()
+                    await self.build_parts()
+                    if not self.no_wait:
+                        await self.wait_and_collect()
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:  # the work's own error (a create refused, ...), as it is
+            if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+                raise group.exceptions[0] from None
+            raise
         if self.signal_number is not None:
             return "interrupted"
         if self.budget_note is not None and not self._live():
@@ -762,6 +767,11 @@ async def execute_batch_run(prep: PreparedRun, apis: Mapping[str, BatchAPI],
     finish = RunFinish(prep, run.stats, run.failed_ids, run.writer, extra=run.manifest_extra,
                        cleanup=(run.close_bar,))
     async with finish:
-        state = await run.run()
+        try:
+            state = await run.run()
+        finally:
+            with anyio.CancelScope(shield=True):  # the providers' connections, whatever happened
+                for api in apis.values():
+                    await api.aclose()
         finish.end(state, error=run.budget_note, signal_number=run.signal_number)
     return finish.result()

@@ -86,8 +86,9 @@ _PARAM_HINTS = {
     "functions": "declare [[tools]] in the job",
     "function_call": "set `tool_choice` at the top of the job",
 }
-# Providers litellm 1.106 cannot create batches for: a batch-mode job naming one is refused at load.
-NO_BATCH_PROVIDERS = frozenset({"anthropic", "groq", "cohere", "gemini", "ollama", "together_ai", "deepseek",
+# Providers without a Batch API batchrun can reach: a batch-mode job naming one is refused at load.
+# (Anthropic's batch creation is missing in litellm too; batch mode reaches it through Anthropic's SDK.)
+NO_BATCH_PROVIDERS = frozenset({"groq", "cohere", "gemini", "ollama", "together_ai", "deepseek",
                                 "fireworks_ai", "openrouter", "cerebras", "deepinfra"})
 
 
@@ -326,7 +327,7 @@ class JobSpec(Section):
                 raise ValueError(
                     f"mode = \"batch\": {model} cannot run in batch mode: litellm (the pinned version) has no "
                     f"batch creation for {provider}; use mode = \"online\" for it, or a provider with a Batch "
-                    "API (openai, azure, vertex_ai, bedrock, mistral, xai, hosted_vllm, litellm_proxy)")
+                    "API (openai, azure, vertex_ai, bedrock, mistral, xai, hosted_vllm, litellm_proxy, anthropic)")
         return self
 
     @model_validator(mode="after")

@@ -1,7 +1,12 @@
-"""LiteLLMBatchAPI: the BatchAPI seam (seam.py) on litellm's file and batch functions.
+"""LiteLLMBatchAPI: the BatchAPI seam (seam.py) on litellm's file and batch functions; the choice
+of a model's BatchAPI and the batch price every one uses.
 
     BATCH_PROVIDERS        litellm's providers with a batch create
     BATCH_LIST_PROVIDERS   ... whose batches can be listed (a lost create can be adopted)
+    build_batch_api()      the BatchAPI of a job's model: AnthropicBatchAPI (anthropic_batch.py) for
+                           Anthropic's models (litellm cannot create their batches), else
+                           LiteLLMBatchAPI; against the embedded simulator too
+    batch_prices_of()      the batch price of a model and the cost_status saying where it came from
     LiteLLMBatchAPI        files, batches, output downloads, batch prices, request lines
 """
 
@@ -11,7 +16,7 @@ import contextlib
 import os
 from typing import Any, Mapping
 
-from batchrun.errors import TerminalError
+from batchrun.errors import ConfigurationError, TerminalError
 from batchrun.job.sections import PricesSpec
 from batchrun.providers.error_mapping import (
     error_for_status,
@@ -20,7 +25,7 @@ from batchrun.providers.error_mapping import (
     translate_error,
 )
 from batchrun.providers.litellm_setup import import_litellm
-from batchrun.providers.seam import BatchClaim, BatchLine, BatchMatch, BatchPrices, ChatRequest
+from batchrun.providers.seam import BatchAPI, BatchClaim, BatchLine, BatchMatch, BatchPrices, ChatRequest
 from batchrun.records import Completion, ToolCall, Usage
 
 #: litellm 1.106's providers with a batch *create* (litellm.acreate_batch's custom_llm_provider).
@@ -28,6 +33,30 @@ BATCH_PROVIDERS = frozenset({"openai", "azure", "vertex_ai", "bedrock", "hosted_
                              "xai"})
 #: ... and those whose batches can be listed (alist_batches), so a lost create can be adopted.
 BATCH_LIST_PROVIDERS = frozenset({"openai", "azure", "hosted_vllm", "litellm_proxy", "xai"})
+
+
+def build_batch_api(model: str, *, api_base: str | None, api_key: str | None, timeout_s: float = 600.0,
+                    prices: PricesSpec | None = None, simulator: bool = False) -> BatchAPI:
+    """The BatchAPI for the job's `model` (as the job names it). An Anthropic model gets
+    AnthropicBatchAPI (ConfigurationError naming the install command without its SDK); any other
+    LiteLLMBatchAPI, refused (ConfigurationError) where litellm has no batch creation. With
+    `simulator`, `api_base` is the embedded simulator's: it speaks Anthropic's batches to an
+    Anthropic model and OpenAI's to the others (sent as openai/<name>, as online)."""
+    if batch_provider_of(model) == "anthropic":
+        from batchrun.providers.anthropic_batch import AnthropicBatchAPI
+
+        return AnthropicBatchAPI(model=model, api_base=api_base, api_key=api_key, timeout_s=timeout_s,
+                                 prices=prices)
+    if simulator:
+        from batchrun.sim.config import simulated_model
+
+        model = simulated_model(model)
+    api = LiteLLMBatchAPI(model=model, api_base=api_base, api_key=api_key, timeout_s=timeout_s, prices=prices)
+    if api.provider not in BATCH_PROVIDERS:
+        raise ConfigurationError(
+            f"{model}: litellm has no batch creation for provider {api.provider!r}; batch mode needs one of "
+            f"{', '.join(sorted(BATCH_PROVIDERS | {'anthropic'}))} (use --mode online)")
+    return api
 
 
 def batch_provider_of(model: str, api_base: str | None = None) -> str | None:
