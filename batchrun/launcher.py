@@ -375,7 +375,8 @@ async def run_batch(job: JobSpec, job_path: Path | None, targets: dict[str, Targ
                                "already_done": prep.already_done, "tickets_total": prep.tickets_total},
                                nothing_to_do=True)
         else:
-            models = ", ".join(t["model"] for t in targets.values())
+            models = ", ".join(f"{api.model} ({'Anthropic Message Batches' if api.inline_requests else 'Batch API'})"
+                               for api in apis.values())
             say(f"{job.name}: batch mode, {prep.to_do:,} to do ({live} part(s) already submitted), "
                 f"model {models} via {endpoint}, run {prep.run_number} in {prep.run_dir}")
             result = await execute_batch_run(prep, apis, params, no_wait=options.no_wait,
