@@ -301,6 +301,16 @@ def test_no_wait_status_cancel_finish_online_with_the_embedded_simulator(make_jo
     assert sum(1 for r in results if r["cost_status"] == "litellm_batch") == 20  # answered by the batch
     state = orjson.loads((tmp_path / "run" / "simulator-batches" / "state.json").read_bytes())
     assert len(state["batches"]) == 1 and state["batches"][0]["api"] == "anthropic"
+    # batchrun serve shows the part, as for any provider
+    from test_serve import serving
+
+    async def served() -> dict[str, Any]:
+        async with serving(tmp_path) as client:
+            return await (await client.get("/api/runs/run")).json()
+
+    page = anyio.run(served)
+    parts = page["units"][0]["batches"]
+    assert [(p["state"], p["requests"], p["completed"]) for p in parts] == [("collected", 40, 20)]
 
 
 # -- kill -9 at every step, then run again ---------------------------------------------------------
