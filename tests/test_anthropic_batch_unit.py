@@ -256,3 +256,15 @@ def test_without_the_sdk_a_clear_message_names_the_install_command(monkeypatch):
 def test_the_key_never_shows():
     api = _api()
     assert "sk-ant-test-key-0000" not in repr(api)
+
+
+def test_a_json_schema_answered_through_litellms_json_tool_reads_as_text_even_after_a_restart():
+    """A model without native structured output gets the schema as litellm's forced tool; the answer
+    comes back as text, as online, also from an API object that built no request (a resumed run)."""
+    from litellm.constants import RESPONSE_FORMAT_TOOL_NAME
+
+    fresh = _api()
+    answer = fresh.completion_of(_message([{"type": "tool_use", "id": "toolu_9", "name": RESPONSE_FORMAT_TOOL_NAME,
+                                            "input": {"label": "billing"}}], "tool_use"), None)
+    assert json.loads(answer.text) == {"label": "billing"} and answer.tool_calls == ()
+    assert answer.finish_reason == "stop"

@@ -118,9 +118,7 @@ class AnthropicBatchAPI:
         from litellm.llms.anthropic.chat.transformation import AnthropicConfig
 
         self._config = AnthropicConfig()
-        self._optional: dict[str, tuple[dict[str, Any], bool]] = {}
-        self._json_mode = False
-        self._tool_names: dict[str, str] | None = None  # litellm's reverse map of tool names it had to rewrite
+        self._optional: dict[str, dict[str, Any]] = {}
         self._sdk = sdk
         self._client = sdk.AsyncAnthropic(api_key=api_key, base_url=_sdk_base_url(api_base), max_retries=0,
                                           timeout=timeout_s)
@@ -149,8 +147,8 @@ class AnthropicBatchAPI:
         except Exception:
             return False
 
-    def _optional_params(self, options: RequestOptions | None, params: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
-        """litellm's optional params for this job's calls (and whether litellm answers in JSON mode), once."""
+    def _optional_params(self, options: RequestOptions | None, params: Mapping[str, Any]) -> dict[str, Any]:
+        """litellm's optional params for this job's calls, once."""
         kwargs: dict[str, Any] = dict(params)
         if options is not None:
             if options.json_schema is not None and self._sends_schema(options):
@@ -168,23 +166,17 @@ class AnthropicBatchAPI:
             from litellm.utils import get_optional_params
 
             optional = get_optional_params(model=self.name, custom_llm_provider="anthropic", **kwargs)
-            json_mode = bool(optional.pop("json_mode", False))
-            for internal in ("stream", "is_vertex_request"):  # what litellm's handler pops before sending
+            for internal in ("json_mode", "stream", "is_vertex_request"):  # what litellm's handler pops
                 optional.pop(internal, None)
-            self._optional[key] = (optional, json_mode)
+            self._optional[key] = optional
         return self._optional[key]
 
     def request_line(self, custom_id: str, request: ChatRequest, params: Mapping[str, Any]) -> dict[str, Any]:
         """One request of a Message Batch: the body litellm would POST online for this call."""
-        optional, self._json_mode = self._optional_params(request.options, params)
-        litellm_params: dict[str, Any] = {}
+        optional = self._optional_params(request.options, params)
         messages: Any = copy.deepcopy(request.messages)  # litellm changes what it is given
         body = self._config.transform_request(model=self.name, messages=messages,
-                                              optional_params=copy.deepcopy(optional),
-                                              litellm_params=litellm_params, headers={})
-        names = next((v for k, v in litellm_params.items() if "tool_name" in k and isinstance(v, dict)), None)
-        if names:
-            self._tool_names = names
+                                              optional_params=copy.deepcopy(optional), litellm_params={}, headers={})
         return {"custom_id": custom_id, "params": body}
 
     # -- answers --------------------------------------------------------------------------------
@@ -225,9 +217,18 @@ class AnthropicBatchAPI:
                   for k in ("cache_read_input_tokens", "cache_creation_input_tokens")}
         believed = None not in tokens.values() and None not in caches.values()
         message["usage"] = raw_usage if believed else {"input_tokens": 0, "output_tokens": 0}
+        from litellm.constants import RESPONSE_FORMAT_TOOL_NAME
+
+        # JSON mode: litellm asked for the JSON schema through its own forced tool (a model without
+        # native structured output) and turns that call back into text, as online. Job tool names
+        # are ones Anthropic takes as they are (job/sections.py), so litellm renames none.
+        content = message.get("content")
+        json_mode = isinstance(content, list) and any(
+            isinstance(b, Mapping) and b.get("type") == "tool_use" and b.get("name") == RESPONSE_FORMAT_TOOL_NAME
+            for b in content)
         response = self._config.transform_parsed_response(
             completion_response=message, raw_response=httpx.Response(200), model_response=self._litellm.ModelResponse(),
-            json_mode=self._json_mode, tool_name_reverse_map=self._tool_names)
+            json_mode=json_mode)
         choice = response.choices[0]
         reply = getattr(choice, "message", None)
         usage = None
