@@ -355,3 +355,66 @@ def test_without_the_sdk_the_run_stops_before_sending_anything_naming_the_instal
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert "pip install 'batchrun[anthropic]'" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "run" / "batches.json").exists()
+
+
+# -- answers pass the job's checks, as online -----------------------------------------------------
+
+TOOL = """
+[[tools]]
+type = "function"
+
+[tools.function]
+name = "file_ticket"
+description = "File the ticket under one label."
+
+[tools.function.parameters]
+type = "object"
+additionalProperties = false
+required = ["label"]
+
+[tools.function.parameters.properties.label]
+type = "string"
+enum = ["bug", "feature", "billing", "other"]
+"""
+
+SCHEMA = """
+[json_schema]
+type = "object"
+additionalProperties = false
+required = ["label"]
+
+[json_schema.properties.label]
+type = "string"
+enum = ["bug", "feature", "billing", "other"]
+"""
+
+
+@pytest.mark.parametrize("kind", ["labels", "tools", "json_schema"])
+def test_answers_pass_the_jobs_label_schema_and_tool_checks(make_job, tmp_path, kind):
+    top = {"labels": 'labels = ["bug", "feature", "billing", "other"]\n',
+           "tools": 'tool_choice = { type = "function", function = { name = "file_ticket" } }\n',
+           "json_schema": ""}[kind]
+    job_path = claude_job(make_job, 12, top=top, extra={"labels": "", "tools": TOOL, "json_schema": SCHEMA}[kind])
+    job_path.write_text(job_path.read_text().replace("max_tokens = 5", "max_tokens = 60"))
+    with start() as sim:
+        assert run_inprocess(job_path, sim).state == "done"
+        results, errors = assert_exactly_once(tmp_path / "run", ticket_ids(job_path))
+    assert not errors
+    labels = {"bug", "feature", "billing", "other"}
+    if kind == "labels":
+        assert {r["label"] for r in results} <= labels
+    elif kind == "tools":
+        assert all(r["tool_calls"][0]["name"] == "file_ticket" and r["tool_calls"][0]["arguments"]["label"] in labels
+                   for r in results)
+    else:
+        assert all(r["parsed"]["label"] in labels for r in results)
+
+
+def test_invalid_answers_are_asked_again_within_max_invalid_output_retries(make_job, tmp_path):
+    job_path = claude_job(make_job, 8, top='labels = ["yes", "no"]\nmax_invalid_output_retries = 1\n')
+    with start(batch_time_scale=WINDOW_FAST) as sim:
+        result = run_inprocess(job_path, sim, time_scale=WINDOW_FAST)
+        _, errors = assert_exactly_once(tmp_path / "run", ticket_ids(job_path))
+        assert {(e["error_kind"], e["attempts"], e["rejected_outputs"]) for e in errors} == {("invalid_output", 2, 2)}
+        assert all(e["rejected_cost_usd"] > 0 for e in errors)
+        assert len(ledger_parts(tmp_path / "run")) == 2 and result.exit_code == 3
