@@ -20,7 +20,7 @@ LiteLLMProvider is created.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -53,8 +53,24 @@ _EXPORTS = {
 
 __all__ = sorted([*_EXPORTS, "__version__"])
 
+if TYPE_CHECKING:  # what __getattr__ hands out, for type checkers (nothing is imported at run time)
+    from batchrun.analysis.stats import RunStats
+    from batchrun.api import arun, run
+    from batchrun.errors import BatchrunError
+    from batchrun.execution.engine import execute_run
+    from batchrun.execution.preparation import PreparedRun, prepare_run
+    from batchrun.execution.result import RunResult
+    from batchrun.job.spec import JobSpec, load_job
+    from batchrun.job.templates import render_messages
+    from batchrun.job.tickets import read_tickets, scan_input
+    from batchrun.providers.fake import ScriptedProvider
+    from batchrun.providers.online import LiteLLMProvider
+    from batchrun.providers.seam import ChatRequest, Provider
+    from batchrun.records import Completion, Outcome, Ticket, Usage
+    from batchrun.rundir.lines import load_done_ids, load_failed_ids, scan_jsonl
 
-def __getattr__(name: str) -> Any:
+
+def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'batchrun' has no attribute {name!r}")

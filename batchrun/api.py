@@ -23,14 +23,18 @@ file. Errors raise `BatchrunError` (its `exit_code` is the CLI's).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable
 
 from batchrun.execution.result import RunResult
+from batchrun.records import Fields
+
+if TYPE_CHECKING:
+    from batchrun.launcher import JobSource
 
 __all__ = ["arun", "run"]
 
 
-async def arun(job: Any, *, tickets: Iterable[Mapping[str, Any]] | None = None, input: str | Path | None = None,
+async def arun(job: JobSource, *, tickets: Iterable[Fields] | None = None, input: str | Path | None = None,
                run_dir: str | Path | None = None, limit: int | None = None, concurrency: int | str | None = None,
                model: str | None = None, api_base: str | None = None, live: bool = False,
                skip_failed: bool = False, force: bool = False, workers: int | str | None = None,
@@ -56,7 +60,7 @@ async def arun(job: Any, *, tickets: Iterable[Mapping[str, Any]] | None = None, 
     return await launch(spec, job_path, options)
 
 
-def run(job: Any, **overrides: Any) -> RunResult:
+def run(job: JobSource, **overrides: Any) -> RunResult:  # overrides: arun's keywords
     """Run (or resume) `job` to the end and return its RunResult; see the module docstring.
     Inside a running event loop (Jupyter), use `await batchrun.arun(...)`."""
     import asyncio

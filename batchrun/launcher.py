@@ -28,7 +28,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
@@ -36,7 +36,15 @@ import orjson
 from batchrun.errors import ConfigurationError, JobSpecError, RunMismatchError, redact_url
 from batchrun.execution.executors.process import WorkerPool
 from batchrun.execution.result import RunResult
+from batchrun.job.sections import SimRule
 from batchrun.job.spec import JobSpec
+from batchrun.records import Fields
+
+if TYPE_CHECKING:
+    from batchrun.execution.preparation import PreparedRun
+    from batchrun.providers.online import ProviderArgs
+    from batchrun.providers.seam import BatchAPI
+    from batchrun.sim.config import SimConfig
 
 __all__ = ["LaunchOptions", "batch_apis", "check_params", "endpoint_label", "launch", "provider_targets",
            "resolve_job", "run_batch", "run_online", "sim_config"]
@@ -47,7 +55,9 @@ TICKETS_FILE = "tickets.jsonl"  # where tickets= are written inside the run dire
 SIM_BATCHES_DIR = "simulator-batches"  # batch mode on the simulator: its batches outlive one process
 
 Say = Callable[[str], None]
-Target = dict[str, Any]  # LiteLLMProvider arguments of one model key
+#: What a launch takes as its job: a path to a job file, a JobSpec, or a job file's content as a dict.
+JobSource = JobSpec | Mapping[str, Any] | str | os.PathLike[str]
+_Rule = TypeVar("_Rule")  # a simulator rule (FaultRule, TicketScript, BatchFault)
 
 
 def _quiet(message: str) -> None:
@@ -79,7 +89,7 @@ class LaunchOptions:
     progress: bool = False  # a progress bar on stderr
     progress_every: float | None = None  # without a bar: seconds between plain progress lines
 
-    def job_overrides(self) -> dict[str, Any]:
+    def job_overrides(self) -> dict[str, object]:
         """The options that change the job itself (JobSpec.with_overrides)."""
         engine = self.engine
         if self.ray_address and engine is None:
@@ -92,7 +102,7 @@ class LaunchOptions:
 # -- the job ------------------------------------------------------------------------------------
 
 
-def _load(job: Any) -> tuple[JobSpec | dict[str, Any], Path | None]:
+def _load(job: JobSource) -> tuple[JobSpec | dict[str, Any], Path | None]:
     from batchrun.job.spec import load_job
 
     if isinstance(job, JobSpec):
@@ -104,7 +114,7 @@ def _load(job: Any) -> tuple[JobSpec | dict[str, Any], Path | None]:
     raise TypeError(f"job must be a path to a job file, a JobSpec or a dict, not {type(job).__name__}")
 
 
-def _validate_dict(data: dict[str, Any]) -> JobSpec:
+def _validate_dict(data: Mapping[str, object]) -> JobSpec:
     from pydantic import ValidationError
 
     from batchrun.job.spec import describe_validation_error
@@ -115,7 +125,7 @@ def _validate_dict(data: dict[str, Any]) -> JobSpec:
         raise JobSpecError(describe_validation_error(exc, "job dict")) from None
 
 
-def _write_tickets(tickets: Iterable[Mapping[str, Any]], run_dir: Path, force: bool) -> Path:
+def _write_tickets(tickets: Iterable[Fields], run_dir: Path, force: bool) -> Path:
     """Stream `tickets` into run_dir/tickets.jsonl (one line each, bounded memory). The same
     tickets again keep the file (and so resume); different ones are refused unless force."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -146,8 +156,8 @@ def _write_tickets(tickets: Iterable[Mapping[str, Any]], run_dir: Path, force: b
     return target
 
 
-def resolve_job(job: Any, options: LaunchOptions,
-                tickets: Iterable[Mapping[str, Any]] | None = None) -> tuple[JobSpec, Path | None]:
+def resolve_job(job: JobSource, options: LaunchOptions,
+                tickets: Iterable[Fields] | None = None) -> tuple[JobSpec, Path | None]:
     """The JobSpec to run and the job file's path (None for a JobSpec or a dict): `job` as loaded,
     with `options`' overrides; `tickets` (an iterable of dicts) become the run's input."""
     loaded, job_path = _load(job)
@@ -171,7 +181,7 @@ def resolve_job(job: Any, options: LaunchOptions,
 # -- what a run talks to ------------------------------------------------------------------------
 
 
-def sim_config(job: JobSpec) -> Any:
+def sim_config(job: JobSpec) -> SimConfig:
     """The simulator's settings from a job's [simulator] section, its faults and ticket scripts
     (JobSpecError names a bad one)."""
     from batchrun.sim.batch_faults import BatchFault
@@ -181,7 +191,7 @@ def sim_config(job: JobSpec) -> Any:
     spec = job.simulator
     assert spec is not None, "a job without [simulator]"
 
-    def parsed(name: str, rules: list[dict[str, Any]], parse: Callable[[dict[str, Any]], Any]) -> list[Any]:
+    def parsed(name: str, rules: list[SimRule], parse: Callable[[SimRule], _Rule]) -> list[_Rule]:
         out = []
         for index, rule in enumerate(rules):
             try:
@@ -214,20 +224,21 @@ def _key(env_name: str | None, use_sim: bool, secrets: list[str]) -> str | None:
     return key
 
 
-def provider_targets(job: JobSpec, use_sim: bool, secrets: list[str]) -> dict[str, Target]:
+def provider_targets(job: JobSpec, use_sim: bool, secrets: list[str]) -> dict[str, ProviderArgs]:
     """Provider kwargs per model key ("" for a single-model job; [[models]] names for a routed one),
     with the simulator's URL left as None to fill in; keys come from the environment now
     (and are appended to `secrets`, for redaction)."""
     from batchrun.sim.config import simulated_model
 
     entries = [(entry.name, entry) for entry in job.models] if job.routes else [("", None)]
-    targets: dict[str, Target] = {}
+    targets: dict[str, ProviderArgs] = {}
     for key, entry in entries:
         model = entry.model if entry else job.model
         api_base = (entry.api_base if entry and entry.api_base else job.api_base)
         if api_base and not use_sim:  # a key passed in the URL's query string is a secret too
             secrets.extend(value for _, value in parse_qsl(urlsplit(api_base).query) if len(value) >= 4)
         prices = entry.prices if entry and entry.prices else job.prices
+        cache = job.cache_settings()  # None when the job has no cache
         targets[key] = {
             "model": simulated_model(model) if use_sim else model,
             "api_base": None if use_sim else api_base,
@@ -236,8 +247,7 @@ def provider_targets(job: JobSpec, use_sim: bool, secrets: list[str]) -> dict[st
             "prices": prices.model_dump() if prices else None,
             "max_connections": job.max_in_flight,
             # the embedded simulator listens on a new port each run: its answers are keyed by its name
-            "cache": ({**job.cache_settings(), "endpoint": "simulator"} if use_sim and job.cache
-                      else job.cache_settings()),
+            "cache": {**cache, "endpoint": "simulator"} if use_sim and cache is not None else cache,
         }
     return targets
 
@@ -262,7 +272,7 @@ def check_params(job: JobSpec) -> None:
                            f"`unchecked_params = [{names}]` at the top of the job file); nothing was sent")
 
 
-def endpoint_label(targets: Mapping[str, Target], use_sim: bool) -> str:
+def endpoint_label(targets: Mapping[str, ProviderArgs], use_sim: bool) -> str:
     """"simulator", or the redacted api_base(s), or "provider default"."""
     if use_sim:
         return "simulator"
@@ -283,7 +293,7 @@ def _totals(run_dir: Path, asked: int, input_tickets: int) -> dict[str, int]:
             "remaining": max(input_tickets - done - failed, 0)}
 
 
-def _nothing_to_do(prep: Any) -> RunResult:
+def _nothing_to_do(prep: PreparedRun) -> RunResult:
     from batchrun.analysis.stats import RunStats
 
     stats = RunStats(tickets_total=prep.tickets_total, already_done=prep.already_done,
@@ -295,7 +305,7 @@ def _nothing_to_do(prep: Any) -> RunResult:
 # -- one run ----------------------------------------------------------------------------------
 
 
-async def run_online(job: JobSpec, job_path: Path | None, targets: dict[str, Target], sim_url: str | None,
+async def run_online(job: JobSpec, job_path: Path | None, targets: dict[str, ProviderArgs], sim_url: str | None,
                      options: LaunchOptions, *, say: Say = _quiet, before_execute: Callable[[], None] | None = None,
                      worker_pool: WorkerPool | None = None) -> RunResult:
     """Prepare and execute one online run of a single-model (or routed) job; `say` gets the lines a
@@ -322,7 +332,8 @@ async def run_online(job: JobSpec, job_path: Path | None, targets: dict[str, Tar
             on_ray = job.engine == "ray"
             # Ray: `workers` actors, 0 = one per CPU the cluster offers (known once it is joined)
             workers = (job.workers if isinstance(job.workers, int) else 0) if on_ray else job.worker_count(prep.to_do)
-            provider_kwargs = {key: {**kwargs, "api_base": sim_url if use_sim else kwargs["api_base"]}
+            provider_kwargs: dict[str, ProviderArgs] = {
+                key: {**kwargs, "api_base": sim_url if use_sim else kwargs["api_base"]}
                                for key, kwargs in targets.items()}
             providers = None
             if coordinator_needs_provider(job, workers, prep.max_cost_usd):
@@ -348,7 +359,7 @@ async def run_online(job: JobSpec, job_path: Path | None, targets: dict[str, Tar
         prep.release()
 
 
-async def run_batch(job: JobSpec, job_path: Path | None, targets: dict[str, Target], sim_url: str | None,
+async def run_batch(job: JobSpec, job_path: Path | None, targets: dict[str, ProviderArgs], sim_url: str | None,
                     time_scale: float, options: LaunchOptions, *, say: Say = _quiet) -> RunResult:
     """Prepare and execute one batch-mode run (docs/batch.md): one BatchAPI per model key
     (providers.batch_api.build_batch_api: Anthropic's Message Batches for an Anthropic model,
@@ -375,8 +386,7 @@ async def run_batch(job: JobSpec, job_path: Path | None, targets: dict[str, Targ
                                "already_done": prep.already_done, "tickets_total": prep.tickets_total},
                                nothing_to_do=True)
         else:
-            models = ", ".join(f"{api.model} ({'Anthropic Message Batches' if api.inline_requests else 'Batch API'})"
-                               for api in apis.values())
+            models = ", ".join(api.model for api in apis.values())  # Anthropic's as the job names it
             say(f"{job.name}: batch mode, {prep.to_do:,} to do ({live} part(s) already submitted), "
                 f"model {models} via {endpoint}, run {prep.run_number} in {prep.run_dir}")
             result = await execute_batch_run(prep, apis, params, no_wait=options.no_wait,
@@ -389,7 +399,7 @@ async def run_batch(job: JobSpec, job_path: Path | None, targets: dict[str, Targ
         prep.release()
 
 
-def batch_apis(job: JobSpec, targets: Mapping[str, Target], sim_url: str | None) -> dict[str, Any]:
+def batch_apis(job: JobSpec, targets: Mapping[str, ProviderArgs], sim_url: str | None) -> dict[str, BatchAPI]:
     """The BatchAPI of each model key of `job` (run_batch, `batchrun cancel`): for the model the job
     names (the targets carry the simulator's name of it), on the simulator at `sim_url` if given."""
     from batchrun.job.sections import PricesSpec

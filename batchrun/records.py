@@ -26,13 +26,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping
 
-__all__ = ["Completion", "LineMoney", "Outcome", "Ticket", "ToolCall", "Usage", "line_money", "line_time"]
+__all__ = ["Completion", "Fields", "Line", "LineMoney", "Outcome", "Ticket", "ToolCall", "Usage", "line_money",
+           "line_time"]
+
+#: One input line's JSON object (a CSV, TSV or Parquet row as a dict): what prompt templates and
+#: routes read. Its values are whatever the input holds (any JSON value).
+Fields = Mapping[str, Any]
+#: One line of a run directory's JSONL files as a JSON object: a checkpoint line (Outcome.to_line
+#: writes it, line_money reads its money), a batch part's request, output or failure line. Lines are
+#: read back from disk, where anything may have been written: readers check each value they use.
+Line = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Ticket:
     id: str  # the value of the job's id field, as a string
-    fields: Mapping[str, Any]  # the whole parsed JSON object
+    fields: Fields  # the whole parsed JSON object
     line: int  # 1-based line number in the input file
 
 
@@ -102,7 +111,7 @@ class Outcome:
     # Output check (jobs with labels, json_schema or tools): on success, what
     # it extracted -- {"label": ...}, {"parsed": ...} or {"tool_calls": [...]}
     # -- merged into the result line after "output"; None for plain jobs.
-    structured: Mapping[str, Any] | None = None
+    structured: Mapping[str, object] | None = None
     rejected_outputs: int = 0  # answers received but rejected by the output check
     rejected_cost_usd: float = 0.0  # what those rejected answers cost (priced ones)
     model_key: str | None = None  # multi-model jobs: the [[models]] name that answered (or failed last)
@@ -119,7 +128,7 @@ class Outcome:
         cost = self.completion.cost_usd if self.completion is not None else None
         return (cost or 0.0) + self.rejected_cost_usd
 
-    def _add_routing(self, line: dict[str, Any]) -> None:
+    def _add_routing(self, line: Line) -> None:
         if self.model_key is not None:
             line["model_key"] = self.model_key
         if self.route is not None:
@@ -127,12 +136,12 @@ class Outcome:
         if self.attempts_by_model is not None:
             line["attempts_by_model"] = dict(self.attempts_by_model)
 
-    def to_line(self) -> dict[str, Any]:
+    def to_line(self) -> Line:
         """The JSON object written to results.jsonl (ok) or errors.jsonl."""
         if self.completion is not None:
             c = self.completion
             latency = self.latency_ms or 0.0
-            line: dict[str, Any] = {
+            line: Line = {
                 "id": self.ticket_id,
                 "output": c.text,
             }
@@ -185,7 +194,7 @@ class Outcome:
         return line
 
 
-def line_time(value: Any) -> float | None:
+def line_time(value: object) -> float | None:
     """A line's timestamp (started_at, finished_at, time: ISO-8601) as seconds since the epoch, or None."""
     if not isinstance(value, str):
         return None
@@ -195,7 +204,7 @@ def line_time(value: Any) -> float | None:
         return None
 
 
-def _amount(value: Any) -> float | None:
+def _amount(value: object) -> float | None:
     """A line's number of dollars or tokens: a real int or float (never a bool, NaN or infinity)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -227,7 +236,7 @@ class LineMoney:
         return (self.cost_usd or 0.0) + self.rejected_cost_usd
 
 
-def line_money(line: Mapping[str, Any]) -> LineMoney:
+def line_money(line: Mapping[str, object]) -> LineMoney:
     """The money and tokens of a checkpoint line (LineMoney); anything not a number counts as absent."""
     cost = _amount(line.get("cost_usd"))
     hit = line.get("cache_hit") is True

@@ -50,6 +50,15 @@ class InstantProvider:
     def estimate_cost(self, request):
         return None
 
+    def estimate_tokens(self, request):
+        return 0, 0
+
+    async def cached(self, request):
+        return None
+
+    async def remember(self, request, completion):
+        return None
+
     async def aclose(self):
         return None
 

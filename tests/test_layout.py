@@ -8,12 +8,14 @@
 * each formatting or percentile helper is defined once in the package;
 * each command is a module of batchrun/commands/ named after it, and cli.py registers them all;
 * only commands/, cli.py and the simulator's own command import click;
-* sim/ imports nothing of batchrun outside sim/.
+* sim/ imports nothing of batchrun outside sim/;
+* `Any` only where a value really is arbitrary: at most MAX_ANY occurrences in the package.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -41,6 +43,10 @@ FORMAT_HELPERS = {"num", "pct", "usd", "ms", "table", "kv", "percentile", "perce
                   "_num", "_pct", "_usd", "_ms", "_render", "_kv", "_r1", "_round", "_f", "_percentiles",
                   "_nice_width", "draw_plot", "write_charts"}
 CLICK_USERS = ("batchrun.commands", "batchrun.cli", "batchrun.sim.command")
+#: `Any` in the package's source, counted as `grep -rEo '\bAny\b' batchrun --include=*.py | wc -l` does
+#: (comments and strings too): issue 23 brought it down from 613; litellm's and Ray's objects at
+#: the seams, and JSON, keep some.
+MAX_ANY = 250
 
 
 def modules() -> list[Path]:
@@ -203,3 +209,15 @@ def test_sim_imports_nothing_of_batchrun_outside_sim():
     for path in (PACKAGE / "sim").rglob("*.py"):
         outside = {n for n in imported(tree(path)) if n.startswith("batchrun") and not n.startswith("batchrun.sim")}
         assert outside == set(), path.name
+
+
+def any_count(paths: list[Path]) -> int:
+    return sum(len(re.findall(r"\bAny\b", p.read_text(encoding="utf-8"))) for p in paths)
+
+
+def test_any_only_where_a_value_really_is_arbitrary():
+    # Passes once both halves of issue 23's typing work are in: the core packages (providers/, job/,
+    # rundir/, execution/, batch/ and the flat core modules) and the others (analysis/, serve/, sim/,
+    # bench/, commands/, cli.py, run_logging.py). Each half alone leaves the other's count as it was.
+    count = any_count(modules())
+    assert count <= MAX_ANY, f"{count} occurrences of Any in batchrun/ (at most {MAX_ANY})"

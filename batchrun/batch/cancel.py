@@ -9,9 +9,9 @@ it too, under the run directory's lock.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
-from batchrun.batch.ledger import Ledger
+from batchrun.batch.ledger import Ledger, Part
 from batchrun.batch.run import TERMINAL
 from batchrun.errors import RequestError
 from batchrun.providers.seam import BatchAPI
@@ -20,7 +20,7 @@ from batchrun.rundir.checkpoint import lock_if_free
 __all__ = ["cancel_batches"]
 
 
-async def cancel_batches(run_dir: Path, apis: Mapping[str, BatchAPI]) -> list[dict[str, Any]]:
+async def cancel_batches(run_dir: Path, apis: Mapping[str, BatchAPI]) -> list[Part]:
     """Cancel every submitted part of `run_dir` still running (module docstring); the parts asked."""
     run_dir = Path(run_dir)
     try:
@@ -30,16 +30,17 @@ async def cancel_batches(run_dir: Path, apis: Mapping[str, BatchAPI]) -> list[di
             await api.aclose()
 
 
-async def _cancel(run_dir: Path, apis: Mapping[str, BatchAPI]) -> list[dict[str, Any]]:
+async def _cancel(run_dir: Path, apis: Mapping[str, BatchAPI]) -> list[Part]:
     with lock_if_free(run_dir) as owned:
         ledger = Ledger.load(run_dir)
-        asked = []
+        asked: list[Part] = []
         for part in ledger.parts:
             if part["state"] != "submitted" or part.get("status") in TERMINAL:
                 continue
             api = apis.get(part["model_key"])
             if api is None:
                 continue
+            assert part["batch_id"] is not None  # submitted
             try:
                 batch = await api.cancel_batch(part["batch_id"])
             except RequestError as exc:
@@ -50,7 +51,7 @@ async def _cancel(run_dir: Path, apis: Mapping[str, BatchAPI]) -> list[dict[str,
                     ledger.save()
                 asked.append({**part, "status": "finished already"})
                 continue
-            part.update(cancel_requested=True, status=batch.get("status"), note="cancelled by batchrun cancel")
+            part.update({"cancel_requested": True, "status": batch.get("status"), "note": "cancelled by batchrun cancel"})
             if owned:
                 ledger.save()
             asked.append(part)

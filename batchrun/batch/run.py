@@ -88,22 +88,28 @@ Each step where a crash leaves a different state behind calls
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Awaitable, BinaryIO, Callable, Iterator, Literal, Mapping, TypeVar
 
 import anyio
+import anyio.abc
 import orjson
+from tenacity import RetryCallState
 
 from batchrun.analysis.stats import RunStats
 from batchrun.batch import steps
 from batchrun.batch.ledger import (
     PART_DIR,
+    Failure,
     Ledger,
+    Part,
+    TicketMeta,
     ids_of,
     read_part_lines,
     write_part_file,
@@ -121,8 +127,8 @@ from batchrun.execution.ticket_runner import judge_answer, rules_for, utc_now
 from batchrun.job.templates import render_messages
 from batchrun.job.tickets import read_tickets
 from batchrun.providers.error_mapping import error_for_status
-from batchrun.providers.seam import BatchAPI, BatchClaim, BatchLine, ChatRequest
-from batchrun.records import Outcome
+from batchrun.providers.seam import BatchAPI, BatchClaim, BatchLine, BatchPrices, ChatRequest, Reply
+from batchrun.records import Line, Outcome
 from batchrun.rundir.checkpoint import CheckpointWriter
 from batchrun.rundir.layout import ERRORS
 from batchrun.rundir.layout import LIVE_PART_STATES as LIVE
@@ -133,6 +139,14 @@ OVERDUE_FACTOR = 1.1  # a batch still running after this many windows is cancell
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 WRITE_EVERY = 256  # result lines per write
 LIST_PAGE = 100  # batches per alist_batches page (OpenAI's maximum)
+#: a part's result files: the ledger key of the provider's file id, the part file's suffix
+DOWNLOADS: tuple[tuple[Literal["output_file_id", "error_file_id"], str], ...] = (
+    ("output_file_id", ".output.jsonl"), ("error_file_id", ".errors.jsonl"))
+
+_T = TypeVar("_T")
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 
@@ -144,16 +158,16 @@ LIST_PAGE = 100  # batches per alist_batches page (OpenAI's maximum)
 class _Builder:
     """A part being written: its input file and its tickets file."""
 
-    part: dict[str, Any]
-    requests: Any
-    tickets: Any
+    part: Part
+    requests: BinaryIO  # part-N.jsonl
+    tickets: BinaryIO  # part-N.tickets.jsonl
     count: int = 0
     size: int = 0
     sources: set[int] = field(default_factory=set)
 
 
 class _BatchRun:
-    def __init__(self, prep: PreparedRun, apis: Mapping[str, BatchAPI], params: Mapping[str, Mapping[str, Any]],
+    def __init__(self, prep: PreparedRun, apis: Mapping[str, BatchAPI], params: Mapping[str, Mapping[str, object]],
                  *, no_wait: bool, stop_submitting: bool, time_scale: float, progress: bool) -> None:
         self.prep = prep
         self.job = prep.job
@@ -174,7 +188,7 @@ class _BatchRun:
                               rejected_lines=prep.scan.problem_count)
         self.prices = {key: api.batch_prices() for key, api in self.apis.items()}
         self.rules = rules_for(self.job)
-        self.bar: Any = None
+        self.bar: tqdm | None = None
         self.signal_number: int | None = None
         self.budget_note: str | None = None
         self.live_at_start = {p["number"] for p in self.ledger.parts if p["state"] in LIVE}
@@ -182,13 +196,13 @@ class _BatchRun:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _api(self, part: Mapping[str, Any]) -> BatchAPI:
+    def _api(self, part: Part) -> BatchAPI:
         key = part["model_key"]
         if key not in self.apis:
             raise BatchrunError(f"part {part['number']} was made for model {key!r}, which this job no longer has")
         return self.apis[key]
 
-    async def _retrying(self, what: str, call: Any) -> Any:
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[_T]]) -> _T:
         """`call()` under the job's tenacity policy (for calls a retry cannot duplicate)."""
         async for attempt in build_retrying(self.job.retry):
             with attempt:
@@ -197,8 +211,9 @@ class _BatchRun:
                 except RequestError as exc:
                     log.info("%s: %s", what, exc)
                     raise
+        raise AssertionError("the retry layer reraises the last error")  # pragma: no cover
 
-    def _metadata(self, part: Mapping[str, Any]) -> dict[str, str]:
+    def _metadata(self, part: Part) -> dict[str, str]:
         return {"batchrun_run": self.ledger.run_key, "batchrun_job": self.job.fingerprint_hash()[:16],
                 "batchrun_part": str(part["number"])}
 
@@ -214,18 +229,19 @@ class _BatchRun:
                 part["note"] = "discarded: a run stopped while building it (nothing was sent)"
                 changed = True
         for part in self.ledger.parts:
-            if part["state"] == "failures_ready" and part.get("errors_offset") is not None:
+            offset = part.get("errors_offset")
+            if part["state"] == "failures_ready" and offset is not None:
                 errors = self.prep.run_dir / ERRORS
-                if errors.exists() and errors.stat().st_size > part["errors_offset"]:
+                if errors.exists() and errors.stat().st_size > offset:
                     with open(errors, "r+b") as handle:
-                        handle.truncate(part["errors_offset"])
+                        handle.truncate(offset)
                         os.fsync(handle.fileno())
         if changed:
             self.ledger.save()
 
     # -- building and submitting -----------------------------------------------------------
 
-    def _pending(self) -> Iterator[tuple[str, str, bytes, dict[str, Any], int | None]]:
+    def _pending(self) -> Iterator[tuple[str, str, bytes, TicketMeta, int | None]]:
         """(model key, ticket id, request line, ticket meta, source part) for every ticket
         that goes into a new part: retries first, then tickets of the input (module docstring)."""
         parts = [p for p in self.ledger.parts if p["state"] != "discarded"]
@@ -250,8 +266,8 @@ class _BatchRun:
                     failure = retry.get(line["custom_id"])
                     if failure is None or failure["id"] in self.prep.checkpoint.done_ids:
                         continue  # not a retry, or done since (--finish-online)
-                    again = {"id": failure["id"], "a": failure["a"] + 1, "i": failure.get("i", 0),
-                             "r": failure.get("r", 0), "c": failure.get("c", 0.0)}
+                    again: TicketMeta = {"id": failure["id"], "a": failure["a"] + 1, "i": failure.get("i", 0),
+                                         "r": failure.get("r", 0), "c": failure.get("c", 0.0)}
                     if "k" in failure:
                         again["k"] = failure["k"]
                     yield source["model_key"], failure["id"], raw, again, source["number"]
@@ -267,7 +283,7 @@ class _BatchRun:
                                   timeout_s=self.job.timeout_s, options=self.rules.options)
             custom_id = api.custom_id(ticket.id)
             raw = orjson.dumps(api.request_line(custom_id, request, self.params.get(key, {}))) + b"\n"
-            meta: dict[str, Any] = {"id": ticket.id, "a": 1, "i": 0, "r": 0, "c": 0.0}
+            meta: TicketMeta = {"id": ticket.id, "a": 1, "i": 0, "r": 0, "c": 0.0}
             if custom_id != ticket.id:
                 meta["k"] = custom_id  # the provider's custom_id, where the ticket id is not one it takes
             yield key, ticket.id, raw, meta, None
@@ -278,13 +294,13 @@ class _BatchRun:
         return _Builder(part=part, requests=open(self.ledger.path(part, ".jsonl"), "wb"),
                         tickets=open(self.ledger.path(part, ".tickets.jsonl"), "wb"))
 
-    async def _close_builder(self, builder: _Builder) -> dict[str, Any]:
+    async def _close_builder(self, builder: _Builder) -> Part:
         for handle in (builder.requests, builder.tickets):
             handle.flush()
             os.fsync(handle.fileno())
             handle.close()
         part = builder.part
-        part.update(state="built", tickets=builder.count, bytes=builder.size)
+        part.update({"state": "built", "tickets": builder.count, "bytes": builder.size})
         self.ledger.save()
         await self._submit(part)
         return part
@@ -361,7 +377,7 @@ class _BatchRun:
             return 0.0
         return prompt * prices.input_per_token + completion * prices.output_per_token
 
-    async def _submit(self, part: dict[str, Any]) -> None:
+    async def _submit(self, part: Part) -> None:
         """built -> uploaded -> submitted, adopting a batch a lost create made."""
         api = self._api(part)
         if part["state"] == "built":
@@ -371,7 +387,7 @@ class _BatchRun:
                                                 lambda: api.create_file(self.ledger.path(part, ".jsonl")))
                 file_id = uploaded["id"]
             steps.reached("uploaded")
-            part.update(state="uploaded", file_id=file_id)
+            part.update({"state": "uploaded", "file_id": file_id})
             self.ledger.save()
         if part["state"] != "uploaded":
             return
@@ -390,11 +406,11 @@ class _BatchRun:
                     steps.reached("created")
         assert found is not None
         self.stats.attempts += part["tickets"]
-        part.update(state="submitted", batch_id=found["id"], status=found.get("status"),
-                    submitted_at=time.time(), counts=found.get("request_counts"))
+        part.update({"state": "submitted", "batch_id": found["id"], "status": found.get("status"),
+                     "submitted_at": time.time(), "counts": found.get("request_counts")})
         self.ledger.save()
 
-    async def _find_batch(self, part: Mapping[str, Any]) -> dict[str, Any] | None:
+    async def _find_batch(self, part: Part) -> Reply | None:
         """The batch a lost create of this part made, from the provider's listing (every page,
         filtered here): the one whose metadata names the part, or (a provider whose batches carry
         no metadata: Anthropic) the oldest candidate (BatchAPI.match_batch) not recorded for
@@ -413,7 +429,7 @@ class _BatchRun:
                            created_after=part.get("create_sent_at") or 0.0,
                            created_before=part.get("create_last_sent_at") or time.time())
         recorded = {p["batch_id"] for p in self.ledger.parts if p.get("batch_id")}
-        candidates: list[dict[str, Any]] = []
+        candidates: list[Reply] = []
         after = None
         while True:
             page = await self._retrying("list batches", lambda: api.list_batches(after=after, limit=LIST_PAGE))
@@ -446,7 +462,7 @@ class _BatchRun:
 
     # -- waiting and collecting ------------------------------------------------------------
 
-    def _live(self) -> list[dict[str, Any]]:
+    def _live(self) -> list[Part]:
         return [p for p in self.ledger.parts if p["state"] in LIVE]
 
     async def resume_parts(self) -> None:
@@ -467,19 +483,22 @@ class _BatchRun:
             progressed = False
             for part in open_parts:
                 api = self._api(part)
+                batch_id = part["batch_id"]
+                assert batch_id is not None  # submitted
                 batch = await self._retrying(f"part {part['number']}: retrieve",
-                                             lambda: api.retrieve_batch(part["batch_id"]))
+                                             functools.partial(api.retrieve_batch, batch_id))
                 steps.reached("polled")
                 status = batch.get("status")
                 counts = batch.get("request_counts")
                 if status != part["status"] or counts != part["counts"]:
                     progressed = True
-                    part.update(status=status, counts=counts)
+                    part.update({"status": status, "counts": counts})
                     if status != part["status"]:
                         self.ledger.save()
                 if status in TERMINAL:
-                    part.update(output_file_id=batch.get("output_file_id"), error_file_id=batch.get("error_file_id"),
-                                errors_detail=batch.get("errors"), state="collecting")
+                    part.update({"output_file_id": batch.get("output_file_id"),
+                                 "error_file_id": batch.get("error_file_id"), "errors_detail": batch.get("errors"),
+                                 "state": "collecting"})
                     self.ledger.save()
                     await self._collect(part)
                     progressed = True
@@ -498,29 +517,33 @@ class _BatchRun:
             await anyio.sleep(delay)
             delay = min(delay * 1.5, self.poll_max_s)
 
-    async def _cancel(self, api: BatchAPI, part: Mapping[str, Any]) -> None:
+    async def _cancel(self, api: BatchAPI, part: Part) -> None:
         """Ask for a cancel; a batch that finished meanwhile (409) is simply collected next poll."""
-        async def cancel() -> Any:
+        batch_id = part["batch_id"]
+        assert batch_id is not None  # submitted
+
+        async def cancel() -> Reply | None:
             try:
-                return await api.cancel_batch(part["batch_id"])
+                return await api.cancel_batch(batch_id)
             except RequestError as exc:
                 if exc.status_code == 409:
                     return None
                 raise
         await self._retrying(f"part {part['number']}: cancel", cancel)
 
-    def _overdue(self, part: Mapping[str, Any]) -> bool:
+    def _overdue(self, part: Part) -> bool:
         submitted = part.get("submitted_at")
         return submitted is not None and time.time() - submitted > WINDOW_S * OVERDUE_FACTOR / self.time_scale
 
-    async def _collect(self, part: dict[str, Any]) -> None:
+    async def _collect(self, part: Part) -> None:
         api = self._api(part)
         if part["state"] == "collecting":
-            for key, suffix in (("output_file_id", ".output.jsonl"), ("error_file_id", ".errors.jsonl")):
+            for key, suffix in DOWNLOADS:
                 dest = self.ledger.path(part, suffix)
-                if part.get(key) and not dest.exists():
+                file_id = part.get(key)
+                if file_id and not dest.exists():
                     await self._retrying(f"part {part['number']}: download",
-                                         lambda: api.download(part[key], dest))
+                                         functools.partial(api.download, file_id, dest))
                     steps.reached("downloaded")
             await self._read_outputs(part)
             await self.writer.sync()
@@ -529,15 +552,15 @@ class _BatchRun:
             self.ledger.save()
         await self._write_failures(part)
 
-    def _ticket_meta(self, part: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    def _ticket_meta(self, part: Part) -> dict[str, Line]:
         """The part's tickets by the custom_id their requests carry."""
         return {_key_of(m): m for m in read_part_lines(self.ledger.path(part, ".tickets.jsonl"))}
 
-    def _started_at(self, part: Mapping[str, Any]) -> str:
+    def _started_at(self, part: Part) -> str:
         when = part.get("submitted_at") or time.time()
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when * 1000) % 1000:03d}Z"
 
-    async def _read_outputs(self, part: dict[str, Any]) -> None:
+    async def _read_outputs(self, part: Part) -> None:
         """Output and error files -> result lines now, failures to part-N.failed.jsonl."""
         meta = self._ticket_meta(part)
         seen: set[str] = set()
@@ -576,10 +599,9 @@ class _BatchRun:
                                               "retry": True}) + b"\n")
         write_part_file(self.ledger.path(part, ".failed.jsonl"), failures)
 
-    def _judge_line(self, part: Mapping[str, Any], api: BatchAPI, line: BatchLine,
-                    meta: Mapping[str, Any], prices: Any, started_at: str,
-                    elapsed_ms: float) -> tuple[Outcome | None, dict[str, Any] | None]:
-        base = {"id": meta["id"], "a": meta["a"], "i": meta.get("i", 0), "r": meta.get("r", 0),
+    def _judge_line(self, part: Part, api: BatchAPI, line: BatchLine, meta: Line, prices: BatchPrices | None,
+                    started_at: str, elapsed_ms: float) -> tuple[Outcome | None, Failure | None]:
+        base: TicketMeta = {"id": meta["id"], "a": meta["a"], "i": meta.get("i", 0), "r": meta.get("r", 0),
                 "c": meta.get("c", 0.0)}
         if "k" in meta:
             base["k"] = meta["k"]
@@ -597,7 +619,7 @@ class _BatchRun:
             structured = judge_answer(completion, self.job)
         except RequestError as exc:
             rejected_cost = base["c"] + (completion.cost_usd or 0.0)
-            failure = {**base, "r": base["r"] + 1, "c": rejected_cost, "kind": exc.kind, "type": exc.error_type,
+            failure: Failure = {**base, "r": base["r"] + 1, "c": rejected_cost, "kind": exc.kind, "type": exc.error_type,
                        "message": exc.message, "status": None, "retry": False}
             if isinstance(exc, RetryableError):  # invalid_output: asked again within the re-ask budget
                 failure["i"] = base["i"] + 1
@@ -626,7 +648,7 @@ class _BatchRun:
                 self.failed_ids.add(outcome.ticket_id)
         self._update_bar()
 
-    async def _write_failures(self, part: dict[str, Any]) -> None:
+    async def _write_failures(self, part: Part) -> None:
         """failures_ready -> collected: terminal failures to errors.jsonl, the rest counted for retry."""
         retry = 0
         ready: list[Outcome] = []
@@ -651,7 +673,7 @@ class _BatchRun:
         await self._write(ready)
         await self.writer.sync()
         steps.reached("errors")
-        part.update(state="collected", retry=retry, carried=retry == 0)
+        part.update({"state": "collected", "retry": retry, "carried": retry == 0})
         self.ledger.save()
 
     # -- progress -----------------------------------------------------------------------------
@@ -674,7 +696,7 @@ class _BatchRun:
         self.bar.refresh()
 
     async def watch_signals(self, scope: anyio.CancelScope, *,
-                            task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+                            task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             task_status.started()
             async for signum in signals:
@@ -684,7 +706,7 @@ class _BatchRun:
                 scope.cancel()
                 return
 
-    def manifest_extra(self) -> dict[str, Any]:
+    def manifest_extra(self) -> dict[str, object]:
         """What a batch run's manifest adds: its mode and its parts."""
         parts = [p for p in self.ledger.parts if p["state"] != "discarded"]
         return {"mode": "batch",
@@ -722,7 +744,7 @@ class _BatchRun:
         return "done"
 
 
-def _describe_errors(errors: Any) -> str:
+def _describe_errors(errors: object) -> str:
     if isinstance(errors, Mapping):
         data = errors.get("data") or []
         return "; ".join(f"{e.get('code')}: {e.get('message')}" for e in data if isinstance(e, Mapping))[:500] \
@@ -730,7 +752,7 @@ def _describe_errors(errors: Any) -> str:
     return "no detail"
 
 
-def _http_failure(base: dict[str, Any], line: BatchLine) -> dict[str, Any]:
+def _http_failure(base: TicketMeta, line: BatchLine) -> Failure:
     """A batch line answered with an HTTP error, classified as an online answer would be
     (providers/error_mapping.error_for_status): retried (429, 408, 409, 5xx) or terminal."""
     message = str(line.message or f"HTTP {line.status}")[:1000]
@@ -739,13 +761,13 @@ def _http_failure(base: dict[str, Any], line: BatchLine) -> dict[str, Any]:
             "retry": verdict.retryable}
 
 
-def _key_of(meta: Mapping[str, Any]) -> str:
+def _key_of(meta: Mapping[str, object]) -> str:
     """The custom_id of a part's ticket (its id, unless the provider needed another: "k")."""
     return str(meta.get("k", meta["id"]))
 
 
-def _log_create_retry(number: int) -> Any:
-    def before_sleep(state: Any) -> None:
+def _log_create_retry(number: int) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
         log.info("part %d: create failed (%s); looking for it before another create", number, exc)
 
@@ -753,7 +775,7 @@ def _log_create_retry(number: int) -> Any:
 
 
 async def execute_batch_run(prep: PreparedRun, apis: Mapping[str, BatchAPI],
-                            params: Mapping[str, Mapping[str, Any]] | None = None, *, no_wait: bool = False,
+                            params: Mapping[str, Mapping[str, object]] | None = None, *, no_wait: bool = False,
                             stop_submitting: bool = False, time_scale: float = 1.0,
                             progress: bool = False) -> RunResult:
     """Run the prepared job in batch mode (module docstring); always leaves a consistent run directory.

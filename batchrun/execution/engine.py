@@ -12,7 +12,7 @@ run resumes with the same command.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from batchrun.errors import CheckpointError
 from batchrun.execution.coordinator import Coordinator
@@ -24,6 +24,9 @@ from batchrun.execution.preparation import PreparedRun
 from batchrun.execution.result import RunResult
 from batchrun.job.spec import JobSpec
 from batchrun.providers.seam import Provider
+
+if TYPE_CHECKING:
+    from batchrun.providers.online import ProviderArgs
 
 __all__ = ["coordinator_needs_provider", "execute_run"]
 
@@ -50,7 +53,7 @@ async def execute_run(
     grace_s: float = 30.0,
     progress: bool = False,
     workers: int = 1,
-    provider_kwargs: Mapping[str, Any] | None = None,
+    provider_kwargs: ProviderArgs | Mapping[str, ProviderArgs] | None = None,
     worker_pool: WorkerPool | None = None,
     progress_every: float | None = None,
     engine: str = "local",

@@ -24,7 +24,7 @@ import os
 import signal
 import time
 from types import TracebackType
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable, Mapping
 
 import anyio
 
@@ -37,7 +37,7 @@ from batchrun.execution.ticket_runner import utc_now
 from batchrun.job.input_formats import input_format_of
 from batchrun.providers.litellm_setup import litellm_version
 from batchrun.rundir.checkpoint import CheckpointWriter
-from batchrun.rundir.manifest import write_manifest
+from batchrun.rundir.manifest import Manifest, write_manifest
 
 __all__ = ["MAX_HISTORY", "RunFinish", "build_manifest", "exit_code"]
 
@@ -64,7 +64,7 @@ def exit_code(state: str, *, failed_tickets: int, stop_reason: str | None = None
 
 
 def build_manifest(prep: PreparedRun, stats: RunStats, failed_ids: set[str], state: str, started_at: str,
-                   finished_at: str | None, error: str | None) -> dict[str, Any]:
+                   finished_at: str | None, error: str | None) -> Manifest:
     """manifest.json for a run in `state`: what ran, its counts and summary, the runs before."""
     done_total = len(prep.checkpoint.done_ids)
     summary = stats.summary()
@@ -111,7 +111,7 @@ class RunFinish:
     parts); `cleanup` callables run, shielded, before the writer is closed."""
 
     def __init__(self, prep: PreparedRun, stats: RunStats, failed_ids: set[str], writer: CheckpointWriter, *,
-                 extra: Callable[[], dict[str, Any]] | None = None,
+                 extra: Callable[[], Mapping[str, object]] | None = None,
                  cleanup: tuple[Callable[[], Awaitable[None] | None], ...] = ()) -> None:
         self.prep = prep
         self.stats = stats
@@ -132,7 +132,7 @@ class RunFinish:
             raise ValueError(f"not a run state: {state!r}")
         self.state, self.error, self.stop_reason, self.signal_number = state, error, stop_reason, signal_number
 
-    def _manifest(self, state: str, finished_at: str | None, error: str | None) -> dict[str, Any]:
+    def _manifest(self, state: str, finished_at: str | None, error: str | None) -> Manifest:
         manifest = build_manifest(self.prep, self.stats, self.failed_ids, state, self.started_at, finished_at, error)
         if self.extra is not None:
             manifest.update(self.extra())

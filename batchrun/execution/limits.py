@@ -321,6 +321,7 @@ class AdaptiveConcurrency:
             self.limit = max(self.minimum, int(self.limit * self.decrease))
             self.slow_start = False
         elif overloaded:
+            assert median is not None and self.best_median is not None  # what `overloaded` says
             factor = max(0.5, min(self.decrease, self.best_median / median))
             self.limit = max(self.minimum, int(self.limit * factor))
             self.slow_start = False

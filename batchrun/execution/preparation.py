@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import AbstractSet
 
 import orjson
 
@@ -29,7 +29,7 @@ from batchrun.rundir.checkpoint import (
     write_input_index,
     write_rejects,
 )
-from batchrun.rundir.manifest import read_manifest
+from batchrun.rundir.manifest import Manifest, read_manifest
 
 MAYBE_BILLED_IDS_SHOWN = 20
 
@@ -52,7 +52,7 @@ class PreparedRun:
     limit: int | None
     skip_failed: bool
     run_number: int  # 1 for the first invocation on this run directory
-    manifest: dict[str, Any]
+    manifest: Manifest  # the run directory's, as the last run left it ({} for a new one)
     tickets_total: int  # tickets considered (after limit)
     already_done: int
     skipped_failed: int
@@ -68,7 +68,7 @@ class PreparedRun:
         self.checkpoint.release()
 
 
-def mismatches(old: dict[str, Any], job: JobSpec, scan: InputScan, endpoint: str) -> list[str]:
+def mismatches(old: Manifest, job: JobSpec, scan: InputScan, endpoint: str) -> list[str]:
     changes: list[str] = []
     old_fp = (old.get("job") or {}).get("fingerprint") or {}
     new_fp = job.fingerprint()
@@ -102,8 +102,9 @@ def prepare_run(
     checkpoint = open_checkpoint(job.resolved_run_dir(), totals=budget is not None, force=force)
     try:
         skip_bad = job.on_bad_input == "skip"
-        plan = {"max_problems": None if skip_bad else 20, "done_ids": checkpoint.done_ids,
-                "failed_ids": checkpoint.failed_ids if skip_failed else frozenset(), "limit": limit}
+        # the resume plan, the same for a saved index and a full scan
+        max_problems = None if skip_bad else 20
+        failed_ids: AbstractSet[str] = checkpoint.failed_ids if skip_failed else frozenset()
         # what makes a saved index valid besides the input's bytes
         key = orjson.dumps([job.id_field, [t.fields for t in templates], job.max_line_bytes]
                            + ([job.input_format] if job.input_format else [])).decode()
@@ -112,10 +113,12 @@ def prepare_run(
         if index is not None and index.get("key") == key:
             sha256, size = file_digest(job.input)
             if (sha256, size) == (index.get("sha256"), index.get("size")):
-                scan = scan_from_index(job.input, index, **plan)
+                scan = scan_from_index(job.input, index, max_problems=max_problems, done_ids=checkpoint.done_ids,
+                                       failed_ids=failed_ids, limit=limit)
         if scan is None:
             scan = scan_input(job.input, job.id_field, templates, max_line_bytes=job.max_line_bytes,
-                              keep_ids=True, input_format=job.input_format, **plan)
+                              keep_ids=True, input_format=job.input_format, max_problems=max_problems,
+                              done_ids=checkpoint.done_ids, failed_ids=failed_ids, limit=limit)
             if not scan.problem_count or skip_bad:
                 write_input_index(checkpoint.run_dir, scan.to_index(key))
             scan.ids = None  # the index is on disk; free the memory

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from batchrun.records import Line
 from batchrun.rundir.lines import iter_lines, load_failed_ids
 
 
@@ -18,7 +19,7 @@ class RunResult:
 
     state: str  # done, interrupted, failed, budget_exhausted
     exit_code: int
-    summary: dict[str, Any]
+    summary: dict[str, Any]  # RunStats.summary(): numbers, and None where unknown
     error: str | None = None
     run_dir: Path | None = None
     run_number: int | None = None
@@ -52,7 +53,7 @@ class RunResult:
         return {"run_dir": base, "manifest": base / "manifest.json", "results": base / "results.jsonl",
                 "errors": base / "errors.jsonl"}
 
-    def iter_results(self) -> Iterator[dict[str, Any]]:
+    def iter_results(self) -> Iterator[Line]:
         """Every result line of the run directory (all runs), streamed; a compare run's models in order."""
         if self.models:
             for each in self.models.values():
@@ -60,14 +61,14 @@ class RunResult:
             return
         yield from iter_lines(self.paths["results"])
 
-    def iter_errors(self) -> Iterator[dict[str, Any]]:
+    def iter_errors(self) -> Iterator[Line]:
         """The latest error line of each ticket that has no result (what a re-run would retry)."""
         if self.models:
             for each in self.models.values():
                 yield from each.iter_errors()
             return
         failed = load_failed_ids(self.paths["run_dir"])
-        latest: dict[str, dict[str, Any]] = {}
+        latest: dict[str, Line] = {}
         for line in iter_lines(self.paths["errors"]):
             if str(line.get("id")) in failed:
                 latest[str(line["id"])] = line

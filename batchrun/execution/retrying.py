@@ -22,7 +22,7 @@ The engine drives it with `async for attempt in build_retrying(...)`.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Awaitable, Callable, TypedDict
 
 from tenacity import (
     AsyncRetrying,
@@ -72,14 +72,18 @@ class stop_when_retry_after_over(stop_base):
         return retry_after is not None and retry_after > self.cap_s
 
 
+class _SleepOption(TypedDict, total=False):
+    sleep: Callable[[float], Awaitable[None] | None]  # absent: tenacity's own sleep
+
+
 def build_retrying(
     spec: RetrySpec,
     *,
-    before_sleep: Callable[[RetryCallState], object] | None = None,
-    sleep: Callable[[float], object] | None = None,
+    before_sleep: Callable[[RetryCallState], Awaitable[None] | None] | None = None,
+    sleep: Callable[[float], Awaitable[None] | None] | None = None,
 ) -> AsyncRetrying:
     """The retry controller for one ticket (build one per ticket)."""
-    kwargs = {}
+    kwargs: _SleepOption = {}
     if sleep is not None:
         kwargs["sleep"] = sleep
     return AsyncRetrying(

@@ -67,9 +67,10 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, Mapping, Protocol
+from typing import Awaitable, Callable, Mapping, Protocol
 
 import anyio
+from tenacity import RetryCallState
 
 from batchrun.errors import (
     RateLimitedError,
@@ -156,7 +157,7 @@ class _InvalidOutput(Exception):
     """The output check rejected an answer that may be asked for again."""
 
 
-def _judge(completion: Completion, rules: TicketRules) -> Mapping[str, Any] | None:
+def _judge(completion: Completion, rules: TicketRules) -> Mapping[str, object] | None:
     """What the answer adds to the result line; raises TerminalError or _InvalidOutput."""
     finish = completion.finish_reason
     if finish == "content_filter" and rules.on_content_filter == "fail":
@@ -179,7 +180,7 @@ def _judge(completion: Completion, rules: TicketRules) -> Mapping[str, Any] | No
         raise _InvalidOutput(str(exc)) from None
 
 
-def judge_answer(completion: Completion, job: JobSpec) -> Mapping[str, Any] | None:
+def judge_answer(completion: Completion, job: JobSpec) -> Mapping[str, object] | None:
     """The online check of one answer, for answers that arrive another way (batch mode):
     what it adds to the result line; raises TerminalError (content filter, truncation,
     an invalid answer cut at max_tokens) or RetryableError kind invalid_output."""
@@ -192,7 +193,7 @@ def judge_answer(completion: Completion, job: JobSpec) -> Mapping[str, Any] | No
         raise RetryableError(str(exc), kind="invalid_output", error_type="InvalidOutput") from None
 
 
-def _sleep_unless_halted(halt: anyio.Event) -> Any:
+def _sleep_unless_halted(halt: anyio.Event) -> Callable[[float], Awaitable[None]]:
     """tenacity's sleep: the backoff ends at once, with TicketAbandoned, when the run is halted."""
 
     async def sleep(seconds: float) -> None:
@@ -205,8 +206,8 @@ def _sleep_unless_halted(halt: anyio.Event) -> Any:
     return sleep
 
 
-def _log_retry(ticket_id: str) -> Any:
-    def before_sleep(state: Any) -> None:
+def _log_retry(ticket_id: str) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
         if log.isEnabledFor(logging.INFO):
             exc = state.outcome.exception() if state.outcome is not None else None
             wait = state.next_action.sleep if state.next_action is not None else 0.0
@@ -223,7 +224,7 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
     attempts = 0
     latency_ms = 0.0
     completion: Completion | None = None
-    structured: Mapping[str, Any] | None = None
+    structured: Mapping[str, object] | None = None
     rejected = 0  # answers the output check (or finish_reason policy) turned down
     invalid = 0  # of those, invalid_output ones (the re-ask budget)
     rejected_cost = 0.0

@@ -57,9 +57,15 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Protocol, Sequence, TypedDict
 
 import orjson
+
+from batchrun.records import ToolCall
+
+if TYPE_CHECKING:
+    from batchrun.job.sections import ToolChoice, ToolPayload
+    from batchrun.job.spec import JobSpec
 
 RAW_LIMIT = 500  # characters of a raw answer quoted in an error message
 
@@ -70,6 +76,19 @@ _LABEL_EDGES = " \t\r\n\u00a0\"'`\u2018\u2019\u201c\u201d\u00ab\u00bb.,;:!?*_~()
 
 class OutputError(ValueError):
     """An answer that arrived but does not satisfy the job's output check."""
+
+
+class SchemaValidator(Protocol):
+    """What the checks use of a jsonschema validator (jsonschema ships no type information)."""
+
+    def iter_errors(self, instance: object) -> Iterator[Exception]: ...
+
+
+class ParsedCall(TypedDict):
+    """One tool call of an accepted answer, as the result line's "tool_calls" holds it."""
+
+    name: str
+    arguments: dict[str, object]  # the parsed JSON object, valid against the tool's parameters
 
 
 def normalize_label(text: str) -> str:
@@ -85,7 +104,7 @@ def describe_raw(text: str, limit: int = RAW_LIMIT) -> str:
     return orjson.dumps(text[:limit]).decode() + f"... ({len(text):,} characters in all)"
 
 
-def parse_json_text(text: str) -> Any:
+def parse_json_text(text: str) -> object:
     """Parse an answer as JSON (one surrounding ``` fence allowed); OutputError if it is not."""
     body = text.strip()
     if body.startswith("```") and body.endswith("```") and len(body) >= 6:
@@ -102,9 +121,9 @@ def parse_json_text(text: str) -> Any:
         raise OutputError(f"the answer is not valid JSON ({exc}): {describe_raw(text)}") from None
 
 
-def compile_schema(schema: Mapping[str, Any]) -> Any:
+def compile_schema(schema: Mapping[str, object]) -> SchemaValidator:
     """A jsonschema validator for `schema`; raises ValueError if the schema itself is invalid."""
-    from jsonschema import exceptions, validators
+    from jsonschema import exceptions, validators  # type: ignore[import-untyped]  # no type information
 
     if not isinstance(schema, Mapping):
         raise ValueError(f"a JSON schema must be an object, got {type(schema).__name__}")
@@ -117,9 +136,9 @@ def compile_schema(schema: Mapping[str, Any]) -> Any:
     return cls(schema)
 
 
-def schema_problem(validator: Any, value: Any) -> str | None:
+def schema_problem(validator: SchemaValidator, value: object) -> str | None:
     """None if `value` is valid, else `"<json path>: <message>"` of the most relevant error."""
-    from jsonschema.exceptions import best_match
+    from jsonschema.exceptions import best_match  # type: ignore[import-untyped]  # no type information
 
     error = best_match(validator.iter_errors(value))
     if error is None:
@@ -131,25 +150,25 @@ def schema_problem(validator: Any, value: Any) -> str | None:
 
 
 def parse_tool_calls(
-    calls: Iterable[Any],
-    validators: Mapping[str, Any],
+    calls: Iterable[ToolCall],
+    validators: Mapping[str, SchemaValidator],
     *,
     required: bool = False,
     required_name: str | None = None,
-) -> list[dict[str, Any]]:
+) -> list[ParsedCall]:
     """[{"name", "arguments": object}] from raw calls (objects with `.name` and `.arguments`).
 
     `validators` maps each declared tool name to its parameters' validator.
     `required`: at least one call; `required_name`: at least one call to it.
     """
-    parsed: list[dict[str, Any]] = []
+    parsed: list[ParsedCall] = []
     for index, call in enumerate(calls):
         name, raw = call.name, call.arguments or ""
         if name not in validators:
             declared = ", ".join(sorted(validators)) or "none"
             raise OutputError(f"tool call {index} names {name!r}, which the job does not declare ({declared})")
         if not raw.strip():
-            arguments: Any = {}
+            arguments: object = {}
         else:
             try:
                 arguments = orjson.loads(raw)
@@ -174,7 +193,7 @@ def parse_tool_calls(
     return parsed
 
 
-def _calls_summary(parsed: Sequence[Mapping[str, Any]]) -> str:
+def _calls_summary(parsed: Sequence[ParsedCall]) -> str:
     if not parsed:
         return "no tool call"
     return "calls to " + ", ".join(repr(c["name"]) for c in parsed)
@@ -186,8 +205,8 @@ class OutputRules:
 
     mode: str  # "labels", "json_schema" or "tools"
     labels: Mapping[str, str] | None = None  # normalized -> as the job spells it
-    validator: Any = None  # json_schema mode
-    tool_validators: Mapping[str, Any] | None = None  # tools mode: name -> parameters validator
+    validator: SchemaValidator | None = None  # json_schema mode
+    tool_validators: Mapping[str, SchemaValidator] | None = None  # tools mode: name -> parameters validator
     tool_required: bool = False  # tool_choice "required"
     tool_required_name: str | None = None  # tool_choice names a function
 
@@ -196,9 +215,9 @@ class OutputRules:
         cls,
         *,
         labels: Sequence[str] | None = None,
-        schema: Mapping[str, Any] | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: str | Mapping[str, Any] | None = None,
+        schema: Mapping[str, object] | None = None,
+        tools: Sequence[ToolPayload] | None = None,
+        tool_choice: str | ToolChoice | None = None,
     ) -> "OutputRules | None":
         """The rules for these settings (OpenAI-shaped tools), or None when there is nothing to check."""
         if labels:
@@ -218,12 +237,12 @@ class OutputRules:
         return None
 
     @classmethod
-    def for_job(cls, job: Any) -> "OutputRules | None":
+    def for_job(cls, job: JobSpec) -> "OutputRules | None":
         """The rules of a `JobSpec` (its labels, output_schema, tools_payload and tool_choice)."""
         return cls.build(labels=job.labels, schema=job.output_schema, tools=job.tools_payload,
                          tool_choice=job.tool_choice)
 
-    def check(self, text: str, tool_calls: Sequence[Any] = ()) -> dict[str, Any]:
+    def check(self, text: str, tool_calls: Sequence[ToolCall] = ()) -> dict[str, object]:
         """What the answer yields for the result line; raises OutputError."""
         if self.mode == "labels":
             assert self.labels is not None
@@ -233,6 +252,7 @@ class OutputRules:
                 raise OutputError(f"the answer is not one of the labels ({allowed}): {describe_raw(text)}")
             return {"label": label}
         if self.mode == "json_schema":
+            assert self.validator is not None
             value = parse_json_text(text)
             problem = schema_problem(self.validator, value)
             if problem is not None:

@@ -39,9 +39,14 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any, Iterator
+from types import ModuleType
+from typing import TYPE_CHECKING, Iterator
 
 from batchrun.errors import TicketError
+from batchrun.records import Fields
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq  # an optional extra without type information
 
 FORMATS = ("jsonl", "csv", "tsv", "parquet")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv",
@@ -60,7 +65,7 @@ def input_format_of(path: Path, declared: str | None = None) -> str:
     return "jsonl"
 
 
-def require_pyarrow() -> Any:
+def require_pyarrow() -> ModuleType:
     """pyarrow.parquet, or a TicketError saying how to install it."""
     try:
         import pyarrow.parquet as pq
@@ -81,7 +86,7 @@ class _CsvRows:
         self.delimiter = delimiter
         csv.field_size_limit(max(max_field_bytes, 1 << 16))
 
-    def __iter__(self) -> Iterator[tuple[int, int, dict[str, Any] | ValueError]]:
+    def __iter__(self) -> Iterator[tuple[int, int, Fields | ValueError]]:
         try:
             handle = self.path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="")
         except OSError as exc:
@@ -138,12 +143,12 @@ def _has_surrogates(text: str) -> bool:
     return False
 
 
-def _parquet_file(path: Path) -> Any:
-    pq = require_pyarrow()
+def _parquet_file(path: Path) -> pq.ParquetFile:
+    parquet = require_pyarrow()
     import pyarrow
 
     try:
-        return pq.ParquetFile(path)
+        return parquet.ParquetFile(path)
     except OSError as exc:
         if isinstance(exc, FileNotFoundError) or not path.exists():
             raise TicketError(f"{path}: cannot read input: No such file or directory") from None
@@ -166,7 +171,7 @@ def csv_header(path: Path, fmt: str) -> list[str]:
         raise TicketError(f"{path}: cannot read input: {exc.strerror}") from None
 
 
-def _parquet_rows(path: Path, only: bytearray | None) -> Iterator[tuple[int, None, dict[str, Any] | ValueError]]:
+def _parquet_rows(path: Path, only: bytearray | None) -> Iterator[tuple[int, None, Fields | ValueError]]:
     import pyarrow
 
     handle = _parquet_file(path)
@@ -193,7 +198,7 @@ def _parquet_rows(path: Path, only: bytearray | None) -> Iterator[tuple[int, Non
 
 
 def iter_rows(path: Path, fmt: str, *, max_field_bytes: int = 1_000_000,
-              only: bytearray | None = None) -> Iterator[tuple[int, int | None, dict[str, Any] | ValueError]]:
+              only: bytearray | None = None) -> Iterator[tuple[int, int | None, Fields | ValueError]]:
     """(row number, line the row starts on or None, the row as a dict or ValueError why it is bad).
 
     `only`: the scan's dispatch map (row number -> 1 when the row is to be

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
 import orjson
 from pydantic import (
@@ -16,6 +16,21 @@ from pydantic import (
 )
 
 from batchrun.job.templates import PromptTemplate
+from batchrun.records import Fields
+
+#: A JSON schema as the job gives it (a table, or json_schema_file's content): checked by jsonschema
+#: when the job is loaded, then sent and used as it is.
+Schema = dict[str, Any]
+#: A job's [params]: keyword arguments passed to litellm.acompletion as they are (temperature,
+#: max_tokens, a provider's own keys): whatever litellm takes.
+Params = dict[str, Any]
+#: An OpenAI tool object as sent with each request: {"type": "function", "function": {"name", ...}}.
+ToolPayload = dict[str, Any]
+#: A named tool_choice, {"type": "function", "function": {"name": ...}} (JobSpec checks that shape).
+ToolChoice = dict[str, Any]
+#: A [[simulator.faults]], [[simulator.scripts]] or [[simulator.batch_faults]] table: checked by the
+#: simulator's own parser (launcher.sim_config) when the run starts it.
+SimRule = dict[str, Any]
 
 
 class Section(BaseModel):
@@ -85,10 +100,10 @@ class SimulatorSpec(Section):
     overload_ms: float = Field(20.0, ge=0)  # ... by this much per extra request
     # [[simulator.faults]] tables (kind, rate, tickets, attempts, retry_after, ...): checked by
     # the simulator's FaultRule when the run starts it (this module does not import the simulator)
-    faults: list[dict[str, Any]] = Field(default_factory=list)
+    faults: list[SimRule] = Field(default_factory=list)
     # [[simulator.scripts]] tables (tickets or rate, steps = ["reset_before_headers", "429:retry_after=6",
     # "ok"]): a per-ticket sequence of answers, one step per attempt, checked like faults
-    scripts: list[dict[str, Any]] = Field(default_factory=list)
+    scripts: list[SimRule] = Field(default_factory=list)
     # [simulator.model_profiles] "sim-strong" = { noise = 0.02, latency_ms = 600 }: simulated models
     # that differ in accuracy and speed (keyed by the model name as sent, without "openai/")
     model_profiles: dict[str, SimModelProfile] = Field(default_factory=dict)
@@ -97,18 +112,18 @@ class SimulatorSpec(Section):
     # endpoint, calls: see batchrun/sim/batch_faults.py; checked when the run starts the simulator)
     batch_time_scale: float = Field(3600.0, gt=0)
     batch_duration_s: float = Field(1800.0, ge=0)
-    batch_faults: list[dict[str, Any]] = Field(default_factory=list)
+    batch_faults: list[SimRule] = Field(default_factory=list)
 
 
 class ToolFunctionSpec(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")  # OpenAI's rule for function names
     description: str | None = None
-    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    parameters: Schema = Field(default_factory=lambda: {"type": "object", "properties": {}})
     strict: bool | None = None  # OpenAI strict function calling; sent only when set
 
     @field_validator("parameters")
     @classmethod
-    def _valid_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _valid_schema(cls, value: Schema) -> Schema:
         from batchrun.job.answer_checks import compile_schema
 
         compile_schema(value)  # ValueError names the problem
@@ -121,10 +136,10 @@ class ToolSpec(Section):
     type: Literal["function"] = "function"
     function: ToolFunctionSpec
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self) -> ToolPayload:
         """The OpenAI tool object sent with each request (unset options left out)."""
         fn = self.function
-        body: dict[str, Any] = {"name": fn.name}
+        body: dict[str, object] = {"name": fn.name}
         if fn.description is not None:
             body["description"] = fn.description
         body["parameters"] = fn.parameters
@@ -133,7 +148,7 @@ class ToolSpec(Section):
         return {"type": "function", "function": body}
 
 
-def load_schema_file(path: Path) -> dict[str, Any]:
+def load_schema_file(path: Path) -> Schema:
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -173,7 +188,7 @@ class ModelSpec(Section):
     model: str = Field(min_length=1)  # a litellm model string
     api_base: str | None = None  # e.g. a LiteLLM proxy or a self-hosted server
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # the variable's NAME
-    params: dict[str, Any] = Field(default_factory=dict)  # merged over the job's params
+    params: Params = Field(default_factory=dict)  # merged over the job's params
     prices: PricesSpec | None = None
     rpm: int | None = Field(None, ge=1)  # this model's own limits (default: the job's)
     tpm: int | None = Field(None, ge=1)
@@ -216,10 +231,10 @@ class RouteSpec(Section):
             return f"{self.field} in {self.one_of!r}"
         return f"len({self.field}) > {self.longer_than}"
 
-    def matches(self, fields: Mapping[str, Any]) -> bool:
+    def matches(self, fields: Fields) -> bool:
         if self.default:
             return True
-        value: Any = fields
+        value: object = fields
         for key in (self.field or "").split("."):
             if not isinstance(value, Mapping) or key not in value:
                 return False
@@ -232,7 +247,7 @@ class RouteSpec(Section):
         return len(text) > (self.longer_than or 0)
 
 
-def closest_name(name: str, known: Any) -> str | None:
+def closest_name(name: str | int, known: Iterable[str]) -> str | None:
     """The known name nearest to a misspelt one (difflib), or None."""
     import difflib
 

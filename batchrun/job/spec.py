@@ -37,7 +37,7 @@ import re
 import tomllib
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Literal, Mapping
 
 import orjson
 from pydantic import (
@@ -51,6 +51,7 @@ from pydantic import (
 )
 
 from batchrun.errors import JobSpecError
+from batchrun.records import Fields
 
 # Request parameters batchrun sets itself; a job may not pass them in `params`.
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -65,12 +66,16 @@ RESERVED_PARAMS = frozenset(
 )
 from batchrun.job.sections import (
     ModelSpec,
+    Params,
     PricesSpec,
     PromptSpec,
     RetrySpec,
     RouteSpec,
+    Schema,
     Section,
     SimulatorSpec,
+    ToolChoice,
+    ToolPayload,
     ToolSpec,
     check_api_base,
     closest_name,
@@ -104,7 +109,7 @@ class JobSpec(Section):
     api_key_env: str | None = None  # NAME of the environment variable holding the key
     id_field: str = Field("id", min_length=1)
     prompt: PromptSpec
-    params: dict[str, Any] = Field(default_factory=dict)  # passed to acompletion, keys checked at run time
+    params: Params = Field(default_factory=dict)  # passed to acompletion, keys checked at run time
     # [params] keys sent on purpose although litellm does not list them for the model (not checked)
     unchecked_params: list[str] = Field(default_factory=list)
     concurrency: int | Literal["auto"] = 16  # requests in flight at most; "auto": AIMD within min/max
@@ -116,7 +121,8 @@ class JobSpec(Section):
     engine: Literal["local", "ray"] = "local"  # "ray": the tickets run on Ray actors (docs/cluster.md)
     ray_address: str | None = Field(None, min_length=1)  # None: a local Ray for the run; "auto", "ray://HOST:10001"
     timeout_s: float = Field(60.0, gt=0)  # per attempt
-    retry: RetrySpec = Field(default_factory=RetrySpec)
+    # mypy (without pydantic's plugin) does not see Field(5, ...) as a default, so it thinks RetrySpec() needs arguments
+    retry: RetrySpec = Field(default_factory=RetrySpec)  # type: ignore[arg-type]
     prices: PricesSpec | None = None
     max_cost_usd: float | None = Field(None, gt=0)  # stop dispatching before spending more (all runs)
     fail_fast_after: int = Field(5, ge=1)  # this many 401/403/404 tickets in a row abort the run
@@ -129,14 +135,14 @@ class JobSpec(Section):
     on_truncated: Literal["keep", "fail"] = "keep"  # finish_reason "length": keep (flagged) or fail the ticket
     on_content_filter: Literal["keep", "fail"] = "fail"  # finish_reason "content_filter"
     labels: list[str] | None = Field(None, min_length=1, max_length=1000)  # the answer must be one of these
-    json_schema: dict[str, Any] | None = None  # the answer must be JSON valid against this schema
+    json_schema: Schema | None = None  # the answer must be JSON valid against this schema
     json_schema_file: Path | None = None  # ... or against the schema in this JSON file
     json_schema_strict: bool = True  # response_format's "strict" flag
     # send the schema as response_format: "auto" = when litellm says the model supports it
     send_json_schema: Literal["auto", "always", "never"] = "auto"
     tools: list[ToolSpec] | None = Field(None, min_length=1, max_length=128)  # the answer is a tool call
     # "auto", "none", "required" or {type = "function", function = {name = "..."}}
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: str | ToolChoice | None = None
     # re-asks after an answer fails the output check; they count within retry.max_attempts
     max_invalid_output_retries: int = Field(2, ge=0, le=20)
     # -- batch mode (docs/batch.md): the provider's Batch API, about half price, answers within 24 h
@@ -151,8 +157,8 @@ class JobSpec(Section):
     cache_url: str | None = Field(None, pattern=r"^rediss?://")  # Redis, shared by machines; default: on disk
     cache_dir: Path | None = None  # the disk cache; default: $BATCHRUN_CACHE_DIR or ~/.cache/batchrun/responses
 
-    _schema: dict[str, Any] | None = PrivateAttr(default=None)  # json_schema or the file's content
-    _tools_payload: list[dict[str, Any]] | None = PrivateAttr(default=None)
+    _schema: Schema | None = PrivateAttr(default=None)  # json_schema or the file's content
+    _tools_payload: list[ToolPayload] | None = PrivateAttr(default=None)
 
     @field_validator("input", "run_dir", "json_schema_file", "cache_dir")
     @classmethod
@@ -221,7 +227,7 @@ class JobSpec(Section):
 
     @field_validator("params")
     @classmethod
-    def _no_reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _no_reserved(cls, value: Params) -> Params:
         taken = sorted(RESERVED_PARAMS.intersection(value))
         if taken:
             hints = "; ".join(f"{name}: {_PARAM_HINTS[name]}" for name in taken if name in _PARAM_HINTS)
@@ -249,7 +255,7 @@ class JobSpec(Section):
 
     @field_validator("json_schema")
     @classmethod
-    def _valid_json_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _valid_json_schema(cls, value: Schema | None) -> Schema | None:
         if value is not None:
             from batchrun.job.answer_checks import compile_schema
 
@@ -267,7 +273,7 @@ class JobSpec(Section):
 
     @field_validator("tool_choice")
     @classmethod
-    def _tool_choice_shape(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+    def _tool_choice_shape(cls, value: str | ToolChoice | None) -> str | ToolChoice | None:
         if value is None:
             return value
         if isinstance(value, str):
@@ -285,7 +291,7 @@ class JobSpec(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _model_from_models(cls, data: Any) -> Any:
+    def _model_from_models(cls, data: object) -> object:
         if isinstance(data, dict) and not data.get("model") and data.get("models"):
             first = data["models"][0]
             if isinstance(first, Mapping) and first.get("model"):
@@ -385,12 +391,12 @@ class JobSpec(Section):
         return PromptTemplate(self.prompt.system) if self.prompt.system is not None else None
 
     @property
-    def output_schema(self) -> dict[str, Any] | None:
+    def output_schema(self) -> Schema | None:
         """The JSON schema answers must satisfy (from json_schema or json_schema_file), or None."""
         return self._schema
 
     @property
-    def tools_payload(self) -> list[dict[str, Any]] | None:
+    def tools_payload(self) -> list[ToolPayload] | None:
         """The `tools` list as sent to the provider (built once, when the job is validated)."""
         return self._tools_payload
 
@@ -402,7 +408,7 @@ class JobSpec(Section):
     def resolved_run_dir(self) -> Path:
         return self.run_dir if self.run_dir is not None else Path("runs") / self.name
 
-    def with_overrides(self, **changes: Any) -> "JobSpec":
+    def with_overrides(self, **changes: object) -> "JobSpec":
         """A copy with CLI overrides applied (None means: keep), re-validated."""
         data = self.model_dump()
         data.update({k: v for k, v in changes.items() if v is not None})
@@ -411,16 +417,16 @@ class JobSpec(Section):
         except ValidationError as exc:
             raise JobSpecError(describe_validation_error(exc, "command-line options")) from None
 
-    def fingerprint(self) -> dict[str, Any]:
+    def fingerprint(self) -> dict[str, object]:
         """What decides the answers: a resumed run must not mix two of these."""
-        fingerprint: dict[str, Any] = {
+        fingerprint: dict[str, object] = {
             "model": self.model,
             "prompt": self.prompt.model_dump(),
             "params": self.params,
             "id_field": self.id_field,
         }
         # Only when set, so a job without them keeps the fingerprint it always had.
-        output: dict[str, Any] = {}
+        output: dict[str, object] = {}
         if self.labels:
             output["labels"] = self.labels
         if self._schema is not None:
@@ -445,7 +451,7 @@ class JobSpec(Section):
     def model_entry(self, name: str) -> ModelSpec:
         return next(entry for entry in self.models if entry.name == name)
 
-    def route(self, fields: Mapping[str, Any]) -> tuple[str, str]:
+    def route(self, fields: Fields) -> tuple[str, str]:
         """(model name, rule label) for a ticket, by the first matching [[routes]] rule."""
         for route in self.routes:
             if route.matches(fields):
@@ -498,7 +504,7 @@ def cache_location(cache_url: str | None = None, cache_dir: Path | None = None) 
     return {"dir": str(cache_dir or default_cache_dir())}
 
 
-def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+def _section_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
     """The pydantic model that holds the last key of `loc` (JobSpec, RetrySpec, ModelSpec...)."""
     import types
     import typing

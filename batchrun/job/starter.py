@@ -130,6 +130,7 @@ def write_starter(name: str, directory: Path, *, model: str = "openai/gpt-4o-min
         except ValueError:
             input_text = str(input_path.resolve())
     else:
+        assert sample is not None  # no input given: a sample is written
         fields = ["subject", "body"]
         input_text = sample.name
     user = "\n\n".join(f"{field.capitalize()}: {{{field}}}" for field in fields)

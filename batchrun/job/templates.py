@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import re
 import string
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import orjson
 
-from batchrun.records import Ticket
+from batchrun.records import Fields, Ticket
 
 if TYPE_CHECKING:
     from batchrun.job.spec import JobSpec
@@ -53,24 +53,24 @@ class PromptTemplate:
         self.fields = tuple(dict.fromkeys(fields))
         self.paths = tuple(tuple(field.split(".")) for field in self.fields)
 
-    def missing_field(self, values: Mapping[str, Any]) -> str | None:
+    def missing_field(self, values: Fields) -> str | None:
         """The first placeholder `values` cannot fill, or None (cheaper than render)."""
         for path in self.paths:
-            value: Any = values
+            value: object = values
             for key in path:
                 if not (isinstance(value, dict) or isinstance(value, Mapping)) or key not in value:
                     return ".".join(path)
                 value = value[key]
         return None
 
-    def render(self, values: Mapping[str, Any]) -> str:
+    def render(self, values: Fields) -> str:
         """Fill the placeholders from `values`; raises MissingFieldError."""
         out: list[str] = []
         for literal, path in self._segments:
             if path is None:
                 out.append(literal)
                 continue
-            value: Any = values
+            value: object = values
             for key in path:
                 if not (isinstance(value, dict) or isinstance(value, Mapping)) or key not in value:
                     raise MissingFieldError(".".join(path))
@@ -79,7 +79,7 @@ class PromptTemplate:
         return "".join(out)
 
 
-def as_text(value: Any) -> str:
+def as_text(value: object) -> str:
     if isinstance(value, str):
         return value
     if value is None:

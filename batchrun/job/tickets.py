@@ -38,14 +38,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Container, Iterator, Sequence
+from typing import BinaryIO, Callable, Container, Iterable, Iterator, NotRequired, Sequence, TypedDict
 
 import orjson
 
 from batchrun.errors import TicketError
 from batchrun.job.input_formats import describe_row, input_format_of, iter_rows
 from batchrun.job.templates import PromptTemplate
-from batchrun.records import Ticket
+from batchrun.records import Fields, Ticket
 
 _BOM = b"\xef\xbb\xbf"
 MAX_LINE_BYTES = 1_000_000  # a line longer than this is rejected as bad input
@@ -56,6 +56,19 @@ MAX_ID_CHARS = 512  # a longer id is bad input (it names files, logs and checkpo
 class LineProblem:
     line: int
     reason: str
+
+
+class InputIndex(TypedDict):
+    """input.index.json (InputScan.to_index): what a resume needs to plan without parsing the input."""
+
+    version: int  # 1
+    key: str  # what else makes it valid besides the input's bytes (preparation.py)
+    sha256: str
+    size: int
+    problem_count: int
+    problems: list[tuple[int, str]]  # (line, reason) of the first problems kept (JSON arrays once read back)
+    ids: list[str | None]  # each line's id (None: a bad line)
+    unit: NotRequired[str]  # "line" or "row"; absent in older indexes ("line")
 
 
 @dataclass(slots=True)
@@ -91,12 +104,12 @@ class InputScan:
                 dispatch.extend(bytes(line_no + 1 - len(dispatch)))
             dispatch[line_no] = 1
 
-    def to_index(self, key: str) -> dict[str, Any]:
+    def to_index(self, key: str) -> InputIndex:
         """What a later resume needs to plan without parsing the input again."""
         assert self.ids is not None, "scan with keep_ids=True"
         return {"version": 1, "key": key, "sha256": self.sha256, "size": self.size,
                 "problem_count": self.problem_count,
-                "problems": [[p.line, p.reason] for p in self.problems], "ids": self.ids, "unit": self.unit}
+                "problems": [(p.line, p.reason) for p in self.problems], "ids": self.ids, "unit": self.unit}
 
     def describe_problems(self) -> str:
         if self.unit == "row":
@@ -110,7 +123,7 @@ class InputScan:
         return "\n".join(lines)
 
 
-def _missing_field(templates: Any, fields: Any) -> str | None:
+def _missing_field(templates: Iterable[PromptTemplate], fields: Fields) -> str | None:
     """The first field a prompt template uses that the ticket lacks, or None."""
     for template in templates:
         missing = template.missing_field(fields)
@@ -124,7 +137,7 @@ def _too_long(size: int, limit: int) -> ValueError:
 
 
 def _parse_line(raw: bytes | None, line_no: int, id_field: str, size: int = 0,
-                max_line_bytes: int | None = None) -> tuple[str, dict[str, Any]]:
+                max_line_bytes: int | None = None) -> tuple[str, Fields]:
     """The id and object of one line, or ValueError with the reason.
 
     `raw` is None for a line `_read_lines` found too long (`size` bytes)."""
@@ -313,7 +326,7 @@ def scan_input(
     return scan
 
 
-def _row_id(row: dict[str, Any], id_field: str) -> str:
+def _row_id(row: Fields, id_field: str) -> str:
     """The id of a CSV/TSV/Parquet row, or ValueError with the reason."""
     if id_field not in row:
         raise ValueError(f"missing id field {id_field!r}")
@@ -416,7 +429,7 @@ def file_digest(path: Path) -> tuple[str, int]:
 
 def scan_from_index(
     path: Path,
-    index: dict[str, Any],
+    index: InputIndex,
     *,
     max_problems: int | None = 20,
     done_ids: Container[str] = frozenset(),

@@ -41,16 +41,17 @@ import os
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping
+from types import ModuleType
+from typing import Awaitable, Mapping, TypeVar
 
 from batchrun.errors import ConfigurationError, RequestError
-from batchrun.job.sections import PricesSpec
+from batchrun.job.sections import Params, PricesSpec
 from batchrun.providers.batch_api import batch_prices_of
 from batchrun.providers.error_mapping import error_for_status, translate_error
 from batchrun.providers.litellm_setup import import_litellm
 from batchrun.providers.online import _tool_calls_of
-from batchrun.providers.seam import BatchClaim, BatchLine, BatchMatch, BatchPrices, ChatRequest, RequestOptions
-from batchrun.records import Completion, Usage
+from batchrun.providers.seam import BatchClaim, BatchLine, BatchMatch, BatchPrices, ChatRequest, Reply, RequestOptions
+from batchrun.records import Completion, Line, Usage
 
 __all__ = ["AnthropicBatchAPI", "INSTALL"]
 
@@ -64,9 +65,10 @@ ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "bill
                 "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
                 "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
 ENDED = {"in_progress": "in_progress", "canceling": "cancelling"}
+T = TypeVar("T")
 
 
-def import_sdk() -> Any:
+def import_sdk() -> ModuleType:
     """The `anthropic` SDK, or a ConfigurationError naming the install command."""
     try:
         import anthropic
@@ -77,7 +79,7 @@ def import_sdk() -> Any:
     return anthropic
 
 
-def _epoch(value: Any) -> float | None:
+def _epoch(value: object) -> float | None:
     if isinstance(value, datetime):
         return value.timestamp()
     if isinstance(value, str):
@@ -88,7 +90,7 @@ def _epoch(value: Any) -> float | None:
     return None
 
 
-def _count(value: Any) -> int | None:
+def _count(value: object) -> int | None:
     """A token count as the provider gave it: a non-negative int, else None (not believed)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         return None
@@ -118,7 +120,7 @@ class AnthropicBatchAPI:
         from litellm.llms.anthropic.chat.transformation import AnthropicConfig
 
         self._config = AnthropicConfig()
-        self._optional: dict[str, dict[str, Any]] = {}
+        self._optional: dict[str, Params] = {}
         self._sdk = sdk
         self._client = sdk.AsyncAnthropic(api_key=api_key, base_url=_sdk_base_url(api_base), max_retries=0,
                                           timeout=timeout_s)
@@ -147,9 +149,9 @@ class AnthropicBatchAPI:
         except Exception:
             return False
 
-    def _optional_params(self, options: RequestOptions | None, params: Mapping[str, Any]) -> dict[str, Any]:
+    def _optional_params(self, options: RequestOptions | None, params: Mapping[str, object]) -> Params:
         """litellm's optional params for this job's calls, once."""
-        kwargs: dict[str, Any] = dict(params)
+        kwargs: Params = dict(params)
         if options is not None:
             if options.json_schema is not None and self._sends_schema(options):
                 kwargs["response_format"] = {"type": "json_schema", "json_schema": {
@@ -171,17 +173,17 @@ class AnthropicBatchAPI:
             self._optional[key] = optional
         return self._optional[key]
 
-    def request_line(self, custom_id: str, request: ChatRequest, params: Mapping[str, Any]) -> dict[str, Any]:
+    def request_line(self, custom_id: str, request: ChatRequest, params: Mapping[str, object]) -> Line:
         """One request of a Message Batch: the body litellm would POST online for this call."""
         optional = self._optional_params(request.options, params)
-        messages: Any = copy.deepcopy(request.messages)  # litellm changes what it is given
+        messages: list = copy.deepcopy(request.messages)  # litellm changes what it is given
         body = self._config.transform_request(model=self.name, messages=messages,
                                               optional_params=copy.deepcopy(optional), litellm_params={}, headers={})
         return {"custom_id": custom_id, "params": body}
 
     # -- answers --------------------------------------------------------------------------------
 
-    def parse_line(self, line: Mapping[str, Any]) -> BatchLine:
+    def parse_line(self, line: Line) -> BatchLine:
         """A results line: {"custom_id", "result": {"type": succeeded|errored|canceled|expired, ...}}."""
         cid = line.get("custom_id")
         cid = cid if isinstance(cid, str) else None
@@ -205,13 +207,13 @@ class AnthropicBatchAPI:
         return BatchLine(cid, code="MalformedResult", kind="batch_error",
                          message=f"a results line whose result is not one Anthropic sends ({str(kind)[:50]})")
 
-    def completion_of(self, body: Mapping[str, Any], prices: BatchPrices | None) -> Completion:
+    def completion_of(self, body: Reply, prices: BatchPrices | None) -> Completion:
         """A succeeded result's message as litellm reads it online, priced at the batch price."""
         import httpx
 
         message = dict(copy.deepcopy(body))
         given = message.get("usage")
-        raw_usage: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
+        raw_usage: Mapping[str, object] = given if isinstance(given, Mapping) else {}
         tokens = {k: _count(raw_usage.get(k)) for k in ("input_tokens", "output_tokens")}
         caches = {k: _count(raw_usage.get(k, 0) or 0)
                   for k in ("cache_read_input_tokens", "cache_creation_input_tokens")}
@@ -253,10 +255,11 @@ class AnthropicBatchAPI:
 
     # -- batches --------------------------------------------------------------------------------
 
-    def _batch(self, batch: Any) -> dict[str, Any]:
+    def _batch(self, batch: object) -> Reply:
         """An Anthropic MessageBatch in the shape batch/ reads (OpenAI's: status, request_counts with
         total/completed/failed, output_file_id = the batch id once its results can be read)."""
-        data = batch.model_dump(mode="json") if hasattr(batch, "model_dump") else dict(batch)
+        dump = getattr(batch, "model_dump", None)  # the SDK's MessageBatch (a pydantic model), or a dict
+        data: Reply = dump(mode="json") if dump is not None else dict(batch) if isinstance(batch, Mapping) else {}
         counts = {k: int((data.get("request_counts") or {}).get(k) or 0)
                   for k in ("processing", "succeeded", "errored", "canceled", "expired")}
         cancelled = data.get("cancel_initiated_at") is not None
@@ -269,17 +272,17 @@ class AnthropicBatchAPI:
                 "output_file_id": data.get("id") if data.get("results_url") else None, "error_file_id": None,
                 "errors": None, "created_at": _epoch(data.get("created_at")), "cancel_initiated": cancelled}
 
-    async def _call(self, call: Any) -> Any:
+    async def _call(self, call: Awaitable[T]) -> T:
         try:
             return await call
         except Exception as exc:  # cancellation passes through
             raise translate_error(exc, self._secrets) from None
 
-    async def create_file(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+    async def create_file(self, path: str | os.PathLike[str]) -> Reply:
         raise NotImplementedError("Anthropic takes a batch's requests inline (inline_requests): nothing is uploaded")
 
     async def create_batch(self, part_file: str | os.PathLike[str], input_file_id: str | None,
-                           metadata: Mapping[str, str]) -> dict[str, Any]:
+                           metadata: Mapping[str, str]) -> Reply:
         """Create a Message Batch of the part's requests (its file's lines, sent as they are)."""
         lines = Path(part_file).read_bytes().strip(b"\n")
         body = b'{"requests":[' + lines.replace(b"\n", b",") + b"]}"
@@ -289,10 +292,10 @@ class AnthropicBatchAPI:
             options={"headers": {"Content-Type": "application/json"}, "timeout": self.timeout_s}))
         return self._batch(batch)
 
-    async def retrieve_batch(self, batch_id: str) -> dict[str, Any]:
+    async def retrieve_batch(self, batch_id: str) -> Reply:
         return self._batch(await self._call(self._client.messages.batches.retrieve(batch_id)))
 
-    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+    async def cancel_batch(self, batch_id: str) -> Reply:
         """Ask for a cancel; a batch that has ended already is a 409 (as OpenAI answers), whatever
         Anthropic answered."""
         try:
@@ -306,16 +309,16 @@ class AnthropicBatchAPI:
             raise error_for_status(409, f"batch {batch_id} has ended: nothing to cancel",
                                    error_type="BatchEnded") from None
 
-    async def list_batches(self, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+    async def list_batches(self, after: str | None = None, limit: int = 100) -> Reply:
         """One page of Message Batches, newest first."""
-        kwargs: dict[str, Any] = {"limit": limit}
+        kwargs: dict[str, int | str] = {"limit": limit}
         if after:
             kwargs["after_id"] = after
         page = await self._call(self._client.messages.batches.list(**kwargs))
         return {"data": [self._batch(b) for b in page.data], "has_more": bool(page.has_more),
                 "last_id": getattr(page, "last_id", None)}
 
-    def match_batch(self, batch: Mapping[str, Any], claim: BatchClaim) -> BatchMatch:
+    def match_batch(self, batch: Reply, claim: BatchClaim) -> BatchMatch:
         """A candidate: created between the part's first create (less the clock slack) and its last
         (plus the timeout and the slack), with the part's request count, not cancelled."""
         created = batch.get("created_at")

@@ -17,7 +17,7 @@ import os
 from typing import Any, Mapping
 
 from batchrun.errors import ConfigurationError, TerminalError
-from batchrun.job.sections import PricesSpec
+from batchrun.job.sections import Params, PricesSpec
 from batchrun.providers.error_mapping import (
     error_for_status,
     headers_of,
@@ -25,8 +25,8 @@ from batchrun.providers.error_mapping import (
     translate_error,
 )
 from batchrun.providers.litellm_setup import import_litellm
-from batchrun.providers.seam import BatchAPI, BatchClaim, BatchLine, BatchMatch, BatchPrices, ChatRequest
-from batchrun.records import Completion, ToolCall, Usage
+from batchrun.providers.seam import BatchAPI, BatchClaim, BatchLine, BatchMatch, BatchPrices, ChatRequest, Reply
+from batchrun.records import Completion, Line, ToolCall, Usage
 
 #: litellm 1.106's providers with a batch *create* (litellm.acreate_batch's custom_llm_provider).
 BATCH_PROVIDERS = frozenset({"openai", "azure", "vertex_ai", "bedrock", "hosted_vllm", "litellm_proxy", "mistral",
@@ -73,9 +73,9 @@ CHAT_ENDPOINT = "/v1/chat/completions"
 WINDOW = "24h"
 
 
-def _per_token(info: Mapping[str, Any], key: str, factor: float = 1.0) -> float | None:
+def _per_token(info: Mapping[str, object], key: str, factor: float = 1.0) -> float | None:
     value = info.get(key)
-    return None if value is None else float(value) * factor
+    return float(value) * factor if isinstance(value, (int, float)) else None
 
 
 def batch_prices_of(model: str, prices: PricesSpec | None) -> BatchPrices | None:
@@ -143,8 +143,8 @@ class LiteLLMBatchAPI:
     def can_list(self) -> bool:
         return self.provider in BATCH_LIST_PROVIDERS
 
-    def _kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = dict(custom_llm_provider=self.provider, max_retries=0, timeout=self.timeout_s,
+    def _kwargs(self) -> Params:
+        kwargs: Params = dict(custom_llm_provider=self.provider, max_retries=0, timeout=self.timeout_s,
                                       litellm_metadata={"batch_ignore_default_logging": True})
         if self.api_base:
             kwargs["api_base"] = self.api_base
@@ -152,7 +152,7 @@ class LiteLLMBatchAPI:
             kwargs["api_key"] = self._api_key
         return kwargs
 
-    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, name: str, *args: object, **kwargs: object) -> Any:  # litellm's answer
         try:
             return await getattr(self._litellm, name)(*args, **{**self._kwargs(), **kwargs})
         except Exception as exc:  # cancellation passes through
@@ -165,32 +165,32 @@ class LiteLLMBatchAPI:
             raise error from None
 
     @staticmethod
-    def _plain(obj: Any) -> dict[str, Any]:
+    def _plain(obj: Any) -> Reply:  # obj: litellm's answer (a pydantic model, or already a dict)
         if isinstance(obj, dict):
             return obj
         dump = getattr(obj, "model_dump", None)
         return dump() if dump is not None else dict(obj)
 
-    async def create_file(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+    async def create_file(self, path: str | os.PathLike[str]) -> Reply:
         """Upload a batch input file (the SDK streams it from the open handle)."""
         with open(path, "rb") as handle:
             return self._plain(await self._call("acreate_file", file=(os.path.basename(path), handle),
                                                 purpose="batch"))
 
     async def create_batch(self, part_file: str | os.PathLike[str], input_file_id: str | None,
-                           metadata: Mapping[str, str]) -> dict[str, Any]:
+                           metadata: Mapping[str, str]) -> Reply:
         """Create the batch of an uploaded input file, with batchrun's metadata (the part file itself
         was uploaded by create_file)."""
         return self._plain(await self._call("acreate_batch", completion_window=WINDOW, endpoint=CHAT_ENDPOINT,
                                             input_file_id=input_file_id, metadata=dict(metadata)))
 
-    async def retrieve_batch(self, batch_id: str) -> dict[str, Any]:
+    async def retrieve_batch(self, batch_id: str) -> Reply:
         return self._plain(await self._call("aretrieve_batch", batch_id=batch_id))
 
-    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+    async def cancel_batch(self, batch_id: str) -> Reply:
         return self._plain(await self._call("acancel_batch", batch_id=batch_id))
 
-    async def list_batches(self, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+    async def list_batches(self, after: str | None = None, limit: int = 100) -> Reply:
         """One page: {"data": [batch dicts], "has_more": bool, "last_id": ...}; metadata is NOT filtered
         by the provider (litellm accepts it and drops it): filter on the client."""
         page = await self._call("alist_batches", after=after, limit=limit)
@@ -229,7 +229,7 @@ class LiteLLMBatchAPI:
         """The batch price of this model (`batch_prices_of`)."""
         return batch_prices_of(self.model, self.prices)
 
-    def completion_of(self, body: Mapping[str, Any], prices: BatchPrices | None) -> Completion:
+    def completion_of(self, body: Reply, prices: BatchPrices | None) -> Completion:
         """A Completion from a batch output line's response body (a chat.completion object),
         priced at the batch price."""
         choice = (body.get("choices") or [None])[0]
@@ -255,7 +255,7 @@ class LiteLLMBatchAPI:
                           model=body.get("model"), usage=usage, cost_usd=cost, cost_status=status,
                           tool_calls=calls)
 
-    def match_batch(self, batch: Mapping[str, Any], claim: BatchClaim) -> BatchMatch:
+    def match_batch(self, batch: Reply, claim: BatchClaim) -> BatchMatch:
         """A listed batch is a part's when its metadata names the part (providers that list do not
         filter on metadata: litellm accepts the filter and drops it). A cancelled one is not adopted."""
         found = batch.get("metadata") or {}
@@ -266,7 +266,7 @@ class LiteLLMBatchAPI:
         """The ticket id itself (OpenAI's custom_id takes any string)."""
         return ticket_id
 
-    def parse_line(self, line: Mapping[str, Any]) -> BatchLine:
+    def parse_line(self, line: Line) -> BatchLine:
         """An OpenAI batch output or error line: {"custom_id", "response": {"status_code", "body"},
         "error"}; a line without a response (an expired request) has only "error"."""
         cid = line.get("custom_id")
@@ -281,7 +281,7 @@ class LiteLLMBatchAPI:
         status = response.get("status_code")
         body = response.get("body")
         if status == 200:
-            return BatchLine(cid, body=body if isinstance(body, Mapping) else {})
+            return BatchLine(cid, body=body if isinstance(body, dict) else {})
         error = body.get("error") if isinstance(body, Mapping) else None
         error = error if isinstance(error, Mapping) else {}
         status = status if isinstance(status, int) and not isinstance(status, bool) else None
@@ -289,13 +289,13 @@ class LiteLLMBatchAPI:
         return BatchLine(cid, status=status, code=None if code is None else str(code),
                          message=str(error.get("message") or f"HTTP {status}"))
 
-    def request_line(self, custom_id: str, request: ChatRequest, params: Mapping[str, Any]) -> dict[str, Any]:
+    def request_line(self, custom_id: str, request: ChatRequest, params: Mapping[str, object]) -> Line:
         """One batch input line (custom_id, method, url, body) for `request`."""
         return {"custom_id": custom_id, "method": "POST", "url": CHAT_ENDPOINT, "body": self.request_body(request, params)}
 
-    def request_body(self, request: ChatRequest, params: Mapping[str, Any]) -> dict[str, Any]:
+    def request_body(self, request: ChatRequest, params: Mapping[str, object]) -> dict[str, object]:
         """The body of one batch input line: what an online call of this request would send."""
-        body: dict[str, Any] = {"model": self.model.split("/", 1)[1] if "/" in self.model else self.model,
+        body: dict[str, object] = {"model": self.model.split("/", 1)[1] if "/" in self.model else self.model,
                                 "messages": request.messages, **params}
         options = request.options
         if options is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, TypedDict
 
 from batchrun.errors import (
     ConfigurationError,
@@ -24,6 +24,20 @@ _CACHE_CALLBACK_LISTS = ("input_callback", "success_callback", "_async_success_c
 CACHE_NAMESPACE = "batchrun"  # Redis keys are "batchrun:<hash>"
 
 
+class CachedAnswer(TypedDict):
+    """What ResponseCache stores of an accepted answer (JSON under "response"), version `v`."""
+
+    v: int
+    text: str
+    finish_reason: str | None
+    model: str | None
+    usage: dict[str, int] | None  # Usage.as_dict()
+    usage_source: str
+    cost_usd: float | None  # what it cost when it was obtained
+    cost_status: str
+    tool_calls: list[tuple[str, str, str | None]]  # (name, arguments, id); JSON arrays once read back
+
+
 class ResponseCache:
     """Accepted answers in litellm's cache layer (module docstring, "The response cache").
 
@@ -33,20 +47,25 @@ class ResponseCache:
     is logged and counts as a miss (the request is then sent and paid for)."""
 
     VERSION = 1  # of the stored payload
+    #: litellm's RedisCache or DiskCache: their clients (redis_client, disk_cache) are not on its BaseCache
+    backend: Any
 
     def __init__(self, location: Mapping[str, str]) -> None:
         litellm = import_litellm()
         from litellm.caching.caching import Cache
+        from litellm.types.caching import LiteLLMCacheType
 
         self.location = dict(location)
         before = {name: list(getattr(litellm, name, None) or []) for name in _CACHE_CALLBACK_LISTS}
         try:
             if location.get("url"):
-                self._cache = Cache(type="redis", url=location["url"], namespace=CACHE_NAMESPACE)
+                self._cache = Cache(type=LiteLLMCacheType.REDIS, url=location["url"], namespace=CACHE_NAMESPACE)
+                self.backend = self._cache.cache
                 self._ping()
             else:
                 os.makedirs(location["dir"], exist_ok=True)
-                self._cache = Cache(type="disk", disk_cache_dir=location["dir"])
+                self._cache = Cache(type=LiteLLMCacheType.DISK, disk_cache_dir=location["dir"])
+                self.backend = self._cache.cache
         except ModuleNotFoundError as exc:
             extra = "redis" if location.get("url") else "cache"
             raise ConfigurationError(f"the response cache needs {exc.name or 'a module'}: "
@@ -59,18 +78,17 @@ class ResponseCache:
                 current = getattr(litellm, name, None)
                 if isinstance(current, list):
                     current[:] = kept
-        self.backend = self._cache.cache
 
     def _ping(self) -> None:
         from batchrun.errors import redact_url
 
         try:
-            self._cache.cache.redis_client.ping()
+            self.backend.redis_client.ping()
         except Exception as exc:
             raise ConfigurationError(f"the response cache at {redact_url(self.location['url'])} does not "
                                      f"answer: {type(exc).__name__}: {redact_secrets(str(exc), ())}") from None
 
-    def key(self, call: Mapping[str, Any], api_base: str | None) -> str:
+    def key(self, call: Mapping[str, object], api_base: str | None) -> str:
         """litellm's cache key of the request as sent, hashed with the endpoint (the location's
         "endpoint" when set: "simulator" for the embedded simulator, whose port changes)."""
         import hashlib
@@ -99,12 +117,12 @@ class ResponseCache:
     async def put(self, key: str, completion: Completion) -> None:
         import orjson
 
-        payload = {
+        payload: CachedAnswer = {
             "v": self.VERSION, "text": completion.text, "finish_reason": completion.finish_reason,
             "model": completion.model, "usage": completion.usage.as_dict() if completion.usage else None,
             "usage_source": completion.usage_source, "cost_usd": completion.cost_usd,
             "cost_status": completion.cost_status,
-            "tool_calls": [[call.name, call.arguments, call.id] for call in completion.tool_calls],
+            "tool_calls": [(call.name, call.arguments, call.id) for call in completion.tool_calls],
         }
         try:
             await self.backend.async_set_cache(key, {"timestamp": time.time(),
@@ -147,9 +165,10 @@ def log_cache_failure(what: str, exc: Exception) -> None:
                                           type(exc).__name__, redact_secrets(str(exc), ()))
 
 
-def completion_from_cache(value: Mapping[str, Any]) -> Completion:
-    """A stored payload as a cache hit: cost 0 now, what it cost then in cost_saved_usd."""
-    if value.get("v") != ResponseCache.VERSION:
+def completion_from_cache(value: object) -> Completion:
+    """A stored payload (CachedAnswer) as a cache hit: cost 0 now, what it cost then in cost_saved_usd;
+    ValueError (or another exception) for anything else."""
+    if not isinstance(value, Mapping) or value.get("v") != ResponseCache.VERSION:
         raise ValueError("not a batchrun cache payload")
     usage = value.get("usage")
     return Completion(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import email.utils
 import sys
 import time
-from typing import Mapping, Sequence
+from typing import Mapping
 
 from batchrun.errors import (
     RateLimitedError,
@@ -86,7 +86,7 @@ def error_for_status(status: int | None, message: str, *, code: object = None, e
     return TerminalError(message, kind=kind, status_code=status, error_type=error_type)
 
 
-def translate_error(exc: BaseException, secrets: Sequence[str] = ()) -> RequestError:
+def translate_error(exc: BaseException, secrets: tuple[str, ...] | list[str] = ()) -> RequestError:
     """Map any exception from a provider call onto batchrun's RequestError tree."""
     if isinstance(exc, RequestError):
         return exc

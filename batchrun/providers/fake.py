@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from batchrun.providers.seam import ChatRequest
 from batchrun.records import Completion
@@ -45,3 +45,9 @@ class ScriptedProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+if TYPE_CHECKING:  # mypy checks that the fake keeps to the seam (nothing runs here)
+    from batchrun.providers.seam import Provider
+
+    _: type[Provider] = ScriptedProvider

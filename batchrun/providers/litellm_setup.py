@@ -17,7 +17,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, MutableMapping, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Mapping, MutableMapping, Sequence
 
 from batchrun.errors import (
     JobSpecError,
@@ -27,7 +28,11 @@ from batchrun.providers.tuning import (
     OPENAI_HTTP_HANDLER_ENV,
 )
 
-_litellm: Any = None
+if TYPE_CHECKING:
+    from batchrun.job.sections import ToolPayload
+    from batchrun.job.spec import JobSpec
+
+_litellm: ModuleType | None = None
 
 
 def size_connection_pool(env: MutableMapping[str, str], max_connections: int | None) -> None:
@@ -38,7 +43,7 @@ def size_connection_pool(env: MutableMapping[str, str], max_connections: int | N
             env[name] = str(max(int(env.get(name) or default), max_connections))
 
 
-def import_litellm(max_connections: int | None = None) -> Any:
+def import_litellm(max_connections: int | None = None) -> ModuleType:
     """Import and configure litellm once (slow: seconds; docs/internals.md).
 
     `max_connections`: litellm's aiohttp pool allows 500 connections per host
@@ -63,7 +68,7 @@ def import_litellm(max_connections: int | None = None) -> Any:
     return _litellm
 
 
-def loaded_litellm() -> Any:
+def loaded_litellm() -> ModuleType | None:
     """litellm if `import_litellm` has run in this process, else None (without importing it)."""
     return _litellm
 
@@ -101,7 +106,7 @@ def check_model(model: str, api_base: str | None = None, where: str = "model") -
         "openai/<its model name> with api_base); nothing was sent")
 
 
-def check_models(job: Any) -> None:
+def check_models(job: JobSpec) -> None:
     """`check_model` for the job's model and every [[models]] entry (compare, route, fallbacks)."""
     check_model(job.model, job.api_base)
     for index, entry in enumerate(job.models):
@@ -141,7 +146,7 @@ PROVIDER_PARAMS: dict[str, frozenset[str]] = {
 }
 
 
-def unknown_params(model: str, params: Mapping[str, Any]) -> dict[str, str | None] | None:
+def unknown_params(model: str, params: Mapping[str, object]) -> dict[str, str | None] | None:
     """The keys of `params` litellm does not list for `model` (get_supported_openai_params)
     and that are neither litellm options nor PROVIDER_PARAMS of the model's provider, each
     mapped to the nearest known key (or None). None when litellm does not know the model's
@@ -180,7 +185,7 @@ def preload(max_connections: int | None = None) -> None:
     import_litellm(max_connections)
 
 
-def estimate_tokens(model: str, messages: Sequence[Mapping[str, Any]], tools: Any = None) -> int:
+def estimate_tokens(model: str, messages: Sequence[Mapping[str, str]], tools: Sequence[ToolPayload] | None = None) -> int:
     """Prompt tokens of `messages` (and `tools`) for `model` by litellm's token counter; about
     four characters a token when litellm cannot load the model's tokenizer."""
     try:

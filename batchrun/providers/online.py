@@ -10,20 +10,24 @@ attempt and written after an accepted answer. The rules and why: docs/internals.
 ("litellm: the rules").
 
     LiteLLMProvider    the Provider (seam.py) on litellm
-    build_providers    one LiteLLMProvider per model key, from plain arguments
+    ProviderArgs       its arguments as plain data (they cross to worker processes and Ray actors)
+    build_providers    one LiteLLMProvider per model key, from ProviderArgs
+
+litellm's responses, stream wrappers and chunks are left untyped: they are litellm's objects, read
+with getattr and checked where used.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Required, Sequence, TypedDict
 
 from batchrun.errors import (
     RequestError,
     RetryableError,
 )
-from batchrun.job.sections import PricesSpec
+from batchrun.job.sections import Params, PricesSpec
 from batchrun.providers import tuning
 from batchrun.providers.cache import ResponseCache
 from batchrun.providers.error_mapping import translate_error
@@ -35,6 +39,19 @@ from batchrun.providers.tuning import (
 from batchrun.records import Completion, ToolCall, Usage
 
 TICKET_HEADER = "X-Batchrun-Ticket-Id"
+
+
+class ProviderArgs(TypedDict, total=False):
+    """LiteLLMProvider's arguments for one model key as plain data (launcher.provider_targets
+    builds them; a missing one is the provider's default)."""
+
+    model: Required[str]
+    api_base: str | None
+    api_key: str | None
+    params: Params
+    prices: dict[str, float | None] | None  # PricesSpec.model_dump()
+    max_connections: int | None
+    cache: dict[str, str] | None  # the response cache's location (JobSpec.cache_settings)
 
 
 def _usage_of(response: Any) -> Usage | None:
@@ -157,7 +174,7 @@ class LiteLLMProvider:
         model: str,
         api_base: str | None = None,
         api_key: str | None = None,
-        params: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,  # the job's [params]: as litellm takes them
         prices: PricesSpec | None = None,
         max_connections: int | None = None,
         cache: Mapping[str, str] | None = None,
@@ -181,7 +198,7 @@ class LiteLLMProvider:
         except Exception:  # litellm cannot tell: keep its default (a thread)
             return None
 
-    async def _acompletion(self, request: ChatRequest, kwargs: dict[str, Any]) -> Any:
+    async def _acompletion(self, request: ChatRequest, kwargs: Params) -> Any:  # litellm's response or stream
         """litellm.acompletion under batchrun's rules (module docstring): no retries, the
         request's timeout and ticket header, the preparation inline when `inline_prep`."""
         call = dict(model=self.model, messages=request.messages, timeout=request.timeout_s, num_retries=0,
@@ -216,7 +233,7 @@ class LiteLLMProvider:
             await self.response_cache.put(self._cache_key(request), completion)
 
     def _cache_key(self, request: ChatRequest) -> str:
-        call: dict[str, Any] = {"model": self.model, "messages": request.messages, **self.params}
+        call: Params = {"model": self.model, "messages": request.messages, **self.params}
         if request.options is not None:
             self._add_options(call, request.options)
             call.pop("_skip_mcp_handler", None)
@@ -224,7 +241,7 @@ class LiteLLMProvider:
         return self.response_cache.key(call, self.api_base)
 
     async def complete(self, request: ChatRequest) -> Completion:
-        kwargs: dict[str, Any] = dict(self.params)
+        kwargs: Params = dict(self.params)
         if self.api_base:
             kwargs["api_base"] = self.api_base
         if self._api_key:
@@ -256,7 +273,7 @@ class LiteLLMProvider:
                 self._schema_support = False
         return self._schema_support
 
-    def _add_options(self, kwargs: dict[str, Any], options: RequestOptions) -> None:
+    def _add_options(self, kwargs: Params, options: RequestOptions) -> None:
         if options.json_schema is not None and self._sends_schema(options):
             kwargs["response_format"] = {
                 "type": "json_schema",
@@ -269,7 +286,7 @@ class LiteLLMProvider:
                 kwargs["tool_choice"] = options.tool_choice
             kwargs["_skip_mcp_handler"] = True  # see the module docstring
 
-    async def _complete_stream(self, request: ChatRequest, kwargs: dict[str, Any]) -> Completion:
+    async def _complete_stream(self, request: ChatRequest, kwargs: Params) -> Completion:
         t0 = time.monotonic()
         try:
             stream = await self._acompletion(
@@ -327,6 +344,7 @@ class LiteLLMProvider:
         if usage is None:
             usage, source = self._estimate_usage(request, text, tool_calls), "estimated"
         hidden = getattr(built, "_hidden_params", None) or {}
+        cost: float | None
         if self.prices is not None:
             cost, status = _job_price(usage, self.prices), "job_prices"
         elif source == "provider" and hidden.get("response_cost") is not None:
@@ -404,11 +422,14 @@ class LiteLLMProvider:
             await self.response_cache.aclose()
 
 
-def build_providers(provider_kwargs: Mapping[str, Mapping[str, Any]]) -> dict[str, Provider]:
-    """One LiteLLMProvider per model key from `provider_kwargs` (prices as a dict or None)."""
-    from batchrun.job.sections import PricesSpec
-    from batchrun.providers.online import LiteLLMProvider
+def build_provider(args: ProviderArgs) -> LiteLLMProvider:
+    """A LiteLLMProvider from its arguments as plain data (prices as a dict or None)."""
+    prices = args.get("prices")
+    return LiteLLMProvider(model=args["model"], api_base=args.get("api_base"), api_key=args.get("api_key"),
+                           params=args.get("params"), prices=PricesSpec.model_validate(prices) if prices else None,
+                           max_connections=args.get("max_connections"), cache=args.get("cache"))
 
-    return {key: LiteLLMProvider(**{**kwargs, "prices": PricesSpec.model_validate(kwargs["prices"])
-                                    if kwargs.get("prices") else None})
-            for key, kwargs in provider_kwargs.items()}
+
+def build_providers(provider_kwargs: Mapping[str, ProviderArgs]) -> dict[str, Provider]:
+    """One LiteLLMProvider per model key from `provider_kwargs` (prices as a dict or None)."""
+    return {key: build_provider(kwargs) for key, kwargs in provider_kwargs.items()}

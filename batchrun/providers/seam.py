@@ -11,6 +11,7 @@
     BatchPrices      USD per token for batch requests, and the cost_status lines carry
     BatchClaim       what a part knows of a batch its lost create may have made (to find it)
     BatchLine        one line of a batch's output, as the BatchAPI that knows its shape reads it
+    Reply            a Batch API's answer as a plain dict in OpenAI's shape
 """
 
 from __future__ import annotations
@@ -19,8 +20,15 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Protocol
 
+from batchrun.job.sections import Schema, ToolChoice, ToolPayload
 from batchrun.job.spec import JobSpec
-from batchrun.records import Completion, Usage
+from batchrun.records import Completion, Line, Usage
+
+#: What a provider's Batch API answers, as a plain dict in OpenAI's shape: a file object, a batch
+#: (id, status, request_counts, output_file_id, error_file_id, metadata, errors), a page of batches
+#: (data, has_more, last_id), or the response body of an output line (a chat.completion). JSON from
+#: the provider: readers check the values they use.
+Reply = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,12 +36,12 @@ class RequestOptions:
     """How a job's requests ask and receive, beyond the messages (see module docstring)."""
 
     stream: bool = False
-    json_schema: Mapping[str, Any] | None = None  # the schema answers must satisfy
+    json_schema: Schema | None = None  # the schema answers must satisfy
     json_schema_name: str = "answer"
     json_schema_strict: bool = True
     send_json_schema: str = "auto"  # "auto", "always" or "never"
-    tools: list[dict[str, Any]] | None = None  # OpenAI function tools, as sent
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ToolPayload] | None = None  # OpenAI function tools, as sent
+    tool_choice: str | ToolChoice | None = None
 
     @classmethod
     def for_job(cls, job: JobSpec) -> "RequestOptions | None":
@@ -116,7 +124,7 @@ class BatchLine:
     """One line of a batch's output (or error) file, read by the BatchAPI that knows its shape."""
 
     custom_id: str | None
-    body: Mapping[str, Any] | None = None  # an answer: what completion_of reads
+    body: Reply | None = None  # an answer: what completion_of reads
     status: int | None = None  # a request answered with an HTTP error: its status, ...
     code: str | None = None  # ... the provider's error code or type, ...
     message: str | None = None  # ... and its message
@@ -150,29 +158,29 @@ class BatchAPI(Protocol):
         """The custom_id a ticket's request carries (the ticket id where the provider accepts it)."""
         ...
 
-    def request_line(self, custom_id: str, request: ChatRequest, params: Mapping[str, Any]) -> dict[str, Any]:
+    def request_line(self, custom_id: str, request: ChatRequest, params: Mapping[str, object]) -> Line:
         """One line of a part's input file: what an online call of this request would send."""
         ...
 
-    async def create_file(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+    async def create_file(self, path: str | os.PathLike[str]) -> Reply:
         """Upload a part's input file (only where not inline_requests)."""
         ...
 
     async def create_batch(self, part_file: str | os.PathLike[str], input_file_id: str | None,
-                           metadata: Mapping[str, str]) -> dict[str, Any]:
+                           metadata: Mapping[str, str]) -> Reply:
         """Create one batch of a part (its uploaded file, or its requests read from part_file);
         never retried blindly (a lost answer is looked for with list_batches)."""
         ...
 
-    async def retrieve_batch(self, batch_id: str) -> dict[str, Any]: ...
+    async def retrieve_batch(self, batch_id: str) -> Reply: ...
 
-    async def cancel_batch(self, batch_id: str) -> dict[str, Any]: ...
+    async def cancel_batch(self, batch_id: str) -> Reply: ...
 
-    async def list_batches(self, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+    async def list_batches(self, after: str | None = None, limit: int = 100) -> Reply:
         """One page of batches, newest first: {"data": [...], "has_more": bool}."""
         ...
 
-    def match_batch(self, batch: Mapping[str, Any], claim: BatchClaim) -> BatchMatch:
+    def match_batch(self, batch: Reply, claim: BatchClaim) -> BatchMatch:
         """What a listed batch is to the part that made `claim` (BatchMatch)."""
         ...
 
@@ -180,13 +188,13 @@ class BatchAPI(Protocol):
         """Stream a file's content into `dest` (replaced atomically); its size."""
         ...
 
-    def parse_line(self, line: Mapping[str, Any]) -> BatchLine:
+    def parse_line(self, line: Line) -> BatchLine:
         """One line of a downloaded output or error file."""
         ...
 
     def batch_prices(self) -> BatchPrices | None: ...
 
-    def completion_of(self, body: Mapping[str, Any], prices: BatchPrices | None) -> Completion:
+    def completion_of(self, body: Reply, prices: BatchPrices | None) -> Completion:
         """A Completion from an answer's body (BatchLine.body), priced at the batch price."""
         ...
 

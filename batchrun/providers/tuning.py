@@ -75,7 +75,14 @@ import functools
 import os
 import sys
 import weakref
-from typing import Any, Callable
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Mapping, ParamSpec, TypeVar
+
+if TYPE_CHECKING:
+    import httpx
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 #: litellm's switch that sends OpenAI chat calls through its own HTTP handler.
 OPENAI_HTTP_HANDLER_ENV = "EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER"
@@ -92,7 +99,7 @@ _LOOPS_WITH_INLINE_PREP: "weakref.WeakSet[asyncio.AbstractEventLoop]" = weakref.
 CALL_KIND: contextvars.ContextVar[str | None] = contextvars.ContextVar("batchrun_call_kind", default=None)
 
 
-def _success_logging_needed(litellm: Any, logging_obj: Any) -> bool:
+def _success_logging_needed(litellm: ModuleType, logging_obj: object) -> bool:
     """Would litellm's success logging of this call reach anything: a callback registered
     globally (any of litellm's lists) or on the call's logging object, or litellm's own
     budget (`litellm.max_budget`, whose accounting lives in that logging)?"""
@@ -105,7 +112,8 @@ def _success_logging_needed(litellm: Any, logging_obj: Any) -> bool:
                for name in ("dynamic_success_callbacks", "dynamic_async_success_callbacks"))
 
 
-def _wrap_litellm_function(module: str, name: str, marker: str, wrap: Callable[[Any], Any]) -> bool:
+def _wrap_litellm_function(module: str, name: str, marker: str,
+                           wrap: Callable[[Any], Callable[..., object]]) -> bool:  # wrap(litellm's function)
     """Replace `module.name` (a litellm internal, pinned litellm 1.106.0) by `wrap(original)`,
     marked with `marker` so it is wrapped once. False when litellm has no such function:
     then litellm keeps its own behaviour."""
@@ -120,12 +128,12 @@ def _wrap_litellm_function(module: str, name: str, marker: str, wrap: Callable[[
     return True
 
 
-def _install_quiet_success_logging(litellm: Any) -> bool:
+def _install_quiet_success_logging(litellm: ModuleType) -> bool:
     """Skip litellm's asynchronous success logging of batchrun's plain calls when no
     callback would receive it (module docstring). True when installed."""
 
-    def wrap(schedule: Any) -> Any:
-        def schedule_unless_quiet(logging_obj: Any, *args: Any, **kwargs: Any) -> None:
+    def wrap(schedule: Callable[..., object]) -> Callable[..., object]:
+        def schedule_unless_quiet(logging_obj: object, *args: object, **kwargs: object) -> object:
             if CALL_KIND.get() == "plain" and not _success_logging_needed(litellm, logging_obj):
                 return None
             return schedule(logging_obj, *args, **kwargs)
@@ -138,14 +146,15 @@ def _install_quiet_success_logging(litellm: Any) -> bool:
 MODEL_MODE_CACHE_SIZE = 64
 
 
-def _install_model_mode_cache(litellm: Any) -> bool:
+def _install_model_mode_cache(litellm: ModuleType) -> bool:
     """Look a model up in litellm's model list once per (model, provider) during batchrun's
     calls, not twice per call (module docstring). True when installed."""
 
-    def wrap(lookup: Any) -> Any:
-        found: dict[tuple[str, str | None, int], dict[str, Any]] = {}
+    def wrap(lookup: Callable[..., Mapping[str, object]]) -> Callable[..., Mapping[str, object]]:
+        found: dict[tuple[str, str | None, int], dict[str, object]] = {}
 
-        def cached_lookup(model: str, custom_llm_provider: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        def cached_lookup(model: str, custom_llm_provider: str | None = None, *args: object,
+                          **kwargs: object) -> Mapping[str, object]:
             if CALL_KIND.get() is None or args or kwargs:  # not batchrun's call, or asked with more
                 return lookup(model, custom_llm_provider, *args, **kwargs)
             key = (model, custom_llm_provider, len(litellm.model_cost))  # a registered model starts afresh
@@ -161,7 +170,7 @@ def _install_model_mode_cache(litellm: Any) -> bool:
     return _wrap_litellm_function("litellm.main", "get_model_info_helper", "batchrun_cached", wrap)
 
 
-def _install_no_hidden_resend(litellm: Any) -> bool:
+def _install_no_hidden_resend(litellm: ModuleType) -> bool:
     """Stop litellm's HTTP handler from sending batchrun's request a second time after a
     failed connection (module docstring). True when installed."""
     import httpx  # litellm's dependency
@@ -170,25 +179,25 @@ def _install_no_hidden_resend(litellm: Any) -> bool:
     module = sys.modules.get("litellm.llms.custom_httpx.http_handler")
     handler = getattr(module, "AsyncHTTPHandler", None)
     original = getattr(handler, "single_connection_post_request", None)
-    if original is None:
+    if handler is None or original is None:
         return False
     if getattr(original, "batchrun_no_resend", False):
         return True
 
     @functools.wraps(original)
-    async def single_connection_post_request(self: Any, *args: Any, **kwargs: Any) -> Any:
+    async def single_connection_post_request(self: object, *args: object, **kwargs: object) -> httpx.Response:
         if CALL_KIND.get() is not None:
             handled = sys.exception()  # what post()'s except clause caught (3.11+)
             if isinstance(handled, resent_on):
                 raise handled
         return await original(self, *args, **kwargs)
 
-    single_connection_post_request.batchrun_no_resend = True  # type: ignore[attr-defined]
+    setattr(single_connection_post_request, "batchrun_no_resend", True)  # the marker, as _wrap_litellm_function sets it
     handler.single_connection_post_request = single_connection_post_request
     return True
 
 
-def _is_litellm_prep(fn: Any) -> bool:
+def _is_litellm_prep(fn: object) -> bool:
     """Is `fn` what litellm's acompletion submits: partial(Context.run, partial(litellm.main.completion, ...))?"""
     if not isinstance(fn, functools.partial) or not fn.args:
         return False
@@ -209,12 +218,12 @@ class InlinePrepExecutor(concurrent.futures.ThreadPoolExecutor):
         super().__init__(*args, **kwargs)
         self.inline_calls = 0  # litellm preparations run inline so far
 
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> concurrent.futures.Future[_T]:
         transport = INLINE_PREP.get()
         if transport is None or not _is_litellm_prep(fn):
             return super().submit(fn, *args, **kwargs)
         self.inline_calls += 1
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
         # litellm reads its transport switch while preparing; on the loop thread nothing else runs meanwhile
         switch = _USER_TRANSPORT is None
         if switch:
@@ -251,7 +260,7 @@ def user_transport() -> str | None:
     return _USER_TRANSPORT
 
 
-def install(litellm: Any) -> None:
+def install(litellm: ModuleType) -> None:
     """Install the wrappers of litellm's internals (each once; a missing target is skipped)."""
     _install_quiet_success_logging(litellm)
     _install_model_mode_cache(litellm)

@@ -53,7 +53,7 @@ import fcntl
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator, Protocol, TextIO, cast
 
 import aiofiles
 import anyio
@@ -61,7 +61,7 @@ import orjson
 
 from batchrun.errors import CheckpointError, RunLockedError, RunMismatchError
 from batchrun.records import Outcome
-from batchrun.rundir.journal import compact_inflight, open_inflight
+from batchrun.rundir.journal import OpenEntry, compact_inflight, open_inflight
 from batchrun.rundir.layout import (
     ERRORS,
     INPUT_INDEX,
@@ -74,18 +74,34 @@ from batchrun.rundir.layout import (
 )
 from batchrun.rundir.lines import parse_line, scan_jsonl
 
+if TYPE_CHECKING:
+    from batchrun.job.tickets import InputIndex, LineProblem
 
-def read_input_index(run_dir: Path) -> dict[str, Any] | None:
+
+class _AppendFile(Protocol):
+    """What CheckpointWriter uses of an unbuffered binary file aiofiles opened (aiofiles ships no
+    type information)."""
+
+    async def write(self, data: bytes | memoryview) -> int: ...
+
+    def fileno(self) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+def read_input_index(run_dir: Path) -> InputIndex | None:
     """The saved input index (tickets.InputScan.to_index), or None if absent or unreadable."""
     try:
         with open(open_no_follow(Path(run_dir) / INPUT_INDEX, os.O_RDONLY), "rb") as handle:
             index = orjson.loads(handle.read())
     except (OSError, CheckpointError, orjson.JSONDecodeError):
         return None
-    return index if isinstance(index, dict) and index.get("version") == 1 else None
+    if not isinstance(index, dict) or index.get("version") != 1:
+        return None
+    return cast("InputIndex", index)  # version 1: the shape InputScan.to_index writes
 
 
-def write_input_index(run_dir: Path, index: dict[str, Any]) -> None:
+def write_input_index(run_dir: Path, index: InputIndex) -> None:
     """Save the input index atomically; a failure only costs the next resume a full scan."""
     with contextlib.suppress(CheckpointError):
         write_atomic(Path(run_dir) / INPUT_INDEX, orjson.dumps(index), what="the input index")
@@ -101,8 +117,8 @@ class Checkpoint:
     repaired: list[str]  # human notes about torn lines that were cut off
     spent_usd: float = 0.0  # cost of the results already on disk
     # journal entries left open by earlier runs: id -> {"attempt", "run"} (may be billed twice)
-    maybe_billed: dict[str, dict[str, Any]] = field(default_factory=dict)
-    _lock_handle: Any = None
+    maybe_billed: dict[str, OpenEntry] = field(default_factory=dict)
+    _lock_handle: TextIO | None = None
 
     def release(self) -> None:
         if self._lock_handle is not None:
@@ -113,7 +129,7 @@ class Checkpoint:
                 self._lock_handle = None
 
 
-def _acquire_lock(run_dir: Path) -> Any:
+def _acquire_lock(run_dir: Path) -> TextIO:
     path = run_dir / LOCK
     handle = open(open_no_follow(path, os.O_RDWR | os.O_CREAT | os.O_APPEND), "a+")
     try:
@@ -250,7 +266,7 @@ def _has_data(path: Path) -> bool:
         return False
 
 
-async def _write_all(handle: Any, blob: bytes) -> None:
+async def _write_all(handle: _AppendFile, blob: bytes) -> None:
     """An unbuffered write may be partial: write until every byte is out."""
     view = memoryview(blob)
     while view:
@@ -272,12 +288,12 @@ class CheckpointWriter:
     A ticket already in results.jsonl is never written there again.
     """
 
-    def __init__(self, run_dir: Path, done_ids: set[str], maybe_billed: Any = ()) -> None:
+    def __init__(self, run_dir: Path, done_ids: set[str], maybe_billed: Iterable[str] = ()) -> None:
         self.run_dir = Path(run_dir)
         self._done = done_ids
         self._maybe_billed = set(maybe_billed)  # ids whose line says maybe_billed_before: true
-        self._results: Any = None
-        self._errors: Any = None
+        self._results: _AppendFile | None = None
+        self._errors: _AppendFile | None = None
 
     def mark_maybe_billed(self, ticket_id: str) -> None:
         """The ticket's next line says maybe_billed_before: true (a request for it may have been paid for)."""
@@ -311,6 +327,7 @@ class CheckpointWriter:
         for name, handle, lines in ((RESULTS, self._results, ok_lines), (ERRORS, self._errors, err_lines)):
             if not lines:
                 continue
+            assert handle is not None, "open() first"
             try:
                 await _write_all(handle, b"".join(lines))
             except OSError as exc:
@@ -337,7 +354,7 @@ class CheckpointWriter:
             self._results = self._errors = None
 
 
-def write_rejects(run_dir: Path, input_path: Path, problems: list[Any]) -> Path:
+def write_rejects(run_dir: Path, input_path: Path, problems: Iterable[LineProblem]) -> Path:
     """Write rejects.jsonl (one line per bad input line) atomically."""
     final = Path(run_dir) / REJECTS
     write_atomic(final, (orjson.dumps({"file": str(input_path), "line": p.line, "reason": p.reason}) + b"\n"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import AbstractSet, Mapping, TypedDict
 
 import orjson
 
@@ -22,7 +22,14 @@ from batchrun.rundir.layout import ERRORS, INFLIGHT, open_no_follow, write_atomi
 from batchrun.rundir.lines import load_done_ids, parse_line
 
 
-def open_inflight(run_dir: Path, done_ids: set[str] | None = None) -> dict[str, dict[str, Any]]:
+class OpenEntry(TypedDict):
+    """A journal entry no outcome line has cleared: the last attempt noted for a ticket, and its run."""
+
+    attempt: int
+    run: int
+
+
+def open_inflight(run_dir: Path, done_ids: AbstractSet[str] | None = None) -> dict[str, OpenEntry]:
     """Journal entries no outcome line has cleared: id -> {"attempt", "run"} (read only).
 
     An entry of run r is cleared by a results line (a done ticket is never
@@ -34,7 +41,7 @@ def open_inflight(run_dir: Path, done_ids: set[str] | None = None) -> dict[str, 
     if not path.exists() and not path.is_symlink():
         return {}
     done = load_done_ids(run_dir) if done_ids is None else done_ids
-    latest: dict[str, dict[str, Any]] = {}
+    latest: dict[str, OpenEntry] = {}
     try:
         with open(open_no_follow(path, os.O_RDONLY), "rb") as handle:
             for raw in handle:
@@ -45,7 +52,7 @@ def open_inflight(run_dir: Path, done_ids: set[str] | None = None) -> dict[str, 
                     ticket_id = str(entry["id"])
                     if ticket_id in done:  # a done ticket is never sent again: cleared
                         continue
-                    noted = {"attempt": int(entry.get("attempt") or 1), "run": int(entry["run"])}
+                    noted: OpenEntry = {"attempt": int(entry.get("attempt") or 1), "run": int(entry["run"])}
                     if entry.get("unsent"):  # that very request was never sent: cleared
                         if latest.get(ticket_id) == noted:
                             del latest[ticket_id]
@@ -69,7 +76,7 @@ def open_inflight(run_dir: Path, done_ids: set[str] | None = None) -> dict[str, 
     return latest
 
 
-def compact_inflight(run_dir: Path, entries: dict[str, dict[str, Any]]) -> None:
+def compact_inflight(run_dir: Path, entries: Mapping[str, OpenEntry]) -> None:
     """Rewrite the journal with only its open entries (atomically), or remove it."""
     path = run_dir / INFLIGHT
     if not entries:

@@ -18,12 +18,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import orjson
 
 from batchrun.errors import CheckpointError
-from batchrun.records import line_money
+from batchrun.records import Line, line_money
 from batchrun.rundir.layout import ERRORS, RESULTS, open_no_follow
 
 
@@ -40,7 +40,7 @@ class JsonlScan:
     total_tokens: int = 0  # sum of the valid lines' usage.total_tokens
     cache_hits: int = 0  # lines with "cache_hit": true (reused answers)
     cost_saved_usd: float = 0.0  # their cost_saved_usd
-    last_by_id: dict[str, dict[str, Any]] | None = None  # only when asked (errors file)
+    last_by_id: dict[str, Line] | None = None  # only when asked (errors file)
 
 
 def scan_jsonl(path: Path, *, keep_last: bool = False, totals: bool = True) -> JsonlScan:
@@ -95,7 +95,7 @@ def scan_jsonl(path: Path, *, keep_last: bool = False, totals: bool = True) -> J
     return scan
 
 
-def parse_line(raw: bytes) -> tuple[str, dict[str, Any]] | None:
+def parse_line(raw: bytes) -> tuple[str, Line] | None:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -106,7 +106,7 @@ def parse_line(raw: bytes) -> tuple[str, dict[str, Any]] | None:
     return str(ticket_id), obj
 
 
-def iter_lines(path: Path, *, with_id: bool = True, whole_file: bool = False) -> Iterator[dict[str, Any]]:
+def iter_lines(path: Path, *, with_id: bool = True, whole_file: bool = False) -> Iterator[Line]:
     """Every complete line of `path` that parses as a JSON object (module docstring); with `with_id`
     only objects whose "id" is a string or an integer. A line that does not parse is passed over.
     `whole_file`: the file was written whole (a provider's download), so its last line counts even

@@ -31,13 +31,39 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AbstractSet, Any, Mapping
+from typing import AbstractSet, Any, TypedDict
 
 from batchrun.errors import CheckpointError, ReportError
 from batchrun.rundir.layout import LEDGER, LIVE_PART_STATES
-from batchrun.rundir.manifest import read_manifest
+from batchrun.rundir.manifest import Manifest, read_manifest
 
 MODELS_DIR = "models"  # a compare directory: models/<key>/ run directories
+
+#: The status JSON of one run directory (`status_from_counts` defines its keys; `batchrun status
+#: --json`, serve's /api/runs/NAME): counts, the manifest's state and values as it recorded them.
+RunStatus = dict[str, Any]
+
+
+class PartStatus(TypedDict):
+    """One part of batches.json (batch/ledger.Part) as `status` shows it."""
+
+    number: int
+    model_key: str
+    state: str
+    status: str | None  # the provider's batch status
+    tickets: int
+    counts: dict[str, int] | None  # the provider's request_counts
+    batch_id: str | None
+    retry: int
+    note: str | None
+
+
+class BatchParts(TypedDict):
+    """The parts of a batch-mode run directory as `status` shows them (batch_parts)."""
+
+    run_key: str | None
+    parts: list[PartStatus]  # the parts not discarded
+    live: int  # parts still at the provider (or on their way to it)
 
 
 
@@ -49,10 +75,10 @@ class RunUnit:
     key: str  # the model key (compare directory) or the job name
     model: str  # the job's model string, from the manifest
     run_dir: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
-    def fingerprint(self) -> dict[str, Any]:
+    def fingerprint(self) -> dict[str, Any]:  # the job's, as its manifest recorded it
         return ((self.manifest.get("job") or {}).get("fingerprint")) or {}
 
     @property
@@ -65,7 +91,7 @@ class RunUnit:
         return [str(label) for label in labels]
 
 
-def _manifest_model(manifest: Mapping[str, Any]) -> str:
+def _manifest_model(manifest: Manifest) -> str:
     fingerprint = (manifest.get("job") or {}).get("fingerprint") or {}
     model = fingerprint.get("model")
     if isinstance(model, str):
@@ -118,7 +144,7 @@ def find_units(path: Path) -> tuple[str, list[RunUnit]]:
     return "run", [RunUnit(name, _manifest_model(manifest), path, manifest)]
 
 
-def compare_status(path: Path) -> list[dict[str, Any]] | None:
+def compare_status(path: Path) -> list[RunStatus] | None:
     """One run_status per model of a compare directory (models/<key>/), in the job's order,
     each with its "model" key; None when `path` is not a compare directory."""
     if not (Path(path) / MODELS_DIR).is_dir():
@@ -129,7 +155,7 @@ def compare_status(path: Path) -> list[dict[str, Any]] | None:
     return [{**run_status(unit.run_dir), "model": unit.key, "model_name": unit.model} for unit in units]
 
 
-def run_status(run_dir: Path) -> dict[str, Any]:
+def run_status(run_dir: Path) -> RunStatus:
     """Counts recomputed from the checkpoint files, plus the manifest's state and last summary."""
     from batchrun.rundir.layout import ERRORS, REJECTS, RESULTS
     from batchrun.rundir.lines import scan_jsonl
@@ -151,10 +177,10 @@ def run_status(run_dir: Path) -> dict[str, Any]:
                               done_ids=results.ids)
 
 
-def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int, failed: int, cost_usd: float,
+def status_from_counts(run_dir: Path, manifest: Manifest, *, done: int, failed: int, cost_usd: float,
                        unpriced: int, total_tokens: int, rejected_lines: int, cache_hits: int = 0,
                        cost_saved_usd: float = 0.0, live: bool | None = None,
-                       done_ids: AbstractSet[str] | None = None) -> dict[str, Any]:
+                       done_ids: AbstractSet[str] | None = None) -> RunStatus:
     """The status JSON (`batchrun status --json`, and `batchrun serve`'s /api/runs/NAME) from a
     run directory's counts: the one definition of its keys and rounding. `live`: whether a run
     holds the lock (None: probe it here); `done_ids`: the ids with a result (None: read them,
@@ -214,7 +240,7 @@ def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int,
     }
 
 
-def batch_parts(run_dir: Path) -> dict[str, Any] | None:
+def batch_parts(run_dir: Path) -> BatchParts | None:
     """The parts of a batch-mode run directory (state, provider status, counts), or None."""
     import orjson
 
@@ -225,14 +251,16 @@ def batch_parts(run_dir: Path) -> dict[str, Any] | None:
         return None
     except (OSError, orjson.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: cannot read the batch ledger: {exc}") from None
-    parts = [{k: p.get(k) for k in ("number", "model_key", "state", "status", "tickets", "counts", "batch_id",
-                                     "retry", "note")}
-             for p in data.get("parts") or [] if p.get("state") != "discarded"]
+    parts: list[PartStatus] = [
+        {"number": p.get("number"), "model_key": p.get("model_key"), "state": p.get("state"), "status": p.get("status"),
+         "tickets": p.get("tickets"), "counts": p.get("counts"), "batch_id": p.get("batch_id"), "retry": p.get("retry"),
+         "note": p.get("note")}
+        for p in data.get("parts") or [] if p.get("state") != "discarded"]
     return {"run_key": data.get("run_key"), "parts": parts,
             "live": sum(1 for p in parts if p["state"] in LIVE_PART_STATES)}
 
 
-def _pid_alive(pid: Any) -> bool:
+def _pid_alive(pid: object) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:

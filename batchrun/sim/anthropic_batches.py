@@ -54,6 +54,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from batchrun.sim.batches import BatchSimulator, SimBatch
+    from batchrun.sim.server import ChatSimulator
 
 MAX_REQUESTS = 100_000
 MAX_BODY_BYTES = 256 * 1000 * 1000
@@ -64,6 +65,8 @@ ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 529: "overloaded_error"}
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+#: a JSON object as it comes and goes (requests, answers, results)
+Obj = dict[str, Any]
 
 
 def error(status: int, message: str, error_type: str | None = None, code: str | None = None,
@@ -75,11 +78,11 @@ def error(status: int, message: str, error_type: str | None = None, code: str | 
                         headers=headers)
 
 
-def _json(payload: Any) -> web.Response:
+def _json(payload: object) -> web.Response:
     return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
 
-def _text(content: Any) -> str:
+def _text(content: object) -> str:
     """The text of a system prompt or message content: a string, or text blocks joined."""
     if isinstance(content, str):
         return content
@@ -88,12 +91,12 @@ def _text(content: Any) -> str:
     return ""
 
 
-def chat_body(params: dict[str, Any]) -> dict[str, Any]:
+def chat_body(params: Obj) -> Obj:
     """The chat completion request of an Anthropic request's params (ValueError: Anthropic would refuse them)."""
     max_tokens = params.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise ValueError("max_tokens: Field required (an integer of at least 1)")
-    messages: list[dict[str, Any]] = []
+    messages: list[Obj] = []
     if params.get("system"):
         messages.append({"role": "system", "content": _text(params["system"])})
     for message in params.get("messages") or []:
@@ -114,7 +117,7 @@ def chat_body(params: dict[str, Any]) -> dict[str, Any]:
                              **({"tool_calls": calls} if calls else {})})
     if not messages:
         raise ValueError("messages: at least one message is required")
-    body: dict[str, Any] = {"model": params.get("model"), "messages": messages, "max_tokens": max_tokens}
+    body: Obj = {"model": params.get("model"), "messages": messages, "max_tokens": max_tokens}
     tools = [{"type": "function", "function": {"name": t.get("name"), "description": t.get("description") or "",
                                                "parameters": t.get("input_schema")}}
              for t in params.get("tools") or [] if isinstance(t, dict) and "input_schema" in t]
@@ -132,11 +135,11 @@ def chat_body(params: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def message_of(payload: dict[str, Any], model: Any) -> dict[str, Any]:
+def message_of(payload: Obj, model: object) -> Obj:
     """An Anthropic message from the chat simulator's chat.completion answer."""
     choice = payload["choices"][0]
     reply = choice["message"]
-    content: list[dict[str, Any]] = []
+    content: list[Obj] = []
     if reply.get("content"):
         content.append({"type": "text", "text": reply["content"]})
     for call in reply.get("tool_calls") or []:
@@ -154,11 +157,11 @@ def message_of(payload: dict[str, Any], model: Any) -> dict[str, Any]:
                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}
 
 
-def _errored(error_type: str, message: str) -> dict[str, Any]:
+def _errored(error_type: str, message: str) -> Obj:
     return {"type": "errored", "error": {"type": "error", "error": {"type": error_type, "message": message}}}
 
 
-def answer_line(chat: Any, line: dict[str, Any], failed: bool) -> tuple[bool, bytes]:
+def answer_line(chat: "ChatSimulator", line: Obj, failed: bool) -> tuple[bool, bytes]:
     """(succeeded?, the result line) of one request of a batch."""
     params = line["params"]
     if failed:
@@ -202,7 +205,7 @@ class AnthropicBatches:
         wall = self.sim.wall_time(simulated)
         return datetime.fromtimestamp(wall, tz=timezone.utc).isoformat().replace("+00:00", "Z")
 
-    def to_dict(self, batch: "SimBatch", request: web.Request) -> dict[str, Any]:
+    def to_dict(self, batch: "SimBatch", request: web.Request) -> Obj:
         ended = batch.status in ENDED
         answered = batch.completed + batch.failed + batch.canceled + batch.expired
         ended_at = next((batch.times[k] for k in ("completed_at", "expired_at", "cancelled_at", "failed_at")

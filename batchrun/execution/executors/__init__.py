@@ -18,7 +18,7 @@ asked for).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
+from typing import TYPE_CHECKING, Callable, Literal, Mapping, cast
 
 from batchrun.execution.executors.seam import (
     CoordinatorHooks,
@@ -31,6 +31,7 @@ from batchrun.providers.seam import Provider
 
 if TYPE_CHECKING:
     from batchrun.execution.executors.process import WorkerPool
+    from batchrun.providers.online import ProviderArgs
 
 __all__ = ["EXECUTORS", "CoordinatorHooks", "Executor", "ExecutorFigures", "ExecutorChoice", "WorkerCrashedError",
            "open_executor"]
@@ -46,18 +47,22 @@ class ExecutorChoice:
     workers: int = 1  # worker processes; Ray actors (0: one per CPU of the cluster)
     providers: Mapping[str, Provider] = field(default_factory=dict)  # inline: per model key
     # process and Ray: the LiteLLMProvider arguments per model key, to build providers over there
-    provider_kwargs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    provider_kwargs: Mapping[str, ProviderArgs] = field(default_factory=dict)
     worker_pool: WorkerPool | None = None  # process: children kept from run to run (bench)
     ray_address: str | None = None  # Ray: None starts a local Ray for the run
 
     @classmethod
     def choose(cls, *, engine: str, workers: int, providers: Mapping[str, Provider],
-               provider_kwargs: Mapping[str, Mapping[str, Any]] | None, worker_pool: WorkerPool | None = None,
-               ray_address: str | None = None) -> ExecutorChoice:
-        """The choice for `engine` ("local" or "ray") with `workers` processes or actors."""
-        kwargs = dict(provider_kwargs or {})
-        if "model" in kwargs:  # one model's kwargs
-            kwargs = {"": kwargs}
+               provider_kwargs: ProviderArgs | Mapping[str, ProviderArgs] | None,
+               worker_pool: WorkerPool | None = None, ray_address: str | None = None) -> ExecutorChoice:
+        """The choice for `engine` ("local" or "ray") with `workers` processes or actors;
+        `provider_kwargs` per model key, or one model's (those have a "model" key)."""
+        kwargs: dict[str, ProviderArgs]
+        # casts: mypy cannot tell the two shapes apart by a key, and "model" is a key of ProviderArgs
+        if provider_kwargs and "model" in provider_kwargs:  # one model's kwargs
+            kwargs = {"": cast("ProviderArgs", dict(provider_kwargs))}
+        else:
+            kwargs = dict(cast("Mapping[str, ProviderArgs]", provider_kwargs or {}))
         if engine == "ray":
             if not kwargs:
                 raise ValueError("engine \"ray\" needs provider_kwargs to build a provider in each actor")

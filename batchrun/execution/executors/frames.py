@@ -48,21 +48,21 @@ FRAME_LENGTH = struct.Struct(">I")
 Frame = dict[str, Any]
 
 
-def wire_default(value: Any) -> Any:
+def wire_default(value: object) -> dict[object, object]:
     """orjson's fallback: any other Mapping (response headers) goes out as a plain object."""
     if isinstance(value, Mapping):
         return dict(value)
     raise TypeError(f"cannot send {type(value).__name__} to a worker process")
 
 
-def encode(message: dict[str, Any]) -> bytes:
+def encode(message: Frame) -> bytes:
     """One frame. Records (Outcome, Completion, ...) may be passed as they are: orjson writes a
     dataclass as the object `dataclasses.asdict` would give, without asdict's deep copies."""
     body = orjson.dumps(message, default=wire_default)
     return FRAME_LENGTH.pack(len(body)) + body
 
 
-def decode_frames(buffer: bytearray) -> list[dict[str, Any]]:
+def decode_frames(buffer: bytearray) -> list[Frame]:
     """Take every complete frame off the front of `buffer`; a partial one stays for the next read."""
     messages = []
     pos, end = 0, len(buffer)
@@ -76,25 +76,25 @@ def decode_frames(buffer: bytearray) -> list[dict[str, Any]]:
     return messages
 
 
-def completion_from_wire(data: dict[str, Any]) -> Completion:
+def completion_from_wire(data: Frame) -> Completion:
     data = dict(data)
     usage = data.pop("usage", None)
     tool_calls = tuple(ToolCall(**call) for call in data.pop("tool_calls", None) or ())
     return Completion(**data, usage=Usage(**usage) if usage else None, tool_calls=tool_calls)
 
 
-def outcome_from_wire(data: dict[str, Any]) -> Outcome:
+def outcome_from_wire(data: Frame) -> Outcome:
     data = dict(data)
     completion = data.pop("completion", None)
     return Outcome(**data, completion=completion_from_wire(completion) if completion else None)
 
 
-def error_to_wire(error: RequestError) -> dict[str, Any]:
+def error_to_wire(error: RequestError) -> Frame:
     return {"kind": error.kind, "message": error.message, "status_code": error.status_code,
             "retry_after": error.retry_after, "error_type": error.error_type, "retryable": error.retryable}
 
 
-def error_from_wire(data: dict[str, Any]) -> RequestError:
+def error_from_wire(data: Frame) -> RequestError:
     cls: type[RequestError]
     if data["kind"] == "rate_limited":
         cls = RateLimitedError

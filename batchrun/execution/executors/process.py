@@ -26,7 +26,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Any, AsyncIterator, Mapping, Sequence
+from typing import AsyncIterator, Mapping, Sequence
 
 import anyio
 import anyio.abc
@@ -40,6 +40,7 @@ from batchrun.execution.executors.seam import (
 )
 from batchrun.job.spec import JobSpec
 from batchrun.providers.litellm_setup import size_connection_pool
+from batchrun.providers.online import ProviderArgs
 from batchrun.providers.seam import ChatRequest
 from batchrun.records import Outcome
 
@@ -54,9 +55,12 @@ class _Child:
     child wakes once for a wave of tickets.
     """
 
-    def __init__(self, index: int, process: Any) -> None:
+    def __init__(self, index: int, process: anyio.abc.Process) -> None:
+        assert process.stdin is not None and process.stdout is not None, "started with pipes (_spawn)"
         self.index = index
         self.process = process
+        self.stdin: anyio.abc.ByteSendStream = process.stdin
+        self.stdout: anyio.abc.ByteReceiveStream = process.stdout
         self.owner: ProcessExecutor | None = None
         self.load = 0  # tickets this child holds
         self.peak_load = 0
@@ -96,7 +100,7 @@ class _Child:
                 if self.outbox:
                     data = b"".join(self.outbox)
                     self.outbox.clear()
-                    await self.process.stdin.send(data)
+                    await self.stdin.send(data)
                 if self.closing:
                     return
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
@@ -108,7 +112,7 @@ class _Child:
         buffer = bytearray()
         try:
             while True:
-                buffer += await self.process.stdout.receive(1 << 20)
+                buffer += await self.stdout.receive(1 << 20)
                 for message in decode_frames(buffer):
                     kind = message["t"]
                     if kind == "loaded":
@@ -143,7 +147,7 @@ class _Child:
         with anyio.move_on_after(5):
             await self.flushed.wait()
         try:
-            await self.process.stdin.aclose()
+            await self.stdin.aclose()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
         with anyio.move_on_after(10):
@@ -153,7 +157,7 @@ class _Child:
             await self.process.wait()
 
 
-async def _spawn(index: int, task_group: Any, max_connections: int | None) -> _Child:
+async def _spawn(index: int, task_group: anyio.abc.TaskGroup, max_connections: int | None) -> _Child:
     """Start `python -m batchrun.execution.executors.worker_child`; its reader and flusher run in `task_group`.
 
     litellm sizes its aiohttp pool from the environment when it is imported,
@@ -179,7 +183,7 @@ class WorkerPool:
     Open it with `open_worker_pool(max_connections)`.
     """
 
-    def __init__(self, task_group: Any, max_connections: int | None) -> None:
+    def __init__(self, task_group: anyio.abc.TaskGroup, max_connections: int | None) -> None:
         self._tg = task_group
         self.max_connections = max_connections  # the children's aiohttp pool size (see _spawn)
         self.idle: list[_Child] = []
@@ -242,12 +246,12 @@ class ProcessExecutor:
     """Hand tickets to `n` child processes; see the module docstring. The frames that come back are
     handled by RemoteTickets (remote.py), as for Ray actors."""
 
-    def __init__(self, n: int, job: JobSpec, provider_kwargs: Mapping[str, Mapping[str, Any]],
+    def __init__(self, n: int, job: JobSpec, provider_kwargs: Mapping[str, ProviderArgs],
                  hooks: CoordinatorHooks, run_number: int, startup_timeout: float = 120.0,
                  pool: WorkerPool | None = None) -> None:
         self.n = n
         self.job = job
-        self.provider_kwargs = {key: dict(kwargs) for key, kwargs in provider_kwargs.items()}
+        self.provider_kwargs = {key: kwargs.copy() for key, kwargs in provider_kwargs.items()}
         self.run_number = run_number
         self.startup_timeout = startup_timeout
         self.max_connections = max((kw.get("max_connections") or 0 for kw in provider_kwargs.values()),

@@ -30,6 +30,7 @@ import os
 import resource
 import time
 import uuid
+from types import ModuleType
 from typing import Any, Mapping, Sequence
 
 import anyio
@@ -53,6 +54,7 @@ from batchrun.execution.executors.seam import (
 )
 from batchrun.execution.executors.worker_child import (
     RemoteHooks,
+    Send,
     hooks_for,
     providers_from,
     relax_gc,
@@ -60,6 +62,7 @@ from batchrun.execution.executors.worker_child import (
 )
 from batchrun.execution.ticket_runner import TicketAbandoned
 from batchrun.job.spec import JobSpec
+from batchrun.providers.online import ProviderArgs
 from batchrun.providers.seam import ChatRequest, Provider
 from batchrun.records import Outcome
 
@@ -129,7 +132,7 @@ class ClusterLease:
     """The Lease of an actor's tickets (worker_child.Lease): rate permits from the cluster's limiter
     actor, a 429's pause sent to it (which tells every other actor)."""
 
-    def __init__(self, client: PermitClient, limiter: Any, index: int, send: Any) -> None:
+    def __init__(self, client: PermitClient, limiter: Any, index: int, send: Send) -> None:  # limiter: its actor handle
         self.client = client
         self.limiter = limiter
         self.index = index
@@ -175,7 +178,7 @@ class TicketActor:
         preload(max_connections)  # litellm, now: before the run's first ticket
         relax_gc()  # as in a worker process: the collector kept out of the request path
         self.index = index
-        self.inbox: collections.deque[dict[str, Any]] = collections.deque()
+        self.inbox: collections.deque[Frame] = collections.deque()
         self.inbox_ready = asyncio.Event()
         self.outbox: list[bytes] = []
         self.outbox_ready = asyncio.Event()
@@ -226,7 +229,7 @@ class TicketActor:
         if self.hooks is not None:
             self.hooks.gate.pause_all(max(0.0, until - time.time()))
 
-    async def start_run(self, init: Frame, limiter: Any, limited_keys: list[str]) -> float:
+    async def start_run(self, init: Frame, limiter: Any, limited_keys: list[str]) -> float:  # limiter: a handle
         import ray
 
         job = JobSpec.model_validate(init["job"])
@@ -257,7 +260,7 @@ class TicketActor:
 class _ActorChild:
     """One TicketActor seen from the driver: a Link of remote.py (load, held, in flight, post)."""
 
-    def __init__(self, index: int, actor: Any) -> None:
+    def __init__(self, index: int, actor: Any) -> None:  # actor: the TicketActor's handle
         self.index = index
         self.actor = actor
         self.load = 0  # tickets this actor holds
@@ -319,13 +322,13 @@ class RayExecutor:
     """The Executor over Ray actors (module docstring); the frames that come back are handled by
     RemoteTickets (remote.py), as for worker processes."""
 
-    def __init__(self, n: int | None, job: JobSpec, provider_kwargs: Mapping[str, Mapping[str, Any]],
+    def __init__(self, n: int | None, job: JobSpec, provider_kwargs: Mapping[str, ProviderArgs],
                  hooks: CoordinatorHooks, run_number: int, *, address: str | None = None,
                  startup_timeout: float = 300.0) -> None:
         self.requested = n
         self.n = n or 1
         self.job = job
-        self.provider_kwargs = {key: dict(kwargs) for key, kwargs in provider_kwargs.items()}
+        self.provider_kwargs = {key: kwargs.copy() for key, kwargs in provider_kwargs.items()}
         self.run_number = run_number
         self.address = address
         self.startup_timeout = startup_timeout
@@ -337,12 +340,12 @@ class RayExecutor:
         # a 429's pause: the actor that saw it told the limiter, which tells every actor
         self.tickets = RemoteTickets(job, hooks, counting, requeue_when_lost=True, on_pause=None)
         self.started_ray = False
-        self.limiter: Any = None
-        self.limiter_counters: dict[str, Any] = {}
+        self.limiter: Any = None  # the limiter's actor handle (Ray types an actor's methods as Never)
+        self.limiter_counters: dict[str, float] = {}
         self.actors_lost = 0
         self.closing = False
         self.children: list[_ActorChild] = []
-        self._ray: Any = None
+        self._ray: ModuleType | None = None
 
     def actor_count(self, cluster_cpus: float) -> int:
         if self.requested:
@@ -442,7 +445,7 @@ class RayExecutor:
         return max((c.peak_load for c in self.children), default=0)
 
     @property
-    def cluster_summary(self) -> dict[str, Any]:
+    def cluster_summary(self) -> dict[str, object]:
         """What the run summary says of the cluster (RunStats.cluster)."""
         lost = self.tickets.accounting.lost_ids
         return {"actors": len(self.children), "actors_lost": self.actors_lost,

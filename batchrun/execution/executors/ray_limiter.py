@@ -48,6 +48,7 @@ import asyncio
 import math
 import time
 from collections import deque
+from types import ModuleType
 from typing import Any
 
 from batchrun.errors import ConfigurationError
@@ -56,7 +57,7 @@ from batchrun.execution.limits import TokenBucket
 NAMESPACE = "batchrun"
 
 
-def require_ray() -> Any:
+def require_ray() -> ModuleType:
     """`import ray`, or a ConfigurationError that says how to get it."""
     try:
         import ray
@@ -111,7 +112,7 @@ class ClusterLimiter:
         self.spare_s = spare_s
         self.resume_at = 0.0  # wall clock (time.time()) before which no attempt starts anywhere
         self.locks: dict[str, asyncio.Lock] = {}
-        self.handles: dict[int, Any] = {}
+        self.handles: dict[int, Any] = {}  # TicketActor handles (Ray types an actor's methods as Never)
         self.lease_calls = 0
         self.granted = 0
         self.given_back = 0
@@ -198,7 +199,7 @@ class ClusterLimiter:
 
         return ray.get_runtime_context().get_node_id()
 
-    def counters(self) -> dict[str, Any]:
+    def counters(self) -> dict[str, float]:
         return {"lease_calls": self.lease_calls, "granted": self.granted, "given_back": self.given_back,
                 "pauses": self.pauses, "resume_at": self.resume_at,
                 "uptime_s": time.monotonic() - self.started}
@@ -213,7 +214,7 @@ class PermitClient:
     dies, every waiting and later `acquire` raises LimiterGoneError (nothing waits forever)."""
 
     def __init__(self, limiter: Any, keys: set[str], *, max_block: int = 32, spare_ttl_s: float = 0.5) -> None:
-        self.limiter = limiter
+        self.limiter = limiter  # the ClusterLimiter's actor handle (Ray types an actor's methods as Never)
         self.keys = keys  # model keys the limiter holds a budget for
         self.max_block = max_block
         self.spare_ttl_s = spare_ttl_s

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import anyio.abc
 
@@ -39,7 +39,7 @@ class ExecutorFigures:
 
     startup_cpu_s: float = 0.0  # CPU its processes spent before the first ticket (litellm's import)
     cpu_s: float = 0.0  # CPU its processes spent on the run, start-up included
-    cluster: dict[str, Any] | None = None  # Ray: actors, actors lost, tickets re-sent, limiter counters
+    cluster: dict[str, object] | None = None  # Ray: actors, actors lost, tickets re-sent, limiter counters
 
 
 class CoordinatorHooks(AttemptHooks, Protocol):

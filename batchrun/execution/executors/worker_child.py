@@ -313,6 +313,7 @@ async def serve_run(job: JobSpec, providers: Mapping[str, Provider], run_number:
             return False
         finally:
             tg.cancel_scope.cancel()  # what is still in flight was given up by the coordinator
+    return False  # only when the task group's own scope swallowed a cancellation (None before: as falsy)
 
 
 def main() -> None:
