@@ -418,3 +418,22 @@ def test_invalid_answers_are_asked_again_within_max_invalid_output_retries(make_
         assert {(e["error_kind"], e["attempts"], e["rejected_outputs"]) for e in errors} == {("invalid_output", 2, 2)}
         assert all(e["rejected_cost_usd"] > 0 for e in errors)
         assert len(ledger_parts(tmp_path / "run")) == 2 and result.exit_code == 3
+
+
+def test_the_budget_is_never_passed_and_the_next_run_continues(make_job, tmp_path):
+    job_path = claude_job(make_job, 40, top="max_cost_usd = 0.002\n")
+    with start() as sim:
+        first = run_inprocess(job_path, sim)
+        assert (first.state, first.exit_code) == ("budget_exhausted", 5)
+        spent = sum(r["cost_usd"] for r in read_jsonl(tmp_path / "run" / "results.jsonl"))
+        done = len(read_jsonl(tmp_path / "run" / "results.jsonl"))
+        print(f"budget $0.002: {done} of 40 tickets done for ${spent:.6f}")
+        assert 0 < done < 40 and spent <= 0.002  # parts built while others ran reserved their estimates
+        assert sum(p["tickets"] for p in ledger_parts(tmp_path / "run")) == done
+        assert all(p["estimate_usd"] > 0 for p in ledger_parts(tmp_path / "run"))
+        assert_one_batch_per_part(sim, tmp_path / "run")
+        job_path.write_text(job_path.read_text().replace("max_cost_usd = 0.002", "max_cost_usd = 1.0"))
+        second = run_inprocess(job_path, sim)
+        assert second.state == "done"
+        assert_exactly_once(tmp_path / "run", ticket_ids(job_path))
+        assert_one_batch_per_part(sim, tmp_path / "run")

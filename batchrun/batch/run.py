@@ -163,6 +163,7 @@ class _Builder:
     tickets: BinaryIO  # part-N.tickets.jsonl
     count: int = 0
     size: int = 0
+    estimate_usd: float = 0.0  # what its requests may cost (jobs with a budget)
     sources: set[int] = field(default_factory=set)
 
 
@@ -300,7 +301,8 @@ class _BatchRun:
             os.fsync(handle.fileno())
             handle.close()
         part = builder.part
-        part.update({"state": "built", "tickets": builder.count, "bytes": builder.size})
+        part.update({"state": "built", "tickets": builder.count, "bytes": builder.size,
+                     "estimate_usd": builder.estimate_usd})  # reserved from the budget while it is live
         self.ledger.save()
         await self._submit(part)
         return part
@@ -312,8 +314,10 @@ class _BatchRun:
         builders: dict[str, _Builder] = {}
         sources: set[int] = set()
         budget = self._budget()
+        self.budget_note = None  # said again below if the budget still stops this build
         try:
             for key, ticket_id, raw, meta, source in self._pending():
+                estimate = 0.0
                 if budget is not None:
                     estimate = self._estimate(key, raw)
                     if budget[0] + budget[1] + estimate > budget[2]:
@@ -334,6 +338,7 @@ class _BatchRun:
                 builder.tickets.write(orjson.dumps(meta) + b"\n")
                 builder.count += 1
                 builder.size += len(raw)
+                builder.estimate_usd += estimate
                 if source is not None:
                     sources.add(source)
                 steps.reached("building")
