@@ -7,4 +7,5 @@
     plan.py      `batchrun plan`: the forecast of tickets, tokens, cost and duration
     export.py    `batchrun export`: one row per ticket, in input order
     charts.py    PNG charts (matplotlib, optional)
+    documents.py the JSON documents above (report, diff, plan) as TypedDicts; StoredJSON
 """

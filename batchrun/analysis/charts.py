@@ -16,15 +16,45 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Sequence, TypedDict
 
 from batchrun.analysis.stats import percentile
 from batchrun.analysis.textfmt import ms, pct
 
+if TYPE_CHECKING:
+    from typing_extensions import ReadOnly
+
+    from batchrun.analysis.grading import Analysis
+
 PLOT_HINT = "pip install 'batchrun[plots]'"
 
 
-def write_charts(analysis: Any, out: Path) -> list[Path] | None:
+# What `draw_plot` reads of bench's rows (bench.recommend.BenchRow, AutoRow): read-only, so a row
+# with more keys, or with a narrower type in one, is one of these.
+
+
+class PlotLatency(TypedDict):
+    p95: ReadOnly[float | None]
+
+
+class PlotBaseline(TypedDict):
+    tickets_per_s: ReadOnly[float]
+
+
+class PlotRow(TypedDict):
+    concurrency: ReadOnly[int]
+    tickets_per_s: ReadOnly[float]
+    ideal_rps: ReadOnly[float | None]
+    latency_ms: ReadOnly[PlotLatency]
+    baseline: ReadOnly[PlotBaseline | None]
+
+
+class PlotAuto(TypedDict):
+    tickets_per_s: ReadOnly[float]
+    concurrency_settled: ReadOnly[int | None]
+
+
+def write_charts(analysis: Analysis, out: Path) -> list[Path] | None:
     """The PNG charts in `out`; None when matplotlib is not installed."""
     try:
         import matplotlib
@@ -37,27 +67,28 @@ def write_charts(analysis: Any, out: Path) -> list[Path] | None:
     written: list[Path] = []
     models = analysis.report["models"]
 
-    graded = [m for m in models if m["grading"] and m["grading"]["labels"]]
+    graded = [(m, grading) for m in models if (grading := m["grading"]) and grading["labels"]]
     if graded:
         # one colour scale for every panel, so the same shade means the same count in each model
-        peak = max((n for m in graded for row in m["grading"]["confusion"]["matrix"] for n in row), default=0)
+        peak = max((n for _, grading in graded for row in grading["confusion"]["matrix"] for n in row), default=0)
         fig, axes = plt.subplots(1, len(graded), figsize=(4.6 * len(graded) + 1.2, 4.8), squeeze=False,
                                  layout="constrained")
         try:
             image = None
-            for ax, m in zip(axes[0], graded):
-                conf = m["grading"]["confusion"]
+            for ax, (m, grading) in zip(axes[0], graded):
+                conf = grading["confusion"]
                 matrix = conf["matrix"]
                 image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(peak, 1))
                 ax.set_xticks(range(len(conf["columns"])), conf["columns"], rotation=45, ha="right")
                 ax.set_yticks(range(len(conf["rows"])), conf["rows"])
                 ax.set_xlabel("predicted label")
                 ax.set_ylabel("gold label")
-                ax.set_title(f"{m['key']}: accuracy {pct(m['grading']['accuracy'])}", fontsize="medium")
+                ax.set_title(f"{m['key']}: accuracy {pct(grading['accuracy'])}", fontsize="medium")
                 for i, row in enumerate(matrix):
                     for j, n in enumerate(row):
                         ax.text(j, i, f"{n}", ha="center", va="center", fontsize="small",
                                 color="white" if peak and n > peak / 2 else "black")
+            assert image is not None  # one panel per graded model, and there is one
             bar = fig.colorbar(image, ax=axes[0].tolist(), fraction=0.05, pad=0.02, shrink=0.9)
             bar.set_label("tickets (same scale for every model)" if len(graded) > 1 else "tickets")
             path = out / "confusion_matrix.png"
@@ -71,7 +102,7 @@ def write_charts(analysis: Any, out: Path) -> list[Path] | None:
     if with_latency:
         fig, ax = plt.subplots(figsize=(8.5, 5.6))
         try:
-            marks = {key: [percentile(sorted(values), p) for p in (50, 95, 99)] for key, values in with_latency}
+            marks = {key: _marks(values) for key, values in with_latency}
             low = min(min(values) for _, values in with_latency)
             high = max(max(values) for _, values in with_latency)
             # the x axis: from just below the fastest result to a little past the slowest p99;
@@ -140,6 +171,14 @@ def write_charts(analysis: Any, out: Path) -> list[Path] | None:
     return written
 
 
+def _marks(values: list[float]) -> tuple[float, float, float]:
+    """p50, p95 and p99 of a model's latencies (there is at least one)."""
+    ordered = sorted(values)
+    p50, p95, p99 = (percentile(ordered, p) for p in (50, 95, 99))
+    assert p50 is not None and p95 is not None and p99 is not None
+    return p50, p95, p99
+
+
 def _nice_width(raw: float) -> float:
     """A bin width of 1, 2 or 5 times a power of ten, at least 0.1 s."""
     raw = max(raw, 0.1)
@@ -150,8 +189,8 @@ def _nice_width(raw: float) -> float:
     return 10 * power  # pragma: no cover
 
 
-def draw_plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str, recommended: int | None = None,
-              auto: Mapping[str, Any] | None = None, unreached: Sequence[int] = ()) -> bool:
+def draw_plot(rows: Sequence[PlotRow], path: Path, title: str, recommended: int | None = None,
+              auto: PlotAuto | None = None, unreached: Sequence[int] = ()) -> bool:
     """bench.png: tickets/s (batchrun, ideal, bare pattern) and p95 latency against concurrency,
     the recommended setting marked. False when matplotlib is not installed.
 
@@ -184,13 +223,13 @@ def draw_plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str, recomme
         tops = list(measured)
         if any(r.get("baseline") for r in rows):
             bx = [r["concurrency"] for r in rows if r.get("baseline")]
-            by = [r["baseline"]["tickets_per_s"] for r in rows if r.get("baseline")]
+            by = [base["tickets_per_s"] for r in rows if (base := r.get("baseline"))]
             tops += by
             ax.plot(bx, by, "s--", color="tab:green", label="bare acompletion + semaphore")
         if auto is not None:
             tops.append(auto["tickets_per_s"])
         top = max(tops + [1.0]) * 1.35
-        ideal = [(x, r.get("ideal_rps")) for x, r in zip(xs, rows) if r.get("ideal_rps") is not None]
+        ideal = [(x, rps) for x, r in zip(xs, rows) if (rps := r.get("ideal_rps")) is not None]
         if ideal:
             inside, clipped_at = _clip_to(ideal, top)
             ax.plot([x for x, _ in inside], [y for _, y in inside], ":", color="tab:gray", linewidth=1.6,
@@ -214,10 +253,11 @@ def draw_plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str, recomme
         ax.set_ylabel("throughput (tickets/s)")
         ax.set_ylim(0, top)
         ax2 = ax.twinx()
-        ax2.plot(xs, [(r.get("latency_ms") or {}).get("p95") for r in rows], "^-.", color="tab:red",
+        p95s = [latency.get("p95") if (latency := r.get("latency_ms")) else None for r in rows]
+        ax2.plot(xs, [math.nan if p95 is None else p95 for p95 in p95s], "^-.", color="tab:red",  # None: a gap
                  label="batchrun p95 latency (right axis)")
         ax2.set_ylabel("p95 latency (ms)")
-        ax2.set_ylim(bottom=0, top=max([(r.get("latency_ms") or {}).get("p95") or 0 for r in rows] + [1]) * 1.35)
+        ax2.set_ylim(bottom=0, top=max([p95 or 0 for p95 in p95s] + [1]) * 1.35)
         handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
         labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
         fig.legend(handles, labels, loc="lower center", ncol=2, fontsize="small", frameon=False)

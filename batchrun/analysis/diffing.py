@@ -56,9 +56,17 @@ allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
 
-from batchrun.analysis.grading import Analysis, Series, analyze
+from batchrun.analysis.documents import (
+    Change,
+    ChangedExample,
+    Diff,
+    OnCommon,
+    PairDiff,
+    Shift,
+    UnitReport,
+)
+from batchrun.analysis.grading import Analysis, Series, macro_f1, analyze
 from batchrun.analysis.textfmt import kv, ms, num, pct, table, usd
 from batchrun.errors import ReportError
 
@@ -66,21 +74,20 @@ ACCURACY_DROPPED = 6  # exit code of --fail-on-accuracy-drop
 DEFAULT_SHOW = 20
 
 
-def _change(a: float | None, b: float | None) -> dict[str, Any]:
+def _change(a: float | None, b: float | None) -> Change:
     if a is None or b is None:
         return {"a": a, "b": b, "delta": None, "relative": None}
     return {"a": a, "b": b, "delta": round(b - a, 9), "relative": round((b - a) / a, 6) if a else None}
 
 
-def diff_pair(a: Mapping[str, Any], sa: Series, b: Mapping[str, Any], sb: Series, *, show: int = DEFAULT_SHOW
-              ) -> dict[str, Any]:
+def diff_pair(a: UnitReport, sa: Series, b: UnitReport, sb: Series, *, show: int = DEFAULT_SHOW) -> PairDiff:
     """Compare one model's report in A (`a`, raw `sa`) with one in B."""
     pa, pb = sa.predictions, sb.predictions
     common = [key for key in pa if key in pb]
     gold = {**(sa.gold.labels if sa.gold else {}), **(sb.gold.labels if sb.gold else {})}
     changed = sorted((key for key in common if pa[key] != pb[key]), key=_id_order)
     fixed = broken = still_wrong = 0
-    examples = []
+    examples: list[ChangedExample] = []
     for key in changed:
         g = gold.get(key)
         if g is not None:
@@ -92,26 +99,27 @@ def diff_pair(a: Mapping[str, Any], sa: Series, b: Mapping[str, Any], sb: Series
                 still_wrong += 1
         if len(examples) < show:
             examples.append({"id": key, "a": pa[key], "b": pb[key], "gold": g})
-    ga, gb = a.get("grading") or {}, b.get("grading") or {}
-    acc_a, acc_b = ga.get("accuracy"), gb.get("accuracy")
+    ga, gb = a.get("grading"), b.get("grading")
+    acc_a, acc_b = ga.get("accuracy") if ga else None, gb.get("accuracy") if gb else None
+    graded_a, graded_b = ga.get("graded") if ga else None, gb.get("graded") if gb else None
     delta = None if acc_a is None or acc_b is None else round((acc_b - acc_a) * 100, 4)
     both_graded = [key for key in common if key in gold]
-    on_common = None
-    if both_graded and (len(both_graded) != ga.get("graded") or len(both_graded) != gb.get("graded")):
+    on_common: OnCommon | None = None
+    if both_graded and (len(both_graded) != graded_a or len(both_graded) != graded_b):
         ca = sum(pa[key] == gold[key] for key in both_graded) / len(both_graded)
         cb = sum(pb[key] == gold[key] for key in both_graded) / len(both_graded)
         on_common = {"tickets": len(both_graded), "a": round(ca, 6), "b": round(cb, 6),
                      "delta_points": round((cb - ca) * 100, 4)}
     labels = sorted(set(a["label_distribution"]) | set(b["label_distribution"]),
                     key=lambda k: (-(a["label_distribution"].get(k, 0) + b["label_distribution"].get(k, 0)), k))
-    distribution = {}
+    distribution: dict[str, Shift] = {}
     for label in labels:
         na, nb = a["label_distribution"].get(label, 0), b["label_distribution"].get(label, 0)
         sha = na / a["done"] if a["done"] else 0.0
         shb = nb / b["done"] if b["done"] else 0.0
         distribution[label] = {"a": na, "b": nb, "share_a": round(sha, 6), "share_b": round(shb, 6),
                                "shift_points": round((shb - sha) * 100, 4)}
-    lat_a, lat_b = a.get("latency_ms") or {}, b.get("latency_ms") or {}
+    lat_a, lat_b = a.get("latency_ms"), b.get("latency_ms")
     return {
         "a": {"key": a["key"], "model": a["model"], "run_dir": a["run_dir"]},
         "b": {"key": b["key"], "model": b["model"], "run_dir": b["run_dir"]},
@@ -121,18 +129,18 @@ def diff_pair(a: Mapping[str, Any], sa: Series, b: Mapping[str, Any], sb: Series
         "changed": {"count": len(changed), "rate": round(len(changed) / len(common), 6) if common else None,
                     "fixed": fixed, "broken": broken, "wrong_both": still_wrong, "examples": examples},
         "distribution": distribution,
-        "accuracy": {"a": acc_a, "b": acc_b, "graded_a": ga.get("graded"), "graded_b": gb.get("graded"),
-                     "correct_a": ga.get("correct"), "correct_b": gb.get("correct"),
+        "accuracy": {"a": acc_a, "b": acc_b, "graded_a": graded_a, "graded_b": graded_b,
+                     "correct_a": ga.get("correct") if ga else None, "correct_b": gb.get("correct") if gb else None,
                      "delta_points": delta, "on_common": on_common},
-        "macro_f1": _change((ga.get("macro") or {}).get("f1"), (gb.get("macro") or {}).get("f1")),
+        "macro_f1": _change(macro_f1(ga), macro_f1(gb)),
         "cost_usd": _change(a["cost"]["usd"], b["cost"]["usd"]),
         "cost_per_1000_usd": _change(a["cost"]["per_1000_tickets_usd"], b["cost"]["per_1000_tickets_usd"]),
-        "latency_p50_ms": _change(lat_a.get("p50"), lat_b.get("p50")),
-        "latency_p95_ms": _change(lat_a.get("p95"), lat_b.get("p95")),
+        "latency_p50_ms": _change(lat_a.get("p50") if lat_a else None, lat_b.get("p50") if lat_b else None),
+        "latency_p95_ms": _change(lat_a.get("p95") if lat_a else None, lat_b.get("p95") if lat_b else None),
     }
 
 
-def _id_order(key: str) -> tuple[int, Any]:
+def _id_order(key: str) -> tuple[int, int | str]:
     return (0, int(key)) if key.isdigit() else (1, key)
 
 
@@ -148,7 +156,7 @@ def _pairs(an_a: Analysis, an_b: Analysis) -> tuple[list[tuple[int, int]], list[
         if lonely:
             notes.append("model key(s) in only one of the two directories, not compared: " + ", ".join(lonely))
     else:
-        models_b = {}
+        models_b: dict[str, int] = {}
         for j, m in enumerate(mb):
             models_b.setdefault(m["model"], j)
         pairs = [(i, models_b[m["model"]]) for i, m in enumerate(ma) if m["model"] in models_b]
@@ -158,7 +166,7 @@ def _pairs(an_a: Analysis, an_b: Analysis) -> tuple[list[tuple[int, int]], list[
     return pairs, notes
 
 
-def diff_analyses(an_a: Analysis, an_b: Analysis, *, show: int = DEFAULT_SHOW) -> dict[str, Any]:
+def diff_analyses(an_a: Analysis, an_b: Analysis, *, show: int = DEFAULT_SHOW) -> Diff:
     pairs, notes = _pairs(an_a, an_b)
     ma, mb = an_a.report["models"], an_b.report["models"]
     return {
@@ -170,13 +178,12 @@ def diff_analyses(an_a: Analysis, an_b: Analysis, *, show: int = DEFAULT_SHOW) -
     }
 
 
-def diff_runs(path_a: Path, path_b: Path, *, gold_field: str | None = None, show: int = DEFAULT_SHOW
-              ) -> dict[str, Any]:
+def diff_runs(path_a: Path, path_b: Path, *, gold_field: str | None = None, show: int = DEFAULT_SHOW) -> Diff:
     """The diff of two run (or compare) directories as a JSON-ready dict."""
     return diff_analyses(analyze(path_a, gold_field=gold_field), analyze(path_b, gold_field=gold_field), show=show)
 
 
-def accuracy_check(diff: Mapping[str, Any], max_drop: float) -> tuple[int, list[str]]:
+def accuracy_check(diff: Diff, max_drop: float) -> tuple[int, list[str]]:
     """(exit code, lines) of --fail-on-accuracy-drop: 0 pass, 6 dropped too far, 2 cannot tell."""
     code, lines = 0, []
     for pair in diff["pairs"]:
@@ -212,11 +219,12 @@ def _points(value: float | None) -> str:
     return "-" if value is None else f"{value:+.1f} pts"
 
 
-def _rel(change: Mapping[str, Any]) -> str:
-    return "" if change.get("relative") is None else f", {change['relative'] * 100:+.1f}%"
+def _rel(change: Change) -> str:
+    relative = change.get("relative")
+    return "" if relative is None else f", {relative * 100:+.1f}%"
 
 
-def _format_pair(p: Mapping[str, Any]) -> list[str]:
+def _format_pair(p: PairDiff) -> list[str]:
     a, b = p["a"], p["b"]
     if a["model"] == b["model"]:
         title = f"model {a['model']}" + (f" [{a['key']}]" if a["key"] == b["key"] else "")
@@ -257,8 +265,7 @@ def _format_pair(p: Mapping[str, Any]) -> list[str]:
     rows.append(("cost", f"{usd(c['a'])} -> {usd(c['b'])}" + (f" ({c['delta']:+,.6f}{_rel(c)})" if c["delta"] is not None else "")))
     rows.append(("cost per 1,000 tickets", f"{usd(k['a'])} -> {usd(k['b'])}"
                  + (f" ({k['relative'] * 100:+.1f}%)" if k["relative"] is not None else "")))
-    for name, label in (("latency_p50_ms", "latency p50"), ("latency_p95_ms", "latency p95")):
-        lat = p[name]
+    for label, lat in (("latency p50", p["latency_p50_ms"]), ("latency p95", p["latency_p95_ms"])):
         rows.append((label, f"{ms(lat['a'])} -> {ms(lat['b'])} ms"
                             + (f" ({lat['delta']:+,.0f} ms{_rel(lat)})" if lat["delta"] is not None else "")))
     lines += kv(rows)
@@ -289,7 +296,7 @@ def _short(text: str | None, limit: int = 30) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def format_diff(diff: Mapping[str, Any]) -> str:
+def format_diff(diff: Diff) -> str:
     lines = [f"batchrun diff: A {diff['a']}  ->  B {diff['b']}", ""]
     for pair in diff["pairs"]:
         lines += _format_pair(pair) + [""]

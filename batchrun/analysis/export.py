@@ -41,10 +41,11 @@ import sqlite3
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO, Callable, Protocol
 
 import orjson
 
+from batchrun.analysis.documents import StoredJSON
 from batchrun.errors import BatchrunError, ExitCode
 from batchrun.job.input_formats import (
     csv_header,
@@ -59,6 +60,9 @@ from batchrun.rundir.layout import ERRORS, REJECTS, RESULTS
 EXPORT_FORMATS = ("jsonl", "csv", "parquet")
 PAGE_CACHE_KB = 32 * 1024  # SQLite page cache of the outcome index
 BATCH_ROWS = 8192  # Parquet rows written at a time; SQLite rows inserted per statement batch
+
+#: One row of the export (or one model's group of columns in it): values as the lines have them.
+Row = dict[str, object]
 
 #: The columns of one model's group, in order (those after "output" only when the job has them).
 _BASE = ("status", "output")
@@ -90,7 +94,7 @@ class ExportResult:
 class _Unit:
     key: str  # "" for a single run, else the [[models]] name
     run_dir: Path
-    manifest: dict[str, Any]
+    manifest: StoredJSON
     answer_fields: tuple[str, ...]  # label / parsed / tool_calls
 
 
@@ -163,7 +167,7 @@ class _Lookup:
             path = unit.run_dir / name
             self.files[ok] = path.open("rb") if path.exists() else None
 
-    def get(self, ticket_id: str) -> tuple[bool, dict[str, Any]] | None:
+    def get(self, ticket_id: str) -> tuple[bool, StoredJSON] | None:
         found = self.db.execute(self.query, (ticket_id,)).fetchone()
         if found is None:
             return None
@@ -179,14 +183,14 @@ class _Lookup:
                 handle.close()
 
 
-def _group(unit: _Unit, found: tuple[bool, dict[str, Any]] | None) -> dict[str, Any]:
-    """One model's columns for one ticket."""
-    row: dict[str, Any] = dict.fromkeys(_BASE + unit.answer_fields + _AFTER)
+def _group(unit: _Unit, found: tuple[bool, StoredJSON] | None) -> tuple[str, Row]:
+    """One model's status and columns for one ticket."""
+    row: Row = dict.fromkeys(_BASE + unit.answer_fields + _AFTER)
     if found is None:
         row["status"] = "pending"
-        return row
+        return "pending", row
     ok, line = found
-    row["status"] = "done" if ok else "failed"
+    status = row["status"] = "done" if ok else "failed"
     row["attempts"] = line.get("attempts")
     if ok:
         row["output"] = line.get("output")
@@ -207,12 +211,12 @@ def _group(unit: _Unit, found: tuple[bool, dict[str, Any]] | None) -> dict[str, 
         row["error_message"] = line.get("message")
         row["cost_usd"] = line_money(line).spent_usd or None  # answers paid for and turned down
         row["model"] = line.get("model_key")
-    return row
+    return status, row
 
 
 # -- writers ------------------------------------------------------------------------------------------
 
-def _as_text(value: Any) -> str | None:
+def _as_text(value: object) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
@@ -224,7 +228,7 @@ class _JsonlWriter:
     def __init__(self, path: Path, columns: list[str]) -> None:
         self.handle = path.open("wb")
 
-    def write(self, row: dict[str, Any]) -> None:
+    def write(self, row: Row) -> None:
         self.handle.write(orjson.dumps(row, default=str) + b"\n")
 
     def close(self) -> None:
@@ -240,7 +244,7 @@ class _CsvWriter:
         self.writer.writerow(columns)
         self.columns = columns
 
-    def write(self, row: dict[str, Any]) -> None:
+    def write(self, row: Row) -> None:
         self.writer.writerow(["" if (v := row.get(c)) is None else ("true" if v is True else "false" if v is False
                               else v if isinstance(v, (str, int, float)) else _as_text(v)) for c in self.columns])
 
@@ -260,13 +264,13 @@ class _ParquetWriter:
         types = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "text": pa.string()}
         self.schema = pa.schema([(c, types[self._kind(k)]) for c, k in zip(columns, self.kinds)])
         self.writer = pq.ParquetWriter(path, self.schema)
-        self.batch: list[dict[str, Any]] = []
+        self.batch: list[Row] = []
 
     @staticmethod
     def _kind(name: str) -> str:
         return "int" if name in _INT else "float" if name in _FLOAT else "bool" if name in _BOOL else "text"
 
-    def write(self, row: dict[str, Any]) -> None:
+    def write(self, row: Row) -> None:
         self.batch.append(row)
         if len(self.batch) >= BATCH_ROWS:
             self.flush()
@@ -288,7 +292,14 @@ class _ParquetWriter:
         self.writer.close()
 
 
-_WRITERS = {"jsonl": _JsonlWriter, "csv": _CsvWriter, "parquet": _ParquetWriter}
+class _Writer(Protocol):
+    def write(self, row: Row) -> None: ...
+
+    def close(self) -> None: ...
+
+
+_WRITERS: dict[str, Callable[[Path, list[str]], _Writer]] = {
+    "jsonl": _JsonlWriter, "csv": _CsvWriter, "parquet": _ParquetWriter}
 
 
 # -- the export ----------------------------------------------------------------------------------------
@@ -368,11 +379,11 @@ def export_run(run_dir: Path, out: Path | None = None, fmt: str = "jsonl", *,
             writer = _WRITERS[fmt](tmp, columns)
             try:
                 for ticket in read_tickets(input_path, id_field, skip_lines=skip, input_format=declared):
-                    row: dict[str, Any] = {"id": ticket.id}
-                    groups: dict[str, Any] = {}
+                    row: Row = {"id": ticket.id}
+                    groups: dict[str, Row] = {}
                     for lookup in lookups:
-                        group = _group(lookup.unit, lookup.get(ticket.id))
-                        counts[group["status"]] += 1
+                        status, group = _group(lookup.unit, lookup.get(ticket.id))
+                        counts[status] += 1
                         if not compare:
                             row.update(group)
                         elif fmt == "jsonl":

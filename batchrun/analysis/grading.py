@@ -84,8 +84,22 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Literal, Mapping, Sequence
 
+from batchrun.analysis.documents import (
+    Agreement,
+    AgreementPair,
+    Brief,
+    Grading,
+    LabelScores,
+    LatencyStats,
+    MacroScores,
+    Report,
+    ResultNumbers,
+    StoredJSON,
+    Throughput,
+    UnitReport,
+)
 from batchrun.analysis.stats import percentile, round1
 from batchrun.analysis.textfmt import kv, ms, num, pct, table, usd
 from batchrun.errors import ReportError
@@ -104,7 +118,7 @@ TOP_UNEXPECTED = 10  # unexpected predictions listed by name
 # --------------------------------------------------------------------------------------------
 
 
-def _norm(value: Any) -> str | None:
+def _norm(value: object) -> str | None:
     """The comparable form of a gold value or an answer; None for no value."""
     from batchrun.job.answer_checks import normalize_label
 
@@ -116,7 +130,7 @@ def _norm(value: Any) -> str | None:
     return text
 
 
-def prediction(line: Mapping[str, Any]) -> str:
+def prediction(line: StoredJSON) -> str:
     """A result line's answer: its `label`, else its `output`, normalized ("(empty)" if blank)."""
     value = line.get("label")
     if not isinstance(value, str):
@@ -125,10 +139,10 @@ def prediction(line: Mapping[str, Any]) -> str:
     return text or EMPTY
 
 
-def _field(obj: Mapping[str, Any], path: str) -> Any:
+def _field(obj: Mapping[str, object], path: str) -> object:
     if path in obj:
         return obj[path]
-    value: Any = obj
+    value: object = obj
     for part in path.split("."):
         if not isinstance(value, Mapping) or part not in value:
             return None
@@ -219,7 +233,7 @@ def resolve_input(unit: RunUnit, override: Path | None) -> tuple[Path | None, st
 # --------------------------------------------------------------------------------------------
 
 
-def latency_stats(values: Iterable[float]) -> dict[str, Any] | None:
+def latency_stats(values: Iterable[float]) -> LatencyStats | None:
     ordered = sorted(values)
     if not ordered:
         return None
@@ -232,7 +246,7 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den else 0.0
 
 
-def classification_metrics(pairs: Iterable[tuple[str, str]], job_labels: Sequence[str] = ()) -> dict[str, Any]:
+def classification_metrics(pairs: Iterable[tuple[str, str]], job_labels: Sequence[str] = ()) -> Grading:
     """Accuracy, per-label precision/recall/F1, macro averages and the confusion matrix.
 
     `pairs` are (gold, predicted), both normalized. The label set is the gold
@@ -260,7 +274,7 @@ def classification_metrics(pairs: Iterable[tuple[str, str]], job_labels: Sequenc
         column = index.get(p, len(columns) - 1)
         matrix[index[g]][column] += 1
         correct += g == p
-    per_label: dict[str, dict[str, Any]] = {}
+    per_label: dict[str, LabelScores] = {}
     for label, i in index.items():
         tp = matrix[i][i]
         support = sum(matrix[i])
@@ -271,8 +285,11 @@ def classification_metrics(pairs: Iterable[tuple[str, str]], job_labels: Sequenc
         per_label[label] = {"precision": round(precision, 6), "recall": round(recall, 6), "f1": round(f1, 6),
                             "support": support, "predicted": predicted_n, "true_positives": tp}
     n = len(labels)
-    macro = {key: round(sum(v[key] for v in per_label.values()) / n, 6) if n else None
-             for key in ("precision", "recall", "f1")}
+
+    def macro_of(key: Literal["precision", "recall", "f1"]) -> float | None:
+        return round(sum(v[key] for v in per_label.values()) / n, 6) if n else None
+
+    macro: MacroScores = {"precision": macro_of("precision"), "recall": macro_of("recall"), "f1": macro_of("f1")}
     return {
         "graded": len(pairs),
         "correct": correct,
@@ -286,7 +303,7 @@ def classification_metrics(pairs: Iterable[tuple[str, str]], job_labels: Sequenc
     }
 
 
-def agreement(a: Mapping[str, str], b: Mapping[str, str]) -> dict[str, Any]:
+def agreement(a: Mapping[str, str], b: Mapping[str, str]) -> Agreement:
     """How often two models gave the same answer on the tickets both answered (and Cohen's kappa)."""
     both = [key for key in a if key in b]
     agree = sum(1 for key in both if a[key] == b[key])
@@ -339,9 +356,9 @@ class _Acc:
         self.cost_saved = 0.0  # their cost_saved_usd
         self.distribution: dict[str, int] = {}
         self.pairs: list[tuple[str, str]] = []
-        self.runs: dict[Any, list[float]] = {}  # run -> [first start, last finish, results]
+        self.runs: dict[object, list[float]] = {}  # the line's run -> [first start, last finish, results]
 
-    def add(self, line: Mapping[str, Any], pred: str, gold: str | None) -> None:
+    def add(self, line: StoredJSON, pred: str, gold: str | None) -> None:
         self.done += 1
         money = line_money(line)
         hit = money.cache_hit
@@ -379,12 +396,12 @@ class _Acc:
             span[1] = max(span[1], end)
             span[2] += 1
 
-    def summary(self, job_labels: Sequence[str], graded: bool, errors_cost: float = 0.0) -> dict[str, Any]:
+    def summary(self, job_labels: Sequence[str], graded: bool, errors_cost: float = 0.0) -> ResultNumbers:
         spent = self.cost + self.rejected_cost + errors_cost
-        runs = {str(run): {"results": int(n), "wall_s": round(end - start, 3),
+        runs: dict[str, Throughput] = {str(run): {"results": int(n), "wall_s": round(end - start, 3),
                            "results_per_s": round(n / (end - start), 2) if end > start else None}
                 for run, (start, end, n) in sorted(self.runs.items(), key=lambda kv: str(kv[0]))}
-        out: dict[str, Any] = {
+        out: ResultNumbers = {
             "done": self.done,
             "latency_ms": latency_stats(self.latencies),
             "ttft_ms": latency_stats(self.ttfts),
@@ -408,7 +425,7 @@ class _Acc:
         return out
 
 
-def _unit_report(unit: RunUnit, gold: GoldLabels | None, gold_note: str | None) -> tuple[dict[str, Any], Series]:
+def _unit_report(unit: RunUnit, gold: GoldLabels | None, gold_note: str | None) -> tuple[UnitReport, Series]:
     from batchrun.rundir.layout import ERRORS, RESULTS
 
     series = Series(gold=gold)
@@ -440,19 +457,19 @@ def _unit_report(unit: RunUnit, gold: GoldLabels | None, gold_note: str | None) 
         if t is not None and (series.first_start is None or t < series.first_start):
             series.first_start = t
     series.latencies = list(overall.latencies)
-    failed: dict[str, dict[str, Any]] = {}
+    failed: dict[str, StoredJSON] = {}
     errors_cost = 0.0
     for line in iter_lines(unit.run_dir / ERRORS):
         errors_cost += line_money(line).spent_usd  # answers paid for, then rejected
         if str(line["id"]) not in seen:
             failed[str(line["id"])] = line
     by_kind: dict[str, int] = {}
-    for line in failed.values():
-        kind = str(line.get("error_kind") or "unknown")
+    for error_line in failed.values():
+        kind = str(error_line.get("error_kind") or "unknown")
         by_kind[kind] = by_kind.get(kind, 0) + 1
     total = int((unit.manifest.get("input") or {}).get("tickets") or 0)
     graded = gold is not None and bool(gold.labels)
-    report: dict[str, Any] = {
+    report: UnitReport = {
         "key": unit.key,
         "model": unit.model,
         "run_dir": str(unit.run_dir),
@@ -482,17 +499,18 @@ def _unit_report(unit: RunUnit, gold: GoldLabels | None, gold_note: str | None) 
     return report, series
 
 
-def _brief(summary: dict[str, Any]) -> dict[str, Any]:
-    grading = summary.get("grading") or {}
-    return {"done": summary["done"], "accuracy": grading.get("accuracy"), "graded": grading.get("graded"),
-            "macro_f1": (grading.get("macro") or {}).get("f1"), "latency_ms": summary["latency_ms"],
+def _brief(summary: ResultNumbers) -> Brief:
+    grading = summary.get("grading")
+    return {"done": summary["done"], "accuracy": grading.get("accuracy") if grading else None,
+            "graded": grading.get("graded") if grading else None, "macro_f1": macro_f1(grading),
+            "latency_ms": summary["latency_ms"],
             "cost_usd": summary["cost"]["usd"], "per_1000_tickets_usd": summary["cost"]["per_1000_tickets_usd"],
             "label_distribution": summary["label_distribution"], "grading": summary.get("grading")}
 
 
 @dataclass
 class Analysis:
-    report: dict[str, Any]  # JSON-ready
+    report: Report  # JSON-ready
     series: dict[str, Series]  # unit key -> raw series
 
 
@@ -500,7 +518,7 @@ def analyze(path: Path, *, gold_field: str | None = None, input_path: Path | Non
     """Read a run or compare directory and compute its report (see the module docstring)."""
     kind, units = find_units(Path(path))
     cache: dict[tuple[str, str, str], GoldLabels] = {}
-    reports: list[dict[str, Any]] = []
+    reports: list[UnitReport] = []
     series: dict[str, Series] = {}
     for unit in units:
         field_name = resolve_gold_field(unit, gold_field)
@@ -514,7 +532,7 @@ def analyze(path: Path, *, gold_field: str | None = None, input_path: Path | Non
         report, data = _unit_report(unit, gold, note)
         reports.append(report)
         series[unit.key] = data
-    pairs = []
+    pairs: list[AgreementPair] = []
     for i, a in enumerate(units):
         for b in units[i + 1:]:
             pairs.append({"a": a.key, "b": b.key,
@@ -523,7 +541,7 @@ def analyze(path: Path, *, gold_field: str | None = None, input_path: Path | Non
                      "agreement": pairs if kind == "compare" else []}, series)
 
 
-def build_report(path: Path, *, gold_field: str | None = None, input_path: Path | None = None) -> dict[str, Any]:
+def build_report(path: Path, *, gold_field: str | None = None, input_path: Path | None = None) -> Report:
     """The report as a JSON-ready dict."""
     return analyze(path, gold_field=gold_field, input_path=input_path).report
 
@@ -533,13 +551,13 @@ def build_report(path: Path, *, gold_field: str | None = None, input_path: Path 
 # --------------------------------------------------------------------------------------------
 
 
-def _latency_line(stats: Mapping[str, Any] | None) -> str:
+def _latency_line(stats: LatencyStats | None) -> str:
     if not stats:
         return "-"
     return f"{ms(stats['p50'])} / {ms(stats['p95'])} / {ms(stats['p99'])} ms (mean {ms(stats['mean'])}, n={stats['n']:,})"
 
 
-def _format_unit(m: Mapping[str, Any]) -> list[str]:
+def _format_unit(m: UnitReport) -> list[str]:
     title = f"model {m['model']}" + (f" [{m['key']}]" if m["key"] != m["job"] else "")
     title += f": {m['run_dir']} (job {m['job']}, {m['state']}, run {m['run']}, endpoint {m['endpoint']})"
     lines = [title, "=" * min(len(title), 100)]
@@ -600,22 +618,33 @@ def _format_unit(m: Mapping[str, Any]) -> list[str]:
         if grading["unexpected_total"]:
             shown = ", ".join(f"{_quote(k)} {v:,}" for k, v in grading["unexpected_predictions"].items())
             lines.append(f"  {OTHER}: {grading['unexpected_total']:,} answer(s) outside the label set: {shown}")
-    for name, title_ in (("by_model", "by answering model"), ("by_route", "by route")):
-        if m.get(name):
+    for name, title_, briefs in (("by_model", "by answering model", m.get("by_model")),
+                                 ("by_route", "by route", m.get("by_route"))):
+        if briefs:
             lines += ["", title_]
             body = [[k, f"{v['done']:,}", pct(v["accuracy"]), num(v["macro_f1"], '.3f'),
-                     ms((v["latency_ms"] or {}).get("p50")), ms((v["latency_ms"] or {}).get("p95")),
-                     usd(v["cost_usd"]), usd(v["per_1000_tickets_usd"])] for k, v in m[name].items()]
+                     ms(_latency(v["latency_ms"], "p50")), ms(_latency(v["latency_ms"], "p95")),
+                     usd(v["cost_usd"]), usd(v["per_1000_tickets_usd"])] for k, v in briefs.items()]
             lines += ["  " + line for line in table(
                 [name.split("_")[1], "done", "accuracy", "macro F1", "p50 ms", "p95 ms", "cost", "per 1k"], body)]
     return lines
+
+
+def _latency(stats: LatencyStats | None, key: Literal["p50", "p95"]) -> float | None:
+    return stats.get(key) if stats else None
+
+
+def macro_f1(grading: Grading | None) -> float | None:
+    """A grading's macro-averaged F1 (None without one)."""
+    macro = grading.get("macro") if grading else None
+    return macro.get("f1") if macro else None
 
 
 def _quote(text: str, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _distribution_table(models: Sequence[Mapping[str, Any]], top: int = 20) -> list[str]:
+def _distribution_table(models: Sequence[UnitReport], top: int = 20) -> list[str]:
     totals: dict[str, int] = {}
     for m in models:
         for label, n in m["label_distribution"].items():
@@ -635,7 +664,7 @@ def _distribution_table(models: Sequence[Mapping[str, Any]], top: int = 20) -> l
     return table(["answer", *(m["key"] for m in models)], body)
 
 
-def format_report(report: Mapping[str, Any]) -> str:
+def format_report(report: Report) -> str:
     models = report["models"]
     head = f"batchrun report: {report['path']}"
     if report["kind"] == "compare":
@@ -646,9 +675,9 @@ def format_report(report: Mapping[str, Any]) -> str:
         headers = ["key", "model", "done", "failed", "accuracy", "macro F1", "p50 ms", "p95 ms",
                    *(["TTFT p50"] if streamed else []), "cost", "per 1k tickets"]
         body = [[m["key"], m["model"], f"{m['counts']['done']:,}", f"{m['counts']['failed']:,}",
-                 pct((m["grading"] or {}).get("accuracy")), num(((m["grading"] or {}).get("macro") or {}).get("f1"), '.3f'),
-                 ms((m["latency_ms"] or {}).get("p50")), ms((m["latency_ms"] or {}).get("p95")),
-                 *([ms((m["ttft_ms"] or {}).get("p50"))] if streamed else []),
+                 pct(m["grading"].get("accuracy") if m["grading"] else None), num(macro_f1(m["grading"]), '.3f'),
+                 ms(_latency(m["latency_ms"], "p50")), ms(_latency(m["latency_ms"], "p95")),
+                 *([ms(_latency(m["ttft_ms"], "p50"))] if streamed else []),
                  usd(m["cost"]["usd"]), usd(m["cost"]["per_1000_tickets_usd"])] for m in models]
         lines += table(headers, body, left=2) + [""]
     for m in models:

@@ -103,14 +103,21 @@ is over max_cost_usd.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Mapping, TypedDict
 
+from batchrun.analysis.documents import BatchPrice, BudgetScope, Plan, PlanRow, StoredJSON
 from batchrun.analysis.textfmt import kv, usd
+
+if TYPE_CHECKING:
+    from batchrun.job.sections import PricesSpec
+    from batchrun.job.spec import JobSpec
+    from batchrun.records import Ticket
 
 DEFAULT_SAMPLE = 1000  # tickets whose tokens are counted exactly
 DEFAULT_ASSUMED_LATENCY_MS = 1000.0  # without finished results to measure
@@ -127,9 +134,9 @@ class ModelEntry:
 
     key: str  # the [[models]] name; the job name for a single-model job
     model: str  # the litellm model string
-    job: Any  # the JobSpec that renders its prompts (a compare job's per-model job)
-    params: Mapping[str, Any]
-    prices: Any  # spec.PricesSpec or None
+    job: JobSpec  # renders its prompts (a compare job's per-model job)
+    params: Mapping[str, object]  # the litellm params of its requests
+    prices: PricesSpec | None
     max_in_flight: int  # concurrency ("auto": max_concurrency)
     concurrency: int | str  # as the job says it
     rpm: int | None
@@ -138,39 +145,51 @@ class ModelEntry:
     route: str | None = None  # routed jobs: only the tickets the rules send to this [[models]] name
 
 
-def plan_mode(job: Any) -> str:
+def plan_mode(job: JobSpec) -> str:
     """"single", "compare" ([[models]] without [[routes]]) or "route"."""
     if not getattr(job, "models", None):
         return "single"
     return "route" if getattr(job, "routes", None) else "compare"
 
 
-def _entry(key: str, job: Any, **changes: Any) -> ModelEntry:
-    fields: dict[str, Any] = dict(
+def _entry(key: str, job: JobSpec) -> ModelEntry:
+    return ModelEntry(
         key=key, model=job.model, job=job, params=dict(job.params), prices=job.prices,
         max_in_flight=job.max_in_flight, concurrency=job.concurrency, rpm=getattr(job, "rpm", None),
         tpm=getattr(job, "tpm", None), run_dir=Path(job.resolved_run_dir()))
-    fields.update(changes)
-    return ModelEntry(**fields)
 
 
-def model_entries(job: Any) -> list[ModelEntry]:
+def model_entries(job: JobSpec) -> list[ModelEntry]:
     """The models of a job, one entry each (see MODELS in the module docstring)."""
     mode = plan_mode(job)
     if mode == "compare":
         return [_entry(spec.name, job.for_model(spec)) for spec in job.models]
     if mode == "route":
-        return [_entry(spec.name, job, model=spec.model, params={**job.params, **spec.params},
-                       prices=spec.prices or job.prices, route=spec.name) for spec in job.models]
+        return [dataclasses.replace(_entry(spec.name, job), model=spec.model, params={**job.params, **spec.params},
+                                    prices=spec.prices or job.prices, route=spec.name) for spec in job.models]
     return [_entry(job.name, job)]
 
 
-def _max_tokens(params: Mapping[str, Any]) -> int | None:
+def _max_tokens(params: Mapping[str, object]) -> int | None:
     value = params.get("max_tokens") or params.get("max_completion_tokens")
     return int(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
-def _finished(run_dir: Path, model_key: str | None = None) -> dict[str, Any]:
+class _Finished(TypedDict):
+    """What the run directory's finished results say (`_finished`)."""
+
+    results: int
+    avg_completion_tokens: float | None
+    with_usage: int
+    avg_prompt_tokens: float | None
+    median_latency_ms: float | None
+    spent_usd: float
+    priced_results: int
+    avg_result_cost_usd: float | None
+    manifest: StoredJSON
+
+
+def _finished(run_dir: Path, model_key: str | None = None) -> _Finished:
     """Average completion tokens and median latency of the finished results, if any
     (with `model_key`: only the lines that model answered)."""
     from batchrun.rundir.layout import ERRORS, RESULTS
@@ -226,7 +245,7 @@ def _prices(entry: ModelEntry, mean_in: float, mean_out: float) -> tuple[float |
     return float(in_cost) / p_in, float(out_cost) / p_out, "litellm"
 
 
-def _count_tokens(entry: ModelEntry, job: Any, tickets: list[Any], simulated: bool = False) -> list[int]:
+def _count_tokens(entry: ModelEntry, job: JobSpec, tickets: list[Ticket], simulated: bool = False) -> list[int]:
     """Prompt tokens per ticket: as the model's tokenizer counts them (litellm.token_counter), or,
     for a simulated run, as the simulator counts them (what that run records and is priced on)."""
     from batchrun.job.templates import render_messages
@@ -246,7 +265,7 @@ def _count_tokens(entry: ModelEntry, job: Any, tickets: list[Any], simulated: bo
     return [estimate_tokens(entry.model, render_messages(job, ticket), tools) for ticket in tickets]
 
 
-def _simulated_output_tokens(job: Any, model: str, tickets: list[Any], max_tokens: int | None) -> float | None:
+def _simulated_output_tokens(job: JobSpec, model: str, tickets: list[Ticket], max_tokens: int | None) -> float | None:
     """Mean completion tokens of the simulator's answers to `tickets` (its answers are a pure
     function of the messages, the seed and the model's noise), cut at max_tokens; None for a job
     whose answers are JSON or tool calls (the plan keeps max_tokens as the bound then)."""
@@ -267,7 +286,7 @@ def _simulated_output_tokens(job: Any, model: str, tickets: list[Any], max_token
 
 
 def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, sample: int,
-                assume_latency_ms: float, simulated: bool = False) -> dict[str, Any]:
+                assume_latency_ms: float, simulated: bool = False) -> PlanRow:
     from batchrun.errors import TicketError
     from batchrun.job.tickets import read_tickets, scan_input
     from batchrun.rundir.lines import load_done_ids, load_failed_ids
@@ -289,7 +308,7 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
     # One pass over the tickets to do: a seeded reservoir sample, the retries of failed ones,
     # and for a routed job the tickets its rules send to this model.
     rng = random.Random(SAMPLE_SEED)
-    reservoir: list[Any] = []
+    reservoir: list[Ticket] = []
     seen = retried = 0
     for ticket in read_tickets(job.input, job.id_field, skip_lines=scan.bad_lines,
                                max_line_bytes=job.max_line_bytes, only_lines=scan.dispatch,
@@ -331,17 +350,18 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
     output_tokens = per_ticket_out * to_do
 
     in_rate, out_rate, price_source = _prices(entry, mean_in, per_ticket_out)
+    per_result_usd = finished["avg_result_cost_usd"]
     cost = ceiling = None
-    if price_source is not None:
+    if in_rate is not None and out_rate is not None:  # priced: _prices named a source
         cost = input_tokens * in_rate + output_tokens * out_rate
         if max_tokens is not None:
             ceiling = input_tokens * in_rate + max_tokens * to_do * out_rate
-    elif finished["avg_result_cost_usd"] is not None and entry.route is None:
+    elif per_result_usd is not None and entry.route is None:
         # litellm has no price (an alias a proxy serves, say) but the endpoint priced what it answered
         price_source = "finished"
-        cost = finished["avg_result_cost_usd"] * to_do
+        cost = per_result_usd * to_do
 
-    batch = None
+    batch: BatchPrice | None = None
     if job.mode == "batch":  # the Batch API's price next to the online one (docs/batch.md)
         from batchrun.providers.batch_api import batch_prices_of
 
@@ -401,7 +421,7 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
                           "source": out_source, "finished_results": finished["with_usage"],
                           "max_tokens": max_tokens},
         "price": {"source": price_source, "label": PRICE_SOURCES[price_source],
-                  "per_ticket_usd": (round(finished["avg_result_cost_usd"], 9) if price_source == "finished"
+                  "per_ticket_usd": (round(per_result_usd, 9) if price_source == "finished" and per_result_usd is not None
                                      else None),
                   "priced_results": finished["priced_results"] if price_source == "finished" else None,
                   "input_per_million_usd": None if in_rate is None else round(in_rate * 1e6, 6),
@@ -421,9 +441,9 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
     }
 
 
-def make_plan(job: Any, *, job_path: Path | None = None, limit: int | None = None, skip_failed: bool = False,
+def make_plan(job: JobSpec, *, job_path: Path | None = None, limit: int | None = None, skip_failed: bool = False,
               max_cost_usd: float | None = None, sample: int | None = None,
-              assume_latency_ms: float = DEFAULT_ASSUMED_LATENCY_MS, live: bool = False) -> dict[str, Any]:
+              assume_latency_ms: float = DEFAULT_ASSUMED_LATENCY_MS, live: bool = False) -> Plan:
     """The plan as a JSON-ready dict (see the module docstring); raises BatchrunError subclasses.
     A job with a [simulator] section is planned as the simulated run `batchrun run` would make,
     unless `live` (then as the live run `batchrun run --live` would make)."""
@@ -440,7 +460,7 @@ def make_plan(job: Any, *, job_path: Path | None = None, limit: int | None = Non
 
     # Budget scopes: what one run directory spends. A compare job has one per model.
     groups = [[row] for row in rows] if mode == "compare" else [rows]
-    scopes = []
+    scopes: list[BudgetScope] = []
     for group in groups:
         unpriced = [r["model"] for r in group if r["cost_usd"] is None and r["tickets"]["to_do"]]
         expected = sum(r["cost_usd"] or 0.0 for r in group)
@@ -508,7 +528,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:,.1f} h"
 
 
-def _format_row(r: Mapping[str, Any], single: bool = True) -> list[str]:
+def _format_row(r: PlanRow, single: bool = True) -> list[str]:
     t = r["tickets"]
     counts = (f"{t['selected']:,} (the first {t['limit']:,} of {t['input']:,}: --limit)" if t["limit"] is not None
               else f"{t['input']:,} in input") + f": {t['already_done']:,} already done"
@@ -585,8 +605,8 @@ def _format_row(r: Mapping[str, Any], single: bool = True) -> list[str]:
                     + (f" ({others})" if others else ""))
     rows = [("tickets", counts), ("input tokens", in_text), ("output tokens", out_text), ("price", price),
             ("expected cost", cost)]
-    if r.get("batch"):
-        b = r["batch"]
+    b = r.get("batch")
+    if b:
         rows[3] = ("price", price + " (online)")
         rows.append(("batch mode", f"{_per_million(b['input_per_million_usd'])} in / "
                      f"{_per_million(b['output_per_million_usd'])} out per million tokens "
@@ -604,7 +624,7 @@ def _format_row(r: Mapping[str, Any], single: bool = True) -> list[str]:
     return lines
 
 
-def format_plan(plan: Mapping[str, Any]) -> str:
+def format_plan(plan: Plan) -> str:
     head = f"batchrun plan: {plan['job']}" + (f" ({plan['job_path']})" if plan["job_path"] else "")
     head += ": no request sent"
     lines = [head, "-" * len(head)]

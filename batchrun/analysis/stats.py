@@ -34,8 +34,9 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence, TypedDict
 
+from batchrun.analysis.documents import StoredJSON
 from batchrun.analysis.textfmt import duration, kv, ms, usd
 from batchrun.records import Outcome
 
@@ -63,7 +64,8 @@ def short_message(message: str | None) -> str:
     return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS - 1] + "…"
 
 
-def _top_messages(messages: Mapping[str, int], n: int = 3) -> list[list[Any]]:
+def _top_messages(messages: Mapping[str, int], n: int = 3) -> list[list[str | int]]:
+    """[[message, tickets], ...]: the `n` most frequent, as JSON pairs."""
     return [[text, count] for text, count in sorted(messages.items(), key=lambda item: (-item[1], item[0]))[:n]]
 
 
@@ -134,7 +136,7 @@ class RunStats:
     worker_cpu_s: float = 0.0  # CPU worker processes spent on this run, start-up included, as they said
     finished: float | None = None
     maybe_billed_ids: list[str] = field(default_factory=list)  # left in flight by the run before (journal)
-    cluster: dict[str, Any] | None = None  # engine "ray": actors, actors lost, tickets re-sent, limiter counters
+    cluster: Mapping[str, object] | None = None  # engine "ray": actors, actors lost, tickets re-sent, limiter counters
 
     def record(self, outcome: Outcome) -> None:
         """Count one outcome whose line is on disk."""
@@ -187,7 +189,8 @@ class RunStats:
         """Seconds from the start of the run to the first ticket handed to a worker."""
         return None if self.first_dispatch is None else max(self.first_dispatch - self.started, 0.0)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, object]:
+        """The run's numbers as JSON (manifest.json's "summary"; `format_summary` prints it)."""
         wall = self.wall_s
         finished = self.done + self.failed
         startup = self.startup_s
@@ -243,7 +246,14 @@ class RunStats:
         }
 
 
-def percentiles(samples: LatencyHistogram | Iterable[float]) -> dict[str, float | None]:
+class Percentiles(TypedDict):
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    mean: float | None
+
+
+def percentiles(samples: LatencyHistogram | Iterable[float]) -> Percentiles:
     """p50/p95/p99/mean of a histogram (or of samples, put through one), rounded to 0.1."""
     if isinstance(samples, LatencyHistogram):
         histogram = samples
@@ -271,8 +281,8 @@ def round1(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def format_summary(summary: Mapping[str, Any], *, title: str = "batchrun summary") -> str:
-    """The end-of-run table, from a `RunStats.summary()` dict."""
+def format_summary(summary: StoredJSON, *, title: str = "batchrun summary") -> str:
+    """The end-of-run table, from a `RunStats.summary()` dict (or one read back from a manifest)."""
     lat = summary["latency_ms"]
     per_1000 = summary["cost_per_1000_tickets_usd"]
     cost = usd(summary['cost_usd'])

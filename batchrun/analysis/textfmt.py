@@ -18,7 +18,7 @@ as 0). Charts are in charts.py; percentiles (data, not text) in stats.py.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 
 def num(value: float | None, spec: str = ",.0f") -> str:
@@ -53,7 +53,7 @@ def duration(seconds: float | None) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, left: int = 1) -> list[str]:
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, left: int = 1) -> list[str]:
     """Aligned text columns: the first `left` columns left-aligned, the rest right-aligned."""
     cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
@@ -66,7 +66,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, left: int = 
     return lines
 
 
-def kv(rows: Sequence[tuple[str, Any]], indent: str = "") -> list[str]:
+def kv(rows: Sequence[tuple[str, object]], indent: str = "") -> list[str]:
     """"label  value" lines, labels padded to the longest."""
     width = max(len(k) for k, _ in rows)
     return [f"{indent}{k:<{width}}  {v}" for k, v in rows]

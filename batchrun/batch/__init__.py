@@ -3,6 +3,7 @@
 
     run.py     execute_batch_run: parts built, submitted, polled, collected, retried
     ledger.py  batches.json: what parts exist and where each stands
+    adoption.py  the batch a lost create made, found in the provider's listing
     steps.py   the named steps of a batch run (the kill tests watch them)
     cancel.py  `batchrun cancel`: cancel the parts still running
 """

@@ -104,6 +104,7 @@ from tenacity import RetryCallState
 
 from batchrun.analysis.stats import RunStats
 from batchrun.batch import steps
+from batchrun.batch.adoption import find_batch
 from batchrun.batch.ledger import (
     PART_DIR,
     Failure,
@@ -127,7 +128,7 @@ from batchrun.execution.ticket_runner import judge_answer, rules_for, utc_now
 from batchrun.job.templates import render_messages
 from batchrun.job.tickets import read_tickets
 from batchrun.providers.error_mapping import error_for_status
-from batchrun.providers.seam import BatchAPI, BatchClaim, BatchLine, BatchPrices, ChatRequest, Reply
+from batchrun.providers.seam import BatchAPI, BatchLine, BatchPrices, ChatRequest, Reply
 from batchrun.records import Line, Outcome
 from batchrun.rundir.checkpoint import CheckpointWriter
 from batchrun.rundir.layout import ERRORS
@@ -416,54 +417,8 @@ class _BatchRun:
         self.ledger.save()
 
     async def _find_batch(self, part: Part) -> Reply | None:
-        """The batch a lost create of this part made, from the provider's listing (every page,
-        filtered here): the one whose metadata names the part, or (a provider whose batches carry
-        no metadata: Anthropic) the oldest candidate (BatchAPI.match_batch) not recorded for
-        another part, with a warning naming the others when there are several."""
-        api = self._api(part)
-        if not part.get("create_attempts"):
-            return None  # never created: nothing to find
-        if not api.can_list:
-            note = (f"part {part['number']}: {api.provider} cannot list batches, so a create that may have "
-                    f"reached it cannot be found; check the provider's console for a batch with metadata "
-                    f"batchrun_part={part['number']}, batchrun_run={self.ledger.run_key} before paying twice")
-            log.warning("%s", note)
-            print(f"batchrun: warning: {note}", file=sys.stderr, flush=True)
-            return None
-        claim = BatchClaim(metadata=self._metadata(part), requests=part["tickets"],
-                           created_after=part.get("create_sent_at") or 0.0,
-                           created_before=part.get("create_last_sent_at") or time.time())
-        recorded = {p["batch_id"] for p in self.ledger.parts if p.get("batch_id")}
-        candidates: list[Reply] = []
-        after = None
-        while True:
-            page = await self._retrying("list batches", lambda: api.list_batches(after=after, limit=LIST_PAGE))
-            data = page.get("data") or []
-            older = False
-            for batch in data:
-                match = api.match_batch(batch, claim) if batch.get("id") not in recorded else "other"
-                if match == "ours":
-                    log.info("part %d: adopted batch %s", part["number"], batch["id"])
-                    return batch
-                if match == "candidate":
-                    candidates.append(batch)
-                older = older or match == "older"
-            if older or not page.get("has_more") or not data:
-                break
-            after = data[-1]["id"]
-        if not candidates:
-            return None
-        chosen = min(candidates, key=lambda b: b.get("created_at") or 0)
-        if len(candidates) > 1:
-            note = (f"part {part['number']}: {len(candidates)} batches of {part['tickets']} requests were created "
-                    f"since its first create; adopting the oldest, {chosen['id']}; the others ("
-                    f"{', '.join(b['id'] for b in candidates if b is not chosen)}) may be another program's, or "
-                    "a duplicate of this part that is paid for: check them in the provider's console")
-            log.warning("%s", note)
-            print(f"batchrun: warning: {note}", file=sys.stderr, flush=True)
-        log.info("part %d: adopted batch %s (created after its first create, %d requests)", part["number"],
-                 chosen["id"], part["tickets"])
-        return chosen
+        """The batch a lost create of this part made, if the provider lists it (batch/adoption.py)."""
+        return await find_batch(self._api(part), part, self.ledger, self._metadata(part), self._retrying, LIST_PAGE)
 
     # -- waiting and collecting ------------------------------------------------------------
 

@@ -6,11 +6,35 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence, TypedDict
 
-from batchrun.analysis.stats import percentiles
+from batchrun.analysis.stats import Percentiles, percentiles
+
+if TYPE_CHECKING:
+    from batchrun.job.spec import JobSpec
+    from batchrun.providers.online import LiteLLMProvider
+    from batchrun.providers.seam import ChatRequest
+    from batchrun.records import Ticket
 
 SIM_API_KEY = "sim-key"
+
+
+class BareRun(TypedDict):
+    """What `run_baseline` measured of the bare pattern at one setting."""
+
+    requests: int
+    done: int
+    failed: int
+    rate_limited: int
+    errors_by_type: dict[str, int]  # exception class name -> requests
+    wall_s: float
+    requests_per_s: float
+    tickets_per_s: float
+    output_tokens_per_s: float
+    latency_ms: Percentiles
+    ttft_ms: Percentiles | None
+    rate_429: float
+    error_rate: float
 
 
 # --------------------------------------------------------------------------------------------
@@ -26,7 +50,7 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def write_sample(job: Any, count: int, path: Path) -> int:
+def write_sample(job: JobSpec, count: int, path: Path) -> int:
     """Write the first `count` valid tickets of the job's input to `path`; returns how many
     distinct tickets the input gave (fewer than `count`: the sample is cycled, ids suffixed)."""
     import orjson
@@ -35,7 +59,7 @@ def write_sample(job: Any, count: int, path: Path) -> int:
     from batchrun.job.templates import MissingFieldError, render_messages
     from batchrun.job.tickets import read_tickets, scan_input
 
-    def valid(skip: frozenset[int] | set[int]) -> Iterable[Any]:
+    def valid(skip: frozenset[int] | set[int]) -> Iterator[Ticket]:
         seen: set[str] = set()
         for ticket in read_tickets(job.input, job.id_field, skip_lines=skip, max_line_bytes=job.max_line_bytes):
             if ticket.id in seen:
@@ -67,8 +91,8 @@ def write_sample(job: Any, count: int, path: Path) -> int:
     return len(originals)
 
 
-async def run_baseline(job: Any, tickets: Sequence[Any], concurrency: int, *, model: str,
-                       api_base: str | None, api_key: str | None, stream: bool) -> dict[str, Any]:
+async def run_baseline(job: JobSpec, tickets: Sequence[Ticket], concurrency: int, *, model: str,
+                       api_base: str | None, api_key: str | None, stream: bool) -> BareRun:
     """The bare pattern: acompletion under asyncio.Semaphore(C), every ticket via asyncio.gather."""
     import asyncio
     import time
@@ -80,9 +104,9 @@ async def run_baseline(job: Any, tickets: Sequence[Any], concurrency: int, *, mo
     latencies: list[float] = []
     ttfts: list[float] = []
     completion_tokens = 0
-    extra: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
+    extra: dict[str, object] = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
 
-    async def one(ticket: Any) -> Any:
+    async def one(ticket: Ticket) -> object:  # litellm's response
         nonlocal completion_tokens
         async with sem:
             t0 = time.perf_counter()
@@ -128,8 +152,8 @@ async def run_baseline(job: Any, tickets: Sequence[Any], concurrency: int, *, mo
     }
 
 
-def make_provider(job: Any, model: str, api_base: str | None, api_key: str | None,
-                   max_connections: int | None = None) -> Any:
+def make_provider(job: JobSpec, model: str, api_base: str | None, api_key: str | None,
+                   max_connections: int | None = None) -> LiteLLMProvider:
     """A LiteLLMProvider as `batchrun run` builds it (streaming comes from the job, per request);
     the first one sizes litellm's connection pool for the sweep's largest setting."""
     from batchrun.providers.online import LiteLLMProvider
@@ -138,7 +162,7 @@ def make_provider(job: Any, model: str, api_base: str | None, api_key: str | Non
                            max_connections=max_connections)
 
 
-def warmup_request(job: Any, ticket: Any) -> Any:
+def warmup_request(job: JobSpec, ticket: Ticket) -> ChatRequest:
     """A request like the engine's for this ticket (with the job's stream/schema options)."""
     from batchrun.job.templates import render_messages
     from batchrun.providers.seam import ChatRequest, RequestOptions

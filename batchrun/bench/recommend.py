@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import NotRequired, Sequence, TypedDict
 
+from batchrun.analysis.documents import StoredJSON
+from batchrun.analysis.stats import Percentiles
 from batchrun.analysis.textfmt import num, pct, table
+from batchrun.bench.baseline import BareRun
 
 DEFAULT_CONCURRENCY = "1,4,16,64,256"
 AUTO_WAVES = 4  # --tickets auto: 4 x concurrency tickets per setting ...
@@ -17,6 +20,96 @@ AUTO_MAX_TICKETS = 512  # ... at most this many
 DEFAULT_MAX_429_RATE = 0.01
 DEFAULT_TIE_WITHIN = 0.05  # throughputs within 5% of the best are a tie: the lowest concurrency wins
 P95_FACTOR = 3.0  # default --max-p95-ms: this times the lowest p95 of the sweep
+
+
+# --------------------------------------------------------------------------------------------
+# The rows (bench.json)
+# --------------------------------------------------------------------------------------------
+
+
+class ServerStats(TypedDict):
+    """The simulator's counters for one run (None under --live)."""
+
+    peak_in_flight: int | None
+    rate_limited: int | None
+    responses_by_status: dict[str, int] | None
+    total_requests: int | None
+
+
+class Baseline(BareRun):
+    """The bare pattern at one setting, with what the sweep measured around it."""
+
+    transport: str
+    cpu_s: float
+    cpu_ms_per_request: float | None
+    server: ServerStats | None
+    speed_ratio: float | None  # batchrun's requests/s over the bare pattern's
+    cpu_ratio: float | None
+    speed_ratio_after_startup: float | None
+    cpu_ratio_after_startup: float | None
+
+
+class IdealLimits(TypedDict, total=False):
+    """The simulator's limits `ideal_throughput` takes."""
+
+    rpm: int | None
+    tpm: int | None
+    tokens_per_request: float | None
+    capacity: int | None
+    overload_ms: float
+
+
+class _Measured(TypedDict):
+    tickets: int
+    state: str
+    done: int
+    failed: int
+    not_finished: int
+    requests: int
+    retries: int
+    rate_limited: int
+    errors_by_kind: dict[str, int]
+    wall_s: float
+    requests_per_s: float
+    tickets_per_s: float
+    output_tokens_per_s: float
+    latency_ms: Percentiles
+    ttft_ms: Percentiles | None
+    rate_429: float
+    error_rate: float
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+    cost_per_1000_tickets_usd: float | None
+    ideal_latency_ms: float | None
+    ideal_rps: float | None
+    ideal_limited_by: str
+    efficiency: float | None
+    cpu_s: float
+    cpu_ms_per_request: float | None
+    startup_s: float | None
+    worker_startup_cpu_s: float | None
+    requests_per_s_after_startup: float | None
+    cpu_ms_per_request_after_startup: float | None
+    server: ServerStats | None
+    baseline: Baseline | None
+    workers: NotRequired[int]  # set by the sweep
+    cpu_s_coordinator: NotRequired[float]  # with worker processes: where the CPU went
+    cpu_s_workers: NotRequired[float]
+
+
+class BenchRow(_Measured):
+    """One fixed concurrency setting (`build_row`, then the sweep)."""
+
+    concurrency: int
+
+
+class AutoRow(_Measured):
+    """The concurrency = "auto" run: where AIMD settled, up to the job's max_concurrency."""
+
+    concurrency: str  # "auto"
+    concurrency_max: int
+    concurrency_settled: int | None
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,6 +196,14 @@ def ideal_throughput(
     return tickets / needed, limited_by
 
 
+class RecommendationJSON(TypedDict):
+    concurrency: int | None
+    reason: str
+    max_429_rate: float
+    max_p95_ms: float | None
+    tie_within: float
+
+
 @dataclass(frozen=True)
 class Recommendation:
     concurrency: int | None  # None: no setting met the thresholds
@@ -111,34 +212,37 @@ class Recommendation:
     max_p95_ms: float | None
     tie_within: float = DEFAULT_TIE_WITHIN
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> RecommendationJSON:
         return {"concurrency": self.concurrency, "reason": self.reason,
                 "max_429_rate": self.max_429_rate, "max_p95_ms": self.max_p95_ms,
                 "tie_within": self.tie_within}
 
 
-def p95_of(row: Mapping[str, Any]) -> float | None:
-    return (row.get("latency_ms") or {}).get("p95")
+def p95_of(row: BenchRow) -> float | None:
+    latency = row.get("latency_ms")
+    return latency.get("p95") if latency else None
 
 
 REACHED_SHARE = 0.9  # a setting counts as tested when the server saw this share of it in flight
 TICKETS_PER_SLOT = 8  # tickets a sweep needs per request in flight to reach a setting (a rule of thumb)
 
 
-def reached(row: Mapping[str, Any]) -> bool:
+def reached(row: BenchRow) -> bool:
     """Whether the sweep really had the row's concurrency in flight: the server's peak
     in-flight count is at least REACHED_SHARE of it, rounded down (unknown peak, e.g. --live: True)."""
-    peak = (row.get("server") or {}).get("peak_in_flight")
+    server = row.get("server")
+    peak = server.get("peak_in_flight") if server else None
     return peak is None or peak >= max(1, math.floor(REACHED_SHARE * row["concurrency"]))
 
 
-def unreached_text(row: Mapping[str, Any]) -> str:
+def unreached_text(row: BenchRow) -> str:
     """Why a setting was not reached, and what would test it: the average in flight the client
     kept (tickets/s x p50 latency) and, for a sample under TICKETS_PER_SLOT tickets a slot, the
     sample size that would."""
     concurrency, tickets = row["concurrency"], int(row.get("tickets") or 0)
-    peak = (row.get("server") or {}).get("peak_in_flight")
-    p50 = (row.get("latency_ms") or {}).get("p50")
+    server, latency = row.get("server"), row.get("latency_ms")
+    peak = server.get("peak_in_flight") if server else None
+    p50 = latency.get("p50") if latency else None
     rate = float(row.get("tickets_per_s") or 0.0)
     parts = [f"at most {peak} in flight"]
     if p50:
@@ -152,7 +256,7 @@ def unreached_text(row: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def recommend(rows: Sequence[Mapping[str, Any]], *, max_429_rate: float = DEFAULT_MAX_429_RATE,
+def recommend(rows: Sequence[BenchRow], *, max_429_rate: float = DEFAULT_MAX_429_RATE,
               max_p95_ms: float | None = None, tie_within: float = DEFAULT_TIE_WITHIN) -> Recommendation:
     """The setting with the highest `tickets_per_s` whose `rate_429` <= max_429_rate, whose
     `latency_ms.p95` <= max_p95_ms (default 3 x the lowest p95 among the rows) and whose
@@ -166,10 +270,10 @@ def recommend(rows: Sequence[Mapping[str, Any]], *, max_429_rate: float = DEFAUL
         max_p95_ms = round(P95_FACTOR * min(p95s), 1)
     limit_text = f"{max_p95_ms:,.0f} ms" if max_p95_ms is not None else "-"
 
-    def tps(row: Mapping[str, Any]) -> float:
+    def tps(row: BenchRow) -> float:
         return float(row.get("tickets_per_s") or 0.0)
 
-    def broken(row: Mapping[str, Any]) -> str | None:
+    def broken(row: BenchRow) -> str | None:
         if not reached(row):
             return unreached_text(row)
         if row.get("not_finished", 0) > 0:
@@ -214,15 +318,14 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
-def build_row(concurrency: int, tickets: int, state: str, summary: Mapping[str, Any], cpu_s: float, *,
-              latency_s: float | None, server: Mapping[str, Any] | None = None,
-              limits: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def build_row(concurrency: int, tickets: int, state: str, summary: StoredJSON, cpu_s: float, *,
+              latency_s: float | None, server: ServerStats | None = None,
+              limits: IdealLimits | None = None) -> BenchRow:
     """One JSON row from a run's summary (stats.RunStats.summary()) and its measurements."""
     done, failed, requests = summary["done"], summary["failed"], summary["requests"]
     wall = max(float(summary["wall_s"]), 1e-9)
     tickets_per_s = round(done / wall, 2)
-    limits = dict(limits or {})
-    ideal, limited_by = ideal_throughput(concurrency, latency_s, tickets, **limits)
+    ideal, limited_by = ideal_throughput(concurrency, latency_s, tickets, **(limits or {}))
     ttft = summary.get("ttft_ms") or summary.get("time_to_first_token_ms")
     return {
         "concurrency": concurrency,
@@ -239,8 +342,8 @@ def build_row(concurrency: int, tickets: int, state: str, summary: Mapping[str, 
         "requests_per_s": summary["requests_per_s"],
         "tickets_per_s": tickets_per_s,
         "output_tokens_per_s": summary["output_tokens_per_s"],
-        "latency_ms": dict(summary["latency_ms"]),
-        "ttft_ms": dict(ttft) if ttft else None,
+        "latency_ms": summary["latency_ms"].copy(),
+        "ttft_ms": ttft.copy() if ttft else None,
         "rate_429": round(summary.get("rate_limited", 0) / requests, 4) if requests else 0.0,
         "error_rate": round(failed / tickets, 4) if tickets else 0.0,
         "prompt_tokens": summary.get("prompt_tokens", 0),
@@ -261,7 +364,7 @@ def build_row(concurrency: int, tickets: int, state: str, summary: Mapping[str, 
         "cpu_ms_per_request_after_startup": (
             round((cpu_s - float(summary.get("worker_startup_cpu_s") or 0.0)) * 1000 / requests, 3)
             if requests else None),
-        "server": dict(server) if server is not None else None,
+        "server": server.copy() if server is not None else None,
         "baseline": None,
     }
 
@@ -271,7 +374,7 @@ def build_row(concurrency: int, tickets: int, state: str, summary: Mapping[str, 
 # --------------------------------------------------------------------------------------------
 
 
-def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+def format_table(rows: Sequence[BenchRow | AutoRow]) -> str:
     """The per-setting table (TTFT columns only when some row has them)."""
     with_ttft = any(r.get("ttft_ms") for r in rows)
     header = ["conc", "tickets", "req/s", "tickets/s", "out tok/s", "p50 ms", "p95 ms", "p99 ms"]
@@ -292,12 +395,14 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
                 num(r["output_tokens_per_s"], ",.1f"), num(lat.get("p50"), ",.0f"), num(lat.get("p95"), ",.0f"),
                 num(lat.get("p99"), ",.0f")]
         if with_ttft:
-            ttft = r.get("ttft_ms") or {}
-            line += [num(ttft.get(k), ",.0f") for k in ("p50", "p95", "p99")]
+            ttft = r.get("ttft_ms")
+            line += [num(v, ",.0f") for v in ((ttft.get("p50"), ttft.get("p95"), ttft.get("p99")) if ttft
+                                              else (None,) * 3)]
         ideal = "-" if r["ideal_rps"] is None else f"{r['ideal_rps']:,.1f}"
         if r["ideal_limited_by"] not in ("concurrency", "unknown"):
             ideal += f" ({r['ideal_limited_by']})"
-        peak = (r.get("server") or {}).get("peak_in_flight")
+        server = r.get("server")
+        peak = server.get("peak_in_flight") if server else None
         line += [pct(r["rate_429"]), pct(r["error_rate"]),
                  "-" if r["cost_usd"] is None else f"{r['cost_usd']:.6f}", ideal,
                  "-" if r["efficiency"] is None else f"{r['efficiency'] * 100:.0f}%",
@@ -308,7 +413,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(table(header, lines, left=0))
 
 
-def format_baseline_table(rows: Sequence[Mapping[str, Any]], after_startup: bool = False) -> str:
+def format_baseline_table(rows: Sequence[BenchRow], after_startup: bool = False) -> str:
     """batchrun next to the bare acompletion-under-a-semaphore pattern, with the ratios.
 
     `after_startup`: batchrun's figures without its start-up (the seconds
@@ -333,7 +438,8 @@ def format_baseline_table(rows: Sequence[Mapping[str, Any]], after_startup: bool
                           num(b["cpu_ms_per_request"], ",.2f"), x(b.get("cpu_ratio_after_startup")),
                           num(r.get("startup_s"), ",.2f"), str(r.get("workers") or 1)])
             continue
-        peak = (b.get("server") or {}).get("peak_in_flight")
+        server = b.get("server")
+        peak = server.get("peak_in_flight") if server else None
         lines.append([str(r["concurrency"]), num(r["requests_per_s"], ",.1f"), num(b["requests_per_s"], ",.1f"),
                       x(b["speed_ratio"]), num(r["cpu_ms_per_request"], ",.2f"),
                       num(b["cpu_ms_per_request"], ",.2f"), x(b["cpu_ratio"]), pct(b["error_rate"]),
@@ -341,12 +447,21 @@ def format_baseline_table(rows: Sequence[Mapping[str, Any]], after_startup: bool
     return "\n".join(table(header, lines, left=0))
 
 
-def compare_auto(auto_row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+class AutoComparison(TypedDict):
+    row: AutoRow
+    settled: int | None
+    tickets_per_s: float
+    best_fixed_concurrency: int | None
+    best_fixed_tickets_per_s: float | None
+    share_of_best: float | None
+
+
+def compare_auto(auto_row: AutoRow, rows: Sequence[BenchRow]) -> AutoComparison:
     """concurrency = "auto" against the best fixed setting of the sweep (it should reach 80% of it)."""
     fixed = [r for r in rows if not r.get("not_finished") and not r.get("failed")]
     best = max(fixed, key=lambda r: r["tickets_per_s"], default=None)
     return {
-        "row": dict(auto_row),
+        "row": auto_row.copy(),
         "settled": auto_row.get("concurrency_settled"),
         "tickets_per_s": auto_row["tickets_per_s"],
         "best_fixed_concurrency": best["concurrency"] if best else None,

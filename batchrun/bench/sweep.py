@@ -163,7 +163,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, NotRequired, TypedDict
 
 from batchrun.analysis.textfmt import num
 from batchrun.bench.baseline import (
@@ -178,7 +178,14 @@ from batchrun.bench.baseline import (
 from batchrun.bench.recommend import (
     DEFAULT_MAX_429_RATE,
     DEFAULT_TIE_WITHIN,
+    AutoComparison,
+    AutoRow,
+    Baseline,
+    BenchRow,
+    IdealLimits,
     Recommendation,
+    RecommendationJSON,
+    ServerStats,
     build_row,
     compare_auto,
     ratio,
@@ -188,10 +195,31 @@ from batchrun.bench.recommend import (
 from batchrun.errors import redact_url
 from batchrun.sim.config import simulated_model as sim_model
 
+if TYPE_CHECKING:
+    from batchrun.job.spec import JobSpec
+    from batchrun.providers.online import ProviderArgs
+    from batchrun.sim.config import SimConfig
+    from batchrun.sim.process import SimulatorProcess
+
+
+class SimOptions(TypedDict, total=False):
+    """The simulator's knobs `batchrun bench` sets (SimConfig fields)."""
+
+    latency_ms: float
+    per_token_ms: float
+    jitter: float
+    seed: int
+    rpm: int | None
+    tpm: int | None
+    capacity: int | None
+    overload_ms: float
+
 
 @dataclass
-class _Sweep:
-    job: Any
+class Sweep:
+    """One sweep: its settings and the endpoint it measures (run_bench builds it)."""
+
+    job: JobSpec
     job_path: Path
     settings: list[int | str]
     tickets: int | None
@@ -199,23 +227,23 @@ class _Sweep:
     baseline: bool
     stream: bool
     warmup: int
-    sim_config: Any  # SimConfig or None
+    sim_config: SimConfig | None  # None: --live
     model: str
     api_base: str | None
     api_key: str | None
     endpoint: str
     workdir: Path
-    auto_rows: list[dict[str, Any]] | None = None  # the "auto" setting's row, when swept
+    auto_rows: list[AutoRow] | None = None  # the "auto" setting's row, when swept
     baseline_transport: str = "openai-sdk"  # the bare pattern's path for openai/ calls (module docstring)
     say: Callable[[str], None] = lambda _message: None  # progress lines (the command prints them)
 
 
-def auto_ceiling(job: Any) -> int:
+def auto_ceiling(job: JobSpec) -> int:
     """The most requests in flight concurrency = "auto" may reach (the job's max_concurrency)."""
     return int(job.max_concurrency)
 
 
-def setting_tickets(setting: int | str, tickets: int | None, job: Any) -> int:
+def setting_tickets(setting: int | str, tickets: int | None, job: JobSpec) -> int:
     return tickets_for(auto_ceiling(job) if setting == "auto" else int(setting), tickets)
 
 
@@ -223,7 +251,7 @@ class _Interrupted(Exception):
     pass
 
 
-async def _measure_settings(sweep: _Sweep, sim: Any, rows: list[dict[str, Any]]) -> None:
+async def _measure_settings(sweep: Sweep, sim: SimulatorProcess | None, rows: list[BenchRow]) -> None:
     """Warm up, then every setting: batchrun (and the baseline); rows are appended as measured."""
     import gc
 
@@ -253,13 +281,13 @@ async def _measure_settings(sweep: _Sweep, sim: Any, rows: list[dict[str, Any]])
         finally:
             await provider.aclose()
 
-    limits: dict[str, Any] = {}
+    limits: IdealLimits = {}
     cfg = sweep.sim_config
     if cfg is not None:
         limits = {"rpm": cfg.rpm, "tpm": cfg.tpm, "capacity": cfg.capacity, "overload_ms": cfg.overload_ms}
     max_tokens = sweep.job.params.get("max_tokens") or sweep.job.params.get("max_completion_tokens")
 
-    def server_stats() -> dict[str, Any] | None:
+    def server_stats() -> ServerStats | None:
         if sim is None:
             return None
         s = sim.stats()
@@ -268,7 +296,7 @@ async def _measure_settings(sweep: _Sweep, sim: Any, rows: list[dict[str, Any]])
 
     # The run's provider, as `batchrun run` builds it (the launcher's run_online); worker processes
     # and the coordinator's own provider are the same choice as there.
-    target = {"model": sweep.model, "api_base": sweep.api_base, "api_key": sweep.api_key, "params": sweep.job.params,
+    target: ProviderArgs = {"model": sweep.model, "api_base": sweep.api_base, "api_key": sweep.api_key, "params": sweep.job.params,
               "prices": sweep.job.prices.model_dump() if sweep.job.prices else None, "max_connections": largest,
               "cache": sweep.job.cache_settings()}
 
@@ -296,7 +324,8 @@ async def _measure_settings(sweep: _Sweep, sim: Any, rows: list[dict[str, Any]])
                 started.append(cpu_seconds())
 
             sim_url = sweep.api_base if sim is not None else None  # the simulator: recorded as "simulator"
-            result = await run_online(job_c, sweep.job_path, {"": {**target, "api_base": None} if sim_url else target},
+            each: ProviderArgs = {**target, "api_base": None} if sim_url else target
+            result = await run_online(job_c, sweep.job_path, {"": each},
                                       sim_url, LaunchOptions(limit=n, grace=5.0), before_execute=start_measuring,
                                       worker_pool=pool)
             cpu_self = cpu_seconds() - started[0]
@@ -318,17 +347,18 @@ async def _measure_settings(sweep: _Sweep, sim: Any, rows: list[dict[str, Any]])
             if workers > 1:  # where the CPU went: this process (the coordinator) and the worker processes
                 row["cpu_s_coordinator"] = round(cpu_self, 3)
                 row["cpu_s_workers"] = round(cpu - cpu_self, 3)
+            settled = ""
             if c == "auto":
-                row["concurrency"] = "auto"
-                row["concurrency_max"] = c_ceiling
-                row["concurrency_settled"] = summary.get("concurrency_settled")
-                (sweep.auto_rows if sweep.auto_rows is not None else []).append(row)
+                auto_row: AutoRow = {**row, "concurrency": "auto", "concurrency_max": c_ceiling,
+                                     "concurrency_settled": summary.get("concurrency_settled")}
+                settled = f", settled at {auto_row['concurrency_settled']}"
+                (sweep.auto_rows if sweep.auto_rows is not None else []).append(auto_row)
             else:
                 rows.append(row)
             sweep.say(f"C={c}: {n} tickets in {row['wall_s']:.2f} s, {row['requests_per_s']:.1f} req/s, "
                  f"p95 {num(row['latency_ms'].get('p95'), ',.0f')} ms, {row['failed']} failed"
                  + (f", {workers} worker processes" if workers > 1 else "")
-                 + (f", settled at {row['concurrency_settled']}" if c == "auto" else "")
+                 + settled
                  + (f" ({result.error})" if result.error else ""))
             if result.state == "interrupted":
                 raise _Interrupted()
@@ -339,26 +369,70 @@ async def _measure_settings(sweep: _Sweep, sim: Any, rows: list[dict[str, Any]])
                 gc.collect()
                 before = cpu_seconds()
                 with openai_transport_set(sweep.baseline_transport):
-                    base = await run_baseline(sweep.job, all_tickets[:n], c, model=sweep.model,
+                    bare = await run_baseline(sweep.job, all_tickets[:n], c_ceiling, model=sweep.model,
                                               api_base=sweep.api_base, api_key=sweep.api_key, stream=sweep.stream)
                 base_cpu = cpu_seconds() - before
-                base["transport"] = sweep.baseline_transport
-                base["cpu_s"] = round(base_cpu, 3)
-                base["cpu_ms_per_request"] = round(base_cpu * 1000 / base["requests"], 3) if base["requests"] else None
-                base["server"] = server_stats()
-                base["speed_ratio"] = ratio(row["requests_per_s"], base["requests_per_s"])
-                base["cpu_ratio"] = ratio(row["cpu_ms_per_request"], base["cpu_ms_per_request"])
-                base["speed_ratio_after_startup"] = ratio(row["requests_per_s_after_startup"],
-                                                           base["requests_per_s"])
-                base["cpu_ratio_after_startup"] = ratio(row["cpu_ms_per_request_after_startup"],
-                                                         base["cpu_ms_per_request"])
+                base_cpu_ms = round(base_cpu * 1000 / bare["requests"], 3) if bare["requests"] else None
+                base: Baseline = {
+                    **bare,
+                    "transport": sweep.baseline_transport,
+                    "cpu_s": round(base_cpu, 3),
+                    "cpu_ms_per_request": base_cpu_ms,
+                    "server": server_stats(),
+                    "speed_ratio": ratio(row["requests_per_s"], bare["requests_per_s"]),
+                    "cpu_ratio": ratio(row["cpu_ms_per_request"], base_cpu_ms),
+                    "speed_ratio_after_startup": ratio(row["requests_per_s_after_startup"], bare["requests_per_s"]),
+                    "cpu_ratio_after_startup": ratio(row["cpu_ms_per_request_after_startup"], base_cpu_ms),
+                }
                 row["baseline"] = base
                 sweep.say(f"C={c}: bare pattern {base['requests_per_s']:.1f} req/s, {base['failed']} failed")
             await anyio.sleep(0)
 
 
-def _report(job: Any, job_file: Path, sweep: _Sweep, rows: list[dict[str, Any]], rec: Recommendation, *,
-            interrupted: bool) -> dict[str, Any]:
+class BenchMachine(TypedDict):
+    python: str
+    platform: str
+    cpu_count: int | None
+
+
+class BenchJob(TypedDict):
+    name: str
+    path: str
+    model: str
+    input: str
+
+
+class BenchTransport(TypedDict):
+    batchrun: str
+    baseline: str | None
+
+
+class BenchReport(TypedDict):
+    """bench.json."""
+
+    batchrun_version: str
+    litellm_version: str
+    created_at: str
+    machine: BenchMachine
+    argv: list[str]
+    job: BenchJob
+    mode: str  # "live" or "simulator"
+    model: str
+    endpoint: str
+    simulator: dict[str, object] | None  # the SimConfig's fields but its faults
+    stream: bool
+    baseline: bool
+    transport: BenchTransport
+    settings: list[int | str]
+    tickets: int | str  # per setting, or "auto"
+    interrupted: bool
+    rows: list[BenchRow]
+    recommendation: RecommendationJSON
+    auto: NotRequired[AutoComparison | None]
+
+
+def _report(job: JobSpec, job_file: Path, sweep: Sweep, rows: list[BenchRow], rec: Recommendation, *,
+            interrupted: bool) -> BenchReport:
     import dataclasses
     import platform
     from datetime import datetime, timezone
@@ -366,7 +440,7 @@ def _report(job: Any, job_file: Path, sweep: _Sweep, rows: list[dict[str, Any]],
     from batchrun import __version__
     from batchrun.providers.litellm_setup import litellm_version, openai_transport
 
-    sim = None
+    sim: dict[str, object] | None = None
     if sweep.sim_config is not None:
         sim = {k: v for k, v in dataclasses.asdict(sweep.sim_config).items() if k != "faults"}
     return {
@@ -397,17 +471,17 @@ def _report(job: Any, job_file: Path, sweep: _Sweep, rows: list[dict[str, Any]],
 class BenchOutcome:
     """What `run_bench` measured: the rows, the recommendation and the report (bench.json)."""
 
-    job: Any
-    sweep: _Sweep
-    rows: list[dict[str, Any]]
+    job: JobSpec
+    sweep: Sweep
+    rows: list[BenchRow]
     recommendation: Recommendation
-    report: dict[str, Any]
+    report: BenchReport
     interrupted: bool
 
 
 def run_bench(job_file: Path, *, settings: list[int | str], tickets: int | None = None, stream: bool = False,
               live: bool = False, baseline: bool = False, baseline_transport: str = "openai-sdk",
-              workers: int | str | None = None, warmup: int = 4, sim_options: Mapping[str, Any] | None = None,
+              workers: int | str | None = None, warmup: int = 4, sim_options: SimOptions | None = None,
               max_429_rate: float = DEFAULT_MAX_429_RATE, max_p95_ms: float | None = None,
               tie_within: float = DEFAULT_TIE_WITHIN, say: Callable[[str], None] = lambda _m: None,
               secrets: list[str] | None = None) -> BenchOutcome:
@@ -427,10 +501,9 @@ def run_bench(job_file: Path, *, settings: list[int | str], tickets: int | None 
     from batchrun.job.spec import load_job
 
     secrets = secrets if secrets is not None else []
-    rows: list[dict[str, Any]] = []
-    auto_rows: list[dict[str, Any]] = []
+    rows: list[BenchRow] = []
+    auto_rows: list[AutoRow] = []
     interrupted = False
-    sim_options = dict(sim_options or {})
     job = load_job(job_file)
     if workers is not None:
         job = job.with_overrides(workers=workers)
@@ -451,7 +524,8 @@ def run_bench(job_file: Path, *, settings: list[int | str], tickets: int | None 
         from batchrun.sim.config import SimConfig
 
         api_key, model, endpoint = SIM_API_KEY, sim_model(job.model), "simulator"
-        sim_config = SimConfig(**{"latency_ms": 200.0, "overload_ms": 20.0, "jitter": 0.1, **sim_options})
+        options: SimOptions = {"latency_ms": 200.0, "overload_ms": 20.0, "jitter": 0.1, **(sim_options or {})}
+        sim_config = SimConfig(**options)
     counts = {c: setting_tickets(c, tickets, job) for c in settings}
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="batchrun-bench-")))
@@ -467,6 +541,7 @@ def run_bench(job_file: Path, *, settings: list[int | str], tickets: int | None 
                                     name="bench-import-litellm", daemon=True)
         importer.start()
         sim = None
+        api_base: str | None
         if sim_config is not None:
             from batchrun.sim.process import start_simulator
 
@@ -476,10 +551,10 @@ def run_bench(job_file: Path, *, settings: list[int | str], tickets: int | None 
             api_base = job.api_base
         importer.join()
         say(f"{job.name}: model {model} via {endpoint}"
-            + (f" ({api_base}, latency {sim_config.latency_ms:g} ms)" if sim is not None else "")
+            + (f" ({api_base}, latency {sim_config.latency_ms:g} ms)" if sim_config is not None else "")
             + f"; settings {', '.join(f'{c} ({counts[c]} tickets)' for c in settings)}"
             + ("; with the bare-pattern baseline" if baseline else ""))
-        sweep = _Sweep(job=job, job_path=job_file, settings=settings, tickets=tickets, live=live,
+        sweep = Sweep(job=job, job_path=job_file, settings=settings, tickets=tickets, live=live,
                      baseline=baseline, stream=stream, warmup=warmup, sim_config=sim_config, model=model,
                      api_base=api_base, api_key=api_key, endpoint=endpoint, workdir=workdir,
                      auto_rows=auto_rows, baseline_transport=baseline_transport, say=say)

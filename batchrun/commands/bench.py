@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -31,6 +31,11 @@ from batchrun.bench.recommend import (
 )
 from batchrun.bench.sweep import run_bench
 
+if TYPE_CHECKING:
+    from batchrun.bench.recommend import BenchRow
+    from batchrun.bench.sweep import BenchReport, Sweep
+    from batchrun.job.spec import JobSpec
+
 __all__ = ["bench_command"]
 
 BENCH_EXAMPLES = """
@@ -44,7 +49,7 @@ Examples:
 """
 
 
-def _concurrency_option(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+def _concurrency_option(ctx: click.Context, param: click.Parameter, value: str) -> list[int | str]:
     try:
         return parse_concurrency(value)
     except ValueError as exc:
@@ -123,9 +128,9 @@ def bench_command(job_file: Path, settings: list[int | str], tickets: int | None
         workers = None if workers_opt is None else (workers_opt if workers_opt == "auto" else _positive(workers_opt))
         outcome = run_bench(job_file, settings=settings, tickets=tickets, stream=stream, live=live,
                             baseline=baseline, baseline_transport=baseline_transport, workers=workers,
-                            warmup=warmup, sim_options=dict(latency_ms=latency_ms, per_token_ms=per_token_ms,
-                                                            jitter=jitter, seed=seed, rpm=rpm, tpm=tpm,
-                                                            capacity=capacity, overload_ms=overload_ms),
+                            warmup=warmup, sim_options={"latency_ms": latency_ms, "per_token_ms": per_token_ms,
+                                                        "jitter": jitter, "seed": seed, "rpm": rpm, "tpm": tpm,
+                                                        "capacity": capacity, "overload_ms": overload_ms},
                             max_429_rate=max_429_rate, max_p95_ms=max_p95_ms, tie_within=tie_within,
                             say=_say, secrets=secrets)
     except BatchrunError as exc:
@@ -150,8 +155,8 @@ def _positive(text: str) -> int:
     return value
 
 
-def _write_outputs(report: dict[str, Any], rows: list[dict[str, Any]], rec: Recommendation, out_dir: Path,
-                   job: Any, sweep: Any) -> None:
+def _write_outputs(report: BenchReport, rows: list[BenchRow], rec: Recommendation, out_dir: Path,
+                   job: JobSpec, sweep: Sweep) -> None:
     import orjson
 
     click.echo(f"\n{job.name}: batchrun bench, {report['mode']}"

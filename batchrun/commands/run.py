@@ -14,10 +14,11 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import click
 
+from batchrun.analysis.documents import StoredJSON
 from batchrun.analysis.textfmt import num
 from batchrun.run_logging import route_litellm_logs, setup_logging
 
@@ -54,7 +55,7 @@ class _WorkersType(click.ParamType):
 
     name = "N|auto"
 
-    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
         if isinstance(value, int) or value == "auto":
             return value
         try:
@@ -180,8 +181,21 @@ def _launch(job: JobSpec, job_file: Path, options: LaunchOptions, secrets: list[
                                     before_execute=lambda: route_litellm_logs(verbose), after_run=after_run))
 
 
-def _result_json(result: RunResult) -> dict[str, Any]:
-    body: dict[str, Any] = {
+class RunJSON(TypedDict):
+    """`batchrun run --json`: a RunResult (with "job" in front at the top level)."""
+
+    state: str
+    exit_code: int
+    run: int | None
+    run_dir: str | None
+    error: str | None
+    totals: dict[str, int] | None
+    summary: StoredJSON  # RunStats.summary()
+    models: NotRequired[dict[str, RunJSON]]  # a compare run: one per model
+
+
+def _result_json(result: RunResult) -> RunJSON:
+    body: RunJSON = {
         "state": result.state, "exit_code": result.exit_code, "run": result.run_number,
         "run_dir": str(result.run_dir) if result.run_dir else None, "error": result.error,
         "totals": result.totals, "summary": result.summary,
@@ -263,17 +277,17 @@ def _print_comparison(job: JobSpec) -> None:
     click.echo(header)
     click.echo("-" * len(header))
     for model in report["models"]:
-        grading = model.get("grading") or {}
-        accuracy = grading.get("accuracy")
-        latency, ttft = model.get("latency_ms") or {}, model.get("ttft_ms") or {}
-        counts = model.get("counts") or {}
-        done, failed = counts.get("done"), counts.get("failed")
-        cost = model.get("cost") or {}
-        tokens = model.get("tokens") or {}
+        grading, latency, ttft = model.get("grading"), model.get("latency_ms"), model.get("ttft_ms")
+        accuracy = grading.get("accuracy") if grading else None
+        counts, cost, tokens = model.get("counts"), model.get("cost"), model.get("tokens")
+        done, failed = (counts.get("done"), counts.get("failed")) if counts else (None, None)
         labels = " ".join(f"{k} {v}" for k, v in sorted((model.get("label_distribution") or {}).items()))
         click.echo(f"{model['key']:<12} {num(done):>6} {num(failed):>6} "
-                   f"{'-' if accuracy is None else f'{accuracy:.1%}':>8} {num(latency.get('p50')):>8} "
-                   f"{num(latency.get('p95')):>8} {num(ttft.get('p50')):>8} {num(tokens.get('total')):>9} "
-                   f"{num(cost.get('usd'), ',.6f'):>10} {num(cost.get('per_1000_tickets_usd'), ',.6f'):>9}  {labels}")
+                   f"{'-' if accuracy is None else f'{accuracy:.1%}':>8} "
+                   f"{num(latency.get('p50') if latency else None):>8} "
+                   f"{num(latency.get('p95') if latency else None):>8} {num(ttft.get('p50') if ttft else None):>8} "
+                   f"{num(tokens.get('total') if tokens else None):>9} "
+                   f"{num(cost.get('usd') if cost else None, ',.6f'):>10} "
+                   f"{num(cost.get('per_1000_tickets_usd') if cost else None, ',.6f'):>9}  {labels}")
     for pair in report.get("agreement") or []:
         click.echo(f"agreement {pair['a']} vs {pair['b']}: {pair['rate']:.1%} of {pair['both_answered']:,} tickets")

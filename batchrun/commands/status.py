@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Sequence
 
 import click
 
+from batchrun.analysis.documents import StoredJSON
 from batchrun.analysis.stats import format_summary
 from batchrun.analysis.textfmt import kv, table, usd
 
@@ -34,19 +35,19 @@ def status_command(run_dir: Path, as_json: bool) -> None:
 
     try:
         models = compare_status(run_dir)
-        info: Any = models if models is not None else run_status(run_dir)
+        status = run_status(run_dir) if models is None else None
     except BatchrunError as exc:
         click.echo(f"batchrun: error: {exc}", err=True)
         sys.exit(int(exc.exit_code))
     if as_json:
-        click.echo(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
+        click.echo(orjson.dumps(models if models is not None else status, option=orjson.OPT_INDENT_2).decode())
     elif models is not None:
         click.echo(format_compare_status(run_dir, models))
-    else:
-        click.echo(format_status(info))
+    elif status is not None:
+        click.echo(format_status(status))
 
 
-def format_compare_status(run_dir: Path, models: list[dict[str, Any]]) -> str:
+def format_compare_status(run_dir: Path, models: Sequence[StoredJSON]) -> str:
     """One line per model of a compare directory, and the total cost."""
     rows = [[m["model"], m["model_name"], m["state"], f"{m['done']:,}", f"{m['failed']:,}",
              f"{m['pending_asked']:,}", f"{m['not_asked']:,}", usd(m["cost_usd"])] for m in models]
@@ -58,7 +59,7 @@ def format_compare_status(run_dir: Path, models: list[dict[str, Any]]) -> str:
 
 
 
-def format_status(status: dict[str, Any]) -> str:
+def format_status(status: StoredJSON) -> str:
     """The table `batchrun status` prints, from `rundir.run_status`."""
     rows = [
         ("run directory", status["run_dir"]),

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AbstractSet, Any, TypedDict
+from typing import AbstractSet, Any, Mapping, TypedDict
 
 from batchrun.errors import CheckpointError, ReportError
 from batchrun.rundir.layout import LEDGER, LIVE_PART_STATES
@@ -177,7 +177,7 @@ def run_status(run_dir: Path) -> RunStatus:
                               done_ids=results.ids)
 
 
-def status_from_counts(run_dir: Path, manifest: Manifest, *, done: int, failed: int, cost_usd: float,
+def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int, failed: int, cost_usd: float,
                        unpriced: int, total_tokens: int, rejected_lines: int, cache_hits: int = 0,
                        cost_saved_usd: float = 0.0, live: bool | None = None,
                        done_ids: AbstractSet[str] | None = None) -> RunStatus:

@@ -43,12 +43,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import AsyncIterator
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from batchrun.errors import redact_secrets
+from batchrun.serve.payloads import GradeResult, JobRuns, Listing, RunLine, RunSnapshot
 from batchrun.serve.runs import RunsRoot, RunWatch, UnsafeName, run_kind
 
 __all__ = ["Hub", "build_app"]
@@ -58,8 +60,7 @@ HEARTBEAT_S = 15.0  # a comment line on an idle stream: proxies keep it open, a 
 TRANSPORT_CHECK_S = 1.0  # how often an idle stream looks whether its client went away
 LISTING_TTL_S = 1.0  # the listing is rebuilt at most this often, whatever the number of pages
 
-HUB_KEY = web.AppKey("hub", object)
-TOKEN_KEY = web.AppKey("token", object)
+TOKEN_KEY: web.AppKey[str | None] = web.AppKey("token")
 
 
 @dataclass(eq=False)
@@ -88,7 +89,7 @@ class Hub:
         self.wakeups: dict[str, asyncio.Event] = {}
         self.grading_tasks: dict[str, asyncio.Task[None]] = {}
         self._grading_slot = asyncio.Semaphore(1)
-        self._listing: tuple[float, dict[str, Any]] | None = None
+        self._listing: tuple[float, Listing] | None = None
         self._listing_lock = asyncio.Lock()
         self._last_payload: dict[str, bytes] = {}  # the snapshot each run's streams got last
 
@@ -112,12 +113,12 @@ class Hub:
             if watch.caught_up:
                 return
 
-    async def listing(self) -> dict[str, Any]:
+    async def listing(self) -> Listing:
         async with self._listing_lock:
             now = time.monotonic()
             if self._listing is not None and now - self._listing[0] < LISTING_TTL_S:
                 return self._listing[1]
-            runs = []
+            runs: list[RunLine] = []
             for name in self.root.names():
                 try:
                     watch = self.watch(name)
@@ -130,8 +131,8 @@ class Hub:
             jobs: dict[str, list[str]] = {}
             for run in runs:
                 jobs.setdefault(run["job"] or "(unknown job)", []).append(run["name"])
-            listing = {"root": str(self.root.root), "runs": runs,
-                       "jobs": [{"job": job, "runs": names} for job, names in jobs.items()]}
+            job_runs: list[JobRuns] = [{"job": job, "runs": names} for job, names in jobs.items()]
+            listing: Listing = {"root": str(self.root.root), "runs": runs, "jobs": job_runs}
             self._listing = (time.monotonic(), listing)
             return listing
 
@@ -160,7 +161,7 @@ class Hub:
                 best = (other_start, other)
         return best[1].path if best else None
 
-    async def snapshot(self, name: str) -> dict[str, Any]:
+    async def snapshot(self, name: str) -> RunSnapshot:
         watch = self.watch(name)
         await self.catch_up(watch)
         self.schedule_grading(watch)
@@ -180,7 +181,8 @@ class Hub:
         """Grade a stopped run in a child process (runs.grade_run), one at a time."""
         async with self._grading_slot:
             signature = watch.begin_grading()
-            result, previous = None, None
+            result: GradeResult | None = None
+            previous: Path | None = None
             try:
                 previous = await asyncio.to_thread(self.previous_run, watch)
                 args = [str(watch.path), *([str(previous)] if previous else [])]
@@ -264,16 +266,19 @@ class Hub:
         self.subscribers.clear()
 
 
+HUB_KEY = web.AppKey("hub", Hub)
+
+
 # --------------------------------------------------------------------------------------------
 # Handlers
 # --------------------------------------------------------------------------------------------
 
 
 def _hub(request: web.Request) -> Hub:
-    return request.app[HUB_KEY]  # type: ignore[return-value]
+    return request.app[HUB_KEY]
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
+def _json(data: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
@@ -357,7 +362,7 @@ def _given_token(request: web.Request) -> str | None:
 
 
 @web.middleware
-async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[TOKEN_KEY]
     if token is not None:
         given = _given_token(request)
@@ -380,7 +385,7 @@ def build_app(root: Path, *, token: str | None = None, show_text: bool = False,
     app = web.Application(middlewares=[_guard])
     app[TOKEN_KEY] = token
 
-    async def start_hub(app: web.Application) -> Any:
+    async def start_hub(app: web.Application) -> AsyncIterator[None]:
         hub = Hub(root, show_text=show_text, interval=interval)
         app[HUB_KEY] = hub
         yield

@@ -31,12 +31,14 @@ import os
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import orjson
 
+from batchrun.analysis.documents import StoredJSON
 from batchrun.analysis.stats import LatencyHistogram
 from batchrun.records import line_money, line_time
+from batchrun.serve.payloads import FailureMessage, RecentAnswer, SeriesPoints
 
 __all__ = ["JsonlFollower", "SERIES_POINTS", "UnitNumbers", "open_nofollow"]
 
@@ -61,7 +63,7 @@ class JsonlFollower:
         self.partial = b""  # an incomplete last line, waiting for its newline
         self.identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file being followed
 
-    def poll(self, on_line: Callable[[dict[str, Any]], None], on_restart: Callable[[], None],
+    def poll(self, on_line: Callable[[StoredJSON], None], on_restart: Callable[[], None],
              max_bytes: int | None = POLL_BYTES) -> bool:
         """Hand every complete line appended since the last poll to `on_line`, in order;
         True when more is left to read (`max_bytes` was reached).
@@ -112,7 +114,7 @@ class JsonlFollower:
             os.close(fd)
 
 
-def _parse(raw: bytes) -> dict[str, Any] | None:
+def _parse(raw: bytes) -> StoredJSON | None:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -165,7 +167,7 @@ class TimeSeries:
         self.buckets = merged
         self.width *= 2
 
-    def points(self) -> dict[str, Any]:
+    def points(self) -> SeriesPoints:
         """Rates per second for each bucket from the first to the last (empty buckets are zeros;
         the last one's rate is over the time it covers so far, at least a quarter bucket)."""
         if self.origin is None or not self.buckets:
@@ -173,7 +175,13 @@ class TimeSeries:
                     "output_tokens_per_s": [], "results_per_s": [], "failed_per_s": [], "concurrency": [],
                     "results": []}
         last = max(self.buckets)
-        t, req, tok, res, fail, conc, counts = [], [], [], [], [], [], []
+        t: list[float] = []
+        req: list[float] = []
+        tok: list[float] = []
+        res: list[float] = []
+        fail: list[float] = []
+        conc: list[float] = []
+        counts: list[int] = []
         for index in range(0, last + 1):
             values = self.buckets.get(index, [0, 0, 0, 0, 0.0])
             width = self.width
@@ -207,14 +215,14 @@ class UnitNumbers:
         self.ttft = LatencyHistogram()
         self.failed: dict[str, str] = {}  # id -> error_kind, for ids whose latest outcome is a failure
         self.failure_lines_by_kind: dict[str, int] = {}  # errors.jsonl lines by kind (every run)
-        self.messages: dict[str, deque[dict[str, Any]]] = {}  # kind -> latest few {id, message, time, status_code}
+        self.messages: dict[str, deque[FailureMessage]] = {}  # kind -> the latest few
         self.requests = 0  # attempts of every line
         self.latest_run: int | None = None  # the highest "run" seen: the series follows it
         self.series = TimeSeries()
-        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_ANSWERS)  # latest answers
+        self.recent: deque[RecentAnswer] = deque(maxlen=RECENT_ANSWERS)  # latest answers
         self.last_finished_at: str | None = None
 
-    def _run_of(self, line: dict[str, Any]) -> int | None:
+    def _run_of(self, line: StoredJSON) -> int | None:
         run = line.get("run")
         if isinstance(run, int) and not isinstance(run, bool):
             if self.latest_run is None or run > self.latest_run:
@@ -223,7 +231,7 @@ class UnitNumbers:
             return run
         return None
 
-    def add_result(self, line: dict[str, Any]) -> None:
+    def add_result(self, line: StoredJSON) -> None:
         ticket_id = str(line["id"])
         self.done += 1
         self.failed.pop(ticket_id, None)
@@ -257,7 +265,7 @@ class UnitNumbers:
         self.recent.append({"id": ticket_id, "answer": str(output)[:200] if output is not None else None,
                             "model": line.get("model_key") or line.get("model")})
 
-    def add_error(self, line: dict[str, Any]) -> None:
+    def add_error(self, line: StoredJSON) -> None:
         ticket_id = str(line["id"])
         kind = str(line.get("error_kind") or "unknown")
         self.failed[ticket_id] = kind
@@ -287,5 +295,5 @@ class UnitNumbers:
         return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def _int(value: Any) -> int:
+def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0

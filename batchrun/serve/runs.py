@@ -36,15 +36,26 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TypeAlias
 
 import orjson
 
+from batchrun.analysis.documents import PairDiff, StoredJSON
 from batchrun.analysis.stats import percentiles
 from batchrun.errors import redact_secrets
 from batchrun.rundir.layout import ERRORS, LOCK, MANIFEST, REJECTS, RESULTS
 from batchrun.rundir.status import MODELS_DIR, status_from_counts
 from batchrun.serve.follow import JsonlFollower, UnitNumbers, open_nofollow
+from batchrun.serve.payloads import (
+    BatchPart,
+    DiffView,
+    FailureGroup,
+    GradedModel,
+    GradeResult,
+    RunLine,
+    RunSnapshot,
+    UnitDetail,
+)
 
 __all__ = ["RunsRoot", "RunWatch", "UnsafeName", "grade_run", "live_state", "lock_held"]
 
@@ -53,6 +64,11 @@ NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
 # error kinds whose message quotes the model's answer: shown only with --show-text
 TEXT_KINDS = frozenset({"invalid_output", "truncated", "content_filter"})
 QUIET_S = 2.0  # a stopped run is graded once its files have not changed for this long
+
+#: (mtime_ns, size) of a file, None when it is absent.
+FileSignature: TypeAlias = "tuple[int, int] | None"
+#: What changes when a run directory's files do: its manifest's, results' and errors' signatures.
+UnitSignature: TypeAlias = "tuple[FileSignature, ...]"
 
 STATE_LABELS = {
     "done": "finished",
@@ -137,7 +153,7 @@ def combined_state(states: list[str]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path) -> object:
     """A small JSON file read without following a symlink; None if absent or unreadable."""
     try:
         fd = open_nofollow(path)
@@ -212,7 +228,7 @@ class RunsRoot:
 # --------------------------------------------------------------------------------------------
 
 
-def _file_signature(path: Path) -> tuple[int, int] | None:
+def _file_signature(path: Path) -> FileSignature:
     try:
         st = path.lstat()
     except OSError:
@@ -229,12 +245,12 @@ class UnitWatch:
         self.results = JsonlFollower(run_dir / RESULTS)
         self.errors = JsonlFollower(run_dir / ERRORS)
         self.numbers = UnitNumbers()
-        self.manifest: dict[str, Any] = {}
-        self._manifest_sig: tuple[int, int] | None = None
+        self.manifest: StoredJSON = {}
+        self._manifest_sig: FileSignature = None
         self.rejected_lines = 0
-        self._rejects_sig: tuple[int, int] | None = None
-        self.batches: Any = None
-        self._batches_sig: tuple[Any, ...] | None = None
+        self._rejects_sig: FileSignature = None
+        self.batches: object = None  # batch mode's part records (the first of BATCH_FILES there is)
+        self._batches_sig: tuple[FileSignature, ...] | None = None
         self.held = False
         self.caught_up = False
 
@@ -285,29 +301,29 @@ class UnitWatch:
     def state(self) -> str:
         return live_state(self.manifest.get("state"), self.held)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StoredJSON:
         n = self.numbers
         return status_from_counts(self.run_dir, self.manifest, done=n.done, failed=len(n.failed), cost_usd=n.cost_usd,
                                   unpriced=n.unpriced, total_tokens=n.total_tokens,
                                   rejected_lines=self.rejected_lines, cache_hits=n.cache_hits,
                                   cost_saved_usd=n.cost_saved_usd, live=self.held)
 
-    def signature(self) -> tuple[Any, ...]:
+    def signature(self) -> UnitSignature:
         """Changes whenever the run's files do: the key of the grading cache."""
         return (self._manifest_sig, _file_signature(self.run_dir / RESULTS), _file_signature(self.run_dir / ERRORS))
 
-    def detail(self, show_text: bool) -> dict[str, Any]:
+    def detail(self, show_text: bool) -> UnitDetail:
         n = self.numbers
         status = self.status()
         summary = self.manifest.get("summary") or {}
         total = status["tickets"]
-        failures = []
+        failures: list[FailureGroup] = []
         for kind, count in n.failed_by_kind().items():
             messages = list(n.messages.get(kind, ()))[::-1]
             if kind in TEXT_KINDS and not show_text:
                 messages = [{**m, "message": "(quotes the answer: shown with --show-text)"} for m in messages]
             else:
-                messages = [{**m, "message": redact_secrets(m["message"]) if m["message"] else m["message"]}
+                messages = [{**m, "message": redact_secrets(text) if (text := m["message"]) else text}
                             for m in messages]
             failures.append({"kind": kind, "tickets": count, "lines": n.failure_lines_by_kind.get(kind, 0),
                              "latest": messages})
@@ -354,7 +370,7 @@ def _count_lines(path: Path) -> int:
     return count
 
 
-def _batch_parts(data: Any) -> list[dict[str, Any]] | None:
+def _batch_parts(data: object) -> list[BatchPart] | None:
     """Batch mode's parts (when its file exists): part, state and request counts, whatever the
     exact layout (a list of parts, or {"parts": [...]}). Only known, small fields are kept."""
     if data is None:
@@ -364,7 +380,7 @@ def _batch_parts(data: Any) -> list[dict[str, Any]] | None:
         parts = [{"part": k, **v} if isinstance(v, dict) else {"part": k, "state": v} for k, v in parts.items()]
     if not isinstance(parts, list):
         return None
-    out = []
+    out: list[BatchPart] = []
     for index, part in enumerate(parts):
         if not isinstance(part, dict):
             continue
@@ -390,10 +406,10 @@ def _batch_parts(data: Any) -> list[dict[str, Any]] | None:
 class Graded:
     """Grading and the diff against the previous run, computed once a run stops."""
 
-    signature: tuple[Any, ...]
-    models: list[dict[str, Any]]  # per model: key, accuracy, graded, correct, confusion, macro_f1
+    signature: tuple[UnitSignature, ...]
+    models: list[GradedModel]
     previous: str | None  # the run compared against
-    diff: list[dict[str, Any]] | None
+    diff: list[DiffView] | None
     note: str | None = None
 
 
@@ -454,16 +470,16 @@ class RunWatch:
                 return name
         return None
 
-    def signature(self) -> tuple[Any, ...]:
+    def signature(self) -> tuple[UnitSignature, ...]:
         return tuple(unit.signature() for unit in self.units.values())
 
     def times(self) -> tuple[str | None, str | None]:
-        starts = [u.manifest.get("started_at") for u in self.units.values() if u.manifest.get("started_at")]
-        ends = [u.manifest.get("finished_at") for u in self.units.values() if u.manifest.get("finished_at")]
+        starts: list[str] = [start for u in self.units.values() if (start := u.manifest.get("started_at"))]
+        ends: list[str] = [end for u in self.units.values() if (end := u.manifest.get("finished_at"))]
         running = any(u.state == "running" for u in self.units.values())
         return (min(starts) if starts else None, None if running or not ends else max(ends))
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> RunLine:
         """The run's line in the listing."""
         with self.lock:
             statuses = [unit.status() for unit in self.units.values()]
@@ -496,16 +512,17 @@ class RunWatch:
                 "finished_at": finished,
             }
 
-    def snapshot(self, show_text: bool) -> dict[str, Any]:
+    def snapshot(self, show_text: bool) -> RunSnapshot:
         """The JSON of the run page (and GET /api/runs/{name})."""
         with self.lock:
             units = [unit.detail(show_text) for unit in self.units.values()]
             graded = self.graded if self.graded is not None and self.graded.signature == self.signature() else None
-        out: dict[str, Any] = self.summary()
-        if self.kind == "run" and units:
-            out["status"] = units[0]["status"]  # exactly `batchrun status --json`
-        out["units"] = units
-        out["grading"] = None
+        line = self.summary()
+        out: RunSnapshot
+        if self.kind == "run" and units:  # "status": exactly `batchrun status --json`
+            out = {**line, "status": units[0]["status"], "units": units, "grading": None}
+        else:
+            out = {**line, "units": units, "grading": None}
         if graded is not None:
             diff = graded.diff
             if diff is not None and not show_text:
@@ -525,12 +542,12 @@ class RunWatch:
                 return False
             return self.graded is None or self.graded.signature != self.signature()
 
-    def begin_grading(self) -> tuple[Any, ...]:
+    def begin_grading(self) -> tuple[UnitSignature, ...]:
         with self.lock:
             self.grading_in_progress = True
             return self.signature()
 
-    def end_grading(self, signature: tuple[Any, ...] | None, result: Mapping[str, Any] | None,
+    def end_grading(self, signature: tuple[UnitSignature, ...] | None, result: GradeResult | None,
                     previous: str | None) -> None:
         with self.lock:
             self.grading_in_progress = False
@@ -539,28 +556,28 @@ class RunWatch:
                                      result.get("note"))
 
 
-def grade_run(path: Path, previous: Path | None) -> dict[str, Any]:
+def grade_run(path: Path, previous: Path | None) -> GradeResult:
     """Accuracy and confusion matrix per model (grading.analyze) and the diff against
     `previous` (diffing.diff_analyses), as the page shows them. Reads every result of
     both runs: `batchrun serve` calls it in a child process (python -m batchrun.serve.grade),
     so its memory goes back to the system when it is done."""
     from batchrun.analysis.diffing import diff_analyses
-    from batchrun.analysis.grading import analyze
+    from batchrun.analysis.grading import analyze, macro_f1
     from batchrun.errors import BatchrunError
 
     note = None
-    models: list[dict[str, Any]] = []
+    models: list[GradedModel] = []
     diff = None
     try:
         analysis = analyze(path)
         for m in analysis.report["models"]:
-            g = m.get("grading") or {}
+            g, gold = m.get("grading"), m.get("gold")
             models.append({
-                "key": m["key"], "model": m["model"], "accuracy": g.get("accuracy"),
-                "graded": g.get("graded", 0), "correct": g.get("correct", 0),
-                "macro_f1": (g.get("macro") or {}).get("f1"),
-                "confusion": g.get("confusion"),
-                "gold_note": (m.get("gold") or {}).get("note"),
+                "key": m["key"], "model": m["model"], "accuracy": g.get("accuracy") if g else None,
+                "graded": g.get("graded", 0) if g else 0, "correct": g.get("correct", 0) if g else 0,
+                "macro_f1": macro_f1(g),
+                "confusion": g.get("confusion") if g else None,
+                "gold_note": gold.get("note") if gold else None,
             })
         if previous is not None:
             try:
@@ -573,7 +590,7 @@ def grade_run(path: Path, previous: Path | None) -> dict[str, Any]:
     return {"models": models, "diff": diff, "note": note}
 
 
-def _diff_pair(pair: Mapping[str, Any]) -> dict[str, Any]:
+def _diff_pair(pair: PairDiff) -> DiffView:
     """The part of diffing.diff_pair the page shows."""
     return {
         "a": pair["a"], "b": pair["b"],

@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 __all__ = ["LOOPBACK", "TOKEN_ENV", "serve", "serve_forever", "serve_in_background", "serve_token", "url"]
 
@@ -74,10 +74,11 @@ def serve_forever(root: Path, host: str, port: int, *, token: str | None, show_t
 
     async def main() -> None:
         task = asyncio.current_task()
+        assert task is not None  # asyncio.run's main task
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signum, task.cancel)  # type: ignore[union-attr]
+                loop.add_signal_handler(signum, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await serve(root, host, port, token=token, show_text=show_text, interval=interval, on_ready=on_ready)
 
@@ -85,7 +86,7 @@ def serve_forever(root: Path, host: str, port: int, *, token: str | None, show_t
 
 
 @contextlib.contextmanager
-def serve_in_background(run_dir: Path, port: int, *, host: str = "127.0.0.1") -> Iterator[Any]:
+def serve_in_background(run_dir: Path, port: int, *, host: str = "127.0.0.1") -> Iterator[subprocess.Popen[bytes]]:
     """A `batchrun serve` process on run_dir's parent, printing the run's page URL; stopped on exit.
 
     A separate process reads the run directory like any other page would: the run's

@@ -14,6 +14,7 @@ capacity model, injected faults and request counters. Modules:
 * ``structured.py``: JSON-mode / JSON-schema answers and tool calls.
 * ``answers.py``: `compose_answer`, the deterministic answer text.
 * ``tokens.py``: the cheap tokenizer used for usage, truncation and chunking.
+* ``jsontypes.py``: names for the JSON the simulator reads and writes (types only).
 * ``command.py``: the ``batchrun sim`` click command (`sim_command`).
 * ``batches.py``, ``batch_faults.py``: OpenAI's Batch API (``/v1/files``,
   ``/v1/batches``) and its faults; ``anthropic_batches.py``: Anthropic's

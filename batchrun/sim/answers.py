@@ -56,7 +56,9 @@ import hashlib
 import random
 import re
 from collections import Counter
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+
+from batchrun.sim.jsontypes import Messages
 
 __all__ = [
     "KNOWN_LABELS",
@@ -213,7 +215,8 @@ def _first_chars(alt: str) -> frozenset[str] | None:
         body = alt[1:end]
         if end < 0 or body.startswith("^") or "\\" in body or (end + 1 < len(alt) and alt[end + 1] in "?*{"):
             return None
-        chars, j = set(), 0
+        chars: set[str] = set()
+        j = 0
         while j < len(body):
             if j + 2 < len(body) and body[j + 1] == "-":
                 chars.update(chr(k) for k in range(ord(body[j]), ord(body[j + 2]) + 1))
@@ -292,6 +295,7 @@ def _scores(text: str) -> dict[str, float]:
             continue
         pos = m.end()
         group = m.lastgroup
+        assert group is not None  # every alternative of a scanner is a named group
         hits[group] += 1
         if hits[group] <= _MAX_HITS_PER_RULE:
             label, weight = _GROUP_INFO[group]
@@ -346,7 +350,7 @@ def classify_ticket_text(text: str, labels: Sequence[str], seed: int, noise: flo
 # --------------------------------------------------------------------------
 
 
-def message_text(message: Any) -> str:
+def message_text(message: object) -> str:
     """The text of one chat message: string, ``None`` or a list of parts."""
     if not isinstance(message, dict):
         return ""
@@ -379,7 +383,7 @@ def _labels_in_cached(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(m.group(1).lower() for m in _LABEL_RE.finditer(text)))
 
 
-def detect_labels(messages: Iterable[dict]) -> list[str] | None:
+def detect_labels(messages: Iterable[object]) -> list[str] | None:
     """The labels of a classification request, or ``None`` if it is not one."""
     messages = list(messages)
     system = "\n".join(message_text(m) for m in messages if isinstance(m, dict) and m.get("role") in _SYSTEM_ROLES)
@@ -390,7 +394,7 @@ def detect_labels(messages: Iterable[dict]) -> list[str] | None:
     return labels if len(labels) >= 2 else None
 
 
-def _current_user_text(messages: list) -> str:
+def _current_user_text(messages: Sequence[object]) -> str:
     last_assistant = -1
     for i, m in enumerate(messages):
         if isinstance(m, dict) and m.get("role") == "assistant":
@@ -499,7 +503,7 @@ def _prose(text: str, seed: int) -> str:
     return out
 
 
-def compose_answer(messages: list[dict], seed: int, noise: float | None = None) -> str:
+def compose_answer(messages: Messages, seed: int, noise: float | None = None) -> str:
     """Deterministic answer text for an OpenAI-style chat request (`noise`: see classify_ticket_text)."""
     messages = list(messages or [])
     labels = detect_labels(messages)
@@ -516,7 +520,7 @@ def compose_answer(messages: list[dict], seed: int, noise: float | None = None) 
 # --------------------------------------------------------------------------
 
 
-def current_turn_text(messages: list[dict]) -> str:
+def current_turn_text(messages: Messages) -> str:
     """The user text of the current turn (all messages' text if there is none)."""
     messages = list(messages or [])
     text = _current_user_text(messages)
@@ -525,7 +529,7 @@ def current_turn_text(messages: list[dict]) -> str:
     return text
 
 
-def classify_messages(messages: list[dict], labels: Sequence[str], seed: int) -> str:
+def classify_messages(messages: Messages, labels: Sequence[str], seed: int) -> str:
     """The label among ``labels`` that a classification request over ``messages`` gets.
 
     Same text selection as `compose_answer` (current user turn, label lists
@@ -535,7 +539,7 @@ def classify_messages(messages: list[dict], labels: Sequence[str], seed: int) ->
     return classify_ticket_text(_strip_label_lists(_current_user_text(list(messages or []))), labels, seed)
 
 
-def summary_sentence(messages: list[dict], seed: int) -> str:
+def summary_sentence(messages: Messages, seed: int) -> str:
     """The first sentence of the prose answer to ``messages``, without the ``Summary:`` prefix."""
     prose = _prose(current_turn_text(messages), seed)
     first = prose.split(". ", 1)[0].rstrip(".") + "."
@@ -544,6 +548,6 @@ def summary_sentence(messages: list[dict], seed: int) -> str:
     return first[:1].upper() + first[1:]
 
 
-def top_keywords(messages: list[dict], limit: int = 6) -> list[str]:
+def top_keywords(messages: Messages, limit: int = 6) -> list[str]:
     """The most frequent content words of the current user turn (possibly fewer than ``limit``)."""
     return _keywords(current_turn_text(messages), limit)

@@ -47,10 +47,12 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
+
+from batchrun.sim.jsontypes import JSONObject as Obj
 
 if TYPE_CHECKING:
     from batchrun.sim.batches import BatchSimulator, SimBatch
@@ -65,8 +67,6 @@ ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 529: "overloaded_error"}
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
-#: a JSON object as it comes and goes (requests, answers, results)
-Obj = dict[str, Any]
 
 
 def error(status: int, message: str, error_type: str | None = None, code: str | None = None,
@@ -80,6 +80,14 @@ def error(status: int, message: str, error_type: str | None = None, code: str | 
 
 def _json(payload: object) -> web.Response:
     return web.Response(body=orjson.dumps(payload), content_type="application/json")
+
+
+def _obj(value: object) -> Obj:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
 
 
 def _text(content: object) -> str:
@@ -99,7 +107,7 @@ def chat_body(params: Obj) -> Obj:
     messages: list[Obj] = []
     if params.get("system"):
         messages.append({"role": "system", "content": _text(params["system"])})
-    for message in params.get("messages") or []:
+    for message in _list(params.get("messages")):
         if not isinstance(message, dict):
             raise ValueError("messages: each message must be an object")
         content = message.get("content")
@@ -120,7 +128,7 @@ def chat_body(params: Obj) -> Obj:
     body: Obj = {"model": params.get("model"), "messages": messages, "max_tokens": max_tokens}
     tools = [{"type": "function", "function": {"name": t.get("name"), "description": t.get("description") or "",
                                                "parameters": t.get("input_schema")}}
-             for t in params.get("tools") or [] if isinstance(t, dict) and "input_schema" in t]
+             for t in _list(params.get("tools")) if isinstance(t, dict) and "input_schema" in t]
     if tools:
         body["tools"] = tools
     choice = params.get("tool_choice")
@@ -128,7 +136,7 @@ def chat_body(params: Obj) -> Obj:
         kind = str(choice.get("type"))
         body["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}.get(
             kind, {"type": "function", "function": {"name": choice.get("name")}})
-    output = params.get("output_format") or (params.get("output_config") or {}).get("format")
+    output = params.get("output_format") or _obj(params.get("output_config")).get("format")
     if isinstance(output, dict) and output.get("type") == "json_schema":
         body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output",
                                                                           "schema": output.get("schema")}}
@@ -137,22 +145,23 @@ def chat_body(params: Obj) -> Obj:
 
 def message_of(payload: Obj, model: object) -> Obj:
     """An Anthropic message from the chat simulator's chat.completion answer."""
-    choice = payload["choices"][0]
-    reply = choice["message"]
+    choice = _obj((_list(payload.get("choices")) or [None])[0])
+    reply = _obj(choice.get("message"))
     content: list[Obj] = []
     if reply.get("content"):
         content.append({"type": "text", "text": reply["content"]})
-    for call in reply.get("tool_calls") or []:
+    for call in map(_obj, _list(reply.get("tool_calls"))):
+        function = _obj(call.get("function"))
         try:
-            arguments = orjson.loads(call["function"]["arguments"])
+            arguments = orjson.loads(str(function.get("arguments") or "{}"))
         except orjson.JSONDecodeError:  # cut by max_tokens
             arguments = {}
-        content.append({"type": "tool_use", "id": "toolu_" + str(call["id"]).removeprefix("call_"),
-                        "name": call["function"]["name"], "input": arguments if isinstance(arguments, dict) else {}})
-    usage = payload["usage"]
+        content.append({"type": "tool_use", "id": "toolu_" + str(call.get("id")).removeprefix("call_"),
+                        "name": function.get("name"), "input": _obj(arguments)})
+    usage = _obj(payload.get("usage"))
     return {"id": "msg_" + str(payload["id"]).removeprefix("chatcmpl-"), "type": "message", "role": "assistant",
             "model": model or payload.get("model"), "content": content,
-            "stop_reason": STOP_REASONS.get(choice.get("finish_reason"), "end_turn"), "stop_sequence": None,
+            "stop_reason": STOP_REASONS.get(str(choice.get("finish_reason")), "end_turn"), "stop_sequence": None,
             "usage": {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"],
                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}
 
@@ -163,19 +172,21 @@ def _errored(error_type: str, message: str) -> Obj:
 
 def answer_line(chat: "ChatSimulator", line: Obj, failed: bool) -> tuple[bool, bytes]:
     """(succeeded?, the result line) of one request of a batch."""
-    params = line["params"]
+    params = _obj(line.get("params"))
+    custom_id = str(line.get("custom_id"))
     if failed:
         result = _errored("api_error", "Internal server error (simulated fault)")
     else:
         try:
-            status, payload = chat.answer_batch_line(orjson.dumps(chat_body(params)), line["custom_id"])
+            status, payload = chat.answer_batch_line(orjson.dumps(chat_body(params)), custom_id)
         except ValueError as exc:
             status, payload = 400, {"error": {"message": str(exc)}}
         if status == 200:
             result = {"type": "succeeded", "message": message_of(payload, params.get("model"))}
         else:
-            result = _errored("invalid_request_error", str((payload.get("error") or {}).get("message")))
-    return result["type"] == "succeeded", orjson.dumps({"custom_id": line["custom_id"], "result": result}) + b"\n"
+            error = payload.get("error")
+            result = _errored("invalid_request_error", str(error.get("message") if isinstance(error, dict) else error))
+    return result["type"] == "succeeded", orjson.dumps({"custom_id": custom_id, "result": result}) + b"\n"
 
 
 def unanswered_line(custom_id: str, why: str) -> bytes:

@@ -46,8 +46,11 @@ lists joined by ``+``: ``expire:batches=1,rate=0.3``,
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TypeAlias
+
+from batchrun.sim.jsontypes import RuleOptions
 
 BATCH_KINDS = frozenset({"invalid", "expire", "fail_lines", "all_failed", "slow"})
 CALL_KINDS = frozenset({"429", "500", "503", "create_lost"})
@@ -86,7 +89,7 @@ class BatchFault:
             raise ValueError("retry_after must be >= 0")
 
     @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Any]) -> "BatchFault":
+    def from_mapping(cls, mapping: RuleOptions) -> "BatchFault":
         unknown = sorted(set(mapping) - set(_KEYS))
         if unknown:
             raise ValueError(f"unknown batch fault key(s) {', '.join(unknown)} (known: {', '.join(_KEYS)})")
@@ -103,7 +106,7 @@ class BatchFault:
     @classmethod
     def parse(cls, spec: str) -> "BatchFault":
         kind, _, rest = spec.partition(":")
-        data: dict[str, Any] = {"kind": kind.strip()}
+        data: dict[str, object] = {"kind": kind.strip()}
         for item in filter(None, (p.strip() for p in rest.split(","))):
             key, sep, value = item.partition("=")
             if not sep:
@@ -137,7 +140,11 @@ class BatchFault:
         return self.kind in CALL_KINDS and self.endpoint == endpoint and (not self.calls or number in self.calls)
 
 
-def coerce_batch_faults(rules: Any) -> tuple[BatchFault, ...]:
+#: What `coerce_batch_faults` turns into a BatchFault.
+BatchFaultLike: TypeAlias = "BatchFault | str | RuleOptions"
+
+
+def coerce_batch_faults(rules: Iterable[BatchFaultLike] | None) -> tuple[BatchFault, ...]:
     out = []
     for rule in rules or ():
         if isinstance(rule, BatchFault):

@@ -64,15 +64,20 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, TypedDict
 
 import orjson
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from batchrun.sim.batch_faults import BatchFault
 from batchrun.sim.config import SimConfig
+from batchrun.sim.jsontypes import JSONObject
+
+if TYPE_CHECKING:
+    from batchrun.sim.server import ChatSimulator
 
 WINDOWS = {"24h": 86400.0}
 FINISHED = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -96,7 +101,7 @@ class SimFile:
     filename: str
     purpose: str
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {"id": self.id, "object": "file", "bytes": self.bytes, "created_at": self.created_at,
                 "filename": self.filename, "purpose": self.purpose, "status": "processed",
                 "expires_at": None, "status_details": None}
@@ -113,7 +118,7 @@ class SimBatch:
     created_at: int
     expires_at: int
     status: str = "validating"
-    errors: dict[str, Any] | None = None
+    errors: JSONObject | None = None
     output_file_id: str | None = None
     error_file_id: str | None = None
     times: dict[str, int] = field(default_factory=dict)  # in_progress_at, completed_at, ...
@@ -124,10 +129,10 @@ class SimBatch:
     api: str = "openai"  # "anthropic": a Message Batch (anthropic_batches.py)
     canceled: int = 0  # Anthropic's counts of requests a cancel or the window's end left unanswered
     expired: int = 0
-    task: asyncio.Task | None = None
+    task: asyncio.Task[None] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        out = {
+    def to_dict(self) -> JSONObject:
+        out: JSONObject = {
             "id": self.id, "object": "batch", "endpoint": self.endpoint, "errors": self.errors,
             "input_file_id": self.input_file_id, "completion_window": self.completion_window,
             "status": self.status, "output_file_id": self.output_file_id, "error_file_id": self.error_file_id,
@@ -146,7 +151,17 @@ def _seconds(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def _chain(first: bytes, rest: Any) -> Any:
+class BatchLine(TypedDict):
+    """A line of a batch's input file, as `BatchSimulator._validate` checked it (an Anthropic
+    batch's lines are {"custom_id", "params"}, checked when it was created)."""
+
+    custom_id: str
+    method: str
+    url: str
+    body: JSONObject
+
+
+def _chain(first: bytes, rest: Iterable[bytes]) -> Iterator[bytes]:
     yield first
     yield from rest
 
@@ -156,7 +171,7 @@ class _Writer:
 
     def __init__(self, owner: "BatchSimulator", purpose: str, name: str) -> None:
         self.owner, self.purpose, self.name = owner, purpose, name
-        self.handle: Any = None
+        self.handle: IO[bytes] | None = None
         self.file: SimFile | None = None
         self.lines = 0
 
@@ -179,7 +194,7 @@ class _Writer:
 class BatchSimulator:
     """Files and batches of one simulator instance (module docstring)."""
 
-    def __init__(self, chat: Any, config: SimConfig) -> None:
+    def __init__(self, chat: ChatSimulator, config: SimConfig) -> None:
         self.chat = chat  # the ChatSimulator that answers each line
         self.config = config
         self.faults: tuple[BatchFault, ...] = config.batch_faults
@@ -254,7 +269,7 @@ class BatchSimulator:
         router.add_get("/v1/files/{file_id}", self.retrieve_file)
         router.add_get("/v1/files/{file_id}/content", self.file_content)
         router.add_post("/v1/batches", self.create)
-        router.add_get("/v1/batches", self.list)
+        router.add_get("/v1/batches", self.list_batches)
         router.add_get("/v1/batches/{batch_id}", self.retrieve)
         router.add_post("/v1/batches/{batch_id}/cancel", self.cancel)
         router.add_get("/sim/batch_stats", self.stats)
@@ -304,7 +319,7 @@ class BatchSimulator:
         self.files[file_id] = sim_file
         return sim_file
 
-    def _call_fault(self, endpoint: str, error: Any = _error) -> web.Response | BatchFault | None:
+    def _call_fault(self, endpoint: str, error: Callable[..., web.Response] = _error) -> web.Response | BatchFault | None:
         """Count a call; the error response of a fault that hits it (or the create_lost rule), in the
         shape `error(status, message, type, code, headers=...)` makes (OpenAI's by default)."""
         number = self.calls.get(endpoint, 0) + 1
@@ -346,6 +361,8 @@ class BatchSimulator:
             part = await reader.next()
             if part is None:
                 break
+            # A nested multipart/* part is no form field (it failed here before it was typed: a 500).
+            assert isinstance(part, BodyPartReader)
             if part.name == "purpose":
                 purpose = (await part.text()).strip()
             elif part.name == "file":
@@ -448,7 +465,7 @@ class BatchSimulator:
             return _error(409, f"Cannot cancel a batch with status '{batch.status}'.")
         return web.json_response(batch.to_dict(), dumps=lambda o: orjson.dumps(o).decode())
 
-    async def list(self, request: web.Request) -> web.Response:
+    async def list_batches(self, request: web.Request) -> web.Response:
         fault = self._call_fault("list")
         if isinstance(fault, web.Response):
             return fault
@@ -480,7 +497,7 @@ class BatchSimulator:
 
     # -- processing ----------------------------------------------------------------
 
-    def _validate(self, batch: SimBatch) -> tuple[int, dict[str, Any] | None]:
+    def _validate(self, batch: SimBatch) -> tuple[int, JSONObject | None]:
         """(line count, None) or (0, the errors object) for the batch's input file."""
         path = self.files[batch.input_file_id].path
         if batch.api == "anthropic":  # validated when it was created
@@ -572,7 +589,9 @@ class BatchSimulator:
         self.save()
         kind = fault.kind if fault is not None else None
         stop_after = None  # lines answered before an expire/slow fault stops the batch
-        if kind == "expire":
+        if fault is None:
+            pass
+        elif kind == "expire":
             stop_after = int(count * (0.5 if fault.rate is None else fault.rate))
         elif kind == "slow":
             stop_after = int(count * (fault.rate or 0.0))
@@ -641,7 +660,7 @@ class BatchSimulator:
             batch.status = "completed"
             batch.times["completed_at"] = now
 
-    def _unanswered(self, batch: SimBatch, rows: Any, writer: _Writer, why: str) -> None:
+    def _unanswered(self, batch: SimBatch, rows: Iterable[bytes], writer: _Writer, why: str) -> None:
         """The result of each request left unanswered when the window ended ("expired") or a cancel
         came ("canceled"; OpenAI's output has no line for those)."""
         for raw in rows:
@@ -661,7 +680,7 @@ class BatchSimulator:
                     "error": {"code": "batch_expired", "message": "This request could not be "
                               "executed before the completion window expired."}}) + b"\n")
 
-    def _answer(self, batch: SimBatch, fault: BatchFault | None, line: dict[str, Any]) -> tuple[bool, bytes]:
+    def _answer(self, batch: SimBatch, fault: BatchFault | None, line: BatchLine) -> tuple[bool, bytes]:
         cid = line["custom_id"]
         failed = fault is not None and (
             fault.kind == "all_failed"
@@ -670,7 +689,8 @@ class BatchSimulator:
         if batch.api == "anthropic":
             from batchrun.sim.anthropic_batches import answer_line
 
-            return answer_line(self.chat, line, failed)
+            return answer_line(self.chat, dict(line), failed)
+        body: JSONObject
         if failed:
             status, body = 500, {"error": {"message": "The server had an error while processing your request "
                                            "(simulated fault)", "type": "server_error", "param": None,

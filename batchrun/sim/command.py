@@ -27,11 +27,16 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
 from batchrun.sim.config import SimConfig
 from batchrun.sim.faults import FAULT_KINDS, FaultRule, TicketScript
+
+if TYPE_CHECKING:
+    from batchrun.sim.batch_faults import BatchFault
 
 #: Prefix of the single line printed once the server is listening.
 READY_LINE_PREFIX = "batchrun-sim listening on "
@@ -168,7 +173,7 @@ def sim_command(
     model_profiles: tuple[tuple[str, float, float], ...],
     batch_time_scale: float,
     batch_duration_s: float,
-    batch_faults: tuple,
+    batch_faults: tuple[BatchFault, ...],
     batch_state_dir: str | None,
     exit_on_stdin_eof: bool,
 ) -> None:
@@ -205,7 +210,7 @@ def sim_command(
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
 
 
-def _parse_batch_faults(values: tuple[str, ...]) -> tuple:
+def _parse_batch_faults(values: tuple[str, ...]) -> tuple[BatchFault, ...]:
     """The ``--batch-fault`` option values as rules; a bad spec is a usage error."""
     from batchrun.sim.batch_faults import BatchFault
 
@@ -274,7 +279,7 @@ async def run_simulator(config: SimConfig, host: str, port: int, *, exit_on_stdi
         pass
 
 
-def watch_stdin_until_eof(on_eof) -> None:
+def watch_stdin_until_eof(on_eof: Callable[[], object]) -> None:
     """Call ``on_eof()`` from a daemon thread once standard input reaches end of file.
 
     Whatever is read from stdin is discarded. A missing or unreadable stdin

@@ -43,6 +43,7 @@ standard library so the CLI stays fast to load.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,15 +170,17 @@ class SimConfig:
             args += ["--model-profile", f"{name}={float(noise)!r}:{float(latency)!r}"]
         args += ["--batch-time-scale", repr(float(self.batch_time_scale)),
                  "--batch-duration-s", repr(float(self.batch_duration_s))]
-        for rule in self.batch_faults:
-            args += ["--batch-fault", rule.to_spec()]
+        for batch_fault in self.batch_faults:
+            args += ["--batch-fault", batch_fault.to_spec()]
         if self.batch_state_dir is not None:
             args += ["--batch-state-dir", str(self.batch_state_dir)]
         return args
 
     @classmethod
-    def from_cli_params(cls, params: dict[str, Any]) -> SimConfig:
-        """The config described by the parsed options of `batchrun sim` (extra keys ignored)."""
+    def from_cli_params(cls, params: Mapping[str, Any]) -> SimConfig:
+        """The config described by the parsed options of `batchrun sim` (extra keys ignored).
+
+        ``params`` is click's ``Context.params``: each value has its option's type."""
         return cls(
             latency_ms=params["latency_ms"],
             per_token_ms=params["per_token_ms"],

@@ -147,9 +147,11 @@ Standard library only (the CLI imports this through `batchrun.sim.config`).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeAlias, TypeGuard
+
+from batchrun.sim.jsontypes import RuleOptions
 
 #: Every fault kind, in documentation order.
 FAULT_KINDS: tuple[str, ...] = (
@@ -212,7 +214,7 @@ _OPTION_KINDS: dict[str, frozenset[str]] = {
 }
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -301,7 +303,7 @@ class FaultRule:
     # -- conversions ---------------------------------------------------------
 
     @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Any]) -> FaultRule:
+    def from_mapping(cls, mapping: RuleOptions) -> FaultRule:
         """A rule from a mapping with the keys of `RULE_KEYS` (e.g. a TOML table).
 
         Raises ValueError naming unknown keys, a missing ``kind`` or a bad value.
@@ -326,7 +328,7 @@ class FaultRule:
         if not isinstance(spec, str) or not spec.strip():
             raise ValueError("empty fault spec; expected KIND[:key=value,...]")
         kind, _, rest = spec.strip().partition(":")
-        values: dict[str, Any] = {"kind": kind.strip()}
+        values: dict[str, object] = {"kind": kind.strip()}
         if rest.strip():
             for item in rest.split(","):
                 key, sep, raw = item.partition("=")
@@ -370,9 +372,9 @@ class FaultRule:
                 options.append(f"{option}={_format_number(value)}")
         return self.kind + (":" + ",".join(options) if options else "")
 
-    def to_mapping(self) -> dict[str, Any]:
+    def to_mapping(self) -> dict[str, object]:
         """The rule as a mapping `from_mapping` accepts (unset options left out)."""
-        out: dict[str, Any] = {"kind": self.kind}
+        out: dict[str, object] = {"kind": self.kind}
         for key in RULE_KEYS[1:]:
             value = getattr(self, key)
             if value is not None:
@@ -384,7 +386,7 @@ class FaultRule:
 STEP_OPTION_KEYS: tuple[str, ...] = ("retry_after", "stall_s", "trickle_ms")
 
 
-def parse_step(step: Any) -> FaultRule:
+def parse_step(step: FaultRule | str) -> FaultRule:
     """One script step, ``KIND`` or ``KIND:option=value[,...]`` (or a FaultRule), as a FaultRule hitting every request it is asked about."""
     if isinstance(step, FaultRule):
         return step if step.rate == 1.0 and step.tickets is None and step.attempts is None else FaultRule(
@@ -392,7 +394,7 @@ def parse_step(step: Any) -> FaultRule:
     if not isinstance(step, str) or not step.strip():
         raise ValueError(f"a script step must be text like \"429:retry_after=6\", got {step!r}")
     kind, _, rest = step.strip().partition(":")
-    values: dict[str, Any] = {"kind": kind.strip(), "rate": 1.0}
+    values: dict[str, object] = {"kind": kind.strip(), "rate": 1.0}
     if rest.strip():
         for item in rest.split(","):
             key, sep, raw = item.partition("=")
@@ -449,7 +451,7 @@ class TicketScript:
             object.__setattr__(self, "rate", float(self.rate))
 
     @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Any]) -> TicketScript:
+    def from_mapping(cls, mapping: RuleOptions) -> TicketScript:
         """A script from a mapping with ``steps`` and ``tickets`` or ``rate`` (a TOML table)."""
         if not isinstance(mapping, Mapping):
             raise ValueError(f"a script must be a table/mapping, got {type(mapping).__name__}")
@@ -467,16 +469,16 @@ class TicketScript:
             raise ValueError(f"bad script {spec!r}; expected WHO=STEP;STEP;... e.g. T000003=reset_before_headers;429:retry_after=6;ok")
         who, _, steps = spec.partition("=")
         who = who.strip()
-        step_list = tuple(step.strip() for step in steps.split(";") if step.strip())
+        step_list = [step.strip() for step in steps.split(";") if step.strip()]
         if who.startswith("rate:"):
             try:
                 rate = float(who[len("rate:"):])
             except ValueError:
                 raise ValueError(f"bad rate in script {spec!r}: {who!r}") from None
-            return cls(steps=step_list, rate=rate)
+            return cls(steps=tuple(parse_step(step) for step in step_list), rate=rate)
         if who.startswith("tickets:"):
             who = who[len("tickets:"):]
-        return cls(steps=step_list, tickets=tuple(t.strip() for t in who.split("+")))
+        return cls(steps=tuple(parse_step(step) for step in step_list), tickets=tuple(t.strip() for t in who.split("+")))
 
     def to_spec(self) -> str:
         """The CLI form of this script; `parse` reads it back to an equal script."""
@@ -489,9 +491,9 @@ class TicketScript:
             who = "tickets:" + "+".join(self.tickets or ())
         return who + "=" + ";".join(step_spec(step) for step in self.steps)
 
-    def to_mapping(self) -> dict[str, Any]:
+    def to_mapping(self) -> dict[str, object]:
         """The script as a mapping `from_mapping` accepts."""
-        out: dict[str, Any] = {"steps": [step_spec(step) for step in self.steps]}
+        out: dict[str, object] = {"steps": [step_spec(step) for step in self.steps]}
         if self.tickets is not None:
             out["tickets"] = list(self.tickets)
         else:
@@ -499,7 +501,14 @@ class TicketScript:
         return out
 
 
-def coerce_scripts(scripts: Any) -> tuple[TicketScript, ...]:
+#: What `coerce_scripts` turns into a TicketScript.
+ScriptLike: TypeAlias = "TicketScript | RuleOptions | str"
+
+#: What `coerce_rules` turns into a FaultRule.
+RuleLike: TypeAlias = "FaultRule | RuleOptions | str"
+
+
+def coerce_scripts(scripts: ScriptLike | Iterable[ScriptLike] | None) -> tuple[TicketScript, ...]:
     """A tuple of `TicketScript` from scripts, mappings or CLI spec strings."""
     if scripts is None:
         return ()
@@ -518,7 +527,7 @@ def coerce_scripts(scripts: Any) -> tuple[TicketScript, ...]:
     return tuple(out)
 
 
-def coerce_rules(rules: Any) -> tuple[FaultRule, ...]:
+def coerce_rules(rules: RuleLike | Iterable[RuleLike] | None) -> tuple[FaultRule, ...]:
     """A tuple of `FaultRule` from rules, mappings or CLI spec strings."""
     if rules is None:
         return ()
@@ -589,7 +598,7 @@ class FaultPlan:
             if tickets is not None:
                 if ticket_id in tickets:
                     return script
-            elif draw(self.seed, key, 0, index) < threshold:
+            elif threshold is not None and draw(self.seed, key, 0, index) < threshold:  # a script has tickets or a rate
                 return script
         return None
 

@@ -37,10 +37,13 @@ import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING
 
 from batchrun.sim.command import READY_LINE_PREFIX
 from batchrun.sim.config import SimConfig
+
+if TYPE_CHECKING:
+    from batchrun.sim.replies import StatsSnapshot
 
 #: Seconds to wait for the child to exit after SIGTERM before killing it.
 TERMINATE_GRACE_SECONDS = 5.0
@@ -58,7 +61,7 @@ _DIRECT_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 class SimulatorProcess:
     """A running child simulator, as yielded by `start_simulator`."""
 
-    def __init__(self, process: subprocess.Popen, base_url: str) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], base_url: str) -> None:
         #: The `subprocess.Popen` of the child.
         self.process = process
         #: The OpenAI-style base URL, e.g. ``http://127.0.0.1:40123/v1``.
@@ -71,15 +74,15 @@ class SimulatorProcess:
         """Process id of the child."""
         return self.process.pid
 
-    def stats(self, timeout: float = 10.0) -> dict[str, Any]:
+    def stats(self, timeout: float = 10.0) -> StatsSnapshot:
         """The child's request counters (``GET /sim/stats``)."""
         return self._call("GET", "/sim/stats", timeout)
 
-    def reset(self, timeout: float = 10.0) -> dict[str, Any]:
+    def reset(self, timeout: float = 10.0) -> StatsSnapshot:
         """Zero the child's request counters (``POST /sim/reset``); returns them."""
         return self._call("POST", "/sim/reset", timeout)
 
-    def _call(self, method: str, path: str, timeout: float) -> dict[str, Any]:
+    def _call(self, method: str, path: str, timeout: float) -> StatsSnapshot:
         data = b"" if method == "POST" else None
         request = urllib.request.Request(self.root_url + path, data=data, method=method)
         with _DIRECT_OPENER.open(request, timeout=timeout) as response:
@@ -132,7 +135,7 @@ def start_simulator(
             stop_simulator_process(process)
 
 
-def stop_simulator_process(process: subprocess.Popen) -> None:
+def stop_simulator_process(process: subprocess.Popen[bytes]) -> None:
     """Close the child's stdin, terminate it, wait; kill it if it lingers."""
     if process.stdin is not None:
         try:
@@ -152,11 +155,13 @@ def stop_simulator_process(process: subprocess.Popen) -> None:
             process.stdout.close()
 
 
-def _wait_for_ready_line(process: subprocess.Popen, stderr_file: IO[bytes], timeout: float) -> str:
+def _wait_for_ready_line(process: subprocess.Popen[bytes], stderr_file: IO[bytes], timeout: float) -> str:
     """Read the child's ready line and return the base URL it announces."""
     lines: list[bytes] = []
+    stdout = process.stdout
+    assert stdout is not None  # started with stdout=PIPE
     reader = threading.Thread(
-        target=lambda: lines.append(process.stdout.readline()),
+        target=lambda: lines.append(stdout.readline()),
         name="batchrun-sim-ready-reader",
         daemon=True,
     )

@@ -16,13 +16,17 @@ import struct
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import orjson
 from aiohttp import web
 
 from batchrun.sim.faults import FaultRule
+from batchrun.sim.jsontypes import Message
 from batchrun.sim.limits import Verdict, format_duration
+
+if TYPE_CHECKING:
+    from batchrun.sim.structured import ResponseFormat, ToolChoice, ToolSpec
 
 #: Largest accepted request body, in bytes.
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
@@ -44,6 +48,27 @@ HTML_502 = b"""<html>
 </body>
 </html>
 """
+
+
+class StatsSnapshot(TypedDict):
+    """The body of ``GET /sim/stats`` (and of ``POST /sim/reset``)."""
+
+    total_requests: int
+    requests_by_ticket: dict[str, int]
+    attempts_by_ticket: dict[str, int]
+    in_flight: int
+    peak_in_flight: int
+    responses_by_status: dict[str, int]
+    faults_by_kind: dict[str, int]
+    rate_limited: int
+
+
+class Usage(TypedDict):
+    """The ``usage`` object of a completion."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
 
 
 class SimStats:
@@ -99,7 +124,7 @@ class SimStats:
         self.faults_by_kind = {}
         self.rate_limited = 0
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> StatsSnapshot:
         """The counters as a JSON-ready dict."""
         return {
             "total_requests": self.total_requests,
@@ -117,7 +142,7 @@ class SimStats:
 class ParsedChatRequest:
     """The parts of a chat completion request the simulator uses."""
 
-    messages: list[dict]
+    messages: list[Message]
     model: str
     max_tokens: int | None
     stream: bool
@@ -125,11 +150,11 @@ class ParsedChatRequest:
     ticket_id: str | None
     attempt: int
     body: bytes
-    # A `batchrun.sim.structured.ResponseFormat` for JSON answers, else None.
-    response_format: Any = None
-    # The offered tools (`batchrun.sim.structured.ToolSpec`) and the checked tool_choice.
-    tools: tuple = ()
-    tool_choice: Any = None
+    # The JSON response format asked for, else None (text).
+    response_format: ResponseFormat | None = None
+    # The offered tools and the checked tool_choice.
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice = None
     # Prompt tokens beyond the messages: the tools and JSON schema definitions.
     extra_prompt_tokens: int = 0
 
@@ -141,7 +166,7 @@ class Answer:
     # Tokens of the content, or of the tool call's arguments.
     tokens: list[str]
     finish_reason: str
-    usage: dict
+    usage: Usage
     # For a tool call: the function name and the call id (else None).
     tool_name: str | None = None
     tool_call_id: str | None = None

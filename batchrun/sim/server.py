@@ -211,8 +211,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -227,6 +226,7 @@ from batchrun.sim.faults import (
     FaultRule,
     body_digest,
 )
+from batchrun.sim.jsontypes import JSONObject
 from batchrun.sim.limits import RateLimiter, overload_delay_ms
 from batchrun.sim.replies import (
     CANCELLED_STATUS,
@@ -237,6 +237,7 @@ from batchrun.sim.replies import (
     InvalidRequest,
     ParsedChatRequest,
     SimStats,
+    Usage,
     abort_connection,
     chunk_token_counts,
     error_response,
@@ -263,7 +264,7 @@ class ChatSimulator:
         self.fault_plan = FaultPlan(config.faults, config.seed, config.scripts) if (config.faults or config.scripts) else None
         self.limiter = RateLimiter(config.rpm, config.tpm) if (config.rpm is not None or config.tpm is not None) else None
         #: Every simulated delay goes through this coroutine function (tests may replace it).
-        self.sleep: Callable[[float], Any] = asyncio.sleep
+        self.sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
         # Response ids are unique per instance: a random prefix and a counter.
         self._id_prefix = "chatcmpl-sim" + os.urandom(4).hex()
         self._next_id = 0
@@ -426,7 +427,7 @@ class ChatSimulator:
         return chat
 
     @staticmethod
-    def _parse_structured(chat: ParsedChatRequest, response_format: Any, tools: Any, tool_choice: Any) -> None:
+    def _parse_structured(chat: ParsedChatRequest, response_format: object, tools: object, tool_choice: object) -> None:
         """Fill the structured-output and tool fields of ``chat`` (400 on malformed ones)."""
         from batchrun.sim import structured
 
@@ -471,7 +472,7 @@ class ChatSimulator:
             tokens = tokens[: chat.max_tokens]
             finish_reason = "length"
         prompt_tokens = count_prompt_tokens(chat.messages) + chat.extra_prompt_tokens
-        usage = {
+        usage: Usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": len(tokens),
             "total_tokens": prompt_tokens + len(tokens),
@@ -531,11 +532,11 @@ class ChatSimulator:
         # reset, and stream_cut of a non-streaming request
         return await self._send_then_cut(request, [body[: len(body) // 2]], "application/json", headers, abort=True, total=len(body))
 
-    def completion_payload(self, chat: ParsedChatRequest, answer: Answer) -> dict[str, Any]:
+    def completion_payload(self, chat: ParsedChatRequest, answer: Answer) -> JSONObject:
         """The ``chat.completion`` object of an answer (also the body of a batch output line)."""
         text = "".join(answer.tokens)
         if answer.tool_name is None:
-            message: dict[str, Any] = {"role": "assistant", "content": text}
+            message: JSONObject = {"role": "assistant", "content": text}
         else:
             message = {
                 "role": "assistant",
@@ -553,7 +554,7 @@ class ChatSimulator:
             "usage": answer.usage,
         }
 
-    def answer_batch_line(self, body: bytes, custom_id: str) -> tuple[int, dict[str, Any]]:
+    def answer_batch_line(self, body: bytes, custom_id: str) -> tuple[int, JSONObject]:
         """(status, body) for one line of a batch: the answer its chat request gets, without delay or faults."""
         try:
             chat = self._parse_chat_request(body, custom_id, 1)
@@ -576,7 +577,7 @@ class ChatSimulator:
         model = chat.model
         tokens = answer.tokens
 
-        def event(delta: dict, finish: str | None) -> bytes:
+        def event(delta: JSONObject, finish: str | None) -> bytes:
             chunk = {
                 "id": completion_id,
                 "object": "chat.completion.chunk",
@@ -599,6 +600,7 @@ class ChatSimulator:
         for size in chunk_token_counts(len(tokens), rng):
             piece = "".join(tokens[position : position + size])
             position += size
+            delta: JSONObject
             if tool_name is None:
                 delta = {"content": piece}
             else:
@@ -638,7 +640,7 @@ class ChatSimulator:
         kind = fault.kind if fault is not None else None
         include_usage = chat.include_usage and kind not in NO_USAGE_KINDS
         events, content_events = self._stream_events(chat, answer, per_token_s, include_usage)
-        if kind == "trickle":
+        if kind == "trickle" and fault is not None:
             body = b"".join(data for _, data in events)
             return await self._send_trickle(request, body, "text/event-stream", headers, fault.trickle_seconds, sized=False)
         if kind in ("reset", "stream_cut"):

@@ -70,8 +70,9 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeAlias, TypeGuard, TypeVar, cast
 
 import orjson
 
@@ -83,6 +84,17 @@ from batchrun.sim.answers import (
     summary_sentence,
     top_keywords,
 )
+from batchrun.sim.jsontypes import Messages
+
+#: A JSON schema as the request gives it: an object, true/false, or anything else (read as "no constraint").
+Schema: TypeAlias = object
+
+#: A request's checked ``tool_choice``: None, "none", "auto", "required" or
+#: ``{"type": "function", "function": {"name": ...}}``.
+ToolChoice: TypeAlias = "str | Mapping[str, object] | None"
+
+T = TypeVar("T")
+D = TypeVar("D")
 
 #: Nesting depth after which recursive schemas are cut short (null options, no optional properties, minItems).
 MAX_DEPTH = 8
@@ -121,7 +133,7 @@ class ResponseFormat:
     """A JSON response format: ``json_object`` (schema None) or ``json_schema``."""
 
     type: str
-    schema: Any = None
+    schema: Mapping[str, object] | bool | None = None
     name: str | None = None
 
 
@@ -130,13 +142,13 @@ class ToolSpec:
     """One offered function tool."""
 
     name: str
-    parameters: Any
+    parameters: Mapping[str, object] | None
 
 
 # -- request checks --------------------------------------------------------
 
 
-def parse_response_format(value: Any) -> ResponseFormat | None:
+def parse_response_format(value: object) -> ResponseFormat | None:
     """The JSON response format asked for, or None for text (absent or ``{"type": "text"}``)."""
     if value is None:
         return None
@@ -167,7 +179,7 @@ def parse_response_format(value: Any) -> ResponseFormat | None:
     )
 
 
-def parse_tools(tools: Any, tool_choice: Any) -> tuple[tuple[ToolSpec, ...], Any]:
+def parse_tools(tools: object, tool_choice: object) -> tuple[tuple[ToolSpec, ...], ToolChoice]:
     """The offered tools and the checked ``tool_choice``; raises `StructuredRequestError`."""
     if tools is None or tools == []:
         if tool_choice is not None:
@@ -203,12 +215,14 @@ def parse_tools(tools: Any, tool_choice: Any) -> tuple[tuple[ToolSpec, ...], Any
     )
 
 
-def choose_tool(tools: tuple[ToolSpec, ...], tool_choice: Any, messages: list[dict]) -> ToolSpec | None:
+def choose_tool(tools: tuple[ToolSpec, ...], tool_choice: ToolChoice, messages: Messages) -> ToolSpec | None:
     """The tool to call for this request, or None for an ordinary answer (see the module docstring)."""
     if not tools or tool_choice == "none":
         return None
-    if isinstance(tool_choice, dict):
-        name = tool_choice["function"]["name"]
+    if isinstance(tool_choice, Mapping):
+        function = tool_choice["function"]
+        assert isinstance(function, Mapping)  # parse_tools checked it
+        name = function["name"]
         return next(spec for spec in tools if spec.name == name)
     if tool_choice != "required" and messages and isinstance(messages[-1], dict) and messages[-1].get("role") in ("tool", "function"):
         return None
@@ -218,7 +232,7 @@ def choose_tool(tools: tuple[ToolSpec, ...], tool_choice: Any, messages: list[di
 # -- answers ----------------------------------------------------------------
 
 
-def json_answer(messages: list[dict], response_format: ResponseFormat, seed: int) -> str:
+def json_answer(messages: Messages, response_format: ResponseFormat, seed: int) -> str:
     """The JSON text answering ``messages`` in ``response_format``."""
     if response_format.type == "json_schema":
         value = instance_for_schema(response_format.schema, messages, seed, salt=response_format.name or "")
@@ -231,13 +245,13 @@ def json_answer(messages: list[dict], response_format: ResponseFormat, seed: int
     return orjson.dumps(value).decode()
 
 
-def tool_arguments(tool: ToolSpec, messages: list[dict], seed: int) -> str:
+def tool_arguments(tool: ToolSpec, messages: Messages, seed: int) -> str:
     """The JSON arguments string of a call of ``tool``."""
-    parameters = tool.parameters if tool.parameters is not None else {"type": "object", "properties": {}}
+    parameters: Schema = tool.parameters if tool.parameters is not None else {"type": "object", "properties": {}}
     return orjson.dumps(instance_for_schema(parameters, messages, seed, salt="tool:" + tool.name)).decode()
 
 
-def tool_call_id(tool: ToolSpec, arguments: str, messages: list[dict], seed: int) -> str:
+def tool_call_id(tool: ToolSpec, arguments: str, messages: Messages, seed: int) -> str:
     """A deterministic OpenAI-style tool call id (``call_`` and 24 characters)."""
     h = hashlib.blake2b(digest_size=12, person=b"batchrun-call")
     for part in (str(seed), tool.name, arguments, current_turn_text(messages)):
@@ -252,7 +266,7 @@ def tool_call_id(tool: ToolSpec, arguments: str, messages: list[dict], seed: int
 class _Builder:
     """Builds one instance; holds what every node needs (root, text, seed)."""
 
-    def __init__(self, root: Any, messages: list[dict], seed: int, salt: str) -> None:
+    def __init__(self, root: Schema, messages: Messages, seed: int, salt: str) -> None:
         self.root = root
         self.messages = messages
         self.seed = seed
@@ -268,7 +282,7 @@ class _Builder:
         h.update(self.text.encode("utf-8", "surrogatepass"))
         return int.from_bytes(h.digest(), "little") / 2.0**64
 
-    def pick(self, options: list, path: str) -> Any:
+    def pick(self, options: Sequence[T], path: str) -> T:
         """One of ``options``; items of an array (paths ending in /<index>) rotate through them."""
         start = int(self.unit(path.rpartition("/")[0] if _is_item_path(path) else path) * len(options))
         return options[(start + _item_index(path)) % len(options)]
@@ -292,7 +306,7 @@ class _Builder:
         return self._keywords
 
     # schema plumbing
-    def resolve(self, schema: Any, depth: int) -> Any:
+    def resolve(self, schema: Schema, depth: int) -> Schema:
         seen = 0
         while isinstance(schema, dict) and isinstance(schema.get("$ref"), str):
             target = _resolve_pointer(self.root, schema["$ref"])
@@ -310,7 +324,7 @@ class _Builder:
             schema = merged
         return schema
 
-    def build(self, schema: Any, path: str, name: str, depth: int) -> Any:
+    def build(self, schema: Schema, path: str, name: str, depth: int) -> object:
         if depth > HARD_DEPTH:
             return None
         schema = self.resolve(schema, depth)
@@ -363,9 +377,9 @@ class _Builder:
         return None
 
     # values
-    def enum_value(self, values: list, path: str, exclude: tuple = ()) -> Any:
+    def enum_value(self, values: list[object], path: str, exclude: tuple[object, ...] = ()) -> object:
         candidates = [v for v in values if v not in exclude] or list(values)
-        label_values = {}
+        label_values: dict[str, str] = {}
         for value in candidates:
             if isinstance(value, str) and value.strip().lower() in KNOWN_LABELS:
                 label_values.setdefault(value.strip().lower(), value)
@@ -374,13 +388,14 @@ class _Builder:
             return label_values.get(label, candidates[0])
         return self.pick(candidates, path)
 
-    def object_value(self, schema: dict, path: str, depth: int) -> dict:
-        properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
-        required = [r for r in schema.get("required", []) if isinstance(r, str)] if isinstance(schema.get("required"), list) else []
+    def object_value(self, schema: Mapping[str, object], path: str, depth: int) -> dict[str, object]:
+        given_properties, given_required = schema.get("properties"), schema.get("required")
+        properties = given_properties if isinstance(given_properties, dict) else {}
+        required = [r for r in given_required if isinstance(r, str)] if isinstance(given_required, list) else []
         names = list(properties)
         if depth >= MAX_DEPTH:
             names = [n for n in names if n in required]
-        out = {}
+        out: dict[str, object] = {}
         for prop in names:
             out[prop] = self.build(properties[prop], f"{path}/{prop}", prop, depth + 1)
         extra = schema.get("additionalProperties")
@@ -390,7 +405,7 @@ class _Builder:
                 out[prop] = self.build(sub, f"{path}/{prop}", prop, depth + 1)
         return out
 
-    def array_value(self, schema: dict, path: str, name: str, depth: int) -> list:
+    def array_value(self, schema: Mapping[str, object], path: str, name: str, depth: int) -> list[object]:
         prefix = schema.get("prefixItems")
         items = schema.get("items")
         if isinstance(items, list):  # draft 4-7 tuple form
@@ -415,14 +430,14 @@ class _Builder:
         if max_items is not None:
             count = min(count, max_items)
         if isinstance(enum, list) and enum and schema.get("uniqueItems"):
-            chosen: list = []
+            chosen: list[object] = []
             for i in range(min(count, len(enum))):
                 chosen.append(self.enum_value(enum, f"{path}/{i}", exclude=tuple(chosen)))
             return chosen
         singular = name[:-1] if name.endswith("s") else name
         return [self.build(resolved, f"{path}/{i}", singular or name, depth + 1) for i in range(count)]
 
-    def string_value(self, schema: dict, path: str, name: str) -> str:
+    def string_value(self, schema: Mapping[str, object], path: str, name: str) -> str:
         fmt = schema.get("format")
         u = self.unit(path)
         if fmt == "date":
@@ -452,14 +467,12 @@ class _Builder:
             value = value[:max_length]
         return value
 
-    def integer_value(self, schema: dict, path: str) -> int:
+    def integer_value(self, schema: Mapping[str, object], path: str) -> int:
         lo, hi, _, _ = _bounds(schema, integer=True)
-        if lo is None and hi is None:
-            lo, hi = 0, 10
+        if lo is None:
+            lo, hi = (0, 10) if hi is None else (min(0, hi), hi)
         elif hi is None:
             hi = lo + 10
-        elif lo is None:
-            lo = min(0, hi)
         if lo > hi:  # an unsatisfiable schema: answer something close
             return int(lo)
         step = schema.get("multipleOf")
@@ -471,14 +484,12 @@ class _Builder:
             return int(step * (first + int(self.unit(path) * (last - first + 1))))
         return int(lo + int(self.unit(path) * (hi - lo + 1)))
 
-    def number_value(self, schema: dict, path: str) -> float | int:
+    def number_value(self, schema: Mapping[str, object], path: str) -> float | int:
         lo, hi, lo_open, hi_open = _bounds(schema, integer=False)
-        if lo is None and hi is None:
-            lo, hi = 0.0, 1.0
+        if lo is None:
+            lo, hi = (0.0, 1.0) if hi is None else (0.0 if hi > 0 else hi - 1.0, hi)
         elif hi is None:
             hi = lo + 10.0
-        elif lo is None:
-            lo = 0.0 if hi > 0 else hi - 1.0
         step = schema.get("multipleOf")
         if _is_number(step) and step > 0:
             first = math.ceil(lo / step)
@@ -495,7 +506,7 @@ class _Builder:
         return value
 
 
-def instance_for_schema(schema: Any, messages: list[dict], seed: int, salt: str = "") -> Any:
+def instance_for_schema(schema: Schema, messages: Messages, seed: int, salt: str = "") -> object:
     """A deterministic value that validates against ``schema`` (see the module docstring)."""
     builder = _Builder(schema, list(messages or []), seed, salt)
     return builder.build(schema, "#", "", 0)
@@ -504,7 +515,7 @@ def instance_for_schema(schema: Any, messages: list[dict], seed: int, salt: str 
 # -- helpers -----------------------------------------------------------------
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -517,21 +528,22 @@ def _item_index(path: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
-def _int_or(value: Any, default: Any) -> Any:
+def _int_or(value: object, default: D) -> int | D:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
 
 
-def _is_null_schema(schema: Any) -> bool:
+def _is_null_schema(schema: Schema) -> bool:
     return isinstance(schema, dict) and (schema.get("type") == "null" or schema.get("const", 0) is None)
 
 
-def _bounds(schema: dict, integer: bool) -> tuple[Any, Any, bool, bool]:
+def _bounds(schema: Mapping[str, object], integer: bool) -> tuple[float | None, float | None, bool, bool]:
     """(lo, hi, lo_open, hi_open) from minimum/maximum/exclusive*; None where unbounded.
 
     For integers the bounds are made inclusive (and the open flags False).
     """
-    lo = schema.get("minimum") if _is_number(schema.get("minimum")) else None
-    hi = schema.get("maximum") if _is_number(schema.get("maximum")) else None
+    minimum, maximum = schema.get("minimum"), schema.get("maximum")
+    lo = minimum if _is_number(minimum) else None
+    hi = maximum if _is_number(maximum) else None
     lo_open = hi_open = False
     ex_lo, ex_hi = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
     if ex_lo is True:  # draft 4: a flag on minimum
@@ -551,17 +563,21 @@ def _bounds(schema: dict, integer: bool) -> tuple[Any, Any, bool, bool]:
     return lo, hi, lo_open, hi_open
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def _merge(base: Mapping[str, object], extra: Mapping[str, object]) -> dict[str, object]:
     """Merge two object schemas (properties and required united; other keys: ``extra`` wins)."""
     out = {**base, **extra}
+    # The request's JSON as it is: a truthy "properties" that is not an object (or "required" that is
+    # not iterable) raises TypeError, answered with a 500 like any simulator error.
     if isinstance(base.get("properties"), dict) or isinstance(extra.get("properties"), dict):
-        out["properties"] = {**(base.get("properties") or {}), **(extra.get("properties") or {})}
+        out["properties"] = {**cast(Mapping[str, object], base.get("properties") or {}),
+                             **cast(Mapping[str, object], extra.get("properties") or {})}
     if isinstance(base.get("required"), list) or isinstance(extra.get("required"), list):
-        out["required"] = list(dict.fromkeys([*(base.get("required") or []), *(extra.get("required") or [])]))
+        out["required"] = list(dict.fromkeys([*cast(Iterable[object], base.get("required") or []),
+                                              *cast(Iterable[object], extra.get("required") or [])]))
     return out
 
 
-def _resolve_pointer(root: Any, ref: str) -> Any:
+def _resolve_pointer(root: Schema, ref: str) -> Schema:
     """The schema a local ``$ref`` ("#/...") points to; ``{}`` if it cannot be resolved."""
     if not ref.startswith("#"):
         return {}

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any
+
+from batchrun.sim.jsontypes import Messages
 
 #: Longest run of word characters kept as one token; longer words are split.
 MAX_WORD_PIECE = 6
@@ -62,7 +63,7 @@ def _count_tokens_cached(text: str) -> int:
     return len(_TOKEN_PATTERN.findall(text))
 
 
-def message_content_text(content: Any) -> str:
+def message_content_text(content: object) -> str:
     """The text of one message's ``content`` field.
 
     Accepts a plain string, a list of content parts (only ``text`` parts
@@ -86,7 +87,7 @@ def message_content_text(content: Any) -> str:
     return str(content)
 
 
-def count_prompt_tokens(messages: list[dict]) -> int:
+def count_prompt_tokens(messages: Messages) -> int:
     """Prompt token count of a chat request's ``messages``."""
     total = TOKENS_PER_REQUEST
     for message in messages:
