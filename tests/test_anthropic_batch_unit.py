@@ -129,8 +129,9 @@ def _api(model: str = "anthropic/claude-haiku-4-5", **kwargs):
     return AnthropicBatchAPI(model=model, api_key="sk-ant-test-key-0000", **kwargs)
 
 
-def _online_request(model: str, params: dict, **extra) -> dict:
-    """What litellm's acompletion would POST to Anthropic for this call (its own raw-request capture)."""
+def _online_request(model: str, params: dict, **extra) -> tuple[dict, dict]:
+    """What litellm's acompletion would POST to Anthropic for this call, and its headers (litellm's
+    own raw-request capture)."""
     from litellm.types.utils import CallTypes
     from litellm.utils import return_raw_request
 
@@ -139,7 +140,7 @@ def _online_request(model: str, params: dict, **extra) -> dict:
     import_litellm()
     raw = return_raw_request(CallTypes.completion, {"model": model, "messages": MESSAGES, **params, **extra})
     assert raw.get("raw_request_body"), raw
-    return raw["raw_request_body"]
+    return raw["raw_request_body"], raw["raw_request_headers"]
 
 
 @pytest.mark.parametrize("options", ["plain", "json_schema", "tools", "tools_required"])
@@ -161,8 +162,13 @@ def test_request_params_are_what_litellm_sends_online(options):
     line = api.request_line("T1", ChatRequest(ticket_id="T1", messages=MESSAGES, timeout_s=10,
                                               options=request_options), params)
     assert set(line) == {"custom_id", "params"} and line["custom_id"] == "T1"
-    assert line["params"] == _online_request("anthropic/claude-haiku-4-5", params, **extra)
+    body, headers = _online_request("anthropic/claude-haiku-4-5", params, **extra)
+    assert line["params"] == body
     assert line["params"]["system"] and all(m["role"] != "system" for m in line["params"]["messages"])
+    # the betas a request needs (structured output for a JSON schema) go with the batch's create
+    assert api.beta_header(line["params"]) == headers.get("anthropic-beta")
+    if options == "json_schema":
+        assert headers.get("anthropic-beta")
 
 
 def _message(content, stop_reason="end_turn", **usage):

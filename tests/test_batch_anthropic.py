@@ -399,7 +399,10 @@ def test_answers_pass_the_jobs_label_schema_and_tool_checks(make_job, tmp_path, 
     with start() as sim:
         assert run_inprocess(job_path, sim).state == "done"
         results, errors = assert_exactly_once(tmp_path / "run", ticket_ids(job_path))
+        betas = batch_stats(sim)["anthropic_betas"]
     assert not errors
+    # the beta litellm sends online with a JSON schema (structured output) goes with the create
+    assert betas == (["structured-outputs-2025-11-13"] if kind == "json_schema" else [None])
     labels = {"bug", "feature", "billing", "other"}
     if kind == "labels":
         assert {r["label"] for r in results} <= labels

@@ -18,6 +18,8 @@ online request and a batch answer reads as the online answer:
     parse_line      a results line: succeeded / errored (its error type onto an HTTP status:
                     retried or terminal as online) / canceled / expired
 
+The create carries the anthropic-beta header litellm sends online with such a request
+(`beta_header`: structured output for a JSON schema, ...), read from the part's first request.
 The SDK: `max_retries=0` (tenacity in batch/ is the one retry layer; the SDK would otherwise send
 a lost create again and make a duplicate, paid batch), a timeout on every call, the key passed to
 the client and scrubbed from every error (error_mapping.translate_error). The create posts the
@@ -43,6 +45,8 @@ from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Awaitable, Mapping, TypeVar
+
+import orjson
 
 from batchrun.errors import ConfigurationError, RequestError
 from batchrun.job.sections import Params, PricesSpec
@@ -161,8 +165,6 @@ class AnthropicBatchAPI:
                 kwargs["tools"] = options.tools
                 if options.tool_choice is not None:
                     kwargs["tool_choice"] = options.tool_choice
-        import orjson
-
         key = orjson.dumps(kwargs, option=orjson.OPT_SORT_KEYS).decode()
         if key not in self._optional:
             from litellm.utils import get_optional_params
@@ -172,6 +174,18 @@ class AnthropicBatchAPI:
                 optional.pop(internal, None)
             self._optional[key] = optional
         return self._optional[key]
+
+    def beta_header(self, params: Mapping[str, object]) -> str | None:
+        """The anthropic-beta header litellm sends online with a request of these params (the betas it
+        picks for the body, e.g. structured output for a JSON schema, filtered as it filters them), or
+        None. A Message Batch takes it on its create, for all its requests."""
+        from litellm.anthropic_beta_headers_manager import update_headers_with_filtered_beta
+
+        messages = params.get("messages")
+        headers = self._config.update_headers_with_optional_anthropic_beta(
+            {}, dict(params), messages if isinstance(messages, list) else ())
+        value = update_headers_with_filtered_beta(headers=headers, provider="anthropic").get("anthropic-beta")
+        return str(value) if value else None
 
     def request_line(self, custom_id: str, request: ChatRequest, params: Mapping[str, object]) -> Line:
         """One request of a Message Batch: the body litellm would POST online for this call."""
@@ -283,13 +297,19 @@ class AnthropicBatchAPI:
 
     async def create_batch(self, part_file: str | os.PathLike[str], input_file_id: str | None,
                            metadata: Mapping[str, str]) -> Reply:
-        """Create a Message Batch of the part's requests (its file's lines, sent as they are)."""
+        """Create a Message Batch of the part's requests (its file's lines, sent as they are), with
+        the beta header litellm would send with them online (the same for every request of a job)."""
         lines = Path(part_file).read_bytes().strip(b"\n")
+        headers = {"Content-Type": "application/json"}
+        first = orjson.loads(lines.split(b"\n", 1)[0])
+        beta = self.beta_header(first.get("params") or {}) if isinstance(first, dict) else None
+        if beta:
+            headers["anthropic-beta"] = beta
         body = b'{"requests":[' + lines.replace(b"\n", b",") + b"]}"
         del lines
         batch = await self._call(self._client.post(
             "/v1/messages/batches", cast_to=self._sdk.types.messages.MessageBatch, content=body,
-            options={"headers": {"Content-Type": "application/json"}, "timeout": self.timeout_s}))
+            options={"headers": headers, "timeout": self.timeout_s}))
         return self._batch(batch)
 
     async def retrieve_batch(self, batch_id: str) -> Reply:

@@ -277,6 +277,7 @@ class AnthropicBatches:
         sim_file.bytes = sim_file.path.stat().st_size
         from batchrun.sim.batches import SimBatch
 
+        self.sim.anthropic_betas.append(request.headers.get("anthropic-beta"))
         created = self.sim.now()
         batch = SimBatch(id=self.sim._new_id("msgbatch_sim"), number=number, input_file_id=sim_file.id,
                          endpoint="/v1/messages", completion_window="24h", metadata=None,

@@ -16,7 +16,8 @@ Enough of OpenAI's Batch API for litellm's batch functions (`acreate_file`,
 ``GET /v1/batches?after=&limit=``     newest first, paged (``has_more``, ``last_id``);
                                       ``metadata`` is returned, never filtered on
 ``GET /sim/batch_stats``              counters: batches created, calls per endpoint,
-                                      batch lines answered per custom_id
+                                      batch lines answered per custom_id, the anthropic-beta
+                                      header of each Message Batch created by this process
 
 Life of a batch. Created ``validating``: every input line must be JSON with
 a unique string ``custom_id``, ``method`` POST, ``url`` equal to the batch's
@@ -204,6 +205,7 @@ class BatchSimulator:
         self.order: list[str] = []  # batch ids, oldest first
         self.calls: dict[str, int] = {}
         self.lines_by_ticket: dict[str, int] = {}
+        self.anthropic_betas: list[str | None] = []  # the anthropic-beta header of each Message Batch create
         self._real0 = time.time()
         self._epoch0 = self._real0
         self._resumed: set[str] = set()  # batches an earlier simulator left unfinished (see _run)
@@ -493,6 +495,7 @@ class BatchSimulator:
         return web.json_response({
             "batches_created": len(self.order), "batches_by_status": by_status, "calls": dict(self.calls),
             "files": len(self.files), "lines_by_ticket": dict(self.lines_by_ticket),
+            "anthropic_betas": list(self.anthropic_betas),
         }, dumps=lambda o: orjson.dumps(o).decode())
 
     # -- processing ----------------------------------------------------------------
