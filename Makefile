@@ -26,8 +26,8 @@ $(STAMP): pyproject.toml
 	@echo "installed: $(BIN)/batchrun"
 
 $(TEST_STAMP): $(STAMP)
-	@echo "installing the test tools (pytest, matplotlib) and Ray (the ray tests run in CI) into $(VENV)..."
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
+	@echo "installing the test tools (pytest, matplotlib), Ray and the LiteLLM Proxy (their tests run in CI) into $(VENV)..."
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray,proxy]'
 	@touch $(TEST_STAMP)
 
 install-run: $(STAMP)  ## create .venv with what running needs: batchrun, litellm, Anthropic's SDK (batch mode for Claude)
@@ -52,10 +52,11 @@ report: install-run  ## grade JOB's run directory (or RUN_DIR) against gold labe
 # pytest's "no tests collected" (exit 5) counts as a pass. Most tests wait on subprocesses and
 # simulators rather than compute, so three pytest-xdist workers keep 2 cores busy (PYTEST_WORKERS=0:
 # one process). The `ray` tests then run alone, in one process: each xdist worker would start its own
-# Ray, and three Rays on 2 cores starve the actors those tests measure.
+# Ray, and three Rays on 2 cores starve the actors those tests measure. --dist loadgroup keeps a module
+# marked xdist_group on one worker (tests/test_real_proxy.py: its LiteLLM proxies start once).
 PYTEST_WORKERS ?= 3
 test: $(TEST_STAMP)  ## install the test tools too, then run the whole suite
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not ray" $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not ray" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; \
 	$(BIN)/python -m pytest -q -m ray $(PYTEST_ARGS); rc2=$$?; \
 	if [ $$rc2 -eq 5 ]; then echo "pytest: no ray tests collected"; rc2=0; fi; \

@@ -12,6 +12,7 @@ retry policy and the engine never look at litellm's own exception types.
     ├── CheckpointError         the run directory cannot be used
     │   ├── RunLockedError      another process holds the run directory's lock
     │   └── RunMismatchError    resuming with a different job or input
+    ├── BatchEndpointError      batch mode: a files or batches endpoint refused (one line, its exit code)
     └── RequestError            one provider call failed (kind, status, retry_after)
         ├── RetryableError      worth another attempt: rate limit, timeout, connection, 5xx
         │   └── RateLimitedError    a 429, maybe with the server's Retry-After
@@ -19,7 +20,12 @@ retry policy and the engine never look at litellm's own exception types.
 
 Error kinds (the `kind` attribute, written to errors.jsonl) are short stable
 strings: rate_limited, timeout, connection, server_error, bad_request,
-context_window, content_policy, auth, permission, not_found, unknown.
+context_window, content_policy, auth, permission, not_found, unknown, and
+budget_exceeded: the endpoint says a budget or quota is spent (LiteLLM's
+"crossed budget", budget_exceeded; OpenAI's insufficient_quota), never retried,
+and the run stops at the first (exit 5). `configuration` (batch mode's files and
+batches endpoints only): a server error that names missing configuration, such
+as a LiteLLM proxy's "files_settings is not set".
 `connection` means no answer arrived: the connection was refused, or reset
 before the response headers or in the body (litellm calls these a 500;
 `provider.translate_error` finds the transport error under it); it is
@@ -43,6 +49,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 __all__ = [
+    "BatchEndpointError",
     "BatchrunError",
     "CheckpointError",
     "ConfigurationError",
@@ -111,6 +118,16 @@ class RunMismatchError(CheckpointError):
     exit_code = ExitCode.BAD_INPUT
 
 
+class BatchEndpointError(BatchrunError):
+    """Batch mode: a provider's files or batches endpoint refused, after the retries a retry could
+    make; the message is one line naming the endpoint, the status and the provider's message, the
+    exit code the online path would give (auth 4, configuration 2, a budget 5, transient 1)."""
+
+    def __init__(self, message: str, exit_code: ExitCode) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class ReportError(BatchrunError):
     """The path given is not something a report can be made of."""
 
@@ -126,6 +143,7 @@ class RequestError(BatchrunError):
     """
 
     retryable: bool = False
+    endpoint: str | None = None  # batch mode: "POST http://host/v1/files", set by the BatchAPI
 
     def __init__(
         self,

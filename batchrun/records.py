@@ -13,7 +13,16 @@
 
     LineMoney   what one checkpoint line says was spent and used (`line_money`):
                 the one reader of cost_usd, rejected_cost_usd, unpriced, cache_hit,
-                cost_saved_usd and tokens, for resume, grading, status, serve and export
+                cost_saved_usd, tokens and requests (attempts, and the upstream requests
+                a LiteLLM proxy reported), for resume, grading, status, serve and export
+
+Where a line's cost came from is `cost_source` (COST_SOURCES): "price_map" (litellm's
+local price map), "endpoint" (the endpoint reported it: a LiteLLM proxy's
+x-litellm-response-cost, which litellm turns into response_cost), "job_prices",
+"estimated" (the provider sent no usage: tokens counted by batchrun) or "cache" (a
+reused answer: cost 0); null when the line has no cost. `cost_status` says whether
+and why (litellm, job_prices, estimated, unpriced_model, no_usage, cache_hit, batch
+prices) as before.
 
 The JSON shape of a checkpoint line is defined here and nowhere else
 (`Outcome.to_line` writes it, `line_money` reads its money), so results.jsonl
@@ -26,8 +35,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping
 
-__all__ = ["Completion", "Fields", "Line", "LineMoney", "Outcome", "Ticket", "ToolCall", "Usage", "line_money",
-           "line_time"]
+__all__ = ["COST_SOURCES", "Completion", "Fields", "Line", "LineMoney", "Outcome", "Ticket", "ToolCall", "Usage",
+           "line_money", "line_time"]
+
+#: where a line's cost came from (module docstring)
+COST_SOURCES = ("price_map", "endpoint", "job_prices", "estimated", "cache")
 
 #: One input line's JSON object (a CSV, TSV or Parquet row as a dict): what prompt templates and
 #: routes read. Its values are whatever the input holds (any JSON value).
@@ -92,6 +104,10 @@ class Completion:
     # (None: that cost was unknown).
     cache_hit: bool = False
     cost_saved_usd: float | None = None
+    cost_source: str | None = None  # one of COST_SOURCES, None when cost_usd is None
+    # The requests the endpoint says it sent upstream for this answer (a LiteLLM proxy: 1 +
+    # x-litellm-attempted-retries + x-litellm-attempted-fallbacks); None: it did not say.
+    upstream_attempts: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +133,10 @@ class Outcome:
     model_key: str | None = None  # multi-model jobs: the [[models]] name that answered (or failed last)
     route: str | None = None  # routed jobs: the rule that chose the model
     attempts_by_model: Mapping[str, int] | None = None  # with fallbacks: requests sent to each model
+    # Upstream requests the endpoint reported for this ticket's attempts, summed (None: no answer said);
+    # upstream_unreported: attempts whose answer did not say (an error answer of a LiteLLM proxy).
+    upstream_attempts: int | None = None
+    upstream_unreported: int = 0
 
     @property
     def ok(self) -> bool:
@@ -127,6 +147,12 @@ class Outcome:
         """USD this ticket cost in this run: the accepted answer plus rejected ones."""
         cost = self.completion.cost_usd if self.completion is not None else None
         return (cost or 0.0) + self.rejected_cost_usd
+
+    def _add_upstream(self, line: Line) -> None:
+        if self.upstream_attempts is not None:
+            line["upstream_attempts"] = self.upstream_attempts
+            if self.upstream_unreported:
+                line["upstream_unreported"] = self.upstream_unreported
 
     def _add_routing(self, line: Line) -> None:
         if self.model_key is not None:
@@ -156,6 +182,7 @@ class Outcome:
                 "usage_source": c.usage_source if c.usage else None,
                 "cost_usd": c.cost_usd,
                 "cost_status": c.cost_status,
+                "cost_source": c.cost_source if c.cost_usd is not None else None,
             })
             if c.cache_hit:
                 line["cache_hit"] = True
@@ -168,6 +195,7 @@ class Outcome:
                 "elapsed_ms": round(self.elapsed_ms, 3),
                 "attempts": self.attempts,
             })
+            self._add_upstream(line)
             if self.rejected_outputs:
                 line["rejected_outputs"] = self.rejected_outputs
                 line["rejected_cost_usd"] = self.rejected_cost_usd
@@ -184,6 +212,7 @@ class Outcome:
             "status_code": self.status_code,
             "attempts": self.attempts,
         }
+        self._add_upstream(line)
         if self.rejected_outputs:
             line["rejected_outputs"] = self.rejected_outputs
             line["rejected_cost_usd"] = self.rejected_cost_usd
@@ -230,6 +259,9 @@ class LineMoney:
     prompt_tokens: int = 0  # tokens the provider counted for the accepted answer (0 for a cache hit)
     completion_tokens: int = 0
     total_tokens: int = 0
+    requests: int = 0  # requests batchrun sent for the line (its attempts)
+    upstream_requests: int | None = None  # what the endpoint reported it sent upstream for them (None: nothing)
+    upstream_unreported: int = 0  # of the line's attempts, those whose answer did not say
 
     @property
     def spent_usd(self) -> float:
@@ -245,7 +277,11 @@ def line_money(line: Mapping[str, object]) -> LineMoney:
     if isinstance(usage, Mapping) and not hit:
         tokens = [int(_amount(usage.get(key)) or 0)
                   for key in ("prompt_tokens", "completion_tokens", "total_tokens")]
+    upstream = _amount(line.get("upstream_attempts"))
     return LineMoney(cost_usd=cost, unpriced=cost is None and "cost_usd" in line,
                      rejected_cost_usd=_amount(line.get("rejected_cost_usd")) or 0.0, cache_hit=hit,
                      cost_saved_usd=(_amount(line.get("cost_saved_usd")) or 0.0) if hit else 0.0,
-                     prompt_tokens=tokens[0], completion_tokens=tokens[1], total_tokens=tokens[2])
+                     prompt_tokens=tokens[0], completion_tokens=tokens[1], total_tokens=tokens[2],
+                     requests=max(int(_amount(line.get("attempts")) or 0), 0),
+                     upstream_requests=None if upstream is None else max(int(upstream), 0),
+                     upstream_unreported=max(int(_amount(line.get("upstream_unreported")) or 0), 0))

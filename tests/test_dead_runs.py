@@ -170,6 +170,10 @@ def test_kill_9_loop_reports_every_ticket_answered_twice(make_job, tmp_path, cli
                                       text=True, timeout=120).stdout
                 assert f"stopped unexpectedly (run 1" in text and f"pid {proc.pid} is gone" in text
                 assert "may be billed twice" in text
+                # the counts of the dead run come from the files, not from the manifest it started with
+                on_disk = results.read_bytes().count(b"\n")
+                assert dead["last_summary"] is None and dead["current_run"]["done"] == on_disk
+                assert f"run 1 (when it died)  {on_disk:,} done" in text
         final = subprocess.run(batchrun_cmd(*args), env=cli_env, capture_output=True, text=True, timeout=300)
         assert final.returncode == 0, final.stderr
         answered_twice = {t for t, n in sim.stats()["requests_by_ticket"].items() if n > 1}
@@ -180,6 +184,33 @@ def test_kill_9_loop_reports_every_ticket_answered_twice(make_job, tmp_path, cli
     marked = {row["id"] for row in rows if row.get("maybe_billed_before")}
     assert answered_twice <= marked <= reported
     assert status_json(run_dir, cli_env)["maybe_billed_before"] == 0
+
+
+def test_status_of_a_killed_run_counts_its_files_not_its_starting_manifest(make_job, tmp_path):
+    """A run killed -9 leaves the manifest it wrote at its start (state running, a summary of zeros):
+    `batchrun status` shows what that run did from its files -- done, failed, spent, requests, and
+    the tickets in flight at its death -- without waiting for the next run."""
+    from batchrun.commands.status import format_status
+    from batchrun.rundir.manifest import write_manifest
+    from batchrun.rundir.status import run_status
+
+    job = load_job(make_job(12, concurrency=2))
+    run(job, ScriptedProvider(ok))
+    run_dir = tmp_path / "run"
+    manifest = read_manifest(run_dir)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    zeros = {key: 0 if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+             for key, value in manifest["summary"].items()}
+    write_manifest(run_dir, {**manifest, "state": "running", "finished_at": None, "pid": dead.pid, "summary": zeros})
+    (run_dir / INFLIGHT).write_bytes(b'{"id":"T000099","attempt":1,"run":1}\n')
+    status = run_status(run_dir)
+    assert status["state"] == "stopped unexpectedly" and status["last_summary"] is None
+    assert status["current_run"] == {"run": 1, "done": 12, "failed": 0, "cost_usd": 0.012, "requests": 12,
+                                     "upstream_requests": None}
+    text = format_status(status)
+    assert "run 1 (when it died)  12 done, 0 failed, $0.012000 spent, 12 requests, 1 in flight when it died" in text
+    assert "done in this run" not in text  # the starting manifest's zeros are not shown
 
 
 def test_an_unsent_mark_clears_only_the_entry_it_names(tmp_path):

@@ -36,4 +36,4 @@ def test_make_run_installs_run_dependencies_only_and_says_so(tmp_path):
     assert "install --quiet --disable-pip-version-check -e '.[anthropic]'" in plan
     assert "[test]" not in plan and "test," not in plan
     test_plan = make("-n", "test", venv=str(tmp_path / "venv"))
-    assert "-e '.[test,ray]'" in test_plan and "pytest" in test_plan  # the ray tests run in CI
+    assert "-e '.[test,ray,proxy]'" in test_plan and "pytest" in test_plan  # the ray and proxy tests run in CI

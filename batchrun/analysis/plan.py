@@ -43,8 +43,12 @@ output tokens
     ceiling: the cost if every answer used all of max_tokens.
 
 price
-    The job's `[prices]` ("job file [prices]") when set, as in a run; else
-    litellm's `cost_per_token` for the model ("litellm price list (local
+    The job's `[prices]` ("job file [prices]") when set, as in a run; else,
+    for a live run with an api_base (`--api-base`, or `--live` and the job's
+    api_base), what the endpoint says the model costs: a LiteLLM proxy's
+    `/model/info` price for the alias ("the endpoint's own prices", what it
+    reports as each answer's cost; providers/endpoint_prices.py; if it says
+    nothing, a note says why); else litellm's `cost_per_token` for the model ("litellm price list (local
     copy)": the cost map installed with litellm, never fetched); else, when
     the run directory has results the endpoint priced (an alias a LiteLLM
     proxy serves and prices itself), their average cost per ticket ("the run
@@ -124,7 +128,8 @@ DEFAULT_ASSUMED_LATENCY_MS = 1000.0  # without finished results to measure
 DEFAULT_OUTPUT_TOKENS = 1024  # without max_tokens: what provider.estimate_tokens assumes too
 SAMPLE_SEED = 0
 OVER_BUDGET_EXIT = 5  # errors.ExitCode.BUDGET_EXHAUSTED
-PRICE_SOURCES = {"job": "job file [prices]", "litellm": "litellm price list (local copy)",
+PRICE_SOURCES = {"job": "job file [prices]", "endpoint": "the endpoint's own prices (a LiteLLM proxy's /model/info)",
+                 "litellm": "litellm price list (local copy)",
                  "finished": "the run directory's finished results (as the endpoint priced them)", None: "unpriced"}
 
 
@@ -143,6 +148,8 @@ class ModelEntry:
     tpm: int | None
     run_dir: Path  # where its checkpoint files are
     route: str | None = None  # routed jobs: only the tickets the rules send to this [[models]] name
+    api_base: str | None = None  # a live run's endpoint (asked for its prices: a LiteLLM proxy's aliases)
+    api_key_env: str | None = None
 
 
 def plan_mode(job: JobSpec) -> str:
@@ -156,7 +163,8 @@ def _entry(key: str, job: JobSpec) -> ModelEntry:
     return ModelEntry(
         key=key, model=job.model, job=job, params=dict(job.params), prices=job.prices,
         max_in_flight=job.max_in_flight, concurrency=job.concurrency, rpm=getattr(job, "rpm", None),
-        tpm=getattr(job, "tpm", None), run_dir=Path(job.resolved_run_dir()))
+        tpm=getattr(job, "tpm", None), run_dir=Path(job.resolved_run_dir()),
+        api_base=getattr(job, "api_base", None), api_key_env=getattr(job, "api_key_env", None))
 
 
 def model_entries(job: JobSpec) -> list[ModelEntry]:
@@ -166,7 +174,9 @@ def model_entries(job: JobSpec) -> list[ModelEntry]:
         return [_entry(spec.name, job.for_model(spec)) for spec in job.models]
     if mode == "route":
         return [dataclasses.replace(_entry(spec.name, job), model=spec.model, params={**job.params, **spec.params},
-                                    prices=spec.prices or job.prices, route=spec.name) for spec in job.models]
+                                    prices=spec.prices or job.prices, route=spec.name,
+                                    api_base=spec.api_base or job.api_base,
+                                    api_key_env=spec.api_key_env or job.api_key_env) for spec in job.models]
     return [_entry(job.name, job)]
 
 
@@ -230,10 +240,24 @@ def _finished(run_dir: Path, model_key: str | None = None) -> _Finished:
     }
 
 
-def _prices(entry: ModelEntry, mean_in: float, mean_out: float) -> tuple[float | None, float | None, str | None]:
-    """(USD per input token, USD per output token, source) for the entry's model."""
+def _prices(entry: ModelEntry, mean_in: float, mean_out: float, *, live: bool = False,
+            notes: list[str] | None = None) -> tuple[float | None, float | None, str | None]:
+    """(USD per input token, USD per output token, source) for the entry's model: the job's [prices],
+    else (a live run with an api_base) the endpoint's own (a LiteLLM proxy prices its aliases and
+    reports that cost on each answer), else litellm's price map."""
     if entry.prices is not None:
         return entry.prices.input_per_million / 1e6, entry.prices.output_per_million / 1e6, "job"
+    if live and entry.api_base:
+        import os
+
+        from batchrun.providers.endpoint_prices import EndpointPrices, endpoint_prices
+
+        key = os.environ.get(entry.api_key_env) if entry.api_key_env else None
+        reported = endpoint_prices(entry.api_base, entry.model, key)
+        if isinstance(reported, EndpointPrices):
+            return reported.input_per_token, reported.output_per_token, "endpoint"
+        if notes is not None:
+            notes.append(f"the endpoint reports no price for {entry.model}: {reported}")
     from batchrun.providers.litellm_setup import price_for
 
     # priced on a typical request, so a model with per-request tiers (long prompts) is priced right
@@ -349,7 +373,8 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
         per_ticket_out, out_source = float(DEFAULT_OUTPUT_TOKENS), "assumed"
     output_tokens = per_ticket_out * to_do
 
-    in_rate, out_rate, price_source = _prices(entry, mean_in, per_ticket_out)
+    notes: list[str] = []
+    in_rate, out_rate, price_source = _prices(entry, mean_in, per_ticket_out, live=not simulated, notes=notes)
     per_result_usd = finished["avg_result_cost_usd"]
     cost = ceiling = None
     if in_rate is not None and out_rate is not None:  # priced: _prices named a source
@@ -391,7 +416,6 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
     bound = max(bounds, key=lambda k: bounds[k])
 
     manifest = finished["manifest"]
-    notes = []
     if manifest:
         old_job = manifest.get("job") or {}
         if old_job.get("fingerprint_sha256") and old_job["fingerprint_sha256"] != job.fingerprint_hash():
@@ -573,8 +597,9 @@ def _format_row(r: PlanRow, single: bool = True) -> list[str]:
     if p["source"] is None:
         price = (f"unpriced: litellm's price list has no {r['model']} (an alias a LiteLLM proxy or your own "
                  "server serves?) and the job has no [prices]; set [prices] input_per_million and "
-                 "output_per_million in the job file to plan its cost (or run a few tickets first: the plan "
-                 "then uses what the endpoint charged)")
+                 "output_per_million in the job file to plan its cost, plan with --api-base (a LiteLLM proxy "
+                 "says what its alias costs), or run a few tickets first: the plan then uses what the endpoint "
+                 "charged")
     elif p["source"] == "finished":
         price = (f"{usd(p['per_ticket_usd'])} per ticket, the average of {p['priced_results']:,} finished results "
                  f"as the endpoint priced them (litellm has no price for {r['model']}; [prices] in the job "

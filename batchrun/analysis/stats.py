@@ -137,9 +137,21 @@ class RunStats:
     finished: float | None = None
     maybe_billed_ids: list[str] = field(default_factory=list)  # left in flight by the run before (journal)
     cluster: Mapping[str, object] | None = None  # engine "ray": actors, actors lost, tickets re-sent, limiter counters
+    # what the endpoint reported it sent upstream for this run's recorded attempts (a LiteLLM proxy's
+    # x-litellm-attempted-retries/-fallbacks; records.Outcome.upstream_attempts), and the attempts
+    # whose answer did not say (an error answer of the proxy, or an endpoint that never says)
+    upstream_requests: int = 0
+    upstream_reported: int = 0  # lines that reported upstream requests
+    upstream_unreported: int = 0
 
     def record(self, outcome: Outcome) -> None:
         """Count one outcome whose line is on disk."""
+        if outcome.upstream_attempts is not None:
+            self.upstream_requests += outcome.upstream_attempts
+            self.upstream_reported += 1
+            self.upstream_unreported += outcome.upstream_unreported
+        else:
+            self.upstream_unreported += outcome.attempts
         if outcome.rejected_outputs:
             self.rejected_outputs += outcome.rejected_outputs
             self.rejected_cost_usd += outcome.rejected_cost_usd
@@ -206,6 +218,10 @@ class RunStats:
             "not_finished": max(self.to_do - finished, 0),
             "wall_s": round(wall, 3),
             "requests": self.attempts,
+            # requests the endpoint (a LiteLLM proxy) reported it made upstream for this run's recorded
+            # attempts; None when it never said. upstream_unreported: recorded attempts it said nothing on
+            "upstream_requests": self.upstream_requests if self.upstream_reported else None,
+            "upstream_unreported": self.upstream_unreported if self.upstream_reported else 0,
             "retries": self.retries,
             "rate_limited": self.rate_limited,
             "errors_by_kind": dict(sorted(self.errors_by_kind.items())),
@@ -318,6 +334,8 @@ def format_summary(summary: StoredJSON, *, title: str = "batchrun summary") -> s
     rows += [
         ("wall time", f"{summary['wall_s']:,.2f} s"),
         ("requests", f"{summary['requests']:,} ({summary['retries']:,} retries, {summary['rate_limited']:,} answered 429)"),
+        *([("upstream requests", upstream_text(summary.get("upstream_requests"), summary.get("upstream_unreported")))]
+          if summary.get("upstream_requests") is not None else []),
         ("failed attempts", kinds),
         ("requests/s", f"{summary['requests_per_s']:,.1f}"),
         ("output tokens/s", f"{summary['output_tokens_per_s']:,.1f}"),
@@ -361,6 +379,15 @@ def format_summary(summary: StoredJSON, *, title: str = "batchrun summary") -> s
             for text, count in group.get("top_messages") or []:
                 lines.append(f"  {'':<{kind_width}}  {count:>6,} x {text}")
     return "\n".join(lines)
+
+
+def upstream_text(upstream: int | None, unreported: int | None) -> str:
+    """What the endpoint (a LiteLLM proxy) said it sent upstream, for the summary and status."""
+    text = f"{upstream or 0:,} made upstream by the endpoint (LiteLLM proxy: x-litellm-attempted-retries)"
+    if unreported:
+        text += (f", plus {unreported:,} attempt(s) answered with an error that does not say "
+                 "(at least 1 upstream request each, unless the proxy refused it itself)")
+    return text
 
 
 def format_progress_line(stats: RunStats, now: float | None = None) -> str:

@@ -115,11 +115,8 @@ from batchrun.batch.ledger import (
     read_part_lines,
     write_part_file,
 )
-from batchrun.errors import (
-    BatchrunError,
-    RequestError,
-    RetryableError,
-)
+from batchrun.batch.refusal import endpoint_refusal
+from batchrun.errors import BatchEndpointError, BatchrunError, RequestError, RetryableError
 from batchrun.execution.finish import RunFinish
 from batchrun.execution.preparation import PreparedRun
 from batchrun.execution.result import RunResult
@@ -193,6 +190,7 @@ class _BatchRun:
         self.bar: tqdm | None = None
         self.signal_number: int | None = None
         self.budget_note: str | None = None
+        self.warned_unpriced = False  # batch answers with no price: said once
         self.live_at_start = {p["number"] for p in self.ledger.parts if p["state"] in LIVE}
         (prep.run_dir / PART_DIR).mkdir(exist_ok=True)
 
@@ -538,6 +536,8 @@ class _BatchRun:
                     continue  # not ours, or a repeated line: each ticket is judged once
                 seen.add(cid)
                 outcome, failure = self._judge_line(part, api, parsed, meta[cid], prices, started_at, elapsed_ms)
+                if outcome is not None and outcome.completion is not None and outcome.completion.cost_usd is None:
+                    self._warn_unpriced(api, outcome.completion.model)
                 if outcome is not None:
                     ready.append(outcome)
                     if len(ready) >= WRITE_EVERY:
@@ -594,6 +594,18 @@ class _BatchRun:
             structured=structured, rejected_outputs=base["r"], rejected_cost_usd=base["c"],
             model_key=part["model_key"] or None,
         ), None
+
+    def _warn_unpriced(self, api: BatchAPI, answered_by: str | None) -> None:
+        """Once per run: batch answers with no price (cost_usd null), and the likely reason."""
+        if self.warned_unpriced:
+            return
+        self.warned_unpriced = True
+        note = (f"batch answers for {api.model} (answered by {answered_by or '?'}) come back with no price "
+                "(cost_usd null, cost_status unpriced_model): litellm has no price for that name. Through a "
+                "LiteLLM proxy, a model alias is not translated inside batch files: name the upstream model "
+                "(docs/batch.md, \"Through a LiteLLM Proxy\"), or set [prices] in the job")
+        log.info("%s", note)  # for --log-file (log.warning would be printed twice without -v)
+        print(f"batchrun: warning: {note}", file=sys.stderr, flush=True)
 
     async def _write(self, outcomes: list[Outcome]) -> None:
         if not outcomes:
@@ -681,20 +693,26 @@ class _BatchRun:
     async def run(self) -> str:
         self.reconcile()
         await self.writer.open()
+        refused: BatchEndpointError | None = None
         try:
             async with anyio.create_task_group() as tg:
                 work = anyio.CancelScope()
                 await tg.start(self.watch_signals, work)
                 with work:
-                    await self.resume_parts()
-                    await self.build_parts()
-                    if not self.no_wait:
-                        await self.wait_and_collect()
+                    try:
+                        await self.resume_parts()
+                        await self.build_parts()
+                        if not self.no_wait:
+                            await self.wait_and_collect()
+                    except RequestError as exc:  # raised here, after the task group: never an ExceptionGroup
+                        refused = endpoint_refusal(exc)
                 tg.cancel_scope.cancel()
-        except BaseExceptionGroup as group:  # the work's own error (a create refused, ...), as it is
+        except BaseExceptionGroup as group:  # the work's own other error (a bad answer file, ...), as it is
             if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
                 raise group.exceptions[0] from None
             raise
+        if refused is not None:
+            raise refused  # the ledger says what exists: the same command resumes
         if self.signal_number is not None:
             return "interrupted"
         if self.budget_note is not None and not self._live():

@@ -27,6 +27,8 @@ Examples:
   batchrun plan jobs/classify_tickets.toml --input tonight.jsonl --run-dir runs/2026-11-22 --max-cost-usd 5
   batchrun plan jobs/classify_tickets.toml --model anthropic/claude-3-5-haiku-latest --json
   batchrun plan jobs/classify_batch.toml --mode batch          # batch price next to online, parts, window
+  batchrun plan jobs/classify_tickets.toml --api-base http://localhost:4000/v1 --model openai/my-alias
+                                      # a LiteLLM proxy's alias, priced by the proxy (/model/info)
 
 \b
 Exit codes: 0 plan printed; 2 bad job file or input (nothing would be sent);
@@ -53,12 +55,16 @@ Exit codes: 0 plan printed; 2 bad job file or input (nothing would be sent);
               help="Latency per request when the run directory has no finished results to measure.")
 @click.option("--live", is_flag=True,
               help="Plan the live run (--live) of a job that has a [simulator] section [default: the simulated run].")
+@click.option("--api-base", envvar="BATCHRUN_API_BASE",
+              help="Plan the run against this endpoint (implies --live); a LiteLLM proxy is asked what its alias "
+                   "costs (GET /model/info, nothing sent to a model) [env: BATCHRUN_API_BASE].")
 @click.option("--mode", type=click.Choice(["online", "batch"]),
               help="Forecast online calls or the Batch API (batch price next to online) [default: the job's].")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan_command(job_file: Path, input_path: Path | None, limit: int | None, run_dir: Path | None,
                  model: str | None, concurrency: int | None, skip_failed: bool, max_cost_usd: float | None,
-                 sample: int | None, assume_latency_ms: float, live: bool, mode: str | None, as_json: bool) -> None:
+                 sample: int | None, assume_latency_ms: float, live: bool, api_base: str | None, mode: str | None,
+                 as_json: bool) -> None:
     """Forecast tickets, tokens, cost and duration of running JOB_FILE, sending nothing.
 
     Respects resume: what the run directory already holds is not counted.
@@ -70,10 +76,10 @@ def plan_command(job_file: Path, input_path: Path | None, limit: int | None, run
 
     try:
         job = load_job(job_file).with_overrides(input=input_path, run_dir=run_dir, model=model,
-                                                concurrency=concurrency, mode=mode)
+                                                concurrency=concurrency, mode=mode, api_base=api_base)
         plan = make_plan(job, job_path=job_file, limit=limit, skip_failed=skip_failed,
                          max_cost_usd=max_cost_usd, sample=sample, assume_latency_ms=assume_latency_ms,
-                         live=live)
+                         live=live or api_base is not None)
     except BatchrunError as exc:
         click.echo(f"batchrun: error: {exc}", err=True)
         sys.exit(int(exc.exit_code))

@@ -15,7 +15,7 @@ from typing import Sequence
 import click
 
 from batchrun.analysis.documents import StoredJSON
-from batchrun.analysis.stats import format_summary
+from batchrun.analysis.stats import format_summary, upstream_text
 from batchrun.analysis.textfmt import kv, table, usd
 
 __all__ = ["format_status", "status_command"]
@@ -83,7 +83,20 @@ def format_status(status: StoredJSON) -> str:
          + (f" ({status['unpriced_results']} unpriced)" if status["unpriced_results"] else "")),
         *([("reused answers (all runs)", f"{status['cache_hits']:,}, {usd(status['cost_saved_usd'])} saved")]
           if status.get("cache_hits") else []),
+        *([("requests", f"{status['requests']:,} sent by batchrun, all runs (recorded in the lines)")]
+          if status.get("requests") is not None else []),
+        *([("upstream requests", upstream_text(status["upstream_requests"], status.get("upstream_unreported")))]
+          if status.get("upstream_requests") is not None else []),
     ]
+    current = status.get("current_run")
+    if current:
+        dead = status["state"] != "running"
+        rows.append((f"run {current['run']} ({'when it died' if dead else 'so far'})", (
+            f"{current['done']:,} done, {current['failed']:,} failed, {usd(current['cost_usd'])} spent, "
+            f"{current['requests']:,} requests"
+            + (f" ({current['upstream_requests']:,} upstream)" if current.get("upstream_requests") is not None else "")
+            + (f", {status['maybe_billed_before']:,} in flight when it died" if dead else "")
+            + " (from the files)")))
     if status["error"]:
         rows.append(("error", status["error"]))
     for part in (status.get("batch") or {}).get("parts") or []:

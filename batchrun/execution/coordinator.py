@@ -10,14 +10,21 @@ actors), the limits, the counts and the decisions to stop live here, once:
     stop(reason, message)      no new ticket starts: "signal", "fail_fast",
                                "budget", "checkpoint" or "crash"; requests in
                                flight finish
-    halt_requests()            a signal: not even a retry starts; tickets waiting
-                               for a permit or a backoff end unrecorded
+    halt_requests()            a signal, or the endpoint's budget spent: not even a
+                               retry starts (here or in the executor's workers);
+                               tickets waiting for a permit or a backoff end
+                               unrecorded (they run on resume)
+    attempt_failed(...)        an answer of kind budget_exceeded (the endpoint's
+                               budget or quota is spent): stop("budget") and halt,
+                               so at most the requests already in flight are sent
     fail(error)                a fatal error (a checkpoint write, a crashed worker):
                                stop and cancel the work; raised after cleanup
     check_fail_fast(outcome)   401/403/404 in a row, the same non-retryable error
                                in a row (fail_fast_after, fail_fast_same_error_after)
     admit(request)             the budget's reservation for a ticket, or None: stop
-    account(outcome)           the counts of an outcome whose line is on disk
+    account(outcome)           the counts of an outcome whose line is on disk; the
+                               first one showing the endpoint (a LiteLLM proxy)
+                               retried on its own: one warning naming `num_retries: 0`
 
 The tasks that move tickets (producer, workers, writer) are dispatcher.py's.
 """
@@ -26,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Mapping
+from typing import Callable, Mapping
 
 import anyio
 
@@ -92,6 +99,7 @@ class Coordinator:
         self.stopping = False  # no new ticket starts once this is set
         self.halt = anyio.Event()  # a signal: no request starts at all; tickets waiting to retry end
         self._waiting: set[anyio.CancelScope] = set()  # attempts waiting for a permit (cancelled by a halt)
+        self.on_halt: list[Callable[[], None]] = []  # the executor's halt (dispatcher.py): its workers stop too
         self.stop_reason: str | None = None  # "signal", "fail_fast", "budget", "checkpoint" or "crash"
         self.signal_number: int | None = None
         self.fatal: BatchrunError | None = None  # a checkpoint error or a crash: raised after cleanup
@@ -99,6 +107,7 @@ class Coordinator:
         self.fail_fast_streak = 0  # tickets in a row ending in 401/403/404
         self.same_error: tuple[str | None, str | None] | None = None  # (type, message) of the last failure
         self.same_error_streak = 0  # tickets in a row ending in that same non-retryable error
+        self.warned_upstream_retries = False  # the proxy-retries warning, said once
         self.producer_scope = anyio.CancelScope()
         self.work_scope: anyio.CancelScope | None = None
 
@@ -143,6 +152,20 @@ class Coordinator:
         self.halt.set()
         for waiting in list(self._waiting):
             waiting.cancel()
+        for halt in self.on_halt:
+            halt()
+
+    def endpoint_budget_spent(self, error: RequestError) -> None:
+        """The endpoint answered that a budget or quota is spent (kind budget_exceeded): no request
+        starts from now on, not even a retry; the run ends budget_exhausted with its message."""
+        if self.halt.is_set():
+            return
+        status = f" (HTTP {error.status_code})" if error.status_code else ""
+        self.stop("budget", (
+            f"the endpoint's budget or quota is spent{status}: {error.message} -- nothing more is sent "
+            f"({self.stats.in_flight} request(s) in flight finish). Raise the budget or quota there (or wait "
+            "for it to reset), then re-run the same command to resume."))
+        self.halt_requests()
 
     def check_fail_fast(self, outcome: Outcome) -> None:
         """Count, as tickets finish, those in a row ending in 401/403/404 (`fail_fast_after`) and
@@ -235,6 +258,8 @@ class Coordinator:
 
     def attempt_failed(self, request: ChatRequest, attempt: int, error: RequestError) -> None:
         self.stats.errors_by_kind[error.kind] = self.stats.errors_by_kind.get(error.kind, 0) + 1
+        if error.kind == "budget_exceeded":
+            self.endpoint_budget_spent(error)
         rate_limited = isinstance(error, RateLimitedError)
         if rate_limited:
             self.stats.rate_limited += 1
@@ -260,11 +285,28 @@ class Coordinator:
         if self.aimd is not None:
             self.stats.concurrency_settled = self.aimd.settled
 
+    def warn_upstream_retries(self, upstream: int, attempts: int) -> None:
+        """Once per run: the endpoint (a LiteLLM proxy) sent more requests upstream than batchrun sent it."""
+        if self.warned_upstream_retries:
+            return
+        self.warned_upstream_retries = True
+        message = (
+            f"warning: the endpoint (a LiteLLM proxy) retries on its own: it sent {upstream} request(s) upstream "
+            f"for {attempts} of batchrun's (x-litellm-attempted-retries). They are counted (upstream_attempts in "
+            "each line, \"upstream requests\" in the summary), but batchrun's retry policy, Retry-After handling "
+            "and budget see only its own requests: set `num_retries: 0` in the proxy's config (litellm_settings "
+            "or router_settings) so that batchrun is the one retry layer.")
+        log.info("%s", message)  # for --log-file; not log.warning: without -v, logging's last resort prints it again
+        print(f"batchrun: {message}", file=sys.stderr, flush=True)
+
     # -- outcomes -----------------------------------------------------------------------
 
     def account(self, outcome: Outcome) -> None:
         """Count an outcome whose line is on disk."""
         self.stats.record(outcome)
+        reported = outcome.attempts - outcome.upstream_unreported  # attempts whose answer said
+        if outcome.upstream_attempts is not None and outcome.upstream_attempts > reported:
+            self.warn_upstream_retries(outcome.upstream_attempts, reported)
         if outcome.ok:
             self.failed_ids.discard(outcome.ticket_id)
         else:

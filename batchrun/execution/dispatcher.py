@@ -83,7 +83,7 @@ def _shared_answer(leader: Outcome, ticket_id: str, run_number: int, route: str 
     return Outcome(
         ticket_id=ticket_id, attempts=0, started_at=now, finished_at=now, elapsed_ms=waited_ms, run=run_number,
         completion=replace(c, cost_usd=0.0, cost_status="cache_hit", cache_hit=True, cost_saved_usd=saved,
-                           ttft_ms=None, rate_limit_headers=None),
+                           ttft_ms=None, rate_limit_headers=None, cost_source="cache", upstream_attempts=None),
         latency_ms=0.0, structured=leader.structured, model_key=leader.model_key, route=route,
     )
 
@@ -96,6 +96,7 @@ class Dispatcher:
         self.co = coordinator
         self.job = coordinator.job
         self.executor = executor
+        coordinator.on_halt.append(executor.halt)  # a halt stops the executor's workers too
         self.grace_s = grace_s
         self.flights: dict[bytes, _Flight] = {}  # cache = true: requests in flight by _flight_key
         self.writer_done = anyio.Event()
@@ -254,8 +255,7 @@ class Dispatcher:
                     co.signal_number = int(signum)
                     co.stopping = False  # a signal wins over an earlier stop reason
                     co.stop("signal")
-                    co.halt_requests()
-                    self.executor.halt()
+                    co.halt_requests()  # and the executor's (on_halt)
                     print(
                         f"\nbatchrun: {signal.Signals(signum).name}: no new requests; waiting up to "
                         f"{self.grace_s:g} s for {co.stats.in_flight} in flight (signal again to stop now)",

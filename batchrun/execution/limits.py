@@ -26,12 +26,13 @@ request) at a time, so no semaphore is needed for it. What this module adds:
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import anyio
+
+from batchrun.providers.error_mapping import parse_wait, provider_headers
 
 
 class RequestGate:
@@ -196,41 +197,17 @@ class RateLimitHeaders:
         return self.remaining_requests is None and self.remaining_tokens is None
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-
-
-def parse_reset(value: str | None) -> float | None:
-    """OpenAI's reset durations ("1s", "6m0s", "120ms", "0.5s"), plain seconds,
-    or an ISO-8601 time (Anthropic's *-reset headers)."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    parts = _DURATION.findall(value)
-    if parts and "".join(n + u for n, u in parts) == value:
-        scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-        return sum(float(n) * scale[u] for n, u in parts)
-    try:
-        from datetime import datetime, timezone
-
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return max(0.0, when.timestamp() - datetime.now(timezone.utc).timestamp())
-    except ValueError:
-        return None
+#: OpenAI's reset durations ("1s", "6m0s", "120ms"), plain seconds or an ISO-8601 time (Anthropic's
+#: *-reset headers): the one wait parser (providers/error_mapping.parse_wait)
+parse_reset = parse_wait
 
 
 def parse_rate_limit_headers(headers: "Mapping[str, str] | None") -> RateLimitHeaders:
     """Read OpenAI-style and Anthropic-style rate-limit headers (any case,
-    with or without litellm's "llm_provider-" prefix)."""
-    if not headers:
+    with or without litellm's "llm_provider-" prefixes: error_mapping.provider_headers)."""
+    lower = provider_headers(headers)  # the one header reader: any case, any llm_provider- prefixes
+    if not lower:
         return RateLimitHeaders()
-    lower: dict[str, str] = {}
-    for key, value in headers.items():
-        key = str(key).lower().removeprefix("llm_provider-")
-        lower[key] = str(value)
 
     def number(*names: str) -> float | None:
         for name in names:

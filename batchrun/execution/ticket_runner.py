@@ -73,7 +73,6 @@ import anyio
 from tenacity import RetryCallState
 
 from batchrun.errors import (
-    RateLimitedError,
     RequestError,
     RetryableError,
     TerminalError,
@@ -228,6 +227,8 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
     rejected = 0  # answers the output check (or finish_reason policy) turned down
     invalid = 0  # of those, invalid_output ones (the re-ask budget)
     rejected_cost = 0.0
+    upstream: int | None = None  # upstream requests the endpoint reported (a LiteLLM proxy), summed
+    unreported = 0  # attempts whose answer did not say
     hard_timeout = job.timeout_s * 1.5 + 5.0
     deadline = t0 + job.retry.max_elapsed_s
     rules = rules_for(job)
@@ -271,10 +272,15 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                         raise RetryableError(f"no answer within {guard:g} s", kind="timeout",
                                              error_type="Timeout")
                 except Exception as exc:
+                    unreported += 1  # sent; an error answer does not say what the endpoint did upstream
                     error = translate_error(exc)
                     hooks.attempt_failed(request, attempts, error)
                     raise error from None
                 latency_ms = (time.monotonic() - a0) * 1000.0
+                if completion.upstream_attempts is None:
+                    unreported += 1
+                else:
+                    upstream = (upstream or 0) + completion.upstream_attempts
                 if judge and (rules.checks is not None or completion.finish_reason in _FLAGGED_FINISH):
                     try:
                         structured = _judge(completion, rules)
@@ -304,7 +310,7 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
     except RequestError as error:
         message = error.message
         cap = job.retry.max_retry_after_s
-        if isinstance(error, RateLimitedError) and (error.retry_after or 0) > cap:
+        if isinstance(error, RetryableError) and (error.retry_after or 0) > cap:  # a 429's, a 503's, ...
             message = (f"server asked to retry after {error.retry_after:g} s, over max_retry_after_s "
                        f"({cap:g} s): {message}")
         return Outcome(
@@ -312,12 +318,14 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
             elapsed_ms=(time.monotonic() - t0) * 1000.0, run=run_number,
             error_kind=error.kind, error_type=error.error_type, error_message=message,
             status_code=error.status_code, rejected_outputs=rejected, rejected_cost_usd=rejected_cost,
+            upstream_attempts=upstream, upstream_unreported=unreported,
         )
     return Outcome(
         ticket_id=request.ticket_id, attempts=attempts, started_at=started_at, finished_at=utc_now(),
         elapsed_ms=(time.monotonic() - t0) * 1000.0, run=run_number,
         completion=completion, latency_ms=latency_ms, structured=structured,
         rejected_outputs=rejected, rejected_cost_usd=rejected_cost,
+        upstream_attempts=upstream, upstream_unreported=unreported,
     )
 
 
@@ -338,6 +346,8 @@ async def run_chain(request: ChatRequest, providers: Mapping[str, Provider], cha
     t0 = time.monotonic()
     attempts_by_model: dict[str, int] = {}
     spent_before = 0.0
+    upstream: int | None = None  # summed over the models, as the attempts are
+    unreported = 0
     outcome: Outcome | None = None
     for key in chain:
         try:
@@ -346,6 +356,9 @@ async def run_chain(request: ChatRequest, providers: Mapping[str, Provider], cha
             halted.attempts += sum(attempts_by_model.values())
             raise
         attempts_by_model[key] = outcome.attempts
+        if outcome.upstream_attempts is not None:
+            upstream = (upstream or 0) + outcome.upstream_attempts
+        unreported += outcome.upstream_unreported
         if outcome.ok:
             break
         spent_before += outcome.spent_usd
@@ -356,4 +369,5 @@ async def run_chain(request: ChatRequest, providers: Mapping[str, Provider], cha
         elapsed_ms=(time.monotonic() - t0) * 1000.0,
         attempts_by_model=attempts_by_model if len(chain) > 1 else None,
         rejected_cost_usd=outcome.rejected_cost_usd + spent_before,
+        upstream_attempts=upstream, upstream_unreported=unreported,
     )

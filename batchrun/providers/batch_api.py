@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from typing import Any, Mapping
 
-from batchrun.errors import ConfigurationError, TerminalError
+from batchrun.errors import ConfigurationError, TerminalError, redact_url
 from batchrun.job.sections import Params, PricesSpec
 from batchrun.providers.error_mapping import (
     error_for_status,
@@ -108,6 +109,14 @@ def batch_prices_of(model: str, prices: PricesSpec | None) -> BatchPrices | None
                        _per_token(info, "cache_creation_input_token_cost", 0.5))
 
 
+#: the files and batches endpoint each litellm function calls, for error messages
+ENDPOINTS = {"acreate_file": "POST /files", "acreate_batch": "POST /batches", "aretrieve_batch": "GET /batches/ID",
+             "acancel_batch": "POST /batches/ID/cancel", "alist_batches": "GET /batches",
+             "afile_content": "GET /files/ID/content"}
+#: a server error that names missing configuration (a LiteLLM proxy without files_settings): not retried
+_CONFIG_TEXT = re.compile(r"files_settings|is not set|not configured", re.IGNORECASE)
+
+
 class LiteLLMBatchAPI:
     """litellm's file and batch functions under batchrun's rules.
 
@@ -162,7 +171,17 @@ class LiteLLMBatchAPI:
             if isinstance(error, TerminalError) and status is not None and (status in (408, 429) or status >= 500):
                 error = error_for_status(status, error.message, error_type=error.error_type or "HTTPError",
                                          retry_after=parse_retry_after(headers_of(exc)))
+            if error.retryable and status is not None and status >= 500 and _CONFIG_TEXT.search(error.message):
+                error = TerminalError(error.message, kind="configuration", status_code=status,
+                                      error_type=error.error_type)
+            error.endpoint = self._endpoint(name)
             raise error from None
+
+    def _endpoint(self, name: str) -> str:
+        method, _, path = ENDPOINTS.get(name, f"{name} ").partition(" ")
+        if not self.api_base:
+            return f"{method} {path} ({self.provider})"
+        return f"{method} {redact_url(self.api_base).rstrip('/')}{path}"
 
     @staticmethod
     def _plain(obj: Any) -> Reply:  # obj: litellm's answer (a pydantic model, or already a dict)
@@ -221,7 +240,9 @@ class LiteLLMBatchAPI:
         except Exception as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            raise translate_error(exc, self._secrets) from None
+            error = translate_error(exc, self._secrets)
+            error.endpoint = error.endpoint or self._endpoint("afile_content")
+            raise error from None
         os.replace(tmp, dest)
         return size
 
@@ -242,18 +263,20 @@ class LiteLLMBatchAPI:
             usage = Usage(prompt_tokens=int(raw_usage.get("prompt_tokens") or 0),
                           completion_tokens=int(raw_usage.get("completion_tokens") or 0),
                           total_tokens=int(raw_usage.get("total_tokens") or 0))
+        source = None
         if usage is None:
             cost, status = None, "no_usage"
         elif prices is None:
             cost, status = None, "unpriced_model"
         else:
             cost, status = prices.cost(usage), prices.status
+            source = "job_prices" if prices.status.startswith("job_prices") else "price_map"
         calls = tuple(ToolCall(name=str((c.get("function") or {}).get("name") or ""),
                                arguments=(c.get("function") or {}).get("arguments") or "", id=c.get("id"))
                       for c in (message.get("tool_calls") or []) if isinstance(c, Mapping))
         return Completion(text=message.get("content") or "", finish_reason=choice.get("finish_reason"),
                           model=body.get("model"), usage=usage, cost_usd=cost, cost_status=status,
-                          tool_calls=calls)
+                          tool_calls=calls, cost_source=source)
 
     def match_batch(self, batch: Reply, claim: BatchClaim) -> BatchMatch:
         """A listed batch is a part's when its metadata names the part (providers that list do not

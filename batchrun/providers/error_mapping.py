@@ -1,22 +1,40 @@
-"""Every error a provider call can raise, mapped once onto batchrun's RequestError tree.
+"""Every error a provider call can raise, mapped once onto batchrun's RequestError tree, and the
+one reader of what an endpoint says in its headers.
 
     translate_error(exc)          litellm / OpenAI SDK / Anthropic SDK / transport exceptions -> RequestError
     error_for_status(status, ...)  an HTTP status (and the provider's error code) -> RequestError:
-                                  for answers that arrive as data (a batch output line), and the
-                                  fallback of translate_error for exceptions that carry a status
-    parse_retry_after(headers)    seconds from retry-after-ms, retry-after seconds or an HTTP date
+                                  for answers that arrive as data (a batch output line, a files or
+                                  batches endpoint), and the fallback of translate_error for
+                                  exceptions that carry a status
+    provider_headers(headers)     names lower-cased, litellm's `llm_provider-` prefixes taken off
+                                  (a proxy adds one, the client another): what every reader below
+                                  and execution/limits.parse_rate_limit_headers read
+    parse_wait(value)             seconds from a number, a duration ("6m0s", "120ms"), an HTTP date
+                                  or an ISO-8601 time
+    parse_retry_after(headers)    seconds from retry-after-ms, or retry-after as seconds or an HTTP
+                                  date, in any of those spellings
+    upstream_attempts(headers)    the requests a LiteLLM proxy says it sent upstream for one answer
+                                  (1 + x-litellm-attempted-retries + x-litellm-attempted-fallbacks),
+                                  or None when the endpoint says nothing
+    is_budget_answer(message, code)  a budget or quota that is spent (LiteLLM's "crossed budget",
+                                  budget_exceeded; OpenAI's insufficient_quota): kind
+                                  `budget_exceeded`, never retried (its 429 is not a rate limit)
 
 Kinds and which are retried: errors.py. A refused or reset connection is kind
-`connection` with no status even where litellm calls it a 500; the API key is
-scrubbed from every message.
+`connection` with no status even where litellm calls it a 500; every retryable
+error carries the endpoint's Retry-After when it gave one (so retry.max_retry_after_s
+holds for a 503 as for a 429); the API key is scrubbed from every message.
 """
 
 from __future__ import annotations
 
 import email.utils
+import math
+import re
 import sys
 import time
-from typing import Mapping
+from datetime import datetime, timezone
+from typing import Any, Mapping
 
 from batchrun.errors import (
     RateLimitedError,
@@ -27,29 +45,101 @@ from batchrun.errors import (
 )
 from batchrun.providers.litellm_setup import loaded_litellm
 
+#: what litellm puts before a provider's header when it passes it on (a proxy's client sees it twice)
+PROVIDER_PREFIX = "llm_provider-"
 
-def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds from retry-after-ms, or retry-after as seconds or an HTTP date."""
+
+def provider_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
+    """Header names lower-cased with every `llm_provider-` prefix taken off. Where a name comes
+    both as the endpoint's own and as one it passed on from upstream, its own (fewer prefixes) wins."""
     if not headers:
-        return None
-    lower = {str(k).lower(): str(v) for k, v in headers.items()}
-    if "retry-after-ms" in lower:
-        try:
-            return max(0.0, float(lower["retry-after-ms"]) / 1000.0)
-        except ValueError:
-            pass
-    value = lower.get("retry-after")
+        return {}
+    found: dict[str, tuple[int, str]] = {}
+    try:
+        items = list(headers.items())
+    except (AttributeError, TypeError):
+        return {}
+    for key, value in items:
+        name, depth = str(key).lower(), 0
+        while name.startswith(PROVIDER_PREFIX):
+            name, depth = name[len(PROVIDER_PREFIX):], depth + 1
+        if name not in found or depth < found[name][0]:
+            found[name] = (depth, str(value))
+    return {name: value for name, (_, value) in found.items()}
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_wait(value: str | None) -> float | None:
+    """Seconds to wait from a header value: plain seconds, a duration ("1s", "6m0s", "120ms"),
+    an HTTP date or an ISO-8601 time (in the past: 0). None for anything else (NaN included)."""
     if value is None:
         return None
+    value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return None if math.isnan(seconds) else max(0.0, seconds)
+    parts = _DURATION.findall(value)
+    if parts and "".join(n + u for n, u in parts) == value:
+        return sum(float(n) * _DURATION_SCALE[u] for n, u in parts)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
+    except (TypeError, ValueError, IndexError):
+        try:
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
     return max(0.0, when.timestamp() - time.time())
+
+
+def parse_retry_after(headers: Mapping[str, Any] | None) -> float | None:
+    """Seconds from retry-after-ms, or retry-after as seconds or an HTTP date, in every spelling
+    litellm hands over (`llm_provider-retry-after`, ...; provider_headers)."""
+    names = provider_headers(headers)
+    if "retry-after-ms" in names:
+        try:
+            ms = float(names["retry-after-ms"])
+        except ValueError:
+            ms = math.nan
+        if not math.isnan(ms):
+            return max(0.0, ms / 1000.0)
+    return parse_wait(names.get("retry-after"))
+
+
+def upstream_attempts(headers: Mapping[str, Any] | None) -> int | None:
+    """The requests a LiteLLM proxy says it made upstream for one answer: 1 (its first try) +
+    x-litellm-attempted-retries + x-litellm-attempted-fallbacks; None when it says nothing."""
+    names = provider_headers(headers)
+    total, reported = 1, False
+    for name in ("x-litellm-attempted-retries", "x-litellm-attempted-fallbacks"):
+        try:
+            count = int(float(names[name]))
+        except (KeyError, ValueError, OverflowError):
+            continue
+        if count >= 0:
+            total += count
+            reported = True
+    return total if reported else None
+
+
+#: error codes and types that say a budget or quota is spent (not a rate limit: waiting does not help)
+BUDGET_CODES = frozenset({"insufficient_quota", "budget_exceeded"})
+_BUDGET_TEXT = re.compile(r"crossed budget|budget has been exceeded|budget_exceeded|budget exceeded"
+                          r"|exceeded your current quota|insufficient_quota", re.IGNORECASE)
+
+
+def is_budget_answer(message: str | None, code: object = None) -> bool:
+    """Whether an error says a budget or quota is spent: LiteLLM's "crossed budget" (a deployment,
+    provider or tag budget) and budget_exceeded (a key, user or team budget), OpenAI's
+    insufficient_quota."""
+    return (code is not None and str(code).lower() in BUDGET_CODES) or bool(message and _BUDGET_TEXT.search(message))
 
 
 def headers_of(exc: BaseException) -> Mapping[str, str] | None:
@@ -75,7 +165,10 @@ def error_for_status(status: int | None, message: str, *, code: object = None, e
                      retry_after: float | None = None) -> RequestError:
     """The RequestError of an HTTP error status: 429 rate_limited, 408 timeout, 409 and 5xx server_error
     (all retried); 401/403/404 and other 4xx terminal, a provider `code` naming the kind when it can.
-    No status (an error with none): a retried server_error."""
+    No status (an error with none): a retried server_error. A 4xx saying a budget or quota is spent
+    (is_budget_answer) is kind budget_exceeded, never retried."""
+    if status is not None and 400 <= status < 500 and is_budget_answer(message, code):
+        return TerminalError(message, kind="budget_exceeded", status_code=status, error_type=error_type)
     if status == 429:
         return RateLimitedError(message, kind="rate_limited", status_code=429, retry_after=retry_after,
                                 error_type=error_type)
@@ -104,12 +197,14 @@ def translate_error(exc: BaseException, secrets: tuple[str, ...] | list[str] = (
         if detail not in message:
             message = f"{message} ({detail})"
         return RetryableError(message[:1000], kind=kind, status_code=None, error_type=name)
+    retry_after = parse_retry_after(headers_of(exc))
+    if (status is None or 400 <= status < 500) and is_budget_answer(message, _code_of(exc)):
+        if status is not None or (lm is not None and isinstance(exc, lm.RateLimitError)):
+            return TerminalError(message, kind="budget_exceeded", status_code=status or 429, error_type=name)
     if lm is not None:
         if isinstance(exc, lm.RateLimitError):
-            return RateLimitedError(
-                message, kind="rate_limited", status_code=429,
-                retry_after=parse_retry_after(headers_of(exc)), error_type=name,
-            )
+            return RateLimitedError(message, kind="rate_limited", status_code=429, retry_after=retry_after,
+                                    error_type=name)
         terminal_kinds = (
             (lm.ContextWindowExceededError, "context_window"),
             (lm.ContentPolicyViolationError, "content_policy"),
@@ -123,7 +218,8 @@ def translate_error(exc: BaseException, secrets: tuple[str, ...] | list[str] = (
             if isinstance(exc, cls):
                 return TerminalError(message, kind=kind, status_code=status, error_type=name)
         if isinstance(exc, (lm.ServiceUnavailableError, lm.BadGatewayError, lm.InternalServerError)):
-            return RetryableError(message, kind="server_error", status_code=status, error_type=name)
+            return RetryableError(message, kind="server_error", status_code=status, retry_after=retry_after,
+                                  error_type=name)
         if isinstance(exc, lm.APIConnectionError):
             return RetryableError(message, kind="connection", status_code=None, error_type=name)
         if isinstance(exc, lm.APIError) and status is not None and status < 400:
@@ -134,10 +230,26 @@ def translate_error(exc: BaseException, secrets: tuple[str, ...] | list[str] = (
         kind = "timeout" if isinstance(exc, anthropic.APITimeoutError) else "connection"
         return RetryableError(message, kind=kind, status_code=None, error_type=name)
     if status is not None and status >= 400:
-        return error_for_status(status, message, error_type=name, retry_after=parse_retry_after(headers_of(exc)))
+        return error_for_status(status, message, code=_code_of(exc), error_type=name, retry_after=retry_after)
     if isinstance(exc, (ConnectionError, OSError)) or _is_transport_error(exc):
         return RetryableError(message, kind="connection", error_type=name)
     return TerminalError(message, kind="unknown", status_code=status, error_type=name)
+
+
+def _code_of(exc: BaseException) -> object:
+    """The provider's error code or type on an exception (the OpenAI SDK's `code`/`type`, or its body's)."""
+    for name in ("code", "type"):
+        value = getattr(exc, name, None)
+        if isinstance(value, str) and value.lower() in BUDGET_CODES:
+            return value
+    body = getattr(exc, "body", None)
+    error = body.get("error", body) if isinstance(body, Mapping) else None
+    if isinstance(error, Mapping):
+        for name in ("code", "type"):
+            value = error.get(name)
+            if isinstance(value, str) and value.lower() in BUDGET_CODES:
+                return value
+    return None
 
 
 def _transport_cause(exc: BaseException) -> BaseException | None:

@@ -30,7 +30,7 @@ from batchrun.errors import (
 from batchrun.job.sections import Params, PricesSpec
 from batchrun.providers import tuning
 from batchrun.providers.cache import ResponseCache
-from batchrun.providers.error_mapping import translate_error
+from batchrun.providers.error_mapping import provider_headers, translate_error, upstream_attempts
 from batchrun.providers.litellm_setup import import_litellm, openai_transport
 from batchrun.providers.seam import ChatRequest, Provider, RequestOptions
 from batchrun.providers.tuning import (
@@ -110,22 +110,25 @@ def _completion_from(response: Any, prices: PricesSpec | None,
     source = "provider"
     if usage is None and estimate is not None:
         usage, source = estimate(text, tool_calls), "estimated"
+    hidden = getattr(response, "_hidden_params", None) or {}
+    headers = hidden.get("additional_headers") or {}
+    cost_source: str | None = None
     if usage is None:
         cost, status = None, "no_usage"
     elif prices is not None:
-        cost, status = _job_price(usage, prices), "job_prices"
+        cost, status, cost_source = _job_price(usage, prices), "job_prices", "job_prices"
     elif source == "provider":
-        hidden = getattr(response, "_hidden_params", None) or {}
         cost = hidden.get("response_cost")
         if cost is not None:
             cost, status = float(cost), "litellm"
+            cost_source = "endpoint" if _endpoint_priced(headers, cost) else "price_map"
         else:
             status = "unpriced_model"
     else:  # litellm's response_cost priced the zeros: price the estimate instead
         cost = cost_per_token(usage) if cost_per_token is not None else None
         status = "unpriced_model"
     if source == "estimated" and cost is not None:
-        status = "estimated"
+        status = cost_source = "estimated"
     return Completion(
         text=text,
         finish_reason=getattr(choice, "finish_reason", None),
@@ -136,7 +139,19 @@ def _completion_from(response: Any, prices: PricesSpec | None,
         tool_calls=tool_calls,
         usage_source=source,
         rate_limit_headers=_rate_limit_headers(response),
+        cost_source=cost_source,
+        upstream_attempts=upstream_attempts(headers),
     )
+
+
+def _endpoint_priced(headers: Mapping[str, Any], cost: float) -> bool:
+    """Whether litellm's response_cost is the endpoint's own figure: a LiteLLM proxy sends
+    x-litellm-response-cost, and litellm takes it over its price map when it is there."""
+    reported = provider_headers(headers).get("x-litellm-response-cost")
+    try:
+        return reported is not None and abs(float(reported) - cost) <= 1e-12 + 1e-9 * abs(cost)
+    except ValueError:
+        return False
 
 
 def _rate_limit_headers(response: Any) -> dict[str, str] | None:
@@ -344,16 +359,21 @@ class LiteLLMProvider:
         if usage is None:
             usage, source = self._estimate_usage(request, text, tool_calls), "estimated"
         hidden = getattr(built, "_hidden_params", None) or {}
+        # a stream's cost is litellm's (its price map): a proxy cannot send a stream's cost in the
+        # headers it sends before the stream, and litellm writes its own figure under that header name
+        cost_source: str | None = None
         cost: float | None
         if self.prices is not None:
-            cost, status = _job_price(usage, self.prices), "job_prices"
+            cost, status, cost_source = _job_price(usage, self.prices), "job_prices", "job_prices"
         elif source == "provider" and hidden.get("response_cost") is not None:
-            cost, status = float(hidden["response_cost"]), "litellm"
+            cost, status, cost_source = float(hidden["response_cost"]), "litellm", "price_map"
         else:
             cost = self._cost_per_token(usage)
             status = "litellm" if cost is not None else "unpriced_model"
+            cost_source = "price_map" if cost is not None else None
         if source == "estimated" and cost is not None:
-            status = "estimated"
+            status = cost_source = "estimated"
+        stream_headers = (getattr(stream, "_hidden_params", None) or {}).get("additional_headers") or {}
         return Completion(
             text=text,
             finish_reason=getattr(choice, "finish_reason", None),
@@ -365,6 +385,8 @@ class LiteLLMProvider:
             ttft_ms=ttft_ms,
             usage_source=source,
             rate_limit_headers=_rate_limit_headers(stream),  # the wrapper keeps the response headers
+            cost_source=cost_source,
+            upstream_attempts=upstream_attempts(stream_headers),
         )
 
     def _estimate_usage(self, request: ChatRequest, text: str, tool_calls: tuple[ToolCall, ...]) -> Usage:

@@ -40,6 +40,10 @@ class JsonlScan:
     total_tokens: int = 0  # sum of the valid lines' usage.total_tokens
     cache_hits: int = 0  # lines with "cache_hit": true (reused answers)
     cost_saved_usd: float = 0.0  # their cost_saved_usd
+    requests: int = 0  # the lines' attempts: requests batchrun sent
+    upstream_requests: int = 0  # what the endpoint (a LiteLLM proxy) reported it sent upstream for them
+    upstream_lines: int = 0  # lines that report it
+    upstream_unreported: int = 0  # attempts of those lines whose answer did not say
     last_by_id: dict[str, Line] | None = None  # only when asked (errors file)
 
 
@@ -83,6 +87,11 @@ def scan_jsonl(path: Path, *, keep_last: bool = False, totals: bool = True) -> J
                             scan.cache_hits += money.cache_hit
                             scan.cost_saved_usd += money.cost_saved_usd
                             scan.total_tokens += money.total_tokens
+                            scan.requests += money.requests
+                            if money.upstream_requests is not None:
+                                scan.upstream_requests += money.upstream_requests
+                                scan.upstream_lines += 1
+                                scan.upstream_unreported += money.upstream_unreported
                         scan.lines += 1
                         scan.valid_bytes += len(raw)
                         continue

@@ -10,7 +10,10 @@
                                 truth), the manifest's state and last summary:
                                 what `batchrun status` prints; with a --limit,
                                 what the last run was asked to do (asked,
-                                pending_asked) apart from the input not asked yet
+                                pending_asked) apart from the input not asked yet;
+                                for a run still "running" (alive or killed -9), whose
+                                manifest summary is the one it started with, that
+                                run's counts from the files (`current_run`, run_counts)
     compare_status(path)        one run_status per model of a compare directory
     batch_parts(run_dir)        a batch-mode run's parts (batches.json), or None
     status_from_counts(...)     that JSON from counts: `batchrun serve` builds it from
@@ -171,20 +174,58 @@ def run_status(run_dir: Path) -> RunStatus:
     failed_ids = errors.ids - results.ids
     rejects = run_dir / REJECTS
     rejected = rejects.read_bytes().count(b"\n") if rejects.exists() else 0
-    return status_from_counts(run_dir, manifest, done=done, failed=len(failed_ids), cost_usd=cost,
-                              unpriced=unpriced, total_tokens=tokens, rejected_lines=rejected,
-                              cache_hits=results.cache_hits, cost_saved_usd=results.cost_saved_usd,
-                              done_ids=results.ids)
+    status = status_from_counts(run_dir, manifest, done=done, failed=len(failed_ids), cost_usd=cost,
+                                unpriced=unpriced, total_tokens=tokens, rejected_lines=rejected,
+                                cache_hits=results.cache_hits, cost_saved_usd=results.cost_saved_usd,
+                                done_ids=results.ids, requests=results.requests + errors.requests,
+                                upstream_requests=(results.upstream_requests + errors.upstream_requests
+                                                   if results.upstream_lines + errors.upstream_lines else None),
+                                upstream_unreported=results.upstream_unreported + errors.upstream_unreported)
+    if manifest.get("state") == "running" and isinstance(manifest.get("run"), int):
+        # the manifest's summary was written when the run started (all zeros): what that run did so far,
+        # running or killed, is in the files
+        status["current_run"] = run_counts(run_dir, manifest["run"])
+    return status
+
+
+def run_counts(run_dir: Path, run: int) -> dict[str, Any]:
+    """What run `run` of a directory has on disk: tickets done and failed, money spent, requests
+    sent and the upstream requests the endpoint reported (for a run still going, or one that died
+    before writing its summary)."""
+    from batchrun.records import line_money
+    from batchrun.rundir.layout import ERRORS, RESULTS
+    from batchrun.rundir.lines import iter_lines
+
+    counts: dict[str, Any] = {"run": run, "done": 0, "failed": 0, "cost_usd": 0.0, "requests": 0,
+                              "upstream_requests": None}
+    done: set[str] = set()
+    failed: set[str] = set()
+    for name, ids in ((RESULTS, done), (ERRORS, failed)):
+        for line in iter_lines(Path(run_dir) / name):
+            if line.get("run") != run:
+                continue
+            ids.add(str(line["id"]))
+            money = line_money(line)
+            counts["cost_usd"] += money.spent_usd
+            counts["requests"] += money.requests
+            if money.upstream_requests is not None:
+                counts["upstream_requests"] = (counts["upstream_requests"] or 0) + money.upstream_requests
+    counts["done"], counts["failed"] = len(done), len(failed - done)
+    counts["cost_usd"] = round(counts["cost_usd"], 6)
+    return counts
 
 
 def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int, failed: int, cost_usd: float,
                        unpriced: int, total_tokens: int, rejected_lines: int, cache_hits: int = 0,
                        cost_saved_usd: float = 0.0, live: bool | None = None,
-                       done_ids: AbstractSet[str] | None = None) -> RunStatus:
+                       done_ids: AbstractSet[str] | None = None, requests: int | None = None,
+                       upstream_requests: int | None = None, upstream_unreported: int = 0) -> RunStatus:
     """The status JSON (`batchrun status --json`, and `batchrun serve`'s /api/runs/NAME) from a
     run directory's counts: the one definition of its keys and rounding. `live`: whether a run
     holds the lock (None: probe it here); `done_ids`: the ids with a result (None: read them,
-    only for a dead run, to name its tickets left in flight)."""
+    only for a dead run, to name its tickets left in flight); `requests`: the requests the lines
+    record (all runs), `upstream_requests` what the endpoint reported it sent upstream for them
+    (None: it never said), `upstream_unreported` the attempts whose answer did not say."""
     from batchrun.rundir.checkpoint import lock_state
     from batchrun.rundir.journal import open_inflight
     from batchrun.rundir.layout import RESULTS
@@ -230,10 +271,15 @@ def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int,
         "cache_hits": cache_hits,
         "cost_saved_usd": round(cost_saved_usd, 6),
         "total_tokens": total_tokens,
+        "requests": requests,  # all runs, as the lines record them
+        "upstream_requests": upstream_requests,
+        "upstream_unreported": upstream_unreported if upstream_requests is not None else 0,
         "started_at": manifest.get("started_at"),
         "finished_at": manifest.get("finished_at"),
         "error": manifest.get("error"),
-        "last_summary": manifest.get("summary"),
+        # a run still "running" (alive, or killed) has the summary it was started with: all zeros
+        "last_summary": manifest.get("summary") if manifest.get("state") != "running" else None,
+        "current_run": None,  # run_status: that run's counts from the files
         "batch": batch_parts(run_dir),
         "maybe_billed_before": len(maybe_billed),
         "maybe_billed_before_ids": maybe_billed[:100],

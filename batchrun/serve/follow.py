@@ -217,6 +217,8 @@ class UnitNumbers:
         self.failure_lines_by_kind: dict[str, int] = {}  # errors.jsonl lines by kind (every run)
         self.messages: dict[str, deque[FailureMessage]] = {}  # kind -> the latest few
         self.requests = 0  # attempts of every line
+        self.upstream_requests: int | None = None  # what the endpoint (a LiteLLM proxy) reported sending upstream
+        self.upstream_unreported = 0  # attempts of reporting lines whose answer did not say
         self.latest_run: int | None = None  # the highest "run" seen: the series follows it
         self.series = TimeSeries()
         self.recent: deque[RecentAnswer] = deque(maxlen=RECENT_ANSWERS)  # latest answers
@@ -253,6 +255,7 @@ class UnitNumbers:
             self.ttft.add(float(ttft))
         attempts = _int(line.get("attempts"))
         self.requests += attempts
+        self._add_upstream(money.upstream_requests, money.upstream_unreported)
         run = self._run_of(line)
         t = line_time(line.get("finished_at"))
         if t is not None and (run is None or run == self.latest_run):
@@ -270,9 +273,11 @@ class UnitNumbers:
         kind = str(line.get("error_kind") or "unknown")
         self.failed[ticket_id] = kind
         self.failure_lines_by_kind[kind] = self.failure_lines_by_kind.get(kind, 0) + 1
-        self.errors_cost += line_money(line).spent_usd  # answers paid for, then rejected
+        money = line_money(line)
+        self.errors_cost += money.spent_usd  # answers paid for, then rejected
         attempts = _int(line.get("attempts"))
         self.requests += attempts
+        self._add_upstream(money.upstream_requests, money.upstream_unreported)
         run = self._run_of(line)
         t = line_time(line.get("time"))
         if t is not None and (run is None or run == self.latest_run):
@@ -281,6 +286,11 @@ class UnitNumbers:
         self.messages.setdefault(kind, deque(maxlen=MESSAGES_PER_KIND)).append({
             "id": ticket_id, "message": str(message)[:500] if message is not None else None,
             "status_code": line.get("status_code"), "time": line.get("time"), "run": line.get("run")})
+
+    def _add_upstream(self, upstream: int | None, unreported: int) -> None:
+        if upstream is not None:
+            self.upstream_requests = (self.upstream_requests or 0) + upstream
+            self.upstream_unreported += unreported
 
     @property
     def cost_usd(self) -> float:

@@ -90,7 +90,8 @@ class UnitDetail(TypedDict):
     state: str
     status: StoredJSON  # rundir.status_from_counts
     progress: float | None
-    requests: int
+    requests: int  # sent by batchrun, as the lines record them (all runs)
+    upstream_requests: int | None  # what the endpoint (a LiteLLM proxy) reported sending upstream; None: never said
     latest_run: int | None
     tokens: TokenTotals
     latency_ms: LatencyView

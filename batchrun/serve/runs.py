@@ -306,7 +306,8 @@ class UnitWatch:
         return status_from_counts(self.run_dir, self.manifest, done=n.done, failed=len(n.failed), cost_usd=n.cost_usd,
                                   unpriced=n.unpriced, total_tokens=n.total_tokens,
                                   rejected_lines=self.rejected_lines, cache_hits=n.cache_hits,
-                                  cost_saved_usd=n.cost_saved_usd, live=self.held)
+                                  cost_saved_usd=n.cost_saved_usd, live=self.held, requests=n.requests,
+                                  upstream_requests=n.upstream_requests, upstream_unreported=n.upstream_unreported)
 
     def signature(self) -> UnitSignature:
         """Changes whenever the run's files do: the key of the grading cache."""
@@ -334,7 +335,8 @@ class UnitWatch:
             "state": self.state,
             "status": status,
             "progress": round((status["done"] + status["failed"]) / total, 6) if total else None,
-            "requests": n.requests,
+            "requests": n.requests,  # sent by batchrun, as the lines record them (all runs)
+            "upstream_requests": n.upstream_requests,  # what the endpoint (a LiteLLM proxy) reported sending
             "latest_run": n.latest_run,
             "tokens": {"prompt": n.prompt_tokens, "completion": n.completion_tokens, "total": n.total_tokens},
             "latency_ms": {**percentiles(n.latency), "n": n.latency.n},  # within about 1% (log buckets)

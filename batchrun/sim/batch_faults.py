@@ -31,9 +31,10 @@ Kinds that act on HTTP calls (``endpoint``: ``files`` (upload), ``file``
 ``calls``: 1-based numbers of calls to that endpoint it hits; empty: every
 call):
 
-``429`` / ``500`` / ``503``
+``401`` / ``429`` / ``500`` / ``503``
     that status in OpenAI's error shape, before the call does anything
-    (``retry_after`` seconds in ``retry-after`` for a 429, default 1).
+    (``retry_after`` seconds in ``retry-after`` for a 429, default 1; a 401
+    is ``invalid_api_key``).
 ``create_lost``
     (``endpoint`` create) the batch IS created, then the answer is a 500:
     the case of a create whose response was lost, which a client that
@@ -53,7 +54,7 @@ from typing import TypeAlias
 from batchrun.sim.jsontypes import RuleOptions
 
 BATCH_KINDS = frozenset({"invalid", "expire", "fail_lines", "all_failed", "slow"})
-CALL_KINDS = frozenset({"429", "500", "503", "create_lost"})
+CALL_KINDS = frozenset({"401", "429", "500", "503", "create_lost"})
 ENDPOINTS = frozenset({"files", "file", "content", "create", "retrieve", "list", "cancel"})
 _KEYS = ("kind", "batches", "rate", "endpoint", "calls", "retry_after")
 

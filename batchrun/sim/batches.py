@@ -334,6 +334,9 @@ class BatchSimulator:
                     return error(429, "Rate limit reached for batch requests (simulated fault)",
                                  "rate_limit_exceeded", "rate_limit_exceeded",
                                  headers={"retry-after": _seconds(rule.retry_after)})
+                if rule.kind == "401":
+                    return error(401, "Incorrect API key provided (simulated fault)", "invalid_request_error",
+                                 "invalid_api_key")
                 return error(int(rule.kind), "The server had an error while processing your request "
                              "(simulated fault)", "server_error")
         return None

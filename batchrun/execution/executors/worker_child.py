@@ -136,6 +136,8 @@ class RemoteHooks:
 
     def attempt_failed(self, request: ChatRequest, attempt: int, error: RequestError) -> None:
         self.send({"t": "failed", "id": request.ticket_id, "attempt": attempt, "error": error_to_wire(error)})
+        if error.kind == "budget_exceeded":  # the endpoint's budget is spent: halt here at once, not
+            self.halt_now()                  # a frame later (the coordinator halts every other worker)
         if (self.lease is not None and isinstance(error, RateLimitedError) and error.retry_after
                 and error.retry_after <= self.max_retry_after_s):
             self.gate.pause_all(error.retry_after)

@@ -179,6 +179,11 @@ function renderRun(run) {
       : fmt.num(recentRate(single.series, "concurrency", running), 1);
     cards.push(metric(single.concurrency_settled ? "concurrency settled (auto)" : "concurrency observed", conc,
                       single.concurrency_settled ? "where AIMD settled" : "time in requests / wall time"));
+    // requests batchrun sent, and those the endpoint (a LiteLLM proxy) reported it made upstream
+    cards.push(metric("requests", fmt.int(single.requests),
+                      single.upstream_requests === null || single.upstream_requests === undefined
+                        ? "sent by batchrun (all runs)"
+                        : `sent by batchrun; ${fmt.int(single.upstream_requests)} made upstream by the proxy`, "requests"));
   }
   const costCard = metric("cost", fmt.usd(run.cost_usd),
     budget ? `of ${fmt.usd(budget)} budget (${fmt.pct(run.cost_usd / budget)})` : (run.unpriced_results ? `${run.unpriced_results} result(s) unpriced` : "no budget set"), "cost");
