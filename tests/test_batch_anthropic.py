@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from conftest import batchrun_cmd, crashing_batchrun_cmd, read_jsonl
+from test_batch_refusals import assert_one_line
 from test_batch_mode import (
     WINDOW_FAST,
     assert_exactly_once,
@@ -92,6 +93,7 @@ def test_claude_batch_answers_as_online_at_half_the_anthropic_price(make_job, tm
         assert not errors
         assert_one_batch_per_part(sim, tmp_path / "run")
         assert {r["cost_status"] for r in results} == {"litellm_batch"}
+        assert {r["cost_source"] for r in results} == {"price_map"}  # as LiteLLMBatchAPI's lines say
         assert all(r["usage"]["total_tokens"] > 0 and r["attempts"] == 1 for r in results)
         assert all(r["usage"]["cache_read_input_tokens"] == 0 for r in results)  # the simulator caches nothing
         assert batch_stats(sim)["calls"].get("files") is None  # nothing uploaded: the requests go inline
@@ -182,18 +184,37 @@ def test_requests_anthropic_refuses_end_in_errors_without_a_retry(make_job, tmp_
         assert len(ledger_parts(tmp_path / "run")) == 1
 
 
-def test_a_batch_anthropic_refuses_at_create_stops_the_run_with_its_reason(make_job, tmp_path, cli_env):
+def test_a_batch_anthropic_refuses_at_create_stops_the_run_in_one_line(make_job, tmp_path, cli_env):
     job_path = claude_job(make_job, 10)
     with start(batch_faults=("invalid:batches=1",)) as sim:
         refused = subprocess.run(batchrun_cmd("run", str(job_path), "--api-base", sim.base_url, "--no-progress"),
                                  env=cli_env, capture_output=True, text=True, timeout=300)
-        assert refused.returncode == 1, refused.stderr[-2000:]
-        assert "batchrun: error: bad_request (HTTP 400)" in refused.stderr and "Traceback" not in refused.stderr
+        assert refused.returncode == 2, refused.stderr[-2000:]  # as a 400 from any files/batches endpoint
+        assert_one_line(refused, f"POST {sim.root_url}/v1/messages/batches answered HTTP 400", "simulated fault",
+                        "re-run the same command")
         manifest = orjson.loads((tmp_path / "run" / "manifest.json").read_bytes())
         assert manifest["state"] == "failed" and "simulated fault" in manifest["error"]
         assert batch_stats(sim)["batches_created"] == 0
         assert read_jsonl(tmp_path / "run" / "results.jsonl") == []
         assert [p["state"] for p in ledger_parts(tmp_path / "run")] == ["uploaded"]  # created on a re-run
+
+
+@pytest.mark.parametrize("fault, code, expected", [
+    ("401:endpoint=create", 4, ("POST {root}/v1/messages/batches answered HTTP 401", "check the key")),
+    ("500:endpoint=retrieve", 1, ("GET {root}/v1/messages/batches/msgbatch_", "answered HTTP 500",
+                                  "kept failing after the retries")),
+])
+def test_a_message_batches_endpoint_that_refuses_ends_in_one_line_with_the_online_exit_code(
+        make_job, tmp_path, cli_env, fault, code, expected):
+    job_path = claude_job(make_job, 10)
+    with start(batch_faults=(fault,)) as sim:
+        proc = subprocess.run(batchrun_cmd("run", str(job_path), "--api-base", sim.base_url, "--no-progress"),
+                              env=cli_env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == code, proc.stderr[-2000:]
+        assert_one_line(proc, *(text.format(root=sim.root_url) for text in expected))
+        assert "sim-key" not in proc.stderr
+        assert batch_stats(sim)["batches_created"] == (0 if code == 4 else 1)
+        assert len(ledger_parts(tmp_path / "run")) == 1  # the ledger kept: the same command resumes
 
 
 def test_a_part_in_progress_past_its_window_is_cancelled_and_the_rest_resubmitted(make_job, tmp_path):

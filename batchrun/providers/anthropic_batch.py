@@ -48,7 +48,7 @@ from typing import Awaitable, Mapping, TypeVar
 
 import orjson
 
-from batchrun.errors import ConfigurationError, RequestError
+from batchrun.errors import ConfigurationError, RequestError, redact_url
 from batchrun.job.sections import Params, PricesSpec
 from batchrun.providers.batch_api import batch_prices_of
 from batchrun.providers.error_mapping import error_for_status, translate_error
@@ -254,15 +254,18 @@ class AnthropicBatchAPI:
                           total_tokens=int(got.total_tokens),
                           cache_read_input_tokens=caches["cache_read_input_tokens"],
                           cache_creation_input_tokens=caches["cache_creation_input_tokens"])
+        source = None
         if usage is None:
             cost, status = None, "no_usage"
         elif prices is None:
             cost, status = None, "unpriced_model"
         else:
             cost, status = prices.cost(usage), prices.status
+            source = "job_prices" if prices.status.startswith("job_prices") else "price_map"
         return Completion(text=(getattr(reply, "content", None) or "") if reply is not None else "",
                           finish_reason=getattr(choice, "finish_reason", None), model=getattr(response, "model", None),
-                          usage=usage, cost_usd=cost, cost_status=status, tool_calls=_tool_calls_of(reply))
+                          usage=usage, cost_usd=cost, cost_status=status, tool_calls=_tool_calls_of(reply),
+                          cost_source=source)
 
     def batch_prices(self) -> BatchPrices | None:
         return batch_prices_of(self.model, self.prices)
@@ -286,11 +289,21 @@ class AnthropicBatchAPI:
                 "output_file_id": data.get("id") if data.get("results_url") else None, "error_file_id": None,
                 "errors": None, "created_at": _epoch(data.get("created_at")), "cancel_initiated": cancelled}
 
-    async def _call(self, call: Awaitable[T]) -> T:
+    def _endpoint(self, method: str, path: str) -> str:
+        """The call an error names: "POST https://api.anthropic.com/v1/messages/batches" (the SDK's
+        base URL, credentials in it redacted)."""
+        return f"{method} {redact_url(str(self._client.base_url)).rstrip('/')}/v1/messages/batches{path}"
+
+    def _refused(self, exc: Exception, method: str, path: str) -> RequestError:
+        error = translate_error(exc, self._secrets)
+        error.endpoint = error.endpoint or self._endpoint(method, path)
+        return error
+
+    async def _call(self, call: Awaitable[T], method: str, path: str = "") -> T:
         try:
             return await call
         except Exception as exc:  # cancellation passes through
-            raise translate_error(exc, self._secrets) from None
+            raise self._refused(exc, method, path) from None
 
     async def create_file(self, path: str | os.PathLike[str]) -> Reply:
         raise NotImplementedError("Anthropic takes a batch's requests inline (inline_requests): nothing is uploaded")
@@ -309,17 +322,18 @@ class AnthropicBatchAPI:
         del lines
         batch = await self._call(self._client.post(
             "/v1/messages/batches", cast_to=self._sdk.types.messages.MessageBatch, content=body,
-            options={"headers": headers, "timeout": self.timeout_s}))
+            options={"headers": headers, "timeout": self.timeout_s}), "POST")
         return self._batch(batch)
 
     async def retrieve_batch(self, batch_id: str) -> Reply:
-        return self._batch(await self._call(self._client.messages.batches.retrieve(batch_id)))
+        return self._batch(await self._call(self._client.messages.batches.retrieve(batch_id), "GET", f"/{batch_id}"))
 
     async def cancel_batch(self, batch_id: str) -> Reply:
         """Ask for a cancel; a batch that has ended already is a 409 (as OpenAI answers), whatever
         Anthropic answered."""
         try:
-            return self._batch(await self._call(self._client.messages.batches.cancel(batch_id)))
+            return self._batch(await self._call(self._client.messages.batches.cancel(batch_id), "POST",
+                                                f"/{batch_id}/cancel"))
         except RequestError as exc:
             if exc.status_code is None or not 400 <= exc.status_code < 500:
                 raise
@@ -334,7 +348,7 @@ class AnthropicBatchAPI:
         kwargs: dict[str, int | str] = {"limit": limit}
         if after:
             kwargs["after_id"] = after
-        page = await self._call(self._client.messages.batches.list(**kwargs))
+        page = await self._call(self._client.messages.batches.list(**kwargs), "GET")
         return {"data": [self._batch(b) for b in page.data], "has_more": bool(page.has_more),
                 "last_id": getattr(page, "last_id", None)}
 
@@ -370,7 +384,7 @@ class AnthropicBatchAPI:
         except Exception as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            raise translate_error(exc, self._secrets) from None
+            raise self._refused(exc, "GET", f"/{file_id}/results") from None
         os.replace(tmp, dest)
         return size
 
