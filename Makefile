@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.test-tools-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-run run test typecheck status clean compare bench plan report
+.PHONY: help install install-run run test test-fast typecheck status clean compare bench plan report
 
 help:  ## this list (make with no target)
 	@echo "batchrun: make TARGET [JOB=jobs/....toml] [ARGS=...]"
@@ -53,7 +53,8 @@ report: install-run  ## grade JOB's run directory (or RUN_DIR) against gold labe
 # simulators rather than compute, so three pytest-xdist workers keep 2 cores busy (PYTEST_WORKERS=0:
 # one process). The `ray` tests then run alone, in one process: each xdist worker would start its own
 # Ray, and three Rays on 2 cores starve the actors those tests measure. --dist loadgroup keeps a module
-# marked xdist_group on one worker (tests/test_real_proxy.py: its LiteLLM proxies start once).
+# marked xdist_group on one worker (tests/test_real_proxy.py: its LiteLLM proxies start once). Every
+# test runs, the slow ones included (docs/internals.md, "Development").
 PYTEST_WORKERS ?= 3
 test: $(TEST_STAMP)  ## install the test tools too, then run the whole suite
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not ray" $(PYTEST_ARGS); rc=$$?; \
@@ -61,6 +62,15 @@ test: $(TEST_STAMP)  ## install the test tools too, then run the whole suite
 	$(BIN)/python -m pytest -q -m ray $(PYTEST_ARGS); rc2=$$?; \
 	if [ $$rc2 -eq 5 ]; then echo "pytest: no ray tests collected"; rc2=0; fi; \
 	[ $$rc -eq 0 ] && [ $$rc2 -eq 0 ]
+
+# The inner loop: the unit and in-process integration tests, selected by markers (pyproject.toml):
+# not `slow` (a service through hundreds of tickets, kills, signals, timers, worker processes),
+# not `ray`, `browser` or `service`. Under 2 minutes on 2 cores; `make test` runs these and the rest.
+FAST_MARKERS := not slow and not ray and not browser and not service and not proxy
+test-fast: $(TEST_STAMP)  ## the inner loop: every test not marked slow, ray, browser, service or proxy
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "$(FAST_MARKERS)" $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; \
+	[ $$rc -eq 0 ]
 
 typecheck: $(TEST_STAMP)  ## mypy over batchrun/ (the seams are Protocols; settings in pyproject.toml)
 	$(BIN)/python -m mypy

@@ -2,6 +2,16 @@
 
 Nothing here leaves the machine: every request goes to the embedded
 simulator, started as a child process on a free loopback port.
+
+Three ways to run the command line, cheapest first:
+  * `invoke_cli(ARGS)`: in this process (click's runner), for what reads a
+    command's output and exit code (refusals, error messages, help, status);
+  * `cli_run(batchrun_cmd(ARGS), ...)` / `cli_popen(...)`: a real process
+    (its own pid, stdio, exit status, signals) forked from a warm process that
+    imported litellm once per pytest process (tests/forkserver.py), for runs,
+    signals and kills;
+  * `subprocess.run(batchrun_cmd(ARGS), ...)`: a fresh interpreter, where what
+    is checked is the start of one (the first import of litellm).
 """
 
 from __future__ import annotations
@@ -14,6 +24,11 @@ from typing import Any, Callable, Iterator
 
 import orjson
 import pytest
+
+from forkserver import STATS as WARM_CLI_STATS
+from forkserver import cli_popen, cli_run, stop_server
+
+__all__ = ["cli_popen", "cli_run"]  # re-exported for the test modules
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data" / "tickets.jsonl"
@@ -115,16 +130,19 @@ class InvokeResult:
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
 
 
-def invoke_cli(*args: str, key: str = "sim-key") -> InvokeResult:
+def invoke_cli(*args: str, key: str | None = "sim-key") -> InvokeResult:
     """`batchrun ARGS` in this process (click's runner), so litellm is imported once per test
     session rather than once per command; worker processes (--workers 2) are real all the same.
-    The job's BATCHRUN_TEST_KEY is set for the call only."""
+    The job's BATCHRUN_TEST_KEY is set for the call only (key=None: unset for the call)."""
     from click.testing import CliRunner
 
     from batchrun.cli import main
 
     saved = os.environ.get("BATCHRUN_TEST_KEY")
-    os.environ["BATCHRUN_TEST_KEY"] = key
+    if key is None:
+        os.environ.pop("BATCHRUN_TEST_KEY", None)
+    else:
+        os.environ["BATCHRUN_TEST_KEY"] = key
     try:
         result = CliRunner().invoke(main, list(args), catch_exceptions=False)
     finally:
@@ -133,3 +151,13 @@ def invoke_cli(*args: str, key: str = "sim-key") -> InvokeResult:
         else:
             os.environ["BATCHRUN_TEST_KEY"] = saved
     return InvokeResult(result.exit_code, result.stdout, result.stderr)
+
+
+def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
+    stop_server()  # the warm batchrun server of this pytest process (xdist: of this worker)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if WARM_CLI_STATS:  # without xdist: how the command lines ran (tests/forkserver.py)
+        terminalreporter.write_line("command lines: " + ", ".join(f"{n} {how}" for how, n in
+                                                                  sorted(WARM_CLI_STATS.items())))

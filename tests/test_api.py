@@ -28,6 +28,7 @@ def readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow  # a fresh interpreter that imports litellm
 def test_the_readme_example_runs_as_written(tmp_path):
     code = readme_example().replace('"jobs/', f'"{ROOT}/jobs/')
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -11,7 +11,6 @@ being new parts).
 from __future__ import annotations
 
 import json
-import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,7 @@ import anyio
 import orjson
 import pytest
 
-from conftest import batchrun_cmd, crashing_batchrun_cmd, read_jsonl
-
-pytestmark = pytest.mark.slow
+from conftest import batchrun_cmd, cli_run, crashing_batchrun_cmd, read_jsonl
 
 WINDOW_FAST = 86400.0 * 4  # batch_time_scale: a 24 h window passes in 0.25 s
 
@@ -93,6 +90,7 @@ def assert_one_batch_per_part(sim: Any, run_dir: Path) -> None:
 # -- the happy path, cost, no-wait --------------------------------------------------------
 
 
+@pytest.mark.slow  # batch mode through several simulator round trips
 def test_batch_run_writes_online_shaped_results_at_half_the_online_price(make_job, tmp_path):
     from batchrun.execution.engine import execute_run
     from batchrun.execution.preparation import prepare_run
@@ -124,6 +122,7 @@ def test_batch_run_writes_online_shaped_results_at_half_the_online_price(make_jo
     assert abs(batch_cost / online_cost - 0.5) <= 0.005
 
 
+@pytest.mark.slow  # batch mode through several simulator round trips
 def test_no_wait_submits_then_the_same_run_collects_without_resubmitting(make_job, tmp_path):
     job_path = batch_job(make_job, 30)
     with start(batch_time_scale=3600.0) as sim:
@@ -140,6 +139,7 @@ def test_no_wait_submits_then_the_same_run_collects_without_resubmitting(make_jo
         assert set(stats["lines_by_ticket"].values()) == {1}
 
 
+@pytest.mark.slow  # batch mode through several simulator round trips
 def test_parts_respect_request_and_byte_limits(make_job, tmp_path):
     job_path = batch_job(make_job, 25, top="batch_max_requests = 10\n")
     with start() as sim:
@@ -160,6 +160,7 @@ def test_parts_respect_request_and_byte_limits(make_job, tmp_path):
 # -- faults of the batch -----------------------------------------------------------------
 
 
+@pytest.mark.slow  # batch mode through several simulator round trips
 @pytest.mark.parametrize("fault, status", [
     ("fail_lines:batches=1,rate=0.3", "completed"),
     ("expire:batches=1,rate=0.4", "expired"),
@@ -187,6 +188,7 @@ def test_a_faulty_part_is_resubmitted_in_a_new_part_once(make_job, tmp_path, fau
             assert parts[1]["tickets"] == 24 and len(lines) == 40 and set(lines.values()) == {1}
 
 
+@pytest.mark.slow  # batch mode through several simulator round trips
 def test_tickets_that_keep_failing_end_in_errors_after_max_attempts(make_job, tmp_path):
     job_path = batch_job(make_job, 12)  # retry.max_attempts = 3
     with start(batch_faults=("fail_lines:rate=1",), batch_time_scale=WINDOW_FAST) as sim:
@@ -199,6 +201,7 @@ def test_tickets_that_keep_failing_end_in_errors_after_max_attempts(make_job, tm
         assert set(batch_stats(sim)["lines_by_ticket"].values()) == {3}
 
 
+@pytest.mark.slow  # batch mode through several simulator round trips
 def test_invalid_answers_are_asked_again_within_max_invalid_output_retries(make_job, tmp_path):
     job_path = batch_job(make_job, 8, top='labels = ["yes", "no"]\nmax_invalid_output_retries = 1\n')
     with start(batch_time_scale=WINDOW_FAST) as sim:
@@ -210,6 +213,7 @@ def test_invalid_answers_are_asked_again_within_max_invalid_output_retries(make_
         assert result.exit_code == 3
 
 
+@pytest.mark.slow  # batch mode through several simulator round trips
 def test_a_part_in_progress_past_its_window_is_cancelled_and_the_rest_resubmitted(make_job, tmp_path):
     job_path = batch_job(make_job, 40)
     with start(batch_faults=("slow:batches=1,rate=0.5",), batch_time_scale=WINDOW_FAST) as sim:
@@ -226,6 +230,7 @@ def test_a_part_in_progress_past_its_window_is_cancelled_and_the_rest_resubmitte
 # -- faults of the endpoints -------------------------------------------------------------
 
 
+@pytest.mark.slow  # batch mode through several simulator round trips
 def test_429_and_5xx_from_files_and_batches_endpoints_are_retried_without_duplicates(make_job, tmp_path):
     faults = ("429:endpoint=files,calls=1,retry_after=0.01", "500:endpoint=retrieve,calls=1",
               "503:endpoint=content,calls=1", "500:endpoint=create,calls=1")
@@ -238,6 +243,7 @@ def test_429_and_5xx_from_files_and_batches_endpoints_are_retried_without_duplic
         assert stats["calls"]["files"] == 2 and stats["calls"]["create"] == 2 and stats["calls"]["content"] == 2
 
 
+@pytest.mark.slow  # batch mode through several simulator round trips
 def test_a_create_whose_answer_was_lost_is_adopted_by_listing_not_created_again(make_job, tmp_path, monkeypatch):
     from batchrun.batch import run as batch_mode
 
@@ -253,6 +259,7 @@ def test_a_create_whose_answer_was_lost_is_adopted_by_listing_not_created_again(
         assert set(stats["lines_by_ticket"].values()) == {1}
 
 
+@pytest.mark.slow  # batch mode through several simulator round trips
 def test_adoption_pages_through_every_batch_and_filters_on_metadata(make_job, tmp_path, monkeypatch):
     from batchrun.batch import run as batch_mode
 
@@ -271,6 +278,7 @@ def test_adoption_pages_through_every_batch_and_filters_on_metadata(make_job, tm
         assert set(stats["lines_by_ticket"].values()) == {1}
 
 
+@pytest.mark.slow  # batch mode through several simulator round trips
 def test_cancel_keeps_what_completed_and_the_next_run_collects_the_rest(make_job, tmp_path):
     from batchrun.batch.cancel import cancel_batches
     from batchrun.providers.batch_api import LiteLLMBatchAPI
@@ -288,6 +296,7 @@ def test_cancel_keeps_what_completed_and_the_next_run_collects_the_rest(make_job
         assert_one_batch_per_part(sim, tmp_path / "run")
 
 
+@pytest.mark.slow  # batch mode through several simulator round trips
 def test_finish_online_cancels_the_running_part_and_leaves_the_rest_pending(make_job, tmp_path):
     job_path = batch_job(make_job, 40)
     with start(batch_faults=("slow:batches=1,rate=0.5",), batch_time_scale=3600.0) as sim:
@@ -302,6 +311,7 @@ def test_finish_online_cancels_the_running_part_and_leaves_the_rest_pending(make
 # -- kill -9 at every step, then run again ------------------------------------------------
 
 
+@pytest.mark.slow  # SIGKILL at each step of a 300-ticket batch run, then run again
 @pytest.mark.parametrize("point, fault", [
     ("building:30", None),
     ("uploaded", None),
@@ -316,9 +326,9 @@ def test_kill_9_at_any_step_then_run_again_ends_each_ticket_exactly_once(make_jo
     with start(batch_faults=(fault,) if fault else (), batch_time_scale=WINDOW_FAST) as sim:
         args = ("run", str(job_path), "--api-base", sim.base_url, "--no-progress")
         cmd = batchrun_cmd(*args)
-        killed = subprocess.run(crashing_batchrun_cmd(point, *args), env=cli_env, capture_output=True, timeout=300)
+        killed = cli_run(crashing_batchrun_cmd(point, *args), env=cli_env, capture_output=True, timeout=300)
         assert killed.returncode == -9, killed.stderr.decode()[-2000:]
-        again = subprocess.run(cmd, env=cli_env, capture_output=True, timeout=300)
+        again = cli_run(cmd, env=cli_env, capture_output=True, timeout=300)
         assert again.returncode == 0, again.stderr.decode()[-2000:]
         _, errors = assert_exactly_once(tmp_path / "run", ticket_ids(job_path))
         assert not errors

@@ -250,6 +250,7 @@ def _sane(r: dict[str, Any], tickets: int) -> None:
     assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"]
 
 
+@pytest.mark.slow  # a sweep: warm-up and a timed run per setting
 def test_sweep_writes_json_and_prints_table(tmp_path: Path, make_job: Any) -> None:
     result, report = _invoke(tmp_path, make_job)
     rows = report["rows"]
@@ -272,6 +273,7 @@ def test_sweep_writes_json_and_prints_table(tmp_path: Path, make_job: Any) -> No
     assert ("bench.png" in out)
 
 
+@pytest.mark.slow  # a sweep: warm-up and a timed run per setting
 def test_sweep_with_baseline(tmp_path: Path, make_job: Any) -> None:
     result, report = _invoke(tmp_path, make_job, "--baseline")
     for r in report["rows"]:
@@ -291,6 +293,7 @@ def test_sweep_with_baseline(tmp_path: Path, make_job: Any) -> None:
     assert all(r["baseline"]["transport"] == "openai-sdk" for r in report["rows"])
 
 
+@pytest.mark.slow  # a sweep: warm-up and a timed run per setting
 def test_auto_concurrency_is_compared_with_the_fixed_settings(tmp_path: Path, make_job: Any) -> None:
     job = make_job(12)
     out = tmp_path / "bench"
@@ -308,6 +311,7 @@ def test_auto_concurrency_is_compared_with_the_fixed_settings(tmp_path: Path, ma
     assert 'concurrency = "auto"' in result.stdout and "of the best fixed setting" in result.stdout
 
 
+@pytest.mark.slow  # a sweep: warm-up and a timed run per setting
 def test_stream_flag_is_accepted(tmp_path: Path, make_job: Any) -> None:
     result, report = _invoke(tmp_path, make_job, "--stream")
     supported = "stream" in JobSpec.model_fields  # the field is being added: skip gracefully until then
@@ -318,6 +322,7 @@ def test_stream_flag_is_accepted(tmp_path: Path, make_job: Any) -> None:
         _sane(r, 8)
 
 
+@pytest.mark.slow  # a sweep: warm-up and a timed run per setting
 def test_live_uses_the_jobs_endpoint_and_key(make_job: Any, sim: Any, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """--live: the job's model, api_base and key (here pointed at a simulator: nothing leaves 127.0.0.1)."""
@@ -346,6 +351,7 @@ def test_live_without_key_fails_before_sending(tmp_path: Path, make_job: Any,
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow  # a sweep with worker processes
 def test_a_multi_process_sweep_reuses_its_worker_processes(tmp_path: Path, make_job: Any) -> None:
     # the workers import litellm once, during the warm-up: no setting pays for it, and their CPU
     # (not in the OS's count of ended children while they live) is what they report per run

@@ -6,7 +6,6 @@ was followed: its last line cut as "torn" and new lines appended into it."""
 from __future__ import annotations
 
 import os
-import subprocess
 
 import anyio
 import orjson
@@ -17,7 +16,7 @@ from batchrun.rundir.layout import ERRORS, LOCK, MANIFEST, RESULTS
 from batchrun.rundir.checkpoint import CheckpointWriter, open_checkpoint
 from batchrun.rundir.manifest import write_manifest
 from batchrun.errors import CheckpointError, ExitCode
-from conftest import batchrun_cmd, read_jsonl
+from conftest import invoke_cli, read_jsonl
 
 
 def line(ticket_id: str) -> bytes:
@@ -134,14 +133,12 @@ def test_checkpoint_files_without_a_manifest_need_force(make_job, tmp_path):
     assert len(read_jsonl(run_dir / RESULTS)) == 10
 
 
-def test_the_run_command_refuses_a_manifestless_run_dir_until_force(make_job, tmp_path, cli_env):
+def test_the_run_command_refuses_a_manifestless_run_dir_until_force(make_job, tmp_path):
     job = make_job(5, concurrency=2, extra="[simulator]\nlatency_ms = 1\n")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / ERRORS).write_bytes(line("T000001"))
-    refused = subprocess.run(batchrun_cmd("run", str(job), "--no-progress"), env=cli_env,
-                             capture_output=True, text=True, timeout=120)
+    refused = invoke_cli("run", str(job), "--no-progress")
     assert refused.returncode == ExitCode.BAD_INPUT and "no manifest.json" in refused.stderr
-    forced = subprocess.run(batchrun_cmd("run", str(job), "--no-progress", "--force"), env=cli_env,
-                            capture_output=True, text=True, timeout=120)
+    forced = invoke_cli("run", str(job), "--no-progress", "--force")
     assert forced.returncode == ExitCode.OK, forced.stderr

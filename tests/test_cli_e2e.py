@@ -1,6 +1,8 @@
-"""The command line end to end, in subprocesses: real litellm, real HTTP to the
+"""The command line end to end, in real processes (forked from a warm one that
+imported litellm once: tests/forkserver.py): real litellm, real HTTP to the
 simulator, real signals. Resume is checked against the simulator's own count
-of requests per ticket id."""
+of requests per ticket id. The refusals, which only read a message and an exit
+code, run in this process (invoke_cli)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import orjson
 import pytest
 
 from batchrun.rundir.lines import scan_jsonl
-from conftest import batchrun_cmd, read_jsonl
+from conftest import batchrun_cmd, cli_popen, cli_run, invoke_cli, read_jsonl
 
 N_TICKETS = 240
 
@@ -29,7 +31,7 @@ def slow_sim() -> Iterator[Any]:
         yield process
 
 
-def wait_for_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+def wait_for_lines(path: Path, n: int, proc: Any, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists() and path.read_bytes().count(b"\n") >= n:
@@ -41,7 +43,7 @@ def wait_for_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 
 
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(batchrun_cmd(*args), env=env, capture_output=True, text=True, timeout=timeout)
+    return cli_run(batchrun_cmd(*args), env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def assert_exactly_once(results: Path, expected_ids: set[str]) -> list[dict]:
@@ -58,14 +60,15 @@ def input_ids(job: Path) -> set[str]:
     return {r["id"] for r in read_jsonl(job.parent / "tickets.jsonl")}
 
 
+@pytest.mark.slow  # 240 tickets, a signal, then resumed twice
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_stops_cleanly_and_rerun_resumes_without_repeats(make_job, tmp_path, slow_sim, cli_env,
                                                                  signum, code):
     job = make_job(N_TICKETS, concurrency=6)
     slow_sim.reset()
     args = ["run", str(job), "--api-base", slow_sim.base_url, "--no-progress"]
-    proc = subprocess.Popen(batchrun_cmd(*args), env=cli_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = cli_popen(batchrun_cmd(*args), env=cli_env, stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True)
     results = tmp_path / "run" / "results.jsonl"
     wait_for_lines(results, 30, proc)
     proc.send_signal(signum)
@@ -89,6 +92,7 @@ def test_signal_stops_cleanly_and_rerun_resumes_without_repeats(make_job, tmp_pa
     assert slow_sim.stats()["total_requests"] == N_TICKETS
 
 
+@pytest.mark.slow  # a SIGKILL loop over 240 tickets
 def test_sigkill_at_many_points_then_resume_is_exactly_once(make_job, tmp_path, slow_sim, cli_env):
     concurrency = 6
     job = make_job(N_TICKETS, concurrency=concurrency)
@@ -97,8 +101,8 @@ def test_sigkill_at_many_points_then_resume_is_exactly_once(make_job, tmp_path, 
     results = tmp_path / "run" / "results.jsonl"
     snapshots: list[tuple[set[str], dict[str, int]]] = []
     for kill_at in (3, 40, 95, 160):
-        proc = subprocess.Popen(batchrun_cmd(*args), env=cli_env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = cli_popen(batchrun_cmd(*args), env=cli_env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
         wait_for_lines(results, kill_at, proc)
         proc.kill()
         proc.wait(timeout=30)
@@ -160,33 +164,31 @@ def test_embedded_simulator_run_then_rerun_does_nothing(make_job, tmp_path, cli_
     assert status.returncode == 0 and "done" in status.stdout and "20" in status.stdout
 
 
-def test_bad_job_file_fails_before_any_request_naming_the_field(make_job, tmp_path, cli_env):
+def test_bad_job_file_fails_before_any_request_naming_the_field(make_job, tmp_path):
     job = make_job(5)
     job.write_text(job.read_text().replace("concurrency = 4", "concurrency = 0"))
-    result = run_cli(["run", str(job), "--no-progress"], cli_env)
+    result = invoke_cli("run", str(job), "--no-progress")
     assert result.returncode == 2
     assert "concurrency" in result.stderr and str(job) in result.stderr
     assert not (tmp_path / "run").exists()
 
 
-def test_bad_input_line_fails_before_any_request_naming_file_and_line(make_job, tmp_path, sim, cli_env):
+def test_bad_input_line_fails_before_any_request_naming_file_and_line(make_job, tmp_path, sim):
     job = make_job(5)
     tickets = tmp_path / "tickets.jsonl"
     lines = tickets.read_bytes().splitlines(keepends=True)
     lines.insert(3, b'{"id": "broken", "subject": \n')
     tickets.write_bytes(b"".join(lines))
     sim.reset()
-    result = run_cli(["run", str(job), "--api-base", sim.base_url, "--no-progress"], cli_env)
+    result = invoke_cli("run", str(job), "--api-base", sim.base_url, "--no-progress")
     assert result.returncode == 2
     assert f"{tickets}:4: invalid JSON" in result.stderr
     assert sim.stats()["total_requests"] == 0
 
 
-def test_missing_key_variable_is_named_and_nothing_is_sent(make_job, tmp_path, sim, cli_env):
+def test_missing_key_variable_is_named_and_nothing_is_sent(make_job, tmp_path, sim):
     job = make_job(5)
-    env = dict(cli_env)
-    env.pop("BATCHRUN_TEST_KEY")
-    result = run_cli(["run", str(job), "--api-base", sim.base_url, "--no-progress"], env)
+    result = invoke_cli("run", str(job), "--api-base", sim.base_url, "--no-progress", key=None)
     assert result.returncode == 2 and "BATCHRUN_TEST_KEY is not set" in result.stderr
 
 
@@ -196,14 +198,15 @@ def _worker_children(pid: int) -> list[int]:
     return children_of(pid)
 
 
+@pytest.mark.slow  # worker processes, SIGINT, SIGKILL
 def test_worker_processes_stop_on_sigint_and_die_with_a_killed_coordinator(make_job, tmp_path, slow_sim, cli_env):
     job = make_job(N_TICKETS, concurrency=8)
     slow_sim.reset()
     args = ["run", str(job), "--api-base", slow_sim.base_url, "--no-progress", "--workers", "2"]
     results = tmp_path / "run" / "results.jsonl"
 
-    proc = subprocess.Popen(batchrun_cmd(*args), env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = cli_popen(batchrun_cmd(*args), env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                     text=True)
     wait_for_lines(results, 20, proc)
     assert len(_worker_children(proc.pid)) == 2
     proc.send_signal(signal.SIGINT)
@@ -211,7 +214,7 @@ def test_worker_processes_stop_on_sigint_and_die_with_a_killed_coordinator(make_
     assert proc.returncode == 130, err
     assert set(slow_sim.stats()["requests_by_ticket"].values()) == {1}  # in flight finished, none repeated
 
-    proc = subprocess.Popen(batchrun_cmd(*args), env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = cli_popen(batchrun_cmd(*args), env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_lines(results, len(scan_jsonl(results).ids) + 20, proc)
     children = _worker_children(proc.pid)
     assert len(children) == 2
@@ -230,6 +233,7 @@ def test_worker_processes_stop_on_sigint_and_die_with_a_killed_coordinator(make_
     assert_exactly_once(results, input_ids(job))
 
 
+@pytest.mark.slow  # signals against 5 s requests
 def test_a_second_signal_stops_at_once_leaving_parseable_files(make_job, tmp_path, cli_env):
     from batchrun.sim.config import SimConfig
     from batchrun.sim.process import start_simulator
@@ -237,9 +241,9 @@ def test_a_second_signal_stops_at_once_leaving_parseable_files(make_job, tmp_pat
     job = make_job(60, concurrency=6)
     # 5 s per request: the grace period would wait for them, the second signal does not
     with start_simulator(SimConfig(latency_ms=5000, jitter=0)) as sim:
-        proc = subprocess.Popen(batchrun_cmd("run", str(job), "--api-base", sim.base_url, "--no-progress",
-                                             "--grace", "600"),
-                                env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = cli_popen(batchrun_cmd("run", str(job), "--api-base", sim.base_url, "--no-progress",
+                                      "--grace", "600"),
+                         env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         while sim.stats()["in_flight"] < 6 and time.monotonic() < deadline:
             time.sleep(0.05)

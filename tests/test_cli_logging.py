@@ -4,11 +4,10 @@ stderr and stdout holds only the summary; litellm's INFO lines appear only at
 
 from __future__ import annotations
 
-import subprocess
 
 import pytest
 
-from conftest import batchrun_cmd
+from conftest import batchrun_cmd, cli_run
 
 FAULTY = """
 [simulator]
@@ -21,8 +20,8 @@ faults = [{ kind = "500", tickets = ["T000002"], attempts = [1] }]
 @pytest.mark.parametrize("flag", ["-v", "-vv"])
 def test_stdout_holds_only_the_summary(make_job, tmp_path, cli_env, flag):
     job = make_job(5, concurrency=2, extra=FAULTY)
-    result = subprocess.run(batchrun_cmd("run", str(job), "--no-progress", flag), env=cli_env,
-                            capture_output=True, text=True, timeout=180)
+    result = cli_run(batchrun_cmd("run", str(job), "--no-progress", flag), env=cli_env,
+                     capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "test_job: run 1 done" and lines[-1].startswith("run directory:")

@@ -30,7 +30,7 @@ from batchrun.rundir.checkpoint import lock_state
 from batchrun.rundir.journal import open_inflight
 from batchrun.rundir.manifest import read_manifest
 from batchrun.errors import ExitCode
-from conftest import batchrun_cmd, read_jsonl
+from conftest import batchrun_cmd, cli_popen, cli_run, invoke_cli, read_jsonl
 
 
 def ok(request) -> Completion:
@@ -130,6 +130,7 @@ def status_json(run_dir: Path, env) -> dict:
 BATCHRUN_IN_FLIGHT = 3  # tickets between dispatch and line on disk, per unit of concurrency (see engine.py)
 
 
+@pytest.mark.slow  # a SIGKILL loop, worker processes
 @pytest.mark.parametrize("workers", [1, 2])
 def test_kill_9_loop_reports_every_ticket_answered_twice(make_job, tmp_path, cli_env, workers):
     from batchrun.sim.config import SimConfig
@@ -144,8 +145,8 @@ def test_kill_9_loop_reports_every_ticket_answered_twice(make_job, tmp_path, cli
     with start_simulator(SimConfig(latency_ms=150, jitter=0.3)) as sim:
         args += ["--api-base", sim.base_url]
         for kill in range(kills):
-            proc = subprocess.Popen(batchrun_cmd(*args), env=cli_env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, text=True)
+            proc = cli_popen(batchrun_cmd(*args), env=cli_env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
             lines_before = results.read_bytes().count(b"\n") if results.exists() else 0
             wait_until(lambda: results.exists() and results.read_bytes().count(b"\n") >= lines_before + 10
                        and sim.stats()["in_flight"] > 0, 120, "progress with requests in flight")
@@ -166,15 +167,14 @@ def test_kill_9_loop_reports_every_ticket_answered_twice(make_job, tmp_path, cli
             # (an entry may name a request the kill stopped on its way out: written before it is sent)
             reported |= set(dead["maybe_billed_before_ids"])
             if kill == 0:
-                text = subprocess.run(batchrun_cmd("status", str(run_dir)), env=cli_env, capture_output=True,
-                                      text=True, timeout=120).stdout
+                text = invoke_cli("status", str(run_dir)).stdout
                 assert f"stopped unexpectedly (run 1" in text and f"pid {proc.pid} is gone" in text
                 assert "may be billed twice" in text
                 # the counts of the dead run come from the files, not from the manifest it started with
                 on_disk = results.read_bytes().count(b"\n")
                 assert dead["last_summary"] is None and dead["current_run"]["done"] == on_disk
                 assert f"run 1 (when it died)  {on_disk:,} done" in text
-        final = subprocess.run(batchrun_cmd(*args), env=cli_env, capture_output=True, text=True, timeout=300)
+        final = cli_run(batchrun_cmd(*args), env=cli_env, capture_output=True, text=True, timeout=300)
         assert final.returncode == 0, final.stderr
         answered_twice = {t for t, n in sim.stats()["requests_by_ticket"].items() if n > 1}
     rows = read_jsonl(results)

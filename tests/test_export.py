@@ -7,14 +7,13 @@ where a case is hard to reach (a failure later retried to success)."""
 from __future__ import annotations
 
 import csv
-import subprocess
 from pathlib import Path
 
 import orjson
 import pytest
 
 from batchrun.analysis.export import ExportError, export_run
-from conftest import batchrun_cmd, invoke_cli, read_jsonl, write_tickets
+from conftest import invoke_cli, read_jsonl, write_tickets
 
 JOB = """\
 name = "export_job"
@@ -108,10 +107,9 @@ def test_parquet_export_round_trips_with_types(run_dir, tmp_path):
     assert table.column("status").to_pylist().count("done") == 23
 
 
-def test_the_export_command(run_dir, tmp_path, cli_env):
+def test_the_export_command(run_dir, tmp_path):
     out = tmp_path / "x.jsonl"
-    result = subprocess.run(batchrun_cmd("export", str(run_dir), "--out", str(out)), env=cli_env,
-                            capture_output=True, text=True, timeout=60)
+    result = invoke_cli("export", str(run_dir), "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert f"wrote 30 ticket(s) to {out}: 23 done, 1 failed, 6 pending" in result.stdout
     assert "input" not in read_jsonl(out)[0]

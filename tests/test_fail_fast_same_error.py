@@ -4,13 +4,12 @@ N tickets in a row ending with the same error class and message stop the run."""
 
 from __future__ import annotations
 
-import subprocess
 
 import anyio
 
 from batchrun import Completion, ScriptedProvider, Usage, execute_run, load_job, prepare_run
 from batchrun.errors import ExitCode, TerminalError
-from conftest import batchrun_cmd, read_jsonl
+from conftest import batchrun_cmd, cli_run, read_jsonl
 
 
 def test_a_proxy_400_invalid_model_stops_the_run_over_http(make_job, tmp_path, cli_env):
@@ -21,8 +20,8 @@ def test_a_proxy_400_invalid_model_stops_the_run_over_http(make_job, tmp_path, c
     job = make_job(200, concurrency=4, top="fail_fast_same_error_after = 10")
     rule = FaultRule.from_mapping({"kind": "400_invalid_model", "rate": 1})
     with start_simulator(SimConfig(latency_ms=1, jitter=0, faults=(rule,))) as sim:
-        result = subprocess.run(batchrun_cmd("run", str(job), "--api-base", sim.base_url, "--no-progress"),
-                                env=cli_env, capture_output=True, text=True, timeout=180)
+        result = cli_run(batchrun_cmd("run", str(job), "--api-base", sim.base_url, "--no-progress"),
+                         env=cli_env, capture_output=True, text=True, timeout=180)
         requests = sim.stats()["total_requests"]
     assert result.returncode == ExitCode.ABORTED, result.stderr
     assert "10 tickets in a row failed with the same error" in result.stderr

@@ -15,7 +15,7 @@ import pytest
 from batchrun.errors import JobSpecError, TicketError
 from batchrun.job.spec import load_job
 from batchrun.job.tickets import read_tickets, scan_input
-from conftest import batchrun_cmd
+from conftest import invoke_cli
 
 MINIMAL = """\
 name = "t"
@@ -86,16 +86,11 @@ def test_api_base_override_with_a_query_string_is_refused(tmp_path):
 
 @pytest.mark.parametrize(("model", "suggestion"), [("gpt4o-mini", "openai/gpt-4o-mini"),
                                                    ("opnai/gpt-4o-mini", "openai/gpt-4o-mini")])
-def test_run_refuses_a_model_litellm_cannot_route_before_sending(make_job, tmp_path, cli_env, model, suggestion):
-    from batchrun.sim.config import SimConfig
-    from batchrun.sim.process import start_simulator
-
+def test_run_refuses_a_model_litellm_cannot_route_before_sending(make_job, tmp_path, sim, model, suggestion):
     job = make_job(30)
-    with start_simulator(SimConfig(latency_ms=1, jitter=0)) as sim:
-        result = subprocess.run(batchrun_cmd("run", str(job), "--model", model, "--api-base", sim.base_url,
-                                             "--no-progress"), env=cli_env, capture_output=True, text=True,
-                                timeout=180)
-        sent = sim.stats()["total_requests"]
+    sim.reset()
+    result = invoke_cli("run", str(job), "--model", model, "--api-base", sim.base_url, "--no-progress")
+    sent = sim.stats()["total_requests"]
     assert result.returncode == 2, result.stderr
     assert f"model = {model!r}" in result.stderr and f"Did you mean {suggestion}?" in result.stderr
     assert sent == 0 and not (tmp_path / "run" / "errors.jsonl").exists()
@@ -125,10 +120,9 @@ def test_every_model_of_a_routed_job_is_checked_at_load(make_job, tmp_path):
     assert "models[1].model (strong)" in str(info.value) and "Did you mean anthropic/" in str(info.value)
 
 
-def test_plan_refuses_a_model_litellm_cannot_route(make_job, tmp_path, cli_env):
+def test_plan_refuses_a_model_litellm_cannot_route(make_job, tmp_path):
     job = make_job(5)
-    result = subprocess.run(batchrun_cmd("plan", str(job), "--model", "gpt4o-mini"), env=cli_env,
-                            capture_output=True, text=True, timeout=180)
+    result = invoke_cli("plan", str(job), "--model", "gpt4o-mini")
     assert result.returncode == 2
     assert "model = 'gpt4o-mini'" in result.stderr + result.stdout
 

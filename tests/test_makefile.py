@@ -24,7 +24,7 @@ def make(*args: str, venv: str) -> str:
 
 def test_make_alone_lists_the_targets_and_installs_nothing(tmp_path):
     out = make(venv=str(tmp_path / "venv"))
-    for target in ("run", "test", "status", "plan", "report", "bench", "compare", "clean"):
+    for target in ("run", "test", "test-fast", "status", "plan", "report", "bench", "compare", "clean"):
         assert f"\n  {target} " in out, out
     assert not (tmp_path / "venv").exists()
 
@@ -37,3 +37,6 @@ def test_make_run_installs_run_dependencies_only_and_says_so(tmp_path):
     assert "[test]" not in plan and "test," not in plan
     test_plan = make("-n", "test", venv=str(tmp_path / "venv"))
     assert "-e '.[test,ray,proxy]'" in test_plan and "pytest" in test_plan  # the ray and proxy tests run in CI
+    fast_plan = make("-n", "test-fast", venv=str(tmp_path / "venv"))  # installs what it needs too
+    assert "-e '.[test,ray,proxy]'" in fast_plan
+    assert '-m "not slow and not ray and not browser and not service and not proxy"' in fast_plan

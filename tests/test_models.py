@@ -3,7 +3,6 @@ a separately started OpenAI-compatible server as the endpoint."""
 
 from __future__ import annotations
 
-import subprocess
 
 import anyio
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from batchrun import Completion, ScriptedProvider, Usage, execute_run, load_job, prepare_run
 from batchrun.errors import JobSpecError, TerminalError
 from batchrun.job.spec import JobSpec
-from conftest import batchrun_cmd, read_jsonl
+from conftest import batchrun_cmd, cli_run, read_jsonl
 
 BASE = {"name": "m", "input": "t.jsonl", "prompt": {"user": "{body}"}}
 MODELS = [{"name": "cheap", "model": "openai/a", "fallbacks": ["strong"]}, {"name": "strong", "model": "openai/b"}]
@@ -113,6 +112,7 @@ def test_routing_and_fallback_record_the_model_the_rule_and_the_attempts(make_jo
     assert {c.ticket_id for c in strong.calls} >= fail_ids
 
 
+@pytest.mark.slow  # two compare runs over two models in real processes
 def test_a_compare_run_runs_every_ticket_on_every_model_and_resumes_per_model(make_job, tmp_path, cli_env):
     path = make_job(12, extra="""
         [[models]]
@@ -128,8 +128,8 @@ def test_a_compare_run_runs_every_ticket_on_every_model_and_resumes_per_model(ma
         "sim-cheap" = { noise = 0.5 }
         "sim-strong" = { noise = 0.0 }
     """)
-    first = subprocess.run(batchrun_cmd("run", str(path), "--no-progress", "--limit", "8"), env=cli_env,
-                           capture_output=True, text=True, timeout=180)
+    first = cli_run(batchrun_cmd("run", str(path), "--no-progress", "--limit", "8"), env=cli_env,
+                    capture_output=True, text=True, timeout=180)
     assert first.returncode == 0, first.stderr
     assert "2 models on the same tickets" in first.stdout
     for name in ("cheap", "strong"):
@@ -138,8 +138,8 @@ def test_a_compare_run_runs_every_ticket_on_every_model_and_resumes_per_model(ma
     # only the strong model's directory loses a line: resume is per (ticket, model)
     strong = tmp_path / "run" / "models" / "strong" / "results.jsonl"
     strong.write_bytes(b"".join(strong.read_bytes().splitlines(keepends=True)[:-1]))
-    second = subprocess.run(batchrun_cmd("run", str(path), "--no-progress"), env=cli_env,
-                            capture_output=True, text=True, timeout=180)
+    second = cli_run(batchrun_cmd("run", str(path), "--no-progress"), env=cli_env,
+                     capture_output=True, text=True, timeout=180)
     assert second.returncode == 0, second.stderr
     cheap_rows = read_jsonl(tmp_path / "run" / "models" / "cheap" / "results.jsonl")
     strong_rows = read_jsonl(strong)
@@ -149,16 +149,13 @@ def test_a_compare_run_runs_every_ticket_on_every_model_and_resumes_per_model(ma
     assert {r["output"] for r in cheap_rows} <= labels and {r["output"] for r in strong_rows} <= labels
 
 
-def test_any_openai_compatible_endpoint_started_separately(make_job, tmp_path, cli_env):
-    """A LiteLLM proxy or vLLM server stands where this simulator process stands."""
-    from batchrun.sim.config import SimConfig
-    from batchrun.sim.process import start_simulator
-
+def test_any_openai_compatible_endpoint_started_separately(make_job, tmp_path, sim, cli_env):
+    """A LiteLLM proxy or vLLM server stands where this simulator process (the session's) stands."""
     path = make_job(6, model="openai/my-deployed-model")
-    with start_simulator(SimConfig(latency_ms=1, jitter=0)) as server:
-        result = subprocess.run(batchrun_cmd("run", str(path), "--api-base", server.base_url, "--no-progress"),
-                                env=cli_env, capture_output=True, text=True, timeout=180)
-        counts = server.stats()["requests_by_ticket"]
+    sim.reset()
+    result = cli_run(batchrun_cmd("run", str(path), "--api-base", sim.base_url, "--no-progress"),
+                     env=cli_env, capture_output=True, text=True, timeout=180)
+    counts = sim.stats()["requests_by_ticket"]
     assert result.returncode == 0, result.stderr
     rows = read_jsonl(tmp_path / "run" / "results.jsonl")
     assert len(rows) == 6 and set(counts.values()) == {1}

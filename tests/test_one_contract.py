@@ -10,7 +10,6 @@ the process kill itself.
 from __future__ import annotations
 
 import ast
-import subprocess
 from pathlib import Path
 
 import orjson
@@ -18,7 +17,7 @@ import pytest
 
 import batchrun
 from batchrun.errors import ExitCode
-from conftest import ROOT, batchrun_cmd, read_jsonl
+from conftest import ROOT, batchrun_cmd, cli_run, read_jsonl
 
 BATCH_JOB = ROOT / "jobs" / "classify_batch.toml"
 PACKAGE = ROOT / "batchrun"
@@ -142,7 +141,7 @@ def test_the_environment_check_sees_a_read():
 @pytest.mark.slow
 def test_a_crash_variable_in_the_environment_does_nothing(tmp_path, cli_env):
     env = {**cli_env, "BATCHRUN_CRASH_AT": "created"}
-    result = subprocess.run(batchrun_cmd("run", str(BATCH_JOB), "--limit", "3", "--run-dir", str(tmp_path / "run")),
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = cli_run(batchrun_cmd("run", str(BATCH_JOB), "--limit", "3", "--run-dir", str(tmp_path / "run")),
+                     env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(read_jsonl(tmp_path / "run" / "results.jsonl")) == 3

@@ -3,7 +3,9 @@ with SIGKILL and resumed on Ray and then locally, the cluster-wide rpm limit,
 and a 429's pause reaching every actor.
 
 One local Ray (2 CPUs) serves the whole pytest session; each test starts its
-own simulator when it needs other settings than the session's. Select these
+own simulator when it needs other settings than the session's. The command
+lines run in real processes forked from a warm one (tests/forkserver.py): the
+driver is the forked child, a fresh Ray client in it. Select these
 tests with `-m ray`; they are skipped (with the reason) only when Ray is not
 installed, and `make test` installs it.
 """
@@ -28,7 +30,7 @@ from batchrun.sim.config import SimConfig
 from batchrun.execution.executors.process import WorkerCrashedError
 from batchrun.sim.faults import FaultRule
 from batchrun.sim.process import start_simulator
-from conftest import batchrun_cmd, read_jsonl
+from conftest import batchrun_cmd, cli_popen, cli_run, invoke_cli, read_jsonl
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'batchrun[ray]' (make install does)")
 pytestmark = pytest.mark.ray
@@ -181,8 +183,8 @@ def test_driver_killed_then_resumed_on_ray_and_then_locally(ray_cluster, make_jo
     job_path = make_job(n, concurrency=8, top="[simulator]\nlatency_ms = 40\njitter = 0.0")
     run_dir = tmp_path / "run"
     ray_args = ["--engine", "ray", "--ray-address", ray_cluster, "--workers", "2", "--no-progress"]
-    driver = subprocess.Popen(batchrun_cmd("run", str(job_path), *ray_args), env=cli_env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    driver = cli_popen(batchrun_cmd("run", str(job_path), *ray_args), env=cli_env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 180
         while lines(run_dir / "results.jsonl") < 40:
@@ -199,9 +201,9 @@ def test_driver_killed_then_resumed_on_ray_and_then_locally(ray_cluster, make_jo
     wait_for_no_actors()  # Ray ends the actors of a driver that died
 
     # --ray-address alone implies --engine ray
-    second = subprocess.run(batchrun_cmd("run", str(job_path), "--ray-address", ray_cluster, "--workers", "2",
-                                         "--no-progress", "--limit", "300"), env=cli_env,
-                            capture_output=True, timeout=300)
+    second = cli_run(batchrun_cmd("run", str(job_path), "--ray-address", ray_cluster, "--workers", "2",
+                                  "--no-progress", "--limit", "300"), env=cli_env,
+                     capture_output=True, timeout=300)
     assert second.returncode == 0, second.stderr.decode()[-3000:]
     # the tickets in flight at the kill are named: the journal was written before each request left
     assert b"may be billed twice" in second.stdout, second.stdout.decode()[-3000:]
@@ -210,13 +212,13 @@ def test_driver_killed_then_resumed_on_ray_and_then_locally(ray_cluster, make_jo
     assert len({r["id"] for r in rows}) == len(rows) == 300
     assert {r["run"] for r in rows} == {1, 2}
 
-    third = subprocess.run(batchrun_cmd("run", str(job_path), "--engine", "local", "--no-progress"), env=cli_env,
-                           capture_output=True, timeout=300)
+    third = cli_run(batchrun_cmd("run", str(job_path), "--engine", "local", "--no-progress"), env=cli_env,
+                    capture_output=True, timeout=300)
     assert third.returncode == 0, third.stderr.decode()[-3000:]
     assert_each_once(run_dir, n)
     assert {r["run"] for r in read_jsonl(run_dir / "results.jsonl")} == {1, 2, 3}
-    status = subprocess.run(batchrun_cmd("status", str(run_dir), "--json"), env=cli_env, capture_output=True)
-    assert b'"state": "done"' in status.stdout
+    status = invoke_cli("status", str(run_dir), "--json")
+    assert '"state": "done"' in status.stdout
 
 
 class _Sampler:
@@ -326,8 +328,8 @@ def test_sigint_on_ray_sends_nothing_more_and_resumes(ray_cluster, make_job, tmp
     run_dir = tmp_path / "run"
     args = ["run", str(job), "--no-progress", "--engine", "ray", "--ray-address", ray_cluster, "--workers", "2"]
     with start_simulator(SimConfig(latency_ms=200, jitter=0, faults=faults)) as sim:
-        proc = subprocess.Popen(batchrun_cmd(*args, "--api-base", sim.base_url), env=cli_env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = cli_popen(batchrun_cmd(*args, "--api-base", sim.base_url), env=cli_env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.monotonic() + 180
             while not (len(sim.stats()["requests_by_ticket"]) >= 4 and sim.stats()["in_flight"] == 1):
@@ -350,8 +352,8 @@ def test_sigint_on_ray_sends_nothing_more_and_resumes(ray_cluster, make_job, tmp
                                                            by_ticket_at_signal, stats["requests_by_ticket"], err[-2000:])
         assert "T000004" in {row["id"] for row in read_jsonl(run_dir / "results.jsonl")}
         assert read_jsonl(run_dir / "errors.jsonl") == []  # the sleeping tickets are not failures
-        resumed = subprocess.run(batchrun_cmd(*args, "--api-base", sim.base_url), env=cli_env,
-                                 capture_output=True, text=True, timeout=180)
+        resumed = cli_run(batchrun_cmd(*args, "--api-base", sim.base_url), env=cli_env,
+                          capture_output=True, text=True, timeout=180)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_each_once(run_dir, 20)
 
@@ -365,37 +367,37 @@ def test_an_unreachable_cluster_is_a_clear_error_at_once(make_job, tmp_path, cli
         port = sock.getsockname()[1]  # closed again below: nothing listens there
     job_path = make_job(5, concurrency=2, top="[simulator]\nlatency_ms = 1")
     for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
-        proc = subprocess.run(batchrun_cmd("run", str(job_path), "--ray-address", address, "--no-progress"),
-                              env=cli_env, capture_output=True, text=True, timeout=120)
+        proc = cli_run(batchrun_cmd("run", str(job_path), "--ray-address", address, "--no-progress"),
+                       env=cli_env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2, proc.stderr[-3000:]
         assert f"batchrun: error: cannot reach the Ray cluster at {address}: Connection refused" in proc.stderr
         assert "Traceback" not in proc.stderr and "ExceptionGroup" not in proc.stderr
     assert not (tmp_path / "run" / "results.jsonl").exists() or lines(tmp_path / "run" / "results.jsonl") == 0
 
 
-def test_cache_hits_on_ray_are_neither_sent_nor_counted(ray_cluster, make_job, tmp_path):
+def test_cache_hits_on_ray_are_neither_sent_nor_counted(ray_cluster, make_job, tmp_path, sim):
     """A ticket's first attempt is counted when it is handed to an actor; an answer from the response
     cache sends nothing, and the count (and the journal) take that attempt back."""
     from batchrun.rundir.journal import open_inflight
 
     n = 30
     job_path = make_job(n, concurrency=8, top=f'cache = true\ncache_dir = "{tmp_path / "cache"}"')
-    with start_simulator(SimConfig(latency_ms=5.0, jitter=0.0)) as sim:
-        kwargs = {**kwargs_for(sim, 8), "cache": {"dir": str(tmp_path / "cache"), "endpoint": "simulator"}}
+    sim.reset()  # the session's simulator
+    kwargs = {**kwargs_for(sim, 8), "cache": {"dir": str(tmp_path / "cache"), "endpoint": "simulator"}}
 
-        def run_once() -> Any:
-            job = load_job(job_path)
-            prep = prepare_run(job, endpoint="simulator")
-            try:
-                return anyio.run(lambda: execute_run(prep, None, workers=2, engine="ray", provider_kwargs=kwargs))
-            finally:
-                prep.release()
+    def run_once() -> Any:
+        job = load_job(job_path)
+        prep = prepare_run(job, endpoint="simulator")
+        try:
+            return anyio.run(lambda: execute_run(prep, None, workers=2, engine="ray", provider_kwargs=kwargs))
+        finally:
+            prep.release()
 
-        first = run_once()
-        assert first.state == "done" and first.summary["requests"] == sim.stats()["total_requests"] == n
-        (tmp_path / "run").rename(tmp_path / "run1")  # a new run directory, the same cache
-        second = run_once()
-        assert sim.stats()["total_requests"] == n  # nothing sent
+    first = run_once()
+    assert first.state == "done" and first.summary["requests"] == sim.stats()["total_requests"] == n
+    (tmp_path / "run").rename(tmp_path / "run1")  # a new run directory, the same cache
+    second = run_once()
+    assert sim.stats()["total_requests"] == n  # nothing sent
     assert second.state == "done" and second.summary["cache_hits"] == n
     assert second.summary["requests"] == 0, second.summary["requests"]
     assert open_inflight(tmp_path / "run", set()) == {}  # no ticket named as possibly billed

@@ -34,7 +34,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import batchrun_cmd, read_jsonl
+from conftest import batchrun_cmd, cli_popen, invoke_cli, read_jsonl
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'batchrun[ray]' (make install does)")
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -149,8 +149,9 @@ def head() -> Iterator[Head]:
 
 
 def run_driver(args: list[str], env: dict[str, str], timeout: float = 120) -> tuple[int, int, str, str]:
-    """`batchrun ARGS` in a subprocess: (pid, exit code, stdout, stderr)."""
-    proc = subprocess.Popen(batchrun_cmd(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    """`batchrun ARGS` in a real process (forked from the warm one, tests/forkserver.py): (pid, exit code,
+    stdout, stderr)."""
+    proc = cli_popen(batchrun_cmd(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:
@@ -160,12 +161,12 @@ def run_driver(args: list[str], env: dict[str, str], timeout: float = 120) -> tu
     return proc.pid, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
-def assert_done_each_once(run_dir: Path, n: int, env: dict[str, str]) -> None:
+def assert_done_each_once(run_dir: Path, n: int) -> None:
     ids = [row["id"] for row in read_jsonl(run_dir / "results.jsonl")]
     assert len(ids) == len(set(ids)) == n
-    status = subprocess.run(batchrun_cmd("status", str(run_dir), "--json"), env=env, capture_output=True)
-    assert b'"state": "done"' in status.stdout, status.stdout[-2000:]
-    assert b'"pending": 0,' in status.stdout, status.stdout[-2000:]
+    status = invoke_cli("status", str(run_dir), "--json")
+    assert '"state": "done"' in status.stdout, status.stdout[-2000:]
+    assert '"pending": 0,' in status.stdout, status.stdout[-2000:]
 
 
 def test_auto_on_the_head_node(head, make_job, tmp_path, cli_env):
@@ -177,7 +178,7 @@ def test_auto_on_the_head_node(head, make_job, tmp_path, cli_env):
                                       "--no-progress"], env)
     assert code == 0, err[-3000:]
     assert "batchrun: Ray at auto, one per cluster CPU actor(s)" in err
-    assert_done_each_once(tmp_path / "run", n, env)
+    assert_done_each_once(tmp_path / "run", n)
     # the driver joined this head: its core-worker log is in the head's session, with the driver's pid
     assert list(head.logs.glob(f"python-core-driver-*_{pid}.log")), sorted(p.name for p in head.logs.iterdir())
     new = head.new_actors(before, 2)
@@ -194,7 +195,7 @@ def test_ray_client(head, make_job, tmp_path, cli_env):
     _, code, out, err = run_driver(["run", str(job_path), "--ray-address", address, "--no-progress"], env)
     assert code == 0, err[-3000:]
     assert f"batchrun: Ray at {address}, one per cluster CPU actor(s)" in err
-    assert_done_each_once(tmp_path / "run", n, env)
+    assert_done_each_once(tmp_path / "run", n)
     new = head.new_actors(before, 2)
     assert len(new) == 2 and len({name.rsplit("-", 1)[0] for name in new}) == 1, new
 
@@ -220,7 +221,7 @@ def test_ray_job_submit(head, make_job, tmp_path, cli_env):
     assert submit.returncode == 0, output[-3000:]
     assert re.search(r"Job 'raysubmit_\w+' succeeded", output), output[-3000:]
     assert "batchrun: Ray at auto, one per cluster CPU actor(s)" in output  # the job's log, tailed
-    assert_done_each_once(run_dir, n, env)
+    assert_done_each_once(run_dir, n)
     new = head.new_actors(before, 2)
     assert len(new) == 2 and len({name.rsplit("-", 1)[0] for name in new}) == 1, new
 
@@ -237,7 +238,7 @@ def test_no_address_starts_its_own_ray_while_a_head_is_up(head, make_job, tmp_pa
     pid, code, out, err = run_driver(["run", str(job_path), "--engine", "ray", "--no-progress"], env)
     assert code == 0, err[-3000:]
     assert "batchrun: Ray at a local instance started for the run" in err
-    assert_done_each_once(tmp_path / "run", n, env)
+    assert_done_each_once(tmp_path / "run", n)
     joined = list(head.logs.glob(f"python-core-driver-*_{pid}.log"))
     new = head.new_actors(before, 1, timeout=3.0)
     if joined or new:

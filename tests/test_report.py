@@ -5,7 +5,6 @@ by two runs against the simulator."""
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,7 +28,7 @@ from batchrun.commands.status import format_status
 from batchrun.rundir.status import run_status
 from batchrun.analysis.stats import percentile
 
-from conftest import batchrun_cmd  # type: ignore[import-not-found]
+from conftest import batchrun_cmd, cli_run, invoke_cli  # type: ignore[import-not-found]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -287,19 +286,19 @@ def test_status_is_unchanged(tmp_path: Path) -> None:
     assert "done" in format_status(status) and "cost (all runs)" in format_status(status)
 
 
+@pytest.mark.slow  # two simulated runs in real processes, one per model
 def test_real_compare_directory_from_two_simulated_runs(make_job: Any, tmp_path: Path,
                                                         cli_env: dict[str, str]) -> None:
     """Two real runs (through litellm, against the simulator) faked into a compare directory."""
     job = make_job(16, extra="[simulator]\nlatency_ms = 5\njitter = 0\n")
     for key, model in (("mini", "openai/gpt-4o-mini"), ("big", "openai/gpt-4o")):
-        proc = subprocess.run(batchrun_cmd("run", str(job), "--run-dir", str(tmp_path / "cmp" / "models" / key),
-                                           "--model", model, "--no-progress"),
-                              capture_output=True, text=True, env=cli_env, timeout=180, cwd=tmp_path)
+        proc = cli_run(batchrun_cmd("run", str(job), "--run-dir", str(tmp_path / "cmp" / "models" / key),
+                                    "--model", model, "--no-progress"),
+                       capture_output=True, text=True, env=cli_env, timeout=180, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "batchrun.cli", "report", str(tmp_path / "cmp")],
-                          capture_output=True, text=True, env=cli_env, timeout=120, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "compare directory: 2 models" in proc.stdout
+    shown = invoke_cli("report", str(tmp_path / "cmp"))
+    assert shown.returncode == 0, shown.stderr
+    assert "compare directory: 2 models" in shown.stdout
     report = build_report(tmp_path / "cmp")
     big, mini = report["models"]
     assert (big["key"], big["model"], mini["key"], mini["model"]) == ("big", "openai/gpt-4o", "mini", "openai/gpt-4o-mini")

@@ -2,7 +2,9 @@
 progress lines without a TTY (--progress-every), the summary on stdout and
 logs on stderr, --json, failures grouped by kind, --workers auto, the
 [params] check and "did you mean" on job keys. Real runs against the
-simulator, in subprocesses (stderr is a pipe, not a TTY)."""
+simulator in real processes (stderr is a pipe, not a TTY), forked from a warm
+one (tests/forkserver.py) except the first, which checks what a fresh
+interpreter prints ("loading litellm..."); the refusals run in this process."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from batchrun.errors import JobSpecError
 from batchrun.records import Outcome
 from batchrun.job.spec import load_job
 from batchrun.analysis.stats import RunStats, format_progress_line, format_summary
-from conftest import batchrun_cmd
+from conftest import batchrun_cmd, cli_run, invoke_cli
 
 FAST_SIM = """
 [simulator]
@@ -31,12 +33,15 @@ jitter = 0
 
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(batchrun_cmd(*args), env=env, capture_output=True, text=True, timeout=timeout)
+    return cli_run(batchrun_cmd(*args), env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # a fresh interpreter; a timed run with progress lines
 def test_without_a_tty_plain_progress_lines_go_to_stderr_and_the_summary_to_stdout(make_job, cli_env):
     job = make_job(60, concurrency=2, extra=SLOW_SIM)
-    result = run_cli(["run", str(job), "--progress-every", "0.3"], cli_env)
+    # a fresh interpreter, not the warm one: "loading litellm..." is said only where it is imported
+    result = subprocess.run(batchrun_cmd("run", str(job), "--progress-every", "0.3"), env=cli_env,
+                            capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if " progress: " in line]
     assert len(lines) >= 2, result.stderr  # 60 tickets x 60 ms / 2 in flight: about 1.8 s
@@ -130,14 +135,14 @@ def test_workers_auto_is_accepted_by_run(make_job, cli_env):
     job = make_job(5, extra=FAST_SIM)
     result = run_cli(["run", str(job), "--workers", "auto"], cli_env)
     assert result.returncode == 0, result.stderr
-    bad = run_cli(["run", str(job), "--workers", "many"], cli_env)
+    bad = invoke_cli("run", str(job), "--workers", "many")
     assert bad.returncode == 2 and "'auto'" in bad.stderr
 
 
-def test_a_typo_in_params_is_refused_with_the_nearest_key(make_job, cli_env):
+def test_a_typo_in_params_is_refused_with_the_nearest_key(make_job):
     job = make_job(5, extra=FAST_SIM)
     job.write_text(job.read_text().replace("temperature = 0", "temprature = 0"))
-    result = run_cli(["run", str(job)], cli_env)
+    result = invoke_cli("run", str(job))
     assert result.returncode == 2
     assert "`params.temprature`" in result.stderr and "did you mean `temperature`?" in result.stderr
     assert "unchecked_params" in result.stderr

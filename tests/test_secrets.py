@@ -4,13 +4,12 @@ for it: stdout, stderr, the log file, the checkpoints and the manifest."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from batchrun.errors import ExitCode
-from conftest import batchrun_cmd
+from conftest import batchrun_cmd, cli_run
 
 SENTINEL = "sk-SENTINEL0123456789abcdefXYZ"
 QUERY_SECRET = "qsSECRET98765zz"
@@ -42,9 +41,9 @@ def test_the_key_appears_nowhere(make_job, tmp_path, faulty_sim, cli_env):
     job = make_job(40)
     env = dict(cli_env, BATCHRUN_TEST_KEY=SENTINEL)
     log_file = tmp_path / "run.log"
-    result = subprocess.run(batchrun_cmd("run", str(job), "--api-base", faulty_sim.base_url, "--no-progress",
-                                         "-vv", "--log-file", str(log_file)),
-                            env=env, capture_output=True, text=True, timeout=180)
+    result = cli_run(batchrun_cmd("run", str(job), "--api-base", faulty_sim.base_url, "--no-progress",
+                                  "-vv", "--log-file", str(log_file)),
+                     env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == ExitCode.TICKETS_FAILED, result.stderr  # 401s and a 400 end in errors.jsonl
     errors = (tmp_path / "run" / "errors.jsonl").read_text()
     assert '"error_kind":"auth"' in errors and '"error_kind":"context_window"' in errors
@@ -52,9 +51,9 @@ def test_the_key_appears_nowhere(make_job, tmp_path, faulty_sim, cli_env):
 
     # a key in api_base's query string (some gateways take one): refused at load, never echoed
     api_base = f"{faulty_sim.base_url}?api_key={QUERY_SECRET}"
-    query_run = subprocess.run(batchrun_cmd("run", str(job), "--api-base", api_base, "--no-progress", "-vv",
-                                            "--run-dir", str(tmp_path / "run_query"), "--limit", "5"),
-                               env=env, capture_output=True, text=True, timeout=180)
+    query_run = cli_run(batchrun_cmd("run", str(job), "--api-base", api_base, "--no-progress", "-vv",
+                                     "--run-dir", str(tmp_path / "run_query"), "--limit", "5"),
+                        env=env, capture_output=True, text=True, timeout=180)
     assert query_run.returncode == ExitCode.BAD_INPUT and "query string" in query_run.stderr
     assert not (tmp_path / "run_query").exists()
 
@@ -74,8 +73,8 @@ def test_fail_fast_on_a_bad_key_stops_quickly_naming_the_variable(make_job, tmp_
     job = make_job(200, concurrency=2)
     env = dict(cli_env, BATCHRUN_TEST_KEY=SENTINEL)
     with start_simulator(SimConfig(latency_ms=1, jitter=0, faults=(FaultRule.from_mapping({"kind": "401", "rate": 1}),))) as sim:
-        result = subprocess.run(batchrun_cmd("run", str(job), "--api-base", sim.base_url, "--no-progress"),
-                                env=env, capture_output=True, text=True, timeout=180)
+        result = cli_run(batchrun_cmd("run", str(job), "--api-base", sim.base_url, "--no-progress"),
+                         env=env, capture_output=True, text=True, timeout=180)
         requests = sim.stats()["total_requests"]
     assert result.returncode == ExitCode.ABORTED
     assert "tickets in a row failed with auth (HTTP 401)" in result.stderr and "BATCHRUN_TEST_KEY" in result.stderr

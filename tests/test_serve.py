@@ -1,8 +1,8 @@
 """`batchrun serve`: following checkpoint files, the JSON API, the event stream,
-the token rule and path safety. Runs are real `batchrun run` processes against
-the simulator over HTTP on 127.0.0.1; the server is the real aiohttp app on a
-loopback socket (aiohttp's TestServer). The browser test is in
-test_serve_browser.py."""
+the token rule and path safety. Runs are real `batchrun run` processes (forked
+from a warm one: tests/forkserver.py) against the simulator over HTTP on
+127.0.0.1; the server is the real aiohttp app on a loopback socket (aiohttp's
+TestServer). The browser test is in test_serve_browser.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import fcntl
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
@@ -26,7 +25,7 @@ from batchrun.serve.app import HUB_KEY, build_app
 from batchrun.serve.server import serve_token
 from batchrun.serve.follow import SERIES_POINTS, JsonlFollower, UnitNumbers
 from batchrun.serve.runs import RunsRoot, UnsafeName, live_state, lock_held
-from conftest import ROOT, batchrun_cmd
+from conftest import batchrun_cmd, cli_popen, cli_run, invoke_cli
 
 FAILING = ("T000002", "T000005")  # the fault simulator answers these with a context-window error
 
@@ -55,12 +54,12 @@ def slow_serve_sim() -> Iterator[Any]:
 
 def run_job(job: Path, sim: Any, run_dir: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
     args = ["run", str(job), "--api-base", sim.base_url, "--run-dir", str(run_dir), "--no-progress", *extra]
-    return subprocess.run(batchrun_cmd(*args), env=env, capture_output=True, text=True, timeout=180)
+    return cli_run(batchrun_cmd(*args), env=env, capture_output=True, text=True, timeout=180)
 
 
-def start_job(job: Path, sim: Any, run_dir: Path, env: dict[str, str], *extra: str) -> subprocess.Popen:
+def start_job(job: Path, sim: Any, run_dir: Path, env: dict[str, str], *extra: str) -> Any:
     args = ["run", str(job), "--api-base", sim.base_url, "--run-dir", str(run_dir), "--no-progress", *extra]
-    return subprocess.Popen(batchrun_cmd(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return cli_popen(batchrun_cmd(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 @contextlib.asynccontextmanager
@@ -342,6 +341,7 @@ async def test_compare_directories_and_batch_parts(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # watches a 160-ticket run at 40 ms
 async def test_events_arrive_while_a_run_writes(make_job, tmp_path, slow_serve_sim, cli_env):
     job = make_job(160, concurrency=2)
     runs = tmp_path / "runs"
@@ -424,8 +424,8 @@ def test_serve_command_off_loopback_prints_a_token_and_enforces_it(tmp_path, cli
     _fake_run(runs / "r")
     # 127.0.0.2 is loopback to the kernel but not one of the names the command trusts:
     # it takes the "any other host" path without listening beyond this machine
-    proc = subprocess.Popen(batchrun_cmd("serve", str(runs), "--host", "127.0.0.2", "--port", "0"), env=cli_env,
-                            stderr=subprocess.PIPE, text=True)
+    proc = cli_popen(batchrun_cmd("serve", str(runs), "--host", "127.0.0.2", "--port", "0"), env=cli_env,
+                     stderr=subprocess.PIPE, text=True)
     try:
         url = None
         deadline = time.monotonic() + 60
@@ -447,11 +447,11 @@ def test_serve_command_off_loopback_prints_a_token_and_enforces_it(tmp_path, cli
 
 
 def test_serve_help_has_an_example():
-    out = subprocess.run([sys.executable, "-m", "batchrun.cli", "serve", "--help"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=60).stdout
+    out = invoke_cli("serve", "--help").stdout
     assert "batchrun serve runs --port 9000" in out and "--host" in out and "--token" in out
 
 
+@pytest.mark.slow  # watches a 120-ticket run at 40 ms
 def test_run_with_serve_shows_the_page_of_its_run_while_it_runs(make_job, tmp_path, slow_serve_sim, cli_env):
     import urllib.error
     import urllib.request
@@ -460,8 +460,8 @@ def test_run_with_serve_shows_the_page_of_its_run_while_it_runs(make_job, tmp_pa
     run_dir = tmp_path / "runs" / "tonight"
     args = ["run", str(job), "--api-base", slow_serve_sim.base_url, "--run-dir", str(run_dir), "--no-progress",
             "--serve", "0"]
-    proc = subprocess.Popen(batchrun_cmd(*args), env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = cli_popen(batchrun_cmd(*args), env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                     text=True)
     try:
         page = None
         deadline = time.monotonic() + 60

@@ -1,4 +1,4 @@
-"""SIGINT/SIGTERM against real processes.
+"""SIGINT/SIGTERM against real processes (forked from a warm one: tests/forkserver.py).
 
 3.  After the first signal no request starts: tickets sleeping in backoff
     (a 429 with Retry-After) or waiting for the shared pause end at once,
@@ -17,16 +17,19 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
-from conftest import batchrun_cmd, read_jsonl
+from conftest import batchrun_cmd, cli_popen, cli_run, read_jsonl
+
+pytestmark = pytest.mark.slow  # signals against running processes, Retry-After and stall timers
 
 RETRY_AFTER_S = 20  # longer than the deadline below: a sleeping ticket must not wait it out
 
 
-def wait_until(condition, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+def wait_until(condition, timeout: float, what: str, proc: Any = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -54,8 +57,8 @@ def test_sigint_ends_tickets_waiting_to_retry_and_sends_nothing_more(make_job, t
     run_dir = tmp_path / "run"
     args = ["run", str(job), "--no-progress", "--workers", str(workers)]
     with start_simulator(SimConfig(latency_ms=1, jitter=0, faults=faults)) as sim:
-        proc = subprocess.Popen(batchrun_cmd(*args, "--api-base", sim.base_url), env=cli_env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = cli_popen(batchrun_cmd(*args, "--api-base", sim.base_url), env=cli_env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             wait_until(lambda: len(sim.stats()["requests_by_ticket"]) >= 4 and sim.stats()["in_flight"] == 1,
                        120, "four requests, one in flight", proc)
@@ -76,8 +79,8 @@ def test_sigint_ends_tickets_waiting_to_retry_and_sends_nothing_more(make_job, t
         manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
         assert manifest["state"] == "interrupted"
 
-        resumed = subprocess.run(batchrun_cmd(*args, "--api-base", sim.base_url), env=cli_env,
-                                 capture_output=True, text=True, timeout=180)
+        resumed = cli_run(batchrun_cmd(*args, "--api-base", sim.base_url), env=cli_env,
+                          capture_output=True, text=True, timeout=180)
         assert resumed.returncode == 0, resumed.stderr
         done = {row["id"] for row in read_jsonl(run_dir / "results.jsonl")}
         assert {"T000001", "T000002", "T000003"} <= done and len(done) == 20
@@ -122,8 +125,8 @@ def test_ctrl_c_to_the_process_group_leaves_the_embedded_simulator_serving_the_g
     job = make_job(8, concurrency=4, extra="[simulator]\nlatency_ms = 5000\njitter = 0\n")  # 5 s: longer than the simulator's own shutdown wait
     run_dir = tmp_path / "run"
     # its own session: the test's process group is not signalled, the run's whole group is
-    proc = subprocess.Popen(batchrun_cmd("run", str(job), "--no-progress"), env=cli_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = cli_popen(batchrun_cmd("run", str(job), "--no-progress"), env=cli_env, stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         sim_pid: list[int] = []
         ports: list[int] = []

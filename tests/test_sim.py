@@ -503,6 +503,7 @@ def test_child_exits_when_stdin_closes():
         assert sim.process.wait(timeout=20) == 0
 
 
+@pytest.mark.slow  # SIGKILLs a process and waits for its child to go
 def test_child_does_not_outlive_a_sigkilled_parent(tmp_path):
     parent_script = tmp_path / "parent.py"
     parent_script.write_text(

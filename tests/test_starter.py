@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import tomllib
 
 import orjson
@@ -11,22 +10,22 @@ import pytest
 from batchrun.errors import ConfigurationError
 from batchrun.job.spec import load_job
 from batchrun.job.starter import write_starter
-from conftest import batchrun_cmd, read_jsonl, sample_lines
+from conftest import batchrun_cmd, cli_run, read_jsonl, sample_lines
 
 
 def test_init_then_run(tmp_path, cli_env):
-    made = subprocess.run(batchrun_cmd("init", "triage"), cwd=tmp_path, env=cli_env, capture_output=True,
-                          text=True, timeout=60)
+    made = cli_run(batchrun_cmd("init", "triage"), cwd=tmp_path, env=cli_env, capture_output=True,
+                   text=True, timeout=60)
     assert made.returncode == 0, made.stderr
     assert "next: batchrun run triage.toml" in made.stdout
     assert len(read_jsonl(tmp_path / "triage.jsonl")) == 3
-    ran = subprocess.run(batchrun_cmd("run", "triage.toml"), cwd=tmp_path, env=cli_env, capture_output=True,
-                         text=True, timeout=300)
+    ran = cli_run(batchrun_cmd("run", "triage.toml"), cwd=tmp_path, env=cli_env, capture_output=True,
+                  text=True, timeout=300)
     assert ran.returncode == 0, ran.stderr
     results = read_jsonl(tmp_path / "runs" / "triage" / "results.jsonl")
     assert len(results) == 3 and all(r["label"] in {"bug", "feature", "billing", "other"} for r in results)
-    again = subprocess.run(batchrun_cmd("init", "triage"), cwd=tmp_path, env=cli_env, capture_output=True,
-                           text=True, timeout=60)
+    again = cli_run(batchrun_cmd("init", "triage"), cwd=tmp_path, env=cli_env, capture_output=True,
+                    text=True, timeout=60)
     assert again.returncode == 2 and "not overwritten" in again.stderr
 
 

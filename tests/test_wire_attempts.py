@@ -24,8 +24,6 @@ from batchrun.providers.online import LiteLLMProvider
 from batchrun.providers.litellm_setup import openai_transport
 from conftest import read_jsonl
 
-pytestmark = pytest.mark.slow
-
 TICKETS = 200
 
 
@@ -71,6 +69,7 @@ PATHS = {
 }
 
 
+@pytest.mark.slow  # 200 tickets through resets on each HTTP path
 @pytest.mark.parametrize("path", list(PATHS))
 def test_server_requests_equal_recorded_attempts_under_resets(make_job, tmp_path, resetting_sim, monkeypatch, path):
     stream, user_switch = PATHS[path]
@@ -102,12 +101,11 @@ def test_server_requests_equal_recorded_attempts_under_resets(make_job, tmp_path
     assert result.summary["errors_by_kind"] == {"connection": sum(faults.values())}, (result.summary, faults)
 
 
+@pytest.mark.slow  # resets and retries through the command line and worker processes
 def test_a_jobs_simulator_scripts_reach_the_wire_through_the_cli(make_job, tmp_path, cli_env):
     """`batchrun run` with a [simulator] section: the scripts reach the embedded simulator, and the
     recorded attempts and usage follow them (worker processes, litellm, real HTTP)."""
-    import subprocess
-
-    from conftest import batchrun_cmd
+    from conftest import batchrun_cmd, cli_run
 
     job = make_job(12, concurrency=4, extra="""
         [simulator]
@@ -120,7 +118,7 @@ def test_a_jobs_simulator_scripts_reach_the_wire_through_the_cli(make_job, tmp_p
         steps = ["usage_null"]
     """)
     job.write_text(job.read_text().replace("max_attempts = 3", "max_attempts = 5"))
-    proc = subprocess.run(batchrun_cmd("run", str(job)), env=cli_env, capture_output=True, text=True, timeout=180)
+    proc = cli_run(batchrun_cmd("run", str(job)), env=cli_env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = {row["id"]: row for row in read_jsonl(tmp_path / "run" / "results.jsonl")}
     assert rows["T000003"]["attempts"] == 4  # three resets, each one counted attempt, then the answer

@@ -58,6 +58,7 @@ def test_each_attempt_gets_at_most_the_time_left(make_job):
         assert timeout <= max(left, 1.0) + 0.2, (timeout, left)  # the time left (1 s at least)
 
 
+@pytest.mark.slow  # waits out the deadline: about 5 s
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
 def test_a_stalling_server_ends_the_ticket_at_its_deadline_not_a_timeout_later(make_job, tmp_path, stream):
     from batchrun.providers.seam import ChatRequest, RequestOptions

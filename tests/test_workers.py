@@ -88,6 +88,7 @@ def test_frames_split_anywhere_come_out_whole_and_in_order():
         assert [m["id"] for m in got] == [f"T{i}" for i in range(5)] and buffer == b""
 
 
+@pytest.mark.slow  # worker processes, each importing litellm
 def test_two_worker_processes_give_exactly_once_results(make_job, tmp_path, sim):
     sim.reset()
     job = load_job(make_job(60, concurrency=8))
@@ -108,6 +109,7 @@ def test_two_worker_processes_give_exactly_once_results(make_job, tmp_path, sim)
     assert children_of(os.getpid()) == []  # every child was reaped
 
 
+@pytest.mark.slow  # worker processes, each importing litellm
 def test_a_crashed_worker_fails_the_run_and_the_run_resumes(make_job, tmp_path, sim):
     job = load_job(make_job(80, concurrency=4))
     prep = prepare_run(job, endpoint="sim")
@@ -150,6 +152,7 @@ def test_a_crashed_worker_fails_the_run_and_the_run_resumes(make_job, tmp_path, 
     assert result.state == "done" and len(rows) == 80 == len({r["id"] for r in rows})
 
 
+@pytest.mark.slow  # worker processes, each importing litellm
 def test_two_worker_processes_with_a_rate_limit_and_429s_count_every_attempt(make_job, tmp_path):
     # rpm jobs ask the coordinator for a permit before every attempt (want/permit frames); a 429
     # with Retry-After comes back as a failed frame and is broadcast as a pause to both children
@@ -177,6 +180,7 @@ def test_two_worker_processes_with_a_rate_limit_and_429s_count_every_attempt(mak
     assert summary["rate_limited"] == 2
 
 
+@pytest.mark.slow  # worker processes, each importing litellm
 def test_a_worker_pool_serves_run_after_run_with_the_same_processes(make_job, tmp_path, sim):
     # batchrun bench: the children import litellm once and every setting reuses them
     from batchrun.execution.executors.process import open_worker_pool
