@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # a fresh interpreter that imports litellm
 def test_litellm_never_fetches_anthropic_beta_headers_from_the_network():
     """litellm fetches its Anthropic beta-headers table from GitHub on the first Anthropic request
     it prepares unless LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS is set; batchrun sets it with the cost map."""
@@ -112,8 +115,6 @@ def test_a_model_without_batch_prices_gets_half_its_online_prices_cache_ones_too
 
 
 # -- AnthropicBatchAPI: requests, results, custom ids, listing --------------------------------------
-
-import pytest  # noqa: E402
 
 MESSAGES = [{"role": "system", "content": "Answer with one label: bug or billing."},
             {"role": "user", "content": "Subject: refund\n\nI was charged twice."}]

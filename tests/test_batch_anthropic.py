@@ -15,7 +15,7 @@ import anyio
 import orjson
 import pytest
 
-from conftest import batchrun_cmd, crashing_batchrun_cmd, read_jsonl
+from conftest import batchrun_cmd, cli_run, crashing_batchrun_cmd, read_jsonl
 from test_batch_refusals import assert_one_line
 from test_batch_mode import (
     WINDOW_FAST,
@@ -187,8 +187,8 @@ def test_requests_anthropic_refuses_end_in_errors_without_a_retry(make_job, tmp_
 def test_a_batch_anthropic_refuses_at_create_stops_the_run_in_one_line(make_job, tmp_path, cli_env):
     job_path = claude_job(make_job, 10)
     with start(batch_faults=("invalid:batches=1",)) as sim:
-        refused = subprocess.run(batchrun_cmd("run", str(job_path), "--api-base", sim.base_url, "--no-progress"),
-                                 env=cli_env, capture_output=True, text=True, timeout=300)
+        refused = cli_run(batchrun_cmd("run", str(job_path), "--api-base", sim.base_url, "--no-progress"),
+                          env=cli_env, capture_output=True, text=True, timeout=300)
         assert refused.returncode == 2, refused.stderr[-2000:]  # as a 400 from any files/batches endpoint
         assert_one_line(refused, f"POST {sim.root_url}/v1/messages/batches answered HTTP 400", "simulated fault",
                         "re-run the same command")
@@ -208,8 +208,8 @@ def test_a_message_batches_endpoint_that_refuses_ends_in_one_line_with_the_onlin
         make_job, tmp_path, cli_env, fault, code, expected):
     job_path = claude_job(make_job, 10)
     with start(batch_faults=(fault,)) as sim:
-        proc = subprocess.run(batchrun_cmd("run", str(job_path), "--api-base", sim.base_url, "--no-progress"),
-                              env=cli_env, capture_output=True, text=True, timeout=300)
+        proc = cli_run(batchrun_cmd("run", str(job_path), "--api-base", sim.base_url, "--no-progress"),
+                       env=cli_env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == code, proc.stderr[-2000:]
         assert_one_line(proc, *(text.format(root=sim.root_url) for text in expected))
         assert "sim-key" not in proc.stderr
@@ -305,18 +305,18 @@ batch_duration_s = 1800
 def test_no_wait_status_cancel_finish_online_with_the_embedded_simulator(make_job, tmp_path, cli_env):
     job = claude_job(make_job, 40, extra=SIM.format(scale=3600.0) + '[[simulator.batch_faults]]\nkind = "slow"\n'
                                                                   'batches = [1]\nrate = 0.5\n')
-    first = subprocess.run(batchrun_cmd("run", str(job), "--no-wait", "--no-progress"), env=cli_env,
-                           capture_output=True, text=True, timeout=300)
+    first = cli_run(batchrun_cmd("run", str(job), "--no-wait", "--no-progress"), env=cli_env,
+                    capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
-    status = subprocess.run(batchrun_cmd("status", str(tmp_path / "run")), env=cli_env, capture_output=True,
-                            text=True, timeout=120)
+    status = cli_run(batchrun_cmd("status", str(tmp_path / "run")), env=cli_env, capture_output=True,
+                     text=True, timeout=120)
     assert "batch part 1" in status.stdout and "submitted" in status.stdout
-    cancel = subprocess.run(batchrun_cmd("cancel", str(tmp_path / "run")), env=cli_env, capture_output=True,
-                            text=True, timeout=300)
+    cancel = cli_run(batchrun_cmd("cancel", str(tmp_path / "run")), env=cli_env, capture_output=True,
+                     text=True, timeout=300)
     assert cancel.returncode == 0, cancel.stderr
     assert "part 1" in cancel.stdout and "1 part(s) asked to cancel" in cancel.stdout
-    finish = subprocess.run(batchrun_cmd("run", str(job), "--finish-online", "--no-progress"), env=cli_env,
-                            capture_output=True, text=True, timeout=300)
+    finish = cli_run(batchrun_cmd("run", str(job), "--finish-online", "--no-progress"), env=cli_env,
+                     capture_output=True, text=True, timeout=300)
     assert finish.returncode == 0, finish.stderr
     results, _ = assert_exactly_once(tmp_path / "run", ticket_ids(job))
     assert sum(1 for r in results if r["cost_status"] == "litellm_batch") == 20  # answered by the batch
@@ -350,9 +350,9 @@ def test_kill_9_at_any_step_then_run_again_ends_each_ticket_exactly_once(make_jo
     job_path = claude_job(make_job, 300, top="batch_max_requests = 200\n")
     with start(batch_faults=(fault,) if fault else (), batch_time_scale=WINDOW_FAST) as sim:
         args = ("run", str(job_path), "--api-base", sim.base_url, "--no-progress")
-        killed = subprocess.run(crashing_batchrun_cmd(point, *args), env=cli_env, capture_output=True, timeout=300)
+        killed = cli_run(crashing_batchrun_cmd(point, *args), env=cli_env, capture_output=True, timeout=300)
         assert killed.returncode == -9, killed.stderr.decode()[-2000:]
-        again = subprocess.run(batchrun_cmd(*args), env=cli_env, capture_output=True, timeout=300)
+        again = cli_run(batchrun_cmd(*args), env=cli_env, capture_output=True, timeout=300)
         assert again.returncode == 0, again.stderr.decode()[-2000:]
         _, errors = assert_exactly_once(tmp_path / "run", ticket_ids(job_path))
         assert not errors
@@ -371,6 +371,7 @@ def test_without_the_sdk_the_run_stops_before_sending_anything_naming_the_instal
     (shadow / "__init__.py").write_text("raise ImportError('simulated: the anthropic SDK is not installed')\n")
     env = {**cli_env, "PYTHONPATH": str(tmp_path / "no_sdk") + ":" + cli_env["PYTHONPATH"]}
     job = claude_job(make_job, 3, extra=SIM.format(scale=86400.0))
+    # a real interpreter: PYTHONPATH must shadow the SDK before anything imports it (not the warm process)
     refused = subprocess.run(batchrun_cmd("run", str(job), "--no-progress"), env=env, capture_output=True,
                              text=True, timeout=300)
     assert refused.returncode == 2, refused.stderr[-2000:]
