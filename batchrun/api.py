@@ -39,7 +39,8 @@ async def arun(job: JobSource, *, tickets: Iterable[Fields] | None = None, input
                model: str | None = None, api_base: str | None = None, live: bool = False,
                skip_failed: bool = False, force: bool = False, workers: int | str | None = None,
                engine: str | None = None, ray_address: str | None = None, mode: str | None = None,
-               cache: bool | None = None, max_cost_usd: float | None = None, no_wait: bool = False,
+               cache: bool | None = None, max_cost_usd: float | None = None, service_tier: str | None = None,
+               no_wait: bool = False,
                finish_online: bool = False, grace: float = 30.0, progress: bool = False,
                progress_every: float | None = None) -> RunResult:
     """Run (or resume) `job` in the running event loop; see the module docstring.
@@ -47,13 +48,15 @@ async def arun(job: JobSource, *, tickets: Iterable[Fields] | None = None, input
     `tickets`: dicts streamed into `<run_dir>/tickets.jsonl`, the run's input (the same tickets
     again resume; others are refused unless `force=True`). `mode`: "online" or "batch" (a job
     with mode = "batch" runs its provider's Batch API, as `batchrun run` does); `engine`:
-    "local" or "ray"; `cache`: reuse answers already paid for. The rest as the command line."""
+    "local" or "ray"; `cache`: reuse answers already paid for; `service_tier`: "flex", "priority"
+    or "default". The rest as the command line."""
     from batchrun.launcher import LaunchOptions, launch, resolve_job
 
     options = LaunchOptions(
         input=Path(input) if input is not None else None, run_dir=Path(run_dir) if run_dir is not None else None,
         limit=limit, concurrency=concurrency, model=model, api_base=api_base, live=live, workers=workers,
         engine=engine, ray_address=ray_address, mode=mode, cache=cache, max_cost_usd=max_cost_usd,
+        service_tier=service_tier,
         skip_failed=skip_failed, force=force, grace=grace, no_wait=no_wait, finish_online=finish_online,
         progress=progress, progress_every=progress_every)
     spec, job_path = resolve_job(job, options, tickets)

@@ -19,13 +19,15 @@ retry policy and the engine never look at litellm's own exception types.
         └── TerminalError       never retried: 4xx (bad request, auth, not found, ...)
 
 Error kinds (the `kind` attribute, written to errors.jsonl) are short stable
-strings: rate_limited, timeout, connection, server_error, bad_request,
-context_window, content_policy, auth, permission, not_found, unknown, and
-budget_exceeded: the endpoint says a budget or quota is spent (LiteLLM's
-"crossed budget", budget_exceeded; OpenAI's insufficient_quota), never retried,
-and the run stops at the first (exit 5). `configuration` (batch mode's files and
-batches endpoints only): a server error that names missing configuration, such
-as a LiteLLM proxy's "files_settings is not set".
+strings: rate_limited, resource_unavailable (OpenAI's flex 429: no capacity at
+the flex tier; a RateLimitedError, retried, and after flex_fallback_after of
+them sent at the standard tier), timeout, connection, server_error,
+bad_request, context_window, content_policy, auth, permission, not_found,
+unknown, and budget_exceeded: the endpoint says a budget or quota is spent
+(LiteLLM's "crossed budget", budget_exceeded; OpenAI's insufficient_quota),
+never retried, and the run stops at the first (exit 5). `configuration` (batch
+mode's files and batches endpoints only): a server error that names missing
+configuration, such as a LiteLLM proxy's "files_settings is not set".
 `connection` means no answer arrived: the connection was refused, or reset
 before the response headers or in the body (litellm calls these a 500;
 `provider.translate_error` finds the transport error under it); it is

@@ -81,6 +81,7 @@ class LaunchOptions:
     mode: str | None = None  # "online" or "batch"
     cache: bool | None = None
     max_cost_usd: float | None = None
+    service_tier: str | None = None  # "flex", "priority" or "default"
     skip_failed: bool = False
     force: bool = False
     grace: float = 30.0
@@ -96,7 +97,7 @@ class LaunchOptions:
             engine = "ray"
         return {"input": self.input, "run_dir": self.run_dir, "concurrency": self.concurrency, "model": self.model,
                 "api_base": self.api_base, "workers": self.workers, "cache": self.cache, "mode": self.mode,
-                "engine": engine, "ray_address": self.ray_address}
+                "engine": engine, "ray_address": self.ray_address, "service_tier": self.service_tier}
 
 
 # -- the job ------------------------------------------------------------------------------------
@@ -207,7 +208,8 @@ def sim_config(job: JobSpec) -> SimConfig:
                      model_profiles=tuple((name, p.noise, spec.latency_ms if p.latency_ms is None else p.latency_ms)
                                           for name, p in spec.model_profiles.items()),
                      batch_time_scale=spec.batch_time_scale, batch_duration_s=spec.batch_duration_s,
-                     batch_faults=tuple(parsed("batch_faults", spec.batch_faults, BatchFault.from_mapping)))
+                     batch_faults=tuple(parsed("batch_faults", spec.batch_faults, BatchFault.from_mapping)),
+                     prompt_token_scale=spec.prompt_token_scale, flex_unavailable_rate=spec.flex_unavailable_rate)
 
 
 def _key(env_name: str | None, use_sim: bool, secrets: list[str]) -> str | None:
@@ -248,6 +250,14 @@ def provider_targets(job: JobSpec, use_sim: bool, secrets: list[str]) -> dict[st
             "max_connections": job.max_in_flight,
             # the embedded simulator listens on a new port each run: its answers are keyed by its name
             "cache": {**cache, "endpoint": "simulator"} if use_sim and cache is not None else cache,
+            # what a request costs (docs/job-file.md, "Service tiers and prompt caching")
+            "service_tier": job.service_tier,
+            "fallback_tier": "default" if job.service_tier == "flex" and job.flex_fallback_after else None,
+            "prompt_cache": job.prompt_cache,
+            "cache_prefix": job.prompt.shared_prefix,
+            "prompt_cache_key": job.prompt_cache_key() if job.prompt_cache else None,
+            # a simulated run is priced as the named model (litellm does not map openai/claude-...)
+            "price_model": model if use_sim else None,
         }
     return targets
 
@@ -270,6 +280,24 @@ def check_params(job: JobSpec) -> None:
         names = ", ".join(f'"{n}"' for n in sorted({line.split("`")[1].rsplit(".", 1)[1] for line in problems}))
         raise JobSpecError("invalid job:\n" + "\n".join(problems) + "\n  (keys you send on purpose: add "
                            f"`unchecked_params = [{names}]` at the top of the job file); nothing was sent")
+
+
+def budget_notes(providers: Mapping[str, object]) -> list[str]:
+    """What a person should know about a budget's reservations: a model without max_tokens is
+    reserved its largest answer per request in flight (docs/reliability.md, "Budget")."""
+    notes = []
+    for provider in providers.values():
+        limit = getattr(provider, "max_output_tokens", None)
+        if limit is None:
+            continue
+        tokens, source = limit()
+        if source != "max_tokens":
+            where = (f"{getattr(provider, 'model', 'the model')}'s largest answer in litellm's map" if source == "model"
+                     else "an assumed largest answer (litellm does not know the model's)")
+            notes.append(f"max_cost_usd: [params] max_tokens is not set, so each request in flight reserves "
+                         f"{where}, {tokens:,} output tokens: set max_tokens (the most an answer needs) to let "
+                         "more of the budget be used at once and the last tickets fit")
+    return notes
 
 
 def endpoint_label(targets: Mapping[str, ProviderArgs], use_sim: bool) -> str:
@@ -340,6 +368,9 @@ async def run_online(job: JobSpec, job_path: Path | None, targets: dict[str, Pro
                 if "litellm" not in sys.modules:
                     say("loading litellm...")
                 providers = build_providers(provider_kwargs)
+                if prep.max_cost_usd is not None:
+                    for note in budget_notes(providers):
+                        say(note)
             if on_ray:
                 say(f"Ray at {job.ray_address or 'a local instance started for the run'}, "
                     f"{workers or 'one per cluster CPU'} actor(s)")
@@ -458,6 +489,9 @@ async def launch(job: JobSpec, job_path: Path | None, options: LaunchOptions, *,
     if "litellm" not in sys.modules:
         say("loading litellm...")
     check_params(job)
+    from batchrun.providers.litellm_setup import check_service_tier
+
+    check_service_tier(job)
     results: dict[str, RunResult] = {}
     with _simulator(job, use_sim, say) as sim_url:
         for each in jobs:

@@ -88,17 +88,15 @@ def test_batch_prices_from_litellms_map_price_cache_reads_and_writes():
     assert prices is not None and prices.status == "litellm_batch"
     assert prices.input_per_token == info["input_cost_per_token_batches"]
     assert prices.output_per_token == info["output_cost_per_token_batches"]
-    assert prices.cache_read_per_token == info["cache_read_input_token_cost_batches"]
+    assert prices.cached_input_per_token == info["cache_read_input_token_cost_batches"]
     assert prices.cache_write_per_token == info["cache_creation_input_token_cost_batches"]
     # prompt_tokens counts the cache reads and writes (litellm's usage, as online)
-    usage = Usage(prompt_tokens=130, completion_tokens=10, total_tokens=140, cache_read_input_tokens=20,
-                  cache_creation_input_tokens=10)
+    usage = Usage(prompt_tokens=130, completion_tokens=10, total_tokens=140, cached_tokens=20,
+                  cache_write_tokens=10)
     expected = (100 * info["input_cost_per_token_batches"] + 20 * info["cache_read_input_token_cost_batches"]
                 + 10 * info["cache_creation_input_token_cost_batches"] + 10 * info["output_cost_per_token_batches"])
     assert abs(prices.cost(usage) - expected) < 1e-15
-    assert usage.as_dict() == {"prompt_tokens": 130, "completion_tokens": 10, "total_tokens": 140,
-                               "cache_read_input_tokens": 20, "cache_creation_input_tokens": 10}
-    assert "cache_read_input_tokens" not in Usage(1, 2, 3).as_dict()  # other lines keep their shape
+    assert prices.status_for(usage) == "litellm_batch"  # the cache tokens had prices of their own
 
 
 def test_a_model_without_batch_prices_gets_half_its_online_prices_cache_ones_too():
@@ -110,7 +108,7 @@ def test_a_model_without_batch_prices_gets_half_its_online_prices_cache_ones_too
     prices = batch_prices_of("anthropic/claude-mythos-preview", None)
     assert prices is not None and prices.status == "half_online"
     assert prices.input_per_token == info["input_cost_per_token"] / 2
-    assert prices.cache_read_per_token == info["cache_read_input_token_cost"] / 2
+    assert prices.cached_input_per_token == info["cache_read_input_token_cost"] / 2
     assert batch_prices_of("anthropic/claude-no-such-model", None) is None
 
 
@@ -189,7 +187,7 @@ def test_a_succeeded_result_becomes_a_completion_at_the_batch_price_with_cache_t
     usage = completion.usage
     assert usage is not None and usage.as_dict() == {
         "prompt_tokens": 130, "completion_tokens": 4, "total_tokens": 134,
-        "cache_read_input_tokens": 20, "cache_creation_input_tokens": 10}
+        "cached_tokens": 20, "cache_write_tokens": 10, "reasoning_tokens": None}
     assert completion.cost_status == "litellm_batch" and completion.cost_usd == prices.cost(usage)
     called = api.completion_of(_message([{"type": "tool_use", "id": "toolu_1", "name": "classify",
                                           "input": {"label": "bug"}}], "tool_use"), prices)
@@ -197,6 +195,8 @@ def test_a_succeeded_result_becomes_a_completion_at_the_batch_price_with_cache_t
     assert json.loads(called.tool_calls[0].arguments) == {"label": "bug"}
     unpriced = api.completion_of(_message([{"type": "text", "text": "x"}]), None)
     assert (unpriced.cost_usd, unpriced.cost_status) == (None, "unpriced_model")
+    assert unpriced.usage is not None and (unpriced.usage.cached_tokens, unpriced.usage.cache_write_tokens) == \
+        (None, None)  # counts a result does not send are not said, not 0
     bad_usage = _message([{"type": "text", "text": "x"}])
     bad_usage["usage"] = {"input_tokens": -5, "output_tokens": "many"}
     unknown = api.completion_of(bad_usage, prices)  # what a provider says is checked before it is believed

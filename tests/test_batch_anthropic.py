@@ -95,7 +95,8 @@ def test_claude_batch_answers_as_online_at_half_the_anthropic_price(make_job, tm
         assert {r["cost_status"] for r in results} == {"litellm_batch"}
         assert {r["cost_source"] for r in results} == {"price_map"}  # as LiteLLMBatchAPI's lines say
         assert all(r["usage"]["total_tokens"] > 0 and r["attempts"] == 1 for r in results)
-        assert all(r["usage"]["cache_read_input_tokens"] == 0 for r in results)  # the simulator caches nothing
+        assert all((r["usage"]["cached_tokens"], r["usage"]["cache_write_tokens"]) == (0, 0)
+                   for r in results)  # Anthropic's counts as issue 25's fields; batch answers cache nothing here
         assert batch_stats(sim)["calls"].get("files") is None  # nothing uploaded: the requests go inline
         # the same tickets online, on the same simulator (its chat endpoint)
         online = load_job(job_path).with_overrides(mode="online", run_dir=tmp_path / "online")

@@ -395,7 +395,8 @@ async def test_writer_writes_one_line_per_outcome(tmp_path):
     errors = read_lines(tmp_path / ERRORS)
     assert [r["id"] for r in results] == ["a", "c"]
     assert results[1]["output"] == "feature"
-    assert results[0]["usage"] == {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+    assert results[0]["usage"] == {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4,
+                                   "cached_tokens": None, "cache_write_tokens": None, "reasoning_tokens": None}
     assert results[0]["cost_usd"] == 0.25 and results[0]["cost_status"] == "job_prices"
     assert [e["id"] for e in errors] == ["b"]
     assert errors[0]["error_kind"] == "bad_request" and errors[0]["status_code"] == 400

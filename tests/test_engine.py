@@ -39,7 +39,8 @@ def test_all_succeed_once_and_rerun_does_nothing(make_job, tmp_path):
     rows = read_jsonl(tmp_path / "run" / "results.jsonl")
     assert sorted(r["id"] for r in rows) == sorted(c.ticket_id for c in provider.calls)
     assert len(rows) == 30 == len({r["id"] for r in rows})
-    assert rows[0]["usage"] == {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}
+    assert rows[0]["usage"] == {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11,
+                                "cached_tokens": None, "cache_write_tokens": None, "reasoning_tokens": None}
     assert result.summary["done"] == 30 and result.summary["cost_usd"] == pytest.approx(0.03)
     manifest = read_manifest(tmp_path / "run")
     assert manifest["state"] == "done" and manifest["counts"]["done"] == 30

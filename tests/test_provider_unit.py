@@ -14,6 +14,7 @@ import pytest
 
 from batchrun.errors import RateLimitedError, RequestError, RetryableError, TerminalError, redact_secrets
 from batchrun.providers.online import _completion_from
+from batchrun.providers.pricing import Pricing
 from batchrun.providers.litellm_setup import import_litellm
 from batchrun.providers.error_mapping import translate_error
 from batchrun.records import Usage
@@ -241,7 +242,7 @@ async def test_priced_model_gives_litellm_cost():
 async def test_job_prices_win():
     result = await mock()
     prices = PricesSpec(input_per_million=1.0, output_per_million=2.0)
-    completion = _completion_from(result, prices)
+    completion = _completion_from(result, Pricing("gpt-4o-mini", prices))
     usage = result.usage
     assert completion.cost_status == "job_prices"
     assert completion.cost_usd == pytest.approx((usage.prompt_tokens * 1.0 + usage.completion_tokens * 2.0) / 1e6)
@@ -249,24 +250,28 @@ async def test_job_prices_win():
 
 
 async def test_free_job_prices_give_zero_not_unknown():
-    completion = _completion_from(await mock(), PricesSpec(input_per_million=0, output_per_million=0))
+    completion = _completion_from(await mock(), Pricing("gpt-4o-mini", PricesSpec(input_per_million=0,
+                                                                                   output_per_million=0)))
     assert completion.cost_usd == 0.0 and completion.cost_status == "job_prices"
 
 
 async def test_unpriced_model_gives_none_not_zero():
     result = await mock(model="openai/batchrun-no-such-model")
     assert result._hidden_params.get("response_cost") is None
-    completion = _completion_from(result, None)
-    assert completion.cost_usd is None
-    assert completion.cost_status == "unpriced_model"
-    assert completion.usage is not None
+    for pricing in (None, Pricing("openai/batchrun-no-such-model")):
+        completion = _completion_from(result, pricing)
+        assert completion.cost_usd is None
+        assert completion.cost_status == "unpriced_model"
+        assert completion.usage is not None
 
 
-async def test_response_without_cost_is_unpriced():
+async def test_a_response_litellm_did_not_price_is_priced_by_its_map_or_unpriced():
     result = await mock()
-    result._hidden_params.pop("response_cost", None)
-    completion = _completion_from(result, None)
-    assert (completion.cost_usd, completion.cost_status) == (None, "unpriced_model")
+    expected = float(result._hidden_params.pop("response_cost"))
+    assert (_completion_from(result, None).cost_usd, _completion_from(result, None).cost_status) == (
+        None, "unpriced_model")  # nothing to price it with
+    completion = _completion_from(result, Pricing("openai/gpt-4o-mini"))
+    assert completion.cost_status == "litellm" and completion.cost_usd == pytest.approx(expected)
 
 
 async def test_no_usage():
@@ -275,7 +280,7 @@ async def test_no_usage():
     completion = _completion_from(result, None)
     assert completion.usage is None
     assert (completion.cost_usd, completion.cost_status) == (None, "no_usage")
-    priced = _completion_from(result, PricesSpec(input_per_million=1, output_per_million=1))
+    priced = _completion_from(result, Pricing("m", PricesSpec(input_per_million=1, output_per_million=1)))
     assert (priced.cost_usd, priced.cost_status) == (None, "no_usage")
 
 
@@ -300,12 +305,14 @@ async def test_usage_of_zeros_is_no_usage_never_a_free_answer():
     result._hidden_params["response_cost"] = 0.0
     completion = _completion_from(result, None)
     assert (completion.usage, completion.cost_usd, completion.cost_status) == (None, None, "no_usage")
-    estimated = _completion_from(result, None, lambda text, calls: Usage(20, 1, 21), lambda usage: 0.5)
+    estimated = _completion_from(result, Pricing("openai/gpt-4o-mini"), lambda text, calls: Usage(20, 1, 21))
     assert (estimated.usage, estimated.usage_source) == (Usage(20, 1, 21), "estimated")
-    assert (estimated.cost_usd, estimated.cost_status) == (0.5, "estimated")
-    unpriced = _completion_from(result, None, lambda text, calls: Usage(20, 1, 21), lambda usage: None)
+    assert estimated.cost_status == "estimated"
+    assert estimated.cost_usd == pytest.approx(20 * 0.15e-6 + 1 * 0.6e-6)  # litellm's map, not its zeros
+    unpriced = _completion_from(result, Pricing("openai/batchrun-no-such-model"),
+                                lambda text, calls: Usage(20, 1, 21))
     assert (unpriced.cost_usd, unpriced.cost_status, unpriced.usage_source) == (None, "unpriced_model", "estimated")
-    priced = _completion_from(result, PricesSpec(input_per_million=1e6, output_per_million=0),
+    priced = _completion_from(result, Pricing("m", PricesSpec(input_per_million=1e6, output_per_million=0)),
                               lambda text, calls: Usage(20, 1, 21))
     assert (priced.cost_usd, priced.cost_status) == (20.0, "estimated")
 

@@ -106,6 +106,9 @@ class _Hooks:
     async def before_attempt(self, request, attempt):
         return None
 
+    def attempt_answered(self, request, attempt, completion):
+        return None
+
     def attempt_failed(self, request, attempt, error):
         return None
 
@@ -239,13 +242,14 @@ def test_a_line_sums_the_upstream_requests_of_its_attempts(make_job, tmp_path):
 
 async def test_cost_source_says_where_the_cost_came_from():
     from batchrun.job.sections import PricesSpec
+    from batchrun.providers.pricing import Pricing
 
     assert _completion_from(await proxied({}), None).cost_source == "price_map"
     reported = await proxied({"llm_provider-x-litellm-response-cost": "0.0123"})
     reported._hidden_params["response_cost"] = 0.0123  # what litellm makes of the header
     endpoint = _completion_from(reported, None)
     assert endpoint.cost_source == "endpoint" and endpoint.cost_usd == 0.0123
-    job = _completion_from(await proxied({}), PricesSpec(input_per_million=1, output_per_million=2))
+    job = _completion_from(await proxied({}), Pricing(M, PricesSpec(input_per_million=1, output_per_million=2)))
     assert job.cost_source == "job_prices"
     line = Outcome(ticket_id="T1", attempts=1, started_at="", finished_at="", elapsed_ms=1.0, run=1,
                    completion=endpoint, latency_ms=1.0).to_line()

@@ -135,7 +135,8 @@ def test_latency_tokens_and_cost(tmp_path: Path) -> None:
     lat = m["latency_ms"]  # 10, 20, ..., 100 and t11's 100: nearest rank over 11 values
     assert (lat["p50"], lat["p95"], lat["p99"], lat["n"]) == (60.0, 100.0, 100.0, 11)
     assert m["ttft_ms"] is None
-    assert m["tokens"] == {"prompt": 1100, "completion": 22, "total": 1122}
+    assert m["tokens"] == {"prompt": 1100, "completion": 22, "total": 1122, "cached": 0, "cache_write": 0,
+                           "reasoning": 0}
     cost = m["cost"]
     assert cost["usd"] == pytest.approx(10 * 0.001 + 0.0005)  # ten priced results + one rejected answer
     assert cost["unpriced_results"] == 1

@@ -325,6 +325,8 @@ async def test_stats_count_requests_per_ticket_and_status(client):
         "responses_by_status": {},
         "faults_by_kind": {},
         "rate_limited": 0,
+        "flex_unavailable": 0,
+        "invoice": {"models": {}, "tickets": {}},
     }
     assert await (await client.get("/sim/stats")).json() == reset
 

@@ -38,7 +38,7 @@ class GatedProvider:
         return Completion(text="bug", finish_reason="stop", model="fake", usage=Usage(10, 1, 11),
                           cost_usd=0.002, cost_status="litellm")
 
-    def estimate_cost(self, request) -> float | None:
+    def cost_bound(self, request, prompt_factor=1.0):
         return None
 
     def estimate_tokens(self, request) -> tuple[int, int]:

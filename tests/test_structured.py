@@ -450,7 +450,7 @@ def test_plain_result_line_shape(make_job, tmp_path):
     run(make_job(1), ScriptedProvider(lambda r: answer("bug")))
     (row,) = read_jsonl(tmp_path / "run" / "results.jsonl")
     assert list(row) == ["id", "output", "finish_reason", "truncated", "content_filtered", "model", "usage",
-                         "usage_source", "cost_usd", "cost_status", "cost_source", "latency_ms", "ttft_ms",
+                         "usage_source", "cost_usd", "cost_status", "service_tier", "cost_source", "latency_ms", "ttft_ms",
                          "output_tokens_per_s", "elapsed_ms", "attempts", "started_at", "finished_at", "run"]
     assert row["ttft_ms"] is None and row["usage_source"] == "provider"
 

@@ -87,6 +87,14 @@ class TokenCounts(TypedDict):
     prompt: int
     completion: int
     total: int
+    cached: int  # of prompt: read from the provider's prompt cache
+    cache_write: int  # of prompt: written to it
+    reasoning: int  # of completion
+
+
+class PromptCacheUse(TypedDict):
+    cached_share: float | None  # cached / prompt tokens of the results whose provider said (None: none said)
+    saved_usd: float  # what prompt caching saved
 
 
 class ReportCost(TypedDict):
@@ -113,6 +121,8 @@ class ResultNumbers(TypedDict):
     tokens: TokenCounts
     cost: ReportCost
     cache: CacheUse
+    prompt_cache: PromptCacheUse
+    service_tiers: dict[str, int]  # results by the tier that answered them
     attempts: int
     truncated: int
     answered_after_fallback: int
@@ -340,6 +350,27 @@ class PlanDuration(TypedDict):
     tpm: int | None
 
 
+class PlanCachedTokens(TypedDict):
+    """The plan's forecast of prompt-cache reads and writes (tier_forecast.forecast_cache)."""
+
+    total: int
+    writes: int
+    share: float | None  # of the input tokens
+    source: str  # "finished" (a pilot) or "prefix" (the job's static prefix)
+    prefix_tokens: int | None
+    note: str
+
+
+class TierForecast(TypedDict, total=False):
+    """The tickets to do at one tier: cost and time, or why it is unavailable."""
+
+    cost_usd: float | None
+    price_source: str
+    seconds: float
+    time: str
+    unavailable: str
+
+
 class PlanRow(TypedDict):
     key: str
     model: str
@@ -352,6 +383,9 @@ class PlanRow(TypedDict):
     cost_usd: float | None
     ceiling_usd: float | None  # every answer at max_tokens
     batch: BatchPrice | None  # batch mode: cost_usd is at the batch price, the online one is here
+    cached_tokens: PlanCachedTokens
+    service_tier: str | None
+    tiers: dict[str, TierForecast] | None  # "standard", "flex", "batch" (None: nothing to do)
     spent_usd: float
     duration: PlanDuration
     notes: list[str]

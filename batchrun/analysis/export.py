@@ -66,10 +66,12 @@ Row = dict[str, object]
 
 #: The columns of one model's group, in order (those after "output" only when the job has them).
 _BASE = ("status", "output")
-_AFTER = ("finish_reason", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "cost_status",
-          "cache_hit", "cost_saved_usd", "attempts", "model", "error_kind", "error_message")
-_INT = {"prompt_tokens", "completion_tokens", "total_tokens", "attempts"}
-_FLOAT = {"cost_usd", "cost_saved_usd"}
+_AFTER = ("finish_reason", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens",
+          "cache_write_tokens", "reasoning_tokens", "cost_usd", "cost_status", "service_tier",
+          "prompt_cache_saved_usd", "cache_hit", "cost_saved_usd", "attempts", "model", "error_kind", "error_message")
+_INT = {"prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "cache_write_tokens",
+        "reasoning_tokens", "attempts"}
+_FLOAT = {"cost_usd", "cost_saved_usd", "prompt_cache_saved_usd"}
 _BOOL = {"cache_hit"}
 
 
@@ -88,6 +90,10 @@ class ExportResult:
     failed: int
     pending: int
     models: tuple[str, ...]  # column groups ("" for a single run)
+    cached_tokens: int = 0  # of the results written: prompt tokens read from the provider's cache ...
+    cache_reported_prompt_tokens: int = 0  # ... of the prompt tokens of results whose provider said (the share)
+    cache_write_tokens: int = 0
+    prompt_cache_saved_usd: float = 0.0  # what prompt caching saved on them
 
 
 @dataclass
@@ -197,9 +203,10 @@ def _group(unit: _Unit, found: tuple[bool, StoredJSON] | None) -> tuple[str, Row
         for name in unit.answer_fields:
             row[name] = line.get(name)
         usage = line.get("usage") or {}
-        for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        for name in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "cache_write_tokens",
+                     "reasoning_tokens"):
             row[name] = usage.get(name)
-        for name in ("finish_reason", "cost_status", "model"):
+        for name in ("finish_reason", "cost_status", "model", "service_tier", "prompt_cache_saved_usd"):
             row[name] = line.get(name)
         money = line_money(line)
         row["cost_usd"] = money.cost_usd
@@ -212,6 +219,11 @@ def _group(unit: _Unit, found: tuple[bool, StoredJSON] | None) -> tuple[str, Row
         row["cost_usd"] = line_money(line).spent_usd or None  # answers paid for and turned down
         row["model"] = line.get("model_key")
     return status, row
+
+
+def _number(value: object) -> float:
+    """A row's count or amount (int or float), 0 when absent."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 # -- writers ------------------------------------------------------------------------------------------
@@ -364,6 +376,7 @@ def export_run(run_dir: Path, out: Path | None = None, fmt: str = "jsonl", *,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     counts = {"done": 0, "failed": 0, "pending": 0}
+    kinds = {"cached": 0, "reported": 0, "write": 0, "saved": 0.0}
     rows = 0
     with tempfile.TemporaryDirectory(prefix="batchrun-export-") as scratch:
         db = sqlite3.connect(os.path.join(scratch, "index.sqlite"))
@@ -384,6 +397,12 @@ def export_run(run_dir: Path, out: Path | None = None, fmt: str = "jsonl", *,
                     for lookup in lookups:
                         status, group = _group(lookup.unit, lookup.get(ticket.id))
                         counts[status] += 1
+                        if status == "done" and not group["cache_hit"]:
+                            kinds["cached"] += _number(group["cached_tokens"])
+                            kinds["write"] += _number(group["cache_write_tokens"])
+                            kinds["saved"] += _number(group["prompt_cache_saved_usd"])
+                            if group["cached_tokens"] is not None:
+                                kinds["reported"] += _number(group["prompt_tokens"])
                         if not compare:
                             row.update(group)
                         elif fmt == "jsonl":
@@ -410,4 +429,6 @@ def export_run(run_dir: Path, out: Path | None = None, fmt: str = "jsonl", *,
             db.close()
     os.replace(tmp, out)
     return ExportResult(path=out, format=fmt, rows=rows, done=counts["done"], failed=counts["failed"],
-                        pending=counts["pending"], models=keys)
+                        pending=counts["pending"], models=keys, cached_tokens=int(kinds["cached"]),
+                        cache_reported_prompt_tokens=int(kinds["reported"]), cache_write_tokens=int(kinds["write"]),
+                        prompt_cache_saved_usd=float(kinds["saved"]))

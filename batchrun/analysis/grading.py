@@ -100,7 +100,7 @@ from batchrun.analysis.documents import (
     Throughput,
     UnitReport,
 )
-from batchrun.analysis.stats import percentile, round1
+from batchrun.analysis.stats import cached_share, format_prompt_cache, percentile, round1
 from batchrun.analysis.textfmt import kv, ms, num, pct, table, usd
 from batchrun.errors import ReportError
 from batchrun.records import line_money, line_time
@@ -345,6 +345,10 @@ class _Acc:
         self.latencies: list[float] = []
         self.ttfts: list[float] = []
         self.prompt = self.completion = self.total = 0
+        self.cached = self.cache_write = self.reasoning = 0  # token kinds (of prompt, of completion)
+        self.cache_reported_prompt = 0  # prompt tokens of results whose provider said what it cached
+        self.prompt_cache_saved = 0.0
+        self.tiers: dict[str, int] = {}  # results by the service tier that answered them
         self.cost = 0.0
         self.rejected_cost = 0.0
         self.priced = self.unpriced = 0
@@ -374,6 +378,13 @@ class _Acc:
         self.prompt += money.prompt_tokens
         self.completion += money.completion_tokens
         self.total += money.total_tokens
+        self.cached += money.cached_tokens
+        self.cache_write += money.cache_write_tokens
+        self.reasoning += money.reasoning_tokens
+        self.cache_reported_prompt += money.prompt_tokens if money.cache_reported else 0
+        self.prompt_cache_saved += money.prompt_cache_saved_usd
+        if money.service_tier is not None:
+            self.tiers[money.service_tier] = self.tiers.get(money.service_tier, 0) + 1
         if money.cost_usd is not None:
             self.cost += money.cost_usd
             self.priced += 1
@@ -406,7 +417,11 @@ class _Acc:
             "latency_ms": latency_stats(self.latencies),
             "ttft_ms": latency_stats(self.ttfts),
             "throughput": runs,
-            "tokens": {"prompt": self.prompt, "completion": self.completion, "total": self.total},
+            "tokens": {"prompt": self.prompt, "completion": self.completion, "total": self.total,
+                       "cached": self.cached, "cache_write": self.cache_write, "reasoning": self.reasoning},
+            "prompt_cache": {"cached_share": cached_share(self.cached, self.cache_reported_prompt),
+                             "saved_usd": round(self.prompt_cache_saved, 9)},
+            "service_tiers": dict(sorted(self.tiers.items())),
             "cost": {
                 "usd": round(spent, 9),
                 "results_usd": round(self.cost, 9),
@@ -589,7 +604,16 @@ def _format_unit(m: UnitReport) -> list[str]:
     if m.get("answered_after_fallback"):
         rows.append(("fallbacks", f"{m['answered_after_fallback']:,} result(s) answered by a fallback model"))
     tok = m["tokens"]
-    rows.append(("tokens", f"{tok['total']:,} ({tok['prompt']:,} prompt + {tok['completion']:,} completion)"))
+    rows.append(("tokens", f"{tok['total']:,} ({tok['prompt']:,} prompt + {tok['completion']:,} completion)"
+                 + (f"; {tok['reasoning']:,} of the completion tokens reasoning" if tok.get("reasoning") else "")))
+    pc = m.get("prompt_cache") or {}
+    cache_line = format_prompt_cache(tok.get("cached") or 0, pc.get("cached_share"), tok.get("cache_write") or 0,
+                                     pc.get("saved_usd") or 0.0)
+    if cache_line:
+        rows.append(("prompt cache", cache_line))
+    tiers = m.get("service_tiers") or {}
+    if set(tiers) - {"default"}:
+        rows.append(("service tiers", ", ".join(f"{k} {v:,}" for k, v in tiers.items())))
     cost = m["cost"]
     cost_text = f"{usd(cost['usd'])}; {usd(cost['per_1000_tickets_usd'])} per 1,000 tickets done"
     if cost["by_status"]:

@@ -121,7 +121,7 @@ from batchrun.analysis.textfmt import kv, usd
 if TYPE_CHECKING:
     from batchrun.job.sections import PricesSpec
     from batchrun.job.spec import JobSpec
-    from batchrun.records import Ticket
+    from batchrun.records import KindTotals, Ticket
 
 DEFAULT_SAMPLE = 1000  # tickets whose tokens are counted exactly
 DEFAULT_ASSUMED_LATENCY_MS = 1000.0  # without finished results to measure
@@ -193,6 +193,8 @@ class _Finished(TypedDict):
     with_usage: int
     avg_prompt_tokens: float | None
     median_latency_ms: float | None
+    median_flex_latency_ms: float | None  # of the results served at the flex tier
+    cache: KindTotals  # the pilot: what the finished results say the provider's cache served
     spent_usd: float
     priced_results: int
     avg_result_cost_usd: float | None
@@ -204,14 +206,20 @@ def _finished(run_dir: Path, model_key: str | None = None) -> _Finished:
     (with `model_key`: only the lines that model answered)."""
     from batchrun.rundir.layout import ERRORS, RESULTS
     from batchrun.rundir.lines import iter_lines, scan_jsonl
+    from batchrun.records import KindTotals, line_money
     from batchrun.rundir.manifest import read_manifest
 
     completions: list[int] = []
     prompts: list[int] = []
     latencies: list[float] = []
+    flex_latencies: list[float] = []
+    cache = KindTotals()
     for line in iter_lines(run_dir / RESULTS):
         if model_key is not None and line.get("model_key") != model_key:
             continue
+        cache.add(line_money(line))
+        if line.get("service_tier") == "flex" and isinstance(line.get("latency_ms"), (int, float)):
+            flex_latencies.append(float(line["latency_ms"]))
         usage = line.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
             completions.append(usage["completion_tokens"])
@@ -233,6 +241,8 @@ def _finished(run_dir: Path, model_key: str | None = None) -> _Finished:
         "with_usage": len(completions),
         "avg_prompt_tokens": statistics.fmean(prompts) if prompts else None,
         "median_latency_ms": statistics.median(latencies) if latencies else None,
+        "median_flex_latency_ms": statistics.median(flex_latencies) if flex_latencies else None,
+        "cache": cache,  # the pilot: what the finished results say the provider's cache served
         "spent_usd": spent,
         "priced_results": priced,  # results with a cost_usd (the whole file, every model)
         "avg_result_cost_usd": results.cost_usd / priced if priced > 0 else None,
@@ -415,6 +425,32 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
         bounds["tpm"] = (input_tokens + output_tokens) / entry.tpm * 60.0
     bound = max(bounds, key=lambda k: bounds[k])
 
+    from batchrun.analysis.tier_forecast import forecast_cache, tier_table
+
+    cache = forecast_cache(job, entry.model, to_do=to_do, concurrency=entry.max_in_flight, mean_in=mean_in,
+                           pilot=finished["cache"], simulated=simulated)
+    tier = getattr(job, "service_tier", None)
+    if price_source in ("job", "litellm") and job.mode != "batch" and to_do and (
+            cache["cached_per_ticket"] or cache["writes_per_ticket"] or tier in ("flex", "priority")):
+        from batchrun.analysis.tier_forecast import ticket_usage
+        from batchrun.providers.pricing import Pricing
+
+        pricing = Pricing(entry.model, entry.prices)
+        usage, scale = ticket_usage(mean_in, per_ticket_out, cache)
+        scaled, _ = pricing.cost(usage, tier)
+        if scaled is not None:  # the cached tokens at the cached price, at the job's tier
+            cost = scaled * to_do / scale
+            if max_tokens is not None:
+                usage, scale = ticket_usage(mean_in, max_tokens, cache)
+                most, _ = pricing.cost(usage, tier)
+                ceiling = None if most is None else most * to_do / scale
+    simulator = getattr(job, "simulator", None)
+    tiers = tier_table(entry, to_do=to_do, mean_in=mean_in, out=per_ticket_out, cache=cache,
+                       standard_seconds=bounds[bound], latency_ms=latency_ms, latency_source=latency_source,
+                       flex_latency_ms=finished["median_flex_latency_ms"],
+                       batch_window_s=(simulator.batch_duration_s / simulator.batch_time_scale
+                                       if simulated and simulator is not None else None)) if to_do else None
+
     manifest = finished["manifest"]
     if manifest:
         old_job = manifest.get("job") or {}
@@ -450,6 +486,12 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
                   "priced_results": finished["priced_results"] if price_source == "finished" else None,
                   "input_per_million_usd": None if in_rate is None else round(in_rate * 1e6, 6),
                   "output_per_million_usd": None if out_rate is None else round(out_rate * 1e6, 6)},
+        "cached_tokens": {"total": round(cache["cached_per_ticket"] * to_do),
+                          "writes": round(cache["writes_per_ticket"] * to_do),
+                          "share": round(cache["cached_per_ticket"] / mean_in, 4) if mean_in else None,
+                          "source": cache["source"], "prefix_tokens": cache["prefix_tokens"], "note": cache["note"]},
+        "service_tier": tier,
+        "tiers": tiers,  # the same tickets at the standard, flex and batch tiers, with the time of each
         "cost_usd": None if cost is None else round(cost, 6),
         "ceiling_usd": None if ceiling is None else round(ceiling, 6),
         "batch": batch,  # batch mode: cost_usd above is at the batch price; the online price is here
@@ -606,7 +648,8 @@ def _format_row(r: PlanRow, single: bool = True) -> list[str]:
                  "file would say per token)")
     else:
         price = (f"{_per_million(p['input_per_million_usd'])} in / {_per_million(p['output_per_million_usd'])} "
-                 f"out per million tokens; source: {p['label']}")
+                 f"out per million tokens" + (" at the standard tier" if r["service_tier"] else "")
+                 + f"; source: {p['label']}")
     if r["cost_usd"] is None:
         cost = "unknown (unpriced model)"
     else:
@@ -628,8 +671,26 @@ def _format_row(r: PlanRow, single: bool = True) -> list[str]:
         others = "; ".join(f"{k} bound {_duration(v)}" for k, v in d["bounds_s"].items() if k != d["bound"])
         duration = (f"~{_duration(d['seconds'])}, set by the {d['bound']} bound: {conc}, {lat}; {limits}"
                     + (f" ({others})" if others else ""))
-    rows = [("tickets", counts), ("input tokens", in_text), ("output tokens", out_text), ("price", price),
-            ("expected cost", cost)]
+    ct = r["cached_tokens"]
+    if t["to_do"] and (ct["total"] or ct["writes"] or ct["source"] == "finished"):
+        cached_text = f"~{ct['total']:,} ({(ct['share'] or 0) * 100:.1f}% of input"
+        cached_text += (f"; {ct['writes']:,} written to the cache" if ct["writes"] else "") + f": {ct['note']})"
+    else:
+        cached_text = ct["note"] or "none"
+    rows = [("tickets", counts), ("input tokens", in_text), ("cached input tokens", cached_text),
+            ("output tokens", out_text), ("price", price),
+            ("expected cost", cost + (f" (service_tier {r['service_tier']})" if r["service_tier"] else ""))]
+    tiers = r["tiers"]
+    if tiers:
+        rows.append(("by tier", "the same tickets, cached tokens at each tier's cached price:"))
+        for name in ("standard", "flex", "batch"):
+            each = tiers[name]
+            if "unavailable" in each:
+                rows.append((f"  {name}", f"- ({each['unavailable']})"))
+            else:
+                amount = each.get("cost_usd")
+                rows.append((f"  {name}", f"{usd(amount) if amount is not None else 'unpriced':>12}"
+                             f"   ~{_duration(each.get('seconds', 0.0))} ({each.get('time', '')})"))
     b = r.get("batch")
     if b:
         rows[3] = ("price", price + " (online)")
@@ -641,7 +702,9 @@ def _format_row(r: PlanRow, single: bool = True) -> list[str]:
     if r["route"] is None:  # a routed job's models share one run directory: its spend is in the budget line
         rows.append(("already spent", f"{usd(r['spent_usd'])} in this run directory"))
     rows.append(("duration", duration + (" (if it had the job's slots to itself)" if r["route"] is not None
-                                         and t["to_do"] else "")))
+                                         and t["to_do"] else "")
+                 + (f" (at the standard tier's latency; {r['service_tier']}: see by tier)"
+                    if r["service_tier"] == "flex" and r["tiers"] else "")))
     name = f"model {r['model']}" if single else f"model {r['key']}: {r['model']}"
     lines = [f"{name}  (run directory {r['run_dir']})"]
     lines += kv(rows, indent="  ")

@@ -25,7 +25,10 @@ filtered, answers rejected by the output check or the finish_reason policy
 (`rejected_outputs`; they were paid for, so their cost is in `cost_usd`),
 results whose usage the provider did not send (`usage_estimated`: their
 tokens were counted with litellm.token_counter and their cost, in
-`cost_usd`, is an estimate), and failed tickets by kind. format_summary accepts summaries from before these
+`cost_usd`, is an estimate), the kinds of tokens (cached prompt tokens, cache
+writes, reasoning tokens) with the cached share of input tokens and what
+prompt caching saved, results by the service tier that answered them, and
+failed tickets by kind. format_summary accepts summaries from before these
 keys existed (a manifest written by an older batchrun).
 """
 
@@ -116,6 +119,13 @@ class RunStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens: written to it
+    cache_reported_prompt_tokens: int = 0  # prompt tokens of results whose provider said what it cached
+    reasoning_tokens: int = 0  # of completion_tokens
+    prompt_cache_saved_usd: float = 0.0  # what prompt caching saved (priced results)
+    results_by_tier: dict[str, int] = field(default_factory=dict)  # results by the tier that answered them
+    flex_fallbacks: int = 0  # results answered at the standard tier after flex 429s
     cost_usd: float = 0.0  # sum over priced results of this run
     unpriced: int = 0  # results of this run with cost_usd = null
     usage_estimated: int = 0  # results whose usage the provider did not send (usage_source "estimated")
@@ -186,6 +196,15 @@ class RunStats:
             self.prompt_tokens += c.usage.prompt_tokens
             self.completion_tokens += c.usage.completion_tokens
             self.total_tokens += c.usage.total_tokens
+            self.cached_tokens += c.usage.cached_tokens or 0
+            self.cache_write_tokens += c.usage.cache_write_tokens or 0
+            self.reasoning_tokens += c.usage.reasoning_tokens or 0
+            if c.usage.cached_tokens is not None:
+                self.cache_reported_prompt_tokens += c.usage.prompt_tokens
+        self.prompt_cache_saved_usd += c.prompt_cache_saved_usd or 0.0
+        tier = c.service_tier or "unknown"
+        self.results_by_tier[tier] = self.results_by_tier.get(tier, 0) + 1
+        self.flex_fallbacks += outcome.flex_fallback
         if c.cost_usd is None:
             self.unpriced += 1
         else:
@@ -247,6 +266,14 @@ class RunStats:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
+            "cached_tokens": self.cached_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            # cached / prompt tokens of the results whose provider said what it cached (None: none said)
+            "cached_share": cached_share(self.cached_tokens, self.cache_reported_prompt_tokens),
+            "prompt_cache_saved_usd": round(self.prompt_cache_saved_usd, 9),
+            "results_by_tier": dict(sorted(self.results_by_tier.items())),
+            "flex_fallbacks": self.flex_fallbacks,
             "cost_usd": round(self.cost_usd, 9),
             "cache_hits": self.cache_hits,
             "cost_saved_usd": round(self.cost_saved_usd, 9),
@@ -260,6 +287,24 @@ class RunStats:
             "maybe_billed_before": len(self.maybe_billed_ids),
             "maybe_billed_before_ids": self.maybe_billed_ids[:100],
         }
+
+
+def cached_share(cached: int, reported_prompt_tokens: int) -> float | None:
+    """The share (0..1) of input tokens read from the provider's prompt cache, over the results whose
+    provider said how many it read; None when none said."""
+    return round(cached / reported_prompt_tokens, 4) if reported_prompt_tokens else None
+
+
+def format_prompt_cache(cached: int, share: float | None, writes: int, saved: float) -> str | None:
+    """One line on prompt caching: the cached share of input tokens and what it saved; None when
+    nothing was read from or written to the provider's cache."""
+    if not cached and not writes:  # nothing read or written (the JSON keeps the share, 0.0 included)
+        return None
+    text = (f"{share * 100:.1f}% of input tokens read from the provider's cache ({cached:,})" if share is not None
+            else f"{cached:,} input tokens read from the provider's cache")
+    if writes:
+        text += f", {writes:,} written to it"
+    return text + f"; {usd(saved)} saved (litellm's or the job's prices)"
 
 
 class Percentiles(TypedDict):
@@ -353,8 +398,19 @@ def format_summary(summary: StoredJSON, *, title: str = "batchrun summary") -> s
     failures = summary.get("failures") or {}
     if failed_kinds:
         rows.append(("failed tickets by kind", ", ".join(f"{k} {v}" for k, v in failed_kinds.items())))
+    tokens = f"{summary['total_tokens']:,} ({summary['prompt_tokens']:,} + {summary['completion_tokens']:,})"
+    if summary.get("reasoning_tokens"):
+        tokens += f"; {summary['reasoning_tokens']:,} of the completion tokens were reasoning"
+    cache_line = format_prompt_cache(summary.get("cached_tokens") or 0, summary.get("cached_share"),
+                                     summary.get("cache_write_tokens") or 0, summary.get("prompt_cache_saved_usd") or 0)
+    tiers = {k: v for k, v in (summary.get("results_by_tier") or {}).items() if k != "unknown"}
     rows += [
-        ("tokens (prompt+completion)", f"{summary['total_tokens']:,} ({summary['prompt_tokens']:,} + {summary['completion_tokens']:,})"),
+        ("tokens (prompt+completion)", tokens),
+        *([("prompt cache", cache_line)] if cache_line else []),
+        *([("service tiers", ", ".join(f"{k} {v:,}" for k, v in tiers.items())
+            + (f" ({summary['flex_fallbacks']:,} sent at the standard tier after flex 429s)"
+               if summary.get("flex_fallbacks") else ""))]
+          if set(tiers) - {"default"} or summary.get("flex_fallbacks") else []),
         ("cost", cost),
         *([("reused answers (cache)", f"{summary['cache_hits']:,}, {usd(summary.get('cost_saved_usd') or 0)} saved")]
           if summary.get("cache_hits") else []),

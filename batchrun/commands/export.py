@@ -26,6 +26,7 @@ Examples:
 def export_command(run_dir: Path, fmt: str, out: Path | None, with_input: bool) -> None:
     """Write one row per ticket of RUN_DIR, in input order: answer, usage, cost, attempts, errors."""
     from batchrun.analysis.export import export_run
+    from batchrun.analysis.stats import cached_share, format_prompt_cache
     from batchrun.errors import BatchrunError
 
     try:
@@ -36,3 +37,9 @@ def export_command(run_dir: Path, fmt: str, out: Path | None, with_input: bool) 
     groups = f" ({len(result.models)} models)" if result.models != ("",) else ""
     click.echo(f"batchrun: wrote {result.rows:,} ticket(s){groups} to {result.path}: {result.done:,} done, "
                f"{result.failed:,} failed, {result.pending:,} pending")
+
+    cache_line = format_prompt_cache(result.cached_tokens,
+                                     cached_share(result.cached_tokens, result.cache_reported_prompt_tokens),
+                                     result.cache_write_tokens, result.prompt_cache_saved_usd)
+    if cache_line:  # columns cached_tokens, cache_write_tokens, prompt_cache_saved_usd per ticket
+        click.echo(f"batchrun: prompt cache: {cache_line}")

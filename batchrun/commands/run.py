@@ -92,6 +92,9 @@ class _WorkersType(click.ParamType):
               "[default: the job's `ray_address`, else a local Ray started for the run].")
 @click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True),
               help="Stop dispatching before the run directory's total cost would pass this.")
+@click.option("--service-tier", type=click.Choice(["flex", "priority", "default"]),
+              help="OpenAI's service tier for every request: flex (about half price, slower, may answer 429 "
+                   "resource_unavailable), priority, default [default: the job's `service_tier`].")
 @click.option("--cache/--no-cache", "cache", default=None,
               help="Reuse answers already obtained for the same request [default: the job's `cache`].")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
@@ -117,7 +120,8 @@ class _WorkersType(click.ParamType):
 def run_command(job_file: Path, input_path: Path | None, concurrency: int | None, limit: int | None,
         run_dir: Path | None, model: str | None, api_base: str | None, live: bool, skip_failed: bool,
         force: bool, grace: float, workers: int | str | None, engine: str | None, ray_address: str | None,
-        max_cost_usd: float | None, cache: bool | None, progress: bool | None, mode: str | None,
+        max_cost_usd: float | None, service_tier: str | None, cache: bool | None, progress: bool | None,
+        mode: str | None,
         no_wait: bool, finish_online: bool, progress_every: float, as_json: bool, verbose: int,
         log_file: Path | None, serve_port: int | None) -> None:
     """Run JOB_FILE over its tickets, or resume it where it stopped.
@@ -133,7 +137,8 @@ def run_command(job_file: Path, input_path: Path | None, concurrency: int | None
     bar = sys.stderr.isatty() if progress is None else progress
     options = LaunchOptions(input=input_path, run_dir=run_dir, limit=limit, concurrency=concurrency, model=model,
                             api_base=api_base, live=live, workers=workers, engine=engine, ray_address=ray_address,
-                            mode=mode, cache=cache, max_cost_usd=max_cost_usd, skip_failed=skip_failed, force=force,
+                            mode=mode, cache=cache, max_cost_usd=max_cost_usd, service_tier=service_tier,
+                            skip_failed=skip_failed, force=force,
                             grace=grace, no_wait=no_wait, finish_online=finish_online, progress=bar,
                             progress_every=None if bar else progress_every)
     secrets: list[str] = []
@@ -231,6 +236,9 @@ def _print_online(job: JobSpec, result: RunResult) -> None:
     click.echo(f"run directory: {result.run_dir}  (batchrun status {result.run_dir})")
     if result.state == "interrupted":
         click.echo("Interrupted: re-run the same command to resume.", err=True)
+    elif result.state == "budget_exhausted":  # the run said when it stopped what was spent, reserved and left
+        click.echo("batchrun: budget_exhausted: stopped at max_cost_usd (see above); re-run with a larger "
+                   "budget to continue", err=True)
     elif result.error:
         click.echo(f"batchrun: {result.state}: {result.error}", err=True)
     if result.summary["failed"] and result.state != "interrupted":

@@ -15,7 +15,7 @@ from typing import Sequence
 import click
 
 from batchrun.analysis.documents import StoredJSON
-from batchrun.analysis.stats import format_summary, upstream_text
+from batchrun.analysis.stats import format_prompt_cache, format_summary, upstream_text
 from batchrun.analysis.textfmt import kv, table, usd
 
 __all__ = ["format_status", "status_command"]
@@ -61,6 +61,9 @@ def format_compare_status(run_dir: Path, models: Sequence[StoredJSON]) -> str:
 
 def format_status(status: StoredJSON) -> str:
     """The table `batchrun status` prints, from `rundir.run_status`."""
+    cache_line = format_prompt_cache(status.get("cached_tokens") or 0, status.get("cached_share"),
+                                     status.get("cache_write_tokens") or 0, status.get("prompt_cache_saved_usd") or 0)
+    tiers = status.get("service_tiers") or {}
     rows = [
         ("run directory", status["run_dir"]),
         ("job", status["job"]),
@@ -83,6 +86,9 @@ def format_status(status: StoredJSON) -> str:
          + (f" ({status['unpriced_results']} unpriced)" if status["unpriced_results"] else "")),
         *([("reused answers (all runs)", f"{status['cache_hits']:,}, {usd(status['cost_saved_usd'])} saved")]
           if status.get("cache_hits") else []),
+        *([("prompt cache (all runs)", cache_line)] if cache_line else []),
+        *([("service tiers", ", ".join(f"{k} {v:,}" for k, v in tiers.items()))]
+          if set(tiers) - {"default"} else []),
         *([("requests", f"{status['requests']:,} sent by batchrun, all runs (recorded in the lines)")]
           if status.get("requests") is not None else []),
         *([("upstream requests", upstream_text(status["upstream_requests"], status.get("upstream_unreported")))]

@@ -4,9 +4,10 @@ Whatever executor sends the requests (this event loop, worker processes, Ray
 actors), the limits, the counts and the decisions to stop live here, once:
 
     hooks (CoordinatorHooks)   before_attempt = wait_for_attempt (the shared 429
-                               pause, rpm/tpm, a halt) + accounting.count;
-                               attempt_failed / attempt_succeeded (429 pauses,
-                               token corrections, AIMD)
+                               pause, rpm/tpm, a halt, the budget's reservation)
+                               + accounting.count; attempt_answered (the budget:
+                               a reservation becomes a cost), attempt_failed /
+                               attempt_succeeded (429 pauses, token corrections, AIMD)
     stop(reason, message)      no new ticket starts: "signal", "fail_fast",
                                "budget", "checkpoint" or "crash"; requests in
                                flight finish
@@ -21,7 +22,9 @@ actors), the limits, the counts and the decisions to stop live here, once:
                                stop and cancel the work; raised after cleanup
     check_fail_fast(outcome)   401/403/404 in a row, the same non-retryable error
                                in a row (fail_fast_after, fail_fast_same_error_after)
-    admit(request)             the budget's reservation for a ticket, or None: stop
+    admit(request, chain)      the budget's reservation for a ticket (budget.py: it
+                               waits while requests in flight may free money), or
+                               None: the run stops
     account(outcome)           the counts of an outcome whose line is on disk; the
                                first one showing the endpoint (a LiteLLM proxy)
                                retried on its own: one warning naming `num_retries: 0`
@@ -45,6 +48,7 @@ from batchrun.errors import (
     RequestError,
 )
 from batchrun.execution.accounting import AttemptAccounting
+from batchrun.execution.budget import RunBudget
 from batchrun.execution.limits import (
     AdaptiveConcurrency,
     CostBudget,
@@ -64,7 +68,8 @@ __all__ = ["Coordinator", "FAIL_FAST_KINDS"]
 FAIL_FAST_KINDS = frozenset({"auth", "permission", "not_found"})
 # Kinds that never count toward the same-error streak: retried ones (an outage passes) and the
 # verdicts on an answer (they are about one ticket's answer, not about the endpoint).
-_NOT_ENDPOINT_KINDS = frozenset({"rate_limited", "timeout", "connection", "server_error", "stream_cut",
+_NOT_ENDPOINT_KINDS = frozenset({"rate_limited", "resource_unavailable", "timeout", "connection", "server_error",
+                                 "stream_cut", "budget",
                                  "invalid_output", "truncated", "content_filter"})
 log = logging.getLogger("batchrun")
 
@@ -89,6 +94,8 @@ class Coordinator:
         self.failed_ids = set(prep.checkpoint.failed_ids)  # latest outcome a failure
         self.budget = (CostBudget(prep.max_cost_usd, prep.checkpoint.spent_usd)
                        if prep.max_cost_usd is not None else None)
+        self.run_budget = (RunBudget(self.budget, self.providers, lambda message: self.stop("budget", message),
+                                     lambda: self.stopping) if self.budget is not None else None)
         self.rate_limiter: RateLimiter | None = None  # made in open_limiters(): it needs the event loop's clock
         self.model_limiters: dict[str, RateLimiter] = {}  # routed jobs: [[models]] entries with rpm/tpm
         self.estimated_tokens: dict[str, int] = {}  # ticket id -> tokens reserved per attempt (tpm)
@@ -134,8 +141,10 @@ class Coordinator:
         self.stop_reason = reason
         self.abort_message = message
         self.producer_scope.cancel()
-        if message:
-            log.warning("%s", message)
+        if self.run_budget is not None:  # tickets waiting for money: no new one starts now
+            self.run_budget.wake()
+        if message:  # said once, on stderr now; logged for -v and --log-file
+            log.info("%s", message)
             print(f"\nbatchrun: {message}", file=sys.stderr, flush=True)
 
     def fail(self, error: BatchrunError) -> None:
@@ -198,26 +207,19 @@ class Coordinator:
 
     # -- the budget -----------------------------------------------------------------------
 
-    def admit(self, request: ChatRequest) -> float | None:
-        """What the budget reserves for this ticket (0 without a budget), or None: it would pass
-        max_cost_usd, and the run stops."""
-        if self.budget is None:
+    async def admit(self, request: ChatRequest, chain: list[str] | None = None) -> float | None:
+        """What the budget reserves for this ticket's first request (0 without a budget), or None:
+        it would pass max_cost_usd even once the requests in flight are paid (the run stops)."""
+        if self.run_budget is None:
             return 0.0
-        estimate = self.provider.estimate_cost(request) if self.provider is not None else None
-        admitted = self.budget.try_reserve(estimate)
-        if admitted is None:
-            self.stop("budget", (
-                f"budget reached: ${self.budget.spent:.6f} spent (all runs) + "
-                f"${self.budget.reserved:.6f} reserved for requests in flight + about "
-                f"${estimate or self.budget.mean_cost or 0:.6f} for the next ticket would pass "
-                f"max_cost_usd = ${self.budget.max_usd:g}; re-run with a larger budget to continue"))
-        return admitted
+        return await self.run_budget.admit(request, chain or [""])
 
-    def settle(self, ticket_id: str, reserved: float, outcome: Outcome | None) -> None:
-        """A ticket left the executor: its reservation becomes what it spent (nothing if it ended unrecorded)."""
+    def settle(self, ticket_id: str, outcome: Outcome | None) -> None:
+        """A ticket left the executor: what it still holds is released, what it spent is charged
+        (nothing if it ended unrecorded)."""
         self.estimated_tokens.pop(ticket_id, None)
-        if self.budget is not None:
-            self.budget.settle(reserved, outcome.spent_usd if outcome is not None else 0.0)
+        if self.run_budget is not None:
+            self.run_budget.settle(ticket_id, outcome)
 
     # -- CoordinatorHooks: how a ticket's attempts report to this run ---------------------
 
@@ -245,6 +247,8 @@ class Coordinator:
                             tokens = sum(provider.estimate_tokens(request))
                         self.estimated_tokens[request.ticket_id] = tokens or 0
                     await limiter.acquire(tokens or 0)
+                if self.run_budget is not None:  # a re-ask or a fallback model: a new reservation
+                    await self.run_budget.cover(request)
             finally:
                 self._waiting.discard(waiting)
         if waiting.cancelled_caught or self.halt.is_set():
@@ -265,8 +269,14 @@ class Coordinator:
             self.stats.rate_limited += 1
             if error.retry_after and error.retry_after <= self.job.retry.max_retry_after_s:
                 self.gate.pause_all(error.retry_after)
-        if self.aimd is not None and error.kind in ("rate_limited", "timeout", "server_error"):
+        if self.aimd is not None and error.kind in ("rate_limited", "resource_unavailable", "timeout",
+                                                    "server_error"):
             self._set_limit(self.aimd.on_result(None, rate_limited=True))
+
+    def attempt_answered(self, request: ChatRequest, attempt: int, completion: Completion) -> None:
+        """An answer arrived (accepted or not): the provider billed it (the budget)."""
+        if self.run_budget is not None:
+            self.run_budget.answered(request, completion)
 
     def attempt_succeeded(self, request: ChatRequest, attempt: int, completion: Completion,
                           latency_ms: float) -> None:

@@ -165,7 +165,7 @@ class Dispatcher:
                         outcomes: MemoryObjectSendStream[Outcome], flight: _Flight | None) -> bool:
         """One ticket: the budget, the executor, the outcome to the writer. False: this worker stops."""
         co = self.co
-        reserved = co.admit(request)
+        reserved = await co.admit(request, chain)
         if reserved is None:
             return False
         co.stats.in_flight += 1
@@ -179,16 +179,17 @@ class Dispatcher:
                 outcome = await self.executor.run(request, chain, route)
         except TicketAbandoned:  # halted before its next request: the ticket stays pending
             co.stats.in_flight -= 1
-            co.settle(request.ticket_id, reserved, None)
+            co.settle(request.ticket_id, None)
             return False
         except WorkerCrashedError as exc:  # the ticket stays pending; the run stops
             co.stats.in_flight -= 1
+            co.settle(request.ticket_id, None)
             co.fail(exc)
             return False
         except BaseException:  # cancelled mid-request: the ticket stays pending
             co.stats.in_flight -= 1
             raise
-        co.settle(request.ticket_id, reserved, outcome)
+        co.settle(request.ticket_id, outcome)
         co.check_fail_fast(outcome)
         if flight is not None:
             flight.outcome = outcome

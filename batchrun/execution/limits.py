@@ -11,10 +11,13 @@ request) at a time, so no semaphore is needed for it. What this module adds:
                              for `s` seconds, in any worker, instead of each
                              one hammering the server on its own schedule
 
-    CostBudget(max_usd, spent_before)
-        .try_reserve(estimate)   admit one more ticket only if spent + reserved
-                                 + its estimate stays within max_cost_usd
-        .settle(reserved, cost)  swap the reservation for the actual cost
+    CostBudget(max_usd, spent_before)   max_cost_usd as a hard cap
+        .fits(bound) / .reserve(bound)   a request is sent only when spent +
+                                 reserved + its upper bound stays within it
+        .release(amount), .charge(cost)  its reservation swapped for what it cost
+        .observe(estimate, counted)      calibration: the provider's prompt-token
+                                 count against the client's estimate
+        .prompt_factor           what prompt estimates are multiplied by
 
     RateLimiter(rpm, tpm)        requests and tokens per minute as token
                                  buckets (TokenBucket), corrected by actual
@@ -48,43 +51,92 @@ class RequestGate:
 
 
 class CostBudget:
-    """`max_cost_usd`: dispatch a ticket only while the money allows it.
+    """`max_cost_usd` as a hard cap: what the provider bills never passes it, at any concurrency.
 
-    A ticket is admitted when spent + reserved + its estimated cost stays
-    within the budget; its reservation is held while it is in flight and
-    replaced by the actual cost when it finishes. `spent` starts with the
-    cost already on disk from earlier runs, so a resumed run with the same
-    budget sends nothing more, and a larger budget lets it continue.
+    A request is sent only when spent + reserved + its own upper bound stays
+    within the budget (`fits`, `reserve`); the reservation is held while it is
+    in flight and swapped for what its answer cost when the answer arrives
+    (`release`, `charge`). `spent` starts with the cost already on disk from
+    earlier runs, so a resumed run with the same budget sends nothing more, and
+    a larger budget lets it continue.
 
-    The estimate comes from the provider (prompt tokens + max_tokens at the
-    model's price) or, when it has none, the mean actual cost so far.
+    The upper bound (the coordinator asks the provider for it) is the prompt
+    estimate (litellm.token_counter) x `prompt_factor` + the most output
+    tokens the request may use, at the dearest price it may be billed at. The
+    client's estimate is not what the provider counts (another tokenizer,
+    hidden system tokens), so the factor is learned: START_FACTOR until the
+    provider's first count, then the highest ratio of its counts to the
+    estimates seen (`observe`) times 1 + MARGIN. A model without a price is
+    bounded by the mean cost so far.
     """
+
+    START_FACTOR = 1.5  # before the provider counted anything: a tokenizer may count half as much again
+    MARGIN = 0.1  # over the highest ratio observed
 
     def __init__(self, max_usd: float, spent_before: float = 0.0) -> None:
         self.max_usd = max_usd
         self.spent = spent_before  # USD already paid, this run and earlier ones
-        self.reserved = 0.0  # USD held for tickets in flight
+        self.reserved = 0.0  # USD held for requests in flight
         self._costs = 0.0  # this run: sum and count of actual costs, for the mean
         self._count = 0
+        self.max_ratio: float | None = None  # the highest provider count / client estimate seen
+        self.observations = 0
 
     @property
     def mean_cost(self) -> float | None:
         return self._costs / self._count if self._count else None
 
-    def try_reserve(self, estimate: float | None) -> float | None:
-        """The amount reserved, or None when the ticket would pass the budget."""
-        amount = estimate if estimate is not None else (self.mean_cost or 0.0)
-        if self.spent + self.reserved + amount > self.max_usd:
-            return None
+    @property
+    def left(self) -> float:
+        """What is neither spent nor reserved."""
+        return self.max_usd - self.spent - self.reserved
+
+    @property
+    def prompt_factor(self) -> float:
+        """What a prompt estimate is multiplied by in an upper bound (class docstring)."""
+        if self.max_ratio is None:
+            return self.START_FACTOR
+        return self.max_ratio * (1.0 + self.MARGIN)
+
+    def observe(self, estimate: int, counted: int) -> None:
+        """The provider counted `counted` prompt tokens where the client estimated `estimate`."""
+        if estimate > 0 and counted > 0:
+            ratio = counted / estimate
+            self.max_ratio = ratio if self.max_ratio is None else max(self.max_ratio, ratio)
+            self.observations += 1
+
+    def bound_or_mean(self, bound: float | None) -> float:
+        """`bound`, or for a model without a price the mean cost so far (0 before any)."""
+        return bound if bound is not None else (self.mean_cost or 0.0)
+
+    def fits(self, amount: float) -> bool:
+        return self.spent + self.reserved + amount <= self.max_usd
+
+    def reserve(self, amount: float) -> None:
         self.reserved += amount
+
+    def release(self, amount: float) -> None:
+        self.reserved = max(self.reserved - amount, 0.0)
+
+    def charge(self, cost: float) -> None:
+        """An answer cost `cost` (USD the provider bills)."""
+        self.spent += cost
+        self._costs += cost
+        self._count += 1
+
+    def try_reserve(self, estimate: float | None) -> float | None:
+        """The amount reserved, or None when it would pass the budget (one call: fits + reserve)."""
+        amount = self.bound_or_mean(estimate)
+        if not self.fits(amount):
+            return None
+        self.reserve(amount)
         return amount
 
     def settle(self, reserved: float, actual: float | None) -> None:
-        self.reserved = max(self.reserved - reserved, 0.0)
+        """Swap a reservation for what was spent."""
+        self.release(reserved)
         if actual is not None:
-            self.spent += actual
-            self._costs += actual
-            self._count += 1
+            self.charge(actual)
 
 
 class TokenBucket:

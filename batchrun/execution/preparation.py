@@ -99,6 +99,8 @@ def prepare_run(
     """Everything before the first request; raises BatchrunError subclasses."""
     templates = [t for t in (job.system_template, job.user_template) if t is not None]
     budget = max_cost_usd if max_cost_usd is not None else job.max_cost_usd
+    if budget != job.max_cost_usd:  # the job says the budget, for whatever runs it (worker processes, Ray)
+        job = job.with_overrides(max_cost_usd=budget)
     checkpoint = open_checkpoint(job.resolved_run_dir(), totals=budget is not None, force=force)
     try:
         skip_bad = job.on_bad_input == "skip"

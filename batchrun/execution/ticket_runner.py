@@ -44,6 +44,12 @@ attempts (nothing left the machine; `cache_hit`, cost 0, `cost_saved_usd`).
 After the retry loop, an accepted answer is stored; errors and rejected
 answers never are.
 
+Service tiers: a job with `service_tier = "flex"` whose ticket got
+`flex_fallback_after` attempts answered 429 `resource_unavailable` (no flex
+capacity; counted and retried like any 429) sends its next attempts at the
+standard tier (`ChatRequest.service_tier = "default"`); the outcome says so
+(`flex_fallback`) and the line records the tier that answered.
+
 A rejected answer was paid for: the Outcome counts them (`rejected_outputs`)
 and their cost (`rejected_cost_usd`). The job's RequestOptions and
 OutputRules are built once per JobSpec (`rules_for`) and attached to the
@@ -57,6 +63,9 @@ whether it runs in the coordinator's event loop or in a worker process:
                                                    count the attempt
     hooks.attempt_failed(request, attempt, error)  count the error; a 429 with
                                                    Retry-After pauses everyone
+    hooks.attempt_answered(request, attempt, completion)
+                                                   an answer arrived, accepted or
+                                                   not: the provider billed it (budget)
     hooks.attempt_succeeded(request, attempt, completion, latency_ms)
                                                    actual usage, latency
 """
@@ -116,6 +125,8 @@ class AttemptHooks(Protocol):
     halt: anyio.Event  # set: no request may start; sleeping tickets end (TicketAbandoned)
 
     async def before_attempt(self, request: ChatRequest, attempt: int) -> None: ...
+
+    def attempt_answered(self, request: ChatRequest, attempt: int, completion: Completion) -> None: ...
 
     def attempt_failed(self, request: ChatRequest, attempt: int, error: RequestError) -> None: ...
 
@@ -227,6 +238,8 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
     rejected = 0  # answers the output check (or finish_reason policy) turned down
     invalid = 0  # of those, invalid_output ones (the re-ask budget)
     rejected_cost = 0.0
+    flex_refusals = 0  # attempts answered 429 resource_unavailable (flex)
+    fell_back = False  # sent at the standard tier after flex_fallback_after of them
     upstream: int | None = None  # upstream requests the endpoint reported (a LiteLLM proxy), summed
     unreported = 0  # attempts whose answer did not say
     hard_timeout = job.timeout_s * 1.5 + 5.0
@@ -254,7 +267,7 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                 attempts += 1
                 try:
                     await hooks.before_attempt(request, attempts)
-                except TicketAbandoned:
+                except (TicketAbandoned, RequestError):  # halted, or the budget refused it
                     attempts -= 1  # not sent
                     raise
                 a0 = time.monotonic()
@@ -275,8 +288,17 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                     unreported += 1  # sent; an error answer does not say what the endpoint did upstream
                     error = translate_error(exc)
                     hooks.attempt_failed(request, attempts, error)
+                    if error.kind == "resource_unavailable" and job.service_tier == "flex" and not fell_back:
+                        flex_refusals += 1
+                        if job.flex_fallback_after and flex_refusals >= job.flex_fallback_after:
+                            fell_back = True
+                            request = replace(request, service_tier="default")
+                            log.info("%s: %d flex attempt(s) answered resource_unavailable: the next go at the "
+                                     "standard tier (flex_fallback_after = %d)", request.ticket_id, flex_refusals,
+                                     job.flex_fallback_after)
                     raise error from None
                 latency_ms = (time.monotonic() - a0) * 1000.0
+                hooks.attempt_answered(request, attempts, completion)
                 if completion.upstream_attempts is None:
                     unreported += 1
                 else:
@@ -324,7 +346,7 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
         ticket_id=request.ticket_id, attempts=attempts, started_at=started_at, finished_at=utc_now(),
         elapsed_ms=(time.monotonic() - t0) * 1000.0, run=run_number,
         completion=completion, latency_ms=latency_ms, structured=structured,
-        rejected_outputs=rejected, rejected_cost_usd=rejected_cost,
+        rejected_outputs=rejected, rejected_cost_usd=rejected_cost, flex_fallback=fell_back,
         upstream_attempts=upstream, upstream_unreported=unreported,
     )
 

@@ -41,6 +41,9 @@ class Section(BaseModel):
 class PromptSpec(Section):
     system: str | None = None  # system message template (optional)
     user: str  # user message template
+    # static text every user message starts with (instructions, examples): sent as written, before
+    # the rendered `user`; with prompt_cache = true a Claude model gets it marked for caching
+    shared_prefix: str | None = Field(None, min_length=1)
 
     @field_validator("system", "user")
     @classmethod
@@ -65,10 +68,15 @@ class RetrySpec(Section):
 
 
 class PricesSpec(Section):
-    """USD per million tokens; when set, these win over litellm's price list."""
+    """USD per million tokens; when set, these win over litellm's price list (at every service tier).
+    Reasoning tokens are output tokens (they are within completion_tokens)."""
 
     input_per_million: float = Field(ge=0)
     output_per_million: float = Field(ge=0)
+    # prompt tokens read from the provider's prompt cache; unset: the input price (cost_status says so)
+    cached_input_per_million: float | None = Field(None, ge=0)
+    # prompt tokens written to it (Anthropic: 1.25x or 2x the input price); unset: the input price
+    cache_write_per_million: float | None = Field(None, ge=0)
     # batch mode (mode = "batch"): the Batch API's price; when unset, half the prices above
     batch_input_per_million: float | None = Field(None, ge=0)
     batch_output_per_million: float | None = Field(None, ge=0)
@@ -113,6 +121,10 @@ class SimulatorSpec(Section):
     batch_time_scale: float = Field(3600.0, gt=0)
     batch_duration_s: float = Field(1800.0, ge=0)
     batch_faults: list[SimRule] = Field(default_factory=list)
+    # prompt tokens the simulator counts (and bills) per token of its own count: 1.3 = 30% more
+    prompt_token_scale: float = Field(1.0, gt=0, le=10)
+    # share of service_tier = "flex" requests answered 429 resource_unavailable
+    flex_unavailable_rate: float = Field(0.0, ge=0, le=1)
 
 
 class ToolFunctionSpec(Section):

@@ -22,6 +22,12 @@ file's content, not its path, is part of the fingerprint).
 `stream`, `on_truncated`, `on_content_filter` and `max_invalid_output_retries`
 say how answers are received and judged; they are not part of the
 fingerprint, so a run may be resumed with streaming switched on or off.
+Neither are `service_tier`, `flex_fallback_after` and `prompt_cache`: they
+change what a request costs, not its answer (`[prompt] shared_prefix` is part
+of the prompt, and so of the fingerprint, when set). `service_tier = "flex"`
+makes the default per-attempt timeout FLEX_TIMEOUT_S (OpenAI's flex guide
+recommends raising the SDK's 10 minutes to 15) and retry.max_elapsed_s
+FLEX_MAX_ELAPSED_S, unless the job sets them.
 
 Templates: `{subject}` or a dotted path into nested objects (`{customer.tier}`);
 `{{` and `}}` are literal braces. Values are inserted verbatim: a ticket whose
@@ -91,6 +97,13 @@ _PARAM_HINTS = {
     "functions": "declare [[tools]] in the job",
     "function_call": "set `tool_choice` at the top of the job",
 }
+#: flex: the default per-attempt timeout (OpenAI's flex processing guide: raise the SDK's 10-minute
+#: default to 15 minutes, because flex answers are slower) ...
+FLEX_TIMEOUT_S = 900.0
+#: ... and the default time a ticket may spend on its attempts
+FLEX_MAX_ELAPSED_S = 3600.0
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MAX_ELAPSED_S = 300.0
 # Providers without a Batch API batchrun can reach: a batch-mode job naming one is refused at load.
 # (Anthropic's batch creation is missing in litellm too; batch mode reaches it through Anthropic's SDK.)
 NO_BATCH_PROVIDERS = frozenset({"groq", "cohere", "gemini", "ollama", "together_ai", "deepseek",
@@ -120,11 +133,19 @@ class JobSpec(Section):
     workers: int | Literal["auto"] = "auto"  # worker processes (Ray actors with engine "ray"); auto: see worker_count
     engine: Literal["local", "ray"] = "local"  # "ray": the tickets run on Ray actors (docs/cluster.md)
     ray_address: str | None = Field(None, min_length=1)  # None: a local Ray for the run; "auto", "ray://HOST:10001"
-    timeout_s: float = Field(60.0, gt=0)  # per attempt
+    timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0)  # per attempt (flex: FLEX_TIMEOUT_S by default)
     # mypy (without pydantic's plugin) does not see Field(5, ...) as a default, so it thinks RetrySpec() needs arguments
     retry: RetrySpec = Field(default_factory=RetrySpec)  # type: ignore[arg-type]
     prices: PricesSpec | None = None
-    max_cost_usd: float | None = Field(None, gt=0)  # stop dispatching before spending more (all runs)
+    max_cost_usd: float | None = Field(None, gt=0)  # never spend more (all runs): docs/reliability.md, "Budget"
+    # -- what a request costs (docs/job-file.md: "Service tiers and prompt caching"); not in the fingerprint
+    service_tier: Literal["flex", "priority", "default"] | None = None  # OpenAI's service_tier, sent with every request
+    # flex: after this many flex attempts of a ticket answered 429 resource_unavailable, its next attempts
+    # go at the standard tier ("default"); 0: never
+    flex_fallback_after: int = Field(2, ge=0, le=100)
+    # mark the system prompt and [prompt] shared_prefix for the provider's prompt cache (Claude models:
+    # cache_control), or send a prompt_cache_key derived from the job (OpenAI)
+    prompt_cache: bool = False
     fail_fast_after: int = Field(5, ge=1)  # this many 401/403/404 tickets in a row abort the run
     # this many tickets in a row ending in the same non-retryable error (class and message) abort the run
     fail_fast_same_error_after: int = Field(20, ge=1)
@@ -291,6 +312,18 @@ class JobSpec(Section):
 
     @model_validator(mode="before")
     @classmethod
+    def _flex_defaults(cls, data: object) -> object:
+        """flex answers are slow: longer default timeouts (module docstring), unless the job sets them."""
+        if isinstance(data, dict) and data.get("service_tier") == "flex":
+            data = dict(data)
+            data.setdefault("timeout_s", FLEX_TIMEOUT_S)
+            retry = data.get("retry")
+            if retry is None or isinstance(retry, dict):
+                data["retry"] = {"max_elapsed_s": FLEX_MAX_ELAPSED_S, **(retry or {})}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
     def _model_from_models(cls, data: object) -> object:
         if isinstance(data, dict) and not data.get("model") and data.get("models"):
             first = data["models"][0]
@@ -409,8 +442,17 @@ class JobSpec(Section):
         return self.run_dir if self.run_dir is not None else Path("runs") / self.name
 
     def with_overrides(self, **changes: object) -> "JobSpec":
-        """A copy with CLI overrides applied (None means: keep), re-validated."""
+        """A copy with CLI overrides applied (None means: keep), re-validated. A new service_tier
+        brings its own default timeouts in place of the old tier's defaults."""
         data = self.model_dump()
+        tier = changes.get("service_tier")
+        if tier is not None and tier != self.service_tier:
+            old_timeout, old_elapsed = ((FLEX_TIMEOUT_S, FLEX_MAX_ELAPSED_S) if self.service_tier == "flex"
+                                        else (DEFAULT_TIMEOUT_S, DEFAULT_MAX_ELAPSED_S))
+            if data["timeout_s"] == old_timeout and "timeout_s" not in changes:
+                data.pop("timeout_s")
+            if data["retry"]["max_elapsed_s"] == old_elapsed:
+                data["retry"].pop("max_elapsed_s")
         data.update({k: v for k, v in changes.items() if v is not None})
         try:
             return JobSpec.model_validate(data)
@@ -421,7 +463,8 @@ class JobSpec(Section):
         """What decides the answers: a resumed run must not mix two of these."""
         fingerprint: dict[str, object] = {
             "model": self.model,
-            "prompt": self.prompt.model_dump(),
+            # shared_prefix only when set, so a job without it keeps the fingerprint it always had
+            "prompt": self.prompt.model_dump(exclude={"shared_prefix"} if self.prompt.shared_prefix is None else None),
             "params": self.params,
             "id_field": self.id_field,
         }
@@ -482,6 +525,14 @@ class JobSpec(Section):
         """Where the response cache lives ({"url": ...} or {"dir": ...}), or None when `cache` is off.
         Not part of the fingerprint: the cache only decides whether an answer is paid for again."""
         return cache_location(self.cache_url, self.cache_dir) if self.cache else None
+
+    def prompt_cache_key(self) -> str:
+        """The prompt_cache_key an OpenAI model gets with `prompt_cache = true`: the job's name and
+        the hash of what makes its prompts, so every request of the job lands on the same cache
+        and another job's never does."""
+        blob = orjson.dumps([self.prompt.model_dump(), self.output_schema, self.tools_payload],
+                            option=orjson.OPT_SORT_KEYS)
+        return f"batchrun-{self.name}-{hashlib.sha256(blob).hexdigest()[:16]}"[:64]
 
     def fingerprint_hash(self) -> str:
         blob = orjson.dumps(self.fingerprint(), option=orjson.OPT_SORT_KEYS)

@@ -95,5 +95,7 @@ def render_messages(job: JobSpec, ticket: Ticket) -> list[dict[str, str]]:
     system = job.system_template
     if system is not None:
         messages.append({"role": "system", "content": system.render(ticket.fields)})
-    messages.append({"role": "user", "content": job.user_template.render(ticket.fields)})
+    user = job.user_template.render(ticket.fields)
+    prefix = job.prompt.shared_prefix
+    messages.append({"role": "user", "content": prefix + user if prefix else user})
     return messages

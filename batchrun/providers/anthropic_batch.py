@@ -30,8 +30,8 @@ Anthropic batches carry no metadata: a create whose answer was lost is found by 
 first) a batch created between the part's first create (less CLOCK_SLACK_S) and its last (plus
 the timeout and CLOCK_SLACK_S), with the part's request count, not cancelled (`match_batch`).
 Fields filled in a line's usage: prompt_tokens (input + cache reads + cache writes, as litellm
-counts them), completion_tokens, total_tokens, cache_read_input_tokens,
-cache_creation_input_tokens.
+counts them), completion_tokens, total_tokens, cached_tokens (Anthropic's cache_read_input_tokens)
+and cache_write_tokens (its cache_creation_input_tokens), null where a result does not say them.
 """
 
 from __future__ import annotations
@@ -229,8 +229,8 @@ class AnthropicBatchAPI:
         given = message.get("usage")
         raw_usage: Mapping[str, object] = given if isinstance(given, Mapping) else {}
         tokens = {k: _count(raw_usage.get(k)) for k in ("input_tokens", "output_tokens")}
-        caches = {k: _count(raw_usage.get(k, 0) or 0)
-                  for k in ("cache_read_input_tokens", "cache_creation_input_tokens")}
+        caches = {k: _count(raw_usage[k]) for k in ("cache_read_input_tokens", "cache_creation_input_tokens")
+                  if raw_usage.get(k) is not None}  # a count not sent (or null) is not said: None
         believed = None not in tokens.values() and None not in caches.values()
         message["usage"] = raw_usage if believed else {"input_tokens": 0, "output_tokens": 0}
         from litellm.constants import RESPONSE_FORMAT_TOOL_NAME
@@ -252,16 +252,16 @@ class AnthropicBatchAPI:
             got = response.usage
             usage = Usage(prompt_tokens=int(got.prompt_tokens), completion_tokens=int(got.completion_tokens),
                           total_tokens=int(got.total_tokens),
-                          cache_read_input_tokens=caches["cache_read_input_tokens"],
-                          cache_creation_input_tokens=caches["cache_creation_input_tokens"])
+                          cached_tokens=caches.get("cache_read_input_tokens"),
+                          cache_write_tokens=caches.get("cache_creation_input_tokens"))
         source = None
         if usage is None:
             cost, status = None, "no_usage"
         elif prices is None:
             cost, status = None, "unpriced_model"
         else:
-            cost, status = prices.cost(usage), prices.status
-            source = "job_prices" if prices.status.startswith("job_prices") else "price_map"
+            cost, status = prices.cost(usage), prices.status_for(usage)
+            source = "job_prices" if status.startswith("job_prices") else "price_map"
         return Completion(text=(getattr(reply, "content", None) or "") if reply is not None else "",
                           finish_reason=getattr(choice, "finish_reason", None), model=getattr(response, "model", None),
                           usage=usage, cost_usd=cost, cost_status=status, tool_calls=_tool_calls_of(reply),

@@ -27,7 +27,7 @@ from batchrun.providers.error_mapping import (
 )
 from batchrun.providers.litellm_setup import import_litellm
 from batchrun.providers.seam import BatchAPI, BatchClaim, BatchLine, BatchMatch, BatchPrices, ChatRequest, Reply
-from batchrun.records import Completion, Line, ToolCall, Usage
+from batchrun.records import Completion, Line, ToolCall, usage_from_provider
 
 #: litellm 1.106's providers with a batch *create* (litellm.acreate_batch's custom_llm_provider).
 BATCH_PROVIDERS = frozenset({"openai", "azure", "vertex_ai", "bedrock", "hosted_vllm", "litellm_proxy", "mistral",
@@ -81,15 +81,20 @@ def _per_token(info: Mapping[str, object], key: str, factor: float = 1.0) -> flo
 
 def batch_prices_of(model: str, prices: PricesSpec | None) -> BatchPrices | None:
     """The batch price of `model` (any provider): the job's [prices] (batch ones, else half the
-    online ones), else litellm's batch prices (input_cost_per_token_batches,
-    output_cost_per_token_batches, and the cache read/write *_batches prices, else half the online
-    cache prices), else half litellm's online prices (cache ones too); None for a model litellm does not
-    price. The status says which (docs/batch.md, "Cost")."""
+    online ones; its cached and cache-write prices as given, halved with the online ones), else
+    litellm's batch prices (input_cost_per_token_batches, output_cost_per_token_batches, and the
+    cache read/write *_batches prices), else half litellm's online prices (cache ones too); None
+    for a model litellm does not price. The status says which, and BatchPrices.status_for adds
+    "_cached_price_assumed" where cached or written tokens had no price of their own (docs/batch.md,
+    "Cost")."""
     if prices is not None:
+        cached = None if prices.cached_input_per_million is None else prices.cached_input_per_million / 1e6
+        write = None if prices.cache_write_per_million is None else prices.cache_write_per_million / 1e6
         if prices.batch_input_per_million is not None and prices.batch_output_per_million is not None:
             return BatchPrices(prices.batch_input_per_million / 1e6, prices.batch_output_per_million / 1e6,
-                               "job_prices")
-        return BatchPrices(prices.input_per_million / 2e6, prices.output_per_million / 2e6, "job_prices_half")
+                               "job_prices", cached, write)
+        return BatchPrices(prices.input_per_million / 2e6, prices.output_per_million / 2e6, "job_prices_half",
+                           None if cached is None else cached / 2, None if write is None else write / 2)
     try:
         info = import_litellm().get_model_info(model=model)
     except Exception:
@@ -97,10 +102,8 @@ def batch_prices_of(model: str, prices: PricesSpec | None) -> BatchPrices | None
     batch_in, batch_out = info.get("input_cost_per_token_batches"), info.get("output_cost_per_token_batches")
     if batch_in is not None and batch_out is not None:
         return BatchPrices(float(batch_in), float(batch_out), "litellm_batch",
-                           _per_token(info, "cache_read_input_token_cost_batches")
-                           or _per_token(info, "cache_read_input_token_cost", 0.5),
-                           _per_token(info, "cache_creation_input_token_cost_batches")
-                           or _per_token(info, "cache_creation_input_token_cost", 0.5))
+                           _per_token(info, "cache_read_input_token_cost_batches"),
+                           _per_token(info, "cache_creation_input_token_cost_batches"))
     online_in, online_out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
     if online_in is None or online_out is None:
         return None
@@ -258,25 +261,23 @@ class LiteLLMBatchAPI:
             raise ValueError("the response body has no choices")
         message = choice.get("message") or {}
         raw_usage = body.get("usage")
-        usage = None
-        if isinstance(raw_usage, Mapping) and raw_usage.get("total_tokens") is not None:
-            usage = Usage(prompt_tokens=int(raw_usage.get("prompt_tokens") or 0),
-                          completion_tokens=int(raw_usage.get("completion_tokens") or 0),
-                          total_tokens=int(raw_usage.get("total_tokens") or 0))
+        usage = usage_from_provider(raw_usage) if isinstance(raw_usage, Mapping) else None
         source = None
         if usage is None:
             cost, status = None, "no_usage"
         elif prices is None:
             cost, status = None, "unpriced_model"
         else:
-            cost, status = prices.cost(usage), prices.status
-            source = "job_prices" if prices.status.startswith("job_prices") else "price_map"
+            cost, status = prices.cost(usage), prices.status_for(usage)
+            source = "job_prices" if status.startswith("job_prices") else "price_map"
         calls = tuple(ToolCall(name=str((c.get("function") or {}).get("name") or ""),
                                arguments=(c.get("function") or {}).get("arguments") or "", id=c.get("id"))
                       for c in (message.get("tool_calls") or []) if isinstance(c, Mapping))
+        tier = body.get("service_tier")
         return Completion(text=message.get("content") or "", finish_reason=choice.get("finish_reason"),
                           model=body.get("model"), usage=usage, cost_usd=cost, cost_status=status,
-                          tool_calls=calls, cost_source=source)
+                          tool_calls=calls, service_tier=tier if isinstance(tier, str) and len(tier) <= 32 else None,
+                          cost_source=source)
 
     def match_batch(self, batch: Reply, claim: BatchClaim) -> BatchMatch:
         """A listed batch is a part's when its metadata names the part (providers that list do not

@@ -31,7 +31,7 @@ class CachedAnswer(TypedDict):
     text: str
     finish_reason: str | None
     model: str | None
-    usage: dict[str, int] | None  # Usage.as_dict()
+    usage: dict[str, int | None] | None  # Usage.as_dict()
     usage_source: str
     cost_usd: float | None  # what it cost when it was obtained
     cost_status: str
@@ -173,7 +173,7 @@ def completion_from_cache(value: object) -> Completion:
     usage = value.get("usage")
     return Completion(
         text=str(value["text"]), finish_reason=value.get("finish_reason"), model=value.get("model"),
-        usage=Usage(**usage) if usage else None, cost_usd=0.0, cost_status="cache_hit", cost_source="cache",
+        usage=Usage.from_dict(usage) if usage else None, cost_usd=0.0, cost_status="cache_hit", cost_source="cache",
         tool_calls=tuple(ToolCall(name, arguments, call_id) for name, arguments, call_id in value.get("tool_calls") or ()),
         usage_source=value.get("usage_source") or "provider", cache_hit=True,
         cost_saved_usd=value.get("cost_usd"),

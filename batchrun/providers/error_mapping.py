@@ -161,6 +161,15 @@ CODE_KINDS = {
 STATUS_KINDS = {401: "auth", 403: "permission", 404: "not_found", 408: "timeout", 429: "rate_limited"}
 
 
+def rate_limit_kind(message: str, code: object = None) -> str:
+    """"resource_unavailable" for OpenAI's flex 429 (no capacity at the flex tier right now: not a
+    rate limit, never billed; ticket_runner.py may send the request at the standard tier), else
+    "rate_limited"."""
+    text = f"{code or ''} {message}".lower()
+    return "resource_unavailable" if "resource_unavailable" in text or "resource unavailable" in text \
+        else "rate_limited"
+
+
 def error_for_status(status: int | None, message: str, *, code: object = None, error_type: str = "HTTPError",
                      retry_after: float | None = None) -> RequestError:
     """The RequestError of an HTTP error status: 429 rate_limited, 408 timeout, 409 and 5xx server_error
@@ -170,8 +179,8 @@ def error_for_status(status: int | None, message: str, *, code: object = None, e
     if status is not None and 400 <= status < 500 and is_budget_answer(message, code):
         return TerminalError(message, kind="budget_exceeded", status_code=status, error_type=error_type)
     if status == 429:
-        return RateLimitedError(message, kind="rate_limited", status_code=429, retry_after=retry_after,
-                                error_type=error_type)
+        return RateLimitedError(message, kind=rate_limit_kind(message, code), status_code=429,
+                                retry_after=retry_after, error_type=error_type)
     if status is None or status in (408, 409) or status >= 500:
         return RetryableError(message, kind="timeout" if status == 408 else "server_error", status_code=status,
                               retry_after=retry_after, error_type=error_type)
@@ -203,8 +212,8 @@ def translate_error(exc: BaseException, secrets: tuple[str, ...] | list[str] = (
             return TerminalError(message, kind="budget_exceeded", status_code=status or 429, error_type=name)
     if lm is not None:
         if isinstance(exc, lm.RateLimitError):
-            return RateLimitedError(message, kind="rate_limited", status_code=429, retry_after=retry_after,
-                                    error_type=name)
+            return RateLimitedError(message, kind=rate_limit_kind(message, _code_of(exc)), status_code=429,
+                                    retry_after=retry_after, error_type=name)
         terminal_kinds = (
             (lm.ContextWindowExceededError, "context_window"),
             (lm.ContentPolicyViolationError, "content_policy"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from batchrun.providers.seam import ChatRequest
+from batchrun.providers.seam import ChatRequest, CostBound
 from batchrun.records import Completion
 
 
@@ -21,7 +21,7 @@ class ScriptedProvider:
 
     script: Callable[[ChatRequest], Completion | BaseException]
     calls: list[ChatRequest] = field(default_factory=list)
-    cost_estimate: float | None = None  # what estimate_cost answers
+    cost_estimate: float | None = None  # what cost_bound answers (its usd), at any prompt_factor
     token_estimate: tuple[int, int] = (0, 0)  # what estimate_tokens answers
 
     async def complete(self, request: ChatRequest) -> Completion:
@@ -31,8 +31,10 @@ class ScriptedProvider:
             raise answer
         return answer
 
-    def estimate_cost(self, request: ChatRequest) -> float | None:
-        return self.cost_estimate
+    def cost_bound(self, request: ChatRequest, prompt_factor: float = 1.0) -> CostBound | None:
+        if self.cost_estimate is None:
+            return None
+        return CostBound(self.cost_estimate, self.token_estimate[0], self.token_estimate[1])
 
     def estimate_tokens(self, request: ChatRequest) -> tuple[int, int]:
         return self.token_estimate

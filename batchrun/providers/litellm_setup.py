@@ -7,6 +7,7 @@
     preload()          the same, now (a command overlapping it with other start-up work)
     loaded_litellm()   litellm if already imported, else None
     check_model(s)     a model string litellm cannot route, refused before anything is sent
+    check_service_tier()  a service_tier the model does not take, or flex without a flex price
     unknown_params()   [params] keys litellm does not list for the model ("did you mean")
     estimate_tokens(), price_for()   token counts and prices for plan and bench
     bare_acompletion() litellm.acompletion as a user calls it: bench's baseline
@@ -111,6 +112,37 @@ def check_models(job: JobSpec) -> None:
     check_model(job.model, job.api_base)
     for index, entry in enumerate(job.models):
         check_model(entry.model, entry.api_base or job.api_base, where=f"models[{index}].model ({entry.name})")
+
+
+def check_service_tier(job: Any) -> None:
+    """Refuse (JobSpecError, exit 2, before anything is sent) a job whose `service_tier` its model
+    does not take (litellm lists no service_tier parameter for its provider), or whose tier is
+    "flex" for a model litellm has no flex price for: it would be billed at a price nobody knows.
+    The message names the provider's models that have one."""
+    tier = getattr(job, "service_tier", None)
+    if tier is None:
+        return
+    from batchrun.providers.pricing import flex_models, has_flex_price
+
+    lm = import_litellm()
+    for model in [job.model] + [entry.model for entry in job.models]:
+        try:
+            name, provider, _, _ = lm.get_llm_provider(model=model)
+            supported = lm.get_supported_openai_params(model=name, custom_llm_provider=provider) or []
+        except Exception:  # a model litellm cannot route is refused by check_model
+            continue
+        if "service_tier" not in supported:
+            raise JobSpecError(f"service_tier = {tier!r}: litellm sends no service_tier for {model} ({provider}); "
+                               "service tiers are OpenAI's (and Azure's): drop service_tier for this model; "
+                               "nothing was sent")
+        if tier != "flex":
+            continue
+        if not has_flex_price(model):
+            having = flex_models(provider)
+            raise JobSpecError(
+                f"service_tier = \"flex\": litellm has no flex price for {model}, so its cost could not be known "
+                f"(and the provider may not serve it at flex). {provider} models with a flex price: "
+                + (", ".join(having) if having else "none") + "; nothing was sent")
 
 
 def openai_transport(stream: bool = False) -> str:

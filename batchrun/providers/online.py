@@ -2,11 +2,17 @@
 
 No retry inside litellm or the SDK (tenacity is the one retry layer), an
 explicit timeout on every attempt, the API key per call and never in a message,
-the cost litellm computed (job [prices] win) or null with a status saying why,
-usage the provider did not send counted and marked "estimated", a stream that
-ends without a finish_reason retried as `stream_cut`, JSON schemas and tools
-sent where the model takes them, the response cache read before the first
-attempt and written after an accepted answer. The rules and why: docs/internals.md
+the cost litellm computed (job [prices] win; pricing.py prices what litellm did
+not) or null with a status saying why, usage with every kind of token the
+provider said (cached, cache writes, reasoning, audio, image; records.Usage)
+and the service tier it says it served, what prompt caching saved, usage the
+provider did not send counted and marked "estimated", a stream that ends
+without a finish_reason retried as `stream_cut`, JSON schemas and tools sent
+where the model takes them, the service tier asked for (a request's own tier
+wins: the flex fallback), prompt caching asked for (`prompt_cache`: Claude
+models get cache_control on the system prompt and the job's shared prefix,
+others a prompt_cache_key), the response cache read before the first attempt
+and written after an accepted answer. The rules and why: docs/internals.md
 ("litellm: the rules").
 
     LiteLLMProvider    the Provider (seam.py) on litellm
@@ -20,7 +26,9 @@ with getattr and checked where used.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from dataclasses import replace
 from typing import Any, Callable, Mapping, Required, Sequence, TypedDict
 
 from batchrun.errors import (
@@ -32,13 +40,18 @@ from batchrun.providers import tuning
 from batchrun.providers.cache import ResponseCache
 from batchrun.providers.error_mapping import provider_headers, translate_error, upstream_attempts
 from batchrun.providers.litellm_setup import import_litellm, openai_transport
-from batchrun.providers.seam import ChatRequest, Provider, RequestOptions
+from batchrun.providers.pricing import Pricing
+from batchrun.providers.seam import ChatRequest, CostBound, Provider, RequestOptions
 from batchrun.providers.tuning import (
     INLINE_PREP_PROVIDERS,
 )
-from batchrun.records import Completion, ToolCall, Usage
+from batchrun.records import Completion, ToolCall, Usage, usage_from_provider
 
 TICKET_HEADER = "X-Batchrun-Ticket-Id"
+#: max output tokens a budget assumes for a model litellm has no max_output_tokens for (and no max_tokens)
+DEFAULT_MAX_OUTPUT_TOKENS = 4096
+#: the cache_control Claude models get on what `prompt_cache` marks
+EPHEMERAL = {"type": "ephemeral"}
 
 
 class ProviderArgs(TypedDict, total=False):
@@ -52,17 +65,27 @@ class ProviderArgs(TypedDict, total=False):
     prices: dict[str, float | None] | None  # PricesSpec.model_dump()
     max_connections: int | None
     cache: dict[str, str] | None  # the response cache's location (JobSpec.cache_settings)
+    service_tier: str | None  # what a request costs (docs/job-file.md, "Service tiers and prompt caching")
+    fallback_tier: str | None
+    prompt_cache: bool
+    cache_prefix: str | None
+    prompt_cache_key: str | None
+    price_model: str | None  # the model litellm prices (a simulated run: the named model)
 
 
 def _usage_of(response: Any) -> Usage | None:
-    raw_usage = getattr(response, "usage", None)
-    if raw_usage is None or getattr(raw_usage, "total_tokens", None) is None:
-        return None
-    return Usage(
-        prompt_tokens=int(raw_usage.prompt_tokens or 0),
-        completion_tokens=int(raw_usage.completion_tokens or 0),
-        total_tokens=int(raw_usage.total_tokens or 0),
-    )
+    return usage_from_provider(getattr(response, "usage", None))
+
+
+def served_tier_of(response: Any) -> str | None:
+    """The tier the response says it was served at (OpenAI's `service_tier`), or None."""
+    tier = getattr(response, "service_tier", None)
+    return tier if isinstance(tier, str) and 0 < len(tier) <= 32 else None
+
+
+def is_claude(model: str) -> bool:
+    """A Claude model (Anthropic's, Bedrock's, Vertex's, or one a proxy or the simulator serves)."""
+    return "claude" in model.rsplit("/", 1)[-1].lower()
 
 
 def _tool_calls_of(message: Any) -> tuple[ToolCall, ...]:
@@ -78,11 +101,6 @@ def _tool_calls_of(message: Any) -> tuple[ToolCall, ...]:
     return tuple(calls)
 
 
-def _job_price(usage: Usage, prices: PricesSpec) -> float:
-    return (usage.prompt_tokens * prices.input_per_million
-            + usage.completion_tokens * prices.output_per_million) / 1e6
-
-
 def _provider_usage(response: Any) -> Usage | None:
     """The usage the provider sent with a non-streamed answer, or None when it sent none.
 
@@ -95,13 +113,38 @@ def _provider_usage(response: Any) -> Usage | None:
     return usage
 
 
-def _completion_from(response: Any, prices: PricesSpec | None,
+def _priced(usage: Usage | None, source: str, tier: str | None, response_cost: Any,
+            pricing: Pricing | None, headers: Mapping[str, Any] | None = None,
+            ) -> tuple[float | None, str, float | None, str | None]:
+    """(cost_usd, cost_status, prompt_cache_saved_usd, cost_source) of an answer's usage served at
+    `tier`: the job's [prices] when set; else litellm's response_cost (it includes the cached tokens
+    and the served tier; cost_source "endpoint" when it is a LiteLLM proxy's x-litellm-response-cost
+    in `headers`, else "price_map"); else `pricing` (litellm's map for the named model, at the tier).
+    Estimated usage: "estimated". No usage: (None, "no_usage", None, None). Never a silent 0."""
+    if usage is None:
+        return None, "no_usage", None, None
+    cost: float | None
+    cost_source: str | None
+    if (pricing is None or pricing.prices is None) and source == "provider" and response_cost is not None:
+        cost, status = float(response_cost), "litellm"
+        cost_source = "endpoint" if headers and _endpoint_priced(headers, cost) else "price_map"
+    elif pricing is None:
+        return None, "unpriced_model", None, None
+    else:  # litellm did not price it (or priced the zeros of a missing usage): price what is known
+        cost, status = pricing.cost(usage, tier)
+        cost_source = None if cost is None else "job_prices" if status.startswith("job_prices") else "price_map"
+    if source == "estimated" and cost is not None:
+        status = cost_source = "estimated"
+    return cost, status, pricing.cache_saving(usage, tier) if pricing is not None else None, cost_source
+
+
+def _completion_from(response: Any, pricing: Pricing | None,
                      estimate: Callable[[str, tuple[ToolCall, ...]], Usage] | None = None,
-                     cost_per_token: Callable[[Usage], float | None] | None = None) -> Completion:
+                     tier: str | None = None) -> Completion:
     """A non-streamed answer as a Completion. Without usage from the provider, `estimate`
-    (text, tool calls) -> Usage counts it (usage_source "estimated", cost_status "estimated",
-    priced by the job's prices or `cost_per_token`); without `estimate` the usage and cost are
-    None with cost_status "no_usage". Never a silent 0."""
+    (text, tool calls) -> Usage counts it (usage_source "estimated", cost_status "estimated");
+    without `estimate` the usage and cost are None with cost_status "no_usage". Priced at the
+    tier the response names (else `tier`, the one asked for). Never a silent 0."""
     choice = response.choices[0]
     message = getattr(choice, "message", None)
     text = (getattr(message, "content", None) or "") if message is not None else ""
@@ -110,25 +153,11 @@ def _completion_from(response: Any, prices: PricesSpec | None,
     source = "provider"
     if usage is None and estimate is not None:
         usage, source = estimate(text, tool_calls), "estimated"
+    served = served_tier_of(response)
     hidden = getattr(response, "_hidden_params", None) or {}
     headers = hidden.get("additional_headers") or {}
-    cost_source: str | None = None
-    if usage is None:
-        cost, status = None, "no_usage"
-    elif prices is not None:
-        cost, status, cost_source = _job_price(usage, prices), "job_prices", "job_prices"
-    elif source == "provider":
-        cost = hidden.get("response_cost")
-        if cost is not None:
-            cost, status = float(cost), "litellm"
-            cost_source = "endpoint" if _endpoint_priced(headers, cost) else "price_map"
-        else:
-            status = "unpriced_model"
-    else:  # litellm's response_cost priced the zeros: price the estimate instead
-        cost = cost_per_token(usage) if cost_per_token is not None else None
-        status = "unpriced_model"
-    if source == "estimated" and cost is not None:
-        status = cost_source = "estimated"
+    cost, status, saved, cost_source = _priced(usage, source, served or tier, hidden.get("response_cost"), pricing,
+                                               headers)
     return Completion(
         text=text,
         finish_reason=getattr(choice, "finish_reason", None),
@@ -139,6 +168,8 @@ def _completion_from(response: Any, prices: PricesSpec | None,
         tool_calls=tool_calls,
         usage_source=source,
         rate_limit_headers=_rate_limit_headers(response),
+        service_tier=served,
+        prompt_cache_saved_usd=saved,
         cost_source=cost_source,
         upstream_attempts=upstream_attempts(headers),
     )
@@ -174,10 +205,15 @@ def _provider_finished(stream: Any, chunks: Sequence[Any]) -> bool:
     return received is not None or getattr(stream, "intermittent_finish_reason", None) is not None
 
 
-def _provider_sent_usage(stream: Any, chunks: Sequence[Any]) -> bool:
-    """Did a chunk from the provider carry usage? (litellm estimates it when none did.)"""
-    raw = getattr(stream, "chunks", None)  # the wrapper's own copies, before it adds its totals
-    return any(getattr(c, "usage", None) is not None for c in (raw if raw is not None else chunks))
+def _streamed_usage(stream: Any, chunks: Sequence[Any], built: Any) -> Usage | None:
+    """The usage a chunk from the provider carried (the last one), or None when none did
+    (litellm estimates it then). Read from the wrapper's own copies of the provider's chunks,
+    before it adds its totals and fills kinds the provider did not say (reasoning_tokens 0)."""
+    raw = getattr(stream, "chunks", None)
+    for chunk in reversed(raw if raw is not None else chunks):
+        if getattr(chunk, "usage", None) is not None:
+            return usage_from_provider(chunk.usage) if raw is not None else _usage_of(built)
+    return None
 
 
 class LiteLLMProvider:
@@ -193,6 +229,12 @@ class LiteLLMProvider:
         prices: PricesSpec | None = None,
         max_connections: int | None = None,
         cache: Mapping[str, str] | None = None,
+        service_tier: str | None = None,
+        fallback_tier: str | None = None,
+        prompt_cache: bool = False,
+        cache_prefix: str | None = None,
+        prompt_cache_key: str | None = None,
+        price_model: str | None = None,
     ) -> None:
         self.model = model
         self.api_base = api_base
@@ -201,6 +243,17 @@ class LiteLLMProvider:
         self.prices = prices
         self._secrets = tuple(s for s in (api_key,) if s)
         self._litellm = import_litellm(max_connections)
+        #: the tier every request asks for (None: the provider's default) ...
+        self.service_tier = service_tier
+        #: ... and the one a request may fall back to (flex_fallback_after): the budget prices both
+        self.fallback_tier = fallback_tier
+        #: prompt caching: Claude models mark the system prompt and `cache_prefix` with cache_control,
+        #: others send `prompt_cache_key` (module docstring)
+        self.marks_cache = prompt_cache and is_claude(model)
+        self.cache_prefix = cache_prefix if self.marks_cache else None
+        self.prompt_cache_key = prompt_cache_key if prompt_cache and not self.marks_cache else None
+        #: litellm's prices for the model (a simulated run: the named model's, `price_model`)
+        self.pricing = Pricing(model, prices, price_model)
         self._schema_support: bool | None = None  # supports_response_schema(model), asked once
         #: litellm's request preparation runs on the loop thread (module docstring)
         self.inline_prep = self._provider_name() in INLINE_PREP_PROVIDERS
@@ -255,12 +308,42 @@ class LiteLLMProvider:
         assert self.response_cache is not None
         return self.response_cache.key(call, self.api_base)
 
+    def tier_of(self, request: ChatRequest) -> str | None:
+        """The tier `request` asks for: its own (a flex fallback), else the job's."""
+        return request.service_tier or self.service_tier
+
+    def _marked(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The messages with cache_control on the system prompt and on the job's shared prefix of
+        the user message (Claude models with `prompt_cache`): content blocks, as litellm passes
+        them on to Anthropic (and a LiteLLM proxy or the simulator receives them)."""
+        marked: list[dict[str, Any]] = []
+        prefix = self.cache_prefix
+        for message in messages:
+            content = message.get("content")
+            if message.get("role") == "system" and isinstance(content, str) and content:
+                message = {**message, "content": [{"type": "text", "text": content, "cache_control": EPHEMERAL}]}
+            elif (message.get("role") == "user" and prefix and isinstance(content, str)
+                  and content.startswith(prefix) and len(content) > len(prefix)):
+                message = {**message, "content": [
+                    {"type": "text", "text": prefix, "cache_control": EPHEMERAL},
+                    {"type": "text", "text": content[len(prefix):]}]}
+                prefix = None  # the first user message only
+            marked.append(message)
+        return marked
+
     async def complete(self, request: ChatRequest) -> Completion:
         kwargs: Params = dict(self.params)
         if self.api_base:
             kwargs["api_base"] = self.api_base
         if self._api_key:
             kwargs["api_key"] = self._api_key
+        tier = self.tier_of(request)
+        if tier is not None:
+            kwargs["service_tier"] = tier
+        if self.prompt_cache_key is not None:
+            kwargs["prompt_cache_key"] = self.prompt_cache_key
+        if self.marks_cache:
+            request = replace(request, messages=self._marked(request.messages))
         options = request.options
         if options is not None:
             self._add_options(kwargs, options)
@@ -271,9 +354,8 @@ class LiteLLMProvider:
         except Exception as exc:  # cancellation is a BaseException and passes through
             raise translate_error(exc, self._secrets) from None
         try:
-            return _completion_from(response, self.prices,
-                                    lambda text, calls: self._estimate_usage(request, text, calls),
-                                    self._cost_per_token)
+            return _completion_from(response, self.pricing,
+                                    lambda text, calls: self._estimate_usage(request, text, calls), tier)
         except (AttributeError, IndexError, TypeError, ValueError) as exc:
             raise RetryableError(f"malformed response: {exc}", kind="connection",
                                  error_type="MalformedResponse") from None
@@ -354,25 +436,17 @@ class LiteLLMProvider:
         message = getattr(choice, "message", None)
         text = (getattr(message, "content", None) or "") if message is not None else ""
         tool_calls = _tool_calls_of(message)
-        usage = _usage_of(built) if _provider_sent_usage(stream, chunks) else None
+        usage = _streamed_usage(stream, chunks, built)
         source = "provider"
         if usage is None:
             usage, source = self._estimate_usage(request, text, tool_calls), "estimated"
         hidden = getattr(built, "_hidden_params", None) or {}
+        served = served_tier_of(built) or next((served_tier_of(c) for c in reversed(chunks) if served_tier_of(c)),
+                                               None)
         # a stream's cost is litellm's (its price map): a proxy cannot send a stream's cost in the
         # headers it sends before the stream, and litellm writes its own figure under that header name
-        cost_source: str | None = None
-        cost: float | None
-        if self.prices is not None:
-            cost, status, cost_source = _job_price(usage, self.prices), "job_prices", "job_prices"
-        elif source == "provider" and hidden.get("response_cost") is not None:
-            cost, status, cost_source = float(hidden["response_cost"]), "litellm", "price_map"
-        else:
-            cost = self._cost_per_token(usage)
-            status = "litellm" if cost is not None else "unpriced_model"
-            cost_source = "price_map" if cost is not None else None
-        if source == "estimated" and cost is not None:
-            status = cost_source = "estimated"
+        cost, status, saved, cost_source = _priced(usage, source, served or self.tier_of(request),
+                                                   hidden.get("response_cost"), self.pricing)
         stream_headers = (getattr(stream, "_hidden_params", None) or {}).get("additional_headers") or {}
         return Completion(
             text=text,
@@ -385,6 +459,8 @@ class LiteLLMProvider:
             ttft_ms=ttft_ms,
             usage_source=source,
             rate_limit_headers=_rate_limit_headers(stream),  # the wrapper keeps the response headers
+            service_tier=served,
+            prompt_cache_saved_usd=saved,
             cost_source=cost_source,
             upstream_attempts=upstream_attempts(stream_headers),
         )
@@ -405,15 +481,6 @@ class LiteLLMProvider:
             completion = len(answer) // 4
         return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
-    def _cost_per_token(self, usage: Usage) -> float | None:
-        """litellm's price for these tokens on this model, or None for an unpriced model."""
-        try:
-            prompt_cost, completion_cost = self._litellm.cost_per_token(
-                model=self.model, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
-        except Exception:
-            return None
-        return float(prompt_cost + completion_cost)
-
     def estimate_tokens(self, request: ChatRequest) -> tuple[int, int]:
         """(prompt tokens by litellm.token_counter, max_tokens or 1024): what a
         request may use at most; rate limits reserve it, budgets price it."""
@@ -426,18 +493,29 @@ class LiteLLMProvider:
         completion = int(self.params.get("max_tokens") or self.params.get("max_completion_tokens") or 1024)
         return prompt, completion
 
-    def estimate_cost(self, request: ChatRequest) -> float | None:
-        """Prompt tokens (litellm.token_counter) + max_tokens at the model's or the job's price."""
-        lm = self._litellm
-        prompt, completion = self.estimate_tokens(request)
-        if self.prices is not None:
-            return (prompt * self.prices.input_per_million + completion * self.prices.output_per_million) / 1e6
-        try:
-            prompt_cost, completion_cost = lm.cost_per_token(
-                model=self.model, prompt_tokens=prompt, completion_tokens=completion)
-        except Exception:  # an unpriced model
-            return None
-        return float(prompt_cost + completion_cost)
+    def max_output_tokens(self) -> tuple[int, str]:
+        """(the most completion tokens a request may use, where that comes from): max_tokens
+        ("max_tokens"), else the model's max_output_tokens in litellm's map ("model"), else
+        DEFAULT_MAX_OUTPUT_TOKENS ("assumed")."""
+        value = self.params.get("max_tokens") or self.params.get("max_completion_tokens")
+        if isinstance(value, int) and value > 0:
+            return value, "max_tokens"
+        model_max = self.pricing.max_output_tokens()
+        if model_max is not None:
+            return model_max, "model"
+        return DEFAULT_MAX_OUTPUT_TOKENS, "assumed"
+
+    def cost_bound(self, request: ChatRequest, prompt_factor: float = 1.0) -> CostBound | None:
+        """The most `request` may cost: its prompt estimate (litellm.token_counter) x
+        `prompt_factor` (the budget's calibration against what the provider counts) plus
+        max_output_tokens(), at the dearest tier it may be served at and the dearest input price
+        (a cache write, when it marks its prompt); None for an unpriced model."""
+        prompt = self.estimate_tokens(request)[0]
+        output = self.max_output_tokens()[0]
+        tiers = tuple(dict.fromkeys((self.tier_of(request), self.fallback_tier if self.fallback_tier else
+                                     self.tier_of(request))))
+        usd = self.pricing.bound(math.ceil(prompt * prompt_factor), output, tiers, cache_writes=self.marks_cache)
+        return None if usd is None else CostBound(usd=usd, prompt_tokens=prompt, output_tokens=output)
 
     async def aclose(self) -> None:
         if self.response_cache is not None:
@@ -449,7 +527,10 @@ def build_provider(args: ProviderArgs) -> LiteLLMProvider:
     prices = args.get("prices")
     return LiteLLMProvider(model=args["model"], api_base=args.get("api_base"), api_key=args.get("api_key"),
                            params=args.get("params"), prices=PricesSpec.model_validate(prices) if prices else None,
-                           max_connections=args.get("max_connections"), cache=args.get("cache"))
+                           max_connections=args.get("max_connections"), cache=args.get("cache"),
+                           service_tier=args.get("service_tier"), fallback_tier=args.get("fallback_tier"),
+                           prompt_cache=bool(args.get("prompt_cache")), cache_prefix=args.get("cache_prefix"),
+                           prompt_cache_key=args.get("prompt_cache_key"), price_model=args.get("price_model"))
 
 
 def build_providers(provider_kwargs: Mapping[str, ProviderArgs]) -> dict[str, Provider]:

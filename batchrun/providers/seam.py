@@ -1,6 +1,8 @@
 """The provider seam: what the engine asks of whatever answers its requests.
 
-    ChatRequest      one request: ticket id, messages, timeout, the job's RequestOptions
+    ChatRequest      one request: ticket id, messages, timeout, the job's RequestOptions,
+                     the service tier when it is not the job's (the flex fallback)
+    CostBound        the most one request may cost (the budget's reservation)
     RequestOptions   stream or not, the JSON schema, tools and tool_choice (one per job)
     Provider         online calls: complete(), estimates for limits and budgets, the
                      response cache; LiteLLMProvider (online.py) and the fake
@@ -60,6 +62,16 @@ class ChatRequest:
     timeout_s: float
     options: RequestOptions | None = None  # None: a plain, non-streamed request
     model_key: str | None = None  # multi-model jobs: which [[models]] entry serves it
+    service_tier: str | None = None  # None: the job's tier; "default" after flex_fallback_after flex 429s
+
+
+@dataclass(frozen=True, slots=True)
+class CostBound:
+    """The most one request may cost, and the estimates it was made of."""
+
+    usd: float
+    prompt_tokens: int = 0  # the client's estimate of its prompt tokens (before calibration)
+    output_tokens: int = 0  # the most completion tokens it may use (max_tokens or the model's maximum)
 
 
 class Provider(Protocol):
@@ -73,8 +85,10 @@ class Provider(Protocol):
         """(prompt tokens, the most completion tokens it may use): what rate limits reserve."""
         ...
 
-    def estimate_cost(self, request: ChatRequest) -> float | None:
-        """USD the request may cost at most (prompt + max_tokens), None if unknown."""
+    def cost_bound(self, request: ChatRequest, prompt_factor: float = 1.0) -> CostBound | None:
+        """The most the request may cost: its prompt estimate x `prompt_factor` (the budget's
+        calibration) + its most completion tokens, at the dearest price it may be billed at;
+        None if unknown (an unpriced model)."""
         ...
 
     async def cached(self, request: ChatRequest) -> Completion | None:
@@ -95,18 +109,25 @@ class BatchPrices:
     input_per_token: float
     output_per_token: float
     status: str  # "litellm_batch", "half_online", "job_prices", "job_prices_half" (batch_api.py)
-    cache_read_per_token: float | None = None  # prompt-cache reads (None: priced as input)
-    cache_write_per_token: float | None = None  # prompt-cache writes (None: priced as input)
+    cached_input_per_token: float | None = None  # None: cached prompt tokens at input_per_token
+    cache_write_per_token: float | None = None  # None: written prompt tokens at input_per_token
 
     def cost(self, usage: Usage) -> float:
-        """USD for `usage`: its cache reads and writes (part of prompt_tokens) at their own prices."""
-        read = usage.cache_read_input_tokens or 0
-        write = usage.cache_creation_input_tokens or 0
-        plain = max(usage.prompt_tokens - read - write, 0)
-        read_price = self.input_per_token if self.cache_read_per_token is None else self.cache_read_per_token
-        write_price = self.input_per_token if self.cache_write_per_token is None else self.cache_write_per_token
-        return (plain * self.input_per_token + read * read_price + write * write_price
+        cached, written = usage.cached_tokens or 0, usage.cache_write_tokens or 0
+        return (usage.uncached_prompt_tokens * self.input_per_token
+                + cached * (self.input_per_token if self.cached_input_per_token is None
+                            else self.cached_input_per_token)
+                + written * (self.input_per_token if self.cache_write_per_token is None
+                             else self.cache_write_per_token)
                 + usage.completion_tokens * self.output_per_token)
+
+    def status_for(self, usage: Usage) -> str:
+        """`status`, plus "_cached_price_assumed" when cached or written tokens were priced at the
+        input price for want of a cached price."""
+        if ((usage.cached_tokens and self.cached_input_per_token is None)
+                or (usage.cache_write_tokens and self.cache_write_per_token is None)):
+            return self.status + "_cached_price_assumed"
+        return self.status
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from typing import Iterator
 import orjson
 
 from batchrun.errors import CheckpointError
-from batchrun.records import Line, line_money
+from batchrun.records import KindTotals, Line, line_money
 from batchrun.rundir.layout import ERRORS, RESULTS, open_no_follow
 
 
@@ -40,6 +40,7 @@ class JsonlScan:
     total_tokens: int = 0  # sum of the valid lines' usage.total_tokens
     cache_hits: int = 0  # lines with "cache_hit": true (reused answers)
     cost_saved_usd: float = 0.0  # their cost_saved_usd
+    kinds: KindTotals = field(default_factory=KindTotals)  # with totals: token kinds, prompt cache, tiers
     requests: int = 0  # the lines' attempts: requests batchrun sent
     upstream_requests: int = 0  # what the endpoint (a LiteLLM proxy) reported it sent upstream for them
     upstream_lines: int = 0  # lines that report it
@@ -87,6 +88,7 @@ def scan_jsonl(path: Path, *, keep_last: bool = False, totals: bool = True) -> J
                             scan.cache_hits += money.cache_hit
                             scan.cost_saved_usd += money.cost_saved_usd
                             scan.total_tokens += money.total_tokens
+                            scan.kinds.add(money)
                             scan.requests += money.requests
                             if money.upstream_requests is not None:
                                 scan.upstream_requests += money.upstream_requests

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import AbstractSet, Any, Mapping, TypedDict
 
 from batchrun.errors import CheckpointError, ReportError
+from batchrun.records import KindTotals
 from batchrun.rundir.layout import LEDGER, LIVE_PART_STATES
 from batchrun.rundir.manifest import Manifest, read_manifest
 
@@ -177,7 +178,7 @@ def run_status(run_dir: Path) -> RunStatus:
     status = status_from_counts(run_dir, manifest, done=done, failed=len(failed_ids), cost_usd=cost,
                                 unpriced=unpriced, total_tokens=tokens, rejected_lines=rejected,
                                 cache_hits=results.cache_hits, cost_saved_usd=results.cost_saved_usd,
-                                done_ids=results.ids, requests=results.requests + errors.requests,
+                                done_ids=results.ids, kinds=results.kinds, requests=results.requests + errors.requests,
                                 upstream_requests=(results.upstream_requests + errors.upstream_requests
                                                    if results.upstream_lines + errors.upstream_lines else None),
                                 upstream_unreported=results.upstream_unreported + errors.upstream_unreported)
@@ -218,8 +219,9 @@ def run_counts(run_dir: Path, run: int) -> dict[str, Any]:
 def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int, failed: int, cost_usd: float,
                        unpriced: int, total_tokens: int, rejected_lines: int, cache_hits: int = 0,
                        cost_saved_usd: float = 0.0, live: bool | None = None,
-                       done_ids: AbstractSet[str] | None = None, requests: int | None = None,
-                       upstream_requests: int | None = None, upstream_unreported: int = 0) -> RunStatus:
+                       done_ids: AbstractSet[str] | None = None, kinds: KindTotals | None = None,
+                       requests: int | None = None, upstream_requests: int | None = None,
+                       upstream_unreported: int = 0) -> RunStatus:
     """The status JSON (`batchrun status --json`, and `batchrun serve`'s /api/runs/NAME) from a
     run directory's counts: the one definition of its keys and rounding. `live`: whether a run
     holds the lock (None: probe it here); `done_ids`: the ids with a result (None: read them,
@@ -271,6 +273,8 @@ def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int,
         "cache_hits": cache_hits,
         "cost_saved_usd": round(cost_saved_usd, 6),
         "total_tokens": total_tokens,
+        # token kinds of the results: cached share of input tokens, what prompt caching saved, tiers
+        **(kinds or KindTotals()).as_dict(),
         "requests": requests,  # all runs, as the lines record them
         "upstream_requests": upstream_requests,
         "upstream_unreported": upstream_unreported if upstream_requests is not None else 0,

@@ -37,7 +37,7 @@ import orjson
 
 from batchrun.analysis.documents import StoredJSON
 from batchrun.analysis.stats import LatencyHistogram
-from batchrun.records import line_money, line_time
+from batchrun.records import KindTotals, line_money, line_time
 from batchrun.serve.payloads import FailureMessage, RecentAnswer, SeriesPoints
 
 __all__ = ["JsonlFollower", "SERIES_POINTS", "UnitNumbers", "open_nofollow"]
@@ -210,6 +210,7 @@ class UnitNumbers:
         self.unpriced = 0  # result lines with "cost_usd": null
         self.cache_hits = 0  # result lines with "cache_hit": true (answers reused, not paid again)
         self.cost_saved_usd = 0.0  # their cost_saved_usd
+        self.kinds = KindTotals()  # token kinds, what prompt caching saved, tiers
         self.prompt_tokens = self.completion_tokens = self.total_tokens = 0
         self.latency = LatencyHistogram()
         self.ttft = LatencyHistogram()
@@ -243,6 +244,7 @@ class UnitNumbers:
         self.rejected_cost += money.rejected_cost_usd
         self.cache_hits += money.cache_hit
         self.cost_saved_usd += money.cost_saved_usd
+        self.kinds.add(money)
         out_tokens = money.completion_tokens
         self.prompt_tokens += money.prompt_tokens
         self.completion_tokens += out_tokens

@@ -306,8 +306,9 @@ class UnitWatch:
         return status_from_counts(self.run_dir, self.manifest, done=n.done, failed=len(n.failed), cost_usd=n.cost_usd,
                                   unpriced=n.unpriced, total_tokens=n.total_tokens,
                                   rejected_lines=self.rejected_lines, cache_hits=n.cache_hits,
-                                  cost_saved_usd=n.cost_saved_usd, live=self.held, requests=n.requests,
-                                  upstream_requests=n.upstream_requests, upstream_unreported=n.upstream_unreported)
+                                  cost_saved_usd=n.cost_saved_usd, live=self.held, kinds=n.kinds,
+                                  requests=n.requests, upstream_requests=n.upstream_requests,
+                                  upstream_unreported=n.upstream_unreported)
 
     def signature(self) -> UnitSignature:
         """Changes whenever the run's files do: the key of the grading cache."""

@@ -150,6 +150,11 @@ def _profile(value: str) -> tuple[str, float, float]:
 )
 @click.option("--batch-state-dir", type=click.Path(file_okay=False), default=None,
               help="Batch API: keep files and batches in this directory across restarts (default: a temporary one).")
+@click.option("--prompt-token-scale", type=click.FloatRange(min=0, min_open=True), default=SimConfig.prompt_token_scale,
+              show_default=True, help="Prompt tokens counted (and billed) per token of the simulator's own count: "
+                                      "1.3 counts 30%% more than a client estimates.")
+@click.option("--flex-unavailable-rate", type=click.FloatRange(0, 1), default=SimConfig.flex_unavailable_rate,
+              show_default=True, help="Share of service_tier=flex requests answered 429 resource_unavailable.")
 @click.option(
     "--exit-on-stdin-eof",
     is_flag=True,
@@ -175,6 +180,8 @@ def sim_command(
     batch_duration_s: float,
     batch_faults: tuple[BatchFault, ...],
     batch_state_dir: str | None,
+    prompt_token_scale: float,
+    flex_unavailable_rate: float,
     exit_on_stdin_eof: bool,
 ) -> None:
     """Run an OpenAI-compatible chat completions simulator.
@@ -201,6 +208,8 @@ def sim_command(
         batch_duration_s=batch_duration_s,
         batch_faults=batch_faults,
         batch_state_dir=batch_state_dir,
+        prompt_token_scale=prompt_token_scale,
+        flex_unavailable_rate=flex_unavailable_rate,
     )
     try:
         asyncio.run(run_simulator(config, host, port, exit_on_stdin_eof=exit_on_stdin_eof))

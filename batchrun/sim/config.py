@@ -106,6 +106,13 @@ class SimConfig:
     # temporary one, removed at exit). `batchrun run` of a batch-mode job against the embedded
     # simulator uses <run_dir>/simulator-batches, so `--no-wait` and a later collect work.
     batch_state_dir: str | None = None
+    # Prompt tokens the simulated provider counts (and bills) per token of its own tokenizer:
+    # 1.3 counts 30% more than the simulator's count, so a client's estimate falls short the way
+    # a real tokenizer's can (batchrun's budget calibrates itself against it).
+    prompt_token_scale: float = 1.0
+    # Share of service_tier = "flex" requests answered 429 resource_unavailable (no capacity;
+    # never billed), drawn per ticket and attempt from the seed (batchrun.sim.billing).
+    flex_unavailable_rate: float = 0.0
 
     def profile(self, model: str | None) -> tuple[float | None, float]:
         """(noise rate or None for the default, base latency ms) for a requested model name."""
@@ -134,6 +141,10 @@ class SimConfig:
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
         if self.overload_ms < 0:
             raise ValueError(f"overload_ms must be >= 0, got {self.overload_ms!r}")
+        if not self.prompt_token_scale > 0:
+            raise ValueError(f"prompt_token_scale must be > 0, got {self.prompt_token_scale!r}")
+        if not 0 <= self.flex_unavailable_rate <= 1:
+            raise ValueError(f"flex_unavailable_rate must be between 0 and 1, got {self.flex_unavailable_rate!r}")
 
     @property
     def listed_model(self) -> str:
@@ -174,6 +185,10 @@ class SimConfig:
             args += ["--batch-fault", batch_fault.to_spec()]
         if self.batch_state_dir is not None:
             args += ["--batch-state-dir", str(self.batch_state_dir)]
+        if self.prompt_token_scale != 1.0:
+            args += ["--prompt-token-scale", repr(float(self.prompt_token_scale))]
+        if self.flex_unavailable_rate:
+            args += ["--flex-unavailable-rate", repr(float(self.flex_unavailable_rate))]
         return args
 
     @classmethod
@@ -198,6 +213,8 @@ class SimConfig:
             batch_duration_s=params.get("batch_duration_s", cls.batch_duration_s),
             batch_faults=tuple(params.get("batch_faults") or ()),
             batch_state_dir=params.get("batch_state_dir"),
+            prompt_token_scale=params.get("prompt_token_scale", cls.prompt_token_scale),
+            flex_unavailable_rate=params.get("flex_unavailable_rate", cls.flex_unavailable_rate),
         )
 
 

@@ -14,14 +14,16 @@ import random
 import socket
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 import orjson
 from aiohttp import web
 
-from batchrun.sim.faults import FaultRule
+from batchrun.sim.billing import Invoice
+from batchrun.sim.faults import TRICKLE_PIECE_BYTES, FaultRule
 from batchrun.sim.jsontypes import Message
 from batchrun.sim.limits import Verdict, format_duration
 
@@ -61,14 +63,20 @@ class StatsSnapshot(TypedDict):
     responses_by_status: dict[str, int]
     faults_by_kind: dict[str, int]
     rate_limited: int
+    flex_unavailable: int
+    invoice: dict[str, dict[str, dict[str, dict[str, int]]]]  # billing.Invoice.snapshot()
 
 
 class Usage(TypedDict):
-    """The ``usage`` object of a completion."""
+    """The ``usage`` object of a completion (billing.py: the prompt cache's and reasoning's counts)."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: NotRequired[dict[str, int]]
+    completion_tokens_details: NotRequired[dict[str, int]]
+    cache_read_input_tokens: NotRequired[int]
+    cache_creation_input_tokens: NotRequired[int]
 
 
 class SimStats:
@@ -82,6 +90,8 @@ class SimStats:
         "responses_by_status",
         "faults_by_kind",
         "rate_limited",
+        "flex_unavailable",
+        "invoice",
     )
 
     def __init__(self) -> None:
@@ -92,6 +102,8 @@ class SimStats:
         self.responses_by_status: dict[str, int] = {}
         self.faults_by_kind: dict[str, int] = {}
         self.rate_limited = 0
+        self.flex_unavailable = 0  # flex requests refused with a 429 resource_unavailable
+        self.invoice = Invoice()  # what was billed (billing.py)
 
     def request_started(self, ticket_id: str | None) -> int:
         """Count an arriving request; return its attempt number for the ticket (1-based, 0 without ticket)."""
@@ -123,6 +135,8 @@ class SimStats:
         self.responses_by_status = {}
         self.faults_by_kind = {}
         self.rate_limited = 0
+        self.flex_unavailable = 0
+        self.invoice = Invoice()
 
     def snapshot(self) -> StatsSnapshot:
         """The counters as a JSON-ready dict."""
@@ -135,6 +149,8 @@ class SimStats:
             "responses_by_status": dict(self.responses_by_status),
             "faults_by_kind": dict(self.faults_by_kind),
             "rate_limited": self.rate_limited,
+            "flex_unavailable": self.flex_unavailable,
+            "invoice": self.invoice.snapshot(),
         }
 
 
@@ -155,8 +171,13 @@ class ParsedChatRequest:
     # The offered tools and the checked tool_choice.
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: ToolChoice = None
-    # Prompt tokens beyond the messages: the tools and JSON schema definitions.
+    # Prompt tokens beyond the messages: the tools and JSON schema definitions ...
     extra_prompt_tokens: int = 0
+    # ... and their text (what a prompt cache sees first).
+    extra_prompt_text: str = ""
+    # The request's "service_tier" and "prompt_cache_key", as sent (None when absent).
+    service_tier: object = None
+    prompt_cache_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -170,6 +191,8 @@ class Answer:
     # For a tool call: the function name and the call id (else None).
     tool_name: str | None = None
     tool_call_id: str | None = None
+    # The tier the response names (None: none, as for an Anthropic model).
+    service_tier: str | None = None
 
 
 class InvalidRequest(Exception):
@@ -251,6 +274,13 @@ def fault_error_response(rule: FaultRule, chat: ParsedChatRequest, prompt_tokens
     raise ValueError(f"not an error fault kind: {kind!r}")
 
 
+def flex_unavailable_response(model: str) -> web.Response:
+    """The 429 of a flex request the simulated provider has no capacity for (never billed)."""
+    message = (f"Resource unavailable: there is not enough capacity to serve {model} at the flex service tier "
+               "right now. Please retry later, or send the request at the default tier. (simulated)")
+    return error_response(429, message, "resource_unavailable", None, "resource_unavailable")
+
+
 def rate_limit_response(verdict: Verdict, model: str) -> web.Response:
     """The 429 for a request the rate limiter refused."""
     headers = dict(verdict.headers)
@@ -312,3 +342,63 @@ def abort_connection(request: web.Request) -> None:
 class DroppedResponse(web.Response):
     """What a handler returns after aborting the connection: aiohttp's attempt
     to send it fails quietly (the transport is gone); counted as `NO_RESPONSE_STATUS`."""
+
+
+async def send_trickle(
+    sleep: Callable[[float], Awaitable[object]],
+    request: web.Request,
+    body: bytes,
+    content_type: str,
+    headers: dict[str, str] | None,
+    pause_s: float,
+    *,
+    sized: bool,
+) -> web.StreamResponse:
+    """Send a 200 with ``body`` a few bytes at a time, ``pause_s`` apart (the ``trickle`` fault)."""
+    response_headers = {"Content-Type": content_type}
+    if sized:
+        response_headers["Content-Length"] = str(len(body))
+    if headers:
+        response_headers.update(headers)
+    response = web.StreamResponse(status=200, headers=response_headers)
+    await response.prepare(request)
+    try:
+        for start in range(0, len(body), TRICKLE_PIECE_BYTES):
+            if start and pause_s > 0:
+                await sleep(pause_s)
+            await response.write(body[start : start + TRICKLE_PIECE_BYTES])
+        await response.write_eof()
+    except ConnectionResetError:
+        pass
+    return response
+
+async def send_then_cut(
+    request: web.Request,
+    pieces: list[bytes],
+    content_type: str,
+    headers: dict[str, str] | None,
+    *,
+    abort: bool,
+    total: int | None = None,
+) -> web.StreamResponse:
+    """Send a 200 with ``pieces``, then abort the connection (``reset``) or end the body early (``stream_cut``).
+
+    ``total``, when given, is announced as the Content-Length (more than
+    is sent, so the client knows the body is short).
+    """
+    response_headers = {"Content-Type": content_type}
+    if total is not None:
+        response_headers["Content-Length"] = str(total)
+    if headers:
+        response_headers.update(headers)
+    response = web.StreamResponse(status=200, headers=response_headers)
+    await response.prepare(request)
+    try:
+        await response.write(b"".join(pieces))
+        if abort:
+            abort_connection(request)
+        else:
+            await response.write_eof()
+    except ConnectionResetError:
+        pass
+    return response

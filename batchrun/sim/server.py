@@ -45,6 +45,12 @@ Endpoints
     * Prompt tokens count the messages (see `batchrun.sim.tokens`) plus the
       tokens of the ``tools`` JSON and of a ``json_schema`` schema, when
       given. A tool call's completion tokens are its arguments' tokens.
+    * Billing (`batchrun.sim.billing`): the response names the ``service_tier``
+      it was served at; usage reports prompt-cache reads (and, for models
+      named claude, cache writes of what the request marked with
+      ``cache_control``) and reasoning tokens of reasoning models (within
+      ``max_tokens``); a delivered answer goes on the invoice; a flex request
+      may get a 429 ``resource_unavailable`` (``flex_unavailable_rate``).
 ``GET /v1/models`` (also ``/models``)
     The configured model, or ``sim-model``.
 ``GET /sim/stats``
@@ -55,7 +61,9 @@ Endpoints
     request got; 499 when the client went away first, even for a stall;
     ``"reset"`` when the connection was dropped before any status line),
     ``faults_by_kind`` (injected faults served, by kind) and
-    ``rate_limited`` (429s from the rpm/tpm limits, not from faults).
+    ``rate_limited`` (429s from the rpm/tpm limits, not from faults),
+    ``flex_unavailable`` (flex 429s) and ``invoice`` (billed tokens per model,
+    tier and kind, and per ticket: `batchrun.sim.billing.Invoice`).
 ``POST /sim/reset``
     Zeroes those counters (requests still in flight stay counted as in
     flight, and the peak restarts from their number) and refills the rate
@@ -190,24 +198,23 @@ counters, the fault plan and the rate limiter, and has one method per
 endpoint; its chat handler is split into parsing (`_parse_chat_request`),
 error faults (`fault_error_response`), composing (`_compose`), rate limiting
 (`rate_limit_response`) and sending (`_answer_json`, `_answer_stream`, with
-the delivery faults in `_send_trickle` and `_send_then_cut`). Every simulated
+the delivery faults in `replies.send_trickle` and `replies.send_then_cut`). Every simulated
 delay is awaited through `ChatSimulator.sleep` (``asyncio.sleep``), which
 tests may replace to observe delays without timing anything.
 `build_app` wires a `ChatSimulator` into an `aiohttp.web.Application`;
 `serve` runs that application until cancelled, with handler cancellation on
 (a client that disconnects cancels its request, e.g. a stall, at once).
 
-Performance: per request the work is one JSON parse, one answer, a regex
-token split and one JSON dump (orjson); there is no per-request logging and
-aiohttp's access log is turned off. Sleeps of zero are skipped. Without faults,
-limits or capacity configured, each adds one ``is None`` check per request;
-structured outputs and tools cost only the requests that use them.
+Performance: per request one JSON parse, one answer, a regex token split and
+one JSON dump (orjson); no per-request logging. What is not configured costs
+an ``is None`` check; a prompt under 1,024 tokens skips the prompt cache.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 import time
@@ -216,12 +223,18 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from batchrun.sim.billing import (
+    PromptCache,
+    flex_unavailable,
+    is_anthropic_model,
+    reasoning_tokens,
+    served_tier,
+)
 from batchrun.sim.config import SimConfig
 from batchrun.sim.faults import (
     CONNECTION_KINDS,
     ERROR_KINDS,
     NO_USAGE_KINDS,
-    TRICKLE_PIECE_BYTES,
     FaultPlan,
     FaultRule,
     body_digest,
@@ -242,7 +255,10 @@ from batchrun.sim.replies import (
     chunk_token_counts,
     error_response,
     fault_error_response,
+    flex_unavailable_response,
     rate_limit_response,
+    send_then_cut,
+    send_trickle,
     stable_seed,
 )
 from batchrun.sim.tokens import count_prompt_tokens, count_tokens, split_tokens
@@ -253,6 +269,8 @@ TICKET_HEADER = "X-Batchrun-Ticket-Id"
 _logger = logging.getLogger(__name__)
 
 _SSE_DONE = b"data: [DONE]\n\n"
+#: Delivery faults whose answer still arrives whole, so it is billed (billing.py).
+BILLED_KINDS = frozenset({"trickle", *NO_USAGE_KINDS})
 
 
 class ChatSimulator:
@@ -263,6 +281,7 @@ class ChatSimulator:
         self.stats = SimStats()
         self.fault_plan = FaultPlan(config.faults, config.seed, config.scripts) if (config.faults or config.scripts) else None
         self.limiter = RateLimiter(config.rpm, config.tpm) if (config.rpm is not None or config.tpm is not None) else None
+        self.prompt_cache = PromptCache()  # what repeated prompts find cached (billing.py)
         #: Every simulated delay goes through this coroutine function (tests may replace it).
         self.sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
         # Response ids are unique per instance: a random prefix and a counter.
@@ -344,6 +363,11 @@ class ChatSimulator:
                     abort_connection(request)
                     return DroppedResponse()
 
+        if chat.service_tier == "flex" and flex_unavailable(config.flex_unavailable_rate, config.seed, ticket_id,
+                                                            attempt, body):
+            self.stats.flex_unavailable += 1
+            return flex_unavailable_response(chat.model)
+
         answer = self._compose(chat)
 
         headers = None
@@ -409,6 +433,7 @@ class ChatSimulator:
         stream = payload.get("stream") is True
         stream_options = payload.get("stream_options")
         include_usage = stream and isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+        cache_key = payload.get("prompt_cache_key")
         chat = ParsedChatRequest(
             messages=messages,
             model=model,
@@ -418,6 +443,8 @@ class ChatSimulator:
             ticket_id=ticket_id,
             attempt=attempt,
             body=body,
+            service_tier=payload.get("service_tier"),
+            prompt_cache_key=cache_key if isinstance(cache_key, str) else None,
         )
         response_format = payload.get("response_format")
         tools = payload.get("tools")
@@ -436,15 +463,17 @@ class ChatSimulator:
             chat.tools, chat.tool_choice = structured.parse_tools(tools, tool_choice)
         except structured.StructuredRequestError as exc:
             raise InvalidRequest(exc.message, param=exc.param) from None
-        extra = 0
+        texts = []
         if chat.tools:
-            extra += count_tokens(orjson.dumps(tools).decode())
+            texts.append(orjson.dumps(tools).decode())
         if chat.response_format is not None and chat.response_format.schema is not None:
-            extra += count_tokens(orjson.dumps(chat.response_format.schema).decode())
-        chat.extra_prompt_tokens = extra
+            texts.append(orjson.dumps(chat.response_format.schema).decode())
+        chat.extra_prompt_tokens = sum(count_tokens(text) for text in texts)
+        chat.extra_prompt_text = "".join(texts)
 
-    def _compose(self, chat: ParsedChatRequest) -> Answer:
-        """The simulated model's answer: a tool call, JSON text or plain text, truncated to max_tokens."""
+    def _compose(self, chat: ParsedChatRequest, cache: bool = True) -> Answer:
+        """The simulated model's answer: a tool call, JSON text or plain text, truncated to max_tokens
+        (reasoning tokens included), with its usage (billing.py: reasoning, prompt caching)."""
         seed = self.config.seed
         tool = None
         if chat.tools or chat.response_format is not None:
@@ -468,20 +497,41 @@ class ChatSimulator:
                 text = str(text)
         tokens = split_tokens(text)
         finish_reason = "stop" if tool is None else "tool_calls"
-        if chat.max_tokens is not None and len(tokens) > chat.max_tokens:
-            tokens = tokens[: chat.max_tokens]
+        reasoning = reasoning_tokens(chat.model, chat.messages, seed)
+        if chat.max_tokens is not None and len(tokens) + reasoning > chat.max_tokens:
+            reasoning = min(reasoning, chat.max_tokens)
+            tokens = tokens[: chat.max_tokens - reasoning]
             finish_reason = "length"
-        prompt_tokens = count_prompt_tokens(chat.messages) + chat.extra_prompt_tokens
-        usage: Usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": len(tokens),
-            "total_tokens": prompt_tokens + len(tokens),
-        }
-        answer = Answer(tokens, finish_reason, usage)
+        usage = self._usage(chat, len(tokens) + reasoning, reasoning, cache)
+        answer = Answer(tokens, finish_reason, usage, service_tier=served_tier(chat.service_tier, chat.model))
         if tool is not None:
             answer.tool_name = tool.name
             answer.tool_call_id = structured.tool_call_id(tool, text, chat.messages, seed)
         return answer
+
+    def _usage(self, chat: ParsedChatRequest, completion: int, reasoning: int, cache: bool) -> Usage:
+        """OpenAI's usage object: prompt tokens (scaled by prompt_token_scale) with what the prompt
+        cache read (prompt_tokens_details.cached_tokens; an Anthropic model also says
+        cache_read_input_tokens and cache_creation_input_tokens), reasoning tokens when any."""
+        raw = count_prompt_tokens(chat.messages) + chat.extra_prompt_tokens
+        scale = self.config.prompt_token_scale
+        prompt = raw if scale == 1.0 else math.ceil(raw * scale)
+        usage: Usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        read = written = 0
+        if cache:
+            read, written = self.prompt_cache.lookup(chat.model, chat.messages, chat.extra_prompt_text, raw,
+                                                     chat.prompt_cache_key)
+            if scale != 1.0:
+                read, written = min(int(read * scale), prompt), min(int(written * scale), prompt)
+        if not is_anthropic_model(chat.model):  # OpenAI says it on every answer, 0 included
+            usage["prompt_tokens_details"] = {"cached_tokens": read}
+        elif read or written:  # as a LiteLLM proxy passes on Anthropic's counts
+            usage["prompt_tokens_details"] = {"cached_tokens": read}
+            usage["cache_read_input_tokens"] = read
+            usage["cache_creation_input_tokens"] = written
+        if reasoning:
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+        return usage
 
     def _latency_factor(self, chat: ParsedChatRequest) -> float:
         """The jitter multiplier for this request: reproducible for the seed and request."""
@@ -515,6 +565,8 @@ class ChatSimulator:
         if delay_ms > 0:
             await self.sleep(delay_ms / 1000.0)
         payload = self.completion_payload(chat, answer)
+        if fault is None or fault.kind in BILLED_KINDS:
+            self.bill(chat, answer)
         if fault is None:
             return web.Response(body=orjson.dumps(payload), content_type="application/json", headers=headers)
         kind = fault.kind
@@ -528,9 +580,13 @@ class ChatSimulator:
         if kind == "malformed_json":
             return web.Response(body=body[: len(body) // 2], content_type="application/json", headers=headers)
         if kind == "trickle":
-            return await self._send_trickle(request, body, "application/json", headers, fault.trickle_seconds, sized=True)
+            return await send_trickle(self.sleep, request, body, "application/json", headers, fault.trickle_seconds, sized=True)
         # reset, and stream_cut of a non-streaming request
-        return await self._send_then_cut(request, [body[: len(body) // 2]], "application/json", headers, abort=True, total=len(body))
+        return await send_then_cut(request, [body[: len(body) // 2]], "application/json", headers, abort=True, total=len(body))
+
+    def bill(self, chat: ParsedChatRequest, answer: Answer) -> None:
+        """Put a delivered answer on the invoice (billing.py)."""
+        self.stats.invoice.bill(chat.model, answer.service_tier, chat.ticket_id, answer.usage)
 
     def completion_payload(self, chat: ParsedChatRequest, answer: Answer) -> JSONObject:
         """The ``chat.completion`` object of an answer (also the body of a batch output line)."""
@@ -552,6 +608,7 @@ class ChatSimulator:
             "model": chat.model,
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": answer.finish_reason}],
             "usage": answer.usage,
+            **({"service_tier": answer.service_tier} if answer.service_tier is not None else {}),
         }
 
     def answer_batch_line(self, body: bytes, custom_id: str) -> tuple[int, JSONObject]:
@@ -561,7 +618,7 @@ class ChatSimulator:
         except InvalidRequest as exc:
             return 400, {"error": {"message": exc.message, "type": "invalid_request_error", "param": exc.param,
                                    "code": exc.code}}
-        return 200, self.completion_payload(chat, self._compose(chat))
+        return 200, self.completion_payload(chat, self._compose(chat, cache=False))
 
     def _stream_events(
         self, chat: ParsedChatRequest, answer: Answer, per_token_s: float, include_usage: bool
@@ -576,6 +633,7 @@ class ChatSimulator:
         created = int(time.time())
         model = chat.model
         tokens = answer.tokens
+        tier = {"service_tier": answer.service_tier} if answer.service_tier is not None else {}
 
         def event(delta: JSONObject, finish: str | None) -> bytes:
             chunk = {
@@ -584,6 +642,7 @@ class ChatSimulator:
                 "created": created,
                 "model": model,
                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                **tier,
             }
             return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
@@ -616,6 +675,7 @@ class ChatSimulator:
                 "model": model,
                 "choices": [],
                 "usage": answer.usage,
+                **tier,
             }
             events.append((0.0, b"data: " + orjson.dumps(usage_chunk) + b"\n\n"))
         events.append((0.0, _SSE_DONE))
@@ -641,12 +701,13 @@ class ChatSimulator:
         include_usage = chat.include_usage and kind not in NO_USAGE_KINDS
         events, content_events = self._stream_events(chat, answer, per_token_s, include_usage)
         if kind == "trickle" and fault is not None:
+            self.bill(chat, answer)
             body = b"".join(data for _, data in events)
-            return await self._send_trickle(request, body, "text/event-stream", headers, fault.trickle_seconds, sized=False)
+            return await send_trickle(self.sleep, request, body, "text/event-stream", headers, fault.trickle_seconds, sized=False)
         if kind in ("reset", "stream_cut"):
             kept = events[: 1 + max(1, content_events // 2) if content_events else 1]
             pieces = [data for _, data in kept]
-            return await self._send_then_cut(request, pieces, "text/event-stream", headers, abort=kind == "reset")
+            return await send_then_cut(request, pieces, "text/event-stream", headers, abort=kind == "reset")
         if kind == "malformed_json":
             index = 1 if content_events else 0
             delay, data = events[index]
@@ -670,73 +731,12 @@ class ChatSimulator:
                 pending.append(data)
             await response.write(b"".join(pending))
             await response.write_eof()
+            if kind is None or kind in NO_USAGE_KINDS:
+                self.bill(chat, answer)
         except ConnectionResetError:
             # The client went away mid-stream; nothing left to do.
             pass
         return response
-
-    # -- delivery faults ---------------------------------------------------
-
-    async def _send_trickle(
-        self,
-        request: web.Request,
-        body: bytes,
-        content_type: str,
-        headers: dict[str, str] | None,
-        pause_s: float,
-        *,
-        sized: bool,
-    ) -> web.StreamResponse:
-        """Send a 200 with ``body`` a few bytes at a time, ``pause_s`` apart (the ``trickle`` fault)."""
-        response_headers = {"Content-Type": content_type}
-        if sized:
-            response_headers["Content-Length"] = str(len(body))
-        if headers:
-            response_headers.update(headers)
-        response = web.StreamResponse(status=200, headers=response_headers)
-        await response.prepare(request)
-        try:
-            for start in range(0, len(body), TRICKLE_PIECE_BYTES):
-                if start and pause_s > 0:
-                    await self.sleep(pause_s)
-                await response.write(body[start : start + TRICKLE_PIECE_BYTES])
-            await response.write_eof()
-        except ConnectionResetError:
-            pass
-        return response
-
-    async def _send_then_cut(
-        self,
-        request: web.Request,
-        pieces: list[bytes],
-        content_type: str,
-        headers: dict[str, str] | None,
-        *,
-        abort: bool,
-        total: int | None = None,
-    ) -> web.StreamResponse:
-        """Send a 200 with ``pieces``, then abort the connection (``reset``) or end the body early (``stream_cut``).
-
-        ``total``, when given, is announced as the Content-Length (more than
-        is sent, so the client knows the body is short).
-        """
-        response_headers = {"Content-Type": content_type}
-        if total is not None:
-            response_headers["Content-Length"] = str(total)
-        if headers:
-            response_headers.update(headers)
-        response = web.StreamResponse(status=200, headers=response_headers)
-        await response.prepare(request)
-        try:
-            await response.write(b"".join(pieces))
-            if abort:
-                abort_connection(request)
-            else:
-                await response.write_eof()
-        except ConnectionResetError:
-            pass
-        return response
-
 
 #: Where `build_app` stores the `ChatSimulator` in the application.
 SIMULATOR_KEY = web.AppKey("batchrun_simulator", ChatSimulator)

@@ -10,10 +10,13 @@ records (Outcome, Usage) go on the wire as orjson writes dataclasses.
     coordinator -> child                    child -> coordinator
                                             {"t": "loaded", cpu_s}   (worker process: litellm imported)
     {"t": "init", job, provider, run,       {"t": "ready", cpu_s}    (provider: kwargs per model key)
-     counting, reports_results}
+     counting, reports_results,
+     reports_answers}
     {"t": "ticket", id, messages, timeout,  {"t": "want", id, attempt, tokens, model}
      chain, route, counted}                  (Counting EACH_PERMIT, and retries under FIRST_AT_HANDOVER)
     {"t": "permit", id}                     {"t": "failed", id, attempt, error}
+    {"t": "deny", id, error}                {"t": "answered", id, attempt, cost, usage, source, model}
+     (the budget refused the attempt)        (when reports_answers: the coordinator holds a budget)
     {"t": "pause", seconds}                 {"t": "succeeded", id, attempt, latency_ms, usage, headers, model}
     {"t": "halt"}                            (when reports_results: the coordinator holds limits or AIMD)
      (a signal: no request starts; tickets  {"t": "unsent", id}      (counted at hand-over, never sent)
@@ -80,7 +83,7 @@ def completion_from_wire(data: Frame) -> Completion:
     data = dict(data)
     usage = data.pop("usage", None)
     tool_calls = tuple(ToolCall(**call) for call in data.pop("tool_calls", None) or ())
-    return Completion(**data, usage=Usage(**usage) if usage else None, tool_calls=tool_calls)
+    return Completion(**data, usage=Usage.from_dict(usage) if usage else None, tool_calls=tool_calls)
 
 
 def outcome_from_wire(data: Frame) -> Outcome:
@@ -96,7 +99,7 @@ def error_to_wire(error: RequestError) -> Frame:
 
 def error_from_wire(data: Frame) -> RequestError:
     cls: type[RequestError]
-    if data["kind"] == "rate_limited":
+    if data["kind"] in ("rate_limited", "resource_unavailable"):
         cls = RateLimitedError
     else:
         cls = RetryableError if data.get("retryable") else TerminalError

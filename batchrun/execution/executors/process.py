@@ -259,9 +259,9 @@ class ProcessExecutor:
         self.pool = pool if pool is not None and pool.fits(self.max_connections) else None
         self.children: list[_Child] = []
         self.closing = False
-        # a job with rpm/tpm asks for a permit before every attempt, so the buckets stay shared and
-        # exact; other jobs send two frames per ticket (and one per failed attempt)
-        counting = Counting.EACH_PERMIT if job.has_rate_limits else Counting.AT_OUTCOME
+        # a job with rpm/tpm or a budget asks for a permit before every attempt, so the buckets and
+        # the budget stay shared and exact; other jobs send two frames per ticket (and one per failed attempt)
+        counting = Counting.EACH_PERMIT if job.has_rate_limits or job.max_cost_usd is not None else Counting.AT_OUTCOME
         self.tickets = RemoteTickets(job, hooks, counting, requeue_when_lost=False, on_pause=self._pause_all)
 
     def figures(self) -> ExecutorFigures:
@@ -276,7 +276,8 @@ class ProcessExecutor:
         self.tickets.start(task_group)
         init = {"t": "init", "job": self.job.model_dump(mode="json"), "provider": self.provider_kwargs,
                 "run": self.run_number, "counting": self.tickets.counting.value,
-                "reports_results": self.job.has_rate_limits or self.job.adaptive}
+                "reports_results": self.job.has_rate_limits or self.job.adaptive,
+                "reports_answers": self.job.max_cost_usd is not None}
         if self.pool is not None:
             self.children = await self.pool.take(self.n)
         else:

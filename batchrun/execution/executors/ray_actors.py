@@ -390,7 +390,8 @@ class RayExecutor:
                         .remote(index, self.max_connections))
             for index in range(self.n)]
         init = {"job": self.job.model_dump(mode="json"), "provider": self.provider_kwargs, "run": self.run_number,
-                "counting": self.tickets.counting.value, "reports_results": self.job.adaptive}
+                "counting": self.tickets.counting.value, "reports_results": self.job.adaptive,
+                "reports_answers": self.job.max_cost_usd is not None}
         try:
             with anyio.fail_after(self.startup_timeout):
                 loaded = [await child.actor.loaded.remote() for child in self.children]

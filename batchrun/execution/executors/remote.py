@@ -11,14 +11,16 @@ frames that come back in between are handled here, once, for both:
                 Retry-After becomes a pause (`on_pause`: worker processes tell
                 every child; Ray actors told their limiter themselves)
     succeeded   usage, headers and latency of an answer (rate limits, AIMD)
+    answered    an answer's cost and usage, accepted or not (the budget: jobs with one)
     outcome     the ticket's end: its Outcome, for the writer
     abandoned   halted before its next request: no outcome, it runs on resume
     unsent      an attempt counted at hand-over that never left (a cache hit)
     limiter_gone  Ray's cluster limiter is gone: the run stops
 
 When attempts are counted is the executor's choice (`Counting`): at the
-outcome (worker processes of a job without rpm/tpm: two frames per ticket),
-at each permit (jobs with rpm/tpm: the limits stay shared and exact), or the
+outcome (worker processes of a job without rpm/tpm or budget: two frames per
+ticket), at each permit (jobs with rpm/tpm or max_cost_usd: the limits and the
+budget stay shared and exact; an attempt the budget refuses gets "deny"), or the
 first at hand-over and the others at their permit (Ray). Frame formats:
 frames.py; the other side: worker_child.py.
 """
@@ -32,10 +34,11 @@ from typing import Callable, Protocol, Sequence
 import anyio
 import anyio.abc
 
-from batchrun.errors import RateLimitedError
+from batchrun.errors import RateLimitedError, RequestError
 from batchrun.execution.executors.frames import (
     Frame,
     error_from_wire,
+    error_to_wire,
     outcome_from_wire,
 )
 from batchrun.execution.executors.seam import CoordinatorHooks, WorkerCrashedError
@@ -188,10 +191,19 @@ class RemoteTickets:
             if pending is not None:
                 usage = frame.get("usage")
                 slim = Completion(text="", finish_reason=None, model=None,
-                                  usage=Usage(**usage) if usage else None, cost_usd=None,
+                                  usage=Usage.from_dict(usage) if usage else None, cost_usd=None,
                                   cost_status="", rate_limit_headers=frame.get("headers"))
                 request = dataclasses.replace(pending.request, model_key=frame.get("model"))
                 self.hooks.attempt_succeeded(request, frame["attempt"], slim, frame["latency_ms"])
+        elif kind == "answered":
+            pending = self.pending.get(frame["id"])
+            if pending is not None:
+                usage = frame.get("usage")
+                slim = Completion(text="", finish_reason=None, model=None,
+                                  usage=Usage.from_dict(usage) if usage else None, cost_usd=frame.get("cost"),
+                                  cost_status="", usage_source=frame.get("source") or "provider")
+                request = dataclasses.replace(pending.request, model_key=frame.get("model"))
+                self.hooks.attempt_answered(request, frame["attempt"], slim)
         elif kind == "unsent":  # counted at hand-over, never sent (a cache hit, a halt)
             link.in_flight.discard(frame["id"])
             if frame["id"] in self.pending:
@@ -217,6 +229,10 @@ class RemoteTickets:
             self.accounting.count(ticket_id, frame["attempt"])
         except TicketAbandoned:
             return  # halted (the other side got "halt" and ends the ticket), or the journal failed
+        except RequestError as refused:  # the budget: the other side ends the ticket as failed
+            if not link.gone:
+                link.post({"t": "deny", "id": ticket_id, "error": error_to_wire(refused)})
+            return
         # counted: until the link reports on it, a death of the link leaves the attempt's fate unknown
         link.in_flight.add(ticket_id)
         link.post({"t": "permit", "id": ticket_id})

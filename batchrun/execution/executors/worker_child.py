@@ -32,6 +32,7 @@ from batchrun.execution.executors.frames import (
     Frame,
     decode_frames,
     encode,
+    error_from_wire,
     error_to_wire,
 )
 from batchrun.execution.executors.remote import Counting
@@ -71,8 +72,10 @@ class RemoteHooks:
     """AttemptHooks of a ticket run away from its coordinator (module docstring)."""
 
     def __init__(self, send: Send, job: JobSpec, provider: Provider, *, counting: Counting,
-                 reports_results: bool, lease: Lease | None = None) -> None:
+                 reports_results: bool, lease: Lease | None = None, reports_answers: bool = False) -> None:
         self.send = send
+        self.reports_answers = reports_answers  # "answered" frames: the coordinator holds a budget
+        self.denied: dict[str, Frame] = {}  # tickets whose next attempt the budget refused (a "deny")
         self.provider = provider  # prompt-token estimates (tpm)
         self.counting = counting
         self.counts_tokens = job.counts_tokens
@@ -127,6 +130,9 @@ class RemoteHooks:
                    "tokens": self.estimated_tokens(request) if self.counts_tokens else None,
                    "model": request.model_key})
         await event.wait()
+        refusal = self.denied.pop(request.ticket_id, None)
+        if refusal is not None:  # the budget refused it: the ticket ends as failed (kind "budget")
+            raise error_from_wire(refusal)
 
     def estimated_tokens(self, request: ChatRequest) -> int:
         """The ticket's prompt tokens as the provider estimates them, once per ticket (tpm jobs)."""
@@ -142,6 +148,11 @@ class RemoteHooks:
                 and error.retry_after <= self.max_retry_after_s):
             self.gate.pause_all(error.retry_after)
             self.lease.paused(error.retry_after)
+
+    def attempt_answered(self, request: ChatRequest, attempt: int, completion: Completion) -> None:
+        if self.reports_answers:
+            self.send({"t": "answered", "id": request.ticket_id, "model": request.model_key, "attempt": attempt,
+                       "cost": completion.cost_usd, "usage": completion.usage, "source": completion.usage_source})
 
     def attempt_succeeded(self, request: ChatRequest, attempt: int, completion: Completion,
                           latency_ms: float) -> None:
@@ -169,12 +180,19 @@ class RemoteHooks:
         if event is not None:
             event.set()
 
+    def deny(self, ticket_id: str, error: Frame) -> None:
+        """The coordinator refused the attempt (the budget): it raises `error` instead of sending."""
+        if ticket_id in self.permits:
+            self.denied[ticket_id] = error
+            self.permit(ticket_id)
+
 
 def hooks_for(init: Frame, send: Send, job: JobSpec, providers: Mapping[str, Provider],
               lease: Lease | None = None) -> RemoteHooks:
     """The RemoteHooks an "init" frame asks for."""
     return RemoteHooks(send, job, next(iter(providers.values())), counting=Counting(init["counting"]),
-                       reports_results=bool(init["reports_results"]), lease=lease)
+                       reports_results=bool(init["reports_results"]), lease=lease,
+                       reports_answers=bool(init.get("reports_answers")))
 
 
 def providers_from(init: Frame) -> dict[str, Provider]:
@@ -306,6 +324,8 @@ async def serve_run(job: JobSpec, providers: Mapping[str, Provider], run_number:
                     tg.start_soon(one, message)
                 elif kind == "permit":
                     hooks.permit(message["id"])
+                elif kind == "deny":
+                    hooks.deny(message["id"], message["error"])
                 elif kind == "pause":
                     hooks.gate.pause_all(float(message["seconds"]))
                 elif kind == "halt":

@@ -192,6 +192,11 @@ function renderRun(run) {
     spent.style.width = Math.min(100, 100 * run.cost_usd / budget) + "%"; bar.append(spent); costCard.append(bar);
   }
   cards.push(costCard);
+  const st = single ? single.status : null;
+  if (st && (st.cached_share !== null && st.cached_share !== undefined || st.cache_write_tokens)) {
+    cards.push(metric("prompt cache", st.cached_share === null ? fmt.int(st.cached_tokens) : fmt.pct(st.cached_share),
+                      `of input tokens cached · ${fmt.usd(st.prompt_cache_saved_usd)} saved`, "prompt-cache"));
+  }
   if (run.accuracy !== null && run.accuracy !== undefined) cards.push(metric("accuracy", fmt.pct(run.accuracy), "on graded results", "accuracy"));
   const statusError = single && single.status.error ? el("p", {class: "message", text: "error: " + single.status.error}) : null;
   ov.replaceChildren(el("div", {class: "card"}, info, counts, progressBar(run.done, run.failed, run.tickets, true), statusError),
