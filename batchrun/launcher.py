@@ -439,7 +439,8 @@ def batch_apis(job: JobSpec, targets: Mapping[str, ProviderArgs], sim_url: str |
     models = {entry.name: entry.model for entry in job.models} if job.routes else {"": job.model}
     return {key: build_batch_api(models[key], api_base=sim_url or kwargs["api_base"], api_key=kwargs["api_key"],
                                  timeout_s=max(job.timeout_s, 300.0), simulator=sim_url is not None,
-                                 prices=PricesSpec.model_validate(kwargs["prices"]) if kwargs["prices"] else None)
+                                 prices=PricesSpec.model_validate(kwargs["prices"]) if kwargs["prices"] else None,
+                                 prompt_cache=job.prompt_cache, cache_prefix=job.prompt.shared_prefix)
             for key, kwargs in targets.items()}
 
 

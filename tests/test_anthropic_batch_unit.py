@@ -170,6 +170,31 @@ def test_request_params_are_what_litellm_sends_online(options):
         assert headers.get("anthropic-beta")
 
 
+def test_with_prompt_cache_the_requests_mark_what_online_marks():
+    """`prompt_cache = true` (issue 25): a Claude request marks the system prompt and the job's
+    shared prefix with cache_control online; the batch request is the same body (Anthropic bills
+    batch cache reads at half price too)."""
+    from batchrun.providers.seam import ChatRequest
+
+    params = {"temperature": 0, "max_tokens": 20}
+    api = _api(prompt_cache=True, cache_prefix="Subject: ")
+    line = api.request_line("T1", ChatRequest(ticket_id="T1", messages=MESSAGES, timeout_s=10), params)
+    ephemeral = {"type": "ephemeral"}
+    marked = [{"role": "system", "content": [{"type": "text", "text": MESSAGES[0]["content"],
+                                              "cache_control": ephemeral}]},
+              {"role": "user", "content": [{"type": "text", "text": "Subject: ", "cache_control": ephemeral},
+                                           {"type": "text", "text": MESSAGES[1]["content"][len("Subject: "):]}]}]
+    from litellm.types.utils import CallTypes
+    from litellm.utils import return_raw_request
+
+    online = return_raw_request(CallTypes.completion, {"model": "anthropic/claude-haiku-4-5", "messages": marked,
+                                                       **params})["raw_request_body"]
+    assert line["params"] == online
+    assert line["params"]["system"][0]["cache_control"] == ephemeral
+    plain = _api().request_line("T1", ChatRequest(ticket_id="T1", messages=MESSAGES, timeout_s=10), params)
+    assert "cache_control" not in json.dumps(plain["params"])  # without prompt_cache nothing is marked
+
+
 def _message(content, stop_reason="end_turn", **usage):
     return {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
             "content": content, "stop_reason": stop_reason, "stop_sequence": None,

@@ -380,6 +380,19 @@ def test_without_the_sdk_the_run_stops_before_sending_anything_naming_the_instal
     assert not (tmp_path / "run" / "batches.json").exists()
 
 
+def test_prompt_cache_marks_the_batch_requests_as_online_and_the_run_completes(make_job, tmp_path, cli_env):
+    job_path = claude_job(make_job, 12, top="prompt_cache = true\n")
+    with start() as sim:  # through the command line: the launcher builds the BatchAPI from the job
+        done = cli_run(batchrun_cmd("run", str(job_path), "--api-base", sim.base_url, "--no-progress"),
+                       env=cli_env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert_exactly_once(tmp_path / "run", ticket_ids(job_path))
+        assert_one_batch_per_part(sim, tmp_path / "run")
+    sent = read_jsonl(tmp_path / "run" / "batch" / "part-0001.jsonl")  # the requests, as posted
+    assert len(sent) == 12
+    assert all(line["params"]["system"][-1]["cache_control"] == {"type": "ephemeral"} for line in sent)
+
+
 # -- answers pass the job's checks, as online -----------------------------------------------------
 
 TOOL = """

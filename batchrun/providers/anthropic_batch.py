@@ -18,6 +18,8 @@ online request and a batch answer reads as the online answer:
     parse_line      a results line: succeeded / errored (its error type onto an HTTP status:
                     retried or terminal as online) / canceled / expired
 
+With the job's `prompt_cache`, requests mark the system prompt and the shared prefix with
+cache_control as online requests do (online.mark_prompt_cache): batch cache reads cost half too.
 The create carries the anthropic-beta header litellm sends online with such a request
 (`beta_header`: structured output for a JSON schema, ...), read from the part's first request.
 The SDK: `max_retries=0` (tenacity in batch/ is the one retry layer; the SDK would otherwise send
@@ -53,7 +55,7 @@ from batchrun.job.sections import Params, PricesSpec
 from batchrun.providers.batch_api import batch_prices_of
 from batchrun.providers.error_mapping import error_for_status, translate_error
 from batchrun.providers.litellm_setup import import_litellm
-from batchrun.providers.online import _tool_calls_of
+from batchrun.providers.online import _tool_calls_of, mark_prompt_cache
 from batchrun.providers.seam import BatchClaim, BatchLine, BatchMatch, BatchPrices, ChatRequest, Reply, RequestOptions
 from batchrun.records import Completion, Line, Usage
 
@@ -110,9 +112,14 @@ class AnthropicBatchAPI:
     max_bytes: int | None = MAX_BYTES
 
     def __init__(self, *, model: str, api_base: str | None = None, api_key: str | None = None,
-                 timeout_s: float = 600.0, prices: PricesSpec | None = None) -> None:
+                 timeout_s: float = 600.0, prices: PricesSpec | None = None, prompt_cache: bool = False,
+                 cache_prefix: str | None = None) -> None:
         sdk = import_sdk()
         self.model = model
+        #: `prompt_cache`: the system prompt and the job's shared prefix marked with cache_control,
+        #: as online (online.mark_prompt_cache)
+        self.prompt_cache = prompt_cache
+        self.cache_prefix = cache_prefix if prompt_cache else None
         self.api_base = api_base
         self.timeout_s = timeout_s
         self.prices = prices
@@ -191,6 +198,8 @@ class AnthropicBatchAPI:
         """One request of a Message Batch: the body litellm would POST online for this call."""
         optional = self._optional_params(request.options, params)
         messages: list = copy.deepcopy(request.messages)  # litellm changes what it is given
+        if self.prompt_cache:
+            messages = mark_prompt_cache(messages, self.cache_prefix)
         body = self._config.transform_request(model=self.name, messages=messages,
                                               optional_params=copy.deepcopy(optional), litellm_params={}, headers={})
         return {"custom_id": custom_id, "params": body}

@@ -37,17 +37,19 @@ BATCH_LIST_PROVIDERS = frozenset({"openai", "azure", "hosted_vllm", "litellm_pro
 
 
 def build_batch_api(model: str, *, api_base: str | None, api_key: str | None, timeout_s: float = 600.0,
-                    prices: PricesSpec | None = None, simulator: bool = False) -> BatchAPI:
+                    prices: PricesSpec | None = None, simulator: bool = False, prompt_cache: bool = False,
+                    cache_prefix: str | None = None) -> BatchAPI:
     """The BatchAPI for the job's `model` (as the job names it). An Anthropic model gets
     AnthropicBatchAPI (ConfigurationError naming the install command without its SDK); any other
     LiteLLMBatchAPI, refused (ConfigurationError) where litellm has no batch creation. With
     `simulator`, `api_base` is the embedded simulator's: it speaks Anthropic's batches to an
-    Anthropic model and OpenAI's to the others (sent as openai/<name>, as online)."""
+    Anthropic model and OpenAI's to the others (sent as openai/<name>, as online). `prompt_cache`
+    and `cache_prefix` (the job's): Anthropic's requests marked with cache_control, as online."""
     if batch_provider_of(model) == "anthropic":
         from batchrun.providers.anthropic_batch import AnthropicBatchAPI
 
         return AnthropicBatchAPI(model=model, api_base=api_base, api_key=api_key, timeout_s=timeout_s,
-                                 prices=prices)
+                                 prices=prices, prompt_cache=prompt_cache, cache_prefix=cache_prefix)
     if simulator:
         from batchrun.sim.config import simulated_model
 
