@@ -332,9 +332,6 @@ class LiteLLMProvider:
         """The tier `request` asks for: its own (a flex fallback), else the job's."""
         return request.service_tier or self.service_tier
 
-    def _marked(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return mark_prompt_cache(messages, self.cache_prefix)
-
     async def complete(self, request: ChatRequest) -> Completion:
         kwargs: Params = dict(self.params)
         if self.api_base:
@@ -347,7 +344,7 @@ class LiteLLMProvider:
         if self.prompt_cache_key is not None:
             kwargs["prompt_cache_key"] = self.prompt_cache_key
         if self.marks_cache:
-            request = replace(request, messages=self._marked(request.messages))
+            request = replace(request, messages=mark_prompt_cache(request.messages, self.cache_prefix))
         options = request.options
         if options is not None:
             self._add_options(kwargs, options)
