@@ -10,12 +10,14 @@ retry policy and the engine never look at litellm's own exception types.
     ├── TicketError             an input line is invalid (names file and line)
     ├── ConfigurationError      the environment is missing something (an API key variable)
     ├── CheckpointError         the run directory cannot be used
+    │   ├── DiskFullError       its disk is full (no space left on device, a quota)
     │   ├── RunLockedError      another process holds the run directory's lock
     │   └── RunMismatchError    resuming with a different job or input
     ├── BatchEndpointError      batch mode: a files or batches endpoint refused (one line, its exit code)
     └── RequestError            one provider call failed (kind, status, retry_after)
         ├── RetryableError      worth another attempt: rate limit, timeout, connection, 5xx
-        │   └── RateLimitedError    a 429, maybe with the server's Retry-After
+        │   ├── RateLimitedError    a 429, maybe with the server's Retry-After
+        │   └── InvalidResponseError  a 200 that cannot be used (kind invalid_response)
         └── TerminalError       never retried: 4xx (bad request, auth, not found, ...)
 
 Error kinds (the `kind` attribute, written to errors.jsonl) are short stable
@@ -44,18 +46,30 @@ retried and has no status_code. For answers that arrived but cannot be used
                      terminal (the same request would be cut again)
     content_filter   finish_reason "content_filter" with on_content_filter =
                      "fail": terminal
+    invalid_response a 200 whose body is not a usable chat completion (no
+                     choice, usage that is not an object, a JSON array ...):
+                     retried like invalid_output (at once, up to
+                     max_invalid_output_retries), its usage priced as
+                     rejected spend
+    local_resource   this machine ran out of something a request needs (file
+                     descriptors: EMFILE, ENFILE): not retried; the run stops
+                     admitting new requests
 """
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
+from typing import Sequence
 
 __all__ = [
     "BatchEndpointError",
     "BatchrunError",
     "CheckpointError",
     "ConfigurationError",
+    "DiskFullError",
     "ExitCode",
+    "InvalidResponseError",
     "JobSpecError",
     "RateLimitedError",
     "RequestError",
@@ -64,6 +78,7 @@ __all__ = [
     "RunMismatchError",
     "TerminalError",
     "TicketError",
+    "redact_endpoint",
     "redact_secrets",
     "redact_url",
 ]
@@ -112,6 +127,13 @@ class CheckpointError(BatchrunError):
 
 class RunLockedError(CheckpointError):
     """Another live process is running on this run directory."""
+
+
+class DiskFullError(CheckpointError):
+    """The run directory's disk is full. Before a run: nothing was sent (exit 2); during one, the run
+    ends "failed" with its summary, like any checkpoint error."""
+
+    exit_code = ExitCode.BAD_INPUT
 
 
 class RunMismatchError(CheckpointError):
@@ -182,16 +204,68 @@ class TerminalError(RequestError):
     """A failure that another attempt would repeat (4xx)."""
 
 
+class InvalidResponseError(RetryableError):
+    """A 200 answer that cannot be used (kind invalid_response). It may have been billed:
+    `reported_usage` is the usage its body carried (as sent, None without one) and
+    `spent_usd` what that usage cost, once the provider priced it (None: unknown)."""
+
+    def __init__(self, message: str, *, reported_usage: object = None, status_code: int | None = None,
+                 retry_after: float | None = None, error_type: str | None = "InvalidResponse") -> None:
+        super().__init__(message, kind="invalid_response", status_code=status_code, retry_after=retry_after,
+                         error_type=error_type)
+        self.reported_usage = reported_usage
+        self.spent_usd: float | None = None
+
+
 _SECRET_PATTERNS = None
+_URL_PATTERN = None
+
+#: path segments that start like an API key (OpenAI, Anthropic, Groq, xAI, Perplexity, Google, Hugging
+#: Face, NVIDIA, Replicate, Fireworks, GitHub, GitLab, ...)
+KEY_PREFIXES = ("sk-", "sk_", "pk-", "rk-", "gsk_", "xai-", "pplx-", "AIza", "hf_", "nvapi-", "r8_", "fw_",
+                "ghp_", "gho_", "glpat-")
+MASK = "***"
 
 
-def redact_secrets(text: str, secrets: "tuple[str, ...] | list[str]" = ()) -> str:
+def _entropy(text: str) -> float:
+    import math
+    from collections import Counter
+
+    return -sum(n / len(text) * math.log2(n / len(text)) for n in Counter(text).values())
+
+
+def key_shaped(segment: str) -> bool:
+    """Does a URL path segment look like a credential? A known key prefix (KEY_PREFIXES), 32 or
+    more hex digits (a hex key, a UUID), a run of 20+ letters and digits holding both, or 24+
+    characters of high entropy. Model and deployment names (gpt-4o-mini-2024-07-18,
+    meta-llama-3.1-8b-instruct) are words joined by dashes: not keys."""
+    import re
+
+    if len(segment) < 8:
+        return False
+    if segment.startswith(KEY_PREFIXES) and len(segment) >= 12:
+        return True
+    if re.fullmatch(r"[0-9a-fA-F-]+", segment) and sum(c in "0123456789abcdefABCDEF" for c in segment) >= 32:
+        return True
+    for run in re.findall(r"[A-Za-z0-9_]{20,}", segment):
+        if re.search(r"[0-9]", run) and re.search(r"[A-Za-z]", run):
+            return True
+    return len(segment) >= 24 and _entropy(segment) >= 4.4
+
+
+def _masked_path(path: str) -> str:
+    return "/".join(MASK if key_shaped(part) else part for part in path.split("/"))
+
+
+def redact_secrets(text: str, secrets: "Sequence[str]" = ()) -> str:
     """Remove API keys from text meant for a log, a checkpoint or the terminal.
 
     Every exact secret given is replaced, then anything shaped like a key:
-    `sk-...` tokens, `Bearer ...` credentials and `key=`/`token=` query values.
+    `sk-...` tokens, `Bearer ...` credentials, `key=`/`token=` query values, and
+    in every URL its userinfo (`user:password@`) and its key-shaped path segments
+    and query values (`key_shaped`).
     """
-    global _SECRET_PATTERNS
+    global _SECRET_PATTERNS, _URL_PATTERN
     import re
 
     if _SECRET_PATTERNS is None:
@@ -202,9 +276,14 @@ def redact_secrets(text: str, secrets: "tuple[str, ...] | list[str]" = ()) -> st
             re.compile(r"(?i)((?<![A-Za-z0-9])(?:api[_-]?key|key|token|access_token|sig|signature)=)[^&\s\"']+"),
             re.compile(r"(?i)(x-api-key[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"),
         )
+        _URL_PATTERN = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^\s/?#@\"'<>]*@)?([^\s/?#\"'<>]*)"
+                                  r"([^\s?#\"'<>]*)(\?[^\s#\"'<>]*)?")
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "[REDACTED]")
+    assert _URL_PATTERN is not None
+    if "://" in text:
+        text = _URL_PATTERN.sub(_redacted_url_match, text)
     plain, bearer, query, header = _SECRET_PATTERNS
     text = plain.sub("[REDACTED]", text)
     text = bearer.sub(r"\1[REDACTED]", text)
@@ -213,12 +292,34 @@ def redact_secrets(text: str, secrets: "tuple[str, ...] | list[str]" = ()) -> st
     return text
 
 
+def _redacted_url_match(match: "re.Match[str]") -> str:
+    import re
+
+    scheme, userinfo, host, path, query = match.groups()
+    shown = scheme + (MASK + "@" if userinfo else "") + host + _masked_path(path)
+    if query:  # key-shaped values (and, below, any key=, token=, sig= ...); page=2 stays
+        shown += re.sub(r"=([^&]*)", lambda m: "=" + (MASK if key_shaped(m.group(1)) else m.group(1)), query)
+    return shown
+
+
 def redact_url(url: str) -> str:
-    """An api_base fit for a manifest, a report or a log: no credentials, no query string."""
+    """An api_base fit for a manifest, a header, a report or a log: scheme://host[:port] and the
+    path with its key-shaped segments (`key_shaped`) replaced by ***; no userinfo, no query."""
     from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    try:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+    except ValueError:  # a port that is not a number
+        host = (parts.hostname or "")
+    return urlunsplit((parts.scheme, host, _masked_path(parts.path), "", ""))
+
+
+def redact_endpoint(label: object) -> object:
+    """A stored endpoint label ("simulator", "provider default", or api_bases joined by ", ") with
+    every URL in it through redact_url: a manifest written before keys in paths were masked."""
+    if not isinstance(label, str) or "://" not in label:
+        return label
+    return ", ".join(redact_url(part) if "://" in part else part for part in label.split(", "))

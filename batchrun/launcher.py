@@ -321,6 +321,36 @@ def _totals(run_dir: Path, asked: int, input_tickets: int) -> dict[str, int]:
             "remaining": max(input_tickets - done - failed, 0)}
 
 
+def _without_unreadable_cache(job: JobSpec, say: Say) -> JobSpec:
+    """The job, or the job with `cache` off when its disk cache cannot be read (a damaged store):
+    one line says so; the run goes on without reusing or storing answers (providers/cache.py)."""
+    if not job.cache:
+        return job
+    from batchrun.providers.cache import unreadable_cache
+
+    problem = unreadable_cache(job.cache_settings())
+    if problem is None:
+        return job
+    say(f"warning: {problem}; this run goes on without it (answers are neither reused nor stored)")
+    return job.with_overrides(cache=False)
+
+
+def _fit_file_limit(prep: PreparedRun, workers: int, say: Say) -> PreparedRun:
+    """The prepared run with its concurrency lowered to what the file-descriptor limit allows
+    (execution/file_limits.py), saying so in one line; unchanged when it fits (the soft limit
+    raised where needed)."""
+    from batchrun.execution.file_limits import fit_concurrency
+
+    job = prep.job
+    asked = job.max_in_flight
+    processes = max(workers, 1)
+    fit = fit_concurrency(-(-asked // processes))
+    if not fit.lowered:
+        return prep
+    say(f"warning: {fit.describe(asked, processes)}")
+    return dataclasses.replace(prep, job=job.with_overrides(concurrency=fit.in_flight * processes))
+
+
 def _nothing_to_do(prep: PreparedRun) -> RunResult:
     from batchrun.analysis.stats import RunStats
 
@@ -354,12 +384,15 @@ async def run_online(job: JobSpec, job_path: Path | None, targets: dict[str, Pro
             result = _nothing_to_do(prep)
         else:
             models = ", ".join(t["model"] for t in targets.values())
-            say(f"{job.name}: {prep.to_do:,} to do, {prep.already_done:,} already done, "
-                f"model {models} via {endpoint}, concurrency {job.concurrency}, run {prep.run_number} "
-                f"in {prep.run_dir}")
             on_ray = job.engine == "ray"
             # Ray: `workers` actors, 0 = one per CPU the cluster offers (known once it is joined)
             workers = (job.workers if isinstance(job.workers, int) else 0) if on_ray else job.worker_count(prep.to_do)
+            if not on_ray:  # file descriptors for the requests in flight here (worker processes inherit it)
+                prep = _fit_file_limit(prep, workers, say)
+                job = prep.job
+            say(f"{job.name}: {prep.to_do:,} to do, {prep.already_done:,} already done, "
+                f"model {models} via {endpoint}, concurrency {job.concurrency}, run {prep.run_number} "
+                f"in {prep.run_dir}")
             provider_kwargs: dict[str, ProviderArgs] = {
                 key: {**kwargs, "api_base": sim_url if use_sim else kwargs["api_base"]}
                                for key, kwargs in targets.items()}
@@ -480,11 +513,15 @@ async def launch(job: JobSpec, job_path: Path | None, options: LaunchOptions, *,
     if (options.no_wait or options.finish_online) and job.mode != "batch":
         raise JobSpecError("--no-wait and --finish-online are for batch mode (mode = \"batch\" or --mode batch)")
     secrets = secrets if secrets is not None else []
+    from batchrun.rundir.layout import require_free_space
+
+    require_free_space(job.resolved_run_dir())  # a full disk: one line, before litellm loads
     use_sim = job.simulator is not None and not options.live and options.api_base is None
     if not use_sim:  # the simulator answers any name; a provider needs one litellm can route
         from batchrun.providers.litellm_setup import check_models
 
         check_models(job)
+    job = _without_unreadable_cache(job, say)
     jobs = runs_of(job)
     targets = {each.name: provider_targets(each, use_sim, secrets) for each in jobs}  # keys checked up front
     if "litellm" not in sys.modules:

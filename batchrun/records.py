@@ -195,6 +195,10 @@ class Completion:
     # The requests the endpoint says it sent upstream for this answer (a LiteLLM proxy: 1 +
     # x-litellm-attempted-retries + x-litellm-attempted-fallbacks); None: it did not say.
     upstream_attempts: int | None = None
+    # Usage the provider reported but that cannot be believed (providers/usage_checks.py): its
+    # counts as they came, and what is wrong with them; `usage` is then an estimate (or None).
+    usage_reported: Mapping[str, object] | None = None
+    usage_problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +221,7 @@ class Outcome:
     structured: Mapping[str, object] | None = None
     rejected_outputs: int = 0  # answers received but rejected by the output check
     rejected_cost_usd: float = 0.0  # what those rejected answers cost (priced ones)
+    rejected_unpriced: int = 0  # of the rejected answers, those whose cost is unknown (not in rejected_cost_usd)
     model_key: str | None = None  # multi-model jobs: the [[models]] name that answered (or failed last)
     route: str | None = None  # routed jobs: the rule that chose the model
     attempts_by_model: Mapping[str, int] | None = None  # with fallbacks: requests sent to each model
@@ -242,6 +247,13 @@ class Outcome:
             if self.upstream_unreported:
                 line["upstream_unreported"] = self.upstream_unreported
 
+    def _add_rejected(self, line: Line) -> None:
+        if self.rejected_outputs:
+            line["rejected_outputs"] = self.rejected_outputs
+            line["rejected_cost_usd"] = self.rejected_cost_usd
+            if self.rejected_unpriced:
+                line["rejected_unpriced"] = self.rejected_unpriced
+
     def _add_routing(self, line: Line) -> None:
         if self.model_key is not None:
             line["model_key"] = self.model_key
@@ -250,8 +262,10 @@ class Outcome:
         if self.attempts_by_model is not None:
             line["attempts_by_model"] = dict(self.attempts_by_model)
 
-    def to_line(self) -> Line:
-        """The JSON object written to results.jsonl (ok) or errors.jsonl."""
+    def to_line(self, max_output_bytes: int | None = None) -> Line:
+        """The JSON object written to results.jsonl (ok) or errors.jsonl. An answer longer than
+        `max_output_bytes` (UTF-8) is stored cut there, on a character, and the line says so:
+        "output_cut": {"bytes": its size, "kept_bytes": what the line keeps}."""
         if self.completion is not None:
             c = self.completion
             latency = self.latency_ms or 0.0
@@ -259,6 +273,13 @@ class Outcome:
                 "id": self.ticket_id,
                 "output": c.text,
             }
+            cut = None
+            if max_output_bytes is not None and len(c.text) * 4 > max_output_bytes:
+                raw = c.text.encode("utf-8", "surrogatepass")
+                if len(raw) > max_output_bytes:
+                    kept = raw[:max_output_bytes].decode("utf-8", "ignore")
+                    line["output"] = kept
+                    cut = {"bytes": len(raw), "kept_bytes": len(kept.encode("utf-8", "surrogatepass"))}
             if self.structured:
                 line.update(self.structured)
             line.update({
@@ -273,6 +294,11 @@ class Outcome:
                 "service_tier": None if c.cache_hit else c.service_tier,  # a reused answer was served by nobody now
                 "cost_source": c.cost_source if c.cost_usd is not None else None,
             })
+            if cut is not None:
+                line["output_cut"] = cut
+            if c.usage_problem is not None:
+                line["usage_reported"] = dict(c.usage_reported or {})
+                line["usage_problem"] = c.usage_problem
             if c.usage is not None and not c.cache_hit and (c.usage.cached_tokens or c.usage.cache_write_tokens):
                 line["prompt_cache_saved_usd"] = c.prompt_cache_saved_usd
             if self.flex_fallback:
@@ -289,9 +315,7 @@ class Outcome:
                 "attempts": self.attempts,
             })
             self._add_upstream(line)
-            if self.rejected_outputs:
-                line["rejected_outputs"] = self.rejected_outputs
-                line["rejected_cost_usd"] = self.rejected_cost_usd
+            self._add_rejected(line)
             self._add_routing(line)
             line["started_at"] = self.started_at
             line["finished_at"] = self.finished_at
@@ -306,9 +330,7 @@ class Outcome:
             "attempts": self.attempts,
         }
         self._add_upstream(line)
-        if self.rejected_outputs:
-            line["rejected_outputs"] = self.rejected_outputs
-            line["rejected_cost_usd"] = self.rejected_cost_usd
+        self._add_rejected(line)
         self._add_routing(line)
         line["started_at"] = self.started_at
         line["time"] = self.finished_at
@@ -327,11 +349,12 @@ def line_time(value: object) -> float | None:
 
 
 def _amount(value: object) -> float | None:
-    """A line's number of dollars or tokens: a real int or float (never a bool, NaN or infinity)."""
+    """A line's number of dollars or tokens: a real int or float, not negative (never a bool, NaN,
+    infinity or a negative number: budgets and totals never go down)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     number = float(value)
-    return number if number == number and number not in (float("inf"), float("-inf")) else None
+    return number if 0 <= number < float("inf") else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,13 +363,16 @@ class LineMoney:
 
     `spent_usd` is what the line's answers cost: the accepted answer's cost_usd
     (a result; errors lines carry none) plus rejected_cost_usd (answers paid for
-    and turned down). A cost the line does not show as a number is not spent
-    money seen: `unpriced` says a result's cost is unknown. A reused answer
+    and turned down). A cost the line does not show as a number (or shows as a
+    negative one: an older batchrun believed negative usage) is not spent money
+    seen: `unpriced` says a result's cost is unknown. Negative token counts count
+    as none. A reused answer
     (`cache_hit`) used no tokens; what it saved is `cost_saved_usd`."""
 
     cost_usd: float | None = None  # the accepted answer's cost, when the line shows one
     unpriced: bool = False  # a result whose cost_usd is null (or not a number): not seen
     rejected_cost_usd: float = 0.0
+    rejected_unpriced: int = 0  # rejected answers whose cost is unknown: not in rejected_cost_usd
     cache_hit: bool = False
     cost_saved_usd: float = 0.0
     prompt_tokens: int = 0  # tokens the provider counted for the accepted answer (0 for a cache hit)
@@ -381,7 +407,8 @@ def line_money(line: Mapping[str, object]) -> LineMoney:
     tier = line.get("service_tier")
     upstream = _amount(line.get("upstream_attempts"))
     return LineMoney(cost_usd=cost, unpriced=cost is None and "cost_usd" in line,
-                     rejected_cost_usd=_amount(line.get("rejected_cost_usd")) or 0.0, cache_hit=hit,
+                     rejected_cost_usd=_amount(line.get("rejected_cost_usd")) or 0.0,
+                     rejected_unpriced=int(_amount(line.get("rejected_unpriced")) or 0), cache_hit=hit,
                      cost_saved_usd=(_amount(line.get("cost_saved_usd")) or 0.0) if hit else 0.0,
                      prompt_tokens=tokens[0], completion_tokens=tokens[1], total_tokens=tokens[2],
                      cached_tokens=tokens[3], cache_write_tokens=tokens[4], reasoning_tokens=tokens[5],

@@ -21,16 +21,18 @@ __all__ = ["LITELLM_LOGGERS", "route_litellm_logs", "setup_logging"]
 
 
 class _RedactingFilter(logging.Filter):
-    """Scrubs API keys from every log record before any handler sees it."""
+    """Scrubs API keys from every log record before any handler sees it, and escapes what a
+    terminal would act on (a provider's message may hold escape sequences)."""
 
     def __init__(self, secrets: list[str]) -> None:
         super().__init__()
         self.secrets = secrets
 
     def filter(self, record: logging.LogRecord) -> bool:
+        from batchrun.analysis.textfmt import terminal_safe
         from batchrun.errors import redact_secrets
 
-        record.msg = redact_secrets(record.getMessage(), self.secrets)
+        record.msg = terminal_safe(redact_secrets(record.getMessage(), self.secrets))
         record.args = ()
         if record.exc_info:
             import traceback

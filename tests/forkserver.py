@@ -45,9 +45,10 @@ a command line runs in the warm process only where that cannot show:
     (LITELLM_LOG=DEBUG, PYTHONPATH, ...): real subprocess;
   * what only a first import shows ("loading litellm..." on stderr) needs a
     real subprocess: the test that checks it starts one itself;
-  * litellm's aiohttp pool keeps its default size (500 per host), which a run
-    with more than 500 in flight would raise before the import; no test runs
-    the command line with that many;
+  * litellm's aiohttp pool was sized by the server's import (500 per host);
+    a run with more in flight raises it after the import (tuning.size_pool),
+    as any process where litellm came first does (the test of 1,000 in
+    flight, tests/test_hostile_machine.py, still starts a real subprocess);
   * the child's /proc/PID/cmdline is the server's (`python tests/forkserver.py
     SOCKET`): tests read the command lines of a run's children (worker
     processes, the embedded simulator), never the run's own.

@@ -300,3 +300,41 @@ def test_a_json_schema_answered_through_litellms_json_tool_reads_as_text_even_af
                                             "input": {"label": "billing"}}], "tool_use"), None)
     assert json.loads(answer.text) == {"label": "billing"} and answer.tool_calls == ()
     assert answer.finish_reason == "stop"
+
+
+def test_anthropic_results_lines_are_checked_like_any_batch_output(tmp_path):
+    """batch/outputs.py reads each line through the BatchAPI: in Anthropic's results file a
+    duplicate is kept once (the good answer, the bad one's cost on the ticket), an unknown
+    custom_id is an anomaly with its billed cost, an errored line decides nothing over a good one."""
+    import orjson
+
+    from batchrun.batch.outputs import PartOutputs
+    from batchrun.job.spec import JobSpec
+    from batchrun.providers.batch_api import batch_prices_of
+
+    api = _api()
+    prices = batch_prices_of(api.model, None)
+    (tmp_path / "t.jsonl").write_text('{"id": "a", "text": "t"}\n{"id": "b", "text": "t"}\n')
+    job = JobSpec.model_validate({"name": "j", "input": str(tmp_path / "t.jsonl"), "model": api.model,
+                                  "labels": ["bug", "billing"], "prompt": {"user": "{text}"}},
+                                 context={"base_dir": tmp_path})
+
+    def succeeded(cid: str, text: str) -> bytes:
+        return orjson.dumps({"custom_id": cid, "result": {"type": "succeeded", "message": _message(
+            [{"type": "text", "text": text}])}}) + b"\n"
+
+    errored = orjson.dumps({"custom_id": "b", "result": {"type": "errored", "error": {"type": "error", "error": {
+        "type": "overloaded_error", "message": "Overloaded"}}}}) + b"\n"
+    (tmp_path / "out.jsonl").write_bytes(succeeded("a", "banana") + succeeded("a", "billing") + errored
+                                         + succeeded("ghost", "bug"))
+    outputs = PartOutputs(job, 1, {"number": 1, "model_key": ""}, api, prices,
+                          {"a": {"id": "a", "a": 1}, "b": {"id": "b", "a": 1}}, "2026-01-01T00:00:00.000Z", 1.0)
+    items = {(i.ticket_id if hasattr(i, "ticket_id") else i["id"]): i
+             for i in outputs.collect([tmp_path / "out.jsonl", tmp_path / "none.jsonl"])}
+    one = api.completion_of(_message([{"type": "text", "text": "x"}]), prices).cost_usd
+    assert items["a"].completion.text == "billing" and items["a"].rejected_outputs == 1
+    assert abs(items["a"].rejected_cost_usd - one) < 1e-12  # the duplicate was billed: on its ticket
+    assert (items["b"]["kind"], items["b"]["status"], items["b"]["retry"]) == ("server_error", 529, True)
+    kinds = {(a["kind"], a.get("custom_id")): a for a in outputs.anomalies}
+    assert set(kinds) == {("duplicate", "a"), ("unknown_id", "ghost")}
+    assert kinds[("unknown_id", "ghost")]["billed"] and abs(kinds[("unknown_id", "ghost")]["billed_usd"] - one) < 1e-12

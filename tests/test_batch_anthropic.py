@@ -202,7 +202,7 @@ def test_a_batch_anthropic_refuses_at_create_stops_the_run_in_one_line(make_job,
 
 @pytest.mark.parametrize("fault, code, expected", [
     ("401:endpoint=create", 4, ("POST {root}/v1/messages/batches answered HTTP 401", "check the key")),
-    ("500:endpoint=retrieve", 1, ("GET {root}/v1/messages/batches/msgbatch_", "answered HTTP 500",
+    ("500:endpoint=retrieve", 1, ("GET {root}/v1/messages/batches/ID answered HTTP 500",
                                   "kept failing after the retries")),
 ])
 def test_a_message_batches_endpoint_that_refuses_ends_in_one_line_with_the_online_exit_code(

@@ -205,7 +205,10 @@ def test_open_creates_the_run_dir(tmp_path, checkpoint):
     assert run_dir.is_dir()
     assert (cp.done_ids, cp.failed_ids, cp.repaired) == (set(), set(), [])
     assert cp.run_dir == run_dir
-    assert [p.name for p in run_dir.iterdir()] == [LOCK]  # the write probe is gone
+    # the write probe is gone; the space held for the last manifest is there while the run is open
+    assert sorted(p.name for p in run_dir.iterdir()) == [".disk-reserve", LOCK]
+    cp.release()
+    assert [p.name for p in run_dir.iterdir()] == [LOCK]
 
 
 def test_open_cuts_torn_tails_and_reports_them(tmp_path, checkpoint):

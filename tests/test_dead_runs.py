@@ -51,11 +51,11 @@ def test_a_full_disk_fails_the_run_with_its_summary_and_the_last_good_line(make_
     real = checkpoint_mod._write_all
     calls = [0]
 
-    async def filling_disk(handle, blob):
+    async def filling_disk(handle, blob, sent):
         calls[0] += 1
         if calls[0] > 4:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        await real(handle, blob)
+        await real(handle, blob, sent)
 
     monkeypatch.setattr(checkpoint_mod, "_write_all", filling_disk)
     _, result = run(job, ScriptedProvider(ok))

@@ -80,3 +80,48 @@ async def test_run_page_follows_a_run_then_shows_its_accuracy(make_job, tmp_path
         await server.close()
     for name in ("serve_run_live.png", "serve_run.png", "serve_index.png"):
         assert (shots / name).stat().st_size > 10_000
+
+
+async def test_the_page_shows_model_text_with_what_a_terminal_acts_on_escaped(tmp_path, cli_env):
+    """A run whose answers and failure messages hold escape sequences and a right-to-left override:
+    the page shows them as escapes (the command line's terminal_safe), never as the characters."""
+    from conftest import batchrun_cmd, write_tickets
+    from test_hostile_inputs import HOSTILE_JOB
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    write_tickets(runs / "tickets.jsonl", 6)
+    job = runs / "job.toml"
+    three = 'tickets = ["T000002"]\nsteps = ["hostile_text", "hostile_text", "hostile_text"]'
+    job.write_text('labels = ["bug", "feature", "billing", "other"]\n' + HOSTILE_JOB.format(extra="").replace(
+        'run_dir = "run"', 'run_dir = "hostile"').replace('rate = 1\nsteps = ["hostile_text"]', three))
+    (runs / "plain.toml").write_text(job.read_text().replace("labels = [", "# labels = [").replace(
+        'run_dir = "hostile"', 'run_dir = "plain"').replace('tickets = ["T000002"]', "rate = 1"))
+    import subprocess
+
+    def run(path: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(batchrun_cmd("run", str(path), "--no-progress"), env=cli_env, capture_output=True,
+                              text=True, timeout=300)
+
+    hostile = run(job)
+    assert hostile.returncode == 3, hostile.stderr  # T000002's answers are not labels
+    plain = run(runs / "plain.toml")
+    assert plain.returncode == 0, plain.stderr
+    server = TestServer(build_app(runs, interval=0.2, show_text=True), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with Chromium.launch() as browser:
+            page = await browser.new_page(1280, 1100)
+            texts = []
+            for name, ready in (("hostile", "document.querySelector('#failures .message') !== null"),
+                                ("plain", "document.querySelector('#answers .message') !== null")):
+                await page.goto(str(server.make_url(f"/runs/{name}")))
+                await page.wait_for(ready, 60)
+                texts.append(await page.evaluate("document.body.textContent + document.title"))
+            await page.screenshot(tmp_path / "hostile_page.png")
+    finally:
+        await server.close()
+    for text in texts:
+        assert "pwned" in text, text[:2000]
+        assert not [c for c in ("\x1b", "\x07", "\x9b", "\u202e") if c in text], repr(text[:2000])
+        assert "\\u202eevil" in text

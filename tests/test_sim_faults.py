@@ -137,7 +137,8 @@ def test_rule_from_mapping_checks_keys():
         FaultRule.from_mapping({"rate": 0.1})
     with pytest.raises(ValueError, match="must be a table"):
         FaultRule.from_mapping(["500"])
-    assert set(RULE_KEYS) == {"kind", "rate", "tickets", "attempts", "retry_after", "stall_s", "trickle_ms"}
+    assert set(RULE_KEYS) == {"kind", "rate", "tickets", "attempts", "retry_after", "stall_s", "trickle_ms",
+                              "size_bytes"}
 
 
 @pytest.mark.parametrize(
@@ -655,6 +656,7 @@ LITELLM_PLAIN = {
     "context_length": ("ContextWindowExceededError", 400),
     "content_policy": ("ContentPolicyViolationError", 400),
     "401": ("AuthenticationError", 401),
+    "401_no_key": ("BadRequestError", 401),  # its body says invalid_request_error (batchrun: auth)
     "404_model": ("NotFoundError", 404),
     "400_invalid_model": ("BadRequestError", 400),
     "stall": ("Timeout", 408),
@@ -665,6 +667,14 @@ LITELLM_PLAIN = {
     "no_usage": None,  # succeeds; litellm reports usage as zeros
     "drop_usage": None,
     "usage_null": None,  # the same
+    "no_choices": None,  # succeeds with no choice at all (batchrun: invalid_response)
+    "bad_usage": None,  # negative token counts are believed (and priced) by litellm
+    "huge_usage": None,  # so are 10^12 tokens
+    "fraction_usage": ("InternalServerError", 500),  # "Invalid response object" and a traceback
+    "string_usage": ("InternalServerError", 500),
+    "array_body": ("InternalServerError", 500),
+    "hostile_text": None,  # text is text
+    "huge_answer": None,
     "reset_before_headers": ("InternalServerError", 500),  # "Connection error."
     "ok": None,
 }
@@ -677,6 +687,7 @@ LITELLM_STREAM = {
     "reset": ("MidStreamFallbackError", 500),
     "malformed_json": ("MidStreamFallbackError", 500),
     "stream_cut": None,
+    **dict.fromkeys(("fraction_usage", "string_usage", "array_body"), None),  # streams are sent normally
 }
 
 
@@ -714,7 +725,9 @@ async def _litellm_outcome(base_url: str, kind: str, stream: bool):
 # A reset before the headers is sent again by litellm's handler on a fresh connection, so the call
 # "succeeds" after two requests: the hidden retry that batchrun switches off for its own calls
 # (provider.py; tests/test_wire_attempts.py).
-LITELLM_PLAIN_HTTP_HANDLER = {**LITELLM_PLAIN, "malformed_json": ("APIError", 200), "reset_before_headers": None}
+LITELLM_PLAIN_HTTP_HANDLER = {**LITELLM_PLAIN, "malformed_json": ("APIError", 200), "reset_before_headers": None,
+                              **dict.fromkeys(("fraction_usage", "string_usage", "array_body"),
+                                              ("APIConnectionError", 500))}
 LITELLM_STREAM_HTTP_HANDLER = {**LITELLM_STREAM, "malformed_json": None, "reset_before_headers": None}
 
 

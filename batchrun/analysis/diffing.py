@@ -67,7 +67,7 @@ from batchrun.analysis.documents import (
     UnitReport,
 )
 from batchrun.analysis.grading import Analysis, Series, macro_f1, analyze
-from batchrun.analysis.textfmt import kv, ms, num, pct, table, usd
+from batchrun.analysis.textfmt import kv, ms, num, pct, table, terminal_safe, usd
 from batchrun.errors import ReportError
 
 ACCURACY_DROPPED = 6  # exit code of --fail-on-accuracy-drop
@@ -301,4 +301,4 @@ def format_diff(diff: Diff) -> str:
     for pair in diff["pairs"]:
         lines += _format_pair(pair) + [""]
     lines += [f"note: {n}" for n in diff["notes"]]
-    return "\n".join(lines).rstrip() + "\n"
+    return terminal_safe("\n".join(lines).rstrip() + "\n")  # answers are the model's text

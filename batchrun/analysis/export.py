@@ -1,6 +1,7 @@
-"""`batchrun export`: one row per ticket, in input order, as JSON Lines, CSV or Parquet.
+"""`batchrun export`: one row per ticket, in input order, as JSON Lines, CSV, TSV or Parquet.
 
-    export_run(run_dir, out=None, fmt="jsonl", with_input=False) -> ExportResult
+    export_run(run_dir, out=None, fmt="jsonl", with_input=False, raw_cells=False) -> ExportResult
+    inert_cell(text)   a CSV/TSV cell a spreadsheet will not evaluate
 
 A row holds the ticket's id and `status` ("done", "failed" or "pending": not
 finished yet), the answer (`output`, and `label`, `parsed` or `tool_calls`
@@ -32,6 +33,12 @@ manifest), or the rows would not be the run's tickets.
 
 The output is written to a temporary file next to it and renamed into
 place: an interrupted export leaves no half file.
+
+CSV and TSV cells are safe to open in a spreadsheet (OWASP "CSV injection"):
+a text cell (an answer, an input field, an id, an error message) that begins
+with `=`, `+`, `-`, `@`, a tab or a carriage return is written with a leading
+`'`, which spreadsheets read as "this is text" and do not show; numbers are
+written as numbers. `raw_cells=True` (`--raw-cells`) writes the text as it is.
 """
 
 from __future__ import annotations
@@ -57,7 +64,9 @@ from batchrun.job.tickets import file_digest, read_tickets
 from batchrun.records import line_money
 from batchrun.rundir.layout import ERRORS, REJECTS, RESULTS
 
-EXPORT_FORMATS = ("jsonl", "csv", "parquet")
+EXPORT_FORMATS = ("jsonl", "csv", "tsv", "parquet")
+#: what a spreadsheet may take for the start of a formula (OWASP, "CSV injection")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 PAGE_CACHE_KB = 32 * 1024  # SQLite page cache of the outcome index
 BATCH_ROWS = 8192  # Parquet rows written at a time; SQLite rows inserted per statement batch
 
@@ -236,6 +245,11 @@ def _as_text(value: object) -> str | None:
     return orjson.dumps(value, default=str).decode()
 
 
+def inert_cell(text: str) -> str:
+    """A text cell that begins like a formula, with a leading `'` (module docstring)."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 class _JsonlWriter:
     def __init__(self, path: Path, columns: list[str]) -> None:
         self.handle = path.open("wb")
@@ -248,17 +262,28 @@ class _JsonlWriter:
 
 
 class _CsvWriter:
-    def __init__(self, path: Path, columns: list[str]) -> None:
+    """CSV, or TSV with `delimiter="\t"`; text cells made inert unless `raw_cells` (module docstring)."""
+
+    def __init__(self, path: Path, columns: list[str], *, delimiter: str = ",", raw_cells: bool = False) -> None:
         import csv
 
         self.handle = path.open("w", encoding="utf-8", newline="")
-        self.writer = csv.writer(self.handle)
-        self.writer.writerow(columns)
+        self.writer = csv.writer(self.handle, delimiter=delimiter)
+        self.text = (lambda text: text) if raw_cells else inert_cell
+        self.writer.writerow([self.text(c) for c in columns])
         self.columns = columns
 
+    def _cell(self, value: object) -> object:
+        if value is None:
+            return ""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (int, float)):
+            return value
+        return self.text(value if isinstance(value, str) else _as_text(value) or "")
+
     def write(self, row: Row) -> None:
-        self.writer.writerow(["" if (v := row.get(c)) is None else ("true" if v is True else "false" if v is False
-                              else v if isinstance(v, (str, int, float)) else _as_text(v)) for c in self.columns])
+        self.writer.writerow([self._cell(row.get(c)) for c in self.columns])
 
     def close(self) -> None:
         self.handle.close()
@@ -311,7 +336,7 @@ class _Writer(Protocol):
 
 
 _WRITERS: dict[str, Callable[[Path, list[str]], _Writer]] = {
-    "jsonl": _JsonlWriter, "csv": _CsvWriter, "parquet": _ParquetWriter}
+    "jsonl": _JsonlWriter, "csv": _CsvWriter, "tsv": _CsvWriter, "parquet": _ParquetWriter}
 
 
 # -- the export ----------------------------------------------------------------------------------------
@@ -344,7 +369,7 @@ def _rejected_rows(run_dir: Path) -> set[int]:
 
 
 def export_run(run_dir: Path, out: Path | None = None, fmt: str = "jsonl", *,
-               with_input: bool = False) -> ExportResult:
+               with_input: bool = False, raw_cells: bool = False) -> ExportResult:
     """Write the export of `run_dir` (see the module docstring); raises ExportError."""
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format {fmt!r} (one of: {', '.join(EXPORT_FORMATS)})")
@@ -389,7 +414,8 @@ def export_run(run_dir: Path, out: Path | None = None, fmt: str = "jsonl", *,
             for number, unit in enumerate(units):
                 _build_index(db, f"o{number}", unit.run_dir)
                 lookups.append(_Lookup(db, f"o{number}", unit))
-            writer = _WRITERS[fmt](tmp, columns)
+            writer = (_CsvWriter(tmp, columns, delimiter="\t" if fmt == "tsv" else ",", raw_cells=raw_cells)
+                      if fmt in ("csv", "tsv") else _WRITERS[fmt](tmp, columns))
             try:
                 for ticket in read_tickets(input_path, id_field, skip_lines=skip, input_format=declared):
                     row: Row = {"id": ticket.id}

@@ -101,7 +101,7 @@ from batchrun.analysis.documents import (
     UnitReport,
 )
 from batchrun.analysis.stats import cached_share, format_prompt_cache, percentile, round1
-from batchrun.analysis.textfmt import kv, ms, num, pct, table, usd
+from batchrun.analysis.textfmt import kv, ms, num, pct, table, terminal_safe, usd
 from batchrun.errors import ReportError
 from batchrun.records import line_money, line_time
 from batchrun.rundir.lines import iter_lines
@@ -715,4 +715,4 @@ def format_report(report: Report) -> str:
             lines += ["  " + x for x in table(["pair", "both answered", "agree", "rate", "kappa"], body)] + [""]
     elif models and not models[0]["grading"]:
         lines += ["answers"] + ["  " + x for x in _distribution_table(models)] + [""]
-    return "\n".join(lines).rstrip() + "\n"
+    return terminal_safe("\n".join(lines).rstrip() + "\n")  # answers and labels are the model's text

@@ -116,7 +116,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, TypedDict
 
 from batchrun.analysis.documents import BatchPrice, BudgetScope, Plan, PlanRow, StoredJSON
-from batchrun.analysis.textfmt import kv, usd
+from batchrun.analysis.textfmt import kv, terminal_safe, usd
 
 if TYPE_CHECKING:
     from batchrun.job.sections import PricesSpec
@@ -758,4 +758,4 @@ def format_plan(plan: Plan) -> str:
             if scope["ceiling_over"]:
                 lines.append("  but if every answer used all of max_tokens it would not be: the run reserves "
                              "max_tokens per request in flight, so it may stop short of the last tickets")
-    return "\n".join(lines) + "\n"
+    return terminal_safe("\n".join(lines) + "\n")

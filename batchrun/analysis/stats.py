@@ -25,10 +25,12 @@ filtered, answers rejected by the output check or the finish_reason policy
 (`rejected_outputs`; they were paid for, so their cost is in `cost_usd`),
 results whose usage the provider did not send (`usage_estimated`: their
 tokens were counted with litellm.token_counter and their cost, in
-`cost_usd`, is an estimate), the kinds of tokens (cached prompt tokens, cache
-writes, reasoning tokens) with the cached share of input tokens and what
-prompt caching saved, results by the service tier that answered them, and
-failed tickets by kind. format_summary accepts summaries from before these
+`cost_usd`, is an estimate), results whose usage was sent but not believed
+(`usage_invalid`: negative, fractional or absurd counts, estimated the same
+way), the kinds of tokens (cached prompt tokens, cache writes, reasoning
+tokens) with the cached share of input tokens and what prompt caching saved,
+results by the service tier that answered them, and failed tickets by kind.
+format_summary accepts summaries from before these
 keys existed (a manifest written by an older batchrun).
 """
 
@@ -40,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence, TypedDict
 
 from batchrun.analysis.documents import StoredJSON
-from batchrun.analysis.textfmt import duration, kv, ms, usd
+from batchrun.analysis.textfmt import duration, kv, ms, terminal_safe, usd
 from batchrun.records import Outcome
 
 _LOG_STEP = math.log(1.01)
@@ -51,8 +53,9 @@ OTHER_MESSAGES = "(other messages)"
 
 def short_message(message: str | None) -> str:
     """A failure message fit for a summary: API keys redacted, one line, the provider's own
-    message without litellm's class prefixes, numbers as N (so messages that differ only in
-    counts group together), at most MAX_MESSAGE_CHARS."""
+    message without litellm's class prefixes, numbers standing on their own as N (so messages
+    that differ only in counts group together; digits inside a name such as gpt-4o-mini stay),
+    at most MAX_MESSAGE_CHARS."""
     import re
 
     from batchrun.errors import redact_secrets
@@ -63,7 +66,8 @@ def short_message(message: str | None) -> str:
         text = inner.group(1).replace('\\"', '"')
     else:  # "litellm.BadRequestError: OpenAIException - ..." -> "..."
         text = re.sub(r"^(?:(?:litellm\.)?[A-Za-z]+(?:Error|Exception)\s*[-:]\s*)+", "", text) or text
-    text = re.sub(r"\d+(?:[.,]\d+)*", "N", text)  # "5 tokens" and "7 tokens" are one message
+    # "5 tokens" and "7 tokens" are one message; digits inside a name (gpt-4o-mini, org-ab12) stay
+    text = re.sub(r"(?<![\w\-./])\d+(?:[.,]\d+)*(?![\w\-/])", "N", text)
     return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS - 1] + "…"
 
 
@@ -129,12 +133,14 @@ class RunStats:
     cost_usd: float = 0.0  # sum over priced results of this run
     unpriced: int = 0  # results of this run with cost_usd = null
     usage_estimated: int = 0  # results whose usage the provider did not send (usage_source "estimated")
+    usage_invalid: int = 0  # results whose usage the provider sent was not believed (usage_reported)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # successful attempts
     ttft: LatencyHistogram = field(default_factory=LatencyHistogram)  # streamed successful attempts
     truncated: int = 0  # results kept with finish_reason "length" (on_truncated = "keep")
     content_filtered: int = 0  # results kept with finish_reason "content_filter"
     rejected_outputs: int = 0  # answers turned down (invalid_output, truncated, content_filter)
     rejected_cost_usd: float = 0.0  # what they cost (also in cost_usd)
+    rejected_unpriced: int = 0  # of those, answers whose cost is unknown (billed, not in cost_usd)
     cache_hits: int = 0  # results reused (response cache or an identical request in flight): no request sent
     cost_saved_usd: float = 0.0  # what those answers cost when they were obtained (priced ones)
     failed_by_kind: dict[str, int] = field(default_factory=dict)  # tickets in errors.jsonl by error_kind
@@ -146,6 +152,10 @@ class RunStats:
     worker_cpu_s: float = 0.0  # CPU worker processes spent on this run, start-up included, as they said
     finished: float | None = None
     maybe_billed_ids: list[str] = field(default_factory=list)  # left in flight by the run before (journal)
+    # batch mode: provider output lines not believed, by kind (batch/outputs.py), and what the billed ones
+    # that no ticket's line carries (unknown or null custom_ids) cost (also in cost_usd)
+    batch_anomalies: dict[str, int] = field(default_factory=dict)
+    batch_anomalies_cost_usd: float = 0.0
     cluster: Mapping[str, object] | None = None  # engine "ray": actors, actors lost, tickets re-sent, limiter counters
     # what the endpoint reported it sent upstream for this run's recorded attempts (a LiteLLM proxy's
     # x-litellm-attempted-retries/-fallbacks; records.Outcome.upstream_attempts), and the attempts
@@ -165,6 +175,7 @@ class RunStats:
         if outcome.rejected_outputs:
             self.rejected_outputs += outcome.rejected_outputs
             self.rejected_cost_usd += outcome.rejected_cost_usd
+            self.rejected_unpriced += outcome.rejected_unpriced
             self.cost_usd += outcome.rejected_cost_usd
         if not outcome.ok:
             self.failed += 1
@@ -190,8 +201,10 @@ class RunStats:
             self.truncated += 1
         elif c.finish_reason == "content_filter":
             self.content_filtered += 1
+        if c.usage_problem is not None:
+            self.usage_invalid += 1
         if c.usage is not None:
-            if c.usage_source == "estimated":
+            if c.usage_source == "estimated" and c.usage_problem is None:
                 self.usage_estimated += 1
             self.prompt_tokens += c.usage.prompt_tokens
             self.completion_tokens += c.usage.completion_tokens
@@ -209,6 +222,16 @@ class RunStats:
             self.unpriced += 1
         else:
             self.cost_usd += c.cost_usd
+
+    def record_batch_anomalies(self, records: Iterable[Mapping[str, object]]) -> None:
+        """Count batch output lines not believed (batch_anomalies.jsonl records)."""
+        for record in records:
+            kind = str(record.get("kind"))
+            self.batch_anomalies[kind] = self.batch_anomalies.get(kind, 0) + 1
+            billed = record.get("billed_usd")
+            if record.get("counted") == "anomaly" and isinstance(billed, (int, float)) and billed > 0:
+                self.batch_anomalies_cost_usd += billed
+                self.cost_usd += billed
 
     @property
     def wall_s(self) -> float:
@@ -259,6 +282,7 @@ class RunStats:
             "content_filtered": self.content_filtered,
             "rejected_outputs": self.rejected_outputs,
             "rejected_cost_usd": round(self.rejected_cost_usd, 9),
+            "rejected_unpriced": self.rejected_unpriced,
             "failed_by_kind": dict(sorted(self.failed_by_kind.items())),
             # per kind, most tickets first: count and the three most frequent messages
             "failures": {kind: {"count": count, "top_messages": _top_messages(self.failure_messages.get(kind, {}))}
@@ -279,10 +303,13 @@ class RunStats:
             "cost_saved_usd": round(self.cost_saved_usd, 9),
             "unpriced_results": self.unpriced,
             "usage_estimated": self.usage_estimated,
+            "usage_invalid": self.usage_invalid,
             "cost_per_1000_tickets_usd": (
                 round(self.cost_usd / (self.done - self.unpriced) * 1000, 6)
                 if self.done > self.unpriced else None
             ),
+            "batch_anomalies": dict(sorted(self.batch_anomalies.items())),
+            "batch_anomalies_cost_usd": round(self.batch_anomalies_cost_usd, 9),
             # tickets the in-flight journal says the last run left in flight (may be billed twice)
             "maybe_billed_before": len(self.maybe_billed_ids),
             "maybe_billed_before_ids": self.maybe_billed_ids[:100],
@@ -393,7 +420,9 @@ def format_summary(summary: StoredJSON, *, title: str = "batchrun summary") -> s
         rows.append(("answers flagged", (
             f"{summary.get('truncated', 0):,} truncated and {summary.get('content_filtered', 0):,} "
             f"content-filtered kept; {summary.get('rejected_outputs', 0):,} rejected "
-            f"(${summary.get('rejected_cost_usd', 0.0):,.6f})")))
+            f"(${summary.get('rejected_cost_usd', 0.0):,.6f}"
+            + (f"; {summary['rejected_unpriced']:,} of them unpriced: billed, cost unknown"
+               if summary.get("rejected_unpriced") else "") + ")")))
     failed_kinds = summary.get("failed_by_kind")
     failures = summary.get("failures") or {}
     if failed_kinds:
@@ -420,6 +449,14 @@ def format_summary(summary: StoredJSON, *, title: str = "batchrun summary") -> s
         rows.insert(len(rows) - 2, ("usage estimated", (
             f"{summary['usage_estimated']:,} result(s) without usage from the provider: tokens counted "
             "with litellm.token_counter, cost_status \"estimated\"")))
+    if summary.get("usage_invalid"):
+        rows.insert(len(rows) - 2, ("usage not believed", (
+            f"{summary['usage_invalid']:,} result(s) with token counts the provider cannot have meant "
+            "(negative, fractional or over the model's limit): estimated instead, cost_status names the "
+            "problem, usage_reported keeps them")))
+    if summary.get("batch_anomalies"):
+        rows.append(("batch output not believed", describe_anomalies(summary["batch_anomalies"],
+                                                                      summary.get("batch_anomalies_cost_usd"))))
     if summary.get("maybe_billed_before"):
         ids = summary.get("maybe_billed_before_ids") or []
         more = summary["maybe_billed_before"] - len(ids[:10])
@@ -434,7 +471,19 @@ def format_summary(summary: StoredJSON, *, title: str = "batchrun summary") -> s
             lines.append(f"  {kind:<{kind_width}}  {group['count']:>6,}")
             for text, count in group.get("top_messages") or []:
                 lines.append(f"  {'':<{kind_width}}  {count:>6,} x {text}")
-    return "\n".join(lines)
+    return terminal_safe("\n".join(lines))  # failure messages are the provider's text
+
+
+ANOMALY_NAMES = {"duplicate": "duplicate line(s)", "unknown_id": "unknown custom_id(s)",
+                 "null_id": "null custom_id(s)", "non_json": "line(s) not JSON"}
+
+
+def describe_anomalies(counts: Mapping[str, int], cost_usd: float | None = None) -> str:
+    """"2 duplicate line(s), 1 unknown custom_id(s) ...; $X billed outside any ticket (batch_anomalies.jsonl)"."""
+    text = ", ".join(f"{n:,} {ANOMALY_NAMES.get(kind, kind)}" for kind, n in counts.items())
+    if cost_usd:
+        text += f"; {usd(cost_usd)} billed for lines no ticket carries"
+    return text + " (batch_anomalies.jsonl)"
 
 
 def upstream_text(upstream: int | None, unreported: int | None) -> str:

@@ -11,6 +11,13 @@
                                rest right-aligned), a dashed rule under the header
     kv(rows, indent="") -> list[str]
                                "label  value" lines with the labels padded
+    terminal_safe(text)        text with every character a terminal acts on shown as
+                               an escape: ESC becomes the four characters \\x1b
+    error_line(exc, secrets)   "batchrun: error: ..." for stderr: keys redacted, terminal-safe
+
+Model text and ticket fields are data: whatever a command prints passes through
+`terminal_safe` (table and kv cells here, and each command's whole text), so an
+answer cannot set the window title, clear the screen or reorder a line.
 
 Every helper answers "-" for None (an unknown value is shown as unknown, never
 as 0). Charts are in charts.py; percentiles (data, not text) in stats.py.
@@ -18,7 +25,31 @@ as 0). Charts are in charts.py; percentiles (data, not text) in stats.py.
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
+
+#: what a terminal acts on, or what reorders the text it shows: C0 controls but the newline, DEL and
+#: C1 controls, bidirectional embeddings, overrides, isolates and marks, the line and paragraph separators
+_TERMINAL_ACTIVE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                              "\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def error_line(exc: BaseException, secrets: Sequence[str] = ()) -> str:
+    """The one line a command prints for an error: keys redacted, terminal-safe."""
+    from batchrun.errors import redact_secrets
+
+    return f"batchrun: error: {terminal_safe(redact_secrets(str(exc), secrets))}"
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with each character a terminal would act on (module docstring) written as an escape,
+    \\x1b or \\u202e; newlines stay."""
+    return _TERMINAL_ACTIVE.sub(_escape, text)
 
 
 def num(value: float | None, spec: str = ",.0f") -> str:
@@ -55,7 +86,7 @@ def duration(seconds: float | None) -> str:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, left: int = 1) -> list[str]:
     """Aligned text columns: the first `left` columns left-aligned, the rest right-aligned."""
-    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    cells = [[terminal_safe(str(c)) for c in headers]] + [[terminal_safe(str(c)) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = []
     for n, row in enumerate(cells):
@@ -69,4 +100,4 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, left: int
 def kv(rows: Sequence[tuple[str, object]], indent: str = "") -> list[str]:
     """"label  value" lines, labels padded to the longest."""
     width = max(len(k) for k, _ in rows)
-    return [f"{indent}{k:<{width}}  {v}" for k, v in rows]
+    return [f"{indent}{k:<{width}}  {terminal_safe(str(v))}" for k, v in rows]

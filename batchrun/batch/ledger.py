@@ -56,6 +56,8 @@ class Part(TypedDict):
     create_last_sent_at: NotRequired[float]  # ... and the last: a listing is matched against them
     errors_detail: NotRequired[object]  # the batch's "errors" when it failed validation
     estimate_usd: NotRequired[float]
+    anomalies_offset: NotRequired[int]  # batch_anomalies.jsonl's size before this part's lines were added
+    anomalies: NotRequired[dict[str, int] | None]  # its output lines not believed, by kind (batch/outputs.py)
 
 
 class LedgerData(TypedDict):
@@ -75,6 +77,7 @@ class TicketMeta(TypedDict):
     i: int  # invalid answers so far (the re-ask budget)
     r: int  # rejected answers so far
     c: float  # what those cost
+    u: NotRequired[int]  # of those, answers whose cost is unknown (billed; not in c)
     k: NotRequired[str]  # the custom_id its request carries, where the provider refused the id
 
 

@@ -6,7 +6,9 @@ half the price, answers within the provider's 24-hour window. Everything
 else means what it means online: the same `prepare_run` (lock, input check,
 resume refusal on a changed job), the same result and error lines
 (`records.Outcome`, one `CheckpointWriter`), the same manifest, the same
-output checks (labels, JSON schema, tools: `ticket_runner.judge_answer`).
+output checks (labels, JSON schema, tools: `ticket_runner.judge_answer`), every
+line of the provider's output files checked first (batch/outputs.py: unknown,
+null and duplicate custom_ids, lines that are not JSON: batch_anomalies.jsonl).
 All provider calls go through the `providers.seam.BatchAPI` of the model:
 `LiteLLMBatchAPI` (litellm's `acreate_file`, `acreate_batch`,
 `aretrieve_batch`, `afile_content`, `acancel_batch`, `alist_batches`) or
@@ -32,6 +34,7 @@ Run directory additions:
                               downloaded in chunks (never held in memory)
     batch/part-0001.failed.jsonl   tickets of the part without a result: why, and whether
                               they go into a new part (retry) or to errors.jsonl
+    batch_anomalies.jsonl     one line per output line not believed (batch/outputs.py)
 
 Life of a part (its `state` in the ledger):
 
@@ -115,20 +118,20 @@ from batchrun.batch.ledger import (
     read_part_lines,
     write_part_file,
 )
+from batchrun.batch.outputs import PART_FILES, Anomaly, PartOutputs
 from batchrun.batch.refusal import endpoint_refusal
-from batchrun.errors import BatchEndpointError, BatchrunError, RequestError, RetryableError
+from batchrun.errors import BatchEndpointError, BatchrunError, RequestError
 from batchrun.execution.finish import RunFinish
 from batchrun.execution.preparation import PreparedRun
 from batchrun.execution.result import RunResult
 from batchrun.execution.retrying import build_retrying
-from batchrun.execution.ticket_runner import judge_answer, rules_for, utc_now
+from batchrun.execution.ticket_runner import rules_for, utc_now
 from batchrun.job.templates import render_messages
 from batchrun.job.tickets import read_tickets
-from batchrun.providers.error_mapping import error_for_status
-from batchrun.providers.seam import BatchAPI, BatchLine, BatchPrices, ChatRequest, Reply
+from batchrun.providers.seam import BatchAPI, ChatRequest, Reply
 from batchrun.records import Line, Outcome
-from batchrun.rundir.checkpoint import CheckpointWriter
-from batchrun.rundir.layout import ERRORS
+from batchrun.rundir.checkpoint import CheckpointWriter, CheckpointWriteError
+from batchrun.rundir.layout import BATCH_ANOMALIES, ERRORS, append_lines
 from batchrun.rundir.layout import LIVE_PART_STATES as LIVE
 
 log = logging.getLogger("batchrun")
@@ -180,7 +183,8 @@ class _BatchRun:
         self.poll_max_s = max(self.poll_s, prep.job.batch_poll_max_s / time_scale)
         self.progress = progress
         self.ledger = Ledger.load(prep.run_dir, prep.job.fingerprint_hash())
-        self.writer = CheckpointWriter(prep.run_dir, prep.checkpoint.done_ids)
+        self.writer = CheckpointWriter(prep.run_dir, prep.checkpoint.done_ids,
+                                       max_output_bytes=prep.job.max_output_bytes)
         self.failed_ids = set(prep.checkpoint.failed_ids)
         self.stats = RunStats(tickets_total=prep.tickets_total, already_done=prep.already_done,
                               skipped_failed=prep.skipped_failed, to_do=prep.to_do,
@@ -270,6 +274,8 @@ class _BatchRun:
                                          "r": failure.get("r", 0), "c": failure.get("c", 0.0)}
                     if "k" in failure:
                         again["k"] = failure["k"]
+                    if failure.get("u"):
+                        again["u"] = failure.get("u", 0)
                     yield source["model_key"], failure["id"], raw, again, source["number"]
         for ticket in read_tickets(self.job.input, self.job.id_field, only_lines=self.prep.scan.dispatch,
                                    max_line_bytes=self.job.max_line_bytes):
@@ -519,33 +525,28 @@ class _BatchRun:
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when * 1000) % 1000:03d}Z"
 
     async def _read_outputs(self, part: Part) -> None:
-        """Output and error files -> result lines now, failures to part-N.failed.jsonl."""
+        """Output and error files, each line checked (batch/outputs.py) -> result lines now, failures to
+        part-N.failed.jsonl, the lines not believed to batch_anomalies.jsonl (cut back to where this
+        part's began when a crash made the collection start again)."""
         meta = self._ticket_meta(part)
-        seen: set[str] = set()
         ready: list[Outcome] = []
         failures: list[bytes] = []
-        prices = self.prices.get(part["model_key"])
-        started_at = self._started_at(part)
         elapsed_ms = max(0.0, (time.time() - (part.get("submitted_at") or time.time())) * 1000.0)
         api = self._api(part)
-        for suffix in (".output.jsonl", ".errors.jsonl"):
-            for line in read_part_lines(self.ledger.path(part, suffix)):
-                parsed = api.parse_line(line)
-                cid = parsed.custom_id
-                if cid is None or cid not in meta or cid in seen:
-                    continue  # not ours, or a repeated line: each ticket is judged once
-                seen.add(cid)
-                outcome, failure = self._judge_line(part, api, parsed, meta[cid], prices, started_at, elapsed_ms)
-                if outcome is not None and outcome.completion is not None and outcome.completion.cost_usd is None:
-                    self._warn_unpriced(api, outcome.completion.model)
-                if outcome is not None:
-                    ready.append(outcome)
-                    if len(ready) >= WRITE_EVERY:
-                        await self._write(ready)
-                        ready = []
-                else:
-                    failures.append(orjson.dumps(failure) + b"\n")
+        outputs = PartOutputs(self.job, self.prep.run_number, part, api,
+                              self.prices.get(part["model_key"]), meta, self._started_at(part), elapsed_ms)
+        for item in outputs.collect([self.ledger.path(part, suffix) for suffix, _ in PART_FILES]):
+            if isinstance(item, Outcome):
+                if item.completion is not None and item.completion.cost_usd is None:
+                    self._warn_unpriced(api, item.completion.model)
+                ready.append(item)
+                if len(ready) >= WRITE_EVERY:
+                    await self._write(ready)
+                    ready = []
+            else:
+                failures.append(orjson.dumps(item) + b"\n")
         await self._write(ready)
+        self._record_anomalies(part, outputs.anomalies)
         status = part.get("status")
         kind, message = {
             "failed": ("batch_failed", f"the batch failed validation: {_describe_errors(part.get('errors_detail'))}"),
@@ -553,47 +554,34 @@ class _BatchRun:
             "cancelled": ("cancelled", "the batch was cancelled before this request ran"),
         }.get(status or "", ("missing", "the batch completed without an output or error line for this request"))
         for cid, m in meta.items():
-            if cid not in seen:
+            if cid not in outputs.seen:
                 failures.append(orjson.dumps({**m, "kind": kind, "type": "Batch" + status.title() if status else
                                               "BatchMissing", "message": message, "status": None,
                                               "retry": True}) + b"\n")
         write_part_file(self.ledger.path(part, ".failed.jsonl"), failures)
 
-    def _judge_line(self, part: Part, api: BatchAPI, line: BatchLine, meta: Line, prices: BatchPrices | None,
-                    started_at: str, elapsed_ms: float) -> tuple[Outcome | None, Failure | None]:
-        base: TicketMeta = {"id": meta["id"], "a": meta["a"], "i": meta.get("i", 0), "r": meta.get("r", 0),
-                "c": meta.get("c", 0.0)}
-        if "k" in meta:
-            base["k"] = meta["k"]
-        if line.body is None and line.kind is not None:  # no answer: expired, cancelled, ...
-            return None, {**base, "kind": line.kind, "type": line.code or "BatchError",
-                          "message": line.message or line.kind, "status": None, "retry": True}
-        if line.body is None:
-            return None, _http_failure(base, line)
-        try:
-            completion = api.completion_of(line.body, prices)
-        except (AttributeError, TypeError, ValueError, KeyError) as exc:
-            return None, {**base, "kind": "connection", "type": "MalformedResponse",
-                          "message": f"malformed batch output line: {exc}", "status": 200, "retry": True}
-        try:
-            structured = judge_answer(completion, self.job)
-        except RequestError as exc:
-            rejected_cost = base["c"] + (completion.cost_usd or 0.0)
-            failure: Failure = {**base, "r": base["r"] + 1, "c": rejected_cost, "kind": exc.kind, "type": exc.error_type,
-                       "message": exc.message, "status": None, "retry": False}
-            if isinstance(exc, RetryableError):  # invalid_output: asked again within the re-ask budget
-                failure["i"] = base["i"] + 1
-                failure["retry"] = failure["i"] <= self.job.max_invalid_output_retries
-                if not failure["retry"]:
-                    failure["message"] = (f"{exc.message} ({failure['i']} invalid answer(s); "
-                                          f"max_invalid_output_retries = {self.job.max_invalid_output_retries})")
-            return None, failure
-        return Outcome(
-            ticket_id=meta["id"], attempts=meta["a"], started_at=started_at, finished_at=utc_now(),
-            elapsed_ms=elapsed_ms, run=self.prep.run_number, completion=completion, latency_ms=elapsed_ms,
-            structured=structured, rejected_outputs=base["r"], rejected_cost_usd=base["c"],
-            model_key=part["model_key"] or None,
-        ), None
+    def _record_anomalies(self, part: Part, anomalies: list[Anomaly]) -> None:
+        """The part's lines not believed: appended to batch_anomalies.jsonl (from the offset the
+        ledger noted before this part's first collection), counted in the ledger and the summary."""
+        path = self.prep.run_dir / BATCH_ANOMALIES
+        offset = part.get("anomalies_offset")
+        if offset is None:
+            part["anomalies_offset"] = path.stat().st_size if path.exists() else 0
+            self.ledger.save()
+        elif path.exists() and path.stat().st_size > offset:
+            with open(path, "r+b") as handle:  # an earlier collection of this part was cut short
+                handle.truncate(offset)
+        counts: dict[str, int] = {}
+        for record in anomalies:
+            counts[record["kind"]] = counts.get(record["kind"], 0) + 1
+        part["anomalies"] = counts or None
+        if not anomalies:
+            return
+        append_lines(path, [orjson.dumps(record) + b"\n" for record in anomalies], what="batch anomalies")
+        steps.reached("anomalies")
+        self.stats.record_batch_anomalies(anomalies)
+        log.warning("part %d: %d output line(s) not believed (%s): see %s", part["number"], len(anomalies),
+                    ", ".join(f"{n} {k}" for k, n in sorted(counts.items())), path)
 
     def _warn_unpriced(self, api: BatchAPI, answered_by: str | None) -> None:
         """Once per run: batch answers with no price (cost_usd null), and the likely reason."""
@@ -610,7 +598,12 @@ class _BatchRun:
     async def _write(self, outcomes: list[Outcome]) -> None:
         if not outcomes:
             return
-        written = await self.writer.write_batch(outcomes)
+        try:
+            written = await self.writer.write_batch(outcomes)
+        except CheckpointWriteError as exc:  # the disk filled: count what made it whole, then fail
+            for outcome in exc.written:
+                self.stats.record(outcome)
+            raise
         steps.reached("writing")
         for outcome in written:
             self.stats.record(outcome)
@@ -638,6 +631,7 @@ class _BatchRun:
                 elapsed_ms=0.0, run=self.prep.run_number, error_kind=failure.get("kind"),
                 error_type=failure.get("type"), error_message=message, status_code=failure.get("status"),
                 rejected_outputs=failure.get("r", 0), rejected_cost_usd=failure.get("c", 0.0),
+                rejected_unpriced=failure.get("u", 0),
                 model_key=part["model_key"] or None))
             if len(ready) >= WRITE_EVERY:
                 await self._write(ready)
@@ -728,15 +722,6 @@ def _describe_errors(errors: object) -> str:
         return "; ".join(f"{e.get('code')}: {e.get('message')}" for e in data if isinstance(e, Mapping))[:500] \
             or "no detail"
     return "no detail"
-
-
-def _http_failure(base: TicketMeta, line: BatchLine) -> Failure:
-    """A batch line answered with an HTTP error, classified as an online answer would be
-    (providers/error_mapping.error_for_status): retried (429, 408, 409, 5xx) or terminal."""
-    message = str(line.message or f"HTTP {line.status}")[:1000]
-    verdict = error_for_status(line.status, message, code=line.code, error_type="BatchLineError")
-    return {**base, "kind": verdict.kind, "type": verdict.error_type, "message": message, "status": line.status,
-            "retry": verdict.retryable}
 
 
 def _key_of(meta: Mapping[str, object]) -> str:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from batchrun.analysis.textfmt import error_line
+
 from batchrun.analysis.charts import PLOT_HINT, draw_plot
 from batchrun.bench.recommend import (
     AUTO_MAX_TICKETS,
@@ -121,7 +123,7 @@ def bench_command(job_file: Path, settings: list[int | str], tickets: int | None
     (the job's run directory is never touched), against the embedded simulator
     unless --live. Prints a table, writes OUT/bench.json and OUT/bench.png.
     """
-    from batchrun.errors import BatchrunError, redact_secrets
+    from batchrun.errors import BatchrunError
 
     secrets: list[str] = []
     try:
@@ -134,7 +136,7 @@ def bench_command(job_file: Path, settings: list[int | str], tickets: int | None
                             max_429_rate=max_429_rate, max_p95_ms=max_p95_ms, tie_within=tie_within,
                             say=_say, secrets=secrets)
     except BatchrunError as exc:
-        click.echo(f"batchrun: error: {redact_secrets(str(exc), secrets)}", err=True)
+        click.echo(error_line(exc, secrets), err=True)
         sys.exit(int(exc.exit_code))
     _write_outputs(outcome.report, outcome.rows, outcome.recommendation, out_dir, outcome.job, outcome.sweep)
     if outcome.interrupted:

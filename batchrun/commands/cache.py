@@ -14,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from batchrun.analysis.textfmt import error_line
+
 CLEAR_EXAMPLES = """
 \b
 Examples:
@@ -51,7 +53,7 @@ def clear_command(job_file: Path | None, cache_dir: Path | None, cache_url: str 
         cache = ResponseCache(location)
         removed = cache.clear()
     except BatchrunError as exc:
-        click.echo(f"batchrun: error: {exc}", err=True)
+        click.echo(error_line(exc), err=True)
         sys.exit(int(exc.exit_code))
     where = redact_url(location["url"]) if "url" in location else location["dir"]
     click.echo(f"batchrun: removed {removed:,} stored answer(s) from the response cache in {where}")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import click
 
+from batchrun.analysis.textfmt import error_line
+
 __all__ = ["cancel_command"]
 
 EXAMPLES = """
@@ -38,7 +40,7 @@ def cancel_command(run_dir: Path, api_base: str | None) -> None:
 
     from batchrun.batch.cancel import cancel_batches
     from batchrun.batch.ledger import LEDGER
-    from batchrun.errors import BatchrunError, ConfigurationError, redact_secrets
+    from batchrun.errors import BatchrunError, ConfigurationError
     from batchrun.job.spec import load_job
     from batchrun.rundir.manifest import read_manifest
 
@@ -81,5 +83,5 @@ def cancel_command(run_dir: Path, api_base: str | None) -> None:
         click.echo(f"{total} part(s) asked to cancel; run the job again to collect what they answered"
                    if total else "Nothing running to cancel.")
     except BatchrunError as exc:
-        click.echo(f"batchrun: error: {redact_secrets(str(exc), secrets)}", err=True)
+        click.echo(error_line(exc, secrets), err=True)
         sys.exit(int(exc.exit_code))

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from batchrun.analysis.textfmt import error_line
+
 from batchrun.analysis.diffing import (
     ACCURACY_DROPPED,
     DEFAULT_SHOW,
@@ -56,7 +58,7 @@ def diff_command(run_a: Path, run_b: Path, max_drop: float | None, gold_field: s
     try:
         diff = diff_runs(run_a, run_b, gold_field=gold_field, show=show)
     except BatchrunError as exc:
-        click.echo(f"batchrun: error: {exc}", err=True)
+        click.echo(error_line(exc), err=True)
         sys.exit(int(exc.exit_code))
     code, check = (0, []) if max_drop is None else accuracy_check(diff, max_drop)
     if as_json:

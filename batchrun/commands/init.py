@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from batchrun.analysis.textfmt import error_line
+
 __all__ = ["init_command"]
 
 INIT_EXAMPLES = """
@@ -36,6 +38,6 @@ def init_command(name: str, model: str, input_path: Path | None, directory: Path
     try:
         files = write_starter(name, directory, model=model, input_path=input_path)
     except BatchrunError as exc:
-        click.echo(f"batchrun: error: {exc}", err=True)
+        click.echo(error_line(exc), err=True)
         sys.exit(int(exc.exit_code))
     click.echo(describe(files))

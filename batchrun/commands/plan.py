@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from batchrun.analysis.textfmt import error_line
+
 from batchrun.analysis.plan import (
     DEFAULT_ASSUMED_LATENCY_MS,
     DEFAULT_SAMPLE,
@@ -81,7 +83,7 @@ def plan_command(job_file: Path, input_path: Path | None, limit: int | None, run
                          max_cost_usd=max_cost_usd, sample=sample, assume_latency_ms=assume_latency_ms,
                          live=live or api_base is not None)
     except BatchrunError as exc:
-        click.echo(f"batchrun: error: {exc}", err=True)
+        click.echo(error_line(exc), err=True)
         sys.exit(int(exc.exit_code))
     if as_json:
         click.echo(orjson.dumps(plan, option=orjson.OPT_INDENT_2).decode())

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from batchrun.analysis.textfmt import error_line
+
 from batchrun.analysis.charts import write_charts
 from batchrun.analysis.grading import analyze, format_report
 from batchrun.errors import BatchrunError
@@ -51,7 +53,7 @@ def report_command(run_dir: Path, out_dir: Path | None, gold_field: str | None, 
     try:
         analysis = analyze(run_dir, gold_field=gold_field, input_path=input_path)
     except BatchrunError as exc:
-        click.echo(f"batchrun: error: {exc}", err=True)
+        click.echo(error_line(exc), err=True)
         sys.exit(int(exc.exit_code))
     report = analysis.report
     notes: list[str] = []

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 import click
 
 from batchrun.analysis.documents import StoredJSON
-from batchrun.analysis.textfmt import num
+from batchrun.analysis.textfmt import error_line, num, terminal_safe
 from batchrun.run_logging import route_litellm_logs, setup_logging
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ def run_command(job_file: Path, input_path: Path | None, concurrency: int | None
     --live or --api-base is given. Progress and logs go to stderr, the summary
     to stdout.
     """
-    from batchrun.errors import BatchrunError, redact_secrets
+    from batchrun.errors import BatchrunError
     from batchrun.launcher import LaunchOptions, resolve_job
 
     bar = sys.stderr.isatty() if progress is None else progress
@@ -159,13 +159,13 @@ def run_command(job_file: Path, input_path: Path | None, concurrency: int | None
             _print_comparison(job)
         code = result.exit_code
     except BatchrunError as exc:
-        click.echo(f"batchrun: error: {redact_secrets(str(exc), secrets)}", err=True)
+        click.echo(error_line(exc, secrets), err=True)
         sys.exit(int(exc.exit_code))
     sys.exit(code)
 
 
 def _say(message: str) -> None:
-    click.echo(f"batchrun: {message}", err=True)
+    click.echo(f"batchrun: {terminal_safe(message)}", err=True)
 
 
 def _launch(job: JobSpec, job_file: Path, options: LaunchOptions, secrets: list[str], *, verbose: int,
@@ -240,7 +240,7 @@ def _print_online(job: JobSpec, result: RunResult) -> None:
         click.echo("batchrun: budget_exhausted: stopped at max_cost_usd (see above); re-run with a larger "
                    "budget to continue", err=True)
     elif result.error:
-        click.echo(f"batchrun: {result.state}: {result.error}", err=True)
+        click.echo(f"batchrun: {result.state}: {terminal_safe(result.error)}", err=True)
     if result.summary["failed"] and result.state != "interrupted":
         click.echo(f"{result.summary['failed']} ticket(s) failed: details in {result.run_dir / 'errors.jsonl'}; "
                    "re-run to retry them (or --skip-failed).", err=True)
@@ -262,14 +262,14 @@ def _print_batch(job: JobSpec, result: RunResult) -> None:
     click.echo(format_summary(result.summary, title=f"{job.name}: run {result.run_number} (batch) {result.state}"))
     for part in (ledger_summary(result.run_dir) or {"parts": []})["parts"]:
         counts = part.get("counts") or {}
-        click.echo(f"  part {part['number']}: {part['state']} ({part.get('status') or '-'}), "
+        click.echo(terminal_safe(f"  part {part['number']}: {part['state']} ({part.get('status') or '-'}), "
                    f"{part['tickets']:,} tickets, {counts.get('completed', 0):,} completed, "
-                   f"{counts.get('failed', 0):,} failed" + (f"; {part['note']}" if part.get("note") else ""))
+                   f"{counts.get('failed', 0):,} failed" + (f"; {part['note']}" if part.get("note") else "")))
     click.echo(f"run directory: {result.run_dir}  (batchrun status {result.run_dir})")
     if result.state == "submitted":
         click.echo("Submitted: run the same command later to collect the answers (nothing is sent again).", err=True)
     elif result.error:
-        click.echo(f"batchrun: {result.state}: {result.error}", err=True)
+        click.echo(f"batchrun: {result.state}: {terminal_safe(result.error)}", err=True)
 
 
 def _print_comparison(job: JobSpec) -> None:
@@ -289,7 +289,8 @@ def _print_comparison(job: JobSpec) -> None:
         accuracy = grading.get("accuracy") if grading else None
         counts, cost, tokens = model.get("counts"), model.get("cost"), model.get("tokens")
         done, failed = (counts.get("done"), counts.get("failed")) if counts else (None, None)
-        labels = " ".join(f"{k} {v}" for k, v in sorted((model.get("label_distribution") or {}).items()))
+        distribution = sorted((model.get("label_distribution") or {}).items())
+        labels = terminal_safe(" ".join(f"{k} {v}" for k, v in distribution))  # the models' answers
         click.echo(f"{model['key']:<12} {num(done):>6} {num(failed):>6} "
                    f"{'-' if accuracy is None else f'{accuracy:.1%}':>8} "
                    f"{num(latency.get('p50') if latency else None):>8} "

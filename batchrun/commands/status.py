@@ -15,8 +15,8 @@ from typing import Sequence
 import click
 
 from batchrun.analysis.documents import StoredJSON
-from batchrun.analysis.stats import format_prompt_cache, format_summary, upstream_text
-from batchrun.analysis.textfmt import kv, table, usd
+from batchrun.analysis.stats import describe_anomalies, format_prompt_cache, format_summary, upstream_text
+from batchrun.analysis.textfmt import error_line, kv, table, terminal_safe, usd
 
 __all__ = ["format_status", "status_command"]
 
@@ -37,7 +37,7 @@ def status_command(run_dir: Path, as_json: bool) -> None:
         models = compare_status(run_dir)
         status = run_status(run_dir) if models is None else None
     except BatchrunError as exc:
-        click.echo(f"batchrun: error: {exc}", err=True)
+        click.echo(error_line(exc), err=True)
         sys.exit(int(exc.exit_code))
     if as_json:
         click.echo(orjson.dumps(models if models is not None else status, option=orjson.OPT_INDENT_2).decode())
@@ -54,7 +54,7 @@ def format_compare_status(run_dir: Path, models: Sequence[StoredJSON]) -> str:
     lines = [f"compare directory {run_dir}: {len(models)} models (batchrun status {run_dir}/models/NAME for one)", ""]
     lines += table(["model", "litellm model", "state", "done", "failed", "pending", "not asked", "cost"], rows, left=3)
     lines.append(f"\ntotal cost (all models, all runs): {usd(sum(m['cost_usd'] for m in models))}")
-    return "\n".join(lines)
+    return terminal_safe("\n".join(lines))
 
 
 
@@ -94,6 +94,9 @@ def format_status(status: StoredJSON) -> str:
         *([("upstream requests", upstream_text(status["upstream_requests"], status.get("upstream_unreported")))]
           if status.get("upstream_requests") is not None else []),
     ]
+    if status.get("batch_anomalies"):
+        rows.append(("batch output not believed", describe_anomalies(status["batch_anomalies"],
+                                                                      status.get("batch_anomalies_cost_usd"))))
     current = status.get("current_run")
     if current:
         dead = status["state"] != "running"
@@ -122,4 +125,4 @@ def format_status(status: StoredJSON) -> str:
     text = "\n".join(kv(rows))
     if status["last_summary"]:
         text += "\n\n" + format_summary(status["last_summary"], title=f"last run (run {status['run']})")
-    return text
+    return terminal_safe(text)

@@ -9,7 +9,8 @@ actors), the limits, the counts and the decisions to stop live here, once:
                                a reservation becomes a cost), attempt_failed /
                                attempt_succeeded (429 pauses, token corrections, AIMD)
     stop(reason, message)      no new ticket starts: "signal", "fail_fast",
-                               "budget", "checkpoint" or "crash"; requests in
+                               "budget", "checkpoint", "crash" or "local_resource"
+                               (EMFILE: out of file descriptors); requests in
                                flight finish
     halt_requests()            a signal, or the endpoint's budget spent: not even a
                                retry starts (here or in the executor's workers);
@@ -41,6 +42,7 @@ from typing import Callable, Mapping
 import anyio
 
 from batchrun.analysis.stats import RunStats
+from batchrun.analysis.textfmt import terminal_safe
 from batchrun.errors import (
     BatchrunError,
     CheckpointError,
@@ -70,7 +72,8 @@ FAIL_FAST_KINDS = frozenset({"auth", "permission", "not_found"})
 # verdicts on an answer (they are about one ticket's answer, not about the endpoint).
 _NOT_ENDPOINT_KINDS = frozenset({"rate_limited", "resource_unavailable", "timeout", "connection", "server_error",
                                  "stream_cut", "budget",
-                                 "invalid_output", "truncated", "content_filter"})
+                                 "invalid_output", "invalid_response", "truncated", "content_filter",
+                                 "local_resource"})
 log = logging.getLogger("batchrun")
 
 
@@ -88,7 +91,8 @@ class Coordinator:
                               rejected_lines=prep.scan.problem_count)
         self.stats.maybe_billed_ids = sorted(prep.checkpoint.maybe_billed)
         self.gate = RequestGate()
-        self.writer = CheckpointWriter(prep.run_dir, prep.checkpoint.done_ids, prep.checkpoint.maybe_billed)
+        self.writer = CheckpointWriter(prep.run_dir, prep.checkpoint.done_ids, prep.checkpoint.maybe_billed,
+                                       max_output_bytes=self.job.max_output_bytes)
         self.journal = InflightJournal(prep.run_dir, prep.run_number)
         self._accounting = AttemptAccounting(self.stats, self.journal, self.writer, self.fail)
         self.failed_ids = set(prep.checkpoint.failed_ids)  # latest outcome a failure
@@ -145,7 +149,7 @@ class Coordinator:
             self.run_budget.wake()
         if message:  # said once, on stderr now; logged for -v and --log-file
             log.info("%s", message)
-            print(f"\nbatchrun: {message}", file=sys.stderr, flush=True)
+            print(f"\nbatchrun: {terminal_safe(message)}", file=sys.stderr, flush=True)
 
     def fail(self, error: BatchrunError) -> None:
         """A fatal error (the journal or a checkpoint file cannot be written, a worker crashed): the
@@ -262,6 +266,9 @@ class Coordinator:
 
     def attempt_failed(self, request: ChatRequest, attempt: int, error: RequestError) -> None:
         self.stats.errors_by_kind[error.kind] = self.stats.errors_by_kind.get(error.kind, 0) + 1
+        if error.kind == "local_resource":  # the machine, not the server: no new request would fare better
+            self.stop("local_resource", f"stopping: {error.message} ({self.stats.in_flight} in flight finish; "
+                                        "no new request is sent)")
         if error.kind == "budget_exceeded":
             self.endpoint_budget_spent(error)
         rate_limited = isinstance(error, RateLimitedError)

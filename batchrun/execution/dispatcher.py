@@ -218,6 +218,8 @@ class Dispatcher:
                         await co.writer.sync()
                         last_sync = time.monotonic()
         except CheckpointError as exc:
+            for outcome in getattr(exc, "written", ()):  # lines that made it whole before the disk filled
+                co.account(outcome)
             co.fail(exc)
         finally:
             self.writer_done.set()

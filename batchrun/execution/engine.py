@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["coordinator_needs_provider", "execute_run"]
 
 #: how a stop reason ends the run's state (no reason: "done")
-STOP_STATES = {"signal": "interrupted", "fail_fast": "failed", "budget": "budget_exhausted"}
+STOP_STATES = {"signal": "interrupted", "fail_fast": "failed", "budget": "budget_exhausted",
+               "local_resource": "failed"}
 
 
 def coordinator_needs_provider(job: JobSpec, workers: int, max_cost_usd: float | None) -> bool:

@@ -9,7 +9,9 @@ Leaving the block, in a shielded scope whatever happened: the checkpoint
 writer is flushed and closed, then the manifest is written with the final
 state, counts and summary. A cancellation there ends the run "interrupted",
 an exception "failed" with its message (and is raised on); a writer or
-manifest that cannot be written turns any state into "failed".
+manifest that cannot be written turns any state into "failed". A full disk
+gets the space held since the start back first (rundir/layout.reserve_space),
+so that its manifest still says "failed", with the summary.
 
     exit_code(state, ...)   the exit code of a final state (README, "Exit codes"):
         interrupted -> 128 + signal; stopped by fail-fast -> 4; failed -> 1;
@@ -30,13 +32,14 @@ import anyio
 
 from batchrun import __version__
 from batchrun.analysis.stats import RunStats
-from batchrun.errors import BatchrunError, CheckpointError, ExitCode
+from batchrun.errors import BatchrunError, CheckpointError, DiskFullError, ExitCode
 from batchrun.execution.preparation import PreparedRun
 from batchrun.execution.result import RunResult
 from batchrun.execution.ticket_runner import utc_now
 from batchrun.job.input_formats import input_format_of
 from batchrun.providers.litellm_setup import litellm_version
 from batchrun.rundir.checkpoint import CheckpointWriter
+from batchrun.rundir.layout import release_space
 from batchrun.rundir.manifest import Manifest, write_manifest
 
 __all__ = ["MAX_HISTORY", "RunFinish", "build_manifest", "exit_code"]
@@ -161,12 +164,26 @@ class RunFinish:
             except (OSError, CheckpointError) as error:  # the disk went away: say so, keep the first error
                 self.error = self.error or f"cannot flush checkpoint: {error}"
                 self.state = "failed"
+            self._write_last_manifest()
+        return False
+
+    def _write_last_manifest(self) -> None:
+        """The final manifest; on a full disk, after giving back the space held since the start
+        (layout.reserve_space), so that a run the disk stopped still says `failed`, with its summary."""
+        for attempt in (1, 2):
             try:
                 write_manifest(self.prep.run_dir, self._manifest(self.state, utc_now(), self.error))
+                return
+            except DiskFullError as error:
+                self.error = self.error or str(error)
+                self.state = "failed"
+                if attempt == 1 and release_space(self.prep.run_dir):
+                    continue
+                return
             except CheckpointError as error:
                 self.error = self.error or str(error)
                 self.state = "failed"
-        return False
+                return
 
     def result(self) -> RunResult:
         """The RunResult of the finished run: its state, exit code and summary."""

@@ -19,6 +19,7 @@ import orjson
 from batchrun.errors import (
     RunMismatchError,
     TicketError,
+    redact_endpoint,
 )
 from batchrun.job.spec import JobSpec
 from batchrun.job.tickets import InputScan, file_digest, scan_from_index, scan_input
@@ -81,8 +82,9 @@ def mismatches(old: Manifest, job: JobSpec, scan: InputScan, endpoint: str) -> l
             f"input changed ({old_input.get('path')}, {old_input.get('size')} bytes -> "
             f"{scan.path}, {scan.size} bytes)"
         )
-    if old.get("endpoint") and old.get("endpoint") != endpoint:
-        changes.append(f"endpoint changed ({old.get('endpoint')} -> {endpoint})")
+    before = redact_endpoint(old.get("endpoint"))  # as shown now: a manifest written before kept keys in paths
+    if before and before != endpoint:
+        changes.append(f"endpoint changed ({before} -> {endpoint})")
     return changes
 
 
@@ -109,7 +111,8 @@ def prepare_run(
         failed_ids: AbstractSet[str] = checkpoint.failed_ids if skip_failed else frozenset()
         # what makes a saved index valid besides the input's bytes
         key = orjson.dumps([job.id_field, [t.fields for t in templates], job.max_line_bytes]
-                           + ([job.input_format] if job.input_format else [])).decode()
+                           + ([job.input_format] if job.input_format else [])
+                           + ["ids-v2"]).decode()  # v2: ids checked by tickets.check_id (an older index was not)
         index = read_input_index(checkpoint.run_dir)
         scan = None
         if index is not None and index.get("key") == key:

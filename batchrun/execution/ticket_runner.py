@@ -44,6 +44,9 @@ attempts (nothing left the machine; `cache_hit`, cost 0, `cost_saved_usd`).
 After the retry loop, an accepted answer is stored; errors and rejected
 answers never are.
 
+A 200 that cannot be used (kind invalid_response: no choice, a body litellm
+cannot read) follows the same re-ask rule as an invalid answer.
+
 Service tiers: a job with `service_tier = "flex"` whose ticket got
 `flex_fallback_after` attempts answered 429 `resource_unavailable` (no flex
 capacity; counted and retried like any 429) sends its next attempts at the
@@ -51,7 +54,8 @@ standard tier (`ChatRequest.service_tier = "default"`); the outcome says so
 (`flex_fallback`) and the line records the tier that answered.
 
 A rejected answer was paid for: the Outcome counts them (`rejected_outputs`)
-and their cost (`rejected_cost_usd`). The job's RequestOptions and
+and their cost (`rejected_cost_usd`, an unusable answer's from the usage its
+body carried). The job's RequestOptions and
 OutputRules are built once per JobSpec (`rules_for`) and attached to the
 request here, so the engine need not know about them.
 
@@ -82,6 +86,7 @@ import anyio
 from tenacity import RetryCallState
 
 from batchrun.errors import (
+    InvalidResponseError,
     RequestError,
     RetryableError,
     TerminalError,
@@ -203,6 +208,17 @@ def judge_answer(completion: Completion, job: JobSpec) -> Mapping[str, object] |
         raise RetryableError(str(exc), kind="invalid_output", error_type="InvalidOutput") from None
 
 
+def _reask_or_give_up(error: RequestError, invalid: int, rules: TicketRules) -> RequestError:
+    """The invalid-answer rule (invalid_output, invalid_response): asked again at once
+    (retry_after=0 skips the backoff) up to max_invalid_output_retries times, then terminal."""
+    if invalid > rules.max_invalid_output_retries:
+        return TerminalError(f"{error.message} ({invalid} invalid answer(s); max_invalid_output_retries = "
+                             f"{rules.max_invalid_output_retries})", kind=error.kind,
+                             status_code=error.status_code, error_type=error.error_type)
+    return RetryableError(error.message, kind=error.kind, retry_after=0.0, status_code=error.status_code,
+                          error_type=error.error_type)
+
+
 def _sleep_unless_halted(halt: anyio.Event) -> Callable[[float], Awaitable[None]]:
     """tenacity's sleep: the backoff ends at once, with TicketAbandoned, when the run is halted."""
 
@@ -238,6 +254,7 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
     rejected = 0  # answers the output check (or finish_reason policy) turned down
     invalid = 0  # of those, invalid_output ones (the re-ask budget)
     rejected_cost = 0.0
+    unpriced = 0  # of the rejected answers, those whose cost is unknown (not counted as $0)
     flex_refusals = 0  # attempts answered 429 resource_unavailable (flex)
     fell_back = False  # sent at the standard tier after flex_fallback_after of them
     upstream: int | None = None  # upstream requests the endpoint reported (a LiteLLM proxy), summed
@@ -287,6 +304,12 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                 except Exception as exc:
                     unreported += 1  # sent; an error answer does not say what the endpoint did upstream
                     error = translate_error(exc)
+                    if isinstance(error, InvalidResponseError):  # billed, unusable: the invalid-answer rule
+                        rejected += 1
+                        rejected_cost += error.spent_usd or 0.0
+                        unpriced += error.spent_usd is None  # billed at a price nobody saw: counted, not 0
+                        invalid += 1
+                        error = _reask_or_give_up(error, invalid, rules)
                     hooks.attempt_failed(request, attempts, error)
                     if error.kind == "resource_unavailable" and job.service_tier == "flex" and not fell_back:
                         flex_refusals += 1
@@ -309,18 +332,14 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                     except (TerminalError, _InvalidOutput) as exc:
                         rejected += 1
                         rejected_cost += completion.cost_usd or 0.0
+                        unpriced += completion.cost_usd is None
                         if isinstance(exc, TerminalError):
                             error = exc
                         else:
                             invalid += 1
-                            if invalid > rules.max_invalid_output_retries:
-                                error = TerminalError(
-                                    f"{exc} ({invalid} invalid answer(s); max_invalid_output_retries = "
-                                    f"{rules.max_invalid_output_retries})",
-                                    kind="invalid_output", error_type="InvalidOutput")
-                            else:  # ask again at once: retry_after=0 skips the backoff
-                                error = RetryableError(str(exc), kind="invalid_output", retry_after=0.0,
-                                                       error_type="InvalidOutput")
+                            error = _reask_or_give_up(
+                                RetryableError(str(exc), kind="invalid_output", error_type="InvalidOutput"),
+                                invalid, rules)
                         hooks.attempt_failed(request, attempts, error)
                         raise error from None
                 hooks.attempt_succeeded(request, attempts, completion, latency_ms)
@@ -340,13 +359,15 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
             elapsed_ms=(time.monotonic() - t0) * 1000.0, run=run_number,
             error_kind=error.kind, error_type=error.error_type, error_message=message,
             status_code=error.status_code, rejected_outputs=rejected, rejected_cost_usd=rejected_cost,
+            rejected_unpriced=unpriced,
             upstream_attempts=upstream, upstream_unreported=unreported,
         )
     return Outcome(
         ticket_id=request.ticket_id, attempts=attempts, started_at=started_at, finished_at=utc_now(),
         elapsed_ms=(time.monotonic() - t0) * 1000.0, run=run_number,
         completion=completion, latency_ms=latency_ms, structured=structured,
-        rejected_outputs=rejected, rejected_cost_usd=rejected_cost, flex_fallback=fell_back,
+        rejected_outputs=rejected, rejected_cost_usd=rejected_cost, rejected_unpriced=unpriced,
+        flex_fallback=fell_back,
         upstream_attempts=upstream, upstream_unreported=unreported,
     )
 
@@ -368,6 +389,7 @@ async def run_chain(request: ChatRequest, providers: Mapping[str, Provider], cha
     t0 = time.monotonic()
     attempts_by_model: dict[str, int] = {}
     spent_before = 0.0
+    unpriced_before = 0
     upstream: int | None = None  # summed over the models, as the attempts are
     unreported = 0
     outcome: Outcome | None = None
@@ -384,6 +406,7 @@ async def run_chain(request: ChatRequest, providers: Mapping[str, Provider], cha
         if outcome.ok:
             break
         spent_before += outcome.spent_usd
+        unpriced_before += outcome.rejected_unpriced
     assert outcome is not None
     return replace(
         outcome, model_key=chain[len(attempts_by_model) - 1], route=route,
@@ -391,5 +414,6 @@ async def run_chain(request: ChatRequest, providers: Mapping[str, Provider], cha
         elapsed_ms=(time.monotonic() - t0) * 1000.0,
         attempts_by_model=attempts_by_model if len(chain) > 1 else None,
         rejected_cost_usd=outcome.rejected_cost_usd + spent_before,
+        rejected_unpriced=outcome.rejected_unpriced + unpriced_before,
         upstream_attempts=upstream, upstream_unreported=unreported,
     )

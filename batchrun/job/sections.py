@@ -174,17 +174,42 @@ def load_schema_file(path: Path) -> Schema:
     return schema
 
 
+def check_model_name(value: str) -> str:
+    """A litellm model string that names a model: "openai/" (a provider and no name) would be sent
+    with an empty model name; "/gpt-4o-mini" names no provider; surrounding spaces are a typo."""
+    provider, slash, name = value.partition("/")
+    if value != value.strip() or not value:
+        raise ValueError(f"{value!r} has spaces around it: write the model string without them")
+    if slash and not name.strip():
+        raise ValueError(f"{value!r} names a provider but no model (e.g. {provider}/gpt-4o-mini): "
+                         "an empty model name would be sent")
+    if slash and not provider.strip():
+        raise ValueError(f"{value!r} names no provider before the '/' (e.g. openai{value})")
+    return value
+
+
 def check_api_base(value: str | None) -> str | None:
     """An api_base must not carry a query string: litellm appends its path
-    (/chat/completions) after it, so every request would go to a wrong URL.
-    The message never repeats the URL's query (it usually holds a key)."""
+    (/chat/completions) after it, so every request would go to a wrong URL;
+    nor credentials (user:password@): aiohttp refuses them next to the key's
+    Authorization header, so every request would fail. The message never
+    repeats the query or the credentials (they usually hold a key), and shows
+    the path with its key-shaped segments masked."""
     if value is None:
         return value
     from urllib.parse import urlsplit
 
+    from batchrun.errors import redact_url
+
     parts = urlsplit(value)
+    if "@" in parts.netloc:
+        raise ValueError(
+            f"{redact_url(value)} has credentials before its host (user:password@, not repeated here); "
+            "they cannot be sent with the API key's Authorization header, so every request would fail. "
+            "Give api_base without them, and pass the key through api_key_env (the NAME of an environment "
+            "variable holding it)")
     if parts.query or parts.fragment:
-        shown = f"{parts.scheme}://{parts.hostname or ''}{parts.path}" if parts.scheme else "the URL"
+        shown = redact_url(value) if parts.scheme else "the URL"
         raise ValueError(
             f"{shown}?... has a query string (not repeated here: it may hold a key); litellm adds "
             "/chat/completions after it, so every request would fail. Give api_base without it, and pass "
@@ -210,6 +235,11 @@ class ModelSpec(Section):
     @classmethod
     def _api_base(cls, value: str | None) -> str | None:
         return check_api_base(value)
+
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        return check_model_name(value)
 
 
 class RouteSpec(Section):

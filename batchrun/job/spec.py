@@ -84,6 +84,7 @@ from batchrun.job.sections import (
     ToolPayload,
     ToolSpec,
     check_api_base,
+    check_model_name,
     closest_name,
     load_schema_file,
 )
@@ -151,6 +152,7 @@ class JobSpec(Section):
     fail_fast_same_error_after: int = Field(20, ge=1)
     on_bad_input: Literal["fail", "skip"] = "fail"  # skip: bad lines go to rejects.jsonl, the rest runs
     max_line_bytes: int = Field(1_000_000, ge=64)  # a longer input line is bad input
+    max_output_bytes: int = Field(4_000_000, ge=1024)  # a longer answer is stored cut, its line says so
     # -- how answers are received and judged (docs/job-file.md: "Streaming, labels, schemas and tools")
     stream: bool = False  # stream each answer (SSE); records ttft_ms
     on_truncated: Literal["keep", "fail"] = "keep"  # finish_reason "length": keep (flagged) or fail the ticket
@@ -236,6 +238,11 @@ class JobSpec(Section):
     @classmethod
     def _api_base(cls, value: str | None) -> str | None:
         return check_api_base(value)
+
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        return check_model_name(value)
 
     @field_validator("api_key_env")
     @classmethod

@@ -29,8 +29,20 @@ row number where JSON Lines has the line number (`InputScan.unit` says which).
 
 Checked per line: valid UTF-8 (a BOM on line 1 is accepted and dropped),
 not blank, valid JSON, a JSON object, an id that is a non-empty string or an
-integer (not only whitespace, at most MAX_ID_CHARS = 512 characters), no id
-seen before, and every field the prompt templates use.
+integer (at most MAX_ID_CHARS = 512 characters, and one a person can see:
+`check_id`), no id seen before, and every field the prompt templates use.
+
+An id names checkpoint lines, log lines, export rows and the terminal's
+output, so it must be visible and unambiguous. Refused (`check_id`): an id
+holding a control character (NUL, newline, tab, C1 controls, the Unicode line
+and paragraph separators) or a bidirectional control (a right-to-left
+override reorders what a terminal shows); an id that is empty once its
+invisible characters are set aside (Unicode format characters such as the
+zero-width space, spaces of any kind, fillers), compared after NFKC
+normalisation; an id with leading or trailing whitespace or invisible
+characters. Refused, not normalised: "A1 " and "A1" would otherwise be two
+tickets or one depending on where the id was read, and the input's id is
+the one export joins on.
 """
 
 from __future__ import annotations
@@ -136,6 +148,41 @@ def _too_long(size: int, limit: int) -> ValueError:
     return ValueError(f"line is {size:,} bytes, over the {limit:,}-byte limit (max_line_bytes)")
 
 
+#: bidirectional controls: embeddings, overrides, isolates, marks (they reorder what a terminal shows)
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+#: letters that show nothing (Hangul fillers, the braille blank)
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def _invisible(char: str) -> bool:
+    import unicodedata
+
+    return (char.isspace() or char in _BLANK_LETTERS
+            or unicodedata.category(char) in ("Cf", "Zs", "Zl", "Zp", "Mn", "Me"))
+
+
+def check_id(ticket_id: str, id_field: str) -> str | None:
+    """Why `ticket_id` cannot be an id (module docstring), or None. The id is shown escaped."""
+    import unicodedata
+
+    if ticket_id.isascii() and ticket_id.isprintable() and ticket_id.strip() == ticket_id:
+        return None  # the common case, at once
+    shown = repr(ticket_id)  # escapes every character a terminal would act on
+    for char in ticket_id:
+        if unicodedata.category(char) == "Cc" or char in "\u2028\u2029":
+            return (f"id field {id_field!r} holds a control character (U+{ord(char):04X}) in {shown}: "
+                    "an id must be visible")
+        if char in _BIDI:
+            return (f"id field {id_field!r} holds a bidirectional control (U+{ord(char):04X}) in {shown}: "
+                    "it changes how the id is shown")
+    if not any(not _invisible(char) for char in unicodedata.normalize("NFKC", ticket_id)):
+        return f"id field {id_field!r} is only invisible characters ({shown}): an id must be visible"
+    if _invisible(ticket_id[0]) or _invisible(ticket_id[-1]):
+        return (f"id field {id_field!r} has leading or trailing whitespace or invisible characters ({shown}): "
+                "remove them (ids are compared as they are)")
+    return None
+
+
 def _parse_line(raw: bytes | None, line_no: int, id_field: str, size: int = 0,
                 max_line_bytes: int | None = None) -> tuple[str, Fields]:
     """The id and object of one line, or ValueError with the reason.
@@ -169,8 +216,9 @@ def _parse_line(raw: bytes | None, line_no: int, id_field: str, size: int = 0,
     if len(ticket_id) > MAX_ID_CHARS:
         raise ValueError(f"id field {id_field!r} is {len(ticket_id):,} characters long, over the "
                          f"{MAX_ID_CHARS}-character limit for an id")
-    if ticket_id.isspace():
-        raise ValueError(f"id field {id_field!r} is only whitespace ({value!r}): an id must be visible")
+    problem = check_id(ticket_id, id_field)
+    if problem is not None:
+        raise ValueError(problem)
     return ticket_id, obj
 
 
@@ -333,6 +381,9 @@ def _row_id(row: Fields, id_field: str) -> str:
     value = row[id_field]
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
         raise ValueError(f"id field {id_field!r} must be a non-empty string or an integer, got {value!r}")
+    problem = check_id(str(value), id_field)
+    if problem is not None:
+        raise ValueError(problem)
     return str(value)
 
 

@@ -300,7 +300,7 @@ class AnthropicBatchAPI:
 
     def _endpoint(self, method: str, path: str) -> str:
         """The call an error names: "POST https://api.anthropic.com/v1/messages/batches" (the SDK's
-        base URL, credentials in it redacted)."""
+        base URL, credentials in it redacted; a batch's id as ID, as LiteLLMBatchAPI names it)."""
         return f"{method} {redact_url(str(self._client.base_url)).rstrip('/')}/v1/messages/batches{path}"
 
     def _refused(self, exc: Exception, method: str, path: str) -> RequestError:
@@ -335,14 +335,13 @@ class AnthropicBatchAPI:
         return self._batch(batch)
 
     async def retrieve_batch(self, batch_id: str) -> Reply:
-        return self._batch(await self._call(self._client.messages.batches.retrieve(batch_id), "GET", f"/{batch_id}"))
+        return self._batch(await self._call(self._client.messages.batches.retrieve(batch_id), "GET", "/ID"))
 
     async def cancel_batch(self, batch_id: str) -> Reply:
         """Ask for a cancel; a batch that has ended already is a 409 (as OpenAI answers), whatever
         Anthropic answered."""
         try:
-            return self._batch(await self._call(self._client.messages.batches.cancel(batch_id), "POST",
-                                                f"/{batch_id}/cancel"))
+            return self._batch(await self._call(self._client.messages.batches.cancel(batch_id), "POST", "/ID/cancel"))
         except RequestError as exc:
             if exc.status_code is None or not 400 <= exc.status_code < 500:
                 raise
@@ -393,7 +392,7 @@ class AnthropicBatchAPI:
         except Exception as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            raise self._refused(exc, "GET", f"/{file_id}/results") from None
+            raise self._refused(exc, "GET", "/ID/results") from None
         os.replace(tmp, dest)
         return size
 

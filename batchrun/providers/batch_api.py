@@ -27,6 +27,7 @@ from batchrun.providers.error_mapping import (
 )
 from batchrun.providers.litellm_setup import import_litellm
 from batchrun.providers.seam import BatchAPI, BatchClaim, BatchLine, BatchMatch, BatchPrices, ChatRequest, Reply
+from batchrun.providers.usage_checks import reported_counts, token_limit, usage_problem
 from batchrun.records import Completion, Line, ToolCall, usage_from_provider
 
 #: litellm 1.106's providers with a batch *create* (litellm.acreate_batch's custom_llm_provider).
@@ -263,9 +264,16 @@ class LiteLLMBatchAPI:
             raise ValueError("the response body has no choices")
         message = choice.get("message") or {}
         raw_usage = body.get("usage")
-        usage = usage_from_provider(raw_usage) if isinstance(raw_usage, Mapping) else None
+        usage = None
+        problem = None
+        if isinstance(raw_usage, Mapping) and raw_usage.get("total_tokens") is not None:
+            problem = usage_problem(raw_usage, token_limit(self._litellm, self.model))
+            if problem is None:
+                usage = usage_from_provider(raw_usage)
         source = None
-        if usage is None:
+        if problem is not None:  # not believed: no usage, no cost (usage_checks.py)
+            cost, status = None, problem[0]
+        elif usage is None:
             cost, status = None, "no_usage"
         elif prices is None:
             cost, status = None, "unpriced_model"
@@ -279,7 +287,9 @@ class LiteLLMBatchAPI:
         return Completion(text=message.get("content") or "", finish_reason=choice.get("finish_reason"),
                           model=body.get("model"), usage=usage, cost_usd=cost, cost_status=status,
                           tool_calls=calls, service_tier=tier if isinstance(tier, str) and len(tier) <= 32 else None,
-                          cost_source=source)
+                          cost_source=source,
+                          usage_reported=reported_counts(raw_usage) if problem else None,
+                          usage_problem=problem[1] if problem else None)
 
     def match_batch(self, batch: Reply, claim: BatchClaim) -> BatchMatch:
         """A listed batch is a part's when its metadata names the part (providers that list do not

@@ -4,6 +4,12 @@ A DiskCache in a folder, or Redis for `cache_url = "redis://..."` (keys under
 "batchrun:"). The key is litellm's cache key of the request as sent, with the
 api_base; batchrun reads and writes it around its own calls, so an error or a
 rejected answer is never stored, and litellm's automatic caching stays off.
+
+A disk store that cannot be read (a damaged SQLite file: "file is not a
+database", "database disk image is malformed") is `unreadable_cache` before a
+run (the launcher then runs without the cache, saying so in one line), and if
+it turns unreadable during a run, the first failure says so in one line and
+the cache is off for the rest of that run. The damaged file is left as it is.
 """
 
 from __future__ import annotations
@@ -73,11 +79,39 @@ class ResponseCache:
         except OSError as exc:
             raise ConfigurationError(f"cannot open the response cache in {location.get('dir')}: "
                                      f"{exc.strerror}") from None
+        except Exception as exc:  # sqlite3.DatabaseError from diskcache: a damaged store
+            if not _damaged(exc):
+                raise
+            raise UnreadableCacheError(_unreadable(location, exc)) from None
         finally:  # batchrun reads and writes the cache itself: litellm's per-call "cache" callbacks stay off
             for name, kept in before.items():
                 current = getattr(litellm, name, None)
                 if isinstance(current, list):
                     current[:] = kept
+        self.broken = False  # the store turned unreadable during the run: off from then on
+
+    def probe(self) -> None:
+        """Read the store once (UnreadableCacheError when it cannot be read)."""
+        if self.location.get("url"):
+            return
+        try:
+            self.backend.disk_cache.get("batchrun-probe")
+            len(self.backend.disk_cache)
+        except Exception as exc:
+            if not _damaged(exc):
+                raise
+            raise UnreadableCacheError(_unreadable(self.location, exc)) from None
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        if _damaged(exc):
+            if not self.broken:
+                self.broken = True
+                import logging
+
+                logging.getLogger("batchrun").warning(
+                    "%s: the rest of this run goes on without it", _unreadable(self.location, exc))
+            return
+        log_cache_failure(what, exc)
 
     def _ping(self) -> None:
         from batchrun.errors import redact_url
@@ -99,10 +133,12 @@ class ResponseCache:
         return hashlib.sha256(f"{base}\0{api_base or ''}".encode()).hexdigest()
 
     async def get(self, key: str) -> Completion | None:
+        if self.broken:
+            return None
         try:
             raw = await self.backend.async_get_cache(key)
         except Exception as exc:  # a miss: the request is sent
-            log_cache_failure("read", exc)
+            self._failed("read", exc)
             return None
         value = raw.get("response") if isinstance(raw, dict) and "response" in raw else raw
         try:
@@ -117,6 +153,8 @@ class ResponseCache:
     async def put(self, key: str, completion: Completion) -> None:
         import orjson
 
+        if self.broken:
+            return
         payload: CachedAnswer = {
             "v": self.VERSION, "text": completion.text, "finish_reason": completion.finish_reason,
             "model": completion.model, "usage": completion.usage.as_dict() if completion.usage else None,
@@ -128,7 +166,7 @@ class ResponseCache:
             await self.backend.async_set_cache(key, {"timestamp": time.time(),
                                                      "response": orjson.dumps(payload).decode()})
         except Exception as exc:
-            log_cache_failure("write", exc)
+            self._failed("write", exc)
 
     def clear(self) -> int:
         """Remove every answer batchrun stored here; returns how many (Redis: only "batchrun:" keys)."""
@@ -156,6 +194,43 @@ class ResponseCache:
                 self.backend.disk_cache.close()
         except Exception:  # closing is best effort
             pass
+
+
+class UnreadableCacheError(ConfigurationError):
+    """The disk store of the response cache cannot be read (module docstring)."""
+
+
+def _damaged(exc: BaseException) -> bool:
+    """A damaged SQLite store (sqlite3.DatabaseError and its subclasses but a locked database)."""
+    import sqlite3
+
+    return isinstance(exc, sqlite3.DatabaseError) and "locked" not in str(exc)
+
+
+def _unreadable(location: Mapping[str, str], exc: BaseException) -> str:
+    return (f"the response cache in {location.get('dir')} cannot be read ({type(exc).__name__}: "
+            f"{redact_secrets(str(exc), ())}); move that folder aside or delete it for a fresh cache")
+
+
+def unreadable_cache(location: Mapping[str, str] | None) -> str | None:
+    """Why a disk cache cannot be used (one line), or None when it can (or is not on disk).
+    Opening it creates the folder, as a run would."""
+    if not location or location.get("url"):
+        return None
+    try:
+        cache = ResponseCache(location)
+    except UnreadableCacheError as exc:
+        return str(exc)
+    try:
+        cache.probe()
+    except UnreadableCacheError as exc:
+        return str(exc)
+    finally:
+        try:
+            cache.backend.disk_cache.close()
+        except Exception:
+            pass
+    return None
 
 
 def log_cache_failure(what: str, exc: Exception) -> None:

@@ -19,11 +19,21 @@ one reader of what an endpoint says in its headers.
     is_budget_answer(message, code)  a budget or quota that is spent (LiteLLM's "crossed budget",
                                   budget_exceeded; OpenAI's insufficient_quota): kind
                                   `budget_exceeded`, never retried (its 429 is not a rate limit)
+    unusable_answer(reason, body) a 200 that cannot be used -> InvalidResponseError (kind
+                                  invalid_response): the reason and the body's first
+                                  BODY_EXCERPT_BYTES bytes (redacted), the usage it carried
 
 Kinds and which are retried: errors.py. A refused or reset connection is kind
 `connection` with no status even where litellm calls it a 500; every retryable
 error carries the endpoint's Retry-After when it gave one (so retry.max_retry_after_s
-holds for a 503 as for a 429); the API key is scrubbed from every message.
+holds for a 503 as for a 429); EMFILE or ENFILE under an error (no descriptor left
+for the socket) is `local_resource`; the API key is scrubbed from every message.
+A 401, 403 or 404 is auth, permission or not_found in whatever class litellm wraps
+it (a 401 whose body says invalid_request_error comes as a BadRequestError). A 200
+whose body litellm cannot turn into a chat completion (litellm's "Invalid response
+object" with a traceback, or "choices that is not a list") is `invalid_response`
+with a short message: what is wrong with the body and how it begins, never
+litellm's traceback or local paths.
 """
 
 from __future__ import annotations
@@ -34,9 +44,10 @@ import re
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from batchrun.errors import (
+    InvalidResponseError,
     RateLimitedError,
     RequestError,
     RetryableError,
@@ -188,10 +199,97 @@ def error_for_status(status: int | None, message: str, *, code: object = None, e
     return TerminalError(message, kind=kind, status_code=status, error_type=error_type)
 
 
-def translate_error(exc: BaseException, secrets: tuple[str, ...] | list[str] = ()) -> RequestError:
+BODY_EXCERPT_BYTES = 200  # of an unusable answer's body, in its error message
+_LITELLM_INVALID = "Invalid response object"  # litellm's conversion failed (a traceback follows)
+_LITELLM_NO_LIST = "provider returned 'choices' that is not a list"
+_BODY_START, _BODY_END = "received_args={'response_object': ", ", 'model_response_object': "
+
+
+def describe_body(body: object) -> str:
+    """What is wrong with a 200 body that is not a usable chat completion (for the message)."""
+    from batchrun.providers.usage_checks import usage_problem
+
+    if not isinstance(body, Mapping):
+        return f"the body is a JSON {_json_type(body)}, not a chat completion object"
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return f"no usable choice (choices: {_json_type(choices) if not isinstance(choices, list) else 'empty'})"
+    if not all(isinstance(c, Mapping) and isinstance(c.get("message"), Mapping) for c in choices):
+        return "no usable choice (a choice without a message)"
+    usage = body.get("usage")
+    if usage is not None and not isinstance(usage, Mapping):
+        return f"usage is a JSON {_json_type(usage)}, not an object"
+    problem = usage_problem(usage, None) if usage is not None else None
+    if problem is not None:
+        return f"usage: {problem[1]}"
+    return "litellm cannot read it as a chat completion"
+
+
+def _json_type(value: object) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def unusable_answer(reason: str, body: object, secrets: Sequence[str] = (), *,
+                    status_code: int | None = 200) -> InvalidResponseError:
+    """The InvalidResponseError of a 200 that cannot be used: `reason`, then the first
+    BODY_EXCERPT_BYTES bytes of `body` (JSON text, redacted); the usage it carried (when it is
+    an object) as `reported_usage`, for the provider to price as rejected spend."""
+    import orjson
+
+    text = body if isinstance(body, str) else orjson.dumps(body, default=str).decode()
+    raw = text.encode()
+    excerpt = raw[:BODY_EXCERPT_BYTES].decode(errors="ignore") + ("..." if len(raw) > BODY_EXCERPT_BYTES else "")
+    usage = body.get("usage") if isinstance(body, Mapping) else None
+    return InvalidResponseError(
+        redact_secrets(f"the provider answered {status_code or 200} but the answer cannot be used: {reason}; "
+                       f"the body begins: {excerpt}", secrets),
+        reported_usage=usage if isinstance(usage, Mapping) else None, status_code=status_code)
+
+
+def _litellm_body(text: str) -> object:
+    """The response body litellm put in its "Invalid response object" message (a Python repr),
+    read back as data (ast.literal_eval: literals only, nothing evaluated), or None."""
+    import ast
+
+    start = text.find(_BODY_START)
+    if start < 0:
+        return None
+    start += len(_BODY_START)
+    end = text.find(_BODY_END, start)
+    if end < 0 or end - start > 1_000_000:
+        return None
+    try:
+        return ast.literal_eval(text[start:end])
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+
+
+def _unusable_from_litellm(exc: BaseException, secrets: Sequence[str]) -> InvalidResponseError | None:
+    """litellm's failure to read a 200 body, as an unusable answer (module docstring), or None."""
+    text = str(exc)
+    if _LITELLM_INVALID in text:
+        body = _litellm_body(text)
+        if body is None:
+            return unusable_answer("litellm cannot read it as a chat completion", "(not shown)", secrets)
+        return unusable_answer(describe_body(body), body, secrets)
+    if _LITELLM_NO_LIST in text:
+        shown = text[text.find(_LITELLM_NO_LIST) + len("provider returned "):]
+        return unusable_answer(f"no usable choice ({shown.split('. Raw keys')[0]})",
+                               "(keys " + shown.split("Raw keys: ", 1)[-1][:150] + ")", secrets)
+    return None
+
+
+def translate_error(exc: BaseException, secrets: Sequence[str] = ()) -> RequestError:
     """Map any exception from a provider call onto batchrun's RequestError tree."""
     if isinstance(exc, RequestError):
         return exc
+    unusable = _unusable_from_litellm(exc, secrets)
+    if unusable is not None:
+        return unusable
+    local = _out_of_descriptors(exc)
+    if local is not None:
+        return local
     message = redact_secrets(str(exc) or type(exc).__name__, secrets)[:1000]
     status = getattr(exc, "status_code", None)
     status = status if isinstance(status, int) else None
@@ -225,6 +323,8 @@ def translate_error(exc: BaseException, secrets: tuple[str, ...] | list[str] = (
         )
         for cls, kind in terminal_kinds:
             if isinstance(exc, cls):
+                if kind == "bad_request" and status in (401, 403, 404):  # litellm's "bad request" for a 401
+                    kind = STATUS_KINDS[status]  # whose body says invalid_request_error: the status wins
                 return TerminalError(message, kind=kind, status_code=status, error_type=name)
         if isinstance(exc, (lm.ServiceUnavailableError, lm.BadGatewayError, lm.InternalServerError)):
             return RetryableError(message, kind="server_error", status_code=status, retry_after=retry_after,
@@ -243,6 +343,40 @@ def translate_error(exc: BaseException, secrets: tuple[str, ...] | list[str] = (
     if isinstance(exc, (ConnectionError, OSError)) or _is_transport_error(exc):
         return RetryableError(message, kind="connection", error_type=name)
     return TerminalError(message, kind="unknown", status_code=status, error_type=name)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and every exception under it: __cause__, __context__, litellm's original_exception."""
+    found: list[BaseException] = []
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        found.append(current)
+        todo += [current.__cause__, current.__context__, getattr(current, "original_exception", None),
+                 getattr(current, "os_error", None)]
+    return found
+
+
+def _out_of_descriptors(exc: BaseException) -> TerminalError | None:
+    """EMFILE / ENFILE anywhere under `exc`: this machine, not the server, ran out (kind
+    local_resource, not retried: the next attempt would find none either; the run stops admitting)."""
+    import errno
+    import resource
+
+    for cause in _causes(exc):
+        if isinstance(cause, OSError) and cause.errno in (errno.EMFILE, errno.ENFILE):
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            limit = f"{soft:,}" if soft != resource.RLIM_INFINITY else "unlimited"
+            which = (f"this process's limit, ulimit -n {limit}" if cause.errno == errno.EMFILE
+                     else "the whole system's table, ENFILE; see also ulimit -n")
+            return TerminalError(f"this machine ran out of file descriptors ({which}) before the request could be "
+                                 "sent: raise the limit or lower the concurrency, then re-run to send it",
+                                 kind="local_resource", error_type="OutOfFileDescriptors")
+    return None
 
 
 def _code_of(exc: BaseException) -> object:

@@ -40,7 +40,7 @@ def size_connection_pool(env: MutableMapping[str, str], max_connections: int | N
     """Raise litellm's aiohttp limits in `env` (500 per host, 1,000 in all by default) to at least
     `max_connections`; litellm reads them when it is imported."""
     if max_connections:
-        for name, default in (("AIOHTTP_CONNECTOR_LIMIT_PER_HOST", 500), ("AIOHTTP_CONNECTOR_LIMIT", 1000)):
+        for name, default in tuning.POOL_LIMITS:
             env[name] = str(max(int(env.get(name) or default), max_connections))
 
 
@@ -49,9 +49,15 @@ def import_litellm(max_connections: int | None = None) -> ModuleType:
 
     `max_connections`: litellm's aiohttp pool allows 500 connections per host
     (1,000 in all), read from the environment when litellm is imported; a run
-    with more requests in flight raises both so the pool never caps it.
+    with more requests in flight raises both so the pool never caps it, also
+    when litellm was imported before (tuning.size_pool): in every mode,
+    one process, worker processes, Ray actors, bench.
     """
     global _litellm
+    if _litellm is not None:
+        if max_connections:
+            tuning.size_pool(max_connections)
+        return _litellm
     if _litellm is None:
         os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
         # read when litellm prepares its first Anthropic request: without it, litellm fetches its

@@ -6,7 +6,9 @@ the cost litellm computed (job [prices] win; pricing.py prices what litellm did
 not) or null with a status saying why, usage with every kind of token the
 provider said (cached, cache writes, reasoning, audio, image; records.Usage)
 and the service tier it says it served, what prompt caching saved, usage the
-provider did not send counted and marked "estimated", a stream that ends
+provider did not send counted and marked "estimated", usage it sent checked
+before it is believed (usage_checks.py: negative, fractional or absurd counts
+are estimated instead, the line keeps them), a stream that ends
 without a finish_reason retried as `stream_cut`, JSON schemas and tools sent
 where the model takes them, the service tier asked for (a request's own tier
 wins: the flex fallback), prompt caching asked for (`prompt_cache`: Claude
@@ -32,19 +34,28 @@ from dataclasses import replace
 from typing import Any, Callable, Mapping, Required, Sequence, TypedDict
 
 from batchrun.errors import (
+    InvalidResponseError,
     RequestError,
     RetryableError,
+    redact_secrets,
 )
 from batchrun.job.sections import Params, PricesSpec
 from batchrun.providers import tuning
 from batchrun.providers.cache import ResponseCache
-from batchrun.providers.error_mapping import provider_headers, translate_error, upstream_attempts
+from batchrun.providers.error_mapping import (
+    describe_body,
+    provider_headers,
+    translate_error,
+    unusable_answer,
+    upstream_attempts,
+)
 from batchrun.providers.litellm_setup import import_litellm, openai_transport
 from batchrun.providers.pricing import Pricing
 from batchrun.providers.seam import ChatRequest, CostBound, Provider, RequestOptions
 from batchrun.providers.tuning import (
     INLINE_PREP_PROVIDERS,
 )
+from batchrun.providers.usage_checks import reported_counts, token_limit, usage_problem
 from batchrun.records import Completion, ToolCall, Usage, usage_from_provider
 
 TICKET_HEADER = "X-Batchrun-Ticket-Id"
@@ -113,6 +124,17 @@ def _provider_usage(response: Any) -> Usage | None:
     return usage
 
 
+def _believed_cost(cost: object) -> float | None:
+    """litellm's response_cost when it is a real, non-negative number, else None."""
+    if isinstance(cost, bool) or not isinstance(cost, (int, float, str)):
+        return None
+    try:
+        value = float(cost)
+    except (TypeError, ValueError):
+        return None
+    return value if 0 <= value < float("inf") else None
+
+
 def _priced(usage: Usage | None, source: str, tier: str | None, response_cost: Any,
             pricing: Pricing | None, headers: Mapping[str, Any] | None = None,
             ) -> tuple[float | None, str, float | None, str | None]:
@@ -125,8 +147,9 @@ def _priced(usage: Usage | None, source: str, tier: str | None, response_cost: A
         return None, "no_usage", None, None
     cost: float | None
     cost_source: str | None
-    if (pricing is None or pricing.prices is None) and source == "provider" and response_cost is not None:
-        cost, status = float(response_cost), "litellm"
+    litellm_cost = _believed_cost(response_cost)  # a negative or non-numeric one is no price
+    if (pricing is None or pricing.prices is None) and source == "provider" and litellm_cost is not None:
+        cost, status = litellm_cost, "litellm"
         cost_source = "endpoint" if headers and _endpoint_priced(headers, cost) else "price_map"
     elif pricing is None:
         return None, "unpriced_model", None, None
@@ -140,16 +163,20 @@ def _priced(usage: Usage | None, source: str, tier: str | None, response_cost: A
 
 def _completion_from(response: Any, pricing: Pricing | None,
                      estimate: Callable[[str, tuple[ToolCall, ...]], Usage] | None = None,
-                     tier: str | None = None) -> Completion:
+                     tier: str | None = None, limit: int | None = None) -> Completion:
     """A non-streamed answer as a Completion. Without usage from the provider, `estimate`
     (text, tool calls) -> Usage counts it (usage_source "estimated", cost_status "estimated");
     without `estimate` the usage and cost are None with cost_status "no_usage". Priced at the
-    tier the response names (else `tier`, the one asked for). Never a silent 0."""
+    tier the response names (else `tier`, the one asked for). Never a silent 0. Usage the
+    provider sent that cannot be believed (usage_checks.usage_problem, `limit` tokens at most)
+    is estimated the same way and kept in `usage_reported`; cost_status names the problem."""
     choice = response.choices[0]
     message = getattr(choice, "message", None)
     text = (getattr(message, "content", None) or "") if message is not None else ""
     tool_calls = _tool_calls_of(message)
-    usage = _provider_usage(response)
+    raw_usage = getattr(response, "usage", None)
+    problem = usage_problem(raw_usage, limit) if raw_usage is not None else None
+    usage = None if problem else _provider_usage(response)
     source = "provider"
     if usage is None and estimate is not None:
         usage, source = estimate(text, tool_calls), "estimated"
@@ -158,6 +185,8 @@ def _completion_from(response: Any, pricing: Pricing | None,
     headers = hidden.get("additional_headers") or {}
     cost, status, saved, cost_source = _priced(usage, source, served or tier, hidden.get("response_cost"), pricing,
                                                headers)
+    if problem is not None:
+        status = problem[0]
     return Completion(
         text=text,
         finish_reason=getattr(choice, "finish_reason", None),
@@ -172,7 +201,27 @@ def _completion_from(response: Any, pricing: Pricing | None,
         prompt_cache_saved_usd=saved,
         cost_source=cost_source,
         upstream_attempts=upstream_attempts(headers),
+        usage_reported=reported_counts(raw_usage) if problem is not None else None,
+        usage_problem=problem[1] if problem is not None else None,
     )
+
+
+def _has_usable_choice(response: object) -> bool:
+    """A non-streamed answer with a first choice that holds a message."""
+    choices = getattr(response, "choices", None)
+    return isinstance(choices, Sequence) and bool(choices) and getattr(choices[0], "message", None) is not None
+
+
+def _plain_body(response: object) -> object:
+    """A litellm response as plain JSON data, for an error message."""
+    dump = getattr(response, "model_dump", None)
+    try:
+        body: object = dump() if callable(dump) else response
+    except Exception:
+        return repr(response)
+    if isinstance(body, dict):
+        body.pop("system_fingerprint", None)
+    return body
 
 
 def _endpoint_priced(headers: Mapping[str, Any], cost: float) -> bool:
@@ -203,6 +252,15 @@ def _provider_finished(stream: Any, chunks: Sequence[Any]) -> bool:
     if received is _UNKNOWN:  # not litellm's CustomStreamWrapper: trust the chunks
         return any(c.choices and getattr(c.choices[0], "finish_reason", None) for c in chunks)
     return received is not None or getattr(stream, "intermittent_finish_reason", None) is not None
+
+
+def _streamed_raw_usage(stream: object, chunks: Sequence[object], built: object) -> object:
+    """The usage block a chunk from the provider carried (the last one) as it came, or None."""
+    raw = getattr(stream, "chunks", None)
+    for chunk in reversed(raw if raw is not None else chunks):
+        if getattr(chunk, "usage", None) is not None:
+            return getattr(chunk, "usage", None) if raw is not None else getattr(built, "usage", None)
+    return None
 
 
 def _streamed_usage(stream: Any, chunks: Sequence[Any], built: Any) -> Usage | None:
@@ -353,13 +411,29 @@ class LiteLLMProvider:
         try:
             response = await self._acompletion(request, kwargs)
         except Exception as exc:  # cancellation is a BaseException and passes through
-            raise translate_error(exc, self._secrets) from None
+            raise self._with_spend(translate_error(exc, self._secrets), tier) from None
+        if not _has_usable_choice(response):  # billed (usage and all), nothing to use
+            body = _plain_body(response)
+            raise self._with_spend(unusable_answer(describe_body(body), body, self._secrets), tier) from None
         try:
             return _completion_from(response, self.pricing,
-                                    lambda text, calls: self._estimate_usage(request, text, calls), tier)
+                                    lambda text, calls: self._estimate_usage(request, text, calls), tier,
+                                    token_limit(self._litellm, self.model))
         except (AttributeError, IndexError, TypeError, ValueError) as exc:
-            raise RetryableError(f"malformed response: {exc}", kind="connection",
-                                 error_type="MalformedResponse") from None
+            raise self._with_spend(unusable_answer(f"{type(exc).__name__}: {exc}", _plain_body(response),
+                                                   self._secrets), tier) from None
+
+    def _with_spend(self, error: RequestError, tier: str | None) -> RequestError:
+        """An unusable answer's reported usage priced (job prices, else litellm's map, at `tier`): its
+        `spent_usd`, rejected spend the ticket's line counts. Usage that cannot be believed is not
+        priced (spent_usd stays None: the ticket's line counts it in rejected_unpriced)."""
+        if isinstance(error, InvalidResponseError) and isinstance(error.reported_usage, Mapping):
+            raw = error.reported_usage
+            if usage_problem(raw, token_limit(self._litellm, self.model)) is None:
+                usage = usage_from_provider(raw)
+                if usage is not None and (usage.total_tokens or usage.prompt_tokens or usage.completion_tokens):
+                    error.spent_usd = self.pricing.cost(usage, tier)[0]
+        return error
 
     def _sends_schema(self, options: RequestOptions) -> bool:
         if options.send_json_schema != "auto":
@@ -424,8 +498,9 @@ class LiteLLMProvider:
         except RequestError:
             raise
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
-            raise RetryableError(f"malformed stream: {exc}", kind="connection",
-                                 error_type="MalformedResponse") from None
+            raise InvalidResponseError(f"the provider's stream cannot be assembled into an answer: "
+                                       f"{type(exc).__name__}: {redact_secrets(str(exc), self._secrets)[:200]}"
+                                       ) from None
 
     def _completion_from_stream(self, request: ChatRequest, stream: Any, chunks: list[Any],
                                 ttft_ms: float | None) -> Completion:
@@ -437,9 +512,11 @@ class LiteLLMProvider:
         message = getattr(choice, "message", None)
         text = (getattr(message, "content", None) or "") if message is not None else ""
         tool_calls = _tool_calls_of(message)
-        usage = _streamed_usage(stream, chunks, built)
+        raw_usage = _streamed_raw_usage(stream, chunks, built)
+        problem = usage_problem(raw_usage, token_limit(self._litellm, self.model)) if raw_usage is not None else None
+        usage = None if problem is not None else _streamed_usage(stream, chunks, built)
         source = "provider"
-        if usage is None:
+        if usage is None or problem is not None:
             usage, source = self._estimate_usage(request, text, tool_calls), "estimated"
         hidden = getattr(built, "_hidden_params", None) or {}
         served = served_tier_of(built) or next((served_tier_of(c) for c in reversed(chunks) if served_tier_of(c)),
@@ -448,6 +525,8 @@ class LiteLLMProvider:
         # headers it sends before the stream, and litellm writes its own figure under that header name
         cost, status, saved, cost_source = _priced(usage, source, served or self.tier_of(request),
                                                    hidden.get("response_cost"), self.pricing)
+        if problem is not None:
+            status = problem[0]
         stream_headers = (getattr(stream, "_hidden_params", None) or {}).get("additional_headers") or {}
         return Completion(
             text=text,
@@ -464,6 +543,8 @@ class LiteLLMProvider:
             prompt_cache_saved_usd=saved,
             cost_source=cost_source,
             upstream_attempts=upstream_attempts(stream_headers),
+            usage_reported=reported_counts(raw_usage) if problem is not None else None,
+            usage_problem=problem[1] if problem is not None else None,
         )
 
     def _estimate_usage(self, request: ChatRequest, text: str, tool_calls: tuple[ToolCall, ...]) -> Usage:

@@ -11,6 +11,7 @@ measurements that justify them are in docs/internals.md.
     remember_user_transport()  read OPENAI_HTTP_HANDLER_ENV before litellm's import
     user_transport()           ... what the user set (None: batchrun chooses)
     install_inline_prep(loop)  InlinePrepExecutor as the loop's default executor
+    size_pool(n)               litellm's aiohttp pool raised to n connections after its import
     CALL_KIND, INLINE_PREP     context variables LiteLLMProvider sets around
                                its calls; every patch is a no-op outside them
 
@@ -63,7 +64,17 @@ The patches:
     and batchrun never counted the second. During batchrun's calls the
     wrapper re-raises the exception being handled there instead, so the
     failure reaches tenacity as one counted attempt; other callers keep
-    litellm's behaviour (tests/test_wire_attempts.py).
+    litellm's behaviour (tests/test_wire_attempts.py);
+  * the pool size after the import. litellm reads its aiohttp limits
+    (AIOHTTP_CONNECTOR_LIMIT, 1,000; AIOHTTP_CONNECTOR_LIMIT_PER_HOST, 500)
+    from the environment when it is imported, into
+    `litellm.llms.custom_httpx.http_handler`'s module globals, which it reads
+    again each time it makes a connector (the first request). A process that
+    imported litellm before it knew its concurrency (the launcher checks
+    model names and [params] first) raises them there with `size_pool`, and in
+    the environment for processes it starts; a limit of 0 (no limit) is left
+    alone, a larger one is never lowered (tests/test_hostile_machine.py: 1,000
+    requests in flight from one process).
 """
 
 from __future__ import annotations
@@ -258,6 +269,24 @@ def remember_user_transport() -> None:
 def user_transport() -> str | None:
     """OPENAI_HTTP_HANDLER_ENV as the user set it before litellm's import, or None."""
     return _USER_TRANSPORT
+
+
+POOL_LIMITS = (("AIOHTTP_CONNECTOR_LIMIT_PER_HOST", 500), ("AIOHTTP_CONNECTOR_LIMIT", 1000))
+
+
+def size_pool(max_connections: int) -> bool:
+    """Raise litellm's aiohttp pool limits to at least `max_connections` (module docstring): in the
+    environment, and in litellm's HTTP handler when it is imported. True when the handler was found."""
+    for name, default in POOL_LIMITS:
+        os.environ[name] = str(max(int(os.environ.get(name) or default), max_connections))
+    handler = sys.modules.get("litellm.llms.custom_httpx.http_handler")
+    if handler is None:
+        return False
+    for name, _ in POOL_LIMITS:
+        current = getattr(handler, name, None)
+        if isinstance(current, int) and 0 < current < max_connections:
+            setattr(handler, name, max_connections)
+    return True
 
 
 def install(litellm: ModuleType) -> None:

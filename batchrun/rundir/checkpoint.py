@@ -16,6 +16,8 @@ Layout of a run directory:
                      of unchanged input plans from it without parsing
                      the input again
     run.lock         held with flock while a run is active; holds the pid
+    .disk-reserve    256 KB held while a run is active, given back for its last
+                     manifest if the disk fills (layout.reserve_space)
     inflight.jsonl   the in-flight journal: {"id", "attempt", "run"} appended
                      before a request is sent (InflightJournal); an entry is
                      cleared by its ticket's outcome line of that run or a
@@ -69,7 +71,11 @@ from batchrun.rundir.layout import (
     MANIFEST,
     REJECTS,
     RESULTS,
+    disk_full,
+    is_disk_full,
     open_no_follow,
+    release_space,
+    reserve_space,
     write_atomic,
 )
 from batchrun.rundir.lines import parse_line, scan_jsonl
@@ -122,6 +128,7 @@ class Checkpoint:
 
     def release(self) -> None:
         if self._lock_handle is not None:
+            release_space(self.run_dir)  # the reserve for the last manifest (layout.reserve_space)
             try:
                 fcntl.flock(self._lock_handle.fileno(), fcntl.LOCK_UN)
             finally:
@@ -142,10 +149,17 @@ def _acquire_lock(run_dir: Path) -> TextIO:
             f"{run_dir} is in use by another batchrun process (pid {holder}); "
             "wait for it to finish, or use another --run-dir"
         ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # its buffer cannot be flushed either: the file closes all the same
+            handle.close()
+        if is_disk_full(exc):
+            raise disk_full(run_dir, exc) from None
+        raise CheckpointError(f"{path}: cannot write the lock: {exc.strerror or exc}") from None
     return handle
 
 
@@ -178,9 +192,12 @@ def open_checkpoint(run_dir: Path, *, totals: bool = True, force: bool = False) 
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(run_dir, exc) from None
         raise CheckpointError(f"{run_dir}: run directory is not writable: {exc.strerror}") from None
     lock = _acquire_lock(run_dir)
     try:
+        reserve_space(run_dir)  # room for the last manifest, whatever fills the disk during the run
         repaired: list[str] = []
         scans = {}
         if not force and not (run_dir / MANIFEST).exists() and not (run_dir / MANIFEST).is_symlink():
@@ -223,6 +240,7 @@ def open_checkpoint(run_dir: Path, *, totals: bool = True, force: bool = False) 
                           spent_usd=scans[RESULTS].cost_usd + scans[ERRORS].cost_usd,
                           maybe_billed=maybe_billed, _lock_handle=lock)
     except BaseException:
+        release_space(run_dir)
         lock.close()
         raise
 
@@ -266,12 +284,23 @@ def _has_data(path: Path) -> bool:
         return False
 
 
-async def _write_all(handle: _AppendFile, blob: bytes) -> None:
-    """An unbuffered write may be partial: write until every byte is out."""
+async def _write_all(handle: _AppendFile, blob: bytes, sent: list[int]) -> None:
+    """An unbuffered write may be partial: write until every byte is out; `sent[0]` counts the
+    bytes written so far (what made it to the file when a write fails)."""
     view = memoryview(blob)
     while view:
         written = await handle.write(view)
+        sent[0] += written
         view = view[written:]
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint file could not take every line: `written` holds the outcomes whose line did
+    make it whole (to be counted like any written outcome), the others are not on disk."""
+
+    def __init__(self, message: str, written: list[Outcome]) -> None:
+        super().__init__(message)
+        self.written = written
 
 
 def _append_opener(path: str, flags: int) -> int:
@@ -288,8 +317,10 @@ class CheckpointWriter:
     A ticket already in results.jsonl is never written there again.
     """
 
-    def __init__(self, run_dir: Path, done_ids: set[str], maybe_billed: Iterable[str] = ()) -> None:
+    def __init__(self, run_dir: Path, done_ids: set[str], maybe_billed: Iterable[str] = (), *,
+                 max_output_bytes: int | None = None) -> None:
         self.run_dir = Path(run_dir)
+        self.max_output_bytes = max_output_bytes  # the job's cap on a stored answer (Outcome.to_line)
         self._done = done_ids
         self._maybe_billed = set(maybe_billed)  # ids whose line says maybe_billed_before: true
         self._results: _AppendFile | None = None
@@ -309,35 +340,47 @@ class CheckpointWriter:
 
     async def write_batch(self, outcomes: list[Outcome]) -> list[Outcome]:
         """Write the outcomes; return those actually written (duplicates dropped)."""
-        ok_lines: list[bytes] = []
-        err_lines: list[bytes] = []
-        written: list[Outcome] = []
+        ok_lines: list[tuple[Outcome, bytes]] = []
+        err_lines: list[tuple[Outcome, bytes]] = []
+        order: list[Outcome] = []
         for outcome in outcomes:
-            line = outcome.to_line()
+            line = outcome.to_line(self.max_output_bytes)
             if self._maybe_billed and outcome.ticket_id in self._maybe_billed:
                 line["maybe_billed_before"] = True
             if outcome.ok:
                 if outcome.ticket_id in self._done:
                     continue
                 self._done.add(outcome.ticket_id)
-                ok_lines.append(orjson.dumps(line) + b"\n")
+                ok_lines.append((outcome, orjson.dumps(line) + b"\n"))
             else:
-                err_lines.append(orjson.dumps(line) + b"\n")
-            written.append(outcome)
+                err_lines.append((outcome, orjson.dumps(line) + b"\n"))
+            order.append(outcome)
+        written: list[Outcome] = []
         for name, handle, lines in ((RESULTS, self._results, ok_lines), (ERRORS, self._errors, err_lines)):
             if not lines:
                 continue
             assert handle is not None, "open() first"
+            sent = [0]
             try:
-                await _write_all(handle, b"".join(lines))
+                await _write_all(handle, b"".join(blob for _, blob in lines), sent)
             except OSError as exc:
+                end = 0
+                for outcome, blob in lines:  # the lines that made it whole count; the others are not done
+                    end += len(blob)
+                    if end <= sent[0]:
+                        written.append(outcome)
+                    elif outcome.ok:
+                        self._done.discard(outcome.ticket_id)
                 number, ticket_id = last_good_line(self.run_dir / name)
                 good = (f"its last good line is line {number:,} (ticket {ticket_id})" if number
                         else "it holds no complete line")
-                raise CheckpointError(
+                whole = {id(outcome) for outcome in written}
+                raise CheckpointWriteError(
                     f"{self.run_dir / name}: cannot append: {exc.strerror}; {good}. The tickets not written "
-                    "run again on resume (see inflight.jsonl: they may be billed twice)") from None
-        return written
+                    "run again on resume (see inflight.jsonl: they may be billed twice)",
+                    [outcome for outcome in order if id(outcome) in whole]) from None
+            written += [outcome for outcome, _ in lines]
+        return order
 
     async def sync(self) -> None:
         for handle in (self._results, self._errors):

@@ -4,6 +4,9 @@
                             object, by default only those with an id: results,
                             errors, a batch part's files; a torn last line is skipped,
                             a missing file is empty, a link is refused
+    iter_numbered(path)     the same reading, every line with its number and
+                            NOT_JSON for one that does not parse (a provider's
+                            batch output, checked line by line: batch/outputs.py)
     scan_jsonl(path)        the resume scan: ids, where valid data ends, a torn tail,
                             the first damaged line, and with totals the lines' money
                             (records.line_money)
@@ -117,33 +120,45 @@ def parse_line(raw: bytes) -> tuple[str, Line] | None:
     return str(ticket_id), obj
 
 
-def iter_lines(path: Path, *, with_id: bool = True, whole_file: bool = False) -> Iterator[Line]:
-    """Every complete line of `path` that parses as a JSON object (module docstring); with `with_id`
-    only objects whose "id" is a string or an integer. A line that does not parse is passed over.
-    `whole_file`: the file was written whole (a provider's download), so its last line counts even
-    without a newline; otherwise a last line without one is a write still under way."""
+NOT_JSON = object()  # iter_numbered's value for a line that is not JSON
+
+
+def iter_numbered(path: Path, *, whole_file: bool = True) -> Iterator[tuple[int, object, bytes]]:
+    """(line number from 1, the parsed JSON value or NOT_JSON, the raw line) for every complete
+    line of `path` but blank ones; `whole_file` as for iter_lines (module docstring)."""
     try:
         handle = open(open_no_follow(path, os.O_RDONLY), "rb")
     except FileNotFoundError:
         return
     with handle:
         try:
-            for raw in handle:
+            for number, raw in enumerate(handle, start=1):
                 if not raw.endswith(b"\n") and not whole_file:
                     break  # a torn last line: not a line yet
-                if with_id:
-                    parsed = parse_line(raw)
-                    if parsed is not None:
-                        yield parsed[1]
+                if len(raw) <= 2 and not raw.strip():  # a blank line (a long one is simply not JSON)
                     continue
                 try:
-                    obj = orjson.loads(raw)
+                    value = orjson.loads(raw)
                 except orjson.JSONDecodeError:
-                    continue
-                if isinstance(obj, dict):
-                    yield obj
+                    value = NOT_JSON
+                yield number, value, raw
         except OSError as exc:
             raise CheckpointError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def iter_lines(path: Path, *, with_id: bool = True, whole_file: bool = False) -> Iterator[Line]:
+    """Every complete line of `path` that parses as a JSON object (module docstring); with `with_id`
+    only objects whose "id" is a string or an integer. A line that does not parse is passed over.
+    `whole_file`: the file was written whole (a provider's download), so its last line counts even
+    without a newline; otherwise a last line without one is a write still under way."""
+    for _, obj, _ in iter_numbered(path, whole_file=whole_file):
+        if not isinstance(obj, dict):
+            continue
+        if with_id:
+            ticket_id = obj.get("id")
+            if isinstance(ticket_id, bool) or not isinstance(ticket_id, (str, int)):
+                continue
+        yield obj
 
 
 def load_done_ids(run_dir: Path) -> set[str]:

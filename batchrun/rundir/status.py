@@ -16,6 +16,7 @@
                                 run's counts from the files (`current_run`, run_counts)
     compare_status(path)        one run_status per model of a compare directory
     batch_parts(run_dir)        a batch-mode run's parts (batches.json), or None
+    batch_anomalies(run_dir)    its provider output lines not believed (batch_anomalies.jsonl)
     status_from_counts(...)     that JSON from counts: `batchrun serve` builds it from
                                 the numbers it keeps while following a run
 
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AbstractSet, Any, Mapping, TypedDict
 
-from batchrun.errors import CheckpointError, ReportError
+from batchrun.errors import CheckpointError, ReportError, redact_endpoint
 from batchrun.records import KindTotals
 from batchrun.rundir.layout import LEDGER, LIVE_PART_STATES
 from batchrun.rundir.manifest import Manifest, read_manifest
@@ -247,6 +248,7 @@ def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int,
     if not live:
         ids = done_ids if done_ids is not None else scan_jsonl(Path(run_dir) / RESULTS).ids
         maybe_billed = sorted(open_inflight(run_dir, ids))
+    anomalies, anomalies_cost = batch_anomalies(run_dir)
     limit = manifest.get("limit")
     asked = min(int(limit), total) if isinstance(limit, int) else total  # what the last run was asked to do
     finished = done + failed
@@ -257,7 +259,7 @@ def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int,
         "state_note": note,
         "live": live,
         "run": manifest.get("run"),
-        "endpoint": manifest.get("endpoint"),
+        "endpoint": redact_endpoint(manifest.get("endpoint")),  # an older manifest may hold a key
         "input": (manifest.get("input") or {}).get("path"),
         "tickets": total,
         "done": done,
@@ -268,7 +270,7 @@ def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int,
         "pending_asked": max(asked - finished, 0),  # of what the last run was asked to do
         "not_asked": max(total - max(asked, finished), 0),  # beyond the limit: no run was asked yet
         "rejected_lines": rejected_lines,
-        "cost_usd": round(cost_usd, 6),
+        "cost_usd": round(cost_usd + anomalies_cost, 6),
         "unpriced_results": unpriced,
         "cache_hits": cache_hits,
         "cost_saved_usd": round(cost_saved_usd, 6),
@@ -285,9 +287,28 @@ def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int,
         "last_summary": manifest.get("summary") if manifest.get("state") != "running" else None,
         "current_run": None,  # run_status: that run's counts from the files
         "batch": batch_parts(run_dir),
+        "batch_anomalies": anomalies,  # batch mode: provider output lines not believed, by kind
+        "batch_anomalies_cost_usd": round(anomalies_cost, 6),  # ... billed, carried by no ticket's line
         "maybe_billed_before": len(maybe_billed),
         "maybe_billed_before_ids": maybe_billed[:100],
     }
+
+
+def batch_anomalies(run_dir: Path) -> tuple[dict[str, int], float]:
+    """Batch mode's batch_anomalies.jsonl (batch/outputs.py): lines by kind, and what the billed ones
+    no ticket's line carries cost (unknown or null custom_ids)."""
+    from batchrun.records import line_money
+    from batchrun.rundir.layout import BATCH_ANOMALIES
+    from batchrun.rundir.lines import iter_lines
+
+    counts: dict[str, int] = {}
+    cost = 0.0
+    for record in iter_lines(Path(run_dir) / BATCH_ANOMALIES, with_id=False):
+        kind = str(record.get("kind"))
+        counts[kind] = counts.get(kind, 0) + 1
+        if record.get("counted") == "anomaly":
+            cost += line_money({"cost_usd": record.get("billed_usd")}).spent_usd
+    return dict(sorted(counts.items())), cost
 
 
 def batch_parts(run_dir: Path) -> BatchParts | None:

@@ -25,6 +25,13 @@ empty: every batch):
 ``slow``
     ``rate`` of the lines (default 0) are answered, then the batch stays
     ``in_progress`` for ever, past its window, until it is cancelled.
+``anomalies``
+    the batch completes, but its output file is not to be trusted: it begins
+    with a second line for the first custom_id whose answer is ``banana``
+    (not a label; billed like any answer), and ends with a second line for
+    the second custom_id with another label (billed again), a line for a
+    custom_id that was never submitted (``ghost-<batch number>``, billed), a
+    line whose custom_id is null, and a line that is not JSON.
 
 Kinds that act on HTTP calls (``endpoint``: ``files`` (upload), ``file``
 (retrieve), ``content``, ``create``, ``retrieve``, ``list``, ``cancel``;
@@ -53,7 +60,7 @@ from typing import TypeAlias
 
 from batchrun.sim.jsontypes import RuleOptions
 
-BATCH_KINDS = frozenset({"invalid", "expire", "fail_lines", "all_failed", "slow"})
+BATCH_KINDS = frozenset({"invalid", "expire", "fail_lines", "all_failed", "slow", "anomalies"})
 CALL_KINDS = frozenset({"401", "429", "500", "503", "create_lost"})
 ENDPOINTS = frozenset({"files", "file", "content", "create", "retrieve", "list", "cancel"})
 _KEYS = ("kind", "batches", "rate", "endpoint", "calls", "retry_after")

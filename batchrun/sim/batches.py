@@ -39,8 +39,9 @@ on that clock, and a 24-hour ``completion_window`` ends after
 
 Faults (`batchrun.sim.batch_faults`): a batch that fails validation, expires
 with part of its lines answered, fails a share of its lines, fails all of
-them, or stays in progress past its window; 429/5xx answers from any
-endpoint; a create whose answer is lost after the batch was made.
+them, or stays in progress past its window; an output file holding duplicate,
+unknown, null-id and non-JSON lines; 429/5xx answers from any endpoint; a
+create whose answer is lost after the batch was made.
 
 Output line: ``{"id": "batch_req_...", "custom_id": ..., "response":
 {"status_code": 200, "request_id": ..., "body": <chat.completion>}, "error":
@@ -606,6 +607,10 @@ class BatchSimulator:
         out = _Writer(self, "batch_output", f"{batch.id}_output.jsonl")
         # Anthropic: one results file holds every request's result
         err = out if batch.api == "anthropic" else _Writer(self, "batch_output", f"{batch.id}_error.jsonl")
+        extra: list[bytes] = []
+        if kind == "anomalies" and batch.api != "anthropic":  # lines in OpenAI's output shape
+            head, extra = self._anomaly_lines(batch)
+            out.write(head)
         cancelled = False
         try:
             with open(self.files[batch.input_file_id].path, "rb") as handle:
@@ -633,6 +638,8 @@ class BatchSimulator:
                             cancelled = True
                             break
                 self._flush(batch, block, out, err)
+                for blob in extra:
+                    out.write(blob)
                 if not cancelled and stop_after is not None:
                     if kind == "slow":  # in progress for ever, past the window, until cancelled
                         while not batch.cancel_requested:
@@ -685,6 +692,31 @@ class BatchSimulator:
                     "id": self._new_id("batch_req_"), "custom_id": cid, "response": None,
                     "error": {"code": "batch_expired", "message": "This request could not be "
                               "executed before the completion window expired."}}) + b"\n")
+
+    def _anomaly_lines(self, batch: SimBatch) -> tuple[bytes, list[bytes]]:
+        """The `anomalies` fault's lines (batch_faults.py): the first, and those after the answers."""
+        with open(self.files[batch.input_file_id].path, "rb") as handle:
+            lines: list[BatchLine] = [orjson.loads(raw) for raw, _ in zip(handle, range(2))]
+
+        def message(body: JSONObject) -> JSONObject:
+            choices = body.get("choices")
+            first = choices[0] if isinstance(choices, list) and choices else None
+            found = first.get("message") if isinstance(first, dict) else None
+            return found if isinstance(found, dict) else {}
+
+        def record(cid: object, line: BatchLine, content: str | None = None) -> bytes:
+            status, body = self.chat.answer_batch_line(orjson.dumps(line["body"]), str(cid))
+            if content is not None and status == 200:
+                message(body)["content"] = content
+            return orjson.dumps({"id": self._new_id("batch_req_"), "custom_id": cid, "response": {
+                "status_code": status, "request_id": self._new_id("req_"), "body": body}, "error": None}) + b"\n"
+
+        first, second = lines[0], lines[-1]
+        said = message(self.chat.answer_batch_line(orjson.dumps(second["body"]), second["custom_id"])[1]).get("content")
+        other = next(label for label in ("bug", "feature", "billing", "other") if label != said)
+        tail = [record(second["custom_id"], second, other), record(f"ghost-{batch.number}", first),
+                record(None, first), b"<html><body>502 Bad Gateway</body></html>\n"]
+        return record(first["custom_id"], first, "banana"), tail
 
     def _answer(self, batch: SimBatch, fault: BatchFault | None, line: BatchLine) -> tuple[bool, bytes]:
         cid = line["custom_id"]

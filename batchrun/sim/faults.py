@@ -51,6 +51,10 @@ reaches the rate limiter):
 ``401``
     ``invalid_api_key``; the message never echoes the key or the
     Authorization header.
+``401_no_key``
+    401 with type ``invalid_request_error`` and no code: OpenAI's answer to a
+    missing or malformed key ("You didn't provide an API key ..."), which
+    litellm raises as a BadRequestError.
 ``404_model``
     404, ``code: "model_not_found"``, naming the requested model.
 ``400_invalid_model``
@@ -89,6 +93,12 @@ counts against the rate limits like any other):
 ``usage_null``
     Non-streaming: the answer with ``"usage": null``; streaming: like
     ``no_usage``.
+``no_choices`` / ``bad_usage`` / ``huge_usage`` / ``fraction_usage`` / ``string_usage`` /
+``array_body`` / ``hostile_text`` / ``huge_answer``
+    Hostile answers (hostile.py): a 200 with usage and ``"choices": []``,
+    negative or 10^12 token counts, fractional counts, ``"usage": "lots"``,
+    a JSON array body, an answer text made of a spreadsheet formula and
+    terminal escapes, an answer of ``size_bytes`` bytes.
 
 And one kind that is no fault at all:
 
@@ -127,14 +137,15 @@ Rule options
 ------------
 ``retry_after`` (seconds, default 1.0) only for ``429``, ``429_date`` and
 ``429_ms``; ``stall_s`` only for ``stall``; ``trickle_ms`` only for
-``trickle``. Giving an option to a kind that does not use it is an error.
+``trickle``; ``size_bytes`` only for ``huge_answer``. Giving an option to a kind that does not use it is an error.
 
 Configuration formats
 ---------------------
 * Python: ``FaultRule(kind="503", tickets=("T000003",), attempts=(1, 2))``.
 * A mapping (the job file's ``[[simulator.faults]]`` tables):
   `FaultRule.from_mapping` accepts exactly the keys ``kind``, ``rate``,
-  ``tickets``, ``attempts``, ``retry_after``, ``stall_s``, ``trickle_ms``.
+  ``tickets``, ``attempts``, ``retry_after``, ``stall_s``, ``trickle_ms``,
+  ``size_bytes``.
 * The command line: ``--fault KIND[:key=value[,key=value...]]`` with list
   values joined by ``+``, e.g. ``--fault 429:rate=0.2,retry_after=0.05`` or
   ``--fault 503:tickets=T000003+T000004,attempts=1+2``; `FaultRule.parse`
@@ -166,6 +177,7 @@ FAULT_KINDS: tuple[str, ...] = (
     "context_length",
     "content_policy",
     "401",
+    "401_no_key",
     "404_model",
     "400_invalid_model",
     "stall",
@@ -176,13 +188,21 @@ FAULT_KINDS: tuple[str, ...] = (
     "no_usage",
     "drop_usage",
     "usage_null",
+    "no_choices",
+    "bad_usage",
+    "huge_usage",
+    "fraction_usage",
+    "string_usage",
+    "array_body",
+    "hostile_text",
+    "huge_answer",
     "reset_before_headers",
     "ok",
 )
 
 #: Kinds answered with an error status before the request is answered or rate limited.
 ERROR_KINDS: frozenset[str] = frozenset(
-    {"429", "429_date", "429_ms", "429_bare", "500", "502", "503", "html_error", "context_length", "content_policy", "401", "404_model", "400_invalid_model"}
+    {"429", "429_date", "429_ms", "429_bare", "500", "502", "503", "html_error", "context_length", "content_policy", "401", "401_no_key", "404_model", "400_invalid_model"}
 )
 
 #: Kinds that drop the connection before anything is answered (no status line).
@@ -205,12 +225,14 @@ DEFAULT_STALL_S = 3600.0
 DEFAULT_TRICKLE_MS = 100.0
 
 #: The keys `FaultRule.from_mapping` and `FaultRule.parse` accept.
-RULE_KEYS: tuple[str, ...] = ("kind", "rate", "tickets", "attempts", "retry_after", "stall_s", "trickle_ms")
+RULE_KEYS: tuple[str, ...] = ("kind", "rate", "tickets", "attempts", "retry_after", "stall_s", "trickle_ms",
+                              "size_bytes")
 
 _OPTION_KINDS: dict[str, frozenset[str]] = {
     "retry_after": RETRY_AFTER_KINDS,
     "stall_s": frozenset({"stall"}),
     "trickle_ms": frozenset({"trickle"}),
+    "size_bytes": frozenset({"huge_answer"}),
 }
 
 
@@ -243,6 +265,8 @@ class FaultRule:
     stall_s: float | None = None
     # Milliseconds between the pieces of a "trickle" (default 100).
     trickle_ms: float | None = None
+    # Bytes of a "huge_answer" (default 8 MB).
+    size_bytes: float | None = None
 
     def __post_init__(self) -> None:
         kind = self.kind
@@ -366,7 +390,7 @@ class FaultRule:
             options.append("tickets=" + "+".join(self.tickets))
         if self.attempts is not None:
             options.append("attempts=" + "+".join(str(n) for n in self.attempts))
-        for option in ("retry_after", "stall_s", "trickle_ms"):
+        for option in ("retry_after", "stall_s", "trickle_ms", "size_bytes"):
             value = getattr(self, option)
             if value is not None:
                 options.append(f"{option}={_format_number(value)}")
@@ -383,14 +407,15 @@ class FaultRule:
 
 
 #: The options a script step may carry (which requests it hits is the script's business).
-STEP_OPTION_KEYS: tuple[str, ...] = ("retry_after", "stall_s", "trickle_ms")
+STEP_OPTION_KEYS: tuple[str, ...] = ("retry_after", "stall_s", "trickle_ms", "size_bytes")
 
 
 def parse_step(step: FaultRule | str) -> FaultRule:
     """One script step, ``KIND`` or ``KIND:option=value[,...]`` (or a FaultRule), as a FaultRule hitting every request it is asked about."""
     if isinstance(step, FaultRule):
         return step if step.rate == 1.0 and step.tickets is None and step.attempts is None else FaultRule(
-            kind=step.kind, rate=1.0, retry_after=step.retry_after, stall_s=step.stall_s, trickle_ms=step.trickle_ms)
+            kind=step.kind, rate=1.0, retry_after=step.retry_after, stall_s=step.stall_s, trickle_ms=step.trickle_ms,
+            size_bytes=step.size_bytes)
     if not isinstance(step, str) or not step.strip():
         raise ValueError(f"a script step must be text like \"429:retry_after=6\", got {step!r}")
     kind, _, rest = step.strip().partition(":")

@@ -264,6 +264,10 @@ def fault_error_response(rule: FaultRule, chat: ParsedChatRequest, prompt_tokens
     if kind == "401":
         message = "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys."
         return error_response(401, message, "invalid_request_error", None, "invalid_api_key")
+    if kind == "401_no_key":  # OpenAI's answer to a missing or malformed key: litellm calls it a bad request
+        message = ("You didn't provide an API key. You need to provide your API key in an Authorization header "
+                   "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+        return error_response(401, message, "invalid_request_error", None, None)
     if kind == "404_model":
         message = f"The model `{chat.model}` does not exist or you do not have access to it."
         return error_response(404, message, "invalid_request_error", None, "model_not_found")

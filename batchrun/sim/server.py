@@ -10,7 +10,7 @@ reached, faults served).
 
 Endpoints
 ---------
-``POST /v1/chat/completions`` (also ``/chat/completions``)
+``POST /v1/chat/completions`` (also ``/chat/completions``, ``/<any path>/v1/chat/completions``)
     A chat completion. The answer text comes from
     `batchrun.sim.answers.compose_answer(messages, seed)`; usage is counted
     with `batchrun.sim.tokens`. ``max_tokens`` / ``max_completion_tokens``
@@ -77,11 +77,9 @@ Anything else gets a 404 in OpenAI's error shape; malformed chat requests
 Configuration
 -------------
 `batchrun.sim.config.SimConfig` (CLI flags of ``batchrun sim`` in brackets):
-``latency_ms`` [--latency-ms], ``per_token_ms`` [--per-token-ms], ``jitter``
-[--jitter], ``seed`` [--seed], ``model`` [--model]; ``faults`` [--fault
-KIND[:key=value,...], repeatable]; ``scripts`` [--script WHO=STEP;...,
-repeatable]; ``rpm`` [--rpm], ``tpm`` [--tpm];
-``capacity`` [--capacity], ``overload_ms`` [--overload-ms, default 20].
+``latency_ms``, ``per_token_ms``, ``jitter``, ``seed``, ``model``, ``rpm``, ``tpm``, ``capacity``,
+``overload_ms`` [--latency-ms, ... --overload-ms, default 20]; ``faults`` [--fault
+KIND[:key=value,...], repeatable]; ``scripts`` [--script WHO=STEP;..., repeatable].
 
 Order of events for a chat request
 ----------------------------------
@@ -154,10 +152,9 @@ Delivery faults:
 * ``malformed_json``: non-streaming: a 200 ``application/json`` body cut in
   half (invalid JSON); streaming: the first content chunk's JSON is cut in
   half, the rest of the stream is normal.
-* ``no_usage`` / ``drop_usage``: the non-streaming body has no ``usage``
-  field; a stream has no usage chunk even when ``include_usage`` asked.
-  ``usage_null``: the non-streaming body has ``"usage": null``; streams as
-  ``no_usage``.
+* ``no_usage`` / ``drop_usage``: no ``usage`` field, no usage chunk;
+  ``usage_null``: ``"usage": null`` (streams as ``no_usage``).
+* hostile answers (``no_choices``, ``bad_usage``, ``huge_usage``, ...): hostile.py.
 
 Connection fault, applied with the error faults (before the rate limiter):
 ``reset_before_headers`` reads the request, then aborts the connection
@@ -239,6 +236,7 @@ from batchrun.sim.faults import (
     FaultRule,
     body_digest,
 )
+from batchrun.sim.hostile import ANSWER_KINDS, BODY_KINDS, reshape_answer, reshape_payload
 from batchrun.sim.jsontypes import JSONObject
 from batchrun.sim.limits import RateLimiter, overload_delay_ms
 from batchrun.sim.replies import (
@@ -390,6 +388,8 @@ class ChatSimulator:
             if rule.kind == "stall":
                 await self.sleep(rule.stall_seconds)
                 rule = None
+            elif rule.kind in ANSWER_KINDS:
+                answer = reshape_answer(rule.kind, answer, rule.size_bytes)
 
         factor = self._latency_factor(chat)
         if chat.stream:
@@ -570,13 +570,9 @@ class ChatSimulator:
         if fault is None:
             return web.Response(body=orjson.dumps(payload), content_type="application/json", headers=headers)
         kind = fault.kind
-        if kind in NO_USAGE_KINDS:
-            if kind == "usage_null":
-                payload["usage"] = None
-            else:
-                del payload["usage"]
-            return web.Response(body=orjson.dumps(payload), content_type="application/json", headers=headers)
-        body = orjson.dumps(payload)
+        body = orjson.dumps(reshape_payload(kind, payload))  # the usage and shape faults (hostile.py)
+        if kind in BODY_KINDS or kind in ANSWER_KINDS or kind in NO_USAGE_KINDS:
+            return web.Response(body=body, content_type="application/json", headers=headers)
         if kind == "malformed_json":
             return web.Response(body=body[: len(body) // 2], content_type="application/json", headers=headers)
         if kind == "trickle":
@@ -748,7 +744,7 @@ def build_app(config: SimConfig) -> web.Application:
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     app[SIMULATOR_KEY] = simulator
     router = app.router
-    for prefix in ("/v1", ""):
+    for prefix in ("/v1", "", "/{gateway:.+}/v1"):  # the last: a gateway that takes the key in the path
         router.add_post(prefix + "/chat/completions", simulator.chat_completions)
         router.add_get(prefix + "/models", simulator.list_models)
     from batchrun.sim.batches import BatchSimulator

@@ -13,17 +13,29 @@ function withToken(url) {
   return url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(TOKEN);
 }
 
+// Model and ticket text is data: what a terminal would act on or what reorders a line (control
+// characters, bidirectional overrides) is shown as an escape, as the command line shows it
+// (analysis/textfmt.terminal_safe): every text this page sets goes through shown().
+const ACTIVE = /[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+
+function shown(text) {
+  return String(text).replace(ACTIVE, (c) => {
+    const code = c.charCodeAt(0);
+    return code <= 0xff ? "\\x" + code.toString(16).padStart(2, "0") : "\\u" + code.toString(16).padStart(4, "0");
+  });
+}
+
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs || {})) {
     if (value === null || value === undefined || value === false) continue;
     if (key === "class") node.className = value;
-    else if (key === "text") node.textContent = value;
+    else if (key === "text") node.textContent = shown(value);
     else node.setAttribute(key, value);
   }
   for (const child of children.flat()) {
     if (child === null || child === undefined || child === false) continue;
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    node.append(child instanceof Node ? child : document.createTextNode(shown(child)));
   }
   return node;
 }
@@ -80,7 +92,7 @@ async function loadIndex() {
 }
 
 function renderIndex(data) {
-  document.getElementById("root").textContent = data.root;
+  document.getElementById("root").textContent = shown(data.root);
   const main = document.getElementById("runs");
   const byName = Object.fromEntries(data.runs.map((r) => [r.name, r]));
   const blocks = data.jobs.map(({job, runs}) => {
@@ -111,7 +123,7 @@ function runName() { return decodeURIComponent(location.pathname.replace(/^\/run
 
 function startRun() {
   const name = runName();
-  document.getElementById("title").textContent = name;
+  document.getElementById("title").textContent = shown(name);
   document.getElementById("back").setAttribute("href", withToken("/"));
   const source = new EventSource(withToken("/api/runs/" + encodeURIComponent(name) + "/events"));
   source.addEventListener("open", () => setConn("live"));
@@ -144,10 +156,10 @@ function overallRate(units, key) {
 }
 
 function renderRun(run) {
-  document.title = `${run.name} · ${run.state} · batchrun`;
+  document.title = shown(`${run.name} · ${run.state} · batchrun`);
   const badge = document.getElementById("state");
   badge.className = stateClass(run.state);
-  badge.textContent = run.state;
+  badge.textContent = shown(run.state);
   const units = run.units;
   const running = run.state === "running";
   const single = units.length === 1 ? units[0] : null;
@@ -253,7 +265,7 @@ function lineChart(lines) {
       for (const p of pts) { const [cx, cy] = p.split(","); root.append(svg("circle", {cx, cy, r: 3, fill: l.color})); }
     }
     if (lines.length > 1) {
-      const label = svg("text", {x: L + 6 + i * 90, y: T + 10}, document.createTextNode(l.name));
+      const label = svg("text", {x: L + 6 + i * 90, y: T + 10}, document.createTextNode(shown(l.name)));
       label.style.fill = l.color;
       root.append(label);
     }
