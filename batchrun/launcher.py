@@ -10,6 +10,7 @@
                                  starts the simulator; returns the RunResult (a compare job's combined)
     run_online(...)              one online run: prepare_run -> execute_run (bench calls it per setting)
     run_batch(...)               one batch-mode run: prepare_run -> execute_batch_run
+    batch_apis(job, targets, ...) the BatchAPI of each model key (Anthropic's or litellm's)
 
     sim_config(job)              the simulator's settings from [simulator]
     provider_targets(job, ...)   provider arguments per model key, keys read from the environment
@@ -42,10 +43,11 @@ from batchrun.records import Fields
 if TYPE_CHECKING:
     from batchrun.execution.preparation import PreparedRun
     from batchrun.providers.online import ProviderArgs
+    from batchrun.providers.seam import BatchAPI
     from batchrun.sim.config import SimConfig
 
-__all__ = ["LaunchOptions", "check_params", "endpoint_label", "launch", "provider_targets", "resolve_job",
-           "run_batch", "run_online", "sim_config"]
+__all__ = ["LaunchOptions", "batch_apis", "check_params", "endpoint_label", "launch", "provider_targets",
+           "resolve_job", "run_batch", "run_online", "sim_config"]
 
 log = logging.getLogger("batchrun")
 
@@ -423,28 +425,18 @@ async def run_online(job: JobSpec, job_path: Path | None, targets: dict[str, Pro
 
 async def run_batch(job: JobSpec, job_path: Path | None, targets: dict[str, ProviderArgs], sim_url: str | None,
                     time_scale: float, options: LaunchOptions, *, say: Say = _quiet) -> RunResult:
-    """Prepare and execute one batch-mode run (docs/batch.md): one LiteLLMBatchAPI per model key
-    (refused where litellm has no batch creation), then batch/run.execute_batch_run. With
-    `finish_online`, parts still running are cancelled and collected, nothing new is submitted."""
+    """Prepare and execute one batch-mode run (docs/batch.md): one BatchAPI per model key
+    (providers.batch_api.build_batch_api: Anthropic's Message Batches for an Anthropic model,
+    litellm's batch functions for the others, refused where there are none), then
+    batch/run.execute_batch_run. With `finish_online`, parts still running are cancelled and
+    collected, nothing new is submitted."""
     from batchrun.batch.ledger import ledger_summary
     from batchrun.batch.run import execute_batch_run
     from batchrun.execution.preparation import prepare_run
-    from batchrun.job.sections import PricesSpec
-    from batchrun.providers.batch_api import BATCH_PROVIDERS, LiteLLMBatchAPI
-    from batchrun.providers.seam import BatchAPI
 
     use_sim = sim_url is not None
     endpoint = endpoint_label(targets, use_sim)
-    apis: dict[str, BatchAPI] = {}
-    for key, kwargs in targets.items():
-        prices = PricesSpec.model_validate(kwargs["prices"]) if kwargs["prices"] else None
-        api = LiteLLMBatchAPI(model=kwargs["model"], api_base=sim_url if use_sim else kwargs["api_base"],
-                              api_key=kwargs["api_key"], timeout_s=max(job.timeout_s, 300.0), prices=prices)
-        if api.provider not in BATCH_PROVIDERS:
-            raise ConfigurationError(
-                f"{kwargs['model']}: litellm has no batch creation for provider {api.provider!r}; "
-                f"batch mode needs one of {', '.join(sorted(BATCH_PROVIDERS))} (use --mode online)")
-        apis[key] = api
+    apis = batch_apis(job, targets, sim_url)
     params = {key: kwargs["params"] for key, kwargs in targets.items()}
     prep = prepare_run(job, job_path=job_path, endpoint=endpoint, limit=options.limit,
                        skip_failed=options.skip_failed, force=options.force, max_cost_usd=options.max_cost_usd)
@@ -458,7 +450,7 @@ async def run_batch(job: JobSpec, job_path: Path | None, targets: dict[str, Prov
                                "already_done": prep.already_done, "tickets_total": prep.tickets_total},
                                nothing_to_do=True)
         else:
-            models = ", ".join(t["model"] for t in targets.values())
+            models = ", ".join(api.model for api in apis.values())  # Anthropic's as the job names it
             say(f"{job.name}: batch mode, {prep.to_do:,} to do ({live} part(s) already submitted), "
                 f"model {models} via {endpoint}, run {prep.run_number} in {prep.run_dir}")
             result = await execute_batch_run(prep, apis, params, no_wait=options.no_wait,
@@ -469,6 +461,20 @@ async def run_batch(job: JobSpec, job_path: Path | None, targets: dict[str, Prov
         return result
     finally:
         prep.release()
+
+
+def batch_apis(job: JobSpec, targets: Mapping[str, ProviderArgs], sim_url: str | None) -> dict[str, BatchAPI]:
+    """The BatchAPI of each model key of `job` (run_batch, `batchrun cancel`): for the model the job
+    names (the targets carry the simulator's name of it), on the simulator at `sim_url` if given."""
+    from batchrun.job.sections import PricesSpec
+    from batchrun.providers.batch_api import build_batch_api
+
+    models = {entry.name: entry.model for entry in job.models} if job.routes else {"": job.model}
+    return {key: build_batch_api(models[key], api_base=sim_url or kwargs["api_base"], api_key=kwargs["api_key"],
+                                 timeout_s=max(job.timeout_s, 300.0), simulator=sim_url is not None,
+                                 prices=PricesSpec.model_validate(kwargs["prices"]) if kwargs["prices"] else None,
+                                 prompt_cache=job.prompt_cache, cache_prefix=job.prompt.shared_prefix)
+            for key, kwargs in targets.items()}
 
 
 # -- a launch ---------------------------------------------------------------------------------

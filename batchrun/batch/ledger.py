@@ -39,7 +39,7 @@ class Part(TypedDict):
     state: str  # building, built, uploaded, submitted, collecting, failures_ready, collected, discarded
     tickets: int
     bytes: int
-    file_id: str | None  # the uploaded input file
+    file_id: str | None  # the uploaded input file (None: the provider takes the requests inline)
     batch_id: str | None
     status: str | None  # the provider's batch status, as last polled
     counts: dict[str, int] | None  # the provider's request_counts
@@ -52,6 +52,8 @@ class Part(TypedDict):
     cancel_requested: bool
     note: str | None
     create_attempts: NotRequired[int]  # creates tried (a lost answer is looked for before another)
+    create_sent_at: NotRequired[float]  # time.time() when the first create was sent ...
+    create_last_sent_at: NotRequired[float]  # ... and the last: a listing is matched against them
     errors_detail: NotRequired[object]  # the batch's "errors" when it failed validation
     estimate_usd: NotRequired[float]
     anomalies_offset: NotRequired[int]  # batch_anomalies.jsonl's size before this part's lines were added
@@ -76,6 +78,7 @@ class TicketMeta(TypedDict):
     r: int  # rejected answers so far
     c: float  # what those cost
     u: NotRequired[int]  # of those, answers whose cost is unknown (billed; not in c)
+    k: NotRequired[str]  # the custom_id its request carries, where the provider refused the id
 
 
 class Failure(TicketMeta):
