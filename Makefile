@@ -19,9 +19,9 @@ help:  ## this list (make with no target)
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "batchrun needs Python 3.11+; set PYTHON=python3.11")'
-	@echo "installing batchrun and litellm into $(VENV) (about a minute, once)..."
+	@echo "installing batchrun, litellm and Anthropic's SDK into $(VENV) (about a minute, once)..."
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[anthropic]'
 	@touch $(STAMP)
 	@echo "installed: $(BIN)/batchrun"
 
@@ -44,7 +44,7 @@ $(PROXY_STAMP):
 	$(PROXY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'litellm[proxy]==$(LITELLM_PROXY)'
 	@touch $(PROXY_STAMP)
 
-install-run: $(STAMP)  ## create .venv with what running needs: batchrun, litellm and their dependencies
+install-run: $(STAMP)  ## create .venv with what running needs: batchrun, litellm, Anthropic's SDK (batch mode for Claude)
 
 install: $(TEST_STAMP)  ## create .venv for development: batchrun and its test tools
 

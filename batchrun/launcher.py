@@ -16,6 +16,7 @@
                                  written), N tickets' rendered messages and the plan's forecast
     run_online(...)              one online run: prepare_run -> execute_run (bench calls it per setting)
     run_batch(...)               one batch-mode run: prepare_run -> execute_batch_run
+    batch_apis(job, targets, ...) the BatchAPI of each model key (Anthropic's or litellm's)
 
     sim_config(job)              the simulator's settings from [simulator]
     provider_targets(job, ...)   provider arguments per model key, keys read from the environment
@@ -56,13 +57,14 @@ from batchrun.records import Fields
 if TYPE_CHECKING:
     from batchrun.execution.preparation import PreparedRun
     from batchrun.providers.online import ProviderArgs
+    from batchrun.providers.seam import BatchAPI
     from batchrun.sim.config import SimConfig
 
 if TYPE_CHECKING:
     from batchrun.execution.executors.process import WorkerPool
     from batchrun.execution.preparation import PreparedRun
 
-__all__ = ["LaunchOptions", "check_param_names", "check_params", "dry_run", "endpoint_label", "launch", "preflight",
+__all__ = ["LaunchOptions", "batch_apis", "check_param_names", "check_params", "dry_run", "endpoint_label", "launch", "preflight",
            "provider_targets", "resolve_job", "run_batch", "run_online", "sim_config"]
 
 log = logging.getLogger("batchrun")
@@ -528,28 +530,18 @@ async def run_online(job: JobSpec, job_path: Path | None, targets: dict[str, Pro
 async def run_batch(job: JobSpec, job_path: Path | None, targets: dict[str, ProviderArgs], sim_url: str | None,
                     time_scale: float, options: LaunchOptions, *, say: Say = _quiet,
                     prep: PreparedRun | None = None) -> RunResult:
-    """Prepare and execute one batch-mode run (docs/batch.md): one LiteLLMBatchAPI per model key
-    (refused where litellm has no batch creation), then batch/run.execute_batch_run. With
-    `finish_online`, parts still running are cancelled and collected, nothing new is submitted."""
+    """Prepare and execute one batch-mode run (docs/batch.md): one BatchAPI per model key
+    (providers.batch_api.build_batch_api: Anthropic's Message Batches for an Anthropic model,
+    litellm's batch functions for the others, refused where there are none), then
+    batch/run.execute_batch_run. With `finish_online`, parts still running are cancelled and
+    collected, nothing new is submitted. `prep`: the run preflight prepared (its lock held)."""
     from batchrun.batch.ledger import ledger_summary
     from batchrun.batch.run import execute_batch_run
-    from batchrun.job.sections import PricesSpec
-    from batchrun.providers.batch_api import BATCH_PROVIDERS, LiteLLMBatchAPI
-    from batchrun.providers.seam import BatchAPI
 
     use_sim = sim_url is not None
     endpoint = endpoint_label(targets, use_sim)
-    apis: dict[str, BatchAPI] = {}
     try:
-        for key, kwargs in targets.items():
-            prices = PricesSpec.model_validate(kwargs["prices"]) if kwargs["prices"] else None
-            api = LiteLLMBatchAPI(model=kwargs["model"], api_base=sim_url if use_sim else kwargs["api_base"],
-                                  api_key=kwargs["api_key"], timeout_s=max(job.timeout_s, 300.0), prices=prices)
-            if api.provider not in BATCH_PROVIDERS:
-                raise ConfigurationError(
-                    f"{kwargs['model']}: litellm has no batch creation for provider {api.provider!r}; "
-                    f"batch mode needs one of {', '.join(sorted(BATCH_PROVIDERS))} (use --mode online)")
-            apis[key] = api
+        apis = batch_apis(job, targets, sim_url)
     except BaseException:
         if prep is not None:
             prep.release()
@@ -577,6 +569,20 @@ async def run_batch(job: JobSpec, job_path: Path | None, targets: dict[str, Prov
         return result
     finally:
         prep.release()
+
+
+def batch_apis(job: JobSpec, targets: Mapping[str, ProviderArgs], sim_url: str | None) -> dict[str, BatchAPI]:
+    """The BatchAPI of each model key of `job` (run_batch, `batchrun cancel`): for the model the job
+    names (the targets carry the simulator's name of it), on the simulator at `sim_url` if given."""
+    from batchrun.job.sections import PricesSpec
+    from batchrun.providers.batch_api import build_batch_api
+
+    models = {entry.name: entry.model for entry in job.models} if job.routes else {"": job.model}
+    return {key: build_batch_api(models[key], api_base=sim_url or kwargs["api_base"], api_key=kwargs["api_key"],
+                                 timeout_s=max(job.timeout_s, 300.0), simulator=sim_url is not None,
+                                 prices=PricesSpec.model_validate(kwargs["prices"]) if kwargs["prices"] else None,
+                                 prompt_cache=job.prompt_cache, cache_prefix=job.prompt.shared_prefix)
+            for key, kwargs in targets.items()}
 
 
 # -- a launch ---------------------------------------------------------------------------------

@@ -83,6 +83,6 @@ def test_mode_batch_flag_and_refusals(make_job):
     job = make_job(3)
     refused = invoke_cli("run", str(job), "--no-wait")
     assert refused.returncode == 2 and "batch mode" in refused.stderr
-    anthropic = make_job(3, model="anthropic/claude-3-5-haiku-latest")
-    refused = invoke_cli("run", str(anthropic), "--mode", "batch")
-    assert refused.returncode == 2 and "no batch creation for anthropic" in refused.stderr
+    groq = make_job(3, model="groq/llama-3.1-8b-instant")
+    refused = invoke_cli("run", str(groq), "--mode", "batch")
+    assert refused.returncode == 2 and "no batch creation for groq" in refused.stderr

@@ -308,15 +308,6 @@ def test_finish_online_cancels_the_running_part_and_leaves_the_rest_pending(make
         assert batch_stats(sim)["batches_created"] == 1  # nothing resubmitted: the rest goes online
 
 
-def test_anthropic_in_batch_mode_is_refused_when_the_job_loads(make_job):
-    from batchrun.errors import JobSpecError
-    from batchrun.job.spec import load_job
-
-    job_path = make_job(3, model="anthropic/claude-3-5-haiku-latest", top='mode = "batch"\n')
-    with pytest.raises(JobSpecError, match="anthropic.*batch"):
-        load_job(job_path)
-
-
 # -- kill -9 at every step, then run again ------------------------------------------------
 
 

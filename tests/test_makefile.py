@@ -1,5 +1,6 @@
 """The Makefile's first minute: `make` alone lists the targets and installs
-nothing; `make run` installs only what running needs and says so; the test
+nothing; `make run` installs only what running needs (Anthropic's SDK included,
+for batch mode with Claude) and says so; the test
 tools come with `make test`. Checked with `make -n` (nothing is run)."""
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ def test_make_alone_lists_the_targets_and_installs_nothing(tmp_path):
 
 def test_make_run_installs_run_dependencies_only_and_says_so(tmp_path):
     plan = make("-n", "run", venv=str(tmp_path / "venv"))
-    assert "installing batchrun and litellm into" in plan and "about a minute, once" in plan
-    assert "install --quiet --disable-pip-version-check -e ." in plan
-    assert "[test]" not in plan
+    assert "installing batchrun, litellm and Anthropic's SDK into" in plan and "about a minute, once" in plan
+    # Anthropic's SDK: batch mode for Claude (make run JOB=jobs/classify_batch_claude.toml)
+    assert "install --quiet --disable-pip-version-check -e '.[anthropic]'" in plan
+    assert "[test]" not in plan and "test," not in plan
     test_plan = make("-n", "test", f"PROXY_VENV={tmp_path / 'proxy'}", venv=str(tmp_path / "venv"))
     assert "-e '.[test,ray]'" in test_plan and "pytest" in test_plan  # the ray and proxy tests run in CI
     # the LiteLLM Proxy gets its own virtualenv: in .venv, litellm[proxy] would hold batchrun's litellm back

@@ -116,6 +116,7 @@ ALLOWED_ENVIRONMENT = {
     "XDG_CACHE_HOME",  # ... by default
     "BATCHRUN_SERVE_TOKEN",  # the serve page's token
     "LITELLM_LOCAL_MODEL_COST_MAP", "LITELLM_LOG",  # litellm's own, set before its import
+    "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS",  # litellm's own: its Anthropic beta-headers table, not fetched
     "EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER",  # litellm's transport switch, when the user set it
     "AIOHTTP_CONNECTOR_LIMIT_PER_HOST", "AIOHTTP_CONNECTOR_LIMIT",  # litellm's pool sizes
     "PYTHONPATH",  # a worker process's import path starts with batchrun's own folder

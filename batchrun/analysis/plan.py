@@ -401,9 +401,9 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
 
     batch: BatchPrice | None = None
     if job.mode == "batch":  # the Batch API's price next to the online one (docs/batch.md)
-        from batchrun.providers.batch_api import LiteLLMBatchAPI
+        from batchrun.providers.batch_api import batch_prices_of
 
-        prices = LiteLLMBatchAPI(model=entry.model, prices=entry.prices).batch_prices()
+        prices = batch_prices_of(entry.model, entry.prices)
         batch = {"window": "24h", "price_source": None if prices is None else prices.status,
                  "online_cost_usd": None if cost is None else round(cost, 6),
                  "input_per_million_usd": None if prices is None else round(prices.input_per_token * 1e6, 6),

@@ -23,6 +23,14 @@ __all__ = ["cancel_batches"]
 async def cancel_batches(run_dir: Path, apis: Mapping[str, BatchAPI]) -> list[Part]:
     """Cancel every submitted part of `run_dir` still running (module docstring); the parts asked."""
     run_dir = Path(run_dir)
+    try:
+        return await _cancel(run_dir, apis)
+    finally:
+        for api in apis.values():
+            await api.aclose()
+
+
+async def _cancel(run_dir: Path, apis: Mapping[str, BatchAPI]) -> list[Part]:
     with lock_if_free(run_dir) as owned:
         ledger = Ledger.load(run_dir)
         asked: list[Part] = []

@@ -39,7 +39,7 @@ class Part(TypedDict):
     state: str  # building, built, uploaded, submitted, collecting, failures_ready, collected, discarded
     tickets: int
     bytes: int
-    file_id: str | None  # the uploaded input file
+    file_id: str | None  # the uploaded input file (None: the provider takes the requests inline)
     batch_id: str | None
     status: str | None  # the provider's batch status, as last polled
     counts: dict[str, int] | None  # the provider's request_counts
@@ -54,6 +54,8 @@ class Part(TypedDict):
     create_attempts: NotRequired[int]  # creates tried (a lost answer is looked for before another)
     completion_window: NotRequired[str]  # the window the batch was created with ("24h")
     expires_at: NotRequired[float]  # when that window ends (the provider's expires_at, else submitted + window)
+    create_sent_at: NotRequired[float]  # time.time() when the first create was sent ...
+    create_last_sent_at: NotRequired[float]  # ... and the last: a listing is matched against them
     errors_detail: NotRequired[object]  # the batch's "errors" when it failed validation
     estimate_usd: NotRequired[float]
     anomalies_offset: NotRequired[int]  # batch_anomalies.jsonl's size before this part's lines were added
@@ -78,6 +80,7 @@ class TicketMeta(TypedDict):
     r: int  # rejected answers so far
     c: float  # what those cost
     u: NotRequired[int]  # of those, answers whose cost is unknown (billed; not in c)
+    k: NotRequired[str]  # the custom_id its request carries, where the provider refused the id
 
 
 class Failure(TicketMeta):

@@ -44,7 +44,7 @@ from batchrun.errors import RequestError, RetryableError, redact_secrets
 from batchrun.execution.ticket_runner import judge_answer, utc_now
 from batchrun.job.spec import JobSpec
 from batchrun.providers.error_mapping import describe_body, error_for_status, unusable_answer
-from batchrun.providers.seam import BatchAPI, BatchPrices
+from batchrun.providers.seam import BatchAPI, BatchLine, BatchPrices
 from batchrun.providers.usage_checks import usage_problem
 from batchrun.records import Line, Outcome, Usage
 from batchrun.rundir.lines import iter_numbered
@@ -99,15 +99,20 @@ class PartOutputs:
 
     # -- one line -----------------------------------------------------------------------------
 
-    def _billed(self, response: object) -> tuple[bool, float | None]:
+    def _billed(self, parsed: BatchLine) -> tuple[bool, float | None]:
         """(whether the line is a billed answer, its cost at the batch price when its usage says)."""
-        if not isinstance(response, Mapping) or response.get("status_code") != 200:
-            return False, None
-        body = response.get("body")
+        body = parsed.body
         if not isinstance(body, Mapping):
             return False, None
         usage = body.get("usage")
-        if self.prices is None or not isinstance(usage, Mapping) or usage_problem(usage, None) is not None:
+        if self.prices is None or not isinstance(usage, Mapping):
+            return True, None
+        if "prompt_tokens" not in usage:  # not a chat.completion's usage (Anthropic's message): as its API reads it
+            try:
+                return True, self.api.completion_of(body, self.prices).cost_usd
+            except (AttributeError, TypeError, ValueError, KeyError):
+                return True, None
+        if usage_problem(usage, None) is not None:
             return True, None
         counts = Usage(prompt_tokens=int(usage.get("prompt_tokens") or 0),
                        completion_tokens=int(usage.get("completion_tokens") or 0),
@@ -119,27 +124,24 @@ class PartOutputs:
         """The kept line of a ticket: its Outcome, or its failure; `rejected` answers (duplicates)
         costing `rejected_usd` (`rejected_unpriced` of them at a cost unknown) added to what the
         ticket's line says was turned down."""
-        response = line.get("response")
-        error = line.get("error")
+        parsed = self.api.parse_line(line)  # the provider's line shape, read by its BatchAPI
         base: TicketMeta = {"id": meta["id"], "a": meta["a"], "i": meta.get("i", 0),
                             "r": meta.get("r", 0) + rejected, "c": meta.get("c", 0.0) + rejected_usd}
         if meta.get("u", 0) + rejected_unpriced:
             base["u"] = meta.get("u", 0) + rejected_unpriced
-        if not isinstance(response, Mapping):
-            code = error.get("code") if isinstance(error, Mapping) else None
-            message = error.get("message") if isinstance(error, Mapping) else None
-            kind = "expired" if code == "batch_expired" else "batch_error"
-            return None, {**base, "kind": kind, "type": str(code or "BatchError"), "message": str(message or code),
-                          "status": None, "retry": True}
-        status = response.get("status_code")
-        body = response.get("body") or {}
-        if status != 200:
-            return None, _http_failure(base, status, body)
+        if "k" in meta:
+            base["k"] = str(meta["k"])
+        if parsed.body is None and parsed.kind is not None:  # no answer: expired, cancelled, ...
+            return None, {**base, "kind": parsed.kind, "type": parsed.code or "BatchError",
+                          "message": parsed.message or parsed.kind, "status": None, "retry": True}
+        if parsed.body is None:
+            return None, _http_failure(base, parsed)
+        body = parsed.body
         try:
             completion = self.api.completion_of(body, self.prices)
         except (AttributeError, TypeError, ValueError, KeyError):  # billed, nothing to use: invalid_response
             unusable = unusable_answer(describe_body(body), body)
-            return None, self._invalid(base, unusable, self._billed(response)[1])
+            return None, self._invalid(base, unusable, self._billed(parsed)[1])
         try:
             structured = judge_answer(completion, self.job)
         except RequestError as exc:
@@ -178,10 +180,10 @@ class PartOutputs:
                            "kind": kind}
         if isinstance(line, Mapping):
             cid = line.get("custom_id")
-            response = line.get("response")
+            parsed = self.api.parse_line(line)
             record["custom_id"] = cid if cid is None or isinstance(cid, (str, int, float, bool)) else repr(cid)
-            record["status"] = response.get("status_code") if isinstance(response, Mapping) else None
-            answer, billed = self._billed(response)
+            record["status"] = 200 if parsed.body is not None else parsed.status
+            answer, billed = self._billed(parsed)
             record["billed"] = answer
             record["billed_usd"] = billed
         else:
@@ -209,7 +211,7 @@ class PartOutputs:
                 elif cid not in self.meta:
                     self._anomaly("unknown_id", where, line, raw, counted="anomaly")
                 else:
-                    answer, billed = self._billed(line.get("response"))
+                    answer, billed = self._billed(self.api.parse_line(line))
                     candidates.setdefault(cid, []).append(_Candidate(where, self._good(line), answer, billed))
         kept: dict[str, tuple[int, int]] = {}
         duplicates: dict[str, tuple[int, float, int]] = {}  # cid -> (billed answers not kept, their cost, unpriced)
@@ -241,13 +243,11 @@ class PartOutputs:
                     yield failure
 
 
-def _http_failure(base: TicketMeta, status: object, body: object) -> Failure:
-    """A batch line answered with an HTTP error, classified as an online answer would be
-    (providers/error_mapping.error_for_status): retried (429, 408, 409, 5xx) or terminal."""
-    error = body.get("error") if isinstance(body, Mapping) else None
-    error = error if isinstance(error, Mapping) else {}
-    message = str(error.get("message") or f"HTTP {status}")[:1000]
-    http_status = status if isinstance(status, int) and not isinstance(status, bool) else None
-    verdict = error_for_status(http_status, message, code=error.get("code"), error_type="BatchLineError")
-    return {**base, "kind": verdict.kind, "type": verdict.error_type, "message": message, "status": http_status,
+def _http_failure(base: TicketMeta, line: BatchLine) -> Failure:
+    """A batch line answered with an HTTP error (its status, code and message as the BatchAPI read
+    them), classified as an online answer would be (providers/error_mapping.error_for_status):
+    retried (429, 408, 409, 5xx) or terminal."""
+    message = str(line.message or f"HTTP {line.status}")[:1000]
+    verdict = error_for_status(line.status, message, code=line.code, error_type="BatchLineError")
+    return {**base, "kind": verdict.kind, "type": verdict.error_type, "message": message, "status": line.status,
             "retry": verdict.retryable}

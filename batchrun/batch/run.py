@@ -9,9 +9,15 @@ resume refusal on a changed job), the same result and error lines
 output checks (labels, JSON schema, tools: `ticket_runner.judge_answer`), every
 line of the provider's output files checked first (batch/outputs.py: unknown,
 null and duplicate custom_ids, lines that are not JSON: batch_anomalies.jsonl).
-All provider calls go through `provider.BatchAPI` (litellm's
-`acreate_file`, `acreate_batch`, `aretrieve_batch`, `afile_content`,
-`acancel_batch`, `alist_batches`).
+All provider calls go through the `providers.seam.BatchAPI` of the model:
+`LiteLLMBatchAPI` (litellm's `acreate_file`, `acreate_batch`,
+`aretrieve_batch`, `afile_content`, `acancel_batch`, `alist_batches`) or
+`AnthropicBatchAPI` (Anthropic's Message Batches: requests inline in the
+create, results as one JSONL stream, no metadata). What differs between
+providers stays behind that seam: whether a file is uploaded
+(`inline_requests`), the limits per part, the custom_id of a ticket, how a
+listed batch is recognised (`match_batch`), how an output line reads
+(`parse_line`) and prices.
 
 Run directory additions:
 
@@ -20,7 +26,8 @@ Run directory additions:
                               provider status and request counts, ...); rewritten
                               atomically (temp file, fsync, rename, fsync of the directory)
                               at every state change, so it always says what exists
-    batch/part-0001.jsonl     the part's input file, as uploaded (custom_id = ticket id)
+    batch/part-0001.jsonl     the part's requests, as uploaded or sent inline (custom_id = ticket id,
+                              or a digest of it "k" where the provider refuses the id: Anthropic)
     batch/part-0001.tickets.jsonl  per ticket of the part: attempts so far, invalid answers,
                               rejected answers and their cost
     batch/part-0001.output.jsonl / .errors.jsonl   the provider's output and error files,
@@ -34,14 +41,18 @@ Life of a part (its `state` in the ledger):
     building    its files are being written. A crash here: the next run deletes them
                 and marks the part `discarded` (nothing left the machine).
     built       files complete; next: upload. (A crash after the upload and before the
-                file id is recorded costs an orphan file, never a batch.)
+                file id is recorded costs an orphan file, never a batch.) A provider that
+                takes requests inline (Anthropic) uploads nothing: straight to uploaded.
     uploaded    file id recorded; next: create the batch with metadata
                 {batchrun_run: <run key>, batchrun_job: <fingerprint>, batchrun_part: <n>}.
-                Before any create (and after a create that failed or timed out), the
-                provider's batches are listed (alist_batches, every page, filtered here
-                on the metadata: litellm does not filter) and a matching batch is
-                adopted instead of creating another. A provider that cannot list is
-                named in a warning with the part.
+                The time of the first create is recorded before it is sent. After a
+                create that failed, timed out or whose answer a crash lost, the
+                provider's batches are listed (every page, filtered here: litellm does not
+                filter on metadata) and the part's batch is adopted instead of creating
+                another: the one whose metadata names the part, or, for a provider whose
+                batches carry none (Anthropic), one created since that first create with
+                the part's request count (BatchAPI.match_batch). A provider that cannot
+                list is named in a warning with the part.
     submitted   batch id recorded; polled (backoff from batch_poll_s to batch_poll_max_s)
                 until the batch is completed, failed, expired or cancelled. A batch still
                 running well past its window is cancelled (what it answered is kept).
@@ -73,10 +84,9 @@ Prices: the batch price of `BatchAPI.batch_prices` (job `[prices]`
 batch prices, else half the job's prices; litellm's batch prices; else half
 litellm's online price), with `cost_status` saying which.
 
-Test hook: `BATCHRUN_CRASH_AT=<point>[:<n>]` SIGKILLs this process at the
-n-th (default first) pass through a named point (building, uploaded,
-created, polled, downloaded, writing, errors), so tests can kill at each
-step without timing anything.
+Each step where a crash leaves a different state behind calls
+`steps.reached(point)`; the kill tests replace it in a process of their own
+(tests/crashing_batchrun.py) to SIGKILL it there.
 """
 
 from __future__ import annotations
@@ -84,7 +94,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -98,6 +107,7 @@ from tenacity import RetryCallState
 
 from batchrun.analysis.stats import RunStats
 from batchrun.batch import steps
+from batchrun.batch.adoption import find_batch
 from batchrun.batch.ledger import (
     PART_DIR,
     Failure,
@@ -109,12 +119,8 @@ from batchrun.batch.ledger import (
     write_part_file,
 )
 from batchrun.batch.outputs import PART_FILES, Anomaly, PartOutputs
-from batchrun.errors import (
-    BatchEndpointError,
-    BatchrunError,
-    ExitCode,
-    RequestError,
-)
+from batchrun.batch.refusal import endpoint_refusal
+from batchrun.errors import BatchEndpointError, BatchrunError, RequestError
 from batchrun.execution.finish import RunFinish
 from batchrun.execution.preparation import PreparedRun
 from batchrun.execution.result import RunResult
@@ -130,8 +136,7 @@ from batchrun.rundir.layout import LIVE_PART_STATES as LIVE
 
 log = logging.getLogger("batchrun")
 console = logging.getLogger("batchrun.console")  # what a person sees on stderr (run_logging.py)
-ENDPOINT = "/v1/chat/completions"
-WINDOW = "24h"
+WINDOW = "24h"  # the completion window batchrun asks for (providers/batch_api.py)
 WINDOW_S = 86400.0
 OVERDUE_FACTOR = 1.1  # a batch still running after this many windows is cancelled
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -161,6 +166,7 @@ class _Builder:
     tickets: BinaryIO  # part-N.tickets.jsonl
     count: int = 0
     size: int = 0
+    estimate_usd: float = 0.0  # what its requests may cost (jobs with a budget)
     sources: set[int] = field(default_factory=set)
 
 
@@ -255,9 +261,9 @@ class _BatchRun:
             for part in parts:
                 if part["number"] > source["number"]:
                     later |= ids_of(self.ledger, part)
-            retry = {str(f["id"]): f for f in read_part_lines(self.ledger.path(source, ".failed.jsonl"))
+            retry = {_key_of(f): f for f in read_part_lines(self.ledger.path(source, ".failed.jsonl"))
                      if f.get("retry") and str(f["id"]) not in later}
-            excluded |= set(retry)
+            excluded |= {str(f["id"]) for f in retry.values()}
             if not retry:
                 continue
             with open(self.ledger.path(source, ".jsonl"), "rb") as handle:
@@ -266,11 +272,13 @@ class _BatchRun:
                     failure = retry.get(line["custom_id"])
                     if failure is None or failure["id"] in self.prep.checkpoint.done_ids:
                         continue  # not a retry, or done since (--finish-online)
-                    meta: TicketMeta = {"id": failure["id"], "a": failure["a"] + 1, "i": failure.get("i", 0),
-                                        "r": failure.get("r", 0), "c": failure.get("c", 0.0)}
+                    again: TicketMeta = {"id": failure["id"], "a": failure["a"] + 1, "i": failure.get("i", 0),
+                                         "r": failure.get("r", 0), "c": failure.get("c", 0.0)}
+                    if "k" in failure:
+                        again["k"] = failure["k"]
                     if failure.get("u"):
-                        meta["u"] = failure.get("u", 0)
-                    yield source["model_key"], failure["id"], raw, meta, source["number"]
+                        again["u"] = failure.get("u", 0)
+                    yield source["model_key"], failure["id"], raw, again, source["number"]
         for ticket in read_tickets(self.job.input, self.job.id_field, only_lines=self.prep.scan.dispatch,
                                    max_line_bytes=self.job.max_line_bytes):
             if ticket.id in excluded:
@@ -281,8 +289,12 @@ class _BatchRun:
             api = self.apis[key]
             request = ChatRequest(ticket_id=ticket.id, messages=render_messages(self.job, ticket),
                                   timeout_s=self.job.timeout_s, options=self.rules.options)
-            raw = orjson.dumps(api.request_line(ticket.id, request, self.params.get(key, {}))) + b"\n"
-            yield key, ticket.id, raw, {"id": ticket.id, "a": 1, "i": 0, "r": 0, "c": 0.0}, None
+            custom_id = api.custom_id(ticket.id)
+            raw = orjson.dumps(api.request_line(custom_id, request, self.params.get(key, {}))) + b"\n"
+            meta: TicketMeta = {"id": ticket.id, "a": 1, "i": 0, "r": 0, "c": 0.0}
+            if custom_id != ticket.id:
+                meta["k"] = custom_id  # the provider's custom_id, where the ticket id is not one it takes
+            yield key, ticket.id, raw, meta, None
 
     def _open_builder(self, key: str) -> _Builder:
         part = self.ledger.new_part(key, self.prep.run_number)
@@ -296,7 +308,8 @@ class _BatchRun:
             os.fsync(handle.fileno())
             handle.close()
         part = builder.part
-        part.update({"state": "built", "tickets": builder.count, "bytes": builder.size})
+        part.update({"state": "built", "tickets": builder.count, "bytes": builder.size,
+                     "estimate_usd": builder.estimate_usd})  # reserved from the budget while it is live
         self.ledger.save()
         await self._submit(part)
         return part
@@ -308,8 +321,10 @@ class _BatchRun:
         builders: dict[str, _Builder] = {}
         sources: set[int] = set()
         budget = self._budget()
+        self.budget_note = None  # said again below if the budget still stops this build
         try:
             for key, ticket_id, raw, meta, source in self._pending():
+                estimate = 0.0
                 if budget is not None:
                     estimate = self._estimate(key, raw)
                     if budget[0] + budget[1] + estimate > budget[2]:
@@ -320,8 +335,8 @@ class _BatchRun:
                         break
                     budget[1] += estimate
                 builder = builders.get(key)
-                if builder is not None and (builder.count >= self.job.batch_max_requests
-                                            or builder.size + len(raw) > self.job.batch_max_bytes):
+                max_requests, max_bytes = self._part_limits(key)
+                if builder is not None and (builder.count >= max_requests or builder.size + len(raw) > max_bytes):
                     await self._close_builder(builder)
                     builder = None
                 if builder is None:
@@ -330,6 +345,7 @@ class _BatchRun:
                 builder.tickets.write(orjson.dumps(meta) + b"\n")
                 builder.count += 1
                 builder.size += len(raw)
+                builder.estimate_usd += estimate
                 if source is not None:
                     sources.add(source)
                 steps.reached("building")
@@ -349,6 +365,12 @@ class _BatchRun:
             if changed:
                 self.ledger.save()
 
+    def _part_limits(self, key: str) -> tuple[int, int]:
+        """Requests and bytes per part: the job's, within the provider's own limits."""
+        api = self.apis[key]
+        return (min(self.job.batch_max_requests, api.max_requests or self.job.batch_max_requests),
+                min(self.job.batch_max_bytes, api.max_bytes or self.job.batch_max_bytes))
+
     def _budget(self) -> list[float] | None:
         """[spent on disk, reserved by live parts, max] when the job has a budget."""
         if self.prep.max_cost_usd is None:
@@ -358,8 +380,9 @@ class _BatchRun:
 
     def _estimate(self, key: str, raw: bytes) -> float:
         line = orjson.loads(raw)
-        body = line.get("body") or line.get("params") or {}
-        prompt = sum(len(str(m.get("content") or "")) for m in body.get("messages", [])) // 3
+        body = line.get("body") or line.get("params") or {}  # OpenAI's line, Anthropic's request
+        prompt = (sum(len(str(m.get("content") or "")) for m in body.get("messages", []))
+                  + len(str(body.get("system") or ""))) // 3
         completion = int(body.get("max_tokens") or body.get("max_completion_tokens") or 1024)
         prices = self.prices.get(key)
         if prices is None:
@@ -370,10 +393,13 @@ class _BatchRun:
         """built -> uploaded -> submitted, adopting a batch a lost create made."""
         api = self._api(part)
         if part["state"] == "built":
-            uploaded = await self._retrying(f"part {part['number']}: upload",
-                                            lambda: api.create_file(self.ledger.path(part, ".jsonl")))
+            file_id = None  # inline requests (Anthropic): nothing to upload, the create carries them
+            if not api.inline_requests:
+                uploaded = await self._retrying(f"part {part['number']}: upload",
+                                                lambda: api.create_file(self.ledger.path(part, ".jsonl")))
+                file_id = uploaded["id"]
             steps.reached("uploaded")
-            part.update({"state": "uploaded", "file_id": uploaded["id"]})
+            part.update({"state": "uploaded", "file_id": file_id})
             self.ledger.save()
         if part["state"] != "uploaded":
             return
@@ -384,9 +410,11 @@ class _BatchRun:
                 found = await self._find_batch(part)
                 if found is None:
                     part["create_attempts"] = part.get("create_attempts", 0) + 1
+                    part.setdefault("create_sent_at", time.time())  # what a listing is matched against
+                    part["create_last_sent_at"] = time.time()
                     self.ledger.save()
-                    assert part["file_id"] is not None  # uploaded
-                    found = await api.create_batch(part["file_id"], self._metadata(part), ENDPOINT, WINDOW)
+                    found = await api.create_batch(self.ledger.path(part, ".jsonl"), part["file_id"],
+                                                   self._metadata(part))
                     steps.reached("created")
         assert found is not None
         self.stats.attempts += part["tickets"]
@@ -401,28 +429,8 @@ class _BatchRun:
         self.ledger.save()
 
     async def _find_batch(self, part: Part) -> Reply | None:
-        """A batch of the provider whose metadata names this part (every page, filtered here)."""
-        api = self._api(part)
-        if not part.get("create_attempts"):
-            return None  # never created: nothing to find
-        if not api.can_list:
-            note = (f"part {part['number']}: {api.provider} cannot list batches, so a create that may have "
-                    f"reached it cannot be found; check the provider's console for a batch with metadata "
-                    f"batchrun_part={part['number']}, batchrun_run={self.ledger.run_key} before paying twice")
-            console.warning("%s", note)
-            return None
-        want = self._metadata(part)
-        after = None
-        while True:
-            page = await self._retrying("list batches", lambda: api.list_batches(after=after, limit=LIST_PAGE))
-            for batch in page.get("data") or []:
-                if api.is_ours(batch, want):
-                    log.info("part %d: adopted batch %s", part["number"], batch["id"])
-                    return batch
-            data = page.get("data") or []
-            if not page.get("has_more") or not data:
-                return None
-            after = data[-1]["id"]
+        """The batch a lost create of this part made, if the provider lists it (batch/adoption.py)."""
+        return await find_batch(self._api(part), part, self.ledger, self._metadata(part), self._retrying, LIST_PAGE)
 
     # -- waiting and collecting ------------------------------------------------------------
 
@@ -517,7 +525,8 @@ class _BatchRun:
         await self._write_failures(part)
 
     def _ticket_meta(self, part: Part) -> dict[str, Line]:
-        return {str(m["id"]): m for m in read_part_lines(self.ledger.path(part, ".tickets.jsonl"))}
+        """The part's tickets by the custom_id their requests carry."""
+        return {_key_of(m): m for m in read_part_lines(self.ledger.path(part, ".tickets.jsonl"))}
 
     def _started_at(self, part: Part) -> str:
         when = part.get("submitted_at") or time.time()
@@ -686,18 +695,23 @@ class _BatchRun:
         self.reconcile()
         await self.writer.open()
         refused: BatchEndpointError | None = None
-        async with anyio.create_task_group() as tg:
-            work = anyio.CancelScope()
-            await tg.start(self.watch_signals, work)
-            with work:
-                try:
-                    await self.resume_parts()
-                    await self.build_parts()
-                    if not self.no_wait:
-                        await self.wait_and_collect()
-                except RequestError as exc:  # raised here, after the task group: never an ExceptionGroup
-                    refused = endpoint_refusal(exc)
-            tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                work = anyio.CancelScope()
+                await tg.start(self.watch_signals, work)
+                with work:
+                    try:
+                        await self.resume_parts()
+                        await self.build_parts()
+                        if not self.no_wait:
+                            await self.wait_and_collect()
+                    except RequestError as exc:  # raised here, after the task group: never an ExceptionGroup
+                        refused = endpoint_refusal(exc)
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:  # the work's own other error (a bad answer file, ...), as it is
+            if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+                raise group.exceptions[0] from None
+            raise
         if refused is not None:
             raise refused  # the ledger says what exists: the same command resumes
         if self.signal_number is not None:
@@ -709,43 +723,17 @@ class _BatchRun:
         return "done"
 
 
-#: what a files or batches endpoint's refusal ends a batch run with: the online path's exit codes
-REFUSAL_EXIT = {"auth": ExitCode.ABORTED, "permission": ExitCode.ABORTED, "budget_exceeded": ExitCode.BUDGET_EXHAUSTED}
-REFUSAL_HINTS = {
-    "auth": "check the key",
-    "permission": "check the key",
-    "not_found": "this endpoint has no files/batches API (a LiteLLM proxy needs files_settings: docs/batch.md)",
-    "configuration": "a LiteLLM proxy needs files_settings for batch mode (docs/batch.md, \"Through a LiteLLM Proxy\")",
-    "budget_exceeded": "raise the budget or quota there",
-}
-
-
-def endpoint_refusal(error: RequestError) -> BatchEndpointError:
-    """One line for a files or batches endpoint that refused (after the retries a retry could make):
-    the endpoint, the status, the provider's message; exit 4 for auth, 5 for a spent budget, 1 when
-    it stayed unreachable or kept failing, 2 otherwise (the endpoint, model or configuration)."""
-    message = " ".join(error.message.split())
-    inner = re.search(r"""['"]message['"]\s*:\s*['"]((?:[^'"\\]|\\.)*)['"]""", message)  # an OpenAI error body
-    if inner:
-        message = inner.group(1)
-    message = re.sub(r"^(?:(?:litellm\.)?[A-Za-z]+(?:Error|Exception)\s*[-:]\s*)+", "", message) or message
-    if len(message) > 400:
-        message = message[:399] + "…"
-    status = f"answered HTTP {error.status_code}" if error.status_code else f"failed ({error.kind})"
-    where = error.endpoint or "the provider's files/batches API"
-    code = REFUSAL_EXIT.get(error.kind, ExitCode.ERROR if error.retryable else ExitCode.BAD_INPUT)
-    hint = REFUSAL_HINTS.get(error.kind, "it kept failing after the retries" if error.retryable else "")
-    return BatchEndpointError(
-        f"batch mode: {where} {status}: {message}" + (f" ({hint})" if hint else "")
-        + "; nothing is lost: batches.json keeps every part, re-run the same command to resume", code)
-
-
 def _describe_errors(errors: object) -> str:
     if isinstance(errors, Mapping):
         data = errors.get("data") or []
         return "; ".join(f"{e.get('code')}: {e.get('message')}" for e in data if isinstance(e, Mapping))[:500] \
             or "no detail"
     return "no detail"
+
+
+def _key_of(meta: Mapping[str, object]) -> str:
+    """The custom_id of a part's ticket (its id, unless the provider needed another: "k")."""
+    return str(meta.get("k", meta["id"]))
 
 
 def _log_create_retry(number: int) -> Callable[[RetryCallState], None]:
@@ -771,6 +759,11 @@ async def execute_batch_run(prep: PreparedRun, apis: Mapping[str, BatchAPI],
     finish = RunFinish(prep, run.stats, run.failed_ids, run.writer, extra=run.manifest_extra,
                        cleanup=(run.close_bar,))
     async with finish:
-        state = await run.run()
+        try:
+            state = await run.run()
+        finally:
+            with anyio.CancelScope(shield=True):  # the providers' connections, whatever happened
+                for api in apis.values():
+                    await api.aclose()
         finish.end(state, error=run.budget_note, signal_number=run.signal_number)
     return finish.result()

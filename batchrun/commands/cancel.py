@@ -41,9 +41,7 @@ def cancel_command(run_dir: Path, api_base: str | None) -> None:
     from batchrun.batch.cancel import cancel_batches
     from batchrun.batch.ledger import LEDGER
     from batchrun.errors import BatchrunError, ConfigurationError
-    from batchrun.job.sections import PricesSpec
     from batchrun.job.spec import load_job
-    from batchrun.providers.batch_api import LiteLLMBatchAPI
     from batchrun.rundir.manifest import read_manifest
 
     secrets: list[str] = []
@@ -59,8 +57,8 @@ def cancel_command(run_dir: Path, api_base: str | None) -> None:
         use_sim = manifest.get("endpoint") == "simulator" and api_base is None
         if api_base:
             job = job.with_overrides(api_base=api_base)
+        from batchrun.launcher import batch_apis, sim_config
         from batchrun.launcher import provider_targets as _targets
-        from batchrun.launcher import sim_config
 
         total = 0
         with contextlib.ExitStack() as stack:
@@ -77,11 +75,7 @@ def cancel_command(run_dir: Path, api_base: str | None) -> None:
                 each = job
                 if each_dir.parent.name == "models" and job.compare_mode:
                     each = job.for_model(job.model_entry(each_dir.name))
-                targets = _targets(each, use_sim, secrets)
-                apis = {key: LiteLLMBatchAPI(model=kw["model"], api_base=sim_url or kw["api_base"],
-                                             api_key=kw["api_key"],
-                                             prices=PricesSpec.model_validate(kw["prices"]) if kw["prices"] else None)
-                        for key, kw in targets.items()}
+                apis = batch_apis(each, _targets(each, use_sim, secrets), sim_url)
                 asked = anyio.run(lambda: cancel_batches(each_dir, apis))
                 for part in asked:
                     click.echo(f"{each_dir}: part {part['number']} (batch {part['batch_id']}): {part['status']}")

@@ -105,8 +105,9 @@ FLEX_TIMEOUT_S = 900.0
 FLEX_MAX_ELAPSED_S = 3600.0
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_ELAPSED_S = 300.0
-# Providers litellm 1.106 cannot create batches for: a batch-mode job naming one is refused at load.
-NO_BATCH_PROVIDERS = frozenset({"anthropic", "groq", "cohere", "gemini", "ollama", "together_ai", "deepseek",
+# Providers without a Batch API batchrun can reach: a batch-mode job naming one is refused at load.
+# (Anthropic's batch creation is missing in litellm too; batch mode reaches it through Anthropic's SDK.)
+NO_BATCH_PROVIDERS = frozenset({"groq", "cohere", "gemini", "ollama", "together_ai", "deepseek",
                                 "fireworks_ai", "openrouter", "cerebras", "deepinfra"})
 
 
@@ -376,7 +377,7 @@ class JobSpec(Section):
                 raise ValueError(
                     f"mode = \"batch\": {model} cannot run in batch mode: litellm (the pinned version) has no "
                     f"batch creation for {provider}; use mode = \"online\" for it, or a provider with a Batch "
-                    "API (openai, azure, vertex_ai, bedrock, mistral, xai, hosted_vllm, litellm_proxy)")
+                    "API (openai, azure, vertex_ai, bedrock, mistral, xai, hosted_vllm, litellm_proxy, anthropic)")
         return self
 
     @model_validator(mode="after")

@@ -1,7 +1,12 @@
-"""LiteLLMBatchAPI: the BatchAPI seam (seam.py) on litellm's file and batch functions.
+"""LiteLLMBatchAPI: the BatchAPI seam (seam.py) on litellm's file and batch functions; the choice
+of a model's BatchAPI and the batch price every one uses.
 
     BATCH_PROVIDERS        litellm's providers with a batch create
     BATCH_LIST_PROVIDERS   ... whose batches can be listed (a lost create can be adopted)
+    build_batch_api()      the BatchAPI of a job's model: AnthropicBatchAPI (anthropic_batch.py) for
+                           Anthropic's models (litellm cannot create their batches), else
+                           LiteLLMBatchAPI; against the embedded simulator too
+    batch_prices_of()      the batch price of a model and the cost_status saying where it came from
     LiteLLMBatchAPI        files, batches, output downloads, batch prices, request lines
 """
 
@@ -12,7 +17,7 @@ import os
 import re
 from typing import Any, Mapping
 
-from batchrun.errors import TerminalError, redact_url
+from batchrun.errors import ConfigurationError, TerminalError, redact_url
 from batchrun.job.sections import Params, PricesSpec
 from batchrun.providers.error_mapping import (
     error_for_status,
@@ -21,7 +26,7 @@ from batchrun.providers.error_mapping import (
     translate_error,
 )
 from batchrun.providers.litellm_setup import import_litellm
-from batchrun.providers.seam import BatchPrices, ChatRequest, Reply
+from batchrun.providers.seam import BatchAPI, BatchClaim, BatchLine, BatchMatch, BatchPrices, ChatRequest, Reply
 from batchrun.providers.usage_checks import reported_counts, token_limit, usage_problem
 from batchrun.records import Completion, Line, ToolCall, usage_from_provider
 
@@ -30,6 +35,32 @@ BATCH_PROVIDERS = frozenset({"openai", "azure", "vertex_ai", "bedrock", "hosted_
                              "xai"})
 #: ... and those whose batches can be listed (alist_batches), so a lost create can be adopted.
 BATCH_LIST_PROVIDERS = frozenset({"openai", "azure", "hosted_vllm", "litellm_proxy", "xai"})
+
+
+def build_batch_api(model: str, *, api_base: str | None, api_key: str | None, timeout_s: float = 600.0,
+                    prices: PricesSpec | None = None, simulator: bool = False, prompt_cache: bool = False,
+                    cache_prefix: str | None = None) -> BatchAPI:
+    """The BatchAPI for the job's `model` (as the job names it). An Anthropic model gets
+    AnthropicBatchAPI (ConfigurationError naming the install command without its SDK); any other
+    LiteLLMBatchAPI, refused (ConfigurationError) where litellm has no batch creation. With
+    `simulator`, `api_base` is the embedded simulator's: it speaks Anthropic's batches to an
+    Anthropic model and OpenAI's to the others (sent as openai/<name>, as online). `prompt_cache`
+    and `cache_prefix` (the job's): Anthropic's requests marked with cache_control, as online."""
+    if batch_provider_of(model) == "anthropic":
+        from batchrun.providers.anthropic_batch import AnthropicBatchAPI
+
+        return AnthropicBatchAPI(model=model, api_base=api_base, api_key=api_key, timeout_s=timeout_s,
+                                 prices=prices, prompt_cache=prompt_cache, cache_prefix=cache_prefix)
+    if simulator:
+        from batchrun.sim.config import simulated_model
+
+        model = simulated_model(model)
+    api = LiteLLMBatchAPI(model=model, api_base=api_base, api_key=api_key, timeout_s=timeout_s, prices=prices)
+    if api.provider not in BATCH_PROVIDERS:
+        raise ConfigurationError(
+            f"{model}: litellm has no batch creation for provider {api.provider!r}; batch mode needs one of "
+            f"{', '.join(sorted(BATCH_PROVIDERS | {'anthropic'}))} (use --mode online)")
+    return api
 
 
 def batch_provider_of(model: str, api_base: str | None = None) -> str | None:
@@ -41,8 +72,48 @@ def batch_provider_of(model: str, api_base: str | None = None) -> str | None:
         return None
 
 
-#: the endpoint batch lines and batches name
+#: the endpoint batch lines and batches name, and the window batches ask for
 CHAT_ENDPOINT = "/v1/chat/completions"
+WINDOW = "24h"
+
+
+def _per_token(info: Mapping[str, object], key: str, factor: float = 1.0) -> float | None:
+    value = info.get(key)
+    return float(value) * factor if isinstance(value, (int, float)) else None
+
+
+def batch_prices_of(model: str, prices: PricesSpec | None) -> BatchPrices | None:
+    """The batch price of `model` (any provider): the job's [prices] (batch ones, else half the
+    online ones; its cached and cache-write prices as given, halved with the online ones), else
+    litellm's batch prices (input_cost_per_token_batches, output_cost_per_token_batches, and the
+    cache read/write *_batches prices), else half litellm's online prices (cache ones too); None
+    for a model litellm does not price. The status says which, and BatchPrices.status_for adds
+    "_cached_price_assumed" where cached or written tokens had no price of their own (docs/batch.md,
+    "Cost")."""
+    if prices is not None:
+        cached = None if prices.cached_input_per_million is None else prices.cached_input_per_million / 1e6
+        write = None if prices.cache_write_per_million is None else prices.cache_write_per_million / 1e6
+        if prices.batch_input_per_million is not None and prices.batch_output_per_million is not None:
+            return BatchPrices(prices.batch_input_per_million / 1e6, prices.batch_output_per_million / 1e6,
+                               "job_prices", cached, write)
+        return BatchPrices(prices.input_per_million / 2e6, prices.output_per_million / 2e6, "job_prices_half",
+                           None if cached is None else cached / 2, None if write is None else write / 2)
+    try:
+        info = import_litellm().get_model_info(model=model)
+    except Exception:
+        return None
+    batch_in, batch_out = info.get("input_cost_per_token_batches"), info.get("output_cost_per_token_batches")
+    if batch_in is not None and batch_out is not None:
+        return BatchPrices(float(batch_in), float(batch_out), "litellm_batch",
+                           _per_token(info, "cache_read_input_token_cost_batches"),
+                           _per_token(info, "cache_creation_input_token_cost_batches"))
+    online_in, online_out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
+    if online_in is None or online_out is None:
+        return None
+    return BatchPrices(float(online_in) / 2, float(online_out) / 2, "half_online",
+                       _per_token(info, "cache_read_input_token_cost", 0.5),
+                       _per_token(info, "cache_creation_input_token_cost", 0.5))
+
 
 #: the files and batches endpoint each litellm function calls, for error messages
 ENDPOINTS = {"acreate_file": "POST /files", "acreate_batch": "POST /batches", "aretrieve_batch": "GET /batches/ID",
@@ -64,6 +135,10 @@ class LiteLLMBatchAPI:
     are translated by `translate_error` with the key scrubbed. File content
     is streamed to disk in chunks (`download`), never held in memory.
     """
+
+    inline_requests = False
+    max_requests: int | None = None  # OpenAI's 50,000 requests / 200 MB are the job's defaults
+    max_bytes: int | None = None
 
     def __init__(self, *, model: str, api_base: str | None = None, api_key: str | None = None,
                  timeout_s: float = 600.0, prices: PricesSpec | None = None) -> None:
@@ -127,9 +202,11 @@ class LiteLLMBatchAPI:
             return self._plain(await self._call("acreate_file", file=(os.path.basename(path), handle),
                                                 purpose="batch"))
 
-    async def create_batch(self, input_file_id: str, metadata: Mapping[str, str],
-                           endpoint: str = "/v1/chat/completions", window: str = "24h") -> Reply:
-        return self._plain(await self._call("acreate_batch", completion_window=window, endpoint=endpoint,
+    async def create_batch(self, part_file: str | os.PathLike[str], input_file_id: str | None,
+                           metadata: Mapping[str, str]) -> Reply:
+        """Create the batch of an uploaded input file, with batchrun's metadata (the part file itself
+        was uploaded by create_file)."""
+        return self._plain(await self._call("acreate_batch", completion_window=WINDOW, endpoint=CHAT_ENDPOINT,
                                             input_file_id=input_file_id, metadata=dict(metadata)))
 
     async def retrieve_batch(self, batch_id: str) -> Reply:
@@ -176,37 +253,8 @@ class LiteLLMBatchAPI:
         return size
 
     def batch_prices(self) -> BatchPrices | None:
-        """The batch price of this model: job prices (batch ones, else half), litellm's batch
-        prices, else half litellm's online prices; None for an unpriced model."""
-        prices = self.prices
-        if prices is not None:
-            cached = None if prices.cached_input_per_million is None else prices.cached_input_per_million / 1e6
-            write = None if prices.cache_write_per_million is None else prices.cache_write_per_million / 1e6
-            if prices.batch_input_per_million is not None and prices.batch_output_per_million is not None:
-                return BatchPrices(prices.batch_input_per_million / 1e6, prices.batch_output_per_million / 1e6,
-                                   "job_prices", cached, write)
-            return BatchPrices(prices.input_per_million / 2e6, prices.output_per_million / 2e6, "job_prices_half",
-                               None if cached is None else cached / 2, None if write is None else write / 2)
-        try:
-            info = self._litellm.get_model_info(model=self.model)
-        except Exception:
-            return None
-
-        def per_token(key: str, half: bool = False) -> float | None:
-            value = info.get(key)
-            return None if value is None else float(value) / (2 if half else 1)
-
-        batch_in, batch_out = info.get("input_cost_per_token_batches"), info.get("output_cost_per_token_batches")
-        if batch_in is not None and batch_out is not None:
-            return BatchPrices(float(batch_in), float(batch_out), "litellm_batch",
-                               per_token("cache_read_input_token_cost_batches"),
-                               per_token("cache_creation_input_token_cost_batches"))
-        online_in, online_out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
-        if online_in is None or online_out is None:
-            return None
-        return BatchPrices(float(online_in) / 2, float(online_out) / 2, "half_online",
-                           per_token("cache_read_input_token_cost", half=True),
-                           per_token("cache_creation_input_token_cost", half=True))
+        """The batch price of this model (`batch_prices_of`)."""
+        return batch_prices_of(self.model, self.prices)
 
     def completion_of(self, body: Reply, prices: BatchPrices | None) -> Completion:
         """A Completion from a batch output line's response body (a chat.completion object),
@@ -243,11 +291,39 @@ class LiteLLMBatchAPI:
                           usage_reported=reported_counts(raw_usage) if problem else None,
                           usage_problem=problem[1] if problem else None)
 
-    def is_ours(self, batch: Reply, metadata: Mapping[str, str]) -> bool:
+    def match_batch(self, batch: Reply, claim: BatchClaim) -> BatchMatch:
         """A listed batch is a part's when its metadata names the part (providers that list do not
         filter on metadata: litellm accepts the filter and drops it). A cancelled one is not adopted."""
         found = batch.get("metadata") or {}
-        return all(found.get(k) == v for k, v in metadata.items()) and batch.get("status") != "cancelled"
+        mine = all(found.get(k) == v for k, v in claim.metadata.items()) and batch.get("status") != "cancelled"
+        return "ours" if mine else "other"
+
+    def custom_id(self, ticket_id: str) -> str:
+        """The ticket id itself (OpenAI's custom_id takes any string)."""
+        return ticket_id
+
+    def parse_line(self, line: Line) -> BatchLine:
+        """An OpenAI batch output or error line: {"custom_id", "response": {"status_code", "body"},
+        "error"}; a line without a response (an expired request) has only "error"."""
+        cid = line.get("custom_id")
+        cid = cid if isinstance(cid, str) else None
+        response = line.get("response")
+        if not isinstance(response, Mapping):
+            error = line.get("error")
+            code = error.get("code") if isinstance(error, Mapping) else None
+            message = error.get("message") if isinstance(error, Mapping) else None
+            return BatchLine(cid, code=str(code or "BatchError"), message=str(message or code),
+                             kind="expired" if code == "batch_expired" else "batch_error")
+        status = response.get("status_code")
+        body = response.get("body")
+        if status == 200:
+            return BatchLine(cid, body=body if isinstance(body, dict) else {})
+        error = body.get("error") if isinstance(body, Mapping) else None
+        error = error if isinstance(error, Mapping) else {}
+        status = status if isinstance(status, int) and not isinstance(status, bool) else None
+        code = error.get("code")
+        return BatchLine(cid, status=status, code=None if code is None else str(code),
+                         message=str(error.get("message") or f"HTTP {status}"))
 
     def request_line(self, custom_id: str, request: ChatRequest, params: Mapping[str, object]) -> Line:
         """One batch input line (custom_id, method, url, body) for `request`."""

@@ -1,7 +1,7 @@
 """Every error a provider call can raise, mapped once onto batchrun's RequestError tree, and the
 one reader of what an endpoint says in its headers.
 
-    translate_error(exc)          litellm / OpenAI SDK / transport exceptions -> RequestError
+    translate_error(exc)          litellm / OpenAI SDK / Anthropic SDK / transport exceptions -> RequestError
     error_for_status(status, ...)  an HTTP status (and the provider's error code) -> RequestError:
                                   for answers that arrive as data (a batch output line, a files or
                                   batches endpoint), and the fallback of translate_error for
@@ -42,6 +42,7 @@ from __future__ import annotations
 import email.utils
 import math
 import re
+import sys
 import time
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
@@ -355,6 +356,10 @@ def translate_error(exc: BaseException, secrets: Sequence[str] = ()) -> RequestE
         if isinstance(exc, lm.APIError) and status is not None and status < 400:
             # litellm's HTTP handler: a 2xx body it could not parse (the SDK path calls it a 500)
             return RetryableError(message, kind="server_error", status_code=status, error_type=name)
+    anthropic = sys.modules.get("anthropic")  # its SDK (batch mode's Anthropic Message Batches), if loaded
+    if anthropic is not None and isinstance(exc, anthropic.APIConnectionError):  # no answer: no status
+        kind = "timeout" if isinstance(exc, anthropic.APITimeoutError) else "connection"
+        return RetryableError(message, kind=kind, status_code=None, error_type=name)
     if status is not None and status >= 400:
         return error_for_status(status, message, code=_code_of(exc), error_type=name, retry_after=retry_after)
     if isinstance(exc, (ConnectionError, OSError)) or _is_transport_error(exc):

@@ -1,6 +1,7 @@
 """litellm, imported once and configured: the lazy import and what needs litellm before a run.
 
-    import_litellm()   LITELLM_LOCAL_MODEL_COST_MAP=True, retries off, the aiohttp pool
+    import_litellm()   LITELLM_LOCAL_MODEL_COST_MAP=True and LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS=True
+                       (litellm fetches neither table from GitHub), retries off, the aiohttp pool
                        sized, tuning.py's patches installed; seconds, done on first use so
                        `batchrun --help` never pays for it
     preload()          the same, now (a command overlapping it with other start-up work)
@@ -59,6 +60,9 @@ def import_litellm(max_connections: int | None = None) -> ModuleType:
         return _litellm
     if _litellm is None:
         os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+        # read when litellm prepares its first Anthropic request: without it, litellm fetches its
+        # beta-headers table from GitHub (a request that leaves the machine, up to 5 s)
+        os.environ["LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS"] = "True"
         tuning.remember_user_transport()  # a user's own setting wins (tuning.py)
         size_connection_pool(os.environ, max_connections)
         import litellm

@@ -278,6 +278,26 @@ def _streamed_usage(stream: Any, chunks: Sequence[Any], built: Any) -> Usage | N
 STREAM_ENDED_EARLY = "Stream ended before a finish_reason was received"
 
 
+def mark_prompt_cache(messages: list[dict[str, Any]], prefix: str | None) -> list[dict[str, Any]]:
+    """The messages with cache_control on the system prompt and on the job's shared prefix of
+    the user message (Claude models with `prompt_cache`): content blocks, as litellm passes
+    them on to Anthropic (and a LiteLLM proxy or the simulator receives them). Online requests
+    and Anthropic batch requests (anthropic_batch.py) are marked by this one function."""
+    marked: list[dict[str, Any]] = []
+    for message in messages:
+        content = message.get("content")
+        if message.get("role") == "system" and isinstance(content, str) and content:
+            message = {**message, "content": [{"type": "text", "text": content, "cache_control": EPHEMERAL}]}
+        elif (message.get("role") == "user" and prefix and isinstance(content, str)
+              and content.startswith(prefix) and len(content) > len(prefix)):
+            message = {**message, "content": [
+                {"type": "text", "text": prefix, "cache_control": EPHEMERAL},
+                {"type": "text", "text": content[len(prefix):]}]}
+            prefix = None  # the first user message only
+        marked.append(message)
+    return marked
+
+
 class LiteLLMProvider:
     """Calls litellm.acompletion under batchrun's rules (module docstring)."""
 
@@ -374,25 +394,6 @@ class LiteLLMProvider:
         """The tier `request` asks for: its own (a flex fallback), else the job's."""
         return request.service_tier or self.service_tier
 
-    def _marked(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The messages with cache_control on the system prompt and on the job's shared prefix of
-        the user message (Claude models with `prompt_cache`): content blocks, as litellm passes
-        them on to Anthropic (and a LiteLLM proxy or the simulator receives them)."""
-        marked: list[dict[str, Any]] = []
-        prefix = self.cache_prefix
-        for message in messages:
-            content = message.get("content")
-            if message.get("role") == "system" and isinstance(content, str) and content:
-                message = {**message, "content": [{"type": "text", "text": content, "cache_control": EPHEMERAL}]}
-            elif (message.get("role") == "user" and prefix and isinstance(content, str)
-                  and content.startswith(prefix) and len(content) > len(prefix)):
-                message = {**message, "content": [
-                    {"type": "text", "text": prefix, "cache_control": EPHEMERAL},
-                    {"type": "text", "text": content[len(prefix):]}]}
-                prefix = None  # the first user message only
-            marked.append(message)
-        return marked
-
     async def complete(self, request: ChatRequest) -> Completion:
         kwargs: Params = dict(self.params)
         if self.api_base:
@@ -405,7 +406,7 @@ class LiteLLMProvider:
         if self.prompt_cache_key is not None:
             kwargs["prompt_cache_key"] = self.prompt_cache_key
         if self.marks_cache:
-            request = replace(request, messages=self._marked(request.messages))
+            request = replace(request, messages=mark_prompt_cache(request.messages, self.cache_prefix))
         options = request.options
         if options is not None:
             self._add_options(kwargs, options)

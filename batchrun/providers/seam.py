@@ -8,8 +8,11 @@
                      response cache; LiteLLMProvider (online.py) and the fake
                      ScriptedProvider (fake.py) implement it
     BatchAPI         a provider's Batch API: files, batches, their output, batch prices;
-                     LiteLLMBatchAPI (batch_api.py) implements it
+                     LiteLLMBatchAPI (batch_api.py, litellm's batch functions) and
+                     AnthropicBatchAPI (anthropic_batch.py, Anthropic's Message Batches) implement it
     BatchPrices      USD per token for batch requests, and the cost_status lines carry
+    BatchClaim       what a part knows of a batch its lost create may have made (to find it)
+    BatchLine        one line of a batch's output, as the BatchAPI that knows its shape reads it
     Reply            a Batch API's answer as a plain dict in OpenAI's shape
 """
 
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Literal, Mapping, Protocol
 
 from batchrun.job.sections import Schema, ToolChoice, ToolPayload
 from batchrun.job.spec import JobSpec
@@ -127,48 +130,93 @@ class BatchPrices:
         return self.status
 
 
+@dataclass(frozen=True, slots=True)
+class BatchClaim:
+    """What a part knows of the batch its create may have made: enough to recognise it in a listing."""
+
+    metadata: Mapping[str, str]  # batchrun_run, batchrun_job, batchrun_part (where batches keep metadata)
+    requests: int  # the part's request count
+    created_after: float  # epoch seconds (local clock): when the part's first create was sent ...
+    created_before: float  # ... and its last one (a batch made by it appears up to its timeout later)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLine:
+    """One line of a batch's output (or error) file, read by the BatchAPI that knows its shape."""
+
+    custom_id: str | None
+    body: Reply | None = None  # an answer: what completion_of reads
+    status: int | None = None  # a request answered with an HTTP error: its status, ...
+    code: str | None = None  # ... the provider's error code or type, ...
+    message: str | None = None  # ... and its message
+    kind: str | None = None  # a request without an answer: "expired", "cancelled" or "batch_error"
+
+
+#: what a listed batch is to a part (BatchAPI.match_batch): its batch for sure (metadata), one that
+#: may be (Anthropic: created after the part's first create, with its request count), not it, or
+#: older than any the part could have made (the listing is newest first: stop paging)
+BatchMatch = Literal["ours", "candidate", "other", "older"]
+
+
 class BatchAPI(Protocol):
     """A provider's Batch API as batch mode uses it (batch/). Batches and pages are plain dicts in
-    OpenAI's shapes (status, request_counts, output_file_id, error_file_id, metadata; data,
-    has_more); output files hold OpenAI's batch output lines. Errors raise RequestError."""
+    OpenAI's shapes (status, request_counts, output_file_id, error_file_id, metadata, created_at;
+    data, has_more): an implementation whose provider speaks otherwise translates. Output files are
+    read line by line through parse_line. Errors raise RequestError."""
 
     model: str
     provider: str  # litellm's name of the provider
+    inline_requests: bool  # True: requests go in the create call (no input file is uploaded)
+    max_requests: int | None  # the provider's limits per batch (None: none known); the job's apply too
+    max_bytes: int | None
 
     @property
     def can_list(self) -> bool:
         """Whether its batches can be listed, so that a create whose answer was lost can be found."""
         ...
 
+    def custom_id(self, ticket_id: str) -> str:
+        """The custom_id a ticket's request carries (the ticket id where the provider accepts it)."""
+        ...
+
     def request_line(self, custom_id: str, request: ChatRequest, params: Mapping[str, object]) -> Line:
         """One line of a part's input file: what an online call of this request would send."""
         ...
 
-    async def create_file(self, path: str | os.PathLike[str]) -> Reply: ...
+    async def create_file(self, path: str | os.PathLike[str]) -> Reply:
+        """Upload a part's input file (only where not inline_requests)."""
+        ...
 
-    async def create_batch(self, input_file_id: str, metadata: Mapping[str, str], endpoint: str,
-                           window: str) -> Reply:
-        """Create one batch; never retried blindly (a lost answer is looked for with list_batches)."""
+    async def create_batch(self, part_file: str | os.PathLike[str], input_file_id: str | None,
+                           metadata: Mapping[str, str]) -> Reply:
+        """Create one batch of a part (its uploaded file, or its requests read from part_file);
+        never retried blindly (a lost answer is looked for with list_batches)."""
         ...
 
     async def retrieve_batch(self, batch_id: str) -> Reply: ...
 
     async def cancel_batch(self, batch_id: str) -> Reply: ...
 
-    async def list_batches(self, after: str | None = None, limit: int = 100) -> Reply: ...
+    async def list_batches(self, after: str | None = None, limit: int = 100) -> Reply:
+        """One page of batches, newest first: {"data": [...], "has_more": bool}."""
+        ...
 
-    def is_ours(self, batch: Reply, metadata: Mapping[str, str]) -> bool:
-        """Whether a listed batch is the one a part with `metadata` created."""
+    def match_batch(self, batch: Reply, claim: BatchClaim) -> BatchMatch:
+        """What a listed batch is to the part that made `claim` (BatchMatch)."""
         ...
 
     async def download(self, file_id: str, dest: str | os.PathLike[str]) -> int:
         """Stream a file's content into `dest` (replaced atomically); its size."""
         ...
 
+    def parse_line(self, line: Line) -> BatchLine:
+        """One line of a downloaded output or error file."""
+        ...
+
     def batch_prices(self) -> BatchPrices | None: ...
 
     def completion_of(self, body: Reply, prices: BatchPrices | None) -> Completion:
-        """A Completion from an output line's response body, priced at the batch price."""
+        """A Completion from an answer's body (BatchLine.body), priced at the batch price."""
         ...
 
     async def aclose(self) -> None: ...

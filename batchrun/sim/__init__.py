@@ -16,6 +16,9 @@ capacity model, injected faults and request counters. Modules:
 * ``tokens.py``: the cheap tokenizer used for usage, truncation and chunking.
 * ``jsontypes.py``: names for the JSON the simulator reads and writes (types only).
 * ``command.py``: the ``batchrun sim`` click command (`sim_command`).
+* ``batches.py``, ``batch_faults.py``: OpenAI's Batch API (``/v1/files``,
+  ``/v1/batches``) and its faults; ``anthropic_batches.py``: Anthropic's
+  Message Batches (``/v1/messages/batches``) on the same machinery.
 * ``process.py``: `start_simulator`, a child-process simulator for tests.
 * ``__main__.py``: ``python -m batchrun.sim``.
 """

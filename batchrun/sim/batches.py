@@ -1,4 +1,5 @@
-"""The simulator's Batch API: OpenAI's `/v1/files` and `/v1/batches`.
+"""The simulator's Batch API: OpenAI's `/v1/files` and `/v1/batches` (and, on the same machinery,
+Anthropic's `/v1/messages/batches`: `batchrun.sim.anthropic_batches`).
 
 Enough of OpenAI's Batch API for litellm's batch functions (`acreate_file`,
 `acreate_batch`, `aretrieve_batch`, `afile_content`, `acancel_batch`,
@@ -15,7 +16,8 @@ Enough of OpenAI's Batch API for litellm's batch functions (`acreate_file`,
 ``GET /v1/batches?after=&limit=``     newest first, paged (``has_more``, ``last_id``);
                                       ``metadata`` is returned, never filtered on
 ``GET /sim/batch_stats``              counters: batches created, calls per endpoint,
-                                      batch lines answered per custom_id
+                                      batch lines answered per custom_id, the anthropic-beta
+                                      header of each Message Batch created by this process
 
 Life of a batch. Created ``validating``: every input line must be JSON with
 a unique string ``custom_id``, ``method`` POST, ``url`` equal to the batch's
@@ -48,6 +50,12 @@ run before expiry has ``"response": null, "error": {"code": "batch_expired",
 ...}``.
 
 Files live in a temporary directory removed when the application stops.
+
+Anthropic's Message Batches (`anthropic_batches.py`) are SimBatch objects with ``api =
+"anthropic"`` run by the same `_run`: their requests file holds ``{"custom_id", "params"}``
+lines, each answered through `anthropic_batches.answer_line`, and every result (succeeded,
+errored, and the ``canceled`` or ``expired`` requests a cancel or the window's end leaves) goes
+into one results file, as Anthropic streams them.
 """
 
 from __future__ import annotations
@@ -58,7 +66,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, TypedDict
@@ -120,6 +128,9 @@ class SimBatch:
     completed: int = 0
     failed: int = 0
     cancel_requested: bool = False
+    api: str = "openai"  # "anthropic": a Message Batch (anthropic_batches.py)
+    canceled: int = 0  # Anthropic's counts of requests a cancel or the window's end left unanswered
+    expired: int = 0
     task: asyncio.Task[None] | None = None
 
     def to_dict(self) -> JSONObject:
@@ -137,8 +148,14 @@ class SimBatch:
         return out
 
 
+def _seconds(value: float) -> str:
+    """A retry-after value: whole seconds as an integer ("3"), else as a float ("0.01")."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
 class BatchLine(TypedDict):
-    """A line of a batch's input file, as `BatchSimulator._validate` checked it."""
+    """A line of a batch's input file, as `BatchSimulator._validate` checked it (an Anthropic
+    batch's lines are {"custom_id", "params"}, checked when it was created)."""
 
     custom_id: str
     method: str
@@ -189,6 +206,7 @@ class BatchSimulator:
         self.order: list[str] = []  # batch ids, oldest first
         self.calls: dict[str, int] = {}
         self.lines_by_ticket: dict[str, int] = {}
+        self.anthropic_betas: list[str | None] = []  # the anthropic-beta header of each Message Batch create
         self._real0 = time.time()
         self._epoch0 = self._real0
         self._resumed: set[str] = set()  # batches an earlier simulator left unfinished (see _run)
@@ -242,7 +260,7 @@ class BatchSimulator:
 
     async def _on_startup(self, app: web.Application) -> None:
         for batch in (self.batches[batch_id] for batch_id in self.order if batch_id in self._resumed):
-            batch.completed = batch.failed = 0
+            batch.completed = batch.failed = batch.canceled = batch.expired = 0
             batch.output_file_id = batch.error_file_id = None
             batch.status = "validating"
             batch.task = asyncio.get_running_loop().create_task(self._process(batch))
@@ -258,6 +276,9 @@ class BatchSimulator:
         router.add_get("/v1/batches/{batch_id}", self.retrieve)
         router.add_post("/v1/batches/{batch_id}/cancel", self.cancel)
         router.add_get("/sim/batch_stats", self.stats)
+        from batchrun.sim.anthropic_batches import AnthropicBatches
+
+        AnthropicBatches(self).install(app)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._cleanup)
 
@@ -281,6 +302,10 @@ class BatchSimulator:
         """The batch clock: epoch seconds running batch_time_scale times faster than real time."""
         return self._epoch0 + (time.time() - self._real0) * self.config.batch_time_scale
 
+    def wall_time(self, simulated: float) -> float:
+        """The real (epoch) time at which the batch clock shows `simulated`."""
+        return self._real0 + (simulated - self._epoch0) / self.config.batch_time_scale
+
     def real_seconds(self, simulated: float) -> float:
         return max(0.0, simulated / self.config.batch_time_scale)
 
@@ -297,8 +322,9 @@ class BatchSimulator:
         self.files[file_id] = sim_file
         return sim_file
 
-    def _call_fault(self, endpoint: str) -> web.Response | BatchFault | None:
-        """Count a call; the error response of a fault that hits it (or the create_lost rule)."""
+    def _call_fault(self, endpoint: str, error: Callable[..., web.Response] = _error) -> web.Response | BatchFault | None:
+        """Count a call; the error response of a fault that hits it (or the create_lost rule), in the
+        shape `error(status, message, type, code, headers=...)` makes (OpenAI's by default)."""
         number = self.calls.get(endpoint, 0) + 1
         self.calls[endpoint] = number
         for rule in self.faults:
@@ -306,14 +332,14 @@ class BatchSimulator:
                 if rule.kind == "create_lost":
                     return rule
                 if rule.kind == "429":
-                    return _error(429, "Rate limit reached for batch requests (simulated fault)",
-                                  "rate_limit_exceeded", "rate_limit_exceeded",
-                                  headers={"retry-after": repr(float(rule.retry_after))})
+                    return error(429, "Rate limit reached for batch requests (simulated fault)",
+                                 "rate_limit_exceeded", "rate_limit_exceeded",
+                                 headers={"retry-after": _seconds(rule.retry_after)})
                 if rule.kind == "401":
-                    return _error(401, "Incorrect API key provided (simulated fault)", "invalid_request_error",
-                                  "invalid_api_key")
-                return _error(int(rule.kind), "The server had an error while processing your request "
-                              "(simulated fault)", "server_error")
+                    return error(401, "Incorrect API key provided (simulated fault)", "invalid_request_error",
+                                 "invalid_api_key")
+                return error(int(rule.kind), "The server had an error while processing your request "
+                             "(simulated fault)", "server_error")
         return None
 
     def _batch_fault(self, batch: SimBatch) -> BatchFault | None:
@@ -454,7 +480,7 @@ class BatchSimulator:
         except ValueError:
             return _error(400, "Invalid 'limit': expected an integer")
         limit = max(1, min(MAX_LIST_LIMIT, limit))
-        ids = self.order[::-1]  # newest first
+        ids = [i for i in self.order[::-1] if self.batches[i].api == "openai"]  # newest first
         after = request.query.get("after")
         if after:
             if after not in self.batches:
@@ -473,6 +499,7 @@ class BatchSimulator:
         return web.json_response({
             "batches_created": len(self.order), "batches_by_status": by_status, "calls": dict(self.calls),
             "files": len(self.files), "lines_by_ticket": dict(self.lines_by_ticket),
+            "anthropic_betas": list(self.anthropic_betas),
         }, dumps=lambda o: orjson.dumps(o).decode())
 
     # -- processing ----------------------------------------------------------------
@@ -480,6 +507,9 @@ class BatchSimulator:
     def _validate(self, batch: SimBatch) -> tuple[int, JSONObject | None]:
         """(line count, None) or (0, the errors object) for the batch's input file."""
         path = self.files[batch.input_file_id].path
+        if batch.api == "anthropic":  # validated when it was created
+            with open(path, "rb") as handle:
+                return sum(1 for _ in handle), None
         seen: set[str] = set()
         count = 0
         with open(path, "rb") as handle:
@@ -552,6 +582,11 @@ class BatchSimulator:
         # does not depend on how long the earlier simulators lived.
         resumed = batch.id in self._resumed
         if batch.cancel_requested and not resumed:
+            if batch.api == "anthropic":  # every request gets its "canceled" result
+                results = _Writer(self, "batch_output", f"{batch.id}_results.jsonl")
+                with open(self.files[batch.input_file_id].path, "rb") as handle:
+                    self._unanswered(batch, handle, results, "canceled")
+                batch.output_file_id = results.close()
             batch.status = "cancelled"
             batch.times["cancelled_at"] = int(self.now())
             return
@@ -570,9 +605,10 @@ class BatchSimulator:
         per_line = self.config.batch_duration_s / count
         started = float(batch.times["in_progress_at"]) if resumed else self.now()
         out = _Writer(self, "batch_output", f"{batch.id}_output.jsonl")
-        err = _Writer(self, "batch_output", f"{batch.id}_error.jsonl")
+        # Anthropic: one results file holds every request's result
+        err = out if batch.api == "anthropic" else _Writer(self, "batch_output", f"{batch.id}_error.jsonl")
         extra: list[bytes] = []
-        if kind == "anomalies":
+        if kind == "anomalies" and batch.api != "anthropic":  # lines in OpenAI's output shape
             head, extra = self._anomaly_lines(batch)
             out.write(head)
         cancelled = False
@@ -588,6 +624,7 @@ class BatchSimulator:
                         break
                     if cutoff is not None and started + per_line * index > cutoff:
                         cancelled = True  # this line was not due before the cancel
+                        leftover = raw
                         break
                     line = orjson.loads(raw)
                     cid = line["custom_id"]
@@ -614,19 +651,16 @@ class BatchSimulator:
                         cancelled = batch.cancel_requested
                         if not cancelled:
                             rest = handle if leftover is None else _chain(leftover, handle)
-                            for raw in rest:
-                                cid = orjson.loads(raw)["custom_id"]
-                                batch.failed += 1
-                                err.write(orjson.dumps({
-                                    "id": self._new_id("batch_req_"), "custom_id": cid, "response": None,
-                                    "error": {"code": "batch_expired", "message": "This request could not be "
-                                              "executed before the completion window expired."}}) + b"\n")
+                            self._unanswered(batch, rest, err, "expired")
                 if not cancelled and not batch.cancel_requested:
                     await self._sleep_until(started + self.config.batch_duration_s, batch)
                 cancelled = cancelled or batch.cancel_requested
+                if cancelled and batch.api == "anthropic":  # the requests not answered: "canceled"
+                    self._unanswered(batch, handle if leftover is None else _chain(leftover, handle), out,
+                                     "canceled")
         finally:
             batch.output_file_id = out.close()
-            batch.error_file_id = err.close()
+            batch.error_file_id = err.close() if err is not out else None
         now = int(self.now())
         if cancelled:
             batch.status = "cancelled"
@@ -638,6 +672,26 @@ class BatchSimulator:
             batch.times["finalizing_at"] = now
             batch.status = "completed"
             batch.times["completed_at"] = now
+
+    def _unanswered(self, batch: SimBatch, rows: Iterable[bytes], writer: _Writer, why: str) -> None:
+        """The result of each request left unanswered when the window ended ("expired") or a cancel
+        came ("canceled"; OpenAI's output has no line for those)."""
+        for raw in rows:
+            cid = orjson.loads(raw)["custom_id"]
+            if batch.api == "anthropic":
+                from batchrun.sim.anthropic_batches import unanswered_line
+
+                writer.write(unanswered_line(cid, why))
+                if why == "expired":
+                    batch.expired += 1
+                else:
+                    batch.canceled += 1
+            elif why == "expired":
+                batch.failed += 1
+                writer.write(orjson.dumps({
+                    "id": self._new_id("batch_req_"), "custom_id": cid, "response": None,
+                    "error": {"code": "batch_expired", "message": "This request could not be "
+                              "executed before the completion window expired."}}) + b"\n")
 
     def _anomaly_lines(self, batch: SimBatch) -> tuple[bytes, list[bytes]]:
         """The `anomalies` fault's lines (batch_faults.py): the first, and those after the answers."""
@@ -670,6 +724,10 @@ class BatchSimulator:
             fault.kind == "all_failed"
             or (fault.kind == "fail_lines" and self._draw(cid, batch.number) < (0.5 if fault.rate is None
                                                                                     else fault.rate)))
+        if batch.api == "anthropic":
+            from batchrun.sim.anthropic_batches import answer_line
+
+            return answer_line(self.chat, dict(line), failed)
         body: JSONObject
         if failed:
             status, body = 500, {"error": {"message": "The server had an error while processing your request "
