@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.test-tools-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-run run test test-fast typecheck status clean compare bench plan report
+.PHONY: help install install-run run test test-fast test-litellm-min typecheck status clean compare bench plan report
 
 help:  ## this list (make with no target)
 	@echo "batchrun: make TARGET [JOB=jobs/....toml] [ARGS=...]"
@@ -26,9 +26,23 @@ $(STAMP): pyproject.toml
 	@echo "installed: $(BIN)/batchrun"
 
 $(TEST_STAMP): $(STAMP)
-	@echo "installing the test tools (pytest, matplotlib), Ray and the LiteLLM Proxy (their tests run in CI) into $(VENV)..."
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray,proxy]'
+	@echo "installing the test tools (pytest, matplotlib) and Ray (the ray tests run in CI) into $(VENV)..."
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
 	@touch $(TEST_STAMP)
+
+# The LiteLLM Proxy that tests/test_real_proxy.py puts in front of the simulator runs in its own
+# virtualenv (tests/real_proxy.py finds it): installed into .venv, litellm[proxy] would hold batchrun's
+# litellm back from the newest release in range (1.110's proxy extra needs a litellm-proxy package the
+# index does not serve, so pip settles on an older litellm). The proxy is a separate program that
+# batchrun reaches over HTTP, at the version its tests were measured on.
+PROXY_VENV ?= .venv-proxy
+LITELLM_PROXY ?= 1.106.0
+PROXY_STAMP := $(PROXY_VENV)/.installed-stamp
+$(PROXY_STAMP):
+	@echo "installing the LiteLLM Proxy (litellm[proxy]==$(LITELLM_PROXY), for the proxy tests) into $(PROXY_VENV)..."
+	@test -x $(PROXY_VENV)/bin/python || $(PYTHON) -m venv $(PROXY_VENV)
+	$(PROXY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'litellm[proxy]==$(LITELLM_PROXY)'
+	@touch $(PROXY_STAMP)
 
 install-run: $(STAMP)  ## create .venv with what running needs: batchrun, litellm, Anthropic's SDK (batch mode for Claude)
 
@@ -56,7 +70,7 @@ report: install-run  ## grade JOB's run directory (or RUN_DIR) against gold labe
 # marked xdist_group on one worker (tests/test_real_proxy.py: its LiteLLM proxies start once). Every
 # test runs, the slow ones included (docs/internals.md, "Development").
 PYTEST_WORKERS ?= 3
-test: $(TEST_STAMP)  ## install the test tools too, then run the whole suite
+test: $(TEST_STAMP) $(PROXY_STAMP)  ## install the test tools too, then run the whole suite
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not ray" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; \
 	$(BIN)/python -m pytest -q -m ray $(PYTEST_ARGS); rc2=$$?; \
@@ -72,11 +86,21 @@ test-fast: $(TEST_STAMP)  ## the inner loop: every test not marked slow, ray, br
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; \
 	[ $$rc -eq 0 ]
 
+# litellm is a tested range (pyproject.toml): a fresh .venv (CI) gets the newest release in it, and
+# this target runs the suite on the oldest, 1.106.0, in its own virtualenv.
+LITELLM_MIN ?= 1.106.0
+MIN_VENV ?= .venv-litellm-min
+test-litellm-min:  ## the suite (without ray) on the oldest litellm in range, in .venv-litellm-min
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "batchrun needs Python 3.11+")'
+	@test -x $(MIN_VENV)/bin/python || $(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]' 'litellm==$(LITELLM_MIN)'
+	$(MIN_VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not ray" $(PYTEST_ARGS)
+
 typecheck: $(TEST_STAMP)  ## mypy over batchrun/ (the seams are Protocols; settings in pyproject.toml)
 	$(BIN)/python -m mypy
 
-BENCH_ARGS ?= --baseline
-# make bench BENCH_ARGS="--concurrency 8,128 --tickets 2000 --baseline"
+BENCH_ARGS ?=
+# make bench BENCH_ARGS="--concurrency 8,128 --tickets 2000 --baseline"   (--baseline: bare litellm next to it)
 bench: install-run  ## concurrency sweep of JOB on the simulator: table, bench_out/bench.json and bench.png
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[plots]' \
 		|| echo "bench: could not install matplotlib: no plot this time"
@@ -86,4 +110,4 @@ compare: install-run  ## three simulated models on the sample tickets (ARGS="--l
 	$(BIN)/batchrun run jobs/compare_models.toml $(ARGS)
 
 clean:  ## remove the virtualenv, run directories and caches
-	rm -rf $(VENV) runs build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(MIN_VENV) $(PROXY_VENV) runs build *.egg-info .pytest_cache

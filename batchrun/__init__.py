@@ -4,6 +4,7 @@ The public API is small and pinned by tests/test_public_api.py:
 
     run(job, **overrides) -> RunResult    run or resume a job (a path, JobSpec or dict) to the end
     await arun(job, **overrides)          the same inside a running event loop (Jupyter)
+    export(run_dir, out, format)          `batchrun export`: one row per ticket, in input order
     load_job(path) -> JobSpec             read and validate a job file
     read_tickets(path, id_field)          stream Ticket records from JSONL
     scan_input(path, ...)                 check a whole input before any request
@@ -40,6 +41,7 @@ _EXPORTS = {
     "Usage": "batchrun.records",
     "arun": "batchrun.api",
     "execute_run": "batchrun.execution.engine",
+    "export": "batchrun.api",
     "load_done_ids": "batchrun.rundir.lines",
     "load_failed_ids": "batchrun.rundir.lines",
     "load_job": "batchrun.job.spec",

@@ -13,6 +13,9 @@ retry policy and the engine never look at litellm's own exception types.
     │   ├── DiskFullError       its disk is full (no space left on device, a quota)
     │   ├── RunLockedError      another process holds the run directory's lock
     │   └── RunMismatchError    resuming with a different job or input
+    ├── ReportError             a path a report, an export or `show` cannot read (exit 2)
+    │   └── NotARunDirError     a path given as a run directory holds no run (exit 2, every command)
+    ├── PreflightError          several of the above, found before anything was sent, each once
     ├── BatchEndpointError      batch mode: a files or batches endpoint refused (one line, its exit code)
     └── RequestError            one provider call failed (kind, status, retry_after)
         ├── RetryableError      worth another attempt: rate limit, timeout, connection, 5xx
@@ -30,7 +33,12 @@ unknown, and budget_exceeded: the endpoint says a budget or quota is spent
 never retried, and the run stops at the first (exit 5). `configuration` (batch
 mode's files and batches endpoints only): a server error that names missing
 configuration, such as a LiteLLM proxy's "files_settings is not set".
-`connection` means no answer arrived: the connection was refused, or reset
+Each kind is permanent or transient (PERMANENT_KINDS, `is_permanent`): the same
+request would fail the same way again (context window, content policy, invalid
+request, auth, not found), or it may pass later (every other kind, budget_exceeded
+too: the tickets are fine once the budget is raised). A re-run retries a ticket whose
+latest failure is transient and keeps one whose failure is permanent (unless
+--retry-permanent). `connection` means no answer arrived: the connection was refused, or reset
 before the response headers or in the body (litellm calls these a 500;
 `provider.translate_error` finds the transport error under it); it is
 retried and has no status_code. For answers that arrived but cannot be used
@@ -69,8 +77,12 @@ __all__ = [
     "ConfigurationError",
     "DiskFullError",
     "ExitCode",
+    "FAIL_FAST_KINDS",
     "InvalidResponseError",
     "JobSpecError",
+    "NotARunDirError",
+    "PERMANENT_KINDS",
+    "PreflightError",
     "RateLimitedError",
     "RequestError",
     "RetryableError",
@@ -78,6 +90,7 @@ __all__ = [
     "RunMismatchError",
     "TerminalError",
     "TicketError",
+    "is_permanent",
     "redact_endpoint",
     "redact_secrets",
     "redact_url",
@@ -142,6 +155,17 @@ class RunMismatchError(CheckpointError):
     exit_code = ExitCode.BAD_INPUT
 
 
+class PreflightError(BatchrunError):
+    """Every problem found before anything was sent (job fields, input fields, key variables, a
+    run directory's lock), each once. Exit 2 when any of them is bad input, else the first's code."""
+
+    def __init__(self, problems: "list[BatchrunError]") -> None:
+        self.problems = list(problems)
+        codes = [problem.exit_code for problem in self.problems]
+        self.exit_code = ExitCode.BAD_INPUT if ExitCode.BAD_INPUT in codes else codes[0]
+        body = "\n".join("  - " + str(problem).removesuffix("; nothing was sent").removesuffix(
+            "; nothing was requested").replace("\n", "\n    ") for problem in self.problems)
+        super().__init__(f"{len(self.problems)} problems; nothing was sent:\n{body}")
 class BatchEndpointError(BatchrunError):
     """Batch mode: a provider's files or batches endpoint refused, after the retries a retry could
     make; the message is one line naming the endpoint, the status and the provider's message, the
@@ -156,6 +180,11 @@ class ReportError(BatchrunError):
     """The path given is not something a report can be made of."""
 
     exit_code = ExitCode.BAD_INPUT
+
+
+class NotARunDirError(ReportError):
+    """A path given as a run directory (status, show, export, report, diff) holds no run: one
+    exit code, 2, for every command."""
 
 
 class RequestError(BatchrunError):
@@ -204,6 +233,20 @@ class TerminalError(RequestError):
     """A failure that another attempt would repeat (4xx)."""
 
 
+#: Failure kinds another attempt would repeat (the same request is refused again): a re-run keeps
+#: these tickets as they are unless --retry-permanent. Every other kind is transient.
+PERMANENT_KINDS = frozenset({"context_window", "content_policy", "bad_request", "auth", "permission",
+                             "not_found"})
+#: Kinds about the key or the model rather than the ticket: a run of them in a row stops the run
+#: (fail-fast), and then they are the endpoint's failures, not the tickets'.
+FAIL_FAST_KINDS = frozenset({"auth", "permission", "not_found"})
+
+
+def is_permanent(kind: str | None, *, fail_fast: bool = False) -> bool:
+    """Is a failure of this kind permanent (PERMANENT_KINDS)? `fail_fast`: it belongs to a run that
+    fail-fast stopped, where an auth, permission or not-found failure says the key or the model was
+    wrong for every ticket: transient then, so the re-run after the fix sends those tickets again."""
+    return kind in PERMANENT_KINDS and not (fail_fast and kind in FAIL_FAST_KINDS)
 class InvalidResponseError(RetryableError):
     """A 200 answer that cannot be used (kind invalid_response). It may have been billed:
     `reported_usage` is the usage its body carried (as sent, None without one) and

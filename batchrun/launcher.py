@@ -6,14 +6,21 @@
                                  applied; tickets= written into the run directory as its input
     launch(job, path, options)   decides the simulator or the live endpoint, one run per model of a
                                  compare job, online or batch mode (and --finish-online), the engine;
-                                 checks keys, model names and [params] before anything is sent;
-                                 starts the simulator; returns the RunResult (a compare job's combined)
+                                 preflight first, then (litellm loaded) the model names, prices and
+                                 [params] per model; starts the simulator; returns the RunResult (a
+                                 compare job's combined)
+    preflight(...)               everything checkable without litellm, in one pass, each problem
+                                 once (PreflightError): [params] typos, key variables, each run
+                                 directory's lock, each input's fields; the prepared runs, locked
+    dry_run(job, path, options, n)  `batchrun run --dry-run N`: the same checks (no lock taken, nothing
+                                 written), N tickets' rendered messages and the plan's forecast
     run_online(...)              one online run: prepare_run -> execute_run (bench calls it per setting)
     run_batch(...)               one batch-mode run: prepare_run -> execute_batch_run
     batch_apis(job, targets, ...) the BatchAPI of each model key (Anthropic's or litellm's)
 
     sim_config(job)              the simulator's settings from [simulator]
     provider_targets(job, ...)   provider arguments per model key, keys read from the environment
+    check_param_names(job)       [params] typos against every parameter name litellm knows (no litellm)
     check_params(job)            [params] keys against what litellm lists for the model
     endpoint_label(targets, ...) what the manifest records as the endpoint
 """
@@ -28,13 +35,20 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Iterator, Mapping, Sequence, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from batchrun.errors import ConfigurationError, JobSpecError, RunMismatchError, redact_url
-from batchrun.execution.executors.process import WorkerPool
+from batchrun.errors import (
+    BatchrunError,
+    ConfigurationError,
+    JobSpecError,
+    PreflightError,
+    RunMismatchError,
+    TicketError,
+    redact_url,
+)
 from batchrun.execution.result import RunResult
 from batchrun.job.sections import SimRule
 from batchrun.job.spec import JobSpec
@@ -46,8 +60,12 @@ if TYPE_CHECKING:
     from batchrun.providers.seam import BatchAPI
     from batchrun.sim.config import SimConfig
 
-__all__ = ["LaunchOptions", "batch_apis", "check_params", "endpoint_label", "launch", "provider_targets",
-           "resolve_job", "run_batch", "run_online", "sim_config"]
+if TYPE_CHECKING:
+    from batchrun.execution.executors.process import WorkerPool
+    from batchrun.execution.preparation import PreparedRun
+
+__all__ = ["LaunchOptions", "batch_apis", "check_param_names", "check_params", "dry_run", "endpoint_label", "launch", "preflight",
+           "provider_targets", "resolve_job", "run_batch", "run_online", "sim_config"]
 
 log = logging.getLogger("batchrun")
 
@@ -83,12 +101,14 @@ class LaunchOptions:
     max_cost_usd: float | None = None
     service_tier: str | None = None  # "flex", "priority" or "default"
     skip_failed: bool = False
+    retry_permanent: bool = False  # send again tickets whose failure was permanent (context window, ...)
     force: bool = False
     grace: float = 30.0
     no_wait: bool = False  # batch mode: submit and return (state "submitted")
     finish_online: bool = False  # batch mode: cancel and collect what runs, send the rest online
     progress: bool = False  # a progress bar on stderr
     progress_every: float | None = None  # without a bar: seconds between plain progress lines
+    prompt: Callable[[dict[str, Any]], Any] | None = None  # the API's prompt=: ticket fields -> messages
 
     def job_overrides(self) -> dict[str, object]:
         """The options that change the job itself (JobSpec.with_overrides)."""
@@ -111,7 +131,13 @@ def _load(job: JobSource) -> tuple[JobSpec | dict[str, Any], Path | None]:
     if isinstance(job, Mapping):
         return dict(job), None
     if isinstance(job, (str, os.PathLike)):
-        return load_job(job), Path(job)
+        try:
+            return load_job(job), Path(job)
+        except JobSpecError as exc:
+            typos = _raw_param_typos(Path(job))
+            if not typos:
+                raise
+            raise JobSpecError(str(exc) + "\n" + "\n".join(typos) + PARAMS_ON_PURPOSE) from None
     raise TypeError(f"job must be a path to a job file, a JobSpec or a dict, not {type(job).__name__}")
 
 
@@ -160,7 +186,8 @@ def _write_tickets(tickets: Iterable[Fields], run_dir: Path, force: bool) -> Pat
 def resolve_job(job: JobSource, options: LaunchOptions,
                 tickets: Iterable[Fields] | None = None) -> tuple[JobSpec, Path | None]:
     """The JobSpec to run and the job file's path (None for a JobSpec or a dict): `job` as loaded,
-    with `options`' overrides; `tickets` (an iterable of dicts) become the run's input."""
+    with `options`' overrides; `tickets` (an iterable of dicts) become the run's input; `options.prompt`
+    (a callable) renders the messages in place of the templates (a dict job may then leave [prompt] out)."""
     loaded, job_path = _load(job)
     changes = options.job_overrides()
     if tickets is not None and changes["input"] is not None:
@@ -169,6 +196,8 @@ def resolve_job(job: JobSource, options: LaunchOptions,
         data = {**loaded, **{k: v for k, v in changes.items() if v is not None}}
         if tickets is not None:
             data.setdefault("input", TICKETS_FILE)  # replaced below, once run_dir is known
+        if options.prompt is not None:  # the callable renders the messages: no [prompt] needed
+            data.setdefault("prompt", {"user": "{" + str(data.get("id_field") or "id") + "}"})
         spec = _validate_dict(data)
     else:
         if options.engine == "local" and loaded.ray_address is not None:  # local wins over the job's cluster
@@ -176,6 +205,8 @@ def resolve_job(job: JobSource, options: LaunchOptions,
         spec = loaded.with_overrides(**changes)
     if tickets is not None:
         spec = spec.with_overrides(input=_write_tickets(tickets, spec.resolved_run_dir(), options.force))
+    if options.prompt is not None:
+        spec = spec.with_prompt_function(options.prompt)
     return spec, job_path
 
 
@@ -212,16 +243,18 @@ def sim_config(job: JobSpec) -> SimConfig:
                      prompt_token_scale=spec.prompt_token_scale, flex_unavailable_rate=spec.flex_unavailable_rate)
 
 
-def _key(env_name: str | None, use_sim: bool, secrets: list[str]) -> str | None:
-    """The API key from the variable a job (or a [[models]] entry) names; never the key in a file."""
+def _key(env_name: str | None, use_sim: bool, secrets: list[str], missing: list[str]) -> str | None:
+    """The API key from the variable a job (or a [[models]] entry) names; never the key in a file.
+    A variable that is not set is appended to `missing`."""
     if use_sim:
         return "sim-key"
     if not env_name:
         return None
     key = os.environ.get(env_name)
     if not key:
-        raise ConfigurationError(f"environment variable {env_name} is not set (the job's api_key_env "
-                                 "names it); nothing was sent")
+        if env_name not in missing:
+            missing.append(env_name)
+        return None
     secrets.append(key)
     return key
 
@@ -234,6 +267,7 @@ def provider_targets(job: JobSpec, use_sim: bool, secrets: list[str]) -> dict[st
 
     entries = [(entry.name, entry) for entry in job.models] if job.routes else [("", None)]
     targets: dict[str, ProviderArgs] = {}
+    missing: list[str] = []
     for key, entry in entries:
         model = entry.model if entry else job.model
         api_base = (entry.api_base if entry and entry.api_base else job.api_base)
@@ -244,7 +278,8 @@ def provider_targets(job: JobSpec, use_sim: bool, secrets: list[str]) -> dict[st
         targets[key] = {
             "model": simulated_model(model) if use_sim else model,
             "api_base": None if use_sim else api_base,
-            "api_key": _key(entry.api_key_env if entry and entry.api_key_env else job.api_key_env, use_sim, secrets),
+            "api_key": _key(entry.api_key_env if entry and entry.api_key_env else job.api_key_env, use_sim, secrets,
+                            missing),
             "params": {**job.params, **(entry.params if entry else {})},
             "prices": prices.model_dump() if prices else None,
             "max_connections": job.max_in_flight,
@@ -259,7 +294,60 @@ def provider_targets(job: JobSpec, use_sim: bool, secrets: list[str]) -> dict[st
             # a simulated run is priced as the named model (litellm does not map openai/claude-...)
             "price_model": model if use_sim else None,
         }
+    if missing:
+        names = " and ".join(missing)
+        raise ConfigurationError(f"environment variable {names} {'is' if len(missing) == 1 else 'are'} not set "
+                                 f"(the job's api_key_env names {'it' if len(missing) == 1 else 'them'}); "
+                                 "nothing was sent")
     return targets
+
+
+PARAMS_ON_PURPOSE = "\n  (a key you send on purpose: list it in `unchecked_params` at the top of the job file)"
+
+
+def _param_typo_lines(entries: Sequence[tuple[str, Mapping[str, object]]], unchecked: Collection[str]) -> list[str]:
+    """`  field `params.temprature`: no such parameter: did you mean `temperature`?` for each key of
+    each (where, params) entry that is close to a parameter name litellm takes (misspelled_params)."""
+    from batchrun.providers.litellm_setup import misspelled_params
+
+    lines = []
+    for where, params in entries:
+        typos = misspelled_params({k: v for k, v in params.items() if k not in unchecked})
+        lines += [f"  field `{where}.{key}`: no such parameter: did you mean `{guess}`?" for key, guess in typos.items()]
+    return lines
+
+
+def _raw_param_typos(path: Path) -> list[str]:
+    """The [params] typos of a job file the schema refused for another reason, read from its TOML as
+    it is (the job's [params] and each [[models]] entry's), so that one answer names them all."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []
+    unchecked = data.get("unchecked_params")
+    unchecked = [str(k) for k in unchecked] if isinstance(unchecked, list) else []
+    entries: list[tuple[str, Mapping[str, object]]] = []
+    if isinstance(data.get("params"), dict):
+        entries.append(("params", data["params"]))
+    models = data.get("models")
+    for entry in models if isinstance(models, list) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("params"), dict):
+            entries.append((f"models[{entry.get('name', '?')}].params", entry["params"]))
+    return _param_typo_lines(entries, unchecked)
+
+
+def check_param_names(job: JobSpec, job_path: Path | None = None) -> None:
+    """Raise JobSpecError for a [params] key (the job's, or a [[models]] entry's) that is no parameter
+    name litellm takes for any provider but close to one ("did you mean temperature?"): a typo is
+    found with the job's other problems, before litellm loads (providers.misspelled_params); a job
+    the schema refuses gets its typos in the same answer (`_load`)."""
+    entries = [("params", job.params)] + [(f"models[{e.name}].params", e.params) for e in job.models]
+    problems = _param_typo_lines(entries, job.unchecked_params)
+    if problems:
+        raise JobSpecError(f"{job_path or 'job'}: invalid job:\n" + "\n".join(problems) + PARAMS_ON_PURPOSE
+                           + "; nothing was sent")
 
 
 def check_params(job: JobSpec) -> None:
@@ -306,6 +394,15 @@ def endpoint_label(targets: Mapping[str, ProviderArgs], use_sim: bool) -> str:
         return "simulator"
     bases = sorted({redact_url(t["api_base"]) if t["api_base"] else "provider default" for t in targets.values()})
     return ", ".join(bases)
+
+
+def _endpoint_of(job: JobSpec, use_sim: bool) -> str:
+    """endpoint_label of the job's targets, from the job alone (no key needed)."""
+    if use_sim:
+        return "simulator"
+    entries = job.models if job.routes else []
+    bases = [(entry.api_base or job.api_base) for entry in entries] or [job.api_base]
+    return ", ".join(sorted({redact_url(base) if base else "provider default" for base in bases}))
 
 
 def _totals(run_dir: Path, asked: int, input_tickets: int) -> dict[str, int]:
@@ -355,7 +452,7 @@ def _nothing_to_do(prep: PreparedRun) -> RunResult:
     from batchrun.analysis.stats import RunStats
 
     stats = RunStats(tickets_total=prep.tickets_total, already_done=prep.already_done,
-                     skipped_failed=prep.skipped_failed)
+                     skipped_failed=prep.skipped_failed, skipped_permanent=prep.skipped_permanent)
     stats.finished = stats.started
     return RunResult(state="done", exit_code=0, summary=stats.summary(), nothing_to_do=True)
 
@@ -363,27 +460,34 @@ def _nothing_to_do(prep: PreparedRun) -> RunResult:
 # -- one run ----------------------------------------------------------------------------------
 
 
+def _prepare(job: JobSpec, job_path: Path | None, endpoint: str, options: LaunchOptions) -> PreparedRun:
+    from batchrun.execution.preparation import prepare_run
+
+    return prepare_run(job, job_path=job_path, endpoint=endpoint, limit=options.limit,
+                       skip_failed=options.skip_failed, force=options.force, max_cost_usd=options.max_cost_usd,
+                       retry_permanent=options.retry_permanent)
+
+
 async def run_online(job: JobSpec, job_path: Path | None, targets: dict[str, ProviderArgs], sim_url: str | None,
                      options: LaunchOptions, *, say: Say = _quiet, before_execute: Callable[[], None] | None = None,
-                     worker_pool: WorkerPool | None = None) -> RunResult:
-    """Prepare and execute one online run of a single-model (or routed) job; `say` gets the lines a
-    person should see on stderr (notes, the header). The RunResult has run_dir, run_number and
-    totals set; a run with nothing to do returns state "done" at once."""
+                     worker_pool: WorkerPool | None = None, prep: PreparedRun | None = None) -> RunResult:
+    """Prepare (unless `prep`, already prepared by `preflight`, is given) and execute one online run
+    of a single-model (or routed) job; `say` gets the lines a person should see on stderr (notes, the
+    header). The RunResult has run_dir, run_number and totals set; a run with nothing to do returns
+    state "done" at once. The prepared run is released at the end either way."""
     from batchrun.execution.engine import coordinator_needs_provider, execute_run
-    from batchrun.execution.preparation import prepare_run
     from batchrun.providers.online import build_providers
 
     use_sim = sim_url is not None
     endpoint = endpoint_label(targets, use_sim)
-    prep = prepare_run(job, job_path=job_path, endpoint=endpoint, limit=options.limit,
-                       skip_failed=options.skip_failed, force=options.force, max_cost_usd=options.max_cost_usd)
+    prep = prep if prep is not None else _prepare(job, job_path, endpoint, options)
     try:
         for note in prep.notes:
             say(note)
         if prep.to_do == 0:
             result = _nothing_to_do(prep)
         else:
-            models = ", ".join(t["model"] for t in targets.values())
+            models = _models_as_given(job)
             on_ray = job.engine == "ray"
             # Ray: `workers` actors, 0 = one per CPU the cluster offers (known once it is joined)
             workers = (job.workers if isinstance(job.workers, int) else 0) if on_ray else job.worker_count(prep.to_do)
@@ -424,22 +528,26 @@ async def run_online(job: JobSpec, job_path: Path | None, targets: dict[str, Pro
 
 
 async def run_batch(job: JobSpec, job_path: Path | None, targets: dict[str, ProviderArgs], sim_url: str | None,
-                    time_scale: float, options: LaunchOptions, *, say: Say = _quiet) -> RunResult:
+                    time_scale: float, options: LaunchOptions, *, say: Say = _quiet,
+                    prep: PreparedRun | None = None) -> RunResult:
     """Prepare and execute one batch-mode run (docs/batch.md): one BatchAPI per model key
     (providers.batch_api.build_batch_api: Anthropic's Message Batches for an Anthropic model,
     litellm's batch functions for the others, refused where there are none), then
     batch/run.execute_batch_run. With `finish_online`, parts still running are cancelled and
-    collected, nothing new is submitted."""
+    collected, nothing new is submitted. `prep`: the run preflight prepared (its lock held)."""
     from batchrun.batch.ledger import ledger_summary
     from batchrun.batch.run import execute_batch_run
-    from batchrun.execution.preparation import prepare_run
 
     use_sim = sim_url is not None
     endpoint = endpoint_label(targets, use_sim)
-    apis = batch_apis(job, targets, sim_url)
+    try:
+        apis = batch_apis(job, targets, sim_url)
+    except BaseException:
+        if prep is not None:
+            prep.release()
+        raise
     params = {key: kwargs["params"] for key, kwargs in targets.items()}
-    prep = prepare_run(job, job_path=job_path, endpoint=endpoint, limit=options.limit,
-                       skip_failed=options.skip_failed, force=options.force, max_cost_usd=options.max_cost_usd)
+    prep = prep if prep is not None else _prepare(job, job_path, endpoint, options)
     try:
         for note in prep.notes:
             say(note)
@@ -450,7 +558,7 @@ async def run_batch(job: JobSpec, job_path: Path | None, targets: dict[str, Prov
                                "already_done": prep.already_done, "tickets_total": prep.tickets_total},
                                nothing_to_do=True)
         else:
-            models = ", ".join(api.model for api in apis.values())  # Anthropic's as the job names it
+            models = _models_as_given(job)
             say(f"{job.name}: batch mode, {prep.to_do:,} to do ({live} part(s) already submitted), "
                 f"model {models} via {endpoint}, run {prep.run_number} in {prep.run_dir}")
             result = await execute_batch_run(prep, apis, params, no_wait=options.no_wait,
@@ -501,15 +609,124 @@ def runs_of(job: JobSpec) -> list[JobSpec]:
     return [job.for_model(entry) for entry in job.models] if job.compare_mode else [job]
 
 
+def dry_run(job: JobSpec, job_path: Path | None, options: LaunchOptions, count: int) -> dict[str, Any]:
+    """What `batchrun run JOB --dry-run N` shows, sending nothing and writing nothing: the checks a
+    run makes before its first request (a missing key variable is a note here, not an error), the
+    first `count` tickets it would send with their rendered messages, and the plan's forecast
+    (analysis/plan.make_plan: tickets, tokens, cost, duration)."""
+    from batchrun.analysis.plan import make_plan
+    from batchrun.job.templates import render_messages
+    from batchrun.job.tickets import read_tickets, scan_input
+    from batchrun.providers.litellm_setup import check_models
+    from batchrun.rundir.lines import load_failed_kinds, permanent_failures, scan_jsonl
+    from batchrun.rundir.manifest import fail_fast_runs, read_manifest
+
+    use_sim = job.simulator is not None and not options.live and options.api_base is None
+    notes: list[str] = []
+    check_param_names(job, job_path)
+    try:
+        for each in runs_of(job):
+            provider_targets(each, use_sim, [])
+    except ConfigurationError as exc:
+        notes.append(f"{str(exc).removesuffix('; nothing was sent')}: a run would stop here")
+    first = runs_of(job)[0]
+    run_dir = first.resolved_run_dir()
+    done = scan_jsonl(run_dir / "results.jsonl", totals=False).ids
+    kinds = load_failed_kinds(run_dir, done)
+    templates = first.prompt_templates
+    scan = scan_input(first.input, first.id_field, templates, max_line_bytes=first.max_line_bytes,
+                      done_ids=done, failed_ids=set(kinds) if options.skip_failed else frozenset(),
+                      permanent_ids=frozenset() if options.retry_permanent else
+                      permanent_failures(kinds, fail_fast_runs(read_manifest(run_dir))),
+                      limit=options.limit, input_format=first.input_format)
+    if scan.file_problems or (scan.problem_count and first.on_bad_input == "fail"):
+        raise TicketError(scan.describe_problems())
+    shown = []
+    if count:
+        for ticket in read_tickets(first.input, first.id_field, only_lines=scan.dispatch,
+                                   max_line_bytes=first.max_line_bytes, input_format=first.input_format):
+            shown.append({"id": ticket.id, "line": ticket.line, "messages": render_messages(first, ticket)})
+            if len(shown) >= count:
+                break
+    notes += check_models(job, options.api_base)
+    from batchrun.providers.litellm_setup import check_service_tier
+
+    check_service_tier(job)  # as a run would
+    plan = make_plan(job, job_path=job_path, limit=options.limit, skip_failed=options.skip_failed,
+                     max_cost_usd=options.max_cost_usd, live=not use_sim, retry_permanent=options.retry_permanent)
+    return {"job": job.name, "simulated": use_sim, "tickets": shown, "notes": notes, "plan": plan}
+
+
+def _models_as_given(job: JobSpec) -> str:
+    """The model string(s) of a run exactly as the job (or --model) gave them, for the header."""
+    return ", ".join(entry.model for entry in job.models) if job.routes else job.model
+
+
+def preflight(job: JobSpec, jobs: list[JobSpec], job_path: Path | None, options: LaunchOptions, use_sim: bool,
+              secrets: list[str]) -> tuple[dict[str, dict[str, ProviderArgs]], dict[str, PreparedRun]]:
+    """Everything checkable before litellm loads, in one pass (docs/reliability.md, "Checked before
+    anything is sent"): [params] typos, the key variables, and for each run its directory (lock,
+    resume match) and its input (every bad line; a field the prompt uses that the file lacks, once).
+    Every problem is reported once, together (PreflightError, or the one problem's own error).
+    Returns the provider targets and the prepared runs, their run directories locked."""
+    problems: list[BatchrunError] = []
+
+    def add(problem: BatchrunError) -> None:
+        if all(str(problem) != str(seen) for seen in problems):
+            problems.append(problem)
+
+    try:
+        check_param_names(job, job_path)
+    except JobSpecError as exc:
+        add(exc)
+    targets: dict[str, dict[str, ProviderArgs]] = {}
+    for each in jobs:
+        try:
+            targets[each.name] = provider_targets(each, use_sim, secrets)
+        except ConfigurationError as exc:
+            add(exc)
+    preps: dict[str, PreparedRun] = {}
+    for each in jobs:
+        try:
+            preps[each.name] = _prepare(each, job_path, _endpoint_of(each, use_sim), options)
+        except BatchrunError as exc:
+            add(exc)
+    for name, prep in preps.items():  # a prompt callable: its answer for the first ticket to send
+        if prep.job.prompt_function is not None and prep.to_do:
+            try:
+                _first_messages(prep)
+            except Exception as exc:
+                add(exc if isinstance(exc, BatchrunError) else JobSpecError(
+                    f"the prompt callable raised {type(exc).__name__} on the first ticket: {exc}"))
+    if problems:
+        for prep in preps.values():
+            prep.release()
+        raise problems[0] if len(problems) == 1 else PreflightError(problems)
+    return targets, preps
+
+
+def _first_messages(prep: PreparedRun) -> list[dict[str, str]]:
+    from batchrun.job.templates import render_messages
+    from batchrun.job.tickets import read_tickets
+
+    job = prep.job
+    for ticket in read_tickets(job.input, job.id_field, only_lines=prep.scan.dispatch,
+                               max_line_bytes=job.max_line_bytes, input_format=job.input_format):
+        return render_messages(job, ticket)
+    return []
+
+
 async def launch(job: JobSpec, job_path: Path | None, options: LaunchOptions, *, say: Say = _quiet,
                  secrets: list[str] | None = None, before_execute: Callable[[], None] | None = None,
                  after_run: Callable[[JobSpec, RunResult, str], None] | None = None) -> RunResult:
     """Every run of `job` (module docstring): the RunResult, a compare job's combined over its models.
 
-    Everything checkable is checked before anything is sent (keys, model names when live, [params]).
-    `secrets` collects the keys read, for the caller's redaction; `before_execute` runs just before
-    the first request of each online run (routing litellm's logs); `after_run(job, result, mode)`
-    after each run, mode "online" or "batch" (the command line prints its summary there)."""
+    Everything checkable is checked before anything is sent: first what needs no litellm
+    (`preflight`: answered in about a second), then, litellm loaded, the model strings (routable,
+    priced) and [params] per model, before the simulator starts. `secrets` collects the keys read,
+    for the caller's redaction; `before_execute` runs just before the first request of each online
+    run (routing litellm's logs); `after_run(job, result, mode)` after each run, mode "online" or
+    "batch" (the command line prints its summary there)."""
     if (options.no_wait or options.finish_online) and job.mode != "batch":
         raise JobSpecError("--no-wait and --finish-online are for batch mode (mode = \"batch\" or --mode batch)")
     secrets = secrets if secrets is not None else []
@@ -517,40 +734,46 @@ async def launch(job: JobSpec, job_path: Path | None, options: LaunchOptions, *,
 
     require_free_space(job.resolved_run_dir())  # a full disk: one line, before litellm loads
     use_sim = job.simulator is not None and not options.live and options.api_base is None
-    if not use_sim:  # the simulator answers any name; a provider needs one litellm can route
+    job = _without_unreadable_cache(job, say)  # a damaged disk cache: off, said once (a cache job only)
+    jobs = runs_of(job)
+    targets, preps = preflight(job, jobs, job_path, options, use_sim, secrets)
+    try:
+        if "litellm" not in sys.modules:
+            say("loading litellm...")
         from batchrun.providers.litellm_setup import check_models
 
-        check_models(job)
-    job = _without_unreadable_cache(job, say)
-    jobs = runs_of(job)
-    targets = {each.name: provider_targets(each, use_sim, secrets) for each in jobs}  # keys checked up front
-    if "litellm" not in sys.modules:
-        say("loading litellm...")
-    check_params(job)
-    from batchrun.providers.litellm_setup import check_service_tier
+        for note in check_models(job, options.api_base):  # every run, simulated or live
+            say(note)
+        check_params(job)
+        from batchrun.providers.litellm_setup import check_service_tier
 
-    check_service_tier(job)
-    results: dict[str, RunResult] = {}
-    with _simulator(job, use_sim, say) as sim_url:
-        for each in jobs:
-            if job.mode == "batch":
-                scale = job.simulator.batch_time_scale if use_sim and job.simulator is not None else 1.0
-                result = await run_batch(each, job_path, targets[each.name], sim_url, scale, options, say=say)
-                if after_run is not None:
-                    after_run(each, result, "batch")
-                if options.finish_online and result.state == "done" and not result.nothing_to_do:
-                    say("--finish-online: sending the tickets left online")
-                    result = await run_online(each, job_path, targets[each.name], sim_url,
-                                              dataclasses.replace(options, finish_online=False), say=say,
-                                              before_execute=before_execute)
+        check_service_tier(job)
+        results: dict[str, RunResult] = {}
+        with _simulator(job, use_sim, say) as sim_url:
+            for each in jobs:
+                prep = preps.pop(each.name)
+                if job.mode == "batch":
+                    scale = job.simulator.batch_time_scale if use_sim and job.simulator is not None else 1.0
+                    result = await run_batch(each, job_path, targets[each.name], sim_url, scale, options, say=say,
+                                             prep=prep)
+                    if after_run is not None:
+                        after_run(each, result, "batch")
+                    if options.finish_online and result.state == "done" and not result.nothing_to_do:
+                        say("--finish-online: sending the tickets left online")
+                        result = await run_online(each, job_path, targets[each.name], sim_url,
+                                                  dataclasses.replace(options, finish_online=False), say=say,
+                                                  before_execute=before_execute)
+                        if after_run is not None:
+                            after_run(each, result, "online")
+                else:
+                    result = await run_online(each, job_path, targets[each.name], sim_url, options, say=say,
+                                              before_execute=before_execute, prep=prep)
                     if after_run is not None:
                         after_run(each, result, "online")
-            else:
-                result = await run_online(each, job_path, targets[each.name], sim_url, options, say=say,
-                                          before_execute=before_execute)
-                if after_run is not None:
-                    after_run(each, result, "online")
-            results[each.name] = result
+                results[each.name] = result
+    finally:
+        for prep in preps.values():
+            prep.release()
     if not job.compare_mode:
         return results[job.name]
     return RunResult.combined({entry.name: results[each.name] for entry, each in zip(job.models, jobs)},

@@ -225,6 +225,10 @@ class Outcome:
     model_key: str | None = None  # multi-model jobs: the [[models]] name that answered (or failed last)
     route: str | None = None  # routed jobs: the rule that chose the model
     attempts_by_model: Mapping[str, int] | None = None  # with fallbacks: requests sent to each model
+    # every attempt of this run that did not give the answer kept, in order: {"attempt", "at",
+    # "kind", "status_code", "latency_ms", "message", "model_key", "cost_usd"}; written as the line's
+    # "failed_attempts" when there was one (`batchrun show` lists them)
+    failed_attempts: tuple[Mapping[str, Any], ...] = ()
     flex_fallback: bool = False  # answered at the standard tier after flex 429s (flex_fallback_after)
     # Upstream requests the endpoint reported for this ticket's attempts, summed (None: no answer said);
     # upstream_unreported: attempts whose answer did not say (an error answer of a LiteLLM proxy).
@@ -261,6 +265,8 @@ class Outcome:
             line["route"] = self.route
         if self.attempts_by_model is not None:
             line["attempts_by_model"] = dict(self.attempts_by_model)
+        if self.failed_attempts:
+            line["failed_attempts"] = [dict(attempt) for attempt in self.failed_attempts]
 
     def to_line(self, max_output_bytes: int | None = None) -> Line:
         """The JSON object written to results.jsonl (ok) or errors.jsonl. An answer longer than

@@ -12,8 +12,10 @@ environment; readiness is polled on /health/liveliness (generous timeout: it tak
 to start on 2 cores, more when they are busy). On exit: SIGTERM to the group, SIGKILL if it
 lingers. Nothing leaves 127.0.0.1.
 
-`proxy_available()` says whether the proxy's own dependencies (`pip install 'batchrun[proxy]'`,
-which `make test` installs) are there.
+The proxy runs from its own virtualenv (`proxy_python()`): .venv-proxy, which `make test` fills with
+`litellm[proxy]==1.106.0` (BATCHRUN_TEST_PROXY_PYTHON names another interpreter), so that batchrun's
+own venv keeps the newest litellm in range; without it, this interpreter if it has the proxy's
+dependencies. `proxy_available()` says whether one of them does.
 """
 
 from __future__ import annotations
@@ -37,8 +39,27 @@ READY_TIMEOUT_S = 240.0
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+PROXY_MODULES = ("fastapi", "uvicorn", "yaml", "backoff", "litellm")
+
+
+def proxy_python() -> str:
+    """The interpreter that runs the proxy: BATCHRUN_TEST_PROXY_PYTHON, else .venv-proxy's, else this one."""
+    named = os.environ.get("BATCHRUN_TEST_PROXY_PYTHON")
+    if named:
+        return named
+    own = Path(__file__).resolve().parent.parent / ".venv-proxy" / "bin" / "python"
+    return str(own) if own.exists() else sys.executable
+
+
 def proxy_available() -> bool:
-    return all(importlib.util.find_spec(name) is not None for name in ("fastapi", "uvicorn", "yaml", "backoff"))
+    python = proxy_python()
+    if python == sys.executable:
+        return all(importlib.util.find_spec(name) is not None for name in PROXY_MODULES)
+    check = f"import importlib.util, sys; sys.exit(any(importlib.util.find_spec(m) is None for m in {PROXY_MODULES!r}))"
+    try:
+        return subprocess.run([python, "-c", check], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def free_port() -> int:
@@ -87,7 +108,7 @@ def start_proxy(config: dict[str, Any], workdir: Path, env: dict[str, str] | Non
     child_env.pop("DATABASE_URL", None)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "litellm.proxy.proxy_cli", "--config", str(config_path), "--host", "127.0.0.1",
+            [proxy_python(), "-m", "litellm.proxy.proxy_cli", "--config", str(config_path), "--host", "127.0.0.1",
              "--port", str(port)],
             cwd=workdir, env=child_env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)

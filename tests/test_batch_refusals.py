@@ -6,6 +6,7 @@ without files_settings in tests/test_real_proxy.py)."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 from typing import Any
@@ -14,6 +15,8 @@ import orjson
 import pytest
 
 from conftest import batchrun_cmd, read_jsonl
+
+UNDATED = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2} ")
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +33,9 @@ def run(job: Any, api_base: str, env: dict[str, str]) -> subprocess.CompletedPro
 
 def assert_one_line(proc: subprocess.CompletedProcess, *expected: str) -> str:
     assert "Traceback" not in proc.stderr and "ExceptionGroup" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("batchrun: error:")]
+    # every stderr line starts with its date-time (run_logging.py): the message after it
+    errors = [line for line in (UNDATED.sub("", each) for each in proc.stderr.splitlines())
+              if line.startswith("batchrun: error:")]
     assert len(errors) == 1, proc.stderr
     for text in expected:
         assert text in errors[0], errors[0]

@@ -166,7 +166,7 @@ def test_build_row_arithmetic() -> None:
     assert r["cpu_ms_per_request"] == 10.0
     assert r["ttft_ms"] is None and r["baseline"] is None
     summary["ttft_ms"] = {"p50": 50.0, "p95": 60.0, "p99": 70.0}
-    assert "ttft p95" in format_table([build_row(16, 64, "done", summary, cpu_s=0.8, latency_s=0.2)])
+    assert "ttft p95" in format_table([build_row(16, 64, "done", summary, cpu_s=0.8, latency_s=0.2)], wide=True)
 
 
 def test_build_row_and_table_keep_start_up_apart() -> None:
@@ -355,7 +355,7 @@ def test_live_without_key_fails_before_sending(tmp_path: Path, make_job: Any,
 def test_a_multi_process_sweep_reuses_its_worker_processes(tmp_path: Path, make_job: Any) -> None:
     # the workers import litellm once, during the warm-up: no setting pays for it, and their CPU
     # (not in the OS's count of ended children while they live) is what they report per run
-    result, report = _invoke(tmp_path, make_job, "--workers", "2")
+    result, report = _invoke(tmp_path, make_job, "--workers", "2", "--wide")
     rows = report["rows"]
     for r in rows:
         _sane(r, 8)
@@ -363,4 +363,4 @@ def test_a_multi_process_sweep_reuses_its_worker_processes(tmp_path: Path, make_
         assert r["cpu_s_workers"] > 0 and r["cpu_s"] >= r["cpu_s_workers"]
         # their start-up figures (seconds, CPU-s) are measured in benchmarks/worker_startup.py
         assert r["worker_startup_cpu_s"] >= 0 and r["startup_s"] >= 0
-    assert "procs" in result.stdout  # the table shows the processes each run used
+    assert "procs" in result.stdout  # the wide table shows the processes each run used

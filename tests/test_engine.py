@@ -80,7 +80,7 @@ def test_retries_stop_at_max_attempts(make_job, tmp_path):
     assert result.exit_code == ExitCode.TICKETS_FAILED
 
 
-def test_terminal_errors_are_not_retried_then_retried_on_rerun_unless_skipped(make_job, tmp_path):
+def test_terminal_errors_are_not_retried_then_kept_unless_retry_permanent(make_job, tmp_path):
     job = make_job(10)
     bad = {"T000003", "T000007"}
 
@@ -100,13 +100,16 @@ def test_terminal_errors_are_not_retried_then_retried_on_rerun_unless_skipped(ma
     skipped, _ = run(job, ScriptedProvider(ok), skip_failed=True)
     assert skipped.to_do == 0 and skipped.skipped_failed == 2
 
+    kept, _ = run(job, ScriptedProvider(ok))  # context_window is permanent: a plain re-run keeps it
+    assert kept.to_do == 0 and kept.skipped_permanent == 2
+
     retry = ScriptedProvider(ok)
-    prep, result = run(job, retry)
+    prep, result = run(job, retry, retry_permanent=True)
     assert prep.to_do == 2 and {c.ticket_id for c in retry.calls} == bad
     assert result.exit_code == ExitCode.OK
     rows = read_jsonl(tmp_path / "run" / "results.jsonl")
     assert len(rows) == 10 == len({r["id"] for r in rows})
-    assert {r["run"] for r in rows if r["id"] in bad} == {2}
+    assert {r["run"] for r in rows if r["id"] in bad} == {2}  # runs with nothing to do write no manifest
 
 
 def test_limit_takes_the_first_n_tickets(make_job, tmp_path):

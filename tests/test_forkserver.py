@@ -118,14 +118,15 @@ def test_several_commands_at_once(cli_env):
     for thread in threads:
         thread.join(180)
     assert len(results) == 6
-    assert {(r.returncode, r.stderr.count("no manifest.json")) for r in results} == {(1, 1)}
+    # exit 2: not a run directory, for every command (issue 26)
+    assert {(r.returncode, r.stderr.count("no manifest.json")) for r in results} == {(2, 1)}
 
 
 def test_what_the_warm_process_cannot_stand_for_runs_in_a_real_subprocess(cli_env, tmp_path):
     proc = cli_popen(batchrun_cmd("status", "/nonexistent/run"), env={**cli_env, "LITELLM_LOG": "DEBUG"},
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert isinstance(proc, subprocess.Popen)  # litellm reads LITELLM_LOG when it is imported
-    assert proc.wait(timeout=120) == 1
+    assert proc.wait(timeout=120) == 2  # not a run directory (issue 26: exit 2 for every command)
     proc.communicate()
     proc = cli_popen(batchrun_cmd("plan", "--help"), env=cli_env, stdout=subprocess.PIPE)
     assert isinstance(proc, subprocess.Popen)  # plan imports litellm with its own logging settings

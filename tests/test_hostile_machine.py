@@ -6,6 +6,7 @@ the reason, elsewhere)."""
 from __future__ import annotations
 
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -273,7 +274,10 @@ def test_a_full_disk_at_start_is_one_line_and_exit_2(tmp_path, small_tmpfs):
     job = write_job(tmp_path, 5, concurrency=2, extra=CACHE_JOB_EXTRA)
     result = invoke_cli("run", str(job), "--no-progress", "--run-dir", str(disk / "run"))
     assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    # each stderr line after its date-time (issue 26); the last says how the run ended
+    lines = [re.sub(r"^\S+ ", "", line) for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1] == "batchrun: state=not_started done=0 failed=0 cost=$0.000000 exit=2", result.stderr
+    lines = lines[:-1]
     assert len(lines) == 1 and lines[0].startswith("batchrun: error:"), result.stderr
     assert str(disk / "run") in lines[0] and "free" in lines[0] and "full" in lines[0], lines[0]
     assert "Traceback" not in result.stderr + result.stdout

@@ -191,12 +191,17 @@ def test_no_formatting_or_percentile_helper_is_defined_twice():
 
 
 def test_each_command_is_its_own_module_and_registered():
+    import click
+
     from batchrun.cli import main
 
     commands = {path.stem for path in (PACKAGE / "commands").glob("*.py")} - {"__init__"}
-    assert commands == set(main.commands)
-    assert {"run", "status", "report", "diff", "plan", "bench", "sim"} <= commands
-    for name, command in main.commands.items():
+    context = click.Context(main)
+    assert commands == set(main.list_commands(context))
+    assert {"run", "status", "show", "report", "diff", "plan", "bench", "sim"} <= commands
+    for name in main.list_commands(context):
+        command = main.get_command(context, name)
+        assert command is not None and command.callback is not None
         assert command.callback.__module__ in (f"batchrun.commands.{name}", "batchrun.sim.command"), name
 
 

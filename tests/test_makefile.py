@@ -35,8 +35,12 @@ def test_make_run_installs_run_dependencies_only_and_says_so(tmp_path):
     # Anthropic's SDK: batch mode for Claude (make run JOB=jobs/classify_batch_claude.toml)
     assert "install --quiet --disable-pip-version-check -e '.[anthropic]'" in plan
     assert "[test]" not in plan and "test," not in plan
-    test_plan = make("-n", "test", venv=str(tmp_path / "venv"))
-    assert "-e '.[test,ray,proxy]'" in test_plan and "pytest" in test_plan  # the ray and proxy tests run in CI
-    fast_plan = make("-n", "test-fast", venv=str(tmp_path / "venv"))  # installs what it needs too
-    assert "-e '.[test,ray,proxy]'" in fast_plan
+    test_plan = make("-n", "test", f"PROXY_VENV={tmp_path / 'proxy'}", venv=str(tmp_path / "venv"))
+    assert "-e '.[test,ray]'" in test_plan and "pytest" in test_plan  # the ray and proxy tests run in CI
+    # the LiteLLM Proxy gets its own virtualenv: in .venv, litellm[proxy] would hold batchrun's litellm back
+    # from the newest release in range (1.110's proxy extra needs a litellm-proxy package the index may lack)
+    assert f"{tmp_path / 'proxy'}/bin/python -m pip install" in test_plan and "'litellm[proxy]==1.106.0'" in test_plan
+    assert "proxy" not in test_plan.split("-e '.[test,ray]'")[0].rsplit("\n", 1)[-1]
+    fast_plan = make("-n", "test-fast", f"PROXY_VENV={tmp_path / 'proxy'}", venv=str(tmp_path / "venv"))
+    assert "-e '.[test,ray]'" in fast_plan and "litellm[proxy]" not in fast_plan  # installs what it needs
     assert '-m "not slow and not ray and not browser and not service and not proxy"' in fast_plan

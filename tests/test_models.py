@@ -114,7 +114,7 @@ def test_routing_and_fallback_record_the_model_the_rule_and_the_attempts(make_jo
 
 @pytest.mark.slow  # two compare runs over two models in real processes
 def test_a_compare_run_runs_every_ticket_on_every_model_and_resumes_per_model(make_job, tmp_path, cli_env):
-    path = make_job(12, extra="""
+    path = make_job(12, top="allow_unpriced = true", extra="""
         [[models]]
         name = "cheap"
         model = "openai/sim-cheap"

@@ -169,7 +169,7 @@ def test_the_quiet_success_logging_is_installed_on_the_pinned_litellm():
 
     provider_module.import_litellm()
     assert getattr(litellm.utils._schedule_async_success_logging, "batchrun_quiet", False)
-    assert litellm_tuning._install_quiet_success_logging(litellm)  # idempotent: still the one wrapper
+    assert litellm_tuning._install_quiet_success_logging(litellm) == "installed"  # idempotent: the one wrapper
     assert not getattr(litellm.utils._schedule_async_success_logging.__wrapped__, "batchrun_quiet", False)
 
 
@@ -231,7 +231,10 @@ async def test_the_model_lookup_is_made_once_per_model_during_batchrun_calls(mon
     import litellm.main
 
     provider_module.import_litellm()
-    assert getattr(litellm.main.get_model_info_helper, "batchrun_cached", False)  # installed on the pinned litellm
+    if not hasattr(litellm.main, "get_model_info_helper"):  # litellm 1.110: no such lookup left to cache
+        assert litellm_tuning.STATUS["model_mode_cache"].endswith("not needed")
+        pytest.skip("this litellm no longer looks the model up per call: the patch is not applied")
+    assert getattr(litellm.main.get_model_info_helper, "batchrun_cached", False)  # installed on litellm 1.106
     original = litellm.main.get_model_info_helper.__wrapped__
     looked_up: list[str] = []
 
@@ -240,7 +243,7 @@ async def test_the_model_lookup_is_made_once_per_model_during_batchrun_calls(mon
         return original(model=model, custom_llm_provider=custom_llm_provider, **kwargs)
 
     monkeypatch.setattr(litellm.main, "get_model_info_helper", counting)
-    assert litellm_tuning._install_model_mode_cache(litellm)
+    assert litellm_tuning._install_model_mode_cache(litellm) == "installed"
     cached = litellm.main.get_model_info_helper
     async with simulator() as (base_url, sim):
         provider = make_provider(base_url)

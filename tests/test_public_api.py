@@ -32,6 +32,7 @@ EXPECTED_ALL = [
     "__version__",
     "arun",
     "execute_run",
+    "export",
     "load_done_ids",
     "load_failed_ids",
     "load_job",

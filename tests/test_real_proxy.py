@@ -18,6 +18,7 @@ Figures are printed (`pytest -s tests/test_real_proxy.py`); nothing is timed for
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -31,8 +32,8 @@ from real_proxy import deployment, proxy_available, start_proxy
 
 # one xdist worker runs the whole module (make test: --dist loadgroup), so its two proxies start once
 pytestmark = [pytest.mark.proxy, pytest.mark.slow, pytest.mark.xdist_group("real_proxy"),
-              pytest.mark.skipif(not proxy_available(), reason="the proxy extra is not installed: "
-                                                               "pip install -e '.[proxy]' (make test installs it)")]
+              pytest.mark.skipif(not proxy_available(), reason="no LiteLLM Proxy: make test installs it into "
+                                                               ".venv-proxy (tests/real_proxy.py)")]
 
 RETRY_AFTER_S = 2
 ALIAS = "team-classifier"  # a proxy alias with its own prices
@@ -228,7 +229,8 @@ def test_batch_mode_without_files_settings_ends_in_one_line_and_exit_2(make_job,
     proc = run(job, proxy, proxy_env)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "ExceptionGroup" not in proc.stderr
-    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("batchrun: error:")]
+    (error,) = [line for line in (re.sub(r"^\S+ ", "", each) for each in proc.stderr.splitlines())
+                if line.startswith("batchrun: error:")]  # after each line's date-time
     assert f"POST {proxy.base_url}/files answered HTTP 500" in error and "files_settings is not set" in error
     ledger = orjson.loads((tmp_path / "run" / "batches.json").read_bytes())
     assert [p["state"] for p in ledger["parts"]] == ["built"]  # kept: a later run uploads it

@@ -89,7 +89,7 @@ def test_failures_are_grouped_by_kind_with_their_most_frequent_messages(make_job
     assert "context_window       3" in block  # litellm calls the kind context_window
     assert "maximum context length" in block  # the message itself, shortened
     assert "not_found" in block
-    body = orjson.loads(run_cli(["run", str(job), "--json", "--force"], cli_env).stdout)
+    body = orjson.loads(run_cli(["run", str(job), "--json", "--retry-permanent"], cli_env).stdout)
     failures = body["summary"]["failures"]
     assert failures["context_window"]["count"] == 3
     text, count = failures["context_window"]["top_messages"][0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from aiohttp.test_utils import TestServer
 
 from batchrun.serve.app import build_app
 from chromium import Chromium, chromium_path
+from conftest import batchrun_cmd
 from test_serve import run_job, slow_serve_sim, start_job, until  # noqa: F401 (slow_serve_sim: a fixture)
 
 pytestmark = [
@@ -80,6 +82,43 @@ async def test_run_page_follows_a_run_then_shows_its_accuracy(make_job, tmp_path
         await server.close()
     for name in ("serve_run_live.png", "serve_run.png", "serve_index.png"):
         assert (shots / name).stat().st_size > 10_000
+
+
+async def test_a_failed_ticket_is_listed_and_a_click_shows_its_attempts(make_job, tmp_path, sim, cli_env):
+    """Issue 26, point 5: the run page lists failed tickets; a click shows the ticket's detail."""
+    shots = Path(os.environ.get("BATCHRUN_SCREENSHOTS") or tmp_path / "shots")
+    job = make_job(12, concurrency=2, extra="""
+        [simulator]
+        latency_ms = 2
+        jitter = 0
+        [[simulator.faults]]
+        kind = "context_length"
+        tickets = ["T000004"]
+        attempts = [1, 2, 3]
+        """)
+    runs = tmp_path / "runs"
+    done = subprocess.run(batchrun_cmd("run", str(job), "--run-dir", str(runs / "night"), "--no-progress"),
+                          env=cli_env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 3, done.stderr
+    server = TestServer(build_app(runs, interval=0.2), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with Chromium.launch() as browser:
+            page = await browser.new_page(1280, 1300)
+            await page.goto(str(server.make_url("/runs/night")))
+            await page.wait_for("document.querySelector('#failed-table button.ticket-link') !== null", 60)
+            listed = await page.evaluate("[...document.querySelectorAll('#failed-table tbody tr')]"
+                                         ".map(r => r.textContent)")
+            assert len(listed) == 1 and "T000004" in listed[0] and "context_window" in listed[0]
+            assert "permanent" in listed[0]
+            await page.evaluate("document.querySelector('#failed-table button.ticket-link').click()")
+            verdict = await page.wait_for("(document.querySelector('#ticket-detail .verdict') || {}).textContent", 30)
+            assert verdict.startswith("failed: context_window")
+            attempts = await page.evaluate("document.querySelectorAll('#ticket-detail table.attempts tbody tr').length")
+            assert attempts == 1  # a context window error is not retried: one attempt
+            await page.screenshot(shots / "serve_failed_ticket.png")
+    finally:
+        await server.close()
 
 
 async def test_the_page_shows_model_text_with_what_a_terminal_acts_on_escaped(tmp_path, cli_env):

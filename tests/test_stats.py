@@ -194,7 +194,7 @@ def test_format_summary_has_the_key_lines():
 
     assert row("tickets in input") == "1,000"
     assert row("done in this run") == "850"
-    assert row("failed in this run") == "20"
+    assert row("failed in this run") == ("20 (0 permanent, 20 transient: a re-run retries the transient ones)")
     assert row("already done before") == "100"
     assert row("not finished (resume)") == "30"
     assert row("requests/s") == "100.0"

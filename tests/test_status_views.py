@@ -46,7 +46,7 @@ def test_a_limited_run_shows_asked_and_not_asked_separately(make_job, tmp_path):
 
 
 def test_a_compare_directory_shows_one_line_per_model(make_job, tmp_path):
-    job = make_job(10, extra=FAST_SIM + MODELS)
+    job = make_job(10, top="allow_unpriced = true", extra=FAST_SIM + MODELS)
     batchrun.run(job, limit=4)
     out = status(tmp_path / "run")
     lines = out.splitlines()

@@ -47,17 +47,17 @@ def run_job(job_path, sim):
         prep.release()
 
 
-def test_the_no_resend_patch_is_installed_on_the_pinned_litellm():
+def test_the_no_resend_patch_is_installed_on_the_litellm_in_range():
     from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
 
     litellm = provider_module.import_litellm()
-    # the code it relies on: post() resends through this function on these two exceptions
+    # the code it relies on: post() resends through one of these functions in this except clause
     source = inspect.getsource(AsyncHTTPHandler.post)
-    assert "except (httpx.RemoteProtocolError, httpx.ConnectError):" in source
-    assert "self.single_connection_post_request(" in source
-    assert getattr(AsyncHTTPHandler.single_connection_post_request, "batchrun_no_resend", False)
-    assert litellm_tuning._install_no_hidden_resend(litellm)  # idempotent: still the one wrapper
-    assert not getattr(AsyncHTTPHandler.single_connection_post_request.__wrapped__, "batchrun_no_resend", False)
+    [(name, clause)] = [(n, c) for n, c in litellm_tuning.RESEND_TARGETS if f"self.{n}(" in source]
+    assert clause in source
+    assert getattr(getattr(AsyncHTTPHandler, name), "batchrun_no_resend", False)
+    assert litellm_tuning._install_no_hidden_resend(litellm) == "installed"  # idempotent: still the one wrapper
+    assert not getattr(getattr(AsyncHTTPHandler, name).__wrapped__, "batchrun_no_resend", False)
 
 
 # (stream, the transport switch as a user may set it: None keeps batchrun's choice)

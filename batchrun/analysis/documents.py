@@ -295,6 +295,7 @@ class PlanTickets(TypedDict):
     already_done: int
     failed_before_retried: int
     failed_before_skipped: int
+    permanent_kept: int  # failed for good in an earlier run: kept (--retry-permanent sends them)
     to_do: int  # this model's (a routed job: the tickets its rules send here)
     job_to_do: int
     bad_lines: int

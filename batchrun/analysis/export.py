@@ -1,6 +1,7 @@
 """`batchrun export`: one row per ticket, in input order, as JSON Lines, CSV, TSV or Parquet.
 
-    export_run(run_dir, out=None, fmt="jsonl", with_input=False, raw_cells=False) -> ExportResult
+    export_run(run_dir, out=None, fmt="jsonl", with_input=False, input=None, raw_cells=False) -> ExportResult
+    iter_rows(run_dir, with_input=False, input=None)  the JSON Lines rows as dicts, streamed
     inert_cell(text)   a CSV/TSV cell a spreadsheet will not evaluate
 
 A row holds the ticket's id and `status` ("done", "failed" or "pending": not
@@ -48,7 +49,7 @@ import sqlite3
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Protocol
+from typing import BinaryIO, Callable, Iterator, Mapping, Protocol
 
 import orjson
 
@@ -115,11 +116,13 @@ class _Unit:
 
 def _units(run_dir: Path) -> list[_Unit]:
     """The run directory's units (rundir.find_units): one, or one per model of a compare directory."""
-    from batchrun.errors import ReportError
+    from batchrun.errors import NotARunDirError, ReportError
     from batchrun.rundir.status import find_units
 
     try:
         kind, found = find_units(Path(run_dir))
+    except NotARunDirError:
+        raise
     except ReportError as exc:
         raise ExportError(str(exc)) from None
     units = []
@@ -368,33 +371,115 @@ def _rejected_rows(run_dir: Path) -> set[int]:
     return rows
 
 
-def export_run(run_dir: Path, out: Path | None = None, fmt: str = "jsonl", *,
-               with_input: bool = False, raw_cells: bool = False) -> ExportResult:
-    """Write the export of `run_dir` (see the module docstring); raises ExportError."""
-    if fmt not in EXPORT_FORMATS:
-        raise ExportError(f"unknown export format {fmt!r} (one of: {', '.join(EXPORT_FORMATS)})")
-    run_dir = Path(run_dir)
+@dataclass
+class _Source:
+    """What reading a run directory's rows in input order needs (`_source`)."""
+
+    units: list[_Unit]
+    input_path: Path
+    declared: str | None
+    id_field: str
+    skip: set[int]
+
+    @property
+    def compare(self) -> bool:
+        return tuple(unit.key for unit in self.units) != ("",)
+
+
+def _source(run_dir: Path, input: Path | str | None) -> _Source:
+    from batchrun.rundir.manifest import find_input
+
     units = _units(run_dir)
     first = units[0].manifest
     source = first.get("input") or {}
-    input_path = Path(str(source.get("path") or ""))
-    declared = source.get("format")
-    id_field = str(((first.get("job") or {}).get("fingerprint") or {}).get("id_field") or "id")
-    if not input_path.is_file():
-        raise ExportError(f"{run_dir}: the run's input {input_path} is not there: export re-reads it for the "
-                          "ticket order (and --with-input fields)")
-    sha256, _size = file_digest(input_path)
+    found, why = find_input(units[0].run_dir, first, Path(input) if input is not None else None)
+    if found is None:
+        raise ExportError(f"{run_dir}: {why}: export re-reads it for the ticket order (and --with-input fields)")
+    sha256, _size = file_digest(found)
     if source.get("sha256") and sha256 != source["sha256"]:
-        raise ExportError(f"{input_path} changed since the run in {run_dir} (sha256 differs): its rows are "
+        raise ExportError(f"{found} changed since the run in {run_dir} (sha256 differs): its rows are "
                           "not that run's tickets")
-    in_fmt = input_format_of(input_path, declared)
-    skip = _rejected_rows(units[0].run_dir)
-    keys = tuple(unit.key for unit in units)
-    compare = keys != ("",)
-    in_fields = _input_fields(input_path, in_fmt, id_field, skip, declared) if with_input and fmt != "jsonl" else []
+    id_field = str(((first.get("job") or {}).get("fingerprint") or {}).get("id_field") or "id")
+    return _Source(units, found, source.get("format"), id_field, _rejected_rows(units[0].run_dir))
+
+
+def _rows(src: _Source, *, nested: bool, with_input: bool, in_fields: list[str]) -> Iterator[Row]:
+    """One row per ticket of the input, in its order (module docstring). `nested`: a compare
+    directory's groups under "models" and the input as an "input" object (JSON Lines, the Python
+    API); else flat "<key>.<column>" and "input.<field>" columns (CSV, Parquet). The index lives
+    in a temporary directory for as long as the rows are read."""
+    with tempfile.TemporaryDirectory(prefix="batchrun-export-") as scratch:
+        db = sqlite3.connect(os.path.join(scratch, "index.sqlite"))
+        lookups: list[_Lookup] = []
+        try:
+            db.execute("PRAGMA journal_mode = OFF")
+            db.execute("PRAGMA synchronous = OFF")
+            db.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KB}")
+            db.execute("PRAGMA temp_store = FILE")
+            for number, unit in enumerate(src.units):
+                _build_index(db, f"o{number}", unit.run_dir)
+                lookups.append(_Lookup(db, f"o{number}", unit))
+            for ticket in read_tickets(src.input_path, src.id_field, skip_lines=src.skip, input_format=src.declared):
+                row: Row = {"id": ticket.id}
+                groups: dict[str, Row] = {}
+                for lookup in lookups:
+                    _status, group = _group(lookup.unit, lookup.get(ticket.id))
+                    if not src.compare:
+                        row.update(group)
+                    elif nested:
+                        groups[lookup.unit.key] = group
+                    else:
+                        row.update({f"{lookup.unit.key}.{k}": v for k, v in group.items()})
+                if groups:
+                    row["models"] = groups
+                if with_input:
+                    if nested:
+                        row["input"] = ticket.fields
+                    else:
+                        row.update({f"input.{name}": ticket.fields.get(name) for name in in_fields})
+                yield row
+        finally:
+            for lookup in lookups:
+                lookup.close()
+            db.close()
+
+
+_COUNTED = ("status", "cache_hit", "prompt_tokens", "cached_tokens", "cache_write_tokens", "prompt_cache_saved_usd")
+
+
+def _groups_of(row: Row, keys: tuple[str, ...], compare: bool) -> list[Mapping[str, object]]:
+    """Each model's group of a row (the row itself for a single run), nested or flat: what the
+    export's counts read (status, and the prompt-cache token kinds of a done answer)."""
+    if not compare:
+        return [row]
+    groups = row.get("models")
+    if isinstance(groups, dict):
+        return [group for group in groups.values() if isinstance(group, Mapping)]
+    return [{name: row.get(f"{key}.{name}") for name in _COUNTED} for key in keys]
+
+
+def iter_rows(run_dir: Path | str, *, with_input: bool = False, input: Path | str | None = None) -> Iterator[Row]:
+    """The export's JSON Lines rows of `run_dir` as dicts, one per ticket in input order, streamed
+    (RunResult.results() and to_pandas() read them); raises as export_run does."""
+    return _rows(_source(Path(run_dir), input), nested=True, with_input=with_input, in_fields=[])
+
+
+def export_run(run_dir: Path | str, out: Path | str | None = None, fmt: str = "jsonl", *,
+               with_input: bool = False, input: Path | str | None = None, raw_cells: bool = False) -> ExportResult:
+    """Write the export of `run_dir` (see the module docstring); raises ExportError (NotARunDirError for
+    a path that holds no run). The input is found from the manifest, from any working directory
+    (rundir.manifest.find_input); `input` overrides it."""
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"unknown export format {fmt!r} (one of: {', '.join(EXPORT_FORMATS)})")
+    run_dir = Path(run_dir)
+    src = _source(run_dir, input)
+    keys = tuple(unit.key for unit in src.units)
+    in_fmt = input_format_of(src.input_path, src.declared)
+    in_fields = (_input_fields(src.input_path, in_fmt, src.id_field, src.skip, src.declared)
+                 if with_input and fmt != "jsonl" else [])
     columns = ["id"]
-    for unit in units:
-        prefix = f"{unit.key}." if compare else ""
+    for unit in src.units:
+        prefix = f"{unit.key}." if src.compare else ""
         columns += [prefix + c for c in _BASE + unit.answer_fields + _AFTER]
     columns += [f"input.{name}" for name in in_fields]
     out = Path(out) if out is not None else run_dir / f"export.{fmt}"
@@ -403,56 +488,27 @@ def export_run(run_dir: Path, out: Path | None = None, fmt: str = "jsonl", *,
     counts = {"done": 0, "failed": 0, "pending": 0}
     kinds = {"cached": 0, "reported": 0, "write": 0, "saved": 0.0}
     rows = 0
-    with tempfile.TemporaryDirectory(prefix="batchrun-export-") as scratch:
-        db = sqlite3.connect(os.path.join(scratch, "index.sqlite"))
+    try:
+        writer = (_CsvWriter(tmp, columns, delimiter="\t" if fmt == "tsv" else ",", raw_cells=raw_cells)
+                  if fmt in ("csv", "tsv") else _WRITERS[fmt](tmp, columns))
         try:
-            db.execute("PRAGMA journal_mode = OFF")
-            db.execute("PRAGMA synchronous = OFF")
-            db.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KB}")
-            db.execute("PRAGMA temp_store = FILE")
-            lookups = []
-            for number, unit in enumerate(units):
-                _build_index(db, f"o{number}", unit.run_dir)
-                lookups.append(_Lookup(db, f"o{number}", unit))
-            writer = (_CsvWriter(tmp, columns, delimiter="\t" if fmt == "tsv" else ",", raw_cells=raw_cells)
-                      if fmt in ("csv", "tsv") else _WRITERS[fmt](tmp, columns))
-            try:
-                for ticket in read_tickets(input_path, id_field, skip_lines=skip, input_format=declared):
-                    row: Row = {"id": ticket.id}
-                    groups: dict[str, Row] = {}
-                    for lookup in lookups:
-                        status, group = _group(lookup.unit, lookup.get(ticket.id))
-                        counts[status] += 1
-                        if status == "done" and not group["cache_hit"]:
-                            kinds["cached"] += _number(group["cached_tokens"])
-                            kinds["write"] += _number(group["cache_write_tokens"])
-                            kinds["saved"] += _number(group["prompt_cache_saved_usd"])
-                            if group["cached_tokens"] is not None:
-                                kinds["reported"] += _number(group["prompt_tokens"])
-                        if not compare:
-                            row.update(group)
-                        elif fmt == "jsonl":
-                            groups[lookup.unit.key] = group
-                        else:
-                            row.update({f"{lookup.unit.key}.{k}": v for k, v in group.items()})
-                    if groups:
-                        row["models"] = groups
-                    if with_input:
-                        if fmt == "jsonl":
-                            row["input"] = ticket.fields
-                        else:
-                            row.update({f"input.{name}": ticket.fields.get(name) for name in in_fields})
-                    writer.write(row)
-                    rows += 1
-            finally:
-                writer.close()
-                for lookup in lookups:
-                    lookup.close()
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            for row in _rows(src, nested=fmt == "jsonl", with_input=with_input, in_fields=in_fields):
+                for group in _groups_of(row, keys, src.compare):
+                    status = str(group["status"])
+                    counts[status] += 1
+                    if status == "done" and not group.get("cache_hit"):
+                        kinds["cached"] += _number(group.get("cached_tokens"))
+                        kinds["write"] += _number(group.get("cache_write_tokens"))
+                        kinds["saved"] += _number(group.get("prompt_cache_saved_usd"))
+                        if group.get("cached_tokens") is not None:
+                            kinds["reported"] += _number(group.get("prompt_tokens"))
+                writer.write(row)
+                rows += 1
         finally:
-            db.close()
+            writer.close()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, out)
     return ExportResult(path=out, format=fmt, rows=rows, done=counts["done"], failed=counts["failed"],
                         pending=counts["pending"], models=keys, cached_tokens=int(kinds["cached"]),

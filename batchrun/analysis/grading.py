@@ -210,21 +210,17 @@ def resolve_gold_field(unit: RunUnit, override: str | None) -> str:
 
 
 def resolve_input(unit: RunUnit, override: Path | None) -> tuple[Path | None, str | None]:
-    """(the input file, None) or (None, why not)."""
-    if override is not None:
-        if not Path(override).is_file():
-            raise ReportError(f"{override}: no such input file (--input)")
-        return Path(override), None
+    """(the input file, None) or (None, why not): rundir.manifest.find_input, from any directory."""
+    from batchrun.rundir.manifest import find_input
+
+    if override is not None and not Path(override).is_file():
+        raise ReportError(f"{override}: no such input file (--input)")
+    found, why = find_input(unit.run_dir, unit.manifest, override)
+    if found is not None:
+        return found, None
     recorded = (unit.manifest.get("input") or {}).get("path")
     if not recorded:
-        return None, "the manifest names no input file (pass --input)"
-    candidate = Path(recorded)
-    if candidate.is_file():
-        return candidate, None
-    if not candidate.is_absolute():
-        for parent in unit.run_dir.resolve().parents:
-            if (parent / candidate).is_file():
-                return parent / candidate, None
+        return None, why
     return None, f"input {recorded} (from the manifest) not found: pass --input PATH to grade"
 
 

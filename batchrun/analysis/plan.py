@@ -320,24 +320,27 @@ def _simulated_output_tokens(job: JobSpec, model: str, tickets: list[Ticket], ma
 
 
 def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, sample: int,
-                assume_latency_ms: float, simulated: bool = False) -> PlanRow:
+                assume_latency_ms: float, simulated: bool = False, retry_permanent: bool = False) -> PlanRow:
     from batchrun.errors import TicketError
     from batchrun.job.tickets import read_tickets, scan_input
-    from batchrun.rundir.lines import load_done_ids, load_failed_ids
+    from batchrun.rundir.lines import load_done_ids, load_failed_kinds, permanent_failures
+    from batchrun.rundir.manifest import fail_fast_runs, read_manifest
 
     job = entry.job
     run_dir = entry.run_dir
     done = load_done_ids(run_dir)
-    failed = load_failed_ids(run_dir, done)
-    templates = [t for t in (job.system_template, job.user_template) if t is not None]
+    kinds = load_failed_kinds(run_dir, done)
+    failed = set(kinds)
+    permanent = frozenset() if retry_permanent else permanent_failures(kinds, fail_fast_runs(read_manifest(run_dir)))
+    templates = job.prompt_templates
     skip_bad = job.on_bad_input == "skip"
     scan = scan_input(job.input, job.id_field, templates, max_problems=None if skip_bad else 20,
                       max_line_bytes=job.max_line_bytes, done_ids=done,
                       failed_ids=failed if skip_failed else frozenset(), limit=limit,
-                      input_format=job.input_format)
-    if scan.problem_count and not skip_bad:
+                      input_format=job.input_format, permanent_ids=permanent)
+    if scan.file_problems or (scan.problem_count and not skip_bad):
         raise TicketError(scan.describe_problems().replace("nothing was requested", "a run would refuse it"))
-    job_to_do = scan.selected - scan.already_done - scan.skipped_failed
+    job_to_do = scan.selected - scan.already_done - scan.skipped_failed - scan.skipped_permanent
 
     # One pass over the tickets to do: a seeded reservoir sample, the retries of failed ones,
     # and for a routed job the tickets its rules send to this model.
@@ -471,6 +474,7 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
         "route": entry.route,
         "tickets": {"input": scan.tickets, "limit": limit, "selected": scan.selected, "already_done": scan.already_done,
                     "failed_before_retried": retried, "failed_before_skipped": scan.skipped_failed,
+                    "permanent_kept": scan.skipped_permanent,
                     "to_do": to_do, "job_to_do": job_to_do, "bad_lines": scan.problem_count},
         "input_tokens": {"total": round(input_tokens), "exact": exact, "sampled": len(counts),
                          "counted_as": "simulator" if simulated else "tokenizer",
@@ -509,19 +513,20 @@ def _plan_entry(entry: ModelEntry, *, limit: int | None, skip_failed: bool, samp
 
 def make_plan(job: JobSpec, *, job_path: Path | None = None, limit: int | None = None, skip_failed: bool = False,
               max_cost_usd: float | None = None, sample: int | None = None,
-              assume_latency_ms: float = DEFAULT_ASSUMED_LATENCY_MS, live: bool = False) -> Plan:
+              assume_latency_ms: float = DEFAULT_ASSUMED_LATENCY_MS, live: bool = False,
+              retry_permanent: bool = False) -> Plan:
     """The plan as a JSON-ready dict (see the module docstring); raises BatchrunError subclasses.
     A job with a [simulator] section is planned as the simulated run `batchrun run` would make,
     unless `live` (then as the live run `batchrun run --live` would make)."""
     if job.simulator is None or live:  # as in `batchrun run`: a live model must be one litellm can route
         from batchrun.providers.litellm_setup import check_models
 
-        check_models(job)
+        check_models(job, prices=False)  # an unpriced model is planned as unpriced
     sample = DEFAULT_SAMPLE if sample is None else sample
     mode = plan_mode(job)
     simulated = job.simulator is not None and not live
-    rows = [_plan_entry(entry, limit=limit, skip_failed=skip_failed, sample=sample,
-                        assume_latency_ms=assume_latency_ms, simulated=simulated) for entry in model_entries(job)]
+    rows = [_plan_entry(entry, limit=limit, skip_failed=skip_failed, sample=sample, assume_latency_ms=assume_latency_ms,
+                        simulated=simulated, retry_permanent=retry_permanent) for entry in model_entries(job)]
     budget = max_cost_usd if max_cost_usd is not None else job.max_cost_usd
 
     # Budget scopes: what one run directory spends. A compare job has one per model.
@@ -602,6 +607,8 @@ def _format_row(r: PlanRow, single: bool = True) -> list[str]:
         counts += f", {t['failed_before_retried']:,} failed before (retried)"
     if t["failed_before_skipped"]:
         counts += f", {t['failed_before_skipped']:,} failed before (skipped: --skip-failed)"
+    if t.get("permanent_kept"):
+        counts += f", {t['permanent_kept']:,} failed for good before (kept: --retry-permanent sends them)"
     counts += f"; {t['job_to_do']:,} to do"
     if r["route"] is not None:
         counts += f", {t['to_do']:,} of them routed to this model by the job's [[routes]]"

@@ -7,8 +7,11 @@
                        (`record(outcome)`) and as attempts are made
     RunStats.summary() a flat dict (stored in manifest.json)
     format_summary()   the table printed at the end of `batchrun run`
-    format_progress_line()  one plain line for logs without a terminal
-                       (`batchrun run --progress-every`)
+    format_batch_summary(), format_batch_parts()   batch mode's own: its parts, the
+                       provider's batch ids, states, request counts, the completion
+                       window (`batchrun run` in batch mode, `batchrun status`)
+    format_progress_line()  one plain progress line for logs (`batchrun run
+                       --progress-every`; run_logging.py dates it)
 
 The percentile functions of the package live here, once:
     percentile(sorted_values, p)   exact nearest-rank (grading: every latency
@@ -43,6 +46,7 @@ from typing import Iterable, Mapping, Sequence, TypedDict
 
 from batchrun.analysis.documents import StoredJSON
 from batchrun.analysis.textfmt import duration, kv, ms, terminal_safe, usd
+from batchrun.errors import is_permanent
 from batchrun.records import Outcome
 
 _LOG_STEP = math.log(1.01)
@@ -59,13 +63,9 @@ def short_message(message: str | None) -> str:
     import re
 
     from batchrun.errors import redact_secrets
+    from batchrun.providers.error_mapping import provider_message
 
-    text = " ".join(redact_secrets(message or "(no message)").split())
-    inner = re.search(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)"', text)  # an OpenAI-shaped error body
-    if inner:
-        text = inner.group(1).replace('\\"', '"')
-    else:  # "litellm.BadRequestError: OpenAIException - ..." -> "..."
-        text = re.sub(r"^(?:(?:litellm\.)?[A-Za-z]+(?:Error|Exception)\s*[-:]\s*)+", "", text) or text
+    text = provider_message(" ".join(redact_secrets(message or "(no message)").split()))
     # "5 tokens" and "7 tokens" are one message; digits inside a name (gpt-4o-mini, org-ab12) stay
     text = re.sub(r"(?<![\w\-./])\d+(?:[.,]\d+)*(?![\w\-/])", "N", text)
     return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS - 1] + "…"
@@ -110,11 +110,13 @@ class RunStats:
     tickets_total: int = 0  # tickets in the input (after --limit)
     already_done: int = 0  # done in an earlier run: skipped, never requested
     skipped_failed: int = 0  # failed in an earlier run and skipped (--skip-failed)
+    skipped_permanent: int = 0  # failed for good (a permanent kind) in an earlier run: not retried
     rejected_lines: int = 0  # bad input lines skipped (on_bad_input = "skip")
     concurrency_settled: int | None = None  # concurrency = "auto": where AIMD settled
     to_do: int = 0  # tickets this run set out to process
     done: int = 0  # succeeded in this run: line in results.jsonl
     failed: int = 0  # ended in errors.jsonl in this run
+    stop_reason: str | None = None  # why dispatch stopped early ("fail_fast", "budget", "signal", ...), if it did
     in_flight: int = 0  # tickets between dispatch and their line on disk
     attempts: int = 0  # requests sent (first tries and retries)
     retries: int = 0  # attempts after a ticket's first
@@ -234,6 +236,13 @@ class RunStats:
                 self.cost_usd += billed
 
     @property
+    def failed_permanent(self) -> int:
+        """This run's failed tickets a re-run keeps (errors.is_permanent; auth, permission and not-found
+        failures are transient when fail-fast stopped the run: the key or model was wrong)."""
+        fail_fast = self.stop_reason == "fail_fast"
+        return sum(count for kind, count in self.failed_by_kind.items() if is_permanent(kind, fail_fast=fail_fast))
+
+    @property
     def wall_s(self) -> float:
         end = self.finished if self.finished is not None else time.monotonic()
         return max(end - self.started, 1e-9)
@@ -253,10 +262,14 @@ class RunStats:
             "tickets_total": self.tickets_total,
             "already_done": self.already_done,
             "skipped_failed": self.skipped_failed,
+            "skipped_permanent": self.skipped_permanent,
             "rejected_lines": self.rejected_lines,
             "concurrency_settled": self.concurrency_settled,
             "done": self.done,
             "failed": self.failed,
+            "failed_permanent": self.failed_permanent,
+            "failed_transient": self.failed - self.failed_permanent,
+            "stop_reason": self.stop_reason,
             "not_finished": max(self.to_do - finished, 0),
             "wall_s": round(wall, 3),
             "requests": self.attempts,
@@ -380,7 +393,9 @@ def format_summary(summary: StoredJSON, *, title: str = "batchrun summary") -> s
     rows = [
         ("tickets in input", f"{summary['tickets_total']:,}"),
         ("done in this run", f"{summary['done']:,}"),
-        ("failed in this run", f"{summary['failed']:,}"),
+        ("failed in this run", f"{summary['failed']:,}" + (
+            f" ({summary.get('failed_permanent', 0):,} permanent, {summary.get('failed_transient', 0):,} transient: "
+            "a re-run retries the transient ones)" if summary["failed"] else "")),
         ("already done before", f"{summary['already_done']:,}"),
     ]
     if summary.get("concurrency_settled"):
@@ -389,6 +404,9 @@ def format_summary(summary: StoredJSON, *, title: str = "batchrun summary") -> s
         rows.append(("bad input lines skipped", f"{summary['rejected_lines']:,} (rejects.jsonl)"))
     if summary["skipped_failed"]:
         rows.append(("skipped (failed before)", f"{summary['skipped_failed']:,}"))
+    if summary.get("skipped_permanent"):
+        rows.append(("kept (permanent failures)", f"{summary['skipped_permanent']:,} from earlier runs, not retried "
+                                                  "(--retry-permanent sends them)"))
     if summary["not_finished"]:
         rows.append(("not finished (resume)", f"{summary['not_finished']:,}"))
     cluster = summary.get("cluster")
@@ -486,6 +504,75 @@ def describe_anomalies(counts: Mapping[str, int], cost_usd: float | None = None)
     return text + " (batch_anomalies.jsonl)"
 
 
+def _count(value: object) -> str:
+    """A request count the provider sent: shown only when it is a plain non-negative integer."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else "-"
+
+
+def _when(epoch: object) -> str:
+    if not isinstance(epoch, (int, float)) or isinstance(epoch, bool):
+        return "-"
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(float(epoch), timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def format_batch_parts(batch: StoredJSON | None) -> list[str]:
+    """The parts of a batch-mode run (rundir.status.batch_parts) as a table: each part's model, state,
+    the provider's status and batch id, its request counts (completed / failed / total), the
+    completion window and when it ends."""
+    from batchrun.analysis.textfmt import printable, table
+
+    parts = (batch or {}).get("parts") or []
+    if not parts:
+        return []
+    rows = []
+    for part in parts:
+        counts = part.get("counts") if isinstance(part.get("counts"), Mapping) else {}
+        rows.append([str(part["number"]), printable(str(part.get("model_key") or "")) or "-", str(part["state"]),
+                     printable(str(part.get("status") or "-")), printable(str(part.get("batch_id") or "-")),
+                     f"{part.get('tickets') or 0:,}",
+                     f"{_count(counts.get('completed'))} / {_count(counts.get('failed'))} / {_count(counts.get('total'))}",
+                     str(part.get("completion_window") or "-"), _when(part.get("submitted_at")),
+                     _when(part.get("expires_at"))])
+    lines = table(["part", "model", "state", "provider status", "batch id", "tickets", "done / failed / total",
+                   "window", "submitted", "ends by"], rows, left=5)
+    for part in parts:
+        if part.get("note") or part.get("retry"):
+            lines.append(f"  part {part['number']}: " + "; ".join(
+                x for x in ((f"{part['retry']:,} to resubmit" if part.get("retry") else ""),
+                            printable(str(part.get("note") or ""))) if x))
+    return lines
+
+
+def format_batch_summary(summary: StoredJSON, batch: StoredJSON | None, *,
+                         title: str = "batchrun batch summary", with_parts: bool = True) -> str:
+    """The end of a batch-mode run: tickets, results collected, cost, and (`with_parts`) the table
+    of its parts (no request rates or latencies: a batch has none worth showing)."""
+    parts = (batch or {}).get("parts") or []
+    live = sum(1 for part in parts if part.get("state") == "submitted")
+    rows = [
+        ("tickets in input", f"{summary.get('tickets_total', 0):,}"),
+        ("already done before", f"{summary.get('already_done', 0):,}"),
+        ("parts", f"{len(parts):,} ({live:,} at the provider)"),
+        ("results collected", f"{summary.get('done', 0):,} done, {summary.get('failed', 0):,} failed in this run"),
+    ]
+    if summary.get("failed_by_kind"):
+        rows.append(("failed tickets by kind", ", ".join(f"{k} {v}" for k, v in summary["failed_by_kind"].items())))
+    if "total_tokens" in summary:
+        rows.append(("tokens (prompt+completion)", f"{summary.get('total_tokens', 0):,} "
+                                                   f"({summary.get('prompt_tokens', 0):,} + {summary.get('completion_tokens', 0):,})"))
+    cost = usd(summary.get("cost_usd") or 0.0)
+    if summary.get("unpriced_results"):
+        cost += f"  ({summary['unpriced_results']} result(s) unpriced: cost_usd null)"
+    rows.append(("cost (batch price)", cost))
+    lines = [title, "-" * len(title)] + kv(rows)
+    table_lines = format_batch_parts(batch) if with_parts else []
+    if table_lines:
+        lines += [""] + table_lines
+    return "\n".join(lines)
+
+
 def upstream_text(upstream: int | None, unreported: int | None) -> str:
     """What the endpoint (a LiteLLM proxy) said it sent upstream, for the summary and status."""
     text = f"{upstream or 0:,} made upstream by the endpoint (LiteLLM proxy: x-litellm-attempted-retries)"
@@ -506,8 +593,7 @@ def format_progress_line(stats: RunStats, now: float | None = None) -> str:
     remaining = max(stats.to_do - finished, 0)
     since = max(now - (stats.first_dispatch or stats.started), 1e-9)
     eta = remaining / (finished / since) if finished else None
-    stamp = time.strftime("%H:%M:%S")
     cost = f"${stats.cost_usd:,.4f}" + (f" (+{stats.unpriced} unpriced)" if stats.unpriced else "")
-    return (f"batchrun: {stamp} progress: done {stats.done:,}, failed {stats.failed:,}, to do {remaining:,} "
+    return (f"progress: done {stats.done:,}, failed {stats.failed:,}, to do {remaining:,} "
             f"of {stats.to_do:,} | {stats.attempts / max(elapsed, 1e-9):,.1f} req/s | {cost} | "
             f"elapsed {duration(elapsed)} | ETA {duration(eta) if remaining else '0 s'}")

@@ -11,6 +11,9 @@
                                rest right-aligned), a dashed rule under the header
     kv(rows, indent="") -> list[str]
                                "label  value" lines with the labels padded
+    printable(text)            ticket or model text made safe for a terminal: control
+                               and bidi characters written as escapes (\x1b, \u202e),
+                               newlines and tabs kept
     terminal_safe(text)        text with every character a terminal acts on shown as
                                an escape: ESC becomes the four characters \\x1b
     error_line(exc, secrets)   "batchrun: error: ..." for stderr: keys redacted, terminal-safe
@@ -101,3 +104,20 @@ def kv(rows: Sequence[tuple[str, object]], indent: str = "") -> list[str]:
     """"label  value" lines, labels padded to the longest."""
     width = max(len(k) for k, _ in rows)
     return [f"{indent}{k:<{width}}  {terminal_safe(str(v))}" for k, v in rows]
+
+
+def printable(text: str) -> str:
+    """`text` (ticket or model text: data) safe to print on a terminal: every control character
+    but newline and tab, and every format character (bidi overrides, zero-width), is written as
+    its escape (ESC -> \\x1b, U+202E -> \\u202e), so no text can move the cursor, recolour or
+    reorder what the terminal shows."""
+    import unicodedata
+
+    out = []
+    for char in text:
+        if char in "\n\t" or unicodedata.category(char) not in ("Cc", "Cf", "Cs", "Co", "Zl", "Zp"):
+            out.append(char)
+        else:
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)

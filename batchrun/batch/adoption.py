@@ -16,7 +16,6 @@ this can and cannot recover.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from typing import Awaitable, Callable, Mapping
 
@@ -32,9 +31,8 @@ Retrying = Callable[[str, Callable[[], Awaitable[Reply]]], Awaitable[Reply]]
 
 
 def warn(note: str) -> None:
-    """A warning for the log and for the person running the command (stderr)."""
-    log.warning("%s", note)
-    print(f"batchrun: warning: {note}", file=sys.stderr, flush=True)
+    """A warning for the person running the command: stderr and --log-file, dated (run_logging.py)."""
+    logging.getLogger("batchrun.console").warning("warning: %s", note)
 
 
 async def find_batch(api: BatchAPI, part: Part, ledger: Ledger, metadata: Mapping[str, str], retrying: Retrying,

@@ -52,6 +52,8 @@ class Part(TypedDict):
     cancel_requested: bool
     note: str | None
     create_attempts: NotRequired[int]  # creates tried (a lost answer is looked for before another)
+    completion_window: NotRequired[str]  # the window the batch was created with ("24h")
+    expires_at: NotRequired[float]  # when that window ends (the provider's expires_at, else submitted + window)
     create_sent_at: NotRequired[float]  # time.time() when the first create was sent ...
     create_last_sent_at: NotRequired[float]  # ... and the last: a listing is matched against them
     errors_detail: NotRequired[object]  # the batch's "errors" when it failed validation

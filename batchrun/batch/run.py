@@ -135,6 +135,8 @@ from batchrun.rundir.layout import BATCH_ANOMALIES, ERRORS, append_lines
 from batchrun.rundir.layout import LIVE_PART_STATES as LIVE
 
 log = logging.getLogger("batchrun")
+console = logging.getLogger("batchrun.console")  # what a person sees on stderr (run_logging.py)
+WINDOW = "24h"  # the completion window batchrun asks for (providers/batch_api.py)
 WINDOW_S = 86400.0
 OVERDUE_FACTOR = 1.1  # a batch still running after this many windows is cancelled
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -416,8 +418,14 @@ class _BatchRun:
                     steps.reached("created")
         assert found is not None
         self.stats.attempts += part["tickets"]
+        submitted_at = time.time()
+        window = found.get("completion_window")
+        expires = found.get("expires_at")  # the provider's word, checked before it is believed
         part.update({"state": "submitted", "batch_id": found["id"], "status": found.get("status"),
-                     "submitted_at": time.time(), "counts": found.get("request_counts")})
+                     "submitted_at": submitted_at, "counts": found.get("request_counts"),
+                     "completion_window": window if isinstance(window, str) and len(window) < 16 else WINDOW,
+                     "expires_at": float(expires) if isinstance(expires, (int, float)) and not isinstance(expires, bool)
+                     and expires > submitted_at - 60 else submitted_at + WINDOW_S})
         self.ledger.save()
 
     async def _find_batch(self, part: Part) -> Reply | None:
@@ -592,8 +600,7 @@ class _BatchRun:
                 "(cost_usd null, cost_status unpriced_model): litellm has no price for that name. Through a "
                 "LiteLLM proxy, a model alias is not translated inside batch files: name the upstream model "
                 "(docs/batch.md, \"Through a LiteLLM Proxy\"), or set [prices] in the job")
-        log.info("%s", note)  # for --log-file (log.warning would be printed twice without -v)
-        print(f"batchrun: warning: {note}", file=sys.stderr, flush=True)
+        console.warning("warning: %s", note)  # stderr and --log-file, dated (run_logging.py)
 
     async def _write(self, outcomes: list[Outcome]) -> None:
         if not outcomes:
@@ -652,7 +659,7 @@ class _BatchRun:
         done = sum(((p.get("counts") or {}).get("completed") or 0) + ((p.get("counts") or {}).get("failed") or 0)
                    for p in live)
         if self.bar is None:
-            from tqdm import tqdm
+            from tqdm.auto import tqdm  # a notebook's widget, else the terminal's bar
 
             self.bar = tqdm(total=total, unit="request", dynamic_ncols=True, file=sys.stderr, mininterval=0.25)
         self.bar.total = total
@@ -667,8 +674,8 @@ class _BatchRun:
             task_status.started()
             async for signum in signals:
                 self.signal_number = int(signum)
-                print(f"\nbatchrun: {signal.Signals(signum).name}: stopping; submitted parts stay recorded, "
-                      "re-run the same command to collect them", file=sys.stderr, flush=True)
+                console.warning("%s: stopping; submitted parts stay recorded, re-run the same command to "
+                                "collect them", signal.Signals(signum).name)
                 scope.cancel()
                 return
 

@@ -76,7 +76,7 @@ def write_sample(job: JobSpec, count: int, path: Path) -> int:
     try:
         originals = list(valid(frozenset()))
     except TicketError:  # a bad line before `count` good ones: find every bad line, pass over them
-        templates = [t for t in (job.system_template, job.user_template) if t is not None]
+        templates = job.prompt_templates
         scan = scan_input(job.input, job.id_field, templates, max_problems=0, max_line_bytes=job.max_line_bytes)
         originals = list(valid(scan.bad_lines))
     if not originals:

@@ -1,6 +1,13 @@
 """The numbers of a concurrency sweep: one row per setting, the ideal throughput under the
 simulator's limits, the table, and the recommended setting (the lowest concurrency within
-DEFAULT_TIE_WITHIN of the best throughput, under the 429 rate). Pure functions."""
+DEFAULT_TIE_WITHIN of the best throughput, under the 429 rate). Pure functions.
+
+A long night runs at the rate limit's sustained rate, not at its burst: a rate limit's buckets
+start full (a minute's allowance at once) and then refill at limit / 60 per second. A sample that
+never drains the burst measures the burst. So every row carries `sustained_tickets_per_s`, its
+throughput capped at the sustained rate (`sustained_rate`), `burst_drained` says whether the
+sample got past the burst, and the recommendation compares the sustained figures.
+"""
 
 from __future__ import annotations
 
@@ -85,6 +92,10 @@ class _Measured(TypedDict):
     ideal_rps: float | None
     ideal_limited_by: str
     efficiency: float | None
+    sustained_tickets_per_s: float | None  # tickets/s capped at the rate limit's sustained rate (None: no limit)
+    sustained_limit_rps: float | None
+    burst_drained: bool | None  # did the sample get past the rate limit's burst (None: no limit)
+    drain_tickets: int | None  # a sample that would
     cpu_s: float
     cpu_ms_per_request: float | None
     startup_s: float | None
@@ -196,6 +207,35 @@ def ideal_throughput(
     return tickets / needed, limited_by
 
 
+def sustained_rate(limits: IdealLimits) -> float | None:
+    """Requests/s a rate limit allows once its buckets are empty (rpm / 60, tpm / 60 / tokens per
+    request, the smaller), or None without a limit."""
+    rates = []
+    rpm, tpm, per_request = limits.get("rpm"), limits.get("tpm"), limits.get("tokens_per_request")
+    if rpm:
+        rates.append(rpm / 60.0)
+    if tpm and per_request:
+        rates.append(tpm / 60.0 / per_request)
+    return min(rates) if rates else None
+
+
+def burst_size(limits: IdealLimits) -> float | None:
+    """Requests the full buckets admit at once (a minute's allowance), or None without a limit."""
+    sizes = []
+    rpm, tpm, per_request = limits.get("rpm"), limits.get("tpm"), limits.get("tokens_per_request")
+    if rpm:
+        sizes.append(float(rpm))
+    if tpm and per_request:
+        sizes.append(tpm / per_request)
+    return min(sizes) if sizes else None
+
+
+def drain_tickets(limits: IdealLimits, seconds: float = 30.0) -> int | None:
+    """Tickets a setting needs to get past the burst and then run `seconds` at the sustained rate."""
+    rate, burst = sustained_rate(limits), burst_size(limits)
+    if rate is None or burst is None:
+        return None
+    return int(math.ceil(burst + rate * seconds))
 class RecommendationJSON(TypedDict):
     concurrency: int | None
     reason: str
@@ -270,8 +310,9 @@ def recommend(rows: Sequence[BenchRow], *, max_429_rate: float = DEFAULT_MAX_429
         max_p95_ms = round(P95_FACTOR * min(p95s), 1)
     limit_text = f"{max_p95_ms:,.0f} ms" if max_p95_ms is not None else "-"
 
-    def tps(row: BenchRow) -> float:
-        return float(row.get("tickets_per_s") or 0.0)
+    def tps(row: BenchRow) -> float:  # what a long night sustains (sustained_rate)
+        sustained = row.get("sustained_tickets_per_s")
+        return float(row.get("tickets_per_s") or 0.0) if sustained is None else float(sustained)
 
     def broken(row: BenchRow) -> str | None:
         if not reached(row):
@@ -296,11 +337,12 @@ def recommend(rows: Sequence[BenchRow], *, max_429_rate: float = DEFAULT_MAX_429
                               max_429_rate, max_p95_ms, tie_within)
     best = max(ok, key=lambda r: (tps(r), -r["concurrency"]))
     chosen = min((r for r in ok if tps(r) >= tps(best) * (1.0 - tie_within)), key=lambda r: r["concurrency"])
+    sustained = any(r.get("sustained_tickets_per_s") is not None for r in ok)
     if chosen is best:
-        reason = f"highest throughput ({tps(chosen):,.1f} tickets/s)"
+        reason = f"highest throughput ({tps(chosen):,.1f} tickets/s" + (" sustained)" if sustained else ")")
     else:
-        reason = (f"{tps(chosen):,.1f} tickets/s, within {tie_within * 100:g}% of the best "
-                  f"(C={best['concurrency']}: {tps(best):,.1f}/s) with fewer in flight")
+        reason = (f"{tps(chosen):,.1f} tickets/s{' sustained' if sustained else ''}, within {tie_within * 100:g}% "
+                  f"of the best (C={best['concurrency']}: {tps(best):,.1f}/s) with fewer in flight")
     reason += (f", 429 rate {pct(chosen.get('rate_429', 0))} <= {pct(max_429_rate)}, "
                f"p95 {p95_of(chosen):,.0f} ms <= {limit_text}")
     faster = sorted((r for r in rows if broken(r) is not None and reached(r) and tps(r) > tps(best)),
@@ -325,7 +367,11 @@ def build_row(concurrency: int, tickets: int, state: str, summary: StoredJSON, c
     done, failed, requests = summary["done"], summary["failed"], summary["requests"]
     wall = max(float(summary["wall_s"]), 1e-9)
     tickets_per_s = round(done / wall, 2)
-    ideal, limited_by = ideal_throughput(concurrency, latency_s, tickets, **(limits or {}))
+    limits = limits or {}
+    ideal, limited_by = ideal_throughput(concurrency, latency_s, tickets, **limits)
+    rate, burst = sustained_rate(limits), burst_size(limits)
+    # at the sustained rate, a share of the requests (done / requests) give a ticket done
+    sustained = None if rate is None else round(min(tickets_per_s, rate * done / requests if requests else 0.0), 2)
     ttft = summary.get("ttft_ms") or summary.get("time_to_first_token_ms")
     return {
         "concurrency": concurrency,
@@ -341,6 +387,12 @@ def build_row(concurrency: int, tickets: int, state: str, summary: StoredJSON, c
         "wall_s": summary["wall_s"],
         "requests_per_s": summary["requests_per_s"],
         "tickets_per_s": tickets_per_s,
+        # capped at what the rate limit sustains once its burst is spent (None: no rate limit)
+        "sustained_tickets_per_s": sustained,
+        "sustained_limit_rps": None if rate is None else round(rate, 3),
+        # did the sample get past the rate limit's burst (None: no rate limit)?
+        "burst_drained": None if burst is None else requests > burst,
+        "drain_tickets": drain_tickets(limits),  # a sample that gets past the burst and runs 30 s sustained
         "output_tokens_per_s": summary["output_tokens_per_s"],
         "latency_ms": summary["latency_ms"].copy(),
         "ttft_ms": ttft.copy() if ttft else None,
@@ -374,8 +426,16 @@ def build_row(concurrency: int, tickets: int, state: str, summary: StoredJSON, c
 # --------------------------------------------------------------------------------------------
 
 
-def format_table(rows: Sequence[BenchRow | AutoRow]) -> str:
-    """The per-setting table (TTFT columns only when some row has them)."""
+#: The default table's columns (at most 8; --wide shows every column: format_table(wide=True)).
+NARROW = ("conc", "tickets/s", "sustained/s", "out tok/s", "p50 ms", "p95 ms", "429", "err", "cost $")
+
+
+def format_table(rows: Sequence[BenchRow | AutoRow], *, wide: bool = False) -> str:
+    """The per-setting table: at most 8 columns (conc, tickets/s, sustained/s when a rate limit
+    applies or else out tok/s, p50, p95, 429, err, cost); `wide`: every column (TTFT columns only
+    when some row has them)."""
+    if not wide:
+        return _narrow_table(rows)
     with_ttft = any(r.get("ttft_ms") for r in rows)
     header = ["conc", "tickets", "req/s", "tickets/s", "out tok/s", "p50 ms", "p95 ms", "p99 ms"]
     if with_ttft:
@@ -409,6 +469,31 @@ def format_table(rows: Sequence[BenchRow | AutoRow]) -> str:
                  "-" if peak is None else str(peak), num(r["cpu_ms_per_request"], ",.2f")]
         if with_workers:
             line.append(str(r.get("workers") or 1))
+        lines.append(line)
+    return "\n".join(table(header, lines, left=0))
+
+
+def _conc(r: BenchRow | AutoRow) -> str:
+    if r["concurrency"] == "auto" and r.get("concurrency_settled") is not None:
+        return f"auto:{r['concurrency_settled']}"
+    return str(r["concurrency"])
+
+
+def _narrow_table(rows: Sequence[BenchRow | AutoRow]) -> str:
+    limited = any(r.get("sustained_tickets_per_s") is not None for r in rows)
+    header = [h for h in NARROW if h != ("out tok/s" if limited else "sustained/s")]
+    lines = []
+    for r in rows:
+        lat = r["latency_ms"]
+        line = [_conc(r), num(r["tickets_per_s"], ",.1f") + ("*" if r.get("not_finished") else "")]
+        if limited:
+            sustained = r.get("sustained_tickets_per_s")
+            capped = sustained is not None and sustained < r["tickets_per_s"]
+            line.append(num(sustained, ",.1f") + (" (capped)" if capped else ""))
+        else:
+            line.append(num(r["output_tokens_per_s"], ",.1f"))
+        line += [num(lat.get("p50"), ",.0f"), num(lat.get("p95"), ",.0f"), pct(r["rate_429"]), pct(r["error_rate"]),
+                 "-" if r["cost_usd"] is None else f"{r['cost_usd']:.6f}"]
         lines.append(line)
     return "\n".join(table(header, lines, left=0))
 

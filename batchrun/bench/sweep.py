@@ -7,7 +7,7 @@ the plot charts.py.
 SYNOPSIS
 
     batchrun bench JOB [--concurrency 1,4,16,64,256[,auto]] [--tickets N] [--stream]
-                       [--live] [--baseline] [--out DIR] [--workers N|auto]
+                       [--live] [--baseline] [--out DIR] [--workers N|auto] [--wide]
                        [--latency-ms MS] [--per-token-ms MS] [--jitter J] [--seed S]
                        [--rpm N] [--tpm N] [--capacity K] [--overload-ms MS]
                        [--max-429-rate R] [--max-p95-ms MS] [--tie-within F]
@@ -71,10 +71,13 @@ Before the first measured setting, `--warmup` (4) requests go through both
 batchrun's provider and bare litellm, so import and first-call costs are not
 measured; the simulator's counters are then reset.
 
-WHAT IT MEASURES (one row per setting)
+WHAT IT MEASURES (one row per setting; the table shows at most 8 columns, --wide all of them)
 
     req/s       requests sent / wall time (retries and 429s included)
-    tickets/s   tickets done / wall time: the throughput used to recommend
+    tickets/s   tickets done / wall time
+    sustained/s tickets/s capped at what a rate limit sustains (below): the
+                throughput used to recommend; "(capped)" where the measured
+                figure was above it (the burst's)
     out tok/s   completion tokens / wall time
     p50/p95/p99 latency of successful attempts (ms); TTFT likewise when streaming
     429         attempts answered 429 / attempts
@@ -102,9 +105,22 @@ It is then capped, and the cap named in the `ideal` column:
     request are estimated as the simulator does (prompt tokens + max_tokens).
 efficiency = tickets/s achieved / ideal.
 
+A LONG NIGHT: THE SUSTAINED RATE
+
+A rate limit (the simulator's --rpm / --tpm, or with --live the job's rpm /
+tpm) lets a minute's allowance through at once, then limit / 60 per second.
+A sample smaller than that burst measures the burst: C=64 at 138 tickets/s
+under --rpm 4000, where a night of tickets runs at 66.7/s. Each row therefore
+has `sustained_tickets_per_s`: its tickets/s capped at the sustained rate
+(times the share of requests that gave a ticket), and `burst_drained`: whether
+the sample sent more requests than the burst. The recommendation compares the
+sustained figures (so the lowest setting that reaches the limit wins the tie),
+and the command says when the burst was not drained and how many tickets
+would get past it (`--tickets N`).
+
 THE RECOMMENDATION
 
-The setting with the highest tickets/s among those whose 429 rate is at most
+The setting with the highest sustained tickets/s among those whose 429 rate is at most
 `--max-429-rate` (0.01), whose p95 latency is at most `--max-p95-ms`
 (default: 3 x the lowest p95 of the sweep) and where no ticket failed.
 Throughputs within `--tie-within` (0.05, i.e. 5%) of the best are a tie,
@@ -285,6 +301,8 @@ async def _measure_settings(sweep: Sweep, sim: SimulatorProcess | None, rows: li
     cfg = sweep.sim_config
     if cfg is not None:
         limits = {"rpm": cfg.rpm, "tpm": cfg.tpm, "capacity": cfg.capacity, "overload_ms": cfg.overload_ms}
+    else:  # --live: the job's own rpm / tpm pace it (a second's burst, then limit / 60 per second)
+        limits = {"rpm": sweep.job.rpm, "tpm": sweep.job.tpm}
     max_tokens = sweep.job.params.get("max_tokens") or sweep.job.params.get("max_completion_tokens")
 
     def server_stats() -> ServerStats | None:
@@ -332,12 +350,12 @@ async def _measure_settings(sweep: Sweep, sim: SimulatorProcess | None, rows: li
             summary = result.summary
             cpu = cpu_self + float(summary.get("worker_cpu_s") or 0.0)  # what the workers said (0 without)
             done = summary["done"]
+            if limits.get("tpm") and done:
+                mean_out = summary["completion_tokens"] / done
+                limits["tokens_per_request"] = summary["prompt_tokens"] / done + (max_tokens or mean_out)
             if cfg is not None:
                 mean_out = summary["completion_tokens"] / done if done else 0.0
                 latency_s: float | None = (cfg.latency_ms + cfg.per_token_ms * mean_out) / 1000.0
-                if cfg.tpm and done:
-                    per_request = summary["prompt_tokens"] / done + (max_tokens or mean_out)
-                    limits["tokens_per_request"] = per_request
             else:
                 mean = summary["latency_ms"].get("mean")
                 latency_s = mean / 1000.0 if mean else None

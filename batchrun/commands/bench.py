@@ -112,11 +112,13 @@ def _tickets_option(ctx: click.Context, param: click.Parameter, value: str) -> i
               help="Worker processes per run [default: the job's `workers`; auto: as `batchrun run` decides].")
 @click.option("--warmup", type=click.IntRange(min=0), default=4, show_default=True,
               help="Requests sent before the first measured setting (not measured).")
+@click.option("--wide", is_flag=True, help="Every column (req/s, p99, ideal, efficiency, peak in flight, "
+                                           "CPU per request...); the default table has at most 8.")
 def bench_command(job_file: Path, settings: list[int | str], tickets: int | None, stream: bool, live: bool,
                   baseline: bool, baseline_transport: str, out_dir: Path, latency_ms: float, per_token_ms: float,
                   jitter: float, seed: int, rpm: int | None, tpm: int | None, capacity: int | None, overload_ms: float,
                   max_429_rate: float, max_p95_ms: float | None, tie_within: float, workers_opt: str | None,
-                  warmup: int) -> None:
+                  warmup: int, wide: bool) -> None:
     """Sweep JOB_FILE's concurrency on a sample of its tickets and recommend a setting.
 
     Each setting runs through the real engine in a fresh temporary run directory
@@ -138,13 +140,32 @@ def bench_command(job_file: Path, settings: list[int | str], tickets: int | None
     except BatchrunError as exc:
         click.echo(error_line(exc, secrets), err=True)
         sys.exit(int(exc.exit_code))
-    _write_outputs(outcome.report, outcome.rows, outcome.recommendation, out_dir, outcome.job, outcome.sweep)
+    _write_outputs(outcome.report, outcome.rows, outcome.recommendation, out_dir, outcome.job, outcome.sweep, wide)
     if outcome.interrupted:
         sys.exit(130)
 
 
 def _say(message: str) -> None:
     click.echo(f"bench: {message}", err=True)
+
+
+def _say_burst(rows: list[BenchRow], sweep: Sweep) -> None:
+    """Say when a sample never drained the rate limit's burst, and what the sustained rate is."""
+    burst_only = [r for r in rows if r.get("burst_drained") is False]
+    limited = [r for r in rows if r.get("sustained_limit_rps")]
+    if not limited:
+        return
+    rate = limited[0]["sustained_limit_rps"]
+    if burst_only:
+        need = max((r.get("drain_tickets") or 0) for r in burst_only) or None
+        names = ", ".join(f"C={r['concurrency']}" for r in burst_only)
+        click.echo(f"\nnote: {names} never drained the rate limit's burst (a minute's allowance at once, then "
+                   f"{rate:,.1f} requests/s): their tickets/s are the burst's, not what a long night sustains. "
+                   f"The recommendation uses the sustained figure (sustained/s)"
+                   + (f"; about {need:,} tickets per setting would measure it (--tickets {need})" if need else "")
+                   + ".")
+    else:
+        click.echo(f"\nnote: the rate limit sustains {rate:,.1f} requests/s; sustained/s caps each setting there.")
 
 
 def _positive(text: str) -> int:
@@ -158,14 +179,15 @@ def _positive(text: str) -> int:
 
 
 def _write_outputs(report: BenchReport, rows: list[BenchRow], rec: Recommendation, out_dir: Path,
-                   job: JobSpec, sweep: Sweep) -> None:
+                   job: JobSpec, sweep: Sweep, wide: bool = False) -> None:
     import orjson
 
     click.echo(f"\n{job.name}: batchrun bench, {report['mode']}"
                + (f" (latency {sweep.sim_config.latency_ms:g} ms)" if sweep.sim_config is not None else "")
                + (", streaming" if sweep.stream else ""))
-    click.echo(format_table(rows) if rows else "(no setting finished)")
-    notes = sorted({r["ideal_limited_by"] for r in rows} - {"concurrency", "unknown"})
+    click.echo(format_table(rows, wide=wide) if rows else "(no setting finished)")
+    _say_burst(rows, sweep)
+    notes = sorted({r["ideal_limited_by"] for r in rows} - {"concurrency", "unknown"}) if wide else []
     explain = {
         "tickets": "the last wave of requests is partial",
         "capacity": "the simulator slows down above --capacity in flight",
@@ -188,7 +210,7 @@ def _write_outputs(report: BenchReport, rows: list[BenchRow], rec: Recommendatio
     auto = report.get("auto")
     if auto:
         click.echo(f"\nconcurrency = \"auto\" (up to {auto['row'].get('concurrency_max')}):")
-        click.echo(format_table([auto["row"]]))
+        click.echo(format_table([auto["row"]], wide=wide))
         share = auto["share_of_best"]
         click.echo(f"auto settled at {auto['settled'] if auto['settled'] is not None else '?'}: "
                    f"{auto['tickets_per_s']:,.1f} tickets/s"

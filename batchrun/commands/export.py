@@ -33,16 +33,22 @@ Exit codes: 0 written; 2 not a run directory, or its input is gone or changed.
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Output file [default: RUN_DIR/export.<format>].")
 @click.option("--with-input", is_flag=True, help="Add the input row's fields to each row.")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The run's input file [default: the one the manifest names, found from any directory].")
 @click.option("--raw-cells", is_flag=True, help="CSV/TSV: write text cells that begin like a spreadsheet formula "
                                                 "(=, +, -, @, tab, CR) as they are, without the leading '.")
-def export_command(run_dir: Path, fmt: str, out: Path | None, with_input: bool, raw_cells: bool) -> None:
-    """Write one row per ticket of RUN_DIR, in input order: answer, usage, cost, attempts, errors."""
+def export_command(run_dir: Path, fmt: str, out: Path | None, with_input: bool, input_path: Path | None,
+                   raw_cells: bool) -> None:
+    """Write one row per ticket of RUN_DIR, in input order: answer, usage, cost, attempts, errors.
+
+    Exit codes: 0 written; 2 RUN_DIR is not a run directory, or its input cannot be found or changed
+    since the run (pass --input PATH)."""
     from batchrun.analysis.export import export_run
     from batchrun.analysis.stats import cached_share, format_prompt_cache
     from batchrun.errors import BatchrunError
 
     try:
-        result = export_run(run_dir, out, fmt, with_input=with_input, raw_cells=raw_cells)
+        result = export_run(run_dir, out, fmt, with_input=with_input, input=input_path, raw_cells=raw_cells)
     except BatchrunError as exc:
         click.echo(error_line(exc), err=True)
         sys.exit(int(exc.exit_code))

@@ -19,15 +19,21 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 import click
 
 from batchrun.analysis.documents import StoredJSON
-from batchrun.analysis.textfmt import error_line, num, terminal_safe
-from batchrun.run_logging import route_litellm_logs, setup_logging
+from batchrun.analysis.textfmt import num, terminal_safe
+from batchrun.run_logging import console, route_litellm_logs, setup_logging
 
 if TYPE_CHECKING:
     from batchrun.execution.result import RunResult
     from batchrun.job.spec import JobSpec
     from batchrun.launcher import LaunchOptions
 
-__all__ = ["run_command", "setup_logging"]
+__all__ = ["headline", "run_command", "setup_logging"]
+
+
+def headline(result: RunResult) -> str:
+    """How a run ended, for the summary's title: `done`, `done with 2 failed`, `interrupted`, ..."""
+    failed = int(result.summary.get("failed") or 0)
+    return f"{result.state} with {failed:,} failed" if failed and result.state == "done" else result.state
 
 RUN_EXAMPLES = """
 \b
@@ -80,6 +86,9 @@ class _WorkersType(click.ParamType):
               help="OpenAI-compatible server to talk to (no simulator) [env: BATCHRUN_API_BASE].")
 @click.option("--live", is_flag=True, help="Use the job's real model even if it has a [simulator] section.")
 @click.option("--skip-failed", is_flag=True, help="Do not retry tickets that failed in an earlier run.")
+@click.option("--retry-permanent", is_flag=True,
+              help="Also send again tickets whose earlier failure was permanent (context window, content "
+                   "policy, invalid request, auth, not found); a re-run otherwise retries transient ones only.")
 @click.option("--force", is_flag=True, help="Resume even if the job, input or endpoint changed.")
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.")
@@ -113,17 +122,22 @@ class _WorkersType(click.ParamType):
 @click.option("-v", "--verbose", count=True, help="-v: log retries and failures; -vv: debug (litellm too).")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the log here (API keys scrubbed).")
+@click.option("--dry-run", "dry_run", type=click.IntRange(min=0), is_flag=False, flag_value=3, default=None,
+              metavar="[N]", help="Send nothing: check the job and input, print the first N tickets' messages "
+                                  "(default 3) and the forecast of `batchrun plan` (put it after JOB).")
+@click.option("--serve-linger", "serve_linger", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="With --serve: after the run, keep its page served this long [default: until Ctrl-C on a "
+                   "terminal; 0 without one, so cron is never held].")
 @click.option("--serve", "serve_port", type=click.IntRange(0, 65535), is_flag=False, flag_value=8765,
               default=None, metavar="[PORT]",
               help="Also serve this run's live page on 127.0.0.1:PORT (default 8765) while it runs "
                    "(a `batchrun serve` process on the run directory's parent).")
 def run_command(job_file: Path, input_path: Path | None, concurrency: int | None, limit: int | None,
         run_dir: Path | None, model: str | None, api_base: str | None, live: bool, skip_failed: bool,
-        force: bool, grace: float, workers: int | str | None, engine: str | None, ray_address: str | None,
-        max_cost_usd: float | None, service_tier: str | None, cache: bool | None, progress: bool | None,
-        mode: str | None,
+        retry_permanent: bool, force: bool, grace: float, workers: int | str | None, engine: str | None, ray_address: str | None,
+        max_cost_usd: float | None, service_tier: str | None, cache: bool | None, progress: bool | None, mode: str | None,
         no_wait: bool, finish_online: bool, progress_every: float, as_json: bool, verbose: int,
-        log_file: Path | None, serve_port: int | None) -> None:
+        log_file: Path | None, dry_run: int | None, serve_linger: float | None, serve_port: int | None) -> None:
     """Run JOB_FILE over its tickets, or resume it where it stopped.
 
     Ids already in the run directory's results.jsonl are never requested again.
@@ -138,34 +152,100 @@ def run_command(job_file: Path, input_path: Path | None, concurrency: int | None
     options = LaunchOptions(input=input_path, run_dir=run_dir, limit=limit, concurrency=concurrency, model=model,
                             api_base=api_base, live=live, workers=workers, engine=engine, ray_address=ray_address,
                             mode=mode, cache=cache, max_cost_usd=max_cost_usd, service_tier=service_tier,
-                            skip_failed=skip_failed, force=force,
+                            skip_failed=skip_failed, retry_permanent=retry_permanent, force=force,
                             grace=grace, no_wait=no_wait, finish_online=finish_online, progress=bar,
-                            progress_every=None if bar else progress_every)
+                            # a bar on the terminal: the plain lines still go to the log file
+                            progress_every=progress_every if not bar or log_file is not None else None)
     secrets: list[str] = []
+    setup_logging(verbose, log_file, secrets, bar=bar)  # the filter redacts the keys as they are read
     try:
         job, _ = resolve_job(job_file, options)
-        setup_logging(verbose, log_file, secrets)  # the filter redacts the keys as they are read
+        if dry_run is not None:
+            _dry_run(job, job_file, options, dry_run, as_json)
+            return
         with contextlib.ExitStack() as stack:
+            server = None
             if serve_port is not None:
                 from batchrun.serve.server import serve_in_background
 
                 run_dir_path = job.resolved_run_dir()
                 run_dir_path.mkdir(parents=True, exist_ok=True)
-                stack.enter_context(serve_in_background(run_dir_path, serve_port))
+                server = stack.enter_context(serve_in_background(run_dir_path, serve_port))
             result = _launch(job, job_file, options, secrets, verbose=verbose, as_json=as_json)
-        if as_json:
-            _echo_json(job.name, result)
-        elif job.compare_mode:
-            _print_comparison(job)
+            if as_json:
+                _echo_json(job.name, result)
+            elif job.compare_mode:
+                _print_comparison(job)
+            if server is not None:
+                _linger(server, serve_linger)
+        _final_line(result.state, result.summary, result.exit_code)
         code = result.exit_code
     except BatchrunError as exc:
-        click.echo(error_line(exc, secrets), err=True)
+        from batchrun.errors import redact_secrets
+
+        message = redact_secrets(str(exc), secrets)
+        console.error("%s", terminal_safe(message))
+        if as_json:  # a script reads stdout: say why there is no summary
+            import orjson
+
+            click.echo(orjson.dumps({"error": message, "exit_code": int(exc.exit_code)}).decode())
+        _final_line("not_started", {}, int(exc.exit_code))
         sys.exit(int(exc.exit_code))
     sys.exit(code)
 
 
+def _linger(server: Any, seconds: float | None) -> None:
+    """--serve: the finished run's page stays up (its final state) until Ctrl-C or --serve-linger."""
+    from batchrun.serve.server import linger
+
+    if seconds is None:
+        seconds = None if sys.stdin.isatty() and sys.stderr.isatty() else 0.0
+    if seconds == 0:
+        return
+    sys.stdout.flush()
+    _say("the run is over; its page stays served (final state) "
+         + ("until Ctrl-C" if seconds is None else f"for {seconds:g} s (--serve-linger)"))
+    linger(seconds, server)
+
+
+def _dry_run(job: JobSpec, job_file: Path, options: LaunchOptions, count: int, as_json: bool) -> None:
+    """--dry-run N: the tickets' messages and the plan on stdout; nothing sent, nothing written."""
+    import orjson
+
+    from batchrun.analysis.plan import format_plan
+    from batchrun.analysis.textfmt import printable
+    from batchrun.launcher import dry_run
+
+    if "litellm" not in sys.modules:
+        _say("loading litellm (token counts and prices for the forecast)...")
+    shown = dry_run(job, job_file, options, count)
+    for note in shown["notes"]:
+        _say(note)
+    if as_json:
+        click.echo(orjson.dumps(shown).decode())
+        return
+    click.echo(f"{job.name}: dry run, nothing sent ({'simulated' if shown['simulated'] else 'live'} run)")
+    for ticket in shown["tickets"]:
+        click.echo(f"\n-- ticket {printable(ticket['id'])} (input line {ticket['line']}) --")
+        for message in ticket["messages"]:
+            body = printable(message["content"]).split("\n")
+            click.echo(f"[{message['role']}] {body[0]}")
+            for row in body[1:]:
+                click.echo(f"    {row}")
+    if not shown["tickets"]:
+        click.echo("\nno ticket to send: every one is done (or kept)")
+    click.echo("")
+    click.echo(format_plan(shown["plan"]), nl=False)
+
+
 def _say(message: str) -> None:
-    click.echo(f"batchrun: {terminal_safe(message)}", err=True)
+    console.info("%s", terminal_safe(message))
+
+
+def _final_line(state: str, summary: dict[str, Any], code: int) -> None:
+    """The last line of every `batchrun run` on stderr and in the log file: how it ended."""
+    console.info("state=%s done=%d failed=%d cost=$%.6f exit=%d", state, int(summary.get("done") or 0),
+                 int(summary.get("failed") or 0), float(summary.get("cost_usd") or 0.0), code)
 
 
 def _launch(job: JobSpec, job_file: Path, options: LaunchOptions, secrets: list[str], *, verbose: int,
@@ -176,14 +256,29 @@ def _launch(job: JobSpec, job_file: Path, options: LaunchOptions, secrets: list[
     from batchrun.launcher import launch
 
     def after_run(each: JobSpec, result: RunResult, mode: str) -> None:
+        _log_failures(result)
         if not as_json:
             (_print_batch if mode == "batch" else _print_online)(each, result)
         elif result.nothing_to_do and mode == "batch":
-            click.echo(f"Nothing to do: {result.summary['already_done']:,} of {result.summary['tickets_total']:,} "
-                       f"tickets already done in {result.run_dir}. No batch submitted.", err=True)
+            _say(f"Nothing to do: {result.summary['already_done']:,} of {result.summary['tickets_total']:,} "
+                 f"tickets already done in {result.run_dir}. No batch submitted.")
 
     return anyio.run(lambda: launch(job, job_file, options, say=_say, secrets=secrets,
                                     before_execute=lambda: route_litellm_logs(verbose), after_run=after_run))
+
+
+def _log_failures(result: RunResult) -> None:
+    """Each failure kind of the run once on stderr (and in the log file): its count, whether a re-run
+    retries it, its most frequent message."""
+    from batchrun.errors import is_permanent
+
+    fail_fast = result.summary.get("stop_reason") == "fail_fast"
+    for kind, group in (result.summary.get("failures") or {}).items():
+        top = (group.get("top_messages") or [["", 0]])[0][0]
+        console.info("failed: %s %d (%s)%s", kind, group["count"],
+                     "permanent: kept by a re-run" if is_permanent(kind, fail_fast=fail_fast)
+                     else "transient: a re-run retries them",
+                     f": {top}" if top else "")
 
 
 class RunJSON(TypedDict):
@@ -232,44 +327,40 @@ def _print_online(job: JobSpec, result: RunResult) -> None:
             + f" in {result.run_dir}. No requests sent.\n")
         click.echo(format_status(run_status(result.run_dir)))
         return
-    click.echo(format_summary(result.summary, title=f"{job.name}: run {result.run_number} {result.state}"))
+    click.echo(format_summary(result.summary, title=f"{job.name}: run {result.run_number} {headline(result)}"))
     click.echo(f"run directory: {result.run_dir}  (batchrun status {result.run_dir})")
     if result.state == "interrupted":
-        click.echo("Interrupted: re-run the same command to resume.", err=True)
-    elif result.state == "budget_exhausted":  # the run said when it stopped what was spent, reserved and left
-        click.echo("batchrun: budget_exhausted: stopped at max_cost_usd (see above); re-run with a larger "
-                   "budget to continue", err=True)
-    elif result.error:
-        click.echo(f"batchrun: {result.state}: {terminal_safe(result.error)}", err=True)
-    if result.summary["failed"] and result.state != "interrupted":
-        click.echo(f"{result.summary['failed']} ticket(s) failed: details in {result.run_dir / 'errors.jsonl'}; "
-                   "re-run to retry them (or --skip-failed).", err=True)
+        _say("interrupted: re-run the same command to resume")
+    elif result.error and result.state == "failed":  # a stop (budget, fail-fast) was said when it happened
+        console.error("%s: %s", result.state, terminal_safe(result.error))
+    failed, permanent = result.summary["failed"], result.summary.get("failed_permanent", 0)
+    if failed and result.state != "interrupted":
+        _say(f"{failed} ticket(s) failed: details in {result.run_dir / 'errors.jsonl'} (batchrun show "
+             f"{result.run_dir} ID); " + ("a re-run retries the transient ones" if failed > permanent
+                                          else "all permanent: a re-run keeps them")
+             + (" (--retry-permanent sends the permanent ones again)" if permanent else ""))
     if totals.get("remaining") and result.state == "done":
-        click.echo(f"{totals['remaining']:,} ticket(s) of the input not asked for yet (--limit): "
-                   "re-run with a larger --limit, or without it, to continue.", err=True)
+        _say(f"{totals['remaining']:,} ticket(s) of the input not asked for yet (--limit): "
+             "re-run with a larger --limit, or without it, to continue")
 
 
 def _print_batch(job: JobSpec, result: RunResult) -> None:
-    """The end of a batch-mode run: its summary and its parts."""
-    from batchrun.analysis.stats import format_summary
-    from batchrun.batch.ledger import ledger_summary
+    """The end of a batch-mode run: batch mode's own summary, its parts with the provider's batch ids."""
+    from batchrun.analysis.stats import format_batch_summary
+    from batchrun.rundir.status import batch_parts
 
     assert result.run_dir is not None
     if result.nothing_to_do:
         click.echo(f"Nothing to do: {result.summary['already_done']:,} of {result.summary['tickets_total']:,} "
                    f"tickets already done in {result.run_dir}. No batch submitted.")
         return
-    click.echo(format_summary(result.summary, title=f"{job.name}: run {result.run_number} (batch) {result.state}"))
-    for part in (ledger_summary(result.run_dir) or {"parts": []})["parts"]:
-        counts = part.get("counts") or {}
-        click.echo(terminal_safe(f"  part {part['number']}: {part['state']} ({part.get('status') or '-'}), "
-                   f"{part['tickets']:,} tickets, {counts.get('completed', 0):,} completed, "
-                   f"{counts.get('failed', 0):,} failed" + (f"; {part['note']}" if part.get("note") else "")))
+    click.echo(format_batch_summary(result.summary, batch_parts(result.run_dir),
+                                    title=f"{job.name}: run {result.run_number} (batch) {headline(result)}"))
     click.echo(f"run directory: {result.run_dir}  (batchrun status {result.run_dir})")
     if result.state == "submitted":
-        click.echo("Submitted: run the same command later to collect the answers (nothing is sent again).", err=True)
+        _say("submitted: run the same command later to collect the answers (nothing is sent again)")
     elif result.error:
-        click.echo(f"batchrun: {result.state}: {terminal_safe(result.error)}", err=True)
+        console.error("%s: %s", result.state, terminal_safe(result.error))
 
 
 def _print_comparison(job: JobSpec) -> None:

@@ -15,7 +15,8 @@ from typing import Sequence
 import click
 
 from batchrun.analysis.documents import StoredJSON
-from batchrun.analysis.stats import describe_anomalies, format_prompt_cache, format_summary, upstream_text
+from batchrun.analysis.stats import (describe_anomalies, format_batch_parts, format_batch_summary, format_prompt_cache,
+                                     format_summary, upstream_text)
 from batchrun.analysis.textfmt import error_line, kv, table, terminal_safe, usd
 
 __all__ = ["format_status", "status_command"]
@@ -76,7 +77,9 @@ def format_status(status: StoredJSON) -> str:
         *([("asked", f"{status['asked']:,} (--limit {status['limit']:,} in run {status['run']})")]
           if status.get("limit") is not None else []),
         ("done", f"{status['done']:,}"),
-        ("failed", f"{status['failed']:,}"),
+        ("failed", f"{status['failed']:,}" + (
+            f" ({status.get('failed_permanent', 0):,} permanent: kept by a re-run, --retry-permanent sends them; "
+            f"{status.get('failed_transient', 0):,} transient: a re-run retries them)" if status["failed"] else "")),
         *([("pending", f"{status['pending_asked']:,} of those asked"),
            ("not asked yet", f"{status['not_asked']:,} of the input (run without --limit, or a larger one)")]
           if status.get("limit") is not None else [("pending", f"{status['pending']:,}")]),
@@ -108,13 +111,6 @@ def format_status(status: StoredJSON) -> str:
             + " (from the files)")))
     if status["error"]:
         rows.append(("error", status["error"]))
-    for part in (status.get("batch") or {}).get("parts") or []:
-        counts = part.get("counts") or {}
-        rows.append((f"batch part {part['number']}", f"{part['state']} (provider: {part.get('status') or '-'}), "
-                     f"{part['tickets']:,} tickets, {counts.get('completed', 0):,} completed, "
-                     f"{counts.get('failed', 0):,} failed"
-                     + (f", {part['retry']:,} to resubmit" if part.get("retry") else "")
-                     + (f"; {part['note']}" if part.get("note") else "")))
     if status.get("maybe_billed_before"):
         ids = status["maybe_billed_before_ids"]
         more = status["maybe_billed_before"] - len(ids[:10])
@@ -123,6 +119,11 @@ def format_status(status: StoredJSON) -> str:
             + ", ".join(ids[:10]) + (f" and {more:,} more" if more > 0 else "")
             + " (the next run marks their lines maybe_billed_before)")))
     text = "\n".join(kv(rows))
+    parts = format_batch_parts(status.get("batch"))
+    if parts:
+        text += "\n\nbatch parts:\n" + "\n".join(parts)
     if status["last_summary"]:
-        text += "\n\n" + format_summary(status["last_summary"], title=f"last run (run {status['run']})")
+        title = f"last run (run {status['run']})"
+        text += "\n\n" + (format_batch_summary(status["last_summary"], status["batch"], title=title, with_parts=False)
+                           if status.get("batch") else format_summary(status["last_summary"], title=title))
     return terminal_safe(text)

@@ -36,7 +36,6 @@ The tasks that move tickets (producer, workers, writer) are dispatcher.py's.
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Callable, Mapping
 
 import anyio
@@ -44,6 +43,7 @@ import anyio
 from batchrun.analysis.stats import RunStats
 from batchrun.analysis.textfmt import terminal_safe
 from batchrun.errors import (
+    FAIL_FAST_KINDS,
     BatchrunError,
     CheckpointError,
     RateLimitedError,
@@ -67,7 +67,6 @@ from batchrun.rundir.journal import InflightJournal
 
 __all__ = ["Coordinator", "FAIL_FAST_KINDS"]
 
-FAIL_FAST_KINDS = frozenset({"auth", "permission", "not_found"})
 # Kinds that never count toward the same-error streak: retried ones (an outage passes) and the
 # verdicts on an answer (they are about one ticket's answer, not about the endpoint).
 _NOT_ENDPOINT_KINDS = frozenset({"rate_limited", "resource_unavailable", "timeout", "connection", "server_error",
@@ -75,6 +74,7 @@ _NOT_ENDPOINT_KINDS = frozenset({"rate_limited", "resource_unavailable", "timeou
                                  "invalid_output", "invalid_response", "truncated", "content_filter",
                                  "local_resource"})
 log = logging.getLogger("batchrun")
+console = logging.getLogger("batchrun.console")  # what a person sees on stderr (run_logging.py)
 
 
 class Coordinator:
@@ -87,7 +87,8 @@ class Coordinator:
         self.provider = next(iter(self.providers.values()), None)  # cost and token estimates
         self.rate_limits_here = rate_limits_here  # False on Ray: the cluster's limiter actor holds them
         self.stats = RunStats(tickets_total=prep.tickets_total, already_done=prep.already_done,
-                              skipped_failed=prep.skipped_failed, to_do=prep.to_do,
+                              skipped_failed=prep.skipped_failed, skipped_permanent=prep.skipped_permanent,
+                              to_do=prep.to_do,
                               rejected_lines=prep.scan.problem_count)
         self.stats.maybe_billed_ids = sorted(prep.checkpoint.maybe_billed)
         self.gate = RequestGate()
@@ -143,13 +144,13 @@ class Coordinator:
             return
         self.stopping = True
         self.stop_reason = reason
+        self.stats.stop_reason = reason
         self.abort_message = message
         self.producer_scope.cancel()
         if self.run_budget is not None:  # tickets waiting for money: no new one starts now
             self.run_budget.wake()
-        if message:  # said once, on stderr now; logged for -v and --log-file
-            log.info("%s", message)
-            print(f"\nbatchrun: {terminal_safe(message)}", file=sys.stderr, flush=True)
+        if message:
+            console.warning("%s", terminal_safe(message))  # once: the end of the run does not repeat it
 
     def fail(self, error: BatchrunError) -> None:
         """A fatal error (the journal or a checkpoint file cannot be written, a worker crashed): the
@@ -313,8 +314,7 @@ class Coordinator:
             "each line, \"upstream requests\" in the summary), but batchrun's retry policy, Retry-After handling "
             "and budget see only its own requests: set `num_retries: 0` in the proxy's config (litellm_settings "
             "or router_settings) so that batchrun is the one retry layer.")
-        log.info("%s", message)  # for --log-file; not log.warning: without -v, logging's last resort prints it again
-        print(f"batchrun: {message}", file=sys.stderr, flush=True)
+        console.warning("%s", message)  # stderr and --log-file, dated (run_logging.py)
 
     # -- outcomes -----------------------------------------------------------------------
 

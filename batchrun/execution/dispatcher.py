@@ -22,6 +22,7 @@ attempts, cost 0, `cost_saved_usd`), after a failure it asks for itself.
 from __future__ import annotations
 
 import hashlib
+import logging
 import signal
 import sys
 import time
@@ -34,7 +35,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from batchrun.analysis.stats import format_progress_line
-from batchrun.errors import BatchrunError, CheckpointError
+from batchrun.errors import BatchrunError, CheckpointError, JobSpecError
 from batchrun.execution.coordinator import Coordinator
 from batchrun.execution.executors.seam import (
     Executor,
@@ -46,6 +47,8 @@ from batchrun.job.templates import render_messages
 from batchrun.job.tickets import read_tickets
 from batchrun.providers.seam import ChatRequest
 from batchrun.records import Outcome, Ticket
+
+console = logging.getLogger("batchrun.console")  # what a person sees on stderr (run_logging.py)
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -102,11 +105,11 @@ class Dispatcher:
         self.writer_done = anyio.Event()
         self.bar: tqdm | None = None
         if progress:
-            from tqdm import tqdm
+            from tqdm.auto import tqdm  # a notebook's widget, else the terminal's bar
 
             self.bar = tqdm(total=coordinator.prep.to_do, unit="ticket", dynamic_ncols=True, file=sys.stderr,
                             mininterval=0.25)
-        self.progress_every = progress_every if progress_every and not progress else None
+        self.progress_every = progress_every or None  # with a bar too: the log file gets the lines
         self._last_bar = 0.0
         self.figures = ExecutorFigures()
 
@@ -130,7 +133,13 @@ class Dispatcher:
             async for ticket in tickets:
                 if self.co.stopping:
                     break
-                request = ChatRequest(ticket.id, render_messages(self.job, ticket), self.job.timeout_s)
+                try:
+                    messages = render_messages(self.job, ticket)
+                except Exception as exc:  # the API's prompt callable raised, or answered something else
+                    self.co.fail(exc if isinstance(exc, BatchrunError) else JobSpecError(
+                        f"the prompt callable raised {type(exc).__name__} for ticket {ticket.id!r}: {exc}"))
+                    break
+                request = ChatRequest(ticket.id, messages, self.job.timeout_s)
                 chain, route = [""], None
                 if self.job.routes:
                     name, route = self.job.route(ticket.fields)
@@ -246,7 +255,7 @@ class Dispatcher:
         """Without a terminal (cron, a log file): one plain line on stderr every `every_s`."""
         while True:
             await anyio.sleep(every_s)
-            print(format_progress_line(self.co.stats), file=sys.stderr, flush=True)
+            console.info("%s", format_progress_line(self.co.stats), extra={"progress": True})
 
     async def watch_signals(self, tg: anyio.abc.TaskGroup, *,
                             task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -259,11 +268,8 @@ class Dispatcher:
                     co.stopping = False  # a signal wins over an earlier stop reason
                     co.stop("signal")
                     co.halt_requests()  # and the executor's (on_halt)
-                    print(
-                        f"\nbatchrun: {signal.Signals(signum).name}: no new requests; waiting up to "
-                        f"{self.grace_s:g} s for {co.stats.in_flight} in flight (signal again to stop now)",
-                        file=sys.stderr, flush=True,
-                    )
+                    console.warning("%s: no new requests; waiting up to %g s for %d in flight (signal again "
+                                    "to stop now)", signal.Signals(signum).name, self.grace_s, co.stats.in_flight)
                     tg.start_soon(self._grace_timer)
                 elif co.work_scope is not None:
                     co.work_scope.cancel()

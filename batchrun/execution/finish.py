@@ -40,7 +40,7 @@ from batchrun.job.input_formats import input_format_of
 from batchrun.providers.litellm_setup import litellm_version
 from batchrun.rundir.checkpoint import CheckpointWriter
 from batchrun.rundir.layout import release_space
-from batchrun.rundir.manifest import Manifest, write_manifest
+from batchrun.rundir.manifest import Manifest, input_record, write_manifest
 
 __all__ = ["MAX_HISTORY", "RunFinish", "build_manifest", "exit_code"]
 
@@ -75,7 +75,7 @@ def build_manifest(prep: PreparedRun, stats: RunStats, failed_ids: set[str], sta
     entry = {
         "run": prep.run_number, "state": state, "started_at": started_at, "finished_at": finished_at,
         "done": stats.done, "failed": stats.failed, "requests": stats.attempts,
-        "cost_usd": summary["cost_usd"],
+        "cost_usd": summary["cost_usd"], "stop_reason": stats.stop_reason,
     }
     history = [h for h in history if h.get("run") != prep.run_number][-(MAX_HISTORY - 1):] + [entry]
     return {
@@ -87,7 +87,7 @@ def build_manifest(prep: PreparedRun, stats: RunStats, failed_ids: set[str], sta
             "fingerprint": prep.job.fingerprint(),
             "fingerprint_sha256": prep.job.fingerprint_hash(),
         },
-        "input": {"path": str(prep.scan.path), "size": prep.scan.size, "sha256": prep.scan.sha256,
+        "input": {**input_record(prep.scan.path, prep.run_dir), "size": prep.scan.size, "sha256": prep.scan.sha256,
                   "tickets": prep.scan.tickets, "format": input_format_of(prep.scan.path, prep.job.input_format)},
         "endpoint": prep.endpoint,
         "limit": prep.limit,

@@ -5,7 +5,11 @@ whole input in one pass (every bad line is reported before any request; with
 on_bad_input = "skip" they go to rejects.jsonl), refuses to resume a run
 directory made by a different job, input or endpoint (unless force), names the
 tickets the last run left in flight (they may be billed twice), and counts what
-is left to do: a PreparedRun.
+is left to do: a PreparedRun. Tickets whose latest failure is permanent
+(errors.PERMANENT_KINDS: context window, content policy, invalid request, auth,
+not found) are kept as they are, counted and named in a note, unless
+`retry_permanent`; transient failures are retried (all failures are kept with
+`skip_failed`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from batchrun.rundir.checkpoint import (
     write_input_index,
     write_rejects,
 )
-from batchrun.rundir.manifest import Manifest, read_manifest
+from batchrun.rundir.lines import permanent_failures
+from batchrun.rundir.manifest import Manifest, fail_fast_runs, read_manifest
 
 MAYBE_BILLED_IDS_SHOWN = 20
 
@@ -58,6 +63,7 @@ class PreparedRun:
     already_done: int
     skipped_failed: int
     to_do: int
+    skipped_permanent: int = 0  # failed for good in an earlier run, not retried (--retry-permanent sends them)
     max_cost_usd: float | None = None  # the budget across all runs on this directory
     notes: list[str] = field(default_factory=list)  # things the user should know
 
@@ -91,15 +97,17 @@ def mismatches(old: Manifest, job: JobSpec, scan: InputScan, endpoint: str) -> l
 def prepare_run(
     job: JobSpec,
     *,
-    job_path: Path | None = None,
+    job_path: Path | str | None = None,
     endpoint: str = "provider default",
     limit: int | None = None,
     skip_failed: bool = False,
     force: bool = False,
     max_cost_usd: float | None = None,
+    retry_permanent: bool = False,
 ) -> PreparedRun:
     """Everything before the first request; raises BatchrunError subclasses."""
-    templates = [t for t in (job.system_template, job.user_template) if t is not None]
+    job_path = Path(job_path) if job_path is not None else None
+    templates = job.prompt_templates
     budget = max_cost_usd if max_cost_usd is not None else job.max_cost_usd
     if budget != job.max_cost_usd:  # the job says the budget, for whatever runs it (worker processes, Ray)
         job = job.with_overrides(max_cost_usd=budget)
@@ -109,6 +117,9 @@ def prepare_run(
         # the resume plan, the same for a saved index and a full scan
         max_problems = None if skip_bad else 20
         failed_ids: AbstractSet[str] = checkpoint.failed_ids if skip_failed else frozenset()
+        old: Manifest = read_manifest(checkpoint.run_dir) or {}
+        kept = permanent_failures(checkpoint.failed_kinds, fail_fast_runs(old))
+        permanent_ids: AbstractSet[str] = frozenset() if retry_permanent else kept
         # what makes a saved index valid besides the input's bytes
         key = orjson.dumps([job.id_field, [t.fields for t in templates], job.max_line_bytes]
                            + ([job.input_format] if job.input_format else [])
@@ -119,20 +130,28 @@ def prepare_run(
             sha256, size = file_digest(job.input)
             if (sha256, size) == (index.get("sha256"), index.get("size")):
                 scan = scan_from_index(job.input, index, max_problems=max_problems, done_ids=checkpoint.done_ids,
-                                       failed_ids=failed_ids, limit=limit)
+                                       failed_ids=failed_ids, limit=limit, permanent_ids=permanent_ids)
         if scan is None:
             scan = scan_input(job.input, job.id_field, templates, max_line_bytes=job.max_line_bytes,
                               keep_ids=True, input_format=job.input_format, max_problems=max_problems,
-                              done_ids=checkpoint.done_ids, failed_ids=failed_ids, limit=limit)
-            if not scan.problem_count or skip_bad:
+                              done_ids=checkpoint.done_ids, failed_ids=failed_ids, limit=limit,
+                              permanent_ids=permanent_ids)
+            if not scan.file_problems and (not scan.problem_count or skip_bad):
                 write_input_index(checkpoint.run_dir, scan.to_index(key))
             scan.ids = None  # the index is on disk; free the memory
         notes = list(checkpoint.repaired)
         if checkpoint.maybe_billed:
             notes.append(describe_maybe_billed(list(checkpoint.maybe_billed)))
-        if scan.problem_count and not skip_bad:
+        if scan.file_problems or (scan.problem_count and not skip_bad):
             raise TicketError(scan.describe_problems())
-        old = read_manifest(checkpoint.run_dir) or {}
+        if scan.skipped_permanent:
+            kinds: dict[str, int] = {}
+            for kind, _run in (checkpoint.failed_kinds[i] for i in kept):
+                kinds[kind] = kinds.get(kind, 0) + 1
+            by_kind = (" (" + ", ".join(f"{kind} {count:,}" for kind, count in sorted(kinds.items())) + ")"
+                       if sum(kinds.values()) == scan.skipped_permanent else "")
+            notes.append(f"{scan.skipped_permanent:,} permanent failure(s) from earlier runs, not retried{by_kind}: "
+                         "--retry-permanent to send them again")
         if old and not force:
             changes = mismatches(old, job, scan, endpoint)
             if changes:
@@ -158,7 +177,8 @@ def prepare_run(
             tickets_total=scan.selected,
             already_done=scan.already_done,
             skipped_failed=scan.skipped_failed,
-            to_do=scan.selected - scan.already_done - scan.skipped_failed,
+            skipped_permanent=scan.skipped_permanent,
+            to_do=scan.selected - scan.already_done - scan.skipped_failed - scan.skipped_permanent,
             max_cost_usd=budget,
             notes=notes,
         )

@@ -1,4 +1,10 @@
-"""RunResult: what a run did, as `batchrun run`, `batchrun.run` and `bench` get it."""
+"""RunResult: what a run did, as `batchrun run`, `batchrun.run` and `bench` get it.
+
+For a notebook: `results()` gives one dict per ticket of the input, in input order (the rows of
+`batchrun export`: status, output, tokens, cost, ...), `to_pandas()` the same as a DataFrame
+(pandas is optional: a clear ImportError names it), `iter_results()` / `iter_errors()` the
+checkpoint lines as written.
+"""
 
 from __future__ import annotations
 
@@ -53,8 +59,29 @@ class RunResult:
         return {"run_dir": base, "manifest": base / "manifest.json", "results": base / "results.jsonl",
                 "errors": base / "errors.jsonl"}
 
+    def results(self, *, with_input: bool = False) -> Iterator[dict[str, object]]:
+        """One dict per ticket of the run's input, in input order, streamed: the rows `batchrun export`
+        writes (`id`, `status` done/failed/pending, `output` and `label`/`parsed`/`tool_calls`, tokens,
+        `cost_usd`, `attempts`, `model`, `error_kind`...; a compare run's under "models"); with
+        `with_input`, the ticket's fields under "input"."""
+        from batchrun.analysis.export import iter_rows
+
+        yield from iter_rows(self.paths["run_dir"], with_input=with_input)
+
+    def to_pandas(self, *, with_input: bool = False) -> Any:
+        """`results()` as a pandas DataFrame, one row per ticket in input order, nested fields as
+        dotted columns ("models.cheap.output", "input.customer.tier"). pandas is optional."""
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError("RunResult.to_pandas() needs pandas, which batchrun does not install: "
+                              "pip install pandas (or pip install 'batchrun[pandas]'); "
+                              "RunResult.results() gives the same rows as dicts") from None
+        return pandas.json_normalize(list(self.results(with_input=with_input)))
+
     def iter_results(self) -> Iterator[Line]:
-        """Every result line of the run directory (all runs), streamed; a compare run's models in order."""
+        """Every result line of the run directory (all runs), streamed, in the order they finished (not
+        input order: `results()`); a compare run's models in order."""
         if self.models:
             for each in self.models.values():
                 yield from each.iter_results()

@@ -105,6 +105,8 @@ log = logging.getLogger("batchrun")
 MIN_ATTEMPT_TIMEOUT_S = 1.0
 #: How long after the time left the hard guard fires when the deadline caps an attempt.
 DEADLINE_GUARD_SLACK_S = 1.0
+#: A failed attempt's message as kept on its outcome line (`failed_attempts`), at most.
+MAX_ATTEMPT_MESSAGE = 300
 
 
 def utc_now() -> str:
@@ -254,6 +256,14 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
     rejected = 0  # answers the output check (or finish_reason policy) turned down
     invalid = 0  # of those, invalid_output ones (the re-ask budget)
     rejected_cost = 0.0
+    failed_attempts: list[dict[str, object]] = []  # what `batchrun show` lists: every attempt that did not answer
+
+    def note_failure(error: RequestError, at: str, started: float, cost: float | None = None) -> None:
+        failed_attempts.append({
+            "attempt": attempts, "at": at, "kind": error.kind, "status_code": error.status_code,
+            "latency_ms": round((time.monotonic() - started) * 1000.0, 3),
+            "message": error.message[:MAX_ATTEMPT_MESSAGE], "model_key": request.model_key, "cost_usd": cost})
+
     unpriced = 0  # of the rejected answers, those whose cost is unknown (not counted as $0)
     flex_refusals = 0  # attempts answered 429 resource_unavailable (flex)
     fell_back = False  # sent at the standard tier after flex_fallback_after of them
@@ -288,6 +298,7 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                     attempts -= 1  # not sent
                     raise
                 a0 = time.monotonic()
+                at = utc_now()
                 completion = None
                 sent, guard = request, hard_timeout
                 left = deadline - a0
@@ -310,6 +321,7 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                         unpriced += error.spent_usd is None  # billed at a price nobody saw: counted, not 0
                         invalid += 1
                         error = _reask_or_give_up(error, invalid, rules)
+                    note_failure(error, at, a0)
                     hooks.attempt_failed(request, attempts, error)
                     if error.kind == "resource_unavailable" and job.service_tier == "flex" and not fell_back:
                         flex_refusals += 1
@@ -340,6 +352,7 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
                             error = _reask_or_give_up(
                                 RetryableError(str(exc), kind="invalid_output", error_type="InvalidOutput"),
                                 invalid, rules)
+                        note_failure(error, at, a0, completion.cost_usd)
                         hooks.attempt_failed(request, attempts, error)
                         raise error from None
                 hooks.attempt_succeeded(request, attempts, completion, latency_ms)
@@ -359,6 +372,7 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
             elapsed_ms=(time.monotonic() - t0) * 1000.0, run=run_number,
             error_kind=error.kind, error_type=error.error_type, error_message=message,
             status_code=error.status_code, rejected_outputs=rejected, rejected_cost_usd=rejected_cost,
+            failed_attempts=tuple(failed_attempts),
             rejected_unpriced=unpriced,
             upstream_attempts=upstream, upstream_unreported=unreported,
         )
@@ -366,7 +380,8 @@ async def run_ticket(request: ChatRequest, provider: Provider, job: JobSpec, hoo
         ticket_id=request.ticket_id, attempts=attempts, started_at=started_at, finished_at=utc_now(),
         elapsed_ms=(time.monotonic() - t0) * 1000.0, run=run_number,
         completion=completion, latency_ms=latency_ms, structured=structured,
-        rejected_outputs=rejected, rejected_cost_usd=rejected_cost, rejected_unpriced=unpriced,
+        rejected_outputs=rejected, rejected_cost_usd=rejected_cost, failed_attempts=tuple(failed_attempts),
+        rejected_unpriced=unpriced,
         flex_fallback=fell_back,
         upstream_attempts=upstream, upstream_unreported=unreported,
     )
@@ -389,6 +404,7 @@ async def run_chain(request: ChatRequest, providers: Mapping[str, Provider], cha
     t0 = time.monotonic()
     attempts_by_model: dict[str, int] = {}
     spent_before = 0.0
+    failed_before: list[Mapping[str, object]] = []  # earlier models' failed attempts
     unpriced_before = 0
     upstream: int | None = None  # summed over the models, as the attempts are
     unreported = 0
@@ -406,6 +422,7 @@ async def run_chain(request: ChatRequest, providers: Mapping[str, Provider], cha
         if outcome.ok:
             break
         spent_before += outcome.spent_usd
+        failed_before += outcome.failed_attempts
         unpriced_before += outcome.rejected_unpriced
     assert outcome is not None
     return replace(
@@ -414,6 +431,7 @@ async def run_chain(request: ChatRequest, providers: Mapping[str, Provider], cha
         elapsed_ms=(time.monotonic() - t0) * 1000.0,
         attempts_by_model=attempts_by_model if len(chain) > 1 else None,
         rejected_cost_usd=outcome.rejected_cost_usd + spent_before,
+        failed_attempts=tuple(failed_before) + (outcome.failed_attempts if outcome.ok else ()),
         rejected_unpriced=outcome.rejected_unpriced + unpriced_before,
         upstream_attempts=upstream, upstream_unreported=unreported,
     )

@@ -43,7 +43,7 @@ import re
 import tomllib
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Callable, Literal, Mapping
 
 import orjson
 from pydantic import (
@@ -138,6 +138,8 @@ class JobSpec(Section):
     # mypy (without pydantic's plugin) does not see Field(5, ...) as a default, so it thinks RetrySpec() needs arguments
     retry: RetrySpec = Field(default_factory=RetrySpec)  # type: ignore[arg-type]
     prices: PricesSpec | None = None
+    # run a model litellm's price list does not know, without [prices]: its cost_usd stays null
+    allow_unpriced: bool = False
     max_cost_usd: float | None = Field(None, gt=0)  # never spend more (all runs): docs/reliability.md, "Budget"
     # -- what a request costs (docs/job-file.md: "Service tiers and prompt caching"); not in the fingerprint
     service_tier: Literal["flex", "priority", "default"] | None = None  # OpenAI's service_tier, sent with every request
@@ -182,6 +184,8 @@ class JobSpec(Section):
 
     _schema: Schema | None = PrivateAttr(default=None)  # json_schema or the file's content
     _tools_payload: list[ToolPayload] | None = PrivateAttr(default=None)
+    # the Python API's prompt= (ticket fields -> messages), in place of the templates: with_prompt_function
+    _prompt_function: Callable[[dict[str, object]], object] | None = PrivateAttr(default=None)
 
     @field_validator("input", "run_dir", "json_schema_file", "cache_dir")
     @classmethod
@@ -422,6 +426,27 @@ class JobSpec(Section):
 
     # -- derived -----------------------------------------------------------------
 
+    @property
+    def prompt_function(self) -> Callable[[dict[str, object]], object] | None:
+        """The Python callable that renders a ticket's messages in place of the templates, or None."""
+        return self._prompt_function
+
+    def with_prompt_function(self, function: Callable[[dict[str, object]], object] | None) -> "JobSpec":
+        """A copy whose messages come from `function(ticket fields) -> [{"role", "content"}, ...]`
+        (the Python API's prompt=); the templates are then neither used nor required of the tickets."""
+        if function is not None and not callable(function):
+            raise JobSpecError(f"prompt must be a callable (ticket fields -> messages), not {type(function).__name__}")
+        copy = self.model_copy()
+        copy._prompt_function = function
+        return copy
+
+    @property
+    def prompt_templates(self) -> list[PromptTemplate]:
+        """The templates whose fields every ticket must have: none when a callable renders the prompt."""
+        if self._prompt_function is not None:
+            return []
+        return [t for t in (self.system_template, self.user_template) if t is not None]
+
     @cached_property
     def user_template(self) -> PromptTemplate:  # parsed once per job, not per ticket
         return PromptTemplate(self.prompt.user)
@@ -462,7 +487,7 @@ class JobSpec(Section):
                 data["retry"].pop("max_elapsed_s")
         data.update({k: v for k, v in changes.items() if v is not None})
         try:
-            return JobSpec.model_validate(data)
+            return JobSpec.model_validate(data).with_prompt_function(self._prompt_function)
         except ValidationError as exc:
             raise JobSpecError(describe_validation_error(exc, "command-line options")) from None
 
@@ -471,7 +496,8 @@ class JobSpec(Section):
         fingerprint: dict[str, object] = {
             "model": self.model,
             # shared_prefix only when set, so a job without it keeps the fingerprint it always had
-            "prompt": self.prompt.model_dump(exclude={"shared_prefix"} if self.prompt.shared_prefix is None else None),
+            "prompt": self.prompt.model_dump(exclude={"shared_prefix"} if self.prompt.shared_prefix is None else None)
+            if self._prompt_function is None else _callable_identity(self._prompt_function),
             "params": self.params,
             "id_field": self.id_field,
         }
@@ -526,7 +552,7 @@ class JobSpec(Section):
             rpm=entry.rpm or self.rpm, tpm=entry.tpm or self.tpm,
             run_dir=self.resolved_run_dir() / "models" / entry.name,
         )
-        return JobSpec.model_validate(data)
+        return JobSpec.model_validate(data).with_prompt_function(self._prompt_function)
 
     def cache_settings(self) -> dict[str, str] | None:
         """Where the response cache lives ({"url": ...} or {"dir": ...}), or None when `cache` is off.
@@ -544,6 +570,19 @@ class JobSpec(Section):
     def fingerprint_hash(self) -> str:
         blob = orjson.dumps(self.fingerprint(), option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(blob).hexdigest()
+
+
+def _callable_identity(function: Callable[..., object]) -> dict[str, str | None]:
+    """What the fingerprint keeps of a prompt callable: its name and the sha256 of its source (a
+    resume with another function, or an edited one, is refused like an edited template)."""
+    import inspect
+
+    name = f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', type(function).__name__)}"
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        source = None
+    return {"callable": name, "source_sha256": hashlib.sha256(source.encode()).hexdigest() if source else None}
 
 
 def default_cache_dir() -> Path:

@@ -63,6 +63,15 @@ class PromptTemplate:
                 value = value[key]
         return None
 
+    def missing_field_of(self, field: str, values: Fields) -> bool:
+        """Does `values` lack the placeholder `field` (one of `fields`)?"""
+        value: object = values
+        for key in field.split("."):
+            if not isinstance(value, Mapping) or key not in value:
+                return True
+            value = value[key]
+        return False
+
     def render(self, values: Fields) -> str:
         """Fill the placeholders from `values`; raises MissingFieldError."""
         out: list[str] = []
@@ -90,7 +99,10 @@ def as_text(value: object) -> str:
 
 
 def render_messages(job: JobSpec, ticket: Ticket) -> list[dict[str, str]]:
-    """The chat messages for one ticket (ticket values inserted as data)."""
+    """The chat messages for one ticket (ticket values inserted as data), or what the job's prompt
+    callable (the Python API's prompt=) returns for a copy of its fields, checked."""
+    if job.prompt_function is not None:
+        return _checked_messages(job.prompt_function(dict(ticket.fields)), ticket.id)
     messages = []
     system = job.system_template
     if system is not None:
@@ -99,3 +111,15 @@ def render_messages(job: JobSpec, ticket: Ticket) -> list[dict[str, str]]:
     prefix = job.prompt.shared_prefix
     messages.append({"role": "user", "content": prefix + user if prefix else user})
     return messages
+
+
+def _checked_messages(messages: object, ticket_id: str) -> list[dict[str, str]]:
+    """A prompt callable's answer: a non-empty list of {"role": str, "content": str} dicts."""
+    from batchrun.errors import JobSpecError
+
+    if isinstance(messages, list) and messages and all(
+            isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages):
+        return [{"role": m["role"], "content": m["content"]} for m in messages]
+    raise JobSpecError(f"the prompt callable returned {type(messages).__name__} for ticket {ticket_id!r}: it must "
+                       "return a non-empty list of {\"role\": str, \"content\": str} dicts")

@@ -43,6 +43,12 @@ normalisation; an id with leading or trailing whitespace or invisible
 characters. Refused, not normalised: "A1 " and "A1" would otherwise be two
 tickets or one depending on where the id was read, and the input's id is
 the one export joins on.
+
+A field the prompt uses that no ticket has (a typo in the template, or the
+wrong file) is one problem of the file (`InputScan.file_problems`), named
+once with the fields the tickets have and the closest one, not one problem
+per line; a CSV, TSV or Parquet file is checked against its header before any
+row.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Container, Iterable, Iterator, NotRequired, Sequence, TypedDict
+from typing import BinaryIO, Callable, Container, Iterable, Iterator, Mapping, NotRequired, Sequence, TypedDict
 
 import orjson
 
@@ -98,9 +104,12 @@ class InputScan:
     dispatch: bytearray = field(default_factory=bytearray)  # line number -> 1 if it is to be sent
     ids: list[str | None] | None = None  # with keep_ids: each line's id (None: a bad line)
     unit: str = "line"  # "row" for CSV, TSV and Parquet inputs (row 1: the first data row)
+    # problems of the whole file, each once: a field the prompt uses that no ticket has
+    file_problems: list[str] = field(default_factory=list)
+    skipped_permanent: int = 0  # of the selected, in permanent_ids: failed for good in an earlier run
 
     def select(self, line_no: int, ticket_id: str, done_ids: Container[str], failed_ids: Container[str],
-               limit: int | None) -> None:
+               limit: int | None, permanent_ids: Container[str] = frozenset()) -> None:
         """Count a good ticket for the resume plan and mark its line if it is to be sent."""
         self.tickets += 1
         if limit is not None and self.selected >= limit:
@@ -110,6 +119,8 @@ class InputScan:
             self.already_done += 1
         elif ticket_id in failed_ids:
             self.skipped_failed += 1
+        elif ticket_id in permanent_ids:
+            self.skipped_permanent += 1
         else:
             dispatch = self.dispatch
             if len(dispatch) <= line_no:
@@ -124,6 +135,13 @@ class InputScan:
                 "problems": [(p.line, p.reason) for p in self.problems], "ids": self.ids, "unit": self.unit}
 
     def describe_problems(self) -> str:
+        if self.file_problems:
+            head = [f"{self.path}: {problem}" for problem in self.file_problems]
+            rest = [p for p in self.problems if p.line > 0]
+            if not rest:
+                return "\n".join(head) + "; nothing was requested"
+            return "\n".join(head) + "\n" + InputScan(path=self.path, problems=rest, unit=self.unit,
+                                                     problem_count=len(rest)).describe_problems()
         if self.unit == "row":
             lines = [f"{self.path}: {self.problem_count} bad row(s); nothing was requested:"]
             lines += [f"  {self.path}: row {p.line}: {p.reason}" for p in self.problems]
@@ -135,13 +153,68 @@ class InputScan:
         return "\n".join(lines)
 
 
-def _missing_field(templates: Iterable[PromptTemplate], fields: Fields) -> str | None:
-    """The first field a prompt template uses that the ticket lacks, or None."""
+def _missing_fields(templates: Iterable[PromptTemplate], fields: Fields) -> list[str]:
+    """Every field the prompt templates use that the ticket lacks, in template order."""
+    missing: list[str] = []
     for template in templates:
-        missing = template.missing_field(fields)
-        if missing is not None:
-            return missing
-    return None
+        for path in template.fields:
+            if path not in missing and template.missing_field_of(path, fields):
+                missing.append(path)
+    return missing
+
+
+def field_hint(path: str, sample: object) -> str:
+    """For a field the tickets lack: the fields they have where it was looked for, and the closest
+    one ("did you mean `subject`?"), from one ticket (`sample`)."""
+    import difflib
+
+    parts = path.split(".")
+    where: object = sample
+    prefix = ""
+    for part in parts[:-1]:
+        if not isinstance(where, Mapping) or part not in where:
+            break
+        where, prefix = where[part], prefix + part + "."
+    else:
+        if isinstance(where, Mapping):
+            names = [str(name) for name in where]
+            close = difflib.get_close_matches(parts[-1], names, n=1, cutoff=0.6)
+            shown = ", ".join(names[:30]) + (", ..." if len(names) > 30 else "")
+            guess = f"did you mean `{{{prefix}{close[0]}}}`? " if close else ""
+            return f"{guess}(fields{' of ' + prefix.rstrip('.') if prefix else ''}: {shown})"
+    return ""
+
+
+class _FieldCheck:
+    """The fields the prompt uses, counted over the tickets checked: a field no ticket has is one
+    problem of the file (InputScan.file_problems), and its per-line problems are dropped."""
+
+    def __init__(self, templates: Sequence[PromptTemplate]) -> None:
+        self.templates = templates
+        self.checked = 0
+        self.missing: dict[str, int] = {}
+        self.sample: Fields | None = None
+
+    def first_missing(self, obj: Fields) -> str | None:
+        if self.sample is None:
+            self.sample = obj
+        self.checked += 1
+        missing = _missing_fields(self.templates, obj)
+        for path in missing:
+            self.missing[path] = self.missing.get(path, 0) + 1
+        return missing[0] if missing else None
+
+    def finish(self, scan: InputScan) -> None:
+        nowhere = [path for path, count in self.missing.items() if count == self.checked]
+        if not nowhere:
+            return
+        for path in nowhere:
+            hint = field_hint(path, self.sample)
+            scan.file_problems.append(
+                f"the prompt uses {{{path}}}, which none of its {self.checked:,} ticket(s) has" + (f": {hint}" if hint else ""))
+        # every ticket checked had one per-line "no field" problem: the file's problem says it once
+        scan.problems = [p for p in scan.problems if not p.reason.endswith(" used by the prompt")]
+        scan.problem_count -= self.checked
 
 
 def _too_long(size: int, limit: int) -> ValueError:
@@ -264,7 +337,7 @@ def _lines(path: Path, max_line_bytes: int | None = None, skip: int = 0) -> Iter
 
 
 def read_tickets(
-    path: Path,
+    path: Path | str,
     id_field: str = "id",
     *,
     skip_lines: Container[int] = frozenset(),
@@ -278,7 +351,9 @@ def read_tickets(
     on_bad_input = "skip") are passed over without being parsed; with
     `only_lines` (a scan's `dispatch` map), so is every line whose byte is 0,
     and reading stops after the last line marked 1. CSV, TSV and Parquet
-    (by extension or `input_format`) are read by rows (input_formats.py)."""
+    (by extension or `input_format`) are read by rows (input_formats.py).
+    `path` may be a str."""
+    path = Path(path)
     fmt = input_format_of(path, input_format)
     if fmt != "jsonl":
         yield from _read_rows(path, fmt, id_field, skip_lines, max_line_bytes, only_lines)
@@ -303,7 +378,7 @@ def read_tickets(
 
 
 def scan_input(
-    path: Path,
+    path: Path | str,
     id_field: str = "id",
     templates: Sequence[PromptTemplate] = (),
     *,
@@ -314,6 +389,7 @@ def scan_input(
     limit: int | None = None,
     keep_ids: bool = False,
     input_format: str | None = None,
+    permanent_ids: Container[str] = frozenset(),
 ) -> InputScan:
     """Check the whole input in one pass; see the module docstring.
 
@@ -323,13 +399,17 @@ def scan_input(
     counted as `already_done`, those in `failed_ids` (pass the failed ids
     only when they are to be skipped) as `skipped_failed`, and the line of
     every other one is marked 1 in `dispatch`, so the run's producer skips
-    the rest without parsing them. CSV, TSV and Parquet inputs are
-    checked row by row the same way (`_scan_rows`)."""
+    the rest without parsing them; those in `permanent_ids` (failed for good
+    in an earlier run, not to be retried) count as `skipped_permanent`. CSV,
+    TSV and Parquet inputs are checked row by row the same way (`_scan_rows`)."""
+    path = Path(path)
     fmt = input_format_of(path, input_format)
     if fmt != "jsonl":
         return _scan_rows(path, fmt, id_field, templates, max_problems=max_problems, max_line_bytes=max_line_bytes,
-                          done_ids=done_ids, failed_ids=failed_ids, limit=limit, keep_ids=keep_ids)
+                          done_ids=done_ids, failed_ids=failed_ids, limit=limit, keep_ids=keep_ids,
+                          permanent_ids=permanent_ids)
     scan = InputScan(path=path, dispatch=bytearray(1))  # dispatch[0] unused: lines start at 1
+    fields = _FieldCheck(templates)
     digest = hashlib.sha256()
     seen: dict[str, int] = {}
     ids: list[str | None] | None = [] if keep_ids else None
@@ -362,13 +442,14 @@ def scan_input(
                 problem(line_no, f"duplicate id {ticket_id!r} (first on line {seen[ticket_id]})")
                 continue
             seen[ticket_id] = line_no
-            missing = _missing_field(templates, obj)
+            missing = fields.first_missing(obj)
             if missing is not None:
                 problem(line_no, f"ticket {ticket_id!r} has no field {missing!r} used by the prompt")
                 continue
             if ids is not None:
                 ids[-1] = ticket_id
-            scan.select(line_no, ticket_id, done_ids, failed_ids, limit)
+            scan.select(line_no, ticket_id, done_ids, failed_ids, limit, permanent_ids)
+    fields.finish(scan)
     scan.ids = ids
     scan.sha256 = digest.hexdigest()
     return scan
@@ -387,15 +468,33 @@ def _row_id(row: Fields, id_field: str) -> str:
     return str(value)
 
 
-def _check_columns(path: Path, fmt: str, id_field: str) -> None:
-    """A file with no id column is one error, not one per row."""
+def _check_columns(path: Path, fmt: str, id_field: str, templates: Sequence[PromptTemplate] = ()) -> None:
+    """The header against the job, before any row: a file with no id column, or without a column a
+    prompt field needs, is one error naming the file's columns, not one per row."""
+    import difflib
+
     from batchrun.job.input_formats import csv_header, parquet_columns
 
     columns = parquet_columns(path) if fmt == "parquet" else csv_header(path, fmt)
-    if columns and id_field not in columns:
-        shown = ", ".join(map(repr, columns[:20])) + (" ..." if len(columns) > 20 else "")
-        where = "column" if fmt == "parquet" else "header field"
-        raise TicketError(f"{path}: no {where} {id_field!r} (the job's id_field); the file has: {shown}")
+    if not columns:
+        return
+    shown = ", ".join(columns[:30]) + (", ..." if len(columns) > 30 else "")
+    where = "column" if fmt == "parquet" else "header field"
+    problems = []
+    if id_field not in columns:
+        problems.append(f"no {where} {id_field!r} (the job's id_field)")
+    for template in templates:
+        for name in template.fields:
+            top = name.split(".", 1)[0]
+            if fmt != "parquet" and "." in name and name in columns:
+                problems.append(f"the prompt uses {{{name}}}: a dot in a placeholder reaches into a nested "
+                                f"field, and {fmt.upper()} columns are flat; rename the column (no dot)")
+            elif top not in columns and not any(f"{{{name}}}" in text for text in problems):
+                close = difflib.get_close_matches(top, columns, n=1, cutoff=0.6)
+                problems.append(f"the prompt uses {{{name}}}, a {where} the file does not have"
+                                + (f": did you mean `{{{close[0]}}}`?" if close else ""))
+    if problems:
+        raise TicketError(f"{path}: " + "; ".join(problems) + f" (its {where}s: {shown}); nothing was requested")
 
 
 def _read_rows(path: Path, fmt: str, id_field: str, skip_rows: Container[int], max_line_bytes: int | None,
@@ -424,11 +523,13 @@ def _read_rows(path: Path, fmt: str, id_field: str, skip_rows: Container[int], m
 
 def _scan_rows(path: Path, fmt: str, id_field: str, templates: Sequence[PromptTemplate], *,
                max_problems: int | None, max_line_bytes: int | None, done_ids: Container[str],
-               failed_ids: Container[str], limit: int | None, keep_ids: bool) -> InputScan:
+               failed_ids: Container[str], limit: int | None, keep_ids: bool,
+               permanent_ids: Container[str] = frozenset()) -> InputScan:
     """scan_input for CSV, TSV and Parquet (see scan_input): rows instead of lines."""
     sha256, size = file_digest(path)
-    _check_columns(path, fmt, id_field)
+    _check_columns(path, fmt, id_field, templates)
     scan = InputScan(path=path, dispatch=bytearray(1), unit="row", sha256=sha256, size=size)
+    fields = _FieldCheck(templates)
     seen: dict[str, int] = {}
     ids: list[str | None] | None = [] if keep_ids else None
 
@@ -453,13 +554,14 @@ def _scan_rows(path: Path, fmt: str, id_field: str, templates: Sequence[PromptTe
             problem(row_no, line, f"duplicate id {ticket_id!r} (first on row {seen[ticket_id]})")
             continue
         seen[ticket_id] = row_no
-        missing = _missing_field(templates, row)
+        missing = fields.first_missing(row)
         if missing is not None:
             problem(row_no, line, f"ticket {ticket_id!r} has no field {missing!r} used by the prompt")
             continue
         if ids is not None:
             ids[-1] = ticket_id
-        scan.select(row_no, ticket_id, done_ids, failed_ids, limit)
+        scan.select(row_no, ticket_id, done_ids, failed_ids, limit, permanent_ids)
+    fields.finish(scan)
     scan.ids = ids
     return scan
 
@@ -486,6 +588,7 @@ def scan_from_index(
     done_ids: Container[str] = frozenset(),
     failed_ids: Container[str] = frozenset(),
     limit: int | None = None,
+    permanent_ids: Container[str] = frozenset(),
 ) -> InputScan:
     """The InputScan a full `scan_input` would give, from a saved index of
     the same bytes (the caller checks sha256 and key): no line is parsed."""
@@ -499,5 +602,5 @@ def scan_from_index(
         if ticket_id is None:
             scan.bad_lines.add(line_no)
         else:
-            select(line_no, ticket_id, done_ids, failed_ids, limit)
+            select(line_no, ticket_id, done_ids, failed_ids, limit, permanent_ids)
     return scan

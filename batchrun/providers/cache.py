@@ -1,6 +1,7 @@
 """ResponseCache: accepted answers kept in litellm's caching layer (`cache = true`; docs/data.md).
 
-A DiskCache in a folder, or Redis for `cache_url = "redis://..."` (keys under
+A DiskCache in a folder (litellm's on 1.106; on 1.110, which removed it, `DiskBackend`:
+diskcache, storing the same values), or Redis for `cache_url = "redis://..."` (keys under
 "batchrun:"). The key is litellm's cache key of the request as sent, with the
 api_base; batchrun reads and writes it around its own calls, so an error or a
 rejected answer is never stored, and litellm's automatic caching stays off.
@@ -70,8 +71,13 @@ class ResponseCache:
                 self._ping()
             else:
                 os.makedirs(location["dir"], exist_ok=True)
-                self._cache = Cache(type=LiteLLMCacheType.DISK, disk_cache_dir=location["dir"])
-                self.backend = self._cache.cache
+                disk = getattr(LiteLLMCacheType, "DISK", None)  # litellm 1.110 removed its disk backend
+                if disk is not None:
+                    self._cache = Cache(type=disk, disk_cache_dir=location["dir"])
+                    self.backend = self._cache.cache
+                else:
+                    self._cache = Cache(type=LiteLLMCacheType.LOCAL)  # for its cache key only
+                    self.backend = DiskBackend(location["dir"])
         except ModuleNotFoundError as exc:
             extra = "redis" if location.get("url") else "cache"
             raise ConfigurationError(f"the response cache needs {exc.name or 'a module'}: "
@@ -194,6 +200,22 @@ class ResponseCache:
                 self.backend.disk_cache.close()
         except Exception:  # closing is best effort
             pass
+
+
+class DiskBackend:
+    """The disk backend litellm 1.106 has and 1.110 removed (its DiskCache): diskcache in a folder,
+    values stored as litellm's DiskCache stored them, so a folder written by either one reads back."""
+
+    def __init__(self, directory: str) -> None:
+        import diskcache
+
+        self.disk_cache = diskcache.Cache(directory)
+
+    async def async_get_cache(self, key: str) -> object:
+        return self.disk_cache.get(key)
+
+    async def async_set_cache(self, key: str, value: object) -> None:
+        self.disk_cache.set(key, value)
 
 
 class UnreadableCacheError(ConfigurationError):

@@ -13,6 +13,7 @@ one reader of what an endpoint says in its headers.
                                   or an ISO-8601 time
     parse_retry_after(headers)    seconds from retry-after-ms, or retry-after as seconds or an HTTP
                                   date, in any of those spellings
+    provider_message(text)        the provider's own message out of litellm's exception text
     upstream_attempts(headers)    the requests a LiteLLM proxy says it sent upstream for one answer
                                   (1 + x-litellm-attempted-retries + x-litellm-attempted-fallbacks),
                                   or None when the endpoint says nothing
@@ -199,6 +200,26 @@ def error_for_status(status: int | None, message: str, *, code: object = None, e
     return TerminalError(message, kind=kind, status_code=status, error_type=error_type)
 
 
+_OPENAI_MESSAGE = re.compile(r"""["']message["']\s*:\s*(?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)')""")
+_CLASS_PREFIX = re.compile(r"^(?:(?:litellm\.)?[A-Za-z]+(?:Error|Exception)\s*(?:-|:)\s*)+")
+
+
+def provider_message(text: str) -> str:
+    """What the provider said, without litellm's exception chain: the "message" of an
+    OpenAI-shaped error body when there is one (`litellm.BadRequestError: OpenAIException -
+    {"error": {"message": "This model's maximum context length is ..."}}` -> `This model's
+    maximum context length is ...`), else the text without its class prefixes."""
+    found = _OPENAI_MESSAGE.search(text)
+    if found:
+        inner = found.group(1) if found.group(1) is not None else found.group(2)
+        inner = inner.replace('\\"', '"').replace("\\'", "'").strip()
+        if inner:
+            return inner
+    stripped = _CLASS_PREFIX.sub("", text.strip())
+    stripped = re.sub(r"^Error code: \d{3}\s*-\s*", "", stripped)
+    return stripped or text
+
+
 BODY_EXCERPT_BYTES = 200  # of an unusable answer's body, in its error message
 _LITELLM_INVALID = "Invalid response object"  # litellm's conversion failed (a traceback follows)
 _LITELLM_NO_LIST = "provider returned 'choices' that is not a list"
@@ -281,7 +302,8 @@ def _unusable_from_litellm(exc: BaseException, secrets: Sequence[str]) -> Invali
 
 
 def translate_error(exc: BaseException, secrets: Sequence[str] = ()) -> RequestError:
-    """Map any exception from a provider call onto batchrun's RequestError tree."""
+    """Map any exception from a provider call onto batchrun's RequestError tree; the message is the
+    provider's (`provider_message`), keys scrubbed."""
     if isinstance(exc, RequestError):
         return exc
     unusable = _unusable_from_litellm(exc, secrets)
@@ -290,7 +312,7 @@ def translate_error(exc: BaseException, secrets: Sequence[str] = ()) -> RequestE
     local = _out_of_descriptors(exc)
     if local is not None:
         return local
-    message = redact_secrets(str(exc) or type(exc).__name__, secrets)[:1000]
+    message = redact_secrets(provider_message(str(exc)) if str(exc) else type(exc).__name__, secrets)[:1000]
     status = getattr(exc, "status_code", None)
     status = status if isinstance(status, int) else None
     name = type(exc).__name__

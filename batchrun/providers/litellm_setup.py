@@ -6,7 +6,9 @@
                        `batchrun --help` never pays for it
     preload()          the same, now (a command overlapping it with other start-up work)
     loaded_litellm()   litellm if already imported, else None
-    check_model(s)     a model string litellm cannot route, refused before anything is sent
+    check_model(s)     a model string litellm cannot route, or that it cannot price (unless the
+                       job sets [prices] or allow_unpriced), refused before anything is sent
+    misspelled_params()  [params] keys close to a parameter name but none: no litellm needed
     check_service_tier()  a service_tier the model does not take, or flex without a flex price
     unknown_params()   [params] keys litellm does not list for the model ("did you mean")
     estimate_tokens(), price_for()   token counts and prices for plan and bench
@@ -21,9 +23,7 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Mapping, MutableMapping, Sequence
 
-from batchrun.errors import (
-    JobSpecError,
-)
+from batchrun.errors import JobSpecError, redact_url
 from batchrun.providers import tuning
 from batchrun.providers.tuning import (
     OPENAI_HTTP_HANDLER_ENV,
@@ -80,44 +80,92 @@ def loaded_litellm() -> ModuleType | None:
     return _litellm
 
 
-def check_model(model: str, api_base: str | None = None, where: str = "model") -> None:
-    """Refuse a model string litellm cannot route (JobSpecError, exit 2), before anything is sent.
+def check_model(model: str, api_base: str | None = None, where: str = "model", *, priced_by_job: bool = False,
+                allow_unpriced: bool = False) -> str | None:
+    """Refuse a model string litellm cannot route or price (JobSpecError, exit 2), before anything
+    is sent, in every run (simulated or live); returns a note for the user, or None.
 
-    The same `litellm.get_llm_provider` call every request makes, asked once
-    at load (no network): `gpt4o-mini` or `opnai/gpt-4o-mini` is one clear
-    error naming the field, with a close match when there is one, instead of
-    an error line per ticket."""
+    Routing: the same `litellm.get_llm_provider` call every request makes, asked once at load (no
+    network): `gpt4o-mini` or `opnai/gpt-4o-mini` is one clear error naming the field, with a close
+    match when there is one, instead of an error line per ticket. Pricing: a model litellm's price
+    list does not know (`openai/gpt-4o-mnii`) is refused unless the job prices it ([prices]) or sets
+    `allow_unpriced = true`; one served by the job's `api_base` (a self-hosted model) runs with a
+    note that its cost stays null."""
     lm = import_litellm()
     try:
-        lm.get_llm_provider(model=model, api_base=api_base)
-        return
+        _, provider, _, _ = lm.get_llm_provider(model=model, api_base=api_base)
     except Exception as exc:  # litellm.BadRequestError("LLM Provider NOT provided ...") and the like
         reason = str(exc).split("\n", 1)[0].removeprefix("litellm.BadRequestError: ").strip()
+        raise JobSpecError(
+            f"{where} = {model!r}: litellm cannot tell which provider serves it ({reason}).{_routing_hint(lm, model)} "
+            "Write it as provider/model, e.g. openai/gpt-4o-mini (a LiteLLM proxy or other OpenAI-compatible "
+            "server: openai/<its model name> with api_base); nothing was sent") from None
+    if priced_by_job or price_for(model, 1, 1) is not None:
+        return None
+    if api_base:
+        return (f"{where} = {model!r} is not in litellm's price list; served by api_base {redact_url(api_base)} "
+                "(self-hosted?), it runs with cost_usd null: set [prices] to count its cost")
+    if allow_unpriced:
+        return f"{where} = {model!r} is not in litellm's price list: its cost_usd stays null (allow_unpriced)"
+    raise JobSpecError(
+        f"{where} = {model!r}: litellm's price list does not know this model, so no cost could be "
+        f"counted.{_pricing_hint(lm, model, provider)} If the name is right, set its prices "
+        "([prices] input_per_million / output_per_million) or `allow_unpriced = true` at the top of the "
+        "job; nothing was sent")
+
+
+def _routing_hint(lm: ModuleType, model: str) -> str:
     import difflib
 
     providers = [getattr(p, "value", p) for p in lm.provider_list]
-    hint = ""
     prefix, _, name = model.partition("/")
     if name:
         close = difflib.get_close_matches(prefix, providers, n=1, cutoff=0.6)
-        if close:
-            hint = f" Did you mean {close[0]}/{name}?"
-    else:
-        close = difflib.get_close_matches(model, [m for m in lm.model_cost if "/" not in m], n=1, cutoff=0.8)
-        if close:
-            provider = lm.model_cost[close[0]].get("litellm_provider")
-            hint = f" Did you mean {(provider + '/') if provider else ''}{close[0]}?"
-    raise JobSpecError(
-        f"{where} = {model!r}: litellm cannot tell which provider serves it ({reason}).{hint} Write it as "
-        "provider/model, e.g. openai/gpt-4o-mini (a LiteLLM proxy or other OpenAI-compatible server: "
-        "openai/<its model name> with api_base); nothing was sent")
+        return f" Did you mean {close[0]}/{name}?" if close else ""
+    close = difflib.get_close_matches(model, [m for m in lm.model_cost if "/" not in m], n=1, cutoff=0.8)
+    if not close:
+        return ""
+    provider = lm.model_cost[close[0]].get("litellm_provider")
+    return f" Did you mean {(provider + '/') if provider else ''}{close[0]}?"
 
 
-def check_models(job: JobSpec) -> None:
-    """`check_model` for the job's model and every [[models]] entry (compare, route, fallbacks)."""
-    check_model(job.model, job.api_base)
+def _pricing_hint(lm: ModuleType, model: str, provider: str) -> str:
+    """" Did you mean openai/gpt-4o-mini?": the closest priced model of the same provider."""
+    import difflib
+
+    prefix, _, name = model.rpartition("/")
+    names = [key.split("/", 1)[1] if key.startswith(provider + "/") else key
+             for key, info in lm.model_cost.items() if isinstance(info, dict) and info.get("litellm_provider") == provider]
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.75)
+    return f" Did you mean {prefix + '/' if prefix else ''}{close[0]}?" if close else ""
+
+
+def check_models(job: JobSpec, api_base: str | None = None, *, prices: bool = True) -> list[str]:
+    """`check_model` for the job's model and every [[models]] entry (compare, route, fallbacks): every
+    problem in one JobSpecError; returns the notes. `api_base`: the caller's --api-base, if any;
+    `prices=False` (batchrun plan, which shows an unpriced model as such): routing only."""
+    entries: list[tuple[str, str, str | None, bool]] = []
+    if not job.models:
+        entries.append(("model", job.model, api_base or job.api_base, job.prices is not None))
     for index, entry in enumerate(job.models):
-        check_model(entry.model, entry.api_base or job.api_base, where=f"models[{index}].model ({entry.name})")
+        entries.append((f"models[{index}].model ({entry.name})", entry.model, api_base or entry.api_base or job.api_base,
+                        (entry.prices or job.prices) is not None))
+    notes: list[str] = []
+    problems: list[str] = []
+    for where, model, base, priced in entries:
+        try:
+            note = check_model(model, base, where, priced_by_job=priced or not prices,
+                               allow_unpriced=job.allow_unpriced)
+        except JobSpecError as exc:
+            problems.append(str(exc).removesuffix("; nothing was sent"))
+            continue
+        if note:
+            notes.append(note)
+    if len(problems) == 1:
+        raise JobSpecError(problems[0] + "; nothing was sent")
+    if problems:
+        raise JobSpecError("invalid job:\n" + "\n".join("  " + p for p in problems) + "\nnothing was sent")
+    return notes
 
 
 def check_service_tier(job: Any) -> None:
@@ -182,6 +230,35 @@ PROVIDER_PARAMS: dict[str, frozenset[str]] = {
     "groq": frozenset({"top_k"}),
     "mistral": frozenset({"safe_prompt", "random_seed"}),
 }
+
+
+#: Every request parameter name of OpenAI's chat completions API (litellm's
+#: OPENAI_CHAT_COMPLETION_PARAMS holds them all: tests/test_preflight.py checks it on the installed
+#: litellm), for `misspelled_params`, the check that needs no litellm.
+CHAT_PARAM_NAMES = frozenset({
+    "temperature", "top_p", "n", "stop", "max_tokens", "max_completion_tokens", "presence_penalty",
+    "frequency_penalty", "logit_bias", "user", "response_format", "seed", "parallel_tool_calls", "logprobs",
+    "top_logprobs", "reasoning_effort", "thinking", "modalities", "prediction", "audio", "web_search_options",
+    "service_tier", "prompt_cache_key", "prompt_cache_retention", "safety_identifier", "verbosity", "store",
+    "metadata", "include_server_side_tool_invocations",
+})
+
+
+def misspelled_params(params: Mapping[str, object]) -> dict[str, str]:
+    """The keys of `params` that are no parameter name litellm takes for any provider (CHAT_PARAM_NAMES,
+    LITELLM_OPTIONS, PROVIDER_PARAMS) but close to one: {typo: the name meant}. Needs no litellm, so
+    a typo is reported with the job's other problems at once; a key close to nothing is left to
+    `unknown_params`, which asks litellm about the model."""
+    import difflib
+
+    known = CHAT_PARAM_NAMES | LITELLM_OPTIONS | frozenset().union(*PROVIDER_PARAMS.values())
+    found: dict[str, str] = {}
+    for key in params:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+            if close:
+                found[key] = close[0]
+    return found
 
 
 def unknown_params(model: str, params: Mapping[str, object]) -> dict[str, str | None] | None:

@@ -274,6 +274,10 @@ def _streamed_usage(stream: Any, chunks: Sequence[Any], built: Any) -> Usage | N
     return None
 
 
+#: What litellm 1.110 raises when a stream ends without a finish_reason (1.106 ends the stream instead).
+STREAM_ENDED_EARLY = "Stream ended before a finish_reason was received"
+
+
 def mark_prompt_cache(messages: list[dict[str, Any]], prefix: str | None) -> list[dict[str, Any]]:
     """The messages with cache_control on the system prompt and on the job's shared prefix of
     the user message (Claude models with `prompt_cache`): content blocks, as litellm passes
@@ -477,6 +481,9 @@ class LiteLLMProvider:
                         ttft_ms = (time.monotonic() - t0) * 1000.0
             finished = True
         except Exception as exc:
+            if STREAM_ENDED_EARLY in str(exc):  # litellm 1.110 raises where 1.106 ended the stream: the same cut
+                raise RetryableError(f"the stream ended without a finish_reason after {len(chunks)} chunk(s): the "
+                                     "connection was cut", kind="stream_cut", error_type="StreamCut") from None
             raise translate_error(exc, self._secrets) from None
         finally:
             if not finished:  # an error or a cancellation mid-stream: free the connection

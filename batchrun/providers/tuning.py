@@ -1,13 +1,19 @@
 """Patches to litellm internals, in one place: imported only by provider.py.
 
-Each patch is pinned to litellm 1.106.0 (pyproject pins it exactly) and has a
-test that it is installed on that version (tests/test_provider_transport.py).
-A litellm without the patched function keeps its own behaviour: a wrapper is
-installed only when its target exists, and once (a marker attribute). The
-measurements that justify them are in docs/internals.md.
+batchrun runs on a range of litellm releases (pyproject.toml: 1.106 to 1.110.x).
+Each patch checks, when it is installed, that its target still looks as
+expected (the function exists, takes the arguments the wrapper passes on, and
+is called where the patch assumes); when it does not, the patch is not
+applied, litellm keeps its own behaviour, and a line says why at -v. The
+report of the installed litellm is `STATUS` (patch -> "installed" or the
+reason); tests/test_litellm_range.py checks it against EXPECTED on every
+version in range (`make test` on the newest, `make test-litellm-min` on the
+oldest). A wrapper is installed once (a marker attribute). The measurements
+that justify the patches are in docs/internals.md.
 
-    install(litellm)           the three function wrappers below, at import time
-                               (provider.import_litellm calls it)
+    install(litellm)           the function wrappers below, at import time
+                               (providers.litellm_setup.import_litellm calls it);
+                               returns STATUS
     remember_user_transport()  read OPENAI_HTTP_HANDLER_ENV before litellm's import
     user_transport()           ... what the user set (None: batchrun chooses)
     install_inline_prep(loop)  InlinePrepExecutor as the loop's default executor
@@ -49,22 +55,24 @@ The patches:
     get every event as before, streamed calls are untouched, and other code
     calling litellm (the bench's bare pattern) keeps litellm's behaviour. The
     response, its `response_cost` and usage are built before that point;
-  * the model-mode cache. litellm looks the model up twice per chat call (the
-    Responses-API bridge check in `litellm.main`) only to read its "mode".
+  * the model-mode cache. litellm 1.106 looks the model up twice per chat call
+    (the Responses-API bridge check in `litellm.main`) only to read its "mode".
     During batchrun's calls `litellm.main.get_model_info_helper` (whose only
     caller is that check) is answered from a small cache per (model,
     provider, size of `litellm.model_cost`), as a copy; failures are not
-    kept, other callers are not affected;
+    kept, other callers are not affected. litellm 1.110 no longer looks the
+    model up there (and caches the lookup itself): not applied, not needed;
   * no hidden resend. `AsyncHTTPHandler.post` (litellm's HTTP handler)
-    catches httpx's RemoteProtocolError and ConnectError, which its aiohttp
-    transport raises for a connection reset before the response headers,
-    and sends the request again, once, on a fresh client through
-    `AsyncHTTPHandler.single_connection_post_request` (its only caller is
-    that except clause). The server may have processed the first request,
-    and batchrun never counted the second. During batchrun's calls the
-    wrapper re-raises the exception being handled there instead, so the
-    failure reaches tenacity as one counted attempt; other callers keep
-    litellm's behaviour (tests/test_wire_attempts.py);
+    catches httpx's RemoteProtocolError and ConnectError (1.106; ConnectError
+    only from 1.110, whose aiohttp transport calls a reset a ReadError), which
+    its aiohttp transport raises for a connection reset before the response
+    headers, and sends the request again, once, on a fresh client through
+    `single_connection_post_request` (1.106) or `single_connection_request`
+    (1.110; its only caller is that except clause). The server may have
+    processed the first request, and batchrun never counted the second.
+    During batchrun's calls the wrapper re-raises the exception being handled
+    there instead, so the failure reaches tenacity as one counted attempt;
+    other callers keep litellm's behaviour (tests/test_wire_attempts.py);
   * the pool size after the import. litellm reads its aiohttp limits
     (AIOHTTP_CONNECTOR_LIMIT, 1,000; AIOHTTP_CONNECTOR_LIMIT_PER_HOST, 500)
     from the environment when it is imported, into
@@ -83,6 +91,8 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
+import inspect
+import logging
 import os
 import sys
 import weakref
@@ -108,6 +118,31 @@ _USER_TRANSPORT: str | None = None  # OPENAI_HTTP_HANDLER_ENV as the user set it
 _LOOPS_WITH_INLINE_PREP: "weakref.WeakSet[asyncio.AbstractEventLoop]" = weakref.WeakSet()
 #: Set by LiteLLMProvider around its calls: "plain" or "stream" (None: not batchrun's call).
 CALL_KIND: contextvars.ContextVar[str | None] = contextvars.ContextVar("batchrun_call_kind", default=None)
+INSTALLED = "installed"
+#: Each patch of the litellm imported: INSTALLED, or why it was not applied (install() fills it).
+STATUS: dict[str, str] = {}
+#: The patches each tested litellm release gets (tests/test_litellm_range.py): all of them, but
+#: the model-mode cache, whose target is gone in 1.110 (litellm caches that lookup itself).
+EXPECTED: dict[str, frozenset[str]] = {
+    "1.106": frozenset({"inline_prep", "http_handler_switch", "quiet_success_logging", "model_mode_cache",
+                        "no_hidden_resend"}),
+    "1.110": frozenset({"inline_prep", "http_handler_switch", "quiet_success_logging", "no_hidden_resend"}),
+}
+log = logging.getLogger("batchrun")
+
+
+def _source(obj: Any) -> str:
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return ""
+
+
+def _parameters(fn: Any) -> list[str]:
+    try:
+        return list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return []
 
 
 def _success_logging_needed(litellm: ModuleType, logging_obj: object) -> bool:
@@ -125,7 +160,7 @@ def _success_logging_needed(litellm: ModuleType, logging_obj: object) -> bool:
 
 def _wrap_litellm_function(module: str, name: str, marker: str,
                            wrap: Callable[[Any], Callable[..., object]]) -> bool:  # wrap(litellm's function)
-    """Replace `module.name` (a litellm internal, pinned litellm 1.106.0) by `wrap(original)`,
+    """Replace `module.name` (a litellm internal, checked by the caller) by `wrap(original)`,
     marked with `marker` so it is wrapped once. False when litellm has no such function:
     then litellm keeps its own behaviour."""
     owner = sys.modules.get(module)
@@ -139,9 +174,14 @@ def _wrap_litellm_function(module: str, name: str, marker: str,
     return True
 
 
-def _install_quiet_success_logging(litellm: ModuleType) -> bool:
+def _install_quiet_success_logging(litellm: ModuleType) -> str:
     """Skip litellm's asynchronous success logging of batchrun's plain calls when no
-    callback would receive it (module docstring). True when installed."""
+    callback would receive it (module docstring). INSTALLED, or why not."""
+    target = getattr(sys.modules.get("litellm.utils"), "_schedule_async_success_logging", None)
+    if target is None:
+        return "litellm.utils._schedule_async_success_logging is gone"
+    if _parameters(getattr(target, "__wrapped__", target))[:1] != ["logging_obj"]:
+        return "litellm.utils._schedule_async_success_logging no longer takes logging_obj first"
 
     def wrap(schedule: Callable[..., object]) -> Callable[..., object]:
         def schedule_unless_quiet(logging_obj: object, *args: object, **kwargs: object) -> object:
@@ -150,16 +190,23 @@ def _install_quiet_success_logging(litellm: ModuleType) -> bool:
             return schedule(logging_obj, *args, **kwargs)
         return schedule_unless_quiet
 
-    return _wrap_litellm_function("litellm.utils", "_schedule_async_success_logging", "batchrun_quiet", wrap)
+    installed = _wrap_litellm_function("litellm.utils", "_schedule_async_success_logging", "batchrun_quiet", wrap)
+    return INSTALLED if installed else "litellm.utils._schedule_async_success_logging is gone"
 
 
 #: At most this many (model, provider) entries in the model-mode cache below.
 MODEL_MODE_CACHE_SIZE = 64
 
 
-def _install_model_mode_cache(litellm: ModuleType) -> bool:
+def _install_model_mode_cache(litellm: ModuleType) -> str:
     """Look a model up in litellm's model list once per (model, provider) during batchrun's
-    calls, not twice per call (module docstring). True when installed."""
+    calls, not twice per call (module docstring). INSTALLED, or why not."""
+    main = sys.modules.get("litellm.main")
+    target = getattr(main, "get_model_info_helper", None)
+    if target is None:
+        return "litellm.main no longer looks models up (litellm caches that lookup itself): not needed"
+    if not {"model", "custom_llm_provider"} <= set(_parameters(getattr(target, "__wrapped__", target))):
+        return "litellm.main.get_model_info_helper no longer takes model and custom_llm_provider"
 
     def wrap(lookup: Callable[..., Mapping[str, object]]) -> Callable[..., Mapping[str, object]]:
         found: dict[tuple[str, str | None, int], dict[str, object]] = {}
@@ -178,34 +225,66 @@ def _install_model_mode_cache(litellm: ModuleType) -> bool:
             return dict(info)  # the caller may set "mode" on its copy
         return cached_lookup
 
-    return _wrap_litellm_function("litellm.main", "get_model_info_helper", "batchrun_cached", wrap)
+    installed = _wrap_litellm_function("litellm.main", "get_model_info_helper", "batchrun_cached", wrap)
+    return INSTALLED if installed else "litellm.main.get_model_info_helper is gone"
 
 
-def _install_no_hidden_resend(litellm: ModuleType) -> bool:
+#: The resend after a failed connection: (the function post() calls in its except clause, that clause)
+RESEND_TARGETS = (
+    ("single_connection_post_request", "except (httpx.RemoteProtocolError, httpx.ConnectError):"),  # 1.106
+    ("single_connection_request", "except httpx.ConnectError:"),  # 1.110
+)
+
+
+def _install_no_hidden_resend(litellm: ModuleType) -> str:
     """Stop litellm's HTTP handler from sending batchrun's request a second time after a
-    failed connection (module docstring). True when installed."""
+    failed connection (module docstring). INSTALLED, or why not."""
     import httpx  # litellm's dependency
 
-    resent_on = (httpx.RemoteProtocolError, httpx.ConnectError)  # post()'s except clause
+    resent_on = (httpx.RemoteProtocolError, httpx.ConnectError)  # what post()'s except clauses catch
     module = sys.modules.get("litellm.llms.custom_httpx.http_handler")
     handler = getattr(module, "AsyncHTTPHandler", None)
-    original = getattr(handler, "single_connection_post_request", None)
-    if handler is None or original is None:
-        return False
+    post = _source(getattr(handler, "post", None))
+    found = [(name, clause) for name, clause in RESEND_TARGETS
+             if getattr(handler, name, None) is not None and clause in post and f"self.{name}(" in post]
+    if not found:
+        return ("AsyncHTTPHandler.post no longer resends through single_connection_post_request or "
+                "single_connection_request after a failed connection")
+    name = found[0][0]
+    original = getattr(handler, name)
     if getattr(original, "batchrun_no_resend", False):
-        return True
+        return INSTALLED
 
     @functools.wraps(original)
-    async def single_connection_post_request(self: object, *args: object, **kwargs: object) -> httpx.Response:
+    async def no_resend(self: object, *args: object, **kwargs: object) -> httpx.Response:
         if CALL_KIND.get() is not None:
             handled = sys.exception()  # what post()'s except clause caught (3.11+)
             if isinstance(handled, resent_on):
                 raise handled
         return await original(self, *args, **kwargs)
 
-    setattr(single_connection_post_request, "batchrun_no_resend", True)  # the marker, as _wrap_litellm_function sets it
-    handler.single_connection_post_request = single_connection_post_request
-    return True
+    setattr(no_resend, "batchrun_no_resend", True)  # the marker, as _wrap_litellm_function sets it
+    setattr(handler, name, no_resend)
+    return INSTALLED
+
+
+def _check_inline_prep(litellm: ModuleType) -> str:
+    """The inline preparation relies on acompletion handing `partial(Context.run, partial(completion,
+    ...))` to loop.run_in_executor: INSTALLED when it still does (the executor is set per loop)."""
+    main = sys.modules.get("litellm.main")
+    source = _source(getattr(main, "acompletion", None))
+    if getattr(main, "completion", None) is None or "run_in_executor" not in source \
+            or "partial(ctx.run" not in source.replace(" ", ""):
+        return "litellm.main.acompletion no longer hands completion() to run_in_executor"
+    return INSTALLED
+
+
+def _check_http_handler_switch(litellm: ModuleType) -> str:
+    """litellm's own HTTP handler for openai/ calls is chosen by OPENAI_HTTP_HANDLER_ENV, read on
+    every call: INSTALLED when litellm still reads it."""
+    if OPENAI_HTTP_HANDLER_ENV not in _source(sys.modules.get("litellm.main")):
+        return f"litellm.main no longer reads {OPENAI_HTTP_HANDLER_ENV}"
+    return INSTALLED
 
 
 def _is_litellm_prep(fn: object) -> bool:
@@ -289,8 +368,28 @@ def size_pool(max_connections: int) -> bool:
     return True
 
 
-def install(litellm: ModuleType) -> None:
-    """Install the wrappers of litellm's internals (each once; a missing target is skipped)."""
-    _install_quiet_success_logging(litellm)
-    _install_model_mode_cache(litellm)
-    _install_no_hidden_resend(litellm)
+def install(litellm: ModuleType) -> dict[str, str]:
+    """Install the wrappers of litellm's internals (each once), each after checking its target
+    (module docstring); a patch that does not apply is named at -v. Returns STATUS."""
+    STATUS.update({
+        "inline_prep": _check_inline_prep(litellm),
+        "http_handler_switch": _check_http_handler_switch(litellm),
+        "quiet_success_logging": _install_quiet_success_logging(litellm),
+        "model_mode_cache": _install_model_mode_cache(litellm),
+        "no_hidden_resend": _install_no_hidden_resend(litellm),
+    })
+    version = getattr(litellm, "version", None) or _litellm_version()
+    for name, status in STATUS.items():
+        if status != INSTALLED:
+            log.info("litellm %s: batchrun's %s patch is not applied: %s; litellm keeps its own behaviour",
+                     version, name, status)
+    return dict(STATUS)
+
+
+def _litellm_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("litellm")
+    except PackageNotFoundError:
+        return "unknown"

@@ -121,6 +121,8 @@ class Checkpoint:
     done_ids: set[str]  # in results.jsonl: never requested again
     failed_ids: set[str]  # latest outcome a failure (not in results.jsonl)
     repaired: list[str]  # human notes about torn lines that were cut off
+    # failed id -> its latest failure's (error_kind, run): which a re-run keeps (lines.permanent_failures)
+    failed_kinds: dict[str, tuple[str, int | None]] = field(default_factory=dict)
     spent_usd: float = 0.0  # cost of the results already on disk
     # journal entries left open by earlier runs: id -> {"attempt", "run"} (may be billed twice)
     maybe_billed: dict[str, OpenEntry] = field(default_factory=dict)
@@ -209,7 +211,7 @@ def open_checkpoint(run_dir: Path, *, totals: bool = True, force: bool = False) 
                     "--run-dir, or --force to resume from those files")
         for name in (RESULTS, ERRORS):
             path = run_dir / name
-            scan = scan_jsonl(path, totals=totals)
+            scan = scan_jsonl(path, totals=totals, kinds=name == ERRORS)
             if scan.damaged_line is not None:
                 raise CheckpointError(
                     f"{path}: line {scan.damaged_line} is complete (it ends with a newline) but is not a "
@@ -234,9 +236,11 @@ def open_checkpoint(run_dir: Path, *, totals: bool = True, force: bool = False) 
             scans[name] = scan
         done = scans[RESULTS].ids
         failed = scans[ERRORS].ids - done
+        kinds = scans[ERRORS].kind_by_id or {}
         maybe_billed = open_inflight(run_dir, done)
         compact_inflight(run_dir, maybe_billed)
-        return Checkpoint(run_dir=run_dir, done_ids=done, failed_ids=failed, repaired=repaired,
+        return Checkpoint(run_dir=run_dir, done_ids=done, failed_ids=failed,
+                          failed_kinds={i: kinds[i] for i in failed if i in kinds}, repaired=repaired,
                           spent_usd=scans[RESULTS].cost_usd + scans[ERRORS].cost_usd,
                           maybe_billed=maybe_billed, _lock_handle=lock)
     except BaseException:

@@ -119,7 +119,7 @@ def release_space(run_dir: Path) -> bool:
     return True
 
 
-def open_no_follow(path: Path, flags: int, mode: int = 0o644) -> int:
+def open_no_follow(path: Path | str, flags: int, mode: int = 0o644) -> int:
     """os.open without following a symbolic link at `path` (O_NOFOLLOW); the
     file must be a regular file with one name. A link, a hard-linked file or a
     device is refused with a CheckpointError naming it: batchrun never writes

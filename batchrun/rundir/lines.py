@@ -11,6 +11,8 @@
                             the first damaged line, and with totals the lines' money
                             (records.line_money)
     load_done_ids / load_failed_ids   what a run directory already holds
+    load_failed_kinds(run_dir)  each failed id's latest (error kind, run)
+    permanent_failures(...)     of those, the failures a re-run keeps (errors.is_permanent)
 
 Reading takes no lock, so it works while a run is writing: a torn last line is
 simply not counted yet.
@@ -21,11 +23,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import AbstractSet, Iterator, Mapping
 
 import orjson
 
-from batchrun.errors import CheckpointError
+from batchrun.errors import CheckpointError, is_permanent
 from batchrun.records import KindTotals, Line, line_money
 from batchrun.rundir.layout import ERRORS, RESULTS, open_no_follow
 
@@ -49,9 +51,11 @@ class JsonlScan:
     upstream_lines: int = 0  # lines that report it
     upstream_unreported: int = 0  # attempts of those lines whose answer did not say
     last_by_id: dict[str, Line] | None = None  # only when asked (errors file)
+    # with kinds: each id's latest (error_kind, run) (errors file)
+    kind_by_id: dict[str, tuple[str, int | None]] | None = None
 
 
-def scan_jsonl(path: Path, *, keep_last: bool = False, totals: bool = True) -> JsonlScan:
+def scan_jsonl(path: Path | str, *, keep_last: bool = False, totals: bool = True, kinds: bool = False) -> JsonlScan:
     """Scan a checkpoint file; a missing file is an empty scan.
 
     Valid data ends at the first line that has no newline or does not parse
@@ -59,10 +63,11 @@ def scan_jsonl(path: Path, *, keep_last: bool = False, totals: bool = True) -> J
     torn. Only a last line without a newline is a torn write (lines are
     appended whole by one writer); `damaged_line` names the first complete
     line that is not a record, which no crash can leave behind. A symbolic
-    link is refused (CheckpointError), never followed.
+    link is refused (CheckpointError), never followed. `kinds`: each id's
+    latest `error_kind` too (errors.jsonl: which failures are permanent).
     """
-    scan = JsonlScan(last_by_id={} if keep_last else None)
-    fast = not keep_last and not totals  # ids only: read them without parsing the line
+    scan = JsonlScan(last_by_id={} if keep_last else None, kind_by_id={} if kinds else None)
+    fast = not keep_last and not totals and not kinds  # ids only: read them without parsing the line
     try:
         handle = open(open_no_follow(path, os.O_RDONLY), "rb")
     except FileNotFoundError:
@@ -83,6 +88,10 @@ def scan_jsonl(path: Path, *, keep_last: bool = False, totals: bool = True) -> J
                         ticket_id, obj = parsed
                         if scan.last_by_id is not None:
                             scan.last_by_id[ticket_id] = obj
+                        if scan.kind_by_id is not None:
+                            run = obj.get("run")
+                            scan.kind_by_id[ticket_id] = (str(obj.get("error_kind") or "unknown"),
+                                                          run if isinstance(run, int) else None)
                         scan.ids.add(ticket_id)
                         if totals:  # every line is money spent (errors.jsonl: rejected answers)
                             money = line_money(obj)
@@ -123,7 +132,7 @@ def parse_line(raw: bytes) -> tuple[str, Line] | None:
 NOT_JSON = object()  # iter_numbered's value for a line that is not JSON
 
 
-def iter_numbered(path: Path, *, whole_file: bool = True) -> Iterator[tuple[int, object, bytes]]:
+def iter_numbered(path: Path | str, *, whole_file: bool = True) -> Iterator[tuple[int, object, bytes]]:
     """(line number from 1, the parsed JSON value or NOT_JSON, the raw line) for every complete
     line of `path` but blank ones; `whole_file` as for iter_lines (module docstring)."""
     try:
@@ -146,7 +155,7 @@ def iter_numbered(path: Path, *, whole_file: bool = True) -> Iterator[tuple[int,
             raise CheckpointError(f"{path}: cannot read: {exc.strerror}") from None
 
 
-def iter_lines(path: Path, *, with_id: bool = True, whole_file: bool = False) -> Iterator[Line]:
+def iter_lines(path: Path | str, *, with_id: bool = True, whole_file: bool = False) -> Iterator[Line]:
     """Every complete line of `path` that parses as a JSON object (module docstring); with `with_id`
     only objects whose "id" is a string or an integer. A line that does not parse is passed over.
     `whole_file`: the file was written whole (a provider's download), so its last line counts even
@@ -161,11 +170,26 @@ def iter_lines(path: Path, *, with_id: bool = True, whole_file: bool = False) ->
         yield obj
 
 
-def load_done_ids(run_dir: Path) -> set[str]:
+def load_done_ids(run_dir: Path | str) -> set[str]:
     return scan_jsonl(Path(run_dir) / RESULTS, totals=False).ids
 
 
-def load_failed_ids(run_dir: Path, done: set[str] | None = None) -> set[str]:
+def load_failed_ids(run_dir: Path | str, done: set[str] | None = None) -> set[str]:
     run_dir = Path(run_dir)
     done = load_done_ids(run_dir) if done is None else done
     return scan_jsonl(run_dir / ERRORS, totals=False).ids - done
+
+
+def load_failed_kinds(run_dir: Path, done: set[str] | None = None) -> dict[str, tuple[str, int | None]]:
+    """Each id whose latest outcome is a failure, with that failure's (error_kind, run)."""
+    run_dir = Path(run_dir)
+    done = load_done_ids(run_dir) if done is None else done
+    kinds = scan_jsonl(run_dir / ERRORS, totals=False, kinds=True).kind_by_id or {}
+    return {ticket_id: kind for ticket_id, kind in kinds.items() if ticket_id not in done}
+
+
+def permanent_failures(failures: Mapping[str, tuple[str, int | None]], fail_fast_runs: AbstractSet[int]) -> set[str]:
+    """The ids among `failures` (load_failed_kinds) whose failure is permanent (errors.is_permanent), an
+    auth / permission / not-found failure of a run fail-fast stopped (`fail_fast_runs`) being transient."""
+    return {ticket_id for ticket_id, (kind, run) in failures.items()
+            if is_permanent(kind, fail_fast=run is not None and run in fail_fast_runs)}

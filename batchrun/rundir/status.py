@@ -37,10 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AbstractSet, Any, Mapping, TypedDict
 
-from batchrun.errors import CheckpointError, ReportError, redact_endpoint
+from batchrun.errors import CheckpointError, NotARunDirError, ReportError, redact_endpoint
 from batchrun.records import KindTotals
 from batchrun.rundir.layout import LEDGER, LIVE_PART_STATES
-from batchrun.rundir.manifest import Manifest, read_manifest
+from batchrun.rundir.lines import permanent_failures
+from batchrun.rundir.manifest import Manifest, fail_fast_runs, read_manifest
 
 MODELS_DIR = "models"  # a compare directory: models/<key>/ run directories
 
@@ -61,6 +62,9 @@ class PartStatus(TypedDict):
     batch_id: str | None
     retry: int
     note: str | None
+    completion_window: str | None  # the window the batch was created with ("24h")
+    submitted_at: float | None
+    expires_at: float | None  # when that window ends
 
 
 class BatchParts(TypedDict):
@@ -128,7 +132,7 @@ def find_units(path: Path) -> tuple[str, list[RunUnit]]:
     """("compare", one unit per models/<key>/) or ("run", [the run directory])."""
     path = Path(path)
     if not path.is_dir():
-        raise ReportError(f"{path}: no such directory")
+        raise NotARunDirError(f"{path}: no such directory")
     units: list[RunUnit] = []
     models = path / MODELS_DIR
     try:
@@ -143,8 +147,8 @@ def find_units(path: Path) -> tuple[str, list[RunUnit]]:
     except CheckpointError as exc:
         raise ReportError(str(exc)) from None
     if manifest is None:
-        raise ReportError(f"{path}: no manifest.json here nor in {MODELS_DIR}/*/: "
-                          "not a batchrun run or compare directory")
+        raise NotARunDirError(f"{path}: no manifest.json here nor in {MODELS_DIR}/*/: "
+                              "not a batchrun run or compare directory")
     name = str((manifest.get("job") or {}).get("name") or path.name)
     return "run", [RunUnit(name, _manifest_model(manifest), path, manifest)]
 
@@ -168,15 +172,18 @@ def run_status(run_dir: Path) -> RunStatus:
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     if manifest is None:
-        raise CheckpointError(f"{run_dir}: no manifest.json here: not a batchrun run directory")
+        raise NotARunDirError(f"{run_dir}: no manifest.json here: not a batchrun run directory")
     results = scan_jsonl(run_dir / RESULTS)
-    errors = scan_jsonl(run_dir / ERRORS)  # its cost_usd: answers rejected by the output check
+    errors = scan_jsonl(run_dir / ERRORS, kinds=True)  # its cost_usd: answers rejected by the output check
     done, unpriced, tokens = len(results.ids), results.unpriced, results.total_tokens
     cost = results.cost_usd + errors.cost_usd
     failed_ids = errors.ids - results.ids
+    kinds = errors.kind_by_id or {}
+    permanent = len(permanent_failures({i: kinds[i] for i in failed_ids if i in kinds}, fail_fast_runs(manifest)))
     rejects = run_dir / REJECTS
     rejected = rejects.read_bytes().count(b"\n") if rejects.exists() else 0
-    status = status_from_counts(run_dir, manifest, done=done, failed=len(failed_ids), cost_usd=cost,
+    status = status_from_counts(run_dir, manifest, done=done, failed=len(failed_ids), failed_permanent=permanent,
+                                cost_usd=cost,
                                 unpriced=unpriced, total_tokens=tokens, rejected_lines=rejected,
                                 cache_hits=results.cache_hits, cost_saved_usd=results.cost_saved_usd,
                                 done_ids=results.ids, kinds=results.kinds, requests=results.requests + errors.requests,
@@ -220,15 +227,16 @@ def run_counts(run_dir: Path, run: int) -> dict[str, Any]:
 def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int, failed: int, cost_usd: float,
                        unpriced: int, total_tokens: int, rejected_lines: int, cache_hits: int = 0,
                        cost_saved_usd: float = 0.0, live: bool | None = None,
-                       done_ids: AbstractSet[str] | None = None, kinds: KindTotals | None = None,
+                       done_ids: AbstractSet[str] | None = None, failed_permanent: int = 0, kinds: KindTotals | None = None,
                        requests: int | None = None, upstream_requests: int | None = None,
                        upstream_unreported: int = 0) -> RunStatus:
     """The status JSON (`batchrun status --json`, and `batchrun serve`'s /api/runs/NAME) from a
     run directory's counts: the one definition of its keys and rounding. `live`: whether a run
     holds the lock (None: probe it here); `done_ids`: the ids with a result (None: read them,
-    only for a dead run, to name its tickets left in flight); `requests`: the requests the lines
-    record (all runs), `upstream_requests` what the endpoint reported it sent upstream for them
-    (None: it never said), `upstream_unreported` the attempts whose answer did not say."""
+    only for a dead run, to name its tickets left in flight); `failed_permanent`: of the failed,
+    those whose latest failure is permanent (a re-run keeps them; the rest it retries); `requests`:
+    the requests the lines record (all runs), `upstream_requests` what the endpoint reported it sent
+    upstream for them (None: it never said), `upstream_unreported` the attempts whose answer did not say."""
     from batchrun.rundir.checkpoint import lock_state
     from batchrun.rundir.journal import open_inflight
     from batchrun.rundir.layout import RESULTS
@@ -260,10 +268,12 @@ def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int,
         "live": live,
         "run": manifest.get("run"),
         "endpoint": redact_endpoint(manifest.get("endpoint")),  # an older manifest may hold a key
-        "input": (manifest.get("input") or {}).get("path"),
+        "input": _input_shown(run_dir, manifest),
         "tickets": total,
         "done": done,
         "failed": failed,
+        "failed_permanent": failed_permanent,  # kept by a re-run (--retry-permanent sends them)
+        "failed_transient": failed - failed_permanent,  # retried by a re-run
         "pending": max(total - done - failed, 0),  # of the whole input
         "limit": limit if isinstance(limit, int) else None,  # the last run's --limit
         "asked": asked,
@@ -292,6 +302,14 @@ def status_from_counts(run_dir: Path, manifest: Mapping[str, Any], *, done: int,
         "maybe_billed_before": len(maybe_billed),
         "maybe_billed_before_ids": maybe_billed[:100],
     }
+
+
+def _input_shown(run_dir: Path, manifest: Mapping[str, Any]) -> str | None:
+    """The run's input as found from here (manifest.find_input), else as the manifest names it."""
+    from batchrun.rundir.manifest import find_input
+
+    found, _ = find_input(run_dir, manifest)
+    return str(found) if found is not None else (manifest.get("input") or {}).get("path")
 
 
 def batch_anomalies(run_dir: Path) -> tuple[dict[str, int], float]:
@@ -325,7 +343,8 @@ def batch_parts(run_dir: Path) -> BatchParts | None:
     parts: list[PartStatus] = [
         {"number": p.get("number"), "model_key": p.get("model_key"), "state": p.get("state"), "status": p.get("status"),
          "tickets": p.get("tickets"), "counts": p.get("counts"), "batch_id": p.get("batch_id"), "retry": p.get("retry"),
-         "note": p.get("note")}
+         "note": p.get("note"), "completion_window": p.get("completion_window"), "submitted_at": p.get("submitted_at"),
+         "expires_at": p.get("expires_at")}
         for p in data.get("parts") or [] if p.get("state") != "discarded"]
     return {"run_key": data.get("run_key"), "parts": parts,
             "live": sum(1 for p in parts if p["state"] in LIVE_PART_STATES)}

@@ -13,6 +13,8 @@ Routes:
                                    kind, batch parts; `grading` once it has stopped
     GET /api/runs/{name}/events    the same JSON as Server-Sent Events ("snapshot"
                                    events), pushed whenever it changes
+    GET /api/runs/{name}/tickets/{id}  one ticket (analysis/ticket_detail: `batchrun show --json`):
+                                   attempts and verdict; its messages and answer with show_text only
 
 How it follows a run: one `Hub` holds a `runs.RunWatch` per run asked for. A run
 with at least one open event stream has one follower task, whatever the number of
@@ -313,6 +315,25 @@ async def api_run(request: web.Request) -> web.Response:
         return _error(404, str(exc))
 
 
+async def api_ticket(request: web.Request) -> web.Response:
+    """One ticket's detail, as `batchrun show --json` gives it (messages and answer: show_text only)."""
+    from batchrun.analysis.ticket_detail import TicketNotFoundError, ticket_detail
+    from batchrun.errors import ReportError
+
+    hub = _hub(request)
+    try:
+        watch = hub.watch(request.match_info["name"])
+        detail = await asyncio.to_thread(ticket_detail, watch.path, request.match_info["ticket"],
+                                         show_text=hub.show_text)
+    except UnsafeName as exc:
+        return _error(400, str(exc))
+    except (LookupError, TicketNotFoundError) as exc:
+        return _error(404, str(exc))
+    except ReportError as exc:
+        return _error(409, str(exc))
+    return web.Response(body=redact_secrets(orjson.dumps(detail).decode()), content_type="application/json")
+
+
 async def api_events(request: web.Request) -> web.StreamResponse:
     hub = _hub(request)
     name = request.match_info["name"]
@@ -397,5 +418,6 @@ def build_app(root: Path, *, token: str | None = None, show_text: bool = False,
     app.router.add_get("/api/runs", api_runs)
     app.router.add_get("/api/runs/{name}", api_run)
     app.router.add_get("/api/runs/{name}/events", api_events)
+    app.router.add_get("/api/runs/{name}/tickets/{ticket}", api_ticket)
     app.router.add_static("/static/", STATIC, follow_symlinks=False)
     return app

@@ -31,14 +31,15 @@ import os
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import AbstractSet, Callable
 
 import orjson
 
 from batchrun.analysis.documents import StoredJSON
 from batchrun.analysis.stats import LatencyHistogram
+from batchrun.errors import is_permanent
 from batchrun.records import KindTotals, line_money, line_time
-from batchrun.serve.payloads import FailureMessage, RecentAnswer, SeriesPoints
+from batchrun.serve.payloads import FailedTicket, FailureMessage, RecentAnswer, SeriesPoints
 
 __all__ = ["JsonlFollower", "SERIES_POINTS", "UnitNumbers", "open_nofollow"]
 
@@ -47,6 +48,7 @@ POLL_BYTES = 8 << 20  # and at most this much per poll (the rest on the next one
 SERIES_POINTS = 120  # time buckets kept per run
 MESSAGES_PER_KIND = 3  # latest failure messages kept per error kind
 RECENT_ANSWERS = 10  # latest answers kept (shown only with --show-text)
+FAILED_TICKETS_SHOWN = 200  # failed tickets listed on a run's page, the latest failures
 
 
 def open_nofollow(path: Path) -> int:
@@ -217,6 +219,9 @@ class UnitNumbers:
         self.failed: dict[str, str] = {}  # id -> error_kind, for ids whose latest outcome is a failure
         self.failure_lines_by_kind: dict[str, int] = {}  # errors.jsonl lines by kind (every run)
         self.messages: dict[str, deque[FailureMessage]] = {}  # kind -> the latest few
+        # the latest FAILED_TICKETS_SHOWN failed tickets (latest failure last): id -> its failure, kind and attempts
+        self.failed_tickets: dict[str, FailedTicket] = {}
+        self.failed_runs: dict[str, int | None] = {}  # id -> the run of its latest failure (fail-fast runs)
         self.requests = 0  # attempts of every line
         self.upstream_requests: int | None = None  # what the endpoint (a LiteLLM proxy) reported sending upstream
         self.upstream_unreported = 0  # attempts of reporting lines whose answer did not say
@@ -238,6 +243,8 @@ class UnitNumbers:
         ticket_id = str(line["id"])
         self.done += 1
         self.failed.pop(ticket_id, None)
+        self.failed_runs.pop(ticket_id, None)
+        self.failed_tickets.pop(ticket_id, None)
         money = line_money(line)
         self.results_cost += money.cost_usd or 0.0
         self.unpriced += money.unpriced
@@ -274,6 +281,8 @@ class UnitNumbers:
         ticket_id = str(line["id"])
         kind = str(line.get("error_kind") or "unknown")
         self.failed[ticket_id] = kind
+        run_of = line.get("run")
+        self.failed_runs[ticket_id] = run_of if isinstance(run_of, int) and not isinstance(run_of, bool) else None
         self.failure_lines_by_kind[kind] = self.failure_lines_by_kind.get(kind, 0) + 1
         money = line_money(line)
         self.errors_cost += money.spent_usd  # answers paid for, then rejected
@@ -285,9 +294,14 @@ class UnitNumbers:
         if t is not None and (run is None or run == self.latest_run):
             self.series.add(t, 0, 1, attempts, 0, 0.0, line_time(line.get("started_at")))
         message = line.get("message")
-        self.messages.setdefault(kind, deque(maxlen=MESSAGES_PER_KIND)).append({
-            "id": ticket_id, "message": str(message)[:500] if message is not None else None,
-            "status_code": line.get("status_code"), "time": line.get("time"), "run": line.get("run")})
+        entry: FailureMessage = {"id": ticket_id, "message": str(message)[:500] if message is not None else None,
+                                 "status_code": line.get("status_code"), "time": line.get("time"),
+                                 "run": line.get("run")}
+        self.messages.setdefault(kind, deque(maxlen=MESSAGES_PER_KIND)).append(entry)
+        self.failed_tickets.pop(ticket_id, None)
+        self.failed_tickets[ticket_id] = {**entry, "kind": kind, "attempts": attempts}
+        if len(self.failed_tickets) > FAILED_TICKETS_SHOWN:
+            del self.failed_tickets[next(iter(self.failed_tickets))]
 
     def _add_upstream(self, upstream: int | None, unreported: int) -> None:
         if upstream is not None:
@@ -299,6 +313,12 @@ class UnitNumbers:
         """What was spent, as `batchrun status` counts it: results' cost_usd and rejected
         answers on both files."""
         return self.results_cost + self.rejected_cost + self.errors_cost
+
+    def failed_permanent(self, fail_fast_runs: AbstractSet[int] = frozenset()) -> int:
+        """Failed tickets whose latest failure is permanent (errors.is_permanent; `fail_fast_runs`: the
+        runs fail-fast stopped, whose auth / permission / not-found failures are transient)."""
+        return sum(1 for ticket_id, kind in self.failed.items()
+                   if is_permanent(kind, fail_fast=self.failed_runs.get(ticket_id) in fail_fast_runs))
 
     def failed_by_kind(self) -> dict[str, int]:
         counts: dict[str, int] = {}

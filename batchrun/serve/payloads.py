@@ -34,10 +34,24 @@ class FailureMessage(TypedDict):
     run: int | None
 
 
+class FailedTicket(FailureMessage):
+    """A failed ticket on a run's page (follow.UnitNumbers.failed_tickets): its latest failure."""
+
+    kind: str
+    attempts: int
+
+
+class FailedTicketShown(FailedTicket):
+    """The same as a page lists it (runs.RunWatch.detail)."""
+
+    permanent: bool
+
+
 class FailureGroup(TypedDict):
     kind: str
     tickets: int  # failed tickets of this kind now
     lines: int  # errors.jsonl lines of this kind, every run
+    permanent: bool  # a re-run keeps these tickets (errors.PERMANENT_KINDS)
     latest: list[FailureMessage]  # newest first
 
 
@@ -98,6 +112,7 @@ class UnitDetail(TypedDict):
     ttft_ms: LatencyView | None
     series: SeriesPoints
     failures: list[FailureGroup]
+    failed_tickets: list[FailedTicketShown]  # the latest failed tickets: a click shows one
     max_cost_usd: float | None
     concurrency_settled: int | None
     batches: list[BatchPart] | None

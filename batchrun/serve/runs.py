@@ -42,12 +42,15 @@ import orjson
 
 from batchrun.analysis.documents import PairDiff, StoredJSON
 from batchrun.analysis.stats import percentiles
-from batchrun.errors import redact_secrets
+from batchrun.analysis.ticket_detail import ANSWER_QUOTING_KINDS
+from batchrun.errors import is_permanent, redact_secrets
 from batchrun.rundir.layout import ERRORS, LOCK, MANIFEST, REJECTS, RESULTS
+from batchrun.rundir.manifest import fail_fast_runs
 from batchrun.rundir.status import MODELS_DIR, status_from_counts
 from batchrun.serve.follow import JsonlFollower, UnitNumbers, open_nofollow
 from batchrun.serve.payloads import (
     BatchPart,
+    FailedTicketShown,
     DiffView,
     FailureGroup,
     GradedModel,
@@ -62,7 +65,7 @@ __all__ = ["RunsRoot", "RunWatch", "UnsafeName", "grade_run", "live_state", "loc
 BATCH_FILES = ("batches.json", "batch.json", "parts.json")  # batch mode's part records, when present
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
 # error kinds whose message quotes the model's answer: shown only with --show-text
-TEXT_KINDS = frozenset({"invalid_output", "truncated", "content_filter"})
+TEXT_KINDS = ANSWER_QUOTING_KINDS  # failure messages that quote the answer: only with --show-text
 QUIET_S = 2.0  # a stopped run is graded once its files have not changed for this long
 
 #: (mtime_ns, size) of a file, None when it is absent.
@@ -303,7 +306,9 @@ class UnitWatch:
 
     def status(self) -> StoredJSON:
         n = self.numbers
-        return status_from_counts(self.run_dir, self.manifest, done=n.done, failed=len(n.failed), cost_usd=n.cost_usd,
+        return status_from_counts(self.run_dir, self.manifest, done=n.done, failed=len(n.failed),
+                                  failed_permanent=n.failed_permanent(fail_fast_runs(self.manifest)),
+                                  cost_usd=n.cost_usd,
                                   unpriced=n.unpriced, total_tokens=n.total_tokens,
                                   rejected_lines=self.rejected_lines, cache_hits=n.cache_hits,
                                   cost_saved_usd=n.cost_saved_usd, live=self.held, kinds=n.kinds,
@@ -316,6 +321,7 @@ class UnitWatch:
 
     def detail(self, show_text: bool) -> UnitDetail:
         n = self.numbers
+        fail_fast = fail_fast_runs(self.manifest)  # runs whose auth / not-found failures were the endpoint's
         status = self.status()
         summary = self.manifest.get("summary") or {}
         total = status["tickets"]
@@ -328,7 +334,17 @@ class UnitWatch:
                 messages = [{**m, "message": redact_secrets(text) if (text := m["message"]) else text}
                             for m in messages]
             failures.append({"kind": kind, "tickets": count, "lines": n.failure_lines_by_kind.get(kind, 0),
-                             "latest": messages})
+                             "permanent": any(is_permanent(kind, fail_fast=n.failed_runs.get(i) in fail_fast)
+                                              for i, k in n.failed.items() if k == kind), "latest": messages})
+        failed_tickets: list[FailedTicketShown] = []
+        for entry in reversed(list(n.failed_tickets.values())):  # the latest failure first
+            text = entry["message"]
+            if entry["kind"] in TEXT_KINDS and not show_text:
+                text = "(quotes the answer: shown with --show-text)"
+            elif text:
+                text = redact_secrets(text)
+            failed_tickets.append({**entry, "message": text,
+                                   "permanent": is_permanent(entry["kind"], fail_fast=entry["run"] in fail_fast)})
         model = ((self.manifest.get("job") or {}).get("fingerprint") or {}).get("model")
         return {
             "key": self.key,
@@ -344,6 +360,7 @@ class UnitWatch:
             "ttft_ms": {**percentiles(n.ttft), "n": n.ttft.n} if n.ttft.n else None,
             "series": n.series.points(),
             "failures": failures,
+            "failed_tickets": failed_tickets,  # the latest failed tickets (FAILED_TICKETS_SHOWN): a click shows one
             "max_cost_usd": self.manifest.get("max_cost_usd"),
             "concurrency_settled": summary.get("concurrency_settled") if self.state != "running" else None,
             "batches": _batch_parts(self.batches),

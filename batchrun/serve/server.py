@@ -9,7 +9,9 @@
     serve_in_background(run_dir, port)
                                     what `batchrun run --serve` uses: a `batchrun serve`
                                     child process on the run directory's parent, showing
-                                    that run's page, stopped when the run ends
+                                    that run's page, stopped when the block ends
+    linger(seconds)                 after the run: keep the page served for `seconds`
+                                    (None: until Ctrl-C or SIGTERM), the final state on it
 
 The pages read the run directories only: serving never slows a run down and works
 the same for a run in another process, one started by cron, or one finished last
@@ -28,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["LOOPBACK", "TOKEN_ENV", "serve", "serve_forever", "serve_in_background", "serve_token", "url"]
+__all__ = ["LOOPBACK", "TOKEN_ENV", "linger", "serve", "serve_forever", "serve_in_background", "serve_token", "url"]
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 TOKEN_ENV = "BATCHRUN_SERVE_TOKEN"
@@ -105,3 +107,28 @@ def serve_in_background(run_dir: Path, port: int, *, host: str = "127.0.0.1") ->
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def linger(seconds: float | None, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait `seconds` (None: until SIGINT or SIGTERM) while a `serve_in_background` process keeps the
+    finished run's page up; returns early when that server process ends. A signal ends the wait, never
+    the caller: the run is over, its exit code stands."""
+    import threading
+    import time
+
+    stop = threading.Event()
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while not stop.is_set():
+            if process is not None and process.poll() is not None:
+                return
+            left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+            if left <= 0:
+                return
+            stop.wait(left)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

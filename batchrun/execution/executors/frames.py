@@ -89,6 +89,7 @@ def completion_from_wire(data: Frame) -> Completion:
 def outcome_from_wire(data: Frame) -> Outcome:
     data = dict(data)
     completion = data.pop("completion", None)
+    data["failed_attempts"] = tuple(data.get("failed_attempts") or ())
     return Outcome(**data, completion=completion_from_wire(completion) if completion else None)
 
 

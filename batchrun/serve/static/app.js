@@ -121,17 +121,29 @@ function renderIndex(data) {
 
 function runName() { return decodeURIComponent(location.pathname.replace(/^\/runs\//, "")); }
 
+const STOPPED = new Set(["finished", "failed", "interrupted", "budget exhausted", "stopped unexpectedly"]);
+
 function startRun() {
   const name = runName();
   document.getElementById("title").textContent = shown(name);
   document.getElementById("back").setAttribute("href", withToken("/"));
   const source = new EventSource(withToken("/api/runs/" + encodeURIComponent(name) + "/events"));
+  let last = null;  // the state of the latest snapshot
   source.addEventListener("open", () => setConn("live"));
   source.addEventListener("snapshot", (event) => {
-    renderRun(JSON.parse(event.data));
-    setConn("live · updated " + new Date().toLocaleTimeString());
+    const run = JSON.parse(event.data);
+    last = run.state;
+    renderRun(run);
+    setConn((STOPPED.has(run.state) ? "final state · " : "live · ") + "updated " + new Date().toLocaleTimeString());
   });
-  source.addEventListener("error", () => setConn("reconnecting…"));
+  source.addEventListener("error", () => {
+    if (last !== null && STOPPED.has(last)) {  // the run ended and its server went away: keep the last page
+      source.close();
+      setConn("final state (the server has stopped)");
+    } else {
+      setConn("reconnecting…");
+    }
+  });
 }
 
 function recentRate(series, key, running) {
@@ -222,6 +234,7 @@ function renderRun(run) {
   renderModels(run);
   renderGrading(run);
   renderFailures(units);
+  renderFailedTickets(run.name, units);
   renderBatches(units);
   renderAnswers(units);
 }
@@ -390,6 +403,69 @@ function renderFailures(units) {
   section.replaceChildren(el("h2", {text: "failures by kind"}), el("table", {},
     el("thead", {}, el("tr", {}, heads.map((h) => el("th", {class: h === "tickets" ? "num" : null, text: h})))),
     el("tbody", {}, rows)));
+}
+
+function renderFailedTickets(name, units) {
+  const section = document.getElementById("failed-tickets");
+  const rows = [];
+  for (const u of units) {
+    for (const t of u.failed_tickets || []) {
+      const open = el("button", {type: "button", class: "ticket-link", text: t.id});
+      open.addEventListener("click", () => showTicket(name, t.id));
+      rows.push(el("tr", {}, units.length > 1 ? el("td", {text: u.key}) : null, el("td", {}, open),
+        el("td", {text: t.kind}), el("td", {text: t.permanent ? "permanent" : "transient"}),
+        el("td", {class: "num", text: t.status_code ? String(t.status_code) : "–"}),
+        el("td", {class: "message", text: t.message || ""})));
+    }
+  }
+  if (!rows.length) { section.replaceChildren(); return; }
+  const heads = [...(units.length > 1 ? ["model"] : []), "ticket", "kind", "class", "status", "message"];
+  section.replaceChildren(el("h2", {text: "failed tickets (latest first; click one for its attempts)"}),
+    el("table", {id: "failed-table"}, el("thead", {}, el("tr", {}, heads.map((h) => el("th", {text: h})))),
+      el("tbody", {}, rows)));
+}
+
+async function showTicket(name, id) {
+  const section = document.getElementById("ticket");
+  section.replaceChildren(el("h2", {text: `ticket ${id}`}), el("p", {class: "muted", text: "loading…"}));
+  let detail;
+  try {
+    const response = await fetch(withToken(`/api/runs/${encodeURIComponent(name)}/tickets/${encodeURIComponent(id)}`));
+    detail = await response.json();
+    if (!response.ok) throw new Error(detail.error || response.statusText);
+  } catch (err) {
+    section.replaceChildren(el("h2", {text: `ticket ${id}`}), el("p", {class: "message", text: String(err.message || err)}));
+    return;
+  }
+  const blocks = [el("h2", {text: `ticket ${detail.id}`})];
+  for (const [key, part] of Object.entries(detail.models)) {
+    const card = el("div", {class: "card", id: "ticket-detail"});
+    if (key) card.append(el("h3", {text: `model ${key}`}));
+    card.append(el("p", {}, el("b", {class: "verdict", text: part.verdict})));
+    const attempts = [];
+    for (const run of part.runs) {
+      for (const a of run.attempts) {
+        attempts.push(el("tr", {}, el("td", {text: String(run.run)}), el("td", {text: String(a.attempt ?? "–")}),
+          el("td", {text: fmt.time(a.at || a.finished_at)}), el("td", {text: a.kind + (a.status_code ? " " + a.status_code : "")}),
+          el("td", {class: "num", text: fmt.ms(a.latency_ms)}),
+          el("td", {class: "num", text: a.tokens ? `${a.tokens[0]}+${a.tokens[1]}` : "–"}),
+          el("td", {class: "num", text: a.cost_usd === null || a.cost_usd === undefined ? "–" : fmt.usd(a.cost_usd)}),
+          el("td", {text: a.model_key || a.model || ""}), el("td", {class: "message", text: a.message || ""})));
+      }
+    }
+    card.append(el("table", {class: "attempts"}, el("thead", {}, el("tr", {},
+      ["run", "attempt", "time", "kind", "latency", "tokens", "cost", "model", "message"].map((h) => el("th", {text: h})))),
+      el("tbody", {}, attempts)));
+    if (part.messages) {
+      card.append(el("h3", {text: "messages"}),
+        ...part.messages.map((m) => el("div", {class: "message", text: `[${m.role}] ${m.content}`})));
+    } else {
+      card.append(el("p", {class: "muted", text: "messages: " + (part.messages_note || "–")}));
+    }
+    if (part.answer) card.append(el("h3", {text: "answer"}), el("div", {class: "message", text: String(part.answer.output ?? "")}));
+    blocks.push(card);
+  }
+  section.replaceChildren(...blocks);
 }
 
 function renderBatches(units) {
