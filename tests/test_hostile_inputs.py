@@ -303,6 +303,9 @@ def test_every_formatter_escapes_what_a_terminal_acts_on():
     hostile = "ok\x1b]0;pwned\x07\x1b[2J\x9b31m\u202eevil\u202c\r\ttail"
     assert terminal_safe(hostile) == "ok\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m\\u202eevil\\u202c\\x0d\\x09tail"
     assert terminal_safe("line one\nline two") == "line one\nline two"
+    # zero-width, private-use and separator characters hide or reorder text too (one function for all)
+    assert terminal_safe("a\u200bb\ue000c\u2028d\U000e0041") == "a\\u200bb\\ue000c\\u2028d\\U000e0041"
+    assert terminal_safe("caf\u00e9 \u6f22\u5b57 \U0001f600") == "caf\u00e9 \u6f22\u5b57 \U0001f600"
     stats = RunStats(to_do=1)
     stats.record(Outcome(ticket_id="T1", attempts=1, started_at="", finished_at="", elapsed_ms=1.0, run=1,
                          error_kind="server_error", error_message=hostile))

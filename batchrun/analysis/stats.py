@@ -521,7 +521,7 @@ def format_batch_parts(batch: StoredJSON | None) -> list[str]:
     """The parts of a batch-mode run (rundir.status.batch_parts) as a table: each part's model, state,
     the provider's status and batch id, its request counts (completed / failed / total), the
     completion window and when it ends."""
-    from batchrun.analysis.textfmt import printable, table
+    from batchrun.analysis.textfmt import table, terminal_safe
 
     parts = (batch or {}).get("parts") or []
     if not parts:
@@ -529,8 +529,8 @@ def format_batch_parts(batch: StoredJSON | None) -> list[str]:
     rows = []
     for part in parts:
         counts = part.get("counts") if isinstance(part.get("counts"), Mapping) else {}
-        rows.append([str(part["number"]), printable(str(part.get("model_key") or "")) or "-", str(part["state"]),
-                     printable(str(part.get("status") or "-")), printable(str(part.get("batch_id") or "-")),
+        rows.append([str(part["number"]), terminal_safe(str(part.get("model_key") or "")) or "-", str(part["state"]),
+                     terminal_safe(str(part.get("status") or "-")), terminal_safe(str(part.get("batch_id") or "-")),
                      f"{part.get('tickets') or 0:,}",
                      f"{_count(counts.get('completed'))} / {_count(counts.get('failed'))} / {_count(counts.get('total'))}",
                      str(part.get("completion_window") or "-"), _when(part.get("submitted_at")),
@@ -541,7 +541,7 @@ def format_batch_parts(batch: StoredJSON | None) -> list[str]:
         if part.get("note") or part.get("retry"):
             lines.append(f"  part {part['number']}: " + "; ".join(
                 x for x in ((f"{part['retry']:,} to resubmit" if part.get("retry") else ""),
-                            printable(str(part.get("note") or ""))) if x))
+                            terminal_safe(str(part.get("note") or ""))) if x))
     return lines
 
 

@@ -11,11 +11,10 @@
                                rest right-aligned), a dashed rule under the header
     kv(rows, indent="") -> list[str]
                                "label  value" lines with the labels padded
-    printable(text)            ticket or model text made safe for a terminal: control
-                               and bidi characters written as escapes (\x1b, \u202e),
-                               newlines and tabs kept
-    terminal_safe(text)        text with every character a terminal acts on shown as
-                               an escape: ESC becomes the four characters \\x1b
+    terminal_safe(text)        ticket or model text made safe for a terminal: control,
+                               format (bidi, zero-width) and separator characters shown
+                               as escapes (ESC becomes the four characters \\x1b);
+                               newlines kept
     error_line(exc, secrets)   "batchrun: error: ..." for stderr: keys redacted, terminal-safe
 
 Model text and ticket fields are data: whatever a command prints passes through
@@ -28,18 +27,12 @@ as 0). Charts are in charts.py; percentiles (data, not text) in stats.py.
 
 from __future__ import annotations
 
-import re
 from typing import Sequence
 
-#: what a terminal acts on, or what reorders the text it shows: C0 controls but the newline, DEL and
-#: C1 controls, bidirectional embeddings, overrides, isolates and marks, the line and paragraph separators
-_TERMINAL_ACTIVE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
-                              "\u202a-\u202e\u2066-\u2069]")
-
-
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+#: the Unicode categories a terminal acts on or that reorder or hide what it shows: control characters
+#: (C0, DEL, C1; a newline stays), format characters (bidirectional embeddings, overrides, isolates and
+#: marks, zero-width characters), surrogates, private use, the line and paragraph separators
+_TERMINAL_ACTIVE = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
 
 
 def error_line(exc: BaseException, secrets: Sequence[str] = ()) -> str:
@@ -50,9 +43,22 @@ def error_line(exc: BaseException, secrets: Sequence[str] = ()) -> str:
 
 
 def terminal_safe(text: str) -> str:
-    """`text` with each character a terminal would act on (module docstring) written as an escape,
-    \\x1b or \\u202e; newlines stay."""
-    return _TERMINAL_ACTIVE.sub(_escape, text)
+    """`text` (ticket or model text: data) safe to print on a terminal or show on a page: each
+    character of the categories above is written as its escape (ESC -> \\x1b, U+202E -> \\u202e),
+    so no text can move the cursor, recolour, set the title or reorder what is shown; newlines stay."""
+    if text.isprintable():  # no control, format or separator character: the common case, one C call
+        return text
+    import unicodedata
+
+    out = []
+    for char in text:
+        if char == "\n" or unicodedata.category(char) not in _TERMINAL_ACTIVE:
+            out.append(char)
+        else:
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000
+                       else f"\\U{code:08x}")
+    return "".join(out)
 
 
 def num(value: float | None, spec: str = ",.0f") -> str:
@@ -104,20 +110,3 @@ def kv(rows: Sequence[tuple[str, object]], indent: str = "") -> list[str]:
     """"label  value" lines, labels padded to the longest."""
     width = max(len(k) for k, _ in rows)
     return [f"{indent}{k:<{width}}  {terminal_safe(str(v))}" for k, v in rows]
-
-
-def printable(text: str) -> str:
-    """`text` (ticket or model text: data) safe to print on a terminal: every control character
-    but newline and tab, and every format character (bidi overrides, zero-width), is written as
-    its escape (ESC -> \\x1b, U+202E -> \\u202e), so no text can move the cursor, recolour or
-    reorder what the terminal shows."""
-    import unicodedata
-
-    out = []
-    for char in text:
-        if char in "\n\t" or unicodedata.category(char) not in ("Cc", "Cf", "Cs", "Co", "Zl", "Zp"):
-            out.append(char)
-        else:
-            code = ord(char)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-    return "".join(out)

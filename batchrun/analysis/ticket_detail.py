@@ -7,7 +7,7 @@
         each (its time, kind, status, latency; for the answer kept, tokens, cost and model), the
         answer and the check's verdict; a compare directory has one such part per model
     format_ticket_detail(detail) -> str
-        the text `batchrun show` prints: ticket and model text through textfmt.printable
+        the text `batchrun show` prints: ticket and model text through textfmt.terminal_safe
 
 An id that is neither in the input nor in a checkpoint file raises TicketNotFoundError (exit 2).
 Nothing is sent and nothing is written: it reads the run directory and its input only.
@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from batchrun.analysis.textfmt import kv, ms, printable, usd
+from batchrun.analysis.textfmt import kv, ms, terminal_safe, usd
 from batchrun.errors import ReportError, is_permanent
 
 __all__ = ["ANSWER_QUOTING_KINDS", "TicketNotFoundError", "format_ticket_detail", "ticket_detail"]
@@ -209,15 +209,15 @@ def _attempt_line(a: Mapping[str, Any]) -> str:
         parts.append(f"model {model}")
     if a.get("cache_hit"):
         parts.append("reused answer, nothing sent")
-    text = "  ".join(printable(str(p)) for p in parts)
+    text = "  ".join(terminal_safe(str(p)) for p in parts)
     if a.get("message"):
-        text += "\n      " + printable(" ".join(str(a["message"]).split()))[:300]
+        text += "\n      " + terminal_safe(" ".join(str(a["message"]).split()))[:300]
     return text
 
 
 def format_ticket_detail(detail: Mapping[str, Any]) -> str:
     """What `batchrun show` prints (module docstring)."""
-    lines = [f"ticket {printable(detail['id'])} in {detail['run_dir']} (job {detail['job']})"]
+    lines = [f"ticket {terminal_safe(detail['id'])} in {detail['run_dir']} (job {detail['job']})"]
     if detail.get("input"):
         lines.append(f"input: {detail['input']}")
     elif detail.get("input_note"):
@@ -226,7 +226,7 @@ def format_ticket_detail(detail: Mapping[str, Any]) -> str:
         lines.append("")
         if key:
             lines.append(f"== model {key} ({part.get('model')}) ==")
-        rows = [("status", part["status"]), ("verdict", printable(part["verdict"]))]
+        rows = [("status", part["status"]), ("verdict", terminal_safe(part["verdict"]))]
         if part.get("line"):
             rows.insert(1, ("input line", str(part["line"])))
         lines += kv(rows)
@@ -234,7 +234,7 @@ def format_ticket_detail(detail: Mapping[str, Any]) -> str:
         if part.get("messages"):
             lines.append("messages:")
             for message in part["messages"]:
-                body = printable(message["content"]).split("\n")
+                body = terminal_safe(message["content"]).split("\n")
                 lines.append(f"  [{message['role']}] " + body[0])
                 lines += ["    " + row for row in body[1:]]
         else:
@@ -250,14 +250,14 @@ def format_ticket_detail(detail: Mapping[str, Any]) -> str:
         if answer is not None:
             lines += ["", "answer:"]
             shown = answer.get("output")
-            lines.append("  " + printable(str(shown if shown is not None else "")).replace("\n", "\n  "))
+            lines.append("  " + terminal_safe(str(shown if shown is not None else "")).replace("\n", "\n  "))
             for key in ("label", "parsed", "tool_calls"):
                 if key in answer:
                     import orjson
 
-                    lines.append(f"  {key}: " + printable(orjson.dumps(answer[key]).decode()))
+                    lines.append(f"  {key}: " + terminal_safe(orjson.dumps(answer[key]).decode()))
             usage = answer.get("usage") or {}
-            lines.append(f"  finish_reason {answer.get('finish_reason')}, model {printable(str(answer.get('model')))}, "
+            lines.append(f"  finish_reason {answer.get('finish_reason')}, model {terminal_safe(str(answer.get('model')))}, "
                          f"tokens {usage.get('prompt_tokens', '-')}+{usage.get('completion_tokens', '-')}, "
                          f"cost {usd(answer.get('cost_usd')) if answer.get('cost_usd') is not None else 'unknown'}"
                          f" ({answer.get('cost_status')})")

@@ -213,7 +213,7 @@ def _dry_run(job: JobSpec, job_file: Path, options: LaunchOptions, count: int, a
     import orjson
 
     from batchrun.analysis.plan import format_plan
-    from batchrun.analysis.textfmt import printable
+    from batchrun.analysis.textfmt import terminal_safe
     from batchrun.launcher import dry_run
 
     if "litellm" not in sys.modules:
@@ -226,9 +226,9 @@ def _dry_run(job: JobSpec, job_file: Path, options: LaunchOptions, count: int, a
         return
     click.echo(f"{job.name}: dry run, nothing sent ({'simulated' if shown['simulated'] else 'live'} run)")
     for ticket in shown["tickets"]:
-        click.echo(f"\n-- ticket {printable(ticket['id'])} (input line {ticket['line']}) --")
+        click.echo(f"\n-- ticket {terminal_safe(ticket['id'])} (input line {ticket['line']}) --")
         for message in ticket["messages"]:
-            body = printable(message["content"]).split("\n")
+            body = terminal_safe(message["content"]).split("\n")
             click.echo(f"[{message['role']}] {body[0]}")
             for row in body[1:]:
                 click.echo(f"    {row}")

@@ -1,7 +1,7 @@
 """`batchrun show RUN_DIR ID`: one ticket at a glance (the work is analysis/ticket_detail.py).
 
 Its rendered messages, every attempt (time, kind, latency, tokens, cost, model), the answer and
-the check's verdict; nothing is sent. Ticket and model text goes through textfmt.printable.
+the check's verdict; nothing is sent. Ticket and model text goes through textfmt.terminal_safe.
 """
 
 from __future__ import annotations
