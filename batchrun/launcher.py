@@ -17,11 +17,13 @@
     run_online(...)              one online run: prepare_run -> execute_run (bench calls it per setting)
     run_batch(...)               one batch-mode run: prepare_run -> execute_batch_run
     batch_apis(job, targets, ...) the BatchAPI of each model key (Anthropic's or litellm's)
+    cancel_run(run_dir, api_base) `batchrun cancel`: the parts of a batch-mode run directory (every
+                                 model's, for a compare job) still running asked to cancel, through
+                                 the provider access the run used (the simulator started again on
+                                 the run's saved batches for a simulated run)
 
     sim_config(job)              the simulator's settings from [simulator]
     provider_targets(job, ...)   provider arguments per model key, keys read from the environment
-    check_param_names(job)       [params] typos against every parameter name litellm knows (no litellm)
-    check_params(job)            [params] keys against what litellm lists for the model
     endpoint_label(targets, ...) what the manifest records as the endpoint
 """
 
@@ -35,7 +37,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
@@ -52,9 +54,11 @@ from batchrun.errors import (
 from batchrun.execution.result import RunResult
 from batchrun.job.sections import SimRule
 from batchrun.job.spec import JobSpec
+from batchrun.providers.param_checks import PARAMS_ON_PURPOSE, check_param_names, check_params, raw_param_typos
 from batchrun.records import Fields
 
 if TYPE_CHECKING:
+    from batchrun.batch.ledger import Part
     from batchrun.execution.preparation import PreparedRun
     from batchrun.providers.online import ProviderArgs
     from batchrun.providers.seam import BatchAPI
@@ -64,7 +68,7 @@ if TYPE_CHECKING:
     from batchrun.execution.executors.process import WorkerPool
     from batchrun.execution.preparation import PreparedRun
 
-__all__ = ["LaunchOptions", "batch_apis", "check_param_names", "check_params", "dry_run", "endpoint_label", "launch", "preflight",
+__all__ = ["LaunchOptions", "batch_apis", "cancel_run", "dry_run", "endpoint_label", "launch", "preflight",
            "provider_targets", "resolve_job", "run_batch", "run_online", "sim_config"]
 
 log = logging.getLogger("batchrun")
@@ -134,7 +138,7 @@ def _load(job: JobSource) -> tuple[JobSpec | dict[str, Any], Path | None]:
         try:
             return load_job(job), Path(job)
         except JobSpecError as exc:
-            typos = _raw_param_typos(Path(job))
+            typos = raw_param_typos(Path(job))
             if not typos:
                 raise
             raise JobSpecError(str(exc) + "\n" + "\n".join(typos) + PARAMS_ON_PURPOSE) from None
@@ -300,74 +304,6 @@ def provider_targets(job: JobSpec, use_sim: bool, secrets: list[str]) -> dict[st
                                  f"(the job's api_key_env names {'it' if len(missing) == 1 else 'them'}); "
                                  "nothing was sent")
     return targets
-
-
-PARAMS_ON_PURPOSE = "\n  (a key you send on purpose: list it in `unchecked_params` at the top of the job file)"
-
-
-def _param_typo_lines(entries: Sequence[tuple[str, Mapping[str, object]]], unchecked: Collection[str]) -> list[str]:
-    """`  field `params.temprature`: no such parameter: did you mean `temperature`?` for each key of
-    each (where, params) entry that is close to a parameter name litellm takes (misspelled_params)."""
-    from batchrun.providers.litellm_setup import misspelled_params
-
-    lines = []
-    for where, params in entries:
-        typos = misspelled_params({k: v for k, v in params.items() if k not in unchecked})
-        lines += [f"  field `{where}.{key}`: no such parameter: did you mean `{guess}`?" for key, guess in typos.items()]
-    return lines
-
-
-def _raw_param_typos(path: Path) -> list[str]:
-    """The [params] typos of a job file the schema refused for another reason, read from its TOML as
-    it is (the job's [params] and each [[models]] entry's), so that one answer names them all."""
-    import tomllib
-
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return []
-    unchecked = data.get("unchecked_params")
-    unchecked = [str(k) for k in unchecked] if isinstance(unchecked, list) else []
-    entries: list[tuple[str, Mapping[str, object]]] = []
-    if isinstance(data.get("params"), dict):
-        entries.append(("params", data["params"]))
-    models = data.get("models")
-    for entry in models if isinstance(models, list) else []:
-        if isinstance(entry, dict) and isinstance(entry.get("params"), dict):
-            entries.append((f"models[{entry.get('name', '?')}].params", entry["params"]))
-    return _param_typo_lines(entries, unchecked)
-
-
-def check_param_names(job: JobSpec, job_path: Path | None = None) -> None:
-    """Raise JobSpecError for a [params] key (the job's, or a [[models]] entry's) that is no parameter
-    name litellm takes for any provider but close to one ("did you mean temperature?"): a typo is
-    found with the job's other problems, before litellm loads (providers.misspelled_params); a job
-    the schema refuses gets its typos in the same answer (`_load`)."""
-    entries = [("params", job.params)] + [(f"models[{e.name}].params", e.params) for e in job.models]
-    problems = _param_typo_lines(entries, job.unchecked_params)
-    if problems:
-        raise JobSpecError(f"{job_path or 'job'}: invalid job:\n" + "\n".join(problems) + PARAMS_ON_PURPOSE
-                           + "; nothing was sent")
-
-
-def check_params(job: JobSpec) -> None:
-    """Raise JobSpecError for a [params] key (the job's, or a [[models]] entry's) that litellm does
-    not list for the model and that is not in `unchecked_params`: "did you mean temperature?".
-    Imports litellm (through providers/)."""
-    from batchrun.providers.litellm_setup import unknown_params
-
-    entries = [(f"models[{e.name}].params", e.model, {**job.params, **e.params}) for e in job.models] \
-        or [("params", job.model, job.params)]
-    problems = []
-    for where, model, params in entries:
-        unknown = unknown_params(model, {k: v for k, v in params.items() if k not in job.unchecked_params})
-        for key, guess in (unknown or {}).items():
-            problems.append(f"  field `{where}.{key}`: litellm knows no such parameter for {model}"
-                            + (f": did you mean `{guess}`?" if guess else ""))
-    if problems:
-        names = ", ".join(f'"{n}"' for n in sorted({line.split("`")[1].rsplit(".", 1)[1] for line in problems}))
-        raise JobSpecError("invalid job:\n" + "\n".join(problems) + "\n  (keys you send on purpose: add "
-                           f"`unchecked_params = [{names}]` at the top of the job file); nothing was sent")
 
 
 def budget_notes(providers: Mapping[str, object]) -> list[str]:
@@ -778,3 +714,41 @@ async def launch(job: JobSpec, job_path: Path | None, options: LaunchOptions, *,
         return results[job.name]
     return RunResult.combined({entry.name: results[each.name] for entry, each in zip(job.models, jobs)},
                               job.resolved_run_dir())
+
+
+def cancel_run(run_dir: Path, api_base: str | None, secrets: list[str]) -> list[tuple[Path, Part]]:
+    """Ask the provider to cancel every part of `run_dir` still running (batch/cancel.py keeps what
+    they answered); the (directory, part) asked. Keys read from the environment go into `secrets`."""
+    import anyio
+
+    from batchrun.batch.cancel import cancel_batches
+    from batchrun.batch.ledger import LEDGER
+    from batchrun.job.spec import load_job
+    from batchrun.rundir.manifest import read_manifest
+
+    dirs = [d for d in [run_dir, *sorted((run_dir / "models").glob("*"))] if (d / LEDGER).exists()]
+    if not dirs:
+        raise ConfigurationError(f"{run_dir}: no {LEDGER}: not a batch-mode run directory")
+    manifest = read_manifest(dirs[0]) or {}
+    job_path = (manifest.get("job") or {}).get("path")
+    if not job_path:
+        raise ConfigurationError(f"{dirs[0]}: the manifest does not name its job file")
+    job = load_job(job_path)
+    use_sim = manifest.get("endpoint") == "simulator" and api_base is None
+    if api_base:
+        job = job.with_overrides(api_base=api_base)
+    asked: list[tuple[Path, Part]] = []
+    with contextlib.ExitStack() as stack:
+        sim_url = None
+        if use_sim:
+            from batchrun.sim.process import start_simulator
+
+            config = dataclasses.replace(sim_config(job), batch_state_dir=str((run_dir / SIM_BATCHES_DIR).resolve()))
+            sim_url = stack.enter_context(start_simulator(config)).base_url
+        for each_dir in dirs:
+            each = job
+            if each_dir.parent.name == "models" and job.compare_mode:
+                each = job.for_model(job.model_entry(each_dir.name))
+            apis = batch_apis(each, provider_targets(each, use_sim, secrets), sim_url)
+            asked += [(each_dir, part) for part in anyio.run(cancel_batches, each_dir, apis)]
+    return asked

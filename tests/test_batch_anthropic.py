@@ -311,7 +311,8 @@ def test_no_wait_status_cancel_finish_online_with_the_embedded_simulator(make_jo
     assert first.returncode == 0, first.stderr
     status = cli_run(batchrun_cmd("status", str(tmp_path / "run")), env=cli_env, capture_output=True,
                      text=True, timeout=120)
-    assert "batch part 1" in status.stdout and "submitted" in status.stdout
+    parts = status.stdout.split("batch parts:\n", 1)[1].splitlines()
+    assert parts[2].split()[:4] == ["1", "-", "submitted", "in_progress"] and "msgbatch_" in parts[2]
     cancel = cli_run(batchrun_cmd("cancel", str(tmp_path / "run")), env=cli_env, capture_output=True,
                      text=True, timeout=300)
     assert cancel.returncode == 0, cancel.stderr
