@@ -69,6 +69,19 @@ def test_subclass_kinds_win_over_bad_request():
     assert translate_error(lm.ContextWindowExceededError("x", model=M, llm_provider=P)).kind == "context_window"
 
 
+@pytest.mark.parametrize(("code", "kind"), [("content_policy_violation", "content_policy"),
+                                             ("context_length_exceeded", "context_window")])
+def test_a_plain_bad_request_is_named_by_the_providers_code(code, kind):
+    """litellm 1.110 with the OpenAI SDK 3.x raises a plain BadRequestError for a content-policy refusal
+    (1.106 with SDK 2.x: ContentPolicyViolationError); the provider's code names the kind either way."""
+    exc = lm.BadRequestError("refused", model=M, llm_provider=P)
+    exc.code = code  # as litellm copies it from the SDK's error (its body: {"code": ...})
+    assert translate_error(exc).kind == kind
+    under = lm.BadRequestError("refused", model=M, llm_provider=P)
+    under.body = {"message": "refused", "type": "invalid_request_error", "code": code}
+    assert translate_error(under).kind == kind
+
+
 def test_unprocessable_entity_is_terminal():
     exc = lm.UnprocessableEntityError("422", model=M, llm_provider=P, response=response(422))
     error = translate_error(exc)

@@ -739,6 +739,17 @@ LITELLM_110 = {"stream": {"stream_cut": ("MidStreamFallbackError", 500)},
                "stream-litellm-http": {"reset_before_headers": ("InternalServerError", 500)}}
 
 
+#: with the OpenAI SDK 3, litellm no longer names a content-policy refusal (batchrun still does: its
+#: code says content_policy_violation; tests/test_provider_unit.py)
+OPENAI_SDK_3 = {"content_policy": ("BadRequestError", 400)}
+
+
+def _openai_sdk_3() -> bool:
+    from importlib.metadata import version
+
+    return int(version("openai").split(".")[0]) >= 3
+
+
 def _litellm_110() -> bool:
     from packaging.version import Version
 
@@ -770,6 +781,9 @@ async def test_litellm_exception_for_every_fault_kind(transport, monkeypatch):
         if transport == "litellm-http":
             plain_table = {**plain_table, **LITELLM_110["plain-litellm-http"]}
             stream_table = {**stream_table, **LITELLM_110["stream-litellm-http"]}
+    if _openai_sdk_3() and transport == "openai-sdk":  # litellm 1.110 with the OpenAI SDK 3 (a fresh install)
+        plain_table = {**plain_table, **OPENAI_SDK_3}
+        stream_table = {**stream_table, **OPENAI_SDK_3}
     assert set(LITELLM_PLAIN) == set(FAULT_KINDS)
     async with sim_url(no_latency(faults=_fault_rules_for_litellm())) as (base_url, simulator):
         kinds = list(FAULT_KINDS)
@@ -801,6 +815,9 @@ async def test_litellm_exception_for_every_fault_kind(transport, monkeypatch):
     assert isinstance(plain[kinds.index("stall")][0], litellm.Timeout)
     assert isinstance(streamed[kinds.index("reset")][0], (MidStreamFallbackError, litellm.ServiceUnavailableError))
     assert "sim-key" not in str(plain[kinds.index("401")][0])
+    # Whichever class litellm and the SDK pick, batchrun names a refusal by its code.
+    assert translate_error(plain[kinds.index("content_policy")][0]).kind == "content_policy"
+    assert translate_error(plain[kinds.index("context_length")][0]).kind == "context_window"
     # Either way batchrun retries the broken body (a server fault), never keeps it.
     malformed = translate_error(plain[kinds.index("malformed_json")][0])
     assert malformed.retryable and malformed.kind == "server_error", malformed

@@ -347,6 +347,8 @@ def translate_error(exc: BaseException, secrets: Sequence[str] = ()) -> RequestE
             if isinstance(exc, cls):
                 if kind == "bad_request" and status in (401, 403, 404):  # litellm's "bad request" for a 401
                     kind = STATUS_KINDS[status]  # whose body says invalid_request_error: the status wins
+                elif kind == "bad_request":  # (litellm 1.110 with the OpenAI SDK 3: a content-policy refusal)
+                    kind = _named_kind(exc) or kind
                 return TerminalError(message, kind=kind, status_code=status, error_type=name)
         if isinstance(exc, (lm.ServiceUnavailableError, lm.BadGatewayError, lm.InternalServerError)):
             return RetryableError(message, kind="server_error", status_code=status, retry_after=retry_after,
@@ -398,6 +400,18 @@ def _out_of_descriptors(exc: BaseException) -> TerminalError | None:
             return TerminalError(f"this machine ran out of file descriptors ({which}) before the request could be "
                                  "sent: raise the limit or lower the concurrency, then re-run to send it",
                                  kind="local_resource", error_type="OutOfFileDescriptors")
+    return None
+
+
+def _named_kind(exc: BaseException) -> str | None:
+    """The kind a provider's error code names (CODE_KINDS), from `exc` or any exception under it: the
+    `code` attribute the SDKs set, or the error body's "code"."""
+    for cause in _causes(exc):
+        body = getattr(cause, "body", None)
+        error = body.get("error", body) if isinstance(body, Mapping) else None
+        for code in (getattr(cause, "code", None), error.get("code") if isinstance(error, Mapping) else None):
+            if isinstance(code, str) and code in CODE_KINDS:
+                return CODE_KINDS[code]
     return None
 
 
