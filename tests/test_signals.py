@@ -47,7 +47,10 @@ def test_sigint_ends_tickets_waiting_to_retry_and_sends_nothing_more(make_job, t
 
     from batchrun.sim.process import start_simulator
 
+    # a retry budget far beyond the Retry-After: on a busy machine the worker processes' start counts
+    # in a ticket's elapsed time, and a ticket that gave up would be a failure, not a sleeper
     job = make_job(20, concurrency=4, extra=f"max_retry_after_s = {RETRY_AFTER_S + 10}\n")
+    job.write_text(job.read_text().replace("max_elapsed_s = 30", "max_elapsed_s = 600"))
     faults = (
         # three tickets are told to come back in 20 s (and everyone pauses for it) ...
         FaultRule("429", tickets=("T000001", "T000002", "T000003"), attempts=(1,), retry_after=RETRY_AFTER_S),
@@ -60,8 +63,12 @@ def test_sigint_ends_tickets_waiting_to_retry_and_sends_nothing_more(make_job, t
         proc = cli_popen(batchrun_cmd(*args, "--api-base", sim.base_url), env=cli_env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            wait_until(lambda: len(sim.stats()["requests_by_ticket"]) >= 4 and sim.stats()["in_flight"] == 1,
-                       120, "four requests, one in flight", proc)
+            def stalled() -> bool:  # the first four sent (three told to wait), a request in flight
+                stats = sim.stats()
+                return len(stats["requests_by_ticket"]) >= 4 and "T000004" in stats["requests_by_ticket"] \
+                    and stats["in_flight"] >= 1
+
+            wait_until(stalled, 120, "four requests, one in flight", proc)
             sent_at_signal = sim.stats()["total_requests"]
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=15)  # generous; the Retry-After is 20 s
