@@ -14,6 +14,8 @@ import pytest
 
 from conftest import batchrun_cmd, read_jsonl
 
+pytestmark = pytest.mark.slow  # real runs with a log file, each in its own process
+
 DATED = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2} ")
 FAILING = """
     [simulator]

@@ -63,6 +63,7 @@ def test_results_come_in_input_order_and_to_pandas_gives_a_frame(job, tmp_path):
     assert exported.rows == 12 and (tmp_path / "out.csv").exists()
 
 
+@pytest.mark.slow  # a fresh interpreter without pandas
 def test_to_pandas_without_pandas_says_what_to_install(job, tmp_path):
     code = textwrap.dedent(f"""
         import sys
@@ -108,6 +109,7 @@ def _run_on_a_terminal(code: str) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.slow  # runs under a pseudo-terminal in a real process
 def test_a_progress_bar_by_default_when_interactive_and_none_otherwise(job, tmp_path):
     code = f"import batchrun; batchrun.run({str(job)!r}, run_dir={str(tmp_path / 'tty')!r})"
     on_terminal = _run_on_a_terminal(code)

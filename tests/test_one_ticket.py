@@ -13,6 +13,8 @@ import pytest
 
 from conftest import batchrun_cmd, read_jsonl, write_tickets
 
+pytestmark = pytest.mark.slow  # each test runs a run first (real processes)
+
 JOB = """\
 name = "one"
 input = "../data/tickets.jsonl"

@@ -12,6 +12,8 @@ import pytest
 from batchrun.errors import PERMANENT_KINDS, is_permanent
 from conftest import batchrun_cmd, read_jsonl
 
+pytestmark = pytest.mark.slow  # runs in real processes, re-run after re-run
+
 FAULTS = """
     [simulator]
     latency_ms = 1

@@ -166,6 +166,7 @@ def test_a_model_typo_is_refused_in_a_simulated_run_too(tmp_path, cli_env, model
     assert not (tmp_path / "run" / "results.jsonl").exists()
 
 
+@pytest.mark.slow  # three real runs
 def test_an_unpriced_model_runs_with_allow_unpriced_or_prices_and_the_header_shows_it_as_given(tmp_path, cli_env):
     write_tickets(tmp_path / "tickets.jsonl", 3)
     job = job_file(tmp_path, model="anthropic/acme-internal-v3", top="allow_unpriced = true")

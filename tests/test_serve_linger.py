@@ -16,6 +16,8 @@ import pytest
 
 from conftest import batchrun_cmd
 
+pytestmark = pytest.mark.slow  # a run's page served past the run's end, waited out
+
 
 def _page(proc: subprocess.Popen, deadline: float) -> str:
     assert proc.stderr is not None
