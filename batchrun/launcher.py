@@ -217,9 +217,10 @@ def resolve_job(job: JobSource, options: LaunchOptions,
 # -- what a run talks to ------------------------------------------------------------------------
 
 
-def sim_config(job: JobSpec) -> SimConfig:
+def sim_config(job: JobSpec, *, batches_of: Path | None = None) -> SimConfig:
     """The simulator's settings from a job's [simulator] section, its faults and ticket scripts
-    (JobSpecError names a bad one)."""
+    (JobSpecError names a bad one). `batches_of`: the batch-mode run directory whose saved batches
+    (SIM_BATCHES_DIR) the simulator keeps, so they outlive one simulator process."""
     from batchrun.sim.batch_faults import BatchFault
     from batchrun.sim.config import SimConfig
     from batchrun.sim.faults import FaultRule, TicketScript
@@ -244,7 +245,8 @@ def sim_config(job: JobSpec) -> SimConfig:
                                           for name, p in spec.model_profiles.items()),
                      batch_time_scale=spec.batch_time_scale, batch_duration_s=spec.batch_duration_s,
                      batch_faults=tuple(parsed("batch_faults", spec.batch_faults, BatchFault.from_mapping)),
-                     prompt_token_scale=spec.prompt_token_scale, flex_unavailable_rate=spec.flex_unavailable_rate)
+                     prompt_token_scale=spec.prompt_token_scale, flex_unavailable_rate=spec.flex_unavailable_rate,
+                     batch_state_dir=None if batches_of is None else str((batches_of / SIM_BATCHES_DIR).resolve()))
 
 
 def _key(env_name: str | None, use_sim: bool, secrets: list[str], missing: list[str]) -> str | None:
@@ -532,9 +534,8 @@ def _simulator(job: JobSpec, use_sim: bool, say: Say) -> Iterator[str | None]:
         return
     from batchrun.sim.process import start_simulator
 
-    config = sim_config(job)
-    if job.mode == "batch":  # batches outlive this simulator: --no-wait, then collect
-        config = dataclasses.replace(config, batch_state_dir=str((job.resolved_run_dir() / SIM_BATCHES_DIR).resolve()))
+    # batches outlive this simulator: --no-wait, then collect
+    config = sim_config(job, batches_of=job.resolved_run_dir() if job.mode == "batch" else None)
     with start_simulator(config) as sim:
         say(f"simulator listening on {urlsplit(sim.base_url).netloc}")
         yield sim.base_url
@@ -743,8 +744,7 @@ def cancel_run(run_dir: Path, api_base: str | None, secrets: list[str]) -> list[
         if use_sim:
             from batchrun.sim.process import start_simulator
 
-            config = dataclasses.replace(sim_config(job), batch_state_dir=str((run_dir / SIM_BATCHES_DIR).resolve()))
-            sim_url = stack.enter_context(start_simulator(config)).base_url
+            sim_url = stack.enter_context(start_simulator(sim_config(job, batches_of=run_dir))).base_url
         for each_dir in dirs:
             each = job
             if each_dir.parent.name == "models" and job.compare_mode:

@@ -19,14 +19,13 @@ if TYPE_CHECKING:
 SIM_API_KEY = "sim-key"
 
 
-class BareRun(TypedDict):
-    """What `run_baseline` measured of the bare pattern at one setting."""
+class Throughput(TypedDict):
+    """What bench measures of any runner at one setting: the bare pattern's and batchrun's alike."""
 
     requests: int
     done: int
     failed: int
     rate_limited: int
-    errors_by_type: dict[str, int]  # exception class name -> requests
     wall_s: float
     requests_per_s: float
     tickets_per_s: float
@@ -35,6 +34,12 @@ class BareRun(TypedDict):
     ttft_ms: Percentiles | None
     rate_429: float
     error_rate: float
+
+
+class BareRun(Throughput):
+    """What `run_baseline` measured of the bare pattern at one setting."""
+
+    errors_by_type: dict[str, int]  # exception class name -> requests
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import NotRequired, Sequence, TypedDict
 
 from batchrun.analysis.documents import StoredJSON
-from batchrun.analysis.stats import Percentiles
 from batchrun.analysis.textfmt import num, pct, table
-from batchrun.bench.baseline import BareRun
+from batchrun.bench.baseline import BareRun, Throughput
 
 DEFAULT_CONCURRENCY = "1,4,16,64,256"
 AUTO_WAVES = 4  # --tickets auto: 4 x concurrency tickets per setting ...
@@ -66,24 +65,12 @@ class IdealLimits(TypedDict, total=False):
     overload_ms: float
 
 
-class _Measured(TypedDict):
+class _Measured(Throughput):
     tickets: int
     state: str
-    done: int
-    failed: int
     not_finished: int
-    requests: int
     retries: int
-    rate_limited: int
     errors_by_kind: dict[str, int]
-    wall_s: float
-    requests_per_s: float
-    tickets_per_s: float
-    output_tokens_per_s: float
-    latency_ms: Percentiles
-    ttft_ms: Percentiles | None
-    rate_429: float
-    error_rate: float
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float | None

@@ -369,8 +369,9 @@ def translate_error(exc: BaseException, secrets: Sequence[str] = ()) -> RequestE
     return TerminalError(message, kind="unknown", status_code=status, error_type=name)
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
-    """`exc` and every exception under it: __cause__, __context__, litellm's original_exception."""
+def _causes(exc: BaseException, *, os_errors: bool = True) -> list[BaseException]:
+    """`exc` and every exception under it, outermost first: __cause__, __context__, litellm's
+    original_exception, and (`os_errors`) the OSError aiohttp keeps in `os_error`."""
     found: list[BaseException] = []
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
@@ -380,8 +381,9 @@ def _causes(exc: BaseException) -> list[BaseException]:
             continue
         seen.add(id(current))
         found.append(current)
-        todo += [current.__cause__, current.__context__, getattr(current, "original_exception", None),
-                 getattr(current, "os_error", None)]
+        todo += [current.__cause__, current.__context__, getattr(current, "original_exception", None)]
+        if os_errors:
+            todo.append(getattr(current, "os_error", None))
     return found
 
 
@@ -437,20 +439,9 @@ def _transport_cause(exc: BaseException) -> BaseException | None:
     (`InternalServerError`, `MidStreamFallbackError`); the cause chain (`__cause__`,
     `__context__`, litellm's `original_exception`) still holds the httpx, aiohttp, OpenAI SDK
     or socket error. The innermost such error is returned."""
-    found = None
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        current = todo.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if current is not exc and not _carries_status(current) and (
-                _is_transport_error(current) or _is_sdk_connection_error(current)
-                or isinstance(current, ConnectionError)):
-            found = current
-        todo += [current.__cause__, current.__context__, getattr(current, "original_exception", None)]
-    return found
+    transport = [cause for cause in _causes(exc, os_errors=False)[1:] if not _carries_status(cause) and (
+        _is_transport_error(cause) or _is_sdk_connection_error(cause) or isinstance(cause, ConnectionError))]
+    return transport[-1] if transport else None
 
 
 def _carries_status(exc: BaseException) -> bool:
