@@ -263,8 +263,10 @@ def test_summary_status_and_serve_show_both_counts_and_the_proxy_is_named_once(m
     from batchrun.analysis.stats import format_summary
     from batchrun.commands.status import format_status
     from batchrun.rundir.status import run_status
+    from batchrun.run_logging import setup_logging
     from batchrun.serve.follow import UnitNumbers
 
+    setup_logging(0, None, [])  # stderr as a command sets it up (not left to an earlier test in this process)
     job = load_job(make_job(10, concurrency=1))
 
     def answer(request):  # the proxy retried every third ticket once
